@@ -1,0 +1,124 @@
+"""The embedded MQTT broker (amqtt) for demos and laptops: zero install, one event loop.
+
+Not for production: amqtt 0.12.1 does not redeliver queued QoS 1 messages to a returning
+persistent session (DESIGN.md), which is why delivery is guaranteed end to end, not here.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+from types import TracebackType
+from typing import Any
+
+from amqtt.broker import Broker
+
+log = logging.getLogger(__name__)
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+class EmbeddedBroker:
+    """`async with EmbeddedBroker() as broker:` serves MQTT on `broker.url` (loopback only)."""
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
+        self.host = host
+        self.port = port or free_port(host)
+        self._broker: Broker | None = None
+
+    @property
+    def url(self) -> str:
+        return f"mqtt://{self.host}:{self.port}"
+
+    def _config(self) -> dict[str, Any]:
+        return {
+            "listeners": {"default": {"type": "tcp", "bind": f"{self.host}:{self.port}"}},
+            "plugins": {"amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": True}},
+        }
+
+    async def __aenter__(self) -> EmbeddedBroker:
+        for name in ("amqtt", "transitions"):
+            logging.getLogger(name).setLevel(logging.WARNING)
+        self._broker = Broker(self._config())
+        await self._broker.start()
+        log.info("embedded amqtt broker listening on %s", self.url)
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._broker is not None:
+            await self._broker.shutdown()
+            self._broker = None
+
+
+class MosquittoProcess:
+    """A private Mosquitto on a free loopback port, for tests, benchmarks and fault runs.
+
+    `start()` waits until it accepts connections; `kill()` sends SIGKILL (a crash),
+    `stop()` SIGTERM; `start()` again restarts it on the same port and persistence file.
+    """
+
+    def __init__(self, workdir: str, port: int = 0, binary: str | None = None) -> None:
+        import shutil
+        from pathlib import Path
+
+        self.workdir = Path(workdir)
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.port = port or free_port()
+        found = binary or shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+        self.binary = found
+        self.conf = self.workdir / "mosquitto.conf"
+        self.conf.write_text(
+            f"listener {self.port} 127.0.0.1\n"
+            "allow_anonymous true\n"
+            "persistence true\n"
+            f"persistence_location {self.workdir}/\n"
+            "autosave_interval 1\n"
+            "max_queued_messages 100000\n"
+            "max_inflight_messages 100\n"
+            "log_dest none\n"
+        )
+        self._proc: Any = None
+
+    @property
+    def url(self) -> str:
+        return f"mqtt://127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 10.0) -> None:
+        import subprocess
+        import time
+
+        self._proc = subprocess.Popen(  # noqa: S603 - fixed binary, our own config file
+            [self.binary, "-c", str(self.conf)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self._proc.poll() is not None:
+                raise RuntimeError(f"mosquitto exited with {self._proc.returncode} on port {self.port}")
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
+                    return
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError(f"mosquitto did not listen on port {self.port} within {timeout}s")
+
+    def kill(self) -> None:
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.kill()
+            self._proc.wait()
+
+    def stop(self) -> None:
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.terminate()
+            self._proc.wait(timeout=10)

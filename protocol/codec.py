@@ -1,0 +1,143 @@
+"""Bytes <-> envelopes: JSON objects, zlib on the uplink, every size bounded before work is done.
+
+A payload whose first byte is not `{` is a zlib stream (PROTOCOL.md). Decompression stops at
+the bound, so a zlib bomb costs at most `max_decompressed` bytes of memory.
+"""
+
+from __future__ import annotations
+
+import json
+import zlib
+from typing import Any, TypeVar
+
+from pydantic import BaseModel, ValidationError
+
+from protocol.errors import InvalidMessage, MalformedPayload, PayloadTooLarge, UnsupportedVersion
+
+MAX_COMPRESSED = 256 * 1024
+MAX_DECOMPRESSED = 2 * 1024 * 1024
+MAX_DEPTH = 16
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def dumps(obj: dict[str, Any]) -> bytes:
+    """Compact UTF-8 JSON for the wire."""
+    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+
+def encode(message: BaseModel, *, compress: bool | None = False) -> bytes:
+    """Encode a message; `compress=None` zlibs it only when that saves bytes."""
+    raw = dumps(message.model_dump(mode="json", exclude_none=True))
+    return maybe_compress(raw, compress)
+
+
+def encode_dict(obj: dict[str, Any], *, compress: bool | None = False) -> bytes:
+    return maybe_compress(dumps(obj), compress)
+
+
+def maybe_compress(raw: bytes, compress: bool | None) -> bytes:
+    if compress is False:
+        return raw
+    packed = zlib.compress(raw, 6)
+    if compress is None and len(packed) >= len(raw):
+        return raw
+    return packed
+
+
+def inflate(payload: bytes, max_decompressed: int = MAX_DECOMPRESSED) -> bytes:
+    """Decompress a zlib stream, refusing anything that would pass `max_decompressed`."""
+    inflater = zlib.decompressobj()
+    try:
+        out = inflater.decompress(payload, max_decompressed + 1)
+    except zlib.error as exc:
+        raise MalformedPayload(f"broken zlib stream: {exc}") from exc
+    if len(out) > max_decompressed or inflater.unconsumed_tail:
+        raise PayloadTooLarge(len(out), max_decompressed, "decompressed payload")
+    if not inflater.eof:
+        raise MalformedPayload("truncated zlib stream")
+    if inflater.unused_data:
+        raise MalformedPayload("trailing bytes after the zlib stream")
+    return out
+
+
+def _depth(obj: object, limit: int) -> int:
+    """Nesting depth of parsed JSON, stopping early past `limit`."""
+    stack: list[tuple[object, int]] = [(obj, 1)]
+    deepest = 0
+    while stack:
+        node, level = stack.pop()
+        deepest = max(deepest, level)
+        if deepest > limit:
+            return deepest
+        if isinstance(node, dict):
+            stack.extend((child, level + 1) for child in node.values())
+        elif isinstance(node, list):
+            stack.extend((child, level + 1) for child in node)
+    return deepest
+
+
+def decode_object(
+    payload: bytes,
+    *,
+    allow_zlib: bool = False,
+    max_compressed: int = MAX_COMPRESSED,
+    max_decompressed: int = MAX_DECOMPRESSED,
+) -> dict[str, Any]:
+    """Bytes to a JSON object with `v: 1`, or a ProtocolError saying what is wrong."""
+    if len(payload) > max_compressed:
+        raise PayloadTooLarge(len(payload), max_compressed)
+    if not payload:
+        raise MalformedPayload("empty payload")
+    if payload[:1] != b"{":
+        if not allow_zlib:
+            raise MalformedPayload("payload is not a JSON object (first byte is not '{')")
+        payload = inflate(payload, max_decompressed)
+    elif len(payload) > max_decompressed:
+        raise PayloadTooLarge(len(payload), max_decompressed)
+    try:
+        text = payload.decode("utf-8")
+        obj = json.loads(text)
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        raise MalformedPayload(f"not UTF-8 JSON: {exc}") from exc
+    if not isinstance(obj, dict):
+        raise MalformedPayload(f"payload is a JSON {type(obj).__name__}, not an object")
+    if _depth(obj, MAX_DEPTH) > MAX_DEPTH:
+        raise MalformedPayload(f"payload nests deeper than {MAX_DEPTH} levels")
+    version = obj.get("v")
+    if version != 1 or isinstance(version, bool):
+        raise UnsupportedVersion(version)
+    return obj
+
+
+def validate(obj: dict[str, Any], model: type[M]) -> M:
+    """A parsed object to an envelope; field errors carry their dotted path."""
+    try:
+        return model.model_validate(obj)
+    except ValidationError as exc:
+        raise InvalidMessage(model.__name__, field_errors(exc)) from exc
+
+
+def decode(
+    payload: bytes,
+    model: type[M],
+    *,
+    allow_zlib: bool = False,
+    max_compressed: int = MAX_COMPRESSED,
+    max_decompressed: int = MAX_DECOMPRESSED,
+) -> M:
+    obj = decode_object(
+        payload,
+        allow_zlib=allow_zlib,
+        max_compressed=max_compressed,
+        max_decompressed=max_decompressed,
+    )
+    return validate(obj, model)
+
+
+def field_errors(exc: ValidationError) -> list[dict[str, str]]:
+    """pydantic errors as `[{"loc": "signals.3.kind", "msg": ...}]`, at most 20."""
+    return [
+        {"loc": ".".join(str(p) for p in err["loc"]) or "(root)", "msg": err["msg"]}
+        for err in exc.errors(include_url=False, include_input=False)[:20]
+    ]

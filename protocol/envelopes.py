@@ -1,0 +1,331 @@
+"""Every message of the contract as a pydantic model: `extra="forbid"`, bounded sizes, `v: 1`.
+
+Field names follow PROTOCOL.md exactly; the fixed ones are never renamed. `docs/protocol.md`
+is generated from these models (`python -m protocol.docs`).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    StringConstraints,
+)
+
+from protocol.ids import format_time
+from protocol.topics import COHORT_RE, DEVICE_ID_RE, PROFILE_RE
+
+# Bounds a receiver enforces. A peer controls these sizes, so every list and string is capped.
+MAX_SIGNALS_PER_BATCH = 2000
+MAX_AGGREGATES_PER_BATCH = 2000
+MAX_OUTCOMES_PER_BATCH = 1000
+MAX_RECEIPTS_PER_BATCH = 500
+MAX_ATTRS = 32
+MAX_OFFERS_PER_BUNDLE = 500
+MAX_KEYS = 16
+
+
+def _utc(moment: datetime) -> str:
+    return format_time(moment)
+
+
+UtcTime = Annotated[AwareDatetime, PlainSerializer(_utc, return_type=str)]
+"""RFC 3339 UTC on the wire (`2026-11-27T06:55:26.123Z`); aware datetimes inside."""
+
+Id = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")]
+DeviceId = Annotated[str, StringConstraints(pattern=DEVICE_ID_RE.pattern)]
+Cohort = Annotated[str, StringConstraints(pattern=COHORT_RE.pattern)]
+Profile = Annotated[str, StringConstraints(pattern=PROFILE_RE.pattern)]
+Name = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[a-z0-9_.:-]+$")]
+ShortText = Annotated[str, StringConstraints(max_length=200)]
+LongText = Annotated[str, StringConstraints(max_length=2000)]
+AttrValue = Annotated[str, StringConstraints(max_length=256)] | int | float | bool | None
+Attrs = Annotated[dict[Name, AttrValue], Field(max_length=MAX_ATTRS)]
+Count = Annotated[int, Field(ge=0, le=2**53)]
+Seq = Annotated[int, Field(ge=0, le=2**53)]
+
+
+def _finite(value: float) -> float:
+    if value != value or value in (float("inf"), float("-inf")):
+        raise ValueError("must be a finite number")
+    return value
+
+
+Finite = Annotated[float, AfterValidator(_finite)]
+
+
+class Message(BaseModel):
+    """Base of every envelope: strict about unknown fields, immutable once validated."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, str_strip_whitespace=False)
+
+    v: Literal[1] = 1
+
+    def to_wire(self) -> dict[str, Any]:
+        """The JSON-ready dict of this message (what is signed and sent)."""
+        return self.model_dump(mode="json", exclude_none=True)
+
+
+class Signed(Message):
+    """A message the cloud signs: `kid` and `sig` over the canonical form without `sig`."""
+
+    expires_at: UtcTime
+    kid: Name | None = None
+    sig: Annotated[str, StringConstraints(max_length=200)] | None = None
+
+
+# ---------------------------------------------------------------- uplink
+
+
+class Signal(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    id: Id
+    kind: Name
+    at: UtcTime
+    attrs: Attrs = Field(default_factory=dict)
+
+
+class Aggregate(BaseModel):
+    """Counts over a window: `window` is `1h:<start>` style, `key` what was counted."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    window: Annotated[str, StringConstraints(min_length=1, max_length=64)]
+    key: Annotated[str, StringConstraints(min_length=1, max_length=200)]
+    count: Count
+    seconds: Annotated[float, Field(ge=0, le=1e9)] = 0.0
+
+
+OutcomeKind = Literal["impression", "click", "dismiss", "conversion"]
+
+
+class Outcome(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    id: Id
+    offer_id: Id
+    campaign_id: Id
+    variant: Annotated[str, StringConstraints(max_length=32)] = "a"
+    kind: OutcomeKind
+    at: UtcTime
+    surface: Name
+    score: Annotated[Finite, Field(ge=-1e6, le=1e6)] | None = None
+    model_version: Annotated[int, Field(ge=0)] | None = None
+
+
+class BatchStats(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    dropped: Count = 0
+    evicted: Count = 0
+    outbox_depth: Count = 0
+
+
+class Batch(Message):
+    """Uplink batch on `dev/{id}/up/batch`; `seq` only increases per device."""
+
+    device_id: DeviceId
+    seq: Seq
+    sent_at: UtcTime
+    agent_version: Annotated[str, StringConstraints(max_length=32)]
+    model_version: Annotated[int, Field(ge=0)] | None = None
+    signals: Annotated[list[Signal], Field(max_length=MAX_SIGNALS_PER_BATCH)] = Field(
+        default_factory=list
+    )
+    aggregates: Annotated[list[Aggregate], Field(max_length=MAX_AGGREGATES_PER_BATCH)] = Field(
+        default_factory=list
+    )
+    outcomes: Annotated[list[Outcome], Field(max_length=MAX_OUTCOMES_PER_BATCH)] = Field(
+        default_factory=list
+    )
+    receipts: Annotated[list[Id], Field(max_length=MAX_RECEIPTS_PER_BATCH)] = Field(
+        default_factory=list
+    )
+    stats: BatchStats = Field(default_factory=BatchStats)
+
+
+class ClaimRequest(Message):
+    """Uplink claim on `dev/{id}/up/claim`; `id` is the idempotency key."""
+
+    id: Id
+    device_id: DeviceId
+    offer_id: Id
+    campaign_id: Id
+    at: UtcTime
+
+
+class State(Message):
+    """Retained on `dev/{id}/state`: birth (`online`) and last will (`offline`)."""
+
+    device_id: DeviceId
+    status: Literal["online", "offline"]
+    at: UtcTime | None = None
+    profile: Profile | None = None
+    agent_version: Annotated[str, StringConstraints(max_length=32)] | None = None
+    model_version: Annotated[int, Field(ge=0)] | None = None
+    cohorts: Annotated[list[Cohort], Field(max_length=16)] = Field(default_factory=list)
+
+
+# ---------------------------------------------------------------- downlink
+
+
+class Ack(Message):
+    """`dev/{id}/down/ack` (fixed): the listed batches are stored at the gateway."""
+
+    acks: Annotated[list[Seq], Field(max_length=1000)]
+
+
+OfferType = Literal["coupon", "bundle", "replenishment", "membership_perk", "group_buy", "content"]
+
+
+class Offer(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    id: Id
+    campaign_id: Id
+    variant: Annotated[str, StringConstraints(max_length=32)] = "a"
+    type: OfferType
+    title: ShortText
+    body: LongText = ""
+    category: Name
+    price: Annotated[Finite, Field(ge=0, le=1e9)] = 0.0
+    discount: Annotated[Finite, Field(ge=0, le=1)] = 0.0
+    currency: Annotated[str, StringConstraints(pattern=r"^[A-Z]{3}$")] = "CNY"
+    surfaces: Annotated[list[Name], Field(min_length=1, max_length=16)]
+    starts_at: UtcTime
+    expires_at: UtcTime
+    limited: bool = False
+    caps: Annotated[dict[Name, Annotated[int, Field(ge=0, le=10_000)]], Field(max_length=8)] = (
+        Field(default_factory=dict)
+    )
+    priority: Annotated[int, Field(ge=0, le=100)] = 50
+
+
+class OfferBundle(Signed):
+    """Signed set of offers, on `dev/{id}/down/offers` or retained on `cohort/{c}/offers`."""
+
+    id: Id
+    issued_at: UtcTime
+    offers: Annotated[list[Offer], Field(max_length=MAX_OFFERS_PER_BUNDLE)]
+    cohort: Cohort | None = None
+    revokes: Annotated[list[Id], Field(max_length=MAX_OFFERS_PER_BUNDLE)] = Field(
+        default_factory=list
+    )
+
+
+class ClaimResult(Signed):
+    """Signed answer to a claim on `dev/{id}/down/claim`."""
+
+    id: Id
+    claim_id: Id
+    device_id: DeviceId
+    offer_id: Id
+    granted: bool
+    code: Annotated[str, StringConstraints(max_length=64)] | None = None
+    reason: ShortText = ""
+    issued_at: UtcTime
+
+
+class Command(Signed):
+    """Signed command on `dev/{id}/down/cmd`."""
+
+    id: Id
+    device_id: DeviceId
+    kind: Literal["forget", "resync", "config"]
+    args: Attrs = Field(default_factory=dict)
+    issued_at: UtcTime
+
+
+class FeatureDef(BaseModel):
+    """One input column: the agent computes `name`, then `(x - mean) / scale`."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: Annotated[str, StringConstraints(min_length=1, max_length=96)]
+    default: Finite = 0.0
+    mean: Finite = 0.0
+    scale: Annotated[Finite, Field(gt=0)] = 1.0
+    personal: bool = False
+
+
+class FeatureSpec(BaseModel):
+    """What a model needs as input: columns in order, tensor names."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    version: Literal[1] = 1
+    input_name: Annotated[str, StringConstraints(min_length=1, max_length=64)] = "features"
+    output_name: Annotated[str, StringConstraints(min_length=1, max_length=64)] = "score"
+    features: Annotated[list[FeatureDef], Field(min_length=1, max_length=512)]
+
+    @property
+    def names(self) -> list[str]:
+        return [f.name for f in self.features]
+
+
+class ModelManifest(Signed):
+    """Signed on `models/{profile}/manifest`: which model file a profile should run."""
+
+    name: Name
+    version: Annotated[int, Field(ge=1)]
+    profiles: Annotated[list[Profile], Field(min_length=1, max_length=16)]
+    sha256: Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
+    size: Annotated[int, Field(ge=1, le=64 * 1024 * 1024)]
+    url: Annotated[str, StringConstraints(max_length=500)] | None = None
+    feature_spec: FeatureSpec
+    created_at: UtcTime
+    rollout: Annotated[int, Field(ge=0, le=100)] = 100
+
+
+class PublicKey(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    kid: Name
+    public_key: Annotated[str, StringConstraints(min_length=40, max_length=64)]
+    """Raw Ed25519 public key, 32 bytes, standard base64."""
+
+
+class KeyList(Signed):
+    """Signed, retained on `keys`: the cloud's current signing keys; `version` only increases."""
+
+    version: Annotated[int, Field(ge=1)]
+    keys: Annotated[list[PublicKey], Field(min_length=1, max_length=MAX_KEYS)]
+    issued_at: UtcTime
+
+
+class TrustFile(Message):
+    """`trust.json`: the keys a device pins at provisioning (written by the gateway)."""
+
+    keys: Annotated[list[PublicKey], Field(min_length=1, max_length=MAX_KEYS)]
+    topic_root: str = "edgemart/v1"
+
+
+UPLINK_MODELS: dict[str, type[Message]] = {"batch": Batch, "claim": ClaimRequest, "state": State}
+ALL_MODELS: list[type[BaseModel]] = [
+    Batch,
+    Signal,
+    Aggregate,
+    Outcome,
+    BatchStats,
+    ClaimRequest,
+    State,
+    Ack,
+    OfferBundle,
+    Offer,
+    ClaimResult,
+    Command,
+    ModelManifest,
+    FeatureSpec,
+    FeatureDef,
+    KeyList,
+    PublicKey,
+    TrustFile,
+]
