@@ -1,0 +1,34 @@
+"""The agent's errors: `AgentError` at the root, narrow subclasses carrying what went wrong."""
+
+from __future__ import annotations
+
+
+class AgentError(Exception):
+    """Root of every error the agent raises on purpose."""
+
+
+class ConfigError(AgentError):
+    """A profile, config file or environment value is invalid; names the field and the file."""
+
+    def __init__(self, message: str, *, source: str | None = None, field: str | None = None) -> None:
+        where = ", ".join(p for p in (source and f"in {source}", field and f"field {field}") if p)
+        super().__init__(f"{message} ({where})" if where else message)
+        self.source = source
+        self.field = field
+
+
+class ModelRejected(AgentError):
+    """A model file or manifest the agent cannot serve; the previous model stays."""
+
+    def __init__(self, reason: str, *, version: int | None = None) -> None:
+        super().__init__(f"model {version if version is not None else '?'} refused: {reason}")
+        self.reason = reason
+        self.version = version
+
+
+class StoreError(AgentError):
+    """The on-device SQLite store failed (disk full, corrupt file)."""
+
+
+class QuotaExceeded(AgentError):
+    """The outbox is at its quota and the profile says refuse (HTTP 503)."""

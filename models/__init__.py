@@ -1,0 +1,1 @@
+"""Feature spec, training, evaluation and ONNX export; the shipped default model in `default/`."""
