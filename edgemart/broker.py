@@ -7,7 +7,11 @@ persistent session (DESIGN.md), which is why delivery is guaranteed end to end, 
 from __future__ import annotations
 
 import logging
+import shutil
 import socket
+import subprocess
+import time
+from pathlib import Path
 from types import TracebackType
 from typing import Any
 
@@ -38,7 +42,9 @@ class EmbeddedBroker:
     def _config(self) -> dict[str, Any]:
         return {
             "listeners": {"default": {"type": "tcp", "bind": f"{self.host}:{self.port}"}},
-            "plugins": {"amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": True}},
+            "plugins": {
+                "amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": True}
+            },
         }
 
     async def __aenter__(self) -> EmbeddedBroker:
@@ -68,9 +74,6 @@ class MosquittoProcess:
     """
 
     def __init__(self, workdir: str, port: int = 0, binary: str | None = None) -> None:
-        import shutil
-        from pathlib import Path
-
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.port = port or free_port()
@@ -87,25 +90,24 @@ class MosquittoProcess:
             "max_inflight_messages 100\n"
             "log_dest none\n"
         )
-        self._proc: Any = None
+        self._proc: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
         return f"mqtt://127.0.0.1:{self.port}"
 
     def start(self, timeout: float = 10.0) -> None:
-        import subprocess
-        import time
-
         self._proc = subprocess.Popen(  # noqa: S603 - fixed binary, our own config file
             [self.binary, "-c", str(self.conf)],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
+        proc = self._proc
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if self._proc.poll() is not None:
-                raise RuntimeError(f"mosquitto exited with {self._proc.returncode} on port {self.port}")
+            if proc.poll() is not None:
+                code = proc.returncode
+                raise RuntimeError(f"mosquitto exited with {code} on port {self.port}")
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
                     return

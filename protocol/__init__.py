@@ -1,4 +1,4 @@
-"""The wire contract shared by devices and the cloud: topics, envelopes, codec, signing. Pure, no I/O."""
+"""The wire contract of devices and cloud: topics, envelopes, codec, signing. Pure, no I/O."""
 
 from protocol.errors import (
     InvalidMessage,

@@ -6,6 +6,7 @@ is generated from these models (`python -m protocol.docs`).
 
 from __future__ import annotations
 
+import math
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
@@ -53,7 +54,7 @@ Seq = Annotated[int, Field(ge=0, le=2**53)]
 
 
 def _finite(value: float) -> float:
-    if value != value or value in (float("inf"), float("-inf")):
+    if not math.isfinite(value):
         raise ValueError("must be a finite number")
     return value
 

@@ -1,0 +1,53 @@
+"""`edgemart bench` / `python -m bench`: run the benchmarks, write latest.json and the table."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from pathlib import Path
+
+from bench.record import Record, write_results
+
+ROOT = Path(__file__).resolve().parents[1]
+SUITES = ["bench.protocol_bench"]
+
+
+def run(only: list[str] | None = None) -> list[Record]:
+    records: list[Record] = []
+    for name in SUITES:
+        if only and not any(o in name for o in only):
+            continue
+        module = importlib.import_module(name)
+        sys.stderr.write(f"bench: {name} ...\n")
+        records.extend(module.run())
+    return records
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    records = run(args.only)
+    write_results(records, Path(args.out), Path(args.table))
+    for r in records:
+        sys.stdout.write(
+            f"{r.name:40s} {r.value:14,.4g} {r.unit:12s} ratio {r.ratio:.3g} vs {r.baseline}\n"
+        )
+    return 0
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--only", nargs="*", help="run only suites whose name contains this")
+    parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "latest.json"))
+    parser.add_argument("--table", default=str(ROOT / "docs" / "benchmarks.md"))
+    parser.set_defaults(func=cmd_bench)
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    add_arguments(sub.add_parser("bench", help="run the benchmarks (bench/results/latest.json)"))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    result: int = args.func(args)
+    return result

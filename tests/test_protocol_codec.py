@@ -1,0 +1,162 @@
+"""Codec: round trips, zlib, and hostile bytes that must be refused with a reason."""
+
+from __future__ import annotations
+
+import json
+import zlib
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from protocol import codec
+from protocol.envelopes import Ack, Aggregate, Batch, Outcome, Signal
+from protocol.errors import (
+    InvalidMessage,
+    MalformedPayload,
+    PayloadTooLarge,
+    ProtocolError,
+    UnsupportedVersion,
+)
+
+NOW = datetime(2026, 11, 27, 6, 0, tzinfo=UTC)
+names = st.from_regex(r"[a-z][a-z0-9_]{0,15}", fullmatch=True)
+attr_values = st.one_of(
+    st.text(max_size=40),
+    st.integers(-(2**31), 2**31),
+    st.booleans(),
+    st.none(),
+    st.floats(allow_nan=False, allow_infinity=False, width=32),
+)
+signals = st.builds(
+    Signal,
+    id=st.uuids().map(str),
+    kind=names,
+    at=st.datetimes(
+        min_value=datetime(2020, 1, 1), max_value=datetime(2035, 1, 1), timezones=st.just(UTC)
+    ).map(lambda d: d.replace(microsecond=(d.microsecond // 1000) * 1000)),
+    attrs=st.dictionaries(names, attr_values, max_size=5),
+)
+
+
+def _batch(**kw: object) -> Batch:
+    base: dict[str, object] = {
+        "device_id": "tv-0001",
+        "seq": 1,
+        "sent_at": NOW,
+        "agent_version": "0.1.0",
+    }
+    base.update(kw)
+    return Batch.model_validate(base)
+
+
+@given(st.lists(signals, max_size=30), st.integers(0, 2**40), st.sampled_from([None, True, False]))
+@settings(max_examples=150, deadline=None)
+def test_batch_round_trips_through_the_wire(
+    sigs: list[Signal], seq: int, compress: bool | None
+) -> None:
+    batch = _batch(signals=sigs, seq=seq)
+    payload = codec.encode(batch, compress=compress)
+    assert codec.decode(payload, Batch, allow_zlib=True) == batch
+
+
+def test_auto_compression_only_when_it_saves_bytes() -> None:
+    small = Ack(acks=[1])
+    assert codec.encode(small, compress=None) == b'{"v":1,"acks":[1]}'
+    big = _batch(
+        signals=[
+            Signal(
+                id=f"id-{i}", kind="app_open", at=NOW, attrs={"app": "video", "category": "games"}
+            )
+            for i in range(200)
+        ]
+    )
+    packed = codec.encode(big, compress=None)
+    assert packed[:1] != b"{"
+    assert len(packed) < len(codec.encode(big)) / 5
+
+
+def test_outcomes_and_aggregates_round_trip() -> None:
+    batch = _batch(
+        outcomes=[
+            Outcome(
+                id="o1",
+                offer_id="f1",
+                campaign_id="c1",
+                kind="click",
+                at=NOW,
+                surface="tv_home_banner",
+                score=0.42,
+                model_version=1,
+            )
+        ],
+        aggregates=[Aggregate(window="1h:2026-11-27T06", key="category:games", count=3)],
+    )
+    assert codec.decode(codec.encode(batch), Batch) == batch
+
+
+@pytest.mark.parametrize(
+    ("payload", "error"),
+    [
+        (b"", MalformedPayload),
+        (b"[1,2]", MalformedPayload),
+        (b'{"v":1', MalformedPayload),
+        (b"\xff\xfe{}", MalformedPayload),
+        (b'{"v":2,"acks":[1]}', UnsupportedVersion),
+        (b'{"v":true,"acks":[1]}', UnsupportedVersion),
+        (b'{"acks":[1]}', UnsupportedVersion),
+        (b'{"v":1,"acks":"one"}', InvalidMessage),
+        (b'{"v":1,"acks":[1],"extra":1}', InvalidMessage),
+        (b'{"v":1,"acks":[-1]}', InvalidMessage),
+        (b'{"v":1,"acks":[1]' + b" " * (300 * 1024) + b"}", PayloadTooLarge),
+    ],
+)
+def test_hostile_payloads_are_refused_with_a_reason(payload: bytes, error: type) -> None:
+    with pytest.raises(error) as info:
+        codec.decode(payload, Ack)
+    assert isinstance(info.value, ProtocolError)
+    assert info.value.reason
+
+
+def test_zlib_bomb_stops_at_the_bound() -> None:
+    bomb = zlib.compress(b"{" + b" " * (100 * 1024 * 1024) + b"}", 9)
+    assert len(bomb) < codec.MAX_COMPRESSED
+    with pytest.raises(PayloadTooLarge):
+        codec.decode(bomb, Batch, allow_zlib=True)
+
+
+def test_zlib_refused_where_not_allowed_and_truncated_stream_refused() -> None:
+    packed = zlib.compress(b'{"v":1,"acks":[1]}')
+    with pytest.raises(MalformedPayload):
+        codec.decode(packed, Ack)
+    with pytest.raises(MalformedPayload):
+        codec.decode(packed[:-4], Ack, allow_zlib=True)
+
+
+def test_deep_nesting_refused() -> None:
+    deep = '{"v":1,"x":' + "[" * 50 + "]" * 50 + "}"
+    with pytest.raises(MalformedPayload, match="nests deeper"):
+        codec.decode_object(deep.encode())
+
+
+def test_field_errors_name_the_path() -> None:
+    obj = json.loads(codec.encode(_batch(signals=[Signal(id="a", kind="app_open", at=NOW)])))
+    obj["signals"][0]["kind"] = "Not A Name!"
+    with pytest.raises(InvalidMessage) as info:
+        codec.validate(obj, Batch)
+    assert info.value.errors[0]["loc"] == "signals.0.kind"
+
+
+def test_naive_or_offsetless_times_refused() -> None:
+    obj = {
+        "v": 1,
+        "device_id": "tv-0001",
+        "seq": 1,
+        "sent_at": "2026-11-27T06:00:00",
+        "agent_version": "x",
+    }
+    with pytest.raises(InvalidMessage, match="sent_at"):
+        codec.validate(obj, Batch)
+    obj["sent_at"] = (NOW + timedelta(hours=1)).isoformat()
+    assert codec.validate(obj, Batch).sent_at == NOW + timedelta(hours=1)
