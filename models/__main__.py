@@ -1,0 +1,5 @@
+"""`python -m models <verb>`: see `models.cli`."""
+
+from models.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,70 @@
+"""Build the shipped default model end to end from the synthetic world (seeded, reproducible).
+
+This is glue, and the only module of `models` that imports `simulators.world`: it writes
+the world's logged examples to JSON lines, then trains and evaluates from those files
+exactly as from a real gateway export. The training library never sees the world.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from models.evaluate import evaluate_examples
+from models.logs import read_examples
+from models.train import TrainResult, write_model
+from simulators.world import logged_examples, make_world, to_jsonl
+
+DEFAULT_DIR = Path(__file__).resolve().parent / "default"
+TRAIN_LOGS = "train.jsonl"
+HOLDOUT_LOGS = "holdout.jsonl"
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class BuildResult:
+    trained: TrainResult
+    evaluation: dict[str, Any]
+
+
+def write_world_logs(
+    logs_dir: Path, *, seed: int, households: int, per_household: int, holdout: float
+) -> tuple[Path, Path]:
+    """Logs of a world of `households`: the last `holdout` share of households held out."""
+    world = make_world(seed, households)
+    split = max(1, min(households - 1, round(households * (1.0 - holdout))))
+    logs_dir.mkdir(parents=True, exist_ok=True)
+    paths = (logs_dir / TRAIN_LOGS, logs_dir / HOLDOUT_LOGS)
+    for stream, (path, ids) in enumerate(
+        zip(paths, (range(split), range(split, households)), strict=True)
+    ):
+        with path.open("w", encoding="utf-8") as out:
+            out.writelines(to_jsonl(logged_examples(world, ids, per_household, stream)))
+    return paths
+
+
+def build_default(
+    out: Path = DEFAULT_DIR,
+    *,
+    seed: int = 7,
+    households: int = 20_000,
+    per_household: int = 5,
+    holdout: float = 0.2,
+    logs_dir: Path | None = None,
+) -> BuildResult:
+    """World logs -> `model.onnx`, `manifest.json`, `evaluation.json` in `out`.
+
+    The logs go to a temporary folder unless `logs_dir` keeps them.
+    """
+    if households < 2:
+        raise ValueError("need at least two households: one to train on, one held out")
+    with tempfile.TemporaryDirectory(prefix="edgemart-logs-") as scratch:
+        folder = logs_dir if logs_dir is not None else Path(scratch)
+        train_logs, holdout_logs = write_world_logs(
+            folder, seed=seed, households=households, per_household=per_household, holdout=holdout
+        )
+        train_examples = read_examples(train_logs)
+        trained = write_model(train_examples, out)
+        evaluation = evaluate_examples(out, train_examples, read_examples(holdout_logs), seed=seed)
+    return BuildResult(trained=trained, evaluation=evaluation)

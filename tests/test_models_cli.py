@@ -1,0 +1,55 @@
+"""The model verbs: `python -m models build-default` and the `edgemart model` group."""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from models.cli import main, register
+
+
+def test_build_default_verb_writes_the_three_files(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "model"
+    assert main(["build-default", "--seed", "3", "--households", "300", "--out", str(out)]) == 0
+    assert sorted(p.name for p in out.iterdir()) == [
+        "evaluation.json",
+        "manifest.json",
+        "model.onnx",
+    ]
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["sha256"] == hashlib.sha256((out / "model.onnx").read_bytes()).hexdigest()
+    assert "model.onnx" in capsys.readouterr().out
+
+
+def test_bad_arguments_are_one_line_and_nonzero(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["build-default", "--households", "1", "--out", str(tmp_path)]) == 1
+    assert capsys.readouterr().err.count("\n") == 1
+
+
+def test_register_adds_the_model_group() -> None:
+    parser = argparse.ArgumentParser(prog="edgemart")
+    register(parser.add_subparsers(dest="area", required=True))
+    args = parser.parse_args(["model", "build-default", "--households", "10", "--seed", "2"])
+    assert (args.area, args.verb, args.households, args.seed) == ("model", "build-default", 10, 2)
+    assert callable(args.func)
+
+
+def test_python_dash_m_models_shows_its_help() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "models", "build-default", "--help"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
+    assert "--households" in done.stdout
