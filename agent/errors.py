@@ -10,7 +10,9 @@ class AgentError(Exception):
 class ConfigError(AgentError):
     """A profile, config file or environment value is invalid; names the field and the file."""
 
-    def __init__(self, message: str, *, source: str | None = None, field: str | None = None) -> None:
+    def __init__(
+        self, message: str, *, source: str | None = None, field: str | None = None
+    ) -> None:
         where = ", ".join(p for p in (source and f"in {source}", field and f"field {field}") if p)
         super().__init__(f"{message} ({where})" if where else message)
         self.source = source
@@ -32,3 +34,39 @@ class StoreError(AgentError):
 
 class QuotaExceeded(AgentError):
     """The outbox is at its quota and the profile says refuse (HTTP 503)."""
+
+
+class InvalidInput(AgentError):
+    """Input from an app (HTTP body or library call) failed validation; nothing was stored.
+
+    `errors` are `[{"loc": "signals.3.kind", "msg": ...}]`, as the local API returns them.
+    """
+
+    def __init__(self, errors: list[dict[str, str]]) -> None:
+        detail = "; ".join(f"{e['loc']}: {e['msg']}" for e in errors[:5])
+        super().__init__(f"invalid input: {detail}")
+        self.errors = errors
+
+
+class TooLarge(AgentError):
+    """A request is over the size or item limit (HTTP 413)."""
+
+    def __init__(self, message: str, *, limit: int) -> None:
+        super().__init__(message)
+        self.limit = limit
+
+
+class UnknownOffer(AgentError):
+    """An outcome names an offer this device does not hold (HTTP 404)."""
+
+    def __init__(self, offer_id: str) -> None:
+        super().__init__(f"unknown offer {offer_id!r}")
+        self.offer_id = offer_id
+
+
+class LinkDown(AgentError):
+    """The MQTT link is not connected; the caller keeps the data and retries later."""
+
+
+class ScoringError(AgentError):
+    """Running a loaded model failed (onnxruntime error or wrong output) during a decision."""

@@ -1,0 +1,375 @@
+"""Feature windows: hourly signal buckets kept in memory at intake, persisted as rows, read fast.
+
+Persistence contract (the store relies on it):
+
+* `FeatureWindows.observe` returns rows `(key, hour_epoch, delta)`. The store must apply them
+  **additively**: `count = count + delta` on conflict of `(key, hour_epoch)` (an append-only
+  table whose rows are summed on load is equally fine: `load` sums duplicate rows). A row whose
+  total reaches 0 may be deleted.
+* `hour_epoch` of a windowed row is the hour number since the Unix epoch
+  (`int(at.timestamp()) // 3600`), not seconds.
+* Keys: `cat:<category>` counts signals whose `attrs.category` is `<category>`, one bucket per
+  hour. `level:<category>` (latest `consumable_level.level`) and `tier` (latest `member_tier`)
+  are *state* keys kept at `hour_epoch == STATE_HOUR`, a constant far in the future so a prune
+  `DELETE ... WHERE hour_epoch < prune_cutoff(now)` never removes them. A state value packs the
+  observation time and the value, `(unix_seconds << 20) | value` (level scaled by 1e6, tier as
+  is), so "latest wins" is simply "largest wins" and the delta is `new - old`. `~hw` (also at
+  `STATE_HOUR`) is the newest hour seen: buckets older than `~hw - 168` (7 days + 1 h kept) are
+  dropped in memory and ignored by `load`.
+* At most `max_keys` distinct keys (`~hw` aside). When a new key would pass the cap, the key seen
+  least recently (by signal time; ties by name) is evicted and `observe` returns negative rows
+  that cancel its buckets, so the persisted rows always sum to exactly the in-memory state.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from types import MappingProxyType
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from agent.errors import ConfigError
+
+Row = tuple[str, int, int]
+"""`(key, hour_epoch, delta)` as persisted by the store."""
+
+HOUR_S = 3600
+WINDOW_24H = 24
+WINDOW_7D = 168
+KEEP_HOURS = WINDOW_7D + 1
+DEFAULT_MAX_KEYS = 1000
+STATE_HOUR = 2**31 - 1
+LEVEL_SCALE = 1_000_000
+AT_SHIFT = 20
+MAX_TIER = 3
+
+COUNT_PREFIX = "cat:"
+LEVEL_PREFIX = "level:"
+TIER_KEY = "tier"
+HIGH_WATER_KEY = "~hw"
+
+OFFER_TYPES = ("coupon", "bundle", "replenishment", "membership_perk", "group_buy", "content")
+PROFILES = ("hub", "tv", "phone", "speaker")
+CATEGORIES = (
+    "purifier_filter",
+    "water_filter",
+    "tv_streaming",
+    "phone_accessories",
+    "smart_home",
+    "appliances",
+    "groceries",
+    "games",
+    "music",
+    "membership",
+)
+PERSONAL_FEATURES = frozenset(
+    {
+        "user.category_count_24h",
+        "user.category_count_7d",
+        "user.consumable_need",
+        "user.member_tier",
+    }
+)
+KNOWN_FEATURES: frozenset[str] = frozenset(
+    {
+        "offer.discount",
+        "offer.log_price",
+        "offer.priority",
+        "offer.limited",
+        "ctx.hour_sin",
+        "ctx.hour_cos",
+        *(f"offer.type.{t}" for t in OFFER_TYPES),
+        *(f"ctx.profile.{p}" for p in PROFILES),
+        *PERSONAL_FEATURES,
+    }
+)
+"""Every feature name this agent can compute (feature spec v1, docs/architecture.md)."""
+
+_CATEGORY_RE = re.compile(r"^[a-z0-9_.:-]{1,64}$")
+_EMPTY_COUNTS: Mapping[str, int] = MappingProxyType({})
+_EMPTY_NEEDS: Mapping[str, float] = MappingProxyType({})
+
+
+@dataclass(frozen=True, slots=True)
+class UserContext:
+    """What a decision knows about the household; personal fields are empty without consent."""
+
+    profile: str
+    local_hour: float
+    category_24h: Mapping[str, int]
+    category_7d: Mapping[str, int]
+    consumable_need: Mapping[str, float]
+    member_tier: int
+    personalized: bool
+
+    def depersonalized(self) -> UserContext:
+        """The same context with every personal field at its empty/zero value."""
+        if not self.personalized:
+            return self
+        return UserContext(
+            self.profile, self.local_hour, _EMPTY_COUNTS, _EMPTY_COUNTS, _EMPTY_NEEDS, 0, False
+        )
+
+
+def prune_cutoff(now: datetime) -> int:
+    """The oldest `hour_epoch` worth keeping at `now`; the store may delete rows below it."""
+    return _hour(now) - WINDOW_7D
+
+
+def local_hour(now: datetime, tz: str) -> float:
+    """Hour of day (0 <= h < 24, fractional) at `now` in the IANA time zone `tz`."""
+    try:
+        zone = ZoneInfo(tz)
+    except (ZoneInfoNotFoundError, ValueError) as exc:
+        raise ConfigError(f"unknown time zone {tz!r}", field="timezone") from exc
+    local = now.astimezone(zone)
+    return local.hour + local.minute / 60 + (local.second + local.microsecond / 1e6) / 3600
+
+
+def _hour(at: datetime) -> int:
+    return _seconds(at) // HOUR_S
+
+
+def _seconds(at: datetime) -> int:
+    if at.tzinfo is None:
+        raise ValueError("feature windows need timezone-aware times")
+    return math.floor(at.timestamp())
+
+
+def _category(value: object) -> str | None:
+    if isinstance(value, str) and _CATEGORY_RE.match(value):
+        return value
+    return None
+
+
+def _number(value: object) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    number = float(value)
+    return number if math.isfinite(number) else None
+
+
+def _pack(seconds: int, value: int) -> int:
+    return (max(seconds, 1) << AT_SHIFT) | value
+
+
+def _unpack(packed: int) -> tuple[int, int]:
+    return packed >> AT_SHIFT, packed & ((1 << AT_SHIFT) - 1)
+
+
+class FeatureWindows:
+    """Hourly per-category counts (24 h / 7 d windows), latest consumable levels and member tier.
+
+    Fed once per accepted signal (`observe`), read once per decision (`context`); nothing is
+    recomputed from raw events. Memory is bounded: `max_keys` keys of at most 169 buckets each.
+    Not thread-safe: one owner (the agent) calls it.
+    """
+
+    __slots__ = ("_buckets", "_cache", "_high", "_last", "_max_keys", "_states", "_version")
+
+    def __init__(self, *, max_keys: int = DEFAULT_MAX_KEYS) -> None:
+        if max_keys < 1:
+            raise ValueError("max_keys must be at least 1")
+        self._max_keys = max_keys
+        self._buckets: dict[str, dict[int, int]] = {}
+        self._states: dict[str, int] = {}
+        self._last: dict[str, int] = {}  # key -> last seen, unix seconds (hour start for counts)
+        self._high: int | None = None  # newest bucket hour seen
+        self._version = 0
+        self._cache: tuple[int, int, tuple[Mapping[str, int], Mapping[str, int]]] | None = None
+
+    # ------------------------------------------------------------------ intake
+
+    def observe(self, kind: str, attrs: Mapping[str, object], at: datetime) -> list[Row]:
+        """Account one accepted signal; returns the bucket increments to persist with it."""
+        seconds = _seconds(at)
+        rows: list[Row] = []
+        category = _category(attrs.get("category"))
+        if category is not None:
+            self._count(COUNT_PREFIX + category, seconds // HOUR_S, rows)
+        if kind == "consumable_level" and category is not None:
+            level = _number(attrs.get("level"))
+            if level is not None:
+                scaled = round(min(max(level, 0.0), 1.0) * LEVEL_SCALE)
+                self._set_state(LEVEL_PREFIX + category, seconds, scaled, rows)
+        elif kind == "member_tier":
+            tier = _number(attrs.get("tier"))
+            if tier is not None:
+                self._set_state(TIER_KEY, seconds, int(min(max(round(tier), 0), MAX_TIER)), rows)
+        if rows:
+            self._version += 1
+        return rows
+
+    def _count(self, key: str, hour: int, rows: list[Row]) -> None:
+        if self._high is not None and hour < self._high - WINDOW_7D:
+            return  # older than anything we keep
+        if self._high is None or hour > self._high:
+            rows.append((HIGH_WATER_KEY, STATE_HOUR, hour - (self._high or 0)))
+            self._high = hour
+            self._prune()
+        buckets = self._buckets.get(key)
+        if buckets is None:
+            if not self._make_room(key, hour * HOUR_S, rows):
+                return
+            buckets = self._buckets[key] = {}
+        buckets[hour] = buckets.get(hour, 0) + 1
+        rows.append((key, hour, 1))
+        self._last[key] = max(self._last.get(key, 0), hour * HOUR_S)
+
+    def _set_state(self, key: str, seconds: int, value: int, rows: list[Row]) -> None:
+        packed = _pack(seconds, value)
+        old = self._states.get(key)
+        if old is not None and packed <= old:
+            return  # an older (or equal) observation: latest wins
+        if old is None and not self._make_room(key, seconds, rows):
+            return
+        self._states[key] = packed
+        self._last[key] = max(seconds, 1)
+        rows.append((key, STATE_HOUR, packed - (old or 0)))
+
+    def _make_room(self, key: str, last: int, rows: list[Row]) -> bool:
+        """Admit `key` under the cap, evicting the least recently seen key if needed."""
+        if len(self._last) < self._max_keys:
+            return True
+        victim = min(self._last, key=lambda k: (self._last[k], k))
+        if (last, key) < (self._last[victim], victim):
+            return False  # the newcomer is the least recent of all: it is the one left out
+        self._evict(victim, rows)
+        return True
+
+    def _evict(self, key: str, rows: list[Row] | None) -> None:
+        del self._last[key]
+        buckets = self._buckets.pop(key, None)
+        if buckets is not None and rows is not None:
+            rows.extend((key, hour, -count) for hour, count in buckets.items())
+        packed = self._states.pop(key, None)
+        if packed is not None and rows is not None:
+            rows.append((key, STATE_HOUR, -packed))
+
+    def _prune(self) -> None:
+        if self._high is None:
+            return
+        oldest = self._high - WINDOW_7D
+        for key in list(self._buckets):
+            buckets = self._buckets[key]
+            if min(buckets) >= oldest:
+                continue
+            for hour in [h for h in buckets if h < oldest]:
+                del buckets[hour]
+            if not buckets:
+                del self._buckets[key]
+                del self._last[key]
+
+    # ------------------------------------------------------------------ persistence
+
+    @classmethod
+    def load(cls, rows: Iterable[Row], *, max_keys: int = DEFAULT_MAX_KEYS) -> FeatureWindows:
+        """Rebuild the windows from persisted rows (duplicates are summed, unknown keys skipped)."""
+        totals: dict[tuple[str, int], int] = {}
+        for key, hour, delta in rows:
+            totals[key, hour] = totals.get((key, hour), 0) + delta
+        windows = cls(max_keys=max_keys)
+        high = max(
+            (
+                hour
+                for (key, hour), total in totals.items()
+                if key.startswith(COUNT_PREFIX) and total > 0 and hour != STATE_HOUR
+            ),
+            default=totals.get((HIGH_WATER_KEY, STATE_HOUR), 0),
+        )
+        high = max(high, totals.get((HIGH_WATER_KEY, STATE_HOUR), 0))
+        windows._high = high if high > 0 else None
+        for (key, hour), total in sorted(totals.items()):
+            if total <= 0:
+                continue
+            if key.startswith(COUNT_PREFIX) and hour != STATE_HOUR:
+                if hour < high - WINDOW_7D or hour > high:
+                    continue
+                windows._buckets.setdefault(key, {})[hour] = total
+                windows._last[key] = max(windows._last.get(key, 0), hour * HOUR_S)
+            elif (key.startswith(LEVEL_PREFIX) or key == TIER_KEY) and hour == STATE_HOUR:
+                windows._states[key] = total
+                windows._last[key] = max(_unpack(total)[0], 1)
+        if len(windows._last) > max_keys:
+            ranked = sorted(windows._last, key=lambda k: (windows._last[k], k))
+            for key in ranked[: len(ranked) - max_keys]:
+                windows._evict(key, None)
+        return windows
+
+    def dump(self) -> list[Row]:
+        """The whole state as rows, sorted; `load(w.dump())` equals `w` (use it to compact)."""
+        rows: list[Row] = []
+        if self._high is not None:
+            rows.append((HIGH_WATER_KEY, STATE_HOUR, self._high))
+        for key, buckets in self._buckets.items():
+            rows.extend((key, hour, count) for hour, count in buckets.items())
+        rows.extend((key, STATE_HOUR, packed) for key, packed in self._states.items())
+        rows.sort()
+        return rows
+
+    def __len__(self) -> int:
+        """Number of distinct keys held (counts and states)."""
+        return len(self._last)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, FeatureWindows):
+            return NotImplemented
+        return self.dump() == other.dump()
+
+    __hash__ = None  # type: ignore[assignment]  # mutable
+
+    # ------------------------------------------------------------------ decisions
+
+    def levels(self) -> dict[str, float]:
+        """Latest consumable level (0..1) per category."""
+        return {
+            key[len(LEVEL_PREFIX) :]: _unpack(packed)[1] / LEVEL_SCALE
+            for key, packed in self._states.items()
+            if key.startswith(LEVEL_PREFIX)
+        }
+
+    def member_tier(self) -> int:
+        packed = self._states.get(TIER_KEY)
+        return 0 if packed is None else _unpack(packed)[1]
+
+    def counts(self, now: datetime) -> tuple[Mapping[str, int], Mapping[str, int]]:
+        """Per-category signal counts over the last 24 h and 7 d (hourly buckets) at `now`.
+
+        The 24 h window is the 24 hourly buckets ending with the current one, 7 d the 168.
+        Cached until the next observation or the next hour.
+        """
+        now_h = _hour(now)
+        cache = self._cache
+        if cache is not None and cache[0] == now_h and cache[1] == self._version:
+            return cache[2]
+        lo24 = now_h - WINDOW_24H
+        lo7 = now_h - WINDOW_7D
+        day: dict[str, int] = {}
+        week: dict[str, int] = {}
+        skip = len(COUNT_PREFIX)
+        for key, buckets in self._buckets.items():
+            s24 = s7 = 0
+            for hour, count in buckets.items():
+                if lo7 < hour <= now_h:
+                    s7 += count
+                    if hour > lo24:
+                        s24 += count
+            if s7:
+                week[key[skip:]] = s7
+                if s24:
+                    day[key[skip:]] = s24
+        result = (MappingProxyType(day), MappingProxyType(week))
+        self._cache = (now_h, self._version, result)
+        return result
+
+    def context(self, now: datetime, profile: str, tz: str, personalized: bool) -> UserContext:
+        """The decision context at `now`; personal fields stay empty when not `personalized`."""
+        hour = local_hour(now, tz)
+        if not personalized:
+            return UserContext(profile, hour, _EMPTY_COUNTS, _EMPTY_COUNTS, _EMPTY_NEEDS, 0, False)
+        day, week = self.counts(now)
+        need = MappingProxyType({cat: 1.0 - level for cat, level in self.levels().items()})
+        return UserContext(profile, hour, day, week, need, self.member_tier(), True)
