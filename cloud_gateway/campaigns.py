@@ -1,0 +1,233 @@
+"""Campaigns, pure: the operator's input model, the state machine, cohort catalogs, stats."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import datetime, timedelta
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from cloud_gateway.errors import InvalidTransition
+from protocol.envelopes import (
+    MAX_OFFERS_PER_BUNDLE,
+    Cohort,
+    Finite,
+    Id,
+    LongText,
+    Name,
+    Offer,
+    OfferBundle,
+    OfferType,
+    ShortText,
+    UtcTime,
+)
+from protocol.ids import new_id
+
+CampaignState = Literal["draft", "live", "paused", "ended"]
+MAX_OFFERS_PER_CAMPAIGN = 100
+MAX_COHORTS_PER_CAMPAIGN = 16
+
+
+class OfferTemplate(BaseModel):
+    """An offer as an operator writes it: the Offer fields but `campaign_id` (`id` optional)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    id: Id | None = None
+    variant: Annotated[str, Field(max_length=32)] = "a"
+    type: OfferType
+    title: Annotated[ShortText, Field(min_length=1)]
+    body: LongText = ""
+    category: Name
+    price: Annotated[Finite, Field(ge=0, le=1e9)] = 0.0
+    discount: Annotated[Finite, Field(ge=0, le=1)] = 0.0
+    currency: Annotated[str, Field(pattern=r"^[A-Z]{3}$")] = "CNY"
+    surfaces: Annotated[list[Name], Field(min_length=1, max_length=16)]
+    starts_at: UtcTime | None = None
+    expires_at: UtcTime | None = None
+    limited: bool = False
+    caps: Annotated[dict[Name, Annotated[int, Field(ge=0, le=10_000)]], Field(max_length=8)] = (
+        Field(default_factory=dict)
+    )
+    priority: Annotated[int, Field(ge=0, le=100)] = 50
+
+    @model_validator(mode="after")
+    def _window(self) -> OfferTemplate:
+        if self.starts_at and self.expires_at and self.expires_at <= self.starts_at:
+            raise ValueError("expires_at must be after starts_at")
+        return self
+
+
+class CampaignIn(BaseModel):
+    """`POST /v1/campaigns` body."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: Annotated[str, Field(min_length=1, max_length=120)]
+    offers: Annotated[list[OfferTemplate], Field(min_length=1, max_length=MAX_OFFERS_PER_CAMPAIGN)]
+    cohorts: Annotated[list[Cohort], Field(min_length=1, max_length=MAX_COHORTS_PER_CAMPAIGN)]
+    starts_at: UtcTime | None = None
+    ends_at: UtcTime | None = None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> CampaignIn:
+        if self.starts_at and self.ends_at and self.ends_at <= self.starts_at:
+            raise ValueError("ends_at must be after starts_at")
+        ids = [o.id for o in self.offers if o.id is not None]
+        if len(ids) != len(set(ids)):
+            raise ValueError("offer ids must be unique within a campaign")
+        if len(self.cohorts) != len(set(self.cohorts)):
+            raise ValueError("cohorts must be unique")
+        return self
+
+
+class OfferOut(OfferTemplate):
+    """A stored offer template: its `id` is always set."""
+
+    id: Id
+
+
+class Campaign(BaseModel):
+    """A campaign as stored and returned by the API."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    id: Id
+    name: str
+    state: CampaignState
+    offers: list[OfferOut]
+    cohorts: list[Cohort]
+    starts_at: UtcTime | None = None
+    ends_at: UtcTime | None = None
+    created_at: UtcTime
+    updated_at: UtcTime
+    launched_at: UtcTime | None = None
+
+    def doc(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+
+class CampaignStats(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    campaign_id: Id
+    state: CampaignState
+    pushed: int
+    publishes: int
+    impressions: int
+    clicks: int
+    dismisses: int
+    conversions: int
+    ctr: float
+
+
+def new_campaign(spec: CampaignIn, now: datetime) -> Campaign:
+    """A draft campaign; every offer gets an id (the operator's or a fresh UUIDv7)."""
+    offers = [
+        OfferOut.model_validate({**o.model_dump(), "id": o.id or new_id()}) for o in spec.offers
+    ]
+    return Campaign(
+        id=new_id(),
+        name=spec.name,
+        state="draft",
+        offers=offers,
+        cohorts=list(spec.cohorts),
+        starts_at=spec.starts_at,
+        ends_at=spec.ends_at,
+        created_at=now,
+        updated_at=now,
+    )
+
+
+TRANSITIONS: dict[str, dict[CampaignState, CampaignState]] = {
+    "launch": {"draft": "live", "paused": "live", "live": "live"},
+    "pause": {"live": "paused", "paused": "paused"},
+    "end": {"draft": "ended", "live": "ended", "paused": "ended", "ended": "ended"},
+}
+
+
+def transition(campaign: Campaign, action: str, now: datetime) -> Campaign:
+    """The campaign after `action`; repeating an action is a no-op, anything else refused."""
+    target = TRANSITIONS.get(action, {}).get(campaign.state)
+    if target is None:
+        raise InvalidTransition(campaign.id, campaign.state, action)
+    if action == "launch" and campaign.ends_at is not None and campaign.ends_at <= now:
+        raise InvalidTransition(campaign.id, "over (ends_at has passed)", action)
+    changes: dict[str, Any] = {"state": target, "updated_at": now}
+    if action == "launch" and campaign.state != "live":
+        changes["launched_at"] = now
+    return campaign.model_copy(update=changes)
+
+
+def build_offers(campaign: Campaign, now: datetime, bundle_expiry: datetime) -> list[Offer]:
+    """Wire offers of one campaign: defaults for the window come from the campaign."""
+    offers = []
+    for tpl in campaign.offers:
+        fields = tpl.model_dump(exclude={"starts_at", "expires_at"})
+        starts = tpl.starts_at or campaign.starts_at or campaign.launched_at or now
+        expires = tpl.expires_at or campaign.ends_at or bundle_expiry
+        offers.append(
+            Offer.model_validate(
+                {**fields, "campaign_id": campaign.id, "starts_at": starts, "expires_at": expires}
+            )
+        )
+    return offers
+
+
+def build_catalog(
+    cohort: str,
+    live: Iterable[Campaign],
+    now: datetime,
+    ttl: timedelta,
+    revokes: Iterable[str] = (),
+) -> tuple[OfferBundle, dict[str, int]]:
+    """The unsigned catalog of every live campaign's offers for `cohort`.
+
+    Returns the bundle and the offers count per campaign in it. Highest priority first,
+    capped at the bundle limit. The bundle lives while any of its campaigns runs, at most
+    `ttl`; each offer carries its own window.
+    """
+    bundle_expiry = now + ttl
+    candidates: list[Offer] = []
+    ends: list[datetime] = []
+    for campaign in live:
+        if campaign.state != "live" or cohort not in campaign.cohorts:
+            continue
+        if campaign.ends_at is not None and campaign.ends_at <= now:
+            continue
+        candidates.extend(build_offers(campaign, now, bundle_expiry))
+        ends.append(campaign.ends_at or bundle_expiry)
+    candidates = [o for o in candidates if o.expires_at > now]
+    candidates.sort(key=lambda o: (-o.priority, o.campaign_id, o.id))
+    offers = candidates[:MAX_OFFERS_PER_BUNDLE]
+    per_campaign: dict[str, int] = {}
+    for offer in offers:
+        per_campaign[offer.campaign_id] = per_campaign.get(offer.campaign_id, 0) + 1
+    expires = min(max(ends), bundle_expiry) if ends else bundle_expiry
+    kept = {o.id for o in offers}
+    bundle = OfferBundle(
+        id=new_id(),
+        issued_at=now,
+        expires_at=expires,
+        cohort=cohort,
+        offers=offers,
+        revokes=sorted({r for r in revokes if r not in kept})[:MAX_OFFERS_PER_BUNDLE],
+    )
+    return bundle, per_campaign
+
+
+def campaign_stats(campaign: Campaign, counts: dict[str, int]) -> CampaignStats:
+    impressions = counts.get("impression", 0)
+    clicks = counts.get("click", 0)
+    return CampaignStats(
+        campaign_id=campaign.id,
+        state=campaign.state,
+        pushed=counts.get("pushed", 0),
+        publishes=counts.get("publishes", 0),
+        impressions=impressions,
+        clicks=clicks,
+        dismisses=counts.get("dismiss", 0),
+        conversions=counts.get("conversion", 0),
+        ctr=round(clicks / impressions, 6) if impressions else 0.0,
+    )

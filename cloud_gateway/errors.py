@@ -1,0 +1,50 @@
+"""The gateway's errors: `GatewayError` at the root, narrow subclasses carrying what went wrong."""
+
+from __future__ import annotations
+
+
+class GatewayError(Exception):
+    """Root of every error the gateway raises on purpose."""
+
+
+class ConfigError(GatewayError):
+    """A setting is invalid; names the field (and the source, when there is one)."""
+
+    def __init__(
+        self, message: str, *, field: str | None = None, source: str | None = None
+    ) -> None:
+        where = ", ".join(p for p in (source and f"in {source}", field and f"field {field}") if p)
+        super().__init__(f"{message} ({where})" if where else message)
+        self.field = field
+        self.source = source
+
+
+class KeyStoreError(GatewayError):
+    """The signing key or trust file on disk cannot be read or written."""
+
+
+class StoreError(GatewayError):
+    """The gateway's SQLite store failed (disk full, corrupt file, locked too long)."""
+
+
+class NotFound(GatewayError):
+    """A campaign, device or other named thing does not exist."""
+
+    def __init__(self, kind: str, ident: str) -> None:
+        super().__init__(f"{kind} {ident!r} not found")
+        self.kind = kind
+        self.ident = ident
+
+
+class InvalidTransition(GatewayError):
+    """A campaign cannot move from its state to the one asked for."""
+
+    def __init__(self, campaign_id: str, state: str, action: str) -> None:
+        super().__init__(f"campaign {campaign_id!r} is {state}: cannot {action}")
+        self.campaign_id = campaign_id
+        self.state = state
+        self.action = action
+
+
+class LinkDown(GatewayError):
+    """The MQTT link is not connected, so nothing can be published right now."""

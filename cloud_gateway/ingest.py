@@ -1,0 +1,281 @@
+"""Uplink handling: topic + payload -> a parsed message or a counted rejection; store, then ack."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+from cloud_gateway.errors import GatewayError
+from cloud_gateway.store import Database, Store
+from protocol import codec
+from protocol.envelopes import Ack, Batch, ClaimRequest, ClaimResult, State
+from protocol.errors import ProtocolError
+from protocol.ids import new_id, utcnow
+from protocol.signing import Signer
+from protocol.topics import Topics
+
+log = logging.getLogger(__name__)
+
+REJECT_REASONS = (
+    "malformed",
+    "too_large",
+    "invalid",
+    "unsupported_version",
+    "wrong_device",
+    "unknown_topic",
+)
+MAX_WARNED = 10_000
+CLAIM_RESULT_TTL = timedelta(days=1)
+
+Publish = Callable[[str, bytes, bool], Awaitable[None]]
+"""publish(topic, payload, retain) at QoS 1."""
+
+
+@dataclass(frozen=True, slots=True)
+class Parsed:
+    """An uplink message that passed every check; `device_id` comes from the topic."""
+
+    device_id: str
+    message: Batch | ClaimRequest | State
+
+
+@dataclass(frozen=True, slots=True)
+class Rejected:
+    """An uplink message refused for `reason`; `device_id` is the topic's, if it had one."""
+
+    reason: str
+    device_id: str | None
+    detail: str
+
+
+@dataclass(frozen=True, slots=True)
+class Ignored:
+    """Nothing to do: an empty retained payload clearing a device's state topic."""
+
+    device_id: str
+
+
+def parse_uplink(
+    topics: Topics,
+    topic: str,
+    payload: bytes,
+    *,
+    max_compressed: int = codec.MAX_COMPRESSED,
+    max_decompressed: int = codec.MAX_DECOMPRESSED,
+) -> Parsed | Rejected | Ignored:
+    """Pure: hostile bytes give a Rejected, never an exception. The topic names the device."""
+    where = topics.parse_uplink(topic)
+    if where is None:
+        return Rejected("unknown_topic", None, f"not an uplink topic: {topic[:200]!r}")
+    model: type[Batch | ClaimRequest | State]
+    if where.kind == "batch":
+        model = Batch
+    elif where.kind == "claim":
+        model = ClaimRequest
+    else:
+        if not payload:
+            return Ignored(where.device_id)
+        model = State
+    try:
+        message = codec.decode(
+            payload,
+            model,
+            allow_zlib=where.kind == "batch",
+            max_compressed=max_compressed,
+            max_decompressed=max_decompressed,
+        )
+    except ProtocolError as exc:
+        return Rejected(exc.reason, where.device_id, str(exc)[:300])
+    except RecursionError:
+        return Rejected("malformed", where.device_id, "payload nests too deeply")
+    if message.device_id != where.device_id:
+        return Rejected(
+            "wrong_device",
+            where.device_id,
+            f"payload names device {message.device_id!r} on the topic of {where.device_id!r}",
+        )
+    return Parsed(where.device_id, message)
+
+
+class AckBatcher:
+    """Coalesces acks per device over a short window; publishes only what was committed."""
+
+    def __init__(
+        self, topics: Topics, publish: Publish, counters: Counter[str], delay_s: float
+    ) -> None:
+        self._topics = topics
+        self._publish = publish
+        self._counters = counters
+        self._delay = delay_s
+        self._pending: dict[str, list[int]] = {}
+        self._wake = asyncio.Event()
+
+    def add(self, device_id: str, seq: int) -> None:
+        """Queue an ack for a batch that is committed (call only after the commit)."""
+        seqs = self._pending.setdefault(device_id, [])
+        if seq not in seqs:
+            seqs.append(seq)
+        self._wake.set()
+
+    async def run(self) -> None:
+        """Flush loop (a named task of the gateway); cancel it, then call `flush()`."""
+        while True:
+            await self._wake.wait()
+            if self._delay:
+                await asyncio.sleep(self._delay)
+            await self.flush()
+
+    async def flush(self) -> None:
+        self._wake.clear()
+        pending, self._pending = self._pending, {}
+        for device_id, seqs in pending.items():
+            for start in range(0, len(seqs), 1000):
+                chunk = seqs[start : start + 1000]
+                try:
+                    await self._publish(
+                        self._topics.ack(device_id), codec.encode(Ack(acks=chunk)), False
+                    )
+                except GatewayError as exc:
+                    # The device sends an unacknowledged batch again; we ack the duplicate.
+                    self._counters["acks_failed"] += len(chunk)
+                    log.debug("ack for %s not sent: %s", device_id, exc)
+                else:
+                    self._counters["acks_sent"] += len(chunk)
+
+
+class Ingestor:
+    """Handles one uplink message at a time; never raises for what a peer sent."""
+
+    def __init__(
+        self,
+        topics: Topics,
+        db: Database,
+        *,
+        acks: AckBatcher,
+        publish: Publish,
+        signer: Signer,
+        counters: Counter[str],
+        max_compressed: int = codec.MAX_COMPRESSED,
+        max_decompressed: int = codec.MAX_DECOMPRESSED,
+    ) -> None:
+        self._topics = topics
+        self._db = db
+        self._acks = acks
+        self._publish = publish
+        self._signer = signer
+        self.counters = counters
+        self._max_compressed = max_compressed
+        self._max_decompressed = max_decompressed
+        self._warned: set[tuple[str | None, str]] = set()
+
+    async def handle(self, topic: str, payload: bytes) -> Parsed | Rejected | Ignored:
+        self.counters["messages_received"] += 1
+        result = parse_uplink(
+            self._topics,
+            topic,
+            payload,
+            max_compressed=self._max_compressed,
+            max_decompressed=self._max_decompressed,
+        )
+        try:
+            if isinstance(result, Rejected):
+                await self._reject(result)
+            elif isinstance(result, Parsed):
+                await self._accept(result.device_id, result.message)
+        except GatewayError as exc:
+            # Nothing acked: the device will send again. The loop goes on.
+            self.counters["store_errors"] += 1
+            log.error("could not handle a message on %s: %s", topic[:200], exc)  # noqa: TRY400
+        return result
+
+    async def _reject(self, rejected: Rejected) -> None:
+        self.counters[f"rejected_{rejected.reason}"] += 1
+        key = (rejected.device_id, rejected.reason)
+        level = logging.DEBUG
+        if key not in self._warned and len(self._warned) < MAX_WARNED:
+            self._warned.add(key)
+            level = logging.WARNING
+        log.log(
+            level,
+            "rejected %s message from device %s: %s",
+            rejected.reason,
+            rejected.device_id or "?",
+            rejected.detail,
+        )
+        if rejected.device_id is not None:
+            await self._db.call(Store.record_rejection, rejected.device_id, utcnow())
+
+    async def _accept(self, device_id: str, message: Batch | ClaimRequest | State) -> None:
+        if isinstance(message, Batch):
+            stored = await self._db.call(Store.store_batch_detail, device_id, message, utcnow())
+            if stored.new:
+                self.counters["batches_stored"] += 1
+                self.counters["signals_stored"] += stored.signals
+                self.counters["aggregates_stored"] += stored.aggregates
+                self.counters["outcomes_stored"] += stored.outcomes
+            else:
+                self.counters["batches_duplicate"] += 1
+            self._acks.add(device_id, message.seq)
+        elif isinstance(message, State):
+            self.counters["states_received"] += 1
+            await self._db.call(Store.record_state, device_id, message, utcnow())
+        else:
+            await self._claim(device_id, message)
+
+    async def _claim(self, device_id: str, claim: ClaimRequest) -> None:
+        """Claims are stored and answered with a signed refusal until claims are enabled."""
+        self.counters["claims_received"] += 1
+        new, result = await self._db.call(Store.store_claim, device_id, claim, utcnow())
+        if result is None:
+            now = utcnow()
+            answer = ClaimResult(
+                id=new_id(),
+                claim_id=claim.id,
+                device_id=device_id,
+                offer_id=claim.offer_id,
+                granted=False,
+                reason="claims not enabled yet",
+                issued_at=now,
+                expires_at=now + CLAIM_RESULT_TTL,
+            )
+            result = self._signer.sign(answer.to_wire())
+            await self._db.call(Store.save_claim_result, device_id, claim.id, result)
+        elif not new:
+            self.counters["claims_duplicate"] += 1
+        try:
+            await self._publish(
+                self._topics.claim_down(device_id), codec.encode_dict(result), False
+            )
+        except GatewayError as exc:
+            log.debug("claim result for %s not sent: %s", device_id, exc)
+
+
+def rejected_by_reason(counters: Counter[str]) -> dict[str, int]:
+    return {reason: counters[f"rejected_{reason}"] for reason in REJECT_REASONS}
+
+
+def public_counters(counters: Counter[str]) -> dict[str, Any]:
+    """Gateway-wide counters as `GET /v1/stats` shows them."""
+    names = (
+        "messages_received",
+        "batches_stored",
+        "batches_duplicate",
+        "signals_stored",
+        "aggregates_stored",
+        "outcomes_stored",
+        "states_received",
+        "claims_received",
+        "acks_sent",
+        "acks_failed",
+        "bundles_pushed",
+        "offers_pushed",
+        "store_errors",
+    )
+    out: dict[str, Any] = {name: counters[name] for name in names}
+    out["rejected"] = rejected_by_reason(counters)
+    return out

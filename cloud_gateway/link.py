@@ -1,0 +1,131 @@
+"""The gateway's MQTT link: a persistent aiomqtt session that consumes, publishes, reconnects."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import Awaitable, Callable
+
+import aiomqtt
+
+from cloud_gateway.config import GatewaySettings
+from cloud_gateway.errors import GatewayError, LinkDown
+
+log = logging.getLogger(__name__)
+
+OnMessage = Callable[[str, bytes], Awaitable[object]]
+Hook = Callable[[], Awaitable[None]]
+
+BACKOFF_START_S = 0.2
+
+
+def backoff_delays(cap: float, start: float = BACKOFF_START_S) -> Callable[[], float]:
+    """Capped exponential backoff with full jitter; `reset()` by making a new one."""
+    attempt = 0
+
+    def next_delay() -> float:
+        nonlocal attempt
+        ceiling = min(cap, start * (2**attempt))
+        attempt = min(attempt + 1, 30)
+        return random.uniform(ceiling / 2, ceiling)
+
+    return next_delay
+
+
+class MqttLink:
+    """Keeps one session to the broker; hands every message to `on_message` in order.
+
+    `on_connected` runs after each (re)subscription; `before_disconnect` runs on shutdown
+    while the session is still up (to flush acks).
+    """
+
+    def __init__(
+        self,
+        settings: GatewaySettings,
+        on_message: OnMessage,
+        *,
+        on_connected: Hook | None = None,
+        before_disconnect: Hook | None = None,
+    ) -> None:
+        self._settings = settings
+        self._on_message = on_message
+        self._on_connected = on_connected
+        self._before_disconnect = before_disconnect
+        self._client: aiomqtt.Client | None = None
+        self.connected = asyncio.Event()
+        self.connects = 0
+
+    def _make_client(self) -> aiomqtt.Client:
+        s = self._settings
+        return aiomqtt.Client(
+            s.broker_host,
+            s.broker_port,
+            identifier=s.mqtt_client_id,
+            clean_session=False,
+            protocol=aiomqtt.ProtocolVersion.V311,
+            keepalive=30,
+            timeout=s.connect_timeout_s,
+            max_queued_incoming_messages=10_000,
+            max_queued_outgoing_messages=10_000,
+        )
+
+    async def run(self) -> None:
+        """Connect, subscribe, consume; reconnect on loss until cancelled."""
+        filters = self._settings.topics.gateway_filters(self._settings.shared_group)
+        next_delay = backoff_delays(self._settings.reconnect_max_s)
+        while True:
+            try:
+                async with self._make_client() as client:
+                    for flt in filters:
+                        await client.subscribe(flt, qos=1)
+                    self._client = client
+                    self.connects += 1
+                    self.connected.set()
+                    next_delay = backoff_delays(self._settings.reconnect_max_s)
+                    log.info("MQTT link up to %s as %s", self._settings.broker, client.identifier)
+                    try:
+                        await self._connected_hook()
+                        async for message in client.messages:
+                            await self._deliver(message)
+                    except asyncio.CancelledError:
+                        if self._before_disconnect is not None:
+                            await asyncio.shield(self._before_disconnect())
+                        raise
+                    finally:
+                        self._client = None
+                        self.connected.clear()
+            except aiomqtt.MqttError as exc:
+                delay = next_delay()
+                log.warning("MQTT link down (%s); retrying in %.1fs", exc, delay)
+                await asyncio.sleep(delay)
+
+    async def _connected_hook(self) -> None:
+        if self._on_connected is None:
+            return
+        try:
+            await self._on_connected()
+        except GatewayError as exc:
+            log.warning("after connecting: %s", exc)
+
+    async def _deliver(self, message: aiomqtt.Message) -> None:
+        """Hand one message on; whatever happens, the consumer loop goes on."""
+        payload = message.payload
+        if not isinstance(payload, bytes | bytearray):
+            payload = str(payload).encode() if payload is not None else b""
+        topic = message.topic.value
+        try:
+            await self._on_message(topic, bytes(payload))
+        except Exception:
+            # A bug in a handler must not stop consumption: logged with its traceback.
+            log.exception("handling a message on %s failed", topic[:200])
+
+    async def publish(self, topic: str, payload: bytes, retain: bool = False) -> None:
+        """Publish at QoS 1; LinkDown when there is no session right now."""
+        client = self._client
+        if client is None:
+            raise LinkDown(f"MQTT link is down: cannot publish to {topic}")
+        try:
+            await client.publish(topic, payload, qos=1, retain=retain)
+        except aiomqtt.MqttError as exc:
+            raise LinkDown(f"publish to {topic} failed: {exc}") from exc

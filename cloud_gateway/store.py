@@ -1,0 +1,432 @@
+"""The gateway's SQLite store: batches once, device registry, campaigns, pushes, tokens, audit.
+
+`Store` is synchronous and owned by one thread; `Database` runs its methods in a dedicated
+single-thread executor so the event loop never blocks on SQLite.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Concatenate, ParamSpec, TypeVar
+
+from sqlite_utils import Database as SqliteDatabase
+
+from cloud_gateway.errors import StoreError
+from cloud_gateway.migrations import apply_migrations, transaction
+from protocol.envelopes import Batch, ClaimRequest, State
+from protocol.ids import format_time
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+OUTCOME_KINDS = ("impression", "click", "dismiss", "conversion")
+
+
+def _json(obj: Any) -> str:
+    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False)
+
+
+@dataclass(frozen=True, slots=True)
+class StoredBatch:
+    """What `store_batch_detail` did: `new` is False for a batch already stored."""
+
+    new: bool
+    signals: int = 0
+    aggregates: int = 0
+    outcomes: int = 0
+
+
+class Store:
+    """One SQLite connection (WAL, synchronous=FULL), used only from the thread that made it."""
+
+    def __init__(self, path: Path | str) -> None:
+        try:
+            conn = sqlite3.connect(str(path), isolation_level=None, timeout=10.0)
+            conn.row_factory = sqlite3.Row
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=FULL")
+            conn.execute("PRAGMA foreign_keys=ON")
+            self.db = SqliteDatabase(conn)
+            self.conn = conn
+            self.applied = apply_migrations(self.db)
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot open the gateway database {path}: {exc}") from exc
+
+    def close(self) -> None:
+        self.conn.close()
+
+    def _rows(self, sql: str, params: list[Any] | tuple[Any, ...] = ()) -> list[dict[str, Any]]:
+        return [dict(r) for r in self.conn.execute(sql, params).fetchall()]
+
+    def _one(self, sql: str, params: list[Any] | tuple[Any, ...] = ()) -> dict[str, Any] | None:
+        row = self.conn.execute(sql, params).fetchone()
+        return dict(row) if row is not None else None
+
+    def _ensure_device(self, device_id: str, now: str) -> None:
+        self.conn.execute(
+            "INSERT OR IGNORE INTO devices (device_id, status, first_seen, last_seen, malformed)"
+            " VALUES (?, 'offline', ?, ?, 0)",
+            [device_id, now, now],
+        )
+
+    # ------------------------------------------------------------ ingest
+
+    def store_batch(self, device_id: str, batch: Batch, received_at: datetime) -> bool:
+        """Store a batch exactly once per (device_id, seq); False if it was already stored."""
+        return self.store_batch_detail(device_id, batch, received_at).new
+
+    def store_batch_detail(
+        self, device_id: str, batch: Batch, received_at: datetime
+    ) -> StoredBatch:
+        now = format_time(received_at)
+        try:
+            with transaction(self.conn):
+                cur = self.conn.execute(
+                    "INSERT OR IGNORE INTO batches (device_id, seq, received_at, sent_at, signals,"
+                    " aggregates, outcomes, receipts) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    [
+                        device_id,
+                        batch.seq,
+                        now,
+                        format_time(batch.sent_at),
+                        len(batch.signals),
+                        len(batch.aggregates),
+                        len(batch.outcomes),
+                        _json(batch.receipts),
+                    ],
+                )
+                self._ensure_device(device_id, now)
+                if cur.rowcount == 0:
+                    self.conn.execute(
+                        "UPDATE devices SET last_seen = ? WHERE device_id = ?", [now, device_id]
+                    )
+                    return StoredBatch(new=False)
+                signals = self.conn.executemany(
+                    "INSERT OR IGNORE INTO signals (device_id, id, seq, kind, at, attrs)"
+                    " VALUES (?, ?, ?, ?, ?, ?)",
+                    [
+                        (device_id, s.id, batch.seq, s.kind, format_time(s.at), _json(s.attrs))
+                        for s in batch.signals
+                    ],
+                ).rowcount
+                aggregates = self.conn.executemany(
+                    "INSERT OR REPLACE INTO aggregates (device_id, seq, window, key, count,"
+                    " seconds) VALUES (?, ?, ?, ?, ?, ?)",
+                    [
+                        (device_id, batch.seq, a.window, a.key, a.count, a.seconds)
+                        for a in batch.aggregates
+                    ],
+                ).rowcount
+                outcomes = self.conn.executemany(
+                    "INSERT OR IGNORE INTO outcomes (device_id, id, seq, offer_id, campaign_id,"
+                    " variant, kind, at, surface, score, model_version)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    [
+                        (
+                            device_id,
+                            o.id,
+                            batch.seq,
+                            o.offer_id,
+                            o.campaign_id,
+                            o.variant,
+                            o.kind,
+                            format_time(o.at),
+                            o.surface,
+                            o.score,
+                            o.model_version if o.model_version is not None else batch.model_version,
+                        )
+                        for o in batch.outcomes
+                    ],
+                ).rowcount
+                self.conn.execute(
+                    "UPDATE devices SET last_seen = ?, agent_version = ?,"
+                    " model_version = coalesce(?, model_version),"
+                    " last_seq = max(coalesce(last_seq, -1), ?), stats = ? WHERE device_id = ?",
+                    [
+                        now,
+                        batch.agent_version,
+                        batch.model_version,
+                        batch.seq,
+                        _json(batch.stats.model_dump()),
+                        device_id,
+                    ],
+                )
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot store batch {batch.seq} of {device_id}: {exc}") from exc
+        return StoredBatch(True, max(signals, 0), max(aggregates, 0), max(outcomes, 0))
+
+    def record_state(self, device_id: str, state: State, received_at: datetime) -> None:
+        now = format_time(received_at)
+        try:
+            with transaction(self.conn):
+                self._ensure_device(device_id, now)
+                self.conn.execute(
+                    "UPDATE devices SET status = ?, last_seen = ?,"
+                    " profile = coalesce(?, profile), agent_version = coalesce(?, agent_version),"
+                    " model_version = coalesce(?, model_version), cohorts = coalesce(?, cohorts)"
+                    " WHERE device_id = ?",
+                    [
+                        state.status,
+                        now,
+                        state.profile,
+                        state.agent_version,
+                        state.model_version,
+                        _json(state.cohorts) if state.cohorts else None,
+                        device_id,
+                    ],
+                )
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot record the state of {device_id}: {exc}") from exc
+
+    def record_rejection(self, device_id: str, received_at: datetime) -> None:
+        """Count one refused message against the device whose topic it came on."""
+        now = format_time(received_at)
+        try:
+            with transaction(self.conn):
+                self._ensure_device(device_id, now)
+                self.conn.execute(
+                    "UPDATE devices SET malformed = malformed + 1 WHERE device_id = ?", [device_id]
+                )
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot count a rejection for {device_id}: {exc}") from exc
+
+    def store_claim(
+        self, device_id: str, claim: ClaimRequest, received_at: datetime
+    ) -> tuple[bool, dict[str, Any] | None]:
+        """Store a claim once; returns (new, stored result of an earlier delivery or None)."""
+        now = format_time(received_at)
+        try:
+            with transaction(self.conn):
+                self._ensure_device(device_id, now)
+                cur = self.conn.execute(
+                    "INSERT OR IGNORE INTO claims (device_id, id, offer_id, campaign_id, at,"
+                    " received_at) VALUES (?, ?, ?, ?, ?, ?)",
+                    [
+                        device_id,
+                        claim.id,
+                        claim.offer_id,
+                        claim.campaign_id,
+                        format_time(claim.at),
+                        now,
+                    ],
+                )
+                if cur.rowcount:
+                    return True, None
+                row = self._one(
+                    "SELECT result FROM claims WHERE device_id = ? AND id = ?",
+                    [device_id, claim.id],
+                )
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot store claim {claim.id} of {device_id}: {exc}") from exc
+        result = row["result"] if row else None
+        return False, (json.loads(result) if result else None)
+
+    def save_claim_result(self, device_id: str, claim_id: str, result: dict[str, Any]) -> None:
+        with transaction(self.conn):
+            self.conn.execute(
+                "UPDATE claims SET result = ? WHERE device_id = ? AND id = ?",
+                [_json(result), device_id, claim_id],
+            )
+
+    # ------------------------------------------------------------ device registry
+
+    def list_devices(self) -> list[dict[str, Any]]:
+        return [
+            self._device_view(r) for r in self._rows("SELECT * FROM devices ORDER BY device_id")
+        ]
+
+    def get_device(self, device_id: str) -> dict[str, Any] | None:
+        row = self._one("SELECT * FROM devices WHERE device_id = ?", [device_id])
+        if row is None:
+            return None
+        view = self._device_view(row)
+        for table, key in (("batches", "batches"), ("signals", "signals_stored")):
+            count = self._one(f"SELECT count(*) AS n FROM {table} WHERE device_id = ?", [device_id])  # noqa: S608 - fixed table names
+            view[key] = count["n"] if count else 0
+        count = self._one("SELECT count(*) AS n FROM outcomes WHERE device_id = ?", [device_id])
+        view["outcomes_stored"] = count["n"] if count else 0
+        return view
+
+    @staticmethod
+    def _device_view(row: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "device_id": row["device_id"],
+            "status": row["status"],
+            "profile": row["profile"],
+            "first_seen": row["first_seen"],
+            "last_seen": row["last_seen"],
+            "agent_version": row["agent_version"],
+            "model_version": row["model_version"],
+            "last_seq": row["last_seq"],
+            "cohorts": json.loads(row["cohorts"]) if row["cohorts"] else [],
+            "stats": json.loads(row["stats"]) if row["stats"] else {},
+            "malformed": row["malformed"],
+        }
+
+    def export_device(self, device_id: str) -> dict[str, Any] | None:
+        if self._one("SELECT 1 AS x FROM devices WHERE device_id = ?", [device_id]) is None:
+            return None
+        signals = [
+            {**r, "attrs": json.loads(r["attrs"])}
+            for r in self._rows(
+                "SELECT id, seq, kind, at, attrs FROM signals WHERE device_id = ? ORDER BY id",
+                [device_id],
+            )
+        ]
+        aggregates = self._rows(
+            "SELECT seq, window, key, count, seconds FROM aggregates WHERE device_id = ?"
+            " ORDER BY seq, window, key",
+            [device_id],
+        )
+        outcomes = self._rows(
+            "SELECT id, seq, offer_id, campaign_id, variant, kind, at, surface, score,"
+            " model_version FROM outcomes WHERE device_id = ? ORDER BY id",
+            [device_id],
+        )
+        return {
+            "device_id": device_id,
+            "signals": signals,
+            "aggregates": aggregates,
+            "outcomes": outcomes,
+        }
+
+    # ------------------------------------------------------------ campaigns and pushes
+
+    def insert_campaign(self, doc: dict[str, Any]) -> None:
+        with transaction(self.conn):
+            self.conn.execute(
+                "INSERT INTO campaigns (id, name, state, doc, created_at, updated_at)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                [
+                    doc["id"],
+                    doc["name"],
+                    doc["state"],
+                    _json(doc),
+                    doc["created_at"],
+                    doc["updated_at"],
+                ],
+            )
+
+    def get_campaign(self, campaign_id: str) -> dict[str, Any] | None:
+        row = self._one("SELECT doc FROM campaigns WHERE id = ?", [campaign_id])
+        return json.loads(row["doc"]) if row else None
+
+    def list_campaigns(self, state: str | None = None) -> list[dict[str, Any]]:
+        if state is None:
+            rows = self._rows("SELECT doc FROM campaigns ORDER BY created_at, id")
+        else:
+            rows = self._rows(
+                "SELECT doc FROM campaigns WHERE state = ? ORDER BY created_at, id", [state]
+            )
+        return [json.loads(r["doc"]) for r in rows]
+
+    def update_campaign(self, doc: dict[str, Any]) -> None:
+        with transaction(self.conn):
+            self.conn.execute(
+                "UPDATE campaigns SET state = ?, doc = ?, updated_at = ? WHERE id = ?",
+                [doc["state"], _json(doc), doc["updated_at"], doc["id"]],
+            )
+
+    def record_catalog(
+        self,
+        cohort: str,
+        bundle_id: str,
+        per_campaign: dict[str, int],
+        published_at: datetime,
+        expires_at: datetime,
+    ) -> None:
+        """One published cohort catalog: a push row per campaign in it, the cohort's latest."""
+        at = format_time(published_at)
+        with transaction(self.conn):
+            self.conn.executemany(
+                "INSERT INTO pushes (campaign_id, cohort, bundle_id, offers, at)"
+                " VALUES (?, ?, ?, ?, ?)",
+                [(cid, cohort, bundle_id, n, at) for cid, n in per_campaign.items()],
+            )
+            self.conn.execute(
+                "INSERT OR REPLACE INTO catalogs (cohort, bundle_id, offers, published_at,"
+                " expires_at) VALUES (?, ?, ?, ?, ?)",
+                [cohort, bundle_id, sum(per_campaign.values()), at, format_time(expires_at)],
+            )
+
+    def catalogs(self) -> list[dict[str, Any]]:
+        return self._rows("SELECT * FROM catalogs ORDER BY cohort")
+
+    def campaign_counts(self, campaign_id: str) -> dict[str, int]:
+        """Offers pushed, publishes, and stored outcomes by kind for one campaign."""
+        pushed = self._one(
+            "SELECT coalesce(sum(offers), 0) AS offers, count(*) AS n FROM pushes"
+            " WHERE campaign_id = ?",
+            [campaign_id],
+        )
+        counts = {k: 0 for k in OUTCOME_KINDS}
+        for row in self._rows(
+            "SELECT kind, count(*) AS n FROM outcomes WHERE campaign_id = ? GROUP BY kind",
+            [campaign_id],
+        ):
+            counts[row["kind"]] = row["n"]
+        counts["pushed"] = pushed["offers"] if pushed else 0
+        counts["publishes"] = pushed["n"] if pushed else 0
+        return counts
+
+    # ------------------------------------------------------------ tokens and audit
+
+    def add_token(self, token_id: str, token_hash: str, created_at: datetime) -> None:
+        with transaction(self.conn):
+            self.conn.execute(
+                "INSERT INTO tokens (id, hash, created_at) VALUES (?, ?, ?)",
+                [token_id, token_hash, format_time(created_at)],
+            )
+
+    def token_id_for_hash(self, token_hash: str) -> str | None:
+        row = self._one("SELECT id FROM tokens WHERE hash = ? AND revoked_at IS NULL", [token_hash])
+        return str(row["id"]) if row else None
+
+    def audit(
+        self, who: str, action: str, target: str, at: datetime, detail: dict[str, Any] | None = None
+    ) -> None:
+        with transaction(self.conn):
+            self.conn.execute(
+                "INSERT INTO audit (who, action, target, at, detail) VALUES (?, ?, ?, ?, ?)",
+                [who, action, target, format_time(at), _json(detail or {})],
+            )
+
+    def audit_log(self, limit: int = 100) -> list[dict[str, Any]]:
+        return self._rows("SELECT * FROM audit ORDER BY id DESC LIMIT ?", [limit])
+
+
+class Database:
+    """Runs `Store` methods in one dedicated thread: `await db.call(Store.get_device, id)`."""
+
+    def __init__(self, path: Path | str) -> None:
+        self.path = path
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gateway-db")
+        self._store: Store | None = None
+
+    async def open(self) -> Database:
+        loop = asyncio.get_running_loop()
+        self._store = await loop.run_in_executor(self._executor, Store, self.path)
+        return self
+
+    async def call(
+        self, method: Callable[Concatenate[Store, P], T], *args: P.args, **kwargs: P.kwargs
+    ) -> T:
+        store = self._store
+        if store is None:
+            raise StoreError("the gateway database is not open")
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, lambda: method(store, *args, **kwargs))
+
+    async def close(self) -> None:
+        store, self._store = self._store, None
+        if store is not None:
+            loop = asyncio.get_running_loop()
+            await loop.run_in_executor(self._executor, store.close)
+        self._executor.shutdown(wait=True)
