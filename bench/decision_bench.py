@@ -24,9 +24,13 @@ def _offers(n: int) -> list[Offer]:
     now = utcnow()
     return [
         Offer.model_validate(
-            {**{k: v for k, v in r.items()}, "campaign_id": f"c{i % 60}",
-             "surfaces": ["tv_home_banner"], "starts_at": now - timedelta(hours=1),
-             "expires_at": now + timedelta(days=1)}
+            {
+                **{k: v for k, v in r.items()},
+                "campaign_id": f"c{i % 60}",
+                "surfaces": ["tv_home_banner"],
+                "starts_at": now - timedelta(hours=1),
+                "expires_at": now + timedelta(days=1),
+            }
         )
         for i, r in enumerate(world.catalog.records())
     ]

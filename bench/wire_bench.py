@@ -25,16 +25,38 @@ def _signals(n: int) -> list[Signal]:
 
 def run() -> list[Record]:
     signals = _signals(BATCH)
-    batch = Batch(device_id="tv-0001", seq=1, sent_at=utcnow(), agent_version="0.1.0",
-                  model_version=1, signals=signals)
+    batch = Batch(
+        device_id="tv-0001",
+        seq=1,
+        sent_at=utcnow(),
+        agent_version="0.1.0",
+        model_version=1,
+        signals=signals,
+    )
     batched = len(codec.encode(batch, compress=None)) / BATCH
-    per_event = sum(
-        len(json.dumps({"device_id": "tv-0001", "sent_at": format_time(utcnow()),
-                        "agent_version": "0.1.0", **s.model_dump(mode="json")}).encode())
-        for s in signals
-    ) / BATCH
+    per_event = (
+        sum(
+            len(
+                json.dumps(
+                    {
+                        "device_id": "tv-0001",
+                        "sent_at": format_time(utcnow()),
+                        "agent_version": "0.1.0",
+                        **s.model_dump(mode="json"),
+                    }
+                ).encode()
+            )
+            for s in signals
+        )
+        / BATCH
+    )
     return [
-        Record("wire_bytes_per_signal_raw", batched, "bytes/signal",
-               "one JSON message per event", per_event,
-               f"{BATCH}-signal zlib batch of scripted TV usage; payload bytes only"),
+        Record(
+            "wire_bytes_per_signal_raw",
+            batched,
+            "bytes/signal",
+            "one JSON message per event",
+            per_event,
+            f"{BATCH}-signal zlib batch of scripted TV usage; payload bytes only",
+        ),
     ]

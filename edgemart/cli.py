@@ -13,7 +13,7 @@ Registrar = Callable[["argparse._SubParsersAction[argparse.ArgumentParser]"], No
 
 
 def _registrars() -> list[Registrar]:
-    # Imported here so `edgemart --version` stays instant; each room owns its verbs.
+    # Each room owns its verbs; imported on use so that importing edgemart stays light.
     from agent.cli import register as agent_verbs  # noqa: PLC0415
     from bench.cli import register as bench_verbs  # noqa: PLC0415
     from cloud_gateway.cli import register as gateway_verbs  # noqa: PLC0415

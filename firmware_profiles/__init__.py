@@ -1,4 +1,4 @@
-"""Firmware profiles: one TOML file per device class (budgets, surfaces, uplink, consent defaults)."""
+"""Firmware profiles: one TOML file per device class (budgets, surfaces, uplink, consent)."""
 
 from __future__ import annotations
 

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import getpass
 import contextlib
+import getpass
 import shutil
 import socket
 import subprocess

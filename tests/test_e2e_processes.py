@@ -26,8 +26,10 @@ EDGEMART = [sys.executable, "-m", "edgemart"]
 
 def _spawn(args: list[str], log: Path) -> subprocess.Popen[bytes]:
     env = dict(os.environ, PYTHONUNBUFFERED="1")
-    handle = log.open("wb")
-    return subprocess.Popen([*EDGEMART, *args], stdout=handle, stderr=subprocess.STDOUT, env=env)
+    with log.open("wb") as handle:  # the child keeps its own copy of the descriptor
+        return subprocess.Popen(
+            [*EDGEMART, *args], stdout=handle, stderr=subprocess.STDOUT, env=env
+        )
 
 
 def _stop(proc: subprocess.Popen[bytes], log: Path) -> int:

@@ -1,0 +1,97 @@
+"""`edgemart agent run`: the agent daemon's command line (thin over `agent.daemon.run_agent`)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from agent.config import load_settings
+from agent.errors import AgentError
+
+PROFILE_PORT = -2
+"""`--api-port` not given: serve on the profile's `api_port`."""
+
+
+def _port(text: str) -> int | None:
+    """`--api-port`: a port, 0 for a free one, `none` for no local API."""
+    if text.lower() in ("none", "off", "-1"):
+        return None
+    value = int(text)
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"port {value} is out of range")
+    return value
+
+
+def _add_verbs(parser: argparse.ArgumentParser) -> None:
+    verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
+    run = verbs.add_parser("run", help="run the agent daemon until SIGTERM/SIGINT")
+    run.add_argument("--profile", required=True, help="firmware profile name or .toml path")
+    run.add_argument("--device-id", required=True)
+    run.add_argument("--broker", required=True, help="mqtt://HOST:PORT")
+    run.add_argument("--data-dir", required=True, type=Path)
+    run.add_argument(
+        "--api-port",
+        type=_port,
+        default=PROFILE_PORT,
+        help="local API port on 127.0.0.1 (0: a free port, none: no API; default: the profile's)",
+    )
+    run.add_argument("--trust", required=True, type=Path, help="the pinned trust.json")
+    run.add_argument("--config", type=Path, default=None, help="a TOML config file")
+    run.add_argument("-v", "--verbose", action="count", default=0)
+    run.set_defaults(func=cmd_run)
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add the `agent` group to the `edgemart` command."""
+    parser = subparsers.add_parser("agent", help="the on-device agent")
+    _add_verbs(parser)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    logging.basicConfig(
+        level=logging.DEBUG
+        if args.verbose > 1
+        else logging.INFO
+        if args.verbose
+        else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    from agent.daemon import run_agent  # noqa: PLC0415  # keeps `edgemart --help` light
+
+    try:
+        profile_port = args.api_port == PROFILE_PORT
+        api_port = None if profile_port else args.api_port
+        settings = load_settings(
+            profile=args.profile,
+            device_id=args.device_id,
+            broker=args.broker,
+            data_dir=args.data_dir,
+            api_port=api_port,
+            trust=args.trust,
+            config_file=args.config,
+        )
+        if profile_port:
+            settings = settings.model_copy(update={"api_port": settings.profile.api_port})
+        asyncio.run(run_agent(settings))
+    except AgentError as exc:
+        print(f"edgemart agent: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="edgemart agent", description="the on-device agent")
+    _add_verbs(parser)
+    args = parser.parse_args(argv)
+    code: int = args.func(args)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

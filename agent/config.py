@@ -1,0 +1,271 @@
+"""Agent settings: firmware profile TOML, config file, then `EDGEMART_*` env, validated once."""
+
+from __future__ import annotations
+
+import json
+import os
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
+
+import firmware_profiles
+from agent.errors import ConfigError
+from protocol.codec import field_errors
+from protocol.topics import COHORT_RE, DEVICE_ID_RE, PROFILE_RE, Topics
+
+ENV_PREFIX = "EDGEMART_"
+AGENT_KEYS = frozenset(
+    {"topic_root", "max_request_bytes", "max_request_items", "seen_ids_max", "mqtt_keepalive_s"}
+)
+
+Name = Annotated[str, StringConstraints(pattern=r"^[a-z0-9_.:-]{1,64}$")]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Budgets(_Strict):
+    memory_mb: Annotated[int, Field(ge=1, le=65536)] = 64
+    outbox_max_bytes: Annotated[int, Field(ge=4096)] = 8 * 1024 * 1024
+    outbox_full: Literal["evict", "refuse"] = "evict"
+    uplink_bytes_per_day: Annotated[int, Field(ge=0)] = 10_000_000
+    scoring_cpu_ms: Annotated[float, Field(gt=0)] = 5.0
+    max_candidates: Annotated[int, Field(ge=1, le=10_000)] = 500
+
+
+class UplinkSettings(_Strict):
+    batch_max_signals: Annotated[int, Field(ge=1, le=2000)] = 500
+    batch_max_age_s: Annotated[float, Field(ge=0, le=3600)] = 2.0
+    ack_timeout_s: Annotated[float, Field(gt=0, le=3600)] = 10.0
+    max_in_flight: Annotated[int, Field(ge=1, le=64)] = 4
+    compress: Literal["auto", "never", "always"] = "auto"
+    mode: Literal["raw", "aggregate"] = "raw"
+    durability: Literal["full", "normal"] = "full"
+
+    @property
+    def compress_flag(self) -> bool | None:
+        """The `compress=` argument of `protocol.codec.encode` for this setting."""
+        return {"auto": None, "never": False, "always": True}[self.compress]
+
+
+class ConsentDefaults(_Strict):
+    analytics: bool = False
+    personalization: bool = False
+    marketing: bool = False
+
+
+class SignalPolicy(_Strict):
+    priority: Annotated[int, Field(ge=0, le=100)] = 50
+    ttl_hours: Annotated[float, Field(gt=0, le=24 * 3650)] = 168.0
+
+
+class Profile(_Strict):
+    """One firmware profile (`firmware_profiles/<name>.toml`), validated."""
+
+    name: Annotated[str, StringConstraints(pattern=PROFILE_RE.pattern)]
+    description: str = ""
+    api_port: Annotated[int, Field(ge=0, le=65535)] = 0
+    surfaces: Annotated[list[Name], Field(min_length=1, max_length=16)]
+    cohorts: Annotated[
+        list[Annotated[str, StringConstraints(pattern=COHORT_RE.pattern)]], Field(max_length=16)
+    ] = Field(default_factory=list)
+    model: Name = "default"
+    timezone: str = "UTC"
+    budgets: Budgets = Field(default_factory=Budgets)
+    uplink: UplinkSettings = Field(default_factory=UplinkSettings)
+    consent: ConsentDefaults = Field(default_factory=ConsentDefaults)
+    signals: dict[Name, SignalPolicy] = Field(default_factory=dict)
+
+    def policy(self, kind: str) -> SignalPolicy:
+        """Priority and time-to-live of a signal kind (`signals.default` otherwise)."""
+        return self.signals.get(kind) or self.signals.get("default") or SignalPolicy()
+
+
+class AgentSettings(_Strict):
+    """Everything one agent needs, validated once; frozen."""
+
+    device_id: Annotated[str, StringConstraints(pattern=DEVICE_ID_RE.pattern)]
+    broker_host: Annotated[str, StringConstraints(min_length=1, max_length=253)]
+    broker_port: Annotated[int, Field(ge=1, le=65535)]
+    data_dir: Path
+    api_port: Annotated[int, Field(ge=0, le=65535)] | None = None
+    trust: Path
+    profile: Profile
+    topic_root: str = "edgemart/v1"
+    max_request_bytes: Annotated[int, Field(ge=1024, le=64 * 1024 * 1024)] = 1024 * 1024
+    max_request_items: Annotated[int, Field(ge=1, le=100_000)] = 1000
+    seen_ids_max: Annotated[int, Field(ge=10, le=1_000_000)] = 10_000
+    mqtt_keepalive_s: Annotated[int, Field(ge=5, le=3600)] = 30
+
+    @property
+    def topics(self) -> Topics:
+        return Topics(self.topic_root)
+
+    @property
+    def tz(self) -> ZoneInfo:
+        return ZoneInfo(self.profile.timezone)
+
+    @property
+    def db_path(self) -> Path:
+        return self.data_dir / "agent.sqlite3"
+
+
+def parse_broker_url(url: str) -> tuple[str, int]:
+    """`mqtt://HOST:PORT` (port 1883 by default) to (host, port)."""
+    parts = urlsplit(url if "://" in url else f"mqtt://{url}")
+    if parts.scheme not in ("mqtt", "tcp"):
+        raise ConfigError(f"broker URL {url!r} must start with mqtt://", field="broker")
+    try:
+        port = parts.port or 1883
+    except ValueError as exc:
+        raise ConfigError(f"broker URL {url!r} has a bad port", field="broker") from exc
+    if not parts.hostname:
+        raise ConfigError(f"broker URL {url!r} has no host", field="broker")
+    return parts.hostname, port
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as handle:
+            return tomllib.load(handle)
+    except FileNotFoundError as exc:
+        raise ConfigError("file not found", source=str(path)) from exc
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"cannot read TOML: {exc}", source=str(path)) from exc
+
+
+def _merge(base: dict[str, Any], top: Mapping[str, Any]) -> dict[str, Any]:
+    """Deep merge: tables merge key by key, everything else is replaced."""
+    out = dict(base)
+    for key, value in top.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _split(doc: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A layer's document into (profile keys, agent keys); agent keys live in `[agent]`."""
+    profile = {k: v for k, v in doc.items() if k != "agent"}
+    agent = doc.get("agent", {})
+    if not isinstance(agent, Mapping):
+        raise ConfigError("[agent] must be a table", field="agent")
+    return profile, dict(agent)
+
+
+def _env_layer(environ: Mapping[str, str]) -> dict[str, Any]:
+    """`EDGEMART_UPLINK__ACK_TIMEOUT_S=1.5` -> `{"uplink": {"ack_timeout_s": "1.5"}}`."""
+    doc: dict[str, Any] = {}
+    for name, raw in environ.items():
+        if not name.startswith(ENV_PREFIX):
+            continue
+        path = name[len(ENV_PREFIX) :].lower().split("__")
+        if not all(path):
+            continue
+        value: Any = raw
+        if raw[:1] in "[{":
+            try:
+                value = json.loads(raw)
+            except json.JSONDecodeError:
+                value = raw
+        node = doc
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError("conflicting variables", source="environment", field=name)
+        node[path[-1]] = value
+    return doc
+
+
+def _validate_profile(doc: dict[str, Any], source: str) -> Profile:
+    try:
+        profile = Profile.model_validate(doc)
+    except ValidationError as exc:
+        first = field_errors(exc)[0]
+        raise ConfigError(first["msg"], source=source, field=first["loc"]) from exc
+    try:
+        ZoneInfo(profile.timezone)
+    except (ZoneInfoNotFoundError, ValueError) as exc:
+        raise ConfigError(
+            f"unknown time zone {profile.timezone!r}", source=source, field="timezone"
+        ) from exc
+    if profile.uplink.mode == "aggregate":
+        raise ConfigError("aggregate mode not supported yet", source=source, field="uplink.mode")
+    return profile
+
+
+def load_settings(  # noqa: PLR0917  # the published seam takes these positionally
+    profile: str,
+    device_id: str,
+    broker: str,
+    data_dir: Path,
+    api_port: int | None = None,
+    trust: Path = Path("trust.json"),
+    config_file: Path | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> AgentSettings:
+    """Profile TOML -> config file -> `EDGEMART_*` env -> explicit arguments and overrides.
+
+    `profile` is a shipped profile name or a path to a `.toml`. A layer's agent-level keys
+    (`topic_root`, `max_request_bytes`, ...) live in its `[agent]` table (env:
+    `EDGEMART_AGENT__TOPIC_ROOT`); `overrides` may give them at the top level too.
+    Errors raise ConfigError naming the field and the layer that broke it.
+    """
+    if profile.endswith(".toml") or "/" in profile:
+        profile_file = Path(profile)
+    else:
+        if not PROFILE_RE.fullmatch(profile):
+            raise ConfigError(f"bad profile name {profile!r}", field="profile")
+        profile_file = firmware_profiles.profile_path(profile)
+        if not profile_file.exists():
+            known = ", ".join(firmware_profiles.available())
+            raise ConfigError(f"unknown profile {profile!r} (known: {known})", field="profile")
+    profile_doc = _read_toml(profile_file)
+    _validate_profile(profile_doc, str(profile_file))
+    agent_doc: dict[str, Any] = {}
+    layers: list[tuple[str, Mapping[str, Any]]] = []
+    if config_file is not None:
+        layers.append((str(config_file), _read_toml(config_file)))
+    layers.append(("environment", _env_layer(os.environ if environ is None else environ)))
+    if overrides:
+        ov = dict(overrides)
+        top_agent = {k: ov.pop(k) for k in list(ov) if k in AGENT_KEYS}
+        ov["agent"] = _merge(dict(ov.get("agent", {})), top_agent)
+        layers.append(("overrides", ov))
+    source = str(profile_file)
+    for source, layer in layers:
+        prof_part, agent_part = _split(layer)
+        profile_doc = _merge(profile_doc, prof_part)
+        agent_doc = _merge(agent_doc, agent_part)
+        _validate_profile(profile_doc, source)
+    validated = _validate_profile(profile_doc, source)
+    host, port = parse_broker_url(broker)
+    try:
+        settings = AgentSettings.model_validate(
+            {
+                **agent_doc,
+                "device_id": device_id,
+                "broker_host": host,
+                "broker_port": port,
+                "data_dir": Path(data_dir),
+                "api_port": api_port,
+                "trust": Path(trust),
+                "profile": validated,
+            }
+        )
+    except ValidationError as exc:
+        first = field_errors(exc)[0]
+        raise ConfigError(first["msg"], source=source, field=first["loc"]) from exc
+    try:
+        settings.topics.keys()
+    except ValueError as exc:
+        raise ConfigError(str(exc), source=source, field="topic_root") from exc
+    return settings

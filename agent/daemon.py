@@ -1,0 +1,435 @@
+"""The agent daemon: wires store, model, feature windows, offers, link, uplink and local API."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import signal
+import time
+from collections import OrderedDict, deque
+from collections.abc import Coroutine
+from datetime import timedelta
+from types import TracebackType
+from typing import Any
+
+from agent import AGENT_VERSION
+from agent.api import LocalApi
+from agent.config import AgentSettings
+from agent.consent import ConsentState, parse_purposes
+from agent.errors import ConfigError, ModelRejected, QuotaExceeded, ScoringError, UnknownOffer
+from agent.features import FeatureWindows, prune_cutoff
+from agent.intake import SignalIn, parse_outcome, parse_signal_list
+from agent.link import Incoming, Link, LinkState
+from agent.metrics import Metrics
+from agent.offers import OfferBook, load_trust
+from agent.ranking import Consent, Decision, RankedOffer, decide
+from agent.scoring import Model, load_default_model
+from agent.store import NewOutcome, NewSignal, Store
+from agent.uplink import Uplink
+from protocol.envelopes import State
+from protocol.errors import ProtocolError
+from protocol.ids import format_time, new_id, utcnow
+from protocol.signing import Verifier
+from protocol.topics import DEFAULT_ROOT
+
+log = logging.getLogger(__name__)
+
+MAINTENANCE_S = 60.0
+SHUTDOWN_FLUSH_S = 2.0
+LAST_DECISIONS = 5000
+
+
+class Agent:
+    """One device's agent. `async with Agent(settings) as agent:` runs it; exit shuts down.
+
+    Graceful exit: the local API stops taking requests, waiting data is flushed to the
+    gateway (bounded wait for acks), the retained state goes `offline`, tasks are cancelled,
+    the store is closed. Anything not acknowledged stays in the outbox for the next run.
+    """
+
+    def __init__(self, settings: AgentSettings) -> None:
+        self.settings = settings
+        self.metrics = Metrics(gauges=self._gauges)
+        self.store = Store(
+            settings.db_path,
+            durability=settings.profile.uplink.durability,
+            outbox_max_bytes=settings.profile.budgets.outbox_max_bytes,
+            outbox_full=settings.profile.budgets.outbox_full,
+            seen_ids_max=settings.seen_ids_max,
+        )
+        defaults = settings.profile.consent
+        self.consent = ConsentState(
+            defaults.analytics, defaults.personalization, defaults.marketing
+        )
+        self.model: Model | None = None
+        self.windows = FeatureWindows()
+        self.offers: OfferBook | None = None
+        self.link: Link | None = None
+        self.uplink: Uplink | None = None
+        self.api: LocalApi | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._last: OrderedDict[str, tuple[float, int | None]] = OrderedDict()
+        self._opened = False
+
+    # ------------------------------------------------------------ public seam
+
+    @property
+    def counters(self) -> dict[str, int]:
+        return self.metrics.counters
+
+    @property
+    def decision_ms(self) -> deque[float]:
+        return self.metrics.decision_ms
+
+    @property
+    def api_port(self) -> int | None:
+        return self.api.port if self.api is not None else None
+
+    @property
+    def model_version(self) -> int | None:
+        return self.model.version if self.model is not None else None
+
+    @property
+    def link_state(self) -> str:
+        return str(self.link.state if self.link is not None else LinkState.OFFLINE)
+
+    async def accept_signals(self, signals: list[dict[str, Any]]) -> list[str]:
+        """Validate and store signals; returns their ids once COMMITTED.
+
+        Raises InvalidInput (field paths like `signals.3.kind`, nothing stored), TooLarge,
+        QuotaExceeded (outbox full and the profile says refuse).
+        """
+        parsed = parse_signal_list(signals, max_items=self.settings.max_request_items)
+        return await self.accept_parsed(parsed)
+
+    async def accept_parsed(self, signals: list[SignalIn]) -> list[str]:
+        now = utcnow()
+        profile = self.settings.profile
+        rows: list[NewSignal] = []
+        buckets: list[tuple[str, int, int]] = []
+        for item in signals:
+            at = item.at or now
+            policy = profile.policy(item.kind)
+            expires = at + timedelta(hours=policy.ttl_hours)
+            rows.append(
+                NewSignal(
+                    id=new_id(),
+                    kind=item.kind,
+                    at=format_time(at),
+                    attrs_json=_dumps(item.attrs),
+                    priority=policy.priority,
+                    expires_at=expires.timestamp(),
+                )
+            )
+            buckets.extend(self.windows.observe(item.kind, item.attrs, at))
+        try:
+            evicted = await self.store.accept_signals(rows, buckets)
+        except BaseException as exc:
+            # The windows already counted these signals: rebuild them from what is stored.
+            self.windows = FeatureWindows.load(await self.store.load_buckets())
+            if isinstance(exc, QuotaExceeded):
+                self.metrics.inc("signals_refused", len(rows))
+            raise
+        self.metrics.inc("signals_accepted", len(rows))
+        if evicted:
+            self.metrics.inc("signals_evicted", evicted)
+        if self.uplink is not None:
+            self.uplink.poke()
+        return [r.id for r in rows]
+
+    async def set_consent(self, purposes: dict[str, bool]) -> ConsentState:
+        """Store the user's decision for all three purposes (versioned, timed)."""
+        checked = parse_purposes(purposes)
+        at = format_time(utcnow())
+        version = await self.store.set_consent(checked, at)
+        self.consent = ConsentState(
+            checked["analytics"], checked["personalization"], checked["marketing"], version, at
+        )
+        log.info("consent v%d: %s", version, checked)
+        if self.uplink is not None:
+            self.uplink.poke()
+        return self.consent
+
+    async def decide(self, surface: str, limit: int = 3, *, explain: bool = False) -> Decision:
+        """One local ranking decision for `surface` (see `agent.ranking.decide`)."""
+        started = time.perf_counter()
+        now = utcnow()
+        consent = Consent(
+            self.consent.analytics, self.consent.personalization, self.consent.marketing
+        )
+        profile = self.settings.profile
+        ctx = self.windows.context(now, profile.name, profile.timezone, consent.personalization)
+        offers = self.offers.offers(now) if self.offers is not None else []
+        try:
+            decision = decide(
+                self.model,
+                offers,
+                ctx,
+                surface,
+                limit,
+                now,
+                consent,
+                explain,
+                max_candidates=profile.budgets.max_candidates,
+            )
+        except ScoringError as exc:
+            log.error("model failed, ranking without it: %s", exc)  # noqa: TRY400
+            decision = decide(None, offers, ctx, surface, limit, now, consent, explain)
+        for ranked in decision.ranked:
+            self._last[ranked.offer.id] = (ranked.score, decision.model_version)
+            self._last.move_to_end(ranked.offer.id)
+        while len(self._last) > LAST_DECISIONS:
+            self._last.popitem(last=False)
+        self.metrics.inc("decisions")
+        self.metrics.observe_decision((time.perf_counter() - started) * 1000.0)
+        return decision
+
+    async def rank(self, surface: str, limit: int = 3) -> list[RankedOffer]:
+        return (await self.decide(surface, limit)).ranked
+
+    async def record_outcome(self, offer_id: str, kind: str, surface: str) -> str:
+        """Store an outcome (impression, click, dismiss, conversion) of a held offer."""
+        checked = parse_outcome({"offer_id": offer_id, "kind": kind, "surface": surface})
+        offer = self.offers.get(checked.offer_id) if self.offers is not None else None
+        if offer is None:
+            raise UnknownOffer(checked.offer_id)
+        score, version = self._last.get(offer.id, (None, self.model_version))
+        outcome = NewOutcome(
+            id=new_id(),
+            offer_id=offer.id,
+            campaign_id=offer.campaign_id,
+            variant=offer.variant,
+            kind=checked.kind,
+            at=format_time(utcnow()),
+            surface=checked.surface,
+            score=score,
+            model_version=version,
+        )
+        await self.store.add_outcome(outcome)
+        self.metrics.inc("outcomes_recorded")
+        if self.uplink is not None:
+            self.uplink.poke()
+        return outcome.id
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "device_id": self.settings.device_id,
+            "profile": self.settings.profile.name,
+            "agent_version": AGENT_VERSION,
+            "link": self.link_state,
+            "outbox_depth": self.store.depth,
+            "outbox_bytes": self.store.outbox_bytes,
+            "in_flight": self.uplink.in_flight if self.uplink is not None else 0,
+            "model_version": self.model_version,
+            "offers": len(self.offers) if self.offers is not None else 0,
+            "consent": self.consent.to_json(),
+            "counters": dict(self.metrics.counters),
+        }
+
+    async def wait_connected(self, timeout: float = 10.0) -> bool:
+        """Wait until the MQTT link is up and subscribed; False on timeout."""
+        if self.link is None:
+            return False
+        try:
+            async with asyncio.timeout(timeout):
+                await self.link.connected.wait()
+        except TimeoutError:
+            return False
+        return True
+
+    async def drain(self, timeout: float = 10.0) -> bool:  # the seam
+        """Wait until every stored signal and outcome is acknowledged; False on timeout."""
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.store.depth == 0:
+                return True
+            if time.monotonic() >= deadline:
+                return False
+            if self.uplink is not None:
+                self.uplink.poke(flush=True)
+            await asyncio.sleep(0.05)
+
+    # ------------------------------------------------------------ lifecycle
+
+    async def __aenter__(self) -> Agent:
+        try:
+            await self._start()
+        except BaseException:
+            await self.close()
+            raise
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def _start(self) -> None:
+        settings = self.settings
+        try:
+            trust = await asyncio.to_thread(load_trust, settings.trust)
+            verifier = Verifier.from_public_keys(trust.keys)
+        except (OSError, ProtocolError) as exc:
+            raise ConfigError(f"bad trust file: {exc}", source=str(settings.trust)) from exc
+        if settings.topic_root == DEFAULT_ROOT and trust.topic_root != DEFAULT_ROOT:
+            settings = self.settings = settings.model_copy(update={"topic_root": trust.topic_root})
+        await self.store.open()
+        self._opened = True
+        try:
+            self.model = await asyncio.to_thread(load_default_model)
+        except ModelRejected as exc:
+            log.error("no usable model, ranking by priority: %s", exc)  # noqa: TRY400
+        for row in await self.store.load_consent():
+            self.consent = _with(
+                self.consent, row.purpose, row.granted, row.version, row.updated_at
+            )
+        self.windows = FeatureWindows.load(await self.store.load_buckets())
+        self.offers = OfferBook(verifier, self.store, self.metrics)
+        await self.offers.load()
+        self.link = Link(
+            settings,
+            birth=self._birth,
+            on_message=self._on_message,
+            on_connected=self._on_connected,
+            metrics=self.metrics,
+        )
+        self.uplink = Uplink(
+            settings,
+            self.store,
+            self.link,
+            self.metrics,
+            consent=lambda: self.consent,
+            model_version=lambda: self.model_version,
+        )
+        await self.uplink.start()
+        self._spawn(self.link.run(), "link")
+        self._spawn(self.uplink.run(), "uplink")
+        self._spawn(self._maintenance(), "maintenance")
+        if settings.api_port is not None:
+            self.api = LocalApi(self, settings.api_port)
+            await self.api.start()
+        log.info(
+            "agent %s up (profile %s, model v%s, outbox %d)",
+            settings.device_id,
+            settings.profile.name,
+            self.model_version,
+            self.store.depth,
+        )
+
+    def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
+        task = asyncio.create_task(coro, name=f"agent-{self.settings.device_id}-{name}")
+        task.add_done_callback(_report_crash)
+        self._tasks.append(task)
+
+    async def close(self) -> None:
+        if self.api is not None:
+            await self.api.stop()
+        if self.link is not None and self.uplink is not None and self.link.connected.is_set():
+            if not await self.uplink.flush(SHUTDOWN_FLUSH_S):
+                log.info("shutting down with %d items unacknowledged", self.store.depth)
+            await self.link.say_goodbye()
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks.clear()
+        if self._opened:
+            self._opened = False
+            await self.store.close()
+
+    # ------------------------------------------------------------ wiring
+
+    def _birth(self) -> State:
+        profile = self.settings.profile
+        return State(
+            device_id=self.settings.device_id,
+            status="online",
+            at=utcnow(),
+            profile=profile.name,
+            agent_version=AGENT_VERSION,
+            model_version=self.model_version,
+            cohorts=list(profile.cohorts),
+        )
+
+    def _on_connected(self) -> None:
+        if self.uplink is not None:
+            self.uplink.on_connected()
+
+    async def _on_message(self, message: Incoming) -> None:
+        if message.kind == "ack" and self.uplink is not None:
+            await self.uplink.handle_ack(message.payload)
+        elif message.kind in ("offers", "cohort_offers") and self.offers is not None:
+            verdict = await self.offers.handle(message.kind, message.subject, message.payload)
+            if message.kind == "offers" and self.uplink is not None and verdict.bundle_id:
+                self.uplink.poke()  # a receipt to send
+        else:
+            log.debug("not handled yet: %s on %s", message.kind, message.topic)
+
+    def _gauges(self) -> dict[str, float]:
+        return {
+            "outbox_depth": float(self.store.depth),
+            "outbox_bytes": float(self.store.outbox_bytes),
+            "in_flight_batches": float(self.uplink.in_flight if self.uplink else 0),
+            "link_connected": 1.0 if self.link_state == LinkState.CONNECTED else 0.0,
+            "offers_held": float(len(self.offers) if self.offers is not None else 0),
+        }
+
+    async def _maintenance(self) -> None:
+        while True:
+            expired = await self.store.expire(time.time())
+            if expired:
+                self.metrics.inc("signals_expired", expired)
+                log.info("dropped %d expired signals", expired)
+            await self.store.prune_buckets(prune_cutoff(utcnow()))
+            await asyncio.sleep(MAINTENANCE_S)
+
+
+def _with(state: ConsentState, purpose: str, granted: bool, version: int, at: str) -> ConsentState:
+    values = state.purposes()
+    if purpose in values:
+        values[purpose] = granted
+    return ConsentState(
+        values["analytics"],
+        values["personalization"],
+        values["marketing"],
+        max(version, state.version),
+        at,
+    )
+
+
+def _dumps(attrs: dict[str, Any]) -> str:
+    return json.dumps(attrs, separators=(",", ":"), ensure_ascii=False)
+
+
+def _report_crash(task: asyncio.Task[None]) -> None:
+    if task.cancelled():
+        return
+    exc = task.exception()
+    if exc is not None:
+        log.error("task %s died: %r", task.get_name(), exc, exc_info=exc)
+
+
+async def run_agent(settings: AgentSettings) -> None:
+    """Run one agent until SIGTERM/SIGINT (or cancellation), then shut down gracefully."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    installed: list[signal.Signals] = []
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        try:
+            loop.add_signal_handler(sig, stop.set)
+            installed.append(sig)
+        except (NotImplementedError, RuntimeError):
+            log.debug("cannot install a handler for %s", sig.name)
+    try:
+        async with Agent(settings):
+            await stop.wait()
+            log.info("stopping on signal")
+    finally:
+        for sig in installed:
+            loop.remove_signal_handler(sig)

@@ -1,0 +1,77 @@
+"""Validation of what apps hand the agent (signals, outcomes): pure, field-level errors, bounded."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Annotated, Any
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from agent.errors import InvalidInput, TooLarge
+from protocol.codec import field_errors
+from protocol.envelopes import Attrs, Id, Name, OutcomeKind
+from protocol.ids import utcnow
+
+MAX_FUTURE = timedelta(days=1)
+
+
+class SignalIn(BaseModel):
+    """One signal as an app sends it: `kind`, optional `at` (RFC 3339, aware), `attrs`."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    kind: Name
+    at: AwareDatetime | None = None
+    attrs: Attrs = Field(default_factory=dict)
+
+    @field_validator("at")
+    @classmethod
+    def _not_future(cls, value: datetime | None) -> datetime | None:
+        if value is not None and value > utcnow() + MAX_FUTURE:
+            raise ValueError("is more than a day in the future")
+        return value
+
+
+class SignalsRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    signals: Annotated[list[SignalIn], Field(min_length=1)]
+
+
+class OutcomeIn(BaseModel):
+    """Body of `POST /v1/outcomes`."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    offer_id: Id
+    kind: OutcomeKind
+    surface: Name
+
+
+def parse_signals(obj: object, *, max_items: int) -> list[SignalIn]:
+    """`{"signals": [...]}` to validated signals; TooLarge over `max_items`, InvalidInput else.
+
+    All or nothing: one bad item fails the whole request, with every error's field path.
+    """
+    if isinstance(obj, dict):
+        items = obj.get("signals")
+        if isinstance(items, list) and len(items) > max_items:
+            raise TooLarge(
+                f"{len(items)} signals is over the limit of {max_items}", limit=max_items
+            )
+    try:
+        return list(SignalsRequest.model_validate(obj).signals)
+    except ValidationError as exc:
+        raise InvalidInput(field_errors(exc)) from exc
+
+
+def parse_signal_list(items: list[dict[str, Any]], *, max_items: int) -> list[SignalIn]:
+    """The library form (`accept_signals([...])`), with the same paths as the HTTP form."""
+    return parse_signals({"signals": items}, max_items=max_items)
+
+
+def parse_outcome(obj: object) -> OutcomeIn:
+    try:
+        return OutcomeIn.model_validate(obj)
+    except ValidationError as exc:
+        raise InvalidInput(field_errors(exc)) from exc

@@ -1,0 +1,63 @@
+"""The store's schema as recorded migrations: decorated functions applied once each, in order."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable
+
+Migration = Callable[[sqlite3.Connection], None]
+MIGRATIONS: list[tuple[str, Migration]] = []
+
+
+def migration(fn: Migration) -> Migration:
+    """Register a schema migration; they run in declaration order, each once, recorded."""
+    MIGRATIONS.append((fn.__name__, fn))
+    return fn
+
+
+@migration
+def m001_outbox(db: sqlite3.Connection) -> None:
+    db.execute(
+        "CREATE TABLE signals (id TEXT PRIMARY KEY, kind TEXT NOT NULL, at TEXT NOT NULL,"
+        " attrs TEXT NOT NULL, priority INTEGER NOT NULL, expires_at REAL NOT NULL,"
+        " created REAL NOT NULL, size INTEGER NOT NULL, batch_seq INTEGER)"
+    )
+    db.execute("CREATE INDEX signals_batch ON signals(batch_seq)")
+    db.execute("CREATE INDEX signals_pending ON signals(created, id) WHERE batch_seq IS NULL")
+    db.execute("CREATE INDEX signals_evict ON signals(priority, created) WHERE batch_seq IS NULL")
+    db.execute(
+        "CREATE TABLE outcomes (id TEXT PRIMARY KEY, offer_id TEXT NOT NULL,"
+        " campaign_id TEXT NOT NULL, variant TEXT NOT NULL, kind TEXT NOT NULL,"
+        " at TEXT NOT NULL, surface TEXT NOT NULL, score REAL, model_version INTEGER,"
+        " created REAL NOT NULL, size INTEGER NOT NULL, batch_seq INTEGER)"
+    )
+    db.execute("CREATE INDEX outcomes_batch ON outcomes(batch_seq)")
+    db.execute(
+        "CREATE TABLE batches (seq INTEGER PRIMARY KEY, payload BLOB NOT NULL,"
+        " created REAL NOT NULL, sent_at REAL, attempts INTEGER NOT NULL DEFAULT 0)"
+    )
+    db.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+    db.execute("INSERT INTO meta(key, value) VALUES ('next_seq', '1')")
+    db.execute("CREATE TABLE receipts (id TEXT PRIMARY KEY, batch_seq INTEGER)")
+
+
+@migration
+def m002_offers_consent(db: sqlite3.Connection) -> None:
+    db.execute(
+        "CREATE TABLE offers (source TEXT NOT NULL, id TEXT NOT NULL, bundle_id TEXT NOT NULL,"
+        " offer TEXT NOT NULL, received REAL NOT NULL, PRIMARY KEY (source, id))"
+    )
+    db.execute("CREATE TABLE seen_ids (id TEXT PRIMARY KEY, seen REAL NOT NULL)")
+    db.execute("CREATE INDEX seen_ids_age ON seen_ids(seen)")
+    db.execute(
+        "CREATE TABLE consent (purpose TEXT PRIMARY KEY, granted INTEGER NOT NULL,"
+        " version INTEGER NOT NULL, updated_at TEXT NOT NULL)"
+    )
+
+
+@migration
+def m003_feature_buckets(db: sqlite3.Connection) -> None:
+    db.execute(
+        "CREATE TABLE feature_buckets (key TEXT NOT NULL, hour INTEGER NOT NULL,"
+        " count INTEGER NOT NULL, PRIMARY KEY (key, hour))"
+    )

@@ -1,0 +1,569 @@
+"""The on-device SQLite store: outbox, batches in flight, offers, consent, replay ids, features.
+
+One connection, used only from one dedicated thread: every async method runs its work in a
+single-thread executor, so the event loop never blocks on disk. Writes are transactions;
+`accept_signals` returns only after COMMIT. Schema changes are recorded migrations.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+import time
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any, TypeVar
+
+from agent.errors import QuotaExceeded, StoreError
+from agent.schema import MIGRATIONS
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class NewSignal:
+    id: str
+    kind: str
+    at: str
+    attrs_json: str
+    priority: int
+    expires_at: float
+
+    @property
+    def size(self) -> int:
+        return 64 + len(self.id) + len(self.kind) + len(self.at) + len(self.attrs_json)
+
+
+@dataclass(frozen=True, slots=True)
+class NewOutcome:
+    id: str
+    offer_id: str
+    campaign_id: str
+    variant: str
+    kind: str
+    at: str
+    surface: str
+    score: float | None
+    model_version: int | None
+
+    @property
+    def size(self) -> int:
+        return 96 + len(self.id) + len(self.offer_id) + len(self.campaign_id) + len(self.surface)
+
+
+@dataclass(frozen=True, slots=True)
+class StoredBatch:
+    seq: int
+    payload: bytes
+    attempts: int
+
+
+@dataclass(frozen=True, slots=True)
+class Pending:
+    """What waits in the outbox for a batch: counts, and the age of the oldest item."""
+
+    signals: int
+    outcomes: int
+    receipts: int
+    oldest: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class AckResult:
+    seqs: tuple[int, ...]
+    signals: int
+    outcomes: int
+
+
+@dataclass(frozen=True, slots=True)
+class ConsentRow:
+    purpose: str
+    granted: bool
+    version: int
+    updated_at: str
+
+
+BatchBuilder = Callable[[int, list[dict[str, Any]], list[dict[str, Any]], list[str]], bytes]
+
+
+class Store:
+    """Async facade over one SQLite file; all SQL runs on one dedicated thread."""
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        durability: str = "full",
+        outbox_max_bytes: int = 8 * 1024 * 1024,
+        outbox_full: str = "evict",
+        seen_ids_max: int = 10_000,
+    ) -> None:
+        self.path = path
+        self.durability = durability
+        self.outbox_max_bytes = outbox_max_bytes
+        self.outbox_full = outbox_full
+        self.seen_ids_max = seen_ids_max
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="agent-store")
+        self._db: sqlite3.Connection | None = None
+        # Maintained on the store thread; plain ints, read from the loop for status.
+        self.signal_rows = 0
+        self.outcome_rows = 0
+        self.outbox_bytes = 0
+
+    @property
+    def depth(self) -> int:
+        """Signals and outcomes in the outbox, sent or not (they leave only on ack)."""
+        return self.signal_rows + self.outcome_rows
+
+    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, partial(fn, *args))
+
+    # ------------------------------------------------------------ lifecycle
+
+    async def open(self) -> None:
+        await self._run(self._open)
+
+    async def close(self) -> None:
+        await self._run(self._close)
+        self._executor.shutdown(wait=True)
+
+    def _open(self) -> None:
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            db = sqlite3.connect(self.path, isolation_level=None)
+            db.execute("PRAGMA journal_mode=WAL")
+            sync = "FULL" if self.durability == "full" else "NORMAL"
+            db.execute(f"PRAGMA synchronous={sync}")
+            db.execute("PRAGMA foreign_keys=ON")
+            self._db = db
+            self._migrate()
+            with self._tx() as tx:
+                # A row assigned to a batch that never got stored goes back to the queue.
+                for table in ("signals", "outcomes", "receipts"):
+                    tx.execute(
+                        f"UPDATE {table} SET batch_seq = NULL WHERE batch_seq IS NOT NULL"  # noqa: S608
+                        " AND batch_seq NOT IN (SELECT seq FROM batches)"
+                    )
+            self._recount()
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot open store {self.path}: {exc}") from exc
+
+    def _close(self) -> None:
+        if self._db is not None:
+            self._db.close()
+            self._db = None
+
+    def _migrate(self) -> None:
+        db = self._conn()
+        db.execute("CREATE TABLE IF NOT EXISTS migrations (name TEXT PRIMARY KEY, applied_at REAL)")
+        done = {row[0] for row in db.execute("SELECT name FROM migrations")}
+        for name, fn in MIGRATIONS:
+            if name in done:
+                continue
+            with self._tx() as tx:
+                fn(tx)
+                tx.execute(
+                    "INSERT INTO migrations(name, applied_at) VALUES (?, ?)", (name, time.time())
+                )
+
+    def _conn(self) -> sqlite3.Connection:
+        if self._db is None:
+            raise StoreError("store is not open")
+        return self._db
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        db = self._conn()
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            yield db
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
+
+    def _recount(self) -> None:
+        db = self._conn()
+        s_rows, s_bytes = db.execute(
+            "SELECT COUNT(*), COALESCE(SUM(size), 0) FROM signals"
+        ).fetchone()
+        o_rows, o_bytes = db.execute(
+            "SELECT COUNT(*), COALESCE(SUM(size), 0) FROM outcomes"
+        ).fetchone()
+        self.signal_rows, self.outcome_rows = int(s_rows), int(o_rows)
+        self.outbox_bytes = int(s_bytes) + int(o_bytes)
+
+    # ------------------------------------------------------------ outbox
+
+    async def accept_signals(
+        self, signals: Sequence[NewSignal], buckets: Sequence[tuple[str, int, int]]
+    ) -> int:
+        """Store signals and their feature-bucket increments in ONE transaction.
+
+        Returns the number of older signals evicted to make room. Raises QuotaExceeded
+        (nothing stored) when the outbox is full and the profile says refuse, or when
+        eviction cannot free enough.
+        """
+        return await self._run(self._accept_signals, list(signals), list(buckets))
+
+    def _accept_signals(self, signals: list[NewSignal], buckets: list[tuple[str, int, int]]) -> int:
+        need = sum(s.size for s in signals)
+        evicted = 0
+        freed = 0
+        try:
+            with self._tx() as tx:
+                over = self.outbox_bytes + need - self.outbox_max_bytes
+                if over > 0:
+                    if self.outbox_full == "refuse":
+                        raise QuotaExceeded(
+                            f"outbox at quota: {self.outbox_bytes} of {self.outbox_max_bytes} bytes"
+                        )
+                    victims: list[str] = []
+                    for row_id, size in tx.execute(
+                        "SELECT id, size FROM signals WHERE batch_seq IS NULL"
+                        " ORDER BY priority, created"
+                    ):
+                        if freed >= over:
+                            break
+                        victims.append(row_id)
+                        freed += int(size)
+                    if freed < over:
+                        raise QuotaExceeded("outbox at quota and nothing left to evict")
+                    tx.executemany("DELETE FROM signals WHERE id = ?", [(v,) for v in victims])
+                    evicted = len(victims)
+                now = time.time()
+                tx.executemany(
+                    "INSERT INTO signals(id, kind, at, attrs, priority, expires_at, created, size)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    [
+                        (s.id, s.kind, s.at, s.attrs_json, s.priority, s.expires_at, now, s.size)
+                        for s in signals
+                    ],
+                )
+                if buckets:
+                    tx.executemany(
+                        "INSERT INTO feature_buckets(key, hour, count) VALUES (?, ?, ?)"
+                        " ON CONFLICT(key, hour) DO UPDATE SET count = count + excluded.count",
+                        buckets,
+                    )
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot store signals: {exc}") from exc
+        self.signal_rows += len(signals) - evicted
+        self.outbox_bytes += need - freed
+        return evicted
+
+    async def add_outcome(self, outcome: NewOutcome) -> None:
+        await self._run(self._add_outcome, outcome)
+
+    def _add_outcome(self, o: NewOutcome) -> None:
+        with self._tx() as tx:
+            tx.execute(
+                "INSERT INTO outcomes(id, offer_id, campaign_id, variant, kind, at, surface,"
+                " score, model_version, created, size) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    o.id,
+                    o.offer_id,
+                    o.campaign_id,
+                    o.variant,
+                    o.kind,
+                    o.at,
+                    o.surface,
+                    o.score,
+                    o.model_version,
+                    time.time(),
+                    o.size,
+                ),
+            )
+        self.outcome_rows += 1
+        self.outbox_bytes += o.size
+
+    async def pending(self) -> Pending:
+        return await self._run(self._pending)
+
+    def _pending(self) -> Pending:
+        db = self._conn()
+        s_count, s_oldest = db.execute(
+            "SELECT COUNT(*), MIN(created) FROM signals WHERE batch_seq IS NULL"
+        ).fetchone()
+        o_count, o_oldest = db.execute(
+            "SELECT COUNT(*), MIN(created) FROM outcomes WHERE batch_seq IS NULL"
+        ).fetchone()
+        (r_count,) = db.execute("SELECT COUNT(*) FROM receipts WHERE batch_seq IS NULL").fetchone()
+        olds = [x for x in (s_oldest, o_oldest) if x is not None]
+        return Pending(int(s_count), int(o_count), int(r_count), min(olds) if olds else None)
+
+    async def expire(self, now: float) -> int:
+        """Delete unsent signals past their time to live; returns how many."""
+        return await self._run(self._expire, now)
+
+    def _expire(self, now: float) -> int:
+        with self._tx() as tx:
+            (count, size) = tx.execute(
+                "SELECT COUNT(*), COALESCE(SUM(size), 0) FROM signals"
+                " WHERE batch_seq IS NULL AND expires_at < ?",
+                (now,),
+            ).fetchone()
+            if count:
+                tx.execute("DELETE FROM signals WHERE batch_seq IS NULL AND expires_at < ?", (now,))
+        self.signal_rows -= int(count)
+        self.outbox_bytes -= int(size)
+        return int(count)
+
+    async def cut_batch(
+        self,
+        *,
+        max_signals: int,
+        max_outcomes: int,
+        max_receipts: int,
+        include_data: bool,
+        build: BatchBuilder,
+    ) -> StoredBatch | None:
+        """Assign the next persisted seq to the oldest unsent rows and store the payload.
+
+        All in one transaction: either the batch exists with its rows, or nothing changed
+        and the seq was not consumed. `build(seq, signals, outcomes, receipts)` makes the
+        payload bytes; it is pure and runs on the store thread. None when nothing waits.
+        """
+        return await self._run(
+            self._cut_batch, max_signals, max_outcomes, max_receipts, include_data, build
+        )
+
+    def _cut_batch(
+        self,
+        max_signals: int,
+        max_outcomes: int,
+        max_receipts: int,
+        include_data: bool,
+        build: BatchBuilder,
+    ) -> StoredBatch | None:
+        with self._tx() as tx:
+            signals: list[dict[str, Any]] = []
+            outcomes: list[dict[str, Any]] = []
+            if include_data:
+                signals = [
+                    {"id": r[0], "kind": r[1], "at": r[2], "attrs": json.loads(r[3])}
+                    for r in tx.execute(
+                        "SELECT id, kind, at, attrs FROM signals WHERE batch_seq IS NULL"
+                        " ORDER BY rowid LIMIT ?",
+                        (max_signals,),
+                    )
+                ]
+                cols = "id, offer_id, campaign_id, variant, kind, at, surface, score, model_version"
+                outcomes = [
+                    {k: v for k, v in zip(cols.split(", "), r, strict=True) if v is not None}
+                    for r in tx.execute(
+                        f"SELECT {cols} FROM outcomes WHERE batch_seq IS NULL"  # noqa: S608
+                        " ORDER BY rowid LIMIT ?",
+                        (max_outcomes,),
+                    )
+                ]
+            receipts = [
+                r[0]
+                for r in tx.execute(
+                    "SELECT id FROM receipts WHERE batch_seq IS NULL ORDER BY rowid LIMIT ?",
+                    (max_receipts,),
+                )
+            ]
+            if not signals and not outcomes and not receipts:
+                return None
+            (seq_text,) = tx.execute("SELECT value FROM meta WHERE key = 'next_seq'").fetchone()
+            seq = int(seq_text)
+            tx.execute("UPDATE meta SET value = ? WHERE key = 'next_seq'", (str(seq + 1),))
+            tx.executemany(
+                "UPDATE signals SET batch_seq = ? WHERE id = ?", [(seq, s["id"]) for s in signals]
+            )
+            tx.executemany(
+                "UPDATE outcomes SET batch_seq = ? WHERE id = ?",
+                [(seq, o["id"]) for o in outcomes],
+            )
+            tx.executemany(
+                "UPDATE receipts SET batch_seq = ? WHERE id = ?", [(seq, r) for r in receipts]
+            )
+            payload = build(seq, signals, outcomes, receipts)
+            tx.execute(
+                "INSERT INTO batches(seq, payload, created, attempts) VALUES (?, ?, ?, 0)",
+                (seq, payload, time.time()),
+            )
+        return StoredBatch(seq, payload, 0)
+
+    async def batches(self) -> list[StoredBatch]:
+        """Every stored, unacknowledged batch, by seq."""
+        return await self._run(self._batches)
+
+    def _batches(self) -> list[StoredBatch]:
+        rows = self._conn().execute("SELECT seq, payload, attempts FROM batches ORDER BY seq")
+        return [StoredBatch(int(s), bytes(p), int(a)) for s, p, a in rows]
+
+    async def mark_sent(self, seq: int) -> None:
+        await self._run(self._mark_sent, seq)
+
+    def _mark_sent(self, seq: int) -> None:
+        with self._tx() as tx:
+            tx.execute(
+                "UPDATE batches SET attempts = attempts + 1, sent_at = ? WHERE seq = ?",
+                (time.time(), seq),
+            )
+
+    async def ack(self, seqs: Sequence[int]) -> AckResult:
+        """Delete acknowledged batches and their rows; unknown seqs are ignored."""
+        return await self._run(self._ack, list(seqs))
+
+    def _ack(self, seqs: list[int]) -> AckResult:
+        done: list[int] = []
+        n_sig = n_out = 0
+        freed = 0
+        with self._tx() as tx:
+            for seq in seqs:
+                if tx.execute("SELECT 1 FROM batches WHERE seq = ?", (seq,)).fetchone() is None:
+                    continue
+                s_count, s_size = tx.execute(
+                    "SELECT COUNT(*), COALESCE(SUM(size), 0) FROM signals WHERE batch_seq = ?",
+                    (seq,),
+                ).fetchone()
+                o_count, o_size = tx.execute(
+                    "SELECT COUNT(*), COALESCE(SUM(size), 0) FROM outcomes WHERE batch_seq = ?",
+                    (seq,),
+                ).fetchone()
+                for table in ("signals", "outcomes", "receipts"):
+                    tx.execute(f"DELETE FROM {table} WHERE batch_seq = ?", (seq,))  # noqa: S608
+                tx.execute("DELETE FROM batches WHERE seq = ?", (seq,))
+                done.append(seq)
+                n_sig += int(s_count)
+                n_out += int(o_count)
+                freed += int(s_size) + int(o_size)
+        self.signal_rows -= n_sig
+        self.outcome_rows -= n_out
+        self.outbox_bytes -= freed
+        return AckResult(tuple(done), n_sig, n_out)
+
+    async def next_seq(self) -> int:
+        return await self._run(self._next_seq)
+
+    def _next_seq(self) -> int:
+        row = self._conn().execute("SELECT value FROM meta WHERE key = 'next_seq'").fetchone()
+        return int(row[0])
+
+    # ------------------------------------------------------------ offers and replay
+
+    async def load_offers(self) -> list[tuple[str, str, str]]:
+        """(source, bundle_id, offer JSON) of every stored verified offer."""
+        return await self._run(self._load_offers)
+
+    def _load_offers(self) -> list[tuple[str, str, str]]:
+        rows = self._conn().execute("SELECT source, bundle_id, offer FROM offers ORDER BY rowid")
+        return [(str(s), str(b), str(o)) for s, b, o in rows]
+
+    async def seen(self, message_id: str) -> bool:
+        return await self._run(self._seen, message_id)
+
+    def _seen(self, message_id: str) -> bool:
+        row = self._conn().execute("SELECT 1 FROM seen_ids WHERE id = ?", (message_id,))
+        return row.fetchone() is not None
+
+    async def add_receipt(self, message_id: str) -> None:
+        await self._run(self._add_receipt, message_id)
+
+    def _add_receipt(self, message_id: str) -> None:
+        with self._tx() as tx:
+            tx.execute("INSERT OR IGNORE INTO receipts(id) VALUES (?)", (message_id,))
+
+    async def apply_bundle(
+        self,
+        *,
+        source: str,
+        bundle_id: str,
+        offers: Sequence[tuple[str, str]],
+        replace_source: bool,
+        revokes: Sequence[str],
+        receipt: bool,
+    ) -> None:
+        """Record a verified bundle: seen id, offers (replacing the source's if asked),
+        revocations and the receipt to send, in one transaction."""
+        await self._run(
+            self._apply_bundle,
+            source,
+            bundle_id,
+            list(offers),
+            replace_source,
+            list(revokes),
+            receipt,
+        )
+
+    def _apply_bundle(  # noqa: PLR0917  # private twin of apply_bundle, called via the executor
+        self,
+        source: str,
+        bundle_id: str,
+        offers: list[tuple[str, str]],
+        replace_source: bool,
+        revokes: list[str],
+        receipt: bool,
+    ) -> None:
+        now = time.time()
+        with self._tx() as tx:
+            tx.execute("INSERT OR REPLACE INTO seen_ids(id, seen) VALUES (?, ?)", (bundle_id, now))
+            if replace_source:
+                tx.execute("DELETE FROM offers WHERE source = ?", (source,))
+            tx.executemany(
+                "INSERT OR REPLACE INTO offers(source, id, bundle_id, offer, received)"
+                " VALUES (?, ?, ?, ?, ?)",
+                [(source, oid, bundle_id, body, now) for oid, body in offers],
+            )
+            tx.executemany("DELETE FROM offers WHERE id = ?", [(r,) for r in revokes])
+            if receipt:
+                tx.execute("INSERT OR IGNORE INTO receipts(id) VALUES (?)", (bundle_id,))
+            (count,) = tx.execute("SELECT COUNT(*) FROM seen_ids").fetchone()
+            if count > self.seen_ids_max:
+                tx.execute(
+                    "DELETE FROM seen_ids WHERE id IN (SELECT id FROM seen_ids ORDER BY seen"
+                    " LIMIT ?)",
+                    (int(count) - self.seen_ids_max,),
+                )
+
+    # ------------------------------------------------------------ consent
+
+    async def load_consent(self) -> list[ConsentRow]:
+        return await self._run(self._load_consent)
+
+    def _load_consent(self) -> list[ConsentRow]:
+        rows = self._conn().execute("SELECT purpose, granted, version, updated_at FROM consent")
+        return [ConsentRow(str(p), bool(g), int(v), str(u)) for p, g, v, u in rows]
+
+    async def set_consent(self, purposes: dict[str, bool], updated_at: str) -> int:
+        """Store every purpose with the next consent version; returns that version."""
+        return await self._run(self._set_consent, dict(purposes), updated_at)
+
+    def _set_consent(self, purposes: dict[str, bool], updated_at: str) -> int:
+        with self._tx() as tx:
+            (current,) = tx.execute("SELECT COALESCE(MAX(version), 0) FROM consent").fetchone()
+            version = int(current) + 1
+            tx.executemany(
+                "INSERT OR REPLACE INTO consent(purpose, granted, version, updated_at)"
+                " VALUES (?, ?, ?, ?)",
+                [(p, int(g), version, updated_at) for p, g in purposes.items()],
+            )
+        return version
+
+    # ------------------------------------------------------------ feature buckets
+
+    async def load_buckets(self) -> list[tuple[str, int, int]]:
+        return await self._run(self._load_buckets)
+
+    def _load_buckets(self) -> list[tuple[str, int, int]]:
+        rows = self._conn().execute("SELECT key, hour, count FROM feature_buckets")
+        return [(str(k), int(h), int(c)) for k, h, c in rows]
+
+    async def prune_buckets(self, before_hour: int) -> int:
+        return await self._run(self._prune_buckets, before_hour)
+
+    def _prune_buckets(self, before_hour: int) -> int:
+        with self._tx() as tx:
+            cur = tx.execute(
+                "DELETE FROM feature_buckets WHERE hour < ? OR count = 0", (before_hour,)
+            )
+        return cur.rowcount

@@ -1,0 +1,264 @@
+"""The demo: embedded broker, gateway, a simulated household, a campaign, and a loss report.
+
+Everything runs in one process and one event loop, over real sockets: MQTT through the
+broker (embedded amqtt unless `--broker` names another), the operator's calls over HTTP.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import statistics
+import tempfile
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import aiomqtt
+
+from protocol import codec
+from protocol.envelopes import OfferBundle
+from protocol.ids import format_time, new_id, utcnow
+from protocol.signing import Signer
+from protocol.topics import Topics
+from simulators.checker import check
+from simulators.household import Household
+from simulators.world import World, make_world
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class DemoOptions:
+    broker: str | None = None
+    data_dir: Path | None = None
+    seed: int = 7
+    household: int = 3
+    signals_per_device: int | None = None  # None: a week at the persona's own rate
+    live_signals_per_device: int = 150
+    history: timedelta = timedelta(days=7) - timedelta(minutes=5)
+    browse_rounds: int = 40
+    drain_timeout: float = 20.0
+
+
+@contextlib.asynccontextmanager
+async def _broker(url: str | None) -> AsyncIterator[str]:
+    if url:
+        yield url
+        return
+    from edgemart.broker import EmbeddedBroker  # noqa: PLC0415 - only the default path needs it
+
+    async with EmbeddedBroker() as broker:
+        yield broker.url
+
+
+def _campaigns(world: World, surfaces: list[str]) -> list[dict[str, Any]]:
+    """The sample campaigns an operator would launch: the world's catalog, grouped."""
+    now = utcnow()
+    by_campaign: dict[str, list[dict[str, Any]]] = {}
+    for record in world.catalog.records():
+        offer = dict(record)
+        campaign = offer.pop("campaign_id")
+        offer.update(
+            surfaces=surfaces,
+            starts_at=format_time(now - timedelta(minutes=1)),
+            expires_at=format_time(now + timedelta(days=7)),
+        )
+        by_campaign.setdefault(campaign, []).append(offer)
+    return [
+        {"name": f"Sample campaign {name}", "cohorts": ["all"], "offers": offers}
+        for name, offers in sorted(by_campaign.items())
+    ]
+
+
+class Operator:
+    """The marketing operator: bearer-token HTTP calls against the gateway."""
+
+    def __init__(self, session: aiohttp.ClientSession, base: str, token: str) -> None:
+        self.session = session
+        self.base = base
+        self.headers = {"Authorization": f"Bearer {token}"}
+
+    async def call(self, method: str, path: str, body: object | None = None) -> Any:
+        async with self.session.request(
+            method, self.base + path, json=body, headers=self.headers
+        ) as resp:
+            data = await resp.json(content_type=None)
+            if resp.status >= 400:
+                raise RuntimeError(f"{method} {path} -> {resp.status}: {data}")
+            return data
+
+
+async def _attack(broker_url: str, topics: Topics, device_id: str) -> int:
+    """Publish a forged bundle and a tampered copy of a real one to a device; return how
+    many offers they carried (every one of them must be refused)."""
+    host, port = broker_url.removeprefix("mqtt://").rsplit(":", 1)
+    catalog = topics.cohort_offers("all")
+    async with aiomqtt.Client(host, int(port), identifier=f"attacker-{new_id()[-12:]}") as client:
+        await client.subscribe(catalog, qos=1)
+        real: dict[str, Any] | None = None
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(5):
+                async for message in client.messages:
+                    # amqtt 0.12.1 may hand a new subscriber retained messages of other topics
+                    if str(message.topic) != catalog:
+                        continue
+                    payload = message.payload
+                    if isinstance(payload, bytes | bytearray):
+                        real = codec.decode_object(bytes(payload))
+                    if real and real.get("offers"):
+                        break
+        forged_offers = (real or {}).get("offers", [])[:2]
+        now = utcnow()
+        forged = OfferBundle.model_validate(
+            {
+                "id": new_id(),
+                "issued_at": now,
+                "expires_at": now + timedelta(hours=1),
+                "offers": forged_offers,
+            }
+        )
+        rogue = Signer.generate("rogue").sign(forged.to_wire())
+        sent = len(forged_offers)
+        await client.publish(topics.offers(device_id), codec.encode_dict(rogue), qos=1)
+        if real is not None:
+            tampered = json.loads(json.dumps(real))
+            tampered["id"] = new_id()
+            tampered["offers"][0]["discount"] = 0.99
+            await client.publish(topics.offers(device_id), codec.encode_dict(tampered), qos=1)
+            sent += len(tampered["offers"])
+        return sent
+
+
+async def run_demo(options: DemoOptions) -> dict[str, Any]:
+    from cloud_gateway.auth import create_token  # noqa: PLC0415
+    from cloud_gateway.config import GatewaySettings  # noqa: PLC0415
+    from cloud_gateway.service import Gateway  # noqa: PLC0415
+
+    started = time.monotonic()
+    world = make_world(options.seed, households=max(options.household + 1, 8))
+    with contextlib.ExitStack() as stack:
+        root = options.data_dir or Path(stack.enter_context(tempfile.TemporaryDirectory()))
+        async with _broker(options.broker) as broker_url:
+            settings = GatewaySettings(broker=broker_url, data_dir=root / "gateway", http_port=0)
+            async with Gateway(settings) as gateway, aiohttp.ClientSession() as http:
+                operator = Operator(
+                    http, f"http://127.0.0.1:{gateway.http_port}", create_token(settings.data_dir)
+                )
+                async with Household(
+                    world,
+                    options.household,
+                    broker=broker_url,
+                    trust=gateway.trust_path,
+                    data_dir=root / "devices",
+                    seed=options.seed,
+                ) as household:
+                    surfaces = sorted(
+                        {s for run in household.runs for s in run.agent.settings.profile.surfaces}
+                    )
+                    for campaign in _campaigns(world, surfaces):
+                        created = await operator.call("POST", "/v1/campaigns", campaign)
+                        await operator.call("POST", f"/v1/campaigns/{created['id']}/launch")
+                    per_device = options.signals_per_device or household.weekly_signals()
+                    await household.use(per_device, history=options.history)
+                    await _wait_for_offers(household, timeout=15.0)
+                    tv = next(r for r in household.runs if r.spec.profile == "tv")
+                    attacked = await _attack(broker_url, Topics(), tv.spec.device_id)
+                    # the evening: people browse while the devices keep reporting live usage
+                    await asyncio.gather(
+                        household.browse(options.browse_rounds),
+                        household.use(options.live_signals_per_device),
+                    )
+                    drained = await household.drain(options.drain_timeout)
+                    await asyncio.sleep(0.2)
+                    report = await _report(household, operator, attacked, drained)
+    report["duration_s"] = round(time.monotonic() - started, 2)
+    report["broker"] = "embedded amqtt" if options.broker is None else options.broker
+    return report
+
+
+async def _wait_for_offers(household: Household, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if all(run.agent.counters.get("offers_verified", 0) > 0 for run in household.runs):
+            return
+        await asyncio.sleep(0.1)
+    log.warning("not every device verified offers within %.0fs", timeout)
+
+
+async def _report(
+    household: Household, operator: Operator, attacked: int, drained: bool
+) -> dict[str, Any]:
+    accepted = {run.spec.device_id: run.accepted for run in household.runs}
+    stored: dict[str, list[str]] = {}
+    outcomes_stored = 0
+    devices: list[dict[str, Any]] = []
+    for run in household.runs:
+        export = await operator.call("GET", f"/v1/devices/{run.spec.device_id}/export")
+        stored[run.spec.device_id] = [s["id"] for s in export.get("signals", [])]
+        outcomes_stored += len(export.get("outcomes", []))
+        counters = run.agent.counters
+        devices.append(
+            {
+                "device_id": run.spec.device_id,
+                "profile": run.spec.profile,
+                "signals_accepted": len(run.accepted),
+                "signals_stored": len(stored[run.spec.device_id]),
+                "offers_verified": counters.get("offers_verified", 0),
+                "offers_rejected": counters.get("offers_rejected", 0),
+                "decisions": run.decisions,
+                "shown": run.shown,
+                "clicks": run.clicks,
+                "personalized": run.spec.consent.get("personalization", False),
+                "top_offer": run.top,
+            }
+        )
+    loss = check(accepted, stored)
+    latencies = [ms for run in household.runs for ms in run.agent.decision_ms]
+    stats = await operator.call("GET", "/v1/stats")
+    p50, p99 = _quantiles(latencies)
+    return {
+        "signals_accepted": loss.accepted,
+        "signals_stored": loss.stored,
+        "signals_lost": loss.lost,
+        "signals_duplicated": loss.duplicated,
+        "signals_unexpected": loss.unexpected,
+        "offers_pushed": int(stats.get("offers_pushed", 0)),
+        "offers_verified": sum(d["offers_verified"] for d in devices),
+        "offers_rejected": sum(d["offers_rejected"] for d in devices),
+        "forged_offers_sent": attacked,
+        "decisions": sum(d["decisions"] for d in devices),
+        "decision_p50_ms": round(p50, 3),
+        "decision_p99_ms": round(p99, 3),
+        "outcomes_recorded": sum(
+            r.agent.counters.get("outcomes_recorded", 0) for r in household.runs
+        ),
+        "outcomes_stored": outcomes_stored,
+        "drained": drained,
+        "lost_ids_sample": list(loss.lost_ids),
+        "devices": devices,
+    }
+
+
+def _quantiles(samples: list[float]) -> tuple[float, float]:
+    if len(samples) < 2:
+        return (samples[0], samples[0]) if samples else (float("nan"), float("nan"))
+    cuts = statistics.quantiles(samples, n=100, method="inclusive")
+    return cuts[49], cuts[98]
+
+
+def succeeded(report: dict[str, Any]) -> bool:
+    """The demo's verdict: nothing lost, and every device verified offers and decided."""
+    return (
+        report["signals_lost"] == 0
+        and report["signals_duplicated"] == 0
+        and report["offers_rejected"] >= report["forged_offers_sent"] > 0
+        and all(d["offers_verified"] > 0 and d["decisions"] > 0 for d in report["devices"])
+        and report["outcomes_stored"] == report["outcomes_recorded"]
+    )
