@@ -32,6 +32,9 @@ from types import MappingProxyType
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from agent.errors import ConfigError
+from protocol.vocabulary import FEATURE_NAMES, PERSONAL_FEATURES
+
+__all__ = ["KNOWN_FEATURES", "PERSONAL_FEATURES", "FeatureWindows", "UserContext"]
 
 Row = tuple[str, int, int]
 """`(key, hour_epoch, delta)` as persisted by the store."""
@@ -51,41 +54,7 @@ LEVEL_PREFIX = "level:"
 TIER_KEY = "tier"
 HIGH_WATER_KEY = "~hw"
 
-OFFER_TYPES = ("coupon", "bundle", "replenishment", "membership_perk", "group_buy", "content")
-PROFILES = ("hub", "tv", "phone", "speaker")
-CATEGORIES = (
-    "purifier_filter",
-    "water_filter",
-    "tv_streaming",
-    "phone_accessories",
-    "smart_home",
-    "appliances",
-    "groceries",
-    "games",
-    "music",
-    "membership",
-)
-PERSONAL_FEATURES = frozenset(
-    {
-        "user.category_count_24h",
-        "user.category_count_7d",
-        "user.consumable_need",
-        "user.member_tier",
-    }
-)
-KNOWN_FEATURES: frozenset[str] = frozenset(
-    {
-        "offer.discount",
-        "offer.log_price",
-        "offer.priority",
-        "offer.limited",
-        "ctx.hour_sin",
-        "ctx.hour_cos",
-        *(f"offer.type.{t}" for t in OFFER_TYPES),
-        *(f"ctx.profile.{p}" for p in PROFILES),
-        *PERSONAL_FEATURES,
-    }
-)
+KNOWN_FEATURES: frozenset[str] = frozenset(FEATURE_NAMES)
 """Every feature name this agent can compute (feature spec v1, docs/architecture.md)."""
 
 _CATEGORY_RE = re.compile(r"^[a-z0-9_.:-]{1,64}$")

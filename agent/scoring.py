@@ -26,10 +26,11 @@ import onnxruntime as ort
 from onnxruntime.capi import onnxruntime_pybind11_state as ort_state
 
 from agent.errors import ModelRejected, ScoringError
-from agent.features import KNOWN_FEATURES, OFFER_TYPES, PERSONAL_FEATURES, UserContext
+from agent.features import KNOWN_FEATURES, PERSONAL_FEATURES, UserContext
 from protocol import codec
 from protocol.envelopes import FeatureSpec, ModelManifest, Offer
 from protocol.errors import ProtocolError
+from protocol.vocabulary import OFFER_TYPES
 
 log = logging.getLogger(__name__)
 

@@ -10,35 +10,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from protocol.envelopes import FeatureDef, FeatureSpec
+from protocol.vocabulary import FEATURE_NAMES, OFFER_TYPES, PERSONAL_FEATURES, PROFILES
 
-OFFER_TYPES: tuple[str, ...] = (
-    "coupon",
-    "bundle",
-    "replenishment",
-    "membership_perk",
-    "group_buy",
-    "content",
-)
-PROFILES: tuple[str, ...] = ("hub", "tv", "phone", "speaker")
+__all__ = ["FEATURE_NAMES", "OFFER_TYPES", "PERSONAL", "PROFILES", "build_spec"]
 
-FEATURE_NAMES: tuple[str, ...] = (
-    "offer.discount",
-    "offer.log_price",
-    "offer.priority",
-    "offer.limited",
-    *(f"offer.type.{t}" for t in OFFER_TYPES),
-    "user.category_count_24h",
-    "user.category_count_7d",
-    "user.consumable_need",
-    "user.member_tier",
-    "ctx.hour_sin",
-    "ctx.hour_cos",
-    *(f"ctx.profile.{p}" for p in PROFILES),
-)
-"""Every v1 feature, in the fixed order of model inputs."""
 
-PERSONAL: frozenset[str] = frozenset(n for n in FEATURE_NAMES if n.startswith("user."))
-"""Computed only with personalization consent; otherwise the feature's `default` is used."""
+PERSONAL = PERSONAL_FEATURES
 
 
 def build_spec(means: Sequence[float], scales: Sequence[float]) -> FeatureSpec:

@@ -10,9 +10,8 @@ computes from its own recent signals, and a label sampled from the ground truth.
 The ground truth's parameters never leave this module in the logs: `models/` trains only
 on `logged_examples` output (JSON lines), as it would on a real gateway export.
 
-The feature names below mirror `models.features` (docs/architecture.md, "The model's
-features"); `simulators` may not import `models`, so `tests/test_world.py` pins the two lists
-equal.
+Categories, offer types, profiles and feature names come from `protocol.vocabulary`, the
+one list devices, models and this world share.
 """
 
 from __future__ import annotations
@@ -25,49 +24,16 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from protocol.vocabulary import CATEGORIES, FEATURE_NAMES, OFFER_TYPES, PROFILES
+
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
 BoolArray = npt.NDArray[np.bool_]
 
-CATEGORIES: tuple[str, ...] = (
-    "purifier_filter",
-    "water_filter",
-    "tv_streaming",
-    "phone_accessories",
-    "smart_home",
-    "appliances",
-    "groceries",
-    "games",
-    "music",
-    "membership",
-)
-OFFER_TYPES: tuple[str, ...] = (
-    "coupon",
-    "bundle",
-    "replenishment",
-    "membership_perk",
-    "group_buy",
-    "content",
-)
-PROFILES: tuple[str, ...] = ("hub", "tv", "phone", "speaker")
 CATEGORIZED_KINDS: tuple[str, ...] = ("app_open", "content_view", "search", "purchase")
 APPLIANCES: tuple[str, ...] = ("purifier_filter", "water_filter")
 """Consumable categories; a household owning the appliance reports its consumable's level."""
 
-FEATURE_NAMES: tuple[str, ...] = (
-    "offer.discount",
-    "offer.log_price",
-    "offer.priority",
-    "offer.limited",
-    *(f"offer.type.{t}" for t in OFFER_TYPES),
-    "user.category_count_24h",
-    "user.category_count_7d",
-    "user.consumable_need",
-    "user.member_tier",
-    "ctx.hour_sin",
-    "ctx.hour_cos",
-    *(f"ctx.profile.{p}" for p in PROFILES),
-)
 
 UTC_OFFSET_HOURS = 8
 """Every shipped firmware profile runs in Asia/Shanghai (UTC+8, no daylight saving)."""

@@ -1,0 +1,44 @@
+"""The shared vocabulary of devices, models and campaigns: categories, offer types, profiles,
+and the v1 feature names a model's spec may ask for (docs/architecture.md)."""
+
+from __future__ import annotations
+
+from typing import get_args
+
+from protocol.envelopes import OfferType
+
+OFFER_TYPES: tuple[str, ...] = get_args(OfferType)
+PROFILES: tuple[str, ...] = ("hub", "tv", "phone", "speaker")
+"""The device classes with a shipped firmware profile."""
+
+CATEGORIES: tuple[str, ...] = (
+    "purifier_filter",
+    "water_filter",
+    "tv_streaming",
+    "phone_accessories",
+    "smart_home",
+    "appliances",
+    "groceries",
+    "games",
+    "music",
+    "membership",
+)
+
+FEATURE_NAMES: tuple[str, ...] = (
+    "offer.discount",
+    "offer.log_price",
+    "offer.priority",
+    "offer.limited",
+    *(f"offer.type.{t}" for t in OFFER_TYPES),
+    "user.category_count_24h",
+    "user.category_count_7d",
+    "user.consumable_need",
+    "user.member_tier",
+    "ctx.hour_sin",
+    "ctx.hour_cos",
+    *(f"ctx.profile.{p}" for p in PROFILES),
+)
+"""Every v1 feature, in the fixed order of model inputs."""
+
+PERSONAL_FEATURES: frozenset[str] = frozenset(n for n in FEATURE_NAMES if n.startswith("user."))
+"""Computed only with personalization consent; otherwise the spec's `default` is used."""
