@@ -120,6 +120,10 @@ class Outcome(BaseModel):
     surface: Name
     score: Annotated[Finite, Field(ge=-1e6, le=1e6)] | None = None
     model_version: Annotated[int, Field(ge=0)] | None = None
+    features: Annotated[list[Finite], Field(max_length=512)] | None = None
+    """The scaled model inputs the decision used (logged features, for training)."""
+    counterfactual: bool = False
+    """A holdout device's impression that was logged but not shown."""
 
 
 class BatchStats(BaseModel):
@@ -208,6 +212,10 @@ class Offer(BaseModel):
         Field(default_factory=dict)
     )
     priority: Annotated[int, Field(ge=0, le=100)] = 50
+    holdout: Annotated[Finite, Field(ge=0, le=1)] = 0.0
+    """Share of devices held out of the campaign (`protocol.assign.in_holdout`)."""
+    stock: Annotated[int, Field(ge=0)] | None = None
+    """For limited offers: the stock left when the bundle was signed (0: sold out)."""
 
 
 class OfferBundle(Signed):
