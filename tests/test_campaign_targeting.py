@@ -56,7 +56,9 @@ def settings_for(tmp_path: Path, broker: MosquittoProcess) -> GatewaySettings:
 
 async def until(check: Callable[[], Any], timeout: float = 30, step: float = 0.05) -> None:
     async with asyncio.timeout(timeout):
-        while not await check():
+        while True:  # polling state owned by another task: a condition, not a fixed sleep
+            if await check():
+                return
             await asyncio.sleep(step)
 
 
