@@ -75,7 +75,7 @@ def _decide(
         [claim.campaign_id, claim.offer_id],
     ).fetchone()
     if stock is None:
-        return False, None, "not a limited offer of this campaign"
+        return False, None, "no coupons for this offer (not limited, or no stock set)"
     held = conn.execute(
         "SELECT claim_id FROM grants WHERE campaign_id = ? AND offer_id = ? AND device_id = ?",
         [claim.campaign_id, claim.offer_id, device_id],

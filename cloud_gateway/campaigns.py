@@ -57,14 +57,12 @@ class OfferTemplate(BaseModel):
     )
     priority: Annotated[int, Field(ge=0, le=100)] = 50
     stock: Annotated[int, Field(ge=0, le=10_000_000)] | None = None
-    """Coupons of a limited offer (claimed on `up/claim`); required when `limited`."""
+    """Coupons of a limited offer (claimed on `up/claim`); without it, claims are refused."""
 
     @model_validator(mode="after")
     def _window(self) -> OfferTemplate:
         if self.starts_at and self.expires_at and self.expires_at <= self.starts_at:
             raise ValueError("expires_at must be after starts_at")
-        if self.limited and self.stock is None:
-            raise ValueError("a limited offer needs a stock")
         if self.stock is not None and not self.limited:
             raise ValueError("stock is only for limited offers (set limited: true)")
         return self
@@ -275,8 +273,8 @@ def build_offers(
         fields.update(campaign_id=campaign.id, starts_at=starts, expires_at=expires)
         if campaign.holdout:
             fields["holdout"] = campaign.holdout
-        if tpl.limited:
-            fields["stock"] = (stock or {}).get(tpl.id, tpl.stock or 0)
+        if tpl.limited and tpl.stock is not None:
+            fields["stock"] = (stock or {}).get(tpl.id, tpl.stock)
         offers.append(Offer.model_validate(fields))
     return offers
 

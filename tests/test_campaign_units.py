@@ -26,8 +26,8 @@ def _errors(body: dict[str, Any]) -> dict[str, str]:
 
 def test_invalid_campaigns_say_what_and_where() -> None:
     base = {"name": "c", "cohorts": ["all"], "offers": [OFFER]}
-    errors = _errors({**base, "offers": [{**OFFER, "limited": True}]})
-    assert "limited offer needs a stock" in errors["offers.0"]
+    errors = _errors({**base, "offers": [{**OFFER, "stock": 5}]})
+    assert "stock is only for limited offers" in errors["offers.0"]
     errors = _errors({**base, "holdout": 0.9, "targeting": {"member_tiers": [7]}})
     assert {"holdout", "targeting.member_tiers.0"} <= set(errors)
     errors = _errors({**base, "targeting": {"rules": [{"kind": "no_purchase", "days": 0}]}})
