@@ -8,6 +8,7 @@ import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
@@ -19,9 +20,11 @@ from pydantic.json_schema import models_json_schema
 
 from cloud_gateway import GATEWAY_VERSION
 from cloud_gateway.auth import TokenVerifier
+from cloud_gateway.campaign_store import fleet_summary
 from cloud_gateway.campaigns import Campaign, CampaignIn, CampaignStats
 from cloud_gateway.errors import GatewayError, InvalidTransition, LinkDown, NotFound
 from cloud_gateway.ingest import REJECT_REASONS, public_counters
+from cloud_gateway.openapi import complete_document
 from cloud_gateway.push import CampaignService
 from cloud_gateway.store import Database, Store
 from protocol.codec import field_errors
@@ -29,7 +32,7 @@ from protocol.codec import field_errors
 log = logging.getLogger(__name__)
 
 PROBLEM_JSON = "application/problem+json"
-PUBLIC_PATHS = frozenset({"/healthz"})
+PUBLIC_PATHS = frozenset({"/healthz", "/", "/static/dashboard.js", "/static/dashboard.css"})
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -136,6 +139,8 @@ async def _body(request: web.Request) -> Any:
         return json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ApiProblem(400, "Bad Request", f"the body is not JSON: {exc}") from exc
+    except RecursionError as exc:
+        raise ApiProblem(400, "Bad Request", "the body nests too deeply") from exc
 
 
 # ---------------------------------------------------------------- handlers
@@ -340,7 +345,7 @@ def openapi_document() -> dict[str, Any]:
     }
 
 
-OPENAPI = openapi_document()
+OPENAPI = complete_document(openapi_document(), Problem)
 
 
 def build_app(ctx: ApiContext, max_body: int) -> web.Application:
@@ -362,4 +367,58 @@ def build_app(ctx: ApiContext, max_body: int) -> web.Application:
     app.router.add_get("/v1/devices", list_devices)
     app.router.add_get("/v1/devices/{id}", get_device)
     app.router.add_get("/v1/devices/{id}/export", export_device)
+    add_campaign_ops_routes(app)
     return app
+
+
+# ---------------------------------------------------------------- campaign operations, dashboard
+
+STATIC = Path(__file__).resolve().parent / "static"
+MAX_AUDIT = 1000
+
+
+async def end_campaign(request: web.Request) -> web.Response:
+    campaign = await request.app[CTX].campaigns.end(request.match_info["id"], _who(request))
+    return _json(campaign.doc())
+
+
+async def fleet(request: web.Request) -> web.Response:
+    return _json(await request.app[CTX].db.call(fleet_summary))
+
+
+async def audit_log(request: web.Request) -> web.Response:
+    raw = request.query.get("limit", "100")
+    try:
+        limit = int(raw)
+    except ValueError:
+        limit = -1
+    if not 1 <= limit <= MAX_AUDIT:
+        raise ApiProblem(
+            400,
+            "Bad Request",
+            f"limit must be an integer in 1..{MAX_AUDIT}",
+            errors=[{"loc": "query.limit", "msg": f"got {raw[:40]!r}"}],
+        )
+    rows = await request.app[CTX].db.call(Store.audit_log, limit)
+    entries = [{**r, "detail": json.loads(r["detail"]) if r["detail"] else {}} for r in rows]
+    return _json({"entries": entries})
+
+
+async def dashboard(request: web.Request) -> web.StreamResponse:
+    return web.FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-store"})
+
+
+async def dashboard_asset(request: web.Request) -> web.StreamResponse:
+    name = request.match_info["name"]
+    if name not in ("dashboard.js", "dashboard.css"):
+        raise NotFound("file", name)
+    return web.FileResponse(STATIC / name, headers={"Cache-Control": "no-store"})
+
+
+def add_campaign_ops_routes(app: web.Application) -> None:
+    """Issue 6: ending campaigns, the fleet, the audit log and the dashboard."""
+    app.router.add_post("/v1/campaigns/{id}/end", end_campaign)
+    app.router.add_get("/v1/fleet", fleet)
+    app.router.add_get("/v1/audit", audit_log)
+    app.router.add_get("/", dashboard)
+    app.router.add_get("/static/{name}", dashboard_asset)

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from datetime import datetime, timedelta
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from cloud_gateway.errors import InvalidTransition
+from cloud_gateway.targeting import Targeting
 from protocol.envelopes import (
     MAX_OFFERS_PER_BUNDLE,
     Cohort,
@@ -24,9 +25,13 @@ from protocol.envelopes import (
 )
 from protocol.ids import new_id
 
-CampaignState = Literal["draft", "live", "paused", "ended"]
+CampaignState = Literal["draft", "scheduled", "live", "paused", "ended"]
 MAX_OFFERS_PER_CAMPAIGN = 100
 MAX_COHORTS_PER_CAMPAIGN = 16
+MAX_VARIANTS = 8
+VariantName = Annotated[str, Field(min_length=1, max_length=32, pattern=r"^[A-Za-z0-9_-]+$")]
+Weight = Annotated[Finite, Field(ge=0, le=1000)]
+CapsMap = Annotated[dict[Name, Annotated[int, Field(ge=0, le=10_000)]], Field(max_length=8)]
 
 
 class OfferTemplate(BaseModel):
@@ -51,11 +56,15 @@ class OfferTemplate(BaseModel):
         Field(default_factory=dict)
     )
     priority: Annotated[int, Field(ge=0, le=100)] = 50
+    stock: Annotated[int, Field(ge=0, le=10_000_000)] | None = None
+    """Coupons of a limited offer (claimed on `up/claim`); without it, claims are refused."""
 
     @model_validator(mode="after")
     def _window(self) -> OfferTemplate:
         if self.starts_at and self.expires_at and self.expires_at <= self.starts_at:
             raise ValueError("expires_at must be after starts_at")
+        if self.stock is not None and not self.limited:
+            raise ValueError("stock is only for limited offers (set limited: true)")
         return self
 
 
@@ -69,6 +78,17 @@ class CampaignIn(BaseModel):
     cohorts: Annotated[list[Cohort], Field(min_length=1, max_length=MAX_COHORTS_PER_CAMPAIGN)]
     starts_at: UtcTime | None = None
     ends_at: UtcTime | None = None
+    targeting: Targeting | None = None
+    variants: Annotated[dict[VariantName, Weight], Field(max_length=MAX_VARIANTS)] = Field(
+        default_factory=dict
+    )
+    """Weights of the variants named by the offers (default: equal weights)."""
+    holdout: Annotated[Finite, Field(ge=0, le=0.5)] = 0.0
+    """Share of the audience held out (shown nothing) to measure uplift against."""
+    caps: CapsMap = Field(default_factory=dict)
+    """Per-device caps applied to every offer that sets none of its own."""
+    priority: Annotated[int, Field(ge=0, le=100)] | None = None
+    """Priority of every offer that does not set one (default 50)."""
 
     @model_validator(mode="after")
     def _consistent(self) -> CampaignIn:
@@ -79,6 +99,16 @@ class CampaignIn(BaseModel):
             raise ValueError("offer ids must be unique within a campaign")
         if len(self.cohorts) != len(set(self.cohorts)):
             raise ValueError("cohorts must be unique")
+        named = {o.variant for o in self.offers}
+        if self.variants:
+            missing = named - set(self.variants)
+            if missing:
+                raise ValueError(f"variants has no weight for {sorted(missing)}")
+            extra = set(self.variants) - named
+            if extra:
+                raise ValueError(f"variants {sorted(extra)} have no offers")
+            if not any(w > 0 for w in self.variants.values()):
+                raise ValueError("variants need at least one positive weight")
         return self
 
 
@@ -103,9 +133,39 @@ class Campaign(BaseModel):
     created_at: UtcTime
     updated_at: UtcTime
     launched_at: UtcTime | None = None
+    targeting: Targeting | None = None
+    variants: dict[str, float] = Field(default_factory=dict)
+    holdout: float = 0.0
 
     def doc(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
+
+    @property
+    def weights(self) -> dict[str, float]:
+        """Variant weights: the operator's, or equal weights over the offers' variants."""
+        if self.variants:
+            return dict(self.variants)
+        return {v: 1.0 for v in sorted({o.variant for o in self.offers})}
+
+    @property
+    def per_device(self) -> bool:
+        """True when devices get their own bundles (targeting beyond cohorts, or A/B)."""
+        if len([w for w in self.weights.values() if w > 0]) > 1:
+            return True
+        if self.targeting is None:
+            return False
+        if self.targeting.per_device:
+            return True
+        return bool(self.targeting.cohorts()) and self.cohorts != ["all"]
+
+    @property
+    def push_cohorts(self) -> list[str]:
+        """The cohort catalogs that carry this campaign ([] when pushed per device)."""
+        if self.per_device:
+            return []
+        if self.targeting is not None and self.targeting.cohorts():
+            return self.targeting.cohorts()
+        return list(self.cohorts)
 
 
 class CampaignStats(BaseModel):
@@ -124,9 +184,15 @@ class CampaignStats(BaseModel):
 
 def new_campaign(spec: CampaignIn, now: datetime) -> Campaign:
     """A draft campaign; every offer gets an id (the operator's or a fresh UUIDv7)."""
-    offers = [
-        OfferOut.model_validate({**o.model_dump(), "id": o.id or new_id()}) for o in spec.offers
-    ]
+    offers = []
+    for o in spec.offers:
+        fields = o.model_dump()
+        fields["id"] = o.id or new_id()
+        if spec.caps and not o.caps:
+            fields["caps"] = dict(spec.caps)
+        if spec.priority is not None and "priority" not in o.model_fields_set:
+            fields["priority"] = spec.priority
+        offers.append(OfferOut.model_validate(fields))
     return Campaign(
         id=new_id(),
         name=spec.name,
@@ -137,50 +203,89 @@ def new_campaign(spec: CampaignIn, now: datetime) -> Campaign:
         ends_at=spec.ends_at,
         created_at=now,
         updated_at=now,
+        targeting=spec.targeting,
+        variants=dict(spec.variants),
+        holdout=spec.holdout,
     )
 
 
 TRANSITIONS: dict[str, dict[CampaignState, CampaignState]] = {
-    "launch": {"draft": "live", "paused": "live", "live": "live"},
-    "pause": {"live": "paused", "paused": "paused"},
-    "end": {"draft": "ended", "live": "ended", "paused": "ended", "ended": "ended"},
+    "launch": {"draft": "live", "paused": "live", "live": "live", "scheduled": "scheduled"},
+    "start": {"scheduled": "live", "live": "live"},
+    "pause": {"live": "paused", "paused": "paused", "scheduled": "paused"},
+    "end": {
+        "draft": "ended",
+        "scheduled": "ended",
+        "live": "ended",
+        "paused": "ended",
+        "ended": "ended",
+    },
 }
 
 
 def transition(campaign: Campaign, action: str, now: datetime) -> Campaign:
-    """The campaign after `action`; repeating an action is a no-op, anything else refused."""
+    """The campaign after `action`; repeating an action is a no-op, anything else refused.
+
+    Launching before `starts_at` schedules the campaign; the scheduler `start`s it on time.
+    """
     target = TRANSITIONS.get(action, {}).get(campaign.state)
     if target is None:
         raise InvalidTransition(campaign.id, campaign.state, action)
     if action == "launch" and campaign.ends_at is not None and campaign.ends_at <= now:
         raise InvalidTransition(campaign.id, "over (ends_at has passed)", action)
+    if action == "launch" and target == "live" and campaign.starts_at and campaign.starts_at > now:
+        target = "scheduled"
+    if action == "start" and campaign.starts_at and campaign.starts_at > now:
+        raise InvalidTransition(campaign.id, "not due yet", action)
     changes: dict[str, Any] = {"state": target, "updated_at": now}
-    if action == "launch" and campaign.state != "live":
+    if target == "live" and campaign.state != "live":
         changes["launched_at"] = now
     return campaign.model_copy(update=changes)
 
 
-def build_offers(campaign: Campaign, now: datetime, bundle_expiry: datetime) -> list[Offer]:
-    """Wire offers of one campaign: defaults for the window come from the campaign."""
+def due_action(campaign: Campaign, now: datetime) -> str | None:
+    """What the scheduler must do to `campaign` now: `start`, `end`, or nothing."""
+    ending = campaign.state in ("scheduled", "live", "paused")
+    if ending and campaign.ends_at is not None and campaign.ends_at <= now:
+        return "end"
+    if campaign.state == "scheduled" and (campaign.starts_at is None or campaign.starts_at <= now):
+        return "start"
+    return None
+
+
+def build_offers(
+    campaign: Campaign,
+    now: datetime,
+    bundle_expiry: datetime,
+    *,
+    variant: str | None = None,
+    stock: Mapping[str, int] | None = None,
+) -> list[Offer]:
+    """Wire offers of one campaign (of one `variant` when given): defaults for the window
+    come from the campaign; limited offers carry the stock left now."""
     offers = []
     for tpl in campaign.offers:
-        fields = tpl.model_dump(exclude={"starts_at", "expires_at"})
+        if variant is not None and tpl.variant != variant:
+            continue
+        fields = tpl.model_dump(exclude={"starts_at", "expires_at", "stock"})
         starts = tpl.starts_at or campaign.starts_at or campaign.launched_at or now
         expires = tpl.expires_at or campaign.ends_at or bundle_expiry
-        offers.append(
-            Offer.model_validate(
-                {**fields, "campaign_id": campaign.id, "starts_at": starts, "expires_at": expires}
-            )
-        )
+        fields.update(campaign_id=campaign.id, starts_at=starts, expires_at=expires)
+        if campaign.holdout:
+            fields["holdout"] = campaign.holdout
+        if tpl.limited and tpl.stock is not None:
+            fields["stock"] = (stock or {}).get(tpl.id, tpl.stock)
+        offers.append(Offer.model_validate(fields))
     return offers
 
 
-def build_catalog(
+def build_catalog(  # noqa: PLR0917 - kept positional for existing callers
     cohort: str,
     live: Iterable[Campaign],
     now: datetime,
     ttl: timedelta,
     revokes: Iterable[str] = (),
+    stock: Mapping[str, Mapping[str, int]] | None = None,
 ) -> tuple[OfferBundle, dict[str, int]]:
     """The unsigned catalog of every live campaign's offers for `cohort`.
 
@@ -192,11 +297,13 @@ def build_catalog(
     candidates: list[Offer] = []
     ends: list[datetime] = []
     for campaign in live:
-        if campaign.state != "live" or cohort not in campaign.cohorts:
+        if campaign.state != "live" or cohort not in campaign.push_cohorts:
             continue
         if campaign.ends_at is not None and campaign.ends_at <= now:
             continue
-        candidates.extend(build_offers(campaign, now, bundle_expiry))
+        candidates.extend(
+            build_offers(campaign, now, bundle_expiry, stock=(stock or {}).get(campaign.id))
+        )
         ends.append(campaign.ends_at or bundle_expiry)
     candidates = [o for o in candidates if o.expires_at > now]
     candidates.sort(key=lambda o: (-o.priority, o.campaign_id, o.id))

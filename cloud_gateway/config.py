@@ -59,6 +59,12 @@ class GatewaySettings(BaseModel):
     connect_timeout_s: Annotated[float, Field(gt=0, le=300)] = 10.0
     reconnect_max_s: Annotated[float, Field(gt=0, le=600)] = 30.0
     token_cache_s: Annotated[float, Field(ge=0, le=600)] = 5.0
+    claim_batch_max: Annotated[int, Field(ge=1, le=4096)] = 256
+    """Claims decided per SQLite transaction at most (1: one transaction per claim)."""
+    scheduler_tick_s: Annotated[float, Field(gt=0, le=3600)] = 1.0
+    """How often scheduled campaigns are started and expired ones ended."""
+    resend_after_s: Annotated[float, Field(gt=0, le=86400)] = 300.0
+    """A device bundle without a receipt is sent again after this long (and on each birth)."""
 
     @field_validator("broker")
     @classmethod

@@ -13,9 +13,9 @@ from typing import Any
 from cloud_gateway.errors import GatewayError
 from cloud_gateway.store import Database, Store
 from protocol import codec
-from protocol.envelopes import Ack, Batch, ClaimRequest, ClaimResult, State
+from protocol.envelopes import Ack, Batch, ClaimRequest, State
 from protocol.errors import ProtocolError
-from protocol.ids import new_id, utcnow
+from protocol.ids import utcnow
 from protocol.signing import Signer
 from protocol.topics import Topics
 
@@ -34,6 +34,12 @@ CLAIM_RESULT_TTL = timedelta(days=1)
 
 Publish = Callable[[str, bytes, bool], Awaitable[None]]
 """publish(topic, payload, retain) at QoS 1."""
+SubmitClaim = Callable[[str, ClaimRequest], Awaitable[None]]
+"""Hands a claim to the claim desk (`cloud_gateway.claims`)."""
+OnReceipts = Callable[[str, list[str]], Awaitable[None]]
+"""Called with a stored batch's receipts (ids of device bundles the device holds)."""
+OnBirth = Callable[[str], Awaitable[None]]
+"""Called after a device's `online` state is recorded (re-send what is outstanding)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,7 +168,13 @@ class Ingestor:
         counters: Counter[str],
         max_compressed: int = codec.MAX_COMPRESSED,
         max_decompressed: int = codec.MAX_DECOMPRESSED,
+        submit_claim: SubmitClaim | None = None,
+        on_receipts: OnReceipts | None = None,
+        on_birth: OnBirth | None = None,
     ) -> None:
+        self._submit_claim = submit_claim
+        self._on_receipts = on_receipts
+        self._on_birth = on_birth
         self._topics = topics
         self._db = db
         self._acks = acks
@@ -221,38 +233,23 @@ class Ingestor:
             else:
                 self.counters["batches_duplicate"] += 1
             self._acks.add(device_id, message.seq)
+            if message.receipts and self._on_receipts is not None:
+                await self._on_receipts(device_id, list(message.receipts))
         elif isinstance(message, State):
             self.counters["states_received"] += 1
             await self._db.call(Store.record_state, device_id, message, utcnow())
+            if message.status == "online" and self._on_birth is not None:
+                await self._on_birth(device_id)
+        elif self._submit_claim is not None:
+            await self._submit_claim(device_id, message)
         else:
             await self._claim(device_id, message)
 
     async def _claim(self, device_id: str, claim: ClaimRequest) -> None:
-        """Claims are stored and answered with a signed refusal until claims are enabled."""
-        self.counters["claims_received"] += 1
-        new, result = await self._db.call(Store.store_claim, device_id, claim, utcnow())
-        if result is None:
-            now = utcnow()
-            answer = ClaimResult(
-                id=new_id(),
-                claim_id=claim.id,
-                device_id=device_id,
-                offer_id=claim.offer_id,
-                granted=False,
-                reason="claims not enabled yet",
-                issued_at=now,
-                expires_at=now + CLAIM_RESULT_TTL,
-            )
-            result = self._signer.sign(answer.to_wire())
-            await self._db.call(Store.save_claim_result, device_id, claim.id, result)
-        elif not new:
-            self.counters["claims_duplicate"] += 1
-        try:
-            await self._publish(
-                self._topics.claim_down(device_id), codec.encode_dict(result), False
-            )
-        except GatewayError as exc:
-            log.debug("claim result for %s not sent: %s", device_id, exc)
+        """Without a claim desk (`cloud_gateway.claims`) a claim stays unanswered; the
+        device claims again later."""
+        self.counters["claims_unhandled"] += 1
+        log.warning("claim %s of %s not handled: no claim desk", claim.id, device_id)
 
 
 def rejected_by_reason(counters: Counter[str]) -> dict[str, int]:
@@ -270,6 +267,11 @@ def public_counters(counters: Counter[str]) -> dict[str, Any]:
         "outcomes_stored",
         "states_received",
         "claims_received",
+        "claims_granted",
+        "claims_refused",
+        "claims_duplicate",
+        "device_bundles_sent",
+        "device_bundle_receipts",
         "acks_sent",
         "acks_failed",
         "bundles_pushed",

@@ -187,3 +187,31 @@ def m001_initial(db: Database) -> None:
         pk="id",
         not_null=["who", "action", "at"],
     )
+
+
+@migration
+def issue6_claims_stock_device_pushes(db: Database) -> None:
+    """Stock of limited offers, one grant per device per offer, device-addressed pushes."""
+    db.execute(
+        "CREATE TABLE offer_stock (campaign_id TEXT NOT NULL, offer_id TEXT NOT NULL,"
+        " initial INTEGER NOT NULL, stock INTEGER NOT NULL CHECK (stock >= 0),"
+        " PRIMARY KEY (campaign_id, offer_id))"
+    )
+    db.execute(
+        "CREATE TABLE grants (campaign_id TEXT NOT NULL, offer_id TEXT NOT NULL,"
+        " device_id TEXT NOT NULL, claim_id TEXT NOT NULL, code TEXT NOT NULL,"
+        " at TEXT NOT NULL, PRIMARY KEY (campaign_id, offer_id, device_id))"
+    )
+    db.execute("ALTER TABLE claims ADD COLUMN granted INTEGER")
+    db.execute("CREATE INDEX claims_by_offer ON claims (campaign_id, offer_id)")
+    db.execute(
+        "CREATE TABLE device_pushes (bundle_id TEXT PRIMARY KEY, device_id TEXT NOT NULL,"
+        " campaign_id TEXT NOT NULL, variant TEXT, holdout INTEGER NOT NULL DEFAULT 0,"
+        " kind TEXT NOT NULL, offers INTEGER NOT NULL, payload TEXT NOT NULL,"
+        " created_at TEXT NOT NULL, expires_at TEXT NOT NULL, sent_at TEXT,"
+        " sends INTEGER NOT NULL DEFAULT 0, receipt_at TEXT,"
+        " superseded INTEGER NOT NULL DEFAULT 0)"
+    )
+    db.execute("CREATE INDEX device_pushes_outstanding ON device_pushes (device_id, receipt_at)")
+    db.execute("CREATE INDEX device_pushes_by_campaign ON device_pushes (campaign_id, kind)")
+    db.execute("CREATE INDEX IF NOT EXISTS signals_by_kind ON signals (kind)")

@@ -8,17 +8,19 @@ from collections import Counter
 from collections.abc import Iterable
 from datetime import timedelta
 
+from cloud_gateway.campaign_store import campaign_rows, init_stock, stock_left
 from cloud_gateway.campaigns import (
     Campaign,
     CampaignIn,
-    CampaignStats,
     build_catalog,
-    campaign_stats,
+    due_action,
     new_campaign,
     transition,
 )
+from cloud_gateway.delivery import DeviceDelivery
 from cloud_gateway.errors import GatewayError, NotFound
 from cloud_gateway.ingest import Publish
+from cloud_gateway.results import CampaignResults, campaign_results
 from cloud_gateway.store import Database, Store
 from protocol import codec
 from protocol.ids import parse_time, utcnow
@@ -49,11 +51,22 @@ class CampaignService:
         self._ttl = bundle_ttl
         self._lock = asyncio.Lock()  # one catalog rebuild at a time: publishes stay ordered
         self.dirty: set[str] = set()
+        self.delivery = DeviceDelivery(db, signer, topics, publish, counters, bundle_ttl=bundle_ttl)
 
     async def create(self, spec: CampaignIn, who: str) -> Campaign:
         campaign = new_campaign(spec, utcnow())
         await self._db.call(Store.insert_campaign, campaign.doc())
-        await self._db.call(Store.audit, who, "campaign.create", campaign.id, utcnow(), None)
+        limited = [(o.id, o.stock) for o in campaign.offers if o.limited and o.stock is not None]
+        if limited:
+            await self._db.call(init_stock, campaign.id, limited)
+        await self._db.call(
+            Store.audit,
+            who,
+            "campaign.create",
+            campaign.id,
+            utcnow(),
+            {"name": campaign.name, "offers": len(campaign.offers), "push": self._mode(campaign)},
+        )
         log.info("campaign %s (%s) created by %s", campaign.id, campaign.name, who)
         return campaign
 
@@ -72,6 +85,13 @@ class CampaignService:
     async def pause(self, campaign_id: str, who: str) -> Campaign:
         return await self._change(campaign_id, "pause", who)
 
+    async def end(self, campaign_id: str, who: str) -> Campaign:
+        return await self._change(campaign_id, "end", who)
+
+    @staticmethod
+    def _mode(campaign: Campaign) -> str:
+        return "device" if campaign.per_device else "cohort"
+
     async def _change(self, campaign_id: str, action: str, who: str) -> Campaign:
         async with self._lock:
             before = await self.get(campaign_id)
@@ -85,17 +105,41 @@ class CampaignService:
                 utcnow(),
                 {"from": before.state, "to": after.state},
             )
-            revokes = [o.id for o in before.offers] if after.state != "live" else []
-            await self._rebuild_locked(after.cohorts, revokes)
+            went_live = after.state == "live" and before.state != "live"
+            left_live = before.state == "live" and after.state != "live"
+            if after.per_device:
+                if went_live:
+                    await self.delivery.launch(after)
+                elif left_live:
+                    await self.delivery.revoke(after)
+            elif went_live or left_live:
+                revokes = [o.id for o in before.offers] if left_live else []
+                await self._rebuild_locked(after.push_cohorts, revokes)
         log.info(
             "campaign %s %s by %s: %s -> %s", campaign_id, action, who, before.state, after.state
         )
         return after
 
-    async def stats(self, campaign_id: str) -> CampaignStats:
+    async def stats(self, campaign_id: str) -> CampaignResults:
         campaign = await self.get(campaign_id)
-        counts = await self._db.call(Store.campaign_counts, campaign_id)
-        return campaign_stats(campaign, counts)
+        rows = await self._db.call(campaign_rows, campaign_id)
+        return campaign_results(campaign, rows)
+
+    async def run_due(self) -> int:
+        """Start scheduled campaigns whose time has come, end those past `ends_at`."""
+        done = 0
+        now = utcnow()
+        for campaign in await self.list():
+            action = due_action(campaign, now)
+            if action is None:
+                continue
+            try:
+                await self._change(campaign.id, action, "scheduler")
+            except GatewayError as exc:
+                log.warning("scheduler could not %s campaign %s: %s", action, campaign.id, exc)
+                continue
+            done += 1
+        return done
 
     async def rebuild(self, cohorts: Iterable[str]) -> None:
         async with self._lock:
@@ -107,9 +151,14 @@ class CampaignService:
             Campaign.model_validate(d) for d in await self._db.call(Store.list_campaigns, "live")
         ]
         revoked = list(revokes)
+        stock = {
+            c.id: await self._db.call(stock_left, c.id)
+            for c in live
+            if any(o.limited for o in c.offers)
+        }
         for cohort in sorted(set(cohorts)):
             now = utcnow()
-            bundle, per_campaign = build_catalog(cohort, live, now, self._ttl, revoked)
+            bundle, per_campaign = build_catalog(cohort, live, now, self._ttl, revoked, stock)
             signed = self._signer.sign(bundle.to_wire())
             try:
                 await self._publish(

@@ -19,12 +19,14 @@ from prometheus_client import CollectorRegistry
 
 from cloud_gateway.api import ApiContext, build_app
 from cloud_gateway.auth import TokenVerifier
+from cloud_gateway.claims import ClaimDesk
 from cloud_gateway.config import GatewaySettings
 from cloud_gateway.errors import GatewayError, LinkDown
 from cloud_gateway.ingest import AckBatcher, Ingestor
 from cloud_gateway.keys import load_or_create, signed_key_list
 from cloud_gateway.link import MqttLink
 from cloud_gateway.push import CampaignService
+from cloud_gateway.scheduler import run_scheduler
 from cloud_gateway.store import Database
 from protocol import codec
 from protocol.signing import Signer
@@ -99,6 +101,14 @@ class Gateway:
         self._signer, self.trust_path = keys.signer, keys.trust_path
         self._db = await Database(s.db_path).open()
         self._acks = AckBatcher(topics, self._publish, self.counters, s.ack_delay_ms / 1000)
+        claims = ClaimDesk(
+            self._db,
+            self._signer,
+            topics,
+            self._publish,
+            self.counters,
+            batch_max=s.claim_batch_max,
+        )
         ingestor = Ingestor(
             topics,
             self._db,
@@ -108,6 +118,9 @@ class Gateway:
             counters=self.counters,
             max_compressed=s.max_payload_bytes,
             max_decompressed=s.max_decompressed_bytes,
+            submit_claim=claims.submit,
+            on_receipts=self._on_receipts,
+            on_birth=self._on_birth,
         )
         self._campaigns = CampaignService(
             self._db,
@@ -126,6 +139,11 @@ class Gateway:
         self._spawn(self._acks.run(), "gateway-acks")
         self._spawn(self._link.run(), "gateway-mqtt")
         self._spawn(self._refresh_loop(), "gateway-catalog-refresh")
+        self._spawn(claims.run(), "gateway-claims")
+        self._spawn(
+            run_scheduler(self._campaigns, s.scheduler_tick_s, s.resend_after_s),
+            "gateway-scheduler",
+        )
         try:
             await asyncio.wait_for(self._link.connected.wait(), s.connect_timeout_s)
         except TimeoutError:
@@ -163,6 +181,12 @@ class Gateway:
     def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
         task = asyncio.create_task(coro, name=name)
         self._tasks.append(task)
+
+    async def _on_receipts(self, device_id: str, ids: list[str]) -> None:
+        await self.campaigns.delivery.on_receipts(device_id, ids)
+
+    async def _on_birth(self, device_id: str) -> None:
+        await self.campaigns.delivery.on_birth(device_id)
 
     async def _on_connected(self) -> None:
         """After each (re)connect: the signed key list, then catalogs that failed to go out."""

@@ -1,0 +1,412 @@
+"""SQL of campaigns beyond the catalogs: stock and claims, device facts, device pushes, results.
+
+Plain functions over a `Store`, run on the store thread: `await db.call(claim_batch, ...)`.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import sqlite3
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from cloud_gateway.errors import StoreError
+from cloud_gateway.migrations import transaction
+from cloud_gateway.store import Store
+from cloud_gateway.targeting import DeviceFacts
+from protocol.envelopes import ClaimRequest
+from protocol.ids import format_time, parse_time
+
+Sign = Callable[[dict[str, Any]], dict[str, Any]]
+MakeResult = Callable[[str, ClaimRequest, bool, str | None, str], dict[str, Any]]
+"""make(device_id, claim, granted, code, reason) -> the signed wire result."""
+
+
+def _json(obj: Any) -> str:
+    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False)
+
+
+# ---------------------------------------------------------------- stock and claims
+
+
+def init_stock(store: Store, campaign_id: str, stock: Sequence[tuple[str, int]]) -> None:
+    """The stock of each limited offer, set once (a relaunch keeps what is left)."""
+    with transaction(store.conn):
+        store.conn.executemany(
+            "INSERT OR IGNORE INTO offer_stock (campaign_id, offer_id, initial, stock)"
+            " VALUES (?, ?, ?, ?)",
+            [(campaign_id, oid, n, n) for oid, n in stock],
+        )
+
+
+def stock_left(store: Store, campaign_id: str) -> dict[str, int]:
+    rows = store.conn.execute(
+        "SELECT offer_id, stock FROM offer_stock WHERE campaign_id = ?", [campaign_id]
+    ).fetchall()
+    return {r["offer_id"]: r["stock"] for r in rows}
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimAnswer:
+    """The stored, signed answer to one claim; `new` is False for a repeated key."""
+
+    device_id: str
+    claim_id: str
+    result: dict[str, Any]
+    new: bool
+    granted: bool
+
+
+def _decide(
+    store: Store, device_id: str, claim: ClaimRequest, at: str
+) -> tuple[bool, str | None, str]:
+    """One claim's decision inside the caller's transaction: (granted, code, reason)."""
+    conn = store.conn
+    row = conn.execute("SELECT state FROM campaigns WHERE id = ?", [claim.campaign_id]).fetchone()
+    if row is None:
+        return False, None, "unknown campaign"
+    if row["state"] != "live":
+        return False, None, f"campaign is {row['state']}"
+    stock = conn.execute(
+        "SELECT 1 FROM offer_stock WHERE campaign_id = ? AND offer_id = ?",
+        [claim.campaign_id, claim.offer_id],
+    ).fetchone()
+    if stock is None:
+        return False, None, "no coupons for this offer (not limited, or no stock set)"
+    held = conn.execute(
+        "SELECT claim_id FROM grants WHERE campaign_id = ? AND offer_id = ? AND device_id = ?",
+        [claim.campaign_id, claim.offer_id, device_id],
+    ).fetchone()
+    if held is not None:
+        return False, None, f"already granted to this device (claim {held['claim_id']})"
+    # The one write that matters: conditional, so stock can never pass below zero.
+    cur = conn.execute(
+        "UPDATE offer_stock SET stock = stock - 1"
+        " WHERE campaign_id = ? AND offer_id = ? AND stock > 0",
+        [claim.campaign_id, claim.offer_id],
+    )
+    if cur.rowcount != 1:
+        return False, None, "sold out"
+    code = secrets.token_hex(6).upper()
+    conn.execute(
+        "INSERT INTO grants (campaign_id, offer_id, device_id, claim_id, code, at)"
+        " VALUES (?, ?, ?, ?, ?, ?)",
+        [claim.campaign_id, claim.offer_id, device_id, claim.id, code, at],
+    )
+    return True, code, "granted"
+
+
+def claim_batch(
+    store: Store,
+    claims: Sequence[tuple[str, ClaimRequest]],
+    make_result: MakeResult,
+    received_at: datetime,
+) -> list[ClaimAnswer]:
+    """Decide claims in one transaction: each stored once with its signed answer.
+
+    A repeated idempotency key gets the stored answer back, unchanged. The stock decrement
+    is `UPDATE ... WHERE stock > 0` in the same transaction as the claim row and its answer:
+    a crash before COMMIT leaves none of it, after COMMIT all of it.
+    """
+    now = format_time(received_at)
+    answers: list[ClaimAnswer] = []
+    conn = store.conn
+    try:
+        with transaction(conn):
+            for device_id, claim in claims:
+                conn.execute(
+                    "INSERT OR IGNORE INTO devices (device_id, status, first_seen, last_seen,"
+                    " malformed) VALUES (?, 'offline', ?, ?, 0)",
+                    [device_id, now, now],
+                )
+                cur = conn.execute(
+                    "INSERT OR IGNORE INTO claims (device_id, id, offer_id, campaign_id, at,"
+                    " received_at) VALUES (?, ?, ?, ?, ?, ?)",
+                    [
+                        device_id,
+                        claim.id,
+                        claim.offer_id,
+                        claim.campaign_id,
+                        format_time(claim.at),
+                        now,
+                    ],
+                )
+                if cur.rowcount == 0:
+                    row = conn.execute(
+                        "SELECT result, granted FROM claims WHERE device_id = ? AND id = ?",
+                        [device_id, claim.id],
+                    ).fetchone()
+                    if row is not None and row["result"]:
+                        answers.append(
+                            ClaimAnswer(
+                                device_id,
+                                claim.id,
+                                json.loads(row["result"]),
+                                False,
+                                bool(row["granted"]),
+                            )
+                        )
+                        continue
+                granted, code, reason = _decide(store, device_id, claim, now)
+                result = make_result(device_id, claim, granted, code, reason)
+                conn.execute(
+                    "UPDATE claims SET result = ?, granted = ? WHERE device_id = ? AND id = ?",
+                    [_json(result), int(granted), device_id, claim.id],
+                )
+                answers.append(ClaimAnswer(device_id, claim.id, result, True, granted))
+    except sqlite3.Error as exc:
+        raise StoreError(f"cannot decide {len(claims)} claims: {exc}") from exc
+    return answers
+
+
+# ---------------------------------------------------------------- device facts
+
+
+def device_facts(store: Store, device_id: str | None = None) -> list[DeviceFacts]:
+    """What targeting needs of every registered device (or of one): registry + reports."""
+    conn = store.conn
+    args: list[Any] = [device_id]
+    base = conn.execute(
+        "SELECT device_id, profile, cohorts FROM devices WHERE ?1 IS NULL OR device_id = ?1", args
+    ).fetchall()
+    tiers: dict[str, int] = {}
+    levels: dict[str, dict[str, float]] = {}
+    bought: dict[str, dict[str, datetime]] = {}
+    for r in conn.execute(
+        "SELECT device_id, key, count, max(seq) AS s FROM aggregates"
+        " WHERE (key = 'tier' OR key LIKE 'level:%') AND (?1 IS NULL OR device_id = ?1)"
+        " GROUP BY device_id, key",
+        args,
+    ):
+        if r["key"] == "tier":
+            tiers[r["device_id"]] = int(r["count"])
+        else:
+            levels.setdefault(r["device_id"], {})[r["key"][6:]] = r["count"] / 1e6
+    for r in conn.execute(
+        "SELECT device_id, key, max(substr(window, 4)) AS day FROM aggregates"
+        " WHERE key LIKE 'purchase:%' AND window LIKE '1d:%' AND count > 0"
+        " AND (?1 IS NULL OR device_id = ?1) GROUP BY device_id, key",
+        args,
+    ):
+        try:
+            day = parse_time(f"{r['day'][:10]}T00:00:00Z")
+        except (ValueError, TypeError):
+            continue
+        bought.setdefault(r["device_id"], {})[r["key"][9:]] = day
+    for r in conn.execute(
+        "SELECT device_id, json_extract(attrs, '$.tier') AS tier, max(at) AS at FROM signals"
+        " WHERE kind = 'member_tier' AND (?1 IS NULL OR device_id = ?1) GROUP BY device_id",
+        args,
+    ):
+        if isinstance(r["tier"], int | float):
+            tiers[r["device_id"]] = int(r["tier"])
+    for r in conn.execute(
+        "SELECT device_id, json_extract(attrs, '$.category') AS cat,"
+        " json_extract(attrs, '$.level') AS level, max(at) AS at FROM signals"
+        " WHERE kind = 'consumable_level' AND (?1 IS NULL OR device_id = ?1)"
+        " GROUP BY device_id, cat",
+        args,
+    ):
+        if isinstance(r["cat"], str) and isinstance(r["level"], int | float):
+            levels.setdefault(r["device_id"], {})[r["cat"]] = float(r["level"])
+    for r in conn.execute(
+        "SELECT device_id, json_extract(attrs, '$.category') AS cat, max(at) AS at FROM signals"
+        " WHERE kind = 'purchase' AND (?1 IS NULL OR device_id = ?1) GROUP BY device_id, cat",
+        args,
+    ):
+        if isinstance(r["cat"], str):
+            at = parse_time(r["at"])
+            known = bought.setdefault(r["device_id"], {})
+            if r["cat"] not in known or known[r["cat"]] < at:
+                known[r["cat"]] = at
+    out = []
+    for r in base:
+        did = r["device_id"]
+        cohorts = frozenset(json.loads(r["cohorts"])) if r["cohorts"] else frozenset()
+        out.append(
+            DeviceFacts(
+                device_id=did,
+                profile=r["profile"],
+                cohorts=cohorts,
+                member_tier=tiers.get(did),
+                levels=levels.get(did, {}),
+                last_purchase=bought.get(did, {}),
+            )
+        )
+    return out
+
+
+# ---------------------------------------------------------------- device-addressed pushes
+
+
+@dataclass(frozen=True, slots=True)
+class DevicePush:
+    """One signed bundle for one device, kept until its receipt arrives."""
+
+    bundle_id: str
+    device_id: str
+    campaign_id: str
+    variant: str | None
+    holdout: bool
+    kind: str  # offers | revoke
+    offers: int
+    payload: dict[str, Any]
+    created_at: datetime
+    expires_at: datetime
+
+
+def add_device_pushes(store: Store, pushes: Iterable[DevicePush], supersede: str | None) -> None:
+    """Record bundles to send; with `supersede`, earlier ones of that campaign stop re-sending."""
+    with transaction(store.conn):
+        if supersede is not None:
+            store.conn.execute(
+                "UPDATE device_pushes SET superseded = 1 WHERE campaign_id = ? AND superseded = 0",
+                [supersede],
+            )
+        store.conn.executemany(
+            "INSERT INTO device_pushes (bundle_id, device_id, campaign_id, variant, holdout, kind,"
+            " offers, payload, created_at, expires_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [
+                (
+                    p.bundle_id,
+                    p.device_id,
+                    p.campaign_id,
+                    p.variant,
+                    int(p.holdout),
+                    p.kind,
+                    p.offers,
+                    _json(p.payload),
+                    format_time(p.created_at),
+                    format_time(p.expires_at),
+                )
+                for p in pushes
+            ],
+        )
+
+
+def pushed_devices(store: Store, campaign_id: str) -> set[str]:
+    """Devices holding (or about to hold) the campaign's current per-device offers."""
+    rows = store.conn.execute(
+        "SELECT DISTINCT device_id FROM device_pushes"
+        " WHERE campaign_id = ? AND kind = 'offers' AND superseded = 0",
+        [campaign_id],
+    ).fetchall()
+    return {r["device_id"] for r in rows}
+
+
+def outstanding(
+    store: Store, now: datetime, device_id: str | None = None, sent_before: datetime | None = None
+) -> list[tuple[str, str, dict[str, Any]]]:
+    """(bundle_id, device_id, payload) of unexpired bundles with no receipt yet."""
+    sql = (
+        "SELECT bundle_id, device_id, payload FROM device_pushes WHERE receipt_at IS NULL"
+        " AND superseded = 0 AND expires_at > ?"
+    )
+    params: list[Any] = [format_time(now)]
+    if device_id is not None:
+        sql += " AND device_id = ?"
+        params.append(device_id)
+    if sent_before is not None:
+        sql += " AND (sent_at IS NULL OR sent_at < ?)"
+        params.append(format_time(sent_before))
+    sql += " ORDER BY created_at, bundle_id LIMIT 10000"
+    return [
+        (r["bundle_id"], r["device_id"], json.loads(r["payload"]))
+        for r in store.conn.execute(sql, params)
+    ]
+
+
+def mark_sent(store: Store, bundle_ids: Sequence[str], at: datetime) -> None:
+    with transaction(store.conn):
+        store.conn.executemany(
+            "UPDATE device_pushes SET sent_at = ?, sends = sends + 1 WHERE bundle_id = ?",
+            [(format_time(at), b) for b in bundle_ids],
+        )
+
+
+def apply_receipts(store: Store, device_id: str, ids: Sequence[str], at: datetime) -> int:
+    """The device confirmed these bundles: stop re-sending them. Returns how many matched."""
+    with transaction(store.conn):
+        cur = store.conn.executemany(
+            "UPDATE device_pushes SET receipt_at = ? WHERE bundle_id = ? AND device_id = ?"
+            " AND receipt_at IS NULL",
+            [(format_time(at), b, device_id) for b in ids],
+        )
+    return max(cur.rowcount, 0)
+
+
+# ---------------------------------------------------------------- results
+
+
+def campaign_rows(store: Store, campaign_id: str) -> dict[str, Any]:
+    """Raw material of a campaign's results (see `results.campaign_results`)."""
+    conn = store.conn
+    outcomes = [
+        (r["device_id"], r["variant"], r["kind"], r["n"])
+        for r in conn.execute(
+            "SELECT device_id, variant, kind, count(*) AS n FROM outcomes WHERE campaign_id = ?"
+            " GROUP BY device_id, variant, kind",
+            [campaign_id],
+        )
+    ]
+    device_pushes = [
+        (r["device_id"], r["variant"], r["holdout"], r["offers"], r["receipt_at"] is not None)
+        for r in conn.execute(
+            "SELECT device_id, variant, holdout, offers, receipt_at FROM device_pushes"
+            " WHERE campaign_id = ? AND kind = 'offers'",
+            [campaign_id],
+        )
+    ]
+    cohort = conn.execute(
+        "SELECT coalesce(sum(offers), 0) AS offers, count(*) AS n FROM pushes"
+        " WHERE campaign_id = ?",
+        [campaign_id],
+    ).fetchone()
+    claims = [
+        (r["offer_id"], r["granted"], r["n"])
+        for r in conn.execute(
+            "SELECT offer_id, granted, count(*) AS n FROM claims WHERE campaign_id = ?"
+            " AND granted IS NOT NULL GROUP BY offer_id, granted",
+            [campaign_id],
+        )
+    ]
+    stock = [
+        (r["offer_id"], r["initial"], r["stock"])
+        for r in conn.execute(
+            "SELECT offer_id, initial, stock FROM offer_stock WHERE campaign_id = ?", [campaign_id]
+        )
+    ]
+    return {
+        "outcomes": outcomes,
+        "device_pushes": device_pushes,
+        "cohort_offers": cohort["offers"] if cohort else 0,
+        "cohort_publishes": cohort["n"] if cohort else 0,
+        "claims": claims,
+        "stock": stock,
+    }
+
+
+def fleet_summary(store: Store) -> dict[str, Any]:
+    """Devices by status and profile, for the dashboard."""
+    rows = store.conn.execute(
+        "SELECT coalesce(profile, 'unknown') AS profile, status, count(*) AS n FROM devices"
+        " GROUP BY profile, status"
+    ).fetchall()
+    by_profile: dict[str, dict[str, int]] = {}
+    total = online = 0
+    for r in rows:
+        by_profile.setdefault(r["profile"], {"online": 0, "offline": 0})[r["status"]] = r["n"]
+        total += r["n"]
+        online += r["n"] if r["status"] == "online" else 0
+    pending = store.conn.execute(
+        "SELECT count(*) AS n FROM device_pushes WHERE receipt_at IS NULL AND superseded = 0"
+    ).fetchone()
+    return {
+        "devices": total,
+        "online": online,
+        "by_profile": by_profile,
+        "bundles_awaiting_receipt": pending["n"] if pending else 0,
+    }

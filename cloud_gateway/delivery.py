@@ -1,0 +1,199 @@
+"""Device-addressed offer bundles: audience, variant and holdout per device, re-sent until receipt.
+
+Used for campaigns no cohort can express (rules, tiers, device lists, profile x region, A/B
+variants). Each selected device gets its own signed bundle on `dev/{id}/down/offers`; the
+bundle is kept until the device's receipt (on its next uplink batch) and re-sent on each
+of its births and periodically until then. Pausing or ending sends each holder a signed
+bundle revoking the campaign's offers, delivered the same way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import Counter
+from collections.abc import Iterable
+from datetime import datetime, timedelta
+from typing import Any
+
+from cloud_gateway.campaign_store import (
+    DevicePush,
+    add_device_pushes,
+    apply_receipts,
+    device_facts,
+    mark_sent,
+    outstanding,
+    pushed_devices,
+    stock_left,
+)
+from cloud_gateway.campaigns import Campaign, build_offers
+from cloud_gateway.errors import GatewayError
+from cloud_gateway.ingest import Publish
+from cloud_gateway.store import Database, Store
+from cloud_gateway.targeting import DeviceFacts, selects
+from protocol import codec
+from protocol.assign import in_holdout, pick_variant
+from protocol.envelopes import OfferBundle
+from protocol.ids import new_id, utcnow
+from protocol.signing import Signer
+from protocol.topics import Topics
+
+log = logging.getLogger(__name__)
+
+PUBLISH_CONCURRENCY = 64
+
+
+def plan_device(campaign: Campaign, facts: DeviceFacts, now: datetime) -> tuple[str, bool] | None:
+    """Pure: (variant, held out) for a device the campaign selects, None when it does not."""
+    if not selects(campaign.targeting, campaign.cohorts, facts, now):
+        return None
+    variant = pick_variant(facts.device_id, campaign.id, campaign.weights)
+    return variant, in_holdout(facts.device_id, campaign.id, campaign.holdout)
+
+
+class DeviceDelivery:
+    """Plans, signs, records and sends per-device bundles; handles receipts and births."""
+
+    def __init__(
+        self,
+        db: Database,
+        signer: Signer,
+        topics: Topics,
+        publish: Publish,
+        counters: Counter[str],
+        *,
+        bundle_ttl: timedelta,
+    ) -> None:
+        self._db = db
+        self._signer = signer
+        self._topics = topics
+        self._publish = publish
+        self._counters = counters
+        self._ttl = bundle_ttl
+        self._birth_lock = asyncio.Lock()
+
+    def _bundle(
+        self,
+        campaign: Campaign,
+        device_id: str,
+        plan: tuple[str, bool],
+        now: datetime,
+        stock: dict[str, int],
+    ) -> DevicePush:
+        variant, holdout = plan
+        expiry = min(campaign.ends_at or now + self._ttl, now + self._ttl)
+        offers = build_offers(campaign, now, expiry, variant=variant, stock=stock)
+        bundle = OfferBundle(id=new_id(), issued_at=now, expires_at=expiry, offers=offers)
+        return DevicePush(
+            bundle_id=bundle.id,
+            device_id=device_id,
+            campaign_id=campaign.id,
+            variant=variant,
+            holdout=holdout,
+            kind="offers",
+            offers=len(offers),
+            payload=self._signer.sign(bundle.to_wire()),
+            created_at=now,
+            expires_at=expiry,
+        )
+
+    async def launch(self, campaign: Campaign) -> int:
+        """Push the campaign to every registered device it selects; returns the device count."""
+        now = utcnow()
+        facts = await self._db.call(device_facts)
+        stock = await self._db.call(stock_left, campaign.id)
+        pushes = []
+        for f in facts:
+            plan = plan_device(campaign, f, now)
+            if plan is not None:
+                pushes.append(self._bundle(campaign, f.device_id, plan, now, stock))
+        await self._db.call(add_device_pushes, pushes, campaign.id)
+        await self._send([(p.bundle_id, p.device_id, p.payload) for p in pushes])
+        log.info("campaign %s pushed to %d devices", campaign.id, len(pushes))
+        return len(pushes)
+
+    async def revoke(self, campaign: Campaign) -> int:
+        """Withdraw the campaign's offers from every device that was sent them."""
+        holders = await self._db.call(pushed_devices, campaign.id)
+        now = utcnow()
+        expiry = now + self._ttl
+        revokes = [o.id for o in campaign.offers]
+        pushes = []
+        for device_id in sorted(holders):
+            bundle = OfferBundle(
+                id=new_id(), issued_at=now, expires_at=expiry, offers=[], revokes=revokes
+            )
+            pushes.append(
+                DevicePush(
+                    bundle_id=bundle.id,
+                    device_id=device_id,
+                    campaign_id=campaign.id,
+                    variant=None,
+                    holdout=False,
+                    kind="revoke",
+                    offers=0,
+                    payload=self._signer.sign(bundle.to_wire()),
+                    created_at=now,
+                    expires_at=expiry,
+                )
+            )
+        await self._db.call(add_device_pushes, pushes, campaign.id)
+        await self._send([(p.bundle_id, p.device_id, p.payload) for p in pushes])
+        return len(pushes)
+
+    async def on_birth(self, device_id: str) -> None:
+        """A device came online: push live per-device campaigns it now matches, re-send the rest."""
+        async with self._birth_lock:
+            live = [
+                Campaign.model_validate(d)
+                for d in await self._db.call(Store.list_campaigns, "live")
+            ]
+            live = [c for c in live if c.per_device]
+            if live:
+                facts = await self._db.call(device_facts, device_id)
+                now = utcnow()
+                for campaign in live:
+                    if not facts or device_id in await self._db.call(pushed_devices, campaign.id):
+                        continue
+                    plan = plan_device(campaign, facts[0], now)
+                    if plan is None:
+                        continue
+                    stock = await self._db.call(stock_left, campaign.id)
+                    push = self._bundle(campaign, device_id, plan, now, stock)
+                    await self._db.call(add_device_pushes, [push], None)
+            due = await self._db.call(outstanding, utcnow(), device_id)
+        if due:
+            self._counters["device_bundles_resent_on_birth"] += len(due)
+        await self._send(due)
+
+    async def on_receipts(self, device_id: str, ids: list[str]) -> None:
+        matched = await self._db.call(apply_receipts, device_id, ids, utcnow())
+        self._counters["device_bundle_receipts"] += matched
+
+    async def resend_due(self, older_than: timedelta) -> int:
+        """Re-send bundles still without a receipt whose last send is older than `older_than`."""
+        now = utcnow()
+        due = await self._db.call(outstanding, now, None, now - older_than)
+        await self._send(due)
+        return len(due)
+
+    async def _send(self, items: Iterable[tuple[str, str, dict[str, Any]]]) -> None:
+        todo = list(items)
+        sent: list[str] = []
+
+        async def one(bundle_id: str, device_id: str, payload: dict[str, Any]) -> None:
+            try:
+                await self._publish(
+                    self._topics.offers(device_id), codec.encode_dict(payload), False
+                )
+            except GatewayError as exc:
+                log.debug("bundle %s for %s not sent now: %s", bundle_id, device_id, exc)
+                return
+            sent.append(bundle_id)
+
+        for start in range(0, len(todo), PUBLISH_CONCURRENCY):
+            chunk = todo[start : start + PUBLISH_CONCURRENCY]
+            await asyncio.gather(*(one(*item) for item in chunk))
+        if sent:
+            self._counters["device_bundles_sent"] += len(sent)
+            await self._db.call(mark_sent, sent, utcnow())

@@ -1,0 +1,147 @@
+// Edgemart dashboard: plain JS, no build step, no network beyond this gateway's own API.
+"use strict";
+
+const KEY = "edgemart.token";
+const $ = (sel) => document.querySelector(sel);
+
+function token() { return sessionStorage.getItem(KEY) || ""; }
+
+async function api(path, options = {}) {
+  const resp = await fetch(path, {
+    ...options,
+    headers: { "Authorization": "Bearer " + token(), ...(options.headers || {}) },
+  });
+  const body = await resp.json().catch(() => ({}));
+  if (!resp.ok) {
+    const err = new Error(body.detail || body.title || resp.statusText);
+    err.status = resp.status;
+    throw err;
+  }
+  return body;
+}
+
+function el(tag, attrs = {}, ...children) {
+  const node = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs)) {
+    if (k === "class") node.className = v;
+    else if (k.startsWith("on")) node.addEventListener(k.slice(2), v);
+    else node.setAttribute(k, v);
+  }
+  for (const c of children) node.append(c instanceof Node ? c : document.createTextNode(String(c)));
+  return node;
+}
+
+function pct(x) { return (100 * x).toFixed(1) + "%"; }
+
+function metric(label, value, name) {
+  return el("div", { class: "metric", "data-metric": name },
+    el("div", { class: "value" }, value), el("div", { class: "label" }, label));
+}
+
+// Horizontal bars with 95% interval whiskers, one row per variant (inline SVG).
+function rateChart(title, rows) {
+  const NS = "http://www.w3.org/2000/svg";
+  const width = 420, rowH = 26, left = 70, top = 20;
+  const height = top + rowH * rows.length + 8;
+  const max = Math.max(0.01, ...rows.map((r) => r.high));
+  const x = (v) => left + (width - left - 60) * (v / max);
+  const svg = document.createElementNS(NS, "svg");
+  svg.setAttribute("width", width); svg.setAttribute("height", height);
+  svg.setAttribute("role", "img"); svg.setAttribute("aria-label", title);
+  const add = (tag, attrs, text) => {
+    const n = document.createElementNS(NS, tag);
+    for (const [k, v] of Object.entries(attrs)) n.setAttribute(k, v);
+    if (text !== undefined) n.textContent = text;
+    svg.append(n); return n;
+  };
+  add("text", { x: 0, y: 13, "font-size": 12, fill: "#5b6475" }, title + " (bar: rate, line: 95% range)");
+  rows.forEach((r, i) => {
+    const y = top + i * rowH;
+    add("text", { x: 0, y: y + 15, "font-size": 12 }, "variant " + r.name);
+    add("rect", { x: left, y: y + 4, width: Math.max(1, x(r.value) - left), height: 14, fill: "#4c7bd9" });
+    add("line", { x1: x(r.low), x2: x(r.high), y1: y + 11, y2: y + 11, stroke: "#1d2330", "stroke-width": 2 });
+    add("text", { x: x(r.high) + 6, y: y + 15, "font-size": 12 }, pct(r.value));
+  });
+  return svg;
+}
+
+function campaignCard(c, s) {
+  const card = el("div", { class: "card", "data-campaign": c.id });
+  card.append(el("h3", {}, c.name, el("span", { class: "state " + c.state, "data-state": c.state }, c.state)));
+  const when = [c.starts_at && "from " + c.starts_at, c.ends_at && "until " + c.ends_at].filter(Boolean).join(" ");
+  card.append(el("div", { class: "note" },
+    `${c.offers.length} offer(s) · ${s ? (s.push === "device" ? "sent to each selected device" : "sent to cohorts " + c.cohorts.join(", ")) : ""} ${when}`));
+  if (s) {
+    card.append(el("div", { class: "numbers" },
+      metric("devices reached", s.devices_pushed || s.delivered, "reached"),
+      metric("offers pushed", s.pushed, "pushed"),
+      metric("delivered", s.delivered, "delivered"),
+      metric("impressions", s.impressions, "impressions"),
+      metric("clicks", s.clicks, "clicks"),
+      metric("click rate", pct(s.ctr.value), "ctr"),
+      metric("conversions", s.conversions, "conversions"),
+      metric("coupons granted", s.claims_granted, "claims_granted"),
+      metric("coupons refused", s.claims_refused, "claims_refused"),
+    ));
+    if (s.uplift) {
+      card.append(el("div", { class: "note", "data-metric": "uplift" },
+        `Uplift vs holdout: ${(100 * s.uplift.absolute).toFixed(2)} points ` +
+        `(95% range ${(100 * s.uplift.low).toFixed(2)} to ${(100 * s.uplift.high).toFixed(2)})`));
+    }
+    const stock = Object.entries(s.stock || {});
+    if (stock.length) {
+      card.append(el("div", { class: "note" }, "Coupons left: " +
+        stock.map(([o, v]) => `${o} ${v.left} of ${v.initial}`).join(", ")));
+    }
+    if (s.variants.length > 0 && s.impressions > 0) {
+      card.append(rateChart("Click rate by variant", s.variants.map((v) => ({
+        name: v.variant, value: v.ctr.value, low: v.ctr.low, high: v.ctr.high }))));
+    }
+  }
+  const actions = el("div", { class: "actions" });
+  const act = (verb, label) => el("button", { "data-action": verb, onclick: async (e) => {
+    e.target.disabled = true;
+    try { await api(`/v1/campaigns/${c.id}/${verb}`, { method: "POST" }); setStatus(`${c.name}: ${label} done`); }
+    catch (err) { setStatus(`${c.name}: ${err.message}`); }
+    refresh();
+  } }, label);
+  if (c.state === "live" || c.state === "scheduled") actions.append(act("pause", "Pause"));
+  if (c.state === "draft" || c.state === "paused") actions.append(act("launch", "Launch"));
+  if (c.state !== "ended") actions.append(act("end", "End"));
+  card.append(actions);
+  return card;
+}
+
+function setStatus(text) { $("#status").textContent = text; }
+
+async function refresh() {
+  if (!token()) { setStatus("Paste an operator token to see campaigns."); return; }
+  try {
+    const [fleet, list] = await Promise.all([api("/v1/fleet"), api("/v1/campaigns")]);
+    const body = $("#fleet-body");
+    body.replaceChildren(el("div", { class: "numbers" },
+      metric("devices", fleet.devices, "devices"),
+      metric("online now", fleet.online, "online"),
+      metric("bundles awaiting receipt", fleet.bundles_awaiting_receipt, "awaiting")));
+    const rows = Object.entries(fleet.by_profile).map(([p, v]) =>
+      el("tr", {}, el("td", {}, p), el("td", {}, v.online || 0), el("td", {}, v.offline || 0)));
+    if (rows.length) body.append(el("table", {}, el("tr", {}, el("th", {}, "profile"), el("th", {}, "online"), el("th", {}, "offline")), ...rows));
+    const stats = await Promise.all(list.campaigns.map((c) => api(`/v1/campaigns/${c.id}/stats`).catch(() => null)));
+    const box = $("#campaigns");
+    box.replaceChildren(...list.campaigns.slice().reverse().map((c, i) => campaignCard(c, stats[list.campaigns.length - 1 - i])));
+    if (!list.campaigns.length) box.append(el("p", {}, "No campaigns yet."));
+    setStatus("Updated " + new Date().toLocaleTimeString());
+  } catch (err) {
+    setStatus(err.status === 401 ? "That token was not accepted." : "Could not load: " + err.message);
+  }
+}
+
+$("#login").addEventListener("submit", (e) => {
+  e.preventDefault();
+  sessionStorage.setItem(KEY, $("#token").value.trim());
+  $("#token").value = "";
+  refresh();
+});
+$("#logout").addEventListener("click", () => { sessionStorage.removeItem(KEY); location.reload(); });
+refresh();
+setInterval(refresh, 5000);

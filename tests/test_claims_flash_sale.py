@@ -1,0 +1,240 @@
+"""Flash sale: 2,000 devices claim 200 coupons against a real gateway process that is SIGKILLed
+and restarted mid-sale; exactly 200 granted to 200 devices, every key answered the same."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import random
+import re
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import aiomqtt
+import pytest
+
+from cloud_gateway.auth import create_token
+from edgemart.broker import MosquittoProcess, free_port
+from protocol import codec
+from protocol.envelopes import ClaimRequest, ClaimResult, TrustFile
+from protocol.ids import new_id, utcnow
+from protocol.signing import Verifier
+from protocol.topics import Topics
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+DEVICES = 2000
+STOCK = 200
+CONNECTIONS = 8
+REPEATED = 300  # devices that send their claim twice at once (same idempotency key)
+
+
+def start_gateway(broker: MosquittoProcess, data: Path, root: str, port: int, log: Path) -> Any:
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    with log.open("ab") as handle:
+        return subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "edgemart",
+                "gateway",
+                "run",
+                "--broker",
+                broker.url,
+                "--data-dir",
+                str(data),
+                "--http-port",
+                str(port),
+                "--topic-root",
+                root,
+            ],
+            stdout=handle,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
+
+
+async def wait_http(base: str, proc: Any, log: Path, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    async with aiohttp.ClientSession() as http:
+        while time.monotonic() < deadline:
+            assert proc.poll() is None, log.read_text()[-3000:]
+            try:
+                async with http.get(f"{base}/healthz") as resp:
+                    if resp.status == 200:
+                        return
+            except aiohttp.ClientError:
+                pass
+            await asyncio.sleep(0.1)
+    raise AssertionError(f"gateway did not come up:\n{log.read_text()[-3000:]}")
+
+
+async def test_flash_sale_survives_sigkill_and_never_oversells(
+    mosquitto: MosquittoProcess, tmp_path: Path
+) -> None:
+    root = f"fs{uuid.uuid4().hex[:8]}/v1"
+    topics = Topics(root)
+    data = tmp_path / "gw"
+    log = tmp_path / "gateway.log"
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    proc = start_gateway(mosquitto, data, root, port, log)
+    try:
+        await wait_http(base, proc, log)
+        token = await asyncio.to_thread(create_token, data)
+        trust = TrustFile.model_validate_json((data / "trust.json").read_text())
+        verifier = Verifier.from_public_keys(trust.keys)
+        auth = {"Authorization": f"Bearer {token}"}
+        async with aiohttp.ClientSession(base, headers=auth) as http:
+            resp = await http.post(
+                "/v1/campaigns",
+                json={
+                    "name": "Double 11 flash sale",
+                    "cohorts": ["all"],
+                    "offers": [
+                        {
+                            "id": "flash-1",
+                            "type": "coupon",
+                            "title": "Purifier -50% (200 coupons)",
+                            "category": "appliances",
+                            "discount": 0.5,
+                            "surfaces": ["tv_home_banner"],
+                            "limited": True,
+                            "stock": STOCK,
+                        }
+                    ],
+                },
+            )
+            assert resp.status == 201, await resp.text()
+            cid = (await resp.json())["id"]
+            assert (await http.post(f"/v1/campaigns/{cid}/launch")).status == 200
+
+        devices = [f"fs-{i:04d}" for i in range(DEVICES)]
+        claims = {
+            d: ClaimRequest(
+                id=new_id(), device_id=d, offer_id="flash-1", campaign_id=cid, at=utcnow()
+            )
+            for d in devices
+        }
+        answers: dict[str, list[dict[str, Any]]] = {}
+        got_answer = asyncio.Event()
+
+        async with (
+            aiomqtt.Client(
+                "127.0.0.1", mosquitto.port, identifier=f"fs-sub-{uuid.uuid4().hex[:6]}"
+            ) as sub,
+        ):
+            await sub.subscribe(f"{root}/dev/+/down/claim", qos=1)
+
+            async def collect() -> None:
+                async for message in sub.messages:
+                    assert isinstance(message.payload, bytes)
+                    obj = json.loads(message.payload)
+                    answers.setdefault(obj["device_id"], []).append(obj)
+                    got_answer.set()
+
+            collector = asyncio.create_task(collect(), name="fs-collect")
+            pubs = [
+                aiomqtt.Client(
+                    "127.0.0.1", mosquitto.port, identifier=f"fs-pub{i}-{uuid.uuid4().hex[:6]}"
+                )
+                for i in range(CONNECTIONS)
+            ]
+            for p in pubs:
+                await p.__aenter__()
+            try:
+
+                async def send(batch: list[str]) -> None:
+                    async def one(i: int, d: str) -> None:
+                        await pubs[i % CONNECTIONS].publish(
+                            topics.claim_up(d), codec.encode(claims[d]), qos=1
+                        )
+
+                    for start in range(0, len(batch), 64):  # bounded in-flight publishes
+                        chunk = list(enumerate(batch))[start : start + 64]
+                        await asyncio.gather(*(one(i, d) for i, d in chunk))
+
+                rng = random.Random(6)
+                first = devices[:600]
+                repeated = rng.sample(devices, REPEATED)
+                await send(first + [d for d in repeated if d in first])
+                # Kill the gateway mid-sale: some answers out, more decided or queued.
+                async with asyncio.timeout(60):
+                    while len(answers) < 50:
+                        await got_answer.wait()
+                        got_answer.clear()
+                proc.send_signal(signal.SIGKILL)
+                proc.wait(timeout=10)
+                answered_before_kill = len(answers)
+                rest = devices[600:]
+                await send(rest + [d for d in repeated if d not in first])  # while it is down
+                proc = start_gateway(mosquitto, data, root, port, log)
+                await wait_http(base, proc, log)
+                # Devices claim again (same key) until each has an answer.
+                async with asyncio.timeout(180):
+                    while len(answers) < DEVICES:
+                        await asyncio.sleep(3)
+                        await send([d for d in devices if d not in answers])
+                # Repeated keys after the sale: the stored answer, unchanged.
+                again = rng.sample(devices, 100)
+                before = {d: len(answers[d]) for d in again}
+                await send(again)
+                async with asyncio.timeout(30):
+                    while any(len(answers[d]) <= before[d] for d in again):
+                        await got_answer.wait()
+                        got_answer.clear()
+            finally:
+                collector.cancel()
+                for p in pubs:
+                    await p.__aexit__(None, None, None)
+
+        assert 0 < answered_before_kill < DEVICES
+        granted: dict[str, str] = {}
+        for d, copies in answers.items():
+            for copy in copies:
+                assert copy == copies[0], f"{d} got different answers to one key"
+            verifier.verify(copies[0])
+            result = ClaimResult.model_validate(copies[0])
+            assert result.claim_id == claims[d].id
+            if result.granted:
+                assert result.code
+                granted[d] = result.code
+            else:
+                assert result.reason == "sold out"
+        assert len(granted) == STOCK
+        assert len(set(granted.values())) == STOCK
+        assert all(len(answers[d]) >= 2 for d in again)  # and identical, checked above
+        assert sum(len(copies) > 1 for copies in answers.values()) >= len(again)
+
+        async with aiohttp.ClientSession(base, headers=auth) as http:
+            stats = await (await http.get(f"/v1/campaigns/{cid}/stats")).json()
+        assert stats["claims_granted"] == STOCK
+        assert stats["claims_refused"] == DEVICES - STOCK
+        assert stats["stock"]["flash-1"] == {"initial": STOCK, "left": 0}
+        db = sqlite3.connect(data / "gateway.db")
+        try:
+            rows = db.execute(
+                "SELECT device_id FROM grants WHERE campaign_id = ?", [cid]
+            ).fetchall()
+            assert sorted(r[0] for r in rows) == sorted(granted)
+            assert db.execute("SELECT min(stock) FROM offer_stock").fetchone() == (0,)
+        finally:
+            db.close()
+        text = log.read_text()
+        assert not re.search(r"Traceback", text), text[-3000:]
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
