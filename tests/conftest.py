@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+import gc
+import os
 import shutil
+import sys
+import threading
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -36,3 +41,28 @@ async def amqtt_broker() -> AsyncIterator[EmbeddedBroker]:
     """The embedded amqtt broker in this test's event loop."""
     async with EmbeddedBroker() as broker:
         yield broker
+
+
+WATCHDOG_S = float(os.environ.get("EDGEMART_TEST_WATCHDOG_S", "120"))
+
+
+@pytest.fixture(autouse=True)
+def _pending_task_report() -> Iterator[None]:
+    """When a test runs past EDGEMART_TEST_WATCHDOG_S, print where every pending asyncio task
+    waits, so a hang in CI leaves evidence before pytest-timeout ends it."""
+    done = threading.Event()
+
+    def watch() -> None:
+        if done.wait(WATCHDOG_S):
+            return
+        sys.stderr.write(f"\n--- tests running past {WATCHDOG_S:.0f}s; pending asyncio tasks:\n")
+        for obj in gc.get_objects():
+            if isinstance(obj, asyncio.Task) and not obj.done():
+                sys.stderr.write(f"task {obj.get_name()}\n")
+                for frame in obj.get_stack():
+                    code = frame.f_code
+                    sys.stderr.write(f"    {code.co_filename}:{frame.f_lineno} {code.co_name}\n")
+
+    threading.Thread(target=watch, name="test-watchdog", daemon=True).start()
+    yield
+    done.set()
