@@ -187,3 +187,42 @@ def m001_initial(db: Database) -> None:
         pk="id",
         not_null=["who", "action", "at"],
     )
+
+
+@migration
+def issue5_model_registry(db: Database) -> None:
+    """Registered models, what each profile's retained manifest says, and logged features."""
+    db.create_table(
+        "models",
+        {
+            "version": int,
+            "name": str,
+            "sha256": str,
+            "size": int,
+            "profiles": str,
+            "manifest": str,
+            "registered_at": str,
+            "registered_by": str,
+        },
+        pk="version",
+        not_null=["name", "sha256", "size", "profiles", "manifest", "registered_at"],
+    )
+    db.create_table(
+        "model_rollouts",
+        {
+            "profile": str,
+            "version": int,
+            "cohort": str,
+            "percent": int,
+            "manifest": str,
+            "published_at": str,
+        },
+        pk="profile",
+        not_null=["version", "cohort", "percent", "manifest", "published_at"],
+    )
+    db.create_table(
+        "outcome_features",
+        {"device_id": str, "id": str, "features": str},
+        pk=("device_id", "id"),
+        not_null=["features"],
+    )
