@@ -51,10 +51,11 @@ async def _poll(check: object, timeout: float = 30.0) -> None:
 
 
 async def test_publish_rollout_and_a_real_agent_swaps_to_the_signed_model(
-    mosquitto: MosquittoProcess, tmp_path: Path
+    own_mosquitto: MosquittoProcess, tmp_path: Path
 ) -> None:
+    mosquitto = own_mosquitto  # a broker of its own: no state shared with other tests
     settings = gateway_settings(tmp_path, mosquitto)
-    async with Gateway(settings) as gw:
+    async with asyncio.timeout(200), Gateway(settings) as gw:
         token = await asyncio.to_thread(create_token, settings.data_dir)
         base = f"http://127.0.0.1:{gw.http_port}"
 
