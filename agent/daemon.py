@@ -23,6 +23,7 @@ from agent.features import FeatureWindows, prune_cutoff
 from agent.intake import SignalIn, parse_outcome, parse_signal_list
 from agent.link import Incoming, Link, LinkState
 from agent.metrics import Metrics
+from agent.model_update import ModelUpdater, UpdateConfig, load_current
 from agent.offers import OfferBook, load_trust
 from agent.ranking import Consent, Decision, RankedOffer, decide
 from agent.scoring import Model, load_default_model
@@ -69,6 +70,7 @@ class Agent:
         self.link: Link | None = None
         self.uplink: Uplink | None = None
         self.api: LocalApi | None = None
+        self.model_updates: ModelUpdater | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._last: OrderedDict[str, tuple[float, int | None]] = OrderedDict()
         self._opened = False
@@ -226,6 +228,7 @@ class Agent:
             "offers": len(self.offers) if self.offers is not None else 0,
             "consent": self.consent.to_json(),
             "counters": dict(self.metrics.counters),
+            "model_update": dict(self.model_updates.state) if self.model_updates else None,
         }
 
     async def wait_connected(self, timeout: float = 10.0) -> bool:
@@ -284,6 +287,23 @@ class Agent:
             self.model = await asyncio.to_thread(load_default_model)
         except ModelRejected as exc:
             log.error("no usable model, ranking by priority: %s", exc)  # noqa: TRY400
+        models_dir = settings.data_dir / "models"
+        updated = await asyncio.to_thread(load_current, models_dir)  # issue 5: last good update
+        if updated is not None:
+            self.model = updated
+        self.model_updates = ModelUpdater(
+            UpdateConfig(
+                device_id=settings.device_id,
+                profile=settings.profile.name,
+                models_dir=models_dir,
+                scoring_budget_ms=settings.profile.budgets.scoring_cpu_ms,
+                candidates=settings.profile.budgets.max_candidates,
+            ),
+            verifier,
+            self.metrics,
+            running=lambda: self.model,
+            swap=self._swap_model,
+        )
         for row in await self.store.load_consent():
             self.consent = _with(
                 self.consent, row.purpose, row.granted, row.version, row.updated_at
@@ -333,6 +353,8 @@ class Agent:
             if not await self.uplink.flush(SHUTDOWN_FLUSH_S):
                 log.info("shutting down with %d items unacknowledged", self.store.depth)
             await self.link.say_goodbye()
+        if self.model_updates is not None:
+            await self.model_updates.close()
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -368,8 +390,14 @@ class Agent:
             verdict = await self.offers.handle(message.kind, message.subject, message.payload)
             if message.kind == "offers" and self.uplink is not None and verdict.bundle_id:
                 self.uplink.poke()  # a receipt to send
+        elif message.kind == "manifest" and self.model_updates is not None:
+            self.model_updates.submit(message.payload)
         else:
             log.debug("not handled yet: %s on %s", message.kind, message.topic)
+
+    def _swap_model(self, model: Model) -> None:
+        """The updater's last step: later decisions use `model` (one reference assignment)."""
+        self.model = model
 
     def _gauges(self) -> dict[str, float]:
         return {

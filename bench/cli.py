@@ -15,6 +15,7 @@ SUITES = [
     "bench.wire_bench",
     "bench.decision_bench",
     "bench.campaign_bench",
+    "bench.model_bench",
 ]
 
 

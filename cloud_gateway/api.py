@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable
@@ -33,6 +34,8 @@ log = logging.getLogger(__name__)
 
 PROBLEM_JSON = "application/problem+json"
 PUBLIC_PATHS = frozenset({"/healthz", "/", "/static/dashboard.js", "/static/dashboard.css"})
+PUBLIC_PATTERNS: tuple[re.Pattern[str], ...] = (re.compile(r"^/v1/models/[0-9]{1,9}/model\.onnx$"),)
+"""Served without a token: model files, which devices check against the signed manifest."""
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -110,7 +113,7 @@ async def problems_middleware(request: web.Request, handler: Handler) -> web.Str
 
 @web.middleware
 async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    if request.path in PUBLIC_PATHS:
+    if request.path in PUBLIC_PATHS or any(p.match(request.path) for p in PUBLIC_PATTERNS):
         return await handler(request)
     scheme, _, token = request.headers.get("Authorization", "").partition(" ")
     token_id = None

@@ -215,3 +215,42 @@ def issue6_claims_stock_device_pushes(db: Database) -> None:
     db.execute("CREATE INDEX device_pushes_outstanding ON device_pushes (device_id, receipt_at)")
     db.execute("CREATE INDEX device_pushes_by_campaign ON device_pushes (campaign_id, kind)")
     db.execute("CREATE INDEX IF NOT EXISTS signals_by_kind ON signals (kind)")
+
+
+@migration
+def issue5_model_registry(db: Database) -> None:
+    """Registered models, what each profile's retained manifest says, and logged features."""
+    db.create_table(
+        "models",
+        {
+            "version": int,
+            "name": str,
+            "sha256": str,
+            "size": int,
+            "profiles": str,
+            "manifest": str,
+            "registered_at": str,
+            "registered_by": str,
+        },
+        pk="version",
+        not_null=["name", "sha256", "size", "profiles", "manifest", "registered_at"],
+    )
+    db.create_table(
+        "model_rollouts",
+        {
+            "profile": str,
+            "version": int,
+            "cohort": str,
+            "percent": int,
+            "manifest": str,
+            "published_at": str,
+        },
+        pk="profile",
+        not_null=["version", "cohort", "percent", "manifest", "published_at"],
+    )
+    db.create_table(
+        "outcome_features",
+        {"device_id": str, "id": str, "features": str},
+        pk=("device_id", "id"),
+        not_null=["features"],
+    )

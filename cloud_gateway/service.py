@@ -25,6 +25,7 @@ from cloud_gateway.errors import GatewayError, LinkDown
 from cloud_gateway.ingest import AckBatcher, Ingestor
 from cloud_gateway.keys import load_or_create, signed_key_list
 from cloud_gateway.link import MqttLink
+from cloud_gateway.model_registry import ModelRegistry, add_model_routes
 from cloud_gateway.push import CampaignService
 from cloud_gateway.scheduler import run_scheduler
 from cloud_gateway.store import Database
@@ -50,6 +51,7 @@ class Gateway:
         self._link: MqttLink | None = None
         self._acks: AckBatcher | None = None
         self._campaigns: CampaignService | None = None
+        self.models: ModelRegistry | None = None
         self._runner: web.AppRunner | None = None
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -156,7 +158,17 @@ class Gateway:
             registry=CollectorRegistry(auto_describe=True),
             started=time.monotonic(),
         )
-        self._runner = web.AppRunner(build_app(ctx, s.max_http_body_bytes), access_log=None)
+        app = build_app(ctx, s.max_http_body_bytes)
+        self.models = ModelRegistry(  # issue 5: model registry and rollouts
+            self._db,
+            signer=self._signer,
+            topics=topics,
+            publish=self._publish,
+            counters=self.counters,
+            models_dir=s.data_dir / "models",
+        )
+        add_model_routes(app, self.models)
+        self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, s.http_host, s.http_port)
         await site.start()

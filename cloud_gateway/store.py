@@ -145,6 +145,15 @@ class Store:
                         for o in batch.outcomes
                     ],
                 ).rowcount
+                self.conn.executemany(  # issue 5: the features each decision used, for training
+                    "INSERT OR IGNORE INTO outcome_features (device_id, id, features)"
+                    " VALUES (?, ?, ?)",
+                    [
+                        (device_id, o.id, _json(o.features))
+                        for o in batch.outcomes
+                        if o.features is not None
+                    ],
+                )
                 self.conn.execute(
                     "UPDATE devices SET last_seen = ?, agent_version = ?,"
                     " model_version = coalesce(?, model_version),"

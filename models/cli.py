@@ -6,20 +6,37 @@ stand-alone entry point. Each verb is a few lines over a library call:
     python -m models build-default [--seed 7] [--households 20000] [--out models/default]
 
 builds the shipped default model from the seeded synthetic world (see
-`models.build_default`, the only place `models` touches `simulators.world`).
+`models.build_default`, the only place `models` touches `simulators.world`). Then:
+
+    edgemart model export --data-dir GW_DIR --out logs.jsonl     # a gateway's logged features
+    edgemart model train logs.jsonl --holdout holdout.jsonl --out DIR
+    edgemart model publish --gateway URL --dir DIR --version 2 [--rollout 10 --cohort all]
+    edgemart model rollout --gateway URL --version 2 --percent 50 [--cohort profile:tv]
+
+`publish` and `rollout` read the operator token from `--token-file` or `EDGEMART_TOKEN`.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import logging
+import os
 import sys
+from collections.abc import Callable
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 from models.build_default import DEFAULT_DIR, build_default
 from models.errors import ModelError
+from models.evaluate import TABLE_FILE, evaluate_examples
+from models.export import export_logs, shipped_specs
+from models.gbdt import GbdtParams
+from models.logs import read_examples
+from models.publish import publish, rollout
+from models.train import FAMILIES, write_model
 
 
 def register(subparsers: argparse._SubParsersAction[Any]) -> None:
@@ -38,7 +55,116 @@ def _add_verbs(verbs: argparse._SubParsersAction[Any]) -> None:
     build.add_argument("--households", type=int, default=20_000, help="households in the world")
     build.add_argument("--out", type=Path, default=DEFAULT_DIR, help="output folder")
     build.add_argument("--logs", type=Path, default=None, help="keep the generated logs here")
-    build.set_defaults(func=_build_default)
+    build.set_defaults(func=_guard(_build_default))
+
+    export = verbs.add_parser("export", help="export training logs from a gateway store")
+    export.add_argument("--data-dir", type=Path, required=True, help="the gateway's DATA_DIR")
+    export.add_argument("--out", type=Path, required=True, help="JSON-lines file to write")
+    export.set_defaults(func=_guard(_export))
+
+    train = verbs.add_parser("train", help="train (and evaluate) a model on exported logs")
+    train.add_argument("logs", type=Path, help="training logs (JSON lines)")
+    train.add_argument("--holdout", type=Path, default=None, help="held-out logs to evaluate on")
+    train.add_argument("--out", type=Path, required=True, help="output folder")
+    train.add_argument("--family", choices=FAMILIES, default="gbdt", help="model family")
+    train.add_argument("--seed", type=int, default=7, help="training and evaluation seed")
+    train.set_defaults(func=_guard(_train))
+
+    publish = verbs.add_parser("publish", help="upload a model to a gateway, optionally roll out")
+    _gateway_args(publish)
+    publish.add_argument("--dir", type=Path, default=DEFAULT_DIR, help="model folder")
+    publish.add_argument("--version", type=int, required=True, help="above every earlier one")
+    publish.add_argument("--profiles", default="", help="comma-separated; default: the manifest's")
+    publish.add_argument("--expires-days", type=float, default=90.0, help="manifest lifetime")
+    publish.add_argument("--rollout", type=int, default=None, help="percent of devices, 0..100")
+    publish.add_argument("--cohort", default="all", help="'all' or 'profile:<name>'")
+    publish.set_defaults(func=_guard(_publish))
+
+    roll = verbs.add_parser("rollout", help="set a registered model's cohort and percentage")
+    _gateway_args(roll)
+    roll.add_argument("--version", type=int, required=True)
+    roll.add_argument("--percent", type=int, required=True, help="0..100")
+    roll.add_argument("--cohort", default="all", help="'all' or 'profile:<name>'")
+    roll.set_defaults(func=_guard(_rollout))
+
+
+def _guard(verb: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    """Library errors become one line on stderr and exit code 1."""
+
+    def run(args: argparse.Namespace) -> int:
+        try:
+            return verb(args)
+        except (ModelError, ValueError) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+
+    return run
+
+
+def _gateway_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--gateway", required=True, help="gateway base URL, http://host:port")
+    parser.add_argument("--token-file", type=Path, default=None, help="operator bearer token")
+
+
+def _token(args: argparse.Namespace) -> str:
+    if args.token_file is not None:
+        try:
+            return str(args.token_file.read_text(encoding="utf-8").strip())
+        except OSError as exc:
+            raise ModelError(f"{args.token_file}: cannot read the token: {exc}") from exc
+    token = os.environ.get("EDGEMART_TOKEN", "").strip()
+    if not token:
+        raise ModelError("no operator token: pass --token-file or set EDGEMART_TOKEN")
+    return token
+
+
+def _export(args: argparse.Namespace) -> int:
+    stats = export_logs(args.data_dir, args.out, fallback=shipped_specs())
+    print(f"wrote {stats.written} examples ({stats.clicks} clicks) to {args.out}")
+    if stats.skipped:
+        print(f"skipped: {json.dumps(stats.skipped, sort_keys=True)}")
+    return 0
+
+
+def _train(args: argparse.Namespace) -> int:
+    examples = read_examples(args.logs)
+    result = write_model(examples, args.out, family=args.family, gbdt=GbdtParams(seed=args.seed))
+    print(f"wrote {result.model_path} and {result.manifest_path}")
+    if args.holdout is not None:
+        report = evaluate_examples(args.out, examples, read_examples(args.holdout), seed=args.seed)
+        print((args.out / TABLE_FILE).read_text(encoding="utf-8"), end="")
+        print(json.dumps(report["vs_popularity"]))
+    return 0
+
+
+def _publish(args: argparse.Namespace) -> int:
+    profiles = [p for p in args.profiles.split(",") if p]
+    result = asyncio.run(
+        publish(
+            args.gateway,
+            _token(args),
+            args.dir,
+            version=args.version,
+            profiles=profiles or None,
+            expires_in=timedelta(days=args.expires_days),
+            percent=args.rollout,
+            cohort=args.cohort,
+        )
+    )
+    registered = result["registered"]
+    print(f"registered {registered['name']} v{registered['version']} sha256 {registered['sha256']}")
+    if "rollout" in result:
+        roll = result["rollout"]
+        print(f"rolled out to {args.rollout}% on {', '.join(roll['profiles'])}")
+    return 0
+
+
+def _rollout(args: argparse.Namespace) -> int:
+    result = asyncio.run(
+        rollout(args.gateway, _token(args), args.version, percent=args.percent, cohort=args.cohort)
+    )
+    print(f"v{args.version} at {args.percent}% on {', '.join(result['profiles'])}")
+    return 0
 
 
 def _build_default(args: argparse.Namespace) -> int:

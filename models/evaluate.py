@@ -1,9 +1,12 @@
-"""Offline evaluation: AUC and log loss of a model file against simple baselines.
+"""Offline evaluation of a model file against simple baselines on held-out households.
 
 The model is scored as shipped (its `manifest.json` scaling, its `model.onnx` through
 onnxruntime) on held-out households' logs. Baselines: per-offer popularity (click rate
 in the training logs, smoothed towards the overall rate), a constant (the overall rate)
-and seeded uniform random scores. `evaluate` writes `evaluation.json` beside the model.
+and seeded uniform random scores. Each scorer gets AUC, log loss, calibration (equal-count
+bins, ECE, top-bin lift), precision@k and NDCG@k (per device, see `models.metrics`).
+`evaluate` writes `evaluation.json`, `evaluation.md` (a table) and `evaluation.png`
+(calibration and cumulative-gains plot) beside the model.
 """
 
 from __future__ import annotations
@@ -18,10 +21,15 @@ import onnxruntime
 
 from models.errors import ModelError
 from models.logs import Examples, FloatArray, read_examples
+from models.metrics import calibration, ndcg_at_k, precision_at_k
+from models.report import render_table, write_plot
 from models.train import MANIFEST_FILE, MODEL_FILE, scale_features
 from protocol.envelopes import FeatureSpec, ModelManifest
 
 EVALUATION_FILE = "evaluation.json"
+TABLE_FILE = "evaluation.md"
+PLOT_FILE = "evaluation.png"
+RANK_KS = (3, 5)
 POPULARITY_PRIOR = 20.0
 """Pseudo-impressions at the overall click rate added to each offer's counts."""
 
@@ -73,8 +81,16 @@ def model_scores(model_dir: Path, examples: Examples) -> tuple[FloatArray, Model
     return np.asarray(out, dtype=np.float64).reshape(-1), manifest
 
 
-def _metrics(clicked: FloatArray, scores: FloatArray) -> dict[str, float]:
-    return {"auc": round(auc(clicked, scores), 6), "log_loss": round(log_loss(clicked, scores), 6)}
+def _metrics(keys: tuple[str, ...], clicked: FloatArray, scores: FloatArray) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "auc": round(auc(clicked, scores), 6),
+        "log_loss": round(log_loss(clicked, scores), 6),
+    }
+    for k in RANK_KS:
+        out[f"precision_at_{k}"] = round(precision_at_k(keys, clicked, scores, k)[0], 6)
+        out[f"ndcg_at_{k}"] = round(ndcg_at_k(keys, clicked, scores, k)[0], 6)
+    out["calibration"] = calibration(clicked, scores)
+    return out
 
 
 def evaluate(model_dir: Path, train_logs: Path, holdout_logs: Path, *, seed: int) -> dict[str, Any]:
@@ -90,7 +106,16 @@ def evaluate_examples(
     """`evaluate` on examples already read; `train` feeds the popularity baseline."""
     scores, manifest = model_scores(model_dir, holdout)
     y = holdout.clicked
+    keys = holdout.device_ids
     rng = np.random.default_rng(seed)
+    scorers = {
+        "model": scores,
+        "popularity": popularity_scores(train, holdout.offer_ids),
+        "constant": np.full(len(holdout), float(train.clicked.mean())),
+        "random": rng.random(len(holdout)),
+    }
+    metrics = {name: _metrics(keys, y, s) for name, s in scorers.items()}
+    model_m, popular = metrics["model"], metrics["popularity"]
     report: dict[str, Any] = {
         "model": {"name": manifest.name, "version": manifest.version, "sha256": manifest.sha256},
         "train": {"examples": len(train), "clicks": int(train.clicked.sum())},
@@ -98,13 +123,19 @@ def evaluate_examples(
             "examples": len(holdout),
             "clicks": int(y.sum()),
             "devices": len(set(holdout.device_ids)),
+            "ranking_groups": precision_at_k(keys, y, scores, RANK_KS[0])[1],
         },
-        "metrics": {
-            "model": _metrics(y, scores),
-            "popularity": _metrics(y, popularity_scores(train, holdout.offer_ids)),
-            "constant": _metrics(y, np.full(len(holdout), float(train.clicked.mean()))),
-            "random": _metrics(y, rng.random(len(holdout))),
+        "metrics": metrics,
+        "vs_popularity": {
+            name: round(model_m[name] / popular[name], 6) if popular[name] else None
+            for name in ("auc", *(f"precision_at_{k}" for k in RANK_KS))
         },
+        "method": (
+            "held-out households only; precision@k and NDCG@k rank each held-out device's "
+            "logged impressions (uniform exploration) and count clicks in the top k"
+        ),
     }
     (model_dir / EVALUATION_FILE).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    (model_dir / TABLE_FILE).write_text(render_table(report), encoding="utf-8")
+    write_plot(model_dir / PLOT_FILE, y, scorers)
     return report

@@ -1,10 +1,11 @@
-"""Training: logistic regression on logged examples, exported as ONNX plus a model manifest.
+"""Training: a model on logged examples, exported as ONNX plus a model manifest.
 
 `train(logs, out_dir)` reads the gateway export (JSON lines, see `models.logs`), standardises
-each feature with the training data's mean/std, fits an L2-regularised logistic regression
-by Newton's method (IRLS: no randomness, so reruns give the same bytes), and writes
-`model.onnx` (input "features" `[N, F]` of already-scaled float32 values; MatMul, Add,
-Sigmoid; output "score" `[N, 1]`) and `manifest.json` (a `ModelManifest` without kid/sig).
+each feature with the training data's mean/std, fits either gradient-boosted trees
+(`family="gbdt"`, see `models.gbdt`, seeded) or an L2-regularised logistic regression by
+Newton's method (IRLS: no randomness), so reruns give the same bytes, and writes
+`model.onnx` (input "features" `[N, F]` of already-scaled float32 values; output "score"
+`[N, 1]`) and `manifest.json` (a `ModelManifest` without kid/sig).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from models.errors import ModelError
 from models.features import FEATURE_NAMES, PROFILES, build_spec
+from models.gbdt import GbdtModel, GbdtParams, fit_gbdt, gbdt_to_onnx
 from models.logs import Examples, FloatArray, read_examples
 from protocol.envelopes import FeatureSpec, ModelManifest
 
@@ -44,9 +46,13 @@ class LogisticModel:
         return _sigmoid(np.asarray(scaled, dtype=np.float64) @ self.weights + self.bias)
 
 
+FAMILIES = ("gbdt", "logistic")
+"""Model families `write_model` can fit: boosted trees (the default) or logistic regression."""
+
+
 @dataclass(frozen=True, slots=True, eq=False)
 class TrainResult:
-    model: LogisticModel
+    model: LogisticModel | GbdtModel
     spec: FeatureSpec
     manifest: dict[str, Any]
     model_path: Path
@@ -154,16 +160,24 @@ def make_manifest(
 
 
 def train_examples(
-    examples: Examples, *, l2: float = 1.0
-) -> tuple[LogisticModel, FeatureSpec, int]:
-    """Fit scaling and weights on in-memory examples."""
+    examples: Examples,
+    *,
+    l2: float = 1.0,
+    family: str = "logistic",
+    gbdt: GbdtParams | None = None,
+) -> tuple[LogisticModel | GbdtModel, FeatureSpec, int]:
+    """Fit scaling and the model (`family` in FAMILIES) on in-memory examples."""
+    if family not in FAMILIES:
+        raise ModelError(f"unknown model family {family!r}; expected one of {FAMILIES}")
     if examples.clicked.min() == examples.clicked.max():
         raise ModelError("the logs need both clicks and impressions without one to train")
     mean, scale = fit_scaler(examples.features)
     spec = build_spec(mean.tolist(), scale.tolist())
-    model, iterations = fit_logistic(
-        scale_features(examples.features, spec), examples.clicked, l2=l2
-    )
+    scaled = scale_features(examples.features, spec)
+    if family == "gbdt":
+        params = gbdt or GbdtParams()
+        return fit_gbdt(scaled, examples.clicked, params), spec, params.trees
+    model, iterations = fit_logistic(scaled, examples.clicked, l2=l2)
     return model, spec, iterations
 
 
@@ -179,6 +193,8 @@ def write_model(
     name: str = "default",
     version: int = 1,
     l2: float = 1.0,
+    family: str = "logistic",
+    gbdt: GbdtParams | None = None,
     expires_at: datetime = DEFAULT_EXPIRES_AT,
 ) -> TrainResult:
     """Fit on `examples`; write `model.onnx` and `manifest.json` into `out_dir`.
@@ -186,8 +202,10 @@ def write_model(
     `created_at` is the time of the newest example, so the same logs give byte-identical
     files.
     """
-    model, spec, iterations = train_examples(examples, l2=l2)
-    onnx_bytes = to_onnx(model)
+    model, spec, iterations = train_examples(examples, l2=l2, family=family, gbdt=gbdt)
+    onnx_bytes = (
+        gbdt_to_onnx(model, FEATURE_NAMES) if isinstance(model, GbdtModel) else to_onnx(model)
+    )
     manifest = make_manifest(
         onnx_bytes,
         spec,

@@ -14,16 +14,22 @@ import pytest
 from models.cli import main, register
 
 
-def test_build_default_verb_writes_the_three_files(
+def test_build_default_verb_writes_model_manifest_and_evaluation(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     out = tmp_path / "model"
     assert main(["build-default", "--seed", "3", "--households", "300", "--out", str(out)]) == 0
     assert sorted(p.name for p in out.iterdir()) == [
         "evaluation.json",
+        "evaluation.md",
+        "evaluation.png",
         "manifest.json",
         "model.onnx",
     ]
+    assert (out / "evaluation.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    table = (out / "evaluation.md").read_text()
+    assert "| popularity |" in table
+    assert "P@3" in table
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["sha256"] == hashlib.sha256((out / "model.onnx").read_bytes()).hexdigest()
     assert "model.onnx" in capsys.readouterr().out

@@ -1,0 +1,223 @@
+"""Model updates against a real HTTP server on loopback: good swaps and every bad input refused."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import web
+
+from agent.metrics import Metrics
+from agent.model_update import ModelUpdater, UpdateConfig, load_current, rollout_key
+from agent.scoring import Model, default_model_paths, load_default_model
+from protocol.assign import in_rollout
+from protocol.envelopes import ModelManifest
+from protocol.ids import format_time, utcnow
+from protocol.signing import Signer, Verifier
+
+MODEL_BYTES = default_model_paths()[0].read_bytes()
+BASE_MANIFEST = json.loads(default_model_paths()[1].read_text())
+
+
+@dataclass
+class Files:
+    """What the test server answers per path: bytes, or a handler for misbehaviour."""
+
+    routes: dict[str, bytes] = field(default_factory=dict)
+    port: int = 0
+
+
+async def _serve(request: web.Request) -> web.StreamResponse:
+    files = request.app[FILES]
+    name = request.match_info["name"]
+    if name == "endless":
+        resp = web.StreamResponse()
+        await resp.prepare(request)
+        while True:
+            await resp.write(b"\0" * 65536)
+            await asyncio.sleep(0)
+    if name == "stall":  # half the file, then nothing
+        resp = web.StreamResponse(headers={"Content-Length": str(len(MODEL_BYTES))})
+        await resp.prepare(request)
+        await resp.write(MODEL_BYTES[: len(MODEL_BYTES) // 2])
+        await asyncio.sleep(3600)
+    if name == "cut":  # announces the full length, sends half, closes
+        resp = web.StreamResponse(headers={"Content-Length": str(len(MODEL_BYTES))})
+        await resp.prepare(request)
+        await resp.write(MODEL_BYTES[: len(MODEL_BYTES) // 2])
+        assert request.transport is not None
+        request.transport.close()
+        return resp
+    return web.Response(body=files.routes[name], content_type="application/octet-stream")
+
+
+FILES = web.AppKey("files", Files)
+
+
+@pytest.fixture
+async def files() -> AsyncIterator[Files]:
+    app = web.Application()
+    app[FILES] = found = Files()
+    app.router.add_get("/{name}", _serve)
+    runner = web.AppRunner(app, shutdown_timeout=0.1)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    found.port = runner.addresses[0][1]
+    yield found
+    await runner.cleanup()
+
+
+@dataclass
+class Device:
+    updater: ModelUpdater
+    metrics: Metrics
+    signer: Signer
+    models_dir: Path
+    holder: dict[str, Model]
+    files: Files
+
+    @property
+    def model(self) -> Model:
+        return self.holder["model"]
+
+    def manifest(self, version: int, path: str = "good", **changes: Any) -> dict[str, Any]:
+        doc = {**BASE_MANIFEST, "version": version, "url": self.url(path)}
+        doc["expires_at"] = format_time(utcnow() + timedelta(days=1))
+        doc.update(changes)
+        return doc
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.files.port}/{path}"
+
+    def signed(self, version: int, path: str = "good", **changes: Any) -> bytes:
+        return json.dumps(self.signer.sign(self.manifest(version, path, **changes))).encode()
+
+
+@pytest.fixture
+def device(files: Files, tmp_path: Path) -> Device:
+    files.routes["good"] = MODEL_BYTES
+    signer = Signer.generate("gw-test")
+    metrics = Metrics()
+    holder: dict[str, Model] = {"model": load_default_model()}
+    models_dir = tmp_path / "models"
+    config = UpdateConfig(
+        device_id="dev-0001",
+        profile="tv",
+        models_dir=models_dir,
+        scoring_budget_ms=250.0,  # generous: the test machine is shared
+        candidates=500,
+        download_timeout_s=3.0,
+    )
+    updater = ModelUpdater(
+        config,
+        Verifier.from_public_keys([signer.public]),
+        metrics,
+        running=lambda: holder["model"],
+        swap=lambda m: holder.__setitem__("model", m),
+    )
+    return Device(updater, metrics, signer, models_dir, holder, files)
+
+
+async def test_a_signed_newer_model_is_downloaded_checked_and_swapped(device: Device) -> None:
+    assert device.model.version == 1
+    assert await device.updater.handle(device.signed(2)) == "applied"
+    assert device.model.version == 2
+    assert device.metrics.counters["model_updates_applied"] == 1
+    assert device.updater.state["state"] == "applied"
+    reloaded = await asyncio.to_thread(load_current, device.models_dir)
+    assert reloaded is not None
+    assert reloaded.version == 2
+    assert await device.updater.handle(device.signed(2)) == "current"
+
+
+@pytest.mark.parametrize(
+    ("reason", "make"),
+    [
+        ("unsigned", lambda d: json.dumps(d.manifest(2)).encode()),
+        ("bad_signature", lambda d: d.signed(2).replace(b'"version": 2', b'"version": 3')),
+        (
+            "bad_signature",
+            lambda d: json.dumps(Signer.generate("gw-test").sign(d.manifest(2))).encode(),
+        ),
+        (
+            "expired",
+            lambda d: d.signed(2, expires_at=format_time(utcnow() - timedelta(seconds=1))),
+        ),
+        ("wrong_profile", lambda d: d.signed(2, profiles=["hub", "phone"])),
+        ("malformed", lambda d: b"{not json"),
+        (
+            "malformed",
+            lambda d: json.dumps(d.signer.sign({"expires_at": "2099-01-01T00:00:00Z"})).encode(),
+        ),
+        ("oversized_manifest", lambda d: b" " * (300 * 1024)),
+        ("tampered", lambda d: d.signed(2, sha256=hashlib.sha256(b"other").hexdigest())),
+        ("truncated", lambda d: d.signed(2, "cut")),
+        ("oversized", lambda d: d.signed(2, size=len(MODEL_BYTES) - 1)),
+        ("truncated", lambda d: d.signed(2, size=len(MODEL_BYTES) + 10)),
+        ("oversized", lambda d: d.signed(2, "endless")),
+        ("timeout", lambda d: d.signed(2, "stall")),
+        ("download_failed", lambda d: d.signed(2, "missing-file")),
+        (
+            "health_failed",
+            lambda d: d.signed(
+                2,
+                feature_spec={
+                    **BASE_MANIFEST["feature_spec"],
+                    "features": [
+                        *BASE_MANIFEST["feature_spec"]["features"][:-1],
+                        {"name": "user.mind_reading", "scale": 1.0},
+                    ],
+                },
+            ),
+        ),
+    ],
+)
+async def test_bad_manifests_and_files_are_refused_counted_and_reported(
+    device: Device, reason: str, make: Any
+) -> None:
+    if reason == "download_failed":
+        device.files.routes.pop("missing-file", None)
+    running = device.model
+    verdict = await asyncio.wait_for(device.updater.handle(make(device)), 30)
+    assert verdict == reason
+    assert device.model is running  # the running model is untouched
+    assert device.metrics.counters[f"model_update_refused_{reason}"] == 1
+    assert device.metrics.counters["model_updates_refused"] == 1
+    assert device.updater.state["state"] == "refused"
+    assert device.updater.state["last_reason"] == reason
+    assert device.updater.state["last_error"]
+    assert await asyncio.to_thread(load_current, device.models_dir) is None
+    assert await device.updater.handle(device.signed(2)) == "applied"  # still works after
+
+
+async def test_an_older_version_is_a_refused_rollback(device: Device) -> None:
+    assert await device.updater.handle(device.signed(3)) == "applied"
+    assert await device.updater.handle(device.signed(2)) == "rollback"
+    assert device.model.version == 3
+    assert device.metrics.counters["model_update_refused_rollback"] == 1
+
+
+async def test_staged_rollout_reaches_only_devices_in_the_percentage(device: Device) -> None:
+    manifest_key = rollout_key(ModelManifest.model_validate(device.manifest(2)))
+    inside = in_rollout("dev-0001", manifest_key, 50)
+    verdict = await device.updater.handle(device.signed(2, rollout=50))
+    assert verdict == ("applied" if inside else "waiting")
+    assert await device.updater.handle(device.signed(3, rollout=0)) == "waiting"
+    assert device.model.version == (2 if inside else 1)
+    assert await device.updater.handle(device.signed(3, rollout=100)) == "applied"
+    shares = [in_rollout(f"dev-{i:04d}", manifest_key, 10) for i in range(2000)]
+    assert 0.07 < sum(shares) / len(shares) < 0.13
+
+
+async def test_a_slow_model_is_refused_by_the_scoring_budget(device: Device) -> None:
+    object.__setattr__(device.updater.config, "scoring_budget_ms", 1e-6)
+    assert await device.updater.handle(device.signed(2)) == "too_slow"
+    assert device.model.version == 1
