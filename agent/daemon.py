@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import signal
@@ -28,6 +27,7 @@ from agent.offers import OfferBook, load_trust
 from agent.ranking import Consent, Decision, RankedOffer, decide
 from agent.scoring import Model, load_default_model
 from agent.store import NewOutcome, NewSignal, Store
+from agent.tasks import cancel_and_wait
 from agent.uplink import Uplink
 from protocol.envelopes import State
 from protocol.errors import ProtocolError
@@ -355,11 +355,7 @@ class Agent:
             await self.link.say_goodbye()
         if self.model_updates is not None:
             await self.model_updates.close()
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(self._tasks)
         self._tasks.clear()
         if self._opened:
             self._opened = False

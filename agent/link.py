@@ -108,6 +108,7 @@ class Link:
             try:
                 await self._session()
             except aiomqtt.MqttError as exc:
+                _reraise_if_cancelling()
                 self._metrics.inc("link_failures")
                 log.info("link to %s down: %s", self.settings.broker_host, exc)
             finally:
@@ -210,3 +211,13 @@ class Link:
             )
         except LinkDown as exc:
             log.debug("no goodbye: %s", exc)
+
+
+def _reraise_if_cancelling() -> None:
+    """aiomqtt's `__aexit__` waits for the broker's goodbye and, when that times out, raises
+    MqttError in place of the CancelledError that started the exit. A reconnect loop that
+    caught it would run on after its task was cancelled (seen as a hang at shutdown), so a
+    task being cancelled stops here instead."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError

@@ -96,6 +96,10 @@ class MqttLink:
                         self._client = None
                         self.connected.clear()
             except aiomqtt.MqttError as exc:
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():
+                    # aiomqtt's __aexit__ replaced our cancellation with a disconnect timeout
+                    raise asyncio.CancelledError from exc
                 delay = next_delay()
                 log.warning("MQTT link down (%s); retrying in %.1fs", exc, delay)
                 await asyncio.sleep(delay)

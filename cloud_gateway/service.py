@@ -237,9 +237,11 @@ class Gateway:
             self._runner = None
         link_tasks = [t for t in self._tasks if t.get_name() == "gateway-mqtt"]
         others = [t for t in self._tasks if t not in link_tasks]
-        for task in others:
-            task.cancel()
-        await asyncio.gather(*others, return_exceptions=True)
+        while others:  # cancel again what a swallowed cancellation (CPython gh-86296) left
+            for task in others:
+                task.cancel()
+            _, pending = await asyncio.wait(others, timeout=1.0)
+            others = list(pending)
         for task in link_tasks:  # its before_disconnect hook flushes pending acks
             task.cancel()
         with contextlib.suppress(TimeoutError):
