@@ -43,12 +43,12 @@ async def amqtt_broker() -> AsyncIterator[EmbeddedBroker]:
         yield broker
 
 
-WATCHDOG_S = float(os.environ.get("EDGEMART_TEST_WATCHDOG_S", "120"))
+WATCHDOG_S = float(os.environ.get("TEST_WATCHDOG_S", "120"))
 
 
 @pytest.fixture(autouse=True)
 def _pending_task_report() -> Iterator[None]:
-    """When a test runs past EDGEMART_TEST_WATCHDOG_S, print where every pending asyncio task
+    """When a test runs past TEST_WATCHDOG_S, print where every pending asyncio task
     waits, so a hang in CI leaves evidence before pytest-timeout ends it."""
     done = threading.Event()
 
