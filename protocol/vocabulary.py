@@ -38,7 +38,23 @@ FEATURE_NAMES: tuple[str, ...] = (
     "ctx.hour_cos",
     *(f"ctx.profile.{p}" for p in PROFILES),
 )
-"""Every v1 feature, in the fixed order of model inputs."""
+"""Every v1 feature, in the fixed order of model inputs (new names are only ever appended)."""
+
+FEATURE_NAMES_V1_2: tuple[str, ...] = (
+    "user.category_count_1h",
+    "user.category_decayed",
+    "user.category_recency_h",
+    "user.category_seconds_24h",
+    "user.category_seconds_7d",
+    "user.owned_devices",
+    "ctx.dow_sin",
+    "ctx.dow_cos",
+    "ctx.weekend",
+)
+"""Features added after the first 20 (decayed counts, recency, durations, owned devices, day
+of week); appended to `FEATURE_NAMES` so specs naming only the first 20 stay servable."""
+
+FEATURE_NAMES += FEATURE_NAMES_V1_2
 
 PERSONAL_FEATURES: frozenset[str] = frozenset(n for n in FEATURE_NAMES if n.startswith("user."))
 """Computed only with personalization consent; otherwise the spec's `default` is used."""

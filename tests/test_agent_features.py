@@ -10,6 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from agent.errors import ConfigError
+from protocol.vocabulary import FEATURE_NAMES
 from agent.features import (
     KNOWN_FEATURES,
     STATE_HOUR,
@@ -141,8 +142,10 @@ def test_prune_cutoff_keeps_state_rows() -> None:
     assert FeatureWindows.load(rows).member_tier() == 1
 
 
-def test_known_features_are_the_spec_v1_table() -> None:
-    assert len(KNOWN_FEATURES) == 20
+def test_known_features_are_the_spec_v1_table_then_appended_ones() -> None:
+    assert len(FEATURE_NAMES[:20]) == 20
+    assert FEATURE_NAMES[19] == "ctx.profile.speaker"  # the v1 table keeps its order
+    assert len(KNOWN_FEATURES) == len(FEATURE_NAMES) > 20
     assert {"user.consumable_need", "ctx.profile.speaker", "offer.type.group_buy"} <= KNOWN_FEATURES
 
 
