@@ -48,7 +48,7 @@ REASONS: tuple[str, ...] = (
 CODE = {name: i for i, name in enumerate(REASONS)}
 
 CAP_KEYS = frozenset({"per_day", "campaign_per_day"})
-"""`Offer.caps` keys the agent enforces: impressions of the offer / of its campaign per local day."""
+"""`Offer.caps` keys enforced: impressions of the offer / of its campaign per local day."""
 
 _KNOWN_CATEGORIES = frozenset(CATEGORIES)
 _TYPE_CODE = {t: i for i, t in enumerate(OFFER_TYPES)}

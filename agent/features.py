@@ -12,7 +12,8 @@ Persistence contract (the store relies on it):
   hour; `app:<app>`, `genre:<genre>` and `appl:<appliance>` count by `attrs.app`, `attrs.genre`
   and `attrs.appliance` the same way; `sec.cat:<category>` and `sec.genre:<genre>` add up the
   `attrs.seconds` of `content_view` signals (durations, whole seconds). `own:<appliance>` is a
-  state key (below): the household owns that appliance (any signal naming it). `level:<category>` (latest `consumable_level.level`) and `tier` (latest `member_tier`)
+  state key (below): the household owns that appliance (any signal naming it).
+  `level:<category>` (latest `consumable_level.level`) and `tier` (latest `member_tier`)
   are *state* keys kept at `hour_epoch == STATE_HOUR`, a constant far in the future so a prune
   `DELETE ... WHERE hour_epoch < prune_cutoff(now)` never removes them. A state value packs the
   observation time and the value, `(unix_seconds << 20) | value` (level scaled by 1e6, tier as

@@ -165,7 +165,7 @@ def decide(  # noqa: PLR0917  # positional signature is the agent's published se
     )
 
 
-def decide_catalog(  # noqa: PLR0917, PLR0913, PLR0912, C901  # one flat hot path, on purpose
+def decide_catalog(  # noqa: PLR0917  # one flat hot path, on purpose
     model: Model | None,
     catalog: Catalog,
     ctx: UserContext,
