@@ -252,7 +252,7 @@ class Gate:
 def eligible_mask(catalog: Catalog, gate: Gate) -> np.ndarray:
     """Rows showable on `gate.surface` at `gate.now` (time window, surface, validity, targeting,
     stock, claims, offer and campaign caps). Vectorised; equal to `filter_codes(...) == 0`."""
-    mask = catalog.surface_mask(gate.surface) & (catalog.static_code == 0)
+    mask: np.ndarray = catalog.surface_mask(gate.surface) & (catalog.static_code == 0)
     mask &= catalog.starts <= gate.now
     mask &= catalog.expires > gate.now
     mask &= ~catalog.sold_out
@@ -341,11 +341,6 @@ def select(
         else:
             shown.append(row)
     return Selection(shown, counterfactual, dropped)
-
-
-def local_day(now: datetime, tz_offset_s: float) -> int:
-    """The device-local day number (days since the epoch in local time) for daily caps."""
-    return int((now.timestamp() + tz_offset_s) // 86_400)
 
 
 NO_CAP_VALUE = int(NO_CAP)

@@ -425,7 +425,7 @@ class PreparedInputs:
     def matrix(self, rows: np.ndarray, ctx: UserContext) -> np.ndarray:
         """The scaled float32 `[len(rows), F]` input for catalog `rows` under `ctx`."""
         plan = self.plan
-        m = self.static[rows]
+        m: np.ndarray = self.static[rows]
         personal = plan.personal
         if len(self.cat_cols):
             if ctx.personalized:

@@ -10,7 +10,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from agent.errors import ConfigError
-from protocol.vocabulary import FEATURE_NAMES
 from agent.features import (
     KNOWN_FEATURES,
     STATE_HOUR,
@@ -19,6 +18,7 @@ from agent.features import (
     local_hour,
     prune_cutoff,
 )
+from protocol.vocabulary import FEATURE_NAMES
 
 T0 = datetime(2026, 3, 2, 12, 30, tzinfo=UTC)
 H = timedelta(hours=1)
