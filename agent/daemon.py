@@ -188,7 +188,7 @@ class Agent:
             self.quiet,
             self.claims.refused if self.claims is not None else frozenset(),
         )
-        catalog = self.offers.catalog(now) if self.offers is not None else None
+        catalog = self.offers.catalog() if self.offers is not None else None
         try:
             if catalog is None:
                 decision = decide(self.model, [], ctx, surface, limit, now, consent, explain)

@@ -89,11 +89,15 @@ class OfferBook:
             self._bundle_of[source] = bundle_id
         self._version += 1
 
-    def catalog(self, now: datetime | None = None) -> Catalog:
+    def catalog(self) -> Catalog:
         """The held offers as columns (`agent.catalog`), rebuilt only when the book changes."""
         cached = self._catalog
         if cached is None or cached.version != self._version:
-            cached = self._catalog = build_catalog(self.offers(now), self._version)
+            # expired offers stay in: a decision reports them `expired` instead of forgetting
+            merged: dict[str, Offer] = {}
+            for source in sorted(self._by_source, key=lambda s: s == DEVICE_SOURCE):
+                merged.update(self._by_source[source])
+            cached = self._catalog = build_catalog(list(merged.values()), self._version)
         return cached
 
     def offers(self, now: datetime | None = None) -> list[Offer]:
