@@ -31,6 +31,15 @@ from protocol.signing import Verifier
 log = logging.getLogger(__name__)
 
 MAX_RESULT_BYTES = 16 * 1024
+COUNTERS = (
+    "claims_started",
+    "claims_repeated",
+    "claims_resent",
+    "claims_granted",
+    "claims_refused",
+    "claim_results_bad",
+    "claim_results_duplicate",
+)
 
 
 class NotClaimable(AgentError):
@@ -80,6 +89,8 @@ class Claims:
         self._topic = settings.topics.claim_up(settings.device_id)
         self._wake = asyncio.Event()
         self._faults = OnceLogger(log)
+        for name in COUNTERS:
+            metrics.counters.setdefault(name, 0)
         self.refused: frozenset[str] = frozenset()
         """Offers whose claim the gateway refused: the ranking stops offering them."""
 

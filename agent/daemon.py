@@ -43,6 +43,13 @@ log = logging.getLogger(__name__)
 MAINTENANCE_S = 60.0
 SHUTDOWN_FLUSH_S = 2.0
 LAST_DECISIONS = 5000
+DECISION_COUNTERS = (
+    "counterfactual_impressions",
+    "conversions_attributed",
+    "conversions_unattributed",
+    "models_loaded",
+    "models_rejected",
+)
 
 
 class Agent:
@@ -77,6 +84,8 @@ class Agent:
         self._last: OrderedDict[str, tuple[float, int | None]] = OrderedDict()
         self._opened = False
         self.last_model_error: str | None = None
+        for name in DECISION_COUNTERS:
+            self.metrics.counters.setdefault(name, 0)
         self.caps = CapCounts()
         self.claims: Claims | None = None
         self._features: OrderedDict[str, tuple[float, ...] | None] = OrderedDict()
