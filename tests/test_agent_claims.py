@@ -18,7 +18,7 @@ from protocol import codec
 from protocol.envelopes import ClaimRequest
 from protocol.ids import format_time, new_id, utcnow
 from protocol.signing import Signer
-from tests.test_agent_decisions import SURFACE, offer, offers_json, push, reasons
+from tests.test_agent_decisions import offer, offers_json, push, reasons
 from tests.test_agent_loop import ALL, FakeGateway, World, eventually, gateway, http, world
 
 pytestmark = pytest.mark.integration

@@ -49,7 +49,7 @@ def model(tmp_path_factory: pytest.TempPathFactory) -> Model:
 def offers(draw: st.DrawFn) -> list[Offer]:
     n = draw(st.integers(0, 30))
     out: list[Offer] = []
-    for i in range(n):
+    for _ in range(n):
         start = draw(st.integers(-48, 6))
         fields: dict[str, Any] = {
             "campaign_id": draw(st.sampled_from(["c1", "c2", "c3", "c4"])),
