@@ -36,7 +36,7 @@ from types import MappingProxyType
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from agent.errors import ConfigError
-from protocol.vocabulary import FEATURE_NAMES, PERSONAL_FEATURES
+from protocol.vocabulary import SERVABLE_FEATURE_NAMES
 
 __all__ = ["KNOWN_FEATURES", "PERSONAL_FEATURES", "FeatureWindows", "UserContext"]
 
@@ -67,7 +67,9 @@ RECENCY_CAP_H = float(WINDOW_7D)
 TIER_KEY = "tier"
 HIGH_WATER_KEY = "~hw"
 
-KNOWN_FEATURES: frozenset[str] = frozenset(FEATURE_NAMES)
+KNOWN_FEATURES: frozenset[str] = frozenset(SERVABLE_FEATURE_NAMES)
+PERSONAL_FEATURES: frozenset[str] = frozenset(n for n in KNOWN_FEATURES if n.startswith("user."))
+"""Every `user.*` feature: computed only with personalization consent, else the spec default."""
 """Every feature name this agent can compute (feature spec v1, docs/architecture.md)."""
 
 _CATEGORY_RE = re.compile(r"^[a-z0-9_.:-]{1,64}$")

@@ -60,13 +60,14 @@ def quiet_remaining(local_minute: float, windows: Sequence[QuietWindow]) -> floa
     None when it is not quiet."""
     minute = local_minute % MINUTES_PER_DAY
     waited = 0.0
-    for _ in range(len(windows) + 1):
+    for _ in range(2 * len(windows) + 2):
         inside = [w for w in windows if w.contains(minute)]
         if not inside:
             return waited if waited > 0 else None
         step = max(w.remaining(minute) for w in inside)
         waited += step
-        minute = (minute + step) % MINUTES_PER_DAY
+        # whole minutes are where windows end: snap away float dust (129.99999999999997)
+        minute = round((minute + step) % MINUTES_PER_DAY, 6)
         if waited >= MINUTES_PER_DAY:
             return float(MINUTES_PER_DAY)  # always quiet: held for a day, then looked at again
     return waited

@@ -38,9 +38,9 @@ FEATURE_NAMES: tuple[str, ...] = (
     "ctx.hour_cos",
     *(f"ctx.profile.{p}" for p in PROFILES),
 )
-"""Every v1 feature, in the fixed order of model inputs (new names are only ever appended)."""
+"""Every v1 feature, in the fixed order of model inputs."""
 
-FEATURE_NAMES_V1_2: tuple[str, ...] = (
+AGENT_FEATURE_NAMES: tuple[str, ...] = (
     "user.category_count_1h",
     "user.category_decayed",
     "user.category_recency_h",
@@ -51,10 +51,13 @@ FEATURE_NAMES_V1_2: tuple[str, ...] = (
     "ctx.dow_cos",
     "ctx.weekend",
 )
-"""Features added after the first 20 (decayed counts, recency, durations, owned devices, day
-of week); appended to `FEATURE_NAMES` so specs naming only the first 20 stay servable."""
+"""More features the agent computes (1 h and decayed counts, recency, durations, owned
+devices, day of week). A model's spec may name them after the v1 ones; they are kept apart
+from `FEATURE_NAMES`, which is also the column list the synthetic world and the trainer
+produce, until those compute them too."""
 
-FEATURE_NAMES += FEATURE_NAMES_V1_2
+SERVABLE_FEATURE_NAMES: tuple[str, ...] = FEATURE_NAMES + AGENT_FEATURE_NAMES
+"""Every feature name a model's spec may ask the agent for, v1 first."""
 
 PERSONAL_FEATURES: frozenset[str] = frozenset(n for n in FEATURE_NAMES if n.startswith("user."))
 """Computed only with personalization consent; otherwise the spec's `default` is used."""
