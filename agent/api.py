@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
+from agent.claims import NotClaimable, claim_json
 from agent.consent import parse_purposes
 from agent.errors import InvalidInput, QuotaExceeded, StoreError, TooLarge, UnknownOffer
 from agent.intake import parse_outcome, parse_signals
 from agent.logutil import OnceLogger
+from protocol.ids import format_time
 
 if TYPE_CHECKING:
     from agent.daemon import Agent
@@ -42,6 +45,8 @@ class LocalApi:
                 web.get("/v1/status", self.get_status),
                 web.get("/healthz", self.healthz),
                 web.get("/metrics", self.metrics),
+                web.post("/v1/claims", self.post_claim),
+                web.get("/v1/claims/{claim_id}", self.get_claim),
             ]
         )
 
@@ -92,6 +97,8 @@ class LocalApi:
             return self._reject(400, exc.errors)
         except UnknownOffer as exc:
             return self._reject(404, [{"loc": "offer_id", "msg": str(exc)}])
+        except NotClaimable as exc:
+            return self._reject(409, [{"loc": "offer_id", "msg": str(exc)}])
         except QuotaExceeded as exc:
             return self._reject(503, [{"loc": "(outbox)", "msg": str(exc)}])
         except StoreError as exc:
@@ -129,6 +136,8 @@ class LocalApi:
                 "model_version": self._agent.model_version,
                 "offers": [r.to_json() for r in decision.ranked],
             }
+            if decision.held_until is not None:
+                body["held_until"] = format_time(decision.held_until)
             if explain:
                 body["filtered"] = [
                     {"offer_id": oid, "reason": reason} for oid, reason in decision.filtered
@@ -140,10 +149,11 @@ class LocalApi:
     async def post_outcome(self, request: web.Request) -> web.Response:
         async def handle(req: web.Request) -> web.Response:
             outcome = parse_outcome(await self._body(req))
-            outcome_id = await self._agent.record_outcome(
+            result = await self._agent.record_outcome_detail(
                 outcome.offer_id, outcome.kind, outcome.surface
             )
-            return web.json_response({"id": outcome_id}, status=202)
+            # an unattributed conversion is answered, not stored: 200 with the reason
+            return web.json_response(result, status=202 if result.get("id") else 200)
 
         return await self._guard(request, handle)
 
@@ -170,3 +180,30 @@ class LocalApi:
     async def metrics(self, request: web.Request) -> web.Response:
         body = self._agent.metrics.render()
         return web.Response(body=body, headers={"Content-Type": "text/plain; version=0.0.4"})
+
+    async def post_claim(self, request: web.Request) -> web.Response:
+        async def handle(req: web.Request) -> web.Response:
+            body = await self._body(req)
+            offer_id = body.get("offer_id") if isinstance(body, dict) else None
+            if not isinstance(body, dict) or set(body) != {"offer_id"}:
+                raise InvalidInput([{"loc": "(body)", "msg": 'body must be {"offer_id": "..."}'}])
+            if not isinstance(offer_id, str) or not _ID_RE.fullmatch(offer_id):
+                raise InvalidInput([{"loc": "offer_id", "msg": "must be an offer id"}])
+            row, created = await self._agent.claim(offer_id)
+            return web.json_response(claim_json(row), status=202 if created else 200)
+
+        return await self._guard(request, handle)
+
+    async def get_claim(self, request: web.Request) -> web.Response:
+        async def handle(req: web.Request) -> web.Response:
+            claim_id = req.match_info["claim_id"]
+            claims = self._agent.claims
+            row = await claims.get(claim_id) if claims is not None and len(claim_id) <= 64 else None
+            if row is None:
+                return self._reject(404, [{"loc": "claim_id", "msg": f"no claim {claim_id!r}"}])
+            return web.json_response(claim_json(row))
+
+        return await self._guard(request, handle)
+
+
+_ID_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")

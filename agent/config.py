@@ -65,6 +65,32 @@ class SignalPolicy(_Strict):
     ttl_hours: Annotated[float, Field(gt=0, le=24 * 3650)] = 168.0
 
 
+HHMM = Annotated[str, StringConstraints(pattern=r"^([01][0-9]|2[0-4]):[0-5][0-9]$")]
+
+
+class QuietHours(_Strict):
+    """A daily quiet period in the device's local time (`"22:00"` to `"07:00"` crosses midnight)."""
+
+    start: HHMM
+    end: HHMM
+
+
+class PolicySettings(_Strict):
+    """Decision policy of a profile: quiet hours, daily frequency caps, attribution, claims."""
+
+    quiet_hours: Annotated[list[QuietHours], Field(max_length=8)] = Field(default_factory=list)
+    offer_per_day: Annotated[int, Field(ge=0, le=10_000)] | None = None
+    campaign_per_day: Annotated[int, Field(ge=0, le=10_000)] | None = None
+    surface_per_day: Annotated[
+        dict[Name, Annotated[int, Field(ge=0, le=10_000)]], Field(max_length=16)
+    ] = Field(default_factory=dict)
+    global_per_day: Annotated[int, Field(ge=0, le=100_000)] | None = None
+    attribution_click_days: Annotated[float, Field(gt=0, le=90)] = 7.0
+    attribution_impression_days: Annotated[float, Field(ge=0, le=90)] = 1.0
+    counterfactual_gap_s: Annotated[float, Field(ge=0, le=86_400)] = 3600.0
+    claim_resend_s: Annotated[float, Field(gt=0, le=3600)] = 5.0
+
+
 class Profile(_Strict):
     """One firmware profile (`firmware_profiles/<name>.toml`), validated."""
 
@@ -81,6 +107,7 @@ class Profile(_Strict):
     uplink: UplinkSettings = Field(default_factory=UplinkSettings)
     consent: ConsentDefaults = Field(default_factory=ConsentDefaults)
     signals: dict[Name, SignalPolicy] = Field(default_factory=dict)
+    decisions: PolicySettings = Field(default_factory=PolicySettings)
 
     def policy(self, kind: str) -> SignalPolicy:
         """Priority and time-to-live of a signal kind (`signals.default` otherwise)."""

@@ -9,12 +9,15 @@ import signal
 import time
 from collections import OrderedDict, deque
 from collections.abc import Coroutine
-from datetime import timedelta
+from datetime import datetime, timedelta
+from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from agent import AGENT_VERSION
+from agent import AGENT_VERSION, attribution
 from agent.api import LocalApi
+from agent.catalog import build_catalog
+from agent.claims import Claims
 from agent.config import AgentSettings
 from agent.consent import ConsentState, parse_purposes
 from agent.errors import ConfigError, ModelRejected, QuotaExceeded, ScoringError, UnknownOffer
@@ -24,12 +27,13 @@ from agent.link import Incoming, Link, LinkState
 from agent.metrics import Metrics
 from agent.model_update import ModelUpdater, UpdateConfig, load_current
 from agent.offers import OfferBook, load_trust
-from agent.ranking import Consent, Decision, RankedOffer, decide
-from agent.scoring import Model, load_default_model
+from agent.policy import CapCounts, CapLimits, QuietWindow, parse_hhmm
+from agent.ranking import Consent, Decision, RankedOffer, Situation, decide, decide_catalog
+from agent.scoring import Model, load_default_model, load_model
 from agent.store import NewOutcome, NewSignal, Store
 from agent.tasks import cancel_and_wait
 from agent.uplink import Uplink
-from protocol.envelopes import State
+from protocol.envelopes import Offer, State
 from protocol.errors import ProtocolError
 from protocol.ids import format_time, new_id, utcnow
 from protocol.signing import Verifier
@@ -40,6 +44,13 @@ log = logging.getLogger(__name__)
 MAINTENANCE_S = 60.0
 SHUTDOWN_FLUSH_S = 2.0
 LAST_DECISIONS = 5000
+DECISION_COUNTERS = (
+    "counterfactual_impressions",
+    "conversions_attributed",
+    "conversions_unattributed",
+    "models_loaded",
+    "models_rejected",
+)
 
 
 class Agent:
@@ -74,6 +85,23 @@ class Agent:
         self._tasks: list[asyncio.Task[None]] = []
         self._last: OrderedDict[str, tuple[float, int | None]] = OrderedDict()
         self._opened = False
+        self.last_model_error: str | None = None
+        for name in DECISION_COUNTERS:
+            self.metrics.counters.setdefault(name, 0)
+        self.caps = CapCounts()
+        self.claims: Claims | None = None
+        self._features: OrderedDict[str, tuple[float, ...] | None] = OrderedDict()
+        self._counterfactual_at: OrderedDict[tuple[str, str], float] = OrderedDict()
+        policy = settings.profile.decisions
+        self.cap_limits = CapLimits(
+            policy.offer_per_day,
+            policy.campaign_per_day,
+            dict(policy.surface_per_day),
+            policy.global_per_day,
+        )
+        self.quiet = tuple(
+            QuietWindow(parse_hhmm(q.start), parse_hhmm(q.end)) for q in policy.quiet_hours
+        )
 
     # ------------------------------------------------------------ public seam
 
@@ -163,57 +191,199 @@ class Agent:
         )
         profile = self.settings.profile
         ctx = self.windows.context(now, profile.name, profile.timezone, consent.personalization)
-        offers = self.offers.offers(now) if self.offers is not None else []
+        self.caps.roll(self.local_day(now))
+        situation = Situation(
+            self.settings.device_id,
+            self.caps,
+            self.cap_limits,
+            self.quiet,
+            self.claims.refused if self.claims is not None else frozenset(),
+        )
+        catalog = self.offers.catalog() if self.offers is not None else None
         try:
-            decision = decide(
-                self.model,
-                offers,
+            if catalog is None:
+                decision = decide(self.model, [], ctx, surface, limit, now, consent, explain)
+            else:
+                decision = decide_catalog(
+                    self.model,
+                    catalog,
+                    ctx,
+                    surface,
+                    limit,
+                    now,
+                    consent,
+                    explain,
+                    max_candidates=profile.budgets.max_candidates,
+                    situation=situation,
+                )
+        except ScoringError as exc:
+            log.error("model failed, ranking without it: %s", exc)  # noqa: TRY400
+            decision = decide_catalog(
+                None,
+                catalog if catalog is not None else _EMPTY,
                 ctx,
                 surface,
                 limit,
                 now,
                 consent,
                 explain,
-                max_candidates=profile.budgets.max_candidates,
+                situation=situation,
             )
-        except ScoringError as exc:
-            log.error("model failed, ranking without it: %s", exc)  # noqa: TRY400
-            decision = decide(None, offers, ctx, surface, limit, now, consent, explain)
         for ranked in decision.ranked:
             self._last[ranked.offer.id] = (ranked.score, decision.model_version)
             self._last.move_to_end(ranked.offer.id)
+            self._features[ranked.offer.id] = ranked.features
+            self._features.move_to_end(ranked.offer.id)
         while len(self._last) > LAST_DECISIONS:
             self._last.popitem(last=False)
+        while len(self._features) > LAST_DECISIONS:
+            self._features.popitem(last=False)
         self.metrics.inc("decisions")
         self.metrics.observe_decision((time.perf_counter() - started) * 1000.0)
+        if decision.counterfactual:
+            await self._log_counterfactual(decision, surface, now)
         return decision
+
+    def local_day(self, now: datetime) -> int:
+        """The device-local day (proleptic ordinal) daily caps count in."""
+        return now.astimezone(self.settings.tz).date().toordinal()
+
+    async def _log_counterfactual(self, decision: Decision, surface: str, now: datetime) -> None:
+        """A holdout kept these offers off: log the impression they would have made (once per
+        offer and surface per `counterfactual_gap_s`); it counts toward caps like a real one."""
+        gap = self.settings.profile.decisions.counterfactual_gap_s
+        moment = now.timestamp()
+        for held in decision.counterfactual:
+            key = (held.offer.id, surface)
+            last = self._counterfactual_at.get(key)
+            if last is not None and moment - last < gap:
+                continue
+            self._counterfactual_at[key] = moment
+            self._counterfactual_at.move_to_end(key)
+            while len(self._counterfactual_at) > LAST_DECISIONS:
+                self._counterfactual_at.popitem(last=False)
+            await self._store_outcome(
+                held.offer,
+                "impression",
+                surface,
+                now,
+                score=held.score,
+                version=decision.model_version,
+                features=held.features,
+                counterfactual=True,
+            )
+            self.metrics.inc("counterfactual_impressions")
+
+    async def _store_outcome(
+        self,
+        offer: Offer,
+        kind: str,
+        surface: str,
+        now: datetime,
+        *,
+        score: float | None,
+        version: int | None,
+        features: tuple[float, ...] | None,
+        counterfactual: bool,
+        variant: str | None = None,
+    ) -> str:
+        outcome = NewOutcome(
+            id=new_id(),
+            offer_id=offer.id,
+            campaign_id=offer.campaign_id,
+            variant=variant or offer.variant,
+            kind=kind,
+            at=format_time(now),
+            surface=surface,
+            score=score,
+            model_version=version,
+        )
+        cap_rows: list[tuple[str, str, int]] = []
+        if kind == "impression":
+            self.caps.add(offer.id, offer.campaign_id, surface, self.local_day(now))
+            cap_rows = self.caps.rows(offer.id, offer.campaign_id, surface)
+        await self.store.record_decision_outcome(
+            outcome,
+            features=features,
+            counterfactual=counterfactual,
+            cap_rows=cap_rows,
+            exposure=kind in ("impression", "click"),
+        )
+        self.metrics.inc("outcomes_recorded")
+        if self.uplink is not None:
+            self.uplink.poke(flush=True)  # outcomes go up at once, not at the batch age
+        return outcome.id
 
     async def rank(self, surface: str, limit: int = 3) -> list[RankedOffer]:
         return (await self.decide(surface, limit)).ranked
 
     async def record_outcome(self, offer_id: str, kind: str, surface: str) -> str:
-        """Store an outcome (impression, click, dismiss, conversion) of a held offer."""
+        """Store an outcome (impression, click, dismiss, conversion) of a held offer; its id.
+
+        It carries the score, model version, variant and features of the last decision that
+        returned the offer. A conversion is attributed (`agent.attribution`) to the campaign's
+        newest click or impression within the profile's windows and carries that exposure's
+        facts; an unattributed one is not reported (`""` is returned, counted).
+        """
+        result = await self.record_outcome_detail(offer_id, kind, surface)
+        return str(result.get("id") or "")
+
+    async def record_outcome_detail(self, offer_id: str, kind: str, surface: str) -> dict[str, Any]:
+        """`record_outcome`, answering `{"id", "attributed_to"?}` or `{"id": None, "reason"}`."""
         checked = parse_outcome({"offer_id": offer_id, "kind": kind, "surface": surface})
         offer = self.offers.get(checked.offer_id) if self.offers is not None else None
         if offer is None:
             raise UnknownOffer(checked.offer_id)
+        now = utcnow()
         score, version = self._last.get(offer.id, (None, self.model_version))
-        outcome = NewOutcome(
-            id=new_id(),
-            offer_id=offer.id,
-            campaign_id=offer.campaign_id,
-            variant=offer.variant,
-            kind=checked.kind,
-            at=format_time(utcnow()),
-            surface=checked.surface,
+        features = self._features.get(offer.id)
+        counterfactual = False
+        variant = offer.variant
+        body: dict[str, Any] = {}
+        if checked.kind == "conversion":
+            policy = self.settings.profile.decisions
+            exposure = await attribution.attribute(
+                self.store, policy, offer.campaign_id, now.timestamp()
+            )
+            if exposure is None:
+                self.metrics.inc("conversions_unattributed")
+                return {"id": None, "reason": attribution.explain_miss(policy, offer.campaign_id)}
+            score, version, features = exposure.score, exposure.model_version, exposure.features
+            counterfactual, variant = exposure.counterfactual, exposure.variant
+            body["attributed_to"] = {"id": exposure.outcome_id, "kind": exposure.kind}
+            self.metrics.inc("conversions_attributed")
+        body["id"] = await self._store_outcome(
+            offer,
+            checked.kind,
+            checked.surface,
+            now,
             score=score,
-            model_version=version,
+            version=version,
+            features=features,
+            counterfactual=counterfactual,
+            variant=variant,
         )
-        await self.store.add_outcome(outcome)
-        self.metrics.inc("outcomes_recorded")
-        if self.uplink is not None:
-            self.uplink.poke()
-        return outcome.id
+        return body
+
+    async def claim(self, offer_id: str) -> tuple[dict[str, Any], bool]:
+        """Start (or return the one existing) claim of a held limited offer; True when new."""
+        if self.claims is None:
+            raise UnknownOffer(offer_id)
+        return await self.claims.claim(offer_id, utcnow())
+
+    async def replace_model(self, onnx_path: Path, manifest: dict[str, Any]) -> bool:
+        """Serve another model; one the agent cannot serve is refused (counted, logged with its
+        reason) and the current one stays. True when swapped."""
+        try:
+            model = await asyncio.to_thread(load_model, onnx_path, manifest)
+        except ModelRejected as exc:
+            self.metrics.inc("models_rejected")
+            self.last_model_error = exc.reason
+            log.warning("%s; keeping model v%s", exc, self.model_version)
+            return False
+        self.model = model
+        self.metrics.inc("models_loaded")
+        return True
 
     def status(self) -> dict[str, Any]:
         return {
@@ -311,6 +481,17 @@ class Agent:
         self.windows = FeatureWindows.load(await self.store.load_buckets())
         self.offers = OfferBook(verifier, self.store, self.metrics)
         await self.offers.load()
+        today = self.local_day(utcnow())
+        self.caps = CapCounts.load(await self.store.load_cap_counts(today), today)
+        self.claims = Claims(
+            settings,
+            self.store,
+            verifier,
+            self.metrics,
+            link=lambda: self.link,
+            offer=self.offers.get,
+        )
+        await self.claims.start()
         self.link = Link(
             settings,
             birth=self._birth,
@@ -330,6 +511,7 @@ class Agent:
         self._spawn(self.link.run(), "link")
         self._spawn(self.uplink.run(), "uplink")
         self._spawn(self._maintenance(), "maintenance")
+        self._spawn(self.claims.run(), "claims")
         if settings.api_port is not None:
             self.api = LocalApi(self, settings.api_port)
             await self.api.start()
@@ -378,6 +560,8 @@ class Agent:
     def _on_connected(self) -> None:
         if self.uplink is not None:
             self.uplink.on_connected()
+        if self.claims is not None:
+            self.claims.on_connected()
 
     async def _on_message(self, message: Incoming) -> None:
         if message.kind == "ack" and self.uplink is not None:
@@ -388,6 +572,10 @@ class Agent:
                 self.uplink.poke()  # a receipt to send
         elif message.kind == "manifest" and self.model_updates is not None:
             self.model_updates.submit(message.payload)
+        elif message.kind == "claim" and self.claims is not None:
+            await self.claims.handle_result(message.payload)
+            if self.uplink is not None:
+                self.uplink.poke()  # a receipt to send
         else:
             log.debug("not handled yet: %s on %s", message.kind, message.topic)
 
@@ -411,6 +599,11 @@ class Agent:
                 self.metrics.inc("signals_expired", expired)
                 log.info("dropped %d expired signals", expired)
             await self.store.prune_buckets(prune_cutoff(utcnow()))
+            now = utcnow()
+            await self.store.prune_decisions(
+                self.local_day(now) - 1,
+                now.timestamp() - attribution.longest_window_s(self.settings.profile.decisions),
+            )
             await asyncio.sleep(MAINTENANCE_S)
 
 
@@ -457,3 +650,6 @@ async def run_agent(settings: AgentSettings) -> None:
     finally:
         for sig in installed:
             loop.remove_signal_handler(sig)
+
+
+_EMPTY = build_catalog([])

@@ -9,7 +9,11 @@ Persistence contract (the store relies on it):
 * `hour_epoch` of a windowed row is the hour number since the Unix epoch
   (`int(at.timestamp()) // 3600`), not seconds.
 * Keys: `cat:<category>` counts signals whose `attrs.category` is `<category>`, one bucket per
-  hour. `level:<category>` (latest `consumable_level.level`) and `tier` (latest `member_tier`)
+  hour; `app:<app>`, `genre:<genre>` and `appl:<appliance>` count by `attrs.app`, `attrs.genre`
+  and `attrs.appliance` the same way; `sec.cat:<category>` and `sec.genre:<genre>` add up the
+  `attrs.seconds` of `content_view` signals (durations, whole seconds). `own:<appliance>` is a
+  state key (below): the household owns that appliance (any signal naming it).
+  `level:<category>` (latest `consumable_level.level`) and `tier` (latest `member_tier`)
   are *state* keys kept at `hour_epoch == STATE_HOUR`, a constant far in the future so a prune
   `DELETE ... WHERE hour_epoch < prune_cutoff(now)` never removes them. A state value packs the
   observation time and the value, `(unix_seconds << 20) | value` (level scaled by 1e6, tier as
@@ -32,7 +36,7 @@ from types import MappingProxyType
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from agent.errors import ConfigError
-from protocol.vocabulary import FEATURE_NAMES, PERSONAL_FEATURES
+from protocol.vocabulary import SERVABLE_FEATURE_NAMES
 
 __all__ = ["KNOWN_FEATURES", "PERSONAL_FEATURES", "FeatureWindows", "UserContext"]
 
@@ -50,16 +54,60 @@ AT_SHIFT = 20
 MAX_TIER = 3
 
 COUNT_PREFIX = "cat:"
+WINDOW_PREFIXES = ("cat:", "app:", "genre:", "appl:", "sec.cat:", "sec.genre:")
+SECONDS_PREFIX = "sec.cat:"
 LEVEL_PREFIX = "level:"
+OWN_PREFIX = "own:"
+STATE_PREFIXES = (LEVEL_PREFIX, OWN_PREFIX)
+MAX_SECONDS = 86_400
+DECAY_HALF_LIFE_H = 24.0
+"""Half-life of the decayed per-category count (`user.category_decayed`)."""
+RECENCY_CAP_H = float(WINDOW_7D)
+"""Hours since a category was last seen, capped (also the value when never seen in 7 days)."""
 TIER_KEY = "tier"
 HIGH_WATER_KEY = "~hw"
 
-KNOWN_FEATURES: frozenset[str] = frozenset(FEATURE_NAMES)
+KNOWN_FEATURES: frozenset[str] = frozenset(SERVABLE_FEATURE_NAMES)
+PERSONAL_FEATURES: frozenset[str] = frozenset(n for n in KNOWN_FEATURES if n.startswith("user."))
+"""Every `user.*` feature: computed only with personalization consent, else the spec default."""
 """Every feature name this agent can compute (feature spec v1, docs/architecture.md)."""
 
 _CATEGORY_RE = re.compile(r"^[a-z0-9_.:-]{1,64}$")
 _EMPTY_COUNTS: Mapping[str, int] = MappingProxyType({})
 _EMPTY_NEEDS: Mapping[str, float] = MappingProxyType({})
+_EMPTY_OWNED: frozenset[str] = frozenset()
+
+
+def _windowed(key: str) -> bool:
+    return key.startswith(WINDOW_PREFIXES)
+
+
+def _state(key: str) -> bool:
+    return key == TIER_KEY or key.startswith(STATE_PREFIXES)
+
+
+@dataclass(frozen=True, slots=True)
+class KeyStats:
+    """Per-category window figures at one moment (cached for a minute or until new signals)."""
+
+    day: Mapping[str, int]
+    week: Mapping[str, int]
+    hour: Mapping[str, float]
+    decayed: Mapping[str, float]
+    recency_h: Mapping[str, float]
+    seconds_day: Mapping[str, float]
+    seconds_week: Mapping[str, float]
+
+
+_EMPTY_STATS = KeyStats(
+    _EMPTY_COUNTS,
+    _EMPTY_COUNTS,
+    _EMPTY_NEEDS,
+    _EMPTY_NEEDS,
+    _EMPTY_NEEDS,
+    _EMPTY_NEEDS,
+    _EMPTY_NEEDS,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,13 +121,26 @@ class UserContext:
     consumable_need: Mapping[str, float]
     member_tier: int
     personalized: bool
+    local_weekday: int = 0
+    """Day of the week in the device's zone, Monday 0 .. Sunday 6."""
+    stats: KeyStats = _EMPTY_STATS
+    """Per-category 1 h / decayed / recency / duration figures (empty without consent)."""
+    owned: frozenset[str] = _EMPTY_OWNED
+    """Appliances the household owns (empty without consent)."""
 
     def depersonalized(self) -> UserContext:
         """The same context with every personal field at its empty/zero value."""
         if not self.personalized:
             return self
         return UserContext(
-            self.profile, self.local_hour, _EMPTY_COUNTS, _EMPTY_COUNTS, _EMPTY_NEEDS, 0, False
+            self.profile,
+            self.local_hour,
+            _EMPTY_COUNTS,
+            _EMPTY_COUNTS,
+            _EMPTY_NEEDS,
+            0,
+            False,
+            self.local_weekday,
         )
 
 
@@ -90,12 +151,18 @@ def prune_cutoff(now: datetime) -> int:
 
 def local_hour(now: datetime, tz: str) -> float:
     """Hour of day (0 <= h < 24, fractional) at `now` in the IANA time zone `tz`."""
+    return local_time(now, tz)[0]
+
+
+def local_time(now: datetime, tz: str) -> tuple[float, int]:
+    """`(hour of day, fractional; weekday, Monday 0)` at `now` in the IANA time zone `tz`."""
     try:
         zone = ZoneInfo(tz)
     except (ZoneInfoNotFoundError, ValueError) as exc:
         raise ConfigError(f"unknown time zone {tz!r}", field="timezone") from exc
     local = now.astimezone(zone)
-    return local.hour + local.minute / 60 + (local.second + local.microsecond / 1e6) / 3600
+    hour = local.hour + local.minute / 60 + (local.second + local.microsecond / 1e6) / 3600
+    return hour, local.weekday()
 
 
 def _hour(at: datetime) -> int:
@@ -137,7 +204,16 @@ class FeatureWindows:
     Not thread-safe: one owner (the agent) calls it.
     """
 
-    __slots__ = ("_buckets", "_cache", "_high", "_last", "_max_keys", "_states", "_version")
+    __slots__ = (
+        "_buckets",
+        "_cache",
+        "_high",
+        "_last",
+        "_max_keys",
+        "_need_cache",
+        "_states",
+        "_version",
+    )
 
     def __init__(self, *, max_keys: int = DEFAULT_MAX_KEYS) -> None:
         if max_keys < 1:
@@ -148,7 +224,8 @@ class FeatureWindows:
         self._last: dict[str, int] = {}  # key -> last seen, unix seconds (hour start for counts)
         self._high: int | None = None  # newest bucket hour seen
         self._version = 0
-        self._cache: tuple[int, int, tuple[Mapping[str, int], Mapping[str, int]]] | None = None
+        self._cache: tuple[int, int, KeyStats] | None = None
+        self._need_cache: tuple[int, Mapping[str, float]] | None = None
 
     # ------------------------------------------------------------------ intake
 
@@ -156,9 +233,27 @@ class FeatureWindows:
         """Account one accepted signal; returns the bucket increments to persist with it."""
         seconds = _seconds(at)
         rows: list[Row] = []
+        hour = seconds // HOUR_S
         category = _category(attrs.get("category"))
         if category is not None:
-            self._count(COUNT_PREFIX + category, seconds // HOUR_S, rows)
+            self._count(COUNT_PREFIX + category, hour, rows)
+        app = _category(attrs.get("app"))
+        if app is not None:
+            self._count("app:" + app, hour, rows)
+        genre = _category(attrs.get("genre"))
+        if genre is not None:
+            self._count("genre:" + genre, hour, rows)
+        appliance = _category(attrs.get("appliance"))
+        if appliance is not None:
+            self._count("appl:" + appliance, hour, rows)
+            self._set_state(OWN_PREFIX + appliance, seconds, 1, rows)
+        if kind == "content_view":
+            duration = _number(attrs.get("seconds"))
+            spent = round(min(max(duration, 0.0), MAX_SECONDS)) if duration is not None else 0
+            if spent > 0 and category is not None:
+                self._count(SECONDS_PREFIX + category, hour, rows, spent)
+            if spent > 0 and genre is not None:
+                self._count("sec.genre:" + genre, hour, rows, spent)
         if kind == "consumable_level" and category is not None:
             level = _number(attrs.get("level"))
             if level is not None:
@@ -172,7 +267,7 @@ class FeatureWindows:
             self._version += 1
         return rows
 
-    def _count(self, key: str, hour: int, rows: list[Row]) -> None:
+    def _count(self, key: str, hour: int, rows: list[Row], amount: int = 1) -> None:
         if self._high is not None and hour < self._high - WINDOW_7D:
             return  # older than anything we keep
         if self._high is None or hour > self._high:
@@ -184,8 +279,8 @@ class FeatureWindows:
             if not self._make_room(key, hour * HOUR_S, rows):
                 return
             buckets = self._buckets[key] = {}
-        buckets[hour] = buckets.get(hour, 0) + 1
-        rows.append((key, hour, 1))
+        buckets[hour] = buckets.get(hour, 0) + amount
+        rows.append((key, hour, amount))
         self._last[key] = max(self._last.get(key, 0), hour * HOUR_S)
 
     def _set_state(self, key: str, seconds: int, value: int, rows: list[Row]) -> None:
@@ -245,7 +340,7 @@ class FeatureWindows:
             (
                 hour
                 for (key, hour), total in totals.items()
-                if key.startswith(COUNT_PREFIX) and total > 0 and hour != STATE_HOUR
+                if _windowed(key) and total > 0 and hour != STATE_HOUR
             ),
             default=totals.get((HIGH_WATER_KEY, STATE_HOUR), 0),
         )
@@ -254,12 +349,12 @@ class FeatureWindows:
         for (key, hour), total in sorted(totals.items()):
             if total <= 0:
                 continue
-            if key.startswith(COUNT_PREFIX) and hour != STATE_HOUR:
+            if _windowed(key) and hour != STATE_HOUR:
                 if hour < high - WINDOW_7D or hour > high:
                     continue
                 windows._buckets.setdefault(key, {})[hour] = total
                 windows._last[key] = max(windows._last.get(key, 0), hour * HOUR_S)
-            elif (key.startswith(LEVEL_PREFIX) or key == TIER_KEY) and hour == STATE_HOUR:
+            elif _state(key) and hour == STATE_HOUR:
                 windows._states[key] = total
                 windows._last[key] = max(_unpack(total)[0], 1)
         if len(windows._last) > max_keys:
@@ -304,41 +399,124 @@ class FeatureWindows:
         packed = self._states.get(TIER_KEY)
         return 0 if packed is None else _unpack(packed)[1]
 
+    def owned(self) -> frozenset[str]:
+        """Appliances the household owns (named by any signal's `attrs.appliance`)."""
+        return frozenset(k[len(OWN_PREFIX) :] for k in self._states if k.startswith(OWN_PREFIX))
+
     def counts(self, now: datetime) -> tuple[Mapping[str, int], Mapping[str, int]]:
         """Per-category signal counts over the last 24 h and 7 d (hourly buckets) at `now`.
 
         The 24 h window is the 24 hourly buckets ending with the current one, 7 d the 168.
-        Cached until the next observation or the next hour.
+        Cached until the next observation or the next minute.
         """
-        now_h = _hour(now)
+        stats = self.stats(now)
+        return stats.day, stats.week
+
+    def stats(self, now: datetime) -> KeyStats:
+        """Every per-category window figure at `now`, from the hourly buckets alone.
+
+        * `day`, `week`: signal counts in the 24 / 168 hourly buckets ending with the current one.
+        * `hour`: the last 60 minutes, estimated as the current bucket plus the previous one
+          weighted by the part of it still inside the hour (a sliding-window counter).
+        * `decayed`: counts weighted by `0.5 ** (age_hours / 24)` over the 7 days kept.
+        * `recency_h`: hours since the category's newest bucket started (capped at 168).
+        * `seconds_day`, `seconds_week`: `content_view` seconds in the category.
+
+        Cached per minute and observation count: a decision never walks buckets twice.
+        """
+        seconds = _seconds(now)
+        now_h = seconds // HOUR_S
+        minute = seconds // 60
         cache = self._cache
-        if cache is not None and cache[0] == now_h and cache[1] == self._version:
+        if cache is not None and cache[0] == minute and cache[1] == self._version:
             return cache[2]
+        frac = (seconds - now_h * HOUR_S) / HOUR_S
         lo24 = now_h - WINDOW_24H
         lo7 = now_h - WINDOW_7D
         day: dict[str, int] = {}
         week: dict[str, int] = {}
-        skip = len(COUNT_PREFIX)
+        hour: dict[str, float] = {}
+        decayed: dict[str, float] = {}
+        recency: dict[str, float] = {}
+        sec_day: dict[str, float] = {}
+        sec_week: dict[str, float] = {}
+        cat = len(COUNT_PREFIX)
+        sec = len(SECONDS_PREFIX)
         for key, buckets in self._buckets.items():
+            is_count = key.startswith(COUNT_PREFIX)
+            if not is_count and not key.startswith(SECONDS_PREFIX):
+                continue
             s24 = s7 = 0
-            for hour, count in buckets.items():
-                if lo7 < hour <= now_h:
+            s1 = 0.0
+            dec = 0.0
+            newest = None
+            for h, count in sorted(buckets.items()):  # a fixed order: float sums reproduce
+                if lo7 < h <= now_h:
                     s7 += count
-                    if hour > lo24:
+                    if h > lo24:
                         s24 += count
-            if s7:
-                week[key[skip:]] = s7
+                    if h == now_h:
+                        s1 += count
+                    elif h == now_h - 1:
+                        s1 += count * (1.0 - frac)
+                    if is_count:
+                        dec += count * 0.5 ** ((now_h - h) / DECAY_HALF_LIFE_H)
+                    if newest is None or h > newest:
+                        newest = h
+            if not s7:
+                continue
+            if is_count:
+                name = key[cat:]
+                week[name] = s7
                 if s24:
-                    day[key[skip:]] = s24
-        result = (MappingProxyType(day), MappingProxyType(week))
-        self._cache = (now_h, self._version, result)
+                    day[name] = s24
+                if s1:
+                    hour[name] = s1
+                decayed[name] = dec
+                if newest is not None:
+                    recency[name] = min(RECENCY_CAP_H, (seconds - newest * HOUR_S) / HOUR_S)
+            else:
+                name = key[sec:]
+                sec_week[name] = float(s7)
+                if s24:
+                    sec_day[name] = float(s24)
+        result = KeyStats(
+            MappingProxyType(day),
+            MappingProxyType(week),
+            MappingProxyType(hour),
+            MappingProxyType(decayed),
+            MappingProxyType(recency),
+            MappingProxyType(sec_day),
+            MappingProxyType(sec_week),
+        )
+        self._cache = (minute, self._version, result)
         return result
+
+    def _needs(self) -> Mapping[str, float]:
+        cached = self._need_cache
+        if cached is not None and cached[0] == self._version:
+            return cached[1]
+        need = MappingProxyType({cat: 1.0 - level for cat, level in self.levels().items()})
+        self._need_cache = (self._version, need)
+        return need
 
     def context(self, now: datetime, profile: str, tz: str, personalized: bool) -> UserContext:
         """The decision context at `now`; personal fields stay empty when not `personalized`."""
-        hour = local_hour(now, tz)
+        hour, weekday = local_time(now, tz)
         if not personalized:
-            return UserContext(profile, hour, _EMPTY_COUNTS, _EMPTY_COUNTS, _EMPTY_NEEDS, 0, False)
-        day, week = self.counts(now)
-        need = MappingProxyType({cat: 1.0 - level for cat, level in self.levels().items()})
-        return UserContext(profile, hour, day, week, need, self.member_tier(), True)
+            return UserContext(
+                profile, hour, _EMPTY_COUNTS, _EMPTY_COUNTS, _EMPTY_NEEDS, 0, False, weekday
+            )
+        stats = self.stats(now)
+        return UserContext(
+            profile,
+            hour,
+            stats.day,
+            stats.week,
+            self._needs(),
+            self.member_tier(),
+            True,
+            weekday,
+            stats,
+            self.owned(),
+        )

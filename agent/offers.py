@@ -8,10 +8,14 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from pydantic import ValidationError
+
+from agent.catalog import Catalog, build_catalog
 from agent.logutil import OnceLogger
 from agent.metrics import Metrics
 from agent.store import Store
 from protocol import codec
+from protocol.codec import field_errors
 from protocol.envelopes import MAX_OFFERS_PER_BUNDLE, Offer, OfferBundle, TrustFile
 from protocol.errors import ProtocolError
 from protocol.ids import utcnow
@@ -35,6 +39,8 @@ class Verdict:
     bundle_id: str | None
     offers: int
     reason: str = ""
+    refused: tuple[tuple[str, str], ...] = ()
+    """Offers of an accepted bundle refused one by one: `(offer id or #index, why)`."""
 
     @property
     def accepted(self) -> bool:
@@ -69,6 +75,8 @@ class OfferBook:
         self._by_source: dict[str, dict[str, Offer]] = {}
         self._bundle_of: dict[str, str] = {}
         self._faults = OnceLogger(log)
+        self._version = 0
+        self._catalog: Catalog | None = None
 
     async def load(self) -> None:
         for source, bundle_id, body in await self._store.load_offers():
@@ -79,6 +87,18 @@ class OfferBook:
                 continue
             self._by_source.setdefault(source, {})[offer.id] = offer
             self._bundle_of[source] = bundle_id
+        self._version += 1
+
+    def catalog(self) -> Catalog:
+        """The held offers as columns (`agent.catalog`), rebuilt only when the book changes."""
+        cached = self._catalog
+        if cached is None or cached.version != self._version:
+            # expired offers stay in: a decision reports them `expired` instead of forgetting
+            merged: dict[str, Offer] = {}
+            for source in sorted(self._by_source, key=lambda s: s == DEVICE_SOURCE):
+                merged.update(self._by_source[source])
+            cached = self._catalog = build_catalog(list(merged.values()), self._version)
+        return cached
 
     def offers(self, now: datetime | None = None) -> list[Offer]:
         """Every held, unexpired offer; a device-addressed offer wins over a cohort one."""
@@ -121,9 +141,26 @@ class OfferBook:
         count = _offer_count(obj)
         try:
             self.verifier.verify(obj)
-            bundle = codec.validate(obj, OfferBundle)
+            # the envelope first; then each offer alone, so one bad offer spoils only itself
+            raw_offers = obj.get("offers")
+            if not isinstance(raw_offers, list):
+                raw_offers = []
+            bundle = codec.validate({**obj, "offers": []}, OfferBundle)
         except ProtocolError as exc:
             return self._refuse(exc.reason, str(exc), bundle_id, count)
+        good, refused = _split_offers(raw_offers[:MAX_OFFERS_PER_BUNDLE])
+        if len(raw_offers) > MAX_OFFERS_PER_BUNDLE:
+            refused.append(("#tail", f"over {MAX_OFFERS_PER_BUNDLE} offers in one bundle"))
+        if refused:
+            self._metrics.inc("offers_rejected", len(refused))
+            self._faults.log(
+                "offer",
+                "bundle %s: %d offers refused, first: %s",
+                bundle.id,
+                len(refused),
+                refused[0],
+            )
+        bundle = bundle.model_copy(update={"offers": good})
         if kind == "cohort_offers":
             source = cohort_source(subject)
             if bundle.cohort is not None and bundle.cohort != subject:
@@ -154,7 +191,7 @@ class OfferBook:
             len(bundle.offers),
             len(bundle.revokes),
         )
-        return Verdict("accepted", bundle.id, len(bundle.offers))
+        return Verdict("accepted", bundle.id, len(bundle.offers), refused=tuple(refused))
 
     async def _apply(self, source: str, bundle: OfferBundle) -> None:
         replace = source != DEVICE_SOURCE
@@ -175,3 +212,19 @@ class OfferBook:
             for offers in self._by_source.values():
                 if offers.pop(revoked, None) is not None:
                     self._metrics.inc("offers_revoked")
+        self._version += 1
+
+
+def _split_offers(raw: list[Any]) -> tuple[list[Offer], list[tuple[str, str]]]:
+    """Validate offers one by one: the good ones, and `(id or #index, "field: message")`."""
+    good: list[Offer] = []
+    refused: list[tuple[str, str]] = []
+    for i, item in enumerate(raw):
+        try:
+            good.append(Offer.model_validate(item))
+        except ValidationError as exc:
+            oid = item.get("id") if isinstance(item, dict) else None
+            name = oid if isinstance(oid, str) and len(oid) <= 64 else f"#{i}"
+            first = field_errors(exc)[0]
+            refused.append((name, f"offers.{i}.{first['loc']}: {first['msg']}"))
+    return good, refused

@@ -9,15 +9,29 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from operator import attrgetter
 from typing import Any
 
 import numpy as np
 
+from agent.catalog import CODE, REASONS, Catalog, build_catalog
 from agent.features import UserContext
-from agent.scoring import Model, build_matrix
+from agent.policy import (
+    CapCounts,
+    CapLimits,
+    Gate,
+    Household,
+    QuietWindow,
+    cap_arrays,
+    eligible_mask,
+    filter_codes,
+    held_until,
+    select,
+    surface_capped,
+)
+from agent.scoring import Model, prepare_inputs
 from protocol.envelopes import Offer
 
 MAX_LIMIT = 50
@@ -42,6 +56,8 @@ class RankedOffer:
     offer: Offer
     score: float
     reasons: tuple[str, ...]
+    features: tuple[float, ...] | None = None
+    """The scaled model inputs this offer was scored with (logged with its outcomes)."""
 
     def to_json(self) -> dict[str, Any]:
         """The offer as JSON plus `score` and `reasons` (one item of `GET /v1/offers`)."""
@@ -58,6 +74,10 @@ class Decision:
     ranked: list[RankedOffer]
     filtered: list[tuple[str, str]]
     model_version: int | None
+    counterfactual: list[RankedOffer] = field(default_factory=list)
+    """Offers a holdout kept off the surface that would have been shown (logged, not shown)."""
+    held_until: datetime | None = None
+    """Set in quiet hours: nothing is shown before this moment (UTC)."""
 
 
 def eligibility(
@@ -102,6 +122,18 @@ def eligibility(
     return eligible, filtered
 
 
+@dataclass(frozen=True, slots=True, eq=False)
+class Situation:
+    """What a decision knows besides the catalog and the user context: policy state."""
+
+    device_id: str = ""
+    caps: CapCounts | None = None
+    limits: CapLimits = field(default_factory=CapLimits)
+    quiet: tuple[QuietWindow, ...] = ()
+    refused: frozenset[str] = frozenset()
+    """Offer ids whose claim the gateway refused (sold out): not offered again."""
+
+
 def decide(  # noqa: PLR0917  # positional signature is the agent's published seam
     model: Model | None,
     offers: Sequence[Offer],
@@ -114,89 +146,146 @@ def decide(  # noqa: PLR0917  # positional signature is the agent's published se
     *,
     max_candidates: int | None = None,
 ) -> Decision:
-    """Rank the offers eligible for `surface` at `now`; at most `limit` (clamped to 1..50).
+    """Rank `offers` for `surface` at `now` (builds their catalog; see `decide_catalog`)."""
+    if not consent.marketing:
+        version = model.version if model is not None else None
+        return Decision([], [(o.id, "no_marketing_consent") for o in offers], version)
+    catalog = build_catalog(offers)
+    return decide_catalog(
+        model,
+        catalog,
+        ctx,
+        surface,
+        limit,
+        now,
+        consent,
+        explain,
+        max_candidates=max_candidates,
+        reasons_always=True,
+    )
+
+
+def decide_catalog(  # noqa: PLR0917  # one flat hot path, on purpose
+    model: Model | None,
+    catalog: Catalog,
+    ctx: UserContext,
+    surface: str,
+    limit: int,
+    now: datetime,
+    consent: Consent,
+    explain: bool = False,
+    *,
+    max_candidates: int | None = None,
+    situation: Situation | None = None,
+    reasons_always: bool = False,
+) -> Decision:
+    """Rank the catalog's offers eligible for `surface` at `now`; at most `limit` (1..50).
 
     * No marketing consent: nothing is returned, every offer is filtered `no_marketing_consent`.
     * No personalization consent (or a non-personalized `ctx`): personal features take their
-      spec defaults and every offer carries `non_personalized`.
-    * All eligible candidates are scored in one `session.run`. `model=None` (no model could be
-      loaded) falls back to `priority / 100` as the score, with the reason `no_model`.
-    * At most one offer per campaign is returned (the best); the others are filtered
-      `campaign_diversity`. A non-finite model score filters the offer `non_finite_score`.
-    * `max_candidates` (the profile's budget): beyond it, the lowest-priority eligible offers
-      are filtered `over_budget` before scoring.
-    * `explain=True` adds each returned offer's scaled inputs to its reasons
-      (`input:<feature>=<value>`) and lists every eligible offer not returned in `filtered`
-      (`campaign_diversity` or `below_limit`); otherwise the walk stops once `limit` is reached.
+      spec defaults, targeting on personal data does not match, and every offer carries
+      `non_personalized`.
+    * Quiet hours (the profile's, device local time): nothing is shown, every candidate is
+      filtered `quiet_hours` and `held_until` says when they may be shown again.
+    * Eligibility and caps are vectorised masks (`agent.policy`); all candidates are scored
+      in one `session.run`. `model=None` falls back to `priority / 100` (reason `no_model`).
+    * At most one offer per campaign; a campaign holding this device out takes its slot
+      without being shown (`counterfactual`), the next best fills it.
+    * `max_candidates`: beyond it, the lowest-priority candidates are filtered `over_budget`.
+    * `explain=True` adds each returned offer's scaled inputs to its reasons and lists every
+      offer not returned in `filtered` with the first reason that kept it off. Without it,
+      `filtered` lists only what the walk met (or everything, with `reasons_always`).
     """
     version = model.version if model is not None else None
     if not consent.marketing:
-        return Decision([], [(o.id, "no_marketing_consent") for o in offers], version)
+        return Decision([], [(o.id, "no_marketing_consent") for o in catalog.offers], version)
     limit = min(max(int(limit), 1), MAX_LIMIT)
     if not consent.personalization:
         ctx = ctx.depersonalized()
-    eligible, filtered = eligibility(offers, surface, now)
-    if max_candidates is not None and len(eligible) > max(max_candidates, 1):
-        by_priority = sorted(eligible, key=lambda o: (-o.priority, o.id))
-        eligible = by_priority[: max(max_candidates, 1)]
-        filtered.extend((o.id, "over_budget") for o in by_priority[len(eligible) :])
-    if not eligible:
-        return Decision([], filtered, version)
+    sit = situation or _PLAIN
+    household = Household(
+        ctx.profile,
+        ctx.personalized,
+        ctx.member_tier,
+        ctx.owned,
+        frozenset(ctx.category_7d) if ctx.personalized else frozenset(),
+    )
+    caps = cap_arrays(catalog, sit.caps, sit.limits) if sit.caps is not None else None
+    refused = catalog.rows(sit.refused) if sit.refused else None
+    gate = Gate(surface, now.timestamp(), household, caps, refused)
+    mask = eligible_mask(catalog, gate)
+    want_reasons = explain or reasons_always
+    codes = filter_codes(catalog, gate) if want_reasons else None
+    rows = np.flatnonzero(mask)
+    filtered_rows: list[tuple[int, int]] = []
 
-    priorities = np.fromiter(map(_get_priority, eligible), np.float64, len(eligible))
-    matrix: np.ndarray | None = None
-    if model is not None:
-        matrix = build_matrix(model.spec, eligible, ctx)
-        scores = model.score(matrix)
-        common: tuple[str, ...] = (f"model:v{model.version}",)
-    else:
-        scores = priorities / 100.0
-        common = ("no_model",)
-    common += ("personalized",) if ctx.personalized else ("non_personalized",)
-
-    finite = np.isfinite(scores)
-    if not finite.all():
-        filtered.extend((eligible[i].id, "non_finite_score") for i in np.flatnonzero(~finite))
-        scores = np.where(finite, scores, -np.inf)
-    order: list[int] = [i for i in np.lexsort((-priorities, -scores)).tolist() if finite[i]]
-    score_of: list[float] = scores.tolist()
-    prio_of: list[float] = priorities.tolist()
+    blanket = surface_capped(sit.caps, sit.limits, surface) if sit.caps is not None else None
+    held = held_until(now, ctx.local_hour, sit.quiet) if sit.quiet else None
+    if held is not None:
+        blanket = "quiet_hours"
+    if blanket is not None:
+        code = CODE[blanket]
+        if want_reasons:
+            filtered_rows.extend((int(r), code) for r in rows.tolist())
+        rows = rows[:0]
+    if max_candidates is not None and len(rows) > max(max_candidates, 1):
+        # rows are in (-priority, id) order: the first ones are the highest priorities
+        keep = max(max_candidates, 1)
+        over = CODE["over_budget"]
+        filtered_rows.extend((int(r), over) for r in rows[keep:].tolist())
+        rows = rows[:keep]
 
     ranked: list[RankedOffer] = []
-    campaigns: set[str] = set()
-    start = 0
-    while start < len(order):
-        # a run of exact ties on (score, priority) is ordered by offer id
-        first = order[start]
-        end = start + 1
-        while (
-            end < len(order)
-            and score_of[order[end]] == score_of[first]
-            and prio_of[order[end]] == prio_of[first]
-        ):
-            end += 1
-        run = order[start:end]
-        if len(run) > 1:
-            run.sort(key=lambda i: eligible[i].id)
-        for i in run:
-            offer = eligible[i]
-            if offer.campaign_id in campaigns:
-                filtered.append((offer.id, "campaign_diversity"))
-            elif len(ranked) < limit:
-                campaigns.add(offer.campaign_id)
+    counterfactual: list[RankedOffer] = []
+    if len(rows):
+        matrix: np.ndarray | None = None
+        if model is not None:
+            matrix = prepare_inputs(model.spec, catalog).matrix(rows, ctx)
+            scores = model.score(matrix)
+            common: tuple[str, ...] = (f"model:v{model.version}",)
+        else:
+            scores = catalog.priority[rows] / 100.0
+            common = ("no_model",)
+        common += ("personalized",) if ctx.personalized else ("non_personalized",)
+        finite = np.isfinite(scores)
+        if not finite.all():
+            bad = CODE["non_finite_score"]
+            filtered_rows.extend((int(r), bad) for r in rows[~finite].tolist())
+            rows, scores = rows[finite], scores[finite]
+            if matrix is not None:
+                matrix = matrix[finite]
+        # a stable sort keeps the catalog's (-priority, id) order among equal scores
+        order = np.argsort(-scores, kind="stable")
+        by_rank = rows[order]
+        held_out = catalog.holdout_mask(sit.device_id)[by_rank] if sit.device_id else None
+        picked = select(
+            range(len(by_rank)), catalog.camp_code[by_rank], held_out, limit, explain=explain
+        )
+        names = model.spec.names if model is not None else []
+        for group, out in ((picked.shown, ranked), (picked.counterfactual, counterfactual)):
+            for p in group:
+                k = int(order[p])
+                offer = catalog.offers[int(by_rank[p])]
                 reasons = common + _reasons(offer, ctx)
-                if explain and matrix is not None and model is not None:
-                    reasons += tuple(
-                        f"input:{name}={value:.4g}"
-                        for name, value in zip(model.spec.names, matrix[i].tolist(), strict=True)
-                    )
-                ranked.append(RankedOffer(offer, score_of[i], reasons))
-            else:
-                filtered.append((offer.id, "below_limit"))
-        start = end
-        if not explain and len(ranked) >= limit:
-            break
-    return Decision(ranked, filtered, version)
+                features: tuple[float, ...] | None = None
+                if matrix is not None:
+                    features = tuple(matrix[k].tolist())
+                    if explain:
+                        reasons += tuple(
+                            f"input:{n}={v:.4g}" for n, v in zip(names, features, strict=True)
+                        )
+                out.append(RankedOffer(offer, float(scores[k]), reasons, features))
+        filtered_rows.extend((int(by_rank[p]), code) for p, code in picked.dropped)
+
+    filtered: list[tuple[str, str]] = []
+    if want_reasons and codes is not None:
+        for row in np.flatnonzero(codes).tolist():
+            filtered.append((catalog.offers[row].id, REASONS[codes[row]]))
+    filtered.extend((catalog.offers[r].id, REASONS[c]) for r, c in filtered_rows)
+    return Decision(ranked, filtered, version, counterfactual, held)
+
+
+_PLAIN = Situation()
 
 
 def _reasons(offer: Offer, ctx: UserContext) -> tuple[str, ...]:

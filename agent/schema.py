@@ -61,3 +61,28 @@ def m003_feature_buckets(db: sqlite3.Connection) -> None:
         "CREATE TABLE feature_buckets (key TEXT NOT NULL, hour INTEGER NOT NULL,"
         " count INTEGER NOT NULL, PRIMARY KEY (key, hour))"
     )
+
+
+@migration
+def issue4_decisions(db: sqlite3.Connection) -> None:
+    """Logged features and counterfactual flag on outcomes; daily cap counters; exposures for
+    attribution; claims (one per offer, whatever happens)."""
+    db.execute("ALTER TABLE outcomes ADD COLUMN features TEXT")
+    db.execute("ALTER TABLE outcomes ADD COLUMN counterfactual INTEGER NOT NULL DEFAULT 0")
+    db.execute(
+        "CREATE TABLE issue4_cap_counts (scope TEXT NOT NULL, key TEXT NOT NULL,"
+        " day INTEGER NOT NULL, count INTEGER NOT NULL, PRIMARY KEY (scope, key, day))"
+    )
+    db.execute(
+        "CREATE TABLE issue4_exposures (outcome_id TEXT PRIMARY KEY, campaign_id TEXT NOT NULL,"
+        " offer_id TEXT NOT NULL, variant TEXT NOT NULL, kind TEXT NOT NULL, at REAL NOT NULL,"
+        " surface TEXT NOT NULL, score REAL, model_version INTEGER, features TEXT,"
+        " counterfactual INTEGER NOT NULL DEFAULT 0)"
+    )
+    db.execute("CREATE INDEX issue4_exposures_campaign ON issue4_exposures(campaign_id, kind, at)")
+    db.execute(
+        "CREATE TABLE issue4_claims (id TEXT PRIMARY KEY, offer_id TEXT NOT NULL UNIQUE,"
+        " campaign_id TEXT NOT NULL, state TEXT NOT NULL, created REAL NOT NULL,"
+        " updated REAL NOT NULL, attempts INTEGER NOT NULL DEFAULT 0, code TEXT,"
+        " reason TEXT NOT NULL DEFAULT '', result_id TEXT)"
+    )

@@ -191,6 +191,27 @@ class Ack(Message):
 OfferType = Literal["coupon", "bundle", "replenishment", "membership_perk", "group_buy", "content"]
 
 
+class Targeting(BaseModel):
+    """Who an offer is meant for, checked on the device (the household's data never leaves it).
+
+    Every list given must match (any of its items); `min_tier`, `owns_any` and `seen_any` use
+    personal data, so without personalization consent such an offer is not shown.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    profiles: Annotated[list[Profile], Field(max_length=8)] = Field(default_factory=list)
+    min_tier: Annotated[int, Field(ge=0, le=3)] = 0
+    owns_any: Annotated[list[Name], Field(max_length=16)] = Field(default_factory=list)
+    """Appliances (signals' `attrs.appliance`), one of which the household must own."""
+    seen_any: Annotated[list[Name], Field(max_length=16)] = Field(default_factory=list)
+    """Categories, one of which must have had a signal in the last 7 days."""
+
+    @property
+    def personal(self) -> bool:
+        return bool(self.min_tier or self.owns_any or self.seen_any)
+
+
 class Offer(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -216,6 +237,8 @@ class Offer(BaseModel):
     """Share of devices held out of the campaign (`protocol.assign.in_holdout`)."""
     stock: Annotated[int, Field(ge=0)] | None = None
     """For limited offers: the stock left when the bundle was signed (0: sold out)."""
+    targeting: Targeting | None = None
+    """Targeting hints the device checks (profiles, member tier, owned appliances, interests)."""
 
 
 class OfferBundle(Signed):
@@ -329,6 +352,7 @@ ALL_MODELS: list[type[BaseModel]] = [
     Ack,
     OfferBundle,
     Offer,
+    Targeting,
     ClaimResult,
     Command,
     ModelManifest,

@@ -40,5 +40,24 @@ FEATURE_NAMES: tuple[str, ...] = (
 )
 """Every v1 feature, in the fixed order of model inputs."""
 
+AGENT_FEATURE_NAMES: tuple[str, ...] = (
+    "user.category_count_1h",
+    "user.category_decayed",
+    "user.category_recency_h",
+    "user.category_seconds_24h",
+    "user.category_seconds_7d",
+    "user.owned_devices",
+    "ctx.dow_sin",
+    "ctx.dow_cos",
+    "ctx.weekend",
+)
+"""More features the agent computes (1 h and decayed counts, recency, durations, owned
+devices, day of week). A model's spec may name them after the v1 ones; they are kept apart
+from `FEATURE_NAMES`, which is also the column list the synthetic world and the trainer
+produce, until those compute them too."""
+
+SERVABLE_FEATURE_NAMES: tuple[str, ...] = FEATURE_NAMES + AGENT_FEATURE_NAMES
+"""Every feature name a model's spec may ask the agent for, v1 first."""
+
 PERSONAL_FEATURES: frozenset[str] = frozenset(n for n in FEATURE_NAMES if n.startswith("user."))
 """Computed only with personalization consent; otherwise the spec's `default` is used."""

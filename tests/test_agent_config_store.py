@@ -13,6 +13,7 @@ import pytest
 import firmware_profiles
 from agent.config import load_settings
 from agent.errors import ConfigError, QuotaExceeded
+from agent.schema import MIGRATIONS
 from agent.store import NewSignal, Store
 
 
@@ -119,7 +120,8 @@ async def test_store_migrations_seq_and_acks(tmp_path: Path) -> None:
     with closing(sqlite3.connect(path)) as db:
         names = [r[0] for r in db.execute("SELECT name FROM migrations ORDER BY rowid")]
         mode = db.execute("PRAGMA journal_mode").fetchone()[0]
-    assert names == ["m001_outbox", "m002_offers_consent", "m003_feature_buckets"]
+    assert names[:3] == ["m001_outbox", "m002_offers_consent", "m003_feature_buckets"]
+    assert names == [name for name, _ in MIGRATIONS]  # every migration recorded, in order
     assert mode == "wal"
 
 

@@ -18,6 +18,7 @@ from agent.features import (
     local_hour,
     prune_cutoff,
 )
+from protocol.vocabulary import FEATURE_NAMES, SERVABLE_FEATURE_NAMES
 
 T0 = datetime(2026, 3, 2, 12, 30, tzinfo=UTC)
 H = timedelta(hours=1)
@@ -141,8 +142,12 @@ def test_prune_cutoff_keeps_state_rows() -> None:
     assert FeatureWindows.load(rows).member_tier() == 1
 
 
-def test_known_features_are_the_spec_v1_table() -> None:
-    assert len(KNOWN_FEATURES) == 20
+def test_known_features_are_the_spec_v1_table_then_appended_ones() -> None:
+    assert len(FEATURE_NAMES) == 20
+    assert FEATURE_NAMES[19] == "ctx.profile.speaker"  # the v1 table keeps its order
+    assert SERVABLE_FEATURE_NAMES[:20] == FEATURE_NAMES
+    assert set(SERVABLE_FEATURE_NAMES) == KNOWN_FEATURES
+    assert "user.category_decayed" in KNOWN_FEATURES
     assert {"user.consumable_need", "ctx.profile.speaker", "offer.type.group_buy"} <= KNOWN_FEATURES
 
 
