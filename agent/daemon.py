@@ -15,6 +15,7 @@ from types import TracebackType
 from typing import Any
 
 from agent import AGENT_VERSION
+from agent.aggregates import hit as aggregate_hit
 from agent.api import LocalApi
 from agent.config import AgentSettings
 from agent.consent import ConsentState, parse_purposes
@@ -124,8 +125,14 @@ class Agent:
                 )
             )
             buckets.extend(self.windows.observe(item.kind, item.attrs, at))
+        withdrawn = self.store.analytics_withdrawn and not self.consent.analytics
+        hits = None
+        if not withdrawn and self.uplink is not None and self.uplink.mode() == "aggregate":
+            window_s = profile.uplink.aggregate_window_s
+            clock = self.store.clock()
+            hits = [aggregate_hit(item.kind, item.attrs, clock, window_s) for item in signals]
         try:
-            evicted = await self.store.accept_signals(rows, buckets)
+            done = await self.store.accept_signals(rows, buckets, hits=hits, withdrawn=withdrawn)
         except BaseException as exc:
             # The windows already counted these signals: rebuild them from what is stored.
             self.windows = FeatureWindows.load(await self.store.load_buckets())
@@ -133,8 +140,10 @@ class Agent:
                 self.metrics.inc("signals_refused", len(rows))
             raise
         self.metrics.inc("signals_accepted", len(rows))
-        if evicted:
-            self.metrics.inc("signals_evicted", evicted)
+        self.metrics.inc("signals_evicted", done.evicted)
+        self.metrics.inc("signals_expired", done.expired)
+        self.metrics.inc("signals_withdrawn", done.withdrawn)
+        self.metrics.inc("signals_aggregated", done.aggregated)
         if self.uplink is not None:
             self.uplink.poke()
         return [r.id for r in rows]
@@ -143,10 +152,24 @@ class Agent:
         """Store the user's decision for all three purposes (versioned, timed)."""
         checked = parse_purposes(purposes)
         at = format_time(utcnow())
-        version = await self.store.set_consent(checked, at)
+        withdraw = self.consent.analytics and not checked["analytics"]
+        before = self.store.drops.get("withdrawn", 0)
+        # Stop batching first: nothing cut from here on, then purge what is pending.
+        self.consent = ConsentState(
+            checked["analytics"],
+            checked["personalization"],
+            checked["marketing"],
+            self.consent.version,
+            self.consent.updated_at,
+        )
+        version = await self.store.set_consent(checked, at, purge=withdraw)
         self.consent = ConsentState(
             checked["analytics"], checked["personalization"], checked["marketing"], version, at
         )
+        if withdraw:
+            purged = self.store.drops.get("withdrawn", 0) - before
+            self.metrics.inc("signals_withdrawn", purged)
+            log.info("analytics withdrawn: %d pending signals purged", purged)
         log.info("consent v%d: %s", version, checked)
         if self.uplink is not None:
             self.uplink.poke()
@@ -226,6 +249,23 @@ class Agent:
             "offers": len(self.offers) if self.offers is not None else 0,
             "consent": self.consent.to_json(),
             "counters": dict(self.metrics.counters),
+            "accounting": self.accounting(),
+        }
+
+    def accounting(self) -> dict[str, Any]:
+        """Persisted totals for loss accounting (they survive crashes): signals dropped on
+        purpose by reason, signals waiting in aggregates, and today's uplink bytes."""
+        drops = self.store.drops
+        return {
+            "evicted": drops.get("evicted", 0),
+            "expired": drops.get("expired", 0),
+            "withdrawn": drops.get("withdrawn", 0),
+            "refused": drops.get("refused", 0),
+            "outcomes_withdrawn": drops.get("outcomes_withdrawn", 0),
+            "aggregate_unacked": self.store.aggregate_unacked,
+            "mode": self.uplink.mode() if self.uplink is not None else None,
+            "uplink_bytes_today": self.uplink.used_today() if self.uplink is not None else 0,
+            "holding": self.uplink.holding if self.uplink is not None else False,
         }
 
     async def wait_connected(self, timeout: float = 10.0) -> bool:
@@ -382,7 +422,7 @@ class Agent:
 
     async def _maintenance(self) -> None:
         while True:
-            expired = await self.store.expire(time.time())
+            expired = await self.store.expire(self.store.clock())
             if expired:
                 self.metrics.inc("signals_expired", expired)
                 log.info("dropped %d expired signals", expired)

@@ -67,8 +67,8 @@ def test_config_errors_name_the_field_and_the_file(tmp_path: Path) -> None:
     assert str(config) in str(caught.value)
     with pytest.raises(ConfigError, match="environment"):
         _settings(tmp_path, environ={"EDGEMART_SURPRISE": "1"})
-    with pytest.raises(ConfigError, match="aggregate mode not supported yet"):
-        _settings(tmp_path, overrides={"uplink": {"mode": "aggregate"}})
+    with pytest.raises(ConfigError, match=r"must divide a day.*uplink.aggregate_window_s"):
+        _settings(tmp_path, overrides={"uplink": {"mode": "aggregate", "aggregate_window_s": 70}})
     with pytest.raises(ConfigError, match="unknown profile"):
         _settings(tmp_path, profile="toaster")
     with pytest.raises(ConfigError, match="broker"):
@@ -82,7 +82,7 @@ def _signal(n: int, priority: int = 50, attrs: str = "{}") -> NewSignal:
 
 
 def _build(
-    seq: int, signals: list[dict[str, Any]], outcomes: list[Any], receipts: list[str]
+    seq: int, signals: list[dict[str, Any]], outcomes: list[Any], receipts: list[str], *_: Any
 ) -> bytes:
     return json.dumps({"seq": seq, "ids": [s["id"] for s in signals]}).encode()
 
@@ -119,7 +119,8 @@ async def test_store_migrations_seq_and_acks(tmp_path: Path) -> None:
     with closing(sqlite3.connect(path)) as db:
         names = [r[0] for r in db.execute("SELECT name FROM migrations ORDER BY rowid")]
         mode = db.execute("PRAGMA journal_mode").fetchone()[0]
-    assert names == ["m001_outbox", "m002_offers_consent", "m003_feature_buckets"]
+    assert names[:3] == ["m001_outbox", "m002_offers_consent", "m003_feature_buckets"]
+    assert "issue3_outbox_quota" in names
     assert mode == "wal"
 
 
@@ -131,8 +132,8 @@ async def test_store_quota_evicts_lowest_priority_or_refuses(tmp_path: Path) -> 
     await store.accept_signals([_signal(2, priority=10, attrs=big)], [])
     await store.accept_signals([_signal(3, priority=50, attrs=big)], [])
     await store.accept_signals([_signal(4, priority=50, attrs=big)], [])
-    evicted = await store.accept_signals([_signal(5, priority=50, attrs=big)], [])
-    assert evicted == 1
+    done = await store.accept_signals([_signal(5, priority=50, attrs=big)], [])
+    assert done.evicted == 1
     batch = await store.cut_batch(
         max_signals=10, max_outcomes=10, max_receipts=10, include_data=True, build=_build
     )
