@@ -187,3 +187,9 @@ def m001_initial(db: Database) -> None:
         pk="id",
         not_null=["who", "action", "at"],
     )
+
+
+@migration
+def issue3_aggregates_latest(db: Database) -> None:
+    """Aggregates are cumulative snapshots: find a device's row per (window, key) fast."""
+    db.execute("CREATE INDEX aggregates_latest ON aggregates (device_id, window, key)")
