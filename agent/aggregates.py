@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-ROW_OVERHEAD = 160
+ROW_OVERHEAD = 240
 """Bytes charged per outbox row beyond its content: SQLite record header, rowid, and the
 entries of the table's indexes (calibrated against `dbstat` in tests/test_durability_quota)."""
 AGGREGATE_ROW_CHARGE = 160
