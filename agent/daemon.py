@@ -9,7 +9,7 @@ import logging
 import signal
 import time
 from collections import OrderedDict, deque
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from datetime import timedelta
 from types import TracebackType
 from typing import Any
@@ -50,7 +50,7 @@ class Agent:
     the store is closed. Anything not acknowledged stays in the outbox for the next run.
     """
 
-    def __init__(self, settings: AgentSettings) -> None:
+    def __init__(self, settings: AgentSettings, *, clock: Callable[[], float] = time.time) -> None:
         self.settings = settings
         self.metrics = Metrics(gauges=self._gauges)
         self.store = Store(
@@ -59,6 +59,7 @@ class Agent:
             outbox_max_bytes=settings.profile.budgets.outbox_max_bytes,
             outbox_full=settings.profile.budgets.outbox_full,
             seen_ids_max=settings.seen_ids_max,
+            clock=clock,  # wall clock of the outbox (TTLs, windows, budget days); tests travel
         )
         defaults = settings.profile.consent
         self.consent = ConsentState(
