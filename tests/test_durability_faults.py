@@ -167,6 +167,8 @@ async def test_mosquitto_sigkilled_and_gateway_restarted_mid_stream(
                     own_mosquitto.kill()  # a broker crash: its in-memory state is gone
                 if round_ == 25:
                     await asyncio.to_thread(own_mosquitto.start)
+                    assert await agent.wait_connected(30)
+                    await asyncio.sleep(0.3)  # some batches go up on the new connection
                 if round_ == 35:
                     own_mosquitto.stop()  # and a clean stop, with the gateway restarted
                     await gw.__aexit__(None, None, None)
