@@ -10,7 +10,14 @@ from pathlib import Path
 from bench.record import Record, write_results
 
 ROOT = Path(__file__).resolve().parents[1]
-SUITES = ["bench.protocol_bench", "bench.wire_bench", "bench.decision_bench"]
+SUITES = [
+    "bench.protocol_bench",
+    "bench.wire_bench",
+    "bench.decision_bench",
+    "bench.intake_bench",
+    "bench.ingest_bench",
+    "bench.rss_bench",
+]
 
 
 def run(only: list[str] | None = None) -> list[Record]:
