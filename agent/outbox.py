@@ -11,7 +11,13 @@ import sqlite3
 from dataclasses import dataclass
 from typing import Any
 
-from agent.aggregates import AGGREGATE_ROW_CHARGE, AggregateHit, hit_from_row, merge_hits
+from agent.aggregates import (
+    AGGREGATE_ROW_CHARGE,
+    AggregateHit,
+    hit_from_row,
+    merge_hits,
+    window_end,
+)
 
 DROP_KEYS = ("dropped_evicted", "dropped_expired", "dropped_withdrawn")
 
@@ -179,8 +185,6 @@ def ack_aggregates(db: sqlite3.Connection, seq: int, now: float) -> tuple[int, i
 
 
 def _window_closed(window: str, now: float) -> bool:
-    from agent.aggregates import window_end  # noqa: PLC0415  # tiny pure helper, no cycle
-
     try:
         return window_end(window) <= now
     except ValueError:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from agent.aggregates import aggregate_key, hit, seconds_of, window_end, window_label
 from cloud_gateway.store import Store
 from protocol.envelopes import Aggregate, Batch
 from protocol.ids import utcnow
@@ -57,3 +58,15 @@ def test_account_closes_only_when_every_signal_is_explained_once() -> None:
     assert not dup.ok and dup.duplicated == 1
     assert "lost 0" in report.line()
     assert Drops.from_status({"accounting": {"evicted": 2, "withdrawn": 1}}).total == 3
+
+
+def test_aggregate_windows_and_keys() -> None:
+    at = 1_764_223_200.0 + 1234  # 2025-11-27T06:20:34Z
+    assert window_label(at, 3600) == "1h:2025-11-27T06"
+    assert window_end("1h:2025-11-27T06") == 1_764_223_200.0 + 3600
+    assert window_label(at, 900) == "900s:2025-11-27T06:15:00"
+    assert window_end("900s:2025-11-27T06:15:00") == 1_764_223_200.0 + 1800
+    assert aggregate_key("search", {"query_len": 3}) == "search"
+    assert aggregate_key("app_open", {"category": "games"}) == "app_open/category=games"
+    assert seconds_of({"seconds": True}) == 0.0 and seconds_of({"seconds": -5}) == 0.0
+    assert hit("content_view", {"seconds": 30}, at, 3600).seconds == 30.0

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from agent.errors import QuotaExceeded
-from agent.store import NewSignal, Store
+from agent.store import NewOutcome, NewSignal, Store
 from protocol.ids import format_time
 
 DAY = 86_400.0
@@ -177,4 +177,32 @@ async def test_refuse_profile_answers_quota_exceeded_after_dropping_only_expired
     await store.accept_signals([sig(10_000, DAY)], [])
     assert store.drops["expired"] == n // 2
     assert store.drops["evicted"] == 0
+    await store.close()
+
+
+async def test_withdrawal_purges_pending_and_later_rows_never_enter_the_outbox(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "c.sqlite3"
+    store = Store(path)
+    await store.open()
+    sigs = [NewSignal(f"s{i}", "search", "2026-11-27T00:00:00Z", "{}", 50, 4e9) for i in range(5)]
+    await store.accept_signals(sigs, [])
+    await store.set_consent({"analytics": False}, "2026-11-27T00:00:01Z", purge=True)
+    assert store.depth == 0 and store.drops["withdrawn"] == 5
+    await store.accept_signals(sigs[:2], [("cat:games", 1, 2)])
+    outcome = NewOutcome("o1", "offer", "c1", "a", "click", "2026-11-27T00:00:02Z", "s", 0.5, 1)
+    await store.add_outcome(outcome)
+    assert store.depth == 0
+    assert store.drops["withdrawn"] == 7 and store.drops["outcomes_withdrawn"] == 1
+    assert await store.load_buckets() == [("cat:games", 1, 2)]  # features still learn locally
+    await store.close()
+    store = Store(path)  # the withdrawal holds across a restart
+    await store.open()
+    assert store.analytics_withdrawn
+    await store.accept_signals(sigs[2:3], [])
+    assert store.depth == 0 and store.drops["withdrawn"] == 8
+    await store.set_consent({"analytics": True}, "2026-11-27T00:00:03Z")
+    await store.accept_signals(sigs[3:4], [])
+    assert store.depth == 1
     await store.close()
