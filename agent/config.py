@@ -45,7 +45,7 @@ class UplinkSettings(_Strict):
     ack_timeout_s: Annotated[float, Field(gt=0, le=3600)] = 10.0
     max_in_flight: Annotated[int, Field(ge=1, le=64)] = 4
     compress: Literal["auto", "never", "always"] = "auto"
-    mode: Literal["raw", "aggregate"] = "raw"
+    mode: Literal["raw", "aggregate"] = "aggregate"  # privacy first: raw only where asked
     durability: Literal["full", "normal"] = "full"
     aggregate_window_s: Annotated[int, Field(ge=60, le=86400)] = 3600
     drain_batches_per_s: Annotated[float, Field(gt=0, le=1000)] = 10.0

@@ -150,3 +150,12 @@ async def test_store_quota_evicts_lowest_priority_or_refuses(tmp_path: Path) -> 
     assert store.depth == 4
     assert await store.load_buckets() == []  # nothing of the refused call was stored
     await store.close()
+
+
+def test_a_profile_that_does_not_ask_for_raw_signals_sends_aggregates(tmp_path: Path) -> None:
+    custom = tmp_path / "fridge.toml"
+    custom.write_text('name = "fridge"\nsurfaces = ["fridge_door"]\n')
+    settings = _settings(tmp_path, profile=str(custom))
+    assert settings.profile.uplink.mode == "aggregate"
+    assert settings.profile.uplink.durability == "full"
+    assert _settings(tmp_path, profile="tv").profile.uplink.mode == "raw"
