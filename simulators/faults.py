@@ -53,12 +53,17 @@ class AgentProcess:
         self.proc: subprocess.Popen[bytes] | None = None
         self.kills = 0
 
-    def start(self, timeout: float = 60.0) -> None:
-        """Start and wait until the local API answers `/healthz`."""
+    def spawn(self) -> None:
+        """Start without waiting (to crash it again while it opens its store)."""
         with self.log.open("ab") as handle:
             self.proc = subprocess.Popen(  # noqa: S603 - our own CLI, fixed arguments
                 self.args, stdout=handle, stderr=subprocess.STDOUT, env=self.env
             )
+
+    def start(self, timeout: float = 60.0) -> None:
+        """Start and wait until the local API answers `/healthz`."""
+        self.spawn()
+        assert self.proc is not None  # set by spawn
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

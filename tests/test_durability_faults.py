@@ -87,6 +87,10 @@ async def test_sigkill_the_agent_20_times_while_posting_10000_signals(
             while agent.kills < kills_wanted:
                 await asyncio.sleep(rng.uniform(0.2, 1.0))
                 agent.kill()
+                if agent.kills % 4 == 0:  # sometimes again while it starts and recovers
+                    agent.spawn()
+                    await asyncio.sleep(rng.uniform(0.0, 1.5))
+                    agent.kill()
                 await asyncio.to_thread(agent.start)
 
         async def poster() -> None:
