@@ -39,6 +39,7 @@ log = logging.getLogger(__name__)
 
 MAINTENANCE_S = 60.0
 SHUTDOWN_FLUSH_S = 2.0
+TASK_STOP_S = 2.0
 LAST_DECISIONS = 5000
 
 
@@ -377,6 +378,11 @@ class Agent:
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
+            # aiomqtt's graceful disconnect waits for the broker without a timeout; when the
+            # link is cancelled mid-connect that wait can last forever: cancel it again.
+            while not task.done():
+                await asyncio.wait({task}, timeout=TASK_STOP_S)
+                task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._tasks.clear()
