@@ -45,8 +45,13 @@ class UplinkSettings(_Strict):
     ack_timeout_s: Annotated[float, Field(gt=0, le=3600)] = 10.0
     max_in_flight: Annotated[int, Field(ge=1, le=64)] = 4
     compress: Literal["auto", "never", "always"] = "auto"
-    mode: Literal["raw", "aggregate"] = "raw"
+    mode: Literal["raw", "aggregate"] = "aggregate"  # privacy first: raw only where asked
     durability: Literal["full", "normal"] = "full"
+    aggregate_window_s: Annotated[int, Field(ge=60, le=86400)] = 3600
+    drain_batches_per_s: Annotated[float, Field(gt=0, le=1000)] = 10.0
+    degrade_at: Annotated[float, Field(ge=0, le=1)] = 0.5
+    """Share of `budgets.uplink_bytes_per_day` after which raw mode degrades to aggregates
+    for the rest of the day; at the whole budget the uplink holds until the next day."""
 
     @property
     def compress_flag(self) -> bool | None:
@@ -223,8 +228,10 @@ def _validate_profile(doc: dict[str, Any], source: str) -> Profile:
         raise ConfigError(
             f"unknown time zone {profile.timezone!r}", source=source, field="timezone"
         ) from exc
-    if profile.uplink.mode == "aggregate":
-        raise ConfigError("aggregate mode not supported yet", source=source, field="uplink.mode")
+    if 86400 % profile.uplink.aggregate_window_s:
+        raise ConfigError(
+            "must divide a day (86400 s)", source=source, field="uplink.aggregate_window_s"
+        )
     return profile
 
 

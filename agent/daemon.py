@@ -8,13 +8,14 @@ import logging
 import signal
 import time
 from collections import OrderedDict, deque
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from datetime import datetime, timedelta
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
 from agent import AGENT_VERSION, attribution
+from agent.aggregates import hit as aggregate_hit
 from agent.api import LocalApi
 from agent.catalog import build_catalog
 from agent.claims import Claims
@@ -61,7 +62,7 @@ class Agent:
     the store is closed. Anything not acknowledged stays in the outbox for the next run.
     """
 
-    def __init__(self, settings: AgentSettings) -> None:
+    def __init__(self, settings: AgentSettings, *, clock: Callable[[], float] = time.time) -> None:
         self.settings = settings
         self.metrics = Metrics(gauges=self._gauges)
         self.store = Store(
@@ -70,6 +71,7 @@ class Agent:
             outbox_max_bytes=settings.profile.budgets.outbox_max_bytes,
             outbox_full=settings.profile.budgets.outbox_full,
             seen_ids_max=settings.seen_ids_max,
+            clock=clock,  # wall clock of the outbox (TTLs, windows, budget days); tests travel
         )
         defaults = settings.profile.consent
         self.consent = ConsentState(
@@ -154,8 +156,14 @@ class Agent:
                 )
             )
             buckets.extend(self.windows.observe(item.kind, item.attrs, at))
+        withdrawn = self.store.analytics_withdrawn and not self.consent.analytics
+        hits = None
+        if not withdrawn and self.uplink is not None and self.uplink.mode() == "aggregate":
+            window_s = profile.uplink.aggregate_window_s
+            clock = self.store.clock()
+            hits = [aggregate_hit(item.kind, item.attrs, clock, window_s) for item in signals]
         try:
-            evicted = await self.store.accept_signals(rows, buckets)
+            done = await self.store.accept_signals(rows, buckets, hits=hits, withdrawn=withdrawn)
         except BaseException as exc:
             # The windows already counted these signals: rebuild them from what is stored.
             self.windows = FeatureWindows.load(await self.store.load_buckets())
@@ -163,8 +171,10 @@ class Agent:
                 self.metrics.inc("signals_refused", len(rows))
             raise
         self.metrics.inc("signals_accepted", len(rows))
-        if evicted:
-            self.metrics.inc("signals_evicted", evicted)
+        self.metrics.inc("signals_evicted", done.evicted)
+        self.metrics.inc("signals_expired", done.expired)
+        self.metrics.inc("signals_withdrawn", done.withdrawn)
+        self.metrics.inc("signals_aggregated", done.aggregated)
         if self.uplink is not None:
             self.uplink.poke()
         return [r.id for r in rows]
@@ -173,10 +183,24 @@ class Agent:
         """Store the user's decision for all three purposes (versioned, timed)."""
         checked = parse_purposes(purposes)
         at = format_time(utcnow())
-        version = await self.store.set_consent(checked, at)
+        withdraw = self.consent.analytics and not checked["analytics"]
+        before = self.store.drops.get("withdrawn", 0)
+        # Stop batching first: nothing cut from here on, then purge what is pending.
+        self.consent = ConsentState(
+            checked["analytics"],
+            checked["personalization"],
+            checked["marketing"],
+            self.consent.version,
+            self.consent.updated_at,
+        )
+        version = await self.store.set_consent(checked, at, purge=withdraw)
         self.consent = ConsentState(
             checked["analytics"], checked["personalization"], checked["marketing"], version, at
         )
+        if withdraw:
+            purged = self.store.drops.get("withdrawn", 0) - before
+            self.metrics.inc("signals_withdrawn", purged)
+            log.info("analytics withdrawn: %d pending signals purged", purged)
         log.info("consent v%d: %s", version, checked)
         if self.uplink is not None:
             self.uplink.poke()
@@ -399,6 +423,23 @@ class Agent:
             "consent": self.consent.to_json(),
             "counters": dict(self.metrics.counters),
             "model_update": dict(self.model_updates.state) if self.model_updates else None,
+            "accounting": self.accounting(),
+        }
+
+    def accounting(self) -> dict[str, Any]:
+        """Persisted totals for loss accounting (they survive crashes): signals dropped on
+        purpose by reason, signals waiting in aggregates, and today's uplink bytes."""
+        drops = self.store.drops
+        return {
+            "evicted": drops.get("evicted", 0),
+            "expired": drops.get("expired", 0),
+            "withdrawn": drops.get("withdrawn", 0),
+            "refused": drops.get("refused", 0),
+            "outcomes_withdrawn": drops.get("outcomes_withdrawn", 0),
+            "aggregate_unacked": self.store.aggregate_unacked,
+            "mode": self.uplink.mode() if self.uplink is not None else None,
+            "uplink_bytes_today": self.uplink.used_today() if self.uplink is not None else 0,
+            "holding": self.uplink.holding if self.uplink is not None else False,
         }
 
     async def wait_connected(self, timeout: float = 10.0) -> bool:
@@ -594,7 +635,7 @@ class Agent:
 
     async def _maintenance(self) -> None:
         while True:
-            expired = await self.store.expire(time.time())
+            expired = await self.store.expire(self.store.clock())
             if expired:
                 self.metrics.inc("signals_expired", expired)
                 log.info("dropped %d expired signals", expired)

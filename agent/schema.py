@@ -86,3 +86,30 @@ def issue4_decisions(db: sqlite3.Connection) -> None:
         " updated REAL NOT NULL, attempts INTEGER NOT NULL DEFAULT 0, code TEXT,"
         " reason TEXT NOT NULL DEFAULT '', result_id TEXT)"
     )
+
+
+@migration
+def issue3_outbox_quota(db: sqlite3.Connection) -> None:
+    """Aggregate rows, persisted drop counters and the uplink's byte budget of the day."""
+    db.execute(
+        "CREATE TABLE aggregates (window TEXT NOT NULL, key TEXT NOT NULL,"
+        " count INTEGER NOT NULL, seconds REAL NOT NULL, sent_count INTEGER NOT NULL DEFAULT 0,"
+        " sent_seconds REAL NOT NULL DEFAULT 0, acked_count INTEGER NOT NULL DEFAULT 0,"
+        " batch_seq INTEGER, dirty_since REAL, PRIMARY KEY (window, key))"
+    )
+    db.execute(
+        "CREATE INDEX aggregates_dirty ON aggregates(dirty_since) WHERE dirty_since NOT NULL"
+    )
+    db.execute("CREATE INDEX aggregates_batch ON aggregates(batch_seq)")
+    db.executemany(
+        "INSERT OR IGNORE INTO meta(key, value) VALUES (?, ?)",
+        [
+            ("dropped_evicted", "0"),
+            ("dropped_expired", "0"),
+            ("dropped_withdrawn", "0"),
+            ("outcomes_withdrawn", "0"),
+            ("signals_refused", "0"),
+            ("budget_day", ""),
+            ("budget_bytes", "0"),
+        ],
+    )

@@ -19,6 +19,8 @@ from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
+from agent import outbox
+from agent.aggregates import AggregateHit, signal_charge
 from agent.errors import QuotaExceeded, StoreError
 from agent.schema import MIGRATIONS
 
@@ -36,7 +38,7 @@ class NewSignal:
 
     @property
     def size(self) -> int:
-        return 64 + len(self.id) + len(self.kind) + len(self.at) + len(self.attrs_json)
+        return signal_charge(self.id, self.kind, self.at, self.attrs_json)
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +73,7 @@ class Pending:
     outcomes: int
     receipts: int
     oldest: float | None
+    aggregates: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,6 +81,17 @@ class AckResult:
     seqs: tuple[int, ...]
     signals: int
     outcomes: int
+    aggregated: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Accepted:
+    """What one accepted request did to the outbox, beyond storing its signals."""
+
+    evicted: int = 0
+    expired: int = 0
+    withdrawn: int = 0
+    aggregated: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,7 +102,11 @@ class ConsentRow:
     updated_at: str
 
 
-BatchBuilder = Callable[[int, list[dict[str, Any]], list[dict[str, Any]], list[str]], bytes]
+BatchBuilder = Callable[
+    [int, list[dict[str, Any]], list[dict[str, Any]], list[str], list[dict[str, Any]]], bytes
+]
+"""build(seq, signals, outcomes, receipts, aggregates) -> payload bytes."""
+MAX_AGGREGATES_PER_BATCH = 2000
 
 
 class Store:
@@ -102,8 +120,10 @@ class Store:
         outbox_max_bytes: int = 8 * 1024 * 1024,
         outbox_full: str = "evict",
         seen_ids_max: int = 10_000,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.path = path
+        self.clock = clock
         self.durability = durability
         self.outbox_max_bytes = outbox_max_bytes
         self.outbox_full = outbox_full
@@ -114,11 +134,17 @@ class Store:
         self.signal_rows = 0
         self.outcome_rows = 0
         self.outbox_bytes = 0
+        self.aggregate_unacked = 0  # signals counted in aggregates, not yet confirmed
+        self.drops: dict[str, int] = {}  # persisted totals: evicted, expired, withdrawn, ...
+        self.budget_day = ""
+        self.budget_bytes = 0
+        self.analytics_withdrawn = False  # analytics was granted, then withdrawn
 
     @property
     def depth(self) -> int:
-        """Signals and outcomes in the outbox, sent or not (they leave only on ack)."""
-        return self.signal_rows + self.outcome_rows
+        """Signals and outcomes in the outbox, sent or not (they leave only on ack),
+        plus signals counted in aggregates the gateway has not confirmed yet."""
+        return self.signal_rows + self.outcome_rows + self.aggregate_unacked
 
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
         loop = asyncio.get_running_loop()
@@ -197,71 +223,136 @@ class Store:
             "SELECT COUNT(*), COALESCE(SUM(size), 0) FROM outcomes"
         ).fetchone()
         self.signal_rows, self.outcome_rows = int(s_rows), int(o_rows)
-        self.outbox_bytes = int(s_bytes) + int(o_bytes)
+        self.outbox_bytes = outbox.outbox_bytes(db)
+        self.aggregate_unacked = outbox.aggregate_unacked(db)
+        self.drops = outbox.drop_counts(db)
+        self.analytics_withdrawn = outbox.meta_int(db, "analytics_withdrawn") == 1
+        self.budget_day, self.budget_bytes = outbox.budget(db)
+        del s_bytes, o_bytes
 
     # ------------------------------------------------------------ outbox
 
     async def accept_signals(
-        self, signals: Sequence[NewSignal], buckets: Sequence[tuple[str, int, int]]
-    ) -> int:
+        self,
+        signals: Sequence[NewSignal],
+        buckets: Sequence[tuple[str, int, int]],
+        *,
+        hits: Sequence[AggregateHit] | None = None,
+        withdrawn: bool = False,
+    ) -> Accepted:
         """Store signals and their feature-bucket increments in ONE transaction.
 
-        Returns the number of older signals evicted to make room. Raises QuotaExceeded
-        (nothing stored) when the outbox is full and the profile says refuse, or when
+        `hits` given: the signals are counted into aggregate rows instead of stored raw.
+        `withdrawn`: analytics consent was withdrawn, so only the feature buckets are kept
+        and the signals are counted as withdrawn (they never leave the device).
+        At the quota: expired signals go first, then the lowest priority, then the oldest,
+        each counted; QuotaExceeded (nothing stored) when the profile says refuse or when
         eviction cannot free enough.
         """
-        return await self._run(self._accept_signals, list(signals), list(buckets))
+        return await self._run(
+            self._accept_signals,
+            list(signals),
+            list(buckets),
+            None if hits is None else list(hits),
+            withdrawn,
+        )
 
-    def _accept_signals(self, signals: list[NewSignal], buckets: list[tuple[str, int, int]]) -> int:
-        need = sum(s.size for s in signals)
-        evicted = 0
-        freed = 0
+    def _accept_signals(
+        self,
+        signals: list[NewSignal],
+        buckets: list[tuple[str, int, int]],
+        hits: list[AggregateHit] | None,
+        withdrawn: bool,
+    ) -> Accepted:
+        # Decided here, on the store thread, in order with the purge of a withdrawal.
+        withdrawn = withdrawn or self.analytics_withdrawn
+        raw = not withdrawn and hits is None
+        need = sum(s.size for s in signals) if raw else 0
+        now = self.clock()
+        added = 0
         try:
             with self._tx() as tx:
-                over = self.outbox_bytes + need - self.outbox_max_bytes
-                if over > 0:
-                    if self.outbox_full == "refuse":
-                        raise QuotaExceeded(
-                            f"outbox at quota: {self.outbox_bytes} of {self.outbox_max_bytes} bytes"
-                        )
-                    victims: list[str] = []
-                    for row_id, size in tx.execute(
-                        "SELECT id, size FROM signals WHERE batch_seq IS NULL"
-                        " ORDER BY priority, created"
-                    ):
-                        if freed >= over:
-                            break
-                        victims.append(row_id)
-                        freed += int(size)
-                    if freed < over:
-                        raise QuotaExceeded("outbox at quota and nothing left to evict")
-                    tx.executemany("DELETE FROM signals WHERE id = ?", [(v,) for v in victims])
-                    evicted = len(victims)
-                now = time.time()
-                tx.executemany(
-                    "INSERT INTO signals(id, kind, at, attrs, priority, expires_at, created, size)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                    [
-                        (s.id, s.kind, s.at, s.attrs_json, s.priority, s.expires_at, now, s.size)
-                        for s in signals
-                    ],
-                )
+                expired, evicted, freed = self._make_room(tx, need, now)
+                if raw:
+                    tx.executemany(
+                        "INSERT INTO signals(id, kind, at, attrs, priority, expires_at, created,"
+                        " size) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                        [
+                            (
+                                s.id,
+                                s.kind,
+                                s.at,
+                                s.attrs_json,
+                                s.priority,
+                                s.expires_at,
+                                now,
+                                s.size,
+                            )
+                            for s in signals
+                        ],
+                    )
+                elif withdrawn:
+                    outbox.meta_add(tx, "dropped_withdrawn", len(signals))
+                else:
+                    added = outbox.add_hits(tx, hits or [], now)
                 if buckets:
                     tx.executemany(
                         "INSERT INTO feature_buckets(key, hour, count) VALUES (?, ?, ?)"
                         " ON CONFLICT(key, hour) DO UPDATE SET count = count + excluded.count",
                         buckets,
                     )
+        except QuotaExceeded:
+            self._count_refused(len(signals))
+            raise
         except sqlite3.Error as exc:
             raise StoreError(f"cannot store signals: {exc}") from exc
-        self.signal_rows += len(signals) - evicted
-        self.outbox_bytes += need - freed
-        return evicted
+        self.signal_rows += (len(signals) if raw else 0) - evicted - expired
+        self.outbox_bytes += need + added - freed
+        self.drops["evicted"] = self.drops.get("evicted", 0) + evicted
+        self.drops["expired"] = self.drops.get("expired", 0) + expired
+        if withdrawn:
+            self.drops["withdrawn"] = self.drops.get("withdrawn", 0) + len(signals)
+        aggregated = len(signals) if hits is not None and not withdrawn else 0
+        self.aggregate_unacked += aggregated
+        return Accepted(evicted, expired, len(signals) if withdrawn else 0, aggregated)
+
+    def _make_room(self, tx: sqlite3.Connection, need: int, now: float) -> tuple[int, int, int]:
+        """(expired, evicted, bytes freed) to fit `need` more bytes under the quota."""
+        over = self.outbox_bytes + need - self.outbox_max_bytes
+        if over <= 0:
+            return 0, 0, 0
+        gone = outbox.expire(tx, now)
+        expired, freed = gone.expired, gone.bytes
+        over -= freed
+        if over > 0 and self.outbox_full == "refuse":
+            raise QuotaExceeded(
+                f"outbox at quota: {self.outbox_bytes - freed} of {self.outbox_max_bytes} bytes"
+            )
+        evicted = 0
+        if over > 0:
+            gone = outbox.evict(tx, over)
+            evicted, freed = gone.evicted, freed + gone.bytes
+            if gone.bytes < over:
+                raise QuotaExceeded("outbox at quota and nothing left to evict")
+        return expired, evicted, freed
+
+    def _count_refused(self, n: int) -> None:
+        try:
+            with self._tx() as tx:
+                outbox.meta_add(tx, "signals_refused", n)
+        except sqlite3.Error:
+            return
+        self.drops["refused"] = self.drops.get("refused", 0) + n
 
     async def add_outcome(self, outcome: NewOutcome) -> None:
         await self._run(self._add_outcome, outcome)
 
     def _add_outcome(self, o: NewOutcome) -> None:
+        if self.analytics_withdrawn:  # accepted after a withdrawal: never leaves the device
+            with self._tx() as tx:
+                outbox.meta_add(tx, "outcomes_withdrawn", 1)
+            self.drops["outcomes_withdrawn"] = self.drops.get("outcomes_withdrawn", 0) + 1
+            return
         with self._tx() as tx:
             tx.execute(
                 "INSERT INTO outcomes(id, offer_id, campaign_id, variant, kind, at, surface,"
@@ -295,8 +386,11 @@ class Store:
             "SELECT COUNT(*), MIN(created) FROM outcomes WHERE batch_seq IS NULL"
         ).fetchone()
         (r_count,) = db.execute("SELECT COUNT(*) FROM receipts WHERE batch_seq IS NULL").fetchone()
-        olds = [x for x in (s_oldest, o_oldest) if x is not None]
-        return Pending(int(s_count), int(o_count), int(r_count), min(olds) if olds else None)
+        a_count, a_oldest = outbox.aggregate_pending(db)
+        olds = [x for x in (s_oldest, o_oldest, a_oldest) if x is not None]
+        return Pending(
+            int(s_count), int(o_count), int(r_count), min(olds) if olds else None, a_count
+        )
 
     async def expire(self, now: float) -> int:
         """Delete unsent signals past their time to live; returns how many."""
@@ -304,16 +398,11 @@ class Store:
 
     def _expire(self, now: float) -> int:
         with self._tx() as tx:
-            (count, size) = tx.execute(
-                "SELECT COUNT(*), COALESCE(SUM(size), 0) FROM signals"
-                " WHERE batch_seq IS NULL AND expires_at < ?",
-                (now,),
-            ).fetchone()
-            if count:
-                tx.execute("DELETE FROM signals WHERE batch_seq IS NULL AND expires_at < ?", (now,))
-        self.signal_rows -= int(count)
-        self.outbox_bytes -= int(size)
-        return int(count)
+            gone = outbox.expire(tx, now)
+        self.signal_rows -= gone.expired
+        self.outbox_bytes -= gone.bytes
+        self.drops["expired"] = self.drops.get("expired", 0) + gone.expired
+        return gone.expired
 
     async def cut_batch(
         self,
@@ -349,8 +438,9 @@ class Store:
                 signals = [
                     {"id": r[0], "kind": r[1], "at": r[2], "attrs": json.loads(r[3])}
                     for r in tx.execute(
+                        # the drain order: high priority first, then oldest first
                         "SELECT id, kind, at, attrs FROM signals WHERE batch_seq IS NULL"
-                        " ORDER BY rowid LIMIT ?",
+                        " ORDER BY priority DESC, rowid LIMIT ?",
                         (max_signals,),
                     )
                 ]
@@ -371,10 +461,13 @@ class Store:
                     (max_receipts,),
                 )
             ]
-            if not signals and not outcomes and not receipts:
-                return None
             (seq_text,) = tx.execute("SELECT value FROM meta WHERE key = 'next_seq'").fetchone()
             seq = int(seq_text)
+            aggregates = (
+                outbox.cut_aggregates(tx, seq, MAX_AGGREGATES_PER_BATCH) if include_data else []
+            )
+            if not signals and not outcomes and not receipts and not aggregates:
+                return None
             tx.execute("UPDATE meta SET value = ? WHERE key = 'next_seq'", (str(seq + 1),))
             tx.executemany(
                 "UPDATE signals SET batch_seq = ? WHERE id = ?", [(seq, s["id"]) for s in signals]
@@ -386,11 +479,12 @@ class Store:
             tx.executemany(
                 "UPDATE receipts SET batch_seq = ? WHERE id = ?", [(seq, r) for r in receipts]
             )
-            payload = build(seq, signals, outcomes, receipts)
+            payload = build(seq, signals, outcomes, receipts, aggregates)
             tx.execute(
                 "INSERT INTO batches(seq, payload, created, attempts) VALUES (?, ?, ?, 0)",
                 (seq, payload, time.time()),
             )
+        self.outbox_bytes += len(payload)
         return StoredBatch(seq, payload, 0)
 
     async def batches(self) -> list[StoredBatch]:
@@ -401,15 +495,20 @@ class Store:
         rows = self._conn().execute("SELECT seq, payload, attempts FROM batches ORDER BY seq")
         return [StoredBatch(int(s), bytes(p), int(a)) for s, p, a in rows]
 
-    async def mark_sent(self, seq: int) -> None:
-        await self._run(self._mark_sent, seq)
+    async def mark_sent(self, seq: int, nbytes: int = 0, day: str = "") -> None:
+        """Batch `seq` was published; `nbytes` count against the byte budget of `day`."""
+        await self._run(self._mark_sent, seq, nbytes, day)
 
-    def _mark_sent(self, seq: int) -> None:
+    def _mark_sent(self, seq: int, nbytes: int, day: str) -> None:
         with self._tx() as tx:
             tx.execute(
                 "UPDATE batches SET attempts = attempts + 1, sent_at = ? WHERE seq = ?",
                 (time.time(), seq),
             )
+            if day:
+                used = outbox.add_budget(tx, day, nbytes)
+        if day:
+            self.budget_day, self.budget_bytes = day, used
 
     async def ack(self, seqs: Sequence[int]) -> AckResult:
         """Delete acknowledged batches and their rows; unknown seqs are ignored."""
@@ -417,12 +516,18 @@ class Store:
 
     def _ack(self, seqs: list[int]) -> AckResult:
         done: list[int] = []
-        n_sig = n_out = 0
+        n_sig = n_out = n_agg = 0
         freed = 0
+        now = self.clock()
         with self._tx() as tx:
             for seq in seqs:
-                if tx.execute("SELECT 1 FROM batches WHERE seq = ?", (seq,)).fetchone() is None:
+                found = tx.execute("SELECT length(payload) FROM batches WHERE seq = ?", (seq,))
+                row = found.fetchone()
+                if row is None:
                     continue
+                confirmed, agg_freed = outbox.ack_aggregates(tx, seq, now)
+                n_agg += confirmed
+                freed += int(row[0]) + agg_freed
                 s_count, s_size = tx.execute(
                     "SELECT COUNT(*), COALESCE(SUM(size), 0) FROM signals WHERE batch_seq = ?",
                     (seq,),
@@ -441,7 +546,8 @@ class Store:
         self.signal_rows -= n_sig
         self.outcome_rows -= n_out
         self.outbox_bytes -= freed
-        return AckResult(tuple(done), n_sig, n_out)
+        self.aggregate_unacked -= n_agg
+        return AckResult(tuple(done), n_sig, n_out, n_agg)
 
     async def next_seq(self) -> int:
         return await self._run(self._next_seq)
@@ -535,12 +641,23 @@ class Store:
         rows = self._conn().execute("SELECT purpose, granted, version, updated_at FROM consent")
         return [ConsentRow(str(p), bool(g), int(v), str(u)) for p, g, v, u in rows]
 
-    async def set_consent(self, purposes: dict[str, bool], updated_at: str) -> int:
-        """Store every purpose with the next consent version; returns that version."""
-        return await self._run(self._set_consent, dict(purposes), updated_at)
+    async def set_consent(
+        self, purposes: dict[str, bool], updated_at: str, *, purge: bool = False
+    ) -> int:
+        """Store every purpose with the next consent version; returns that version.
 
-    def _set_consent(self, purposes: dict[str, bool], updated_at: str) -> int:
+        `purge` (analytics withdrawn): in the same transaction, everything not yet cut into
+        a batch is deleted and counted as withdrawn.
+        """
+        return await self._run(self._set_consent, dict(purposes), updated_at, purge)
+
+    def _set_consent(self, purposes: dict[str, bool], updated_at: str, purge: bool) -> int:
         with self._tx() as tx:
+            if purge:
+                outbox.purge_pending(tx)
+                outbox.meta_set(tx, "analytics_withdrawn", "1")
+            elif purposes.get("analytics"):
+                outbox.meta_set(tx, "analytics_withdrawn", "0")
             (current,) = tx.execute("SELECT COALESCE(MAX(version), 0) FROM consent").fetchone()
             version = int(current) + 1
             tx.executemany(
@@ -548,7 +665,23 @@ class Store:
                 " VALUES (?, ?, ?, ?)",
                 [(p, int(g), version, updated_at) for p, g in purposes.items()],
             )
+        if purge:
+            self._recount()
+        self.analytics_withdrawn = purge or (
+            self.analytics_withdrawn and not purposes.get("analytics")
+        )
         return version
+
+    async def fold_pending(self, window_s: int, limit: int = 2000) -> int:
+        """Turn up to `limit` unsent raw signals into aggregates; returns how many."""
+        return await self._run(self._fold_pending, window_s, limit)
+
+    def _fold_pending(self, window_s: int, limit: int) -> int:
+        with self._tx() as tx:
+            folded, _ = outbox.fold_pending(tx, self.clock(), window_s, limit)
+        if folded:
+            self._recount()
+        return folded
 
     # ------------------------------------------------------------ feature buckets
 

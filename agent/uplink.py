@@ -1,4 +1,9 @@
-"""Uplink batches: cut by size and age, persisted seq, bounded in flight, resent until acked."""
+"""Uplink batches: cut by size and age, persisted seq, bounded in flight, resent until acked.
+
+Also the daily byte budget (raw degrades to aggregates, then the uplink holds until the
+next day) and the paced drain after an outage (a token bucket of batches per second; the
+store cuts high priority first, then oldest first).
+"""
 
 from __future__ import annotations
 
@@ -6,6 +11,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any
 
 from agent import AGENT_VERSION
@@ -50,6 +56,43 @@ class Uplink:
         self._flush = False
         self._faults = OnceLogger(log)
         self._tick = max(0.02, min(0.25, self.cfg.batch_max_age_s / 4 or 0.02))
+        self._budget = settings.profile.budgets.uplink_bytes_per_day
+        self._tokens = float(self.cfg.max_in_flight)
+        self._refilled = time.monotonic()
+        self.holding = False
+
+    # ------------------------------------------------------------ budget and pacing
+
+    def today(self) -> str:
+        return datetime.fromtimestamp(self._store.clock(), tz=UTC).strftime("%Y-%m-%d")
+
+    def used_today(self) -> int:
+        """Bytes published today (resends included), as persisted by the store."""
+        return self._store.budget_bytes if self._store.budget_day == self.today() else 0
+
+    def degraded(self) -> bool:
+        """Raw mode over its share of the daily byte budget: aggregates for the rest of it."""
+        if self._budget <= 0 or self.cfg.mode == "aggregate":
+            return False
+        return self.used_today() >= self.cfg.degrade_at * self._budget
+
+    def mode(self) -> str:
+        """What new signals become: `raw` rows or `aggregate` counts."""
+        return "aggregate" if self.cfg.mode == "aggregate" or self.degraded() else "raw"
+
+    def over_budget(self) -> bool:
+        return self._budget > 0 and self.used_today() >= self._budget
+
+    def _take_token(self) -> bool:
+        now = time.monotonic()
+        rate = self.cfg.drain_batches_per_s
+        burst = float(self.cfg.max_in_flight)
+        self._tokens = min(burst, self._tokens + (now - self._refilled) * rate)
+        self._refilled = now
+        if self._tokens >= 1.0:
+            self._tokens -= 1.0
+            return True
+        return False
 
     @property
     def in_flight(self) -> int:
@@ -87,11 +130,29 @@ class Uplink:
         if not self._link.connected.is_set():
             return
         analytics = self._consent().analytics
+        held = self.over_budget()
+        if held != self.holding:
+            self.holding = held
+            log.warning(
+                "uplink %s: %d of %d bytes today",
+                "holding" if held else "resuming",
+                self.used_today(),
+                self._budget,
+            )
+        if held:
+            return
         try:
+            if self.degraded() and analytics:
+                folded = await self._store.fold_pending(self.cfg.aggregate_window_s)
+                if folded:
+                    self._metrics.inc("signals_folded", folded)
             await self._resend_due()
             while len(self._in_flight) < self.cfg.max_in_flight:
+                if not self._take_token():
+                    break  # paced: the next tick looks again
                 batch = await self._maybe_cut(analytics)
                 if batch is None:
+                    self._tokens += 1.0  # nothing cut: the token was not used
                     break
                 await self._send(batch.seq, batch.payload, resend=False)
             if self._flush:
@@ -120,10 +181,10 @@ class Uplink:
 
     async def _maybe_cut(self, analytics: bool) -> StoredBatch | None:
         pending = await self._store.pending()
-        data = pending.signals + pending.outcomes if analytics else 0
+        data = pending.signals + pending.outcomes + pending.aggregates if analytics else 0
         if data == 0 and pending.receipts == 0:
             return None
-        age = time.time() - pending.oldest if pending.oldest is not None else 0.0
+        age = self._store.clock() - pending.oldest if pending.oldest is not None else 0.0
         full = pending.signals >= self.cfg.batch_max_signals
         data_due = data > 0 and (full or age >= self.cfg.batch_max_age_s or self._flush)
         if not data_due and pending.receipts == 0:
@@ -142,9 +203,10 @@ class Uplink:
         signals: list[dict[str, Any]],
         outcomes: list[dict[str, Any]],
         receipts: list[str],
+        aggregates: list[dict[str, Any]] | None = None,
     ) -> bytes:
         """The batch payload (runs on the store thread, inside the cut's transaction)."""
-        counters = self._metrics.counters
+        drops = self._store.drops
         batch = Batch.model_validate(
             {
                 "device_id": self.settings.device_id,
@@ -155,9 +217,13 @@ class Uplink:
                 "signals": signals,
                 "outcomes": outcomes,
                 "receipts": receipts,
+                "aggregates": aggregates or [],
                 "stats": {
-                    "dropped": counters.get("signals_expired", 0),
-                    "evicted": counters.get("signals_evicted", 0),
+                    "dropped": sum(drops.get(k, 0) for k in ("evicted", "expired", "withdrawn")),
+                    "evicted": drops.get("evicted", 0),
+                    "expired": drops.get("expired", 0),
+                    "withdrawn": drops.get("withdrawn", 0),
+                    "refused": drops.get("refused", 0),
                     "outbox_depth": self._store.depth,
                 },
             }
@@ -170,7 +236,8 @@ class Uplink:
         if seq not in self._in_flight:  # acked while we waited for the PUBACK
             return
         self._in_flight[seq] = time.monotonic()
-        await self._store.mark_sent(seq)
+        await self._store.mark_sent(seq, len(payload), self.today())
+        self._metrics.inc("uplink_bytes", len(payload))
         if resend and attempts > 0:
             self._metrics.inc("batches_resent")
             log.debug("resent batch %d (attempt %d)", seq, attempts + 1)
@@ -191,6 +258,7 @@ class Uplink:
         self._metrics.inc("batches_acked", len(result.seqs))
         self._metrics.inc("signals_acked", result.signals)
         self._metrics.inc("outcomes_acked", result.outcomes)
+        self._metrics.inc("aggregated_acked", result.aggregated)
         unknown = len(set(ack.acks) - set(result.seqs))
         if unknown:
             self._metrics.inc("acks_unknown", unknown)

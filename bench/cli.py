@@ -16,6 +16,9 @@ SUITES = [
     "bench.decision_bench",
     "bench.campaign_bench",
     "bench.model_bench",
+    "bench.intake_bench",
+    "bench.ingest_bench",
+    "bench.rss_bench",
 ]
 
 

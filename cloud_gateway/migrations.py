@@ -254,3 +254,9 @@ def issue5_model_registry(db: Database) -> None:
         pk=("device_id", "id"),
         not_null=["features"],
     )
+
+
+@migration
+def issue3_aggregates_latest(db: Database) -> None:
+    """Aggregates are cumulative snapshots: find a device's row per (window, key) fast."""
+    db.execute("CREATE INDEX aggregates_latest ON aggregates (device_id, window, key)")

@@ -116,14 +116,7 @@ class Store:
                         for s in batch.signals
                     ],
                 ).rowcount
-                aggregates = self.conn.executemany(
-                    "INSERT OR REPLACE INTO aggregates (device_id, seq, window, key, count,"
-                    " seconds) VALUES (?, ?, ?, ?, ?, ?)",
-                    [
-                        (device_id, batch.seq, a.window, a.key, a.count, a.seconds)
-                        for a in batch.aggregates
-                    ],
-                ).rowcount
+                aggregates = self._store_aggregates(device_id, batch)
                 outcomes = self.conn.executemany(
                     "INSERT OR IGNORE INTO outcomes (device_id, id, seq, offer_id, campaign_id,"
                     " variant, kind, at, surface, score, model_version)"
@@ -157,12 +150,15 @@ class Store:
                 self.conn.execute(
                     "UPDATE devices SET last_seen = ?, agent_version = ?,"
                     " model_version = coalesce(?, model_version),"
-                    " last_seq = max(coalesce(last_seq, -1), ?), stats = ? WHERE device_id = ?",
+                    " last_seq = max(coalesce(last_seq, -1), ?),"
+                    " stats = CASE WHEN ? >= coalesce(last_seq, -1) THEN ? ELSE stats END"
+                    " WHERE device_id = ?",
                     [
                         now,
                         batch.agent_version,
                         batch.model_version,
                         batch.seq,
+                        batch.seq,  # the newest batch's stats win over a late older one
                         _json(batch.stats.model_dump()),
                         device_id,
                     ],
@@ -170,6 +166,36 @@ class Store:
         except sqlite3.Error as exc:
             raise StoreError(f"cannot store batch {batch.seq} of {device_id}: {exc}") from exc
         return StoredBatch(True, max(signals, 0), max(aggregates, 0), max(outcomes, 0))
+
+    def _store_aggregates(self, device_id: str, batch: Batch) -> int:
+        """Cumulative snapshots: per (window, key) the one from the highest seq wins, so a
+        late redelivery of an older batch never lowers a count. Returns the rows written."""
+        written = 0
+        for a in batch.aggregates:
+            row = self.conn.execute(
+                "SELECT max(seq) FROM aggregates WHERE device_id = ? AND window = ? AND key = ?",
+                [device_id, a.window, a.key],
+            ).fetchone()
+            if row[0] is not None and row[0] >= batch.seq:
+                continue
+            self.conn.execute(
+                "DELETE FROM aggregates WHERE device_id = ? AND window = ? AND key = ?",
+                [device_id, a.window, a.key],
+            )
+            self.conn.execute(
+                "INSERT INTO aggregates (device_id, seq, window, key, count, seconds)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                [device_id, batch.seq, a.window, a.key, a.count, a.seconds],
+            )
+            written += 1
+        return written
+
+    def aggregate_coverage(self, device_id: str) -> int:
+        """How many signals the device's latest aggregates cover (loss accounting)."""
+        row = self.conn.execute(
+            "SELECT coalesce(sum(count), 0) FROM aggregates WHERE device_id = ?", [device_id]
+        ).fetchone()
+        return int(row[0])
 
     def record_state(self, device_id: str, state: State, received_at: datetime) -> None:
         now = format_time(received_at)
@@ -261,6 +287,7 @@ class Store:
             view[key] = count["n"] if count else 0
         count = self._one("SELECT count(*) AS n FROM outcomes WHERE device_id = ?", [device_id])
         view["outcomes_stored"] = count["n"] if count else 0
+        view["aggregates_cover"] = self.aggregate_coverage(device_id)
         return view
 
     @staticmethod

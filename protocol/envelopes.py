@@ -132,6 +132,9 @@ class BatchStats(BaseModel):
     dropped: Count = 0
     evicted: Count = 0
     outbox_depth: Count = 0
+    expired: Count = 0
+    withdrawn: Count = 0
+    refused: Count = 0
 
 
 class Batch(Message):

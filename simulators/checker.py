@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,3 +43,108 @@ def check(
         lost_ids.extend(f"{device}/{i}" for i in sorted(missing)[: max(0, keep - len(lost_ids))])
         unexpected += sum(1 for i in counts if i not in acc)
     return LossReport(n_acc, n_sto, lost, dup, unexpected, tuple(lost_ids))
+
+
+@dataclass(frozen=True, slots=True)
+class Drops:
+    """Signals a device dropped on purpose, as its persisted counters report them
+    (`GET /v1/status` -> `accounting`, or the `stats` of its latest batch)."""
+
+    evicted: int = 0
+    expired: int = 0
+    withdrawn: int = 0
+
+    @property
+    def total(self) -> int:
+        return self.evicted + self.expired + self.withdrawn
+
+    @classmethod
+    def from_status(cls, status: Mapping[str, Any]) -> Drops:
+        acc = status.get("accounting") or status.get("stats") or {}
+        return cls(
+            int(acc.get("evicted", 0)), int(acc.get("expired", 0)), int(acc.get("withdrawn", 0))
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class AccountReport:
+    """Every accepted signal ends stored (raw, or covered by an aggregate), or counted as
+    evicted, expired or withdrawn. `lost` is what none of these explain; `overcounted` is
+    what they explain twice (a double count is a bug too)."""
+
+    accepted: int
+    stored: int
+    aggregated: int
+    evicted: int
+    expired: int
+    withdrawn: int
+    lost: int
+    overcounted: int
+    duplicated: int
+    unexpected: int
+
+    @property
+    def ok(self) -> bool:
+        return self.lost == 0 and self.overcounted == 0 and self.duplicated == 0
+
+    def line(self) -> str:
+        return (
+            f"accepted {self.accepted}: stored {self.stored}, in aggregates {self.aggregated},"
+            f" evicted {self.evicted}, expired {self.expired}, withdrawn {self.withdrawn};"
+            f" lost {self.lost}, overcounted {self.overcounted},"
+            f" duplicated {self.duplicated}, unexpected {self.unexpected}"
+        )
+
+
+def account(
+    accepted: Mapping[str, Iterable[str]],
+    stored: Mapping[str, Iterable[str]],
+    drops: Mapping[str, Drops],
+    aggregated: Mapping[str, int] | None = None,
+) -> AccountReport:
+    """Loss accounting in raw and aggregate mode alike, device by device.
+
+    `accepted`: ids the devices answered 202 for; `stored`: signal ids the gateway holds;
+    `drops`: each device's persisted drop counters; `aggregated`: how many signals each
+    device's latest aggregates at the gateway cover (`GET /v1/devices/{id}` ->
+    `aggregates_cover`, or the sum of `count` in its export).
+    """
+    aggregated = aggregated or {}
+    ids = check(accepted, stored)
+    totals = Counter[str]()
+    lost = over = 0
+    for device in set(accepted) | set(stored) | set(drops) | set(aggregated):
+        acc = set(accepted.get(device, ()))
+        got = set(stored.get(device, ())) & acc
+        cover = int(aggregated.get(device, 0))
+        d = drops.get(device, Drops())
+        gap = len(acc) - len(got) - cover - d.total
+        lost += max(gap, 0)
+        over += max(-gap, 0)
+        totals.update(
+            {
+                "accepted": len(acc),
+                "stored": len(got),
+                "aggregated": cover,
+                "evicted": d.evicted,
+                "expired": d.expired,
+                "withdrawn": d.withdrawn,
+            }
+        )
+    return AccountReport(
+        totals["accepted"],
+        totals["stored"],
+        totals["aggregated"],
+        totals["evicted"],
+        totals["expired"],
+        totals["withdrawn"],
+        lost,
+        over,
+        ids.duplicated,
+        ids.unexpected,
+    )
+
+
+def coverage(export: Mapping[str, Any]) -> int:
+    """Signals covered by the aggregates of one device's gateway export."""
+    return sum(int(a.get("count", 0)) for a in export.get("aggregates", ()))

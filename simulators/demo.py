@@ -27,7 +27,7 @@ from protocol.envelopes import OfferBundle
 from protocol.ids import format_time, new_id, utcnow
 from protocol.signing import Signer
 from protocol.topics import Topics
-from simulators.checker import check
+from simulators.checker import Drops, account, check, coverage
 from simulators.household import Household
 from simulators.world import World, make_world
 
@@ -197,11 +197,15 @@ async def _report(
 ) -> dict[str, Any]:
     accepted = {run.spec.device_id: run.accepted for run in household.runs}
     stored: dict[str, list[str]] = {}
+    covered: dict[str, int] = {}
+    drops: dict[str, Drops] = {}
     outcomes_stored = 0
     devices: list[dict[str, Any]] = []
     for run in household.runs:
         export = await operator.call("GET", f"/v1/devices/{run.spec.device_id}/export")
         stored[run.spec.device_id] = [s["id"] for s in export.get("signals", [])]
+        covered[run.spec.device_id] = coverage(export)  # aggregate-mode devices
+        drops[run.spec.device_id] = Drops.from_status(run.agent.status())
         outcomes_stored += len(export.get("outcomes", []))
         counters = run.agent.counters
         devices.append(
@@ -210,6 +214,8 @@ async def _report(
                 "profile": run.spec.profile,
                 "signals_accepted": len(run.accepted),
                 "signals_stored": len(stored[run.spec.device_id]),
+                "signals_in_aggregates": covered[run.spec.device_id],
+                "uplink_mode": run.agent.settings.profile.uplink.mode,
                 "offers_verified": counters.get("offers_verified", 0),
                 "offers_rejected": counters.get("offers_rejected", 0),
                 "decisions": run.decisions,
@@ -220,13 +226,16 @@ async def _report(
             }
         )
     loss = check(accepted, stored)
+    books = account(accepted, stored, drops, covered)
     latencies = [ms for run in household.runs for ms in run.agent.decision_ms]
     stats = await operator.call("GET", "/v1/stats")
     p50, p99 = _quantiles(latencies)
     return {
         "signals_accepted": loss.accepted,
-        "signals_stored": loss.stored,
-        "signals_lost": loss.lost,
+        "signals_stored": books.stored + books.aggregated,
+        "signals_in_aggregates": books.aggregated,
+        "signals_dropped_on_purpose": books.evicted + books.expired + books.withdrawn,
+        "signals_lost": books.lost,
         "signals_duplicated": loss.duplicated,
         "signals_unexpected": loss.unexpected,
         "offers_pushed": int(stats.get("offers_pushed", 0)),
@@ -241,7 +250,7 @@ async def _report(
         ),
         "outcomes_stored": outcomes_stored,
         "drained": drained,
-        "lost_ids_sample": list(loss.lost_ids),
+        "lost_ids_sample": list(loss.lost_ids) if books.lost else [],
         "devices": devices,
     }
 

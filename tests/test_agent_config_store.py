@@ -68,8 +68,8 @@ def test_config_errors_name_the_field_and_the_file(tmp_path: Path) -> None:
     assert str(config) in str(caught.value)
     with pytest.raises(ConfigError, match="environment"):
         _settings(tmp_path, environ={"EDGEMART_SURPRISE": "1"})
-    with pytest.raises(ConfigError, match="aggregate mode not supported yet"):
-        _settings(tmp_path, overrides={"uplink": {"mode": "aggregate"}})
+    with pytest.raises(ConfigError, match=r"must divide a day.*uplink.aggregate_window_s"):
+        _settings(tmp_path, overrides={"uplink": {"mode": "aggregate", "aggregate_window_s": 70}})
     with pytest.raises(ConfigError, match="unknown profile"):
         _settings(tmp_path, profile="toaster")
     with pytest.raises(ConfigError, match="broker"):
@@ -83,7 +83,7 @@ def _signal(n: int, priority: int = 50, attrs: str = "{}") -> NewSignal:
 
 
 def _build(
-    seq: int, signals: list[dict[str, Any]], outcomes: list[Any], receipts: list[str]
+    seq: int, signals: list[dict[str, Any]], outcomes: list[Any], receipts: list[str], *_: Any
 ) -> bytes:
     return json.dumps({"seq": seq, "ids": [s["id"] for s in signals]}).encode()
 
@@ -122,6 +122,7 @@ async def test_store_migrations_seq_and_acks(tmp_path: Path) -> None:
         mode = db.execute("PRAGMA journal_mode").fetchone()[0]
     assert names[:3] == ["m001_outbox", "m002_offers_consent", "m003_feature_buckets"]
     assert names == [name for name, _ in MIGRATIONS]  # every migration recorded, in order
+    assert "issue3_outbox_quota" in names
     assert mode == "wal"
 
 
@@ -133,8 +134,8 @@ async def test_store_quota_evicts_lowest_priority_or_refuses(tmp_path: Path) -> 
     await store.accept_signals([_signal(2, priority=10, attrs=big)], [])
     await store.accept_signals([_signal(3, priority=50, attrs=big)], [])
     await store.accept_signals([_signal(4, priority=50, attrs=big)], [])
-    evicted = await store.accept_signals([_signal(5, priority=50, attrs=big)], [])
-    assert evicted == 1
+    done = await store.accept_signals([_signal(5, priority=50, attrs=big)], [])
+    assert done.evicted == 1
     batch = await store.cut_batch(
         max_signals=10, max_outcomes=10, max_receipts=10, include_data=True, build=_build
     )
@@ -151,3 +152,12 @@ async def test_store_quota_evicts_lowest_priority_or_refuses(tmp_path: Path) -> 
     assert store.depth == 4
     assert await store.load_buckets() == []  # nothing of the refused call was stored
     await store.close()
+
+
+def test_a_profile_that_does_not_ask_for_raw_signals_sends_aggregates(tmp_path: Path) -> None:
+    custom = tmp_path / "fridge.toml"
+    custom.write_text('name = "fridge"\nsurfaces = ["fridge_door"]\n')
+    settings = _settings(tmp_path, profile=str(custom))
+    assert settings.profile.uplink.mode == "aggregate"
+    assert settings.profile.uplink.durability == "full"
+    assert _settings(tmp_path, profile="tv").profile.uplink.mode == "raw"

@@ -1,0 +1,50 @@
+"""Baseline of `gateway_ingest_signals_per_s`: a bare paho subscriber that only counts.
+
+`python -m bench.paho_sink PORT TOPIC COUNT`: prints "ready", then, once COUNT messages
+arrived, the monotonic time of the last one (the bench compares it with its start time).
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+
+
+def main() -> int:
+    port, topic, count = int(sys.argv[1]), sys.argv[2], int(sys.argv[3])
+    got = 0
+    done = threading.Event()
+
+    def on_message(client: Any, userdata: Any, msg: Any) -> None:
+        nonlocal got
+        got += 1
+        if got >= count:
+            done.set()
+
+    def on_connect(client: Any, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
+        client.subscribe(topic, qos=1)
+
+    def on_subscribe(client: Any, userdata: Any, mid: Any, reasons: Any, props: Any) -> None:
+        sys.stdout.write("ready\n")
+        sys.stdout.flush()
+
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="bench-sink")
+    client.on_message = on_message
+    client.on_connect = on_connect
+    client.on_subscribe = on_subscribe
+    client.connect("127.0.0.1", port)
+    client.loop_start()
+    done.wait(600)
+    sys.stdout.write(f"{time.monotonic()}\n")
+    sys.stdout.flush()
+    client.loop_stop()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
