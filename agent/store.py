@@ -23,6 +23,8 @@ from agent import outbox
 from agent.aggregates import AggregateHit, signal_charge
 from agent.errors import QuotaExceeded, StoreError
 from agent.schema import MIGRATIONS
+from agent.store_decisions import DecisionRows
+from agent.store_offers import OfferRows
 
 T = TypeVar("T")
 
@@ -109,7 +111,7 @@ BatchBuilder = Callable[
 MAX_AGGREGATES_PER_BATCH = 2000
 
 
-class Store:
+class Store(OfferRows, DecisionRows):
     """Async facade over one SQLite file; all SQL runs on one dedicated thread."""
 
     def __init__(
@@ -556,82 +558,6 @@ class Store:
         row = self._conn().execute("SELECT value FROM meta WHERE key = 'next_seq'").fetchone()
         return int(row[0])
 
-    # ------------------------------------------------------------ offers and replay
-
-    async def load_offers(self) -> list[tuple[str, str, str]]:
-        """(source, bundle_id, offer JSON) of every stored verified offer."""
-        return await self._run(self._load_offers)
-
-    def _load_offers(self) -> list[tuple[str, str, str]]:
-        rows = self._conn().execute("SELECT source, bundle_id, offer FROM offers ORDER BY rowid")
-        return [(str(s), str(b), str(o)) for s, b, o in rows]
-
-    async def seen(self, message_id: str) -> bool:
-        return await self._run(self._seen, message_id)
-
-    def _seen(self, message_id: str) -> bool:
-        row = self._conn().execute("SELECT 1 FROM seen_ids WHERE id = ?", (message_id,))
-        return row.fetchone() is not None
-
-    async def add_receipt(self, message_id: str) -> None:
-        await self._run(self._add_receipt, message_id)
-
-    def _add_receipt(self, message_id: str) -> None:
-        with self._tx() as tx:
-            tx.execute("INSERT OR IGNORE INTO receipts(id) VALUES (?)", (message_id,))
-
-    async def apply_bundle(
-        self,
-        *,
-        source: str,
-        bundle_id: str,
-        offers: Sequence[tuple[str, str]],
-        replace_source: bool,
-        revokes: Sequence[str],
-        receipt: bool,
-    ) -> None:
-        """Record a verified bundle: seen id, offers (replacing the source's if asked),
-        revocations and the receipt to send, in one transaction."""
-        await self._run(
-            self._apply_bundle,
-            source,
-            bundle_id,
-            list(offers),
-            replace_source,
-            list(revokes),
-            receipt,
-        )
-
-    def _apply_bundle(  # noqa: PLR0917  # private twin of apply_bundle, called via the executor
-        self,
-        source: str,
-        bundle_id: str,
-        offers: list[tuple[str, str]],
-        replace_source: bool,
-        revokes: list[str],
-        receipt: bool,
-    ) -> None:
-        now = time.time()
-        with self._tx() as tx:
-            tx.execute("INSERT OR REPLACE INTO seen_ids(id, seen) VALUES (?, ?)", (bundle_id, now))
-            if replace_source:
-                tx.execute("DELETE FROM offers WHERE source = ?", (source,))
-            tx.executemany(
-                "INSERT OR REPLACE INTO offers(source, id, bundle_id, offer, received)"
-                " VALUES (?, ?, ?, ?, ?)",
-                [(source, oid, bundle_id, body, now) for oid, body in offers],
-            )
-            tx.executemany("DELETE FROM offers WHERE id = ?", [(r,) for r in revokes])
-            if receipt:
-                tx.execute("INSERT OR IGNORE INTO receipts(id) VALUES (?)", (bundle_id,))
-            (count,) = tx.execute("SELECT COUNT(*) FROM seen_ids").fetchone()
-            if count > self.seen_ids_max:
-                tx.execute(
-                    "DELETE FROM seen_ids WHERE id IN (SELECT id FROM seen_ids ORDER BY seen"
-                    " LIMIT ?)",
-                    (int(count) - self.seen_ids_max,),
-                )
-
     # ------------------------------------------------------------ consent
 
     async def load_consent(self) -> list[ConsentRow]:
@@ -683,25 +609,6 @@ class Store:
             self._recount()
         return folded
 
-    # ------------------------------------------------------------ feature buckets
-
-    async def load_buckets(self) -> list[tuple[str, int, int]]:
-        return await self._run(self._load_buckets)
-
-    def _load_buckets(self) -> list[tuple[str, int, int]]:
-        rows = self._conn().execute("SELECT key, hour, count FROM feature_buckets")
-        return [(str(k), int(h), int(c)) for k, h, c in rows]
-
-    async def prune_buckets(self, before_hour: int) -> int:
-        return await self._run(self._prune_buckets, before_hour)
-
-    def _prune_buckets(self, before_hour: int) -> int:
-        with self._tx() as tx:
-            cur = tx.execute(
-                "DELETE FROM feature_buckets WHERE hour < ? OR count = 0", (before_hour,)
-            )
-        return cur.rowcount
-
     # ------------------------------------------------------------ decisions (issue 4)
 
     def _issue4_outcome_extras(
@@ -718,217 +625,3 @@ class Store:
                 outcome["features"] = json.loads(row[0])
             if row[1]:
                 outcome["counterfactual"] = True
-
-    async def record_decision_outcome(
-        self,
-        outcome: NewOutcome,
-        *,
-        features: Sequence[float] | None,
-        counterfactual: bool,
-        cap_rows: Sequence[tuple[str, str, int]],
-        exposure: bool,
-    ) -> None:
-        """One transaction: the outcome (with features), its cap counters and, for impressions
-        and clicks, the exposure a later conversion is attributed to."""
-        await self._run(
-            self._record_decision_outcome,
-            outcome,
-            None if features is None else json.dumps(list(features)),
-            counterfactual,
-            list(cap_rows),
-            exposure,
-        )
-
-    def _record_decision_outcome(  # private twin, called via the executor
-        self,
-        o: NewOutcome,
-        features: str | None,
-        counterfactual: bool,
-        cap_rows: list[tuple[str, str, int]],
-        exposure: bool,
-    ) -> None:
-        size = o.size + (len(features) if features else 0)
-        now = time.time()
-        try:
-            with self._tx() as tx:
-                tx.execute(
-                    "INSERT INTO outcomes(id, offer_id, campaign_id, variant, kind, at, surface,"
-                    " score, model_version, created, size, features, counterfactual)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (
-                        o.id,
-                        o.offer_id,
-                        o.campaign_id,
-                        o.variant,
-                        o.kind,
-                        o.at,
-                        o.surface,
-                        o.score,
-                        o.model_version,
-                        now,
-                        size,
-                        features,
-                        int(counterfactual),
-                    ),
-                )
-                tx.executemany(
-                    "INSERT INTO issue4_cap_counts(scope, key, day, count) VALUES (?, ?, ?, 1)"
-                    " ON CONFLICT(scope, key, day) DO UPDATE SET count = count + 1",
-                    cap_rows,
-                )
-                if exposure:
-                    tx.execute(
-                        "INSERT INTO issue4_exposures(outcome_id, campaign_id, offer_id, variant,"
-                        " kind, at, surface, score, model_version, features, counterfactual)"
-                        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                        (
-                            o.id,
-                            o.campaign_id,
-                            o.offer_id,
-                            o.variant,
-                            o.kind,
-                            now,
-                            o.surface,
-                            o.score,
-                            o.model_version,
-                            features,
-                            int(counterfactual),
-                        ),
-                    )
-        except sqlite3.Error as exc:
-            raise StoreError(f"cannot store outcome: {exc}") from exc
-        self.outcome_rows += 1
-        self.outbox_bytes += size
-
-    async def load_cap_counts(self, day: int) -> list[tuple[str, str, int, int]]:
-        """`(scope, key, day, count)` cap counters of `day`."""
-        return await self._run(self._load_cap_counts, day)
-
-    def _load_cap_counts(self, day: int) -> list[tuple[str, str, int, int]]:
-        rows = self._conn().execute(
-            "SELECT scope, key, day, count FROM issue4_cap_counts WHERE day = ?", (day,)
-        )
-        return [(str(s), str(k), int(d), int(c)) for s, k, d, c in rows]
-
-    async def latest_exposure(
-        self, campaign_id: str, kind: str, since: float
-    ) -> dict[str, Any] | None:
-        """The newest exposure (`impression` or `click`) of a campaign at or after `since`."""
-        return await self._run(self._latest_exposure, campaign_id, kind, since)
-
-    def _latest_exposure(self, campaign_id: str, kind: str, since: float) -> dict[str, Any] | None:
-        cols = (
-            "outcome_id, campaign_id, offer_id, variant, kind, at, surface, score,"
-            " model_version, features, counterfactual"
-        )
-        row = (
-            self._conn()
-            .execute(
-                f"SELECT {cols} FROM issue4_exposures WHERE campaign_id = ? AND kind = ?"  # noqa: S608
-                " AND at >= ? ORDER BY at DESC, rowid DESC LIMIT 1",
-                (campaign_id, kind, since),
-            )
-            .fetchone()
-        )
-        if row is None:
-            return None
-        return dict(zip(cols.replace(" ", "").split(","), row, strict=True))
-
-    async def prune_decisions(self, before_day: int, before: float) -> None:
-        """Forget cap counters of days before `before_day` and exposures older than `before`."""
-        await self._run(self._prune_decisions, before_day, before)
-
-    def _prune_decisions(self, before_day: int, before: float) -> None:
-        with self._tx() as tx:
-            tx.execute("DELETE FROM issue4_cap_counts WHERE day < ?", (before_day,))
-            tx.execute("DELETE FROM issue4_exposures WHERE at < ?", (before,))
-
-    # claims: one row per offer (UNIQUE), created before anything is sent
-
-    async def open_claim(
-        self, claim_id: str, offer_id: str, campaign_id: str
-    ) -> tuple[dict[str, Any], bool]:
-        """The claim of `offer_id`: created as `pending` with `claim_id` if there is none yet
-        (True), otherwise the existing one (False). One claim per offer, whatever happens."""
-        return await self._run(self._open_claim, claim_id, offer_id, campaign_id)
-
-    def _open_claim(
-        self, claim_id: str, offer_id: str, campaign_id: str
-    ) -> tuple[dict[str, Any], bool]:
-        now = time.time()
-        with self._tx() as tx:
-            cur = tx.execute(
-                "INSERT OR IGNORE INTO issue4_claims(id, offer_id, campaign_id, state, created,"
-                " updated) VALUES (?, ?, ?, 'pending', ?, ?)",
-                (claim_id, offer_id, campaign_id, now, now),
-            )
-            created = cur.rowcount == 1
-            row = self._claim_row(tx, "offer_id", offer_id)
-        if row is None:  # pragma: no cover - the row was just written in this transaction
-            raise StoreError(f"claim of {offer_id} vanished")
-        return row, created
-
-    _CLAIM_COLS = "id, offer_id, campaign_id, state, created, updated, attempts, code, reason"
-
-    def _claim_row(self, db: sqlite3.Connection, column: str, value: str) -> dict[str, Any] | None:
-        row = db.execute(
-            f"SELECT {self._CLAIM_COLS} FROM issue4_claims WHERE {column} = ?",  # noqa: S608
-            (value,),
-        ).fetchone()
-        if row is None:
-            return None
-        return dict(zip(self._CLAIM_COLS.replace(" ", "").split(","), row, strict=True))
-
-    async def get_claim(self, claim_id: str) -> dict[str, Any] | None:
-        return await self._run(lambda: self._claim_row(self._conn(), "id", claim_id))
-
-    async def claims(self, state: str | None = None) -> list[dict[str, Any]]:
-        """Every claim (or those in `state`), oldest first."""
-        return await self._run(self._claims, state)
-
-    def _claims(self, state: str | None) -> list[dict[str, Any]]:
-        names = self._CLAIM_COLS.replace(" ", "").split(",")
-        sql = f"SELECT {self._CLAIM_COLS} FROM issue4_claims"  # noqa: S608
-        args: tuple[str, ...] = ()
-        if state is not None:
-            sql += " WHERE state = ?"
-            args = (state,)
-        rows = self._conn().execute(sql + " ORDER BY created, id", args)
-        return [dict(zip(names, r, strict=True)) for r in rows]
-
-    async def claim_sent(self, claim_id: str) -> None:
-        await self._run(self._claim_sent, claim_id)
-
-    def _claim_sent(self, claim_id: str) -> None:
-        with self._tx() as tx:
-            tx.execute(
-                "UPDATE issue4_claims SET attempts = attempts + 1, updated = ? WHERE id = ?",
-                (time.time(), claim_id),
-            )
-
-    async def answer_claim(  # one claim result's fields
-        self, claim_id: str, *, granted: bool, code: str | None, reason: str, result_id: str
-    ) -> bool:
-        """Record a verified result of a pending claim, and the receipt that confirms it, in one
-        transaction; False when the claim is unknown or already answered (the receipt is kept
-        either way: the gateway re-sends until it sees one)."""
-        return await self._run(self._answer_claim, claim_id, granted, code, reason, result_id)
-
-    def _answer_claim(  # private twin of answer_claim
-        self, claim_id: str, granted: bool, code: str | None, reason: str, result_id: str
-    ) -> bool:
-        with self._tx() as tx:
-            cur = tx.execute(
-                "UPDATE issue4_claims SET state = ?, code = ?, reason = ?, result_id = ?,"
-                " updated = ? WHERE id = ? AND state = 'pending'",
-                (
-                    "granted" if granted else "refused",
-                    code,
-                    reason,
-                    result_id,
-                    time.time(),
-                    claim_id,
-                ),
-            )
-            tx.execute("INSERT OR IGNORE INTO receipts(id) VALUES (?)", (result_id,))
-        return cur.rowcount == 1

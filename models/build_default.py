@@ -14,11 +14,11 @@ from typing import Any
 
 from models.evaluate import evaluate_examples
 from models.gbdt import GbdtParams
+from models.layout import DEFAULT_DIR
 from models.logs import read_examples
 from models.train import TrainResult, write_model
 from simulators.world import logged_examples, make_world, to_jsonl
 
-DEFAULT_DIR = Path(__file__).resolve().parent / "default"
 TRAIN_LOGS = "train.jsonl"
 HOLDOUT_LOGS = "holdout.jsonl"
 HOLDOUT_PER_HOUSEHOLD = 60

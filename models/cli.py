@@ -29,14 +29,13 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from models.build_default import DEFAULT_DIR, build_default
 from models.errors import ModelError
-from models.evaluate import TABLE_FILE, evaluate_examples
 from models.export import export_logs, shipped_specs
-from models.gbdt import GbdtParams
-from models.logs import read_examples
+from models.layout import DEFAULT_DIR, FAMILIES, TABLE_FILE
 from models.publish import publish, rollout
-from models.train import FAMILIES, write_model
+
+# Training needs the `train` extra (onnx, scikit-learn, matplotlib): those verbs import it
+# when they run, so `edgemart` works on a device or gateway installed without it.
 
 
 def register(subparsers: argparse._SubParsersAction[Any]) -> None:
@@ -127,6 +126,11 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
+    from models.evaluate import evaluate_examples  # noqa: PLC0415 - the train extra
+    from models.gbdt import GbdtParams  # noqa: PLC0415
+    from models.logs import read_examples  # noqa: PLC0415
+    from models.train import write_model  # noqa: PLC0415
+
     examples = read_examples(args.logs)
     result = write_model(examples, args.out, family=args.family, gbdt=GbdtParams(seed=args.seed))
     print(f"wrote {result.model_path} and {result.manifest_path}")
@@ -168,6 +172,8 @@ def _rollout(args: argparse.Namespace) -> int:
 
 
 def _build_default(args: argparse.Namespace) -> int:
+    from models.build_default import build_default  # noqa: PLC0415 - the train extra
+
     result = build_default(args.out, seed=args.seed, households=args.households, logs_dir=args.logs)
     metrics = result.evaluation["metrics"]
     print(f"wrote {result.trained.model_path} and {result.trained.manifest_path}")

@@ -20,15 +20,13 @@ import numpy as np
 import onnxruntime
 
 from models.errors import ModelError
+from models.layout import EVALUATION_FILE, MANIFEST_FILE, MODEL_FILE, PLOT_FILE, TABLE_FILE
 from models.logs import Examples, FloatArray, read_examples
 from models.metrics import calibration, ndcg_at_k, precision_at_k
 from models.report import render_table, write_plot
-from models.train import MANIFEST_FILE, MODEL_FILE, scale_features
+from models.train import scale_features
 from protocol.envelopes import FeatureSpec, ModelManifest
 
-EVALUATION_FILE = "evaluation.json"
-TABLE_FILE = "evaluation.md"
-PLOT_FILE = "evaluation.png"
 RANK_KS = (3, 5)
 POPULARITY_PRIOR = 20.0
 """Pseudo-impressions at the overall click rate added to each offer's counts."""

@@ -15,7 +15,7 @@ from typing import Any
 import aiohttp
 
 from models.errors import ModelError
-from models.train import MANIFEST_FILE, MODEL_FILE
+from models.layout import MANIFEST_FILE, MODEL_FILE
 from protocol.envelopes import ModelManifest
 from protocol.ids import utcnow
 

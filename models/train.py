@@ -25,13 +25,12 @@ from onnx import TensorProto, helper, numpy_helper
 from models.errors import ModelError
 from models.features import FEATURE_NAMES, PROFILES, build_spec
 from models.gbdt import GbdtModel, GbdtParams, fit_gbdt, gbdt_to_onnx
+from models.layout import FAMILIES, MANIFEST_FILE, MODEL_FILE
 from models.logs import Examples, FloatArray, read_examples
 from protocol.envelopes import FeatureSpec, ModelManifest
 
 OPSET = 17
 IR_VERSION = 8  # the first IR version of opset 17; onnxruntime 1.18+ loads it
-MODEL_FILE = "model.onnx"
-MANIFEST_FILE = "manifest.json"
 DEFAULT_EXPIRES_AT = datetime(2036, 1, 1, tzinfo=UTC)
 
 
@@ -46,7 +45,6 @@ class LogisticModel:
         return _sigmoid(np.asarray(scaled, dtype=np.float64) @ self.weights + self.bias)
 
 
-FAMILIES = ("gbdt", "logistic")
 """Model families `write_model` can fit: boosted trees (the default) or logistic regression."""
 
 

@@ -25,6 +25,7 @@ def _print_report(report: dict[str, Any]) -> None:
     for key in (
         "signals_accepted",
         "signals_stored",
+        "signals_in_aggregates",
         "signals_lost",
         "signals_duplicated",
         "offers_pushed",
@@ -50,7 +51,8 @@ def _print_report(report: dict[str, Any]) -> None:
     for d in report["devices"]:
         devices.add_row(
             d["device_id"],
-            f"{d['signals_accepted']}/{d['signals_stored']}",
+            f"{d['signals_accepted']}/{d['signals_stored'] + d.get('signals_in_aggregates', 0)}"
+            + (" (aggregates)" if d.get("uplink_mode") == "aggregate" else ""),
             f"{d['offers_verified']}/{d['offers_rejected']}",
             str(d["decisions"]),
             str(d["clicks"]),

@@ -19,8 +19,9 @@ from models.build_default import DEFAULT_DIR, HOLDOUT_LOGS, TRAIN_LOGS, BuildRes
 from models.errors import LogFormatError
 from models.evaluate import auc
 from models.features import FEATURE_NAMES, PERSONAL
+from models.layout import MANIFEST_FILE, MODEL_FILE
 from models.logs import read_examples
-from models.train import MANIFEST_FILE, MODEL_FILE, scale_features, train
+from models.train import scale_features, train
 from protocol.codec import validate
 from protocol.envelopes import ModelManifest
 

@@ -1,0 +1,25 @@
+"""A device or gateway installed without the `train`/`dev` extras still runs: the CLI, the
+agent, the gateway and the demo never import the training or test-only libraries."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+EXTRAS_ONLY = ("onnx", "sklearn", "matplotlib", "playwright", "schemathesis", "hypothesis")
+
+PROBE = f"""
+import sys
+import edgemart.cli
+edgemart.cli.build_parser()
+import agent.daemon, cloud_gateway.service, simulators.demo, models.cli, bench.cli
+print(",".join(m for m in {EXTRAS_ONLY!r} if m in sys.modules))
+"""
+
+
+def test_runtime_paths_do_not_need_the_extras() -> None:
+    proc = subprocess.run(
+        [sys.executable, "-c", PROBE], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip() == "", f"runtime imports extras-only packages: {proc.stdout}"
