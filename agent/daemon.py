@@ -7,7 +7,7 @@ import json
 import logging
 import signal
 import time
-from collections import OrderedDict, deque
+from collections import deque
 from collections.abc import Callable, Coroutine
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -17,24 +17,25 @@ from typing import Any
 from agent import AGENT_VERSION, attribution
 from agent.aggregates import hit as aggregate_hit
 from agent.api import LocalApi
-from agent.catalog import build_catalog
 from agent.claims import Claims
 from agent.config import AgentSettings
 from agent.consent import ConsentState, parse_purposes
-from agent.errors import ConfigError, ModelRejected, QuotaExceeded, ScoringError, UnknownOffer
+from agent.decisions import Decisions
+from agent.errors import ConfigError, ModelRejected, QuotaExceeded, UnknownOffer
 from agent.features import FeatureWindows, prune_cutoff
 from agent.intake import SignalIn, parse_outcome, parse_signal_list
 from agent.link import Incoming, Link, LinkState
 from agent.metrics import Metrics
 from agent.model_update import ModelUpdater, UpdateConfig, load_current
 from agent.offers import OfferBook, load_trust
-from agent.policy import CapCounts, CapLimits, QuietWindow, parse_hhmm
-from agent.ranking import Consent, Decision, RankedOffer, Situation, decide, decide_catalog
+from agent.policy import CapCounts, CapLimits, QuietWindow
+from agent.ranking import Consent, Decision, RankedOffer
 from agent.scoring import Model, load_default_model, load_model
-from agent.store import NewOutcome, NewSignal, Store
+from agent.status import accounting_of, gauges_of, status_of
+from agent.store import NewSignal, Store
 from agent.tasks import cancel_and_wait
 from agent.uplink import Uplink
-from protocol.envelopes import Offer, State
+from protocol.envelopes import State
 from protocol.errors import ProtocolError
 from protocol.ids import format_time, new_id, utcnow
 from protocol.signing import Verifier
@@ -44,14 +45,6 @@ log = logging.getLogger(__name__)
 
 MAINTENANCE_S = 60.0
 SHUTDOWN_FLUSH_S = 2.0
-LAST_DECISIONS = 5000
-DECISION_COUNTERS = (
-    "counterfactual_impressions",
-    "conversions_attributed",
-    "conversions_unattributed",
-    "models_loaded",
-    "models_rejected",
-)
 
 
 class Agent:
@@ -85,27 +78,40 @@ class Agent:
         self.api: LocalApi | None = None
         self.model_updates: ModelUpdater | None = None
         self._tasks: list[asyncio.Task[None]] = []
-        self._last: OrderedDict[str, tuple[float, int | None]] = OrderedDict()
         self._opened = False
         self.last_model_error: str | None = None
-        for name in DECISION_COUNTERS:
-            self.metrics.counters.setdefault(name, 0)
-        self.caps = CapCounts()
+        self.decisions = Decisions(
+            settings, self.store, self.metrics, on_outcome=self._outcome_stored
+        )
         self.claims: Claims | None = None
-        self._features: OrderedDict[str, tuple[float, ...] | None] = OrderedDict()
-        self._counterfactual_at: OrderedDict[tuple[str, str], float] = OrderedDict()
-        policy = settings.profile.decisions
-        self.cap_limits = CapLimits(
-            policy.offer_per_day,
-            policy.campaign_per_day,
-            dict(policy.surface_per_day),
-            policy.global_per_day,
-        )
-        self.quiet = tuple(
-            QuietWindow(parse_hhmm(q.start), parse_hhmm(q.end)) for q in policy.quiet_hours
-        )
 
     # ------------------------------------------------------------ public seam
+
+    @property
+    def caps(self) -> CapCounts:
+        """Today's impression counts the daily caps check (`agent.decisions`)."""
+        return self.decisions.caps
+
+    @caps.setter
+    def caps(self, caps: CapCounts) -> None:
+        self.decisions.caps = caps
+
+    @property
+    def cap_limits(self) -> CapLimits:
+        return self.decisions.cap_limits
+
+    @cap_limits.setter
+    def cap_limits(self, limits: CapLimits) -> None:
+        self.decisions.cap_limits = limits
+
+    @property
+    def quiet(self) -> tuple[QuietWindow, ...]:
+        """The profile's quiet hours (offers held while one is on)."""
+        return self.decisions.quiet
+
+    @quiet.setter
+    def quiet(self, windows: tuple[QuietWindow, ...]) -> None:
+        self.decisions.quiet = windows
 
     @property
     def counters(self) -> dict[str, int]:
@@ -215,128 +221,26 @@ class Agent:
         )
         profile = self.settings.profile
         ctx = self.windows.context(now, profile.name, profile.timezone, consent.personalization)
-        self.caps.roll(self.local_day(now))
-        situation = Situation(
-            self.settings.device_id,
-            self.caps,
-            self.cap_limits,
-            self.quiet,
-            self.claims.refused if self.claims is not None else frozenset(),
+        decision = self.decisions.rank(
+            surface,
+            limit,
+            now,
+            model=self.model,
+            catalog=self.offers.catalog() if self.offers is not None else None,
+            ctx=ctx,
+            consent=consent,
+            refused=self.claims.refused if self.claims is not None else frozenset(),
+            explain=explain,
         )
-        catalog = self.offers.catalog() if self.offers is not None else None
-        try:
-            if catalog is None:
-                decision = decide(self.model, [], ctx, surface, limit, now, consent, explain)
-            else:
-                decision = decide_catalog(
-                    self.model,
-                    catalog,
-                    ctx,
-                    surface,
-                    limit,
-                    now,
-                    consent,
-                    explain,
-                    max_candidates=profile.budgets.max_candidates,
-                    situation=situation,
-                )
-        except ScoringError as exc:
-            log.error("model failed, ranking without it: %s", exc)  # noqa: TRY400
-            decision = decide_catalog(
-                None,
-                catalog if catalog is not None else _EMPTY,
-                ctx,
-                surface,
-                limit,
-                now,
-                consent,
-                explain,
-                situation=situation,
-            )
-        for ranked in decision.ranked:
-            self._last[ranked.offer.id] = (ranked.score, decision.model_version)
-            self._last.move_to_end(ranked.offer.id)
-            self._features[ranked.offer.id] = ranked.features
-            self._features.move_to_end(ranked.offer.id)
-        while len(self._last) > LAST_DECISIONS:
-            self._last.popitem(last=False)
-        while len(self._features) > LAST_DECISIONS:
-            self._features.popitem(last=False)
         self.metrics.inc("decisions")
         self.metrics.observe_decision((time.perf_counter() - started) * 1000.0)
         if decision.counterfactual:
-            await self._log_counterfactual(decision, surface, now)
+            await self.decisions.log_counterfactual(decision, surface, now)
         return decision
 
     def local_day(self, now: datetime) -> int:
         """The device-local day (proleptic ordinal) daily caps count in."""
-        return now.astimezone(self.settings.tz).date().toordinal()
-
-    async def _log_counterfactual(self, decision: Decision, surface: str, now: datetime) -> None:
-        """A holdout kept these offers off: log the impression they would have made (once per
-        offer and surface per `counterfactual_gap_s`); it counts toward caps like a real one."""
-        gap = self.settings.profile.decisions.counterfactual_gap_s
-        moment = now.timestamp()
-        for held in decision.counterfactual:
-            key = (held.offer.id, surface)
-            last = self._counterfactual_at.get(key)
-            if last is not None and moment - last < gap:
-                continue
-            self._counterfactual_at[key] = moment
-            self._counterfactual_at.move_to_end(key)
-            while len(self._counterfactual_at) > LAST_DECISIONS:
-                self._counterfactual_at.popitem(last=False)
-            await self._store_outcome(
-                held.offer,
-                "impression",
-                surface,
-                now,
-                score=held.score,
-                version=decision.model_version,
-                features=held.features,
-                counterfactual=True,
-            )
-            self.metrics.inc("counterfactual_impressions")
-
-    async def _store_outcome(
-        self,
-        offer: Offer,
-        kind: str,
-        surface: str,
-        now: datetime,
-        *,
-        score: float | None,
-        version: int | None,
-        features: tuple[float, ...] | None,
-        counterfactual: bool,
-        variant: str | None = None,
-    ) -> str:
-        outcome = NewOutcome(
-            id=new_id(),
-            offer_id=offer.id,
-            campaign_id=offer.campaign_id,
-            variant=variant or offer.variant,
-            kind=kind,
-            at=format_time(now),
-            surface=surface,
-            score=score,
-            model_version=version,
-        )
-        cap_rows: list[tuple[str, str, int]] = []
-        if kind == "impression":
-            self.caps.add(offer.id, offer.campaign_id, surface, self.local_day(now))
-            cap_rows = self.caps.rows(offer.id, offer.campaign_id, surface)
-        await self.store.record_decision_outcome(
-            outcome,
-            features=features,
-            counterfactual=counterfactual,
-            cap_rows=cap_rows,
-            exposure=kind in ("impression", "click"),
-        )
-        self.metrics.inc("outcomes_recorded")
-        if self.uplink is not None:
-            self.uplink.poke(flush=True)  # outcomes go up at once, not at the batch age
-        return outcome.id
+        return self.decisions.local_day(now)
 
     async def rank(self, surface: str, limit: int = 3) -> list[RankedOffer]:
         return (await self.decide(surface, limit)).ranked
@@ -358,36 +262,9 @@ class Agent:
         offer = self.offers.get(checked.offer_id) if self.offers is not None else None
         if offer is None:
             raise UnknownOffer(checked.offer_id)
-        now = utcnow()
-        score, version = self._last.get(offer.id, (None, self.model_version))
-        features = self._features.get(offer.id)
-        counterfactual = False
-        variant = offer.variant
-        body: dict[str, Any] = {}
-        if checked.kind == "conversion":
-            policy = self.settings.profile.decisions
-            exposure = await attribution.attribute(
-                self.store, policy, offer.campaign_id, now.timestamp()
-            )
-            if exposure is None:
-                self.metrics.inc("conversions_unattributed")
-                return {"id": None, "reason": attribution.explain_miss(policy, offer.campaign_id)}
-            score, version, features = exposure.score, exposure.model_version, exposure.features
-            counterfactual, variant = exposure.counterfactual, exposure.variant
-            body["attributed_to"] = {"id": exposure.outcome_id, "kind": exposure.kind}
-            self.metrics.inc("conversions_attributed")
-        body["id"] = await self._store_outcome(
-            offer,
-            checked.kind,
-            checked.surface,
-            now,
-            score=score,
-            version=version,
-            features=features,
-            counterfactual=counterfactual,
-            variant=variant,
+        return await self.decisions.record(
+            offer, checked.kind, checked.surface, utcnow(), model_version=self.model_version
         )
-        return body
 
     async def claim(self, offer_id: str) -> tuple[dict[str, Any], bool]:
         """Start (or return the one existing) claim of a held limited offer; True when new."""
@@ -410,37 +287,12 @@ class Agent:
         return True
 
     def status(self) -> dict[str, Any]:
-        return {
-            "device_id": self.settings.device_id,
-            "profile": self.settings.profile.name,
-            "agent_version": AGENT_VERSION,
-            "link": self.link_state,
-            "outbox_depth": self.store.depth,
-            "outbox_bytes": self.store.outbox_bytes,
-            "in_flight": self.uplink.in_flight if self.uplink is not None else 0,
-            "model_version": self.model_version,
-            "offers": len(self.offers) if self.offers is not None else 0,
-            "consent": self.consent.to_json(),
-            "counters": dict(self.metrics.counters),
-            "model_update": dict(self.model_updates.state) if self.model_updates else None,
-            "accounting": self.accounting(),
-        }
+        return status_of(self)
 
     def accounting(self) -> dict[str, Any]:
         """Persisted totals for loss accounting (they survive crashes): signals dropped on
         purpose by reason, signals waiting in aggregates, and today's uplink bytes."""
-        drops = self.store.drops
-        return {
-            "evicted": drops.get("evicted", 0),
-            "expired": drops.get("expired", 0),
-            "withdrawn": drops.get("withdrawn", 0),
-            "refused": drops.get("refused", 0),
-            "outcomes_withdrawn": drops.get("outcomes_withdrawn", 0),
-            "aggregate_unacked": self.store.aggregate_unacked,
-            "mode": self.uplink.mode() if self.uplink is not None else None,
-            "uplink_bytes_today": self.uplink.used_today() if self.uplink is not None else 0,
-            "holding": self.uplink.holding if self.uplink is not None else False,
-        }
+        return accounting_of(self)
 
     async def wait_connected(self, timeout: float = 10.0) -> bool:
         """Wait until the MQTT link is up and subscribed; False on timeout."""
@@ -620,18 +472,16 @@ class Agent:
         else:
             log.debug("not handled yet: %s on %s", message.kind, message.topic)
 
+    def _outcome_stored(self) -> None:
+        if self.uplink is not None:
+            self.uplink.poke(flush=True)  # outcomes go up at once, not at the batch age
+
     def _swap_model(self, model: Model) -> None:
         """The updater's last step: later decisions use `model` (one reference assignment)."""
         self.model = model
 
     def _gauges(self) -> dict[str, float]:
-        return {
-            "outbox_depth": float(self.store.depth),
-            "outbox_bytes": float(self.store.outbox_bytes),
-            "in_flight_batches": float(self.uplink.in_flight if self.uplink else 0),
-            "link_connected": 1.0 if self.link_state == LinkState.CONNECTED else 0.0,
-            "offers_held": float(len(self.offers) if self.offers is not None else 0),
-        }
+        return gauges_of(self)
 
     async def _maintenance(self) -> None:
         while True:
@@ -691,6 +541,3 @@ async def run_agent(settings: AgentSettings) -> None:
     finally:
         for sig in installed:
             loop.remove_signal_handler(sig)
-
-
-_EMPTY = build_catalog([])
