@@ -9,6 +9,7 @@ only itself. A batch that is queued but not committed is not acked: the device s
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from collections import Counter
 from collections.abc import Awaitable, Callable
@@ -76,6 +77,33 @@ class Ignored:
     device_id: str
 
 
+def decode_valid_batch(payload: bytes, max_compressed: int, max_decompressed: int) -> Batch | None:
+    """Fast path of `codec.decode(payload, Batch, allow_zlib=True)` for a valid batch; None
+    for anything else, which then takes the full path (so every rejection keeps its reason
+    and message).
+
+    The same steps and bounds, minus the nesting walk (`codec._depth`, ~40 % of decoding):
+    every field of a `Batch` is a scalar or a list/dict of scalars (`extra="forbid"`), so a
+    payload that validates nests at most 5 levels, below `codec.MAX_DEPTH`.
+    """
+    if not payload or len(payload) > max_compressed:
+        return None
+    try:
+        raw = payload if payload[:1] == b"{" else codec.inflate(payload, max_decompressed)
+        if len(raw) > max_decompressed:
+            return None
+        obj = json.loads(raw.decode("utf-8"))
+        if not isinstance(obj, dict):
+            return None
+        version = obj.get("v")
+        if version != 1 or isinstance(version, bool):
+            return None
+        return Batch.model_validate(obj)
+    except (ProtocolError, ValueError, RecursionError):
+        # ValueError covers UnicodeDecodeError, JSONDecodeError and pydantic's ValidationError.
+        return None
+
+
 def parse_uplink(
     topics: Topics,
     topic: str,
@@ -98,13 +126,17 @@ def parse_uplink(
             return Ignored(where.device_id)
         model = State
     try:
-        message = codec.decode(
-            payload,
-            model,
-            allow_zlib=where.kind == "batch",
-            max_compressed=max_compressed,
-            max_decompressed=max_decompressed,
-        )
+        message: Batch | ClaimRequest | State | None = None
+        if model is Batch:
+            message = decode_valid_batch(payload, max_compressed, max_decompressed)
+        if message is None:
+            message = codec.decode(
+                payload,
+                model,
+                allow_zlib=where.kind == "batch",
+                max_compressed=max_compressed,
+                max_decompressed=max_decompressed,
+            )
     except ProtocolError as exc:
         return Rejected(exc.reason, where.device_id, str(exc)[:300])
     except RecursionError:
