@@ -267,7 +267,10 @@ class Ingestor:
                 log.exception("committing a group of batches failed")
 
     async def commit_waiting(self) -> None:
-        """Commit every batch waiting in the queue now (groups of at most `group_max`)."""
+        """Commit every batch waiting in the queue now (groups of at most `group_max`), after
+        the commit under way, if any (shutdown: then its acks are flushed too)."""
+        async with self._commit_lock:
+            pass
         while not self._queue.empty():
             await self._commit_group(self._queue.get_nowait())
 
