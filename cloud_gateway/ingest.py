@@ -1,8 +1,15 @@
-"""Uplink handling: topic + payload -> a parsed message or a counted rejection; store, then ack."""
+"""Uplink handling: topic + payload -> a parsed message or a counted rejection; store, then ack.
+
+Batches are group-committed: `Ingestor.feed` queues a parsed batch (bounded queue) and returns,
+`Ingestor.run` stores everything waiting in ONE transaction and acks each batch only after
+that commit. If the group fails, its batches are stored one by one, so one bad batch costs
+only itself. A batch that is queued but not committed is not acked: the device sends it again.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from collections import Counter
 from collections.abc import Awaitable, Callable
@@ -11,7 +18,7 @@ from datetime import timedelta
 from typing import Any
 
 from cloud_gateway.errors import GatewayError
-from cloud_gateway.store import Database, Store
+from cloud_gateway.store import Database, Store, StoredBatch
 from protocol import codec
 from protocol.envelopes import Ack, Batch, ClaimRequest, State
 from protocol.errors import ProtocolError
@@ -30,6 +37,10 @@ REJECT_REASONS = (
     "unknown_topic",
 )
 MAX_WARNED = 10_000
+GROUP_MAX = 64
+"""At most this many batches in one transaction."""
+QUEUE_MAX = 64
+"""Parsed batches waiting for the next commit; when full, consumption waits (backpressure)."""
 CLAIM_RESULT_TTL = timedelta(days=1)
 
 Publish = Callable[[str, bytes, bool], Awaitable[None]]
@@ -66,6 +77,33 @@ class Ignored:
     device_id: str
 
 
+def decode_valid_batch(payload: bytes, max_compressed: int, max_decompressed: int) -> Batch | None:
+    """Fast path of `codec.decode(payload, Batch, allow_zlib=True)` for a valid batch; None
+    for anything else, which then takes the full path (so every rejection keeps its reason
+    and message).
+
+    The same steps and bounds, minus the nesting walk (`codec._depth`, ~40 % of decoding):
+    every field of a `Batch` is a scalar or a list/dict of scalars (`extra="forbid"`), so a
+    payload that validates nests at most 5 levels, below `codec.MAX_DEPTH`.
+    """
+    if not payload or len(payload) > max_compressed:
+        return None
+    try:
+        raw = payload if payload[:1] == b"{" else codec.inflate(payload, max_decompressed)
+        if len(raw) > max_decompressed:
+            return None
+        obj = json.loads(raw.decode("utf-8"))
+        if not isinstance(obj, dict):
+            return None
+        version = obj.get("v")
+        if version != 1 or isinstance(version, bool):
+            return None
+        return Batch.model_validate(obj)
+    except (ProtocolError, ValueError, RecursionError):
+        # ValueError covers UnicodeDecodeError, JSONDecodeError and pydantic's ValidationError.
+        return None
+
+
 def parse_uplink(
     topics: Topics,
     topic: str,
@@ -88,13 +126,17 @@ def parse_uplink(
             return Ignored(where.device_id)
         model = State
     try:
-        message = codec.decode(
-            payload,
-            model,
-            allow_zlib=where.kind == "batch",
-            max_compressed=max_compressed,
-            max_decompressed=max_decompressed,
-        )
+        message: Batch | ClaimRequest | State | None = None
+        if model is Batch:
+            message = decode_valid_batch(payload, max_compressed, max_decompressed)
+        if message is None:
+            message = codec.decode(
+                payload,
+                model,
+                allow_zlib=where.kind == "batch",
+                max_compressed=max_compressed,
+                max_decompressed=max_decompressed,
+            )
     except ProtocolError as exc:
         return Rejected(exc.reason, where.device_id, str(exc)[:300])
     except RecursionError:
@@ -106,6 +148,15 @@ def parse_uplink(
             f"payload names device {message.device_id!r} on the topic of {where.device_id!r}",
         )
     return Parsed(where.device_id, message)
+
+
+@dataclass(frozen=True, slots=True)
+class _Pending:
+    """A parsed batch waiting for its commit; `done` resolves once it is stored or failed."""
+
+    device_id: str
+    batch: Batch
+    done: asyncio.Future[None]
 
 
 class AckBatcher:
@@ -171,6 +222,8 @@ class Ingestor:
         submit_claim: SubmitClaim | None = None,
         on_receipts: OnReceipts | None = None,
         on_birth: OnBirth | None = None,
+        group_max: int = GROUP_MAX,
+        queue_max: int = QUEUE_MAX,
     ) -> None:
         self._submit_claim = submit_claim
         self._on_receipts = on_receipts
@@ -184,8 +237,46 @@ class Ingestor:
         self._max_compressed = max_compressed
         self._max_decompressed = max_decompressed
         self._warned: set[tuple[str | None, str]] = set()
+        self._group_max = group_max
+        self._queue: asyncio.Queue[_Pending] = asyncio.Queue(maxsize=queue_max)
+        self._commit_lock = asyncio.Lock()
 
     async def handle(self, topic: str, payload: bytes) -> Parsed | Rejected | Ignored:
+        """Handle one message and return once it is done: a batch is committed (and its ack
+        queued), or it failed and will not be acked."""
+        result, pending = await self._dispatch(topic, payload)
+        if pending is not None:
+            await self.commit_waiting()
+            await pending.done
+        return result
+
+    async def feed(self, topic: str, payload: bytes) -> Parsed | Rejected | Ignored:
+        """Like `handle`, but a batch is only queued: `run` commits it, then acks it."""
+        result, _ = await self._dispatch(topic, payload)
+        return result
+
+    async def run(self) -> None:
+        """Group-commit loop (a named task of the gateway); on shutdown call `commit_waiting`."""
+        while True:
+            first = await self._queue.get()
+            try:
+                # Shielded: a commit under way finishes (and acks) even if this task is cancelled.
+                await asyncio.shield(self._commit_group(first))
+            except Exception:
+                # A bug must not stop ingest: its batches are not acked and come again.
+                log.exception("committing a group of batches failed")
+
+    async def commit_waiting(self) -> None:
+        """Commit every batch waiting in the queue now (groups of at most `group_max`), after
+        the commit under way, if any (shutdown: then its acks are flushed too)."""
+        async with self._commit_lock:
+            pass
+        while not self._queue.empty():
+            await self._commit_group(self._queue.get_nowait())
+
+    async def _dispatch(
+        self, topic: str, payload: bytes
+    ) -> tuple[Parsed | Rejected | Ignored, _Pending | None]:
         self.counters["messages_received"] += 1
         result = parse_uplink(
             self._topics,
@@ -194,16 +285,79 @@ class Ingestor:
             max_compressed=self._max_compressed,
             max_decompressed=self._max_decompressed,
         )
+        pending: _Pending | None = None
         try:
             if isinstance(result, Rejected):
                 await self._reject(result)
             elif isinstance(result, Parsed):
-                await self._accept(result.device_id, result.message)
+                if isinstance(result.message, Batch):
+                    done = asyncio.get_running_loop().create_future()
+                    pending = _Pending(result.device_id, result.message, done)
+                    await self._queue.put(pending)
+                else:
+                    await self._accept(result.device_id, result.message)
         except GatewayError as exc:
             # Nothing acked: the device will send again. The loop goes on.
             self.counters["store_errors"] += 1
             log.error("could not handle a message on %s: %s", topic[:200], exc)  # noqa: TRY400
-        return result
+        return result, pending
+
+    async def _commit_group(self, first: _Pending) -> None:
+        """Store `first` and what else is waiting (up to `group_max`) in one transaction,
+        then ack and report each batch. Never raises for a store failure."""
+        async with self._commit_lock:
+            group = [first]
+            while len(group) < self._group_max and not self._queue.empty():
+                group.append(self._queue.get_nowait())
+            try:
+                outcomes = await self._store_group(group)
+                for pending, stored in zip(group, outcomes, strict=True):
+                    await self._stored(pending, stored)
+            finally:
+                for pending in group:
+                    if not pending.done.done():
+                        pending.done.set_result(None)
+
+    async def _store_group(self, group: list[_Pending]) -> list[StoredBatch | GatewayError]:
+        items = [(p.device_id, p.batch) for p in group]
+        try:
+            return list(await self._db.call(Store.store_batches, items, utcnow()))
+        except GatewayError as exc:
+            if len(group) == 1:
+                return [exc]
+            self.counters["group_commits_failed"] += 1
+            log.warning("group commit of %d batches failed (%s); one by one", len(group), exc)
+        outcomes: list[StoredBatch | GatewayError] = []
+        for device_id, batch in items:
+            try:
+                outcomes.append(
+                    await self._db.call(Store.store_batch_detail, device_id, batch, utcnow())
+                )
+            except GatewayError as exc:
+                outcomes.append(exc)
+        return outcomes
+
+    async def _stored(self, pending: _Pending, stored: StoredBatch | GatewayError) -> None:
+        """After the commit: count, ack, hand on receipts (or count the failure: no ack)."""
+        device_id, batch = pending.device_id, pending.batch
+        if isinstance(stored, GatewayError):
+            self.counters["store_errors"] += 1
+            log.error("could not store batch %s of %s: %s", batch.seq, device_id, stored)
+            return
+        if stored.new:
+            self.counters["batches_stored"] += 1
+            self.counters["signals_stored"] += stored.signals
+            self.counters["aggregates_stored"] += stored.aggregates
+            self.counters["outcomes_stored"] += stored.outcomes
+        else:
+            self.counters["batches_duplicate"] += 1
+        self._acks.add(device_id, batch.seq)
+        if batch.receipts and self._on_receipts is not None:
+            try:
+                await self._on_receipts(device_id, list(batch.receipts))
+            except GatewayError as exc:
+                self.counters["store_errors"] += 1
+                log.error("receipts of %s not handled: %s", device_id, exc)  # noqa: TRY400
 
     async def _reject(self, rejected: Rejected) -> None:
         self.counters[f"rejected_{rejected.reason}"] += 1
@@ -222,20 +376,8 @@ class Ingestor:
         if rejected.device_id is not None:
             await self._db.call(Store.record_rejection, rejected.device_id, utcnow())
 
-    async def _accept(self, device_id: str, message: Batch | ClaimRequest | State) -> None:
-        if isinstance(message, Batch):
-            stored = await self._db.call(Store.store_batch_detail, device_id, message, utcnow())
-            if stored.new:
-                self.counters["batches_stored"] += 1
-                self.counters["signals_stored"] += stored.signals
-                self.counters["aggregates_stored"] += stored.aggregates
-                self.counters["outcomes_stored"] += stored.outcomes
-            else:
-                self.counters["batches_duplicate"] += 1
-            self._acks.add(device_id, message.seq)
-            if message.receipts and self._on_receipts is not None:
-                await self._on_receipts(device_id, list(message.receipts))
-        elif isinstance(message, State):
+    async def _accept(self, device_id: str, message: ClaimRequest | State) -> None:
+        if isinstance(message, State):
             self.counters["states_received"] += 1
             await self._db.call(Store.record_state, device_id, message, utcnow())
             if message.status == "online" and self._on_birth is not None:

@@ -50,6 +50,7 @@ class Gateway:
         self._db: Database | None = None
         self._link: MqttLink | None = None
         self._acks: AckBatcher | None = None
+        self._ingestor: Ingestor | None = None
         self._campaigns: CampaignService | None = None
         self.models: ModelRegistry | None = None
         self._runner: web.AppRunner | None = None
@@ -132,12 +133,14 @@ class Gateway:
             self.counters,
             bundle_ttl=timedelta(seconds=s.bundle_ttl_s),
         )
+        self._ingestor = ingestor
         self._link = MqttLink(
             s,
-            ingestor.handle,
+            ingestor.feed,  # batches are queued; `ingestor.run` commits them in groups
             on_connected=self._on_connected,
-            before_disconnect=self._acks.flush,
+            before_disconnect=self._before_disconnect,
         )
+        self._spawn(ingestor.run(), "gateway-ingest-commit")
         self._spawn(self._acks.run(), "gateway-acks")
         self._spawn(self._link.run(), "gateway-mqtt")
         self._spawn(self._refresh_loop(), "gateway-catalog-refresh")
@@ -193,6 +196,13 @@ class Gateway:
     def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
         task = asyncio.create_task(coro, name=name)
         self._tasks.append(task)
+
+    async def _before_disconnect(self) -> None:
+        """On shutdown, with the session still up: commit what is queued, then send its acks."""
+        if self._ingestor is not None:
+            await self._ingestor.commit_waiting()
+        if self._acks is not None:
+            await self._acks.flush()
 
     async def _on_receipts(self, device_id: str, ids: list[str]) -> None:
         await self.campaigns.delivery.on_receipts(device_id, ids)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
@@ -29,8 +29,27 @@ T = TypeVar("T")
 OUTCOME_KINDS = ("impression", "click", "dismiss", "conversion")
 
 
+_ENCODE = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+"""One encoder built once: `json.dumps` with options builds a new one per call (per row)."""
+
+
 def _json(obj: Any) -> str:
-    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False)
+    return _ENCODE(obj)
+
+
+class _TimeFormatter:
+    """`format_time` memoised within one batch: a device's signals share few timestamps."""
+
+    __slots__ = ("_seen",)
+
+    def __init__(self) -> None:
+        self._seen: dict[datetime, str] = {}
+
+    def __call__(self, moment: datetime) -> str:
+        text = self._seen.get(moment)
+        if text is None:
+            text = self._seen[moment] = format_time(moment)
+        return text
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,86 +104,103 @@ class Store:
     def store_batch_detail(
         self, device_id: str, batch: Batch, received_at: datetime
     ) -> StoredBatch:
+        try:
+            with transaction(self.conn):
+                return self._insert_batch(device_id, batch, format_time(received_at))
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot store batch {batch.seq} of {device_id}: {exc}") from exc
+
+    def store_batches(
+        self, items: Sequence[tuple[str, Batch]], received_at: datetime
+    ) -> list[StoredBatch]:
+        """Group commit: store each (device_id, batch) once, all in ONE transaction (one fsync).
+
+        All or nothing: on a StoreError nothing of the group is stored, and the caller stores
+        the batches one by one so that one bad batch cannot lose the others. A (device_id, seq)
+        twice in the group is stored once; the second is reported as a duplicate.
+        """
         now = format_time(received_at)
         try:
             with transaction(self.conn):
-                cur = self.conn.execute(
-                    "INSERT OR IGNORE INTO batches (device_id, seq, received_at, sent_at, signals,"
-                    " aggregates, outcomes, receipts) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                    [
-                        device_id,
-                        batch.seq,
-                        now,
-                        format_time(batch.sent_at),
-                        len(batch.signals),
-                        len(batch.aggregates),
-                        len(batch.outcomes),
-                        _json(batch.receipts),
-                    ],
-                )
-                self._ensure_device(device_id, now)
-                if cur.rowcount == 0:
-                    self.conn.execute(
-                        "UPDATE devices SET last_seen = ? WHERE device_id = ?", [now, device_id]
-                    )
-                    return StoredBatch(new=False)
-                signals = self.conn.executemany(
-                    "INSERT OR IGNORE INTO signals (device_id, id, seq, kind, at, attrs)"
-                    " VALUES (?, ?, ?, ?, ?, ?)",
-                    [
-                        (device_id, s.id, batch.seq, s.kind, format_time(s.at), _json(s.attrs))
-                        for s in batch.signals
-                    ],
-                ).rowcount
-                aggregates = self._store_aggregates(device_id, batch)
-                outcomes = self.conn.executemany(
-                    "INSERT OR IGNORE INTO outcomes (device_id, id, seq, offer_id, campaign_id,"
-                    " variant, kind, at, surface, score, model_version)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    [
-                        (
-                            device_id,
-                            o.id,
-                            batch.seq,
-                            o.offer_id,
-                            o.campaign_id,
-                            o.variant,
-                            o.kind,
-                            format_time(o.at),
-                            o.surface,
-                            o.score,
-                            o.model_version if o.model_version is not None else batch.model_version,
-                        )
-                        for o in batch.outcomes
-                    ],
-                ).rowcount
-                self.conn.executemany(  # issue 5: the features each decision used, for training
-                    "INSERT OR IGNORE INTO outcome_features (device_id, id, features)"
-                    " VALUES (?, ?, ?)",
-                    [
-                        (device_id, o.id, _json(o.features))
-                        for o in batch.outcomes
-                        if o.features is not None
-                    ],
-                )
-                self.conn.execute(
-                    "UPDATE devices SET last_seen = ?, agent_version = ?,"
-                    " model_version = coalesce(?, model_version),"
-                    " last_seq = max(coalesce(last_seq, -1), ?),"
-                    " stats = CASE WHEN ? >= coalesce(last_seq, -1) THEN ? ELSE stats END"
-                    " WHERE device_id = ?",
-                    [
-                        now,
-                        batch.agent_version,
-                        batch.model_version,
-                        batch.seq,
-                        batch.seq,  # the newest batch's stats win over a late older one
-                        _json(batch.stats.model_dump()),
-                        device_id,
-                    ],
-                )
+                return [self._insert_batch(device_id, batch, now) for device_id, batch in items]
         except sqlite3.Error as exc:
-            raise StoreError(f"cannot store batch {batch.seq} of {device_id}: {exc}") from exc
+            raise StoreError(f"cannot store a group of {len(items)} batches: {exc}") from exc
+
+    def _insert_batch(self, device_id: str, batch: Batch, now: str) -> StoredBatch:
+        """The rows of one batch, inside the caller's transaction."""
+        cur = self.conn.execute(
+            "INSERT OR IGNORE INTO batches (device_id, seq, received_at, sent_at, signals,"
+            " aggregates, outcomes, receipts) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            [
+                device_id,
+                batch.seq,
+                now,
+                format_time(batch.sent_at),
+                len(batch.signals),
+                len(batch.aggregates),
+                len(batch.outcomes),
+                _json(batch.receipts),
+            ],
+        )
+        self._ensure_device(device_id, now)
+        if cur.rowcount == 0:
+            self.conn.execute(
+                "UPDATE devices SET last_seen = ? WHERE device_id = ?", [now, device_id]
+            )
+            return StoredBatch(new=False)
+        times = _TimeFormatter()
+        seq = batch.seq
+        signals = self.conn.executemany(
+            "INSERT OR IGNORE INTO signals (device_id, id, seq, kind, at, attrs)"
+            " VALUES (?, ?, ?, ?, ?, ?)",
+            [(device_id, s.id, seq, s.kind, times(s.at), _json(s.attrs)) for s in batch.signals],
+        ).rowcount
+        aggregates = self._store_aggregates(device_id, batch)
+        outcomes = self.conn.executemany(
+            "INSERT OR IGNORE INTO outcomes (device_id, id, seq, offer_id, campaign_id,"
+            " variant, kind, at, surface, score, model_version)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [
+                (
+                    device_id,
+                    o.id,
+                    seq,
+                    o.offer_id,
+                    o.campaign_id,
+                    o.variant,
+                    o.kind,
+                    times(o.at),
+                    o.surface,
+                    o.score,
+                    o.model_version if o.model_version is not None else batch.model_version,
+                )
+                for o in batch.outcomes
+            ],
+        ).rowcount
+        self.conn.executemany(  # issue 5: the features each decision used, for training
+            "INSERT OR IGNORE INTO outcome_features (device_id, id, features) VALUES (?, ?, ?)",
+            [
+                (device_id, o.id, _json(o.features))
+                for o in batch.outcomes
+                if o.features is not None
+            ],
+        )
+        self.conn.execute(
+            "UPDATE devices SET last_seen = ?, agent_version = ?,"
+            " model_version = coalesce(?, model_version),"
+            " last_seq = max(coalesce(last_seq, -1), ?),"
+            " stats = CASE WHEN ? >= coalesce(last_seq, -1) THEN ? ELSE stats END"
+            " WHERE device_id = ?",
+            [
+                now,
+                batch.agent_version,
+                batch.model_version,
+                seq,
+                seq,  # the newest batch's stats win over a late older one
+                _json(batch.stats.model_dump()),
+                device_id,
+            ],
+        )
         return StoredBatch(True, max(signals, 0), max(aggregates, 0), max(outcomes, 0))
 
     def _store_aggregates(self, device_id: str, batch: Batch) -> int:
