@@ -1,7 +1,9 @@
-"""Baseline of `gateway_ingest_signals_per_s`: a bare paho subscriber that only counts.
+"""Baselines of `gateway_ingest_signals_per_s`: a bare paho subscriber that only counts, and
+(`--validate`) one that also decodes and validates each batch the way the gateway must
+before it may store anything (bounded inflate, JSON, the pydantic `Batch`), but stores nothing.
 
-`python -m bench.paho_sink PORT TOPIC COUNT`: prints "ready", then, once COUNT messages
-arrived, the monotonic time of the last one (the bench compares it with its start time).
+`python -m bench.paho_sink PORT TOPIC COUNT [--validate]`: prints "ready", then, once COUNT
+messages arrived, the monotonic time of the last one (the bench compares it with its start).
 """
 
 from __future__ import annotations
@@ -14,14 +16,20 @@ from typing import Any
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
+from protocol import codec
+from protocol.envelopes import Batch
+
 
 def main() -> int:
     port, topic, count = int(sys.argv[1]), sys.argv[2], int(sys.argv[3])
+    validate = "--validate" in sys.argv[4:]
     got = 0
     done = threading.Event()
 
     def on_message(client: Any, userdata: Any, msg: Any) -> None:
         nonlocal got
+        if validate:
+            codec.decode(msg.payload, Batch, allow_zlib=True)
         got += 1
         if got >= count:
             done.set()
