@@ -459,9 +459,7 @@ class ModelUpdater:
             applied_version=good.version if good is not None else None,
         )
         running = good.version if good is not None else None
-        log.error(
-            "model v%d failed at run time, back to v%s: %s", bad.version, running, error
-        )
+        log.error("model v%d failed at run time, back to v%s: %s", bad.version, running, error)
         task = asyncio.get_running_loop().create_task(
             self._revert(bad.version, running), name=f"agent-{self.config.device_id}-model-revert"
         )

@@ -81,8 +81,8 @@ async def test_publish_rollout_and_a_real_agent_swaps_to_the_signed_model(
         assert result["registered"]["version"] == 2
         with pytest.raises(ModelError, match="409"):
             await publish(base, token, DEFAULT_DIR, version=2)
-        with pytest.raises(ModelError, match="cohort"):
-            await rollout(base, token, 2, percent=10, cohort="region:cn-east")
+        with pytest.raises(ModelError, match="no such profile"):
+            await rollout(base, token, 2, percent=10, cohort="profile:fridge")
 
         # the file is served without a token (devices check it against the signed manifest)
         async with aiohttp.ClientSession(base) as anon:
@@ -97,6 +97,12 @@ async def test_publish_rollout_and_a_real_agent_swaps_to_the_signed_model(
         )
         async with Agent(agent_settings) as agent:
             assert await agent.wait_connected(20)
+            assert agent.model_version == 1
+            # a rollout to a region this device is not in: signed for it, not fetched
+            roll = await rollout(base, token, 2, percent=100, cohort="region:cn-east")
+            assert roll["profiles"] == ["tv", "hub"]
+            assert roll["manifest"]["cohorts"] == ["region:cn-east"]
+            await _poll(lambda: agent.counters["model_update_not_in_cohort"] >= 1)
             assert agent.model_version == 1
             roll = await rollout(base, token, 2, percent=100, cohort="profile:tv")
             assert roll["profiles"] == ["tv"]
