@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import sqlite3
 import uuid
 from datetime import timedelta
 from pathlib import Path
@@ -140,7 +142,9 @@ def test_export_turns_logged_outcomes_into_training_lines(tmp_path: Path) -> Non
     scaled = [0.5] * len(spec.features)
     now = utcnow()
 
-    def outcome(kind: str, offer: str, at_s: int, features: list[float] | None) -> Outcome:
+    def outcome(
+        kind: str, offer: str, at_s: int, features: list[float] | None, *, ghost: bool = False
+    ) -> Outcome:
         return Outcome(
             id=new_id(),
             offer_id=offer,
@@ -150,6 +154,7 @@ def test_export_turns_logged_outcomes_into_training_lines(tmp_path: Path) -> Non
             surface="tv_home_banner",
             model_version=1,
             features=features,
+            counterfactual=ghost,
         )
 
     outcomes = [
@@ -158,6 +163,9 @@ def test_export_turns_logged_outcomes_into_training_lines(tmp_path: Path) -> Non
         outcome("impression", "o1", 60, scaled),  # shown again, not clicked
         outcome("impression", "o2", 1, scaled),
         outcome("impression", "o3", 2, None),  # no logged features: skipped
+        # a holdout device's impression, never shown: no click could follow, not a negative
+        outcome("impression", "o4", 3, scaled, ghost=True),
+        outcome("impression", "o1", 90, scaled, ghost=True),
     ]
     batch = Batch(
         device_id="dev-export-1",
@@ -171,7 +179,14 @@ def test_export_turns_logged_outcomes_into_training_lines(tmp_path: Path) -> Non
     store.close()
     out = tmp_path / "logs.jsonl"
     stats = export_logs(data_dir, out, fallback=shipped_specs())
-    assert (stats.written, stats.clicks, stats.skipped) == (3, 1, {"no_features": 1})
+    assert (stats.written, stats.clicks, stats.skipped) == (
+        3,
+        1,
+        {"no_features": 1, "counterfactual": 2},
+    )
+    with contextlib.closing(sqlite3.connect(data_dir / "gateway.db")) as stored:
+        ghosts = stored.execute("SELECT count(*) FROM outcomes WHERE counterfactual = 1")
+        assert ghosts.fetchone() == (2,)
     examples = read_examples(out)
     assert len(examples) == 3
     assert sorted(examples.clicked.tolist()) == [0.0, 0.0, 1.0]
