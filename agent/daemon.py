@@ -175,7 +175,7 @@ class Agent:
                     expires_at=expires.timestamp(),
                 )
             )
-            buckets.extend(self.windows.observe(item.kind, item.attrs, at))
+            buckets.extend(self.windows.observe(item.kind, item.attrs, at, now=now))
         withdrawn = self.store.analytics_withdrawn and not self.consent.analytics
         hits = None
         if not withdrawn and self.uplink is not None and self.uplink.mode() == "aggregate":
