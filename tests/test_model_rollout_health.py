@@ -6,9 +6,13 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import math
 import uuid
+from collections import Counter
+from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -17,13 +21,19 @@ import pytest
 
 from agent.config import load_settings
 from agent.daemon import Agent
+from cloud_gateway.api import ApiProblem
 from cloud_gateway.auth import create_token
 from cloud_gateway.config import GatewaySettings
-from cloud_gateway.model_registry import Health
+from cloud_gateway.model_registry import Health, ModelRegistry, RolloutIn
 from cloud_gateway.service import Gateway
+from cloud_gateway.store import Database, Store
 from edgemart.broker import MosquittoProcess
 from models.build_default import DEFAULT_DIR
 from models.publish import prepare_manifest, rollout, upload
+from protocol.envelopes import ModelUpdateReport
+from protocol.ids import format_time, utcnow
+from protocol.signing import Signer
+from protocol.topics import Topics
 from tests.test_agent_scoring import onnx_bytes
 
 pytestmark = pytest.mark.integration
@@ -132,3 +142,90 @@ async def test_a_model_failing_the_device_health_check_halts_its_rollout(
         assert ("model.halt", "3") in actions
         halt_row = next(r for r in rows if r["action"] == "model.halt")
         assert halt_row["detail"]["replacement"] == 4
+
+
+@pytest.fixture
+async def registry(tmp_path: Path) -> AsyncIterator[tuple[ModelRegistry, list[tuple[str, bytes]]]]:
+    db = await Database(tmp_path / "gateway.db").open()
+    published: list[tuple[str, bytes]] = []
+
+    async def publish(topic: str, payload: bytes, retain: bool) -> None:
+        assert retain
+        published.append((topic, payload))
+
+    try:
+        yield (
+            ModelRegistry(
+                db,
+                signer=Signer.generate("gw-test"),
+                topics=Topics("t/v1"),
+                publish=publish,
+                counters=Counter(),
+                models_dir=tmp_path / "models",
+                halt_fraction=0.05,
+                halt_min_devices=2,
+            ),
+            published,
+        )
+    finally:
+        await db.close()
+
+
+async def test_rollout_rechecks_expiry_and_register_and_rollout_are_audited(
+    registry: tuple[ModelRegistry, list[tuple[str, bytes]]],
+) -> None:
+    models, published = registry
+    manifest, data = prepare_manifest(DEFAULT_DIR, version=2)
+    await models.register(manifest, data, "token:ops")
+    # time passes: the manifest registered yesterday has expired by the rollout
+    past = format_time(utcnow() - timedelta(seconds=1))
+
+    def expire(store: Store) -> None:
+        with store.conn:
+            store.conn.execute(
+                "UPDATE models SET manifest = json_set(manifest, '$.expires_at', ?)", [past]
+            )
+
+    await models.db.call(expire)
+    with pytest.raises(ApiProblem, match="expired"):
+        await models.rollout(2, RolloutIn(percent=10), "http://gw", "token:ops")
+    assert published == []
+
+    manifest3, data3 = prepare_manifest(DEFAULT_DIR, version=3)
+    await models.register(manifest3, data3, "token:ops")
+    roll = await models.rollout(3, RolloutIn(cohort="region:cn-east", percent=20), "http://gw")
+    assert roll["manifest"]["cohorts"] == ["region:cn-east"]
+    assert roll["manifest"]["rollout"] == 20
+    assert {topic for topic, _ in published} == {
+        f"t/v1/models/{p}/manifest" for p in manifest3["profiles"]
+    }
+    rows = await models.db.call(Store.audit_log, 10)
+    actions = [(r["who"], r["action"], r["target"]) for r in rows]
+    assert ("token:ops", "model.register", "2") in actions
+    assert ("token:ops", "model.register", "3") in actions
+    assert ("gateway", "model.rollout", "3") in actions
+    assert ("token:ops", "model.rollout", "2") not in actions  # refused: not audited
+
+
+async def test_without_an_earlier_good_model_a_halt_stops_the_rollout_at_zero(
+    registry: tuple[ModelRegistry, list[tuple[str, bytes]]],
+) -> None:
+    models, published = registry
+    manifest, data = prepare_manifest(DEFAULT_DIR, version=5)
+    await models.register(manifest, data, "token:ops")
+    await models.rollout(5, RolloutIn(cohort="profile:tv", percent=50), "http://gw")
+    published.clear()
+    report = ModelUpdateReport(version=5, status="failed", reason="health_failed")
+    await models.record_health("dev-a1", report)
+    await models.record_health("dev-a1", report)  # the same device twice counts once
+    assert published == []
+    await models.record_health("dev-a2", ModelUpdateReport(version=5, status="applied"))
+    await models.record_health("dev-a3", report)
+    (topic, payload), *_ = published
+    assert topic == "t/v1/models/tv/manifest"
+    halted = json.loads(payload)
+    assert (halted["version"], halted["rollout"]) == (5, 0)
+    doc = await models.get(5)
+    assert doc["health"] == {"applied": 1, "failed": 2, "rolled_back": 0, "reporting": 3}
+    assert doc["halt"]["replacement"] is None
+    assert doc["rollouts"] == {"tv": {"cohort": "profile:tv", "percent": 0}}
