@@ -28,6 +28,7 @@ import json
 import logging
 import os
 import re
+import sqlite3
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -38,7 +39,7 @@ from aiohttp import BodyPartReader, web
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
 from cloud_gateway.api import TOKEN_ID, ApiProblem
-from cloud_gateway.errors import NotFound
+from cloud_gateway.errors import NotFound, StoreError
 from cloud_gateway.store import Database, Store
 from protocol import codec
 from protocol.envelopes import ModelManifest, ModelUpdateReport
@@ -120,7 +121,18 @@ def _list_models(store: Store, version: int | None = None) -> list[dict[str, Any
     return models
 
 
-def _record_health(store: Store, device_id: str, report: ModelUpdateReport) -> None:
+def _record_health(store: Store, device_id: str, report: ModelUpdateReport) -> bool:
+    """Store a device's report; False when the version is not a registered model."""
+    try:
+        if _get_model(store, report.version) is None:
+            return False
+        _upsert_health(store, device_id, report)
+    except sqlite3.Error as exc:
+        raise StoreError(f"cannot record model health of {device_id}: {exc}") from exc
+    return True
+
+
+def _upsert_health(store: Store, device_id: str, report: ModelUpdateReport) -> None:
     with store.conn:
         store.conn.execute(
             "INSERT OR REPLACE INTO model_health (version, device_id, status, reason, running, at)"
@@ -439,7 +451,9 @@ class ModelRegistry:
 
     async def record_health(self, device_id: str, report: ModelUpdateReport) -> None:
         """A device's report on a model it tried; halts the rollout past the thresholds."""
-        await self.db.call(_record_health, device_id, report)
+        if not await self.db.call(_record_health, device_id, report):
+            self.counters["model_health_unknown_version"] += 1
+            return
         self.counters[f"model_health_{report.status}"] += 1
         if report.status == "applied":
             return

@@ -220,6 +220,10 @@ async def test_without_an_earlier_good_model_a_halt_stops_the_rollout_at_zero(
     await models.record_health("dev-a1", report)  # the same device twice counts once
     assert published == []
     await models.record_health("dev-a2", ModelUpdateReport(version=5, status="applied"))
+    for device in ("dev-b1", "dev-b2", "dev-b3"):  # a version never registered: not a rollout
+        await models.record_health(device, ModelUpdateReport(version=99, status="rolled_back"))
+    assert models.counters["model_health_unknown_version"] == 3
+    assert published == []
     await models.record_health("dev-a3", report)
     (topic, payload), *_ = published
     assert topic == "t/v1/models/tv/manifest"
