@@ -114,6 +114,8 @@ async def test_publish_rollout_and_a_real_agent_swaps_to_the_signed_model(
                 status = await resp.json()
             assert status["model_version"] == 2
             assert status["model_update"]["state"] == "applied"
+            assert status["model_update"]["report"]["status"] == "applied"
+            assert status["model_update"]["report"]["version"] == 2
             assert status["counters"]["model_updates_applied"] == 1
             decision = await agent.decide("tv_home_banner")
             assert decision.model_version == 2
