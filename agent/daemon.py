@@ -21,12 +21,19 @@ from agent.claims import Claims
 from agent.config import AgentSettings
 from agent.consent import ConsentState, parse_purposes
 from agent.decisions import Decisions
-from agent.errors import ConfigError, ModelRejected, QuotaExceeded, UnknownOffer
+from agent.errors import (
+    ConfigError,
+    LinkDown,
+    ModelRejected,
+    QuotaExceeded,
+    ScoringError,
+    UnknownOffer,
+)
 from agent.features import FeatureWindows, prune_cutoff
 from agent.intake import SignalIn, parse_outcome, parse_signal_list
 from agent.link import Incoming, Link, LinkState
 from agent.metrics import Metrics
-from agent.model_update import ModelUpdater, UpdateConfig, load_current
+from agent.model_update import ModelUpdater, UpdateConfig, load_kept
 from agent.offers import OfferBook, load_trust
 from agent.policy import CapCounts, CapLimits, QuietWindow
 from agent.ranking import Consent, Decision, RankedOffer
@@ -35,6 +42,7 @@ from agent.status import accounting_of, gauges_of, status_of
 from agent.store import NewSignal, Store
 from agent.tasks import cancel_and_wait
 from agent.uplink import Uplink
+from protocol import codec
 from protocol.envelopes import State
 from protocol.errors import ProtocolError
 from protocol.ids import format_time, new_id, utcnow
@@ -71,6 +79,8 @@ class Agent:
             defaults.analytics, defaults.personalization, defaults.marketing
         )
         self.model: Model | None = None
+        self.previous_model: Model | None = None
+        """The last good model before the running one: where a run-time failure goes back to."""
         self.windows = FeatureWindows()
         self.offers: OfferBook | None = None
         self.link: Link | None = None
@@ -81,7 +91,11 @@ class Agent:
         self._opened = False
         self.last_model_error: str | None = None
         self.decisions = Decisions(
-            settings, self.store, self.metrics, on_outcome=self._outcome_stored
+            settings,
+            self.store,
+            self.metrics,
+            on_outcome=self._outcome_stored,
+            on_model_failure=self._model_failed,
         )
         self.claims: Claims | None = None
 
@@ -161,7 +175,7 @@ class Agent:
                     expires_at=expires.timestamp(),
                 )
             )
-            buckets.extend(self.windows.observe(item.kind, item.attrs, at))
+            buckets.extend(self.windows.observe(item.kind, item.attrs, at, now=now))
         withdrawn = self.store.analytics_withdrawn and not self.consent.analytics
         hits = None
         if not withdrawn and self.uplink is not None and self.uplink.mode() == "aggregate":
@@ -351,9 +365,6 @@ class Agent:
         except ModelRejected as exc:
             log.error("no usable model, ranking by priority: %s", exc)  # noqa: TRY400
         models_dir = settings.data_dir / "models"
-        updated = await asyncio.to_thread(load_current, models_dir)  # issue 5: last good update
-        if updated is not None:
-            self.model = updated
         self.model_updates = ModelUpdater(
             UpdateConfig(
                 device_id=settings.device_id,
@@ -361,12 +372,22 @@ class Agent:
                 models_dir=models_dir,
                 scoring_budget_ms=settings.profile.budgets.scoring_cpu_ms,
                 candidates=settings.profile.budgets.max_candidates,
+                cohorts=tuple(settings.profile.cohorts),
             ),
             verifier,
             self.metrics,
             running=lambda: self.model,
             swap=self._swap_model,
+            on_report=self._republish_state,
         )
+        await self.model_updates.open()
+        # issue 5: the last good update, else the newest good one kept below it, else default
+        current, previous = await asyncio.to_thread(
+            load_kept, models_dir, self.model_updates.refused
+        )
+        if current is not None:
+            self.previous_model = previous if previous is not None else self.model
+            self.model = current
         for row in await self.store.load_consent():
             self.consent = _with(
                 self.consent, row.purpose, row.granted, row.version, row.updated_at
@@ -448,7 +469,27 @@ class Agent:
             agent_version=AGENT_VERSION,
             model_version=self.model_version,
             cohorts=list(profile.cohorts),
+            model_update=self.model_updates.report if self.model_updates is not None else None,
         )
+
+    def _republish_state(self) -> None:
+        """The model update report changed: publish the retained state again (the next birth
+        carries it anyway when the link is down now)."""
+        if self.link is None or not self.link.connected.is_set():
+            return
+        self._spawn(self._publish_state(), "state")
+
+    async def _publish_state(self) -> None:
+        if self.link is None:
+            return
+        try:
+            await self.link.publish(
+                self.settings.topics.state(self.settings.device_id),
+                codec.encode(self._birth()),
+                retain=True,
+            )
+        except LinkDown as exc:
+            log.debug("state not republished: %s", exc)
 
     def _on_connected(self) -> None:
         if self.uplink is not None:
@@ -477,8 +518,26 @@ class Agent:
             self.uplink.poke(flush=True)  # outcomes go up at once, not at the batch age
 
     def _swap_model(self, model: Model) -> None:
-        """The updater's last step: later decisions use `model` (one reference assignment)."""
+        """The updater's last step: later decisions use `model` (one reference assignment);
+        the one it replaces is kept as the last good model."""
+        if self.model is not None:
+            self.previous_model = self.model
         self.model = model
+
+    def _model_failed(self, model: Model, error: ScoringError) -> Model | None:
+        """A model failed at run time (`Decisions.rank`): go back to the last good model,
+        remember and report the failure; the model to rank with now, or None (priority)."""
+        if model is not self.model:
+            return self.model  # already replaced meanwhile
+        good = self.previous_model
+        if good is not None and good.version == model.version:
+            good = None
+        self.model, self.previous_model = good, None
+        self.metrics.inc("models_rejected")
+        self.last_model_error = str(error)
+        if self.model_updates is not None:
+            self.model_updates.rolled_back(model, good, str(error))
+        return good
 
     def _gauges(self) -> dict[str, float]:
         return gauges_of(self)

@@ -9,7 +9,7 @@ from datetime import datetime
 from typing import Any
 
 from agent import attribution
-from agent.catalog import Catalog, build_catalog
+from agent.catalog import Catalog
 from agent.config import AgentSettings
 from agent.errors import ScoringError
 from agent.features import UserContext
@@ -41,6 +41,8 @@ class Decisions:
     each returned offer's score, model version and features so a later outcome carries them,
     logs holdout impressions, and stores outcomes (counting impressions toward caps, attributing
     conversions). `on_outcome` runs after each stored outcome (the agent pokes its uplink).
+    `on_model_failure(model, error)` runs when a model fails at run time and answers the model
+    to rank with instead (the agent's last good one, `Agent._model_failed`), or None.
     """
 
     def __init__(
@@ -50,8 +52,10 @@ class Decisions:
         metrics: Metrics,
         *,
         on_outcome: Callable[[], None],
+        on_model_failure: Callable[[Model, ScoringError], Model | None] | None = None,
     ) -> None:
         self._settings = settings
+        self._on_model_failure = on_model_failure
         self._store = store
         self._metrics = metrics
         self._on_outcome = on_outcome
@@ -89,41 +93,39 @@ class Decisions:
         refused: frozenset[str],
         explain: bool,
     ) -> Decision:
-        """One ranking (`agent.ranking`), without the model when it fails; remembered."""
-        profile = self._settings.profile
+        """One ranking (`agent.ranking`), remembered. When the model fails at run time, with
+        the last good model `on_model_failure` answers, else without a model (priority)."""
         self.caps.roll(self.local_day(now))
         situation = Situation(
             self._settings.device_id, self.caps, self.cap_limits, self.quiet, refused
         )
-        try:
-            if catalog is None:
-                decision = decide(model, [], ctx, surface, limit, now, consent, explain)
-            else:
-                decision = decide_catalog(
+        tried: set[int] = set()
+        while True:
+            try:
+                decision = self._rank_with(
                     model,
                     catalog,
                     ctx,
                     surface,
-                    limit,
-                    now,
-                    consent,
-                    explain,
-                    max_candidates=profile.budgets.max_candidates,
+                    limit=limit,
+                    now=now,
+                    consent=consent,
+                    explain=explain,
                     situation=situation,
                 )
-        except ScoringError as exc:
-            log.error("model failed, ranking without it: %s", exc)  # noqa: TRY400
-            decision = decide_catalog(
-                None,
-                catalog if catalog is not None else _EMPTY,
-                ctx,
-                surface,
-                limit,
-                now,
-                consent,
-                explain,
-                situation=situation,
-            )
+                break
+            except ScoringError as exc:
+                if model is None:  # only a model raises ScoringError
+                    raise
+                tried.add(id(model))
+                fallback = None
+                if self._on_model_failure is not None:
+                    fallback = self._on_model_failure(model, exc)
+                if fallback is not None and id(fallback) not in tried:
+                    model = fallback
+                    continue
+                log.error("model failed, ranking without it: %s", exc)  # noqa: TRY400
+                model = None
         for ranked in decision.ranked:
             self._last[ranked.offer.id] = (ranked.score, decision.model_version)
             self._last.move_to_end(ranked.offer.id)
@@ -134,6 +136,34 @@ class Decisions:
         while len(self._features) > LAST_DECISIONS:
             self._features.popitem(last=False)
         return decision
+
+    def _rank_with(
+        self,
+        model: Model | None,
+        catalog: Catalog | None,
+        ctx: UserContext,
+        surface: str,
+        *,
+        limit: int,
+        now: datetime,
+        consent: Consent,
+        explain: bool,
+        situation: Situation,
+    ) -> Decision:
+        if catalog is None:
+            return decide(model, [], ctx, surface, limit, now, consent, explain)
+        return decide_catalog(
+            model,
+            catalog,
+            ctx,
+            surface,
+            limit,
+            now,
+            consent,
+            explain,
+            max_candidates=self._settings.profile.budgets.max_candidates,
+            situation=situation,
+        )
 
     async def log_counterfactual(self, decision: Decision, surface: str, now: datetime) -> None:
         """A holdout kept these offers off: log the impression they would have made (once per
@@ -235,6 +265,3 @@ class Decisions:
         self._metrics.inc("outcomes_recorded")
         self._on_outcome()
         return outcome.id
-
-
-_EMPTY = build_catalog([])

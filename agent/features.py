@@ -9,17 +9,21 @@ Persistence contract (the store relies on it):
 * `hour_epoch` of a windowed row is the hour number since the Unix epoch
   (`int(at.timestamp()) // 3600`), not seconds.
 * Keys: `cat:<category>` counts signals whose `attrs.category` is `<category>`, one bucket per
-  hour; `app:<app>`, `genre:<genre>` and `appl:<appliance>` count by `attrs.app`, `attrs.genre`
-  and `attrs.appliance` the same way; `sec.cat:<category>` and `sec.genre:<genre>` add up the
-  `attrs.seconds` of `content_view` signals (durations, whole seconds). `own:<appliance>` is a
-  state key (below): the household owns that appliance (any signal naming it).
+  hour; `sec.cat:<category>` adds up the `attrs.seconds` of `content_view` signals (durations,
+  whole seconds). `own:<appliance>` is a state key (below): the household owns that appliance
+  (any signal naming it in `attrs.appliance`). Only what a model's spec can ask for is kept
+  (`protocol.vocabulary.SERVABLE_FEATURE_NAMES`: offers carry a category, not an app or a
+  genre, so per-app and per-genre counts would serve nothing); rows of keys an older agent
+  persisted (`app:`, `genre:`, `appl:`, `sec.genre:`) are skipped by `load` and pruned.
   `level:<category>` (latest `consumable_level.level`) and `tier` (latest `member_tier`)
   are *state* keys kept at `hour_epoch == STATE_HOUR`, a constant far in the future so a prune
   `DELETE ... WHERE hour_epoch < prune_cutoff(now)` never removes them. A state value packs the
   observation time and the value, `(unix_seconds << 20) | value` (level scaled by 1e6, tier as
   is), so "latest wins" is simply "largest wins" and the delta is `new - old`. `~hw` (also at
   `STATE_HOUR`) is the newest hour seen: buckets older than `~hw - 168` (7 days + 1 h kept) are
-  dropped in memory and ignored by `load`.
+  dropped in memory and ignored by `load`. A signal dated in the future counts at no later
+  than `now + MAX_SKEW_S` (`observe(..., now=)`), so one bad clock cannot push `~hw` ahead and
+  prune buckets that are still inside the windows.
 * At most `max_keys` distinct keys (`~hw` aside). When a new key would pass the cap, the key seen
   least recently (by signal time; ties by name) is evicted and `observe` returns negative rows
   that cancel its buckets, so the persisted rows always sum to exactly the in-memory state.
@@ -54,8 +58,10 @@ AT_SHIFT = 20
 MAX_TIER = 3
 
 COUNT_PREFIX = "cat:"
-WINDOW_PREFIXES = ("cat:", "app:", "genre:", "appl:", "sec.cat:", "sec.genre:")
 SECONDS_PREFIX = "sec.cat:"
+WINDOW_PREFIXES = (COUNT_PREFIX, SECONDS_PREFIX)
+MAX_SKEW_S = 300
+"""How far ahead of the device's clock a signal's time may count (clock skew of apps)."""
 LEVEL_PREFIX = "level:"
 OWN_PREFIX = "own:"
 STATE_PREFIXES = (LEVEL_PREFIX, OWN_PREFIX)
@@ -229,31 +235,28 @@ class FeatureWindows:
 
     # ------------------------------------------------------------------ intake
 
-    def observe(self, kind: str, attrs: Mapping[str, object], at: datetime) -> list[Row]:
-        """Account one accepted signal; returns the bucket increments to persist with it."""
+    def observe(
+        self, kind: str, attrs: Mapping[str, object], at: datetime, *, now: datetime | None = None
+    ) -> list[Row]:
+        """Account one accepted signal; returns the bucket increments to persist with it.
+
+        With `now`, a time more than `MAX_SKEW_S` ahead of it counts at `now + MAX_SKEW_S`."""
         seconds = _seconds(at)
+        if now is not None:
+            seconds = min(seconds, _seconds(now) + MAX_SKEW_S)
         rows: list[Row] = []
         hour = seconds // HOUR_S
         category = _category(attrs.get("category"))
         if category is not None:
             self._count(COUNT_PREFIX + category, hour, rows)
-        app = _category(attrs.get("app"))
-        if app is not None:
-            self._count("app:" + app, hour, rows)
-        genre = _category(attrs.get("genre"))
-        if genre is not None:
-            self._count("genre:" + genre, hour, rows)
         appliance = _category(attrs.get("appliance"))
         if appliance is not None:
-            self._count("appl:" + appliance, hour, rows)
             self._set_state(OWN_PREFIX + appliance, seconds, 1, rows)
         if kind == "content_view":
             duration = _number(attrs.get("seconds"))
             spent = round(min(max(duration, 0.0), MAX_SECONDS)) if duration is not None else 0
             if spent > 0 and category is not None:
                 self._count(SECONDS_PREFIX + category, hour, rows, spent)
-            if spent > 0 and genre is not None:
-                self._count("sec.genre:" + genre, hour, rows, spent)
         if kind == "consumable_level" and category is not None:
             level = _number(attrs.get("level"))
             if level is not None:

@@ -25,7 +25,7 @@ def status_of(agent: Agent) -> dict[str, Any]:
         "offers": len(agent.offers) if agent.offers is not None else 0,
         "consent": agent.consent.to_json(),
         "counters": dict(agent.metrics.counters),
-        "model_update": dict(agent.model_updates.state) if agent.model_updates else None,
+        "model_update": _model_update(agent),
         "accounting": agent.accounting(),
     }
 
@@ -54,4 +54,16 @@ def gauges_of(agent: Agent) -> dict[str, float]:
         "in_flight_batches": float(agent.uplink.in_flight if agent.uplink else 0),
         "link_connected": 1.0 if agent.link_state == LinkState.CONNECTED else 0.0,
         "offers_held": float(len(agent.offers) if agent.offers is not None else 0),
+    }
+
+
+def _model_update(agent: Agent) -> dict[str, Any] | None:
+    """The updater's state plus the report the gateway last got (`State.model_update`)."""
+    updates = agent.model_updates
+    if updates is None:
+        return None
+    report = updates.report
+    return {
+        **updates.state,
+        "report": report.model_dump(mode="json", exclude_none=True) if report else None,
     }

@@ -24,6 +24,9 @@ class DecisionRows:
 
     outcome_rows: int
     outbox_bytes: int
+    clock: Callable[[], float]
+    """The store's wall clock (`Store.clock`): exposures are stamped with it, as attribution
+    windows are measured with the decisions' clock (the same in production; tests travel)."""
 
     if TYPE_CHECKING:
 
@@ -62,7 +65,7 @@ class DecisionRows:
         exposure: bool,
     ) -> None:
         size = o.size + (len(features) if features else 0)
-        now = time.time()
+        now = self.clock()
         try:
             with self._tx() as tx:
                 tx.execute(

@@ -65,6 +65,11 @@ class GatewaySettings(BaseModel):
     """How often scheduled campaigns are started and expired ones ended."""
     resend_after_s: Annotated[float, Field(gt=0, le=86400)] = 300.0
     """A device bundle without a receipt is sent again after this long (and on each birth)."""
+    model_halt_fraction: Annotated[float, Field(gt=0, le=1)] = 0.05
+    """A model rollout halts when at least this share of the devices reporting on it failed
+    (health check refused it or it was rolled back at run time) ..."""
+    model_halt_min_devices: Annotated[int, Field(ge=1, le=1_000_000)] = 5
+    """... and at least this many devices failed."""
 
     @field_validator("broker")
     @classmethod

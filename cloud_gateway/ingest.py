@@ -20,7 +20,7 @@ from typing import Any
 from cloud_gateway.errors import GatewayError
 from cloud_gateway.store import Database, Store, StoredBatch
 from protocol import codec
-from protocol.envelopes import Ack, Batch, ClaimRequest, State
+from protocol.envelopes import Ack, Batch, ClaimRequest, ModelUpdateReport, State
 from protocol.errors import ProtocolError
 from protocol.ids import utcnow
 from protocol.signing import Signer
@@ -51,6 +51,8 @@ OnReceipts = Callable[[str, list[str]], Awaitable[None]]
 """Called with a stored batch's receipts (ids of device bundles the device holds)."""
 OnBirth = Callable[[str], Awaitable[None]]
 """Called after a device's `online` state is recorded (re-send what is outstanding)."""
+OnModelReport = Callable[[str, ModelUpdateReport], Awaitable[None]]
+"""Called with a state's model update report (the model registry's rollout health)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -222,12 +224,14 @@ class Ingestor:
         submit_claim: SubmitClaim | None = None,
         on_receipts: OnReceipts | None = None,
         on_birth: OnBirth | None = None,
+        on_model_report: OnModelReport | None = None,
         group_max: int = GROUP_MAX,
         queue_max: int = QUEUE_MAX,
     ) -> None:
         self._submit_claim = submit_claim
         self._on_receipts = on_receipts
         self._on_birth = on_birth
+        self._on_model_report = on_model_report
         self._topics = topics
         self._db = db
         self._acks = acks
@@ -380,6 +384,8 @@ class Ingestor:
         if isinstance(message, State):
             self.counters["states_received"] += 1
             await self._db.call(Store.record_state, device_id, message, utcnow())
+            if message.model_update is not None and self._on_model_report is not None:
+                await self._on_model_report(device_id, message.model_update)
             if message.status == "online" and self._on_birth is not None:
                 await self._on_birth(device_id)
         elif self._submit_claim is not None:

@@ -260,3 +260,41 @@ def issue5_model_registry(db: Database) -> None:
 def issue3_aggregates_latest(db: Database) -> None:
     """Aggregates are cumulative snapshots: find a device's row per (window, key) fast."""
     db.execute("CREATE INDEX aggregates_latest ON aggregates (device_id, window, key)")
+
+
+@migration
+def models_rollout_health_and_halts(db: Database) -> None:
+    """Issue 5: what devices report of a rollout (applied, failed, rolled back) and halts."""
+    db.create_table(
+        "model_health",
+        {
+            "version": int,
+            "device_id": str,
+            "status": str,
+            "reason": str,
+            "running": int,
+            "at": str,
+        },
+        pk=("version", "device_id"),
+        not_null=["status", "at"],
+    )
+    db.create_table(
+        "model_halts",
+        {
+            "version": int,
+            "halted_at": str,
+            "reason": str,
+            "replacement": int,
+            "failures": int,
+            "reporting": int,
+        },
+        pk="version",
+        not_null=["halted_at", "reason", "failures", "reporting"],
+    )
+
+
+@migration
+def models_outcome_counterfactual(db: Database) -> None:
+    """Issue 5: a holdout device's counterfactual impression is stored as such (the training
+    export skips it: nothing was shown, so no click could follow)."""
+    db.execute("ALTER TABLE outcomes ADD COLUMN counterfactual INTEGER NOT NULL DEFAULT 0")

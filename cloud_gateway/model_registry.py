@@ -4,10 +4,20 @@
 an operator token) checks the manifest against the bytes (sha256, size), the version (only
 increasing), the expiry and that onnxruntime opens the file with the spec's input and width;
 it stores the file under `DATA_DIR/models/`. `POST /v1/models/{version}/rollout` with
-`{"cohort": "all" | "profile:<p>", "percent": 0..100}` signs the manifest with the
-gateway's key (with `url` and `rollout` set) and publishes it retained on
-`models/{profile}/manifest`. `GET /v1/models/{version}/model.onnx` serves the file without
-a token: devices check it against the signed manifest, not the channel.
+`{"cohort": "all" | "profile:<p>" | any cohort such as "region:cn-east", "percent": 0..100}`
+re-checks the expiry, signs the manifest with the gateway's key (with `url`, `rollout` and,
+unless the cohort is `all`, `cohorts` set: devices outside them do not fetch it) and
+publishes it retained on `models/{profile}/manifest` for each targeted profile.
+`GET /v1/models/{version}/model.onnx` serves the file without a token: devices check it
+against the signed manifest, not the channel.
+
+Rollout health: devices report in their retained state what became of the model they tried
+(`applied`, `failed`, `rolled_back`; `ModelRegistry.record_health`). When the failures reach
+`halt_min_devices` AND `halt_fraction` of the reporting devices, the rollout is halted: the
+newest earlier good model of each affected profile is republished as a NEW higher version
+(devices refuse older versions), or, with none, the manifest is re-signed at 0 % so no further
+device fetches it. `GET /v1/models/{version}` shows rollouts, health and any halt; register,
+rollout and halt are audited.
 """
 
 from __future__ import annotations
@@ -18,8 +28,10 @@ import json
 import logging
 import os
 import re
+import sqlite3
 from collections import Counter
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -27,10 +39,10 @@ from aiohttp import BodyPartReader, web
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
 from cloud_gateway.api import TOKEN_ID, ApiProblem
-from cloud_gateway.errors import NotFound
+from cloud_gateway.errors import NotFound, StoreError
 from cloud_gateway.store import Database, Store
 from protocol import codec
-from protocol.envelopes import ModelManifest
+from protocol.envelopes import ModelManifest, ModelUpdateReport
 from protocol.errors import ProtocolError
 from protocol.ids import format_time, utcnow
 from protocol.signing import Signer
@@ -88,8 +100,13 @@ def _get_model(store: Store, version: int) -> dict[str, Any] | None:
     return dict(row) if row is not None else None
 
 
-def _list_models(store: Store) -> list[dict[str, Any]]:
-    models = [dict(r) for r in store.conn.execute("SELECT * FROM models ORDER BY version")]
+def _list_models(store: Store, version: int | None = None) -> list[dict[str, Any]]:
+    if version is None:
+        models = [dict(r) for r in store.conn.execute("SELECT * FROM models ORDER BY version")]
+    else:
+        models = [
+            dict(r) for r in store.conn.execute("SELECT * FROM models WHERE version = ?", [version])
+        ]
     rollouts = [dict(r) for r in store.conn.execute("SELECT * FROM model_rollouts")]
     for model in models:
         model["profiles"] = json.loads(model["profiles"])
@@ -99,7 +116,85 @@ def _list_models(store: Store) -> list[dict[str, Any]]:
             for r in rollouts
             if r["version"] == model["version"]
         }
+        model["health"] = _health(store, model["version"]).doc()
+        model["halt"] = _halt_of(store, model["version"])
     return models
+
+
+def _record_health(store: Store, device_id: str, report: ModelUpdateReport) -> bool:
+    """Store a device's report; False when the version is not a registered model."""
+    try:
+        if _get_model(store, report.version) is None:
+            return False
+        _upsert_health(store, device_id, report)
+    except sqlite3.Error as exc:
+        raise StoreError(f"cannot record model health of {device_id}: {exc}") from exc
+    return True
+
+
+def _upsert_health(store: Store, device_id: str, report: ModelUpdateReport) -> None:
+    with store.conn:
+        store.conn.execute(
+            "INSERT OR REPLACE INTO model_health (version, device_id, status, reason, running, at)"
+            " VALUES (?, ?, ?, ?, ?, ?)",
+            [
+                report.version,
+                device_id,
+                report.status,
+                report.reason,
+                report.running,
+                format_time(report.at or utcnow()),
+            ],
+        )
+
+
+def _health(store: Store, version: int) -> Health:
+    rows = store.conn.execute(
+        "SELECT status, count(*) FROM model_health WHERE version = ? GROUP BY status", [version]
+    ).fetchall()
+    counts = {str(r[0]): int(r[1]) for r in rows}
+    return Health(counts.get("applied", 0), counts.get("failed", 0), counts.get("rolled_back", 0))
+
+
+def _halt_of(store: Store, version: int) -> dict[str, Any] | None:
+    row = store.conn.execute("SELECT * FROM model_halts WHERE version = ?", [version]).fetchone()
+    return dict(row) if row is not None else None
+
+
+def _record_halt(store: Store, version: int, doc: dict[str, Any]) -> None:
+    with store.conn:
+        store.conn.execute(
+            "INSERT OR REPLACE INTO model_halts (version, halted_at, reason, replacement,"
+            " failures, reporting) VALUES (?, ?, ?, ?, ?, ?)",
+            [
+                version,
+                doc["halted_at"],
+                doc["reason"],
+                doc["replacement"],
+                doc["failures"],
+                doc["reporting"],
+            ],
+        )
+
+
+def _good_before(store: Store, version: int, profile: str) -> dict[str, Any] | None:
+    """The newest registered model below `version` built for `profile`, not halted, unexpired."""
+    rows = store.conn.execute(
+        "SELECT * FROM models WHERE version < ? AND version NOT IN"
+        " (SELECT version FROM model_halts) ORDER BY version DESC",
+        [version],
+    ).fetchall()
+    now = utcnow()
+    for row in rows:
+        manifest = ModelManifest.model_validate(json.loads(row["manifest"]))
+        if profile in manifest.profiles and manifest.expires_at > now:
+            return dict(row)
+    return None
+
+
+def _rollouts_of(store: Store, version: int) -> list[dict[str, Any]]:
+    rows = store.conn.execute("SELECT * FROM model_rollouts WHERE version = ?", [version])
+    return [dict(r) for r in rows]
 
 
 def _published(store: Store) -> dict[str, int]:
@@ -156,20 +251,56 @@ def check_model_bytes(manifest: ModelManifest, data: bytes) -> None:
 
 
 def cohort_profiles(cohort: str, profiles: list[str]) -> list[str]:
-    """The manifest topics a rollout to `cohort` goes to (manifests are retained per profile)."""
-    if cohort == "all":
-        return list(profiles)
-    if cohort.startswith("profile:") and cohort[len("profile:") :] in PROFILES:
+    """The manifest topics a rollout to `cohort` goes to (manifests are retained per profile).
+
+    `profile:<p>` narrows to one profile; any other cohort goes to every profile of the model
+    and the devices check the cohort themselves (it is in the signed manifest)."""
+    if cohort.startswith("profile:"):
         wanted = cohort[len("profile:") :]
+        if wanted not in PROFILES:
+            raise ApiProblem(400, "Bad Request", f"cohort {cohort!r}: no such profile")
         if wanted not in profiles:
             raise ApiProblem(409, "Conflict", f"the model is not built for profile {wanted!r}")
         return [wanted]
-    raise ApiProblem(
-        400,
-        "Bad Request",
-        f"cohort {cohort!r}: model rollouts target 'all' or 'profile:<name>' "
-        "(devices subscribe to one manifest per profile); narrow further with percent",
-    )
+    return list(profiles)
+
+
+def manifest_cohorts(cohort: str) -> list[str] | None:
+    """The `cohorts` a rollout to `cohort` signs into the manifest (None: every device)."""
+    return None if cohort == "all" else [cohort]
+
+
+@dataclass(frozen=True, slots=True)
+class Health:
+    """What the devices reported about one model version."""
+
+    applied: int = 0
+    failed: int = 0
+    rolled_back: int = 0
+
+    @property
+    def reporting(self) -> int:
+        return self.applied + self.failed + self.rolled_back
+
+    @property
+    def failures(self) -> int:
+        return self.failed + self.rolled_back
+
+    def should_halt(self, fraction: float, min_devices: int) -> bool:
+        """Pure: the failures pass both thresholds (a count and a share of reporting devices)."""
+        return (
+            self.failures >= min_devices
+            and self.reporting > 0
+            and self.failures >= fraction * self.reporting
+        )
+
+    def doc(self) -> dict[str, int]:
+        return {
+            "applied": self.applied,
+            "failed": self.failed,
+            "rolled_back": self.rolled_back,
+            "reporting": self.reporting,
+        }
 
 
 # ------------------------------------------------------------------ the service
@@ -187,8 +318,12 @@ class ModelRegistry:
         publish: Publish,
         counters: Counter[str],
         models_dir: Path,
+        halt_fraction: float = 0.05,
+        halt_min_devices: int = 5,
     ) -> None:
         self.db = db
+        self.halt_fraction = halt_fraction
+        self.halt_min_devices = halt_min_devices
         self.signer = signer
         self.topics = topics
         self.publish = publish
@@ -224,17 +359,39 @@ class ModelRegistry:
             await asyncio.to_thread(_write_file, self.file_path(manifest.version), data)
             await self.db.call(_insert_model, manifest, who)
         self.counters["models_registered"] += 1
+        await self.db.call(
+            Store.audit,
+            who,
+            "model.register",
+            str(manifest.version),
+            utcnow(),
+            {"name": manifest.name, "sha256": manifest.sha256, "profiles": manifest.profiles},
+        )
         log.info("model %s v%d registered by %s", manifest.name, manifest.version, who)
         return manifest.to_wire()
 
-    async def rollout(self, version: int, body: RolloutIn, base_url: str) -> dict[str, Any]:
-        """Sign the manifest for `body.percent` and publish it retained per targeted profile."""
+    async def rollout(
+        self, version: int, body: RolloutIn, base_url: str, who: str = "gateway"
+    ) -> dict[str, Any]:
+        """Sign the manifest for `body.percent` of `body.cohort` and publish it retained per
+        targeted profile."""
         row = await self.db.call(_get_model, version)
         if row is None:
             raise NotFound("model", str(version))
         manifest = json.loads(row["manifest"])
+        checked = ModelManifest.model_validate(manifest)
+        if checked.expires_at <= utcnow():
+            raise ApiProblem(
+                409,
+                "Conflict",
+                f"model v{version}: its manifest expired at {manifest['expires_at']}; "
+                "devices would refuse it (register a new version)",
+            )
         profiles = cohort_profiles(body.cohort, manifest["profiles"])
         async with self._lock:
+            halt = await self.db.call(_halt_of, version)
+            if halt is not None:
+                raise ApiProblem(409, "Conflict", f"model v{version} was halted: {halt['reason']}")
             published = await self.db.call(_published)
             for profile in profiles:
                 if published.get(profile, 0) > version:
@@ -244,26 +401,145 @@ class ModelRegistry:
                         f"profile {profile} already runs v{published[profile]}; devices refuse "
                         f"an older version (publish a new version to roll back)",
                     )
-            url = f"{base_url}/v1/models/{version}/model.onnx"
-            signed = self.signer.sign({**manifest, "url": url, "rollout": body.percent})
-            for profile in profiles:
-                await self.publish(
-                    self.topics.model_manifest(profile), codec.encode_dict(signed), True
-                )
-                await self.db.call(
-                    _record_rollout,
-                    profile,
-                    version,
-                    cohort=body.cohort,
-                    percent=body.percent,
-                    signed=signed,
-                )
+            signed = await self._publish_manifest(
+                manifest, profiles, cohort=body.cohort, percent=body.percent, base_url=base_url
+            )
         self.counters["model_rollouts"] += 1
-        log.info("model v%d at %d%% on %s", version, body.percent, ", ".join(profiles))
+        await self.db.call(
+            Store.audit,
+            who,
+            "model.rollout",
+            str(version),
+            utcnow(),
+            {"cohort": body.cohort, "percent": body.percent, "profiles": profiles},
+        )
+        log.info(
+            "model v%d at %d%% of %s on %s", version, body.percent, body.cohort, ", ".join(profiles)
+        )
         return {"version": version, "profiles": profiles, "manifest": signed}
+
+    async def _publish_manifest(
+        self,
+        manifest: dict[str, Any],
+        profiles: list[str],
+        *,
+        cohort: str,
+        percent: int,
+        base_url: str,
+    ) -> dict[str, Any]:
+        """Sign and publish retained on each profile's manifest topic; record it (in the lock)."""
+        version = int(manifest["version"])
+        doc = {**manifest, "url": f"{base_url}/v1/models/{version}/model.onnx", "rollout": percent}
+        doc.pop("cohorts", None)
+        cohorts = manifest_cohorts(cohort)
+        if cohorts is not None:
+            doc["cohorts"] = cohorts
+        signed = self.signer.sign(doc)
+        for profile in profiles:
+            await self.publish(self.topics.model_manifest(profile), codec.encode_dict(signed), True)
+            await self.db.call(
+                _record_rollout, profile, version, cohort=cohort, percent=percent, signed=signed
+            )
+        return signed
+
+    async def get(self, version: int) -> dict[str, Any]:
+        """One model with its rollouts, the devices' health reports and any halt."""
+        found = await self.db.call(_list_models, version)
+        if not found:
+            raise NotFound("model", str(version))
+        return found[0]
+
+    async def record_health(self, device_id: str, report: ModelUpdateReport) -> None:
+        """A device's report on a model it tried; halts the rollout past the thresholds."""
+        if not await self.db.call(_record_health, device_id, report):
+            self.counters["model_health_unknown_version"] += 1
+            return
+        self.counters[f"model_health_{report.status}"] += 1
+        if report.status == "applied":
+            return
+        health = await self.db.call(_health, report.version)
+        if health.should_halt(self.halt_fraction, self.halt_min_devices):
+            await self.halt(report.version, health)
+
+    async def halt(self, version: int, health: Health) -> dict[str, Any] | None:
+        """Stop offering `version`: republish each affected profile's newest earlier good
+        model as a new version, or re-sign `version` at 0 %; recorded and audited."""
+        async with self._lock:
+            if await self.db.call(_halt_of, version) is not None:
+                return None
+            rollouts = await self.db.call(_rollouts_of, version)
+            # devices fetch from where the halted rollout told them to
+            base = _base_url(rollouts)
+            replacement: int | None = None
+            by_good: dict[int, list[str]] = {}
+            stopped: list[str] = []
+            for rollout in rollouts:
+                good = await self.db.call(_good_before, version, rollout["profile"])
+                if good is None or base is None:
+                    stopped.append(rollout["profile"])
+                else:
+                    by_good.setdefault(int(good["version"]), []).append(rollout["profile"])
+            cohort = rollouts[0]["cohort"] if rollouts else "all"
+            for good_version, profiles in sorted(by_good.items()):
+                assert base is not None  # by_good is only filled with a base URL
+                replacement = await self._republish(good_version, profiles, cohort, base)
+            row = await self.db.call(_get_model, version)
+            if stopped and row is not None:
+                manifest = json.loads(row["manifest"])
+                await self._publish_manifest(
+                    manifest, stopped, cohort=cohort, percent=0, base_url=base or ""
+                )
+            doc = {
+                "halted_at": format_time(utcnow()),
+                "reason": (
+                    f"{health.failures} of {health.reporting} reporting devices failed "
+                    f"(thresholds: {self.halt_min_devices} devices, "
+                    f"{self.halt_fraction:.0%})"
+                ),
+                "replacement": replacement,
+                "failures": health.failures,
+                "reporting": health.reporting,
+            }
+            await self.db.call(_record_halt, version, doc)
+        self.counters["model_rollouts_halted"] += 1
+        await self.db.call(
+            Store.audit,
+            "gateway",
+            "model.halt",
+            str(version),
+            utcnow(),
+            {**doc, **health.doc(), "stopped": stopped},
+        )
+        log.warning("model v%d halted: %s; replacement v%s", version, doc["reason"], replacement)
+        return doc
+
+    async def _republish(self, good: int, profiles: list[str], cohort: str, base: str) -> int:
+        """Register the good model `good` again as the next version and publish it at 100 %."""
+        row = await self.db.call(_get_model, good)
+        if row is None:
+            raise NotFound("model", str(good))
+        version = await self.db.call(_latest_version) + 1
+        manifest = ModelManifest.model_validate(
+            {**json.loads(row["manifest"]), "version": version, "created_at": utcnow()}
+        )
+        data = await asyncio.to_thread(self.file_path(good).read_bytes)
+        await asyncio.to_thread(_write_file, self.file_path(version), data)
+        await self.db.call(_insert_model, manifest, f"gateway:halt-replaces-v{good}")
+        await self._publish_manifest(
+            manifest.to_wire(), profiles, cohort=cohort, percent=100, base_url=base
+        )
+        return version
 
     async def list(self) -> list[dict[str, Any]]:
         return await self.db.call(_list_models)
+
+
+def _base_url(rollouts: list[dict[str, Any]]) -> str | None:
+    for rollout in rollouts:
+        url = json.loads(rollout["manifest"]).get("url")
+        if isinstance(url, str) and "/v1/models/" in url:
+            return url.rsplit("/v1/models/", 1)[0]
+    return None
 
 
 def _write_file(path: Path, data: bytes) -> None:
@@ -325,7 +601,12 @@ async def rollout_model(request: web.Request) -> web.Response:
             400, "Bad Request", "the rollout is invalid", errors=codec.field_errors(exc)
         ) from exc
     base = f"{request.scheme}://{request.host}"
-    return web.json_response(await request.app[REGISTRY].rollout(version, body, base))
+    who = f"token:{request[TOKEN_ID]}"
+    return web.json_response(await request.app[REGISTRY].rollout(version, body, base, who))
+
+
+async def get_model(request: web.Request) -> web.Response:
+    return web.json_response(await request.app[REGISTRY].get(_version(request)))
 
 
 async def list_models(request: web.Request) -> web.Response:
@@ -351,5 +632,6 @@ def add_model_routes(app: web.Application, registry: ModelRegistry) -> None:
     app[REGISTRY] = registry
     app.router.add_post("/v1/models", register_model)
     app.router.add_get("/v1/models", list_models)
+    app.router.add_get("/v1/models/{version}", get_model)
     app.router.add_post("/v1/models/{version}/rollout", rollout_model)
     app.router.add_get("/v1/models/{version}/model.onnx", model_file)

@@ -30,6 +30,7 @@ from cloud_gateway.push import CampaignService
 from cloud_gateway.scheduler import run_scheduler
 from cloud_gateway.store import Database
 from protocol import codec
+from protocol.envelopes import ModelUpdateReport
 from protocol.signing import Signer
 
 log = logging.getLogger(__name__)
@@ -124,6 +125,7 @@ class Gateway:
             submit_claim=claims.submit,
             on_receipts=self._on_receipts,
             on_birth=self._on_birth,
+            on_model_report=self._on_model_report,
         )
         self._campaigns = CampaignService(
             self._db,
@@ -169,6 +171,8 @@ class Gateway:
             publish=self._publish,
             counters=self.counters,
             models_dir=s.data_dir / "models",
+            halt_fraction=s.model_halt_fraction,
+            halt_min_devices=s.model_halt_min_devices,
         )
         add_model_routes(app, self.models)
         self._runner = web.AppRunner(app, access_log=None)
@@ -209,6 +213,10 @@ class Gateway:
 
     async def _on_birth(self, device_id: str) -> None:
         await self.campaigns.delivery.on_birth(device_id)
+
+    async def _on_model_report(self, device_id: str, report: ModelUpdateReport) -> None:
+        if self.models is not None:  # reports before the registry starts wait for the next
+            await self.models.record_health(device_id, report)
 
     async def _on_connected(self) -> None:
         """After each (re)connect: the signed key list, then catalogs that failed to go out."""

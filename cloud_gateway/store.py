@@ -158,8 +158,8 @@ class Store:
         aggregates = self._store_aggregates(device_id, batch)
         outcomes = self.conn.executemany(
             "INSERT OR IGNORE INTO outcomes (device_id, id, seq, offer_id, campaign_id,"
-            " variant, kind, at, surface, score, model_version)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            " variant, kind, at, surface, score, model_version, counterfactual)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             [
                 (
                     device_id,
@@ -173,6 +173,7 @@ class Store:
                     o.surface,
                     o.score,
                     o.model_version if o.model_version is not None else batch.model_version,
+                    int(o.counterfactual),
                 )
                 for o in batch.outcomes
             ],

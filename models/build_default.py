@@ -1,23 +1,27 @@
 """Build the shipped default model end to end from the synthetic world (seeded, reproducible).
 
-This is glue, and the only module of `models` that imports `simulators.world`: it writes
-the world's logged examples to JSON lines, then trains and evaluates from those files
-exactly as from a real gateway export. The training library never sees the world.
+`build_from_logs` trains and evaluates from JSON-lines logs exactly as from a real gateway
+export. `build_default` first has the world's logs written by `simulators.world_logs` in a
+child process (`python -m simulators.world_logs`): `models` never imports `simulators`, so
+the training code cannot see the world's ground truth (a test holds it to that).
 """
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from models.errors import ModelError
 from models.evaluate import evaluate_examples
 from models.gbdt import GbdtParams
 from models.layout import DEFAULT_DIR
 from models.logs import read_examples
 from models.train import TrainResult, write_model
-from simulators.world import logged_examples, make_world, to_jsonl
 
 TRAIN_LOGS = "train.jsonl"
 HOLDOUT_LOGS = "holdout.jsonl"
@@ -41,19 +45,52 @@ def write_world_logs(
     holdout: float,
     holdout_per_household: int | None = None,
 ) -> tuple[Path, Path]:
-    """Logs of a world of `households`: the last `holdout` share of households held out
-    (with `holdout_per_household` impressions each: candidates for the ranking metrics)."""
-    world = make_world(seed, households)
-    split = max(1, min(households - 1, round(households * (1.0 - holdout))))
-    logs_dir.mkdir(parents=True, exist_ok=True)
+    """Logs of a world of `households` in `logs_dir` (train, holdout), written by
+    `python -m simulators.world_logs` in a child process of this interpreter."""
     paths = (logs_dir / TRAIN_LOGS, logs_dir / HOLDOUT_LOGS)
-    shown = (per_household, holdout_per_household or per_household)
-    for stream, (path, ids, n) in enumerate(
-        zip(paths, (range(split), range(split, households)), shown, strict=True)
-    ):
-        with path.open("w", encoding="utf-8") as out:
-            out.writelines(to_jsonl(logged_examples(world, ids, n, stream)))
+    command = [
+        sys.executable,
+        "-m",
+        "simulators.world_logs",
+        "--train",
+        str(paths[0]),
+        "--holdout",
+        str(paths[1]),
+        "--seed",
+        str(seed),
+        "--households",
+        str(households),
+        "--per-household",
+        str(per_household),
+        "--holdout-share",
+        repr(holdout),
+    ]
+    if holdout_per_household is not None:
+        command += ["--holdout-per-household", str(holdout_per_household)]
+    # the checkout this package came from first: its simulators, not another install's
+    checkout = str(Path(__file__).resolve().parent.parent)
+    path = os.environ.get("PYTHONPATH")
+    env = {**os.environ, "PYTHONPATH": checkout + (os.pathsep + path if path else "")}
+    done = subprocess.run(command, env=env, capture_output=True, text=True, check=False)  # noqa: S603
+    if done.returncode != 0:
+        detail = (done.stderr.strip().splitlines() or ["no output"])[-1]
+        raise ModelError(f"simulators.world_logs failed ({done.returncode}): {detail}")
     return paths
+
+
+def build_from_logs(
+    train_logs: Path,
+    holdout_logs: Path,
+    out: Path = DEFAULT_DIR,
+    *,
+    seed: int = 7,
+    family: str = "gbdt",
+) -> BuildResult:
+    """Logs -> `model.onnx`, `manifest.json`, `evaluation.json` in `out`."""
+    train_examples = read_examples(train_logs)
+    trained = write_model(train_examples, out, family=family, gbdt=GbdtParams(seed=seed))
+    evaluation = evaluate_examples(out, train_examples, read_examples(holdout_logs), seed=seed)
+    return BuildResult(trained=trained, evaluation=evaluation)
 
 
 def build_default(
@@ -83,7 +120,4 @@ def build_default(
             holdout=holdout,
             holdout_per_household=holdout_per_household,
         )
-        train_examples = read_examples(train_logs)
-        trained = write_model(train_examples, out, family=family, gbdt=GbdtParams(seed=seed))
-        evaluation = evaluate_examples(out, train_examples, read_examples(holdout_logs), seed=seed)
-    return BuildResult(trained=trained, evaluation=evaluation)
+        return build_from_logs(train_logs, holdout_logs, out, seed=seed, family=family)

@@ -6,7 +6,8 @@ stand-alone entry point. Each verb is a few lines over a library call:
     python -m models build-default [--seed 7] [--households 20000] [--out models/default]
 
 builds the shipped default model from the seeded synthetic world (see
-`models.build_default`, the only place `models` touches `simulators.world`). Then:
+`models.build_default`: the world's logs come from `python -m simulators.world_logs` in a
+child process; `models` never imports `simulators`). Then:
 
     edgemart model export --data-dir GW_DIR --out logs.jsonl     # a gateway's logged features
     edgemart model train logs.jsonl --holdout holdout.jsonl --out DIR

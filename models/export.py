@@ -3,7 +3,9 @@
 Reads `DATA_DIR/gateway.db` read-only with plain SQLite (no `cloud_gateway` import: the
 file format is the contract). Every impression that carries logged features becomes one
 line of the JSON-lines format `models.logs` reads; it is a click when the same device
-clicked the same offer after that impression and before its next one. Devices log the
+clicked the same offer after that impression and before its next one. A holdout device's
+counterfactual impression (logged, never shown: no click could follow) is skipped, not
+counted as a negative. Devices log the
 *scaled* inputs of the model version they ran; they are unscaled with that version's
 spec (from the gateway's model registry, or `fallback` manifests such as the shipped
 default) and keyed by feature name.
@@ -48,6 +50,11 @@ def _connect(data_dir: Path) -> sqlite3.Connection:
     return conn
 
 
+def _has_column(conn: sqlite3.Connection, table: str, column: str) -> bool:
+    """A store from before a migration lacks the column (the export reads it read-only)."""
+    return any(row[1] == column for row in conn.execute(f"PRAGMA table_info({table})"))
+
+
 def _specs(conn: sqlite3.Connection, fallback: Mapping[int, FeatureSpec]) -> dict[int, FeatureSpec]:
     specs = dict(fallback)
     for row in conn.execute("SELECT version, manifest FROM models"):
@@ -73,8 +80,12 @@ def iter_examples(
     conn = _connect(data_dir)
     try:
         specs = _specs(conn, fallback or {})
-        rows = conn.execute(
-            "SELECT o.device_id, o.id, o.offer_id, o.campaign_id, o.kind, o.at, o.model_version,"
+        counterfactual = (
+            "o.counterfactual" if _has_column(conn, "outcomes", "counterfactual") else "0"
+        )
+        rows = conn.execute(  # {counterfactual} is one of two constants, not input
+            "SELECT o.device_id, o.id, o.offer_id, o.campaign_id, o.kind, o.at, o.model_version,"  # noqa: S608
+            f" {counterfactual} AS counterfactual,"
             " f.features, d.profile FROM outcomes o"
             " LEFT JOIN outcome_features f ON f.device_id = o.device_id AND f.id = o.id"
             " LEFT JOIN devices d ON d.device_id = o.device_id"
@@ -94,6 +105,9 @@ def iter_examples(
             if pending is not None:
                 yield pending
                 pending = None
+            if row["counterfactual"]:
+                stats.skip("counterfactual")
+                continue
             example = _example(row, specs, stats)
             if example is not None:
                 stats.written += 1

@@ -170,8 +170,29 @@ class ClaimRequest(Message):
     at: UtcTime
 
 
+ModelUpdateStatus = Literal["applied", "failed", "rolled_back"]
+
+
+class ModelUpdateReport(BaseModel):
+    """What became of the last model a device tried: the gateway's rollout health input.
+
+    `applied`: it passed the device's health check and runs; `failed`: it was refused after
+    download (tampered, health check, too slow); `rolled_back`: it ran, failed at run time,
+    and the device went back to its last good model (`running`).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    version: Annotated[int, Field(ge=1)]
+    status: ModelUpdateStatus
+    reason: Name | None = None
+    running: Annotated[int, Field(ge=0)] | None = None
+    at: UtcTime | None = None
+
+
 class State(Message):
-    """Retained on `dev/{id}/state`: birth (`online`) and last will (`offline`)."""
+    """Retained on `dev/{id}/state`: birth (`online`) and last will (`offline`); republished
+    (`online`) when `model_update` changes."""
 
     device_id: DeviceId
     status: Literal["online", "offline"]
@@ -180,6 +201,7 @@ class State(Message):
     agent_version: Annotated[str, StringConstraints(max_length=32)] | None = None
     model_version: Annotated[int, Field(ge=0)] | None = None
     cohorts: Annotated[list[Cohort], Field(max_length=16)] = Field(default_factory=list)
+    model_update: ModelUpdateReport | None = None
 
 
 # ---------------------------------------------------------------- downlink
@@ -318,6 +340,9 @@ class ModelManifest(Signed):
     feature_spec: FeatureSpec
     created_at: UtcTime
     rollout: Annotated[int, Field(ge=0, le=100)] = 100
+    cohorts: Annotated[list[Cohort], Field(min_length=1, max_length=16)] | None = None
+    """The rollout's target: a device fetches the model only when it is in one of these
+    cohorts (`region:cn-east`, `profile:tv`...); absent means every device of the profiles."""
 
 
 class PublicKey(BaseModel):
@@ -352,6 +377,7 @@ ALL_MODELS: list[type[BaseModel]] = [
     BatchStats,
     ClaimRequest,
     State,
+    ModelUpdateReport,
     Ack,
     OfferBundle,
     Offer,

@@ -3,14 +3,19 @@ attribution, bad offers and refused models; real Mosquitto, SQLite, HTTP and onn
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import aiomqtt
 import pytest
 
 from agent.daemon import Agent
+from protocol import codec
 from protocol.assign import in_holdout
+from protocol.envelopes import State
 from protocol.ids import format_time, new_id, utcnow
 from tests.test_agent_loop import ALL, FakeGateway, World, eventually, gateway, http, world
 from tests.test_agent_scoring import manifest_for, onnx_bytes, spec_dict, write_model
@@ -270,3 +275,54 @@ async def test_a_model_the_agent_cannot_serve_is_refused_and_the_previous_one_st
         path, manifest = write_model(tmp_path, ["offer.discount"], [2.0], version=9)
         assert await agent.replace_model(path, manifest)
         assert agent.model_version == 9
+
+
+class _Exploding:
+    """A session that fails at run time (as onnxruntime does on a bad kernel or input)."""
+
+    def run(self, *args: object, **kwargs: object) -> object:
+        raise RuntimeError("kernel failed")
+
+
+async def test_a_model_failing_at_run_time_is_rolled_back_to_the_last_good_one(
+    world: World, gateway: FakeGateway
+) -> None:
+    async with Agent(world.settings()) as agent:
+        assert await agent.wait_connected()
+        await agent.set_consent(ALL)
+        await push(world, gateway, agent, [offer("a"), offer("b")])
+        good = agent.model
+        assert good is not None
+        broken = dataclasses.replace(good, version=7, sha256="f" * 64, session=_Exploding())
+        agent._swap_model(broken)  # as the updater does after a passed health check
+        assert agent.model_version == 7
+        body = await offers_json(agent)
+        assert [o["id"] for o in body["offers"]]  # still ranked, by the last good model
+        assert all(f"model:v{good.version}" in o["reasons"] for o in body["offers"])
+        assert agent.model is good
+        assert agent.counters["model_rollbacks"] == 1
+        assert agent.model_updates is not None
+        assert agent.model_updates.refused == {(7, "f" * 64): "runtime_failed"}
+        # the retained state tells the gateway
+        topic = f"{world.root}/dev/{world.device}/state"
+
+        async def reported() -> State:
+            async with aiomqtt.Client("127.0.0.1", world.broker.port) as client:
+                await client.subscribe(topic, qos=1)
+                async for message in client.messages:
+                    assert isinstance(message.payload, bytes)
+                    return codec.decode(message.payload, State)
+            raise AssertionError("no state")
+
+        async def rolled_back() -> State:
+            while True:
+                state = await asyncio.wait_for(reported(), 5)
+                if state.model_update is not None:
+                    return state
+                await asyncio.sleep(0.05)
+
+        state = await asyncio.wait_for(rolled_back(), 15)
+        assert state.model_update is not None
+        assert (state.model_update.version, state.model_update.status) == (7, "rolled_back")
+        assert state.model_update.running == good.version
+        assert state.model_version == good.version

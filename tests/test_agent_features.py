@@ -1,4 +1,5 @@
-"""Feature windows: 24 h / 7 d rolling on explicit clocks, latest-wins state, persistence, caps."""
+"""Feature windows: 1 h / 24 h / 7 d, decay, recency and durations on explicit clocks against a
+brute force over the raw events; latest-wins state, persistence, caps, future-dated signals."""
 
 from __future__ import annotations
 
@@ -151,10 +152,50 @@ def test_known_features_are_the_spec_v1_table_then_appended_ones() -> None:
     assert {"user.consumable_need", "ctx.profile.speaker", "offer.type.group_buy"} <= KNOWN_FEATURES
 
 
+def test_a_signal_dated_in_the_future_does_not_prune_valid_buckets() -> None:
+    w = FeatureWindows()
+    old = T0 - 164 * H  # inside the 7 days at T0
+    w.observe("app_open", {"category": "games"}, old, now=old)
+    # an app with a clock a day fast (intake accepts up to a day ahead)
+    rows = w.observe("app_open", {"category": "games"}, T0 + 23 * H, now=T0)
+    hours = {hour for key, hour, _ in rows if key == "cat:games"}
+    assert hours == {T0_HOUR}  # counted at now + skew (12:35), the current hour
+    ctx = w.context(T0, "tv", "UTC", True)
+    assert dict(ctx.category_7d) == {"games": 2}
+    assert dict(ctx.category_24h) == {"games": 1}
+    # without the clamp the same signal would have moved the window a day ahead
+    unclamped = FeatureWindows()
+    unclamped.observe("app_open", {"category": "games"}, old)
+    unclamped.observe("app_open", {"category": "games"}, T0 + 23 * H)
+    assert dict(unclamped.context(T0, "tv", "UTC", True).category_7d) == {}
+
+
+def test_only_servable_keys_are_kept() -> None:
+    w = FeatureWindows()
+    rows = w.observe(
+        "content_view",
+        {
+            "category": "music",
+            "app": "radio",
+            "genre": "jazz",
+            "appliance": "speaker",
+            "seconds": 90,
+        },
+        T0,
+    )
+    keys = {key for key, _, _ in rows}
+    assert keys == {"~hw", "cat:music", "sec.cat:music", "own:speaker"}
+    # rows an older agent persisted for per-app or per-genre counts are skipped on load
+    legacy = [*rows, ("app:radio", T0_HOUR, 3), ("genre:jazz", T0_HOUR, 1)]
+    assert FeatureWindows.load(legacy) == w
+
+
 CATS = ["purifier_filter", "games", "music", "tv_streaming"]
 events = st.lists(
     st.tuples(
-        st.sampled_from(["app_open", "consumable_level", "member_tier", "purchase"]),
+        st.sampled_from(
+            ["app_open", "consumable_level", "member_tier", "purchase", "content_view"]
+        ),
         st.sampled_from(CATS),
         st.floats(0, 1),
         st.integers(0, 3),
@@ -194,19 +235,74 @@ def test_window_counts_equal_a_brute_force_count_of_the_raw_events(
     evs: list[tuple[str, str, float, int, int, int]], later: int
 ) -> None:
     w = FeatureWindows()
-    raw: list[tuple[str, datetime]] = []
-    for kind, cat, level, _tier, hours, secs in evs:
+    raw: list[tuple[str, str, datetime, int]] = []
+    for kind, cat, level, tier, hours, secs in evs:
         at = T0 + hours * H + timedelta(seconds=secs)
-        w.observe(kind, {"category": cat, "level": level}, at)
-        raw.append((cat, at))
-    now = T0 + (24 * 3 + later) * H  # at or after every event
-    now_h = int(now.timestamp()) // 3600
+        watched = tier * 500 + secs  # whole seconds of a content_view
+        w.observe(kind, {"category": cat, "level": level, "seconds": watched}, at)
+        raw.append((kind, cat, at, watched))
+    now = T0 + (24 * 3 + later) * H + timedelta(minutes=later % 60)  # after every event
+    now_s = int(now.timestamp())
+    now_h = now_s // 3600
+    frac = (now_s - now_h * 3600) / 3600
+
+    def hour_of(at: datetime) -> int:
+        return int(at.timestamp()) // 3600
 
     def brute(hours: int) -> Counter[str]:
-        return Counter(
-            cat for cat, at in raw if now_h - hours < int(at.timestamp()) // 3600 <= now_h
-        )
+        return Counter(cat for _, cat, at, _ in raw if now_h - hours < hour_of(at) <= now_h)
 
+    def brute_seconds(hours: int) -> dict[str, float]:
+        spent: Counter[str] = Counter()
+        for kind, cat, at, watched in raw:
+            if kind == "content_view" and watched > 0 and now_h - hours < hour_of(at) <= now_h:
+                spent[cat] += watched
+        return {cat: float(n) for cat, n in spent.items()}
+
+    week = brute(168)
     ctx = w.context(now, "phone", "UTC", True)
     assert dict(ctx.category_24h) == dict(brute(24))
-    assert dict(ctx.category_7d) == dict(brute(168))
+    assert dict(ctx.category_7d) == dict(week)
+
+    # the last hour: the current bucket, plus the previous one weighted by its share still
+    # inside the sliding hour
+    one_hour = {
+        cat: sum(
+            1.0 if hour_of(at) == now_h else 1.0 - frac
+            for _, c, at, _ in raw
+            if c == cat and hour_of(at) in (now_h, now_h - 1)
+        )
+        for cat in week
+    }
+    assert dict(ctx.stats.hour) == pytest.approx({c: v for c, v in one_hour.items() if v})
+    # decayed: every event in the 7 days, halved per 24 h of its bucket's age
+    decayed = {
+        cat: sum(
+            0.5 ** ((now_h - hour_of(at)) / 24)
+            for _, c, at, _ in raw
+            if c == cat and now_h - 168 < hour_of(at) <= now_h
+        )
+        for cat in week
+    }
+    assert dict(ctx.stats.decayed) == pytest.approx(decayed)
+    # recency: hours from the start of the newest bucket to now, capped at 7 days
+    recency = {
+        cat: min(
+            168.0,
+            (
+                now_s
+                - 3600
+                * max(
+                    hour_of(at)
+                    for _, c, at, _ in raw
+                    if c == cat and now_h - 168 < hour_of(at) <= now_h
+                )
+            )
+            / 3600,
+        )
+        for cat in week
+    }
+    assert dict(ctx.stats.recency_h) == pytest.approx(recency)
+    # seconds watched per category over 24 h and 7 d
+    assert dict(ctx.stats.seconds_day) == brute_seconds(24)
+    assert dict(ctx.stats.seconds_week) == brute_seconds(168)

@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 import onnx
+import onnxruntime
 import pytest
 from onnx import TensorProto, helper
 
@@ -290,3 +291,13 @@ def test_the_shipped_default_model_path_and_load() -> None:
 
 def test_the_tiny_models_are_valid_onnx() -> None:
     onnx.checker.check_model(onnx.load_from_string(onnx_bytes([1.0, 2.0])))
+
+
+def test_the_session_runs_on_one_thread_without_spinning_fully_optimised() -> None:
+    """Issue 4: one intra-op thread, spinning off, full graph optimisation, read back from the
+    session the agent scores with (not from the code that builds it)."""
+    options = load_default_model().session.get_session_options()
+    assert options.intra_op_num_threads == 1
+    assert options.inter_op_num_threads == 1
+    assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    assert options.graph_optimization_level == onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL

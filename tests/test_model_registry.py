@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import sqlite3
 import uuid
 from datetime import timedelta
 from pathlib import Path
@@ -81,8 +83,8 @@ async def test_publish_rollout_and_a_real_agent_swaps_to_the_signed_model(
         assert result["registered"]["version"] == 2
         with pytest.raises(ModelError, match="409"):
             await publish(base, token, DEFAULT_DIR, version=2)
-        with pytest.raises(ModelError, match="cohort"):
-            await rollout(base, token, 2, percent=10, cohort="region:cn-east")
+        with pytest.raises(ModelError, match="no such profile"):
+            await rollout(base, token, 2, percent=10, cohort="profile:fridge")
 
         # the file is served without a token (devices check it against the signed manifest)
         async with aiohttp.ClientSession(base) as anon:
@@ -98,6 +100,12 @@ async def test_publish_rollout_and_a_real_agent_swaps_to_the_signed_model(
         async with Agent(agent_settings) as agent:
             assert await agent.wait_connected(20)
             assert agent.model_version == 1
+            # a rollout to a region this device is not in: signed for it, not fetched
+            roll = await rollout(base, token, 2, percent=100, cohort="region:cn-east")
+            assert roll["profiles"] == ["tv", "hub"]
+            assert roll["manifest"]["cohorts"] == ["region:cn-east"]
+            await _poll(lambda: agent.counters["model_update_not_in_cohort"] >= 1)
+            assert agent.model_version == 1
             roll = await rollout(base, token, 2, percent=100, cohort="profile:tv")
             assert roll["profiles"] == ["tv"]
             await _poll(lambda: agent.model_version == 2)
@@ -106,6 +114,8 @@ async def test_publish_rollout_and_a_real_agent_swaps_to_the_signed_model(
                 status = await resp.json()
             assert status["model_version"] == 2
             assert status["model_update"]["state"] == "applied"
+            assert status["model_update"]["report"]["status"] == "applied"
+            assert status["model_update"]["report"]["version"] == 2
             assert status["counters"]["model_updates_applied"] == 1
             decision = await agent.decide("tv_home_banner")
             assert decision.model_version == 2
@@ -134,7 +144,9 @@ def test_export_turns_logged_outcomes_into_training_lines(tmp_path: Path) -> Non
     scaled = [0.5] * len(spec.features)
     now = utcnow()
 
-    def outcome(kind: str, offer: str, at_s: int, features: list[float] | None) -> Outcome:
+    def outcome(
+        kind: str, offer: str, at_s: int, features: list[float] | None, *, ghost: bool = False
+    ) -> Outcome:
         return Outcome(
             id=new_id(),
             offer_id=offer,
@@ -144,6 +156,7 @@ def test_export_turns_logged_outcomes_into_training_lines(tmp_path: Path) -> Non
             surface="tv_home_banner",
             model_version=1,
             features=features,
+            counterfactual=ghost,
         )
 
     outcomes = [
@@ -152,6 +165,9 @@ def test_export_turns_logged_outcomes_into_training_lines(tmp_path: Path) -> Non
         outcome("impression", "o1", 60, scaled),  # shown again, not clicked
         outcome("impression", "o2", 1, scaled),
         outcome("impression", "o3", 2, None),  # no logged features: skipped
+        # a holdout device's impression, never shown: no click could follow, not a negative
+        outcome("impression", "o4", 3, scaled, ghost=True),
+        outcome("impression", "o1", 90, scaled, ghost=True),
     ]
     batch = Batch(
         device_id="dev-export-1",
@@ -165,7 +181,14 @@ def test_export_turns_logged_outcomes_into_training_lines(tmp_path: Path) -> Non
     store.close()
     out = tmp_path / "logs.jsonl"
     stats = export_logs(data_dir, out, fallback=shipped_specs())
-    assert (stats.written, stats.clicks, stats.skipped) == (3, 1, {"no_features": 1})
+    assert (stats.written, stats.clicks, stats.skipped) == (
+        3,
+        1,
+        {"no_features": 1, "counterfactual": 2},
+    )
+    with contextlib.closing(sqlite3.connect(data_dir / "gateway.db")) as stored:
+        ghosts = stored.execute("SELECT count(*) FROM outcomes WHERE counterfactual = 1")
+        assert ghosts.fetchone() == (2,)
     examples = read_examples(out)
     assert len(examples) == 3
     assert sorted(examples.clicked.tolist()) == [0.0, 0.0, 1.0]

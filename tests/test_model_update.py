@@ -15,7 +15,13 @@ import pytest
 from aiohttp import web
 
 from agent.metrics import Metrics
-from agent.model_update import ModelUpdater, UpdateConfig, load_current, rollout_key
+from agent.model_update import (
+    ModelUpdater,
+    UpdateConfig,
+    load_current,
+    load_kept,
+    rollout_key,
+)
 from agent.scoring import Model, default_model_paths, load_default_model
 from protocol.assign import in_rollout
 from protocol.envelopes import ModelManifest
@@ -195,7 +201,8 @@ async def test_bad_manifests_and_files_are_refused_counted_and_reported(
     assert device.updater.state["last_reason"] == reason
     assert device.updater.state["last_error"]
     assert await asyncio.to_thread(load_current, device.models_dir) is None
-    assert await device.updater.handle(device.signed(2)) == "applied"  # still works after
+    # still works after (a newer version: a file refused for what it is stays refused)
+    assert await device.updater.handle(device.signed(3)) == "applied"
 
 
 async def test_an_older_version_is_a_refused_rollback(device: Device) -> None:
@@ -221,3 +228,95 @@ async def test_a_slow_model_is_refused_by_the_scoring_budget(device: Device) -> 
     object.__setattr__(device.updater.config, "scoring_budget_ms", 1e-6)
     assert await device.updater.handle(device.signed(2)) == "too_slow"
     assert device.model.version == 1
+
+
+async def test_a_rollout_to_a_cohort_reaches_only_its_devices_share(device: Device) -> None:
+    targeted = device.manifest(2, cohorts=["region:cn-east"], rollout=20)
+    manifest = ModelManifest.model_validate(targeted)
+    assert not device.updater.in_cohort(manifest)  # a tv with cohorts all, profile:tv
+    assert await device.updater.handle(device.signed(2, cohorts=["region:cn-east"])) == "waiting"
+    assert device.metrics.counters["model_update_not_in_cohort"] == 1
+    object.__setattr__(device.updater.config, "cohorts", ("all", "region:cn-east"))
+    assert device.updater.in_cohort(manifest)
+    assert await device.updater.handle(device.signed(2, cohorts=["region:cn-east"])) == "applied"
+    # of a fleet where a third is in cn-east, a 20 % rollout reaches 20 % of that third
+    key = rollout_key(manifest)
+    fleet = [(f"dev-{i:04d}", i % 3 == 0) for i in range(3000)]
+    reached = [east for dev, east in fleet if east and in_rollout(dev, key, manifest.rollout)]
+    assert 0.16 < len(reached) / 1000 < 0.24
+
+
+async def test_a_run_time_failure_goes_back_remembered_and_reported(device: Device) -> None:
+    reports: list[Any] = []
+    device.updater._on_report = lambda: reports.append(device.updater.report)
+    default = device.model
+    assert await device.updater.handle(device.signed(2)) == "applied"
+    assert reports[-1].status == "applied"
+    assert reports[-1].version == 2
+    bad = device.model
+    device.holder["model"] = default  # what the agent does (`Agent._model_failed`)
+    device.updater.rolled_back(bad, default, "boom")
+    await device.updater.close()
+    report = device.updater.report
+    assert report is not None
+    assert (report.version, report.status, report.reason, report.running) == (
+        2,
+        "rolled_back",
+        "runtime_failed",
+        1,
+    )
+    assert device.metrics.counters["model_rollbacks"] == 1
+    # the shipped default is not on disk: the next start runs it, not the failed v2
+    assert await asyncio.to_thread(load_current, device.models_dir) is None
+    # the retained manifest of v2 comes again on every reconnect: not fetched again
+    assert await device.updater.handle(device.signed(2)) == "known_refused"
+    assert device.metrics.counters["model_updates_applied"] == 1
+    # remembered across a restart
+    again = ModelUpdater(
+        device.updater.config,
+        device.updater.verifier,
+        Metrics(),
+        running=lambda: default,
+        swap=lambda m: None,
+    )
+    await again.open()
+    assert again.refused == {(2, bad.sha256): "runtime_failed"}
+    assert again.report is not None
+    assert again.report.model_dump(exclude={"at"}) == report.model_dump(exclude={"at"})
+    assert await again.handle(device.signed(2)) == "known_refused"
+
+
+async def test_a_health_check_failure_is_remembered_and_not_downloaded_again(
+    device: Device,
+) -> None:
+    object.__setattr__(device.updater.config, "scoring_budget_ms", 1e-6)
+    assert await device.updater.handle(device.signed(2)) == "too_slow"
+    report = device.updater.report
+    assert report is not None
+    assert (report.version, report.status, report.reason) == (2, "failed", "too_slow")
+    for _ in range(3):  # reconnects: the same retained manifest each time
+        assert await device.updater.handle(device.signed(2, rollout=100)) == "known_refused"
+    assert device.metrics.counters["model_update_known_refused"] == 3
+    assert device.metrics.counters["model_updates_refused"] == 1
+
+
+async def test_at_start_an_unusable_current_model_falls_back_to_the_kept_previous(
+    device: Device,
+) -> None:
+    assert await device.updater.handle(device.signed(2)) == "applied"
+    assert await device.updater.handle(device.signed(3)) == "applied"
+    current, previous = await asyncio.to_thread(load_kept, device.models_dir)
+    assert (current and current.version, previous and previous.version) == (3, 2)
+    # v3 rolled back at run time: the next start runs v2, the kept previous, not the default
+    bad = {(3, current.sha256)} if current else set()
+    memory = dict.fromkeys(bad, "runtime_failed")
+    current, previous = await asyncio.to_thread(load_kept, device.models_dir, memory)
+    assert current is not None
+    assert (current.version, previous) == (2, None)
+    assert json.loads((device.models_dir / "current").read_text()) == {"version": 2}
+    # a damaged current file: the same
+    assert await device.updater.handle(device.signed(4)) == "applied"
+    (device.models_dir / "v4.onnx").write_bytes(b"\0" * len(MODEL_BYTES))
+    reloaded = await asyncio.to_thread(load_current, device.models_dir)
+    assert reloaded is not None
+    assert reloaded.version == 3

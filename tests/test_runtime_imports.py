@@ -23,3 +23,32 @@ def test_runtime_paths_do_not_need_the_extras() -> None:
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.strip() == "", f"runtime imports extras-only packages: {proc.stdout}"
+
+
+MODELS_PROBE = """
+import pkgutil, sys
+import models
+names = sorted(m.name for m in pkgutil.iter_modules(models.__path__) if m.name != "__main__")
+for name in names:
+    __import__(f"models.{name}")
+print(",".join(names))
+print(",".join(m for m in sys.modules if m == "simulators" or m.startswith("simulators.")))
+"""
+
+
+def test_models_never_imports_the_simulated_world() -> None:
+    """DESIGN: `models` trains only on logs in the gateway's export format; the world (and its
+    ground-truth responses) lives in `simulators/` and must not be importable from training."""
+    proc = subprocess.run(
+        [sys.executable, "-c", MODELS_PROBE],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    imported, leaked = proc.stdout.splitlines()
+    assert {"train", "evaluate", "export", "gbdt", "build_default", "cli"} <= set(
+        imported.split(",")
+    )
+    assert leaked == "", f"models imports {leaked}"
