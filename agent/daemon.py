@@ -61,7 +61,7 @@ class Agent:
         self.store = Store(
             settings.db_path,
             durability=settings.profile.uplink.durability,
-            outbox_max_bytes=settings.profile.budgets.outbox_max_bytes,
+            disk_quota=settings.profile.budgets.outbox_max_bytes,
             outbox_full=settings.profile.budgets.outbox_full,
             seen_ids_max=settings.seen_ids_max,
             clock=clock,  # wall clock of the outbox (TTLs, windows, budget days); tests travel

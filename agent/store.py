@@ -22,6 +22,8 @@ from typing import Any, TypeVar
 from agent import outbox
 from agent.aggregates import AGGREGATE_ROW_CHARGE, AggregateHit, signal_charge
 from agent.errors import BatchTooLarge, QuotaExceeded, StoreError
+from agent.quota import DiskPlan
+from agent.quota import plan as quota_plan
 from agent.schema import MIGRATIONS
 from agent.store_decisions import DecisionRows
 from agent.store_offers import OfferRows
@@ -138,11 +140,19 @@ class Store(OfferRows, DecisionRows):
         outbox_full: str = "evict",
         seen_ids_max: int = 10_000,
         clock: Callable[[], float] = time.time,
+        disk_quota: int | None = None,
+        cache_kib: int | None = None,
     ) -> None:
         self.path = path
         self.clock = clock
         self.durability = durability
         self.outbox_max_bytes = outbox_max_bytes
+        self.disk_quota = disk_quota
+        """Bytes the store's files (database, -wal, -shm) may take; given, the rows' budget
+        `outbox_max_bytes` is what `agent.quota.plan` leaves of it."""
+        self.cache_kib = cache_kib
+        self.disk: DiskPlan | None = None
+        self._wal_path = path.with_name(path.name + "-wal")
         self.outbox_full = outbox_full
         self.seen_ids_max = seen_ids_max
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="agent-store")
@@ -187,6 +197,7 @@ class Store(OfferRows, DecisionRows):
             db.execute("PRAGMA foreign_keys=ON")
             self._db = db
             self._migrate()
+            self._plan_disk(db)
             with self._tx() as tx:
                 # A row assigned to a batch that never got stored goes back to the queue.
                 for table in ("signals", "outcomes", "receipts"):
@@ -197,6 +208,20 @@ class Store(OfferRows, DecisionRows):
             self._recount()
         except sqlite3.Error as exc:
             raise StoreError(f"cannot open store {self.path}: {exc}") from exc
+
+    def _plan_disk(self, db: sqlite3.Connection) -> None:
+        """Small WAL checkpoints, the WAL truncated after each, rows' budget from the quota."""
+        (page,) = db.execute("PRAGMA page_size").fetchone()
+        (btrees,) = db.execute("SELECT COUNT(*) FROM sqlite_master WHERE rootpage > 0").fetchone()
+        quota = self.disk_quota if self.disk_quota is not None else self.outbox_max_bytes
+        disk = self.disk = quota_plan(quota, int(page), int(btrees))
+        db.execute(f"PRAGMA wal_autocheckpoint={disk.wal_pages}")
+        db.execute(f"PRAGMA journal_size_limit={disk.wal_limit}")
+        db.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # a WAL left big by an older version
+        if self.disk_quota is not None:
+            self.outbox_max_bytes = disk.rows
+        if self.cache_kib is not None:
+            db.execute(f"PRAGMA cache_size={-max(64, self.cache_kib)}")
 
     def _close(self) -> None:
         if self._db is not None:
@@ -231,6 +256,21 @@ class Store(OfferRows, DecisionRows):
             db.execute("ROLLBACK")
             raise
         db.execute("COMMIT")
+        self._bound_wal(db)
+
+    def _bound_wal(self, db: sqlite3.Connection) -> None:
+        """A transaction that pushed the WAL past what the plan reserves for it (a big
+        request, a big eviction) is checkpointed and the WAL truncated at once. Below that,
+        SQLite's own checkpoints (every `wal_pages`) and `journal_size_limit` keep it."""
+        disk = self.disk
+        if disk is None:
+            return
+        try:
+            size = self._wal_path.stat().st_size
+        except FileNotFoundError:
+            return
+        if size > 2 * disk.wal_limit:  # what the plan reserves for the WAL
+            db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
     def _recount(self) -> None:
         db = self._conn()
@@ -336,7 +376,7 @@ class Store(OfferRows, DecisionRows):
             self._recount()
         else:
             self.signal_rows += (len(signals) if raw else 0) - evicted - expired
-            self.outbox_bytes += need + added - freed
+            self.outbox_bytes += (need if raw else added) - freed
             self.drops["evicted"] = self.drops.get("evicted", 0) + evicted
             self.drops["expired"] = self.drops.get("expired", 0) + expired
             if withdrawn:
