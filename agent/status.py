@@ -27,6 +27,7 @@ def status_of(agent: Agent) -> dict[str, Any]:
         "counters": dict(agent.metrics.counters),
         "model_update": dict(agent.model_updates.state) if agent.model_updates else None,
         "accounting": agent.accounting(),
+        "memory": agent.memory.to_json(),
     }
 
 
@@ -47,11 +48,14 @@ def accounting_of(agent: Agent) -> dict[str, Any]:
 
 
 def gauges_of(agent: Agent) -> dict[str, float]:
-    """The gauges `agent.metrics` samples: outbox, batches in flight, link, offers held."""
+    """The gauges `agent.metrics` samples: outbox, batches in flight, link, offers held,
+    resident set (last sample) and the profile's memory budget."""
     return {
         "outbox_depth": float(agent.store.depth),
         "outbox_bytes": float(agent.store.outbox_bytes),
         "in_flight_batches": float(agent.uplink.in_flight if agent.uplink else 0),
         "link_connected": 1.0 if agent.link_state == LinkState.CONNECTED else 0.0,
         "offers_held": float(len(agent.offers) if agent.offers is not None else 0),
+        "rss_bytes": float(agent.memory.rss),
+        "memory_budget_bytes": float(agent.memory.budget_bytes),
     }

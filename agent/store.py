@@ -223,6 +223,14 @@ class Store(OfferRows, DecisionRows):
         if self.cache_kib is not None:
             db.execute(f"PRAGMA cache_size={-max(64, self.cache_kib)}")
 
+    async def shrink_memory(self) -> None:
+        """Over the memory budget: SQLite frees what its page cache holds."""
+        await self._run(self._shrink_memory)
+
+    def _shrink_memory(self) -> None:
+        if self._db is not None:
+            self._db.execute("PRAGMA shrink_memory")
+
     def _close(self) -> None:
         if self._db is not None:
             self._db.close()

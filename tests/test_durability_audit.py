@@ -5,6 +5,7 @@ simulated): big batches, device resets, withdrawal of batches in flight, 503 at 
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
 import shutil
 import sqlite3
@@ -20,6 +21,7 @@ from sqlite_utils import Database as SqliteDatabase
 
 from agent.daemon import Agent
 from agent.intake import MAX_ATTRS_BYTES
+from agent.memory import MB, MemoryBudget, rss_bytes, sqlite_cache_kib
 from cloud_gateway import migrations
 from cloud_gateway.config import GatewaySettings
 from cloud_gateway.service import Gateway
@@ -272,3 +274,87 @@ async def test_post_signals_answers_503_over_http_in_refuse_mode_and_stores_noth
 
 
 pytestmark = pytest.mark.integration
+
+
+def test_memory_budget_counts_samples_over_it_and_warns_at_most_every_ten_minutes(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    budget = MemoryBudget(budget_mb=100)
+    with caplog.at_level(logging.DEBUG, logger="agent.memory"):
+        assert not budget.observe(99 * MB, 0.0)
+        assert budget.observe(101 * MB, 1.0)
+        assert budget.observe(120 * MB, 2.0)
+        assert budget.observe(101 * MB, 601.0)
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 2 and budget.over_count == 3
+    assert budget.to_json() == {
+        "rss_mb": 101.0,
+        "peak_mb": 120.0,
+        "budget_mb": 100,
+        "over_budget_samples": 3,
+    }
+    assert sqlite_cache_kib(8) == 256 and sqlite_cache_kib(144) == 2048
+    assert (
+        abs(
+            rss_bytes()
+            - int(Path("/proc/self/status").read_text().split("VmRSS:")[1].split()[0]) * 1024
+        )
+        < 8 * MB
+    )
+
+
+async def test_an_agent_over_its_memory_budget_reports_it_and_sheds_caches(
+    tmp_path: Path, mosquitto: MosquittoProcess
+) -> None:
+    async with gateway(tmp_path, mosquitto) as gw:
+        settings = agent_settings(
+            gw, tmp_path, mosquitto, device="tv-memory-001", budgets={"memory_mb": 16}
+        )
+        async with Agent(settings) as agent:
+            agent.metrics.observe_decision(1.0)
+            assert await agent.check_memory()  # this test process is far over 16 MB
+            assert not agent.decision_ms
+            async with aiohttp.ClientSession() as http:
+                base = f"http://127.0.0.1:{agent.api_port}"
+                async with http.get(f"{base}/v1/status") as resp:
+                    memory = (await resp.json())["memory"]
+                async with http.get(f"{base}/metrics") as resp:
+                    metrics = await resp.text()
+            assert memory["budget_mb"] == 16 and memory["rss_mb"] > 16
+            assert memory["over_budget_samples"] >= 2  # at start, and now
+            assert "edgemart_agent_memory_budget_bytes 1.6777216e+07" in metrics
+            assert "edgemart_agent_rss_bytes " in metrics
+            assert "edgemart_agent_memory_over_budget_total" in metrics
+
+
+@pytest.mark.parametrize("profile", ["tv", "phone"])
+async def test_a_fresh_agent_process_is_under_its_profiles_memory_budget(
+    tmp_path: Path, mosquitto: MosquittoProcess, profile: str
+) -> None:
+    async with gateway(tmp_path, mosquitto) as gw:
+        port = free_port()
+        agent = AgentProcess(
+            profile=profile,
+            device_id=f"{profile}-mem-0001",
+            broker=mosquitto.url,
+            data_dir=tmp_path / "dev",
+            api_port=port,
+            trust=gw.trust_path,
+            log=tmp_path / "agent.log",
+            env={"EDGEMART_CONSENT__ANALYTICS": "true"},
+        )
+        await asyncio.to_thread(agent.start)
+        try:
+            for n in range(20):
+                status, _ = await post(
+                    port, {"signals": [{"kind": "search", "attrs": {"n": n}}] * 50}
+                )
+                assert status == 202
+            async with (
+                aiohttp.ClientSession() as http,
+                http.get(f"http://127.0.0.1:{port}/v1/status") as resp,
+            ):
+                memory = (await resp.json())["memory"]
+        finally:
+            assert agent.stop() == 0
+        assert 50 < memory["rss_mb"] < memory["budget_mb"], memory
