@@ -20,6 +20,8 @@ def status_of(agent: Agent) -> dict[str, Any]:
         "link": agent.link_state,
         "outbox_depth": agent.store.depth,
         "outbox_bytes": agent.store.outbox_bytes,
+        "outbox_max_bytes": agent.store.outbox_max_bytes,
+        "outbox_id": agent.store.outbox_id,
         "in_flight": agent.uplink.in_flight if agent.uplink is not None else 0,
         "model_version": agent.model_version,
         "offers": len(agent.offers) if agent.offers is not None else 0,

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from agent.aggregates import AGGREGATE_ROW_CHARGE, AggregateHit, hit
-from agent.errors import QuotaExceeded
+from agent.errors import BatchTooLarge, QuotaExceeded
 from agent.quota import plan as quota_plan
 from agent.store import NewOutcome, NewSignal, Store
 from protocol.ids import format_time
@@ -326,4 +326,41 @@ async def test_withdrawal_purges_batches_cut_but_unacked_and_a_late_ack_undoes_t
     store = Store(tmp_path / "w.sqlite3")
     await store.open()
     assert store.drops["withdrawn"] == 20 and store.depth == 0
+    await store.close()
+
+
+async def test_a_batch_over_the_size_bounds_is_cut_smaller_keeping_the_drain_order(
+    tmp_path: Path,
+) -> None:
+    store = Store(tmp_path / "b.sqlite3")
+    await store.open()
+    await store.accept_signals(agg_signals(100, "s"), [])
+    tried: list[int] = []
+
+    def build_at_most_30(
+        seq: int,
+        signals: list[dict[str, object]],
+        outcomes: list[dict[str, object]],
+        receipts: list[str],
+        aggregates: list[dict[str, object]],
+    ) -> bytes:
+        tried.append(len(signals))
+        if len(signals) > 30:
+            raise BatchTooLarge(len(signals) * 1000, 0)
+        return build_plain(seq, signals, outcomes, receipts, aggregates)
+
+    sizes = []
+    while True:
+        batch = await store.cut_batch(
+            max_signals=100,
+            max_outcomes=10,
+            max_receipts=10,
+            include_data=True,
+            build=build_at_most_30,
+        )
+        if batch is None:
+            break
+        sizes.append(len(json.loads(batch.payload)["signals"]))
+        assert json.loads(batch.payload)["seq"] == batch.seq == len(sizes)  # no seq skipped
+    assert tried[:3] == [100, 50, 25] and sum(sizes) == 100 and max(sizes) <= 30
     await store.close()
