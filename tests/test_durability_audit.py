@@ -32,6 +32,8 @@ from simulators.checker import Drops, account
 from simulators.faults import AgentProcess
 from tests.durability_world import ALL, agent_settings, eventually, export, gateway
 
+pytestmark = pytest.mark.integration
+
 NO_ANALYTICS = {**ALL, "analytics": False}
 
 
@@ -271,9 +273,6 @@ async def test_post_signals_answers_503_over_http_in_refuse_mode_and_stores_noth
             assert stored_state() == state
             assert agent.status()["accounting"]["refused"] == 100
             assert agent.counters["signals_accepted"] == len(accepted)
-
-
-pytestmark = pytest.mark.integration
 
 
 def test_memory_budget_counts_samples_over_it_and_warns_at_most_every_ten_minutes(
