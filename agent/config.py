@@ -31,7 +31,9 @@ class _Strict(BaseModel):
 
 
 class Budgets(_Strict):
-    memory_mb: Annotated[int, Field(ge=1, le=65536)] = 64
+    memory_mb: Annotated[int, Field(ge=1, le=65536)] = 128
+    """Resident set the agent should stay under (sampled; over it the agent sheds caches).
+    The floor of Python + numpy + onnxruntime + one model is ~102-110 MB."""
     outbox_max_bytes: Annotated[int, Field(ge=4096)] = 8 * 1024 * 1024
     outbox_full: Literal["evict", "refuse"] = "evict"
     uplink_bytes_per_day: Annotated[int, Field(ge=0)] = 10_000_000

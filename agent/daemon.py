@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import logging
 import signal
@@ -32,6 +33,7 @@ from agent.errors import (
 from agent.features import FeatureWindows, prune_cutoff
 from agent.intake import SignalIn, parse_outcome, parse_signal_list
 from agent.link import Incoming, Link, LinkState
+from agent.memory import MemoryBudget, rss_bytes, sqlite_cache_kib, trim_heap
 from agent.metrics import Metrics
 from agent.model_update import ModelUpdater, UpdateConfig, load_kept
 from agent.offers import OfferBook, load_trust
@@ -52,6 +54,7 @@ from protocol.topics import DEFAULT_ROOT
 log = logging.getLogger(__name__)
 
 MAINTENANCE_S = 60.0
+MEMORY_SAMPLE_S = 10.0
 SHUTDOWN_FLUSH_S = 2.0
 
 
@@ -66,10 +69,12 @@ class Agent:
     def __init__(self, settings: AgentSettings, *, clock: Callable[[], float] = time.time) -> None:
         self.settings = settings
         self.metrics = Metrics(gauges=self._gauges)
+        self.memory = MemoryBudget(settings.profile.budgets.memory_mb)
         self.store = Store(
             settings.db_path,
             durability=settings.profile.uplink.durability,
-            outbox_max_bytes=settings.profile.budgets.outbox_max_bytes,
+            disk_quota=settings.profile.budgets.outbox_max_bytes,
+            cache_kib=sqlite_cache_kib(settings.profile.budgets.memory_mb),
             outbox_full=settings.profile.budgets.outbox_full,
             seen_ids_max=settings.seen_ids_max,
             clock=clock,  # wall clock of the outbox (TTLs, windows, budget days); tests travel
@@ -425,6 +430,8 @@ class Agent:
         self._spawn(self.link.run(), "link")
         self._spawn(self.uplink.run(), "uplink")
         self._spawn(self._maintenance(), "maintenance")
+        await self.check_memory()
+        self._spawn(self._watch_memory(), "memory")
         self._spawn(self.claims.run(), "claims")
         if settings.api_port is not None:
             self.api = LocalApi(self, settings.api_port)
@@ -542,6 +549,23 @@ class Agent:
     def _gauges(self) -> dict[str, float]:
         return gauges_of(self)
 
+    async def check_memory(self) -> bool:
+        """Sample the resident set against the profile's budget; over it, shed what can be
+        shed: the store's page cache, the latency samples, freed heap. True when over."""
+        rss = await asyncio.to_thread(rss_bytes)
+        if not self.memory.observe(rss, time.monotonic()):
+            return False
+        self.metrics.inc("memory_over_budget")
+        self.metrics.decision_ms.clear()
+        await self.store.shrink_memory()
+        await asyncio.to_thread(_collect_and_trim)
+        return True
+
+    async def _watch_memory(self) -> None:
+        while True:
+            await asyncio.sleep(MEMORY_SAMPLE_S)
+            await self.check_memory()
+
     async def _maintenance(self) -> None:
         while True:
             expired = await self.store.expire(self.store.clock())
@@ -572,6 +596,11 @@ def _with(state: ConsentState, purpose: str, granted: bool, version: int, at: st
 
 def _dumps(attrs: dict[str, Any]) -> str:
     return json.dumps(attrs, separators=(",", ":"), ensure_ascii=False)
+
+
+def _collect_and_trim() -> None:
+    gc.collect()
+    trim_heap()
 
 
 def _report_crash(task: asyncio.Task[None]) -> None:

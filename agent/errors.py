@@ -70,3 +70,12 @@ class LinkDown(AgentError):
 
 class ScoringError(AgentError):
     """Running a loaded model failed (onnxruntime error or wrong output) during a decision."""
+
+
+class BatchTooLarge(AgentError):
+    """A batch payload would pass the gateway's size bounds: cut it smaller (never sent)."""
+
+    def __init__(self, raw_bytes: int, payload_bytes: int) -> None:
+        super().__init__(f"batch too large: {raw_bytes} bytes of JSON, {payload_bytes} on the wire")
+        self.raw_bytes = raw_bytes
+        self.payload_bytes = payload_bytes

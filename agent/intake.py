@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import datetime, timedelta
 from typing import Annotated, Any
 
@@ -13,6 +14,9 @@ from protocol.envelopes import Attrs, Id, Name, OutcomeKind
 from protocol.ids import utcnow
 
 MAX_FUTURE = timedelta(days=1)
+MAX_ATTRS_BYTES = 4096
+"""One signal's attrs as compact UTF-8 JSON: any one signal then fits in a batch with room to
+spare, whatever the gateway's bounds (`agent.uplink.MAX_BATCH_PAYLOAD`)."""
 
 
 class SignalIn(BaseModel):
@@ -23,6 +27,14 @@ class SignalIn(BaseModel):
     kind: Name
     at: AwareDatetime | None = None
     attrs: Attrs = Field(default_factory=dict)
+
+    @field_validator("attrs")
+    @classmethod
+    def _bounded(cls, value: dict[str, Any]) -> dict[str, Any]:
+        size = len(json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode("utf-8"))
+        if size > MAX_ATTRS_BYTES:
+            raise ValueError(f"is {size} bytes of JSON, over the limit of {MAX_ATTRS_BYTES}")
+        return value
 
     @field_validator("at")
     @classmethod

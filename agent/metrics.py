@@ -32,6 +32,7 @@ COUNTERS = (
     "messages_bad",
     "link_connects",
     "link_failures",
+    "memory_over_budget",
 )
 
 

@@ -142,22 +142,26 @@ def aggregate_unacked(db: sqlite3.Connection) -> int:
     return int(n)
 
 
-def cut_aggregates(db: sqlite3.Connection, seq: int, limit: int) -> list[dict[str, Any]]:
-    """Snapshot up to `limit` changed rows into batch `seq` (cumulative counts)."""
+def select_aggregates(db: sqlite3.Connection, limit: int) -> list[dict[str, Any]]:
+    """Up to `limit` changed rows as cumulative snapshots, oldest change first."""
     rows = db.execute(
         "SELECT window, key, count, seconds FROM aggregates WHERE dirty_since IS NOT NULL"
         " ORDER BY dirty_since LIMIT ?",
         (limit,),
     ).fetchall()
-    db.executemany(
-        "UPDATE aggregates SET sent_count = count, sent_seconds = seconds, batch_seq = ?,"
-        " dirty_since = NULL WHERE window = ? AND key = ?",
-        [(seq, w, k) for w, k, _, _ in rows],
-    )
     return [
         {"window": w, "key": k, "count": int(c), "seconds": round(float(s), 3)}
         for w, k, c, s in rows
     ]
+
+
+def mark_aggregates_cut(db: sqlite3.Connection, seq: int, snapshots: list[dict[str, Any]]) -> None:
+    """The snapshots (from `select_aggregates`, same transaction) went into batch `seq`."""
+    db.executemany(
+        "UPDATE aggregates SET sent_count = ?, sent_seconds = ?, batch_seq = ?,"
+        " dirty_since = NULL WHERE window = ? AND key = ?",
+        [(a["count"], a["seconds"], seq, a["window"], a["key"]) for a in snapshots],
+    )
 
 
 def ack_aggregates(db: sqlite3.Connection, seq: int, now: float) -> tuple[int, int]:
@@ -191,37 +195,101 @@ def _window_closed(window: str, now: float) -> bool:
         return True
 
 
-def purge_pending(db: sqlite3.Connection) -> tuple[Freed, int]:
-    """Consent for analytics withdrawn: drop everything not yet cut into a batch.
+def purge_pending(db: sqlite3.Connection, now: float) -> tuple[Freed, int]:
+    """Consent for analytics withdrawn: drop everything that has not reached the gateway.
 
-    Raw signals and outcomes waiting to be batched are deleted; aggregate rows go back
-    to what was already cut. Batches already cut stay (they were consented when cut).
-    Returns (signals withdrawn with the bytes freed, outcomes withdrawn).
+    Raw signals and outcomes are deleted, waiting ones and those in batches already cut but
+    not acknowledged alike; those batches are deleted (never sent again) and their receipts
+    go back to the queue. Aggregate rows go back to what the gateway confirmed. Every signal
+    is counted as withdrawn. A purged batch that was published may have been stored after
+    all: it is remembered in `withdrawn_batches` and `ack_withdrawn` undoes its count when
+    its ack comes. Returns (signals withdrawn with the bytes freed, outcomes withdrawn).
     """
-    s_count, s_size = db.execute(
-        "SELECT COUNT(*), COALESCE(SUM(size), 0) FROM signals WHERE batch_seq IS NULL"
-    ).fetchone()
-    o_count, o_size = db.execute(
-        "SELECT COUNT(*), COALESCE(SUM(size), 0) FROM outcomes WHERE batch_seq IS NULL"
-    ).fetchone()
-    db.execute("DELETE FROM signals WHERE batch_seq IS NULL")
-    db.execute("DELETE FROM outcomes WHERE batch_seq IS NULL")
+    sent = db.execute(
+        "SELECT b.seq, (SELECT COUNT(*) FROM signals s WHERE s.batch_seq = b.seq),"
+        " (SELECT COUNT(*) FROM outcomes o WHERE o.batch_seq = b.seq) FROM batches b"
+        " WHERE b.attempts > 0"
+    ).fetchall()
+    db.executemany(
+        "INSERT OR REPLACE INTO withdrawn_batches(seq, signals, outcomes, created)"
+        " VALUES (?, ?, ?, ?)",
+        [(seq, n_sig, n_out, now) for seq, n_sig, n_out in sent],
+    )
+    db.execute(  # bounded: only the newest tombstones can still meet their ack
+        "DELETE FROM withdrawn_batches WHERE seq NOT IN"
+        " (SELECT seq FROM withdrawn_batches ORDER BY seq DESC LIMIT 256)"
+    )
+    s_count, s_size = db.execute("SELECT COUNT(*), COALESCE(SUM(size), 0) FROM signals").fetchone()
+    o_count, o_size = db.execute("SELECT COUNT(*), COALESCE(SUM(size), 0) FROM outcomes").fetchone()
+    (b_size,) = db.execute("SELECT COALESCE(SUM(length(payload)), 0) FROM batches").fetchone()
+    db.execute("DELETE FROM signals")
+    db.execute("DELETE FROM outcomes")
+    db.execute("DELETE FROM batches")
+    db.execute("UPDATE receipts SET batch_seq = NULL")
     (a_count,) = db.execute(
-        "SELECT COALESCE(SUM(count - sent_count), 0) FROM aggregates WHERE dirty_since IS NOT NULL"
+        "SELECT COALESCE(SUM(count - acked_count), 0) FROM aggregates"
     ).fetchone()
-    (a_rows,) = db.execute(
-        "SELECT COUNT(*) FROM aggregates WHERE dirty_since IS NOT NULL AND sent_count = 0"
-    ).fetchone()
-    db.execute("DELETE FROM aggregates WHERE dirty_since IS NOT NULL AND sent_count = 0")
+    (a_rows,) = db.execute("SELECT COUNT(*) FROM aggregates WHERE acked_count = 0").fetchone()
+    db.execute("DELETE FROM aggregates WHERE acked_count = 0")
     db.execute(
-        "UPDATE aggregates SET count = sent_count, seconds = sent_seconds, dirty_since = NULL"
-        " WHERE dirty_since IS NOT NULL"
+        "UPDATE aggregates SET count = acked_count, sent_count = acked_count,"
+        " seconds = sent_seconds, dirty_since = NULL, batch_seq = NULL"
     )
     withdrawn = int(s_count) + int(a_count)
     meta_add(db, "dropped_withdrawn", withdrawn)
     meta_add(db, "outcomes_withdrawn", int(o_count))
-    freed = int(s_size) + int(o_size) + int(a_rows) * AGGREGATE_ROW_CHARGE
+    freed = int(s_size) + int(o_size) + int(b_size) + int(a_rows) * AGGREGATE_ROW_CHARGE
     return Freed(withdrawn=withdrawn, bytes=freed), int(o_count)
+
+
+def ack_withdrawn(db: sqlite3.Connection, seq: int) -> tuple[int, int] | None:
+    """An ack for a batch purged at a withdrawal: the gateway had stored it, so its signals
+    and outcomes are stored, not withdrawn. Returns (signals, outcomes), None if unknown."""
+    row = db.execute(
+        "SELECT signals, outcomes FROM withdrawn_batches WHERE seq = ?", (seq,)
+    ).fetchone()
+    if row is None:
+        return None
+    db.execute("DELETE FROM withdrawn_batches WHERE seq = ?", (seq,))
+    meta_add(db, "dropped_withdrawn", -int(row[0]))
+    meta_add(db, "outcomes_withdrawn", -int(row[1]))
+    return int(row[0]), int(row[1])
+
+
+def evict_aggregates(db: sqlite3.Connection, need: int, now: float) -> Freed:
+    """Free at least `need` bytes of aggregate rows, oldest window first: rows of closed
+    windows, and rows the gateway never saw, that are in no batch in flight. The signals
+    they count and the gateway has not confirmed are counted as evicted."""
+    victims: list[tuple[str, str]] = []
+    evicted = freed = 0
+    for window, key, count, acked, sent in db.execute(
+        "SELECT window, key, count, acked_count, sent_count FROM aggregates a"
+        " WHERE NOT EXISTS (SELECT 1 FROM batches b WHERE b.seq = a.batch_seq)"
+        " ORDER BY window, key"
+    ):
+        if freed >= need:
+            break
+        if sent and not _window_closed(window, now):
+            continue  # the gateway holds a snapshot: a new row would lower its count
+        victims.append((window, key))
+        evicted += int(count) - int(acked)
+        freed += AGGREGATE_ROW_CHARGE
+    if victims:
+        db.executemany("DELETE FROM aggregates WHERE window = ? AND key = ?", victims)
+        meta_add(db, "dropped_evicted", evicted)
+    return Freed(evicted=evicted, bytes=freed)
+
+
+def new_aggregate_rows(db: sqlite3.Connection, hits: list[AggregateHit]) -> int:
+    """How many rows counting `hits` would add (what they cost against the quota)."""
+    return sum(
+        1
+        for window, key in merge_hits(hits)
+        if db.execute(
+            "SELECT 1 FROM aggregates WHERE window = ? AND key = ?", (window, key)
+        ).fetchone()
+        is None
+    )
 
 
 def budget(db: sqlite3.Connection) -> tuple[str, int]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+import uuid
 from collections.abc import Callable
 
 Migration = Callable[[sqlite3.Connection], None]
@@ -112,4 +113,18 @@ def issue3_outbox_quota(db: sqlite3.Connection) -> None:
             ("budget_day", ""),
             ("budget_bytes", "0"),
         ],
+    )
+
+
+@migration
+def issue3fix_outbox_id(db: sqlite3.Connection) -> None:
+    """A random id of this outbox, made with the store: batches carry it, so the gateway can
+    tell a wiped device's new `seq` 1 from the old one. Purged batches whose ack may still
+    come (consent withdrawn while they were in flight)."""
+    db.execute(
+        "INSERT OR IGNORE INTO meta(key, value) VALUES ('outbox_id', ?)", (uuid.uuid4().hex,)
+    )
+    db.execute(
+        "CREATE TABLE withdrawn_batches (seq INTEGER PRIMARY KEY, signals INTEGER NOT NULL,"
+        " outcomes INTEGER NOT NULL, created REAL NOT NULL)"
     )

@@ -20,6 +20,8 @@ def status_of(agent: Agent) -> dict[str, Any]:
         "link": agent.link_state,
         "outbox_depth": agent.store.depth,
         "outbox_bytes": agent.store.outbox_bytes,
+        "outbox_max_bytes": agent.store.outbox_max_bytes,
+        "outbox_id": agent.store.outbox_id,
         "in_flight": agent.uplink.in_flight if agent.uplink is not None else 0,
         "model_version": agent.model_version,
         "offers": len(agent.offers) if agent.offers is not None else 0,
@@ -27,6 +29,7 @@ def status_of(agent: Agent) -> dict[str, Any]:
         "counters": dict(agent.metrics.counters),
         "model_update": _model_update(agent),
         "accounting": agent.accounting(),
+        "memory": agent.memory.to_json(),
     }
 
 
@@ -47,13 +50,16 @@ def accounting_of(agent: Agent) -> dict[str, Any]:
 
 
 def gauges_of(agent: Agent) -> dict[str, float]:
-    """The gauges `agent.metrics` samples: outbox, batches in flight, link, offers held."""
+    """The gauges `agent.metrics` samples: outbox, batches in flight, link, offers held,
+    resident set (last sample) and the profile's memory budget."""
     return {
         "outbox_depth": float(agent.store.depth),
         "outbox_bytes": float(agent.store.outbox_bytes),
         "in_flight_batches": float(agent.uplink.in_flight if agent.uplink else 0),
         "link_connected": 1.0 if agent.link_state == LinkState.CONNECTED else 0.0,
         "offers_held": float(len(agent.offers) if agent.offers is not None else 0),
+        "rss_bytes": float(agent.memory.rss),
+        "memory_budget_bytes": float(agent.memory.budget_bytes),
     }
 
 

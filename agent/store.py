@@ -11,7 +11,7 @@ import asyncio
 import json
 import sqlite3
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -20,8 +20,10 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from agent import outbox
-from agent.aggregates import AggregateHit, signal_charge
-from agent.errors import QuotaExceeded, StoreError
+from agent.aggregates import AGGREGATE_ROW_CHARGE, AggregateHit, signal_charge
+from agent.errors import BatchTooLarge, QuotaExceeded, StoreError
+from agent.quota import DiskPlan
+from agent.quota import plan as quota_plan
 from agent.schema import MIGRATIONS
 from agent.store_decisions import DecisionRows
 from agent.store_offers import OfferRows
@@ -109,6 +111,21 @@ BatchBuilder = Callable[
 ]
 """build(seq, signals, outcomes, receipts, aggregates) -> payload bytes."""
 MAX_AGGREGATES_PER_BATCH = 2000
+MAX_BATCH_JSON_BYTES = 1024 * 1024
+"""Signals read for one batch stop at this much JSON (half the gateway's decompressed
+bound); the builder's own check (`agent.uplink`) is exact, this only saves work."""
+
+
+def _within_bytes(rows: Iterable[tuple[str, str, str, str]], limit: int) -> list[dict[str, Any]]:
+    """Signal rows as batch items while their estimated JSON stays within `limit` (>= 1 row)."""
+    out: list[dict[str, Any]] = []
+    used = 0
+    for sid, kind, at, attrs in rows:
+        used += len(sid) + len(kind) + len(at) + len(attrs.encode("utf-8")) + 40
+        if out and used > limit:
+            break
+        out.append({"id": sid, "kind": kind, "at": at, "attrs": json.loads(attrs)})
+    return out
 
 
 class Store(OfferRows, DecisionRows):
@@ -123,11 +140,19 @@ class Store(OfferRows, DecisionRows):
         outbox_full: str = "evict",
         seen_ids_max: int = 10_000,
         clock: Callable[[], float] = time.time,
+        disk_quota: int | None = None,
+        cache_kib: int | None = None,
     ) -> None:
         self.path = path
         self.clock = clock
         self.durability = durability
         self.outbox_max_bytes = outbox_max_bytes
+        self.disk_quota = disk_quota
+        """Bytes the store's files (database, -wal, -shm) may take; given, the rows' budget
+        `outbox_max_bytes` is what `agent.quota.plan` leaves of it."""
+        self.cache_kib = cache_kib
+        self.disk: DiskPlan | None = None
+        self._wal_path = path.with_name(path.name + "-wal")
         self.outbox_full = outbox_full
         self.seen_ids_max = seen_ids_max
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="agent-store")
@@ -141,6 +166,7 @@ class Store(OfferRows, DecisionRows):
         self.budget_day = ""
         self.budget_bytes = 0
         self.analytics_withdrawn = False  # analytics was granted, then withdrawn
+        self.outbox_id = ""  # random, made with the store; batches carry it (issue 3 fix)
 
     @property
     def depth(self) -> int:
@@ -171,6 +197,7 @@ class Store(OfferRows, DecisionRows):
             db.execute("PRAGMA foreign_keys=ON")
             self._db = db
             self._migrate()
+            self._plan_disk(db)
             with self._tx() as tx:
                 # A row assigned to a batch that never got stored goes back to the queue.
                 for table in ("signals", "outcomes", "receipts"):
@@ -181,6 +208,28 @@ class Store(OfferRows, DecisionRows):
             self._recount()
         except sqlite3.Error as exc:
             raise StoreError(f"cannot open store {self.path}: {exc}") from exc
+
+    def _plan_disk(self, db: sqlite3.Connection) -> None:
+        """Small WAL checkpoints, the WAL truncated after each, rows' budget from the quota."""
+        (page,) = db.execute("PRAGMA page_size").fetchone()
+        (btrees,) = db.execute("SELECT COUNT(*) FROM sqlite_master WHERE rootpage > 0").fetchone()
+        quota = self.disk_quota if self.disk_quota is not None else self.outbox_max_bytes
+        disk = self.disk = quota_plan(quota, int(page), int(btrees))
+        db.execute(f"PRAGMA wal_autocheckpoint={disk.wal_pages}")
+        db.execute(f"PRAGMA journal_size_limit={disk.wal_limit}")
+        db.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # a WAL left big by an older version
+        if self.disk_quota is not None:
+            self.outbox_max_bytes = disk.rows
+        if self.cache_kib is not None:
+            db.execute(f"PRAGMA cache_size={-max(64, self.cache_kib)}")
+
+    async def shrink_memory(self) -> None:
+        """Over the memory budget: SQLite frees what its page cache holds."""
+        await self._run(self._shrink_memory)
+
+    def _shrink_memory(self) -> None:
+        if self._db is not None:
+            self._db.execute("PRAGMA shrink_memory")
 
     def _close(self) -> None:
         if self._db is not None:
@@ -215,6 +264,21 @@ class Store(OfferRows, DecisionRows):
             db.execute("ROLLBACK")
             raise
         db.execute("COMMIT")
+        self._bound_wal(db)
+
+    def _bound_wal(self, db: sqlite3.Connection) -> None:
+        """A transaction that pushed the WAL past what the plan reserves for it (a big
+        request, a big eviction) is checkpointed and the WAL truncated at once. Below that,
+        SQLite's own checkpoints (every `wal_pages`) and `journal_size_limit` keep it."""
+        disk = self.disk
+        if disk is None:
+            return
+        try:
+            size = self._wal_path.stat().st_size
+        except FileNotFoundError:
+            return
+        if size > 2 * disk.wal_limit:  # what the plan reserves for the WAL
+            db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
     def _recount(self) -> None:
         db = self._conn()
@@ -230,6 +294,8 @@ class Store(OfferRows, DecisionRows):
         self.drops = outbox.drop_counts(db)
         self.analytics_withdrawn = outbox.meta_int(db, "analytics_withdrawn") == 1
         self.budget_day, self.budget_bytes = outbox.budget(db)
+        row = db.execute("SELECT value FROM meta WHERE key = 'outbox_id'").fetchone()
+        self.outbox_id = str(row[0]) if row else ""
         del s_bytes, o_bytes
 
     # ------------------------------------------------------------ outbox
@@ -269,12 +335,17 @@ class Store(OfferRows, DecisionRows):
         # Decided here, on the store thread, in order with the purge of a withdrawal.
         withdrawn = withdrawn or self.analytics_withdrawn
         raw = not withdrawn and hits is None
-        need = sum(s.size for s in signals) if raw else 0
         now = self.clock()
         added = 0
         try:
             with self._tx() as tx:
-                expired, evicted, freed = self._make_room(tx, need, now)
+                if raw:
+                    need = sum(s.size for s in signals)
+                elif withdrawn:
+                    need = 0
+                else:  # aggregate mode: new rows cost their charge, counting into old ones not
+                    need = outbox.new_aggregate_rows(tx, hits or []) * AGGREGATE_ROW_CHARGE
+                expired, evicted, freed, recount = self._make_room(tx, need, now)
                 if raw:
                     tx.executemany(
                         "INSERT INTO signals(id, kind, at, attrs, priority, expires_at, created,"
@@ -308,21 +379,28 @@ class Store(OfferRows, DecisionRows):
             raise
         except sqlite3.Error as exc:
             raise StoreError(f"cannot store signals: {exc}") from exc
-        self.signal_rows += (len(signals) if raw else 0) - evicted - expired
-        self.outbox_bytes += need + added - freed
-        self.drops["evicted"] = self.drops.get("evicted", 0) + evicted
-        self.drops["expired"] = self.drops.get("expired", 0) + expired
-        if withdrawn:
-            self.drops["withdrawn"] = self.drops.get("withdrawn", 0) + len(signals)
         aggregated = len(signals) if hits is not None and not withdrawn else 0
-        self.aggregate_unacked += aggregated
+        if recount:  # aggregate rows were evicted: what they held is simplest read back
+            self._recount()
+        else:
+            self.signal_rows += (len(signals) if raw else 0) - evicted - expired
+            self.outbox_bytes += (need if raw else added) - freed
+            self.drops["evicted"] = self.drops.get("evicted", 0) + evicted
+            self.drops["expired"] = self.drops.get("expired", 0) + expired
+            if withdrawn:
+                self.drops["withdrawn"] = self.drops.get("withdrawn", 0) + len(signals)
+            self.aggregate_unacked += aggregated
         return Accepted(evicted, expired, len(signals) if withdrawn else 0, aggregated)
 
-    def _make_room(self, tx: sqlite3.Connection, need: int, now: float) -> tuple[int, int, int]:
-        """(expired, evicted, bytes freed) to fit `need` more bytes under the quota."""
+    def _make_room(
+        self, tx: sqlite3.Connection, need: int, now: float
+    ) -> tuple[int, int, int, bool]:
+        """(expired, evicted, bytes freed, aggregate rows evicted) to fit `need` more bytes
+        under the quota: expired signals, then raw signals by priority and age, then
+        aggregate rows (oldest window first)."""
         over = self.outbox_bytes + need - self.outbox_max_bytes
         if over <= 0:
-            return 0, 0, 0
+            return 0, 0, 0, False
         gone = outbox.expire(tx, now)
         expired, freed = gone.expired, gone.bytes
         over -= freed
@@ -333,10 +411,13 @@ class Store(OfferRows, DecisionRows):
         evicted = 0
         if over > 0:
             gone = outbox.evict(tx, over)
-            evicted, freed = gone.evicted, freed + gone.bytes
+            evicted, freed, over = gone.evicted, freed + gone.bytes, over - gone.bytes
+        if over > 0:
+            gone = outbox.evict_aggregates(tx, over, now)
             if gone.bytes < over:
                 raise QuotaExceeded("outbox at quota and nothing left to evict")
-        return expired, evicted, freed
+            return expired, evicted + gone.evicted, freed + gone.bytes, True
+        return expired, evicted, freed, False
 
     def _count_refused(self, n: int) -> None:
         try:
@@ -437,15 +518,15 @@ class Store(OfferRows, DecisionRows):
             signals: list[dict[str, Any]] = []
             outcomes: list[dict[str, Any]] = []
             if include_data:
-                signals = [
-                    {"id": r[0], "kind": r[1], "at": r[2], "attrs": json.loads(r[3])}
-                    for r in tx.execute(
+                signals = _within_bytes(
+                    tx.execute(
                         # the drain order: high priority first, then oldest first
                         "SELECT id, kind, at, attrs FROM signals WHERE batch_seq IS NULL"
                         " ORDER BY priority DESC, rowid LIMIT ?",
                         (max_signals,),
-                    )
-                ]
+                    ),
+                    MAX_BATCH_JSON_BYTES,
+                )
                 cols = "id, offer_id, campaign_id, variant, kind, at, surface, score, model_version"
                 outcomes = [
                     {k: v for k, v in zip(cols.split(", "), r, strict=True) if v is not None}
@@ -466,10 +547,23 @@ class Store(OfferRows, DecisionRows):
             (seq_text,) = tx.execute("SELECT value FROM meta WHERE key = 'next_seq'").fetchone()
             seq = int(seq_text)
             aggregates = (
-                outbox.cut_aggregates(tx, seq, MAX_AGGREGATES_PER_BATCH) if include_data else []
+                outbox.select_aggregates(tx, MAX_AGGREGATES_PER_BATCH) if include_data else []
             )
             if not signals and not outcomes and not receipts and not aggregates:
                 return None
+            while True:
+                try:
+                    payload = build(seq, signals, outcomes, receipts, aggregates)
+                    break
+                except BatchTooLarge as exc:
+                    # Too big for the gateway's bounds: halve what there is, keep the order.
+                    parts = (signals, outcomes, receipts, aggregates)
+                    if all(len(p) <= 1 for p in parts):
+                        raise StoreError(f"one item is too large to send: {exc}") from exc
+                    signals, outcomes, receipts, aggregates = (
+                        p[: max(1, len(p) // 2)] for p in parts
+                    )
+            outbox.mark_aggregates_cut(tx, seq, aggregates)
             tx.execute("UPDATE meta SET value = ? WHERE key = 'next_seq'", (str(seq + 1),))
             tx.executemany(
                 "UPDATE signals SET batch_seq = ? WHERE id = ?", [(seq, s["id"]) for s in signals]
@@ -481,7 +575,6 @@ class Store(OfferRows, DecisionRows):
             tx.executemany(
                 "UPDATE receipts SET batch_seq = ? WHERE id = ?", [(seq, r) for r in receipts]
             )
-            payload = build(seq, signals, outcomes, receipts, aggregates)
             tx.execute(
                 "INSERT INTO batches(seq, payload, created, attempts) VALUES (?, ?, ?, 0)",
                 (seq, payload, time.time()),
@@ -519,6 +612,7 @@ class Store(OfferRows, DecisionRows):
     def _ack(self, seqs: list[int]) -> AckResult:
         done: list[int] = []
         n_sig = n_out = n_agg = 0
+        restored_sig = restored_out = 0
         freed = 0
         now = self.clock()
         with self._tx() as tx:
@@ -526,6 +620,11 @@ class Store(OfferRows, DecisionRows):
                 found = tx.execute("SELECT length(payload) FROM batches WHERE seq = ?", (seq,))
                 row = found.fetchone()
                 if row is None:
+                    late = outbox.ack_withdrawn(tx, seq)
+                    if late is not None:  # purged at a withdrawal, but it was stored
+                        done.append(seq)
+                        n_sig, n_out = n_sig + late[0], n_out + late[1]
+                        restored_sig, restored_out = restored_sig + late[0], restored_out + late[1]
                     continue
                 confirmed, agg_freed = outbox.ack_aggregates(tx, seq, now)
                 n_agg += confirmed
@@ -545,9 +644,14 @@ class Store(OfferRows, DecisionRows):
                 n_sig += int(s_count)
                 n_out += int(o_count)
                 freed += int(s_size) + int(o_size)
-        self.signal_rows -= n_sig
-        self.outcome_rows -= n_out
+        self.signal_rows -= n_sig - restored_sig
+        self.outcome_rows -= n_out - restored_out
         self.outbox_bytes -= freed
+        if restored_sig or restored_out:
+            self.drops["withdrawn"] = self.drops.get("withdrawn", 0) - restored_sig
+            self.drops["outcomes_withdrawn"] = (
+                self.drops.get("outcomes_withdrawn", 0) - restored_out
+            )
         self.aggregate_unacked -= n_agg
         return AckResult(tuple(done), n_sig, n_out, n_agg)
 
@@ -572,15 +676,16 @@ class Store(OfferRows, DecisionRows):
     ) -> int:
         """Store every purpose with the next consent version; returns that version.
 
-        `purge` (analytics withdrawn): in the same transaction, everything not yet cut into
-        a batch is deleted and counted as withdrawn.
+        `purge` (analytics withdrawn): in the same transaction, everything the gateway has
+        not acknowledged (waiting, or in batches cut but unacked) is deleted and counted as
+        withdrawn.
         """
         return await self._run(self._set_consent, dict(purposes), updated_at, purge)
 
     def _set_consent(self, purposes: dict[str, bool], updated_at: str, purge: bool) -> int:
         with self._tx() as tx:
             if purge:
-                outbox.purge_pending(tx)
+                outbox.purge_pending(tx, self.clock())
                 outbox.meta_set(tx, "analytics_withdrawn", "1")
             elif purposes.get("analytics"):
                 outbox.meta_set(tx, "analytics_withdrawn", "0")

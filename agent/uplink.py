@@ -17,7 +17,7 @@ from typing import Any
 from agent import AGENT_VERSION
 from agent.config import AgentSettings
 from agent.consent import ConsentState
-from agent.errors import LinkDown
+from agent.errors import BatchTooLarge, LinkDown
 from agent.link import Link
 from agent.logutil import OnceLogger
 from agent.metrics import Metrics
@@ -28,6 +28,29 @@ from protocol.errors import ProtocolError
 from protocol.ids import utcnow
 
 log = logging.getLogger(__name__)
+
+MAX_BATCH_JSON = codec.MAX_DECOMPRESSED // 2
+"""A batch's JSON stays within half the gateway's decompressed bound (headroom for a
+gateway configured tighter, and for the JSON encoder's choices)."""
+MAX_BATCH_PAYLOAD = codec.MAX_COMPRESSED * 3 // 4
+"""What is published stays within 3/4 of the gateway's bound on the payload as received."""
+
+
+def encode_bounded(
+    batch: Batch,
+    compress: bool | None,
+    max_json: int = MAX_BATCH_JSON,
+    max_payload: int = MAX_BATCH_PAYLOAD,
+) -> bytes:
+    """Pure: the payload of `batch`, or BatchTooLarge when its JSON or what would be
+    published passes the bounds (the store then cuts a smaller batch)."""
+    raw = codec.dumps(batch.model_dump(mode="json", exclude_none=True))
+    if len(raw) > max_json:
+        raise BatchTooLarge(len(raw), 0)
+    payload = codec.maybe_compress(raw, compress)
+    if len(payload) > max_payload:
+        raise BatchTooLarge(len(raw), len(payload))
+    return payload
 
 
 class Uplink:
@@ -226,9 +249,10 @@ class Uplink:
                     "refused": drops.get("refused", 0),
                     "outbox_depth": self._store.depth,
                 },
+                "outbox_id": self._store.outbox_id or None,
             }
         )
-        return codec.encode(batch, compress=self.cfg.compress_flag)
+        return encode_bounded(batch, self.cfg.compress_flag)
 
     async def _send(self, seq: int, payload: bytes, *, resend: bool, attempts: int = 0) -> None:
         self._in_flight[seq] = None
@@ -251,6 +275,11 @@ class Uplink:
         except ProtocolError as exc:
             self._metrics.inc("messages_bad")
             self._faults.log(exc.reason, "bad ack: %s", exc)
+            return
+        mine = self._store.outbox_id
+        if ack.outbox_id is not None and mine and ack.outbox_id != mine:
+            # For a batch of this device's wiped predecessor: its seqs are not ours.
+            self._metrics.inc("acks_other_outbox", len(ack.acks))
             return
         result = await self._store.ack(ack.acks)
         for seq in result.seqs:

@@ -171,12 +171,13 @@ class AckBatcher:
         self._publish = publish
         self._counters = counters
         self._delay = delay_s
-        self._pending: dict[str, list[int]] = {}
+        self._pending: dict[tuple[str, str | None], list[int]] = {}
         self._wake = asyncio.Event()
 
-    def add(self, device_id: str, seq: int) -> None:
-        """Queue an ack for a batch that is committed (call only after the commit)."""
-        seqs = self._pending.setdefault(device_id, [])
+    def add(self, device_id: str, seq: int, outbox_id: str | None = None) -> None:
+        """Queue an ack for a batch that is committed (call only after the commit); the ack
+        names the batch's outbox, so a device never takes it for one of its own seqs."""
+        seqs = self._pending.setdefault((device_id, outbox_id), [])
         if seq not in seqs:
             seqs.append(seq)
         self._wake.set()
@@ -192,13 +193,12 @@ class AckBatcher:
     async def flush(self) -> None:
         self._wake.clear()
         pending, self._pending = self._pending, {}
-        for device_id, seqs in pending.items():
+        for (device_id, outbox_id), seqs in pending.items():
             for start in range(0, len(seqs), 1000):
                 chunk = seqs[start : start + 1000]
+                ack = Ack(acks=chunk, outbox_id=outbox_id)
                 try:
-                    await self._publish(
-                        self._topics.ack(device_id), codec.encode(Ack(acks=chunk)), False
-                    )
+                    await self._publish(self._topics.ack(device_id), codec.encode(ack), False)
                 except GatewayError as exc:
                     # The device sends an unacknowledged batch again; we ack the duplicate.
                     self._counters["acks_failed"] += len(chunk)
@@ -355,7 +355,7 @@ class Ingestor:
             self.counters["outcomes_stored"] += stored.outcomes
         else:
             self.counters["batches_duplicate"] += 1
-        self._acks.add(device_id, batch.seq)
+        self._acks.add(device_id, batch.seq, batch.outbox_id)
         if batch.receipts and self._on_receipts is not None:
             try:
                 await self._on_receipts(device_id, list(batch.receipts))

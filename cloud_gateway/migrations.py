@@ -298,3 +298,35 @@ def models_outcome_counterfactual(db: Database) -> None:
     """Issue 5: a holdout device's counterfactual impression is stored as such (the training
     export skips it: nothing was shown, so no click could follow)."""
     db.execute("ALTER TABLE outcomes ADD COLUMN counterfactual INTEGER NOT NULL DEFAULT 0")
+
+
+@migration
+def issue3fix_outbox_id_dedupe(db: Database) -> None:
+    """Batches are stored once per (device_id, outbox_id, seq): a device whose data dir was
+    wiped starts a new outbox with `seq` from 1 again. Old rows (no outbox_id) keep `''`.
+    Aggregate snapshots compete per outbox, so a new outbox's low seqs are not ignored."""
+    db.execute(
+        "CREATE TABLE batches_v2 (device_id TEXT, outbox_id TEXT NOT NULL DEFAULT '',"
+        " seq INTEGER, received_at TEXT, sent_at TEXT, signals INTEGER, aggregates INTEGER,"
+        " outcomes INTEGER, receipts TEXT, PRIMARY KEY (device_id, outbox_id, seq))"
+    )
+    db.execute(
+        "INSERT INTO batches_v2 (device_id, outbox_id, seq, received_at, sent_at, signals,"
+        " aggregates, outcomes, receipts) SELECT device_id, '', seq, received_at, sent_at,"
+        " signals, aggregates, outcomes, receipts FROM batches"
+    )
+    db.execute("DROP TABLE batches")
+    db.execute("ALTER TABLE batches_v2 RENAME TO batches")
+    db.execute(
+        "CREATE TABLE aggregates_v2 (device_id TEXT, outbox_id TEXT NOT NULL DEFAULT '',"
+        " seq INTEGER, window TEXT, key TEXT, count INTEGER, seconds FLOAT,"
+        " PRIMARY KEY (device_id, outbox_id, seq, window, key))"
+    )
+    db.execute(
+        "INSERT INTO aggregates_v2 (device_id, outbox_id, seq, window, key, count, seconds)"
+        " SELECT device_id, '', seq, window, key, count, seconds FROM aggregates"
+    )
+    db.execute("DROP TABLE aggregates")
+    db.execute("ALTER TABLE aggregates_v2 RENAME TO aggregates")
+    db.execute("CREATE INDEX aggregates_latest ON aggregates (device_id, outbox_id, window, key)")
+    db.execute("ALTER TABLE devices ADD COLUMN outbox_id TEXT NOT NULL DEFAULT ''")

@@ -98,7 +98,8 @@ class Store:
     # ------------------------------------------------------------ ingest
 
     def store_batch(self, device_id: str, batch: Batch, received_at: datetime) -> bool:
-        """Store a batch exactly once per (device_id, seq); False if it was already stored."""
+        """Store a batch exactly once per (device_id, outbox_id, seq); False if it was already
+        stored."""
         return self.store_batch_detail(device_id, batch, received_at).new
 
     def store_batch_detail(
@@ -128,11 +129,13 @@ class Store:
 
     def _insert_batch(self, device_id: str, batch: Batch, now: str) -> StoredBatch:
         """The rows of one batch, inside the caller's transaction."""
+        outbox = batch.outbox_id or ""
         cur = self.conn.execute(
-            "INSERT OR IGNORE INTO batches (device_id, seq, received_at, sent_at, signals,"
-            " aggregates, outcomes, receipts) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            "INSERT OR IGNORE INTO batches (device_id, outbox_id, seq, received_at, sent_at,"
+            " signals, aggregates, outcomes, receipts) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
             [
                 device_id,
+                outbox,
                 batch.seq,
                 now,
                 format_time(batch.sent_at),
@@ -186,43 +189,48 @@ class Store:
                 if o.features is not None
             ],
         )
+        # The newest batch's stats win over a late older one; a batch of another outbox (the
+        # device's data was wiped, its seq restarted) starts the count again.
         self.conn.execute(
-            "UPDATE devices SET last_seen = ?, agent_version = ?,"
-            " model_version = coalesce(?, model_version),"
-            " last_seq = max(coalesce(last_seq, -1), ?),"
-            " stats = CASE WHEN ? >= coalesce(last_seq, -1) THEN ? ELSE stats END"
-            " WHERE device_id = ?",
-            [
-                now,
-                batch.agent_version,
-                batch.model_version,
-                seq,
-                seq,  # the newest batch's stats win over a late older one
-                _json(batch.stats.model_dump()),
-                device_id,
-            ],
+            "UPDATE devices SET last_seen = :now, agent_version = :agent,"
+            " model_version = coalesce(:model, model_version),"
+            " stats = CASE WHEN outbox_id != :outbox OR :seq >= coalesce(last_seq, -1)"
+            " THEN :stats ELSE stats END,"
+            " last_seq = CASE WHEN outbox_id != :outbox THEN :seq"
+            " ELSE max(coalesce(last_seq, -1), :seq) END,"
+            " outbox_id = :outbox WHERE device_id = :device",
+            {
+                "now": now,
+                "agent": batch.agent_version,
+                "model": batch.model_version,
+                "outbox": outbox,
+                "seq": seq,
+                "stats": _json(batch.stats.model_dump()),
+                "device": device_id,
+            },
         )
         return StoredBatch(True, max(signals, 0), max(aggregates, 0), max(outcomes, 0))
 
     def _store_aggregates(self, device_id: str, batch: Batch) -> int:
-        """Cumulative snapshots: per (window, key) the one from the highest seq wins, so a
-        late redelivery of an older batch never lowers a count. Returns the rows written."""
+        """Cumulative snapshots: per (outbox, window, key) the one from the highest seq wins,
+        so a late redelivery of an older batch never lowers a count. Each outbox of a device
+        counts its own signals, so their snapshots add up. Returns the rows written."""
         written = 0
+        outbox = batch.outbox_id or ""
         for a in batch.aggregates:
+            where = "device_id = ? AND outbox_id = ? AND window = ? AND key = ?"
+            args = [device_id, outbox, a.window, a.key]
             row = self.conn.execute(
-                "SELECT max(seq) FROM aggregates WHERE device_id = ? AND window = ? AND key = ?",
-                [device_id, a.window, a.key],
+                f"SELECT max(seq) FROM aggregates WHERE {where}",  # noqa: S608 - fixed text
+                args,
             ).fetchone()
             if row[0] is not None and row[0] >= batch.seq:
                 continue
+            self.conn.execute(f"DELETE FROM aggregates WHERE {where}", args)  # noqa: S608
             self.conn.execute(
-                "DELETE FROM aggregates WHERE device_id = ? AND window = ? AND key = ?",
-                [device_id, a.window, a.key],
-            )
-            self.conn.execute(
-                "INSERT INTO aggregates (device_id, seq, window, key, count, seconds)"
-                " VALUES (?, ?, ?, ?, ?, ?)",
-                [device_id, batch.seq, a.window, a.key, a.count, a.seconds],
+                "INSERT INTO aggregates (device_id, outbox_id, seq, window, key, count, seconds)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                [device_id, outbox, batch.seq, a.window, a.key, a.count, a.seconds],
             )
             written += 1
         return written

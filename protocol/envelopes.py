@@ -158,6 +158,10 @@ class Batch(Message):
         default_factory=list
     )
     stats: BatchStats = Field(default_factory=BatchStats)
+    outbox_id: Id | None = None
+    """Random id of the device's outbox, made with its store and persisted: `seq` counts
+    within it. A device whose data was wiped starts a new outbox (and `seq` from 1 again);
+    the gateway stores each (device_id, outbox_id, seq) once."""
 
 
 class ClaimRequest(Message):
@@ -211,6 +215,9 @@ class Ack(Message):
     """`dev/{id}/down/ack` (fixed): the listed batches are stored at the gateway."""
 
     acks: Annotated[list[Seq], Field(max_length=1000)]
+    outbox_id: Id | None = None
+    """The outbox the acked seqs belong to (echoed from the batches); a device ignores an
+    ack naming another outbox (one of its wiped predecessor's)."""
 
 
 OfferType = Literal["coupon", "bundle", "replenishment", "membership_perk", "group_buy", "content"]

@@ -1,0 +1,104 @@
+"""The profile's memory budget: the agent's resident set measured, compared, reported, and
+what the agent can shed when it is over (docs/durability.md, "Memory").
+
+Measuring is one read of `/proc/self/statm` (Linux); elsewhere `resource.getrusage` gives
+the peak resident set instead, which is the best a portable process can do. The budget
+arithmetic (`MemoryBudget`, `sqlite_cache_kib`) is pure.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import logging
+import os
+import resource
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+MB = 1024 * 1024
+STATM = Path("/proc/self/statm")
+WARN_EVERY_S = 600.0
+"""Over budget is logged at WARNING at most once per this many seconds (flash is finite)."""
+
+
+def rss_bytes() -> int:
+    """This process's resident set now (Linux), or its peak (elsewhere)."""
+    try:
+        resident_pages = int(STATM.read_text().split()[1])
+    except (OSError, IndexError, ValueError):
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return int(peak) if sys.platform == "darwin" else int(peak) * 1024
+    return resident_pages * os.sysconf("SC_PAGE_SIZE")
+
+
+def sqlite_cache_kib(budget_mb: int) -> int:
+    """The store's page cache from the budget: 1/64 of it, between 256 KiB and 2 MiB
+    (SQLite's default is 2 MiB)."""
+    return max(256, min(2048, budget_mb * 1024 // 64))
+
+
+@dataclass(slots=True)
+class MemoryBudget:
+    """Compares samples of the resident set with `budget_mb`; counts and rate-limits logs."""
+
+    budget_mb: int
+    rss: int = 0
+    peak: int = 0
+    over_count: int = 0
+    """Samples that found the agent over its budget."""
+    _last_warned: float | None = field(default=None, repr=False)
+
+    @property
+    def budget_bytes(self) -> int:
+        return self.budget_mb * MB
+
+    def observe(self, rss: int, now: float) -> bool:
+        """Record one sample; True when it is over the budget (the caller sheds memory)."""
+        self.rss = rss
+        self.peak = max(self.peak, rss)
+        if rss <= self.budget_bytes:
+            return False
+        self.over_count += 1
+        if self._last_warned is None or now - self._last_warned >= WARN_EVERY_S:
+            self._last_warned = now
+            log.warning(
+                "agent memory %.1f MB is over the profile budget of %d MB (%d samples over);"
+                " shedding caches",
+                rss / MB,
+                self.budget_mb,
+                self.over_count,
+            )
+        else:
+            log.debug("agent memory %.1f MB over budget %d MB", rss / MB, self.budget_mb)
+        return True
+
+    def to_json(self) -> dict[str, float | int]:
+        return {
+            "rss_mb": round(self.rss / MB, 1),
+            "peak_mb": round(self.peak / MB, 1),
+            "budget_mb": self.budget_mb,
+            "over_budget_samples": self.over_count,
+        }
+
+
+def trim_heap() -> bool:
+    """Give freed heap pages back to the OS (glibc `malloc_trim`); False where there is none.
+
+    CPython's allocator keeps freed arenas mapped; after caches are dropped this is what
+    makes the resident set actually shrink. https://man7.org/linux/man-pages/man3/malloc_trim.3.html
+    """
+    name = ctypes.util.find_library("c")
+    if not name:
+        return False
+    try:
+        libc = ctypes.CDLL(name)
+        trim = libc.malloc_trim
+    except (OSError, AttributeError):
+        return False
+    trim.argtypes = [ctypes.c_size_t]
+    trim.restype = ctypes.c_int
+    return bool(trim(0))
