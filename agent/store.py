@@ -450,7 +450,7 @@ class Store(OfferRows, DecisionRows):
                     o.surface,
                     o.score,
                     o.model_version,
-                    time.time(),
+                    self.clock(),  # the clock uplink ages pending rows with
                     o.size,
                 ),
             )
