@@ -16,7 +16,7 @@ from typing import Any
 from cloud_gateway.errors import StoreError
 from cloud_gateway.migrations import transaction
 from cloud_gateway.store import Store
-from cloud_gateway.targeting import DeviceFacts
+from cloud_gateway.targeting import DeviceFacts, parse_aggregate_key, window_bounds
 from protocol.envelopes import ClaimRequest
 from protocol.ids import format_time, parse_time
 
@@ -166,77 +166,107 @@ def claim_batch(
 
 
 def device_facts(store: Store, device_id: str | None = None) -> list[DeviceFacts]:
-    """What targeting needs of every registered device (or of one): registry + reports."""
+    """What targeting needs of every registered device (or of one): registry + reports.
+
+    Reads what the agent really sends (see `targeting`): raw `member_tier`, `consumable_level`
+    and `purchase` signals, and the aggregates `member_tier/tier=<n>`,
+    `consumable_level/category=<c>/level=<l>` and `purchase/category=<c>`.
+    """
     conn = store.conn
     args: list[Any] = [device_id]
     base = conn.execute(
         "SELECT device_id, profile, cohorts FROM devices WHERE ?1 IS NULL OR device_id = ?1", args
     ).fetchall()
-    tiers: dict[str, int] = {}
-    levels: dict[str, dict[str, float]] = {}
+    # State reports ranked by (time, batch, -level): the latest wins, ties go to the lowest.
+    tiers: dict[str, tuple[tuple[datetime, int, float], int]] = {}
+    levels: dict[str, dict[str, tuple[tuple[datetime, int, float], float]]] = {}
     bought: dict[str, dict[str, datetime]] = {}
+
+    def keep_tier(did: str, rank: tuple[datetime, int, float], tier: int) -> None:
+        if did not in tiers or tiers[did][0] < rank:
+            tiers[did] = (rank, tier)
+
+    def keep_level(did: str, cat: str, rank: tuple[datetime, int, float], level: float) -> None:
+        known = levels.setdefault(did, {})
+        if cat not in known or known[cat][0] < rank:
+            known[cat] = (rank, level)
+
+    def keep_purchase(did: str, cat: str, at: datetime) -> None:
+        known = bought.setdefault(did, {})
+        if cat not in known or known[cat] < at:
+            known[cat] = at
+
     for r in conn.execute(
-        "SELECT device_id, key, count, max(seq) AS s FROM aggregates"
-        " WHERE (key = 'tier' OR key LIKE 'level:%') AND (?1 IS NULL OR device_id = ?1)"
-        " GROUP BY device_id, key",
+        "SELECT device_id, seq, window, key, count FROM aggregates"
+        " WHERE (key LIKE 'member_tier/%' OR key LIKE 'consumable_level/%'"
+        " OR key LIKE 'purchase/%') AND count > 0 AND (?1 IS NULL OR device_id = ?1)",
         args,
     ):
-        if r["key"] == "tier":
-            tiers[r["device_id"]] = int(r["count"])
-        else:
-            levels.setdefault(r["device_id"], {})[r["key"][6:]] = r["count"] / 1e6
+        bounds = window_bounds(r["window"])
+        if bounds is None:
+            continue
+        kind, fields = parse_aggregate_key(r["key"])
+        did = r["device_id"]
+        try:
+            if kind == "member_tier" and "tier" in fields:
+                keep_tier(did, (bounds[0], r["seq"], 0.0), int(fields["tier"]))
+            elif kind == "consumable_level" and "category" in fields and "level" in fields:
+                level = float(fields["level"])
+                keep_level(did, fields["category"], (bounds[0], r["seq"], -level), level)
+            elif kind == "purchase" and "category" in fields:
+                keep_purchase(did, fields["category"], bounds[1])
+        except ValueError:
+            continue
     for r in conn.execute(
-        "SELECT device_id, key, max(substr(window, 4)) AS day FROM aggregates"
-        " WHERE key LIKE 'purchase:%' AND window LIKE '1d:%' AND count > 0"
-        " AND (?1 IS NULL OR device_id = ?1) GROUP BY device_id, key",
+        "SELECT device_id, seq, kind, at, json_extract(attrs, '$.tier') AS tier,"
+        " json_extract(attrs, '$.category') AS cat, json_extract(attrs, '$.level') AS level"
+        " FROM signals WHERE kind IN ('member_tier', 'consumable_level', 'purchase')"
+        " AND (?1 IS NULL OR device_id = ?1)",
         args,
     ):
         try:
-            day = parse_time(f"{r['day'][:10]}T00:00:00Z")
+            at = parse_time(r["at"])
         except (ValueError, TypeError):
             continue
-        bought.setdefault(r["device_id"], {})[r["key"][9:]] = day
-    for r in conn.execute(
-        "SELECT device_id, json_extract(attrs, '$.tier') AS tier, max(at) AS at FROM signals"
-        " WHERE kind = 'member_tier' AND (?1 IS NULL OR device_id = ?1) GROUP BY device_id",
-        args,
-    ):
-        if isinstance(r["tier"], int | float):
-            tiers[r["device_id"]] = int(r["tier"])
-    for r in conn.execute(
-        "SELECT device_id, json_extract(attrs, '$.category') AS cat,"
-        " json_extract(attrs, '$.level') AS level, max(at) AS at FROM signals"
-        " WHERE kind = 'consumable_level' AND (?1 IS NULL OR device_id = ?1)"
-        " GROUP BY device_id, cat",
-        args,
-    ):
-        if isinstance(r["cat"], str) and isinstance(r["level"], int | float):
-            levels.setdefault(r["device_id"], {})[r["cat"]] = float(r["level"])
-    for r in conn.execute(
-        "SELECT device_id, json_extract(attrs, '$.category') AS cat, max(at) AS at FROM signals"
-        " WHERE kind = 'purchase' AND (?1 IS NULL OR device_id = ?1) GROUP BY device_id, cat",
-        args,
-    ):
-        if isinstance(r["cat"], str):
-            at = parse_time(r["at"])
-            known = bought.setdefault(r["device_id"], {})
-            if r["cat"] not in known or known[r["cat"]] < at:
-                known[r["cat"]] = at
+        did, cat = r["device_id"], r["cat"]
+        if r["kind"] == "member_tier" and _number(r["tier"]):
+            keep_tier(did, (at, r["seq"] or 0, 0.0), int(r["tier"]))
+        elif r["kind"] == "consumable_level" and isinstance(cat, str) and _number(r["level"]):
+            level = float(r["level"])
+            keep_level(did, cat, (at, r["seq"] or 0, -level), level)
+        elif r["kind"] == "purchase" and isinstance(cat, str):
+            keep_purchase(did, cat, at)
+    reported = {
+        r["device_id"]
+        for r in conn.execute(
+            "SELECT device_id FROM devices d WHERE (?1 IS NULL OR device_id = ?1) AND ("
+            " EXISTS (SELECT 1 FROM signals s WHERE s.device_id = d.device_id)"
+            " OR EXISTS (SELECT 1 FROM aggregates a WHERE a.device_id = d.device_id))",
+            args,
+        )
+    }
     out = []
     for r in base:
         did = r["device_id"]
         cohorts = frozenset(json.loads(r["cohorts"])) if r["cohorts"] else frozenset()
+        tier = tiers.get(did)
         out.append(
             DeviceFacts(
                 device_id=did,
                 profile=r["profile"],
                 cohorts=cohorts,
-                member_tier=tiers.get(did),
-                levels=levels.get(did, {}),
+                member_tier=tier[1] if tier else None,
+                levels={c: v for c, (_, v) in levels.get(did, {}).items()},
                 last_purchase=bought.get(did, {}),
+                reported=did in reported,
             )
         )
     return out
+
+
+def _number(value: Any) -> bool:
+    """True for a real number (JSON true/false are not levels or tiers)."""
+    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 # ---------------------------------------------------------------- device-addressed pushes

@@ -11,7 +11,13 @@ from pydantic import ValidationError
 
 from cloud_gateway.campaigns import CampaignIn, due_action, new_campaign, transition
 from cloud_gateway.results import uplift, wilson
-from cloud_gateway.targeting import DeviceFacts, Targeting, selects
+from cloud_gateway.targeting import (
+    DeviceFacts,
+    Targeting,
+    parse_aggregate_key,
+    selects,
+    window_bounds,
+)
 from protocol.codec import field_errors
 from protocol.ids import utcnow
 
@@ -89,6 +95,27 @@ def test_rules_select_on_reported_facts() -> None:
     )
     assert not selects(targeting, ["all"], elsewhere, now)
     assert not selects(None, ["profile:tv"], needs, now)  # outside the campaign's cohorts
+    no_purchase = Targeting.model_validate(
+        {"rules": [{"kind": "no_purchase", "category": "appliances", "days": 30}]}
+    )
+    silent = DeviceFacts("hub-5", "hub", frozenset({"all"}))
+    assert not selects(no_purchase, ["all"], silent, now)  # no data is unknown, not "none"
+    talking = DeviceFacts("hub-6", "hub", frozenset({"all"}), reported=True)
+    assert selects(no_purchase, ["all"], talking, now)
+
+
+def test_aggregate_labels_and_keys_parse() -> None:
+    start, end = window_bounds("1h:2026-11-27T06") or (None, None)
+    assert start is not None and end is not None and (end - start) == timedelta(hours=1)
+    assert start.isoformat() == "2026-11-27T06:00:00+00:00"
+    assert window_bounds("900s:2026-11-27T06:15:00") is not None
+    assert window_bounds("1d:2026-11-27") is not None
+    assert window_bounds("1h:garbage") is None and window_bounds("week:1") is None
+    assert parse_aggregate_key("consumable_level/category=f/level=0.12") == (
+        "consumable_level",
+        {"category": "f", "level": "0.12"},
+    )
+    assert parse_aggregate_key("search") == ("search", {})
 
 
 def test_push_mode_follows_targeting() -> None:
