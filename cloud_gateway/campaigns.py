@@ -262,10 +262,14 @@ def build_offers(
     stock: Mapping[str, int] | None = None,
 ) -> list[Offer]:
     """Wire offers of one campaign (of one `variant` when given): defaults for the window
-    come from the campaign; limited offers carry the stock left now."""
+    come from the campaign; limited offers carry the stock left now. Offers of a variant
+    weighted 0 go to nobody."""
     offers = []
+    weights = campaign.weights
     for tpl in campaign.offers:
         if variant is not None and tpl.variant != variant:
+            continue
+        if weights.get(tpl.variant, 0.0) <= 0:
             continue
         fields = tpl.model_dump(exclude={"starts_at", "expires_at", "stock"})
         starts = tpl.starts_at or campaign.starts_at or campaign.launched_at or now

@@ -9,7 +9,14 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from cloud_gateway.campaigns import CampaignIn, due_action, new_campaign, transition
+from cloud_gateway.campaigns import (
+    CampaignIn,
+    build_catalog,
+    build_offers,
+    due_action,
+    new_campaign,
+    transition,
+)
 from cloud_gateway.results import uplift, wilson
 from cloud_gateway.targeting import (
     DeviceFacts,
@@ -156,3 +163,24 @@ def test_schedule_moves_states_on_time() -> None:
     assert live.state == "live"
     assert due_action(live, now + timedelta(hours=3)) == "end"
     assert transition(live, "end", now + timedelta(hours=3)).state == "ended"
+
+
+def test_a_variant_weighted_zero_reaches_nobody() -> None:
+    now = utcnow()
+    spec = CampaignIn.model_validate(
+        {
+            "name": "c",
+            "cohorts": ["all"],
+            "variants": {"a": 1, "b": 0},
+            "offers": [
+                {**OFFER, "id": "oa", "variant": "a"},
+                {**OFFER, "id": "ob", "variant": "b"},
+            ],
+        }
+    )
+    campaign = transition(new_campaign(spec, now), "launch", now)
+    assert not campaign.per_device  # one live variant: a cohort catalog
+    bundle, per_campaign = build_catalog("all", [campaign], now, timedelta(days=1))
+    assert [o.id for o in bundle.offers] == ["oa"]
+    assert per_campaign == {campaign.id: 1}
+    assert build_offers(campaign, now, now + timedelta(days=1), variant="b") == []
