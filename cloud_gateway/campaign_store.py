@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from cloud_gateway.campaigns import Campaign, claim_refusal, needs_facts
 from cloud_gateway.errors import StoreError
 from cloud_gateway.migrations import transaction
 from cloud_gateway.store import Store
@@ -61,15 +62,35 @@ class ClaimAnswer:
 
 
 def _decide(
-    store: Store, device_id: str, claim: ClaimRequest, at: str
+    store: Store,
+    device_id: str,
+    claim: ClaimRequest,
+    at: datetime,
+    campaigns: dict[str, Campaign | None],
 ) -> tuple[bool, str | None, str]:
-    """One claim's decision inside the caller's transaction: (granted, code, reason)."""
+    """One claim's decision inside the caller's transaction: (granted, code, reason).
+
+    The device must be one the campaign reaches (audience, holdout, variant, the offer's
+    window) before any stock is touched. `campaigns` caches the parsed campaigns of a batch.
+    """
     conn = store.conn
-    row = conn.execute("SELECT state FROM campaigns WHERE id = ?", [claim.campaign_id]).fetchone()
-    if row is None:
+    if claim.campaign_id not in campaigns:
+        row = conn.execute("SELECT doc FROM campaigns WHERE id = ?", [claim.campaign_id]).fetchone()
+        campaigns[claim.campaign_id] = (
+            Campaign.model_validate_json(row["doc"]) if row is not None else None
+        )
+    campaign = campaigns[claim.campaign_id]
+    if campaign is None:
         return False, None, "unknown campaign"
-    if row["state"] != "live":
-        return False, None, f"campaign is {row['state']}"
+    if campaign.state != "live":
+        return False, None, f"campaign is {campaign.state}"
+    facts = None
+    if needs_facts(campaign):
+        found = device_facts(store, device_id)
+        facts = found[0] if found else None
+    refusal = claim_refusal(campaign, claim.offer_id, device_id, facts, at)
+    if refusal is not None:
+        return False, None, refusal
     stock = conn.execute(
         "SELECT 1 FROM offer_stock WHERE campaign_id = ? AND offer_id = ?",
         [claim.campaign_id, claim.offer_id],
@@ -94,7 +115,7 @@ def _decide(
     conn.execute(
         "INSERT INTO grants (campaign_id, offer_id, device_id, claim_id, code, at)"
         " VALUES (?, ?, ?, ?, ?, ?)",
-        [claim.campaign_id, claim.offer_id, device_id, claim.id, code, at],
+        [claim.campaign_id, claim.offer_id, device_id, claim.id, code, format_time(at)],
     )
     return True, code, "granted"
 
@@ -113,6 +134,7 @@ def claim_batch(
     """
     now = format_time(received_at)
     answers: list[ClaimAnswer] = []
+    campaigns: dict[str, Campaign | None] = {}
     conn = store.conn
     try:
         with transaction(conn):
@@ -150,7 +172,7 @@ def claim_batch(
                             )
                         )
                         continue
-                granted, code, reason = _decide(store, device_id, claim, now)
+                granted, code, reason = _decide(store, device_id, claim, received_at, campaigns)
                 result = make_result(device_id, claim, granted, code, reason)
                 conn.execute(
                     "UPDATE claims SET result = ?, granted = ? WHERE device_id = ? AND id = ?",
