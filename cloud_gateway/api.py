@@ -23,7 +23,7 @@ from cloud_gateway import GATEWAY_VERSION
 from cloud_gateway.auth import TokenVerifier
 from cloud_gateway.campaign_store import fleet_summary
 from cloud_gateway.campaigns import Campaign, CampaignIn, CampaignStats
-from cloud_gateway.errors import GatewayError, InvalidTransition, LinkDown, NotFound
+from cloud_gateway.errors import Conflict, GatewayError, InvalidTransition, LinkDown, NotFound
 from cloud_gateway.ingest import REJECT_REASONS, public_counters
 from cloud_gateway.openapi import complete_document
 from cloud_gateway.push import CampaignService
@@ -100,6 +100,11 @@ async def problems_middleware(request: web.Request, handler: Handler) -> web.Str
         return problem_response(Problem(status=404, title="Not Found", detail=str(exc)))
     except InvalidTransition as exc:
         return problem_response(Problem(status=409, title="Conflict", detail=str(exc)))
+    except Conflict as exc:
+        errors = [{"loc": exc.field, "msg": str(exc)}] if exc.field else None
+        return problem_response(
+            Problem(status=409, title="Conflict", detail=str(exc), errors=errors)
+        )
     except LinkDown as exc:
         return problem_response(Problem(status=503, title="Service Unavailable", detail=str(exc)))
     except GatewayError as exc:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from cloud_gateway.campaign_pending import Owed, PendingKind, add_owed
 from cloud_gateway.campaigns import Campaign, claim_refusal, needs_facts
 from cloud_gateway.errors import StoreError
 from cloud_gateway.migrations import transaction
@@ -59,6 +60,8 @@ class ClaimAnswer:
     result: dict[str, Any]
     new: bool
     granted: bool
+    sold_out: bool = False
+    """This grant took the last coupon: catalogs or bundles are owed (`campaign_pending`)."""
 
 
 def _decide(
@@ -66,7 +69,9 @@ def _decide(
     device_id: str,
     claim: ClaimRequest,
     at: datetime,
+    *,
     campaigns: dict[str, Campaign | None],
+    sold_out: list[str],
 ) -> tuple[bool, str | None, str]:
     """One claim's decision inside the caller's transaction: (granted, code, reason).
 
@@ -111,6 +116,16 @@ def _decide(
     )
     if cur.rowcount != 1:
         return False, None, "sold out"
+    left = conn.execute(
+        "SELECT stock FROM offer_stock WHERE campaign_id = ? AND offer_id = ?",
+        [claim.campaign_id, claim.offer_id],
+    ).fetchone()
+    if left is not None and left["stock"] == 0:
+        # The last coupon: devices must hide the offer. The re-announcement is owed in this
+        # same transaction, so a crash right after the commit cannot lose it.
+        kind: PendingKind = "device_refresh" if campaign.per_device else "catalog"
+        add_owed(store, [Owed(kind, campaign.id, tuple(campaign.push_cohorts))], at)
+        sold_out.append(claim.campaign_id)
     code = secrets.token_hex(6).upper()
     conn.execute(
         "INSERT INTO grants (campaign_id, offer_id, device_id, claim_id, code, at)"
@@ -135,6 +150,7 @@ def claim_batch(
     now = format_time(received_at)
     answers: list[ClaimAnswer] = []
     campaigns: dict[str, Campaign | None] = {}
+    sold_out: list[str] = []
     conn = store.conn
     try:
         with transaction(conn):
@@ -172,13 +188,18 @@ def claim_batch(
                             )
                         )
                         continue
-                granted, code, reason = _decide(store, device_id, claim, received_at, campaigns)
+                sold = len(sold_out)
+                granted, code, reason = _decide(
+                    store, device_id, claim, received_at, campaigns=campaigns, sold_out=sold_out
+                )
                 result = make_result(device_id, claim, granted, code, reason)
                 conn.execute(
                     "UPDATE claims SET result = ?, granted = ? WHERE device_id = ? AND id = ?",
                     [_json(result), int(granted), device_id, claim.id],
                 )
-                answers.append(ClaimAnswer(device_id, claim.id, result, True, granted))
+                answers.append(
+                    ClaimAnswer(device_id, claim.id, result, True, granted, len(sold_out) > sold)
+                )
     except sqlite3.Error as exc:
         raise StoreError(f"cannot decide {len(claims)} claims: {exc}") from exc
     return answers
@@ -310,10 +331,20 @@ class DevicePush:
     expires_at: datetime
 
 
-def add_device_pushes(store: Store, pushes: Iterable[DevicePush], supersede: str | None) -> None:
-    """Record bundles to send; with `supersede`, earlier ones of that campaign stop re-sending."""
+def add_device_pushes(
+    store: Store, pushes: Iterable[DevicePush], supersede: str | None, *, per_device: bool = False
+) -> None:
+    """Record bundles to send; with `supersede`, earlier ones of that campaign stop re-sending
+    (with `per_device`, only those of the devices these pushes go to)."""
+    pushes = list(pushes)
     with transaction(store.conn):
-        if supersede is not None:
+        if supersede is not None and per_device:
+            store.conn.executemany(
+                "UPDATE device_pushes SET superseded = 1 WHERE campaign_id = ? AND device_id = ?"
+                " AND superseded = 0",
+                [(supersede, p.device_id) for p in pushes],
+            )
+        elif supersede is not None:
             store.conn.execute(
                 "UPDATE device_pushes SET superseded = 1 WHERE campaign_id = ? AND superseded = 0",
                 [supersede],
@@ -347,6 +378,21 @@ def pushed_devices(store: Store, campaign_id: str) -> set[str]:
         [campaign_id],
     ).fetchall()
     return {r["device_id"] for r in rows}
+
+
+def bundles_past_half_life(store: Store, now: datetime) -> dict[str, list[str]]:
+    """Devices per campaign whose current offers bundle is past half its lifetime."""
+    due: dict[str, list[str]] = {}
+    for r in store.conn.execute(
+        "SELECT p.campaign_id, p.device_id, p.created_at, p.expires_at FROM device_pushes p"
+        " JOIN campaigns c ON c.id = p.campaign_id WHERE c.state = 'live'"
+        " AND p.kind = 'offers' AND p.superseded = 0 AND p.expires_at > ?",
+        [format_time(now)],
+    ):
+        created, expires = parse_time(r["created_at"]), parse_time(r["expires_at"])
+        if now >= created + (expires - created) / 2:
+            due.setdefault(r["campaign_id"], []).append(r["device_id"])
+    return due
 
 
 def outstanding(

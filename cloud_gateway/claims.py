@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import Counter
+from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
@@ -44,6 +45,7 @@ class ClaimDesk:
         counters: Counter[str],
         *,
         batch_max: int = 256,
+        on_sold_out: Callable[[], None] | None = None,
     ) -> None:
         self._db = db
         self._signer = signer
@@ -51,6 +53,7 @@ class ClaimDesk:
         self._publish = publish
         self._counters = counters
         self._batch_max = max(1, batch_max)
+        self._on_sold_out = on_sold_out
         self._queue: asyncio.Queue[tuple[str, ClaimRequest]] = asyncio.Queue(QUEUE_MAX)
 
     async def submit(self, device_id: str, claim: ClaimRequest) -> None:
@@ -90,6 +93,9 @@ class ClaimDesk:
                 continue
             for answer in answers:
                 await self._answer(answer)
+            if self._on_sold_out is not None and any(a.sold_out for a in answers):
+                self._counters["offers_sold_out"] += 1
+                self._on_sold_out()  # devices are told to hide it (a marker is stored)
 
     async def _answer(self, answer: ClaimAnswer) -> None:
         if answer.new:

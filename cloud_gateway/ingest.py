@@ -51,6 +51,9 @@ OnReceipts = Callable[[str, list[str]], Awaitable[None]]
 """Called with a stored batch's receipts (ids of device bundles the device holds)."""
 OnBirth = Callable[[str], Awaitable[None]]
 """Called after a device's `online` state is recorded (re-send what is outstanding)."""
+OnFacts = Callable[[str, Batch], None]
+"""Called (must not block) after a new batch with signals or aggregates is stored: the
+device's targeting facts may have changed."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -222,12 +225,14 @@ class Ingestor:
         submit_claim: SubmitClaim | None = None,
         on_receipts: OnReceipts | None = None,
         on_birth: OnBirth | None = None,
+        on_facts: OnFacts | None = None,
         group_max: int = GROUP_MAX,
         queue_max: int = QUEUE_MAX,
     ) -> None:
         self._submit_claim = submit_claim
         self._on_receipts = on_receipts
         self._on_birth = on_birth
+        self._on_facts = on_facts
         self._topics = topics
         self._db = db
         self._acks = acks
@@ -349,6 +354,8 @@ class Ingestor:
             self.counters["signals_stored"] += stored.signals
             self.counters["aggregates_stored"] += stored.aggregates
             self.counters["outcomes_stored"] += stored.outcomes
+            if self._on_facts is not None and (batch.signals or batch.aggregates):
+                self._on_facts(device_id, batch)
         else:
             self.counters["batches_duplicate"] += 1
         self._acks.add(device_id, batch.seq)
