@@ -7,6 +7,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
+import sqlite3
+import subprocess
+import uuid
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -19,11 +23,13 @@ from cloud_gateway.campaign_pending import Owed, change_campaign, pending
 from cloud_gateway.campaigns import Campaign, CampaignIn, transition
 from cloud_gateway.service import Gateway
 from cloud_gateway.store import Store
-from edgemart.broker import MosquittoProcess
+from edgemart.broker import MosquittoProcess, free_port
 from protocol import codec
 from protocol.envelopes import Batch, ClaimRequest, OfferBundle, Signal, State
 from protocol.ids import format_time, new_id, parse_time, utcnow
+from protocol.topics import Topics
 from tests.test_campaign_targeting import OFFER, settings_for, until
+from tests.test_claims_flash_sale import start_gateway, wait_http
 
 LIMITED = {**OFFER, "limited": True}
 
@@ -222,14 +228,14 @@ async def test_bundles_are_refreshed_at_half_life_and_re_planned_on_new_facts(
     async def report(level: float) -> None:
         nonlocal seq
         seq += 1
-        signal = Signal(
+        reading = Signal(
             id=new_id(),
             kind="consumable_level",
             at=utcnow(),
             attrs={"category": "purifier_filter", "level": level},
         )
         batch = Batch(
-            device_id=device, seq=seq, sent_at=utcnow(), agent_version="0", signals=[signal]
+            device_id=device, seq=seq, sent_at=utcnow(), agent_version="0", signals=[reading]
         )
         await client.publish(topics.batch(device), codec.encode(batch), qos=1)
 
@@ -312,3 +318,66 @@ def _age_bundles(store: Store, campaign: Campaign, by: timedelta) -> None:
                 row["bundle_id"],
             ],
         )
+
+
+def _markers(data: Path) -> int:
+    db = sqlite3.connect(f"file:{data / 'gateway.db'}?mode=ro", uri=True, timeout=2)
+    try:
+        return int(db.execute("SELECT count(*) FROM campaign_pending").fetchone()[0])
+    finally:
+        db.close()
+
+
+async def test_a_launch_whose_catalog_never_went_out_is_pushed_after_a_sigkill(
+    own_mosquitto: MosquittoProcess, tmp_path: Path
+) -> None:
+    root = f"pk{uuid.uuid4().hex[:8]}/v1"
+    topics = Topics(root)
+    data = tmp_path / "gw"
+    log = tmp_path / "gateway.log"
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    proc = start_gateway(own_mosquitto, data, root, port, log)
+    try:
+        await wait_http(base, proc, log)
+        token = await asyncio.to_thread(create_token, data)
+        async with aiohttp.ClientSession(
+            base, headers={"Authorization": f"Bearer {token}"}
+        ) as http:
+            resp = await http.post(
+                "/v1/campaigns",
+                json={"name": "k", "cohorts": ["all"], "offers": [{**OFFER, "id": "k1"}]},
+            )
+            cid = (await resp.json())["id"]
+            own_mosquitto.kill()  # the broker is gone: the catalog cannot go out
+            launched = await http.post(f"/v1/campaigns/{cid}/launch")
+            assert launched.status == 200
+        assert await asyncio.to_thread(_markers, data) == 1  # committed with the state
+        proc.send_signal(signal.SIGKILL)  # the in-memory retry dies with the process
+        proc.wait(timeout=10)
+        assert await asyncio.to_thread(_markers, data) == 1
+        own_mosquitto.start()
+        async with aiomqtt.Client("127.0.0.1", own_mosquitto.port) as client:
+            await client.subscribe(topics.cohort_offers("all"), qos=1)
+            proc = start_gateway(own_mosquitto, data, root, port, log)
+            await wait_http(base, proc, log)
+            async with asyncio.timeout(30):
+                async for message in client.messages:
+                    assert isinstance(message.payload, bytes)
+                    catalog = OfferBundle.model_validate_json(message.payload)
+                    if catalog.offers:
+                        break
+            assert [o.id for o in catalog.offers] == ["k1"]
+
+        async def cleared() -> bool:
+            return await asyncio.to_thread(_markers, data) == 0
+
+        await until(cleared)
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
