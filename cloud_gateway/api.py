@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import re
@@ -230,7 +231,7 @@ async def metrics(request: web.Request) -> web.Response:
 
 
 async def openapi(request: web.Request) -> web.Response:
-    return _json(OPENAPI)
+    return _json(openapi_json())
 
 
 # ---------------------------------------------------------------- metrics and schema
@@ -353,7 +354,11 @@ def openapi_document() -> dict[str, Any]:
     }
 
 
-OPENAPI = complete_document(openapi_document(), Problem)
+@functools.cache
+def openapi_json() -> dict[str, Any]:
+    """The whole document, built once on first use (the model registry's routes need that
+    module, which imports this one)."""
+    return complete_document(openapi_document(), Problem)
 
 
 def build_app(ctx: ApiContext, max_body: int) -> web.Application:
