@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
@@ -96,6 +97,14 @@ async def problems_middleware(request: web.Request, handler: Handler) -> web.Str
         return problem_response(
             Problem(status=exc.status, title=exc.reason, detail=exc.text or ""),
             headers={k: v for k, v in exc.headers.items() if k.lower() in ("allow",)},
+        )
+    except HttpProcessingError as exc:
+        # A malformed body part (multipart headers, chunking) met while a handler reads it:
+        # the client's fault, answered like aiohttp answers a malformed request line.
+        if not 400 <= exc.code < 500:
+            raise
+        return problem_response(
+            Problem(status=exc.code, title="Bad Request", detail=exc.message[:200])
         )
     except NotFound as exc:
         return problem_response(Problem(status=404, title="Not Found", detail=str(exc)))

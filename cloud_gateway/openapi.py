@@ -130,10 +130,26 @@ class Route:
     models: tuple[type[BaseModel], ...] = ()
     """Models the `form` refers to (put in the components)."""
     path_param: str = "id"
+    links: tuple[tuple[str, str], ...] = ()
+    """(name, operationId) of operations taking this answer's `id` as their `{id}`."""
 
 
 ROUTES: tuple[Route, ...] = (
-    Route("post", "/v1/campaigns", "Create a draft campaign", Campaign, 201, CampaignIn),
+    Route(
+        "post",
+        "/v1/campaigns",
+        "Create a draft campaign",
+        Campaign,
+        201,
+        CampaignIn,
+        links=(
+            ("GetCampaign", "get_v1_campaigns_id"),
+            ("LaunchCampaign", "post_v1_campaigns_id_launch"),
+            ("PauseCampaign", "post_v1_campaigns_id_pause"),
+            ("EndCampaign", "post_v1_campaigns_id_end"),
+            ("CampaignStats", "get_v1_campaigns_id_stats"),
+        ),
+    ),
     Route("get", "/v1/campaigns", "List campaigns", CampaignList),
     Route("get", "/v1/campaigns/{id}", "One campaign", Campaign),
     Route(
@@ -141,12 +157,20 @@ ROUTES: tuple[Route, ...] = (
         "/v1/campaigns/{id}/launch",
         "Launch (or schedule, before starts_at): push its offers",
         Campaign,
+        links=(
+            ("PauseCampaign", "post_v1_campaigns_id_pause"),
+            ("CampaignStats", "get_v1_campaigns_id_stats"),
+        ),
     ),
     Route(
         "post",
         "/v1/campaigns/{id}/pause",
         "Pause: withdraw its offers (signed revocation)",
         Campaign,
+        links=(
+            ("LaunchCampaign", "post_v1_campaigns_id_launch"),
+            ("EndCampaign", "post_v1_campaigns_id_end"),
+        ),
     ),
     Route("post", "/v1/campaigns/{id}/end", "End for good: withdraw its offers", Campaign),
     Route(
@@ -266,10 +290,16 @@ def _operation(route: Route) -> dict[str, Any]:
         content = {"application/json": {"schema": {"type": "object"}}}
     else:
         content = {"application/json": {"schema": _ref(route.response)}}
+    ok: dict[str, Any] = {"description": "OK", "content": content}
+    if route.links:
+        ok["links"] = {
+            name: {"operationId": target, "parameters": {"id": "$response.body#/id"}}
+            for name, target in route.links
+        }
     op: dict[str, Any] = {
         "summary": route.summary,
         "operationId": _operation_id(route),
-        "responses": {str(route.status): {"description": "OK", "content": content}},
+        "responses": {str(route.status): ok},
     }
     params: list[dict[str, Any]] = []
     if f"{{{route.path_param}}}" in route.path:
