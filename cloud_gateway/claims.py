@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 
 CLAIM_RESULT_TTL = timedelta(days=1)
 QUEUE_MAX = 10_000
+PUBLISH_CONCURRENCY = 64
 
 
 class ClaimDesk:
@@ -91,8 +92,9 @@ class ClaimDesk:
                 self._counters["store_errors"] += 1
                 log.error("could not decide %d claims: %s", len(batch), exc)  # noqa: TRY400
                 continue
-            for answer in answers:
-                await self._answer(answer)
+            for start in range(0, len(answers), PUBLISH_CONCURRENCY):  # QoS 1: overlap PUBACKs
+                chunk = answers[start : start + PUBLISH_CONCURRENCY]
+                await asyncio.gather(*(self._answer(a) for a in chunk))
             if self._on_sold_out is not None and any(a.sold_out for a in answers):
                 self._counters["offers_sold_out"] += 1
                 self._on_sold_out()  # devices are told to hide it (a marker is stored)
