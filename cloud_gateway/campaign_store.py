@@ -260,11 +260,12 @@ def device_facts(store: Store, device_id: str | None = None) -> list[DeviceFacts
                 keep_purchase(did, fields["category"], bounds[1])
         except ValueError:
             continue
+    # One row per (device, kind, category): SQLite takes the bare columns from the max(at) row.
     for r in conn.execute(
-        "SELECT device_id, seq, kind, at, json_extract(attrs, '$.tier') AS tier,"
+        "SELECT device_id, seq, kind, max(at) AS at, json_extract(attrs, '$.tier') AS tier,"
         " json_extract(attrs, '$.category') AS cat, json_extract(attrs, '$.level') AS level"
         " FROM signals WHERE kind IN ('member_tier', 'consumable_level', 'purchase')"
-        " AND (?1 IS NULL OR device_id = ?1)",
+        " AND (?1 IS NULL OR device_id = ?1) GROUP BY device_id, kind, cat",
         args,
     ):
         try:
