@@ -215,6 +215,12 @@ async def test_real_agents_in_aggregate_mode_are_targeted_on_what_they_report(
                 return done == len(loyal_needing_filter) + len(no_purchase)
 
             await eventually(delivered, what="every selected agent verified and stored its bundle")
+            for device, agent in agents.items():  # and each holds exactly what it was selected for
+                assert agent.offers is not None
+                held = {o.id for o in agent.offers.offers()}
+                expect = {"filter-loyal"} if device in loyal_needing_filter else set()
+                expect |= {"win-back"} if device in no_purchase else set()
+                assert held == expect, device
         finally:
             for agent in agents.values():
                 await agent.__aexit__(None, None, None)
