@@ -2,7 +2,10 @@
 
 A signal in aggregate mode becomes +1 on the row (window, key) of the window during which
 the device accepted it (device clock, so a closed window never changes again), where
-`key` is its kind and, when present, its category. The uplink sends each changed row as a
+`key` is its kind and, when present, its category. Two kinds carry a state the gateway
+targets on, so their key also names it: `consumable_level/category=<c>/level=<0..1>` (the
+level reported, 2 decimals) and `member_tier/tier=<0..3>`; the count is still the number of
+signals, so coverage accounting is unchanged. The uplink sends each changed row as a
 cumulative snapshot of the open window (the latest wins at the gateway), so every
 aggregate says how many signals it covers.
 """
@@ -10,6 +13,7 @@ aggregate says how many signals it covers.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -20,6 +24,7 @@ ROW_OVERHEAD = 240
 entries of the table's indexes (calibrated against `dbstat` in tests/test_durability_quota)."""
 AGGREGATE_ROW_CHARGE = 160
 MAX_KEY = 200
+MAX_TIER = 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,12 +54,30 @@ def window_end(label: str) -> float:
     return begin.timestamp() + int(length.rstrip("s"))
 
 
+def _number(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value) if math.isfinite(value) else None
+
+
 def aggregate_key(kind: str, attrs: Mapping[str, Any]) -> str:
-    """`kind` or `kind/category=<category>`: what an aggregate counts."""
+    """`kind` or `kind/category=<category>`: what an aggregate counts.
+
+    A `consumable_level` with a numeric `level` adds `/level=<level>` (clamped to 0..1, two
+    decimals) and a `member_tier` with a numeric `tier` is `member_tier/tier=<n>`: the state
+    itself, since a count alone cannot say how full a filter is or which tier a member has.
+    """
     category = attrs.get("category")
-    if isinstance(category, str) and category:
-        return f"{kind}/category={category}"[:MAX_KEY]
-    return kind[:MAX_KEY]
+    if kind == "member_tier":
+        tier = _number(attrs.get("tier"))
+        if tier is not None:
+            return f"member_tier/tier={min(max(round(tier), 0), MAX_TIER)}"
+    key = f"{kind}/category={category}" if isinstance(category, str) and category else kind
+    if kind == "consumable_level":
+        level = _number(attrs.get("level"))
+        if level is not None and len(key) < MAX_KEY - 12:
+            key += f"/level={min(max(level, 0.0), 1.0):.2f}"
+    return key[:MAX_KEY]
 
 
 def seconds_of(attrs: Mapping[str, Any]) -> float:

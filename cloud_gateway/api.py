@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import re
@@ -13,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
@@ -23,7 +25,7 @@ from cloud_gateway import GATEWAY_VERSION
 from cloud_gateway.auth import TokenVerifier
 from cloud_gateway.campaign_store import fleet_summary
 from cloud_gateway.campaigns import Campaign, CampaignIn, CampaignStats
-from cloud_gateway.errors import GatewayError, InvalidTransition, LinkDown, NotFound
+from cloud_gateway.errors import Conflict, GatewayError, InvalidTransition, LinkDown, NotFound
 from cloud_gateway.ingest import REJECT_REASONS, public_counters
 from cloud_gateway.openapi import complete_document
 from cloud_gateway.push import CampaignService
@@ -96,10 +98,23 @@ async def problems_middleware(request: web.Request, handler: Handler) -> web.Str
             Problem(status=exc.status, title=exc.reason, detail=exc.text or ""),
             headers={k: v for k, v in exc.headers.items() if k.lower() in ("allow",)},
         )
+    except HttpProcessingError as exc:
+        # A malformed body part (multipart headers, chunking) met while a handler reads it:
+        # the client's fault, answered like aiohttp answers a malformed request line.
+        if not 400 <= exc.code < 500:
+            raise
+        return problem_response(
+            Problem(status=exc.code, title="Bad Request", detail=exc.message[:200])
+        )
     except NotFound as exc:
         return problem_response(Problem(status=404, title="Not Found", detail=str(exc)))
     except InvalidTransition as exc:
         return problem_response(Problem(status=409, title="Conflict", detail=str(exc)))
+    except Conflict as exc:
+        errors = [{"loc": exc.field, "msg": str(exc)}] if exc.field else None
+        return problem_response(
+            Problem(status=409, title="Conflict", detail=str(exc), errors=errors)
+        )
     except LinkDown as exc:
         return problem_response(Problem(status=503, title="Service Unavailable", detail=str(exc)))
     except GatewayError as exc:
@@ -225,7 +240,7 @@ async def metrics(request: web.Request) -> web.Response:
 
 
 async def openapi(request: web.Request) -> web.Response:
-    return _json(OPENAPI)
+    return _json(openapi_json())
 
 
 # ---------------------------------------------------------------- metrics and schema
@@ -348,7 +363,11 @@ def openapi_document() -> dict[str, Any]:
     }
 
 
-OPENAPI = complete_document(openapi_document(), Problem)
+@functools.cache
+def openapi_json() -> dict[str, Any]:
+    """The whole document, built once on first use (the model registry's routes need that
+    module, which imports this one)."""
+    return complete_document(openapi_document(), Problem)
 
 
 def build_app(ctx: ApiContext, max_body: int) -> web.Application:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import getpass
 import hashlib
 import secrets
 import sqlite3
@@ -9,8 +10,9 @@ import time
 from pathlib import Path
 
 from cloud_gateway.errors import StoreError
+from cloud_gateway.migrations import transaction
 from cloud_gateway.store import Database, Store
-from protocol.ids import utcnow
+from protocol.ids import format_time, utcnow
 
 DB_NAME = "gateway.db"
 MAX_TOKEN_LEN = 512
@@ -26,17 +28,36 @@ def token_id(digest: str) -> str:
     return digest[:12]
 
 
-def create_token(data_dir: Path) -> str:
+def _operator() -> str:
+    """Who runs the CLI: `cli:<login name>` (or `cli` when the system cannot tell)."""
+    try:
+        return f"cli:{getpass.getuser()}"[:64]
+    except (OSError, KeyError):
+        return "cli"
+
+
+def create_token(data_dir: Path, who: str | None = None) -> str:
     """Create a bearer token for `data_dir`'s gateway; usable at once by a running gateway.
 
-    Blocking (opens the database): for CLIs and threads.
+    The token (its hash) and the audit row saying who created it (`who`, default the CLI's
+    user) commit together. Blocking (opens the database): for CLIs and threads.
     """
     data_dir.mkdir(parents=True, exist_ok=True)
     token = secrets.token_urlsafe(32)
     digest = token_hash(token)
+    ident = token_id(digest)
+    now = utcnow()
     store = Store(data_dir / DB_NAME)
     try:
-        store.add_token(token_id(digest), digest, utcnow())
+        with transaction(store.conn):
+            store.conn.execute(
+                "INSERT INTO tokens (id, hash, created_at) VALUES (?, ?, ?)",
+                [ident, digest, format_time(now)],
+            )
+            store.conn.execute(
+                "INSERT INTO audit (who, action, target, at, detail) VALUES (?, ?, ?, ?, ?)",
+                [who or _operator(), "token.create", f"token:{ident}", format_time(now), "{}"],
+            )
     except sqlite3.Error as exc:
         raise StoreError(f"cannot store the new token: {exc}") from exc
     finally:

@@ -13,10 +13,12 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from cloud_gateway.campaign_pending import Owed, PendingKind, add_owed
+from cloud_gateway.campaigns import Campaign, claim_refusal, needs_facts
 from cloud_gateway.errors import StoreError
 from cloud_gateway.migrations import transaction
 from cloud_gateway.store import Store
-from cloud_gateway.targeting import DeviceFacts
+from cloud_gateway.targeting import DeviceFacts, parse_aggregate_key, window_bounds
 from protocol.envelopes import ClaimRequest
 from protocol.ids import format_time, parse_time
 
@@ -58,18 +60,42 @@ class ClaimAnswer:
     result: dict[str, Any]
     new: bool
     granted: bool
+    sold_out: bool = False
+    """This grant took the last coupon: catalogs or bundles are owed (`campaign_pending`)."""
 
 
 def _decide(
-    store: Store, device_id: str, claim: ClaimRequest, at: str
+    store: Store,
+    device_id: str,
+    claim: ClaimRequest,
+    at: datetime,
+    *,
+    campaigns: dict[str, Campaign | None],
+    sold_out: list[str],
 ) -> tuple[bool, str | None, str]:
-    """One claim's decision inside the caller's transaction: (granted, code, reason)."""
+    """One claim's decision inside the caller's transaction: (granted, code, reason).
+
+    The device must be one the campaign reaches (audience, holdout, variant, the offer's
+    window) before any stock is touched. `campaigns` caches the parsed campaigns of a batch.
+    """
     conn = store.conn
-    row = conn.execute("SELECT state FROM campaigns WHERE id = ?", [claim.campaign_id]).fetchone()
-    if row is None:
+    if claim.campaign_id not in campaigns:
+        row = conn.execute("SELECT doc FROM campaigns WHERE id = ?", [claim.campaign_id]).fetchone()
+        campaigns[claim.campaign_id] = (
+            Campaign.model_validate_json(row["doc"]) if row is not None else None
+        )
+    campaign = campaigns[claim.campaign_id]
+    if campaign is None:
         return False, None, "unknown campaign"
-    if row["state"] != "live":
-        return False, None, f"campaign is {row['state']}"
+    if campaign.state != "live":
+        return False, None, f"campaign is {campaign.state}"
+    facts = None
+    if needs_facts(campaign):
+        found = device_facts(store, device_id)
+        facts = found[0] if found else None
+    refusal = claim_refusal(campaign, claim.offer_id, device_id, facts, at)
+    if refusal is not None:
+        return False, None, refusal
     stock = conn.execute(
         "SELECT 1 FROM offer_stock WHERE campaign_id = ? AND offer_id = ?",
         [claim.campaign_id, claim.offer_id],
@@ -90,11 +116,21 @@ def _decide(
     )
     if cur.rowcount != 1:
         return False, None, "sold out"
+    left = conn.execute(
+        "SELECT stock FROM offer_stock WHERE campaign_id = ? AND offer_id = ?",
+        [claim.campaign_id, claim.offer_id],
+    ).fetchone()
+    if left is not None and left["stock"] == 0:
+        # The last coupon: devices must hide the offer. The re-announcement is owed in this
+        # same transaction, so a crash right after the commit cannot lose it.
+        kind: PendingKind = "device_refresh" if campaign.per_device else "catalog"
+        add_owed(store, [Owed(kind, campaign.id, tuple(campaign.push_cohorts))], at)
+        sold_out.append(claim.campaign_id)
     code = secrets.token_hex(6).upper()
     conn.execute(
         "INSERT INTO grants (campaign_id, offer_id, device_id, claim_id, code, at)"
         " VALUES (?, ?, ?, ?, ?, ?)",
-        [claim.campaign_id, claim.offer_id, device_id, claim.id, code, at],
+        [claim.campaign_id, claim.offer_id, device_id, claim.id, code, format_time(at)],
     )
     return True, code, "granted"
 
@@ -113,6 +149,8 @@ def claim_batch(
     """
     now = format_time(received_at)
     answers: list[ClaimAnswer] = []
+    campaigns: dict[str, Campaign | None] = {}
+    sold_out: list[str] = []
     conn = store.conn
     try:
         with transaction(conn):
@@ -150,13 +188,18 @@ def claim_batch(
                             )
                         )
                         continue
-                granted, code, reason = _decide(store, device_id, claim, now)
+                sold = len(sold_out)
+                granted, code, reason = _decide(
+                    store, device_id, claim, received_at, campaigns=campaigns, sold_out=sold_out
+                )
                 result = make_result(device_id, claim, granted, code, reason)
                 conn.execute(
                     "UPDATE claims SET result = ?, granted = ? WHERE device_id = ? AND id = ?",
                     [_json(result), int(granted), device_id, claim.id],
                 )
-                answers.append(ClaimAnswer(device_id, claim.id, result, True, granted))
+                answers.append(
+                    ClaimAnswer(device_id, claim.id, result, True, granted, len(sold_out) > sold)
+                )
     except sqlite3.Error as exc:
         raise StoreError(f"cannot decide {len(claims)} claims: {exc}") from exc
     return answers
@@ -166,77 +209,108 @@ def claim_batch(
 
 
 def device_facts(store: Store, device_id: str | None = None) -> list[DeviceFacts]:
-    """What targeting needs of every registered device (or of one): registry + reports."""
+    """What targeting needs of every registered device (or of one): registry + reports.
+
+    Reads what the agent really sends (see `targeting`): raw `member_tier`, `consumable_level`
+    and `purchase` signals, and the aggregates `member_tier/tier=<n>`,
+    `consumable_level/category=<c>/level=<l>` and `purchase/category=<c>`.
+    """
     conn = store.conn
     args: list[Any] = [device_id]
     base = conn.execute(
         "SELECT device_id, profile, cohorts FROM devices WHERE ?1 IS NULL OR device_id = ?1", args
     ).fetchall()
-    tiers: dict[str, int] = {}
-    levels: dict[str, dict[str, float]] = {}
+    # State reports ranked by (time, batch, -level): the latest wins, ties go to the lowest.
+    tiers: dict[str, tuple[tuple[datetime, int, float], int]] = {}
+    levels: dict[str, dict[str, tuple[tuple[datetime, int, float], float]]] = {}
     bought: dict[str, dict[str, datetime]] = {}
+
+    def keep_tier(did: str, rank: tuple[datetime, int, float], tier: int) -> None:
+        if did not in tiers or tiers[did][0] < rank:
+            tiers[did] = (rank, tier)
+
+    def keep_level(did: str, cat: str, rank: tuple[datetime, int, float], level: float) -> None:
+        known = levels.setdefault(did, {})
+        if cat not in known or known[cat][0] < rank:
+            known[cat] = (rank, level)
+
+    def keep_purchase(did: str, cat: str, at: datetime) -> None:
+        known = bought.setdefault(did, {})
+        if cat not in known or known[cat] < at:
+            known[cat] = at
+
     for r in conn.execute(
-        "SELECT device_id, key, count, max(seq) AS s FROM aggregates"
-        " WHERE (key = 'tier' OR key LIKE 'level:%') AND (?1 IS NULL OR device_id = ?1)"
-        " GROUP BY device_id, key",
+        "SELECT device_id, seq, window, key, count FROM aggregates"
+        " WHERE (key LIKE 'member_tier/%' OR key LIKE 'consumable_level/%'"
+        " OR key LIKE 'purchase/%') AND count > 0 AND (?1 IS NULL OR device_id = ?1)",
         args,
     ):
-        if r["key"] == "tier":
-            tiers[r["device_id"]] = int(r["count"])
-        else:
-            levels.setdefault(r["device_id"], {})[r["key"][6:]] = r["count"] / 1e6
+        bounds = window_bounds(r["window"])
+        if bounds is None:
+            continue
+        kind, fields = parse_aggregate_key(r["key"])
+        did = r["device_id"]
+        try:
+            if kind == "member_tier" and "tier" in fields:
+                keep_tier(did, (bounds[0], r["seq"], 0.0), int(fields["tier"]))
+            elif kind == "consumable_level" and "category" in fields and "level" in fields:
+                level = float(fields["level"])
+                keep_level(did, fields["category"], (bounds[0], r["seq"], -level), level)
+            elif kind == "purchase" and "category" in fields:
+                keep_purchase(did, fields["category"], bounds[1])
+        except ValueError:
+            continue
+    # One row per (device, kind, category): SQLite takes the bare columns from the max(at) row.
     for r in conn.execute(
-        "SELECT device_id, key, max(substr(window, 4)) AS day FROM aggregates"
-        " WHERE key LIKE 'purchase:%' AND window LIKE '1d:%' AND count > 0"
-        " AND (?1 IS NULL OR device_id = ?1) GROUP BY device_id, key",
+        "SELECT device_id, seq, kind, max(at) AS at, json_extract(attrs, '$.tier') AS tier,"
+        " json_extract(attrs, '$.category') AS cat, json_extract(attrs, '$.level') AS level"
+        " FROM signals WHERE kind IN ('member_tier', 'consumable_level', 'purchase')"
+        " AND (?1 IS NULL OR device_id = ?1) GROUP BY device_id, kind, cat",
         args,
     ):
         try:
-            day = parse_time(f"{r['day'][:10]}T00:00:00Z")
+            at = parse_time(r["at"])
         except (ValueError, TypeError):
             continue
-        bought.setdefault(r["device_id"], {})[r["key"][9:]] = day
-    for r in conn.execute(
-        "SELECT device_id, json_extract(attrs, '$.tier') AS tier, max(at) AS at FROM signals"
-        " WHERE kind = 'member_tier' AND (?1 IS NULL OR device_id = ?1) GROUP BY device_id",
-        args,
-    ):
-        if isinstance(r["tier"], int | float):
-            tiers[r["device_id"]] = int(r["tier"])
-    for r in conn.execute(
-        "SELECT device_id, json_extract(attrs, '$.category') AS cat,"
-        " json_extract(attrs, '$.level') AS level, max(at) AS at FROM signals"
-        " WHERE kind = 'consumable_level' AND (?1 IS NULL OR device_id = ?1)"
-        " GROUP BY device_id, cat",
-        args,
-    ):
-        if isinstance(r["cat"], str) and isinstance(r["level"], int | float):
-            levels.setdefault(r["device_id"], {})[r["cat"]] = float(r["level"])
-    for r in conn.execute(
-        "SELECT device_id, json_extract(attrs, '$.category') AS cat, max(at) AS at FROM signals"
-        " WHERE kind = 'purchase' AND (?1 IS NULL OR device_id = ?1) GROUP BY device_id, cat",
-        args,
-    ):
-        if isinstance(r["cat"], str):
-            at = parse_time(r["at"])
-            known = bought.setdefault(r["device_id"], {})
-            if r["cat"] not in known or known[r["cat"]] < at:
-                known[r["cat"]] = at
+        did, cat = r["device_id"], r["cat"]
+        if r["kind"] == "member_tier" and _number(r["tier"]):
+            keep_tier(did, (at, r["seq"] or 0, 0.0), int(r["tier"]))
+        elif r["kind"] == "consumable_level" and isinstance(cat, str) and _number(r["level"]):
+            level = float(r["level"])
+            keep_level(did, cat, (at, r["seq"] or 0, -level), level)
+        elif r["kind"] == "purchase" and isinstance(cat, str):
+            keep_purchase(did, cat, at)
+    reported = {
+        r["device_id"]
+        for r in conn.execute(
+            "SELECT device_id FROM devices d WHERE (?1 IS NULL OR device_id = ?1) AND ("
+            " EXISTS (SELECT 1 FROM signals s WHERE s.device_id = d.device_id)"
+            " OR EXISTS (SELECT 1 FROM aggregates a WHERE a.device_id = d.device_id))",
+            args,
+        )
+    }
     out = []
     for r in base:
         did = r["device_id"]
         cohorts = frozenset(json.loads(r["cohorts"])) if r["cohorts"] else frozenset()
+        tier = tiers.get(did)
         out.append(
             DeviceFacts(
                 device_id=did,
                 profile=r["profile"],
                 cohorts=cohorts,
-                member_tier=tiers.get(did),
-                levels=levels.get(did, {}),
+                member_tier=tier[1] if tier else None,
+                levels={c: v for c, (_, v) in levels.get(did, {}).items()},
                 last_purchase=bought.get(did, {}),
+                reported=did in reported,
             )
         )
     return out
+
+
+def _number(value: Any) -> bool:
+    """True for a real number (JSON true/false are not levels or tiers)."""
+    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 # ---------------------------------------------------------------- device-addressed pushes
@@ -258,10 +332,20 @@ class DevicePush:
     expires_at: datetime
 
 
-def add_device_pushes(store: Store, pushes: Iterable[DevicePush], supersede: str | None) -> None:
-    """Record bundles to send; with `supersede`, earlier ones of that campaign stop re-sending."""
+def add_device_pushes(
+    store: Store, pushes: Iterable[DevicePush], supersede: str | None, *, per_device: bool = False
+) -> None:
+    """Record bundles to send; with `supersede`, earlier ones of that campaign stop re-sending
+    (with `per_device`, only those of the devices these pushes go to)."""
+    pushes = list(pushes)
     with transaction(store.conn):
-        if supersede is not None:
+        if supersede is not None and per_device:
+            store.conn.executemany(
+                "UPDATE device_pushes SET superseded = 1 WHERE campaign_id = ? AND device_id = ?"
+                " AND superseded = 0",
+                [(supersede, p.device_id) for p in pushes],
+            )
+        elif supersede is not None:
             store.conn.execute(
                 "UPDATE device_pushes SET superseded = 1 WHERE campaign_id = ? AND superseded = 0",
                 [supersede],
@@ -295,6 +379,21 @@ def pushed_devices(store: Store, campaign_id: str) -> set[str]:
         [campaign_id],
     ).fetchall()
     return {r["device_id"] for r in rows}
+
+
+def bundles_past_half_life(store: Store, now: datetime) -> dict[str, list[str]]:
+    """Devices per campaign whose current offers bundle is past half its lifetime."""
+    due: dict[str, list[str]] = {}
+    for r in store.conn.execute(
+        "SELECT p.campaign_id, p.device_id, p.created_at, p.expires_at FROM device_pushes p"
+        " JOIN campaigns c ON c.id = p.campaign_id WHERE c.state = 'live'"
+        " AND p.kind = 'offers' AND p.superseded = 0 AND p.expires_at > ?",
+        [format_time(now)],
+    ):
+        created, expires = parse_time(r["created_at"]), parse_time(r["expires_at"])
+        if now >= created + (expires - created) / 2:
+            due.setdefault(r["campaign_id"], []).append(r["device_id"])
+    return due
 
 
 def outstanding(

@@ -9,7 +9,8 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from cloud_gateway.errors import InvalidTransition
-from cloud_gateway.targeting import Targeting
+from cloud_gateway.targeting import DeviceFacts, Targeting, selects
+from protocol.assign import in_holdout, pick_variant
 from protocol.envelopes import (
     MAX_OFFERS_PER_BUNDLE,
     Cohort,
@@ -262,10 +263,14 @@ def build_offers(
     stock: Mapping[str, int] | None = None,
 ) -> list[Offer]:
     """Wire offers of one campaign (of one `variant` when given): defaults for the window
-    come from the campaign; limited offers carry the stock left now."""
+    come from the campaign; limited offers carry the stock left now. Offers of a variant
+    weighted 0 go to nobody."""
     offers = []
+    weights = campaign.weights
     for tpl in campaign.offers:
         if variant is not None and tpl.variant != variant:
+            continue
+        if weights.get(tpl.variant, 0.0) <= 0:
             continue
         fields = tpl.model_dump(exclude={"starts_at", "expires_at", "stock"})
         starts = tpl.starts_at or campaign.starts_at or campaign.launched_at or now
@@ -322,6 +327,49 @@ def build_catalog(  # noqa: PLR0917 - kept positional for existing callers
         revokes=sorted({r for r in revokes if r not in kept})[:MAX_OFFERS_PER_BUNDLE],
     )
     return bundle, per_campaign
+
+
+def offer_window(
+    campaign: Campaign, offer: OfferOut, now: datetime
+) -> tuple[datetime, datetime | None]:
+    """(starts, expires) of an offer: its own window, else the campaign's (None: open end)."""
+    starts = offer.starts_at or campaign.starts_at or campaign.launched_at or now
+    return starts, offer.expires_at or campaign.ends_at
+
+
+def needs_facts(campaign: Campaign) -> bool:
+    """Whether deciding who the campaign reaches needs the device's reported facts."""
+    return campaign.targeting is not None or "all" not in campaign.cohorts
+
+
+def claim_refusal(
+    campaign: Campaign, offer_id: str, device_id: str, facts: DeviceFacts | None, now: datetime
+) -> str | None:
+    """Why a device may not claim this offer (None: it may): the same audience, holdout,
+    variant and window as the push, so a claim cannot reach past what was offered.
+
+    `facts` may be None when `needs_facts(campaign)` is False.
+    """
+    offer = next((o for o in campaign.offers if o.id == offer_id), None)
+    if offer is None:
+        return "unknown offer"
+    if needs_facts(campaign) and (
+        facts is None or not selects(campaign.targeting, campaign.cohorts, facts, now)
+    ):
+        return "not targeted: this device is not in the campaign's audience"
+    if in_holdout(device_id, campaign.id, campaign.holdout):
+        return "not targeted: this device is in the campaign's holdout"
+    weights = campaign.weights
+    if weights.get(offer.variant, 0.0) <= 0:
+        return "not offered: its variant has weight 0"
+    if len(weights) > 1 and pick_variant(device_id, campaign.id, weights) != offer.variant:
+        return "not offered: this device is in another variant"
+    starts, expires = offer_window(campaign, offer, now)
+    if now < starts:
+        return "not started: the offer's window has not opened"
+    if expires is not None and now >= expires:
+        return "expired: the offer's window has closed"
+    return None
 
 
 def campaign_stats(campaign: Campaign, counts: dict[str, int]) -> CampaignStats:

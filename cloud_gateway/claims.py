@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import Counter
+from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
@@ -30,6 +31,7 @@ log = logging.getLogger(__name__)
 
 CLAIM_RESULT_TTL = timedelta(days=1)
 QUEUE_MAX = 10_000
+PUBLISH_CONCURRENCY = 64
 
 
 class ClaimDesk:
@@ -44,6 +46,7 @@ class ClaimDesk:
         counters: Counter[str],
         *,
         batch_max: int = 256,
+        on_sold_out: Callable[[], None] | None = None,
     ) -> None:
         self._db = db
         self._signer = signer
@@ -51,6 +54,7 @@ class ClaimDesk:
         self._publish = publish
         self._counters = counters
         self._batch_max = max(1, batch_max)
+        self._on_sold_out = on_sold_out
         self._queue: asyncio.Queue[tuple[str, ClaimRequest]] = asyncio.Queue(QUEUE_MAX)
 
     async def submit(self, device_id: str, claim: ClaimRequest) -> None:
@@ -88,8 +92,12 @@ class ClaimDesk:
                 self._counters["store_errors"] += 1
                 log.error("could not decide %d claims: %s", len(batch), exc)  # noqa: TRY400
                 continue
-            for answer in answers:
-                await self._answer(answer)
+            for start in range(0, len(answers), PUBLISH_CONCURRENCY):  # QoS 1: overlap PUBACKs
+                chunk = answers[start : start + PUBLISH_CONCURRENCY]
+                await asyncio.gather(*(self._answer(a) for a in chunk))
+            if self._on_sold_out is not None and any(a.sold_out for a in answers):
+                self._counters["offers_sold_out"] += 1
+                self._on_sold_out()  # devices are told to hide it (a marker is stored)
 
     async def _answer(self, answer: ClaimAnswer) -> None:
         if answer.new:

@@ -46,5 +46,13 @@ class InvalidTransition(GatewayError):
         self.action = action
 
 
+class Conflict(GatewayError):
+    """A request clashes with what exists (a duplicate id); HTTP 409 naming the field."""
+
+    def __init__(self, message: str, *, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
+
+
 class LinkDown(GatewayError):
     """The MQTT link is not connected, so nothing can be published right now."""

@@ -53,6 +53,9 @@ OnBirth = Callable[[str], Awaitable[None]]
 """Called after a device's `online` state is recorded (re-send what is outstanding)."""
 OnModelReport = Callable[[str, ModelUpdateReport], Awaitable[None]]
 """Called with a state's model update report (the model registry's rollout health)."""
+OnFacts = Callable[[str, Batch], None]
+"""Called (must not block) after a new batch with signals or aggregates is stored: the
+device's targeting facts may have changed."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -225,6 +228,7 @@ class Ingestor:
         on_receipts: OnReceipts | None = None,
         on_birth: OnBirth | None = None,
         on_model_report: OnModelReport | None = None,
+        on_facts: OnFacts | None = None,
         group_max: int = GROUP_MAX,
         queue_max: int = QUEUE_MAX,
     ) -> None:
@@ -232,6 +236,7 @@ class Ingestor:
         self._on_receipts = on_receipts
         self._on_birth = on_birth
         self._on_model_report = on_model_report
+        self._on_facts = on_facts
         self._topics = topics
         self._db = db
         self._acks = acks
@@ -353,6 +358,8 @@ class Ingestor:
             self.counters["signals_stored"] += stored.signals
             self.counters["aggregates_stored"] += stored.aggregates
             self.counters["outcomes_stored"] += stored.outcomes
+            if self._on_facts is not None and (batch.signals or batch.aggregates):
+                self._on_facts(device_id, batch)
         else:
             self.counters["batches_duplicate"] += 1
         self._acks.add(device_id, batch.seq, batch.outbox_id)

@@ -330,3 +330,20 @@ def issue3fix_outbox_id_dedupe(db: Database) -> None:
     db.execute("ALTER TABLE aggregates_v2 RENAME TO aggregates")
     db.execute("CREATE INDEX aggregates_latest ON aggregates (device_id, outbox_id, window, key)")
     db.execute("ALTER TABLE devices ADD COLUMN outbox_id TEXT NOT NULL DEFAULT ''")
+
+
+@migration
+def issue6_pending_pushes_and_offer_ids(db: Database) -> None:
+    """Pushes a campaign change owes, written in the change's own transaction (crash safety);
+    offer ids, unique across campaigns (devices key offers by id alone)."""
+    db.execute(
+        "CREATE TABLE campaign_pending (id INTEGER PRIMARY KEY AUTOINCREMENT,"
+        " campaign_id TEXT NOT NULL, kind TEXT NOT NULL, cohorts TEXT NOT NULL DEFAULT '[]',"
+        " revokes TEXT NOT NULL DEFAULT '[]', created_at TEXT NOT NULL)"
+    )
+    db.execute("CREATE TABLE offer_ids (offer_id TEXT PRIMARY KEY, campaign_id TEXT NOT NULL)")
+    db.execute(
+        "INSERT OR IGNORE INTO offer_ids (offer_id, campaign_id)"
+        " SELECT json_extract(o.value, '$.id'), c.id FROM campaigns c,"
+        " json_each(c.doc, '$.offers') o ORDER BY c.created_at"
+    )

@@ -1,6 +1,7 @@
 """`/openapi.json` generated from the pydantic models: every path, its body and its answers.
 
-`ROUTES` lists the operators' API (method, path, summary, request and response models);
+`ROUTES` lists the operators' API (method, path, summary, request and response models),
+`model_routes` the model registry's;
 `complete_document` turns it into OpenAPI 3.1 on top of a base document, so routes another
 module describes by hand stay in, and ours replace theirs where both describe a path.
 """
@@ -124,10 +125,31 @@ class Route:
     public: bool = False
     query: tuple[tuple[str, str, dict[str, Any]], ...] = ()
     """(name, description, schema) of query parameters."""
+    form: dict[str, Any] | None = None
+    """A `multipart/form-data` body: the schema of its parts."""
+    models: tuple[type[BaseModel], ...] = ()
+    """Models the `form` refers to (put in the components)."""
+    path_param: str = "id"
+    links: tuple[tuple[str, str], ...] = ()
+    """(name, operationId) of operations taking this answer's `id` as their `{id}`."""
 
 
 ROUTES: tuple[Route, ...] = (
-    Route("post", "/v1/campaigns", "Create a draft campaign", Campaign, 201, CampaignIn),
+    Route(
+        "post",
+        "/v1/campaigns",
+        "Create a draft campaign",
+        Campaign,
+        201,
+        CampaignIn,
+        links=(
+            ("GetCampaign", "get_v1_campaigns_id"),
+            ("LaunchCampaign", "post_v1_campaigns_id_launch"),
+            ("PauseCampaign", "post_v1_campaigns_id_pause"),
+            ("EndCampaign", "post_v1_campaigns_id_end"),
+            ("CampaignStats", "get_v1_campaigns_id_stats"),
+        ),
+    ),
     Route("get", "/v1/campaigns", "List campaigns", CampaignList),
     Route("get", "/v1/campaigns/{id}", "One campaign", Campaign),
     Route(
@@ -135,12 +157,20 @@ ROUTES: tuple[Route, ...] = (
         "/v1/campaigns/{id}/launch",
         "Launch (or schedule, before starts_at): push its offers",
         Campaign,
+        links=(
+            ("PauseCampaign", "post_v1_campaigns_id_pause"),
+            ("CampaignStats", "get_v1_campaigns_id_stats"),
+        ),
     ),
     Route(
         "post",
         "/v1/campaigns/{id}/pause",
         "Pause: withdraw its offers (signed revocation)",
         Campaign,
+        links=(
+            ("LaunchCampaign", "post_v1_campaigns_id_launch"),
+            ("EndCampaign", "post_v1_campaigns_id_end"),
+        ),
     ),
     Route("post", "/v1/campaigns/{id}/end", "End for good: withdraw its offers", Campaign),
     Route(
@@ -174,14 +204,69 @@ ROUTES: tuple[Route, ...] = (
 )
 
 
+def model_routes() -> tuple[Route, ...]:
+    """The model registry's routes (`cloud_gateway.model_registry`), from its request models.
+
+    Imported here, not at the top: the registry imports the API module, which imports this.
+    """
+    from cloud_gateway.model_registry import RolloutIn  # noqa: PLC0415 - import cycle, see above
+    from protocol.envelopes import ModelManifest  # noqa: PLC0415 - kept beside its sibling
+
+    version = "version"
+    return (
+        Route(
+            "post",
+            "/v1/models",
+            "Register a model: its signed-to-be manifest and its ONNX file",
+            None,
+            201,
+            form={
+                "type": "object",
+                "required": ["manifest", "model"],
+                "properties": {
+                    "manifest": {
+                        "$ref": "#/components/schemas/ModelManifest",
+                        "description": "the manifest (a JSON part)",
+                    },
+                    "model": {"type": "string", "format": "binary", "maxLength": 16 << 20},
+                },
+            },
+            models=(ModelManifest,),
+        ),
+        Route("get", "/v1/models", "Registered models"),
+        Route(
+            "post",
+            "/v1/models/{version}/rollout",
+            "Roll a model out to a share of a cohort (a signed, retained manifest)",
+            None,
+            body=RolloutIn,
+            path_param=version,
+        ),
+        Route(
+            "get",
+            "/v1/models/{version}/model.onnx",
+            "A model file (public: devices check it against the signed manifest)",
+            "application/octet-stream",
+            public=True,
+            path_param=version,
+        ),
+    )
+
+
+def all_routes() -> tuple[Route, ...]:
+    return ROUTES + model_routes()
+
+
 def _schemas(problem: type[BaseModel]) -> dict[str, Any]:
     models: list[type[BaseModel]] = [problem]
-    for r in ROUTES:
-        for m in (r.response, r.body):
+    routes = all_routes()
+    for r in routes:
+        for m in (r.response, r.body, *r.models):
             if isinstance(m, type) and m not in models:
                 models.append(m)
     pairs: list[tuple[type[BaseModel], JsonSchemaMode]] = [
-        (m, "validation" if any(r.body is m for r in ROUTES) else "serialization") for m in models
+        (m, "validation" if any(r.body is m or m in r.models for r in routes) else "serialization")
+        for m in models
     ]
     _, defs = models_json_schema(pairs, ref_template="#/components/schemas/{model}")
     schemas: dict[str, Any] = defs.get("$defs", {})
@@ -205,14 +290,24 @@ def _operation(route: Route) -> dict[str, Any]:
         content = {"application/json": {"schema": {"type": "object"}}}
     else:
         content = {"application/json": {"schema": _ref(route.response)}}
+    ok: dict[str, Any] = {"description": "OK", "content": content}
+    if route.links:
+        ok["links"] = {
+            name: {"operationId": target, "parameters": {"id": "$response.body#/id"}}
+            for name, target in route.links
+        }
     op: dict[str, Any] = {
         "summary": route.summary,
         "operationId": _operation_id(route),
-        "responses": {str(route.status): {"description": "OK", "content": content}},
+        "responses": {str(route.status): ok},
     }
     params: list[dict[str, Any]] = []
-    if "{id}" in route.path:
-        params.append({"name": "id", "in": "path", "required": True, "schema": {"type": "string"}})
+    if f"{{{route.path_param}}}" in route.path:
+        schema: dict[str, Any] = {"type": "string"}
+        if route.path_param == "version":
+            schema = {"type": "string", "pattern": "^[0-9]{1,9}$"}
+            op["responses"]["400"] = {"description": "Invalid version", "content": problem}
+        params.append({"name": route.path_param, "in": "path", "required": True, "schema": schema})
         op["responses"]["404"] = {"description": "Not found", "content": problem}
     for name, description, schema in route.query:
         params.append(
@@ -242,6 +337,15 @@ def _operation(route: Route) -> dict[str, Any]:
         }
         op["responses"]["400"] = {"description": "Invalid body", "content": problem}
         op["responses"]["413"] = {"description": "Body too large", "content": problem}
+    if route.form is not None:
+        op["requestBody"] = {
+            "required": True,
+            "content": {"multipart/form-data": {"schema": route.form}},
+        }
+        op["responses"]["400"] = {"description": "Invalid body", "content": problem}
+        op["responses"]["413"] = {"description": "Body too large", "content": problem}
+    if route.method == "post" and route.path == "/v1/campaigns":
+        op["responses"]["409"] = {"description": "An offer id is taken", "content": problem}
     if route.method == "post" and route.path.endswith(("/launch", "/pause", "/end")):
         op["responses"]["409"] = {"description": "Not allowed in this state", "content": problem}
     return op
@@ -256,7 +360,7 @@ def complete_document(base: dict[str, Any], problem: type[BaseModel]) -> dict[st
     components["schemas"] = schemas
     doc["components"] = components
     paths = {k: dict(v) for k, v in doc.get("paths", {}).items()}
-    for route in ROUTES:
+    for route in all_routes():
         paths.setdefault(route.path, {})[route.method] = _operation(route)
     doc["paths"] = paths
     return doc

@@ -8,7 +8,14 @@ from collections import Counter
 from collections.abc import Iterable
 from datetime import timedelta
 
-from cloud_gateway.campaign_store import campaign_rows, init_stock, stock_left
+from cloud_gateway.campaign_pending import (
+    Owed,
+    change_campaign,
+    clear_pending,
+    create_campaign,
+    pending,
+)
+from cloud_gateway.campaign_store import campaign_rows, stock_left
 from cloud_gateway.campaigns import (
     Campaign,
     CampaignIn,
@@ -50,22 +57,22 @@ class CampaignService:
         self._counters = counters
         self._ttl = bundle_ttl
         self._lock = asyncio.Lock()  # one catalog rebuild at a time: publishes stay ordered
+        self._settle_wanted = asyncio.Event()
         self.dirty: set[str] = set()
         self.delivery = DeviceDelivery(db, signer, topics, publish, counters, bundle_ttl=bundle_ttl)
 
     async def create(self, spec: CampaignIn, who: str) -> Campaign:
-        campaign = new_campaign(spec, utcnow())
-        await self._db.call(Store.insert_campaign, campaign.doc())
+        """Store a draft; 409 (Conflict) when an offer id is already another campaign's."""
+        now = utcnow()
+        campaign = new_campaign(spec, now)
         limited = [(o.id, o.stock) for o in campaign.offers if o.limited and o.stock is not None]
-        if limited:
-            await self._db.call(init_stock, campaign.id, limited)
+        detail = {
+            "name": campaign.name,
+            "offers": len(campaign.offers),
+            "push": self._mode(campaign),
+        }
         await self._db.call(
-            Store.audit,
-            who,
-            "campaign.create",
-            campaign.id,
-            utcnow(),
-            {"name": campaign.name, "offers": len(campaign.offers), "push": self._mode(campaign)},
+            create_campaign, campaign.doc(), stock=limited, who=who, at=now, detail=detail
         )
         log.info("campaign %s (%s) created by %s", campaign.id, campaign.name, who)
         return campaign
@@ -92,33 +99,93 @@ class CampaignService:
     def _mode(campaign: Campaign) -> str:
         return "device" if campaign.per_device else "cohort"
 
+    @staticmethod
+    def owed(before: Campaign, after: Campaign) -> tuple[Owed, ...]:
+        """The pushes a state change owes devices (pure)."""
+        went_live = after.state == "live" and before.state != "live"
+        left_live = before.state == "live" and after.state != "live"
+        if after.per_device:
+            if went_live:
+                return (Owed("device_launch", after.id),)
+            if left_live:
+                return (Owed("device_revoke", after.id),)
+            return ()
+        if went_live or left_live:
+            revokes = tuple(o.id for o in before.offers) if left_live else ()
+            return (Owed("catalog", after.id, tuple(after.push_cohorts), revokes),)
+        return ()
+
     async def _change(self, campaign_id: str, action: str, who: str) -> Campaign:
         async with self._lock:
             before = await self.get(campaign_id)
-            after = transition(before, action, utcnow())
-            await self._db.call(Store.update_campaign, after.doc())
+            now = utcnow()
+            after = transition(before, action, now)
+            # The state, its audit row and the pushes it owes commit together: a crash after
+            # the commit leaves markers that `settle` acts on at the next start.
             await self._db.call(
-                Store.audit,
-                who,
-                f"campaign.{action}",
-                campaign_id,
-                utcnow(),
-                {"from": before.state, "to": after.state},
+                change_campaign,
+                after.doc(),
+                who=who,
+                action=f"campaign.{action}",
+                detail={"from": before.state, "to": after.state},
+                at=now,
+                owed=self.owed(before, after),
             )
-            went_live = after.state == "live" and before.state != "live"
-            left_live = before.state == "live" and after.state != "live"
-            if after.per_device:
-                if went_live:
-                    await self.delivery.launch(after)
-                elif left_live:
-                    await self.delivery.revoke(after)
-            elif went_live or left_live:
-                revokes = [o.id for o in before.offers] if left_live else []
-                await self._rebuild_locked(after.push_cohorts, revokes)
+            await self._settle_locked()
         log.info(
             "campaign %s %s by %s: %s -> %s", campaign_id, action, who, before.state, after.state
         )
         return after
+
+    def poke(self) -> None:
+        """Ask `run_settler` to act on stored push markers soon (never blocks the caller)."""
+        self._settle_wanted.set()
+
+    async def run_settler(self) -> None:
+        """Act on push markers when poked (a sell-out, a reconnect); a named gateway task."""
+        while True:
+            await self._settle_wanted.wait()
+            self._settle_wanted.clear()
+            try:
+                await self.settle()
+            except GatewayError as exc:
+                log.warning("pending campaign pushes not done: %s; will retry", exc)
+
+    async def settle(self) -> int:
+        """Act on every stored push marker (at start-up: those a crash left); returns how many."""
+        async with self._lock:
+            return await self._settle_locked()
+
+    async def _settle_locked(self) -> int:
+        todo = await self._db.call(pending)
+        if not todo:
+            return 0
+        done: list[int] = []
+        cohorts: set[str] = set()
+        revokes: set[str] = set()
+        catalog_ids: list[int] = []
+        for item in todo:
+            owed = item.owed
+            if owed.kind == "catalog":
+                cohorts.update(owed.cohorts)
+                revokes.update(owed.revokes)
+                catalog_ids.append(item.id)
+                continue
+            doc = await self._db.call(Store.get_campaign, owed.campaign_id)
+            campaign = Campaign.model_validate(doc) if doc is not None else None
+            if campaign is not None:
+                if owed.kind == "device_revoke":
+                    await self.delivery.revoke(campaign)
+                elif campaign.state == "live" and owed.kind == "device_launch":
+                    await self.delivery.launch(campaign)
+                elif campaign.state == "live" and owed.kind == "device_refresh":
+                    await self.delivery.refresh(campaign)
+            done.append(item.id)
+        if catalog_ids and await self._rebuild_locked(cohorts, revokes):
+            done.extend(catalog_ids)  # kept (and retried) while a catalog failed to go out
+        if done:
+            await self._db.call(clear_pending, done)
+        return len(done)
 
     async def stats(self, campaign_id: str) -> CampaignResults:
         campaign = await self.get(campaign_id)
@@ -145,8 +212,10 @@ class CampaignService:
         async with self._lock:
             await self._rebuild_locked(cohorts, ())
 
-    async def _rebuild_locked(self, cohorts: Iterable[str], revokes: Iterable[str]) -> None:
-        """Sign and publish the catalog of each cohort; a failed publish leaves it dirty."""
+    async def _rebuild_locked(self, cohorts: Iterable[str], revokes: Iterable[str]) -> bool:
+        """Sign and publish the catalog of each cohort; a failed publish leaves it dirty.
+
+        Returns True when every catalog went out."""
         live = [
             Campaign.model_validate(d) for d in await self._db.call(Store.list_campaigns, "live")
         ]
@@ -156,6 +225,7 @@ class CampaignService:
             for c in live
             if any(o.limited for o in c.offers)
         }
+        ok = True
         for cohort in sorted(set(cohorts)):
             now = utcnow()
             bundle, per_campaign = build_catalog(cohort, live, now, self._ttl, revoked, stock)
@@ -166,6 +236,7 @@ class CampaignService:
                 )
             except GatewayError as exc:
                 self.dirty.add(cohort)
+                ok = False
                 log.warning("catalog of cohort %s not pushed (%s); will retry", cohort, exc)
                 continue
             self.dirty.discard(cohort)
@@ -177,9 +248,13 @@ class CampaignService:
             log.info(
                 "pushed catalog %s to cohort %s: %d offers", bundle.id, cohort, len(bundle.offers)
             )
+        return ok
 
     async def refresh_due(self) -> None:
-        """Republish dirty catalogs, and those past half their lifetime before devices drop them."""
+        """Act on stored push markers; republish dirty catalogs, and those past half their
+        lifetime before devices drop them; refresh device bundles past half theirs."""
+        await self.settle()
+        await self.delivery.refresh_due()
         now = utcnow()
         due = set(self.dirty)
         for row in await self._db.call(Store.catalogs):

@@ -1,5 +1,6 @@
 """The campaign clock: starts scheduled campaigns and ends expired ones on time, re-sends
-device bundles still without a receipt. One named task of the gateway."""
+device bundles still without a receipt, re-checks the targeting of devices with new reports.
+One named task of the gateway."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ async def run_scheduler(campaigns: CampaignService, tick_s: float, resend_after_
         try:
             await campaigns.run_due()
             await campaigns.delivery.resend_due(timedelta(seconds=resend_after_s))
+            await campaigns.delivery.recheck_due()
         except GatewayError as exc:
             log.warning("scheduler tick failed: %s", exc)
         await asyncio.sleep(tick_s)

@@ -105,6 +105,14 @@ class Gateway:
         self._signer, self.trust_path = keys.signer, keys.trust_path
         self._db = await Database(s.db_path).open()
         self._acks = AckBatcher(topics, self._publish, self.counters, s.ack_delay_ms / 1000)
+        self._campaigns = CampaignService(
+            self._db,
+            self._signer,
+            topics,
+            self._publish,
+            self.counters,
+            bundle_ttl=timedelta(seconds=s.bundle_ttl_s),
+        )
         claims = ClaimDesk(
             self._db,
             self._signer,
@@ -112,6 +120,7 @@ class Gateway:
             self._publish,
             self.counters,
             batch_max=s.claim_batch_max,
+            on_sold_out=self._campaigns.poke,
         )
         ingestor = Ingestor(
             topics,
@@ -126,14 +135,7 @@ class Gateway:
             on_receipts=self._on_receipts,
             on_birth=self._on_birth,
             on_model_report=self._on_model_report,
-        )
-        self._campaigns = CampaignService(
-            self._db,
-            self._signer,
-            topics,
-            self._publish,
-            self.counters,
-            bundle_ttl=timedelta(seconds=s.bundle_ttl_s),
+            on_facts=self._campaigns.delivery.note_facts,
         )
         self._ingestor = ingestor
         self._link = MqttLink(
@@ -147,6 +149,7 @@ class Gateway:
         self._spawn(self._link.run(), "gateway-mqtt")
         self._spawn(self._refresh_loop(), "gateway-catalog-refresh")
         self._spawn(claims.run(), "gateway-claims")
+        self._spawn(self._campaigns.run_settler(), "gateway-campaign-settle")
         self._spawn(
             run_scheduler(self._campaigns, s.scheduler_tick_s, s.resend_after_s),
             "gateway-scheduler",
@@ -225,10 +228,12 @@ class Gateway:
             codec.encode_dict(signed_key_list(self.signer, KEY_LIST_VERSION)),
             True,
         )
-        if self._campaigns is not None and self._campaigns.dirty:
-            self._spawn(
-                self._campaigns.rebuild(set(self._campaigns.dirty)), "gateway-catalog-retry"
-            )
+        if self._campaigns is not None:
+            self._campaigns.poke()  # pushes owed by changes a crash or an outage left
+            if self._campaigns.dirty:
+                self._spawn(
+                    self._campaigns.rebuild(set(self._campaigns.dirty)), "gateway-catalog-retry"
+                )
 
     async def _refresh_loop(self) -> None:
         """Re-sign catalogs before devices drop them: at start, then every refresh period."""

@@ -1,19 +1,26 @@
 """Campaign targeting, pure: who a campaign selects, from the facts a device has reported.
 
 A device's facts come from the registry (profile, cohorts such as `region:cn-east`) and from
-what it reported with consent: `member_tier` signals (`attrs.tier`), `consumable_level`
-signals (`attrs.category`, `attrs.level` in 0..1), `purchase` signals (`attrs.category`), and
-aggregates with the keys `tier`, `level:<category>` (count = level x 1e6) and
-`purchase:<category>` (count > 0 in a window named `1d:<YYYY-MM-DD>`). Rules over these are
-evaluated at the gateway; a campaign whose targeting is only profiles or only regions is
-expressed as cohorts instead, so it costs one publish per cohort, not one per device.
+what the agent reported with consent, in either uplink mode:
+
+- raw signals: `member_tier` (`attrs.tier`), `consumable_level` (`attrs.category`,
+  `attrs.level` in 0..1), `purchase` (`attrs.category`);
+- aggregates (`agent.aggregates`): `member_tier/tier=<n>`,
+  `consumable_level/category=<c>/level=<l>` and `purchase/category=<c>` (count > 0), in
+  windows labelled `1h:<YYYY-MM-DDTHH>` or `<n>s:<YYYY-MM-DDTHH:MM:SS>`. The latest window
+  wins (then the latest batch, then the lowest level); a purchase counts at its window's end.
+
+A device that reported nothing is unknown, not "no purchase": a rule needs data to hold.
+Rules are evaluated at the gateway; a campaign whose targeting is only profiles or only
+regions is expressed as cohorts instead, so it costs one publish per cohort, not one per
+device.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -97,6 +104,18 @@ class DeviceFacts:
     member_tier: int | None = None
     levels: Mapping[str, float] = field(default_factory=dict)
     last_purchase: Mapping[str, datetime] = field(default_factory=dict)
+    reported: bool = False
+    """True once the device reported any usage (signals or aggregates): rules need data."""
+
+    @property
+    def has_data(self) -> bool:
+        """Whether the device reported anything a rule can be judged on."""
+        return (
+            self.reported
+            or self.member_tier is not None
+            or bool(self.levels)
+            or bool(self.last_purchase)
+        )
 
     @property
     def regions(self) -> frozenset[str]:
@@ -107,6 +126,8 @@ def rule_holds(
     rule: NoPurchaseRule | ConsumableBelowRule, facts: DeviceFacts, now: datetime
 ) -> bool:
     if isinstance(rule, NoPurchaseRule):
+        if not facts.has_data:
+            return False  # no data: unknown, not "bought nothing"
         last = facts.last_purchase.get(rule.category)
         return last is None or last < now - timedelta(days=rule.days)
     level = facts.levels.get(rule.category)
@@ -139,3 +160,31 @@ def selects(
     if targeting.member_tiers and facts.member_tier not in targeting.member_tiers:
         return False
     return all(rule_holds(rule, facts, now) for rule in targeting.rules)
+
+
+def window_bounds(label: str) -> tuple[datetime, datetime] | None:
+    """(start, end) of an aggregate window label (`1h:...`, `1d:...`, `<n>s:...`), else None."""
+    length, _, start = label.partition(":")
+    formats = {"1h": ("%Y-%m-%dT%H", 3600), "1d": ("%Y-%m-%d", 86_400)}
+    try:
+        if length in formats:
+            fmt, seconds = formats[length]
+        elif length.endswith("s") and length[:-1].isdigit():
+            fmt, seconds = "%Y-%m-%dT%H:%M:%S", int(length[:-1])
+        else:
+            return None
+        begin = datetime.strptime(start, fmt).replace(tzinfo=UTC)
+    except ValueError:
+        return None
+    return begin, begin + timedelta(seconds=seconds)
+
+
+def parse_aggregate_key(key: str) -> tuple[str, dict[str, str]]:
+    """`kind/name=value/...` -> (kind, {name: value}); parts without `=` are ignored."""
+    kind, *parts = key.split("/")
+    fields: dict[str, str] = {}
+    for part in parts:
+        name, eq, value = part.partition("=")
+        if eq:
+            fields[name] = value
+    return kind, fields

@@ -9,9 +9,22 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from cloud_gateway.campaigns import CampaignIn, due_action, new_campaign, transition
+from cloud_gateway.campaigns import (
+    CampaignIn,
+    build_catalog,
+    build_offers,
+    due_action,
+    new_campaign,
+    transition,
+)
 from cloud_gateway.results import uplift, wilson
-from cloud_gateway.targeting import DeviceFacts, Targeting, selects
+from cloud_gateway.targeting import (
+    DeviceFacts,
+    Targeting,
+    parse_aggregate_key,
+    selects,
+    window_bounds,
+)
 from protocol.codec import field_errors
 from protocol.ids import utcnow
 
@@ -89,6 +102,27 @@ def test_rules_select_on_reported_facts() -> None:
     )
     assert not selects(targeting, ["all"], elsewhere, now)
     assert not selects(None, ["profile:tv"], needs, now)  # outside the campaign's cohorts
+    no_purchase = Targeting.model_validate(
+        {"rules": [{"kind": "no_purchase", "category": "appliances", "days": 30}]}
+    )
+    silent = DeviceFacts("hub-5", "hub", frozenset({"all"}))
+    assert not selects(no_purchase, ["all"], silent, now)  # no data is unknown, not "none"
+    talking = DeviceFacts("hub-6", "hub", frozenset({"all"}), reported=True)
+    assert selects(no_purchase, ["all"], talking, now)
+
+
+def test_aggregate_labels_and_keys_parse() -> None:
+    start, end = window_bounds("1h:2026-11-27T06") or (None, None)
+    assert start is not None and end is not None and (end - start) == timedelta(hours=1)
+    assert start.isoformat() == "2026-11-27T06:00:00+00:00"
+    assert window_bounds("900s:2026-11-27T06:15:00") is not None
+    assert window_bounds("1d:2026-11-27") is not None
+    assert window_bounds("1h:garbage") is None and window_bounds("week:1") is None
+    assert parse_aggregate_key("consumable_level/category=f/level=0.12") == (
+        "consumable_level",
+        {"category": "f", "level": "0.12"},
+    )
+    assert parse_aggregate_key("search") == ("search", {})
 
 
 def test_push_mode_follows_targeting() -> None:
@@ -129,3 +163,24 @@ def test_schedule_moves_states_on_time() -> None:
     assert live.state == "live"
     assert due_action(live, now + timedelta(hours=3)) == "end"
     assert transition(live, "end", now + timedelta(hours=3)).state == "ended"
+
+
+def test_a_variant_weighted_zero_reaches_nobody() -> None:
+    now = utcnow()
+    spec = CampaignIn.model_validate(
+        {
+            "name": "c",
+            "cohorts": ["all"],
+            "variants": {"a": 1, "b": 0},
+            "offers": [
+                {**OFFER, "id": "oa", "variant": "a"},
+                {**OFFER, "id": "ob", "variant": "b"},
+            ],
+        }
+    )
+    campaign = transition(new_campaign(spec, now), "launch", now)
+    assert not campaign.per_device  # one live variant: a cohort catalog
+    bundle, per_campaign = build_catalog("all", [campaign], now, timedelta(days=1))
+    assert [o.id for o in bundle.offers] == ["oa"]
+    assert per_campaign == {campaign.id: 1}
+    assert build_offers(campaign, now, now + timedelta(days=1), variant="b") == []

@@ -68,5 +68,15 @@ def test_aggregate_windows_and_keys() -> None:
     assert window_end("900s:2025-11-27T06:15:00") == 1_764_223_200.0 + 1800
     assert aggregate_key("search", {"query_len": 3}) == "search"
     assert aggregate_key("app_open", {"category": "games"}) == "app_open/category=games"
+    # States the gateway targets on are part of the key (the count stays one per signal).
+    level = {"category": "purifier_filter", "level": 0.125}
+    assert (
+        aggregate_key("consumable_level", level)
+        == "consumable_level/category=purifier_filter/level=0.12"
+    )
+    assert aggregate_key("consumable_level", {"category": "x", "level": True}) == (
+        "consumable_level/category=x"
+    )
+    assert aggregate_key("member_tier", {"tier": 7}) == "member_tier/tier=3"
     assert seconds_of({"seconds": True}) == 0.0 and seconds_of({"seconds": -5}) == 0.0
     assert hit("content_view", {"seconds": 30}, at, 3600).seconds == 30.0

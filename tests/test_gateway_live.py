@@ -369,11 +369,13 @@ async def test_http_api_campaign_push_pause_and_stats(
             assert "CampaignIn" in doc["components"]["schemas"]
         audit = await gw.db.call(Store.audit_log)
         assert [a["action"] for a in reversed(audit)] == [
+            "token.create",
             "campaign.create",
             "campaign.launch",
             "campaign.pause",
         ]
-        assert all(a["who"].startswith("token:") for a in audit)
+        assert all(a["who"].startswith("token:") for a in audit[:-1])
+        assert audit[-1]["target"].startswith("token:")  # the token's creation, by the CLI user
 
 
 # ---------------------------------------------------------------- link faults, shared groups, CLI

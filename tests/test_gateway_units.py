@@ -223,8 +223,12 @@ def test_token_create_cli_subprocess(tmp_path: Path) -> None:
     assert verify(store, lines[0]) is not None
     assert verify(store, lines[0] + "x") is None
     assert lines[0] not in (data_dir / "gateway.db").read_bytes().decode("latin-1")
+    [entry] = store.audit_log()  # who created which token, and when (never the secret)
+    assert entry["action"] == "token.create" and entry["who"].startswith("cli")
+    assert entry["target"] == f"token:{verify(store, lines[0])}"
     store.close()
-    assert verify(Store(data_dir / "gateway.db"), create_token(data_dir)) is not None
+    assert verify(Store(data_dir / "gateway.db"), create_token(data_dir, "ops:alice")) is not None
+    assert Store(data_dir / "gateway.db").audit_log()[0]["who"] == "ops:alice"
 
 
 def test_cli_errors_are_one_line_and_exit_2(tmp_path: Path) -> None:
