@@ -24,6 +24,7 @@ from agent.aggregates import AggregateHit, signal_charge
 from agent.errors import QuotaExceeded, StoreError
 from agent.schema import MIGRATIONS
 from agent.store_decisions import DecisionRows
+from agent.store_erasure import ErasureRows
 from agent.store_offers import OfferRows
 
 T = TypeVar("T")
@@ -111,7 +112,7 @@ BatchBuilder = Callable[
 MAX_AGGREGATES_PER_BATCH = 2000
 
 
-class Store(OfferRows, DecisionRows):
+class Store(OfferRows, DecisionRows, ErasureRows):
     """Async facade over one SQLite file; all SQL runs on one dedicated thread."""
 
     def __init__(

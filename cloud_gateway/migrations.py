@@ -260,3 +260,17 @@ def issue5_model_registry(db: Database) -> None:
 def issue3_aggregates_latest(db: Database) -> None:
     """Aggregates are cumulative snapshots: find a device's row per (window, key) fast."""
     db.execute("CREATE INDEX aggregates_latest ON aggregates (device_id, window, key)")
+
+
+@migration
+def erasure_device_commands(db: Database) -> None:
+    """Signed commands to one device (`forget` after an erasure), re-sent until its receipt."""
+    db.execute(
+        "CREATE TABLE device_commands (id TEXT PRIMARY KEY, device_id TEXT NOT NULL,"
+        " kind TEXT NOT NULL, payload TEXT NOT NULL, created_at TEXT NOT NULL,"
+        " expires_at TEXT NOT NULL, sent_at TEXT, sends INTEGER NOT NULL DEFAULT 0,"
+        " receipt_at TEXT, requested_by TEXT)"
+    )
+    db.execute(
+        "CREATE INDEX device_commands_outstanding ON device_commands (device_id, receipt_at)"
+    )
