@@ -16,6 +16,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+from agent.commands import Commands
 from agent.config import AgentSettings, load_settings
 from agent.daemon import Agent
 from agent.metrics import Metrics
@@ -136,8 +137,6 @@ def test_export_holds_everything_and_erasure_removes_it_keeping_stock(tmp_path: 
 
 
 async def test_agent_obeys_only_signed_fresh_commands_for_itself_once(tmp_path: Path) -> None:
-    from agent.commands import Commands  # noqa: PLC0415
-
     signer, stranger = Signer.generate("k1"), Signer.generate("k1")
     store = AgentStore(tmp_path / "agent.sqlite3")
     await store.open()
