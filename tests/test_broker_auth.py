@@ -387,3 +387,25 @@ async def test_gateway_and_agent_over_tls_with_a_ca_file(
             await agent.accept_signals([{"kind": "app_open", "attrs": {"app": "tls"}}])
             assert await agent.drain(10)
         assert gw.counters["signals_stored"] == 1
+
+
+def test_a_missing_password_file_is_one_clear_line_and_exit_2(tmp_path: Path) -> None:
+    missing = str(tmp_path / "no-such-password")
+    for args in (
+        [
+            *("agent", "run", "--profile", "tv", "--device-id", "tv-cli-0001"),
+            *("--broker", "mqtt://127.0.0.1:1", "--data-dir", str(tmp_path / "dev")),
+            *("--trust", str(tmp_path / "trust.json"), "--mqtt-password-file", missing),
+        ],
+        [
+            *("gateway", "run", "--broker", "mqtt://127.0.0.1:1"),
+            *("--data-dir", str(tmp_path / "gw"), "--http-port", "0"),
+            *("--mqtt-username", "gateway", "--mqtt-password-file", missing),
+        ],
+    ):
+        proc = subprocess.run(
+            [*EDGEMART, *args], capture_output=True, text=True, timeout=60, check=False
+        )
+        assert proc.returncode == 2, proc.stderr
+        assert "mqtt_password_file" in proc.stderr and missing in proc.stderr
+        assert "Traceback" not in proc.stderr
