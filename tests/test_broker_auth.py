@@ -344,6 +344,22 @@ async def test_processes_authenticate_and_the_acl_confines_devices(
                 export = await r.json()
             assert len(export["signals"]) == 40
             assert forged not in {s["id"] for s in export["signals"]}
+
+            # erasure through the same ACL: forget on its down/cmd, receipt on its up/batch
+            async with http.delete(f"{gw}/v1/devices/{device}", headers=auth) as r:
+                assert r.status == 202, await r.text()
+                assert (await r.json())["removed"]["signals"] == 40
+
+            async def forgotten() -> bool:
+                async with http.get(f"{dev}/v1/status") as r:
+                    status = await r.json()
+                if status["counters"].get("forgets") != 1 or status["outbox_depth"]:
+                    return False
+                async with http.get(f"{gw}/v1/stats", headers=auth) as r:
+                    stats = await r.json()
+                return bool(stats["devices_erased"] == stats["device_commands_confirmed"] == 1)
+
+            await _eventually(forgotten)
     finally:
         if agent is not None:
             _stop(agent)
