@@ -22,14 +22,14 @@ from protocol.topics import COHORT_RE, DEVICE_ID_RE, PROFILE_RE, Topics
 log = logging.getLogger(__name__)
 
 ENV_PREFIX = "EDGEMART_"
-CREDENTIAL_ENV = (
-    "EDGEMART_MQTT_USERNAME",
-    "EDGEMART_MQTT_PASSWORD",
-    "EDGEMART_MQTT_PASSWORD_FILE",
-    "EDGEMART_MQTT_CA_FILE",
-)
-"""Broker credentials from the environment, the same names for agent and gateway; they are
-not profile keys (the profile layer skips them)."""
+CREDENTIAL_ENV = {
+    "EDGEMART_MQTT_USERNAME": "mqtt_username",
+    "EDGEMART_MQTT_PASSWORD": "mqtt_password",
+    "EDGEMART_MQTT_PASSWORD_FILE": "mqtt_password_file",
+    "EDGEMART_MQTT_CA_FILE": "mqtt_ca_file",
+}
+"""Broker credentials from the environment, the same names for agent and gateway: agent
+keys of the environment layer (a clear password is taken from there only)."""
 AGENT_KEYS = frozenset(
     {
         "topic_root",
@@ -210,28 +210,19 @@ def read_secret(path: Path, field: str) -> str:
     return secret
 
 
-def _credentials(
-    url: broker_url.BrokerUrl, agent_doc: Mapping[str, Any], environ: Mapping[str, str]
-) -> dict[str, Any]:
-    """Broker username, password and TLS: `[agent]` keys (options), then the environment,
-    then the URL. A password in the URL works but is visible in the process list: warned."""
-    if "mqtt_password" in agent_doc:
-        raise ConfigError(
-            "a password is never configured in clear: use mqtt_password_file or"
-            " EDGEMART_MQTT_PASSWORD",
-            field="agent.mqtt_password",
-        )
-    out: dict[str, Any] = {}
-    username = agent_doc.get("mqtt_username") or environ.get("EDGEMART_MQTT_USERNAME")
-    password_file = agent_doc.get("mqtt_password_file") or environ.get(
-        "EDGEMART_MQTT_PASSWORD_FILE"
-    )
+def _credentials(url: broker_url.BrokerUrl, agent_doc: Mapping[str, Any]) -> dict[str, Any]:
+    """Broker username, password and TLS from the merged agent keys (options over the
+    environment over the config file), then the URL. The password: a file first, then
+    `EDGEMART_MQTT_PASSWORD`, then the URL (visible in the process list: warned)."""
+    out: dict[str, Any] = {"mqtt_password": None}
+    username = agent_doc.get("mqtt_username")
+    password_file = agent_doc.get("mqtt_password_file")
     password: str | None = None
     if password_file:
         out["mqtt_password_file"] = Path(password_file)
         password = read_secret(Path(password_file), "mqtt_password_file")
-    elif environ.get("EDGEMART_MQTT_PASSWORD"):
-        password = environ["EDGEMART_MQTT_PASSWORD"]
+    elif agent_doc.get("mqtt_password"):
+        password = str(agent_doc["mqtt_password"])
     elif url.password is not None:
         log.warning(
             "the broker password is in the broker URL, visible in the process list;"
@@ -243,12 +234,13 @@ def _credentials(
         out["mqtt_username"] = username
     if password is not None:
         out["mqtt_password"] = SecretStr(password)
-    ca_file = agent_doc.get("mqtt_ca_file") or environ.get("EDGEMART_MQTT_CA_FILE")
+    ca_file = agent_doc.get("mqtt_ca_file")
     if ca_file:
         if not Path(ca_file).is_file():
             raise ConfigError("CA file not found", source=str(ca_file), field="mqtt_ca_file")
         out["mqtt_ca_file"] = Path(ca_file)
-    out["mqtt_tls"] = bool(url.tls or ca_file or agent_doc.get("mqtt_tls"))
+    if url.tls or ca_file:
+        out["mqtt_tls"] = True  # otherwise `mqtt_tls` as the layers set it (validated)
     return out
 
 
@@ -286,7 +278,11 @@ def _env_layer(environ: Mapping[str, str]) -> dict[str, Any]:
     """`EDGEMART_UPLINK__ACK_TIMEOUT_S=1.5` -> `{"uplink": {"ack_timeout_s": "1.5"}}`."""
     doc: dict[str, Any] = {}
     for name, raw in environ.items():
-        if not name.startswith(ENV_PREFIX) or name in CREDENTIAL_ENV:
+        if name in CREDENTIAL_ENV:
+            if raw:
+                doc.setdefault("agent", {})[CREDENTIAL_ENV[name]] = raw
+            continue
+        if not name.startswith(ENV_PREFIX):
             continue
         path = name[len(ENV_PREFIX) :].lower().split("__")
         if not all(path):
@@ -368,12 +364,19 @@ def load_settings(  # noqa: PLR0917  # the published seam takes these positional
     source = str(profile_file)
     for source, layer in layers:
         prof_part, agent_part = _split(layer)
+        if "mqtt_password" in agent_part and source != "environment":
+            raise ConfigError(
+                "a password is never configured in clear: use mqtt_password_file or"
+                " EDGEMART_MQTT_PASSWORD",
+                source=source,
+                field="agent.mqtt_password",
+            )
         profile_doc = _merge(profile_doc, prof_part)
         agent_doc = _merge(agent_doc, agent_part)
         _validate_profile(profile_doc, source)
     validated = _validate_profile(profile_doc, source)
     url = _broker(broker)
-    credentials = _credentials(url, agent_doc, env)
+    credentials = _credentials(url, agent_doc)
     if "mqtt_password" in credentials and "mqtt_username" not in credentials:
         credentials["mqtt_username"] = device_id  # the broker ACL's %u is the device id
     try:

@@ -185,6 +185,20 @@ def test_credentials_come_from_files_env_or_url_and_stay_secret(
     assert "process list" in caplog.text and "s3cret-url" not in caplog.text
     with pytest.raises(ConfigError, match="mqtt_password"):
         load_settings(broker="mqtt://h", overrides={"agent": {"mqtt_password": "x"}}, **args)
+    # an option beats the environment, which beats the config file
+    conf = tmp_path / "agent.toml"
+    conf.write_text('[agent]\nmqtt_username = "from-file"\nmqtt_tls = true\n')
+    env = {"EDGEMART_MQTT_USERNAME": "from-env", "EDGEMART_MQTT_PASSWORD": "p"}
+    s = load_settings(broker="mqtt://h", config_file=conf, environ=env, **args)
+    assert (s.mqtt_username, s.mqtt_tls) == ("from-env", True)
+    s = load_settings(
+        broker="mqtt://h",
+        config_file=conf,
+        environ=env,
+        overrides={"mqtt_username": "from-option"},
+        **args,
+    )
+    assert s.mqtt_username == "from-option"
     with pytest.raises(ConfigError, match="mqtt_password_file"):
         load_settings(broker="mqtt://h", overrides={"mqtt_password_file": "/nope"}, **args)
 
