@@ -44,6 +44,7 @@ class DeviceOut(BaseModel):
     batches: int | None = None
     signals_stored: int | None = None
     outcomes_stored: int | None = None
+    aggregates_cover: int | None = None
 
 
 class DeviceList(BaseModel):

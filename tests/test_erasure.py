@@ -26,6 +26,7 @@ from cloud_gateway.auth import create_token
 from cloud_gateway.campaign_store import init_stock
 from cloud_gateway.config import GatewaySettings
 from cloud_gateway.erasure import confirm_commands, erase_device
+from cloud_gateway.openapi import DeviceErased, DeviceExport
 from cloud_gateway.service import Gateway
 from cloud_gateway.store import Store
 from edgemart.broker import MosquittoProcess
@@ -100,6 +101,7 @@ def test_export_holds_everything_and_erasure_removes_it_keeping_stock(tmp_path: 
     assert [c["id"] for c in export["claims"]] == ["cl-tv-erase-1"]
     assert [g["code"] for g in export["grants"]] == ["CODE1"]
     assert len(export["signals"]) == len(export["outcomes"]) == 1
+    DeviceExport.model_validate(export)  # what /openapi.json promises
 
     command = {"id": "cmd-1", "kind": "forget", "expires_at": format_time(utcnow())}
     removed = erase_device(store, "tv-erase-1", command, "token:t", utcnow())
@@ -253,6 +255,7 @@ async def test_erasure_end_to_end_through_mosquitto(
             async with http.delete(f"/v1/devices/{device}") as r:
                 assert r.status == 202, await r.text()
                 erased = await r.json()
+            DeviceErased.model_validate(erased)
             assert erased["removed"]["signals"] == 5 and erased["removed"]["registry"] == 1
             async with http.get(f"/v1/devices/{device}/export") as r:
                 assert r.status == 404
