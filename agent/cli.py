@@ -8,6 +8,7 @@ import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from agent.config import load_settings
 from agent.errors import AgentError
@@ -31,7 +32,7 @@ def _add_verbs(parser: argparse.ArgumentParser) -> None:
     run = verbs.add_parser("run", help="run the agent daemon until SIGTERM/SIGINT")
     run.add_argument("--profile", required=True, help="firmware profile name or .toml path")
     run.add_argument("--device-id", required=True)
-    run.add_argument("--broker", required=True, help="mqtt://HOST:PORT")
+    run.add_argument("--broker", required=True, help="mqtt://HOST:PORT or mqtts://HOST:PORT")
     run.add_argument("--data-dir", required=True, type=Path)
     run.add_argument(
         "--api-port",
@@ -41,6 +42,23 @@ def _add_verbs(parser: argparse.ArgumentParser) -> None:
     )
     run.add_argument("--trust", required=True, type=Path, help="the pinned trust.json")
     run.add_argument("--config", type=Path, default=None, help="a TOML config file")
+    run.add_argument(
+        "--mqtt-username",
+        default=None,
+        help="broker username (env EDGEMART_MQTT_USERNAME; default: the device id)",
+    )
+    run.add_argument(
+        "--mqtt-password-file",
+        type=Path,
+        default=None,
+        help="file holding the broker password (env EDGEMART_MQTT_PASSWORD[_FILE])",
+    )
+    run.add_argument(
+        "--mqtt-ca-file",
+        type=Path,
+        default=None,
+        help="CA bundle for TLS to the broker (implies TLS; or use an mqtts:// URL)",
+    )
     run.add_argument("-v", "--verbose", action="count", default=0)
     run.set_defaults(func=cmd_run)
 
@@ -49,6 +67,16 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     """Add the `agent` group to the `edgemart` command."""
     parser = subparsers.add_parser("agent", help="the on-device agent")
     _add_verbs(parser)
+
+
+def _credential_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The broker credential options given on the command line, as agent-level overrides."""
+    given = {
+        "mqtt_username": args.mqtt_username,
+        "mqtt_password_file": args.mqtt_password_file,
+        "mqtt_ca_file": args.mqtt_ca_file,
+    }
+    return {k: str(v) if isinstance(v, Path) else v for k, v in given.items() if v is not None}
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -73,6 +101,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             api_port=api_port,
             trust=args.trust,
             config_file=args.config,
+            overrides=_credential_options(args),
         )
         if profile_port:
             settings = settings.model_copy(update={"api_port": settings.profile.api_port})

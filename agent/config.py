@@ -3,25 +3,47 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
-from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, StringConstraints, ValidationError
 
 import firmware_profiles
 from agent.errors import ConfigError
+from protocol import broker_url
 from protocol.codec import field_errors
 from protocol.topics import COHORT_RE, DEVICE_ID_RE, PROFILE_RE, Topics
 
+log = logging.getLogger(__name__)
+
 ENV_PREFIX = "EDGEMART_"
+CREDENTIAL_ENV = {
+    "EDGEMART_MQTT_USERNAME": "mqtt_username",
+    "EDGEMART_MQTT_PASSWORD": "mqtt_password",
+    "EDGEMART_MQTT_PASSWORD_FILE": "mqtt_password_file",
+    "EDGEMART_MQTT_CA_FILE": "mqtt_ca_file",
+}
+"""Broker credentials from the environment, the same names for agent and gateway: agent
+keys of the environment layer (a clear password is taken from there only)."""
 AGENT_KEYS = frozenset(
-    {"topic_root", "max_request_bytes", "max_request_items", "seen_ids_max", "mqtt_keepalive_s"}
+    {
+        "topic_root",
+        "max_request_bytes",
+        "max_request_items",
+        "seen_ids_max",
+        "mqtt_keepalive_s",
+        "mqtt_username",
+        "mqtt_password_file",
+        "mqtt_ca_file",
+        "mqtt_tls",
+    }
 )
+MAX_SECRET_BYTES = 4096
 
 Name = Annotated[str, StringConstraints(pattern=r"^[a-z0-9_.:-]{1,64}$")]
 
@@ -136,6 +158,15 @@ class AgentSettings(_Strict):
     max_request_items: Annotated[int, Field(ge=1, le=100_000)] = 1000
     seen_ids_max: Annotated[int, Field(ge=10, le=1_000_000)] = 10_000
     mqtt_keepalive_s: Annotated[int, Field(ge=5, le=3600)] = 30
+    mqtt_username: Annotated[str, StringConstraints(min_length=1, max_length=256)] | None = None
+    """The broker username; with a password and no username, the device id (the ACL's %u)."""
+    mqtt_password: SecretStr | None = None
+    """From `mqtt_password_file`, `EDGEMART_MQTT_PASSWORD` or the URL; never logged."""
+    mqtt_password_file: Path | None = None
+    mqtt_tls: bool = False
+    """TLS to the broker (also set by an `mqtts://` URL or a CA file)."""
+    mqtt_ca_file: Path | None = None
+    """CA bundle to verify the broker's certificate; the system's CAs when not given."""
 
     @property
     def topics(self) -> Topics:
@@ -151,17 +182,68 @@ class AgentSettings(_Strict):
 
 
 def parse_broker_url(url: str) -> tuple[str, int]:
-    """`mqtt://HOST:PORT` (port 1883 by default) to (host, port)."""
-    parts = urlsplit(url if "://" in url else f"mqtt://{url}")
-    if parts.scheme not in ("mqtt", "tcp"):
-        raise ConfigError(f"broker URL {url!r} must start with mqtt://", field="broker")
+    """`mqtt://HOST:PORT` (port 1883 by default; `mqtts://` 8883) to (host, port)."""
+    parsed = _broker(url)
+    return parsed.host, parsed.port
+
+
+def _broker(url: str) -> broker_url.BrokerUrl:
     try:
-        port = parts.port or 1883
+        return broker_url.parse_broker_url(url, bare_host=True)
     except ValueError as exc:
-        raise ConfigError(f"broker URL {url!r} has a bad port", field="broker") from exc
-    if not parts.hostname:
-        raise ConfigError(f"broker URL {url!r} has no host", field="broker")
-    return parts.hostname, port
+        raise ConfigError(str(exc), field="broker") from exc
+
+
+def read_secret(path: Path, field: str) -> str:
+    """A password file's content without its trailing newline (blocking: at start-up)."""
+    try:
+        with path.open("rb") as handle:
+            raw = handle.read(MAX_SECRET_BYTES + 1)
+    except OSError as exc:
+        raise ConfigError(f"cannot read: {exc.strerror}", source=str(path), field=field) from exc
+    if len(raw) > MAX_SECRET_BYTES:
+        raise ConfigError("larger than a password can be", source=str(path), field=field)
+    try:
+        secret = raw.decode().rstrip("\r\n")
+    except UnicodeDecodeError as exc:
+        raise ConfigError("not UTF-8", source=str(path), field=field) from exc
+    if not secret:
+        raise ConfigError("the file is empty", source=str(path), field=field)
+    return secret
+
+
+def _credentials(url: broker_url.BrokerUrl, agent_doc: Mapping[str, Any]) -> dict[str, Any]:
+    """Broker username, password and TLS from the merged agent keys (options over the
+    environment over the config file), then the URL. The password: a file first, then
+    `EDGEMART_MQTT_PASSWORD`, then the URL (visible in the process list: warned)."""
+    out: dict[str, Any] = {"mqtt_password": None}
+    username = agent_doc.get("mqtt_username")
+    password_file = agent_doc.get("mqtt_password_file")
+    password: str | None = None
+    if password_file:
+        out["mqtt_password_file"] = Path(password_file)
+        password = read_secret(Path(password_file), "mqtt_password_file")
+    elif agent_doc.get("mqtt_password"):
+        password = str(agent_doc["mqtt_password"])
+    elif url.password is not None:
+        log.warning(
+            "the broker password is in the broker URL, visible in the process list;"
+            " prefer --mqtt-password-file or EDGEMART_MQTT_PASSWORD"
+        )
+        password = url.password
+    username = username or url.username
+    if username:
+        out["mqtt_username"] = username
+    if password is not None:
+        out["mqtt_password"] = SecretStr(password)
+    ca_file = agent_doc.get("mqtt_ca_file")
+    if ca_file:
+        if not Path(ca_file).is_file():
+            raise ConfigError("CA file not found", source=str(ca_file), field="mqtt_ca_file")
+        out["mqtt_ca_file"] = Path(ca_file)
+    if url.tls or ca_file:
+        out["mqtt_tls"] = True  # otherwise `mqtt_tls` as the layers set it (validated)
+    return out
 
 
 def _read_toml(path: Path) -> dict[str, Any]:
@@ -198,6 +280,10 @@ def _env_layer(environ: Mapping[str, str]) -> dict[str, Any]:
     """`EDGEMART_UPLINK__ACK_TIMEOUT_S=1.5` -> `{"uplink": {"ack_timeout_s": "1.5"}}`."""
     doc: dict[str, Any] = {}
     for name, raw in environ.items():
+        if name in CREDENTIAL_ENV:
+            if raw:
+                doc.setdefault("agent", {})[CREDENTIAL_ENV[name]] = raw
+            continue
         if not name.startswith(ENV_PREFIX):
             continue
         path = name[len(ENV_PREFIX) :].lower().split("__")
@@ -270,7 +356,8 @@ def load_settings(  # noqa: PLR0917  # the published seam takes these positional
     layers: list[tuple[str, Mapping[str, Any]]] = []
     if config_file is not None:
         layers.append((str(config_file), _read_toml(config_file)))
-    layers.append(("environment", _env_layer(os.environ if environ is None else environ)))
+    env = os.environ if environ is None else environ
+    layers.append(("environment", _env_layer(env)))
     if overrides:
         ov = dict(overrides)
         top_agent = {k: ov.pop(k) for k in list(ov) if k in AGENT_KEYS}
@@ -279,18 +366,29 @@ def load_settings(  # noqa: PLR0917  # the published seam takes these positional
     source = str(profile_file)
     for source, layer in layers:
         prof_part, agent_part = _split(layer)
+        if "mqtt_password" in agent_part and source != "environment":
+            raise ConfigError(
+                "a password is never configured in clear: use mqtt_password_file or"
+                " EDGEMART_MQTT_PASSWORD",
+                source=source,
+                field="agent.mqtt_password",
+            )
         profile_doc = _merge(profile_doc, prof_part)
         agent_doc = _merge(agent_doc, agent_part)
         _validate_profile(profile_doc, source)
     validated = _validate_profile(profile_doc, source)
-    host, port = parse_broker_url(broker)
+    url = _broker(broker)
+    credentials = _credentials(url, agent_doc)
+    if "mqtt_password" in credentials and "mqtt_username" not in credentials:
+        credentials["mqtt_username"] = device_id  # the broker ACL's %u is the device id
     try:
         settings = AgentSettings.model_validate(
             {
                 **agent_doc,
+                **credentials,
                 "device_id": device_id,
-                "broker_host": host,
-                "broker_port": port,
+                "broker_host": url.host,
+                "broker_port": url.port,
                 "data_dir": Path(data_dir),
                 "api_port": api_port,
                 "trust": Path(trust),

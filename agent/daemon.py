@@ -19,6 +19,7 @@ from agent import AGENT_VERSION, attribution
 from agent.aggregates import hit as aggregate_hit
 from agent.api import LocalApi
 from agent.claims import Claims
+from agent.commands import Commands
 from agent.config import AgentSettings
 from agent.consent import ConsentState, parse_purposes
 from agent.decisions import Decisions
@@ -103,6 +104,7 @@ class Agent:
             on_model_failure=self._model_failed,
         )
         self.claims: Claims | None = None
+        self.commands: Commands | None = None
 
     # ------------------------------------------------------------ public seam
 
@@ -411,6 +413,9 @@ class Agent:
             offer=self.offers.get,
         )
         await self.claims.start()
+        self.commands = Commands(
+            settings.device_id, self.store, verifier, self.metrics, on_forget=self._forgotten
+        )
         self.link = Link(
             settings,
             birth=self._birth,
@@ -517,8 +522,19 @@ class Agent:
             await self.claims.handle_result(message.payload)
             if self.uplink is not None:
                 self.uplink.poke()  # a receipt to send
+        elif message.kind == "cmd" and self.commands is not None:
+            if await self.commands.handle(message.payload) and self.uplink is not None:
+                self.uplink.poke(flush=True)  # a receipt to send
         else:
             log.debug("not handled yet: %s on %s", message.kind, message.topic)
+
+    async def _forgotten(self, removed: dict[str, int]) -> None:
+        """A `forget` was committed: drop what memory still holds of the erased data."""
+        self.windows = FeatureWindows()
+        self.decisions.forget(utcnow())
+        if self.claims is not None:
+            self.claims.refused = frozenset()
+        self.metrics.inc("signals_forgotten", removed.get("signals", 0))
 
     def _outcome_stored(self) -> None:
         if self.uplink is not None:

@@ -76,6 +76,13 @@ class Decisions:
             QuietWindow(parse_hhmm(q.start), parse_hhmm(q.end)) for q in policy.quiet_hours
         )
 
+    def forget(self, now: datetime) -> None:
+        """After an erasure: no remembered decision, no impression counted today."""
+        self._last.clear()
+        self._features.clear()
+        self._counterfactual_at.clear()
+        self.caps = CapCounts.load([], self.local_day(now))
+
     def local_day(self, now: datetime) -> int:
         """The device-local day (proleptic ordinal) daily caps count in."""
         return now.astimezone(self._settings.tz).date().toordinal()

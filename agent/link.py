@@ -8,6 +8,7 @@ import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import Any
 
 import aiomqtt
 
@@ -134,6 +135,7 @@ class Link:
             keepalive=settings.mqtt_keepalive_s,
             timeout=10.0,
             max_queued_incoming_messages=10_000,
+            **mqtt_auth(settings),
         ) as client:
             await client.publish(
                 self.topics.state(settings.device_id),
@@ -211,6 +213,20 @@ class Link:
             )
         except LinkDown as exc:
             log.debug("no goodbye: %s", exc)
+
+
+def mqtt_auth(settings: AgentSettings) -> dict[str, Any]:
+    """aiomqtt's username, password and TLS arguments for the device's own credentials."""
+    password = settings.mqtt_password
+    tls = None
+    if settings.mqtt_tls:
+        ca = str(settings.mqtt_ca_file) if settings.mqtt_ca_file is not None else None
+        tls = aiomqtt.TLSParameters(ca_certs=ca)
+    return {
+        "username": settings.mqtt_username,
+        "password": password.get_secret_value() if password is not None else None,
+        "tls_params": tls,
+    }
 
 
 def _reraise_if_cancelling() -> None:

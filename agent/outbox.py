@@ -57,6 +57,8 @@ def drop_counts(db: sqlite3.Connection) -> dict[str, int]:
         "withdrawn": meta_int(db, "dropped_withdrawn"),
         "refused": meta_int(db, "signals_refused"),
         "outcomes_withdrawn": meta_int(db, "outcomes_withdrawn"),
+        "forgotten": meta_int(db, "dropped_forgotten"),
+        "forgets": meta_int(db, "forgets"),
     }
 
 

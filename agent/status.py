@@ -42,6 +42,7 @@ def accounting_of(agent: Agent) -> dict[str, Any]:
         "withdrawn": drops.get("withdrawn", 0),
         "refused": drops.get("refused", 0),
         "outcomes_withdrawn": drops.get("outcomes_withdrawn", 0),
+        "forgotten": drops.get("forgotten", 0),
         "aggregate_unacked": agent.store.aggregate_unacked,
         "mode": agent.uplink.mode() if agent.uplink is not None else None,
         "uplink_bytes_today": agent.uplink.used_today() if agent.uplink is not None else 0,

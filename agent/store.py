@@ -26,6 +26,7 @@ from agent.quota import DiskPlan
 from agent.quota import plan as quota_plan
 from agent.schema import MIGRATIONS
 from agent.store_decisions import DecisionRows
+from agent.store_erasure import ErasureRows
 from agent.store_offers import OfferRows
 
 T = TypeVar("T")
@@ -128,7 +129,7 @@ def _within_bytes(rows: Iterable[tuple[str, str, str, str]], limit: int) -> list
     return out
 
 
-class Store(OfferRows, DecisionRows):
+class Store(OfferRows, DecisionRows, ErasureRows):
     """Async facade over one SQLite file; all SQL runs on one dedicated thread."""
 
     def __init__(

@@ -25,12 +25,14 @@ from cloud_gateway import GATEWAY_VERSION
 from cloud_gateway.auth import TokenVerifier
 from cloud_gateway.campaign_store import fleet_summary
 from cloud_gateway.campaigns import Campaign, CampaignIn, CampaignStats
+from cloud_gateway.erasure import DeviceErasure
 from cloud_gateway.errors import Conflict, GatewayError, InvalidTransition, LinkDown, NotFound
 from cloud_gateway.ingest import REJECT_REASONS, public_counters
 from cloud_gateway.openapi import complete_document
 from cloud_gateway.push import CampaignService
 from cloud_gateway.store import Database, Store
 from protocol.codec import field_errors
+from protocol.topics import DEVICE_ID_RE
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +51,7 @@ class ApiContext:
     counters: Counter[str]
     registry: CollectorRegistry
     started: float
+    erasure: DeviceErasure | None = None
 
 
 CTX = web.AppKey("ctx", ApiContext)
@@ -216,6 +219,20 @@ async def get_device(request: web.Request) -> web.Response:
     if device is None:
         raise NotFound("device", device_id)
     return _json(device)
+
+
+async def erase_device(request: web.Request) -> web.Response:
+    """Erasure (DESIGN.md guarantee 4): 202 with what was removed; the device forgets next."""
+    device_id = request.match_info["id"]
+    erasure = request.app[CTX].erasure
+    if erasure is None:
+        raise ApiProblem(503, "Service Unavailable", "erasure is not wired in this gateway")
+    if not DEVICE_ID_RE.fullmatch(device_id):
+        raise NotFound("device", device_id)
+    result = await erasure.erase(device_id, _who(request))
+    if result is None:
+        raise NotFound("device", device_id)
+    return _json(result, status=202)
 
 
 async def export_device(request: web.Request) -> web.Response:
@@ -388,6 +405,7 @@ def build_app(ctx: ApiContext, max_body: int) -> web.Application:
     app.router.add_get("/v1/campaigns/{id}/stats", campaign_stats)
     app.router.add_get("/v1/devices", list_devices)
     app.router.add_get("/v1/devices/{id}", get_device)
+    app.router.add_delete("/v1/devices/{id}", erase_device)
     app.router.add_get("/v1/devices/{id}/export", export_device)
     add_campaign_ops_routes(app)
     return app

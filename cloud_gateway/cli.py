@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from cloud_gateway.auth import create_token
-from cloud_gateway.config import load_settings
+from cloud_gateway.config import load_settings, mqtt_credentials
 from cloud_gateway.errors import GatewayError
 from cloud_gateway.service import Gateway, run_gateway
 
@@ -21,8 +21,10 @@ def _run(args: argparse.Namespace) -> int:
         level=logging.WARNING if verbose <= 0 else logging.INFO if verbose == 1 else logging.DEBUG,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    credentials = mqtt_credentials(args.mqtt_username, args.mqtt_password_file, args.mqtt_ca_file)
     settings = load_settings(
         "command line",
+        **credentials,
         broker=args.broker,
         data_dir=args.data_dir,
         http_port=args.http_port,
@@ -64,12 +66,27 @@ def add_verbs(parser: argparse.ArgumentParser) -> None:
     verbs = parser.add_subparsers(dest="gateway_verb", required=True, metavar="VERB")
 
     run = verbs.add_parser("run", help="run the gateway until SIGTERM")
-    run.add_argument("--broker", required=True, help="mqtt://HOST:PORT")
+    run.add_argument("--broker", required=True, help="mqtt://HOST:PORT or mqtts://HOST:PORT")
     run.add_argument("--data-dir", required=True, type=Path, help="keys, trust.json, database")
     run.add_argument("--http-port", required=True, type=int, help="0 picks a free port")
     run.add_argument("--http-host", default=None, help="default 127.0.0.1")
     run.add_argument("--shared-group", default=None, help="consume as $share/GROUP/...")
     run.add_argument("--topic-root", default=None, help="default edgemart/v1")
+    run.add_argument(
+        "--mqtt-username", default=None, help="broker username (env EDGEMART_MQTT_USERNAME)"
+    )
+    run.add_argument(
+        "--mqtt-password-file",
+        type=Path,
+        default=None,
+        help="file holding the broker password (env EDGEMART_MQTT_PASSWORD[_FILE])",
+    )
+    run.add_argument(
+        "--mqtt-ca-file",
+        type=Path,
+        default=None,
+        help="CA bundle for TLS to the broker (implies TLS; or use an mqtts:// URL)",
+    )
     run.add_argument("-v", "--verbose", action="count", default=0, help="-v info, -vv debug")
     run.set_defaults(func=_guard, verb=_run)
 

@@ -3,33 +3,46 @@
 from __future__ import annotations
 
 import hashlib
+import logging
+import os
 import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any
-from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from cloud_gateway.errors import ConfigError
-from protocol import codec
+from protocol import broker_url, codec
 from protocol.topics import Topics
 
 GROUP_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 CLIENT_ID_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
 
 
+log = logging.getLogger(__name__)
+
+CREDENTIAL_ENV = (
+    "EDGEMART_MQTT_USERNAME",
+    "EDGEMART_MQTT_PASSWORD",
+    "EDGEMART_MQTT_PASSWORD_FILE",
+    "EDGEMART_MQTT_CA_FILE",
+)
+MAX_SECRET_BYTES = 4096
+
+
 def parse_broker_url(url: str) -> tuple[str, int]:
-    """`mqtt://HOST:PORT` (port defaults to 1883) to `(host, port)`; ValueError otherwise."""
-    parts = urlsplit(url)
-    if parts.scheme != "mqtt" or not parts.hostname:
-        raise ValueError(f"broker must look like mqtt://HOST:PORT, got {url!r}")
-    if parts.path not in ("", "/") or parts.query or parts.fragment:
-        raise ValueError(f"broker URL {url!r} has a path, query or fragment")
-    try:
-        port = parts.port or 1883
-    except ValueError as exc:
-        raise ValueError(f"broker URL {url!r} has a bad port") from exc
-    return parts.hostname, port
+    """`mqtt://HOST:PORT` (1883 by default; `mqtts://` 8883) to `(host, port)`; ValueError."""
+    parsed = broker_url.parse_broker_url(url)
+    return parsed.host, parsed.port
 
 
 class GatewaySettings(BaseModel):
@@ -71,11 +84,55 @@ class GatewaySettings(BaseModel):
     model_halt_min_devices: Annotated[int, Field(ge=1, le=1_000_000)] = 5
     """... and at least this many devices failed."""
 
+    mqtt_username: Annotated[str, Field(min_length=1, max_length=256)] | None = None
+    """The gateway's broker username (`gateway` in `deploy/edgemart.acl`)."""
+    mqtt_password: SecretStr | None = None
+    """From a file or the environment (`mqtt_credentials`); never logged."""
+    mqtt_tls: bool = False
+    """TLS to the broker (also set by an `mqtts://` URL or a CA file)."""
+    mqtt_ca_file: Path | None = None
+    """CA bundle to verify the broker's certificate; the system's CAs when not given."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _credentials_out_of_url(cls, data: Any) -> Any:
+        """`user:password@` in the broker URL moves to the credential fields (the URL kept
+        and logged has none); a password there is visible in the process list: warned."""
+        if not isinstance(data, dict) or not isinstance(data.get("broker"), str):
+            return data
+        try:
+            parsed = broker_url.parse_broker_url(data["broker"])
+        except ValueError:
+            return data  # reported by the field validator, naming the field
+        if parsed.username is None and parsed.password is None:
+            return data
+        out = {**data, "broker": parsed.redacted()}
+        out.setdefault("mqtt_username", parsed.username)
+        if parsed.password is not None and out.get("mqtt_password") is None:
+            log.warning(
+                "the broker password is in the broker URL, visible in the process list;"
+                " prefer --mqtt-password-file or EDGEMART_MQTT_PASSWORD"
+            )
+            out["mqtt_password"] = parsed.password
+        return out
+
     @field_validator("broker")
     @classmethod
     def _broker(cls, value: str) -> str:
         parse_broker_url(value)
         return value
+
+    @model_validator(mode="after")
+    def _tls(self) -> GatewaySettings:
+        if self.mqtt_ca_file is not None and not self.mqtt_ca_file.is_file():
+            raise ValueError(f"mqtt_ca_file {str(self.mqtt_ca_file)!r} is not a file")
+        return self
+
+    @property
+    def broker_tls(self) -> bool:
+        """TLS to the broker: an `mqtts://` URL, `mqtt_tls` or a CA file."""
+        tls = broker_url.parse_broker_url(self.broker).tls
+        return tls or self.mqtt_tls or self.mqtt_ca_file is not None
 
     @field_validator("topic_root")
     @classmethod
@@ -120,6 +177,57 @@ class GatewaySettings(BaseModel):
     @property
     def db_path(self) -> Path:
         return self.data_dir / "gateway.db"
+
+
+def read_secret(path: Path) -> str:
+    """A password file's content without its trailing newline (blocking: at start-up)."""
+    try:
+        with path.open("rb") as handle:
+            raw = handle.read(MAX_SECRET_BYTES + 1)
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot read: {exc.strerror}", field="mqtt_password_file", source=str(path)
+        ) from exc
+    try:
+        secret = raw.decode().rstrip("\r\n")
+    except UnicodeDecodeError as exc:
+        raise ConfigError("not UTF-8", field="mqtt_password_file", source=str(path)) from exc
+    if not secret or len(raw) > MAX_SECRET_BYTES:
+        raise ConfigError(
+            "empty, or larger than a password can be", field="mqtt_password_file", source=str(path)
+        )
+    return secret
+
+
+def mqtt_credentials(
+    username: str | None = None,
+    password_file: Path | None = None,
+    ca_file: Path | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> dict[str, Any]:
+    """Broker credentials for `load_settings`: options first, then `EDGEMART_MQTT_*`.
+
+    The password comes from a file (`password_file`, `EDGEMART_MQTT_PASSWORD_FILE`) or
+    `EDGEMART_MQTT_PASSWORD`, never from a command-line value.
+    """
+    env = os.environ if environ is None else environ
+    out: dict[str, Any] = {}
+    user = username or env.get("EDGEMART_MQTT_USERNAME")
+    if user:
+        out["mqtt_username"] = user
+    file = password_file or (
+        Path(env["EDGEMART_MQTT_PASSWORD_FILE"]) if env.get("EDGEMART_MQTT_PASSWORD_FILE") else None
+    )
+    if file is not None:
+        out["mqtt_password"] = SecretStr(read_secret(file))
+    elif env.get("EDGEMART_MQTT_PASSWORD"):
+        out["mqtt_password"] = SecretStr(env["EDGEMART_MQTT_PASSWORD"])
+    ca = ca_file or (
+        Path(env["EDGEMART_MQTT_CA_FILE"]) if env.get("EDGEMART_MQTT_CA_FILE") else None
+    )
+    if ca is not None:
+        out["mqtt_ca_file"] = ca
+    return out
 
 
 def load_settings(source: str | None = None, **values: Any) -> GatewaySettings:

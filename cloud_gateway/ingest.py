@@ -432,6 +432,9 @@ def public_counters(counters: Counter[str]) -> dict[str, Any]:
         "bundles_pushed",
         "offers_pushed",
         "store_errors",
+        "devices_erased",
+        "device_commands_sent",
+        "device_commands_confirmed",
     )
     out: dict[str, Any] = {name: counters[name] for name in names}
     out["rejected"] = rejected_by_reason(counters)

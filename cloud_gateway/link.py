@@ -58,6 +58,11 @@ class MqttLink:
 
     def _make_client(self) -> aiomqtt.Client:
         s = self._settings
+        password = s.mqtt_password.get_secret_value() if s.mqtt_password is not None else None
+        tls = None
+        if s.broker_tls:
+            ca = str(s.mqtt_ca_file) if s.mqtt_ca_file is not None else None
+            tls = aiomqtt.TLSParameters(ca_certs=ca)
         return aiomqtt.Client(
             s.broker_host,
             s.broker_port,
@@ -68,6 +73,9 @@ class MqttLink:
             timeout=s.connect_timeout_s,
             max_queued_incoming_messages=10_000,
             max_queued_outgoing_messages=10_000,
+            username=s.mqtt_username,
+            password=password,
+            tls_params=tls,
         )
 
     async def run(self) -> None:

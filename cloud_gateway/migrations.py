@@ -347,3 +347,17 @@ def issue6_pending_pushes_and_offer_ids(db: Database) -> None:
         " SELECT json_extract(o.value, '$.id'), c.id FROM campaigns c,"
         " json_each(c.doc, '$.offers') o ORDER BY c.created_at"
     )
+
+
+@migration
+def erasure_device_commands(db: Database) -> None:
+    """Signed commands to one device (`forget` after an erasure), re-sent until its receipt."""
+    db.execute(
+        "CREATE TABLE device_commands (id TEXT PRIMARY KEY, device_id TEXT NOT NULL,"
+        " kind TEXT NOT NULL, payload TEXT NOT NULL, created_at TEXT NOT NULL,"
+        " expires_at TEXT NOT NULL, sent_at TEXT, sends INTEGER NOT NULL DEFAULT 0,"
+        " receipt_at TEXT, requested_by TEXT)"
+    )
+    db.execute(
+        "CREATE INDEX device_commands_outstanding ON device_commands (device_id, receipt_at)"
+    )

@@ -45,6 +45,7 @@ class DeviceOut(BaseModel):
     batches: int | None = None
     signals_stored: int | None = None
     outcomes_stored: int | None = None
+    aggregates_cover: int | None = None
 
 
 class DeviceList(BaseModel):
@@ -59,9 +60,33 @@ class DeviceExport(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     device_id: str
+    registry: DeviceOut
     signals: list[dict[str, Any]]
     aggregates: list[dict[str, Any]]
     outcomes: list[dict[str, Any]]
+    outcome_features: list[dict[str, Any]]
+    """The model inputs logged with each outcome (`id` is the outcome's)."""
+    claims: list[dict[str, Any]]
+    grants: list[dict[str, Any]]
+    """Coupons granted to the device (code included)."""
+    device_pushes: list[dict[str, Any]]
+    """Offer bundles addressed to the device, with their send and receipt times."""
+
+
+class DeviceErased(BaseModel):
+    """What an erasure removed at the gateway, and the `forget` command sent to the device.
+
+    `command` is `sent` when it went out now, `queued` when the link is down; either way it
+    is re-sent (on each birth, and periodically) until the device confirms it by receipt.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    device_id: str
+    removed: dict[str, int]
+    """Rows deleted per table; `grants_anonymized`: coupons kept for stock, device id removed."""
+    command_id: str
+    command: str
 
 
 class GatewayStats(BaseModel):
@@ -181,6 +206,13 @@ ROUTES: tuple[Route, ...] = (
     ),
     Route("get", "/v1/devices", "Device registry", DeviceList),
     Route("get", "/v1/devices/{id}", "One device", DeviceOut),
+    Route(
+        "delete",
+        "/v1/devices/{id}",
+        "Erase a device: delete its data here, send it a signed forget command",
+        DeviceErased,
+        202,
+    ),
     Route("get", "/v1/devices/{id}/export", "All the gateway holds for a device", DeviceExport),
     Route("get", "/v1/fleet", "The fleet at a glance", Fleet),
     Route(

@@ -21,6 +21,7 @@ from cloud_gateway.api import ApiContext, build_app
 from cloud_gateway.auth import TokenVerifier
 from cloud_gateway.claims import ClaimDesk
 from cloud_gateway.config import GatewaySettings
+from cloud_gateway.erasure import DeviceErasure
 from cloud_gateway.errors import GatewayError, LinkDown
 from cloud_gateway.ingest import AckBatcher, Ingestor
 from cloud_gateway.keys import load_or_create, signed_key_list
@@ -53,6 +54,7 @@ class Gateway:
         self._acks: AckBatcher | None = None
         self._ingestor: Ingestor | None = None
         self._campaigns: CampaignService | None = None
+        self._erasure: DeviceErasure | None = None
         self.models: ModelRegistry | None = None
         self._runner: web.AppRunner | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -137,6 +139,7 @@ class Gateway:
             on_model_report=self._on_model_report,
             on_facts=self._campaigns.delivery.note_facts,
         )
+        self._erasure = DeviceErasure(self._db, self._signer, topics, self._publish, self.counters)
         self._ingestor = ingestor
         self._link = MqttLink(
             s,
@@ -154,6 +157,7 @@ class Gateway:
             run_scheduler(self._campaigns, s.scheduler_tick_s, s.resend_after_s),
             "gateway-scheduler",
         )
+        self._spawn(self._erasure.run(s.scheduler_tick_s, s.resend_after_s), "gateway-erasure")
         try:
             await asyncio.wait_for(self._link.connected.wait(), s.connect_timeout_s)
         except TimeoutError:
@@ -165,6 +169,7 @@ class Gateway:
             counters=self.counters,
             registry=CollectorRegistry(auto_describe=True),
             started=time.monotonic(),
+            erasure=self._erasure,
         )
         app = build_app(ctx, s.max_http_body_bytes)
         self.models = ModelRegistry(  # issue 5: model registry and rollouts
@@ -213,9 +218,13 @@ class Gateway:
 
     async def _on_receipts(self, device_id: str, ids: list[str]) -> None:
         await self.campaigns.delivery.on_receipts(device_id, ids)
+        if self._erasure is not None:
+            await self._erasure.on_receipts(device_id, ids)
 
     async def _on_birth(self, device_id: str) -> None:
         await self.campaigns.delivery.on_birth(device_id)
+        if self._erasure is not None:
+            await self._erasure.on_birth(device_id)
 
     async def _on_model_report(self, device_id: str, report: ModelUpdateReport) -> None:
         if self.models is not None:  # reports before the registry starts wait for the next

@@ -352,7 +352,9 @@ class Store:
         }
 
     def export_device(self, device_id: str) -> dict[str, Any] | None:
-        if self._one("SELECT 1 AS x FROM devices WHERE device_id = ?", [device_id]) is None:
+        """Everything the gateway holds for a device (right of access); None when unknown."""
+        registry = self.get_device(device_id)
+        if registry is None:
             return None
         signals = [
             {**r, "attrs": json.loads(r["attrs"])}
@@ -371,11 +373,42 @@ class Store:
             " model_version FROM outcomes WHERE device_id = ? ORDER BY id",
             [device_id],
         )
+        features = [
+            {"id": r["id"], "features": json.loads(r["features"])}
+            for r in self._rows(
+                "SELECT id, features FROM outcome_features WHERE device_id = ? ORDER BY id",
+                [device_id],
+            )
+        ]
+        claims = [
+            {**r, "result": json.loads(r["result"]) if r["result"] else None}
+            for r in self._rows(
+                "SELECT id, offer_id, campaign_id, at, received_at, granted, result FROM claims"
+                " WHERE device_id = ? ORDER BY id",
+                [device_id],
+            )
+        ]
+        grants = self._rows(
+            "SELECT campaign_id, offer_id, claim_id, code, at FROM grants WHERE device_id = ?"
+            " ORDER BY at, claim_id",
+            [device_id],
+        )
+        pushes = self._rows(
+            "SELECT bundle_id, campaign_id, variant, holdout, kind, offers, created_at,"
+            " expires_at, sent_at, sends, receipt_at FROM device_pushes WHERE device_id = ?"
+            " ORDER BY created_at, bundle_id",
+            [device_id],
+        )
         return {
             "device_id": device_id,
+            "registry": registry,
             "signals": signals,
             "aggregates": aggregates,
             "outcomes": outcomes,
+            "outcome_features": features,
+            "claims": claims,
+            "grants": grants,
+            "device_pushes": pushes,
         }
 
     # ------------------------------------------------------------ campaigns and pushes

@@ -73,28 +73,42 @@ class MosquittoProcess:
     `stop()` SIGTERM; `start()` again restarts it on the same port and persistence file.
     """
 
-    def __init__(self, workdir: str, port: int = 0, binary: str | None = None) -> None:
+    def __init__(
+        self,
+        workdir: str,
+        port: int = 0,
+        binary: str | None = None,
+        *,
+        config: str | None = None,
+        tls: bool = False,
+    ) -> None:
+        """`config`: the whole configuration to run instead of the open test one; it must
+        listen on `port` (give one: `free_port()`). `tls`: that listener speaks TLS."""
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.port = port or free_port()
         found = binary or shutil.which("mosquitto") or "/usr/sbin/mosquitto"
         self.binary = found
+        self.tls = tls
         self.conf = self.workdir / "mosquitto.conf"
         self.conf.write_text(
-            f"listener {self.port} 127.0.0.1\n"
-            "allow_anonymous true\n"
-            "persistence true\n"
-            f"persistence_location {self.workdir}/\n"
-            "autosave_interval 1\n"
-            "max_queued_messages 100000\n"
-            "max_inflight_messages 100\n"
-            "log_dest none\n"
+            config
+            or (
+                f"listener {self.port} 127.0.0.1\n"
+                "allow_anonymous true\n"
+                "persistence true\n"
+                f"persistence_location {self.workdir}/\n"
+                "autosave_interval 1\n"
+                "max_queued_messages 100000\n"
+                "max_inflight_messages 100\n"
+                "log_dest none\n"
+            )
         )
         self._proc: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
-        return f"mqtt://127.0.0.1:{self.port}"
+        return f"{'mqtts' if self.tls else 'mqtt'}://127.0.0.1:{self.port}"
 
     def start(self, timeout: float = 10.0) -> None:
         self._proc = subprocess.Popen(  # noqa: S603 - fixed binary, our own config file

@@ -299,7 +299,9 @@ class ClaimResult(Signed):
 
 
 class Command(Signed):
-    """Signed command on `dev/{id}/down/cmd`."""
+    """Signed command on `dev/{id}/down/cmd`, re-sent until the device lists its `id` in the
+    `receipts` of an uplink batch. `forget`: erase the device's usage data (the gateway's
+    `DELETE /v1/devices/{id}`); a command seen before is confirmed again, not re-applied."""
 
     id: Id
     device_id: DeviceId

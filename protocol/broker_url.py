@@ -1,0 +1,69 @@
+"""Broker URLs as both commands take them: `mqtt://HOST:PORT`, `mqtts://HOST:PORT` (TLS).
+
+Pure parsing, shared by the agent and the gateway. A URL may carry `user:password@`; it is
+accepted, but the password is then visible in the process list, so callers warn and prefer
+a password file or the environment. `redacted()` is the form fit for logs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from urllib.parse import unquote, urlsplit
+
+DEFAULT_PORTS = {"mqtt": 1883, "tcp": 1883, "mqtts": 8883, "ssl": 8883}
+
+
+@dataclass(frozen=True, slots=True)
+class BrokerUrl:
+    """A parsed broker URL; `password` never appears in `repr`."""
+
+    host: str
+    port: int
+    tls: bool = False
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+
+    def redacted(self) -> str:
+        """The URL without credentials, for logs and error messages."""
+        scheme = "mqtts" if self.tls else "mqtt"
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{scheme}://{host}:{self.port}"
+
+
+def parse_broker_url(url: str, *, bare_host: bool = False) -> BrokerUrl:
+    """`mqtt[s]://[user[:password]@]HOST[:PORT]`; ValueError naming what is wrong.
+
+    `bare_host`: `HOST:PORT` without a scheme means `mqtt://`.
+    """
+    text = url if "://" in url or not bare_host else f"mqtt://{url}"
+    parts = urlsplit(text)
+    scheme = parts.scheme.lower()
+    shown = _redact(url)
+    if scheme not in DEFAULT_PORTS:
+        raise ValueError(f"broker URL {shown!r} must start with mqtt:// or mqtts://")
+    if not parts.hostname:
+        raise ValueError(f"broker URL {shown!r} has no host")
+    if parts.path not in ("", "/") or parts.query or parts.fragment:
+        raise ValueError(f"broker URL {shown!r} has a path, query or fragment")
+    try:
+        port = parts.port or DEFAULT_PORTS[scheme]
+    except ValueError as exc:
+        raise ValueError(f"broker URL {shown!r} has a bad port") from exc
+    return BrokerUrl(
+        host=parts.hostname,
+        port=port,
+        tls=scheme in ("mqtts", "ssl"),
+        username=unquote(parts.username) if parts.username else None,
+        password=unquote(parts.password) if parts.password is not None else None,
+    )
+
+
+def _redact(url: str) -> str:
+    """`url` with any `user:password@` replaced, for error messages."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        scheme, rest = "", url
+    at = rest.rfind("@", 0, rest.find("/") if "/" in rest else len(rest))
+    if at < 0:
+        return url
+    return f"{scheme}{sep}***@{rest[at + 1 :]}"
