@@ -67,10 +67,19 @@ class Agent:
     the store is closed. Anything not acknowledged stays in the outbox for the next run.
     """
 
-    def __init__(self, settings: AgentSettings, *, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        settings: AgentSettings,
+        *,
+        clock: Callable[[], float] = time.time,
+        owns_process: bool = False,
+    ) -> None:
+        """`owns_process`: this agent is the process (`edgemart agent run`), so the profile's
+        memory budget judges the process's resident set; in a simulator or a test runner,
+        where one process holds many agents, the resident set is only reported."""
         self.settings = settings
         self.metrics = Metrics(gauges=self._gauges)
-        self.memory = MemoryBudget(settings.profile.budgets.memory_mb)
+        self.memory = MemoryBudget(settings.profile.budgets.memory_mb, shared=not owns_process)
         self.store = Store(
             settings.db_path,
             durability=settings.profile.uplink.durability,
@@ -639,7 +648,7 @@ async def run_agent(settings: AgentSettings) -> None:
         except (NotImplementedError, RuntimeError):
             log.debug("cannot install a handler for %s", sig.name)
     try:
-        async with Agent(settings):
+        async with Agent(settings, owns_process=True):
             await stop.wait()
             log.info("stopping on signal")
     finally:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import logging
 import os
 import resource
@@ -46,6 +47,9 @@ class MemoryBudget:
     """Compares samples of the resident set with `budget_mb`; counts and rate-limits logs."""
 
     budget_mb: int
+    shared: bool = False
+    """The process also runs other things (a simulator's many agents, a test runner): its
+    resident set is not this agent's, so samples are recorded but never judged."""
     rss: int = 0
     peak: int = 0
     over_count: int = 0
@@ -60,7 +64,7 @@ class MemoryBudget:
         """Record one sample; True when it is over the budget (the caller sheds memory)."""
         self.rss = rss
         self.peak = max(self.peak, rss)
-        if rss <= self.budget_bytes:
+        if self.shared or rss <= self.budget_bytes:
             return False
         self.over_count += 1
         if self._last_warned is None or now - self._last_warned >= WARN_EVERY_S:
@@ -82,7 +86,20 @@ class MemoryBudget:
             "peak_mb": round(self.peak / MB, 1),
             "budget_mb": self.budget_mb,
             "over_budget_samples": self.over_count,
+            **({"shared_process": True} if self.shared else {}),
         }
+
+
+@functools.cache
+def _libc() -> ctypes.CDLL | None:
+    """glibc, found once: `find_library` runs `ldconfig -p` in a subprocess on every call."""
+    name = ctypes.util.find_library("c")
+    if not name:
+        return None
+    try:
+        return ctypes.CDLL(name)
+    except OSError:
+        return None
 
 
 def trim_heap() -> bool:
@@ -91,13 +108,12 @@ def trim_heap() -> bool:
     CPython's allocator keeps freed arenas mapped; after caches are dropped this is what
     makes the resident set actually shrink. https://man7.org/linux/man-pages/man3/malloc_trim.3.html
     """
-    name = ctypes.util.find_library("c")
-    if not name:
+    libc = _libc()
+    if libc is None:
         return False
     try:
-        libc = ctypes.CDLL(name)
         trim = libc.malloc_trim
-    except (OSError, AttributeError):
+    except AttributeError:
         return False
     trim.argtypes = [ctypes.c_size_t]
     trim.restype = ctypes.c_int

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Iterator
 
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
@@ -40,7 +40,8 @@ class Metrics:
     """Named integer counters, decision latencies, and a private Prometheus registry."""
 
     def __init__(self, gauges: Callable[[], dict[str, float]] | None = None) -> None:
-        self.counters: dict[str, int] = dict.fromkeys(COUNTERS, 0)
+        # A Counter: a name not counted yet reads 0 (counters appear as they are first used).
+        self.counters: Counter[str] = Counter(dict.fromkeys(COUNTERS, 0))
         self.decision_ms: deque[float] = deque(maxlen=10_000)
         self.registry = CollectorRegistry(auto_describe=False)
         self._gauges = gauges or dict

@@ -267,6 +267,12 @@ def model_routes() -> tuple[Route, ...]:
         ),
         Route("get", "/v1/models", "Registered models"),
         Route(
+            "get",
+            "/v1/models/{version}",
+            "One model: its manifest, rollouts, device health reports and any halt",
+            path_param=version,
+        ),
+        Route(
             "post",
             "/v1/models/{version}/rollout",
             "Roll a model out to a share of a cohort (a signed, retained manifest)",

@@ -292,6 +292,10 @@ def test_memory_budget_counts_samples_over_it_and_warns_at_most_every_ten_minute
         "budget_mb": 100,
         "over_budget_samples": 3,
     }
+    # A process of many agents (simulators, tests): samples recorded, never judged.
+    shared = MemoryBudget(budget_mb=1, shared=True)
+    assert not shared.observe(500 * MB, 0.0)
+    assert shared.over_count == 0 and shared.to_json()["shared_process"] is True
     assert sqlite_cache_kib(8) == 256 and sqlite_cache_kib(144) == 2048
     assert (
         abs(
@@ -309,7 +313,7 @@ async def test_an_agent_over_its_memory_budget_reports_it_and_sheds_caches(
         settings = agent_settings(
             gw, tmp_path, mosquitto, device="tv-memory-001", budgets={"memory_mb": 16}
         )
-        async with Agent(settings) as agent:
+        async with Agent(settings, owns_process=True) as agent:
             agent.metrics.observe_decision(1.0)
             assert await agent.check_memory()  # this test process is far over 16 MB
             assert not agent.decision_ms

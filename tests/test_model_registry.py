@@ -104,7 +104,7 @@ async def test_publish_rollout_and_a_real_agent_swaps_to_the_signed_model(
             roll = await rollout(base, token, 2, percent=100, cohort="region:cn-east")
             assert roll["profiles"] == ["tv", "hub"]
             assert roll["manifest"]["cohorts"] == ["region:cn-east"]
-            await _poll(lambda: agent.counters["model_update_not_in_cohort"] >= 1)
+            await _poll(lambda: agent.counters.get("model_update_not_in_cohort", 0) >= 1)
             assert agent.model_version == 1
             roll = await rollout(base, token, 2, percent=100, cohort="profile:tv")
             assert roll["profiles"] == ["tv"]
