@@ -36,6 +36,10 @@ log = logging.getLogger(__name__)
 
 COMMAND_TTL = timedelta(days=30)
 """A forget command expires after this; one still unconfirmed is re-signed before then."""
+PERIODIC_SENDS_MAX = 5
+"""Periodic re-sends of an unconfirmed command stop after this many sends: a device that
+stays away gets it again at its next birth (and from its persistent session), so a device
+gone for good does not fill the broker's queue for it."""
 DATA_TABLES = (
     "signals",
     "aggregates",
@@ -119,7 +123,8 @@ def erase_device(
 def outstanding_commands(
     store: Store, device_id: str | None = None, sent_before: datetime | None = None
 ) -> list[dict[str, Any]]:
-    """Commands without a receipt (of one device, or last sent before `sent_before`)."""
+    """Commands without a receipt: all of one device (its birth), or those last sent before
+    `sent_before` and sent fewer than `PERIODIC_SENDS_MAX` times (the periodic re-send)."""
     sql = (
         "SELECT id, device_id, kind, payload, expires_at FROM device_commands"
         " WHERE receipt_at IS NULL"
@@ -129,8 +134,8 @@ def outstanding_commands(
         sql += " AND device_id = ?"
         params.append(device_id)
     if sent_before is not None:
-        sql += " AND (sent_at IS NULL OR sent_at < ?)"
-        params.append(format_time(sent_before))
+        sql += " AND (sent_at IS NULL OR sent_at < ?) AND sends < ?"
+        params += [format_time(sent_before), PERIODIC_SENDS_MAX]
     sql += " ORDER BY created_at, id LIMIT 10000"
     return [dict(r) for r in store.conn.execute(sql, params)]
 

@@ -28,8 +28,11 @@ from cloud_gateway.config import GatewaySettings
 from cloud_gateway.erasure import (
     DATA_TABLES,
     HANDLED_ELSEWHERE,
+    PERIODIC_SENDS_MAX,
     confirm_commands,
     erase_device,
+    mark_commands_sent,
+    outstanding_commands,
 )
 from cloud_gateway.openapi import DeviceErased, DeviceExport
 from cloud_gateway.service import Gateway
@@ -142,6 +145,14 @@ def test_export_holds_everything_and_erasure_removes_it_keeping_stock(tmp_path: 
     assert json.loads(audit[0]["detail"])["command_id"] == "cmd-1"
     # a second erasure of nothing: nothing to do
     assert erase_device(store, "tv-erase-1", {**command, "id": "cmd-2"}, "t", utcnow()) is None
+
+    # periodic re-sends stop after PERIODIC_SENDS_MAX; a birth still gets the command
+    later = utcnow() + timedelta(hours=1)
+    for _ in range(PERIODIC_SENDS_MAX):
+        assert [c["id"] for c in outstanding_commands(store, None, later)] == ["cmd-1"]
+        mark_commands_sent(store, ["cmd-1"], utcnow())
+    assert outstanding_commands(store, None, later) == []
+    assert [c["id"] for c in outstanding_commands(store, "tv-erase-1")] == ["cmd-1"]
 
     # a batch sent before the device forgot arrives late: the confirmation sweeps it too
     store.store_batch("tv-erase-1", _batch("tv-erase-1", 2), utcnow())
