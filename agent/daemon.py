@@ -619,8 +619,12 @@ def _with(state: ConsentState, purpose: str, granted: bool, version: int, at: st
     )
 
 
+_ENCODE = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+"""Built once: `json.dumps` with options builds an encoder per call (per signal here)."""
+
+
 def _dumps(attrs: dict[str, Any]) -> str:
-    return json.dumps(attrs, separators=(",", ":"), ensure_ascii=False)
+    return _ENCODE(attrs)
 
 
 def _collect_and_trim() -> None:
