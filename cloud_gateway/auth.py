@@ -11,7 +11,7 @@ from pathlib import Path
 
 from cloud_gateway.errors import StoreError
 from cloud_gateway.migrations import transaction
-from cloud_gateway.store import Database, Store
+from cloud_gateway.store import Database, Store, insert_audit
 from protocol.ids import format_time, utcnow
 
 DB_NAME = "gateway.db"
@@ -54,10 +54,7 @@ def create_token(data_dir: Path, who: str | None = None) -> str:
                 "INSERT INTO tokens (id, hash, created_at) VALUES (?, ?, ?)",
                 [ident, digest, format_time(now)],
             )
-            store.conn.execute(
-                "INSERT INTO audit (who, action, target, at, detail) VALUES (?, ?, ?, ?, ?)",
-                [who or _operator(), "token.create", f"token:{ident}", format_time(now), "{}"],
-            )
+            insert_audit(store.conn, who or _operator(), "token.create", f"token:{ident}", now)
     except sqlite3.Error as exc:
         raise StoreError(f"cannot store the new token: {exc}") from exc
     finally:

@@ -19,7 +19,7 @@ from typing import Any, Literal
 
 from cloud_gateway.errors import Conflict
 from cloud_gateway.migrations import transaction
-from cloud_gateway.store import Store
+from cloud_gateway.store import Store, insert_audit, insert_campaign_row
 from protocol.ids import format_time
 
 PendingKind = Literal["catalog", "device_launch", "device_revoke", "device_refresh"]
@@ -72,18 +72,7 @@ def create_campaign(
                 + ", ".join(f"{r['offer_id']} ({r['campaign_id']})" for r in taken),
                 field="offers",
             )
-        conn.execute(
-            "INSERT INTO campaigns (id, name, state, doc, created_at, updated_at)"
-            " VALUES (?, ?, ?, ?, ?, ?)",
-            [
-                doc["id"],
-                doc["name"],
-                doc["state"],
-                _json(doc),
-                doc["created_at"],
-                doc["updated_at"],
-            ],
-        )
+        insert_campaign_row(conn, doc)
         conn.executemany(
             "INSERT INTO offer_ids (offer_id, campaign_id) VALUES (?, ?)",
             [(i, doc["id"]) for i in ids],
@@ -93,10 +82,7 @@ def create_campaign(
             " VALUES (?, ?, ?, ?)",
             [(doc["id"], oid, n, n) for oid, n in stock],
         )
-        conn.execute(
-            "INSERT INTO audit (who, action, target, at, detail) VALUES (?, ?, ?, ?, ?)",
-            [who, "campaign.create", doc["id"], format_time(at), _json(detail)],
-        )
+        insert_audit(conn, who, "campaign.create", doc["id"], at, detail=detail)
 
 
 def add_owed(store: Store, owed: Iterable[Owed], at: datetime) -> None:
@@ -128,10 +114,7 @@ def change_campaign(
             "UPDATE campaigns SET state = ?, doc = ?, updated_at = ? WHERE id = ?",
             [doc["state"], _json(doc), doc["updated_at"], doc["id"]],
         )
-        conn.execute(
-            "INSERT INTO audit (who, action, target, at, detail) VALUES (?, ?, ?, ?, ?)",
-            [who, action, doc["id"], format_time(at), _json(detail)],
-        )
+        insert_audit(conn, who, action, doc["id"], at, detail=detail)
         add_owed(store, owed, at)
 
 

@@ -25,7 +25,7 @@ from typing import Any
 from cloud_gateway.errors import GatewayError, StoreError
 from cloud_gateway.ingest import Publish
 from cloud_gateway.migrations import transaction
-from cloud_gateway.store import Database, Store
+from cloud_gateway.store import Database, Store, insert_audit
 from protocol import codec
 from protocol.envelopes import Command
 from protocol.ids import format_time, new_id, parse_time, utcnow
@@ -105,15 +105,13 @@ def erase_device(
                     who,
                 ],
             )
-            conn.execute(
-                "INSERT INTO audit (who, action, target, at, detail) VALUES (?, ?, ?, ?, ?)",
-                [
-                    who,
-                    "device.erase",
-                    device_id,
-                    now,
-                    json.dumps({"removed": removed, "command_id": command["id"]}),
-                ],
+            insert_audit(
+                conn,
+                who,
+                "device.erase",
+                device_id,
+                at,
+                detail={"removed": removed, "command_id": command["id"]},
             )
     except sqlite3.Error as exc:
         raise StoreError(f"cannot erase device {device_id}: {exc}") from exc

@@ -52,6 +52,31 @@ class _TimeFormatter:
         return text
 
 
+def insert_audit(
+    conn: sqlite3.Connection,
+    who: str,
+    action: str,
+    target: str,
+    at: datetime,
+    *,
+    detail: dict[str, Any] | None = None,
+) -> None:
+    """One audit row, inside the caller's transaction (a change and its audit commit together)."""
+    conn.execute(
+        "INSERT INTO audit (who, action, target, at, detail) VALUES (?, ?, ?, ?, ?)",
+        [who, action, target, format_time(at), _json(detail or {})],
+    )
+
+
+def insert_campaign_row(conn: sqlite3.Connection, doc: dict[str, Any]) -> None:
+    """A campaign document's row, inside the caller's transaction."""
+    conn.execute(
+        "INSERT INTO campaigns (id, name, state, doc, created_at, updated_at)"
+        " VALUES (?, ?, ?, ?, ?, ?)",
+        [doc["id"], doc["name"], doc["state"], _json(doc), doc["created_at"], doc["updated_at"]],
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class StoredBatch:
     """What `store_batch_detail` did: `new` is False for a batch already stored."""
@@ -415,18 +440,7 @@ class Store:
 
     def insert_campaign(self, doc: dict[str, Any]) -> None:
         with transaction(self.conn):
-            self.conn.execute(
-                "INSERT INTO campaigns (id, name, state, doc, created_at, updated_at)"
-                " VALUES (?, ?, ?, ?, ?, ?)",
-                [
-                    doc["id"],
-                    doc["name"],
-                    doc["state"],
-                    _json(doc),
-                    doc["created_at"],
-                    doc["updated_at"],
-                ],
-            )
+            insert_campaign_row(self.conn, doc)
 
     def get_campaign(self, campaign_id: str) -> dict[str, Any] | None:
         row = self._one("SELECT doc FROM campaigns WHERE id = ?", [campaign_id])
@@ -507,10 +521,7 @@ class Store:
         self, who: str, action: str, target: str, at: datetime, detail: dict[str, Any] | None = None
     ) -> None:
         with transaction(self.conn):
-            self.conn.execute(
-                "INSERT INTO audit (who, action, target, at, detail) VALUES (?, ?, ?, ?, ?)",
-                [who, action, target, format_time(at), _json(detail or {})],
-            )
+            insert_audit(self.conn, who, action, target, at, detail=detail)
 
     def audit_log(self, limit: int = 100) -> list[dict[str, Any]]:
         return self._rows("SELECT * FROM audit ORDER BY id DESC LIMIT ?", [limit])

@@ -222,9 +222,8 @@ def test_decision_properties(
         )
 
 
-def test_windows_to_decision_end_to_end_uses_the_real_default_model_when_present() -> None:
-    if not default_model_paths()[0].exists():
-        pytest.skip("models/default has not been built yet")
+def test_windows_to_decision_end_to_end_uses_the_real_default_model() -> None:
+    assert default_model_paths()[0].exists(), "the shipped model is committed in models/default"
     model = load_default_model()
     windows = FeatureWindows()
     windows.observe("consumable_level", {"category": "purifier_filter", "level": 0.08}, NOW)
