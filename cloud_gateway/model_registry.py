@@ -1,4 +1,5 @@
-"""The model registry: validate uploaded models, sign their manifests, serve files, roll out.
+"""The model registry: validate uploaded models, sign their manifests, serve files, roll out
+(its HTTP routes: `cloud_gateway.model_api`).
 
 `POST /v1/models` (multipart: `manifest` JSON without kid/sig, `model` the ONNX bytes, with
 an operator token) checks the manifest against the bytes (sha256, size), the version (only
@@ -35,10 +36,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
-from aiohttp import BodyPartReader, web
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
-from cloud_gateway.api import TOKEN_ID, ApiProblem
+from cloud_gateway.api import ApiProblem
 from cloud_gateway.errors import NotFound, StoreError
 from cloud_gateway.store import Database, Store
 from protocol import codec
@@ -550,88 +550,3 @@ def _write_file(path: Path, data: bytes) -> None:
         fh.flush()
         os.fsync(fh.fileno())
     os.replace(tmp, path)
-
-
-# ------------------------------------------------------------------ HTTP
-
-
-REGISTRY = web.AppKey("model_registry", ModelRegistry)
-
-
-async def _read_part(part: BodyPartReader, limit: int) -> bytes:
-    chunks: list[bytes] = []
-    size = 0
-    while chunk := await part.read_chunk(64 * 1024):
-        size += len(chunk)
-        if size > limit:
-            raise ApiProblem(413, "Payload Too Large", f"{part.name}: more than {limit} bytes")
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
-async def register_model(request: web.Request) -> web.Response:
-    if not request.content_type.startswith("multipart/"):
-        raise ApiProblem(
-            400, "Bad Request", "send multipart/form-data with parts 'manifest' and 'model'"
-        )
-    reader = await request.multipart()
-    parts: dict[str, bytes] = {}
-    while (part := await reader.next()) is not None:
-        if not isinstance(part, BodyPartReader) or part.name not in ("manifest", "model"):
-            raise ApiProblem(400, "Bad Request", "only the parts 'manifest' and 'model' are known")
-        limit = MAX_MANIFEST_BYTES if part.name == "manifest" else MAX_MODEL_BYTES
-        parts[part.name] = await _read_part(part, limit)
-    missing = {"manifest", "model"} - set(parts)
-    if missing:
-        raise ApiProblem(400, "Bad Request", f"missing part(s): {', '.join(sorted(missing))}")
-    try:
-        raw = json.loads(parts["manifest"])
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ApiProblem(400, "Bad Request", f"manifest: not JSON: {exc}") from exc
-    doc = await request.app[REGISTRY].register(raw, parts["model"], f"token:{request[TOKEN_ID]}")
-    return web.json_response(doc, status=201)
-
-
-async def rollout_model(request: web.Request) -> web.Response:
-    version = _version(request)
-    try:
-        body = RolloutIn.model_validate_json(await request.read())
-    except ValidationError as exc:
-        raise ApiProblem(
-            400, "Bad Request", "the rollout is invalid", errors=codec.field_errors(exc)
-        ) from exc
-    base = f"{request.scheme}://{request.host}"
-    who = f"token:{request[TOKEN_ID]}"
-    return web.json_response(await request.app[REGISTRY].rollout(version, body, base, who))
-
-
-async def get_model(request: web.Request) -> web.Response:
-    return web.json_response(await request.app[REGISTRY].get(_version(request)))
-
-
-async def list_models(request: web.Request) -> web.Response:
-    return web.json_response({"models": await request.app[REGISTRY].list()})
-
-
-async def model_file(request: web.Request) -> web.StreamResponse:
-    path = request.app[REGISTRY].file_path(_version(request))
-    if not await asyncio.to_thread(path.is_file):
-        raise NotFound("model file", request.match_info["version"])
-    return web.FileResponse(path, headers={"Content-Type": "application/octet-stream"})
-
-
-def _version(request: web.Request) -> int:
-    text = request.match_info["version"]
-    if not text.isdigit() or len(text) > 9:
-        raise ApiProblem(400, "Bad Request", f"version {text[:20]!r} is not a positive integer")
-    return int(text)
-
-
-def add_model_routes(app: web.Application, registry: ModelRegistry) -> None:
-    """Mount the registry's routes on the operators' API app (before it starts)."""
-    app[REGISTRY] = registry
-    app.router.add_post("/v1/models", register_model)
-    app.router.add_get("/v1/models", list_models)
-    app.router.add_get("/v1/models/{version}", get_model)
-    app.router.add_post("/v1/models/{version}/rollout", rollout_model)
-    app.router.add_get("/v1/models/{version}/model.onnx", model_file)

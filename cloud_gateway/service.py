@@ -26,7 +26,8 @@ from cloud_gateway.errors import GatewayError, LinkDown
 from cloud_gateway.ingest import AckBatcher, Ingestor
 from cloud_gateway.keys import load_or_create, signed_key_list
 from cloud_gateway.link import MqttLink
-from cloud_gateway.model_registry import ModelRegistry, add_model_routes
+from cloud_gateway.model_api import add_model_routes
+from cloud_gateway.model_registry import ModelRegistry
 from cloud_gateway.push import CampaignService
 from cloud_gateway.scheduler import run_scheduler
 from cloud_gateway.store import Database

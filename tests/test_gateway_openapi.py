@@ -7,7 +7,7 @@ from typing import Any, cast
 from prometheus_client import CollectorRegistry
 
 from cloud_gateway.api import build_app, openapi_json
-from cloud_gateway.model_registry import add_model_routes
+from cloud_gateway.model_api import add_model_routes
 
 
 def test_every_route_is_in_the_document() -> None:
