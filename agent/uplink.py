@@ -21,7 +21,8 @@ from agent.errors import BatchTooLarge, LinkDown
 from agent.link import Link
 from agent.logutil import OnceLogger
 from agent.metrics import Metrics
-from agent.store import Store, StoredBatch
+from agent.store import Store
+from agent.store_batches import StoredBatch
 from protocol import codec
 from protocol.envelopes import MAX_OUTCOMES_PER_BATCH, MAX_RECEIPTS_PER_BATCH, Ack, Batch
 from protocol.errors import ProtocolError
