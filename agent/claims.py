@@ -26,7 +26,7 @@ from protocol import codec
 from protocol.envelopes import ClaimRequest, ClaimResult, Offer
 from protocol.errors import ProtocolError
 from protocol.ids import format_time, new_id
-from protocol.signing import Verifier
+from protocol.signing import Verifier, decode_signed
 
 log = logging.getLogger(__name__)
 
@@ -166,9 +166,9 @@ class Claims:
     async def handle_result(self, payload: bytes) -> bool:
         """A message on `down/claim`: verified, validated, applied once; True when applied."""
         try:
-            obj = codec.decode_object(payload, max_compressed=MAX_RESULT_BYTES)
-            self._verifier.verify(obj)
-            result = codec.validate(obj, ClaimResult)
+            result = decode_signed(
+                payload, ClaimResult, self._verifier, max_compressed=MAX_RESULT_BYTES
+            )
         except ProtocolError as exc:
             self._bad(exc.reason, str(exc))
             return False

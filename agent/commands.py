@@ -15,10 +15,9 @@ from collections.abc import Awaitable, Callable
 from agent.logutil import OnceLogger
 from agent.metrics import Metrics
 from agent.store import Store
-from protocol import codec
 from protocol.envelopes import Command
 from protocol.errors import ProtocolError
-from protocol.signing import Verifier
+from protocol.signing import Verifier, decode_signed
 
 log = logging.getLogger(__name__)
 
@@ -63,9 +62,9 @@ class Commands:
     async def handle(self, payload: bytes) -> bool:
         """Verify and apply one command; True when a receipt waits to be sent."""
         try:
-            obj = codec.decode_object(payload, max_compressed=MAX_COMMAND_BYTES)
-            self._verifier.verify(obj)
-            command = codec.validate(obj, Command)
+            command = decode_signed(
+                payload, Command, self._verifier, max_compressed=MAX_COMMAND_BYTES
+            )
         except ProtocolError as exc:
             self._bad(exc.reason, str(exc))
             return False

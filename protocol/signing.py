@@ -13,12 +13,14 @@ import json
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from pydantic import BaseModel
 
+from protocol import codec
 from protocol.envelopes import PublicKey
 from protocol.errors import SignatureError
 from protocol.ids import parse_time, utcnow
@@ -127,3 +129,14 @@ class Verifier:
             raise SignatureError(f"expires_at is not RFC 3339: {exc}", kid) from exc
         if expires_at <= (now or utcnow()):
             raise SignatureError(f"message expired at {expires}", kid)
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def decode_signed(payload: bytes, model: type[M], verifier: Verifier, *, max_compressed: int) -> M:
+    """A signed downlink message's bytes to its envelope: bounded decode, then signature and
+    expiry checked over the object as received, then validation. Raises ProtocolError."""
+    obj = codec.decode_object(payload, max_compressed=max_compressed)
+    verifier.verify(obj)
+    return codec.validate(obj, model)
