@@ -12,6 +12,7 @@ from typing import Any
 
 from agent.config import load_settings
 from agent.errors import AgentError
+from protocol.broker_url import add_credential_options
 
 PROFILE_PORT = -2
 """`--api-port` not given: serve on the profile's `api_port`."""
@@ -42,22 +43,8 @@ def _add_verbs(parser: argparse.ArgumentParser) -> None:
     )
     run.add_argument("--trust", required=True, type=Path, help="the pinned trust.json")
     run.add_argument("--config", type=Path, default=None, help="a TOML config file")
-    run.add_argument(
-        "--mqtt-username",
-        default=None,
-        help="broker username (env EDGEMART_MQTT_USERNAME; default: the device id)",
-    )
-    run.add_argument(
-        "--mqtt-password-file",
-        type=Path,
-        default=None,
-        help="file holding the broker password (env EDGEMART_MQTT_PASSWORD[_FILE])",
-    )
-    run.add_argument(
-        "--mqtt-ca-file",
-        type=Path,
-        default=None,
-        help="CA bundle for TLS to the broker (implies TLS; or use an mqtts:// URL)",
+    add_credential_options(
+        run, "broker username (env EDGEMART_MQTT_USERNAME; default: the device id)"
     )
     run.add_argument("-v", "--verbose", action="count", default=0)
     run.set_defaults(func=cmd_run)

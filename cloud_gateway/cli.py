@@ -13,6 +13,7 @@ from cloud_gateway.auth import create_token
 from cloud_gateway.config import load_settings, mqtt_credentials
 from cloud_gateway.errors import GatewayError
 from cloud_gateway.service import Gateway, run_gateway
+from protocol.broker_url import add_credential_options
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -72,21 +73,7 @@ def add_verbs(parser: argparse.ArgumentParser) -> None:
     run.add_argument("--http-host", default=None, help="default 127.0.0.1")
     run.add_argument("--shared-group", default=None, help="consume as $share/GROUP/...")
     run.add_argument("--topic-root", default=None, help="default edgemart/v1")
-    run.add_argument(
-        "--mqtt-username", default=None, help="broker username (env EDGEMART_MQTT_USERNAME)"
-    )
-    run.add_argument(
-        "--mqtt-password-file",
-        type=Path,
-        default=None,
-        help="file holding the broker password (env EDGEMART_MQTT_PASSWORD[_FILE])",
-    )
-    run.add_argument(
-        "--mqtt-ca-file",
-        type=Path,
-        default=None,
-        help="CA bundle for TLS to the broker (implies TLS; or use an mqtts:// URL)",
-    )
+    add_credential_options(run, "broker username (env EDGEMART_MQTT_USERNAME)")
     run.add_argument("-v", "--verbose", action="count", default=0, help="-v info, -vv debug")
     run.set_defaults(func=_guard, verb=_run)
 

@@ -7,7 +7,9 @@ a password file or the environment. `redacted()` is the form fit for logs.
 
 from __future__ import annotations
 
+import argparse
 from dataclasses import dataclass, field
+from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 DEFAULT_PORTS = {"mqtt": 1883, "tcp": 1883, "mqtts": 8883, "ssl": 8883}
@@ -67,3 +69,20 @@ def _redact(url: str) -> str:
     if at < 0:
         return url
     return f"{scheme}{sep}***@{rest[at + 1 :]}"
+
+
+def add_credential_options(parser: argparse.ArgumentParser, username_help: str) -> None:
+    """`--mqtt-username`, `--mqtt-password-file`, `--mqtt-ca-file`, as both commands take them."""
+    parser.add_argument("--mqtt-username", default=None, help=username_help)
+    parser.add_argument(
+        "--mqtt-password-file",
+        type=Path,
+        default=None,
+        help="file holding the broker password (env EDGEMART_MQTT_PASSWORD[_FILE])",
+    )
+    parser.add_argument(
+        "--mqtt-ca-file",
+        type=Path,
+        default=None,
+        help="CA bundle for TLS to the broker (implies TLS; or use an mqtts:// URL)",
+    )
