@@ -45,6 +45,9 @@ CLAIM_RESULT_TTL = timedelta(days=1)
 
 Publish = Callable[[str, bytes, bool], Awaitable[None]]
 """publish(topic, payload, retain) at QoS 1."""
+SendNowait = Callable[[str, bytes], None]
+"""send(topic, payload): hands a QoS 1 message to the MQTT client and returns at once;
+raises a GatewayError when it cannot (the link is down, the client's queue is full)."""
 SubmitClaim = Callable[[str, ClaimRequest], Awaitable[None]]
 """Hands a claim to the claim desk (`cloud_gateway.claims`)."""
 OnReceipts = Callable[[str, list[str]], Awaitable[None]]
@@ -165,13 +168,18 @@ class _Pending:
 
 
 class AckBatcher:
-    """Coalesces acks per device over a short window; publishes only what was committed."""
+    """Coalesces acks per device over a short window; publishes only what was committed.
+
+    Acks go out through `send`, which hands a QoS 1 message to the MQTT client without
+    waiting for the broker's PUBACK: an ack that is lost costs only a resend of the batch
+    (acked again as a duplicate), and waiting would cost a round trip per device.
+    """
 
     def __init__(
-        self, topics: Topics, publish: Publish, counters: Counter[str], delay_s: float
+        self, topics: Topics, send: SendNowait, counters: Counter[str], delay_s: float
     ) -> None:
         self._topics = topics
-        self._publish = publish
+        self._send = send
         self._counters = counters
         self._delay = delay_s
         self._pending: dict[tuple[str, str | None], list[int]] = {}
@@ -201,7 +209,7 @@ class AckBatcher:
                 chunk = seqs[start : start + 1000]
                 ack = Ack(acks=chunk, outbox_id=outbox_id)
                 try:
-                    await self._publish(self._topics.ack(device_id), codec.encode(ack), False)
+                    self._send(self._topics.ack(device_id), codec.encode(ack))
                 except GatewayError as exc:
                     # The device sends an unacknowledged batch again; we ack the duplicate.
                     self._counters["acks_failed"] += len(chunk)

@@ -8,6 +8,7 @@ import random
 from collections.abc import Awaitable, Callable
 
 import aiomqtt
+import paho.mqtt.client as mqtt
 
 from cloud_gateway.config import GatewaySettings
 from cloud_gateway.errors import GatewayError, LinkDown
@@ -96,6 +97,9 @@ class MqttLink:
                         await self._connected_hook()
                         async for message in client.messages:
                             await self._deliver(message)
+                            # Let the loop write the PUBACKs paho queued and read more:
+                            # without it the broker's in-flight window stalls the stream.
+                            await asyncio.sleep(0)
                     except asyncio.CancelledError:
                         if self._before_disconnect is not None:
                             await asyncio.shield(self._before_disconnect())
@@ -131,6 +135,19 @@ class MqttLink:
         except Exception:
             # A bug in a handler must not stop consumption: logged with its traceback.
             log.exception("handling a message on %s failed", topic[:200])
+
+    def publish_nowait(self, topic: str, payload: bytes) -> None:
+        """Queue a QoS 1 publish in the MQTT client and return without waiting for the PUBACK
+        (the client sends it, and again after a reconnect of this persistent session); LinkDown
+        when there is no session or the client's outgoing queue is full."""
+        client = self._client
+        if client is None:
+            raise LinkDown(f"MQTT link is down: cannot publish to {topic}")
+        # aiomqtt's publish waits for the PUBACK (a future per message); paho's own publish,
+        # which aiomqtt wraps, queues the message and returns.
+        info = client._client.publish(topic, payload, qos=1)
+        if info.rc != mqtt.MQTT_ERR_SUCCESS:
+            raise LinkDown(f"publish to {topic} failed: {mqtt.error_string(info.rc)}")
 
     async def publish(self, topic: str, payload: bytes, retain: bool = False) -> None:
         """Publish at QoS 1; LinkDown when there is no session right now."""

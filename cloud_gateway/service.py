@@ -93,6 +93,11 @@ class Gateway:
             raise LinkDown("the gateway is not started")
         await self._link.publish(topic, payload, retain)
 
+    def _send_nowait(self, topic: str, payload: bytes) -> None:
+        if self._link is None:
+            raise LinkDown("the gateway is not started")
+        self._link.publish_nowait(topic, payload)
+
     async def __aenter__(self) -> Gateway:
         try:
             await self._start()
@@ -107,7 +112,7 @@ class Gateway:
         keys = await asyncio.to_thread(load_or_create, s.data_dir, s.topic_root)
         self._signer, self.trust_path = keys.signer, keys.trust_path
         self._db = await Database(s.db_path).open()
-        self._acks = AckBatcher(topics, self._publish, self.counters, s.ack_delay_ms / 1000)
+        self._acks = AckBatcher(topics, self._send_nowait, self.counters, s.ack_delay_ms / 1000)
         self._campaigns = CampaignService(
             self._db,
             self._signer,

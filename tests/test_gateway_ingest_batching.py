@@ -65,7 +65,7 @@ class Rig:
         self.counters: Counter[str] = Counter()
         self.acked: list[tuple[str, int]] = []
         self.acked_before_commit: list[tuple[str, int]] = []
-        self.acks = AckBatcher(TOPICS, self._publish, self.counters, 0)
+        self.acks = AckBatcher(TOPICS, self._send_ack, self.counters, 0)
         self.ingestor = Ingestor(
             TOPICS,
             db,
@@ -78,10 +78,14 @@ class Rig:
         )
 
     async def _publish(self, topic: str, payload: bytes, retain: bool) -> None:
+        raise AssertionError(f"nothing but acks is published here: {topic}")
+
+    def _send_ack(self, topic: str, payload: bytes) -> None:
+        """The ack as it goes out (synchronously, like the MQTT client's queue): is its batch
+        committed, as seen from another connection?"""
         device_id = topic.split("/")[-3]
         for seq in json.loads(payload)["acks"]:
-            stored = await asyncio.to_thread(
-                count,
+            stored = count(
                 self.path,
                 "SELECT count(*) FROM batches WHERE device_id = ? AND seq = ?",
                 (device_id, seq),
