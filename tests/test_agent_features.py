@@ -17,6 +17,7 @@ from agent.features import (
     FeatureWindows,
     Row,
     local_hour,
+    merge_rows,
     prune_cutoff,
 )
 from protocol.vocabulary import FEATURE_NAMES, SERVABLE_FEATURE_NAMES
@@ -222,6 +223,9 @@ def test_persisted_rows_load_back_to_the_same_state(
         apply(store, rows)
     assert FeatureWindows.load(log, max_keys=max_keys) == w  # append-only log, summed
     assert FeatureWindows.load(as_rows(store), max_keys=max_keys) == w  # upserting store
+    merged: dict[tuple[str, int], int] = {}
+    apply(merged, merge_rows(log))
+    assert merged == store  # rows of one (key, hour) summed first: the same upserted state
     assert FeatureWindows.load(w.dump(), max_keys=max_keys) == w  # compaction
     now = T0 + 4 * 24 * H
     loaded = FeatureWindows.load(log, max_keys=max_keys)
