@@ -1,17 +1,21 @@
-"""Validation of what apps hand the agent (signals, outcomes): pure, field-level errors, bounded."""
+"""Validation of what apps hand the agent (signals, outcomes) and the outbox rows made of valid
+signals: pure, field-level errors, bounded."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Annotated, Any
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from agent.config import Profile
 from agent.errors import InvalidInput, TooLarge
+from agent.store import NewSignal
 from protocol.codec import field_errors
 from protocol.envelopes import Attrs, Id, Name, OutcomeKind
-from protocol.ids import utcnow
+from protocol.ids import format_time, new_ids, utcnow
 
 MAX_FUTURE = timedelta(days=1)
 MAX_ATTRS_BYTES = 4096
@@ -106,6 +110,25 @@ def parse_signals(obj: object, *, max_items: int) -> list[SignalIn]:
 def parse_signal_list(items: list[dict[str, Any]], *, max_items: int) -> list[SignalIn]:
     """The library form (`accept_signals([...])`), with the same paths as the HTTP form."""
     return parse_signals({"signals": items}, max_items=max_items)
+
+
+def signal_rows(signals: Sequence[SignalIn], now: datetime, profile: Profile) -> list[NewSignal]:
+    """The outbox rows of validated signals: a new id each, `at` (`now` when the app gave
+    none) as wire text, compact attrs JSON, the kind's priority and expiry (`at` plus the
+    kind's time to live). A request's signals mostly share one time and a few kinds, so the
+    time's text and the expiry are worked out once per (time, kind) (intake is hot)."""
+    stamps: dict[tuple[datetime, str], tuple[str, int, float]] = {}
+    rows: list[NewSignal] = []
+    for signal_id, item in zip(new_ids(len(signals)), signals, strict=True):
+        at = item.at or now
+        stamp = stamps.get((at, item.kind))
+        if stamp is None:
+            policy = profile.policy(item.kind)
+            expires = (at + timedelta(hours=policy.ttl_hours)).timestamp()
+            stamp = stamps[at, item.kind] = (format_time(at), policy.priority, expires)
+        text, priority, expires = stamp
+        rows.append(NewSignal(signal_id, item.kind, text, _ENCODE(item.attrs), priority, expires))
+    return rows
 
 
 def parse_outcome(obj: object) -> OutcomeIn:
