@@ -30,7 +30,7 @@ from agent.errors import (
     ScoringError,
     UnknownOffer,
 )
-from agent.features import FeatureWindows, merge_rows, prune_cutoff
+from agent.features import FeatureWindows, prune_cutoff
 from agent.intake import SignalIn, parse_outcome, parse_signal_list, signal_rows
 from agent.link import Incoming, Link, LinkState
 from agent.memory import MemoryBudget, rss_bytes, sqlite_cache_kib, trim_heap
@@ -175,11 +175,7 @@ class Agent:
         now = utcnow()
         profile = self.settings.profile
         rows = signal_rows(signals, now, profile)
-        observe = self.windows.observe
-        increments: list[tuple[str, int, int]] = []
-        for item in signals:
-            increments.extend(observe(item.kind, item.attrs, item.at or now, now=now))
-        buckets = merge_rows(increments)
+        buckets = self.windows.observe_many(((s.kind, s.attrs, s.at) for s in signals), now)
         withdrawn = self.store.analytics_withdrawn and not self.consent.analytics
         hits = None
         if not withdrawn and self.uplink is not None and self.uplink.mode() == "aggregate":

@@ -234,6 +234,29 @@ def test_persisted_rows_load_back_to_the_same_state(
 
 
 @settings(max_examples=100, deadline=None)
+@given(events, st.integers(1, 6), st.integers(1, 20), st.integers(-2, 2))
+def test_a_request_observed_at_once_is_the_signals_observed_one_by_one(
+    evs: list[tuple[str, str, float, int, int, int]], max_keys: int, per_request: int, skew: int
+) -> None:
+    one, many = FeatureWindows(max_keys=max_keys), FeatureWindows(max_keys=max_keys)
+    now = T0 + skew * H  # some signals dated ahead of it: they count at now + MAX_SKEW_S
+    for start in range(0, len(evs), per_request):
+        request: list[tuple[str, dict[str, object], datetime | None]] = [
+            (
+                kind,
+                {"category": cat, "level": level, "tier": tier, "seconds": secs},
+                None if hours == 0 else T0 + hours * H + timedelta(seconds=secs),
+            )
+            for kind, cat, level, tier, hours, secs in evs[start : start + per_request]
+        ]
+        rows: list[Row] = []
+        for kind, attrs, at in request:
+            rows.extend(one.observe(kind, attrs, at or now, now=now))
+        assert many.observe_many(request, now) == merge_rows(rows)
+        assert many == one
+
+
+@settings(max_examples=100, deadline=None)
 @given(events, st.integers(0, 24 * 9))
 def test_window_counts_equal_a_brute_force_count_of_the_raw_events(
     evs: list[tuple[str, str, float, int, int, int]], later: int
