@@ -117,15 +117,15 @@ def signal_rows(signals: Sequence[SignalIn], now: datetime, profile: Profile) ->
     none) as wire text, compact attrs JSON, the kind's priority and expiry (`at` plus the
     kind's time to live). A request's signals mostly share one time and a few kinds, so the
     time's text and the expiry are worked out once per (time, kind) (intake is hot)."""
-    stamps: dict[tuple[datetime, str], tuple[str, int, float]] = {}
+    stamps: dict[tuple[datetime | None, str], tuple[str, int, float]] = {}
     rows: list[NewSignal] = []
     for signal_id, item in zip(new_ids(len(signals)), signals, strict=True):
-        at = item.at or now
-        stamp = stamps.get((at, item.kind))
+        stamp = stamps.get((item.at, item.kind))  # keyed by `at` as given: None hashes fast
         if stamp is None:
+            at = item.at or now
             policy = profile.policy(item.kind)
             expires = (at + timedelta(hours=policy.ttl_hours)).timestamp()
-            stamp = stamps[at, item.kind] = (format_time(at), policy.priority, expires)
+            stamp = stamps[item.at, item.kind] = (format_time(at), policy.priority, expires)
         text, priority, expires = stamp
         rows.append(NewSignal(signal_id, item.kind, text, _ENCODE(item.attrs), priority, expires))
     return rows
