@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import json
 import logging
 import signal
 import time
 from collections import deque
 from collections.abc import Callable, Coroutine
-from datetime import datetime, timedelta
+from datetime import datetime
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -32,7 +31,7 @@ from agent.errors import (
     UnknownOffer,
 )
 from agent.features import FeatureWindows, prune_cutoff
-from agent.intake import SignalIn, parse_outcome, parse_signal_list
+from agent.intake import SignalIn, parse_outcome, parse_signal_list, signal_rows
 from agent.link import Incoming, Link, LinkState
 from agent.memory import MemoryBudget, rss_bytes, sqlite_cache_kib, trim_heap
 from agent.metrics import Metrics
@@ -42,13 +41,13 @@ from agent.policy import CapCounts, CapLimits, QuietWindow
 from agent.ranking import Consent, Decision, RankedOffer
 from agent.scoring import Model, load_default_model, load_model
 from agent.status import accounting_of, gauges_of, status_of
-from agent.store import NewSignal, Store
+from agent.store import Store
 from agent.tasks import cancel_and_wait
 from agent.uplink import Uplink
 from protocol import codec
 from protocol.envelopes import State
 from protocol.errors import ProtocolError
-from protocol.ids import format_time, new_id, utcnow
+from protocol.ids import format_time, utcnow
 from protocol.signing import Verifier
 from protocol.topics import DEFAULT_ROOT
 
@@ -175,23 +174,8 @@ class Agent:
     async def accept_parsed(self, signals: list[SignalIn]) -> list[str]:
         now = utcnow()
         profile = self.settings.profile
-        rows: list[NewSignal] = []
-        buckets: list[tuple[str, int, int]] = []
-        for item in signals:
-            at = item.at or now
-            policy = profile.policy(item.kind)
-            expires = at + timedelta(hours=policy.ttl_hours)
-            rows.append(
-                NewSignal(
-                    id=new_id(),
-                    kind=item.kind,
-                    at=format_time(at),
-                    attrs_json=_dumps(item.attrs),
-                    priority=policy.priority,
-                    expires_at=expires.timestamp(),
-                )
-            )
-            buckets.extend(self.windows.observe(item.kind, item.attrs, at, now=now))
+        rows = signal_rows(signals, now, profile)
+        buckets = self.windows.observe_many(((s.kind, s.attrs, s.at) for s in signals), now)
         withdrawn = self.store.analytics_withdrawn and not self.consent.analytics
         hits = None
         if not withdrawn and self.uplink is not None and self.uplink.mode() == "aggregate":
@@ -617,14 +601,6 @@ def _with(state: ConsentState, purpose: str, granted: bool, version: int, at: st
         max(version, state.version),
         at,
     )
-
-
-_ENCODE = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
-"""Built once: `json.dumps` with options builds an encoder per call (per signal here)."""
-
-
-def _dumps(attrs: dict[str, Any]) -> str:
-    return _ENCODE(attrs)
 
 
 def _collect_and_trim() -> None:

@@ -171,6 +171,16 @@ def local_time(now: datetime, tz: str) -> tuple[float, int]:
     return hour, local.weekday()
 
 
+def merge_rows(rows: Iterable[Row]) -> list[Row]:
+    """Rows of one `(key, hour_epoch)` summed into one, in first-seen order: the store applies
+    rows additively, so this is the same state in fewer upserts (a request of 100 signals
+    yields ~160 rows over a handful of keys)."""
+    merged: dict[tuple[str, int], int] = {}
+    for key, hour, delta in rows:
+        merged[key, hour] = merged.get((key, hour), 0) + delta
+    return [(key, hour, delta) for (key, hour), delta in merged.items()]
+
+
 def _hour(at: datetime) -> int:
     return _seconds(at) // HOUR_S
 
@@ -245,6 +255,27 @@ class FeatureWindows:
         if now is not None:
             seconds = min(seconds, _seconds(now) + MAX_SKEW_S)
         rows: list[Row] = []
+        self._observe(kind, attrs, seconds, rows)
+        return rows
+
+    def observe_many(
+        self, signals: Iterable[tuple[str, Mapping[str, object], datetime | None]], now: datetime
+    ) -> list[Row]:
+        """`observe(kind, attrs, at or now, now=now)` of each signal of one request, the rows
+        of one `(key, hour_epoch)` summed (`merge_rows`): the increments to persist with it.
+        `now`'s seconds are worked out once (intake is hot)."""
+        latest = _seconds(now) + MAX_SKEW_S
+        at_now = latest - MAX_SKEW_S
+        rows: list[Row] = []
+        for kind, attrs, at in signals:
+            seconds = at_now if at is None else min(_seconds(at), latest)
+            self._observe(kind, attrs, seconds, rows)
+        return merge_rows(rows)
+
+    def _observe(
+        self, kind: str, attrs: Mapping[str, object], seconds: int, rows: list[Row]
+    ) -> None:
+        start = len(rows)
         hour = seconds // HOUR_S
         category = _category(attrs.get("category"))
         if category is not None:
@@ -266,9 +297,8 @@ class FeatureWindows:
             tier = _number(attrs.get("tier"))
             if tier is not None:
                 self._set_state(TIER_KEY, seconds, int(min(max(round(tier), 0), MAX_TIER)), rows)
-        if rows:
+        if len(rows) > start:
             self._version += 1
-        return rows
 
     def _count(self, key: str, hour: int, rows: list[Row], amount: int = 1) -> None:
         if self._high is not None and hour < self._high - WINDOW_7D:

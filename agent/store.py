@@ -304,10 +304,11 @@ class Store(BatchRows, OfferRows, DecisionRows, ErasureRows):
         raw = not withdrawn and hits is None
         now = self.clock()
         added = 0
+        sizes = [s.size for s in signals] if raw else []
         try:
             with self._tx() as tx:
                 if raw:
-                    need = sum(s.size for s in signals)
+                    need = sum(sizes)
                 elif withdrawn:
                     need = 0
                 else:  # aggregate mode: new rows cost their charge, counting into old ones not
@@ -318,17 +319,8 @@ class Store(BatchRows, OfferRows, DecisionRows, ErasureRows):
                         "INSERT INTO signals(id, kind, at, attrs, priority, expires_at, created,"
                         " size) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                         [
-                            (
-                                s.id,
-                                s.kind,
-                                s.at,
-                                s.attrs_json,
-                                s.priority,
-                                s.expires_at,
-                                now,
-                                s.size,
-                            )
-                            for s in signals
+                            (s.id, s.kind, s.at, s.attrs_json, s.priority, s.expires_at, now, size)
+                            for s, size in zip(signals, sizes, strict=True)
                         ],
                     )
                 elif withdrawn:

@@ -17,6 +17,7 @@ from agent.features import (
     FeatureWindows,
     Row,
     local_hour,
+    merge_rows,
     prune_cutoff,
 )
 from protocol.vocabulary import FEATURE_NAMES, SERVABLE_FEATURE_NAMES
@@ -222,11 +223,37 @@ def test_persisted_rows_load_back_to_the_same_state(
         apply(store, rows)
     assert FeatureWindows.load(log, max_keys=max_keys) == w  # append-only log, summed
     assert FeatureWindows.load(as_rows(store), max_keys=max_keys) == w  # upserting store
+    merged: dict[tuple[str, int], int] = {}
+    apply(merged, merge_rows(log))
+    assert merged == store  # rows of one (key, hour) summed first: the same upserted state
     assert FeatureWindows.load(w.dump(), max_keys=max_keys) == w  # compaction
     now = T0 + 4 * 24 * H
     loaded = FeatureWindows.load(log, max_keys=max_keys)
     assert loaded.context(now, "tv", "UTC", True) == w.context(now, "tv", "UTC", True)
     assert len(w) <= max_keys
+
+
+@settings(max_examples=100, deadline=None)
+@given(events, st.integers(1, 6), st.integers(1, 20), st.integers(-2, 2))
+def test_a_request_observed_at_once_is_the_signals_observed_one_by_one(
+    evs: list[tuple[str, str, float, int, int, int]], max_keys: int, per_request: int, skew: int
+) -> None:
+    one, many = FeatureWindows(max_keys=max_keys), FeatureWindows(max_keys=max_keys)
+    now = T0 + skew * H  # some signals dated ahead of it: they count at now + MAX_SKEW_S
+    for start in range(0, len(evs), per_request):
+        request: list[tuple[str, dict[str, object], datetime | None]] = [
+            (
+                kind,
+                {"category": cat, "level": level, "tier": tier, "seconds": secs},
+                None if hours == 0 else T0 + hours * H + timedelta(seconds=secs),
+            )
+            for kind, cat, level, tier, hours, secs in evs[start : start + per_request]
+        ]
+        rows: list[Row] = []
+        for kind, attrs, at in request:
+            rows.extend(one.observe(kind, attrs, at or now, now=now))
+        assert many.observe_many(request, now) == merge_rows(rows)
+        assert many == one
 
 
 @settings(max_examples=100, deadline=None)

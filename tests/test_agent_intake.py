@@ -1,16 +1,19 @@
-"""Intake validation: the attrs size bound that spares encoding is never below the truth."""
+"""Intake validation: the attrs size bound that spares encoding is never below the truth; the
+outbox rows made of valid signals."""
 
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from agent.config import Profile, SignalPolicy
 from agent.errors import InvalidInput
-from agent.intake import MAX_ATTRS_BYTES, _json_size_bound, parse_signal_list
+from agent.intake import MAX_ATTRS_BYTES, _json_size_bound, parse_signal_list, signal_rows
 
 NAMES = st.from_regex(r"[a-z0-9_.:-]{1,64}", fullmatch=True)
 VALUES = st.one_of(
@@ -55,3 +58,48 @@ def test_intake_refuses_what_is_over_the_limit_or_not_utf8_and_takes_the_rest() 
             parse_signal_list([{"kind": "search", "attrs": attrs}], max_items=10)
         assert caught.value.errors[0]["loc"].startswith("signals.0.attrs"), caught.value.errors
     assert MAX_ATTRS_BYTES == 4096
+
+
+def test_rows_carry_each_signals_time_and_its_kinds_priority_and_expiry() -> None:
+    profile = Profile(
+        name="tv",
+        surfaces=["tv_home_banner"],
+        signals={
+            "default": SignalPolicy(priority=50, ttl_hours=168),
+            "purchase": SignalPolicy(priority=90, ttl_hours=720),
+        },
+    )
+    now = datetime(2026, 3, 2, 12, 30, 0, 123456, tzinfo=UTC)
+    given_at = datetime(2026, 3, 2, 14, 0, tzinfo=timezone(timedelta(hours=2)))  # 12:00Z
+    items = [
+        {"kind": "purchase", "attrs": {"sku": "f-1", "price": 9.5}},
+        {"kind": "search", "attrs": {"q": "café"}},
+        {"kind": "purchase", "at": "2026-03-02T12:00:00Z"},
+        {"kind": "purchase", "at": given_at.isoformat()},  # the same instant, another offset
+        {"kind": "search"},
+    ]
+    rows = signal_rows(parse_signal_list(items, max_items=10), now, profile)
+    assert [r.kind for r in rows] == [i["kind"] for i in items]
+    assert [r.at for r in rows] == [
+        "2026-03-02T12:30:00.123Z",
+        "2026-03-02T12:30:00.123Z",
+        "2026-03-02T12:00:00.000Z",
+        "2026-03-02T12:00:00.000Z",
+        "2026-03-02T12:30:00.123Z",
+    ]
+    assert [r.priority for r in rows] == [90, 50, 90, 90, 50]
+    assert [r.expires_at for r in rows] == [
+        (now + timedelta(hours=720)).timestamp(),
+        (now + timedelta(hours=168)).timestamp(),
+        (given_at + timedelta(hours=720)).timestamp(),
+        (given_at + timedelta(hours=720)).timestamp(),
+        (now + timedelta(hours=168)).timestamp(),
+    ]
+    assert [r.attrs_json for r in rows] == [
+        '{"sku":"f-1","price":9.5}',
+        '{"q":"café"}',
+        "{}",
+        "{}",
+        "{}",
+    ]
+    assert len({r.id for r in rows}) == len(rows)
