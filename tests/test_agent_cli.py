@@ -3,14 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import signal
 import subprocess
 import sys
-import time
-import urllib.error
-import urllib.request
 import uuid
 from pathlib import Path
 from typing import IO
@@ -22,6 +18,7 @@ from edgemart.broker import MosquittoProcess, free_port
 from protocol import codec
 from protocol.envelopes import State, TrustFile
 from protocol.signing import Signer
+from tests.helpers import eventually, wait_healthy
 
 pytestmark = pytest.mark.integration
 
@@ -67,24 +64,13 @@ def _write_trust(tmp_path: Path, root: str) -> Path:
     return trust
 
 
-def _write_trust(tmp_path: Path, root: str) -> Path:
-    trust = tmp_path / "trust.json"
-    trust.write_bytes(codec.encode(TrustFile(keys=[Signer.generate("k1").public], topic_root=root)))
-    return trust
-
-
-def _healthy(port: int, timeout: float = 20.0) -> dict[str, object]:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1) as resp:
-                body: dict[str, object] = json.loads(resp.read())
-                if body.get("link") == "connected":
-                    return body
-        except (urllib.error.URLError, ConnectionError):
-            pass
-        time.sleep(0.1)
-    raise AssertionError("agent did not become healthy")
+async def _connected(proc: subprocess.Popen[bytes], port: int, log: Path) -> dict[str, object]:
+    """The agent's /healthz body once its link to the broker is up."""
+    url = f"http://127.0.0.1:{port}/healthz"
+    body: dict[str, object] = await wait_healthy(
+        url, proc, log, ready=lambda body: body.get("link") == "connected"
+    )
+    return body
 
 
 async def _retained_state(broker: MosquittoProcess, topic: str) -> State:
@@ -104,7 +90,7 @@ async def test_cli_run_serves_and_stops_on_sigterm(
     device, root, port = f"tv-cli-{tag}", f"cli{tag}/v1", free_port()
     proc = _start(tmp_path, mosquitto.url, device, root, "--api-port", str(port))
     try:
-        body = await asyncio.to_thread(_healthy, port)
+        body = await _connected(proc, port, tmp_path / "agent.log")
         assert body["ok"] is True
         state = await _retained_state(mosquitto, f"{root}/dev/{device}/state")
         assert state.status == "online"
@@ -123,20 +109,19 @@ async def test_killed_agent_leaves_its_will(tmp_path: Path, mosquitto: Mosquitto
     device, root, port = f"tv-kill-{tag}", f"kill{tag}/v1", free_port()
     proc = _start(tmp_path, mosquitto.url, device, root, "--api-port", str(port))
     try:
-        await asyncio.to_thread(_healthy, port)
+        await _connected(proc, port, tmp_path / "agent.log")
         proc.kill()
         proc.wait()
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-    deadline = time.monotonic() + 5
-    while True:
+
+    async def offline() -> bool:
         state = await _retained_state(mosquitto, f"{root}/dev/{device}/state")
-        if state.status == "offline" or time.monotonic() > deadline:
-            break
-        await asyncio.sleep(0.1)
-    assert state.status == "offline"
+        return state.status == "offline"
+
+    await eventually(offline, 5.0, "the will: retained state offline", step=0.1)
 
 
 def test_cli_config_error_is_one_line_and_exit_2(tmp_path: Path) -> None:

@@ -6,8 +6,9 @@ import asyncio
 import contextlib
 import sqlite3
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from datetime import timedelta
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -23,18 +24,15 @@ from protocol import codec
 from protocol.envelopes import Batch, State, TrustFile
 from protocol.ids import format_time, new_id, utcnow
 from protocol.signing import Signer
+from tests import helpers
 
 pytestmark = pytest.mark.integration
 
 ALL = {"analytics": True, "personalization": True, "marketing": True}
 
 
-async def eventually(pred: Callable[[], bool], timeout: float = 5.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not pred():
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.02)
+# in-process state (counters, status, a fake gateway's lists): a short deadline, quick polls
+eventually = partial(helpers.eventually, timeout=5.0, step=0.02)
 
 
 class World:

@@ -10,13 +10,9 @@ import datetime as dt
 import getpass
 import ipaddress
 import logging
-import os
 import secrets
 import shutil
-import signal
 import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,9 +36,9 @@ from edgemart.broker import MosquittoProcess, free_port
 from protocol import codec
 from protocol.envelopes import Batch, Signal
 from protocol.ids import new_id, utcnow
+from tests.helpers import EDGEMART, eventually, spawn, start_gateway, stop, wait_healthy
 
 ROOT = Path(__file__).resolve().parents[1]
-EDGEMART = [sys.executable, "-m", "edgemart"]
 DEVICES = ("tv-auth-0001", "tv-auth-0002")
 
 
@@ -212,46 +208,6 @@ def test_credentials_come_from_files_env_or_url_and_stay_secret(
 # ---------------------------------------------------------------- real processes, real broker
 
 
-def _spawn(
-    args: list[str], log: Path, env: dict[str, str] | None = None
-) -> subprocess.Popen[bytes]:
-    full = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
-    with log.open("wb") as handle:
-        return subprocess.Popen(
-            [*EDGEMART, *args], stdout=handle, stderr=subprocess.STDOUT, env=full
-        )
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
-async def _eventually(check: Any, timeout: float = 20.0) -> Any:
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = await check()
-        if last:
-            return last
-        await asyncio.sleep(0.2)
-    raise AssertionError(f"condition not met within {timeout}s (last: {last!r})")
-
-
-async def _healthy(http: aiohttp.ClientSession, url: str, proc: subprocess.Popen[bytes]) -> bool:
-    assert proc.poll() is None, "process exited early"
-    try:
-        async with http.get(url) as r:
-            return r.status == 200
-    except aiohttp.ClientError:
-        return False
-
-
 def _batch(device_id: str, signal_id: str) -> bytes:
     now = utcnow()
     return codec.encode(
@@ -280,21 +236,19 @@ async def test_processes_authenticate_and_the_acl_confines_devices(
         async with aiomqtt.Client("127.0.0.1", broker.port, identifier="anonymous"):
             pass
 
-    gateway = _spawn(
-        [
-            *("gateway", "run", "--broker", broker.url, "--data-dir", str(gw_dir)),
-            *("--http-port", str(gw_port), "--mqtt-username", "gateway"),
-            *("--mqtt-password-file", str(tmp_path / "gw.pw"), "-vv"),
-        ],
+    gateway = await start_gateway(
+        broker.url,
+        gw_dir,
+        gw_port,
         gw_log,
+        *("--mqtt-username", "gateway", "--mqtt-password-file", str(tmp_path / "gw.pw"), "-vv"),
     )
     agent = None
     gw = f"http://127.0.0.1:{gw_port}"
     dev = f"http://127.0.0.1:{api_port}"
     try:
         async with aiohttp.ClientSession() as http:
-            await _eventually(lambda: _healthy(http, f"{gw}/healthz", gateway))
-            agent = _spawn(
+            agent = spawn(
                 [
                     *("agent", "run", "--profile", "tv", "--device-id", device),
                     *("--broker", broker.url, "--data-dir", str(tmp_path / "dev")),
@@ -304,7 +258,7 @@ async def test_processes_authenticate_and_the_acl_confines_devices(
                 # the username defaults to the device id; the password from the environment
                 env={"EDGEMART_MQTT_PASSWORD": passwords[device], "EDGEMART_UPLINK__MODE": "raw"},
             )
-            await _eventually(lambda: _healthy(http, f"{dev}/healthz", agent))
+            await wait_healthy(f"{dev}/healthz", agent, agent_log)
             token = await asyncio.to_thread(create_token, gw_dir)
             auth = {"Authorization": f"Bearer {token}"}
             consent = {"purposes": {"analytics": True, "personalization": True, "marketing": True}}
@@ -323,8 +277,8 @@ async def test_processes_authenticate_and_the_acl_confines_devices(
                     status = await r.json()
                     return status["link"] == "connected" and status["outbox_depth"] == 0
 
-            await _eventually(lambda: stored(device, 20))
-            await _eventually(acked)
+            await eventually(lambda: stored(device, 20))
+            await eventually(acked)
 
             # Another device, with its own valid credentials, poses as this one: refused.
             forged = new_id()
@@ -345,9 +299,9 @@ async def test_processes_authenticate_and_the_acl_confines_devices(
                 )
                 async with http.post(f"{dev}/v1/signals", json=body) as r:
                     assert r.status == 202, await r.text()
-                await _eventually(lambda: stored(device, 40))  # acked on its down/ack
-                await _eventually(acked)
-                await _eventually(lambda: stored(intruder, 1))  # its own batch went through
+                await eventually(lambda: stored(device, 40))  # acked on its down/ack
+                await eventually(acked)
+                await eventually(lambda: stored(intruder, 1))  # its own batch went through
                 leaked: list[str] = []
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(0.5):
@@ -373,11 +327,11 @@ async def test_processes_authenticate_and_the_acl_confines_devices(
                     stats = await r.json()
                 return bool(stats["devices_erased"] == stats["device_commands_confirmed"] == 1)
 
-            await _eventually(forgotten)
+            await eventually(forgotten)
     finally:
         if agent is not None:
-            _stop(agent)
-        _stop(gateway)
+            stop(agent)
+        stop(gateway)
     logs = gw_log.read_text() + agent_log.read_text()
     assert "link up" in agent_log.read_text(), agent_log.read_text()[-2000:]
     for secret in passwords.values():

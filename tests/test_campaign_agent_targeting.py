@@ -13,7 +13,8 @@ from agent.daemon import Agent
 from cloud_gateway.campaign_store import device_facts, pushed_devices
 from cloud_gateway.campaigns import CampaignIn
 from edgemart.broker import MosquittoProcess
-from tests.durability_world import ALL, agent_settings, eventually, export, gateway
+from tests.durability_world import ALL, agent_settings, export, gateway
+from tests.helpers import eventually
 
 DAY = 86_400.0
 OFFER = {

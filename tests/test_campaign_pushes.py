@@ -9,7 +9,6 @@ import asyncio
 import json
 import signal
 import sqlite3
-import subprocess
 import uuid
 from datetime import timedelta
 from pathlib import Path
@@ -28,8 +27,8 @@ from protocol import codec
 from protocol.envelopes import Batch, ClaimRequest, OfferBundle, Signal, State
 from protocol.ids import format_time, new_id, parse_time, utcnow
 from protocol.topics import Topics
-from tests.test_campaign_targeting import OFFER, settings_for, until
-from tests.test_claims_flash_sale import start_gateway, wait_http
+from tests.helpers import gateway_settings, start_gateway, stop
+from tests.test_campaign_targeting import OFFER, eventually
 
 LIMITED = {**OFFER, "limited": True}
 
@@ -60,7 +59,7 @@ class Inbox:
 async def test_pushes_owed_by_a_change_cut_short_by_a_crash_are_made_at_start(
     mosquitto: MosquittoProcess, tmp_path: Path
 ) -> None:
-    settings = settings_for(tmp_path, mosquitto)
+    settings = gateway_settings(tmp_path, mosquitto, scheduler_tick_s=0.2)
     topics = settings.topics
     async with Gateway(settings) as gw:
         cohort = await gw.campaigns.create(
@@ -83,7 +82,7 @@ async def test_pushes_owed_by_a_change_cut_short_by_a_crash_are_made_at_start(
         birth = State(device_id="tv-crash-1", status="online", profile="tv", cohorts=["all"])
         async with aiomqtt.Client("127.0.0.1", mosquitto.port) as dev:
             await dev.publish(topics.state("tv-crash-1"), codec.encode(birth), qos=1)
-            await until(lambda: _registered(gw, "tv-crash-1"))
+            await eventually(lambda: _registered(gw, "tv-crash-1"))
     # What `_change` commits before it pushes: the new states and the pushes they owe. The
     # process dies right after this commit (the gateway above is gone, nothing was pushed).
     store = Store(settings.db_path)
@@ -117,7 +116,7 @@ async def test_pushes_owed_by_a_change_cut_short_by_a_crash_are_made_at_start(
                     bundles = inbox.get(topics.offers("tv-crash-1"))
                     return bool(catalogs and catalogs[-1]["offers"] and bundles)
 
-                await until(announced)
+                await eventually(announced)
                 catalog = OfferBundle.model_validate(inbox.get(topics.cohort_offers("all"))[-1])
                 assert [o.id for o in catalog.offers] == ["c1"]
                 bundle = OfferBundle.model_validate(inbox.get(topics.offers("tv-crash-1"))[-1])
@@ -126,7 +125,7 @@ async def test_pushes_owed_by_a_change_cut_short_by_a_crash_are_made_at_start(
                 async def cleared() -> bool:
                     return not await gw.db.call(pending)
 
-                await until(cleared)
+                await eventually(cleared)
         finally:
             inbox.close()
 
@@ -138,7 +137,7 @@ async def _registered(gw: Gateway, device_id: str) -> bool:
 async def test_sold_out_offers_are_re_announced_and_offer_ids_are_unique(
     mosquitto: MosquittoProcess, tmp_path: Path
 ) -> None:
-    settings = settings_for(tmp_path, mosquitto)
+    settings = gateway_settings(tmp_path, mosquitto, scheduler_tick_s=0.2)
     topics = settings.topics
     async with (
         Gateway(settings) as gw,
@@ -186,7 +185,7 @@ async def test_sold_out_offers_are_re_announced_and_offer_ids_are_unique(
             async def launched() -> bool:
                 return bool(inbox.get(topics.offers("tv-so-3")))
 
-            await until(launched)
+            await eventually(launched)
             for d, offer, cid in (
                 ("tv-so-1", "so-c", cohort_id),
                 ("tv-so-2", "so-c", cohort_id),
@@ -209,7 +208,7 @@ async def test_sold_out_offers_are_re_announced_and_offer_ids_are_unique(
                     and stock_of(inbox.get(topics.offers("tv-so-3")), "so-d") == 0
                 )
 
-            await until(re_announced)  # devices hide limited offers with stock 0
+            await eventually(re_announced)  # devices hide limited offers with stock 0
             assert [r["granted"] for r in inbox.get(topics.claim_down("tv-so-3"))] == [True]
             assert not await gw.db.call(pending)
         finally:
@@ -220,7 +219,7 @@ async def test_sold_out_offers_are_re_announced_and_offer_ids_are_unique(
 async def test_bundles_are_refreshed_at_half_life_and_re_planned_on_new_facts(
     mosquitto: MosquittoProcess, tmp_path: Path
 ) -> None:
-    settings = settings_for(tmp_path, mosquitto)
+    settings = gateway_settings(tmp_path, mosquitto, scheduler_tick_s=0.2)
     topics = settings.topics
     device = "tv-facts-1"
     seq = 0
@@ -249,7 +248,7 @@ async def test_bundles_are_refreshed_at_half_life_and_re_planned_on_new_facts(
             birth = State(device_id=device, status="online", profile="tv", cohorts=["all"])
             await client.publish(topics.state(device), codec.encode(birth), qos=1)
             await report(0.9)
-            await until(lambda: _stored(gw, 1))
+            await eventually(lambda: _stored(gw, 1))
             campaign = await gw.campaigns.create(
                 CampaignIn.model_validate(
                     {
@@ -277,20 +276,20 @@ async def test_bundles_are_refreshed_at_half_life_and_re_planned_on_new_facts(
                 return [OfferBundle.model_validate(b) for b in inbox.get(topics.offers(device))]
 
             await report(0.1)  # now it needs one: pushed on the next scheduler tick
-            await until(lambda: _async(len(bundles()) == 1))
+            await eventually(lambda: len(bundles()) == 1)
             assert [o.id for o in bundles()[0].offers] == ["low"]
 
             # Past half its lifetime, the holder gets a fresh bundle before it expires.
             first = bundles()[0]
             await gw.db.call(_age_bundles, campaign, timedelta(days=4))
             assert await gw.campaigns.delivery.refresh_due() == 1
-            await until(lambda: _async(len(bundles()) == 2))
+            await eventually(lambda: len(bundles()) == 2)
             fresh = bundles()[1]
             assert fresh.id != first.id and fresh.expires_at > first.expires_at
             assert [o.id for o in fresh.offers] == ["low"]
 
             await report(0.95)  # refilled: the offer is withdrawn
-            await until(lambda: _async(len(bundles()) == 3))
+            await eventually(lambda: len(bundles()) == 3)
             assert (bundles()[2].offers, bundles()[2].revokes) == ([], ["low"])
         finally:
             inbox.close()
@@ -298,10 +297,6 @@ async def test_bundles_are_refreshed_at_half_life_and_re_planned_on_new_facts(
 
 async def _stored(gw: Gateway, n: int) -> bool:
     return gw.counters["batches_stored"] >= n
-
-
-async def _async(value: bool) -> bool:
-    return value
 
 
 def _age_bundles(store: Store, campaign: Campaign, by: timedelta) -> None:
@@ -337,9 +332,8 @@ async def test_a_launch_whose_catalog_never_went_out_is_pushed_after_a_sigkill(
     log = tmp_path / "gateway.log"
     port = free_port()
     base = f"http://127.0.0.1:{port}"
-    proc = start_gateway(own_mosquitto, data, root, port, log)
+    proc = await start_gateway(own_mosquitto.url, data, port, log, "--topic-root", root, timeout=30)
     try:
-        await wait_http(base, proc, log)
         token = await asyncio.to_thread(create_token, data)
         async with aiohttp.ClientSession(
             base, headers={"Authorization": f"Bearer {token}"}
@@ -359,8 +353,9 @@ async def test_a_launch_whose_catalog_never_went_out_is_pushed_after_a_sigkill(
         own_mosquitto.start()
         async with aiomqtt.Client("127.0.0.1", own_mosquitto.port) as client:
             await client.subscribe(topics.cohort_offers("all"), qos=1)
-            proc = start_gateway(own_mosquitto, data, root, port, log)
-            await wait_http(base, proc, log)
+            proc = await start_gateway(
+                own_mosquitto.url, data, port, log, "--topic-root", root, timeout=30
+            )
             async with asyncio.timeout(30):
                 async for message in client.messages:
                     assert isinstance(message.payload, bytes)
@@ -372,12 +367,6 @@ async def test_a_launch_whose_catalog_never_went_out_is_pushed_after_a_sigkill(
         async def cleared() -> bool:
             return await asyncio.to_thread(_markers, data) == 0
 
-        await until(cleared)
+        await eventually(cleared)
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        stop(proc)

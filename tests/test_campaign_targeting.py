@@ -8,8 +8,8 @@ import json
 import math
 import random
 import uuid
-from collections.abc import Callable
 from datetime import timedelta
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +19,6 @@ import pytest
 
 from cloud_gateway.auth import create_token
 from cloud_gateway.campaigns import CampaignIn, new_campaign, transition
-from cloud_gateway.config import GatewaySettings
 from cloud_gateway.delivery import plan_device
 from cloud_gateway.service import Gateway
 from cloud_gateway.targeting import DeviceFacts
@@ -29,6 +28,7 @@ from protocol.assign import in_holdout
 from protocol.envelopes import Batch, OfferBundle, Signal, State, TrustFile
 from protocol.ids import new_id, utcnow
 from protocol.signing import Verifier
+from tests import helpers
 
 pytestmark = pytest.mark.integration
 
@@ -41,25 +41,8 @@ OFFER = {
 }
 
 
-def settings_for(tmp_path: Path, broker: MosquittoProcess) -> GatewaySettings:
-    tag = uuid.uuid4().hex[:10]
-    return GatewaySettings(
-        broker=broker.url,
-        data_dir=tmp_path / "gw",
-        http_port=0,
-        topic_root=f"t{tag}/v1",
-        client_id=f"gw-{tag}",
-        ack_delay_ms=2,
-        scheduler_tick_s=0.2,
-    )
-
-
-async def until(check: Callable[[], Any], timeout: float = 30, step: float = 0.05) -> None:
-    async with asyncio.timeout(timeout):
-        while True:  # polling state owned by another task: a condition, not a fixed sleep
-            if await check():
-                return
-            await asyncio.sleep(step)
+# a gateway in this process, pushes through a real broker: up to 30 s under load
+eventually = partial(helpers.eventually, timeout=30.0)
 
 
 def test_holdout_and_variants_are_stable_and_within_tolerance() -> None:
@@ -109,7 +92,7 @@ def _fleet(n: int, seed: int) -> list[dict[str, Any]]:
 async def test_rules_reach_exactly_the_selected_devices_with_receipts_and_births(
     mosquitto: MosquittoProcess, tmp_path: Path
 ) -> None:
-    settings = settings_for(tmp_path, mosquitto)
+    settings = helpers.gateway_settings(tmp_path, mosquitto, scheduler_tick_s=0.2)
     topics = settings.topics
     fleet = _fleet(300, seed=6)
     now = utcnow()
@@ -153,7 +136,7 @@ async def test_rules_reach_exactly_the_selected_devices_with_receipts_and_births
         async def all_stored() -> bool:
             return gw.counters["batches_stored"] >= len(fleet)
 
-        await until(all_stored)
+        await eventually(all_stored)
         token = await asyncio.to_thread(create_token, settings.data_dir)
         http = aiohttp.ClientSession(
             f"http://127.0.0.1:{gw.http_port}", headers={"Authorization": f"Bearer {token}"}
@@ -196,7 +179,7 @@ async def test_rules_reach_exactly_the_selected_devices_with_receipts_and_births
             async def all_pushed() -> bool:
                 return len(bundles) >= len(expected)
 
-            await until(all_pushed)
+            await eventually(all_pushed)
             await asyncio.sleep(0.3)
             assert set(bundles) == expected  # exactly the devices the rules select
             trust = TrustFile.model_validate_json(gw.trust_path.read_text())
@@ -230,7 +213,7 @@ async def test_rules_reach_exactly_the_selected_devices_with_receipts_and_births
             async def receipted() -> bool:
                 return gw.counters["device_bundle_receipts"] >= 1
 
-            await until(receipted)
+            await eventually(receipted)
             sent_before_birth = len(bundles[first])  # QoS 1 may have delivered a copy twice
             for device_id in (first, second):
                 birth = State(device_id=device_id, status="online", profile="tv")
@@ -239,7 +222,7 @@ async def test_rules_reach_exactly_the_selected_devices_with_receipts_and_births
             async def resent() -> bool:
                 return len(bundles[second]) >= 2
 
-            await until(resent)
+            await eventually(resent)
             await asyncio.sleep(0.3)
             assert len(bundles[first]) == sent_before_birth  # confirmed: not sent again
             assert bundles[second][1] == bundles[second][0]  # the same signed bundle again
@@ -275,7 +258,7 @@ async def test_rules_reach_exactly_the_selected_devices_with_receipts_and_births
             async def late_pushed() -> bool:
                 return "tv-late" in bundles
 
-            await until(late_pushed)
+            await eventually(late_pushed)
 
             # Pause: every holder gets a signed revocation; relaunch: same holdout, same variants.
             count_before = {d: len(b) for d, b in bundles.items()}
@@ -284,7 +267,7 @@ async def test_rules_reach_exactly_the_selected_devices_with_receipts_and_births
             async def revoked() -> bool:
                 return all(len(bundles[d]) > count_before[d] for d in count_before)
 
-            await until(revoked)
+            await eventually(revoked)
             revocation = OfferBundle.model_validate(bundles[second][-1])
             assert revocation.offers == []
             assert set(revocation.revokes) == {"fa", "fb"}
@@ -297,7 +280,7 @@ async def test_rules_reach_exactly_the_selected_devices_with_receipts_and_births
             async def relaunched() -> bool:
                 return all(len(bundles[d]) > count_before[d] for d in count_before)
 
-            await until(relaunched)
+            await eventually(relaunched)
             for d, got in bundles.items():
                 assert OfferBundle.model_validate(got[-1]).offers[0].variant == variant_before[d]
             stats = await (await http.get(f"/v1/campaigns/{cid}/stats")).json()
@@ -312,7 +295,7 @@ async def test_rules_reach_exactly_the_selected_devices_with_receipts_and_births
 async def test_cohort_targeting_is_one_publish_and_the_scheduler_runs_on_time(
     mosquitto: MosquittoProcess, tmp_path: Path
 ) -> None:
-    settings = settings_for(tmp_path, mosquitto)
+    settings = helpers.gateway_settings(tmp_path, mosquitto, scheduler_tick_s=0.2)
     topics = settings.topics
     async with (
         Gateway(settings) as gw,

@@ -7,14 +7,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
 import random
 import re
 import signal
 import sqlite3
-import subprocess
-import sys
-import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -30,6 +26,7 @@ from protocol.envelopes import ClaimRequest, ClaimResult, TrustFile
 from protocol.ids import new_id, utcnow
 from protocol.signing import Verifier
 from protocol.topics import Topics
+from tests.helpers import start_gateway, stop
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -55,46 +52,6 @@ def committed_grants(data: Path) -> int:
         db.close()
 
 
-def start_gateway(broker: MosquittoProcess, data: Path, root: str, port: int, log: Path) -> Any:
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
-    with log.open("ab") as handle:
-        return subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "edgemart",
-                "gateway",
-                "run",
-                "--broker",
-                broker.url,
-                "--data-dir",
-                str(data),
-                "--http-port",
-                str(port),
-                "--topic-root",
-                root,
-            ],
-            stdout=handle,
-            stderr=subprocess.STDOUT,
-            env=env,
-        )
-
-
-async def wait_http(base: str, proc: Any, log: Path, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    async with aiohttp.ClientSession() as http:
-        while time.monotonic() < deadline:
-            assert proc.poll() is None, log.read_text()[-3000:]
-            try:
-                async with http.get(f"{base}/healthz") as resp:
-                    if resp.status == 200:
-                        return
-            except aiohttp.ClientError:
-                pass
-            await asyncio.sleep(0.1)
-    raise AssertionError(f"gateway did not come up:\n{log.read_text()[-3000:]}")
-
-
 async def test_flash_sale_survives_sigkill_and_never_oversells(
     mosquitto: MosquittoProcess, tmp_path: Path
 ) -> None:
@@ -104,9 +61,8 @@ async def test_flash_sale_survives_sigkill_and_never_oversells(
     log = tmp_path / "gateway.log"
     port = free_port()
     base = f"http://127.0.0.1:{port}"
-    proc = start_gateway(mosquitto, data, root, port, log)
+    proc = await start_gateway(mosquitto.url, data, port, log, "--topic-root", root, timeout=30)
     try:
-        await wait_http(base, proc, log)
         token = await asyncio.to_thread(create_token, data)
         trust = TrustFile.model_validate_json((data / "trust.json").read_text())
         verifier = Verifier.from_public_keys(trust.keys)
@@ -205,8 +161,9 @@ async def test_flash_sale_survives_sigkill_and_never_oversells(
                 granted_at_kill = await asyncio.to_thread(committed_grants, data)
                 rest = devices[600:]
                 await send(rest + [d for d in repeated if d not in first])  # while it is down
-                proc = start_gateway(mosquitto, data, root, port, log)
-                await wait_http(base, proc, log)
+                proc = await start_gateway(
+                    mosquitto.url, data, port, log, "--topic-root", root, timeout=30
+                )
                 # Devices claim again (same key) until each has an answer.
                 async with asyncio.timeout(180):
                     while len(answers) < DEVICES:
@@ -260,10 +217,4 @@ async def test_flash_sale_survives_sigkill_and_never_oversells(
         text = log.read_text()
         assert not re.search(r"Traceback", text), text[-3000:]
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        stop(proc)

@@ -12,7 +12,8 @@ import aiohttp
 from agent.daemon import Agent
 from edgemart.broker import MosquittoProcess
 from simulators.checker import Drops, account
-from tests.durability_world import ALL, agent_settings, device_view, eventually, export, gateway
+from tests.durability_world import ALL, agent_settings, device_view, export, gateway
+from tests.helpers import eventually
 
 NO_ANALYTICS = {**ALL, "analytics": False}
 

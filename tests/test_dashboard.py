@@ -13,12 +13,12 @@ import aiomqtt
 import pytest
 
 from cloud_gateway.auth import create_token
-from cloud_gateway.config import GatewaySettings
 from cloud_gateway.service import Gateway
 from edgemart.broker import MosquittoProcess
 from protocol import codec
 from protocol.envelopes import Batch, Outcome, OutcomeKind, State
 from protocol.ids import new_id, utcnow
+from tests.helpers import gateway_settings
 
 pytestmark = pytest.mark.integration
 
@@ -43,15 +43,7 @@ async def test_dashboard_shows_numbers_and_pauses(
         )
     from playwright.async_api import async_playwright, expect  # noqa: PLC0415 - heavy, test-only
 
-    tag = uuid.uuid4().hex[:10]
-    settings = GatewaySettings(
-        broker=mosquitto.url,
-        data_dir=tmp_path / "gw",
-        http_port=0,
-        topic_root=f"t{tag}/v1",
-        client_id=f"gw-{tag}",
-        ack_delay_ms=2,
-    )
+    settings = gateway_settings(tmp_path, mosquitto)
     topics = settings.topics
     async with Gateway(settings) as gw:
         token = await asyncio.to_thread(create_token, settings.data_dir)

@@ -30,7 +30,8 @@ from edgemart.broker import MosquittoProcess, free_port
 from protocol.envelopes import Batch
 from simulators.checker import Drops, account
 from simulators.faults import AgentProcess
-from tests.durability_world import ALL, agent_settings, eventually, export, gateway
+from tests.durability_world import ALL, agent_settings, export, gateway
+from tests.helpers import eventually
 
 pytestmark = pytest.mark.integration
 

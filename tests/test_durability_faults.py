@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import random
-import time
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +20,7 @@ from cloud_gateway.store import Store as GatewayStore
 from edgemart.broker import MosquittoProcess, free_port
 from simulators.checker import check
 from simulators.faults import AgentProcess
+from tests.helpers import eventually
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -32,17 +31,6 @@ SIGNAL_ENV = {
     "EDGEMART_UPLINK__ACK_TIMEOUT_S": "3",
     "EDGEMART_UPLINK__DRAIN_BATCHES_PER_S": "50",
 }
-
-
-async def eventually(check_fn: Callable[[], Awaitable[Any]], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = await check_fn()
-        if last:
-            return last
-        await asyncio.sleep(0.3)
-    raise AssertionError(f"{what} not reached within {timeout}s (last: {last!r})")
 
 
 def body(n: int, tag: int) -> dict[str, Any]:
@@ -121,7 +109,7 @@ async def test_sigkill_the_agent_20_times_while_posting_10000_signals(
         async def all_stored() -> bool:
             return set(accepted) <= set(await stored_ids(gw, device))
 
-        await eventually(all_stored, 180.0, "every 202'd signal stored")
+        await eventually(all_stored, 180.0, "every 202'd signal stored", step=0.3)
         ids = await stored_ids(gw, device)
         report = check({device: accepted}, {device: ids})
         assert report.lost == 0, report.lost_ids

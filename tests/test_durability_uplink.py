@@ -15,7 +15,8 @@ from agent.link import Backoff
 from cloud_gateway.store import Store as GatewayStore
 from edgemart.broker import MosquittoProcess
 from simulators.checker import Drops, account, coverage
-from tests.durability_world import ALL, agent_settings, device_view, eventually, export, gateway
+from tests.durability_world import ALL, agent_settings, device_view, export, gateway
+from tests.helpers import eventually
 
 
 def mixed(round_: int) -> list[dict[str, Any]]:

@@ -3,13 +3,7 @@ processes, a real Mosquitto, the operator and the device app over real HTTP."""
 
 from __future__ import annotations
 
-import asyncio
-import os
-import signal
 import subprocess
-import sys
-import time
-from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -19,89 +13,20 @@ import pytest
 
 from edgemart.broker import MosquittoProcess, free_port
 from protocol.ids import format_time, utcnow
+from tests.helpers import EDGEMART, eventually, spawn, start_gateway, stop, tail, wait_healthy
 
 pytestmark = pytest.mark.integration
-EDGEMART = [sys.executable, "-m", "edgemart"]
-
-
-def _spawn(args: list[str], log: Path) -> subprocess.Popen[bytes]:
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
-    with log.open("wb") as handle:  # the child keeps its own copy of the descriptor
-        return subprocess.Popen(
-            [*EDGEMART, *args], stdout=handle, stderr=subprocess.STDOUT, env=env
-        )
-
-
-def _stop(proc: subprocess.Popen[bytes], log: Path) -> int:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            return proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-            raise AssertionError(f"did not stop on SIGTERM:\n{log.read_text()[-3000:]}") from None
-    return proc.returncode
-
-
-async def _wait_http(
-    url: str, proc: subprocess.Popen[bytes], log: Path, timeout: float = 20
-) -> None:
-    deadline = time.monotonic() + timeout
-    async with aiohttp.ClientSession() as http:
-        while time.monotonic() < deadline:
-            assert proc.poll() is None, f"process exited early:\n{log.read_text()[-3000:]}"
-            try:
-                async with http.get(url) as resp:
-                    if resp.status == 200:
-                        return
-            except aiohttp.ClientError:
-                pass
-            await asyncio.sleep(0.1)
-    raise AssertionError(f"{url} did not answer:\n{log.read_text()[-3000:]}")
-
-
-@pytest.fixture
-def broker(tmp_path: Path) -> Iterator[MosquittoProcess]:
-    mosquitto = MosquittoProcess(str(tmp_path / "mosquitto"))
-    mosquitto.start()
-    yield mosquitto
-    mosquitto.kill()
-
-
-async def _eventually(check: Any, timeout: float = 20.0) -> Any:
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = await check()
-        if last:
-            return last
-        await asyncio.sleep(0.2)
-    raise AssertionError(f"condition not met within {timeout}s (last: {last!r})")
 
 
 async def test_gateway_and_agent_processes_close_the_loop(
-    tmp_path: Path, broker: MosquittoProcess
+    tmp_path: Path, own_mosquitto: MosquittoProcess
 ) -> None:
     gw_dir, dev_dir = tmp_path / "gw", tmp_path / "dev"
     gw_port, api_port = free_port(), free_port()
     gw_log, agent_log = tmp_path / "gateway.log", tmp_path / "agent.log"
-    gateway = _spawn(
-        [
-            "gateway",
-            "run",
-            "--broker",
-            broker.url,
-            "--data-dir",
-            str(gw_dir),
-            "--http-port",
-            str(gw_port),
-        ],
-        gw_log,
-    )
+    gateway = await start_gateway(own_mosquitto.url, gw_dir, gw_port, gw_log)
     agent = None
     try:
-        await _wait_http(f"http://127.0.0.1:{gw_port}/healthz", gateway, gw_log)
         assert (gw_dir / "trust.json").exists()
         token = subprocess.run(
             [*EDGEMART, "gateway", "token", "create", "--data-dir", str(gw_dir)],
@@ -111,7 +36,7 @@ async def test_gateway_and_agent_processes_close_the_loop(
             timeout=60,
         ).stdout.strip()
         assert token and "\n" not in token
-        agent = _spawn(
+        agent = spawn(
             [
                 "agent",
                 "run",
@@ -120,7 +45,7 @@ async def test_gateway_and_agent_processes_close_the_loop(
                 "--device-id",
                 "tv-e2e-0001",
                 "--broker",
-                broker.url,
+                own_mosquitto.url,
                 "--data-dir",
                 str(dev_dir),
                 "--api-port",
@@ -130,7 +55,7 @@ async def test_gateway_and_agent_processes_close_the_loop(
             ],
             agent_log,
         )
-        await _wait_http(f"http://127.0.0.1:{api_port}/healthz", agent, agent_log)
+        await wait_healthy(f"http://127.0.0.1:{api_port}/healthz", agent, agent_log)
         dev = f"http://127.0.0.1:{api_port}"
         gw = f"http://127.0.0.1:{gw_port}"
         auth = {"Authorization": f"Bearer {token}"}
@@ -191,7 +116,7 @@ async def test_gateway_and_agent_processes_close_the_loop(
                 ) as r:
                     return list((await r.json())["offers"])
 
-            offers = await _eventually(offered)
+            offers = await eventually(offered)
             assert offers[0]["title"] == "Purifier filter -30%"
             assert 0.0 <= offers[0]["score"] <= 1.0 and offers[0]["reasons"]
             outcome = {"offer_id": offers[0]["id"], "kind": "click", "surface": "tv_home_banner"}
@@ -206,12 +131,12 @@ async def test_gateway_and_agent_processes_close_the_loop(
                 got = sorted(s["id"] for s in export["signals"])
                 return got == sorted(ids) and len(export["outcomes"]) == 1
 
-            await _eventually(stored)
+            await eventually(stored)
             async with http.get(f"{gw}/v1/campaigns/{campaign_id}/stats", headers=auth) as r:
                 stats = await r.json()
             assert stats["clicks"] == 1
-        assert _stop(agent, agent_log) == 0
-        assert _stop(gateway, gw_log) == 0
+        assert stop(agent) == 0, f"the agent did not stop cleanly:\n{tail(agent_log)}"
+        assert stop(gateway) == 0, f"the gateway did not stop cleanly:\n{tail(gw_log)}"
     finally:
         for proc in (agent, gateway):
             if proc is not None and proc.poll() is None:

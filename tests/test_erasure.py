@@ -8,7 +8,6 @@ import asyncio
 import json
 import sqlite3
 import uuid
-from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -24,7 +23,6 @@ from agent.store import NewSignal
 from agent.store import Store as AgentStore
 from cloud_gateway.auth import create_token
 from cloud_gateway.campaign_store import init_stock
-from cloud_gateway.config import GatewaySettings
 from cloud_gateway.erasure import (
     DATA_TABLES,
     HANDLED_ELSEWHERE,
@@ -42,16 +40,9 @@ from protocol import codec
 from protocol.envelopes import Batch, Command, Outcome, Signal
 from protocol.ids import format_time, new_id, utcnow
 from protocol.signing import Signer, Verifier
+from tests.helpers import eventually, gateway_settings
 
 ALL = {"analytics": True, "personalization": True, "marketing": True}
-
-
-async def eventually(check: Callable[[], Awaitable[bool]], timeout: float = 15.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not await check():
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.05)
 
 
 # ---------------------------------------------------------------- gateway store, no network
@@ -254,15 +245,7 @@ async def test_erasure_end_to_end_through_mosquitto(
 ) -> None:
     tag = uuid.uuid4().hex[:8]
     device = f"tv-erase-{tag}"
-    settings = GatewaySettings(
-        broker=mosquitto.url,
-        data_dir=tmp_path / "gw",
-        http_port=0,
-        topic_root=f"t{tag}/v1",
-        client_id=f"gw-{tag}",
-        ack_delay_ms=2,
-        resend_after_s=600,
-    )
+    settings = gateway_settings(tmp_path, mosquitto, resend_after_s=600)
     async with Gateway(settings) as gw:
         token = await asyncio.to_thread(create_token, settings.data_dir)
         agent_settings = _agent_settings(tmp_path, mosquitto, gw, device)
@@ -304,7 +287,7 @@ async def test_erasure_end_to_end_through_mosquitto(
                     )
                     return bool(rows and rows[0]["receipt_at"])
 
-                await eventually(confirmed)
+                await eventually(confirmed, timeout=15.0)
                 assert agent.counters["forgets"] == 1
                 assert agent.store.depth == 0
                 assert agent.consent.analytics  # consent stays as the user set it

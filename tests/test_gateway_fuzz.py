@@ -12,7 +12,6 @@ import asyncio
 import json
 import shutil
 import sys
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -20,10 +19,10 @@ import pytest
 
 from cloud_gateway.auth import create_token
 from cloud_gateway.campaigns import CampaignIn
-from cloud_gateway.config import GatewaySettings
 from cloud_gateway.service import Gateway
 from cloud_gateway.store import Store
 from edgemart.broker import MosquittoProcess
+from tests.helpers import gateway_settings
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -32,14 +31,7 @@ async def test_openapi_fuzzing_finds_no_server_error(
     mosquitto: MosquittoProcess, tmp_path: Path
 ) -> None:
     cli = shutil.which("schemathesis") or str(Path(sys.executable).parent / "schemathesis")
-    tag = uuid.uuid4().hex[:10]
-    settings = GatewaySettings(
-        broker=mosquitto.url,
-        data_dir=tmp_path / "gw",
-        http_port=0,
-        topic_root=f"t{tag}/v1",
-        client_id=f"gw-{tag}",
-    )
+    settings = gateway_settings(tmp_path, mosquitto)
     async with Gateway(settings) as gw:
         token = await asyncio.to_thread(create_token, settings.data_dir)
         seeded = await seed_campaigns(gw)

@@ -19,7 +19,6 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from cloud_gateway.config import GatewaySettings
 from cloud_gateway.ingest import AckBatcher, Ingestor, decode_valid_batch
 from cloud_gateway.service import Gateway
 from cloud_gateway.store import Database, Store
@@ -30,6 +29,7 @@ from protocol.errors import ProtocolError
 from protocol.ids import new_id, utcnow
 from protocol.signing import Signer
 from protocol.topics import Topics
+from tests.helpers import gateway_settings
 
 TOPICS = Topics("edgemart/v1")
 
@@ -209,19 +209,13 @@ def test_fast_path_decodes_exactly_what_the_codec_decodes(payload: bytes) -> Non
 async def test_gateway_stores_a_burst_once_and_acks_every_batch(
     mosquitto: MosquittoProcess, tmp_path: Path
 ) -> None:
-    tag = uuid.uuid4().hex[:10]
-    settings = GatewaySettings(
-        broker=mosquitto.url,
-        data_dir=tmp_path / "gw",
-        http_port=0,
-        topic_root=f"t{tag}/v1",
-        client_id=f"gw-{tag}",
-        ack_delay_ms=2,
-    )
+    settings = gateway_settings(tmp_path, mosquitto)
     devices = [f"tv-burst-{d}" for d in range(4)]
     want = {(d, s) for d in devices for s in range(1, 31)}
     async with (
-        aiomqtt.Client("127.0.0.1", mosquitto.port, identifier=f"dev-{tag}") as client,
+        aiomqtt.Client(
+            "127.0.0.1", mosquitto.port, identifier=f"dev-{uuid.uuid4().hex[:10]}"
+        ) as client,
         Gateway(settings) as gw,
     ):
         await client.subscribe(f"{settings.topics.root}/dev/+/down/ack", qos=1)

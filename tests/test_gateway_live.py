@@ -39,20 +39,9 @@ from protocol.envelopes import (
 )
 from protocol.ids import new_id, utcnow
 from protocol.signing import Verifier
+from tests.helpers import gateway_settings
 
 pytestmark = pytest.mark.integration
-
-
-def settings_for(tmp_path: Path, broker: MosquittoProcess) -> GatewaySettings:
-    tag = uuid.uuid4().hex[:10]
-    return GatewaySettings(
-        broker=broker.url,
-        data_dir=tmp_path / "gw",
-        http_port=0,
-        topic_root=f"t{tag}/v1",
-        client_id=f"gw-{tag}",
-        ack_delay_ms=2,
-    )
 
 
 def make_batch(
@@ -117,7 +106,7 @@ async def device_client(
 async def device(
     mosquitto: MosquittoProcess, tmp_path: Path
 ) -> AsyncIterator[tuple[GatewaySettings, aiomqtt.Client]]:
-    settings = settings_for(tmp_path, mosquitto)
+    settings = gateway_settings(tmp_path, mosquitto)
     client = await device_client(mosquitto, settings, "tv-0001")
     yield settings, client
     await client.__aexit__(None, None, None)
@@ -157,7 +146,7 @@ async def test_batch_stored_once_and_acked_each_time_even_across_restart(
 async def test_hostile_payloads_rejected_counted_and_the_loop_survives(
     mosquitto: MosquittoProcess, tmp_path: Path
 ) -> None:
-    settings = settings_for(tmp_path, mosquitto)
+    settings = gateway_settings(tmp_path, mosquitto)
     topics = settings.topics
     client = await device_client(mosquitto, settings, "evil-01")
     topic = topics.batch("evil-01")
@@ -206,7 +195,7 @@ async def test_hostile_payloads_rejected_counted_and_the_loop_survives(
 async def test_state_messages_update_the_registry(
     mosquitto: MosquittoProcess, tmp_path: Path
 ) -> None:
-    settings = settings_for(tmp_path, mosquitto)
+    settings = gateway_settings(tmp_path, mosquitto)
     state_topic = settings.topics.state("hub-0042")
     birth = {
         "v": 1,
@@ -257,7 +246,7 @@ OFFER = {
 async def test_http_api_campaign_push_pause_and_stats(
     mosquitto: MosquittoProcess, tmp_path: Path
 ) -> None:
-    settings = settings_for(tmp_path, mosquitto)
+    settings = gateway_settings(tmp_path, mosquitto)
     topics = settings.topics
     async with Gateway(settings) as gw:
         token = await asyncio.to_thread(create_token, settings.data_dir)
@@ -384,7 +373,7 @@ async def test_http_api_campaign_push_pause_and_stats(
 async def test_link_reconnects_after_a_broker_crash(
     own_mosquitto: MosquittoProcess, tmp_path: Path
 ) -> None:
-    settings = settings_for(tmp_path, own_mosquitto)
+    settings = gateway_settings(tmp_path, own_mosquitto)
     async with Gateway(settings) as gw:
         own_mosquitto.kill()
         for _ in range(100):
@@ -405,7 +394,7 @@ async def test_link_reconnects_after_a_broker_crash(
 
 
 async def test_shared_subscription_group(mosquitto: MosquittoProcess, tmp_path: Path) -> None:
-    settings = settings_for(tmp_path, mosquitto).model_copy(update={"shared_group": "gateway"})
+    settings = gateway_settings(tmp_path, mosquitto, shared_group="gateway")
     client = await device_client(mosquitto, settings, "phone-0001")
     try:
         async with Gateway(settings) as gw:
@@ -463,7 +452,7 @@ def test_cli_run_serves_until_sigterm(mosquitto: MosquittoProcess, tmp_path: Pat
 async def test_claims_are_stored_and_refused_with_a_signed_result(
     mosquitto: MosquittoProcess, tmp_path: Path
 ) -> None:
-    settings = settings_for(tmp_path, mosquitto)
+    settings = gateway_settings(tmp_path, mosquitto)
     topics = settings.topics
     claim = ClaimRequest(
         id=new_id(), device_id="tv-0009", offer_id="o1", campaign_id="c1", at=utcnow()

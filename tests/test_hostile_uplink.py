@@ -29,7 +29,8 @@ from protocol.envelopes import Batch, Signal
 from protocol.ids import new_id, utcnow
 from protocol.signing import Signer
 from protocol.topics import Topics
-from tests.durability_world import eventually, gateway
+from tests.durability_world import gateway
+from tests.helpers import eventually
 
 TOPICS = Topics("edgemart/v1")
 VICTIM, OTHER = "tv-victim-01", "tv-other-02"

@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import json
 import sqlite3
-import uuid
 from datetime import timedelta
 from pathlib import Path
 
@@ -17,7 +16,6 @@ import pytest
 from agent.config import load_settings
 from agent.daemon import Agent
 from cloud_gateway.auth import create_token
-from cloud_gateway.config import GatewaySettings
 from cloud_gateway.service import Gateway
 from cloud_gateway.store import Store
 from edgemart.broker import MosquittoProcess
@@ -29,27 +27,9 @@ from models.publish import prepare_manifest, publish, rollout, upload
 from protocol.envelopes import Batch, ModelManifest, Outcome, TrustFile
 from protocol.ids import new_id, utcnow
 from protocol.signing import Verifier
+from tests.helpers import eventually, gateway_settings
 
 pytestmark = pytest.mark.integration
-
-
-def gateway_settings(tmp_path: Path, broker: MosquittoProcess) -> GatewaySettings:
-    tag = uuid.uuid4().hex[:10]
-    return GatewaySettings(
-        broker=broker.url,
-        data_dir=tmp_path / "gw",
-        http_port=0,
-        topic_root=f"t{tag}/v1",
-        client_id=f"gw-{tag}",
-        ack_delay_ms=2,
-    )
-
-
-async def _poll(check: object, timeout: float = 30.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not check():  # type: ignore[operator]
-        assert asyncio.get_running_loop().time() < deadline, "condition not met in time"
-        await asyncio.sleep(0.05)
 
 
 async def test_publish_rollout_and_a_real_agent_swaps_to_the_signed_model(
@@ -104,11 +84,13 @@ async def test_publish_rollout_and_a_real_agent_swaps_to_the_signed_model(
             roll = await rollout(base, token, 2, percent=100, cohort="region:cn-east")
             assert roll["profiles"] == ["tv", "hub"]
             assert roll["manifest"]["cohorts"] == ["region:cn-east"]
-            await _poll(lambda: agent.counters.get("model_update_not_in_cohort", 0) >= 1)
+            await eventually(
+                lambda: agent.counters.get("model_update_not_in_cohort", 0) >= 1, timeout=30.0
+            )
             assert agent.model_version == 1
             roll = await rollout(base, token, 2, percent=100, cohort="profile:tv")
             assert roll["profiles"] == ["tv"]
-            await _poll(lambda: agent.model_version == 2)
+            await eventually(lambda: agent.model_version == 2, timeout=30.0)
             async with aiohttp.ClientSession() as http:
                 resp = await http.get(f"http://127.0.0.1:{agent.api_port}/v1/status")
                 status = await resp.json()

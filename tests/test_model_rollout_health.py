@@ -8,7 +8,6 @@ import asyncio
 import hashlib
 import json
 import math
-import uuid
 from collections import Counter
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
@@ -23,7 +22,6 @@ from agent.config import load_settings
 from agent.daemon import Agent
 from cloud_gateway.api import ApiProblem
 from cloud_gateway.auth import create_token
-from cloud_gateway.config import GatewaySettings
 from cloud_gateway.model_registry import Health, ModelRegistry, RolloutIn
 from cloud_gateway.service import Gateway
 from cloud_gateway.store import Database, Store
@@ -34,18 +32,12 @@ from protocol.envelopes import ModelUpdateReport
 from protocol.ids import format_time, utcnow
 from protocol.signing import Signer
 from protocol.topics import Topics
+from tests.helpers import eventually, gateway_settings
 from tests.test_agent_scoring import onnx_bytes
 
 pytestmark = pytest.mark.integration
 
 DEVICES = 4
-
-
-async def _poll(check: Any, timeout: float = 60.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not check():
-        assert asyncio.get_running_loop().time() < deadline, "condition not met in time"
-        await asyncio.sleep(0.05)
 
 
 async def _get(base: str, token: str, path: str) -> Any:
@@ -66,16 +58,8 @@ def test_halt_thresholds_need_both_a_count_and_a_share() -> None:
 async def test_a_model_failing_the_device_health_check_halts_its_rollout(
     own_mosquitto: MosquittoProcess, tmp_path: Path
 ) -> None:
-    tag = uuid.uuid4().hex[:10]
-    settings = GatewaySettings(
-        broker=own_mosquitto.url,
-        data_dir=tmp_path / "gw",
-        http_port=0,
-        topic_root=f"t{tag}/v1",
-        client_id=f"gw-{tag}",
-        ack_delay_ms=2,
-        model_halt_fraction=0.05,
-        model_halt_min_devices=2,
+    settings = gateway_settings(
+        tmp_path, own_mosquitto, model_halt_fraction=0.05, model_halt_min_devices=2
     )
     async with asyncio.timeout(240), Gateway(settings) as gw, AsyncExitStack() as stack:
         token = await asyncio.to_thread(create_token, settings.data_dir)
@@ -93,7 +77,7 @@ async def test_a_model_failing_the_device_health_check_halts_its_rollout(
         good, good_data = prepare_manifest(DEFAULT_DIR, version=2)
         await upload(base, token, good, good_data)
         await rollout(base, token, 2, percent=100, cohort="profile:tv")
-        await _poll(lambda: all(a.model_version == 2 for a in agents))
+        await eventually(lambda: all(a.model_version == 2 for a in agents), timeout=60.0)
 
         # v3: opens in onnxruntime with the right input and width (the gateway takes it),
         # but scores NaN (every device's health check refuses it)
@@ -110,7 +94,7 @@ async def test_a_model_failing_the_device_health_check_halts_its_rollout(
         await rollout(base, token, 3, percent=100, cohort="profile:tv")
 
         # the gateway hears the failures, halts v3 and republishes v2's file as v4
-        await _poll(lambda: gw.counters["model_rollouts_halted"] == 1)
+        await eventually(lambda: gw.counters["model_rollouts_halted"] == 1, timeout=60.0)
         halted = await _get(base, token, "/v1/models/3")
         assert halted["halt"]["replacement"] == 4
         assert halted["health"]["failed"] >= 2
@@ -121,7 +105,7 @@ async def test_a_model_failing_the_device_health_check_halts_its_rollout(
         assert replacement["registered_by"] == "gateway:halt-replaces-v2"
 
         # every device ends on the last good model's file, none on v3
-        await _poll(lambda: all(a.model_version == 4 for a in agents))
+        await eventually(lambda: all(a.model_version == 4 for a in agents), timeout=60.0)
         assert all(a.model is not None and a.model.sha256 == good["sha256"] for a in agents)
         failed = [a for a in agents if a.counters["model_update_refused_health_failed"]]
         assert len(failed) >= 2
