@@ -70,6 +70,9 @@ class GatewaySettings(BaseModel):
     catalog_refresh_s: Annotated[float, Field(gt=0, le=86400)] = 3600.0
     """How often catalogs past half their lifetime are re-signed and republished."""
     connect_timeout_s: Annotated[float, Field(gt=0, le=300)] = 10.0
+    max_queued_incoming: Annotated[int, Field(ge=16, le=1_000_000)] = 10_000
+    """Messages received but not yet handled, at most; past it a message is dropped, counted as
+    `uplink_overflow` (`GET /v1/stats`), and left to its device's resend (no ack goes back)."""
     reconnect_max_s: Annotated[float, Field(gt=0, le=600)] = 30.0
     token_cache_s: Annotated[float, Field(ge=0, le=600)] = 5.0
     claim_batch_max: Annotated[int, Field(ge=1, le=4096)] = 256

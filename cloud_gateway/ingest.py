@@ -423,6 +423,7 @@ def public_counters(counters: Counter[str]) -> dict[str, Any]:
     """Gateway-wide counters as `GET /v1/stats` shows them."""
     names = (
         "messages_received",
+        "uplink_overflow",
         "batches_stored",
         "batches_duplicate",
         "signals_stored",

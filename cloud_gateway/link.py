@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+from collections import Counter
 from collections.abc import Awaitable, Callable
 
 import aiomqtt
@@ -39,6 +40,14 @@ class MqttLink:
 
     `on_connected` runs after each (re)subscription; `before_disconnect` runs on shutdown
     while the session is still up (to flush acks).
+
+    A message that finds the client's incoming queue full (`max_queued_incoming`) is dropped
+    and counted in `counters["uplink_overflow"]` (aiomqtt would drop it with only a log line):
+    no `down/ack` goes back for it, so its device sends the batch again.
+
+    Why not PUBACK only after handling, so the broker's in-flight window holds the backlog?
+    Mosquitto 2.0.11 does not keep that window: with manual acks it sent ~2,700 unacked
+    QoS 1 messages to a client with `max_inflight_messages 10` (the quota grows on PUBACKs).
     """
 
     def __init__(
@@ -48,6 +57,7 @@ class MqttLink:
         *,
         on_connected: Hook | None = None,
         before_disconnect: Hook | None = None,
+        counters: Counter[str] | None = None,
     ) -> None:
         self._settings = settings
         self._on_message = on_message
@@ -56,6 +66,7 @@ class MqttLink:
         self._client: aiomqtt.Client | None = None
         self.connected = asyncio.Event()
         self.connects = 0
+        self.counters: Counter[str] = counters if counters is not None else Counter()
 
     def _make_client(self) -> aiomqtt.Client:
         s = self._settings
@@ -64,7 +75,7 @@ class MqttLink:
         if s.broker_tls:
             ca = str(s.mqtt_ca_file) if s.mqtt_ca_file is not None else None
             tls = aiomqtt.TLSParameters(ca_certs=ca)
-        return aiomqtt.Client(
+        client = aiomqtt.Client(
             s.broker_host,
             s.broker_port,
             identifier=s.mqtt_client_id,
@@ -72,12 +83,31 @@ class MqttLink:
             protocol=aiomqtt.ProtocolVersion.V311,
             keepalive=30,
             timeout=s.connect_timeout_s,
-            max_queued_incoming_messages=10_000,
+            max_queued_incoming_messages=s.max_queued_incoming,
             max_queued_outgoing_messages=10_000,
             username=s.mqtt_username,
             password=password,
             tls_params=tls,
         )
+        self._count_overflow(client)
+        return client
+
+    def _count_overflow(self, client: aiomqtt.Client) -> None:
+        """Wraps aiomqtt's message callback (on `_client`, the paho client it wraps) to count
+        what it drops when its queue is full."""
+        paho = client._client
+        queue = client._queue
+        enqueue = paho.on_message
+        if enqueue is None:
+            raise RuntimeError("aiomqtt set no message callback")
+
+        def on_message(paho_client: mqtt.Client, userdata: object, msg: mqtt.MQTTMessage) -> None:
+            if queue.full():
+                self.counters["uplink_overflow"] += 1
+                return
+            enqueue(paho_client, userdata, msg)
+
+        paho.on_message = on_message
 
     async def run(self) -> None:
         """Connect, subscribe, consume; reconnect on loss until cancelled."""
@@ -97,9 +127,6 @@ class MqttLink:
                         await self._connected_hook()
                         async for message in client.messages:
                             await self._deliver(message)
-                            # Let the loop write the PUBACKs paho queued and read more:
-                            # without it the broker's in-flight window stalls the stream.
-                            await asyncio.sleep(0)
                     except asyncio.CancelledError:
                         if self._before_disconnect is not None:
                             await asyncio.shield(self._before_disconnect())

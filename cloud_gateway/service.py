@@ -152,6 +152,7 @@ class Gateway:
             ingestor.feed,  # batches are queued; `ingestor.run` commits them in groups
             on_connected=self._on_connected,
             before_disconnect=self._before_disconnect,
+            counters=self.counters,
         )
         self._spawn(ingestor.run(), "gateway-ingest-commit")
         self._spawn(self._acks.run(), "gateway-acks")

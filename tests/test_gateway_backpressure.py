@@ -1,0 +1,76 @@
+"""A burst of uplink faster than the gateway handles it, through a real Mosquitto.
+
+Past `max_queued_incoming` waiting messages the MQTT client drops what comes (aiomqtt does,
+with a log line only). The gateway counts each one as `uplink_overflow`: with a queue of 16,
+a burst of 3,000 batches ends with stored + overflow = sent, nothing unaccounted for (the
+devices send the dropped batches again: no ack came for them).
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+
+from cloud_gateway.service import Gateway
+from edgemart.broker import MosquittoProcess
+from protocol import codec
+from protocol.envelopes import Batch, Signal
+from protocol.ids import new_id, utcnow
+from protocol.topics import Topics
+from tests.helpers import eventually, gateway_settings
+
+DEVICES, BATCHES = 300, 10
+QUEUE = 16
+
+
+def _burst(port: int, topics: Topics) -> int:
+    """Publish DEVICES x BATCHES small batches at QoS 1 as fast as the broker takes them."""
+    now = utcnow()
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"burst-{new_id()}")
+    client.max_inflight_messages_set(200)
+    client.connect("127.0.0.1", port)
+    client.loop_start()
+    infos = []
+    for seq in range(1, BATCHES + 1):
+        for d in range(DEVICES):
+            device = f"tv-burst-{d:04d}"
+            batch = Batch(
+                device_id=device,
+                seq=seq,
+                sent_at=now,
+                agent_version="0.1.0",
+                signals=[Signal(id=new_id(), kind="content_view", at=now)],
+            )
+            infos.append(client.publish(topics.batch(device), codec.encode(batch), qos=1))
+    for info in infos:
+        info.wait_for_publish(60)
+    client.loop_stop()
+    client.disconnect()
+    return len(infos)
+
+
+async def _send(port: int, topics: Topics) -> int:
+    done: list[int] = []
+    thread = threading.Thread(target=lambda: done.append(_burst(port, topics)))
+    thread.start()
+    await eventually(lambda: done, 60, "the burst is published")
+    thread.join()
+    return done[0]
+
+
+async def test_an_overflow_is_counted_never_silent(
+    tmp_path: Path, mosquitto: MosquittoProcess
+) -> None:
+    settings = gateway_settings(tmp_path, mosquitto, max_queued_incoming=QUEUE)
+    async with Gateway(settings) as gw:
+        sent = await _send(mosquitto.port, settings.topics)
+        await eventually(
+            lambda: gw.counters["batches_stored"] + gw.counters["uplink_overflow"] >= sent,
+            120,
+            "every batch stored or counted as overflow",
+        )
+        assert gw.counters["uplink_overflow"] > 0  # the queue of 16 could not hold the burst
+        assert gw.counters["batches_stored"] + gw.counters["uplink_overflow"] == sent
