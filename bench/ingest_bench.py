@@ -23,14 +23,20 @@ from protocol.ids import new_id, utcnow
 from protocol.topics import Topics
 
 DEVICES, BATCHES, SIGNALS = 20, 25, 200  # 100,000 signals in 500 zlib batches
+FLEET = (1000, 10, 10)
+"""The fleet-shaped stream: 1,000 devices each sending 10 batches of 10 signals (100,000
+signals in 10,000 messages), as raw-mode TVs and hubs do when they cut a batch every 2 s;
+the dense stream above is a drain after an outage, 200 signals a batch."""
 TOPICS = Topics("edgemart/v1")
 
 
-def _stream() -> list[tuple[str, bytes]]:
+def _stream(
+    devices: int = DEVICES, batches: int = BATCHES, signals: int = SIGNALS
+) -> list[tuple[str, bytes]]:
     now = utcnow()
     out: list[tuple[str, bytes]] = []
-    for seq in range(1, BATCHES + 1):
-        for d in range(DEVICES):
+    for seq in range(1, batches + 1):
+        for d in range(devices):
             device = f"tv-ingest-{d:04d}"
             batch = Batch(
                 device_id=device,
@@ -44,7 +50,7 @@ def _stream() -> list[tuple[str, bytes]]:
                         at=now,
                         attrs={"category": "tv_streaming", "seconds": i},
                     )
-                    for i in range(SIGNALS)
+                    for i in range(signals)
                 ],
             )
             out.append((TOPICS.batch(device), codec.encode(batch, compress=None)))
@@ -67,8 +73,9 @@ def _publish(port: int, stream: list[tuple[str, bytes]]) -> float:
 
 
 def _baseline(
-    broker: MosquittoProcess, stream: list[tuple[str, bytes]], *, validate: bool = False
+    broker: MosquittoProcess, stream: list[tuple[str, bytes]], want: int, mode: str = ""
 ) -> float:
+    """Signals/s of a `bench.paho_sink` subscriber ("": bare, "--read", "--validate")."""
     sink = subprocess.Popen(
         [
             sys.executable,
@@ -77,7 +84,7 @@ def _baseline(
             str(broker.port),
             "edgemart/v1/dev/+/up/batch",
             str(len(stream)),
-            *(["--validate"] if validate else []),
+            *([mode] if mode else []),
         ],
         stdout=subprocess.PIPE,
         text=True,
@@ -87,10 +94,13 @@ def _baseline(
     start = _publish(broker.port, stream)
     end = float(sink.stdout.readline())
     sink.wait(30)
-    return DEVICES * BATCHES * SIGNALS / (end - start)
+    return want / (end - start)
 
 
-def _gateway(broker: MosquittoProcess, stream: list[tuple[str, bytes]], tmp: Path) -> float:
+def _gateway(
+    broker: MosquittoProcess, stream: list[tuple[str, bytes]], want: int, tmp: Path
+) -> float:
+    tmp.mkdir(parents=True, exist_ok=True)
     port = free_port()
     data = tmp / "gw"
     log = (tmp / "gateway.log").open("wb")
@@ -139,7 +149,6 @@ def _gateway(broker: MosquittoProcess, stream: list[tuple[str, bytes]], tmp: Pat
         ).stdout.strip()
         time.sleep(1.0)  # the MQTT subscription is up (healthz answers before it)
         start = _publish(broker.port, stream)
-        want = DEVICES * BATCHES * SIGNALS
         request = urllib.request.Request(
             f"{base}/v1/stats", headers={"Authorization": f"Bearer {token}"}
         )
@@ -158,17 +167,28 @@ def _gateway(broker: MosquittoProcess, stream: list[tuple[str, bytes]], tmp: Pat
 
 
 def run() -> list[Record]:
-    stream = _stream()
+    dense, fleet = _stream(), _stream(*FLEET)
+    dense_n, fleet_n = DEVICES * BATCHES * SIGNALS, FLEET[0] * FLEET[1] * FLEET[2]
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
-        broker = MosquittoProcess(str(tmp / "mosquitto"))
+        # One broker per stream: a stopped gateway's persistent session would keep queueing.
+        broker = MosquittoProcess(str(tmp / "mosquitto-dense"))
         broker.start()
         try:
-            base = _baseline(broker, stream)
-            validating = _baseline(broker, stream, validate=True)
-            value = _gateway(broker, stream, tmp)
+            base = _baseline(broker, dense, dense_n)
+            reading = _baseline(broker, dense, dense_n, "--read")
+            validating = _baseline(broker, dense, dense_n, "--validate")
+            value = _gateway(broker, dense, dense_n, tmp / "dense")
         finally:
             broker.stop()
+        broker = MosquittoProcess(str(tmp / "mosquitto-fleet"))
+        broker.start()
+        try:
+            fleet_base = _baseline(broker, fleet, fleet_n)
+            fleet_value = _gateway(broker, fleet, fleet_n, tmp / "fleet")
+        finally:
+            broker.stop()
+    shape = f"{DEVICES} devices x {BATCHES} batches x {SIGNALS} signals at QoS 1 through Mosquitto"
     return [
         Record(
             "gateway_ingest_signals_per_s",
@@ -176,8 +196,7 @@ def run() -> list[Record]:
             "signals/s",
             "bare paho subscriber",
             base,
-            f"{DEVICES} devices x {BATCHES} batches x {SIGNALS} signals at QoS 1 through"
-            " Mosquitto; gateway: validated, committed (synchronous=FULL), acked",
+            f"{shape}; gateway: validated, committed (synchronous=FULL), acked",
         ),
         Record(
             "gateway_ingest_vs_validating_subscriber",
@@ -188,5 +207,25 @@ def run() -> list[Record]:
             "the same stream and gateway run as gateway_ingest_signals_per_s; the baseline does"
             " the work any gateway must do before storing (bounded inflate, JSON, pydantic"
             " Batch), so the ratio is what storing once, acking and the asyncio layer cost",
+        ),
+        Record(
+            "gateway_ingest_read_only_subscriber",
+            reading,
+            "signals/s",
+            "bare paho subscriber",
+            base,
+            f"{shape}; a paho subscriber that only inflates and parses each batch's JSON (no"
+            " validation, no store): the ceiling of gateway_ingest_signals_per_s's ratio for"
+            " any consumer that reads the signals in Python",
+        ),
+        Record(
+            "gateway_ingest_fleet_signals_per_s",
+            fleet_value,
+            "signals/s",
+            "bare paho subscriber",
+            fleet_base,
+            f"{FLEET[0]} devices x {FLEET[1]} batches x {FLEET[2]} signals (10,000 messages) at"
+            " QoS 1 through Mosquitto, the shape of raw-mode devices cutting a batch every 2 s;"
+            " gateway: validated, committed (synchronous=FULL), acked",
         ),
     ]

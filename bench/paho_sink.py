@@ -1,16 +1,21 @@
-"""Baselines of `gateway_ingest_signals_per_s`: a bare paho subscriber that only counts, and
-(`--validate`) one that also decodes and validates each batch the way the gateway must
-before it may store anything (bounded inflate, JSON, the pydantic `Batch`), but stores nothing.
+"""Baselines of `gateway_ingest_signals_per_s`: a bare paho subscriber that only counts;
+(`--read`) one that only inflates and parses the JSON of each batch, the least any consumer
+that looks at the signals must do; and (`--validate`) one that also validates each batch the
+way the gateway must before it may store anything (bounded inflate, JSON, the pydantic
+`Batch`), but stores nothing.
 
-`python -m bench.paho_sink PORT TOPIC COUNT [--validate]`: prints "ready", then, once COUNT
-messages arrived, the monotonic time of the last one (the bench compares it with its start).
+`python -m bench.paho_sink PORT TOPIC COUNT [--read | --validate]`: prints "ready", then, once
+COUNT messages arrived, the monotonic time of the last one (the bench compares it with its
+start).
 """
 
 from __future__ import annotations
 
+import json
 import sys
 import threading
 import time
+import zlib
 from typing import Any
 
 import paho.mqtt.client as mqtt
@@ -23,6 +28,7 @@ from protocol.envelopes import Batch
 def main() -> int:
     port, topic, count = int(sys.argv[1]), sys.argv[2], int(sys.argv[3])
     validate = "--validate" in sys.argv[4:]
+    read = "--read" in sys.argv[4:]
     got = 0
     done = threading.Event()
 
@@ -30,6 +36,9 @@ def main() -> int:
         nonlocal got
         if validate:
             codec.decode(msg.payload, Batch, allow_zlib=True)
+        elif read:
+            payload = msg.payload
+            json.loads(payload if payload[:1] == b"{" else zlib.decompress(payload))
         got += 1
         if got >= count:
             done.set()
