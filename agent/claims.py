@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from agent.config import AgentSettings
+from agent.downlink import UnknownFields
 from agent.errors import AgentError, LinkDown, UnknownOffer
 from agent.link import Link
 from agent.logutil import OnceLogger
@@ -89,6 +90,7 @@ class Claims:
         self._topic = settings.topics.claim_up(settings.device_id)
         self._wake = asyncio.Event()
         self._faults = OnceLogger(log)
+        self._unknown = UnknownFields(metrics)
         for name in COUNTERS:
             metrics.counters.setdefault(name, 0)
         self.refused: frozenset[str] = frozenset()
@@ -166,12 +168,13 @@ class Claims:
     async def handle_result(self, payload: bytes) -> bool:
         """A message on `down/claim`: verified, validated, applied once; True when applied."""
         try:
-            result = decode_signed(
+            result, unknown = decode_signed(
                 payload, ClaimResult, self._verifier, max_compressed=MAX_RESULT_BYTES
             )
         except ProtocolError as exc:
             self._bad(exc.reason, str(exc))
             return False
+        self._unknown.note("ClaimResult", unknown)
         if result.device_id != self.settings.device_id:
             self._bad("wrong_device", f"result for device {result.device_id!r}")
             return False

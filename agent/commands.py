@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable
 
+from agent.downlink import UnknownFields
 from agent.logutil import OnceLogger
 from agent.metrics import Metrics
 from agent.store import Store
@@ -52,6 +53,7 @@ class Commands:
         self._metrics = metrics
         self._on_forget = on_forget
         self._faults = OnceLogger(log)
+        self._unknown = UnknownFields(metrics)
         for name in COUNTERS:
             metrics.counters.setdefault(name, 0)
 
@@ -62,12 +64,13 @@ class Commands:
     async def handle(self, payload: bytes) -> bool:
         """Verify and apply one command; True when a receipt waits to be sent."""
         try:
-            command = decode_signed(
+            command, unknown = decode_signed(
                 payload, Command, self._verifier, max_compressed=MAX_COMMAND_BYTES
             )
         except ProtocolError as exc:
             self._bad(exc.reason, str(exc))
             return False
+        self._unknown.note("Command", unknown)
         if command.device_id != self._device_id:
             self._bad("wrong_device", f"command {command.id} for device {command.device_id!r}")
             return False

@@ -2,11 +2,13 @@
 
 A manifest from `models/{profile}/manifest` is refused (counted as
 `model_update_refused_<reason>`, reported in `state`, the running model untouched) when it
-is oversized, malformed, unsigned, badly signed, expired, for another profile, older than
-the running model (rollback), or when its file is oversized, truncated, tampered, slow
-past the deadline, or fails the health check (loads, spec served, finite scores, scoring
-latency within the profile's budget). A device outside the manifest's target cohorts or
-the rollout percentage waits.
+is oversized, malformed (including nested past `protocol.codec.MAX_DEPTH`), unsigned, badly
+signed, expired, for another profile, older than the running model (rollback), or when its
+file is oversized, truncated, tampered, slow past the deadline, or fails the health check
+(loads, spec served, finite scores, scoring latency within the profile's budget). A device
+outside the manifest's target cohorts or the rollout percentage waits. Fields a newer
+gateway added are covered by the signature, ignored and counted (`agent.downlink`); the
+signed manifest is kept on disk as received.
 
 Rollout health goes back to the gateway in the retained `state` (`model_update`: version,
 `applied` | `failed` | `rolled_back`, reason): a model refused after download (tampered,
@@ -39,6 +41,7 @@ from typing import Any
 import aiohttp
 import numpy as np
 
+from agent.downlink import UnknownFields
 from agent.errors import ModelRejected
 from agent.metrics import Metrics
 from agent.scoring import Model, load_model
@@ -235,16 +238,15 @@ def save_status(models_dir: Path, refused: Refusals, report: ModelUpdateReport |
 
 def check_manifest(
     payload: bytes, verifier: Verifier, config: UpdateConfig, running: int | None
-) -> ModelManifest:
-    """The manifest if this device should fetch it; UpdateRefused otherwise."""
+) -> tuple[ModelManifest, tuple[str, ...]]:
+    """The manifest if this device should fetch it, with the paths of the fields it carries
+    that this build does not know (ignored); UpdateRefused otherwise."""
     if len(payload) > MAX_MANIFEST_BYTES:
         raise UpdateRefused("oversized_manifest", f"manifest: {len(payload)} bytes")
     try:
-        obj = json.loads(payload)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise UpdateRefused("malformed", f"manifest: not JSON: {exc}") from exc
-    if not isinstance(obj, dict):
-        raise UpdateRefused("malformed", "manifest: not a JSON object")
+        obj = codec.decode_object(payload, max_compressed=MAX_MANIFEST_BYTES)
+    except ProtocolError as exc:
+        raise UpdateRefused("malformed", f"manifest: {exc}") from exc
     if not isinstance(obj.get("kid"), str) or not isinstance(obj.get("sig"), str):
         raise UpdateRefused("unsigned", "manifest: kid and sig are required")
     try:
@@ -253,7 +255,7 @@ def check_manifest(
         reason = "expired" if "expired" in str(exc) else "bad_signature"
         raise UpdateRefused(reason, f"manifest: {exc}") from exc
     try:
-        manifest = codec.validate(obj, ModelManifest)
+        manifest, unknown = codec.validate_tolerant(obj, ModelManifest)
     except ProtocolError as exc:
         raise UpdateRefused("malformed", f"manifest: {exc}") from exc
     where = f"manifest v{manifest.version}"
@@ -265,7 +267,7 @@ def check_manifest(
         raise UpdateRefused("rollback", f"{where}: older than the running v{running}")
     if manifest.url is None:
         raise UpdateRefused("malformed", f"{where}: no url to fetch the model from")
-    return manifest
+    return manifest, unknown
 
 
 async def download(manifest: ModelManifest, timeout_s: float) -> bytes:
@@ -361,6 +363,7 @@ class ModelUpdater:
         self._running = running
         self._swap = swap
         self._on_report = on_report
+        self._unknown = UnknownFields(metrics)
         self._pending: bytes | None = None
         self._worker: asyncio.Task[None] | None = None
         self._saves: set[asyncio.Task[None]] = set()
@@ -407,7 +410,8 @@ class ModelUpdater:
         running = model.version if model is not None else None
         manifest: ModelManifest | None = None
         try:
-            manifest = check_manifest(payload, self.verifier, self.config, running)
+            manifest, unknown = check_manifest(payload, self.verifier, self.config, running)
+            self._unknown.note("ModelManifest", unknown)
             if manifest.version == running:
                 return "current"
             if not self.in_cohort(manifest):

@@ -1,4 +1,8 @@
-"""Signed offer bundles: verified as received; bad or replayed ones refused; the held catalog."""
+"""Signed offer bundles: verified as received; bad or replayed ones refused; the held catalog.
+
+The signature is checked over the bundle as received, then the bundle and each offer are
+validated ignoring fields this build does not know (`agent.downlink`).
+"""
 
 from __future__ import annotations
 
@@ -8,16 +12,14 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from pydantic import ValidationError
-
 from agent.catalog import Catalog, build_catalog
+from agent.downlink import UnknownFields
 from agent.logutil import OnceLogger
 from agent.metrics import Metrics
 from agent.store import Store
 from protocol import codec
-from protocol.codec import field_errors
 from protocol.envelopes import MAX_OFFERS_PER_BUNDLE, Offer, OfferBundle, TrustFile
-from protocol.errors import ProtocolError
+from protocol.errors import InvalidMessage, ProtocolError
 from protocol.ids import utcnow
 from protocol.signing import Verifier
 
@@ -48,10 +50,11 @@ class Verdict:
 
 
 def load_trust(path: Any) -> TrustFile:
-    """Read and validate the pinned trust file (blocking; call from an executor)."""
+    """Read and validate the pinned trust file (blocking; call from an executor). The gateway
+    writes it, so fields a newer gateway added are ignored like those of its messages."""
     with open(path, "rb") as handle:
         data = handle.read(256 * 1024)
-    return codec.decode(data, TrustFile)
+    return codec.validate_tolerant(codec.decode_object(data), TrustFile)[0]
 
 
 def _offer_count(obj: object) -> int:
@@ -75,13 +78,15 @@ class OfferBook:
         self._by_source: dict[str, dict[str, Offer]] = {}
         self._bundle_of: dict[str, str] = {}
         self._faults = OnceLogger(log)
+        self._unknown = UnknownFields(metrics)
         self._version = 0
         self._catalog: Catalog | None = None
 
     async def load(self) -> None:
         for source, bundle_id, body in await self._store.load_offers():
             try:
-                offer = Offer.model_validate_json(body)
+                # stored by this agent; tolerant all the same, for a downgraded agent
+                offer = Offer.model_validate_json(body, extra="ignore")
             except ValueError:
                 log.warning("dropping unreadable stored offer from %s", source)
                 continue
@@ -145,10 +150,11 @@ class OfferBook:
             raw_offers = obj.get("offers")
             if not isinstance(raw_offers, list):
                 raw_offers = []
-            bundle = codec.validate({**obj, "offers": []}, OfferBundle)
+            bundle, unknown = codec.validate_tolerant({**obj, "offers": []}, OfferBundle)
         except ProtocolError as exc:
             return self._refuse(exc.reason, str(exc), bundle_id, count)
-        good, refused = _split_offers(raw_offers[:MAX_OFFERS_PER_BUNDLE])
+        good, refused, unknown_in_offers = _split_offers(raw_offers[:MAX_OFFERS_PER_BUNDLE])
+        self._unknown.note("OfferBundle", unknown + unknown_in_offers)
         if len(raw_offers) > MAX_OFFERS_PER_BUNDLE:
             refused.append(("#tail", f"over {MAX_OFFERS_PER_BUNDLE} offers in one bundle"))
         if refused:
@@ -215,16 +221,23 @@ class OfferBook:
         self._version += 1
 
 
-def _split_offers(raw: list[Any]) -> tuple[list[Offer], list[tuple[str, str]]]:
-    """Validate offers one by one: the good ones, and `(id or #index, "field: message")`."""
+def _split_offers(
+    raw: list[Any],
+) -> tuple[list[Offer], list[tuple[str, str]], tuple[str, ...]]:
+    """Validate offers one by one: the good ones, `(id or #index, "field: message")` for the
+    others, and the paths of the fields they carry that this build does not know (ignored)."""
     good: list[Offer] = []
     refused: list[tuple[str, str]] = []
+    unknown: list[str] = []
     for i, item in enumerate(raw):
         try:
-            good.append(Offer.model_validate(item))
-        except ValidationError as exc:
+            offer, ignored = codec.validate_tolerant(item, Offer)
+        except InvalidMessage as exc:
             oid = item.get("id") if isinstance(item, dict) else None
             name = oid if isinstance(oid, str) and len(oid) <= 64 else f"#{i}"
-            first = field_errors(exc)[0]
+            first = exc.errors[0]
             refused.append((name, f"offers.{i}.{first['loc']}: {first['msg']}"))
-    return good, refused
+            continue
+        good.append(offer)
+        unknown.extend(f"offers.{i}.{path}" for path in ignored)
+    return good, refused, tuple(unknown)

@@ -17,6 +17,7 @@ from typing import Any
 from agent import AGENT_VERSION
 from agent.config import AgentSettings
 from agent.consent import ConsentState
+from agent.downlink import UnknownFields
 from agent.errors import BatchTooLarge, LinkDown
 from agent.link import Link
 from agent.logutil import OnceLogger
@@ -79,6 +80,7 @@ class Uplink:
         self._wake = asyncio.Event()
         self._flush = False
         self._faults = OnceLogger(log)
+        self._unknown = UnknownFields(metrics)
         self._tick = max(0.02, min(0.25, self.cfg.batch_max_age_s / 4 or 0.02))
         self._budget = settings.profile.budgets.uplink_bytes_per_day
         self._tokens = float(self.cfg.max_in_flight)
@@ -272,11 +274,12 @@ class Uplink:
     async def handle_ack(self, payload: bytes) -> None:
         """`down/ack`: delete the listed batches and their rows; unknown seqs are counted."""
         try:
-            ack = codec.decode(payload, Ack)
+            ack, ignored = codec.validate_tolerant(codec.decode_object(payload), Ack)
         except ProtocolError as exc:
             self._metrics.inc("messages_bad")
             self._faults.log(exc.reason, "bad ack: %s", exc)
             return
+        self._unknown.note("Ack", ignored)
         mine = self._store.outbox_id
         if ack.outbox_id is not None and mine and ack.outbox_id != mine:
             # For a batch of this device's wiped predecessor: its seqs are not ours.

@@ -2,6 +2,11 @@
 
 A payload whose first byte is not `{` is a zlib stream (PROTOCOL.md). Decompression stops at
 the bound, so a zlib bomb costs at most `max_decompressed` bytes of memory.
+
+Two readers: `validate` refuses fields the envelope does not know (the gateway reading the
+uplink); `validate_tolerant` ignores them and says which they were (a device reading what the
+cloud sends, which a newer gateway may have extended). Both run only on an object that
+`decode_object` has already bounded in size and depth.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ import zlib
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
+from pydantic_core import ErrorDetails
 
 from protocol.errors import InvalidMessage, MalformedPayload, PayloadTooLarge, UnsupportedVersion
 
@@ -118,6 +124,27 @@ def validate(obj: dict[str, Any], model: type[M]) -> M:
         raise InvalidMessage(model.__name__, field_errors(exc)) from exc
 
 
+def validate_tolerant(obj: dict[str, Any], model: type[M]) -> tuple[M, tuple[str, ...]]:
+    """A parsed object to an envelope, ignoring fields this build does not know (at any depth).
+
+    Returns the envelope and the dotted paths of the ignored fields (`offers.3.badge`), empty
+    for a message this build knows entirely (validated once; with unknown fields, twice).
+    Every known field is checked as strictly as by `validate`.
+    """
+    try:
+        return model.model_validate(obj), ()
+    except ValidationError as exc:
+        errors = exc.errors(include_url=False, include_input=False)
+        wrong = [err for err in errors if err["type"] != "extra_forbidden"]
+        if wrong:  # reported without the unknown fields, which are not what is wrong
+            raise InvalidMessage(model.__name__, _field_errors(wrong)) from exc
+        unknown = tuple(_loc(err["loc"]) for err in errors)
+    try:
+        return model.model_validate(obj, extra="ignore"), unknown
+    except ValidationError as exc:  # not expected: the strict pass found only unknown fields
+        raise InvalidMessage(model.__name__, field_errors(exc)) from exc
+
+
 def decode(
     payload: bytes,
     model: type[M],
@@ -137,7 +164,12 @@ def decode(
 
 def field_errors(exc: ValidationError) -> list[dict[str, str]]:
     """pydantic errors as `[{"loc": "signals.3.kind", "msg": ...}]`, at most 20."""
-    return [
-        {"loc": ".".join(str(p) for p in err["loc"]) or "(root)", "msg": err["msg"]}
-        for err in exc.errors(include_url=False, include_input=False)[:20]
-    ]
+    return _field_errors(exc.errors(include_url=False, include_input=False))
+
+
+def _field_errors(errors: list[ErrorDetails]) -> list[dict[str, str]]:
+    return [{"loc": _loc(err["loc"]), "msg": err["msg"]} for err in errors[:20]]
+
+
+def _loc(loc: tuple[int | str, ...]) -> str:
+    return ".".join(str(p) for p in loc) or "(root)"

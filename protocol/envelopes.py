@@ -2,6 +2,11 @@
 
 Field names follow PROTOCOL.md exactly; the fixed ones are never renamed. `docs/protocol.md`
 is generated from these models (`python -m protocol.docs`).
+
+Unknown fields, by who reads: the gateway reads the uplink (`UPLINK_MODELS`) strictly,
+`codec.validate`; a device reads what the cloud sends (`DOWNLINK_MODELS`) tolerantly,
+`codec.validate_tolerant`, after checking any signature over the object as received. The
+models themselves stay strict, so whoever builds a message is told of a misspelt field.
 """
 
 from __future__ import annotations
@@ -63,7 +68,8 @@ Finite = Annotated[float, AfterValidator(_finite)]
 
 
 class Message(BaseModel):
-    """Base of every envelope: strict about unknown fields, immutable once validated."""
+    """Base of every envelope: immutable once validated; strict about unknown fields unless
+    read with `codec.validate_tolerant` (what a device does with cloud messages)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, str_strip_whitespace=False)
 
@@ -378,6 +384,18 @@ class TrustFile(Message):
 
 
 UPLINK_MODELS: dict[str, type[Message]] = {"batch": Batch, "claim": ClaimRequest, "state": State}
+"""What devices send; the gateway refuses fields it does not know (it is upgraded first)."""
+DOWNLINK_MODELS: tuple[type[Message], ...] = (
+    Ack,
+    OfferBundle,
+    ClaimResult,
+    Command,
+    ModelManifest,
+    KeyList,
+    TrustFile,
+)
+"""What devices read from the cloud (`TrustFile`: written by the gateway at provisioning);
+fields they do not know are ignored, so devices in the field survive an extended contract."""
 ALL_MODELS: list[type[BaseModel]] = [
     Batch,
     Signal,

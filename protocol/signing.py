@@ -2,7 +2,9 @@
 
 The signature covers `json.dumps(obj_without_sig, sort_keys=True, separators=(",", ":"),
 ensure_ascii=False)` encoded as UTF-8. Verification works on the object as received, so
-nothing a receiver adds or normalises can change what was signed.
+nothing a receiver adds or normalises can change what was signed, and fields a newer gateway
+added (which this build's envelopes do not know, and ignore) are covered all the same:
+verify first, validate after.
 """
 
 from __future__ import annotations
@@ -134,9 +136,13 @@ class Verifier:
 M = TypeVar("M", bound=BaseModel)
 
 
-def decode_signed(payload: bytes, model: type[M], verifier: Verifier, *, max_compressed: int) -> M:
-    """A signed downlink message's bytes to its envelope: bounded decode, then signature and
-    expiry checked over the object as received, then validation. Raises ProtocolError."""
+def decode_signed(
+    payload: bytes, model: type[M], verifier: Verifier, *, max_compressed: int
+) -> tuple[M, tuple[str, ...]]:
+    """A signed downlink message's bytes to its envelope and the paths of the fields this build
+    does not know: bounded decode, then signature and expiry checked over the object as
+    received (unknown fields included), then tolerant validation, which ignores them (see
+    `codec.validate_tolerant`). Raises ProtocolError."""
     obj = codec.decode_object(payload, max_compressed=max_compressed)
     verifier.verify(obj)
-    return codec.validate(obj, model)
+    return codec.validate_tolerant(obj, model)

@@ -164,6 +164,8 @@ async def test_a_signed_newer_model_is_downloaded_checked_and_swapped(device: De
             lambda d: json.dumps(d.signer.sign({"expires_at": "2099-01-01T00:00:00Z"})).encode(),
         ),
         ("oversized_manifest", lambda d: b" " * (300 * 1024)),
+        ("malformed", lambda d: b'{"v":1,"x":' + b"[" * 200_000),  # once a RecursionError
+        ("malformed", lambda d: d.signed(2, later={"a": [[[[[[[[[[[[[[[[1]]]]]]]]]]]]]]]]})),
         ("tampered", lambda d: d.signed(2, sha256=hashlib.sha256(b"other").hexdigest())),
         ("truncated", lambda d: d.signed(2, "cut")),
         ("oversized", lambda d: d.signed(2, size=len(MODEL_BYTES) - 1)),
@@ -320,3 +322,23 @@ async def test_at_start_an_unusable_current_model_falls_back_to_the_kept_previou
     reloaded = await asyncio.to_thread(load_current, device.models_dir)
     assert reloaded is not None
     assert reloaded.version == 3
+
+
+async def test_fields_a_newer_gateway_added_are_signed_over_ignored_and_kept(
+    device: Device,
+) -> None:
+    later = {
+        "canary": {"wave": 1, "hold_s": 600},
+        "feature_spec": {**BASE_MANIFEST["feature_spec"], "normalizer": "zscore"},
+    }
+    forged = json.loads(device.signed(2, **later))
+    forged["canary"]["wave"] = 2  # a field this agent ignores, changed after signing
+    assert await device.updater.handle(json.dumps(forged).encode()) == "bad_signature"
+    assert await device.updater.handle(device.signed(2, **later)) == "applied"
+    assert device.model.version == 2
+    assert device.metrics.counters["downlink_unknown_fields"] == 2
+    kept = json.loads((device.models_dir / "v2.json").read_text())
+    assert kept["canary"] == later["canary"]  # kept as signed
+    reloaded = await asyncio.to_thread(load_current, device.models_dir)  # the next start
+    assert reloaded is not None
+    assert reloaded.version == 2

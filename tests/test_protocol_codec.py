@@ -1,4 +1,4 @@
-"""Codec: round trips, zlib, and hostile bytes that must be refused with a reason."""
+"""Codec: round trips, zlib, hostile bytes refused with a reason, strict and tolerant readers."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from protocol import codec
-from protocol.envelopes import Ack, Aggregate, Batch, Outcome, Signal
+from protocol.envelopes import Ack, Aggregate, Batch, Offer, OfferBundle, Outcome, Signal
 from protocol.errors import (
     InvalidMessage,
     MalformedPayload,
@@ -160,3 +160,53 @@ def test_naive_or_offsetless_times_refused() -> None:
         codec.validate(obj, Batch)
     obj["sent_at"] = (NOW + timedelta(hours=1)).isoformat()
     assert codec.validate(obj, Batch).sent_at == NOW + timedelta(hours=1)
+
+
+# ------------------------------------------------ tolerant reading (what a device reads)
+
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner),
+    max_leaves=10,
+)
+
+
+@given(st.dictionaries(names.filter(lambda n: n not in Ack.model_fields), JSON, max_size=4))
+@settings(max_examples=150, deadline=None)
+def test_tolerant_reader_ignores_whatever_a_newer_gateway_adds(extra: dict[str, object]) -> None:
+    known = {"v": 1, "acks": [3, 4], "outbox_id": "ob-1"}
+    ack, unknown = codec.validate_tolerant({**known, **extra}, Ack)
+    assert ack == codec.validate(known, Ack)
+    assert sorted(unknown) == sorted(extra)
+
+
+def test_unknown_fields_are_named_at_any_depth_and_the_strict_reader_still_refuses_them() -> None:
+    offer = Offer(
+        id="o-1",
+        campaign_id="c-1",
+        type="coupon",
+        title="Filter -30%",
+        category="purifier_filter",
+        surfaces=["tv_home_banner"],
+        starts_at=NOW,
+        expires_at=NOW + timedelta(days=1),
+    )
+    wire = OfferBundle(id="b-1", issued_at=NOW, expires_at=NOW, offers=[offer]).to_wire()
+    wire["channel"] = "beta"
+    wire["offers"][0]["badge"] = {"text": "new", "color": "#f00"}
+    wire["offers"][0]["targeting"] = {"profiles": ["tv"], "min_age": 18}
+    bundle, unknown = codec.validate_tolerant(wire, OfferBundle)
+    assert sorted(unknown) == ["channel", "offers.0.badge", "offers.0.targeting.min_age"]
+    assert bundle.offers[0].title == "Filter -30%"
+    assert bundle.offers[0].targeting is not None
+    assert bundle.offers[0].targeting.profiles == ["tv"]
+    with pytest.raises(InvalidMessage, match="badge"):  # what the gateway uses on the uplink
+        codec.validate(wire, OfferBundle)
+
+
+def test_tolerant_reader_refuses_wrong_known_fields_naming_only_those() -> None:
+    with pytest.raises(InvalidMessage) as info:
+        codec.validate_tolerant({"v": 1, "acks": [-1], "window_s": 30}, Ack)
+    assert [e["loc"] for e in info.value.errors] == ["acks.0"]
+    with pytest.raises(InvalidMessage):
+        codec.validate_tolerant({"v": 1, "window_s": 30}, Ack)  # a required field missing

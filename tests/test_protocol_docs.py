@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from protocol.docs import render
+from protocol.docs import directions, render
+from protocol.envelopes import ALL_MODELS
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -26,3 +27,16 @@ def test_reference_lists_every_fixed_topic_and_message() -> None:
         "## ModelManifest",
     ):
         assert needle in text
+
+
+def test_every_model_has_one_reader_and_the_schemas_say_what_it_accepts() -> None:
+    """Uplink parts are refused with unknown fields, downlink parts are not: no model may be
+    both (its reference would have to say two things)."""
+    travels = directions()
+    assert {m.__name__ for m in ALL_MODELS} == set(travels)
+    assert all(len(d) == 1 for d in travels.values()), travels
+    text = render()
+    for model in ALL_MODELS:
+        section = text.split(f"\n## {model.__name__}\n", 1)[1].split("\n## ", 1)[0]
+        strict = '"additionalProperties": false' in section
+        assert strict == (travels[model.__name__] == {"uplink"}), model.__name__

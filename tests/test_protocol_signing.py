@@ -7,15 +7,15 @@ import json
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from protocol import codec
-from protocol.envelopes import Offer, OfferBundle
-from protocol.errors import SignatureError
+from protocol.envelopes import Command, Offer, OfferBundle
+from protocol.errors import MalformedPayload, PayloadTooLarge, SignatureError
 from protocol.ids import new_id, utcnow
-from protocol.signing import Signer, Verifier, canonical
+from protocol.signing import Signer, Verifier, canonical, decode_signed
 
 SIGNER = Signer.generate("k-test")
 VERIFIER = Verifier.from_public_keys([SIGNER.public])
@@ -111,3 +111,84 @@ def test_unsigned_unknown_key_and_expired_are_refused() -> None:
 def test_key_round_trips_through_pem() -> None:
     again = Signer.from_pem("k-test", SIGNER.to_pem())
     VERIFIER.verify(again.sign({"v": 1, "expires_at": "2099-01-01T00:00:00.000Z"}))
+
+
+# ------------------------------------------- fields a newer gateway added (tolerant downlink)
+
+GOLDEN = Signer("k-golden", Ed25519PrivateKey.from_private_bytes(bytes(range(32))))
+GOLDEN_COMMAND = {
+    "v": 1,
+    "id": "cmd-1",
+    "device_id": "tv-0001",
+    "kind": "forget",
+    "args": {},
+    "issued_at": "2026-01-01T00:00:00Z",
+    "expires_at": "2099-01-01T00:00:00Z",
+    "note": "净水器",  # not a Command field: added by a newer gateway
+    "rollout": {"wave": 2, "tags": ["a", None, 1.5]},
+}
+GOLDEN_SIG = (
+    "EWZiLTlN8ANiXS/qeXqOT5cbc4OmRyxag6xE5mCufkM2mOJ0uLoPIU43wVS+2w3jZfbHo29t3YkwWiWeecuhBw=="
+)
+
+
+def test_signatures_made_before_stay_valid_unknown_fields_included() -> None:
+    """The canonical form is fixed (PROTOCOL.md): a signature made by an earlier release over an
+    object with fields this build does not know still verifies, and the decoded command keeps
+    its known fields."""
+    signed = GOLDEN.sign(GOLDEN_COMMAND)
+    assert signed["sig"] == GOLDEN_SIG  # Ed25519 is deterministic: the bytes signed are fixed
+    verifier = Verifier.from_public_keys([GOLDEN.public])
+    command, unknown = decode_signed(
+        codec.encode_dict(signed), Command, verifier, max_compressed=16 * 1024
+    )
+    assert (command.id, command.device_id, command.kind, command.kid) == (
+        "cmd-1",
+        "tv-0001",
+        "forget",
+        "k-golden",
+    )
+    assert sorted(unknown) == ["note", "rollout"]
+
+
+def _command_with(**extra: object) -> dict[str, object]:
+    now = utcnow()
+    command = Command(
+        id=new_id(),
+        device_id="tv-0001",
+        kind="forget",
+        issued_at=now,
+        expires_at=now + timedelta(hours=1),
+    )
+    return SIGNER.sign({**command.to_wire(), **extra})
+
+
+def _decode(obj: dict[str, object]) -> tuple[Command, tuple[str, ...]]:
+    return decode_signed(codec.encode_dict(obj), Command, VERIFIER, max_compressed=16 * 1024)
+
+
+def test_unknown_fields_are_covered_by_the_signature() -> None:
+    """Verified over the object as received: an unknown field changed, dropped or added after
+    signing fails, so a device ignoring it never ignores something forged."""
+    signed = _command_with(ttl_s=30, scope={"tables": ["signals"]})
+    command, unknown = _decode(signed)
+    assert command.kind == "forget"
+    assert sorted(unknown) == ["scope", "ttl_s"]
+    changed = {**signed, "ttl_s": 31}
+    nested = {**signed, "scope": {"tables": ["signals", "claims"]}}
+    dropped = {k: v for k, v in signed.items() if k != "ttl_s"}
+    added = {**signed, "urgent": True}
+    for forged in (changed, nested, dropped, added):
+        with pytest.raises(SignatureError, match="does not verify"):
+            _decode(forged)
+
+
+def test_unknown_fields_do_not_lift_the_size_and_depth_bounds() -> None:
+    too_big = _command_with(padding="x" * (16 * 1024))
+    with pytest.raises(PayloadTooLarge):
+        _decode(too_big)
+    deep: object = 1
+    for _ in range(codec.MAX_DEPTH):
+        deep = [deep]
+    with pytest.raises(MalformedPayload, match="nests deeper"):
+        _decode(_command_with(future=deep))
