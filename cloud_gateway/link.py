@@ -20,6 +20,8 @@ OnMessage = Callable[[str, bytes], Awaitable[object]]
 Hook = Callable[[], Awaitable[None]]
 
 BACKOFF_START_S = 0.2
+PENDING_PUBLISH_WARN = 1_000
+"""Publishes awaiting their PUBACK past which aiomqtt logs a warning (something is stuck)."""
 
 
 def backoff_delays(cap: float, start: float = BACKOFF_START_S) -> Callable[[], float]:
@@ -89,6 +91,9 @@ class MqttLink:
             password=password,
             tls_params=tls,
         )
+        # aiomqtt warns past 10 publishes awaiting their PUBACK; pushes and claim results go out
+        # 64 at a time by design, so that flooded the log at every launch. Warn past this.
+        client.pending_calls_threshold = PENDING_PUBLISH_WARN
         self._count_overflow(client)
         return client
 

@@ -12,12 +12,14 @@ from pathlib import Path
 
 import pytest
 
+from cloud_gateway import claims, delivery
 from cloud_gateway.auth import create_token, verify
 from cloud_gateway.campaigns import CampaignIn, build_catalog, new_campaign, transition
 from cloud_gateway.config import load_settings
 from cloud_gateway.errors import ConfigError, InvalidTransition
 from cloud_gateway.ingest import Ignored, Parsed, Rejected, parse_uplink
 from cloud_gateway.keys import load_or_create
+from cloud_gateway.link import MqttLink
 from cloud_gateway.store import Store
 from protocol import codec
 from protocol.envelopes import Batch, Outcome, Signal, TrustFile
@@ -254,3 +256,17 @@ def test_cli_errors_are_one_line_and_exit_2(tmp_path: Path) -> None:
     assert done.returncode == 2
     assert len(done.stderr.strip().splitlines()) == 1
     assert "broker" in done.stderr
+
+
+async def test_the_mqtt_client_warns_only_past_the_publishes_the_gateway_overlaps(
+    tmp_path: Path,
+) -> None:
+    """Pushes and claim results go out PUBLISH_CONCURRENCY at a time, each awaiting its PUBACK;
+    aiomqtt's default (warn past 10 pending) logged a line per publish at every launch."""
+    async def nothing(topic: str, payload: bytes) -> None:
+        return None
+
+    settings = load_settings(data_dir=tmp_path, broker="mqtt://127.0.0.1:1")
+    client = MqttLink(settings, nothing)._make_client()
+    assert client.pending_calls_threshold > delivery.PUBLISH_CONCURRENCY
+    assert client.pending_calls_threshold > claims.PUBLISH_CONCURRENCY
