@@ -263,6 +263,7 @@ async def test_the_mqtt_client_warns_only_past_the_publishes_the_gateway_overlap
 ) -> None:
     """Pushes and claim results go out PUBLISH_CONCURRENCY at a time, each awaiting its PUBACK;
     aiomqtt's default (warn past 10 pending) logged a line per publish at every launch."""
+
     async def nothing(topic: str, payload: bytes) -> None:
         return None
 
