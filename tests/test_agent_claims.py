@@ -100,6 +100,7 @@ async def claim(agent: Agent, offer_id: str) -> tuple[int, Any]:
 async def state(agent: Agent, claim_id: str) -> dict[str, Any]:
     status, body = await http(agent, "GET", f"/v1/claims/{claim_id}")
     assert status == 200, body
+    assert isinstance(body, dict)
     return body
 
 

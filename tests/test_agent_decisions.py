@@ -66,6 +66,7 @@ async def push(world: World, gw: FakeGateway, agent: Agent, offers: list[dict[st
 async def offers_json(agent: Agent, limit: int = 5) -> dict[str, Any]:
     status, body = await http(agent, "GET", f"/v1/offers?surface={SURFACE}&limit={limit}&explain=1")
     assert status == 200, body
+    assert isinstance(body, dict)
     return body
 
 
@@ -135,7 +136,9 @@ async def test_quiet_hours_hold_offers_until_they_end(world: World, gateway: Fak
         assert format_time(utcnow() + timedelta(minutes=55)) < held
         assert held < format_time(utcnow() + timedelta(minutes=61))
         assert len(agent.offers or []) == 2  # held, not dropped
-        assert agent.decide  # the agent keeps deciding
+        decision = await agent.decide(SURFACE, explain=True)  # the agent keeps deciding
+        assert decision.ranked == []
+        assert dict(decision.filtered) == {"q1": "quiet_hours", "q2": "quiet_hours"}
         agent.quiet = ()  # the quiet period is over: the same offers are shown
         body = await offers_json(agent)
         assert {o["id"] for o in body["offers"]} == {"q1", "q2"}

@@ -71,7 +71,7 @@ def test_rows_carry_each_signals_time_and_its_kinds_priority_and_expiry() -> Non
     )
     now = datetime(2026, 3, 2, 12, 30, 0, 123456, tzinfo=UTC)
     given_at = datetime(2026, 3, 2, 14, 0, tzinfo=timezone(timedelta(hours=2)))  # 12:00Z
-    items = [
+    items: list[dict[str, Any]] = [
         {"kind": "purchase", "attrs": {"sku": "f-1", "price": 9.5}},
         {"kind": "search", "attrs": {"q": "café"}},
         {"kind": "purchase", "at": "2026-03-02T12:00:00Z"},

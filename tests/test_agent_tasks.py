@@ -34,4 +34,4 @@ async def test_gives_up_and_says_so_on_a_task_that_never_stops() -> None:
     await asyncio.sleep(0)
     assert not await cancel_and_wait([task], retry_s=0.02, give_up_s=0.1)
     task.cancel()
-    task.get_coro().close()  # type: ignore[union-attr]
+    task.get_coro().close()

@@ -275,7 +275,7 @@ async def test_processes_authenticate_and_the_acl_confines_devices(
             async def acked() -> bool:
                 async with http.get(f"{dev}/v1/status") as r:
                     status = await r.json()
-                    return status["link"] == "connected" and status["outbox_depth"] == 0
+                    return (status["link"], status["outbox_depth"]) == ("connected", 0)
 
             await eventually(lambda: stored(device, 20))
             await eventually(acked)

@@ -12,7 +12,7 @@ async def _roundtrip(port: int) -> bytes:
         await client.subscribe("edgemart-test/#", qos=1)
         await client.publish("edgemart-test/x", b"hello", qos=1)
         async for message in client.messages:
-            return bytes(message.payload)  # type: ignore[arg-type]
+            return message.payload
     raise AssertionError("no message")
 
 

@@ -6,6 +6,7 @@ Real Mosquitto, gateway and agents in this process."""
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -126,6 +127,11 @@ USAGE: dict[str, tuple[bool, list[tuple[float, list[dict[str, Any]]]]]] = {
 }
 
 
+def acked(agent: Agent) -> Callable[[], bool]:
+    """A check that `agent` has nothing left unacknowledged, bound to this agent now."""
+    return lambda: agent.store.depth == 0
+
+
 class Clock:
     """The agents' clock, moved back to report usage in past aggregate windows."""
 
@@ -155,7 +161,7 @@ async def test_real_agents_in_aggregate_mode_are_targeted_on_what_they_report(
                     clock.offset = -days_ago * DAY
                     await agent.accept_signals(signals)
                     if consent:  # without analytics consent nothing leaves the device
-                        await eventually(lambda a=agent: a.store.depth == 0, what=f"{device} acked")
+                        await eventually(acked(agent), what=f"{device} acked")
                 clock.offset = 0.0
             exp = await export(gw, "ph-bought-long-ago")
             assert (

@@ -281,8 +281,9 @@ async def test_rules_reach_exactly_the_selected_devices_with_receipts_and_births
                 return all(len(bundles[d]) > count_before[d] for d in count_before)
 
             await eventually(relaunched)
-            for d, got in bundles.items():
-                assert OfferBundle.model_validate(got[-1]).offers[0].variant == variant_before[d]
+            for device_id, got in bundles.items():
+                variant = OfferBundle.model_validate(got[-1]).offers[0].variant
+                assert variant == variant_before[device_id]
             stats = await (await http.get(f"/v1/campaigns/{cid}/stats")).json()
             held_now = {d for d in bundles if in_holdout(d, cid, 0.2)}
             assert held_now - {"tv-late"} == held_first  # the same devices held out

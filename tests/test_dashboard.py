@@ -75,7 +75,8 @@ async def test_dashboard_shows_numbers_and_pauses(
                 await dev.subscribe(topics.ack("tv-0001"), qos=1)
                 state = State(device_id="tv-0001", status="online", profile="tv")
                 await dev.publish(topics.state("tv-0001"), codec.encode(state), qos=1)
-                kinds: list[OutcomeKind] = ["impression"] * 4 + ["click"]
+                kinds: list[OutcomeKind] = ["impression"] * 4
+                kinds.append("click")
                 batch = Batch(
                     device_id="tv-0001",
                     seq=1,

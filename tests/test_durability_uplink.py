@@ -103,23 +103,24 @@ async def test_daily_byte_budget_degrades_to_aggregates_then_holds_until_the_nex
         device = settings.device_id
         clock = Clock()
         async with Agent(settings, clock=clock) as agent:
-            assert agent.uplink is not None
+            uplink = agent.uplink
+            assert uplink is not None
             assert await agent.wait_connected(20)
             await agent.set_consent(ALL)
             ids: list[str] = []
             rounds = 0
-            while agent.uplink.mode() == "raw":
+            while uplink.mode() == "raw":
                 ids += await agent.accept_signals(mixed(rounds))
                 rounds += 1
                 await eventually(lambda: agent.store.depth == 0, what="raw batch acked")
                 assert rounds < 100, "never degraded"
-            assert agent.uplink.used_today() >= budget // 2
+            assert uplink.used_today() >= budget // 2
             raw_ids = list(ids)
-            while not agent.uplink.holding:
+            while not uplink.holding:
                 ids += await agent.accept_signals(mixed(rounds))
                 rounds += 1
                 await eventually(
-                    lambda: agent.store.depth == 0 or agent.uplink.holding,  # type: ignore[union-attr]
+                    lambda: agent.store.depth == 0 or uplink.holding,
                     what="aggregate acked or holding",
                 )
                 assert rounds < 500, "never held"
@@ -128,12 +129,12 @@ async def test_daily_byte_budget_degrades_to_aggregates_then_holds_until_the_nex
             await asyncio.sleep(1.0)
             assert await batches_at(gw, device) == held_at  # nothing goes up while held
             assert agent.status()["accounting"]["holding"] is True
-            assert agent.uplink.used_today() < budget + 4000  # at most one batch over
+            assert uplink.used_today() < budget + 4000  # at most one batch over
             assert agent.store.depth > 0  # kept, not dropped
 
             clock.offset = 86_400.0  # the next day: a fresh budget
             assert await agent.drain(timeout=20)
-            assert agent.uplink.mode() == "raw"
+            assert uplink.mode() == "raw"
             exp = await export(gw, device)
             stored = [s["id"] for s in exp["signals"]]
             assert set(raw_ids) <= set(stored)
@@ -163,9 +164,12 @@ async def test_drain_after_an_outage_is_paced_high_priority_first_then_oldest(
         async with Agent(settings) as agent:
             assert await agent.wait_connected(20)
             await agent.set_consent(ALL)
+            link = agent.link
+            assert link is not None
             own_mosquitto.kill()
-            await eventually(lambda: not agent.link.connected.is_set(), what="offline")  # type: ignore[union-attr]
-            kinds = {"app_open": [], "content_view": [], "purchase": []}  # priority 20, 50, 90
+            await eventually(lambda: not link.connected.is_set(), what="offline")
+            # priority 20, 50, 90
+            kinds: dict[str, list[str]] = {"app_open": [], "content_view": [], "purchase": []}
             for r in range(10):
                 for kind, n in (("app_open", 60), ("content_view", 30), ("purchase", 10)):
                     kinds[kind] += await agent.accept_signals(

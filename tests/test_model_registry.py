@@ -19,12 +19,12 @@ from cloud_gateway.auth import create_token
 from cloud_gateway.service import Gateway
 from cloud_gateway.store import Store
 from edgemart.broker import MosquittoProcess
-from models.build_default import DEFAULT_DIR
 from models.errors import ModelError
 from models.export import export_logs, shipped_specs
+from models.layout import DEFAULT_DIR
 from models.logs import read_examples
 from models.publish import prepare_manifest, publish, rollout, upload
-from protocol.envelopes import Batch, ModelManifest, Outcome, TrustFile
+from protocol.envelopes import Batch, ModelManifest, Outcome, OutcomeKind, TrustFile
 from protocol.ids import new_id, utcnow
 from protocol.signing import Verifier
 from tests.helpers import eventually, gateway_settings
@@ -127,13 +127,18 @@ def test_export_turns_logged_outcomes_into_training_lines(tmp_path: Path) -> Non
     now = utcnow()
 
     def outcome(
-        kind: str, offer: str, at_s: int, features: list[float] | None, *, ghost: bool = False
+        kind: OutcomeKind,
+        offer: str,
+        at_s: int,
+        features: list[float] | None,
+        *,
+        ghost: bool = False,
     ) -> Outcome:
         return Outcome(
             id=new_id(),
             offer_id=offer,
             campaign_id="c1",
-            kind=kind,  # type: ignore[arg-type]
+            kind=kind,
             at=now + timedelta(seconds=at_s),
             surface="tv_home_banner",
             model_version=1,

@@ -26,7 +26,7 @@ from cloud_gateway.model_registry import Health, ModelRegistry, RolloutIn
 from cloud_gateway.service import Gateway
 from cloud_gateway.store import Database, Store
 from edgemart.broker import MosquittoProcess
-from models.build_default import DEFAULT_DIR
+from models.layout import DEFAULT_DIR
 from models.publish import prepare_manifest, rollout, upload
 from protocol.envelopes import ModelUpdateReport
 from protocol.ids import format_time, utcnow

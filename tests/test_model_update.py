@@ -327,7 +327,7 @@ async def test_at_start_an_unusable_current_model_falls_back_to_the_kept_previou
 async def test_fields_a_newer_gateway_added_are_signed_over_ignored_and_kept(
     device: Device,
 ) -> None:
-    later = {
+    later: dict[str, Any] = {
         "canary": {"wave": 1, "hold_s": 600},
         "feature_spec": {**BASE_MANIFEST["feature_spec"], "normalizer": "zscore"},
     }

@@ -75,7 +75,7 @@ def test_sigkill_mid_swap_leaves_old_or_new_never_a_mix(tmp_path: Path) -> None:
         model = load_current(folder)
         assert model is not None, "a power cut left no loadable current model"
         expected = files["a" if model.version % 2 else "b"]["manifest"]
-        assert model.sha256 == expected["sha256"]  # type: ignore[index]
+        assert model.sha256 == expected["sha256"]
         seen.add(model.version)
         # the next run starts over at v2: a fresh install must still win
         for stray in folder.glob("*"):

@@ -15,11 +15,11 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from models.build_default import DEFAULT_DIR, HOLDOUT_LOGS, TRAIN_LOGS, BuildResult, build_default
+from models.build_default import HOLDOUT_LOGS, TRAIN_LOGS, BuildResult, build_default
 from models.errors import LogFormatError
 from models.evaluate import auc
 from models.features import FEATURE_NAMES, PERSONAL
-from models.layout import MANIFEST_FILE, MODEL_FILE
+from models.layout import DEFAULT_DIR, MANIFEST_FILE, MODEL_FILE
 from models.logs import read_examples
 from models.train import scale_features, train
 from protocol.codec import validate

@@ -47,8 +47,10 @@ def test_signature_is_exactly_the_documented_canonical_form() -> None:
     expected = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     assert canonical(signed) == expected.encode("utf-8")
     raw = base64.b64decode(SIGNER.public.public_key)
+    sig = signed["sig"]
+    assert isinstance(sig, str)
     Ed25519PublicKey.from_public_bytes(raw).verify(
-        base64.b64decode(signed["sig"]),  # type: ignore[arg-type]
+        base64.b64decode(sig),
         expected.encode("utf-8"),
     )
     VERIFIER.verify(signed)

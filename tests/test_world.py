@@ -12,6 +12,7 @@ from models.features import FEATURE_NAMES
 from protocol.envelopes import Offer, Signal
 from protocol.ids import new_id, parse_time
 from protocol.topics import DEVICE_ID_RE
+from protocol.vocabulary import CATEGORIES, OFFER_TYPES, PROFILES
 from simulators import world as w
 
 # docs/architecture.md, "Signals the household sends".
@@ -55,7 +56,7 @@ def test_a_hundred_thousand_households_are_arrays_of_the_right_shape() -> None:
     world = w.make_world(1, 100_000)
     h = world.households
     assert len(h) == 100_000
-    assert h.affinity.shape == (100_000, len(w.CATEGORIES))
+    assert h.affinity.shape == (100_000, len(CATEGORIES))
     np.testing.assert_allclose(h.affinity.sum(axis=1), 1.0)
     assert h.devices.any(axis=1).all()
     assert set(np.unique(h.tier).tolist()) == {0, 1, 2, 3}
@@ -64,15 +65,16 @@ def test_a_hundred_thousand_households_are_arrays_of_the_right_shape() -> None:
     assert (h.level[~h.owns] == 0).all()
 
 
-def test_feature_names_mirror_the_models_spec() -> None:
-    assert w.FEATURE_NAMES == FEATURE_NAMES
+def test_logged_feature_columns_are_the_models_spec() -> None:
+    logs = w.logged_arrays(w.make_world(3, 50), range(50), 2, 0)
+    assert logs.features.shape == (100, len(FEATURE_NAMES))
 
 
 def test_catalog_covers_every_type_and_category_and_forms_valid_offers() -> None:
     catalog = w.make_world(5, 10).catalog
     records = catalog.records()
-    assert {r["type"] for r in records} == set(w.OFFER_TYPES)
-    assert {r["category"] for r in records} == set(w.CATEGORIES)
+    assert {r["type"] for r in records} == set(OFFER_TYPES)
+    assert {r["category"] for r in records} == set(CATEGORIES)
     assert any(r["limited"] for r in records)
     now = datetime(2026, 3, 1, tzinfo=UTC)
     for record in records:
@@ -80,7 +82,7 @@ def test_catalog_covers_every_type_and_category_and_forms_valid_offers() -> None
     assert catalog.index(records[5]["id"]) == 5
 
 
-@pytest.mark.parametrize("profile", w.PROFILES)
+@pytest.mark.parametrize("profile", PROFILES)
 def test_usage_signals_have_documented_kinds_and_attrs(profile: str) -> None:
     world = w.make_world(2, 200)
     persona = next(
@@ -98,7 +100,7 @@ def test_usage_signals_have_documented_kinds_and_attrs(profile: str) -> None:
         assert set(s) == {"kind", "attrs"}
         assert set(s["attrs"]) == DOCUMENTED_ATTRS[s["kind"]]
         if "category" in s["attrs"]:
-            assert s["attrs"]["category"] in w.CATEGORIES
+            assert s["attrs"]["category"] in CATEGORIES
         if s["kind"] == "consumable_level":
             assert 0.0 <= s["attrs"]["level"] <= 1.0
             assert s["attrs"]["category"] in persona.consumables
@@ -111,12 +113,12 @@ def test_usage_signals_follow_the_households_affinity() -> None:
     world = w.make_world(8, 50)
     persona = world.persona(0)
     signals = w.usage_signals(persona, "phone", np.random.default_rng(1), 5000)
-    counts = {c: 0 for c in w.CATEGORIES}
+    counts = {c: 0 for c in CATEGORIES}
     for s in signals:
         if s["kind"] in w.CATEGORIZED_KINDS:
             counts[s["attrs"]["category"]] += 1
-    weighted = np.asarray(persona.affinity) * w._CATEGORY_WEIGHT[w.PROFILES.index("phone")]
-    assert max(counts, key=lambda c: counts[c]) == w.CATEGORIES[int(np.argmax(weighted))]
+    weighted = np.asarray(persona.affinity) * w._CATEGORY_WEIGHT[PROFILES.index("phone")]
+    assert max(counts, key=lambda c: counts[c]) == CATEGORIES[int(np.argmax(weighted))]
 
 
 def test_logged_examples_are_in_the_export_format_and_deterministic() -> None:
