@@ -13,6 +13,7 @@ from typing import Any
 from agent.daemon import Agent
 from cloud_gateway.campaign_store import device_facts, pushed_devices
 from cloud_gateway.campaigns import CampaignIn
+from cloud_gateway.store import Store
 from edgemart.broker import MosquittoProcess
 from tests.durability_world import ALL, agent_settings, export, gateway
 from tests.helpers import eventually
@@ -163,6 +164,12 @@ async def test_real_agents_in_aggregate_mode_are_targeted_on_what_they_report(
                     if consent:  # without analytics consent nothing leaves the device
                         await eventually(acked(agent), what=f"{device} acked")
                 clock.offset = 0.0
+
+            async def all_known() -> bool:
+                """ph-silent sends nothing but its birth: wait until the gateway has it."""
+                return all([await gw.db.call(Store.get_device, d) is not None for d in USAGE])
+
+            await eventually(all_known, what="every agent's birth recorded")
             exp = await export(gw, "ph-bought-long-ago")
             assert (
                 exp["signals"] == [] and exp["aggregates"]
