@@ -93,18 +93,7 @@ class DeviceDelivery:
         expiry = min(campaign.ends_at or now + self._ttl, now + self._ttl)
         offers = build_offers(campaign, now, expiry, variant=variant, stock=stock)
         bundle = OfferBundle(id=new_id(), issued_at=now, expires_at=expiry, offers=offers)
-        return DevicePush(
-            bundle_id=bundle.id,
-            device_id=device_id,
-            campaign_id=campaign.id,
-            variant=variant,
-            holdout=holdout,
-            kind="offers",
-            offers=len(offers),
-            payload=self._signer.sign(bundle.to_wire()),
-            created_at=now,
-            expires_at=expiry,
-        )
+        return self._signed(campaign, device_id, bundle, "offers", variant=variant, holdout=holdout)
 
     async def launch(self, campaign: Campaign) -> int:
         """Push the campaign to every registered device it selects; returns the device count."""
@@ -130,17 +119,30 @@ class DeviceDelivery:
             offers=[],
             revokes=[o.id for o in campaign.offers],
         )
+        return self._signed(campaign, device_id, bundle, "revoke")
+
+    def _signed(
+        self,
+        campaign: Campaign,
+        device_id: str,
+        bundle: OfferBundle,
+        kind: str,
+        *,
+        variant: str | None = None,
+        holdout: bool = False,
+    ) -> DevicePush:
+        """The stored push of a bundle for one device, signed."""
         return DevicePush(
             bundle_id=bundle.id,
             device_id=device_id,
             campaign_id=campaign.id,
-            variant=None,
-            holdout=False,
-            kind="revoke",
-            offers=0,
+            variant=variant,
+            holdout=holdout,
+            kind=kind,
+            offers=len(bundle.offers),
             payload=self._signer.sign(bundle.to_wire()),
-            created_at=now,
-            expires_at=expiry,
+            created_at=bundle.issued_at,
+            expires_at=bundle.expires_at,
         )
 
     async def revoke(self, campaign: Campaign) -> int:
