@@ -23,7 +23,6 @@ from protocol import codec
 from protocol.envelopes import Ack, Batch, ClaimRequest, ModelUpdateReport, State
 from protocol.errors import ProtocolError
 from protocol.ids import utcnow
-from protocol.signing import Signer
 from protocol.topics import Topics
 
 log = logging.getLogger(__name__)
@@ -227,8 +226,6 @@ class Ingestor:
         db: Database,
         *,
         acks: AckBatcher,
-        publish: Publish,
-        signer: Signer,
         counters: Counter[str],
         max_compressed: int = codec.MAX_COMPRESSED,
         max_decompressed: int = codec.MAX_DECOMPRESSED,
@@ -248,8 +245,6 @@ class Ingestor:
         self._topics = topics
         self._db = db
         self._acks = acks
-        self._publish = publish
-        self._signer = signer
         self.counters = counters
         self._max_compressed = max_compressed
         self._max_decompressed = max_decompressed

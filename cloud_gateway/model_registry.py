@@ -31,7 +31,6 @@ import os
 import re
 import sqlite3
 from collections import Counter
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
@@ -40,6 +39,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from cloud_gateway.api import ApiProblem
 from cloud_gateway.errors import NotFound, StoreError
+from cloud_gateway.ingest import Publish
 from cloud_gateway.store import Database, Store
 from protocol import codec
 from protocol.envelopes import ModelManifest, ModelUpdateReport
@@ -56,7 +56,6 @@ MAX_MANIFEST_BYTES = 256 * 1024
 FILE_PATH = re.compile(r"^/v1/models/[0-9]{1,9}/model\.onnx$")
 """The one registry path served without a token (see `cloud_gateway.api.PUBLIC_PATTERNS`)."""
 
-Publish = Callable[[str, bytes, bool], Awaitable[None]]
 Cohort = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9:_-]{0,63}$")]
 
 

@@ -134,8 +134,6 @@ class Gateway:
             topics,
             self._db,
             acks=self._acks,
-            publish=self._publish,
-            signer=self._signer,
             counters=self.counters,
             max_compressed=s.max_payload_bytes,
             max_decompressed=s.max_decompressed_bytes,

@@ -27,7 +27,6 @@ from edgemart.broker import MosquittoProcess
 from protocol import codec
 from protocol.envelopes import Batch, Signal
 from protocol.ids import new_id, utcnow
-from protocol.signing import Signer
 from protocol.topics import Topics
 from tests.durability_world import gateway
 from tests.helpers import eventually
@@ -81,9 +80,6 @@ class Harness:
         self.published: list[tuple[str, bytes]] = []
         self.db = self.runner.run(Database(path).open())
 
-        async def publish(topic: str, payload: bytes, retain: bool) -> None:
-            self.published.append((topic, payload))
-
         def send_ack(topic: str, payload: bytes) -> None:
             self.published.append((topic, payload))
 
@@ -92,8 +88,6 @@ class Harness:
             TOPICS,
             self.db,
             acks=acks,
-            publish=publish,
-            signer=Signer.generate("k1"),
             counters=self.counters,
         )
 
