@@ -214,9 +214,19 @@ def run() -> list[Record]:
             "signals/s",
             "bare paho subscriber",
             base,
-            f"{shape}; a paho subscriber that only inflates and parses each batch's JSON (no"
-            " validation, no store): the ceiling of gateway_ingest_signals_per_s's ratio for"
-            " any consumer that reads the signals in Python",
+            f"{shape}; a paho subscriber that only inflates and parses each batch's JSON (the"
+            " standard library's json; no validation, no store)",
+        ),
+        Record(
+            "gateway_ingest_validate_only_subscriber",
+            validating,
+            "signals/s",
+            "bare paho subscriber",
+            base,
+            f"{shape}; a paho subscriber that only checks each batch the way the gateway must"
+            " before storing it (bounded inflate, JSON, the contract's pydantic Batch) and stores"
+            " nothing: the ceiling of gateway_ingest_signals_per_s's ratio for any gateway that"
+            " validates with the contract's models",
         ),
         Record(
             "gateway_ingest_fleet_signals_per_s",

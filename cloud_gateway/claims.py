@@ -12,20 +12,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections import Counter
 from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
 from cloud_gateway.campaign_store import ClaimAnswer, claim_batch
 from cloud_gateway.errors import GatewayError
-from cloud_gateway.ingest import Publish
-from cloud_gateway.store import Database
+from cloud_gateway.wiring import Service, Wiring
 from protocol import codec
 from protocol.envelopes import ClaimRequest, ClaimResult
 from protocol.ids import new_id, utcnow
-from protocol.signing import Signer
-from protocol.topics import Topics
 
 log = logging.getLogger(__name__)
 
@@ -34,25 +30,17 @@ QUEUE_MAX = 10_000
 PUBLISH_CONCURRENCY = 64
 
 
-class ClaimDesk:
+class ClaimDesk(Service):
     """Owns the claim queue and its worker (`run`, a named task of the gateway)."""
 
     def __init__(
         self,
-        db: Database,
-        signer: Signer,
-        topics: Topics,
-        publish: Publish,
-        counters: Counter[str],
+        wiring: Wiring,
         *,
         batch_max: int = 256,
         on_sold_out: Callable[[], None] | None = None,
     ) -> None:
-        self._db = db
-        self._signer = signer
-        self._topics = topics
-        self._publish = publish
-        self._counters = counters
+        super().__init__(wiring)
         self._batch_max = max(1, batch_max)
         self._on_sold_out = on_sold_out
         self._queue: asyncio.Queue[tuple[str, ClaimRequest]] = asyncio.Queue(QUEUE_MAX)

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections import Counter
 from collections.abc import Iterable
 from datetime import datetime, timedelta
 from typing import Any
@@ -34,15 +33,13 @@ from cloud_gateway.campaign_store import (
 )
 from cloud_gateway.campaigns import Campaign, build_offers, needs_facts
 from cloud_gateway.errors import GatewayError
-from cloud_gateway.ingest import Publish
-from cloud_gateway.store import Database, Store
+from cloud_gateway.store import Store
 from cloud_gateway.targeting import DeviceFacts, selects
+from cloud_gateway.wiring import Service, Wiring
 from protocol import codec
 from protocol.assign import in_holdout, pick_variant
 from protocol.envelopes import OfferBundle
 from protocol.ids import new_id, utcnow
-from protocol.signing import Signer
-from protocol.topics import Topics
 
 log = logging.getLogger(__name__)
 
@@ -59,24 +56,11 @@ def plan_device(campaign: Campaign, facts: DeviceFacts, now: datetime) -> tuple[
     return variant, in_holdout(facts.device_id, campaign.id, campaign.holdout)
 
 
-class DeviceDelivery:
+class DeviceDelivery(Service):
     """Plans, signs, records and sends per-device bundles; handles receipts and births."""
 
-    def __init__(
-        self,
-        db: Database,
-        signer: Signer,
-        topics: Topics,
-        publish: Publish,
-        counters: Counter[str],
-        *,
-        bundle_ttl: timedelta,
-    ) -> None:
-        self._db = db
-        self._signer = signer
-        self._topics = topics
-        self._publish = publish
-        self._counters = counters
+    def __init__(self, wiring: Wiring, *, bundle_ttl: timedelta) -> None:
+        super().__init__(wiring)
         self._ttl = bundle_ttl
         self._birth_lock = asyncio.Lock()
         self._facts_due: set[str] = set()

@@ -17,20 +17,17 @@ import asyncio
 import json
 import logging
 import sqlite3
-from collections import Counter
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
 from cloud_gateway.errors import GatewayError, StoreError
-from cloud_gateway.ingest import Publish
 from cloud_gateway.migrations import transaction
-from cloud_gateway.store import Database, Store, insert_audit
+from cloud_gateway.store import Store, insert_audit
+from cloud_gateway.wiring import Service, Wiring
 from protocol import codec
 from protocol.envelopes import Command
 from protocol.ids import format_time, new_id, parse_time, utcnow
-from protocol.signing import Signer
-from protocol.topics import Topics
 
 log = logging.getLogger(__name__)
 
@@ -185,24 +182,11 @@ def confirm_commands(
     return {"confirmed": confirmed, "swept": sum(swept.values())}
 
 
-class DeviceErasure:
+class DeviceErasure(Service):
     """Erases devices at the gateway and delivers their signed `forget` commands."""
 
-    def __init__(
-        self,
-        db: Database,
-        signer: Signer,
-        topics: Topics,
-        publish: Publish,
-        counters: Counter[str],
-        *,
-        ttl: timedelta = COMMAND_TTL,
-    ) -> None:
-        self._db = db
-        self._signer = signer
-        self._topics = topics
-        self._publish = publish
-        self._counters = counters
+    def __init__(self, wiring: Wiring, *, ttl: timedelta = COMMAND_TTL) -> None:
+        super().__init__(wiring)
         self._ttl = ttl
 
     def _command(

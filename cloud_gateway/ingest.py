@@ -42,8 +42,6 @@ QUEUE_MAX = 64
 """Parsed batches waiting for the next commit; when full, consumption waits (backpressure)."""
 CLAIM_RESULT_TTL = timedelta(days=1)
 
-Publish = Callable[[str, bytes, bool], Awaitable[None]]
-"""publish(topic, payload, retain) at QoS 1."""
 SendNowait = Callable[[str, bytes], None]
 """send(topic, payload): hands a QoS 1 message to the MQTT client and returns at once;
 raises a GatewayError when it cannot (the link is down, the client's queue is full)."""

@@ -30,7 +30,6 @@ import logging
 import os
 import re
 import sqlite3
-from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
@@ -39,14 +38,12 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from cloud_gateway.api import ApiProblem
 from cloud_gateway.errors import NotFound, StoreError
-from cloud_gateway.ingest import Publish
-from cloud_gateway.store import Database, Store
+from cloud_gateway.store import Store
+from cloud_gateway.wiring import Service, Wiring
 from protocol import codec
 from protocol.envelopes import ModelManifest, ModelUpdateReport
 from protocol.errors import ProtocolError
 from protocol.ids import format_time, utcnow
-from protocol.signing import Signer
-from protocol.topics import Topics
 from protocol.vocabulary import PROFILES
 
 log = logging.getLogger(__name__)
@@ -305,28 +302,20 @@ class Health:
 # ------------------------------------------------------------------ the service
 
 
-class ModelRegistry:
+class ModelRegistry(Service):
     """Registered models on disk and in the DB; signs and publishes manifests on rollout."""
 
     def __init__(
         self,
-        db: Database,
+        wiring: Wiring,
         *,
-        signer: Signer,
-        topics: Topics,
-        publish: Publish,
-        counters: Counter[str],
         models_dir: Path,
         halt_fraction: float = 0.05,
         halt_min_devices: int = 5,
     ) -> None:
-        self.db = db
+        super().__init__(wiring)
         self.halt_fraction = halt_fraction
         self.halt_min_devices = halt_min_devices
-        self.signer = signer
-        self.topics = topics
-        self.publish = publish
-        self.counters = counters
         self.models_dir = models_dir
         self._lock = asyncio.Lock()
 
@@ -347,18 +336,18 @@ class ModelRegistry:
             raise ApiProblem(400, "Bad Request", f"manifest: expired at {manifest.expires_at}")
         await asyncio.to_thread(check_model_bytes, manifest, data)
         async with self._lock:
-            latest = await self.db.call(_latest_version)
+            latest = await self._db.call(_latest_version)
             if manifest.version <= latest:
-                self.counters["models_refused_version"] += 1
+                self._counters["models_refused_version"] += 1
                 raise ApiProblem(
                     409,
                     "Conflict",
                     f"version {manifest.version} is not above the latest registered ({latest})",
                 )
             await asyncio.to_thread(_write_file, self.file_path(manifest.version), data)
-            await self.db.call(_insert_model, manifest, who)
-        self.counters["models_registered"] += 1
-        await self.db.call(
+            await self._db.call(_insert_model, manifest, who)
+        self._counters["models_registered"] += 1
+        await self._db.call(
             Store.audit,
             who,
             "model.register",
@@ -374,7 +363,7 @@ class ModelRegistry:
     ) -> dict[str, Any]:
         """Sign the manifest for `body.percent` of `body.cohort` and publish it retained per
         targeted profile."""
-        row = await self.db.call(_get_model, version)
+        row = await self._db.call(_get_model, version)
         if row is None:
             raise NotFound("model", str(version))
         manifest = json.loads(row["manifest"])
@@ -388,10 +377,10 @@ class ModelRegistry:
             )
         profiles = cohort_profiles(body.cohort, manifest["profiles"])
         async with self._lock:
-            halt = await self.db.call(_halt_of, version)
+            halt = await self._db.call(_halt_of, version)
             if halt is not None:
                 raise ApiProblem(409, "Conflict", f"model v{version} was halted: {halt['reason']}")
-            published = await self.db.call(_published)
+            published = await self._db.call(_published)
             for profile in profiles:
                 if published.get(profile, 0) > version:
                     raise ApiProblem(
@@ -403,8 +392,8 @@ class ModelRegistry:
             signed = await self._publish_manifest(
                 manifest, profiles, cohort=body.cohort, percent=body.percent, base_url=base_url
             )
-        self.counters["model_rollouts"] += 1
-        await self.db.call(
+        self._counters["model_rollouts"] += 1
+        await self._db.call(
             Store.audit,
             who,
             "model.rollout",
@@ -433,30 +422,32 @@ class ModelRegistry:
         cohorts = manifest_cohorts(cohort)
         if cohorts is not None:
             doc["cohorts"] = cohorts
-        signed = self.signer.sign(doc)
+        signed = self._signer.sign(doc)
         for profile in profiles:
-            await self.publish(self.topics.model_manifest(profile), codec.encode_dict(signed), True)
-            await self.db.call(
+            await self._publish(
+                self._topics.model_manifest(profile), codec.encode_dict(signed), True
+            )
+            await self._db.call(
                 _record_rollout, profile, version, cohort=cohort, percent=percent, signed=signed
             )
         return signed
 
     async def get(self, version: int) -> dict[str, Any]:
         """One model with its rollouts, the devices' health reports and any halt."""
-        found = await self.db.call(_list_models, version)
+        found = await self._db.call(_list_models, version)
         if not found:
             raise NotFound("model", str(version))
         return found[0]
 
     async def record_health(self, device_id: str, report: ModelUpdateReport) -> None:
         """A device's report on a model it tried; halts the rollout past the thresholds."""
-        if not await self.db.call(_record_health, device_id, report):
-            self.counters["model_health_unknown_version"] += 1
+        if not await self._db.call(_record_health, device_id, report):
+            self._counters["model_health_unknown_version"] += 1
             return
-        self.counters[f"model_health_{report.status}"] += 1
+        self._counters[f"model_health_{report.status}"] += 1
         if report.status == "applied":
             return
-        health = await self.db.call(_health, report.version)
+        health = await self._db.call(_health, report.version)
         if health.should_halt(self.halt_fraction, self.halt_min_devices):
             await self.halt(report.version, health)
 
@@ -464,16 +455,16 @@ class ModelRegistry:
         """Stop offering `version`: republish each affected profile's newest earlier good
         model as a new version, or re-sign `version` at 0 %; recorded and audited."""
         async with self._lock:
-            if await self.db.call(_halt_of, version) is not None:
+            if await self._db.call(_halt_of, version) is not None:
                 return None
-            rollouts = await self.db.call(_rollouts_of, version)
+            rollouts = await self._db.call(_rollouts_of, version)
             # devices fetch from where the halted rollout told them to
             base = _base_url(rollouts)
             replacement: int | None = None
             by_good: dict[int, list[str]] = {}
             stopped: list[str] = []
             for rollout in rollouts:
-                good = await self.db.call(_good_before, version, rollout["profile"])
+                good = await self._db.call(_good_before, version, rollout["profile"])
                 if good is None or base is None:
                     stopped.append(rollout["profile"])
                 else:
@@ -482,7 +473,7 @@ class ModelRegistry:
             for good_version, profiles in sorted(by_good.items()):
                 assert base is not None  # by_good is only filled with a base URL
                 replacement = await self._republish(good_version, profiles, cohort, base)
-            row = await self.db.call(_get_model, version)
+            row = await self._db.call(_get_model, version)
             if stopped and row is not None:
                 manifest = json.loads(row["manifest"])
                 await self._publish_manifest(
@@ -499,9 +490,9 @@ class ModelRegistry:
                 "failures": health.failures,
                 "reporting": health.reporting,
             }
-            await self.db.call(_record_halt, version, doc)
-        self.counters["model_rollouts_halted"] += 1
-        await self.db.call(
+            await self._db.call(_record_halt, version, doc)
+        self._counters["model_rollouts_halted"] += 1
+        await self._db.call(
             Store.audit,
             "gateway",
             "model.halt",
@@ -514,23 +505,23 @@ class ModelRegistry:
 
     async def _republish(self, good: int, profiles: list[str], cohort: str, base: str) -> int:
         """Register the good model `good` again as the next version and publish it at 100 %."""
-        row = await self.db.call(_get_model, good)
+        row = await self._db.call(_get_model, good)
         if row is None:
             raise NotFound("model", str(good))
-        version = await self.db.call(_latest_version) + 1
+        version = await self._db.call(_latest_version) + 1
         manifest = ModelManifest.model_validate(
             {**json.loads(row["manifest"]), "version": version, "created_at": utcnow()}
         )
         data = await asyncio.to_thread(self.file_path(good).read_bytes)
         await asyncio.to_thread(_write_file, self.file_path(version), data)
-        await self.db.call(_insert_model, manifest, f"gateway:halt-replaces-v{good}")
+        await self._db.call(_insert_model, manifest, f"gateway:halt-replaces-v{good}")
         await self._publish_manifest(
             manifest.to_wire(), profiles, cohort=cohort, percent=100, base_url=base
         )
         return version
 
     async def list(self) -> list[dict[str, Any]]:
-        return await self.db.call(_list_models)
+        return await self._db.call(_list_models)
 
 
 def _base_url(rollouts: list[dict[str, Any]]) -> str | None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections import Counter
 from collections.abc import Iterable
 from datetime import timedelta
 
@@ -26,40 +25,25 @@ from cloud_gateway.campaigns import (
 )
 from cloud_gateway.delivery import DeviceDelivery
 from cloud_gateway.errors import GatewayError, NotFound
-from cloud_gateway.ingest import Publish
 from cloud_gateway.results import CampaignResults, campaign_results
-from cloud_gateway.store import Database, Store
+from cloud_gateway.store import Store
+from cloud_gateway.wiring import Service, Wiring
 from protocol import codec
 from protocol.ids import parse_time, utcnow
-from protocol.signing import Signer
-from protocol.topics import Topics
 
 log = logging.getLogger(__name__)
 
 
-class CampaignService:
+class CampaignService(Service):
     """Create, launch, pause campaigns; every change rebuilds the catalogs it touches."""
 
-    def __init__(
-        self,
-        db: Database,
-        signer: Signer,
-        topics: Topics,
-        publish: Publish,
-        counters: Counter[str],
-        *,
-        bundle_ttl: timedelta = timedelta(days=7),
-    ) -> None:
-        self._db = db
-        self._signer = signer
-        self._topics = topics
-        self._publish = publish
-        self._counters = counters
+    def __init__(self, wiring: Wiring, *, bundle_ttl: timedelta = timedelta(days=7)) -> None:
+        super().__init__(wiring)
         self._ttl = bundle_ttl
         self._lock = asyncio.Lock()  # one catalog rebuild at a time: publishes stay ordered
         self._settle_wanted = asyncio.Event()
         self.dirty: set[str] = set()
-        self.delivery = DeviceDelivery(db, signer, topics, publish, counters, bundle_ttl=bundle_ttl)
+        self.delivery = DeviceDelivery(wiring, bundle_ttl=bundle_ttl)
 
     async def create(self, spec: CampaignIn, who: str) -> Campaign:
         """Store a draft; 409 (Conflict) when an offer id is already another campaign's."""

@@ -31,6 +31,7 @@ from cloud_gateway.model_registry import ModelRegistry
 from cloud_gateway.push import CampaignService
 from cloud_gateway.scheduler import run_scheduler
 from cloud_gateway.store import Database
+from cloud_gateway.wiring import Wiring
 from protocol import codec
 from protocol.envelopes import ModelUpdateReport
 from protocol.signing import Signer
@@ -113,23 +114,9 @@ class Gateway:
         self._signer, self.trust_path = keys.signer, keys.trust_path
         self._db = await Database(s.db_path).open()
         self._acks = AckBatcher(topics, self._send_nowait, self.counters, s.ack_delay_ms / 1000)
-        self._campaigns = CampaignService(
-            self._db,
-            self._signer,
-            topics,
-            self._publish,
-            self.counters,
-            bundle_ttl=timedelta(seconds=s.bundle_ttl_s),
-        )
-        claims = ClaimDesk(
-            self._db,
-            self._signer,
-            topics,
-            self._publish,
-            self.counters,
-            batch_max=s.claim_batch_max,
-            on_sold_out=self._campaigns.poke,
-        )
+        wiring = Wiring(self._db, self._signer, topics, self._publish, self.counters)
+        self._campaigns = CampaignService(wiring, bundle_ttl=timedelta(seconds=s.bundle_ttl_s))
+        claims = ClaimDesk(wiring, batch_max=s.claim_batch_max, on_sold_out=self._campaigns.poke)
         ingestor = Ingestor(
             topics,
             self._db,
@@ -143,7 +130,7 @@ class Gateway:
             on_model_report=self._on_model_report,
             on_facts=self._campaigns.delivery.note_facts,
         )
-        self._erasure = DeviceErasure(self._db, self._signer, topics, self._publish, self.counters)
+        self._erasure = DeviceErasure(wiring)
         self._ingestor = ingestor
         self._link = MqttLink(
             s,
@@ -178,11 +165,7 @@ class Gateway:
         )
         app = build_app(ctx, s.max_http_body_bytes)
         self.models = ModelRegistry(  # issue 5: model registry and rollouts
-            self._db,
-            signer=self._signer,
-            topics=topics,
-            publish=self._publish,
-            counters=self.counters,
+            wiring,
             models_dir=s.data_dir / "models",
             halt_fraction=s.model_halt_fraction,
             halt_min_devices=s.model_halt_min_devices,

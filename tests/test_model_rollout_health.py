@@ -25,6 +25,7 @@ from cloud_gateway.auth import create_token
 from cloud_gateway.model_registry import Health, ModelRegistry, RolloutIn
 from cloud_gateway.service import Gateway
 from cloud_gateway.store import Database, Store
+from cloud_gateway.wiring import Wiring
 from edgemart.broker import MosquittoProcess
 from models.layout import DEFAULT_DIR
 from models.publish import prepare_manifest, rollout, upload
@@ -140,11 +141,7 @@ async def registry(tmp_path: Path) -> AsyncIterator[tuple[ModelRegistry, list[tu
     try:
         yield (
             ModelRegistry(
-                db,
-                signer=Signer.generate("gw-test"),
-                topics=Topics("t/v1"),
-                publish=publish,
-                counters=Counter(),
+                Wiring(db, Signer.generate("gw-test"), Topics("t/v1"), publish, Counter()),
                 models_dir=tmp_path / "models",
                 halt_fraction=0.05,
                 halt_min_devices=2,
@@ -170,7 +167,7 @@ async def test_rollout_rechecks_expiry_and_register_and_rollout_are_audited(
                 "UPDATE models SET manifest = json_set(manifest, '$.expires_at', ?)", [past]
             )
 
-    await models.db.call(expire)
+    await models.wiring.db.call(expire)
     with pytest.raises(ApiProblem, match="expired"):
         await models.rollout(2, RolloutIn(percent=10), "http://gw", "token:ops")
     assert published == []
@@ -183,7 +180,7 @@ async def test_rollout_rechecks_expiry_and_register_and_rollout_are_audited(
     assert {topic for topic, _ in published} == {
         f"t/v1/models/{p}/manifest" for p in manifest3["profiles"]
     }
-    rows = await models.db.call(Store.audit_log, 10)
+    rows = await models.wiring.db.call(Store.audit_log, 10)
     actions = [(r["who"], r["action"], r["target"]) for r in rows]
     assert ("token:ops", "model.register", "2") in actions
     assert ("token:ops", "model.register", "3") in actions
@@ -206,7 +203,7 @@ async def test_without_an_earlier_good_model_a_halt_stops_the_rollout_at_zero(
     await models.record_health("dev-a2", ModelUpdateReport(version=5, status="applied"))
     for device in ("dev-b1", "dev-b2", "dev-b3"):  # a version never registered: not a rollout
         await models.record_health(device, ModelUpdateReport(version=99, status="rolled_back"))
-    assert models.counters["model_health_unknown_version"] == 3
+    assert models.wiring.counters["model_health_unknown_version"] == 3
     assert published == []
     await models.record_health("dev-a3", report)
     (topic, payload), *_ = published
