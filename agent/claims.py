@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from agent.config import AgentSettings
-from agent.downlink import UnknownFields
+from agent.downlink import UnknownFields, read_addressed
 from agent.errors import AgentError, LinkDown, UnknownOffer
 from agent.link import Link
 from agent.logutil import OnceLogger
@@ -25,9 +25,8 @@ from agent.metrics import Metrics
 from agent.store import Store
 from protocol import codec
 from protocol.envelopes import ClaimRequest, ClaimResult, Offer
-from protocol.errors import ProtocolError
 from protocol.ids import format_time, new_id
-from protocol.signing import Verifier, decode_signed
+from protocol.signing import Verifier
 
 log = logging.getLogger(__name__)
 
@@ -167,16 +166,16 @@ class Claims:
 
     async def handle_result(self, payload: bytes) -> bool:
         """A message on `down/claim`: verified, validated, applied once; True when applied."""
-        try:
-            result, unknown = decode_signed(
-                payload, ClaimResult, self._verifier, max_compressed=MAX_RESULT_BYTES
-            )
-        except ProtocolError as exc:
-            self._bad(exc.reason, str(exc))
-            return False
-        self._unknown.note("ClaimResult", unknown)
-        if result.device_id != self.settings.device_id:
-            self._bad("wrong_device", f"result for device {result.device_id!r}")
+        result = read_addressed(
+            payload,
+            ClaimResult,
+            self._verifier,
+            max_bytes=MAX_RESULT_BYTES,
+            device_id=self.settings.device_id,
+            unknown=self._unknown,
+            refuse=self._bad,
+        )
+        if result is None:
             return False
         stored = await self._store.get_claim(result.claim_id)
         if stored is None or stored["offer_id"] != result.offer_id:

@@ -12,13 +12,12 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable
 
-from agent.downlink import UnknownFields
+from agent.downlink import UnknownFields, read_addressed
 from agent.logutil import OnceLogger
 from agent.metrics import Metrics
 from agent.store import Store
 from protocol.envelopes import Command
-from protocol.errors import ProtocolError
-from protocol.signing import Verifier, decode_signed
+from protocol.signing import Verifier
 
 log = logging.getLogger(__name__)
 
@@ -63,16 +62,16 @@ class Commands:
 
     async def handle(self, payload: bytes) -> bool:
         """Verify and apply one command; True when a receipt waits to be sent."""
-        try:
-            command, unknown = decode_signed(
-                payload, Command, self._verifier, max_compressed=MAX_COMMAND_BYTES
-            )
-        except ProtocolError as exc:
-            self._bad(exc.reason, str(exc))
-            return False
-        self._unknown.note("Command", unknown)
-        if command.device_id != self._device_id:
-            self._bad("wrong_device", f"command {command.id} for device {command.device_id!r}")
+        command = read_addressed(
+            payload,
+            Command,
+            self._verifier,
+            max_bytes=MAX_COMMAND_BYTES,
+            device_id=self._device_id,
+            unknown=self._unknown,
+            refuse=self._bad,
+        )
+        if command is None:
             return False
         if await self._store.seen(command.id):
             await self._store.add_receipt(command.id)  # confirm again, apply nothing
