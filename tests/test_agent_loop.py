@@ -260,7 +260,8 @@ async def test_unacked_batch_is_resent_with_the_same_seq_and_content(
         await eventually(lambda: len(gateway.batches) >= 2)
         assert gateway.batches[0].seq == gateway.batches[1].seq
         assert gateway.raw[0] == gateway.raw[1]
-        assert agent.counters["batches_resent"] >= 1
+        # counted once the resend's PUBACK is in and it is marked sent: after the gateway saw it
+        await eventually(lambda: agent.counters["batches_resent"] >= 1)
         await gateway.ack(gateway.batches[0].seq)
         assert await agent.drain(timeout=5)
 
