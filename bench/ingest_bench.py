@@ -1,6 +1,7 @@
 """`gateway_ingest_signals_per_s`: one `edgemart gateway run` process behind Mosquitto,
 from the first publish until every signal is committed, vs a bare paho subscriber that
-only receives the same stream (bench/paho_sink.py)."""
+only receives the same stream (bench/paho_sink.py). Also the fleet shapes: raw signals, and
+aggregate snapshots (the default mode of every profile)."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from bench.record import Record
 from edgemart.broker import MosquittoProcess, free_port
 from protocol import codec
-from protocol.envelopes import Batch, Signal
+from protocol.envelopes import Aggregate, Batch, Signal
 from protocol.ids import new_id, utcnow
 from protocol.topics import Topics
 
@@ -27,6 +28,10 @@ FLEET = (1000, 10, 10)
 """The fleet-shaped stream: 1,000 devices each sending 10 batches of 10 signals (100,000
 signals in 10,000 messages), as raw-mode TVs and hubs do when they cut a batch every 2 s;
 the dense stream above is a drain after an outage, 200 signals a batch."""
+AGGREGATE_FLEET = (1000, 10, 10)
+"""1,000 devices each sending 10 batches of 10 aggregate snapshots: aggregate mode, the
+default, where each batch carries the cumulative counts of the open hour's changed keys (the
+same keys again and again: each snapshot replaces the one before)."""
 TOPICS = Topics("edgemart/v1")
 
 
@@ -51,6 +56,32 @@ def _stream(
                         attrs={"category": "tv_streaming", "seconds": i},
                     )
                     for i in range(signals)
+                ],
+            )
+            out.append((TOPICS.batch(device), codec.encode(batch, compress=None)))
+    return out
+
+
+def _aggregate_stream(devices: int, batches: int, keys: int) -> list[tuple[str, bytes]]:
+    now = utcnow()
+    window = "1h:" + now.strftime("%Y-%m-%dT%H")
+    out: list[tuple[str, bytes]] = []
+    for seq in range(1, batches + 1):
+        for d in range(devices):
+            device = f"hub-ingest-{d:04d}"
+            batch = Batch(
+                device_id=device,
+                seq=seq,
+                sent_at=now,
+                agent_version="0.1.0",
+                aggregates=[
+                    Aggregate(
+                        window=window,
+                        key=f"content_view/category=c{k}",
+                        count=3 * seq + k,
+                        seconds=60.0 * seq,
+                    )
+                    for k in range(keys)
                 ],
             )
             out.append((TOPICS.batch(device), codec.encode(batch, compress=None)))
@@ -98,8 +129,14 @@ def _baseline(
 
 
 def _gateway(
-    broker: MosquittoProcess, stream: list[tuple[str, bytes]], want: int, tmp: Path
+    broker: MosquittoProcess,
+    stream: list[tuple[str, bytes]],
+    want: int,
+    tmp: Path,
+    counter: str = "signals_stored",
 ) -> float:
+    """Items/s from the first publish until the gateway's `counter` (`GET /v1/stats`) says
+    `want` are committed."""
     tmp.mkdir(parents=True, exist_ok=True)
     port = free_port()
     data = tmp / "gw"
@@ -154,7 +191,7 @@ def _gateway(
         )
         while True:
             with urllib.request.urlopen(request, timeout=5) as resp:
-                stored = json.loads(resp.read())["signals_stored"]
+                stored = json.loads(resp.read())[counter]
             if stored >= want:
                 return want / (time.monotonic() - start)
             if time.monotonic() - start > 300:
@@ -169,6 +206,8 @@ def _gateway(
 def run() -> list[Record]:
     dense, fleet = _stream(), _stream(*FLEET)
     dense_n, fleet_n = DEVICES * BATCHES * SIGNALS, FLEET[0] * FLEET[1] * FLEET[2]
+    aggregated = _aggregate_stream(*AGGREGATE_FLEET)
+    aggregated_n = AGGREGATE_FLEET[0] * AGGREGATE_FLEET[1] * AGGREGATE_FLEET[2]
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         # One broker per stream: a stopped gateway's persistent session would keep queueing.
@@ -186,6 +225,15 @@ def run() -> list[Record]:
         try:
             fleet_base = _baseline(broker, fleet, fleet_n)
             fleet_value = _gateway(broker, fleet, fleet_n, tmp / "fleet")
+        finally:
+            broker.stop()
+        broker = MosquittoProcess(str(tmp / "mosquitto-aggregates"))
+        broker.start()
+        try:
+            aggregated_base = _baseline(broker, aggregated, aggregated_n)
+            aggregated_value = _gateway(
+                broker, aggregated, aggregated_n, tmp / "aggregates", "aggregates_stored"
+            )
         finally:
             broker.stop()
     shape = f"{DEVICES} devices x {BATCHES} batches x {SIGNALS} signals at QoS 1 through Mosquitto"
@@ -237,5 +285,16 @@ def run() -> list[Record]:
             f"{FLEET[0]} devices x {FLEET[1]} batches x {FLEET[2]} signals (10,000 messages) at"
             " QoS 1 through Mosquitto, the shape of raw-mode devices cutting a batch every 2 s;"
             " gateway: validated, committed (synchronous=FULL), acked",
+        ),
+        Record(
+            "gateway_ingest_fleet_aggregates_per_s",
+            aggregated_value,
+            "snapshots/s",
+            "bare paho subscriber",
+            aggregated_base,
+            f"{AGGREGATE_FLEET[0]} devices x {AGGREGATE_FLEET[1]} batches x {AGGREGATE_FLEET[2]}"
+            " aggregate snapshots (10,000 messages) at QoS 1 through Mosquitto: aggregate mode,"
+            " the default; gateway: validated, each snapshot upserted (the latest wins),"
+            " committed (synchronous=FULL), acked",
         ),
     ]

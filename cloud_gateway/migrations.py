@@ -361,3 +361,24 @@ def erasure_device_commands(db: Database) -> None:
     db.execute(
         "CREATE INDEX device_commands_outstanding ON device_commands (device_id, receipt_at)"
     )
+
+
+@migration
+def aggregates_one_row_per_key(db: Database) -> None:
+    """One row per (device, outbox, window, key), keyed by it (WITHOUT ROWID: one b-tree), so
+    the latest snapshot is written by one upsert (it was a SELECT, a DELETE and an INSERT per
+    aggregate). The store already kept one row per key; the highest seq is kept in any case."""
+    db.execute(
+        "CREATE TABLE aggregates_v3 (device_id TEXT NOT NULL, outbox_id TEXT NOT NULL DEFAULT '',"
+        " seq INTEGER, window TEXT NOT NULL, key TEXT NOT NULL, count INTEGER, seconds FLOAT,"
+        " PRIMARY KEY (device_id, outbox_id, window, key)) WITHOUT ROWID"
+    )
+    # SQLite takes the bare columns (count, seconds) from the row that has max(seq).
+    db.execute(
+        "INSERT INTO aggregates_v3 (device_id, outbox_id, seq, window, key, count, seconds)"
+        " SELECT device_id, outbox_id, max(seq), window, key, count, seconds FROM aggregates"
+        " WHERE device_id IS NOT NULL AND window IS NOT NULL AND key IS NOT NULL"
+        " GROUP BY device_id, outbox_id, window, key"
+    )
+    db.execute("DROP TABLE aggregates")
+    db.execute("ALTER TABLE aggregates_v3 RENAME TO aggregates")

@@ -255,24 +255,17 @@ class Store:
         """Cumulative snapshots: per (outbox, window, key) the one from the highest seq wins,
         so a late redelivery of an older batch never lowers a count. Each outbox of a device
         counts its own signals, so their snapshots add up. Returns the rows written."""
-        written = 0
-        outbox = batch.outbox_id or ""
-        for a in batch.aggregates:
-            where = "device_id = ? AND outbox_id = ? AND window = ? AND key = ?"
-            args = [device_id, outbox, a.window, a.key]
-            row = self.conn.execute(
-                f"SELECT max(seq) FROM aggregates WHERE {where}",  # noqa: S608 - fixed text
-                args,
-            ).fetchone()
-            if row[0] is not None and row[0] >= batch.seq:
-                continue
-            self.conn.execute(f"DELETE FROM aggregates WHERE {where}", args)  # noqa: S608
-            self.conn.execute(
-                "INSERT INTO aggregates (device_id, outbox_id, seq, window, key, count, seconds)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?)",
-                [device_id, outbox, batch.seq, a.window, a.key, a.count, a.seconds],
-            )
-            written += 1
+        outbox, seq = batch.outbox_id or "", batch.seq
+        written: int = self.conn.executemany(
+            "INSERT INTO aggregates (device_id, outbox_id, seq, window, key, count, seconds)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (device_id, outbox_id, window, key)"
+            " DO UPDATE SET seq = excluded.seq, count = excluded.count,"
+            " seconds = excluded.seconds WHERE excluded.seq > aggregates.seq",
+            [
+                (device_id, outbox, seq, a.window, a.key, a.count, a.seconds)
+                for a in batch.aggregates
+            ],
+        ).rowcount
         return written
 
     def aggregate_coverage(self, device_id: str) -> int:
