@@ -73,6 +73,10 @@ class GatewaySettings(BaseModel):
     max_queued_incoming: Annotated[int, Field(ge=16, le=1_000_000)] = 10_000
     """Messages received but not yet handled, at most; past it a message is dropped, counted as
     `uplink_overflow` (`GET /v1/stats`), and left to its device's resend (no ack goes back)."""
+    max_queued_incoming_bytes: Annotated[int, Field(ge=16 * 1024, le=4 * 1024**3)] = 64 * 1024**2
+    """Payload bytes of those messages, at most (a peer chooses their size: 10,000 messages of
+    the broker's 1 MiB packets would be 10 GiB); past it, the same drop and count. A message
+    that finds the queue empty is always taken, so one larger than this still gets through."""
     reconnect_max_s: Annotated[float, Field(gt=0, le=600)] = 30.0
     token_cache_s: Annotated[float, Field(ge=0, le=600)] = 5.0
     claim_batch_max: Annotated[int, Field(ge=1, le=4096)] = 256

@@ -43,9 +43,10 @@ class MqttLink:
     `on_connected` runs after each (re)subscription; `before_disconnect` runs on shutdown
     while the session is still up (to flush acks).
 
-    A message that finds the client's incoming queue full (`max_queued_incoming`) is dropped
-    and counted in `counters["uplink_overflow"]` (aiomqtt would drop it with only a log line):
-    no `down/ack` goes back for it, so its device sends the batch again.
+    A message that finds the client's incoming queue full (`max_queued_incoming` messages, or
+    `max_queued_incoming_bytes` of payload) is dropped and counted in
+    `counters["uplink_overflow"]` (aiomqtt would drop it with only a log line): no `down/ack`
+    goes back for it, so its device sends the batch again.
 
     Why not PUBACK only after handling, so the broker's in-flight window holds the backlog?
     Mosquitto 2.0.11 does not keep that window: with manual acks it sent ~2,700 unacked
@@ -69,6 +70,8 @@ class MqttLink:
         self.connected = asyncio.Event()
         self.connects = 0
         self.counters: Counter[str] = counters if counters is not None else Counter()
+        self.queued_bytes = 0
+        """Payload bytes received and not yet handed to `on_message`."""
 
     def _make_client(self) -> aiomqtt.Client:
         s = self._settings
@@ -98,18 +101,24 @@ class MqttLink:
         return client
 
     def _count_overflow(self, client: aiomqtt.Client) -> None:
-        """Wraps aiomqtt's message callback (on `_client`, the paho client it wraps) to count
-        what it drops when its queue is full."""
+        """Wraps aiomqtt's message callback (on `_client`, the paho client it wraps) to bound
+        the queue's bytes and count what is dropped when it is full. Both run on the event
+        loop (aiomqtt drives paho's socket from it), as does `_deliver`, which gives the bytes
+        back."""
         paho = client._client
         queue = client._queue
         enqueue = paho.on_message
         if enqueue is None:
             raise RuntimeError("aiomqtt set no message callback")
+        limit = self._settings.max_queued_incoming_bytes
+        self.queued_bytes = 0  # a new client's queue starts empty
 
         def on_message(paho_client: mqtt.Client, userdata: object, msg: mqtt.MQTTMessage) -> None:
-            if queue.full():
+            size = len(msg.payload)
+            if queue.full() or (self.queued_bytes and self.queued_bytes + size > limit):
                 self.counters["uplink_overflow"] += 1
                 return
+            self.queued_bytes += size
             enqueue(paho_client, userdata, msg)
 
         paho.on_message = on_message
@@ -161,6 +170,7 @@ class MqttLink:
         payload = message.payload
         if not isinstance(payload, bytes | bytearray):
             payload = str(payload).encode() if payload is not None else b""
+        self.queued_bytes = max(0, self.queued_bytes - len(payload))
         topic = message.topic.value
         try:
             await self._on_message(topic, bytes(payload))

@@ -83,6 +83,11 @@ class Gateway:
     def link_connected(self) -> bool:
         return self._link is not None and self._link.connected.is_set()
 
+    @property
+    def link_queued_bytes(self) -> int:
+        """Payload bytes received and waiting for ingest (`max_queued_incoming_bytes` at most)."""
+        return self._link.queued_bytes if self._link is not None else 0
+
     async def wait_connected(self) -> None:
         """Return once the MQTT session is up (subscribed); wrap in a timeout."""
         if self._link is None:

@@ -1,9 +1,10 @@
 """A burst of uplink faster than the gateway handles it, through a real Mosquitto.
 
-Past `max_queued_incoming` waiting messages the MQTT client drops what comes (aiomqtt does,
-with a log line only). The gateway counts each one as `uplink_overflow`: with a queue of 16,
-a burst of 3,000 batches ends with stored + overflow = sent, nothing unaccounted for (the
-devices send the dropped batches again: no ack came for them).
+Past `max_queued_incoming` waiting messages, or `max_queued_incoming_bytes` of their payloads,
+the MQTT client drops what comes (aiomqtt would, with a log line only). The gateway counts each
+one as `uplink_overflow`: with a queue of 16 messages, or of 32 KiB, a burst of 3,000 batches
+ends with stored + overflow = sent, nothing unaccounted for (the devices send the dropped
+batches again: no ack came for them).
 """
 
 from __future__ import annotations
@@ -26,8 +27,9 @@ DEVICES, BATCHES = 300, 10
 QUEUE = 16
 
 
-def _burst(port: int, topics: Topics) -> int:
-    """Publish DEVICES x BATCHES small batches at QoS 1 as fast as the broker takes them."""
+def _burst(port: int, topics: Topics, signals: int) -> int:
+    """Publish DEVICES x BATCHES batches of `signals` signals at QoS 1 as fast as the broker
+    takes them."""
     now = utcnow()
     client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"burst-{new_id()}")
     client.max_inflight_messages_set(200)
@@ -42,7 +44,7 @@ def _burst(port: int, topics: Topics) -> int:
                 seq=seq,
                 sent_at=now,
                 agent_version="0.1.0",
-                signals=[Signal(id=new_id(), kind="content_view", at=now)],
+                signals=[Signal(id=new_id(), kind="content_view", at=now) for _ in range(signals)],
             )
             infos.append(client.publish(topics.batch(device), codec.encode(batch), qos=1))
     for info in infos:
@@ -52,9 +54,9 @@ def _burst(port: int, topics: Topics) -> int:
     return len(infos)
 
 
-async def _send(port: int, topics: Topics) -> int:
+async def _send(port: int, topics: Topics, signals: int = 1) -> int:
     done: list[int] = []
-    thread = threading.Thread(target=lambda: done.append(_burst(port, topics)))
+    thread = threading.Thread(target=lambda: done.append(_burst(port, topics, signals)))
     thread.start()
     await eventually(lambda: done, 60, "the burst is published")
     thread.join()
@@ -74,3 +76,21 @@ async def test_an_overflow_is_counted_never_silent(
         )
         assert gw.counters["uplink_overflow"] > 0  # the queue of 16 could not hold the burst
         assert gw.counters["batches_stored"] + gw.counters["uplink_overflow"] == sent
+
+
+async def test_the_queue_is_bounded_in_bytes_too(
+    tmp_path: Path, mosquitto: MosquittoProcess
+) -> None:
+    settings = gateway_settings(
+        tmp_path, mosquitto, max_queued_incoming=100_000, max_queued_incoming_bytes=32 * 1024
+    )
+    async with Gateway(settings) as gw:
+        sent = await _send(mosquitto.port, settings.topics, signals=40)  # ~4 KB a batch
+        await eventually(
+            lambda: gw.counters["batches_stored"] + gw.counters["uplink_overflow"] >= sent,
+            120,
+            "every batch stored or counted as overflow",
+        )
+        assert gw.counters["uplink_overflow"] > 0  # 32 KiB holds 8 of them: 100,000 did not bind
+        assert gw.counters["batches_stored"] + gw.counters["uplink_overflow"] == sent
+        await eventually(lambda: gw.link_queued_bytes == 0, 10, "the queue gives its bytes back")
