@@ -7,16 +7,20 @@ import asyncio
 import inspect
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
 import aiohttp
+from sqlite_utils import Database as SqliteDatabase
 
+from cloud_gateway import migrations
 from cloud_gateway.config import GatewaySettings
 from edgemart.broker import MosquittoProcess
 
@@ -155,3 +159,18 @@ async def start_gateway(
         stop(proc)
         raise
     return proc
+
+
+def gateway_db_before(path: Path, migration: migrations.Migration, sql: Sequence[str]) -> None:
+    """A gateway database as a release before `migration` left it: the migrations before it
+    applied, then `sql` run on it (the old rows a test wants migrated)."""
+    mine = migrations.MIGRATIONS.index(migration)
+    before, rest = migrations.MIGRATIONS[:mine], migrations.MIGRATIONS[mine:]
+    with closing(sqlite3.connect(path, isolation_level=None)) as conn:
+        migrations.MIGRATIONS[:] = before
+        try:
+            migrations.apply_migrations(SqliteDatabase(conn))
+        finally:
+            migrations.MIGRATIONS[:] = before + rest
+        for statement in sql:
+            conn.execute(statement)

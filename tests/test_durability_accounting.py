@@ -6,10 +6,12 @@ from __future__ import annotations
 from pathlib import Path
 
 from agent.aggregates import aggregate_key, hit, seconds_of, window_end, window_label
+from cloud_gateway import migrations
 from cloud_gateway.store import Store
 from protocol.envelopes import Aggregate, Batch
 from protocol.ids import utcnow
 from simulators.checker import Drops, account, coverage
+from tests.helpers import gateway_db_before
 
 
 def snapshot(seq: int, count: int, key: str = "search") -> Batch:
@@ -20,6 +22,35 @@ def snapshot(seq: int, count: int, key: str = "search") -> Batch:
         agent_version="0.1.0",
         aggregates=[Aggregate(window="1h:2026-11-27T06", key=key, count=count, seconds=0)],
     )
+
+
+def test_the_one_row_per_key_migration_keeps_each_keys_latest_snapshot(tmp_path: Path) -> None:
+    path = tmp_path / "old.sqlite3"
+    row = "INSERT INTO aggregates (device_id, outbox_id, seq, window, key, count, seconds) VALUES"
+    gateway_db_before(  # the old table allowed a row per seq; the store kept only the latest
+        path,
+        migrations.aggregates_one_row_per_key,
+        [
+            f"{row} ('tv-agg-1', '', 1, '1h:2026-11-27T06', 'search', 5, 1)",
+            f"{row} ('tv-agg-1', '', 3, '1h:2026-11-27T06', 'search', 12, 3)",
+            f"{row} ('tv-agg-1', '', 2, '1h:2026-11-27T06', 'app_open', 7, 2)",
+            f"{row} ('tv-agg-1', 'b', 1, '1h:2026-11-27T06', 'search', 2, 4)",
+        ],
+    )
+    store = Store(path)
+    rows = store.conn.execute(
+        "SELECT outbox_id, key, seq, count, seconds FROM aggregates ORDER BY outbox_id, key"
+    ).fetchall()
+    assert [tuple(r) for r in rows] == [
+        ("", "app_open", 2, 7, 2),
+        ("", "search", 3, 12, 3),
+        ("b", "search", 1, 2, 4),
+    ]
+    now = utcnow()
+    assert store.store_batch_detail("tv-agg-1", snapshot(2, 9), now).aggregates == 0  # older
+    assert store.store_batch_detail("tv-agg-1", snapshot(4, 15), now).aggregates == 1
+    assert store.aggregate_coverage("tv-agg-1") == 7 + 15 + 2
+    store.close()
 
 
 def test_cumulative_snapshots_latest_seq_wins_even_when_an_old_one_comes_late(

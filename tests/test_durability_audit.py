@@ -17,7 +17,6 @@ from typing import Any
 
 import aiohttp
 import pytest
-from sqlite_utils import Database as SqliteDatabase
 
 from agent.daemon import Agent
 from agent.intake import MAX_ATTRS_BYTES
@@ -31,7 +30,7 @@ from protocol.envelopes import Batch
 from simulators.checker import Drops, account
 from simulators.faults import AgentProcess
 from tests.durability_world import ALL, agent_settings, export, gateway
-from tests.helpers import eventually
+from tests.helpers import eventually, gateway_db_before
 
 pytestmark = pytest.mark.integration
 
@@ -147,23 +146,16 @@ async def test_a_device_whose_data_dir_is_wiped_starts_a_new_outbox_and_its_sign
 
 def test_the_outbox_migration_keeps_old_batches_deduplicated(tmp_path: Path) -> None:
     path = tmp_path / "old.sqlite3"
-    mine = migrations.MIGRATIONS.index(migrations.issue3fix_outbox_id_dedupe)
-    before, rest = migrations.MIGRATIONS[:mine], migrations.MIGRATIONS[mine:]
-    with closing(sqlite3.connect(path, isolation_level=None)) as conn:
-        db = SqliteDatabase(conn)
-        migrations.MIGRATIONS[:] = before
-        try:
-            migrations.apply_migrations(db)
-        finally:
-            migrations.MIGRATIONS[:] = before + rest
-        conn.execute(
+    gateway_db_before(
+        path,
+        migrations.issue3fix_outbox_id_dedupe,
+        [
             "INSERT INTO batches (device_id, seq, received_at, sent_at, signals, aggregates,"
-            " outcomes, receipts) VALUES ('tv-old-0001', 1, 'x', 'x', 0, 0, 0, '[]')"
-        )
-        conn.execute(
+            " outcomes, receipts) VALUES ('tv-old-0001', 1, 'x', 'x', 0, 0, 0, '[]')",
             "INSERT INTO aggregates (device_id, seq, window, key, count, seconds)"
-            " VALUES ('tv-old-0001', 1, '1h:2026-11-27T00', 'search', 5, 0)"
-        )
+            " VALUES ('tv-old-0001', 1, '1h:2026-11-27T00', 'search', 5, 0)",
+        ],
+    )
     store = GatewayStore(path)
     now = datetime.now(UTC)
 
