@@ -52,6 +52,8 @@ class ApiContext:
     registry: CollectorRegistry
     started: float
     erasure: DeviceErasure | None = None
+    gauges: Callable[[], dict[str, int]] | None = None
+    """Levels read at request time (queue fill), shown beside the counters."""
 
 
 CTX = web.AppKey("ctx", ApiContext)
@@ -246,6 +248,8 @@ async def export_device(request: web.Request) -> web.Response:
 async def gateway_stats(request: web.Request) -> web.Response:
     ctx = request.app[CTX]
     stats = public_counters(ctx.counters)
+    if ctx.gauges is not None:
+        stats.update(ctx.gauges())
     stats["uptime_s"] = round(time.monotonic() - ctx.started, 3)
     stats["version"] = GATEWAY_VERSION
     return _json(stats)
@@ -266,9 +270,15 @@ async def openapi(request: web.Request) -> web.Response:
 class CountersCollector(Collector):
     """Exposes the gateway's counters at scrape time (no second set of numbers to keep)."""
 
-    def __init__(self, counters: Counter[str], started: float) -> None:
+    def __init__(
+        self,
+        counters: Counter[str],
+        started: float,
+        gauges: Callable[[], dict[str, int]] | None = None,
+    ) -> None:
         self._counters = counters
         self._started = started
+        self._gauges = gauges
 
     def collect(self) -> Iterable[Metric]:
         stats = public_counters(self._counters)
@@ -283,6 +293,8 @@ class CountersCollector(Collector):
         for reason in REJECT_REASONS:
             rejected.add_metric([reason], self._counters[f"rejected_{reason}"])
         yield rejected
+        for name, level in (self._gauges() if self._gauges is not None else {}).items():
+            yield GaugeMetricFamily(f"edgemart_gateway_{name}", f"Gateway level {name}.", level)
         yield GaugeMetricFamily(
             "edgemart_gateway_uptime_seconds",
             "Seconds since the gateway started.",
@@ -392,7 +404,7 @@ def build_app(ctx: ApiContext, max_body: int) -> web.Application:
         middlewares=[problems_middleware, auth_middleware], client_max_size=max_body
     )
     app[CTX] = ctx
-    ctx.registry.register(CountersCollector(ctx.counters, ctx.started))
+    ctx.registry.register(CountersCollector(ctx.counters, ctx.started, ctx.gauges))
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/openapi.json", openapi)
     app.router.add_get("/metrics", metrics)

@@ -251,6 +251,11 @@ class Ingestor:
         self._queue: asyncio.Queue[_Pending] = asyncio.Queue(maxsize=queue_max)
         self._commit_lock = asyncio.Lock()
 
+    @property
+    def waiting(self) -> int:
+        """Parsed batches waiting for the next group commit (`queue_max` at most)."""
+        return self._queue.qsize()
+
     async def handle(self, topic: str, payload: bytes) -> Parsed | Rejected | Ignored:
         """Handle one message and return once it is done: a batch is committed (and its ack
         queued), or it failed and will not be acked."""

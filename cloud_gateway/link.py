@@ -72,6 +72,7 @@ class MqttLink:
         self.counters: Counter[str] = counters if counters is not None else Counter()
         self.queued_bytes = 0
         """Payload bytes received and not yet handed to `on_message`."""
+        self._queue: asyncio.Queue[aiomqtt.Message] | None = None
 
     def _make_client(self) -> aiomqtt.Client:
         s = self._settings
@@ -112,6 +113,7 @@ class MqttLink:
             raise RuntimeError("aiomqtt set no message callback")
         limit = self._settings.max_queued_incoming_bytes
         self.queued_bytes = 0  # a new client's queue starts empty
+        self._queue = queue
 
         def on_message(paho_client: mqtt.Client, userdata: object, msg: mqtt.MQTTMessage) -> None:
             size = len(msg.payload)
@@ -177,6 +179,11 @@ class MqttLink:
         except Exception:
             # A bug in a handler must not stop consumption: logged with its traceback.
             log.exception("handling a message on %s failed", topic[:200])
+
+    @property
+    def queued_messages(self) -> int:
+        """Messages received and not yet handed to `on_message` (`max_queued_incoming`)."""
+        return self._queue.qsize() if self._queue is not None else 0
 
     def publish_nowait(self, topic: str, payload: bytes) -> None:
         """Queue a QoS 1 publish in the MQTT client and return without waiting for the PUBACK

@@ -90,13 +90,20 @@ class DeviceErased(BaseModel):
 
 
 class GatewayStats(BaseModel):
-    """Gateway-wide counters (each an integer), uptime and version."""
+    """Gateway-wide counters (each an integer), how full the uplink's queues are now, uptime
+    and version."""
 
     model_config = ConfigDict(extra="allow")
 
     uptime_s: float
     version: str
     rejected: dict[str, int]
+    uplink_queued_messages: int | None = None
+    """Messages the MQTT client holds for ingest (`max_queued_incoming` at most)."""
+    uplink_queued_bytes: int | None = None
+    """Their payload bytes (`max_queued_incoming_bytes` at most); past either, `uplink_overflow`."""
+    ingest_waiting_batches: int | None = None
+    """Batches parsed and waiting for their group commit."""
 
 
 class Fleet(BaseModel):

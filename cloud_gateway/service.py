@@ -88,6 +88,16 @@ class Gateway:
         """Payload bytes received and waiting for ingest (`max_queued_incoming_bytes` at most)."""
         return self._link.queued_bytes if self._link is not None else 0
 
+    def gauges(self) -> dict[str, int]:
+        """How full the uplink's queues are now (`GET /v1/stats`, `/metrics`): messages and
+        bytes the MQTT client holds for ingest, batches parsed and waiting for their commit."""
+        link, ingestor = self._link, self._ingestor
+        return {
+            "uplink_queued_messages": link.queued_messages if link is not None else 0,
+            "uplink_queued_bytes": link.queued_bytes if link is not None else 0,
+            "ingest_waiting_batches": ingestor.waiting if ingestor is not None else 0,
+        }
+
     async def wait_connected(self) -> None:
         """Return once the MQTT session is up (subscribed); wrap in a timeout."""
         if self._link is None:
@@ -167,6 +177,7 @@ class Gateway:
             registry=CollectorRegistry(auto_describe=True),
             started=time.monotonic(),
             erasure=self._erasure,
+            gauges=self.gauges,
         )
         app = build_app(ctx, s.max_http_body_bytes)
         self.models = ModelRegistry(  # issue 5: model registry and rollouts

@@ -9,6 +9,7 @@ batches again: no ack came for them).
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from pathlib import Path
 
@@ -85,6 +86,8 @@ async def test_the_queue_is_bounded_in_bytes_too(
         tmp_path, mosquitto, max_queued_incoming=100_000, max_queued_incoming_bytes=32 * 1024
     )
     async with Gateway(settings) as gw:
+        fullest: dict[str, int] = {}
+        watching = asyncio.create_task(_watch(gw, fullest))
         sent = await _send(mosquitto.port, settings.topics, signals=40)  # ~4 KB a batch
         await eventually(
             lambda: gw.counters["batches_stored"] + gw.counters["uplink_overflow"] >= sent,
@@ -94,3 +97,16 @@ async def test_the_queue_is_bounded_in_bytes_too(
         assert gw.counters["uplink_overflow"] > 0  # 32 KiB holds 8 of them: 100,000 did not bind
         assert gw.counters["batches_stored"] + gw.counters["uplink_overflow"] == sent
         await eventually(lambda: gw.link_queued_bytes == 0, 10, "the queue gives its bytes back")
+        watching.cancel()
+        # what /v1/stats and /metrics show: the queue filled up to its bound, never past it
+        assert 0 < fullest["uplink_queued_bytes"] <= 32 * 1024
+        assert fullest["uplink_queued_messages"] > 0
+        assert gw.gauges()["uplink_queued_messages"] == 0
+
+
+async def _watch(gw: Gateway, fullest: dict[str, int]) -> None:
+    """The highest level of each gauge, read between every two steps of the event loop."""
+    while True:
+        for name, level in gw.gauges().items():
+            fullest[name] = max(fullest.get(name, 0), level)
+        await asyncio.sleep(0)

@@ -350,8 +350,12 @@ async def test_http_api_campaign_push_pause_and_stats(
             gateway_stats = await (await http.get("/v1/stats")).json()
             assert gateway_stats["bundles_pushed"] == 2
             assert gateway_stats["offers_pushed"] == 1
+            assert gateway_stats["uplink_queued_messages"] == 0  # all handled: the queues are
+            assert gateway_stats["uplink_queued_bytes"] == 0  # empty again
+            assert gateway_stats["ingest_waiting_batches"] == 0
             metrics = await (await http.get("/metrics")).text()
             assert "edgemart_gateway_batches_stored_total 1.0" in metrics
+            assert "edgemart_gateway_uplink_queued_bytes 0.0" in metrics
             doc = await (await http.get("/openapi.json")).json()
             assert doc["openapi"].startswith("3.1")
             assert "/v1/campaigns/{id}/launch" in doc["paths"]

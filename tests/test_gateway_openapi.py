@@ -2,17 +2,25 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import Any, cast
 
 from prometheus_client import CollectorRegistry
 
-from cloud_gateway.api import build_app, openapi_json
+from cloud_gateway.api import ApiContext, build_app, openapi_json
 from cloud_gateway.model_api import add_model_routes
 
 
 def test_every_route_is_in_the_document() -> None:
-    ctx = cast(Any, type("Ctx", (), {"registry": CollectorRegistry(), "counters": {}}))
-    ctx.started = 0.0
+    unused = cast(Any, None)  # listing the routes touches none of the services
+    ctx = ApiContext(
+        campaigns=unused,
+        db=unused,
+        verifier=unused,
+        counters=Counter(),
+        registry=CollectorRegistry(),
+        started=0.0,
+    )
     app = build_app(ctx, 1 << 20)
     add_model_routes(app, cast(Any, None))
     served = {
