@@ -23,6 +23,8 @@ from sqlite_utils import Database as SqliteDatabase
 from cloud_gateway import migrations
 from cloud_gateway.config import GatewaySettings
 from edgemart.broker import MosquittoProcess
+from protocol.envelopes import Batch, Outcome, OutcomeKind, Signal
+from protocol.ids import new_id, utcnow
 
 EDGEMART = (sys.executable, "-m", "edgemart")
 
@@ -174,3 +176,35 @@ def gateway_db_before(path: Path, migration: migrations.Migration, sql: Sequence
             migrations.MIGRATIONS[:] = before + rest
         for statement in sql:
             conn.execute(statement)
+
+
+def make_batch(
+    device_id: str,
+    seq: int,
+    signals: int = 2,
+    outcomes: Sequence[tuple[str, str, OutcomeKind]] = (),
+) -> Batch:
+    """A valid uplink batch: `signals` app opens, then one outcome per (campaign, offer, kind)."""
+    now = utcnow()
+    return Batch(
+        device_id=device_id,
+        seq=seq,
+        sent_at=now,
+        agent_version="0.1.0",
+        model_version=1,
+        signals=[
+            Signal(id=new_id(), kind="app_open", at=now, attrs={"app": "tv", "category": "games"})
+            for _ in range(signals)
+        ],
+        outcomes=[
+            Outcome(
+                id=new_id(),
+                offer_id=offer_id,
+                campaign_id=campaign_id,
+                kind=kind,
+                at=now,
+                surface="tv_home_banner",
+            )
+            for campaign_id, offer_id, kind in outcomes
+        ],
+    )

@@ -19,10 +19,9 @@ from paho.mqtt.enums import CallbackAPIVersion
 from cloud_gateway.service import Gateway
 from edgemart.broker import MosquittoProcess
 from protocol import codec
-from protocol.envelopes import Batch, Signal
-from protocol.ids import new_id, utcnow
+from protocol.ids import new_id
 from protocol.topics import Topics
-from tests.helpers import eventually, gateway_settings
+from tests.helpers import eventually, gateway_settings, make_batch
 
 DEVICES, BATCHES = 300, 10
 QUEUE = 16
@@ -31,23 +30,19 @@ QUEUE = 16
 def _burst(port: int, topics: Topics, signals: int) -> int:
     """Publish DEVICES x BATCHES batches of `signals` signals at QoS 1 as fast as the broker
     takes them."""
-    now = utcnow()
     client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"burst-{new_id()}")
     client.max_inflight_messages_set(200)
     client.connect("127.0.0.1", port)
     client.loop_start()
-    infos = []
-    for seq in range(1, BATCHES + 1):
-        for d in range(DEVICES):
-            device = f"tv-burst-{d:04d}"
-            batch = Batch(
-                device_id=device,
-                seq=seq,
-                sent_at=now,
-                agent_version="0.1.0",
-                signals=[Signal(id=new_id(), kind="content_view", at=now) for _ in range(signals)],
-            )
-            infos.append(client.publish(topics.batch(device), codec.encode(batch), qos=1))
+    infos = [
+        client.publish(
+            topics.batch(f"tv-burst-{d:04d}"),
+            codec.encode(make_batch(f"tv-burst-{d:04d}", seq, signals=signals)),
+            qos=1,
+        )
+        for seq in range(1, BATCHES + 1)
+        for d in range(DEVICES)
+    ]
     for info in infos:
         info.wait_for_publish(60)
     client.loop_stop()
@@ -88,13 +83,13 @@ async def test_the_queue_is_bounded_in_bytes_too(
     async with Gateway(settings) as gw:
         fullest: dict[str, int] = {}
         watching = asyncio.create_task(_watch(gw, fullest))
-        sent = await _send(mosquitto.port, settings.topics, signals=40)  # ~4 KB a batch
+        sent = await _send(mosquitto.port, settings.topics, signals=40)  # ~5.6 KB a batch
         await eventually(
             lambda: gw.counters["batches_stored"] + gw.counters["uplink_overflow"] >= sent,
             120,
             "every batch stored or counted as overflow",
         )
-        assert gw.counters["uplink_overflow"] > 0  # 32 KiB holds 8 of them: 100,000 did not bind
+        assert gw.counters["uplink_overflow"] > 0  # 32 KiB holds 5 of them: 100,000 did not bind
         assert gw.counters["batches_stored"] + gw.counters["uplink_overflow"] == sent
         await eventually(lambda: gw.link_queued_bytes == 0, 10, "the queue gives its bytes back")
         watching.cancel()

@@ -12,7 +12,7 @@ import sys
 import urllib.request
 import uuid
 import zlib
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -27,52 +27,18 @@ from cloud_gateway.store import Store
 from edgemart.broker import MosquittoProcess
 from protocol import codec
 from protocol.envelopes import (
-    Batch,
     ClaimRequest,
     ClaimResult,
     KeyList,
     OfferBundle,
-    Outcome,
     OutcomeKind,
-    Signal,
     TrustFile,
 )
 from protocol.ids import new_id, utcnow
 from protocol.signing import Verifier
-from tests.helpers import gateway_settings
+from tests.helpers import gateway_settings, make_batch
 
 pytestmark = pytest.mark.integration
-
-
-def make_batch(
-    device_id: str,
-    seq: int,
-    signals: int = 2,
-    outcomes: Sequence[tuple[str, str, OutcomeKind]] = (),
-) -> Batch:
-    now = utcnow()
-    return Batch(
-        device_id=device_id,
-        seq=seq,
-        sent_at=now,
-        agent_version="0.1.0",
-        model_version=1,
-        signals=[
-            Signal(id=new_id(), kind="app_open", at=now, attrs={"app": "tv", "category": "games"})
-            for _ in range(signals)
-        ],
-        outcomes=[
-            Outcome(
-                id=new_id(),
-                offer_id=offer_id,
-                campaign_id=campaign_id,
-                kind=kind,
-                at=now,
-                surface="tv_home_banner",
-            )
-            for campaign_id, offer_id, kind in outcomes
-        ],
-    )
 
 
 async def next_json(client: aiomqtt.Client, wait: float = 5.0) -> tuple[str, dict[str, Any]]:

@@ -22,46 +22,24 @@ from cloud_gateway.keys import load_or_create
 from cloud_gateway.link import MqttLink
 from cloud_gateway.store import Store
 from protocol import codec
-from protocol.envelopes import Batch, Outcome, Signal, TrustFile
-from protocol.ids import new_id, utcnow
+from protocol.envelopes import OutcomeKind, TrustFile
+from protocol.ids import utcnow
 from protocol.signing import Verifier
 from protocol.topics import Topics
+from tests.helpers import make_batch
 
 ROOT = Path(__file__).resolve().parents[1]
 TOPICS = Topics("edgemart/v1")
 
 
-def make_batch(device_id: str, seq: int, signals: int = 2, campaign_id: str = "c1") -> Batch:
-    now = utcnow()
-    return Batch(
-        device_id=device_id,
-        seq=seq,
-        sent_at=now,
-        agent_version="0.1.0",
-        model_version=1,
-        signals=[
-            Signal(id=new_id(), kind="app_open", at=now, attrs={"app": "tv", "category": "games"})
-            for _ in range(signals)
-        ],
-        outcomes=[
-            Outcome(
-                id=new_id(),
-                offer_id="o1",
-                campaign_id=campaign_id,
-                kind="impression",
-                at=now,
-                surface="tv_home_banner",
-                score=0.4,
-            )
-        ],
-    )
+ONE_IMPRESSION: tuple[tuple[str, str, OutcomeKind]] = (("c1", "o1", "impression"),)
 
 
 # ---------------------------------------------------------------- parsing hostile input
 
 
 def test_parse_accepts_plain_and_zlib_batches() -> None:
-    batch = make_batch("tv-0001", 3)
+    batch = make_batch("tv-0001", 3, outcomes=ONE_IMPRESSION)
     for payload in (codec.encode(batch), codec.encode(batch, compress=True)):
         result = parse_uplink(TOPICS, TOPICS.batch("tv-0001"), payload)
         assert isinstance(result, Parsed)
@@ -89,7 +67,7 @@ def test_parse_rejects_hostile_payloads_with_a_reason(payload: bytes, reason: st
 
 
 def test_parse_trusts_the_topic_not_the_payload() -> None:
-    payload = codec.encode(make_batch("tv-other", 1))
+    payload = codec.encode(make_batch("tv-other", 1, outcomes=ONE_IMPRESSION))
     result = parse_uplink(TOPICS, TOPICS.batch("tv-0001"), payload)
     assert isinstance(result, Rejected)
     assert (result.reason, result.device_id) == ("wrong_device", "tv-0001")
@@ -106,7 +84,7 @@ def test_parse_unknown_topics_and_cleared_state() -> None:
 
 
 def test_store_batch_exactly_once_across_reopen(tmp_path: Path) -> None:
-    batch = make_batch("tv-0001", 7, signals=3)
+    batch = make_batch("tv-0001", 7, signals=3, outcomes=ONE_IMPRESSION)
     store = Store(tmp_path / "g.db")
     assert store.store_batch("tv-0001", batch, utcnow()) is True
     assert store.store_batch("tv-0001", batch, utcnow()) is False
@@ -129,7 +107,7 @@ def test_failed_batch_leaves_nothing_behind(tmp_path: Path) -> None:
     store = Store(tmp_path / "g.db")
     store.conn.execute("DROP TABLE outcomes")  # the last insert of the transaction now fails
     with pytest.raises(Exception, match="no such table"):
-        store.store_batch("tv-0001", make_batch("tv-0001", 1), utcnow())
+        store.store_batch("tv-0001", make_batch("tv-0001", 1, outcomes=ONE_IMPRESSION), utcnow())
     assert store.conn.execute("SELECT count(*) FROM batches").fetchone()[0] == 0
     assert store.conn.execute("SELECT count(*) FROM signals").fetchone()[0] == 0
     store.close()
