@@ -11,7 +11,10 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
@@ -35,57 +38,50 @@ same keys again and again: each snapshot replaces the one before)."""
 TOPICS = Topics("edgemart/v1")
 
 
+def _batches(
+    prefix: str, devices: int, batches: int, content: Callable[[int, datetime], dict[str, Any]]
+) -> list[tuple[str, bytes]]:
+    """Every device's batches 1..`batches`, seq by seq; `content(seq, now)` fills each one."""
+    now = utcnow()
+    out: list[tuple[str, bytes]] = []
+    for seq in range(1, batches + 1):
+        for d in range(devices):
+            device = f"{prefix}-{d:04d}"
+            batch = Batch(
+                device_id=device, seq=seq, sent_at=now, agent_version="0.1.0", **content(seq, now)
+            )
+            out.append((TOPICS.batch(device), codec.encode(batch, compress=None)))
+    return out
+
+
 def _stream(
     devices: int = DEVICES, batches: int = BATCHES, signals: int = SIGNALS
 ) -> list[tuple[str, bytes]]:
-    now = utcnow()
-    out: list[tuple[str, bytes]] = []
-    for seq in range(1, batches + 1):
-        for d in range(devices):
-            device = f"tv-ingest-{d:04d}"
-            batch = Batch(
-                device_id=device,
-                seq=seq,
-                sent_at=now,
-                agent_version="0.1.0",
-                signals=[
-                    Signal(
-                        id=new_id(),
-                        kind="content_view",
-                        at=now,
-                        attrs={"category": "tv_streaming", "seconds": i},
-                    )
-                    for i in range(signals)
-                ],
-            )
-            out.append((TOPICS.batch(device), codec.encode(batch, compress=None)))
-    return out
+    def content(seq: int, now: datetime) -> dict[str, Any]:
+        attrs = ({"category": "tv_streaming", "seconds": i} for i in range(signals))
+        return {
+            "signals": [Signal(id=new_id(), kind="content_view", at=now, attrs=a) for a in attrs]
+        }
+
+    return _batches("tv-ingest", devices, batches, content)
 
 
 def _aggregate_stream(devices: int, batches: int, keys: int) -> list[tuple[str, bytes]]:
-    now = utcnow()
-    window = "1h:" + now.strftime("%Y-%m-%dT%H")
-    out: list[tuple[str, bytes]] = []
-    for seq in range(1, batches + 1):
-        for d in range(devices):
-            device = f"hub-ingest-{d:04d}"
-            batch = Batch(
-                device_id=device,
-                seq=seq,
-                sent_at=now,
-                agent_version="0.1.0",
-                aggregates=[
-                    Aggregate(
-                        window=window,
-                        key=f"content_view/category=c{k}",
-                        count=3 * seq + k,
-                        seconds=60.0 * seq,
-                    )
-                    for k in range(keys)
-                ],
-            )
-            out.append((TOPICS.batch(device), codec.encode(batch, compress=None)))
-    return out
+    def content(seq: int, now: datetime) -> dict[str, Any]:
+        window = "1h:" + now.strftime("%Y-%m-%dT%H")
+        return {
+            "aggregates": [
+                Aggregate(
+                    window=window,
+                    key=f"content_view/category=c{k}",
+                    count=3 * seq + k,
+                    seconds=60.0 * seq,
+                )
+                for k in range(keys)
+            ]
+        }
+
+    return _batches("hub-ingest", devices, batches, content)
 
 
 def _publish(port: int, stream: list[tuple[str, bytes]]) -> float:

@@ -24,27 +24,17 @@ from cloud_gateway.service import Gateway
 from cloud_gateway.store import Database, Store
 from edgemart.broker import MosquittoProcess
 from protocol import codec
-from protocol.envelopes import Batch, Signal
+from protocol.envelopes import Batch
 from protocol.errors import ProtocolError
-from protocol.ids import new_id, utcnow
+from protocol.ids import utcnow
 from protocol.topics import Topics
-from tests.helpers import gateway_settings
+from tests.helpers import gateway_settings, make_batch
 
 TOPICS = Topics("edgemart/v1")
 
 
 def batch(device_id: str, seq: int, signals: int = 3) -> Batch:
-    now = utcnow()
-    return Batch(
-        device_id=device_id,
-        seq=seq,
-        sent_at=now,
-        agent_version="0.1.0",
-        signals=[
-            Signal(id=new_id(), kind="app_open", at=now, attrs={"app": "tv", "n": i})
-            for i in range(signals)
-        ],
-    )
+    return make_batch(device_id, seq, signals)
 
 
 def count(path: Path, sql: str, params: tuple[Any, ...] = ()) -> int:
