@@ -83,11 +83,6 @@ class Gateway:
     def link_connected(self) -> bool:
         return self._link is not None and self._link.connected.is_set()
 
-    @property
-    def link_queued_bytes(self) -> int:
-        """Payload bytes received and waiting for ingest (`max_queued_incoming_bytes` at most)."""
-        return self._link.queued_bytes if self._link is not None else 0
-
     def gauges(self) -> dict[str, int]:
         """How full the uplink's queues are now (`GET /v1/stats`, `/metrics`): messages and
         bytes the MQTT client holds for ingest, batches parsed and waiting for their commit."""

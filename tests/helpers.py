@@ -183,8 +183,10 @@ def make_batch(
     seq: int,
     signals: int = 2,
     outcomes: Sequence[tuple[str, str, OutcomeKind]] = (),
+    features: Sequence[float] | None = None,
 ) -> Batch:
-    """A valid uplink batch: `signals` app opens, then one outcome per (campaign, offer, kind)."""
+    """A valid uplink batch: `signals` app opens, then one outcome per (campaign, offer, kind),
+    each logged with `features` when given."""
     now = utcnow()
     return Batch(
         device_id=device_id,
@@ -204,6 +206,7 @@ def make_batch(
                 kind=kind,
                 at=now,
                 surface="tv_home_banner",
+                features=list(features) if features is not None else None,
             )
             for campaign_id, offer_id, kind in outcomes
         ],

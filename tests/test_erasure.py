@@ -37,10 +37,10 @@ from cloud_gateway.service import Gateway
 from cloud_gateway.store import Store
 from edgemart.broker import MosquittoProcess
 from protocol import codec
-from protocol.envelopes import Batch, Command, Outcome, Signal
+from protocol.envelopes import Batch, Command
 from protocol.ids import format_time, new_id, utcnow
 from protocol.signing import Signer, Verifier
-from tests.helpers import eventually, gateway_settings
+from tests.helpers import eventually, gateway_settings, make_batch
 
 ALL = {"analytics": True, "personalization": True, "marketing": True}
 
@@ -49,25 +49,7 @@ ALL = {"analytics": True, "personalization": True, "marketing": True}
 
 
 def _batch(device_id: str, seq: int) -> Batch:
-    now = utcnow()
-    return Batch(
-        device_id=device_id,
-        seq=seq,
-        sent_at=now,
-        agent_version="0.1.0",
-        signals=[Signal(id=new_id(), kind="app_open", at=now, attrs={"app": "tv"})],
-        outcomes=[
-            Outcome(
-                id=new_id(),
-                offer_id="o1",
-                campaign_id="c1",
-                kind="click",
-                at=now,
-                surface="tv_home_banner",
-                features=[0.5, 1.0],
-            )
-        ],
-    )
+    return make_batch(device_id, seq, 1, [("c1", "o1", "click")], features=[0.5, 1.0])
 
 
 def _claim_and_grant(store: Store, device_id: str) -> None:

@@ -91,7 +91,9 @@ async def test_the_queue_is_bounded_in_bytes_too(
         )
         assert gw.counters["uplink_overflow"] > 0  # 32 KiB holds 5 of them: 100,000 did not bind
         assert gw.counters["batches_stored"] + gw.counters["uplink_overflow"] == sent
-        await eventually(lambda: gw.link_queued_bytes == 0, 10, "the queue gives its bytes back")
+        await eventually(
+            lambda: gw.gauges()["uplink_queued_bytes"] == 0, 10, "the queue gives its bytes back"
+        )
         watching.cancel()
         # what /v1/stats and /metrics show: the queue filled up to its bound, never past it
         assert 0 < fullest["uplink_queued_bytes"] <= 32 * 1024
