@@ -18,6 +18,7 @@ from agent.metrics import Metrics
 from protocol import codec
 from protocol.envelopes import State
 from protocol.ids import utcnow
+from protocol.mqtt_session import on_session_lost, publish_acked
 
 log = logging.getLogger(__name__)
 
@@ -148,6 +149,7 @@ class Link:
             self._client = client
             self.state = LinkState.CONNECTED
             self.connected.set()
+            on_session_lost(client, self._lost)  # down at once, not when a reader next looks
             self.backoff.reset()
             self._metrics.inc("link_connects")
             log.info(
@@ -159,6 +161,10 @@ class Link:
             self._on_connected()
             async for message in client.messages:
                 await self._dispatch(message)
+
+    def _lost(self) -> None:
+        self.connected.clear()
+        self.state = LinkState.OFFLINE
 
     async def _dispatch(self, message: aiomqtt.Message) -> None:
         topic = message.topic.value
@@ -196,7 +202,7 @@ class Link:
         if client is None or self.state is not LinkState.CONNECTED:
             raise LinkDown("not connected")
         try:
-            await client.publish(topic, payload, qos=qos, retain=retain, timeout=timeout)
+            await publish_acked(client, topic, payload, qos=qos, retain=retain, timeout=timeout)
         except aiomqtt.MqttError as exc:
             raise LinkDown(f"publish to {topic} failed: {exc}") from exc
 

@@ -13,6 +13,7 @@ import paho.mqtt.client as mqtt
 
 from cloud_gateway.config import GatewaySettings
 from cloud_gateway.errors import GatewayError, LinkDown
+from protocol.mqtt_session import on_session_lost, publish_acked
 
 log = logging.getLogger(__name__)
 
@@ -137,10 +138,14 @@ class MqttLink:
                     self._client = client
                     self.connects += 1
                     self.connected.set()
+                    # Down as soon as paho sees the session end, not when a reader next looks.
+                    on_session_lost(client, self.connected.clear)
                     next_delay = backoff_delays(self._settings.reconnect_max_s)
                     log.info("MQTT link up to %s as %s", self._settings.broker, client.identifier)
+                    # The hook publishes (and waits for PUBACKs) while messages are consumed:
+                    # the consumer is what notices a lost session, so it must not wait on it.
+                    hook = asyncio.create_task(self._connected_hook(), name="mqtt-link-hook")
                     try:
-                        await self._connected_hook()
                         async for message in client.messages:
                             await self._deliver(message)
                     except asyncio.CancelledError:
@@ -148,6 +153,7 @@ class MqttLink:
                             await asyncio.shield(self._before_disconnect())
                         raise
                     finally:
+                        hook.cancel()
                         self._client = None
                         self.connected.clear()
             except aiomqtt.MqttError as exc:
@@ -166,6 +172,8 @@ class MqttLink:
             await self._on_connected()
         except GatewayError as exc:
             log.warning("after connecting: %s", exc)
+        except Exception:
+            log.exception("after connecting: the hook failed")
 
     async def _deliver(self, message: aiomqtt.Message) -> None:
         """Hand one message on; whatever happens, the consumer loop goes on."""
@@ -204,6 +212,6 @@ class MqttLink:
         if client is None:
             raise LinkDown(f"MQTT link is down: cannot publish to {topic}")
         try:
-            await client.publish(topic, payload, qos=1, retain=retain)
+            await publish_acked(client, topic, payload, qos=1, retain=retain)
         except aiomqtt.MqttError as exc:
             raise LinkDown(f"publish to {topic} failed: {exc}") from exc

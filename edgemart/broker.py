@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+import signal
 import socket
 import subprocess
 import time
@@ -128,6 +129,11 @@ class MosquittoProcess:
             except OSError:
                 time.sleep(0.05)
         raise RuntimeError(f"mosquitto did not listen on port {self.port} within {timeout}s")
+
+    def pause(self) -> None:
+        """SIGSTOP: the broker holds its sockets open and answers nothing (a hung broker)."""
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.send_signal(signal.SIGSTOP)
 
     def kill(self) -> None:
         if self._proc is not None and self._proc.poll() is None:

@@ -10,7 +10,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from agent.daemon import Agent
+from agent.errors import LinkDown
 from agent.link import Backoff
 from cloud_gateway.store import Store as GatewayStore
 from edgemart.broker import MosquittoProcess
@@ -191,6 +194,29 @@ async def test_drain_after_an_outage_is_paced_high_priority_first_then_oldest(
         assert seq_of[app[0]] <= seq_of[app[-1]]
         # Paced: 20 batches at 5 a second (a burst of max_in_flight) take at least ~3 s.
         assert took >= (20 - 4) / rate * 0.8
+
+
+async def test_an_uplink_publish_fails_at_once_when_the_broker_dies_before_its_puback(
+    tmp_path: Path, own_mosquitto: MosquittoProcess
+) -> None:
+    """A batch in flight when the broker dies: the link fails the publish (the batch stays
+    unsent, to go again) as soon as paho sees the loss, not after aiomqtt's 10 s timeout."""
+    async with gateway(tmp_path, own_mosquitto) as gw:
+        settings = agent_settings(gw, tmp_path, own_mosquitto, device="tv-dur-0002")
+        async with Agent(settings) as agent:
+            assert await agent.wait_connected(20)
+            link = agent.link
+            assert link is not None
+            own_mosquitto.pause()
+            sending = asyncio.create_task(link.publish("edgemart-test/probe", b"{}"))
+            await asyncio.sleep(0.3)
+            assert not sending.done()
+            own_mosquitto.kill()
+            started = time.monotonic()
+            with pytest.raises(LinkDown, match="session ended"):
+                await asyncio.wait_for(sending, 5)
+            assert time.monotonic() - started < 3
+            await eventually(lambda: not link.connected.is_set(), 3, "the link reports the loss")
 
 
 def test_reconnect_backoff_is_capped_and_jittered() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import json
 import re
@@ -22,6 +23,8 @@ import pytest
 
 from cloud_gateway.auth import create_token
 from cloud_gateway.config import GatewaySettings
+from cloud_gateway.errors import LinkDown
+from cloud_gateway.link import MqttLink
 from cloud_gateway.service import Gateway
 from cloud_gateway.store import Store
 from edgemart.broker import MosquittoProcess
@@ -36,7 +39,7 @@ from protocol.envelopes import (
 )
 from protocol.ids import new_id, utcnow
 from protocol.signing import Verifier
-from tests.helpers import gateway_settings, make_batch
+from tests.helpers import eventually, gateway_settings, make_batch
 
 pytestmark = pytest.mark.integration
 
@@ -361,6 +364,53 @@ async def test_link_reconnects_after_a_broker_crash(
             assert (await next_json(client))[1] == {"v": 1, "acks": [9]}
         finally:
             await client.__aexit__(None, None, None)
+
+
+async def test_a_publish_awaiting_its_puback_fails_at_once_when_the_broker_dies(
+    own_mosquitto: MosquittoProcess, tmp_path: Path
+) -> None:
+    """aiomqtt alone waits out its timeout (connect_timeout_s, 10 s here) for a PUBACK that
+    cannot come; the link reports the loss and fails the publish as soon as paho sees it."""
+    settings = gateway_settings(tmp_path, own_mosquitto)
+    async with Gateway(settings) as gw:
+        own_mosquitto.pause()  # hung: the PUBLISH is sent and never acknowledged
+        sending = asyncio.create_task(gw._publish(settings.topics.keys() + "-x", b"{}", False))
+        await asyncio.sleep(0.3)
+        assert not sending.done()
+        assert gw.link_connected
+        own_mosquitto.kill()
+        with pytest.raises(LinkDown, match="session ended"):
+            await asyncio.wait_for(sending, 3)
+        await eventually(lambda: not gw.link_connected, 3, "the link reports the loss")
+
+
+async def test_the_link_consumes_while_its_connected_hook_waits(
+    mosquitto: MosquittoProcess, tmp_path: Path
+) -> None:
+    """The after-connect hook (key list, catalog retries) must not hold up consumption: the
+    consumer is what notices a lost session."""
+    settings = gateway_settings(tmp_path, mosquitto)
+    received: list[str] = []
+    release = asyncio.Event()
+
+    async def on_message(topic: str, payload: bytes) -> None:
+        received.append(topic)
+
+    async def hook() -> None:
+        await release.wait()
+
+    link = MqttLink(settings, on_message, on_connected=hook)
+    running = asyncio.create_task(link.run())
+    try:
+        await asyncio.wait_for(link.connected.wait(), 10)
+        async with aiomqtt.Client("127.0.0.1", mosquitto.port) as client:
+            await client.publish(settings.topics.batch("tv-0004"), b"{}", qos=1)
+        await eventually(lambda: received, 5, "a message while the hook still waits")
+        assert not release.is_set()
+    finally:
+        running.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await running
 
 
 async def test_shared_subscription_group(mosquitto: MosquittoProcess, tmp_path: Path) -> None:

@@ -1,0 +1,56 @@
+"""What both ends need from an aiomqtt session beyond aiomqtt: knowing at once that it ended.
+
+aiomqtt (2.x) waits for a QoS 1 PUBACK until its timeout even after paho has seen the
+connection drop, so a publisher learns of a dead broker only seconds later. `publish_acked`
+fails as soon as the session ends instead; the message was not acknowledged, so the caller
+sends it again after reconnecting, as after any failed publish.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+import aiomqtt
+
+
+def session_lost(client: aiomqtt.Client) -> asyncio.Future[None]:
+    """aiomqtt's future that completes when the connected session ends. It is replaced on
+    each connect: read it after `__aenter__`."""
+    return client._disconnected
+
+
+def on_session_lost(client: aiomqtt.Client, callback: Callable[[], object]) -> None:
+    """Call `callback()` once, from the event loop, when this session ends (retrieving the
+    future's exception, so asyncio does not log it as never retrieved)."""
+
+    def done(lost: asyncio.Future[None]) -> None:
+        if not lost.cancelled():
+            lost.exception()
+        callback()
+
+    session_lost(client).add_done_callback(done)
+
+
+async def publish_acked(
+    client: aiomqtt.Client,
+    topic: str,
+    payload: bytes,
+    *,
+    qos: int = 1,
+    retain: bool = False,
+    timeout: float | None = None,
+) -> None:
+    """`client.publish`, waiting for the PUBACK (QoS 1) or until the session ends, whichever
+    comes first; aiomqtt.MqttError in the second case, as on a timeout."""
+    sending = asyncio.ensure_future(
+        client.publish(topic, payload, qos=qos, retain=retain, timeout=timeout)
+    )
+    try:
+        await asyncio.wait((sending, session_lost(client)), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        if not sending.done():
+            sending.cancel()  # the session ended, or the caller was cancelled
+    if not sending.done():
+        raise aiomqtt.MqttError(f"the MQTT session ended before the broker acknowledged {topic}")
+    sending.result()
