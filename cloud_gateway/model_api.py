@@ -36,11 +36,7 @@ async def _read_part(part: BodyPartReader, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-async def register_model(request: web.Request) -> web.Response:
-    if not request.content_type.startswith("multipart/"):
-        raise ApiProblem(
-            400, "Bad Request", "send multipart/form-data with parts 'manifest' and 'model'"
-        )
+async def _read_parts(request: web.Request) -> dict[str, bytes]:
     reader = await request.multipart()
     parts: dict[str, bytes] = {}
     while (part := await reader.next()) is not None:
@@ -48,6 +44,18 @@ async def register_model(request: web.Request) -> web.Response:
             raise ApiProblem(400, "Bad Request", "only the parts 'manifest' and 'model' are known")
         limit = MAX_MANIFEST_BYTES if part.name == "manifest" else MAX_MODEL_BYTES
         parts[part.name] = await _read_part(part, limit)
+    return parts
+
+
+async def register_model(request: web.Request) -> web.Response:
+    if not request.content_type.startswith("multipart/"):
+        raise ApiProblem(
+            400, "Bad Request", "send multipart/form-data with parts 'manifest' and 'model'"
+        )
+    try:
+        parts = await _read_parts(request)
+    except ValueError as exc:  # aiohttp's word for a missing boundary or a malformed body
+        raise ApiProblem(400, "Bad Request", f"multipart body: {exc}") from exc
     missing = {"manifest", "model"} - set(parts)
     if missing:
         raise ApiProblem(400, "Bad Request", f"missing part(s): {', '.join(sorted(missing))}")

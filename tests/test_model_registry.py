@@ -48,6 +48,17 @@ async def test_publish_rollout_and_a_real_agent_swaps_to_the_signed_model(
             form.add_field("manifest", json.dumps(manifest))
             form.add_field("model", data, filename="model.onnx")
             assert (await anon.post("/v1/models", data=form)).status == 401
+        auth = {"Authorization": f"Bearer {token}"}
+        async with aiohttp.ClientSession(base, headers=auth) as http:
+            for content_type, body, says in (
+                ("multipart/form-data", b"x", "multipart body: boundary missed"),
+                ("multipart/form-data; boundary=zz", b"--zz\r\nno headers end", "header"),
+            ):
+                resp = await http.post(
+                    "/v1/models", data=body, headers={"Content-Type": content_type}
+                )
+                assert resp.status == 400, await resp.text()
+                assert says in (await resp.json())["detail"]
         with pytest.raises(ModelError, match="sha256"):
             await upload(base, token, manifest, data[:-1] + b"\0")
         with pytest.raises(ModelError, match="bytes"):
