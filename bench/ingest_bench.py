@@ -5,6 +5,7 @@ aggregate snapshots (the default mode of every profile)."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
 import sys
@@ -102,7 +103,8 @@ def _publish(port: int, stream: list[tuple[str, bytes]]) -> float:
 def _baseline(
     broker: MosquittoProcess, stream: list[tuple[str, bytes]], want: int, mode: str = ""
 ) -> float:
-    """Signals/s of a `bench.paho_sink` subscriber ("": bare, "--read", "--validate")."""
+    """Signals/s of a `bench.paho_sink` subscriber ("": bare, "--read", "--validate",
+    "--msgspec")."""
     sink = subprocess.Popen(
         [
             sys.executable,
@@ -199,6 +201,10 @@ def _gateway(
         log.close()
 
 
+def _has_msgspec() -> bool:
+    return importlib.util.find_spec("msgspec") is not None
+
+
 def run() -> list[Record]:
     dense, fleet = _stream(), _stream(*FLEET)
     dense_n, fleet_n = DEVICES * BATCHES * SIGNALS, FLEET[0] * FLEET[1] * FLEET[2]
@@ -213,6 +219,9 @@ def run() -> list[Record]:
             base = _baseline(broker, dense, dense_n)
             reading = _baseline(broker, dense, dense_n, "--read")
             validating = _baseline(broker, dense, dense_n, "--validate")
+            fast_validating = (
+                _baseline(broker, dense, dense_n, "--msgspec") if _has_msgspec() else None
+            )
             value = _gateway(broker, dense, dense_n, tmp / "dense")
         finally:
             broker.stop()
@@ -233,7 +242,7 @@ def run() -> list[Record]:
         finally:
             broker.stop()
     shape = f"{DEVICES} devices x {BATCHES} batches x {SIGNALS} signals at QoS 1 through Mosquitto"
-    return [
+    records = [
         Record(
             "gateway_ingest_signals_per_s",
             value,
@@ -272,6 +281,24 @@ def run() -> list[Record]:
             " nothing: the ceiling of gateway_ingest_signals_per_s's ratio for any gateway that"
             " validates with the contract's models",
         ),
+    ]
+    if fast_validating is not None:
+        records.append(
+            Record(
+                "gateway_ingest_msgspec_subscriber",
+                fast_validating,
+                "signals/s",
+                "bare paho subscriber",
+                base,
+                f"{shape}; like gateway_ingest_validate_only_subscriber, with msgspec (C, one pass"
+                " from bytes to typed objects) in place of json and pydantic, the contract's bounds"
+                " mirrored in bench/msgspec_batch.py (and checked against them): how far a"
+                " validating consumer in Python gets with the fastest validating decoder we know",
+            )
+        )
+    else:
+        sys.stderr.write("bench: gateway_ingest_msgspec_subscriber needs msgspec (.[dev])\n")
+    records += [
         Record(
             "gateway_ingest_fleet_signals_per_s",
             fleet_value,
@@ -294,3 +321,4 @@ def run() -> list[Record]:
             " committed (synchronous=FULL), acked",
         ),
     ]
+    return records

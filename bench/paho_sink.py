@@ -2,11 +2,12 @@
 (`--read`) one that only inflates and parses the JSON of each batch, the least any consumer
 that looks at the signals must do; and (`--validate`) one that also validates each batch the
 way the gateway must before it may store anything (bounded inflate, JSON, the pydantic
-`Batch`), but stores nothing.
+`Batch`), but stores nothing; (`--msgspec`) the same checks with msgspec instead of pydantic
+(bench/msgspec_batch.py).
 
-`python -m bench.paho_sink PORT TOPIC COUNT [--read | --validate]`: prints "ready", then, once
-COUNT messages arrived, the monotonic time of the last one (the bench compares it with its
-start).
+`python -m bench.paho_sink PORT TOPIC COUNT [--read | --validate | --msgspec]`: prints
+"ready", then, once COUNT messages arrived, the monotonic time of the last one (the bench
+compares it with its start).
 """
 
 from __future__ import annotations
@@ -29,6 +30,9 @@ def main() -> int:
     port, topic, count = int(sys.argv[1]), sys.argv[2], int(sys.argv[3])
     validate = "--validate" in sys.argv[4:]
     read = "--read" in sys.argv[4:]
+    fast = "--msgspec" in sys.argv[4:]
+    if fast:  # msgspec comes with the dev extras only
+        from bench import msgspec_batch  # noqa: PLC0415
     got = 0
     done = threading.Event()
 
@@ -36,6 +40,8 @@ def main() -> int:
         nonlocal got
         if validate:
             codec.decode(msg.payload, Batch, allow_zlib=True)
+        elif fast:
+            msgspec_batch.decode(msg.payload)
         elif read:
             payload = msg.payload
             json.loads(payload if payload[:1] == b"{" else zlib.decompress(payload))
