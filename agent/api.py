@@ -34,7 +34,7 @@ class LocalApi:
         self._runner: web.AppRunner | None = None
         self._faults = OnceLogger(log)
         max_bytes = agent.settings.max_request_bytes
-        self.app = web.Application(client_max_size=max_bytes)
+        self.app = web.Application(client_max_size=max_bytes, middlewares=[self._http_errors])
         self.app.add_routes(
             [
                 web.post("/v1/signals", self.post_signals),
@@ -73,6 +73,18 @@ class LocalApi:
         self._agent.metrics.inc("api_rejected")
         self._faults.log(str(status), "local API refused a request (%d): %s", status, errors[:1])
         return web.json_response({"errors": errors}, status=status)
+
+    @web.middleware
+    async def _http_errors(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        """aiohttp's own refusals (no such route, wrong method, a body over `client_max_size`)
+        in the same error body as ours, and counted like them."""
+        try:
+            response: web.StreamResponse = await handler(request)
+            return response
+        except web.HTTPException as exc:
+            if not 400 <= exc.status < 500:
+                raise
+            return self._reject(exc.status, [{"loc": "(request)", "msg": exc.reason}])
 
     async def _body(self, request: web.Request) -> Any:
         limit = self._agent.settings.max_request_bytes
@@ -124,7 +136,9 @@ class LocalApi:
                 known = ", ".join(self._agent.settings.profile.surfaces)
                 errors.append({"loc": "surface", "msg": f"unknown surface (known: {known})"})
             raw_limit = req.query.get("limit", "3")
-            limit = int(raw_limit) if raw_limit.isdigit() else 0
+            # isdigit() alone takes "²" (int() refuses it) and any number of digits
+            digits = raw_limit.isascii() and raw_limit.isdigit() and len(raw_limit) <= 3
+            limit = int(raw_limit) if digits else 0
             if not 1 <= limit <= MAX_LIMIT:
                 errors.append({"loc": "limit", "msg": f"must be an integer 1..{MAX_LIMIT}"})
             if errors:
