@@ -126,7 +126,7 @@ class Link:
         will = aiomqtt.Will(
             self.topics.state(settings.device_id), self._offline_state(), qos=1, retain=True
         )
-        async with aiomqtt.Client(
+        client = aiomqtt.Client(
             settings.broker_host,
             settings.broker_port,
             identifier=settings.device_id,
@@ -137,8 +137,11 @@ class Link:
             timeout=10.0,
             max_queued_incoming_messages=10_000,
             **mqtt_auth(settings),
-        ) as client:
-            await client.publish(
+        )
+        on_session_lost(client, None)  # a failed connect: its error is read, not logged
+        async with client:
+            await publish_acked(
+                client,
                 self.topics.state(settings.device_id),
                 codec.encode(self._birth()),
                 qos=1,

@@ -99,6 +99,7 @@ class MqttLink:
         # aiomqtt warns past 10 publishes awaiting their PUBACK; pushes and claim results go out
         # 64 at a time by design, so that flooded the log at every launch. Warn past this.
         client.pending_calls_threshold = PENDING_PUBLISH_WARN
+        on_session_lost(client, None)  # a failed connect: its error is read, not logged
         self._count_overflow(client)
         return client
 

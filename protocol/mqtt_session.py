@@ -20,14 +20,17 @@ def session_lost(client: aiomqtt.Client) -> asyncio.Future[None]:
     return client._disconnected
 
 
-def on_session_lost(client: aiomqtt.Client, callback: Callable[[], object]) -> None:
-    """Call `callback()` once, from the event loop, when this session ends (retrieving the
-    future's exception, so asyncio does not log it as never retrieved)."""
+def on_session_lost(client: aiomqtt.Client, callback: Callable[[], object] | None) -> None:
+    """Call `callback()` once, from the event loop, when this session ends. Either way the
+    future's exception is retrieved, so asyncio does not log "Future exception was never
+    retrieved" for a session that failed before anyone read it: call this with None right
+    after making the client too (a failed connect ends a session nobody awaits)."""
 
     def done(lost: asyncio.Future[None]) -> None:
         if not lost.cancelled():
             lost.exception()
-        callback()
+        if callback is not None:
+            callback()
 
     session_lost(client).add_done_callback(done)
 
