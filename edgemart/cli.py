@@ -26,7 +26,8 @@ def _registrars() -> list[Registrar]:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="edgemart",
-        description="On-device marketing agent for AIoT fleets: agent, gateway, demo, bench.",
+        description="On-device marketing agent for AIoT fleets: agent, gateway, demo, fleet,"
+        " bench.",
     )
     parser.add_argument("--version", action="version", version=f"edgemart {__version__}")
     sub = parser.add_subparsers(dest="area", metavar="<area>")
