@@ -90,6 +90,7 @@ def cmd_fleet(args: argparse.Namespace) -> int:
             signals_per_round=args.signals_per_round,
             duration_s=args.duration,
             faults=faults,
+            crash_devices=args.crash_devices,
         )
     except ValueError as exc:
         sys.stderr.write(f"fleet: {exc}\n")
@@ -138,7 +139,17 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         default="",
         help=f"comma-separated, injected in the middle third: {', '.join(fleet.FAULTS)}",
     )
-    run.add_argument("--broker", help="mqtt://HOST:PORT (default: an embedded amqtt broker)")
+    run.add_argument(
+        "--crash-devices",
+        type=int,
+        default=2,
+        help="with agent-kill: TVs run as their own processes, to be killed (default: 2)",
+    )
+    run.add_argument(
+        "--broker",
+        help="mqtt://HOST:PORT, or 'mosquitto' for a private Mosquitto this run starts"
+        " (default: an embedded amqtt broker)",
+    )
     run.add_argument("--report", help="also write the report as JSON to this file")
     run.add_argument("--data-dir", help="keep state here instead of a temporary folder")
     run.add_argument("--seed", type=int, default=11)

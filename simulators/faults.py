@@ -47,6 +47,7 @@ class AgentProcess:
             "--trust",
             str(trust),
         ]
+        self.device_id = device_id
         self.api = f"http://127.0.0.1:{api_port}"
         self.log = log
         self.env = dict(os.environ, PYTHONUNBUFFERED="1", **(env or {}))

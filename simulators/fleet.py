@@ -7,12 +7,17 @@ middle third of the run, one a round in this order, while the households keep us
 devices, and all end with it:
 
 - `gateway-restart`: the gateway stops; the broker queues what devices send for its session;
-- `broker-restart`: the embedded broker stops, losing what it held in memory (sessions, the
-  queue kept for the stopped gateway), and starts again on the same port (not with
-  `--broker`: a broker this run does not own cannot be restarted by it); devices send again
-  what the gateway never acknowledged;
+- `broker-restart`: the broker this run started goes down and comes back on the same port:
+  the embedded amqtt broker stops, losing what it held in memory (sessions, the queue kept
+  for the stopped gateway); a private Mosquitto (`broker="mosquitto"`) is killed with
+  SIGKILL and restarts from its persistence file, losing what it had not saved yet. Devices
+  send again what the gateway never acknowledged. (Not with a broker URL: a broker this run
+  does not own cannot be restarted by it.)
 - `partition`: the devices' network goes dark without closing a socket (a dead Wi-Fi link;
-  `simulators.netfault.PartitionProxy` between every device and the broker), then comes back.
+  `simulators.netfault.PartitionProxy` between every device and the broker), then comes back;
+- `agent-kill`: the fleet also runs `crash_devices` TVs as real `edgemart agent run`
+  processes, fed over their local HTTP API; they are killed with SIGKILL (a power cut: only
+  what is on disk survives) and started again on the same data.
 
 The verdict (`succeeded`): no accepted signal lost, none stored twice, nothing unexpected,
 every device drained.
@@ -36,17 +41,18 @@ import aiohttp
 from cloud_gateway.auth import create_token
 from cloud_gateway.config import GatewaySettings
 from cloud_gateway.service import Gateway
-from edgemart.broker import EmbeddedBroker
+from edgemart.broker import EmbeddedBroker, MosquittoProcess, free_port
 from protocol.broker_url import parse_broker_url
 from simulators.checker import Drops, account, check, coverage
 from simulators.demo import Operator
-from simulators.household import Household
+from simulators.faults import AgentProcess
+from simulators.household import CONSENT_ALL, Household
 from simulators.netfault import PartitionProxy
 from simulators.world import make_world
 
 log = logging.getLogger(__name__)
 
-FAULTS = ("gateway-restart", "broker-restart", "partition")
+FAULTS = ("gateway-restart", "broker-restart", "partition", "agent-kill")
 """In the order they begin."""
 
 
@@ -55,7 +61,8 @@ class FleetOptions:
     households: int = 3
     """Each household is a hub, a TV and two phones (`simulators.household`)."""
     broker: str | None = None
-    """mqtt://HOST:PORT of a running broker; None: an embedded amqtt broker."""
+    """mqtt://HOST:PORT of a running broker; None: an embedded amqtt broker; "mosquitto": a
+    private Mosquitto process on a free port (the binary must be installed)."""
     data_dir: Path | None = None
     seed: int = 11
     rounds: int = 9
@@ -63,14 +70,18 @@ class FleetOptions:
     """Per device and round; the rounds are spread over `duration_s`."""
     duration_s: float = 12.0
     faults: tuple[str, ...] = ()
+    crash_devices: int = 2
+    """With `agent-kill`: how many TVs run as their own processes, to be killed."""
     drain_timeout: float = 90.0
 
     def __post_init__(self) -> None:
         unknown = set(self.faults) - set(FAULTS)
         if unknown:
             raise ValueError(f"unknown fault(s) {sorted(unknown)}; known: {', '.join(FAULTS)}")
-        if "broker-restart" in self.faults and self.broker is not None:
-            raise ValueError("broker-restart needs the embedded broker (no --broker)")
+        if "broker-restart" in self.faults and self.broker not in (None, "mosquitto"):
+            raise ValueError("broker-restart needs a broker this run starts (embedded, mosquitto)")
+        if "agent-kill" in self.faults and self.crash_devices < 1:
+            raise ValueError("agent-kill needs at least one crash device")
         if self.households < 1 or self.rounds < 3:
             raise ValueError("need at least 1 household and 3 rounds")
 
@@ -93,7 +104,11 @@ class _Cloud:
 
     def __init__(self, options: FleetOptions, root: Path) -> None:
         self._embedded = EmbeddedBroker() if options.broker is None else None
-        self.broker_url = options.broker or (self._embedded.url if self._embedded else "")
+        self._mosquitto = (
+            MosquittoProcess(str(root / "mosquitto")) if options.broker == "mosquitto" else None
+        )
+        own = self._embedded or self._mosquitto
+        self.broker_url = own.url if own is not None else str(options.broker)
         self.settings = GatewaySettings(
             broker=self.broker_url, data_dir=root / "gateway", http_port=0
         )
@@ -104,10 +119,16 @@ class _Cloud:
     async def start_broker(self) -> None:
         if self._embedded is not None:
             await self._embedded.__aenter__()
+        if self._mosquitto is not None:
+            await asyncio.to_thread(self._mosquitto.start)
 
     async def stop_broker(self) -> None:
+        """Down as a broker goes down by accident: amqtt shuts down (its state is in memory),
+        Mosquitto is killed with SIGKILL."""
         if self._embedded is not None:
             await self._embedded.__aexit__(None, None, None)
+        if self._mosquitto is not None:
+            await asyncio.to_thread(self._mosquitto.kill)
 
     async def start_gateway(self) -> Gateway:
         gateway = Gateway(self.settings)
@@ -131,6 +152,79 @@ class _Cloud:
                 await self.stop_gateway()
         finally:
             await self.stop_broker()
+
+
+class _CrashDevices:
+    """TVs run as real `edgemart agent run` processes, used over their local HTTP API the way
+    an app on the TV would: the devices `agent-kill` kills."""
+
+    def __init__(
+        self, count: int, broker: str, trust: Path, root: Path, http: aiohttp.ClientSession
+    ) -> None:
+        root.mkdir(parents=True, exist_ok=True)
+        self.agents = [
+            AgentProcess(
+                profile="tv",
+                device_id=f"crash-tv-{i:02d}",
+                broker=broker,
+                data_dir=root / f"crash-tv-{i:02d}",
+                api_port=free_port(),
+                trust=trust,
+                log=root / f"crash-tv-{i:02d}.log",
+            )
+            for i in range(count)
+        ]
+        self.accepted: dict[str, list[str]] = {a.device_id: [] for a in self.agents}
+        self._http = http
+        self._sent = 0
+
+    async def start(self) -> None:
+        await asyncio.gather(*(asyncio.to_thread(a.start) for a in self.agents))
+
+    async def consent(self) -> None:
+        for agent in self.agents:
+            await self._call("PUT", f"{agent.api}/v1/consent", {"purposes": CONSENT_ALL})
+
+    def kill(self) -> None:
+        for agent in self.agents:
+            agent.kill()
+
+    def stop(self) -> None:
+        for agent in self.agents:
+            agent.stop()
+
+    async def use(self, signals: int, per_request: int = 25) -> None:
+        async def one(agent: AgentProcess) -> None:
+            for start in range(0, signals, per_request):
+                chunk = [
+                    {"kind": "content_view", "attrs": {"category": "tv_streaming", "n": n}}
+                    for n in range(
+                        self._sent + start, self._sent + min(signals, start + per_request)
+                    )
+                ]
+                body = await self._call("POST", f"{agent.api}/v1/signals", {"signals": chunk})
+                self.accepted[agent.device_id].extend(body["ids"])
+
+        await asyncio.gather(*(one(a) for a in self.agents if a.alive))
+        self._sent += signals
+
+    async def statuses(self) -> dict[str, dict[str, Any]]:
+        return {a.device_id: await self._call("GET", f"{a.api}/v1/status") for a in self.agents}
+
+    async def drain(self, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if all(s["outbox_depth"] == 0 for s in (await self.statuses()).values()):
+                return True
+            await asyncio.sleep(0.1)
+        return False
+
+    async def _call(self, method: str, url: str, body: object | None = None) -> Any:
+        async with self._http.request(method, url, json=body) as resp:
+            data = await resp.json(content_type=None)
+            if resp.status >= 300:
+                raise RuntimeError(f"{method} {url} -> {resp.status}: {data}")
+            return data
 
 
 async def run_fleet(options: FleetOptions) -> dict[str, Any]:
@@ -161,17 +255,42 @@ async def run_fleet(options: FleetOptions) -> dict[str, Any]:
                 )
                 for index in range(options.households)
             ]
-            plan = _FaultPlan(options, cloud, proxy, faults)
+            http = await devices.enter_async_context(aiohttp.ClientSession())
+            crash: _CrashDevices | None = None
+            if "agent-kill" in options.faults:
+                crash = _CrashDevices(
+                    options.crash_devices,
+                    device_broker,
+                    cloud.gateway.trust_path,
+                    root / "processes",
+                    http,
+                )
+                devices.callback(crash.stop)
+                await crash.start()
+                await crash.consent()
+            plan = _FaultPlan(options, cloud, proxy, crash, faults)
             pause = options.duration_s / options.rounds
             for round_ in range(options.rounds):
                 await plan.at_round(round_)
-                await asyncio.gather(*(hh.use(options.signals_per_round) for hh in households))
+                using = [hh.use(options.signals_per_round) for hh in households]
+                if crash is not None:
+                    using.append(crash.use(options.signals_per_round))
+                await asyncio.gather(*using)
                 await asyncio.sleep(pause)
-            drained = all(
-                await asyncio.gather(*(hh.drain(options.drain_timeout) for hh in households))
-            )
+            draining = [hh.drain(options.drain_timeout) for hh in households]
+            if crash is not None:
+                draining.append(crash.drain(options.drain_timeout))
+            drained = all(await asyncio.gather(*draining))
             await asyncio.sleep(0.2)  # the last acks' commits are visible to the export
-            report = await _report(cloud, households, drained)
+            seen = [
+                (run.spec.device_id, run.accepted, run.agent.status())
+                for hh in households
+                for run in hh.runs
+            ]
+            if crash is not None:
+                statuses = await crash.statuses()
+                seen += [(d, crash.accepted[d], statuses[d]) for d in crash.accepted]
+            report = await _report(cloud, seen, drained, http)
     report["faults"] = faults.events
     report["households"] = options.households
     report["broker"] = "embedded amqtt" if options.broker is None else options.broker
@@ -184,12 +303,17 @@ class _FaultPlan:
     and the round where all of them end (the first of the last third), last begun first."""
 
     def __init__(
-        self, options: FleetOptions, cloud: _Cloud, proxy: PartitionProxy | None, log: FaultLog
+        self,
+        options: FleetOptions,
+        cloud: _Cloud,
+        proxy: PartitionProxy | None,
+        crash: _CrashDevices | None,
+        log: FaultLog,
     ) -> None:
         first, self.end = options.rounds // 3, 2 * options.rounds // 3
         chosen = [f for f in FAULTS if f in options.faults]
         self.begin = {fault: min(first + i, self.end - 1) for i, fault in enumerate(chosen)}
-        self._cloud, self._proxy, self._log = cloud, proxy, log
+        self._cloud, self._proxy, self._crash, self._log = cloud, proxy, crash, log
 
     async def at_round(self, round_: int) -> None:
         for fault, begins in self.begin.items():
@@ -204,6 +328,8 @@ class _FaultPlan:
             await self._cloud.stop_gateway()
         elif fault == "broker-restart":
             await self._cloud.stop_broker()
+        elif fault == "agent-kill" and self._crash is not None:
+            self._crash.kill()
         elif self._proxy is not None:
             self._proxy.partition()
         self._log.note(fault, "begins")
@@ -213,35 +339,42 @@ class _FaultPlan:
             await self._cloud.start_gateway()
         elif fault == "broker-restart":
             await self._cloud.start_broker()
+        elif fault == "agent-kill" and self._crash is not None:
+            await self._crash.start()
         elif self._proxy is not None:
             self._proxy.heal()
         self._log.note(fault, "ends")
 
 
-async def _report(cloud: _Cloud, households: list[Household], drained: bool) -> dict[str, Any]:
+async def _report(
+    cloud: _Cloud,
+    seen: list[tuple[str, list[str], dict[str, Any]]],
+    drained: bool,
+    http: aiohttp.ClientSession,
+) -> dict[str, Any]:
+    """`seen`: each device's id, the ids it accepted, and its status (`GET /v1/status`)."""
     gateway = cloud.gateway
     assert gateway is not None
     token = await asyncio.to_thread(create_token, cloud.settings.data_dir)
-    runs = [run for hh in households for run in hh.runs]
-    accepted = {run.spec.device_id: run.accepted for run in runs}
+    operator = Operator(http, f"http://127.0.0.1:{gateway.http_port}", token)
+    accepted = {device: ids for device, ids, _ in seen}
     stored: dict[str, list[str]] = {}
     covered: dict[str, int] = {}
     drops: dict[str, Drops] = {}
-    async with aiohttp.ClientSession() as http:
-        operator = Operator(http, f"http://127.0.0.1:{gateway.http_port}", token)
-        for run in runs:
-            export = await operator.call("GET", f"/v1/devices/{run.spec.device_id}/export")
-            stored[run.spec.device_id] = [s["id"] for s in export.get("signals", [])]
-            covered[run.spec.device_id] = coverage(export)
-            drops[run.spec.device_id] = Drops.from_status(run.agent.status())
+    for device, _, status in seen:
+        export = await operator.call("GET", f"/v1/devices/{device}/export")
+        stored[device] = [s["id"] for s in export.get("signals", [])]
+        covered[device] = coverage(export)
+        drops[device] = Drops.from_status(status)
     loss = check(accepted, stored)
     books = account(accepted, stored, drops, covered)
 
     def total(counter: str) -> int:
-        return sum(run.agent.counters.get(counter, 0) for run in runs)
+        """Summed over devices; a process device counts since its last start."""
+        return sum(int(status["counters"].get(counter, 0)) for _, _, status in seen)
 
     return {
-        "devices": len(runs),
+        "devices": len(seen),
         "signals_accepted": books.accepted,
         "signals_stored": books.stored,
         "signals_in_aggregates": books.aggregated,
@@ -251,7 +384,7 @@ async def _report(cloud: _Cloud, households: list[Household], drained: bool) -> 
         "signals_unexpected": loss.unexpected,
         "lost_ids_sample": list(loss.lost_ids) if books.lost else [],
         "drained": drained,
-        "device_reconnects": total("link_connects") - len(runs),
+        "device_reconnects": total("link_connects") - len(seen),
         "batches_resent": total("batches_resent"),
         "gateway_duplicates_ignored": (cloud.counters + gateway.counters)["batches_duplicate"],
         "accounting": books.line(),
