@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
-import aiomqtt
+import asyncio
 
+import aiomqtt
+import pytest
+from amqtt.broker import Broker
+
+import edgemart.broker
 from edgemart.broker import EmbeddedBroker, MosquittoProcess
 
 
@@ -22,3 +27,23 @@ async def test_mosquitto_roundtrip(mosquitto: MosquittoProcess) -> None:
 
 async def test_embedded_broker_roundtrip(amqtt_broker: EmbeddedBroker) -> None:
     assert await _roundtrip(amqtt_broker.port) == b"hello"
+
+
+async def test_the_embedded_broker_restarts_on_its_port(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Stopped and started again on the same port (what `edgemart fleet`'s broker-restart
+    does), also when amqtt's own shutdown hangs: the listeners are closed after the bound."""
+    broker = EmbeddedBroker()
+    async with broker:
+        assert await _roundtrip(broker.port) == b"hello"
+    async with broker:
+        assert await _roundtrip(broker.port) == b"hello"
+        hung = asyncio.Event()
+
+        async def hang(self: Broker) -> None:
+            await hung.wait()  # amqtt 0.12.1 was seen stuck here under a reconnect storm
+
+        monkeypatch.setattr(Broker, "shutdown", hang)
+        monkeypatch.setattr(edgemart.broker, "SHUTDOWN_TIMEOUT_S", 0.5)
+    monkeypatch.undo()
+    async with broker:  # binds the same port again
+        assert await _roundtrip(broker.port) == b"hello"
