@@ -78,12 +78,13 @@ def _campaigns(world: World, surfaces: list[str]) -> list[dict[str, Any]]:
 
 
 class Operator:
-    """The marketing operator: bearer-token HTTP calls against the gateway."""
+    """The marketing operator: bearer-token HTTP calls against the gateway (or, without a
+    token, an app's calls to a device's local API)."""
 
-    def __init__(self, session: aiohttp.ClientSession, base: str, token: str) -> None:
+    def __init__(self, session: aiohttp.ClientSession, base: str, token: str | None) -> None:
         self.session = session
         self.base = base
-        self.headers = {"Authorization": f"Bearer {token}"}
+        self.headers = {"Authorization": f"Bearer {token}"} if token else {}
 
     async def call(self, method: str, path: str, body: object | None = None) -> Any:
         async with self.session.request(

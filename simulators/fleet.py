@@ -175,15 +175,15 @@ class _CrashDevices:
             for i in range(count)
         ]
         self.accepted: dict[str, list[str]] = {a.device_id: [] for a in self.agents}
-        self._http = http
+        self._apps = {a.device_id: Operator(http, a.api, None) for a in self.agents}
         self._sent = 0
 
     async def start(self) -> None:
         await asyncio.gather(*(asyncio.to_thread(a.start) for a in self.agents))
 
     async def consent(self) -> None:
-        for agent in self.agents:
-            await self._call("PUT", f"{agent.api}/v1/consent", {"purposes": CONSENT_ALL})
+        for app in self._apps.values():
+            await app.call("PUT", "/v1/consent", {"purposes": CONSENT_ALL})
 
     def kill(self) -> None:
         for agent in self.agents:
@@ -202,14 +202,15 @@ class _CrashDevices:
                         self._sent + start, self._sent + min(signals, start + per_request)
                     )
                 ]
-                body = await self._call("POST", f"{agent.api}/v1/signals", {"signals": chunk})
+                app = self._apps[agent.device_id]
+                body = await app.call("POST", "/v1/signals", {"signals": chunk})
                 self.accepted[agent.device_id].extend(body["ids"])
 
         await asyncio.gather(*(one(a) for a in self.agents if a.alive))
         self._sent += signals
 
     async def statuses(self) -> dict[str, dict[str, Any]]:
-        return {a.device_id: await self._call("GET", f"{a.api}/v1/status") for a in self.agents}
+        return {device: await app.call("GET", "/v1/status") for device, app in self._apps.items()}
 
     async def drain(self, timeout: float) -> bool:
         deadline = time.monotonic() + timeout
@@ -218,13 +219,6 @@ class _CrashDevices:
                 return True
             await asyncio.sleep(0.1)
         return False
-
-    async def _call(self, method: str, url: str, body: object | None = None) -> Any:
-        async with self._http.request(method, url, json=body) as resp:
-            data = await resp.json(content_type=None)
-            if resp.status >= 300:
-                raise RuntimeError(f"{method} {url} -> {resp.status}: {data}")
-            return data
 
 
 async def run_fleet(options: FleetOptions) -> dict[str, Any]:
