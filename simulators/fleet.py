@@ -88,7 +88,7 @@ class FleetOptions:
 
 @dataclass(slots=True)
 class FaultLog:
-    """What was injected, when (seconds since the start), and for how long."""
+    """Each fault's beginning and end, in seconds since the start of the run."""
 
     started: float = field(default_factory=time.monotonic)
     events: list[dict[str, Any]] = field(default_factory=list)
@@ -130,10 +130,8 @@ class _Cloud:
         if self._mosquitto is not None:
             await asyncio.to_thread(self._mosquitto.kill)
 
-    async def start_gateway(self) -> Gateway:
-        gateway = Gateway(self.settings)
-        self.gateway = await gateway.__aenter__()
-        return gateway
+    async def start_gateway(self) -> None:
+        self.gateway = await Gateway(self.settings).__aenter__()
 
     async def stop_gateway(self) -> None:
         if self.gateway is not None:
