@@ -23,11 +23,11 @@ from agent.consent import ConsentState
 from agent.errors import ConfigError, LinkDown, ModelRejected
 from agent.features import FeatureWindows, prune_cutoff
 from agent.link import Link
-from agent.memory import rss_bytes, trim_heap
+from agent.memory import MB, page_out_clean_file_pages, rss_bytes, trim_heap
 from agent.model_update import ModelUpdater, UpdateConfig, load_kept
 from agent.offers import OfferBook, load_trust
 from agent.policy import CapCounts
-from agent.scoring import load_default_model
+from agent.scoring import load_default_model, warm
 from agent.uplink import Uplink
 from protocol import codec
 from protocol.envelopes import State
@@ -162,13 +162,14 @@ class Startup:
         self._spawn(self.link.run(), "link")
         self._spawn(self.uplink.run(), "uplink")
         self._spawn(self._maintenance(), "maintenance")
-        await self.check_memory()
-        self._spawn(self._watch_memory(), "memory")
         self._spawn(self.claims.run(), "claims")
         if settings.api_port is not None:
             # The API serves the whole agent; only `Agent` mixes this class in.
             self.api = LocalApi(cast("Agent", self), settings.api_port)
             await self.api.start()
+        await self.page_out()  # what only start-up touched
+        await self.check_memory()
+        self._spawn(self._watch_memory(), "memory")
         log.info(
             "agent %s up (profile %s, model v%s, outbox %d)",
             settings.device_id,
@@ -265,7 +266,21 @@ class Startup:
         self.metrics.decision_ms.clear()
         await self.store.shrink_memory()
         await asyncio.to_thread(_collect_and_trim)
+        await self.page_out()
         return True
+
+    async def page_out(self) -> None:
+        """Hand clean library pages back to the kernel (`budgets.reclaim_clean_pages`), when
+        this agent is the process: in a shared one the pages are its neighbours' too."""
+        if self.memory.shared or not self.settings.profile.budgets.reclaim_clean_pages:
+            return
+        freed = await asyncio.to_thread(page_out_clean_file_pages)
+        if freed is None:
+            return
+        self.metrics.inc("memory_paged_out_bytes", freed)
+        log.debug("paged out %.1f MB of clean file pages", freed / MB)
+        if self.model is not None:  # the scoring pages, back before a decision waits on them
+            await asyncio.to_thread(warm, self.model)
 
     async def _watch_memory(self) -> None:
         while True:

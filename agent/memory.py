@@ -22,6 +22,10 @@ log = logging.getLogger(__name__)
 
 MB = 1024 * 1024
 STATM = Path("/proc/self/statm")
+MAPS = Path("/proc/self/maps")
+MADV_PAGEOUT = 21
+"""madvise(2): reclaim the range now (Linux 5.4+). Clean file pages are dropped, to be read
+again from the file when next touched."""
 WARN_EVERY_S = 600.0
 """Over budget is logged at WARNING at most once per this many seconds (flash is finite)."""
 
@@ -118,3 +122,44 @@ def trim_heap() -> bool:
     trim.argtypes = [ctypes.c_size_t]
     trim.restype = ctypes.c_int
     return bool(trim(0))
+
+
+def page_out_clean_file_pages(maps: Path = MAPS) -> int | None:
+    """Hand this process's clean file-backed pages back to the kernel (`MADV_PAGEOUT`):
+    the read-only and code mappings of its libraries and files. Bytes of resident set given
+    back, or None where the kernel or libc cannot (not Linux, a kernel before 5.4).
+
+    Start-up touches far more library code than a running agent uses again (onnxruntime
+    registers every kernel of every operator; imports run module bodies once): ~40 MB of
+    the agent's resident set right after start is such pages. The kernel keeps them until
+    memory runs short; a device's budget counts them until then. Pages still in use come
+    back as (minor, or from flash major) faults. Android's app compaction does the same to
+    cached apps. Writable mappings are left alone: their pages may be dirty (anonymous).
+    https://man7.org/linux/man-pages/man2/madvise.2.html
+    """
+    libc = _libc()
+    if libc is None or not sys.platform.startswith("linux"):
+        return None
+    try:
+        lines = maps.read_text().splitlines()
+    except OSError:
+        return None
+    madvise = libc.madvise
+    madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    madvise.restype = ctypes.c_int
+    before = rss_bytes()
+    advised = refused = 0
+    for line in lines:
+        parts = line.split(maxsplit=5)
+        # address perms offset dev inode path; a path, not [heap] or [stack]; read-only
+        if len(parts) < 6 or not parts[5].startswith("/") or "w" in parts[1]:
+            continue
+        start, _, end = parts[0].partition("-")
+        low, high = int(start, 16), int(end, 16)
+        if madvise(low, high - low, MADV_PAGEOUT) == 0:
+            advised += 1
+        else:
+            refused += 1
+    if refused and not advised:
+        return None  # EINVAL throughout: this kernel has no MADV_PAGEOUT
+    return max(0, before - rss_bytes())

@@ -237,6 +237,12 @@ def _check_signature(session: ort.InferenceSession, spec: FeatureSpec, version: 
         raise ModelRejected(f"output shape {out_shape}, expected [N] or [N, 1]", version=version)
 
 
+def warm(model: Model) -> None:
+    """Score the model's default row once: after a page-out (agent/memory.py) this brings
+    its pages back at start, off the path of the next real decision."""
+    _smoke(model)
+
+
 def _smoke(model: Model) -> None:
     plan = _plan(model.spec)
     row = (plan.default - plan.mean) / plan.scale

@@ -1,6 +1,8 @@
 """`agent_rss_mb`: an `edgemart agent run` process after N minutes at 100 signals/s over its
 local API (acked by a gateway process through Mosquitto) vs the import floor: python with
-the agent's imports and one model session. Also the growth over the run.
+the agent's imports and one model session. Also the growth over the run, and what handing
+clean library pages back after start (`budgets.reclaim_clean_pages`) saves: a second agent
+with it off, run for the first tenth of the time, against the first agent at that point.
 
 The duration is `BENCH_RSS_SECONDS` (default 600, the issue's ten minutes; not an `EDGEMART_*`
 variable: the agent would read that as configuration).
@@ -24,10 +26,15 @@ from simulators.faults import AgentProcess
 RATE = 100  # signals per second, in 10 requests of 10
 FLOOR = (
     "import agent.daemon, agent.api, agent.uplink, agent.link, agent.store\n"
-    "from agent.scoring import load_default_model\n"
+    "from agent.memory import page_out_clean_file_pages, rss_bytes\n"
+    "from agent.scoring import load_default_model, warm\n"
     "model = load_default_model()\n"
-    "print([l for l in open('/proc/self/status') if l.startswith('VmRSS')][0].split()[1])\n"
+    "floor = rss_bytes()\n"
+    "page_out_clean_file_pages()\n"
+    "warm(model)\n"
+    "print(floor, rss_bytes())\n"
 )
+"""The floor, then the same process after the agent's start-up page-out and model warm-up."""
 
 
 def rss_mb(pid: int) -> float:
@@ -37,11 +44,13 @@ def rss_mb(pid: int) -> float:
     raise RuntimeError(f"no VmRSS for pid {pid}")
 
 
-def _floor() -> float:
+def _floor() -> tuple[float, float]:
+    """(import floor, the floor after the page-out), MB, in a process of its own."""
     out = subprocess.run(
         [sys.executable, "-c", FLOOR], check=True, capture_output=True, text=True
     ).stdout
-    return int(out.strip()) / 1024.0
+    floor, paged = (int(v) / (1024.0 * 1024.0) for v in out.split())
+    return floor, paged
 
 
 def _post(url: str, n: int, i: int) -> None:
@@ -60,7 +69,9 @@ def _post(url: str, n: int, i: int) -> None:
         resp.read()
 
 
-def _run(seconds: float, tmp: Path) -> tuple[float, float, float, int]:
+def _run(
+    seconds: float, tmp: Path, env: dict[str, str] | None = None
+) -> tuple[float, float, float, int]:
     """(RSS at the end, RSS after the first tenth, max RSS, signals posted)."""
     broker = MosquittoProcess(str(tmp / "mosquitto"))
     broker.start()
@@ -98,7 +109,7 @@ def _run(seconds: float, tmp: Path) -> tuple[float, float, float, int]:
             api_port=free_port(),
             trust=tmp / "gw" / "trust.json",
             log=tmp / "agent.log",
-            env={"EDGEMART_CONSENT__ANALYTICS": "true"},
+            env={"EDGEMART_CONSENT__ANALYTICS": "true", **(env or {})},
         )
         agent.start()
         assert agent.proc is not None
@@ -130,9 +141,15 @@ def _run(seconds: float, tmp: Path) -> tuple[float, float, float, int]:
 
 def run() -> list[Record]:
     seconds = float(os.environ.get("BENCH_RSS_SECONDS", "600"))
-    floor = _floor()
+    floor, floor_paged = _floor()
     with tempfile.TemporaryDirectory() as tmp_name:
         end, early, peak, posted = _run(seconds, Path(tmp_name))
+    # One at a time: a page another process maps cannot be paged out, so two agents side
+    # by side would hold each other's library pages.
+    with tempfile.TemporaryDirectory() as tmp_name:
+        off, _, _, _ = _run(
+            seconds / 10, Path(tmp_name), {"EDGEMART_BUDGETS__RECLAIM_CLEAN_PAGES": "false"}
+        )
     growth = 100.0 * (end - early) / early
     minutes = f"{seconds / 60:g} min"
     return [
@@ -153,5 +170,25 @@ def run() -> list[Record]:
             5.0,
             f"RSS growth from the first tenth of the run ({early:.1f} MB) to its end"
             f" ({end:.1f} MB), {minutes}",
+        ),
+        Record(
+            "agent_floor_page_out_mb",
+            floor_paged,
+            "MB",
+            "import floor (agent imports + one model session)",
+            floor,
+            "the import floor's process after the page-out and model warm-up an agent does"
+            " after start: what a device whose libraries no other process maps keeps",
+        ),
+        Record(
+            "agent_rss_page_out_mb",
+            early,
+            "MB",
+            "the same agent with budgets.reclaim_clean_pages = false",
+            off,
+            f"RSS after {seconds / 600:g} min at {RATE} signals/s, clean library pages handed"
+            " back after start (MADV_PAGEOUT) vs kept; the gateway process here maps the same"
+            " libraries (onnxruntime, numpy, pydantic...) and a page another process maps is"
+            " not handed back, so a device alone saves more (agent_floor_page_out_mb)",
         ),
     ]
