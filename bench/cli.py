@@ -11,6 +11,9 @@ from bench.record import Record, write_results
 
 ROOT = Path(__file__).resolve().parents[1]
 SUITES = [
+    # First: the agent's page-out cannot hand back a page another process maps, and the
+    # later suites load onnxruntime, numpy and the rest into this process.
+    "bench.rss_bench",
     "bench.protocol_bench",
     "bench.wire_bench",
     "bench.decision_bench",
@@ -18,7 +21,6 @@ SUITES = [
     "bench.model_bench",
     "bench.intake_bench",
     "bench.ingest_bench",
-    "bench.rss_bench",
 ]
 
 

@@ -141,6 +141,9 @@ def _run(
 
 def run() -> list[Record]:
     seconds = float(os.environ.get("BENCH_RSS_SECONDS", "600"))
+    # A page this process maps too is not handed back (bench/cli.py runs this suite first).
+    shared = [name for name in ("onnxruntime", "numpy") if name in sys.modules]
+    caveat = f"; this bench process maps {' and '.join(shared)} too" if shared else ""
     floor, floor_paged = _floor()
     with tempfile.TemporaryDirectory() as tmp_name:
         end, early, peak, posted = _run(seconds, Path(tmp_name))
@@ -178,7 +181,7 @@ def run() -> list[Record]:
             "import floor (agent imports + one model session)",
             floor,
             "the import floor's process after the page-out and model warm-up an agent does"
-            " after start: what a device whose libraries no other process maps keeps",
+            f" after start: what a device whose libraries no other process maps keeps{caveat}",
         ),
         Record(
             "agent_rss_page_out_mb",
@@ -189,6 +192,6 @@ def run() -> list[Record]:
             f"RSS after {seconds / 600:g} min at {RATE} signals/s, clean library pages handed"
             " back after start (MADV_PAGEOUT) vs kept; the gateway process here maps the same"
             " libraries (onnxruntime, numpy, pydantic...) and a page another process maps is"
-            " not handed back, so a device alone saves more (agent_floor_page_out_mb)",
+            f" not handed back, so a device alone saves more (agent_floor_page_out_mb){caveat}",
         ),
     ]
