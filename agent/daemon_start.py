@@ -271,12 +271,16 @@ class Startup:
 
     async def page_out(self) -> None:
         """Hand clean library pages back to the kernel (`budgets.reclaim_clean_pages`), when
-        this agent is the process: in a shared one the pages are its neighbours' too."""
-        if self.memory.shared or not self.settings.profile.budgets.reclaim_clean_pages:
+        this agent is the process (in a shared one the pages are its neighbours' too), at
+        most every `PAGE_OUT_EVERY_S`."""
+        if not self.settings.profile.budgets.reclaim_clean_pages:
+            return
+        if not self.memory.page_out_due(time.monotonic()):
             return
         freed = await asyncio.to_thread(page_out_clean_file_pages)
         if freed is None:
             return
+        self.metrics.inc("memory_page_outs")
         self.metrics.inc("memory_paged_out_bytes", freed)
         log.debug("paged out %.1f MB of clean file pages", freed / MB)
         if self.model is not None:  # the scoring pages, back before a decision waits on them

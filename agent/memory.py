@@ -28,6 +28,10 @@ MADV_PAGEOUT = 21
 again from the file when next touched."""
 WARN_EVERY_S = 600.0
 """Over budget is logged at WARNING at most once per this many seconds (flash is finite)."""
+PAGE_OUT_EVERY_S = 600.0
+"""Over budget, clean pages are handed back at most once per this many seconds: an agent
+that stays over (a budget set below its floor) would otherwise read its working set back
+from flash after every sample."""
 
 
 def rss_bytes() -> int:
@@ -58,6 +62,8 @@ class MemoryBudget:
     peak: int = 0
     over_count: int = 0
     """Samples that found the agent over its budget."""
+    paged_out_at: float | None = None
+    """When clean pages were last handed back (monotonic seconds)."""
     _last_warned: float | None = field(default=None, repr=False)
 
     @property
@@ -82,6 +88,16 @@ class MemoryBudget:
             )
         else:
             log.debug("agent memory %.1f MB over budget %d MB", rss / MB, self.budget_mb)
+        return True
+
+    def page_out_due(self, now: float) -> bool:
+        """True (and `now` recorded) when the last page-out is `PAGE_OUT_EVERY_S` old or
+        there was none; always False in a shared process (the pages are its neighbours')."""
+        if self.shared:
+            return False
+        if self.paged_out_at is not None and now - self.paged_out_at < PAGE_OUT_EVERY_S:
+            return False
+        self.paged_out_at = now
         return True
 
     def to_json(self) -> dict[str, float | int]:

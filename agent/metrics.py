@@ -33,6 +33,7 @@ COUNTERS = (
     "link_connects",
     "link_failures",
     "memory_over_budget",
+    "memory_page_outs",
     "memory_paged_out_bytes",
 )
 

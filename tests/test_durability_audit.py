@@ -23,7 +23,7 @@ import pytest
 
 from agent.daemon import Agent
 from agent.intake import MAX_ATTRS_BYTES
-from agent.memory import MB, MemoryBudget, rss_bytes, sqlite_cache_kib
+from agent.memory import MB, PAGE_OUT_EVERY_S, MemoryBudget, rss_bytes, sqlite_cache_kib
 from cloud_gateway import migrations
 from cloud_gateway.config import GatewaySettings
 from cloud_gateway.service import Gateway
@@ -292,6 +292,10 @@ def test_memory_budget_counts_samples_over_it_and_warns_at_most_every_ten_minute
     shared = MemoryBudget(budget_mb=1, shared=True)
     assert not shared.observe(500 * MB, 0.0)
     assert shared.over_count == 0 and shared.to_json()["shared_process"] is True
+    # Page-outs: the first at once, then at most one per PAGE_OUT_EVERY_S; never shared.
+    assert budget.page_out_due(1000.0) and not budget.page_out_due(1000.0 + 599.0)
+    assert budget.page_out_due(1000.0 + PAGE_OUT_EVERY_S)
+    assert not shared.page_out_due(0.0)
     assert sqlite_cache_kib(8) == 256 and sqlite_cache_kib(144) == 2048
     assert (
         abs(
@@ -310,9 +314,17 @@ async def test_an_agent_over_its_memory_budget_reports_it_and_sheds_caches(
             gw, tmp_path, mosquitto, device="tv-memory-001", budgets={"memory_mb": 16}
         )
         async with Agent(settings, owns_process=True) as agent:
+            # Paged out once at start; the sample at start was over, but one page-out per
+            # PAGE_OUT_EVERY_S is all an agent that stays over its budget does.
+            assert agent.metrics.counters["memory_page_outs"] == 1
             agent.metrics.observe_decision(1.0)
             assert await agent.check_memory()  # this test process is far over 16 MB
             assert not agent.decision_ms
+            assert agent.metrics.counters["memory_page_outs"] == 1
+            assert agent.memory.paged_out_at is not None
+            agent.memory.paged_out_at -= PAGE_OUT_EVERY_S  # ten minutes on
+            assert await agent.check_memory()
+            assert agent.metrics.counters["memory_page_outs"] == 2
             async with aiohttp.ClientSession() as http:
                 base = f"http://127.0.0.1:{agent.api_port}"
                 async with http.get(f"{base}/v1/status") as resp:
