@@ -56,7 +56,8 @@ class Budgets(_Strict):
     memory_mb: Annotated[int, Field(ge=1, le=65536)] = 128
     """Resident set the agent should stay under (sampled; over it the agent sheds caches).
     The floor of Python + numpy + onnxruntime + one model is ~102-110 MB right after import,
-    ~65 MB once the clean library pages only start-up used are handed back."""
+    ~73 MB once the clean library pages only start-up used are handed back (a device
+    where no other process maps the same libraries; bench `agent_floor_page_out_mb`)."""
     reclaim_clean_pages: bool = True
     """After start and when over `memory_mb`, hand clean library pages back to the kernel
     (Linux `MADV_PAGEOUT`); pages still in use come back on their next touch."""
