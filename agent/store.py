@@ -387,34 +387,10 @@ class Store(BatchRows, OfferRows, DecisionRows, ErasureRows):
         self.drops["refused"] = self.drops.get("refused", 0) + n
 
     async def add_outcome(self, outcome: NewOutcome) -> None:
-        await self._run(self._add_outcome, outcome)
-
-    def _add_outcome(self, o: NewOutcome) -> None:
-        if self.analytics_withdrawn:  # accepted after a withdrawal: never leaves the device
-            with self._tx() as tx:
-                outbox.meta_add(tx, "outcomes_withdrawn", 1)
-            self.drops["outcomes_withdrawn"] = self.drops.get("outcomes_withdrawn", 0) + 1
-            return
-        with self._tx() as tx:
-            tx.execute(
-                "INSERT INTO outcomes(id, offer_id, campaign_id, variant, kind, at, surface,"
-                " score, model_version, created, size) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    o.id,
-                    o.offer_id,
-                    o.campaign_id,
-                    o.variant,
-                    o.kind,
-                    o.at,
-                    o.surface,
-                    o.score,
-                    o.model_version,
-                    self.clock(),  # the clock uplink ages pending rows with
-                    o.size,
-                ),
-            )
-        self.outcome_rows += 1
-        self.outbox_bytes += o.size
+        """An outcome with no decision facts (`record_decision_outcome` is the one insert)."""
+        await self.record_decision_outcome(
+            outcome, features=None, counterfactual=False, cap_rows=(), exposure=False
+        )
 
     async def pending(self) -> Pending:
         return await self._run(self._pending)

@@ -11,6 +11,7 @@ from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from agent import outbox
 from agent.errors import StoreError
 
 if TYPE_CHECKING:
@@ -24,6 +25,8 @@ class DecisionRows:
 
     outcome_rows: int
     outbox_bytes: int
+    analytics_withdrawn: bool
+    drops: dict[str, int]
     clock: Callable[[], float]
     """The store's wall clock (`Store.clock`): exposures are stamped with it, as attribution
     windows are measured with the decisions' clock (the same in production; tests travel)."""
@@ -66,34 +69,42 @@ class DecisionRows:
     ) -> None:
         size = o.size + (len(features) if features else 0)
         now = self.clock()
+        # Accepted after analytics was withdrawn: the outcome never enters the outbox (it would
+        # leave once consent returns), nor is it an exposure a later conversion reports; the
+        # caps still count on the device.
+        withdrawn = self.analytics_withdrawn
         try:
             with self._tx() as tx:
-                tx.execute(
-                    "INSERT INTO outcomes(id, offer_id, campaign_id, variant, kind, at, surface,"
-                    " score, model_version, created, size, features, counterfactual)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (
-                        o.id,
-                        o.offer_id,
-                        o.campaign_id,
-                        o.variant,
-                        o.kind,
-                        o.at,
-                        o.surface,
-                        o.score,
-                        o.model_version,
-                        now,
-                        size,
-                        features,
-                        int(counterfactual),
-                    ),
-                )
+                if withdrawn:
+                    outbox.meta_add(tx, "outcomes_withdrawn", 1)
+                else:
+                    tx.execute(
+                        "INSERT INTO outcomes(id, offer_id, campaign_id, variant, kind, at,"
+                        " surface, score, model_version, created, size, features,"
+                        " counterfactual)"
+                        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                        (
+                            o.id,
+                            o.offer_id,
+                            o.campaign_id,
+                            o.variant,
+                            o.kind,
+                            o.at,
+                            o.surface,
+                            o.score,
+                            o.model_version,
+                            now,
+                            size,
+                            features,
+                            int(counterfactual),
+                        ),
+                    )
                 tx.executemany(
                     "INSERT INTO issue4_cap_counts(scope, key, day, count) VALUES (?, ?, ?, 1)"
                     " ON CONFLICT(scope, key, day) DO UPDATE SET count = count + 1",
                     cap_rows,
                 )
-                if exposure:
+                if exposure and not withdrawn:
                     tx.execute(
                         "INSERT INTO issue4_exposures(outcome_id, campaign_id, offer_id, variant,"
                         " kind, at, surface, score, model_version, features, counterfactual)"
@@ -114,6 +125,9 @@ class DecisionRows:
                     )
         except sqlite3.Error as exc:
             raise StoreError(f"cannot store outcome: {exc}") from exc
+        if withdrawn:
+            self.drops["outcomes_withdrawn"] = self.drops.get("outcomes_withdrawn", 0) + 1
+            return
         self.outcome_rows += 1
         self.outbox_bytes += size
 

@@ -329,3 +329,36 @@ async def test_a_model_failing_at_run_time_is_rolled_back_to_the_last_good_one(
         assert (state.model_update.version, state.model_update.status) == (7, "rolled_back")
         assert state.model_update.running == good.version
         assert state.model_version == good.version
+
+
+async def test_an_outcome_recorded_after_analytics_withdrawal_never_leaves(
+    world: World, gateway: FakeGateway
+) -> None:
+    """Through the local API: consent withdrawn, an outcome recorded, consent granted again;
+    the outcome is counted as withdrawn and no batch ever carries it."""
+    async with Agent(world.settings()) as agent:
+        assert await agent.wait_connected()
+        status, _ = await http(agent, "PUT", "/v1/consent", json={"purposes": ALL})
+        assert status == 200
+        await push(world, gateway, agent, [offer("w1"), offer("w2")])
+        status, before = await post_outcome(agent, "w1", "impression")
+        assert status == 202
+        assert await agent.drain(timeout=10)
+        withdrawn = {**ALL, "analytics": False}
+        status, _ = await http(agent, "PUT", "/v1/consent", json={"purposes": withdrawn})
+        assert status == 200
+        hidden: list[str] = []
+        for oid, kind in (("w1", "click"), ("w2", "impression"), ("w2", "dismiss")):
+            status, body = await post_outcome(agent, oid, kind)
+            assert status == 202, body
+            hidden.append(body["id"])
+        assert agent.status()["outbox_depth"] == 0
+        assert agent.store.drops["outcomes_withdrawn"] == 3
+        status, _ = await http(agent, "PUT", "/v1/consent", json={"purposes": ALL})
+        assert status == 200
+        status, after = await post_outcome(agent, "w2", "click")
+        assert status == 202
+        assert await agent.drain(timeout=10)
+    sent = [o.id for b in gateway.batches for o in b.outcomes]
+    assert before["id"] in sent and after["id"] in sent
+    assert not set(hidden) & set(sent), "an outcome recorded after the withdrawal left"
