@@ -1,4 +1,4 @@
-"""`edgemart agent run`: the agent daemon's command line (thin over `agent.daemon.run_agent`)."""
+"""`edgemart agent run`: the agent daemon's command line (thin over `run_agent`)."""
 
 from __future__ import annotations
 
@@ -75,7 +75,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    from agent.daemon import run_agent  # noqa: PLC0415  # keeps `edgemart --help` light
+    from agent.runtime.agent import run_agent  # noqa: PLC0415  # keeps `edgemart --help` light
 
     try:
         profile_port = args.api_port == PROFILE_PORT

@@ -26,16 +26,16 @@ import aiohttp
 import aiomqtt
 
 from bench.record import Record, percentiles
-from cloud_gateway.auth import create_token
 from cloud_gateway.config import GatewaySettings
-from cloud_gateway.migrations import transaction
-from cloud_gateway.service import Gateway
-from cloud_gateway.store import Store
-from edgemart.broker import MosquittoProcess
+from cloud_gateway.db.migrations import transaction
+from cloud_gateway.db.store import Store
+from cloud_gateway.runtime.gateway import Gateway
+from cloud_gateway.security.auth import create_token
 from protocol import codec
 from protocol.envelopes import ClaimRequest, State, TrustFile
 from protocol.ids import new_id, utcnow
 from protocol.signing import Verifier
+from simulators.brokers import MosquittoProcess
 
 DEVICES = 1000
 PER_CONNECTION = 1

@@ -21,11 +21,11 @@ import aiohttp
 import numpy as np
 from aiohttp import web
 
-from agent.catalog import Catalog, build_catalog
-from agent.features import FeatureWindows
-from agent.policy import CapCounts, CapLimits, QuietWindow
-from agent.ranking import Consent, Situation, decide_catalog
-from agent.scoring import Model, load_default_model, prepare_inputs
+from agent.decide.catalog import Catalog, build_catalog
+from agent.decide.policy import CapCounts, CapLimits, QuietWindow
+from agent.decide.ranking import Consent, Situation, decide_catalog
+from agent.features.windows import FeatureWindows
+from agent.model.scoring import Model, load_default_model, prepare_inputs
 from bench.record import Record, percentiles
 from protocol.envelopes import Offer
 from protocol.ids import utcnow

@@ -21,11 +21,11 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
 from bench.record import Record
-from edgemart.broker import MosquittoProcess, free_port
 from protocol import codec
 from protocol.envelopes import Aggregate, Batch, Signal
 from protocol.ids import new_id, utcnow
 from protocol.topics import Topics
+from simulators.brokers import MosquittoProcess, free_port
 
 DEVICES, BATCHES, SIGNALS = 20, 25, 200  # 100,000 signals in 500 zlib batches
 FLEET = (1000, 10, 10)

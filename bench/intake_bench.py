@@ -17,15 +17,15 @@ import aiohttp
 import numpy as np
 
 import firmware_profiles
-from agent.aggregates import hit, merge_hits
 from agent.config import load_settings
-from agent.daemon import Agent
+from agent.intake.aggregates import hit, merge_hits
+from agent.runtime.agent import Agent
 from bench.record import Record
-from edgemart.broker import free_port
 from protocol import codec
 from protocol.envelopes import Aggregate, Batch, TrustFile
 from protocol.ids import format_time, new_id, utcnow
 from protocol.signing import Signer
+from simulators.brokers import free_port
 from simulators.world import make_world, usage_signals
 
 BATCH = 100

@@ -9,7 +9,7 @@ import time
 import numpy as np
 import onnxruntime
 
-from agent.scoring import default_model_paths
+from agent.model.scoring import default_model_paths
 from bench.record import Record
 from models.evaluate import auc, popularity_scores
 from models.logs import Examples

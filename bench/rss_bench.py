@@ -20,7 +20,7 @@ import urllib.request
 from pathlib import Path
 
 from bench.record import Record
-from edgemart.broker import MosquittoProcess, free_port
+from simulators.brokers import MosquittoProcess, free_port
 from simulators.faults import AgentProcess
 
 RATE = 100  # signals per second, in 10 requests of 10

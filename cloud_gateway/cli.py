@@ -9,10 +9,10 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from cloud_gateway.auth import create_token
 from cloud_gateway.config import load_settings, mqtt_credentials
 from cloud_gateway.errors import GatewayError
-from cloud_gateway.service import Gateway, run_gateway
+from cloud_gateway.runtime.gateway import Gateway, run_gateway
+from cloud_gateway.security.auth import create_token
 from protocol.broker_url import add_credential_options
 
 

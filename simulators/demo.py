@@ -52,7 +52,7 @@ async def _broker(url: str | None) -> AsyncIterator[str]:
     if url:
         yield url
         return
-    from edgemart.broker import EmbeddedBroker  # noqa: PLC0415 - only the default path needs it
+    from simulators.brokers import EmbeddedBroker  # noqa: PLC0415 - only the default path needs it
 
     async with EmbeddedBroker() as broker:
         yield broker.url
@@ -138,9 +138,9 @@ async def _attack(broker_url: str, topics: Topics, device_id: str) -> int:
 
 
 async def run_demo(options: DemoOptions) -> dict[str, Any]:
-    from cloud_gateway.auth import create_token  # noqa: PLC0415
     from cloud_gateway.config import GatewaySettings  # noqa: PLC0415
-    from cloud_gateway.service import Gateway  # noqa: PLC0415
+    from cloud_gateway.runtime.gateway import Gateway  # noqa: PLC0415
+    from cloud_gateway.security.auth import create_token  # noqa: PLC0415
 
     started = time.monotonic()
     world = make_world(options.seed, households=max(options.household + 1, 8))

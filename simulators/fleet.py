@@ -38,11 +38,11 @@ from typing import Any
 
 import aiohttp
 
-from cloud_gateway.auth import create_token
 from cloud_gateway.config import GatewaySettings
-from cloud_gateway.service import Gateway
-from edgemart.broker import EmbeddedBroker, MosquittoProcess, free_port
+from cloud_gateway.runtime.gateway import Gateway
+from cloud_gateway.security.auth import create_token
 from protocol.broker_url import parse_broker_url
+from simulators.brokers import EmbeddedBroker, MosquittoProcess, free_port
 from simulators.checker import Drops, account, check, coverage
 from simulators.demo import Operator
 from simulators.faults import AgentProcess

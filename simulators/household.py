@@ -15,7 +15,7 @@ import aiohttp
 import numpy as np
 
 from agent.config import load_settings
-from agent.daemon import Agent
+from agent.runtime.agent import Agent
 from protocol.ids import format_time, utcnow
 from simulators.world import Persona, World, usage_signals
 

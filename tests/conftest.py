@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from edgemart.broker import EmbeddedBroker, MosquittoProcess
+from simulators.brokers import EmbeddedBroker, MosquittoProcess
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,1 @@
+"""The device-local HTTP API apps on the device call."""

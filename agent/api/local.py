@@ -1,0 +1,223 @@
+"""The device-local HTTP API (aiohttp, loopback only): signals, offers, outcomes, consent."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+
+from agent.errors import InvalidInput, QuotaExceeded, StoreError, TooLarge, UnknownOffer
+from agent.intake.consent import parse_purposes
+from agent.intake.validate import parse_outcome, parse_signals
+from agent.offers.claims import NotClaimable, claim_json
+from mqttlink.logs import OnceLogger
+from protocol.ids import format_time
+
+if TYPE_CHECKING:
+    from agent.runtime.agent import Agent
+
+log = logging.getLogger(__name__)
+HOST = "127.0.0.1"
+MAX_LIMIT = 50
+
+
+class LocalApi:
+    """Serves one agent on loopback; `port` is the bound port once started."""
+
+    def __init__(self, agent: Agent, port: int) -> None:
+        self._agent = agent
+        self._requested_port = port
+        self.port: int | None = None
+        self._runner: web.AppRunner | None = None
+        self._faults = OnceLogger(log)
+        max_bytes = agent.settings.max_request_bytes
+        self.app = web.Application(client_max_size=max_bytes, middlewares=[self._http_errors])
+        self.app.add_routes(
+            [
+                web.post("/v1/signals", self.post_signals),
+                web.get("/v1/offers", self.get_offers),
+                web.post("/v1/outcomes", self.post_outcome),
+                web.get("/v1/consent", self.get_consent),
+                web.put("/v1/consent", self.put_consent),
+                web.get("/v1/status", self.get_status),
+                web.get("/healthz", self.healthz),
+                web.get("/metrics", self.metrics),
+                web.post("/v1/claims", self.post_claim),
+                web.get("/v1/claims/{claim_id}", self.get_claim),
+            ]
+        )
+
+    async def start(self) -> int:
+        runner = web.AppRunner(self.app, access_log=None, handle_signals=False)
+        await runner.setup()
+        site = web.TCPSite(runner, HOST, self._requested_port, reuse_address=True)
+        await site.start()
+        self._runner = runner
+        server = site._server  # aiohttp has no public accessor for the bound port of port 0
+        sockets = getattr(server, "sockets", None) or []
+        self.port = int(sockets[0].getsockname()[1]) if sockets else self._requested_port
+        log.info("local API on http://%s:%d", HOST, self.port)
+        return self.port
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    # ------------------------------------------------------------ helpers
+
+    def _reject(self, status: int, errors: list[dict[str, str]]) -> web.Response:
+        self._agent.metrics.inc("api_rejected")
+        self._faults.log(str(status), "local API refused a request (%d): %s", status, errors[:1])
+        return web.json_response({"errors": errors}, status=status)
+
+    @web.middleware
+    async def _http_errors(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        """aiohttp's own refusals (no such route, wrong method, a body over `client_max_size`)
+        in the same error body as ours, and counted like them."""
+        try:
+            response: web.StreamResponse = await handler(request)
+            return response
+        except web.HTTPException as exc:
+            if not 400 <= exc.status < 500:
+                raise
+            return self._reject(exc.status, [{"loc": "(request)", "msg": exc.reason}])
+
+    async def _body(self, request: web.Request) -> Any:
+        limit = self._agent.settings.max_request_bytes
+        if request.content_length is not None and request.content_length > limit:
+            raise TooLarge(f"body of {request.content_length} bytes", limit=limit)
+        try:
+            raw = await request.read()
+        except web.HTTPRequestEntityTooLarge as exc:
+            raise TooLarge("body over the size limit", limit=limit) from exc
+        try:
+            return json.loads(raw)
+        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+            raise InvalidInput([{"loc": "(body)", "msg": f"not JSON: {exc}"}]) from exc
+
+    async def _guard(self, request: web.Request, handler: Any) -> web.Response:
+        try:
+            response: web.Response = await handler(request)
+            return response
+        except TooLarge as exc:
+            return self._reject(413, [{"loc": "(body)", "msg": str(exc)}])
+        except InvalidInput as exc:
+            return self._reject(400, exc.errors)
+        except UnknownOffer as exc:
+            return self._reject(404, [{"loc": "offer_id", "msg": str(exc)}])
+        except NotClaimable as exc:
+            return self._reject(409, [{"loc": "offer_id", "msg": str(exc)}])
+        except QuotaExceeded as exc:
+            return self._reject(503, [{"loc": "(outbox)", "msg": str(exc)}])
+        except StoreError as exc:
+            log.error("store failure serving %s: %s", request.path, exc)  # noqa: TRY400
+            return web.json_response({"errors": [{"loc": "(store)", "msg": str(exc)}]}, status=500)
+
+    # ------------------------------------------------------------ routes
+
+    async def post_signals(self, request: web.Request) -> web.Response:
+        async def handle(req: web.Request) -> web.Response:
+            body = await self._body(req)
+            parsed = parse_signals(body, max_items=self._agent.settings.max_request_items)
+            ids = await self._agent.accept_parsed(parsed)
+            return web.json_response({"accepted": len(ids), "ids": ids}, status=202)
+
+        return await self._guard(request, handle)
+
+    async def get_offers(self, request: web.Request) -> web.Response:
+        async def handle(req: web.Request) -> web.Response:
+            surface = req.query.get("surface", "")
+            errors: list[dict[str, str]] = []
+            if surface not in self._agent.settings.profile.surfaces:
+                known = ", ".join(self._agent.settings.profile.surfaces)
+                errors.append({"loc": "surface", "msg": f"unknown surface (known: {known})"})
+            raw_limit = req.query.get("limit", "3")
+            # isdigit() alone takes "²" (int() refuses it) and any number of digits
+            digits = raw_limit.isascii() and raw_limit.isdigit() and len(raw_limit) <= 3
+            limit = int(raw_limit) if digits else 0
+            if not 1 <= limit <= MAX_LIMIT:
+                errors.append({"loc": "limit", "msg": f"must be an integer 1..{MAX_LIMIT}"})
+            if errors:
+                raise InvalidInput(errors)
+            explain = req.query.get("explain", "") in ("1", "true", "yes")
+            decision = await self._agent.decide(surface, limit, explain=explain)
+            body: dict[str, Any] = {
+                "surface": surface,
+                "model_version": self._agent.model_version,
+                "offers": [r.to_json() for r in decision.ranked],
+            }
+            if decision.held_until is not None:
+                body["held_until"] = format_time(decision.held_until)
+            if explain:
+                body["filtered"] = [
+                    {"offer_id": oid, "reason": reason} for oid, reason in decision.filtered
+                ]
+            return web.json_response(body)
+
+        return await self._guard(request, handle)
+
+    async def post_outcome(self, request: web.Request) -> web.Response:
+        async def handle(req: web.Request) -> web.Response:
+            outcome = parse_outcome(await self._body(req))
+            result = await self._agent.record_outcome_detail(
+                outcome.offer_id, outcome.kind, outcome.surface
+            )
+            # an unattributed conversion is answered, not stored: 200 with the reason
+            return web.json_response(result, status=202 if result.get("id") else 200)
+
+        return await self._guard(request, handle)
+
+    async def get_consent(self, request: web.Request) -> web.Response:
+        return web.json_response(self._agent.consent.to_json())
+
+    async def put_consent(self, request: web.Request) -> web.Response:
+        async def handle(req: web.Request) -> web.Response:
+            body = await self._body(req)
+            if not isinstance(body, dict) or set(body) != {"purposes"}:
+                raise InvalidInput([{"loc": "purposes", "msg": 'body must be {"purposes": {...}}'}])
+            purposes = parse_purposes(body["purposes"], loc_prefix="purposes")
+            state = await self._agent.set_consent(purposes)
+            return web.json_response(state.to_json())
+
+        return await self._guard(request, handle)
+
+    async def get_status(self, request: web.Request) -> web.Response:
+        return web.json_response(self._agent.status())
+
+    async def healthz(self, request: web.Request) -> web.Response:
+        return web.json_response({"ok": True, "link": self._agent.status()["link"]})
+
+    async def metrics(self, request: web.Request) -> web.Response:
+        body = self._agent.metrics.render()
+        return web.Response(body=body, headers={"Content-Type": "text/plain; version=0.0.4"})
+
+    async def post_claim(self, request: web.Request) -> web.Response:
+        async def handle(req: web.Request) -> web.Response:
+            body = await self._body(req)
+            offer_id = body.get("offer_id") if isinstance(body, dict) else None
+            if not isinstance(body, dict) or set(body) != {"offer_id"}:
+                raise InvalidInput([{"loc": "(body)", "msg": 'body must be {"offer_id": "..."}'}])
+            if not isinstance(offer_id, str) or not _ID_RE.fullmatch(offer_id):
+                raise InvalidInput([{"loc": "offer_id", "msg": "must be an offer id"}])
+            row, created = await self._agent.claim(offer_id)
+            return web.json_response(claim_json(row), status=202 if created else 200)
+
+        return await self._guard(request, handle)
+
+    async def get_claim(self, request: web.Request) -> web.Response:
+        async def handle(req: web.Request) -> web.Response:
+            claim_id = req.match_info["claim_id"]
+            claims = self._agent.claims
+            row = await claims.get(claim_id) if claims is not None and len(claim_id) <= 64 else None
+            if row is None:
+                return self._reject(404, [{"loc": "claim_id", "msg": f"no claim {claim_id!r}"}])
+            return web.json_response(claim_json(row))
+
+        return await self._guard(request, handle)
+
+
+_ID_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")

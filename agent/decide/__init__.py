@@ -1,0 +1,1 @@
+"""Decisions: held-offer catalog, policy, ranking, attribution, outcome memory."""

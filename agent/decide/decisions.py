@@ -1,0 +1,274 @@
+"""The agent's decision plumbing: ranking with caps and quiet hours, outcome memory, logging."""
+
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
+
+from agent.config import AgentSettings
+from agent.decide import attribution
+from agent.decide.catalog import Catalog
+from agent.decide.policy import CapCounts, CapLimits, QuietWindow, parse_hhmm
+from agent.decide.ranking import Consent, Decision, Situation, decide, decide_catalog
+from agent.errors import ScoringError
+from agent.features.windows import UserContext
+from agent.model.scoring import Model
+from agent.runtime.metrics import Metrics
+from agent.store.core import NewOutcome, Store
+from protocol.envelopes import Offer
+from protocol.ids import format_time, new_id
+
+log = logging.getLogger(__name__)
+
+LAST_DECISIONS = 5000
+DECISION_COUNTERS = (
+    "counterfactual_impressions",
+    "conversions_attributed",
+    "conversions_unattributed",
+    "models_loaded",
+    "models_rejected",
+)
+
+
+class Decisions:
+    """Daily caps, quiet hours and the memory of recent decisions behind `Agent.decide` and
+    `Agent.record_outcome_detail`.
+
+    It ranks with what the agent hands it (model, catalog, feature context, consent), remembers
+    each returned offer's score, model version and features so a later outcome carries them,
+    logs holdout impressions, and stores outcomes (counting impressions toward caps, attributing
+    conversions). `on_outcome` runs after each stored outcome (the agent pokes its uplink).
+    `on_model_failure(model, error)` runs when a model fails at run time and answers the model
+    to rank with instead (the agent's last good one, `Agent._model_failed`), or None.
+    """
+
+    def __init__(
+        self,
+        settings: AgentSettings,
+        store: Store,
+        metrics: Metrics,
+        *,
+        on_outcome: Callable[[], None],
+        on_model_failure: Callable[[Model, ScoringError], Model | None] | None = None,
+    ) -> None:
+        self._settings = settings
+        self._on_model_failure = on_model_failure
+        self._store = store
+        self._metrics = metrics
+        self._on_outcome = on_outcome
+        for name in DECISION_COUNTERS:
+            metrics.counters.setdefault(name, 0)
+        self.caps = CapCounts()
+        self._last: OrderedDict[str, tuple[float, int | None]] = OrderedDict()
+        self._features: OrderedDict[str, tuple[float, ...] | None] = OrderedDict()
+        self._counterfactual_at: OrderedDict[tuple[str, str], float] = OrderedDict()
+        policy = settings.profile.decisions
+        self.cap_limits = CapLimits(
+            policy.offer_per_day,
+            policy.campaign_per_day,
+            dict(policy.surface_per_day),
+            policy.global_per_day,
+        )
+        self.quiet = tuple(
+            QuietWindow(parse_hhmm(q.start), parse_hhmm(q.end)) for q in policy.quiet_hours
+        )
+
+    def forget(self, now: datetime) -> None:
+        """After an erasure: no remembered decision, no impression counted today."""
+        self._last.clear()
+        self._features.clear()
+        self._counterfactual_at.clear()
+        self.caps = CapCounts.load([], self.local_day(now))
+
+    def local_day(self, now: datetime) -> int:
+        """The device-local day (proleptic ordinal) daily caps count in."""
+        return now.astimezone(self._settings.tz).date().toordinal()
+
+    def rank(
+        self,
+        surface: str,
+        limit: int,
+        now: datetime,
+        *,
+        model: Model | None,
+        catalog: Catalog | None,
+        ctx: UserContext,
+        consent: Consent,
+        refused: frozenset[str],
+        explain: bool,
+    ) -> Decision:
+        """One ranking (`agent.decide.ranking`), remembered. When the model fails at run time, with
+        the last good model `on_model_failure` answers, else without a model (priority)."""
+        self.caps.roll(self.local_day(now))
+        situation = Situation(
+            self._settings.device_id, self.caps, self.cap_limits, self.quiet, refused
+        )
+        tried: set[int] = set()
+        while True:
+            try:
+                decision = self._rank_with(
+                    model,
+                    catalog,
+                    ctx,
+                    surface,
+                    limit=limit,
+                    now=now,
+                    consent=consent,
+                    explain=explain,
+                    situation=situation,
+                )
+                break
+            except ScoringError as exc:
+                if model is None:  # only a model raises ScoringError
+                    raise
+                tried.add(id(model))
+                fallback = None
+                if self._on_model_failure is not None:
+                    fallback = self._on_model_failure(model, exc)
+                if fallback is not None and id(fallback) not in tried:
+                    model = fallback
+                    continue
+                log.error("model failed, ranking without it: %s", exc)  # noqa: TRY400
+                model = None
+        for ranked in decision.ranked:
+            self._last[ranked.offer.id] = (ranked.score, decision.model_version)
+            self._last.move_to_end(ranked.offer.id)
+            self._features[ranked.offer.id] = ranked.features
+            self._features.move_to_end(ranked.offer.id)
+        while len(self._last) > LAST_DECISIONS:
+            self._last.popitem(last=False)
+        while len(self._features) > LAST_DECISIONS:
+            self._features.popitem(last=False)
+        return decision
+
+    def _rank_with(
+        self,
+        model: Model | None,
+        catalog: Catalog | None,
+        ctx: UserContext,
+        surface: str,
+        *,
+        limit: int,
+        now: datetime,
+        consent: Consent,
+        explain: bool,
+        situation: Situation,
+    ) -> Decision:
+        if catalog is None:
+            return decide(model, [], ctx, surface, limit, now, consent, explain)
+        return decide_catalog(
+            model,
+            catalog,
+            ctx,
+            surface,
+            limit,
+            now,
+            consent,
+            explain,
+            max_candidates=self._settings.profile.budgets.max_candidates,
+            situation=situation,
+        )
+
+    async def log_counterfactual(self, decision: Decision, surface: str, now: datetime) -> None:
+        """A holdout kept these offers off: log the impression they would have made (once per
+        offer and surface per `counterfactual_gap_s`); it counts toward caps like a real one."""
+        gap = self._settings.profile.decisions.counterfactual_gap_s
+        moment = now.timestamp()
+        for held in decision.counterfactual:
+            key = (held.offer.id, surface)
+            last = self._counterfactual_at.get(key)
+            if last is not None and moment - last < gap:
+                continue
+            self._counterfactual_at[key] = moment
+            self._counterfactual_at.move_to_end(key)
+            while len(self._counterfactual_at) > LAST_DECISIONS:
+                self._counterfactual_at.popitem(last=False)
+            await self._store_outcome(
+                held.offer,
+                "impression",
+                surface,
+                now,
+                score=held.score,
+                version=decision.model_version,
+                features=held.features,
+                counterfactual=True,
+            )
+            self._metrics.inc("counterfactual_impressions")
+
+    async def record(
+        self, offer: Offer, kind: str, surface: str, now: datetime, *, model_version: int | None
+    ) -> dict[str, Any]:
+        """Store a checked outcome of a held offer: `{"id", "attributed_to"?}`, or
+        `{"id": None, "reason"}` for a conversion no exposure explains (`agent.decide.attribution`).
+        `model_version` is the one serving, for an offer no remembered decision returned."""
+        score, version = self._last.get(offer.id, (None, model_version))
+        features = self._features.get(offer.id)
+        counterfactual = False
+        variant = offer.variant
+        body: dict[str, Any] = {}
+        if kind == "conversion":
+            policy = self._settings.profile.decisions
+            exposure = await attribution.attribute(
+                self._store, policy, offer.campaign_id, now.timestamp()
+            )
+            if exposure is None:
+                self._metrics.inc("conversions_unattributed")
+                return {"id": None, "reason": attribution.explain_miss(policy, offer.campaign_id)}
+            score, version, features = exposure.score, exposure.model_version, exposure.features
+            counterfactual, variant = exposure.counterfactual, exposure.variant
+            body["attributed_to"] = {"id": exposure.outcome_id, "kind": exposure.kind}
+            self._metrics.inc("conversions_attributed")
+        body["id"] = await self._store_outcome(
+            offer,
+            kind,
+            surface,
+            now,
+            score=score,
+            version=version,
+            features=features,
+            counterfactual=counterfactual,
+            variant=variant,
+        )
+        return body
+
+    async def _store_outcome(
+        self,
+        offer: Offer,
+        kind: str,
+        surface: str,
+        now: datetime,
+        *,
+        score: float | None,
+        version: int | None,
+        features: tuple[float, ...] | None,
+        counterfactual: bool,
+        variant: str | None = None,
+    ) -> str:
+        outcome = NewOutcome(
+            id=new_id(),
+            offer_id=offer.id,
+            campaign_id=offer.campaign_id,
+            variant=variant or offer.variant,
+            kind=kind,
+            at=format_time(now),
+            surface=surface,
+            score=score,
+            model_version=version,
+        )
+        cap_rows: list[tuple[str, str, int]] = []
+        if kind == "impression":
+            self.caps.add(offer.id, offer.campaign_id, surface, self.local_day(now))
+            cap_rows = self.caps.rows(offer.id, offer.campaign_id, surface)
+        await self._store.record_decision_outcome(
+            outcome,
+            features=features,
+            counterfactual=counterfactual,
+            cap_rows=cap_rows,
+            exposure=kind in ("impression", "click"),
+        )
+        self._metrics.inc("outcomes_recorded")
+        self._on_outcome()
+        return outcome.id

@@ -1,0 +1,299 @@
+"""Ranking policy: consent gating, eligibility, one model run per decision, diversity, order.
+
+Pure: no I/O, no clock (callers pass `now`). The final score of an offer is its model score,
+nothing blended in. Ties are broken by the order alone: higher `priority` first, then the
+smaller offer id, so equal scores give a stable, reproducible ranking.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from operator import attrgetter
+from typing import Any
+
+import numpy as np
+
+from agent.decide.catalog import CODE, REASONS, Catalog, build_catalog
+from agent.decide.policy import (
+    CapCounts,
+    CapLimits,
+    Gate,
+    Household,
+    QuietWindow,
+    cap_arrays,
+    eligible_mask,
+    filter_codes,
+    held_until,
+    select,
+    surface_capped,
+)
+from agent.features.windows import UserContext
+from agent.model.scoring import Model, prepare_inputs
+from protocol.envelopes import Offer
+
+MAX_LIMIT = 50
+_get_priority = attrgetter("priority")
+CONSUMABLE_LOW = 0.8
+"""`consumable_need` above which an offer of that category carries the reason `consumable_low`."""
+
+
+@dataclass(frozen=True, slots=True)
+class Consent:
+    """The household's consent per purpose (absent means refused)."""
+
+    analytics: bool = False
+    personalization: bool = False
+    marketing: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class RankedOffer:
+    """One offer the device may show, with the score it was ranked by and why."""
+
+    offer: Offer
+    score: float
+    reasons: tuple[str, ...]
+    features: tuple[float, ...] | None = None
+    """The scaled model inputs this offer was scored with (logged with its outcomes)."""
+
+    def to_json(self) -> dict[str, Any]:
+        """The offer as JSON plus `score` and `reasons` (one item of `GET /v1/offers`)."""
+        body = self.offer.model_dump(mode="json")
+        body["score"] = self.score
+        body["reasons"] = list(self.reasons)
+        return body
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """Ranked offers (best first), the offers left out with a reason, the model version used."""
+
+    ranked: list[RankedOffer]
+    filtered: list[tuple[str, str]]
+    model_version: int | None
+    counterfactual: list[RankedOffer] = field(default_factory=list)
+    """Offers a holdout kept off the surface that would have been shown (logged, not shown)."""
+    held_until: datetime | None = None
+    """Set in quiet hours: nothing is shown before this moment (UTC)."""
+
+
+def eligibility(
+    offers: Sequence[Offer], surface: str, now: datetime
+) -> tuple[list[Offer], list[tuple[str, str]]]:
+    """Split `offers` into those showable on `surface` at `now`, and `(offer_id, reason)` pairs.
+
+    Reasons: `duplicate` (an id seen earlier in `offers`), `wrong_surface`, `invalid` (fields out
+    of range or `starts_at >= expires_at`), `not_started` (now < starts_at), `expired`
+    (now >= expires_at).
+    """
+    eligible: list[Offer] = []
+    filtered: list[tuple[str, str]] = []
+    seen: set[str] = set()
+    keep = eligible.append
+    drop = filtered.append
+    inf = math.inf
+    for offer in offers:  # the hot loop of a decision: kept flat on purpose
+        oid = offer.id
+        if oid in seen:
+            drop((oid, "duplicate"))
+            continue
+        seen.add(oid)
+        starts_at = offer.starts_at
+        expires_at = offer.expires_at
+        if surface not in offer.surfaces:
+            drop((oid, "wrong_surface"))
+        elif not (
+            # pydantic checked these on the wire; this guards offers built without validation
+            starts_at < expires_at
+            and 0.0 <= offer.discount <= 1.0
+            and 0.0 <= offer.price < inf
+            and 0 <= offer.priority <= 100
+        ):
+            drop((oid, "invalid"))
+        elif now < starts_at:
+            drop((oid, "not_started"))
+        elif now >= expires_at:
+            drop((oid, "expired"))
+        else:
+            keep(offer)
+    return eligible, filtered
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Situation:
+    """What a decision knows besides the catalog and the user context: policy state."""
+
+    device_id: str = ""
+    caps: CapCounts | None = None
+    limits: CapLimits = field(default_factory=CapLimits)
+    quiet: tuple[QuietWindow, ...] = ()
+    refused: frozenset[str] = frozenset()
+    """Offer ids whose claim the gateway refused (sold out): not offered again."""
+
+
+def decide(  # noqa: PLR0917  # positional signature is the agent's published seam
+    model: Model | None,
+    offers: Sequence[Offer],
+    ctx: UserContext,
+    surface: str,
+    limit: int,
+    now: datetime,
+    consent: Consent,
+    explain: bool = False,
+    *,
+    max_candidates: int | None = None,
+) -> Decision:
+    """Rank `offers` for `surface` at `now` (builds their catalog; see `decide_catalog`)."""
+    if not consent.marketing:
+        version = model.version if model is not None else None
+        return Decision([], [(o.id, "no_marketing_consent") for o in offers], version)
+    catalog = build_catalog(offers)
+    return decide_catalog(
+        model,
+        catalog,
+        ctx,
+        surface,
+        limit,
+        now,
+        consent,
+        explain,
+        max_candidates=max_candidates,
+        reasons_always=True,
+    )
+
+
+def decide_catalog(  # noqa: PLR0917  # one flat hot path, on purpose
+    model: Model | None,
+    catalog: Catalog,
+    ctx: UserContext,
+    surface: str,
+    limit: int,
+    now: datetime,
+    consent: Consent,
+    explain: bool = False,
+    *,
+    max_candidates: int | None = None,
+    situation: Situation | None = None,
+    reasons_always: bool = False,
+) -> Decision:
+    """Rank the catalog's offers eligible for `surface` at `now`; at most `limit` (1..50).
+
+    * No marketing consent: nothing is returned, every offer is filtered `no_marketing_consent`.
+    * No personalization consent (or a non-personalized `ctx`): personal features take their
+      spec defaults, targeting on personal data does not match, and every offer carries
+      `non_personalized`.
+    * Quiet hours (the profile's, device local time): nothing is shown, every candidate is
+      filtered `quiet_hours` and `held_until` says when they may be shown again.
+    * Eligibility and caps are vectorised masks (`agent.decide.policy`); all candidates are scored
+      in one `session.run`. `model=None` falls back to `priority / 100` (reason `no_model`).
+    * At most one offer per campaign; a campaign holding this device out takes its slot
+      without being shown (`counterfactual`), the next best fills it.
+    * `max_candidates`: beyond it, the lowest-priority candidates are filtered `over_budget`.
+    * `explain=True` adds each returned offer's scaled inputs to its reasons and lists every
+      offer not returned in `filtered` with the first reason that kept it off. Without it,
+      `filtered` lists only what the walk met (or everything, with `reasons_always`).
+    """
+    version = model.version if model is not None else None
+    if not consent.marketing:
+        return Decision([], [(o.id, "no_marketing_consent") for o in catalog.offers], version)
+    limit = min(max(int(limit), 1), MAX_LIMIT)
+    if not consent.personalization:
+        ctx = ctx.depersonalized()
+    sit = situation or _PLAIN
+    household = Household(
+        ctx.profile,
+        ctx.personalized,
+        ctx.member_tier,
+        ctx.owned,
+        frozenset(ctx.category_7d) if ctx.personalized else frozenset(),
+    )
+    caps = cap_arrays(catalog, sit.caps, sit.limits) if sit.caps is not None else None
+    refused = catalog.rows(sit.refused) if sit.refused else None
+    gate = Gate(surface, now.timestamp(), household, caps, refused)
+    mask = eligible_mask(catalog, gate)
+    want_reasons = explain or reasons_always
+    codes = filter_codes(catalog, gate) if want_reasons else None
+    rows = np.flatnonzero(mask)
+    filtered_rows: list[tuple[int, int]] = []
+
+    blanket = surface_capped(sit.caps, sit.limits, surface) if sit.caps is not None else None
+    held = held_until(now, ctx.local_hour, sit.quiet) if sit.quiet else None
+    if held is not None:
+        blanket = "quiet_hours"
+    if blanket is not None:
+        code = CODE[blanket]
+        if want_reasons:
+            filtered_rows.extend((int(r), code) for r in rows.tolist())
+        rows = rows[:0]
+    if max_candidates is not None and len(rows) > max(max_candidates, 1):
+        # rows are in (-priority, id) order: the first ones are the highest priorities
+        keep = max(max_candidates, 1)
+        over = CODE["over_budget"]
+        filtered_rows.extend((int(r), over) for r in rows[keep:].tolist())
+        rows = rows[:keep]
+
+    ranked: list[RankedOffer] = []
+    counterfactual: list[RankedOffer] = []
+    if len(rows):
+        matrix: np.ndarray | None = None
+        if model is not None:
+            matrix = prepare_inputs(model.spec, catalog).matrix(rows, ctx)
+            scores = model.score(matrix)
+            common: tuple[str, ...] = (f"model:v{model.version}",)
+        else:
+            scores = catalog.priority[rows] / 100.0
+            common = ("no_model",)
+        common += ("personalized",) if ctx.personalized else ("non_personalized",)
+        finite = np.isfinite(scores)
+        if not finite.all():
+            bad = CODE["non_finite_score"]
+            filtered_rows.extend((int(r), bad) for r in rows[~finite].tolist())
+            rows, scores = rows[finite], scores[finite]
+            if matrix is not None:
+                matrix = matrix[finite]
+        # a stable sort keeps the catalog's (-priority, id) order among equal scores
+        order = np.argsort(-scores, kind="stable")
+        by_rank = rows[order]
+        held_out = catalog.holdout_mask(sit.device_id)[by_rank] if sit.device_id else None
+        picked = select(
+            range(len(by_rank)), catalog.camp_code[by_rank], held_out, limit, explain=explain
+        )
+        names = model.spec.names if model is not None else []
+        for group, out in ((picked.shown, ranked), (picked.counterfactual, counterfactual)):
+            for p in group:
+                k = int(order[p])
+                offer = catalog.offers[int(by_rank[p])]
+                reasons = common + _reasons(offer, ctx)
+                features: tuple[float, ...] | None = None
+                if matrix is not None:
+                    features = tuple(matrix[k].tolist())
+                    if explain:
+                        reasons += tuple(
+                            f"input:{n}={v:.4g}" for n, v in zip(names, features, strict=True)
+                        )
+                out.append(RankedOffer(offer, float(scores[k]), reasons, features))
+        filtered_rows.extend((int(by_rank[p]), code) for p, code in picked.dropped)
+
+    filtered: list[tuple[str, str]] = []
+    if want_reasons and codes is not None:
+        for row in np.flatnonzero(codes).tolist():
+            filtered.append((catalog.offers[row].id, REASONS[codes[row]]))
+    filtered.extend((catalog.offers[r].id, REASONS[c]) for r, c in filtered_rows)
+    return Decision(ranked, filtered, version, counterfactual, held)
+
+
+_PLAIN = Situation()
+
+
+def _reasons(offer: Offer, ctx: UserContext) -> tuple[str, ...]:
+    if not ctx.personalized:
+        return ()
+    reasons: tuple[str, ...] = ()
+    if ctx.category_24h.get(offer.category, 0) > 0:
+        reasons += ("category_affinity",)
+    if ctx.consumable_need.get(offer.category, 0.0) > CONSUMABLE_LOW:
+        reasons += ("consumable_low",)
+    return reasons

@@ -1,0 +1,1 @@
+"""Feature windows: hourly signal buckets and the context a decision reads."""

@@ -1,0 +1,1 @@
+"""Signal intake: validation of what apps hand in, consent, aggregates, the intake service."""

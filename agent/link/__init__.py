@@ -1,0 +1,1 @@
+"""The device's MQTT link: session, uplink batches, signed downlink, commands."""

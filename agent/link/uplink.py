@@ -1,0 +1,312 @@
+"""Uplink batches: cut by size and age, persisted seq, bounded in flight, resent until acked.
+
+Also the daily byte budget (raw degrades to aggregates, then the uplink holds until the
+next day) and the paced drain after an outage (a token bucket of batches per second; the
+store cuts high priority first, then oldest first).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+from agent import AGENT_VERSION
+from agent.config import AgentSettings
+from agent.errors import BatchTooLarge, LinkDown
+from agent.intake.consent import ConsentState
+from agent.link.downlink import UnknownFields
+from agent.link.session import Link
+from agent.runtime.metrics import Metrics
+from agent.store.batches import StoredBatch
+from agent.store.core import Store
+from mqttlink.logs import OnceLogger
+from protocol import codec
+from protocol.envelopes import MAX_OUTCOMES_PER_BATCH, MAX_RECEIPTS_PER_BATCH, Ack, Batch
+from protocol.errors import ProtocolError
+from protocol.ids import utcnow
+
+log = logging.getLogger(__name__)
+
+MAX_BATCH_JSON = codec.MAX_DECOMPRESSED // 2
+"""A batch's JSON stays within half the gateway's decompressed bound (headroom for a
+gateway configured tighter, and for the JSON encoder's choices)."""
+MAX_BATCH_PAYLOAD = codec.MAX_COMPRESSED * 3 // 4
+"""What is published stays within 3/4 of the gateway's bound on the payload as received."""
+
+
+def encode_bounded(
+    batch: Batch,
+    compress: bool | None,
+    max_json: int = MAX_BATCH_JSON,
+    max_payload: int = MAX_BATCH_PAYLOAD,
+) -> bytes:
+    """Pure: the payload of `batch`, or BatchTooLarge when its JSON or what would be
+    published passes the bounds (the store then cuts a smaller batch)."""
+    raw = codec.dumps(batch.model_dump(mode="json", exclude_none=True))
+    if len(raw) > max_json:
+        raise BatchTooLarge(len(raw), 0)
+    payload = codec.maybe_compress(raw, compress)
+    if len(payload) > max_payload:
+        raise BatchTooLarge(len(raw), len(payload))
+    return payload
+
+
+class Uplink:
+    """Moves the outbox to the gateway: a batch's rows leave the device only on its ack."""
+
+    def __init__(
+        self,
+        settings: AgentSettings,
+        store: Store,
+        link: Link,
+        metrics: Metrics,
+        *,
+        consent: Callable[[], ConsentState],
+        model_version: Callable[[], int | None],
+    ) -> None:
+        self.settings = settings
+        self.cfg = settings.profile.uplink
+        self._store = store
+        self._link = link
+        self._metrics = metrics
+        self._consent = consent
+        self._model_version = model_version
+        self._topic = settings.topics.batch(settings.device_id)
+        self._in_flight: dict[int, float | None] = {}  # seq -> monotonic time sent (None: due)
+        self._wake = asyncio.Event()
+        self._flush = False
+        self._faults = OnceLogger(log)
+        self._unknown = UnknownFields(metrics)
+        self._tick = max(0.02, min(0.25, self.cfg.batch_max_age_s / 4 or 0.02))
+        self._budget = settings.profile.budgets.uplink_bytes_per_day
+        self._tokens = float(self.cfg.max_in_flight)
+        self._refilled = time.monotonic()
+        self.holding = False
+
+    # ------------------------------------------------------------ budget and pacing
+
+    def today(self) -> str:
+        return datetime.fromtimestamp(self._store.clock(), tz=UTC).strftime("%Y-%m-%d")
+
+    def used_today(self) -> int:
+        """Bytes published today (resends included), as persisted by the store."""
+        return self._store.budget_bytes if self._store.budget_day == self.today() else 0
+
+    def degraded(self) -> bool:
+        """Raw mode over its share of the daily byte budget: aggregates for the rest of it."""
+        if self._budget <= 0 or self.cfg.mode == "aggregate":
+            return False
+        return self.used_today() >= self.cfg.degrade_at * self._budget
+
+    def mode(self) -> str:
+        """What new signals become: `raw` rows or `aggregate` counts."""
+        return "aggregate" if self.cfg.mode == "aggregate" or self.degraded() else "raw"
+
+    def over_budget(self) -> bool:
+        return self._budget > 0 and self.used_today() >= self._budget
+
+    def _take_token(self) -> bool:
+        now = time.monotonic()
+        rate = self.cfg.drain_batches_per_s
+        burst = float(self.cfg.max_in_flight)
+        self._tokens = min(burst, self._tokens + (now - self._refilled) * rate)
+        self._refilled = now
+        if self._tokens >= 1.0:
+            self._tokens -= 1.0
+            return True
+        return False
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._in_flight)
+
+    async def start(self) -> None:
+        """Batches stored by an earlier run are in flight again: resent on the next connect."""
+        for batch in await self._store.batches():
+            self._in_flight[batch.seq] = None
+
+    def poke(self, *, flush: bool = False) -> None:
+        """New rows in the outbox (or a flush request): look at it now, not at the next tick."""
+        if flush:
+            self._flush = True
+        self._wake.set()
+
+    def on_connected(self) -> None:
+        """A (re)connect: every unacked batch is due again."""
+        for seq in self._in_flight:
+            self._in_flight[seq] = None
+        self._wake.set()
+
+    async def run(self) -> None:
+        while True:
+            try:
+                async with asyncio.timeout(self._tick):
+                    await self._wake.wait()
+            except TimeoutError:
+                pass
+            self._wake.clear()
+            await self.step()
+
+    async def step(self) -> None:
+        """Resend what is overdue, then cut new batches while there is room in flight."""
+        if not self._link.connected.is_set():
+            return
+        analytics = self._consent().analytics
+        held = self.over_budget()
+        if held != self.holding:
+            self.holding = held
+            log.warning(
+                "uplink %s: %d of %d bytes today",
+                "holding" if held else "resuming",
+                self.used_today(),
+                self._budget,
+            )
+        if held:
+            return
+        try:
+            if self.degraded() and analytics:
+                folded = await self._store.fold_pending(self.cfg.aggregate_window_s)
+                if folded:
+                    self._metrics.inc("signals_folded", folded)
+            await self._resend_due()
+            while len(self._in_flight) < self.cfg.max_in_flight:
+                if not self._take_token():
+                    break  # paced: the next tick looks again
+                batch = await self._maybe_cut(analytics)
+                if batch is None:
+                    self._tokens += 1.0  # nothing cut: the token was not used
+                    break
+                await self._send(batch.seq, batch.payload, resend=False)
+            if self._flush:
+                pending = await self._store.pending()
+                if not (pending.signals or pending.outcomes or pending.receipts):
+                    self._flush = False
+        except LinkDown as exc:
+            log.debug("uplink paused: %s", exc)
+
+    async def _resend_due(self) -> None:
+        now = time.monotonic()
+        due = [
+            seq
+            for seq, sent in sorted(self._in_flight.items())
+            if sent is None or now - sent >= self.cfg.ack_timeout_s
+        ]
+        if not due:
+            return
+        stored = {b.seq: b for b in await self._store.batches()}
+        for seq in due:
+            batch = stored.get(seq)
+            if batch is None:  # acked meanwhile
+                self._in_flight.pop(seq, None)
+                continue
+            await self._send(seq, batch.payload, resend=True, attempts=batch.attempts)
+
+    async def _maybe_cut(self, analytics: bool) -> StoredBatch | None:
+        pending = await self._store.pending()
+        data = pending.signals + pending.outcomes + pending.aggregates if analytics else 0
+        if data == 0 and pending.receipts == 0:
+            return None
+        age = self._store.clock() - pending.oldest if pending.oldest is not None else 0.0
+        full = pending.signals >= self.cfg.batch_max_signals
+        data_due = data > 0 and (full or age >= self.cfg.batch_max_age_s or self._flush)
+        if not data_due and pending.receipts == 0:
+            return None
+        return await self._store.cut_batch(
+            max_signals=self.cfg.batch_max_signals,
+            max_outcomes=MAX_OUTCOMES_PER_BATCH,
+            max_receipts=MAX_RECEIPTS_PER_BATCH,
+            include_data=analytics,
+            build=self._build,
+        )
+
+    def _build(
+        self,
+        seq: int,
+        signals: list[dict[str, Any]],
+        outcomes: list[dict[str, Any]],
+        receipts: list[str],
+        aggregates: list[dict[str, Any]] | None = None,
+    ) -> bytes:
+        """The batch payload (runs on the store thread, inside the cut's transaction)."""
+        drops = self._store.drops
+        batch = Batch.model_validate(
+            {
+                "device_id": self.settings.device_id,
+                "seq": seq,
+                "sent_at": utcnow(),
+                "agent_version": AGENT_VERSION,
+                "model_version": self._model_version(),
+                "signals": signals,
+                "outcomes": outcomes,
+                "receipts": receipts,
+                "aggregates": aggregates or [],
+                "stats": {
+                    "dropped": sum(drops.get(k, 0) for k in ("evicted", "expired", "withdrawn")),
+                    "evicted": drops.get("evicted", 0),
+                    "expired": drops.get("expired", 0),
+                    "withdrawn": drops.get("withdrawn", 0),
+                    "refused": drops.get("refused", 0),
+                    "outbox_depth": self._store.depth,
+                },
+                "outbox_id": self._store.outbox_id or None,
+            }
+        )
+        return encode_bounded(batch, self.cfg.compress_flag)
+
+    async def _send(self, seq: int, payload: bytes, *, resend: bool, attempts: int = 0) -> None:
+        self._in_flight[seq] = None
+        await self._link.publish(self._topic, payload, qos=1)
+        if seq not in self._in_flight:  # acked while we waited for the PUBACK
+            return
+        self._in_flight[seq] = time.monotonic()
+        await self._store.mark_sent(seq, len(payload), self.today())
+        self._metrics.inc("uplink_bytes", len(payload))
+        if resend and attempts > 0:
+            self._metrics.inc("batches_resent")
+            log.debug("resent batch %d (attempt %d)", seq, attempts + 1)
+        else:
+            self._metrics.inc("batches_sent")
+
+    async def handle_ack(self, payload: bytes) -> None:
+        """`down/ack`: delete the listed batches and their rows; unknown seqs are counted."""
+        try:
+            ack, ignored = codec.validate_tolerant(codec.decode_object(payload), Ack)
+        except ProtocolError as exc:
+            self._metrics.inc("messages_bad")
+            self._faults.log(exc.reason, "bad ack: %s", exc)
+            return
+        self._unknown.note("Ack", ignored)
+        mine = self._store.outbox_id
+        if ack.outbox_id is not None and mine and ack.outbox_id != mine:
+            # For a batch of this device's wiped predecessor: its seqs are not ours.
+            self._metrics.inc("acks_other_outbox", len(ack.acks))
+            return
+        result = await self._store.ack(ack.acks)
+        for seq in result.seqs:
+            self._in_flight.pop(seq, None)
+        self._metrics.inc("batches_acked", len(result.seqs))
+        self._metrics.inc("signals_acked", result.signals)
+        self._metrics.inc("outcomes_acked", result.outcomes)
+        self._metrics.inc("aggregated_acked", result.aggregated)
+        unknown = len(set(ack.acks) - set(result.seqs))
+        if unknown:
+            self._metrics.inc("acks_unknown", unknown)
+        if result.seqs:
+            self._wake.set()
+
+    async def flush(self, timeout: float) -> bool:  # a deadline for a loop
+        """Send everything waiting and wait for acks, up to `timeout`; True if all acked."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            self.poke(flush=True)
+            await self.step()
+            if self._store.depth == 0 and not self._in_flight:
+                return True
+            if not self._consent().analytics and not self._in_flight:
+                return False  # nothing may leave; do not hold up a shutdown
+            await asyncio.sleep(0.05)
+        return False

@@ -1,0 +1,1 @@
+"""The on-device model: loading, scoring, signed updates."""

@@ -1,0 +1,1 @@
+"""Offers the cloud pushed: the verified book and claims for limited ones."""

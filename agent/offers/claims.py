@@ -1,0 +1,206 @@
+"""Claims for limited offers: one per offer per device, stored first, resent until a signed answer.
+
+`POST /v1/claims` stores the claim (its id is the idempotency key the gateway de-duplicates on)
+before anything is sent; a claim already stored for the offer is returned instead of a new one,
+across restarts too (a UNIQUE offer id in SQLite). Pending claims are published on `up/claim`
+on every connect and every `claim_resend_s` until a `ClaimResult` signed by a pinned key,
+addressed to this device and naming a pending claim, arrives on `down/claim`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+from agent.config import AgentSettings
+from agent.errors import AgentError, LinkDown, UnknownOffer
+from agent.link.downlink import UnknownFields, read_addressed
+from agent.link.session import Link
+from agent.runtime.metrics import Metrics
+from agent.store.core import Store
+from mqttlink.logs import OnceLogger
+from protocol import codec
+from protocol.envelopes import ClaimRequest, ClaimResult, Offer
+from protocol.ids import format_time, new_id
+from protocol.signing import Verifier
+
+log = logging.getLogger(__name__)
+
+MAX_RESULT_BYTES = 16 * 1024
+COUNTERS = (
+    "claims_started",
+    "claims_repeated",
+    "claims_resent",
+    "claims_granted",
+    "claims_refused",
+    "claim_results_bad",
+    "claim_results_duplicate",
+)
+
+
+class NotClaimable(AgentError):
+    """The offer cannot be claimed (not limited, sold out, expired); HTTP 409."""
+
+    def __init__(self, offer_id: str, why: str) -> None:
+        super().__init__(f"offer {offer_id!r} cannot be claimed: {why}")
+        self.offer_id = offer_id
+        self.why = why
+
+
+def claim_json(row: dict[str, Any]) -> dict[str, Any]:
+    """A stored claim as `GET /v1/claims/{id}` returns it."""
+    body: dict[str, Any] = {
+        "id": row["id"],
+        "offer_id": row["offer_id"],
+        "campaign_id": row["campaign_id"],
+        "state": row["state"],
+        "created_at": format_time(datetime.fromtimestamp(float(row["created"]), UTC)),
+        "attempts": int(row["attempts"]),
+    }
+    if row["state"] != "pending":
+        body["code"] = row["code"]
+        body["reason"] = row["reason"]
+    return body
+
+
+class Claims:
+    """The device side of claims: start, resend, verify answers, report state."""
+
+    def __init__(
+        self,
+        settings: AgentSettings,
+        store: Store,
+        verifier: Verifier,
+        metrics: Metrics,
+        *,
+        link: Callable[[], Link | None],
+        offer: Callable[[str], Offer | None],
+    ) -> None:
+        self.settings = settings
+        self._store = store
+        self._verifier = verifier
+        self._metrics = metrics
+        self._link = link
+        self._offer = offer
+        self._topic = settings.topics.claim_up(settings.device_id)
+        self._wake = asyncio.Event()
+        self._faults = OnceLogger(log)
+        self._unknown = UnknownFields(metrics)
+        for name in COUNTERS:
+            metrics.counters.setdefault(name, 0)
+        self.refused: frozenset[str] = frozenset()
+        """Offers whose claim the gateway refused: the ranking stops offering them."""
+
+    async def start(self) -> None:
+        self.refused = frozenset(c["offer_id"] for c in await self._store.claims("refused"))
+
+    async def claim(self, offer_id: str, now: datetime) -> tuple[dict[str, Any], bool]:
+        """Start (or return the existing) claim of a held limited offer; True when new."""
+        offer = self._offer(offer_id)
+        if offer is None:
+            raise UnknownOffer(offer_id)
+        if not offer.limited:
+            raise NotClaimable(offer_id, "not a limited offer (no claim needed)")
+        row, created = await self._store.open_claim(new_id(), offer.id, offer.campaign_id)
+        if not created:
+            self._metrics.inc("claims_repeated")
+            return row, False
+        if offer.stock == 0 or now >= offer.expires_at:
+            # stored anyway (one claim per offer); answered by the gateway like any other
+            log.info(
+                "claim %s for %s sent although it looks sold out or expired", row["id"], offer_id
+            )
+        self._metrics.inc("claims_started")
+        await self._send(row)
+        return row, True
+
+    async def get(self, claim_id: str) -> dict[str, Any] | None:
+        return await self._store.get_claim(claim_id)
+
+    def on_connected(self) -> None:
+        self._wake.set()
+
+    async def run(self) -> None:
+        """Resend every pending claim on connect and every `claim_resend_s` until answered."""
+        interval = self.settings.profile.decisions.claim_resend_s
+        while True:
+            try:
+                async with asyncio.timeout(interval):
+                    await self._wake.wait()
+            except TimeoutError:
+                pass
+            self._wake.clear()
+            for row in await self._store.claims("pending"):
+                if time.time() - float(row["updated"]) < interval / 2 and row["attempts"]:
+                    continue  # just sent
+                if not await self._send(row):
+                    break
+                self._metrics.inc("claims_resent")
+
+    async def _send(self, row: dict[str, Any]) -> bool:
+        link = self._link()
+        if link is None:
+            return False
+        request = ClaimRequest(
+            id=row["id"],
+            device_id=self.settings.device_id,
+            offer_id=row["offer_id"],
+            campaign_id=row["campaign_id"],
+            at=datetime.fromtimestamp(float(row["created"]), UTC),
+        )
+        try:
+            await link.publish(self._topic, codec.encode(request), qos=1)
+        except LinkDown as exc:
+            log.debug("claim %s waits for the link: %s", row["id"], exc)
+            return False
+        await self._store.claim_sent(row["id"])
+        return True
+
+    def _bad(self, reason: str, detail: str) -> None:
+        self._metrics.inc("claim_results_bad")
+        self._faults.log(reason, "refused claim result: %s", detail)
+
+    async def handle_result(self, payload: bytes) -> bool:
+        """A message on `down/claim`: verified, validated, applied once; True when applied."""
+        result = read_addressed(
+            payload,
+            ClaimResult,
+            self._verifier,
+            max_bytes=MAX_RESULT_BYTES,
+            device_id=self.settings.device_id,
+            unknown=self._unknown,
+            refuse=self._bad,
+        )
+        if result is None:
+            return False
+        stored = await self._store.get_claim(result.claim_id)
+        if stored is None or stored["offer_id"] != result.offer_id:
+            self._bad("unknown_claim", f"no claim {result.claim_id!r} for {result.offer_id!r}")
+            return False
+        applied = await self._store.answer_claim(
+            result.claim_id,
+            granted=result.granted,
+            code=result.code,
+            reason=result.reason,
+            result_id=result.id,
+        )
+        if not applied:
+            self._metrics.inc("claim_results_duplicate")
+            return False
+        if result.granted:
+            self._metrics.inc("claims_granted")
+        else:
+            self._metrics.inc("claims_refused")
+            self.refused = self.refused | {result.offer_id}
+        log.info(
+            "claim %s for %s %s%s",
+            result.claim_id,
+            result.offer_id,
+            "granted" if result.granted else "refused",
+            f": {result.reason}" if result.reason else "",
+        )
+        return True

@@ -1,0 +1,112 @@
+"""The model registry's HTTP routes on the operators' API (`cloud_gateway.registry.service`
+does the work): `POST /v1/models` (multipart, bounded parts), `GET /v1/models`,
+`GET /v1/models/{version}`, `POST /v1/models/{version}/rollout` and the public
+`GET /v1/models/{version}/model.onnx`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+from aiohttp import BodyPartReader, web
+from pydantic import ValidationError
+
+from cloud_gateway.api.app import TOKEN_ID, ApiProblem
+from cloud_gateway.errors import NotFound
+from cloud_gateway.registry.service import (
+    MAX_MANIFEST_BYTES,
+    MAX_MODEL_BYTES,
+    ModelRegistry,
+    RolloutIn,
+)
+from protocol import codec
+
+REGISTRY = web.AppKey("model_registry", ModelRegistry)
+
+
+async def _read_part(part: BodyPartReader, limit: int) -> bytes:
+    chunks: list[bytes] = []
+    size = 0
+    while chunk := await part.read_chunk(64 * 1024):
+        size += len(chunk)
+        if size > limit:
+            raise ApiProblem(413, "Payload Too Large", f"{part.name}: more than {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def _read_parts(request: web.Request) -> dict[str, bytes]:
+    reader = await request.multipart()
+    parts: dict[str, bytes] = {}
+    while (part := await reader.next()) is not None:
+        if not isinstance(part, BodyPartReader) or part.name not in ("manifest", "model"):
+            raise ApiProblem(400, "Bad Request", "only the parts 'manifest' and 'model' are known")
+        limit = MAX_MANIFEST_BYTES if part.name == "manifest" else MAX_MODEL_BYTES
+        parts[part.name] = await _read_part(part, limit)
+    return parts
+
+
+async def register_model(request: web.Request) -> web.Response:
+    if not request.content_type.startswith("multipart/"):
+        raise ApiProblem(
+            400, "Bad Request", "send multipart/form-data with parts 'manifest' and 'model'"
+        )
+    try:
+        parts = await _read_parts(request)
+    except ValueError as exc:  # aiohttp's word for a missing boundary or a malformed body
+        raise ApiProblem(400, "Bad Request", f"multipart body: {exc}") from exc
+    missing = {"manifest", "model"} - set(parts)
+    if missing:
+        raise ApiProblem(400, "Bad Request", f"missing part(s): {', '.join(sorted(missing))}")
+    try:
+        raw = json.loads(parts["manifest"])
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ApiProblem(400, "Bad Request", f"manifest: not JSON: {exc}") from exc
+    doc = await request.app[REGISTRY].register(raw, parts["model"], f"token:{request[TOKEN_ID]}")
+    return web.json_response(doc, status=201)
+
+
+async def rollout_model(request: web.Request) -> web.Response:
+    version = _version(request)
+    try:
+        body = RolloutIn.model_validate_json(await request.read())
+    except ValidationError as exc:
+        raise ApiProblem(
+            400, "Bad Request", "the rollout is invalid", errors=codec.field_errors(exc)
+        ) from exc
+    base = f"{request.scheme}://{request.host}"
+    who = f"token:{request[TOKEN_ID]}"
+    return web.json_response(await request.app[REGISTRY].rollout(version, body, base, who))
+
+
+async def get_model(request: web.Request) -> web.Response:
+    return web.json_response(await request.app[REGISTRY].get(_version(request)))
+
+
+async def list_models(request: web.Request) -> web.Response:
+    return web.json_response({"models": await request.app[REGISTRY].list()})
+
+
+async def model_file(request: web.Request) -> web.StreamResponse:
+    path = request.app[REGISTRY].file_path(_version(request))
+    if not await asyncio.to_thread(path.is_file):
+        raise NotFound("model file", request.match_info["version"])
+    return web.FileResponse(path, headers={"Content-Type": "application/octet-stream"})
+
+
+def _version(request: web.Request) -> int:
+    text = request.match_info["version"]
+    if not text.isdigit() or len(text) > 9:
+        raise ApiProblem(400, "Bad Request", f"version {text[:20]!r} is not a positive integer")
+    return int(text)
+
+
+def add_model_routes(app: web.Application, registry: ModelRegistry) -> None:
+    """Mount the registry's routes on the operators' API app (before it starts)."""
+    app[REGISTRY] = registry
+    app.router.add_post("/v1/models", register_model)
+    app.router.add_get("/v1/models", list_models)
+    app.router.add_get("/v1/models/{version}", get_model)
+    app.router.add_post("/v1/models/{version}/rollout", rollout_model)
+    app.router.add_get("/v1/models/{version}/model.onnx", model_file)

@@ -1,0 +1,1 @@
+"""Campaigns: the model, targeting, live results, pushes and device delivery."""

@@ -1,0 +1,250 @@
+"""Campaign operations with I/O: store, sign and publish retained cohort catalogs, audit."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Iterable
+from datetime import timedelta
+
+from cloud_gateway.campaigns.delivery import DeviceDelivery
+from cloud_gateway.campaigns.model import (
+    Campaign,
+    CampaignIn,
+    build_catalog,
+    due_action,
+    new_campaign,
+    transition,
+)
+from cloud_gateway.campaigns.pending import (
+    Owed,
+    change_campaign,
+    clear_pending,
+    create_campaign,
+    pending,
+)
+from cloud_gateway.campaigns.results import CampaignResults, campaign_results
+from cloud_gateway.db.campaigns import campaign_rows, stock_left
+from cloud_gateway.db.store import Store
+from cloud_gateway.errors import GatewayError, NotFound
+from cloud_gateway.runtime.wiring import Service, Wiring
+from protocol import codec
+from protocol.ids import parse_time, utcnow
+
+log = logging.getLogger(__name__)
+
+
+class CampaignService(Service):
+    """Create, launch, pause campaigns; every change rebuilds the catalogs it touches."""
+
+    def __init__(self, wiring: Wiring, *, bundle_ttl: timedelta = timedelta(days=7)) -> None:
+        super().__init__(wiring)
+        self._ttl = bundle_ttl
+        self._lock = asyncio.Lock()  # one catalog rebuild at a time: publishes stay ordered
+        self._settle_wanted = asyncio.Event()
+        self.dirty: set[str] = set()
+        self.delivery = DeviceDelivery(wiring, bundle_ttl=bundle_ttl)
+
+    async def create(self, spec: CampaignIn, who: str) -> Campaign:
+        """Store a draft; 409 (Conflict) when an offer id is already another campaign's."""
+        now = utcnow()
+        campaign = new_campaign(spec, now)
+        limited = [(o.id, o.stock) for o in campaign.offers if o.limited and o.stock is not None]
+        detail = {
+            "name": campaign.name,
+            "offers": len(campaign.offers),
+            "push": self._mode(campaign),
+        }
+        await self._db.call(
+            create_campaign, campaign.doc(), stock=limited, who=who, at=now, detail=detail
+        )
+        log.info("campaign %s (%s) created by %s", campaign.id, campaign.name, who)
+        return campaign
+
+    async def get(self, campaign_id: str) -> Campaign:
+        doc = await self._db.call(Store.get_campaign, campaign_id)
+        if doc is None:
+            raise NotFound("campaign", campaign_id)
+        return Campaign.model_validate(doc)
+
+    async def list(self) -> list[Campaign]:
+        return [Campaign.model_validate(d) for d in await self._db.call(Store.list_campaigns)]
+
+    async def launch(self, campaign_id: str, who: str) -> Campaign:
+        return await self._change(campaign_id, "launch", who)
+
+    async def pause(self, campaign_id: str, who: str) -> Campaign:
+        return await self._change(campaign_id, "pause", who)
+
+    async def end(self, campaign_id: str, who: str) -> Campaign:
+        return await self._change(campaign_id, "end", who)
+
+    @staticmethod
+    def _mode(campaign: Campaign) -> str:
+        return "device" if campaign.per_device else "cohort"
+
+    @staticmethod
+    def owed(before: Campaign, after: Campaign) -> tuple[Owed, ...]:
+        """The pushes a state change owes devices (pure)."""
+        went_live = after.state == "live" and before.state != "live"
+        left_live = before.state == "live" and after.state != "live"
+        if after.per_device:
+            if went_live:
+                return (Owed("device_launch", after.id),)
+            if left_live:
+                return (Owed("device_revoke", after.id),)
+            return ()
+        if went_live or left_live:
+            revokes = tuple(o.id for o in before.offers) if left_live else ()
+            return (Owed("catalog", after.id, tuple(after.push_cohorts), revokes),)
+        return ()
+
+    async def _change(self, campaign_id: str, action: str, who: str) -> Campaign:
+        async with self._lock:
+            before = await self.get(campaign_id)
+            now = utcnow()
+            after = transition(before, action, now)
+            # The state, its audit row and the pushes it owes commit together: a crash after
+            # the commit leaves markers that `settle` acts on at the next start.
+            await self._db.call(
+                change_campaign,
+                after.doc(),
+                who=who,
+                action=f"campaign.{action}",
+                detail={"from": before.state, "to": after.state},
+                at=now,
+                owed=self.owed(before, after),
+            )
+            await self._settle_locked()
+        log.info(
+            "campaign %s %s by %s: %s -> %s", campaign_id, action, who, before.state, after.state
+        )
+        return after
+
+    def poke(self) -> None:
+        """Ask `run_settler` to act on stored push markers soon (never blocks the caller)."""
+        self._settle_wanted.set()
+
+    async def run_settler(self) -> None:
+        """Act on push markers when poked (a sell-out, a reconnect); a named gateway task."""
+        while True:
+            await self._settle_wanted.wait()
+            self._settle_wanted.clear()
+            try:
+                await self.settle()
+            except GatewayError as exc:
+                log.warning("pending campaign pushes not done: %s; will retry", exc)
+
+    async def settle(self) -> int:
+        """Act on every stored push marker (at start-up: those a crash left); returns how many."""
+        async with self._lock:
+            return await self._settle_locked()
+
+    async def _settle_locked(self) -> int:
+        todo = await self._db.call(pending)
+        if not todo:
+            return 0
+        done: list[int] = []
+        cohorts: set[str] = set()
+        revokes: set[str] = set()
+        catalog_ids: list[int] = []
+        for item in todo:
+            owed = item.owed
+            if owed.kind == "catalog":
+                cohorts.update(owed.cohorts)
+                revokes.update(owed.revokes)
+                catalog_ids.append(item.id)
+                continue
+            doc = await self._db.call(Store.get_campaign, owed.campaign_id)
+            campaign = Campaign.model_validate(doc) if doc is not None else None
+            if campaign is not None:
+                if owed.kind == "device_revoke":
+                    await self.delivery.revoke(campaign)
+                elif campaign.state == "live" and owed.kind == "device_launch":
+                    await self.delivery.launch(campaign)
+                elif campaign.state == "live" and owed.kind == "device_refresh":
+                    await self.delivery.refresh(campaign)
+            done.append(item.id)
+        if catalog_ids and await self._rebuild_locked(cohorts, revokes):
+            done.extend(catalog_ids)  # kept (and retried) while a catalog failed to go out
+        if done:
+            await self._db.call(clear_pending, done)
+        return len(done)
+
+    async def stats(self, campaign_id: str) -> CampaignResults:
+        campaign = await self.get(campaign_id)
+        rows = await self._db.call(campaign_rows, campaign_id)
+        return campaign_results(campaign, rows)
+
+    async def run_due(self) -> int:
+        """Start scheduled campaigns whose time has come, end those past `ends_at`."""
+        done = 0
+        now = utcnow()
+        for campaign in await self.list():
+            action = due_action(campaign, now)
+            if action is None:
+                continue
+            try:
+                await self._change(campaign.id, action, "scheduler")
+            except GatewayError as exc:
+                log.warning("scheduler could not %s campaign %s: %s", action, campaign.id, exc)
+                continue
+            done += 1
+        return done
+
+    async def rebuild(self, cohorts: Iterable[str]) -> None:
+        async with self._lock:
+            await self._rebuild_locked(cohorts, ())
+
+    async def _rebuild_locked(self, cohorts: Iterable[str], revokes: Iterable[str]) -> bool:
+        """Sign and publish the catalog of each cohort; a failed publish leaves it dirty.
+
+        Returns True when every catalog went out."""
+        live = [
+            Campaign.model_validate(d) for d in await self._db.call(Store.list_campaigns, "live")
+        ]
+        revoked = list(revokes)
+        stock = {
+            c.id: await self._db.call(stock_left, c.id)
+            for c in live
+            if any(o.limited for o in c.offers)
+        }
+        ok = True
+        for cohort in sorted(set(cohorts)):
+            now = utcnow()
+            bundle, per_campaign = build_catalog(cohort, live, now, self._ttl, revoked, stock)
+            signed = self._signer.sign(bundle.to_wire())
+            try:
+                await self._publish(
+                    self._topics.cohort_offers(cohort), codec.encode_dict(signed), True
+                )
+            except GatewayError as exc:
+                self.dirty.add(cohort)
+                ok = False
+                log.warning("catalog of cohort %s not pushed (%s); will retry", cohort, exc)
+                continue
+            self.dirty.discard(cohort)
+            self._counters["bundles_pushed"] += 1
+            self._counters["offers_pushed"] += len(bundle.offers)
+            await self._db.call(
+                Store.record_catalog, cohort, bundle.id, per_campaign, now, bundle.expires_at
+            )
+            log.info(
+                "pushed catalog %s to cohort %s: %d offers", bundle.id, cohort, len(bundle.offers)
+            )
+        return ok
+
+    async def refresh_due(self) -> None:
+        """Act on stored push markers; republish dirty catalogs, and those past half their
+        lifetime before devices drop them; refresh device bundles past half theirs."""
+        await self.settle()
+        await self.delivery.refresh_due()
+        now = utcnow()
+        due = set(self.dirty)
+        for row in await self._db.call(Store.catalogs):
+            published = parse_time(row["published_at"])
+            expires = parse_time(row["expires_at"])
+            if now >= published + (expires - published) / 2 and row["offers"] > 0:
+                due.add(row["cohort"])
+        if due:
+            await self.rebuild(due)

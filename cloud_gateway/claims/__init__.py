@@ -1,0 +1,1 @@
+"""Flash-sale claims: atomic grants from limited stock."""

@@ -1,0 +1,1 @@
+"""The gateway's database: the store seam, its SQLite backend, recorded migrations."""

@@ -1,0 +1,1 @@
+"""The device registry's operations: erasure."""

@@ -1,0 +1,1 @@
+"""Uplink ingest: parse, store once, acknowledge."""

@@ -1,0 +1,1 @@
+"""The model registry: validated uploads, signed manifests, staged rollouts."""

@@ -1,0 +1,1 @@
+"""The gateway's composition and life: wiring, the MQTT link, the campaign clock."""

@@ -1,0 +1,26 @@
+"""The campaign clock: starts scheduled campaigns and ends expired ones on time, re-sends
+device bundles still without a receipt, re-checks the targeting of devices with new reports.
+One named task of the gateway."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from datetime import timedelta
+
+from cloud_gateway.campaigns.service import CampaignService
+from cloud_gateway.errors import GatewayError
+
+log = logging.getLogger(__name__)
+
+
+async def run_scheduler(campaigns: CampaignService, tick_s: float, resend_after_s: float) -> None:
+    """Every `tick_s`: due state changes; bundles unconfirmed for `resend_after_s` go again."""
+    while True:
+        try:
+            await campaigns.run_due()
+            await campaigns.delivery.resend_due(timedelta(seconds=resend_after_s))
+            await campaigns.delivery.recheck_due()
+        except GatewayError as exc:
+            log.warning("scheduler tick failed: %s", exc)
+        await asyncio.sleep(tick_s)

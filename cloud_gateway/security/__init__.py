@@ -1,0 +1,1 @@
+"""The gateway's keys, trust file and operator tokens."""

@@ -1,0 +1,1 @@
+"""The MQTT adapter both daemons share: session end, once-per-key logging."""

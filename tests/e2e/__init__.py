@@ -1,0 +1,1 @@
+"""Whole-loop tests across processes and brokers."""

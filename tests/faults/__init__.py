@@ -1,0 +1,1 @@
+"""Fault tests: kills, crashes, partitions, audits."""

@@ -1,0 +1,220 @@
+"""Flash sale: 2,000 devices claim 200 coupons against a real gateway process that is SIGKILLed
+(with stock left: after ~50 committed grants) and restarted mid-sale; exactly 200 granted to
+200 devices, every key answered the same."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import random
+import re
+import signal
+import sqlite3
+import uuid
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import aiomqtt
+import pytest
+
+from cloud_gateway.security.auth import create_token
+from protocol import codec
+from protocol.envelopes import ClaimRequest, ClaimResult, TrustFile
+from protocol.ids import new_id, utcnow
+from protocol.signing import Verifier
+from protocol.topics import Topics
+from simulators.brokers import MosquittoProcess, free_port
+from tests.support.helpers import start_gateway, stop
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+DEVICES = 2000
+STOCK = 200
+CONNECTIONS = 8
+REPEATED = 300  # devices that send their claim twice at once (same idempotency key)
+KILL_AT = 50  # SIGKILL once this many grants are committed (of STOCK)
+PACE_CHUNK, PACE_S = 4, 0.02  # the first wave: ~200 claims/s, so the kill finds stock left
+
+
+def committed_grants(data: Path) -> int:
+    """Grants the gateway has committed so far (a read-only look at its WAL database)."""
+    path = data / "gateway.db"
+    if not path.exists():
+        return 0
+    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=2)
+    try:
+        return int(db.execute("SELECT count(*) FROM grants").fetchone()[0])
+    except sqlite3.OperationalError:  # not migrated yet
+        return 0
+    finally:
+        db.close()
+
+
+async def test_flash_sale_survives_sigkill_and_never_oversells(
+    mosquitto: MosquittoProcess, tmp_path: Path
+) -> None:
+    root = f"fs{uuid.uuid4().hex[:8]}/v1"
+    topics = Topics(root)
+    data = tmp_path / "gw"
+    log = tmp_path / "gateway.log"
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    proc = await start_gateway(mosquitto.url, data, port, log, "--topic-root", root, timeout=30)
+    try:
+        token = await asyncio.to_thread(create_token, data)
+        trust = TrustFile.model_validate_json((data / "trust.json").read_text())
+        verifier = Verifier.from_public_keys(trust.keys)
+        auth = {"Authorization": f"Bearer {token}"}
+        async with aiohttp.ClientSession(base, headers=auth) as http:
+            resp = await http.post(
+                "/v1/campaigns",
+                json={
+                    "name": "Double 11 flash sale",
+                    "cohorts": ["all"],
+                    "offers": [
+                        {
+                            "id": "flash-1",
+                            "type": "coupon",
+                            "title": "Purifier -50% (200 coupons)",
+                            "category": "appliances",
+                            "discount": 0.5,
+                            "surfaces": ["tv_home_banner"],
+                            "limited": True,
+                            "stock": STOCK,
+                        }
+                    ],
+                },
+            )
+            assert resp.status == 201, await resp.text()
+            cid = (await resp.json())["id"]
+            assert (await http.post(f"/v1/campaigns/{cid}/launch")).status == 200
+
+        devices = [f"fs-{i:04d}" for i in range(DEVICES)]
+        claims = {
+            d: ClaimRequest(
+                id=new_id(), device_id=d, offer_id="flash-1", campaign_id=cid, at=utcnow()
+            )
+            for d in devices
+        }
+        answers: dict[str, list[dict[str, Any]]] = {}
+        got_answer = asyncio.Event()
+
+        async with (
+            aiomqtt.Client(
+                "127.0.0.1", mosquitto.port, identifier=f"fs-sub-{uuid.uuid4().hex[:6]}"
+            ) as sub,
+        ):
+            await sub.subscribe(f"{root}/dev/+/down/claim", qos=1)
+
+            async def collect() -> None:
+                async for message in sub.messages:
+                    assert isinstance(message.payload, bytes)
+                    obj = json.loads(message.payload)
+                    answers.setdefault(obj["device_id"], []).append(obj)
+                    got_answer.set()
+
+            collector = asyncio.create_task(collect(), name="fs-collect")
+            pubs = [
+                aiomqtt.Client(
+                    "127.0.0.1", mosquitto.port, identifier=f"fs-pub{i}-{uuid.uuid4().hex[:6]}"
+                )
+                for i in range(CONNECTIONS)
+            ]
+            for p in pubs:
+                await p.__aenter__()
+            try:
+
+                async def send(batch: list[str]) -> None:
+                    async def one(i: int, d: str) -> None:
+                        await pubs[i % CONNECTIONS].publish(
+                            topics.claim_up(d), codec.encode(claims[d]), qos=1
+                        )
+
+                    for start in range(0, len(batch), 64):  # bounded in-flight publishes
+                        chunk = list(enumerate(batch))[start : start + 64]
+                        await asyncio.gather(*(one(i, d) for i, d in chunk))
+
+                rng = random.Random(6)
+                first = devices[:600]
+                repeated = rng.sample(devices, REPEATED)
+                wave = first + [d for d in repeated if d in first]
+                rng.shuffle(wave)
+
+                async def paced() -> None:  # a crowd arriving, not one burst
+                    for start in range(0, len(wave), PACE_CHUNK):
+                        await send(wave[start : start + PACE_CHUNK])
+                        await asyncio.sleep(PACE_S)
+
+                pacer = asyncio.create_task(paced(), name="fs-paced")
+                # Kill the gateway mid-sale, with stock left: watch the grants it committed.
+                async with asyncio.timeout(60):
+                    # polled: the condition lives in another process's database, no event to await
+                    while await asyncio.to_thread(committed_grants, data) < KILL_AT:  # noqa: ASYNC110
+                        await asyncio.sleep(0.005)
+                proc.send_signal(signal.SIGKILL)
+                proc.wait(timeout=10)
+                pacer.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await pacer
+                granted_at_kill = await asyncio.to_thread(committed_grants, data)
+                rest = devices[600:]
+                await send(rest + [d for d in repeated if d not in first])  # while it is down
+                proc = await start_gateway(
+                    mosquitto.url, data, port, log, "--topic-root", root, timeout=30
+                )
+                # Devices claim again (same key) until each has an answer.
+                async with asyncio.timeout(180):
+                    while len(answers) < DEVICES:
+                        await asyncio.sleep(3)
+                        await send([d for d in devices if d not in answers])
+                # Repeated keys after the sale: the stored answer, unchanged.
+                again = rng.sample(devices, 100)
+                before = {d: len(answers[d]) for d in again}
+                await send(again)
+                async with asyncio.timeout(30):
+                    while any(len(answers[d]) <= before[d] for d in again):
+                        await got_answer.wait()
+                        got_answer.clear()
+            finally:
+                collector.cancel()
+                for p in pubs:
+                    await p.__aexit__(None, None, None)
+
+        assert KILL_AT <= granted_at_kill < STOCK  # the kill landed mid-sale, stock left
+        granted: dict[str, str] = {}
+        for d, copies in answers.items():
+            for copy in copies:
+                assert copy == copies[0], f"{d} got different answers to one key"
+            verifier.verify(copies[0])
+            result = ClaimResult.model_validate(copies[0])
+            assert result.claim_id == claims[d].id
+            if result.granted:
+                assert result.code
+                granted[d] = result.code
+            else:
+                assert result.reason == "sold out"
+        assert len(granted) == STOCK
+        assert len(set(granted.values())) == STOCK
+        assert all(len(answers[d]) >= 2 for d in again)  # and identical, checked above
+        assert sum(len(copies) > 1 for copies in answers.values()) >= len(again)
+
+        async with aiohttp.ClientSession(base, headers=auth) as http:
+            stats = await (await http.get(f"/v1/campaigns/{cid}/stats")).json()
+        assert stats["claims_granted"] == STOCK
+        assert stats["claims_refused"] == DEVICES - STOCK
+        assert stats["stock"]["flash-1"] == {"initial": STOCK, "left": 0}
+        db = sqlite3.connect(data / "gateway.db")
+        try:
+            rows = db.execute(
+                "SELECT device_id FROM grants WHERE campaign_id = ?", [cid]
+            ).fetchall()
+            assert sorted(r[0] for r in rows) == sorted(granted)
+            assert db.execute("SELECT min(stock) FROM offer_stock").fetchone() == (0,)
+        finally:
+            db.close()
+        text = log.read_text()
+        assert not re.search(r"Traceback", text), text[-3000:]
+    finally:
+        stop(proc)

@@ -1,0 +1,198 @@
+"""Hostile uplink payloads, generated (hypothesis) and hand-made (zlib bomb, deep nesting,
+wrong types, huge arrays, wrong device id): counted per reason and device, never a crash,
+never stored under another device. Real SQLite through the gateway's Ingestor; one live
+run through a real Mosquitto into a running gateway."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+import zlib
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import closing
+from pathlib import Path
+from typing import Any
+
+import aiomqtt
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from cloud_gateway.db.store import Database
+from cloud_gateway.db.store import Store as GatewayStore
+from cloud_gateway.ingest.service import AckBatcher, Ingestor, Parsed, Rejected
+from protocol import codec
+from protocol.envelopes import Batch, Signal
+from protocol.ids import new_id, utcnow
+from protocol.topics import Topics
+from simulators.brokers import MosquittoProcess
+from tests.support.durability_world import gateway
+from tests.support.helpers import eventually
+
+TOPICS = Topics("edgemart/v1")
+VICTIM, OTHER = "tv-victim-01", "tv-other-02"
+
+
+def valid(device: str = VICTIM, seq: int = 1, n: int = 2) -> dict[str, Any]:
+    now = utcnow()
+    batch = Batch(
+        device_id=device,
+        seq=seq,
+        sent_at=now,
+        agent_version="0.1.0",
+        signals=[Signal(id=new_id(), kind="search", at=now, attrs={"q": 1}) for _ in range(n)],
+    )
+    return batch.to_wire()
+
+
+def hand_made() -> list[tuple[str, bytes, str]]:
+    """(name, payload, expected reason) for the topic of VICTIM."""
+    deep = b'{"v":1,"signals":' + b"[" * 5000 + b"]" * 5000 + b"}"
+    wrong_types = {**valid(), "seq": "seven", "signals": {"id": 1}}
+    huge_array = {**valid(), "signals": [valid()["signals"][0]] * 2001}
+    wrong_device = valid(device=OTHER, seq=99)
+    return [
+        ("zlib bomb", zlib.compress(b" " * (64 * 1024 * 1024), 9), "too_large"),
+        ("deep nesting", deep, "malformed"),
+        ("deep nesting, zlib", zlib.compress(deep), "malformed"),
+        ("wrong types", json.dumps(wrong_types).encode(), "invalid"),
+        ("huge array", zlib.compress(json.dumps(huge_array).encode()), "invalid"),
+        ("huge payload", b'{"v":1,"x":"' + b"a" * 300_000 + b'"}', "too_large"),
+        ("wrong device id", json.dumps(wrong_device).encode(), "wrong_device"),
+        ("unknown version", json.dumps({**valid(), "v": 2}).encode(), "unsupported_version"),
+        ("not JSON", b"{\xff\xfe not json", "malformed"),
+        ("broken zlib", b"\x78\x9c garbage", "malformed"),
+        ("empty", b"", "malformed"),
+        ("a list", b"[1,2,3]", "malformed"),
+        ("NaN seq", b'{"v":1,"seq":NaN}', "invalid"),
+    ]
+
+
+class Harness:
+    """The gateway's real Ingestor over a real SQLite file; publishes are recorded."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.runner = asyncio.Runner()
+        self.counters: Counter[str] = Counter()
+        self.published: list[tuple[str, bytes]] = []
+        self.db = self.runner.run(Database(path).open())
+
+        def send_ack(topic: str, payload: bytes) -> None:
+            self.published.append((topic, payload))
+
+        acks = AckBatcher(TOPICS, send_ack, self.counters, 0)
+        self.ingestor = Ingestor(
+            TOPICS,
+            self.db,
+            acks=acks,
+            counters=self.counters,
+        )
+
+    def handle(self, topic: str, payload: bytes) -> Parsed | Rejected | Any:
+        return self.runner.run(self.ingestor.handle(topic, payload))
+
+    def devices(self) -> dict[str, int]:
+        with closing(sqlite3.connect(self.path)) as db:
+            return {d: m for d, m in db.execute("SELECT device_id, malformed FROM devices")}
+
+    def signals_of(self, device: str) -> int:
+        with closing(sqlite3.connect(self.path)) as db:
+            row = db.execute("SELECT count(*) FROM signals WHERE device_id = ?", [device])
+            return int(row.fetchone()[0])
+
+    def close(self) -> None:
+        self.runner.run(self.db.close())
+        self.runner.close()
+
+
+@pytest.fixture
+def harness(tmp_path: Path) -> Iterator[Harness]:
+    h = Harness(tmp_path / "gateway.sqlite3")
+    yield h
+    h.close()
+
+
+@pytest.mark.parametrize("case", hand_made(), ids=lambda c: c[0])
+def test_hand_made_hostile_payload_is_counted_and_stored_nowhere(
+    harness: Harness, case: tuple[str, bytes, str]
+) -> None:
+    _, payload, reason = case
+    result = harness.handle(TOPICS.batch(VICTIM), payload)
+    assert isinstance(result, Rejected)
+    assert result.reason == reason
+    assert harness.counters[f"rejected_{reason}"] == 1
+    assert harness.devices() == {VICTIM: 1}  # counted against the topic's device only
+    assert harness.signals_of(VICTIM) == 0
+    assert harness.published == []  # nothing acked
+    # The ingest loop goes on: the next good batch is stored and acked.
+    good = harness.handle(TOPICS.batch(VICTIM), codec.encode_dict(valid(seq=5)))
+    assert isinstance(good, Parsed)
+    assert harness.signals_of(VICTIM) == 2
+    assert harness.runner.run(harness.db.call(GatewayStore.get_device, OTHER)) is None
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
+    lambda inner: st.lists(inner, max_size=5) | st.dictionaries(st.text(max_size=10), inner),
+    max_leaves=30,
+)
+FIELDS = ["v", "device_id", "seq", "sent_at", "agent_version", "signals", "aggregates", "stats"]
+
+
+@st.composite
+def mutated_batches(draw: st.DrawFn) -> bytes:
+    """A valid batch with some fields replaced by arbitrary JSON, maybe compressed."""
+    doc = valid(device=draw(st.sampled_from([VICTIM, OTHER])), seq=draw(st.integers(1, 50)))
+    for name in draw(st.lists(st.sampled_from(FIELDS), max_size=3)):
+        doc[name] = draw(json_values)
+    raw = json.dumps(doc).encode()
+    return zlib.compress(raw) if draw(st.booleans()) else raw
+
+
+@settings(
+    max_examples=150,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(
+    payload=st.binary(max_size=400)
+    | mutated_batches()
+    | json_values.map(lambda v: json.dumps(v).encode())
+)
+def test_generated_payloads_never_crash_and_never_land_under_another_device(
+    harness: Harness, payload: bytes
+) -> None:
+    result = harness.handle(TOPICS.batch(VICTIM), payload)
+    assert isinstance(result, Parsed | Rejected)
+    if isinstance(result, Parsed):
+        assert isinstance(result.message, Batch)
+        assert result.message.device_id == VICTIM
+    assert OTHER not in harness.devices()
+    assert harness.signals_of(OTHER) == 0
+    handled = harness.counters["messages_received"]
+    rejected = sum(v for k, v in harness.counters.items() if k.startswith("rejected_"))
+    stored = harness.counters["batches_stored"] + harness.counters["batches_duplicate"]
+    assert rejected + stored == handled  # every message is either stored once or counted
+
+
+async def test_hostile_payloads_through_mosquitto_leave_the_gateway_serving(
+    tmp_path: Path, mosquitto: MosquittoProcess
+) -> None:
+    async with gateway(tmp_path, mosquitto) as gw:
+        topics = Topics(gw.settings.topic_root)
+        cases = hand_made()
+        async with aiomqtt.Client("127.0.0.1", mosquitto.port, identifier="hostile-1") as client:
+            for _, payload, _ in cases:
+                await client.publish(topics.batch(VICTIM), payload, qos=1)
+            await client.publish(topics.batch(VICTIM), codec.encode_dict(valid(seq=7)), qos=1)
+        await eventually(lambda: gw.counters["batches_stored"] == 1, what="the good batch")
+        expected = Counter(reason for _, _, reason in cases)
+        for reason, n in expected.items():
+            assert gw.counters[f"rejected_{reason}"] == n, reason
+        view = await gw.db.call(GatewayStore.get_device, VICTIM)
+        assert view is not None and view["malformed"] == len(cases)
+        assert view["signals_stored"] == 2
+        assert await gw.db.call(GatewayStore.get_device, OTHER) is None

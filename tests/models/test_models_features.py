@@ -1,0 +1,64 @@
+"""Feature spec v1: the names match docs/architecture.md, in order, and specs keep them so."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from models.features import FEATURE_NAMES, PERSONAL, build_spec
+from protocol.codec import validate
+from protocol.envelopes import FeatureSpec
+
+DOCS = Path(__file__).resolve().parents[2] / "docs" / "architecture.md"
+F = len(FEATURE_NAMES)
+
+
+def _documented() -> tuple[list[str], set[str]]:
+    """Feature names and personal ones from the docs table, `<x>` rows expanded."""
+    section = DOCS.read_text(encoding="utf-8").split("## The model's features", 1)[1]
+    names: list[str] = []
+    personal: set[str] = set()
+    for row in re.findall(r"^\| (`.*?) \| .*? \| (yes|no) \|$", section, flags=re.M):
+        cell, is_personal = row
+        expanded: list[str] = []
+        for template in re.findall(r"`([^`]+)`", cell.split(" for ")[0]):
+            if "<" in template:
+                values = cell.split(" in ", 1)[1].split(", ")
+                expanded += [re.sub(r"<\w+>", v.strip(), template) for v in values]
+            else:
+                expanded.append(template)
+        names += expanded
+        if is_personal == "yes":
+            personal.update(expanded)
+    return names, personal
+
+
+def test_names_are_the_documented_table_in_order() -> None:
+    names, personal = _documented()
+    assert tuple(names) == FEATURE_NAMES
+    assert personal == PERSONAL
+    assert len(FEATURE_NAMES) == 20
+
+
+finite = st.floats(min_value=-1e6, max_value=1e6, allow_nan=False)
+positive = st.floats(min_value=1e-6, max_value=1e6, allow_nan=False)
+
+
+@given(st.lists(finite, min_size=F, max_size=F), st.lists(positive, min_size=F, max_size=F))
+def test_spec_names_unique_and_in_fixed_order(means: list[float], scales: list[float]) -> None:
+    spec = build_spec(means, scales)
+    assert spec.names == list(FEATURE_NAMES)
+    assert len(set(spec.names)) == len(spec.names)
+    assert [f.personal for f in spec.features] == [n in PERSONAL for n in FEATURE_NAMES]
+    assert [f.mean for f in spec.features] == means
+    assert [f.scale for f in spec.features] == scales
+    assert validate(spec.model_dump(mode="json"), FeatureSpec) == spec
+
+
+def test_spec_refuses_misaligned_statistics() -> None:
+    with pytest.raises(ValueError, match="expected 20"):
+        build_spec([0.0] * (F - 1), [1.0] * F)

@@ -1,0 +1,1 @@
+"""Simulators, brokers and the loss checker."""

@@ -1,0 +1,1 @@
+"""What the tests share: one clock, one waiter, builders, processes, brokers."""
