@@ -27,7 +27,7 @@ from protocol.envelopes import OutcomeKind, TrustFile
 from protocol.ids import utcnow
 from protocol.signing import Verifier
 from protocol.topics import Topics
-from tests.support.helpers import make_batch
+from tests.support.builders import make_batch
 
 ROOT = Path(__file__).resolve().parents[2]
 TOPICS = Topics("edgemart/v1")
