@@ -186,6 +186,7 @@ def test_keys_created_private_then_reloaded(tmp_path: Path) -> None:
     Verifier.from_public_keys(trust.keys).verify(signed)
 
 
+@pytest.mark.integration  # spawns a process or starts a broker
 def test_token_create_cli_subprocess(tmp_path: Path) -> None:
     data_dir = tmp_path / "gw"
     done = subprocess.run(
@@ -212,6 +213,7 @@ def test_token_create_cli_subprocess(tmp_path: Path) -> None:
     assert Store(data_dir / "gateway.db").audit_log()[0]["who"] == "ops:alice"
 
 
+@pytest.mark.integration  # spawns a process or starts a broker
 def test_cli_errors_are_one_line_and_exit_2(tmp_path: Path) -> None:
     done = subprocess.run(
         [
