@@ -18,6 +18,7 @@ from agent.intake.aggregates import AGGREGATE_ROW_CHARGE, AggregateHit, hit
 from agent.store.core import NewOutcome, NewSignal, Store
 from agent.store.quota import plan as quota_plan
 from protocol.ids import format_time
+from tests.support.clock import FakeClock
 
 DAY = 86_400.0
 START = datetime(2026, 11, 27, tzinfo=UTC).timestamp()
@@ -26,14 +27,6 @@ KINDS = {  # kind: (priority, ttl in seconds)
     "content_view": (50, 7 * DAY),
     "purchase": (90, 30 * DAY),
 }
-
-
-class Clock:
-    def __init__(self, now: float) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @dataclass
@@ -100,7 +93,7 @@ async def test_a_day_offline_at_the_quota_evicts_in_order_and_stays_under_it(
     tmp_path: Path, seed: int
 ) -> None:
     quota = 660_000
-    clock = Clock(START)
+    clock = FakeClock(START)
     path = tmp_path / "agent.sqlite3"
     store = Store(path, disk_quota=quota, clock=clock)
     await store.open()
@@ -167,7 +160,7 @@ async def test_a_day_offline_at_the_quota_evicts_in_order_and_stays_under_it(
 async def test_refuse_profile_answers_quota_exceeded_after_dropping_only_expired(
     tmp_path: Path,
 ) -> None:
-    clock = Clock(START)
+    clock = FakeClock(START)
     store = Store(
         tmp_path / "r.sqlite3", outbox_max_bytes=20_000, outbox_full="refuse", clock=clock
     )
@@ -249,7 +242,7 @@ def agg_signals(n: int, tag: str) -> list[NewSignal]:
 async def test_aggregate_rows_are_charged_against_the_quota_and_evicted_oldest_window_first(
     tmp_path: Path,
 ) -> None:
-    clock = Clock(START)
+    clock = FakeClock(START)
     quota = 40 * AGGREGATE_ROW_CHARGE
     store = Store(tmp_path / "a.sqlite3", outbox_max_bytes=quota, clock=clock)
     await store.open()
@@ -273,7 +266,7 @@ async def test_aggregate_rows_are_charged_against_the_quota_and_evicted_oldest_w
 
 
 async def test_aggregate_mode_refuses_new_rows_at_the_quota(tmp_path: Path) -> None:
-    clock = Clock(START + 1)
+    clock = FakeClock(START + 1)
     quota = 10 * AGGREGATE_ROW_CHARGE
     store = Store(tmp_path / "r.sqlite3", outbox_max_bytes=quota, outbox_full="refuse", clock=clock)
     await store.open()

@@ -34,8 +34,9 @@ from protocol.envelopes import Batch
 from simulators.brokers import MosquittoProcess, free_port
 from simulators.checker import Drops, account
 from simulators.faults import AgentProcess
-from tests.support.durability_world import ALL, agent_settings, export, gateway
-from tests.support.helpers import eventually, gateway_db_before
+from tests.support.builders import ALL, gateway_db_before
+from tests.support.gateway_world import agent_settings, export, gateway
+from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.integration
 

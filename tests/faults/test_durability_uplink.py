@@ -18,8 +18,10 @@ from agent.runtime.agent import Agent
 from cloud_gateway.db.store import Store as GatewayStore
 from simulators.brokers import MosquittoProcess
 from simulators.checker import Drops, account, coverage
-from tests.support.durability_world import ALL, agent_settings, device_view, export, gateway
-from tests.support.helpers import eventually
+from tests.support.builders import ALL
+from tests.support.clock import FakeClock
+from tests.support.gateway_world import agent_settings, device_view, export, gateway
+from tests.support.waiting import eventually
 
 
 def mixed(round_: int) -> list[dict[str, Any]]:
@@ -73,14 +75,6 @@ async def test_aggregate_mode_snapshots_cover_every_signal_and_the_latest_wins(
             assert (await device_view(gw, device))["aggregates_cover"] == 210
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.offset = 0.0
-
-    def __call__(self) -> float:
-        return time.time() + self.offset
-
-
 async def batches_at(gw: Any, device: str) -> int:
     def count(store: GatewayStore, dev: str) -> int:
         row = store.conn.execute("SELECT count(*) FROM batches WHERE device_id = ?", [dev])
@@ -104,7 +98,7 @@ async def test_daily_byte_budget_degrades_to_aggregates_then_holds_until_the_nex
             uplink={"degrade_at": 0.5, "batch_max_signals": 100},
         )
         device = settings.device_id
-        clock = Clock()
+        clock = FakeClock()
         async with Agent(settings, clock=clock) as agent:
             uplink = agent.uplink
             assert uplink is not None

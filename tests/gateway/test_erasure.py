@@ -43,7 +43,9 @@ from protocol.envelopes import Batch, Command
 from protocol.ids import format_time, new_id, utcnow
 from protocol.signing import Signer, Verifier
 from simulators.brokers import MosquittoProcess
-from tests.support.helpers import eventually, gateway_settings, make_batch
+from tests.support.builders import make_batch
+from tests.support.gateway_world import gateway_settings
+from tests.support.waiting import eventually
 
 ALL = {"analytics": True, "personalization": True, "marketing": True}
 

@@ -31,7 +31,7 @@ from protocol.envelopes import OutcomeKind, TrustFile
 from protocol.ids import utcnow
 from protocol.signing import Verifier
 from protocol.topics import Topics
-from tests.support.helpers import make_batch
+from tests.support.builders import make_batch
 
 ROOT = Path(__file__).resolve().parents[2]
 TOPICS = Topics("edgemart/v1")
@@ -190,6 +190,7 @@ def test_keys_created_private_then_reloaded(tmp_path: Path) -> None:
     Verifier.from_public_keys(trust.keys).verify(signed)
 
 
+@pytest.mark.integration  # spawns a process or starts a broker
 def test_token_create_cli_subprocess(tmp_path: Path) -> None:
     data_dir = tmp_path / "gw"
     done = subprocess.run(
@@ -218,6 +219,7 @@ def test_token_create_cli_subprocess(tmp_path: Path) -> None:
     assert audit_log(Store(data_dir / "gateway.db"))[0]["who"] == "ops:alice"
 
 
+@pytest.mark.integration  # spawns a process or starts a broker
 def test_cli_errors_are_one_line_and_exit_2(tmp_path: Path) -> None:
     done = subprocess.run(
         [
