@@ -58,10 +58,10 @@ class SignalIntake:
             clock = self.store.clock()
             hits = [aggregate_hit(item.kind, item.attrs, clock, window_s) for item in signals]
         try:
-            done = await self.store.accept_signals(rows, buckets, hits=hits, withdrawn=withdrawn)
+            done = await self.store.call(self.store.outbox.accept, rows, buckets, hits, withdrawn)
         except BaseException as exc:
             # The windows already counted these signals: rebuild them from what is stored.
-            self.windows = FeatureWindows.load(await self.store.load_buckets())
+            self.windows = FeatureWindows.load(await self.store.call(self.store.buckets.load))
             if isinstance(exc, QuotaExceeded):
                 self.metrics.inc("signals_refused", len(rows))
             raise
@@ -88,7 +88,7 @@ class SignalIntake:
             self.consent.version,
             self.consent.updated_at,
         )
-        version = await self.store.set_consent(checked, at, purge=withdraw)
+        version = await self.store.call(self.store.consent.set, checked, at, withdraw)
         self.consent = ConsentState(
             checked["analytics"], checked["personalization"], checked["marketing"], version, at
         )

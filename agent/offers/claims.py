@@ -96,7 +96,9 @@ class Claims:
         """Offers whose claim the gateway refused: the ranking stops offering them."""
 
     async def start(self) -> None:
-        self.refused = frozenset(c["offer_id"] for c in await self._store.claims("refused"))
+        self.refused = frozenset(
+            c["offer_id"] for c in await self._store.call(self._store.claims.all, "refused")
+        )
 
     async def claim(self, offer_id: str, now: datetime) -> tuple[dict[str, Any], bool]:
         """Start (or return the existing) claim of a held limited offer; True when new."""
@@ -105,7 +107,9 @@ class Claims:
             raise UnknownOffer(offer_id)
         if not offer.limited:
             raise NotClaimable(offer_id, "not a limited offer (no claim needed)")
-        row, created = await self._store.open_claim(new_id(), offer.id, offer.campaign_id)
+        row, created = await self._store.call(
+            self._store.claims.open, new_id(), offer.id, offer.campaign_id
+        )
         if not created:
             self._metrics.inc("claims_repeated")
             return row, False
@@ -119,7 +123,7 @@ class Claims:
         return row, True
 
     async def get(self, claim_id: str) -> dict[str, Any] | None:
-        return await self._store.get_claim(claim_id)
+        return await self._store.call(self._store.claims.get, claim_id)
 
     def on_connected(self) -> None:
         self._wake.set()
@@ -134,7 +138,7 @@ class Claims:
             except TimeoutError:
                 pass
             self._wake.clear()
-            for row in await self._store.claims("pending"):
+            for row in await self._store.call(self._store.claims.all, "pending"):
                 if time.time() - float(row["updated"]) < interval / 2 and row["attempts"]:
                     continue  # just sent
                 if not await self._send(row):
@@ -157,7 +161,7 @@ class Claims:
         except LinkDown as exc:
             log.debug("claim %s waits for the link: %s", row["id"], exc)
             return False
-        await self._store.claim_sent(row["id"])
+        await self._store.call(self._store.claims.sent, row["id"])
         return True
 
     def _bad(self, reason: str, detail: str) -> None:
@@ -177,11 +181,12 @@ class Claims:
         )
         if result is None:
             return False
-        stored = await self._store.get_claim(result.claim_id)
+        stored = await self._store.call(self._store.claims.get, result.claim_id)
         if stored is None or stored["offer_id"] != result.offer_id:
             self._bad("unknown_claim", f"no claim {result.claim_id!r} for {result.offer_id!r}")
             return False
-        applied = await self._store.answer_claim(
+        applied = await self._store.call(
+            self._store.claims.answer,
             result.claim_id,
             granted=result.granted,
             code=result.code,

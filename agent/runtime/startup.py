@@ -123,15 +123,17 @@ class Startup:
         if current is not None:
             self.previous_model = previous if previous is not None else self.model
             self.model = current
-        for row in await self.store.load_consent():
+        for row in await self.store.call(self.store.consent.load):
             self.consent = _with(
                 self.consent, row.purpose, row.granted, row.version, row.updated_at
             )
-        self.windows = FeatureWindows.load(await self.store.load_buckets())
+        self.windows = FeatureWindows.load(await self.store.call(self.store.buckets.load))
         self.offers = OfferBook(verifier, self.store, self.metrics)
         await self.offers.load()
         today = self.local_day(utcnow())
-        self.caps = CapCounts.load(await self.store.load_cap_counts(today), today)
+        self.caps = CapCounts.load(
+            await self.store.call(self.store.decisions.cap_counts, today), today
+        )
         self.claims = Claims(
             settings,
             self.store,
@@ -294,13 +296,14 @@ class Startup:
 
     async def _maintenance(self) -> None:
         while True:
-            expired = await self.store.expire(self.store.clock())
+            expired = await self.store.call(self.store.outbox.expire)
             if expired:
                 self.metrics.inc("signals_expired", expired)
                 log.info("dropped %d expired signals", expired)
-            await self.store.prune_buckets(prune_cutoff(utcnow()))
+            await self.store.call(self.store.buckets.prune, prune_cutoff(utcnow()))
             now = utcnow()
-            await self.store.prune_decisions(
+            await self.store.call(
+                self.store.decisions.prune,
                 self.local_day(now) - 1,
                 now.timestamp() - attribution.longest_window_s(self.settings.profile.decisions),
             )

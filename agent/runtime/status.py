@@ -43,7 +43,7 @@ def accounting_of(agent: Agent) -> dict[str, Any]:
         "refused": drops.get("refused", 0),
         "outcomes_withdrawn": drops.get("outcomes_withdrawn", 0),
         "forgotten": drops.get("forgotten", 0),
-        "aggregate_unacked": agent.store.aggregate_unacked,
+        "aggregate_unacked": agent.store.counters.aggregate_unacked,
         "mode": agent.uplink.mode() if agent.uplink is not None else None,
         "uplink_bytes_today": agent.uplink.used_today() if agent.uplink is not None else 0,
         "holding": agent.uplink.holding if agent.uplink is not None else False,
