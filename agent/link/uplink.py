@@ -19,7 +19,7 @@ from agent.config import AgentSettings
 from agent.errors import BatchTooLarge, LinkDown
 from agent.intake.consent import ConsentState
 from agent.link.downlink import UnknownFields
-from agent.link.session import Link
+from agent.link.transport import Transport
 from agent.runtime.metrics import Metrics
 from agent.store.batches import StoredBatch
 from agent.store.core import Store
@@ -62,7 +62,7 @@ class Uplink:
         self,
         settings: AgentSettings,
         store: Store,
-        link: Link,
+        link: Transport,
         metrics: Metrics,
         *,
         consent: Callable[[], ConsentState],

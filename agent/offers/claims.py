@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -19,7 +18,7 @@ from typing import Any
 from agent.config import AgentSettings
 from agent.errors import AgentError, LinkDown, UnknownOffer
 from agent.link.downlink import UnknownFields, read_addressed
-from agent.link.session import Link
+from agent.link.transport import Transport
 from agent.runtime.metrics import Metrics
 from agent.store.core import Store
 from mqttlink.logs import OnceLogger
@@ -77,7 +76,7 @@ class Claims:
         verifier: Verifier,
         metrics: Metrics,
         *,
-        link: Callable[[], Link | None],
+        link: Transport,
         offer: Callable[[str], Offer | None],
     ) -> None:
         self.settings = settings
@@ -139,16 +138,14 @@ class Claims:
                 pass
             self._wake.clear()
             for row in await self._store.call(self._store.claims.all, "pending"):
-                if time.time() - float(row["updated"]) < interval / 2 and row["attempts"]:
+                if self._store.clock() - float(row["updated"]) < interval / 2 and row["attempts"]:
                     continue  # just sent
                 if not await self._send(row):
                     break
                 self._metrics.inc("claims_resent")
 
     async def _send(self, row: dict[str, Any]) -> bool:
-        link = self._link()
-        if link is None:
-            return False
+        link = self._link
         request = ClaimRequest(
             id=row["id"],
             device_id=self.settings.device_id,

@@ -155,3 +155,11 @@ class Store:
                 tx.execute(
                     "INSERT INTO migrations(name, applied_at) VALUES (?, ?)", (name, self.clock())
                 )
+
+    def ping(self) -> bool:
+        """The database answers a query (readiness); False when it does not."""
+        try:
+            self.thread.conn().execute("SELECT 1 FROM meta LIMIT 1").fetchone()
+        except (sqlite3.Error, StoreError):
+            return False
+        return True
