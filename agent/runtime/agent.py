@@ -20,7 +20,7 @@ from agent.config import AgentSettings
 from agent.decide.decisions import Decisions
 from agent.decide.policy import CapCounts, QuietWindow
 from agent.decide.ranking import Consent, Decision, RankedOffer
-from agent.errors import AgentError, ModelRejected, UnknownOffer
+from agent.errors import AgentError, ModelRejected, NotStarted, UnknownOffer
 from agent.features.windows import FeatureWindows
 from agent.intake.consent import ConsentState
 from agent.intake.validate import SignalIn, parse_outcome
@@ -42,10 +42,6 @@ from protocol.ids import utcnow
 log = logging.getLogger(__name__)
 
 SHUTDOWN_FLUSH_S = 2.0
-
-
-class NotStarted(AgentError):
-    """The agent's parts exist only inside `async with Agent(...)`."""
 
 
 class Agent:
