@@ -88,13 +88,6 @@ MAY_IMPORT: dict[str, frozenset[str] | None] = {
     "bench": None,
     "edgemart": None,
 }
-# The import cycles the rooms still have (issue 11) through the agent's host stubs under
-# `if TYPE_CHECKING:` (contracts mypy cannot check): a strict xfail, so it fails the moment
-# they are gone, and then its marker goes. None is left at run time.
-KNOWN_TYPING_CYCLES = (
-    "agent.api.local -> runtime.agent -> runtime.startup -> api.local, runtime.status -> agent",
-    "agent.store.core -> store.decisions -> store.core",
-)
 
 
 def _modules() -> dict[str, Path]:
@@ -211,7 +204,6 @@ def test_no_import_cycles_between_modules() -> None:
     assert cycles == [], "import cycles:\n" + "\n".join(" <-> ".join(c) for c in cycles)
 
 
-@pytest.mark.xfail(strict=True, reason="known cycles: " + "; ".join(KNOWN_TYPING_CYCLES))
 def test_no_import_cycles_even_through_type_checking_imports() -> None:
     cycles = _cycles(TYPING_GRAPH)
     assert cycles == [], "typing import cycles:\n" + "\n".join(" <-> ".join(c) for c in cycles)

@@ -21,7 +21,7 @@ from protocol.envelopes import TrustFile
 from protocol.ids import format_time, new_id, utcnow
 from protocol.signing import Signer
 from tests.support.fake_transport import FakeTransports
-from tests.support.helpers import eventually
+from tests.support.waiting import eventually
 
 SURFACE = "tv_home_banner"
 Client = TestClient[Any, Any]

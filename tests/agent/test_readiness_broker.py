@@ -14,7 +14,7 @@ from protocol import codec
 from protocol.envelopes import TrustFile
 from protocol.signing import Signer
 from simulators.brokers import MosquittoProcess
-from tests.support.helpers import eventually
+from tests.support.waiting import eventually
 
 
 async def test_readyz_fails_while_the_broker_is_dead_then_recovers(

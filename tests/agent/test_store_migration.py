@@ -3,6 +3,7 @@ by the previous schema holds."""
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 from contextlib import closing
 from pathlib import Path
@@ -25,7 +26,8 @@ def agent_db_before(path: Path, migration: schema.Migration, sql: list[str]) -> 
 
 async def test_rename_keeps_cap_counts_exposures_and_claims(tmp_path: Path) -> None:
     path = tmp_path / "agent.sqlite3"
-    agent_db_before(
+    await asyncio.to_thread(
+        agent_db_before,
         path,
         schema.m007_decision_table_names,
         [
