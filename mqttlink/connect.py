@@ -22,6 +22,14 @@ from mqttlink.errors import CredentialError
 log = logging.getLogger(__name__)
 
 MAX_SECRET_BYTES = 4096
+CREDENTIAL_ENV = {
+    "EDGEMART_MQTT_USERNAME": "mqtt_username",
+    "EDGEMART_MQTT_PASSWORD": "mqtt_password",
+    "EDGEMART_MQTT_PASSWORD_FILE": "mqtt_password_file",
+    "EDGEMART_MQTT_CA_FILE": "mqtt_ca_file",
+}
+"""Broker credentials from the environment, the same names for agent and gateway, and the
+settings field each fills (a clear password is taken from the environment only)."""
 CLEAR_URL_WARNING = (
     "the broker password is in the broker URL, visible in the process list;"
     " prefer --mqtt-password-file or EDGEMART_MQTT_PASSWORD"
