@@ -11,7 +11,7 @@ import time
 import pytest
 
 from mqttlink.backoff import Backoff
-from mqttlink.connect import ClientOptions
+from mqttlink.connect import ClientOptions, MqttVersion
 from mqttlink.connection import Connection
 from mqttlink.errors import ConnectFailed, MqttLinkError, SessionEnded
 from mqttlink.reconnect import LinkState, Reconnector
@@ -119,3 +119,33 @@ async def test_a_refused_connect_is_our_error_not_aiomqtts(own_mosquitto: Mosqui
         async with Connection(options):
             pass
     assert raised.value.code is None  # refused by the socket, not by a CONNACK
+
+
+@pytest.mark.parametrize("version", [MqttVersion.V311, MqttVersion.V5])
+async def test_a_persistent_session_gets_what_was_sent_while_it_was_away(
+    mosquitto: MosquittoProcess, version: MqttVersion
+) -> None:
+    """clean_start=False (and an MQTT 5 session expiry) keep the subscription and the QoS 1
+    messages queued for it; clean_start=True starts empty."""
+    topic = f"mqttlink-test/persist/{version.value}"
+
+    def options(client_id: str, *, clean: bool) -> ClientOptions:
+        return ClientOptions(
+            "127.0.0.1",
+            mosquitto.port,
+            client_id,
+            clean_start=clean,
+            session_expiry_s=300 if version is MqttVersion.V5 else None,
+            version=version,
+            timeout=5.0,
+        )
+
+    async with Connection(options(f"keeper-{version.value}", clean=True)) as conn:
+        await conn.subscribe(topic, qos=1)  # a fresh session
+    async with Connection(options(f"keeper-{version.value}", clean=False)) as conn:
+        await conn.subscribe(topic, qos=1)
+    async with Connection(options(f"sender-{version.value}", clean=True)) as sender:
+        await sender.publish(topic, b"while away", qos=1)
+    async with Connection(options(f"keeper-{version.value}", clean=False)) as conn:
+        got = await asyncio.wait_for(anext(aiter(conn.messages())), 5)
+    assert (got.topic, got.payload, got.qos) == (topic, b"while away", 1)
