@@ -9,6 +9,7 @@ FROM python:3.11-slim AS build
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY protocol protocol
+COPY mqttlink mqttlink
 COPY agent agent
 COPY cloud_gateway cloud_gateway
 COPY models models

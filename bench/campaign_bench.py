@@ -27,7 +27,7 @@ import aiomqtt
 
 from bench.record import Record, percentiles
 from cloud_gateway.config import GatewaySettings
-from cloud_gateway.db.migrations import transaction
+from cloud_gateway.db.sqlite import transaction
 from cloud_gateway.db.store import Store
 from cloud_gateway.runtime.gateway import Gateway
 from cloud_gateway.security.auth import create_token

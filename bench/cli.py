@@ -21,6 +21,7 @@ SUITES = [
     "bench.model_bench",
     "bench.intake_bench",
     "bench.ingest_bench",
+    "bench.pg_driver_bench",
 ]
 
 

@@ -46,6 +46,15 @@ class InvalidTransition(GatewayError):
         self.action = action
 
 
+class InvalidInput(GatewayError):
+    """What a caller sent is invalid (a manifest, a model file, a parameter); HTTP 400.
+    `errors` lists (loc, msg) pairs per field, when there are some."""
+
+    def __init__(self, message: str, *, errors: list[dict[str, str]] | None = None) -> None:
+        super().__init__(message)
+        self.errors = errors
+
+
 class Conflict(GatewayError):
     """A request clashes with what exists (a duplicate id); HTTP 409 naming the field."""
 

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The whole test suite on a fresh machine: Mosquitto (apt-get when missing), a virtual
+# The whole test suite on a fresh machine: Mosquitto, PostgreSQL's server binaries and
+# chromium (apt-get when missing), a virtual
 # environment with the dev extras, then lint (ruff), types (mypy --strict), the generated
 # protocol reference check, and pytest. Arguments go to pytest.
 set -euo pipefail
@@ -9,7 +10,16 @@ if ! command -v mosquitto >/dev/null 2>&1 && [ ! -x /usr/sbin/mosquitto ]; then
   SUDO=""
   [ "$(id -u)" = "0" ] || SUDO="sudo"
   $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq mosquitto
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends mosquitto
+fi
+
+# The gateway's PostgreSQL backend is tested against a private server (initdb into a
+# temporary directory, simulators/postgres.py): the server binaries, not a running service.
+if ! ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 && ! command -v postgres >/dev/null 2>&1; then
+  SUDO=""
+  [ "$(id -u)" = "0" ] || SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends postgresql
 fi
 
 # The dashboard test drives Debian's chromium (Playwright with executable_path; no browser
@@ -18,7 +28,7 @@ if ! command -v chromium >/dev/null 2>&1; then
   SUDO=""
   [ "$(id -u)" = "0" ] || SUDO="sudo"
   $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq chromium
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends chromium
 fi
 
 PYTHON="${PYTHON:-python3}"

@@ -143,6 +143,17 @@ class Health(BaseModel):
     version: str
 
 
+class Readiness(BaseModel):
+    """`/readyz`: `ready` only while every check is ok (200), else 503 with the same body.
+    Checks: `broker` (the MQTT link is up), `database` (a write, rolled back, and a read
+    succeed), `loops` (every owned loop runs; `down` names those that do not)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    ready: bool
+    checks: dict[str, dict[str, Any]]
+
+
 @dataclass(frozen=True, slots=True)
 class Route:
     """One operation of the API as the document describes it."""
@@ -237,7 +248,20 @@ ROUTES: tuple[Route, ...] = (
     ),
     Route("get", "/v1/stats", "Gateway-wide counters", GatewayStats),
     Route("get", "/metrics", "Prometheus metrics (text format)", "text/plain"),
-    Route("get", "/healthz", "Liveness", Health, public=True),
+    Route(
+        "get",
+        "/healthz",
+        "Liveness: the process answers (nothing about the broker or the database)",
+        Health,
+        public=True,
+    ),
+    Route(
+        "get",
+        "/readyz",
+        "Readiness: broker link up, database writable, every loop running (else 503)",
+        Readiness,
+        public=True,
+    ),
     Route("get", "/openapi.json", "This document"),
     Route("get", "/", "The dashboard (HTML)", "text/html", public=True),
 )
@@ -389,6 +413,8 @@ def _operation(route: Route) -> dict[str, Any]:
         }
         op["responses"]["400"] = {"description": "Invalid body", "content": problem}
         op["responses"]["413"] = {"description": "Body too large", "content": problem}
+    if route.path == "/readyz":
+        op["responses"]["503"] = {"description": "Not ready", "content": content}
     if route.method == "post" and route.path == "/v1/campaigns":
         op["responses"]["409"] = {"description": "An offer id is taken", "content": problem}
     if route.method == "post" and route.path.endswith(("/launch", "/pause", "/end")):

@@ -22,18 +22,18 @@ from typing import Any
 
 from cloud_gateway.campaigns.model import Campaign, build_offers, needs_facts
 from cloud_gateway.campaigns.targeting import DeviceFacts, selects
-from cloud_gateway.db.campaigns import (
+from cloud_gateway.db.campaigns import get_campaign, list_campaigns
+from cloud_gateway.db.claims import stock_left
+from cloud_gateway.db.devices import device_facts
+from cloud_gateway.db.pushes import (
     DevicePush,
     add_device_pushes,
     apply_receipts,
     bundles_past_half_life,
-    device_facts,
     mark_sent,
     outstanding,
     pushed_devices,
-    stock_left,
 )
-from cloud_gateway.db.store import Store
 from cloud_gateway.errors import GatewayError
 from cloud_gateway.runtime.wiring import Service, Wiring
 from protocol import codec
@@ -171,7 +171,7 @@ class DeviceDelivery(Service):
         now = utcnow()
         done = 0
         for campaign_id, devices in (await self._db.call(bundles_past_half_life, now)).items():
-            doc = await self._db.call(Store.get_campaign, campaign_id)
+            doc = await self._db.call(get_campaign, campaign_id)
             if doc is None:
                 continue
             campaign = Campaign.model_validate(doc)
@@ -195,9 +195,7 @@ class DeviceDelivery(Service):
         devices, self._facts_due = self._facts_due, set()
         if not devices:
             return 0
-        live = [
-            Campaign.model_validate(d) for d in await self._db.call(Store.list_campaigns, "live")
-        ]
+        live = [Campaign.model_validate(d) for d in await self._db.call(list_campaigns, "live")]
         live = [c for c in live if c.per_device and needs_facts(c)]
         done = 0
         now = utcnow()
@@ -222,10 +220,7 @@ class DeviceDelivery(Service):
     async def on_birth(self, device_id: str) -> None:
         """A device came online: push live per-device campaigns it now matches, re-send the rest."""
         async with self._birth_lock:
-            live = [
-                Campaign.model_validate(d)
-                for d in await self._db.call(Store.list_campaigns, "live")
-            ]
+            live = [Campaign.model_validate(d) for d in await self._db.call(list_campaigns, "live")]
             live = [c for c in live if c.per_device]
             if live:
                 facts = await self._db.call(device_facts, device_id)

@@ -169,20 +169,6 @@ class Campaign(BaseModel):
         return list(self.cohorts)
 
 
-class CampaignStats(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    campaign_id: Id
-    state: CampaignState
-    pushed: int
-    publishes: int
-    impressions: int
-    clicks: int
-    dismisses: int
-    conversions: int
-    ctr: float
-
-
 def new_campaign(spec: CampaignIn, now: datetime) -> Campaign:
     """A draft campaign; every offer gets an id (the operator's or a fresh UUIDv7)."""
     offers = []
@@ -370,19 +356,3 @@ def claim_refusal(
     if expires is not None and now >= expires:
         return "expired: the offer's window has closed"
     return None
-
-
-def campaign_stats(campaign: Campaign, counts: dict[str, int]) -> CampaignStats:
-    impressions = counts.get("impression", 0)
-    clicks = counts.get("click", 0)
-    return CampaignStats(
-        campaign_id=campaign.id,
-        state=campaign.state,
-        pushed=counts.get("pushed", 0),
-        publishes=counts.get("publishes", 0),
-        impressions=impressions,
-        clicks=clicks,
-        dismisses=counts.get("dismiss", 0),
-        conversions=counts.get("conversion", 0),
-        ctr=round(clicks / impressions, 6) if impressions else 0.0,
-    )

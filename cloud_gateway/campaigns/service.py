@@ -16,16 +16,20 @@ from cloud_gateway.campaigns.model import (
     new_campaign,
     transition,
 )
-from cloud_gateway.campaigns.pending import (
-    Owed,
+from cloud_gateway.campaigns.pending import Owed
+from cloud_gateway.campaigns.results import CampaignResults, campaign_results
+from cloud_gateway.db.campaigns import (
+    campaign_rows,
+    catalogs,
     change_campaign,
     clear_pending,
     create_campaign,
+    get_campaign,
+    list_campaigns,
     pending,
+    record_catalog,
 )
-from cloud_gateway.campaigns.results import CampaignResults, campaign_results
-from cloud_gateway.db.campaigns import campaign_rows, stock_left
-from cloud_gateway.db.store import Store
+from cloud_gateway.db.claims import stock_left
 from cloud_gateway.errors import GatewayError, NotFound
 from cloud_gateway.runtime.wiring import Service, Wiring
 from protocol import codec
@@ -62,13 +66,13 @@ class CampaignService(Service):
         return campaign
 
     async def get(self, campaign_id: str) -> Campaign:
-        doc = await self._db.call(Store.get_campaign, campaign_id)
+        doc = await self._db.call(get_campaign, campaign_id)
         if doc is None:
             raise NotFound("campaign", campaign_id)
         return Campaign.model_validate(doc)
 
     async def list(self) -> list[Campaign]:
-        return [Campaign.model_validate(d) for d in await self._db.call(Store.list_campaigns)]
+        return [Campaign.model_validate(d) for d in await self._db.call(list_campaigns)]
 
     async def launch(self, campaign_id: str, who: str) -> Campaign:
         return await self._change(campaign_id, "launch", who)
@@ -155,7 +159,7 @@ class CampaignService(Service):
                 revokes.update(owed.revokes)
                 catalog_ids.append(item.id)
                 continue
-            doc = await self._db.call(Store.get_campaign, owed.campaign_id)
+            doc = await self._db.call(get_campaign, owed.campaign_id)
             campaign = Campaign.model_validate(doc) if doc is not None else None
             if campaign is not None:
                 if owed.kind == "device_revoke":
@@ -200,9 +204,7 @@ class CampaignService(Service):
         """Sign and publish the catalog of each cohort; a failed publish leaves it dirty.
 
         Returns True when every catalog went out."""
-        live = [
-            Campaign.model_validate(d) for d in await self._db.call(Store.list_campaigns, "live")
-        ]
+        live = [Campaign.model_validate(d) for d in await self._db.call(list_campaigns, "live")]
         revoked = list(revokes)
         stock = {
             c.id: await self._db.call(stock_left, c.id)
@@ -227,7 +229,7 @@ class CampaignService(Service):
             self._counters["bundles_pushed"] += 1
             self._counters["offers_pushed"] += len(bundle.offers)
             await self._db.call(
-                Store.record_catalog, cohort, bundle.id, per_campaign, now, bundle.expires_at
+                record_catalog, cohort, bundle.id, per_campaign, now, bundle.expires_at
             )
             log.info(
                 "pushed catalog %s to cohort %s: %d offers", bundle.id, cohort, len(bundle.offers)
@@ -241,7 +243,7 @@ class CampaignService(Service):
         await self.delivery.refresh_due()
         now = utcnow()
         due = set(self.dirty)
-        for row in await self._db.call(Store.catalogs):
+        for row in await self._db.call(catalogs):
             published = parse_time(row["published_at"])
             expires = parse_time(row["expires_at"])
             if now >= published + (expires - published) / 2 and row["offers"] > 0:

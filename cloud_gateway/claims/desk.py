@@ -16,7 +16,7 @@ from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
-from cloud_gateway.db.campaigns import ClaimAnswer, claim_batch
+from cloud_gateway.db.claims import ClaimAnswer, claim_batch
 from cloud_gateway.errors import GatewayError
 from cloud_gateway.runtime.wiring import Service, Wiring
 from protocol import codec

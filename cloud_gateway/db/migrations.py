@@ -1,13 +1,17 @@
-"""The gateway database's schema as ordered, decorated, transactional, recorded migrations."""
+"""The SQLite backend's schema as ordered, decorated, transactional, recorded migrations.
+
+Each backend records its own migrations (table `migrations`: name, applied_at); these are
+SQLite's (sqlite-utils, `json_each`, `WITHOUT ROWID`). A PostgreSQL backend keeps its own list.
+"""
 
 from __future__ import annotations
 
-import sqlite3
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 
 from sqlite_utils import Database
 
+from cloud_gateway.db.backend import Clock
+from cloud_gateway.db.sqlite import transaction
 from protocol.ids import format_time, utcnow
 
 Migration = Callable[[Database], None]
@@ -20,19 +24,7 @@ def migration(fn: Migration) -> Migration:
     return fn
 
 
-@contextmanager
-def transaction(conn: sqlite3.Connection) -> Iterator[None]:
-    """BEGIN IMMEDIATE ... COMMIT, or ROLLBACK on any error (autocommit connections only)."""
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        yield
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
-    conn.execute("COMMIT")
-
-
-def apply_migrations(db: Database) -> list[str]:
+def apply_migrations(db: Database, clock: Clock = utcnow) -> list[str]:
     """Apply the migrations not yet recorded in `migrations`; return the names applied now."""
     conn = db.conn
     conn.execute(
@@ -48,7 +40,7 @@ def apply_migrations(db: Database) -> list[str]:
             fn(db)
             conn.execute(
                 "INSERT INTO migrations (name, applied_at) VALUES (?, ?)",
-                [fn.__name__, format_time(utcnow())],
+                [fn.__name__, format_time(clock())],
             )
         applied_now.append(fn.__name__)
     return applied_now

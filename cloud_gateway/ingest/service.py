@@ -17,7 +17,14 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from cloud_gateway.db.store import Database, Store, StoredBatch
+from cloud_gateway.db.ingest import (
+    StoredBatch,
+    record_rejection,
+    record_state,
+    store_batch_detail,
+    store_batches,
+)
+from cloud_gateway.db.store import Database
 from cloud_gateway.errors import GatewayError
 from mqttlink.logs import OnceLogger
 from protocol import codec
@@ -337,7 +344,7 @@ class Ingestor:
     async def _store_group(self, group: list[_Pending]) -> list[StoredBatch | GatewayError]:
         items = [(p.device_id, p.batch) for p in group]
         try:
-            return list(await self._db.call(Store.store_batches, items, utcnow()))
+            return list(await self._db.call(store_batches, items, utcnow()))
         except GatewayError as exc:
             if len(group) == 1:
                 return [exc]
@@ -346,9 +353,7 @@ class Ingestor:
         outcomes: list[StoredBatch | GatewayError] = []
         for device_id, batch in items:
             try:
-                outcomes.append(
-                    await self._db.call(Store.store_batch_detail, device_id, batch, utcnow())
-                )
+                outcomes.append(await self._db.call(store_batch_detail, device_id, batch, utcnow()))
             except GatewayError as exc:
                 outcomes.append(exc)
         return outcomes
@@ -387,12 +392,12 @@ class Ingestor:
             rejected.detail,
         )
         if rejected.device_id is not None:
-            await self._db.call(Store.record_rejection, rejected.device_id, utcnow())
+            await self._db.call(record_rejection, rejected.device_id, utcnow())
 
     async def _accept(self, device_id: str, message: ClaimRequest | State) -> None:
         if isinstance(message, State):
             self.counters["states_received"] += 1
-            await self._db.call(Store.record_state, device_id, message, utcnow())
+            await self._db.call(record_state, device_id, message, utcnow())
             if message.model_update is not None and self._on_model_report is not None:
                 await self._on_model_report(device_id, message.model_update)
             if message.status == "online" and self._on_birth is not None:

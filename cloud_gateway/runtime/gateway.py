@@ -29,6 +29,7 @@ from cloud_gateway.ingest.service import AckBatcher, Ingestor
 from cloud_gateway.registry.service import ModelRegistry
 from cloud_gateway.runtime.link import MqttLink
 from cloud_gateway.runtime.scheduler import run_scheduler
+from cloud_gateway.runtime.tasks import Supervisor
 from cloud_gateway.runtime.wiring import Wiring
 from cloud_gateway.security.auth import TokenVerifier
 from cloud_gateway.security.keys import load_or_create, signed_key_list
@@ -40,6 +41,8 @@ log = logging.getLogger(__name__)
 
 KEY_LIST_VERSION = 1
 SHUTDOWN_FLUSH_S = 5.0
+READY_DB_TIMEOUT_S = 2.0
+LINK_LOOP = "gateway-mqtt"
 
 
 class Gateway:
@@ -59,7 +62,9 @@ class Gateway:
         self._erasure: DeviceErasure | None = None
         self.models: ModelRegistry | None = None
         self._runner: web.AppRunner | None = None
+        self.loops = Supervisor()
         self._tasks: list[asyncio.Task[None]] = []
+        """One-shot tasks (a catalog retry); the loops are `self.loops`'."""
 
     @property
     def signer(self) -> Signer:
@@ -92,6 +97,20 @@ class Gateway:
             "uplink_queued_bytes": link.queued_bytes if link is not None else 0,
             "ingest_waiting_batches": ingestor.waiting if ingestor is not None else 0,
         }
+
+    async def readiness(self) -> dict[str, Any]:
+        """`/readyz`: the broker link is up, the database takes a write (rolled back), every
+        owned loop runs. `ready` is True only when all three hold; each check says why not."""
+        broker = {"ok": self.link_connected}
+        try:
+            await asyncio.wait_for(self.db.check_writable(), READY_DB_TIMEOUT_S)
+            database: dict[str, Any] = {"ok": True}
+        except (GatewayError, TimeoutError) as exc:
+            database = {"ok": False, "error": str(exc) or "timed out"}
+        down = self.loops.down()
+        loops = {"ok": not down, "down": down, "restarts": sum(self.loops.restarts.values())}
+        checks = {"broker": broker, "database": database, "loops": loops}
+        return {"ready": all(c["ok"] for c in checks.values()), "checks": checks}
 
     async def wait_connected(self) -> None:
         """Return once the MQTT session is up (subscribed); wrap in a timeout."""
@@ -149,17 +168,18 @@ class Gateway:
             before_disconnect=self._before_disconnect,
             counters=self.counters,
         )
-        self._spawn(ingestor.run(), "gateway-ingest-commit")
-        self._spawn(self._acks.run(), "gateway-acks")
-        self._spawn(self._link.run(), "gateway-mqtt")
-        self._spawn(self._refresh_loop(), "gateway-catalog-refresh")
-        self._spawn(claims.run(), "gateway-claims")
-        self._spawn(self._campaigns.run_settler(), "gateway-campaign-settle")
-        self._spawn(
-            run_scheduler(self._campaigns, s.scheduler_tick_s, s.resend_after_s),
+        loops, campaigns, erasure = self.loops, self._campaigns, self._erasure
+        loops.start("gateway-ingest-commit", ingestor.run)
+        loops.start("gateway-acks", self._acks.run)
+        loops.start(LINK_LOOP, self._link.run)
+        loops.start("gateway-catalog-refresh", self._refresh_loop)
+        loops.start("gateway-claims", claims.run)
+        loops.start("gateway-campaign-settle", campaigns.run_settler)
+        loops.start(
             "gateway-scheduler",
+            lambda: run_scheduler(campaigns, s.scheduler_tick_s, s.resend_after_s),
         )
-        self._spawn(self._erasure.run(s.scheduler_tick_s, s.resend_after_s), "gateway-erasure")
+        loops.start("gateway-erasure", lambda: erasure.run(s.scheduler_tick_s, s.resend_after_s))
         try:
             await asyncio.wait_for(self._link.connected.wait(), s.connect_timeout_s)
         except TimeoutError:
@@ -173,6 +193,7 @@ class Gateway:
             started=time.monotonic(),
             erasure=self._erasure,
             gauges=self.gauges,
+            readiness=self.readiness,
         )
         app = build_app(ctx, s.max_http_body_bytes)
         self.models = ModelRegistry(  # issue 5: model registry and rollouts
@@ -266,20 +287,12 @@ class Gateway:
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
-        link_tasks = [t for t in self._tasks if t.get_name() == "gateway-mqtt"]
-        others = [t for t in self._tasks if t not in link_tasks]
-        while others:  # cancel again what a swallowed cancellation (CPython gh-86296) left
-            for task in others:
-                task.cancel()
-            _, pending = await asyncio.wait(others, timeout=1.0)
-            others = list(pending)
-        for task in link_tasks:  # its before_disconnect hook flushes pending acks
+        for task in self._tasks:
             task.cancel()
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(
-                asyncio.gather(*link_tasks, return_exceptions=True), SHUTDOWN_FLUSH_S
-            )
+        await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks.clear()
+        # the link last: its before_disconnect hook flushes pending acks
+        await self.loops.stop(last=(LINK_LOOP,), last_timeout_s=SHUTDOWN_FLUSH_S)
         if self._db is not None:
             await self._db.close()
             self._db = None

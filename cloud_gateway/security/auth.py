@@ -5,14 +5,11 @@ from __future__ import annotations
 import getpass
 import hashlib
 import secrets
-import sqlite3
 import time
 from pathlib import Path
 
-from cloud_gateway.db.migrations import transaction
-from cloud_gateway.db.store import Database, Store, insert_audit
-from cloud_gateway.errors import StoreError
-from protocol.ids import format_time, utcnow
+from cloud_gateway.db.store import Database, Store
+from cloud_gateway.db.tokens import add_token, token_id_for_hash
 
 DB_NAME = "gateway.db"
 MAX_TOKEN_LEN = 512
@@ -45,18 +42,9 @@ def create_token(data_dir: Path, who: str | None = None) -> str:
     data_dir.mkdir(parents=True, exist_ok=True)
     token = secrets.token_urlsafe(32)
     digest = token_hash(token)
-    ident = token_id(digest)
-    now = utcnow()
     store = Store(data_dir / DB_NAME)
     try:
-        with transaction(store.conn):
-            store.conn.execute(
-                "INSERT INTO tokens (id, hash, created_at) VALUES (?, ?, ?)",
-                [ident, digest, format_time(now)],
-            )
-            insert_audit(store.conn, who or _operator(), "token.create", f"token:{ident}", now)
-    except sqlite3.Error as exc:
-        raise StoreError(f"cannot store the new token: {exc}") from exc
+        add_token(store, token_id(digest), digest, who or _operator())
     finally:
         store.close()
     return token
@@ -66,7 +54,7 @@ def verify(store: Store, token: str) -> str | None:
     """The token's id if `token` is a live token of this store, else None."""
     if not token or len(token) > MAX_TOKEN_LEN:
         return None
-    return store.token_id_for_hash(token_hash(token))
+    return token_id_for_hash(store, token_hash(token))
 
 
 class TokenVerifier:
@@ -89,7 +77,7 @@ class TokenVerifier:
         hit = self._cache.get(digest)
         if hit is not None and hit[0] > now:
             return hit[1]
-        found = await self._db.call(Store.token_id_for_hash, digest)
+        found = await self._db.call(token_id_for_hash, digest)
         if len(self._cache) >= MAX_CACHED:
             self._cache.clear()
         # Unknown tokens are cached briefly too, so a flood of bad ones costs little.

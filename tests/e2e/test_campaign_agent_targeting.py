@@ -12,8 +12,8 @@ from typing import Any
 
 from agent.runtime.agent import Agent
 from cloud_gateway.campaigns.model import CampaignIn
-from cloud_gateway.db.campaigns import device_facts, pushed_devices
-from cloud_gateway.db.store import Store
+from cloud_gateway.db.devices import device_facts, get_device
+from cloud_gateway.db.pushes import pushed_devices
 from simulators.brokers import MosquittoProcess
 from tests.support.durability_world import ALL, agent_settings, export, gateway
 from tests.support.helpers import eventually
@@ -167,7 +167,7 @@ async def test_real_agents_in_aggregate_mode_are_targeted_on_what_they_report(
 
             async def all_known() -> bool:
                 """ph-silent sends nothing but its birth: wait until the gateway has it."""
-                return all([await gw.db.call(Store.get_device, d) is not None for d in USAGE])
+                return all([await gw.db.call(get_device, d) is not None for d in USAGE])
 
             await eventually(all_known, what="every agent's birth recorded")
             exp = await export(gw, "ph-bought-long-ago")

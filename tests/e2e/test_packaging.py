@@ -51,6 +51,8 @@ def test_wheel_ships_profiles_and_the_default_model(wheel: zipfile.ZipFile) -> N
         "protocol/py.typed",
         "agent/py.typed",
         "cloud_gateway/py.typed",
+        "cloud_gateway/api/static/index.html",
+        "mqttlink/py.typed",
     ):
         assert needed in names, f"{needed} missing from the wheel"
     assert not any(n.startswith("tests/") for n in names)
@@ -59,3 +61,22 @@ def test_wheel_ships_profiles_and_the_default_model(wheel: zipfile.ZipFile) -> N
 def test_wheel_declares_the_edgemart_command(wheel: zipfile.ZipFile) -> None:
     [entry] = [n for n in wheel.namelist() if n.endswith("entry_points.txt")]
     assert "edgemart = edgemart.cli:main" in wheel.read(entry).decode()
+
+
+def test_the_dockerfile_copies_every_package_the_wheel_is_built_from() -> None:
+    """A package left out of the image's build stage is missing from its wheel, and the image
+    fails at its first import (the MQTT adapter's move to `mqttlink/` would have done that)."""
+    import tomllib  # noqa: PLC0415
+
+    include = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"][
+        "packages"
+    ]["find"]["include"]
+    packages = {name.rstrip("*") for name in include}
+    copied = {
+        line.split()[1]
+        for line in (ROOT / "Dockerfile").read_text().splitlines()
+        if line.startswith("COPY ") and "--from" not in line
+    }
+    assert packages <= copied, f"not copied into the image: {sorted(packages - copied)}"
+    for package in packages:
+        assert (ROOT / package / "__init__.py").exists(), package

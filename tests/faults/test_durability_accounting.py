@@ -7,6 +7,8 @@ from pathlib import Path
 
 from agent.intake.aggregates import aggregate_key, hit, seconds_of, window_end, window_label
 from cloud_gateway.db import migrations
+from cloud_gateway.db.devices import aggregate_coverage, export_device, get_device
+from cloud_gateway.db.ingest import store_batch_detail
 from cloud_gateway.db.store import Store
 from protocol.envelopes import Aggregate, Batch
 from protocol.ids import utcnow
@@ -47,9 +49,9 @@ def test_the_one_row_per_key_migration_keeps_each_keys_latest_snapshot(tmp_path:
         ("b", "search", 1, 2, 4),
     ]
     now = utcnow()
-    assert store.store_batch_detail("tv-agg-1", snapshot(2, 9), now).aggregates == 0  # older
-    assert store.store_batch_detail("tv-agg-1", snapshot(4, 15), now).aggregates == 1
-    assert store.aggregate_coverage("tv-agg-1") == 7 + 15 + 2
+    assert store_batch_detail(store, "tv-agg-1", snapshot(2, 9), now).aggregates == 0  # older
+    assert store_batch_detail(store, "tv-agg-1", snapshot(4, 15), now).aggregates == 1
+    assert aggregate_coverage(store, "tv-agg-1") == 7 + 15 + 2
     store.close()
 
 
@@ -58,18 +60,18 @@ def test_cumulative_snapshots_latest_seq_wins_even_when_an_old_one_comes_late(
 ) -> None:
     store = Store(tmp_path / "gw.sqlite3")
     now = utcnow()
-    assert store.store_batch_detail("tv-agg-1", snapshot(1, 5), now).aggregates == 1
-    assert store.store_batch_detail("tv-agg-1", snapshot(3, 12), now).aggregates == 1
+    assert store_batch_detail(store, "tv-agg-1", snapshot(1, 5), now).aggregates == 1
+    assert store_batch_detail(store, "tv-agg-1", snapshot(3, 12), now).aggregates == 1
     # seq 2 (count 9) arrives after seq 3: stored as a batch, but it does not win.
-    assert store.store_batch_detail("tv-agg-1", snapshot(2, 9), now).aggregates == 0
-    assert store.store_batch_detail("tv-agg-1", snapshot(3, 12), now).new is False
+    assert store_batch_detail(store, "tv-agg-1", snapshot(2, 9), now).aggregates == 0
+    assert store_batch_detail(store, "tv-agg-1", snapshot(3, 12), now).new is False
     store.close()
     store = Store(tmp_path / "gw.sqlite3")
-    export = store.export_device("tv-agg-1")
+    export = export_device(store, "tv-agg-1")
     assert export is not None
     assert [(a["key"], a["count"], a["seq"]) for a in export["aggregates"]] == [("search", 12, 3)]
     assert coverage(export) == 12
-    view = store.get_device("tv-agg-1")
+    view = get_device(store, "tv-agg-1")
     assert view is not None and view["aggregates_cover"] == 12
     store.close()
 

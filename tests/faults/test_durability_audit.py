@@ -26,6 +26,8 @@ from agent.runtime.agent import Agent
 from agent.runtime.memory import MB, PAGE_OUT_EVERY_S, MemoryBudget, rss_bytes, sqlite_cache_kib
 from cloud_gateway.config import GatewaySettings
 from cloud_gateway.db import migrations
+from cloud_gateway.db.devices import aggregate_coverage
+from cloud_gateway.db.ingest import store_batch
 from cloud_gateway.db.store import Store as GatewayStore
 from cloud_gateway.runtime.gateway import Gateway
 from protocol.envelopes import Batch
@@ -174,9 +176,9 @@ def test_the_outbox_migration_keeps_old_batches_deduplicated(tmp_path: Path) -> 
             }
         )
 
-    assert not store.store_batch("tv-old-0001", batch(None, 5), now)  # a redelivery: once
-    assert store.store_batch("tv-old-0001", batch("b" * 32, 3), now)  # a reset device: new
-    assert store.aggregate_coverage("tv-old-0001") == 5 + 3
+    assert not store_batch(store, "tv-old-0001", batch(None, 5), now)  # a redelivery: once
+    assert store_batch(store, "tv-old-0001", batch("b" * 32, 3), now)  # a reset device: new
+    assert aggregate_coverage(store, "tv-old-0001") == 5 + 3
     store.close()
 
 

@@ -15,7 +15,7 @@ import pytest
 from agent.config import load_settings
 from agent.runtime.agent import Agent
 from cloud_gateway.config import GatewaySettings
-from cloud_gateway.db.store import Store as GatewayStore
+from cloud_gateway.db.devices import export_device
 from cloud_gateway.runtime.gateway import Gateway
 from simulators.brokers import MosquittoProcess, free_port
 from simulators.checker import check
@@ -43,7 +43,7 @@ def body(n: int, tag: int) -> dict[str, Any]:
 
 
 async def stored_ids(gw: Gateway, device: str) -> list[str]:
-    export = await gw.db.call(GatewayStore.export_device, device)
+    export = await gw.db.call(export_device, device)
     return [s["id"] for s in (export or {}).get("signals", [])]
 
 

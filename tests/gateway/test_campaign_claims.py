@@ -9,7 +9,9 @@ from pathlib import Path
 from typing import Any
 
 from cloud_gateway.campaigns.model import Campaign, CampaignIn, new_campaign, transition
-from cloud_gateway.db.campaigns import claim_batch, init_stock, stock_left
+from cloud_gateway.db.campaigns import insert_campaign
+from cloud_gateway.db.claims import claim_batch, init_stock, stock_left
+from cloud_gateway.db.ingest import store_batch_detail
 from cloud_gateway.db.store import Store
 from protocol.assign import in_holdout, pick_variant
 from protocol.envelopes import Batch, ClaimRequest, Signal
@@ -28,7 +30,7 @@ COUPON = {
 def live(store: Store, spec: dict[str, Any]) -> Campaign:
     now = utcnow()
     campaign = transition(new_campaign(CampaignIn.model_validate(spec), now), "launch", now)
-    store.insert_campaign(campaign.doc())
+    insert_campaign(store, campaign.doc())
     init_stock(store, campaign.id, [(o.id, o.stock or 0) for o in campaign.offers if o.limited])
     return campaign
 
@@ -50,7 +52,7 @@ def test_claims_are_refused_outside_targeting_holdout_variant_and_window(tmp_pat
     for device, tier in (("tv-gold", 3), ("tv-basic", 1)):
         signal = Signal(id=new_id(), kind="member_tier", at=now, attrs={"tier": tier})
         batch = Batch(device_id=device, seq=1, sent_at=now, agent_version="0", signals=[signal])
-        store.store_batch_detail(device, batch, now)
+        store_batch_detail(store, device, batch, now)
     tiers = live(
         store,
         {

@@ -18,7 +18,9 @@ import aiohttp
 import aiomqtt
 
 from cloud_gateway.campaigns.model import Campaign, CampaignIn, transition
-from cloud_gateway.campaigns.pending import Owed, change_campaign, pending
+from cloud_gateway.campaigns.pending import Owed
+from cloud_gateway.db.campaigns import change_campaign, pending
+from cloud_gateway.db.devices import get_device
 from cloud_gateway.db.store import Store
 from cloud_gateway.runtime.gateway import Gateway
 from cloud_gateway.security.auth import create_token
@@ -131,7 +133,7 @@ async def test_pushes_owed_by_a_change_cut_short_by_a_crash_are_made_at_start(
 
 
 async def _registered(gw: Gateway, device_id: str) -> bool:
-    return await gw.db.call(Store.get_device, device_id) is not None
+    return await gw.db.call(get_device, device_id) is not None
 
 
 async def test_sold_out_offers_are_re_announced_and_offer_ids_are_unique(

@@ -22,9 +22,9 @@ from agent.runtime.metrics import Metrics
 from agent.store.core import NewSignal
 from agent.store.core import Store as AgentStore
 from cloud_gateway.api.openapi import DeviceErased, DeviceExport
-from cloud_gateway.db.campaigns import init_stock
-from cloud_gateway.db.store import Store
-from cloud_gateway.devices.erasure import (
+from cloud_gateway.db.audit import audit_log
+from cloud_gateway.db.claims import init_stock
+from cloud_gateway.db.commands import (
     DATA_TABLES,
     HANDLED_ELSEWHERE,
     PERIODIC_SENDS_MAX,
@@ -33,6 +33,9 @@ from cloud_gateway.devices.erasure import (
     mark_commands_sent,
     outstanding_commands,
 )
+from cloud_gateway.db.devices import export_device
+from cloud_gateway.db.ingest import store_batch
+from cloud_gateway.db.store import Store
 from cloud_gateway.runtime.gateway import Gateway
 from cloud_gateway.security.auth import create_token
 from protocol import codec
@@ -81,11 +84,11 @@ def test_every_device_keyed_table_is_erased_or_handled(tmp_path: Path) -> None:
 
 def test_export_holds_everything_and_erasure_removes_it_keeping_stock(tmp_path: Path) -> None:
     store = Store(tmp_path / "gw.db")
-    store.store_batch("tv-erase-1", _batch("tv-erase-1", 1), utcnow())
-    store.store_batch("tv-keep-01", _batch("tv-keep-01", 1), utcnow())
+    store_batch(store, "tv-erase-1", _batch("tv-erase-1", 1), utcnow())
+    store_batch(store, "tv-keep-01", _batch("tv-keep-01", 1), utcnow())
     _claim_and_grant(store, "tv-erase-1")
 
-    export = store.export_device("tv-erase-1")
+    export = export_device(store, "tv-erase-1")
     assert export is not None
     assert export["registry"]["device_id"] == "tv-erase-1"
     assert export["registry"]["signals_stored"] == 1
@@ -101,7 +104,7 @@ def test_export_holds_everything_and_erasure_removes_it_keeping_stock(tmp_path: 
     assert removed["signals"] == removed["outcomes"] == removed["outcome_features"] == 1
     assert removed["batches"] == removed["claims"] == removed["registry"] == 1
     assert removed["grants_anonymized"] == 1
-    assert store.export_device("tv-erase-1") is None
+    assert export_device(store, "tv-erase-1") is None
     for table in ("signals", "outcomes", "outcome_features", "batches", "claims", "grants"):
         rows = store.conn.execute(
             f"SELECT count(*) FROM {table} WHERE device_id = ?",
@@ -112,9 +115,11 @@ def test_export_holds_everything_and_erasure_removes_it_keeping_stock(tmp_path: 
     stock = store.conn.execute("SELECT initial - stock FROM offer_stock").fetchone()[0]
     assert stock == store.conn.execute("SELECT count(*) FROM grants").fetchone()[0] == 1
     # the other device is untouched; the erasure is audited
-    kept = store.export_device("tv-keep-01")
+    kept = export_device(store, "tv-keep-01")
     assert kept is not None and kept["signals"]
-    audit = store.audit_log()
+    audit = audit_log(
+        store,
+    )
     assert audit[0]["action"] == "device.erase" and audit[0]["target"] == "tv-erase-1"
     assert json.loads(audit[0]["detail"])["command_id"] == "cmd-1"
     # a second erasure of nothing: nothing to do
@@ -129,10 +134,10 @@ def test_export_holds_everything_and_erasure_removes_it_keeping_stock(tmp_path: 
     assert [c["id"] for c in outstanding_commands(store, "tv-erase-1")] == ["cmd-1"]
 
     # a batch sent before the device forgot arrives late: the confirmation sweeps it too
-    store.store_batch("tv-erase-1", _batch("tv-erase-1", 2), utcnow())
+    store_batch(store, "tv-erase-1", _batch("tv-erase-1", 2), utcnow())
     done = confirm_commands(store, "tv-erase-1", ["cmd-1", "other"], utcnow())
     assert done["confirmed"] == 1 and done["swept"] >= 2
-    erased = store.export_device("tv-erase-1")
+    erased = export_device(store, "tv-erase-1")
     assert erased is not None and erased["signals"] == []
     store.close()
 
@@ -264,7 +269,7 @@ async def test_erasure_end_to_end_through_mosquitto(
 
                 async def confirmed() -> bool:
                     rows = await gw.db.call(
-                        lambda s: s._rows(
+                        lambda s: s.rows(
                             "SELECT receipt_at FROM device_commands WHERE id = ?",
                             [erased["command_id"]],
                         )

@@ -19,6 +19,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from cloud_gateway.db.ingest import store_batch, store_batches
 from cloud_gateway.db.store import Database, Store
 from cloud_gateway.ingest.service import AckBatcher, Ingestor, decode_valid_batch
 from cloud_gateway.runtime.gateway import Gateway
@@ -133,12 +134,12 @@ async def test_a_failing_batch_costs_only_itself(tmp_path: Path) -> None:
 def test_store_batches_is_one_transaction_with_duplicates_inside(tmp_path: Path) -> None:
     store = Store(tmp_path / "gw.sqlite3")
     first, again = batch("tv-a", 1), batch("tv-a", 2)
-    out = store.store_batches([("tv-a", first), ("tv-a", again), ("tv-a", first)], utcnow())
+    out = store_batches(store, [("tv-a", first), ("tv-a", again), ("tv-a", first)], utcnow())
     assert [o.new for o in out] == [True, True, False]
-    assert store.store_batches([("tv-a", again)], utcnow())[0].new is False
+    assert store_batches(store, [("tv-a", again)], utcnow())[0].new is False
     store.close()
     reopened = Store(tmp_path / "gw.sqlite3")  # across a restart: still stored once
-    assert reopened.store_batch("tv-a", first, utcnow()) is False
+    assert store_batch(reopened, "tv-a", first, utcnow()) is False
     reopened.close()
 
 

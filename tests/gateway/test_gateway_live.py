@@ -22,7 +22,8 @@ import aiomqtt
 import pytest
 
 from cloud_gateway.config import GatewaySettings
-from cloud_gateway.db.store import Store
+from cloud_gateway.db.audit import audit_log
+from cloud_gateway.db.devices import get_device
 from cloud_gateway.errors import LinkDown
 from cloud_gateway.runtime.gateway import Gateway
 from cloud_gateway.runtime.link import MqttLink
@@ -107,7 +108,7 @@ async def test_batch_stored_once_and_acked_each_time_even_across_restart(
         await client.publish(topic, codec.encode(batch), qos=1)
         assert (await next_json(client))[1] == {"v": 1, "acks": [1]}
         assert gw.counters["batches_duplicate"] == 1
-        device_row = await gw.db.call(Store.get_device, "tv-0001")
+        device_row = await gw.db.call(get_device, "tv-0001")
     assert device_row is not None
     assert (device_row["batches"], device_row["signals_stored"]) == (2, 4)
 
@@ -179,7 +180,7 @@ async def test_state_messages_update_the_registry(
         await dev.publish(state_topic, codec.encode_dict(birth), qos=1, retain=True)
         async with Gateway(settings) as gw:  # retained birth arrives on subscribe
             for _ in range(50):
-                row = await gw.db.call(Store.get_device, "hub-0042")
+                row = await gw.db.call(get_device, "hub-0042")
                 if row and row["status"] == "online":
                     break
                 await asyncio.sleep(0.05)
@@ -189,7 +190,7 @@ async def test_state_messages_update_the_registry(
                 state_topic, codec.encode_dict({**birth, "status": "offline"}), qos=1, retain=True
             )
             for _ in range(50):
-                row = await gw.db.call(Store.get_device, "hub-0042")
+                row = await gw.db.call(get_device, "hub-0042")
                 if row and row["status"] == "offline":
                     break
                 await asyncio.sleep(0.05)
@@ -329,7 +330,7 @@ async def test_http_api_campaign_push_pause_and_stats(
             assert doc["openapi"].startswith("3.1")
             assert "/v1/campaigns/{id}/launch" in doc["paths"]
             assert "CampaignIn" in doc["components"]["schemas"]
-        audit = await gw.db.call(Store.audit_log)
+        audit = await gw.db.call(audit_log)
         assert [a["action"] for a in reversed(audit)] == [
             "token.create",
             "campaign.create",

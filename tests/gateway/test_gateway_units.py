@@ -16,6 +16,10 @@ from cloud_gateway.campaigns import delivery
 from cloud_gateway.campaigns.model import CampaignIn, build_catalog, new_campaign, transition
 from cloud_gateway.claims import desk as claims
 from cloud_gateway.config import load_settings
+from cloud_gateway.db.audit import audit_log
+from cloud_gateway.db.campaigns import campaign_rows
+from cloud_gateway.db.devices import export_device, get_device
+from cloud_gateway.db.ingest import store_batch
 from cloud_gateway.db.store import Store
 from cloud_gateway.errors import ConfigError, InvalidTransition
 from cloud_gateway.ingest.service import Ignored, Parsed, Rejected, parse_uplink
@@ -87,20 +91,20 @@ def test_parse_unknown_topics_and_cleared_state() -> None:
 def test_store_batch_exactly_once_across_reopen(tmp_path: Path) -> None:
     batch = make_batch("tv-0001", 7, signals=3, outcomes=ONE_IMPRESSION)
     store = Store(tmp_path / "g.db")
-    assert store.store_batch("tv-0001", batch, utcnow()) is True
-    assert store.store_batch("tv-0001", batch, utcnow()) is False
+    assert store_batch(store, "tv-0001", batch, utcnow()) is True
+    assert store_batch(store, "tv-0001", batch, utcnow()) is False
     store.close()
     store = Store(tmp_path / "g.db")
     assert store.applied == []  # migrations recorded, not re-applied
-    assert store.store_batch("tv-0001", batch, utcnow()) is False
-    device = store.get_device("tv-0001")
+    assert store_batch(store, "tv-0001", batch, utcnow()) is False
+    device = get_device(store, "tv-0001")
     assert device is not None
     assert (device["batches"], device["signals_stored"], device["outcomes_stored"]) == (1, 3, 1)
     assert device["last_seq"] == 7
-    export = store.export_device("tv-0001")
+    export = export_device(store, "tv-0001")
     assert export is not None
     assert sorted(s["id"] for s in export["signals"]) == sorted(s.id for s in batch.signals)
-    assert store.campaign_counts("c1")["impression"] == 1
+    assert [r[2:] for r in campaign_rows(store, "c1")["outcomes"]] == [("impression", 1)]
     store.close()
 
 
@@ -108,7 +112,7 @@ def test_failed_batch_leaves_nothing_behind(tmp_path: Path) -> None:
     store = Store(tmp_path / "g.db")
     store.conn.execute("DROP TABLE outcomes")  # the last insert of the transaction now fails
     with pytest.raises(Exception, match="no such table"):
-        store.store_batch("tv-0001", make_batch("tv-0001", 1, outcomes=ONE_IMPRESSION), utcnow())
+        store_batch(store, "tv-0001", make_batch("tv-0001", 1, outcomes=ONE_IMPRESSION), utcnow())
     assert store.conn.execute("SELECT count(*) FROM batches").fetchone()[0] == 0
     assert store.conn.execute("SELECT count(*) FROM signals").fetchone()[0] == 0
     store.close()
@@ -204,12 +208,14 @@ def test_token_create_cli_subprocess(tmp_path: Path) -> None:
     assert verify(store, lines[0]) is not None
     assert verify(store, lines[0] + "x") is None
     assert lines[0] not in (data_dir / "gateway.db").read_bytes().decode("latin-1")
-    [entry] = store.audit_log()  # who created which token, and when (never the secret)
+    [entry] = audit_log(
+        store,
+    )  # who created which token, and when (never the secret)
     assert entry["action"] == "token.create" and entry["who"].startswith("cli")
     assert entry["target"] == f"token:{verify(store, lines[0])}"
     store.close()
     assert verify(Store(data_dir / "gateway.db"), create_token(data_dir, "ops:alice")) is not None
-    assert Store(data_dir / "gateway.db").audit_log()[0]["who"] == "ops:alice"
+    assert audit_log(Store(data_dir / "gateway.db"))[0]["who"] == "ops:alice"
 
 
 def test_cli_errors_are_one_line_and_exit_2(tmp_path: Path) -> None:

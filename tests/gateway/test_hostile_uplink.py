@@ -20,8 +20,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from cloud_gateway.db.devices import get_device
 from cloud_gateway.db.store import Database
-from cloud_gateway.db.store import Store as GatewayStore
 from cloud_gateway.ingest.service import AckBatcher, Ingestor, Parsed, Rejected
 from protocol import codec
 from protocol.envelopes import Batch, Signal
@@ -131,7 +131,7 @@ def test_hand_made_hostile_payload_is_counted_and_stored_nowhere(
     good = harness.handle(TOPICS.batch(VICTIM), codec.encode_dict(valid(seq=5)))
     assert isinstance(good, Parsed)
     assert harness.signals_of(VICTIM) == 2
-    assert harness.runner.run(harness.db.call(GatewayStore.get_device, OTHER)) is None
+    assert harness.runner.run(harness.db.call(get_device, OTHER)) is None
 
 
 json_values = st.recursive(
@@ -192,7 +192,7 @@ async def test_hostile_payloads_through_mosquitto_leave_the_gateway_serving(
         expected = Counter(reason for _, _, reason in cases)
         for reason, n in expected.items():
             assert gw.counters[f"rejected_{reason}"] == n, reason
-        view = await gw.db.call(GatewayStore.get_device, VICTIM)
+        view = await gw.db.call(get_device, VICTIM)
         assert view is not None and view["malformed"] == len(cases)
         assert view["signals_stored"] == 2
-        assert await gw.db.call(GatewayStore.get_device, OTHER) is None
+        assert await gw.db.call(get_device, OTHER) is None

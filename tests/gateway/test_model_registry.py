@@ -15,6 +15,7 @@ import pytest
 
 from agent.config import load_settings
 from agent.runtime.agent import Agent
+from cloud_gateway.db.ingest import store_batch
 from cloud_gateway.db.store import Store
 from cloud_gateway.runtime.gateway import Gateway
 from cloud_gateway.security.auth import create_token
@@ -175,7 +176,7 @@ def test_export_turns_logged_outcomes_into_training_lines(tmp_path: Path) -> Non
         model_version=1,
         outcomes=outcomes,
     )
-    assert store.store_batch("dev-export-1", batch, now)
+    assert store_batch(store, "dev-export-1", batch, now)
     store.close()
     out = tmp_path / "logs.jsonl"
     stats = export_logs(data_dir, out, fallback=shipped_specs())

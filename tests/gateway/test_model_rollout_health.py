@@ -20,9 +20,11 @@ import pytest
 
 from agent.config import load_settings
 from agent.runtime.agent import Agent
-from cloud_gateway.api.app import ApiProblem
+from cloud_gateway.db.audit import audit_log
 from cloud_gateway.db.store import Database, Store
-from cloud_gateway.registry.service import Health, ModelRegistry, RolloutIn
+from cloud_gateway.errors import Conflict
+from cloud_gateway.registry.checks import Health
+from cloud_gateway.registry.service import ModelRegistry, RolloutIn
 from cloud_gateway.runtime.gateway import Gateway
 from cloud_gateway.runtime.wiring import Wiring
 from cloud_gateway.security.auth import create_token
@@ -168,7 +170,7 @@ async def test_rollout_rechecks_expiry_and_register_and_rollout_are_audited(
             )
 
     await models.wiring.db.call(expire)
-    with pytest.raises(ApiProblem, match="expired"):
+    with pytest.raises(Conflict, match="expired"):
         await models.rollout(2, RolloutIn(percent=10), "http://gw", "token:ops")
     assert published == []
 
@@ -180,7 +182,7 @@ async def test_rollout_rechecks_expiry_and_register_and_rollout_are_audited(
     assert {topic for topic, _ in published} == {
         f"t/v1/models/{p}/manifest" for p in manifest3["profiles"]
     }
-    rows = await models.wiring.db.call(Store.audit_log, 10)
+    rows = await models.wiring.db.call(audit_log, 10)
     actions = [(r["who"], r["action"], r["target"]) for r in rows]
     assert ("token:ops", "model.register", "2") in actions
     assert ("token:ops", "model.register", "3") in actions

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.config import AgentSettings, load_settings
-from cloud_gateway.db.store import Store as GatewayStore
+from cloud_gateway.db.devices import export_device, get_device
 from cloud_gateway.runtime.gateway import Gateway
 from simulators.brokers import MosquittoProcess
 from tests.support.helpers import gateway_settings
@@ -46,8 +46,8 @@ def agent_settings(
 
 
 async def export(gw: Gateway, device: str) -> dict[str, Any]:
-    return await gw.db.call(GatewayStore.export_device, device) or {}
+    return await gw.db.call(export_device, device) or {}
 
 
 async def device_view(gw: Gateway, device: str) -> dict[str, Any]:
-    return await gw.db.call(GatewayStore.get_device, device) or {}
+    return await gw.db.call(get_device, device) or {}

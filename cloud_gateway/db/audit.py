@@ -1,0 +1,39 @@
+"""SQL of the audit log: who changed what, when; written in the change's own transaction."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from cloud_gateway.db.rows import to_text
+from cloud_gateway.db.store import Store
+from protocol.ids import format_time
+
+
+def insert_audit(
+    store: Store,
+    who: str,
+    action: str,
+    target: str,
+    at: datetime,
+    *,
+    detail: dict[str, Any] | None = None,
+) -> None:
+    """One audit row, inside the caller's transaction (a change and its audit commit together)."""
+    store.conn.execute(
+        "INSERT INTO audit (who, action, target, at, detail) VALUES (?, ?, ?, ?, ?)",
+        [who, action, target, format_time(at), to_text(detail or {})],
+    )
+
+
+def audit(
+    store: Store, who: str, action: str, target: str, detail: dict[str, Any] | None = None
+) -> None:
+    """One audit row in its own transaction, at the store's clock."""
+    with store.transaction():
+        insert_audit(store, who, action, target, store.clock(), detail=detail)
+
+
+def audit_log(store: Store, limit: int = 100) -> list[dict[str, Any]]:
+    """The newest `limit` entries, newest first."""
+    return store.rows("SELECT * FROM audit ORDER BY id DESC LIMIT ?", [limit])

@@ -1,0 +1,85 @@
+"""The store seam: what a gateway database backend offers the rest of the gateway.
+
+The gateway's domain code never opens a connection. It hands plain functions of `db/`'s query
+modules (`ingest`, `devices`, `campaigns`, `claims`, `pushes`, `commands`, `tokens`, `audit`,
+`registry`) to `Backend.call`, which runs them on the backend's store thread with its
+session (`Store` for SQLite). A second backend (PostgreSQL, issue 12) implements the same
+`Backend` and `Session` shapes; where its SQL differs it says so in its own `Dialect`.
+
+The shared SQL is written portable where the dialects agree: `INSERT ... ON CONFLICT DO
+NOTHING / DO UPDATE`, `RETURNING`, `coalesce`, no `INSERT OR ...`. It is written with `?`
+placeholders (and `:name` where named); a backend whose driver wants `%s` translates them
+once (`Dialect.placeholder`). SQLite-only expressions are taken from `Dialect`, never inlined.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Concatenate, ParamSpec, Protocol, TypeVar
+
+P = ParamSpec("P")
+T = TypeVar("T")
+S = TypeVar("S", bound="Session")
+
+Clock = Callable[[], datetime]
+"""The one clock of the store: `protocol.ids.utcnow` in production, a fake one in tests."""
+
+
+@dataclass(frozen=True, slots=True)
+class Dialect:
+    """Facts of a backend's SQL where the dialects disagree."""
+
+    name: str
+    placeholder: str
+    """`?` (sqlite3) or `%s` (psycopg): the shared SQL is written with `?`."""
+    random_hex16: str
+    """An SQL expression of 16 random hex digits, evaluated per row."""
+    returning: bool = True
+    """`INSERT/UPDATE ... RETURNING` is available (SQLite >= 3.35, PostgreSQL)."""
+
+
+class Session(Protocol):
+    """One connection, owned by the store thread: what the query functions are given."""
+
+    @property
+    def dialect(self) -> Dialect: ...
+
+    @property
+    def clock(self) -> Clock: ...
+
+    def transaction(self) -> AbstractContextManager[None]:
+        """All or nothing: committed at the end of the block, rolled back on any error."""
+        ...
+
+    def rows(self, sql: str, params: Any = ()) -> list[dict[str, Any]]: ...
+
+    def one(self, sql: str, params: Any = ()) -> dict[str, Any] | None: ...
+
+
+class Backend(Protocol[S]):
+    """A gateway database: opened once, its functions run on one store thread."""
+
+    @property
+    def dialect(self) -> Dialect: ...
+
+    @property
+    def clock(self) -> Clock: ...
+
+    async def open(self) -> Backend[S]: ...
+
+    async def close(self) -> None: ...
+
+    async def call(
+        self, fn: Callable[Concatenate[S, P], T], *args: P.args, **kwargs: P.kwargs
+    ) -> T: ...
+
+    async def check_writable(self) -> None:
+        """A cheap real write and read (rolled back); raises StoreError when it fails."""
+        ...
+
+    def applied_migrations(self) -> list[str]:
+        """The names of the migrations this backend has recorded, in order."""
+        ...

@@ -1,0 +1,220 @@
+"""SQL of the uplink: batches stored once with their signals, aggregates and outcomes, device
+births and state reports, refused messages counted per device.
+
+Plain functions over a session, run on the store thread: `await db.call(store_batches, ...)`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+from cloud_gateway.db.rows import TimeFormatter, to_text
+from cloud_gateway.db.sqlite import Error
+from cloud_gateway.db.store import Store
+from cloud_gateway.errors import StoreError
+from protocol.envelopes import Batch, State
+from protocol.ids import format_time
+
+ENSURE_DEVICE = (
+    "INSERT INTO devices (device_id, status, first_seen, last_seen, malformed)"
+    " VALUES (?, 'offline', ?, ?, 0) ON CONFLICT DO NOTHING"
+)
+"""Register a device seen for the first time (inside the caller's transaction)."""
+
+
+@dataclass(frozen=True, slots=True)
+class StoredBatch:
+    """What `store_batch_detail` did: `new` is False for a batch already stored."""
+
+    new: bool
+    signals: int = 0
+    aggregates: int = 0
+    outcomes: int = 0
+
+
+def store_batch(store: Store, device_id: str, batch: Batch, received_at: datetime) -> bool:
+    """Store a batch exactly once per (device_id, outbox_id, seq); False if it was already
+    stored."""
+    return store_batch_detail(store, device_id, batch, received_at).new
+
+
+def store_batch_detail(
+    store: Store, device_id: str, batch: Batch, received_at: datetime
+) -> StoredBatch:
+    try:
+        with store.transaction():
+            return _insert_batch(store, device_id, batch, format_time(received_at))
+    except Error as exc:
+        raise StoreError(f"cannot store batch {batch.seq} of {device_id}: {exc}") from exc
+
+
+def store_batches(
+    store: Store, items: Sequence[tuple[str, Batch]], received_at: datetime
+) -> list[StoredBatch]:
+    """Group commit: store each (device_id, batch) once, all in ONE transaction (one fsync).
+
+    All or nothing: on a StoreError nothing of the group is stored, and the caller stores
+    the batches one by one so that one bad batch cannot lose the others. A (device_id, seq)
+    twice in the group is stored once; the second is reported as a duplicate.
+    """
+    now = format_time(received_at)
+    try:
+        with store.transaction():
+            return [_insert_batch(store, device_id, batch, now) for device_id, batch in items]
+    except Error as exc:
+        raise StoreError(f"cannot store a group of {len(items)} batches: {exc}") from exc
+
+
+def _insert_batch(store: Store, device_id: str, batch: Batch, now: str) -> StoredBatch:
+    """The rows of one batch, inside the caller's transaction."""
+    conn = store.conn
+    outbox = batch.outbox_id or ""
+    cur = conn.execute(
+        "INSERT INTO batches (device_id, outbox_id, seq, received_at, sent_at,"
+        " signals, aggregates, outcomes, receipts) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+        " ON CONFLICT DO NOTHING",
+        [
+            device_id,
+            outbox,
+            batch.seq,
+            now,
+            format_time(batch.sent_at),
+            len(batch.signals),
+            len(batch.aggregates),
+            len(batch.outcomes),
+            to_text(batch.receipts),
+        ],
+    )
+    if cur.rowcount == 0:
+        conn.execute(ENSURE_DEVICE, [device_id, now, now])
+        conn.execute("UPDATE devices SET last_seen = ? WHERE device_id = ?", [now, device_id])
+        return StoredBatch(new=False)
+    times = TimeFormatter()
+    seq = batch.seq
+    signals = aggregates = outcomes = 0
+    if batch.signals:
+        signals = conn.executemany(
+            "INSERT INTO signals (device_id, id, seq, kind, at, attrs)"
+            " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+            [
+                (device_id, s.id, seq, s.kind, times(s.at), to_text(s.attrs) if s.attrs else "{}")
+                for s in batch.signals
+            ],
+        ).rowcount
+    if batch.aggregates:
+        aggregates = _store_aggregates(store, device_id, batch)
+    if batch.outcomes:
+        outcomes = _store_outcomes(store, device_id, batch, times)
+    # One upsert registers a new device or updates a known one. The newest batch's stats
+    # win over a late older one; a batch of another outbox (the device's data was wiped,
+    # its seq restarted) starts the count again.
+    conn.execute(
+        "INSERT INTO devices (device_id, status, first_seen, last_seen, malformed,"
+        " agent_version, model_version, stats, last_seq, outbox_id)"
+        " VALUES (:device, 'offline', :now, :now, 0, :agent, :model, :stats, :seq, :outbox)"
+        " ON CONFLICT (device_id) DO UPDATE SET last_seen = :now, agent_version = :agent,"
+        " model_version = coalesce(:model, devices.model_version),"
+        " stats = CASE WHEN devices.outbox_id != :outbox"
+        " OR :seq >= coalesce(devices.last_seq, -1) THEN :stats ELSE devices.stats END,"
+        " last_seq = CASE WHEN devices.outbox_id != :outbox THEN :seq"
+        " WHEN :seq > coalesce(devices.last_seq, -1) THEN :seq"
+        " ELSE coalesce(devices.last_seq, -1) END,"
+        " outbox_id = :outbox",
+        {
+            "now": now,
+            "agent": batch.agent_version,
+            "model": batch.model_version,
+            "outbox": outbox,
+            "seq": seq,
+            "stats": to_text(batch.stats.model_dump()),
+            "device": device_id,
+        },
+    )
+    return StoredBatch(True, max(signals, 0), max(aggregates, 0), max(outcomes, 0))
+
+
+def _store_outcomes(store: Store, device_id: str, batch: Batch, times: TimeFormatter) -> int:
+    seq = batch.seq
+    stored: int = store.conn.executemany(
+        "INSERT INTO outcomes (device_id, id, seq, offer_id, campaign_id,"
+        " variant, kind, at, surface, score, model_version, counterfactual)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+        [
+            (
+                device_id,
+                o.id,
+                seq,
+                o.offer_id,
+                o.campaign_id,
+                o.variant,
+                o.kind,
+                times(o.at),
+                o.surface,
+                o.score,
+                o.model_version if o.model_version is not None else batch.model_version,
+                int(o.counterfactual),
+            )
+            for o in batch.outcomes
+        ],
+    ).rowcount
+    store.conn.executemany(  # issue 5: the features each decision used, for training
+        "INSERT INTO outcome_features (device_id, id, features) VALUES (?, ?, ?)"
+        " ON CONFLICT DO NOTHING",
+        [(device_id, o.id, to_text(o.features)) for o in batch.outcomes if o.features is not None],
+    )
+    return stored
+
+
+def _store_aggregates(store: Store, device_id: str, batch: Batch) -> int:
+    """Cumulative snapshots: per (outbox, window, key) the one from the highest seq wins,
+    so a late redelivery of an older batch never lowers a count. Each outbox of a device
+    counts its own signals, so their snapshots add up. Returns the rows written."""
+    outbox, seq = batch.outbox_id or "", batch.seq
+    written: int = store.conn.executemany(
+        "INSERT INTO aggregates (device_id, outbox_id, seq, window, key, count, seconds)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (device_id, outbox_id, window, key)"
+        " DO UPDATE SET seq = excluded.seq, count = excluded.count,"
+        " seconds = excluded.seconds WHERE excluded.seq > aggregates.seq",
+        [(device_id, outbox, seq, a.window, a.key, a.count, a.seconds) for a in batch.aggregates],
+    ).rowcount
+    return written
+
+
+def record_state(store: Store, device_id: str, state: State, received_at: datetime) -> None:
+    """A device's retained state (birth, last will): status, profile, versions, cohorts."""
+    now = format_time(received_at)
+    try:
+        with store.transaction():
+            store.conn.execute(ENSURE_DEVICE, [device_id, now, now])
+            store.conn.execute(
+                "UPDATE devices SET status = ?, last_seen = ?,"
+                " profile = coalesce(?, profile), agent_version = coalesce(?, agent_version),"
+                " model_version = coalesce(?, model_version), cohorts = coalesce(?, cohorts)"
+                " WHERE device_id = ?",
+                [
+                    state.status,
+                    now,
+                    state.profile,
+                    state.agent_version,
+                    state.model_version,
+                    to_text(state.cohorts) if state.cohorts else None,
+                    device_id,
+                ],
+            )
+    except Error as exc:
+        raise StoreError(f"cannot record the state of {device_id}: {exc}") from exc
+
+
+def record_rejection(store: Store, device_id: str, received_at: datetime) -> None:
+    """Count one refused message against the device whose topic it came on."""
+    now = format_time(received_at)
+    try:
+        with store.transaction():
+            store.conn.execute(ENSURE_DEVICE, [device_id, now, now])
+            store.conn.execute(
+                "UPDATE devices SET malformed = malformed + 1 WHERE device_id = ?", [device_id]
+            )
+    except Error as exc:
+        raise StoreError(f"cannot count a rejection for {device_id}: {exc}") from exc
