@@ -255,6 +255,6 @@ async def test_the_mqtt_client_warns_only_past_the_publishes_the_gateway_overlap
         return None
 
     settings = load_settings(data_dir=tmp_path, broker="mqtt://127.0.0.1:1")
-    client = MqttLink(settings, nothing)._make_client()
+    client = MqttLink(settings, nothing)._make_client().client
     assert client.pending_calls_threshold > delivery.PUBLISH_CONCURRENCY
     assert client.pending_calls_threshold > claims.PUBLISH_CONCURRENCY
