@@ -26,6 +26,8 @@ CLUSTER_NAME = "edgemart"
 # JetStream consumer's ack wait (30 s by default): short here so that tests see it.
 ACK_WAIT = "2s"
 LOG_TAIL_LINES = 25
+# the streams NATS keeps MQTT state in (nats-server 2.9): sessions, QoS 1 messages, retained
+MQTT_STREAMS = frozenset({"$MQTT_sess", "$MQTT_msgs", "$MQTT_rmsgs"})
 
 
 class NatsClusterError(RuntimeError):
@@ -82,6 +84,18 @@ def mqtt_connect_ok(port: int, timeout: float = 2.0) -> bool:
     except OSError:
         return False
     return len(ack) == 4 and ack[0] == 0x20 and ack[3] == 0
+
+
+def _streams_with_leader(jsz: dict[str, object] | None) -> set[str]:
+    """The streams this node's `/jsz?accounts=true&streams=true` shows with a leader."""
+    found: set[str] = set()
+    accounts = jsz.get("account_details") if jsz else None
+    for account in accounts if isinstance(accounts, list) else []:
+        for stream in account.get("stream_detail") or []:
+            cluster = stream.get("cluster") or {}
+            if cluster.get("leader"):
+                found.add(stream.get("name"))
+    return found
 
 
 def _http_json(port: int, path: str) -> dict[str, object] | None:
@@ -191,8 +205,10 @@ class NatsCluster:
                 raise NatsClusterError(
                     f"nats node n{i} exited with {code}; log tail:\n{self.log_tail(i)}"
                 )
-            health = _http_json(ports.http, "/healthz")
-            jsz = _http_json(ports.http, "/jsz")
+            # js-server-only: the full check also wants every consumer replica current, and
+            # the replicas a killed node held of other nodes' consumers may never catch up
+            health = _http_json(ports.http, "/healthz?js-server-only=true")
+            jsz = _http_json(ports.http, "/jsz?accounts=true&streams=true")
             meta = jsz.get("meta_cluster") if jsz else None
             if health is None or health.get("status") != "ok":
                 step = f"health {health}"
@@ -200,6 +216,8 @@ class NatsCluster:
                 step = "JetStream meta leader"
             elif not mqtt_connect_ok(ports.mqtt):
                 step = "MQTT CONNECT"
+            elif missing := MQTT_STREAMS - _streams_with_leader(jsz):
+                step = f"leaders of {sorted(missing)}"
             else:
                 return
             time.sleep(0.1)
