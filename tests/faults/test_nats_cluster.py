@@ -345,3 +345,30 @@ async def test_nothing_acknowledged_is_lost_when_a_node_dies_mid_stream(
     assert lost == set()
     assert set(received) <= set(range(total))
     assert reconnects, "the subscriber never had to reconnect: node 1 was not its node"
+
+
+async def test_what_nats_mqtt_does_not_offer_edgemart(nats: NatsCluster) -> None:
+    """The limits docs/brokers.md builds on (nats-server 2.9): no MQTT 5 (so no clean start
+    and session expiry), no `$share` groups (the filter is granted but matches only its
+    literal topic, so a gateway group would silently receive nothing), no QoS 2 publish."""
+    with pytest.raises(aiomqtt.MqttError):
+        async with aiomqtt.Client(
+            "127.0.0.1", nats.mqtt_port(0), protocol=aiomqtt.ProtocolVersion.V5, timeout=5
+        ):
+            pass
+    async with (
+        connected(nats, [1], "gw-share") as (shared, _),
+        connected(nats, [2], "gw-plain") as (plain, _),
+    ):
+        await subscribe_granted(shared, "$share/gateway/t/up/#")
+        await subscribe_granted(plain, "t/up/#")
+        await publish_until_acked(nats, [0], [f"t/up/{k}" for k in range(5)], "dev-share")
+        via_share: list[aiomqtt.Message] = []
+        via_plain: list[aiomqtt.Message] = []
+        await asyncio.gather(
+            collect(shared, via_share, quiet_s=1.5), collect(plain, via_plain, quiet_s=1.5)
+        )
+    assert (len(via_share), len(via_plain)) == (0, 5)
+    async with connected(nats, [0], "dev-qos2") as (device, _):
+        with pytest.raises(aiomqtt.MqttError):
+            await publish_acked(device, "t/up/q2", b"x", qos=2, timeout=3)
