@@ -16,7 +16,7 @@ from mqttlink.connection import Connection
 from mqttlink.errors import ConnectFailed, MqttLinkError, SessionEnded
 from mqttlink.reconnect import LinkState, Reconnector
 from simulators.brokers import MosquittoProcess
-from tests.support.helpers import eventually
+from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.integration
 
