@@ -17,8 +17,17 @@ import aiomqtt
 import paho.mqtt.client as mqtt
 
 from mqttlink.connect import ClientOptions, make_client
-from mqttlink.errors import MqttLinkError, PublishFailed, SessionLost, connect_error
+from mqttlink.errors import (
+    MqttLinkError,
+    PublishFailed,
+    SessionLost,
+    SubscribeRefused,
+    connect_error,
+)
 from mqttlink.session import on_session_lost, publish_acked
+
+SUBACK_FAILURE = 0x80
+"""A SUBACK return code at or above this refuses the subscription (MQTT 3.1.1 and 5)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,10 +93,16 @@ class Connection:
         on_session_lost(self._client, callback)
 
     async def subscribe(self, topic_filter: str, qos: int = 1) -> None:
+        """Subscribe; SubscribeRefused when the broker's SUBACK refuses it (aiomqtt returns the
+        refusal instead of raising), SessionLost when the session ends first."""
         try:
-            await self._client.subscribe(topic_filter, qos=qos)
+            granted = await self._client.subscribe(topic_filter, qos=qos)
         except aiomqtt.MqttError as exc:
             raise SessionLost(f"subscribing to {topic_filter}: {exc}") from exc
+        for answer in granted:
+            code = answer if isinstance(answer, int) else int(answer.value)
+            if code >= SUBACK_FAILURE:
+                raise SubscribeRefused(topic_filter, code)
 
     async def publish(
         self,

@@ -41,6 +41,17 @@ class SessionLost(MqttLinkError):
     """An established session ended (the broker went away, a keepalive lapsed, a timeout)."""
 
 
+class SubscribeRefused(SessionLost):
+    """The broker refused a subscription (SUBACK 0x80 or an MQTT 5 failure reason): seen on a
+    NATS node for seconds after another node died. Treated as a lost session, so the link
+    reconnects and subscribes again instead of living on without the subscription."""
+
+    def __init__(self, topic_filter: str, code: int) -> None:
+        super().__init__(f"subscription to {topic_filter} refused by the broker (code {code:#x})")
+        self.topic_filter = topic_filter
+        self.code = code
+
+
 class PublishFailed(MqttLinkError):
     """A publish was not acknowledged: `topic` and why; the caller may send it again."""
 

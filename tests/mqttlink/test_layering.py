@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 PROBE = """
 import pkgutil, sys
 import mqttlink
@@ -17,6 +19,7 @@ print(",".join(sorted(m for m in sys.modules if m.split(".")[0] in ours)))
 """
 
 
+@pytest.mark.integration  # a fresh interpreter
 def test_mqttlink_imports_neither_daemon() -> None:
     proc = subprocess.run(
         [sys.executable, "-c", PROBE], capture_output=True, text=True, timeout=60, check=False
