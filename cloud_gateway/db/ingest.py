@@ -10,9 +10,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
+from cloud_gateway.db.backend import Error, Session
 from cloud_gateway.db.rows import TimeFormatter, to_text
-from cloud_gateway.db.sqlite import Error
-from cloud_gateway.db.store import Store
 from cloud_gateway.errors import StoreError
 from protocol.envelopes import Batch, State
 from protocol.ids import format_time
@@ -34,14 +33,14 @@ class StoredBatch:
     outcomes: int = 0
 
 
-def store_batch(store: Store, device_id: str, batch: Batch, received_at: datetime) -> bool:
+def store_batch(store: Session, device_id: str, batch: Batch, received_at: datetime) -> bool:
     """Store a batch exactly once per (device_id, outbox_id, seq); False if it was already
     stored."""
     return store_batch_detail(store, device_id, batch, received_at).new
 
 
 def store_batch_detail(
-    store: Store, device_id: str, batch: Batch, received_at: datetime
+    store: Session, device_id: str, batch: Batch, received_at: datetime
 ) -> StoredBatch:
     try:
         with store.transaction():
@@ -51,7 +50,7 @@ def store_batch_detail(
 
 
 def store_batches(
-    store: Store, items: Sequence[tuple[str, Batch]], received_at: datetime
+    store: Session, items: Sequence[tuple[str, Batch]], received_at: datetime
 ) -> list[StoredBatch]:
     """Group commit: store each (device_id, batch) once, all in ONE transaction (one fsync).
 
@@ -67,7 +66,7 @@ def store_batches(
         raise StoreError(f"cannot store a group of {len(items)} batches: {exc}") from exc
 
 
-def _insert_batch(store: Store, device_id: str, batch: Batch, now: str) -> StoredBatch:
+def _insert_batch(store: Session, device_id: str, batch: Batch, now: str) -> StoredBatch:
     """The rows of one batch, inside the caller's transaction."""
     conn = store.conn
     outbox = batch.outbox_id or ""
@@ -135,7 +134,7 @@ def _insert_batch(store: Store, device_id: str, batch: Batch, now: str) -> Store
     return StoredBatch(True, max(signals, 0), max(aggregates, 0), max(outcomes, 0))
 
 
-def _store_outcomes(store: Store, device_id: str, batch: Batch, times: TimeFormatter) -> int:
+def _store_outcomes(store: Session, device_id: str, batch: Batch, times: TimeFormatter) -> int:
     seq = batch.seq
     stored: int = store.conn.executemany(
         "INSERT INTO outcomes (device_id, id, seq, offer_id, campaign_id,"
@@ -167,14 +166,15 @@ def _store_outcomes(store: Store, device_id: str, batch: Batch, times: TimeForma
     return stored
 
 
-def _store_aggregates(store: Store, device_id: str, batch: Batch) -> int:
+def _store_aggregates(store: Session, device_id: str, batch: Batch) -> int:
     """Cumulative snapshots: per (outbox, window, key) the one from the highest seq wins,
     so a late redelivery of an older batch never lowers a count. Each outbox of a device
     counts its own signals, so their snapshots add up. Returns the rows written."""
     outbox, seq = batch.outbox_id or "", batch.seq
     written: int = store.conn.executemany(
-        "INSERT INTO aggregates (device_id, outbox_id, seq, window, key, count, seconds)"
-        " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (device_id, outbox_id, window, key)"
+        # "window" is quoted: a reserved word in PostgreSQL, a plain name in SQLite.
+        'INSERT INTO aggregates (device_id, outbox_id, seq, "window", key, count, seconds)'
+        ' VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (device_id, outbox_id, "window", key)'
         " DO UPDATE SET seq = excluded.seq, count = excluded.count,"
         " seconds = excluded.seconds WHERE excluded.seq > aggregates.seq",
         [(device_id, outbox, seq, a.window, a.key, a.count, a.seconds) for a in batch.aggregates],
@@ -182,7 +182,7 @@ def _store_aggregates(store: Store, device_id: str, batch: Batch) -> int:
     return written
 
 
-def record_state(store: Store, device_id: str, state: State, received_at: datetime) -> None:
+def record_state(store: Session, device_id: str, state: State, received_at: datetime) -> None:
     """A device's retained state (birth, last will): status, profile, versions, cohorts."""
     now = format_time(received_at)
     try:
@@ -207,7 +207,7 @@ def record_state(store: Store, device_id: str, state: State, received_at: dateti
         raise StoreError(f"cannot record the state of {device_id}: {exc}") from exc
 
 
-def record_rejection(store: Store, device_id: str, received_at: datetime) -> None:
+def record_rejection(store: Session, device_id: str, received_at: datetime) -> None:
     """Count one refused message against the device whose topic it came on."""
     now = format_time(received_at)
     try:

@@ -192,9 +192,9 @@ def test_fast_path_decodes_exactly_what_the_codec_decodes(payload: bytes) -> Non
 
 @pytest.mark.integration
 async def test_gateway_stores_a_burst_once_and_acks_every_batch(
-    mosquitto: MosquittoProcess, tmp_path: Path
+    mosquitto: MosquittoProcess, tmp_path: Path, gateway_db: str | None
 ) -> None:
-    settings = gateway_settings(tmp_path, mosquitto)
+    settings = gateway_settings(tmp_path, mosquitto, db=gateway_db)
     devices = [f"tv-burst-{d}" for d in range(4)]
     want = {(d, s) for d in devices for s in range(1, 31)}
     async with (

@@ -24,9 +24,9 @@ async def _get(port: int | None, path: str) -> tuple[int, dict[str, Any]]:
 
 
 async def test_readyz_fails_when_the_broker_dies_and_recovers_when_it_returns(
-    own_mosquitto: MosquittoProcess, tmp_path: Path
+    own_mosquitto: MosquittoProcess, tmp_path: Path, gateway_db: str | None
 ) -> None:
-    settings = gateway_settings(tmp_path, own_mosquitto)
+    settings = gateway_settings(tmp_path, own_mosquitto, db=gateway_db)
     async with Gateway(settings) as gw:
         status, body = await _get(gw.http_port, "/readyz")
         assert (status, body["ready"]) == (200, True), body
@@ -48,9 +48,9 @@ async def test_readyz_fails_when_the_broker_dies_and_recovers_when_it_returns(
 
 
 async def test_readyz_names_a_database_that_cannot_be_written(
-    mosquitto: MosquittoProcess, tmp_path: Path
+    mosquitto: MosquittoProcess, tmp_path: Path, gateway_db: str | None
 ) -> None:
-    settings = gateway_settings(tmp_path, mosquitto)
+    settings = gateway_settings(tmp_path, mosquitto, db=gateway_db)
     async with Gateway(settings) as gw:
         await gw.db.call(lambda store: store.conn.execute("PRAGMA query_only = ON"))
         status, body = await _get(gw.http_port, "/readyz")
