@@ -20,6 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from cloud_gateway.db.ingest import store_batch, store_batches
+from cloud_gateway.db.open import open_session
 from cloud_gateway.db.store import Database, Store
 from cloud_gateway.ingest.service import AckBatcher, Ingestor, decode_valid_batch
 from cloud_gateway.runtime.gateway import Gateway
@@ -219,6 +220,9 @@ async def test_gateway_stores_a_burst_once_and_acks_every_batch(
         assert gw.counters["signals_stored"] == 20 * len(want)
         assert gw.counters["store_errors"] == 0
     assert acked == want
-    path = settings.db_path
-    assert count(path, "SELECT count(*) FROM batches") == len(want)
-    assert count(path, "SELECT count(*) FROM signals") == 20 * len(want)
+    store = open_session(settings.data_dir, settings.db)
+    try:
+        assert store.one("SELECT count(*) AS n FROM batches") == {"n": len(want)}
+        assert store.one("SELECT count(*) AS n FROM signals") == {"n": 20 * len(want)}
+    finally:
+        store.close()
