@@ -19,7 +19,7 @@ position or column name); their errors are caught as `Error`, either driver's ro
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import datetime
@@ -51,6 +51,9 @@ class Dialect:
     returning: bool = True
     """`INSERT/UPDATE ... RETURNING` is available (SQLite >= 3.35, PostgreSQL)."""
 
+
+SignalRow = tuple[str, str, int, str, str, str]
+"""(device_id, id, seq, kind, at, attrs) of table `signals`."""
 
 Error = (sqlite3.Error, psycopg.Error)
 """Either driver's root error: query functions catch it and raise `StoreError` at the seam."""
@@ -96,6 +99,12 @@ class Session(Protocol):
     def rows(self, sql: str, params: Any = ()) -> list[dict[str, Any]]: ...
 
     def one(self, sql: str, params: Any = ()) -> dict[str, Any] | None: ...
+
+    def insert_signals(self, groups: Sequence[Sequence[SignalRow]]) -> list[int]:
+        """Insert the signal rows of a group commit (one list per batch; existing keys
+        skipped) inside the caller's transaction; how many were new, per batch. The one
+        write whose form differs by backend for speed (executemany / COPY)."""
+        ...
 
     def check_writable(self) -> None: ...
 

@@ -7,10 +7,10 @@ Plain functions over a session, run on the store thread: `await db.call(store_ba
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 
-from cloud_gateway.db.backend import Error, Session
+from cloud_gateway.db.backend import Error, Session, SignalRow
 from cloud_gateway.db.rows import TimeFormatter, to_text
 from cloud_gateway.errors import StoreError
 from protocol.envelopes import Batch, State
@@ -44,7 +44,7 @@ def store_batch_detail(
 ) -> StoredBatch:
     try:
         with store.transaction():
-            return _insert_batch(store, device_id, batch, format_time(received_at))
+            return _insert_batches(store, [(device_id, batch)], format_time(received_at))[0]
     except Error as exc:
         raise StoreError(f"cannot store batch {batch.seq} of {device_id}: {exc}") from exc
 
@@ -61,13 +61,36 @@ def store_batches(
     now = format_time(received_at)
     try:
         with store.transaction():
-            return [_insert_batch(store, device_id, batch, now) for device_id, batch in items]
+            return _insert_batches(store, items, now)
     except Error as exc:
         raise StoreError(f"cannot store a group of {len(items)} batches: {exc}") from exc
 
 
+def _insert_batches(
+    store: Session, items: Sequence[tuple[str, Batch]], now: str
+) -> list[StoredBatch]:
+    """The rows of a group of batches, inside the caller's transaction: each batch's row
+    first (stored once per key), the signals of the new ones together at the end."""
+    stored: list[StoredBatch] = []
+    signals: list[list[SignalRow]] = []
+    for device_id, batch in items:
+        stored.append(_insert_batch(store, device_id, batch, now))
+        signals.append(_signal_rows(device_id, batch) if stored[-1].new else [])
+    counts = store.insert_signals(signals)
+    return [replace(s, signals=n) if s.new else s for s, n in zip(stored, counts, strict=True)]
+
+
+def _signal_rows(device_id: str, batch: Batch) -> list[SignalRow]:
+    times = TimeFormatter()
+    seq = batch.seq
+    return [
+        (device_id, s.id, seq, s.kind, times(s.at), to_text(s.attrs) if s.attrs else "{}")
+        for s in batch.signals
+    ]
+
+
 def _insert_batch(store: Session, device_id: str, batch: Batch, now: str) -> StoredBatch:
-    """The rows of one batch, inside the caller's transaction."""
+    """The rows of one batch but its signals, inside the caller's transaction."""
     conn = store.conn
     outbox = batch.outbox_id or ""
     cur = conn.execute(
@@ -92,16 +115,7 @@ def _insert_batch(store: Session, device_id: str, batch: Batch, now: str) -> Sto
         return StoredBatch(new=False)
     times = TimeFormatter()
     seq = batch.seq
-    signals = aggregates = outcomes = 0
-    if batch.signals:
-        signals = conn.executemany(
-            "INSERT INTO signals (device_id, id, seq, kind, at, attrs)"
-            " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
-            [
-                (device_id, s.id, seq, s.kind, times(s.at), to_text(s.attrs) if s.attrs else "{}")
-                for s in batch.signals
-            ],
-        ).rowcount
+    aggregates = outcomes = 0
     if batch.aggregates:
         aggregates = _store_aggregates(store, device_id, batch)
     if batch.outcomes:
@@ -131,7 +145,7 @@ def _insert_batch(store: Session, device_id: str, batch: Batch, now: str) -> Sto
             "device": device_id,
         },
     )
-    return StoredBatch(True, max(signals, 0), max(aggregates, 0), max(outcomes, 0))
+    return StoredBatch(True, 0, max(aggregates, 0), max(outcomes, 0))
 
 
 def _store_outcomes(store: Session, device_id: str, batch: Batch, times: TimeFormatter) -> int:

@@ -8,19 +8,25 @@ query modules beside this one, by job; what is SQLite-only lives in `db/sqlite.p
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from sqlite_utils import Database as SqliteUtilsDatabase
 
-from cloud_gateway.db.backend import Clock, Dialect
+from cloud_gateway.db.backend import Clock, Dialect, SignalRow
 from cloud_gateway.db.migrations import apply_migrations
 from cloud_gateway.db.sqlite import SQLITE, Error, connect, hold_single_worker, transaction
 from cloud_gateway.db.thread import StoreThread
 from cloud_gateway.errors import StoreError
 from protocol.ids import format_time, utcnow
+
+INSERT_SIGNALS = (
+    "INSERT INTO signals (device_id, id, seq, kind, at, attrs)"
+    " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING"
+)
+"""SQLite's signal rows: `executemany` (sqlite3 runs it in C at ~1 µs a row)."""
 
 PROBE = "readyz-probe"
 """The name `check_writable` writes into `migrations` and rolls back: never committed."""
@@ -63,6 +69,12 @@ class Store:
     def one(self, sql: str, params: Any = ()) -> dict[str, Any] | None:
         row = self.conn.execute(sql, params).fetchone()
         return dict(row) if row is not None else None
+
+    def insert_signals(self, groups: Sequence[Sequence[SignalRow]]) -> list[int]:
+        return [
+            max(self.conn.executemany(INSERT_SIGNALS, rows).rowcount, 0) if rows else 0
+            for rows in groups
+        ]
 
     def check_writable(self) -> None:
         """Take the write lock, write a row, read it back, roll back: nothing is kept."""
