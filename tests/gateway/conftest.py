@@ -59,11 +59,19 @@ def gateway_db(request: pytest.FixtureRequest) -> str | None:
 
 
 @pytest.fixture
-def open_store(gateway_db: str | None, tmp_path: Path) -> Callable[[], Session]:
+def open_store(gateway_db: str | None, tmp_path: Path) -> Iterator[Callable[[], Session]]:
     """`open_store()`: a session on this test's database (a SQLite file in tmp_path/gw when
-    `gateway_db` is None), on the calling thread; the caller closes it."""
+    `gateway_db` is None), on the calling thread; those left open are closed after the test."""
     (tmp_path / "gw").mkdir(exist_ok=True)
-    return lambda: open_session(tmp_path / "gw", gateway_db)
+    opened: list[Session] = []
+
+    def make() -> Session:
+        opened.append(open_session(tmp_path / "gw", gateway_db))
+        return opened[-1]
+
+    yield make
+    for session in opened:
+        session.close()
 
 
 @pytest.fixture

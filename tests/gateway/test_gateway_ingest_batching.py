@@ -10,6 +10,7 @@ import sqlite3
 import uuid
 import zlib
 from collections import Counter
+from collections.abc import Callable
 from contextlib import closing
 from pathlib import Path
 from typing import Any
@@ -19,9 +20,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from cloud_gateway.db.backend import Session
 from cloud_gateway.db.ingest import store_batch, store_batches
 from cloud_gateway.db.open import open_session
-from cloud_gateway.db.store import Database, Store
+from cloud_gateway.db.store import Database
 from cloud_gateway.ingest.service import AckBatcher, Ingestor, decode_valid_batch
 from cloud_gateway.runtime.gateway import Gateway
 from protocol import codec
@@ -132,14 +134,16 @@ async def test_a_failing_batch_costs_only_itself(tmp_path: Path) -> None:
     assert count(path, "SELECT count(*) FROM batches WHERE seq = 13") == 0
 
 
-def test_store_batches_is_one_transaction_with_duplicates_inside(tmp_path: Path) -> None:
-    store = Store(tmp_path / "gw.sqlite3")
+def test_store_batches_is_one_transaction_with_duplicates_inside(
+    open_store: Callable[[], Session],
+) -> None:
+    store = open_store()
     first, again = batch("tv-a", 1), batch("tv-a", 2)
     out = store_batches(store, [("tv-a", first), ("tv-a", again), ("tv-a", first)], utcnow())
     assert [o.new for o in out] == [True, True, False]
     assert store_batches(store, [("tv-a", again)], utcnow())[0].new is False
     store.close()
-    reopened = Store(tmp_path / "gw.sqlite3")  # across a restart: still stored once
+    reopened = open_store()  # across a restart: still stored once
     assert store_batch(reopened, "tv-a", first, utcnow()) is False
     reopened.close()
 
