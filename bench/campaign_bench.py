@@ -27,8 +27,7 @@ import aiomqtt
 
 from bench.record import Record, percentiles
 from cloud_gateway.config import GatewaySettings
-from cloud_gateway.db.sqlite import transaction
-from cloud_gateway.db.store import Store
+from cloud_gateway.db.backend import Session
 from cloud_gateway.runtime.gateway import Gateway
 from cloud_gateway.security.auth import create_token
 from protocol import codec
@@ -152,9 +151,9 @@ async def _launch_latencies(broker: MosquittoProcess, data: Path, per_device: bo
     return [(done[d] - start) * 1000 for d in devices]
 
 
-def _restock(store: Store, campaign_id: str, offer_id: str, amount: int) -> None:
+def _restock(store: Session, campaign_id: str, offer_id: str, amount: int) -> None:
     """The next wave's coupons (what an operator's restock does to the stock row)."""
-    with transaction(store.conn):
+    with store.transaction():
         store.conn.execute(
             "UPDATE offer_stock SET stock = stock + ?, initial = initial + ?"
             " WHERE campaign_id = ? AND offer_id = ?",
@@ -162,7 +161,7 @@ def _restock(store: Store, campaign_id: str, offer_id: str, amount: int) -> None
         )
 
 
-def _ledger(store: Store, campaign_id: str) -> tuple[int, int, int, int]:
+def _ledger(store: Session, campaign_id: str) -> tuple[int, int, int, int]:
     """(grants, distinct devices granted, stock decremented, stock left) from the database."""
     grants, devices = store.conn.execute(
         "SELECT count(*), count(DISTINCT device_id) FROM grants WHERE campaign_id = ?",

@@ -22,6 +22,7 @@ SUITES = [
     "bench.intake_bench",
     "bench.ingest_bench",
     "bench.pg_driver_bench",
+    "bench.pg_ingest_bench",
 ]
 
 

@@ -9,11 +9,16 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from cloud_gateway.config import load_settings, mqtt_credentials
+from cloud_gateway.config import db_option, load_settings, mqtt_credentials
 from cloud_gateway.errors import GatewayError
 from cloud_gateway.runtime.gateway import Gateway, run_gateway
 from cloud_gateway.security.auth import create_token
 from protocol.broker_url import add_credential_options
+
+DB_HELP = (
+    "the database: a SQLite file (default DATA_DIR/gateway.db; one worker) or"
+    " postgresql://USER@HOST:PORT/DB (env EDGEMART_DB)"
+)
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -28,6 +33,7 @@ def _run(args: argparse.Namespace) -> int:
         **credentials,
         broker=args.broker,
         data_dir=args.data_dir,
+        db=db_option(args.db),
         http_port=args.http_port,
         http_host=args.http_host,
         shared_group=args.shared_group,
@@ -46,7 +52,8 @@ def _announce(gateway: Gateway) -> None:
 
 
 def _token_create(args: argparse.Namespace) -> int:
-    print(create_token(args.data_dir))
+    settings = load_settings("command line", data_dir=args.data_dir, db=db_option(args.db))
+    print(create_token(args.data_dir, db=settings.db))
     return 0
 
 
@@ -69,6 +76,7 @@ def add_verbs(parser: argparse.ArgumentParser) -> None:
     run = verbs.add_parser("run", help="run the gateway until SIGTERM")
     run.add_argument("--broker", required=True, help="mqtt://HOST:PORT or mqtts://HOST:PORT")
     run.add_argument("--data-dir", required=True, type=Path, help="keys, trust.json, database")
+    run.add_argument("--db", default=None, help=DB_HELP)
     run.add_argument("--http-port", required=True, type=int, help="0 picks a free port")
     run.add_argument("--http-host", default=None, help="default 127.0.0.1")
     run.add_argument("--shared-group", default=None, help="consume as $share/GROUP/...")
@@ -81,6 +89,7 @@ def add_verbs(parser: argparse.ArgumentParser) -> None:
     token_verbs = token.add_subparsers(dest="token_verb", required=True, metavar="VERB")
     create = token_verbs.add_parser("create", help="print a new bearer token")
     create.add_argument("--data-dir", required=True, type=Path)
+    create.add_argument("--db", default=None, help=DB_HELP)
     create.set_defaults(func=_guard, verb=_token_create)
 
 

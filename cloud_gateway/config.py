@@ -32,6 +32,25 @@ CLIENT_ID_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
 
 log = logging.getLogger(__name__)
 
+DB_ENV = "EDGEMART_DB"
+POSTGRES_SCHEMES = ("postgresql://", "postgres://")
+
+
+def sqlite_path(db: str) -> Path | None:
+    """The SQLite file a `--db` value names (a path, or `sqlite:PATH` / `sqlite:///PATH`);
+    None for a PostgreSQL URL; ValueError, naming the flag and the value, for anything else."""
+    if db.startswith(POSTGRES_SCHEMES) and len(db) > db.index("//") + 2:
+        return None
+    path = db.removeprefix("sqlite:")
+    if path != db and path.startswith("//"):
+        path = path[2:]  # sqlite:///abs/path -> /abs/path
+    if path.strip() and "://" not in path and "\0" not in path:
+        return Path(path)
+    raise ValueError(
+        f"--db ({DB_ENV}) {db!r} is neither a SQLite file (a path or sqlite:///PATH)"
+        " nor a PostgreSQL URL (postgresql://USER@HOST:PORT/DATABASE)"
+    )
+
 
 def parse_broker_url(url: str) -> tuple[str, int]:
     """`mqtt://HOST:PORT` (1883 by default; `mqtts://` 8883) to `(host, port)`; ValueError."""
@@ -52,6 +71,9 @@ class GatewaySettings(BaseModel):
     shared_group: str | None = None
     client_id: str | None = None
     """MQTT client id; stable across restarts (persistent session). Default: from data_dir."""
+    db: str | None = None
+    """The gateway database: a SQLite file (default `data_dir/gateway.db`; one worker only)
+    or a `postgresql://` URL (`--db`, `EDGEMART_DB`)."""
     ack_delay_ms: Annotated[float, Field(ge=0, le=1000)] = 5.0
     """Acks for one device are coalesced over this window after the commit."""
     max_payload_bytes: Annotated[int, Field(ge=1024, le=16 * 1024 * 1024)] = codec.MAX_COMPRESSED
@@ -144,6 +166,13 @@ class GatewaySettings(BaseModel):
             raise ValueError(f"shared_group must match {GROUP_RE.pattern}")
         return value
 
+    @field_validator("db")
+    @classmethod
+    def _db(cls, value: str | None) -> str | None:
+        if value is not None:
+            sqlite_path(value)
+        return value
+
     @field_validator("client_id")
     @classmethod
     def _client_id(cls, value: str | None) -> str | None:
@@ -173,7 +202,16 @@ class GatewaySettings(BaseModel):
 
     @property
     def db_path(self) -> Path:
-        return self.data_dir / "gateway.db"
+        """The SQLite file (for a PostgreSQL `db`, the one the data directory would hold)."""
+        found = sqlite_path(self.db) if self.db is not None else None
+        return found if found is not None else self.data_dir / "gateway.db"
+
+    @property
+    def db_url(self) -> str | None:
+        """The PostgreSQL URL, or None when the database is a SQLite file."""
+        if self.db is not None and sqlite_path(self.db) is None:
+            return self.db
+        return None
 
 
 def read_secret(path: Path) -> str:
@@ -213,6 +251,12 @@ def mqtt_credentials(
     if ca is not None:
         out["mqtt_ca_file"] = ca
     return out
+
+
+def db_option(db: str | None = None, environ: Mapping[str, str] | None = None) -> str | None:
+    """The `--db` value for `load_settings`: the option, else `EDGEMART_DB`, else None."""
+    env = os.environ if environ is None else environ
+    return db or env.get(DB_ENV) or None
 
 
 def load_settings(source: str | None = None, **values: Any) -> GatewaySettings:

@@ -22,19 +22,25 @@ from tests.support.blocking import no_blocking_calls_on_the_loop
 
 # Folders whose every test talks to a real broker or real processes.
 INTEGRATION_FOLDERS = ("e2e", "faults")
-# Fixtures that start a broker (and so everything built on them: `world`, `gateway`, ...).
-BROKER_FIXTURES = frozenset({"mosquitto", "own_mosquitto", "amqtt_broker"})
+# Fixtures that start a broker or a database server (and so everything built on them:
+# `world`, `gateway`, `postgres_url`, ...).
+BROKER_FIXTURES = frozenset({"mosquitto", "own_mosquitto", "amqtt_broker", "postgres"})
+# A parametrised backend fixture whose PostgreSQL case starts the private server.
+SERVER_PARAMS = {"gateway_db": "postgresql"}
 TESTS = Path(__file__).parent
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Mark `integration` every test under tests/e2e and tests/faults, and every test that
-    asks (directly or through another fixture) for a broker fixture. Tests that spawn a
+    asks (directly or through another fixture) for a broker or database-server fixture, or
+    runs on the PostgreSQL case of `gateway_db`. Tests that spawn a
     process are marked in their files; the fast tier's guard below fails those it missed."""
     for item in items:
         folder = Path(str(item.fspath)).relative_to(TESTS).parts[0]
         fixtures = set(getattr(item, "fixturenames", ()))
-        if folder in INTEGRATION_FOLDERS or fixtures & BROKER_FIXTURES:
+        params = getattr(getattr(item, "callspec", None), "params", {})
+        on_server = any(params.get(name) == value for name, value in SERVER_PARAMS.items())
+        if folder in INTEGRATION_FOLDERS or fixtures & BROKER_FIXTURES or on_server:
             item.add_marker(pytest.mark.integration)
 
 

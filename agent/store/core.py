@@ -9,6 +9,7 @@ table methods with `await store.call(store.outbox.accept, ...)`; writes are tran
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 import time
 from collections.abc import Callable
@@ -104,7 +105,7 @@ class Store:
 
     async def close(self) -> None:
         await self.thread.call(self.thread.disconnect)
-        self.thread.shutdown()
+        await asyncio.to_thread(self.thread.shutdown)  # joins the store thread: not on the loop
 
     async def shrink_memory(self) -> None:
         """Over the memory budget: SQLite frees what its page cache holds."""

@@ -25,11 +25,11 @@ from cloud_gateway.api.openapi import complete_document
 from cloud_gateway.campaigns.model import CampaignIn
 from cloud_gateway.campaigns.service import CampaignService
 from cloud_gateway.db.audit import audit_log as audit_rows
+from cloud_gateway.db.backend import Backend, Session
 from cloud_gateway.db.devices import export_device as export_rows
 from cloud_gateway.db.devices import fleet_summary
 from cloud_gateway.db.devices import get_device as device_row
 from cloud_gateway.db.devices import list_devices as device_rows
-from cloud_gateway.db.store import Database
 from cloud_gateway.devices.erasure import DeviceErasure
 from cloud_gateway.errors import (
     Conflict,
@@ -58,7 +58,7 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 @dataclass(frozen=True, slots=True)
 class ApiContext:
     campaigns: CampaignService
-    db: Database
+    db: Backend[Session]
     verifier: TokenVerifier
     counters: Counter[str]
     registry: CollectorRegistry

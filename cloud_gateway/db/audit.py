@@ -5,13 +5,13 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
+from cloud_gateway.db.backend import Session
 from cloud_gateway.db.rows import to_text
-from cloud_gateway.db.store import Store
 from protocol.ids import format_time
 
 
 def insert_audit(
-    store: Store,
+    store: Session,
     who: str,
     action: str,
     target: str,
@@ -27,13 +27,13 @@ def insert_audit(
 
 
 def audit(
-    store: Store, who: str, action: str, target: str, detail: dict[str, Any] | None = None
+    store: Session, who: str, action: str, target: str, detail: dict[str, Any] | None = None
 ) -> None:
     """One audit row in its own transaction, at the store's clock."""
     with store.transaction():
         insert_audit(store, who, action, target, store.clock(), detail=detail)
 
 
-def audit_log(store: Store, limit: int = 100) -> list[dict[str, Any]]:
+def audit_log(store: Session, limit: int = 100) -> list[dict[str, Any]]:
     """The newest `limit` entries, newest first."""
     return store.rows("SELECT * FROM audit ORDER BY id DESC LIMIT ?", [limit])

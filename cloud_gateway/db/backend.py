@@ -10,15 +10,22 @@ The shared SQL is written portable where the dialects agree: `INSERT ... ON CONF
 NOTHING / DO UPDATE`, `RETURNING`, `coalesce`, no `INSERT OR ...`. It is written with `?`
 placeholders (and `:name` where named); a backend whose driver wants `%s` translates them
 once (`Dialect.placeholder`). SQLite-only expressions are taken from `Dialect`, never inlined.
+
+Both drivers' connections look alike to the query functions (`Session.conn`: `execute`,
+`executemany`, cursors with `fetchone`, `fetchall`, iteration, `rowcount`; rows indexed by
+position or column name); their errors are caught as `Error`, either driver's root error.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import sqlite3
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Concatenate, ParamSpec, Protocol, TypeVar
+
+import psycopg
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -37,8 +44,40 @@ class Dialect:
     """`?` (sqlite3) or `%s` (psycopg): the shared SQL is written with `?`."""
     random_hex16: str
     """An SQL expression of 16 random hex digits, evaluated per row."""
+    latest_reported_signals: str
+    """One row per (device, kind, category) of the raw reports targeting reads (see
+    `devices.device_facts`), the latest of each; one parameter (a device id, or NULL for all).
+    Columns: device_id, seq, kind, at, tier, cat, level (JSON values as Python values)."""
     returning: bool = True
     """`INSERT/UPDATE ... RETURNING` is available (SQLite >= 3.35, PostgreSQL)."""
+
+
+SignalRow = tuple[str, str, int, str, str, str]
+"""(device_id, id, seq, kind, at, attrs) of table `signals`."""
+
+Error = (sqlite3.Error, psycopg.Error)
+"""Either driver's root error: query functions catch it and raise `StoreError` at the seam."""
+
+
+class Cursor(Protocol):
+    """What the query functions use of a cursor (sqlite3's, or the PostgreSQL session's)."""
+
+    @property
+    def rowcount(self) -> int: ...
+
+    def fetchone(self) -> Any: ...
+
+    def fetchall(self) -> list[Any]: ...
+
+    def __iter__(self) -> Iterator[Any]: ...
+
+
+class Connection(Protocol):
+    """What the query functions use of a connection: `?` / `:name` placeholders."""
+
+    def execute(self, sql: str, parameters: Any = ..., /) -> Cursor: ...
+
+    def executemany(self, sql: str, parameters: Iterable[Any], /) -> Cursor: ...
 
 
 class Session(Protocol):
@@ -50,6 +89,9 @@ class Session(Protocol):
     @property
     def clock(self) -> Clock: ...
 
+    @property
+    def conn(self) -> Connection: ...
+
     def transaction(self) -> AbstractContextManager[None]:
         """All or nothing: committed at the end of the block, rolled back on any error."""
         ...
@@ -57,6 +99,18 @@ class Session(Protocol):
     def rows(self, sql: str, params: Any = ()) -> list[dict[str, Any]]: ...
 
     def one(self, sql: str, params: Any = ()) -> dict[str, Any] | None: ...
+
+    def insert_signals(self, groups: Sequence[Sequence[SignalRow]]) -> list[int]:
+        """Insert the signal rows of a group commit (one list per batch; existing keys
+        skipped) inside the caller's transaction; how many were new, per batch. The one
+        write whose form differs by backend for speed (executemany / COPY)."""
+        ...
+
+    def check_writable(self) -> None: ...
+
+    def applied_migrations(self) -> list[str]: ...
+
+    def close(self) -> None: ...
 
 
 class Backend(Protocol[S]):

@@ -14,13 +14,13 @@ from typing import Any
 
 from cloud_gateway.campaigns.pending import Owed, Pending
 from cloud_gateway.db.audit import insert_audit
+from cloud_gateway.db.backend import Session
 from cloud_gateway.db.rows import to_text
-from cloud_gateway.db.store import Store
 from cloud_gateway.errors import Conflict
 from protocol.ids import format_time
 
 
-def _insert_campaign_row(store: Store, doc: dict[str, Any]) -> None:
+def _insert_campaign_row(store: Session, doc: dict[str, Any]) -> None:
     """A campaign document's row, inside the caller's transaction."""
     store.conn.execute(
         "INSERT INTO campaigns (id, name, state, doc, created_at, updated_at)"
@@ -29,18 +29,18 @@ def _insert_campaign_row(store: Store, doc: dict[str, Any]) -> None:
     )
 
 
-def insert_campaign(store: Store, doc: dict[str, Any]) -> None:
+def insert_campaign(store: Session, doc: dict[str, Any]) -> None:
     """A campaign's row alone (no offer ids, stock or audit): for tests and benchmarks."""
     with store.transaction():
         _insert_campaign_row(store, doc)
 
 
-def get_campaign(store: Store, campaign_id: str) -> dict[str, Any] | None:
+def get_campaign(store: Session, campaign_id: str) -> dict[str, Any] | None:
     row = store.one("SELECT doc FROM campaigns WHERE id = ?", [campaign_id])
     return json.loads(row["doc"]) if row else None
 
 
-def list_campaigns(store: Store, state: str | None = None) -> list[dict[str, Any]]:
+def list_campaigns(store: Session, state: str | None = None) -> list[dict[str, Any]]:
     if state is None:
         rows = store.rows("SELECT doc FROM campaigns ORDER BY created_at, id")
     else:
@@ -51,7 +51,7 @@ def list_campaigns(store: Store, state: str | None = None) -> list[dict[str, Any
 
 
 def record_catalog(  # noqa: PLR0917 - called as db.call(record_catalog, *args)
-    store: Store,
+    store: Session,
     cohort: str,
     bundle_id: str,
     per_campaign: dict[str, int],
@@ -75,12 +75,12 @@ def record_catalog(  # noqa: PLR0917 - called as db.call(record_catalog, *args)
         )
 
 
-def catalogs(store: Store) -> list[dict[str, Any]]:
+def catalogs(store: Session) -> list[dict[str, Any]]:
     return store.rows("SELECT * FROM catalogs ORDER BY cohort")
 
 
 def create_campaign(
-    store: Store,
+    store: Session,
     doc: dict[str, Any],
     *,
     stock: Sequence[tuple[str, int]],
@@ -117,7 +117,7 @@ def create_campaign(
         insert_audit(store, who, "campaign.create", doc["id"], at, detail=detail)
 
 
-def add_owed(store: Store, owed: Iterable[Owed], at: datetime) -> None:
+def add_owed(store: Session, owed: Iterable[Owed], at: datetime) -> None:
     """Insert markers inside the caller's transaction."""
     store.conn.executemany(
         "INSERT INTO campaign_pending (campaign_id, kind, cohorts, revokes, created_at)"
@@ -136,7 +136,7 @@ def add_owed(store: Store, owed: Iterable[Owed], at: datetime) -> None:
 
 
 def change_campaign(
-    store: Store,
+    store: Session,
     doc: dict[str, Any],
     *,
     who: str,
@@ -156,7 +156,7 @@ def change_campaign(
         add_owed(store, owed, at)
 
 
-def pending(store: Store) -> list[Pending]:
+def pending(store: Session) -> list[Pending]:
     """Every marker not yet acted on, oldest first."""
     return [
         Pending(
@@ -174,12 +174,12 @@ def pending(store: Store) -> list[Pending]:
     ]
 
 
-def clear_pending(store: Store, ids: Sequence[int]) -> None:
+def clear_pending(store: Session, ids: Sequence[int]) -> None:
     with store.transaction():
         store.conn.executemany("DELETE FROM campaign_pending WHERE id = ?", [(i,) for i in ids])
 
 
-def campaign_rows(store: Store, campaign_id: str) -> dict[str, Any]:
+def campaign_rows(store: Session, campaign_id: str) -> dict[str, Any]:
     """Raw material of a campaign's results (see `results.campaign_results`)."""
     conn = store.conn
     outcomes = [

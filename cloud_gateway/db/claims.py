@@ -15,12 +15,11 @@ from typing import Any
 
 from cloud_gateway.campaigns.model import Campaign, claim_refusal, needs_facts
 from cloud_gateway.campaigns.pending import Owed, PendingKind
+from cloud_gateway.db.backend import Error, Session
 from cloud_gateway.db.campaigns import add_owed
 from cloud_gateway.db.devices import device_facts
 from cloud_gateway.db.ingest import ENSURE_DEVICE
 from cloud_gateway.db.rows import to_text
-from cloud_gateway.db.sqlite import Error
-from cloud_gateway.db.store import Store
 from cloud_gateway.errors import StoreError
 from protocol.envelopes import ClaimRequest
 from protocol.ids import format_time
@@ -29,7 +28,7 @@ MakeResult = Callable[[str, ClaimRequest, bool, str | None, str], dict[str, Any]
 """make(device_id, claim, granted, code, reason) -> the signed wire result."""
 
 
-def init_stock(store: Store, campaign_id: str, stock: Sequence[tuple[str, int]]) -> None:
+def init_stock(store: Session, campaign_id: str, stock: Sequence[tuple[str, int]]) -> None:
     """The stock of each limited offer, set once (a relaunch keeps what is left)."""
     with store.transaction():
         store.conn.executemany(
@@ -39,7 +38,7 @@ def init_stock(store: Store, campaign_id: str, stock: Sequence[tuple[str, int]])
         )
 
 
-def stock_left(store: Store, campaign_id: str) -> dict[str, int]:
+def stock_left(store: Session, campaign_id: str) -> dict[str, int]:
     rows = store.conn.execute(
         "SELECT offer_id, stock FROM offer_stock WHERE campaign_id = ?", [campaign_id]
     ).fetchall()
@@ -60,7 +59,7 @@ class ClaimAnswer:
 
 
 def _decide(
-    store: Store,
+    store: Session,
     device_id: str,
     claim: ClaimRequest,
     at: datetime,
@@ -131,7 +130,7 @@ def _decide(
 
 
 def claim_batch(
-    store: Store,
+    store: Session,
     claims: Sequence[tuple[str, ClaimRequest]],
     make_result: MakeResult,
     received_at: datetime,

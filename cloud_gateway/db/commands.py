@@ -12,8 +12,7 @@ from datetime import datetime
 from typing import Any
 
 from cloud_gateway.db.audit import insert_audit
-from cloud_gateway.db.sqlite import Error
-from cloud_gateway.db.store import Store
+from cloud_gateway.db.backend import Error, Session
 from cloud_gateway.errors import StoreError
 from protocol.ids import format_time
 
@@ -36,7 +35,7 @@ HANDLED_ELSEWHERE = ("devices", "device_pushes", "grants", "device_commands")
 grants anonymised (stock stays right), the forget command itself kept until confirmed."""
 
 
-def _delete_data(store: Store, device_id: str) -> dict[str, int]:
+def _delete_data(store: Session, device_id: str) -> dict[str, int]:
     return {
         table: max(
             store.conn.execute(f"DELETE FROM {table} WHERE device_id = ?", [device_id]).rowcount,  # noqa: S608 - fixed table names
@@ -47,7 +46,7 @@ def _delete_data(store: Store, device_id: str) -> dict[str, int]:
 
 
 def erase_device(
-    store: Store, device_id: str, command: dict[str, Any], who: str, at: datetime
+    store: Session, device_id: str, command: dict[str, Any], who: str, at: datetime
 ) -> dict[str, int] | None:
     """Delete all the gateway holds for `device_id` and record `command` (signed, wire form)
     and the audit entry, in one transaction. None (nothing changed) when nothing is held."""
@@ -101,7 +100,7 @@ def erase_device(
 
 
 def outstanding_commands(
-    store: Store, device_id: str | None = None, sent_before: datetime | None = None
+    store: Session, device_id: str | None = None, sent_before: datetime | None = None
 ) -> list[dict[str, Any]]:
     """Commands without a receipt: all of one device (its birth), or those last sent before
     `sent_before` and sent fewer than `PERIODIC_SENDS_MAX` times (the periodic re-send)."""
@@ -120,7 +119,7 @@ def outstanding_commands(
     return store.rows(sql, params)
 
 
-def replace_payload(store: Store, command_id: str, payload: dict[str, Any]) -> None:
+def replace_payload(store: Session, command_id: str, payload: dict[str, Any]) -> None:
     """A re-signed command (same id, later expiry)."""
     with store.transaction():
         store.conn.execute(
@@ -129,7 +128,7 @@ def replace_payload(store: Store, command_id: str, payload: dict[str, Any]) -> N
         )
 
 
-def mark_commands_sent(store: Store, ids: Sequence[str], at: datetime) -> None:
+def mark_commands_sent(store: Session, ids: Sequence[str], at: datetime) -> None:
     with store.transaction():
         store.conn.executemany(
             "UPDATE device_commands SET sent_at = ?, sends = sends + 1 WHERE id = ?",
@@ -138,7 +137,7 @@ def mark_commands_sent(store: Store, ids: Sequence[str], at: datetime) -> None:
 
 
 def confirm_commands(
-    store: Store, device_id: str, ids: Sequence[str], at: datetime
+    store: Session, device_id: str, ids: Sequence[str], at: datetime
 ) -> dict[str, int]:
     """The device confirmed these commands. A confirmed `forget` deletes again what the
     device reported before it forgot (batches in flight at the erasure). Returns counts."""

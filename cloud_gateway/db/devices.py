@@ -11,16 +11,15 @@ from datetime import datetime
 from typing import Any
 
 from cloud_gateway.campaigns.targeting import DeviceFacts, parse_aggregate_key, window_bounds
-from cloud_gateway.db.sqlite import LATEST_REPORTED_SIGNALS
-from cloud_gateway.db.store import Store
+from cloud_gateway.db.backend import Session
 from protocol.ids import parse_time
 
 
-def list_devices(store: Store) -> list[dict[str, Any]]:
+def list_devices(store: Session) -> list[dict[str, Any]]:
     return [_device_view(r) for r in store.rows("SELECT * FROM devices ORDER BY device_id")]
 
 
-def get_device(store: Store, device_id: str) -> dict[str, Any] | None:
+def get_device(store: Session, device_id: str) -> dict[str, Any] | None:
     row = store.one("SELECT * FROM devices WHERE device_id = ?", [device_id])
     if row is None:
         return None
@@ -50,7 +49,7 @@ def _device_view(row: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def export_device(store: Store, device_id: str) -> dict[str, Any] | None:
+def export_device(store: Session, device_id: str) -> dict[str, Any] | None:
     """Everything the gateway holds for a device (right of access); None when unknown."""
     registry = get_device(store, device_id)
     if registry is None:
@@ -63,8 +62,8 @@ def export_device(store: Store, device_id: str) -> dict[str, Any] | None:
         )
     ]
     aggregates = store.rows(
-        "SELECT seq, window, key, count, seconds FROM aggregates WHERE device_id = ?"
-        " ORDER BY seq, window, key",
+        'SELECT seq, "window", key, count, seconds FROM aggregates WHERE device_id = ?'
+        ' ORDER BY seq, "window", key',
         [device_id],
     )
     outcomes = store.rows(
@@ -111,7 +110,7 @@ def export_device(store: Store, device_id: str) -> dict[str, Any] | None:
     }
 
 
-def aggregate_coverage(store: Store, device_id: str) -> int:
+def aggregate_coverage(store: Session, device_id: str) -> int:
     """How many signals the device's latest aggregates cover (loss accounting)."""
     row = store.one(
         "SELECT coalesce(sum(count), 0) AS n FROM aggregates WHERE device_id = ?", [device_id]
@@ -119,7 +118,7 @@ def aggregate_coverage(store: Store, device_id: str) -> int:
     return int(row["n"]) if row else 0
 
 
-def device_facts(store: Store, device_id: str | None = None) -> list[DeviceFacts]:
+def device_facts(store: Session, device_id: str | None = None) -> list[DeviceFacts]:
     """What targeting needs of every registered device (or of one): registry + reports.
 
     Reads what the agent really sends (see `targeting`): raw `member_tier`, `consumable_level`
@@ -127,9 +126,12 @@ def device_facts(store: Store, device_id: str | None = None) -> list[DeviceFacts
     `consumable_level/category=<c>/level=<l>` and `purchase/category=<c>`.
     """
     conn = store.conn
-    args: list[Any] = [device_id]
+    # "Every device, or this one": the id twice, typed, as both dialects accept it.
+    args: list[Any] = [device_id, device_id]
     base = conn.execute(
-        "SELECT device_id, profile, cohorts FROM devices WHERE ?1 IS NULL OR device_id = ?1", args
+        "SELECT device_id, profile, cohorts FROM devices"
+        " WHERE CAST(? AS TEXT) IS NULL OR device_id = ?",
+        args,
     ).fetchall()
     # State reports ranked by (time, batch, -level): the latest wins, ties go to the lowest.
     tiers: dict[str, tuple[tuple[datetime, int, float], int]] = {}
@@ -151,9 +153,10 @@ def device_facts(store: Store, device_id: str | None = None) -> list[DeviceFacts
             known[cat] = at
 
     for r in conn.execute(
-        "SELECT device_id, seq, window, key, count FROM aggregates"
+        'SELECT device_id, seq, "window", key, count FROM aggregates'
         " WHERE (key LIKE 'member_tier/%' OR key LIKE 'consumable_level/%'"
-        " OR key LIKE 'purchase/%') AND count > 0 AND (?1 IS NULL OR device_id = ?1)",
+        " OR key LIKE 'purchase/%') AND count > 0"
+        " AND (CAST(? AS TEXT) IS NULL OR device_id = ?)",
         args,
     ):
         bounds = window_bounds(r["window"])
@@ -171,11 +174,8 @@ def device_facts(store: Store, device_id: str | None = None) -> list[DeviceFacts
                 keep_purchase(did, fields["category"], bounds[1])
         except ValueError:
             continue
-    # One row per (device, kind, category): the latest report of each (SQLite-only SQL).
-    for r in conn.execute(
-        LATEST_REPORTED_SIGNALS,
-        args,
-    ):
+    # One row per (device, kind, category): the latest report of each (the dialects differ).
+    for r in conn.execute(store.dialect.latest_reported_signals, args):
         try:
             at = parse_time(r["at"])
         except (ValueError, TypeError):
@@ -191,7 +191,7 @@ def device_facts(store: Store, device_id: str | None = None) -> list[DeviceFacts
     reported = {
         r["device_id"]
         for r in conn.execute(
-            "SELECT device_id FROM devices d WHERE (?1 IS NULL OR device_id = ?1) AND ("
+            "SELECT device_id FROM devices d WHERE (CAST(? AS TEXT) IS NULL OR device_id = ?) AND ("
             " EXISTS (SELECT 1 FROM signals s WHERE s.device_id = d.device_id)"
             " OR EXISTS (SELECT 1 FROM aggregates a WHERE a.device_id = d.device_id))",
             args,
@@ -221,7 +221,7 @@ def _number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
-def fleet_summary(store: Store) -> dict[str, Any]:
+def fleet_summary(store: Session) -> dict[str, Any]:
     """Devices by status and profile, for the dashboard."""
     rows = store.conn.execute(
         "SELECT coalesce(profile, 'unknown') AS profile, status, count(*) AS n FROM devices"

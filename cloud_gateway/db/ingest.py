@@ -7,12 +7,11 @@ Plain functions over a session, run on the store thread: `await db.call(store_ba
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 
+from cloud_gateway.db.backend import Error, Session, SignalRow
 from cloud_gateway.db.rows import TimeFormatter, to_text
-from cloud_gateway.db.sqlite import Error
-from cloud_gateway.db.store import Store
 from cloud_gateway.errors import StoreError
 from protocol.envelopes import Batch, State
 from protocol.ids import format_time
@@ -34,24 +33,24 @@ class StoredBatch:
     outcomes: int = 0
 
 
-def store_batch(store: Store, device_id: str, batch: Batch, received_at: datetime) -> bool:
+def store_batch(store: Session, device_id: str, batch: Batch, received_at: datetime) -> bool:
     """Store a batch exactly once per (device_id, outbox_id, seq); False if it was already
     stored."""
     return store_batch_detail(store, device_id, batch, received_at).new
 
 
 def store_batch_detail(
-    store: Store, device_id: str, batch: Batch, received_at: datetime
+    store: Session, device_id: str, batch: Batch, received_at: datetime
 ) -> StoredBatch:
     try:
         with store.transaction():
-            return _insert_batch(store, device_id, batch, format_time(received_at))
+            return _insert_batches(store, [(device_id, batch)], format_time(received_at))[0]
     except Error as exc:
         raise StoreError(f"cannot store batch {batch.seq} of {device_id}: {exc}") from exc
 
 
 def store_batches(
-    store: Store, items: Sequence[tuple[str, Batch]], received_at: datetime
+    store: Session, items: Sequence[tuple[str, Batch]], received_at: datetime
 ) -> list[StoredBatch]:
     """Group commit: store each (device_id, batch) once, all in ONE transaction (one fsync).
 
@@ -62,13 +61,36 @@ def store_batches(
     now = format_time(received_at)
     try:
         with store.transaction():
-            return [_insert_batch(store, device_id, batch, now) for device_id, batch in items]
+            return _insert_batches(store, items, now)
     except Error as exc:
         raise StoreError(f"cannot store a group of {len(items)} batches: {exc}") from exc
 
 
-def _insert_batch(store: Store, device_id: str, batch: Batch, now: str) -> StoredBatch:
-    """The rows of one batch, inside the caller's transaction."""
+def _insert_batches(
+    store: Session, items: Sequence[tuple[str, Batch]], now: str
+) -> list[StoredBatch]:
+    """The rows of a group of batches, inside the caller's transaction: each batch's row
+    first (stored once per key), the signals of the new ones together at the end."""
+    stored: list[StoredBatch] = []
+    signals: list[list[SignalRow]] = []
+    for device_id, batch in items:
+        stored.append(_insert_batch(store, device_id, batch, now))
+        signals.append(_signal_rows(device_id, batch) if stored[-1].new else [])
+    counts = store.insert_signals(signals)
+    return [replace(s, signals=n) if s.new else s for s, n in zip(stored, counts, strict=True)]
+
+
+def _signal_rows(device_id: str, batch: Batch) -> list[SignalRow]:
+    times = TimeFormatter()
+    seq = batch.seq
+    return [
+        (device_id, s.id, seq, s.kind, times(s.at), to_text(s.attrs) if s.attrs else "{}")
+        for s in batch.signals
+    ]
+
+
+def _insert_batch(store: Session, device_id: str, batch: Batch, now: str) -> StoredBatch:
+    """The rows of one batch but its signals, inside the caller's transaction."""
     conn = store.conn
     outbox = batch.outbox_id or ""
     cur = conn.execute(
@@ -93,16 +115,7 @@ def _insert_batch(store: Store, device_id: str, batch: Batch, now: str) -> Store
         return StoredBatch(new=False)
     times = TimeFormatter()
     seq = batch.seq
-    signals = aggregates = outcomes = 0
-    if batch.signals:
-        signals = conn.executemany(
-            "INSERT INTO signals (device_id, id, seq, kind, at, attrs)"
-            " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
-            [
-                (device_id, s.id, seq, s.kind, times(s.at), to_text(s.attrs) if s.attrs else "{}")
-                for s in batch.signals
-            ],
-        ).rowcount
+    aggregates = outcomes = 0
     if batch.aggregates:
         aggregates = _store_aggregates(store, device_id, batch)
     if batch.outcomes:
@@ -132,10 +145,10 @@ def _insert_batch(store: Store, device_id: str, batch: Batch, now: str) -> Store
             "device": device_id,
         },
     )
-    return StoredBatch(True, max(signals, 0), max(aggregates, 0), max(outcomes, 0))
+    return StoredBatch(True, 0, max(aggregates, 0), max(outcomes, 0))
 
 
-def _store_outcomes(store: Store, device_id: str, batch: Batch, times: TimeFormatter) -> int:
+def _store_outcomes(store: Session, device_id: str, batch: Batch, times: TimeFormatter) -> int:
     seq = batch.seq
     stored: int = store.conn.executemany(
         "INSERT INTO outcomes (device_id, id, seq, offer_id, campaign_id,"
@@ -167,14 +180,15 @@ def _store_outcomes(store: Store, device_id: str, batch: Batch, times: TimeForma
     return stored
 
 
-def _store_aggregates(store: Store, device_id: str, batch: Batch) -> int:
+def _store_aggregates(store: Session, device_id: str, batch: Batch) -> int:
     """Cumulative snapshots: per (outbox, window, key) the one from the highest seq wins,
     so a late redelivery of an older batch never lowers a count. Each outbox of a device
     counts its own signals, so their snapshots add up. Returns the rows written."""
     outbox, seq = batch.outbox_id or "", batch.seq
     written: int = store.conn.executemany(
-        "INSERT INTO aggregates (device_id, outbox_id, seq, window, key, count, seconds)"
-        " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (device_id, outbox_id, window, key)"
+        # "window" is quoted: a reserved word in PostgreSQL, a plain name in SQLite.
+        'INSERT INTO aggregates (device_id, outbox_id, seq, "window", key, count, seconds)'
+        ' VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (device_id, outbox_id, "window", key)'
         " DO UPDATE SET seq = excluded.seq, count = excluded.count,"
         " seconds = excluded.seconds WHERE excluded.seq > aggregates.seq",
         [(device_id, outbox, seq, a.window, a.key, a.count, a.seconds) for a in batch.aggregates],
@@ -182,7 +196,7 @@ def _store_aggregates(store: Store, device_id: str, batch: Batch) -> int:
     return written
 
 
-def record_state(store: Store, device_id: str, state: State, received_at: datetime) -> None:
+def record_state(store: Session, device_id: str, state: State, received_at: datetime) -> None:
     """A device's retained state (birth, last will): status, profile, versions, cohorts."""
     now = format_time(received_at)
     try:
@@ -207,7 +221,7 @@ def record_state(store: Store, device_id: str, state: State, received_at: dateti
         raise StoreError(f"cannot record the state of {device_id}: {exc}") from exc
 
 
-def record_rejection(store: Store, device_id: str, received_at: datetime) -> None:
+def record_rejection(store: Session, device_id: str, received_at: datetime) -> None:
     """Count one refused message against the device whose topic it came on."""
     now = format_time(received_at)
     try:

@@ -11,8 +11,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from cloud_gateway.db.backend import Session
 from cloud_gateway.db.rows import to_text
-from cloud_gateway.db.store import Store
 from protocol.ids import format_time, parse_time
 
 
@@ -33,7 +33,7 @@ class DevicePush:
 
 
 def add_device_pushes(
-    store: Store, pushes: Iterable[DevicePush], supersede: str | None, *, per_device: bool = False
+    store: Session, pushes: Iterable[DevicePush], supersede: str | None, *, per_device: bool = False
 ) -> None:
     """Record bundles to send; with `supersede`, earlier ones of that campaign stop re-sending
     (with `per_device`, only those of the devices these pushes go to)."""
@@ -71,7 +71,7 @@ def add_device_pushes(
         )
 
 
-def pushed_devices(store: Store, campaign_id: str) -> set[str]:
+def pushed_devices(store: Session, campaign_id: str) -> set[str]:
     """Devices holding (or about to hold) the campaign's current per-device offers."""
     rows = store.conn.execute(
         "SELECT DISTINCT device_id FROM device_pushes"
@@ -81,7 +81,7 @@ def pushed_devices(store: Store, campaign_id: str) -> set[str]:
     return {r["device_id"] for r in rows}
 
 
-def bundles_past_half_life(store: Store, now: datetime) -> dict[str, list[str]]:
+def bundles_past_half_life(store: Session, now: datetime) -> dict[str, list[str]]:
     """Devices per campaign whose current offers bundle is past half its lifetime."""
     due: dict[str, list[str]] = {}
     for r in store.conn.execute(
@@ -97,7 +97,7 @@ def bundles_past_half_life(store: Store, now: datetime) -> dict[str, list[str]]:
 
 
 def outstanding(
-    store: Store, now: datetime, device_id: str | None = None, sent_before: datetime | None = None
+    store: Session, now: datetime, device_id: str | None = None, sent_before: datetime | None = None
 ) -> list[tuple[str, str, dict[str, Any]]]:
     """(bundle_id, device_id, payload) of unexpired bundles with no receipt yet."""
     sql = (
@@ -118,7 +118,7 @@ def outstanding(
     ]
 
 
-def mark_sent(store: Store, bundle_ids: Sequence[str], at: datetime) -> None:
+def mark_sent(store: Session, bundle_ids: Sequence[str], at: datetime) -> None:
     with store.transaction():
         store.conn.executemany(
             "UPDATE device_pushes SET sent_at = ?, sends = sends + 1 WHERE bundle_id = ?",
@@ -126,7 +126,7 @@ def mark_sent(store: Store, bundle_ids: Sequence[str], at: datetime) -> None:
         )
 
 
-def apply_receipts(store: Store, device_id: str, ids: Sequence[str], at: datetime) -> int:
+def apply_receipts(store: Session, device_id: str, ids: Sequence[str], at: datetime) -> int:
     """The device confirmed these bundles: stop re-sending them. Returns how many matched."""
     with store.transaction():
         cur = store.conn.executemany(

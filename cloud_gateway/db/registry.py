@@ -9,20 +9,19 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from cloud_gateway.db.sqlite import Error
-from cloud_gateway.db.store import Store
+from cloud_gateway.db.backend import Error, Session
 from cloud_gateway.errors import StoreError
 from cloud_gateway.registry.checks import Health
 from protocol.envelopes import ModelManifest, ModelUpdateReport
 from protocol.ids import format_time
 
 
-def latest_version(store: Store) -> int:
+def latest_version(store: Session) -> int:
     row = store.conn.execute("SELECT max(version) FROM models").fetchone()
     return int(row[0]) if row and row[0] is not None else 0
 
 
-def insert_model(store: Store, manifest: ModelManifest, who: str) -> None:
+def insert_model(store: Session, manifest: ModelManifest, who: str) -> None:
     with store.transaction():
         store.conn.execute(
             "INSERT INTO models (version, name, sha256, size, profiles, manifest, registered_at,"
@@ -40,12 +39,12 @@ def insert_model(store: Store, manifest: ModelManifest, who: str) -> None:
         )
 
 
-def get_model(store: Store, version: int) -> dict[str, Any] | None:
+def get_model(store: Session, version: int) -> dict[str, Any] | None:
     row = store.conn.execute("SELECT * FROM models WHERE version = ?", [version]).fetchone()
     return dict(row) if row is not None else None
 
 
-def list_models(store: Store, version: int | None = None) -> list[dict[str, Any]]:
+def list_models(store: Session, version: int | None = None) -> list[dict[str, Any]]:
     if version is None:
         models = [dict(r) for r in store.conn.execute("SELECT * FROM models ORDER BY version")]
     else:
@@ -66,7 +65,7 @@ def list_models(store: Store, version: int | None = None) -> list[dict[str, Any]
     return models
 
 
-def record_health(store: Store, device_id: str, report: ModelUpdateReport) -> bool:
+def record_health(store: Session, device_id: str, report: ModelUpdateReport) -> bool:
     """Store a device's report; False when the version is not a registered model."""
     try:
         if get_model(store, report.version) is None:
@@ -77,7 +76,7 @@ def record_health(store: Store, device_id: str, report: ModelUpdateReport) -> bo
     return True
 
 
-def upsert_health(store: Store, device_id: str, report: ModelUpdateReport) -> None:
+def upsert_health(store: Session, device_id: str, report: ModelUpdateReport) -> None:
     with store.transaction():
         store.conn.execute(
             "INSERT INTO model_health (version, device_id, status, reason, running, at)"
@@ -95,7 +94,7 @@ def upsert_health(store: Store, device_id: str, report: ModelUpdateReport) -> No
         )
 
 
-def health(store: Store, version: int) -> Health:
+def health(store: Session, version: int) -> Health:
     rows = store.conn.execute(
         "SELECT status, count(*) FROM model_health WHERE version = ? GROUP BY status", [version]
     ).fetchall()
@@ -103,12 +102,12 @@ def health(store: Store, version: int) -> Health:
     return Health(counts.get("applied", 0), counts.get("failed", 0), counts.get("rolled_back", 0))
 
 
-def halt_of(store: Store, version: int) -> dict[str, Any] | None:
+def halt_of(store: Session, version: int) -> dict[str, Any] | None:
     row = store.conn.execute("SELECT * FROM model_halts WHERE version = ?", [version]).fetchone()
     return dict(row) if row is not None else None
 
 
-def record_halt(store: Store, version: int, doc: dict[str, Any]) -> None:
+def record_halt(store: Session, version: int, doc: dict[str, Any]) -> None:
     with store.transaction():
         store.conn.execute(
             "INSERT INTO model_halts (version, halted_at, reason, replacement,"
@@ -127,7 +126,7 @@ def record_halt(store: Store, version: int, doc: dict[str, Any]) -> None:
         )
 
 
-def good_before(store: Store, version: int, profile: str) -> dict[str, Any] | None:
+def good_before(store: Session, version: int, profile: str) -> dict[str, Any] | None:
     """The newest registered model below `version` built for `profile`, not halted, unexpired."""
     rows = store.conn.execute(
         "SELECT * FROM models WHERE version < ? AND version NOT IN"
@@ -142,18 +141,18 @@ def good_before(store: Store, version: int, profile: str) -> dict[str, Any] | No
     return None
 
 
-def rollouts_of(store: Store, version: int) -> list[dict[str, Any]]:
+def rollouts_of(store: Session, version: int) -> list[dict[str, Any]]:
     rows = store.conn.execute("SELECT * FROM model_rollouts WHERE version = ?", [version])
     return [dict(r) for r in rows]
 
 
-def published(store: Store) -> dict[str, int]:
+def published(store: Session) -> dict[str, int]:
     rows = store.conn.execute("SELECT profile, version FROM model_rollouts").fetchall()
     return {str(r[0]): int(r[1]) for r in rows}
 
 
 def record_rollout(
-    store: Store, profile: str, version: int, *, cohort: str, percent: int, signed: dict[str, Any]
+    store: Session, profile: str, version: int, *, cohort: str, percent: int, signed: dict[str, Any]
 ) -> None:
     with store.transaction():
         store.conn.execute(

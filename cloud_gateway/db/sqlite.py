@@ -9,20 +9,35 @@ the migrations of `db/migrations.py` (which use `sqlite-utils`, `json_each`, `WI
 
 from __future__ import annotations
 
+import fcntl
 import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import IO
 
 from cloud_gateway.db.backend import Dialect
+from cloud_gateway.errors import StoreError
 
 Error = sqlite3.Error
 """The driver's root error: query functions wrap it in `StoreError` at the seam."""
+
+LATEST_REPORTED_SIGNALS = (
+    # SQLite-only: `json_extract`, and bare columns taken from the row that has max(at).
+    # PostgreSQL's (`attrs::jsonb -> 'tier'`, `DISTINCT ON`) is in `db/postgres.py`.
+    "SELECT device_id, seq, kind, max(at) AS at, json_extract(attrs, '$.tier') AS tier,"
+    " json_extract(attrs, '$.category') AS cat, json_extract(attrs, '$.level') AS level"
+    " FROM signals WHERE kind IN ('member_tier', 'consumable_level', 'purchase')"
+    " AND (CAST(? AS TEXT) IS NULL OR device_id = ?) GROUP BY device_id, kind, cat"
+)
+"""`Dialect.latest_reported_signals` on SQLite: the latest `member_tier`, `consumable_level`
+and `purchase` report per (device, kind, category)."""
 
 SQLITE = Dialect(
     name="sqlite",
     placeholder="?",
     random_hex16="lower(hex(randomblob(8)))",
+    latest_reported_signals=LATEST_REPORTED_SIGNALS,
     returning=sqlite3.sqlite_version_info >= (3, 35, 0),
 )
 
@@ -49,13 +64,19 @@ def transaction(conn: sqlite3.Connection) -> Iterator[None]:
     conn.execute("COMMIT")
 
 
-LATEST_REPORTED_SIGNALS = (
-    # SQLite-only: `json_extract`, numbered `?1` parameters, and bare columns taken from the
-    # row that has max(at). PostgreSQL: `attrs::jsonb ->> 'tier'` and `DISTINCT ON`.
-    "SELECT device_id, seq, kind, max(at) AS at, json_extract(attrs, '$.tier') AS tier,"
-    " json_extract(attrs, '$.category') AS cat, json_extract(attrs, '$.level') AS level"
-    " FROM signals WHERE kind IN ('member_tier', 'consumable_level', 'purchase')"
-    " AND (?1 IS NULL OR device_id = ?1) GROUP BY device_id, kind, cat"
-)
-"""One row per (device, kind, category) of the raw reports targeting reads (see
-`devices.device_facts`): the latest `member_tier`, `consumable_level` and `purchase`."""
+def hold_single_worker(path: Path | str) -> IO[bytes]:
+    """One SQLite file serves one gateway worker: an exclusive `flock` on `PATH.lock` beside
+    the database, held while the returned file stays open (the kernel drops it when the
+    process dies). Raises StoreError when another worker holds it."""
+    lock_path = Path(f"{path}.lock")
+    handle = lock_path.open("ab")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        handle.close()
+        raise StoreError(
+            f"the gateway database {path} is in use by another gateway process: one SQLite"
+            " file serves one worker (several workers share a PostgreSQL database:"
+            " --db postgresql://...)"
+        ) from exc
+    return handle

@@ -8,23 +8,25 @@ query modules beside this one, by job; what is SQLite-only lives in `db/sqlite.p
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Concatenate, ParamSpec, TypeVar
+from typing import Any
 
 from sqlite_utils import Database as SqliteUtilsDatabase
 
-from cloud_gateway.db.backend import Clock, Dialect
+from cloud_gateway.db.backend import Clock, Dialect, SignalRow
 from cloud_gateway.db.migrations import apply_migrations
-from cloud_gateway.db.sqlite import SQLITE, Error, connect, transaction
+from cloud_gateway.db.sqlite import SQLITE, Error, connect, hold_single_worker, transaction
+from cloud_gateway.db.thread import StoreThread
 from cloud_gateway.errors import StoreError
 from protocol.ids import format_time, utcnow
 
-P = ParamSpec("P")
-T = TypeVar("T")
+INSERT_SIGNALS = (
+    "INSERT INTO signals (device_id, id, seq, kind, at, attrs)"
+    " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING"
+)
+"""SQLite's signal rows: `executemany` (sqlite3 runs it in C at ~1 µs a row)."""
 
 PROBE = "readyz-probe"
 """The name `check_writable` writes into `migrations` and rolls back: never committed."""
@@ -33,18 +35,28 @@ PROBE = "readyz-probe"
 class Store:
     """One SQLite connection (WAL, synchronous=FULL), used only from the thread that made it."""
 
-    def __init__(self, path: Path | str, *, clock: Clock = utcnow) -> None:
+    def __init__(self, path: Path | str, *, clock: Clock = utcnow, worker: bool = False) -> None:
+        """`worker`: this process is the gateway worker of the file, and the only one
+        (`hold_single_worker`); CLIs and tests beside a running gateway pass False."""
         self.clock = clock
         self.dialect: Dialect = SQLITE
+        self._lock = hold_single_worker(path) if worker else None
         try:
             self.conn = connect(path)
             self.db = SqliteUtilsDatabase(self.conn)
             self.applied = apply_migrations(self.db, clock)
         except Error as exc:
+            self._release()
             raise StoreError(f"cannot open the gateway database {path}: {exc}") from exc
+
+    def _release(self) -> None:
+        if self._lock is not None:
+            self._lock.close()
+            self._lock = None
 
     def close(self) -> None:
         self.conn.close()
+        self._release()
 
     @contextmanager
     def transaction(self) -> Iterator[None]:
@@ -57,6 +69,12 @@ class Store:
     def one(self, sql: str, params: Any = ()) -> dict[str, Any] | None:
         row = self.conn.execute(sql, params).fetchone()
         return dict(row) if row is not None else None
+
+    def insert_signals(self, groups: Sequence[Sequence[SignalRow]]) -> list[int]:
+        return [
+            max(self.conn.executemany(INSERT_SIGNALS, rows).rowcount, 0) if rows else 0
+            for rows in groups
+        ]
 
     def check_writable(self) -> None:
         """Take the write lock, write a row, read it back, roll back: nothing is kept."""
@@ -79,45 +97,14 @@ class Store:
         return [r["name"] for r in self.rows("SELECT name FROM migrations ORDER BY rowid")]
 
 
-class Database:
-    """The SQLite `Backend`: runs functions of a `Store` in one dedicated thread,
+class Database(StoreThread[Store]):
+    """The SQLite `Backend`: a `Store` on its store thread,
     `await db.call(devices.get_device, device_id)`."""
 
-    def __init__(self, path: Path | str, *, clock: Clock = utcnow) -> None:
+    def __init__(self, path: Path | str, *, clock: Clock = utcnow, worker: bool = False) -> None:
+        super().__init__(lambda: Store(path, clock=clock, worker=worker), SQLITE, clock)
         self.path = path
-        self.clock = clock
-        self.dialect: Dialect = SQLITE
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gateway-db")
-        self._store: Store | None = None
-        self._migrations: list[str] = []
 
     async def open(self) -> Database:
-        loop = asyncio.get_running_loop()
-        store = await loop.run_in_executor(
-            self._executor, lambda: Store(self.path, clock=self.clock)
-        )
-        self._store = store
-        self._migrations = await self.call(Store.applied_migrations)
+        await super().open()
         return self
-
-    async def call(
-        self, fn: Callable[Concatenate[Store, P], T], *args: P.args, **kwargs: P.kwargs
-    ) -> T:
-        store = self._store
-        if store is None:
-            raise StoreError("the gateway database is not open")
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, lambda: fn(store, *args, **kwargs))
-
-    async def check_writable(self) -> None:
-        await self.call(Store.check_writable)
-
-    def applied_migrations(self) -> list[str]:
-        return list(self._migrations)
-
-    async def close(self) -> None:
-        store, self._store = self._store, None
-        if store is not None:
-            loop = asyncio.get_running_loop()
-            await loop.run_in_executor(self._executor, store.close)
-        self._executor.shutdown(wait=True)

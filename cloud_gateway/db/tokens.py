@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 from cloud_gateway.db.audit import insert_audit
-from cloud_gateway.db.sqlite import Error
-from cloud_gateway.db.store import Store
+from cloud_gateway.db.backend import Error, Session
 from cloud_gateway.errors import StoreError
 from protocol.ids import format_time
 
 
-def add_token(store: Store, token_id: str, digest: str, who: str) -> None:
+def add_token(store: Session, token_id: str, digest: str, who: str) -> None:
     """A new token (its hash) and the audit row naming who created it, in one transaction."""
     now = store.clock()
     try:
@@ -23,7 +22,7 @@ def add_token(store: Store, token_id: str, digest: str, who: str) -> None:
         raise StoreError(f"cannot store the new token: {exc}") from exc
 
 
-def token_id_for_hash(store: Store, digest: str) -> str | None:
+def token_id_for_hash(store: Session, digest: str) -> str | None:
     """The id of the live (unrevoked) token with this hash, or None."""
     row = store.one("SELECT id FROM tokens WHERE hash = ? AND revoked_at IS NULL", [digest])
     return str(row["id"]) if row else None

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
+from cloud_gateway.db.backend import Backend, Session
 from cloud_gateway.db.ingest import (
     StoredBatch,
     record_rejection,
@@ -24,7 +25,6 @@ from cloud_gateway.db.ingest import (
     store_batch_detail,
     store_batches,
 )
-from cloud_gateway.db.store import Database
 from cloud_gateway.errors import GatewayError
 from mqttlink.logs import OnceLogger
 from protocol import codec
@@ -229,7 +229,7 @@ class Ingestor:
     def __init__(
         self,
         topics: Topics,
-        db: Database,
+        db: Backend[Session],
         *,
         acks: AckBatcher,
         counters: Counter[str],

@@ -22,7 +22,8 @@ from cloud_gateway.api.models import add_model_routes
 from cloud_gateway.campaigns.service import CampaignService
 from cloud_gateway.claims.desk import ClaimDesk
 from cloud_gateway.config import GatewaySettings
-from cloud_gateway.db.store import Database
+from cloud_gateway.db.backend import Backend, Session
+from cloud_gateway.db.open import open_backend
 from cloud_gateway.devices.erasure import DeviceErasure
 from cloud_gateway.errors import GatewayError, LinkDown
 from cloud_gateway.ingest.service import AckBatcher, Ingestor
@@ -54,7 +55,7 @@ class Gateway:
         self.http_port: int | None = None
         self.trust_path: Path = settings.data_dir / "trust.json"
         self._signer: Signer | None = None
-        self._db: Database | None = None
+        self._db: Backend[Session] | None = None
         self._link: MqttLink | None = None
         self._acks: AckBatcher | None = None
         self._ingestor: Ingestor | None = None
@@ -73,7 +74,7 @@ class Gateway:
         return self._signer
 
     @property
-    def db(self) -> Database:
+    def db(self) -> Backend[Session]:
         if self._db is None:
             raise GatewayError("the gateway is not started")
         return self._db
@@ -141,7 +142,7 @@ class Gateway:
         topics = s.topics
         keys = await asyncio.to_thread(load_or_create, s.data_dir, s.topic_root)
         self._signer, self.trust_path = keys.signer, keys.trust_path
-        self._db = await Database(s.db_path).open()
+        self._db = await open_backend(s).open()
         self._acks = AckBatcher(topics, self._send_nowait, self.counters, s.ack_delay_ms / 1000)
         wiring = Wiring(self._db, self._signer, topics, self._publish, self.counters)
         self._campaigns = CampaignService(wiring, bundle_ttl=timedelta(seconds=s.bundle_ttl_s))

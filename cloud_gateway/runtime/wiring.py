@@ -7,7 +7,7 @@ from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from cloud_gateway.db.store import Database
+from cloud_gateway.db.backend import Backend, Session
 from protocol.signing import Signer
 from protocol.topics import Topics
 
@@ -17,7 +17,7 @@ Publish = Callable[[str, bytes, bool], Awaitable[None]]
 
 @dataclass(frozen=True, slots=True)
 class Wiring:
-    db: Database
+    db: Backend[Session]
     signer: Signer
     topics: Topics
     publish: Publish

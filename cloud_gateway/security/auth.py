@@ -8,7 +8,7 @@ import secrets
 import time
 from pathlib import Path
 
-from cloud_gateway.db.store import Database, Store
+from cloud_gateway.db.backend import Backend, Session
 from cloud_gateway.db.tokens import add_token, token_id_for_hash
 
 DB_NAME = "gateway.db"
@@ -33,7 +33,7 @@ def _operator() -> str:
         return "cli"
 
 
-def create_token(data_dir: Path, who: str | None = None) -> str:
+def create_token(data_dir: Path, who: str | None = None, *, db: str | None = None) -> str:
     """Create a bearer token for `data_dir`'s gateway; usable at once by a running gateway.
 
     The token (its hash) and the audit row saying who created it (`who`, default the CLI's
@@ -42,7 +42,9 @@ def create_token(data_dir: Path, who: str | None = None) -> str:
     data_dir.mkdir(parents=True, exist_ok=True)
     token = secrets.token_urlsafe(32)
     digest = token_hash(token)
-    store = Store(data_dir / DB_NAME)
+    from cloud_gateway.db.open import open_session  # noqa: PLC0415 - open imports config
+
+    store = open_session(data_dir, db)
     try:
         add_token(store, token_id(digest), digest, who or _operator())
     finally:
@@ -50,7 +52,7 @@ def create_token(data_dir: Path, who: str | None = None) -> str:
     return token
 
 
-def verify(store: Store, token: str) -> str | None:
+def verify(store: Session, token: str) -> str | None:
     """The token's id if `token` is a live token of this store, else None."""
     if not token or len(token) > MAX_TOKEN_LEN:
         return None
@@ -64,7 +66,7 @@ class TokenVerifier:
     negative answer for them (if any) has expired, within `ttl` seconds.
     """
 
-    def __init__(self, db: Database, ttl: float = 5.0) -> None:
+    def __init__(self, db: Backend[Session], ttl: float = 5.0) -> None:
         self._db = db
         self._ttl = ttl
         self._cache: dict[str, tuple[float, str | None]] = {}

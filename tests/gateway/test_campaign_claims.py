@@ -4,15 +4,15 @@ network)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import timedelta
-from pathlib import Path
 from typing import Any
 
 from cloud_gateway.campaigns.model import Campaign, CampaignIn, new_campaign, transition
+from cloud_gateway.db.backend import Session
 from cloud_gateway.db.campaigns import insert_campaign
 from cloud_gateway.db.claims import claim_batch, init_stock, stock_left
 from cloud_gateway.db.ingest import store_batch_detail
-from cloud_gateway.db.store import Store
 from protocol.assign import in_holdout, pick_variant
 from protocol.envelopes import Batch, ClaimRequest, Signal
 from protocol.ids import new_id, utcnow
@@ -27,7 +27,7 @@ COUPON = {
 }
 
 
-def live(store: Store, spec: dict[str, Any]) -> Campaign:
+def live(store: Session, spec: dict[str, Any]) -> Campaign:
     now = utcnow()
     campaign = transition(new_campaign(CampaignIn.model_validate(spec), now), "launch", now)
     insert_campaign(store, campaign.doc())
@@ -35,7 +35,7 @@ def live(store: Store, spec: dict[str, Any]) -> Campaign:
     return campaign
 
 
-def claim(store: Store, campaign: Campaign, device: str, offer: str, days: float = 0) -> str:
+def claim(store: Session, campaign: Campaign, device: str, offer: str, days: float = 0) -> str:
     def make(_d: str, _c: ClaimRequest, granted: bool, code: str | None, reason: str) -> Any:
         return {"granted": granted, "code": code, "reason": reason}
 
@@ -46,8 +46,10 @@ def claim(store: Store, campaign: Campaign, device: str, offer: str, days: float
     return str(answer.result["reason"])
 
 
-def test_claims_are_refused_outside_targeting_holdout_variant_and_window(tmp_path: Path) -> None:
-    store = Store(tmp_path / "gw.sqlite3")
+def test_claims_are_refused_outside_targeting_holdout_variant_and_window(
+    open_store: Callable[[], Session],
+) -> None:
+    store = open_store()
     now = utcnow()
     for device, tier in (("tv-gold", 3), ("tv-basic", 1)):
         signal = Signal(id=new_id(), kind="member_tier", at=now, attrs={"tier": tier})

@@ -20,9 +20,10 @@ import aiomqtt
 
 from cloud_gateway.campaigns.model import Campaign, CampaignIn, transition
 from cloud_gateway.campaigns.pending import Owed
+from cloud_gateway.db.backend import Session
 from cloud_gateway.db.campaigns import change_campaign, pending
 from cloud_gateway.db.devices import get_device
-from cloud_gateway.db.store import Store
+from cloud_gateway.db.open import open_session
 from cloud_gateway.runtime.gateway import Gateway
 from cloud_gateway.security.auth import create_token
 from protocol import codec
@@ -64,9 +65,9 @@ class Inbox:
 
 
 async def test_pushes_owed_by_a_change_cut_short_by_a_crash_are_made_at_start(
-    mosquitto: MosquittoProcess, tmp_path: Path
+    mosquitto: MosquittoProcess, tmp_path: Path, gateway_db: str | None
 ) -> None:
-    settings = gateway_settings(tmp_path, mosquitto, scheduler_tick_s=0.2)
+    settings = gateway_settings(tmp_path, mosquitto, db=gateway_db, scheduler_tick_s=0.2)
     topics = settings.topics
     async with Gateway(settings) as gw:
         cohort = await gw.campaigns.create(
@@ -92,7 +93,7 @@ async def test_pushes_owed_by_a_change_cut_short_by_a_crash_are_made_at_start(
             await eventually(lambda: _registered(gw, "tv-crash-1"))
     # What `_change` commits before it pushes: the new states and the pushes they owe. The
     # process dies right after this commit (the gateway above is gone, nothing was pushed).
-    store = Store(settings.db_path)
+    store = open_session(settings.data_dir, settings.db)
     now = utcnow()
     for campaign, owed in (
         (cohort, Owed("catalog", cohort.id, ("all",))),
@@ -109,7 +110,7 @@ async def test_pushes_owed_by_a_change_cut_short_by_a_crash_are_made_at_start(
             owed=[owed],
         )
     assert len(pending(store)) == 2
-    store.conn.close()
+    store.close()
 
     async with aiomqtt.Client("127.0.0.1", mosquitto.port) as client:
         inbox = Inbox(client)
@@ -142,9 +143,9 @@ async def _registered(gw: Gateway, device_id: str) -> bool:
 
 
 async def test_sold_out_offers_are_re_announced_and_offer_ids_are_unique(
-    mosquitto: MosquittoProcess, tmp_path: Path
+    mosquitto: MosquittoProcess, tmp_path: Path, gateway_db: str | None
 ) -> None:
-    settings = gateway_settings(tmp_path, mosquitto, scheduler_tick_s=0.2)
+    settings = gateway_settings(tmp_path, mosquitto, db=gateway_db, scheduler_tick_s=0.2)
     topics = settings.topics
     async with (
         Gateway(settings) as gw,
@@ -153,7 +154,7 @@ async def test_sold_out_offers_are_re_announced_and_offer_ids_are_unique(
         inbox = Inbox(client)
         await client.subscribe(topics.cohort_offers("all"), qos=1)
         await client.subscribe(f"{topics.root}/dev/+/down/#", qos=1)
-        token = await asyncio.to_thread(create_token, settings.data_dir)
+        token = await asyncio.to_thread(create_token, settings.data_dir, db=settings.db)
         http = aiohttp.ClientSession(
             f"http://127.0.0.1:{gw.http_port}", headers={"Authorization": f"Bearer {token}"}
         )
@@ -224,9 +225,9 @@ async def test_sold_out_offers_are_re_announced_and_offer_ids_are_unique(
 
 
 async def test_bundles_are_refreshed_at_half_life_and_re_planned_on_new_facts(
-    mosquitto: MosquittoProcess, tmp_path: Path
+    mosquitto: MosquittoProcess, tmp_path: Path, gateway_db: str | None
 ) -> None:
-    settings = gateway_settings(tmp_path, mosquitto, scheduler_tick_s=0.2)
+    settings = gateway_settings(tmp_path, mosquitto, db=gateway_db, scheduler_tick_s=0.2)
     topics = settings.topics
     device = "tv-facts-1"
     seq = 0
@@ -306,7 +307,7 @@ async def _stored(gw: Gateway, n: int) -> bool:
     return gw.counters["batches_stored"] >= n
 
 
-def _age_bundles(store: Store, campaign: Campaign, by: timedelta) -> None:
+def _age_bundles(store: Session, campaign: Campaign, by: timedelta) -> None:
     """Make the campaign's bundles look `by` older (same lifetime)."""
     for row in store.conn.execute(
         "SELECT bundle_id, created_at, expires_at FROM device_pushes WHERE campaign_id = ?",

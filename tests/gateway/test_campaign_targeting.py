@@ -83,9 +83,9 @@ def _fleet(n: int, seed: int) -> list[dict[str, Any]]:
 
 
 async def test_rules_reach_exactly_the_selected_devices_with_receipts_and_births(
-    mosquitto: MosquittoProcess, tmp_path: Path
+    mosquitto: MosquittoProcess, tmp_path: Path, gateway_db: str | None
 ) -> None:
-    settings = gateway_settings(tmp_path, mosquitto, scheduler_tick_s=0.2)
+    settings = gateway_settings(tmp_path, mosquitto, db=gateway_db, scheduler_tick_s=0.2)
     topics = settings.topics
     fleet = _fleet(300, seed=6)
     now = utcnow()
@@ -130,7 +130,7 @@ async def test_rules_reach_exactly_the_selected_devices_with_receipts_and_births
             return gw.counters["batches_stored"] >= len(fleet)
 
         await eventually(all_stored)
-        token = await asyncio.to_thread(create_token, settings.data_dir)
+        token = await asyncio.to_thread(create_token, settings.data_dir, db=settings.db)
         http = aiohttp.ClientSession(
             f"http://127.0.0.1:{gw.http_port}", headers={"Authorization": f"Bearer {token}"}
         )
@@ -287,9 +287,9 @@ async def test_rules_reach_exactly_the_selected_devices_with_receipts_and_births
 
 
 async def test_cohort_targeting_is_one_publish_and_the_scheduler_runs_on_time(
-    mosquitto: MosquittoProcess, tmp_path: Path
+    mosquitto: MosquittoProcess, tmp_path: Path, gateway_db: str | None
 ) -> None:
-    settings = gateway_settings(tmp_path, mosquitto, scheduler_tick_s=0.2)
+    settings = gateway_settings(tmp_path, mosquitto, db=gateway_db, scheduler_tick_s=0.2)
     topics = settings.topics
     async with (
         Gateway(settings) as gw,
@@ -297,7 +297,7 @@ async def test_cohort_targeting_is_one_publish_and_the_scheduler_runs_on_time(
     ):
         await tv.subscribe(topics.cohort_offers("profile:tv"), qos=1)
         await tv.subscribe(f"{topics.root}/dev/+/down/offers", qos=1)
-        token = await asyncio.to_thread(create_token, settings.data_dir)
+        token = await asyncio.to_thread(create_token, settings.data_dir, db=settings.db)
         async with aiohttp.ClientSession(
             f"http://127.0.0.1:{gw.http_port}", headers={"Authorization": f"Bearer {token}"}
         ) as http:

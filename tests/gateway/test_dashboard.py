@@ -35,7 +35,7 @@ ARGS = [
 
 
 async def test_dashboard_shows_numbers_and_pauses(
-    mosquitto: MosquittoProcess, tmp_path: Path
+    mosquitto: MosquittoProcess, tmp_path: Path, gateway_db: str | None
 ) -> None:
     if not Path(CHROMIUM).exists():
         pytest.fail(
@@ -43,10 +43,10 @@ async def test_dashboard_shows_numbers_and_pauses(
         )
     from playwright.async_api import async_playwright, expect  # noqa: PLC0415 - heavy, test-only
 
-    settings = gateway_settings(tmp_path, mosquitto)
+    settings = gateway_settings(tmp_path, mosquitto, db=gateway_db)
     topics = settings.topics
     async with Gateway(settings) as gw:
-        token = await asyncio.to_thread(create_token, settings.data_dir)
+        token = await asyncio.to_thread(create_token, settings.data_dir, db=settings.db)
         base = f"http://127.0.0.1:{gw.http_port}"
         async with aiohttp.ClientSession(
             base, headers={"Authorization": f"Bearer {token}"}

@@ -232,13 +232,13 @@ def _agent_settings(
 
 @pytest.mark.integration
 async def test_erasure_end_to_end_through_mosquitto(
-    tmp_path: Path, mosquitto: MosquittoProcess
+    tmp_path: Path, mosquitto: MosquittoProcess, gateway_db: str | None
 ) -> None:
     tag = uuid.uuid4().hex[:8]
     device = f"tv-erase-{tag}"
-    settings = gateway_settings(tmp_path, mosquitto, resend_after_s=600)
+    settings = gateway_settings(tmp_path, mosquitto, db=gateway_db, resend_after_s=600)
     async with Gateway(settings) as gw:
-        token = await asyncio.to_thread(create_token, settings.data_dir)
+        token = await asyncio.to_thread(create_token, settings.data_dir, db=settings.db)
         agent_settings = _agent_settings(tmp_path, mosquitto, gw, device)
         async with Agent(agent_settings) as agent:
             assert await agent.wait_connected()

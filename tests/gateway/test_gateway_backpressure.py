@@ -62,9 +62,9 @@ async def _send(port: int, topics: Topics, signals: int = 1) -> int:
 
 
 async def test_an_overflow_is_counted_never_silent(
-    tmp_path: Path, mosquitto: MosquittoProcess
+    tmp_path: Path, mosquitto: MosquittoProcess, gateway_db: str | None
 ) -> None:
-    settings = gateway_settings(tmp_path, mosquitto, max_queued_incoming=QUEUE)
+    settings = gateway_settings(tmp_path, mosquitto, db=gateway_db, max_queued_incoming=QUEUE)
     async with Gateway(settings) as gw:
         sent = await _send(mosquitto.port, settings.topics)
         await eventually(
@@ -77,10 +77,14 @@ async def test_an_overflow_is_counted_never_silent(
 
 
 async def test_the_queue_is_bounded_in_bytes_too(
-    tmp_path: Path, mosquitto: MosquittoProcess
+    tmp_path: Path, mosquitto: MosquittoProcess, gateway_db: str | None
 ) -> None:
     settings = gateway_settings(
-        tmp_path, mosquitto, max_queued_incoming=100_000, max_queued_incoming_bytes=32 * 1024
+        tmp_path,
+        mosquitto,
+        db=gateway_db,
+        max_queued_incoming=100_000,
+        max_queued_incoming_bytes=32 * 1024,
     )
     async with Gateway(settings) as gw:
         fullest: dict[str, int] = {}

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from cloud_gateway.campaigns.model import CampaignIn
-from cloud_gateway.db.store import Store
+from cloud_gateway.db.backend import Session
 from cloud_gateway.runtime.gateway import Gateway
 from cloud_gateway.security.auth import create_token
 from simulators.brokers import MosquittoProcess
@@ -28,12 +28,12 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
 async def test_openapi_fuzzing_finds_no_server_error(
-    mosquitto: MosquittoProcess, tmp_path: Path
+    mosquitto: MosquittoProcess, tmp_path: Path, gateway_db: str | None
 ) -> None:
     cli = shutil.which("schemathesis") or str(Path(sys.executable).parent / "schemathesis")
-    settings = gateway_settings(tmp_path, mosquitto)
+    settings = gateway_settings(tmp_path, mosquitto, db=gateway_db)
     async with Gateway(settings) as gw:
-        token = await asyncio.to_thread(create_token, settings.data_dir)
+        token = await asyncio.to_thread(create_token, settings.data_dir, db=settings.db)
         seeded = await seed_campaigns(gw)
         (tmp_path / "schemathesis.toml").write_text(
             # Operations on a campaign take a real id most of the time, a made-up one otherwise.
@@ -113,7 +113,7 @@ async def seed_campaigns(gw: Gateway) -> list[str]:
     return ids
 
 
-def _audited_changes(store: Store) -> dict[str, int]:
+def _audited_changes(store: Session) -> dict[str, int]:
     """Changes the fuzzer (its token) made to campaigns that exist, by action."""
     return {
         r["action"]: r["n"]

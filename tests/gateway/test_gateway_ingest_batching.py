@@ -10,6 +10,7 @@ import sqlite3
 import uuid
 import zlib
 from collections import Counter
+from collections.abc import Callable
 from contextlib import closing
 from pathlib import Path
 from typing import Any
@@ -19,8 +20,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from cloud_gateway.db.backend import Session
 from cloud_gateway.db.ingest import store_batch, store_batches
-from cloud_gateway.db.store import Database, Store
+from cloud_gateway.db.open import open_session
+from cloud_gateway.db.store import Database
 from cloud_gateway.ingest.service import AckBatcher, Ingestor, decode_valid_batch
 from cloud_gateway.runtime.gateway import Gateway
 from protocol import codec
@@ -132,14 +135,16 @@ async def test_a_failing_batch_costs_only_itself(tmp_path: Path) -> None:
     assert count(path, "SELECT count(*) FROM batches WHERE seq = 13") == 0
 
 
-def test_store_batches_is_one_transaction_with_duplicates_inside(tmp_path: Path) -> None:
-    store = Store(tmp_path / "gw.sqlite3")
+def test_store_batches_is_one_transaction_with_duplicates_inside(
+    open_store: Callable[[], Session],
+) -> None:
+    store = open_store()
     first, again = batch("tv-a", 1), batch("tv-a", 2)
     out = store_batches(store, [("tv-a", first), ("tv-a", again), ("tv-a", first)], utcnow())
     assert [o.new for o in out] == [True, True, False]
     assert store_batches(store, [("tv-a", again)], utcnow())[0].new is False
     store.close()
-    reopened = Store(tmp_path / "gw.sqlite3")  # across a restart: still stored once
+    reopened = open_store()  # across a restart: still stored once
     assert store_batch(reopened, "tv-a", first, utcnow()) is False
     reopened.close()
 
@@ -193,9 +198,9 @@ def test_fast_path_decodes_exactly_what_the_codec_decodes(payload: bytes) -> Non
 
 @pytest.mark.integration
 async def test_gateway_stores_a_burst_once_and_acks_every_batch(
-    mosquitto: MosquittoProcess, tmp_path: Path
+    mosquitto: MosquittoProcess, tmp_path: Path, gateway_db: str | None
 ) -> None:
-    settings = gateway_settings(tmp_path, mosquitto)
+    settings = gateway_settings(tmp_path, mosquitto, db=gateway_db)
     devices = [f"tv-burst-{d}" for d in range(4)]
     want = {(d, s) for d in devices for s in range(1, 31)}
     async with (
@@ -220,6 +225,9 @@ async def test_gateway_stores_a_burst_once_and_acks_every_batch(
         assert gw.counters["signals_stored"] == 20 * len(want)
         assert gw.counters["store_errors"] == 0
     assert acked == want
-    path = settings.db_path
-    assert count(path, "SELECT count(*) FROM batches") == len(want)
-    assert count(path, "SELECT count(*) FROM signals") == 20 * len(want)
+    store = open_session(settings.data_dir, settings.db)
+    try:
+        assert store.one("SELECT count(*) AS n FROM batches") == {"n": len(want)}
+        assert store.one("SELECT count(*) AS n FROM signals") == {"n": 20 * len(want)}
+    finally:
+        store.close()

@@ -76,9 +76,9 @@ async def device_client(
 
 @pytest.fixture
 async def device(
-    mosquitto: MosquittoProcess, tmp_path: Path
+    mosquitto: MosquittoProcess, tmp_path: Path, gateway_db: str | None
 ) -> AsyncIterator[tuple[GatewaySettings, aiomqtt.Client]]:
-    settings = gateway_settings(tmp_path, mosquitto)
+    settings = gateway_settings(tmp_path, mosquitto, db=gateway_db)
     client = await device_client(mosquitto, settings, "tv-0001")
     yield settings, client
     await client.__aexit__(None, None, None)
@@ -116,9 +116,9 @@ async def test_batch_stored_once_and_acked_each_time_even_across_restart(
 
 
 async def test_hostile_payloads_rejected_counted_and_the_loop_survives(
-    mosquitto: MosquittoProcess, tmp_path: Path
+    mosquitto: MosquittoProcess, tmp_path: Path, gateway_db: str | None
 ) -> None:
-    settings = gateway_settings(tmp_path, mosquitto)
+    settings = gateway_settings(tmp_path, mosquitto, db=gateway_db)
     topics = settings.topics
     client = await device_client(mosquitto, settings, "evil-01")
     topic = topics.batch("evil-01")
@@ -142,7 +142,7 @@ async def test_hostile_payloads_rejected_counted_and_the_loop_survives(
             )
             assert (await next_json(client, wait=15))[1] == {"v": 1, "acks": [5]}
             assert await no_message(client)  # nothing hostile was acked
-            token = await asyncio.to_thread(create_token, settings.data_dir)
+            token = await asyncio.to_thread(create_token, settings.data_dir, db=settings.db)
             async with aiohttp.ClientSession(
                 f"http://127.0.0.1:{gw.http_port}", headers={"Authorization": f"Bearer {token}"}
             ) as http:
@@ -165,9 +165,9 @@ async def test_hostile_payloads_rejected_counted_and_the_loop_survives(
 
 
 async def test_state_messages_update_the_registry(
-    mosquitto: MosquittoProcess, tmp_path: Path
+    mosquitto: MosquittoProcess, tmp_path: Path, gateway_db: str | None
 ) -> None:
-    settings = gateway_settings(tmp_path, mosquitto)
+    settings = gateway_settings(tmp_path, mosquitto, db=gateway_db)
     state_topic = settings.topics.state("hub-0042")
     birth = {
         "v": 1,
@@ -216,12 +216,12 @@ OFFER = {
 
 
 async def test_http_api_campaign_push_pause_and_stats(
-    mosquitto: MosquittoProcess, tmp_path: Path
+    mosquitto: MosquittoProcess, tmp_path: Path, gateway_db: str | None
 ) -> None:
-    settings = gateway_settings(tmp_path, mosquitto)
+    settings = gateway_settings(tmp_path, mosquitto, db=gateway_db)
     topics = settings.topics
     async with Gateway(settings) as gw:
-        token = await asyncio.to_thread(create_token, settings.data_dir)
+        token = await asyncio.to_thread(create_token, settings.data_dir, db=settings.db)
         base = f"http://127.0.0.1:{gw.http_port}"
         trust = TrustFile.model_validate_json(gw.trust_path.read_text())
         verifier = Verifier.from_public_keys(trust.keys)
@@ -347,9 +347,9 @@ async def test_http_api_campaign_push_pause_and_stats(
 
 
 async def test_link_reconnects_after_a_broker_crash(
-    own_mosquitto: MosquittoProcess, tmp_path: Path
+    own_mosquitto: MosquittoProcess, tmp_path: Path, gateway_db: str | None
 ) -> None:
-    settings = gateway_settings(tmp_path, own_mosquitto)
+    settings = gateway_settings(tmp_path, own_mosquitto, db=gateway_db)
     async with Gateway(settings) as gw:
         own_mosquitto.kill()
         for _ in range(100):
@@ -370,11 +370,11 @@ async def test_link_reconnects_after_a_broker_crash(
 
 
 async def test_a_publish_awaiting_its_puback_fails_at_once_when_the_broker_dies(
-    own_mosquitto: MosquittoProcess, tmp_path: Path
+    own_mosquitto: MosquittoProcess, tmp_path: Path, gateway_db: str | None
 ) -> None:
     """aiomqtt alone waits out its timeout (connect_timeout_s, 10 s here) for a PUBACK that
     cannot come; the link reports the loss and fails the publish as soon as paho sees it."""
-    settings = gateway_settings(tmp_path, own_mosquitto)
+    settings = gateway_settings(tmp_path, own_mosquitto, db=gateway_db)
     async with Gateway(settings) as gw:
         own_mosquitto.pause()  # hung: the PUBLISH is sent and never acknowledged
         sending = asyncio.create_task(gw._publish(settings.topics.keys() + "-x", b"{}", False))
@@ -388,11 +388,11 @@ async def test_a_publish_awaiting_its_puback_fails_at_once_when_the_broker_dies(
 
 
 async def test_the_link_consumes_while_its_connected_hook_waits(
-    mosquitto: MosquittoProcess, tmp_path: Path
+    mosquitto: MosquittoProcess, tmp_path: Path, gateway_db: str | None
 ) -> None:
     """The after-connect hook (key list, catalog retries) must not hold up consumption: the
     consumer is what notices a lost session."""
-    settings = gateway_settings(tmp_path, mosquitto)
+    settings = gateway_settings(tmp_path, mosquitto, db=gateway_db)
     received: list[str] = []
     release = asyncio.Event()
 
@@ -416,8 +416,10 @@ async def test_the_link_consumes_while_its_connected_hook_waits(
             await running
 
 
-async def test_shared_subscription_group(mosquitto: MosquittoProcess, tmp_path: Path) -> None:
-    settings = gateway_settings(tmp_path, mosquitto, shared_group="gateway")
+async def test_shared_subscription_group(
+    mosquitto: MosquittoProcess, tmp_path: Path, gateway_db: str | None
+) -> None:
+    settings = gateway_settings(tmp_path, mosquitto, db=gateway_db, shared_group="gateway")
     client = await device_client(mosquitto, settings, "phone-0001")
     try:
         async with Gateway(settings) as gw:
@@ -473,9 +475,9 @@ def test_cli_run_serves_until_sigterm(mosquitto: MosquittoProcess, tmp_path: Pat
 
 
 async def test_claims_are_stored_and_refused_with_a_signed_result(
-    mosquitto: MosquittoProcess, tmp_path: Path
+    mosquitto: MosquittoProcess, tmp_path: Path, gateway_db: str | None
 ) -> None:
-    settings = gateway_settings(tmp_path, mosquitto)
+    settings = gateway_settings(tmp_path, mosquitto, db=gateway_db)
     topics = settings.topics
     claim = ClaimRequest(
         id=new_id(), device_id="tv-0009", offer_id="o1", campaign_id="c1", at=utcnow()

@@ -25,9 +25,9 @@ async def _get(port: int | None, path: str) -> tuple[int, dict[str, Any]]:
 
 
 async def test_readyz_fails_when_the_broker_dies_and_recovers_when_it_returns(
-    own_mosquitto: MosquittoProcess, tmp_path: Path
+    own_mosquitto: MosquittoProcess, tmp_path: Path, gateway_db: str | None
 ) -> None:
-    settings = gateway_settings(tmp_path, own_mosquitto)
+    settings = gateway_settings(tmp_path, own_mosquitto, db=gateway_db)
     async with Gateway(settings) as gw:
         status, body = await _get(gw.http_port, "/readyz")
         assert (status, body["ready"]) == (200, True), body
@@ -49,16 +49,25 @@ async def test_readyz_fails_when_the_broker_dies_and_recovers_when_it_returns(
 
 
 async def test_readyz_names_a_database_that_cannot_be_written(
-    mosquitto: MosquittoProcess, tmp_path: Path
+    mosquitto: MosquittoProcess, tmp_path: Path, gateway_db: str | None
 ) -> None:
-    settings = gateway_settings(tmp_path, mosquitto)
+    settings = gateway_settings(tmp_path, mosquitto, db=gateway_db)
+    # The store's own connection made read-only, in each dialect's words.
+    read_only = {
+        "sqlite": ("PRAGMA query_only = ON", "PRAGMA query_only = OFF"),
+        "postgresql": (
+            "SET default_transaction_read_only = on",
+            "SET default_transaction_read_only = off",
+        ),
+    }
     async with Gateway(settings) as gw:
-        await gw.db.call(lambda store: store.conn.execute("PRAGMA query_only = ON"))
+        on, off = read_only[gw.db.dialect.name]
+        await gw.db.call(lambda store: store.conn.execute(on))
         status, body = await _get(gw.http_port, "/readyz")
         assert status == 503
         assert body["checks"]["database"]["ok"] is False
         assert "not writable" in body["checks"]["database"]["error"]
-        await gw.db.call(lambda store: store.conn.execute("PRAGMA query_only = OFF"))
+        await gw.db.call(lambda store: store.conn.execute(off))
         status, body = await _get(gw.http_port, "/readyz")
         assert status == 200, body
 

@@ -35,12 +35,12 @@ pytestmark = pytest.mark.integration
 
 
 async def test_publish_rollout_and_a_real_agent_swaps_to_the_signed_model(
-    own_mosquitto: MosquittoProcess, tmp_path: Path
+    own_mosquitto: MosquittoProcess, tmp_path: Path, gateway_db: str | None
 ) -> None:
     mosquitto = own_mosquitto  # a broker of its own: no state shared with other tests
-    settings = gateway_settings(tmp_path, mosquitto)
+    settings = gateway_settings(tmp_path, mosquitto, db=gateway_db)
     async with asyncio.timeout(200), Gateway(settings) as gw:
-        token = await asyncio.to_thread(create_token, settings.data_dir)
+        token = await asyncio.to_thread(create_token, settings.data_dir, db=settings.db)
         base = f"http://127.0.0.1:{gw.http_port}"
 
         # bad uploads: no token, tampered bytes, then the good one, then a replay of its version

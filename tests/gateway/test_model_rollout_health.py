@@ -21,7 +21,8 @@ import pytest
 from agent.config import load_settings
 from agent.runtime.agent import Agent
 from cloud_gateway.db.audit import audit_log
-from cloud_gateway.db.store import Database, Store
+from cloud_gateway.db.backend import Session
+from cloud_gateway.db.store import Database
 from cloud_gateway.errors import Conflict
 from cloud_gateway.registry.checks import Health
 from cloud_gateway.registry.service import ModelRegistry, RolloutIn
@@ -60,13 +61,13 @@ def test_halt_thresholds_need_both_a_count_and_a_share() -> None:
 
 
 async def test_a_model_failing_the_device_health_check_halts_its_rollout(
-    own_mosquitto: MosquittoProcess, tmp_path: Path
+    own_mosquitto: MosquittoProcess, tmp_path: Path, gateway_db: str | None
 ) -> None:
     settings = gateway_settings(
-        tmp_path, own_mosquitto, model_halt_fraction=0.05, model_halt_min_devices=2
+        tmp_path, own_mosquitto, db=gateway_db, model_halt_fraction=0.05, model_halt_min_devices=2
     )
     async with asyncio.timeout(240), Gateway(settings) as gw, AsyncExitStack() as stack:
-        token = await asyncio.to_thread(create_token, settings.data_dir)
+        token = await asyncio.to_thread(create_token, settings.data_dir, db=settings.db)
         base = f"http://127.0.0.1:{gw.http_port}"
         agents: list[Agent] = []
         for i in range(DEVICES):
@@ -164,11 +165,14 @@ async def test_rollout_rechecks_expiry_and_register_and_rollout_are_audited(
     # time passes: the manifest registered yesterday has expired by the rollout
     past = format_time(utcnow() - timedelta(seconds=1))
 
-    def expire(store: Store) -> None:
-        with store.conn:
-            store.conn.execute(
-                "UPDATE models SET manifest = json_set(manifest, '$.expires_at', ?)", [past]
-            )
+    def expire(store: Session) -> None:
+        with store.transaction():
+            for row in store.rows("SELECT version, manifest FROM models"):
+                doc = {**json.loads(row["manifest"]), "expires_at": past}
+                store.conn.execute(
+                    "UPDATE models SET manifest = ? WHERE version = ?",
+                    [json.dumps(doc), row["version"]],
+                )
 
     await models.wiring.db.call(expire)
     with pytest.raises(Conflict, match="expired"):
