@@ -21,9 +21,10 @@ from agent.link.commands import Commands
 from agent.link.session import Link
 from agent.link.transport import TransportFactory
 from agent.link.uplink import Uplink
+from agent.model.files import load_kept
 from agent.model.scoring import Model, load_default_model
 from agent.model.slot import ModelSlot
-from agent.model.update import ModelUpdater, UpdateConfig, load_kept
+from agent.model.update import ModelUpdater, UpdateConfig
 from agent.offers.book import OfferBook, load_trust
 from agent.offers.claims import Claims
 from agent.runtime.loops import MemoryWatch, StateReport, maintenance
@@ -31,6 +32,7 @@ from agent.runtime.memory import MemoryBudget, sqlite_cache_kib
 from agent.runtime.metrics import Metrics
 from agent.runtime.parts import Parts
 from agent.runtime.router import Fanout, Router, downlink_routes
+from agent.runtime.service import AgentService
 from agent.runtime.status import gauges_of
 from agent.runtime.tasks import Supervisor
 from agent.store.core import Store
@@ -208,6 +210,16 @@ async def _build_on(  # noqa: PLR0917 - the order of the parts, in one place
         commands=commands,
         router=router,
         intake=intake,
+        service=AgentService(
+            settings,
+            metrics=metrics,
+            consent=consent,
+            windows=windows,
+            slot=slot,
+            offers=offers,
+            decisions=decisions,
+            claims=claims,
+        ),
         report=report,
         memory_watch=MemoryWatch(settings, budget=memory, metrics=metrics, store=store, slot=slot),
         loops=Supervisor(f"agent-{settings.device_id}", metrics),
