@@ -56,15 +56,18 @@ class Agent:
         settings: AgentSettings,
         *,
         clock: Callable[[], float] = time.time,
+        timer: Callable[[], float] = time.monotonic,
         owns_process: bool = False,
         transport: TransportFactory = Link,
     ) -> None:
         """`owns_process`: this agent is the process (`edgemart agent run`), so the profile's
         memory budget judges the process's resident set; in a simulator or a test runner,
         where one process holds many agents, the resident set is only reported.
+        `clock` (wall) and `timer` (monotonic: resends, pacing): see `agent.runtime.build`.
         `transport`: makes the broker link (`Link`; a test may pass one needing no broker)."""
         self._settings = settings
         self._clock = clock
+        self._timer = timer
         self._owns_process = owns_process
         self._transport = transport
         self._parts: Parts | None = None
@@ -284,6 +287,7 @@ class Agent:
         self._parts = await build(
             self._settings,
             clock=self._clock,
+            timer=self._timer,
             transport=self._transport,
             owns_process=self._owns_process,
         )

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
 from functools import partial
 
@@ -48,12 +49,15 @@ async def build(
     settings: AgentSettings,
     *,
     clock: Callable[[], float],
+    timer: Callable[[], float] = time.monotonic,
     transport: TransportFactory = Link,
     owns_process: bool = False,
 ) -> Parts:
     """Make the agent's parts (the store opened, state loaded); nothing runs yet.
 
     `clock`: the wall clock of the store (TTLs, windows, budget days); tests travel.
+    `timer`: the monotonic clock of resends and pacing (uplink ack timeouts and drain, claim
+    resends); a test moves a `FakeClock` past a timeout instead of sleeping through it.
     `owns_process`: the profile's memory budget judges the process's resident set."""
     try:
         trust = await asyncio.to_thread(load_trust, settings.trust)
@@ -76,7 +80,7 @@ async def build(
     )
     await store.open()
     try:
-        return await _build_on(settings, store, verifier, metrics, memory, clock, transport)
+        return await _build_on(settings, store, verifier, metrics, memory, clock, timer, transport)
     except BaseException:
         await store.close()
         raise
@@ -89,6 +93,7 @@ async def _build_on(  # noqa: PLR0917 - the order of the parts, in one place
     metrics: Metrics,
     memory: MemoryBudget,
     clock: Callable[[], float],
+    timer: Callable[[], float],
     transport: TransportFactory,
 ) -> Parts:
     profile = settings.profile
@@ -145,6 +150,7 @@ async def _build_on(  # noqa: PLR0917 - the order of the parts, in one place
         metrics,
         consent=consent.get,
         model_version=slot.current_version,
+        timer=timer,
     )
     await uplink.start()
 
@@ -165,7 +171,7 @@ async def _build_on(  # noqa: PLR0917 - the order of the parts, in one place
     )
     today = decisions.local_day(utcnow())
     decisions.caps = CapCounts.load(await store.call(store.decisions.cap_counts, today), today)
-    claims = Claims(settings, store, verifier, metrics, link=link, offer=offers.get)
+    claims = Claims(settings, store, verifier, metrics, link=link, offer=offers.get, timer=timer)
     await claims.start()
 
     async def forgotten(removed: dict[str, int]) -> None:
