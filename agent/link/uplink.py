@@ -81,6 +81,7 @@ class Uplink:
         self._timer = timer
         self._in_flight: dict[int, float | None] = {}  # seq -> `timer` time sent (None: due)
         self._wake = asyncio.Event()
+        self._stepping = asyncio.Lock()  # one step at a time: the loop's, a flush's, a test's
         self._flush = False
         self._faults = OnceLogger(log)
         self._unknown = UnknownFields(metrics)
@@ -160,6 +161,10 @@ class Uplink:
 
     async def step(self) -> None:
         """Resend what is overdue, then cut new batches while there is room in flight."""
+        async with self._stepping:
+            await self._step()
+
+    async def _step(self) -> None:
         if not self._link.connected.is_set():
             return
         analytics = self._consent().analytics
