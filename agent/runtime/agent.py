@@ -10,7 +10,6 @@ import signal
 import time
 from collections import deque
 from collections.abc import Callable
-from datetime import datetime
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -24,7 +23,7 @@ from agent.errors import AgentError, NotStarted, UnknownOffer
 from agent.features.windows import FeatureWindows
 from agent.intake.consent import ConsentState
 from agent.intake.validate import SignalIn
-from agent.link.session import Link, LinkState
+from agent.link.session import Link
 from agent.link.transport import Transport, TransportFactory
 from agent.link.uplink import Uplink
 from agent.model.scoring import Model
@@ -170,10 +169,6 @@ class Agent:
     def model_version(self) -> int | None:
         return self._parts.slot.version if self._parts is not None else None
 
-    @property
-    def link_state(self) -> str:
-        return str(self._parts.link.state if self._parts is not None else LinkState.OFFLINE)
-
     # ------------------------------------------------------------ use cases
 
     async def accept_signals(self, signals: list[dict[str, Any]]) -> list[str]:
@@ -190,10 +185,6 @@ class Agent:
     async def decide(self, surface: str, limit: int = 3, *, explain: bool = False) -> Decision:
         """One local ranking decision for `surface` (see `agent.decide.ranking.decide`)."""
         return await self.parts.service.decide(surface, limit, explain=explain)
-
-    def local_day(self, now: datetime) -> int:
-        """The device-local day (proleptic ordinal) daily caps count in."""
-        return self.parts.decisions.local_day(now)
 
     async def rank(self, surface: str, limit: int = 3) -> list[RankedOffer]:
         return (await self.decide(surface, limit)).ranked
