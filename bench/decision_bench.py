@@ -25,7 +25,8 @@ from agent.decide.catalog import Catalog, build_catalog
 from agent.decide.policy import CapCounts, CapLimits, QuietWindow
 from agent.decide.ranking import Consent, Situation, decide_catalog
 from agent.features.windows import FeatureWindows
-from agent.model.scoring import Model, load_default_model, prepare_inputs
+from agent.model.inputs import prepare_inputs
+from agent.model.scoring import Model, load_default_model
 from bench.record import Record, percentiles
 from protocol.envelopes import Offer
 from protocol.ids import utcnow

@@ -14,7 +14,7 @@ from agent.decide.catalog import Catalog
 from agent.decide.policy import CapCounts, CapLimits, QuietWindow, parse_hhmm
 from agent.decide.ranking import Consent, Decision, Situation, decide, decide_catalog
 from agent.errors import ScoringError
-from agent.features.windows import UserContext
+from agent.features.context import UserContext
 from agent.model.scoring import Model
 from agent.runtime.metrics import Metrics
 from agent.store.core import Store

@@ -14,7 +14,7 @@ from datetime import datetime, timedelta
 
 import numpy as np
 
-from agent.decide.catalog import CODE, NO_CAP, Catalog
+from agent.decide.catalog import CODE, Catalog
 
 MINUTES_PER_DAY = 24 * 60
 
@@ -342,6 +342,3 @@ def select(
         else:
             shown.append(row)
     return Selection(shown, counterfactual, dropped)
-
-
-NO_CAP_VALUE = int(NO_CAP)

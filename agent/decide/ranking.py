@@ -30,8 +30,9 @@ from agent.decide.policy import (
     select,
     surface_capped,
 )
-from agent.features.windows import UserContext
-from agent.model.scoring import Model, prepare_inputs
+from agent.features.context import UserContext
+from agent.model.inputs import prepare_inputs
+from agent.model.scoring import Model
 from protocol.envelopes import Offer
 
 MAX_LIMIT = 50

@@ -1,5 +1,7 @@
 """Feature windows: hourly signal buckets kept in memory at intake, persisted as rows, read fast.
 
+The context a decision reads from them is built in `agent.features.context`.
+
 Persistence contract (the store relies on it):
 
 * `FeatureWindows.observe` returns rows `(key, hour_epoch, delta)`. The store must apply them
@@ -34,31 +36,31 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
 from datetime import datetime
 from types import MappingProxyType
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from agent.errors import ConfigError
-from protocol.vocabulary import SERVABLE_FEATURE_NAMES
+from agent.features.context import (
+    COUNT_PREFIX,
+    HOUR_S,
+    SECONDS_PREFIX,
+    WINDOW_7D,
+    KeyStats,
+    UserContext,
+    key_stats,
+    user_context,
+)
 
-__all__ = ["KNOWN_FEATURES", "PERSONAL_FEATURES", "FeatureWindows", "UserContext"]
+__all__ = ["FeatureWindows", "Row", "merge_rows", "prune_cutoff"]
 
 Row = tuple[str, int, int]
 """`(key, hour_epoch, delta)` as persisted by the store."""
 
-HOUR_S = 3600
-WINDOW_24H = 24
-WINDOW_7D = 168
-KEEP_HOURS = WINDOW_7D + 1
 DEFAULT_MAX_KEYS = 1000
 STATE_HOUR = 2**31 - 1
 LEVEL_SCALE = 1_000_000
 AT_SHIFT = 20
 MAX_TIER = 3
 
-COUNT_PREFIX = "cat:"
-SECONDS_PREFIX = "sec.cat:"
 WINDOW_PREFIXES = (COUNT_PREFIX, SECONDS_PREFIX)
 MAX_SKEW_S = 300
 """How far ahead of the device's clock a signal's time may count (clock skew of apps)."""
@@ -66,22 +68,10 @@ LEVEL_PREFIX = "level:"
 OWN_PREFIX = "own:"
 STATE_PREFIXES = (LEVEL_PREFIX, OWN_PREFIX)
 MAX_SECONDS = 86_400
-DECAY_HALF_LIFE_H = 24.0
-"""Half-life of the decayed per-category count (`user.category_decayed`)."""
-RECENCY_CAP_H = float(WINDOW_7D)
-"""Hours since a category was last seen, capped (also the value when never seen in 7 days)."""
 TIER_KEY = "tier"
 HIGH_WATER_KEY = "~hw"
 
-KNOWN_FEATURES: frozenset[str] = frozenset(SERVABLE_FEATURE_NAMES)
-PERSONAL_FEATURES: frozenset[str] = frozenset(n for n in KNOWN_FEATURES if n.startswith("user."))
-"""Every `user.*` feature: computed only with personalization consent, else the spec default."""
-"""Every feature name this agent can compute (feature spec v1, docs/architecture.md)."""
-
 _CATEGORY_RE = re.compile(r"^[a-z0-9_.:-]{1,64}$")
-_EMPTY_COUNTS: Mapping[str, int] = MappingProxyType({})
-_EMPTY_NEEDS: Mapping[str, float] = MappingProxyType({})
-_EMPTY_OWNED: frozenset[str] = frozenset()
 
 
 def _windowed(key: str) -> bool:
@@ -92,83 +82,9 @@ def _state(key: str) -> bool:
     return key == TIER_KEY or key.startswith(STATE_PREFIXES)
 
 
-@dataclass(frozen=True, slots=True)
-class KeyStats:
-    """Per-category window figures at one moment (cached for a minute or until new signals)."""
-
-    day: Mapping[str, int]
-    week: Mapping[str, int]
-    hour: Mapping[str, float]
-    decayed: Mapping[str, float]
-    recency_h: Mapping[str, float]
-    seconds_day: Mapping[str, float]
-    seconds_week: Mapping[str, float]
-
-
-_EMPTY_STATS = KeyStats(
-    _EMPTY_COUNTS,
-    _EMPTY_COUNTS,
-    _EMPTY_NEEDS,
-    _EMPTY_NEEDS,
-    _EMPTY_NEEDS,
-    _EMPTY_NEEDS,
-    _EMPTY_NEEDS,
-)
-
-
-@dataclass(frozen=True, slots=True)
-class UserContext:
-    """What a decision knows about the household; personal fields are empty without consent."""
-
-    profile: str
-    local_hour: float
-    category_24h: Mapping[str, int]
-    category_7d: Mapping[str, int]
-    consumable_need: Mapping[str, float]
-    member_tier: int
-    personalized: bool
-    local_weekday: int = 0
-    """Day of the week in the device's zone, Monday 0 .. Sunday 6."""
-    stats: KeyStats = _EMPTY_STATS
-    """Per-category 1 h / decayed / recency / duration figures (empty without consent)."""
-    owned: frozenset[str] = _EMPTY_OWNED
-    """Appliances the household owns (empty without consent)."""
-
-    def depersonalized(self) -> UserContext:
-        """The same context with every personal field at its empty/zero value."""
-        if not self.personalized:
-            return self
-        return UserContext(
-            self.profile,
-            self.local_hour,
-            _EMPTY_COUNTS,
-            _EMPTY_COUNTS,
-            _EMPTY_NEEDS,
-            0,
-            False,
-            self.local_weekday,
-        )
-
-
 def prune_cutoff(now: datetime) -> int:
     """The oldest `hour_epoch` worth keeping at `now`; the store may delete rows below it."""
     return _hour(now) - WINDOW_7D
-
-
-def local_hour(now: datetime, tz: str) -> float:
-    """Hour of day (0 <= h < 24, fractional) at `now` in the IANA time zone `tz`."""
-    return local_time(now, tz)[0]
-
-
-def local_time(now: datetime, tz: str) -> tuple[float, int]:
-    """`(hour of day, fractional; weekday, Monday 0)` at `now` in the IANA time zone `tz`."""
-    try:
-        zone = ZoneInfo(tz)
-    except (ZoneInfoNotFoundError, ValueError) as exc:
-        raise ConfigError(f"unknown time zone {tz!r}", field="timezone") from exc
-    local = now.astimezone(zone)
-    hour = local.hour + local.minute / 60 + (local.second + local.microsecond / 1e6) / 3600
-    return hour, local.weekday()
 
 
 def merge_rows(rows: Iterable[Row]) -> list[Row]:
@@ -443,96 +359,22 @@ class FeatureWindows:
         """Appliances the household owns (named by any signal's `attrs.appliance`)."""
         return frozenset(k[len(OWN_PREFIX) :] for k in self._states if k.startswith(OWN_PREFIX))
 
-    def counts(self, now: datetime) -> tuple[Mapping[str, int], Mapping[str, int]]:
-        """Per-category signal counts over the last 24 h and 7 d (hourly buckets) at `now`.
-
-        The 24 h window is the 24 hourly buckets ending with the current one, 7 d the 168.
-        Cached until the next observation or the next minute.
-        """
-        stats = self.stats(now)
-        return stats.day, stats.week
-
     def stats(self, now: datetime) -> KeyStats:
-        """Every per-category window figure at `now`, from the hourly buckets alone.
-
-        * `day`, `week`: signal counts in the 24 / 168 hourly buckets ending with the current one.
-        * `hour`: the last 60 minutes, estimated as the current bucket plus the previous one
-          weighted by the part of it still inside the hour (a sliding-window counter).
-        * `decayed`: counts weighted by `0.5 ** (age_hours / 24)` over the 7 days kept.
-        * `recency_h`: hours since the category's newest bucket started (capped at 168).
-        * `seconds_day`, `seconds_week`: `content_view` seconds in the category.
+        """Every per-category window figure at `now` (`key_stats`).
 
         Cached per minute and observation count: a decision never walks buckets twice.
         """
         seconds = _seconds(now)
-        now_h = seconds // HOUR_S
         minute = seconds // 60
         cache = self._cache
         if cache is not None and cache[0] == minute and cache[1] == self._version:
             return cache[2]
-        frac = (seconds - now_h * HOUR_S) / HOUR_S
-        lo24 = now_h - WINDOW_24H
-        lo7 = now_h - WINDOW_7D
-        day: dict[str, int] = {}
-        week: dict[str, int] = {}
-        hour: dict[str, float] = {}
-        decayed: dict[str, float] = {}
-        recency: dict[str, float] = {}
-        sec_day: dict[str, float] = {}
-        sec_week: dict[str, float] = {}
-        cat = len(COUNT_PREFIX)
-        sec = len(SECONDS_PREFIX)
-        for key, buckets in self._buckets.items():
-            is_count = key.startswith(COUNT_PREFIX)
-            if not is_count and not key.startswith(SECONDS_PREFIX):
-                continue
-            s24 = s7 = 0
-            s1 = 0.0
-            dec = 0.0
-            newest = None
-            for h, count in sorted(buckets.items()):  # a fixed order: float sums reproduce
-                if lo7 < h <= now_h:
-                    s7 += count
-                    if h > lo24:
-                        s24 += count
-                    if h == now_h:
-                        s1 += count
-                    elif h == now_h - 1:
-                        s1 += count * (1.0 - frac)
-                    if is_count:
-                        dec += count * 0.5 ** ((now_h - h) / DECAY_HALF_LIFE_H)
-                    if newest is None or h > newest:
-                        newest = h
-            if not s7:
-                continue
-            if is_count:
-                name = key[cat:]
-                week[name] = s7
-                if s24:
-                    day[name] = s24
-                if s1:
-                    hour[name] = s1
-                decayed[name] = dec
-                if newest is not None:
-                    recency[name] = min(RECENCY_CAP_H, (seconds - newest * HOUR_S) / HOUR_S)
-            else:
-                name = key[sec:]
-                sec_week[name] = float(s7)
-                if s24:
-                    sec_day[name] = float(s24)
-        result = KeyStats(
-            MappingProxyType(day),
-            MappingProxyType(week),
-            MappingProxyType(hour),
-            MappingProxyType(decayed),
-            MappingProxyType(recency),
-            MappingProxyType(sec_day),
-            MappingProxyType(sec_week),
-        )
+        result = key_stats(self._buckets, seconds)
         self._cache = (minute, self._version, result)
         return result
 
-    def _needs(self) -> Mapping[str, float]:
+    def needs(self) -> Mapping[str, float]:
+        """`1 - level` per category of the latest consumable levels (cached per observation)."""
         cached = self._need_cache
         if cached is not None and cached[0] == self._version:
             return cached[1]
@@ -542,21 +384,4 @@ class FeatureWindows:
 
     def context(self, now: datetime, profile: str, tz: str, personalized: bool) -> UserContext:
         """The decision context at `now`; personal fields stay empty when not `personalized`."""
-        hour, weekday = local_time(now, tz)
-        if not personalized:
-            return UserContext(
-                profile, hour, _EMPTY_COUNTS, _EMPTY_COUNTS, _EMPTY_NEEDS, 0, False, weekday
-            )
-        stats = self.stats(now)
-        return UserContext(
-            profile,
-            hour,
-            stats.day,
-            stats.week,
-            self._needs(),
-            self.member_tier(),
-            True,
-            weekday,
-            stats,
-            self.owned(),
-        )
+        return user_context(now, profile, tz, self if personalized else None)

@@ -10,8 +10,6 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from agent.errors import InvalidInput
 from protocol.codec import field_errors
 
-PURPOSES = ("analytics", "personalization", "marketing")
-
 
 class Purposes(BaseModel):
     """`{"analytics": bool, "personalization": bool, "marketing": bool}`; all three required."""
@@ -21,14 +19,6 @@ class Purposes(BaseModel):
     analytics: bool
     personalization: bool
     marketing: bool
-
-
-class ConsentRequest(BaseModel):
-    """Body of `PUT /v1/consent`."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    purposes: Purposes
 
 
 @dataclass(frozen=True, slots=True)

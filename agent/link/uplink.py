@@ -67,7 +67,9 @@ class Uplink:
         *,
         consent: Callable[[], ConsentState],
         model_version: Callable[[], int | None],
+        timer: Callable[[], float] = time.monotonic,
     ) -> None:
+        """`timer`: the monotonic clock of ack timeouts, resends and drain pacing."""
         self.settings = settings
         self.cfg = settings.profile.uplink
         self._store = store
@@ -76,15 +78,17 @@ class Uplink:
         self._consent = consent
         self._model_version = model_version
         self._topic = settings.topics.batch(settings.device_id)
-        self._in_flight: dict[int, float | None] = {}  # seq -> monotonic time sent (None: due)
+        self._timer = timer
+        self._in_flight: dict[int, float | None] = {}  # seq -> `timer` time sent (None: due)
         self._wake = asyncio.Event()
+        self._stepping = asyncio.Lock()  # one step at a time: the loop's, a flush's, a test's
         self._flush = False
         self._faults = OnceLogger(log)
         self._unknown = UnknownFields(metrics)
         self._tick = max(0.02, min(0.25, self.cfg.batch_max_age_s / 4 or 0.02))
         self._budget = settings.profile.budgets.uplink_bytes_per_day
         self._tokens = float(self.cfg.max_in_flight)
-        self._refilled = time.monotonic()
+        self._refilled = timer()
         self.holding = False
 
     # ------------------------------------------------------------ budget and pacing
@@ -114,7 +118,7 @@ class Uplink:
         return self._budget > 0 and self.used_today() >= self._budget
 
     def _take_token(self) -> bool:
-        now = time.monotonic()
+        now = self._timer()
         rate = self.cfg.drain_batches_per_s
         burst = float(self.cfg.max_in_flight)
         self._tokens = min(burst, self._tokens + (now - self._refilled) * rate)
@@ -157,6 +161,10 @@ class Uplink:
 
     async def step(self) -> None:
         """Resend what is overdue, then cut new batches while there is room in flight."""
+        async with self._stepping:
+            await self._step()
+
+    async def _step(self) -> None:
         if not self._link.connected.is_set():
             return
         analytics = self._consent().analytics
@@ -195,7 +203,7 @@ class Uplink:
             log.debug("uplink paused: %s", exc)
 
     async def _resend_due(self) -> None:
-        now = time.monotonic()
+        now = self._timer()
         due = [
             seq
             for seq, sent in sorted(self._in_flight.items())
@@ -269,7 +277,7 @@ class Uplink:
         await self._link.publish(self._topic, payload, qos=1)
         if seq not in self._in_flight:  # acked while we waited for the PUBACK
             return
-        self._in_flight[seq] = time.monotonic()
+        self._in_flight[seq] = self._timer()
         await self._store.call(self._store.batches.mark_sent, seq, len(payload), self.today())
         self._metrics.inc("uplink_bytes", len(payload))
         if resend and attempts > 0:

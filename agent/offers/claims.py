@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -30,6 +31,9 @@ from protocol.signing import Verifier
 log = logging.getLogger(__name__)
 
 MAX_RESULT_BYTES = 16 * 1024
+MAX_TICK_S = 1.0
+"""The longest the resend loop sleeps before looking at its timer again (a test's fake timer
+is moved, not waited for)."""
 COUNTERS = (
     "claims_started",
     "claims_repeated",
@@ -78,7 +82,9 @@ class Claims:
         *,
         link: Transport,
         offer: Callable[[str], Offer | None],
+        timer: Callable[[], float] = time.monotonic,
     ) -> None:
+        """`timer`: the monotonic clock the resend interval runs on."""
         self.settings = settings
         self._store = store
         self._verifier = verifier
@@ -87,6 +93,9 @@ class Claims:
         self._offer = offer
         self._topic = settings.topics.claim_up(settings.device_id)
         self._wake = asyncio.Event()
+        self._timer = timer
+        self._round_at = timer()
+        self._round = asyncio.Lock()  # one resend round at a time (the loop's or a test's)
         self._faults = OnceLogger(log)
         self._unknown = UnknownFields(metrics)
         for name in COUNTERS:
@@ -131,18 +140,33 @@ class Claims:
         """Resend every pending claim on connect and every `claim_resend_s` until answered."""
         interval = self.settings.profile.decisions.claim_resend_s
         while True:
+            remaining = interval - (self._timer() - self._round_at)
             try:
-                async with asyncio.timeout(interval):
+                async with asyncio.timeout(max(0.0, min(remaining, MAX_TICK_S))):
                     await self._wake.wait()
             except TimeoutError:
                 pass
+            await self.tick()
+
+    async def tick(self) -> int:
+        """One look: on a connect, or once `claim_resend_s` has passed on the timer since the
+        last round, resend every pending claim not just sent. The number resent."""
+        interval = self.settings.profile.decisions.claim_resend_s
+        async with self._round:
+            woken = self._wake.is_set()
             self._wake.clear()
+            if not woken and self._timer() - self._round_at < interval:
+                return 0
+            self._round_at = self._timer()
+            resent = 0
             for row in await self._store.call(self._store.claims.all, "pending"):
                 if self._store.clock() - float(row["updated"]) < interval / 2 and row["attempts"]:
                     continue  # just sent
                 if not await self._send(row):
                     break
                 self._metrics.inc("claims_resent")
+                resent += 1
+        return resent
 
     async def _send(self, row: dict[str, Any]) -> bool:
         link = self._link

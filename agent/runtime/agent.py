@@ -10,7 +10,6 @@ import signal
 import time
 from collections import deque
 from collections.abc import Callable
-from datetime import datetime
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -19,15 +18,15 @@ from agent.api.local import LocalApi
 from agent.config import AgentSettings
 from agent.decide.decisions import Decisions
 from agent.decide.policy import CapCounts, QuietWindow
-from agent.decide.ranking import Consent, Decision, RankedOffer
-from agent.errors import AgentError, ModelRejected, NotStarted, UnknownOffer
+from agent.decide.ranking import Decision, RankedOffer
+from agent.errors import AgentError, NotStarted, UnknownOffer
 from agent.features.windows import FeatureWindows
 from agent.intake.consent import ConsentState
-from agent.intake.validate import SignalIn, parse_outcome
-from agent.link.session import Link, LinkState
+from agent.intake.validate import SignalIn
+from agent.link.session import Link
 from agent.link.transport import Transport, TransportFactory
 from agent.link.uplink import Uplink
-from agent.model.scoring import Model, load_model
+from agent.model.scoring import Model
 from agent.model.update import ModelUpdater
 from agent.offers.book import OfferBook
 from agent.offers.claims import Claims
@@ -37,7 +36,6 @@ from agent.runtime.metrics import Metrics
 from agent.runtime.parts import Parts
 from agent.runtime.status import accounting_of, status_of
 from agent.store.core import Store
-from protocol.ids import utcnow
 
 log = logging.getLogger(__name__)
 
@@ -57,15 +55,18 @@ class Agent:
         settings: AgentSettings,
         *,
         clock: Callable[[], float] = time.time,
+        timer: Callable[[], float] = time.monotonic,
         owns_process: bool = False,
         transport: TransportFactory = Link,
     ) -> None:
         """`owns_process`: this agent is the process (`edgemart agent run`), so the profile's
         memory budget judges the process's resident set; in a simulator or a test runner,
         where one process holds many agents, the resident set is only reported.
+        `clock` (wall) and `timer` (monotonic: resends, pacing): see `agent.runtime.build`.
         `transport`: makes the broker link (`Link`; a test may pass one needing no broker)."""
         self._settings = settings
         self._clock = clock
+        self._timer = timer
         self._owns_process = owns_process
         self._transport = transport
         self._parts: Parts | None = None
@@ -168,10 +169,6 @@ class Agent:
     def model_version(self) -> int | None:
         return self._parts.slot.version if self._parts is not None else None
 
-    @property
-    def link_state(self) -> str:
-        return str(self._parts.link.state if self._parts is not None else LinkState.OFFLINE)
-
     # ------------------------------------------------------------ use cases
 
     async def accept_signals(self, signals: list[dict[str, Any]]) -> list[str]:
@@ -187,33 +184,7 @@ class Agent:
 
     async def decide(self, surface: str, limit: int = 3, *, explain: bool = False) -> Decision:
         """One local ranking decision for `surface` (see `agent.decide.ranking.decide`)."""
-        parts = self.parts
-        started = time.perf_counter()
-        now = utcnow()
-        state = parts.consent.state
-        consent = Consent(state.analytics, state.personalization, state.marketing)
-        profile = parts.settings.profile
-        ctx = parts.windows.context(now, profile.name, profile.timezone, consent.personalization)
-        decision = parts.decisions.rank(
-            surface,
-            limit,
-            now,
-            model=parts.slot.current,
-            catalog=parts.offers.catalog(),
-            ctx=ctx,
-            consent=consent,
-            refused=parts.claims.refused,
-            explain=explain,
-        )
-        parts.metrics.inc("decisions")
-        parts.metrics.observe_decision((time.perf_counter() - started) * 1000.0)
-        if decision.counterfactual:
-            await parts.decisions.log_counterfactual(decision, surface, now)
-        return decision
-
-    def local_day(self, now: datetime) -> int:
-        """The device-local day (proleptic ordinal) daily caps count in."""
-        return self.parts.decisions.local_day(now)
+        return await self.parts.service.decide(surface, limit, explain=explain)
 
     async def rank(self, surface: str, limit: int = 3) -> list[RankedOffer]:
         return (await self.decide(surface, limit)).ranked
@@ -231,38 +202,20 @@ class Agent:
 
     async def record_outcome_detail(self, offer_id: str, kind: str, surface: str) -> dict[str, Any]:
         """`record_outcome`, answering `{"id", "attributed_to"?}` or `{"id": None, "reason"}`."""
-        parts = self.parts
-        checked = parse_outcome({"offer_id": offer_id, "kind": kind, "surface": surface})
-        offer = parts.offers.get(checked.offer_id)
-        if offer is None:
-            raise UnknownOffer(checked.offer_id)
-        return await parts.decisions.record(
-            offer, checked.kind, checked.surface, utcnow(), model_version=parts.slot.version
-        )
+        return await self.parts.service.record_outcome(offer_id, kind, surface)
 
     async def claim(self, offer_id: str) -> tuple[dict[str, Any], bool]:
         """Start (or return the one existing) claim of a held limited offer; True when new."""
         if self._parts is None:
             raise UnknownOffer(offer_id)
-        return await self._parts.claims.claim(offer_id, utcnow())
+        return await self._parts.service.claim(offer_id)
 
     async def get_claim(self, claim_id: str) -> dict[str, Any] | None:
         return await self.parts.claims.get(claim_id)
 
     async def replace_model(self, onnx_path: Path, manifest: dict[str, Any]) -> bool:
-        """Serve another model; one the agent cannot serve is refused (counted, logged with its
-        reason) and the current one stays. True when swapped."""
-        parts = self.parts
-        try:
-            model = await asyncio.to_thread(load_model, onnx_path, manifest)
-        except ModelRejected as exc:
-            parts.metrics.inc("models_rejected")
-            parts.slot.last_error = exc.reason
-            log.warning("%s; keeping model v%s", exc, parts.slot.version)
-            return False
-        parts.slot.current = model
-        parts.metrics.inc("models_loaded")
-        return True
+        """Serve another model, or refuse it and keep the current one (`AgentService`)."""
+        return await self.parts.service.replace_model(onnx_path, manifest)
 
     def _swap_model(self, model: Model) -> None:
         """What the updater does after a passed health check (`ModelSlot.swap`)."""
@@ -325,6 +278,7 @@ class Agent:
         self._parts = await build(
             self._settings,
             clock=self._clock,
+            timer=self._timer,
             transport=self._transport,
             owns_process=self._owns_process,
         )

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
 from functools import partial
 
@@ -21,9 +22,10 @@ from agent.link.commands import Commands
 from agent.link.session import Link
 from agent.link.transport import TransportFactory
 from agent.link.uplink import Uplink
+from agent.model.files import load_kept
 from agent.model.scoring import Model, load_default_model
 from agent.model.slot import ModelSlot
-from agent.model.update import ModelUpdater, UpdateConfig, load_kept
+from agent.model.update import ModelUpdater, UpdateConfig
 from agent.offers.book import OfferBook, load_trust
 from agent.offers.claims import Claims
 from agent.runtime.loops import MemoryWatch, StateReport, maintenance
@@ -31,6 +33,7 @@ from agent.runtime.memory import MemoryBudget, sqlite_cache_kib
 from agent.runtime.metrics import Metrics
 from agent.runtime.parts import Parts
 from agent.runtime.router import Fanout, Router, downlink_routes
+from agent.runtime.service import AgentService
 from agent.runtime.status import gauges_of
 from agent.runtime.tasks import Supervisor
 from agent.store.core import Store
@@ -46,12 +49,15 @@ async def build(
     settings: AgentSettings,
     *,
     clock: Callable[[], float],
+    timer: Callable[[], float] = time.monotonic,
     transport: TransportFactory = Link,
     owns_process: bool = False,
 ) -> Parts:
     """Make the agent's parts (the store opened, state loaded); nothing runs yet.
 
     `clock`: the wall clock of the store (TTLs, windows, budget days); tests travel.
+    `timer`: the monotonic clock of resends and pacing (uplink ack timeouts and drain, claim
+    resends); a test moves a `FakeClock` past a timeout instead of sleeping through it.
     `owns_process`: the profile's memory budget judges the process's resident set."""
     try:
         trust = await asyncio.to_thread(load_trust, settings.trust)
@@ -74,7 +80,7 @@ async def build(
     )
     await store.open()
     try:
-        return await _build_on(settings, store, verifier, metrics, memory, clock, transport)
+        return await _build_on(settings, store, verifier, metrics, memory, clock, timer, transport)
     except BaseException:
         await store.close()
         raise
@@ -87,6 +93,7 @@ async def _build_on(  # noqa: PLR0917 - the order of the parts, in one place
     metrics: Metrics,
     memory: MemoryBudget,
     clock: Callable[[], float],
+    timer: Callable[[], float],
     transport: TransportFactory,
 ) -> Parts:
     profile = settings.profile
@@ -143,6 +150,7 @@ async def _build_on(  # noqa: PLR0917 - the order of the parts, in one place
         metrics,
         consent=consent.get,
         model_version=slot.current_version,
+        timer=timer,
     )
     await uplink.start()
 
@@ -163,7 +171,7 @@ async def _build_on(  # noqa: PLR0917 - the order of the parts, in one place
     )
     today = decisions.local_day(utcnow())
     decisions.caps = CapCounts.load(await store.call(store.decisions.cap_counts, today), today)
-    claims = Claims(settings, store, verifier, metrics, link=link, offer=offers.get)
+    claims = Claims(settings, store, verifier, metrics, link=link, offer=offers.get, timer=timer)
     await claims.start()
 
     async def forgotten(removed: dict[str, int]) -> None:
@@ -208,6 +216,16 @@ async def _build_on(  # noqa: PLR0917 - the order of the parts, in one place
         commands=commands,
         router=router,
         intake=intake,
+        service=AgentService(
+            settings,
+            metrics=metrics,
+            consent=consent,
+            windows=windows,
+            slot=slot,
+            offers=offers,
+            decisions=decisions,
+            claims=claims,
+        ),
         report=report,
         memory_watch=MemoryWatch(settings, budget=memory, metrics=metrics, store=store, slot=slot),
         loops=Supervisor(f"agent-{settings.device_id}", metrics),

@@ -21,6 +21,7 @@ from agent.runtime.loops import MemoryWatch, StateReport
 from agent.runtime.memory import MemoryBudget
 from agent.runtime.metrics import Metrics
 from agent.runtime.router import Router
+from agent.runtime.service import AgentService
 from agent.runtime.tasks import Supervisor
 from agent.store.core import Store
 
@@ -46,6 +47,7 @@ class Parts:
     commands: Commands
     router: Router
     intake: Intake
+    service: AgentService
     report: StateReport
     memory_watch: MemoryWatch
     loops: Supervisor

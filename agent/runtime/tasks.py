@@ -34,19 +34,12 @@ class Supervisor:
         self._max = max_delay
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._running: dict[str, bool] = {}
-        self._once: set[asyncio.Task[None]] = set()
 
     def start(self, name: str, loop: LoopFactory) -> None:
         """Run `loop()` as the loop `name`, restarted whenever it raises or returns."""
         self._running[name] = True
         task = asyncio.create_task(self._keep(name, loop), name=f"{self._prefix}-{name}")
         self._tasks[name] = task
-
-    def spawn(self, name: str, coro: Coroutine[Any, Any, None]) -> None:
-        """A one-off task (not restarted), owned so that `close` cancels it."""
-        task = asyncio.create_task(coro, name=f"{self._prefix}-{name}")
-        self._once.add(task)
-        task.add_done_callback(self._once_done)
 
     def down(self) -> list[str]:
         """Names of the owned loops not running now (dead and waiting for their restart)."""
@@ -57,10 +50,9 @@ class Supervisor:
         return sorted(self._tasks)
 
     async def close(self) -> bool:
-        """Cancel every loop and one-off task; True when all stopped."""
-        tasks = [*self._tasks.values(), *self._once]
+        """Cancel every loop; True when all stopped."""
+        tasks = list(self._tasks.values())
         self._tasks.clear()
-        self._once.clear()
         return await cancel_and_wait(tasks)
 
     async def _keep(self, name: str, loop: LoopFactory) -> None:
@@ -80,14 +72,6 @@ class Supervisor:
             self._metrics.inc(f"loop_restarts_{name}")
             await asyncio.sleep(delay)
             delay = min(delay * 2, self._max)
-
-    def _once_done(self, task: asyncio.Task[None]) -> None:
-        self._once.discard(task)
-        if task.cancelled():
-            return
-        exc = task.exception()
-        if exc is not None:
-            log.error("task %s died: %r", task.get_name(), exc, exc_info=exc)
 
 
 async def cancel_and_wait(

@@ -20,7 +20,7 @@ FORGOTTEN_TABLES = (
 )
 """Usage data and what was derived from it: outbox, batches in flight, aggregates, feature
 windows, decisions and outcomes (exposures for attribution, daily cap counts), claims."""
-KEPT = "keys and trust, consent, received offers, replay ids, receipts, seq and drop counters"
+# Kept: keys and trust, consent, received offers, replay ids, receipts, seq and drop counters.
 
 
 class Erasure:

@@ -19,8 +19,6 @@ from agent.intake.aggregates import (
     window_end,
 )
 
-DROP_KEYS = ("dropped_evicted", "dropped_expired", "dropped_withdrawn")
-
 
 @dataclass(frozen=True, slots=True)
 class Freed:

@@ -3,8 +3,6 @@ results with a key of the trust file: idempotent, resent until answered, one per
 
 from __future__ import annotations
 
-import asyncio
-
 import pytest
 
 from agent.runtime.agent import Agent
@@ -23,6 +21,7 @@ from tests.support.agent_world import (
     state,
 )
 from tests.support.builders import ALL, offer
+from tests.support.clock import FakeClock
 
 pytestmark = pytest.mark.integration
 
@@ -63,17 +62,27 @@ async def test_a_claim_is_resent_until_answered_also_across_a_restart(
     world: World, gateway: FakeGateway, responder: Responder
 ) -> None:
     responder.answer = None  # the desk is silent: the device keeps asking
-    fast = {"decisions": {"claim_resend_s": 0.3}}
-    async with Agent(world.settings(fast)) as agent:
+    interval = 30.0
+    slow = {"decisions": {"claim_resend_s": interval}}
+    clock = FakeClock()  # the resend interval passes when the test moves it, not in real time
+    async with Agent(world.settings(slow), clock=clock, timer=clock) as agent:
         assert await agent.wait_connected()
         await agent.set_consent(ALL)
         await push(world, gateway, agent, [offer("flash", limited=True, stock=1)])
         status, first = await claim(agent, "flash")
         assert status == 202
-        await eventually(lambda: len(responder.requests) >= 3, timeout=10)
+        await eventually(lambda: len(responder.requests) == 1)
+        clock.advance(interval - 1)
+        assert await agent.claims.tick() == 0  # before the interval: nothing is resent
+        assert agent.counters["claims_resent"] == 0
+        for asked in (2, 3):  # past it, the loop resends (each time the interval passes)
+            clock.advance(interval)
+            await eventually(lambda n=asked: len(responder.requests) >= n, timeout=10)  # type: ignore[misc]
+        await eventually(lambda: agent.counters["claims_resent"] == 2)
         assert set(responder.ids()) == {first["id"]}  # the idempotency key never changes
     asked = len(responder.requests)
-    async with Agent(world.settings(fast)) as agent:
+    clock.advance(interval)  # the device was off for a while: on connect, the claim goes again
+    async with Agent(world.settings(slow), clock=clock, timer=clock) as agent:
         assert await agent.wait_connected()
         status, again = await claim(agent, "flash")  # after a restart: still the one claim
         assert (status, again["id"], again["state"]) == (200, first["id"], "pending")
@@ -85,15 +94,17 @@ async def test_a_claim_is_resent_until_answered_also_across_a_restart(
         await eventually(lambda: agent.counters["claim_results_bad"] == 2)
         assert (await state(agent, first["id"]))["state"] == "pending"
         responder.answer = "sold_out"
+        clock.advance(interval)  # the next resend is answered
         await eventually(lambda: agent.counters["claims_refused"] == 1, timeout=10)
         refused = await state(agent, first["id"])
         assert (refused["state"], refused["reason"]) == ("refused", "sold_out")
         # the refused offer is no longer offered; the resending stops
         body = await offers_json(agent)
         assert reasons(body)["flash"] == "claim_refused"
-        settled = len(responder.requests)
-        await asyncio.sleep(1.0)
-        assert len(responder.requests) == settled
+        settled = agent.counters["claims_resent"]
+        clock.advance(interval + 1)  # a round is due: there is nothing left to resend
+        assert await agent.claims.tick() == 0
+        assert agent.counters["claims_resent"] == settled
     assert set(responder.ids()) == {first["id"]}
 
 

@@ -11,15 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from agent.errors import ConfigError
-from agent.features.windows import (
-    KNOWN_FEATURES,
-    STATE_HOUR,
-    FeatureWindows,
-    Row,
-    local_hour,
-    merge_rows,
-    prune_cutoff,
-)
+from agent.features.context import KNOWN_FEATURES, local_hour
+from agent.features.windows import STATE_HOUR, FeatureWindows, Row, merge_rows, prune_cutoff
 from protocol.vocabulary import FEATURE_NAMES, SERVABLE_FEATURE_NAMES
 
 T0 = datetime(2026, 3, 2, 12, 30, tzinfo=UTC)

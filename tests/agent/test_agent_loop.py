@@ -20,6 +20,7 @@ from protocol.signing import Signer
 from simulators.brokers import MosquittoProcess
 from tests.support.agent_world import FakeGateway, World, eventually, http
 from tests.support.builders import ALL
+from tests.support.clock import FakeClock
 
 pytestmark = pytest.mark.integration
 
@@ -139,7 +140,9 @@ async def test_unacked_batch_survives_restart_and_is_resent(
 async def test_without_analytics_consent_nothing_is_published(
     world: World, gateway: FakeGateway
 ) -> None:
-    async with Agent(world.settings()) as agent:
+    clock = FakeClock()
+    async with Agent(world.settings(), clock=clock, timer=clock) as agent:
+        assert await agent.wait_connected()
         status, _ = await http(
             agent,
             "PUT",
@@ -148,7 +151,9 @@ async def test_without_analytics_consent_nothing_is_published(
         )
         assert status == 200
         await agent.accept_signals([{"kind": "app_open"}] * 5)
-        await asyncio.sleep(0.6)
+        clock.advance(60.0)  # far past `batch_max_age_s`: with consent, these would go up now
+        await agent.uplink.step()
+        assert agent.counters.get("batches_sent", 0) == 0
         assert gateway.batches == []
         assert agent.status()["outbox_depth"] == 5
         status, body = await http(

@@ -12,13 +12,8 @@ import onnxruntime
 import pytest
 
 from agent.errors import ModelRejected
-from agent.model.scoring import (
-    Model,
-    build_matrix,
-    default_model_paths,
-    load_default_model,
-    load_model,
-)
+from agent.model.inputs import build_matrix
+from agent.model.scoring import Model, default_model_paths, load_default_model, load_model
 from protocol.envelopes import FeatureSpec
 from tests.support.builders import (
     context,

@@ -14,14 +14,9 @@ from typing import Any
 import pytest
 from aiohttp import web
 
+from agent.model.files import load_current, load_kept
 from agent.model.scoring import Model, default_model_paths, load_default_model
-from agent.model.update import (
-    ModelUpdater,
-    UpdateConfig,
-    load_current,
-    load_kept,
-    rollout_key,
-)
+from agent.model.update import ModelUpdater, UpdateConfig, rollout_key
 from agent.runtime.metrics import Metrics
 from protocol.assign import in_rollout
 from protocol.envelopes import ModelManifest

@@ -35,12 +35,16 @@ from simulators.brokers import MosquittoProcess, free_port
 from simulators.checker import Drops, account
 from simulators.faults import AgentProcess
 from tests.support.builders import ALL, gateway_db_before
+from tests.support.clock import FakeClock
 from tests.support.gateway_world import agent_settings, export, gateway
 from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.integration
 
 NO_ANALYTICS = {**ALL, "analytics": False}
+
+ACK_TIMEOUT_S = 30.0
+"""Longer than the test takes: a resend happens only when the test moves the clock."""
 
 
 def big_attrs(rng: random.Random) -> dict[str, Any]:
@@ -201,10 +205,11 @@ async def test_withdrawal_purges_batches_in_flight_and_accounting_closes_when_th
             tmp_path,
             own_mosquitto,
             device=device,
-            uplink={"batch_max_signals": 50, "max_in_flight": 4, "ack_timeout_s": 1.0},
+            uplink={"batch_max_signals": 50, "max_in_flight": 4, "ack_timeout_s": ACK_TIMEOUT_S},
         )
     assert trust.exists()
-    async with Agent(settings) as agent:
+    clock = FakeClock()  # the ack timeout passes when the test moves the clock
+    async with Agent(settings, clock=clock, timer=clock) as agent:
         assert await agent.wait_connected(20)
         await agent.set_consent(ALL)
         ids: list[str] = []
@@ -212,13 +217,19 @@ async def test_withdrawal_purges_batches_in_flight_and_accounting_closes_when_th
             ids += await agent.accept_signals([{"kind": "search"}] * 50)
         await eventually(lambda: agent.counters["batches_sent"] >= 4, what="batches in flight")
         assert len(await agent.store.call(agent.store.batches.stored)) == 4
+        await agent.uplink.step()
+        assert agent.counters["batches_resent"] == 0  # unacked, but not yet overdue
+        clock.advance(ACK_TIMEOUT_S + 1)
+        await eventually(lambda: agent.counters["batches_resent"] >= 4, what="overdue: resent")
         await agent.set_consent(NO_ANALYTICS)
         assert await agent.store.call(agent.store.batches.stored) == []  # never sent again
         assert agent.store.depth == 0
         assert agent.status()["accounting"]["withdrawn"] == 500
         resent = agent.counters["batches_resent"]
-        await asyncio.sleep(1.5)  # past the ack timeout: nothing is resent
+        clock.advance(ACK_TIMEOUT_S + 1)  # past the ack timeout again: nothing is resent
+        await agent.uplink.step()
         assert agent.counters["batches_resent"] == resent
+        assert agent.uplink.in_flight == 0
         # The gateway returns: its persistent session gets the batches that were published.
         async with Gateway(gw_settings) as gw:
             await eventually(

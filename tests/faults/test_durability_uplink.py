@@ -98,7 +98,7 @@ async def test_daily_byte_budget_degrades_to_aggregates_then_holds_until_the_nex
         )
         device = settings.device_id
         clock = FakeClock()
-        async with Agent(settings, clock=clock) as agent:
+        async with Agent(settings, clock=clock, timer=clock) as agent:
             uplink = agent.uplink
             assert uplink is not None
             assert await agent.wait_connected(20)
@@ -120,10 +120,14 @@ async def test_daily_byte_budget_degrades_to_aggregates_then_holds_until_the_nex
                     what="aggregate acked or holding",
                 )
                 assert rounds < 500, "never held"
+            await eventually(lambda: uplink.in_flight == 0, what="batches in flight acked")
             held_at = await batches_at(gw, device)
+            sent = agent.counters["batches_sent"]
             ids += await agent.accept_signals(mixed(rounds))
-            await asyncio.sleep(1.0)
-            assert await batches_at(gw, device) == held_at  # nothing goes up while held
+            clock.advance(60.0)  # rows overdue, tokens refilled: only the hold keeps them
+            await uplink.step()
+            assert agent.counters["batches_sent"] == sent  # nothing goes up while held
+            assert await batches_at(gw, device) == held_at
             assert agent.status()["accounting"]["holding"] is True
             assert uplink.used_today() < budget + 4000  # at most one batch over
             assert agent.store.depth > 0  # kept, not dropped

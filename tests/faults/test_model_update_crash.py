@@ -15,15 +15,15 @@ from pathlib import Path
 import onnx
 import pytest
 
+from agent.model.files import load_current
 from agent.model.scoring import default_model_paths
-from agent.model.update import load_current
 
 pytestmark = pytest.mark.slow
 
 SWAPPER = """
 import json, sys
 from pathlib import Path
-from agent.model.update import install, point_to
+from agent.model.files import install, point_to
 folder, files = Path(sys.argv[1]), json.loads(Path(sys.argv[2]).read_text())
 version = 2
 while True:

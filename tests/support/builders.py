@@ -15,7 +15,7 @@ from typing import Any
 from onnx import TensorProto, helper
 from sqlite_utils import Database as SqliteDatabase
 
-from agent.features.windows import UserContext
+from agent.features.context import UserContext
 from cloud_gateway.db import migrations
 from protocol.envelopes import Batch, Offer, Outcome, OutcomeKind, Signal
 from protocol.ids import format_time, new_id, utcnow
