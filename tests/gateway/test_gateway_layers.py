@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import cloud_gateway
@@ -12,6 +13,10 @@ import cloud_gateway
 ROOT = Path(cloud_gateway.__file__).resolve().parent
 HTTP = ("aiohttp",)
 DRIVERS = ("sqlite3", "sqlite_utils", "psycopg", "asyncpg")
+SQL = re.compile(
+    r"^\s*(SELECT\s.*\sFROM\s|INSERT INTO |UPDATE \w+ SET |DELETE FROM |CREATE (TABLE|INDEX) )",
+    re.DOTALL,
+)
 DOMAIN = ("campaigns", "claims", "registry", "devices", "ingest", "security", "db")
 
 
@@ -52,3 +57,13 @@ def test_the_domain_imports_neither_the_api_nor_the_runtime_nor_the_agent() -> N
             assert not uses(names - {"cloud_gateway.runtime.wiring"}, ("cloud_gateway.runtime",)), (
                 module
             )
+
+
+def test_sql_is_written_only_in_db() -> None:
+    found = {
+        str(path.relative_to(ROOT))
+        for path in ROOT.rglob("*.py")
+        for node in ast.walk(ast.parse(path.read_text(), str(path)))
+        if isinstance(node, ast.Constant) and isinstance(node.value, str) and SQL.match(node.value)
+    }
+    assert found and all(m.startswith("db/") for m in found), sorted(found)
