@@ -15,6 +15,9 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, StringConstraints,
 
 import firmware_profiles
 from agent.errors import ConfigError
+from mqttlink import connect
+from mqttlink.connect import CREDENTIAL_ENV
+from mqttlink.errors import CredentialError
 from protocol import broker_url
 from protocol.codec import field_errors
 from protocol.topics import COHORT_RE, DEVICE_ID_RE, PROFILE_RE, Topics
@@ -22,14 +25,6 @@ from protocol.topics import COHORT_RE, DEVICE_ID_RE, PROFILE_RE, Topics
 log = logging.getLogger(__name__)
 
 ENV_PREFIX = "EDGEMART_"
-CREDENTIAL_ENV = {
-    "EDGEMART_MQTT_USERNAME": "mqtt_username",
-    "EDGEMART_MQTT_PASSWORD": "mqtt_password",
-    "EDGEMART_MQTT_PASSWORD_FILE": "mqtt_password_file",
-    "EDGEMART_MQTT_CA_FILE": "mqtt_ca_file",
-}
-"""Broker credentials from the environment, the same names for agent and gateway: agent
-keys of the environment layer (a clear password is taken from there only)."""
 AGENT_KEYS = frozenset(
     {
         "topic_root",
@@ -43,7 +38,6 @@ AGENT_KEYS = frozenset(
         "mqtt_tls",
     }
 )
-MAX_SECRET_BYTES = 4096
 
 Name = Annotated[str, StringConstraints(pattern=r"^[a-z0-9_.:-]{1,64}$")]
 
@@ -200,21 +194,11 @@ def _broker(url: str) -> broker_url.BrokerUrl:
 
 
 def read_secret(path: Path, field: str) -> str:
-    """A password file's content without its trailing newline (blocking: at start-up)."""
+    """A password file's content (`mqttlink.connect.read_secret`), errors naming the field."""
     try:
-        with path.open("rb") as handle:
-            raw = handle.read(MAX_SECRET_BYTES + 1)
-    except OSError as exc:
-        raise ConfigError(f"cannot read: {exc.strerror}", source=str(path), field=field) from exc
-    if len(raw) > MAX_SECRET_BYTES:
-        raise ConfigError("larger than a password can be", source=str(path), field=field)
-    try:
-        secret = raw.decode().rstrip("\r\n")
-    except UnicodeDecodeError as exc:
-        raise ConfigError("not UTF-8", source=str(path), field=field) from exc
-    if not secret:
-        raise ConfigError("the file is empty", source=str(path), field=field)
-    return secret
+        return connect.read_secret(path)
+    except CredentialError as exc:
+        raise ConfigError(exc.reason, source=str(path), field=field) from exc
 
 
 def _credentials(url: broker_url.BrokerUrl, agent_doc: Mapping[str, Any]) -> dict[str, Any]:
@@ -231,11 +215,7 @@ def _credentials(url: broker_url.BrokerUrl, agent_doc: Mapping[str, Any]) -> dic
     elif agent_doc.get("mqtt_password"):
         password = str(agent_doc["mqtt_password"])
     elif url.password is not None:
-        log.warning(
-            "the broker password is in the broker URL, visible in the process list;"
-            " prefer --mqtt-password-file or EDGEMART_MQTT_PASSWORD"
-        )
-        password = url.password
+        password = connect.password_from_url(url.password)  # warns: visible to `ps`
     username = username or url.username
     if username:
         out["mqtt_username"] = username

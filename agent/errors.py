@@ -79,3 +79,7 @@ class BatchTooLarge(AgentError):
         super().__init__(f"batch too large: {raw_bytes} bytes of JSON, {payload_bytes} on the wire")
         self.raw_bytes = raw_bytes
         self.payload_bytes = payload_bytes
+
+
+class NotStarted(AgentError):
+    """The agent's parts exist only once `async with Agent(...)` has entered."""

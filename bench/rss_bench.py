@@ -25,9 +25,10 @@ from simulators.faults import AgentProcess
 
 RATE = 100  # signals per second, in 10 requests of 10
 FLOOR = (
-    "import agent.daemon, agent.api, agent.uplink, agent.link, agent.store\n"
-    "from agent.memory import page_out_clean_file_pages, rss_bytes\n"
-    "from agent.scoring import load_default_model, warm\n"
+    "import agent.runtime.agent, agent.api.local, agent.link.uplink, agent.link.session\n"
+    "import agent.store.core\n"
+    "from agent.runtime.memory import page_out_clean_file_pages, rss_bytes\n"
+    "from agent.model.scoring import load_default_model, warm\n"
     "model = load_default_model()\n"
     "floor = rss_bytes()\n"
     "page_out_clean_file_pages()\n"

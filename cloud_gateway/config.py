@@ -21,6 +21,8 @@ from pydantic import (
 )
 
 from cloud_gateway.errors import ConfigError
+from mqttlink import connect
+from mqttlink.errors import CredentialError
 from protocol import broker_url, codec
 from protocol.topics import Topics
 
@@ -29,14 +31,6 @@ CLIENT_ID_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
 
 
 log = logging.getLogger(__name__)
-
-CREDENTIAL_ENV = (
-    "EDGEMART_MQTT_USERNAME",
-    "EDGEMART_MQTT_PASSWORD",
-    "EDGEMART_MQTT_PASSWORD_FILE",
-    "EDGEMART_MQTT_CA_FILE",
-)
-MAX_SECRET_BYTES = 4096
 
 
 def parse_broker_url(url: str) -> tuple[str, int]:
@@ -116,11 +110,7 @@ class GatewaySettings(BaseModel):
         out = {**data, "broker": parsed.redacted()}
         out.setdefault("mqtt_username", parsed.username)
         if parsed.password is not None and out.get("mqtt_password") is None:
-            log.warning(
-                "the broker password is in the broker URL, visible in the process list;"
-                " prefer --mqtt-password-file or EDGEMART_MQTT_PASSWORD"
-            )
-            out["mqtt_password"] = parsed.password
+            out["mqtt_password"] = connect.password_from_url(parsed.password)  # warns
         return out
 
     @field_validator("broker")
@@ -187,23 +177,11 @@ class GatewaySettings(BaseModel):
 
 
 def read_secret(path: Path) -> str:
-    """A password file's content without its trailing newline (blocking: at start-up)."""
+    """A password file's content (`mqttlink.connect.read_secret`), errors naming the field."""
     try:
-        with path.open("rb") as handle:
-            raw = handle.read(MAX_SECRET_BYTES + 1)
-    except OSError as exc:
-        raise ConfigError(
-            f"cannot read: {exc.strerror}", field="mqtt_password_file", source=str(path)
-        ) from exc
-    try:
-        secret = raw.decode().rstrip("\r\n")
-    except UnicodeDecodeError as exc:
-        raise ConfigError("not UTF-8", field="mqtt_password_file", source=str(path)) from exc
-    if not secret or len(raw) > MAX_SECRET_BYTES:
-        raise ConfigError(
-            "empty, or larger than a password can be", field="mqtt_password_file", source=str(path)
-        )
-    return secret
+        return connect.read_secret(path)
+    except CredentialError as exc:
+        raise ConfigError(exc.reason, field="mqtt_password_file", source=str(path)) from exc
 
 
 def mqtt_credentials(

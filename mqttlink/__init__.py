@@ -1,1 +1,1 @@
-"""The MQTT adapter both daemons share: session end, once-per-key logging."""
+"""The MQTT adapter both daemons share: client options, session, acked publish, reconnect, logs."""

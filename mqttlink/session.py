@@ -1,9 +1,9 @@
-"""What both ends need from an aiomqtt session beyond aiomqtt: knowing at once that it ended.
+"""Session end, known at once, and a publish that fails as soon as the session ends.
 
 aiomqtt (2.x) waits for a QoS 1 PUBACK until its timeout even after paho has seen the
 connection drop, so a publisher learns of a dead broker only seconds later. `publish_acked`
-fails as soon as the session ends instead; the message was not acknowledged, so the caller
-sends it again after reconnecting, as after any failed publish.
+fails as soon as the session ends instead (SessionEnded); the message was not acknowledged,
+so the caller sends it again after reconnecting, as after any failed publish.
 """
 
 from __future__ import annotations
@@ -13,11 +13,13 @@ from collections.abc import Callable
 
 import aiomqtt
 
+from mqttlink.errors import PublishFailed, SessionEnded
+
 
 def session_lost(client: aiomqtt.Client) -> asyncio.Future[None]:
     """aiomqtt's future that completes when the connected session ends. It is replaced on
     each connect: read it after `__aenter__`."""
-    return client._disconnected
+    return client._disconnected  # aiomqtt 2.x keeps it private; its MessagesIterator reads it
 
 
 def on_session_lost(client: aiomqtt.Client, callback: Callable[[], object] | None) -> None:
@@ -45,7 +47,7 @@ async def publish_acked(
     timeout: float | None = None,
 ) -> None:
     """`client.publish`, waiting for the PUBACK (QoS 1) or until the session ends, whichever
-    comes first; aiomqtt.MqttError in the second case, as on a timeout."""
+    comes first: SessionEnded in the second case, PublishFailed on a timeout or refusal."""
     sending = asyncio.ensure_future(
         client.publish(topic, payload, qos=qos, retain=retain, timeout=timeout)
     )
@@ -55,5 +57,8 @@ async def publish_acked(
         if not sending.done():
             sending.cancel()  # the session ended, or the caller was cancelled
     if not sending.done():
-        raise aiomqtt.MqttError(f"the MQTT session ended before the broker acknowledged {topic}")
-    sending.result()
+        raise SessionEnded(topic)
+    try:
+        sending.result()
+    except aiomqtt.MqttError as exc:
+        raise PublishFailed(topic, str(exc)) from exc

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The whole test suite on a fresh machine: Mosquitto, PostgreSQL's server binaries and
+# The whole test suite on a fresh machine: Mosquitto, PostgreSQL's server binaries, NATS and
 # chromium (apt-get when missing), a virtual
 # environment with the dev extras, then lint (ruff), types (mypy --strict), the generated
 # protocol reference check, and pytest. Arguments go to pytest.
@@ -20,6 +20,15 @@ if ! ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 && ! command -v postg
   [ "$(id -u)" = "0" ] || SUDO="sudo"
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends postgresql
+fi
+
+# The broker-cluster tier runs three private NATS nodes (MQTT + JetStream), and a subscribe
+# refusal is tested on one.
+if ! command -v nats-server >/dev/null 2>&1 && [ ! -x /usr/sbin/nats-server ]; then
+  SUDO=""
+  [ "$(id -u)" = "0" ] || SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends nats-server
 fi
 
 # The dashboard test drives Debian's chromium (Playwright with executable_path; no browser

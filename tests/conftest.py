@@ -1,4 +1,6 @@
-"""Shared fixtures: a real Mosquitto per test session on a free port, the embedded broker."""
+"""Shared fixtures and the tiers: a real Mosquitto per session on a free port, the embedded
+broker; `integration` marked by folder and by fixture; the fast tier guarded against brokers,
+subprocesses and blocking calls on the event loop."""
 
 from __future__ import annotations
 
@@ -6,14 +8,69 @@ import asyncio
 import gc
 import os
 import shutil
+import subprocess
 import sys
 import threading
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from simulators.brokers import EmbeddedBroker, MosquittoProcess
+from tests.support.blocking import no_blocking_calls_on_the_loop
+
+# Folders whose every test talks to a real broker or real processes.
+INTEGRATION_FOLDERS = ("e2e", "faults")
+# Fixtures that start a broker (and so everything built on them: `world`, `gateway`, ...).
+BROKER_FIXTURES = frozenset({"mosquitto", "own_mosquitto", "amqtt_broker"})
+TESTS = Path(__file__).parent
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark `integration` every test under tests/e2e and tests/faults, and every test that
+    asks (directly or through another fixture) for a broker fixture. Tests that spawn a
+    process are marked in their files; the fast tier's guard below fails those it missed."""
+    for item in items:
+        folder = Path(str(item.fspath)).relative_to(TESTS).parts[0]
+        fixtures = set(getattr(item, "fixturenames", ()))
+        if folder in INTEGRATION_FOLDERS or fixtures & BROKER_FIXTURES:
+            item.add_marker(pytest.mark.integration)
+
+
+class FastTierViolation(AssertionError):
+    """A test outside the `integration` marker started a broker or a process."""
+
+
+@pytest.fixture(autouse=True)
+def _fast_tier_guard(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The fast tier (`-m "not integration and not slow"`) starts no broker and no process:
+    in a test not marked `integration`, starting a subprocess (`subprocess.Popen`, and so
+    `subprocess.run` and asyncio's subprocesses) or one of our brokers fails the test.
+    Narrow on purpose: `os.fork`/`os.system` are not watched."""
+    if request.node.get_closest_marker("integration") is not None:
+        return
+
+    def refuse(*_args: Any, **_kwargs: Any) -> Any:
+        raise FastTierViolation(
+            f"{request.node.nodeid} starts a broker or a subprocess: mark it "
+            "`@pytest.mark.integration` (tests/conftest.py explains the tiers)"
+        )
+
+    monkeypatch.setattr(subprocess.Popen, "_execute_child", refuse)
+    monkeypatch.setattr(MosquittoProcess, "start", refuse)
+    monkeypatch.setattr(EmbeddedBroker, "__aenter__", refuse)
+
+
+@pytest.fixture(autouse=True)
+def _no_blocking_calls_on_the_loop(request: pytest.FixtureRequest) -> Iterator[None]:
+    """In the fast tier, a blocking call (sleep, file or socket I/O, SQLite) made on the
+    thread of a running event loop fails the test; see tests/support/blocking.py."""
+    if request.node.get_closest_marker("integration") is not None:
+        yield
+        return
+    with no_blocking_calls_on_the_loop():
+        yield
 
 
 @pytest.fixture(scope="session")

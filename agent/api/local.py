@@ -1,23 +1,26 @@
-"""The device-local HTTP API (aiohttp, loopback only): signals, offers, outcomes, consent."""
+"""The device-local HTTP API (aiohttp, loopback only): signals, offers, outcomes, consent.
+
+Built over an `agent.api.port.AgentPort` (what it needs of the agent), so it is testable
+in-process; domain errors become answers through `agent.api.errors`.
+"""
 
 from __future__ import annotations
 
 import json
 import logging
 import re
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from aiohttp import web
 
-from agent.errors import InvalidInput, QuotaExceeded, StoreError, TooLarge, UnknownOffer
+from agent.api.errors import answer
+from agent.api.port import AgentPort
+from agent.errors import AgentError, InvalidInput, StoreError, TooLarge
 from agent.intake.consent import parse_purposes
 from agent.intake.validate import parse_outcome, parse_signals
-from agent.offers.claims import NotClaimable, claim_json
+from agent.offers.claims import claim_json
 from mqttlink.logs import OnceLogger
 from protocol.ids import format_time
-
-if TYPE_CHECKING:
-    from agent.runtime.agent import Agent
 
 log = logging.getLogger(__name__)
 HOST = "127.0.0.1"
@@ -27,7 +30,7 @@ MAX_LIMIT = 50
 class LocalApi:
     """Serves one agent on loopback; `port` is the bound port once started."""
 
-    def __init__(self, agent: Agent, port: int) -> None:
+    def __init__(self, agent: AgentPort, port: int = 0) -> None:
         self._agent = agent
         self._requested_port = port
         self.port: int | None = None
@@ -44,6 +47,7 @@ class LocalApi:
                 web.put("/v1/consent", self.put_consent),
                 web.get("/v1/status", self.get_status),
                 web.get("/healthz", self.healthz),
+                web.get("/readyz", self.readyz),
                 web.get("/metrics", self.metrics),
                 web.post("/v1/claims", self.post_claim),
                 web.get("/v1/claims/{claim_id}", self.get_claim),
@@ -103,19 +107,15 @@ class LocalApi:
         try:
             response: web.Response = await handler(request)
             return response
-        except TooLarge as exc:
-            return self._reject(413, [{"loc": "(body)", "msg": str(exc)}])
-        except InvalidInput as exc:
-            return self._reject(400, exc.errors)
-        except UnknownOffer as exc:
-            return self._reject(404, [{"loc": "offer_id", "msg": str(exc)}])
-        except NotClaimable as exc:
-            return self._reject(409, [{"loc": "offer_id", "msg": str(exc)}])
-        except QuotaExceeded as exc:
-            return self._reject(503, [{"loc": "(outbox)", "msg": str(exc)}])
-        except StoreError as exc:
-            log.error("store failure serving %s: %s", request.path, exc)  # noqa: TRY400
-            return web.json_response({"errors": [{"loc": "(store)", "msg": str(exc)}]}, status=500)
+        except AgentError as exc:
+            known = answer(exc)
+            if known is None:
+                raise
+            status, errors = known
+            if isinstance(exc, StoreError):
+                log.error("store failure serving %s: %s", request.path, exc)  # noqa: TRY400
+                return web.json_response({"errors": errors}, status=status)
+            return self._reject(status, errors)
 
     # ------------------------------------------------------------ routes
 
@@ -191,6 +191,11 @@ class LocalApi:
     async def healthz(self, request: web.Request) -> web.Response:
         return web.json_response({"ok": True, "link": self._agent.status()["link"]})
 
+    async def readyz(self, request: web.Request) -> web.Response:
+        """Ready: the broker link is up, the store answers, every owned loop runs (503 if not)."""
+        ready = await self._agent.readiness()
+        return web.json_response(ready, status=200 if ready["ready"] else 503)
+
     async def metrics(self, request: web.Request) -> web.Response:
         body = self._agent.metrics.render()
         return web.Response(body=body, headers={"Content-Type": "text/plain; version=0.0.4"})
@@ -211,8 +216,7 @@ class LocalApi:
     async def get_claim(self, request: web.Request) -> web.Response:
         async def handle(req: web.Request) -> web.Response:
             claim_id = req.match_info["claim_id"]
-            claims = self._agent.claims
-            row = await claims.get(claim_id) if claims is not None and len(claim_id) <= 64 else None
+            row = await self._agent.get_claim(claim_id) if len(claim_id) <= 64 else None
             if row is None:
                 return self._reject(404, [{"loc": "claim_id", "msg": f"no claim {claim_id!r}"}])
             return web.json_response(claim_json(row))

@@ -67,7 +67,7 @@ async def attribute(
 ) -> Exposure | None:
     """The exposure a conversion of `campaign_id` at `now` is attributed to, if any."""
     for kind, seconds in windows(policy):
-        row = await store.latest_exposure(campaign_id, kind, now - seconds)
+        row = await store.call(store.decisions.latest_exposure, campaign_id, kind, now - seconds)
         if row is not None:
             return Exposure.from_row(row)
     return None

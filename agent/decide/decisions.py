@@ -17,7 +17,8 @@ from agent.errors import ScoringError
 from agent.features.windows import UserContext
 from agent.model.scoring import Model
 from agent.runtime.metrics import Metrics
-from agent.store.core import NewOutcome, Store
+from agent.store.core import Store
+from agent.store.rows import NewOutcome
 from protocol.envelopes import Offer
 from protocol.ids import format_time, new_id
 
@@ -262,7 +263,8 @@ class Decisions:
         if kind == "impression":
             self.caps.add(offer.id, offer.campaign_id, surface, self.local_day(now))
             cap_rows = self.caps.rows(offer.id, offer.campaign_id, surface)
-        await self._store.record_decision_outcome(
+        await self._store.call(
+            self._store.decisions.record_outcome,
             outcome,
             features=features,
             counterfactual=counterfactual,

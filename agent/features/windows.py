@@ -396,6 +396,13 @@ class FeatureWindows:
                 windows._evict(key, None)
         return windows
 
+    def reset(self, rows: Iterable[Row] = ()) -> None:
+        """Become what `load(rows)` would build, in place: every holder of these windows
+        (intake, decisions) sees the change without being handed a new object."""
+        fresh = type(self).load(rows, max_keys=self._max_keys)
+        for name in self.__slots__:
+            setattr(self, name, getattr(fresh, name))
+
     def dump(self) -> list[Row]:
         """The whole state as rows, sorted; `load(w.dump())` equals `w` (use it to compact)."""
         rows: list[Row] = []

@@ -61,3 +61,32 @@ def parse_purposes(obj: object, *, loc_prefix: str = "") -> dict[str, bool]:
         if loc_prefix:
             errors = [{"loc": f"{loc_prefix}.{e['loc']}", "msg": e["msg"]} for e in errors]
         raise InvalidInput(errors) from exc
+
+
+class ConsentBox:
+    """The user's current consent, one holder every part reads (`state`) and the intake
+    path rebinds (`set`): never a copy that goes stale."""
+
+    __slots__ = ("state",)
+
+    def __init__(self, state: ConsentState) -> None:
+        self.state = state
+
+    def get(self) -> ConsentState:
+        return self.state
+
+    def set(self, state: ConsentState) -> None:
+        self.state = state
+
+    def restore(self, purpose: str, granted: bool, version: int, at: str) -> None:
+        """Apply one stored row (start-up): the purpose's value, the newest version."""
+        values = self.state.purposes()
+        if purpose in values:
+            values[purpose] = granted
+        self.state = ConsentState(
+            values["analytics"],
+            values["personalization"],
+            values["marketing"],
+            max(version, self.state.version),
+            at,
+        )

@@ -12,7 +12,7 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationErro
 
 from agent.config import Profile
 from agent.errors import InvalidInput, TooLarge
-from agent.store.core import NewSignal
+from agent.store.rows import NewSignal
 from protocol.codec import field_errors
 from protocol.envelopes import Attrs, Id, Name, OutcomeKind
 from protocol.ids import format_time, new_ids, utcnow

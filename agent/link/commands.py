@@ -73,8 +73,10 @@ class Commands:
         )
         if command is None:
             return False
-        if await self._store.seen(command.id):
-            await self._store.add_receipt(command.id)  # confirm again, apply nothing
+        if await self._store.call(self._store.offers.seen, command.id):
+            await self._store.call(
+                self._store.offers.add_receipt, command.id
+            )  # confirm again, apply nothing
             self._metrics.inc("commands_duplicate")
             return True
         if command.kind != "forget":
@@ -83,7 +85,7 @@ class Commands:
                 "unsupported", "command %s of kind %s ignored", command.id, command.kind
             )
             return False
-        removed = await self._store.forget(command.id)
+        removed = await self._store.call(self._store.erasure.forget, command.id)
         self._metrics.inc("commands_applied")
         self._metrics.inc("forgets")
         log.info("forget %s: device data erased (%s)", command.id, removed)

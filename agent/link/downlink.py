@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 from typing import TypeVar
 
 from agent.runtime.metrics import Metrics
+from mqttlink.logs import OnceLogger
 from protocol.envelopes import ClaimResult, Command
 from protocol.errors import ProtocolError
 from protocol.signing import Verifier, decode_signed
@@ -33,7 +34,7 @@ class UnknownFields:
 
     def __init__(self, metrics: Metrics) -> None:
         self._metrics = metrics
-        self._logged: set[str] = set()  # message type names: a fixed, small set
+        self._logged = OnceLogger(log, level=logging.INFO, again=None, suffix="")
         metrics.counters.setdefault(COUNTER, 0)
 
     def note(self, message: str, paths: Sequence[str]) -> None:
@@ -41,11 +42,9 @@ class UnknownFields:
         if not paths:
             return
         self._metrics.inc(COUNTER, len(paths))
-        if message in self._logged:
-            return
-        self._logged.add(message)
         more = f" and {len(paths) - SHOWN} more" if len(paths) > SHOWN else ""
-        log.info(
+        self._logged.log(
+            message,
             "%s carries fields this agent does not know, ignored: %s%s (a newer gateway; "
             "counted in %s, not logged again)",
             message,

@@ -1,21 +1,28 @@
-"""The MQTT link: persistent session, birth and will, subscriptions, reconnect state machine."""
+"""The agent's MQTT link: persistent session, birth and will, subscriptions, downlink dispatch.
+
+The reconnect state machine, the client, backoff and acked publish are `mqttlink`'s; what is
+the agent's own is here: a persistent session under the device id, a retained birth on its
+`state` topic (and a retained offline will), QoS 1 subscriptions, and downlink messages
+turned into `Incoming` for the router.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import random
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any
-
-import aiomqtt
 
 from agent.config import AgentSettings
 from agent.errors import LinkDown
 from agent.runtime.metrics import Metrics
-from mqttlink.session import on_session_lost, publish_acked
+from mqttlink import reconnect
+from mqttlink.backoff import Backoff
+from mqttlink.connect import ClientOptions, Credentials, Will
+from mqttlink.connection import Connection, Message
+from mqttlink.errors import MqttLinkError
+from mqttlink.reconnect import Reconnector
 from protocol import codec
 from protocol.envelopes import State
 from protocol.ids import utcnow
@@ -24,9 +31,17 @@ log = logging.getLogger(__name__)
 
 
 class LinkState(StrEnum):
+    """The link as the agent's status reports it."""
+
     OFFLINE = "offline"
     CONNECTING = "connecting"
     CONNECTED = "connected"
+
+
+_SHOWN = {
+    reconnect.LinkState.CONNECTING: LinkState.CONNECTING,
+    reconnect.LinkState.CONNECTED: LinkState.CONNECTED,
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,32 +55,12 @@ class Incoming:
     retained: bool
 
 
-@dataclass(slots=True)
-class Backoff:
-    """Capped exponential backoff with jitter: each delay is uniform in [base/2, base]."""
-
-    initial: float = 0.5
-    cap: float = 30.0
-    factor: float = 2.0
-    attempt: int = 0
-    rng: random.Random = field(default_factory=random.Random)
-
-    def next_delay(self) -> float:
-        base = min(self.cap, self.initial * self.factor**self.attempt)
-        self.attempt += 1
-        return self.rng.uniform(base / 2, base)
-
-    def reset(self) -> None:
-        self.attempt = 0
-
-
 Handler = Callable[[Incoming], Awaitable[None]]
 
 
 class Link:
     """Keeps one persistent MQTT session up and turns its messages into `Incoming`.
 
-    States: offline -> connecting -> connected -> (error) offline -> wait backoff -> ...
     On every connect: retained birth on `state`, QoS 1 subscriptions, `on_connected()`.
     """
 
@@ -85,10 +80,19 @@ class Link:
         self._on_message = on_message
         self._on_connected = on_connected
         self._metrics = metrics
-        self.backoff = backoff or Backoff()
-        self.state = LinkState.OFFLINE
-        self.connected = asyncio.Event()
-        self._client: aiomqtt.Client | None = None
+        self.machine = Reconnector(
+            self._connection,
+            setup=self._setup,
+            serve=self._serve,
+            backoff=backoff or Backoff(initial=0.5, cap=30.0),
+            on_up=self._up,
+            on_down=self._down,
+        )
+        self.connected = self.machine.connected
+
+    @property
+    def state(self) -> LinkState:
+        return _SHOWN.get(self.machine.state, LinkState.OFFLINE)
 
     def filters(self) -> list[str]:
         device = self.settings.device_id
@@ -100,80 +104,63 @@ class Link:
             self.topics.keys(),
         ]
 
-    def _offline_state(self) -> bytes:
-        return codec.encode(State(device_id=self.settings.device_id, status="offline"))
+    def options(self) -> ClientOptions:
+        s = self.settings
+        offline = codec.encode(State(device_id=s.device_id, status="offline"))
+        return ClientOptions(
+            host=s.broker_host,
+            port=s.broker_port,
+            client_id=s.device_id,
+            credentials=Credentials.of(
+                s.mqtt_username, s.mqtt_password, tls=s.mqtt_tls, ca_file=s.mqtt_ca_file
+            ),
+            clean_start=False,
+            will=Will(self.topics.state(s.device_id), offline, qos=1, retain=True),
+            keepalive=s.mqtt_keepalive_s,
+            timeout=10.0,
+            max_queued_incoming=10_000,
+        )
+
+    def _connection(self) -> Connection:
+        return Connection(self.options())
 
     async def run(self) -> None:
         """Connect, serve, reconnect; forever until cancelled."""
-        while True:
-            self.state = LinkState.CONNECTING
-            try:
-                await self._session()
-            except aiomqtt.MqttError as exc:
-                _reraise_if_cancelling()
-                self._metrics.inc("link_failures")
-                log.info("link to %s down: %s", self.settings.broker_host, exc)
-            finally:
-                self._client = None
-                self.connected.clear()
-                self.state = LinkState.OFFLINE
-            delay = self.backoff.next_delay()
-            log.debug("reconnecting in %.2f s", delay)
-            await asyncio.sleep(delay)
+        await self.machine.run()
 
-    async def _session(self) -> None:
-        settings = self.settings
-        will = aiomqtt.Will(
-            self.topics.state(settings.device_id), self._offline_state(), qos=1, retain=True
+    async def _setup(self, conn: Connection) -> None:
+        await conn.publish(
+            self.topics.state(self.settings.device_id),
+            codec.encode(self._birth()),
+            qos=1,
+            retain=True,
         )
-        client = aiomqtt.Client(
-            settings.broker_host,
-            settings.broker_port,
-            identifier=settings.device_id,
-            clean_session=False,
-            will=will,
-            protocol=aiomqtt.ProtocolVersion.V311,
-            keepalive=settings.mqtt_keepalive_s,
-            timeout=10.0,
-            max_queued_incoming_messages=10_000,
-            **mqtt_auth(settings),
+        for topic in self.filters():
+            await conn.subscribe(topic, qos=1)
+
+    def _up(self, conn: Connection) -> None:
+        self._metrics.inc("link_connects")
+        log.info(
+            "link up: %s:%d as %s",
+            self.settings.broker_host,
+            self.settings.broker_port,
+            self.settings.device_id,
         )
-        on_session_lost(client, None)  # a failed connect: its error is read, not logged
-        async with client:
-            await publish_acked(
-                client,
-                self.topics.state(settings.device_id),
-                codec.encode(self._birth()),
-                qos=1,
-                retain=True,
-            )
-            for topic in self.filters():
-                await client.subscribe(topic, qos=1)
-            self._client = client
-            self.state = LinkState.CONNECTED
-            self.connected.set()
-            on_session_lost(client, self._lost)  # down at once, not when a reader next looks
-            self.backoff.reset()
-            self._metrics.inc("link_connects")
-            log.info(
-                "link up: %s:%d as %s",
-                settings.broker_host,
-                settings.broker_port,
-                settings.device_id,
-            )
-            self._on_connected()
-            async for message in client.messages:
-                await self._dispatch(message)
+        self._on_connected()
 
-    def _lost(self) -> None:
-        self.connected.clear()
-        self.state = LinkState.OFFLINE
+    def _down(self, error: MqttLinkError, delay: float) -> None:
+        self._metrics.inc("link_failures")
+        log.info("link to %s down: %s", self.settings.broker_host, error)
+        log.debug("reconnecting in %.2f s", delay)
 
-    async def _dispatch(self, message: aiomqtt.Message) -> None:
-        topic = message.topic.value
+    async def _serve(self, conn: Connection) -> None:
+        async for message in conn.messages():
+            await self._dispatch(message)
+
+    async def _dispatch(self, message: Message) -> None:
+        topic = message.topic
         parsed = self.topics.parse_downlink(topic)
-        payload = message.payload
-        if parsed is None or not isinstance(payload, bytes | bytearray):
+        if parsed is None:
             self._metrics.inc("messages_bad")
             log.debug("ignoring message on %s", topic)
             return
@@ -181,7 +168,7 @@ class Link:
         if kind in ("ack", "offers", "claim", "cmd") and subject != self.settings.device_id:
             self._metrics.inc("messages_bad")
             return
-        incoming = Incoming(kind, subject, topic, bytes(payload), bool(message.retain))
+        incoming = Incoming(kind, subject, topic, message.payload, message.retained)
         try:
             await self._on_message(incoming)
         except asyncio.CancelledError:
@@ -201,12 +188,12 @@ class Link:
         timeout: float = 10.0,  # passed to aiomqtt, which bounds the PUBACK wait
     ) -> None:
         """Publish and wait for the broker's PUBACK; LinkDown when not connected or failed."""
-        client = self._client
-        if client is None or self.state is not LinkState.CONNECTED:
+        conn = self.machine.connection
+        if conn is None or self.state is not LinkState.CONNECTED:
             raise LinkDown("not connected")
         try:
-            await publish_acked(client, topic, payload, qos=qos, retain=retain, timeout=timeout)
-        except aiomqtt.MqttError as exc:
+            await conn.publish(topic, payload, qos=qos, retain=retain, timeout=timeout)
+        except MqttLinkError as exc:
             raise LinkDown(f"publish to {topic} failed: {exc}") from exc
 
     async def say_goodbye(self) -> None:
@@ -222,27 +209,3 @@ class Link:
             )
         except LinkDown as exc:
             log.debug("no goodbye: %s", exc)
-
-
-def mqtt_auth(settings: AgentSettings) -> dict[str, Any]:
-    """aiomqtt's username, password and TLS arguments for the device's own credentials."""
-    password = settings.mqtt_password
-    tls = None
-    if settings.mqtt_tls:
-        ca = str(settings.mqtt_ca_file) if settings.mqtt_ca_file is not None else None
-        tls = aiomqtt.TLSParameters(ca_certs=ca)
-    return {
-        "username": settings.mqtt_username,
-        "password": password.get_secret_value() if password is not None else None,
-        "tls_params": tls,
-    }
-
-
-def _reraise_if_cancelling() -> None:
-    """aiomqtt's `__aexit__` waits for the broker's goodbye and, when that times out, raises
-    MqttError in place of the CancelledError that started the exit. A reconnect loop that
-    caught it would run on after its task was cancelled (seen as a hang at shutdown), so a
-    task being cancelled stops here instead."""
-    task = asyncio.current_task()
-    if task is not None and task.cancelling():
-        raise asyncio.CancelledError

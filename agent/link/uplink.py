@@ -19,7 +19,7 @@ from agent.config import AgentSettings
 from agent.errors import BatchTooLarge, LinkDown
 from agent.intake.consent import ConsentState
 from agent.link.downlink import UnknownFields
-from agent.link.session import Link
+from agent.link.transport import Transport
 from agent.runtime.metrics import Metrics
 from agent.store.batches import StoredBatch
 from agent.store.core import Store
@@ -62,7 +62,7 @@ class Uplink:
         self,
         settings: AgentSettings,
         store: Store,
-        link: Link,
+        link: Transport,
         metrics: Metrics,
         *,
         consent: Callable[[], ConsentState],
@@ -94,7 +94,11 @@ class Uplink:
 
     def used_today(self) -> int:
         """Bytes published today (resends included), as persisted by the store."""
-        return self._store.budget_bytes if self._store.budget_day == self.today() else 0
+        return (
+            self._store.counters.budget_bytes
+            if self._store.counters.budget_day == self.today()
+            else 0
+        )
 
     def degraded(self) -> bool:
         """Raw mode over its share of the daily byte budget: aggregates for the rest of it."""
@@ -126,7 +130,7 @@ class Uplink:
 
     async def start(self) -> None:
         """Batches stored by an earlier run are in flight again: resent on the next connect."""
-        for batch in await self._store.batches():
+        for batch in await self._store.call(self._store.batches.stored):
             self._in_flight[batch.seq] = None
 
     def poke(self, *, flush: bool = False) -> None:
@@ -169,7 +173,9 @@ class Uplink:
             return
         try:
             if self.degraded() and analytics:
-                folded = await self._store.fold_pending(self.cfg.aggregate_window_s)
+                folded = await self._store.call(
+                    self._store.outbox.fold_pending, self.cfg.aggregate_window_s
+                )
                 if folded:
                     self._metrics.inc("signals_folded", folded)
             await self._resend_due()
@@ -182,7 +188,7 @@ class Uplink:
                     break
                 await self._send(batch.seq, batch.payload, resend=False)
             if self._flush:
-                pending = await self._store.pending()
+                pending = await self._store.call(self._store.outbox.pending)
                 if not (pending.signals or pending.outcomes or pending.receipts):
                     self._flush = False
         except LinkDown as exc:
@@ -197,7 +203,7 @@ class Uplink:
         ]
         if not due:
             return
-        stored = {b.seq: b for b in await self._store.batches()}
+        stored = {b.seq: b for b in await self._store.call(self._store.batches.stored)}
         for seq in due:
             batch = stored.get(seq)
             if batch is None:  # acked meanwhile
@@ -206,7 +212,7 @@ class Uplink:
             await self._send(seq, batch.payload, resend=True, attempts=batch.attempts)
 
     async def _maybe_cut(self, analytics: bool) -> StoredBatch | None:
-        pending = await self._store.pending()
+        pending = await self._store.call(self._store.outbox.pending)
         data = pending.signals + pending.outcomes + pending.aggregates if analytics else 0
         if data == 0 and pending.receipts == 0:
             return None
@@ -215,7 +221,8 @@ class Uplink:
         data_due = data > 0 and (full or age >= self.cfg.batch_max_age_s or self._flush)
         if not data_due and pending.receipts == 0:
             return None
-        return await self._store.cut_batch(
+        return await self._store.call(
+            self._store.batches.cut,
             max_signals=self.cfg.batch_max_signals,
             max_outcomes=MAX_OUTCOMES_PER_BATCH,
             max_receipts=MAX_RECEIPTS_PER_BATCH,
@@ -263,7 +270,7 @@ class Uplink:
         if seq not in self._in_flight:  # acked while we waited for the PUBACK
             return
         self._in_flight[seq] = time.monotonic()
-        await self._store.mark_sent(seq, len(payload), self.today())
+        await self._store.call(self._store.batches.mark_sent, seq, len(payload), self.today())
         self._metrics.inc("uplink_bytes", len(payload))
         if resend and attempts > 0:
             self._metrics.inc("batches_resent")
@@ -285,7 +292,7 @@ class Uplink:
             # For a batch of this device's wiped predecessor: its seqs are not ours.
             self._metrics.inc("acks_other_outbox", len(ack.acks))
             return
-        result = await self._store.ack(ack.acks)
+        result = await self._store.call(self._store.batches.ack, ack.acks)
         for seq in result.seqs:
             self._in_flight.pop(seq, None)
         self._metrics.inc("batches_acked", len(result.seqs))

@@ -83,7 +83,7 @@ class OfferBook:
         self._catalog: Catalog | None = None
 
     async def load(self) -> None:
-        for source, bundle_id, body in await self._store.load_offers():
+        for source, bundle_id, body in await self._store.call(self._store.offers.load):
             try:
                 # stored by this agent; tolerant all the same, for a downgraded agent
                 offer = Offer.model_validate_json(body, extra="ignore")
@@ -175,17 +175,19 @@ class OfferBook:
         else:
             source = DEVICE_SOURCE
         current = self._bundle_of.get(source) == bundle.id
-        if source == DEVICE_SOURCE and (current or await self._store.seen(bundle.id)):
+        if source == DEVICE_SOURCE and (
+            current or await self._store.call(self._store.offers.seen, bundle.id)
+        ):
             # The gateway re-sends device bundles until it sees our receipt: confirm again,
             # apply nothing (an old bundle could undo a later revocation).
-            await self._store.add_receipt(bundle.id)
+            await self._store.call(self._store.offers.add_receipt, bundle.id)
             self._metrics.inc("bundles_duplicate")
             return Verdict("duplicate", bundle.id, len(bundle.offers))
         if current:
             # The broker hands a retained cohort catalog out again on every (re)connect.
             self._metrics.inc("bundles_duplicate")
             return Verdict("duplicate", bundle.id, len(bundle.offers))
-        if await self._store.seen(bundle.id):
+        if await self._store.call(self._store.offers.seen, bundle.id):
             return self._refuse("replay", "bundle id already seen", bundle.id, count)
         await self._apply(source, bundle)
         self._metrics.inc("bundles_verified")
@@ -202,7 +204,8 @@ class OfferBook:
     async def _apply(self, source: str, bundle: OfferBundle) -> None:
         replace = source != DEVICE_SOURCE
         bodies = [(o.id, json.dumps(o.model_dump(mode="json"))) for o in bundle.offers]
-        await self._store.apply_bundle(
+        await self._store.call(
+            self._store.offers.apply_bundle,
             source=source,
             bundle_id=bundle.id,
             offers=bodies,

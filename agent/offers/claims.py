@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -19,7 +18,7 @@ from typing import Any
 from agent.config import AgentSettings
 from agent.errors import AgentError, LinkDown, UnknownOffer
 from agent.link.downlink import UnknownFields, read_addressed
-from agent.link.session import Link
+from agent.link.transport import Transport
 from agent.runtime.metrics import Metrics
 from agent.store.core import Store
 from mqttlink.logs import OnceLogger
@@ -77,7 +76,7 @@ class Claims:
         verifier: Verifier,
         metrics: Metrics,
         *,
-        link: Callable[[], Link | None],
+        link: Transport,
         offer: Callable[[str], Offer | None],
     ) -> None:
         self.settings = settings
@@ -96,7 +95,9 @@ class Claims:
         """Offers whose claim the gateway refused: the ranking stops offering them."""
 
     async def start(self) -> None:
-        self.refused = frozenset(c["offer_id"] for c in await self._store.claims("refused"))
+        self.refused = frozenset(
+            c["offer_id"] for c in await self._store.call(self._store.claims.all, "refused")
+        )
 
     async def claim(self, offer_id: str, now: datetime) -> tuple[dict[str, Any], bool]:
         """Start (or return the existing) claim of a held limited offer; True when new."""
@@ -105,7 +106,9 @@ class Claims:
             raise UnknownOffer(offer_id)
         if not offer.limited:
             raise NotClaimable(offer_id, "not a limited offer (no claim needed)")
-        row, created = await self._store.open_claim(new_id(), offer.id, offer.campaign_id)
+        row, created = await self._store.call(
+            self._store.claims.open, new_id(), offer.id, offer.campaign_id
+        )
         if not created:
             self._metrics.inc("claims_repeated")
             return row, False
@@ -119,7 +122,7 @@ class Claims:
         return row, True
 
     async def get(self, claim_id: str) -> dict[str, Any] | None:
-        return await self._store.get_claim(claim_id)
+        return await self._store.call(self._store.claims.get, claim_id)
 
     def on_connected(self) -> None:
         self._wake.set()
@@ -134,17 +137,15 @@ class Claims:
             except TimeoutError:
                 pass
             self._wake.clear()
-            for row in await self._store.claims("pending"):
-                if time.time() - float(row["updated"]) < interval / 2 and row["attempts"]:
+            for row in await self._store.call(self._store.claims.all, "pending"):
+                if self._store.clock() - float(row["updated"]) < interval / 2 and row["attempts"]:
                     continue  # just sent
                 if not await self._send(row):
                     break
                 self._metrics.inc("claims_resent")
 
     async def _send(self, row: dict[str, Any]) -> bool:
-        link = self._link()
-        if link is None:
-            return False
+        link = self._link
         request = ClaimRequest(
             id=row["id"],
             device_id=self.settings.device_id,
@@ -157,7 +158,7 @@ class Claims:
         except LinkDown as exc:
             log.debug("claim %s waits for the link: %s", row["id"], exc)
             return False
-        await self._store.claim_sent(row["id"])
+        await self._store.call(self._store.claims.sent, row["id"])
         return True
 
     def _bad(self, reason: str, detail: str) -> None:
@@ -177,11 +178,12 @@ class Claims:
         )
         if result is None:
             return False
-        stored = await self._store.get_claim(result.claim_id)
+        stored = await self._store.call(self._store.claims.get, result.claim_id)
         if stored is None or stored["offer_id"] != result.offer_id:
             self._bad("unknown_claim", f"no claim {result.claim_id!r} for {result.offer_id!r}")
             return False
-        applied = await self._store.answer_claim(
+        applied = await self._store.call(
+            self._store.claims.answer,
             result.claim_id,
             granted=result.granted,
             code=result.code,

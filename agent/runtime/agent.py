@@ -1,10 +1,6 @@
-"""The agent daemon: `Agent`, the one object that holds a device's parts (store, model,
-feature windows, offers, link, uplink, local API) and the seam apps, the local API and the
-simulators call; `run_agent`, the process around it.
-
-Its intake path (signals, consent) is `agent.intake.service`; its start-up, the callbacks the
-parts call back into and the background tasks are `agent.runtime.startup`.
-"""
+"""The agent daemon's public seam: `Agent`, what apps, the local API, the simulators and the
+tests call, thin over the `Parts` the composition root (`agent.runtime.build`) makes; and
+`run_agent`, the process around it."""
 
 from __future__ import annotations
 
@@ -22,25 +18,24 @@ from typing import Any
 from agent.api.local import LocalApi
 from agent.config import AgentSettings
 from agent.decide.decisions import Decisions
-from agent.decide.policy import CapCounts, CapLimits, QuietWindow
+from agent.decide.policy import CapCounts, QuietWindow
 from agent.decide.ranking import Consent, Decision, RankedOffer
-from agent.errors import ModelRejected, ScoringError, UnknownOffer
+from agent.errors import AgentError, ModelRejected, NotStarted, UnknownOffer
 from agent.features.windows import FeatureWindows
 from agent.intake.consent import ConsentState
-from agent.intake.service import SignalIntake
-from agent.intake.validate import parse_outcome
-from agent.link.commands import Commands
+from agent.intake.validate import SignalIn, parse_outcome
 from agent.link.session import Link, LinkState
+from agent.link.transport import Transport, TransportFactory
 from agent.link.uplink import Uplink
 from agent.model.scoring import Model, load_model
 from agent.model.update import ModelUpdater
 from agent.offers.book import OfferBook
 from agent.offers.claims import Claims
-from agent.runtime.memory import MemoryBudget, sqlite_cache_kib
+from agent.runtime.build import build, start_loops
+from agent.runtime.memory import MemoryBudget
 from agent.runtime.metrics import Metrics
-from agent.runtime.startup import Startup
-from agent.runtime.status import accounting_of, gauges_of, status_of
-from agent.runtime.tasks import cancel_and_wait
+from agent.runtime.parts import Parts
+from agent.runtime.status import accounting_of, status_of
 from agent.store.core import Store
 from protocol.ids import utcnow
 
@@ -49,11 +44,11 @@ log = logging.getLogger(__name__)
 SHUTDOWN_FLUSH_S = 2.0
 
 
-class Agent(SignalIntake, Startup):
+class Agent:
     """One device's agent. `async with Agent(settings) as agent:` runs it; exit shuts down.
 
     Graceful exit: the local API stops taking requests, waiting data is flushed to the
-    gateway (bounded wait for acks), the retained state goes `offline`, tasks are cancelled,
+    gateway (bounded wait for acks), the retained state goes `offline`, loops are cancelled,
     the store is closed. Anything not acknowledged stays in the outbox for the next run.
     """
 
@@ -63,83 +58,107 @@ class Agent(SignalIntake, Startup):
         *,
         clock: Callable[[], float] = time.time,
         owns_process: bool = False,
+        transport: TransportFactory = Link,
     ) -> None:
         """`owns_process`: this agent is the process (`edgemart agent run`), so the profile's
         memory budget judges the process's resident set; in a simulator or a test runner,
-        where one process holds many agents, the resident set is only reported."""
-        self.settings = settings
-        self.metrics = Metrics(gauges=self._gauges)
-        self.memory = MemoryBudget(settings.profile.budgets.memory_mb, shared=not owns_process)
-        self.store = Store(
-            settings.db_path,
-            durability=settings.profile.uplink.durability,
-            disk_quota=settings.profile.budgets.outbox_max_bytes,
-            cache_kib=sqlite_cache_kib(settings.profile.budgets.memory_mb),
-            outbox_full=settings.profile.budgets.outbox_full,
-            seen_ids_max=settings.seen_ids_max,
-            clock=clock,  # wall clock of the outbox (TTLs, windows, budget days); tests travel
-        )
-        defaults = settings.profile.consent
-        self.consent = ConsentState(
-            defaults.analytics, defaults.personalization, defaults.marketing
-        )
-        self.model: Model | None = None
-        self.previous_model: Model | None = None
-        """The last good model before the running one: where a run-time failure goes back to."""
-        self.windows = FeatureWindows()
-        self.offers: OfferBook | None = None
-        self.link: Link | None = None
-        self.uplink: Uplink | None = None
+        where one process holds many agents, the resident set is only reported.
+        `transport`: makes the broker link (`Link`; a test may pass one needing no broker)."""
+        self._settings = settings
+        self._clock = clock
+        self._owns_process = owns_process
+        self._transport = transport
+        self._parts: Parts | None = None
+        """Made on entry, kept after exit (counters, status and the model stay readable)."""
+        self._running = False
         self.api: LocalApi | None = None
-        self.model_updates: ModelUpdater | None = None
-        self._tasks: list[asyncio.Task[None]] = []
-        self._opened = False
-        self.last_model_error: str | None = None
-        self.decisions = Decisions(
-            settings,
-            self.store,
-            self.metrics,
-            on_outcome=self._outcome_stored,
-            on_model_failure=self._model_failed,
-        )
-        self.claims: Claims | None = None
-        self.commands: Commands | None = None
+        """The local API, when the settings give it a port (`settings.api_port`)."""
 
-    # ------------------------------------------------------------ public seam
+    # ------------------------------------------------------------ the parts
+
+    @property
+    def parts(self) -> Parts:
+        if self._parts is None:
+            raise NotStarted("the agent is not started")
+        return self._parts
+
+    @property
+    def settings(self) -> AgentSettings:
+        return self._parts.settings if self._parts is not None else self._settings
+
+    @property
+    def metrics(self) -> Metrics:
+        return self.parts.metrics
+
+    @property
+    def store(self) -> Store:
+        return self.parts.store
+
+    @property
+    def memory(self) -> MemoryBudget:
+        return self.parts.memory
+
+    @property
+    def link(self) -> Transport:
+        return self.parts.link
+
+    @property
+    def uplink(self) -> Uplink:
+        return self.parts.uplink
+
+    @property
+    def offers(self) -> OfferBook:
+        return self.parts.offers
+
+    @property
+    def claims(self) -> Claims:
+        return self.parts.claims
+
+    @property
+    def model_updates(self) -> ModelUpdater:
+        return self.parts.updates
+
+    @property
+    def decisions(self) -> Decisions:
+        return self.parts.decisions
+
+    @property
+    def windows(self) -> FeatureWindows:
+        return self.parts.windows
+
+    @property
+    def consent(self) -> ConsentState:
+        return self.parts.consent.state
+
+    @property
+    def model(self) -> Model | None:
+        return self.parts.slot.current
+
+    @property
+    def last_model_error(self) -> str | None:
+        return self.parts.slot.last_error
 
     @property
     def caps(self) -> CapCounts:
         """Today's impression counts the daily caps check (`agent.decide.decisions`)."""
-        return self.decisions.caps
-
-    @caps.setter
-    def caps(self, caps: CapCounts) -> None:
-        self.decisions.caps = caps
-
-    @property
-    def cap_limits(self) -> CapLimits:
-        return self.decisions.cap_limits
-
-    @cap_limits.setter
-    def cap_limits(self, limits: CapLimits) -> None:
-        self.decisions.cap_limits = limits
+        return self.parts.decisions.caps
 
     @property
     def quiet(self) -> tuple[QuietWindow, ...]:
         """The profile's quiet hours (offers held while one is on)."""
-        return self.decisions.quiet
+        return self.parts.decisions.quiet
 
     @quiet.setter
     def quiet(self, windows: tuple[QuietWindow, ...]) -> None:
-        self.decisions.quiet = windows
+        self.parts.decisions.quiet = windows
 
     @property
     def counters(self) -> dict[str, int]:
-        return self.metrics.counters
+        return self.parts.metrics.counters
 
     @property
     def decision_ms(self) -> deque[float]:
-        return self.metrics.decision_ms
+        return self.parts.metrics.decision_ms
 
     @property
     def api_port(self) -> int | None:
@@ -147,41 +166,54 @@ class Agent(SignalIntake, Startup):
 
     @property
     def model_version(self) -> int | None:
-        return self.model.version if self.model is not None else None
+        return self._parts.slot.version if self._parts is not None else None
 
     @property
     def link_state(self) -> str:
-        return str(self.link.state if self.link is not None else LinkState.OFFLINE)
+        return str(self._parts.link.state if self._parts is not None else LinkState.OFFLINE)
+
+    # ------------------------------------------------------------ use cases
+
+    async def accept_signals(self, signals: list[dict[str, Any]]) -> list[str]:
+        """Validate and store signals; their ids once COMMITTED (`agent.intake.service`)."""
+        return await self.parts.intake.accept_signals(signals)
+
+    async def accept_parsed(self, signals: list[SignalIn]) -> list[str]:
+        return await self.parts.intake.accept_parsed(signals)
+
+    async def set_consent(self, purposes: dict[str, bool]) -> ConsentState:
+        """Store the user's decision for all three purposes (versioned, timed)."""
+        return await self.parts.intake.set_consent(purposes)
 
     async def decide(self, surface: str, limit: int = 3, *, explain: bool = False) -> Decision:
         """One local ranking decision for `surface` (see `agent.decide.ranking.decide`)."""
+        parts = self.parts
         started = time.perf_counter()
         now = utcnow()
-        consent = Consent(
-            self.consent.analytics, self.consent.personalization, self.consent.marketing
-        )
-        profile = self.settings.profile
-        ctx = self.windows.context(now, profile.name, profile.timezone, consent.personalization)
-        decision = self.decisions.rank(
+        state = parts.consent.state
+        consent = Consent(state.analytics, state.personalization, state.marketing)
+        profile = parts.settings.profile
+        ctx = parts.windows.context(now, profile.name, profile.timezone, consent.personalization)
+        decision = parts.decisions.rank(
             surface,
             limit,
             now,
-            model=self.model,
-            catalog=self.offers.catalog() if self.offers is not None else None,
+            model=parts.slot.current,
+            catalog=parts.offers.catalog(),
             ctx=ctx,
             consent=consent,
-            refused=self.claims.refused if self.claims is not None else frozenset(),
+            refused=parts.claims.refused,
             explain=explain,
         )
-        self.metrics.inc("decisions")
-        self.metrics.observe_decision((time.perf_counter() - started) * 1000.0)
+        parts.metrics.inc("decisions")
+        parts.metrics.observe_decision((time.perf_counter() - started) * 1000.0)
         if decision.counterfactual:
-            await self.decisions.log_counterfactual(decision, surface, now)
+            await parts.decisions.log_counterfactual(decision, surface, now)
         return decision
 
     def local_day(self, now: datetime) -> int:
         """The device-local day (proleptic ordinal) daily caps count in."""
-        return self.decisions.local_day(now)
+        return self.parts.decisions.local_day(now)
 
     async def rank(self, surface: str, limit: int = 3) -> list[RankedOffer]:
         return (await self.decide(surface, limit)).ranked
@@ -199,74 +231,126 @@ class Agent(SignalIntake, Startup):
 
     async def record_outcome_detail(self, offer_id: str, kind: str, surface: str) -> dict[str, Any]:
         """`record_outcome`, answering `{"id", "attributed_to"?}` or `{"id": None, "reason"}`."""
+        parts = self.parts
         checked = parse_outcome({"offer_id": offer_id, "kind": kind, "surface": surface})
-        offer = self.offers.get(checked.offer_id) if self.offers is not None else None
+        offer = parts.offers.get(checked.offer_id)
         if offer is None:
             raise UnknownOffer(checked.offer_id)
-        return await self.decisions.record(
-            offer, checked.kind, checked.surface, utcnow(), model_version=self.model_version
+        return await parts.decisions.record(
+            offer, checked.kind, checked.surface, utcnow(), model_version=parts.slot.version
         )
 
     async def claim(self, offer_id: str) -> tuple[dict[str, Any], bool]:
         """Start (or return the one existing) claim of a held limited offer; True when new."""
-        if self.claims is None:
+        if self._parts is None:
             raise UnknownOffer(offer_id)
-        return await self.claims.claim(offer_id, utcnow())
+        return await self._parts.claims.claim(offer_id, utcnow())
+
+    async def get_claim(self, claim_id: str) -> dict[str, Any] | None:
+        return await self.parts.claims.get(claim_id)
 
     async def replace_model(self, onnx_path: Path, manifest: dict[str, Any]) -> bool:
         """Serve another model; one the agent cannot serve is refused (counted, logged with its
         reason) and the current one stays. True when swapped."""
+        parts = self.parts
         try:
             model = await asyncio.to_thread(load_model, onnx_path, manifest)
         except ModelRejected as exc:
-            self.metrics.inc("models_rejected")
-            self.last_model_error = exc.reason
-            log.warning("%s; keeping model v%s", exc, self.model_version)
+            parts.metrics.inc("models_rejected")
+            parts.slot.last_error = exc.reason
+            log.warning("%s; keeping model v%s", exc, parts.slot.version)
             return False
-        self.model = model
-        self.metrics.inc("models_loaded")
+        parts.slot.current = model
+        parts.metrics.inc("models_loaded")
         return True
 
+    def _swap_model(self, model: Model) -> None:
+        """What the updater does after a passed health check (`ModelSlot.swap`)."""
+        self.parts.slot.swap(model)
+
+    async def check_memory(self) -> bool:
+        """Sample the resident set against the budget and shed what can be shed when over."""
+        return await self.parts.memory_watch.check()
+
     def status(self) -> dict[str, Any]:
-        return status_of(self)
+        return status_of(self.parts)
 
     def accounting(self) -> dict[str, Any]:
         """Persisted totals for loss accounting (they survive crashes): signals dropped on
         purpose by reason, signals waiting in aggregates, and today's uplink bytes."""
-        return accounting_of(self)
+        return accounting_of(self.parts)
+
+    async def readiness(self) -> dict[str, Any]:
+        """Ready: the broker link is up, the store answers a query, every owned loop runs."""
+        parts = self.parts
+        link = parts.link.connected.is_set()
+        try:
+            store = await parts.store.call(parts.store.ping)
+        except AgentError:
+            store = False
+        down = parts.loops.down()
+        return {
+            "ready": link and store and not down,
+            "link": link,
+            "store": store,
+            "loops_down": down,
+        }
 
     async def wait_connected(self, timeout: float = 10.0) -> bool:
         """Wait until the MQTT link is up and subscribed; False on timeout."""
-        if self.link is None:
+        if self._parts is None:
             return False
         try:
             async with asyncio.timeout(timeout):
-                await self.link.connected.wait()
+                await self._parts.link.connected.wait()
         except TimeoutError:
             return False
         return True
 
     async def drain(self, timeout: float = 10.0) -> bool:  # the seam
         """Wait until every stored signal and outcome is acknowledged; False on timeout."""
+        parts = self.parts
         deadline = time.monotonic() + timeout
         while True:
-            if self.store.depth == 0:
+            if parts.store.depth == 0:
                 return True
             if time.monotonic() >= deadline:
                 return False
-            if self.uplink is not None:
-                self.uplink.poke(flush=True)
+            parts.uplink.poke(flush=True)
             await asyncio.sleep(0.05)
 
     # ------------------------------------------------------------ lifecycle
 
     async def __aenter__(self) -> Agent:
+        self._parts = await build(
+            self._settings,
+            clock=self._clock,
+            transport=self._transport,
+            owns_process=self._owns_process,
+        )
+        self._running = True
         try:
-            await self._start()
+            await self._start(self._parts)
         except BaseException:
             await self.close()
             raise
         return self
+
+    async def _start(self, parts: Parts) -> None:
+        start_loops(parts)
+        if parts.settings.api_port is not None:
+            self.api = LocalApi(self, parts.settings.api_port)
+            await self.api.start()
+        await parts.memory_watch.page_out()  # what only start-up touched
+        await parts.memory_watch.check()
+        parts.loops.start("memory", parts.memory_watch.run)
+        log.info(
+            "agent %s up (profile %s, model v%s, outbox %d)",
+            parts.settings.device_id,
+            parts.settings.profile.name,
+            parts.slot.version,
+            parts.store.depth,
+        )
 
     async def __aexit__(
         self,
@@ -279,44 +363,18 @@ class Agent(SignalIntake, Startup):
     async def close(self) -> None:
         if self.api is not None:
             await self.api.stop()
-        if self.link is not None and self.uplink is not None and self.link.connected.is_set():
-            if not await self.uplink.flush(SHUTDOWN_FLUSH_S):
-                log.info("shutting down with %d items unacknowledged", self.store.depth)
-            await self.link.say_goodbye()
-        if self.model_updates is not None:
-            await self.model_updates.close()
-        await cancel_and_wait(self._tasks)
-        self._tasks.clear()
-        if self._opened:
-            self._opened = False
-            await self.store.close()
-
-    # ------------------------------------------------------------ the running model
-
-    def _swap_model(self, model: Model) -> None:
-        """The updater's last step: later decisions use `model` (one reference assignment);
-        the one it replaces is kept as the last good model."""
-        if self.model is not None:
-            self.previous_model = self.model
-        self.model = model
-
-    def _model_failed(self, model: Model, error: ScoringError) -> Model | None:
-        """A model failed at run time (`Decisions.rank`): go back to the last good model,
-        remember and report the failure; the model to rank with now, or None (priority)."""
-        if model is not self.model:
-            return self.model  # already replaced meanwhile
-        good = self.previous_model
-        if good is not None and good.version == model.version:
-            good = None
-        self.model, self.previous_model = good, None
-        self.metrics.inc("models_rejected")
-        self.last_model_error = str(error)
-        if self.model_updates is not None:
-            self.model_updates.rolled_back(model, good, str(error))
-        return good
-
-    def _gauges(self) -> dict[str, float]:
-        return gauges_of(self)
+            self.api = None
+        parts = self._parts
+        if parts is None or not self._running:
+            return
+        self._running = False
+        if parts.link.connected.is_set():
+            if not await parts.uplink.flush(SHUTDOWN_FLUSH_S):
+                log.info("shutting down with %d items unacknowledged", parts.store.depth)
+            await parts.link.say_goodbye()
+        await parts.updates.close()
+        await parts.loops.close()
+        await parts.store.close()
 
 
 async def run_agent(settings: AgentSettings) -> None:

@@ -46,7 +46,7 @@ class Metrics:
         self.counters: Counter[str] = Counter(dict.fromkeys(COUNTERS, 0))
         self.decision_ms: deque[float] = deque(maxlen=10_000)
         self.registry = CollectorRegistry(auto_describe=False)
-        self._gauges = gauges or dict
+        self._gauges: list[Callable[[], dict[str, float]]] = [gauges] if gauges else []
         self.decision_seconds = Histogram(
             "edgemart_agent_decision_seconds",
             "Latency of one local ranking decision",
@@ -66,8 +66,15 @@ class Metrics:
         """The Prometheus text exposition of this agent's metrics."""
         return generate_latest(self.registry)
 
+    def add_gauges(self, source: Callable[[], dict[str, float]]) -> None:
+        """Register a source of gauges (sampled at each scrape)."""
+        self._gauges.append(source)
+
     def gauges(self) -> dict[str, float]:
-        return self._gauges()
+        out: dict[str, float] = {}
+        for source in self._gauges:
+            out.update(source())
+        return out
 
 
 class _CounterCollector(Collector):

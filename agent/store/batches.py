@@ -1,23 +1,19 @@
-"""The store's batch lifecycle: cut the next batch (persisted seq, drain order, size bounds),
-list what waits for an ack, mark sends against the byte budget, delete on ack.
-
-Mixed into `agent.store.core.Store`, whose dedicated thread, transactions and counters it uses.
-"""
+"""The batches table: cut the next batch (persisted seq, drain order, size bounds), list
+what waits for an ack, mark sends against the byte budget, delete on ack. Synchronous; runs on
+the store thread (`agent.store.thread`)."""
 
 from __future__ import annotations
 
 import json
-import sqlite3
-import time
 from collections.abc import Callable, Iterable, Sequence
-from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any
 
 from agent.errors import BatchTooLarge, StoreError
-from agent.store import outbox
-
-T = TypeVar("T")
+from agent.store import outbox_sql
+from agent.store.decisions import add_outcome_extras
+from agent.store.rows import Counters
+from agent.store.thread import StoreThread
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,30 +53,15 @@ def _within_bytes(rows: Iterable[tuple[str, str, str, str]], limit: int) -> list
     return out
 
 
-class BatchRows:
-    """Batches of the outbox; `Store` provides the thread, the connection and the counters."""
+class Batches:
+    """Batches of the outbox; keeps `counters` (bytes, rows, budget) as it commits."""
 
-    if TYPE_CHECKING:
-        clock: Callable[[], float]
-        outbox_bytes: int
-        signal_rows: int
-        outcome_rows: int
-        aggregate_unacked: int
-        budget_day: str
-        budget_bytes: int
-        drops: dict[str, int]
+    def __init__(self, thread: StoreThread, counters: Counters, clock: Callable[[], float]) -> None:
+        self._thread = thread
+        self._counters = counters
+        self._clock = clock
 
-        async def _run(self, fn: Callable[..., T], *args: Any) -> T: ...
-
-        def _conn(self) -> sqlite3.Connection: ...
-
-        def _tx(self) -> AbstractContextManager[sqlite3.Connection]: ...
-
-        def _issue4_outcome_extras(
-            self, tx: sqlite3.Connection, outcomes: list[dict[str, Any]]
-        ) -> None: ...
-
-    async def cut_batch(
+    def cut(
         self,
         *,
         max_signals: int,
@@ -95,19 +76,7 @@ class BatchRows:
         and the seq was not consumed. `build(seq, signals, outcomes, receipts)` makes the
         payload bytes; it is pure and runs on the store thread. None when nothing waits.
         """
-        return await self._run(
-            self._cut_batch, max_signals, max_outcomes, max_receipts, include_data, build
-        )
-
-    def _cut_batch(
-        self,
-        max_signals: int,
-        max_outcomes: int,
-        max_receipts: int,
-        include_data: bool,
-        build: BatchBuilder,
-    ) -> StoredBatch | None:
-        with self._tx() as tx:
+        with self._thread.tx() as tx:
             signals: list[dict[str, Any]] = []
             outcomes: list[dict[str, Any]] = []
             if include_data:
@@ -129,7 +98,7 @@ class BatchRows:
                         (max_outcomes,),
                     )
                 ]
-                self._issue4_outcome_extras(tx, outcomes)
+                add_outcome_extras(tx, outcomes)
             receipts = [
                 r[0]
                 for r in tx.execute(
@@ -140,7 +109,7 @@ class BatchRows:
             (seq_text,) = tx.execute("SELECT value FROM meta WHERE key = 'next_seq'").fetchone()
             seq = int(seq_text)
             aggregates = (
-                outbox.select_aggregates(tx, MAX_AGGREGATES_PER_BATCH) if include_data else []
+                outbox_sql.select_aggregates(tx, MAX_AGGREGATES_PER_BATCH) if include_data else []
             )
             if not signals and not outcomes and not receipts and not aggregates:
                 return None
@@ -156,7 +125,7 @@ class BatchRows:
                     signals, outcomes, receipts, aggregates = (
                         p[: max(1, len(p) // 2)] for p in parts
                     )
-            outbox.mark_aggregates_cut(tx, seq, aggregates)
+            outbox_sql.mark_aggregates_cut(tx, seq, aggregates)
             tx.execute("UPDATE meta SET value = ? WHERE key = 'next_seq'", (str(seq + 1),))
             tx.executemany(
                 "UPDATE signals SET batch_seq = ? WHERE id = ?", [(seq, s["id"]) for s in signals]
@@ -170,56 +139,49 @@ class BatchRows:
             )
             tx.execute(
                 "INSERT INTO batches(seq, payload, created, attempts) VALUES (?, ?, ?, 0)",
-                (seq, payload, time.time()),
+                (seq, payload, self._clock()),
             )
-        self.outbox_bytes += len(payload)
+        self._counters.outbox_bytes += len(payload)
         return StoredBatch(seq, payload, 0)
 
-    async def batches(self) -> list[StoredBatch]:
+    def stored(self) -> list[StoredBatch]:
         """Every stored, unacknowledged batch, by seq."""
-        return await self._run(self._batches)
-
-    def _batches(self) -> list[StoredBatch]:
-        rows = self._conn().execute("SELECT seq, payload, attempts FROM batches ORDER BY seq")
+        rows = self._thread.conn().execute(
+            "SELECT seq, payload, attempts FROM batches ORDER BY seq"
+        )
         return [StoredBatch(int(s), bytes(p), int(a)) for s, p, a in rows]
 
-    async def mark_sent(self, seq: int, nbytes: int = 0, day: str = "") -> None:
+    def mark_sent(self, seq: int, nbytes: int = 0, day: str = "") -> None:
         """Batch `seq` was published; `nbytes` count against the byte budget of `day`."""
-        await self._run(self._mark_sent, seq, nbytes, day)
-
-    def _mark_sent(self, seq: int, nbytes: int, day: str) -> None:
-        with self._tx() as tx:
+        with self._thread.tx() as tx:
             tx.execute(
                 "UPDATE batches SET attempts = attempts + 1, sent_at = ? WHERE seq = ?",
-                (time.time(), seq),
+                (self._clock(), seq),
             )
             if day:
-                used = outbox.add_budget(tx, day, nbytes)
+                used = outbox_sql.add_budget(tx, day, nbytes)
         if day:
-            self.budget_day, self.budget_bytes = day, used
+            self._counters.budget_day, self._counters.budget_bytes = day, used
 
-    async def ack(self, seqs: Sequence[int]) -> AckResult:
+    def ack(self, seqs: Sequence[int]) -> AckResult:
         """Delete acknowledged batches and their rows; unknown seqs are ignored."""
-        return await self._run(self._ack, list(seqs))
-
-    def _ack(self, seqs: list[int]) -> AckResult:
         done: list[int] = []
         n_sig = n_out = n_agg = 0
         restored_sig = restored_out = 0
         freed = 0
-        now = self.clock()
-        with self._tx() as tx:
+        now = self._clock()
+        with self._thread.tx() as tx:
             for seq in seqs:
                 found = tx.execute("SELECT length(payload) FROM batches WHERE seq = ?", (seq,))
                 row = found.fetchone()
                 if row is None:
-                    late = outbox.ack_withdrawn(tx, seq)
+                    late = outbox_sql.ack_withdrawn(tx, seq)
                     if late is not None:  # purged at a withdrawal, but it was stored
                         done.append(seq)
                         n_sig, n_out = n_sig + late[0], n_out + late[1]
                         restored_sig, restored_out = restored_sig + late[0], restored_out + late[1]
                     continue
-                confirmed, agg_freed = outbox.ack_aggregates(tx, seq, now)
+                confirmed, agg_freed = outbox_sql.ack_aggregates(tx, seq, now)
                 n_agg += confirmed
                 freed += int(row[0]) + agg_freed
                 s_count, s_size = tx.execute(
@@ -237,20 +199,18 @@ class BatchRows:
                 n_sig += int(s_count)
                 n_out += int(o_count)
                 freed += int(s_size) + int(o_size)
-        self.signal_rows -= n_sig - restored_sig
-        self.outcome_rows -= n_out - restored_out
-        self.outbox_bytes -= freed
+        c = self._counters
+        c.signal_rows -= n_sig - restored_sig
+        c.outcome_rows -= n_out - restored_out
+        c.outbox_bytes -= freed
         if restored_sig or restored_out:
-            self.drops["withdrawn"] = self.drops.get("withdrawn", 0) - restored_sig
-            self.drops["outcomes_withdrawn"] = (
-                self.drops.get("outcomes_withdrawn", 0) - restored_out
-            )
-        self.aggregate_unacked -= n_agg
+            c.drop("withdrawn", -restored_sig)
+            c.drop("outcomes_withdrawn", -restored_out)
+        c.aggregate_unacked -= n_agg
         return AckResult(tuple(done), n_sig, n_out, n_agg)
 
-    async def next_seq(self) -> int:
-        return await self._run(self._next_seq)
-
-    def _next_seq(self) -> int:
-        row = self._conn().execute("SELECT value FROM meta WHERE key = 'next_seq'").fetchone()
+    def next_seq(self) -> int:
+        row = (
+            self._thread.conn().execute("SELECT value FROM meta WHERE key = 'next_seq'").fetchone()
+        )
         return int(row[0])

@@ -1,56 +1,40 @@
-"""The store's rows about what the cloud sent and what the device learned: verified offers,
-replay ids and receipts, and feature buckets. Mixed into `agent.store.core.Store`, whose
-dedicated thread and transactions it uses."""
+"""The tables of what the cloud sent and what the device learned: verified offers, replay ids
+and receipts (`OfferRows`), and the feature windows' hourly buckets (`FeatureBuckets`).
+Synchronous; runs on the store thread."""
 
 from __future__ import annotations
 
-import sqlite3
-import time
 from collections.abc import Callable, Sequence
-from contextlib import AbstractContextManager
-from typing import TYPE_CHECKING, Any, TypeVar
 
-T = TypeVar("T")
+from agent.store.thread import StoreThread
 
 
 class OfferRows:
-    """Offer, replay and feature-bucket tables; `Store` provides the thread and connection."""
+    """Offers, replay ids and receipts."""
 
-    seen_ids_max: int
+    def __init__(
+        self, thread: StoreThread, clock: Callable[[], float], *, seen_ids_max: int = 10_000
+    ) -> None:
+        self._thread = thread
+        self._clock = clock
+        self.seen_ids_max = seen_ids_max
 
-    if TYPE_CHECKING:
-
-        async def _run(self, fn: Callable[..., T], *args: Any) -> T: ...
-
-        def _conn(self) -> sqlite3.Connection: ...
-
-        def _tx(self) -> AbstractContextManager[sqlite3.Connection]: ...
-
-    # ------------------------------------------------------------ offers and replay
-
-    async def load_offers(self) -> list[tuple[str, str, str]]:
+    def load(self) -> list[tuple[str, str, str]]:
         """(source, bundle_id, offer JSON) of every stored verified offer."""
-        return await self._run(self._load_offers)
-
-    def _load_offers(self) -> list[tuple[str, str, str]]:
-        rows = self._conn().execute("SELECT source, bundle_id, offer FROM offers ORDER BY rowid")
+        rows = self._thread.conn().execute(
+            "SELECT source, bundle_id, offer FROM offers ORDER BY rowid"
+        )
         return [(str(s), str(b), str(o)) for s, b, o in rows]
 
-    async def seen(self, message_id: str) -> bool:
-        return await self._run(self._seen, message_id)
-
-    def _seen(self, message_id: str) -> bool:
-        row = self._conn().execute("SELECT 1 FROM seen_ids WHERE id = ?", (message_id,))
+    def seen(self, message_id: str) -> bool:
+        row = self._thread.conn().execute("SELECT 1 FROM seen_ids WHERE id = ?", (message_id,))
         return row.fetchone() is not None
 
-    async def add_receipt(self, message_id: str) -> None:
-        await self._run(self._add_receipt, message_id)
-
-    def _add_receipt(self, message_id: str) -> None:
-        with self._tx() as tx:
+    def add_receipt(self, message_id: str) -> None:
+        with self._thread.tx() as tx:
             tx.execute("INSERT OR IGNORE INTO receipts(id) VALUES (?)", (message_id,))
 
-    async def apply_bundle(
+    def apply_bundle(
         self,
         *,
         source: str,
@@ -62,27 +46,8 @@ class OfferRows:
     ) -> None:
         """Record a verified bundle: seen id, offers (replacing the source's if asked),
         revocations and the receipt to send, in one transaction."""
-        await self._run(
-            self._apply_bundle,
-            source,
-            bundle_id,
-            list(offers),
-            replace_source,
-            list(revokes),
-            receipt,
-        )
-
-    def _apply_bundle(  # noqa: PLR0917  # private twin of apply_bundle, called via the executor
-        self,
-        source: str,
-        bundle_id: str,
-        offers: list[tuple[str, str]],
-        replace_source: bool,
-        revokes: list[str],
-        receipt: bool,
-    ) -> None:
-        now = time.time()
-        with self._tx() as tx:
+        now = self._clock()
+        with self._thread.tx() as tx:
             tx.execute("INSERT OR REPLACE INTO seen_ids(id, seen) VALUES (?, ?)", (bundle_id, now))
             if replace_source:
                 tx.execute("DELETE FROM offers WHERE source = ?", (source,))
@@ -102,20 +67,19 @@ class OfferRows:
                     (int(count) - self.seen_ids_max,),
                 )
 
-    # ------------------------------------------------------------ feature buckets
 
-    async def load_buckets(self) -> list[tuple[str, int, int]]:
-        return await self._run(self._load_buckets)
+class FeatureBuckets:
+    """Hourly counts the feature windows are rebuilt from (`agent.features.windows`)."""
 
-    def _load_buckets(self) -> list[tuple[str, int, int]]:
-        rows = self._conn().execute("SELECT key, hour, count FROM feature_buckets")
+    def __init__(self, thread: StoreThread) -> None:
+        self._thread = thread
+
+    def load(self) -> list[tuple[str, int, int]]:
+        rows = self._thread.conn().execute("SELECT key, hour, count FROM feature_buckets")
         return [(str(k), int(h), int(c)) for k, h, c in rows]
 
-    async def prune_buckets(self, before_hour: int) -> int:
-        return await self._run(self._prune_buckets, before_hour)
-
-    def _prune_buckets(self, before_hour: int) -> int:
-        with self._tx() as tx:
+    def prune(self, before_hour: int) -> int:
+        with self._thread.tx() as tx:
             cur = tx.execute(
                 "DELETE FROM feature_buckets WHERE hour < ? OR count = 0", (before_hour,)
             )

@@ -128,3 +128,14 @@ def issue3fix_outbox_id(db: sqlite3.Connection) -> None:
         "CREATE TABLE withdrawn_batches (seq INTEGER PRIMARY KEY, signals INTEGER NOT NULL,"
         " outcomes INTEGER NOT NULL, created REAL NOT NULL)"
     )
+
+
+@migration
+def m007_decision_table_names(db: sqlite3.Connection) -> None:
+    """The decision tables get names that say what they hold: `cap_counts` (daily impression
+    caps), `exposures` (what a conversion is attributed to), `claims`; rows are kept."""
+    db.execute("DROP INDEX IF EXISTS issue4_exposures_campaign")
+    db.execute("ALTER TABLE issue4_cap_counts RENAME TO cap_counts")
+    db.execute("ALTER TABLE issue4_exposures RENAME TO exposures")
+    db.execute("ALTER TABLE issue4_claims RENAME TO claims")
+    db.execute("CREATE INDEX exposures_campaign ON exposures(campaign_id, kind, at)")

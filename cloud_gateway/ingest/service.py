@@ -26,6 +26,7 @@ from cloud_gateway.db.ingest import (
 )
 from cloud_gateway.db.store import Database
 from cloud_gateway.errors import GatewayError
+from mqttlink.logs import OnceLogger
 from protocol import codec
 from protocol.envelopes import Ack, Batch, ClaimRequest, ModelUpdateReport, State
 from protocol.errors import ProtocolError
@@ -253,7 +254,7 @@ class Ingestor:
         self.counters = counters
         self._max_compressed = max_compressed
         self._max_decompressed = max_decompressed
-        self._warned: set[tuple[str | None, str]] = set()
+        self._faults = OnceLogger(log, MAX_WARNED, suffix="")
         self._group_max = group_max
         self._queue: asyncio.Queue[_Pending] = asyncio.Queue(maxsize=queue_max)
         self._commit_lock = asyncio.Lock()
@@ -383,13 +384,8 @@ class Ingestor:
 
     async def _reject(self, rejected: Rejected) -> None:
         self.counters[f"rejected_{rejected.reason}"] += 1
-        key = (rejected.device_id, rejected.reason)
-        level = logging.DEBUG
-        if key not in self._warned and len(self._warned) < MAX_WARNED:
-            self._warned.add(key)
-            level = logging.WARNING
-        log.log(
-            level,
+        self._faults.log(
+            (rejected.device_id, rejected.reason),
             "rejected %s message from device %s: %s",
             rejected.reason,
             rejected.device_id or "?",

@@ -1,19 +1,25 @@
-"""The gateway's MQTT link: a persistent aiomqtt session that consumes, publishes, reconnects."""
+"""The gateway's MQTT link: a persistent session that consumes uplink and publishes downlink.
+
+The reconnect state machine, the client, backoff, acked publish and the byte-bounded incoming
+queue are `mqttlink`'s; what is the gateway's own is here: its subscriptions (shared when it
+runs as one of a group), handing every message on in order, the hook after each connect, the
+flush before a shutdown disconnects, and the overflow count.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import random
 from collections import Counter
 from collections.abc import Awaitable, Callable
 
-import aiomqtt
-import paho.mqtt.client as mqtt
-
 from cloud_gateway.config import GatewaySettings
 from cloud_gateway.errors import GatewayError, LinkDown
-from mqttlink.session import on_session_lost, publish_acked
+from mqttlink.backoff import Backoff
+from mqttlink.connect import ClientOptions, Credentials
+from mqttlink.connection import Connection
+from mqttlink.errors import MqttLinkError
+from mqttlink.reconnect import Reconnector
 
 log = logging.getLogger(__name__)
 
@@ -23,19 +29,6 @@ Hook = Callable[[], Awaitable[None]]
 BACKOFF_START_S = 0.2
 PENDING_PUBLISH_WARN = 1_000
 """Publishes awaiting their PUBACK past which aiomqtt logs a warning (something is stuck)."""
-
-
-def backoff_delays(cap: float, start: float = BACKOFF_START_S) -> Callable[[], float]:
-    """Capped exponential backoff with full jitter; `reset()` by making a new one."""
-    attempt = 0
-
-    def next_delay() -> float:
-        nonlocal attempt
-        ceiling = min(cap, start * (2**attempt))
-        attempt = min(attempt + 1, 30)
-        return random.uniform(ceiling / 2, ceiling)
-
-    return next_delay
 
 
 class MqttLink:
@@ -67,104 +60,87 @@ class MqttLink:
         self._on_message = on_message
         self._on_connected = on_connected
         self._before_disconnect = before_disconnect
-        self._client: aiomqtt.Client | None = None
-        self.connected = asyncio.Event()
-        self.connects = 0
         self.counters: Counter[str] = counters if counters is not None else Counter()
-        self.queued_bytes = 0
-        """Payload bytes received and not yet handed to `on_message`."""
-        self._queue: asyncio.Queue[aiomqtt.Message] | None = None
+        self._last: Connection | None = None
+        """The newest session made, up or not: its queue is what the gauges show."""
+        self.machine = Reconnector(
+            self._make_client,
+            setup=self._subscribe,
+            serve=self._serve,
+            backoff=Backoff(initial=BACKOFF_START_S, cap=settings.reconnect_max_s),
+            on_up=self._up,
+            on_down=self._down,
+        )
+        self.connected = self.machine.connected
 
-    def _make_client(self) -> aiomqtt.Client:
+    @property
+    def connects(self) -> int:
+        return self.machine.connects
+
+    @property
+    def queued_bytes(self) -> int:
+        """Payload bytes received and not yet handed to `on_message`."""
+        return self._last.queued_bytes if self._last is not None else 0
+
+    @property
+    def queued_messages(self) -> int:
+        """Messages received and not yet handed to `on_message` (`max_queued_incoming`)."""
+        return self._last.queued_messages if self._last is not None else 0
+
+    def options(self) -> ClientOptions:
         s = self._settings
-        password = s.mqtt_password.get_secret_value() if s.mqtt_password is not None else None
-        tls = None
-        if s.broker_tls:
-            ca = str(s.mqtt_ca_file) if s.mqtt_ca_file is not None else None
-            tls = aiomqtt.TLSParameters(ca_certs=ca)
-        client = aiomqtt.Client(
-            s.broker_host,
-            s.broker_port,
-            identifier=s.mqtt_client_id,
-            clean_session=False,
-            protocol=aiomqtt.ProtocolVersion.V311,
+        return ClientOptions(
+            host=s.broker_host,
+            port=s.broker_port,
+            client_id=s.mqtt_client_id,
+            credentials=Credentials.of(
+                s.mqtt_username, s.mqtt_password, tls=s.broker_tls, ca_file=s.mqtt_ca_file
+            ),
+            clean_start=False,
             keepalive=30,
             timeout=s.connect_timeout_s,
-            max_queued_incoming_messages=s.max_queued_incoming,
-            max_queued_outgoing_messages=10_000,
-            username=s.mqtt_username,
-            password=password,
-            tls_params=tls,
+            max_queued_incoming=s.max_queued_incoming,
+            max_queued_incoming_bytes=s.max_queued_incoming_bytes,
+            max_queued_outgoing=10_000,
+            # aiomqtt warns past 10 publishes awaiting their PUBACK; pushes and claim results
+            # go out 64 at a time by design, so that flooded the log at every launch.
+            pending_publish_warn=PENDING_PUBLISH_WARN,
         )
-        # aiomqtt warns past 10 publishes awaiting their PUBACK; pushes and claim results go out
-        # 64 at a time by design, so that flooded the log at every launch. Warn past this.
-        client.pending_calls_threshold = PENDING_PUBLISH_WARN
-        on_session_lost(client, None)  # a failed connect: its error is read, not logged
-        self._count_overflow(client)
-        return client
 
-    def _count_overflow(self, client: aiomqtt.Client) -> None:
-        """Wraps aiomqtt's message callback (on `_client`, the paho client it wraps) to bound
-        the queue's bytes and count what is dropped when it is full. Both run on the event
-        loop (aiomqtt drives paho's socket from it), as does `_deliver`, which gives the bytes
-        back."""
-        paho = client._client
-        queue = client._queue
-        enqueue = paho.on_message
-        if enqueue is None:
-            raise RuntimeError("aiomqtt set no message callback")
-        limit = self._settings.max_queued_incoming_bytes
-        self.queued_bytes = 0  # a new client's queue starts empty
-        self._queue = queue
+    def _make_client(self) -> Connection:
+        self._last = Connection(self.options(), on_overflow=self._overflow)
+        return self._last
 
-        def on_message(paho_client: mqtt.Client, userdata: object, msg: mqtt.MQTTMessage) -> None:
-            size = len(msg.payload)
-            if queue.full() or (self.queued_bytes and self.queued_bytes + size > limit):
-                self.counters["uplink_overflow"] += 1
-                return
-            self.queued_bytes += size
-            enqueue(paho_client, userdata, msg)
-
-        paho.on_message = on_message
+    def _overflow(self) -> None:
+        self.counters["uplink_overflow"] += 1
 
     async def run(self) -> None:
         """Connect, subscribe, consume; reconnect on loss until cancelled."""
-        filters = self._settings.topics.gateway_filters(self._settings.shared_group)
-        next_delay = backoff_delays(self._settings.reconnect_max_s)
-        while True:
-            try:
-                async with self._make_client() as client:
-                    for flt in filters:
-                        await client.subscribe(flt, qos=1)
-                    self._client = client
-                    self.connects += 1
-                    self.connected.set()
-                    # Down as soon as paho sees the session end, not when a reader next looks.
-                    on_session_lost(client, self.connected.clear)
-                    next_delay = backoff_delays(self._settings.reconnect_max_s)
-                    log.info("MQTT link up to %s as %s", self._settings.broker, client.identifier)
-                    # The hook publishes (and waits for PUBACKs) while messages are consumed:
-                    # the consumer is what notices a lost session, so it must not wait on it.
-                    hook = asyncio.create_task(self._connected_hook(), name="mqtt-link-hook")
-                    try:
-                        async for message in client.messages:
-                            await self._deliver(message)
-                    except asyncio.CancelledError:
-                        if self._before_disconnect is not None:
-                            await asyncio.shield(self._before_disconnect())
-                        raise
-                    finally:
-                        hook.cancel()
-                        self._client = None
-                        self.connected.clear()
-            except aiomqtt.MqttError as exc:
-                task = asyncio.current_task()
-                if task is not None and task.cancelling():
-                    # aiomqtt's __aexit__ replaced our cancellation with a disconnect timeout
-                    raise asyncio.CancelledError from exc
-                delay = next_delay()
-                log.warning("MQTT link down (%s); retrying in %.1fs", exc, delay)
-                await asyncio.sleep(delay)
+        await self.machine.run()
+
+    async def _subscribe(self, conn: Connection) -> None:
+        for flt in self._settings.topics.gateway_filters(self._settings.shared_group):
+            await conn.subscribe(flt, qos=1)
+
+    def _up(self, conn: Connection) -> None:
+        log.info("MQTT link up to %s as %s", self._settings.broker, conn.client_id)
+
+    def _down(self, error: MqttLinkError, delay: float) -> None:
+        log.warning("MQTT link down (%s); retrying in %.1fs", error, delay)
+
+    async def _serve(self, conn: Connection) -> None:
+        # The hook publishes (and waits for PUBACKs) while messages are consumed: the
+        # consumer is what notices a lost session, so it must not wait on it.
+        hook = asyncio.create_task(self._connected_hook(), name="mqtt-link-hook")
+        try:
+            async for message in conn.messages():
+                await self._deliver(message.topic, message.payload)
+        except asyncio.CancelledError:
+            if self._before_disconnect is not None:
+                await asyncio.shield(self._before_disconnect())
+            raise
+        finally:
+            hook.cancel()
 
     async def _connected_hook(self) -> None:
         if self._on_connected is None:
@@ -176,43 +152,33 @@ class MqttLink:
         except Exception:
             log.exception("after connecting: the hook failed")
 
-    async def _deliver(self, message: aiomqtt.Message) -> None:
+    async def _deliver(self, topic: str, payload: bytes) -> None:
         """Hand one message on; whatever happens, the consumer loop goes on."""
-        payload = message.payload
-        if not isinstance(payload, bytes | bytearray):
-            payload = str(payload).encode() if payload is not None else b""
-        self.queued_bytes = max(0, self.queued_bytes - len(payload))
-        topic = message.topic.value
         try:
-            await self._on_message(topic, bytes(payload))
+            await self._on_message(topic, payload)
         except Exception:
             # A bug in a handler must not stop consumption: logged with its traceback.
             log.exception("handling a message on %s failed", topic[:200])
 
-    @property
-    def queued_messages(self) -> int:
-        """Messages received and not yet handed to `on_message` (`max_queued_incoming`)."""
-        return self._queue.qsize() if self._queue is not None else 0
+    def _live(self, topic: str) -> Connection:
+        conn = self.machine.connection
+        if conn is None:
+            raise LinkDown(f"MQTT link is down: cannot publish to {topic}")
+        return conn
 
     def publish_nowait(self, topic: str, payload: bytes) -> None:
         """Queue a QoS 1 publish in the MQTT client and return without waiting for the PUBACK
         (the client sends it, and again after a reconnect of this persistent session); LinkDown
         when there is no session or the client's outgoing queue is full."""
-        client = self._client
-        if client is None:
-            raise LinkDown(f"MQTT link is down: cannot publish to {topic}")
-        # aiomqtt's publish waits for the PUBACK (a future per message); paho's own publish,
-        # which aiomqtt wraps, queues the message and returns.
-        info = client._client.publish(topic, payload, qos=1)
-        if info.rc != mqtt.MQTT_ERR_SUCCESS:
-            raise LinkDown(f"publish to {topic} failed: {mqtt.error_string(info.rc)}")
+        try:
+            self._live(topic).publish_nowait(topic, payload, qos=1)
+        except MqttLinkError as exc:
+            raise LinkDown(str(exc)) from exc
 
     async def publish(self, topic: str, payload: bytes, retain: bool = False) -> None:
         """Publish at QoS 1; LinkDown when there is no session right now."""
-        client = self._client
-        if client is None:
-            raise LinkDown(f"MQTT link is down: cannot publish to {topic}")
+        conn = self._live(topic)
         try:
-            await publish_acked(client, topic, payload, qos=1, retain=retain)
-        except aiomqtt.MqttError as exc:
+            await conn.publish(topic, payload, qos=1, retain=retain)
+        except MqttLinkError as exc:
             raise LinkDown(f"publish to {topic} failed: {exc}") from exc

@@ -21,7 +21,7 @@ from protocol import codec
 from protocol.envelopes import TrustFile
 from protocol.signing import Signer
 from simulators.brokers import MosquittoProcess, free_port
-from tests.support.helpers import spawn, stop, wait_healthy
+from tests.support.processes import spawn, stop, wait_healthy
 
 pytestmark = pytest.mark.integration
 

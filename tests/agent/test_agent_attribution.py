@@ -14,6 +14,7 @@ from agent.decide.decisions import Decisions
 from agent.runtime.metrics import Metrics
 from agent.store.core import Store
 from protocol.envelopes import Offer
+from tests.support.clock import FakeClock
 
 T0 = datetime(2026, 3, 2, 12, 0, tzinfo=UTC)
 SURFACE = "tv_home_banner"
@@ -34,21 +35,7 @@ def make_offer(oid: str) -> Offer:
     )
 
 
-class Clock:
-    """The agent's wall clock, travelled by the test (the store stamps exposures with it)."""
-
-    def __init__(self) -> None:
-        self.now = T0
-
-    def __call__(self) -> float:
-        return self.now.timestamp()
-
-    def at(self, moment: datetime) -> datetime:
-        self.now = moment
-        return moment
-
-
-CLOCK = Clock()
+CLOCK = FakeClock(T0)
 
 
 @pytest.fixture

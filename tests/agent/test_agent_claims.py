@@ -4,104 +4,27 @@ results with a key of the trust file: idempotent, resent until answered, one per
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import uuid
-from collections.abc import AsyncIterator
-from datetime import timedelta
-from typing import Any
 
-import aiomqtt
 import pytest
 
 from agent.runtime.agent import Agent
-from protocol import codec
-from protocol.envelopes import ClaimRequest
-from protocol.ids import format_time, new_id, utcnow
+from protocol.ids import new_id
 from protocol.signing import Signer
-from tests.agent.test_agent_decisions import offer, offers_json, push, reasons
-from tests.agent.test_agent_loop import ALL, FakeGateway, World, eventually, gateway, http, world
+from tests.support.agent_world import (
+    FakeGateway,
+    Responder,
+    World,
+    claim,
+    eventually,
+    http,
+    offers_json,
+    push,
+    reasons,
+    state,
+)
+from tests.support.builders import ALL, offer
 
 pytestmark = pytest.mark.integration
-__all__ = ["gateway", "world"]  # fixtures, imported for pytest
-
-
-class Responder:
-    """Plays the gateway's claim desk: records every `up/claim`, answers when told to."""
-
-    def __init__(self, world: World) -> None:
-        self.world = world
-        self.requests: list[ClaimRequest] = []
-        self.answer: str | None = "granted"  # "granted", "sold_out", or None (stay silent)
-        self.signer = world.signer
-        self.client: aiomqtt.Client | None = None
-
-    async def run(self, ready: asyncio.Event) -> None:
-        async with aiomqtt.Client(
-            "127.0.0.1", self.world.broker.port, identifier=f"claims-{uuid.uuid4().hex[:8]}"
-        ) as client:
-            self.client = client
-            await client.subscribe(f"{self.world.root}/dev/+/up/claim", qos=1)
-            ready.set()
-            async for message in client.messages:
-                assert isinstance(message.payload, bytes)
-                request = codec.decode(message.payload, ClaimRequest)
-                self.requests.append(request)
-                if self.answer is not None:
-                    await self.send(request, granted=self.answer == "granted")
-
-    def result(self, request: ClaimRequest, *, granted: bool, **kw: Any) -> dict[str, Any]:
-        now = utcnow()
-        body: dict[str, Any] = {
-            "v": 1,
-            "id": f"r-{request.id}",
-            "claim_id": request.id,
-            "device_id": request.device_id,
-            "offer_id": request.offer_id,
-            "granted": granted,
-            "code": "CODE-42" if granted else None,
-            "reason": "" if granted else "sold_out",
-            "issued_at": format_time(now),
-            "expires_at": format_time(now + timedelta(hours=1)),
-        }
-        body.update(kw)
-        return body
-
-    async def send(
-        self, request: ClaimRequest, *, granted: bool, signer: Signer | None = None, **kw: Any
-    ) -> None:
-        assert self.client is not None
-        body = {
-            k: v for k, v in self.result(request, granted=granted, **kw).items() if v is not None
-        }
-        signed = (signer or self.signer).sign(body)
-        topic = f"{self.world.root}/dev/{request.device_id}/down/claim"
-        await self.client.publish(topic, codec.dumps(signed), qos=1)
-
-    def ids(self) -> list[str]:
-        return [r.id for r in self.requests]
-
-
-@pytest.fixture
-async def responder(world: World) -> AsyncIterator[Responder]:
-    desk = Responder(world)
-    ready = asyncio.Event()
-    task = asyncio.create_task(desk.run(ready), name="claim-responder")
-    await asyncio.wait_for(ready.wait(), 10)
-    yield desk
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
-
-
-async def claim(agent: Agent, offer_id: str) -> tuple[int, Any]:
-    return await http(agent, "POST", "/v1/claims", json={"offer_id": offer_id})
-
-
-async def state(agent: Agent, claim_id: str) -> dict[str, Any]:
-    status, body = await http(agent, "GET", f"/v1/claims/{claim_id}")
-    assert status == 200, body
-    assert isinstance(body, dict)
-    return body
 
 
 async def test_a_claim_is_answered_once_and_repeats_return_the_same_claim(

@@ -18,7 +18,8 @@ from protocol import codec
 from protocol.envelopes import State, TrustFile
 from protocol.signing import Signer
 from simulators.brokers import MosquittoProcess, free_port
-from tests.support.helpers import eventually, wait_healthy
+from tests.support.processes import wait_healthy
+from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.integration
 

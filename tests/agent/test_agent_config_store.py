@@ -92,19 +92,29 @@ async def test_store_migrations_seq_and_acks(tmp_path: Path) -> None:
     path = tmp_path / "a.sqlite3"
     store = Store(path)
     await store.open()
-    await store.accept_signals([_signal(i) for i in range(5)], [("cat:games", 10, 1)])
-    batch = await store.cut_batch(
-        max_signals=3, max_outcomes=10, max_receipts=10, include_data=True, build=_build
+    await store.call(store.outbox.accept, [_signal(i) for i in range(5)], [("cat:games", 10, 1)])
+    batch = await store.call(
+        store.batches.cut,
+        max_signals=3,
+        max_outcomes=10,
+        max_receipts=10,
+        include_data=True,
+        build=_build,
     )
     assert batch is not None
     assert json.loads(batch.payload) == {"seq": 1, "ids": ["s-00000", "s-00001", "s-00002"]}
     assert store.depth == 5
-    result = await store.ack([1, 99])
+    result = await store.call(store.batches.ack, [1, 99])
     assert result.seqs == (1,)
     assert result.signals == 3
     assert store.depth == 2
-    second = await store.cut_batch(
-        max_signals=3, max_outcomes=10, max_receipts=10, include_data=True, build=_build
+    second = await store.call(
+        store.batches.cut,
+        max_signals=3,
+        max_outcomes=10,
+        max_receipts=10,
+        include_data=True,
+        build=_build,
     )
     assert second is not None
     assert second.seq == 2
@@ -112,10 +122,10 @@ async def test_store_migrations_seq_and_acks(tmp_path: Path) -> None:
     # Reopen: the unacked batch is still there, and the next seq continues after it.
     store = Store(path)
     await store.open()
-    assert [b.seq for b in await store.batches()] == [2]
-    assert await store.next_seq() == 3
+    assert [b.seq for b in await store.call(store.batches.stored)] == [2]
+    assert await store.call(store.batches.next_seq) == 3
     assert store.depth == 2
-    assert await store.load_buckets() == [("cat:games", 10, 1)]
+    assert await store.call(store.buckets.load) == [("cat:games", 10, 1)]
     await store.close()
     with closing(sqlite3.connect(path)) as db:
         names = [r[0] for r in db.execute("SELECT name FROM migrations ORDER BY rowid")]
@@ -130,14 +140,19 @@ async def test_store_quota_evicts_lowest_priority_or_refuses(tmp_path: Path) -> 
     big = json.dumps({"q": "x" * 900})
     store = Store(tmp_path / "e.sqlite3", outbox_max_bytes=5000)
     await store.open()
-    await store.accept_signals([_signal(1, priority=90, attrs=big)], [])
-    await store.accept_signals([_signal(2, priority=10, attrs=big)], [])
-    await store.accept_signals([_signal(3, priority=50, attrs=big)], [])
-    await store.accept_signals([_signal(4, priority=50, attrs=big)], [])
-    done = await store.accept_signals([_signal(5, priority=50, attrs=big)], [])
+    await store.call(store.outbox.accept, [_signal(1, priority=90, attrs=big)], [])
+    await store.call(store.outbox.accept, [_signal(2, priority=10, attrs=big)], [])
+    await store.call(store.outbox.accept, [_signal(3, priority=50, attrs=big)], [])
+    await store.call(store.outbox.accept, [_signal(4, priority=50, attrs=big)], [])
+    done = await store.call(store.outbox.accept, [_signal(5, priority=50, attrs=big)], [])
     assert done.evicted == 1
-    batch = await store.cut_batch(
-        max_signals=10, max_outcomes=10, max_receipts=10, include_data=True, build=_build
+    batch = await store.call(
+        store.batches.cut,
+        max_signals=10,
+        max_outcomes=10,
+        max_receipts=10,
+        include_data=True,
+        build=_build,
     )
     assert batch is not None
     assert "s-00002" not in json.loads(batch.payload)["ids"]  # the lowest priority went first
@@ -146,11 +161,11 @@ async def test_store_quota_evicts_lowest_priority_or_refuses(tmp_path: Path) -> 
     store = Store(tmp_path / "r.sqlite3", outbox_max_bytes=5000, outbox_full="refuse")
     await store.open()
     for i in range(4):
-        await store.accept_signals([_signal(i, attrs=big)], [])
+        await store.call(store.outbox.accept, [_signal(i, attrs=big)], [])
     with pytest.raises(QuotaExceeded):
-        await store.accept_signals([_signal(9, attrs=big)], [("cat:x", 1, 1)])
+        await store.call(store.outbox.accept, [_signal(9, attrs=big)], [("cat:x", 1, 1)])
     assert store.depth == 4
-    assert await store.load_buckets() == []  # nothing of the refused call was stored
+    assert await store.call(store.buckets.load) == []  # nothing of the refused call was stored
     await store.close()
 
 

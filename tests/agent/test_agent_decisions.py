@@ -16,62 +16,26 @@ from agent.runtime.agent import Agent
 from protocol import codec
 from protocol.assign import in_holdout
 from protocol.envelopes import State
-from protocol.ids import format_time, new_id, utcnow
-from tests.agent.test_agent_loop import ALL, FakeGateway, World, eventually, gateway, http, world
-from tests.agent.test_agent_scoring import manifest_for, onnx_bytes, spec_dict, write_model
+from protocol.ids import format_time, utcnow
+from tests.support.agent_world import (
+    FakeGateway,
+    World,
+    http,
+    offers_json,
+    push,
+    reasons,
+)
+from tests.support.builders import (
+    ALL,
+    SURFACE,
+    manifest_for,
+    offer,
+    onnx_bytes,
+    spec_dict,
+    write_model,
+)
 
 pytestmark = pytest.mark.integration
-__all__ = ["gateway", "world"]  # fixtures, imported for pytest
-
-SURFACE = "tv_home_banner"
-
-
-def offer(oid: str, **kw: Any) -> dict[str, Any]:
-    now = utcnow()
-    body: dict[str, Any] = {
-        "id": oid,
-        "campaign_id": f"c-{oid}",
-        "type": "coupon",
-        "title": f"Offer {oid}",
-        "category": "groceries",
-        "price": 20.0,
-        "discount": 0.1,
-        "surfaces": [SURFACE],
-        "starts_at": format_time(now - timedelta(minutes=5)),
-        "expires_at": format_time(now + timedelta(days=1)),
-    }
-    body.update(kw)
-    return body
-
-
-def bundle(world: World, offers: list[dict[str, Any]]) -> dict[str, Any]:
-    now = utcnow()
-    return world.signer.sign(
-        {
-            "v": 1,
-            "id": new_id(),
-            "issued_at": format_time(now),
-            "expires_at": format_time(now + timedelta(hours=1)),
-            "offers": offers,
-        }
-    )
-
-
-async def push(world: World, gw: FakeGateway, agent: Agent, offers: list[dict[str, Any]]) -> None:
-    before = agent.counters["bundles_verified"]
-    await gw.publish(f"dev/{world.device}/down/offers", bundle(world, offers))
-    await eventually(lambda: agent.counters["bundles_verified"] == before + 1)
-
-
-async def offers_json(agent: Agent, limit: int = 5) -> dict[str, Any]:
-    status, body = await http(agent, "GET", f"/v1/offers?surface={SURFACE}&limit={limit}&explain=1")
-    assert status == 200, body
-    assert isinstance(body, dict)
-    return body
-
-
-def reasons(body: dict[str, Any]) -> dict[str, str]:
-    return {f["offer_id"]: f["reason"] for f in body["filtered"]}
 
 
 async def post_outcome(agent: Agent, offer_id: str, kind: str) -> tuple[int, Any]:

@@ -21,11 +21,17 @@ from protocol import codec
 from protocol.envelopes import Command
 from protocol.ids import format_time, new_id, utcnow
 from protocol.signing import Signer, Verifier
-from tests.agent.test_agent_claims import Responder, claim, responder, state
-from tests.agent.test_agent_decisions import offer, push
-from tests.agent.test_agent_loop import ALL, FakeGateway, World, eventually, gateway, http, world
-
-__all__ = ["gateway", "responder", "world"]  # fixtures, imported for pytest
+from tests.support.agent_world import (
+    FakeGateway,
+    Responder,
+    World,
+    claim,
+    eventually,
+    http,
+    push,
+    state,
+)
+from tests.support.builders import ALL, offer
 
 SIGNER = Signer.generate("k1")
 VERIFIER = Verifier.from_public_keys([SIGNER.public])

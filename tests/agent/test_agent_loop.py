@@ -5,174 +5,28 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sqlite3
-import uuid
-from collections.abc import AsyncIterator
 from datetime import timedelta
-from functools import partial
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import aiomqtt
 import pytest
 
-from agent.config import AgentSettings, load_settings
 from agent.errors import InvalidInput, UnknownOffer
 from agent.runtime.agent import Agent
 from protocol import codec
-from protocol.envelopes import Batch, State, TrustFile
-from protocol.ids import format_time, new_id, utcnow
+from protocol.envelopes import State
 from protocol.signing import Signer
 from simulators.brokers import MosquittoProcess
-from tests.support import helpers
+from tests.support.agent_world import FakeGateway, World, eventually, http
+from tests.support.builders import ALL
 
 pytestmark = pytest.mark.integration
-
-ALL = {"analytics": True, "personalization": True, "marketing": True}
-
-
-# in-process state (counters, status, a fake gateway's lists): a short deadline, quick polls
-eventually = partial(helpers.eventually, timeout=5.0, step=0.02)
-
-
-class World:
-    """One test's namespace: topic root, device id, signing key, trust file, data dir."""
-
-    def __init__(self, tmp_path: Path, broker: MosquittoProcess) -> None:
-        tag = uuid.uuid4().hex[:10]
-        self.root = f"t{tag}/v1"
-        self.device = f"tv-{tag}"
-        self.broker = broker
-        self.tmp = tmp_path
-        self.signer = Signer.generate("k1")
-        self.trust = tmp_path / "trust.json"
-        trust = TrustFile(keys=[self.signer.public], topic_root=self.root)
-        self.trust.write_bytes(codec.encode(trust))
-        self.data = tmp_path / "data"
-
-    def settings(self, agent: dict[str, Any] | None = None, **uplink: Any) -> AgentSettings:
-        return load_settings(
-            profile="tv",
-            device_id=self.device,
-            broker=self.broker.url,
-            data_dir=self.data,
-            api_port=0,
-            trust=self.trust,
-            overrides={
-                "uplink": {"batch_max_age_s": 0.05, "ack_timeout_s": 5.0, **uplink},
-                "topic_root": self.root,
-                **(agent or {}),
-            },
-            environ={},
-        )
-
-    def bundle(
-        self,
-        offer_ids: list[str],
-        *,
-        cohort: str | None = None,
-        signer: Signer | None = None,
-        expires_in: timedelta = timedelta(hours=1),
-        bundle_id: str | None = None,
-    ) -> dict[str, Any]:
-        now = utcnow()
-        offers = [
-            {
-                "id": oid,
-                "campaign_id": f"c-{oid}",
-                "type": "replenishment",
-                "title": f"Offer {oid}",
-                "category": "purifier_filter",
-                "price": 99.0,
-                "discount": 0.2,
-                "surfaces": ["tv_home_banner"],
-                "starts_at": format_time(now - timedelta(minutes=5)),
-                "expires_at": format_time(now + timedelta(days=1)),
-            }
-            for oid in offer_ids
-        ]
-        body: dict[str, Any] = {
-            "v": 1,
-            "id": bundle_id or new_id(),
-            "issued_at": format_time(now),
-            "expires_at": format_time(now + expires_in),
-            "offers": offers,
-        }
-        if cohort:
-            body["cohort"] = cohort
-        return (signer or self.signer).sign(body)
-
-
-class FakeGateway:
-    """A plain MQTT client playing the gateway: collects batches, acks them when told to."""
-
-    def __init__(self, world: World) -> None:
-        self.world = world
-        self.batches: list[Batch] = []
-        self.raw: list[bytes] = []
-        self.auto_ack = True
-        self.client: aiomqtt.Client | None = None
-
-    async def run(self, ready: asyncio.Event) -> None:
-        async with aiomqtt.Client(
-            "127.0.0.1", self.world.broker.port, identifier=f"gw-{uuid.uuid4().hex[:8]}"
-        ) as client:
-            self.client = client
-            await client.subscribe(f"{self.world.root}/dev/+/up/batch", qos=1)
-            ready.set()
-            async for message in client.messages:
-                payload = message.payload
-                assert isinstance(payload, bytes)
-                batch = codec.decode(payload, Batch, allow_zlib=True)
-                self.raw.append(payload)
-                self.batches.append(batch)
-                if self.auto_ack:
-                    await self.ack(batch.seq)
-
-    async def ack(self, *seqs: int) -> None:
-        assert self.client is not None
-        topic = f"{self.world.root}/dev/{self.world.device}/down/ack"
-        await self.client.publish(topic, codec.dumps({"v": 1, "acks": list(seqs)}), qos=1)
-
-    async def publish(self, topic: str, obj: dict[str, Any], *, retain: bool = False) -> None:
-        assert self.client is not None
-        await self.client.publish(
-            f"{self.world.root}/{topic}", codec.dumps(obj), qos=1, retain=retain
-        )
-
-    def seqs(self) -> list[int]:
-        return [b.seq for b in self.batches]
-
-
-@pytest.fixture
-def world(tmp_path: Path, mosquitto: MosquittoProcess) -> World:
-    return World(tmp_path, mosquitto)
-
-
-@pytest.fixture
-async def gateway(world: World) -> AsyncIterator[FakeGateway]:
-    gw = FakeGateway(world)
-    ready = asyncio.Event()
-    task = asyncio.create_task(gw.run(ready), name="fake-gateway")
-    await asyncio.wait_for(ready.wait(), 5)
-    yield gw
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
 
 
 def db_rows(world: World, sql: str) -> list[tuple[Any, ...]]:
     with contextlib.closing(sqlite3.connect(world.data / "agent.sqlite3")) as db:
         return db.execute(sql).fetchall()
-
-
-async def http(agent: Agent, method: str, path: str, **kwargs: Any) -> tuple[int, Any]:
-    async with aiohttp.ClientSession() as session:
-        url = f"http://127.0.0.1:{agent.api_port}{path}"
-        async with session.request(method, url, **kwargs) as response:
-            if response.content_type == "application/json":
-                return response.status, await response.json()
-            return response.status, await response.text()
 
 
 async def test_signals_are_committed_before_202(world: World) -> None:

@@ -32,7 +32,7 @@ from agent.decide.ranking import Consent, Situation, decide, decide_catalog
 from agent.model.scoring import Model, load_model
 from protocol.assign import in_holdout
 from protocol.envelopes import Offer
-from tests.agent.test_agent_scoring import NOW, context, make_offer, write_model
+from tests.support.builders import NOW, context, make_offer, write_model
 
 SURFACE = "tv_home_banner"
 ALL = Consent(analytics=True, personalization=True, marketing=True)

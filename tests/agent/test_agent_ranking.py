@@ -17,7 +17,7 @@ from agent.decide.ranking import Consent, Decision, decide, eligibility
 from agent.features.windows import FeatureWindows
 from agent.model.scoring import Model, default_model_paths, load_default_model, load_model
 from protocol.envelopes import Offer
-from tests.agent.test_agent_scoring import NOW, context, make_offer, write_model
+from tests.support.builders import NOW, context, make_offer, write_model
 
 ALL = Consent(analytics=True, personalization=True, marketing=True)
 SURFACE = "tv_home_banner"

@@ -2,22 +2,16 @@
 
 from __future__ import annotations
 
-import hashlib
 import math
-from collections.abc import Sequence
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any
 
 import numpy as np
 import onnx
 import onnxruntime
 import pytest
-from onnx import TensorProto, helper
 
 from agent.errors import ModelRejected
-from agent.features.windows import UserContext
 from agent.model.scoring import (
     Model,
     build_matrix,
@@ -25,118 +19,15 @@ from agent.model.scoring import (
     load_default_model,
     load_model,
 )
-from protocol.envelopes import FeatureSpec, Offer
-
-NOW = datetime(2026, 3, 2, 12, 0, tzinfo=UTC)
-
-
-def onnx_bytes(
-    weights: Sequence[float],
-    bias: float = 0.0,
-    *,
-    width: int | None = None,
-    input_name: str = "features",
-    output_name: str = "score",
-) -> bytes:
-    """A tiny logistic model: sigmoid(features @ W + b), input [N, F], output [N, 1]."""
-    f = len(weights) if width is None else width
-    w = helper.make_tensor("W", TensorProto.FLOAT, [len(weights), 1], list(weights))
-    b = helper.make_tensor("B", TensorProto.FLOAT, [1], [bias])
-    graph = helper.make_graph(
-        [
-            helper.make_node("MatMul", [input_name, "W"], ["z0"]),
-            helper.make_node("Add", ["z0", "B"], ["z"]),
-            helper.make_node("Sigmoid", ["z"], [output_name]),
-        ],
-        "tiny",
-        [helper.make_tensor_value_info(input_name, TensorProto.FLOAT, ["N", f])],
-        [helper.make_tensor_value_info(output_name, TensorProto.FLOAT, ["N", 1])],
-        initializer=[w, b],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    return bytes(model.SerializeToString())
-
-
-def spec_dict(
-    names: Sequence[str],
-    *,
-    means: Sequence[float] | None = None,
-    scales: Sequence[float] | None = None,
-    defaults: Sequence[float] | None = None,
-) -> dict[str, Any]:
-    n = len(names)
-    return {
-        "features": [
-            {
-                "name": name,
-                "mean": (means or [0.0] * n)[i],
-                "scale": (scales or [1.0] * n)[i],
-                "default": (defaults or [0.0] * n)[i],
-                "personal": name.startswith("user."),
-            }
-            for i, name in enumerate(names)
-        ]
-    }
-
-
-def manifest_for(data: bytes, spec: dict[str, Any], *, version: int = 1) -> dict[str, Any]:
-    return {
-        "v": 1,
-        "name": "tiny",
-        "version": version,
-        "profiles": ["tv", "hub"],
-        "sha256": hashlib.sha256(data).hexdigest(),
-        "size": len(data),
-        "feature_spec": spec,
-        "created_at": "2026-03-01T00:00:00.000Z",
-        "expires_at": "2027-03-01T00:00:00.000Z",
-    }
-
-
-def write_model(
-    directory: Path,
-    names: Sequence[str],
-    weights: Sequence[float],
-    bias: float = 0.0,
-    *,
-    version: int = 1,
-    **spec_kw: Any,
-) -> tuple[Path, dict[str, Any]]:
-    data = onnx_bytes(weights, bias)
-    path = directory / f"model-{hashlib.sha256(data).hexdigest()[:8]}.onnx"
-    path.write_bytes(data)
-    return path, manifest_for(data, spec_dict(names, **spec_kw), version=version)
-
-
-def make_offer(oid: str, **kw: Any) -> Offer:
-    fields: dict[str, Any] = {
-        "id": oid,
-        "campaign_id": f"c-{oid}",
-        "type": "coupon",
-        "title": f"offer {oid}",
-        "category": "groceries",
-        "surfaces": ["tv_home_banner"],
-        "starts_at": NOW - timedelta(days=1),
-        "expires_at": NOW + timedelta(days=1),
-    }
-    fields.update(kw)
-    return Offer.model_validate(fields)
-
-
-def context(personalized: bool = True, **kw: Any) -> UserContext:
-    base: dict[str, Any] = {
-        "profile": "tv",
-        "local_hour": 6.0,
-        "category_24h": MappingProxyType({}),
-        "category_7d": MappingProxyType({}),
-        "consumable_need": MappingProxyType({}),
-        "member_tier": 0,
-        "personalized": personalized,
-    }
-    base.update(kw)
-    return UserContext(**base)
-
+from protocol.envelopes import FeatureSpec
+from tests.support.builders import (
+    context,
+    make_offer,
+    manifest_for,
+    onnx_bytes,
+    spec_dict,
+    write_model,
+)
 
 NAMES = ["offer.discount", "user.consumable_need", "offer.priority"]
 

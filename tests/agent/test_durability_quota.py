@@ -18,6 +18,7 @@ from agent.intake.aggregates import AGGREGATE_ROW_CHARGE, AggregateHit, hit
 from agent.store.core import NewOutcome, NewSignal, Store
 from agent.store.quota import plan as quota_plan
 from protocol.ids import format_time
+from tests.support.clock import FakeClock
 
 DAY = 86_400.0
 START = datetime(2026, 11, 27, tzinfo=UTC).timestamp()
@@ -26,14 +27,6 @@ KINDS = {  # kind: (priority, ttl in seconds)
     "content_view": (50, 7 * DAY),
     "purchase": (90, 30 * DAY),
 }
-
-
-class Clock:
-    def __init__(self, now: float) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @dataclass
@@ -100,7 +93,7 @@ async def test_a_day_offline_at_the_quota_evicts_in_order_and_stays_under_it(
     tmp_path: Path, seed: int
 ) -> None:
     quota = 660_000
-    clock = Clock(START)
+    clock = FakeClock(START)
     path = tmp_path / "agent.sqlite3"
     store = Store(path, disk_quota=quota, clock=clock)
     await store.open()
@@ -135,7 +128,7 @@ async def test_a_day_offline_at_the_quota_evicts_in_order_and_stays_under_it(
             rows.append(Row(sid, priority, clock.now + ttl, clock.now, order, sig.size))
             order += 1
         hour = int(clock.now // 3600)
-        await store.accept_signals(batch, [(f"kind:{s.kind}", hour, 1) for s in batch])
+        await store.call(store.outbox.accept, batch, [(f"kind:{s.kind}", hour, 1) for s in batch])
         model.accept(rows, clock.now)
         assert store.outbox_bytes <= rows_budget
         biggest = max(biggest, disk_bytes(path))
@@ -145,7 +138,7 @@ async def test_a_day_offline_at_the_quota_evicts_in_order_and_stays_under_it(
     assert left == set(model.rows)
     assert store.drops["evicted"] == len(model.evicted) > 0
     assert store.drops["expired"] == len(model.expired) > 0
-    assert store.signal_rows == len(model.rows)
+    assert store.counters.signal_rows == len(model.rows)
     # Lowest priority first: no purchase was evicted, and app_opens went before content views.
     by_kind = {k: sum(1 for i in model.evicted if kind_of[i] == k) for k in KINDS}
     assert by_kind["purchase"] == 0
@@ -167,7 +160,7 @@ async def test_a_day_offline_at_the_quota_evicts_in_order_and_stays_under_it(
 async def test_refuse_profile_answers_quota_exceeded_after_dropping_only_expired(
     tmp_path: Path,
 ) -> None:
-    clock = Clock(START)
+    clock = FakeClock(START)
     store = Store(
         tmp_path / "r.sqlite3", outbox_max_bytes=20_000, outbox_full="refuse", clock=clock
     )
@@ -185,14 +178,14 @@ async def test_refuse_profile_answers_quota_exceeded_after_dropping_only_expired
 
     n = 0
     while store.outbox_bytes + sig(n, 0).size <= 20_000:
-        await store.accept_signals([sig(n, 3600.0 if n % 2 else DAY)], [])
+        await store.call(store.outbox.accept, [sig(n, 3600.0 if n % 2 else DAY)], [])
         n += 1
     with pytest.raises(QuotaExceeded):
-        await store.accept_signals([sig(n, DAY)], [])
-    kept = store.signal_rows
+        await store.call(store.outbox.accept, [sig(n, DAY)], [])
+    kept = store.counters.signal_rows
     assert kept == n and store.drops["refused"] == 1
     clock.now += 2 * 3600.0  # half of them expire
-    await store.accept_signals([sig(10_000, DAY)], [])
+    await store.call(store.outbox.accept, [sig(10_000, DAY)], [])
     assert store.drops["expired"] == n // 2
     assert store.drops["evicted"] == 0
     await store.close()
@@ -205,23 +198,25 @@ async def test_withdrawal_purges_pending_and_later_rows_never_enter_the_outbox(
     store = Store(path)
     await store.open()
     sigs = [NewSignal(f"s{i}", "search", "2026-11-27T00:00:00Z", "{}", 50, 4e9) for i in range(5)]
-    await store.accept_signals(sigs, [])
-    await store.set_consent({"analytics": False}, "2026-11-27T00:00:01Z", purge=True)
+    await store.call(store.outbox.accept, sigs, [])
+    await store.call(store.consent.set, {"analytics": False}, "2026-11-27T00:00:01Z", purge=True)
     assert store.depth == 0 and store.drops["withdrawn"] == 5
-    await store.accept_signals(sigs[:2], [("cat:games", 1, 2)])
+    await store.call(store.outbox.accept, sigs[:2], [("cat:games", 1, 2)])
     outcome = NewOutcome("o1", "offer", "c1", "a", "click", "2026-11-27T00:00:02Z", "s", 0.5, 1)
-    await store.add_outcome(outcome)
+    await store.call(store.decisions.record_outcome, outcome)
     assert store.depth == 0
     assert store.drops["withdrawn"] == 7 and store.drops["outcomes_withdrawn"] == 1
-    assert await store.load_buckets() == [("cat:games", 1, 2)]  # features still learn locally
+    assert await store.call(store.buckets.load) == [
+        ("cat:games", 1, 2)
+    ]  # features still learn locally
     await store.close()
     store = Store(path)  # the withdrawal holds across a restart
     await store.open()
     assert store.analytics_withdrawn
-    await store.accept_signals(sigs[2:3], [])
+    await store.call(store.outbox.accept, sigs[2:3], [])
     assert store.depth == 0 and store.drops["withdrawn"] == 8
-    await store.set_consent({"analytics": True}, "2026-11-27T00:00:03Z")
-    await store.accept_signals(sigs[3:4], [])
+    await store.call(store.consent.set, {"analytics": True}, "2026-11-27T00:00:03Z")
+    await store.call(store.outbox.accept, sigs[3:4], [])
     assert store.depth == 1
     await store.close()
 
@@ -249,15 +244,18 @@ def agg_signals(n: int, tag: str) -> list[NewSignal]:
 async def test_aggregate_rows_are_charged_against_the_quota_and_evicted_oldest_window_first(
     tmp_path: Path,
 ) -> None:
-    clock = Clock(START)
+    clock = FakeClock(START)
     quota = 40 * AGGREGATE_ROW_CHARGE
     store = Store(tmp_path / "a.sqlite3", outbox_max_bytes=quota, clock=clock)
     await store.open()
     accepted = 0
     for hour in range(6):  # 6 hours x 20 keys: 120 rows would need 3x the quota
         clock.now = START + hour * 3600.0 + 1
-        done = await store.accept_signals(
-            agg_signals(20, f"h{hour}-"), [], hits=hits_for(range(20), clock.now)
+        done = await store.call(
+            store.outbox.accept,
+            agg_signals(20, f"h{hour}-"),
+            [],
+            hits=hits_for(range(20), clock.now),
         )
         accepted += 20
         assert done.aggregated == 20
@@ -268,21 +266,27 @@ async def test_aggregate_rows_are_charged_against_the_quota_and_evicted_oldest_w
     # The oldest windows went first; every signal is in a row or counted as evicted.
     assert rows[2] > "1h:2026-11-27T01"
     assert rows[1] + store.drops["evicted"] == accepted
-    assert store.aggregate_unacked == rows[1]
+    assert store.counters.aggregate_unacked == rows[1]
     await store.close()
 
 
 async def test_aggregate_mode_refuses_new_rows_at_the_quota(tmp_path: Path) -> None:
-    clock = Clock(START + 1)
+    clock = FakeClock(START + 1)
     quota = 10 * AGGREGATE_ROW_CHARGE
     store = Store(tmp_path / "r.sqlite3", outbox_max_bytes=quota, outbox_full="refuse", clock=clock)
     await store.open()
-    await store.accept_signals(agg_signals(10, "a"), [], hits=hits_for(range(10), clock.now))
+    await store.call(
+        store.outbox.accept, agg_signals(10, "a"), [], hits=hits_for(range(10), clock.now)
+    )
     # Counting into existing rows costs nothing: still accepted at the quota.
-    await store.accept_signals(agg_signals(10, "b"), [], hits=hits_for(range(10), clock.now))
+    await store.call(
+        store.outbox.accept, agg_signals(10, "b"), [], hits=hits_for(range(10), clock.now)
+    )
     with pytest.raises(QuotaExceeded):
-        await store.accept_signals(agg_signals(1, "c"), [], hits=hits_for(range(10, 11), clock.now))
-    assert store.drops["refused"] == 1 and store.aggregate_unacked == 20
+        await store.call(
+            store.outbox.accept, agg_signals(1, "c"), [], hits=hits_for(range(10, 11), clock.now)
+        )
+    assert store.drops["refused"] == 1 and store.counters.aggregate_unacked == 20
     assert store.outbox_bytes == quota
     await store.close()
 
@@ -302,26 +306,33 @@ async def test_withdrawal_purges_batches_cut_but_unacked_and_a_late_ack_undoes_t
 ) -> None:
     store = Store(tmp_path / "w.sqlite3")
     await store.open()
-    await store.accept_signals(agg_signals(30, "s"), [])
+    await store.call(store.outbox.accept, agg_signals(30, "s"), [])
     cut = {}
     for _ in range(3):  # three batches of 10: two published, one only cut
-        batch = await store.cut_batch(
-            max_signals=10, max_outcomes=10, max_receipts=10, include_data=True, build=build_plain
+        batch = await store.call(
+            store.batches.cut,
+            max_signals=10,
+            max_outcomes=10,
+            max_receipts=10,
+            include_data=True,
+            build=build_plain,
         )
         assert batch is not None
         cut[batch.seq] = batch
-    await store.mark_sent(1)
-    await store.mark_sent(2)
-    await store.set_consent({"analytics": False}, "2026-11-27T00:00:01Z", purge=True)
+    await store.call(store.batches.mark_sent, 1)
+    await store.call(store.batches.mark_sent, 2)
+    await store.call(store.consent.set, {"analytics": False}, "2026-11-27T00:00:01Z", purge=True)
     # Nothing left to send: the cut batches are gone with their signals, all counted.
-    assert await store.batches() == []
+    assert await store.call(store.batches.stored) == []
     assert store.depth == 0 and store.outbox_bytes == 0
     assert store.drops["withdrawn"] == 30
     # Batch 1 had reached the gateway: its ack comes late, its signals are stored after all.
-    result = await store.ack([1])
+    result = await store.call(store.batches.ack, [1])
     assert result.seqs == (1,) and result.signals == 10
     assert store.drops["withdrawn"] == 20
-    assert (await store.ack([1, 3])).seqs == ()  # once only; batch 3 was never published
+    assert (
+        await store.call(store.batches.ack, [1, 3])
+    ).seqs == ()  # once only; batch 3 was never published
     await store.close()
     store = Store(tmp_path / "w.sqlite3")
     await store.open()
@@ -334,7 +345,7 @@ async def test_a_batch_over_the_size_bounds_is_cut_smaller_keeping_the_drain_ord
 ) -> None:
     store = Store(tmp_path / "b.sqlite3")
     await store.open()
-    await store.accept_signals(agg_signals(100, "s"), [])
+    await store.call(store.outbox.accept, agg_signals(100, "s"), [])
     tried: list[int] = []
 
     def build_at_most_30(
@@ -351,7 +362,8 @@ async def test_a_batch_over_the_size_bounds_is_cut_smaller_keeping_the_drain_ord
 
     sizes = []
     while True:
-        batch = await store.cut_batch(
+        batch = await store.call(
+            store.batches.cut,
             max_signals=100,
             max_outcomes=10,
             max_receipts=10,

@@ -36,7 +36,8 @@ from protocol import codec
 from protocol.envelopes import Batch, Signal
 from protocol.ids import new_id, utcnow
 from simulators.brokers import MosquittoProcess, free_port
-from tests.support.helpers import EDGEMART, eventually, spawn, start_gateway, stop, wait_healthy
+from tests.support.processes import EDGEMART, spawn, start_gateway, stop, wait_healthy
+from tests.support.waiting import eventually
 
 ROOT = Path(__file__).resolve().parents[2]
 DEVICES = ("tv-auth-0001", "tv-auth-0002")

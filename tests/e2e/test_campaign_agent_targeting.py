@@ -5,7 +5,6 @@ Real Mosquitto, gateway and agents in this process."""
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -15,8 +14,10 @@ from cloud_gateway.campaigns.model import CampaignIn
 from cloud_gateway.db.devices import device_facts, get_device
 from cloud_gateway.db.pushes import pushed_devices
 from simulators.brokers import MosquittoProcess
-from tests.support.durability_world import ALL, agent_settings, export, gateway
-from tests.support.helpers import eventually
+from tests.support.builders import ALL
+from tests.support.clock import FakeClock
+from tests.support.gateway_world import agent_settings, export, gateway
+from tests.support.waiting import eventually
 
 DAY = 86_400.0
 OFFER = {
@@ -133,16 +134,6 @@ def acked(agent: Agent) -> Callable[[], bool]:
     return lambda: agent.store.depth == 0
 
 
-class Clock:
-    """The agents' clock, moved back to report usage in past aggregate windows."""
-
-    def __init__(self) -> None:
-        self.offset = 0.0
-
-    def __call__(self) -> float:
-        return time.time() + self.offset
-
-
 async def test_real_agents_in_aggregate_mode_are_targeted_on_what_they_report(
     tmp_path: Path, mosquitto: MosquittoProcess
 ) -> None:
@@ -150,7 +141,7 @@ async def test_real_agents_in_aggregate_mode_are_targeted_on_what_they_report(
         agents: dict[str, Agent] = {}
         try:
             for device, (consent, steps) in USAGE.items():
-                clock = Clock()
+                clock = FakeClock()
                 settings = agent_settings(gw, tmp_path, mosquitto, device=device, profile="phone")
                 assert settings.profile.uplink.mode == "aggregate"
                 agent = agents[device] = await Agent(settings, clock=clock).__aenter__()

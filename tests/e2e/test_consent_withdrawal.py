@@ -12,8 +12,9 @@ import aiohttp
 from agent.runtime.agent import Agent
 from simulators.brokers import MosquittoProcess
 from simulators.checker import Drops, account
-from tests.support.durability_world import ALL, agent_settings, device_view, export, gateway
-from tests.support.helpers import eventually
+from tests.support.builders import ALL
+from tests.support.gateway_world import agent_settings, device_view, export, gateway
+from tests.support.waiting import eventually
 
 NO_ANALYTICS = {**ALL, "analytics": False}
 

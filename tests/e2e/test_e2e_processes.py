@@ -13,15 +13,8 @@ import pytest
 
 from protocol.ids import format_time, utcnow
 from simulators.brokers import MosquittoProcess, free_port
-from tests.support.helpers import (
-    EDGEMART,
-    eventually,
-    spawn,
-    start_gateway,
-    stop,
-    tail,
-    wait_healthy,
-)
+from tests.support.processes import EDGEMART, spawn, start_gateway, stop, tail, wait_healthy
+from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.integration
 

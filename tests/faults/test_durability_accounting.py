@@ -13,7 +13,7 @@ from cloud_gateway.db.store import Store
 from protocol.envelopes import Aggregate, Batch
 from protocol.ids import utcnow
 from simulators.checker import Drops, account, coverage
-from tests.support.helpers import gateway_db_before
+from tests.support.builders import gateway_db_before
 
 
 def snapshot(seq: int, count: int, key: str = "search") -> Batch:

@@ -34,8 +34,9 @@ from protocol.envelopes import Batch
 from simulators.brokers import MosquittoProcess, free_port
 from simulators.checker import Drops, account
 from simulators.faults import AgentProcess
-from tests.support.durability_world import ALL, agent_settings, export, gateway
-from tests.support.helpers import eventually, gateway_db_before
+from tests.support.builders import ALL, gateway_db_before
+from tests.support.gateway_world import agent_settings, export, gateway
+from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.integration
 
@@ -210,9 +211,9 @@ async def test_withdrawal_purges_batches_in_flight_and_accounting_closes_when_th
         for _ in range(10):  # the gateway is down: batches are cut and published, no ack
             ids += await agent.accept_signals([{"kind": "search"}] * 50)
         await eventually(lambda: agent.counters["batches_sent"] >= 4, what="batches in flight")
-        assert len(await agent.store.batches()) == 4
+        assert len(await agent.store.call(agent.store.batches.stored)) == 4
         await agent.set_consent(NO_ANALYTICS)
-        assert await agent.store.batches() == []  # never sent again
+        assert await agent.store.call(agent.store.batches.stored) == []  # never sent again
         assert agent.store.depth == 0
         assert agent.status()["accounting"]["withdrawn"] == 500
         resent = agent.counters["batches_resent"]

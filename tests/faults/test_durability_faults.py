@@ -20,7 +20,7 @@ from cloud_gateway.runtime.gateway import Gateway
 from simulators.brokers import MosquittoProcess, free_port
 from simulators.checker import check
 from simulators.faults import AgentProcess
-from tests.support.helpers import eventually
+from tests.support.waiting import eventually
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

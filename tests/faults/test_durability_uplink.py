@@ -1,11 +1,11 @@
 """The uplink under budgets and after outages (real Mosquitto, in-process gateway and agent):
 aggregate mode's cumulative snapshots, the daily byte budget (degrade, then hold), the paced
-drain after an outage (high priority first, then oldest), and the capped jittered backoff."""
+drain after an outage (high priority first, then oldest). The reconnect backoff's properties
+are tested in `tests/mqttlink/test_backoff.py`."""
 
 from __future__ import annotations
 
 import asyncio
-import random
 import time
 from pathlib import Path
 from typing import Any
@@ -13,13 +13,14 @@ from typing import Any
 import pytest
 
 from agent.errors import LinkDown
-from agent.link.session import Backoff
 from agent.runtime.agent import Agent
 from cloud_gateway.db.store import Store as GatewayStore
 from simulators.brokers import MosquittoProcess
 from simulators.checker import Drops, account, coverage
-from tests.support.durability_world import ALL, agent_settings, device_view, export, gateway
-from tests.support.helpers import eventually
+from tests.support.builders import ALL
+from tests.support.clock import FakeClock
+from tests.support.gateway_world import agent_settings, device_view, export, gateway
+from tests.support.waiting import eventually
 
 
 def mixed(round_: int) -> list[dict[str, Any]]:
@@ -73,14 +74,6 @@ async def test_aggregate_mode_snapshots_cover_every_signal_and_the_latest_wins(
             assert (await device_view(gw, device))["aggregates_cover"] == 210
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.offset = 0.0
-
-    def __call__(self) -> float:
-        return time.time() + self.offset
-
-
 async def batches_at(gw: Any, device: str) -> int:
     def count(store: GatewayStore, dev: str) -> int:
         row = store.conn.execute("SELECT count(*) FROM batches WHERE device_id = ?", [dev])
@@ -104,7 +97,7 @@ async def test_daily_byte_budget_degrades_to_aggregates_then_holds_until_the_nex
             uplink={"degrade_at": 0.5, "batch_max_signals": 100},
         )
         device = settings.device_id
-        clock = Clock()
+        clock = FakeClock()
         async with Agent(settings, clock=clock) as agent:
             uplink = agent.uplink
             assert uplink is not None
@@ -217,13 +210,3 @@ async def test_an_uplink_publish_fails_at_once_when_the_broker_dies_before_its_p
                 await asyncio.wait_for(sending, 5)
             assert time.monotonic() - started < 3
             await eventually(lambda: not link.connected.is_set(), 3, "the link reports the loss")
-
-
-def test_reconnect_backoff_is_capped_and_jittered() -> None:
-    backoff = Backoff(initial=0.5, cap=30.0, rng=random.Random(7))
-    delays = [backoff.next_delay() for _ in range(30)]
-    assert all(0.25 <= d <= 30.0 for d in delays)
-    assert max(delays[-10:]) <= 30.0 and min(delays[-10:]) >= 15.0  # capped at 30 s
-    assert len({round(d, 6) for d in delays[-10:]}) == 10  # jittered: no two alike
-    backoff.reset()
-    assert backoff.next_delay() <= 0.5

@@ -11,7 +11,7 @@ import pytest
 from agent.runtime.agent import Agent
 from simulators.brokers import MosquittoProcess
 from simulators.netfault import PartitionProxy
-from tests.agent.test_agent_loop import World
+from tests.support.agent_world import World
 
 pytestmark = pytest.mark.integration
 

@@ -11,6 +11,7 @@ import signal
 import sqlite3
 import uuid
 from datetime import timedelta
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -29,10 +30,14 @@ from protocol.envelopes import Batch, ClaimRequest, OfferBundle, Signal, State
 from protocol.ids import format_time, new_id, parse_time, utcnow
 from protocol.topics import Topics
 from simulators.brokers import MosquittoProcess, free_port
-from tests.gateway.test_campaign_targeting import OFFER, eventually
-from tests.support.helpers import gateway_settings, start_gateway, stop
+from tests.support import waiting
+from tests.support.builders import CAMPAIGN_OFFER as OFFER
+from tests.support.gateway_world import gateway_settings
+from tests.support.processes import start_gateway, stop
 
 LIMITED = {**OFFER, "limited": True}
+# a gateway in this process, pushes through a real broker: up to 30 s under load
+eventually = partial(waiting.eventually, timeout=30.0)
 
 
 class Inbox:

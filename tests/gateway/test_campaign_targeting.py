@@ -28,21 +28,14 @@ from protocol.envelopes import Batch, OfferBundle, Signal, State, TrustFile
 from protocol.ids import new_id, utcnow
 from protocol.signing import Verifier
 from simulators.brokers import MosquittoProcess
-from tests.support import helpers
+from tests.support import waiting
+from tests.support.builders import CAMPAIGN_OFFER as OFFER
+from tests.support.gateway_world import gateway_settings
 
 pytestmark = pytest.mark.integration
 
-OFFER = {
-    "type": "replenishment",
-    "title": "Filter -20%",
-    "category": "purifier_filter",
-    "discount": 0.2,
-    "surfaces": ["tv_home_banner"],
-}
-
-
 # a gateway in this process, pushes through a real broker: up to 30 s under load
-eventually = partial(helpers.eventually, timeout=30.0)
+eventually = partial(waiting.eventually, timeout=30.0)
 
 
 def test_holdout_and_variants_are_stable_and_within_tolerance() -> None:
@@ -92,7 +85,7 @@ def _fleet(n: int, seed: int) -> list[dict[str, Any]]:
 async def test_rules_reach_exactly_the_selected_devices_with_receipts_and_births(
     mosquitto: MosquittoProcess, tmp_path: Path
 ) -> None:
-    settings = helpers.gateway_settings(tmp_path, mosquitto, scheduler_tick_s=0.2)
+    settings = gateway_settings(tmp_path, mosquitto, scheduler_tick_s=0.2)
     topics = settings.topics
     fleet = _fleet(300, seed=6)
     now = utcnow()
@@ -296,7 +289,7 @@ async def test_rules_reach_exactly_the_selected_devices_with_receipts_and_births
 async def test_cohort_targeting_is_one_publish_and_the_scheduler_runs_on_time(
     mosquitto: MosquittoProcess, tmp_path: Path
 ) -> None:
-    settings = helpers.gateway_settings(tmp_path, mosquitto, scheduler_tick_s=0.2)
+    settings = gateway_settings(tmp_path, mosquitto, scheduler_tick_s=0.2)
     topics = settings.topics
     async with (
         Gateway(settings) as gw,

@@ -26,7 +26,7 @@ from protocol.ids import new_id, utcnow
 from protocol.signing import Verifier
 from protocol.topics import Topics
 from simulators.brokers import MosquittoProcess, free_port
-from tests.support.helpers import start_gateway, stop
+from tests.support.processes import start_gateway, stop
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

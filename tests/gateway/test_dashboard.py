@@ -18,7 +18,7 @@ from protocol import codec
 from protocol.envelopes import Batch, Outcome, OutcomeKind, State
 from protocol.ids import new_id, utcnow
 from simulators.brokers import MosquittoProcess
-from tests.support.helpers import gateway_settings
+from tests.support.gateway_world import gateway_settings
 
 pytestmark = pytest.mark.integration
 

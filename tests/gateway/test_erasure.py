@@ -43,7 +43,9 @@ from protocol.envelopes import Batch, Command
 from protocol.ids import format_time, new_id, utcnow
 from protocol.signing import Signer, Verifier
 from simulators.brokers import MosquittoProcess
-from tests.support.helpers import eventually, gateway_settings, make_batch
+from tests.support.builders import make_batch
+from tests.support.gateway_world import gateway_settings
+from tests.support.waiting import eventually
 
 ALL = {"analytics": True, "personalization": True, "marketing": True}
 
@@ -165,7 +167,7 @@ async def test_agent_obeys_only_signed_fresh_commands_for_itself_once(tmp_path: 
 
     async def add_signal() -> None:
         row = NewSignal(new_id(), "app_open", format_time(utcnow()), "{}", 50, 2e9)
-        await store.accept_signals([row], [("app_open", 1, 1)])
+        await store.call(store.outbox.accept, [row], [("app_open", 1, 1)])
 
     def command(device: str = "tv-cmd-0001", *, expires_in: float = 3600, **kw: Any) -> bytes:
         now = utcnow()
@@ -189,17 +191,17 @@ async def test_agent_obeys_only_signed_fresh_commands_for_itself_once(tmp_path: 
     ):
         assert not await commands.handle(bad)
     assert metrics.counters["commands_bad"] == 5
-    assert store.signal_rows == 1 and not forgotten
+    assert store.counters.signal_rows == 1 and not forgotten
 
     forget = command(id="forget-1")
     assert await commands.handle(forget)
-    assert store.signal_rows == 0 and store.depth == 0
+    assert store.counters.signal_rows == 0 and store.depth == 0
     assert forgotten[0]["signals"] == 1 and forgotten[0]["feature_buckets"] == 1
     assert store.drops["forgotten"] == 1 and store.drops["forgets"] == 1
 
     await add_signal()  # consent and life go on; a re-sent forget is confirmed, not re-applied
     assert await commands.handle(forget)
-    assert store.signal_rows == 1 and len(forgotten) == 1
+    assert store.counters.signal_rows == 1 and len(forgotten) == 1
     assert metrics.counters["commands_duplicate"] == 1
     await store.close()
     db = sqlite3.connect(tmp_path / "agent.sqlite3")
@@ -291,6 +293,6 @@ async def test_erasure_end_to_end_through_mosquitto(
                 export = await (await http.get(f"/v1/devices/{device}/export")).json()
                 assert len(export["signals"]) == 1
     db = sqlite3.connect(tmp_path / "dev" / "agent.sqlite3")
-    for table in ("issue4_exposures", "issue4_cap_counts", "batches"):
+    for table in ("exposures", "cap_counts", "batches"):
         assert db.execute(f"SELECT count(*) FROM {table}").fetchone()[0] == 0, table
     db.close()

@@ -21,7 +21,9 @@ from protocol import codec
 from protocol.ids import new_id
 from protocol.topics import Topics
 from simulators.brokers import MosquittoProcess
-from tests.support.helpers import eventually, gateway_settings, make_batch
+from tests.support.builders import make_batch
+from tests.support.gateway_world import gateway_settings
+from tests.support.waiting import eventually
 
 DEVICES, BATCHES = 300, 10
 QUEUE = 16

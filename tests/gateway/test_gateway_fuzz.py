@@ -22,7 +22,7 @@ from cloud_gateway.db.store import Store
 from cloud_gateway.runtime.gateway import Gateway
 from cloud_gateway.security.auth import create_token
 from simulators.brokers import MosquittoProcess
-from tests.support.helpers import gateway_settings
+from tests.support.gateway_world import gateway_settings
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

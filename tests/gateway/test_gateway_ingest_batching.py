@@ -29,7 +29,8 @@ from protocol.errors import ProtocolError
 from protocol.ids import utcnow
 from protocol.topics import Topics
 from simulators.brokers import MosquittoProcess
-from tests.support.helpers import gateway_settings, make_batch
+from tests.support.builders import make_batch
+from tests.support.gateway_world import gateway_settings
 
 TOPICS = Topics("edgemart/v1")
 

@@ -40,7 +40,9 @@ from protocol.envelopes import (
 from protocol.ids import new_id, utcnow
 from protocol.signing import Verifier
 from simulators.brokers import MosquittoProcess
-from tests.support.helpers import eventually, gateway_settings, make_batch
+from tests.support.builders import make_batch
+from tests.support.gateway_world import gateway_settings
+from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.integration
 

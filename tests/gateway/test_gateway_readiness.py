@@ -12,7 +12,8 @@ import aiohttp
 from cloud_gateway.runtime.gateway import Gateway
 from cloud_gateway.runtime.tasks import Supervisor
 from simulators.brokers import MosquittoProcess
-from tests.support.helpers import eventually, gateway_settings
+from tests.support.gateway_world import gateway_settings
+from tests.support.waiting import eventually
 
 
 async def _get(port: int | None, path: str) -> tuple[int, dict[str, Any]]:

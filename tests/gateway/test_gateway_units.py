@@ -31,7 +31,7 @@ from protocol.envelopes import OutcomeKind, TrustFile
 from protocol.ids import utcnow
 from protocol.signing import Verifier
 from protocol.topics import Topics
-from tests.support.helpers import make_batch
+from tests.support.builders import make_batch
 
 ROOT = Path(__file__).resolve().parents[2]
 TOPICS = Topics("edgemart/v1")
@@ -190,6 +190,7 @@ def test_keys_created_private_then_reloaded(tmp_path: Path) -> None:
     Verifier.from_public_keys(trust.keys).verify(signed)
 
 
+@pytest.mark.integration  # spawns a process or starts a broker
 def test_token_create_cli_subprocess(tmp_path: Path) -> None:
     data_dir = tmp_path / "gw"
     done = subprocess.run(
@@ -218,6 +219,7 @@ def test_token_create_cli_subprocess(tmp_path: Path) -> None:
     assert audit_log(Store(data_dir / "gateway.db"))[0]["who"] == "ops:alice"
 
 
+@pytest.mark.integration  # spawns a process or starts a broker
 def test_cli_errors_are_one_line_and_exit_2(tmp_path: Path) -> None:
     done = subprocess.run(
         [
@@ -253,6 +255,6 @@ async def test_the_mqtt_client_warns_only_past_the_publishes_the_gateway_overlap
         return None
 
     settings = load_settings(data_dir=tmp_path, broker="mqtt://127.0.0.1:1")
-    client = MqttLink(settings, nothing)._make_client()
+    client = MqttLink(settings, nothing)._make_client().client
     assert client.pending_calls_threshold > delivery.PUBLISH_CONCURRENCY
     assert client.pending_calls_threshold > claims.PUBLISH_CONCURRENCY

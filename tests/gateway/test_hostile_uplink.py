@@ -28,8 +28,8 @@ from protocol.envelopes import Batch, Signal
 from protocol.ids import new_id, utcnow
 from protocol.topics import Topics
 from simulators.brokers import MosquittoProcess
-from tests.support.durability_world import gateway
-from tests.support.helpers import eventually
+from tests.support.gateway_world import gateway
+from tests.support.waiting import eventually
 
 TOPICS = Topics("edgemart/v1")
 VICTIM, OTHER = "tv-victim-01", "tv-other-02"

@@ -28,7 +28,8 @@ from protocol.envelopes import Batch, ModelManifest, Outcome, OutcomeKind, Trust
 from protocol.ids import new_id, utcnow
 from protocol.signing import Verifier
 from simulators.brokers import MosquittoProcess
-from tests.support.helpers import eventually, gateway_settings
+from tests.support.gateway_world import gateway_settings
+from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.integration
 

@@ -35,8 +35,9 @@ from protocol.ids import format_time, utcnow
 from protocol.signing import Signer
 from protocol.topics import Topics
 from simulators.brokers import MosquittoProcess
-from tests.agent.test_agent_scoring import onnx_bytes
-from tests.support.helpers import eventually, gateway_settings
+from tests.support.builders import onnx_bytes
+from tests.support.gateway_world import gateway_settings
+from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.integration
 

@@ -14,6 +14,7 @@ import pytest
 from models.cli import main, register
 
 
+@pytest.mark.integration  # spawns a process or starts a broker
 def test_build_default_verb_writes_model_manifest_and_evaluation(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -50,6 +51,7 @@ def test_register_adds_the_model_group() -> None:
     assert callable(args.func)
 
 
+@pytest.mark.integration  # spawns a process or starts a broker
 def test_python_dash_m_models_shows_its_help() -> None:
     done = subprocess.run(
         [sys.executable, "-m", "models", "build-default", "--help"],

@@ -29,6 +29,7 @@ async def test_embedded_broker_roundtrip(amqtt_broker: EmbeddedBroker) -> None:
     assert await _roundtrip(amqtt_broker.port) == b"hello"
 
 
+@pytest.mark.integration  # spawns a process or starts a broker
 async def test_the_embedded_broker_restarts_on_its_port(monkeypatch: pytest.MonkeyPatch) -> None:
     """Stopped and started again on the same port (what `edgemart fleet`'s broker-restart
     does), also when amqtt's own shutdown hangs: the listeners are closed after the bound."""

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from simulators.fleet import FleetOptions, run_fleet, succeeded
-from tests.support.helpers import EDGEMART
+from tests.support.processes import EDGEMART
 
 pytestmark = pytest.mark.integration
 

@@ -1,0 +1,48 @@
+"""What the local API needs of the agent: the `AgentPort` protocol (`Agent` implements it; a
+test can build the API over any other implementation, no broker needed)."""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+from agent.config import AgentSettings
+from agent.decide.ranking import Decision
+from agent.intake.consent import ConsentState
+from agent.intake.validate import SignalIn
+from agent.runtime.metrics import Metrics
+
+
+class AgentPort(Protocol):
+    """The use cases the local API serves, and the settings and metrics it reads."""
+
+    @property
+    def settings(self) -> AgentSettings: ...
+
+    @property
+    def metrics(self) -> Metrics: ...
+
+    @property
+    def model_version(self) -> int | None: ...
+
+    @property
+    def consent(self) -> ConsentState: ...
+
+    async def accept_parsed(self, signals: list[SignalIn]) -> list[str]: ...
+
+    async def decide(self, surface: str, limit: int = 3, *, explain: bool = False) -> Decision: ...
+
+    async def record_outcome_detail(
+        self, offer_id: str, kind: str, surface: str
+    ) -> dict[str, Any]: ...
+
+    async def set_consent(self, purposes: dict[str, bool]) -> ConsentState: ...
+
+    def status(self) -> dict[str, Any]: ...
+
+    async def claim(self, offer_id: str) -> tuple[dict[str, Any], bool]: ...
+
+    async def get_claim(self, claim_id: str) -> dict[str, Any] | None: ...
+
+    async def readiness(self) -> dict[str, Any]:
+        """`{"ready": bool, ...}`: broker link up, store answering, every owned loop running."""
+        ...

@@ -1,0 +1,229 @@
+"""The agent's composition root: `build(settings, clock=..., transport=...) -> Parts` makes
+every part in order, each with its collaborators passed by name, and `start_loops` hands the
+background loops to the supervisor. `agent.runtime.agent.Agent` is the thin seam over `Parts`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from functools import partial
+
+from agent.config import AgentSettings
+from agent.decide.decisions import Decisions
+from agent.decide.policy import CapCounts
+from agent.errors import ConfigError, ModelRejected, ScoringError
+from agent.features.windows import FeatureWindows
+from agent.intake.consent import ConsentBox, ConsentState
+from agent.intake.service import Intake
+from agent.link.commands import Commands
+from agent.link.session import Link
+from agent.link.transport import TransportFactory
+from agent.link.uplink import Uplink
+from agent.model.scoring import Model, load_default_model
+from agent.model.slot import ModelSlot
+from agent.model.update import ModelUpdater, UpdateConfig, load_kept
+from agent.offers.book import OfferBook, load_trust
+from agent.offers.claims import Claims
+from agent.runtime.loops import MemoryWatch, StateReport, maintenance
+from agent.runtime.memory import MemoryBudget, sqlite_cache_kib
+from agent.runtime.metrics import Metrics
+from agent.runtime.parts import Parts
+from agent.runtime.router import Fanout, Router, downlink_routes
+from agent.runtime.status import gauges_of
+from agent.runtime.tasks import Supervisor
+from agent.store.core import Store
+from protocol.errors import ProtocolError
+from protocol.ids import utcnow
+from protocol.signing import Verifier
+from protocol.topics import DEFAULT_ROOT
+
+log = logging.getLogger(__name__)
+
+
+async def build(
+    settings: AgentSettings,
+    *,
+    clock: Callable[[], float],
+    transport: TransportFactory = Link,
+    owns_process: bool = False,
+) -> Parts:
+    """Make the agent's parts (the store opened, state loaded); nothing runs yet.
+
+    `clock`: the wall clock of the store (TTLs, windows, budget days); tests travel.
+    `owns_process`: the profile's memory budget judges the process's resident set."""
+    try:
+        trust = await asyncio.to_thread(load_trust, settings.trust)
+        verifier = Verifier.from_public_keys(trust.keys)
+    except (OSError, ProtocolError) as exc:
+        raise ConfigError(f"bad trust file: {exc}", source=str(settings.trust)) from exc
+    if settings.topic_root == DEFAULT_ROOT and trust.topic_root != DEFAULT_ROOT:
+        settings = settings.model_copy(update={"topic_root": trust.topic_root})
+    profile = settings.profile
+    metrics = Metrics()
+    memory = MemoryBudget(profile.budgets.memory_mb, shared=not owns_process)
+    store = Store(
+        settings.db_path,
+        durability=profile.uplink.durability,
+        disk_quota=profile.budgets.outbox_max_bytes,
+        cache_kib=sqlite_cache_kib(profile.budgets.memory_mb),
+        outbox_full=profile.budgets.outbox_full,
+        seen_ids_max=settings.seen_ids_max,
+        clock=clock,
+    )
+    await store.open()
+    try:
+        return await _build_on(settings, store, verifier, metrics, memory, clock, transport)
+    except BaseException:
+        await store.close()
+        raise
+
+
+async def _build_on(  # noqa: PLR0917 - the order of the parts, in one place
+    settings: AgentSettings,
+    store: Store,
+    verifier: Verifier,
+    metrics: Metrics,
+    memory: MemoryBudget,
+    clock: Callable[[], float],
+    transport: TransportFactory,
+) -> Parts:
+    profile = settings.profile
+    slot = ModelSlot()
+    try:
+        slot.current = await asyncio.to_thread(load_default_model)
+    except ModelRejected as exc:
+        log.error("no usable model, ranking by priority: %s", exc)  # noqa: TRY400
+    models_dir = settings.data_dir / "models"
+    state_changed = asyncio.Event()
+    updates = ModelUpdater(
+        UpdateConfig(
+            device_id=settings.device_id,
+            profile=profile.name,
+            models_dir=models_dir,
+            scoring_budget_ms=profile.budgets.scoring_cpu_ms,
+            candidates=profile.budgets.max_candidates,
+            cohorts=tuple(profile.cohorts),
+        ),
+        verifier,
+        metrics,
+        running=slot.get,
+        swap=slot.swap,
+        on_report=state_changed.set,
+    )
+    await updates.open()
+    # the last good update, else the newest good one kept below it, else the default
+    current, previous = await asyncio.to_thread(load_kept, models_dir, updates.refused)
+    if current is not None:
+        slot.restore(current, previous)
+    defaults = profile.consent
+    consent = ConsentBox(
+        ConsentState(defaults.analytics, defaults.personalization, defaults.marketing)
+    )
+    for row in await store.call(store.consent.load):
+        consent.restore(row.purpose, row.granted, row.version, row.updated_at)
+    windows = FeatureWindows.load(await store.call(store.buckets.load))
+    offers = OfferBook(verifier, store, metrics)
+    await offers.load()
+    report = StateReport(settings, slot=slot, updates=updates, changed=state_changed)
+    router = Router({})
+    on_connected = Fanout()
+    link = transport(
+        settings,
+        birth=report.birth,
+        on_message=router.dispatch,
+        on_connected=on_connected,
+        metrics=metrics,
+    )
+    uplink = Uplink(
+        settings,
+        store,
+        link,
+        metrics,
+        consent=consent.get,
+        model_version=slot.current_version,
+    )
+    await uplink.start()
+
+    def model_failed(model: Model, error: ScoringError) -> Model | None:
+        """A model failed at run time: back to the last good one, reported by the updater."""
+        good, rolled_back = slot.failed(model, str(error))
+        if rolled_back:
+            metrics.inc("models_rejected")
+            updates.rolled_back(model, good, str(error))
+        return good
+
+    decisions = Decisions(
+        settings,
+        store,
+        metrics,
+        on_outcome=partial(uplink.poke, flush=True),  # outcomes go up at once
+        on_model_failure=model_failed,
+    )
+    today = decisions.local_day(utcnow())
+    decisions.caps = CapCounts.load(await store.call(store.decisions.cap_counts, today), today)
+    claims = Claims(settings, store, verifier, metrics, link=link, offer=offers.get)
+    await claims.start()
+
+    async def forgotten(removed: dict[str, int]) -> None:
+        """A `forget` was committed: drop what memory still holds of the erased data."""
+        windows.reset()
+        decisions.forget(utcnow())
+        claims.refused = frozenset()
+        metrics.inc("signals_forgotten", removed.get("signals", 0))
+
+    commands = Commands(settings.device_id, store, verifier, metrics, on_forget=forgotten)
+    router.routes.update(
+        downlink_routes(
+            uplink=uplink, offers=offers, updates=updates, claims=claims, commands=commands
+        )
+    )
+    on_connected.add(uplink.on_connected)
+    on_connected.add(claims.on_connected)
+    intake = Intake(
+        settings,
+        store=store,
+        windows=windows,
+        consent=consent,
+        metrics=metrics,
+        mode=uplink.mode,
+        poke=uplink.poke,
+    )
+    parts = Parts(
+        settings=settings,
+        clock=clock,
+        metrics=metrics,
+        memory=memory,
+        store=store,
+        slot=slot,
+        updates=updates,
+        consent=consent,
+        windows=windows,
+        offers=offers,
+        decisions=decisions,
+        link=link,
+        uplink=uplink,
+        claims=claims,
+        commands=commands,
+        router=router,
+        intake=intake,
+        report=report,
+        memory_watch=MemoryWatch(settings, budget=memory, metrics=metrics, store=store, slot=slot),
+        loops=Supervisor(f"agent-{settings.device_id}", metrics),
+    )
+    metrics.add_gauges(partial(gauges_of, parts))
+    return parts
+
+
+def start_loops(parts: Parts) -> None:
+    """Hand every background loop to the supervisor (memory watch: `start_memory_watch`)."""
+    loops = parts.loops
+    loops.start("link", parts.link.run)
+    loops.start("uplink", parts.uplink.run)
+    loops.start(
+        "maintenance",
+        partial(maintenance, parts.store, parts.metrics, parts.settings, parts.decisions.local_day),
+    )
+    loops.start("claims", parts.claims.run)
+    loops.start("state", partial(parts.report.republish, parts.link))

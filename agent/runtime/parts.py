@@ -1,0 +1,51 @@
+"""`Parts`: what the composition root (`agent.runtime.build`) made, every part present."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from agent.config import AgentSettings
+from agent.decide.decisions import Decisions
+from agent.features.windows import FeatureWindows
+from agent.intake.consent import ConsentBox
+from agent.intake.service import Intake
+from agent.link.commands import Commands
+from agent.link.transport import Transport
+from agent.link.uplink import Uplink
+from agent.model.slot import ModelSlot
+from agent.model.update import ModelUpdater
+from agent.offers.book import OfferBook
+from agent.offers.claims import Claims
+from agent.runtime.loops import MemoryWatch, StateReport
+from agent.runtime.memory import MemoryBudget
+from agent.runtime.metrics import Metrics
+from agent.runtime.router import Router
+from agent.runtime.tasks import Supervisor
+from agent.store.core import Store
+
+
+@dataclass(frozen=True, slots=True)
+class Parts:
+    """A built agent: every part, none missing."""
+
+    settings: AgentSettings
+    clock: Callable[[], float]
+    metrics: Metrics
+    memory: MemoryBudget
+    store: Store
+    slot: ModelSlot
+    updates: ModelUpdater
+    consent: ConsentBox
+    windows: FeatureWindows
+    offers: OfferBook
+    decisions: Decisions
+    link: Transport
+    uplink: Uplink
+    claims: Claims
+    commands: Commands
+    router: Router
+    intake: Intake
+    report: StateReport
+    memory_watch: MemoryWatch
+    loops: Supervisor

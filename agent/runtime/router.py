@@ -1,0 +1,85 @@
+"""The downlink router: one table from a message's kind to the handler that takes it."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+
+from agent.link.commands import Commands
+from agent.link.session import Incoming
+from agent.link.uplink import Uplink
+from agent.model.update import ModelUpdater
+from agent.offers.book import OfferBook
+from agent.offers.claims import Claims
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[Incoming], Awaitable[None]]
+
+
+class Router:
+    """`dispatch(message)` runs the handler of `message.kind`; unknown kinds are logged."""
+
+    def __init__(self, routes: Mapping[str, Handler]) -> None:
+        self.routes = dict(routes)
+
+    async def dispatch(self, message: Incoming) -> None:
+        handler = self.routes.get(message.kind)
+        if handler is None:
+            log.debug("not handled yet: %s on %s", message.kind, message.topic)
+            return
+        await handler(message)
+
+
+class Fanout:
+    """Callbacks run in order on one event (the link came up: uplink and claims resend)."""
+
+    def __init__(self) -> None:
+        self._callbacks: list[Callable[[], None]] = []
+
+    def add(self, callback: Callable[[], None]) -> None:
+        self._callbacks.append(callback)
+
+    def __call__(self) -> None:
+        for callback in self._callbacks:
+            callback()
+
+
+def downlink_routes(
+    *,
+    uplink: Uplink,
+    offers: OfferBook,
+    updates: ModelUpdater,
+    claims: Claims,
+    commands: Commands,
+) -> dict[str, Handler]:
+    """What the agent does with each kind the gateway sends; a receipt to send wakes the
+    uplink (at once for a command: the gateway waits on its receipt)."""
+
+    async def ack(message: Incoming) -> None:
+        await uplink.handle_ack(message.payload)
+
+    async def offer_bundle(message: Incoming) -> None:
+        verdict = await offers.handle(message.kind, message.subject, message.payload)
+        if message.kind == "offers" and verdict.bundle_id:
+            uplink.poke()  # a receipt to send
+
+    async def manifest(message: Incoming) -> None:
+        updates.submit(message.payload)
+
+    async def claim_result(message: Incoming) -> None:
+        await claims.handle_result(message.payload)
+        uplink.poke()  # a receipt to send
+
+    async def command(message: Incoming) -> None:
+        if await commands.handle(message.payload):
+            uplink.poke(flush=True)  # a receipt to send
+
+    return {
+        "ack": ack,
+        "offers": offer_bundle,
+        "cohort_offers": offer_bundle,
+        "manifest": manifest,
+        "claim": claim_result,
+        "cmd": command,
+    }

@@ -1,0 +1,47 @@
+"""Fixtures of the agent tests on a real broker: the test's world, a fake gateway, a claim desk."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable, Coroutine
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from simulators.brokers import MosquittoProcess
+from tests.support.agent_world import FakeGateway, Responder, World
+
+
+@pytest.fixture
+def world(tmp_path: Path, mosquitto: MosquittoProcess) -> World:
+    return World(tmp_path, mosquitto)
+
+
+@contextlib.asynccontextmanager
+async def _running(
+    name: str, run: Callable[[asyncio.Event], Coroutine[Any, Any, None]], timeout: float
+) -> AsyncIterator[None]:
+    """`run` as a task until the test ends, once it said it is ready."""
+    ready = asyncio.Event()
+    task = asyncio.create_task(run(ready), name=name)
+    await asyncio.wait_for(ready.wait(), timeout)
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
+@pytest.fixture
+async def gateway(world: World) -> AsyncIterator[FakeGateway]:
+    gw = FakeGateway(world)
+    async with _running("fake-gateway", gw.run, 5):
+        yield gw
+
+
+@pytest.fixture
+async def responder(world: World) -> AsyncIterator[Responder]:
+    desk = Responder(world)
+    async with _running("claim-responder", desk.run, 10):
+        yield desk

@@ -1,0 +1,204 @@
+"""The local API and decisions in-process: the agent built by its composition root over a
+transport that needs no broker, the API driven with aiohttp's test client."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from collections.abc import AsyncIterator
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+
+from agent.api.local import LocalApi
+from agent.config import load_settings
+from agent.runtime.agent import Agent
+from protocol import codec
+from protocol.envelopes import TrustFile
+from protocol.ids import format_time, new_id, utcnow
+from protocol.signing import Signer
+from tests.support.fake_transport import FakeTransports
+from tests.support.waiting import eventually
+
+SURFACE = "tv_home_banner"
+Client = TestClient[Any, Any]
+
+
+class Device:
+    """An agent on a fake transport, its signer (the gateway's key) and its API client."""
+
+    def __init__(self, agent: Agent, transports: FakeTransports, signer: Signer) -> None:
+        self.agent = agent
+        self.transports = transports
+        self.signer = signer
+
+    def bundle(self, offers: list[tuple[str, float, int]]) -> bytes:
+        """A signed bundle of `(id, discount, priority)` offers for this device."""
+        now = utcnow()
+        body = {
+            "v": 1,
+            "id": new_id(),
+            "issued_at": format_time(now),
+            "expires_at": format_time(now + timedelta(hours=1)),
+            "offers": [
+                {
+                    "id": oid,
+                    "campaign_id": f"c-{oid}",
+                    "type": "coupon",
+                    "title": f"Offer {oid}",
+                    "category": "groceries",
+                    "price": 20.0,
+                    "discount": discount,
+                    "priority": priority,
+                    "surfaces": [SURFACE],
+                    "starts_at": format_time(now - timedelta(minutes=5)),
+                    "expires_at": format_time(now + timedelta(days=1)),
+                }
+                for oid, discount, priority in offers
+            ],
+        }
+        return codec.dumps(self.signer.sign(body))
+
+
+@pytest.fixture
+async def device(tmp_path: Path) -> AsyncIterator[Device]:
+    signer = Signer.generate("k1")
+    trust = tmp_path / "trust.json"
+    trust.write_bytes(codec.encode(TrustFile(keys=[signer.public], topic_root="tin/v1")))
+    settings = load_settings(
+        profile="tv",
+        device_id="tv-inproc",
+        broker="mqtt://127.0.0.1:9",  # never dialled: the transport is fake
+        data_dir=tmp_path / "data",
+        api_port=None,
+        trust=trust,
+        overrides={"uplink": {"batch_max_age_s": 0.05}, "topic_root": "tin/v1"},
+        environ={},
+    )
+    transports = FakeTransports()
+    async with Agent(settings, transport=transports) as agent:
+        yield Device(agent, transports, signer)
+
+
+@pytest.fixture
+async def client(device: Device) -> AsyncIterator[Client]:
+    async with TestClient(TestServer(LocalApi(device.agent).app)) as test_client:
+        yield test_client
+
+
+async def test_signals_answer_202_once_committed(device: Device, client: Client) -> None:
+    signals = [{"kind": "app_open", "attrs": {"app": "tv", "category": "games"}}] * 3
+    response = await client.post("/v1/signals", json={"signals": signals})
+    assert response.status == 202
+    body = await response.json()
+    assert body["accepted"] == 3 and len(body["ids"]) == 3
+    store = device.agent.store
+    stored = await store.call(
+        lambda: store.thread.conn().execute("SELECT id FROM signals ORDER BY id").fetchall()
+    )
+    assert sorted(body["ids"]) == [row[0] for row in stored]
+    assert store.depth == 3
+
+
+async def test_a_bad_signal_is_refused_with_its_field_path(device: Device, client: Client) -> None:
+    good = {"kind": "app_open", "attrs": {"app": "tv", "category": "games"}}
+    response = await client.post("/v1/signals", json={"signals": [good, {"kind": 7}]})
+    assert response.status == 400
+    errors = (await response.json())["errors"]
+    assert errors and all(e["loc"].startswith("signals.1") for e in errors), errors
+    assert device.agent.store.depth == 0  # nothing of the request was stored
+    assert device.agent.counters["api_rejected"] == 1
+
+
+async def test_consent_is_read_and_set(device: Device, client: Client) -> None:
+    before = await (await client.get("/v1/consent")).json()
+    purposes = {"analytics": False, "personalization": True, "marketing": True}
+    response = await client.put("/v1/consent", json={"purposes": purposes})
+    assert response.status == 200
+    after = await response.json()
+    assert after["version"] == before["version"] + 1
+    assert not device.agent.consent.analytics and device.agent.consent.personalization
+    bad = await client.put("/v1/consent", json={"purposes": {"analytics": "maybe"}})
+    assert bad.status == 400
+
+
+async def test_offers_are_ranked_and_outcomes_recorded(device: Device, client: Client) -> None:
+    await device.agent.set_consent({"analytics": True, "personalization": True, "marketing": True})
+    await device.transports.last.deliver(
+        "offers", device.bundle([("low", 0.05, 10), ("high", 0.5, 90), ("mid", 0.2, 50)])
+    )
+    assert len(device.agent.offers) == 3
+    response = await client.get("/v1/offers", params={"surface": SURFACE, "limit": "3"})
+    assert response.status == 200
+    body = await response.json()
+    ranked = [o["id"] for o in body["offers"]]
+    assert sorted(ranked) == ["high", "low", "mid"]
+    scores = [o["score"] for o in body["offers"]]
+    assert scores == sorted(scores, reverse=True)
+    assert body["model_version"] == device.agent.model_version
+    shown = await client.post(
+        "/v1/outcomes", json={"offer_id": ranked[0], "kind": "impression", "surface": SURFACE}
+    )
+    assert shown.status == 202 and (await shown.json())["id"]
+    assert device.agent.store.counters.outcome_rows == 1
+    unknown = await client.post(
+        "/v1/outcomes", json={"offer_id": "nope", "kind": "click", "surface": SURFACE}
+    )
+    assert unknown.status == 404
+    bad_surface = await client.get("/v1/offers", params={"surface": "fridge", "limit": "0"})
+    assert bad_surface.status == 400
+    locs = {e["loc"] for e in (await bad_surface.json())["errors"]}
+    assert locs == {"surface", "limit"}
+
+
+async def test_decisions_in_process_follow_the_daily_cap(device: Device) -> None:
+    agent = device.agent
+    await agent.set_consent({"analytics": True, "personalization": True, "marketing": True})
+    await device.transports.last.deliver("offers", device.bundle([("only", 0.3, 50)]))
+    decision = await agent.decide(SURFACE, 3, explain=True)
+    assert [r.offer.id for r in decision.ranked] == ["only"]
+    agent.decisions.cap_limits = dataclasses.replace(agent.decisions.cap_limits, offer_per_day=2)
+    for _ in range(2):
+        await agent.record_outcome("only", "impression", SURFACE)
+    capped = await agent.decide(SURFACE, 3, explain=True)
+    assert capped.ranked == []
+    assert dict(capped.filtered)["only"].startswith("cap")
+
+
+async def test_readiness_follows_the_link(device: Device, client: Client) -> None:
+    assert (await client.get("/healthz")).status == 200
+    down = await client.get("/readyz")
+    assert down.status == 503 and (await down.json())["link"] is False
+    device.transports.last.up()
+    up = await client.get("/readyz")
+    assert up.status == 200, await up.json()
+    assert (await up.json())["loops_down"] == []
+
+
+async def test_a_dead_loop_is_restarted_and_readiness_shows_it(
+    device: Device, client: Client
+) -> None:
+    device.transports.last.up()
+    runs = 0
+    release = asyncio.Event()
+
+    async def flaky() -> None:
+        nonlocal runs
+        runs += 1
+        if runs == 1:
+            await release.wait()
+            raise RuntimeError("boom")
+        await asyncio.Event().wait()
+
+    device.agent.parts.loops.start("flaky", flaky)
+    assert (await client.get("/readyz")).status == 200
+    release.set()
+    await eventually(lambda: device.agent.parts.loops.down() == ["flaky"])
+    dead = await client.get("/readyz")
+    assert dead.status == 503 and (await dead.json())["loops_down"] == ["flaky"]
+    await eventually(lambda: runs == 2, timeout=5)
+    assert (await client.get("/readyz")).status == 200
+    assert device.agent.counters["loop_restarts_flaky"] == 1
