@@ -18,6 +18,7 @@ from collections.abc import AsyncIterator, Iterator, Sequence
 import aiomqtt
 import pytest
 
+from mqttlink.errors import MqttLinkError
 from mqttlink.session import on_session_lost, publish_acked
 from simulators.nats import NatsCluster
 
@@ -133,7 +134,7 @@ async def publish_until_acked(
                 index, topic = pending[0]
                 try:
                     await publish_acked(client, topic, str(index).encode(), timeout=5)
-                except aiomqtt.MqttError:
+                except MqttLinkError:
                     failed += 1
                     break
                 pending.pop(0)
@@ -302,7 +303,7 @@ async def test_nothing_acknowledged_is_lost_when_a_node_dies_mid_stream(
                         await publish_acked(
                             client, f"t/up/{pending[0]}", str(pending[0]).encode(), timeout=5
                         )
-                    except aiomqtt.MqttError:
+                    except MqttLinkError:
                         failed[0] += 1
                         break
                     acked.add(pending.pop(0))
@@ -370,5 +371,5 @@ async def test_what_nats_mqtt_does_not_offer_edgemart(nats: NatsCluster) -> None
         )
     assert (len(via_share), len(via_plain)) == (0, 5)
     async with connected(nats, [0], "dev-qos2") as (device, _):
-        with pytest.raises(aiomqtt.MqttError):
+        with pytest.raises(MqttLinkError):
             await publish_acked(device, "t/up/q2", b"x", qos=2, timeout=3)
