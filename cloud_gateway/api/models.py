@@ -12,17 +12,17 @@ import json
 from aiohttp import BodyPartReader, web
 from pydantic import ValidationError
 
-from cloud_gateway.api.app import TOKEN_ID, ApiProblem
+from cloud_gateway.api.context import ctx, json_response, who
+from cloud_gateway.api.errors import ApiProblem
+from cloud_gateway.api.routes import Answer, Route
 from cloud_gateway.errors import NotFound
-from cloud_gateway.registry.service import (
-    MAX_MANIFEST_BYTES,
-    MAX_MODEL_BYTES,
-    ModelRegistry,
-    RolloutIn,
-)
+from cloud_gateway.registry.service import MAX_MANIFEST_BYTES, MAX_MODEL_BYTES, RolloutIn
 from protocol import codec
+from protocol.envelopes import ModelManifest
 
-REGISTRY = web.AppKey("model_registry", ModelRegistry)
+TAGS = ("models",)
+VERSION = {"version": "[0-9]{1,9}"}
+"""A model version in a path: a positive integer of at most 9 digits (else 400)."""
 
 
 async def _read_part(part: BodyPartReader, limit: int) -> bytes:
@@ -63,8 +63,8 @@ async def register_model(request: web.Request) -> web.Response:
         raw = json.loads(parts["manifest"])
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ApiProblem(400, "Bad Request", f"manifest: not JSON: {exc}") from exc
-    doc = await request.app[REGISTRY].register(raw, parts["model"], f"token:{request[TOKEN_ID]}")
-    return web.json_response(doc, status=201)
+    doc = await ctx(request).models.register(raw, parts["model"], who(request))
+    return json_response(doc, status=201)
 
 
 async def rollout_model(request: web.Request) -> web.Response:
@@ -76,20 +76,19 @@ async def rollout_model(request: web.Request) -> web.Response:
             400, "Bad Request", "the rollout is invalid", errors=codec.field_errors(exc)
         ) from exc
     base = f"{request.scheme}://{request.host}"
-    who = f"token:{request[TOKEN_ID]}"
-    return web.json_response(await request.app[REGISTRY].rollout(version, body, base, who))
+    return json_response(await ctx(request).models.rollout(version, body, base, who(request)))
 
 
 async def get_model(request: web.Request) -> web.Response:
-    return web.json_response(await request.app[REGISTRY].get(_version(request)))
+    return json_response(await ctx(request).models.get(_version(request)))
 
 
 async def list_models(request: web.Request) -> web.Response:
-    return web.json_response({"models": await request.app[REGISTRY].list()})
+    return json_response({"models": await ctx(request).models.list()})
 
 
 async def model_file(request: web.Request) -> web.StreamResponse:
-    path = request.app[REGISTRY].file_path(_version(request))
+    path = ctx(request).models.file_path(_version(request))
     if not await asyncio.to_thread(path.is_file):
         raise NotFound("model file", request.match_info["version"])
     return web.FileResponse(path, headers={"Content-Type": "application/octet-stream"})
@@ -102,11 +101,55 @@ def _version(request: web.Request) -> int:
     return int(text)
 
 
-def add_model_routes(app: web.Application, registry: ModelRegistry) -> None:
-    """Mount the registry's routes on the operators' API app (before it starts)."""
-    app[REGISTRY] = registry
-    app.router.add_post("/v1/models", register_model)
-    app.router.add_get("/v1/models", list_models)
-    app.router.add_get("/v1/models/{version}", get_model)
-    app.router.add_post("/v1/models/{version}/rollout", rollout_model)
-    app.router.add_get("/v1/models/{version}/model.onnx", model_file)
+ROUTES: tuple[Route, ...] = (
+    Route(
+        "post",
+        "/v1/models",
+        register_model,
+        "Register a model: its signed-to-be manifest and its ONNX file",
+        responses={201: "OK"},
+        tags=TAGS,
+        form={
+            "type": "object",
+            "required": ["manifest", "model"],
+            "properties": {
+                "manifest": {
+                    "$ref": "#/components/schemas/ModelManifest",
+                    "description": "the manifest (a JSON part)",
+                },
+                "model": {"type": "string", "format": "binary", "maxLength": MAX_MODEL_BYTES},
+            },
+        },
+        models=(ModelManifest,),
+    ),
+    Route("get", "/v1/models", list_models, "Registered models", responses={200: "OK"}, tags=TAGS),
+    Route(
+        "get",
+        "/v1/models/{version}",
+        get_model,
+        "One model: its manifest, rollouts, device health reports and any halt",
+        responses={200: "OK"},
+        tags=TAGS,
+        patterns=VERSION,
+    ),
+    Route(
+        "post",
+        "/v1/models/{version}/rollout",
+        rollout_model,
+        "Roll a model out to a share of a cohort (a signed, retained manifest)",
+        body=RolloutIn,
+        responses={200: "OK"},
+        tags=TAGS,
+        patterns=VERSION,
+    ),
+    Route(
+        "get",
+        "/v1/models/{version}/model.onnx",
+        model_file,
+        "A model file (public: devices check it against the signed manifest)",
+        responses={200: Answer("OK", media="application/octet-stream")},
+        public=True,
+        tags=TAGS,
+        patterns=VERSION,
+    ),
+)

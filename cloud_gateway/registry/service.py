@@ -27,7 +27,6 @@ import asyncio
 import json
 import logging
 import os
-import re
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -52,8 +51,6 @@ log = logging.getLogger(__name__)
 
 MAX_MODEL_BYTES = 16 * 1024 * 1024
 MAX_MANIFEST_BYTES = 256 * 1024
-FILE_PATH = re.compile(r"^/v1/models/[0-9]{1,9}/model\.onnx$")
-"""The one registry path served without a token (see `cloud_gateway.api.app.PUBLIC_PATTERNS`)."""
 
 Cohort = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9:_-]{0,63}$")]
 

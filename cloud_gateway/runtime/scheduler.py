@@ -1,6 +1,6 @@
 """The campaign clock: starts scheduled campaigns and ends expired ones on time, re-sends
-device bundles still without a receipt, re-checks the targeting of devices with new reports.
-One named task of the gateway."""
+device bundles still without a receipt, re-checks the targeting of devices with new reports;
+and the catalog refresh that re-signs catalogs before devices drop them. Loops of the gateway."""
 
 from __future__ import annotations
 
@@ -24,3 +24,16 @@ async def run_scheduler(campaigns: CampaignService, tick_s: float, resend_after_
         except GatewayError as exc:
             log.warning("scheduler tick failed: %s", exc)
         await asyncio.sleep(tick_s)
+
+
+async def run_catalog_refresh(
+    campaigns: CampaignService, connected: asyncio.Event, period_s: float
+) -> None:
+    """Re-sign catalogs before devices drop them: once connected, then every `period_s`."""
+    while True:
+        await connected.wait()
+        try:
+            await campaigns.refresh_due()
+        except GatewayError as exc:
+            log.warning("catalog refresh failed: %s", exc)
+        await asyncio.sleep(period_s)

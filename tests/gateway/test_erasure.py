@@ -21,7 +21,7 @@ from agent.runtime.agent import Agent
 from agent.runtime.metrics import Metrics
 from agent.store.core import NewSignal
 from agent.store.core import Store as AgentStore
-from cloud_gateway.api.openapi import DeviceErased, DeviceExport
+from cloud_gateway.api.schemas import DeviceErased, DeviceExport
 from cloud_gateway.db.audit import audit_log
 from cloud_gateway.db.claims import init_stock
 from cloud_gateway.db.commands import (

@@ -1,0 +1,135 @@
+"""The campaign routes: create, list, read, launch, pause, end, and live results."""
+
+from __future__ import annotations
+
+from aiohttp import web
+from pydantic import ValidationError
+
+from cloud_gateway.api.context import ctx, json_response, read_json, who
+from cloud_gateway.api.errors import ApiProblem
+from cloud_gateway.api.routes import Route
+from cloud_gateway.api.schemas import CampaignList
+from cloud_gateway.campaigns.model import Campaign, CampaignIn
+from cloud_gateway.campaigns.results import CampaignResults
+from protocol.codec import field_errors
+
+TAGS = ("campaigns",)
+STATE_CONFLICT = "Not allowed in this state"
+
+
+async def create_campaign(request: web.Request) -> web.Response:
+    body = await read_json(request)
+    try:
+        spec = CampaignIn.model_validate(body)
+    except ValidationError as exc:
+        raise ApiProblem(
+            400, "Bad Request", "the campaign is invalid", errors=field_errors(exc)
+        ) from exc
+    campaign = await ctx(request).campaigns.create(spec, who(request))
+    return json_response(campaign.doc(), status=201)
+
+
+async def list_campaigns(request: web.Request) -> web.Response:
+    campaigns = await ctx(request).campaigns.list()
+    return json_response({"campaigns": [c.doc() for c in campaigns]})
+
+
+async def get_campaign(request: web.Request) -> web.Response:
+    campaign = await ctx(request).campaigns.get(request.match_info["id"])
+    return json_response(campaign.doc())
+
+
+async def launch_campaign(request: web.Request) -> web.Response:
+    campaign = await ctx(request).campaigns.launch(request.match_info["id"], who(request))
+    return json_response(campaign.doc())
+
+
+async def pause_campaign(request: web.Request) -> web.Response:
+    campaign = await ctx(request).campaigns.pause(request.match_info["id"], who(request))
+    return json_response(campaign.doc())
+
+
+async def end_campaign(request: web.Request) -> web.Response:
+    campaign = await ctx(request).campaigns.end(request.match_info["id"], who(request))
+    return json_response(campaign.doc())
+
+
+async def campaign_stats(request: web.Request) -> web.Response:
+    stats = await ctx(request).campaigns.stats(request.match_info["id"])
+    return json_response(stats.model_dump(mode="json"))
+
+
+ROUTES: tuple[Route, ...] = (
+    Route(
+        "post",
+        "/v1/campaigns",
+        create_campaign,
+        "Create a draft campaign",
+        body=CampaignIn,
+        responses={201: Campaign, 409: "An offer id is taken"},
+        tags=TAGS,
+        links=(
+            ("GetCampaign", "get_v1_campaigns_id"),
+            ("LaunchCampaign", "post_v1_campaigns_id_launch"),
+            ("PauseCampaign", "post_v1_campaigns_id_pause"),
+            ("EndCampaign", "post_v1_campaigns_id_end"),
+            ("CampaignStats", "get_v1_campaigns_id_stats"),
+        ),
+    ),
+    Route(
+        "get",
+        "/v1/campaigns",
+        list_campaigns,
+        "List campaigns",
+        responses={200: CampaignList},
+        tags=TAGS,
+    ),
+    Route(
+        "get",
+        "/v1/campaigns/{id}",
+        get_campaign,
+        "One campaign",
+        responses={200: Campaign},
+        tags=TAGS,
+    ),
+    Route(
+        "post",
+        "/v1/campaigns/{id}/launch",
+        launch_campaign,
+        "Launch (or schedule, before starts_at): push its offers",
+        responses={200: Campaign, 409: STATE_CONFLICT},
+        tags=TAGS,
+        links=(
+            ("PauseCampaign", "post_v1_campaigns_id_pause"),
+            ("CampaignStats", "get_v1_campaigns_id_stats"),
+        ),
+    ),
+    Route(
+        "post",
+        "/v1/campaigns/{id}/pause",
+        pause_campaign,
+        "Pause: withdraw its offers (signed revocation)",
+        responses={200: Campaign, 409: STATE_CONFLICT},
+        tags=TAGS,
+        links=(
+            ("LaunchCampaign", "post_v1_campaigns_id_launch"),
+            ("EndCampaign", "post_v1_campaigns_id_end"),
+        ),
+    ),
+    Route(
+        "post",
+        "/v1/campaigns/{id}/end",
+        end_campaign,
+        "End for good: withdraw its offers",
+        responses={200: Campaign, 409: STATE_CONFLICT},
+        tags=TAGS,
+    ),
+    Route(
+        "get",
+        "/v1/campaigns/{id}/stats",
+        campaign_stats,
+        "Live results per campaign and variant, with confidence intervals and uplift",
+        responses={200: CampaignResults},
+        tags=TAGS,
+    ),
+)

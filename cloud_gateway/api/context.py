@@ -1,0 +1,66 @@
+"""What the handlers are given: the gateway's parts (`ApiContext`) and small request helpers."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry
+
+from cloud_gateway.api.errors import ApiProblem
+from cloud_gateway.campaigns.service import CampaignService
+from cloud_gateway.db.backend import Backend, Session
+from cloud_gateway.devices.erasure import DeviceErasure
+from cloud_gateway.registry.service import ModelRegistry
+from cloud_gateway.security.auth import TokenVerifier
+
+
+@dataclass(frozen=True, slots=True)
+class ApiContext:
+    """The parts the API serves, each made by the composition root (`runtime/build.py`)."""
+
+    campaigns: CampaignService
+    db: Backend[Session]
+    verifier: TokenVerifier
+    erasure: DeviceErasure
+    models: ModelRegistry
+    counters: Counter[str]
+    registry: CollectorRegistry
+    started: float
+    gauges: Callable[[], dict[str, int]]
+    """Levels read at request time (queue fill), shown beside the counters."""
+    readiness: Callable[[], Awaitable[dict[str, Any]]]
+    """`/readyz`'s checks (broker link, database writable, loops running)."""
+
+
+CTX = web.AppKey("ctx", ApiContext)
+OPENAPI = web.AppKey("openapi", dict[str, Any])
+"""The served `/openapi.json`, generated from the route tables when the app is built."""
+TOKEN_ID = web.RequestKey("token_id", str)
+
+
+def ctx(request: web.Request) -> ApiContext:
+    return request.app[CTX]
+
+
+def who(request: web.Request) -> str:
+    """The audit name of the caller: `token:<id>`."""
+    return f"token:{request[TOKEN_ID]}"
+
+
+def json_response(data: Any, status: int = 200) -> web.Response:
+    return web.json_response(data, status=status)
+
+
+async def read_json(request: web.Request) -> Any:
+    raw = await request.read()  # aiohttp enforces client_max_size: 413 past it
+    try:
+        return json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ApiProblem(400, "Bad Request", f"the body is not JSON: {exc}") from exc
+    except RecursionError as exc:
+        raise ApiProblem(400, "Bad Request", "the body nests too deeply") from exc

@@ -1,0 +1,195 @@
+"""The gateway's composition root: `build` makes every part in order, collaborators by name.
+
+Nothing here runs: `Gateway` (the seam) opens the database and loads the keys before, and
+starts the loops (`Parts.loop_table`) and the HTTP server after. The one late binding is the
+outlet (see `runtime/hooks.Outlet`): the link needs the ingestor, whose acks publish through
+the link.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from collections import Counter
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Protocol
+
+from prometheus_client import CollectorRegistry
+
+from cloud_gateway.api.app import HttpServer, build_app
+from cloud_gateway.api.context import ApiContext
+from cloud_gateway.campaigns.service import CampaignService
+from cloud_gateway.claims.desk import ClaimDesk
+from cloud_gateway.config import GatewaySettings
+from cloud_gateway.db.backend import Backend, Clock, Session
+from cloud_gateway.devices.erasure import DeviceErasure
+from cloud_gateway.ingest.service import AckBatcher, Ingestor
+from cloud_gateway.registry.service import ModelRegistry
+from cloud_gateway.runtime.health import Health
+from cloud_gateway.runtime.hooks import DeviceEvents, Outlet, SessionHooks
+from cloud_gateway.runtime.link import Hook, MqttLink, OnMessage
+from cloud_gateway.runtime.scheduler import run_catalog_refresh, run_scheduler
+from cloud_gateway.runtime.tasks import LoopFactory, Supervisor
+from cloud_gateway.runtime.wiring import Wiring
+from cloud_gateway.security.auth import TokenVerifier
+from cloud_gateway.security.keys import KeyMaterial
+from protocol.signing import Signer
+
+LINK_LOOP = "gateway-mqtt"
+
+
+class MakeLink(Protocol):
+    """What makes the MQTT link (`MqttLink` itself in production)."""
+
+    def __call__(
+        self,
+        settings: GatewaySettings,
+        on_message: OnMessage,
+        *,
+        on_connected: Hook,
+        before_disconnect: Hook,
+        counters: Counter[str],
+    ) -> MqttLink: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Parts:
+    """Every part of a gateway, made once by `build`; none is missing."""
+
+    settings: GatewaySettings
+    clock: Clock
+    counters: Counter[str]
+    signer: Signer
+    trust_path: Path
+    db: Backend[Session]
+    outlet: Outlet
+    acks: AckBatcher
+    campaigns: CampaignService
+    claims: ClaimDesk
+    erasure: DeviceErasure
+    models: ModelRegistry
+    ingestor: Ingestor
+    hooks: SessionHooks
+    link: MqttLink
+    loops: Supervisor
+    health: Health
+    http: HttpServer
+    """The API, not yet listening."""
+
+    def loop_table(self) -> tuple[tuple[str, LoopFactory], ...]:
+        """The gateway's loops by name, in the order they start (the link after its consumers)."""
+        s, campaigns = self.settings, self.campaigns
+        return (
+            ("gateway-ingest-commit", self.ingestor.run),
+            ("gateway-acks", self.acks.run),
+            (LINK_LOOP, self.link.run),
+            (
+                "gateway-catalog-refresh",
+                functools.partial(
+                    run_catalog_refresh, campaigns, self.link.connected, s.catalog_refresh_s
+                ),
+            ),
+            ("gateway-claims", self.claims.run),
+            ("gateway-campaign-settle", campaigns.run_settler),
+            (
+                "gateway-scheduler",
+                functools.partial(run_scheduler, campaigns, s.scheduler_tick_s, s.resend_after_s),
+            ),
+            (
+                "gateway-erasure",
+                functools.partial(self.erasure.run, s.scheduler_tick_s, s.resend_after_s),
+            ),
+        )
+
+
+def build(
+    settings: GatewaySettings,
+    *,
+    clock: Clock,
+    backend: Backend[Session],
+    keys: KeyMaterial,
+    link: MakeLink = MqttLink,
+    counters: Counter[str] | None = None,
+) -> Parts:
+    """Make every part of the gateway over an open `backend` and loaded `keys` (no I/O);
+    `counters` are the gateway's (a new set by default)."""
+    s = settings
+    counters = counters if counters is not None else Counter()
+    outlet = Outlet()
+    acks = AckBatcher(s.topics, outlet.send_nowait, counters, s.ack_delay_ms / 1000)
+    wiring = Wiring(backend, keys.signer, s.topics, outlet.publish, counters)
+    campaigns = CampaignService(wiring, bundle_ttl=timedelta(seconds=s.bundle_ttl_s))
+    claims = ClaimDesk(wiring, batch_max=s.claim_batch_max, on_sold_out=campaigns.poke)
+    erasure = DeviceErasure(wiring)
+    models = ModelRegistry(
+        wiring,
+        models_dir=s.data_dir / "models",
+        halt_fraction=s.model_halt_fraction,
+        halt_min_devices=s.model_halt_min_devices,
+    )
+    events = DeviceEvents(campaigns, erasure, models)
+    ingestor = Ingestor(
+        s.topics,
+        backend,
+        acks=acks,
+        counters=counters,
+        max_compressed=s.max_payload_bytes,
+        max_decompressed=s.max_decompressed_bytes,
+        submit_claim=claims.submit,
+        on_receipts=events.on_receipts,
+        on_birth=events.on_birth,
+        on_model_report=events.on_model_report,
+        on_facts=campaigns.delivery.note_facts,
+    )
+    hooks = SessionHooks(
+        topics=s.topics,
+        signer=keys.signer,
+        outlet=outlet,
+        campaigns=campaigns,
+        ingestor=ingestor,
+        acks=acks,
+    )
+    mqtt = link(
+        s,
+        ingestor.feed,  # batches are queued; `ingestor.run` commits them in groups
+        on_connected=hooks.on_connected,
+        before_disconnect=hooks.before_disconnect,
+        counters=counters,
+    )
+    outlet.bind(mqtt)
+    loops = Supervisor()
+    health = Health(link=mqtt, ingestor=ingestor, db=backend, loops=loops)
+    api = ApiContext(
+        campaigns=campaigns,
+        db=backend,
+        verifier=TokenVerifier(backend, s.token_cache_s),
+        erasure=erasure,
+        models=models,
+        counters=counters,
+        registry=CollectorRegistry(auto_describe=True),
+        started=time.monotonic(),
+        gauges=health.gauges,
+        readiness=health.readiness,
+    )
+    return Parts(
+        settings=s,
+        clock=clock,
+        counters=counters,
+        signer=keys.signer,
+        trust_path=keys.trust_path,
+        db=backend,
+        outlet=outlet,
+        acks=acks,
+        campaigns=campaigns,
+        claims=claims,
+        erasure=erasure,
+        models=models,
+        ingestor=ingestor,
+        hooks=hooks,
+        link=mqtt,
+        loops=loops,
+        health=health,
+        http=HttpServer(build_app(api, s.max_http_body_bytes)),
+    )
