@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import getpass
@@ -101,3 +102,23 @@ async def test_wrong_password_is_refused(acl_broker: int) -> None:
             "127.0.0.1", acl_broker, identifier="tv-0001", username="tv-0001", password="wrong"
         ):
             pass
+
+
+def test_the_cluster_compose_file_runs_gateway_commands_the_cli_accepts() -> None:
+    """deploy/cluster/compose.yaml cannot run here (no Docker engine); what can be checked is
+    that it parses and that every gateway worker's command is one `edgemart` accepts, on
+    PostgreSQL and the shared group, so the file does not drift from the CLI."""
+    import yaml  # noqa: PLC0415  # PyYAML comes with the dev extras' tools
+
+    from cloud_gateway.cli import register  # noqa: PLC0415
+
+    compose = yaml.safe_load((ROOT / "deploy" / "cluster" / "compose.yaml").read_text())
+    workers = {name: svc for name, svc in compose["services"].items() if "gateway" in name}
+    assert len(workers) == 3
+    parser = argparse.ArgumentParser(prog="edgemart")
+    register(parser.add_subparsers(dest="area", required=True))
+    for name, service in workers.items():
+        args = parser.parse_args(service["command"])
+        assert args.db.startswith("postgresql://"), name
+        assert args.shared_group == "gateway", name
+        assert service["stop_signal"] == "SIGTERM", name
