@@ -88,6 +88,7 @@ def outbox_disk_bytes(path: Path) -> int:
     return int(total)
 
 
+@pytest.mark.slow  # a whole simulated day against the real files (~12 s each): the slow tier
 @pytest.mark.parametrize("seed", [1, 2])
 async def test_a_day_offline_at_the_quota_evicts_in_order_and_stays_under_it(
     tmp_path: Path, seed: int

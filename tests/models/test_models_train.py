@@ -48,11 +48,13 @@ def _session(path: Path) -> onnxruntime.InferenceSession:
     return onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
 
 
+@pytest.mark.slow  # trains and exports the model twice (~20 s): the slow tier
 def test_same_seed_rebuilds_byte_identical_files(built: Built) -> None:
     for name in FILES:
         assert (built.first / name).read_bytes() == (built.second / name).read_bytes(), name
 
 
+@pytest.mark.slow  # trains and exports the model twice (~20 s): the slow tier
 def test_onnxruntime_scores_equal_the_training_time_predictions(built: Built) -> None:
     holdout = read_examples(built.logs / HOLDOUT_LOGS)
     scaled = scale_features(holdout.features, built.result.trained.spec).astype(np.float32)
@@ -62,6 +64,7 @@ def test_onnxruntime_scores_equal_the_training_time_predictions(built: Built) ->
     np.testing.assert_allclose(onnx_scores[:, 0], expected, rtol=0, atol=1e-5)
 
 
+@pytest.mark.slow  # trains and exports the model twice (~20 s): the slow tier
 def test_graph_is_the_documented_contract(built: Built) -> None:
     model = onnx.load(str(built.first / MODEL_FILE))
     onnx.checker.check_model(model)
@@ -72,6 +75,7 @@ def test_graph_is_the_documented_contract(built: Built) -> None:
     assert (out.name, out.type) == ("score", "tensor(float)")
 
 
+@pytest.mark.slow  # trains and exports the model twice (~20 s): the slow tier
 def test_manifest_validates_and_describes_the_file(built: Built) -> None:
     raw = json.loads((built.first / MANIFEST_FILE).read_text())
     manifest = validate(raw, ModelManifest)
@@ -89,6 +93,7 @@ def test_manifest_validates_and_describes_the_file(built: Built) -> None:
     assert all(f.default == f.mean for f in spec.features)
 
 
+@pytest.mark.slow  # trains and exports the model twice (~20 s): the slow tier
 def test_model_beats_random_and_popularity_on_held_out_households(built: Built) -> None:
     metrics = json.loads((built.first / "evaluation.json").read_text())["metrics"]
     assert metrics["model"]["auc"] > 0.6
