@@ -196,29 +196,108 @@ def _store_aggregates(store: Session, device_id: str, batch: Batch) -> int:
     return written
 
 
-def record_state(store: Session, device_id: str, state: State, received_at: datetime) -> None:
-    """A device's retained state (birth, last will): status, profile, versions, cohorts."""
+STATE_UPSERT = (  # noqa: S608 - one fixed fragment, no input
+    # The newest state wins: one reported (or, for a last will, received) earlier than the
+    # one stored changes nothing but `last_seen`. `:at` orders them (see `state_order`).
+    "INSERT INTO devices (device_id, status, first_seen, last_seen, malformed, profile,"
+    " agent_version, model_version, cohorts, state_at)"
+    " VALUES (:device, :status, :now, :now, 0, :profile, :agent, :model, :cohorts, :at)"
+    " ON CONFLICT (device_id) DO UPDATE SET last_seen = :now,"
+    " status = CASE WHEN {newer} THEN :status ELSE devices.status END,"
+    " profile = CASE WHEN {newer} THEN coalesce(:profile, devices.profile)"
+    " ELSE devices.profile END,"
+    " agent_version = CASE WHEN {newer} THEN coalesce(:agent, devices.agent_version)"
+    " ELSE devices.agent_version END,"
+    " model_version = CASE WHEN {newer} THEN coalesce(:model, devices.model_version)"
+    " ELSE devices.model_version END,"
+    " cohorts = CASE WHEN {newer} THEN coalesce(:cohorts, devices.cohorts)"
+    " ELSE devices.cohorts END,"
+    " state_at = CASE WHEN {newer} THEN :at ELSE devices.state_at END"
+).format(newer="(devices.state_at IS NULL OR devices.state_at <= :at)")
+"""A device's state (birth, last will) upserted: registered on first sight, updated unless a
+newer state is stored already."""
+
+StateItem = tuple[str, State, datetime]
+"""(device_id, state, received_at) of one state message."""
+
+
+def state_order(state: State, received_at: datetime) -> str:
+    """The time a state is ordered by: when the device made it (`at`), never later than when
+    it was received (a device clock ahead cannot pin a state); a state without `at` (the
+    agent's last will, composed at connect time and published by the broker when the device
+    is gone) counts from when it was received."""
+    at = state.at if state.at is not None and state.at < received_at else received_at
+    return format_time(at)
+
+
+def newest_states(items: Sequence[StateItem]) -> dict[str, tuple[str, State]]:
+    """Pure: per device, the state to store of a group: the newest by `state_order`, the
+    later arrival on a tie. Returns {device_id: (order, state)} in first-seen order."""
+    newest: dict[str, tuple[str, State]] = {}
+    for device_id, state, received_at in items:
+        order = state_order(state, received_at)
+        known = newest.get(device_id)
+        if known is None or known[0] <= order:
+            newest[device_id] = (order, state)
+    return newest
+
+
+def record_states(store: Session, items: Sequence[StateItem], received_at: datetime) -> int:
+    """Group commit of device states (a storm of births): the newest of each device stored,
+    all in ONE transaction; returns how many devices it covered."""
+    try:
+        with store.transaction():
+            return _upsert_states(store, items, format_time(received_at))
+    except Error as exc:
+        raise StoreError(f"cannot record a group of {len(items)} device states: {exc}") from exc
+
+
+def store_uplink(
+    store: Session,
+    batches: Sequence[tuple[str, Batch]],
+    states: Sequence[StateItem],
+    received_at: datetime,
+) -> list[StoredBatch]:
+    """One group commit of the uplink: batches (`store_batches`) and device states
+    (`record_states`) in ONE transaction, all or nothing."""
     now = format_time(received_at)
     try:
         with store.transaction():
-            store.conn.execute(ENSURE_DEVICE, [device_id, now, now])
-            store.conn.execute(
-                "UPDATE devices SET status = ?, last_seen = ?,"
-                " profile = coalesce(?, profile), agent_version = coalesce(?, agent_version),"
-                " model_version = coalesce(?, model_version), cohorts = coalesce(?, cohorts)"
-                " WHERE device_id = ?",
-                [
-                    state.status,
-                    now,
-                    state.profile,
-                    state.agent_version,
-                    state.model_version,
-                    to_text(state.cohorts) if state.cohorts else None,
-                    device_id,
-                ],
-            )
+            stored = _insert_batches(store, batches, now) if batches else []
+            if states:
+                _upsert_states(store, states, now)
+            return stored
     except Error as exc:
-        raise StoreError(f"cannot record the state of {device_id}: {exc}") from exc
+        raise StoreError(
+            f"cannot store a group of {len(batches)} batches and {len(states)} states: {exc}"
+        ) from exc
+
+
+def _upsert_states(store: Session, items: Sequence[StateItem], now: str) -> int:
+    newest = newest_states(items)
+    store.conn.executemany(
+        STATE_UPSERT,
+        [
+            {
+                "device": device_id,
+                "status": state.status,
+                "now": now,
+                "profile": state.profile,
+                "agent": state.agent_version,
+                "model": state.model_version,
+                "cohorts": to_text(state.cohorts) if state.cohorts else None,
+                "at": order,
+            }
+            for device_id, (order, state) in newest.items()
+        ],
+    )
+    return len(newest)
+
+
+def record_state(store: Session, device_id: str, state: State, received_at: datetime) -> None:
+    """A device's retained state (birth, last will): status, profile, versions, cohorts;
+    one transaction (the group commit is `record_states`)."""
+    record_states(store, [(device_id, state, received_at)], received_at)
 
 
 def record_rejection(store: Session, device_id: str, received_at: datetime) -> None:

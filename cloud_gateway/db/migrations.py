@@ -374,3 +374,10 @@ def aggregates_one_row_per_key(db: Database) -> None:
     )
     db.execute("DROP TABLE aggregates")
     db.execute("ALTER TABLE aggregates_v3 RENAME TO aggregates")
+
+
+@migration
+def issue12_state_order(db: Database) -> None:
+    """Issue 12: the time of the device state stored (`db/ingest.py` `state_order`), so a
+    state older than it, late or from another worker, does not overwrite it."""
+    db.execute("ALTER TABLE devices ADD COLUMN state_at TEXT")

@@ -237,6 +237,11 @@ CREATE TABLE device_commands (
 CREATE INDEX device_commands_outstanding ON device_commands (device_id, receipt_at);
 """,
     ),
+    (
+        # Issue 12: see `issue12_state_order` in db/migrations.py.
+        "pg002_state_order",
+        "ALTER TABLE devices ADD COLUMN state_at text;",
+    ),
 ]
 """(name, SQL) in order; a name, once applied, is never changed."""
 
