@@ -75,16 +75,17 @@ def _insert_batches(
     signals: list[list[SignalRow]] = []
     for device_id, batch in items:
         stored.append(_insert_batch(store, device_id, batch, now))
-        signals.append(_signal_rows(device_id, batch) if stored[-1].new else [])
+        signals.append(_signal_rows(device_id, batch, now[:10]) if stored[-1].new else [])
     counts = store.insert_signals(signals)
     return [replace(s, signals=n) if s.new else s for s, n in zip(stored, counts, strict=True)]
 
 
-def _signal_rows(device_id: str, batch: Batch) -> list[SignalRow]:
+def _signal_rows(device_id: str, batch: Batch, day: str) -> list[SignalRow]:
+    """The batch's signal rows; `day` is the received day (`YYYY-MM-DD`)."""
     times = TimeFormatter()
     seq = batch.seq
     return [
-        (device_id, s.id, seq, s.kind, times(s.at), to_text(s.attrs) if s.attrs else "{}")
+        (device_id, s.id, seq, s.kind, times(s.at), to_text(s.attrs) if s.attrs else "{}", day)
         for s in batch.signals
     ]
 
@@ -117,9 +118,9 @@ def _insert_batch(store: Session, device_id: str, batch: Batch, now: str) -> Sto
     seq = batch.seq
     aggregates = outcomes = 0
     if batch.aggregates:
-        aggregates = _store_aggregates(store, device_id, batch)
+        aggregates = _store_aggregates(store, device_id, batch, now[:10])
     if batch.outcomes:
-        outcomes = _store_outcomes(store, device_id, batch, times)
+        outcomes = _store_outcomes(store, device_id, batch, times, now[:10])
     # One upsert registers a new device or updates a known one. The newest batch's stats
     # win over a late older one; a batch of another outbox (the device's data was wiped,
     # its seq restarted) starts the count again.
@@ -148,12 +149,14 @@ def _insert_batch(store: Session, device_id: str, batch: Batch, now: str) -> Sto
     return StoredBatch(True, 0, max(aggregates, 0), max(outcomes, 0))
 
 
-def _store_outcomes(store: Session, device_id: str, batch: Batch, times: TimeFormatter) -> int:
+def _store_outcomes(
+    store: Session, device_id: str, batch: Batch, times: TimeFormatter, day: str
+) -> int:
     seq = batch.seq
     stored: int = store.conn.executemany(
         "INSERT INTO outcomes (device_id, id, seq, offer_id, campaign_id,"
-        " variant, kind, at, surface, score, model_version, counterfactual)"
-        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+        " variant, kind, at, surface, score, model_version, counterfactual, received_day)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
         [
             (
                 device_id,
@@ -168,6 +171,7 @@ def _store_outcomes(store: Session, device_id: str, batch: Batch, times: TimeFor
                 o.score,
                 o.model_version if o.model_version is not None else batch.model_version,
                 int(o.counterfactual),
+                day,
             )
             for o in batch.outcomes
         ],
@@ -180,18 +184,23 @@ def _store_outcomes(store: Session, device_id: str, batch: Batch, times: TimeFor
     return stored
 
 
-def _store_aggregates(store: Session, device_id: str, batch: Batch) -> int:
+def _store_aggregates(store: Session, device_id: str, batch: Batch, day: str) -> int:
     """Cumulative snapshots: per (outbox, window, key) the one from the highest seq wins,
     so a late redelivery of an older batch never lowers a count. Each outbox of a device
     counts its own signals, so their snapshots add up. Returns the rows written."""
     outbox, seq = batch.outbox_id or "", batch.seq
     written: int = store.conn.executemany(
         # "window" is quoted: a reserved word in PostgreSQL, a plain name in SQLite.
-        'INSERT INTO aggregates (device_id, outbox_id, seq, "window", key, count, seconds)'
-        ' VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (device_id, outbox_id, "window", key)'
+        'INSERT INTO aggregates (device_id, outbox_id, seq, "window", key, count, seconds,'
+        " received_day) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+        ' ON CONFLICT (device_id, outbox_id, "window", key)'
         " DO UPDATE SET seq = excluded.seq, count = excluded.count,"
-        " seconds = excluded.seconds WHERE excluded.seq > aggregates.seq",
-        [(device_id, outbox, seq, a.window, a.key, a.count, a.seconds) for a in batch.aggregates],
+        " seconds = excluded.seconds, received_day = excluded.received_day"
+        " WHERE excluded.seq > aggregates.seq",
+        [
+            (device_id, outbox, seq, a.window, a.key, a.count, a.seconds, day)
+            for a in batch.aggregates
+        ],
     ).rowcount
     return written
 

@@ -26,6 +26,7 @@ from cloud_gateway.db.backend import Backend, Session
 from cloud_gateway.db.open import open_backend
 from cloud_gateway.devices.erasure import DeviceErasure
 from cloud_gateway.errors import GatewayError, LinkDown
+from cloud_gateway.ingest.retention import RetentionPolicy, run_retention  # issue 12 (H11)
 from cloud_gateway.ingest.service import AckBatcher, Ingestor
 from cloud_gateway.registry.service import ModelRegistry
 from cloud_gateway.runtime.link import MqttLink
@@ -181,6 +182,8 @@ class Gateway:
             lambda: run_scheduler(campaigns, s.scheduler_tick_s, s.resend_after_s),
         )
         loops.start("gateway-erasure", lambda: erasure.run(s.scheduler_tick_s, s.resend_after_s))
+        db, keep = self._db, RetentionPolicy.of(s)  # issue 12 (H11): the retention loop
+        loops.start("gateway-retention", lambda: run_retention(db, keep, s.retention_interval_s))
         try:
             await asyncio.wait_for(self._link.connected.wait(), s.connect_timeout_s)
         except TimeoutError:
