@@ -23,7 +23,7 @@ from cloud_gateway.db.ingest import _signal_rows, store_batches
 from cloud_gateway.db.postgres import PostgresStore
 from cloud_gateway.ingest.service import GROUP_MAX
 from protocol.envelopes import Batch, Signal
-from protocol.ids import new_id, utcnow
+from protocol.ids import format_time, new_id, utcnow
 from simulators.postgres import PostgresProcess
 
 DEVICES, BATCHES, SIGNALS = 20, 25, 200  # 100,000 signals in 500 batches (ingest_bench's)
@@ -82,7 +82,7 @@ def raw_driver(url: str, groups: Sequence[Sequence[SignalRow]]) -> float:
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute(
             "CREATE TEMPORARY TABLE raw_in (device_id text, id text, seq bigint, kind text,"
-            " at text, attrs text) ON COMMIT DELETE ROWS"
+            " at text, attrs text, received_day date) ON COMMIT DELETE ROWS"
         )
         start = time.perf_counter()
         for rows in groups:
@@ -98,7 +98,9 @@ def _measure(admin: str, shape: tuple[int, int, int]) -> tuple[float, float]:
     """(gateway signals/s, raw driver signals/s), best of ROUNDS, alternated."""
     items = _batches(*shape)
     groups = _groups(items)
-    rows = [[r for d, b in g for r in _signal_rows(d, b)] for g in groups]
+    rows = [
+        [r for d, b in g for r in _signal_rows(d, b, format_time(utcnow())[:10])] for g in groups
+    ]
     total = sum(len(b.signals) for _, b in items)
     gw, raw = [], []
     for _ in range(ROUNDS):

@@ -107,6 +107,22 @@ class GatewaySettings(BaseModel):
     model_halt_min_devices: Annotated[int, Field(ge=1, le=1_000_000)] = 5
     """... and at least this many devices failed."""
 
+    retention_signals_days: Annotated[int, Field(ge=1, le=3650)] = 30
+    """Raw signals are kept this many days after the day they were received (issue 12)."""
+    retention_aggregates_days: Annotated[int, Field(ge=1, le=3650)] = 90
+    """Aggregate snapshots: this many days after the day one was last written."""
+    retention_outcomes_days: Annotated[int, Field(ge=1, le=3650)] = 180
+    """Outcomes (impressions, clicks, ... and the features each decision used)."""
+    retention_batches_days: Annotated[int, Field(ge=1, le=3650)] = 400
+    """Batch keys (device, outbox, seq), which make a resent batch count once: kept longer
+    than a device may hold an unacked batch. The agent's outbox is bounded by bytes, not age,
+    so this covers a device offline for over a year; one resent after its key went would be
+    stored again. Keep it at least as long as every other kind."""
+    retention_interval_s: Annotated[float, Field(gt=0, le=7 * 86400)] = 3600.0
+    """How often the retention loop runs (and creates PostgreSQL partitions ahead)."""
+    retention_chunk_rows: Annotated[int, Field(ge=1, le=1_000_000)] = 5000
+    """Rows deleted per transaction at most (ingest commits between chunks)."""
+
     mqtt_username: Annotated[str, Field(min_length=1, max_length=256)] | None = None
     """The gateway's broker username (`gateway` in `deploy/edgemart.acl`)."""
     mqtt_password: SecretStr | None = None

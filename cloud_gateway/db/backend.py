@@ -52,8 +52,9 @@ class Dialect:
     """`INSERT/UPDATE ... RETURNING` is available (SQLite >= 3.35, PostgreSQL)."""
 
 
-SignalRow = tuple[str, str, int, str, str, str]
-"""(device_id, id, seq, kind, at, attrs) of table `signals`."""
+SignalRow = tuple[str, str, int, str, str, str, str]
+"""(device_id, id, seq, kind, at, attrs, received_day) of table `signals`; `received_day`
+(`YYYY-MM-DD`, UTC) is what retention goes by (`db/retention.py`)."""
 
 Error = (sqlite3.Error, psycopg.Error)
 """Either driver's root error: query functions catch it and raise `StoreError` at the seam."""

@@ -75,16 +75,17 @@ def _insert_batches(
     signals: list[list[SignalRow]] = []
     for device_id, batch in items:
         stored.append(_insert_batch(store, device_id, batch, now))
-        signals.append(_signal_rows(device_id, batch) if stored[-1].new else [])
+        signals.append(_signal_rows(device_id, batch, now[:10]) if stored[-1].new else [])
     counts = store.insert_signals(signals)
     return [replace(s, signals=n) if s.new else s for s, n in zip(stored, counts, strict=True)]
 
 
-def _signal_rows(device_id: str, batch: Batch) -> list[SignalRow]:
+def _signal_rows(device_id: str, batch: Batch, day: str) -> list[SignalRow]:
+    """The batch's signal rows; `day` is the received day (`YYYY-MM-DD`)."""
     times = TimeFormatter()
     seq = batch.seq
     return [
-        (device_id, s.id, seq, s.kind, times(s.at), to_text(s.attrs) if s.attrs else "{}")
+        (device_id, s.id, seq, s.kind, times(s.at), to_text(s.attrs) if s.attrs else "{}", day)
         for s in batch.signals
     ]
 
@@ -117,9 +118,9 @@ def _insert_batch(store: Session, device_id: str, batch: Batch, now: str) -> Sto
     seq = batch.seq
     aggregates = outcomes = 0
     if batch.aggregates:
-        aggregates = _store_aggregates(store, device_id, batch)
+        aggregates = _store_aggregates(store, device_id, batch, now[:10])
     if batch.outcomes:
-        outcomes = _store_outcomes(store, device_id, batch, times)
+        outcomes = _store_outcomes(store, device_id, batch, times, now[:10])
     # One upsert registers a new device or updates a known one. The newest batch's stats
     # win over a late older one; a batch of another outbox (the device's data was wiped,
     # its seq restarted) starts the count again.
@@ -148,12 +149,14 @@ def _insert_batch(store: Session, device_id: str, batch: Batch, now: str) -> Sto
     return StoredBatch(True, 0, max(aggregates, 0), max(outcomes, 0))
 
 
-def _store_outcomes(store: Session, device_id: str, batch: Batch, times: TimeFormatter) -> int:
+def _store_outcomes(
+    store: Session, device_id: str, batch: Batch, times: TimeFormatter, day: str
+) -> int:
     seq = batch.seq
     stored: int = store.conn.executemany(
         "INSERT INTO outcomes (device_id, id, seq, offer_id, campaign_id,"
-        " variant, kind, at, surface, score, model_version, counterfactual)"
-        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+        " variant, kind, at, surface, score, model_version, counterfactual, received_day)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
         [
             (
                 device_id,
@@ -168,6 +171,7 @@ def _store_outcomes(store: Session, device_id: str, batch: Batch, times: TimeFor
                 o.score,
                 o.model_version if o.model_version is not None else batch.model_version,
                 int(o.counterfactual),
+                day,
             )
             for o in batch.outcomes
         ],
@@ -180,45 +184,129 @@ def _store_outcomes(store: Session, device_id: str, batch: Batch, times: TimeFor
     return stored
 
 
-def _store_aggregates(store: Session, device_id: str, batch: Batch) -> int:
+def _store_aggregates(store: Session, device_id: str, batch: Batch, day: str) -> int:
     """Cumulative snapshots: per (outbox, window, key) the one from the highest seq wins,
     so a late redelivery of an older batch never lowers a count. Each outbox of a device
     counts its own signals, so their snapshots add up. Returns the rows written."""
     outbox, seq = batch.outbox_id or "", batch.seq
     written: int = store.conn.executemany(
         # "window" is quoted: a reserved word in PostgreSQL, a plain name in SQLite.
-        'INSERT INTO aggregates (device_id, outbox_id, seq, "window", key, count, seconds)'
-        ' VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (device_id, outbox_id, "window", key)'
+        'INSERT INTO aggregates (device_id, outbox_id, seq, "window", key, count, seconds,'
+        " received_day) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+        ' ON CONFLICT (device_id, outbox_id, "window", key)'
         " DO UPDATE SET seq = excluded.seq, count = excluded.count,"
-        " seconds = excluded.seconds WHERE excluded.seq > aggregates.seq",
-        [(device_id, outbox, seq, a.window, a.key, a.count, a.seconds) for a in batch.aggregates],
+        " seconds = excluded.seconds, received_day = excluded.received_day"
+        " WHERE excluded.seq > aggregates.seq",
+        [
+            (device_id, outbox, seq, a.window, a.key, a.count, a.seconds, day)
+            for a in batch.aggregates
+        ],
     ).rowcount
     return written
 
 
-def record_state(store: Session, device_id: str, state: State, received_at: datetime) -> None:
-    """A device's retained state (birth, last will): status, profile, versions, cohorts."""
+STATE_UPSERT = (  # noqa: S608 - one fixed fragment, no input
+    # The newest state wins: one reported (or, for a last will, received) earlier than the
+    # one stored changes nothing but `last_seen`. `:at` orders them (see `state_order`).
+    "INSERT INTO devices (device_id, status, first_seen, last_seen, malformed, profile,"
+    " agent_version, model_version, cohorts, state_at)"
+    " VALUES (:device, :status, :now, :now, 0, :profile, :agent, :model, :cohorts, :at)"
+    " ON CONFLICT (device_id) DO UPDATE SET last_seen = :now,"
+    " status = CASE WHEN {newer} THEN :status ELSE devices.status END,"
+    " profile = CASE WHEN {newer} THEN coalesce(:profile, devices.profile)"
+    " ELSE devices.profile END,"
+    " agent_version = CASE WHEN {newer} THEN coalesce(:agent, devices.agent_version)"
+    " ELSE devices.agent_version END,"
+    " model_version = CASE WHEN {newer} THEN coalesce(:model, devices.model_version)"
+    " ELSE devices.model_version END,"
+    " cohorts = CASE WHEN {newer} THEN coalesce(:cohorts, devices.cohorts)"
+    " ELSE devices.cohorts END,"
+    " state_at = CASE WHEN {newer} THEN :at ELSE devices.state_at END"
+).format(newer="(devices.state_at IS NULL OR devices.state_at <= :at)")
+"""A device's state (birth, last will) upserted: registered on first sight, updated unless a
+newer state is stored already."""
+
+StateItem = tuple[str, State, datetime]
+"""(device_id, state, received_at) of one state message."""
+
+
+def state_order(state: State, received_at: datetime) -> str:
+    """The time a state is ordered by: when the device made it (`at`), never later than when
+    it was received (a device clock ahead cannot pin a state); a state without `at` (the
+    agent's last will, composed at connect time and published by the broker when the device
+    is gone) counts from when it was received."""
+    at = state.at if state.at is not None and state.at < received_at else received_at
+    return format_time(at)
+
+
+def newest_states(items: Sequence[StateItem]) -> dict[str, tuple[str, State]]:
+    """Pure: per device, the state to store of a group: the newest by `state_order`, the
+    later arrival on a tie. Returns {device_id: (order, state)} in first-seen order."""
+    newest: dict[str, tuple[str, State]] = {}
+    for device_id, state, received_at in items:
+        order = state_order(state, received_at)
+        known = newest.get(device_id)
+        if known is None or known[0] <= order:
+            newest[device_id] = (order, state)
+    return newest
+
+
+def record_states(store: Session, items: Sequence[StateItem], received_at: datetime) -> int:
+    """Group commit of device states (a storm of births): the newest of each device stored,
+    all in ONE transaction; returns how many devices it covered."""
+    try:
+        with store.transaction():
+            return _upsert_states(store, items, format_time(received_at))
+    except Error as exc:
+        raise StoreError(f"cannot record a group of {len(items)} device states: {exc}") from exc
+
+
+def store_uplink(
+    store: Session,
+    batches: Sequence[tuple[str, Batch]],
+    states: Sequence[StateItem],
+    received_at: datetime,
+) -> list[StoredBatch]:
+    """One group commit of the uplink: batches (`store_batches`) and device states
+    (`record_states`) in ONE transaction, all or nothing."""
     now = format_time(received_at)
     try:
         with store.transaction():
-            store.conn.execute(ENSURE_DEVICE, [device_id, now, now])
-            store.conn.execute(
-                "UPDATE devices SET status = ?, last_seen = ?,"
-                " profile = coalesce(?, profile), agent_version = coalesce(?, agent_version),"
-                " model_version = coalesce(?, model_version), cohorts = coalesce(?, cohorts)"
-                " WHERE device_id = ?",
-                [
-                    state.status,
-                    now,
-                    state.profile,
-                    state.agent_version,
-                    state.model_version,
-                    to_text(state.cohorts) if state.cohorts else None,
-                    device_id,
-                ],
-            )
+            stored = _insert_batches(store, batches, now) if batches else []
+            if states:
+                _upsert_states(store, states, now)
+            return stored
     except Error as exc:
-        raise StoreError(f"cannot record the state of {device_id}: {exc}") from exc
+        raise StoreError(
+            f"cannot store a group of {len(batches)} batches and {len(states)} states: {exc}"
+        ) from exc
+
+
+def _upsert_states(store: Session, items: Sequence[StateItem], now: str) -> int:
+    newest = newest_states(items)
+    store.conn.executemany(
+        STATE_UPSERT,
+        [
+            {
+                "device": device_id,
+                "status": state.status,
+                "now": now,
+                "profile": state.profile,
+                "agent": state.agent_version,
+                "model": state.model_version,
+                "cohorts": to_text(state.cohorts) if state.cohorts else None,
+                "at": order,
+            }
+            for device_id, (order, state) in newest.items()
+        ],
+    )
+    return len(newest)
+
+
+def record_state(store: Session, device_id: str, state: State, received_at: datetime) -> None:
+    """A device's retained state (birth, last will): status, profile, versions, cohorts;
+    one transaction (the group commit is `record_states`)."""
+    record_states(store, [(device_id, state, received_at)], received_at)
 
 
 def record_rejection(store: Session, device_id: str, received_at: datetime) -> None:

@@ -374,3 +374,26 @@ def aggregates_one_row_per_key(db: Database) -> None:
     )
     db.execute("DROP TABLE aggregates")
     db.execute("ALTER TABLE aggregates_v3 RENAME TO aggregates")
+
+
+@migration
+def issue12_state_order(db: Database) -> None:
+    """Issue 12: the time of the device state stored (`db/ingest.py` `state_order`), so a
+    state older than it, late or from another worker, does not overwrite it."""
+    db.execute("ALTER TABLE devices ADD COLUMN state_at TEXT")
+
+
+@migration
+def issue12_retention_days(db: Database) -> None:
+    """Issue 12: the day each raw signal, outcome and aggregate snapshot was received, what
+    retention goes by (`db/retention.py`); rows stored before take their batch's day (else
+    today, so they are kept a full period)."""
+    for table, key in (("signals", "seq"), ("outcomes", "seq"), ("aggregates", "seq")):
+        db.execute(f"ALTER TABLE {table} ADD COLUMN received_day TEXT")
+        db.execute(
+            f"UPDATE {table} SET received_day = coalesce((SELECT min(substr(b.received_at, 1, 10))"  # noqa: S608 - fixed names
+            f" FROM batches b WHERE b.device_id = {table}.device_id AND b.seq = {table}.{key}),"
+            " date('now'))"
+        )
+        db.execute(f"CREATE INDEX {table}_by_received ON {table} (received_day)")
+    db.execute("CREATE INDEX batches_by_received ON batches (received_at)")

@@ -237,6 +237,54 @@ CREATE TABLE device_commands (
 CREATE INDEX device_commands_outstanding ON device_commands (device_id, receipt_at);
 """,
     ),
+    (
+        # Issue 12: see `issue12_state_order` in db/migrations.py.
+        "pg002_state_order",
+        "ALTER TABLE devices ADD COLUMN state_at text;",
+    ),
+    (
+        # Issue 12: retention (`db/retention.py`). `signals` becomes partitioned by the day
+        # it was received: old days go by `DROP TABLE` of a partition. Its primary key must
+        # hold the partition key, so it is (device_id, id, received_day): a signal is
+        # de-duplicated within its day. That is enough: signals are written only with a batch
+        # that is new by the `batches` key (device_id, outbox_id, seq, not partitioned, kept
+        # longer than any resend), so a redelivery never reaches `signals` on any day.
+        # Rows of a day without a partition land in `signals_default`; the retention loop
+        # creates each day's partition ahead and moves such rows out first.
+        "pg003_retention_partitions",
+        """
+ALTER TABLE signals RENAME TO signals_unpartitioned;
+ALTER INDEX signals_by_kind RENAME TO signals_unpartitioned_by_kind;
+CREATE TABLE signals (
+    device_id text NOT NULL,
+    id text NOT NULL,
+    seq bigint,
+    kind text,
+    at text,
+    attrs text,
+    received_day date NOT NULL,
+    PRIMARY KEY (device_id, id, received_day)
+) PARTITION BY RANGE (received_day);
+CREATE INDEX signals_by_kind ON signals (kind);
+CREATE INDEX signals_by_device ON signals (device_id);
+CREATE TABLE signals_default PARTITION OF signals DEFAULT;
+INSERT INTO signals (device_id, id, seq, kind, at, attrs, received_day)
+SELECT s.device_id, s.id, s.seq, s.kind, s.at, s.attrs,
+    coalesce((SELECT min(left(b.received_at, 10)) FROM batches b
+        WHERE b.device_id = s.device_id AND b.seq = s.seq)::date, current_date)
+FROM signals_unpartitioned s;
+DROP TABLE signals_unpartitioned;
+ALTER TABLE outcomes ADD COLUMN received_day text;
+UPDATE outcomes o SET received_day = coalesce((SELECT min(left(b.received_at, 10))
+    FROM batches b WHERE b.device_id = o.device_id AND b.seq = o.seq), current_date::text);
+CREATE INDEX outcomes_by_received ON outcomes (received_day);
+ALTER TABLE aggregates ADD COLUMN received_day text;
+UPDATE aggregates a SET received_day = coalesce((SELECT min(left(b.received_at, 10))
+    FROM batches b WHERE b.device_id = a.device_id AND b.seq = a.seq), current_date::text);
+CREATE INDEX aggregates_by_received ON aggregates (received_day);
+CREATE INDEX batches_by_received ON batches (received_at);
+""",
+    ),
 ]
 """(name, SQL) in order; a name, once applied, is never changed."""
 

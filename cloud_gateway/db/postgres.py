@@ -47,12 +47,12 @@ LATEST_REPORTED_SIGNALS = (
 
 SIGNALS_IN = (
     "CREATE TEMPORARY TABLE IF NOT EXISTS signals_in (device_id text, id text, seq bigint,"
-    " kind text, at text, attrs text) ON COMMIT DELETE ROWS"
+    " kind text, at text, attrs text, received_day date) ON COMMIT DELETE ROWS"
 )
-COPY_SIGNALS_IN = "COPY signals_in (device_id, id, seq, kind, at, attrs) FROM STDIN"
+COPY_SIGNALS_IN = "COPY signals_in (device_id, id, seq, kind, at, attrs, received_day) FROM STDIN"
 INSERT_SIGNALS_FROM_COPY = (
-    "INSERT INTO signals (device_id, id, seq, kind, at, attrs)"
-    " SELECT device_id, id, seq, kind, at, attrs FROM signals_in"
+    "INSERT INTO signals (device_id, id, seq, kind, at, attrs, received_day)"
+    " SELECT device_id, id, seq, kind, at, attrs, received_day FROM signals_in"
     " ON CONFLICT DO NOTHING RETURNING device_id, seq"
 )
 """The signal rows of a group commit: COPY (~3x executemany, bench/pg_driver_bench.py)."""

@@ -23,8 +23,8 @@ from cloud_gateway.errors import StoreError
 from protocol.ids import format_time, utcnow
 
 INSERT_SIGNALS = (
-    "INSERT INTO signals (device_id, id, seq, kind, at, attrs)"
-    " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING"
+    "INSERT INTO signals (device_id, id, seq, kind, at, attrs, received_day)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING"
 )
 """SQLite's signal rows: `executemany` (sqlite3 runs it in C at ~1 µs a row)."""
 

@@ -1,37 +1,62 @@
-"""Uplink handling: topic + payload -> a parsed message or a counted rejection; store, then ack.
+"""Uplink handling: a parsed message stored in a group commit, then acked or followed up.
 
-Batches are group-committed: `Ingestor.feed` queues a parsed batch (bounded queue) and returns,
-`Ingestor.run` stores everything waiting in ONE transaction and acks each batch only after
-that commit. If the group fails, its batches are stored one by one, so one bad batch costs
-only itself. A batch that is queued but not committed is not acked: the device sends it again.
+Batches and device states (births, last wills) are group-committed: `Ingestor.feed` queues a
+parsed message (bounded queue) and returns, `Ingestor.run` stores everything waiting in ONE
+transaction and acks each batch only after that commit. If the group fails, its messages are
+stored one by one, so one bad batch costs only itself. A batch that is queued but not
+committed is not acked: the device sends it again. A storm of births (a broker restart) thus
+costs one transaction per group, not one fsync per device; of each device's states in a group
+only the newest is stored, and never over a newer one (`db/ingest.py`, `state_order`). What a
+birth sets off (re-sends of what the device is owed, the model registry's health report) runs
+after the commit, in a follow-up loop beside the commits, so a storm does not hold up acks.
+Parsing is `ingest/parse.py`, acks `ingest/acks.py` (both re-exported here).
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from collections import Counter
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-from datetime import timedelta
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from typing import Any
 
 from cloud_gateway.db.backend import Backend, Session
 from cloud_gateway.db.ingest import (
+    StateItem,
     StoredBatch,
+    newest_states,
     record_rejection,
-    record_state,
+    record_states,
     store_batch_detail,
-    store_batches,
+    store_uplink,
 )
 from cloud_gateway.errors import GatewayError
+from cloud_gateway.ingest.acks import AckBatcher, SendNowait
+from cloud_gateway.ingest.parse import (
+    Ignored,
+    Parsed,
+    Rejected,
+    decode_valid_batch,
+    parse_uplink,
+)
 from mqttlink.logs import OnceLogger
 from protocol import codec
-from protocol.envelopes import Ack, Batch, ClaimRequest, ModelUpdateReport, State
-from protocol.errors import ProtocolError
+from protocol.envelopes import Batch, ClaimRequest, ModelUpdateReport, State
 from protocol.ids import utcnow
 from protocol.topics import Topics
+
+__all__ = [
+    "AckBatcher",
+    "Ignored",
+    "Ingestor",
+    "Parsed",
+    "Rejected",
+    "SendNowait",
+    "decode_valid_batch",
+    "parse_uplink",
+]
 
 log = logging.getLogger(__name__)
 
@@ -45,14 +70,14 @@ REJECT_REASONS = (
 )
 MAX_WARNED = 10_000
 GROUP_MAX = 64
-"""At most this many batches in one transaction."""
+"""At most this many batches (and as many states) in one transaction."""
 QUEUE_MAX = 64
-"""Parsed batches waiting for the next commit; when full, consumption waits (backpressure)."""
+"""Parsed messages waiting for the next commit; when full, consumption waits (backpressure)."""
+FOLLOW_UP_MAX = 4096
+"""Stored states waiting for their follow-up (births' re-sends, model reports); when full,
+the commit loop waits."""
 CLAIM_RESULT_TTL = timedelta(days=1)
 
-SendNowait = Callable[[str, bytes], None]
-"""send(topic, payload): hands a QoS 1 message to the MQTT client and returns at once;
-raises a GatewayError when it cannot (the link is down, the client's queue is full)."""
 SubmitClaim = Callable[[str, ClaimRequest], Awaitable[None]]
 """Hands a claim to the claim desk (`cloud_gateway.claims.desk`)."""
 OnReceipts = Callable[[str, list[str]], Awaitable[None]]
@@ -67,160 +92,14 @@ device's targeting facts may have changed."""
 
 
 @dataclass(frozen=True, slots=True)
-class Parsed:
-    """An uplink message that passed every check; `device_id` comes from the topic."""
-
-    device_id: str
-    message: Batch | ClaimRequest | State
-
-
-@dataclass(frozen=True, slots=True)
-class Rejected:
-    """An uplink message refused for `reason`; `device_id` is the topic's, if it had one."""
-
-    reason: str
-    device_id: str | None
-    detail: str
-
-
-@dataclass(frozen=True, slots=True)
-class Ignored:
-    """Nothing to do: an empty retained payload clearing a device's state topic."""
-
-    device_id: str
-
-
-def decode_valid_batch(payload: bytes, max_compressed: int, max_decompressed: int) -> Batch | None:
-    """Fast path of `codec.decode(payload, Batch, allow_zlib=True)` for a valid batch; None
-    for anything else, which then takes the full path (so every rejection keeps its reason
-    and message).
-
-    The same steps and bounds, minus the nesting walk (`codec._depth`, ~40 % of decoding):
-    every field of a `Batch` is a scalar or a list/dict of scalars (`extra="forbid"`), so a
-    payload that validates nests at most 5 levels, below `codec.MAX_DEPTH`.
-    """
-    if not payload or len(payload) > max_compressed:
-        return None
-    try:
-        raw = payload if payload[:1] == b"{" else codec.inflate(payload, max_decompressed)
-        if len(raw) > max_decompressed:
-            return None
-        obj = json.loads(raw.decode("utf-8"))
-        if not isinstance(obj, dict):
-            return None
-        version = obj.get("v")
-        if version != 1 or isinstance(version, bool):
-            return None
-        return Batch.model_validate(obj)
-    except (ProtocolError, ValueError, RecursionError):
-        # ValueError covers UnicodeDecodeError, JSONDecodeError and pydantic's ValidationError.
-        return None
-
-
-def parse_uplink(
-    topics: Topics,
-    topic: str,
-    payload: bytes,
-    *,
-    max_compressed: int = codec.MAX_COMPRESSED,
-    max_decompressed: int = codec.MAX_DECOMPRESSED,
-) -> Parsed | Rejected | Ignored:
-    """Pure: hostile bytes give a Rejected, never an exception. The topic names the device."""
-    where = topics.parse_uplink(topic)
-    if where is None:
-        return Rejected("unknown_topic", None, f"not an uplink topic: {topic[:200]!r}")
-    model: type[Batch | ClaimRequest | State]
-    if where.kind == "batch":
-        model = Batch
-    elif where.kind == "claim":
-        model = ClaimRequest
-    else:
-        if not payload:
-            return Ignored(where.device_id)
-        model = State
-    try:
-        message: Batch | ClaimRequest | State | None = None
-        if model is Batch:
-            message = decode_valid_batch(payload, max_compressed, max_decompressed)
-        if message is None:
-            message = codec.decode(
-                payload,
-                model,
-                allow_zlib=where.kind == "batch",
-                max_compressed=max_compressed,
-                max_decompressed=max_decompressed,
-            )
-    except ProtocolError as exc:
-        return Rejected(exc.reason, where.device_id, str(exc)[:300])
-    except RecursionError:
-        return Rejected("malformed", where.device_id, "payload nests too deeply")
-    if message.device_id != where.device_id:
-        return Rejected(
-            "wrong_device",
-            where.device_id,
-            f"payload names device {message.device_id!r} on the topic of {where.device_id!r}",
-        )
-    return Parsed(where.device_id, message)
-
-
-@dataclass(frozen=True, slots=True)
 class _Pending:
-    """A parsed batch waiting for its commit; `done` resolves once it is stored or failed."""
+    """A parsed batch or state waiting for its commit; `done` resolves once it is stored or
+    failed. `received_at`: when it came (a state without `at` is ordered by it)."""
 
     device_id: str
-    batch: Batch
+    message: Batch | State
     done: asyncio.Future[None]
-
-
-class AckBatcher:
-    """Coalesces acks per device over a short window; publishes only what was committed.
-
-    Acks go out through `send`, which hands a QoS 1 message to the MQTT client without
-    waiting for the broker's PUBACK: an ack that is lost costs only a resend of the batch
-    (acked again as a duplicate), and waiting would cost a round trip per device.
-    """
-
-    def __init__(
-        self, topics: Topics, send: SendNowait, counters: Counter[str], delay_s: float
-    ) -> None:
-        self._topics = topics
-        self._send = send
-        self._counters = counters
-        self._delay = delay_s
-        self._pending: dict[tuple[str, str | None], list[int]] = {}
-        self._wake = asyncio.Event()
-
-    def add(self, device_id: str, seq: int, outbox_id: str | None = None) -> None:
-        """Queue an ack for a batch that is committed (call only after the commit); the ack
-        names the batch's outbox, so a device never takes it for one of its own seqs."""
-        seqs = self._pending.setdefault((device_id, outbox_id), [])
-        if seq not in seqs:
-            seqs.append(seq)
-        self._wake.set()
-
-    async def run(self) -> None:
-        """Flush loop (a named task of the gateway); cancel it, then call `flush()`."""
-        while True:
-            await self._wake.wait()
-            if self._delay:
-                await asyncio.sleep(self._delay)
-            await self.flush()
-
-    async def flush(self) -> None:
-        self._wake.clear()
-        pending, self._pending = self._pending, {}
-        for (device_id, outbox_id), seqs in pending.items():
-            for start in range(0, len(seqs), 1000):
-                chunk = seqs[start : start + 1000]
-                ack = Ack(acks=chunk, outbox_id=outbox_id)
-                try:
-                    self._send(self._topics.ack(device_id), codec.encode(ack))
-                except GatewayError as exc:
-                    # The device sends an unacknowledged batch again; we ack the duplicate.
-                    self._counters["acks_failed"] += len(chunk)
-                    log.debug("ack for %s not sent: %s", device_id, exc)
-                else:
-                    self._counters["acks_sent"] += len(chunk)
+    received_at: datetime = field(default_factory=utcnow)
 
 
 class Ingestor:
@@ -257,40 +136,49 @@ class Ingestor:
         self._faults = OnceLogger(log, MAX_WARNED, suffix="")
         self._group_max = group_max
         self._queue: asyncio.Queue[_Pending] = asyncio.Queue(maxsize=queue_max)
+        self._follow_ups: asyncio.Queue[tuple[str, State | None]] = asyncio.Queue(
+            maxsize=FOLLOW_UP_MAX
+        )
         self._commit_lock = asyncio.Lock()
 
     @property
     def waiting(self) -> int:
-        """Parsed batches waiting for the next group commit (`queue_max` at most)."""
+        """Parsed batches and states waiting for the next group commit (`queue_max` at most)."""
         return self._queue.qsize()
 
     async def handle(self, topic: str, payload: bytes) -> Parsed | Rejected | Ignored:
         """Handle one message and return once it is done: a batch is committed (and its ack
-        queued), or it failed and will not be acked."""
+        queued), or it failed and will not be acked; a state is stored and followed up."""
         result, pending = await self._dispatch(topic, payload)
         if pending is not None:
             await self.commit_waiting()
             await pending.done
+            while not self._follow_ups.empty():
+                await self._follow_up(*self._follow_ups.get_nowait())
         return result
 
     async def feed(self, topic: str, payload: bytes) -> Parsed | Rejected | Ignored:
-        """Like `handle`, but a batch is only queued: `run` commits it, then acks it."""
+        """Like `handle`, but a batch or state is only queued: `run` commits it, then acks
+        it (a batch) or follows it up (a state)."""
         result, _ = await self._dispatch(topic, payload)
         return result
 
     async def run(self) -> None:
-        """Group-commit loop (a named task of the gateway); on shutdown call `commit_waiting`."""
-        while True:
-            first = await self._queue.get()
-            try:
-                # Shielded: a commit under way finishes (and acks) even if this task is cancelled.
-                await asyncio.shield(self._commit_group(first))
-            except Exception:
-                # A bug must not stop ingest: its batches are not acked and come again.
-                log.exception("committing a group of batches failed")
+        """Group-commit loop and the states' follow-up loop (one named task of the gateway);
+        on shutdown call `commit_waiting`."""
+        async with asyncio.TaskGroup() as tasks:
+            tasks.create_task(self._follow_up_loop(), name="gateway-ingest-follow-up")
+            while True:
+                first = await self._queue.get()
+                try:
+                    # Shielded: a commit under way finishes (and acks) even if cancelled.
+                    await asyncio.shield(self._commit_group(first))
+                except Exception:
+                    # A bug must not stop ingest: its batches are not acked and come again.
+                    log.exception("committing a group of uplink messages failed")
 
     async def commit_waiting(self) -> None:
-        """Commit every batch waiting in the queue now (groups of at most `group_max`), after
+        """Commit everything waiting in the queue now (groups of at most `group_max`), after
         the commit under way, if any (shutdown: then its acks are flushed too)."""
         async with self._commit_lock:
             pass
@@ -313,12 +201,17 @@ class Ingestor:
             if isinstance(result, Rejected):
                 await self._reject(result)
             elif isinstance(result, Parsed):
-                if isinstance(result.message, Batch):
+                message = result.message
+                if isinstance(message, Batch | State):
+                    if isinstance(message, State):
+                        self.counters["states_received"] += 1
                     done = asyncio.get_running_loop().create_future()
-                    pending = _Pending(result.device_id, result.message, done)
+                    pending = _Pending(result.device_id, message, done)
                     await self._queue.put(pending)
+                elif self._submit_claim is not None:
+                    await self._submit_claim(result.device_id, message)
                 else:
-                    await self._accept(result.device_id, result.message)
+                    await self._claim(result.device_id, message)
         except GatewayError as exc:
             # Nothing acked: the device will send again. The loop goes on.
             self.counters["store_errors"] += 1
@@ -327,40 +220,103 @@ class Ingestor:
 
     async def _commit_group(self, first: _Pending) -> None:
         """Store `first` and what else is waiting (up to `group_max`) in one transaction,
-        then ack and report each batch. Never raises for a store failure."""
+        then ack and report each batch, and queue each state's follow-up. Never raises for
+        a store failure."""
         async with self._commit_lock:
             group = [first]
             while len(group) < self._group_max and not self._queue.empty():
                 group.append(self._queue.get_nowait())
             try:
-                outcomes = await self._store_group(group)
-                for pending, stored in zip(group, outcomes, strict=True):
+                batches = [p for p in group if isinstance(p.message, Batch)]
+                states = [
+                    (p.device_id, p.message, p.received_at)
+                    for p in group
+                    if isinstance(p.message, State)
+                ]
+                outcomes, states_ok = await self._store_group(batches, states)
+                for pending, stored in zip(batches, outcomes, strict=True):
                     await self._stored(pending, stored)
+                if states_ok:
+                    await self._states_stored(states)
             finally:
                 for pending in group:
                     if not pending.done.done():
                         pending.done.set_result(None)
 
-    async def _store_group(self, group: list[_Pending]) -> list[StoredBatch | GatewayError]:
-        items = [(p.device_id, p.batch) for p in group]
+    async def _store_group(
+        self, group: list[_Pending], states: list[StateItem]
+    ) -> tuple[list[StoredBatch | GatewayError], bool]:
+        """The batches' outcomes, and whether the states were stored."""
+        items = [(p.device_id, p.message) for p in group if isinstance(p.message, Batch)]
         try:
-            return list(await self._db.call(store_batches, items, utcnow()))
+            return list(await self._db.call(store_uplink, items, states, utcnow())), True
         except GatewayError as exc:
-            if len(group) == 1:
-                return [exc]
+            if len(items) + len(states) == 1:
+                self.counters["store_errors"] += len(states)
+                return [exc] * len(items), False
             self.counters["group_commits_failed"] += 1
-            log.warning("group commit of %d batches failed (%s); one by one", len(group), exc)
+            log.warning(
+                "group commit of %d batches and %d states failed (%s); one by one",
+                len(items),
+                len(states),
+                exc,
+            )
         outcomes: list[StoredBatch | GatewayError] = []
         for device_id, batch in items:
             try:
                 outcomes.append(await self._db.call(store_batch_detail, device_id, batch, utcnow()))
             except GatewayError as exc:
                 outcomes.append(exc)
-        return outcomes
+        if not states:
+            return outcomes, True
+        try:
+            await self._db.call(record_states, states, utcnow())
+        except GatewayError as exc:
+            # States are not acked: the retained one comes again on the next subscribe.
+            self.counters["store_errors"] += len(states)
+            log.error("could not store %d device states: %s", len(states), exc)  # noqa: TRY400
+            return outcomes, False
+        return outcomes, True
+
+    async def _states_stored(self, states: list[StateItem]) -> None:
+        """After the commit: each model report, and each device's birth if its newest state
+        in the group says online, go to the follow-up loop."""
+        self.counters["states_stored"] += len(states)
+        if self._on_model_report is not None:
+            for device_id, state, _ in states:
+                if state.model_update is not None:
+                    await self._follow_ups.put((device_id, state))
+        if self._on_birth is not None:
+            for device_id, (_, state) in newest_states(states).items():
+                if state.status == "online":
+                    await self._follow_ups.put((device_id, None))
+
+    async def _follow_up_loop(self) -> None:
+        while True:
+            device_id, state = await self._follow_ups.get()
+            try:
+                await self._follow_up(device_id, state)
+            except Exception:
+                # A bug in a follow-up must not stop ingest; the re-send loops cover births.
+                log.exception("following up the state of %s failed", device_id)
+
+    async def _follow_up(self, device_id: str, state: State | None) -> None:
+        """A model report (`state`) or a birth (None): what it sets off, after its commit."""
+        try:
+            if state is not None and state.model_update is not None:
+                if self._on_model_report is not None:
+                    await self._on_model_report(device_id, state.model_update)
+            elif self._on_birth is not None:
+                await self._on_birth(device_id)
+        except GatewayError as exc:
+            self.counters["store_errors"] += 1
+            log.error("could not follow up the state of %s: %s", device_id, exc)  # noqa: TRY400
 
     async def _stored(self, pending: _Pending, stored: StoredBatch | GatewayError) -> None:
         """After the commit: count, ack, hand on receipts (or count the failure: no ack)."""
-        device_id, batch = pending.device_id, pending.batch
+        device_id, batch = pending.device_id, pending.message
+        if not isinstance(batch, Batch):
+            return
         if isinstance(stored, GatewayError):
             self.counters["store_errors"] += 1
             log.error("could not store batch %s of %s: %s", batch.seq, device_id, stored)
@@ -393,19 +349,6 @@ class Ingestor:
         )
         if rejected.device_id is not None:
             await self._db.call(record_rejection, rejected.device_id, utcnow())
-
-    async def _accept(self, device_id: str, message: ClaimRequest | State) -> None:
-        if isinstance(message, State):
-            self.counters["states_received"] += 1
-            await self._db.call(record_state, device_id, message, utcnow())
-            if message.model_update is not None and self._on_model_report is not None:
-                await self._on_model_report(device_id, message.model_update)
-            if message.status == "online" and self._on_birth is not None:
-                await self._on_birth(device_id)
-        elif self._submit_claim is not None:
-            await self._submit_claim(device_id, message)
-        else:
-            await self._claim(device_id, message)
 
     async def _claim(self, device_id: str, claim: ClaimRequest) -> None:
         """Without a claim desk (`cloud_gateway.claims.desk`) a claim stays unanswered; the

@@ -25,6 +25,7 @@ from cloud_gateway.claims.desk import ClaimDesk
 from cloud_gateway.config import GatewaySettings
 from cloud_gateway.db.backend import Backend, Clock, Session
 from cloud_gateway.devices.erasure import DeviceErasure
+from cloud_gateway.ingest.retention import RetentionPolicy, run_retention
 from cloud_gateway.ingest.service import AckBatcher, Ingestor
 from cloud_gateway.registry.service import ModelRegistry
 from cloud_gateway.runtime.health import Health
@@ -100,6 +101,12 @@ class Parts:
             (
                 "gateway-erasure",
                 functools.partial(self.erasure.run, s.scheduler_tick_s, s.resend_after_s),
+            ),
+            (
+                "gateway-retention",
+                functools.partial(
+                    run_retention, self.db, RetentionPolicy.of(s), s.retention_interval_s
+                ),
             ),
         )
 

@@ -1,0 +1,71 @@
+"""Acks of stored batches: coalesced per device over a short window, sent only after the
+commit, through a send that does not wait for the broker."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import Counter
+from collections.abc import Callable
+
+from cloud_gateway.errors import GatewayError
+from protocol import codec
+from protocol.envelopes import Ack
+from protocol.topics import Topics
+
+log = logging.getLogger(__name__)
+
+SendNowait = Callable[[str, bytes], None]
+"""send(topic, payload): hands a QoS 1 message to the MQTT client and returns at once;
+raises a GatewayError when it cannot (the link is down, the client's queue is full)."""
+
+
+class AckBatcher:
+    """Coalesces acks per device over a short window; publishes only what was committed.
+
+    Acks go out through `send`, which hands a QoS 1 message to the MQTT client without
+    waiting for the broker's PUBACK: an ack that is lost costs only a resend of the batch
+    (acked again as a duplicate), and waiting would cost a round trip per device.
+    """
+
+    def __init__(
+        self, topics: Topics, send: SendNowait, counters: Counter[str], delay_s: float
+    ) -> None:
+        self._topics = topics
+        self._send = send
+        self._counters = counters
+        self._delay = delay_s
+        self._pending: dict[tuple[str, str | None], list[int]] = {}
+        self._wake = asyncio.Event()
+
+    def add(self, device_id: str, seq: int, outbox_id: str | None = None) -> None:
+        """Queue an ack for a batch that is committed (call only after the commit); the ack
+        names the batch's outbox, so a device never takes it for one of its own seqs."""
+        seqs = self._pending.setdefault((device_id, outbox_id), [])
+        if seq not in seqs:
+            seqs.append(seq)
+        self._wake.set()
+
+    async def run(self) -> None:
+        """Flush loop (a named task of the gateway); cancel it, then call `flush()`."""
+        while True:
+            await self._wake.wait()
+            if self._delay:
+                await asyncio.sleep(self._delay)
+            await self.flush()
+
+    async def flush(self) -> None:
+        self._wake.clear()
+        pending, self._pending = self._pending, {}
+        for (device_id, outbox_id), seqs in pending.items():
+            for start in range(0, len(seqs), 1000):
+                chunk = seqs[start : start + 1000]
+                ack = Ack(acks=chunk, outbox_id=outbox_id)
+                try:
+                    self._send(self._topics.ack(device_id), codec.encode(ack))
+                except GatewayError as exc:
+                    # The device sends an unacknowledged batch again; we ack the duplicate.
+                    self._counters["acks_failed"] += len(chunk)
+                    log.debug("ack for %s not sent: %s", device_id, exc)
+                else:
+                    self._counters["acks_sent"] += len(chunk)
