@@ -24,6 +24,7 @@ SUITES = [
     "bench.pg_driver_bench",
     "bench.pg_ingest_bench",
     "bench.storm_bench",
+    "bench.claims_pg_bench",
 ]
 
 

@@ -14,6 +14,7 @@ import asyncio
 import logging
 from collections.abc import Callable
 from datetime import timedelta
+from functools import partial
 from typing import Any
 
 from cloud_gateway.db.claims import ClaimAnswer, claim_batch
@@ -22,12 +23,38 @@ from cloud_gateway.runtime.wiring import Service, Wiring
 from protocol import codec
 from protocol.envelopes import ClaimRequest, ClaimResult
 from protocol.ids import new_id, utcnow
+from protocol.signing import Signer
 
 log = logging.getLogger(__name__)
 
 CLAIM_RESULT_TTL = timedelta(days=1)
 QUEUE_MAX = 10_000
 PUBLISH_CONCURRENCY = 64
+
+
+def signed_result(
+    device_id: str,
+    claim: ClaimRequest,
+    granted: bool,
+    code: str | None,
+    reason: str,
+    *,
+    signer: Signer,
+) -> dict[str, Any]:
+    """The signed wire `ClaimResult` of one decision (`claim_batch`'s `make_result`)."""
+    now = utcnow()
+    answer = ClaimResult(
+        id=new_id(),
+        claim_id=claim.id,
+        device_id=device_id,
+        offer_id=claim.offer_id,
+        granted=granted,
+        code=code,
+        reason=reason,
+        issued_at=now,
+        expires_at=now + CLAIM_RESULT_TTL,
+    )
+    return signer.sign(answer.to_wire())
 
 
 class ClaimDesk(Service):
@@ -50,23 +77,6 @@ class ClaimDesk(Service):
         self._counters["claims_received"] += 1
         await self._queue.put((device_id, claim))
 
-    def _make_result(
-        self, device_id: str, claim: ClaimRequest, granted: bool, code: str | None, reason: str
-    ) -> dict[str, Any]:
-        now = utcnow()
-        answer = ClaimResult(
-            id=new_id(),
-            claim_id=claim.id,
-            device_id=device_id,
-            offer_id=claim.offer_id,
-            granted=granted,
-            code=code,
-            reason=reason,
-            issued_at=now,
-            expires_at=now + CLAIM_RESULT_TTL,
-        )
-        return self._signer.sign(answer.to_wire())
-
     async def run(self) -> None:
         while True:
             first = await self._queue.get()
@@ -74,7 +84,8 @@ class ClaimDesk(Service):
             while len(batch) < self._batch_max and not self._queue.empty():
                 batch.append(self._queue.get_nowait())
             try:
-                answers = await self._db.call(claim_batch, batch, self._make_result, utcnow())
+                make = partial(signed_result, signer=self._signer)
+                answers = await self._db.call(claim_batch, batch, make, utcnow())
             except GatewayError as exc:
                 # Nothing decided: the devices claim again with the same keys.
                 self._counters["store_errors"] += 1
