@@ -120,48 +120,64 @@ class StandInGateway:
         self.node = node
         self.received: dict[str, set[str]] = {d: set() for d in fleet.devices}
         self.batches = 0
+        self.reconnects = 0
+        self.identifier = f"gw-{uuid.uuid4().hex[:8]}"
         self.client: aiomqtt.Client | None = None
 
     async def run(self, ready: asyncio.Event) -> None:
-        client = aiomqtt.Client(
-            "127.0.0.1",
-            self.fleet.nats.mqtt_port(self.node),
-            identifier=f"gw-{uuid.uuid4().hex[:8]}",
-            keepalive=5,
-            timeout=10,
-        )
-        on_session_lost(client, None)
-        async with client:
-            self.client = client
-            granted = await client.subscribe(f"{self.fleet.root}/dev/+/up/batch", qos=1)
-            assert list(granted) == [1], granted
-            ready.set()
-            async for message in client.messages:
-                assert isinstance(message.payload, bytes)
-                batch = codec.decode(message.payload, Batch, allow_zlib=True)
-                self.received[batch.device_id].update(s.id for s in batch.signals)
-                self.batches += 1
-                ack = codec.dumps({"v": 1, "acks": [batch.seq]})
-                await client.publish(
-                    f"{self.fleet.root}/dev/{batch.device_id}/down/ack", ack, qos=1
-                )
+        """Serve with a persistent session on its node, reconnecting (and subscribing again
+        until the SUBACK grants it) whenever the session ends, as the real gateway does."""
+        while True:
+            client = aiomqtt.Client(
+                "127.0.0.1",
+                self.fleet.nats.mqtt_port(self.node),
+                identifier=self.identifier,
+                clean_session=False,
+                keepalive=5,
+                timeout=10,
+            )
+            on_session_lost(client, None)
+            try:
+                async with client:
+                    granted = await client.subscribe(f"{self.fleet.root}/dev/+/up/batch", qos=1)
+                    if list(granted) != [1]:
+                        continue  # refused while the cluster elects: again
+                    self.client = client
+                    ready.set()
+                    await self._serve(client)
+            except aiomqtt.MqttError:
+                self.client = None
+                self.reconnects += 1
+                await asyncio.sleep(0.2)
+
+    async def _serve(self, client: aiomqtt.Client) -> None:
+        async for message in client.messages:
+            assert isinstance(message.payload, bytes)
+            batch = codec.decode(message.payload, Batch, allow_zlib=True)
+            self.received[batch.device_id].update(s.id for s in batch.signals)
+            self.batches += 1
+            ack = codec.dumps({"v": 1, "acks": [batch.seq]})
+            await client.publish(f"{self.fleet.root}/dev/{batch.device_id}/down/ack", ack, qos=1)
 
     async def publish_until_acked(
         self, topic: str, payload: bytes, *, retain: bool = False, within: float = FAILOVER_S
     ) -> int:
         """Publish at QoS 1 until the broker acks it (a JetStream store may time out while a
         new leader is elected); returns the failed attempts."""
-        assert self.client is not None
         deadline = time.monotonic() + within
         failed = 0
         while True:
+            assert time.monotonic() < deadline, f"{topic}: no PUBACK in {within} s"
+            if self.client is None:
+                await asyncio.sleep(0.1)  # reconnecting
+                continue
             try:
                 await publish_acked(
                     self.client, f"{self.fleet.root}/{topic}", payload, retain=retain, timeout=5
                 )
             except MqttLinkError:
                 failed += 1
-                assert time.monotonic() < deadline, f"{topic}: no PUBACK in {within} s"
+                await asyncio.sleep(0.1)
                 continue
             return failed
 
@@ -279,5 +295,6 @@ async def test_an_agent_fails_over_to_another_node_with_its_session_and_loses_no
             f" device message acked {published_s:.1f} s after it ({failed} attempts failed),"
             f" the held agent back {held_back_s:.1f} s after it and got both; node back after"
             f" {restarted_s:.1f} s; {total} signals accepted by {AGENTS} agents, all received"
-            f" and acked ({gateway.batches} batches received, redeliveries included)"
+            f" and acked ({gateway.batches} batches received, redeliveries included; the stand-in"
+            f" gateway reconnected {gateway.reconnects} times)"
         )
