@@ -5,12 +5,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from agent.config import load_settings
+from agent.config import BROKER_ENV, load_settings
 from agent.errors import AgentError
 from protocol.broker_url import add_credential_options
 
@@ -33,7 +34,13 @@ def _add_verbs(parser: argparse.ArgumentParser) -> None:
     run = verbs.add_parser("run", help="run the agent daemon until SIGTERM/SIGINT")
     run.add_argument("--profile", required=True, help="firmware profile name or .toml path")
     run.add_argument("--device-id", required=True)
-    run.add_argument("--broker", required=True, help="mqtt://HOST:PORT or mqtts://HOST:PORT")
+    run.add_argument(
+        "--broker",
+        required=BROKER_ENV not in os.environ,
+        default=os.environ.get(BROKER_ENV),
+        help="mqtt://HOST:PORT or mqtts://HOST:PORT, or a comma-separated list of a cluster's"
+        " nodes, tried in order from the last that worked (env EDGEMART_BROKER)",
+    )
     run.add_argument("--data-dir", required=True, type=Path)
     run.add_argument(
         "--api-port",

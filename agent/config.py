@@ -25,6 +25,11 @@ from protocol.topics import COHORT_RE, DEVICE_ID_RE, PROFILE_RE, Topics
 log = logging.getLogger(__name__)
 
 ENV_PREFIX = "EDGEMART_"
+BROKER_ENV = "EDGEMART_BROKER"
+"""The default of `--broker` (a URL or a comma-separated list of them)."""
+COMMAND_ENV = frozenset({BROKER_ENV, "EDGEMART_PROFILE", "EDGEMART_DEVICE_ID"})
+"""Variables that stand for command-line arguments (the systemd unit passes them as options
+from its environment file), not for profile keys: the environment layer skips them."""
 AGENT_KEYS = frozenset(
     {
         "topic_root",
@@ -40,6 +45,9 @@ AGENT_KEYS = frozenset(
 )
 
 Name = Annotated[str, StringConstraints(pattern=r"^[a-z0-9_.:-]{1,64}$")]
+Host = Annotated[str, StringConstraints(min_length=1, max_length=253)]
+Port = Annotated[int, Field(ge=1, le=65535)]
+MAX_BROKERS = 16
 
 
 class _Strict(BaseModel):
@@ -146,8 +154,13 @@ class AgentSettings(_Strict):
     """Everything one agent needs, validated once; frozen."""
 
     device_id: Annotated[str, StringConstraints(pattern=DEVICE_ID_RE.pattern)]
-    broker_host: Annotated[str, StringConstraints(min_length=1, max_length=253)]
-    broker_port: Annotated[int, Field(ge=1, le=65535)]
+    broker_host: Host
+    broker_port: Port
+    broker_alternates: Annotated[
+        tuple[tuple[Host, Port], ...], Field(max_length=MAX_BROKERS - 1)
+    ] = ()
+    """The other nodes of the broker cluster (`--broker URL,URL,...` after the first), tried
+    in order after it; one session (client id, credentials) on all of them."""
     data_dir: Path
     api_port: Annotated[int, Field(ge=0, le=65535)] | None = None
     trust: Path
@@ -166,6 +179,11 @@ class AgentSettings(_Strict):
     """TLS to the broker (also set by an `mqtts://` URL or a CA file)."""
     mqtt_ca_file: Path | None = None
     """CA bundle to verify the broker's certificate; the system's CAs when not given."""
+
+    @property
+    def brokers(self) -> tuple[tuple[str, int], ...]:
+        """Every broker to try, (host, port), in the order given: the first, then the others."""
+        return ((self.broker_host, self.broker_port), *self.broker_alternates)
 
     @property
     def topics(self) -> Topics:
@@ -191,6 +209,17 @@ def _broker(url: str) -> broker_url.BrokerUrl:
         return broker_url.parse_broker_url(url, bare_host=True)
     except ValueError as exc:
         raise ConfigError(str(exc), field="broker") from exc
+
+
+def _brokers(urls: str) -> list[broker_url.BrokerUrl]:
+    """`--broker`: one URL or a comma-separated list (the nodes of one cluster)."""
+    try:
+        parsed = broker_url.parse_broker_urls(urls, bare_host=True)
+    except ValueError as exc:
+        raise ConfigError(str(exc), field="broker") from exc
+    if len(parsed) > MAX_BROKERS:
+        raise ConfigError(f"more than {MAX_BROKERS} broker URLs", field="broker")
+    return parsed
 
 
 def read_secret(path: Path, field: str) -> str:
@@ -269,7 +298,7 @@ def _env_layer(environ: Mapping[str, str]) -> dict[str, Any]:
             if raw:
                 doc.setdefault("agent", {})[CREDENTIAL_ENV[name]] = raw
             continue
-        if not name.startswith(ENV_PREFIX):
+        if not name.startswith(ENV_PREFIX) or name in COMMAND_ENV:
             continue
         path = name[len(ENV_PREFIX) :].lower().split("__")
         if not all(path):
@@ -321,7 +350,8 @@ def load_settings(  # noqa: PLR0917  # the published seam takes these positional
 ) -> AgentSettings:
     """Profile TOML -> config file -> `EDGEMART_*` env -> explicit arguments and overrides.
 
-    `profile` is a shipped profile name or a path to a `.toml`. A layer's agent-level keys
+    `profile` is a shipped profile name or a path to a `.toml`; `broker` one URL or a
+    comma-separated list of a cluster's nodes (`AgentSettings.brokers`). A layer's agent-level keys
     (`topic_root`, `max_request_bytes`, ...) live in its `[agent]` table (env:
     `EDGEMART_AGENT__TOPIC_ROOT`); `overrides` may give them at the top level too.
     Errors raise ConfigError naming the field and the layer that broke it.
@@ -362,7 +392,8 @@ def load_settings(  # noqa: PLR0917  # the published seam takes these positional
         agent_doc = _merge(agent_doc, agent_part)
         _validate_profile(profile_doc, source)
     validated = _validate_profile(profile_doc, source)
-    url = _broker(broker)
+    urls = _brokers(broker)
+    url = urls[0]
     credentials = _credentials(url, agent_doc)
     if "mqtt_password" in credentials and "mqtt_username" not in credentials:
         credentials["mqtt_username"] = device_id  # the broker ACL's %u is the device id
@@ -374,6 +405,7 @@ def load_settings(  # noqa: PLR0917  # the published seam takes these positional
                 "device_id": device_id,
                 "broker_host": url.host,
                 "broker_port": url.port,
+                "broker_alternates": tuple((u.host, u.port) for u in urls[1:]),
                 "data_dir": Path(data_dir),
                 "api_port": api_port,
                 "trust": Path(trust),

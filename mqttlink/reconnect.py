@@ -9,6 +9,10 @@ or raises when the session ends (both consume messages). The machine owns the re
 fresh `Connection` per attempt, the `connected` event (cleared the moment the session ends,
 not when a reader next looks), the backoff (reset once connected), and turning every adapter
 error into one retry. Learned from aioesphomeapi's `reconnect_logic.py`.
+
+With several brokers (the nodes of one cluster; a `Rotation`), a failed attempt moves to the
+next broker at once and the backoff is taken only after a full round of them failed; the
+`connect()` callable makes the connection for `rotation.current`.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from enum import StrEnum
 from mqttlink.backoff import Backoff
 from mqttlink.connection import Connection, reraise_if_cancelling
 from mqttlink.errors import MqttLinkError, SessionLost
+from mqttlink.rotation import Rotation
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +46,9 @@ class Reconnector:
 
     `on_up(conn)` is told of each session once it is connected, `on_down(error, delay)` of each
     failure with the delay before the next attempt (for the link's logs and counters);
-    `watch(callback)` sees every state change (tests walk the machine with it).
+    `watch(callback)` sees every state change (tests walk the machine with it). `rotation`
+    says which broker `connect()` is to use (one broker when not given); a session counts as
+    having held once it was up for `stable_s` seconds.
     """
 
     def __init__(
@@ -53,6 +60,8 @@ class Reconnector:
         backoff: Backoff | None = None,
         on_up: Callable[[Connection], None] | None = None,
         on_down: Callable[[MqttLinkError, float], None] | None = None,
+        rotation: Rotation | None = None,
+        stable_s: float = 1.0,
     ) -> None:
         self._connect = connect
         self._setup = setup
@@ -66,6 +75,9 @@ class Reconnector:
         self.connection: Connection | None = None
         """The session that is up, else None."""
         self.connects = 0
+        self.rotation = rotation or Rotation()
+        self._stable_s = stable_s
+        self._up_at: float | None = None
 
     def watch(self, callback: Callable[[LinkState], None]) -> None:
         self._watchers.append(callback)
@@ -82,11 +94,14 @@ class Reconnector:
         try:
             while True:
                 error = await self._attempt()
-                delay = self.backoff.next()
+                if self._held():
+                    self.rotation.held()
+                delay = self.backoff.next() if self.rotation.failed() else 0.0
                 self._enter(LinkState.BACKING_OFF)
                 if self._on_down is not None:
                     self._on_down(error, delay)
-                await asyncio.sleep(delay)
+                if delay:
+                    await asyncio.sleep(delay)
         finally:
             self.connection = None
             self.connected.clear()
@@ -103,6 +118,7 @@ class Reconnector:
                 self.connects += 1
                 self.backoff.reset()
                 self.connected.set()
+                self._up_at = asyncio.get_running_loop().time()
                 self._enter(LinkState.CONNECTED)
                 conn.on_lost(self._lost)
                 if self._on_up is not None:
@@ -115,6 +131,11 @@ class Reconnector:
         finally:
             self.connection = None
             self.connected.clear()
+
+    def _held(self) -> bool:
+        """Whether the session that just ended (if one was up) lasted `stable_s`."""
+        up_at, self._up_at = self._up_at, None
+        return up_at is not None and asyncio.get_running_loop().time() - up_at >= self._stable_s
 
     def _lost(self) -> None:
         """The session ended: down at once, before `serve` notices."""

@@ -1,5 +1,8 @@
 """Broker URLs as both commands take them: `mqtt://HOST:PORT`, `mqtts://HOST:PORT` (TLS).
 
+The agent also takes a comma-separated list of them, the nodes of one cluster
+(`parse_broker_urls`): one scheme and one set of credentials for all, no node twice.
+
 Pure parsing, shared by the agent and the gateway. A URL may carry `user:password@`; it is
 accepted, but the password is then visible in the process list, so callers warn and prefer
 a password file or the environment. `redacted()` is the form fit for logs.
@@ -58,6 +61,36 @@ def parse_broker_url(url: str, *, bare_host: bool = False) -> BrokerUrl:
         username=unquote(parts.username) if parts.username else None,
         password=unquote(parts.password) if parts.password is not None else None,
     )
+
+
+def parse_broker_urls(text: str, *, bare_host: bool = False) -> list[BrokerUrl]:
+    """`URL[,URL...]`, each as `parse_broker_url` takes it; ValueError naming the URL at fault.
+
+    The URLs are nodes of one cluster, tried in order by one client: they share the scheme
+    (TLS or not) and the credentials, and none is given twice.
+    """
+    items = [item.strip() for item in text.split(",")]
+    if not any(items):
+        raise ValueError("no broker URL given")
+    urls: list[BrokerUrl] = []
+    for index, item in enumerate(items, 1):
+        if not item:
+            raise ValueError(f"broker URL #{index} of the list is empty")
+        url = parse_broker_url(item, bare_host=bare_host)
+        shown = _redact(item)
+        if urls and (url.tls, url.username, url.password) != (
+            urls[0].tls,
+            urls[0].username,
+            urls[0].password,
+        ):
+            raise ValueError(
+                f"broker URL {shown!r} differs from the first in its scheme or credentials"
+                " (the brokers of one list are nodes of one cluster)"
+            )
+        if any((u.host, u.port) == (url.host, url.port) for u in urls):
+            raise ValueError(f"broker URL {shown!r} is given twice")
+        urls.append(url)
+    return urls
 
 
 def _redact(url: str) -> str:

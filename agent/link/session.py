@@ -3,7 +3,9 @@
 The reconnect state machine, the client, backoff and acked publish are `mqttlink`'s; what is
 the agent's own is here: a persistent session under the device id, a retained birth on its
 `state` topic (and a retained offline will), QoS 1 subscriptions, and downlink messages
-turned into `Incoming` for the router.
+turned into `Incoming` for the router. Given several brokers (a cluster's nodes), it keeps one
+session (client id, clean session off) and moves it to the next node when one fails
+(`mqttlink.rotation`), so a cluster that shares sessions resumes it there.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from mqttlink.connect import ClientOptions, Credentials, Will
 from mqttlink.connection import Connection, Message
 from mqttlink.errors import MqttLinkError
 from mqttlink.reconnect import Reconnector
+from mqttlink.rotation import Rotation
 from protocol import codec
 from protocol.envelopes import State
 from protocol.ids import utcnow
@@ -87,6 +90,7 @@ class Link:
             backoff=backoff or Backoff(initial=0.5, cap=30.0),
             on_up=self._up,
             on_down=self._down,
+            rotation=Rotation(len(settings.brokers)),
         )
         self.connected = self.machine.connected
 
@@ -104,12 +108,19 @@ class Link:
             self.topics.keys(),
         ]
 
+    @property
+    def broker(self) -> str:
+        """The broker the link is on or trying now, as a URL without credentials."""
+        return self.options().broker
+
     def options(self) -> ClientOptions:
+        """The session's options on the broker to try now (the same session on every one)."""
         s = self.settings
+        host, port = s.brokers[self.machine.rotation.current]
         offline = codec.encode(State(device_id=s.device_id, status="offline"))
         return ClientOptions(
-            host=s.broker_host,
-            port=s.broker_port,
+            host=host,
+            port=port,
             client_id=s.device_id,
             credentials=Credentials.of(
                 s.mqtt_username, s.mqtt_password, tls=s.mqtt_tls, ca_file=s.mqtt_ca_file
@@ -140,18 +151,16 @@ class Link:
 
     def _up(self, conn: Connection) -> None:
         self._metrics.inc("link_connects")
-        log.info(
-            "link up: %s:%d as %s",
-            self.settings.broker_host,
-            self.settings.broker_port,
-            self.settings.device_id,
-        )
+        log.info("link up: %s as %s", conn.options.broker, self.settings.device_id)
         self._on_connected()
 
     def _down(self, error: MqttLinkError, delay: float) -> None:
         self._metrics.inc("link_failures")
-        log.info("link to %s down: %s", self.settings.broker_host, error)
-        log.debug("reconnecting in %.2f s", delay)
+        log.info("link down: %s", error)
+        if delay:
+            log.debug("reconnecting in %.2f s to %s", delay, self.broker)
+        else:
+            log.info("trying the next broker: %s", self.broker)
 
     async def _serve(self, conn: Connection) -> None:
         async for message in conn.messages():

@@ -21,6 +21,11 @@ class Transport(Protocol):
     @property
     def state(self) -> str: ...
 
+    @property
+    def broker(self) -> str:
+        """The broker it is on or trying now (no credentials), for the status."""
+        ...
+
     async def run(self) -> None: ...
 
     async def publish(

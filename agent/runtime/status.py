@@ -17,6 +17,7 @@ def status_of(parts: Parts) -> dict[str, Any]:
         "profile": parts.settings.profile.name,
         "agent_version": AGENT_VERSION,
         "link": str(parts.link.state),
+        "broker": parts.link.broker,
         "outbox_depth": store.depth,
         "outbox_bytes": store.outbox_bytes,
         "outbox_max_bytes": store.outbox_max_bytes,

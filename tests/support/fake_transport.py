@@ -40,6 +40,10 @@ class FakeTransport:
     def state(self) -> str:
         return LinkState.CONNECTED if self.connected.is_set() else LinkState.OFFLINE
 
+    @property
+    def broker(self) -> str:
+        return "fake://"
+
     async def run(self) -> None:
         if self._start_up:
             self.up()
