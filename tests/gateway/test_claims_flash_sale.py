@@ -6,26 +6,23 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import random
 import re
 import signal
 import sqlite3
 import uuid
 from pathlib import Path
-from typing import Any
 
 import aiohttp
-import aiomqtt
 import pytest
 
 from cloud_gateway.security.auth import create_token
-from protocol import codec
 from protocol.envelopes import ClaimRequest, ClaimResult, TrustFile
 from protocol.ids import new_id, utcnow
 from protocol.signing import Verifier
 from protocol.topics import Topics
 from simulators.brokers import MosquittoProcess, free_port
+from tests.support.claim_crowd import ClaimCrowd
 from tests.support.processes import start_gateway, stop
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -98,89 +95,49 @@ async def test_flash_sale_survives_sigkill_and_never_oversells(
             )
             for d in devices
         }
-        answers: dict[str, list[dict[str, Any]]] = {}
-        got_answer = asyncio.Event()
+        async with ClaimCrowd(mosquitto.port, topics, claims, connections=CONNECTIONS) as crowd:
+            answers, send = crowd.answers, crowd.send
+            rng = random.Random(6)
+            first = devices[:600]
+            repeated = rng.sample(devices, REPEATED)
+            wave = first + [d for d in repeated if d in first]
+            rng.shuffle(wave)
 
-        async with (
-            aiomqtt.Client(
-                "127.0.0.1", mosquitto.port, identifier=f"fs-sub-{uuid.uuid4().hex[:6]}"
-            ) as sub,
-        ):
-            await sub.subscribe(f"{root}/dev/+/down/claim", qos=1)
+            async def paced() -> None:  # a crowd arriving, not one burst
+                for start in range(0, len(wave), PACE_CHUNK):
+                    await send(wave[start : start + PACE_CHUNK])
+                    await asyncio.sleep(PACE_S)
 
-            async def collect() -> None:
-                async for message in sub.messages:
-                    assert isinstance(message.payload, bytes)
-                    obj = json.loads(message.payload)
-                    answers.setdefault(obj["device_id"], []).append(obj)
-                    got_answer.set()
-
-            collector = asyncio.create_task(collect(), name="fs-collect")
-            pubs = [
-                aiomqtt.Client(
-                    "127.0.0.1", mosquitto.port, identifier=f"fs-pub{i}-{uuid.uuid4().hex[:6]}"
-                )
-                for i in range(CONNECTIONS)
-            ]
-            for p in pubs:
-                await p.__aenter__()
-            try:
-
-                async def send(batch: list[str]) -> None:
-                    async def one(i: int, d: str) -> None:
-                        await pubs[i % CONNECTIONS].publish(
-                            topics.claim_up(d), codec.encode(claims[d]), qos=1
-                        )
-
-                    for start in range(0, len(batch), 64):  # bounded in-flight publishes
-                        chunk = list(enumerate(batch))[start : start + 64]
-                        await asyncio.gather(*(one(i, d) for i, d in chunk))
-
-                rng = random.Random(6)
-                first = devices[:600]
-                repeated = rng.sample(devices, REPEATED)
-                wave = first + [d for d in repeated if d in first]
-                rng.shuffle(wave)
-
-                async def paced() -> None:  # a crowd arriving, not one burst
-                    for start in range(0, len(wave), PACE_CHUNK):
-                        await send(wave[start : start + PACE_CHUNK])
-                        await asyncio.sleep(PACE_S)
-
-                pacer = asyncio.create_task(paced(), name="fs-paced")
-                # Kill the gateway mid-sale, with stock left: watch the grants it committed.
-                async with asyncio.timeout(60):
-                    # polled: the condition lives in another process's database, no event to await
-                    while await asyncio.to_thread(committed_grants, data) < KILL_AT:  # noqa: ASYNC110
-                        await asyncio.sleep(0.005)
-                proc.send_signal(signal.SIGKILL)
-                proc.wait(timeout=10)
-                pacer.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await pacer
-                granted_at_kill = await asyncio.to_thread(committed_grants, data)
-                rest = devices[600:]
-                await send(rest + [d for d in repeated if d not in first])  # while it is down
-                proc = await start_gateway(
-                    mosquitto.url, data, port, log, "--topic-root", root, timeout=30
-                )
-                # Devices claim again (same key) until each has an answer.
-                async with asyncio.timeout(180):
-                    while len(answers) < DEVICES:
-                        await asyncio.sleep(3)
-                        await send([d for d in devices if d not in answers])
-                # Repeated keys after the sale: the stored answer, unchanged.
-                again = rng.sample(devices, 100)
-                before = {d: len(answers[d]) for d in again}
-                await send(again)
-                async with asyncio.timeout(30):
-                    while any(len(answers[d]) <= before[d] for d in again):
-                        await got_answer.wait()
-                        got_answer.clear()
-            finally:
-                collector.cancel()
-                for p in pubs:
-                    await p.__aexit__(None, None, None)
+            pacer = asyncio.create_task(paced(), name="fs-paced")
+            # Kill the gateway mid-sale, with stock left: watch the grants it committed.
+            async with asyncio.timeout(60):
+                # polled: the condition lives in another process's database, no event to await
+                while await asyncio.to_thread(committed_grants, data) < KILL_AT:  # noqa: ASYNC110
+                    await asyncio.sleep(0.005)
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(timeout=10)
+            pacer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await pacer
+            granted_at_kill = await asyncio.to_thread(committed_grants, data)
+            rest = devices[600:]
+            await send(rest + [d for d in repeated if d not in first])  # while it is down
+            proc = await start_gateway(
+                mosquitto.url, data, port, log, "--topic-root", root, timeout=30
+            )
+            # Devices claim again (same key) until each has an answer.
+            async with asyncio.timeout(180):
+                while len(answers) < DEVICES:
+                    await asyncio.sleep(3)
+                    await send([d for d in devices if d not in answers])
+            # Repeated keys after the sale: the stored answer, unchanged.
+            again = rng.sample(devices, 100)
+            before = {d: len(answers[d]) for d in again}
+            await send(again)
+            async with asyncio.timeout(30):
+                while any(len(answers[d]) <= before[d] for d in again):
+                    await crowd.got_answer.wait()
+                    crowd.got_answer.clear()
 
         assert KILL_AT <= granted_at_kill < STOCK  # the kill landed mid-sale, stock left
         granted: dict[str, str] = {}

@@ -7,8 +7,6 @@ resend unanswered claims under the same key), each key answered the same, and th
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import json
 import random
 import re
 import shutil
@@ -16,20 +14,18 @@ import signal
 import subprocess
 import uuid
 from pathlib import Path
-from typing import Any
 
 import aiohttp
-import aiomqtt
 import psycopg
 import pytest
 
 from cloud_gateway.security.auth import create_token
-from protocol import codec
 from protocol.envelopes import ClaimRequest, ClaimResult, TrustFile
 from protocol.ids import new_id, utcnow
 from protocol.signing import Verifier
 from protocol.topics import Topics
 from simulators.brokers import MosquittoProcess, free_port
+from tests.support.claim_crowd import ClaimCrowd
 from tests.support.processes import start_gateway, stop, tail
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -102,70 +98,34 @@ async def test_four_workers_on_postgresql_grant_exactly_the_stock_with_one_kille
             )
             for d in devices
         }
-        answers: dict[str, list[dict[str, Any]]] = {}
+        async with ClaimCrowd(
+            mosquitto.port, topics, claims, connections=CONNECTIONS, tag="fp"
+        ) as crowd:
+            answers, send = crowd.answers, crowd.send
+            rng = random.Random(12)
+            wave = devices + rng.sample(devices, REPEATED)
+            rng.shuffle(wave)
 
-        async with aiomqtt.Client(
-            "127.0.0.1", mosquitto.port, identifier=f"fp-sub-{uuid.uuid4().hex[:6]}"
-        ) as sub:
-            await sub.subscribe(f"{root}/dev/+/down/claim", qos=1)
+            async def paced() -> None:  # a crowd arriving, not one burst
+                for start in range(0, len(wave), PACE_CHUNK):
+                    await send(wave[start : start + PACE_CHUNK])
+                    await asyncio.sleep(PACE_S)
 
-            async def collect() -> None:
-                async for message in sub.messages:
-                    assert isinstance(message.payload, bytes)
-                    obj = json.loads(message.payload)
-                    answers.setdefault(obj["device_id"], []).append(obj)
-
-            collector = asyncio.create_task(collect(), name="fp-collect")
-            pubs = [
-                aiomqtt.Client(
-                    "127.0.0.1", mosquitto.port, identifier=f"fp-pub{i}-{uuid.uuid4().hex[:6]}"
-                )
-                for i in range(CONNECTIONS)
-            ]
-            for p in pubs:
-                await p.__aenter__()
-            try:
-
-                async def send(batch: list[str]) -> None:
-                    async def one(i: int, d: str) -> None:
-                        await pubs[i % CONNECTIONS].publish(
-                            topics.claim_up(d), codec.encode(claims[d]), qos=1
-                        )
-
-                    for start in range(0, len(batch), 64):  # bounded in-flight publishes
-                        chunk = list(enumerate(batch))[start : start + 64]
-                        await asyncio.gather(*(one(i, d) for i, d in chunk))
-
-                rng = random.Random(12)
-                wave = devices + rng.sample(devices, REPEATED)
-                rng.shuffle(wave)
-
-                async def paced() -> None:  # a crowd arriving, not one burst
-                    for start in range(0, len(wave), PACE_CHUNK):
-                        await send(wave[start : start + PACE_CHUNK])
-                        await asyncio.sleep(PACE_S)
-
-                pacer = asyncio.create_task(paced(), name="fp-paced")
-                async with asyncio.timeout(90):
-                    # polled: the condition lives in the database, no event to await
-                    while await asyncio.to_thread(committed_grants, postgres_url) < KILL_AT:  # noqa: ASYNC110
-                        await asyncio.sleep(0.01)
-                victim = procs[1]
-                victim.send_signal(signal.SIGKILL)  # mid-sale; it never comes back
-                victim.wait(timeout=10)
-                granted_at_kill = await asyncio.to_thread(committed_grants, postgres_url)
-                await pacer
-                # Devices claim again (same key) until each has an answer, as agents do.
-                async with asyncio.timeout(180):
-                    while len(answers) < DEVICES:
-                        await asyncio.sleep(2)
-                        await send([d for d in devices if d not in answers])
-            finally:
-                collector.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await collector
-                for p in pubs:
-                    await p.__aexit__(None, None, None)
+            pacer = asyncio.create_task(paced(), name="fp-paced")
+            async with asyncio.timeout(90):
+                # polled: the condition lives in the database, no event to await
+                while await asyncio.to_thread(committed_grants, postgres_url) < KILL_AT:  # noqa: ASYNC110
+                    await asyncio.sleep(0.01)
+            victim = procs[1]
+            victim.send_signal(signal.SIGKILL)  # mid-sale; it never comes back
+            victim.wait(timeout=10)
+            granted_at_kill = await asyncio.to_thread(committed_grants, postgres_url)
+            await pacer
+            # Devices claim again (same key) until each has an answer, as agents do.
+            async with asyncio.timeout(180):
+                while len(answers) < DEVICES:
+                    await asyncio.sleep(2)
+                    await send([d for d in devices if d not in answers])
 
         assert KILL_AT <= granted_at_kill < STOCK  # the kill landed mid-sale, stock left
         granted: dict[str, str] = {}
