@@ -377,15 +377,15 @@ def aggregates_one_row_per_key(db: Database) -> None:
 
 
 @migration
-def issue12_state_order(db: Database) -> None:
-    """Issue 12: the time of the device state stored (`db/ingest.py` `state_order`), so a
+def devices_state_at(db: Database) -> None:
+    """The time of the device state stored (`db/ingest.py` `state_order`), so a
     state older than it, late or from another worker, does not overwrite it."""
     db.execute("ALTER TABLE devices ADD COLUMN state_at TEXT")
 
 
 @migration
-def issue12_retention_days(db: Database) -> None:
-    """Issue 12: the day each raw signal, outcome and aggregate snapshot was received, what
+def received_day_for_retention(db: Database) -> None:
+    """The day each raw signal, outcome and aggregate snapshot was received, what
     retention goes by (`db/retention.py`); rows stored before take their batch's day (else
     today, so they are kept a full period)."""
     for table, key in (("signals", "seq"), ("outcomes", "seq"), ("aggregates", "seq")):

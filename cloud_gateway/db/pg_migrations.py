@@ -238,12 +238,12 @@ CREATE INDEX device_commands_outstanding ON device_commands (device_id, receipt_
 """,
     ),
     (
-        # Issue 12: see `issue12_state_order` in db/migrations.py.
+        # See `devices_state_at` in db/migrations.py.
         "pg002_state_order",
         "ALTER TABLE devices ADD COLUMN state_at text;",
     ),
     (
-        # Issue 12: retention (`db/retention.py`). `signals` becomes partitioned by the day
+        # Retention (`db/retention.py`). `signals` becomes partitioned by the day
         # it was received: old days go by `DROP TABLE` of a partition. Its primary key must
         # hold the partition key, so it is (device_id, id, received_day): a signal is
         # de-duplicated within its day. That is enough: signals are written only with a batch
