@@ -201,6 +201,17 @@ class GatewaySettings(BaseModel):
         return f"edgemart-gw-{digest}"
 
     @property
+    def mqtt_session(self) -> dict[str, Any]:
+        """How the link's MQTT session is kept (`ClientOptions` fields). Alone: a persistent
+        session, so uplink queued while it restarts waits for it. One of a `shared_group`:
+        MQTT 5 clean start with session expiry 0 (PROTOCOL.md), so the broker keeps no
+        session for a dead worker: Mosquitto would go on handing it its share of the uplink,
+        parked until it returns; device resends cover what was in flight."""
+        if self.shared_group is None:
+            return {"clean_start": False}
+        return {"clean_start": True, "session_expiry_s": 0, "version": connect.MqttVersion.V5}
+
+    @property
     def db_path(self) -> Path:
         """The SQLite file (for a PostgreSQL `db`, the one the data directory would hold)."""
         found = sqlite_path(self.db) if self.db is not None else None

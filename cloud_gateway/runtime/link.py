@@ -96,7 +96,7 @@ class MqttLink:
             credentials=Credentials.of(
                 s.mqtt_username, s.mqtt_password, tls=s.broker_tls, ca_file=s.mqtt_ca_file
             ),
-            clean_start=False,
+            **s.mqtt_session,  # persistent alone; MQTT 5 clean start in a shared group
             keepalive=30,
             timeout=s.connect_timeout_s,
             max_queued_incoming=s.max_queued_incoming,
