@@ -374,3 +374,18 @@ def aggregates_one_row_per_key(db: Database) -> None:
     )
     db.execute("DROP TABLE aggregates")
     db.execute("ALTER TABLE aggregates_v3 RENAME TO aggregates")
+
+
+@migration
+def workers_leases_and_registry(db: Database) -> None:
+    """Issue 12, workers: named leases (work that must happen once, claimed by one worker at a
+    time) and the registry of live gateway workers (heartbeats). Times are epoch seconds."""
+    db.execute(
+        "CREATE TABLE leases (name TEXT PRIMARY KEY, holder TEXT NOT NULL,"
+        " expires_at REAL NOT NULL)"
+    )
+    db.execute(
+        "CREATE TABLE gateway_workers (id TEXT PRIMARY KEY, host TEXT NOT NULL,"
+        " pid INTEGER NOT NULL, started_at REAL NOT NULL, last_seen REAL NOT NULL,"
+        " http_port INTEGER, version TEXT NOT NULL, leases TEXT NOT NULL DEFAULT '[]')"
+    )

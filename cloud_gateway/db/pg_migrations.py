@@ -237,6 +237,27 @@ CREATE TABLE device_commands (
 CREATE INDEX device_commands_outstanding ON device_commands (device_id, receipt_at);
 """,
     ),
+    (
+        "pg_workers_leases_and_registry",
+        # Issue 12, workers: as SQLite's `workers_leases_and_registry` (epoch seconds).
+        """
+CREATE TABLE leases (
+    name text PRIMARY KEY,
+    holder text NOT NULL,
+    expires_at double precision NOT NULL
+);
+CREATE TABLE gateway_workers (
+    id text PRIMARY KEY,
+    host text NOT NULL,
+    pid bigint NOT NULL,
+    started_at double precision NOT NULL,
+    last_seen double precision NOT NULL,
+    http_port bigint,
+    version text NOT NULL,
+    leases text NOT NULL DEFAULT '[]'
+);
+""",
+    ),
 ]
 """(name, SQL) in order; a name, once applied, is never changed."""
 

@@ -122,6 +122,15 @@ class MqttLink:
         for flt in self._settings.topics.gateway_filters(self._settings.shared_group):
             await conn.subscribe(flt, qos=1)
 
+    async def stop_uplink(self) -> None:
+        """Unsubscribe from the uplink (a drain): what the broker already handed over is still
+        consumed; in a shared group the broker gives the rest to the other members."""
+        conn = self.machine.connection
+        if conn is None:
+            return
+        for flt in self._settings.topics.gateway_filters(self._settings.shared_group):
+            await conn.unsubscribe(flt)
+
     def _up(self, conn: Connection) -> None:
         log.info("MQTT link up to %s as %s", self._settings.broker, conn.client_id)
 
