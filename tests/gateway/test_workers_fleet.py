@@ -17,6 +17,7 @@ import asyncio
 import re
 import signal
 import time
+from collections.abc import AsyncIterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -117,108 +118,108 @@ async def test_three_workers_lose_nothing_when_one_dies_and_one_joins_mid_stream
         fleet.stop_all()
 
 
-async def test_a_killed_scheduler_is_replaced_within_its_lease_and_acts_once(
+@pytest.fixture
+async def two_workers(
     own_mosquitto: MosquittoProcess, postgres_url: str, tmp_path: Path
-) -> None:
+) -> AsyncIterator[Fleet]:
+    """Worker 0, holding the once-only lease, and worker 1; both stopped after the test."""
     fleet = Fleet(own_mosquitto, postgres_url, tmp_path)
     try:
         await fleet.add(0)
         await eventually(lambda: holder(fleet, 0), 10, "worker 0 takes the lease")
         await fleet.add(1)
-        now = utcnow()
-        starts, ends = now + timedelta(seconds=4), now + timedelta(seconds=16)
-        auth = {"Authorization": f"Bearer {fleet.token}"}
-        async with aiohttp.ClientSession(
-            f"http://127.0.0.1:{fleet.ports[1]}", headers=auth
-        ) as http:
-            resp = await http.post(
-                "/v1/campaigns",
-                json={
-                    "name": "on time, once",
-                    "cohorts": ["all"],
-                    "starts_at": starts.isoformat(),
-                    "ends_at": ends.isoformat(),
-                    "offers": [
-                        {
-                            "type": "coupon",
-                            "title": "x",
-                            "category": "games",
-                            "surfaces": ["tv_home_banner"],
-                        }
-                    ],
-                },
-            )
-            assert resp.status == 201, await resp.text()
-            cid = (await resp.json())["id"]
-            resp = await http.post(f"/v1/campaigns/{cid}/launch")
-            assert (await resp.json())["state"] == "scheduled"
-        assert f"-{fleet.procs[0].pid}-" in (await holder(fleet, 1) or "")  # worker 0 holds it
-        killed_at = time.monotonic()
-        fleet.procs[0].send_signal(signal.SIGKILL)  # the scheduler dies holding its lease
-        fleet.procs[0].wait(timeout=10)
-        survivor = fleet.procs[1].pid
-
-        async def taken_over() -> bool:  # the lease row itself (the registry lags a beat)
-            sql = "SELECT holder FROM leases WHERE name = %s"
-            found = await scalar(postgres_url, sql, (ONCE_LEASE,))
-            return found is not None and f"-{survivor}-" in found
-
-        await eventually(taken_over, LEASE_S + 2 * RENEW_S, "the survivor takes the lease")
-        took = time.monotonic() - killed_at
-        assert took <= LEASE_S + RENEW_S + 1, took
-
-        async def state_is(want: str) -> bool:
-            sql = "SELECT state FROM campaigns WHERE id = %s"
-            return bool(await scalar(postgres_url, sql, (cid,)) == want)
-
-        await eventually(lambda: state_is("live"), 20, "the campaign starts")
-        await eventually(lambda: state_is("ended"), 30, "the campaign ends")
-        await asyncio.sleep(2)  # a few more ticks: nothing is applied again
-        actions = await scalar(
-            postgres_url,
-            "SELECT array_agg(action ORDER BY id) FROM audit WHERE target = %s",
-            (cid,),
-        )
-        assert actions == [
-            "campaign.create",
-            "campaign.launch",
-            "campaign.start",
-            "campaign.end",
-        ]
+        yield fleet
         no_tracebacks(fleet)
     finally:
         fleet.stop_all()
+
+
+async def test_a_killed_scheduler_is_replaced_within_its_lease_and_acts_once(
+    two_workers: Fleet, postgres_url: str
+) -> None:
+    fleet = two_workers
+    now = utcnow()
+    starts, ends = now + timedelta(seconds=4), now + timedelta(seconds=16)
+    auth = {"Authorization": f"Bearer {fleet.token}"}
+    async with aiohttp.ClientSession(f"http://127.0.0.1:{fleet.ports[1]}", headers=auth) as http:
+        resp = await http.post(
+            "/v1/campaigns",
+            json={
+                "name": "on time, once",
+                "cohorts": ["all"],
+                "starts_at": starts.isoformat(),
+                "ends_at": ends.isoformat(),
+                "offers": [
+                    {
+                        "type": "coupon",
+                        "title": "x",
+                        "category": "games",
+                        "surfaces": ["tv_home_banner"],
+                    }
+                ],
+            },
+        )
+        assert resp.status == 201, await resp.text()
+        cid = (await resp.json())["id"]
+        resp = await http.post(f"/v1/campaigns/{cid}/launch")
+        assert (await resp.json())["state"] == "scheduled"
+    assert f"-{fleet.procs[0].pid}-" in (await holder(fleet, 1) or "")  # worker 0 holds it
+    killed_at = time.monotonic()
+    fleet.procs[0].send_signal(signal.SIGKILL)  # the scheduler dies holding its lease
+    fleet.procs[0].wait(timeout=10)
+    survivor = fleet.procs[1].pid
+
+    async def taken_over() -> bool:  # the lease row itself (the registry lags a beat)
+        sql = "SELECT holder FROM leases WHERE name = %s"
+        found = await scalar(postgres_url, sql, (ONCE_LEASE,))
+        return found is not None and f"-{survivor}-" in found
+
+    await eventually(taken_over, LEASE_S + 2 * RENEW_S, "the survivor takes the lease")
+    took = time.monotonic() - killed_at
+    assert took <= LEASE_S + RENEW_S + 1, took
+
+    async def state_is(want: str) -> bool:
+        sql = "SELECT state FROM campaigns WHERE id = %s"
+        return bool(await scalar(postgres_url, sql, (cid,)) == want)
+
+    await eventually(lambda: state_is("live"), 20, "the campaign starts")
+    await eventually(lambda: state_is("ended"), 30, "the campaign ends")
+    await asyncio.sleep(2)  # a few more ticks: nothing is applied again
+    actions = await scalar(
+        postgres_url,
+        "SELECT array_agg(action ORDER BY id) FROM audit WHERE target = %s",
+        (cid,),
+    )
+    assert actions == [
+        "campaign.create",
+        "campaign.launch",
+        "campaign.start",
+        "campaign.end",
+    ]
 
 
 async def test_sigterm_drains_a_worker_and_hands_its_lease_on_at_once(
-    own_mosquitto: MosquittoProcess, postgres_url: str, tmp_path: Path
+    two_workers: Fleet, postgres_url: str
 ) -> None:
-    fleet = Fleet(own_mosquitto, postgres_url, tmp_path)
-    try:
-        await fleet.add(0)
-        await eventually(lambda: holder(fleet, 0), 10, "worker 0 takes the lease")
-        await fleet.add(1)
-        devices = Devices(fleet.topics, 50, 20)
-        stream = asyncio.create_task(
-            devices.run(own_mosquitto.port, rate=300, resend_after_s=3, timeout=60)
-        )
-        async with asyncio.timeout(30):
-            while len(devices.acked) < 200:  # noqa: ASYNC110 - polled: set by the collector
-                await asyncio.sleep(0.02)
-        began = time.monotonic()
-        fleet.procs[0].send_signal(signal.SIGTERM)  # mid-stream
-        code = await asyncio.to_thread(fleet.procs[0].wait, 20)
-        drained_in = time.monotonic() - began
-        assert code == 0, tail(fleet.log(0))
-        assert drained_in < 12, drained_in
-        body = await fleet.get(1, "/v1/gateways")
-        assert [w["pid"] for w in body["workers"]] == [fleet.procs[1].pid]  # it left
-        # released, not expired: the other takes it at its next renewal
-        await eventually(lambda: holder(fleet, 1), RENEW_S + 2, "the lease is taken at once")
-        await stream
-        assert devices.unacked == []
-        total = len(devices.payloads)
-        assert await scalar(postgres_url, "SELECT count(*) FROM batches") == total
-        no_tracebacks(fleet)
-    finally:
-        fleet.stop_all()
+    fleet = two_workers
+    devices = Devices(fleet.topics, 50, 20)
+    stream = asyncio.create_task(
+        devices.run(fleet.broker.port, rate=300, resend_after_s=3, timeout=60)
+    )
+    async with asyncio.timeout(30):
+        while len(devices.acked) < 200:  # noqa: ASYNC110 - polled: set by the collector
+            await asyncio.sleep(0.02)
+    began = time.monotonic()
+    fleet.procs[0].send_signal(signal.SIGTERM)  # mid-stream
+    code = await asyncio.to_thread(fleet.procs[0].wait, 20)
+    drained_in = time.monotonic() - began
+    assert code == 0, tail(fleet.log(0))
+    assert drained_in < 12, drained_in
+    body = await fleet.get(1, "/v1/gateways")
+    assert [w["pid"] for w in body["workers"]] == [fleet.procs[1].pid]  # it left
+    # released, not expired: the other takes it at its next renewal
+    await eventually(lambda: holder(fleet, 1), RENEW_S + 2, "the lease is taken at once")
+    await stream
+    assert devices.unacked == []
+    total = len(devices.payloads)
+    assert await scalar(postgres_url, "SELECT count(*) FROM batches") == total
