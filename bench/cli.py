@@ -23,6 +23,7 @@ SUITES = [
     "bench.ingest_bench",
     "bench.pg_driver_bench",
     "bench.pg_ingest_bench",
+    "bench.workers_bench",
 ]
 
 
