@@ -123,10 +123,11 @@ class MqttLink:
             await conn.subscribe(flt, qos=1)
 
     async def stop_uplink(self) -> None:
-        """Unsubscribe from the uplink (a drain): what the broker already handed over is still
-        consumed; in a shared group the broker gives the rest to the other members."""
+        """In a shared group, unsubscribe from the uplink (a drain): what the broker already
+        handed over is still consumed, the rest goes to the other members. Alone, nothing:
+        the persistent session keeps the subscription, so uplink waits for the restart."""
         conn = self.machine.connection
-        if conn is None:
+        if conn is None or self._settings.shared_group is None:
             return
         for flt in self._settings.topics.gateway_filters(self._settings.shared_group):
             await conn.unsubscribe(flt)

@@ -26,6 +26,7 @@ import aiohttp
 import psycopg
 import pytest
 
+from cloud_gateway.db.workers import HEARTBEAT_S
 from cloud_gateway.runtime.fleet import LEASE_S, ONCE_LEASE, RENEW_S
 from protocol.ids import utcnow
 from simulators.brokers import MosquittoProcess
@@ -217,8 +218,11 @@ async def test_sigterm_drains_a_worker_and_hands_its_lease_on_at_once(
     assert drained_in < 12, drained_in
     body = await fleet.get(1, "/v1/gateways")
     assert [w["pid"] for w in body["workers"]] == [fleet.procs[1].pid]  # it left
-    # released, not expired: the other takes it at its next renewal
-    await eventually(lambda: holder(fleet, 1), RENEW_S + 2, "the lease is taken at once")
+    # released, not left to expire: no row of worker 0's is left; the other takes it at its
+    # next renewal (the registry shows it a heartbeat later)
+    leases = await scalar(postgres_url, "SELECT array_agg(holder) FROM leases")
+    assert not any(f"-{fleet.procs[0].pid}-" in h for h in leases or []), leases
+    await eventually(lambda: holder(fleet, 1), RENEW_S + HEARTBEAT_S + 3, "the lease moves")
     await stream
     assert devices.unacked == []
     total = len(devices.payloads)
