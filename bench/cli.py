@@ -25,6 +25,7 @@ SUITES = [
     "bench.pg_ingest_bench",
     "bench.storm_bench",
     "bench.claims_pg_bench",
+    "bench.workers_bench",
 ]
 
 

@@ -104,6 +104,13 @@ class Connection:
             if code >= SUBACK_FAILURE:
                 raise SubscribeRefused(topic_filter, code)
 
+    async def unsubscribe(self, topic_filter: str) -> None:
+        """Unsubscribe (the broker sends nothing more on it); SessionLost when the session ends."""
+        try:
+            await self._client.unsubscribe(topic_filter)
+        except aiomqtt.MqttError as exc:
+            raise SessionLost(f"unsubscribing from {topic_filter}: {exc}") from exc
+
     async def publish(
         self,
         topic: str,

@@ -8,7 +8,7 @@ from typing import Any
 
 from aiohttp import web
 
-from cloud_gateway.api import campaigns, dashboard, devices, models, ops
+from cloud_gateway.api import campaigns, dashboard, devices, gateways, models, ops
 from cloud_gateway.api.context import CTX, OPENAPI, TOKEN_ID, ApiContext
 from cloud_gateway.api.errors import Problem, problem_response, problems_middleware
 from cloud_gateway.api.openapi import document
@@ -17,6 +17,7 @@ from cloud_gateway.errors import GatewayError
 
 TABLES: tuple[tuple[Route, ...], ...] = (
     ops.ROUTES,
+    gateways.ROUTES,
     campaigns.ROUTES,
     devices.ROUTES,
     models.ROUTES,

@@ -19,6 +19,7 @@ from cloud_gateway.api.errors import ApiProblem
 from cloud_gateway.api.routes import Answer, Route
 from cloud_gateway.api.schemas import AuditLog, GatewayStats, Health, Readiness
 from cloud_gateway.db.audit import audit_log as audit_rows
+from cloud_gateway.db.workers import fleet_figures
 from cloud_gateway.ingest.service import REJECT_REASONS, public_counters
 
 TAGS = ("ops",)
@@ -42,6 +43,7 @@ async def gateway_stats(request: web.Request) -> web.Response:
     parts = ctx(request)
     stats = public_counters(parts.counters)
     stats.update(parts.gauges())
+    stats.update(await parts.db.call(fleet_figures))  # every worker's, from the database
     stats["uptime_s"] = round(time.monotonic() - parts.started, 3)
     stats["version"] = GATEWAY_VERSION
     return json_response(stats)
@@ -146,7 +148,7 @@ ROUTES: tuple[Route, ...] = (
         "get",
         "/v1/stats",
         gateway_stats,
-        "Gateway-wide counters",
+        "This worker's counters and queue levels; fleet-wide figures from the database",
         responses={200: GatewayStats},
         tags=TAGS,
     ),

@@ -94,6 +94,10 @@ class GatewayStats(BaseModel):
     """Their payload bytes (`max_queued_incoming_bytes` at most); past either, `uplink_overflow`."""
     ingest_waiting_batches: int | None = None
     """Batches parsed and waiting for their group commit."""
+    fleet_devices: int | None = None
+    """Devices known to the database (every worker's)."""
+    fleet_batches_last_hour: int | None = None
+    """Batches stored in the last hour by every worker."""
 
 
 class Fleet(BaseModel):

@@ -118,6 +118,7 @@ class CampaignService(Service):
                 detail={"from": before.state, "to": after.state},
                 at=now,
                 owed=self.owed(before, after),
+                from_state=before.state,  # once, even if two workers race (issue 12)
             )
             await self._settle_locked()
         log.info(

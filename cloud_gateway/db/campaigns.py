@@ -144,14 +144,26 @@ def change_campaign(
     detail: dict[str, Any],
     at: datetime,
     owed: Sequence[Owed],
+    from_state: str | None = None,
 ) -> None:
-    """The new campaign document, its audit row and the pushes it owes: one transaction."""
+    """The new campaign document, its audit row and the pushes it owes: one transaction.
+
+    With `from_state`, only if the campaign is still in it (a conditional UPDATE): of two
+    workers applying one transition, the second raises Conflict and writes nothing."""
     conn = store.conn
     with store.transaction():
-        conn.execute(
-            "UPDATE campaigns SET state = ?, doc = ?, updated_at = ? WHERE id = ?",
-            [doc["state"], to_text(doc), doc["updated_at"], doc["id"]],
+        where, params = "id = ?", [doc["id"]]
+        if from_state is not None:
+            where, params = "id = ? AND state = ?", [doc["id"], from_state]
+        cur = conn.execute(
+            f"UPDATE campaigns SET state = ?, doc = ?, updated_at = ? WHERE {where}",  # noqa: S608 - fixed text
+            [doc["state"], to_text(doc), doc["updated_at"], *params],
         )
+        if cur.rowcount == 0:
+            raise Conflict(
+                f"campaign {doc['id']} is no longer {from_state} (changed meanwhile)",
+                field="state",
+            )
         insert_audit(store, who, action, doc["id"], at, detail=detail)
         add_owed(store, owed, at)
 

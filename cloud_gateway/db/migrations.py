@@ -397,3 +397,18 @@ def received_day_for_retention(db: Database) -> None:
         )
         db.execute(f"CREATE INDEX {table}_by_received ON {table} (received_day)")
     db.execute("CREATE INDEX batches_by_received ON batches (received_at)")
+
+
+@migration
+def workers_leases_and_registry(db: Database) -> None:
+    """Workers: named leases (work that must happen once, claimed by one worker at a
+    time) and the registry of live gateway workers (heartbeats). Times are epoch seconds."""
+    db.execute(
+        "CREATE TABLE leases (name TEXT PRIMARY KEY, holder TEXT NOT NULL,"
+        " expires_at REAL NOT NULL)"
+    )
+    db.execute(
+        "CREATE TABLE gateway_workers (id TEXT PRIMARY KEY, host TEXT NOT NULL,"
+        " pid INTEGER NOT NULL, started_at REAL NOT NULL, last_seen REAL NOT NULL,"
+        " http_port INTEGER, version TEXT NOT NULL, leases TEXT NOT NULL DEFAULT '[]')"
+    )

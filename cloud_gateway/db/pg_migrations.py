@@ -285,6 +285,27 @@ CREATE INDEX aggregates_by_received ON aggregates (received_day);
 CREATE INDEX batches_by_received ON batches (received_at);
 """,
     ),
+    (
+        # As SQLite's `workers_leases_and_registry` (epoch seconds).
+        "pg004_workers_leases_and_registry",
+        """
+CREATE TABLE leases (
+    name text PRIMARY KEY,
+    holder text NOT NULL,
+    expires_at double precision NOT NULL
+);
+CREATE TABLE gateway_workers (
+    id text PRIMARY KEY,
+    host text NOT NULL,
+    pid bigint NOT NULL,
+    started_at double precision NOT NULL,
+    last_seen double precision NOT NULL,
+    http_port bigint,
+    version text NOT NULL,
+    leases text NOT NULL DEFAULT '[]'
+);
+""",
+    ),
 ]
 """(name, SQL) in order; a name, once applied, is never changed."""
 

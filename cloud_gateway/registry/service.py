@@ -27,11 +27,13 @@ import asyncio
 import json
 import logging
 import os
+import uuid
 from pathlib import Path
 from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
+from cloud_gateway.db import leases
 from cloud_gateway.db import registry as registry_sql
 from cloud_gateway.db.audit import audit
 from cloud_gateway.errors import Conflict, InvalidInput, NotFound
@@ -66,6 +68,9 @@ class RolloutIn(BaseModel):
 
 # ------------------------------------------------------------------ the service
 
+HALT_CLAIM_S = 120.0
+"""A worker halting a rollout holds its claim this long (a halt takes a few publishes)."""
+
 
 class ModelRegistry(Service):
     """Registered models on disk and in the DB; signs and publishes manifests on rollout."""
@@ -83,6 +88,7 @@ class ModelRegistry(Service):
         self.halt_min_devices = halt_min_devices
         self.models_dir = models_dir
         self._lock = asyncio.Lock()
+        self._holder = f"registry-{uuid.uuid4().hex[:12]}"
 
     def file_path(self, version: int) -> Path:
         return self.models_dir / f"v{version}.onnx"
@@ -216,6 +222,11 @@ class ModelRegistry(Service):
         model as a new version, or re-sign `version` at 0 %; recorded and audited."""
         async with self._lock:
             if await self._db.call(registry_sql.halt_of, version) is not None:
+                return None
+            # once across workers: the halt is claimed (a lease no other worker can take
+            # while this one halts; see runtime/fleet.py)
+            claim = f"model-halt:{version}"
+            if not await self._db.call(leases.acquire, claim, self._holder, HALT_CLAIM_S):
                 return None
             rollouts = await self._db.call(registry_sql.rollouts_of, version)
             # devices fetch from where the halted rollout told them to

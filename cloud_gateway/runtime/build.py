@@ -28,6 +28,7 @@ from cloud_gateway.devices.erasure import DeviceErasure
 from cloud_gateway.ingest.retention import RetentionPolicy, run_retention
 from cloud_gateway.ingest.service import AckBatcher, Ingestor
 from cloud_gateway.registry.service import ModelRegistry
+from cloud_gateway.runtime.fleet import Lease, Worker, new_worker_id, while_holding
 from cloud_gateway.runtime.health import Health
 from cloud_gateway.runtime.hooks import DeviceEvents, Outlet, SessionHooks
 from cloud_gateway.runtime.link import Hook, MqttLink, OnMessage
@@ -75,18 +76,28 @@ class Parts:
     hooks: SessionHooks
     link: MqttLink
     loops: Supervisor
+    worker: Worker
+    """This process in the worker registry, with the lease of the once-only loops."""
     health: Health
     http: HttpServer
     """The API, not yet listening."""
 
+    def once(self, name: str, factory: LoopFactory) -> tuple[str, LoopFactory]:
+        """A loop whose work must happen once in the fleet: run only while this worker holds
+        the lease (`runtime/fleet.py`)."""
+        return name, functools.partial(while_holding, self.worker.lease, name, factory)
+
     def loop_table(self) -> tuple[tuple[str, LoopFactory], ...]:
-        """The gateway's loops by name, in the order they start (the link after its consumers)."""
+        """The gateway's loops by name, in the order they start (the link after its consumers);
+        the scheduler, the catalog refresh and the command re-sends only on the lease holder."""
         s, campaigns = self.settings, self.campaigns
         return (
+            ("gateway-heartbeat", self.worker.run),
+            ("gateway-lease", self.worker.lease.run),
             ("gateway-ingest-commit", self.ingestor.run),
             ("gateway-acks", self.acks.run),
             (LINK_LOOP, self.link.run),
-            (
+            self.once(
                 "gateway-catalog-refresh",
                 functools.partial(
                     run_catalog_refresh, campaigns, self.link.connected, s.catalog_refresh_s
@@ -94,11 +105,11 @@ class Parts:
             ),
             ("gateway-claims", self.claims.run),
             ("gateway-campaign-settle", campaigns.run_settler),
-            (
+            self.once(
                 "gateway-scheduler",
                 functools.partial(run_scheduler, campaigns, s.scheduler_tick_s, s.resend_after_s),
             ),
-            (
+            self.once(
                 "gateway-erasure",
                 functools.partial(self.erasure.run, s.scheduler_tick_s, s.resend_after_s),
             ),
@@ -167,6 +178,7 @@ def build(
     )
     outlet.bind(mqtt)
     loops = Supervisor()
+    worker = Worker(backend, Lease(backend, new_worker_id()))
     health = Health(link=mqtt, ingestor=ingestor, db=backend, loops=loops)
     api = ApiContext(
         campaigns=campaigns,
@@ -197,6 +209,7 @@ def build(
         hooks=hooks,
         link=mqtt,
         loops=loops,
+        worker=worker,
         health=health,
         http=HttpServer(build_app(api, s.max_http_body_bytes)),
     )

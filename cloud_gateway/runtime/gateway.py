@@ -22,12 +22,15 @@ from cloud_gateway.registry.service import ModelRegistry
 from cloud_gateway.runtime.build import LINK_LOOP, Parts, build
 from cloud_gateway.runtime.tasks import Supervisor
 from cloud_gateway.security.keys import load_or_create
+from mqttlink.errors import MqttLinkError
 from protocol.ids import utcnow
 from protocol.signing import Signer
 
 log = logging.getLogger(__name__)
 
 SHUTDOWN_FLUSH_S = 5.0
+DRAIN_S = 10.0
+"""A drain (SIGTERM) takes at most this long before the loops are stopped anyway."""
 
 
 class Gateway:
@@ -112,6 +115,7 @@ class Gateway:
         except TimeoutError:
             log.warning("no MQTT session to %s yet; still trying in the background", s.broker)
         self.http_port = await parts.http.start(s.http_host, s.http_port)
+        parts.worker.http_port = self.http_port
         log.info(
             "gateway %s: HTTP on %s:%s, MQTT %s, data in %s",
             parts.signer.kid,
@@ -130,15 +134,44 @@ class Gateway:
         await self._stop()
 
     async def _stop(self) -> None:
-        """Stop HTTP, stop consuming (flushing acks while the session is up), close the DB."""
+        """Stop HTTP, drain (`drain`), stop the loops (the link last), close the DB."""
         parts, self._parts = self._parts, None
         if parts is not None:
             await parts.http.stop()
+            try:
+                await asyncio.wait_for(drain(parts), DRAIN_S)
+            except TimeoutError:
+                log.warning("the drain took over %.0fs; stopping anyway", DRAIN_S)
             await parts.hooks.stop()
             # the link last: its before_disconnect hook flushes pending acks
             await parts.loops.stop(last=(LINK_LOOP,), last_timeout_s=SHUTDOWN_FLUSH_S)
             await parts.db.close()
         log.info("gateway stopped")
+
+
+async def drain(parts: Parts) -> None:
+    """Leave the fleet gracefully: stop taking uplink, hand on what the broker already gave,
+    finish the commits in progress and those waiting, send their acks, release the lease and
+    leave the registry. Each step is tried; a failed one is logged and the next goes on (what
+    is not acked is sent again by its device, to another worker)."""
+    link, ingestor = parts.link, parts.ingestor
+    try:
+        await link.stop_uplink()
+    except MqttLinkError as exc:
+        log.warning("drain: could not unsubscribe (%s)", exc)
+    # polled: the queue is the MQTT client's, it has no event to await
+    while link.connected.is_set() and link.queued_messages:  # noqa: ASYNC110
+        await asyncio.sleep(0.02)  # the link's consumer hands them to the ingestor
+    try:
+        await ingestor.commit_waiting()
+    except GatewayError as exc:
+        log.warning("drain: commits failed (%s); their batches come again", exc)
+    await parts.acks.flush()
+    try:
+        await parts.worker.leave()
+    except GatewayError as exc:
+        log.warning("drain: could not leave the registry (%s)", exc)
+    log.info("worker %s drained", parts.worker.id)
 
 
 async def run_gateway(

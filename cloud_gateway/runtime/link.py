@@ -122,6 +122,16 @@ class MqttLink:
         for flt in self._settings.topics.gateway_filters(self._settings.shared_group):
             await conn.subscribe(flt, qos=1)
 
+    async def stop_uplink(self) -> None:
+        """In a shared group, unsubscribe from the uplink (a drain): what the broker already
+        handed over is still consumed, the rest goes to the other members. Alone, nothing:
+        the persistent session keeps the subscription, so uplink waits for the restart."""
+        conn = self.machine.connection
+        if conn is None or self._settings.shared_group is None:
+            return
+        for flt in self._settings.topics.gateway_filters(self._settings.shared_group):
+            await conn.unsubscribe(flt)
+
     def _up(self, conn: Connection) -> None:
         log.info("MQTT link up to %s as %s", self._settings.broker, conn.client_id)
 
