@@ -10,6 +10,7 @@ WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY protocol protocol
 COPY mqttlink mqttlink
+COPY daemonkit daemonkit
 COPY agent agent
 COPY cloud_gateway cloud_gateway
 COPY models models

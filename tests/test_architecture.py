@@ -66,6 +66,7 @@ ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = (
     "protocol",
     "mqttlink",
+    "daemonkit",
     "agent",
     "cloud_gateway",
     "models",
@@ -78,12 +79,23 @@ PACKAGES = (
 MAY_IMPORT: dict[str, frozenset[str] | None] = {
     "protocol": frozenset(),
     "mqttlink": frozenset({"protocol"}),
+    "daemonkit": frozenset(),
     "models": frozenset({"protocol"}),
     "firmware_profiles": frozenset(),
-    "agent": frozenset({"protocol", "mqttlink", "firmware_profiles", "models"}),
-    "cloud_gateway": frozenset({"protocol", "mqttlink", "firmware_profiles", "models"}),
+    "agent": frozenset({"protocol", "mqttlink", "daemonkit", "firmware_profiles", "models"}),
+    "cloud_gateway": frozenset(
+        {"protocol", "mqttlink", "daemonkit", "firmware_profiles", "models"}
+    ),
     "simulators": frozenset(
-        {"protocol", "mqttlink", "agent", "cloud_gateway", "firmware_profiles", "models"}
+        {
+            "protocol",
+            "mqttlink",
+            "daemonkit",
+            "agent",
+            "cloud_gateway",
+            "firmware_profiles",
+            "models",
+        }
     ),
     "bench": None,
     "edgemart": None,

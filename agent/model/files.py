@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from pathlib import Path
 from typing import Any
 
 from agent.errors import ModelRejected
 from agent.model.scoring import Model, load_model
+from daemonkit.files import fsync_dir, write_durable
 from protocol.envelopes import ModelUpdateReport
 
 log = logging.getLogger(__name__)
@@ -28,25 +28,6 @@ KEEP_VERSIONS = 2
 
 Refusals = dict[tuple[int, str], str]
 """(version, sha256) -> the reason that model was refused or rolled back."""
-
-
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def write_durable(path: Path, data: bytes) -> None:
-    """Write `data` to `path` via a fsynced temporary file and an atomic rename."""
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
 
 
 def install(models_dir: Path, version: int, data: bytes, manifest: dict[str, Any]) -> Path:
@@ -141,7 +122,7 @@ def revert(models_dir: Path, good_version: int | None) -> None:
         return
     (models_dir / POINTER).unlink(missing_ok=True)
     if models_dir.is_dir():
-        _fsync_dir(models_dir)
+        fsync_dir(models_dir)
 
 
 def load_status(models_dir: Path) -> tuple[Refusals, ModelUpdateReport | None]:

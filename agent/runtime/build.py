@@ -35,8 +35,8 @@ from agent.runtime.parts import Parts
 from agent.runtime.router import Fanout, Router, downlink_routes
 from agent.runtime.service import AgentService
 from agent.runtime.status import gauges_of
-from agent.runtime.tasks import Supervisor
 from agent.store.core import Store
+from daemonkit.supervisor import Supervisor
 from protocol.errors import ProtocolError
 from protocol.ids import utcnow
 from protocol.signing import Verifier
@@ -228,7 +228,11 @@ async def _build_on(  # noqa: PLR0917 - the order of the parts, in one place
         ),
         report=report,
         memory_watch=MemoryWatch(settings, budget=memory, metrics=metrics, store=store, slot=slot),
-        loops=Supervisor(f"agent-{settings.device_id}", metrics),
+        loops=Supervisor(
+            f"agent-{settings.device_id}",
+            restart_on_return=True,
+            on_restart=metrics.count_loop_restart,
+        ),
     )
     metrics.add_gauges(partial(gauges_of, parts))
     return parts

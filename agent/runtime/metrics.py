@@ -55,6 +55,11 @@ class Metrics:
         )
         self.registry.register(_CounterCollector(self))
 
+    def count_loop_restart(self, loop: str) -> None:
+        """A supervised loop was restarted (`daemonkit.supervisor`): in total and by name."""
+        self.inc("loop_restarts")
+        self.inc(f"loop_restarts_{loop}")
+
     def inc(self, name: str, amount: int = 1) -> None:
         self.counters[name] = self.counters.get(name, 0) + amount
 

@@ -22,8 +22,8 @@ from agent.runtime.memory import MemoryBudget
 from agent.runtime.metrics import Metrics
 from agent.runtime.router import Router
 from agent.runtime.service import AgentService
-from agent.runtime.tasks import Supervisor
 from agent.store.core import Store
+from daemonkit.supervisor import Supervisor
 
 
 @dataclass(frozen=True, slots=True)

@@ -71,13 +71,25 @@ def _insert_batches(
 ) -> list[StoredBatch]:
     """The rows of a group of batches, inside the caller's transaction: each batch's row
     first (stored once per key), the signals of the new ones together at the end."""
-    stored: list[StoredBatch] = []
+    # Rows are locked in one order, by device: two workers committing groups that share
+    # devices then wait for each other instead of deadlocking on the `devices` upsert (seen
+    # on PostgreSQL). The sort is stable: a key twice in the group is still stored once, by
+    # its first copy. Results come back in the caller's order.
+    order = sorted(
+        range(len(items)),
+        key=lambda i: (items[i][0], items[i][1].outbox_id or "", items[i][1].seq),
+    )
+    stored: dict[int, StoredBatch] = {}
     signals: list[list[SignalRow]] = []
-    for device_id, batch in items:
-        stored.append(_insert_batch(store, device_id, batch, now))
-        signals.append(_signal_rows(device_id, batch, now[:10]) if stored[-1].new else [])
-    counts = store.insert_signals(signals)
-    return [replace(s, signals=n) if s.new else s for s, n in zip(stored, counts, strict=True)]
+    for i in order:
+        device_id, batch = items[i]
+        stored[i] = _insert_batch(store, device_id, batch, now)
+        signals.append(_signal_rows(device_id, batch, now[:10]) if stored[i].new else [])
+    counts = dict(zip(order, store.insert_signals(signals), strict=True))
+    return [
+        replace(stored[i], signals=counts[i]) if stored[i].new else stored[i]
+        for i in range(len(items))
+    ]
 
 
 def _signal_rows(device_id: str, batch: Batch, day: str) -> list[SignalRow]:
@@ -297,7 +309,7 @@ def _upsert_states(store: Session, items: Sequence[StateItem], now: str) -> int:
                 "cohorts": to_text(state.cohorts) if state.cohorts else None,
                 "at": order,
             }
-            for device_id, (order, state) in newest.items()
+            for device_id, (order, state) in sorted(newest.items())  # one lock order
         ],
     )
     return len(newest)

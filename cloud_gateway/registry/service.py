@@ -26,7 +26,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
 import uuid
 from pathlib import Path
 from typing import Annotated, Any
@@ -44,6 +43,7 @@ from cloud_gateway.registry.checks import (
     manifest_cohorts,
 )
 from cloud_gateway.runtime.wiring import Service, Wiring
+from daemonkit.files import write_durable
 from protocol import codec
 from protocol.envelopes import ModelManifest, ModelUpdateReport
 from protocol.errors import ProtocolError
@@ -304,9 +304,4 @@ def _base_url(rollouts: list[dict[str, Any]]) -> str | None:
 
 def _write_file(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    write_durable(path, data)

@@ -33,10 +33,10 @@ from cloud_gateway.runtime.health import Health
 from cloud_gateway.runtime.hooks import DeviceEvents, Outlet, SessionHooks
 from cloud_gateway.runtime.link import Hook, MqttLink, OnMessage
 from cloud_gateway.runtime.scheduler import run_catalog_refresh, run_scheduler
-from cloud_gateway.runtime.tasks import LoopFactory, Supervisor
 from cloud_gateway.runtime.wiring import Wiring
 from cloud_gateway.security.auth import TokenVerifier
 from cloud_gateway.security.keys import KeyMaterial
+from daemonkit.supervisor import LoopFactory, Supervisor
 from protocol.signing import Signer
 
 LINK_LOOP = "gateway-mqtt"

@@ -23,7 +23,7 @@ from cloud_gateway.db import leases
 from cloud_gateway.db.backend import Backend, Session
 from cloud_gateway.db.workers import HEARTBEAT_S, WorkerRow, deregister, heartbeat
 from cloud_gateway.errors import GatewayError
-from cloud_gateway.runtime.tasks import LoopFactory
+from daemonkit.supervisor import LoopFactory
 
 log = logging.getLogger(__name__)
 

@@ -20,8 +20,8 @@ from cloud_gateway.db.open import open_backend
 from cloud_gateway.errors import GatewayError
 from cloud_gateway.registry.service import ModelRegistry
 from cloud_gateway.runtime.build import LINK_LOOP, Parts, build
-from cloud_gateway.runtime.tasks import Supervisor
 from cloud_gateway.security.keys import load_or_create
+from daemonkit.supervisor import Supervisor
 from mqttlink.errors import MqttLinkError
 from protocol.ids import utcnow
 from protocol.signing import Signer

@@ -9,7 +9,7 @@ from cloud_gateway.db.backend import Backend, Session
 from cloud_gateway.errors import GatewayError
 from cloud_gateway.ingest.service import Ingestor
 from cloud_gateway.runtime.link import MqttLink
-from cloud_gateway.runtime.tasks import Supervisor
+from daemonkit.supervisor import Supervisor
 
 READY_DB_TIMEOUT_S = 2.0
 

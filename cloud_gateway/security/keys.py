@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 from cloud_gateway.errors import KeyStoreError
+from daemonkit.files import write_durable
 from protocol.envelopes import KeyList, TrustFile
 from protocol.errors import SignatureError
 from protocol.ids import new_id, utcnow
@@ -32,28 +32,6 @@ def new_kid() -> str:
     return "gw-" + new_id().replace("-", "")[:20]
 
 
-def _write_private(path: Path, data: bytes) -> None:
-    """Write a file readable by its owner only (0600), atomically."""
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.chmod(tmp, 0o600)
-    os.replace(tmp, path)
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("w", encoding="utf-8") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-
-
 def load_or_create(data_dir: Path, topic_root: str) -> KeyMaterial:
     """Reload the newest key in `DATA_DIR/keys/`, or create one; (re)write `trust.json`.
 
@@ -70,13 +48,13 @@ def load_or_create(data_dir: Path, topic_root: str) -> KeyMaterial:
         else:
             signer = Signer.generate(new_kid())
             path = keys_dir / f"{signer.kid}.pem"
-            _write_private(path, signer.to_pem())
+            write_durable(path, signer.to_pem(), mode=0o600)
             log.info("created signing key %s in %s", signer.kid, path)
         trust = TrustFile(keys=[signer.public], topic_root=topic_root)
         trust_path = data_dir / "trust.json"
         text = json.dumps(trust.to_wire(), indent=2) + "\n"
         if not trust_path.exists() or trust_path.read_text(encoding="utf-8") != text:
-            _write_atomic(trust_path, text)
+            write_durable(trust_path, text.encode())
     except (OSError, ValueError, SignatureError) as exc:
         raise KeyStoreError(f"cannot load or create the signing key in {keys_dir}: {exc}") from exc
     return KeyMaterial(signer, trust_path)

@@ -10,7 +10,7 @@ from typing import Any
 import aiohttp
 
 from cloud_gateway.runtime.gateway import Gateway
-from cloud_gateway.runtime.tasks import Supervisor
+from daemonkit.supervisor import Supervisor
 from simulators.brokers import MosquittoProcess
 from tests.support.gateway_world import gateway_settings
 from tests.support.waiting import eventually
@@ -73,7 +73,7 @@ async def test_readyz_names_a_database_that_cannot_be_written(
 
 
 async def test_a_loop_that_dies_is_counted_shown_down_and_restarted() -> None:
-    loops = Supervisor(backoff_first_s=0.2)
+    loops = Supervisor(first_delay=0.2)
     runs: list[int] = []
     stay = asyncio.Event()
 

@@ -1,0 +1,1 @@
+"""What both daemons share beyond MQTT: durable file writes and supervised loops."""

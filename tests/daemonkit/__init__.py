@@ -1,0 +1,1 @@
+"""The plumbing both daemons share."""
