@@ -1,4 +1,8 @@
-"""Agent settings: firmware profile TOML, config file, then `EDGEMART_*` env, validated once."""
+"""Agent settings: firmware profile TOML, config file, then `EDGEMART_*` env, validated once.
+
+Over 400 lines on purpose: the settings models and their one layered loader (profile, file,
+environment, flags, with errors naming the field and the source) are read together; split,
+the precedence rules would live in two places."""
 
 from __future__ import annotations
 

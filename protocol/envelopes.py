@@ -7,6 +7,9 @@ Unknown fields, by who reads: the gateway reads the uplink (`UPLINK_MODELS`) str
 `codec.validate`; a device reads what the cloud sends (`DOWNLINK_MODELS`) tolerantly,
 `codec.validate_tolerant`, after checking any signature over the object as received. The
 models themselves stay strict, so whoever builds a message is told of a misspelt field.
+
+Over 400 lines on purpose: the whole public contract in one module, read at once and
+generated into one reference.
 """
 
 from __future__ import annotations

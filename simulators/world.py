@@ -10,6 +10,10 @@ computes from its own recent signals, and a label sampled from the ground truth.
 The ground truth's parameters never leave this module in the logs: `models/` trains only
 on `logged_examples` output (JSON lines), as it would on a real gateway export.
 
+Over 400 lines on purpose: personas, catalog and ground truth are drawn from one seeded
+stream in one order (the shipped model is rebuilt byte-identical from it); split across
+modules, that order would be easy to break unnoticed.
+
 Categories, offer types, profiles and feature names come from `protocol.vocabulary`, the
 one list devices, models and this world share.
 """
