@@ -12,6 +12,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+import uuid
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
@@ -85,9 +86,10 @@ def _aggregate_stream(devices: int, batches: int, keys: int) -> list[tuple[str, 
     return _batches("hub-ingest", devices, batches, content)
 
 
-def _publish(port: int, stream: list[tuple[str, bytes]]) -> float:
-    """Publish at QoS 1 as fast as the broker takes it; returns the start time."""
-    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"bench-pub-{port}")
+def publish_stream(port: int, stream: list[tuple[str, bytes]]) -> float:
+    """Publish at QoS 1 as fast as the broker takes it; returns the start time (the ingest
+    and the workers benchmarks feed their gateways with it)."""
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"bench-pub-{uuid.uuid4().hex[:6]}")
     client.max_inflight_messages_set(100)
     client.connect("127.0.0.1", port)
     client.loop_start()
@@ -120,7 +122,7 @@ def _baseline(
     )
     assert sink.stdout is not None
     assert sink.stdout.readline().strip() == "ready"
-    start = _publish(broker.port, stream)
+    start = publish_stream(broker.port, stream)
     end = float(sink.stdout.readline())
     sink.wait(30)
     return want / (end - start)
@@ -183,7 +185,7 @@ def _gateway(
             text=True,
         ).stdout.strip()
         time.sleep(1.0)  # the MQTT subscription is up (healthz answers before it)
-        start = _publish(broker.port, stream)
+        start = publish_stream(broker.port, stream)
         request = urllib.request.Request(
             f"{base}/v1/stats", headers={"Authorization": f"Bearer {token}"}
         )

@@ -21,10 +21,9 @@ import urllib.request
 import uuid
 from pathlib import Path
 
-import paho.mqtt.client as mqtt
 import psycopg
-from paho.mqtt.enums import CallbackAPIVersion
 
+from bench.ingest_bench import publish_stream
 from bench.record import Record
 from cloud_gateway.security.auth import create_token
 from protocol import codec
@@ -54,21 +53,6 @@ def _stream() -> list[tuple[str, bytes]]:
             )
             out.append((TOPICS.batch(device), codec.encode(batch, compress=None)))
     return out
-
-
-def _publish(port: int, stream: list[tuple[str, bytes]]) -> float:
-    """Publish at QoS 1 as fast as the broker takes it; returns the start time."""
-    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"wb-pub-{uuid.uuid4().hex[:6]}")
-    client.max_inflight_messages_set(100)
-    client.connect("127.0.0.1", port)
-    client.loop_start()
-    start = time.monotonic()
-    infos = [client.publish(topic, payload, qos=1) for topic, payload in stream]
-    for info in infos:
-        info.wait_for_publish(60)
-    client.loop_stop()
-    client.disconnect()
-    return start
 
 
 def _wait_ready(port: int, deadline_s: float = 60) -> None:
@@ -128,7 +112,7 @@ def _run(
             _wait_ready(ports[-1])
         token = create_token(run / "gw0", db=url)
         want = DEVICES * BATCHES * SIGNALS
-        start = _publish(broker.port, stream)
+        start = publish_stream(broker.port, stream)
         while True:
             stored = sum(_stored(p, token) for p in ports)
             if stored >= want:
