@@ -17,12 +17,11 @@ import aiohttp
 import pytest
 
 from cloud_gateway.security.auth import create_token
-from protocol.envelopes import ClaimRequest, ClaimResult, TrustFile
-from protocol.ids import new_id, utcnow
+from protocol.envelopes import TrustFile
 from protocol.signing import Verifier
 from protocol.topics import Topics
 from simulators.brokers import MosquittoProcess, free_port
-from tests.support.claim_crowd import ClaimCrowd
+from tests.support.claim_crowd import ClaimCrowd, flash_claims, granted_codes, launch_flash_sale
 from tests.support.processes import start_gateway, stop
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -65,36 +64,10 @@ async def test_flash_sale_survives_sigkill_and_never_oversells(
         verifier = Verifier.from_public_keys(trust.keys)
         auth = {"Authorization": f"Bearer {token}"}
         async with aiohttp.ClientSession(base, headers=auth) as http:
-            resp = await http.post(
-                "/v1/campaigns",
-                json={
-                    "name": "Double 11 flash sale",
-                    "cohorts": ["all"],
-                    "offers": [
-                        {
-                            "id": "flash-1",
-                            "type": "coupon",
-                            "title": "Purifier -50% (200 coupons)",
-                            "category": "appliances",
-                            "discount": 0.5,
-                            "surfaces": ["tv_home_banner"],
-                            "limited": True,
-                            "stock": STOCK,
-                        }
-                    ],
-                },
-            )
-            assert resp.status == 201, await resp.text()
-            cid = (await resp.json())["id"]
-            assert (await http.post(f"/v1/campaigns/{cid}/launch")).status == 200
+            cid = await launch_flash_sale(http, "Double 11 flash sale", STOCK)
 
         devices = [f"fs-{i:04d}" for i in range(DEVICES)]
-        claims = {
-            d: ClaimRequest(
-                id=new_id(), device_id=d, offer_id="flash-1", campaign_id=cid, at=utcnow()
-            )
-            for d in devices
-        }
+        claims = flash_claims(devices, cid)
         async with ClaimCrowd(mosquitto.port, topics, claims, connections=CONNECTIONS) as crowd:
             answers, send = crowd.answers, crowd.send
             rng = random.Random(6)
@@ -140,18 +113,7 @@ async def test_flash_sale_survives_sigkill_and_never_oversells(
                     crowd.got_answer.clear()
 
         assert KILL_AT <= granted_at_kill < STOCK  # the kill landed mid-sale, stock left
-        granted: dict[str, str] = {}
-        for d, copies in answers.items():
-            for copy in copies:
-                assert copy == copies[0], f"{d} got different answers to one key"
-            verifier.verify(copies[0])
-            result = ClaimResult.model_validate(copies[0])
-            assert result.claim_id == claims[d].id
-            if result.granted:
-                assert result.code
-                granted[d] = result.code
-            else:
-                assert result.reason == "sold out"
+        granted = granted_codes(answers, claims, verifier)
         assert len(granted) == STOCK
         assert len(set(granted.values())) == STOCK
         assert all(len(answers[d]) >= 2 for d in again)  # and identical, checked above

@@ -1,5 +1,6 @@
-"""A crowd of devices claiming a limited offer over MQTT: several publisher connections send
-claim requests (bounded in flight), one subscriber collects every answer by device."""
+"""A flash sale's crowd of devices claiming over MQTT: several publisher connections send claim
+requests (bounded in flight), one subscriber collects every answer by device; the sale's
+launch through the API and the check of the answers."""
 
 from __future__ import annotations
 
@@ -10,10 +11,13 @@ import uuid
 from types import TracebackType
 from typing import Any
 
+import aiohttp
 import aiomqtt
 
 from protocol import codec
-from protocol.envelopes import ClaimRequest
+from protocol.envelopes import ClaimRequest, ClaimResult
+from protocol.ids import new_id, utcnow
+from protocol.signing import Verifier
 from protocol.topics import Topics
 
 IN_FLIGHT = 64
@@ -85,3 +89,61 @@ class ClaimCrowd:
         numbered = list(enumerate(devices))
         for start in range(0, len(numbered), IN_FLIGHT):
             await asyncio.gather(*(one(i, d) for i, d in numbered[start : start + IN_FLIGHT]))
+
+
+async def launch_flash_sale(http: aiohttp.ClientSession, name: str, stock: int) -> str:
+    """Create and launch a campaign of one limited coupon, `flash-1`, with `stock` coupons,
+    through the operators' API; its id."""
+    resp = await http.post(
+        "/v1/campaigns",
+        json={
+            "name": name,
+            "cohorts": ["all"],
+            "offers": [
+                {
+                    "id": "flash-1",
+                    "type": "coupon",
+                    "title": f"Purifier -50% ({stock} coupons)",
+                    "category": "appliances",
+                    "discount": 0.5,
+                    "surfaces": ["tv_home_banner"],
+                    "limited": True,
+                    "stock": stock,
+                }
+            ],
+        },
+    )
+    assert resp.status == 201, await resp.text()
+    cid: str = (await resp.json())["id"]
+    assert (await http.post(f"/v1/campaigns/{cid}/launch")).status == 200
+    return cid
+
+
+def flash_claims(devices: list[str], cid: str) -> dict[str, ClaimRequest]:
+    """One claim of `flash-1` per device, each with its own id (its idempotency key)."""
+    return {
+        d: ClaimRequest(id=new_id(), device_id=d, offer_id="flash-1", campaign_id=cid, at=utcnow())
+        for d in devices
+    }
+
+
+def granted_codes(
+    answers: dict[str, list[dict[str, Any]]],
+    claims: dict[str, ClaimRequest],
+    verifier: Verifier,
+) -> dict[str, str]:
+    """Check every answer (each key answered the same every time, signed, for its claim,
+    granted with a code or refused as sold out); the coupon code of each granted device."""
+    granted: dict[str, str] = {}
+    for d, copies in answers.items():
+        for copy in copies:
+            assert copy == copies[0], f"{d} got different answers to one key"
+        verifier.verify(copies[0])
+        result = ClaimResult.model_validate(copies[0])
+        assert result.claim_id == claims[d].id
+        if result.granted:
+            assert result.code
+            granted[d] = result.code
+        else:
+            assert result.reason == "sold out"
+    return granted
