@@ -12,13 +12,20 @@ cloud sends, which a newer gateway may have extended). Both run only on an objec
 from __future__ import annotations
 
 import json
+import math
 import zlib
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 from pydantic_core import ErrorDetails
 
-from protocol.errors import InvalidMessage, MalformedPayload, PayloadTooLarge, UnsupportedVersion
+from protocol.errors import (
+    InvalidMessage,
+    MalformedPayload,
+    NonFiniteNumber,
+    PayloadTooLarge,
+    UnsupportedVersion,
+)
 
 MAX_COMPRESSED = 256 * 1024
 MAX_DECOMPRESSED = 2 * 1024 * 1024
@@ -67,6 +74,77 @@ def inflate(payload: bytes, max_decompressed: int = MAX_DECOMPRESSED) -> bytes:
     return out
 
 
+class _NonFinite:
+    """Stands in for a `NaN`, `Infinity` or overflowing literal until its path is known."""
+
+    __slots__ = ("literal",)
+
+    def __init__(self, literal: str) -> None:
+        self.literal = literal
+
+
+def _float_or_marker(literal: str) -> float | _NonFinite:
+    value = float(literal)
+    return value if math.isfinite(value) else _NonFinite(literal)
+
+
+def _int_or_marker(literal: str) -> int | _NonFinite:
+    # An integer literal is exact in Python, but no peer of ours can hold one past 2**63
+    # (SQLite INTEGER, PostgreSQL BIGINT, JavaScript): refused like an overflowing float.
+    if len(literal) > 20:
+        return _NonFinite(literal if len(literal) <= 24 else literal[:24] + "…")
+    value = int(literal)
+    return value if -(2**63) <= value < 2**63 else _NonFinite(literal)
+
+
+def _find_marker(obj: object) -> tuple[str, str] | None:
+    """The dotted path and literal of the first non-finite marker in parsed JSON."""
+    stack: list[tuple[object, tuple[str, ...]]] = [(obj, ())]
+    while stack:
+        node, path = stack.pop()
+        if isinstance(node, _NonFinite):
+            return ".".join(path) or "(root)", node.literal
+        if isinstance(node, dict):
+            stack.extend((v, (*path, str(k))) for k, v in reversed(list(node.items())))
+        elif isinstance(node, list):
+            stack.extend((v, (*path, str(i))) for i, v in reversed(list(enumerate(node))))
+    return None
+
+
+def loads_finite(text: str | bytes) -> Any:
+    """`json.loads` for input from outside: every number finite and within 64 bits.
+
+    `NaN`, `Infinity`, `-Infinity`, a float literal that overflows (`1e400`) and an integer
+    outside the signed 64-bit range raise `NonFiniteNumber` naming the dotted path of the
+    first one (`signals.0.attrs.price`); other errors are `json.JSONDecodeError`,
+    `UnicodeDecodeError` or `RecursionError`, as from `json.loads`.
+    """
+    seen: list[bool] = []
+
+    def constant(literal: str) -> _NonFinite:
+        seen.append(True)
+        return _NonFinite(literal)
+
+    def number(literal: str) -> float | _NonFinite:
+        value = _float_or_marker(literal)
+        if isinstance(value, _NonFinite):
+            seen.append(True)
+        return value
+
+    def integer(literal: str) -> int | _NonFinite:
+        value = _int_or_marker(literal)
+        if isinstance(value, _NonFinite):
+            seen.append(True)
+        return value
+
+    obj = json.loads(text, parse_constant=constant, parse_float=number, parse_int=integer)
+    if seen:
+        found = _find_marker(obj)
+        path, literal = found if found is not None else ("(root)", "?")
+        raise NonFiniteNumber(path, literal)
+    return obj
+
+
 def _depth(obj: object, limit: int) -> int:
     """Nesting depth of parsed JSON, stopping early past `limit`."""
     stack: list[tuple[object, int]] = [(obj, 1)]
@@ -103,7 +181,7 @@ def decode_object(
         raise PayloadTooLarge(len(payload), max_decompressed)
     try:
         text = payload.decode("utf-8")
-        obj = json.loads(text)
+        obj = loads_finite(text)
     except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
         raise MalformedPayload(f"not UTF-8 JSON: {exc}") from exc
     if not isinstance(obj, dict):

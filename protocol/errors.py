@@ -26,6 +26,17 @@ class MalformedPayload(ProtocolError):
     reason = "malformed"
 
 
+class NonFiniteNumber(MalformedPayload):
+    """A `NaN`, an infinity, or a number no store can hold (`1e400`, an integer past 64 bits)."""
+
+    reason = "non_finite"
+
+    def __init__(self, path: str, literal: str) -> None:
+        super().__init__(f"{path}: {literal} is not a finite number")
+        self.path = path
+        self.literal = literal
+
+
 class UnsupportedVersion(ProtocolError):
     """The message's `v` is not one this build understands."""
 

@@ -15,6 +15,7 @@ from protocol.envelopes import Ack, Aggregate, Batch, Offer, OfferBundle, Outcom
 from protocol.errors import (
     InvalidMessage,
     MalformedPayload,
+    NonFiniteNumber,
     PayloadTooLarge,
     ProtocolError,
     UnsupportedVersion,
@@ -210,3 +211,30 @@ def test_tolerant_reader_refuses_wrong_known_fields_naming_only_those() -> None:
     assert [e["loc"] for e in info.value.errors] == ["acks.0"]
     with pytest.raises(InvalidMessage):
         codec.validate_tolerant({"v": 1, "window_s": 30}, Ack)  # a required field missing
+
+
+@pytest.mark.parametrize(
+    ("text", "path", "literal"),
+    [
+        ('{"a": [1, {"price": NaN}]}', "a.1.price", "NaN"),
+        ('{"x": 1e400}', "x", "1e400"),
+        ('{"x": -1e400}', "x", "-1e400"),
+        ('{"s": [Infinity]}', "s.0", "Infinity"),
+        ('{"n": 9223372036854775808}', "n", "9223372036854775808"),
+        ("-Infinity", "(root)", "-Infinity"),
+    ],
+)
+def test_loads_finite_names_the_first_non_finite_number(text: str, path: str, literal: str) -> None:
+    with pytest.raises(NonFiniteNumber) as caught:
+        codec.loads_finite(text)
+    assert (caught.value.path, caught.value.literal) == (path, literal)
+
+
+def test_loads_finite_keeps_finite_numbers_and_strings() -> None:
+    text = '{"a": [1.5, -2, 9223372036854775807, -9223372036854775808, "NaN", 1e308]}'
+    assert codec.loads_finite(text) == json.loads(text)
+
+
+def test_a_nan_in_an_uplink_payload_is_malformed() -> None:
+    with pytest.raises(MalformedPayload, match=r"signals\.0\.attrs\.p: NaN"):
+        codec.decode_object(b'{"v": 1, "signals": [{"attrs": {"p": NaN}}]}')
