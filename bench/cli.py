@@ -26,6 +26,7 @@ SUITES = [
     "bench.storm_bench",
     "bench.claims_pg_bench",
     "bench.workers_bench",
+    "bench.capacity_bench",
 ]
 
 

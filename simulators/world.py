@@ -374,6 +374,18 @@ def _click_probability(
 # ------------------------------------------------------------------ one device's signals
 
 
+def daily_signal_rate(household: Persona, profile: str) -> float:
+    """Signals per day `household`'s `profile` device sends on average: the rate
+    `usage_signals` draws its mix from (usage, plus consumable levels and the member tier
+    where that device reports them)."""
+    rate = household.activity * float(_DEVICE_SHARE[_PROFILE[profile]])
+    if profile in household.linked:
+        rate += _CONSUMABLE_RATE * len(household.consumables)
+    if profile in household.knows_tier:
+        rate += _TIER_RATE
+    return rate
+
+
 def usage_signals(
     household: Persona, profile: str, rng: np.random.Generator, n: int
 ) -> list[dict[str, Any]]:
