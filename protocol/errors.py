@@ -27,9 +27,9 @@ class MalformedPayload(ProtocolError):
 
 
 class NonFiniteNumber(MalformedPayload):
-    """A `NaN`, an infinity, or a number no store can hold (`1e400`, an integer past 64 bits)."""
+    """A `NaN`, an infinity, or a number no store can hold (`1e400`, an integer past 64 bits).
 
-    reason = "non_finite"
+    Counted as `malformed`: the JSON itself is not what the protocol accepts."""
 
     def __init__(self, path: str, literal: str) -> None:
         super().__init__(f"{path}: {literal} is not a finite number")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import uuid
 from collections.abc import Iterable
 from datetime import timedelta
 
@@ -18,6 +19,7 @@ from cloud_gateway.campaigns.model import (
 )
 from cloud_gateway.campaigns.pending import Owed
 from cloud_gateway.campaigns.results import CampaignResults, campaign_results
+from cloud_gateway.db import leases
 from cloud_gateway.db.campaigns import (
     campaign_rows,
     catalogs,
@@ -37,6 +39,12 @@ from protocol.ids import parse_time, utcnow
 
 log = logging.getLogger(__name__)
 
+SETTLE_CLAIM = "campaign-settle"
+SETTLE_CLAIM_S = 120.0
+"""How long one settle run may hold its claim: longer than any run (a device launch pushes to
+every device it targets), so a second worker never acts on the same markers meanwhile."""
+SETTLE_RETRY_S = 1.0
+
 
 class CampaignService(Service):
     """Create, launch, pause campaigns; every change rebuilds the catalogs it touches."""
@@ -48,6 +56,7 @@ class CampaignService(Service):
         self._settle_wanted = asyncio.Event()
         self.dirty: set[str] = set()
         self.delivery = DeviceDelivery(wiring, bundle_ttl=bundle_ttl)
+        self._holder = f"campaigns-{uuid.uuid4().hex[:12]}"
 
     async def create(self, spec: CampaignIn, who: str) -> Campaign:
         """Store a draft; 409 (Conflict) when an offer id is already another campaign's."""
@@ -146,6 +155,18 @@ class CampaignService(Service):
             return await self._settle_locked()
 
     async def _settle_locked(self) -> int:
+        # Once across workers: two workers acting on one marker would push its bundles
+        # twice. The markers are claimed whole by a lease; a worker that finds it taken asks
+        # again soon (the holder may have read the markers before this worker stored its).
+        if not await self._db.call(leases.acquire, SETTLE_CLAIM, self._holder, SETTLE_CLAIM_S):
+            asyncio.get_running_loop().call_later(SETTLE_RETRY_S, self._settle_wanted.set)
+            return 0
+        try:
+            return await self._settle_claimed()
+        finally:
+            await self._db.call(leases.release, self._holder, [SETTLE_CLAIM])
+
+    async def _settle_claimed(self) -> int:
         todo = await self._db.call(pending)
         if not todo:
             return 0

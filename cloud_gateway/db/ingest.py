@@ -6,6 +6,7 @@ Plain functions over a session, run on the store thread: `await db.call(store_ba
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
@@ -66,11 +67,48 @@ def store_batches(
         raise StoreError(f"cannot store a group of {len(items)} batches: {exc}") from exc
 
 
+BATCH_COLUMNS = (
+    "device_id, outbox_id, seq, received_at, sent_at, signals, aggregates, outcomes, receipts"
+)
+BATCH_ROWS_PER_STATEMENT = 100
+"""Batch rows in one multi-row INSERT (9 parameters each: far below either engine's limit)."""
+
+
+@functools.lru_cache(maxsize=BATCH_ROWS_PER_STATEMENT)
+def _insert_batch_rows_sql(rows: int) -> str:
+    values = ", ".join(["(?, ?, ?, ?, ?, ?, ?, ?, ?)"] * rows)
+    return (
+        f"INSERT INTO batches ({BATCH_COLUMNS}) VALUES {values}"  # noqa: S608 - placeholders only
+        " ON CONFLICT DO NOTHING RETURNING device_id, outbox_id, seq"
+    )
+
+
+DEVICE_FROM_BATCH = (
+    # One upsert registers a new device or updates a known one. The newest batch's stats
+    # win over a late older one; a batch of another outbox (the device's data was wiped,
+    # its seq restarted) starts the count again.
+    "INSERT INTO devices (device_id, status, first_seen, last_seen, malformed,"
+    " agent_version, model_version, stats, last_seq, outbox_id)"
+    " VALUES (:device, 'offline', :now, :now, 0, :agent, :model, :stats, :seq, :outbox)"
+    " ON CONFLICT (device_id) DO UPDATE SET last_seen = :now, agent_version = :agent,"
+    " model_version = coalesce(:model, devices.model_version),"
+    " stats = CASE WHEN devices.outbox_id != :outbox"
+    " OR :seq >= coalesce(devices.last_seq, -1) THEN :stats ELSE devices.stats END,"
+    " last_seq = CASE WHEN devices.outbox_id != :outbox THEN :seq"
+    " WHEN :seq > coalesce(devices.last_seq, -1) THEN :seq"
+    " ELSE coalesce(devices.last_seq, -1) END,"
+    " outbox_id = :outbox"
+)
+
+
 def _insert_batches(
     store: Session, items: Sequence[tuple[str, Batch]], now: str
 ) -> list[StoredBatch]:
-    """The rows of a group of batches, inside the caller's transaction: each batch's row
-    first (stored once per key), the signals of the new ones together at the end."""
+    """The rows of a group of batches, inside the caller's transaction, set-based: the batch
+    rows in multi-row INSERTs (RETURNING says which were new), then the aggregates and
+    outcomes of each new batch, the devices in one `executemany` (pipelined by psycopg) and
+    the signals of the new ones together at the end. A few statements a group instead of
+    two or three a batch: on PostgreSQL each statement is a round trip."""
     # Rows are locked in one order, by device: two workers committing groups that share
     # devices then wait for each other instead of deadlocking on the `devices` upsert (seen
     # on PostgreSQL). The sort is stable: a key twice in the group is still stored once, by
@@ -79,17 +117,63 @@ def _insert_batches(
         range(len(items)),
         key=lambda i: (items[i][0], items[i][1].outbox_id or "", items[i][1].seq),
     )
+    fresh = _insert_batch_rows(store, [items[i] for i in order], now)
     stored: dict[int, StoredBatch] = {}
     signals: list[list[SignalRow]] = []
+    claimed: set[tuple[str, str, int]] = set()
+    new_devices: list[dict[str, object]] = []
+    seen_devices: list[str] = []
     for i in order:
         device_id, batch = items[i]
-        stored[i] = _insert_batch(store, device_id, batch, now)
-        signals.append(_signal_rows(device_id, batch, now[:10]) if stored[i].new else [])
+        key = (device_id, batch.outbox_id or "", batch.seq)
+        if key in fresh and key not in claimed:  # the first copy of a key is the stored one
+            claimed.add(key)
+            stored[i] = _insert_batch_parts(store, device_id, batch, now)
+            new_devices.append(_device_row(device_id, batch, now))
+            signals.append(_signal_rows(device_id, batch, now[:10]))
+        else:
+            stored[i] = StoredBatch(new=False)
+            seen_devices.append(device_id)
+            signals.append([])
+    conn = store.conn
+    if new_devices:
+        conn.executemany(DEVICE_FROM_BATCH, new_devices)
+    if seen_devices:
+        conn.executemany(ENSURE_DEVICE, [(d, now, now) for d in seen_devices])
+        conn.executemany(
+            "UPDATE devices SET last_seen = ? WHERE device_id = ?", [(now, d) for d in seen_devices]
+        )
     counts = dict(zip(order, store.insert_signals(signals), strict=True))
     return [
         replace(stored[i], signals=counts[i]) if stored[i].new else stored[i]
         for i in range(len(items))
     ]
+
+
+def _insert_batch_rows(
+    store: Session, items: Sequence[tuple[str, Batch]], now: str
+) -> set[tuple[str, str, int]]:
+    """Insert the batch rows (a key already stored, or twice in `items`, once); returns the
+    keys (device_id, outbox_id, seq) inserted by this call."""
+    fresh: set[tuple[str, str, int]] = set()
+    for start in range(0, len(items), BATCH_ROWS_PER_STATEMENT):
+        chunk = items[start : start + BATCH_ROWS_PER_STATEMENT]
+        parameters: list[object] = []
+        for device_id, batch in chunk:
+            parameters += (
+                device_id,
+                batch.outbox_id or "",
+                batch.seq,
+                now,
+                format_time(batch.sent_at),
+                len(batch.signals),
+                len(batch.aggregates),
+                len(batch.outcomes),
+                to_text(batch.receipts),
+            )
+        rows = store.conn.execute(_insert_batch_rows_sql(len(chunk)), parameters).fetchall()
+        fresh.update((r[0], r[1], int(r[2])) for r in rows)
+    return fresh
 
 
 def _signal_rows(device_id: str, batch: Batch, day: str) -> list[SignalRow]:
@@ -102,62 +186,25 @@ def _signal_rows(device_id: str, batch: Batch, day: str) -> list[SignalRow]:
     ]
 
 
-def _insert_batch(store: Session, device_id: str, batch: Batch, now: str) -> StoredBatch:
-    """The rows of one batch but its signals, inside the caller's transaction."""
-    conn = store.conn
-    outbox = batch.outbox_id or ""
-    cur = conn.execute(
-        "INSERT INTO batches (device_id, outbox_id, seq, received_at, sent_at,"
-        " signals, aggregates, outcomes, receipts) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
-        " ON CONFLICT DO NOTHING",
-        [
-            device_id,
-            outbox,
-            batch.seq,
-            now,
-            format_time(batch.sent_at),
-            len(batch.signals),
-            len(batch.aggregates),
-            len(batch.outcomes),
-            to_text(batch.receipts),
-        ],
-    )
-    if cur.rowcount == 0:
-        conn.execute(ENSURE_DEVICE, [device_id, now, now])
-        conn.execute("UPDATE devices SET last_seen = ? WHERE device_id = ?", [now, device_id])
-        return StoredBatch(new=False)
-    times = TimeFormatter()
-    seq = batch.seq
+def _device_row(device_id: str, batch: Batch, now: str) -> dict[str, object]:
+    return {
+        "now": now,
+        "agent": batch.agent_version,
+        "model": batch.model_version,
+        "outbox": batch.outbox_id or "",
+        "seq": batch.seq,
+        "stats": to_text(batch.stats.model_dump()),
+        "device": device_id,
+    }
+
+
+def _insert_batch_parts(store: Session, device_id: str, batch: Batch, now: str) -> StoredBatch:
+    """The aggregates and outcomes of one new batch, inside the caller's transaction."""
     aggregates = outcomes = 0
     if batch.aggregates:
         aggregates = _store_aggregates(store, device_id, batch, now[:10])
     if batch.outcomes:
-        outcomes = _store_outcomes(store, device_id, batch, times, now[:10])
-    # One upsert registers a new device or updates a known one. The newest batch's stats
-    # win over a late older one; a batch of another outbox (the device's data was wiped,
-    # its seq restarted) starts the count again.
-    conn.execute(
-        "INSERT INTO devices (device_id, status, first_seen, last_seen, malformed,"
-        " agent_version, model_version, stats, last_seq, outbox_id)"
-        " VALUES (:device, 'offline', :now, :now, 0, :agent, :model, :stats, :seq, :outbox)"
-        " ON CONFLICT (device_id) DO UPDATE SET last_seen = :now, agent_version = :agent,"
-        " model_version = coalesce(:model, devices.model_version),"
-        " stats = CASE WHEN devices.outbox_id != :outbox"
-        " OR :seq >= coalesce(devices.last_seq, -1) THEN :stats ELSE devices.stats END,"
-        " last_seq = CASE WHEN devices.outbox_id != :outbox THEN :seq"
-        " WHEN :seq > coalesce(devices.last_seq, -1) THEN :seq"
-        " ELSE coalesce(devices.last_seq, -1) END,"
-        " outbox_id = :outbox",
-        {
-            "now": now,
-            "agent": batch.agent_version,
-            "model": batch.model_version,
-            "outbox": outbox,
-            "seq": seq,
-            "stats": to_text(batch.stats.model_dump()),
-            "device": device_id,
-        },
-    )
+        outcomes = _store_outcomes(store, device_id, batch, TimeFormatter(), now[:10])
     return StoredBatch(True, 0, max(aggregates, 0), max(outcomes, 0))
 
 

@@ -66,7 +66,7 @@ def hand_made() -> list[tuple[str, bytes, str]]:
         ("broken zlib", b"\x78\x9c garbage", "malformed"),
         ("empty", b"", "malformed"),
         ("a list", b"[1,2,3]", "malformed"),
-        ("NaN seq", b'{"v":1,"seq":NaN}', "invalid"),
+        ("NaN seq", b'{"v":1,"seq":NaN}', "malformed"),
     ]
 
 
