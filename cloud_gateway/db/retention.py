@@ -83,10 +83,16 @@ def signal_partitions(store: Session) -> dict[date, str]:
     return out
 
 
+PARTITION_LOCK_KEY = 0x65646D67_70617274
+"""`pg_advisory_xact_lock` key of partition changes ("edmgpart"): one worker at a time."""
+
+
 def ensure_signal_partitions(store: Session, first: date, days: int) -> int:
     """PostgreSQL: a partition of `signals` for each of `days` days from `first`; rows of
     such a day already in the default partition move into it (same transaction). Returns
-    how many were created."""
+    how many were created. Each runs under an advisory lock and checks again inside it, so
+    two workers at it together create each partition once (the retention loop runs on the
+    lease holder only; this covers a lease that changed hands mid-run)."""
     have = signal_partitions(store)
     created = 0
     for n in range(days):
@@ -98,6 +104,9 @@ def ensure_signal_partitions(store: Session, first: date, days: int) -> int:
         try:
             with store.transaction():
                 conn = store.conn
+                conn.execute("SELECT pg_advisory_xact_lock(?)", [PARTITION_LOCK_KEY])
+                if conn.execute("SELECT to_regclass(?)", [name]).fetchone()[0] is not None:
+                    continue  # another worker made it while this one waited
                 conn.execute(f"CREATE TABLE {name} (LIKE signals INCLUDING DEFAULTS)")
                 conn.execute(
                     f"INSERT INTO {name} SELECT * FROM signals_default"  # noqa: S608 - fixed shape

@@ -89,7 +89,8 @@ class Parts:
 
     def loop_table(self) -> tuple[tuple[str, LoopFactory], ...]:
         """The gateway's loops by name, in the order they start (the link after its consumers);
-        the scheduler, the catalog refresh and the command re-sends only on the lease holder."""
+        the scheduler, the catalog refresh, the command re-sends and retention only on the
+        lease holder."""
         s, campaigns = self.settings, self.campaigns
         return (
             ("gateway-heartbeat", self.worker.run),
@@ -113,7 +114,7 @@ class Parts:
                 "gateway-erasure",
                 functools.partial(self.erasure.run, s.scheduler_tick_s, s.resend_after_s),
             ),
-            (
+            self.once(
                 "gateway-retention",
                 functools.partial(
                     run_retention, self.db, RetentionPolicy.of(s), s.retention_interval_s

@@ -4,6 +4,7 @@ by dropping their partition, and partitions are made ahead."""
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -106,3 +107,23 @@ async def test_data_past_its_policy_is_gone_and_the_rest_untouched(
         assert ages == [{"seq": len(AGES)}]
     finally:
         await db.close()
+
+
+async def test_two_workers_making_the_same_partitions_at_once_make_each_once(
+    postgres_url: str,
+) -> None:
+    clock = Clock()
+    workers = [PostgresDatabase(postgres_url, clock=clock) for _ in range(2)]
+    for db in workers:
+        await db.open()
+    try:
+        first = (NOW + timedelta(days=200)).date()
+        made = await asyncio.gather(
+            *(db.call(ensure_signal_partitions, first, 5) for db in workers)
+        )
+        assert sum(made) == 5  # no error, and each day made by one of them
+        days = await workers[0].call(signal_partitions)
+        assert {first + timedelta(days=n) for n in range(5)} <= set(days)
+    finally:
+        for db in workers:
+            await db.close()
