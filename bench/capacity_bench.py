@@ -199,14 +199,20 @@ def _children_cpu_s(parent: int) -> float:
     return total
 
 
-def _db_bytes(url: str) -> int:
+def _db_bytes(url: str) -> dict[str, int]:
+    """Bytes of each table with its indexes and TOAST; partitions counted as their table."""
     with psycopg.connect(url, autocommit=True) as conn:
-        row = conn.execute(
-            "SELECT coalesce(sum(pg_total_relation_size(c.oid)), 0) FROM pg_class c"
+        rows = conn.execute(
+            "SELECT coalesce(p.relname, c.relname), pg_total_relation_size(c.oid) FROM pg_class c"
             " JOIN pg_namespace n ON n.oid = c.relnamespace"
+            " LEFT JOIN pg_inherits i ON i.inhrelid = c.oid"
+            " LEFT JOIN pg_class p ON p.oid = i.inhparent"
             " WHERE n.nspname = 'public' AND c.relkind IN ('r', 'm')"
-        ).fetchone()
-    return int(row[0]) if row else 0
+        ).fetchall()
+    sizes: dict[str, int] = {}
+    for table, size in rows:
+        sizes[table] = sizes.get(table, 0) + int(size)
+    return sizes
 
 
 def _stats(port: int, token: str) -> dict[str, Any]:
@@ -222,6 +228,7 @@ def _stats(port: int, token: str) -> dict[str, Any]:
 class Cost:
     cpu_us: float  # gateway worker, per device-day, idle rate taken off
     db_bytes: float  # per device-day
+    tables: dict[str, float]  # growth per device-day by table
     db_cpu_us: float  # PostgreSQL's processes, per device-day
     idle_cpu_s_per_hour: float  # the worker with no devices
 
@@ -263,12 +270,14 @@ def _measure(days: DeviceDays, broker: MosquittoProcess, pg: PostgresProcess, tm
         elapsed = time.monotonic() - start
         cpu = _cpu_s(proc.pid) - cpu_before - idle_rate * elapsed
         db_cpu = _children_cpu_s(_postmaster(pg)) - db_cpu_before
-        grown = _db_bytes(url) - bytes_before
+        after = _db_bytes(url)
+        grown = {t: after[t] - bytes_before.get(t, 0) for t in after}
     finally:
         proc.terminate()
         proc.wait(30)
     n = len(days.births)
-    return Cost(cpu * 1e6 / n, grown / n, db_cpu * 1e6 / n, idle_rate * 3600)
+    tables = {t: b / n for t, b in sorted(grown.items()) if b > 0}
+    return Cost(cpu * 1e6 / n, sum(grown.values()) / n, tables, db_cpu * 1e6 / n, idle_rate * 3600)
 
 
 def _decode_cpu_us(days: DeviceDays) -> float:
@@ -304,7 +313,8 @@ def run() -> list[Record]:
             f" signals, {len(days.batches) / DEVICES:.1f} batches and 1 birth per device-day),"
             f" one gateway worker on a private PostgreSQL (fsync on) behind Mosquitto, QoS 1;"
             f" the worker's idle rate ({cost.idle_cpu_s_per_hour:.2f} CPU-s/hour) taken off;"
-            f" PostgreSQL's own CPU {cost.db_cpu_us:,.0f} us per device-day"
+            f" PostgreSQL's own CPU {cost.db_cpu_us:,.0f} us per device-day; bytes per device-day"
+            " by table: " + ", ".join(f"{t} {b:,.0f}" for t, b in cost.tables.items())
         )
         records.append(
             Record(
