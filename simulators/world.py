@@ -74,6 +74,7 @@ _KIND_MIX = np.array(
 )
 _LINKED = np.array([0.95, 0.5, 0.7, 0.3])  # device sees the household's appliances
 _KNOWS_TIER = np.array([0.4, 0.6, 0.9, 0.3])  # device's apps know the member tier
+_NEAR_PEAK_SHARE = 0.7  # share of a household's activity drawn near its peak hour (local)
 _CONSUMABLE_RATE = 1.0  # consumable_level reports per day per linked appliance
 _TIER_RATE = 0.3  # member_tier reports per day on a device that knows the tier
 _TIER_P = np.array([0.45, 0.3, 0.17, 0.08])
@@ -386,6 +387,19 @@ def daily_signal_rate(household: Persona, profile: str) -> float:
     return rate
 
 
+def hourly_load(world: World, rng: np.random.Generator, draws: int = 20) -> FloatArray:
+    """The fleet's activity per local hour (24 values, mean 1): the same hour model as
+    `logged_arrays` (near each household's peak, else uniform), weighted by activity. Every
+    shipped profile runs in one time zone, so this is also the load's shape in UTC."""
+    hh = world.households
+    household = np.repeat(np.arange(len(hh)), draws)
+    near = np.round(rng.normal(hh.peak_hour[household], hh.hour_spread[household]))
+    uniform = rng.integers(0, 24, household.size)
+    hour = np.where(rng.random(household.size) < _NEAR_PEAK_SHARE, np.mod(near, 24), uniform)
+    load = np.bincount(hour.astype(np.int64), weights=hh.activity[household], minlength=24)
+    return np.asarray(load / load.mean(), dtype=np.float64)
+
+
 def usage_signals(
     household: Persona, profile: str, rng: np.random.Generator, n: int
 ) -> list[dict[str, Any]]:
@@ -468,7 +482,9 @@ def logged_arrays(
     offer = rng.integers(0, len(cat), n).astype(np.int64)
     day = rng.integers(0, LOG_DAYS, n)
     near = np.round(rng.normal(hh.peak_hour[household], hh.hour_spread[household]))
-    hour = np.where(rng.random(n) < 0.7, np.mod(near, 24), rng.integers(0, 24, n)).astype(np.int64)
+    hour = np.where(
+        rng.random(n) < _NEAR_PEAK_SHARE, np.mod(near, 24), rng.integers(0, 24, n)
+    ).astype(np.int64)
     minute = rng.integers(0, 60, n)
     local = LOG_START + (day * 1440 + hour * 60 + minute).astype("timedelta64[m]")
     at = local - np.timedelta64(UTC_OFFSET_HOURS, "h")
