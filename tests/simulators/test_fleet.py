@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from simulators.fleet import FleetOptions, run_fleet, succeeded
+from simulators.fleet import run_fleet, succeeded
+from simulators.options import FleetOptions
 from tests.support.processes import EDGEMART
 
 pytestmark = pytest.mark.integration
