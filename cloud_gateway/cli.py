@@ -80,17 +80,17 @@ def _announce(gateway: Gateway) -> None:
 def _token_create(args: argparse.Namespace) -> int:
     from cloud_gateway.config import load_settings  # noqa: PLC0415
     from cloud_gateway.security.auth import create_token  # noqa: PLC0415
-    from cloud_gateway.security.keys import holds_gateway  # noqa: PLC0415
 
-    db = _database(args)
-    if not holds_gateway(args.data_dir):
+    settings = load_settings("command line", data_dir=args.data_dir, db=_database(args))
+    if settings.db_url is None and not settings.db_path.exists():
+        # a SQLite gateway's first start makes its database: none there, no gateway there
+        flag = f"--data-dir {args.data_dir}" if settings.db is None else f"--db {settings.db}"
         print(
-            f"edgemart gateway: --data-dir {args.data_dir}: no gateway there (no signing key in"
-            f" {args.data_dir / 'keys'}); give the --data-dir of `edgemart gateway run`",
+            f"edgemart gateway: {flag}: no gateway there (no database {settings.db_path}); give"
+            " the --data-dir (or --db) of `edgemart gateway run`",
             file=sys.stderr,
         )
         return 2
-    settings = load_settings("command line", data_dir=args.data_dir, db=db)
     print(create_token(args.data_dir, db=settings.db))
     return 0
 

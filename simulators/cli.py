@@ -96,7 +96,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
         seed=args.seed,
         topic_root=args.topic_root,
     )
-    report = asyncio.run(run_demo(options))
+    try:
+        report = asyncio.run(run_demo(options))
+    except asyncio.CancelledError:  # SIGTERM (SIGINT ends as KeyboardInterrupt: exit 130)
+        sys.stderr.write("edgemart demo: stopped; what it left retained is cleared\n")
+        return 143
     _print_report(report)
     if args.report:
         Path(args.report).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")

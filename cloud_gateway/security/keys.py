@@ -23,11 +23,6 @@ TRUST_FILE = "trust.json"
 KEYS_DIR = "keys"
 
 
-def holds_gateway(data_dir: Path) -> bool:
-    """True when `data_dir` is a gateway's (its first start made a signing key there)."""
-    return any((data_dir / KEYS_DIR).glob("*.pem"))
-
-
 @dataclass(frozen=True, slots=True)
 class KeyMaterial:
     signer: Signer

@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -15,7 +16,7 @@ from simulators.demo import DemoOptions, run_demo, succeeded
 pytestmark = pytest.mark.integration
 
 
-def _assert_whole_loop(report: dict[str, object]) -> None:
+def _assert_whole_loop(report: dict[str, Any]) -> None:
     assert report["signals_lost"] == 0, report.get("lost_ids_sample")
     assert report["signals_duplicated"] == 0
     # stored raw, as the fleet report counts them; what aggregates cover is its own field
