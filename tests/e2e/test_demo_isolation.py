@@ -1,6 +1,6 @@
 """The QA demo on a broker a real gateway and a real TV use: it runs under a topic root of
 its own, so the real ones see nothing of it, and it leaves nothing retained behind, also
-when it is stopped with SIGTERM half-way."""
+when it is stopped with SIGTERM or Ctrl-C half-way."""
 
 from __future__ import annotations
 
@@ -110,8 +110,9 @@ async def test_the_demo_leaves_a_real_gateway_and_device_untouched(
     assert "Traceback" not in tail(agent_log, 100_000)
 
 
-async def test_a_demo_stopped_with_sigterm_clears_what_it_left(
-    tmp_path: Path, own_mosquitto: MosquittoProcess
+@pytest.mark.parametrize(("stop_with", "code"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+async def test_a_demo_stopped_half_way_clears_what_it_left(
+    tmp_path: Path, own_mosquitto: MosquittoProcess, stop_with: signal.Signals, code: int
 ) -> None:
     log = tmp_path / "demo.log"
     demo = spawn(["demo", "--broker", own_mosquitto.url], log)
@@ -136,11 +137,11 @@ async def test_a_demo_stopped_with_sigterm_clears_what_it_left(
                     return False
 
             await eventually(waiting, 60.0, "the demo's catalog", step=0.0)
-        demo.send_signal(signal.SIGTERM)
-        code = await asyncio.to_thread(demo.wait, 60)
+        demo.send_signal(stop_with)
+        exited = await asyncio.to_thread(demo.wait, 60)
     finally:
         stop(demo)
-    assert code == 143, tail(log)
+    assert exited == code, tail(log)
     assert all(t.startswith("edgemart-qa/demo-") for t in seen), sorted(seen)[:5]
     root = "/".join(next(iter(seen)).split("/")[:3])
     assert await retained_topics(own_mosquitto.url, root) == [], tail(log)
