@@ -173,3 +173,41 @@ async def test_the_agent_says_it_is_ready_and_tells_the_outage_and_its_end(
         stop(proc)
         broker.stop()
     assert tail(log, 100_000).count("cannot reach the broker") == 1  # not one per retry
+
+
+async def test_the_gateway_says_it_is_ready_and_tells_the_outage_and_its_end(
+    tmp_path: Path,
+) -> None:
+    """`--http-port 0`: the ready line names the port it bound; started before its broker, it
+    warns once that the broker cannot be reached and says when the link is back."""
+    port = free_port()
+    log = tmp_path / "gateway.log"
+    proc = spawn(
+        [
+            *("gateway", "run", "--broker", f"mqtt://127.0.0.1:{port}"),
+            *("--data-dir", str(tmp_path / "gw"), "--http-port", "0"),
+        ],
+        log,
+    )
+    broker = MosquittoProcess(str(tmp_path / "mosquitto"), port=port)
+    try:
+
+        def ready_line() -> re.Match[str] | None:
+            assert proc.poll() is None, tail(log)
+            return re.search(r"gateway ready on http://127.0.0.1:(\d+)", tail(log))
+
+        found = await eventually(ready_line, 30.0, "the ready line")
+        http_port = int(found.group(1))
+        assert http_port != 0
+        async with (
+            aiohttp.ClientSession() as http,
+            http.get(f"http://127.0.0.1:{http_port}/healthz") as resp,
+        ):
+            assert resp.status == 200
+        assert "cannot reach the broker" in tail(log)
+        await asyncio.to_thread(broker.start)
+        await eventually(lambda: "link back to" in tail(log), 40.0, "the link is back")
+    finally:
+        stop(proc)
+        broker.stop()
+    assert tail(log, 100_000).count("cannot reach the broker") == 1
