@@ -164,7 +164,8 @@ def cmd_fleet(args: argparse.Namespace) -> int:
 
 TOPIC_ROOT_HELP = (
     "MQTT topic root of this run (default: a fresh edgemart-qa/... one, so a real gateway and"
-    " its devices on the same broker see nothing; its retained messages are cleared at the end)"
+    " its devices on the same broker see nothing). What it leaves retained under an"
+    " edgemart-qa/ root is cleared at the end; under any other root it is left as it is"
 )
 
 

@@ -33,7 +33,7 @@ from protocol.signing import Signer
 from protocol.topics import Topics
 from simulators.checker import Drops, account, check, coverage
 from simulators.household import Household
-from simulators.options import DemoOptions, fresh_root
+from simulators.options import DemoOptions, fresh_root, sweepable
 from simulators.retained import clear_retained
 from simulators.world import World, make_world
 
@@ -159,7 +159,7 @@ async def run_demo(options: DemoOptions) -> dict[str, Any]:
     finally:
         if handled:
             loop.remove_signal_handler(signal.SIGTERM)
-        if options.broker is not None:
+        if options.broker is not None and sweepable(root):
             # after the gateway and every device left (their goodbyes are retained too)
             await asyncio.shield(_sweep(options.broker, root))
     report["topic_root"] = root

@@ -28,7 +28,7 @@ from simulators.demo import Operator
 from simulators.faults import AgentProcess
 from simulators.household import CONSENT_ALL, Household
 from simulators.netfault import PartitionProxy
-from simulators.options import FAULTS, FleetOptions, fresh_root
+from simulators.options import FAULTS, FleetOptions, fresh_root, sweepable
 from simulators.retained import clear_retained
 from simulators.world import make_world
 
@@ -172,7 +172,7 @@ async def run_fleet(options: FleetOptions) -> dict[str, Any]:
     """The run under its own topic root; on a broker it does not own, what it left retained
     there is cleared at the end, also when it fails or is cancelled."""
     topic_root = options.topic_root or fresh_root("fleet")
-    outside = options.broker not in (None, "mosquitto")
+    outside = options.broker not in (None, "mosquitto") and sweepable(topic_root)
     try:
         report = await _run_fleet(options, topic_root)
     finally:

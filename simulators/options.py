@@ -21,6 +21,13 @@ def fresh_root(run: str) -> str:
     return f"{QA_ROOT_PREFIX}/{run}-{new_id().replace('-', '')[-12:]}/v1"
 
 
+def sweepable(root: str) -> bool:
+    """True for a QA run's own root (`fresh_root`'s form): what is retained under it may be
+    cleared at the end. Any other root given with `--topic-root` may hold what real daemons
+    published, so a run leaves it as it is."""
+    return root.startswith(QA_ROOT_PREFIX + "/")
+
+
 @dataclass(frozen=True, slots=True)
 class DemoOptions:
     broker: str | None = None
@@ -33,7 +40,8 @@ class DemoOptions:
     browse_rounds: int = 40
     drain_timeout: float = 20.0
     topic_root: str | None = None
-    """None: a fresh root (`fresh_root`), cleared of its retained messages at the end."""
+    """None: a fresh root (`fresh_root`), cleared of its retained messages at the end (as is
+    any root under `edgemart-qa/`; `sweepable`)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,7 +62,8 @@ class FleetOptions:
     """With `agent-kill`: how many TVs run as their own processes, to be killed."""
     drain_timeout: float = 90.0
     topic_root: str | None = None
-    """None: a fresh root (`fresh_root`), cleared of its retained messages at the end."""
+    """None: a fresh root (`fresh_root`), cleared of its retained messages at the end (as is
+    any root under `edgemart-qa/`; `sweepable`)."""
 
     def __post_init__(self) -> None:
         unknown = set(self.faults) - set(FAULTS)

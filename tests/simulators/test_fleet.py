@@ -11,7 +11,7 @@ import pytest
 
 from simulators.brokers import MosquittoProcess
 from simulators.fleet import run_fleet, succeeded
-from simulators.options import FleetOptions
+from simulators.options import FleetOptions, fresh_root, sweepable
 from simulators.retained import retained_topics
 from tests.support.processes import EDGEMART
 
@@ -111,3 +111,10 @@ async def test_a_fleet_on_an_outside_broker_keeps_to_its_own_root_and_clears_it(
     assert root.startswith("edgemart-qa/fleet-")
     assert await retained_topics(own_mosquitto.url, root) == []
     assert await retained_topics(own_mosquitto.url, "edgemart/v1") == []
+
+
+def test_only_a_qa_root_is_swept() -> None:
+    assert sweepable(fresh_root("demo")) and sweepable("edgemart-qa/mine/v1")
+    assert not sweepable("edgemart/v1")  # the real daemons' root: never cleared by a QA run
+    assert not sweepable("edgemart-qa")
+    assert fresh_root("fleet") != fresh_root("fleet")
