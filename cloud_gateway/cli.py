@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from cloud_gateway.errors import ConfigError, GatewayError
-from protocol.broker_url import add_credential_options
+from protocol.broker_url import add_credential_options, parse_broker_url
 
 if TYPE_CHECKING:
     from cloud_gateway.runtime.gateway import Gateway
@@ -71,9 +71,13 @@ def _run(args: argparse.Namespace) -> int:
 
 def _announce(gateway: Gateway) -> None:
     """One line on stdout once serving, so scripts using `--http-port 0` learn the port."""
-    host = gateway.settings.http_host
+    s = gateway.settings
+    link = "connected" if gateway.link_connected else "connecting"
+    broker = parse_broker_url(s.broker).redacted()  # never a password given in the URL
     print(
-        f"gateway ready on http://{host}:{gateway.http_port} trust={gateway.trust_path}", flush=True
+        f"gateway ready on http://{s.http_host}:{gateway.http_port} trust={gateway.trust_path}"
+        f" broker {broker} ({link}), topic root {s.topic_root}",
+        flush=True,
     )
 
 

@@ -197,6 +197,7 @@ async def test_the_gateway_says_it_is_ready_and_tells_the_outage_and_its_end(
             return re.search(r"gateway ready on http://127.0.0.1:(\d+)", tail(log))
 
         found = await eventually(ready_line, 30.0, "the ready line")
+        assert f"broker mqtt://127.0.0.1:{port} (connecting), topic root edgemart/v1" in tail(log)
         http_port = int(found.group(1))
         assert http_port != 0
         async with (
