@@ -9,11 +9,16 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from agent.config import BROKER_ENV, load_settings
 from agent.errors import AgentError
 from protocol.broker_url import add_credential_options
+
+if TYPE_CHECKING:
+    from agent.runtime.agent import Agent
+
+# `agent.config` (pydantic) and the daemon are imported when `run` runs: `edgemart --help`
+# stays light (tests/edgemart/test_cli.py).
 
 PROFILE_PORT = -2
 """`--api-port` not given: serve on the profile's `api_port`."""
@@ -36,8 +41,7 @@ def _add_verbs(parser: argparse.ArgumentParser) -> None:
     run.add_argument("--device-id", required=True)
     run.add_argument(
         "--broker",
-        required=BROKER_ENV not in os.environ,
-        default=os.environ.get(BROKER_ENV),
+        default=None,
         help="mqtt://HOST:PORT or mqtts://HOST:PORT, or a comma-separated list of a cluster's"
         " nodes, tried in order from the last that worked (env EDGEMART_BROKER)",
     )
@@ -50,6 +54,11 @@ def _add_verbs(parser: argparse.ArgumentParser) -> None:
     )
     run.add_argument("--trust", required=True, type=Path, help="the pinned trust.json")
     run.add_argument("--config", type=Path, default=None, help="a TOML config file")
+    run.add_argument(
+        "--topic-root",
+        default=None,
+        help="MQTT topic root (default: the trust file's, else edgemart/v1)",
+    )
     add_credential_options(
         run, "broker username (env EDGEMART_MQTT_USERNAME; default: the device id)"
     )
@@ -63,12 +72,13 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     _add_verbs(parser)
 
 
-def _credential_options(args: argparse.Namespace) -> dict[str, Any]:
-    """The broker credential options given on the command line, as agent-level overrides."""
+def _options(args: argparse.Namespace) -> dict[str, Any]:
+    """The agent-level options given on the command line, as overrides."""
     given = {
         "mqtt_username": args.mqtt_username,
         "mqtt_password_file": args.mqtt_password_file,
         "mqtt_ca_file": args.mqtt_ca_file,
+        "topic_root": args.topic_root,
     }
     return {k: str(v) if isinstance(v, Path) else v for k, v in given.items() if v is not None}
 
@@ -82,30 +92,51 @@ def cmd_run(args: argparse.Namespace) -> int:
         else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    from agent.runtime.agent import run_agent  # noqa: PLC0415  # keeps `edgemart --help` light
+    from agent.config import BROKER_ENV, load_settings  # noqa: PLC0415  # light `--help`
+    from agent.runtime.agent import run_agent  # noqa: PLC0415
+    from daemonkit.ports import busy  # noqa: PLC0415
 
+    broker = args.broker or os.environ.get(BROKER_ENV)
+    if not broker:
+        print(f"edgemart agent: --broker is required (or set {BROKER_ENV})", file=sys.stderr)
+        return 2
     try:
         profile_port = args.api_port == PROFILE_PORT
         api_port = None if profile_port else args.api_port
         settings = load_settings(
             profile=args.profile,
             device_id=args.device_id,
-            broker=args.broker,
+            broker=broker,
             data_dir=args.data_dir,
             api_port=api_port,
             trust=args.trust,
             config_file=args.config,
-            overrides=_credential_options(args),
+            overrides=_options(args),
         )
         if profile_port:
             settings = settings.model_copy(update={"api_port": settings.profile.api_port})
-        asyncio.run(run_agent(settings))
+        if settings.api_port is not None and (why := busy("127.0.0.1", settings.api_port)):
+            flag = "--api-port" if not profile_port else "--api-port (the profile's api_port)"
+            print(f"edgemart agent: {flag} {settings.api_port}: {why}", file=sys.stderr)
+            return 2
+        asyncio.run(run_agent(settings, on_ready=_announce))
     except AgentError as exc:
         print(f"edgemart agent: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130
     return 0
+
+
+def _announce(agent: Agent) -> None:
+    """One line on stdout once serving, so scripts using `--api-port 0` learn the port."""
+    api = f"http://127.0.0.1:{agent.api_port}" if agent.api_port is not None else "off"
+    link = "connected" if agent.link.connected.is_set() else "connecting"
+    print(
+        f"agent {agent.settings.device_id} ready: local API {api}, broker"
+        f" {agent.link.broker} ({link}), topic root {agent.settings.topic_root}",
+        flush=True,
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

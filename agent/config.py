@@ -381,8 +381,10 @@ def load_settings(  # noqa: PLR0917  # the published seam takes these positional
         ov = dict(overrides)
         top_agent = {k: ov.pop(k) for k in list(ov) if k in AGENT_KEYS}
         ov["agent"] = _merge(dict(ov.get("agent", {})), top_agent)
-        layers.append(("overrides", ov))
+        layers.append(("command line", ov))
     source = str(profile_file)
+    origin: dict[str, str] = {}
+    """The layer that last set each agent-level key: an error names where a value came from."""
     for source, layer in layers:
         prof_part, agent_part = _split(layer)
         if "mqtt_password" in agent_part and source != "environment":
@@ -394,6 +396,7 @@ def load_settings(  # noqa: PLR0917  # the published seam takes these positional
             )
         profile_doc = _merge(profile_doc, prof_part)
         agent_doc = _merge(agent_doc, agent_part)
+        origin.update(dict.fromkeys(agent_part, source))
         _validate_profile(profile_doc, source)
     validated = _validate_profile(profile_doc, source)
     urls = _brokers(broker)
@@ -418,9 +421,12 @@ def load_settings(  # noqa: PLR0917  # the published seam takes these positional
         )
     except ValidationError as exc:
         first = field_errors(exc)[0]
-        raise ConfigError(first["msg"], source=source, field=first["loc"]) from exc
+        # a value no layer set is one of the arguments (`--device-id`, `--data-dir`, ...)
+        where = origin.get(str(first["loc"]).split(".")[0], "command line")
+        raise ConfigError(first["msg"], source=where, field=first["loc"]) from exc
     try:
         settings.topics.keys()
     except ValueError as exc:
-        raise ConfigError(str(exc), source=source, field="topic_root") from exc
+        where = origin.get("topic_root", "command line")
+        raise ConfigError(str(exc), source=where, field="topic_root") from exc
     return settings

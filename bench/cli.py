@@ -7,7 +7,7 @@ import importlib
 import sys
 from pathlib import Path
 
-from bench.record import Record, write_results
+from bench.record import Record, merged, read_records, write_results
 
 ROOT = Path(__file__).resolve().parents[1]
 SUITES = [
@@ -43,7 +43,10 @@ def run(only: list[str] | None = None) -> list[Record]:
 
 def cmd_bench(args: argparse.Namespace) -> int:
     records = run(args.only)
-    write_results(records, Path(args.out), Path(args.table))
+    out = Path(args.out)
+    # `--only` re-measures some suites: their figures replace theirs, the rest stay
+    kept = merged(read_records(out), records) if args.only else records
+    write_results(kept, out, Path(args.table))
     for r in records:
         sys.stdout.write(
             f"{r.name:40s} {r.value:14,.4g} {r.unit:12s} ratio {r.ratio:.3g} vs {r.baseline}\n"
@@ -52,7 +55,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--only", nargs="*", help="run only suites whose name contains this")
+    parser.add_argument(
+        "--only",
+        nargs="*",
+        help="run only suites whose name contains this; their figures replace theirs in --out"
+        " and --table, the other figures stay",
+    )
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "latest.json"))
     parser.add_argument("--table", default=str(ROOT / "docs" / "benchmarks.md"))
     parser.set_defaults(func=cmd_bench)

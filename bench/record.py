@@ -64,6 +64,23 @@ def percentiles(samples: list[float], *points: float) -> list[float]:
     return out
 
 
+def read_records(results: Path) -> list[Record]:
+    """The records of an earlier `write_results` (none when the file is missing)."""
+    if not results.exists():
+        return []
+    payload = json.loads(results.read_text(encoding="utf-8"))
+    fields = ("name", "value", "unit", "baseline", "baseline_value", "note")
+    return [Record(**{k: r[k] for k in fields if k in r}) for r in payload.get("records", [])]
+
+
+def merged(earlier: list[Record], fresh: list[Record]) -> list[Record]:
+    """`earlier` with each figure measured again replaced in place, new ones at the end: a
+    run of some suites (`edgemart bench --only ...`) keeps the others' figures."""
+    by_name = {r.name: r for r in fresh}
+    out = [by_name.pop(r.name, r) for r in earlier]
+    return out + [r for r in fresh if r.name in by_name]
+
+
 def write_results(records: list[Record], results: Path, table: Path) -> None:
     meta = {
         "generated_at": format_time(utcnow()),

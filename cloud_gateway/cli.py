@@ -8,12 +8,16 @@ import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from cloud_gateway.config import db_option, load_settings, mqtt_credentials
-from cloud_gateway.errors import GatewayError
-from cloud_gateway.runtime.gateway import Gateway, run_gateway
-from cloud_gateway.security.auth import create_token
-from protocol.broker_url import add_credential_options
+from cloud_gateway.errors import ConfigError, GatewayError
+from protocol.broker_url import add_credential_options, parse_broker_url
+
+if TYPE_CHECKING:
+    from cloud_gateway.runtime.gateway import Gateway
+
+# The settings (pydantic) and the gateway itself are imported when a verb runs, so that
+# `edgemart --help` stays light (tests/edgemart/test_cli.py).
 
 DB_HELP = (
     "the database: a SQLite file (default DATA_DIR/gateway.db; one worker) or"
@@ -21,7 +25,25 @@ DB_HELP = (
 )
 
 
+def _database(args: argparse.Namespace) -> str | None:
+    """The `--db` option, else `EDGEMART_DB`; GatewayError naming which one holds a bad value."""
+    from cloud_gateway.config import DB_ENV, db_option, sqlite_path  # noqa: PLC0415
+
+    db = db_option(args.db)
+    if db is not None:
+        try:
+            sqlite_path(db)
+        except ValueError as exc:
+            where = "--db" if args.db else DB_ENV
+            raise ConfigError(str(exc), source=where, field="db") from None
+    return db
+
+
 def _run(args: argparse.Namespace) -> int:
+    from cloud_gateway.config import load_settings, mqtt_credentials  # noqa: PLC0415
+    from cloud_gateway.runtime.gateway import run_gateway  # noqa: PLC0415
+    from daemonkit.ports import busy  # noqa: PLC0415
+
     verbose = args.verbose or 0
     logging.basicConfig(  # a no-op under `edgemart`, which configures logging itself
         level=logging.WARNING if verbose <= 0 else logging.INFO if verbose == 1 else logging.DEBUG,
@@ -33,26 +55,46 @@ def _run(args: argparse.Namespace) -> int:
         **credentials,
         broker=args.broker,
         data_dir=args.data_dir,
-        db=db_option(args.db),
+        db=_database(args),
         http_port=args.http_port,
         http_host=args.http_host,
         shared_group=args.shared_group,
         topic_root=args.topic_root,
     )
+    why = busy(settings.http_host, settings.http_port)
+    if why is not None:  # before the keys, the database or the broker are touched
+        print(f"edgemart gateway: --http-port {settings.http_port}: {why}", file=sys.stderr)
+        return 2
     asyncio.run(run_gateway(settings, on_ready=_announce))
     return 0
 
 
 def _announce(gateway: Gateway) -> None:
     """One line on stdout once serving, so scripts using `--http-port 0` learn the port."""
-    host = gateway.settings.http_host
+    s = gateway.settings
+    link = "connected" if gateway.link_connected else "connecting"
+    broker = parse_broker_url(s.broker).redacted()  # never a password given in the URL
     print(
-        f"gateway ready on http://{host}:{gateway.http_port} trust={gateway.trust_path}", flush=True
+        f"gateway ready on http://{s.http_host}:{gateway.http_port} trust={gateway.trust_path}"
+        f" broker {broker} ({link}), topic root {s.topic_root}",
+        flush=True,
     )
 
 
 def _token_create(args: argparse.Namespace) -> int:
-    settings = load_settings("command line", data_dir=args.data_dir, db=db_option(args.db))
+    from cloud_gateway.config import load_settings  # noqa: PLC0415
+    from cloud_gateway.security.auth import create_token  # noqa: PLC0415
+
+    settings = load_settings("command line", data_dir=args.data_dir, db=_database(args))
+    if settings.db_url is None and not settings.db_path.exists():
+        # a SQLite gateway's first start makes its database: none there, no gateway there
+        flag = f"--data-dir {args.data_dir}" if settings.db is None else f"--db {settings.db}"
+        print(
+            f"edgemart gateway: {flag}: no gateway there (no database {settings.db_path}); give"
+            " the --data-dir (or --db) of `edgemart gateway run`",
+            file=sys.stderr,
+        )
+        return 2
     print(create_token(args.data_dir, db=settings.db))
     return 0
 
@@ -80,7 +122,7 @@ def add_verbs(parser: argparse.ArgumentParser) -> None:
     run.add_argument("--http-port", required=True, type=int, help="0 picks a free port")
     run.add_argument("--http-host", default=None, help="default 127.0.0.1")
     run.add_argument("--shared-group", default=None, help="consume as $share/GROUP/...")
-    run.add_argument("--topic-root", default=None, help="default edgemart/v1")
+    run.add_argument("--topic-root", default=None, help="MQTT topic root (default edgemart/v1)")
     add_credential_options(run, "broker username (env EDGEMART_MQTT_USERNAME)")
     run.add_argument("-v", "--verbose", action="count", default=0, help="-v info, -vv debug")
     run.set_defaults(func=_guard, verb=_run)

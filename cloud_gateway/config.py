@@ -47,7 +47,7 @@ def sqlite_path(db: str) -> Path | None:
     if path.strip() and "://" not in path and "\0" not in path:
         return Path(path)
     raise ValueError(
-        f"--db ({DB_ENV}) {db!r} is neither a SQLite file (a path or sqlite:///PATH)"
+        f"the database {db!r} is neither a SQLite file (a path or sqlite:///PATH)"
         " nor a PostgreSQL URL (postgresql://USER@HOST:PORT/DATABASE)"
     )
 

@@ -31,12 +31,15 @@ from pathlib import Path
 from typing import Any
 
 from models.errors import ModelError
-from models.export import export_logs, shipped_specs
 from models.layout import DEFAULT_DIR, FAMILIES, TABLE_FILE
-from models.publish import publish, rollout
 
 # Training needs the `train` extra (onnx, scikit-learn, matplotlib): those verbs import it
-# when they run, so `edgemart` works on a device or gateway installed without it.
+# when they run, so `edgemart` works on a device or gateway installed without it, and says
+# which extra to install when it is missing (`_guard`). Export (pydantic) and publish
+# (aiohttp) are imported when they run too: `edgemart --help` stays light.
+
+TRAIN_EXTRA = frozenset({"onnx", "sklearn", "matplotlib", "scipy"})
+"""Top-level modules of the `train` extra."""
 
 
 def register(subparsers: argparse._SubParsersAction[Any]) -> None:
@@ -97,8 +100,21 @@ def _guard(verb: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Name
         except (ModelError, ValueError) as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 1
+        except ModuleNotFoundError as exc:
+            if (exc.name or "").split(".")[0] not in TRAIN_EXTRA:
+                raise
+            print(f"error: {missing_train_extra(exc)}", file=sys.stderr)
+            return 1
 
     return run
+
+
+def missing_train_extra(exc: ModuleNotFoundError) -> str:
+    """What to do when a training verb runs without the `train` extra."""
+    return (
+        f"this verb needs the train extra (no module {exc.name!r}): install it with"
+        " pip install 'edgemart[train]', or pip install -e '.[train]' in a clone"
+    )
 
 
 def _gateway_args(parser: argparse.ArgumentParser) -> None:
@@ -119,6 +135,8 @@ def _token(args: argparse.Namespace) -> str:
 
 
 def _export(args: argparse.Namespace) -> int:
+    from models.export import export_logs, shipped_specs  # noqa: PLC0415 - pydantic
+
     stats = export_logs(args.data_dir, args.out, fallback=shipped_specs())
     print(f"wrote {stats.written} examples ({stats.clicks} clicks) to {args.out}")
     if stats.skipped:
@@ -143,6 +161,8 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _publish(args: argparse.Namespace) -> int:
+    from models.publish import publish  # noqa: PLC0415 - aiohttp
+
     profiles = [p for p in args.profiles.split(",") if p]
     result = asyncio.run(
         publish(
@@ -165,6 +185,8 @@ def _publish(args: argparse.Namespace) -> int:
 
 
 def _rollout(args: argparse.Namespace) -> int:
+    from models.publish import rollout  # noqa: PLC0415 - aiohttp
+
     result = asyncio.run(
         rollout(args.gateway, _token(args), args.version, percent=args.percent, cohort=args.cohort)
     )

@@ -34,6 +34,12 @@ do not edit by hand. The prose contract, with the parts marked fixed, is `PROTOC
 | --- | --- | --- |
 {topics}
 
+The names under the root are fixed; the root is configurable. Every command takes
+`--topic-root` (the gateway writes its root into `trust.json`, and an agent without the option
+takes the trust file's). The QA runs (`edgemart demo`, `edgemart fleet`) use a fresh root of
+their own, `edgemart-qa/<run>-<id>/v1`, so on a broker a real gateway uses they reach none of
+its devices, and they clear every retained message they left under it when they end.
+
 ## Unknown fields: extend, never rename
 The contract grows by new optional fields, and what a reader does with a field it does not
 know depends on the direction:

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The whole test suite on a fresh machine: Mosquitto, PostgreSQL's server binaries, NATS and
-# chromium (apt-get when missing), a virtual
+# The whole test suite on a fresh machine: Mosquitto, PostgreSQL's server binaries, NATS,
+# chromium and systemd-analyze (apt-get --no-install-recommends when missing), a virtual
 # environment with the dev extras, then lint (ruff), types (mypy --strict), the generated
 # protocol reference check, and pytest. Arguments go to pytest.
 set -euo pipefail
@@ -38,6 +38,14 @@ if ! command -v chromium >/dev/null 2>&1; then
   [ "$(id -u)" = "0" ] || SUDO="sudo"
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends chromium
+fi
+
+# The agent's systemd unit is checked with `systemd-analyze verify` (tests/e2e/test_deploy.py).
+if ! command -v systemd-analyze >/dev/null 2>&1; then
+  SUDO=""
+  [ "$(id -u)" = "0" ] || SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends systemd
 fi
 
 PYTHON="${PYTHON:-python3}"

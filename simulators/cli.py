@@ -1,4 +1,6 @@
-"""`edgemart demo`: run the whole loop on one machine and print (and write) its report."""
+"""`edgemart demo` and `edgemart fleet`: run a QA loop on one machine and print (and write)
+its report. The runs themselves (and rich, aiohttp, the gateway) are imported when a verb
+runs, so that `edgemart --help` stays light."""
 
 from __future__ import annotations
 
@@ -9,41 +11,62 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from rich.console import Console
-from rich.table import Table
+from simulators.options import FAULTS, FLEET_GUIDE, DemoOptions, FleetOptions
 
-from simulators import fleet
-from simulators.demo import DemoOptions, run_demo, succeeded
+DEMO_TOTALS = (
+    "signals_accepted",
+    "signals_stored",
+    "signals_in_aggregates",
+    "signals_lost",
+    "signals_duplicated",
+    "offers_pushed",
+    "offers_verified",
+    "offers_rejected",
+    "bundles_rejected",
+    "forged_bundles_sent",
+    "forged_offers_sent",
+    "tampered_bundles_sent",
+    "tampered_offers_sent",
+    "decisions",
+    "decision_p50_ms",
+    "decision_p99_ms",
+    "outcomes_recorded",
+    "outcomes_stored",
+    "topic_root",
+)
+
+
+def broker_problem(url: str) -> str | None:
+    """Why `--broker URL` cannot be used (bad URL, nothing listening), or None: checked
+    before the run starts anything, so a wrong address costs one line and nothing else."""
+    from daemonkit.ports import unreachable  # noqa: PLC0415
+    from protocol.broker_url import parse_broker_url  # noqa: PLC0415
+
+    try:
+        parsed = parse_broker_url(url)
+    except ValueError as exc:
+        return str(exc)
+    return unreachable(parsed.host, parsed.port)
 
 
 def _print_report(report: dict[str, Any]) -> None:
+    from rich.console import Console  # noqa: PLC0415
+    from rich.table import Table  # noqa: PLC0415
+
+    from simulators.demo import succeeded  # noqa: PLC0415
+
     console = Console(stderr=False, width=110)
     verdict = "[green]OK[/green]" if succeeded(report) else "[red]FAILED[/red]"
     console.print(
         f"\n[bold]Edgemart demo[/bold] ({report['broker']}, {report['duration_s']} s): {verdict}"
     )
     totals = Table(show_header=False, box=None)
-    for key in (
-        "signals_accepted",
-        "signals_stored",
-        "signals_in_aggregates",
-        "signals_lost",
-        "signals_duplicated",
-        "offers_pushed",
-        "offers_verified",
-        "offers_rejected",
-        "forged_offers_sent",
-        "decisions",
-        "decision_p50_ms",
-        "decision_p99_ms",
-        "outcomes_recorded",
-        "outcomes_stored",
-    ):
+    for key in DEMO_TOTALS:
         totals.add_row(key, str(report[key]))
     console.print(totals)
     devices = Table(
         "device",
-        "signals in/stored",
+        "signals in/stored/in aggregates",
         "offers ok/refused",
         "decisions",
         "clicks",
@@ -52,8 +75,7 @@ def _print_report(report: dict[str, Any]) -> None:
     for d in report["devices"]:
         devices.add_row(
             d["device_id"],
-            f"{d['signals_accepted']}/{d['signals_stored'] + d.get('signals_in_aggregates', 0)}"
-            + (" (aggregates)" if d.get("uplink_mode") == "aggregate" else ""),
+            f"{d['signals_accepted']}/{d['signals_stored']}/{d.get('signals_in_aggregates', 0)}",
             f"{d['offers_verified']}/{d['offers_rejected']}",
             str(d["decisions"]),
             str(d["clicks"]),
@@ -63,17 +85,30 @@ def _print_report(report: dict[str, Any]) -> None:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    if args.broker and (why := broker_problem(args.broker)):
+        sys.stderr.write(f"edgemart demo: --broker {args.broker}: {why}\n")
+        return 2
+    from simulators.demo import refusals_match, run_demo, succeeded  # noqa: PLC0415
+
     options = DemoOptions(
         broker=args.broker,
         data_dir=Path(args.data_dir) if args.data_dir else None,
         seed=args.seed,
+        topic_root=args.topic_root,
     )
-    report = asyncio.run(run_demo(options))
+    try:
+        report = asyncio.run(run_demo(options))
+    except asyncio.CancelledError:  # SIGTERM (SIGINT ends as KeyboardInterrupt: exit 130)
+        sys.stderr.write("edgemart demo: stopped; what it left retained is cleared\n")
+        return 143
     _print_report(report)
     if args.report:
         Path(args.report).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     if not succeeded(report):
-        sys.stderr.write("demo: something was lost or refused wrongly; see the report\n")
+        why = "something was lost or refused wrongly"
+        if not refusals_match(report):
+            why = "the refusals are not exactly the forged and tampered bundles sent"
+        sys.stderr.write(f"demo: {why}; see the report\n")
         return 1
     return 0
 
@@ -81,7 +116,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_fleet(args: argparse.Namespace) -> int:
     faults = tuple(f for f in (args.faults or "").split(",") if f)
     try:
-        options = fleet.FleetOptions(
+        options = FleetOptions(
             households=args.households,
             broker=args.broker,
             data_dir=Path(args.data_dir) if args.data_dir else None,
@@ -91,10 +126,19 @@ def cmd_fleet(args: argparse.Namespace) -> int:
             duration_s=args.duration,
             faults=faults,
             crash_devices=args.crash_devices,
+            topic_root=args.topic_root,
         )
     except ValueError as exc:
-        sys.stderr.write(f"fleet: {exc}\n")
+        sys.stderr.write(f"edgemart fleet: {exc}\n")
         return 2
+    if args.broker not in (None, "mosquitto") and (why := broker_problem(args.broker)):
+        sys.stderr.write(f"edgemart fleet: --broker {args.broker}: {why}\n")
+        return 2
+    from rich.console import Console  # noqa: PLC0415
+    from rich.table import Table  # noqa: PLC0415
+
+    from simulators import fleet  # noqa: PLC0415
+
     report = asyncio.run(fleet.run_fleet(options))
     console = Console(stderr=False, width=110)
     ok = fleet.succeeded(report)
@@ -118,26 +162,34 @@ def cmd_fleet(args: argparse.Namespace) -> int:
     return 0
 
 
+TOPIC_ROOT_HELP = (
+    "MQTT topic root of this run (default: a fresh edgemart-qa/... one, so a real gateway and"
+    " its devices on the same broker see nothing). What it leaves retained under an"
+    " edgemart-qa/ root is cleared at the end; under any other root it is left as it is"
+)
+
+
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     demo = sub.add_parser("demo", help="broker + gateway + a simulated household, then a report")
     demo.add_argument("--broker", help="mqtt://HOST:PORT (default: an embedded amqtt broker)")
     demo.add_argument("--report", help="also write the report as JSON to this file")
     demo.add_argument("--data-dir", help="keep state here instead of a temporary folder")
     demo.add_argument("--seed", type=int, default=7)
+    demo.add_argument("--topic-root", default=None, help=TOPIC_ROOT_HELP)
     demo.add_argument("-v", "--verbose", action="count", default=0)
     demo.set_defaults(func=cmd_demo)
 
     run = sub.add_parser(
         "fleet",
         help="QA: simulated households against one gateway, with faults, then the loss report",
-        description=fleet.__doc__,
+        description=FLEET_GUIDE,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     run.add_argument("--households", type=int, default=3, help="4 devices each (default: 3)")
     run.add_argument(
         "--faults",
         default="",
-        help=f"comma-separated, injected in the middle third: {', '.join(fleet.FAULTS)}",
+        help=f"comma-separated, injected in the middle third: {', '.join(FAULTS)}",
     )
     run.add_argument(
         "--crash-devices",
@@ -160,5 +212,6 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     run.add_argument(
         "--duration", type=float, default=12.0, help="seconds the rounds span (default: 12)"
     )
+    run.add_argument("--topic-root", default=None, help=TOPIC_ROOT_HELP)
     run.add_argument("-v", "--verbose", action="count", default=0)
     run.set_defaults(func=cmd_fleet)

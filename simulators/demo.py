@@ -2,6 +2,9 @@
 
 Everything runs in one process and one event loop, over real sockets: MQTT through the
 broker (embedded amqtt unless `--broker` names another), the operator's calls over HTTP.
+It runs under a topic root of its own (`simulators.options.fresh_root`), so on a broker a
+real gateway uses it reaches none of the real devices; on a broker it does not own it clears
+every retained message it left there when it ends, also on SIGINT or SIGTERM.
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import signal
 import statistics
 import tempfile
 import time
@@ -29,22 +33,24 @@ from protocol.signing import Signer
 from protocol.topics import Topics
 from simulators.checker import Drops, account, check, coverage
 from simulators.household import Household
+from simulators.options import DemoOptions, fresh_root, sweepable
+from simulators.retained import clear_retained
 from simulators.world import World, make_world
 
 log = logging.getLogger(__name__)
 
+__all__ = ["DemoOptions", "run_demo", "succeeded"]
+
 
 @dataclass(frozen=True, slots=True)
-class DemoOptions:
-    broker: str | None = None
-    data_dir: Path | None = None
-    seed: int = 7
-    household: int = 3
-    signals_per_device: int | None = None  # None: a week at the persona's own rate
-    live_signals_per_device: int = 150
-    history: timedelta = timedelta(days=7) - timedelta(minutes=5)
-    browse_rounds: int = 40
-    drain_timeout: float = 20.0
+class Attack:
+    """What the demo's attacker sent a device: bundles signed by a key the device does not
+    trust (forged) and real bundles changed after signing (tampered), and their offers."""
+
+    forged_bundles: int = 0
+    forged_offers: int = 0
+    tampered_bundles: int = 0
+    tampered_offers: int = 0
 
 
 @contextlib.asynccontextmanager
@@ -96,9 +102,9 @@ class Operator:
             return data
 
 
-async def _attack(broker_url: str, topics: Topics, device_id: str) -> int:
-    """Publish a forged bundle and a tampered copy of a real one to a device; return how
-    many offers they carried (every one of them must be refused)."""
+async def _attack(broker_url: str, topics: Topics, device_id: str) -> Attack:
+    """Publish a forged bundle and a tampered copy of a real one to a device; every bundle
+    and every offer in them must be refused."""
     host, port = broker_url.removeprefix("mqtt://").rsplit(":", 1)
     catalog = topics.cohort_offers("all")
     async with aiomqtt.Client(host, int(port), identifier=f"attacker-{new_id()[-12:]}") as client:
@@ -126,18 +132,48 @@ async def _attack(broker_url: str, topics: Topics, device_id: str) -> int:
             }
         )
         rogue = Signer.generate("rogue").sign(forged.to_wire())
-        sent = len(forged_offers)
         await client.publish(topics.offers(device_id), codec.encode_dict(rogue), qos=1)
+        attack = Attack(forged_bundles=1, forged_offers=max(1, len(forged_offers)))
         if real is not None:
             tampered = json.loads(json.dumps(real))
             tampered["id"] = new_id()
             tampered["offers"][0]["discount"] = 0.99
             await client.publish(topics.offers(device_id), codec.encode_dict(tampered), qos=1)
-            sent += len(tampered["offers"])
-        return sent
+            attack = Attack(attack.forged_bundles, attack.forged_offers, 1, len(tampered["offers"]))
+        return attack
 
 
 async def run_demo(options: DemoOptions) -> dict[str, Any]:
+    """The whole demo under its own topic root; SIGTERM ends it as SIGINT does (cancelled),
+    and either way what it left retained on a broker it does not own is cleared."""
+    root = options.topic_root or fresh_root("demo")
+    task = asyncio.current_task()
+    loop = asyncio.get_running_loop()
+    handled = False
+    if task is not None:
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(signal.SIGTERM, task.cancel)
+            handled = True
+    try:
+        report = await _run_demo(options, root)
+    finally:
+        if handled:
+            loop.remove_signal_handler(signal.SIGTERM)
+        if options.broker is not None and sweepable(root):
+            # after the gateway and every device left (their goodbyes are retained too)
+            await asyncio.shield(_sweep(options.broker, root))
+    report["topic_root"] = root
+    return report
+
+
+async def _sweep(broker: str, root: str) -> None:
+    try:
+        await clear_retained(broker, root)
+    except (aiomqtt.MqttError, OSError) as exc:
+        log.warning("could not clear the retained messages under %s at %s: %s", root, broker, exc)
+
+
+async def _run_demo(options: DemoOptions, root: str) -> dict[str, Any]:
     from cloud_gateway.config import GatewaySettings  # noqa: PLC0415
     from cloud_gateway.runtime.gateway import Gateway  # noqa: PLC0415
     from cloud_gateway.security.auth import create_token  # noqa: PLC0415
@@ -145,19 +181,20 @@ async def run_demo(options: DemoOptions) -> dict[str, Any]:
     started = time.monotonic()
     world = make_world(options.seed, households=max(options.household + 1, 8))
     with contextlib.ExitStack() as stack:
-        root = options.data_dir or Path(stack.enter_context(tempfile.TemporaryDirectory()))
+        data = options.data_dir or Path(stack.enter_context(tempfile.TemporaryDirectory()))
         async with _broker(options.broker) as broker_url:
-            settings = GatewaySettings(broker=broker_url, data_dir=root / "gateway", http_port=0)
+            settings = GatewaySettings(
+                broker=broker_url, data_dir=data / "gateway", http_port=0, topic_root=root
+            )
             async with Gateway(settings) as gateway, aiohttp.ClientSession() as http:
-                operator = Operator(
-                    http, f"http://127.0.0.1:{gateway.http_port}", create_token(settings.data_dir)
-                )
+                token = await asyncio.to_thread(create_token, settings.data_dir)
+                operator = Operator(http, f"http://127.0.0.1:{gateway.http_port}", token)
                 async with Household(
                     world,
                     options.household,
                     broker=broker_url,
                     trust=gateway.trust_path,
-                    data_dir=root / "devices",
+                    data_dir=data / "devices",
                     seed=options.seed,
                 ) as household:
                     surfaces = sorted(
@@ -170,7 +207,7 @@ async def run_demo(options: DemoOptions) -> dict[str, Any]:
                     await household.use(per_device, history=options.history)
                     await _wait_for_offers(household, timeout=15.0)
                     tv = next(r for r in household.runs if r.spec.profile == "tv")
-                    attacked = await _attack(broker_url, Topics(), tv.spec.device_id)
+                    attack = await _attack(broker_url, Topics(root), tv.spec.device_id)
                     # the evening: people browse while the devices keep reporting live usage
                     await asyncio.gather(
                         household.browse(options.browse_rounds),
@@ -178,7 +215,7 @@ async def run_demo(options: DemoOptions) -> dict[str, Any]:
                     )
                     drained = await household.drain(options.drain_timeout)
                     await asyncio.sleep(0.2)
-                    report = await _report(household, operator, attacked, drained)
+                    report = await _report(household, operator, attack, drained)
     report["duration_s"] = round(time.monotonic() - started, 2)
     report["broker"] = "embedded amqtt" if options.broker is None else options.broker
     return report
@@ -194,7 +231,7 @@ async def _wait_for_offers(household: Household, timeout: float) -> None:
 
 
 async def _report(
-    household: Household, operator: Operator, attacked: int, drained: bool
+    household: Household, operator: Operator, attack: Attack, drained: bool
 ) -> dict[str, Any]:
     accepted = {run.spec.device_id: run.accepted for run in household.runs}
     stored: dict[str, list[str]] = {}
@@ -219,6 +256,7 @@ async def _report(
                 "uplink_mode": run.agent.settings.profile.uplink.mode,
                 "offers_verified": counters.get("offers_verified", 0),
                 "offers_rejected": counters.get("offers_rejected", 0),
+                "bundles_rejected": counters.get("bundles_rejected", 0),
                 "decisions": run.decisions,
                 "shown": run.shown,
                 "clicks": run.clicks,
@@ -233,7 +271,7 @@ async def _report(
     p50, p99 = _quantiles(latencies)
     return {
         "signals_accepted": loss.accepted,
-        "signals_stored": books.stored + books.aggregated,
+        "signals_stored": books.stored,
         "signals_in_aggregates": books.aggregated,
         "signals_dropped_on_purpose": books.evicted + books.expired + books.withdrawn,
         "signals_lost": books.lost,
@@ -242,7 +280,11 @@ async def _report(
         "offers_pushed": int(stats.get("offers_pushed", 0)),
         "offers_verified": sum(d["offers_verified"] for d in devices),
         "offers_rejected": sum(d["offers_rejected"] for d in devices),
-        "forged_offers_sent": attacked,
+        "bundles_rejected": sum(d["bundles_rejected"] for d in devices),
+        "forged_bundles_sent": attack.forged_bundles,
+        "forged_offers_sent": attack.forged_offers,
+        "tampered_bundles_sent": attack.tampered_bundles,
+        "tampered_offers_sent": attack.tampered_offers,
         "decisions": sum(d["decisions"] for d in devices),
         "decision_p50_ms": round(p50, 3),
         "decision_p99_ms": round(p99, 3),
@@ -263,12 +305,26 @@ def _quantiles(samples: list[float]) -> tuple[float, float]:
     return cuts[49], cuts[98]
 
 
+def refusals_match(report: dict[str, Any]) -> bool:
+    """The devices refused exactly what the attacker sent: a forged and a tampered bundle,
+    every offer in them, and nothing else (a real bundle refused is a failure too)."""
+    bundles = report["forged_bundles_sent"] + report["tampered_bundles_sent"]
+    offers = report["forged_offers_sent"] + report["tampered_offers_sent"]
+    return bool(
+        report["forged_bundles_sent"] > 0
+        and report["tampered_bundles_sent"] > 0
+        and report["bundles_rejected"] == bundles
+        and report["offers_rejected"] == offers
+    )
+
+
 def succeeded(report: dict[str, Any]) -> bool:
-    """The demo's verdict: nothing lost, and every device verified offers and decided."""
+    """The demo's verdict: nothing lost, the refusals exactly the attacks, and every device
+    verified offers and decided."""
     return (
         report["signals_lost"] == 0
         and report["signals_duplicated"] == 0
-        and report["offers_rejected"] >= report["forged_offers_sent"] > 0
+        and refusals_match(report)
         and all(d["offers_verified"] > 0 and d["decisions"] > 0 for d in report["devices"])
         and report["outcomes_stored"] == report["outcomes_recorded"]
     )

@@ -1,27 +1,6 @@
-"""`edgemart fleet`: a QA run of many simulated households against one gateway, with faults,
-ending in the loss accounting of every device.
-
-Every device is the real agent (in this process, on its own SQLite files), every signal goes
-through the broker to the gateway and is checked against its export. Faults begin in the
-middle third of the run, one a round in this order, while the households keep using their
-devices, and all end with it:
-
-- `gateway-restart`: the gateway stops; the broker queues what devices send for its session;
-- `broker-restart`: the broker this run started goes down and comes back on the same port:
-  the embedded amqtt broker stops, losing what it held in memory (sessions, the queue kept
-  for the stopped gateway); a private Mosquitto (`broker="mosquitto"`) is killed with
-  SIGKILL and restarts from its persistence file, losing what it had not saved yet. Devices
-  send again what the gateway never acknowledged. (Not with a broker URL: a broker this run
-  does not own cannot be restarted by it.)
-- `partition`: the devices' network goes dark without closing a socket (a dead Wi-Fi link;
-  `simulators.netfault.PartitionProxy` between every device and the broker), then comes back;
-- `agent-kill`: the fleet also runs `crash_devices` TVs as real `edgemart agent run`
-  processes, fed over their local HTTP API; they are killed with SIGKILL (a power cut: only
-  what is on disk survives) and started again on the same data.
-
-The verdict (`succeeded`): no accepted signal lost, none stored twice, nothing unexpected,
-every device drained.
-"""
+"""`edgemart fleet`: many simulated households against one gateway, with faults, ending in
+the loss accounting of every device (the faults and the verdict: `simulators.options.
+FLEET_GUIDE`, which `edgemart fleet --help` prints)."""
 
 from __future__ import annotations
 
@@ -37,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import aiomqtt
 
 from cloud_gateway.config import GatewaySettings
 from cloud_gateway.runtime.gateway import Gateway
@@ -48,42 +28,11 @@ from simulators.demo import Operator
 from simulators.faults import AgentProcess
 from simulators.household import CONSENT_ALL, Household
 from simulators.netfault import PartitionProxy
+from simulators.options import FAULTS, FleetOptions, fresh_root, sweepable
+from simulators.retained import clear_retained
 from simulators.world import make_world
 
 log = logging.getLogger(__name__)
-
-FAULTS = ("gateway-restart", "broker-restart", "partition", "agent-kill")
-"""In the order they begin."""
-
-
-@dataclass(frozen=True, slots=True)
-class FleetOptions:
-    households: int = 3
-    """Each household is a hub, a TV and two phones (`simulators.household`)."""
-    broker: str | None = None
-    """mqtt://HOST:PORT of a running broker; None: an embedded amqtt broker; "mosquitto": a
-    private Mosquitto process on a free port (the binary must be installed)."""
-    data_dir: Path | None = None
-    seed: int = 11
-    rounds: int = 9
-    signals_per_round: int = 20
-    """Per device and round; the rounds are spread over `duration_s`."""
-    duration_s: float = 12.0
-    faults: tuple[str, ...] = ()
-    crash_devices: int = 2
-    """With `agent-kill`: how many TVs run as their own processes, to be killed."""
-    drain_timeout: float = 90.0
-
-    def __post_init__(self) -> None:
-        unknown = set(self.faults) - set(FAULTS)
-        if unknown:
-            raise ValueError(f"unknown fault(s) {sorted(unknown)}; known: {', '.join(FAULTS)}")
-        if "broker-restart" in self.faults and self.broker not in (None, "mosquitto"):
-            raise ValueError("broker-restart needs a broker this run starts (embedded, mosquitto)")
-        if "agent-kill" in self.faults and self.crash_devices < 1:
-            raise ValueError("agent-kill needs at least one crash device")
-        if self.households < 1 or self.rounds < 3:
-            raise ValueError("need at least 1 household and 3 rounds")
 
 
 @dataclass(slots=True)
@@ -102,7 +51,7 @@ class FaultLog:
 class _Cloud:
     """The broker (when embedded) and the gateway, each able to go down and come back."""
 
-    def __init__(self, options: FleetOptions, root: Path) -> None:
+    def __init__(self, options: FleetOptions, root: Path, topic_root: str) -> None:
         self._embedded = EmbeddedBroker() if options.broker is None else None
         self._mosquitto = (
             MosquittoProcess(str(root / "mosquitto")) if options.broker == "mosquitto" else None
@@ -110,7 +59,7 @@ class _Cloud:
         own = self._embedded or self._mosquitto
         self.broker_url = own.url if own is not None else str(options.broker)
         self.settings = GatewaySettings(
-            broker=self.broker_url, data_dir=root / "gateway", http_port=0
+            broker=self.broker_url, data_dir=root / "gateway", http_port=0, topic_root=topic_root
         )
         self.gateway: Gateway | None = None
         self.counters: Counter[str] = Counter()
@@ -220,12 +169,29 @@ class _CrashDevices:
 
 
 async def run_fleet(options: FleetOptions) -> dict[str, Any]:
+    """The run under its own topic root; on a broker it does not own, what it left retained
+    there is cleared at the end, also when it fails or is cancelled."""
+    topic_root = options.topic_root or fresh_root("fleet")
+    outside = options.broker not in (None, "mosquitto") and sweepable(topic_root)
+    try:
+        report = await _run_fleet(options, topic_root)
+    finally:
+        if outside:
+            try:
+                await asyncio.shield(clear_retained(str(options.broker), topic_root))
+            except (aiomqtt.MqttError, OSError) as exc:
+                log.warning("could not clear the retained messages under %s: %s", topic_root, exc)
+    report["topic_root"] = topic_root
+    return report
+
+
+async def _run_fleet(options: FleetOptions, topic_root: str) -> dict[str, Any]:
     started = time.monotonic()
     world = make_world(options.seed, households=max(options.households + 1, 8))
     faults = FaultLog()
     with contextlib.ExitStack() as stack:
         root = options.data_dir or Path(stack.enter_context(tempfile.TemporaryDirectory()))
-        cloud = _Cloud(options, root)
+        cloud = _Cloud(options, root, topic_root)
         async with cloud.running(), contextlib.AsyncExitStack() as devices:
             device_broker = cloud.broker_url
             proxy: PartitionProxy | None = None

@@ -24,6 +24,7 @@ from mqttlink.backoff import Backoff
 from mqttlink.connect import ClientOptions, Credentials, Will
 from mqttlink.connection import Connection, Message
 from mqttlink.errors import MqttLinkError
+from mqttlink.logs import OutageLog
 from mqttlink.reconnect import Reconnector
 from mqttlink.rotation import Rotation
 from protocol import codec
@@ -93,6 +94,7 @@ class Link:
             rotation=Rotation(len(settings.brokers)),
         )
         self.connected = self.machine.connected
+        self._outage = OutageLog(log)
 
     @property
     def state(self) -> LinkState:
@@ -151,15 +153,13 @@ class Link:
 
     def _up(self, conn: Connection) -> None:
         self._metrics.inc("link_connects")
-        log.info("link up: %s as %s", conn.options.broker, self.settings.device_id)
+        self._outage.up(conn.options.broker, f"as {self.settings.device_id}")
         self._on_connected()
 
     def _down(self, error: MqttLinkError, delay: float) -> None:
         self._metrics.inc("link_failures")
-        log.info("link down: %s", error)
-        if delay:
-            log.debug("reconnecting in %.2f s to %s", delay, self.broker)
-        else:
+        self._outage.down(self.broker, error, delay)
+        if not delay:
             log.info("trying the next broker: %s", self.broker)
 
     async def _serve(self, conn: Connection) -> None:

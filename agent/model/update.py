@@ -297,6 +297,7 @@ class ModelUpdater:
                 await self._report(manifest.version, "failed", exc.reason, running)
             return exc.reason
         self._swap(fresh)
+        self.metrics.inc("models_loaded")  # as every model loaded (agent.runtime.build)
         self.metrics.inc("model_updates_applied")
         self.state.update(state="applied", applied_version=fresh.version)
         log.info("model v%d is now running (was v%s)", fresh.version, running)

@@ -10,6 +10,7 @@ import signal
 import time
 from collections import deque
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -36,6 +37,7 @@ from agent.runtime.metrics import Metrics
 from agent.runtime.parts import Parts
 from agent.runtime.status import accounting_of, status_of
 from agent.store.core import Store
+from daemonkit.notify import Notifier, feed_watchdog
 
 log = logging.getLogger(__name__)
 
@@ -331,8 +333,14 @@ class Agent:
         await parts.store.close()
 
 
-async def run_agent(settings: AgentSettings) -> None:
-    """Run one agent until SIGTERM/SIGINT (or cancellation), then shut down gracefully."""
+async def run_agent(
+    settings: AgentSettings, on_ready: Callable[[Agent], None] | None = None
+) -> None:
+    """Run one agent until SIGTERM/SIGINT (or cancellation), then shut down gracefully.
+
+    `on_ready(agent)` once it serves (the CLI prints its ready line). Under systemd
+    (`Type=notify`, `deploy/edgemart-agent.service`) it says READY=1 then, and feeds the
+    watchdog while every supervised loop runs (`daemonkit.notify.feed_watchdog`)."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     installed: list[signal.Signals] = []
@@ -343,9 +351,20 @@ async def run_agent(settings: AgentSettings) -> None:
         except (NotImplementedError, RuntimeError):
             log.debug("cannot install a handler for %s", sig.name)
     try:
-        async with Agent(settings, owns_process=True):
+        async with Agent(settings, owns_process=True) as agent:
+            if on_ready is not None:
+                on_ready(agent)
+            notifier = Notifier.from_env()
+            if notifier is not None:
+                notifier.ready(f"serving as {settings.device_id}")
+            if notifier is not None and notifier.ping_every_s is not None:
+                agent.parts.loops.start(
+                    "watchdog", partial(feed_watchdog, notifier, agent.parts.loops.down)
+                )
             await stop.wait()
             log.info("stopping on signal")
+            if notifier is not None:
+                notifier.stopping()
     finally:
         for sig in installed:
             loop.remove_signal_handler(sig)

@@ -100,6 +100,7 @@ async def _build_on(  # noqa: PLR0917 - the order of the parts, in one place
     slot = ModelSlot()
     try:
         slot.current = await asyncio.to_thread(load_default_model)
+        metrics.inc("models_loaded")  # every model loaded counts: default, kept, rollouts
     except ModelRejected as exc:
         log.error("no usable model, ranking by priority: %s", exc)  # noqa: TRY400
     models_dir = settings.data_dir / "models"
@@ -122,6 +123,7 @@ async def _build_on(  # noqa: PLR0917 - the order of the parts, in one place
     await updates.open()
     # the last good update, else the newest good one kept below it, else the default
     current, previous = await asyncio.to_thread(load_kept, models_dir, updates.refused)
+    metrics.inc("models_loaded", sum(m is not None for m in (current, previous)))
     if current is not None:
         slot.restore(current, previous)
     defaults = profile.consent

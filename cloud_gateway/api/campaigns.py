@@ -10,6 +10,7 @@ from cloud_gateway.api.errors import ApiProblem
 from cloud_gateway.api.routes import Route
 from cloud_gateway.api.schemas import CampaignList
 from cloud_gateway.campaigns.model import Campaign, CampaignIn
+from cloud_gateway.campaigns.reach import CampaignReach
 from cloud_gateway.campaigns.results import CampaignResults
 from protocol.codec import field_errors
 
@@ -25,8 +26,18 @@ async def create_campaign(request: web.Request) -> web.Response:
         raise ApiProblem(
             400, "Bad Request", "the campaign is invalid", errors=field_errors(exc)
         ) from exc
-    campaign = await ctx(request).campaigns.create(spec, who(request))
-    return json_response(campaign.doc(), status=201)
+    campaigns = ctx(request).campaigns
+    campaign = await campaigns.create(spec, who(request))
+    return await _with_audience(request, campaign, status=201)
+
+
+async def _with_audience(
+    request: web.Request, campaign: Campaign, status: int = 200
+) -> web.Response:
+    """The campaign and whom it would reach now (`CampaignReach`): an operator sees at once
+    that a campaign reaches no one."""
+    reach = await ctx(request).campaigns.audience(campaign)
+    return json_response({**campaign.doc(), "audience": reach.model_dump()}, status=status)
 
 
 async def list_campaigns(request: web.Request) -> web.Response:
@@ -41,7 +52,7 @@ async def get_campaign(request: web.Request) -> web.Response:
 
 async def launch_campaign(request: web.Request) -> web.Response:
     campaign = await ctx(request).campaigns.launch(request.match_info["id"], who(request))
-    return json_response(campaign.doc())
+    return await _with_audience(request, campaign)
 
 
 async def pause_campaign(request: web.Request) -> web.Response:
@@ -66,7 +77,7 @@ ROUTES: tuple[Route, ...] = (
         create_campaign,
         "Create a draft campaign",
         body=CampaignIn,
-        responses={201: Campaign, 409: "An offer id is taken"},
+        responses={201: CampaignReach, 409: "An offer id is taken"},
         tags=TAGS,
         links=(
             ("GetCampaign", "get_v1_campaigns_id"),
@@ -97,7 +108,7 @@ ROUTES: tuple[Route, ...] = (
         "/v1/campaigns/{id}/launch",
         launch_campaign,
         "Launch (or schedule, before starts_at): push its offers",
-        responses={200: Campaign, 409: STATE_CONFLICT},
+        responses={200: CampaignReach, 409: STATE_CONFLICT},
         tags=TAGS,
         links=(
             ("PauseCampaign", "post_v1_campaigns_id_pause"),

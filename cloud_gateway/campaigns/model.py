@@ -69,10 +69,32 @@ class OfferTemplate(BaseModel):
         return self
 
 
+EXAMPLE_CAMPAIGN: dict[str, Any] = {
+    "name": "Streaming month -30%",
+    "cohorts": ["profile:tv"],
+    "holdout": 0.1,
+    "offers": [
+        {
+            "type": "coupon",
+            "title": "30% off a month of premium streaming",
+            "category": "tv_streaming",
+            "price": 30.0,
+            "discount": 0.3,
+            "surfaces": ["tv_home_banner", "tv_screensaver"],
+        }
+    ],
+}
+"""The example `/openapi.json` shows (more per offer type: docs/campaigns/*.json): surfaces,
+categories and cohorts must be ones devices know (`campaigns.reach`), which a schema cannot
+say, so a client (or a fuzzer) starts from this."""
+
+
 class CampaignIn(BaseModel):
     """`POST /v1/campaigns` body."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(
+        extra="forbid", frozen=True, json_schema_extra={"examples": [EXAMPLE_CAMPAIGN]}
+    )
 
     name: Annotated[str, Field(min_length=1, max_length=120)]
     offers: Annotated[list[OfferTemplate], Field(min_length=1, max_length=MAX_OFFERS_PER_CAMPAIGN)]

@@ -126,6 +126,9 @@ class CampaignResults(BaseModel):
     conversion_rate: Rate
     uplift: Uplift | None
     variants: list[VariantResults]
+    idle_reason: str | None = None
+    """Why a live campaign has delivered nothing yet (`campaigns.reach.idle_reason`); None
+    once something was delivered, or when it is not live."""
 
 
 def campaign_results(campaign: Campaign, rows: dict[str, Any]) -> CampaignResults:

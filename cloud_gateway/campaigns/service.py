@@ -18,6 +18,13 @@ from cloud_gateway.campaigns.model import (
     transition,
 )
 from cloud_gateway.campaigns.pending import Owed
+from cloud_gateway.campaigns.reach import (
+    Audience,
+    audience,
+    idle_reason,
+    shipped_vocabulary,
+    unreachable_values,
+)
 from cloud_gateway.campaigns.results import CampaignResults, campaign_results
 from cloud_gateway.db import leases
 from cloud_gateway.db.campaigns import (
@@ -32,7 +39,8 @@ from cloud_gateway.db.campaigns import (
     record_catalog,
 )
 from cloud_gateway.db.claims import stock_left
-from cloud_gateway.errors import GatewayError, NotFound
+from cloud_gateway.db.devices import device_facts
+from cloud_gateway.errors import GatewayError, InvalidInput, NotFound
 from cloud_gateway.runtime.wiring import Service, Wiring
 from protocol import codec
 from protocol.ids import parse_time, utcnow
@@ -59,7 +67,16 @@ class CampaignService(Service):
         self._holder = f"campaigns-{uuid.uuid4().hex[:12]}"
 
     async def create(self, spec: CampaignIn, who: str) -> Campaign:
-        """Store a draft; 409 (Conflict) when an offer id is already another campaign's."""
+        """Store a draft; 409 (Conflict) when an offer id is already another campaign's, 400
+        (InvalidInput, listing the known values) when it names a surface, category or cohort
+        no device knows: such a campaign could reach no one."""
+        vocab = await asyncio.to_thread(shipped_vocabulary)
+        if any(c not in vocab.cohorts for c in spec.cohorts):
+            facts = await self._db.call(device_facts)
+            vocab = vocab.with_cohorts(c for f in facts for c in f.cohorts)
+        errors = unreachable_values(spec, vocab)
+        if errors:
+            raise InvalidInput("the campaign names values no device knows", errors=errors)
         now = utcnow()
         campaign = new_campaign(spec, now)
         limited = [(o.id, o.stock) for o in campaign.offers if o.limited and o.stock is not None]
@@ -73,6 +90,11 @@ class CampaignService(Service):
         )
         log.info("campaign %s (%s) created by %s", campaign.id, campaign.name, who)
         return campaign
+
+    async def audience(self, campaign: Campaign) -> Audience:
+        """Whom `campaign` would reach now among the registered devices."""
+        facts = await self._db.call(device_facts)
+        return audience(campaign, facts, utcnow())
 
     async def get(self, campaign_id: str) -> Campaign:
         doc = await self._db.call(get_campaign, campaign_id)
@@ -200,7 +222,11 @@ class CampaignService(Service):
     async def stats(self, campaign_id: str) -> CampaignResults:
         campaign = await self.get(campaign_id)
         rows = await self._db.call(campaign_rows, campaign_id)
-        return campaign_results(campaign, rows)
+        results = campaign_results(campaign, rows)
+        if campaign.state == "live" and results.delivered == 0:
+            reason = idle_reason(campaign, await self.audience(campaign), results.delivered)
+            results = results.model_copy(update={"idle_reason": reason})
+        return results
 
     async def run_due(self) -> int:
         """Start scheduled campaigns whose time has come, end those past `ends_at`."""

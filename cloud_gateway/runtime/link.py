@@ -19,6 +19,7 @@ from mqttlink.backoff import Backoff
 from mqttlink.connect import ClientOptions, Credentials
 from mqttlink.connection import Connection
 from mqttlink.errors import MqttLinkError
+from mqttlink.logs import OutageLog
 from mqttlink.reconnect import Reconnector
 
 log = logging.getLogger(__name__)
@@ -63,6 +64,7 @@ class MqttLink:
         self.counters: Counter[str] = counters if counters is not None else Counter()
         self._last: Connection | None = None
         """The newest session made, up or not: its queue is what the gauges show."""
+        self._outage = OutageLog(log)
         self.machine = Reconnector(
             self._make_client,
             setup=self._subscribe,
@@ -133,10 +135,10 @@ class MqttLink:
             await conn.unsubscribe(flt)
 
     def _up(self, conn: Connection) -> None:
-        log.info("MQTT link up to %s as %s", self._settings.broker, conn.client_id)
+        self._outage.up(self._settings.broker, f"as {conn.client_id}")
 
     def _down(self, error: MqttLinkError, delay: float) -> None:
-        log.warning("MQTT link down (%s); retrying in %.1fs", error, delay)
+        self._outage.down(self._settings.broker, error, delay)
 
     async def _serve(self, conn: Connection) -> None:
         # The hook publishes (and waits for PUBACKs) while messages are consumed: the

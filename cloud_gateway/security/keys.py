@@ -19,6 +19,8 @@ from protocol.signing import Signer
 log = logging.getLogger(__name__)
 
 KEY_LIST_TTL = timedelta(days=365)
+TRUST_FILE = "trust.json"
+KEYS_DIR = "keys"
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,7 +39,7 @@ def load_or_create(data_dir: Path, topic_root: str) -> KeyMaterial:
 
     Blocking file I/O: call it from a thread, not the event loop.
     """
-    keys_dir = data_dir / "keys"
+    keys_dir = data_dir / KEYS_DIR
     try:
         keys_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         pems = sorted(keys_dir.glob("*.pem"))
@@ -51,7 +53,7 @@ def load_or_create(data_dir: Path, topic_root: str) -> KeyMaterial:
             write_durable(path, signer.to_pem(), mode=0o600)
             log.info("created signing key %s in %s", signer.kid, path)
         trust = TrustFile(keys=[signer.public], topic_root=topic_root)
-        trust_path = data_dir / "trust.json"
+        trust_path = data_dir / TRUST_FILE
         text = json.dumps(trust.to_wire(), indent=2) + "\n"
         if not trust_path.exists() or trust_path.read_text(encoding="utf-8") != text:
             write_durable(trust_path, text.encode())

@@ -78,6 +78,22 @@ def test_config_errors_name_the_field_and_the_file(tmp_path: Path) -> None:
         _settings(tmp_path, device_id="Bad/Id")
 
 
+def test_a_value_from_a_flag_is_reported_as_the_flags(tmp_path: Path) -> None:
+    """An argument (`--device-id`) is never blamed on the environment, even with variables set;
+    a value the environment did set is blamed on it."""
+    env = {"EDGEMART_UPLINK__MAX_IN_FLIGHT": "7"}
+    with pytest.raises(ConfigError) as caught:
+        _settings(tmp_path, device_id="BAD_ID", environ=env)
+    assert "in command line, field device_id" in str(caught.value)
+    assert "environment" not in str(caught.value)
+    with pytest.raises(ConfigError) as caught:
+        _settings(tmp_path, overrides={"topic_root": "a/#"}, environ=env)
+    assert "in command line" in str(caught.value)
+    with pytest.raises(ConfigError) as caught:
+        _settings(tmp_path, environ={"EDGEMART_AGENT__TOPIC_ROOT": "a/#"})
+    assert "in environment" in str(caught.value)
+
+
 def _signal(n: int, priority: int = 50, attrs: str = "{}") -> NewSignal:
     return NewSignal(f"s-{n:05d}", "search", "2026-01-01T00:00:00.000Z", attrs, priority, 4e9)
 

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 from collections.abc import AsyncIterator
 from datetime import timedelta
+from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
@@ -202,3 +204,13 @@ async def test_a_dead_loop_is_restarted_and_readiness_shows_it(
     await eventually(lambda: runs == 2, timeout=5)
     assert (await client.get("/readyz")).status == 200
     assert device.agent.counters["loop_restarts_flaky"] == 1
+
+
+async def test_models_loaded_counts_every_model_loaded(device: Device) -> None:
+    """The shipped default at start counts, as does each model swapped in later."""
+    agent = device.agent
+    assert agent.counters["models_loaded"] == 1
+    default = Path(str(files("models") / "default"))
+    text = await asyncio.to_thread((default / "manifest.json").read_text, encoding="utf-8")
+    assert await agent.replace_model(default / "model.onnx", json.loads(text))
+    assert agent.counters["models_loaded"] == 2

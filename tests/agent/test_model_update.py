@@ -132,6 +132,7 @@ async def test_a_signed_newer_model_is_downloaded_checked_and_swapped(device: De
     assert await device.updater.handle(device.signed(2)) == "applied"
     assert device.model.version == 2
     assert device.metrics.counters["model_updates_applied"] == 1
+    assert device.metrics.counters["models_loaded"] == 1  # a rollout is a model loaded too
     assert device.updater.state["state"] == "applied"
     reloaded = await asyncio.to_thread(load_current, device.models_dir)
     assert reloaded is not None

@@ -9,7 +9,9 @@ import getpass
 import shutil
 import socket
 import subprocess
+import sys
 import time
+import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -122,3 +124,87 @@ def test_the_cluster_compose_file_runs_gateway_commands_the_cli_accepts() -> Non
         assert args.db.startswith("postgresql://"), name
         assert args.shared_group == "gateway", name
         assert service["stop_signal"] == "SIGTERM", name
+
+
+UNIT = ROOT / "deploy" / "edgemart-agent.service"
+
+
+def _unit_settings() -> dict[str, str]:
+    settings: dict[str, str] = {}
+    for line in UNIT.read_text(encoding="utf-8").splitlines():
+        if "=" in line and not line.startswith(("#", "[")):
+            key, _, value = line.partition("=")
+            settings[key] = value
+    return settings
+
+
+def _mb(value: str) -> int:
+    assert value.endswith("M"), value
+    return int(value[:-1])
+
+
+def test_the_agent_unit_verifies_and_runs_the_command_where_pip_puts_it(tmp_path: Path) -> None:
+    """`systemd-analyze verify` on the unit, its ExecStart pointed at this install's
+    `edgemart` (the shipped path, /opt/edgemart/bin/edgemart, is the venv its header makes)."""
+    analyze = shutil.which("systemd-analyze")
+    if analyze is None:
+        assert "systemd" in (ROOT / "scripts" / "test.sh").read_text()
+        pytest.skip("systemd-analyze is missing here; scripts/test.sh installs Debian's systemd")
+    text = UNIT.read_text(encoding="utf-8")
+    settings = _unit_settings()
+    shipped = "/opt/edgemart/bin/edgemart"
+    assert settings["ExecStart"].startswith(shipped + " agent run ")
+    assert "python3 -m venv /opt/edgemart" in text  # the header says how it gets there
+    here = shutil.which("edgemart") or str(Path(sys.executable).parent / "edgemart")
+    assert Path(here).exists(), "pip install -e . puts edgemart beside the interpreter"
+    unit = tmp_path / "edgemart-agent.service"
+    unit.write_text(text.replace(shipped, here), encoding="utf-8")
+    proc = subprocess.run(
+        [analyze, "verify", str(unit)], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "edgemart-agent.service" not in proc.stderr, proc.stderr  # no warning about it
+
+
+def test_the_agent_unit_is_notify_with_a_watchdog_and_memory_from_the_budgets() -> None:
+    settings = _unit_settings()
+    assert settings["Type"] == "notify"
+    assert int(settings["WatchdogSec"]) > 30  # above the supervisor's longest backoff
+    budgets = [
+        tomllib.loads(p.read_text())["budgets"]["memory_mb"]
+        for p in (ROOT / "firmware_profiles").glob("*.toml")
+    ]
+    assert _mb(settings["MemoryHigh"]) == max(budgets)  # the hub's budget, 160 MB
+    assert _mb(settings["MemoryMax"]) >= 1.2 * max(budgets)  # headroom above it
+
+
+async def test_the_agent_tells_systemd_it_is_ready_and_feeds_the_watchdog(
+    tmp_path: Path,
+) -> None:
+    from protocol import codec  # noqa: PLC0415
+    from protocol.envelopes import TrustFile  # noqa: PLC0415
+    from protocol.signing import Signer  # noqa: PLC0415
+    from tests.support.processes import spawn, stop, tail  # noqa: PLC0415
+
+    trust = tmp_path / "trust.json"
+    trust.write_bytes(codec.encode(TrustFile(keys=[Signer.generate("k1").public])))
+    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    notify.bind(str(tmp_path / "notify"))
+    notify.settimeout(20)
+    log = tmp_path / "agent.log"
+    proc = spawn(
+        [
+            *("agent", "run", "--profile", "tv", "--device-id", "tv-0001"),
+            *("--broker", f"mqtt://127.0.0.1:{free_port()}", "--data-dir", str(tmp_path / "d")),
+            *("--trust", str(trust), "--api-port", "0"),
+        ],
+        log,
+        env={"NOTIFY_SOCKET": str(tmp_path / "notify"), "WATCHDOG_USEC": "400000"},
+    )
+    try:
+        got = [await asyncio.to_thread(notify.recv, 256) for _ in range(4)]
+    finally:
+        stop(proc)
+        notify.close()
+    assert got[0].startswith(b"READY=1"), tail(log)
+    assert got[1:] == [b"WATCHDOG=1"] * 3, tail(log)

@@ -80,3 +80,32 @@ def test_the_dockerfile_copies_every_package_the_wheel_is_built_from() -> None:
     assert packages <= copied, f"not copied into the image: {sorted(packages - copied)}"
     for package in packages:
         assert (ROOT / package / "__init__.py").exists(), package
+
+
+def test_our_packaging_warns_of_nothing() -> None:
+    """What `pip install -e '.[dev]'` builds from pyproject.toml raises no deprecation
+    warning (the `project.license` table did, once per build step)."""
+    import warnings  # noqa: PLC0415
+
+    from setuptools.config.pyprojecttoml import (  # type: ignore[import-untyped]  # noqa: PLC0415
+        apply_configuration,
+    )
+    from setuptools.dist import Distribution  # type: ignore[import-untyped]  # noqa: PLC0415
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        dist = apply_configuration(Distribution(), ROOT / "pyproject.toml")
+    assert dist.get_name() == "edgemart"
+    assert [str(w.message).splitlines()[0] for w in caught] == []
+
+
+def test_debian_packages_are_installed_without_recommends() -> None:
+    """The test set-up stays lean: every `apt-get install` asks for no recommended extras."""
+    for name in ("scripts/test.sh", "Dockerfile"):
+        path = ROOT / name
+        if not path.exists():
+            continue
+        installs = [line for line in path.read_text().splitlines() if "apt-get install" in line]
+        for line in installs:
+            assert "--no-install-recommends" in line, f"{name}: {line.strip()}"
+    assert "systemd" in (ROOT / "scripts" / "test.sh").read_text()  # systemd-analyze

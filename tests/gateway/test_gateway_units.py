@@ -193,6 +193,8 @@ def test_keys_created_private_then_reloaded(tmp_path: Path) -> None:
 @pytest.mark.integration  # spawns a process or starts a broker
 def test_token_create_cli_subprocess(tmp_path: Path) -> None:
     data_dir = tmp_path / "gw"
+    data_dir.mkdir()
+    Store(data_dir / "gateway.db").close()  # a gateway's database (`gateway run` made it)
     done = subprocess.run(
         [sys.executable, "-m", "cloud_gateway.cli", "token", "create", "--data-dir", str(data_dir)],
         cwd=ROOT,

@@ -82,7 +82,14 @@ def test_a_transition_applied_by_two_workers_is_applied_once(
         {
             "name": "c",
             "cohorts": ["all"],
-            "offers": [{"type": "coupon", "title": "x", "category": "g", "surfaces": ["s"]}],
+            "offers": [
+                {
+                    "type": "coupon",
+                    "title": "x",
+                    "category": "games",
+                    "surfaces": ["tv_home_banner"],
+                }
+            ],
         }
     )
     draft = new_campaign(spec, now)

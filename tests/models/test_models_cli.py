@@ -61,3 +61,37 @@ def test_python_dash_m_models_shows_its_help() -> None:
         timeout=60,
     )
     assert "--households" in done.stdout
+
+
+WITHOUT_TRAIN_EXTRA = """
+import sys
+
+class Missing:
+    # what an install without the `train` extra finds: no onnx, scikit-learn or matplotlib
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ("sklearn", "onnx", "matplotlib"):
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+        return None
+
+sys.meta_path.insert(0, Missing())
+from edgemart.cli import main
+raise SystemExit(main(["model", "build-default", "--out", sys.argv[1]]))
+"""
+
+
+@pytest.mark.integration
+def test_build_default_without_the_train_extra_says_which_extra_to_install(
+    tmp_path: Path,
+) -> None:
+    out = tmp_path / "model"
+    proc = subprocess.run(
+        [sys.executable, "-c", WITHOUT_TRAIN_EXTRA, str(out)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 1
+    assert "Traceback" not in proc.stderr
+    assert "edgemart[train]" in proc.stderr and ".[train]" in proc.stderr
+    assert not out.exists()

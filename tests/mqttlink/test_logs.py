@@ -1,4 +1,5 @@
-"""Once-per-key logging: the first of a kind loud, the rest quiet, the keys bounded."""
+"""Once-per-key logging: the first of a kind loud, the rest quiet, the keys bounded; and a
+link's outages told at WARNING when they begin, now and then while they last, and at the end."""
 
 from __future__ import annotations
 
@@ -6,7 +7,8 @@ import logging
 
 import pytest
 
-from mqttlink.logs import OnceLogger
+from mqttlink.logs import OnceLogger, OutageLog
+from tests.support.clock import FakeClock
 
 log = logging.getLogger("tests.mqttlink.once")
 
@@ -45,3 +47,28 @@ def test_once_at_info_and_never_again(caplog: pytest.LogCaptureFixture) -> None:
         for _ in range(5):
             once.log("Bundle", "Bundle carries new fields")
     assert levels(caplog) == [(logging.INFO, "Bundle carries new fields")]
+
+
+def test_an_outage_is_warned_while_it_lasts_and_its_end_is_told(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    clock = FakeClock(1000.0)
+    outage = OutageLog(log, every_s=60.0, clock=clock)
+    with caplog.at_level(logging.DEBUG, logger=log.name):
+        outage.up("mqtt://b:1883")  # a healthy start: not a warning
+        for _ in range(5):  # retries within a minute: one warning, the rest at DEBUG
+            outage.down("mqtt://b:1883", "Connection refused", 0.5)
+            clock.advance(10)
+        clock.advance(20)
+        outage.down("mqtt://b:1883", "Connection refused", 30.0)  # 70 s in: reminded
+        clock.advance(5)
+        outage.up("mqtt://b:1883", "as gw-1")
+    warnings = [m for level, m in levels(caplog) if level == logging.WARNING]
+    assert warnings == [
+        "cannot reach the broker mqtt://b:1883 (Connection refused); retrying in the background",
+        "the broker mqtt://b:1883 is still unreachable after 70 s (Connection refused);"
+        " still retrying",
+        "link back to mqtt://b:1883 as gw-1 after 75 s down",
+    ]
+    assert (logging.INFO, "link up to mqtt://b:1883") in levels(caplog)
+    assert outage.down_since is None

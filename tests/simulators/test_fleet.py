@@ -9,7 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from simulators.fleet import FleetOptions, run_fleet, succeeded
+from simulators.brokers import MosquittoProcess
+from simulators.fleet import run_fleet, succeeded
+from simulators.options import FleetOptions, fresh_root, sweepable
+from simulators.retained import retained_topics
 from tests.support.processes import EDGEMART
 
 pytestmark = pytest.mark.integration
@@ -87,3 +90,31 @@ def test_the_cli_on_the_embedded_broker_writes_the_report_and_says_ok(tmp_path: 
     )
     assert bad.returncode == 2
     assert "unknown fault(s) ['flood']" in bad.stderr
+
+
+async def test_a_fleet_on_an_outside_broker_keeps_to_its_own_root_and_clears_it(
+    tmp_path: Path, own_mosquitto: MosquittoProcess
+) -> None:
+    """On a broker this run does not own, the fleet uses a fresh topic root and leaves no
+    retained message there (births, wills, catalogs, key list) when it ends."""
+    options = FleetOptions(
+        households=1,
+        broker=own_mosquitto.url,
+        rounds=3,
+        signals_per_round=5,
+        duration_s=1.0,
+        data_dir=tmp_path,
+    )
+    report = await run_fleet(options)
+    assert succeeded(report), report
+    root = report["topic_root"]
+    assert root.startswith("edgemart-qa/fleet-")
+    assert await retained_topics(own_mosquitto.url, root) == []
+    assert await retained_topics(own_mosquitto.url, "edgemart/v1") == []
+
+
+def test_only_a_qa_root_is_swept() -> None:
+    assert sweepable(fresh_root("demo")) and sweepable("edgemart-qa/mine/v1")
+    assert not sweepable("edgemart/v1")  # the real daemons' root: never cleared by a QA run
+    assert not sweepable("edgemart-qa")
+    assert fresh_root("fleet") != fresh_root("fleet")

@@ -31,11 +31,28 @@ function el(tag, attrs = {}, ...children) {
   return node;
 }
 
+const NONE = "–";  // shown where there is no data yet, never a made-up 0%
+
 function pct(x) { return (100 * x).toFixed(1) + "%"; }
 
-function metric(label, value, name) {
-  return el("div", { class: "metric", "data-metric": name },
-    el("div", { class: "value" }, value), el("div", { class: "label" }, label));
+function count(x) { return x === undefined || x === null ? NONE : x; }
+
+// A rate with its 95% interval, or "–" while it has no trials.
+function rate(r) {
+  if (!r || !r.n) return { value: NONE, range: "no impressions yet" };
+  return { value: pct(r.value), range: `95%: ${pct(r.low)}–${pct(r.high)}` };
+}
+
+function metric(label, value, name, detail) {
+  const box = el("div", { class: "metric", "data-metric": name },
+    el("div", { class: "value" }, count(value)), el("div", { class: "label" }, label));
+  if (detail) box.append(el("div", { class: "range" }, detail));
+  return box;
+}
+
+function rateMetric(label, r, name) {
+  const shown = rate(r);
+  return metric(label, shown.value, name, shown.range);
 }
 
 // Horizontal bars with 95% interval whiskers, one row per variant (inline SVG).
@@ -46,7 +63,8 @@ function rateChart(title, rows) {
   const max = Math.max(0.01, ...rows.map((r) => r.high));
   const x = (v) => left + (width - left - 60) * (v / max);
   const svg = document.createElementNS(NS, "svg");
-  svg.setAttribute("width", width); svg.setAttribute("height", height);
+  svg.setAttribute("viewBox", `0 0 ${width} ${height}`);  // scales down on a narrow screen
+  svg.setAttribute("width", "100%"); svg.setAttribute("style", `max-width:${width}px`);
   svg.setAttribute("role", "img"); svg.setAttribute("aria-label", title);
   const add = (tag, attrs, text) => {
     const n = document.createElementNS(NS, tag);
@@ -69,17 +87,26 @@ function campaignCard(c, s) {
   const card = el("div", { class: "card", "data-campaign": c.id });
   card.append(el("h3", {}, c.name, el("span", { class: "state " + c.state, "data-state": c.state }, c.state)));
   const when = [c.starts_at && "from " + c.starts_at, c.ends_at && "until " + c.ends_at].filter(Boolean).join(" ");
-  card.append(el("div", { class: "note" },
-    `${c.offers.length} offer(s) · ${s ? (s.push === "device" ? "sent to each selected device" : "sent to cohorts " + c.cohorts.join(", ")) : ""} ${when}`));
+  const push = s ? (s.push === "device" ? "sent to each selected device" : "sent to cohorts " + c.cohorts.join(", ")) : "";
+  card.append(el("div", { class: "note" }, `${c.offers.length} offer(s) · ${push} ${when}`));
+  const title = Object.fromEntries(c.offers.map((o) => [o.id, o.title]));
+  card.append(el("ul", { class: "offers", "data-metric": "offers" },
+    ...c.offers.map((o) => el("li", {}, o.title + (o.variant && c.offers.some((x) => x.variant !== o.variant) ? ` (variant ${o.variant})` : "")))));
   if (s) {
+    if (s.idle_reason) {
+      card.append(el("div", { class: "note warn", "data-metric": "idle" }, "Delivered nothing yet: " + s.idle_reason));
+    }
+    const held = s.holdout_share > 0 ? `${s.holdout_devices} device(s) held out` : "no holdout";
     card.append(el("div", { class: "numbers" },
       metric("devices reached", s.devices_pushed || s.delivered, "reached"),
       metric("offers pushed", s.pushed, "pushed"),
       metric("delivered", s.delivered, "delivered"),
       metric("impressions", s.impressions, "impressions"),
       metric("clicks", s.clicks, "clicks"),
-      metric("click rate", pct(s.ctr.value), "ctr"),
+      rateMetric("click rate", s.ctr, "ctr"),
       metric("conversions", s.conversions, "conversions"),
+      rateMetric("conversion rate", s.conversion_rate, "conversion_rate"),
+      metric("holdout", pct(s.holdout_share), "holdout", held),
       metric("coupons granted", s.claims_granted, "claims_granted"),
       metric("coupons refused", s.claims_refused, "claims_refused"),
     ));
@@ -90,26 +117,41 @@ function campaignCard(c, s) {
     }
     const stock = Object.entries(s.stock || {});
     if (stock.length) {
-      card.append(el("div", { class: "note" }, "Coupons left: " +
-        stock.map(([o, v]) => `${o} ${v.left} of ${v.initial}`).join(", ")));
+      card.append(el("div", { class: "note", "data-metric": "stock" }, "Coupons left: " +
+        stock.map(([o, v]) => `${title[o] || o}: ${v.left} of ${v.initial}`).join(", ")));
     }
     if (s.variants.length > 0 && s.impressions > 0) {
       card.append(rateChart("Click rate by variant", s.variants.map((v) => ({
         name: v.variant, value: v.ctr.value, low: v.ctr.low, high: v.ctr.high }))));
     }
+  } else {
+    card.append(el("div", { class: "note" }, "Results: " + NONE));
   }
   const actions = el("div", { class: "actions" });
-  const act = (verb, label) => el("button", { "data-action": verb, onclick: async (e) => {
+  const act = (verb, label, confirmText) => el("button", { "data-action": verb, onclick: async (e) => {
+    if (confirmText && !window.confirm(confirmText)) { notify(`${c.name}: ${label} cancelled.`); return; }
     e.target.disabled = true;
-    try { await api(`/v1/campaigns/${c.id}/${verb}`, { method: "POST" }); setStatus(`${c.name}: ${label} done`); }
-    catch (err) { setStatus(`${c.name}: ${err.message}`); }
+    try { await api(`/v1/campaigns/${c.id}/${verb}`, { method: "POST" }); notify(`${c.name}: ${label} done.`); }
+    catch (err) { notify(`${c.name}: ${label} failed: ${err.message}`, true); }
     refresh();
   } }, label);
   if (c.state === "live" || c.state === "scheduled") actions.append(act("pause", "Pause"));
   if (c.state === "draft" || c.state === "paused") actions.append(act("launch", "Launch"));
-  if (c.state !== "ended") actions.append(act("end", "End"));
+  if (c.state !== "ended") {
+    actions.append(act("end", "End",
+      `End "${c.name}" for good? Its offers are withdrawn from every device and it cannot be launched again.`));
+  }
   card.append(actions);
   return card;
+}
+
+// What the operator did and how it went: stays until the next action (the refresh every
+// 5 s writes only to #status).
+function notify(text, error = false) {
+  const box = $("#notice");
+  box.textContent = text;
+  box.className = error ? "error" : "ok";
+  box.hidden = false;
 }
 
 function setStatus(text) { $("#status").textContent = text; }

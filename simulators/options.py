@@ -1,0 +1,108 @@
+"""What `edgemart demo` and `edgemart fleet` take (plain dataclasses, light to import), and the
+fresh topic root each run uses so it never touches what a real gateway and its devices hold."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+
+from protocol.ids import new_id
+
+FAULTS = ("gateway-restart", "broker-restart", "partition", "agent-kill")
+"""In the order they begin."""
+
+QA_ROOT_PREFIX = "edgemart-qa"
+
+
+def fresh_root(run: str) -> str:
+    """A topic root of this run's own, `edgemart-qa/<run>-<12 hex>/v1`: nothing a real gateway
+    or device subscribes to, and everything the run left behind is under it."""
+    return f"{QA_ROOT_PREFIX}/{run}-{new_id().replace('-', '')[-12:]}/v1"
+
+
+def sweepable(root: str) -> bool:
+    """True for a QA run's own root (`fresh_root`'s form): what is retained under it may be
+    cleared at the end. Any other root given with `--topic-root` may hold what real daemons
+    published, so a run leaves it as it is."""
+    return root.startswith(QA_ROOT_PREFIX + "/")
+
+
+@dataclass(frozen=True, slots=True)
+class DemoOptions:
+    broker: str | None = None
+    data_dir: Path | None = None
+    seed: int = 7
+    household: int = 3
+    signals_per_device: int | None = None  # None: a week at the persona's own rate
+    live_signals_per_device: int = 150
+    history: timedelta = timedelta(days=7) - timedelta(minutes=5)
+    browse_rounds: int = 40
+    drain_timeout: float = 20.0
+    topic_root: str | None = None
+    """None: a fresh root (`fresh_root`), cleared of its retained messages at the end (as is
+    any root under `edgemart-qa/`; `sweepable`)."""
+
+
+@dataclass(frozen=True, slots=True)
+class FleetOptions:
+    households: int = 3
+    """Each household is a hub, a TV and two phones (`simulators.household`)."""
+    broker: str | None = None
+    """mqtt://HOST:PORT of a running broker; None: an embedded amqtt broker; "mosquitto": a
+    private Mosquitto process on a free port (the binary must be installed)."""
+    data_dir: Path | None = None
+    seed: int = 11
+    rounds: int = 9
+    signals_per_round: int = 20
+    """Per device and round; the rounds are spread over `duration_s`."""
+    duration_s: float = 12.0
+    faults: tuple[str, ...] = ()
+    crash_devices: int = 2
+    """With `agent-kill`: how many TVs run as their own processes, to be killed."""
+    drain_timeout: float = 90.0
+    topic_root: str | None = None
+    """None: a fresh root (`fresh_root`), cleared of its retained messages at the end (as is
+    any root under `edgemart-qa/`; `sweepable`)."""
+
+    def __post_init__(self) -> None:
+        unknown = set(self.faults) - set(FAULTS)
+        if unknown:
+            raise ValueError(f"unknown fault(s) {sorted(unknown)}; known: {', '.join(FAULTS)}")
+        if "broker-restart" in self.faults and self.broker not in (None, "mosquitto"):
+            raise ValueError("broker-restart needs a broker this run starts (embedded, mosquitto)")
+        if "agent-kill" in self.faults and self.crash_devices < 1:
+            raise ValueError("agent-kill needs at least one crash device")
+        if self.households < 1 or self.rounds < 3:
+            raise ValueError("need at least 1 household and 3 rounds")
+
+
+FLEET_GUIDE = """\
+A QA run of many simulated households against one gateway, with faults, ending in the loss
+accounting of every device.
+
+Every device is the real agent (in this process, on its own SQLite files), every signal goes
+through the broker to the gateway and is checked against its export. Faults begin in the
+middle third of the run, one a round in this order, while the households keep using their
+devices, and all end with it:
+
+- `gateway-restart`: the gateway stops; the broker queues what devices send for its session;
+- `broker-restart`: the broker this run started goes down and comes back on the same port:
+  the embedded amqtt broker stops, losing what it held in memory (sessions, the queue kept
+  for the stopped gateway); a private Mosquitto (`broker="mosquitto"`) is killed with
+  SIGKILL and restarts from its persistence file, losing what it had not saved yet. Devices
+  send again what the gateway never acknowledged. (Not with a broker URL: a broker this run
+  does not own cannot be restarted by it.)
+- `partition`: the devices' network goes dark without closing a socket (a dead Wi-Fi link;
+  `simulators.netfault.PartitionProxy` between every device and the broker), then comes back;
+- `agent-kill`: the fleet also runs `crash_devices` TVs as real `edgemart agent run`
+  processes, fed over their local HTTP API; they are killed with SIGKILL (a power cut: only
+  what is on disk survives) and started again on the same data.
+
+It runs under a topic root of its own (a fresh one unless --topic-root is given), so on a
+broker a real gateway uses it reaches none of the real devices, and it clears the retained
+messages it left there when it ends.
+
+The verdict (`succeeded`): no accepted signal lost, none stored twice, nothing unexpected,
+every device drained.
+"""
