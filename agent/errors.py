@@ -56,6 +56,16 @@ class TooLarge(AgentError):
         self.limit = limit
 
 
+class KeyReused(AgentError):
+    """An `Idempotency-Key` already committed with another request body (HTTP 409)."""
+
+    def __init__(self, key: str) -> None:
+        super().__init__(
+            f"Idempotency-Key {key!r} was used with another body within 24 h; use a new key"
+        )
+        self.key = key
+
+
 class UnknownOffer(AgentError):
     """An outcome names an offer this device does not hold (HTTP 404)."""
 

@@ -36,6 +36,7 @@ from agent.runtime.metrics import Metrics
 from agent.runtime.parts import Parts
 from agent.runtime.status import accounting_of, status_of
 from agent.store.core import Store
+from agent.store.idempotency import Stored
 
 log = logging.getLogger(__name__)
 
@@ -212,6 +213,11 @@ class Agent:
 
     async def get_claim(self, claim_id: str) -> dict[str, Any] | None:
         return await self.parts.claims.get(claim_id)
+
+    async def find_request(self, route: str, key: str) -> Stored | None:
+        """The committed request of an `Idempotency-Key` on `route` (24 h), if any."""
+        store = self.parts.store
+        return await store.call(store.idempotency.find, route, key)
 
     async def replace_model(self, onnx_path: Path, manifest: dict[str, Any]) -> bool:
         """Serve another model, or refuse it and keep the current one (`AgentService`)."""

@@ -48,6 +48,7 @@ async def maintenance(
         await store.call(store.buckets.prune, prune_cutoff(utcnow()))
         now = utcnow()
         await store.call(store.decisions.prune, local_day(now) - 1, now.timestamp() - longest)
+        await store.call(store.idempotency.prune)
         await asyncio.sleep(MAINTENANCE_S)
 
 

@@ -8,6 +8,7 @@ from collections.abc import Callable
 from typing import Any
 
 from agent.errors import StoreError
+from agent.store import idempotency
 from agent.store.thread import StoreThread
 
 _COLS = "id, offer_id, campaign_id, state, created, updated, attempts, code, reason"
@@ -32,6 +33,8 @@ class ClaimRows:
                 (claim_id, offer_id, campaign_id, now, now),
             )
             created = cur.rowcount == 1
+            if created:
+                idempotency.record(tx, now)
             row = _row(tx, "offer_id", offer_id)
         if row is None:  # pragma: no cover - the row was just written in this transaction
             raise StoreError(f"claim of {offer_id} vanished")

@@ -22,6 +22,7 @@ from agent.store.claims import ClaimRows
 from agent.store.consent import ConsentRows
 from agent.store.decisions import DecisionLog
 from agent.store.erasure import Erasure
+from agent.store.idempotency import IdempotencyKeys
 from agent.store.offers import FeatureBuckets, OfferRows
 from agent.store.outbox import Outbox
 from agent.store.quota import DiskPlan
@@ -67,6 +68,7 @@ class Store:
         self.offers = OfferRows(self.thread, clock, seen_ids_max=seen_ids_max)
         self.buckets = FeatureBuckets(self.thread)
         self.erasure = Erasure(self.thread, self.counters, clock)
+        self.idempotency = IdempotencyKeys(self.thread, clock)
 
     async def call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Run a table method (or any `fn`) on the store thread."""

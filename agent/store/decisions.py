@@ -9,7 +9,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from agent.errors import StoreError
-from agent.store import outbox_sql
+from agent.store import idempotency, outbox_sql
 from agent.store.rows import Counters, NewOutcome
 from agent.store.thread import StoreThread
 
@@ -89,6 +89,7 @@ class DecisionLog:
                             int(counterfactual),
                         ),
                     )
+                idempotency.record(tx, now)
                 tx.executemany(
                     "INSERT INTO cap_counts(scope, key, day, count) VALUES (?, ?, ?, 1)"
                     " ON CONFLICT(scope, key, day) DO UPDATE SET count = count + 1",

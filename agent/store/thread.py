@@ -8,6 +8,7 @@ never blocks on disk and every statement runs on the one thread that owns the co
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import sqlite3
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -34,9 +35,12 @@ class StoreThread:
         self._db: sqlite3.Connection | None = None
 
     async def call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        """Run `fn(*args, **kwargs)` on the store thread; its result or its exception."""
+        """Run `fn(*args, **kwargs)` on the store thread, in a copy of the caller's context
+        (a request's idempotency key reaches its write: `agent.store.idempotency`); its
+        result or its exception."""
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, partial(fn, *args, **kwargs))
+        context = contextvars.copy_context()
+        return await loop.run_in_executor(self._executor, partial(context.run, fn, *args, **kwargs))
 
     def connect(self) -> sqlite3.Connection:
         """Open the connection (on the store thread): WAL, the profile's durability."""
