@@ -88,6 +88,11 @@ def intent(route: str, key: str, digest: str) -> Iterator[Intent]:
         _intent.reset(token)
 
 
+def current() -> Intent | None:
+    """The keyed request this code runs for, if any."""
+    return _intent.get()
+
+
 def answer_with(status: int, body: dict[str, Any]) -> None:
     """The answer the request will get if its write commits (no-op without a key)."""
     current = _intent.get()
