@@ -32,6 +32,16 @@ class StoreError(AgentError):
     """The on-device SQLite store failed (disk full, corrupt file)."""
 
 
+class DiskFull(StoreError):
+    """The disk under the store is full (SQLITE_FULL, ENOSPC): new data waits (HTTP 507)."""
+
+    def __init__(self, free_bytes: int, detail: str = "") -> None:
+        super().__init__(
+            f"the device's disk is full ({free_bytes} bytes free){': ' + detail if detail else ''}"
+        )
+        self.free_bytes = free_bytes
+
+
 class QuotaExceeded(AgentError):
     """The outbox is at its quota and the profile says refuse (HTTP 503)."""
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from agent.errors import (
     AgentError,
+    DiskFull,
     InvalidInput,
     KeyReused,
     QuotaExceeded,
@@ -20,6 +21,7 @@ STATUS: tuple[tuple[type[AgentError], int, str], ...] = (
     (NotClaimable, 409, "offer_id"),
     (KeyReused, 409, "Idempotency-Key"),
     (QuotaExceeded, 503, "(outbox)"),
+    (DiskFull, 507, "(disk)"),
     (StoreError, 500, "(store)"),
 )
 """(error, HTTP status, the `loc` of its one error entry); InvalidInput carries its own."""

@@ -15,7 +15,7 @@ from aiohttp import web
 
 from agent.api.errors import answer
 from agent.api.port import AgentPort
-from agent.errors import AgentError, InvalidInput, KeyReused, StoreError, TooLarge
+from agent.errors import AgentError, DiskFull, InvalidInput, KeyReused, StoreError, TooLarge
 from agent.intake.consent import parse_purposes
 from agent.intake.service import signals_answer
 from agent.intake.validate import parse_outcome, parse_signals
@@ -32,6 +32,8 @@ HOST = "127.0.0.1"
 MAX_LIMIT = 50
 BODY: web.RequestKey[Any] = web.RequestKey("edgemart_body", object)
 """The parsed JSON body, read once per request (the idempotency check and the route)."""
+DISK_FULL_RETRY_S = 60
+"""`Retry-After` of a 507: the maintenance loop looks at the disk every minute."""
 KEY_HEADER = "Idempotency-Key"
 REPLAYED_HEADER = "Idempotent-Replayed"
 
@@ -177,6 +179,15 @@ class LocalApi:
             if known is None:
                 raise
             status, errors = known
+            if isinstance(exc, DiskFull):
+                # a state, not a crash: the app keeps its data and retries later
+                self._agent.metrics.inc("api_disk_full")
+                self._faults.log("507", "local API: %s", exc)
+                return web.json_response(
+                    {"errors": errors, "free_bytes": exc.free_bytes},
+                    status=status,
+                    headers={"Retry-After": str(DISK_FULL_RETRY_S)},
+                )
             if isinstance(exc, StoreError):
                 log.error("store failure serving %s: %s", request.path, exc)  # noqa: TRY400
                 return web.json_response({"errors": errors}, status=status)

@@ -16,7 +16,7 @@ from typing import Any
 
 from agent import AGENT_VERSION
 from agent.config import AgentSettings
-from agent.errors import BatchTooLarge, LinkDown
+from agent.errors import BatchTooLarge, DiskFull, LinkDown
 from agent.intake.consent import ConsentState
 from agent.link.downlink import UnknownFields
 from agent.link.transport import Transport
@@ -201,6 +201,10 @@ class Uplink:
                     self._flush = False
         except LinkDown as exc:
             log.debug("uplink paused: %s", exc)
+        except DiskFull as exc:
+            # What is stored is still resent (above); cutting new batches waits for room.
+            self._metrics.inc("uplink_disk_full")
+            self._faults.log("disk_full", "uplink cannot cut a batch: %s", exc)
 
     async def _resend_due(self) -> None:
         now = self._timer()
@@ -278,7 +282,10 @@ class Uplink:
         if seq not in self._in_flight:  # acked while we waited for the PUBACK
             return
         self._in_flight[seq] = self._timer()
-        await self._store.call(self._store.batches.mark_sent, seq, len(payload), self.today())
+        try:
+            await self._store.call(self._store.batches.mark_sent, seq, len(payload), self.today())
+        except DiskFull as exc:  # sent all the same; only the attempt count and budget wait
+            self._faults.log("disk_full_mark", "batch %d sent, not marked: %s", seq, exc)
         self._metrics.inc("uplink_bytes", len(payload))
         if resend and attempts > 0:
             self._metrics.inc("batches_resent")
@@ -300,7 +307,13 @@ class Uplink:
             # For a batch of this device's wiped predecessor: its seqs are not ours.
             self._metrics.inc("acks_other_outbox", len(ack.acks))
             return
-        result = await self._store.call(self._store.batches.ack, ack.acks)
+        try:
+            result = await self._store.call(self._store.batches.ack, ack.acks)
+        except DiskFull as exc:
+            # Even the reserve is gone: the batch stays and is resent; the gateway acks again.
+            self._metrics.inc("acks_deferred")
+            self._faults.log("disk_full_ack", "ack of %s deferred: %s", ack.acks, exc)
+            return
         for seq in result.seqs:
             self._in_flight.pop(seq, None)
         self._metrics.inc("batches_acked", len(result.seqs))

@@ -240,7 +240,8 @@ class Agent:
         return accounting_of(self.parts)
 
     async def readiness(self) -> dict[str, Any]:
-        """Ready: the broker link is up, the store answers a query, every owned loop runs."""
+        """Ready: the broker link is up, the store answers a query, the disk has room for new
+        data (`disk`: `ok` or `full`), every owned loop runs."""
         parts = self.parts
         link = parts.link.connected.is_set()
         try:
@@ -248,10 +249,12 @@ class Agent:
         except AgentError:
             store = False
         down = parts.loops.down()
+        full = parts.store.space.full
         return {
-            "ready": link and store and not down,
+            "ready": link and store and not down and not full,
             "link": link,
             "store": store,
+            "disk": "full" if full else "ok",
             "loops_down": down,
         }
 

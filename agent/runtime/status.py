@@ -22,6 +22,7 @@ def status_of(parts: Parts) -> dict[str, Any]:
         "outbox_bytes": store.outbox_bytes,
         "outbox_max_bytes": store.outbox_max_bytes,
         "outbox_id": store.outbox_id,
+        "disk": {**store.space.to_json(), "quota_bytes": store.quota_bytes},
         "in_flight": parts.uplink.in_flight,
         "model_version": parts.slot.version,
         "offers": len(parts.offers),

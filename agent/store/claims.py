@@ -25,6 +25,7 @@ class ClaimRows:
     def open(self, claim_id: str, offer_id: str, campaign_id: str) -> tuple[dict[str, Any], bool]:
         """The claim of `offer_id`: created as `pending` with `claim_id` if there is none yet
         (True), otherwise the existing one (False). One claim per offer, whatever happens."""
+        self._thread.space.refuse_if_full()  # new data waits while the disk is full
         now = self._clock()
         with self._thread.tx() as tx:
             cur = tx.execute(

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from agent.errors import StoreError
+from agent.errors import DiskFull, StoreError
 from agent.store.batches import Batches
 from agent.store.claims import ClaimRows
 from agent.store.consent import ConsentRows
@@ -29,11 +29,14 @@ from agent.store.quota import DiskPlan
 from agent.store.quota import plan as quota_plan
 from agent.store.rows import Accepted, ConsentRow, Counters, NewOutcome, NewSignal, Pending
 from agent.store.schema import MIGRATIONS
+from agent.store.space import DiskSpace, reserve_for
 from agent.store.thread import StoreThread
 
 __all__ = ["Accepted", "ConsentRow", "NewOutcome", "NewSignal", "Pending", "Store"]
 
 T = TypeVar("T")
+MIN_QUOTA = 64 * 1024
+"""The smallest quota a nearly full disk bounds the store to (it holds at least its schema)."""
 
 
 class Store:
@@ -59,7 +62,15 @@ class Store:
         self.cache_kib = cache_kib
         self.disk: DiskPlan | None = None
         self.thread = StoreThread(path, durability=durability)
+        self.space: DiskSpace = self.thread.space
+        self.space.reserve = reserve_for(disk_quota if disk_quota is not None else outbox_max_bytes)
+        self.quota_bytes = disk_quota if disk_quota is not None else outbox_max_bytes
+        """The quota in force: the profile's, bounded by what the disk can give (`replan`)."""
         self.counters = Counters(outbox_max_bytes)
+        self._rows_budget = outbox_max_bytes
+        self._requeue_due = False
+        self._page_size = 4096
+        self._btrees = 1
         self.outbox = Outbox(self.thread, self.counters, clock, outbox_full=outbox_full)
         self.batches = Batches(self.thread, self.counters, clock)
         self.consent = ConsentRows(self.thread, self.counters, clock)
@@ -117,26 +128,72 @@ class Store:
         self.thread.conn().execute("PRAGMA shrink_memory")
 
     def _open(self) -> None:
+        self.space.prepare()  # on a full disk the reserve goes first: the open needs room
         try:
             db = self.thread.connect()
             self._migrate(db)
             self._plan_disk(db)
-            with self.thread.tx() as tx:
-                # A row assigned to a batch that never got stored goes back to the queue.
-                for table in ("signals", "outcomes", "receipts"):
-                    tx.execute(
-                        f"UPDATE {table} SET batch_seq = NULL WHERE batch_seq IS NOT NULL"  # noqa: S608
-                        " AND batch_seq NOT IN (SELECT seq FROM batches)"
-                    )
+            try:
+                self.requeue()
+            except DiskFull:  # the rows wait; the next look at the disk re-queues them
+                self._requeue_due = True
             self.counters.recount(db)
+        except DiskFull as exc:
+            raise StoreError(f"cannot open store {self.path}: {exc}") from exc
         except sqlite3.Error as exc:
             raise StoreError(f"cannot open store {self.path}: {exc}") from exc
+        self.space.settle()
+        self.replan()
+
+    def requeue(self) -> None:
+        """A row assigned to a batch that never got stored goes back to the queue."""
+        with self.thread.tx() as tx:
+            for table in ("signals", "outcomes", "receipts"):
+                tx.execute(
+                    f"UPDATE {table} SET batch_seq = NULL WHERE batch_seq IS NOT NULL"  # noqa: S608
+                    " AND batch_seq NOT IN (SELECT seq FROM batches)"
+                )
+
+    def recheck_space(self) -> dict[str, Any]:
+        """The maintenance loop's look at the disk: leave the `full` state when there is room
+        again, bound the quota by the free space; what status reports."""
+        if not self.space.recheck(force=True) and self._requeue_due:
+            self.requeue()
+            self._requeue_due = False
+        self.replan()
+        return self.space.to_json()
+
+    def files_bytes(self) -> int:
+        """What the store's files take on disk now (database, WAL, shared memory)."""
+        total = 0
+        for suffix in ("", "-wal", "-shm"):
+            try:
+                total += self.path.with_name(self.path.name + suffix).stat().st_size
+            except FileNotFoundError:
+                continue
+        return total
+
+    def replan(self) -> int:
+        """The quota in force: the profile's, bounded by what the store holds plus the free
+        space beyond the reserve (so eviction or refusal happens before the disk is full);
+        checked at open and by the maintenance loop. Returns the rows' budget."""
+        if self.disk is None:
+            return self.counters.outbox_max_bytes
+        room = self.files_bytes() + self.space.free_bytes() - self.space.reserve
+        self.quota_bytes = max(MIN_QUOTA, min(self.disk.quota, room))
+        rows = self.disk.rows if self.disk_quota is not None else self._rows_budget
+        if self.quota_bytes < self.disk.quota:
+            bounded = quota_plan(self.quota_bytes, self._page_size, self._btrees)
+            rows = min(rows, bounded.rows)
+        self.counters.outbox_max_bytes = rows
+        return self.counters.outbox_max_bytes
 
     def _plan_disk(self, db: sqlite3.Connection) -> None:
         """Small WAL checkpoints, the WAL truncated after each, rows' budget from the quota."""
         (page,) = db.execute("PRAGMA page_size").fetchone()
         (btrees,) = db.execute("SELECT COUNT(*) FROM sqlite_master WHERE rootpage > 0").fetchone()
         quota = self.disk_quota if self.disk_quota is not None else self.counters.outbox_max_bytes
+        self._page_size, self._btrees = int(page), int(btrees)
         disk = self.disk = quota_plan(quota, int(page), int(btrees))
         db.execute(f"PRAGMA wal_autocheckpoint={disk.wal_pages}")
         db.execute(f"PRAGMA journal_size_limit={disk.wal_limit}")

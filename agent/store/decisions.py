@@ -58,6 +58,7 @@ class DecisionLog:
         Accepted after analytics was withdrawn: the outcome never enters the outbox (it would
         leave once consent returns), nor is it an exposure a later conversion reports; the
         caps still count on the device."""
+        self._thread.space.refuse_if_full()  # new data waits while the disk is full
         logged = None if features is None else json.dumps(list(features))
         size = o.size + (len(logged) if logged else 0)
         now = self._clock()

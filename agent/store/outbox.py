@@ -59,6 +59,7 @@ class Outbox:
         each counted; QuotaExceeded (nothing stored) when the profile says refuse or when
         eviction cannot free enough.
         """
+        self._thread.space.refuse_if_full()  # new data waits while the disk is full
         c = self._counters
         # Decided here, on the store thread, in order with the purge of a withdrawal.
         withdrawn = withdrawn or c.analytics_withdrawn

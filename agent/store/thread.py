@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from agent.errors import StoreError
+from agent.store.space import DiskSpace, is_full
 
 T = TypeVar("T")
 
@@ -31,6 +32,10 @@ class StoreThread:
         self.wal_limit: int | None = None
         """Bytes the WAL may reach before a transaction truncates it (`quota.DiskPlan`)."""
         self._wal_path = path.with_name(path.name + "-wal")
+        self.exclusive = False
+        """Opened in exclusive locking mode (no room for `-shm` at start) until a restart."""
+        self.space = DiskSpace(path.parent)
+        """Free space, the reserve and the `full` state (`agent.store.core.Store` sizes it)."""
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="agent-store")
         self._db: sqlite3.Connection | None = None
 
@@ -43,14 +48,35 @@ class StoreThread:
         return await loop.run_in_executor(self._executor, partial(context.run, fn, *args, **kwargs))
 
     def connect(self) -> sqlite3.Connection:
-        """Open the connection (on the store thread): WAL, the profile's durability."""
+        """Open the connection (on the store thread): WAL, the profile's durability.
+
+        On a disk with no room even for the WAL's shared-memory file (`-shm`), the store opens
+        in exclusive locking mode, where SQLite keeps that index in memory: the agent starts,
+        reads what it holds and waits for room (`agent.store.space`) instead of failing."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            db = self._open(exclusive=False)
+        except sqlite3.Error as exc:
+            if not (is_full(exc) or self.space.free_bytes() < self.space.reserve):
+                raise
+            self.space.on_full(exc)
+            db = self._open(exclusive=True)
+            self.exclusive = True
+        self._db = db
+        return db
+
+    def _open(self, *, exclusive: bool) -> sqlite3.Connection:
         db = sqlite3.connect(self.path, isolation_level=None)
-        db.execute("PRAGMA journal_mode=WAL")
+        try:
+            if exclusive:  # before the first access: no -shm file is ever made
+                db.execute("PRAGMA locking_mode=EXCLUSIVE")
+            db.execute("PRAGMA journal_mode=WAL")
+        except sqlite3.Error:
+            db.close()
+            raise
         sync = "FULL" if self.durability == "full" else "NORMAL"
         db.execute(f"PRAGMA synchronous={sync}")
         db.execute("PRAGMA foreign_keys=ON")
-        self._db = db
         return db
 
     def disconnect(self) -> None:
@@ -69,16 +95,39 @@ class StoreThread:
 
     @contextmanager
     def tx(self) -> Iterator[sqlite3.Connection]:
-        """One write transaction (`BEGIN IMMEDIATE` .. `COMMIT`, rolled back on any error)."""
+        """One write transaction (`BEGIN IMMEDIATE` .. `COMMIT`, rolled back on any error).
+
+        A full disk (SQLITE_FULL, ENOSPC) anywhere in it releases the reserve and raises
+        `DiskFull` (`agent.store.space`): a state the callers answer, not a crash."""
         db = self.conn()
-        db.execute("BEGIN IMMEDIATE")
+        try:
+            db.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as exc:
+            self._raise_if_full(exc)
+            raise
         try:
             yield db
-        except BaseException:
-            db.execute("ROLLBACK")
+        except BaseException as exc:
+            self._rollback(db)
+            self._raise_if_full(exc)
             raise
-        db.execute("COMMIT")
+        try:
+            db.execute("COMMIT")
+        except sqlite3.Error as exc:
+            self._rollback(db)
+            self._raise_if_full(exc)
+            raise
         self._bound_wal(db)
+
+    def _raise_if_full(self, exc: BaseException) -> None:
+        """`exc` is a full disk: release the reserve and raise DiskFull from it."""
+        if is_full(exc):
+            raise self.space.on_full(exc) from exc
+
+    @staticmethod
+    def _rollback(db: sqlite3.Connection) -> None:
+        if db.in_transaction:  # SQLite may have rolled back already (a full disk does)
+            db.execute("ROLLBACK")
 
     def _bound_wal(self, db: sqlite3.Connection) -> None:
         """A transaction that pushed the WAL past what the plan reserves for it (a big
@@ -91,4 +140,9 @@ class StoreThread:
         except FileNotFoundError:
             return
         if size > 2 * self.wal_limit:  # what the plan reserves for the WAL
-            db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            try:
+                db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            except sqlite3.Error as exc:  # committed already; the next one truncates it
+                if not is_full(exc):
+                    raise
+                self.space.on_full(exc)
