@@ -57,6 +57,7 @@ class LocalApi:
                 web.get("/v1/consent", self.get_consent),
                 web.put("/v1/consent", self.put_consent),
                 web.get("/v1/status", self.get_status),
+                web.get("/v1/quarantine", self.get_quarantine),
                 web.get("/healthz", self.healthz),
                 web.get("/readyz", self.readyz),
                 web.get("/metrics", self.metrics),
@@ -263,6 +264,11 @@ class LocalApi:
 
     async def get_status(self, request: web.Request) -> web.Response:
         return web.json_response(self._agent.status())
+
+    async def get_quarantine(self, request: web.Request) -> web.Response:
+        """Outbox rows that could not be sent, kept for export (newest 1000 at most)."""
+        rows = await self._agent.quarantined(1000)
+        return web.json_response({"count": len(rows), "rows": rows})
 
     async def healthz(self, request: web.Request) -> web.Response:
         return web.json_response({"ok": True, "link": self._agent.status()["link"]})

@@ -44,6 +44,10 @@ class AgentPort(Protocol):
 
     async def get_claim(self, claim_id: str) -> dict[str, Any] | None: ...
 
+    async def quarantined(self, limit: int = 100) -> list[dict[str, Any]]:
+        """Outbox rows that could not be sent, newest first (`agent.store.quarantine`)."""
+        ...
+
     async def find_request(self, route: str, key: str) -> Stored | None:
         """The committed request of an `Idempotency-Key` on `route` (24 h), if any."""
         ...

@@ -214,6 +214,11 @@ class Agent:
     async def get_claim(self, claim_id: str) -> dict[str, Any] | None:
         return await self.parts.claims.get(claim_id)
 
+    async def quarantined(self, limit: int = 100) -> list[dict[str, Any]]:
+        """Outbox rows that could not be sent, newest first (`agent.store.quarantine`)."""
+        store = self.parts.store
+        return await store.call(store.quarantine.rows, limit)
+
     async def find_request(self, route: str, key: str) -> Stored | None:
         """The committed request of an `Idempotency-Key` on `route` (24 h), if any."""
         store = self.parts.store

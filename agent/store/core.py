@@ -25,6 +25,7 @@ from agent.store.erasure import Erasure
 from agent.store.idempotency import IdempotencyKeys
 from agent.store.offers import FeatureBuckets, OfferRows
 from agent.store.outbox import Outbox
+from agent.store.quarantine import Quarantine
 from agent.store.quota import DiskPlan
 from agent.store.quota import plan as quota_plan
 from agent.store.rows import Accepted, ConsentRow, Counters, NewOutcome, NewSignal, Pending
@@ -80,6 +81,7 @@ class Store:
         self.buckets = FeatureBuckets(self.thread)
         self.erasure = Erasure(self.thread, self.counters, clock)
         self.idempotency = IdempotencyKeys(self.thread, clock)
+        self.quarantine = Quarantine(self.thread)
 
     async def call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Run a table method (or any `fn`) on the store thread."""

@@ -155,3 +155,7 @@ def m008_idempotency(db: sqlite3.Connection) -> None:
         "CREATE TABLE quarantine (id TEXT PRIMARY KEY, source TEXT NOT NULL,"
         " row TEXT NOT NULL, reason TEXT NOT NULL, at REAL NOT NULL)"
     )
+    db.executemany(
+        "INSERT OR IGNORE INTO meta(key, value) VALUES (?, '0')",
+        [("quarantined",), ("quarantine_dropped",)],
+    )
