@@ -80,7 +80,7 @@ BODIES = st.one_of(
 KEYS = st.one_of(  # what a client can put in a header (no control characters)
     st.none(),
     st.text(
-        alphabet=st.characters(min_codepoint=32, max_codepoint=255, exclude_categories=("Cc",)),
+        alphabet=st.characters(min_codepoint=32, max_codepoint=255, exclude_categories=["Cc"]),
         max_size=70,
     ),
 )
