@@ -32,6 +32,10 @@ class StoreError(AgentError):
     """The on-device SQLite store failed (disk full, corrupt file)."""
 
 
+class CorruptStore(StoreError):
+    """SQLite cannot read the store's file (not a database, malformed, truncated)."""
+
+
 class DiskFull(StoreError):
     """The disk under the store is full (SQLITE_FULL, ENOSPC): new data waits (HTTP 507)."""
 

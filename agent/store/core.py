@@ -10,13 +10,16 @@ table methods with `await store.call(store.outbox.accept, ...)`; writes are tran
 from __future__ import annotations
 
 import asyncio
+import json
+import logging
 import sqlite3
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from agent.errors import DiskFull, StoreError
+from agent.errors import CorruptStore, DiskFull, StoreError
+from agent.store import outbox_sql, recovery
 from agent.store.batches import Batches
 from agent.store.claims import ClaimRows
 from agent.store.consent import ConsentRows
@@ -35,6 +38,7 @@ from agent.store.thread import StoreThread
 
 __all__ = ["Accepted", "ConsentRow", "NewOutcome", "NewSignal", "Pending", "Store"]
 
+log = logging.getLogger(__name__)
 T = TypeVar("T")
 MIN_QUOTA = 64 * 1024
 """The smallest quota a nearly full disk bounds the store to (it holds at least its schema)."""
@@ -70,6 +74,10 @@ class Store:
         self.counters = Counters(outbox_max_bytes)
         self._rows_budget = outbox_max_bytes
         self._requeue_due = False
+        self.replaced: dict[str, Any] | None = None
+        self.replaced_now = False
+        """This open replaced an unreadable store (the agent counts it: `stores_replaced`)."""
+        """When this store replaced an unreadable one: `{"at", "reason", "moved_to"}`."""
         self._page_size = 4096
         self._btrees = 1
         self.outbox = Outbox(self.thread, self.counters, clock, outbox_full=outbox_full)
@@ -132,7 +140,40 @@ class Store:
     def _open(self) -> None:
         self.space.prepare()  # on a full disk the reserve goes first: the open needs room
         try:
+            self._open_db()
+        except CorruptStore as exc:
+            self.thread.disconnect()
+            moved = recovery.move_aside(self.path, self.clock())
+            log.error(  # noqa: TRY400 - the reason is the message; no traceback helps here
+                "store %s is unreadable (%s): moved aside to %s; a fresh, empty store starts"
+                " (what the old outbox held is lost)",
+                self.path,
+                exc,
+                moved.name,
+            )
+            self._open_db()
+            self.replaced = {"at": self.clock(), "reason": str(exc), "moved_to": moved.name}
+            self.replaced_now = True
+            with self.thread.tx() as tx:
+                outbox_sql.meta_set(tx, "store_replaced", json.dumps(self.replaced))
+        else:
+            row = (
+                self.thread.conn()
+                .execute("SELECT value FROM meta WHERE key = 'store_replaced'")
+                .fetchone()
+            )
+            self.replaced = json.loads(row[0]) if row else None
+        self.space.settle()
+        self.replan()
+
+    def _open_db(self) -> None:
+        """Connect, check, migrate, plan the disk, re-queue, count; CorruptStore when SQLite
+        cannot read the file, StoreError for any other failure."""
+        try:
             db = self.thread.connect()
+            damage = recovery.quick_check(db)
+            if damage is not None:
+                raise CorruptStore(f"integrity check failed: {damage}")
             self._migrate(db)
             self._plan_disk(db)
             try:
@@ -143,9 +184,9 @@ class Store:
         except DiskFull as exc:
             raise StoreError(f"cannot open store {self.path}: {exc}") from exc
         except sqlite3.Error as exc:
+            if recovery.is_corrupt(exc):
+                raise CorruptStore(str(exc)) from exc
             raise StoreError(f"cannot open store {self.path}: {exc}") from exc
-        self.space.settle()
-        self.replan()
 
     def requeue(self) -> None:
         """A row assigned to a batch that never got stored goes back to the queue."""
