@@ -22,7 +22,7 @@ STATUS: tuple[tuple[type[AgentError], int, str], ...] = (
     (KeyReused, 409, "Idempotency-Key"),
     (QuotaExceeded, 503, "(outbox)"),
     (DiskFull, 507, "(disk)"),
-    (StoreError, 500, "(store)"),
+    (StoreError, 503, "(store)"),
 )
 """(error, HTTP status, the `loc` of its one error entry); InvalidInput carries its own."""
 

@@ -190,8 +190,11 @@ class LocalApi:
                     headers={"Retry-After": str(DISK_FULL_RETRY_S)},
                 )
             if isinstance(exc, StoreError):
+                # nothing of the request was stored (its transaction rolled back): retry
                 log.error("store failure serving %s: %s", request.path, exc)  # noqa: TRY400
-                return web.json_response({"errors": errors}, status=status)
+                return web.json_response(
+                    {"errors": errors}, status=status, headers={"Retry-After": "5"}
+                )
             return self._reject(status, errors)
 
     # ------------------------------------------------------------ routes

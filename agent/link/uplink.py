@@ -16,7 +16,7 @@ from typing import Any
 
 from agent import AGENT_VERSION
 from agent.config import AgentSettings
-from agent.errors import BatchTooLarge, DiskFull, LinkDown
+from agent.errors import BatchTooLarge, DiskFull, LinkDown, StoreError
 from agent.intake.consent import ConsentState
 from agent.link.downlink import UnknownFields
 from agent.link.transport import Transport
@@ -205,6 +205,9 @@ class Uplink:
             # What is stored is still resent (above); cutting new batches waits for room.
             self._metrics.inc("uplink_disk_full")
             self._faults.log("disk_full", "uplink cannot cut a batch: %s", exc)
+        except StoreError as exc:  # an I/O error: rolled back, the next tick tries again
+            self._metrics.inc("uplink_store_errors")
+            self._faults.log("store_error", "uplink step failed, retrying: %s", exc)
 
     async def _resend_due(self) -> None:
         now = self._timer()
@@ -284,8 +287,8 @@ class Uplink:
         self._in_flight[seq] = self._timer()
         try:
             await self._store.call(self._store.batches.mark_sent, seq, len(payload), self.today())
-        except DiskFull as exc:  # sent all the same; only the attempt count and budget wait
-            self._faults.log("disk_full_mark", "batch %d sent, not marked: %s", seq, exc)
+        except StoreError as exc:  # sent all the same; only the attempt count and budget wait
+            self._faults.log("mark_sent", "batch %d sent, not marked: %s", seq, exc)
         self._metrics.inc("uplink_bytes", len(payload))
         if resend and attempts > 0:
             self._metrics.inc("batches_resent")
@@ -309,8 +312,9 @@ class Uplink:
             return
         try:
             result = await self._store.call(self._store.batches.ack, ack.acks)
-        except DiskFull as exc:
-            # Even the reserve is gone: the batch stays and is resent; the gateway acks again.
+        except StoreError as exc:
+            # A full disk without reserve, an I/O error: the batch stays and is resent, the
+            # gateway acks it again.
             self._metrics.inc("acks_deferred")
             self._faults.log("disk_full_ack", "ack of %s deferred: %s", ack.acks, exc)
             return

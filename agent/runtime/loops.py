@@ -13,7 +13,7 @@ from datetime import datetime
 from agent import AGENT_VERSION
 from agent.config import AgentSettings
 from agent.decide import attribution
-from agent.errors import DiskFull, LinkDown
+from agent.errors import LinkDown, StoreError
 from agent.features.windows import prune_cutoff
 from agent.link.transport import Transport
 from agent.model.scoring import warm
@@ -43,8 +43,8 @@ async def maintenance(
     A full disk skips the rest of a round (what it deletes needs room in the WAL first)."""
     longest = attribution.longest_window_s(settings.profile.decisions)
     while True:
-        await store.call(store.recheck_space)
         try:
+            await store.call(store.recheck_space)
             expired = await store.call(store.outbox.expire)
             if expired:
                 metrics.inc("signals_expired", expired)
@@ -53,8 +53,8 @@ async def maintenance(
             now = utcnow()
             await store.call(store.decisions.prune, local_day(now) - 1, now.timestamp() - longest)
             await store.call(store.idempotency.prune)
-        except DiskFull as exc:
-            log.debug("maintenance waits for disk space: %s", exc)
+        except StoreError as exc:  # a full disk, an I/O error: the next round tries again
+            log.debug("maintenance round skipped: %s", exc)
         await asyncio.sleep(MAINTENANCE_S)
 
 

@@ -58,6 +58,7 @@ class Store:
         clock: Callable[[], float] = time.time,
         disk_quota: int | None = None,
         cache_kib: int | None = None,
+        connection: type[sqlite3.Connection] = sqlite3.Connection,
     ) -> None:
         self.path = path
         self.clock = clock
@@ -66,7 +67,7 @@ class Store:
         `outbox_max_bytes` is what `agent.store.quota.plan` leaves of it."""
         self.cache_kib = cache_kib
         self.disk: DiskPlan | None = None
-        self.thread = StoreThread(path, durability=durability)
+        self.thread = StoreThread(path, durability=durability, factory=connection)
         self.space: DiskSpace = self.thread.space
         self.space.reserve = reserve_for(disk_quota if disk_quota is not None else outbox_max_bytes)
         self.quota_bytes = disk_quota if disk_quota is not None else outbox_max_bytes

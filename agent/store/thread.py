@@ -26,9 +26,17 @@ T = TypeVar("T")
 class StoreThread:
     """One SQLite file, one thread, one connection; transactions with `tx()`."""
 
-    def __init__(self, path: Path, *, durability: str = "full") -> None:
+    def __init__(
+        self,
+        path: Path,
+        *,
+        durability: str = "full",
+        factory: type[sqlite3.Connection] = sqlite3.Connection,
+    ) -> None:
+        """`factory`: the connection class (a test passes one that injects faults)."""
         self.path = path
         self.durability = durability
+        self._factory = factory
         self.wal_limit: int | None = None
         """Bytes the WAL may reach before a transaction truncates it (`quota.DiskPlan`)."""
         self._wal_path = path.with_name(path.name + "-wal")
@@ -45,7 +53,19 @@ class StoreThread:
         result or its exception."""
         loop = asyncio.get_running_loop()
         context = contextvars.copy_context()
-        return await loop.run_in_executor(self._executor, partial(context.run, fn, *args, **kwargs))
+        return await loop.run_in_executor(
+            self._executor, partial(context.run, self._run, fn, *args, **kwargs)
+        )
+
+    def _run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """`fn` on the store thread; an SQLite error leaves the store as ours (the boundary):
+        DiskFull for a full disk, StoreError for any other (an I/O error, a lock)."""
+        try:
+            return fn(*args, **kwargs)
+        except sqlite3.Error as exc:
+            if is_full(exc):
+                raise self.space.on_full(exc) from exc
+            raise StoreError(f"store failure: {exc}") from exc
 
     def connect(self) -> sqlite3.Connection:
         """Open the connection (on the store thread): WAL, the profile's durability.
@@ -66,7 +86,7 @@ class StoreThread:
         return db
 
     def _open(self, *, exclusive: bool) -> sqlite3.Connection:
-        db = sqlite3.connect(self.path, isolation_level=None)
+        db = sqlite3.connect(self.path, isolation_level=None, factory=self._factory)
         try:
             if exclusive:  # before the first access: no -shm file is ever made
                 db.execute("PRAGMA locking_mode=EXCLUSIVE")
