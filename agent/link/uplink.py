@@ -305,18 +305,19 @@ class Uplink:
             self._faults.log(exc.reason, "bad ack: %s", exc)
             return
         self._unknown.note("Ack", ignored)
-        mine = self._store.outbox_id
-        if ack.outbox_id is not None and mine and ack.outbox_id != mine:
-            # For a batch of this device's wiped predecessor: its seqs are not ours.
-            self._metrics.inc("acks_other_outbox", len(ack.acks))
-            return
         try:
-            result = await self._store.call(self._store.batches.ack, ack.acks)
+            # only batches cut under the ack's outbox id: never another copy's (`identity`)
+            result = await self._store.call(self._store.batches.ack, ack.acks, ack.outbox_id)
         except StoreError as exc:
             # A full disk without reserve, an I/O error: the batch stays and is resent, the
             # gateway acks it again.
             self._metrics.inc("acks_deferred")
             self._faults.log("disk_full_ack", "ack of %s deferred: %s", ack.acks, exc)
+            return
+        mine = self._store.outbox_id
+        if not result.seqs and ack.outbox_id is not None and mine and ack.outbox_id != mine:
+            # for another outbox: this device's wiped predecessor, or another copy of it
+            self._metrics.inc("acks_other_outbox", len(ack.acks))
             return
         for seq in result.seqs:
             self._in_flight.pop(seq, None)

@@ -79,6 +79,8 @@ async def build(
         clock=clock,
     )
     await store.open()
+    if store.rotated:
+        metrics.inc("outbox_rotated")  # this start found the store copied here
     if store.replaced_now:
         metrics.inc("stores_replaced")  # this start replaced an unreadable store
     try:

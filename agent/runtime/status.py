@@ -24,7 +24,11 @@ def status_of(parts: Parts) -> dict[str, Any]:
         "outbox_id": store.outbox_id,
         "disk": {**store.space.to_json(), "quota_bytes": store.quota_bytes},
         "quarantine": {"rows": store.drops.get("quarantined", 0)},
-        "store": {"path": str(store.path), "replaced": store.replaced},
+        "store": {
+            "path": str(store.path),
+            "replaced": store.replaced,
+            "outbox_rotations": store.drops.get("outbox_rotations", 0),
+        },
         "in_flight": parts.uplink.in_flight,
         "model_version": parts.slot.version,
         "offers": len(parts.offers),

@@ -175,8 +175,9 @@ class Batches:
                 "UPDATE receipts SET batch_seq = ? WHERE id = ?", [(seq, r) for r in receipts]
             )
             tx.execute(
-                "INSERT INTO batches(seq, payload, created, attempts) VALUES (?, ?, ?, 0)",
-                (seq, payload, self._clock()),
+                "INSERT INTO batches(seq, payload, created, attempts, outbox_id)"
+                " VALUES (?, ?, ?, 0, ?)",
+                (seq, payload, self._clock(), self._counters.outbox_id or None),
             )
         self._counters.outbox_bytes += len(payload)
         self._after_quarantine(poisoned)
@@ -205,8 +206,10 @@ class Batches:
         if day:
             self._counters.budget_day, self._counters.budget_bytes = day, used
 
-    def ack(self, seqs: Sequence[int]) -> AckResult:
-        """Delete acknowledged batches and their rows; unknown seqs are ignored."""
+    def ack(self, seqs: Sequence[int], outbox_id: str | None = None) -> AckResult:
+        """Delete acknowledged batches and their rows; unknown seqs are ignored. With
+        `outbox_id` (what the gateway echoes), only batches cut under that outbox id: an ack
+        meant for another copy of this store deletes nothing here."""
         done: list[int] = []
         n_sig = n_out = n_agg = 0
         restored_sig = restored_out = 0
@@ -214,9 +217,15 @@ class Batches:
         now = self._clock()
         with self._thread.tx() as tx:
             for seq in seqs:
-                found = tx.execute("SELECT length(payload) FROM batches WHERE seq = ?", (seq,))
+                found = tx.execute(
+                    "SELECT length(payload) FROM batches WHERE seq = ?"
+                    " AND (? IS NULL OR outbox_id IS NULL OR outbox_id = ?)",
+                    (seq, outbox_id, outbox_id),
+                )
                 row = found.fetchone()
                 if row is None:
+                    if outbox_id is not None and outbox_id != self._counters.outbox_id:
+                        continue  # another outbox's seq: nothing of ours
                     late = outbox_sql.ack_withdrawn(tx, seq)
                     if late is not None:  # purged at a withdrawal, but it was stored
                         done.append(seq)

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from agent.errors import CorruptStore, DiskFull, StoreError
-from agent.store import outbox_sql, recovery
+from agent.store import identity, outbox_sql, recovery
 from agent.store.batches import Batches
 from agent.store.claims import ClaimRows
 from agent.store.consent import ConsentRows
@@ -77,6 +77,8 @@ class Store:
         self._requeue_due = False
         self.replaced: dict[str, Any] | None = None
         self.replaced_now = False
+        self.rotated = False
+        """This open found the store copied here and took a new outbox id (`identity`)."""
         """This open replaced an unreadable store (the agent counts it: `stores_replaced`)."""
         """When this store replaced an unreadable one: `{"at", "reason", "moved_to"}`."""
         self._page_size = 4096
@@ -176,6 +178,8 @@ class Store:
             if damage is not None:
                 raise CorruptStore(f"integrity check failed: {damage}")
             self._migrate(db)
+            with self.thread.tx() as tx:
+                self.rotated = identity.check(tx, self.path)
             self._plan_disk(db)
             try:
                 self.requeue()

@@ -58,6 +58,7 @@ def drop_counts(db: sqlite3.Connection) -> dict[str, int]:
         "forgotten": meta_int(db, "dropped_forgotten"),
         "forgets": meta_int(db, "forgets"),
         "quarantined": meta_int(db, "quarantined"),
+        "outbox_rotations": meta_int(db, "outbox_rotations"),
     }
 
 

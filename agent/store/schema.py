@@ -159,3 +159,13 @@ def m008_idempotency(db: sqlite3.Connection) -> None:
         "INSERT OR IGNORE INTO meta(key, value) VALUES (?, '0')",
         [("quarantined",), ("quarantine_dropped",)],
     )
+
+
+@migration
+def m009_batch_outbox_id(db: sqlite3.Connection) -> None:
+    """Each batch remembers the outbox id it was cut under: an ack applies to the batches of
+    its own outbox only (`agent.store.identity`: a copied store takes a new one)."""
+    db.execute("ALTER TABLE batches ADD COLUMN outbox_id TEXT")
+    row = db.execute("SELECT value FROM meta WHERE key = 'outbox_id'").fetchone()
+    if row is not None:
+        db.execute("UPDATE batches SET outbox_id = ?", (row[0],))
