@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from agent.errors import InvalidInput
+from agent.intake.kinds import BUILTIN
 from agent.intake.validate import parse_signals
 from agent.store import idempotency
 from protocol.ids import format_time, utcnow
@@ -353,3 +354,19 @@ def test_the_store_refuses_a_second_key_row_in_one_transaction(tmp_path: Path) -
                 with pytest.raises(idempotency.DuplicateRequest):
                     idempotency.record(db, 1.0)
     db.close()
+
+
+def test_the_documented_table_is_the_one_the_agent_checks() -> None:
+    """docs/agent-api.md, "Signals": each kind with its attributes and types, as enforced."""
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "agent-api.md").read_text()
+    table = doc.split("## Signals", 1)[1].split("\n\n", 2)[1]
+    documented: dict[str, dict[str, str]] = {}
+    for line in table.splitlines()[2:]:
+        kind, attrs = (cell.strip() for cell in line.strip("|").split("|"))
+        documented[kind.strip("`")] = {
+            part.split()[0].strip("`"): part.split()[1] for part in attrs.split(", ")
+        }
+    enforced = {
+        kind: {name: rule.type for name, rule in rules.items()} for kind, rules in BUILTIN.items()
+    }
+    assert documented == enforced
