@@ -370,3 +370,16 @@ def test_the_documented_table_is_the_one_the_agent_checks() -> None:
         kind: {name: rule.type for name, rule in rules.items()} for kind, rules in BUILTIN.items()
     }
     assert documented == enforced
+
+
+async def test_an_outcome_whose_answer_was_lost_is_answered_on_retry(
+    device: Device, client: Client
+) -> None:
+    await device.agent.set_consent({"analytics": True, "personalization": True, "marketing": True})
+    await device.transports.last.deliver("offers", device.bundle([("o1", 0.1, 50)]))
+    outcome = {"offer_id": "o1", "kind": "impression", "surface": SURFACE}
+    with idempotency.intent("outcomes", "lost-o", idempotency.fingerprint(outcome)):
+        committed = await device.agent.record_outcome_detail("o1", "impression", SURFACE)
+    retry = await client.post("/v1/outcomes", json=outcome, headers={"Idempotency-Key": "lost-o"})
+    assert retry.status == 202 and (await retry.json())["id"] == committed["id"]
+    assert device.agent.store.counters.outcome_rows == 1
