@@ -11,6 +11,13 @@ from typing import Any
 
 from agent.config import ATTR_TYPES, Profile
 
+_PYTHON_TYPES: Mapping[str, frozenset[type]] = {
+    "string": frozenset({str}),
+    "integer": frozenset({int}),
+    "number": frozenset({int, float}),
+    "boolean": frozenset({bool}),
+}
+
 
 @dataclass(frozen=True, slots=True)
 class AttrRule:
@@ -19,6 +26,14 @@ class AttrRule:
     type: str
     low: float | None = None
     high: float | None = None
+
+    def accepts(self, value: Any) -> bool:
+        """The fast check (intake is hot): `null` always, else the type and the range."""
+        if value is None:
+            return True
+        if type(value) not in _PYTHON_TYPES[self.type]:
+            return False
+        return self.low is None or self.high is None or self.low <= value <= self.high
 
 
 _CATEGORY = AttrRule("string")
@@ -89,11 +104,13 @@ class KindTable:
                 }
             ]
         out: list[dict[str, str]] = []
-        for name, rule in rules.items():
-            if name in attrs:
-                why = _matches(rule, attrs[name])
-                if why is not None:
-                    out.append({"loc": f"{loc}.attrs.{name}", "msg": why})
+        for name, value in attrs.items():
+            rule = rules.get(name)
+            if rule is None or rule.accepts(value):
+                continue
+            why = _matches(rule, value)
+            if why is not None:
+                out.append({"loc": f"{loc}.attrs.{name}", "msg": why})
         return out
 
 

@@ -150,6 +150,11 @@ class IdempotencyKeys:
 
     def prune(self) -> int:
         """Drop keys past `TTL_S` and the oldest beyond `MAX_KEYS`; how many went."""
+        count, oldest = (
+            self._thread.conn().execute("SELECT COUNT(*), MIN(created) FROM idempotency").fetchone()
+        )
+        if count <= MAX_KEYS and (oldest is None or oldest >= self._clock() - TTL_S):
+            return 0  # nothing to drop: no write (and no fsync) at all
         with self._thread.tx() as tx:
             gone = tx.execute(
                 "DELETE FROM idempotency WHERE created < ?", (self._clock() - TTL_S,)
