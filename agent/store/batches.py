@@ -148,9 +148,15 @@ class Batches:
                     signals, outcomes, receipts, aggregates = (
                         p[: max(1, len(p) // 2)] for p in parts
                     )
-                except ValidationError as exc:
-                    # An item the envelope refuses (an older version wrote it): out of the way.
-                    bad = quarantine.bad_items(exc, {"signals": signals, "outcomes": outcomes})
+                except Exception as exc:
+                    # An item the envelope refuses (an older version wrote it), or any other
+                    # failure that items alone explain: those items go out of the way.
+                    parts_of = {"signals": signals, "outcomes": outcomes}
+                    bad = (
+                        quarantine.bad_items(exc, parts_of)
+                        if isinstance(exc, ValidationError)
+                        else []
+                    ) or quarantine.alone(lambda s, o: build(seq, s, o, [], []), signals, outcomes)
                     if not bad:
                         raise
                     poisoned += bad

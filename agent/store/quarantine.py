@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -44,6 +44,29 @@ def bad_items(exc: ValidationError, parts: dict[str, list[dict[str, Any]]]) -> l
             why = ".".join(str(p) for p in loc) + ": " + err["msg"]
             found.setdefault((str(loc[0]), row_id), Poisoned(TABLES[str(loc[0])], row_id, why))
     return list(found.values())
+
+
+def alone(
+    build: Callable[[list[dict[str, Any]], list[dict[str, Any]]], object],
+    signals: list[dict[str, Any]],
+    outcomes: list[dict[str, Any]],
+) -> list[Poisoned]:
+    """The items that fail `build` on their own, when a batch failed for a reason no other
+    check names. Empty when the failure is not the items' (a batch of none fails too)."""
+    try:
+        build([], [])
+    except Exception:  # noqa: BLE001 - the batch machinery itself fails: not the items
+        return []
+    bad: list[Poisoned] = []
+    for table, items in (("signals", signals), ("outcomes", outcomes)):
+        for item in items:
+            one = ([item], []) if table == "signals" else ([], [item])
+            try:
+                build(*one)
+            except Exception as exc:  # noqa: BLE001 - the item is quarantined with it
+                why = f"{type(exc).__name__}: {exc}"
+                bad.append(Poisoned(table, str(item.get("id", "")), why[:500]))
+    return bad
 
 
 def move(tx: sqlite3.Connection, poisoned: Sequence[Poisoned], now: float) -> tuple[int, int]:

@@ -6,8 +6,14 @@ dies (today the uplink loop raised on the first such row, for good)."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
+import pytest
+
+from agent.store.core import Store
+from agent.store.rows import NewSignal
 from protocol import codec
 from protocol.envelopes import Ack
 from protocol.ids import format_time, utcnow
@@ -86,3 +92,41 @@ async def test_poisoned_rows_are_quarantined_and_the_rest_is_sent(
     assert by_id["bad-json"]["row"]["attrs"] == "{not json"  # kept as it was
     assert "kind" in by_id["bad-kind"]["reason"]
     assert "NaN" in by_id["bad-nan"]["reason"]
+
+
+async def test_a_row_that_fails_the_batch_for_any_reason_is_found_alone(tmp_path: Path) -> None:
+    """A failure no check names (here a builder that chokes on one row): the rows that fail
+    alone are quarantined and the rest is cut; a failure of the builder itself quarantines
+    nothing and is raised (it is a bug, not a row)."""
+    store = Store(tmp_path / "agent.sqlite3", durability="normal", clock=lambda: 1000.0)
+    await store.open()
+    try:
+        rows = [
+            NewSignal(i, "search", "2026-12-06T07:00:00.000Z", "{}", 50, 4e9)
+            for i in ("a", "poison", "b")
+        ]
+        await store.call(store.outbox.accept, rows, [])
+
+        def choke(seq: int, sigs: list[dict[str, Any]], *rest: Any) -> bytes:
+            if any(s["id"] == "poison" for s in sigs):
+                raise RuntimeError("cannot encode this one")
+            return json.dumps([s["id"] for s in sigs]).encode()
+
+        def broken(seq: int, sigs: list[dict[str, Any]], *rest: Any) -> bytes:
+            raise RuntimeError("a bug in the builder")
+
+        def cut(build: Any) -> Any:
+            return store.batches.cut(
+                max_signals=10, max_outcomes=10, max_receipts=10, include_data=True, build=build
+            )
+
+        with pytest.raises(RuntimeError, match="a bug"):  # the supervisor restarts the loop
+            await store.call(cut, broken)
+        assert await store.call(store.quarantine.rows) == []
+        batch = await store.call(cut, choke)
+        assert batch is not None and json.loads(batch.payload) == ["a", "b"]
+        held = await store.call(store.quarantine.rows)
+        assert [r["id"] for r in held] == ["poison"] and "cannot encode" in held[0]["reason"]
+        assert store.counters.signal_rows == 2 and store.drops["quarantined"] == 1
+    finally:
+        await store.close()
