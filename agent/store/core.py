@@ -178,8 +178,11 @@ class Store:
             if damage is not None:
                 raise CorruptStore(f"integrity check failed: {damage}")
             self._migrate(db)
-            with self.thread.tx() as tx:
-                self.rotated = identity.check(tx, self.path)
+            try:
+                with self.thread.tx() as tx:
+                    self.rotated = identity.check(tx, self.path)
+            except DiskFull:  # a copy found on a full disk takes its new id at the next open
+                log.warning("store %s: cannot record where it lives (disk full)", self.path)
             self._plan_disk(db)
             try:
                 self.requeue()

@@ -35,9 +35,11 @@ def here(path: Path) -> dict[str, int]:
 
 def check(db: sqlite3.Connection, path: Path) -> bool:
     """Record where the store lives; a new outbox id when it moved (True). Call in a write
-    transaction, after the migrations."""
+    transaction, after the migrations; it writes only when something changed."""
     now = here(path)
     row = db.execute("SELECT value FROM meta WHERE key = 'instance'").fetchone()
+    if row is not None and json.loads(row[0]) == now:
+        return False  # where it was: nothing to write (a full disk opens all the same)
     outbox_sql.meta_set(db, "instance", json.dumps(now, sort_keys=True))
     if row is None:
         return False  # first open (or an older version's store): nothing to compare
