@@ -94,6 +94,9 @@ async def test_a_cloned_device_loses_nothing_and_gets_no_acks_of_the_other(
             assert mine["outbox_id"] != copy["outbox_id"]
             assert copy["store"]["outbox_rotations"] == 1
             assert mine["store"]["outbox_rotations"] == 0
+            # both held the session in turn: the newer session took it over at least once
+            connects = [m["counters"].get("link_connects", 0) for m in (mine, copy)]
+            assert min(connects) >= 1 and sum(connects) >= 3, connects
             assert len(set(accepted)) == len(accepted) == 20 + 5 * 60
         finally:
             clone.stop()
