@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from agent.store.core import Store
 from agent.store.space import DiskSpace, is_full, reserve_for
 from protocol import codec
 from protocol.envelopes import Ack
@@ -141,3 +142,24 @@ async def test_an_agent_starts_on_a_disk_without_room_for_its_reserve(tmp_path: 
         store.space._free = lambda _: 10**9
         await store.call(store.recheck_space)
         assert (await device.agent.readiness())["disk"] == "ok"
+
+
+async def test_the_quota_in_force_follows_the_free_space(tmp_path: Path) -> None:
+    """Bounded by what the store holds plus the free space beyond the reserve, at each look:
+    on a disk smaller than the quota the outbox evicts before the disk is full."""
+    free = {"bytes": 10**10}
+    store = Store(tmp_path / "agent.sqlite3", disk_quota=16 * 1024 * 1024, clock=lambda: 1000.0)
+    store.space._free = lambda _: free["bytes"]  # the disk as the test says
+    await store.open()
+    try:
+        full_budget = store.outbox_max_bytes
+        assert store.quota_bytes == 16 * 1024 * 1024
+        free["bytes"] = 3 * 1024 * 1024  # another writer took most of the disk
+        await store.call(store.recheck_space)
+        assert store.quota_bytes < 4 * 1024 * 1024
+        assert store.outbox_max_bytes < full_budget
+        free["bytes"] = 10**10  # room again
+        await store.call(store.recheck_space)
+        assert store.quota_bytes == 16 * 1024 * 1024 and store.outbox_max_bytes == full_budget
+    finally:
+        await store.close()
