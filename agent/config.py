@@ -23,7 +23,8 @@ from mqttlink import connect
 from mqttlink.connect import CREDENTIAL_ENV
 from mqttlink.errors import CredentialError
 from protocol import broker_url
-from protocol.codec import field_errors
+from protocol.codec import field_errors, loads_finite
+from protocol.errors import NonFiniteNumber
 from protocol.topics import COHORT_RE, DEVICE_ID_RE, PROFILE_RE, Topics
 
 log = logging.getLogger(__name__)
@@ -55,7 +56,9 @@ MAX_BROKERS = 16
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # TOML reads `nan` and `inf` as floats: a budget of `inf` ms or a ttl of `nan` hours is
+    # refused here with the field and the file, like any other bad value.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class Budgets(_Strict):
@@ -100,9 +103,18 @@ class ConsentDefaults(_Strict):
     marketing: bool = False
 
 
+ATTR_TYPES = ("string", "integer", "number", "boolean")
+AttrType = Literal["string", "integer", "number", "boolean"]
+
+
 class SignalPolicy(_Strict):
+    """`[signals.<kind>]` of a profile: the kind's priority and time to live; for a kind
+    outside the documented table, its section also declares it (a custom kind) and `attrs`
+    the types of its attributes (`agent.intake.kinds`)."""
+
     priority: Annotated[int, Field(ge=0, le=100)] = 50
     ttl_hours: Annotated[float, Field(gt=0, le=24 * 3650)] = 168.0
+    attrs: Annotated[dict[Name, AttrType], Field(max_length=64)] = Field(default_factory=dict)
 
 
 HHMM = Annotated[str, StringConstraints(pattern=r"^([01][0-9]|2[0-4]):[0-5][0-9]$")]
@@ -310,9 +322,11 @@ def _env_layer(environ: Mapping[str, str]) -> dict[str, Any]:
         value: Any = raw
         if raw[:1] in "[{":
             try:
-                value = json.loads(raw)
+                value = loads_finite(raw)
             except json.JSONDecodeError:
                 value = raw
+            except NonFiniteNumber as exc:
+                raise ConfigError(str(exc), source="environment", field=name) from exc
         node = doc
         for part in path[:-1]:
             node = node.setdefault(part, {})

@@ -32,6 +32,20 @@ class StoreError(AgentError):
     """The on-device SQLite store failed (disk full, corrupt file)."""
 
 
+class CorruptStore(StoreError):
+    """SQLite cannot read the store's file (not a database, malformed, truncated)."""
+
+
+class DiskFull(StoreError):
+    """The disk under the store is full (SQLITE_FULL, ENOSPC): new data waits (HTTP 507)."""
+
+    def __init__(self, free_bytes: int, detail: str = "") -> None:
+        super().__init__(
+            f"the device's disk is full ({free_bytes} bytes free){': ' + detail if detail else ''}"
+        )
+        self.free_bytes = free_bytes
+
+
 class QuotaExceeded(AgentError):
     """The outbox is at its quota and the profile says refuse (HTTP 503)."""
 
@@ -54,6 +68,16 @@ class TooLarge(AgentError):
     def __init__(self, message: str, *, limit: int) -> None:
         super().__init__(message)
         self.limit = limit
+
+
+class KeyReused(AgentError):
+    """An `Idempotency-Key` already committed with another request body (HTTP 409)."""
+
+    def __init__(self, key: str) -> None:
+        super().__init__(
+            f"Idempotency-Key {key!r} was used with another body within 24 h; use a new key"
+        )
+        self.key = key
 
 
 class UnknownOffer(AgentError):

@@ -27,6 +27,9 @@ class Supervisor:
     `restart_on_return`: a loop that returns is started again too (the agent's loops are
     meant to run forever); otherwise a return ends it (shown down, not restarted).
     `on_restart(name)` is called at each restart (the agent counts them in its metrics).
+    `healthy_after` (default `max_delay`): a loop that ran at least that long before it died
+    is restarted after `first_delay` again, not after the backoff of earlier crashes (a loop
+    that fails once a day is not made to wait the cap each time).
     """
 
     def __init__(
@@ -37,6 +40,7 @@ class Supervisor:
         max_delay: float = MAX_DELAY_S,
         restart_on_return: bool = False,
         on_restart: Callable[[str], None] | None = None,
+        healthy_after: float | None = None,
     ) -> None:
         self.restarts: Counter[str] = Counter()
         self._prefix = prefix
@@ -44,6 +48,7 @@ class Supervisor:
         self._max = max_delay
         self._restart_on_return = restart_on_return
         self._on_restart = on_restart
+        self._healthy_after = max_delay if healthy_after is None else healthy_after
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._running: dict[str, bool] = {}
 
@@ -74,22 +79,29 @@ class Supervisor:
     async def _keep(self, name: str, factory: LoopFactory) -> None:
         delay = self._first
         label = self._task_name(name)
+        clock = asyncio.get_running_loop().time
         while True:
             self._running[name] = True
+            started = clock()
+            failure: Exception | None = None
             try:
                 await factory()
             except asyncio.CancelledError:
                 self._running[name] = False
                 raise
-            except Exception:
-                # A bug or an unexpected error: the loop must not stay dead silently.
-                log.exception("loop %s died; restarting in %.1f s", label, delay)
+            except Exception as exc:  # noqa: BLE001 - logged below with its traceback
+                failure = exc
             else:
                 if not self._restart_on_return:
                     self._running[name] = False
                     return
-                log.error("loop %s returned; restarting in %.1f s", label, delay)
             self._running[name] = False
+            if clock() - started >= self._healthy_after:
+                delay = self._first  # it ran well for a while: this is a new fault
+            if failure is not None:
+                log.error("loop %s died; restarting in %.1f s", label, delay, exc_info=failure)
+            else:
+                log.error("loop %s returned; restarting in %.1f s", label, delay)
             self.restarts[name] += 1
             if self._on_restart is not None:
                 self._on_restart(name)

@@ -135,8 +135,17 @@ class Household:
             script = _usage(self.persona, run.spec.profile, self.rng, signals_per_device)
             if history:
                 step = history / max(len(script), 1)
+                profile = run.agent.settings.profile
+                kept = []
                 for i, signal in enumerate(script):
-                    signal["at"] = format_time(now - history + step * i)
+                    at = now - history + step * i
+                    # a signal past its kind's time to live would be gone from a real device
+                    # (and the agent refuses it: 400 naming the bound)
+                    ttl = timedelta(hours=profile.policy(str(signal["kind"])).ttl_hours)
+                    if at > now - ttl + timedelta(minutes=1):
+                        signal["at"] = format_time(at)
+                        kept.append(signal)
+                script = kept
             for start in range(0, len(script), per_request):
                 chunk = script[start : start + per_request]
                 if run.spec.via_http:

@@ -2,7 +2,16 @@
 
 from __future__ import annotations
 
-from agent.errors import AgentError, InvalidInput, QuotaExceeded, StoreError, TooLarge, UnknownOffer
+from agent.errors import (
+    AgentError,
+    DiskFull,
+    InvalidInput,
+    KeyReused,
+    QuotaExceeded,
+    StoreError,
+    TooLarge,
+    UnknownOffer,
+)
 from agent.offers.claims import NotClaimable
 
 STATUS: tuple[tuple[type[AgentError], int, str], ...] = (
@@ -10,8 +19,10 @@ STATUS: tuple[tuple[type[AgentError], int, str], ...] = (
     (InvalidInput, 400, ""),
     (UnknownOffer, 404, "offer_id"),
     (NotClaimable, 409, "offer_id"),
+    (KeyReused, 409, "Idempotency-Key"),
     (QuotaExceeded, 503, "(outbox)"),
-    (StoreError, 500, "(store)"),
+    (DiskFull, 507, "(disk)"),
+    (StoreError, 503, "(store)"),
 )
 """(error, HTTP status, the `loc` of its one error entry); InvalidInput carries its own."""
 

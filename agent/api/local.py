@@ -15,16 +15,27 @@ from aiohttp import web
 
 from agent.api.errors import answer
 from agent.api.port import AgentPort
-from agent.errors import AgentError, InvalidInput, StoreError, TooLarge
+from agent.errors import AgentError, DiskFull, InvalidInput, KeyReused, StoreError, TooLarge
 from agent.intake.consent import parse_purposes
+from agent.intake.service import signals_answer
 from agent.intake.validate import parse_outcome, parse_signals
 from agent.offers.claims import claim_json
+from agent.store import idempotency
+from agent.store.idempotency import DuplicateRequest
 from mqttlink.logs import OnceLogger
+from protocol.codec import loads_finite
+from protocol.errors import NonFiniteNumber
 from protocol.ids import format_time
 
 log = logging.getLogger(__name__)
 HOST = "127.0.0.1"
 MAX_LIMIT = 50
+BODY: web.RequestKey[Any] = web.RequestKey("edgemart_body", object)
+"""The parsed JSON body, read once per request (the idempotency check and the route)."""
+DISK_FULL_RETRY_S = 60
+"""`Retry-After` of a 507: the maintenance loop looks at the disk every minute."""
+KEY_HEADER = "Idempotency-Key"
+REPLAYED_HEADER = "Idempotent-Replayed"
 
 
 class LocalApi:
@@ -46,6 +57,7 @@ class LocalApi:
                 web.get("/v1/consent", self.get_consent),
                 web.put("/v1/consent", self.put_consent),
                 web.get("/v1/status", self.get_status),
+                web.get("/v1/quarantine", self.get_quarantine),
                 web.get("/healthz", self.healthz),
                 web.get("/readyz", self.readyz),
                 web.get("/metrics", self.metrics),
@@ -88,20 +100,76 @@ class LocalApi:
         except web.HTTPException as exc:
             if not 400 <= exc.status < 500:
                 raise
-            return self._reject(exc.status, [{"loc": "(request)", "msg": exc.reason}])
+            msg = exc.reason
+            if exc.status == 413:  # aiohttp's own refusal says no limit
+                limit = self._agent.settings.max_request_bytes
+                msg = f"body over the limit of {limit} bytes"
+            return self._reject(exc.status, [{"loc": "(request)", "msg": msg}])
 
     async def _body(self, request: web.Request) -> Any:
+        """The request's JSON body (read and checked once per request)."""
+        if BODY not in request:
+            request[BODY] = await self._read_body(request)
+        return request[BODY]
+
+    async def _read_body(self, request: web.Request) -> Any:
         limit = self._agent.settings.max_request_bytes
         if request.content_length is not None and request.content_length > limit:
-            raise TooLarge(f"body of {request.content_length} bytes", limit=limit)
+            raise TooLarge(
+                f"body of {request.content_length} bytes is over the limit of {limit} bytes",
+                limit=limit,
+            )
         try:
             raw = await request.read()
         except web.HTTPRequestEntityTooLarge as exc:
-            raise TooLarge("body over the size limit", limit=limit) from exc
+            raise TooLarge(f"body over the limit of {limit} bytes", limit=limit) from exc
         try:
-            return json.loads(raw)
+            return loads_finite(raw)
+        except NonFiniteNumber as exc:
+            # Never stored: a NaN or an overflowing number would poison every store after us.
+            self._agent.metrics.inc("api_non_finite")
+            msg = f"{exc.literal} is not a finite number (NaN, infinities and numbers past"
+            raise InvalidInput([{"loc": exc.path, "msg": msg + " 64 bits are refused)"}]) from exc
         except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
             raise InvalidInput([{"loc": "(body)", "msg": f"not JSON: {exc}"}]) from exc
+
+    async def _keyed(
+        self, request: web.Request, route: str, handler: Any, replay: Any = None
+    ) -> web.Response:
+        """`handler` under the request's `Idempotency-Key`, if it has one: a key committed
+        within 24 h with the same body answers its original answer (`replay(body)` renders
+        it, default as stored) and stores nothing; with another body, 409."""
+        key = request.headers.get(KEY_HEADER)
+        if key is None:
+            return await self._guard(request, handler)
+
+        async def keyed(req: web.Request) -> web.Response:
+            problem = idempotency.key_problem(key)
+            if problem is not None:
+                raise InvalidInput([{"loc": KEY_HEADER, "msg": problem}])
+            digest = idempotency.fingerprint(await self._body(req))
+            for _ in range(2):  # once more if a concurrent retry committed it meanwhile
+                known = await self._agent.find_request(route, key)
+                if known is not None:
+                    return await self._replay(route, key, known, digest, replay)
+                with idempotency.intent(route, key, digest):
+                    try:
+                        response: web.Response = await handler(req)
+                    except DuplicateRequest:
+                        continue
+                    return response
+            raise InvalidInput([{"loc": KEY_HEADER, "msg": "retried concurrently; try again"}])
+
+        return await self._guard(request, keyed)
+
+    async def _replay(
+        self, route: str, key: str, known: idempotency.Stored, digest: str, replay: Any
+    ) -> web.Response:
+        if known.fingerprint != digest:
+            raise KeyReused(key)
+        self._agent.metrics.inc("api_replayed")
+        body = await replay(known.body) if replay is not None else known.body
+        return web.json_response(body, status=known.status, headers={REPLAYED_HEADER: "true"})
 
     async def _guard(self, request: web.Request, handler: Any) -> web.Response:
         try:
@@ -112,9 +180,21 @@ class LocalApi:
             if known is None:
                 raise
             status, errors = known
+            if isinstance(exc, DiskFull):
+                # a state, not a crash: the app keeps its data and retries later
+                self._agent.metrics.inc("api_disk_full")
+                self._faults.log("507", "local API: %s", exc)
+                return web.json_response(
+                    {"errors": errors, "free_bytes": exc.free_bytes},
+                    status=status,
+                    headers={"Retry-After": str(DISK_FULL_RETRY_S)},
+                )
             if isinstance(exc, StoreError):
+                # nothing of the request was stored (its transaction rolled back): retry
                 log.error("store failure serving %s: %s", request.path, exc)  # noqa: TRY400
-                return web.json_response({"errors": errors}, status=status)
+                return web.json_response(
+                    {"errors": errors}, status=status, headers={"Retry-After": "5"}
+                )
             return self._reject(status, errors)
 
     # ------------------------------------------------------------ routes
@@ -124,9 +204,9 @@ class LocalApi:
             body = await self._body(req)
             parsed = parse_signals(body, max_items=self._agent.settings.max_request_items)
             ids = await self._agent.accept_parsed(parsed)
-            return web.json_response({"accepted": len(ids), "ids": ids}, status=202)
+            return web.json_response(signals_answer(ids), status=202)
 
-        return await self._guard(request, handle)
+        return await self._keyed(request, "signals", handle)
 
     async def get_offers(self, request: web.Request) -> web.Response:
         async def handle(req: web.Request) -> web.Response:
@@ -169,7 +249,7 @@ class LocalApi:
             # an unattributed conversion is answered, not stored: 200 with the reason
             return web.json_response(result, status=202 if result.get("id") else 200)
 
-        return await self._guard(request, handle)
+        return await self._keyed(request, "outcomes", handle)
 
     async def get_consent(self, request: web.Request) -> web.Response:
         return web.json_response(self._agent.consent.to_json())
@@ -187,6 +267,11 @@ class LocalApi:
 
     async def get_status(self, request: web.Request) -> web.Response:
         return web.json_response(self._agent.status())
+
+    async def get_quarantine(self, request: web.Request) -> web.Response:
+        """Outbox rows that could not be sent, kept for export (newest 1000 at most)."""
+        rows = await self._agent.quarantined(1000)
+        return web.json_response({"count": len(rows), "rows": rows})
 
     async def healthz(self, request: web.Request) -> web.Response:
         return web.json_response({"ok": True, "link": self._agent.status()["link"]})
@@ -211,7 +296,11 @@ class LocalApi:
             row, created = await self._agent.claim(offer_id)
             return web.json_response(claim_json(row), status=202 if created else 200)
 
-        return await self._guard(request, handle)
+        async def replay(stored: dict[str, Any]) -> dict[str, Any]:
+            row = await self._agent.get_claim(str(stored.get("claim_id")))
+            return claim_json(row) if row is not None else stored
+
+        return await self._keyed(request, "claims", handle, replay)
 
     async def get_claim(self, request: web.Request) -> web.Response:
         async def handle(req: web.Request) -> web.Response:

@@ -10,6 +10,7 @@ from agent.decide.ranking import Decision
 from agent.intake.consent import ConsentState
 from agent.intake.validate import SignalIn
 from agent.runtime.metrics import Metrics
+from agent.store.idempotency import Stored
 
 
 class AgentPort(Protocol):
@@ -42,6 +43,14 @@ class AgentPort(Protocol):
     async def claim(self, offer_id: str) -> tuple[dict[str, Any], bool]: ...
 
     async def get_claim(self, claim_id: str) -> dict[str, Any] | None: ...
+
+    async def quarantined(self, limit: int = 100) -> list[dict[str, Any]]:
+        """Outbox rows that could not be sent, newest first (`agent.store.quarantine`)."""
+        ...
+
+    async def find_request(self, route: str, key: str) -> Stored | None:
+        """The committed request of an `Idempotency-Key` on `route` (24 h), if any."""
+        ...
 
     async def readiness(self) -> dict[str, Any]:
         """`{"ready": bool, ...}`: broker link up, store answering, every owned loop running."""

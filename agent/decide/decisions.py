@@ -17,6 +17,7 @@ from agent.errors import ScoringError
 from agent.features.context import UserContext
 from agent.model.scoring import Model
 from agent.runtime.metrics import Metrics
+from agent.store import idempotency
 from agent.store.core import Store
 from agent.store.rows import NewOutcome
 from protocol.envelopes import Offer
@@ -222,7 +223,9 @@ class Decisions:
             counterfactual, variant = exposure.counterfactual, exposure.variant
             body["attributed_to"] = {"id": exposure.outcome_id, "kind": exposure.kind}
             self._metrics.inc("conversions_attributed")
-        body["id"] = await self._store_outcome(
+        body["id"] = new_id()
+        idempotency.answer_with(202, body)  # committed with the outcome when keyed
+        await self._store_outcome(
             offer,
             kind,
             surface,
@@ -232,6 +235,7 @@ class Decisions:
             features=features,
             counterfactual=counterfactual,
             variant=variant,
+            outcome_id=body["id"],
         )
         return body
 
@@ -247,9 +251,10 @@ class Decisions:
         features: tuple[float, ...] | None,
         counterfactual: bool,
         variant: str | None = None,
+        outcome_id: str | None = None,
     ) -> str:
         outcome = NewOutcome(
-            id=new_id(),
+            id=outcome_id or new_id(),
             offer_id=offer.id,
             campaign_id=offer.campaign_id,
             variant=variant or offer.variant,

@@ -55,9 +55,15 @@ def window_end(label: str) -> float:
 
 
 def _number(value: Any) -> float | None:
+    """A finite float of an int or float attr value; None for anything else (NaN, an
+    infinity, an integer too big for a float, a string, a bool)."""
     if isinstance(value, bool) or not isinstance(value, int | float):
         return None
-    return float(value) if math.isfinite(value) else None
+    try:
+        number = float(value)
+    except OverflowError:
+        return None
+    return number if math.isfinite(number) else None
 
 
 def aggregate_key(kind: str, attrs: Mapping[str, Any]) -> str:
@@ -81,11 +87,12 @@ def aggregate_key(kind: str, attrs: Mapping[str, Any]) -> str:
 
 
 def seconds_of(attrs: Mapping[str, Any]) -> float:
-    """`attrs.seconds` when it is a non-negative number, else 0."""
-    value = attrs.get("seconds")
-    if isinstance(value, bool) or not isinstance(value, int | float):
+    """`attrs.seconds` when it is a finite non-negative number, else 0 (a NaN stored by an
+    older version must never reach the NOT NULL `aggregates.seconds`)."""
+    value = _number(attrs.get("seconds"))
+    if value is None:
         return 0.0
-    return float(min(max(value, 0.0), 1e6))
+    return min(max(value, 0.0), 1e6)
 
 
 def hit(kind: str, attrs: Mapping[str, Any], at: float, window_s: int) -> AggregateHit:

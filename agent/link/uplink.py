@@ -16,7 +16,7 @@ from typing import Any
 
 from agent import AGENT_VERSION
 from agent.config import AgentSettings
-from agent.errors import BatchTooLarge, LinkDown
+from agent.errors import BatchTooLarge, DiskFull, LinkDown, StoreError
 from agent.intake.consent import ConsentState
 from agent.link.downlink import UnknownFields
 from agent.link.transport import Transport
@@ -201,6 +201,13 @@ class Uplink:
                     self._flush = False
         except LinkDown as exc:
             log.debug("uplink paused: %s", exc)
+        except DiskFull as exc:
+            # What is stored is still resent (above); cutting new batches waits for room.
+            self._metrics.inc("uplink_disk_full")
+            self._faults.log("disk_full", "uplink cannot cut a batch: %s", exc)
+        except StoreError as exc:  # an I/O error: rolled back, the next tick tries again
+            self._metrics.inc("uplink_store_errors")
+            self._faults.log("store_error", "uplink step failed, retrying: %s", exc)
 
     async def _resend_due(self) -> None:
         now = self._timer()
@@ -278,7 +285,10 @@ class Uplink:
         if seq not in self._in_flight:  # acked while we waited for the PUBACK
             return
         self._in_flight[seq] = self._timer()
-        await self._store.call(self._store.batches.mark_sent, seq, len(payload), self.today())
+        try:
+            await self._store.call(self._store.batches.mark_sent, seq, len(payload), self.today())
+        except StoreError as exc:  # sent all the same; only the attempt count and budget wait
+            self._faults.log("mark_sent", "batch %d sent, not marked: %s", seq, exc)
         self._metrics.inc("uplink_bytes", len(payload))
         if resend and attempts > 0:
             self._metrics.inc("batches_resent")
@@ -295,12 +305,20 @@ class Uplink:
             self._faults.log(exc.reason, "bad ack: %s", exc)
             return
         self._unknown.note("Ack", ignored)
+        try:
+            # only batches cut under the ack's outbox id: never another copy's (`identity`)
+            result = await self._store.call(self._store.batches.ack, ack.acks, ack.outbox_id)
+        except StoreError as exc:
+            # A full disk without reserve, an I/O error: the batch stays and is resent, the
+            # gateway acks it again.
+            self._metrics.inc("acks_deferred")
+            self._faults.log("disk_full_ack", "ack of %s deferred: %s", ack.acks, exc)
+            return
         mine = self._store.outbox_id
-        if ack.outbox_id is not None and mine and ack.outbox_id != mine:
-            # For a batch of this device's wiped predecessor: its seqs are not ours.
+        if not result.seqs and ack.outbox_id is not None and mine and ack.outbox_id != mine:
+            # for another outbox: this device's wiped predecessor, or another copy of it
             self._metrics.inc("acks_other_outbox", len(ack.acks))
             return
-        result = await self._store.call(self._store.batches.ack, ack.acks)
         for seq in result.seqs:
             self._in_flight.pop(seq, None)
         self._metrics.inc("batches_acked", len(result.seqs))

@@ -18,7 +18,9 @@ from typing import Any
 from agent.errors import ModelRejected
 from agent.model.scoring import Model, load_model
 from daemonkit.files import fsync_dir, write_durable
+from protocol.codec import loads_finite
 from protocol.envelopes import ModelUpdateReport
+from protocol.errors import ProtocolError
 
 log = logging.getLogger(__name__)
 
@@ -60,9 +62,9 @@ def _kept_versions(models_dir: Path) -> list[int]:
 
 def _load_version(models_dir: Path, version: int, bad: Refusals) -> Model | None:
     try:
-        manifest = json.loads((models_dir / f"v{version}.json").read_text(encoding="utf-8"))
+        manifest = loads_finite((models_dir / f"v{version}.json").read_bytes())
         model = load_model(models_dir / f"v{version}.onnx", manifest)
-    except (OSError, ValueError, KeyError, TypeError, ModelRejected) as exc:
+    except (OSError, ValueError, KeyError, TypeError, ProtocolError, ModelRejected) as exc:
         log.error("kept model v%d in %s is unusable: %s", version, models_dir, exc)  # noqa: TRY400
         return None
     if (model.version, model.sha256) in bad:
@@ -86,8 +88,8 @@ def load_kept(models_dir: Path, bad: Refusals | None = None) -> tuple[Model | No
     if not pointer.is_file():
         return None, None
     try:
-        named = int(json.loads(pointer.read_text(encoding="utf-8"))["version"])
-    except (OSError, ValueError, KeyError, TypeError) as exc:
+        named = int(loads_finite(pointer.read_bytes())["version"])
+    except (OSError, ValueError, KeyError, TypeError, ProtocolError) as exc:
         log.error("the model pointer in %s is unusable: %s", models_dir, exc)  # noqa: TRY400
         return None, None
     found: list[Model] = []
@@ -128,13 +130,13 @@ def revert(models_dir: Path, good_version: int | None) -> None:
 def load_status(models_dir: Path) -> tuple[Refusals, ModelUpdateReport | None]:
     """Remembered refusals and the last report (`status.json`); empty when absent or bad."""
     try:
-        doc = json.loads((models_dir / STATUS).read_text(encoding="utf-8"))
+        doc = loads_finite((models_dir / STATUS).read_bytes())
         refused = {(int(v), str(sha)): str(reason) for v, sha, reason in doc.get("refused", [])}
         report = doc.get("report")
         return refused, ModelUpdateReport.model_validate(report) if report else None
     except FileNotFoundError:
         return {}, None
-    except (OSError, ValueError, TypeError) as exc:
+    except (OSError, ValueError, TypeError, ProtocolError) as exc:
         log.warning("ignoring the model update status in %s: %s", models_dir, exc)
         return {}, None
 

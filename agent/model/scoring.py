@@ -7,7 +7,6 @@ serve; the scaled input tensors a model scores are built in `agent.model.inputs`
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import threading
 from collections import OrderedDict
@@ -103,8 +102,8 @@ def load_default_model() -> Model:
     """Load the shipped default model (trusted as firmware: its manifest is unsigned)."""
     onnx_path, manifest_path = default_model_paths()
     try:
-        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
+        manifest = codec.loads_finite(manifest_path.read_bytes())
+    except (OSError, ValueError, ProtocolError) as exc:
         raise ModelRejected(f"cannot read the default manifest {manifest_path}: {exc}") from exc
     if not isinstance(manifest, dict):
         raise ModelRejected(f"default manifest {manifest_path} is not a JSON object")

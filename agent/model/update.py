@@ -26,7 +26,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-import json
 import logging
 import statistics
 import time
@@ -281,7 +280,7 @@ class ModelUpdater:
                 return "known_refused"
             self.state.update(state="downloading", offered_version=manifest.version)
             data = await download(manifest, self.config.download_timeout_s)
-            signed = json.loads(payload)
+            signed = codec.decode_object(payload, max_compressed=MAX_MANIFEST_BYTES)
             path = await asyncio.to_thread(
                 install, self.config.models_dir, manifest.version, data, signed
             )

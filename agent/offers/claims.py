@@ -21,6 +21,7 @@ from agent.errors import AgentError, LinkDown, UnknownOffer
 from agent.link.downlink import UnknownFields, read_addressed
 from agent.link.transport import Transport
 from agent.runtime.metrics import Metrics
+from agent.store import idempotency
 from agent.store.core import Store
 from mqttlink.logs import OnceLogger
 from protocol import codec
@@ -115,8 +116,11 @@ class Claims:
             raise UnknownOffer(offer_id)
         if not offer.limited:
             raise NotClaimable(offer_id, "not a limited offer (no claim needed)")
+        claim_id = new_id()
+        # keyed: the key is committed with a new claim; a replay shows the claim as it is now
+        idempotency.answer_with(202, {"claim_id": claim_id})
         row, created = await self._store.call(
-            self._store.claims.open, new_id(), offer.id, offer.campaign_id
+            self._store.claims.open, claim_id, offer.id, offer.campaign_id
         )
         if not created:
             self._metrics.inc("claims_repeated")

@@ -37,6 +37,7 @@ from agent.runtime.metrics import Metrics
 from agent.runtime.parts import Parts
 from agent.runtime.status import accounting_of, status_of
 from agent.store.core import Store
+from agent.store.idempotency import Stored
 from daemonkit.notify import Notifier, feed_watchdog
 
 log = logging.getLogger(__name__)
@@ -215,6 +216,16 @@ class Agent:
     async def get_claim(self, claim_id: str) -> dict[str, Any] | None:
         return await self.parts.claims.get(claim_id)
 
+    async def quarantined(self, limit: int = 100) -> list[dict[str, Any]]:
+        """Outbox rows that could not be sent, newest first (`agent.store.quarantine`)."""
+        store = self.parts.store
+        return await store.call(store.quarantine.rows, limit)
+
+    async def find_request(self, route: str, key: str) -> Stored | None:
+        """The committed request of an `Idempotency-Key` on `route` (24 h), if any."""
+        store = self.parts.store
+        return await store.call(store.idempotency.find, route, key)
+
     async def replace_model(self, onnx_path: Path, manifest: dict[str, Any]) -> bool:
         """Serve another model, or refuse it and keep the current one (`AgentService`)."""
         return await self.parts.service.replace_model(onnx_path, manifest)
@@ -236,7 +247,8 @@ class Agent:
         return accounting_of(self.parts)
 
     async def readiness(self) -> dict[str, Any]:
-        """Ready: the broker link is up, the store answers a query, every owned loop runs."""
+        """Ready: the broker link is up, the store answers a query, the disk has room for new
+        data (`disk`: `ok` or `full`), every owned loop runs."""
         parts = self.parts
         link = parts.link.connected.is_set()
         try:
@@ -244,10 +256,12 @@ class Agent:
         except AgentError:
             store = False
         down = parts.loops.down()
+        full = parts.store.space.full
         return {
-            "ready": link and store and not down,
+            "ready": link and store and not down and not full,
             "link": link,
             "store": store,
+            "disk": "full" if full else "ok",
             "loops_down": down,
         }
 

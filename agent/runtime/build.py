@@ -79,6 +79,10 @@ async def build(
         clock=clock,
     )
     await store.open()
+    if store.rotated:
+        metrics.inc("outbox_rotated")  # this start found the store copied here
+    if store.replaced_now:
+        metrics.inc("stores_replaced")  # this start replaced an unreadable store
     try:
         return await _build_on(settings, store, verifier, metrics, memory, clock, timer, transport)
     except BaseException:

@@ -13,7 +13,7 @@ from datetime import datetime
 from agent import AGENT_VERSION
 from agent.config import AgentSettings
 from agent.decide import attribution
-from agent.errors import LinkDown
+from agent.errors import LinkDown, StoreError
 from agent.features.windows import prune_cutoff
 from agent.link.transport import Transport
 from agent.model.scoring import warm
@@ -38,16 +38,23 @@ async def maintenance(
     settings: AgentSettings,
     local_day: Callable[[datetime], int],
 ) -> None:
-    """Every `MAINTENANCE_S`: expire signals, prune feature buckets, caps and exposures."""
+    """Every `MAINTENANCE_S`: look at the disk (leave the full state, bound the quota by the
+    free space), expire signals, prune feature buckets, caps, exposures and idempotency keys.
+    A full disk skips the rest of a round (what it deletes needs room in the WAL first)."""
     longest = attribution.longest_window_s(settings.profile.decisions)
     while True:
-        expired = await store.call(store.outbox.expire)
-        if expired:
-            metrics.inc("signals_expired", expired)
-            log.info("dropped %d expired signals", expired)
-        await store.call(store.buckets.prune, prune_cutoff(utcnow()))
-        now = utcnow()
-        await store.call(store.decisions.prune, local_day(now) - 1, now.timestamp() - longest)
+        try:
+            await store.call(store.recheck_space)
+            expired = await store.call(store.outbox.expire)
+            if expired:
+                metrics.inc("signals_expired", expired)
+                log.info("dropped %d expired signals", expired)
+            await store.call(store.buckets.prune, prune_cutoff(utcnow()))
+            now = utcnow()
+            await store.call(store.decisions.prune, local_day(now) - 1, now.timestamp() - longest)
+            await store.call(store.idempotency.prune)
+        except StoreError as exc:  # a full disk, an I/O error: the next round tries again
+            log.debug("maintenance round skipped: %s", exc)
         await asyncio.sleep(MAINTENANCE_S)
 
 

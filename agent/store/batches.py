@@ -4,16 +4,20 @@ the store thread (`agent.store.thread`)."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from agent.errors import BatchTooLarge, StoreError
-from agent.store import outbox_sql
+from pydantic import ValidationError
+
+from agent.errors import BatchTooLarge
+from agent.store import outbox_sql, quarantine
 from agent.store.decisions import add_outcome_extras
+from agent.store.quarantine import Poisoned
 from agent.store.rows import Counters
 from agent.store.thread import StoreThread
+from protocol.codec import loads_finite
+from protocol.errors import ProtocolError
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,15 +45,26 @@ MAX_BATCH_JSON_BYTES = 1024 * 1024
 bound); the builder's own check (`agent.link.uplink`) is exact, this only saves work."""
 
 
-def _within_bytes(rows: Iterable[tuple[str, str, str, str]], limit: int) -> list[dict[str, Any]]:
-    """Signal rows as batch items while their estimated JSON stays within `limit` (>= 1 row)."""
+def _within_bytes(
+    rows: Iterable[tuple[str, str, str, str]], limit: int, poisoned: list[Poisoned]
+) -> list[dict[str, Any]]:
+    """Signal rows as batch items while their estimated JSON stays within `limit` (>= 1 row);
+    a row whose attrs are not a finite JSON object goes to `poisoned` instead."""
     out: list[dict[str, Any]] = []
     used = 0
     for sid, kind, at, attrs in rows:
         used += len(sid) + len(kind) + len(at) + len(attrs.encode("utf-8")) + 40
         if out and used > limit:
             break
-        out.append({"id": sid, "kind": kind, "at": at, "attrs": json.loads(attrs)})
+        try:
+            parsed = loads_finite(attrs)
+        except (ValueError, ProtocolError, RecursionError) as exc:
+            poisoned.append(Poisoned("signals", sid, f"attrs: {exc}"))
+            continue
+        if not isinstance(parsed, dict):
+            poisoned.append(Poisoned("signals", sid, "attrs: not a JSON object"))
+            continue
+        out.append({"id": sid, "kind": kind, "at": at, "attrs": parsed})
     return out
 
 
@@ -76,6 +91,7 @@ class Batches:
         and the seq was not consumed. `build(seq, signals, outcomes, receipts)` makes the
         payload bytes; it is pure and runs on the store thread. None when nothing waits.
         """
+        poisoned: list[Poisoned] = []
         with self._thread.tx() as tx:
             signals: list[dict[str, Any]] = []
             outcomes: list[dict[str, Any]] = []
@@ -88,6 +104,7 @@ class Batches:
                         (max_signals,),
                     ),
                     MAX_BATCH_JSON_BYTES,
+                    poisoned,
                 )
                 cols = "id, offer_id, campaign_id, variant, kind, at, surface, score, model_version"
                 outcomes = [
@@ -98,7 +115,7 @@ class Batches:
                         (max_outcomes,),
                     )
                 ]
-                add_outcome_extras(tx, outcomes)
+                add_outcome_extras(tx, outcomes, poisoned)
             receipts = [
                 r[0]
                 for r in tx.execute(
@@ -111,9 +128,8 @@ class Batches:
             aggregates = (
                 outbox_sql.select_aggregates(tx, MAX_AGGREGATES_PER_BATCH) if include_data else []
             )
-            if not signals and not outcomes and not receipts and not aggregates:
-                return None
-            while True:
+            payload = None
+            while signals or outcomes or receipts or aggregates:
                 try:
                     payload = build(seq, signals, outcomes, receipts, aggregates)
                     break
@@ -121,10 +137,37 @@ class Batches:
                     # Too big for the gateway's bounds: halve what there is, keep the order.
                     parts = (signals, outcomes, receipts, aggregates)
                     if all(len(p) <= 1 for p in parts):
-                        raise StoreError(f"one item is too large to send: {exc}") from exc
+                        # one item alone is too large: it can never be sent
+                        big = [Poisoned("signals", s["id"], str(exc)) for s in signals]
+                        big += [Poisoned("outcomes", o["id"], str(exc)) for o in outcomes]
+                        if not big:
+                            raise
+                        poisoned += big
+                        signals, outcomes = [], []
+                        continue
                     signals, outcomes, receipts, aggregates = (
                         p[: max(1, len(p) // 2)] for p in parts
                     )
+                except Exception as exc:
+                    # An item the envelope refuses (an older version wrote it), or any other
+                    # failure that items alone explain: those items go out of the way.
+                    parts_of = {"signals": signals, "outcomes": outcomes}
+                    bad = (
+                        quarantine.bad_items(exc, parts_of)
+                        if isinstance(exc, ValidationError)
+                        else []
+                    ) or quarantine.alone(lambda s, o: build(seq, s, o, [], []), signals, outcomes)
+                    if not bad:
+                        raise
+                    poisoned += bad
+                    gone = {p.id for p in bad}
+                    signals = [s for s in signals if s["id"] not in gone]
+                    outcomes = [o for o in outcomes if o["id"] not in gone]
+            if poisoned:
+                quarantine.move(tx, poisoned, self._clock())
+            if payload is None:
+                self._after_quarantine(poisoned)
+                return None
             outbox_sql.mark_aggregates_cut(tx, seq, aggregates)
             tx.execute("UPDATE meta SET value = ? WHERE key = 'next_seq'", (str(seq + 1),))
             tx.executemany(
@@ -138,11 +181,17 @@ class Batches:
                 "UPDATE receipts SET batch_seq = ? WHERE id = ?", [(seq, r) for r in receipts]
             )
             tx.execute(
-                "INSERT INTO batches(seq, payload, created, attempts) VALUES (?, ?, ?, 0)",
-                (seq, payload, self._clock()),
+                "INSERT INTO batches(seq, payload, created, attempts, outbox_id)"
+                " VALUES (?, ?, ?, 0, ?)",
+                (seq, payload, self._clock(), self._counters.outbox_id or None),
             )
         self._counters.outbox_bytes += len(payload)
+        self._after_quarantine(poisoned)
         return StoredBatch(seq, payload, 0)
+
+    def _after_quarantine(self, poisoned: list[Poisoned]) -> None:
+        if poisoned:  # rare: the counters are simplest read back
+            self._counters.recount(self._thread.conn())
 
     def stored(self) -> list[StoredBatch]:
         """Every stored, unacknowledged batch, by seq."""
@@ -163,8 +212,10 @@ class Batches:
         if day:
             self._counters.budget_day, self._counters.budget_bytes = day, used
 
-    def ack(self, seqs: Sequence[int]) -> AckResult:
-        """Delete acknowledged batches and their rows; unknown seqs are ignored."""
+    def ack(self, seqs: Sequence[int], outbox_id: str | None = None) -> AckResult:
+        """Delete acknowledged batches and their rows; unknown seqs are ignored. With
+        `outbox_id` (what the gateway echoes), only batches cut under that outbox id: an ack
+        meant for another copy of this store deletes nothing here."""
         done: list[int] = []
         n_sig = n_out = n_agg = 0
         restored_sig = restored_out = 0
@@ -172,9 +223,15 @@ class Batches:
         now = self._clock()
         with self._thread.tx() as tx:
             for seq in seqs:
-                found = tx.execute("SELECT length(payload) FROM batches WHERE seq = ?", (seq,))
+                found = tx.execute(
+                    "SELECT length(payload) FROM batches WHERE seq = ?"
+                    " AND (? IS NULL OR outbox_id IS NULL OR outbox_id = ?)",
+                    (seq, outbox_id, outbox_id),
+                )
                 row = found.fetchone()
                 if row is None:
+                    if outbox_id is not None and outbox_id != self._counters.outbox_id:
+                        continue  # another outbox's seq: nothing of ours
                     late = outbox_sql.ack_withdrawn(tx, seq)
                     if late is not None:  # purged at a withdrawal, but it was stored
                         done.append(seq)

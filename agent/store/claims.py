@@ -8,6 +8,7 @@ from collections.abc import Callable
 from typing import Any
 
 from agent.errors import StoreError
+from agent.store import idempotency
 from agent.store.thread import StoreThread
 
 _COLS = "id, offer_id, campaign_id, state, created, updated, attempts, code, reason"
@@ -24,6 +25,7 @@ class ClaimRows:
     def open(self, claim_id: str, offer_id: str, campaign_id: str) -> tuple[dict[str, Any], bool]:
         """The claim of `offer_id`: created as `pending` with `claim_id` if there is none yet
         (True), otherwise the existing one (False). One claim per offer, whatever happens."""
+        self._thread.space.refuse_if_full()  # new data waits while the disk is full
         now = self._clock()
         with self._thread.tx() as tx:
             cur = tx.execute(
@@ -32,6 +34,8 @@ class ClaimRows:
                 (claim_id, offer_id, campaign_id, now, now),
             )
             created = cur.rowcount == 1
+            if created:
+                idempotency.record(tx, now)
             row = _row(tx, "offer_id", offer_id)
         if row is None:  # pragma: no cover - the row was just written in this transaction
             raise StoreError(f"claim of {offer_id} vanished")

@@ -9,9 +9,12 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from agent.errors import StoreError
-from agent.store import outbox_sql
+from agent.store import idempotency, outbox_sql
+from agent.store.quarantine import Poisoned
 from agent.store.rows import Counters, NewOutcome
 from agent.store.thread import StoreThread
+from protocol.codec import loads_finite
+from protocol.errors import ProtocolError
 
 _EXPOSURE_COLS = (
     "outcome_id, campaign_id, offer_id, variant, kind, at, surface, score,"
@@ -19,16 +22,24 @@ _EXPOSURE_COLS = (
 )
 
 
-def add_outcome_extras(tx: sqlite3.Connection, outcomes: list[dict[str, Any]]) -> None:
-    """Add the logged features and the counterfactual flag to outcomes cut into a batch."""
-    for outcome in outcomes:
+def add_outcome_extras(
+    tx: sqlite3.Connection, outcomes: list[dict[str, Any]], poisoned: list[Poisoned]
+) -> None:
+    """Add the logged features and the counterfactual flag to outcomes cut into a batch; an
+    outcome whose features are not finite JSON leaves `outcomes` for `poisoned`."""
+    for outcome in list(outcomes):
         row = tx.execute(
             "SELECT features, counterfactual FROM outcomes WHERE id = ?", (outcome["id"],)
         ).fetchone()
         if row is None:
             continue
         if row[0]:
-            outcome["features"] = json.loads(row[0])
+            try:
+                outcome["features"] = loads_finite(row[0])
+            except (ValueError, ProtocolError) as exc:
+                poisoned.append(Poisoned("outcomes", outcome["id"], f"features: {exc}"))
+                outcomes.remove(outcome)
+                continue
         if row[1]:
             outcome["counterfactual"] = True
 
@@ -58,6 +69,7 @@ class DecisionLog:
         Accepted after analytics was withdrawn: the outcome never enters the outbox (it would
         leave once consent returns), nor is it an exposure a later conversion reports; the
         caps still count on the device."""
+        self._thread.space.refuse_if_full()  # new data waits while the disk is full
         logged = None if features is None else json.dumps(list(features))
         size = o.size + (len(logged) if logged else 0)
         now = self._clock()
@@ -89,6 +101,7 @@ class DecisionLog:
                             int(counterfactual),
                         ),
                     )
+                idempotency.record(tx, now)
                 tx.executemany(
                     "INSERT INTO cap_counts(scope, key, day, count) VALUES (?, ?, ?, 1)"
                     " ON CONFLICT(scope, key, day) DO UPDATE SET count = count + 1",

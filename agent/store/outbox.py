@@ -9,9 +9,21 @@ from collections.abc import Callable, Sequence
 
 from agent.errors import QuotaExceeded, StoreError
 from agent.intake.aggregates import AGGREGATE_ROW_CHARGE, AggregateHit
-from agent.store import outbox_sql
+from agent.store import idempotency, outbox_sql
 from agent.store.rows import Accepted, Counters, NewSignal, Pending
 from agent.store.thread import StoreThread
+
+
+def _held(db: sqlite3.Connection, ids: Sequence[str]) -> list[str]:
+    held: list[str] = []
+    for start in range(0, len(ids), 500):  # under SQLite's bound on parameters
+        chunk = list(ids[start : start + 500])
+        marks = ",".join("?" * len(chunk))
+        held += [
+            r[0]
+            for r in db.execute(f"SELECT id FROM signals WHERE id IN ({marks})", chunk)  # noqa: S608
+        ]
+    return held
 
 
 class Outbox:
@@ -36,6 +48,7 @@ class Outbox:
         buckets: Sequence[tuple[str, int, int]],
         hits: Sequence[AggregateHit] | None = None,
         withdrawn: bool = False,
+        client_ids: frozenset[str] = frozenset(),
     ) -> Accepted:
         """Store signals and their feature-bucket increments in ONE transaction.
 
@@ -46,15 +59,22 @@ class Outbox:
         each counted; QuotaExceeded (nothing stored) when the profile says refuse or when
         eviction cannot free enough.
         """
+        self._thread.space.refuse_if_full()  # new data waits while the disk is full
         c = self._counters
         # Decided here, on the store thread, in order with the purge of a withdrawal.
         withdrawn = withdrawn or c.analytics_withdrawn
         raw = not withdrawn and hits is None
         now = self._clock()
         added = 0
-        sizes = [s.size for s in signals] if raw else []
+        duplicates = 0
         try:
             with self._thread.tx() as tx:
+                if raw and client_ids:
+                    # a concurrent request stored one of them since `held_ids` looked
+                    held = set(_held(tx, [s.id for s in signals if s.id in client_ids]))
+                    duplicates = len(held)
+                    signals = [s for s in signals if s.id not in held]
+                sizes = [s.size for s in signals] if raw else []
                 if raw:
                     need = sum(sizes)
                 elif withdrawn:
@@ -77,6 +97,7 @@ class Outbox:
                     outbox_sql.meta_add(tx, "dropped_withdrawn", len(signals))
                 else:
                     added = outbox_sql.add_hits(tx, list(hits or []), now)
+                idempotency.record(tx, now)
                 if buckets:
                     tx.executemany(
                         "INSERT INTO feature_buckets(key, hour, count) VALUES (?, ?, ?)"
@@ -99,7 +120,11 @@ class Outbox:
             if withdrawn:
                 c.drop("withdrawn", len(signals))
             c.aggregate_unacked += aggregated
-        return Accepted(evicted, expired, len(signals) if withdrawn else 0, aggregated)
+        return Accepted(evicted, expired, len(signals) if withdrawn else 0, aggregated, duplicates)
+
+    def held_ids(self, ids: Sequence[str]) -> list[str]:
+        """Which of `ids` (client ids of signals) the outbox holds."""
+        return _held(self._thread.conn(), ids)
 
     def _make_room(
         self, tx: sqlite3.Connection, need: int, now: float

@@ -57,6 +57,8 @@ def drop_counts(db: sqlite3.Connection) -> dict[str, int]:
         "outcomes_withdrawn": meta_int(db, "outcomes_withdrawn"),
         "forgotten": meta_int(db, "dropped_forgotten"),
         "forgets": meta_int(db, "forgets"),
+        "quarantined": meta_int(db, "quarantined"),
+        "outbox_rotations": meta_int(db, "outbox_rotations"),
     }
 
 

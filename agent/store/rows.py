@@ -59,6 +59,8 @@ class Accepted:
     expired: int = 0
     withdrawn: int = 0
     aggregated: int = 0
+    duplicates: int = 0
+    """Signals whose client id the outbox already held (not stored again)."""
 
 
 @dataclass(frozen=True, slots=True)

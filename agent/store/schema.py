@@ -139,3 +139,33 @@ def m007_decision_table_names(db: sqlite3.Connection) -> None:
     db.execute("ALTER TABLE issue4_exposures RENAME TO exposures")
     db.execute("ALTER TABLE issue4_claims RENAME TO claims")
     db.execute("CREATE INDEX exposures_campaign ON exposures(campaign_id, kind, at)")
+
+
+@migration
+def m008_idempotency(db: sqlite3.Connection) -> None:
+    """Idempotency keys of the local API, committed with the rows of their request
+    (`agent.store.idempotency`); outbox rows quarantined after failing to send."""
+    db.execute(
+        "CREATE TABLE idempotency (route TEXT NOT NULL, key TEXT NOT NULL,"
+        " fingerprint TEXT NOT NULL, status INTEGER NOT NULL, answer TEXT NOT NULL,"
+        " created REAL NOT NULL, PRIMARY KEY (route, key))"
+    )
+    db.execute("CREATE INDEX idempotency_age ON idempotency(created)")
+    db.execute(
+        "CREATE TABLE quarantine (id TEXT PRIMARY KEY, source TEXT NOT NULL,"
+        " row TEXT NOT NULL, reason TEXT NOT NULL, at REAL NOT NULL)"
+    )
+    db.executemany(
+        "INSERT OR IGNORE INTO meta(key, value) VALUES (?, '0')",
+        [("quarantined",), ("quarantine_dropped",)],
+    )
+
+
+@migration
+def m009_batch_outbox_id(db: sqlite3.Connection) -> None:
+    """Each batch remembers the outbox id it was cut under: an ack applies to the batches of
+    its own outbox only (`agent.store.identity`: a copied store takes a new one)."""
+    db.execute("ALTER TABLE batches ADD COLUMN outbox_id TEXT")
+    row = db.execute("SELECT value FROM meta WHERE key = 'outbox_id'").fetchone()
+    if row is not None:
+        db.execute("UPDATE batches SET outbox_id = ?", (row[0],))

@@ -8,6 +8,7 @@ never blocks on disk and every statement runs on the one thread that owns the co
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import sqlite3
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from agent.errors import StoreError
+from agent.store.space import DiskSpace, is_full
 
 T = TypeVar("T")
 
@@ -24,29 +26,77 @@ T = TypeVar("T")
 class StoreThread:
     """One SQLite file, one thread, one connection; transactions with `tx()`."""
 
-    def __init__(self, path: Path, *, durability: str = "full") -> None:
+    def __init__(
+        self,
+        path: Path,
+        *,
+        durability: str = "full",
+        factory: type[sqlite3.Connection] = sqlite3.Connection,
+    ) -> None:
+        """`factory`: the connection class (a test passes one that injects faults)."""
         self.path = path
         self.durability = durability
+        self._factory = factory
         self.wal_limit: int | None = None
         """Bytes the WAL may reach before a transaction truncates it (`quota.DiskPlan`)."""
         self._wal_path = path.with_name(path.name + "-wal")
+        self.exclusive = False
+        """Opened in exclusive locking mode (no room for `-shm` at start) until a restart."""
+        self.space = DiskSpace(path.parent)
+        """Free space, the reserve and the `full` state (`agent.store.core.Store` sizes it)."""
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="agent-store")
         self._db: sqlite3.Connection | None = None
 
     async def call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        """Run `fn(*args, **kwargs)` on the store thread; its result or its exception."""
+        """Run `fn(*args, **kwargs)` on the store thread, in a copy of the caller's context
+        (a request's idempotency key reaches its write: `agent.store.idempotency`); its
+        result or its exception."""
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, partial(fn, *args, **kwargs))
+        context = contextvars.copy_context()
+        return await loop.run_in_executor(
+            self._executor, partial(context.run, self._run, fn, *args, **kwargs)
+        )
+
+    def _run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """`fn` on the store thread; an SQLite error leaves the store as ours (the boundary):
+        DiskFull for a full disk, StoreError for any other (an I/O error, a lock)."""
+        try:
+            return fn(*args, **kwargs)
+        except sqlite3.Error as exc:
+            if is_full(exc):
+                raise self.space.on_full(exc) from exc
+            raise StoreError(f"store failure: {exc}") from exc
 
     def connect(self) -> sqlite3.Connection:
-        """Open the connection (on the store thread): WAL, the profile's durability."""
+        """Open the connection (on the store thread): WAL, the profile's durability.
+
+        On a disk with no room even for the WAL's shared-memory file (`-shm`), the store opens
+        in exclusive locking mode, where SQLite keeps that index in memory: the agent starts,
+        reads what it holds and waits for room (`agent.store.space`) instead of failing."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        db = sqlite3.connect(self.path, isolation_level=None)
-        db.execute("PRAGMA journal_mode=WAL")
+        try:
+            db = self._open(exclusive=False)
+        except sqlite3.Error as exc:
+            if not (is_full(exc) or self.space.free_bytes() < self.space.reserve):
+                raise
+            self.space.on_full(exc)
+            db = self._open(exclusive=True)
+            self.exclusive = True
+        self._db = db
+        return db
+
+    def _open(self, *, exclusive: bool) -> sqlite3.Connection:
+        db = sqlite3.connect(self.path, isolation_level=None, factory=self._factory)
+        try:
+            if exclusive:  # before the first access: no -shm file is ever made
+                db.execute("PRAGMA locking_mode=EXCLUSIVE")
+            db.execute("PRAGMA journal_mode=WAL")
+        except sqlite3.Error:
+            db.close()
+            raise
         sync = "FULL" if self.durability == "full" else "NORMAL"
         db.execute(f"PRAGMA synchronous={sync}")
         db.execute("PRAGMA foreign_keys=ON")
-        self._db = db
         return db
 
     def disconnect(self) -> None:
@@ -65,16 +115,39 @@ class StoreThread:
 
     @contextmanager
     def tx(self) -> Iterator[sqlite3.Connection]:
-        """One write transaction (`BEGIN IMMEDIATE` .. `COMMIT`, rolled back on any error)."""
+        """One write transaction (`BEGIN IMMEDIATE` .. `COMMIT`, rolled back on any error).
+
+        A full disk (SQLITE_FULL, ENOSPC) anywhere in it releases the reserve and raises
+        `DiskFull` (`agent.store.space`): a state the callers answer, not a crash."""
         db = self.conn()
-        db.execute("BEGIN IMMEDIATE")
+        try:
+            db.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as exc:
+            self._raise_if_full(exc)
+            raise
         try:
             yield db
-        except BaseException:
-            db.execute("ROLLBACK")
+        except BaseException as exc:
+            self._rollback(db)
+            self._raise_if_full(exc)
             raise
-        db.execute("COMMIT")
+        try:
+            db.execute("COMMIT")
+        except sqlite3.Error as exc:
+            self._rollback(db)
+            self._raise_if_full(exc)
+            raise
         self._bound_wal(db)
+
+    def _raise_if_full(self, exc: BaseException) -> None:
+        """`exc` is a full disk: release the reserve and raise DiskFull from it."""
+        if is_full(exc):
+            raise self.space.on_full(exc) from exc
+
+    @staticmethod
+    def _rollback(db: sqlite3.Connection) -> None:
+        if db.in_transaction:  # SQLite may have rolled back already (a full disk does)
+            db.execute("ROLLBACK")
 
     def _bound_wal(self, db: sqlite3.Connection) -> None:
         """A transaction that pushed the WAL past what the plan reserves for it (a big
@@ -87,4 +160,9 @@ class StoreThread:
         except FileNotFoundError:
             return
         if size > 2 * self.wal_limit:  # what the plan reserves for the WAL
-            db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            try:
+                db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            except sqlite3.Error as exc:  # committed already; the next one truncates it
+                if not is_full(exc):
+                    raise
+                self.space.on_full(exc)

@@ -9,9 +9,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from aiohttp.test_utils import TestClient, TestServer
 
+from agent.api.local import LocalApi
 from simulators.brokers import MosquittoProcess
 from tests.support.agent_world import FakeGateway, Responder, World
+from tests.support.local_device import Client, Device, running_device
 
 
 @pytest.fixture
@@ -45,3 +48,17 @@ async def responder(world: World) -> AsyncIterator[Responder]:
     desk = Responder(world)
     async with _running("claim-responder", desk.run, 10):
         yield desk
+
+
+@pytest.fixture
+async def device(tmp_path: Path) -> AsyncIterator[Device]:
+    """A tv agent over a fake transport (no broker)."""
+    async with running_device(tmp_path) as dev:
+        yield dev
+
+
+@pytest.fixture
+async def client(device: Device) -> AsyncIterator[Client]:
+    """The device's local API, in-process."""
+    async with TestClient(TestServer(LocalApi(device.agent).app)) as test_client:
+        yield test_client

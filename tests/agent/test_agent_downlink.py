@@ -142,7 +142,8 @@ async def test_acks_and_claim_results_of_a_newer_gateway_work_through_the_broker
         topic = f"{world.root}/dev/{world.device}/down/ack"
         await gateway.client.publish(topic, codec.dumps(ack), qos=1)
         assert await agent.drain(timeout=5)  # the rows left the device: the ack was obeyed
-        assert agent.counters["signals_acked"] == 2
+        # (counted by the ack handler once the store's transaction returns: wait for it)
+        await eventually(lambda: agent.counters["signals_acked"] == 2)
         assert agent.counters["messages_bad"] == 0
         assert agent.counters["downlink_unknown_fields"] == 2
         gateway.auto_ack = True

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 
 from daemonkit.supervisor import LoopFactory, Supervisor, cancel_and_wait
 
@@ -103,3 +104,31 @@ async def test_stop_cancels_the_last_loops_after_the_others() -> None:
     await asyncio.sleep(0)
     assert await loops.stop(last=("link",))
     assert order[-1] == "link" and set(order) == {"link", "a", "b"}
+
+
+async def test_the_backoff_starts_over_for_a_loop_that_ran_well_for_a_while() -> None:
+    """Crashes in a row back off (capped); a loop that ran `healthy_after` before it died is
+    restarted after the first delay again."""
+    loop = asyncio.get_running_loop()
+    starts: list[float] = []
+    done = asyncio.Event()
+
+    async def crashes() -> None:
+        starts.append(loop.time())
+        if len(starts) == 3:
+            await asyncio.sleep(0.6)  # ran well this time, then died
+        if len(starts) == 5:
+            done.set()
+            await asyncio.sleep(100)
+        raise RuntimeError("boom")
+
+    loops = Supervisor("t", first_delay=0.1, max_delay=2.0, healthy_after=0.5)
+    loops.start("crashes", crashes)
+    async with asyncio.timeout(5):
+        await done.wait()
+    delays = [b - a for a, b in itertools.pairwise(starts)]
+    delays[2] -= 0.6  # the time it ran
+    # backing off 0.1, 0.2; then the first delay again (0.1, not 0.4) and 0.2 (not 0.8)
+    assert delays[0] >= 0.1 and delays[1] >= 0.2
+    assert 0.1 <= delays[2] < 0.3 and 0.2 <= delays[3] < 0.6
+    assert await loops.close()

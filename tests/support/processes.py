@@ -18,14 +18,17 @@ EDGEMART = (sys.executable, "-m", "edgemart")
 
 
 def spawn(
-    args: Sequence[str], log: Path, env: Mapping[str, str] | None = None
+    args: Sequence[str],
+    log: Path,
+    env: Mapping[str, str] | None = None,
+    command: Sequence[str] = EDGEMART,
 ) -> subprocess.Popen[bytes]:
-    """`python -m edgemart <args>`, stdout and stderr appended to `log` (a restarted process
-    adds to the same log); `env` adds to this process's environment."""
+    """`python -m edgemart <args>` (or `command <args>`), stdout and stderr appended to `log`
+    (a restarted process adds to the same log); `env` adds to this process's environment."""
     full = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
     with log.open("ab") as handle:  # the child keeps its own copy of the descriptor
         return subprocess.Popen(
-            [*EDGEMART, *args], stdout=handle, stderr=subprocess.STDOUT, env=full
+            [*command, *args], stdout=handle, stderr=subprocess.STDOUT, env=full
         )
 
 

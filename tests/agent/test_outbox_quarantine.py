@@ -1,0 +1,132 @@
+"""A poisoned outbox row never stops the rows behind it: rows an older version or a bad disk
+left (attrs that are not JSON, a NaN, a kind the envelope refuses, features that are not
+finite) are moved to the quarantine as the uplink meets them, counted, reported in status and
+kept for export (`GET /v1/quarantine`); every good row is sent and acknowledged, and no loop
+dies (today the uplink loop raised on the first such row, for good)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from agent.store.core import Store
+from agent.store.rows import NewSignal
+from protocol import codec
+from protocol.envelopes import Ack
+from protocol.ids import format_time, utcnow
+from tests.support.local_device import Client, Device
+from tests.support.waiting import eventually
+
+ALL = {"analytics": True, "personalization": True, "marketing": True}
+POISON = {
+    "bad-json": ("search", "{not json"),
+    "bad-nan": ("content_view", '{"seconds": NaN}'),
+    "bad-list": ("search", "[1, 2]"),
+    "bad-kind": ("Not A Kind!", "{}"),
+}
+
+
+async def plant(device: Device) -> None:
+    """Rows as an older version (or a flipped bit) could have left them in the outbox."""
+    store = device.agent.store
+
+    def write() -> None:
+        with store.thread.tx() as tx:
+            for row_id, (kind, attrs) in POISON.items():
+                tx.execute(
+                    "INSERT INTO signals(id, kind, at, attrs, priority, expires_at, created,"
+                    " size) VALUES (?, ?, ?, ?, 99, 4e9, 0, 300)",
+                    (row_id, kind, format_time(utcnow()), attrs),
+                )
+        store.counters.recount(store.thread.conn())
+
+    await store.call(write)
+
+
+def sent_ids(device: Device) -> tuple[list[int], set[str]]:
+    seqs: list[int] = []
+    ids: set[str] = set()
+    for topic, payload, _ in device.transports.last.published:
+        if topic.endswith("/batch"):
+            batch = codec.decode_object(payload, allow_zlib=True)
+            seqs.append(batch["seq"])
+            ids |= {s["id"] for s in batch.get("signals", [])}
+    return seqs, ids
+
+
+async def test_poisoned_rows_are_quarantined_and_the_rest_is_sent(
+    device: Device, client: Client
+) -> None:
+    agent = device.agent
+    await agent.set_consent(ALL)
+    await plant(device)  # high priority: the first rows every batch reads
+    good: list[str] = (
+        await (
+            await client.post(
+                "/v1/signals",
+                json={
+                    "signals": [{"kind": "search", "attrs": {"query_len": i}} for i in range(30)]
+                },
+            )
+        ).json()
+    )["ids"]
+    device.transports.last.up()
+    await eventually(lambda: set(good) <= sent_ids(device)[1], timeout=10)
+    seqs, ids = sent_ids(device)
+    assert not ids & set(POISON)  # none of them left the device
+    await device.transports.last.deliver(
+        "ack", codec.encode(Ack(acks=sorted(set(seqs)), outbox_id=agent.store.outbox_id))
+    )
+    await eventually(lambda: agent.store.depth == 0, timeout=5)
+    assert agent.parts.loops.down() == [] and agent.counters["loop_restarts"] == 0
+    status = await (await client.get("/v1/status")).json()
+    assert status["quarantine"] == {"rows": len(POISON)}
+    assert status["accounting"]["quarantined"] == len(POISON)
+    exported = await (await client.get("/v1/quarantine")).json()
+    assert exported["count"] == len(POISON)
+    by_id: dict[str, Any] = {r["id"]: r for r in exported["rows"]}
+    assert set(by_id) == set(POISON)
+    assert by_id["bad-json"]["row"]["attrs"] == "{not json"  # kept as it was
+    assert "kind" in by_id["bad-kind"]["reason"]
+    assert "NaN" in by_id["bad-nan"]["reason"]
+
+
+async def test_a_row_that_fails_the_batch_for_any_reason_is_found_alone(tmp_path: Path) -> None:
+    """A failure no check names (here a builder that chokes on one row): the rows that fail
+    alone are quarantined and the rest is cut; a failure of the builder itself quarantines
+    nothing and is raised (it is a bug, not a row)."""
+    store = Store(tmp_path / "agent.sqlite3", durability="normal", clock=lambda: 1000.0)
+    await store.open()
+    try:
+        rows = [
+            NewSignal(i, "search", "2026-12-06T07:00:00.000Z", "{}", 50, 4e9)
+            for i in ("a", "poison", "b")
+        ]
+        await store.call(store.outbox.accept, rows, [])
+
+        def choke(seq: int, sigs: list[dict[str, Any]], *rest: Any) -> bytes:
+            if any(s["id"] == "poison" for s in sigs):
+                raise RuntimeError("cannot encode this one")
+            return json.dumps([s["id"] for s in sigs]).encode()
+
+        def broken(seq: int, sigs: list[dict[str, Any]], *rest: Any) -> bytes:
+            raise RuntimeError("a bug in the builder")
+
+        def cut(build: Any) -> Any:
+            return store.batches.cut(
+                max_signals=10, max_outcomes=10, max_receipts=10, include_data=True, build=build
+            )
+
+        with pytest.raises(RuntimeError, match="a bug"):  # the supervisor restarts the loop
+            await store.call(cut, broken)
+        assert await store.call(store.quarantine.rows) == []
+        batch = await store.call(cut, choke)
+        assert batch is not None and json.loads(batch.payload) == ["a", "b"]
+        held = await store.call(store.quarantine.rows)
+        assert [r["id"] for r in held] == ["poison"] and "cannot encode" in held[0]["reason"]
+        assert store.counters.signal_rows == 2 and store.drops["quarantined"] == 1
+    finally:
+        await store.close()
