@@ -25,10 +25,14 @@ Error = sqlite3.Error
 LATEST_REPORTED_SIGNALS = (
     # SQLite-only: `json_extract`, and bare columns taken from the row that has max(at).
     # PostgreSQL's (`attrs::jsonb -> 'tier'`, `DISTINCT ON`) is in `db/postgres.py`.
-    "SELECT device_id, seq, kind, max(at) AS at, json_extract(attrs, '$.tier') AS tier,"
-    " json_extract(attrs, '$.category') AS cat, json_extract(attrs, '$.level') AS level"
-    " FROM signals WHERE kind IN ('member_tier', 'consumable_level', 'purchase')"
-    " AND (CAST(? AS TEXT) IS NULL OR device_id = ?) GROUP BY device_id, kind, cat"
+    # A row whose attrs are not valid JSON (a `NaN` an older version stored, see
+    # `db/finite.py`) reads as no attrs: one device's data never fails the query for all.
+    "SELECT device_id, seq, kind, max(at) AS at, json_extract(a, '$.tier') AS tier,"
+    " json_extract(a, '$.category') AS cat, json_extract(a, '$.level') AS level"
+    " FROM (SELECT device_id, seq, kind, at,"
+    " CASE WHEN json_valid(attrs) THEN attrs END AS a FROM signals"
+    " WHERE kind IN ('member_tier', 'consumable_level', 'purchase')"
+    " AND (CAST(? AS TEXT) IS NULL OR device_id = ?)) GROUP BY device_id, kind, cat"
 )
 """`Dialect.latest_reported_signals` on SQLite: the latest `member_tier`, `consumable_level`
 and `purchase` report per (device, kind, category)."""

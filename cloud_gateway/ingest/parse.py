@@ -1,15 +1,31 @@
 """Uplink parsing: topic + payload -> a parsed message, a counted rejection's reason, or
-nothing to do. Pure: hostile bytes give a `Rejected`, never an exception."""
+nothing to do. Pure: hostile bytes give a `Rejected`, never an exception.
+
+What is accepted is also storable: every number finite and within 64 bits (`NaN` and
+`1e400` are refused as `non_finite` by `codec.loads_finite`, naming the field), every time
+convertible to UTC (`0001-01-01T00:00:00+14:00` is `invalid`, naming the field); a lone
+surrogate (`\\ud800`) is `invalid` by pydantic's own checks. A message the store could not
+hold would otherwise fail its commit again at every resend.
+"""
 
 from __future__ import annotations
 
-import json
+from collections.abc import Iterable
 from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from pydantic import BaseModel
+from pydantic_core import from_json
 
 from protocol import codec
 from protocol.envelopes import Batch, ClaimRequest, State
 from protocol.errors import ProtocolError
 from protocol.topics import Topics
+
+INT64 = (-(2**63), 2**63)
+"""What SQLite's INTEGER and PostgreSQL's bigint hold: [low, high)."""
+EDGE_YEARS = (1, 9999)
+"""Only a time in these years can fall outside `datetime`'s range when moved to UTC."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,13 +53,17 @@ class Ignored:
 
 
 def decode_valid_batch(payload: bytes, max_compressed: int, max_decompressed: int) -> Batch | None:
-    """Fast path of `codec.decode(payload, Batch, allow_zlib=True)` for a valid batch; None
-    for anything else, which then takes the full path (so every rejection keeps its reason
-    and message).
+    """Fast path of `codec.decode(payload, Batch, allow_zlib=True)` for a valid, storable
+    batch; None for anything else, which then takes the full path (so every rejection keeps
+    its reason and message, and `codec.loads_finite` names a non-finite number's field).
 
     The same steps and bounds, minus the nesting walk (`codec._depth`, ~40 % of decoding):
     every field of a `Batch` is a scalar or a list/dict of scalars (`extra="forbid"`), so a
-    payload that validates nests at most 5 levels, below `codec.MAX_DEPTH`.
+    payload that validates nests at most 5 levels, below `codec.MAX_DEPTH`. The JSON is read
+    by pydantic-core with `allow_inf_nan=False` (`NaN` and `Infinity` fail there), as strict
+    as `json.loads` everywhere else (a lone surrogate fails too) and faster; an overflowing
+    number (`1e400` reads as infinity) or an integer past 64 bits in `attrs` is caught after
+    validation (`_numbers_storable`), a time at the edges of the calendar by the full path.
     """
     if not payload or len(payload) > max_compressed:
         return None
@@ -51,16 +71,114 @@ def decode_valid_batch(payload: bytes, max_compressed: int, max_decompressed: in
         raw = payload if payload[:1] == b"{" else codec.inflate(payload, max_decompressed)
         if len(raw) > max_decompressed:
             return None
-        obj = json.loads(raw.decode("utf-8"))
+        obj = from_json(raw, allow_inf_nan=False)
         if not isinstance(obj, dict):
             return None
         version = obj.get("v")
         if version != 1 or isinstance(version, bool):
             return None
-        return Batch.model_validate(obj)
+        batch = Batch.model_validate(obj)
     except (ProtocolError, ValueError, RecursionError):
-        # ValueError covers UnicodeDecodeError, JSONDecodeError and pydantic's ValidationError.
+        # ValueError covers pydantic-core's JSON errors and pydantic's ValidationError.
         return None
+    # A time is text (`YYYY-...`) or a number (UTC, never out of range): only the text of
+    # year 1 or 9999 can fail to move to UTC, and these bytes are found in microseconds.
+    if b'"0001-' in raw or b'"9999-' in raw or not _numbers_storable(batch):
+        return None
+    return batch
+
+
+def _numbers_storable(batch: Batch) -> bool:
+    """Every number the validation let through fits the store: no infinity in `attrs`
+    (from an overflowing literal) and no integer past 64 bits there or in a version."""
+    low, high = INT64
+    for signal in batch.signals:
+        for value in signal.attrs.values():
+            kind = value.__class__
+            if kind is float:
+                if value - value != 0.0:  # type: ignore[operator]  # inf - inf is NaN
+                    return False
+            elif kind is int and not low <= value < high:  # type: ignore[operator]
+                return False
+    return unstorable_version(batch) is None
+
+
+def unstorable_version(batch: Batch) -> tuple[str, str] | None:
+    found = _big_int("model_version", batch.model_version)
+    for i, outcome in enumerate(batch.outcomes):
+        if found is not None:
+            break
+        found = _big_int(f"outcomes.{i}.model_version", outcome.model_version)
+    return found
+
+
+def unstorable(message: Batch | ClaimRequest | State) -> tuple[str, str] | None:
+    """Pure: the (dotted field path, why) of the first value of a validated message that the
+    store cannot hold, or None. Numbers: an infinity (from an overflowing literal) or an
+    integer past 64 bits, which pydantic lets through in `attrs` and versions. Times: one
+    that overflows when moved to UTC (year 1 east of UTC, year 9999 west of it)."""
+    if isinstance(message, ClaimRequest):
+        return _edge_time("at", message.at)
+    if isinstance(message, State):
+        return _big_int("model_version", message.model_version) or (
+            _edge_time("at", message.at) if message.at is not None else None
+        )
+    found = unstorable_version(message) or _edge_time("sent_at", message.sent_at)
+    if found is not None:
+        return found
+    low, high = INT64
+    for i, signal in enumerate(message.signals):
+        if bad := _edge_time(f"signals.{i}.at", signal.at):
+            return bad
+        for key, value in signal.attrs.items():
+            if isinstance(value, float):
+                if value - value != 0.0:  # an infinity (or NaN): inf - inf is NaN
+                    return f"signals.{i}.attrs.{key}", f"{value} is not a finite number"
+            elif isinstance(value, int) and not low <= value < high:
+                return f"signals.{i}.attrs.{key}", f"{value} is past 64 bits"
+    for i, outcome in enumerate(message.outcomes):
+        if bad := _edge_time(f"outcomes.{i}.at", outcome.at):
+            return bad
+    return None
+
+
+def _big_int(path: str, value: int | None) -> tuple[str, str] | None:
+    low, high = INT64
+    if value is None or low <= value < high:
+        return None
+    return path, f"{value} is past 64 bits"
+
+
+def time_out_of_range(value: object, path: str = "") -> tuple[str, str] | None:
+    """Pure: the (dotted path, why) of the first aware time in a validated value (a pydantic
+    model, list, dict or time) that cannot be moved to UTC, or None. The generic walk the
+    API uses on a body (`0001-01-01T00:00:00+14:00` validates, then fails `format_time`)."""
+    if isinstance(value, datetime):
+        return _edge_time(path, value)
+    items: Iterable[tuple[object, object]]
+    if isinstance(value, BaseModel):
+        items = ((name, getattr(value, name)) for name in type(value).model_fields)
+    elif isinstance(value, dict):
+        items = value.items()
+    elif isinstance(value, list | tuple):
+        items = enumerate(value)
+    else:
+        return None
+    for key, item in items:
+        found = time_out_of_range(item, f"{path}.{key}" if path else str(key))
+        if found is not None:
+            return found
+    return None
+
+
+def _edge_time(path: str, moment: datetime) -> tuple[str, str] | None:
+    if moment.tzinfo is None or moment.year not in EDGE_YEARS:
+        return None
+    try:
+        moment.astimezone(UTC)
+    except OverflowError:
+        return path, f"{moment.isoformat()} is out of range in UTC"
+    return None
 
 
 def parse_uplink(
@@ -96,6 +214,9 @@ def parse_uplink(
                 max_compressed=max_compressed,
                 max_decompressed=max_decompressed,
             )
+            bad = unstorable(message)
+            if bad is not None:
+                return Rejected("invalid", where.device_id, f"{bad[0]}: {bad[1]}"[:300])
     except ProtocolError as exc:
         return Rejected(exc.reason, where.device_id, str(exc)[:300])
     except RecursionError:

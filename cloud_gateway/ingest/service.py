@@ -62,6 +62,7 @@ log = logging.getLogger(__name__)
 
 REJECT_REASONS = (
     "malformed",
+    "non_finite",
     "too_large",
     "invalid",
     "unsupported_version",

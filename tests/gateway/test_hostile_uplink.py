@@ -66,8 +66,47 @@ def hand_made() -> list[tuple[str, bytes, str]]:
         ("broken zlib", b"\x78\x9c garbage", "malformed"),
         ("empty", b"", "malformed"),
         ("a list", b"[1,2,3]", "malformed"),
-        ("NaN seq", b'{"v":1,"seq":NaN}', "invalid"),
+        ("NaN seq", b'{"v":1,"seq":NaN}', "non_finite"),
+        *non_finite_attrs(),
+        *times_out_of_range(),
+        ("lone surrogate", with_attr("q", '"\\ud800"'), "invalid"),
     ]
+
+
+def with_attr(name: str, literal: str, compress: bool = False) -> bytes:
+    """A valid batch of VICTIM whose first signal's attr `name` is the JSON `literal`."""
+    doc = valid()
+    doc["signals"][0]["attrs"][name] = "@@"
+    raw = json.dumps(doc).replace('"@@"', literal).encode()
+    return zlib.compress(raw) if compress else raw
+
+
+def non_finite_attrs() -> list[tuple[str, bytes, str]]:
+    """Numbers no store holds, in a signal's attrs (before issue 13 a NaN there was stored and
+    failed every targeted launch): refused as `non_finite`, plain and compressed."""
+    literals = ("NaN", "Infinity", "-Infinity", "1e400", "-1E+309", "9" * 20, "-" + "9" * 30)
+    return [
+        (f"attr {lit[:12]}{' zlib' * z}", with_attr("price", lit, z), "non_finite")
+        for lit in literals
+        for z in (False, True)
+    ]
+
+
+def times_out_of_range() -> list[tuple[str, bytes, str]]:
+    """RFC 3339 times that validate but cannot be moved to UTC: refused as `invalid`."""
+    out = []
+    for field, moment in (
+        ("at", "0001-01-01T00:00:00+14:00"),
+        ("at", "9999-12-31T23:59:59.999-00:01"),
+        ("sent_at", "0001-01-01T13:59:59+14:00"),
+    ):
+        doc = valid()
+        if field == "at":
+            doc["signals"][1]["at"] = moment
+        else:
+            doc["sent_at"] = moment
+        out.append((f"{field} {moment}", json.dumps(doc).encode(), "invalid"))
+    return out
 
 
 class Harness:
