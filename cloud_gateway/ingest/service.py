@@ -32,7 +32,7 @@ from cloud_gateway.db.ingest import (
     store_batch_detail,
     store_uplink,
 )
-from cloud_gateway.errors import GatewayError
+from cloud_gateway.errors import GatewayError, StoreFull, StoreUnavailable
 from cloud_gateway.ingest.acks import AckBatcher, SendNowait
 from cloud_gateway.ingest.parse import (
     Ignored,
@@ -251,6 +251,13 @@ class Ingestor:
         items = [(p.device_id, p.message) for p in group if isinstance(p.message, Batch)]
         try:
             return list(await self._db.call(store_uplink, items, states, utcnow())), True
+        except StoreUnavailable as exc:
+            # The disk is full or the store cannot write now: one by one would fail the same
+            # way. Nothing is acked; devices keep their batches and send them again.
+            self.counters["store_full" if isinstance(exc, StoreFull) else "store_unavailable"] += 1
+            self.counters["store_errors"] += len(states)
+            self._faults.log(("store", type(exc).__name__), "uplink not stored: %s", exc)
+            return [exc] * len(items), False
         except GatewayError as exc:
             if len(items) + len(states) == 1:
                 self.counters["store_errors"] += len(states)
@@ -320,7 +327,8 @@ class Ingestor:
             return
         if isinstance(stored, GatewayError):
             self.counters["store_errors"] += 1
-            log.error("could not store batch %s of %s: %s", batch.seq, device_id, stored)
+            if not isinstance(stored, StoreUnavailable):  # that one is logged once a group
+                log.error("could not store batch %s of %s: %s", batch.seq, device_id, stored)
             return
         if stored.new:
             self.counters["batches_stored"] += 1
@@ -384,6 +392,8 @@ def public_counters(counters: Counter[str]) -> dict[str, Any]:
         "bundles_pushed",
         "offers_pushed",
         "store_errors",
+        "store_full",
+        "store_unavailable",
         "devices_erased",
         "device_commands_sent",
         "device_commands_confirmed",
