@@ -10,6 +10,7 @@ hold would otherwise fail its commit again at every resend.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -19,9 +20,13 @@ from pydantic_core import from_json
 
 from protocol import codec
 from protocol.envelopes import Batch, ClaimRequest, State
-from protocol.errors import ProtocolError
+from protocol.errors import InvalidMessage, NonFiniteNumber, ProtocolError
 from protocol.topics import Topics
 
+MAX_SEQ = 2**53
+"""A batch's `seq` at most (`protocol.envelopes.Seq`)."""
+ID_RE = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
+"""An outbox id (`protocol.envelopes.Id`)."""
 INT64 = (-(2**63), 2**63)
 """What SQLite's INTEGER and PostgreSQL's bigint hold: [low, high)."""
 EDGE_YEARS = (1, 9999)
@@ -38,11 +43,22 @@ class Parsed:
 
 @dataclass(frozen=True, slots=True)
 class Rejected:
-    """An uplink message refused for `reason`; `device_id` is the topic's, if it had one."""
+    """An uplink message refused for `reason`; `device_id` is the topic's, if it had one.
+
+    A batch refused for good (`REFUSED_FOR_GOOD`: resending it cannot help) whose `seq` could
+    be read carries it, its `outbox_id` and the offending `field`: the gateway answers it
+    with a refusal in the device's ack (`Ack.refused`)."""
 
     reason: str
     device_id: str | None
     detail: str
+    seq: int | None = None
+    outbox_id: str | None = None
+    field: str | None = None
+
+
+REFUSED_FOR_GOOD = frozenset({"invalid", "non_finite"})
+"""Reasons a batch is refused whatever the number of deliveries."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -202,6 +218,32 @@ def parse_uplink(
         if not payload:
             return Ignored(where.device_id)
         model = State
+    message = _decode(where.kind, model, payload, max_compressed, max_decompressed)
+    if isinstance(message, Rejected):
+        if where.kind != "batch" or message.reason not in REFUSED_FOR_GOOD:
+            return Rejected(message.reason, where.device_id, message.detail)
+        seq, outbox_id = _batch_key(payload, max_compressed, max_decompressed)
+        return Rejected(
+            message.reason, where.device_id, message.detail, seq, outbox_id, message.field
+        )
+    if message.device_id != where.device_id:
+        return Rejected(
+            "wrong_device",
+            where.device_id,
+            f"payload names device {message.device_id!r} on the topic of {where.device_id!r}",
+        )
+    return Parsed(where.device_id, message)
+
+
+def _decode(
+    kind: str,
+    model: type[Batch | ClaimRequest | State],
+    payload: bytes,
+    max_compressed: int,
+    max_decompressed: int,
+) -> Batch | ClaimRequest | State | Rejected:
+    """The message, or why not: a `Rejected` with its reason, detail and field (the device
+    is filled in by the caller). Never raises for what a peer sent."""
     try:
         message: Batch | ClaimRequest | State | None = None
         if model is Batch:
@@ -210,21 +252,44 @@ def parse_uplink(
             message = codec.decode(
                 payload,
                 model,
-                allow_zlib=where.kind == "batch",
+                allow_zlib=kind == "batch",
                 max_compressed=max_compressed,
                 max_decompressed=max_decompressed,
             )
             bad = unstorable(message)
             if bad is not None:
-                return Rejected("invalid", where.device_id, f"{bad[0]}: {bad[1]}"[:300])
+                return Rejected("invalid", None, f"{bad[0]}: {bad[1]}"[:300], field=bad[0])
+    except NonFiniteNumber as exc:
+        return Rejected(exc.reason, None, str(exc)[:300], field=exc.path)
+    except InvalidMessage as exc:
+        field = exc.errors[0].get("loc") if exc.errors else None
+        return Rejected(exc.reason, None, str(exc)[:300], field=field)
     except ProtocolError as exc:
-        return Rejected(exc.reason, where.device_id, str(exc)[:300])
+        return Rejected(exc.reason, None, str(exc)[:300])
     except RecursionError:
-        return Rejected("malformed", where.device_id, "payload nests too deeply")
-    if message.device_id != where.device_id:
-        return Rejected(
-            "wrong_device",
-            where.device_id,
-            f"payload names device {message.device_id!r} on the topic of {where.device_id!r}",
-        )
-    return Parsed(where.device_id, message)
+        return Rejected("malformed", None, "payload nests too deeply")
+    return message
+
+
+def _batch_key(
+    payload: bytes, max_compressed: int, max_decompressed: int
+) -> tuple[int | None, str | None]:
+    """(seq, outbox_id) of a batch refused for good, when they can be read (else None, None):
+    only to name it in the refusal sent back to its device, never stored. Read leniently
+    (pydantic-core, `NaN` allowed): the refusal is for a payload that is not valid JSON of
+    ours, `NaN` and all."""
+    if len(payload) > max_compressed:
+        return None, None
+    try:
+        raw = payload if payload[:1] == b"{" else codec.inflate(payload, max_decompressed)
+        obj = from_json(raw, allow_inf_nan=True)
+    except (ProtocolError, ValueError, RecursionError):
+        return None, None
+    if not isinstance(obj, dict):
+        return None, None
+    seq, outbox_id = obj.get("seq"), obj.get("outbox_id")
+    if not isinstance(seq, int) or isinstance(seq, bool) or not 0 <= seq <= MAX_SEQ:
+        return None, None
+    if outbox_id is not None and not (isinstance(outbox_id, str) and ID_RE.fullmatch(outbox_id)):
+        return None, None
+    return seq, outbox_id

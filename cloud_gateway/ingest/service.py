@@ -349,6 +349,14 @@ class Ingestor:
 
     async def _reject(self, rejected: Rejected) -> None:
         self.counters[f"rejected_{rejected.reason}"] += 1
+        if rejected.seq is not None and rejected.device_id is not None:
+            self._acks.refuse(
+                rejected.device_id,
+                rejected.seq,
+                rejected.outbox_id,
+                rejected.reason,
+                rejected.field,
+            )
         self._faults.log(
             (rejected.device_id, rejected.reason),
             "rejected %s message from device %s: %s",
@@ -389,6 +397,7 @@ def public_counters(counters: Counter[str]) -> dict[str, Any]:
         "device_bundle_receipts",
         "acks_sent",
         "acks_failed",
+        "refusals_sent",
         "bundles_pushed",
         "offers_pushed",
         "store_errors",

@@ -239,3 +239,35 @@ async def test_a_nan_an_older_version_stored_fails_no_launch_pause_or_export(
                 {"tier": None},
             ]
             assert export["registry"]["stats"] == {"dropped": None}
+
+
+async def test_times_at_the_edges_of_the_calendar_in_utc_are_served_end_to_end(
+    tmp_path: Path, mosquitto: MosquittoProcess, gateway_db: str | None
+) -> None:
+    """Year 1 and year 9999 are valid RFC 3339 times: stored, launched, counted, shown."""
+    settings = gateway_settings(tmp_path, mosquitto, db=gateway_db)
+    async with Gateway(settings) as gw:
+        token = await asyncio.to_thread(create_token, settings.data_dir, db=settings.db)
+        async with aiohttp.ClientSession(
+            f"http://127.0.0.1:{gw.http_port}", headers={"Authorization": f"Bearer {token}"}
+        ) as http:
+            offer = {**CAMPAIGN_OFFER, "expires_at": "9999-12-31T23:59:59.999-00:00"}
+            body = _campaign(
+                offers=[offer],
+                starts_at="0001-01-01T00:00:00Z",
+                ends_at="9999-12-31T09:59:59+14:00",
+                targeting={"member_tiers": [1]},
+            )
+            status, campaign = await _api(http, "POST", "/v1/campaigns", json.dumps(body))
+            assert status == 201, campaign
+            assert campaign["ends_at"] == "9999-12-30T19:59:59.000Z"
+            cid = campaign["id"]
+            for method, path in (
+                ("POST", f"/v1/campaigns/{cid}/launch"),
+                ("GET", f"/v1/campaigns/{cid}/stats"),
+                ("POST", f"/v1/campaigns/{cid}/pause"),
+                ("GET", "/v1/stats"),
+                ("GET", "/v1/campaigns"),
+            ):
+                status, doc = await _api(http, method, path)
+                assert status == 200, (path, doc)

@@ -20,11 +20,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from cloud_gateway.db.devices import get_device
+from cloud_gateway.db.devices import device_facts, get_device
 from cloud_gateway.db.store import Database
 from cloud_gateway.ingest.service import AckBatcher, Ingestor, Parsed, Rejected
 from protocol import codec
-from protocol.envelopes import Batch, Signal
+from protocol.envelopes import Ack, Batch, Refusal, Signal
 from protocol.ids import new_id, utcnow
 from protocol.topics import Topics
 from simulators.brokers import MosquittoProcess
@@ -122,16 +122,21 @@ class Harness:
         def send_ack(topic: str, payload: bytes) -> None:
             self.published.append((topic, payload))
 
-        acks = AckBatcher(TOPICS, send_ack, self.counters, 0)
+        self.acks = AckBatcher(TOPICS, send_ack, self.counters, 0)
         self.ingestor = Ingestor(
             TOPICS,
             self.db,
-            acks=acks,
+            acks=self.acks,
             counters=self.counters,
         )
 
     def handle(self, topic: str, payload: bytes) -> Parsed | Rejected | Any:
         return self.runner.run(self.ingestor.handle(topic, payload))
+
+    def sent(self) -> list[Ack]:
+        """The acks sent so far (after a flush of what is queued)."""
+        self.runner.run(self.acks.flush())
+        return [Ack.model_validate_json(payload) for _, payload in self.published]
 
     def devices(self) -> dict[str, int]:
         with closing(sqlite3.connect(self.path)) as db:
@@ -165,7 +170,11 @@ def test_hand_made_hostile_payload_is_counted_and_stored_nowhere(
     assert harness.counters[f"rejected_{reason}"] == 1
     assert harness.devices() == {VICTIM: 1}  # counted against the topic's device only
     assert harness.signals_of(VICTIM) == 0
-    assert harness.published == []  # nothing acked
+    sent = harness.sent()
+    assert [a.acks for a in sent if a.acks] == []  # nothing acked
+    refused = [r for a in sent for r in a.refused or ()]  # refused for good: it may be dropped
+    assert all((r.seq, r.reason) == (1, reason) for r in refused), refused
+    assert len(refused) <= 1
     # The ingest loop goes on: the next good batch is stored and acked.
     good = harness.handle(TOPICS.batch(VICTIM), codec.encode_dict(valid(seq=5)))
     assert isinstance(good, Parsed)
@@ -235,3 +244,54 @@ async def test_hostile_payloads_through_mosquitto_leave_the_gateway_serving(
         assert view is not None and view["malformed"] == len(cases)
         assert view["signals_stored"] == 2
         assert await gw.db.call(get_device, OTHER) is None
+
+
+@pytest.mark.parametrize(
+    ("payload", "refusal"),
+    [
+        (
+            with_attr("price", "NaN"),
+            Refusal(seq=1, reason="non_finite", field="signals.0.attrs.price"),
+        ),
+        (
+            with_attr("price", "1e400", True),
+            Refusal(seq=1, reason="non_finite", field="signals.0.attrs.price"),
+        ),
+        (times_out_of_range()[0][1], Refusal(seq=1, reason="invalid", field="signals.1.at")),
+        (times_out_of_range()[2][1], Refusal(seq=1, reason="invalid", field="sent_at")),
+        (
+            json.dumps({**valid(), "agent_version": "x" * 40}).encode(),
+            Refusal(seq=1, reason="invalid", field="agent_version"),
+        ),
+    ],
+    ids=["NaN", "1e400 zlib", "year 1 east", "sent_at year 1", "too long"],
+)
+def test_a_batch_refused_for_good_is_answered_with_a_refusal_naming_the_field(
+    harness: Harness, payload: bytes, refusal: Refusal
+) -> None:
+    result = harness.handle(TOPICS.batch(VICTIM), payload)
+    assert isinstance(result, Rejected)
+    assert harness.sent() == [Ack(acks=[], refused=[refusal])]
+    assert harness.counters["refusals_sent"] == 1
+
+
+def test_no_refusal_for_what_a_resend_may_fix_or_a_batch_without_a_seq(harness: Harness) -> None:
+    for payload in (
+        b"{\xff\xfe not json",  # malformed: maybe damaged on the way
+        json.dumps({**valid(), "seq": "seven"}).encode(),  # no seq to name
+        b'{"v":1,"seq":NaN}',
+    ):
+        assert isinstance(harness.handle(TOPICS.batch(VICTIM), payload), Rejected)
+    assert harness.sent() == []
+
+
+def test_times_at_the_edges_of_the_calendar_in_utc_are_stored_and_read(harness: Harness) -> None:
+    doc = valid()
+    doc["signals"][0].update(kind="member_tier", at="0001-01-01T00:00:00Z", attrs={"tier": 1})
+    doc["signals"][1].update(at="9999-12-31T23:59:59.999999-00:00")
+    doc["sent_at"] = "9999-12-31T23:59:59+00:00"
+    doc["aggregates"] = [{"window": "1d:9999-12-31", "key": "member_tier/tier=2", "count": 1}]
+    assert isinstance(harness.handle(TOPICS.batch(VICTIM), json.dumps(doc).encode()), Parsed)
+    assert harness.signals_of(VICTIM) == 2
+    facts = harness.runner.run(harness.db.call(device_facts, VICTIM))
+    assert [f.member_tier for f in facts] == [1]  # the window past the calendar is skipped
