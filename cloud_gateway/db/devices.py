@@ -97,7 +97,8 @@ def export_device(store: Session, device_id: str) -> dict[str, Any] | None:
     )
     pushes = store.rows(
         "SELECT bundle_id, campaign_id, variant, holdout, kind, offers, created_at,"
-        " expires_at, sent_at, sends, receipt_at FROM device_pushes WHERE device_id = ?"
+        " expires_at, sent_at, sends, receipt_at, quarantined FROM device_pushes"
+        " WHERE device_id = ?"
         " ORDER BY created_at, bundle_id",
         [device_id],
     )

@@ -430,3 +430,11 @@ def issue13_finite_numbers(db: Database) -> None:
     attrs, an infinite score) made null (`db/finite.py`): one device's data no longer fails
     targeting, launches or its export."""
     clean_non_finite(db.conn, "?", "9e999, -9e999")
+
+
+@migration
+def issue13_quarantine(db: Database) -> None:
+    """A device push or command its loop cannot send (its payload unreadable, unencodable)
+    is set aside with the reason (`quarantined`), kept for export, and skipped after."""
+    for table in ("device_pushes", "device_commands"):
+        db.execute(f"ALTER TABLE {table} ADD COLUMN quarantined TEXT")

@@ -322,6 +322,14 @@ CREATE TABLE gateway_workers (
         "pg005_issue13_finite_numbers",
         _finite_numbers,
     ),
+    (
+        # As SQLite's `issue13_quarantine`.
+        "pg006_issue13_quarantine",
+        """
+ALTER TABLE device_pushes ADD COLUMN quarantined text;
+ALTER TABLE device_commands ADD COLUMN quarantined text;
+""",
+    ),
 ]
 """(name, SQL or function) in order; a name, once applied, is never changed."""
 

@@ -47,6 +47,12 @@ class Health:
                 database["full"] = True
                 database["free_bytes"] = exc.free_bytes
         down = self._loops.down()
-        loops = {"ok": not down, "down": down, "restarts": sum(self._loops.restarts.values())}
+        restarts = self._loops.restarts
+        loops = {
+            "ok": not down,
+            "down": down,
+            "restarts": sum(restarts.values()),
+            "restarts_by_loop": {name: n for name, n in sorted(restarts.items()) if n},
+        }
         checks = {"broker": broker, "database": database, "loops": loops}
         return {"ready": all(c["ok"] for c in checks.values()), "checks": checks}
