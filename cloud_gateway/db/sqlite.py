@@ -46,6 +46,25 @@ SQLITE = Dialect(
 )
 
 
+DAMAGED = frozenset({sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB})
+"""SQLite's words for a file that is not (or no longer) a whole database: garbage, a
+truncated copy, a torn write."""
+
+
+def refusal(path: Path | str, exc: sqlite3.Error) -> str:
+    """The one line a gateway that cannot open its database ends with: which file, what is
+    wrong with it and what the operator can do. A damaged file is never replaced silently:
+    it may be the only copy of what devices sent."""
+    code = (getattr(exc, "sqlite_errorcode", None) or 0) & 0xFF
+    if code in DAMAGED:
+        return (
+            f"the gateway database {path} is damaged ({exc}); the gateway leaves it as it is:"
+            f" restore it from a backup, or move it aside (mv {path} {path}.damaged) to start"
+            " with an empty one"
+        )
+    return f"cannot open the gateway database {path}: {exc}"
+
+
 def connect(path: Path | str) -> sqlite3.Connection:
     """An autocommit connection (transactions are explicit) in WAL mode, fsync on commit."""
     conn = sqlite3.connect(str(path), isolation_level=None, timeout=10.0)

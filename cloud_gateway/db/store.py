@@ -18,7 +18,14 @@ from sqlite_utils import Database as SqliteUtilsDatabase
 
 from cloud_gateway.db.backend import Clock, Dialect, SignalRow
 from cloud_gateway.db.migrations import apply_migrations
-from cloud_gateway.db.sqlite import SQLITE, Error, connect, hold_single_worker, transaction
+from cloud_gateway.db.sqlite import (
+    SQLITE,
+    Error,
+    connect,
+    hold_single_worker,
+    refusal,
+    transaction,
+)
 from cloud_gateway.db.thread import StoreThread
 from cloud_gateway.errors import StoreError, StoreFull
 from protocol.ids import format_time, utcnow
@@ -63,7 +70,7 @@ class Store:
             self.applied = apply_migrations(self.db, clock)
         except Error as exc:
             self._release()
-            raise StoreError(f"cannot open the gateway database {path}: {exc}") from exc
+            raise StoreError(refusal(path, exc)) from exc
 
     def _release(self) -> None:
         if self._lock is not None:
