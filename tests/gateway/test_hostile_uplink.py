@@ -295,3 +295,67 @@ def test_times_at_the_edges_of_the_calendar_in_utc_are_stored_and_read(harness: 
     assert harness.signals_of(VICTIM) == 2
     facts = harness.runner.run(harness.db.call(device_facts, VICTIM))
     assert [f.member_tier for f in facts] == [1]  # the window past the calendar is skipped
+
+
+# ---------------------------------------------------------------- hostile values (issue 13)
+
+EDGE_TIMES = (
+    "0001-01-01T00:00:00+14:00",
+    "0001-01-01T00:00:00Z",
+    "0001-01-01T00:00:00-23:59",
+    "9999-12-31T23:59:59.999999Z",
+    "9999-12-31T23:59:59-14:00",
+    "9999-12-31T10:00:00+14:00",
+    "2026-02-29T00:00:00Z",
+    "2026-12-06T25:00:00Z",
+    "2026-12-06T06:00:00+24:00",
+    "2026-12-06T06:00:00",
+    "1970-01-01T00:00:00Z",
+    "-0001-01-01T00:00:00Z",
+)
+ODD_TEXT = ("\ud800", "\udfff", "\x00", "\u202e", "\ufeff", "𝕏" * 300, "é", "\U0010ffff")
+hostile_values = (
+    st.floats()  # NaN and infinities: json.dumps writes them as literals
+    | st.integers(min_value=-(2**200), max_value=2**200)
+    | st.sampled_from(EDGE_TIMES + ODD_TEXT)
+    | st.text(max_size=10)
+    | st.sampled_from([1e308, -1e308, 5e-324, 2**63 - 1, 2**63, -(2**63), -(2**63) - 1])
+)
+PLACES = ("sent_at", "signals.0.at", "signals.0.attrs.x", "signals.0.kind", "seq", "model_version")
+
+
+@st.composite
+def hostile_batches(draw: st.DrawFn) -> bytes:
+    """A valid batch of VICTIM with hostile values at places a value is read from."""
+    doc = valid(seq=draw(st.integers(1, 50)))
+    for place in draw(st.lists(st.sampled_from(PLACES), min_size=1, max_size=3)):
+        *parents, leaf = place.split(".")
+        node: Any = doc
+        for part in parents:
+            node = node[int(part)] if part.isdigit() else node[part]
+        node[leaf] = draw(hostile_values)
+    raw = json.dumps(doc).encode()  # NaN, Infinity and lone surrogates as JSON writes them
+    return zlib.compress(raw) if draw(st.booleans()) else raw
+
+
+@settings(
+    max_examples=200,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(payload=hostile_batches())
+def test_hostile_values_are_stored_or_refused_never_a_crash_or_a_stuck_batch(
+    harness: Harness, payload: bytes
+) -> None:
+    result = harness.handle(TOPICS.batch(VICTIM), payload)
+    assert isinstance(result, Parsed | Rejected)
+    handled = harness.counters["messages_received"]
+    rejected = sum(v for k, v in harness.counters.items() if k.startswith("rejected_"))
+    stored = harness.counters["batches_stored"] + harness.counters["batches_duplicate"]
+    assert harness.counters["store_errors"] == 0  # what was accepted could be stored
+    assert rejected + stored == handled
+    if isinstance(result, Rejected):
+        assert result.reason in ("non_finite", "invalid", "malformed"), result
+    with closing(sqlite3.connect(harness.path)) as db:
+        stored_text = db.execute("SELECT group_concat(attrs, ' ') FROM signals").fetchone()[0]
+    assert "NaN" not in (stored_text or "") and "Infinity" not in (stored_text or "")
