@@ -5,7 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 from pydantic import ValidationError
 
-from cloud_gateway.api.context import check_times, ctx, json_response, read_json, who
+from cloud_gateway.api.context import check_storable, ctx, json_response, read_json, who
 from cloud_gateway.api.errors import ApiProblem
 from cloud_gateway.api.routes import Route
 from cloud_gateway.api.schemas import CampaignList
@@ -25,7 +25,7 @@ async def create_campaign(request: web.Request) -> web.Response:
         raise ApiProblem(
             400, "Bad Request", "the campaign is invalid", errors=field_errors(exc)
         ) from exc
-    check_times(spec, "the campaign")
+    check_storable(spec, "the campaign")
     campaign = await ctx(request).campaigns.create(spec, who(request))
     return json_response(campaign.doc(), status=201)
 

@@ -16,7 +16,7 @@ from cloud_gateway.api.errors import ApiProblem
 from cloud_gateway.campaigns.service import CampaignService
 from cloud_gateway.db.backend import Backend, Session
 from cloud_gateway.devices.erasure import DeviceErasure
-from cloud_gateway.ingest.parse import time_out_of_range
+from cloud_gateway.ingest.parse import unstorable_value
 from cloud_gateway.registry.service import ModelRegistry
 from cloud_gateway.security.auth import TokenVerifier
 from protocol import codec
@@ -85,10 +85,11 @@ def parse_json(raw: bytes, what: str = "the body") -> Any:
         raise ApiProblem(400, "Bad Request", f"{what} nests too deeply") from exc
 
 
-def check_times(body: BaseModel, what: str) -> None:
-    """A 400 naming the field of a validated body's time that cannot be moved to UTC (year 1
-    east of UTC, year 9999 west of it): pydantic accepts it, storing it would fail."""
-    found = time_out_of_range(body)
+def check_storable(body: BaseModel, what: str) -> None:
+    """A 400 naming the field of a validated body that no store can hold: a time that cannot
+    be moved to UTC (year 1 east of UTC, year 9999 west of it), a string with a NUL
+    character. pydantic accepts both; storing them would fail (a 500)."""
+    found = unstorable_value(body)
     if found is not None:
         path, why = found
         raise ApiProblem(

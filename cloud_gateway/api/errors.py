@@ -81,6 +81,11 @@ def domain_problem(exc: GatewayError) -> Problem | None:
 @web.middleware
 async def problems_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Turn every error into `application/problem+json`; the process never leaks a traceback."""
+    if "\x00" in request.path:
+        # No id of ours holds a NUL (`%00`), and PostgreSQL's text cannot even be asked for it.
+        return problem_response(
+            Problem(status=404, title="Not Found", detail="no resource has a NUL in its name")
+        )
     try:
         return await handler(request)
     except ApiProblem as exc:

@@ -98,8 +98,11 @@ def decode_valid_batch(payload: bytes, max_compressed: int, max_decompressed: in
         # ValueError covers pydantic-core's JSON errors and pydantic's ValidationError.
         return None
     # A time is text (`YYYY-...`) or a number (UTC, never out of range): only the text of
-    # year 1 or 9999 can fail to move to UTC, and these bytes are found in microseconds.
-    if b'"0001-' in raw or b'"9999-' in raw or not _numbers_storable(batch):
+    # year 1 or 9999 can fail to move to UTC; a NUL in a string can only be written
+    # `\\u0000` (a raw one is not JSON). These bytes are found in microseconds.
+    if b'"0001-' in raw or b'"9999-' in raw or b"\\u0000" in raw:
+        return None  # the full path names the field, if any (`unstorable`)
+    if not _numbers_storable(batch):
         return None
     return batch
 
@@ -132,13 +135,12 @@ def unstorable(message: Batch | ClaimRequest | State) -> tuple[str, str] | None:
     """Pure: the (dotted field path, why) of the first value of a validated message that the
     store cannot hold, or None. Numbers: an infinity (from an overflowing literal) or an
     integer past 64 bits, which pydantic lets through in `attrs` and versions. Times: one
-    that overflows when moved to UTC (year 1 east of UTC, year 9999 west of it)."""
+    that overflows when moved to UTC (year 1 east of UTC, year 9999 west of it). Strings:
+    one with a NUL character."""
     if isinstance(message, ClaimRequest):
-        return _edge_time("at", message.at)
+        return unstorable_value(message)
     if isinstance(message, State):
-        return _big_int("model_version", message.model_version) or (
-            _edge_time("at", message.at) if message.at is not None else None
-        )
+        return _big_int("model_version", message.model_version) or unstorable_value(message)
     found = unstorable_version(message) or _edge_time("sent_at", message.sent_at)
     if found is not None:
         return found
@@ -155,7 +157,7 @@ def unstorable(message: Batch | ClaimRequest | State) -> tuple[str, str] | None:
     for i, outcome in enumerate(message.outcomes):
         if bad := _edge_time(f"outcomes.{i}.at", outcome.at):
             return bad
-    return None
+    return unstorable_value(message)  # strings with a NUL (this is the full path: rare)
 
 
 def _big_int(path: str, value: int | None) -> tuple[str, str] | None:
@@ -165,12 +167,16 @@ def _big_int(path: str, value: int | None) -> tuple[str, str] | None:
     return path, f"{value} is past 64 bits"
 
 
-def time_out_of_range(value: object, path: str = "") -> tuple[str, str] | None:
-    """Pure: the (dotted path, why) of the first aware time in a validated value (a pydantic
-    model, list, dict or time) that cannot be moved to UTC, or None. The generic walk the
-    API uses on a body (`0001-01-01T00:00:00+14:00` validates, then fails `format_time`)."""
+def unstorable_value(value: object, path: str = "") -> tuple[str, str] | None:
+    """Pure: the (dotted path, why) of the first value in a validated value (a pydantic
+    model, list, dict, time or string) that no store can hold, or None: an aware time that
+    cannot be moved to UTC (`0001-01-01T00:00:00+14:00` validates, then fails `format_time`),
+    or a string with a NUL character (`\\u0000` is valid JSON; PostgreSQL's text cannot
+    hold it). The generic walk, for API bodies and the uplink's full path."""
     if isinstance(value, datetime):
         return _edge_time(path, value)
+    if isinstance(value, str):
+        return (path or "(root)", "a NUL character cannot be stored") if "\x00" in value else None
     items: Iterable[tuple[object, object]]
     if isinstance(value, BaseModel):
         items = ((name, getattr(value, name)) for name in type(value).model_fields)
@@ -181,7 +187,10 @@ def time_out_of_range(value: object, path: str = "") -> tuple[str, str] | None:
     else:
         return None
     for key, item in items:
-        found = time_out_of_range(item, f"{path}.{key}" if path else str(key))
+        where = f"{path}.{key}" if path else str(key)
+        if isinstance(key, str) and "\x00" in key:
+            return where, "a NUL character cannot be stored"
+        found = unstorable_value(item, where)
         if found is not None:
             return found
     return None

@@ -13,12 +13,15 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pytest
 
 from cloud_gateway.campaigns.model import CampaignIn
 from cloud_gateway.campaigns.targeting import window_bounds
+from cloud_gateway.config import GatewaySettings, load_settings
 from cloud_gateway.db.backend import Session
 from cloud_gateway.db.finite import finite_text, from_text
-from cloud_gateway.ingest.parse import time_out_of_range
+from cloud_gateway.errors import ConfigError
+from cloud_gateway.ingest.parse import unstorable_value
 from cloud_gateway.runtime.gateway import Gateway
 from cloud_gateway.security.auth import create_token
 from simulators.brokers import MosquittoProcess
@@ -58,18 +61,18 @@ def test_times_that_cannot_move_to_utc_are_found_by_path() -> None:
     spec = CampaignIn.model_validate(
         {"name": "x", "cohorts": ["all"], "offers": [CAMPAIGN_OFFER, CAMPAIGN_OFFER]}
     )
-    assert time_out_of_range(spec) is None
+    assert unstorable_value(spec) is None
     early = datetime(1, 1, 1, tzinfo=east)
     late = datetime(9999, 12, 31, 23, 59, tzinfo=west)
     bad = spec.model_copy(update={"ends_at": late})
-    assert time_out_of_range(bad) == ("ends_at", f"{late.isoformat()} is out of range in UTC")
+    assert unstorable_value(bad) == ("ends_at", f"{late.isoformat()} is out of range in UTC")
     offers = [spec.offers[0], spec.offers[1].model_copy(update={"starts_at": early})]
-    found = time_out_of_range(spec.model_copy(update={"offers": offers}))
+    found = unstorable_value(spec.model_copy(update={"offers": offers}))
     assert found is not None and found[0] == "offers.1.starts_at"
     # the edges themselves are fine in UTC, and west of UTC in year 1 / east in 9999
     for fine in (datetime(1, 1, 1, tzinfo=UTC), datetime(1, 1, 1, tzinfo=west)):
-        assert time_out_of_range({"t": [fine]}) is None
-    assert time_out_of_range({"t": datetime(9999, 12, 31, 23, tzinfo=east)}) is None
+        assert unstorable_value({"t": [fine]}) is None
+    assert unstorable_value({"t": datetime(9999, 12, 31, 23, tzinfo=east)}) is None
 
 
 def test_an_aggregate_window_at_the_end_of_the_calendar_is_not_a_crash() -> None:
@@ -179,15 +182,24 @@ async def test_api_bodies_with_non_finite_numbers_or_unconvertible_times_are_400
                 http, "POST", "/v1/models/1/rollout", '{"cohort": "all", "percent": NaN}'
             )
             assert (status, problem["errors"][0]["loc"]) == (400, "percent")
-            for field, moment in (
+            for field, value in (
                 ("starts_at", "0001-01-01T00:00:00+14:00"),
                 ("ends_at", "9999-12-31T23:59:59-14:00"),
+                ("name", "a\x00b"),  # valid JSON (`\u0000`); PostgreSQL's text cannot hold it
             ):
                 status, problem = await _api(
-                    http, "POST", "/v1/campaigns", json.dumps(_campaign(**{field: moment}))
+                    http, "POST", "/v1/campaigns", json.dumps(_campaign(**{field: value}))
                 )
                 assert status == 400, problem
                 assert problem["errors"][0]["loc"] == field
+            for method, path in (
+                ("GET", "/v1/campaigns/a%00b"),
+                ("POST", "/v1/campaigns/%00/launch"),
+                ("GET", "/v1/devices/tv-0001%00/export"),
+                ("DELETE", "/v1/devices/%00"),
+            ):
+                status, problem = await _api(http, method, path)
+                assert status == 404, (path, problem)
             status, created = await _api(http, "POST", "/v1/campaigns", good)
             assert status == 201, created
             status, campaigns = await _api(http, "GET", "/v1/campaigns")
@@ -271,3 +283,23 @@ async def test_times_at_the_edges_of_the_calendar_in_utc_are_served_end_to_end(
             ):
                 status, doc = await _api(http, method, path)
                 assert status == 200, (path, doc)
+
+
+@pytest.mark.parametrize("literal", ["nan", "inf", "-inf", "1e400"])
+def test_every_numeric_setting_refuses_non_finite_values_naming_the_field(
+    literal: str, tmp_path: Path
+) -> None:
+    """The gateway has no config file: settings come from flags and the environment as text,
+    and every number among them is bounded, so `nan` or `1e400` is a ConfigError that names
+    the field (a setting added without bounds fails here)."""
+    numeric = [
+        name
+        for name, field in GatewaySettings.model_fields.items()
+        if field.annotation in (int, float)
+        or "int" in str(field.annotation)
+        or "float" in str(field.annotation)
+    ]
+    assert "ack_delay_ms" in numeric and "http_port" in numeric
+    for name in numeric:
+        with pytest.raises(ConfigError, match=f"field {name}"):
+            load_settings("command line", data_dir=tmp_path, **{name: literal})

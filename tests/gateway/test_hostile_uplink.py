@@ -70,6 +70,7 @@ def hand_made() -> list[tuple[str, bytes, str]]:
         *non_finite_attrs(),
         *times_out_of_range(),
         ("lone surrogate", with_attr("q", '"\\ud800"'), "invalid"),
+        ("NUL in a string", with_attr("q", '"a\\u0000b"'), "invalid"),
     ]
 
 
@@ -263,8 +264,12 @@ async def test_hostile_payloads_through_mosquitto_leave_the_gateway_serving(
             json.dumps({**valid(), "agent_version": "x" * 40}).encode(),
             Refusal(seq=1, reason="invalid", field="agent_version"),
         ),
+        (
+            with_attr("q", '"\\u0000"', True),
+            Refusal(seq=1, reason="invalid", field="signals.0.attrs.q"),
+        ),
     ],
-    ids=["NaN", "1e400 zlib", "year 1 east", "sent_at year 1", "too long"],
+    ids=["NaN", "1e400 zlib", "year 1 east", "sent_at year 1", "too long", "NUL"],
 )
 def test_a_batch_refused_for_good_is_answered_with_a_refusal_naming_the_field(
     harness: Harness, payload: bytes, refusal: Refusal
