@@ -3,9 +3,10 @@ nothing to do. Pure: hostile bytes give a `Rejected`, never an exception.
 
 What is accepted is also storable: every number finite and within 64 bits (`NaN` and
 `1e400` are refused as `non_finite` by `codec.loads_finite`, naming the field), every time
-convertible to UTC (`0001-01-01T00:00:00+14:00` is `invalid`, naming the field); a lone
-surrogate (`\\ud800`) is `invalid` by pydantic's own checks. A message the store could not
-hold would otherwise fail its commit again at every resend.
+convertible to UTC (`0001-01-01T00:00:00+14:00` is `invalid`, naming the field), no string
+with a NUL (`\\u0000`, which PostgreSQL's text cannot hold: `invalid`); a lone surrogate
+(`\\ud800`) is `invalid` by pydantic's own checks. A message the store could not hold would
+otherwise fail its commit again at every resend.
 """
 
 from __future__ import annotations
