@@ -10,14 +10,21 @@ import asyncio
 import contextlib
 import errno
 import json
+import os
+import pwd
+import shutil
 import sqlite3
-from collections.abc import AsyncIterator
+import subprocess
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import aiomqtt
 import psycopg
+import pytest
 
 from cloud_gateway.db.faults import classify
 from cloud_gateway.errors import StoreFull
@@ -28,6 +35,7 @@ from protocol.envelopes import Ack, Batch, Signal
 from protocol.ids import new_id, utcnow
 from protocol.topics import Topics
 from simulators.brokers import MosquittoProcess
+from simulators.postgres import PostgresProcess
 from tests.support.builders import CAMPAIGN_OFFER
 from tests.support.gateway_world import gateway_settings
 from tests.support.store_faults import allow_writes, fail_writes
@@ -156,3 +164,159 @@ def test_disk_full_is_read_from_either_driver_and_the_os() -> None:
     assert classify(wrapped) == "full"
     assert classify(StoreFull("x")) == "full"
     assert classify(ValueError("a bug")) is None
+
+
+# ---------------------------------------------------------------- a really full disk
+
+TINY_DISK = 16 * 1024 * 1024
+MOVED = ("batches", "devices", "signals")
+"""PostgreSQL tables put on the tiny disk (the signals partitions too): those every batch
+writes to."""
+
+
+def _mount(disk: Path) -> None:
+    disk.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={TINY_DISK}", "tmpfs", str(disk)],
+        capture_output=True,
+        check=False,
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode(errors='replace')}")
+
+
+def _tables(url: str, tablespace: str | None) -> list[str]:
+    """The gateway's tables every batch writes to (and their partitions), or those now in
+    `tablespace`."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        rows = conn.execute(
+            "SELECT c.relname, coalesce(t.spcname, '') FROM pg_class c"
+            " JOIN pg_namespace n ON n.oid = c.relnamespace"
+            " LEFT JOIN pg_tablespace t ON t.oid = c.reltablespace"
+            " WHERE n.nspname = current_schema() AND c.relkind IN ('r', 'p')"
+        ).fetchall()
+    if tablespace is not None:
+        return [name for name, space in rows if space == tablespace]
+    return [name for name, _ in rows if name in MOVED or name.startswith("signals_")]
+
+
+@dataclass
+class TinyDisk:
+    """A 16 MiB tmpfs; on PostgreSQL, a tablespace on it (`move()` puts the tables every
+    batch writes to there, partitions made since included)."""
+
+    path: Path
+    url: str | None = None
+    tablespace: str | None = None
+
+    def move(self) -> None:
+        if self.url is None or self.tablespace is None:
+            return
+        with psycopg.connect(self.url, autocommit=True) as conn:
+            for table in _tables(self.url, None):
+                conn.execute(f'ALTER TABLE "{table}" SET TABLESPACE {self.tablespace}')
+
+    def partitioned(self) -> bool:
+        """True once today's signals partition exists (the retention loop makes it at the
+        start, by `CREATE TABLE ... LIKE` and `ATTACH`: in the default tablespace)."""
+        if self.url is None:
+            return True
+        return f"signals_p{utcnow():%Y%m%d}" in _tables(self.url, None)
+
+    def move_back(self) -> None:
+        if self.url is None or self.tablespace is None:
+            return
+        with psycopg.connect(self.url, autocommit=True) as conn:
+            for table in _tables(self.url, self.tablespace):
+                conn.execute(f'ALTER TABLE "{table}" SET TABLESPACE pg_default')
+
+
+@pytest.fixture
+def tiny_disk(
+    tmp_path: Path, gateway_db: str | None, request: pytest.FixtureRequest
+) -> Iterator[TinyDisk]:
+    """A 16 MiB tmpfs of this test's own, where the kernel answers ENOSPC when it is full:
+    the gateway's data directory (SQLite), or a tablespace holding the tables every batch
+    writes to (PostgreSQL: its error 53100 is then the server's own). Needs the right to
+    mount (root with CAP_SYS_ADMIN, as here); skipped where it is missing."""
+    if gateway_db is None:
+        disk = tmp_path / "disk"
+        _mount(disk)
+        try:
+            yield TinyDisk(disk)
+        finally:
+            subprocess.run(["umount", "-l", str(disk)], check=False)
+        return
+    pg: PostgresProcess = request.getfixturevalue("postgres")
+    name = f"tiny_{new_id()[-8:].replace('-', '')}"
+    tiny = TinyDisk(pg.base / name, gateway_db, name)  # a directory the server may enter
+    _mount(tiny.path)
+    if pg.user is not None:
+        entry = pwd.getpwnam(pg.user)
+        os.chown(tiny.path, entry.pw_uid, entry.pw_gid)
+        tiny.path.chmod(0o700)
+    try:
+        with psycopg.connect(pg.url, autocommit=True) as conn:
+            conn.execute(f"CREATE TABLESPACE {name} LOCATION '{tiny.path}'")
+        yield tiny
+    finally:
+        tiny.move_back()
+        with psycopg.connect(pg.url, autocommit=True) as conn:
+            conn.execute(f"DROP TABLESPACE IF EXISTS {name}")
+        subprocess.run(["umount", "-l", str(tiny.path)], check=False)
+
+
+def _ballast(disk: Path, leave: int) -> Path:
+    """A file that fills the disk but `leave` bytes; delete it to give the space back."""
+    free = shutil.disk_usage(disk).free
+    path = disk / "ballast"
+    chunk = b"\0" * (1024 * 1024)
+    with path.open("wb") as out:
+        left = max(free - leave, 0)
+        while left > 0:
+            out.write(chunk[: min(left, len(chunk))])
+            left -= min(left, len(chunk))
+    return path
+
+
+@pytest.mark.integration  # mounts a tmpfs (a subprocess)
+async def test_a_really_full_disk_holds_ingest_until_space_is_back(
+    tiny_disk: TinyDisk, tmp_path: Path, mosquitto: MosquittoProcess, gateway_db: str | None
+) -> None:
+    data = tiny_disk.path if gateway_db is None else tmp_path  # SQLite: the file on it
+    settings = gateway_settings(data, mosquitto, db=gateway_db)
+    outbox = new_id()
+    async with Gateway(settings) as gw:
+        topics = settings.topics
+        await eventually(partial(asyncio.to_thread, tiny_disk.partitioned), 10, "partitions")
+        await asyncio.to_thread(tiny_disk.move)  # with the partitions made at the start
+        ballast = await asyncio.to_thread(_ballast, tiny_disk.path, 1024 * 1024)
+        async with _device(mosquitto.port, topics) as (device, acked):
+            seq = 0
+            while gw.counters["store_full"] == 0:  # ENOSPC from the kernel: SQLITE_FULL, 53100
+                seq += 1
+                assert seq <= 200, "the disk never filled"
+                await device.publish(topics.batch(DEVICE), _batch(seq, 200, outbox), qos=1)
+                await eventually(partial(_stored_or_full, gw, acked, seq), 10, "stored or full")
+            ready = await gw.readiness()
+            assert not ready["ready"] and ready["checks"]["database"]["full"], ready
+            if gateway_db is None:
+                assert ready["checks"]["database"]["free_bytes"] < 8 * 1024 * 1024
+            refused = [s for s in range(1, seq + 1) if s not in acked]
+            assert refused and refused[-1] == seq  # the batch that met the full disk: no ack
+            assert gw.loops.down() == [] and gw.link_connected  # alive and connected
+
+            await asyncio.to_thread(ballast.unlink)  # space is back
+            for s in refused:  # the device sends its unacked batches again
+                await device.publish(topics.batch(DEVICE), _batch(s, 200, outbox), qos=1)
+            await eventually(lambda: set(range(1, seq + 1)) <= set(acked), 15, "all acked")
+            await eventually(lambda: _gateway_ready(gw), 15, "ready again")
+        assert gw.counters["batches_stored"] == seq
+
+
+def _stored_or_full(gw: Gateway, acked: list[int], seq: int) -> bool:
+    return seq in acked or gw.counters["store_full"] > 0
+
+
+async def _gateway_ready(gw: Gateway) -> bool:
+    return bool((await gw.readiness())["ready"])

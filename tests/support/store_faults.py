@@ -4,12 +4,14 @@ store): a full disk and an I/O error at every write.
 - SQLite, full: `PRAGMA max_page_count` at the current size. SQLite itself then fails any
   write that needs a new page with `SQLITE_FULL` ("database or disk is full"), the code it
   also gives for ENOSPC, through the same pager path; a write that fits in a page's free
-  space still passes, as on a real full disk. A tiny tmpfs would need mount rights this
-  sandbox does not have.
+  space still passes, as on a real full disk. Instant and reversible in one connection,
+  so it can fail every write of a running gateway and give the space back.
 - PostgreSQL, full or I/O error: a statement trigger on every table raising SQLSTATE 53100
-  `disk_full` (or 58030 `io_error`), so the server answers each write exactly as it does
-  when it cannot extend a file. A tablespace on a tiny tmpfs would be the real thing; it
-  cannot be mounted here.
+  `disk_full` (or 58030 `io_error`), so the server answers each write as it does when it
+  cannot extend a file (every table at once, which a tablespace cannot do for the catalogs).
+- The real thing, where the test may mount: `tests/gateway/test_disk_full.py` also fills a
+  16 MiB tmpfs (the SQLite data directory; a PostgreSQL tablespace) until the kernel
+  answers ENOSPC.
 - SQLite, I/O error: SQLite has no SQL-level way to fail with `SQLITE_IOERR`; the tests of
   I/O errors use the fault connection of `FailingWrites` at the session seam.
 """
