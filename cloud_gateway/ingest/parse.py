@@ -56,10 +56,15 @@ class Rejected:
     seq: int | None = None
     outbox_id: str | None = None
     field: str | None = None
+    later: bool = False
+    """A newer gateway may take it (a field this one does not know): never refused for good,
+    so a device that sent a new field too early keeps the batch for an upgraded gateway."""
 
 
 REFUSED_FOR_GOOD = frozenset({"invalid", "non_finite"})
-"""Reasons a batch is refused whatever the number of deliveries."""
+"""Reasons a batch is refused whatever the number of deliveries (but see `later`)."""
+UNKNOWN_FIELD = "Extra inputs are not permitted"
+"""pydantic's words for a field the envelope does not know (`extra="forbid"`)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -230,7 +235,7 @@ def parse_uplink(
         model = State
     message = _decode(where.kind, model, payload, max_compressed, max_decompressed)
     if isinstance(message, Rejected):
-        if where.kind != "batch" or message.reason not in REFUSED_FOR_GOOD:
+        if where.kind != "batch" or message.reason not in REFUSED_FOR_GOOD or message.later:
             return Rejected(message.reason, where.device_id, message.detail)
         seq, outbox_id = _batch_key(payload, max_compressed, max_decompressed)
         return Rejected(
@@ -273,7 +278,8 @@ def _decode(
         return Rejected(exc.reason, None, str(exc)[:300], field=exc.path)
     except InvalidMessage as exc:
         field = exc.errors[0].get("loc") if exc.errors else None
-        return Rejected(exc.reason, None, str(exc)[:300], field=field)
+        later = any(e.get("msg") == UNKNOWN_FIELD for e in exc.errors)
+        return Rejected(exc.reason, None, str(exc)[:300], field=field, later=later)
     except ProtocolError as exc:
         return Rejected(exc.reason, None, str(exc)[:300])
     except RecursionError:

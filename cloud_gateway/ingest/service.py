@@ -216,7 +216,10 @@ class Ingestor:
         except GatewayError as exc:
             # Nothing acked: the device will send again. The loop goes on.
             self.counters["store_errors"] += 1
-            log.error("could not handle a message on %s: %s", topic[:200], exc)  # noqa: TRY400
+            if isinstance(exc, StoreUnavailable):  # a full disk: once, not once a message
+                self._faults.log(("store", type(exc).__name__), "uplink not handled: %s", exc)
+            else:
+                log.error("could not handle a message on %s: %s", topic[:200], exc)  # noqa: TRY400
         return result, pending
 
     async def _commit_group(self, first: _Pending) -> None:

@@ -285,6 +285,7 @@ def test_no_refusal_for_what_a_resend_may_fix_or_a_batch_without_a_seq(harness: 
         b"{\xff\xfe not json",  # malformed: maybe damaged on the way
         json.dumps({**valid(), "seq": "seven"}).encode(),  # no seq to name
         b'{"v":1,"seq":NaN}',
+        json.dumps({**valid(), "new_field": 1}).encode(),  # a newer gateway may take it
     ):
         assert isinstance(harness.handle(TOPICS.batch(VICTIM), payload), Rejected)
     assert harness.sent() == []
