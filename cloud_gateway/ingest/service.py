@@ -70,6 +70,8 @@ REJECT_REASONS = (
     "unknown_topic",
 )
 MAX_WARNED = 10_000
+MAX_BUG_KINDS = 64
+"""Kinds of unexpected store failure logged with a traceback (the first of each)."""
 GROUP_MAX = 64
 """At most this many batches (and as many states) in one transaction."""
 QUEUE_MAX = 64
@@ -135,6 +137,7 @@ class Ingestor:
         self._max_compressed = max_compressed
         self._max_decompressed = max_decompressed
         self._faults = OnceLogger(log, MAX_WARNED, suffix="")
+        self._bugs_logged: set[str] = set()
         self._group_max = group_max
         self._queue: asyncio.Queue[_Pending] = asyncio.Queue(maxsize=queue_max)
         self._follow_ups: asyncio.Queue[tuple[str, State | None]] = asyncio.Queue(
@@ -261,23 +264,26 @@ class Ingestor:
             self.counters["store_errors"] += len(states)
             self._faults.log(("store", type(exc).__name__), "uplink not stored: %s", exc)
             return [exc] * len(items), False
-        except GatewayError as exc:
+        except Exception as exc:  # noqa: BLE001 - a bug is logged and isolated below
+            failure = self._failure(exc, "a group commit")
             if len(items) + len(states) == 1:
                 self.counters["store_errors"] += len(states)
-                return [exc] * len(items), False
+                return [failure] * len(items), False
             self.counters["group_commits_failed"] += 1
             log.warning(
                 "group commit of %d batches and %d states failed (%s); one by one",
                 len(items),
                 len(states),
-                exc,
+                failure,
             )
+        # One by one: a batch that cannot be stored (a poisoned one, even by a bug) costs only
+        # itself; it is not acked, and the others behind it are.
         outcomes: list[StoredBatch | GatewayError] = []
         for device_id, batch in items:
             try:
                 outcomes.append(await self._db.call(store_batch_detail, device_id, batch, utcnow()))
-            except GatewayError as exc:
-                outcomes.append(exc)
+            except Exception as exc:  # noqa: BLE001 - logged by `_failure`, counted by `_stored`
+                outcomes.append(self._failure(exc, f"batch {batch.seq} of {device_id}"))
         if not states:
             return outcomes, True
         try:
@@ -288,6 +294,19 @@ class Ingestor:
             log.error("could not store %d device states: %s", len(states), exc)  # noqa: TRY400
             return outcomes, False
         return outcomes, True
+
+    def _failure(self, exc: Exception, what: str) -> GatewayError:
+        """A store failure as a GatewayError; anything else is a bug: logged with its
+        traceback (once per kind), then handled as a failure of `what` only."""
+        if isinstance(exc, GatewayError):
+            return exc
+        kind = type(exc).__name__
+        if kind not in self._bugs_logged and len(self._bugs_logged) < MAX_BUG_KINDS:
+            self._bugs_logged.add(kind)
+            log.error("storing %s failed (a bug): isolated, not acked", what, exc_info=exc)
+        else:
+            log.debug("storing %s failed: %r", what, exc)
+        return GatewayError(f"storing {what} failed: {exc!r}")
 
     async def _states_stored(self, states: list[StateItem]) -> None:
         """After the commit: each model report, and each device's birth if its newest state

@@ -12,6 +12,7 @@ import zlib
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import closing
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -20,12 +21,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from cloud_gateway.db import rows
 from cloud_gateway.db.devices import device_facts, get_device
 from cloud_gateway.db.store import Database
 from cloud_gateway.ingest.service import AckBatcher, Ingestor, Parsed, Rejected
 from protocol import codec
 from protocol.envelopes import Ack, Batch, Refusal, Signal
-from protocol.ids import new_id, utcnow
+from protocol.ids import format_time, new_id, utcnow
 from protocol.topics import Topics
 from simulators.brokers import MosquittoProcess
 from tests.support.gateway_world import gateway
@@ -365,3 +367,27 @@ def test_hostile_values_are_stored_or_refused_never_a_crash_or_a_stuck_batch(
     with closing(sqlite3.connect(harness.path)) as db:
         stored_text = db.execute("SELECT group_concat(attrs, ' ') FROM signals").fetchone()[0]
     assert "NaN" not in (stored_text or "") and "Infinity" not in (stored_text or "")
+
+
+def test_a_batch_the_store_fails_on_by_a_bug_costs_only_itself(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A value no check foresaw that makes storing raise (here: formatting one time raises,
+    as `format_time` did for year 1 east of UTC before issue 13): the group falls back to
+    one by one, the poisoned batch is not acked, the ones beside it are."""
+
+    def poisoned(moment: datetime) -> str:
+        if moment.year == 1234:
+            raise OverflowError("date value out of range")
+        return format_time(moment)
+
+    monkeypatch.setattr(rows, "format_time", poisoned)
+    bad = valid(seq=2)
+    bad["signals"][0]["at"] = "1234-05-06T07:08:09Z"
+    for doc in (valid(seq=1), bad, valid(seq=3)):  # queued together: one group
+        harness.runner.run(harness.ingestor.feed(TOPICS.batch(VICTIM), json.dumps(doc).encode()))
+    harness.runner.run(harness.ingestor.commit_waiting())
+    assert [a.acks for a in harness.sent()] == [[1, 3]]
+    assert harness.counters["group_commits_failed"] == 1
+    assert harness.counters["store_errors"] == 1
+    assert harness.signals_of(VICTIM) == 4
