@@ -24,7 +24,31 @@ class KeyStoreError(GatewayError):
 
 
 class StoreError(GatewayError):
-    """The gateway's SQLite store failed (disk full, corrupt file, locked too long)."""
+    """The gateway's store failed (disk full, corrupt file, locked too long)."""
+
+
+RETRY_AFTER_S = 10
+"""What `Retry-After` tells a caller of a store that cannot write now."""
+
+
+class StoreUnavailable(StoreError):
+    """The store cannot write now (an I/O error, the server out of resources): a state that
+    passes, not a bug; the API answers 503 with `Retry-After`, readiness fails meanwhile."""
+
+    status = 503
+
+    def __init__(
+        self, message: str, *, free_bytes: int | None = None, retry_after_s: int = RETRY_AFTER_S
+    ) -> None:
+        super().__init__(message)
+        self.free_bytes = free_bytes
+        self.retry_after_s = retry_after_s
+
+
+class StoreFull(StoreUnavailable):
+    """The store's disk is full (SQLITE_FULL, ENOSPC, PostgreSQL's 53100 disk_full): 507."""
+
+    status = 507
 
 
 class NotFound(GatewayError):

@@ -215,6 +215,19 @@ class State(Message):
 # ---------------------------------------------------------------- downlink
 
 
+class Refusal(BaseModel):
+    """A batch the gateway refused for good: sending it again cannot change the answer."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    seq: Seq
+    reason: Name
+    """`invalid` (a field fails validation, a time cannot be moved to UTC) or `non_finite`
+    (`NaN`, an infinity, a number past 64 bits)."""
+    field: Annotated[str, StringConstraints(max_length=200)] | None = None
+    """The dotted path of the first offending field (`signals.3.at`), when known."""
+
+
 class Ack(Message):
     """`dev/{id}/down/ack` (fixed): the listed batches are stored at the gateway."""
 
@@ -222,6 +235,10 @@ class Ack(Message):
     outbox_id: Id | None = None
     """The outbox the acked seqs belong to (echoed from the batches); a device ignores an
     ack naming another outbox (one of its wiped predecessor's)."""
+    refused: Annotated[list[Refusal], Field(max_length=1000)] | None = None
+    """Batches of that outbox refused for good (issue 13): the device may drop them, counted,
+    instead of sending them again forever. Added field: a device that does not know it
+    ignores it and keeps resending, as before."""
 
 
 OfferType = Literal["coupon", "bundle", "replenishment", "membership_perk", "group_buy", "content"]
@@ -404,6 +421,7 @@ ALL_MODELS: list[type[BaseModel]] = [
     State,
     ModelUpdateReport,
     Ack,
+    Refusal,
     OfferBundle,
     Offer,
     Targeting,

@@ -27,9 +27,10 @@ class MalformedPayload(ProtocolError):
 
 
 class NonFiniteNumber(MalformedPayload):
-    """A `NaN`, an infinity, or a number no store can hold (`1e400`, an integer past 64 bits).
+    """A `NaN`, an infinity, or a number no store can hold (`1e400`, an integer past 64 bits):
+    malformed JSON for the protocol, counted under a reason of its own."""
 
-    Counted as `malformed`: the JSON itself is not what the protocol accepts."""
+    reason = "non_finite"
 
     def __init__(self, path: str, literal: str) -> None:
         super().__init__(f"{path}: {literal} is not a finite number")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 from pydantic import ValidationError
 
-from cloud_gateway.api.context import ctx, json_response, read_json, who
+from cloud_gateway.api.context import check_storable, ctx, json_response, read_json, who
 from cloud_gateway.api.errors import ApiProblem
 from cloud_gateway.api.routes import Route
 from cloud_gateway.api.schemas import CampaignList
@@ -26,6 +26,7 @@ async def create_campaign(request: web.Request) -> web.Response:
         raise ApiProblem(
             400, "Bad Request", "the campaign is invalid", errors=field_errors(exc)
         ) from exc
+    check_storable(spec, "the campaign")
     campaigns = ctx(request).campaigns
     campaign = await campaigns.create(spec, who(request))
     return await _with_audience(request, campaign, status=201)

@@ -10,13 +10,17 @@ from typing import Any
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry
+from pydantic import BaseModel
 
 from cloud_gateway.api.errors import ApiProblem
 from cloud_gateway.campaigns.service import CampaignService
 from cloud_gateway.db.backend import Backend, Session
 from cloud_gateway.devices.erasure import DeviceErasure
+from cloud_gateway.ingest.parse import unstorable_value
 from cloud_gateway.registry.service import ModelRegistry
 from cloud_gateway.security.auth import TokenVerifier
+from protocol import codec
+from protocol.errors import NonFiniteNumber
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,10 +61,37 @@ def json_response(data: Any, status: int = 200) -> web.Response:
 
 
 async def read_json(request: web.Request) -> Any:
+    """The request's body as JSON, every number in it finite (`codec.loads_finite`); a 400
+    naming the field otherwise."""
     raw = await request.read()  # aiohttp enforces client_max_size: 413 past it
+    return parse_json(raw)
+
+
+def parse_json(raw: bytes, what: str = "the body") -> Any:
+    """JSON from a caller, read once by `codec.loads_finite`: `NaN`, infinities and numbers
+    past 64 bits are a 400 naming the field (`offers.0.price`), like any JSON error."""
     try:
-        return json.loads(raw)
+        return codec.loads_finite(raw)
+    except NonFiniteNumber as exc:
+        raise ApiProblem(
+            400,
+            "Bad Request",
+            f"{what}: {exc}",
+            errors=[{"loc": exc.path, "msg": f"{exc.literal} is not a finite number"}],
+        ) from exc
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ApiProblem(400, "Bad Request", f"the body is not JSON: {exc}") from exc
+        raise ApiProblem(400, "Bad Request", f"{what} is not JSON: {exc}") from exc
     except RecursionError as exc:
-        raise ApiProblem(400, "Bad Request", "the body nests too deeply") from exc
+        raise ApiProblem(400, "Bad Request", f"{what} nests too deeply") from exc
+
+
+def check_storable(body: BaseModel, what: str) -> None:
+    """A 400 naming the field of a validated body that no store can hold: a time that cannot
+    be moved to UTC (year 1 east of UTC, year 9999 west of it), a string with a NUL
+    character. pydantic accepts both; storing them would fail (a 500)."""
+    found = unstorable_value(body)
+    if found is not None:
+        path, why = found
+        raise ApiProblem(
+            400, "Bad Request", f"{what} is invalid", errors=[{"loc": path, "msg": why}]
+        )

@@ -21,6 +21,7 @@ from cloud_gateway.errors import (
     InvalidTransition,
     LinkDown,
     NotFound,
+    StoreUnavailable,
 )
 
 log = logging.getLogger(__name__)
@@ -36,6 +37,8 @@ class Problem(BaseModel):
     status: int
     detail: str = ""
     errors: list[dict[str, str]] | None = None
+    free_bytes: int | None = None
+    """507 (the store's disk is full): the free space left, when the backend knows it."""
 
 
 class ApiProblem(Exception):
@@ -78,6 +81,11 @@ def domain_problem(exc: GatewayError) -> Problem | None:
 @web.middleware
 async def problems_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Turn every error into `application/problem+json`; the process never leaks a traceback."""
+    if "\x00" in request.path:
+        # No id of ours holds a NUL (`%00`), and PostgreSQL's text cannot even be asked for it.
+        return problem_response(
+            Problem(status=404, title="Not Found", detail="no resource has a NUL in its name")
+        )
     try:
         return await handler(request)
     except ApiProblem as exc:
@@ -96,6 +104,18 @@ async def problems_middleware(request: web.Request, handler: Handler) -> web.Str
             raise
         return problem_response(
             Problem(status=exc.code, title="Bad Request", detail=exc.message[:200])
+        )
+    except StoreUnavailable as exc:
+        # A state, not a bug: the caller tries again later (the same write is safe to retry).
+        log.warning("request %s %s: %s", request.method, request.path, exc)
+        return problem_response(
+            Problem(
+                status=exc.status,
+                title="Insufficient Storage" if exc.status == 507 else "Service Unavailable",
+                detail=str(exc)[:500],
+                free_bytes=exc.free_bytes,
+            ),
+            headers={"Retry-After": str(exc.retry_after_s)},
         )
     except GatewayError as exc:
         problem = domain_problem(exc)

@@ -7,12 +7,11 @@ does the work): `POST /v1/models` (multipart, bounded parts), `GET /v1/models`,
 from __future__ import annotations
 
 import asyncio
-import json
 
 from aiohttp import BodyPartReader, web
 from pydantic import ValidationError
 
-from cloud_gateway.api.context import ctx, json_response, who
+from cloud_gateway.api.context import ctx, json_response, parse_json, read_json, who
 from cloud_gateway.api.errors import ApiProblem
 from cloud_gateway.api.routes import Answer, Route
 from cloud_gateway.errors import NotFound
@@ -59,10 +58,7 @@ async def register_model(request: web.Request) -> web.Response:
     missing = {"manifest", "model"} - set(parts)
     if missing:
         raise ApiProblem(400, "Bad Request", f"missing part(s): {', '.join(sorted(missing))}")
-    try:
-        raw = json.loads(parts["manifest"])
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ApiProblem(400, "Bad Request", f"manifest: not JSON: {exc}") from exc
+    raw = parse_json(parts["manifest"], "manifest")
     doc = await ctx(request).models.register(raw, parts["model"], who(request))
     return json_response(doc, status=201)
 
@@ -70,7 +66,7 @@ async def register_model(request: web.Request) -> web.Response:
 async def rollout_model(request: web.Request) -> web.Response:
     version = _version(request)
     try:
-        body = RolloutIn.model_validate_json(await request.read())
+        body = RolloutIn.model_validate(await read_json(request))
     except ValidationError as exc:
         raise ApiProblem(
             400, "Bad Request", "the rollout is invalid", errors=codec.field_errors(exc)

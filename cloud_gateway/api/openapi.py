@@ -107,6 +107,9 @@ def _responses(route: Route) -> dict[str, Any]:
         derived["400"] = "Invalid parameter"
     if not route.public:
         derived["401"] = "Missing or wrong bearer token"
+        # Every route behind a token reads the store (the token is checked there).
+        derived["503"] = "The store cannot be used now (I/O error): try again after Retry-After"
+        derived["507"] = "The store's disk is full: try again after Retry-After"
     if route.body is not None or route.form is not None:
         derived["400"] = "Invalid body"
         derived["413"] = "Body too large"

@@ -40,7 +40,8 @@ error status, a free-form object for a success) or an `Answer`."""
 class Route:
     """One operation of the operators' API: what aiohttp serves and what the document says.
 
-    Answers every route has by construction are not listed: 401 unless `public`, 404 for a
+    Answers every route has by construction are not listed: 401, 503 and 507 (the store
+    cannot be used now, its disk is full: both with `Retry-After`) unless `public`, 404 for a
     path with a parameter, 400 for a parameter with a pattern or a query, 400 and 413 for a
     body. `responses` lists the success answer and any answer particular to the route."""
 

@@ -33,6 +33,7 @@ from cloud_gateway.db.pushes import (
     mark_sent,
     outstanding,
     pushed_devices,
+    quarantine_push,
 )
 from cloud_gateway.errors import GatewayError
 from cloud_gateway.runtime.wiring import Service, Wiring
@@ -239,6 +240,11 @@ class DeviceDelivery(Service):
             self._counters["device_bundles_resent_on_birth"] += len(due)
         await self._send(due)
 
+    async def _quarantine(self, bundle_id: str, device_id: str, reason: str) -> None:
+        self._counters["pushes_quarantined"] += 1
+        log.error("device bundle %s for %s quarantined: %s", bundle_id, device_id, reason)
+        await self._db.call(quarantine_push, bundle_id, reason)
+
     async def on_receipts(self, device_id: str, ids: list[str]) -> None:
         matched = await self._db.call(apply_receipts, device_id, ids, utcnow())
         self._counters["device_bundle_receipts"] += matched
@@ -250,15 +256,21 @@ class DeviceDelivery(Service):
         await self._send(due)
         return len(due)
 
-    async def _send(self, items: Iterable[tuple[str, str, dict[str, Any]]]) -> None:
+    async def _send(self, items: Iterable[tuple[str, str, dict[str, Any] | None]]) -> None:
         todo = list(items)
         sent: list[str] = []
 
-        async def one(bundle_id: str, device_id: str, payload: dict[str, Any]) -> None:
+        async def one(bundle_id: str, device_id: str, payload: dict[str, Any] | None) -> None:
+            if payload is None:  # a poisoned row: set aside (kept, counted), not retried
+                await self._quarantine(bundle_id, device_id, "its payload is not a JSON object")
+                return
             try:
-                await self._publish(
-                    self._topics.offers(device_id), codec.encode_dict(payload), False
-                )
+                wire = codec.encode_dict(payload)
+            except (ValueError, TypeError) as exc:
+                await self._quarantine(bundle_id, device_id, f"cannot be encoded: {exc}")
+                return
+            try:
+                await self._publish(self._topics.offers(device_id), wire, False)
             except GatewayError as exc:
                 log.debug("bundle %s for %s not sent now: %s", bundle_id, device_id, exc)
                 return

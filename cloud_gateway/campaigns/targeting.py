@@ -174,9 +174,9 @@ def window_bounds(label: str) -> tuple[datetime, datetime] | None:
         else:
             return None
         begin = datetime.strptime(start, fmt).replace(tzinfo=UTC)
-    except ValueError:
+        return begin, begin + timedelta(seconds=seconds)
+    except (ValueError, OverflowError):  # a device's label: `1d:9999-12-31` ends past year 9999
         return None
-    return begin, begin + timedelta(seconds=seconds)
 
 
 def parse_aggregate_key(key: str) -> tuple[str, dict[str, str]]:

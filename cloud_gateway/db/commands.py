@@ -106,7 +106,7 @@ def outstanding_commands(
     `sent_before` and sent fewer than `PERIODIC_SENDS_MAX` times (the periodic re-send)."""
     sql = (
         "SELECT id, device_id, kind, payload, expires_at FROM device_commands"
-        " WHERE receipt_at IS NULL"
+        " WHERE receipt_at IS NULL AND quarantined IS NULL"
     )
     params: list[Any] = []
     if device_id is not None:
@@ -117,6 +117,14 @@ def outstanding_commands(
         params += [format_time(sent_before), PERIODIC_SENDS_MAX]
     sql += " ORDER BY created_at, id LIMIT 10000"
     return store.rows(sql, params)
+
+
+def quarantine_command(store: Session, command_id: str, reason: str) -> None:
+    """Set a command aside: kept (export, `quarantined_rows`), never sent again."""
+    with store.transaction():
+        store.conn.execute(
+            "UPDATE device_commands SET quarantined = ? WHERE id = ?", [reason[:500], command_id]
+        )
 
 
 def replace_payload(store: Session, command_id: str, payload: dict[str, Any]) -> None:

@@ -12,6 +12,7 @@ from typing import Any
 
 from cloud_gateway.campaigns.targeting import DeviceFacts, parse_aggregate_key, window_bounds
 from cloud_gateway.db.backend import Session
+from cloud_gateway.db.finite import finite_or_none, from_text
 from protocol.ids import parse_time
 
 
@@ -44,7 +45,7 @@ def _device_view(row: dict[str, Any]) -> dict[str, Any]:
         "model_version": row["model_version"],
         "last_seq": row["last_seq"],
         "cohorts": json.loads(row["cohorts"]) if row["cohorts"] else [],
-        "stats": json.loads(row["stats"]) if row["stats"] else {},
+        "stats": from_text(row["stats"]) if row["stats"] else {},
         "malformed": row["malformed"],
     }
 
@@ -55,7 +56,7 @@ def export_device(store: Session, device_id: str) -> dict[str, Any] | None:
     if registry is None:
         return None
     signals = [
-        {**r, "attrs": json.loads(r["attrs"])}
+        {**r, "attrs": from_text(r["attrs"])}
         for r in store.rows(
             "SELECT id, seq, kind, at, attrs FROM signals WHERE device_id = ? ORDER BY id",
             [device_id],
@@ -66,13 +67,16 @@ def export_device(store: Session, device_id: str) -> dict[str, Any] | None:
         ' ORDER BY seq, "window", key',
         [device_id],
     )
-    outcomes = store.rows(
-        "SELECT id, seq, offer_id, campaign_id, variant, kind, at, surface, score,"
-        " model_version FROM outcomes WHERE device_id = ? ORDER BY id",
-        [device_id],
-    )
+    outcomes = [
+        {**r, "score": finite_or_none(r["score"])}
+        for r in store.rows(
+            "SELECT id, seq, offer_id, campaign_id, variant, kind, at, surface, score,"
+            " model_version FROM outcomes WHERE device_id = ? ORDER BY id",
+            [device_id],
+        )
+    ]
     features = [
-        {"id": r["id"], "features": json.loads(r["features"])}
+        {"id": r["id"], "features": from_text(r["features"])}
         for r in store.rows(
             "SELECT id, features FROM outcome_features WHERE device_id = ? ORDER BY id",
             [device_id],
@@ -93,7 +97,8 @@ def export_device(store: Session, device_id: str) -> dict[str, Any] | None:
     )
     pushes = store.rows(
         "SELECT bundle_id, campaign_id, variant, holdout, kind, offers, created_at,"
-        " expires_at, sent_at, sends, receipt_at FROM device_pushes WHERE device_id = ?"
+        " expires_at, sent_at, sends, receipt_at, quarantined FROM device_pushes"
+        " WHERE device_id = ?"
         " ORDER BY created_at, bundle_id",
         [device_id],
     )

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from sqlite_utils import Database
 
 from cloud_gateway.db.backend import Clock
+from cloud_gateway.db.finite import clean_non_finite
 from cloud_gateway.db.sqlite import transaction
 from protocol.ids import format_time, utcnow
 
@@ -421,3 +422,19 @@ def workers_leases_and_registry(db: Database) -> None:
         " pid INTEGER NOT NULL, started_at REAL NOT NULL, last_seen REAL NOT NULL,"
         " http_port INTEGER, version TEXT NOT NULL, leases TEXT NOT NULL DEFAULT '[]')"
     )
+
+
+@migration
+def issue13_finite_numbers(db: Database) -> None:
+    """Non-finite numbers older versions stored in a device's data (`NaN` in a signal's
+    attrs, an infinite score) made null (`db/finite.py`): one device's data no longer fails
+    targeting, launches or its export."""
+    clean_non_finite(db.conn, "?", "9e999, -9e999")
+
+
+@migration
+def issue13_quarantine(db: Database) -> None:
+    """A device push or command its loop cannot send (its payload unreadable, unencodable)
+    is set aside with the reason (`quarantined`), kept for export, and skipped after."""
+    for table in ("device_pushes", "device_commands"):
+        db.execute(f"ALTER TABLE {table} ADD COLUMN quarantined TEXT")

@@ -10,15 +10,26 @@ in `db/migrations.py`.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import psycopg
 
 from cloud_gateway.db.backend import Clock
+from cloud_gateway.db.finite import clean_non_finite
 from protocol.ids import format_time
 
 LOCK_KEY = 0x65646D67_6D696772
 """`pg_advisory_xact_lock` key of migrations ("edmgmigr"): one worker migrates at a time."""
 
-MIGRATIONS: list[tuple[str, str]] = [
+
+def _finite_numbers(conn: psycopg.Connection[object]) -> None:
+    clean_non_finite(conn, "%s", "'NaN', 'Infinity', '-Infinity'")
+
+
+Step = str | Callable[[psycopg.Connection[object]], None]
+"""A migration's SQL, or a function of the connection for one that SQL alone cannot do."""
+
+MIGRATIONS: list[tuple[str, Step]] = [
     (
         "pg001_schema",
         """
@@ -306,8 +317,21 @@ CREATE TABLE gateway_workers (
 );
 """,
     ),
+    (
+        # As SQLite's `issue13_finite_numbers` (`db/finite.py`).
+        "pg005_issue13_finite_numbers",
+        _finite_numbers,
+    ),
+    (
+        # As SQLite's `issue13_quarantine`.
+        "pg006_issue13_quarantine",
+        """
+ALTER TABLE device_pushes ADD COLUMN quarantined text;
+ALTER TABLE device_commands ADD COLUMN quarantined text;
+""",
+    ),
 ]
-"""(name, SQL) in order; a name, once applied, is never changed."""
+"""(name, SQL or function) in order; a name, once applied, is never changed."""
 
 
 def apply_migrations(conn: psycopg.Connection[object], clock: Clock) -> list[str]:
@@ -323,7 +347,10 @@ def apply_migrations(conn: psycopg.Connection[object], clock: Clock) -> list[str
             )
             if conn.execute("SELECT 1 FROM migrations WHERE name = %s", [name]).fetchone():
                 continue
-            conn.execute(sql)
+            if isinstance(sql, str):
+                conn.execute(sql)
+            else:
+                sql(conn)
             conn.execute(
                 "INSERT INTO migrations (name, applied_at) VALUES (%s, %s)",
                 [name, format_time(clock())],

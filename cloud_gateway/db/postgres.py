@@ -38,10 +38,13 @@ LATEST_REPORTED_SIGNALS = (
     # PostgreSQL's form of SQLite's `json_extract` + bare columns beside max(at): the JSON
     # values as jsonb (psycopg loads them as Python values), the latest row by DISTINCT ON.
     "SELECT DISTINCT ON (device_id, kind, cat) device_id, seq, kind, at, tier, cat, level"
-    " FROM (SELECT device_id, seq, kind, at, attrs::jsonb -> 'tier' AS tier,"
-    " attrs::jsonb -> 'category' AS cat, attrs::jsonb -> 'level' AS level FROM signals"
-    " WHERE kind IN ('member_tier', 'consumable_level', 'purchase')"
-    " AND (CAST(? AS TEXT) IS NULL OR device_id = ?)) AS reports"
+    # attrs with a `NaN` or an infinity (stored by an older version, see `db/finite.py`)
+    # read as none: `::jsonb` would fail the query for every device.
+    " FROM (SELECT device_id, seq, kind, at, a -> 'tier' AS tier,"
+    " a -> 'category' AS cat, a -> 'level' AS level FROM (SELECT device_id, seq, kind, at,"
+    " CASE WHEN attrs ~ '(:|,|\\[)\\s*-?(NaN|Infinity)' THEN NULL ELSE attrs::jsonb END AS a"
+    " FROM signals WHERE kind IN ('member_tier', 'consumable_level', 'purchase')"
+    " AND (CAST(? AS TEXT) IS NULL OR device_id = ?)) AS raw) AS reports"
     " ORDER BY device_id, kind, cat, at DESC"
 )
 

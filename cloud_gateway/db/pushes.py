@@ -5,14 +5,13 @@ Plain functions over a session, run on the store thread: `await db.call(outstand
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from cloud_gateway.db.backend import Session
-from cloud_gateway.db.rows import to_text
+from cloud_gateway.db.rows import json_object, to_text
 from protocol.ids import format_time, parse_time
 
 
@@ -98,11 +97,13 @@ def bundles_past_half_life(store: Session, now: datetime) -> dict[str, list[str]
 
 def outstanding(
     store: Session, now: datetime, device_id: str | None = None, sent_before: datetime | None = None
-) -> list[tuple[str, str, dict[str, Any]]]:
-    """(bundle_id, device_id, payload) of unexpired bundles with no receipt yet."""
+) -> list[tuple[str, str, dict[str, Any] | None]]:
+    """(bundle_id, device_id, payload) of unexpired bundles with no receipt yet, but those
+    quarantined; a payload that is not a JSON object reads as None (the caller quarantines
+    it: `quarantine_push`)."""
     sql = (
         "SELECT bundle_id, device_id, payload FROM device_pushes WHERE receipt_at IS NULL"
-        " AND superseded = 0 AND expires_at > ?"
+        " AND superseded = 0 AND quarantined IS NULL AND expires_at > ?"
     )
     params: list[Any] = [format_time(now)]
     if device_id is not None:
@@ -113,9 +114,18 @@ def outstanding(
         params.append(format_time(sent_before))
     sql += " ORDER BY created_at, bundle_id LIMIT 10000"
     return [
-        (r["bundle_id"], r["device_id"], json.loads(r["payload"]))
+        (r["bundle_id"], r["device_id"], json_object(r["payload"]))
         for r in store.conn.execute(sql, params)
     ]
+
+
+def quarantine_push(store: Session, bundle_id: str, reason: str) -> None:
+    """Set a device push aside: kept (export, `quarantined_rows`), never sent again."""
+    with store.transaction():
+        store.conn.execute(
+            "UPDATE device_pushes SET quarantined = ? WHERE bundle_id = ?",
+            [reason[:500], bundle_id],
+        )
 
 
 def mark_sent(store: Session, bundle_ids: Sequence[str], at: datetime) -> None:

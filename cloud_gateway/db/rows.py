@@ -2,12 +2,23 @@
 
 from __future__ import annotations
 
+import json
 from datetime import datetime
 from typing import Any
 
 from pydantic_core import to_json
 
 from protocol.ids import format_time
+
+
+def json_object(text: str | None) -> dict[str, Any] | None:
+    """A JSON object column as a dict; None when the text is not one (a poisoned row: its
+    caller sets it aside instead of failing on it at every pass)."""
+    try:
+        obj = json.loads(text) if text else None
+    except (ValueError, RecursionError):
+        return None
+    return obj if isinstance(obj, dict) else None
 
 
 def to_text(obj: Any) -> str:

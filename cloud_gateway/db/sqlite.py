@@ -25,10 +25,14 @@ Error = sqlite3.Error
 LATEST_REPORTED_SIGNALS = (
     # SQLite-only: `json_extract`, and bare columns taken from the row that has max(at).
     # PostgreSQL's (`attrs::jsonb -> 'tier'`, `DISTINCT ON`) is in `db/postgres.py`.
-    "SELECT device_id, seq, kind, max(at) AS at, json_extract(attrs, '$.tier') AS tier,"
-    " json_extract(attrs, '$.category') AS cat, json_extract(attrs, '$.level') AS level"
-    " FROM signals WHERE kind IN ('member_tier', 'consumable_level', 'purchase')"
-    " AND (CAST(? AS TEXT) IS NULL OR device_id = ?) GROUP BY device_id, kind, cat"
+    # A row whose attrs are not valid JSON (a `NaN` an older version stored, see
+    # `db/finite.py`) reads as no attrs: one device's data never fails the query for all.
+    "SELECT device_id, seq, kind, max(at) AS at, json_extract(a, '$.tier') AS tier,"
+    " json_extract(a, '$.category') AS cat, json_extract(a, '$.level') AS level"
+    " FROM (SELECT device_id, seq, kind, at,"
+    " CASE WHEN json_valid(attrs) THEN attrs END AS a FROM signals"
+    " WHERE kind IN ('member_tier', 'consumable_level', 'purchase')"
+    " AND (CAST(? AS TEXT) IS NULL OR device_id = ?)) GROUP BY device_id, kind, cat"
 )
 """`Dialect.latest_reported_signals` on SQLite: the latest `member_tier`, `consumable_level`
 and `purchase` report per (device, kind, category)."""
@@ -40,6 +44,25 @@ SQLITE = Dialect(
     latest_reported_signals=LATEST_REPORTED_SIGNALS,
     returning=sqlite3.sqlite_version_info >= (3, 35, 0),
 )
+
+
+DAMAGED = frozenset({sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB})
+"""SQLite's words for a file that is not (or no longer) a whole database: garbage, a
+truncated copy, a torn write."""
+
+
+def refusal(path: Path | str, exc: sqlite3.Error) -> str:
+    """The one line a gateway that cannot open its database ends with: which file, what is
+    wrong with it and what the operator can do. A damaged file is never replaced silently:
+    it may be the only copy of what devices sent."""
+    code = (getattr(exc, "sqlite_errorcode", None) or 0) & 0xFF
+    if code in DAMAGED:
+        return (
+            f"the gateway database {path} is damaged ({exc}); the gateway leaves it as it is:"
+            f" restore it from a backup, or move it aside (mv {path} {path}.damaged) to start"
+            " with an empty one"
+        )
+    return f"cannot open the gateway database {path}: {exc}"
 
 
 def connect(path: Path | str) -> sqlite3.Connection:

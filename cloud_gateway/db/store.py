@@ -8,6 +8,7 @@ query modules beside this one, by job; what is SQLite-only lives in `db/sqlite.p
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -17,9 +18,16 @@ from sqlite_utils import Database as SqliteUtilsDatabase
 
 from cloud_gateway.db.backend import Clock, Dialect, SignalRow
 from cloud_gateway.db.migrations import apply_migrations
-from cloud_gateway.db.sqlite import SQLITE, Error, connect, hold_single_worker, transaction
+from cloud_gateway.db.sqlite import (
+    SQLITE,
+    Error,
+    connect,
+    hold_single_worker,
+    refusal,
+    transaction,
+)
 from cloud_gateway.db.thread import StoreThread
-from cloud_gateway.errors import StoreError
+from cloud_gateway.errors import StoreError, StoreFull
 from protocol.ids import format_time, utcnow
 
 INSERT_SIGNALS = (
@@ -30,6 +38,20 @@ INSERT_SIGNALS = (
 
 PROBE = "readyz-probe"
 """The name `check_writable` writes into `migrations` and rolls back: never committed."""
+PROBE_BYTES = 64 * 1024
+"""The size of the probe's row: it needs new pages, as a batch does (a tiny row fits in a
+page's free space and passes on a full database)."""
+MIN_FREE_BYTES = 8 * 1024 * 1024
+"""Below this much free space beside the database, it is not ready to take writes: SQLite
+appends to the WAL at each commit and fails with SQLITE_FULL once none is left."""
+
+
+def free_bytes(path: Path | str) -> int | None:
+    """Free space of the file system holding `path` (blocking: call on the store thread)."""
+    try:
+        return shutil.disk_usage(Path(path).parent).free
+    except OSError:
+        return None
 
 
 class Store:
@@ -40,6 +62,7 @@ class Store:
         (`hold_single_worker`); CLIs and tests beside a running gateway pass False."""
         self.clock = clock
         self.dialect: Dialect = SQLITE
+        self.path = path
         self._lock = hold_single_worker(path) if worker else None
         try:
             self.conn = connect(path)
@@ -47,7 +70,7 @@ class Store:
             self.applied = apply_migrations(self.db, clock)
         except Error as exc:
             self._release()
-            raise StoreError(f"cannot open the gateway database {path}: {exc}") from exc
+            raise StoreError(refusal(path, exc)) from exc
 
     def _release(self) -> None:
         if self._lock is not None:
@@ -77,13 +100,20 @@ class Store:
         ]
 
     def check_writable(self) -> None:
-        """Take the write lock, write a row, read it back, roll back: nothing is kept."""
+        """Enough free space beside the file; take the write lock, write a row that needs new
+        pages, read it back, roll back: nothing is kept."""
+        free = free_bytes(self.path)
+        if free is not None and free < MIN_FREE_BYTES:
+            raise StoreFull(
+                f"the gateway database's disk has {free} bytes free (under {MIN_FREE_BYTES})",
+                free_bytes=free,
+            )
         try:
             self.conn.execute("BEGIN IMMEDIATE")
             try:
                 self.conn.execute(
                     "INSERT INTO migrations (name, applied_at) VALUES (?, ?)",
-                    [PROBE, format_time(self.clock())],
+                    [PROBE, format_time(self.clock()).ljust(PROBE_BYTES)],
                 )
                 found = self.one("SELECT name FROM migrations WHERE name = ?", [PROBE])
             finally:
@@ -102,7 +132,12 @@ class Database(StoreThread[Store]):
     `await db.call(devices.get_device, device_id)`."""
 
     def __init__(self, path: Path | str, *, clock: Clock = utcnow, worker: bool = False) -> None:
-        super().__init__(lambda: Store(path, clock=clock, worker=worker), SQLITE, clock)
+        super().__init__(
+            lambda: Store(path, clock=clock, worker=worker),
+            SQLITE,
+            clock,
+            free_bytes=lambda: free_bytes(path),
+        )
         self.path = path
 
     async def open(self) -> Database:

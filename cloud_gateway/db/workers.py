@@ -83,11 +83,15 @@ def live_workers(store: Session, within_s: float = LIVE_WITHIN_S) -> list[dict[s
 
 def fleet_figures(store: Session) -> dict[str, int]:
     """Fleet-wide figures from the database (every worker's work): devices known, batches
-    stored in the last hour."""
+    stored in the last hour, device pushes and commands set aside (quarantined) for good."""
     hour_ago = format_time(store.clock() - timedelta(hours=1))
     devices = store.one("SELECT count(*) AS n FROM devices")
     batches = store.one("SELECT count(*) AS n FROM batches WHERE received_at >= ?", [hour_ago])
+    pushes = store.one("SELECT count(*) AS n FROM device_pushes WHERE quarantined IS NOT NULL")
+    commands = store.one("SELECT count(*) AS n FROM device_commands WHERE quarantined IS NOT NULL")
     return {
         "fleet_devices": int(devices["n"]) if devices else 0,
         "fleet_batches_last_hour": int(batches["n"]) if batches else 0,
+        "quarantined_pushes": int(pushes["n"]) if pushes else 0,
+        "quarantined_commands": int(commands["n"]) if commands else 0,
     }

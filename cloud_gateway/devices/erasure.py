@@ -14,7 +14,6 @@ times) until then and the audit entry, which name the device but hold none of it
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from datetime import datetime, timedelta
 from typing import Any
@@ -24,8 +23,10 @@ from cloud_gateway.db.commands import (
     erase_device,
     mark_commands_sent,
     outstanding_commands,
+    quarantine_command,
     replace_payload,
 )
+from cloud_gateway.db.rows import json_object
 from cloud_gateway.errors import GatewayError
 from cloud_gateway.runtime.wiring import Service, Wiring
 from protocol import codec
@@ -104,19 +105,38 @@ class DeviceErasure(Service):
         now = utcnow()
         items = []
         for row in rows:
-            payload = json.loads(row["payload"])
-            if parse_time(row["expires_at"]) - now < self._ttl / 2:
+            payload = json_object(row["payload"])
+            try:
+                renew = parse_time(row["expires_at"]) - now < self._ttl / 2
+            except (ValueError, TypeError) as exc:
+                await self._quarantine(row["id"], row["device_id"], f"bad expires_at: {exc}")
+                continue
+            if payload is None:
+                await self._quarantine(row["id"], row["device_id"], "payload not a JSON object")
+                continue
+            if renew:
                 # still unconfirmed half-way through its life: the same command, signed anew
                 payload = self._command(row["device_id"], now, row["id"])
                 await self._db.call(replace_payload, row["id"], payload)
             items.append((row["id"], row["device_id"], payload))
         await self._send(items)
 
+    async def _quarantine(self, command_id: str, device_id: str, reason: str) -> None:
+        """A poisoned row: set aside (kept, counted), not retried at every pass."""
+        self._counters["commands_quarantined"] += 1
+        log.error("command %s for %s quarantined: %s", command_id, device_id, reason)
+        await self._db.call(quarantine_command, command_id, reason)
+
     async def _send(self, items: list[tuple[str, str, dict[str, Any]]]) -> bool:
         sent: list[str] = []
         for command_id, device_id, payload in items:
             try:
-                await self._publish(self._topics.cmd(device_id), codec.encode_dict(payload), False)
+                wire = codec.encode_dict(payload)
+            except (ValueError, TypeError) as exc:
+                await self._quarantine(command_id, device_id, f"cannot be encoded: {exc}")
+                continue
+            try:
+                await self._publish(self._topics.cmd(device_id), wire, False)
             except GatewayError as exc:
                 log.debug("command %s for %s not sent now: %s", command_id, device_id, exc)
                 continue

@@ -1,5 +1,6 @@
 """Acks of stored batches: coalesced per device over a short window, sent only after the
-commit, through a send that does not wait for the broker."""
+commit, through a send that does not wait for the broker; with them, the refusals of batches
+refused for good (`Ack.refused`, issue 13)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from collections.abc import Callable
 
 from cloud_gateway.errors import GatewayError
 from protocol import codec
-from protocol.envelopes import Ack
+from protocol.envelopes import Ack, Refusal
 from protocol.topics import Topics
 
 log = logging.getLogger(__name__)
@@ -36,6 +37,7 @@ class AckBatcher:
         self._counters = counters
         self._delay = delay_s
         self._pending: dict[tuple[str, str | None], list[int]] = {}
+        self._refused: dict[tuple[str, str | None], dict[int, Refusal]] = {}
         self._wake = asyncio.Event()
 
     def add(self, device_id: str, seq: int, outbox_id: str | None = None) -> None:
@@ -44,6 +46,15 @@ class AckBatcher:
         seqs = self._pending.setdefault((device_id, outbox_id), [])
         if seq not in seqs:
             seqs.append(seq)
+        self._wake.set()
+
+    def refuse(
+        self, device_id: str, seq: int, outbox_id: str | None, reason: str, field: str | None
+    ) -> None:
+        """Queue a refusal for a batch refused for good (`Ack.refused`): its device may
+        drop it instead of sending it again forever."""
+        refusal = Refusal(seq=seq, reason=reason, field=field[:200] if field else None)
+        self._refused.setdefault((device_id, outbox_id), {})[seq] = refusal
         self._wake.set()
 
     async def run(self) -> None:
@@ -57,15 +68,27 @@ class AckBatcher:
     async def flush(self) -> None:
         self._wake.clear()
         pending, self._pending = self._pending, {}
-        for (device_id, outbox_id), seqs in pending.items():
-            for start in range(0, len(seqs), 1000):
-                chunk = seqs[start : start + 1000]
-                ack = Ack(acks=chunk, outbox_id=outbox_id)
-                try:
-                    self._send(self._topics.ack(device_id), codec.encode(ack))
-                except GatewayError as exc:
-                    # The device sends an unacknowledged batch again; we ack the duplicate.
-                    self._counters["acks_failed"] += len(chunk)
-                    log.debug("ack for %s not sent: %s", device_id, exc)
-                else:
-                    self._counters["acks_sent"] += len(chunk)
+        refused, self._refused = self._refused, {}
+        for key, seqs in pending.items():
+            self._send_acks(key, seqs, list(refused.pop(key, {}).values()))
+        for key, refusals in refused.items():
+            self._send_acks(key, [], list(refusals.values()))
+
+    def _send_acks(
+        self, key: tuple[str, str | None], seqs: list[int], refusals: list[Refusal]
+    ) -> None:
+        device_id, outbox_id = key
+        for start in range(0, max(len(seqs), len(refusals)), 1000):
+            chunk = seqs[start : start + 1000]
+            refused = refusals[start : start + 1000] or None
+            ack = Ack(acks=chunk, outbox_id=outbox_id, refused=refused)
+            try:
+                self._send(self._topics.ack(device_id), codec.encode(ack))
+            except GatewayError as exc:
+                # The device sends an unacknowledged batch again; we ack the duplicate.
+                self._counters["acks_failed"] += len(chunk)
+                self._counters["refusals_failed"] += len(refused or ())
+                log.debug("ack for %s not sent: %s", device_id, exc)
+            else:
+                self._counters["acks_sent"] += len(chunk)
+                self._counters["refusals_sent"] += len(refused or ())

@@ -32,7 +32,7 @@ from cloud_gateway.db.ingest import (
     store_batch_detail,
     store_uplink,
 )
-from cloud_gateway.errors import GatewayError
+from cloud_gateway.errors import GatewayError, StoreFull, StoreUnavailable
 from cloud_gateway.ingest.acks import AckBatcher, SendNowait
 from cloud_gateway.ingest.parse import (
     Ignored,
@@ -62,6 +62,7 @@ log = logging.getLogger(__name__)
 
 REJECT_REASONS = (
     "malformed",
+    "non_finite",
     "too_large",
     "invalid",
     "unsupported_version",
@@ -69,6 +70,8 @@ REJECT_REASONS = (
     "unknown_topic",
 )
 MAX_WARNED = 10_000
+MAX_BUG_KINDS = 64
+"""Kinds of unexpected store failure logged with a traceback (the first of each)."""
 GROUP_MAX = 64
 """At most this many batches (and as many states) in one transaction."""
 QUEUE_MAX = 64
@@ -134,6 +137,7 @@ class Ingestor:
         self._max_compressed = max_compressed
         self._max_decompressed = max_decompressed
         self._faults = OnceLogger(log, MAX_WARNED, suffix="")
+        self._bugs_logged: set[str] = set()
         self._group_max = group_max
         self._queue: asyncio.Queue[_Pending] = asyncio.Queue(maxsize=queue_max)
         self._follow_ups: asyncio.Queue[tuple[str, State | None]] = asyncio.Queue(
@@ -215,7 +219,10 @@ class Ingestor:
         except GatewayError as exc:
             # Nothing acked: the device will send again. The loop goes on.
             self.counters["store_errors"] += 1
-            log.error("could not handle a message on %s: %s", topic[:200], exc)  # noqa: TRY400
+            if isinstance(exc, StoreUnavailable):  # a full disk: once, not once a message
+                self._faults.log(("store", type(exc).__name__), "uplink not handled: %s", exc)
+            else:
+                log.error("could not handle a message on %s: %s", topic[:200], exc)  # noqa: TRY400
         return result, pending
 
     async def _commit_group(self, first: _Pending) -> None:
@@ -250,23 +257,33 @@ class Ingestor:
         items = [(p.device_id, p.message) for p in group if isinstance(p.message, Batch)]
         try:
             return list(await self._db.call(store_uplink, items, states, utcnow())), True
-        except GatewayError as exc:
+        except StoreUnavailable as exc:
+            # The disk is full or the store cannot write now: one by one would fail the same
+            # way. Nothing is acked; devices keep their batches and send them again.
+            self.counters["store_full" if isinstance(exc, StoreFull) else "store_unavailable"] += 1
+            self.counters["store_errors"] += len(states)
+            self._faults.log(("store", type(exc).__name__), "uplink not stored: %s", exc)
+            return [exc] * len(items), False
+        except Exception as exc:  # noqa: BLE001 - a bug is logged and isolated below
+            failure = self._failure(exc, "a group commit")
             if len(items) + len(states) == 1:
                 self.counters["store_errors"] += len(states)
-                return [exc] * len(items), False
+                return [failure] * len(items), False
             self.counters["group_commits_failed"] += 1
             log.warning(
                 "group commit of %d batches and %d states failed (%s); one by one",
                 len(items),
                 len(states),
-                exc,
+                failure,
             )
+        # One by one: a batch that cannot be stored (a poisoned one, even by a bug) costs only
+        # itself; it is not acked, and the others behind it are.
         outcomes: list[StoredBatch | GatewayError] = []
         for device_id, batch in items:
             try:
                 outcomes.append(await self._db.call(store_batch_detail, device_id, batch, utcnow()))
-            except GatewayError as exc:
-                outcomes.append(exc)
+            except Exception as exc:  # noqa: BLE001 - logged by `_failure`, counted by `_stored`
+                outcomes.append(self._failure(exc, f"batch {batch.seq} of {device_id}"))
         if not states:
             return outcomes, True
         try:
@@ -277,6 +294,19 @@ class Ingestor:
             log.error("could not store %d device states: %s", len(states), exc)  # noqa: TRY400
             return outcomes, False
         return outcomes, True
+
+    def _failure(self, exc: Exception, what: str) -> GatewayError:
+        """A store failure as a GatewayError; anything else is a bug: logged with its
+        traceback (once per kind), then handled as a failure of `what` only."""
+        if isinstance(exc, GatewayError):
+            return exc
+        kind = type(exc).__name__
+        if kind not in self._bugs_logged and len(self._bugs_logged) < MAX_BUG_KINDS:
+            self._bugs_logged.add(kind)
+            log.error("storing %s failed (a bug): isolated, not acked", what, exc_info=exc)
+        else:
+            log.debug("storing %s failed: %r", what, exc)
+        return GatewayError(f"storing {what} failed: {exc!r}")
 
     async def _states_stored(self, states: list[StateItem]) -> None:
         """After the commit: each model report, and each device's birth if its newest state
@@ -319,7 +349,8 @@ class Ingestor:
             return
         if isinstance(stored, GatewayError):
             self.counters["store_errors"] += 1
-            log.error("could not store batch %s of %s: %s", batch.seq, device_id, stored)
+            if not isinstance(stored, StoreUnavailable):  # that one is logged once a group
+                log.error("could not store batch %s of %s: %s", batch.seq, device_id, stored)
             return
         if stored.new:
             self.counters["batches_stored"] += 1
@@ -340,6 +371,14 @@ class Ingestor:
 
     async def _reject(self, rejected: Rejected) -> None:
         self.counters[f"rejected_{rejected.reason}"] += 1
+        if rejected.seq is not None and rejected.device_id is not None:
+            self._acks.refuse(
+                rejected.device_id,
+                rejected.seq,
+                rejected.outbox_id,
+                rejected.reason,
+                rejected.field,
+            )
         self._faults.log(
             (rejected.device_id, rejected.reason),
             "rejected %s message from device %s: %s",
@@ -380,9 +419,15 @@ def public_counters(counters: Counter[str]) -> dict[str, Any]:
         "device_bundle_receipts",
         "acks_sent",
         "acks_failed",
+        "refusals_sent",
         "bundles_pushed",
         "offers_pushed",
         "store_errors",
+        "store_full",
+        "store_unavailable",
+        "pushes_quarantined",
+        "commands_quarantined",
+        "loop_restarts",
         "devices_erased",
         "device_commands_sent",
         "device_commands_confirmed",

@@ -178,7 +178,12 @@ def build(
         counters=counters,
     )
     outlet.bind(mqtt)
-    loops = Supervisor()
+
+    def restarted(name: str) -> None:
+        counters["loop_restarts"] += 1
+        counters[f"loop_restarts_{name}"] += 1
+
+    loops = Supervisor(on_restart=restarted)
     worker = Worker(backend, Lease(backend, new_worker_id()))
     health = Health(link=mqtt, ingestor=ingestor, db=backend, loops=loops)
     api = ApiContext(

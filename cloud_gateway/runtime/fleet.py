@@ -117,11 +117,15 @@ async def while_holding(lease: Lease, name: str, factory: LoopFactory) -> None:
         lost = asyncio.create_task(lease.lost.wait(), name=f"{name}-lease")
         try:
             await asyncio.wait({work, lost}, return_when=asyncio.FIRST_COMPLETED)
+            # Read before the cancellations below: `lost` is done once cancelled, and a
+            # crash read after them was taken for a lost lease (swallowed, restarted at once,
+            # never counted).
+            ended = work.done() and not lost.done()
         finally:
             for task in (work, lost):
                 task.cancel()
             await asyncio.gather(work, lost, return_exceptions=True)
-        if work.done() and not work.cancelled() and not lost.done():
+        if ended and not work.cancelled():
             work.result()  # the loop crashed (raised here) or ended
             return
 

@@ -6,7 +6,7 @@ import asyncio
 from typing import Any
 
 from cloud_gateway.db.backend import Backend, Session
-from cloud_gateway.errors import GatewayError
+from cloud_gateway.errors import GatewayError, StoreFull
 from cloud_gateway.ingest.service import Ingestor
 from cloud_gateway.runtime.link import MqttLink
 from daemonkit.supervisor import Supervisor
@@ -43,7 +43,16 @@ class Health:
             database: dict[str, Any] = {"ok": True}
         except (GatewayError, TimeoutError) as exc:
             database = {"ok": False, "error": str(exc) or "timed out"}
+            if isinstance(exc, StoreFull):
+                database["full"] = True
+                database["free_bytes"] = exc.free_bytes
         down = self._loops.down()
-        loops = {"ok": not down, "down": down, "restarts": sum(self._loops.restarts.values())}
+        restarts = self._loops.restarts
+        loops = {
+            "ok": not down,
+            "down": down,
+            "restarts": sum(restarts.values()),
+            "restarts_by_loop": {name: n for name, n in sorted(restarts.items()) if n},
+        }
         checks = {"broker": broker, "database": database, "loops": loops}
         return {"ready": all(c["ok"] for c in checks.values()), "checks": checks}

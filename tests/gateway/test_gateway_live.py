@@ -151,6 +151,7 @@ async def test_hostile_payloads_rejected_counted_and_the_loop_survives(
                 victim = await http.get("/v1/devices/victim-01")
         assert stats["rejected"] == {
             "malformed": 2,
+            "non_finite": 0,
             "too_large": 2,
             "invalid": 1,
             "unsupported_version": 1,
