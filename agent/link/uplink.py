@@ -21,7 +21,7 @@ from agent.intake.consent import ConsentState
 from agent.link.downlink import UnknownFields
 from agent.link.transport import Transport
 from agent.runtime.metrics import Metrics
-from agent.store.batches import StoredBatch
+from agent.store.batches import Refused, StoredBatch
 from agent.store.core import Store
 from mqttlink.logs import OnceLogger
 from protocol import codec
@@ -328,7 +328,32 @@ class Uplink:
         unknown = len(set(ack.acks) - set(result.seqs))
         if unknown:
             self._metrics.inc("acks_unknown", unknown)
+        if ack.refused:
+            await self._refused(ack)
         if result.seqs:
+            self._wake.set()
+
+    async def _refused(self, ack: Ack) -> None:
+        """Batches the gateway refused for good: resending them cannot help. What they named
+        is quarantined, the rest goes back to the outbox and is sent in new batches."""
+        refusals = [Refused(r.seq, r.reason, r.field) for r in ack.refused or ()]
+        try:
+            taken = await self._store.call(self._store.batches.refuse, refusals, ack.outbox_id)
+        except StoreError as exc:  # kept and resent; the gateway refuses it again
+            self._faults.log("disk_full_ack", "refusal of %s deferred: %s", ack.refused, exc)
+            return
+        for seq in taken:
+            self._in_flight.pop(seq, None)
+        if taken:
+            self._metrics.inc("batches_refused", len(taken))
+            first = ack.refused[0] if ack.refused else None
+            self._faults.log(
+                "batch_refused",
+                "gateway refused batches %s for good (%s at %s); their items are quarantined",
+                list(taken),
+                first.reason if first else "?",
+                first.field if first else "?",
+            )
             self._wake.set()
 
     async def flush(self, timeout: float) -> bool:  # a deadline for a loop

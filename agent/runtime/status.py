@@ -52,6 +52,7 @@ def accounting_of(parts: Parts) -> dict[str, Any]:
         "outcomes_withdrawn": drops.get("outcomes_withdrawn", 0),
         "forgotten": drops.get("forgotten", 0),
         "quarantined": drops.get("quarantined", 0),
+        "batches_refused": drops.get("batches_refused", 0),
         "aggregate_unacked": parts.store.counters.aggregate_unacked,
         "mode": uplink.mode(),
         "uplink_bytes_today": uplink.used_today(),

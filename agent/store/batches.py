@@ -16,6 +16,7 @@ from agent.store.decisions import add_outcome_extras
 from agent.store.quarantine import Poisoned
 from agent.store.rows import Counters
 from agent.store.thread import StoreThread
+from protocol import codec
 from protocol.codec import loads_finite
 from protocol.errors import ProtocolError
 
@@ -33,6 +34,38 @@ class AckResult:
     signals: int
     outcomes: int
     aggregated: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Refused:
+    """One batch the gateway refused for good, and the field it named (if any)."""
+
+    seq: int
+    reason: str
+    field: str | None = None
+
+
+def _named_item(payload: bytes, field: str | None) -> tuple[str, str] | None:
+    """The (table, id) of the batch item `field` points into (`signals.3.attrs.price`), read
+    from the batch as it was sent; aggregates as ("aggregates", "window\\x00key")."""
+    if not field:
+        return None
+    part, _, rest = field.partition(".")
+    index = rest.partition(".")[0]
+    if part not in ("signals", "outcomes", "aggregates") or not index.isdigit():
+        return None
+    try:
+        items = codec.decode_object(payload, allow_zlib=True).get(part)
+    except ProtocolError:
+        return None
+    if not isinstance(items, list) or int(index) >= len(items):
+        return None
+    item = items[int(index)]
+    if not isinstance(item, dict):
+        return None
+    if part == "aggregates":
+        return part, f"{item.get('window')}\x00{item.get('key')}"
+    return (part, str(item["id"])) if "id" in item else None
 
 
 BatchBuilder = Callable[
@@ -265,6 +298,58 @@ class Batches:
             c.drop("outcomes_withdrawn", -restored_out)
         c.aggregate_unacked -= n_agg
         return AckResult(tuple(done), n_sig, n_out, n_agg)
+
+    def refuse(self, refusals: Sequence[Refused], outbox_id: str | None = None) -> tuple[int, ...]:
+        """Batches the gateway refused for good (`Ack.refused`): resending cannot change the
+        answer. The item a refusal names (`signals.3.attrs.price`) is quarantined (an
+        aggregate so named is dropped, counted); with none named, every signal and outcome of
+        the batch is. The rest of the batch goes back to the outbox and is cut again. Only
+        batches cut under `outbox_id` (as for acks). Returns the seqs taken back."""
+        done: list[int] = []
+        now = self._clock()
+        with self._thread.tx() as tx:
+            for refused in refusals:
+                row = tx.execute(
+                    "SELECT payload FROM batches WHERE seq = ?"
+                    " AND (? IS NULL OR outbox_id IS NULL OR outbox_id = ?)",
+                    (refused.seq, outbox_id, outbox_id),
+                ).fetchone()
+                if row is None:
+                    continue
+                seq, why = refused.seq, f"refused by the gateway: {refused.reason}"
+                named = _named_item(bytes(row[0]), refused.field)
+                if named is not None and named[0] == "aggregates":
+                    window, key = named[1].split("\x00", 1)
+                    tx.execute("DELETE FROM aggregates WHERE window = ? AND key = ?", (window, key))
+                    outbox_sql.meta_add(tx, "aggregates_refused", 1)
+                    poisoned = []
+                elif named is not None:
+                    poisoned = [Poisoned(named[0], named[1], f"{why} at {refused.field}")]
+                else:
+                    poisoned = [
+                        Poisoned(table, str(item_id), why)
+                        for table in ("signals", "outcomes")
+                        for (item_id,) in tx.execute(
+                            f"SELECT id FROM {table} WHERE batch_seq = ?",  # noqa: S608
+                            (seq,),
+                        )
+                    ]
+                quarantine.move(tx, poisoned, now)
+                for table in ("signals", "outcomes", "receipts"):
+                    tx.execute(
+                        f"UPDATE {table} SET batch_seq = NULL WHERE batch_seq = ?",  # noqa: S608
+                        (seq,),
+                    )
+                tx.execute(
+                    "UPDATE aggregates SET batch_seq = NULL, dirty_since = ? WHERE batch_seq = ?",
+                    (now, seq),
+                )
+                tx.execute("DELETE FROM batches WHERE seq = ?", (seq,))
+                outbox_sql.meta_add(tx, "batches_refused", 1)
+                done.append(seq)
+        if done:
+            self._counters.recount(self._thread.conn())
+        return tuple(done)
 
     def next_seq(self) -> int:
         row = (

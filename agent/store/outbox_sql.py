@@ -58,6 +58,8 @@ def drop_counts(db: sqlite3.Connection) -> dict[str, int]:
         "forgotten": meta_int(db, "dropped_forgotten"),
         "forgets": meta_int(db, "forgets"),
         "quarantined": meta_int(db, "quarantined"),
+        "batches_refused": meta_int(db, "batches_refused"),
+        "aggregates_refused": meta_int(db, "aggregates_refused"),
         "outbox_rotations": meta_int(db, "outbox_rotations"),
     }
 

@@ -169,3 +169,13 @@ def m009_batch_outbox_id(db: sqlite3.Connection) -> None:
     row = db.execute("SELECT value FROM meta WHERE key = 'outbox_id'").fetchone()
     if row is not None:
         db.execute("UPDATE batches SET outbox_id = ?", (row[0],))
+
+
+@migration
+def m010_refused_counts(db: sqlite3.Connection) -> None:
+    """Totals of batches the gateway refused for good (`Ack.refused`) and of aggregates such a
+    refusal named (`agent.store.batches.Batches.refuse`)."""
+    db.executemany(
+        "INSERT OR IGNORE INTO meta(key, value) VALUES (?, '0')",
+        [("batches_refused",), ("aggregates_refused",)],
+    )

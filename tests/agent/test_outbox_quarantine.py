@@ -130,3 +130,67 @@ async def test_a_row_that_fails_the_batch_for_any_reason_is_found_alone(tmp_path
         assert store.counters.signal_rows == 2 and store.drops["quarantined"] == 1
     finally:
         await store.close()
+
+
+async def test_a_batch_the_gateway_refuses_for_good_quarantines_what_it_names(
+    device: Device, client: Client
+) -> None:
+    """`Ack.refused`: a batch the gateway can never store is not resent forever. The item the
+    refusal names is quarantined; the other items go out again in a new batch and are acked;
+    a refusal naming nothing quarantines the whole batch."""
+    agent = device.agent
+    await agent.set_consent(ALL)
+    body = {"signals": [{"kind": "search", "attrs": {"query_len": i}} for i in range(3)]}
+    ids: list[str] = (await (await client.post("/v1/signals", json=body)).json())["ids"]
+    device.transports.last.up()
+    await eventually(lambda: set(ids) <= sent_ids(device)[1], timeout=10)
+    [first] = sent_ids(device)[0]
+    sent = next(
+        codec.decode_object(p, allow_zlib=True)
+        for t, p, _ in device.transports.last.published
+        if t.endswith("/batch")
+    )
+    named = sent["signals"][1]["id"]
+    refusal = {"seq": first, "reason": "invalid", "field": "signals.1.attrs.query_len"}
+    await device.transports.last.deliver(
+        "ack",
+        codec.encode(Ack(acks=[], outbox_id=agent.store.outbox_id, refused=[refusal])),
+    )
+    # the rest is cut again under a new seq and sent; the named one never again
+    await eventually(lambda: len(sent_ids(device)[0]) == 2, timeout=10)
+    again = [
+        codec.decode_object(p, allow_zlib=True)
+        for t, p, _ in device.transports.last.published
+        if t.endswith("/batch")
+    ][1]
+    assert again["seq"] != first
+    assert {s["id"] for s in again["signals"]} == set(ids) - {named}
+    await device.transports.last.deliver(
+        "ack", codec.encode(Ack(acks=[again["seq"]], outbox_id=agent.store.outbox_id))
+    )
+    await eventually(lambda: agent.store.depth == 0, timeout=5)
+    exported = await (await client.get("/v1/quarantine")).json()
+    assert [r["id"] for r in exported["rows"]] == [named]
+    assert "signals.1.attrs.query_len" in exported["rows"][0]["reason"]
+    status = await (await client.get("/v1/status")).json()
+    assert status["accounting"]["batches_refused"] == 1
+    assert agent.counters["batches_refused"] == 1
+
+    # a refusal that names no item: the whole batch is quarantined
+    more: list[str] = (await (await client.post("/v1/signals", json=body)).json())["ids"]
+    await eventually(lambda: len(sent_ids(device)[0]) == 3, timeout=10)
+    third = sent_ids(device)[0][-1]
+    await device.transports.last.deliver(
+        "ack",
+        codec.encode(
+            Ack(
+                acks=[],
+                outbox_id=agent.store.outbox_id,
+                refused=[{"seq": third, "reason": "non_finite"}],
+            )
+        ),
+    )
+    await eventually(lambda: agent.store.depth == 0, timeout=5)
+    exported = await (await client.get("/v1/quarantine")).json()
+    assert set(more) <= {r["id"] for r in exported["rows"]}
+    assert len(sent_ids(device)[0]) == 3  # nothing of it resent
