@@ -111,38 +111,52 @@ def _find_marker(obj: object) -> tuple[str, str] | None:
     return None
 
 
+class _Found(Exception):
+    """A non-finite number met by the first parse; never leaves `loads_finite`."""
+
+
+def _float_or_raise(literal: str) -> float:
+    value = float(literal)
+    if value - value != 0.0:  # inf - inf is nan; a finite value gives 0.0
+        raise _Found
+    return value
+
+
+def _int_or_raise(literal: str) -> int:
+    value = int(literal)
+    if len(literal) > 18 and not -(2**63) <= value < 2**63:
+        raise _Found
+    return value
+
+
+def _constant_raise(_literal: str) -> Any:
+    raise _Found
+
+
 def loads_finite(text: str | bytes) -> Any:
     """`json.loads` for input from outside: every number finite and within 64 bits.
 
     `NaN`, `Infinity`, `-Infinity`, a float literal that overflows (`1e400`) and an integer
     outside the signed 64-bit range raise `NonFiniteNumber` naming the dotted path of the
     first one (`signals.0.attrs.price`); other errors are `json.JSONDecodeError`,
-    `UnicodeDecodeError` or `RecursionError`, as from `json.loads`.
+    `UnicodeDecodeError` or `RecursionError`, as from `json.loads`. Input without one costs
+    one parse with cheap checks; the path is found by a second parse only when there is one.
     """
-    seen: list[bool] = []
-
-    def constant(literal: str) -> _NonFinite:
-        seen.append(True)
-        return _NonFinite(literal)
-
-    def number(literal: str) -> float | _NonFinite:
-        value = _float_or_marker(literal)
-        if isinstance(value, _NonFinite):
-            seen.append(True)
-        return value
-
-    def integer(literal: str) -> int | _NonFinite:
-        value = _int_or_marker(literal)
-        if isinstance(value, _NonFinite):
-            seen.append(True)
-        return value
-
-    obj = json.loads(text, parse_constant=constant, parse_float=number, parse_int=integer)
-    if seen:
-        found = _find_marker(obj)
-        path, literal = found if found is not None else ("(root)", "?")
-        raise NonFiniteNumber(path, literal)
-    return obj
+    try:
+        return json.loads(
+            text,
+            parse_constant=_constant_raise,
+            parse_float=_float_or_raise,
+            parse_int=_int_or_raise,
+        )
+    except _Found:
+        pass
+    obj = json.loads(
+        text, parse_constant=_NonFinite, parse_float=_float_or_marker, parse_int=_int_or_marker
+    )
+    found = _find_marker(obj)
+    path, literal = found if found is not None else ("(root)", "?")
+    raise NonFiniteNumber(path, literal)
 
 
 def _depth(obj: object, limit: int) -> int:
