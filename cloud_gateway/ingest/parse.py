@@ -137,16 +137,29 @@ def unstorable_version(batch: Batch) -> tuple[str, str] | None:
     return found
 
 
-def unstorable(message: Batch | ClaimRequest | State) -> tuple[str, str] | None:
+def unstorable(
+    message: Batch | ClaimRequest | State, *, nul_possible: bool = True
+) -> tuple[str, str] | None:
     """Pure: the (dotted field path, why) of the first value of a validated message that the
     store cannot hold, or None. Numbers: an infinity (from an overflowing literal) or an
     integer past 64 bits, which pydantic lets through in `attrs` and versions. Times: one
     that overflows when moved to UTC (year 1 east of UTC, year 9999 west of it). Strings:
-    one with a NUL character."""
+    one with a NUL character; `nul_possible=False` (the JSON holds no `\\u0000`, the only
+    way to write one) skips walking every string, which was most of a birth's cost."""
     if isinstance(message, ClaimRequest):
+        if not nul_possible:
+            return _edge_time("at", message.at)
         return unstorable_value(message)
     if isinstance(message, State):
-        return _big_int("model_version", message.model_version) or unstorable_value(message)
+        found = _big_int("model_version", message.model_version)
+        if found is not None or nul_possible:
+            return found or unstorable_value(message)
+        report = message.model_update
+        return (_edge_time("at", message.at) if message.at is not None else None) or (
+            _edge_time("model_update.at", report.at)
+            if report is not None and report.at is not None
+            else None
+        )
     found = unstorable_version(message) or _edge_time("sent_at", message.sent_at)
     if found is not None:
         return found
@@ -271,7 +284,9 @@ def _decode(
                 max_compressed=max_compressed,
                 max_decompressed=max_decompressed,
             )
-            bad = unstorable(message)
+            # a NUL can only be written `\u0000` in JSON; a zlib payload is not looked into
+            nul = payload[:1] != b"{" or b"\\u0000" in payload
+            bad = unstorable(message, nul_possible=nul)
             if bad is not None:
                 return Rejected("invalid", None, f"{bad[0]}: {bad[1]}"[:300], field=bad[0])
     except NonFiniteNumber as exc:
