@@ -5,8 +5,10 @@ Plain functions over a session, run on the store thread: `await db.call(claim_ba
 
 Several gateway workers may decide claims on one PostgreSQL at once (issue 12). What keeps
 that exact:
-- the stock is taken by one conditional statement (`_take_one`), and the grant row's primary
-  key (campaign, offer, device) is the one-per-device rule, in the batch's transaction;
+- a batch decides each offer's claims together under that offer's stock row lock
+  (`_decide_offer`): the grants devices hold read under it, the stock lowered by what was
+  taken, and the grant row's primary key (campaign, offer, device) is the one-per-device
+  rule, in the batch's transaction;
 - a claim is stored once under its key (device, claim id) with its signed answer: a claim
   delivered to two workers waits on the first one's uncommitted row, then reads its answer;
 - every batch takes its row locks in one global order (devices, then claims, then each
@@ -39,9 +41,6 @@ RETRIES = 3
 """Attempts of a batch that met a transient conflict (deadlock, serialization failure)."""
 TRANSIENT = frozenset({"40001", "40P01"})
 """SQLSTATEs worth retrying: serialization_failure, deadlock_detected (PostgreSQL)."""
-TAKE_ONE = (
-    "UPDATE offer_stock SET stock = stock - 1 WHERE campaign_id = ? AND offer_id = ? AND stock > 0"
-)
 
 log = logging.getLogger(__name__)
 
@@ -79,120 +78,174 @@ class ClaimAnswer:
     """This grant took the last coupon: catalogs or bundles are owed (`campaign_pending`)."""
 
 
-def _take_one(store: Session, campaign_id: str, offer_id: str) -> int | None:
-    """Take one coupon: the stock left after it, or None when none was left.
+CLAIM_ROWS_PER_STATEMENT = 200
+"""Claim rows in one multi-row INSERT (6 parameters each: far below either engine's limit)."""
 
-    One conditional statement on the offer's row. On PostgreSQL at READ COMMITTED a second
-    worker's `UPDATE ... WHERE stock > 0` waits for the first one's row lock, then re-checks
-    `stock > 0` against the newly committed row, so two workers never both take the last
-    coupon (tests/gateway/test_claims_concurrent.py); on SQLite the write lock serializes whole
-    transactions.
-    """
-    conn = store.conn
-    key = [campaign_id, offer_id]
-    if store.dialect.returning:
-        row = conn.execute(TAKE_ONE + " RETURNING stock", key).fetchone()
-        return None if row is None else int(row[0])
-    if conn.execute(TAKE_ONE, key).rowcount != 1:
-        return None
-    left = conn.execute(
-        "SELECT stock FROM offer_stock WHERE campaign_id = ? AND offer_id = ?", key
-    ).fetchone()
-    return int(left[0])
+Decision = tuple[bool, str | None, str, bool]
+"""(granted, code, reason, took the last coupon) of one claim."""
 
 
-def _held_by(store: Session, campaign_id: str, offer_id: str, device_id: str) -> str | None:
-    """The claim id of this device's committed grant of the offer, if any."""
-    held = store.conn.execute(
-        "SELECT claim_id FROM grants WHERE campaign_id = ? AND offer_id = ? AND device_id = ?",
-        [campaign_id, offer_id, device_id],
-    ).fetchone()
-    return None if held is None else str(held["claim_id"])
+def _insert_claims(
+    store: Session, items: Sequence[tuple[str, ClaimRequest]], now: str
+) -> set[tuple[str, str]]:
+    """Store each claim under its key (device, claim id), in the order given (the lock
+    order); the keys this call inserted. A key already there (a resend, or a copy another
+    worker stored) is left alone: on PostgreSQL the insert waits for that worker's
+    uncommitted row, so the key is then either answered or, if it rolled back, ours."""
+    fresh: set[tuple[str, str]] = set()
+    for start in range(0, len(items), CLAIM_ROWS_PER_STATEMENT):
+        chunk = items[start : start + CLAIM_ROWS_PER_STATEMENT]
+        values = ", ".join(["(?, ?, ?, ?, ?, ?)"] * len(chunk))
+        parameters: list[object] = []
+        for device_id, claim in chunk:
+            parameters += (
+                device_id,
+                claim.id,
+                claim.offer_id,
+                claim.campaign_id,
+                format_time(claim.at),
+                now,
+            )
+        rows = store.conn.execute(
+            "INSERT INTO claims (device_id, id, offer_id, campaign_id, at, received_at)"  # noqa: S608
+            f" VALUES {values} ON CONFLICT DO NOTHING RETURNING device_id, id",
+            parameters,
+        ).fetchall()
+        fresh.update((str(r[0]), str(r[1])) for r in rows)
+    return fresh
 
 
-def _decide(
-    store: Session,
-    device_id: str,
-    claim: ClaimRequest,
-    at: datetime,
-    *,
-    campaigns: dict[str, Campaign | None],
-    sold_out: list[str],
-) -> tuple[bool, str | None, str]:
-    """One claim's decision inside the caller's transaction: (granted, code, reason).
+def _answered(store: Session, keys: Sequence[tuple[str, str]]) -> dict[tuple[str, str], Any]:
+    """The stored (result, granted) of claims already there, by key (those with an answer)."""
+    found: dict[tuple[str, str], Any] = {}
+    for start in range(0, len(keys), CLAIM_ROWS_PER_STATEMENT):
+        chunk = keys[start : start + CLAIM_ROWS_PER_STATEMENT]
+        values = ", ".join(["(?, ?)"] * len(chunk))
+        rows = store.conn.execute(
+            "SELECT device_id, id, result, granted FROM claims"  # noqa: S608
+            f" WHERE (device_id, id) IN (VALUES {values})",
+            [part for key in chunk for part in key],
+        ).fetchall()
+        found.update(((str(r[0]), str(r[1])), r) for r in rows if r[2])
+    return found
 
-    The device must be one the campaign reaches (audience, holdout, variant, the offer's
-    window) before any stock is touched. `campaigns` caches the parsed campaigns of a batch.
-    """
-    conn = store.conn
-    if claim.campaign_id not in campaigns:
-        row = conn.execute("SELECT doc FROM campaigns WHERE id = ?", [claim.campaign_id]).fetchone()
-        campaigns[claim.campaign_id] = (
+
+def _campaign(
+    store: Session, campaign_id: str, campaigns: dict[str, Campaign | None]
+) -> Campaign | None:
+    if campaign_id not in campaigns:
+        row = store.conn.execute("SELECT doc FROM campaigns WHERE id = ?", [campaign_id]).fetchone()
+        campaigns[campaign_id] = (
             Campaign.model_validate_json(row["doc"]) if row is not None else None
         )
-    campaign = campaigns[claim.campaign_id]
+    return campaigns[campaign_id]
+
+
+def _decide_offer(
+    store: Session,
+    campaign: Campaign | None,
+    offer_id: str,
+    items: Sequence[tuple[int, str, ClaimRequest]],
+    at: datetime,
+) -> dict[int, Decision]:
+    """The fresh claims of one offer, decided together inside the caller's transaction.
+
+    Each device must be one the campaign reaches (audience, holdout, variant, the offer's
+    window) before any stock is touched. Then the offer's stock row is locked (PostgreSQL:
+    `FOR UPDATE`; SQLite holds the database's write lock) and, under that lock, the grants the
+    devices already hold are read, the coupons handed out in the order given (one per
+    device, never past the stock), the stock lowered by what was taken in one statement and
+    the grants inserted in one. Another worker deciding the same offer waits on the lock and
+    then sees these grants and this stock: never two grants for one device, never one past
+    the stock, a few statements per offer instead of five per claim.
+    """
+    out: dict[int, Decision] = {}
     if campaign is None:
-        return False, None, "unknown campaign"
+        return {i: (False, None, "unknown campaign", False) for i, _d, _c in items}
     if campaign.state != "live":
-        return False, None, f"campaign is {campaign.state}"
-    facts = None
-    if needs_facts(campaign):
-        found = device_facts(store, device_id)
-        facts = found[0] if found else None
-    refusal = claim_refusal(campaign, claim.offer_id, device_id, facts, at)
-    if refusal is not None:
-        return False, None, refusal
-    key = [claim.campaign_id, claim.offer_id]
-    held = _held_by(store, claim.campaign_id, claim.offer_id, device_id)
-    if held is not None:
-        return False, None, f"already granted to this device (claim {held})"
-    # The one write that matters: conditional, so stock can never pass below zero.
-    left = _take_one(store, claim.campaign_id, claim.offer_id)
-    if left is None:
-        exists = conn.execute(
-            "SELECT 1 FROM offer_stock WHERE campaign_id = ? AND offer_id = ?", key
-        ).fetchone()
-        if exists is None:
-            return False, None, "no coupons for this offer (not limited, or no stock set)"
-        return False, None, "sold out"
-    code = secrets.token_hex(6).upper()
-    cur = conn.execute(
-        "INSERT INTO grants (campaign_id, offer_id, device_id, claim_id, code, at)"
-        " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
-        [claim.campaign_id, claim.offer_id, device_id, claim.id, code, format_time(at)],
-    )
-    if cur.rowcount == 0:
-        # Another claim of this device (another key, another worker) committed its grant
-        # while this one waited for the stock: give the coupon back (the row is ours, locked).
-        conn.execute(
-            "UPDATE offer_stock SET stock = stock + 1 WHERE campaign_id = ? AND offer_id = ?", key
+        return {i: (False, None, f"campaign is {campaign.state}", False) for i, _d, _c in items}
+    wanting: list[tuple[int, str, ClaimRequest]] = []
+    for i, device_id, claim in items:
+        facts = None
+        if needs_facts(campaign):
+            found = device_facts(store, device_id)
+            facts = found[0] if found else None
+        refusal = claim_refusal(campaign, offer_id, device_id, facts, at)
+        if refusal is not None:
+            out[i] = (False, None, refusal, False)
+        else:
+            wanting.append((i, device_id, claim))
+    if not wanting:
+        return out
+    conn = store.conn
+    key = [campaign.id, offer_id]
+    lock = " FOR UPDATE" if store.dialect.name == "postgresql" else ""
+    row = conn.execute(
+        f"SELECT stock FROM offer_stock WHERE campaign_id = ? AND offer_id = ?{lock}",  # noqa: S608
+        key,
+    ).fetchone()
+    if row is None:
+        reason = "no coupons for this offer (not limited, or no stock set)"
+        out.update((i, (False, None, reason, False)) for i, _d, _c in wanting)
+        return out
+    devices = sorted({d for _i, d, _c in wanting})
+    marks = ", ".join(["?"] * len(devices))
+    held: dict[str, str] = {
+        str(r[0]): str(r[1])
+        for r in conn.execute(
+            "SELECT device_id, claim_id FROM grants WHERE campaign_id = ? AND offer_id = ?"  # noqa: S608
+            f" AND device_id IN ({marks})",
+            [*key, *devices],
         )
-        held = _held_by(store, claim.campaign_id, claim.offer_id, device_id)
-        return False, None, f"already granted to this device (claim {held})"
-    if left == 0:
+    }
+    stock = int(row[0])
+    grants: list[tuple[int, str, ClaimRequest, str]] = []
+    for i, device_id, claim in wanting:
+        if device_id in held:
+            out[i] = (
+                False,
+                None,
+                f"already granted to this device (claim {held[device_id]})",
+                False,
+            )
+        elif stock <= 0:
+            out[i] = (False, None, "sold out", False)
+        else:
+            code = secrets.token_hex(6).upper()
+            grants.append((i, device_id, claim, code))
+            held[device_id] = claim.id
+            stock -= 1
+    if not grants:
+        return out
+    values = ", ".join(["(?, ?, ?, ?, ?, ?)"] * len(grants))
+    when = format_time(at)
+    inserted = {
+        str(r[0])
+        for r in conn.execute(
+            "INSERT INTO grants (campaign_id, offer_id, device_id, claim_id, code, at)"  # noqa: S608
+            f" VALUES {values} ON CONFLICT DO NOTHING RETURNING device_id",
+            [v for _i, d, c, code in grants for v in (*key, d, c.id, code, when)],
+        )
+    }
+    taken = 0
+    for i, device_id, _claim, code in grants:
+        if device_id in inserted:  # always, under the stock lock; checked all the same
+            out[i] = (True, code, "granted", False)
+            taken += 1
+        else:
+            out[i] = (False, None, "already granted to this device", False)
+    conn.execute(
+        "UPDATE offer_stock SET stock = stock - ? WHERE campaign_id = ? AND offer_id = ?",
+        [taken, *key],
+    )
+    if taken and int(row[0]) - taken == 0:
+        last = max(i for i, d, _c, _code in grants if d in inserted)
+        out[last] = (*out[last][:3], True)
         # The last coupon: devices must hide the offer. The re-announcement is owed in this
         # same transaction, so a crash right after the commit cannot lose it.
         kind: PendingKind = "device_refresh" if campaign.per_device else "catalog"
         add_owed(store, [Owed(kind, campaign.id, tuple(campaign.push_cohorts))], at)
-        sold_out.append(claim.campaign_id)
-    return True, code, "granted"
-
-
-def _stored(store: Session, device_id: str, claim: ClaimRequest, now: str) -> Any:
-    """Store the claim under its key; the stored row (result, granted) when the key was
-    already there with an answer (a resend, or a copy another worker decided), else None."""
-    conn = store.conn
-    cur = conn.execute(
-        "INSERT INTO claims (device_id, id, offer_id, campaign_id, at, received_at)"
-        " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
-        [device_id, claim.id, claim.offer_id, claim.campaign_id, format_time(claim.at), now],
-    )
-    if cur.rowcount != 0:
-        return None
-    row = conn.execute(
-        "SELECT result, granted FROM claims WHERE device_id = ? AND id = ?", [device_id, claim.id]
-    ).fetchone()
-    return row if row is not None and row["result"] else None
+    return out
 
 
 def _decide_batch(
@@ -209,34 +262,43 @@ def _decide_batch(
     answers: list[ClaimAnswer | None] = [None] * len(claims)
     first: dict[tuple[str, str], int] = {}
     copies: list[tuple[int, int]] = []
-    fresh: list[int] = []
+    unique: list[int] = []
     for i in sorted(range(len(claims)), key=lambda i: (claims[i][0], claims[i][1].id)):
         device_id, claim = claims[i]
         if (device_id, claim.id) in first:  # the same key twice in this batch
             copies.append((i, first[device_id, claim.id]))
             continue
         first[device_id, claim.id] = i
-        row = _stored(store, device_id, claim, now)
-        if row is not None:
-            result = json.loads(row["result"])
-            answers[i] = ClaimAnswer(device_id, claim.id, result, False, bool(row["granted"]))
-        else:
-            fresh.append(i)
-    campaigns: dict[str, Campaign | None] = {}
-    sold_out: list[str] = []
-    fresh.sort(key=lambda i: (claims[i][1].campaign_id, claims[i][1].offer_id, claims[i][0]))
-    for i in fresh:
+        unique.append(i)
+    fresh_keys = _insert_claims(store, [claims[i] for i in unique], now)
+    keys = [(claims[i][0], claims[i][1].id) for i in unique]
+    known = _answered(store, [k for k in keys if k not in fresh_keys])
+    by_offer: dict[tuple[str, str], list[tuple[int, str, ClaimRequest]]] = {}
+    for i in unique:
         device_id, claim = claims[i]
-        sold = len(sold_out)
-        granted, code, reason = _decide(
-            store, device_id, claim, received_at, campaigns=campaigns, sold_out=sold_out
-        )
-        result = make_result(device_id, claim, granted, code, reason)
-        conn.execute(
-            "UPDATE claims SET result = ?, granted = ? WHERE device_id = ? AND id = ?",
-            [to_text(result), int(granted), device_id, claim.id],
-        )
-        answers[i] = ClaimAnswer(device_id, claim.id, result, True, granted, len(sold_out) > sold)
+        row = known.get((device_id, claim.id))
+        if row is not None:
+            result = json.loads(row[2])
+            answers[i] = ClaimAnswer(device_id, claim.id, result, False, bool(row[3]))
+        else:
+            by_offer.setdefault((claim.campaign_id, claim.offer_id), []).append(
+                (i, device_id, claim)
+            )
+    campaigns: dict[str, Campaign | None] = {}
+    stored: list[tuple[str, int, str, str]] = []
+    for (campaign_id, offer_id), items in sorted(by_offer.items()):
+        items.sort(key=lambda item: item[1])
+        campaign = _campaign(store, campaign_id, campaigns)
+        for i, (granted, code, reason, sold) in _decide_offer(
+            store, campaign, offer_id, items, received_at
+        ).items():
+            device_id, claim = claims[i]
+            result = make_result(device_id, claim, granted, code, reason)
+            stored.append((to_text(result), int(granted), device_id, claim.id))
+            answers[i] = ClaimAnswer(device_id, claim.id, result, True, granted, sold)
+    conn.executemany(
+        "UPDATE claims SET result = ?, granted = ? WHERE device_id = ? AND id = ?", stored
+    )
     for i, original in copies:
         done = answers[original]  # every first copy was answered above
         if done is not None:

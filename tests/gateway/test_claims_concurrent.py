@@ -16,7 +16,13 @@ import pytest
 
 from cloud_gateway.campaigns.model import Campaign, CampaignIn, new_campaign, transition
 from cloud_gateway.db.campaigns import insert_campaign
-from cloud_gateway.db.claims import ClaimAnswer, _take_one, claim_batch, init_stock, stock_left
+from cloud_gateway.db.claims import (
+    ClaimAnswer,
+    _decide_batch,
+    claim_batch,
+    init_stock,
+    stock_left,
+)
 from cloud_gateway.db.postgres import PostgresStore
 from protocol.envelopes import ClaimRequest
 from protocol.ids import new_id, utcnow
@@ -63,32 +69,46 @@ def waiting_on_a_lock(url: str, pid: int) -> bool:
 
 
 @pytest.mark.parametrize("first_commits", [True, False])
-def test_a_waiting_stock_update_rechecks_the_row_the_other_worker_changed(
+def test_a_waiting_offer_decision_sees_what_the_other_worker_committed(
     postgres_url: str, first_commits: bool
 ) -> None:
+    """Worker a takes the last coupon (uncommitted); worker b's decision of the same offer
+    waits on the stock row's lock, then reads what a left: nothing if a committed, the
+    coupon if a rolled back."""
     a, b = PostgresStore(postgres_url), PostgresStore(postgres_url)
     try:
         campaign = live(a, {"last-one": 1})
-        taken: list[int | None] = []
+        answers: list[ClaimAnswer] = []
+
+        def claim(device: str) -> ClaimRequest:
+            return ClaimRequest(
+                id=new_id(),
+                device_id=device,
+                offer_id="last-one",
+                campaign_id=campaign.id,
+                at=utcnow(),
+            )
 
         def second() -> None:
-            with b.transaction():
-                taken.append(_take_one(b, campaign.id, "last-one"))
+            answers.extend(claim_batch(b, [("dev-b", claim("dev-b"))], make, utcnow()))
 
         with a.raw.transaction(force_rollback=not first_commits):
-            assert _take_one(a, campaign.id, "last-one") == 0  # uncommitted: stock 0
+            [took] = _decide_batch(a, [("dev-a", claim("dev-a"))], make, utcnow())
+            assert took.granted  # uncommitted: stock 0
             thread = threading.Thread(target=second)
             thread.start()
             deadline = time.monotonic() + 10
             # polled: the wait is inside the other session's server process
             while not waiting_on_a_lock(postgres_url, b.raw.info.backend_pid):
-                assert thread.is_alive(), "the second UPDATE did not wait for the row lock"
+                assert thread.is_alive(), "the second decision did not wait for the row lock"
                 assert time.monotonic() < deadline
                 time.sleep(0.01)
         thread.join(timeout=10)
-        # Committed: the waiting UPDATE re-read stock 0 and took nothing. Rolled back: it
-        # re-read stock 1 and took it.
-        assert taken == ([None] if first_commits else [0])
+        [answer] = answers
+        if first_commits:  # it re-read stock 0 and took nothing
+            assert (answer.granted, answer.result["why"]) == (False, "sold out")
+        else:  # it re-read stock 1 and took it
+            assert answer.granted
         assert stock_left(a, campaign.id) == {"last-one": 0}
     finally:
         a.close()
