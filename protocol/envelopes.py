@@ -239,6 +239,15 @@ class Ack(Message):
     """Batches of that outbox refused for good (issue 13): the device may drop them, counted,
     instead of sending them again forever. Added field: a device that does not know it
     ignores it and keeps resending, as before."""
+    device_id: DeviceId | None = None
+    """The device the ack is for (issue 14): part of what is signed, so an ack cannot be
+    replayed to another device."""
+    expires_at: UtcTime | None = None
+    kid: Name | None = None
+    sig: Annotated[str, StringConstraints(max_length=200)] | None = None
+    """Signed like every other downlink message that changes device state (issue 14): an
+    ack deletes outbox rows, so a device refuses an ack without a valid signature by a key
+    of the `acks` role, or for another device (counted in `acks_forged`)."""
 
 
 OfferType = Literal["coupon", "bundle", "replenishment", "membership_perk", "group_buy", "content"]
@@ -375,12 +384,20 @@ class ModelManifest(Signed):
     cohorts (`region:cn-east`, `profile:tv`...); absent means every device of the profiles."""
 
 
+Role = Literal["offers", "commands", "models", "claims", "acks", "timestamp"]
+"""What an online key may sign (issue 14): offer bundles, commands, model manifests, claim
+results, acks, the freshness timestamp. Key lists are signed by the offline root only."""
+ROLES: tuple[Role, ...] = ("offers", "commands", "models", "claims", "acks", "timestamp")
+
+
 class PublicKey(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     kid: Name
     public_key: Annotated[str, StringConstraints(min_length=40, max_length=64)]
     """Raw Ed25519 public key, 32 bytes, standard base64."""
+    roles: Annotated[list[Role], Field(max_length=len(ROLES))] | None = None
+    """What this key may sign; absent: every role (keys pinned before roles existed)."""
 
 
 class KeyList(Signed):

@@ -156,6 +156,7 @@ async def _build_on(  # noqa: PLR0917 - the order of the parts, in one place
         metrics,
         consent=consent.get,
         model_version=slot.current_version,
+        verifier=verifier,
         timer=timer,
     )
     await uplink.start()

@@ -137,7 +137,9 @@ def build(
     s = settings
     counters = counters if counters is not None else Counter()
     outlet = Outlet()
-    acks = AckBatcher(s.topics, outlet.send_nowait, counters, s.ack_delay_ms / 1000)
+    acks = AckBatcher(
+        s.topics, outlet.send_nowait, counters, s.ack_delay_ms / 1000, signer=keys.signer
+    )
     wiring = Wiring(backend, keys.signer, s.topics, outlet.publish, counters)
     campaigns = CampaignService(wiring, bundle_ttl=timedelta(seconds=s.bundle_ttl_s))
     claims = ClaimDesk(wiring, batch_max=s.claim_batch_max, on_sold_out=campaigns.poke)

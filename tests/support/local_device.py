@@ -4,7 +4,7 @@ agent tests of the local API share (`tests/agent/conftest.py` makes fixtures of 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -17,6 +17,7 @@ from protocol import codec
 from protocol.envelopes import TrustFile
 from protocol.ids import format_time, new_id, utcnow
 from protocol.signing import Signer
+from tests.support.builders import signed_ack
 from tests.support.fake_transport import FakeTransports
 
 SURFACE = "tv_home_banner"
@@ -30,6 +31,13 @@ class Device:
         self.agent = agent
         self.transports = transports
         self.signer = signer
+
+    def ack(self, seqs: Sequence[int], refused: Sequence[dict[str, Any]] | None = None) -> bytes:
+        """A signed ack of `seqs` (and refusals) of this device's outbox, as the gateway's."""
+        agent = self.agent
+        return signed_ack(
+            self.signer, agent.settings.device_id, seqs, agent.store.outbox_id, refused
+        )
 
     def bundle(self, offers: list[tuple[str, float, int]]) -> bytes:
         """A signed bundle of `(id, discount, priority)` offers for this device."""
