@@ -124,7 +124,8 @@ def render() -> str:
         (topics.cmd(dev), "`Command` (signed)"),
         (topics.cohort_offers(cohort), "`OfferBundle` (signed, retained catalog)"),
         (topics.model_manifest(profile), "`ModelManifest` (signed, retained)"),
-        (topics.keys(), "`KeyList` (signed, retained)"),
+        (topics.keys(), "`KeyList` (signed by the offline root, retained)"),
+        (topics.timestamp(), "`Timestamp` (signed, short-lived, retained)"),
     ]
     travels = directions()
     refused = {m.__name__ for m in UPLINK_MODELS.values()}

@@ -400,12 +400,45 @@ class PublicKey(BaseModel):
     """What this key may sign; absent: every role (keys pinned before roles existed)."""
 
 
+class RootChange(Signed):
+    """A new offline root key, signed by the root before it (issue 14): carried in a key
+    list's `root_chain`, so a device that pinned any earlier root walks to the current one."""
+
+    generation: Annotated[int, Field(ge=2)]
+    """1 is the root pinned at provisioning; each change counts one up."""
+    root: PublicKey
+    issued_at: UtcTime
+
+
 class KeyList(Signed):
-    """Signed, retained on `keys`: the cloud's current signing keys; `version` only increases."""
+    """Signed, retained on `keys`: the cloud's current signing keys; `version` only increases.
+
+    Signed by the offline root (issue 14) when the device pins one (`TrustFile.root`): then
+    only a list whose `version` is higher than the one held is taken, its keys (with their
+    roles) replace every key the device verifies with, and what a key in `revoked` signed is
+    dropped from the device. A gateway without a root signs it with its own key (before)."""
 
     version: Annotated[int, Field(ge=1)]
     keys: Annotated[list[PublicKey], Field(min_length=1, max_length=MAX_KEYS)]
     issued_at: UtcTime
+    revoked: Annotated[list[Name], Field(max_length=64)] = Field(default_factory=list)
+    """Keys withdrawn in an emergency: what they signed is refused and dropped."""
+    root_chain: Annotated[list[RootChange], Field(max_length=8)] = Field(default_factory=list)
+    """The root changes since the first root, oldest first (empty until a root rotation)."""
+
+
+class Timestamp(Signed):
+    """Signed, retained on `timestamp` (TUF's timestamp role, issue 14): short-lived, issued
+    again every few minutes by a key of the `timestamp` role. A device that holds none that
+    is unexpired, or one naming a key list newer than it holds, knows its view of the cloud
+    is stale (frozen by whoever replays old retained messages): it reports `stale_trust`
+    and claims no limited offer."""
+
+    version: Annotated[int, Field(ge=1)]
+    """Only increases (the gateway uses its clock in milliseconds)."""
+    issued_at: UtcTime
+    keys_version: Annotated[int, Field(ge=1)]
+    """The version of the key list current when this was issued."""
 
 
 class TrustFile(Message):
@@ -413,6 +446,11 @@ class TrustFile(Message):
 
     keys: Annotated[list[PublicKey], Field(min_length=1, max_length=MAX_KEYS)]
     topic_root: str = "edgemart/v1"
+    root: PublicKey | None = None
+    """The offline root (issue 14): key lists must be signed by it (or by a root it signed);
+    with a root pinned, the device also requires a fresh `Timestamp`."""
+    root_generation: Annotated[int, Field(ge=1)] = 1
+    """The generation of `root` (1 until the first root rotation)."""
 
 
 UPLINK_MODELS: dict[str, type[Message]] = {"batch": Batch, "claim": ClaimRequest, "state": State}
@@ -424,6 +462,7 @@ DOWNLINK_MODELS: tuple[type[Message], ...] = (
     Command,
     ModelManifest,
     KeyList,
+    Timestamp,
     TrustFile,
 )
 """What devices read from the cloud (`TrustFile`: written by the gateway at provisioning);
@@ -448,6 +487,8 @@ ALL_MODELS: list[type[BaseModel]] = [
     FeatureSpec,
     FeatureDef,
     KeyList,
+    RootChange,
+    Timestamp,
     PublicKey,
     TrustFile,
 ]

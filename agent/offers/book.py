@@ -218,6 +218,16 @@ class OfferBook:
         )
         return Verdict("accepted", bundle.id, len(bundle.offers), refused=tuple(refused))
 
+    async def drop_signed_by(self, kids: frozenset[str]) -> int:
+        """Take off the device every held offer a key in `kids` signed (revoked keys)."""
+        dropped = await self._store.call(self._store.offers.drop_signed_by, sorted(kids))
+        for source, offer_id in dropped:
+            self._by_source.get(source, {}).pop(offer_id, None)
+        if dropped:
+            self._version += 1
+            self._metrics.inc("offers_dropped_revoked", len(dropped))
+        return len(dropped)
+
     async def _apply(self, source: str, bundle: OfferBundle) -> None:
         replace = source != DEVICE_SOURCE
         bodies = [(o.id, json.dumps(o.model_dump(mode="json"))) for o in bundle.offers]

@@ -28,6 +28,7 @@ from agent.model.slot import ModelSlot
 from agent.model.update import ModelUpdater, UpdateConfig
 from agent.offers.book import OfferBook, load_trust
 from agent.offers.claims import Claims
+from agent.offers.trust import TrustKeeper
 from agent.runtime.loops import MemoryWatch, StateReport, maintenance
 from agent.runtime.memory import MemoryBudget, sqlite_cache_kib
 from agent.runtime.metrics import Metrics
@@ -37,6 +38,7 @@ from agent.runtime.service import AgentService
 from agent.runtime.status import gauges_of
 from agent.store.core import Store
 from daemonkit.supervisor import Supervisor
+from protocol.envelopes import TrustFile
 from protocol.errors import ProtocolError
 from protocol.ids import utcnow
 from protocol.signing import Verifier
@@ -84,7 +86,9 @@ async def build(
     if store.replaced_now:
         metrics.inc("stores_replaced")  # this start replaced an unreadable store
     try:
-        return await _build_on(settings, store, verifier, metrics, memory, clock, timer, transport)
+        return await _build_on(
+            settings, store, trust, verifier, metrics, memory, clock, timer, transport
+        )
     except BaseException:
         await store.close()
         raise
@@ -93,6 +97,7 @@ async def build(
 async def _build_on(  # noqa: PLR0917 - the order of the parts, in one place
     settings: AgentSettings,
     store: Store,
+    pinned: TrustFile,
     verifier: Verifier,
     metrics: Metrics,
     memory: MemoryBudget,
@@ -138,6 +143,8 @@ async def _build_on(  # noqa: PLR0917 - the order of the parts, in one place
         consent.restore(row.purpose, row.granted, row.version, row.updated_at)
     windows = FeatureWindows.load(await store.call(store.buckets.load))
     offers = OfferBook(verifier, store, metrics)
+    trust = TrustKeeper(pinned, verifier, store, metrics, offers)
+    await trust.load()  # the key list taken last run: before anything verifies
     await offers.load()
     report = StateReport(settings, slot=slot, updates=updates, changed=state_changed)
     router = Router({})
@@ -178,7 +185,16 @@ async def _build_on(  # noqa: PLR0917 - the order of the parts, in one place
     )
     today = decisions.local_day(utcnow())
     decisions.caps = CapCounts.load(await store.call(store.decisions.cap_counts, today), today)
-    claims = Claims(settings, store, verifier, metrics, link=link, offer=offers.get, timer=timer)
+    claims = Claims(
+        settings,
+        store,
+        verifier,
+        metrics,
+        link=link,
+        offer=offers.get,
+        stale_trust=trust.stale,
+        timer=timer,
+    )
     await claims.start()
 
     async def forgotten(removed: dict[str, int]) -> None:
@@ -191,7 +207,12 @@ async def _build_on(  # noqa: PLR0917 - the order of the parts, in one place
     commands = Commands(settings.device_id, store, verifier, metrics, on_forget=forgotten)
     router.routes.update(
         downlink_routes(
-            uplink=uplink, offers=offers, updates=updates, claims=claims, commands=commands
+            uplink=uplink,
+            offers=offers,
+            updates=updates,
+            claims=claims,
+            commands=commands,
+            trust=trust,
         )
     )
     on_connected.add(uplink.on_connected)
@@ -216,6 +237,7 @@ async def _build_on(  # noqa: PLR0917 - the order of the parts, in one place
         consent=consent,
         windows=windows,
         offers=offers,
+        trust=trust,
         decisions=decisions,
         link=link,
         uplink=uplink,

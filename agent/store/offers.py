@@ -11,6 +11,8 @@ from agent.store.thread import StoreThread
 
 ISSUED = "catalog_issued:"
 """Meta key prefix of the `issued_at` of the catalog a cohort source holds (issue 14)."""
+TRUST = "trust:"
+"""Meta key prefix of the trust taken from key lists and timestamps (issue 14)."""
 
 
 class OfferRows:
@@ -38,16 +40,29 @@ class OfferRows:
         )
         return {str(k)[len(ISSUED) :]: str(v) for k, v in rows}
 
-    def drop_signed_by(self, kids: Sequence[str]) -> list[str]:
-        """Delete the held offers whose bundle a key in `kids` signed; their ids."""
+    def drop_signed_by(self, kids: Sequence[str]) -> list[tuple[str, str]]:
+        """Delete the held offers whose bundle a key in `kids` signed; (source, id) of each."""
+        if not kids:
+            return []
+        marks = ",".join("?" * len(kids))
         with self._thread.tx() as tx:
-            marks = ",".join("?" * len(kids))
-            ids = [
-                str(r[0])
-                for r in tx.execute(f"SELECT id FROM offers WHERE kid IN ({marks})", list(kids))  # noqa: S608 - placeholders only
-            ]
+            rows = tx.execute(
+                f"SELECT source, id FROM offers WHERE kid IN ({marks})",  # noqa: S608 - marks only
+                list(kids),
+            ).fetchall()
             tx.execute(f"DELETE FROM offers WHERE kid IN ({marks})", list(kids))  # noqa: S608
-        return ids
+        return [(str(s), str(i)) for s, i in rows]
+
+    def trust_load(self) -> dict[str, str]:
+        """The persisted trust (`agent.offers.trust`): `{name: JSON}`."""
+        rows = self._thread.conn().execute(
+            "SELECT key, value FROM meta WHERE key LIKE ?", (TRUST + "%",)
+        )
+        return {str(k)[len(TRUST) :]: str(v) for k, v in rows}
+
+    def trust_save(self, name: str, value: str) -> None:
+        with self._thread.tx() as tx:
+            outbox_sql.meta_set(tx, TRUST + name, value)
 
     def seen(self, message_id: str) -> bool:
         row = self._thread.conn().execute("SELECT 1 FROM seen_ids WHERE id = ?", (message_id,))

@@ -105,6 +105,10 @@ class Parts:
                 ),
             ),
             ("gateway-claims", self.claims.run),
+            self.once(
+                "gateway-timestamp",
+                functools.partial(self.hooks.run_timestamps, s.timestamp_interval_s),
+            ),
             ("gateway-campaign-settle", campaigns.run_settler),
             self.once(
                 "gateway-scheduler",
@@ -166,11 +170,12 @@ def build(
     )
     hooks = SessionHooks(
         topics=s.topics,
-        signer=keys.signer,
+        keys=keys,
         outlet=outlet,
         campaigns=campaigns,
         ingestor=ingestor,
         acks=acks,
+        timestamp_ttl=timedelta(seconds=s.timestamp_ttl_s),
     )
     mqtt = link(
         s,
