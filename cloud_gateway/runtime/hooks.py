@@ -94,6 +94,8 @@ class SessionHooks:
         self._campaigns = campaigns
         self._ingestor = ingestor
         self._acks = acks
+        self._resigned = keys.key_list is None
+        """Whether the catalogs were signed again by this process's key (with a key ring)."""
         self._tasks: list[asyncio.Task[None]] = []
         """One-shot catalog retries (the loops are the supervisor's)."""
 
@@ -125,7 +127,13 @@ class SessionHooks:
         await self._outlet.publish(self._topics.keys(), codec.encode_dict(key_list), True)
         await self.publish_timestamp()
         self._campaigns.poke()  # pushes owed by changes a crash or an outage left
-        if self._campaigns.dirty:
+        if not self._resigned:
+            # the key may have changed since the catalogs were signed (a rotation, a
+            # revocation): sign them again with this one, once per start
+            self._resigned = True
+            retry = self._campaigns.republish_all()
+            self._tasks.append(asyncio.create_task(retry, name="gateway-catalog-resign"))
+        elif self._campaigns.dirty:
             retry = self._campaigns.rebuild(set(self._campaigns.dirty))
             self._tasks.append(asyncio.create_task(retry, name="gateway-catalog-retry"))
 
