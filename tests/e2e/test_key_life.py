@@ -98,7 +98,8 @@ async def test_rotations_reach_online_agents_and_offline_ones_catch_up(
     root = tmp_path / "operator" / "root.key"  # apart from the gateway's data dir
     root.parent.mkdir()
     keys_ring.init(settings.data_dir, root, settings.topic_root)
-    online, offline = ["tv-on-0001", "tv-on-0002", "tv-on-0003"], ["tv-off-0001", "tv-off-0002"]
+    online = [f"tv-on-{i:04d}" for i in range(20)]
+    offline = [f"tv-off-{i:04d}" for i in range(5)]
 
     async with (
         Gateway(settings) as gw,
