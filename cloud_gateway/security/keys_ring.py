@@ -144,6 +144,26 @@ def audit(data_dir: Path, action: str, **details: Any) -> None:
         handle.flush()
 
 
+def audit_entries(data_dir: Path) -> list[dict[str, Any]]:
+    """`keys/audit.jsonl` as audit rows (`who`, `action` as `keys.<verb>`, `target`, `at`,
+    `detail`), for the gateway's audit log; unreadable lines are skipped."""
+    path = keys_dir(data_dir) / AUDIT
+    if not path.exists():
+        return []
+    rows: list[dict[str, Any]] = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            entry = json.loads(line)
+            who, action, at = str(entry.pop("who")), str(entry.pop("action")), entry.pop("at")
+        except (ValueError, KeyError, AttributeError):
+            continue
+        target = str(entry.get("kid") or entry.get("new") or entry.get("root") or "keys")
+        rows.append(
+            {"who": who, "action": f"keys.{action}", "target": target, "at": at, "detail": entry}
+        )
+    return rows
+
+
 def _public(data_dir: Path, kid: str, meta: dict[str, Any]) -> PublicKey:
     roles = meta.get("roles")
     public = online_key(data_dir, kid).public

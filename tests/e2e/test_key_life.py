@@ -19,6 +19,7 @@ from agent.offers.claims import NotClaimable
 from agent.runtime.agent import Agent
 from cloud_gateway.campaigns.model import CampaignIn
 from cloud_gateway.config import GatewaySettings
+from cloud_gateway.db.audit import audit_log
 from cloud_gateway.runtime.gateway import Gateway
 from cloud_gateway.security import keys_ring
 from protocol import codec
@@ -229,6 +230,11 @@ async def test_a_revoked_key_is_refused_everywhere_and_what_it_signed_is_dropped
                 await eventually(partial(counted, agent, "model_update_refused_bad_signature", 1))
                 assert not holds(agent, "evil")
                 assert agent.counters["signals_forgotten"] == 0
+            log = await gw.db.call(audit_log, 100)
+            revoked = [e for e in log if e["action"] == "keys.revoke"]
+            assert [e["target"] for e in revoked] == [leaked_kid]  # who and when, once
+            assert revoked[0]["who"]
+            assert {"keys.init", "keys.add"} <= {e["action"] for e in log}
             await launch(gw, "after-revocation")  # signed by the fresh key: taken
             await eventually(lambda: all(holds(a, "after-revocation") for a in fleet.values()))
 
