@@ -47,8 +47,12 @@ class TrustKeeper:
         metrics: Metrics,
         offers: OfferBook,
         *,
+        on_revoked: Callable[[frozenset[str]], None] = lambda _kids: None,
         now: Callable[[], datetime] = utcnow,
     ) -> None:
+        """`on_revoked(kids)`: after a key list revoking `kids` is taken, for what the device
+        holds outside the offer book (the running model)."""
+        self._on_revoked = on_revoked
         self._pinned = pinned
         self._verifier = verifier
         self._store = store
@@ -82,6 +86,8 @@ class TrustKeeper:
         except (ValueError, KeyError, TypeError) as exc:
             log.warning("ignoring unreadable persisted trust: %s", exc)
         self._verifier.replace(self.state.keys)
+        if self.state.revoked:  # a model kept on disk may be one a revoked key signed
+            self._on_revoked(self.state.revoked)
 
     def stale(self) -> str | None:
         """Why trust is stale now (`protocol.trust.stale_reason`), None when fresh or unrooted."""
@@ -139,6 +145,7 @@ class TrustKeeper:
             dropped = await self._offers.drop_signed_by(state.revoked)
             if dropped:
                 log.warning("dropped %d offers signed by revoked keys", dropped)
+            self._on_revoked(state.revoked)
         return True
 
     async def handle_timestamp(self, payload: bytes) -> bool:

@@ -143,9 +143,6 @@ async def _build_on(  # noqa: PLR0917 - the order of the parts, in one place
         consent.restore(row.purpose, row.granted, row.version, row.updated_at)
     windows = FeatureWindows.load(await store.call(store.buckets.load))
     offers = OfferBook(verifier, store, metrics)
-    trust = TrustKeeper(pinned, verifier, store, metrics, offers)
-    await trust.load()  # the key list taken last run: before anything verifies
-    await offers.load()
     report = StateReport(settings, slot=slot, updates=updates, changed=state_changed)
     router = Router({})
     on_connected = Fanout()
@@ -183,6 +180,19 @@ async def _build_on(  # noqa: PLR0917 - the order of the parts, in one place
         on_outcome=partial(uplink.poke, flush=True),  # outcomes go up at once
         on_model_failure=model_failed,
     )
+
+    def drop_revoked_model(revoked: frozenset[str]) -> None:
+        """A model whose manifest a revoked key signed stops running: back to the last good
+        one not signed by it (else the default, else priority ranking)."""
+        model = slot.get()
+        while model is not None and model.manifest is not None and model.manifest.kid in revoked:
+            model = model_failed(
+                model, ScoringError(f"manifest signed by revoked key {model.manifest.kid}")
+            )
+
+    trust = TrustKeeper(pinned, verifier, store, metrics, offers, on_revoked=drop_revoked_model)
+    await trust.load()  # the key list taken last run: before anything verifies
+    await offers.load()
     today = decisions.local_day(utcnow())
     decisions.caps = CapCounts.load(await store.call(store.decisions.cap_counts, today), today)
     claims = Claims(

@@ -69,12 +69,18 @@ class Device:
 
 @contextlib.asynccontextmanager
 async def running_device(
-    tmp_path: Path, *, profile: str = "tv", overrides: dict[str, Any] | None = None
+    tmp_path: Path,
+    *,
+    profile: str = "tv",
+    overrides: dict[str, Any] | None = None,
+    root: Signer | None = None,
 ) -> AsyncIterator[Device]:
-    """A started agent of `profile` over a fake transport, its data in `tmp_path/data`."""
+    """A started agent of `profile` over a fake transport, its data in `tmp_path/data`; with
+    `root`, its trust file pins that offline root (issue 14)."""
     signer = Signer.generate("k1")
     trust = tmp_path / "trust.json"
-    trust.write_bytes(codec.encode(TrustFile(keys=[signer.public], topic_root="tin/v1")))
+    pinned = TrustFile(keys=[signer.public], topic_root="tin/v1", root=root and root.public)
+    trust.write_bytes(codec.encode(pinned))
     base = {"uplink": {"batch_max_age_s": 0.05}, "topic_root": "tin/v1"}
     settings = load_settings(
         profile=profile,
