@@ -404,8 +404,9 @@ class RootChange(Signed):
     """A new offline root key, signed by the root before it (issue 14): carried in a key
     list's `root_chain`, so a device that pinned any earlier root walks to the current one."""
 
-    generation: Annotated[int, Field(ge=2)]
-    """1 is the root pinned at provisioning; each change counts one up."""
+    generation: Annotated[int, Field(ge=1)]
+    """Each change counts one up. Generation 1 introduces the first root to devices
+    provisioned before roots: it is signed by an online key they already pin."""
     root: PublicKey
     issued_at: UtcTime
 

@@ -84,6 +84,19 @@ def walk_roots(
     return root, generation
 
 
+def adopt_root(pinned: tuple[PublicKey, ...], obj: dict[str, Any], now: datetime) -> TrustState:
+    """The first root for a device provisioned before roots: the key list's root change of
+    generation 1, signed by a key the device pins (no more trust than it already gives that
+    key). Raises SignatureError when the list carries none it can verify."""
+    chain = obj.get("root_chain")
+    for link in chain[:MAX_CHAIN] if isinstance(chain, list) else ():
+        if isinstance(link, dict) and link.get("generation") == 1:
+            Verifier.from_public_keys(pinned).verify(link, now=now)
+            change, _ = codec.validate_tolerant(link, RootChange)
+            return TrustState(change.root, 1, 0, pinned)
+    raise SignatureError("no root introduced by a pinned key: key list ignored")
+
+
 def accept_key_list(state: TrustState, obj: dict[str, Any], now: datetime) -> TrustState:
     """The state after a key list received as `obj`: signed by the current root (after the
     root changes it carries), unexpired, of a higher version. Raises ProtocolError

@@ -18,7 +18,14 @@ from protocol.envelopes import Timestamp, TrustFile
 from protocol.errors import ProtocolError
 from protocol.ids import utcnow
 from protocol.signing import Verifier
-from protocol.trust import RolledBack, TrustState, accept_key_list, accept_timestamp, stale_reason
+from protocol.trust import (
+    RolledBack,
+    TrustState,
+    accept_key_list,
+    accept_timestamp,
+    adopt_root,
+    stale_reason,
+)
 
 log = logging.getLogger(__name__)
 
@@ -36,8 +43,10 @@ COUNTERS = (
 class TrustKeeper:
     """Keeps `verifier` (shared by every part that verifies) on the current key list.
 
-    Without a root in `trust.json` (a fleet provisioned before roots), key lists are ignored
-    (counted) and trust is never stale: the pinned keys stay as they are."""
+    Without a root in `trust.json` (a fleet provisioned before roots) trust is never stale and
+    the pinned keys stay, until a key list introduces a root signed by a pinned key (the
+    gateway's `edgemart keys init` does): from then on the device is like one provisioned
+    with that root. Other key lists are ignored then (counted)."""
 
     def __init__(
         self,
@@ -73,18 +82,18 @@ class TrustKeeper:
 
     async def load(self) -> None:
         """Take the trust persisted by an earlier run (a newer key list than `trust.json`)."""
-        if self.state is None:
-            return
         saved = await self._store.call(self._store.offers.trust_load)
         try:
             if "state" in saved:
                 state = TrustState.from_json(json.loads(saved["state"]))
-                if state.version > self.state.version:
+                if self.state is None or state.version > self.state.version:
                     self.state = state
             if "timestamp" in saved:
                 self.stamp = Timestamp.model_validate_json(saved["timestamp"], extra="ignore")
         except (ValueError, KeyError, TypeError) as exc:
             log.warning("ignoring unreadable persisted trust: %s", exc)
+        if self.state is None:
+            return
         self._verifier.replace(self.state.keys)
         if self.state.revoked:  # a model kept on disk may be one a revoked key signed
             self._on_revoked(self.state.revoked)
@@ -116,12 +125,16 @@ class TrustKeeper:
         """A key list from `keys`: True when it was taken (and the verifier changed)."""
         if not payload:
             return False
-        if self.state is None:
-            self._metrics.inc("keylists_ignored")
-            return False
         try:
             obj = codec.decode_object(payload, max_compressed=MAX_TRUST_BYTES)
-            state = accept_key_list(self.state, obj, self._now())
+            held = self.state
+            if held is None:
+                try:
+                    held = adopt_root(tuple(self._pinned.keys), obj, self._now())
+                except ProtocolError:
+                    self._metrics.inc("keylists_ignored")
+                    return False
+            state = accept_key_list(held, obj, self._now())
         except RolledBack as exc:
             if exc.got == exc.held:  # the retained list again, on every reconnect
                 return False

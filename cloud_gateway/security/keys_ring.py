@@ -235,7 +235,13 @@ def init(data_dir: Path, root_path: Path, topic_root: str | None = None) -> dict
         pems = [signer.kid]
     keys = {kid: {"status": RETIRING, "roles": None} for kid in pems}
     keys[pems[-1]]["status"] = ACTIVE
-    ring = KeyRing(version=1, root=root.public, keys=keys)
+    # devices provisioned before roots pin the online key: it introduces the root to them
+    now = utcnow()
+    intro = RootChange(
+        generation=1, root=root.public, issued_at=now, expires_at=now + ROOT_CHANGE_TTL
+    )
+    chain = [online_key(data_dir, pems[-1]).sign(intro.to_wire())]
+    ring = KeyRing(version=1, root=root.public, keys=keys, root_chain=chain)
     signed = _write(data_dir, ring, root, topic_root)
     audit(data_dir, "init", root=root.kid, version=1, keys=pems)
     return signed
@@ -320,7 +326,7 @@ def rotate_root(data_dir: Path, root_path: Path, new_root_path: Path) -> str:
         expires_at=now + ROOT_CHANGE_TTL,
     )
     ring.root_chain.append(old.sign(change.to_wire()))
-    ring.root_chain = ring.root_chain[-8:]
+    ring.root_chain = ring.root_chain[:1] + ring.root_chain[1:][-7:]  # the introduction stays
     ring.root = new.public
     ring.generation += 1
     ring.version += 1
