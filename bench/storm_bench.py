@@ -17,6 +17,7 @@ from cloud_gateway.ingest.service import GROUP_MAX, AckBatcher, Ingestor
 from protocol import codec
 from protocol.envelopes import State
 from protocol.ids import utcnow
+from protocol.signing import Signer
 from protocol.topics import Topics
 
 BIRTHS = 3000
@@ -44,7 +45,7 @@ def _births(prefix: str) -> list[tuple[str, bytes]]:
 async def _births_per_s(path: Path, group_max: int) -> float:
     db = await Database(path).open()
     counters: Counter[str] = Counter()
-    acks = AckBatcher(TOPICS, lambda _t, _p: None, counters, 0)
+    acks = AckBatcher(TOPICS, lambda _t, _p: None, counters, 0, signer=Signer.generate("bench"))
     ingestor = Ingestor(TOPICS, db, acks=acks, counters=counters, group_max=group_max)
     births = _births(f"tv-g{group_max}")
     try:

@@ -82,6 +82,10 @@ class GatewaySettings(BaseModel):
     )
     max_http_body_bytes: Annotated[int, Field(ge=1024, le=64 * 1024 * 1024)] = 1024 * 1024
     bundle_ttl_s: Annotated[float, Field(gt=60, le=90 * 86400)] = 7 * 86400.0
+    timestamp_interval_s: Annotated[float, Field(gt=0, le=86400)] = 300.0
+    """How often the signed freshness timestamp is issued again (issue 14)."""
+    timestamp_ttl_s: Annotated[float, Field(gt=0, le=7 * 86400)] = 3600.0
+    """How long one stays valid: a device that holds none younger says `stale_trust`."""
     """A catalog bundle expires at most this long after it is issued."""
     catalog_refresh_s: Annotated[float, Field(gt=0, le=86400)] = 3600.0
     """How often catalogs past half their lifetime are re-signed and republished."""

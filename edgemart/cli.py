@@ -19,10 +19,11 @@ def _registrars() -> list[Registrar]:
     from agent.cli import register as agent_verbs  # noqa: PLC0415
     from bench.cli import register as bench_verbs  # noqa: PLC0415
     from cloud_gateway.cli import register as gateway_verbs  # noqa: PLC0415
+    from cloud_gateway.security.keys_cli import register as key_verbs  # noqa: PLC0415
     from models.cli import register as model_verbs  # noqa: PLC0415
     from simulators.cli import register as simulator_verbs  # noqa: PLC0415
 
-    return [agent_verbs, gateway_verbs, model_verbs, simulator_verbs, bench_verbs]
+    return [agent_verbs, gateway_verbs, key_verbs, model_verbs, simulator_verbs, bench_verbs]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -60,11 +60,17 @@ know depends on the direction:
   cannot be added like this: it needs a new message, topic or `v`.
 
 ## Signing
-Signed messages (`OfferBundle`, `ClaimResult`, `Command`, `ModelManifest`, `KeyList`) carry
-`kid` and `sig`: base64 Ed25519 over
+Signed messages (`OfferBundle`, `ClaimResult`, `Command`, `ModelManifest`, `KeyList`, `Ack`,
+`Timestamp`, `RootChange`) carry `kid` and `sig`: base64 Ed25519 over
 `json.dumps(obj_without_sig, sort_keys=True, separators=(",", ":"), ensure_ascii=False)`
 in UTF-8, and an `expires_at`; receivers verify the object as received (every field, known
-or not), and only then read it.
+or not), and only then read it. Each online key may be limited to roles (`PublicKey.roles`:
+`offers` for bundles, `claims`, `commands`, `models` for manifests, `acks`, `timestamp`); a
+device that pins an offline root (`TrustFile.root`) takes its keys from the root-signed
+`KeyList` on `keys` (higher versions only, through the `root_chain` of root changes) and its
+freshness from the `Timestamp` on `timestamp` (`docs/security.md`). An `Ack` is signed for its
+`device_id` since issue 14: upgrade gateways before devices (a device refuses an unsigned
+ack, and resends the batch until a signed one comes).
 """
 
 
@@ -124,7 +130,8 @@ def render() -> str:
         (topics.cmd(dev), "`Command` (signed)"),
         (topics.cohort_offers(cohort), "`OfferBundle` (signed, retained catalog)"),
         (topics.model_manifest(profile), "`ModelManifest` (signed, retained)"),
-        (topics.keys(), "`KeyList` (signed, retained)"),
+        (topics.keys(), "`KeyList` (signed by the offline root, retained)"),
+        (topics.timestamp(), "`Timestamp` (signed, short-lived, retained)"),
     ]
     travels = directions()
     refused = {m.__name__ for m in UPLINK_MODELS.values()}

@@ -239,6 +239,15 @@ class Ack(Message):
     """Batches of that outbox refused for good (issue 13): the device may drop them, counted,
     instead of sending them again forever. Added field: a device that does not know it
     ignores it and keeps resending, as before."""
+    device_id: DeviceId | None = None
+    """The device the ack is for (issue 14): part of what is signed, so an ack cannot be
+    replayed to another device."""
+    expires_at: UtcTime | None = None
+    kid: Name | None = None
+    sig: Annotated[str, StringConstraints(max_length=200)] | None = None
+    """Signed like every other downlink message that changes device state (issue 14): an
+    ack deletes outbox rows, so a device refuses an ack without a valid signature by a key
+    of the `acks` role, or for another device (counted in `acks_forged`)."""
 
 
 OfferType = Literal["coupon", "bundle", "replenishment", "membership_perk", "group_buy", "content"]
@@ -375,20 +384,62 @@ class ModelManifest(Signed):
     cohorts (`region:cn-east`, `profile:tv`...); absent means every device of the profiles."""
 
 
+Role = Literal["offers", "commands", "models", "claims", "acks", "timestamp"]
+"""What an online key may sign (issue 14): offer bundles, commands, model manifests, claim
+results, acks, the freshness timestamp. Key lists are signed by the offline root only."""
+ROLES: tuple[Role, ...] = ("offers", "commands", "models", "claims", "acks", "timestamp")
+
+
 class PublicKey(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     kid: Name
     public_key: Annotated[str, StringConstraints(min_length=40, max_length=64)]
     """Raw Ed25519 public key, 32 bytes, standard base64."""
+    roles: Annotated[list[Role], Field(max_length=len(ROLES))] | None = None
+    """What this key may sign; absent: every role (keys pinned before roles existed)."""
+
+
+class RootChange(Signed):
+    """A new offline root key, signed by the root before it (issue 14): carried in a key
+    list's `root_chain`, so a device that pinned any earlier root walks to the current one."""
+
+    generation: Annotated[int, Field(ge=1)]
+    """Each change counts one up. Generation 1 introduces the first root to devices
+    provisioned before roots: it is signed by an online key they already pin."""
+    root: PublicKey
+    issued_at: UtcTime
 
 
 class KeyList(Signed):
-    """Signed, retained on `keys`: the cloud's current signing keys; `version` only increases."""
+    """Signed, retained on `keys`: the cloud's current signing keys; `version` only increases.
+
+    Signed by the offline root (issue 14) when the device pins one (`TrustFile.root`): then
+    only a list whose `version` is higher than the one held is taken, its keys (with their
+    roles) replace every key the device verifies with, and what a key in `revoked` signed is
+    dropped from the device. A gateway without a root signs it with its own key (before)."""
 
     version: Annotated[int, Field(ge=1)]
     keys: Annotated[list[PublicKey], Field(min_length=1, max_length=MAX_KEYS)]
     issued_at: UtcTime
+    revoked: Annotated[list[Name], Field(max_length=64)] = Field(default_factory=list)
+    """Keys withdrawn in an emergency: what they signed is refused and dropped."""
+    root_chain: Annotated[list[RootChange], Field(max_length=8)] = Field(default_factory=list)
+    """The root changes since the first root, oldest first (empty until a root rotation)."""
+
+
+class Timestamp(Signed):
+    """Signed, retained on `timestamp` (TUF's timestamp role, issue 14): short-lived, issued
+    again every few minutes by a key of the `timestamp` role. A device that holds none that
+    is unexpired, or one naming a key list newer than it holds, knows its view of the cloud
+    is stale (frozen by whoever replays old retained messages): it reports `stale_trust`
+    and claims no limited offer."""
+
+    version: Annotated[int, Field(ge=1)]
+    """Only increases (the gateway uses its clock in milliseconds)."""
+    issued_at: UtcTime
+    keys_version: Annotated[int, Field(ge=1)]
+    """The version of the key list current when this was issued."""
 
 
 class TrustFile(Message):
@@ -396,6 +447,11 @@ class TrustFile(Message):
 
     keys: Annotated[list[PublicKey], Field(min_length=1, max_length=MAX_KEYS)]
     topic_root: str = "edgemart/v1"
+    root: PublicKey | None = None
+    """The offline root (issue 14): key lists must be signed by it (or by a root it signed);
+    with a root pinned, the device also requires a fresh `Timestamp`."""
+    root_generation: Annotated[int, Field(ge=1)] = 1
+    """The generation of `root` (1 until the first root rotation)."""
 
 
 UPLINK_MODELS: dict[str, type[Message]] = {"batch": Batch, "claim": ClaimRequest, "state": State}
@@ -407,6 +463,7 @@ DOWNLINK_MODELS: tuple[type[Message], ...] = (
     Command,
     ModelManifest,
     KeyList,
+    Timestamp,
     TrustFile,
 )
 """What devices read from the cloud (`TrustFile`: written by the gateway at provisioning);
@@ -431,6 +488,8 @@ ALL_MODELS: list[type[BaseModel]] = [
     FeatureSpec,
     FeatureDef,
     KeyList,
+    RootChange,
+    Timestamp,
     PublicKey,
     TrustFile,
 ]

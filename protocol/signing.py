@@ -49,6 +49,14 @@ def public_key_b64(key: Ed25519PublicKey) -> str:
     return b64(key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw))
 
 
+def load_public_key(key: PublicKey) -> Ed25519PublicKey:
+    """The Ed25519 key of a `PublicKey`; SignatureError when it is not 32 raw bytes."""
+    raw = unb64(key.public_key)
+    if len(raw) != 32:
+        raise SignatureError(f"key {key.kid!r} is {len(raw)} bytes, not 32", key.kid)
+    return Ed25519PublicKey.from_public_bytes(raw)
+
+
 @dataclass(frozen=True, slots=True)
 class Signer:
     """Signs objects with one Ed25519 key known to devices as `kid`."""
@@ -88,9 +96,13 @@ class Signer:
 
 @dataclass(slots=True)
 class Verifier:
-    """Checks signatures against pinned keys; the key set is bounded and replaceable."""
+    """Checks signatures against pinned keys; the key set is bounded and replaceable.
+
+    Each key may be limited to roles (`ROLES`, issue 14): a key the verifier holds without
+    roles (one pinned in `trust.json` before key lists had roles) serves every role."""
 
     keys: dict[str, Ed25519PublicKey] = field(default_factory=dict)
+    roles: dict[str, frozenset[str]] = field(default_factory=dict)
 
     @classmethod
     def from_public_keys(cls, keys: Iterable[PublicKey]) -> Verifier:
@@ -100,21 +112,29 @@ class Verifier:
 
     def replace(self, keys: Iterable[PublicKey]) -> None:
         loaded: dict[str, Ed25519PublicKey] = {}
+        roles: dict[str, frozenset[str]] = {}
         for key in keys:
-            raw = unb64(key.public_key)
-            if len(raw) != 32:
-                raise SignatureError(f"key {key.kid!r} is {len(raw)} bytes, not 32", key.kid)
-            loaded[key.kid] = Ed25519PublicKey.from_public_bytes(raw)
+            loaded[key.kid] = load_public_key(key)
+            if key.roles is not None:
+                roles[key.kid] = frozenset(key.roles)
         self.keys = loaded
+        self.roles = roles
 
-    def verify(self, obj: dict[str, Any], *, now: datetime | None = None) -> None:
-        """Raise SignatureError unless `obj` is signed by a pinned key and not expired."""
+    def verify(
+        self, obj: dict[str, Any], *, role: str | None = None, now: datetime | None = None
+    ) -> None:
+        """Raise SignatureError unless `obj` is signed by a pinned key (of `role`, when
+        given) and not expired."""
         kid, sig = obj.get("kid"), obj.get("sig")
         if not isinstance(kid, str) or not isinstance(sig, str):
             raise SignatureError("unsigned message: kid and sig are required")
         key = self.keys.get(kid)
         if key is None:
             raise SignatureError(f"unknown signing key {kid!r}", kid)
+        if role is not None:
+            allowed = self.roles.get(kid)
+            if allowed is not None and role not in allowed:
+                raise SignatureError(f"key {kid!r} may not sign {role}", kid)
         signature = unb64(sig)
         if len(signature) != 64:
             raise SignatureError(f"signature is {len(signature)} bytes, not 64", kid)
@@ -137,12 +157,17 @@ M = TypeVar("M", bound=BaseModel)
 
 
 def decode_signed(
-    payload: bytes, model: type[M], verifier: Verifier, *, max_compressed: int
+    payload: bytes,
+    model: type[M],
+    verifier: Verifier,
+    *,
+    max_compressed: int,
+    role: str | None = None,
 ) -> tuple[M, tuple[str, ...]]:
     """A signed downlink message's bytes to its envelope and the paths of the fields this build
     does not know: bounded decode, then signature and expiry checked over the object as
     received (unknown fields included), then tolerant validation, which ignores them (see
     `codec.validate_tolerant`). Raises ProtocolError."""
     obj = codec.decode_object(payload, max_compressed=max_compressed)
-    verifier.verify(obj)
+    verifier.verify(obj, role=role)
     return codec.validate_tolerant(obj, model)

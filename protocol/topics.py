@@ -86,6 +86,10 @@ class Topics:
     def keys(self) -> str:
         return f"{self.root}/keys"
 
+    def timestamp(self) -> str:
+        """Retained, signed freshness (`Timestamp`, issue 14)."""
+        return f"{self.root}/timestamp"
+
     # gateway subscriptions
     def gateway_filters(self, shared_group: str | None = None) -> list[str]:
         """Filters a gateway subscribes to; with a group, as MQTT 5 shared subscriptions."""
@@ -114,7 +118,7 @@ class Topics:
     def parse_downlink(self, topic: str) -> tuple[str, str] | None:
         """Parse a cloud-to-device topic into (kind, subject): kind is ack, offers, claim,
         cmd (subject: device id), cohort_offers (subject: cohort), manifest (subject: profile)
-        or keys."""
+        keys or timestamp."""
         prefix = f"{self.root}/"
         if not topic.startswith(prefix):
             return None
@@ -129,4 +133,6 @@ class Topics:
             return "manifest", parts[1]
         if parts == ["keys"]:
             return "keys", ""
+        if parts == ["timestamp"]:
+            return "timestamp", ""
         return None

@@ -67,7 +67,10 @@ def read_addressed(
     """Verify the signature, validate tolerantly, note unknown fields, check the addressee;
     None (after `refuse(reason, detail)`) for anything forged, malformed or someone else's."""
     try:
-        message, paths = decode_signed(payload, model, verifier, max_compressed=max_bytes)
+        role = "claims" if model is ClaimResult else "commands"
+        message, paths = decode_signed(
+            payload, model, verifier, max_compressed=max_bytes, role=role
+        )
     except ProtocolError as exc:
         refuse(exc.reason, str(exc))
         return None

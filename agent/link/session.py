@@ -103,11 +103,14 @@ class Link:
     def filters(self) -> list[str]:
         device = self.settings.device_id
         profile = self.settings.profile
+        # the keys first: the broker hands retained messages out in this order, and what
+        # follows may be signed by a key the retained list brings (issue 14)
         return [
+            self.topics.keys(),
+            self.topics.timestamp(),
             self.topics.device_downlink(device),
             *(self.topics.cohort_offers(c) for c in profile.cohorts),
             self.topics.model_manifest(profile.name),
-            self.topics.keys(),
         ]
 
     @property

@@ -26,8 +26,9 @@ from agent.store.core import Store
 from mqttlink.logs import OnceLogger
 from protocol import codec
 from protocol.envelopes import MAX_OUTCOMES_PER_BATCH, MAX_RECEIPTS_PER_BATCH, Ack, Batch
-from protocol.errors import ProtocolError
+from protocol.errors import ProtocolError, SignatureError
 from protocol.ids import utcnow
+from protocol.signing import Verifier
 
 log = logging.getLogger(__name__)
 
@@ -67,10 +68,13 @@ class Uplink:
         *,
         consent: Callable[[], ConsentState],
         model_version: Callable[[], int | None],
+        verifier: Verifier,
         timer: Callable[[], float] = time.monotonic,
     ) -> None:
-        """`timer`: the monotonic clock of ack timeouts, resends and drain pacing."""
+        """`timer`: the monotonic clock of ack timeouts, resends and drain pacing;
+        `verifier`: the cloud's keys, which sign the acks (issue 14)."""
         self.settings = settings
+        self._verifier = verifier
         self.cfg = settings.profile.uplink
         self._store = store
         self._link = link
@@ -297,12 +301,23 @@ class Uplink:
             self._metrics.inc("batches_sent")
 
     async def handle_ack(self, payload: bytes) -> None:
-        """`down/ack`: delete the listed batches and their rows; unknown seqs are counted."""
+        """`down/ack`: delete the listed batches and their rows; unknown seqs are counted;
+        an ack not signed for this device changes nothing (counted in `acks_forged`)."""
         try:
-            ack, ignored = codec.validate_tolerant(codec.decode_object(payload), Ack)
+            obj = codec.decode_object(payload)
+            ack, ignored = codec.validate_tolerant(obj, Ack)
         except ProtocolError as exc:
             self._metrics.inc("messages_bad")
             self._faults.log(exc.reason, "bad ack: %s", exc)
+            return
+        try:
+            # an ack deletes rows: signed by an `acks` key, for this device (issue 14)
+            self._verifier.verify(obj, role="acks")
+            if ack.device_id != self.settings.device_id:
+                raise SignatureError(f"ack for device {ack.device_id!r}")
+        except ProtocolError as exc:
+            self._metrics.inc("acks_forged")
+            self._faults.log("ack_forged", "refused ack of %s: %s", ack.acks[:5], exc)
             return
         self._unknown.note("Ack", ignored)
         try:

@@ -101,7 +101,7 @@ def check_manifest(
     if not isinstance(obj.get("kid"), str) or not isinstance(obj.get("sig"), str):
         raise UpdateRefused("unsigned", "manifest: kid and sig are required")
     try:
-        verifier.verify(obj)
+        verifier.verify(obj, role="models")
     except SignatureError as exc:
         reason = "expired" if "expired" in str(exc) else "bad_signature"
         raise UpdateRefused(reason, f"manifest: {exc}") from exc

@@ -20,7 +20,7 @@ from mqttlink.logs import OnceLogger
 from protocol import codec
 from protocol.envelopes import MAX_OFFERS_PER_BUNDLE, Offer, OfferBundle, TrustFile
 from protocol.errors import InvalidMessage, ProtocolError
-from protocol.ids import utcnow
+from protocol.ids import format_time, parse_time, utcnow
 from protocol.signing import Verifier
 
 log = logging.getLogger(__name__)
@@ -81,8 +81,15 @@ class OfferBook:
         self._unknown = UnknownFields(metrics)
         self._version = 0
         self._catalog: Catalog | None = None
+        self._issued: dict[str, datetime] = {}
+        """The `issued_at` of the catalog each cohort source holds: never goes back."""
 
     async def load(self) -> None:
+        for source, issued in (await self._store.call(self._store.offers.catalog_marks)).items():
+            try:
+                self._issued[source] = parse_time(issued)
+            except ValueError:
+                log.warning("dropping unreadable catalog mark of %s", source)
         for source, bundle_id, body in await self._store.call(self._store.offers.load):
             try:
                 # stored by this agent; tolerant all the same, for a downgraded agent
@@ -145,7 +152,7 @@ class OfferBook:
         bundle_id = raw_id if isinstance(raw_id, str) else None
         count = _offer_count(obj)
         try:
-            self.verifier.verify(obj)
+            self.verifier.verify(obj, role="offers")
             # the envelope first; then each offer alone, so one bad offer spoils only itself
             raw_offers = obj.get("offers")
             if not isinstance(raw_offers, list):
@@ -172,6 +179,16 @@ class OfferBook:
             if bundle.cohort is not None and bundle.cohort != subject:
                 detail = f"bundle for cohort {bundle.cohort!r} arrived on cohort {subject!r}"
                 return self._refuse("wrong_cohort", detail, bundle.id, count)
+            held = self._issued.get(source)
+            if (
+                held is not None
+                and bundle.issued_at < held
+                and self._bundle_of.get(source) != bundle.id
+            ):
+                # genuinely signed, but older than the catalog held: replayed (issue 14)
+                detail = f"catalog issued {format_time(bundle.issued_at)}, before the held one"
+                self._metrics.inc("catalogs_rolled_back")
+                return self._refuse("rollback", detail, bundle.id, count)
         else:
             source = DEVICE_SOURCE
         current = self._bundle_of.get(source) == bundle.id
@@ -201,6 +218,16 @@ class OfferBook:
         )
         return Verdict("accepted", bundle.id, len(bundle.offers), refused=tuple(refused))
 
+    async def drop_signed_by(self, kids: frozenset[str]) -> int:
+        """Take off the device every held offer a key in `kids` signed (revoked keys)."""
+        dropped = await self._store.call(self._store.offers.drop_signed_by, sorted(kids))
+        for source, offer_id in dropped:
+            self._by_source.get(source, {}).pop(offer_id, None)
+        if dropped:
+            self._version += 1
+            self._metrics.inc("offers_dropped_revoked", len(dropped))
+        return len(dropped)
+
     async def _apply(self, source: str, bundle: OfferBundle) -> None:
         replace = source != DEVICE_SOURCE
         bodies = [(o.id, json.dumps(o.model_dump(mode="json"))) for o in bundle.offers]
@@ -212,7 +239,11 @@ class OfferBook:
             replace_source=replace,
             revokes=bundle.revokes,
             receipt=source == DEVICE_SOURCE,
+            kid=bundle.kid,
+            issued_at=None if source == DEVICE_SOURCE else format_time(bundle.issued_at),
         )
+        if source != DEVICE_SOURCE:
+            self._issued[source] = bundle.issued_at
         current = {} if replace else dict(self._by_source.get(source, {}))
         current.update({o.id: o for o in bundle.offers})
         self._by_source[source] = current

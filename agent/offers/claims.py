@@ -43,6 +43,7 @@ COUNTERS = (
     "claims_refused",
     "claim_results_bad",
     "claim_results_duplicate",
+    "claims_refused_stale",
 )
 
 
@@ -83,9 +84,12 @@ class Claims:
         *,
         link: Transport,
         offer: Callable[[str], Offer | None],
+        stale_trust: Callable[[], str | None] = lambda: None,
         timer: Callable[[], float] = time.monotonic,
     ) -> None:
-        """`timer`: the monotonic clock the resend interval runs on."""
+        """`timer`: the monotonic clock the resend interval runs on; `stale_trust`: why the
+        device's view of the cloud is stale (`agent.offers.trust`), None when fresh."""
+        self._stale_trust = stale_trust
         self.settings = settings
         self._store = store
         self._verifier = verifier
@@ -116,6 +120,11 @@ class Claims:
             raise UnknownOffer(offer_id)
         if not offer.limited:
             raise NotClaimable(offer_id, "not a limited offer (no claim needed)")
+        stale = self._stale_trust()
+        if stale is not None:
+            # a frozen view may hold a revoked key's offer or stock long gone (issue 14)
+            self._metrics.inc("claims_refused_stale")
+            raise NotClaimable(offer_id, f"trust is stale ({stale}): no claims until it is fresh")
         claim_id = new_id()
         # keyed: the key is committed with a new claim; a replay shows the claim as it is now
         idempotency.answer_with(202, {"claim_id": claim_id})

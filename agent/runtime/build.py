@@ -28,6 +28,7 @@ from agent.model.slot import ModelSlot
 from agent.model.update import ModelUpdater, UpdateConfig
 from agent.offers.book import OfferBook, load_trust
 from agent.offers.claims import Claims
+from agent.offers.trust import TrustKeeper
 from agent.runtime.loops import MemoryWatch, StateReport, maintenance
 from agent.runtime.memory import MemoryBudget, sqlite_cache_kib
 from agent.runtime.metrics import Metrics
@@ -37,6 +38,7 @@ from agent.runtime.service import AgentService
 from agent.runtime.status import gauges_of
 from agent.store.core import Store
 from daemonkit.supervisor import Supervisor
+from protocol.envelopes import TrustFile
 from protocol.errors import ProtocolError
 from protocol.ids import utcnow
 from protocol.signing import Verifier
@@ -84,7 +86,9 @@ async def build(
     if store.replaced_now:
         metrics.inc("stores_replaced")  # this start replaced an unreadable store
     try:
-        return await _build_on(settings, store, verifier, metrics, memory, clock, timer, transport)
+        return await _build_on(
+            settings, store, trust, verifier, metrics, memory, clock, timer, transport
+        )
     except BaseException:
         await store.close()
         raise
@@ -93,6 +97,7 @@ async def build(
 async def _build_on(  # noqa: PLR0917 - the order of the parts, in one place
     settings: AgentSettings,
     store: Store,
+    pinned: TrustFile,
     verifier: Verifier,
     metrics: Metrics,
     memory: MemoryBudget,
@@ -138,7 +143,6 @@ async def _build_on(  # noqa: PLR0917 - the order of the parts, in one place
         consent.restore(row.purpose, row.granted, row.version, row.updated_at)
     windows = FeatureWindows.load(await store.call(store.buckets.load))
     offers = OfferBook(verifier, store, metrics)
-    await offers.load()
     report = StateReport(settings, slot=slot, updates=updates, changed=state_changed)
     router = Router({})
     on_connected = Fanout()
@@ -156,6 +160,7 @@ async def _build_on(  # noqa: PLR0917 - the order of the parts, in one place
         metrics,
         consent=consent.get,
         model_version=slot.current_version,
+        verifier=verifier,
         timer=timer,
     )
     await uplink.start()
@@ -175,9 +180,31 @@ async def _build_on(  # noqa: PLR0917 - the order of the parts, in one place
         on_outcome=partial(uplink.poke, flush=True),  # outcomes go up at once
         on_model_failure=model_failed,
     )
+
+    def drop_revoked_model(revoked: frozenset[str]) -> None:
+        """A model whose manifest a revoked key signed stops running: back to the last good
+        one not signed by it (else the default, else priority ranking)."""
+        model = slot.get()
+        while model is not None and model.manifest is not None and model.manifest.kid in revoked:
+            model = model_failed(
+                model, ScoringError(f"manifest signed by revoked key {model.manifest.kid}")
+            )
+
+    trust = TrustKeeper(pinned, verifier, store, metrics, offers, on_revoked=drop_revoked_model)
+    await trust.load()  # the key list taken last run: before anything verifies
+    await offers.load()
     today = decisions.local_day(utcnow())
     decisions.caps = CapCounts.load(await store.call(store.decisions.cap_counts, today), today)
-    claims = Claims(settings, store, verifier, metrics, link=link, offer=offers.get, timer=timer)
+    claims = Claims(
+        settings,
+        store,
+        verifier,
+        metrics,
+        link=link,
+        offer=offers.get,
+        stale_trust=trust.stale,
+        timer=timer,
+    )
     await claims.start()
 
     async def forgotten(removed: dict[str, int]) -> None:
@@ -190,7 +217,12 @@ async def _build_on(  # noqa: PLR0917 - the order of the parts, in one place
     commands = Commands(settings.device_id, store, verifier, metrics, on_forget=forgotten)
     router.routes.update(
         downlink_routes(
-            uplink=uplink, offers=offers, updates=updates, claims=claims, commands=commands
+            uplink=uplink,
+            offers=offers,
+            updates=updates,
+            claims=claims,
+            commands=commands,
+            trust=trust,
         )
     )
     on_connected.add(uplink.on_connected)
@@ -215,6 +247,7 @@ async def _build_on(  # noqa: PLR0917 - the order of the parts, in one place
         consent=consent,
         windows=windows,
         offers=offers,
+        trust=trust,
         decisions=decisions,
         link=link,
         uplink=uplink,

@@ -17,6 +17,7 @@ from agent.model.slot import ModelSlot
 from agent.model.update import ModelUpdater
 from agent.offers.book import OfferBook
 from agent.offers.claims import Claims
+from agent.offers.trust import TrustKeeper
 from agent.runtime.loops import MemoryWatch, StateReport
 from agent.runtime.memory import MemoryBudget
 from agent.runtime.metrics import Metrics
@@ -40,6 +41,7 @@ class Parts:
     consent: ConsentBox
     windows: FeatureWindows
     offers: OfferBook
+    trust: TrustKeeper
     decisions: Decisions
     link: Transport
     uplink: Uplink

@@ -11,6 +11,7 @@ from agent.link.uplink import Uplink
 from agent.model.update import ModelUpdater
 from agent.offers.book import OfferBook
 from agent.offers.claims import Claims
+from agent.offers.trust import TrustKeeper
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +53,7 @@ def downlink_routes(
     updates: ModelUpdater,
     claims: Claims,
     commands: Commands,
+    trust: TrustKeeper,
 ) -> dict[str, Handler]:
     """What the agent does with each kind the gateway sends; a receipt to send wakes the
     uplink (at once for a command: the gateway waits on its receipt)."""
@@ -75,7 +77,15 @@ def downlink_routes(
         if await commands.handle(message.payload):
             uplink.poke(flush=True)  # a receipt to send
 
+    async def key_list(message: Incoming) -> None:
+        await trust.handle_keys(message.payload)
+
+    async def timestamp(message: Incoming) -> None:
+        await trust.handle_timestamp(message.payload)
+
     return {
+        "keys": key_list,
+        "timestamp": timestamp,
         "ack": ack,
         "offers": offer_bundle,
         "cohort_offers": offer_bundle,

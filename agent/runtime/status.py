@@ -32,6 +32,7 @@ def status_of(parts: Parts) -> dict[str, Any]:
         "in_flight": parts.uplink.in_flight,
         "model_version": parts.slot.version,
         "offers": len(parts.offers),
+        "trust": parts.trust.to_json(),
         "consent": parts.consent.state.to_json(),
         "counters": dict(parts.metrics.counters),
         "model_update": _model_update(parts),
@@ -69,6 +70,7 @@ def gauges_of(parts: Parts) -> dict[str, float]:
         "in_flight_batches": float(parts.uplink.in_flight),
         "link_connected": 1.0 if str(parts.link.state) == LinkState.CONNECTED else 0.0,
         "offers_held": float(len(parts.offers)),
+        "trust_stale": 1.0 if parts.trust.stale() else 0.0,
         "rss_bytes": float(parts.memory.rss),
         "memory_budget_bytes": float(parts.memory.budget_bytes),
     }

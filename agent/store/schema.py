@@ -179,3 +179,10 @@ def m010_refused_counts(db: sqlite3.Connection) -> None:
         "INSERT OR IGNORE INTO meta(key, value) VALUES (?, '0')",
         [("batches_refused",), ("aggregates_refused",)],
     )
+
+
+@migration
+def m011_offer_kid(db: sqlite3.Connection) -> None:
+    """Each held offer remembers the key that signed its bundle: a key revoked by a later key
+    list takes what it signed off the device (issue 14). Rows of before: unknown (NULL)."""
+    db.execute("ALTER TABLE offers ADD COLUMN kid TEXT")

@@ -284,6 +284,13 @@ class CampaignService(Service):
             )
         return ok
 
+    async def republish_all(self) -> None:
+        """Sign and publish every cohort's catalog again (the signing key changed: devices
+        drop what a revoked key signed, issue 14)."""
+        cohorts = {row["cohort"] for row in await self._db.call(catalogs)}
+        if cohorts:
+            await self.rebuild(cohorts)
+
     async def refresh_due(self) -> None:
         """Act on stored push markers; republish dirty catalogs, and those past half their
         lifetime before devices drop them; refresh device bundles past half theirs."""

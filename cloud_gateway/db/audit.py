@@ -34,6 +34,25 @@ def audit(
         insert_audit(store, who, action, target, store.clock(), detail=detail)
 
 
+def import_audit(store: Session, entries: list[dict[str, Any]]) -> int:
+    """Record entries made outside the gateway (`edgemart keys ...`, issue 14) that are not in
+    the log yet (same who, action, target and time); how many were new."""
+    added = 0
+    with store.transaction():
+        for e in entries:
+            found = store.rows(
+                "SELECT id FROM audit WHERE who = ? AND action = ? AND target = ? AND at = ?",
+                [e["who"], e["action"], e["target"], e["at"]],
+            )
+            if not found:
+                store.conn.execute(
+                    "INSERT INTO audit (who, action, target, at, detail) VALUES (?, ?, ?, ?, ?)",
+                    [e["who"], e["action"], e["target"], e["at"], to_text(e.get("detail", {}))],
+                )
+                added += 1
+    return added
+
+
 def audit_log(store: Session, limit: int = 100) -> list[dict[str, Any]]:
     """The newest `limit` entries, newest first."""
     return store.rows("SELECT * FROM audit ORDER BY id DESC LIMIT ?", [limit])

@@ -1,6 +1,7 @@
 """Acks of stored batches: coalesced per device over a short window, sent only after the
 commit, through a send that does not wait for the broker; with them, the refusals of batches
-refused for good (`Ack.refused`, issue 13)."""
+refused for good (`Ack.refused`, issue 13). Every ack is signed for its device (issue 14): an
+ack deletes outbox rows, so a device refuses one that is not."""
 
 from __future__ import annotations
 
@@ -8,13 +9,21 @@ import asyncio
 import logging
 from collections import Counter
 from collections.abc import Callable
+from datetime import timedelta
 
 from cloud_gateway.errors import GatewayError
 from protocol import codec
 from protocol.envelopes import Ack, Refusal
+from protocol.ids import utcnow
+from protocol.signing import Signer
 from protocol.topics import Topics
 
 log = logging.getLogger(__name__)
+
+ACK_TTL = timedelta(days=30)
+"""How long a signed ack stays valid. Long on purpose: a device whose clock is off must
+still take its acks, and a replayed ack names seqs the device has already deleted (a seq
+is never reused within an outbox, and the ack is bound to its device and outbox)."""
 
 SendNowait = Callable[[str, bytes], None]
 """send(topic, payload): hands a QoS 1 message to the MQTT client and returns at once;
@@ -30,9 +39,16 @@ class AckBatcher:
     """
 
     def __init__(
-        self, topics: Topics, send: SendNowait, counters: Counter[str], delay_s: float
+        self,
+        topics: Topics,
+        send: SendNowait,
+        counters: Counter[str],
+        delay_s: float,
+        *,
+        signer: Signer,
     ) -> None:
         self._topics = topics
+        self._signer = signer
         self._send = send
         self._counters = counters
         self._delay = delay_s
@@ -81,9 +97,16 @@ class AckBatcher:
         for start in range(0, max(len(seqs), len(refusals)), 1000):
             chunk = seqs[start : start + 1000]
             refused = refusals[start : start + 1000] or None
-            ack = Ack(acks=chunk, outbox_id=outbox_id, refused=refused)
+            ack = Ack(
+                acks=chunk,
+                outbox_id=outbox_id,
+                refused=refused,
+                device_id=device_id,
+                expires_at=utcnow() + ACK_TTL,
+            )
+            payload = codec.dumps(self._signer.sign(ack.to_wire()))
             try:
-                self._send(self._topics.ack(device_id), codec.encode(ack))
+                self._send(self._topics.ack(device_id), payload)
             except GatewayError as exc:
                 # The device sends an unacknowledged batch again; we ack the duplicate.
                 self._counters["acks_failed"] += len(chunk)

@@ -105,6 +105,10 @@ class Parts:
                 ),
             ),
             ("gateway-claims", self.claims.run),
+            self.once(
+                "gateway-timestamp",
+                functools.partial(self.hooks.run_timestamps, s.timestamp_interval_s),
+            ),
             ("gateway-campaign-settle", campaigns.run_settler),
             self.once(
                 "gateway-scheduler",
@@ -137,7 +141,9 @@ def build(
     s = settings
     counters = counters if counters is not None else Counter()
     outlet = Outlet()
-    acks = AckBatcher(s.topics, outlet.send_nowait, counters, s.ack_delay_ms / 1000)
+    acks = AckBatcher(
+        s.topics, outlet.send_nowait, counters, s.ack_delay_ms / 1000, signer=keys.signer
+    )
     wiring = Wiring(backend, keys.signer, s.topics, outlet.publish, counters)
     campaigns = CampaignService(wiring, bundle_ttl=timedelta(seconds=s.bundle_ttl_s))
     claims = ClaimDesk(wiring, batch_max=s.claim_batch_max, on_sold_out=campaigns.poke)
@@ -164,11 +170,12 @@ def build(
     )
     hooks = SessionHooks(
         topics=s.topics,
-        signer=keys.signer,
+        keys=keys,
         outlet=outlet,
         campaigns=campaigns,
         ingestor=ingestor,
         acks=acks,
+        timestamp_ttl=timedelta(seconds=s.timestamp_ttl_s),
     )
     mqtt = link(
         s,

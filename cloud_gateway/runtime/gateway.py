@@ -15,11 +15,13 @@ from typing import Any
 
 from cloud_gateway.campaigns.service import CampaignService
 from cloud_gateway.config import GatewaySettings
+from cloud_gateway.db.audit import import_audit
 from cloud_gateway.db.backend import Backend, Clock, Session
 from cloud_gateway.db.open import open_backend
 from cloud_gateway.errors import GatewayError
 from cloud_gateway.registry.service import ModelRegistry
 from cloud_gateway.runtime.build import LINK_LOOP, Parts, build
+from cloud_gateway.security import keys_ring
 from cloud_gateway.security.keys import load_or_create
 from daemonkit.supervisor import Supervisor
 from mqttlink.errors import MqttLinkError
@@ -103,6 +105,10 @@ class Gateway:
         self.trust_path = keys.trust_path
         backend = await open_backend(s, self.clock).open()
         try:
+            # the key ring's changes, made offline by `edgemart keys`, join the audit log
+            entries = await asyncio.to_thread(keys_ring.audit_entries, s.data_dir)
+            if entries:
+                await backend.call(import_audit, entries)
             parts = build(s, clock=self.clock, backend=backend, keys=keys, counters=self.counters)
         except BaseException:
             await backend.close()

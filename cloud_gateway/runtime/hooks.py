@@ -5,22 +5,22 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from datetime import timedelta
+from typing import Any
 
 from cloud_gateway.campaigns.service import CampaignService
 from cloud_gateway.devices.erasure import DeviceErasure
-from cloud_gateway.errors import LinkDown
+from cloud_gateway.errors import GatewayError, LinkDown
 from cloud_gateway.ingest.service import AckBatcher, Ingestor
 from cloud_gateway.registry.service import ModelRegistry
 from cloud_gateway.runtime.link import MqttLink
-from cloud_gateway.security.keys import signed_key_list
+from cloud_gateway.security.keys import KeyMaterial
 from protocol import codec
-from protocol.envelopes import ModelUpdateReport
-from protocol.signing import Signer
+from protocol.envelopes import ModelUpdateReport, Timestamp
+from protocol.ids import utcnow
 from protocol.topics import Topics
 
 log = logging.getLogger(__name__)
-
-KEY_LIST_VERSION = 1
 
 
 class Outlet:
@@ -72,33 +72,68 @@ class DeviceEvents:
 
 
 class SessionHooks:
-    """Run by the link: after each (re)connect, the signed key list and the catalogs owed;
-    before a clean disconnect, the waiting batches committed and their acks sent."""
+    """Run by the link: after each (re)connect, the signed key list, a fresh timestamp and the
+    catalogs owed; before a clean disconnect, the waiting batches committed and their acks
+    sent. `run_timestamps` issues the timestamp again every interval (issue 14)."""
 
     def __init__(
         self,
         *,
         topics: Topics,
-        signer: Signer,
+        keys: KeyMaterial,
         outlet: Outlet,
         campaigns: CampaignService,
         ingestor: Ingestor,
         acks: AckBatcher,
+        timestamp_ttl: timedelta,
     ) -> None:
         self._topics = topics
-        self._signer = signer
+        self._keys = keys
+        self._timestamp_ttl = timestamp_ttl
         self._outlet = outlet
         self._campaigns = campaigns
         self._ingestor = ingestor
         self._acks = acks
+        self._resigned = keys.key_list is None
+        """Whether the catalogs were signed again by this process's key (with a key ring)."""
         self._tasks: list[asyncio.Task[None]] = []
         """One-shot catalog retries (the loops are the supervisor's)."""
 
+    def timestamp(self) -> dict[str, Any]:
+        """A signed `Timestamp`: short-lived, its version the clock in milliseconds."""
+        now = utcnow()
+        stamp = Timestamp(
+            version=max(1, int(now.timestamp() * 1000)),
+            issued_at=now,
+            expires_at=now + self._timestamp_ttl,
+            keys_version=self._keys.keys_version,
+        )
+        return self._keys.signer.sign(stamp.to_wire())
+
+    async def publish_timestamp(self) -> None:
+        await self._outlet.publish(self._topics.timestamp(), codec.dumps(self.timestamp()), True)
+
+    async def run_timestamps(self, interval_s: float) -> None:
+        """Issue the timestamp again every `interval_s` (a loop of the lease holder)."""
+        while True:
+            await asyncio.sleep(interval_s)
+            try:
+                await self.publish_timestamp()
+            except GatewayError as exc:  # the link is down: the next connect publishes one
+                log.debug("timestamp not published: %s", exc)
+
     async def on_connected(self) -> None:
-        key_list = signed_key_list(self._signer, KEY_LIST_VERSION)
+        key_list = self._keys.published_key_list()
         await self._outlet.publish(self._topics.keys(), codec.encode_dict(key_list), True)
+        await self.publish_timestamp()
         self._campaigns.poke()  # pushes owed by changes a crash or an outage left
-        if self._campaigns.dirty:
+        if not self._resigned:
+            # the key may have changed since the catalogs were signed (a rotation, a
+            # revocation): sign them again with this one, once per start
+            self._resigned = True
+            retry = self._campaigns.republish_all()
+            self._tasks.append(asyncio.create_task(retry, name="gateway-catalog-resign"))
+        elif self._campaigns.dirty:
             retry = self._campaigns.rebuild(set(self._campaigns.dirty))
             self._tasks.append(asyncio.create_task(retry, name="gateway-catalog-retry"))
 

@@ -1,37 +1,52 @@
-"""The gateway's Ed25519 signing key on disk, the trust file devices pin, and the key list."""
+"""The gateway's Ed25519 signing key on disk, the trust file devices pin, and the key list.
+
+With a key ring (`keys_ring`, issue 14) the gateway signs with the ring's active key and
+publishes the list the offline root signed; without one, as before: its newest key, and a
+list it signs itself."""
 
 from __future__ import annotations
 
 import json
 import logging
 from dataclasses import dataclass
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 from cloud_gateway.errors import KeyStoreError
+from cloud_gateway.security import keys_ring
 from daemonkit.files import write_durable
 from protocol.envelopes import KeyList, TrustFile
 from protocol.errors import SignatureError
-from protocol.ids import new_id, utcnow
+from protocol.ids import utcnow
 from protocol.signing import Signer
 
 log = logging.getLogger(__name__)
 
-KEY_LIST_TTL = timedelta(days=365)
-TRUST_FILE = "trust.json"
-KEYS_DIR = "keys"
+KEY_LIST_TTL = keys_ring.KEY_LIST_TTL
+TRUST_FILE = keys_ring.TRUST_FILE
+KEYS_DIR = keys_ring.KEYS_DIR
 
 
 @dataclass(frozen=True, slots=True)
 class KeyMaterial:
     signer: Signer
     trust_path: Path
+    key_list: dict[str, Any] | None = None
+    """The root-signed key list to publish on `keys`; None: a self-signed one (no root)."""
+
+    @property
+    def keys_version(self) -> int:
+        version = self.key_list.get("version") if self.key_list else None
+        return version if isinstance(version, int) and version >= 1 else 1
+
+    def published_key_list(self) -> dict[str, Any]:
+        """What goes retained on `keys`."""
+        if self.key_list is not None:
+            return self.key_list
+        return signed_key_list(self.signer, 1)
 
 
-def new_kid() -> str:
-    """`gw-` plus the time-ordered head of a UUIDv7: later keys sort after earlier ones."""
-    return "gw-" + new_id().replace("-", "")[:20]
+new_kid = keys_ring.new_kid
 
 
 def load_or_create(data_dir: Path, topic_root: str) -> KeyMaterial:
@@ -40,6 +55,18 @@ def load_or_create(data_dir: Path, topic_root: str) -> KeyMaterial:
     Blocking file I/O: call it from a thread, not the event loop.
     """
     keys_dir = data_dir / KEYS_DIR
+    ring = keys_ring.read_ring(data_dir)
+    if ring is not None:
+        kid = ring.active()
+        if kid is None:
+            raise KeyStoreError(f"the key ring in {keys_dir} has no active key")
+        signer = keys_ring.online_key(data_dir, kid)
+        try:
+            trust_path = keys_ring.write_trust(data_dir, ring, topic_root)
+        except (OSError, ValueError) as exc:
+            raise KeyStoreError(f"cannot write the trust file in {data_dir}: {exc}") from exc
+        log.info("signing with %s, key list version %d", kid, ring.version)
+        return KeyMaterial(signer, trust_path, keys_ring.read_key_list(data_dir))
     try:
         keys_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         pems = sorted(keys_dir.glob("*.pem"))

@@ -137,10 +137,17 @@ async def test_acks_and_claim_results_of_a_newer_gateway_work_through_the_broker
         await agent.set_consent(ALL)
         await agent.accept_signals([{"kind": "search"}] * 2)
         await eventually(lambda: len(gateway.batches) == 1)
-        ack = {"v": 1, "acks": [gateway.batches[0].seq], "stored_in": "eu-1", "hint": {"s": 30}}
+        ack = {
+            "v": 1,
+            "acks": [gateway.batches[0].seq],
+            "device_id": world.device,
+            "expires_at": format_time(utcnow() + timedelta(hours=1)),
+            "stored_in": "eu-1",
+            "hint": {"s": 30},
+        }
         assert gateway.client is not None
         topic = f"{world.root}/dev/{world.device}/down/ack"
-        await gateway.client.publish(topic, codec.dumps(ack), qos=1)
+        await gateway.client.publish(topic, codec.dumps(world.signer.sign(ack)), qos=1)
         assert await agent.drain(timeout=5)  # the rows left the device: the ack was obeyed
         # (counted by the ack handler once the store's transaction returns: wait for it)
         await eventually(lambda: agent.counters["signals_acked"] == 2)

@@ -12,7 +12,6 @@ from typing import Any
 from agent.store.core import Store
 from agent.store.space import DiskSpace, is_full, reserve_for
 from protocol import codec
-from protocol.envelopes import Ack
 from tests.support.local_device import Client, Device, running_device
 from tests.support.waiting import eventually
 
@@ -89,7 +88,7 @@ async def test_stored_batches_still_go_out_and_acks_apply_on_a_full_disk(
             if "/batch" in t
         }
     )
-    ack = codec.encode(Ack(acks=seqs, outbox_id=store.outbox_id))
+    ack = device.ack(seqs)
     await transport.deliver("ack", ack)
     assert agent.counters["batches_acked"] == len(seqs)
     assert store.depth < held  # rows left the device

@@ -15,7 +15,6 @@ import pytest
 from agent.store.core import Store
 from agent.store.rows import NewSignal
 from protocol import codec
-from protocol.envelopes import Ack
 from protocol.ids import format_time, utcnow
 from tests.support.local_device import Client, Device
 from tests.support.waiting import eventually
@@ -77,9 +76,7 @@ async def test_poisoned_rows_are_quarantined_and_the_rest_is_sent(
     await eventually(lambda: set(good) <= sent_ids(device)[1], timeout=10)
     seqs, ids = sent_ids(device)
     assert not ids & set(POISON)  # none of them left the device
-    await device.transports.last.deliver(
-        "ack", codec.encode(Ack(acks=sorted(set(seqs)), outbox_id=agent.store.outbox_id))
-    )
+    await device.transports.last.deliver("ack", device.ack(sorted(set(seqs))))
     await eventually(lambda: agent.store.depth == 0, timeout=5)
     assert agent.parts.loops.down() == [] and agent.counters["loop_restarts"] == 0
     status = await (await client.get("/v1/status")).json()
@@ -154,7 +151,7 @@ async def test_a_batch_the_gateway_refuses_for_good_quarantines_what_it_names(
     refusal = {"seq": first, "reason": "invalid", "field": "signals.1.attrs.query_len"}
     await device.transports.last.deliver(
         "ack",
-        codec.encode(Ack(acks=[], outbox_id=agent.store.outbox_id, refused=[refusal])),
+        device.ack([], [refusal]),
     )
     # the rest is cut again under a new seq and sent; the named one never again
     await eventually(lambda: len(sent_ids(device)[0]) == 2, timeout=10)
@@ -165,9 +162,7 @@ async def test_a_batch_the_gateway_refuses_for_good_quarantines_what_it_names(
     ][1]
     assert again["seq"] != first
     assert {s["id"] for s in again["signals"]} == set(ids) - {named}
-    await device.transports.last.deliver(
-        "ack", codec.encode(Ack(acks=[again["seq"]], outbox_id=agent.store.outbox_id))
-    )
+    await device.transports.last.deliver("ack", device.ack([again["seq"]]))
     await eventually(lambda: agent.store.depth == 0, timeout=5)
     exported = await (await client.get("/v1/quarantine")).json()
     assert [r["id"] for r in exported["rows"]] == [named]
@@ -182,13 +177,7 @@ async def test_a_batch_the_gateway_refuses_for_good_quarantines_what_it_names(
     third = sent_ids(device)[0][-1]
     await device.transports.last.deliver(
         "ack",
-        codec.encode(
-            Ack(
-                acks=[],
-                outbox_id=agent.store.outbox_id,
-                refused=[{"seq": third, "reason": "non_finite"}],
-            )
-        ),
+        device.ack([], [{"seq": third, "reason": "non_finite"}]),
     )
     await eventually(lambda: agent.store.depth == 0, timeout=5)
     exported = await (await client.get("/v1/quarantine")).json()

@@ -37,7 +37,7 @@ from protocol.signing import Signer
 from simulators.nats import NatsCluster
 from simulators.netfault import PartitionProxy
 from tests.support.agent_world import http
-from tests.support.builders import ALL, offer
+from tests.support.builders import ALL, offer, signed_ack
 from tests.support.waiting import eventually
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
@@ -156,7 +156,7 @@ class StandInGateway:
             batch = codec.decode(message.payload, Batch, allow_zlib=True)
             self.received[batch.device_id].update(s.id for s in batch.signals)
             self.batches += 1
-            ack = codec.dumps({"v": 1, "acks": [batch.seq]})
+            ack = signed_ack(self.fleet.signer, batch.device_id, [batch.seq])
             await client.publish(f"{self.fleet.root}/dev/{batch.device_id}/down/ack", ack, qos=1)
 
     async def publish_until_acked(

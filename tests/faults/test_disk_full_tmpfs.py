@@ -24,7 +24,6 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from agent.api.local import LocalApi
 from protocol import codec
-from protocol.envelopes import Ack
 from tests.support.local_device import Device, running_device
 from tests.support.waiting import eventually
 
@@ -100,7 +99,7 @@ async def test_a_full_tmpfs_is_a_state_and_the_agent_restarts_on_it(
             held = store.depth
             transport.up()
             await eventually(lambda: _seqs(device) != [], timeout=10)
-            await transport.deliver("ack", codec.encode(Ack(acks=_seqs(device))))
+            await transport.deliver("ack", device.ack(_seqs(device)))
             await eventually(lambda: store.depth < held, timeout=5)
             assert device.agent.parts.loops.down() == []
         finally:

@@ -30,12 +30,14 @@ from protocol import codec
 from protocol.envelopes import Batch
 from protocol.errors import ProtocolError
 from protocol.ids import utcnow
+from protocol.signing import Signer
 from protocol.topics import Topics
 from simulators.brokers import MosquittoProcess
 from tests.support.builders import make_batch
 from tests.support.gateway_world import gateway_settings
 
 TOPICS = Topics("edgemart/v1")
+SIGNER = Signer.generate("k-test")
 
 
 def batch(device_id: str, seq: int, signals: int = 3) -> Batch:
@@ -59,7 +61,7 @@ class Rig:
         self.counters: Counter[str] = Counter()
         self.acked: list[tuple[str, int]] = []
         self.acked_before_commit: list[tuple[str, int]] = []
-        self.acks = AckBatcher(TOPICS, self._send_ack, self.counters, 0)
+        self.acks = AckBatcher(TOPICS, self._send_ack, self.counters, 0, signer=SIGNER)
         self.ingestor = Ingestor(
             TOPICS,
             db,

@@ -28,12 +28,14 @@ from cloud_gateway.ingest.service import AckBatcher, Ingestor, Parsed, Rejected
 from protocol import codec
 from protocol.envelopes import Ack, Batch, Refusal, Signal
 from protocol.ids import format_time, new_id, utcnow
+from protocol.signing import Signer
 from protocol.topics import Topics
 from simulators.brokers import MosquittoProcess
 from tests.support.gateway_world import gateway
 from tests.support.waiting import eventually
 
 TOPICS = Topics("edgemart/v1")
+SIGNER = Signer.generate("k-test")
 VICTIM, OTHER = "tv-victim-01", "tv-other-02"
 
 
@@ -125,7 +127,7 @@ class Harness:
         def send_ack(topic: str, payload: bytes) -> None:
             self.published.append((topic, payload))
 
-        self.acks = AckBatcher(TOPICS, send_ack, self.counters, 0)
+        self.acks = AckBatcher(TOPICS, send_ack, self.counters, 0, signer=SIGNER)
         self.ingestor = Ingestor(
             TOPICS,
             self.db,
@@ -139,7 +141,11 @@ class Harness:
     def sent(self) -> list[Ack]:
         """The acks sent so far (after a flush of what is queued)."""
         self.runner.run(self.acks.flush())
-        return [Ack.model_validate_json(payload) for _, payload in self.published]
+        unsigned = dict.fromkeys(("device_id", "expires_at", "kid", "sig"))
+        return [
+            Ack.model_validate_json(payload).model_copy(update=unsigned)
+            for _, payload in self.published
+        ]
 
     def devices(self) -> dict[str, int]:
         with closing(sqlite3.connect(self.path)) as db:

@@ -21,7 +21,7 @@ from protocol.ids import format_time, new_id, utcnow
 from protocol.signing import Signer
 from simulators.brokers import MosquittoProcess
 from tests.support import waiting
-from tests.support.builders import SURFACE, offer
+from tests.support.builders import SURFACE, offer, signed_ack
 
 # in-process state (counters, status, a fake gateway's lists): a short deadline, quick polls
 eventually = partial(waiting.eventually, timeout=5.0, step=0.02)
@@ -127,7 +127,9 @@ class FakeGateway:
     async def ack(self, *seqs: int) -> None:
         assert self.client is not None
         topic = f"{self.world.root}/dev/{self.world.device}/down/ack"
-        await self.client.publish(topic, codec.dumps({"v": 1, "acks": list(seqs)}), qos=1)
+        await self.client.publish(
+            topic, signed_ack(self.world.signer, self.world.device, seqs), qos=1
+        )
 
     async def publish(self, topic: str, obj: dict[str, Any], *, retain: bool = False) -> None:
         assert self.client is not None

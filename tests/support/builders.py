@@ -17,8 +17,10 @@ from sqlite_utils import Database as SqliteDatabase
 
 from agent.features.context import UserContext
 from cloud_gateway.db import migrations
-from protocol.envelopes import Batch, Offer, Outcome, OutcomeKind, Signal
+from protocol import codec
+from protocol.envelopes import Ack, Batch, Offer, Outcome, OutcomeKind, Signal
 from protocol.ids import format_time, new_id, utcnow
+from protocol.signing import Signer
 
 # every consent granted, as the agent's API and `Agent.set_consent` take it
 ALL = {"analytics": True, "personalization": True, "marketing": True}
@@ -228,3 +230,23 @@ def gateway_db_before(path: Path, migration: migrations.Migration, sql: Sequence
             migrations.MIGRATIONS[:] = before + rest
         for statement in sql:
             conn.execute(statement)
+
+
+def signed_ack(
+    signer: Signer,
+    device_id: str,
+    seqs: Sequence[int],
+    outbox_id: str | None = None,
+    refused: Sequence[dict[str, Any]] | None = None,
+) -> bytes:
+    """The payload of an ack as the gateway sends it: for one device, signed (issue 14)."""
+    ack = Ack.model_validate(
+        {
+            "acks": list(seqs),
+            "outbox_id": outbox_id,
+            "refused": list(refused) if refused is not None else None,
+            "device_id": device_id,
+            "expires_at": utcnow() + timedelta(days=1),
+        }
+    )
+    return codec.dumps(signer.sign(ack.to_wire()))

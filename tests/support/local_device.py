@@ -4,7 +4,7 @@ agent tests of the local API share (`tests/agent/conftest.py` makes fixtures of 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -17,6 +17,7 @@ from protocol import codec
 from protocol.envelopes import TrustFile
 from protocol.ids import format_time, new_id, utcnow
 from protocol.signing import Signer
+from tests.support.builders import signed_ack
 from tests.support.fake_transport import FakeTransports
 
 SURFACE = "tv_home_banner"
@@ -30,6 +31,13 @@ class Device:
         self.agent = agent
         self.transports = transports
         self.signer = signer
+
+    def ack(self, seqs: Sequence[int], refused: Sequence[dict[str, Any]] | None = None) -> bytes:
+        """A signed ack of `seqs` (and refusals) of this device's outbox, as the gateway's."""
+        agent = self.agent
+        return signed_ack(
+            self.signer, agent.settings.device_id, seqs, agent.store.outbox_id, refused
+        )
 
     def bundle(self, offers: list[tuple[str, float, int]]) -> bytes:
         """A signed bundle of `(id, discount, priority)` offers for this device."""
@@ -61,12 +69,18 @@ class Device:
 
 @contextlib.asynccontextmanager
 async def running_device(
-    tmp_path: Path, *, profile: str = "tv", overrides: dict[str, Any] | None = None
+    tmp_path: Path,
+    *,
+    profile: str = "tv",
+    overrides: dict[str, Any] | None = None,
+    root: Signer | None = None,
 ) -> AsyncIterator[Device]:
-    """A started agent of `profile` over a fake transport, its data in `tmp_path/data`."""
+    """A started agent of `profile` over a fake transport, its data in `tmp_path/data`; with
+    `root`, its trust file pins that offline root (issue 14)."""
     signer = Signer.generate("k1")
     trust = tmp_path / "trust.json"
-    trust.write_bytes(codec.encode(TrustFile(keys=[signer.public], topic_root="tin/v1")))
+    pinned = TrustFile(keys=[signer.public], topic_root="tin/v1", root=root and root.public)
+    trust.write_bytes(codec.encode(pinned))
     base = {"uplink": {"batch_max_age_s": 0.05}, "topic_root": "tin/v1"}
     settings = load_settings(
         profile=profile,
