@@ -48,9 +48,10 @@ from protocol.ids import parse_time, utcnow
 log = logging.getLogger(__name__)
 
 SETTLE_CLAIM = "campaign-settle"
-SETTLE_CLAIM_S = 120.0
-"""How long one settle run may hold its claim: longer than any run (a device launch pushes to
-every device it targets), so a second worker never acts on the same markers meanwhile."""
+SETTLE_CLAIM_S = 30.0
+"""How long a settle claim lasts; renewed before each marker is acted on, so it only runs out
+when its worker died mid-run (another worker then takes over within this time) or one
+marker's pushes took longer than this."""
 SETTLE_RETRY_S = 1.0
 
 
@@ -180,13 +181,22 @@ class CampaignService(Service):
         # Once across workers: two workers acting on one marker would push its bundles
         # twice. The markers are claimed whole by a lease; a worker that finds it taken asks
         # again soon (the holder may have read the markers before this worker stored its).
-        if not await self._db.call(leases.acquire, SETTLE_CLAIM, self._holder, SETTLE_CLAIM_S):
+        # One SQLite file serves one worker (a file lock): nothing to claim there, and a claim
+        # a killed process left would only hold this one up.
+        if self._db.dialect.name == "sqlite":
+            return await self._settle_claimed()
+        if not await self._claim_settle():
             asyncio.get_running_loop().call_later(SETTLE_RETRY_S, self._settle_wanted.set)
             return 0
         try:
             return await self._settle_claimed()
         finally:
             await self._db.call(leases.release, self._holder, [SETTLE_CLAIM])
+
+    async def _claim_settle(self) -> bool:
+        """Take, or renew, the settle claim for `SETTLE_CLAIM_S` from now."""
+        held: bool = await self._db.call(leases.acquire, SETTLE_CLAIM, self._holder, SETTLE_CLAIM_S)
+        return held
 
     async def _settle_claimed(self) -> int:
         todo = await self._db.call(pending)
@@ -197,6 +207,8 @@ class CampaignService(Service):
         revokes: set[str] = set()
         catalog_ids: list[int] = []
         for item in todo:
+            if self._db.dialect.name != "sqlite" and not await self._claim_settle():
+                break  # held too long: another worker took over; it acts on what is left
             owed = item.owed
             if owed.kind == "catalog":
                 cohorts.update(owed.cohorts)
