@@ -16,6 +16,7 @@ from types import TracebackType
 from typing import Any
 
 from agent.api.local import LocalApi
+from agent.api.owners import ensure_admin
 from agent.config import AgentSettings
 from agent.decide.decisions import Decisions
 from agent.decide.policy import CapCounts, QuietWindow
@@ -307,6 +308,8 @@ class Agent:
         return self
 
     async def _start(self, parts: Parts) -> None:
+        # the all-scopes token of DATA_DIR/tokens/admin.token, made on the first start
+        await asyncio.to_thread(ensure_admin, parts.settings.data_dir)
         start_loops(parts)
         if parts.settings.api_port is not None:
             self.api = LocalApi(self, parts.settings.api_port)
