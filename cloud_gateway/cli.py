@@ -7,6 +7,7 @@ import asyncio
 import logging
 import sys
 from collections.abc import Sequence
+from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -81,9 +82,9 @@ def _announce(gateway: Gateway) -> None:
     )
 
 
-def _token_create(args: argparse.Namespace) -> int:
+def _token_db(args: argparse.Namespace) -> tuple[bool, str | None]:
+    """(a gateway is there, its --db); says on stderr when there is none."""
     from cloud_gateway.config import load_settings  # noqa: PLC0415
-    from cloud_gateway.security.auth import create_token  # noqa: PLC0415
 
     settings = load_settings("command line", data_dir=args.data_dir, db=_database(args))
     if settings.db_url is None and not settings.db_path.exists():
@@ -94,8 +95,55 @@ def _token_create(args: argparse.Namespace) -> int:
             " the --data-dir (or --db) of `edgemart gateway run`",
             file=sys.stderr,
         )
+        return False, None
+    return True, settings.db
+
+
+def _duration(text: str) -> timedelta:
+    """`90m`, `12h`, `30d`: a token's life."""
+    units = {"m": "minutes", "h": "hours", "d": "days"}
+    number, unit = text[:-1], text[-1:]
+    if unit not in units or not number.isdigit() or int(number) <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a duration like 90m, 12h or 30d")
+    return timedelta(**{units[unit]: int(number)})
+
+
+def _token_create(args: argparse.Namespace) -> int:
+    from cloud_gateway.security.auth import create_token  # noqa: PLC0415
+
+    there, db = _token_db(args)
+    if not there:
         return 2
-    print(create_token(args.data_dir, db=settings.db))
+    print(
+        create_token(
+            args.data_dir, db=db, scopes=args.scopes, expires_in=args.expires_in, name=args.name
+        )
+    )
+    return 0
+
+
+def _token_revoke(args: argparse.Namespace) -> int:
+    from cloud_gateway.security.auth import revoke_token  # noqa: PLC0415
+
+    there, db = _token_db(args)
+    if not there:
+        return 2
+    if not revoke_token(args.data_dir, args.token, db=db):
+        print(f"edgemart gateway: no live token {args.token!r}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _token_list(args: argparse.Namespace) -> int:
+    from cloud_gateway.security.auth import list_tokens  # noqa: PLC0415
+
+    there, db = _token_db(args)
+    if not there:
+        return 2
+    for row in list_tokens(args.data_dir, db=db):
+        state = f"revoked {row['revoked_at']}" if row["revoked_at"] else "live"
+        expires = row["expires_at"] or "never"
+        print(f"{row['id']}\t{row['scopes']}\texpires {expires}\t{state}\t{row['name'] or ''}")
     return 0
 
 
@@ -132,7 +180,25 @@ def add_verbs(parser: argparse.ArgumentParser) -> None:
     create = token_verbs.add_parser("create", help="print a new bearer token")
     create.add_argument("--data-dir", required=True, type=Path)
     create.add_argument("--db", default=None, help=DB_HELP)
+    create.add_argument(
+        "--scopes",
+        default="admin",
+        help="comma-separated: read-only, campaigns, models, devices, admin (default admin)",
+    )
+    create.add_argument(
+        "--expires-in", type=_duration, default=None, help="a life like 90m, 12h, 30d"
+    )
+    create.add_argument("--name", default=None, help="who or what uses it (shown in list)")
     create.set_defaults(func=_guard, verb=_token_create)
+    revoke = token_verbs.add_parser("revoke", help="revoke a token (its id or itself)")
+    revoke.add_argument("token", help="the token's id (from `token list`) or the token")
+    revoke.add_argument("--data-dir", required=True, type=Path)
+    revoke.add_argument("--db", default=None, help=DB_HELP)
+    revoke.set_defaults(func=_guard, verb=_token_revoke)
+    listing = token_verbs.add_parser("list", help="every token: id, scopes, life (no secret)")
+    listing.add_argument("--data-dir", required=True, type=Path)
+    listing.add_argument("--db", default=None, help=DB_HELP)
+    listing.set_defaults(func=_guard, verb=_token_list)
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

@@ -438,3 +438,13 @@ def issue13_quarantine(db: Database) -> None:
     is set aside with the reason (`quarantined`), kept for export, and skipped after."""
     for table in ("device_pushes", "device_commands"):
         db.execute(f"ALTER TABLE {table} ADD COLUMN quarantined TEXT")
+
+
+@migration
+def issue14_token_scopes(db: Database) -> None:
+    """Operator tokens with roles and a life: scopes (tokens made before keep `admin`, what
+    they could do), an optional expiry, a name for people, and who revoked one."""
+    db.execute("ALTER TABLE tokens ADD COLUMN scopes TEXT NOT NULL DEFAULT 'admin'")
+    db.execute("ALTER TABLE tokens ADD COLUMN expires_at TEXT")
+    db.execute("ALTER TABLE tokens ADD COLUMN name TEXT")
+    db.execute("ALTER TABLE tokens ADD COLUMN revoked_by TEXT")

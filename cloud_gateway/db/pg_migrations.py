@@ -330,6 +330,16 @@ ALTER TABLE device_pushes ADD COLUMN quarantined text;
 ALTER TABLE device_commands ADD COLUMN quarantined text;
 """,
     ),
+    (
+        # As SQLite's `issue14_token_scopes`.
+        "pg007_issue14_token_scopes",
+        """
+ALTER TABLE tokens ADD COLUMN scopes text NOT NULL DEFAULT 'admin';
+ALTER TABLE tokens ADD COLUMN expires_at text;
+ALTER TABLE tokens ADD COLUMN name text;
+ALTER TABLE tokens ADD COLUMN revoked_by text;
+""",
+    ),
 ]
 """(name, SQL or function) in order; a name, once applied, is never changed."""
 
