@@ -62,6 +62,15 @@ def _add_verbs(parser: argparse.ArgumentParser) -> None:
     add_credential_options(
         run, "broker username (env EDGEMART_MQTT_USERNAME; default: the device id)"
     )
+    run.add_argument(
+        "--claim",
+        type=Path,
+        default=None,
+        help="the factory claim credential: on first start, get this device's certificate",
+    )
+    run.add_argument(
+        "--provision-url", default=None, help="the gateway's URL that provisions devices"
+    )
     run.add_argument("-v", "--verbose", action="count", default=0)
     run.set_defaults(func=cmd_run)
     token = verbs.add_parser("token", help="the local API's app tokens")
@@ -97,6 +106,8 @@ def _options(args: argparse.Namespace) -> dict[str, Any]:
         "mqtt_password_file": args.mqtt_password_file,
         "mqtt_ca_file": args.mqtt_ca_file,
         "topic_root": args.topic_root,
+        "claim_file": args.claim,
+        "provision_url": args.provision_url,
     }
     return {k: str(v) if isinstance(v, Path) else v for k, v in given.items() if v is not None}
 

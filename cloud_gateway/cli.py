@@ -9,7 +9,7 @@ import sys
 from collections.abc import Sequence
 from datetime import timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from cloud_gateway.errors import ConfigError, GatewayError
 from protocol.broker_url import add_credential_options, parse_broker_url
@@ -147,6 +147,72 @@ def _token_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def _in_store(args: argparse.Namespace, work: Any) -> Any:
+    """`work(store)` on the gateway's database (blocking), or None when there is none."""
+    from cloud_gateway.db.open import open_session  # noqa: PLC0415
+
+    there, db = _token_db(args)
+    if not there:
+        return None
+    store = open_session(args.data_dir, db)
+    try:
+        return work(store)
+    finally:
+        store.close()
+
+
+def _provision_claim(args: argparse.Namespace) -> int:
+    from cloud_gateway.provisioning.service import create_batch  # noqa: PLC0415
+    from cloud_gateway.security.auth import operator  # noqa: PLC0415
+
+    claim = _in_store(args, lambda s: create_batch(s, args.batch, args.size, operator()))
+    if claim is None:
+        return 2
+    print(claim)
+    return 0
+
+
+def _provision_revoke(args: argparse.Namespace) -> int:
+    from cloud_gateway.provisioning.service import revoke  # noqa: PLC0415
+    from cloud_gateway.security.auth import operator  # noqa: PLC0415
+
+    there, _ = _token_db(args)
+    if not there:
+        return 2
+    crl = _in_store(args, lambda s: revoke(s, args.data_dir, args.device, operator()))
+    if crl is None:
+        print(f"edgemart gateway: no live certificate for {args.device!r}", file=sys.stderr)
+        return 1
+    print(f"revoked; reload the broker to read {crl}")
+    return 0
+
+
+def _provision_claim_revoke(args: argparse.Namespace) -> int:
+    from cloud_gateway.db.provisioning import revoke_batch  # noqa: PLC0415
+    from cloud_gateway.security.auth import operator  # noqa: PLC0415
+
+    done = _in_store(args, lambda s: revoke_batch(s, args.batch, operator()))
+    if not done:
+        print(f"edgemart gateway: no live claim for batch {args.batch!r}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _provision_broker_cert(args: argparse.Namespace) -> int:
+    from cloud_gateway.provisioning.ca import load_or_create  # noqa: PLC0415
+
+    ca = load_or_create(args.data_dir)
+    cert, key = ca.issue_server(args.host)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "server.pem").write_bytes(cert)
+    key_path = args.out / "server.key"
+    key_path.touch(mode=0o600)
+    key_path.write_bytes(key)
+    (args.out / "ca.pem").write_text(ca.cert_pem)
+    print(f"{args.out}/server.pem, server.key, ca.pem; the CRL: {ca.crl_path}")
+    return 0
+
+
 def _guard(func: argparse.Namespace) -> int:
     """Run a verb: library errors become one line on stderr and exit code 2."""
     try:
@@ -199,6 +265,29 @@ def add_verbs(parser: argparse.ArgumentParser) -> None:
     listing.add_argument("--data-dir", required=True, type=Path)
     listing.add_argument("--db", default=None, help=DB_HELP)
     listing.set_defaults(func=_guard, verb=_token_list)
+    _add_provision_verbs(verbs)
+
+
+def _add_provision_verbs(verbs: Any) -> None:
+    prov = verbs.add_parser("provision", help="device identities: claims, certificates, CRL")
+    pverbs = prov.add_subparsers(dest="provision_verb", required=True, metavar="VERB")
+    claim = pverbs.add_parser("claim", help="print a claim credential for a production batch")
+    claim.add_argument("--batch", required=True, help="the batch's id")
+    claim.add_argument("--size", required=True, type=int, help="how many devices it may make")
+    claim.set_defaults(func=_guard, verb=_provision_claim)
+    revoke = pverbs.add_parser("revoke", help="revoke a device's certificate (rewrites the CRL)")
+    revoke.add_argument("--device", required=True)
+    revoke.set_defaults(func=_guard, verb=_provision_revoke)
+    unclaim = pverbs.add_parser("revoke-claim", help="revoke a batch's claim credential")
+    unclaim.add_argument("--batch", required=True)
+    unclaim.set_defaults(func=_guard, verb=_provision_claim_revoke)
+    broker = pverbs.add_parser("broker-cert", help="a server certificate for the broker")
+    broker.add_argument("--host", required=True, help="the name or IP devices dial")
+    broker.add_argument("--out", required=True, type=Path)
+    broker.set_defaults(func=_guard, verb=_provision_broker_cert)
+    for sub in (claim, revoke, unclaim, broker):
+        sub.add_argument("--data-dir", required=True, type=Path)
+        sub.add_argument("--db", default=None, help=DB_HELP)
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

@@ -32,6 +32,7 @@ from agent.model.scoring import Model
 from agent.model.update import ModelUpdater
 from agent.offers.book import OfferBook
 from agent.offers.claims import Claims
+from agent.provisioning.flow import ensure_identity
 from agent.runtime.build import build, start_loops
 from agent.runtime.memory import MemoryBudget
 from agent.runtime.metrics import Metrics
@@ -292,6 +293,8 @@ class Agent:
     # ------------------------------------------------------------ lifecycle
 
     async def __aenter__(self) -> Agent:
+        # first start with a claim credential: get this device's identity (agent.provisioning)
+        self._settings = await ensure_identity(self._settings)
         self._parts = await build(
             self._settings,
             clock=self._clock,

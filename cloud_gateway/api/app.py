@@ -8,7 +8,7 @@ from typing import Any
 
 from aiohttp import web
 
-from cloud_gateway.api import campaigns, dashboard, devices, gateways, models, ops
+from cloud_gateway.api import campaigns, dashboard, devices, gateways, models, ops, provision
 from cloud_gateway.api.context import CTX, OPENAPI, TOKEN_ID, ApiContext
 from cloud_gateway.api.errors import Problem, problem_response, problems_middleware
 from cloud_gateway.api.openapi import document
@@ -22,6 +22,7 @@ TABLES: tuple[tuple[Route, ...], ...] = (
     devices.ROUTES,
     models.ROUTES,
     dashboard.ROUTES,
+    provision.ROUTES,
 )
 """Every route of the API, one table per route module."""
 PUBLIC = PublicPaths.of(TABLES)

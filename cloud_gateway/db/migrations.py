@@ -448,3 +448,18 @@ def issue14_token_scopes(db: Database) -> None:
     db.execute("ALTER TABLE tokens ADD COLUMN expires_at TEXT")
     db.execute("ALTER TABLE tokens ADD COLUMN name TEXT")
     db.execute("ALTER TABLE tokens ADD COLUMN revoked_by TEXT")
+
+
+@migration
+def issue14_provisioning(db: Database) -> None:
+    """Provisioning: factory claim credentials per production batch (their hash, size and
+    use) and the certificate issued to each device (serial, for the CRL; revocation)."""
+    db.execute(
+        "CREATE TABLE claim_batches (id TEXT PRIMARY KEY, hash TEXT NOT NULL UNIQUE,"
+        " size INTEGER NOT NULL, used INTEGER NOT NULL DEFAULT 0, created_at TEXT NOT NULL,"
+        " revoked_at TEXT)"
+    )
+    db.execute(
+        "CREATE TABLE device_certs (device_id TEXT PRIMARY KEY, batch_id TEXT NOT NULL,"
+        " serial TEXT NOT NULL, issued_at TEXT NOT NULL, revoked_at TEXT)"
+    )

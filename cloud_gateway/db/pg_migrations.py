@@ -340,6 +340,27 @@ ALTER TABLE tokens ADD COLUMN name text;
 ALTER TABLE tokens ADD COLUMN revoked_by text;
 """,
     ),
+    (
+        # As SQLite's `issue14_provisioning`.
+        "pg008_issue14_provisioning",
+        """
+CREATE TABLE claim_batches (
+    id text PRIMARY KEY,
+    hash text NOT NULL UNIQUE,
+    size bigint NOT NULL,
+    used bigint NOT NULL DEFAULT 0,
+    created_at text NOT NULL,
+    revoked_at text
+);
+CREATE TABLE device_certs (
+    device_id text PRIMARY KEY,
+    batch_id text NOT NULL,
+    serial text NOT NULL,
+    issued_at text NOT NULL,
+    revoked_at text
+);
+""",
+    ),
 ]
 """(name, SQL or function) in order; a name, once applied, is never changed."""
 

@@ -63,7 +63,7 @@ def token_id(digest: str) -> str:
     return digest[:12]
 
 
-def _operator() -> str:
+def operator() -> str:
     """Who runs the CLI: `cli:<login name>` (or `cli` when the system cannot tell)."""
     try:
         return f"cli:{getpass.getuser()}"[:64]
@@ -99,7 +99,7 @@ def create_token(
             store,
             token_id(digest),
             digest,
-            who or _operator(),
+            who or operator(),
             scopes=wanted,
             expires_at=expires_at,
             name=name,
@@ -117,7 +117,7 @@ def revoke_token(
     ident = token if len(token) == 12 else token_id(token_hash(token))
     store = _open(data_dir, db)
     try:
-        return rows.revoke(store, ident, who or _operator())
+        return rows.revoke(store, ident, who or operator())
     finally:
         store.close()
 
