@@ -22,6 +22,7 @@ from cloud_gateway.provisioning.ca import FleetCa, load_or_create, parse_csr
 from protocol.topics import DEVICE_ID_RE
 
 CLAIM_PREFIX = "emc_"
+NOT_A_CLAIM = ("unknown claim credential", "claim credential revoked")
 MAX_CLAIM_LEN = 256
 
 
@@ -96,7 +97,8 @@ class Provisioner:
         )
         if reason is not None:
             self._counters["provision_refused"] += 1
-            raise ClaimRefused(reason, known=reason != "unknown claim credential")
+            # an unknown or revoked claim is 401; a known one misused (409) is what is audited
+            raise ClaimRefused(reason, known=reason not in NOT_A_CLAIM)
         self._counters["provisioned"] += 1
         pem = cert.public_bytes(serialization.Encoding.PEM).decode()
         return Issued(pem, ca.cert_pem, trust, self._topic_root)

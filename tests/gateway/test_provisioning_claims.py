@@ -17,6 +17,7 @@ from agent.provisioning.flow import make_request
 from cloud_gateway.db.audit import audit_log
 from cloud_gateway.db.backend import Backend, Session
 from cloud_gateway.db.open import open_session
+from cloud_gateway.db.provisioning import revoke_batch
 from cloud_gateway.errors import ClaimRefused, InvalidInput
 from cloud_gateway.provisioning.ca import load_or_create
 from cloud_gateway.provisioning.service import Provisioner, create_batch
@@ -92,3 +93,18 @@ async def test_a_device_id_once_and_only_with_its_own_csr(
     with pytest.raises(ClaimRefused) as refused:
         await provisioner.provision("emc_wrong", "tv-two-0002", own)
     assert not refused.value.known
+
+
+async def test_a_revoked_claim_provisions_nothing_more(
+    provisioner: Provisioner, tmp_path: Path, gateway_db: str | None
+) -> None:
+    claim = await _batch(tmp_path, gateway_db, 10)
+    _, csr = await asyncio.to_thread(make_request, "tv-rv-0001")
+    await provisioner.provision(claim, "tv-rv-0001", csr)
+    assert await asyncio.to_thread(
+        _in_store, tmp_path, gateway_db, lambda s: revoke_batch(s, "b-1", "ops")
+    )
+    _, csr = await asyncio.to_thread(make_request, "tv-rv-0002")
+    with pytest.raises(ClaimRefused, match="revoked") as refused:
+        await provisioner.provision(claim, "tv-rv-0002", csr)
+    assert not refused.value.known  # 401, like an unknown claim
