@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import getpass
 import hashlib
 import json
 import os
@@ -34,6 +35,10 @@ ADMIN_APP = "admin"
 TOKENS_DIR = "tokens"
 ADMIN_FILE = "admin.token"
 APPS_FILE = "apps.json"
+AUDIT_FILE = "audit.jsonl"
+"""One JSON line per token change: when, who (the login that ran the command), what, which app."""
+MAX_AUDIT_BYTES = 1 << 20
+"""Flash is finite: past this the log keeps its newer half."""
 TOKEN_PREFIX = "emt_"  # noqa: S105 - a prefix naming the kind of token, not a secret
 MAX_TOKEN_LEN = 256
 _APP_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
@@ -119,6 +124,34 @@ def _locked(data_dir: Path) -> Iterator[Path]:
         os.close(fd)
 
 
+def _who() -> str:
+    try:
+        return f"cli:{getpass.getuser()}"[:64]
+    except (OSError, KeyError):
+        return "cli"
+
+
+def _audit(folder: Path, action: str, app: str, who: str, **detail: Any) -> None:
+    """Append one line to `DATA_DIR/tokens/audit.jsonl` (under the lock), bounded in size."""
+    path = folder / AUDIT_FILE
+    line = json.dumps(
+        {"at": format_time(utcnow()), "who": who, "action": action, "app": app, **detail},
+        sort_keys=True,
+    )
+    old = path.read_bytes() if path.exists() else b""
+    if len(old) > MAX_AUDIT_BYTES:
+        old = old[len(old) // 2 :].split(b"\n", 1)[-1]
+    write_durable(path, old + line.encode() + b"\n", mode=0o600)
+
+
+def audit_log(data_dir: Path) -> list[dict[str, Any]]:
+    """The token changes recorded on this device, oldest first."""
+    path = tokens_dir(data_dir) / AUDIT_FILE
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
 def _entry(token: str, scopes: Iterable[str]) -> dict[str, Any]:
     return {
         "sha256": token_hash(token),
@@ -136,8 +169,11 @@ def create_token(data_dir: Path, app: str, scopes: str | Iterable[str]) -> str:
     token = TOKEN_PREFIX + secrets.token_urlsafe(32)
     with _locked(data_dir) as path:
         apps = _load(path)
+        replaced = app in apps
         apps[app] = _entry(token, wanted)
         _save(path, apps)
+        action = "token.replace" if replaced else "token.create"
+        _audit(path.parent, action, app, _who(), scopes=sorted(wanted))
     return token
 
 
@@ -148,6 +184,7 @@ def revoke_token(data_dir: Path, app: str) -> bool:
         if apps.pop(app, None) is None:
             return False
         _save(path, apps)
+        _audit(path.parent, "token.revoke", app, _who())
     return True
 
 
@@ -173,6 +210,7 @@ def ensure_admin(data_dir: Path) -> Path:
         if known is None or known.get("sha256") != token_hash(token):
             apps[ADMIN_APP] = _entry(token, SCOPES)
             _save(apps_path, apps)
+            _audit(apps_path.parent, "token.create", ADMIN_APP, "agent", scopes=list(SCOPES))
     return path
 
 

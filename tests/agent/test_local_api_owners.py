@@ -10,7 +10,14 @@ from typing import Any
 
 import pytest
 
-from agent.api.owners import SCOPES, Owners, admin_token_path, create_token, revoke_token
+from agent.api.owners import (
+    SCOPES,
+    Owners,
+    admin_token_path,
+    audit_log,
+    create_token,
+    revoke_token,
+)
 from agent.cli import main as agent_cli
 from tests.support.local_device import SURFACE, Client, Device, api_client
 
@@ -42,6 +49,8 @@ async def test_the_agent_writes_an_admin_token_readable_only_by_its_owner(device
     assert path == device.agent.settings.data_dir / "tokens" / "admin.token"
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     assert len(path.read_text().strip()) > 40
+    log = await asyncio.to_thread(audit_log, device.agent.settings.data_dir)
+    assert [(e["action"], e["app"], e["who"]) for e in log] == [("token.create", "admin", "agent")]
 
 
 @pytest.mark.parametrize("scope", SCOPES)
@@ -171,3 +180,6 @@ def test_the_cli_makes_tokens_and_names_a_wrong_scope(
     revoke = ["token", "revoke", "--data-dir", str(data), "--app"]
     assert agent_cli([*revoke, "tv-launcher"]) == 0
     assert agent_cli([*revoke, "tv-launcher"]) == 1
+    changes = [(e["action"], e["app"]) for e in audit_log(data)]
+    assert changes == [("token.create", "tv-launcher"), ("token.revoke", "tv-launcher")]
+    assert all(e["who"].startswith("cli") and e["at"] for e in audit_log(data))
