@@ -28,8 +28,10 @@ from cloud_gateway.db.open import open_session
 from cloud_gateway.provisioning import ca as fleet_ca
 from cloud_gateway.provisioning.service import create_batch, revoke
 from cloud_gateway.runtime.gateway import Gateway
+from cloud_gateway.security.auth import create_token
 from protocol.ids import new_id
 from simulators.brokers import MosquittoProcess, free_port, mtls_config
+from tests.support.processes import spawn, stop, tail
 from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.integration
@@ -225,3 +227,51 @@ async def test_a_fresh_agent_with_only_its_claim_ends_connected_as_itself_until_
             assert not again.link.connected.is_set()
         rows = await asyncio.to_thread(fleet.store, audit_log)
         assert any(r["action"] == "provision.revoke" and r["who"] == "ops" for r in rows)
+
+
+async def test_edgemart_agent_run_with_a_claim_provisions_itself_and_reports_over_mtls(
+    tmp_path: Path, fleet: Fleet
+) -> None:
+    """The same flow from the command line: `--claim FILE --provision-url URL` only."""
+    claim = await asyncio.to_thread(fleet.store, lambda s: create_batch(s, "b-cli", 1, "factory"))
+    claim_file = tmp_path / "claim"
+    claim_file.write_text(claim)
+    settings = GatewaySettings(
+        broker=fleet.gateway_url,
+        data_dir=fleet.gw_dir,
+        http_port=0,
+        mqtt_username="gateway",
+        mqtt_password=SecretStr(GW_PASSWORD),
+    )
+    async with Gateway(settings) as gw:
+        token = await asyncio.to_thread(create_token, fleet.gw_dir, scopes="read-only")
+        log = tmp_path / "agent.log"
+        agent = spawn(
+            [
+                *("agent", "run", "--profile", "tv", "--device-id", "tv-cli-0001"),
+                *("--broker", fleet.url, "--data-dir", str(tmp_path / "dev")),
+                *("--api-port", "none", "--trust", str(tmp_path / "trust.json")),
+                *(
+                    "--claim",
+                    str(claim_file),
+                    "--provision-url",
+                    f"http://127.0.0.1:{gw.http_port}",
+                ),
+                "-v",
+            ],
+            log,
+        )
+        try:
+            async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {token}"}) as http:
+
+                async def registered() -> bool:
+                    assert agent.poll() is None, tail(log)
+                    url = f"http://127.0.0.1:{gw.http_port}/v1/devices/tv-cli-0001"
+                    async with http.get(url) as resp:
+                        return resp.status == 200 and (await resp.json())["status"] == "online"
+
+                await eventually(registered, 30, "the provisioned agent's birth at the gateway")
+        finally:
+            assert stop(agent) == 0, tail(log)
+    assert (tmp_path / "trust.json").exists()
+    assert claim not in tail(log, 100_000)  # the claim credential is never logged
