@@ -28,42 +28,58 @@ def add_batch(store: Session, batch_id: str, digest: str, size: int, who: str) -
         raise StoreError(f"cannot store claim batch {batch_id!r}: {exc}") from exc
 
 
+Redemption = tuple[str, str, int]
+"""(claim hash, device id, certificate serial)."""
+
+
 def redeem(store: Session, digest: str, device_id: str, serial: int, who: str) -> str | None:
     """Record the certificate `serial` for `device_id` under the claim with this hash, in one
     transaction with its audit row; or the reason it is refused (also audited): an unknown or
     revoked claim, a device id already provisioned, a batch used up."""
+    return redeem_many(store, [(digest, device_id, serial)], who)[0]
+
+
+def redeem_many(store: Session, items: list[Redemption], who: str) -> list[str | None]:
+    """`redeem` for many devices in one transaction (one commit for a crowd at once), each
+    checked in turn: the same device twice, or a batch filling up within them, is refused."""
+    try:
+        with store.transaction():
+            return [_redeem(store, *item, who) for item in items]
+    except Error as exc:
+        raise StoreError(f"cannot record provisioned devices: {exc}") from exc
+
+
+def _redeem(store: Session, digest: str, device_id: str, serial: int, who: str) -> str | None:
     now = store.clock()
     reason: str | None = None
     detail: dict[str, Any] = {"device_id": device_id}
-    with store.transaction():
-        batch = store.one(
-            "SELECT id, size, used, revoked_at FROM claim_batches WHERE hash = ?", [digest]
+    batch = store.one(
+        "SELECT id, size, used, revoked_at FROM claim_batches WHERE hash = ?", [digest]
+    )
+    if batch is None:
+        return "unknown claim credential"  # nothing to name in the audit: counted only
+    target = f"batch:{batch['id']}"
+    if batch["revoked_at"] is not None:
+        reason = "claim credential revoked"
+    elif store.one("SELECT 1 FROM device_certs WHERE device_id = ?", [device_id]):
+        reason = f"device {device_id!r} is already provisioned"
+    else:
+        claimed = store.conn.execute(
+            "UPDATE claim_batches SET used = used + 1 WHERE id = ? AND used < size",
+            [batch["id"]],
         )
-        if batch is None:
-            return "unknown claim credential"  # nothing to name in the audit: counted only
-        target = f"batch:{batch['id']}"
-        if batch["revoked_at"] is not None:
-            reason = "claim credential revoked"
-        elif store.one("SELECT 1 FROM device_certs WHERE device_id = ?", [device_id]):
-            reason = f"device {device_id!r} is already provisioned"
-        else:
-            claimed = store.conn.execute(
-                "UPDATE claim_batches SET used = used + 1 WHERE id = ? AND used < size",
-                [batch["id"]],
-            )
-            if claimed.rowcount != 1:
-                reason = f"batch {batch['id']!r} is used up ({batch['size']} devices)"
-        if reason is None:
-            store.conn.execute(
-                "INSERT INTO device_certs (device_id, batch_id, serial, issued_at)"
-                " VALUES (?, ?, ?, ?)",
-                [device_id, batch["id"], format(serial, "x"), format_time(now)],
-            )
-            detail["serial"] = format(serial, "x")
-            insert_audit(store, who, "provision.issue", target, now, detail=detail)
-            return None
-        detail["reason"] = reason
-        insert_audit(store, who, "provision.refused", target, now, detail=detail)
+        if claimed.rowcount != 1:
+            reason = f"batch {batch['id']!r} is used up ({batch['size']} devices)"
+    if reason is None:
+        store.conn.execute(
+            "INSERT INTO device_certs (device_id, batch_id, serial, issued_at) VALUES (?, ?, ?, ?)",
+            [device_id, batch["id"], format(serial, "x"), format_time(now)],
+        )
+        detail["serial"] = format(serial, "x")
+        insert_audit(store, who, "provision.issue", target, now, detail=detail)
+        return None
+    detail["reason"] = reason
+    insert_audit(store, who, "provision.refused", target, now, detail=detail)
     return reason
 
 

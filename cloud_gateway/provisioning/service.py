@@ -23,6 +23,8 @@ from protocol.topics import DEVICE_ID_RE
 
 CLAIM_PREFIX = "emc_"
 NOT_A_CLAIM = ("unknown claim credential", "claim credential revoked")
+MAX_GROUP = 500
+"""Redemptions committed in one transaction at most."""
 MAX_CLAIM_LEN = 256
 
 
@@ -72,6 +74,8 @@ class Provisioner:
         self._ca: FleetCa | None = None
         self._trust: dict[str, Any] | None = None
         self._lock = asyncio.Lock()
+        self._waiting: list[tuple[rows.Redemption, asyncio.Future[str | None]]] = []
+        self._flusher: asyncio.Task[None] | None = None
 
     async def _loaded(self) -> tuple[FleetCa, dict[str, Any]]:
         async with self._lock:
@@ -92,9 +96,7 @@ class Provisioner:
         public_key = parse_csr(csr_pem, device_id)
         ca, trust = await self._loaded()
         cert = ca.issue(device_id, public_key)
-        reason = await self._db.call(
-            rows.redeem, claim_hash(claim), device_id, cert.serial_number, "provisioning"
-        )
+        reason = await self._redeem((claim_hash(claim), device_id, cert.serial_number))
         if reason is not None:
             self._counters["provision_refused"] += 1
             # an unknown or revoked claim is 401; a known one misused (409) is what is audited
@@ -102,6 +104,32 @@ class Provisioner:
         self._counters["provisioned"] += 1
         pem = cert.public_bytes(serialization.Encoding.PEM).decode()
         return Issued(pem, ca.cert_pem, trust, self._topic_root)
+
+    async def _redeem(self, item: rows.Redemption) -> str | None:
+        """Group commit: the redemptions that arrive while one transaction runs go together
+        in the next (a crowd provisioning at once costs one commit per group, not each)."""
+        done: asyncio.Future[str | None] = asyncio.get_running_loop().create_future()
+        self._waiting.append((item, done))
+        if self._flusher is None or self._flusher.done():
+            # its own task: a caller that goes away does not strand the others' redemptions
+            self._flusher = asyncio.create_task(self._flush(), name="provision-commit")
+        return await asyncio.shield(done)
+
+    async def _flush(self) -> None:
+        while self._waiting:
+            group, self._waiting = self._waiting[:MAX_GROUP], self._waiting[MAX_GROUP:]
+            try:
+                reasons = await self._db.call(
+                    rows.redeem_many, [item for item, _ in group], "provisioning"
+                )
+            except Exception as exc:  # noqa: BLE001 - handed to every waiter, who raises it
+                for _, done in group:
+                    if not done.done():
+                        done.set_exception(exc)
+                continue
+            for (_, done), reason in zip(group, reasons, strict=True):
+                if not done.done():
+                    done.set_result(reason)
 
 
 def create_batch(store: Session, batch_id: str, size: int, who: str) -> str:
