@@ -198,6 +198,27 @@ def _provision_claim_revoke(args: argparse.Namespace) -> int:
     return 0
 
 
+def _provision_password(args: argparse.Namespace) -> int:
+    from cloud_gateway.provisioning.service import issue_password, revoke_password  # noqa: PLC0415
+    from cloud_gateway.security.auth import operator  # noqa: PLC0415
+
+    if args.revoke:
+        done = _in_store(
+            args, lambda s: revoke_password(s, args.device, args.password_file, operator())
+        )
+        if not done:
+            print(f"edgemart gateway: no broker password for {args.device!r}", file=sys.stderr)
+            return 1
+        return 0
+    password = _in_store(
+        args, lambda s: issue_password(s, args.device, args.password_file, operator())
+    )
+    if password is None:
+        return 2
+    print(password)
+    return 0
+
+
 def _provision_broker_cert(args: argparse.Namespace) -> int:
     from cloud_gateway.provisioning.ca import load_or_create  # noqa: PLC0415
 
@@ -281,11 +302,20 @@ def _add_provision_verbs(verbs: Any) -> None:
     unclaim = pverbs.add_parser("revoke-claim", help="revoke a batch's claim credential")
     unclaim.add_argument("--batch", required=True)
     unclaim.set_defaults(func=_guard, verb=_provision_claim_revoke)
+    password = pverbs.add_parser(
+        "password", help="a broker password for a device (brokers without mutual TLS)"
+    )
+    password.add_argument("--device", required=True)
+    password.add_argument(
+        "--password-file", required=True, type=Path, help="the broker's password_file"
+    )
+    password.add_argument("--revoke", action="store_true", help="remove the device's password")
+    password.set_defaults(func=_guard, verb=_provision_password)
     broker = pverbs.add_parser("broker-cert", help="a server certificate for the broker")
     broker.add_argument("--host", required=True, help="the name or IP devices dial")
     broker.add_argument("--out", required=True, type=Path)
     broker.set_defaults(func=_guard, verb=_provision_broker_cert)
-    for sub in (claim, revoke, unclaim, broker):
+    for sub in (claim, revoke, unclaim, password, broker):
         sub.add_argument("--data-dir", required=True, type=Path)
         sub.add_argument("--db", default=None, help=DB_HELP)
 

@@ -463,3 +463,8 @@ def issue14_provisioning(db: Database) -> None:
         "CREATE TABLE device_certs (device_id TEXT PRIMARY KEY, batch_id TEXT NOT NULL,"
         " serial TEXT NOT NULL, issued_at TEXT NOT NULL, revoked_at TEXT)"
     )
+    # for brokers that cannot do mutual TLS: passwords the gateway makes (Mosquitto's hash)
+    db.execute(
+        "CREATE TABLE device_passwords (device_id TEXT PRIMARY KEY, hash TEXT NOT NULL,"
+        " created_at TEXT NOT NULL)"
+    )

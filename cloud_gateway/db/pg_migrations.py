@@ -359,6 +359,11 @@ CREATE TABLE device_certs (
     issued_at text NOT NULL,
     revoked_at text
 );
+CREATE TABLE device_passwords (
+    device_id text PRIMARY KEY,
+    hash text NOT NULL,
+    created_at text NOT NULL
+);
 """,
     ),
 ]

@@ -117,3 +117,32 @@ def revoked_serials(store: Session) -> list[tuple[int, datetime]]:
         "SELECT serial, revoked_at FROM device_certs WHERE revoked_at IS NOT NULL ORDER BY serial"
     )
     return [(int(str(r["serial"]), 16), parse_time(str(r["revoked_at"]))) for r in rows]
+
+
+def set_password(store: Session, device_id: str, digest: str, who: str) -> None:
+    """The device's broker password (its Mosquitto hash), new or replacing one; audited."""
+    now = store.clock()
+    with store.transaction():
+        store.conn.execute("DELETE FROM device_passwords WHERE device_id = ?", [device_id])
+        store.conn.execute(
+            "INSERT INTO device_passwords (device_id, hash, created_at) VALUES (?, ?, ?)",
+            [device_id, digest, format_time(now)],
+        )
+        insert_audit(store, who, "password.set", f"device:{device_id}", now)
+
+
+def drop_password(store: Session, device_id: str, who: str) -> bool:
+    """Remove the device's broker password (audited); False when it had none."""
+    now = store.clock()
+    with store.transaction():
+        done = store.conn.execute("DELETE FROM device_passwords WHERE device_id = ?", [device_id])
+        if done.rowcount != 1:
+            return False
+        insert_audit(store, who, "password.revoke", f"device:{device_id}", now)
+    return True
+
+
+def password_hashes(store: Session) -> list[tuple[str, str]]:
+    """(device id, Mosquitto hash) of every device with a broker password."""
+    rows = store.rows("SELECT device_id, hash FROM device_passwords ORDER BY device_id")
+    return [(str(r["device_id"]), str(r["hash"])) for r in rows]

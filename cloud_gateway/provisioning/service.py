@@ -19,6 +19,7 @@ from cloud_gateway.db import provisioning as rows
 from cloud_gateway.db.backend import Backend, Session
 from cloud_gateway.errors import ClaimRefused, InvalidInput
 from cloud_gateway.provisioning.ca import FleetCa, load_or_create, parse_csr
+from cloud_gateway.provisioning.passwords import mosquitto_hash, new_password, write_password_file
 from protocol.topics import DEVICE_ID_RE
 
 CLAIM_PREFIX = "emc_"
@@ -162,3 +163,22 @@ class ProvisionIn(BaseModel):
     device_id: Annotated[str, Field(max_length=64)]
     csr: Annotated[str, Field(max_length=8192)]
     """The device's PEM certificate request (CN = the device id, its own EC P-256 key)."""
+
+
+def issue_password(store: Session, device_id: str, password_file: Path, who: str) -> str:
+    """A new broker password for `device_id` (printed once; its Mosquitto hash stored and
+    audited) and the broker's password file rewritten (blocking)."""
+    if not DEVICE_ID_RE.fullmatch(device_id):
+        raise InvalidInput(f"device id {device_id!r} is not a device id")
+    password = new_password()
+    rows.set_password(store, device_id, mosquitto_hash(password), who)
+    write_password_file(password_file, rows.password_hashes(store))
+    return password
+
+
+def revoke_password(store: Session, device_id: str, password_file: Path, who: str) -> bool:
+    """Drop the device's broker password and rewrite the password file (blocking)."""
+    if not rows.drop_password(store, device_id, who):
+        return False
+    write_password_file(password_file, rows.password_hashes(store))
+    return True
