@@ -62,8 +62,35 @@ def _add_verbs(parser: argparse.ArgumentParser) -> None:
     add_credential_options(
         run, "broker username (env EDGEMART_MQTT_USERNAME; default: the device id)"
     )
+    run.add_argument(
+        "--claim",
+        type=Path,
+        default=None,
+        help="the factory claim credential: on first start, get this device's certificate",
+    )
+    run.add_argument(
+        "--provision-url", default=None, help="the gateway's URL that provisions devices"
+    )
     run.add_argument("-v", "--verbose", action="count", default=0)
     run.set_defaults(func=cmd_run)
+    token = verbs.add_parser("token", help="the local API's app tokens")
+    token_verbs = token.add_subparsers(dest="token_verb", required=True, metavar="VERB")
+    create = token_verbs.add_parser("create", help="print a new token for an app")
+    create.add_argument("--data-dir", required=True, type=Path)
+    create.add_argument("--app", required=True, help="the app's name (a-z 0-9 _ . -)")
+    create.add_argument(
+        "--scopes",
+        required=True,
+        help="comma-separated: signals, offers, outcomes, claims, consent, status",
+    )
+    create.set_defaults(func=cmd_token_create)
+    revoke = token_verbs.add_parser("revoke", help="remove an app's token")
+    revoke.add_argument("--data-dir", required=True, type=Path)
+    revoke.add_argument("--app", required=True)
+    revoke.set_defaults(func=cmd_token_revoke)
+    listing = token_verbs.add_parser("list", help="the apps with a token and their scopes")
+    listing.add_argument("--data-dir", required=True, type=Path)
+    listing.set_defaults(func=cmd_token_list)
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -79,6 +106,8 @@ def _options(args: argparse.Namespace) -> dict[str, Any]:
         "mqtt_password_file": args.mqtt_password_file,
         "mqtt_ca_file": args.mqtt_ca_file,
         "topic_root": args.topic_root,
+        "claim_file": args.claim,
+        "provision_url": args.provision_url,
     }
     return {k: str(v) if isinstance(v, Path) else v for k, v in given.items() if v is not None}
 
@@ -125,6 +154,45 @@ def cmd_run(args: argparse.Namespace) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+    return 0
+
+
+def cmd_token_create(args: argparse.Namespace) -> int:
+    """Print a new token for `--app` (it replaces the app's previous one)."""
+    from agent.api.owners import create_token  # noqa: PLC0415
+
+    try:
+        print(create_token(args.data_dir, args.app, args.scopes))
+    except (AgentError, OSError) as exc:
+        print(f"edgemart agent token create: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def cmd_token_revoke(args: argparse.Namespace) -> int:
+    from agent.api.owners import revoke_token  # noqa: PLC0415
+
+    try:
+        found = revoke_token(args.data_dir, args.app)
+    except (AgentError, OSError) as exc:
+        print(f"edgemart agent token revoke: {exc}", file=sys.stderr)
+        return 2
+    if not found:
+        print(f"edgemart agent token revoke: no token for app {args.app!r}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_token_list(args: argparse.Namespace) -> int:
+    from agent.api.owners import list_apps  # noqa: PLC0415
+
+    try:
+        apps = list_apps(args.data_dir)
+    except (AgentError, OSError) as exc:
+        print(f"edgemart agent token list: {exc}", file=sys.stderr)
+        return 2
+    for app, scopes in sorted(apps.items()):
+        print(f"{app}\t{','.join(scopes)}")
     return 0
 
 

@@ -46,6 +46,8 @@ AGENT_KEYS = frozenset(
         "mqtt_password_file",
         "mqtt_ca_file",
         "mqtt_tls",
+        "claim_file",
+        "provision_url",
     }
 )
 
@@ -195,6 +197,15 @@ class AgentSettings(_Strict):
     """TLS to the broker (also set by an `mqtts://` URL or a CA file)."""
     mqtt_ca_file: Path | None = None
     """CA bundle to verify the broker's certificate; the system's CAs when not given."""
+    mqtt_cert_file: Path | None = None
+    """This device's X.509 client certificate (mutual TLS; set by provisioning)."""
+    mqtt_key_file: Path | None = None
+    """Its private key (mode 0600, made on the device, never sent)."""
+    claim_file: Path | None = None
+    """The factory claim credential: with `provision_url`, the first start gets the device's
+    identity (`agent.provisioning`)."""
+    provision_url: Annotated[str, StringConstraints(pattern=r"^https?://\S+$")] | None = None
+    """The gateway's HTTP(S) base URL that provisions devices (`POST /v1/provision`)."""
 
     @property
     def brokers(self) -> tuple[tuple[str, int], ...]:

@@ -107,3 +107,13 @@ class BatchTooLarge(AgentError):
 
 class NotStarted(AgentError):
     """The agent's parts exist only once `async with Agent(...)` has entered."""
+
+
+class ProvisioningRefused(AgentError):
+    """The gateway refused this device's claim credential (unknown, revoked, used for this
+    device id before, or its batch used up): retrying cannot help, an operator must."""
+
+    def __init__(self, status: int, detail: str) -> None:
+        super().__init__(f"provisioning refused ({status}): {detail}")
+        self.status = status
+        self.detail = detail

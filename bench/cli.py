@@ -27,6 +27,7 @@ SUITES = [
     "bench.claims_pg_bench",
     "bench.workers_bench",
     "bench.capacity_bench",
+    "bench.provision_bench",
 ]
 
 

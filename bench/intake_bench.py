@@ -17,6 +17,7 @@ import aiohttp
 import numpy as np
 
 import firmware_profiles
+from agent.api.owners import admin_headers
 from agent.config import load_settings
 from agent.intake.aggregates import hit, merge_hits
 from agent.runtime.agent import Agent
@@ -81,7 +82,8 @@ async def _agent_rates(tmp: Path, script: list[dict[str, Any]]) -> tuple[float, 
             await agent.accept_signals(chunk)
         in_process = ROUNDS * BATCH / (time.perf_counter() - start)
         url = f"http://127.0.0.1:{agent.api_port}/v1/signals"
-        async with aiohttp.ClientSession() as http:
+        headers = await asyncio.to_thread(admin_headers, settings.data_dir)
+        async with aiohttp.ClientSession(headers=headers) as http:
             start = time.perf_counter()
             for chunk in chunks:
                 async with http.post(url, json={"signals": chunk}) as resp:

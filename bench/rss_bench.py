@@ -54,7 +54,7 @@ def _floor() -> tuple[float, float]:
     return floor, paged
 
 
-def _post(url: str, n: int, i: int) -> None:
+def _post(url: str, token: str, n: int, i: int) -> None:
     body = json.dumps(
         {
             "signals": [
@@ -64,7 +64,10 @@ def _post(url: str, n: int, i: int) -> None:
         }
     ).encode()
     request = urllib.request.Request(
-        url, data=body, headers={"Content-Type": "application/json"}, method="POST"
+        url,
+        data=body,
+        headers={"Content-Type": "application/json", "Authorization": f"Bearer {token}"},
+        method="POST",
     )
     with urllib.request.urlopen(request, timeout=10) as resp:
         resp.read()
@@ -116,13 +119,14 @@ def _run(
         assert agent.proc is not None
         pid = agent.proc.pid
         url = f"{agent.api}/v1/signals"
+        token = agent.token()
         start = time.monotonic()
         posted = 0
         early = peak = 0.0
         tick = 10.0 / RATE
         i = 0
         while (now := time.monotonic()) - start < seconds:
-            _post(url, 10, i)
+            _post(url, token, 10, i)
             posted += 10
             i += 1
             rss = rss_mb(pid)

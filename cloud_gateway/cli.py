@@ -7,8 +7,9 @@ import asyncio
 import logging
 import sys
 from collections.abc import Sequence
+from datetime import timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from cloud_gateway.errors import ConfigError, GatewayError
 from protocol.broker_url import add_credential_options, parse_broker_url
@@ -81,9 +82,9 @@ def _announce(gateway: Gateway) -> None:
     )
 
 
-def _token_create(args: argparse.Namespace) -> int:
+def _token_db(args: argparse.Namespace) -> tuple[bool, str | None]:
+    """(a gateway is there, its --db); says on stderr when there is none."""
     from cloud_gateway.config import load_settings  # noqa: PLC0415
-    from cloud_gateway.security.auth import create_token  # noqa: PLC0415
 
     settings = load_settings("command line", data_dir=args.data_dir, db=_database(args))
     if settings.db_url is None and not settings.db_path.exists():
@@ -94,8 +95,142 @@ def _token_create(args: argparse.Namespace) -> int:
             " the --data-dir (or --db) of `edgemart gateway run`",
             file=sys.stderr,
         )
+        return False, None
+    return True, settings.db
+
+
+def _duration(text: str) -> timedelta:
+    """`90m`, `12h`, `30d`: a token's life."""
+    units = {"m": "minutes", "h": "hours", "d": "days"}
+    number, unit = text[:-1], text[-1:]
+    if unit not in units or not number.isdigit() or int(number) <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a duration like 90m, 12h or 30d")
+    return timedelta(**{units[unit]: int(number)})
+
+
+def _token_create(args: argparse.Namespace) -> int:
+    from cloud_gateway.security.auth import create_token  # noqa: PLC0415
+
+    there, db = _token_db(args)
+    if not there:
         return 2
-    print(create_token(args.data_dir, db=settings.db))
+    print(
+        create_token(
+            args.data_dir, db=db, scopes=args.scopes, expires_in=args.expires_in, name=args.name
+        )
+    )
+    return 0
+
+
+def _token_revoke(args: argparse.Namespace) -> int:
+    from cloud_gateway.security.auth import revoke_token  # noqa: PLC0415
+
+    there, db = _token_db(args)
+    if not there:
+        return 2
+    if not revoke_token(args.data_dir, args.token, db=db):
+        print(f"edgemart gateway: no live token {args.token!r}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _token_list(args: argparse.Namespace) -> int:
+    from cloud_gateway.security.auth import list_tokens  # noqa: PLC0415
+
+    there, db = _token_db(args)
+    if not there:
+        return 2
+    for row in list_tokens(args.data_dir, db=db):
+        state = f"revoked {row['revoked_at']}" if row["revoked_at"] else "live"
+        expires = row["expires_at"] or "never"
+        print(f"{row['id']}\t{row['scopes']}\texpires {expires}\t{state}\t{row['name'] or ''}")
+    return 0
+
+
+def _in_store(args: argparse.Namespace, work: Any) -> Any:
+    """`work(store)` on the gateway's database (blocking), or None when there is none."""
+    from cloud_gateway.db.open import open_session  # noqa: PLC0415
+
+    there, db = _token_db(args)
+    if not there:
+        return None
+    store = open_session(args.data_dir, db)
+    try:
+        return work(store)
+    finally:
+        store.close()
+
+
+def _provision_claim(args: argparse.Namespace) -> int:
+    from cloud_gateway.provisioning.service import create_batch  # noqa: PLC0415
+    from cloud_gateway.security.auth import operator  # noqa: PLC0415
+
+    claim = _in_store(args, lambda s: create_batch(s, args.batch, args.size, operator()))
+    if claim is None:
+        return 2
+    print(claim)
+    return 0
+
+
+def _provision_revoke(args: argparse.Namespace) -> int:
+    from cloud_gateway.provisioning.service import revoke  # noqa: PLC0415
+    from cloud_gateway.security.auth import operator  # noqa: PLC0415
+
+    there, _ = _token_db(args)
+    if not there:
+        return 2
+    crl = _in_store(args, lambda s: revoke(s, args.data_dir, args.device, operator()))
+    if crl is None:
+        print(f"edgemart gateway: no live certificate for {args.device!r}", file=sys.stderr)
+        return 1
+    print(f"revoked; reload the broker to read {crl}")
+    return 0
+
+
+def _provision_claim_revoke(args: argparse.Namespace) -> int:
+    from cloud_gateway.db.provisioning import revoke_batch  # noqa: PLC0415
+    from cloud_gateway.security.auth import operator  # noqa: PLC0415
+
+    done = _in_store(args, lambda s: revoke_batch(s, args.batch, operator()))
+    if not done:
+        print(f"edgemart gateway: no live claim for batch {args.batch!r}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _provision_password(args: argparse.Namespace) -> int:
+    from cloud_gateway.provisioning.service import issue_password, revoke_password  # noqa: PLC0415
+    from cloud_gateway.security.auth import operator  # noqa: PLC0415
+
+    if args.revoke:
+        done = _in_store(
+            args, lambda s: revoke_password(s, args.device, args.password_file, operator())
+        )
+        if not done:
+            print(f"edgemart gateway: no broker password for {args.device!r}", file=sys.stderr)
+            return 1
+        return 0
+    password = _in_store(
+        args, lambda s: issue_password(s, args.device, args.password_file, operator())
+    )
+    if password is None:
+        return 2
+    print(password)
+    return 0
+
+
+def _provision_broker_cert(args: argparse.Namespace) -> int:
+    from cloud_gateway.provisioning.ca import load_or_create  # noqa: PLC0415
+
+    ca = load_or_create(args.data_dir)
+    cert, key = ca.issue_server(args.host)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "server.pem").write_bytes(cert)
+    key_path = args.out / "server.key"
+    key_path.touch(mode=0o600)
+    key_path.write_bytes(key)
+    (args.out / "ca.pem").write_text(ca.cert_pem)
+    print(f"{args.out}/server.pem, server.key, ca.pem; the CRL: {ca.crl_path}")
     return 0
 
 
@@ -132,7 +267,57 @@ def add_verbs(parser: argparse.ArgumentParser) -> None:
     create = token_verbs.add_parser("create", help="print a new bearer token")
     create.add_argument("--data-dir", required=True, type=Path)
     create.add_argument("--db", default=None, help=DB_HELP)
+    create.add_argument(
+        "--scopes",
+        default="admin",
+        help="comma-separated: read-only, campaigns, models, devices, admin (default admin)",
+    )
+    create.add_argument(
+        "--expires-in", type=_duration, default=None, help="a life like 90m, 12h, 30d"
+    )
+    create.add_argument("--name", default=None, help="who or what uses it (shown in list)")
     create.set_defaults(func=_guard, verb=_token_create)
+    revoke = token_verbs.add_parser("revoke", help="revoke a token (its id or itself)")
+    revoke.add_argument("token", help="the token's id (from `token list`) or the token")
+    revoke.add_argument("--data-dir", required=True, type=Path)
+    revoke.add_argument("--db", default=None, help=DB_HELP)
+    revoke.set_defaults(func=_guard, verb=_token_revoke)
+    listing = token_verbs.add_parser("list", help="every token: id, scopes, life (no secret)")
+    listing.add_argument("--data-dir", required=True, type=Path)
+    listing.add_argument("--db", default=None, help=DB_HELP)
+    listing.set_defaults(func=_guard, verb=_token_list)
+    _add_provision_verbs(verbs)
+
+
+def _add_provision_verbs(verbs: Any) -> None:
+    prov = verbs.add_parser("provision", help="device identities: claims, certificates, CRL")
+    pverbs = prov.add_subparsers(dest="provision_verb", required=True, metavar="VERB")
+    claim = pverbs.add_parser("claim", help="print a claim credential for a production batch")
+    claim.add_argument("--batch", required=True, help="the batch's id")
+    claim.add_argument("--size", required=True, type=int, help="how many devices it may make")
+    claim.set_defaults(func=_guard, verb=_provision_claim)
+    revoke = pverbs.add_parser("revoke", help="revoke a device's certificate (rewrites the CRL)")
+    revoke.add_argument("--device", required=True)
+    revoke.set_defaults(func=_guard, verb=_provision_revoke)
+    unclaim = pverbs.add_parser("revoke-claim", help="revoke a batch's claim credential")
+    unclaim.add_argument("--batch", required=True)
+    unclaim.set_defaults(func=_guard, verb=_provision_claim_revoke)
+    password = pverbs.add_parser(
+        "password", help="a broker password for a device (brokers without mutual TLS)"
+    )
+    password.add_argument("--device", required=True)
+    password.add_argument(
+        "--password-file", required=True, type=Path, help="the broker's password_file"
+    )
+    password.add_argument("--revoke", action="store_true", help="remove the device's password")
+    password.set_defaults(func=_guard, verb=_provision_password)
+    broker = pverbs.add_parser("broker-cert", help="a server certificate for the broker")
+    broker.add_argument("--host", required=True, help="the name or IP devices dial")
+    broker.add_argument("--out", required=True, type=Path)
+    broker.set_defaults(func=_guard, verb=_provision_broker_cert)
+    for sub in (claim, revoke, unclaim, password, broker):
+        sub.add_argument("--data-dir", required=True, type=Path)
+        sub.add_argument("--db", default=None, help=DB_HELP)
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

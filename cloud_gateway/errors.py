@@ -89,3 +89,13 @@ class Conflict(GatewayError):
 
 class LinkDown(GatewayError):
     """The MQTT link is not connected, so nothing can be published right now."""
+
+
+class ClaimRefused(GatewayError):
+    """A provisioning request refused: an unknown or revoked claim credential (HTTP 401), or
+    a known one used again for a device id or past its batch's size (HTTP 409, audited)."""
+
+    def __init__(self, reason: str, *, known: bool) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.known = known

@@ -76,6 +76,10 @@ class Credentials:
     tls: bool = False
     ca_file: Path | None = None
     """CA bundle to verify the broker's certificate (implies TLS); the system's when None."""
+    cert_file: Path | None = None
+    """A client certificate (mutual TLS: the broker may take its CN as the username)."""
+    key_file: Path | None = None
+    """The client certificate's private key."""
 
     @classmethod
     def of(
@@ -85,15 +89,22 @@ class Credentials:
         *,
         tls: bool = False,
         ca_file: Path | None = None,
+        cert_file: Path | None = None,
+        key_file: Path | None = None,
     ) -> Credentials:
         """From settings that hold the password as a pydantic `SecretStr`."""
         secret = password.get_secret_value() if password is not None else None
-        return cls(username, secret, tls or ca_file is not None, ca_file)
+        tls = tls or ca_file is not None or cert_file is not None
+        return cls(username, secret, tls, ca_file, cert_file, key_file)
 
     def tls_params(self) -> aiomqtt.TLSParameters | None:
         if not self.tls:
             return None
-        return aiomqtt.TLSParameters(ca_certs=str(self.ca_file) if self.ca_file else None)
+        return aiomqtt.TLSParameters(
+            ca_certs=str(self.ca_file) if self.ca_file else None,
+            certfile=str(self.cert_file) if self.cert_file else None,
+            keyfile=str(self.key_file) if self.key_file else None,
+        )
 
 
 class MqttVersion(StrEnum):

@@ -84,8 +84,8 @@ def _campaigns(world: World, surfaces: list[str]) -> list[dict[str, Any]]:
 
 
 class Operator:
-    """The marketing operator: bearer-token HTTP calls against the gateway (or, without a
-    token, an app's calls to a device's local API)."""
+    """The marketing operator: bearer-token HTTP calls against the gateway (or, with a
+    device's app token, an app's calls to its local API)."""
 
     def __init__(self, session: aiohttp.ClientSession, base: str, token: str | None) -> None:
         self.session = session

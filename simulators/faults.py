@@ -11,6 +11,8 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from agent.api.owners import read_admin_token
+
 EDGEMART = [sys.executable, "-m", "edgemart"]
 
 
@@ -48,6 +50,7 @@ class AgentProcess:
             str(trust),
         ]
         self.device_id = device_id
+        self.data_dir = data_dir
         self.api = f"http://127.0.0.1:{api_port}"
         self.log = log
         self.env = dict(os.environ, PYTHONUNBUFFERED="1", **(env or {}))
@@ -95,6 +98,11 @@ class AgentProcess:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             return self.proc.wait()
+
+    def token(self) -> str:
+        """The agent's all-scopes local API token (`DATA_DIR/tokens/admin.token`, written on
+        its first start). Blocking: reads the file."""
+        return read_admin_token(self.data_dir)
 
     @property
     def alive(self) -> bool:

@@ -122,11 +122,16 @@ class _CrashDevices:
             for i in range(count)
         ]
         self.accepted: dict[str, list[str]] = {a.device_id: [] for a in self.agents}
-        self._apps = {a.device_id: Operator(http, a.api, None) for a in self.agents}
+        self._http = http
+        self._apps: dict[str, Operator] = {}
+        """Each TV's app, with the admin token its agent wrote on its first start."""
         self._sent = 0
 
     async def start(self) -> None:
         await asyncio.gather(*(asyncio.to_thread(a.start) for a in self.agents))
+        for a in self.agents:
+            token = await asyncio.to_thread(a.token)
+            self._apps[a.device_id] = Operator(self._http, a.api, token)
 
     async def consent(self) -> None:
         for app in self._apps.values():

@@ -14,6 +14,7 @@ from types import TracebackType
 import aiohttp
 import numpy as np
 
+from agent.api.owners import admin_headers
 from agent.config import load_settings
 from agent.runtime.agent import Agent
 from protocol.ids import format_time, utcnow
@@ -87,6 +88,7 @@ class Household:
         self.runs: list[DeviceRun] = []
         self._stack = contextlib.AsyncExitStack()
         self._http: aiohttp.ClientSession | None = None
+        self._auth: dict[str, dict[str, str]] = {}
 
     async def __aenter__(self) -> Household:
         await self._stack.__aenter__()
@@ -159,7 +161,11 @@ class Household:
     async def _post_signals(self, run: DeviceRun, chunk: list[dict[str, object]]) -> list[str]:
         assert self._http is not None
         url = f"http://127.0.0.1:{run.agent.api_port}/v1/signals"
-        async with self._http.post(url, json={"signals": chunk}) as resp:
+        if run.spec.device_id not in self._auth:  # the token the agent wrote on its first start
+            data_dir = run.agent.settings.data_dir
+            self._auth[run.spec.device_id] = await asyncio.to_thread(admin_headers, data_dir)
+        headers = self._auth[run.spec.device_id]
+        async with self._http.post(url, json={"signals": chunk}, headers=headers) as resp:
             body = await resp.json()
             if resp.status != 202:
                 raise RuntimeError(

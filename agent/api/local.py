@@ -6,14 +6,17 @@ in-process; domain errors become answers through `agent.api.errors`.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import re
 from typing import Any
+from urllib.parse import urlsplit
 
 from aiohttp import web
 
 from agent.api.errors import answer
+from agent.api.owners import Owner, Owners, TokenError
 from agent.api.port import AgentPort
 from agent.errors import AgentError, DiskFull, InvalidInput, KeyReused, StoreError, TooLarge
 from agent.intake.consent import parse_purposes
@@ -36,6 +39,32 @@ DISK_FULL_RETRY_S = 60
 """`Retry-After` of a 507: the maintenance loop looks at the disk every minute."""
 KEY_HEADER = "Idempotency-Key"
 REPLAYED_HEADER = "Idempotent-Replayed"
+PUBLIC = frozenset({"/healthz", "/readyz"})
+"""Served without a token (liveness and readiness probes); still loopback-only by `Host`."""
+SCOPE_OF: dict[tuple[str, str], str | None] = {
+    ("POST", "/v1/signals"): "signals",
+    ("GET", "/v1/offers"): "offers",
+    ("POST", "/v1/outcomes"): "outcomes",
+    ("POST", "/v1/claims"): "claims",
+    ("GET", "/v1/claims/{claim_id}"): "claims",
+    ("GET", "/v1/consent"): None,
+    ("PUT", "/v1/consent"): "consent",
+    ("GET", "/v1/status"): "status",
+    ("GET", "/v1/quarantine"): "status",
+    ("GET", "/metrics"): "status",
+}
+"""(method, route) -> the scope its token needs (None: any valid token)."""
+LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})
+OWNER: web.RequestKey[Owner] = web.RequestKey("edgemart_owner", Owner)
+"""The app whose token the request carries."""
+
+
+def _hostname(value: str) -> str:
+    """The host part of a `Host` header or an origin (`[::1]:8731` -> `::1`), lowercased."""
+    try:
+        return (urlsplit(value if "//" in value else f"//{value}").hostname or "").lower()
+    except ValueError:
+        return ""
 
 
 class LocalApi:
@@ -47,8 +76,11 @@ class LocalApi:
         self.port: int | None = None
         self._runner: web.AppRunner | None = None
         self._faults = OnceLogger(log)
+        self._owners = Owners(agent.settings.data_dir)
         max_bytes = agent.settings.max_request_bytes
-        self.app = web.Application(client_max_size=max_bytes, middlewares=[self._http_errors])
+        self.app = web.Application(
+            client_max_size=max_bytes, middlewares=[self._http_errors, self._owned]
+        )
         self.app.add_routes(
             [
                 web.post("/v1/signals", self.post_signals),
@@ -105,6 +137,76 @@ class LocalApi:
                 limit = self._agent.settings.max_request_bytes
                 msg = f"body over the limit of {limit} bytes"
             return self._reject(exc.status, [{"loc": "(request)", "msg": msg}])
+
+    @web.middleware
+    async def _owned(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        """Only local callers with a token whose scopes cover the route; JSON bodies only.
+
+        A browser page can reach loopback: a foreign `Host` (DNS rebinding) or `Origin`
+        (a cross-site form or fetch) is refused before anything else, and so is a body that
+        is not `application/json` (what a form can send without a CORS preflight)."""
+        headers = request.headers
+        host = headers.get("Host")
+        origin = headers.get("Origin")
+        if host is not None and _hostname(host) not in LOOPBACK:
+            return self._refuse("api_foreign_host", 403, "Host", "only loopback hosts are served")
+        if origin is not None and _hostname(origin) not in LOOPBACK:
+            return self._refuse("api_foreign_origin", 403, "Origin", "cross-origin request")
+        if headers.get("Sec-Fetch-Site", "").lower() == "cross-site":
+            return self._refuse("api_foreign_origin", 403, "Origin", "cross-site request")
+        if request.path in PUBLIC:
+            response: web.StreamResponse = await handler(request)
+            return response
+        owner = await self._owner(headers.get("Authorization", ""))
+        if owner is None:
+            refused = self._refuse(
+                "api_unauthorized", 401, "Authorization", "a valid bearer token is required"
+            )
+            refused.headers["WWW-Authenticate"] = 'Bearer realm="edgemart-agent"'
+            return refused
+        resource = request.match_info.route.resource
+        method = "GET" if request.method == "HEAD" else request.method
+        route = (method, resource.canonical if resource is not None else request.path)
+        if route in SCOPE_OF:
+            scope = SCOPE_OF[route]
+            if scope is not None and scope not in owner.scopes:
+                msg = f"the token of app {owner.app!r} lacks the {scope!r} scope"
+                return self._refuse("api_forbidden", 403, "Authorization", msg)
+        if (
+            request.method in ("POST", "PUT", "PATCH")
+            and request.content_type != "application/json"
+        ):
+            msg = f"the body must be application/json, not {request.content_type}"
+            return self._refuse("api_unsupported_media", 415, "Content-Type", msg)
+        request[OWNER] = owner
+        answered: web.StreamResponse = await handler(request)
+        return answered
+
+    def _refuse(self, counter: str, status: int, loc: str, msg: str) -> web.Response:
+        self._agent.metrics.inc(counter)
+        return self._reject(status, [{"loc": loc, "msg": msg}])
+
+    async def _owner(self, authorization: str) -> Owner | None:
+        """The app of the bearer token (the apps file read again when due or on a miss)."""
+        scheme, _, token = authorization.partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            return None
+        token = token.strip()
+        owners = self._owners
+        fresh = owners.due()
+        if fresh:
+            await self._refresh()
+        found = owners.owner(token)
+        if found is None and not fresh:
+            await self._refresh()  # a token made by `edgemart agent token create` just now
+            found = owners.owner(token)
+        return found
+
+    async def _refresh(self) -> None:
+        try:
+            await asyncio.to_thread(self._owners.refresh)
+        except (OSError, TokenError) as exc:  # the tokens already read stay valid
+            self._faults.log("tokens", "local API cannot read its app tokens: %s", exc)
 
     async def _body(self, request: web.Request) -> Any:
         """The request's JSON body (read and checked once per request)."""

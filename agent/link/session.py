@@ -128,7 +128,12 @@ class Link:
             port=port,
             client_id=s.device_id,
             credentials=Credentials.of(
-                s.mqtt_username, s.mqtt_password, tls=s.mqtt_tls, ca_file=s.mqtt_ca_file
+                s.mqtt_username,
+                s.mqtt_password,
+                tls=s.mqtt_tls,
+                ca_file=s.mqtt_ca_file,
+                cert_file=s.mqtt_cert_file,
+                key_file=s.mqtt_key_file,
             ),
             clean_start=False,
             will=Will(self.topics.state(s.device_id), offline, qos=1, retain=True),

@@ -16,6 +16,7 @@ from types import TracebackType
 from typing import Any
 
 from agent.api.local import LocalApi
+from agent.api.owners import ensure_admin
 from agent.config import AgentSettings
 from agent.decide.decisions import Decisions
 from agent.decide.policy import CapCounts, QuietWindow
@@ -31,6 +32,7 @@ from agent.model.scoring import Model
 from agent.model.update import ModelUpdater
 from agent.offers.book import OfferBook
 from agent.offers.claims import Claims
+from agent.provisioning.flow import ensure_identity
 from agent.runtime.build import build, start_loops
 from agent.runtime.memory import MemoryBudget
 from agent.runtime.metrics import Metrics
@@ -291,6 +293,8 @@ class Agent:
     # ------------------------------------------------------------ lifecycle
 
     async def __aenter__(self) -> Agent:
+        # first start with a claim credential: get this device's identity (agent.provisioning)
+        self._settings = await ensure_identity(self._settings)
         self._parts = await build(
             self._settings,
             clock=self._clock,
@@ -307,6 +311,8 @@ class Agent:
         return self
 
     async def _start(self, parts: Parts) -> None:
+        # the all-scopes token of DATA_DIR/tokens/admin.token, made on the first start
+        await asyncio.to_thread(ensure_admin, parts.settings.data_dir)
         start_loops(parts)
         if parts.settings.api_port is not None:
             self.api = LocalApi(self, parts.settings.api_port)

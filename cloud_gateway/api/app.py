@@ -8,7 +8,7 @@ from typing import Any
 
 from aiohttp import web
 
-from cloud_gateway.api import campaigns, dashboard, devices, gateways, models, ops
+from cloud_gateway.api import campaigns, dashboard, devices, gateways, models, ops, provision
 from cloud_gateway.api.context import CTX, OPENAPI, TOKEN_ID, ApiContext
 from cloud_gateway.api.errors import Problem, problem_response, problems_middleware
 from cloud_gateway.api.openapi import document
@@ -22,10 +22,15 @@ TABLES: tuple[tuple[Route, ...], ...] = (
     devices.ROUTES,
     models.ROUTES,
     dashboard.ROUTES,
+    provision.ROUTES,
 )
 """Every route of the API, one table per route module."""
 PUBLIC = PublicPaths.of(TABLES)
 """Paths served without a token: the routes marked `public`."""
+SCOPE_OF: dict[tuple[str, str], str] = {
+    (route.method.upper(), route.path): route.needs() for table in TABLES for route in table
+}
+"""(METHOD, route path) -> the scope a token needs for it."""
 
 
 @web.middleware
@@ -33,15 +38,25 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     if request.path in PUBLIC:
         return await handler(request)
     scheme, _, token = request.headers.get("Authorization", "").partition(" ")
-    token_id = None
+    grant = None
+    context = request.app[CTX]
     if scheme.lower() == "bearer" and token.strip():
-        token_id = await request.app[CTX].verifier.verify(token.strip())
-    if token_id is None:
+        grant = await context.verifier.verify(token.strip())
+    if grant is None:
+        context.counters["api_unauthorized"] += 1
         return problem_response(
             Problem(status=401, title="Unauthorized", detail="a valid bearer token is required"),
             headers={"WWW-Authenticate": 'Bearer realm="edgemart-gateway"'},
         )
-    request[TOKEN_ID] = token_id
+    resource = request.match_info.route.resource
+    method = "GET" if request.method == "HEAD" else request.method
+    needed = SCOPE_OF.get((method, resource.canonical)) if resource is not None else None
+    if needed is not None and not grant.allows(needed):
+        context.counters["api_forbidden"] += 1
+        has = ", ".join(sorted(grant.scopes))
+        detail = f"token {grant.id} lacks the {needed!r} scope (it has {has})"
+        return problem_response(Problem(status=403, title="Forbidden", detail=detail))
+    request[TOKEN_ID] = grant.id
     return await handler(request)
 
 

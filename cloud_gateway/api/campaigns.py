@@ -87,6 +87,7 @@ ROUTES: tuple[Route, ...] = (
             ("EndCampaign", "post_v1_campaigns_id_end"),
             ("CampaignStats", "get_v1_campaigns_id_stats"),
         ),
+        scope="campaigns",
     ),
     Route(
         "get",
@@ -115,6 +116,7 @@ ROUTES: tuple[Route, ...] = (
             ("PauseCampaign", "post_v1_campaigns_id_pause"),
             ("CampaignStats", "get_v1_campaigns_id_stats"),
         ),
+        scope="campaigns",
     ),
     Route(
         "post",
@@ -127,6 +129,7 @@ ROUTES: tuple[Route, ...] = (
             ("LaunchCampaign", "post_v1_campaigns_id_launch"),
             ("EndCampaign", "post_v1_campaigns_id_end"),
         ),
+        scope="campaigns",
     ),
     Route(
         "post",
@@ -135,6 +138,7 @@ ROUTES: tuple[Route, ...] = (
         "End for good: withdraw its offers",
         responses={200: Campaign, 409: STATE_CONFLICT},
         tags=TAGS,
+        scope="campaigns",
     ),
     Route(
         "get",

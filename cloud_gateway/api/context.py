@@ -17,6 +17,7 @@ from cloud_gateway.campaigns.service import CampaignService
 from cloud_gateway.db.backend import Backend, Session
 from cloud_gateway.devices.erasure import DeviceErasure
 from cloud_gateway.ingest.parse import unstorable_value
+from cloud_gateway.provisioning.service import Provisioner
 from cloud_gateway.registry.service import ModelRegistry
 from cloud_gateway.security.auth import TokenVerifier
 from protocol import codec
@@ -39,6 +40,8 @@ class ApiContext:
     """Levels read at request time (queue fill), shown beside the counters."""
     readiness: Callable[[], Awaitable[dict[str, Any]]]
     """`/readyz`'s checks (broker link, database writable, loops running)."""
+    provisioner: Provisioner
+    """Redeems claim credentials (`POST /v1/provision`)."""
 
 
 CTX = web.AppKey("ctx", ApiContext)

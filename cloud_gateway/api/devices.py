@@ -72,6 +72,7 @@ ROUTES: tuple[Route, ...] = (
         "Erase a device: delete its data here, send it a signed forget command",
         responses={202: DeviceErased},
         tags=TAGS,
+        scope="devices",
     ),
     Route(
         "get",
@@ -80,6 +81,7 @@ ROUTES: tuple[Route, ...] = (
         "All the gateway holds for a device",
         responses={200: DeviceExport},
         tags=TAGS,
+        scope="devices",
     ),
     Route("get", "/v1/fleet", fleet, "The fleet at a glance", responses={200: Fleet}, tags=TAGS),
 )

@@ -117,6 +117,7 @@ ROUTES: tuple[Route, ...] = (
             },
         },
         models=(ModelManifest,),
+        scope="models",
     ),
     Route("get", "/v1/models", list_models, "Registered models", responses={200: "OK"}, tags=TAGS),
     Route(
@@ -137,6 +138,7 @@ ROUTES: tuple[Route, ...] = (
         responses={200: "OK"},
         tags=TAGS,
         patterns=VERSION,
+        scope="models",
     ),
     Route(
         "get",

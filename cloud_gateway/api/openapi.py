@@ -106,7 +106,8 @@ def _responses(route: Route) -> dict[str, Any]:
     if route.query:
         derived["400"] = "Invalid parameter"
     if not route.public:
-        derived["401"] = "Missing or wrong bearer token"
+        derived["401"] = "Missing, wrong, expired or revoked bearer token"
+        derived["403"] = f"The token lacks the {route.needs()!r} scope (or admin)"
         # Every route behind a token reads the store (the token is checked there).
         derived["503"] = "The store cannot be used now (I/O error): try again after Retry-After"
         derived["507"] = "The store's disk is full: try again after Retry-After"

@@ -65,6 +65,13 @@ class Route:
     """Models the `form` refers to (put in the components)."""
     links: tuple[tuple[str, str], ...] = ()
     """(name, operationId) of operations taking this answer's `id` as their `{id}`."""
+    scope: str = ""
+    """The token scope a caller needs (`security.auth.SCOPES`); "" is `read-only` for a GET
+    and `admin` for anything else. `admin` tokens may call every route."""
+
+    def needs(self) -> str:
+        """The scope this route asks of a token."""
+        return self.scope or ("read-only" if self.method == "get" else "admin")
 
     def params(self) -> list[str]:
         """The path parameters, in order."""

@@ -30,9 +30,18 @@ DATA_TABLES = (
     "model_health",
 )
 """Tables of what a device reported: emptied on erasure and again on its confirmation."""
-HANDLED_ELSEWHERE = ("devices", "device_pushes", "grants", "device_commands")
+HANDLED_ELSEWHERE = (
+    "devices",
+    "device_pushes",
+    "grants",
+    "device_commands",
+    "device_certs",
+    "device_passwords",
+)
 """Device-keyed tables `erase_device` treats apart: the registry row and pushes are deleted,
-grants anonymised (stock stays right), the forget command itself kept until confirmed."""
+grants anonymised (stock stays right), the forget command itself kept until confirmed, the
+device's certificate and broker password kept (erasure is of data, not of the device's
+identity: revoke that with `edgemart gateway provision revoke` / `password --revoke`)."""
 
 
 def _delete_data(store: Session, device_id: str) -> dict[str, int]:

@@ -425,7 +425,7 @@ def workers_leases_and_registry(db: Database) -> None:
 
 
 @migration
-def issue13_finite_numbers(db: Database) -> None:
+def finite_numbers(db: Database) -> None:
     """Non-finite numbers older versions stored in a device's data (`NaN` in a signal's
     attrs, an infinite score) made null (`db/finite.py`): one device's data no longer fails
     targeting, launches or its export."""
@@ -433,8 +433,38 @@ def issue13_finite_numbers(db: Database) -> None:
 
 
 @migration
-def issue13_quarantine(db: Database) -> None:
+def push_quarantine(db: Database) -> None:
     """A device push or command its loop cannot send (its payload unreadable, unencodable)
     is set aside with the reason (`quarantined`), kept for export, and skipped after."""
     for table in ("device_pushes", "device_commands"):
         db.execute(f"ALTER TABLE {table} ADD COLUMN quarantined TEXT")
+
+
+@migration
+def token_scopes(db: Database) -> None:
+    """Operator tokens with roles and a life: scopes (tokens made before keep `admin`, what
+    they could do), an optional expiry, a name for people, and who revoked one."""
+    db.execute("ALTER TABLE tokens ADD COLUMN scopes TEXT NOT NULL DEFAULT 'admin'")
+    db.execute("ALTER TABLE tokens ADD COLUMN expires_at TEXT")
+    db.execute("ALTER TABLE tokens ADD COLUMN name TEXT")
+    db.execute("ALTER TABLE tokens ADD COLUMN revoked_by TEXT")
+
+
+@migration
+def provisioning(db: Database) -> None:
+    """Provisioning: factory claim credentials per production batch (their hash, size and
+    use) and the certificate issued to each device (serial, for the CRL; revocation)."""
+    db.execute(
+        "CREATE TABLE claim_batches (id TEXT PRIMARY KEY, hash TEXT NOT NULL UNIQUE,"
+        " size INTEGER NOT NULL, used INTEGER NOT NULL DEFAULT 0, created_at TEXT NOT NULL,"
+        " revoked_at TEXT)"
+    )
+    db.execute(
+        "CREATE TABLE device_certs (device_id TEXT PRIMARY KEY, batch_id TEXT NOT NULL,"
+        " serial TEXT NOT NULL, issued_at TEXT NOT NULL, revoked_at TEXT)"
+    )
+    # for brokers that cannot do mutual TLS: passwords the gateway makes (Mosquitto's hash)
+    db.execute(
+        "CREATE TABLE device_passwords (device_id TEXT PRIMARY KEY, hash TEXT NOT NULL,"
+        " created_at TEXT NOT NULL)"
+    )

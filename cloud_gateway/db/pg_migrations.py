@@ -318,16 +318,52 @@ CREATE TABLE gateway_workers (
 """,
     ),
     (
-        # As SQLite's `issue13_finite_numbers` (`db/finite.py`).
-        "pg005_issue13_finite_numbers",
+        # As SQLite's `finite_numbers` (`db/finite.py`).
+        "pg005_finite_numbers",
         _finite_numbers,
     ),
     (
-        # As SQLite's `issue13_quarantine`.
-        "pg006_issue13_quarantine",
+        # As SQLite's `push_quarantine`.
+        "pg006_push_quarantine",
         """
 ALTER TABLE device_pushes ADD COLUMN quarantined text;
 ALTER TABLE device_commands ADD COLUMN quarantined text;
+""",
+    ),
+    (
+        # As SQLite's `token_scopes`.
+        "pg007_token_scopes",
+        """
+ALTER TABLE tokens ADD COLUMN scopes text NOT NULL DEFAULT 'admin';
+ALTER TABLE tokens ADD COLUMN expires_at text;
+ALTER TABLE tokens ADD COLUMN name text;
+ALTER TABLE tokens ADD COLUMN revoked_by text;
+""",
+    ),
+    (
+        # As SQLite's `provisioning`.
+        "pg008_provisioning",
+        """
+CREATE TABLE claim_batches (
+    id text PRIMARY KEY,
+    hash text NOT NULL UNIQUE,
+    size bigint NOT NULL,
+    used bigint NOT NULL DEFAULT 0,
+    created_at text NOT NULL,
+    revoked_at text
+);
+CREATE TABLE device_certs (
+    device_id text PRIMARY KEY,
+    batch_id text NOT NULL,
+    serial text NOT NULL,
+    issued_at text NOT NULL,
+    revoked_at text
+);
+CREATE TABLE device_passwords (
+    device_id text PRIMARY KEY,
+    hash text NOT NULL,
+    created_at text NOT NULL
+);
 """,
     ),
 ]

@@ -27,6 +27,7 @@ from cloud_gateway.db.backend import Backend, Clock, Session
 from cloud_gateway.devices.erasure import DeviceErasure
 from cloud_gateway.ingest.retention import RetentionPolicy, run_retention
 from cloud_gateway.ingest.service import AckBatcher, Ingestor
+from cloud_gateway.provisioning.service import Provisioner
 from cloud_gateway.registry.service import ModelRegistry
 from cloud_gateway.runtime.fleet import Lease, Worker, new_worker_id, while_holding
 from cloud_gateway.runtime.health import Health
@@ -204,6 +205,7 @@ def build(
         started=time.monotonic(),
         gauges=health.gauges,
         readiness=health.readiness,
+        provisioner=Provisioner(backend, s.data_dir, keys.trust_path, s.topic_root, counters),
     )
     return Parts(
         settings=s,

@@ -9,12 +9,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from aiohttp.test_utils import TestClient, TestServer
 
-from agent.api.local import LocalApi
 from simulators.brokers import MosquittoProcess
 from tests.support.agent_world import FakeGateway, Responder, World
-from tests.support.local_device import Client, Device, running_device
+from tests.support.local_device import Client, Device, api_client, running_device
 
 
 @pytest.fixture
@@ -59,6 +57,6 @@ async def device(tmp_path: Path) -> AsyncIterator[Device]:
 
 @pytest.fixture
 async def client(device: Device) -> AsyncIterator[Client]:
-    """The device's local API, in-process."""
-    async with TestClient(TestServer(LocalApi(device.agent).app)) as test_client:
+    """The device's local API, in-process, as the admin app (the agent's all-scopes token)."""
+    async with await api_client(device) as test_client:
         yield test_client

@@ -11,12 +11,13 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, NamedTuple
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from agent.api.owners import read_admin_token
 from protocol import codec
 from protocol.envelopes import TrustFile
 from protocol.signing import Signer
@@ -106,9 +107,17 @@ def requests(draw: st.DrawFn) -> Request:
     return "GET", draw(st.sampled_from(["/v1/status", "/v1/consent", "/healthz"])), None
 
 
-def _call(base: str, method: str, path: str, body: bytes | None = None) -> tuple[int, bytes]:
+class Api(NamedTuple):
+    """Where the agent's local API answers, and its admin token."""
+
+    base: str
+    token: str
+
+
+def _call(api: Api, method: str, path: str, body: bytes | None = None) -> tuple[int, bytes]:
     headers = {"Content-Type": "application/json"} if body is not None else {}
-    req = urllib.request.Request(base + path, data=body, method=method, headers=headers)
+    headers["Authorization"] = f"Bearer {api.token}"
+    req = urllib.request.Request(api.base + path, data=body, method=method, headers=headers)
     try:
         with urllib.request.urlopen(req, timeout=10) as resp:
             return resp.status, resp.read()
@@ -116,8 +125,8 @@ def _call(base: str, method: str, path: str, body: bytes | None = None) -> tuple
         return exc.code, exc.read()
 
 
-def _rejected(base: str) -> int:
-    status, body = _call(base, "GET", "/v1/status")
+def _rejected(api: Api) -> int:
+    status, body = _call(api, "GET", "/v1/status")
     assert status == 200
     return int(json.loads(body)["counters"].get("api_rejected", 0))
 
@@ -125,7 +134,7 @@ def _rejected(base: str) -> int:
 @pytest.fixture(scope="module")
 def local_api(
     mosquitto: MosquittoProcess, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[str]:
+) -> Iterator[Api]:
     tmp = tmp_path_factory.mktemp("agent-fuzz")
     trust = tmp / "trust.json"
     trust.write_bytes(codec.encode(TrustFile(keys=[Signer.generate("k1").public])))
@@ -141,7 +150,7 @@ def local_api(
     base = f"http://127.0.0.1:{port}"
     try:
         asyncio.run(wait_healthy(f"{base}/healthz", proc, log))
-        yield base
+        yield Api(base, read_admin_token(tmp / "dev"))
         assert proc.poll() is None, "the agent died under fuzzing"
     finally:
         stop(proc)
@@ -154,7 +163,7 @@ def local_api(
 )
 @given(request=requests())
 def test_no_request_gets_a_server_error_and_every_refusal_is_counted(
-    local_api: str, request: Request
+    local_api: Api, request: Request
 ) -> None:
     method, path, body = request
     before = _rejected(local_api)
@@ -168,7 +177,7 @@ def test_no_request_gets_a_server_error_and_every_refusal_is_counted(
     assert _rejected(local_api) - before == int(refused), (status, raw[:300])
 
 
-def test_the_agent_still_takes_a_good_signal_afterwards(local_api: str) -> None:
+def test_the_agent_still_takes_a_good_signal_afterwards(local_api: Api) -> None:
     body: dict[str, Any] = {"signals": [{"kind": "app_open", "attrs": {"app": "tv"}}]}
     status, raw = _call(local_api, "POST", "/v1/signals", json.dumps(body).encode())
     assert status == 202, raw

@@ -57,7 +57,8 @@ async def test_bad_requests_are_refused_and_nothing_is_stored(world: World) -> N
         locs = {e["loc"] for e in body["errors"]}
         assert "signals.1.kind" in locs
         assert "signals.2.attrs" in locs
-        status, _ = await http(agent, "POST", "/v1/signals", data=b"{not json")
+        json_type = {"Content-Type": "application/json"}
+        status, _ = await http(agent, "POST", "/v1/signals", data=b"{not json", headers=json_type)
         assert status == 400
         too_many = {"signals": [{"kind": "app_open"}] * 101}
         status, _ = await http(agent, "POST", "/v1/signals", json=too_many)

@@ -204,7 +204,11 @@ async def test_413_answers_say_the_limit(device: Device, client: Client) -> None
     assert response.status == 413
     assert str(limit) in (await response.json())["errors"][0]["msg"]
     max_bytes = device.agent.settings.max_request_bytes
-    response = await client.post("/v1/signals", data=io.BytesIO(b" " * (max_bytes + 1)))
+    response = await client.post(
+        "/v1/signals",
+        data=io.BytesIO(b" " * (max_bytes + 1)),
+        headers={"Content-Type": "application/json"},
+    )
     assert response.status == 413
     assert str(max_bytes) in (await response.json())["errors"][0]["msg"]
 

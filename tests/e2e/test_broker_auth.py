@@ -26,6 +26,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from agent.api.owners import admin_headers
 from agent.config import load_settings
 from agent.errors import ConfigError
 from agent.runtime.agent import Agent
@@ -260,13 +261,14 @@ async def test_processes_authenticate_and_the_acl_confines_devices(
                 env={"EDGEMART_MQTT_PASSWORD": passwords[device], "EDGEMART_UPLINK__MODE": "raw"},
             )
             await wait_healthy(f"{dev}/healthz", agent, agent_log)
+            dev_auth = await asyncio.to_thread(admin_headers, tmp_path / "dev")
             token = await asyncio.to_thread(create_token, gw_dir)
             auth = {"Authorization": f"Bearer {token}"}
             consent = {"purposes": {"analytics": True, "personalization": True, "marketing": True}}
-            async with http.put(f"{dev}/v1/consent", json=consent) as r:
+            async with http.put(f"{dev}/v1/consent", json=consent, headers=dev_auth) as r:
                 assert r.status == 200, await r.text()
             body = {"signals": [{"kind": "app_open", "attrs": {"app": "tv"}} for _ in range(20)]}
-            async with http.post(f"{dev}/v1/signals", json=body) as r:
+            async with http.post(f"{dev}/v1/signals", json=body, headers=dev_auth) as r:
                 assert r.status == 202, await r.text()
 
             async def stored(device_id: str, n: int) -> bool:
@@ -274,7 +276,7 @@ async def test_processes_authenticate_and_the_acl_confines_devices(
                     return r.status == 200 and (await r.json())["signals_stored"] == n
 
             async def acked() -> bool:
-                async with http.get(f"{dev}/v1/status") as r:
+                async with http.get(f"{dev}/v1/status", headers=dev_auth) as r:
                     status = await r.json()
                     return (status["link"], status["outbox_depth"]) == ("connected", 0)
 
@@ -298,7 +300,7 @@ async def test_processes_authenticate_and_the_acl_confines_devices(
                 await other.publish(
                     f"edgemart/v1/dev/{intruder}/up/batch", _batch(intruder, new_id()), qos=1
                 )
-                async with http.post(f"{dev}/v1/signals", json=body) as r:
+                async with http.post(f"{dev}/v1/signals", json=body, headers=dev_auth) as r:
                     assert r.status == 202, await r.text()
                 await eventually(lambda: stored(device, 40))  # acked on its down/ack
                 await eventually(acked)
@@ -320,7 +322,7 @@ async def test_processes_authenticate_and_the_acl_confines_devices(
                 assert (await r.json())["removed"]["signals"] == 40
 
             async def forgotten() -> bool:
-                async with http.get(f"{dev}/v1/status") as r:
+                async with http.get(f"{dev}/v1/status", headers=dev_auth) as r:
                     status = await r.json()
                 if status["counters"].get("forgets") != 1 or status["outbox_depth"]:
                     return False

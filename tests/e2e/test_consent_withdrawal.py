@@ -7,11 +7,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import aiohttp
-
 from agent.runtime.agent import Agent
 from simulators.brokers import MosquittoProcess
 from simulators.checker import Drops, account
+from tests.support.agent_world import http
 from tests.support.builders import ALL
 from tests.support.gateway_world import agent_settings, device_view, export, gateway
 from tests.support.waiting import eventually
@@ -24,13 +23,10 @@ def views(n: int, tag: int) -> list[dict[str, Any]]:
 
 
 async def put_consent(agent: Agent, purposes: dict[str, bool]) -> dict[str, Any]:
-    async with (
-        aiohttp.ClientSession() as http,
-        http.put(f"http://127.0.0.1:{agent.api_port}/v1/consent", json={"purposes": purposes}) as r,
-    ):
-        assert r.status == 200, await r.text()
-        body: dict[str, Any] = await r.json()
-        return body
+    status, body = await http(agent, "PUT", "/v1/consent", json={"purposes": purposes})
+    assert status == 200, body
+    assert isinstance(body, dict)
+    return body
 
 
 async def test_consent_withdrawn_mid_flush_purges_pending_and_holds_later_signals(

@@ -11,6 +11,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+from agent.api.owners import admin_headers
 from protocol.ids import format_time, utcnow
 from simulators.brokers import MosquittoProcess, free_port
 from tests.support.processes import EDGEMART, spawn, start_gateway, stop, tail, wait_healthy
@@ -58,13 +59,14 @@ async def test_gateway_and_agent_processes_close_the_loop(
         )
         await wait_healthy(f"http://127.0.0.1:{api_port}/healthz", agent, agent_log)
         dev = f"http://127.0.0.1:{api_port}"
+        dev_auth = admin_headers(dev_dir)  # the token the agent wrote on its first start
         gw = f"http://127.0.0.1:{gw_port}"
         auth = {"Authorization": f"Bearer {token}"}
         async with aiohttp.ClientSession() as http:
             async with http.get(f"{gw}/v1/devices", headers={"Authorization": "Bearer nope"}) as r:
                 assert r.status == 401
             consent = {"purposes": {"analytics": True, "personalization": True, "marketing": True}}
-            async with http.put(f"{dev}/v1/consent", json=consent) as r:
+            async with http.put(f"{dev}/v1/consent", json=consent, headers=dev_auth) as r:
                 assert r.status == 200, await r.text()
             ids: list[str] = []
             for i in range(10):
@@ -81,10 +83,12 @@ async def test_gateway_and_agent_processes_close_the_loop(
                         for _ in range(20)
                     ]
                 }
-                async with http.post(f"{dev}/v1/signals", json=body) as r:
+                async with http.post(f"{dev}/v1/signals", json=body, headers=dev_auth) as r:
                     assert r.status == 202, await r.text()
                     ids += (await r.json())["ids"]
-            async with http.post(f"{dev}/v1/signals", json={"signals": [{"kind": ""}]}) as r:
+            async with http.post(
+                f"{dev}/v1/signals", json={"signals": [{"kind": ""}]}, headers=dev_auth
+            ) as r:
                 assert r.status == 400
                 assert "signals.0.kind" in await r.text()
 
@@ -113,7 +117,9 @@ async def test_gateway_and_agent_processes_close_the_loop(
 
             async def offered() -> list[dict[str, Any]]:
                 async with http.get(
-                    f"{dev}/v1/offers", params={"surface": "tv_home_banner", "limit": "3"}
+                    f"{dev}/v1/offers",
+                    params={"surface": "tv_home_banner", "limit": "3"},
+                    headers=dev_auth,
                 ) as r:
                     return list((await r.json())["offers"])
 
@@ -121,7 +127,7 @@ async def test_gateway_and_agent_processes_close_the_loop(
             assert offers[0]["title"] == "Purifier filter -30%"
             assert 0.0 <= offers[0]["score"] <= 1.0 and offers[0]["reasons"]
             outcome = {"offer_id": offers[0]["id"], "kind": "click", "surface": "tv_home_banner"}
-            async with http.post(f"{dev}/v1/outcomes", json=outcome) as r:
+            async with http.post(f"{dev}/v1/outcomes", json=outcome, headers=dev_auth) as r:
                 assert r.status == 202, await r.text()
 
             async def stored() -> bool:

@@ -31,18 +31,28 @@ ENV = {
 }
 
 
-async def post(api: str, tag: str, n: int) -> list[str]:
+async def _auth(agent: AgentProcess) -> dict[str, str]:
+    return {"Authorization": f"Bearer {await asyncio.to_thread(agent.token)}"}
+
+
+async def post(agent: AgentProcess, tag: str, n: int) -> list[str]:
     body = {
         "signals": [{"kind": "search", "attrs": {"query_len": i, "from": tag}} for i in range(n)]
     }
-    async with aiohttp.ClientSession() as http, http.post(f"{api}/v1/signals", json=body) as resp:
+    async with (
+        aiohttp.ClientSession(headers=await _auth(agent)) as http,
+        http.post(f"{agent.api}/v1/signals", json=body) as resp,
+    ):
         assert resp.status == 202, await resp.text()
         ids: list[str] = (await resp.json())["ids"]
         return ids
 
 
-async def status(api: str) -> dict[str, Any]:
-    async with aiohttp.ClientSession() as http, http.get(f"{api}/v1/status") as resp:
+async def status(agent: AgentProcess) -> dict[str, Any]:
+    async with (
+        aiohttp.ClientSession(headers=await _auth(agent)) as http,
+        http.get(f"{agent.api}/v1/status") as resp,
+    ):
         body: dict[str, Any] = await resp.json()
         return body
 
@@ -69,8 +79,8 @@ async def test_a_cloned_device_loses_nothing_and_gets_no_acks_of_the_other(
 
         original = agent("original")
         await asyncio.to_thread(original.start)
-        accepted = await post(original.api, "first", 20)
-        await eventually(lambda: _depth(original.api, 0), timeout=20, what="first drain")
+        accepted = await post(original, "first", 20)
+        await eventually(lambda: _depth(original, 0), timeout=20, what="first drain")
         assert original.stop() == 0
         shutil.copytree(tmp_path / "original", tmp_path / "clone")  # the cloned image
         clone = agent("clone")
@@ -78,8 +88,8 @@ async def test_a_cloned_device_loses_nothing_and_gets_no_acks_of_the_other(
             await asyncio.to_thread(original.start)
             await asyncio.to_thread(clone.start)
             for round_ in range(5):
-                accepted += await post(original.api, f"o{round_}", 30)
-                accepted += await post(clone.api, f"c{round_}", 30)
+                accepted += await post(original, f"o{round_}", 30)
+                accepted += await post(clone, f"c{round_}", 30)
                 await asyncio.sleep(0.3)
 
             async def all_stored() -> bool:
@@ -88,9 +98,9 @@ async def test_a_cloned_device_loses_nothing_and_gets_no_acks_of_the_other(
                 return set(accepted) <= stored
 
             await eventually(all_stored, timeout=60, what="every accepted signal stored")
-            await eventually(lambda: _depth(original.api, 0), timeout=30, what="original")
-            await eventually(lambda: _depth(clone.api, 0), timeout=30, what="clone drains")
-            mine, copy = await status(original.api), await status(clone.api)
+            await eventually(lambda: _depth(original, 0), timeout=30, what="original")
+            await eventually(lambda: _depth(clone, 0), timeout=30, what="clone drains")
+            mine, copy = await status(original), await status(clone)
             assert mine["outbox_id"] != copy["outbox_id"]
             assert copy["store"]["outbox_rotations"] == 1
             assert mine["store"]["outbox_rotations"] == 0
@@ -103,8 +113,8 @@ async def test_a_cloned_device_loses_nothing_and_gets_no_acks_of_the_other(
             original.stop()
 
 
-async def _depth(api: str, wanted: int) -> bool:
+async def _depth(agent: AgentProcess, wanted: int) -> bool:
     try:
-        return bool((await status(api))["outbox_depth"] == wanted)
+        return bool((await status(agent))["outbox_depth"] == wanted)
     except aiohttp.ClientError:
         return False

@@ -20,11 +20,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestClient
 
-from agent.api.local import LocalApi
 from protocol import codec
-from tests.support.local_device import Device, running_device
+from tests.support.local_device import Device, api_client, running_device
 from tests.support.waiting import eventually
 
 DISK_BYTES = 8 * 1024 * 1024
@@ -123,7 +122,7 @@ async def test_a_full_tmpfs_is_a_state_and_the_agent_restarts_on_it(
 
 
 async def _client(device: Device) -> TestClient[Any, Any]:
-    client: TestClient[Any, Any] = TestClient(TestServer(LocalApi(device.agent).app))
+    client = await api_client(device)
     await client.start_server()
     return client
 

@@ -21,6 +21,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+from agent.api.owners import admin_headers
 from agent.intake.validate import MAX_ATTRS_BYTES
 from agent.runtime.agent import Agent
 from agent.runtime.memory import MB, PAGE_OUT_EVERY_S, MemoryBudget, rss_bytes, sqlite_cache_kib
@@ -54,9 +55,11 @@ def big_attrs(rng: random.Random) -> dict[str, Any]:
     return {f"a{i}": "".join(rng.choices(letters, k=240)) for i in range(15)}
 
 
-async def post(port: int | None, body: Any) -> tuple[int, dict[str, Any]]:
+async def post(port: int | None, body: Any, data_dir: Path) -> tuple[int, dict[str, Any]]:
+    """POST /v1/signals as the admin app of the agent keeping its data in `data_dir`."""
+    headers = await asyncio.to_thread(admin_headers, data_dir)
     async with (
-        aiohttp.ClientSession() as http,
+        aiohttp.ClientSession(headers=headers) as http,
         http.post(f"http://127.0.0.1:{port}/v1/signals", json=body) as resp,
     ):
         return resp.status, await resp.json()
@@ -75,7 +78,9 @@ async def test_a_batch_of_big_signals_is_cut_by_size_and_every_signal_reaches_th
             # One signal's attrs are bounded at intake: 400 with the field's path.
             too_big = {"a0": "x" * 256, **{f"b{i}": "y" * 256 for i in range(20)}}
             status, body = await post(
-                agent.api_port, {"signals": [{"kind": "search"}, {"kind": "x", "attrs": too_big}]}
+                agent.api_port,
+                {"signals": [{"kind": "search"}, {"kind": "x", "attrs": too_big}]},
+                settings.data_dir,
             )
             assert status == 400 and body["errors"][0]["loc"] == "signals.1.attrs"
             assert str(MAX_ATTRS_BYTES) in body["errors"][0]["msg"]
@@ -84,6 +89,7 @@ async def test_a_batch_of_big_signals_is_cut_by_size_and_every_signal_reaches_th
                 status, body = await post(
                     agent.api_port,
                     {"signals": [{"kind": "search", "attrs": big_attrs(rng)} for _ in range(100)]},
+                    settings.data_dir,
                 )
                 assert status == 202, body
                 ids += body["ids"]
@@ -137,6 +143,7 @@ async def test_a_device_whose_data_dir_is_wiped_starts_a_new_outbox_and_its_sign
                 status, body = await post(
                     int(agent.api.rsplit(":", 1)[1]),
                     {"signals": [{"kind": "search", "attrs": {"life": life, "n": n}}] * 10},
+                    data_dir,
                 )
                 assert status == 202, body
                 accepted.extend(body["ids"])
@@ -259,7 +266,7 @@ async def test_post_signals_answers_503_over_http_in_refuse_mode_and_stores_noth
             body = {"signals": [{"kind": "search", "attrs": {"q": "z" * 200}}] * 50}
             accepted: list[str] = []
             while True:
-                status, answer = await post(agent.api_port, body)
+                status, answer = await post(agent.api_port, body, settings.data_dir)
                 if status != 202:
                     break
                 accepted += answer["ids"]
@@ -277,7 +284,7 @@ async def test_post_signals_answers_503_over_http_in_refuse_mode_and_stores_noth
 
             state = stored_state()
             assert state[0] == len(accepted)
-            status, answer = await post(agent.api_port, body)
+            status, answer = await post(agent.api_port, body, settings.data_dir)
             assert status == 503
             # Nothing of a refused request: not in the outbox, not in the feature windows.
             assert stored_state() == state
@@ -339,7 +346,8 @@ async def test_an_agent_over_its_memory_budget_reports_it_and_sheds_caches(
             agent.memory.paged_out_at -= PAGE_OUT_EVERY_S  # ten minutes on
             assert await agent.check_memory()
             assert agent.metrics.counters["memory_page_outs"] == 2
-            async with aiohttp.ClientSession() as http:
+            headers = await asyncio.to_thread(admin_headers, settings.data_dir)
+            async with aiohttp.ClientSession(headers=headers) as http:
                 base = f"http://127.0.0.1:{agent.api_port}"
                 async with http.get(f"{base}/v1/status") as resp:
                     memory = (await resp.json())["memory"]
@@ -372,11 +380,12 @@ async def test_a_fresh_agent_process_is_under_its_profiles_memory_budget(
         try:
             for n in range(20):
                 status, _ = await post(
-                    port, {"signals": [{"kind": "search", "attrs": {"n": n}}] * 50}
+                    port, {"signals": [{"kind": "search", "attrs": {"n": n}}] * 50}, agent.data_dir
                 )
                 assert status == 202
+            headers = await asyncio.to_thread(admin_headers, agent.data_dir)
             async with (
-                aiohttp.ClientSession() as http,
+                aiohttp.ClientSession(headers=headers) as http,
                 http.get(f"http://127.0.0.1:{port}/v1/status") as resp,
             ):
                 status = await resp.json()

@@ -83,7 +83,9 @@ async def test_sigkill_the_agent_20_times_while_posting_10000_signals(
 
         async def poster() -> None:
             tag = 0
-            async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as http:
+            auth = {"Authorization": f"Bearer {await asyncio.to_thread(agent.token)}"}
+            timeout = aiohttp.ClientTimeout(total=10)
+            async with aiohttp.ClientSession(timeout=timeout, headers=auth) as http:
                 while len(accepted) < target:
                     tag += 1
                     try:

@@ -5,6 +5,7 @@ agent and gets the original ids, and the outbox holds each signal once."""
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 import sys
 from pathlib import Path
@@ -12,6 +13,7 @@ from typing import Any
 
 import aiohttp
 
+from agent.api.owners import admin_headers
 from protocol import codec
 from protocol.envelopes import TrustFile
 from protocol.signing import Signer
@@ -41,12 +43,14 @@ def agent_args(data: Path, trust: Path, port: int) -> list[str]:
     ]
 
 
-async def post(port: int, body: dict[str, Any], key: str) -> tuple[int, dict[str, Any], bool]:
+async def post(
+    port: int, body: dict[str, Any], key: str, data: Path
+) -> tuple[int, dict[str, Any], bool]:
+    """POST /v1/signals with an `Idempotency-Key`, as the admin app of the agent of `data`."""
+    headers = {**await asyncio.to_thread(admin_headers, data), "Idempotency-Key": key}
     async with (
         aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=20)) as http,
-        http.post(
-            f"http://127.0.0.1:{port}/v1/signals", json=body, headers={"Idempotency-Key": key}
-        ) as resp,
+        http.post(f"http://127.0.0.1:{port}/v1/signals", json=body, headers=headers) as resp,
     ):
         replayed = resp.headers.get("Idempotent-Replayed") == "true"
         return resp.status, await resp.json(), replayed
@@ -66,7 +70,7 @@ async def test_a_kill_between_the_commit_and_the_answer_loses_nothing_and_stores
         doomed = spawn(agent_args(data, trust, port), log, command=CRASHING)
         await wait_healthy(f"http://127.0.0.1:{port}/healthz", doomed, log)
         try:
-            await post(port, body, key)
+            await post(port, body, key, data)
         except (aiohttp.ClientError, TimeoutError):
             pass  # the answer never came: the process died after the commit
         else:
@@ -75,12 +79,12 @@ async def test_a_kill_between_the_commit_and_the_answer_loses_nothing_and_stores
         agent = spawn(agent_args(data, trust, port), log)
         try:
             await wait_healthy(f"http://127.0.0.1:{port}/healthz", agent, log)
-            status, answer, replayed = await post(port, body, key)  # the app's retry
+            status, answer, replayed = await post(port, body, key, data)  # the app's retry
             assert status == 202 and replayed, (status, answer)
             assert answer["accepted"] == 5
             answered[key] = answer["ids"]
             changed = {"signals": body["signals"][:1]}
-            status, _, _ = await post(port, changed, key)
+            status, _, _ = await post(port, changed, key, data)
             assert status == 409
         finally:
             assert stop(agent) == 0, tail(log)

@@ -30,7 +30,7 @@ from tests.support.gateway_world import gateway_settings
 
 OLD_NAN = '{"category":"purifier_filter","level":NaN}'
 """A signal's attrs as a gateway before issue 13 stored them (`to_text` writes NaN as is)."""
-MIGRATION = {"sqlite": "issue13_finite_numbers", "postgresql": "pg005_issue13_finite_numbers"}
+MIGRATION = {"sqlite": "finite_numbers", "postgresql": "pg005_finite_numbers"}
 
 
 def _strict_json(text: str) -> Any:

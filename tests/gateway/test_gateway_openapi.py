@@ -24,6 +24,7 @@ PUBLIC_PATHS = {
     "/",
     "/static/dashboard.js",
     "/static/dashboard.css",
+    "/v1/provision",  # a device with its claim credential, not an operator's token
 }
 SAMPLE = {"{id}": "c-1", "{version}": "7"}
 

@@ -28,6 +28,7 @@ from protocol.envelopes import Batch, ModelManifest, Outcome, OutcomeKind, Trust
 from protocol.ids import new_id, utcnow
 from protocol.signing import Verifier
 from simulators.brokers import MosquittoProcess
+from tests.support.agent_world import http as local_api
 from tests.support.gateway_world import gateway_settings
 from tests.support.waiting import eventually
 
@@ -104,9 +105,8 @@ async def test_publish_rollout_and_a_real_agent_swaps_to_the_signed_model(
             roll = await rollout(base, token, 2, percent=100, cohort="profile:tv")
             assert roll["profiles"] == ["tv"]
             await eventually(lambda: agent.model_version == 2, timeout=30.0)
-            async with aiohttp.ClientSession() as http:
-                resp = await http.get(f"http://127.0.0.1:{agent.api_port}/v1/status")
-                status = await resp.json()
+            code, status = await local_api(agent, "GET", "/v1/status")
+            assert code == 200, status
             assert status["model_version"] == 2
             assert status["model_update"]["state"] == "applied"
             assert status["model_update"]["report"]["status"] == "applied"

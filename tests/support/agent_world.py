@@ -13,6 +13,7 @@ from typing import Any
 import aiohttp
 import aiomqtt
 
+from agent.api.owners import admin_headers
 from agent.config import AgentSettings, load_settings
 from agent.runtime.agent import Agent
 from protocol import codec
@@ -200,8 +201,15 @@ class Responder:
 # ---------------------------------------------------------------- the local API
 
 
-async def http(agent: Agent, method: str, path: str, **kwargs: Any) -> tuple[int, Any]:
-    """One request to the agent's local API: the status and the JSON (or text) body."""
+async def http(
+    agent: Agent, method: str, path: str, *, auth: bool = True, **kwargs: Any
+) -> tuple[int, Any]:
+    """One request to the agent's local API (as the admin app, with the token the agent wrote
+    on its first start, unless `auth` is False; `headers` add to it): the status and the JSON
+    (or text) body."""
+    if auth:
+        admin = await asyncio.to_thread(admin_headers, agent.settings.data_dir)
+        kwargs["headers"] = {**admin, **kwargs.get("headers", {})}
     async with aiohttp.ClientSession() as session:
         url = f"http://127.0.0.1:{agent.api_port}{path}"
         async with session.request(method, url, **kwargs) as response:

@@ -3,14 +3,17 @@ agent tests of the local API share (`tests/agent/conftest.py` makes fixtures of 
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Sequence
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from aiohttp.test_utils import TestClient
+from aiohttp.test_utils import TestClient, TestServer
 
+from agent.api.local import LocalApi
+from agent.api.owners import admin_headers
 from agent.config import load_settings
 from agent.runtime.agent import Agent
 from protocol import codec
@@ -95,3 +98,11 @@ async def running_device(
     transports = FakeTransports()
     async with Agent(settings, transport=transports) as agent:
         yield Device(agent, transports, signer)
+
+
+async def api_client(device: Device, headers: dict[str, str] | None = None) -> Client:
+    """A client (not started) of the device's local API in-process, sending `headers`; by
+    default the admin app's (the all-scopes token the agent wrote on its first start)."""
+    if headers is None:
+        headers = await asyncio.to_thread(admin_headers, device.agent.settings.data_dir)
+    return TestClient(TestServer(LocalApi(device.agent).app), headers=headers)

@@ -1,0 +1,107 @@
+"""The provisioning flow an agent runs on its first start: make a key pair on the device,
+send a CSR with the factory claim credential to the gateway, keep the certificate it gets.
+
+Files under `DATA_DIR/identity/`: `device.key` (0600, never leaves the device),
+`device.pem` (its client certificate), `ca.pem` (the fleet CA: verifies the broker). The
+trust file from the gateway is written to `--trust` when that file does not exist yet.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from agent.config import AgentSettings
+from agent.errors import ConfigError, ProvisioningRefused
+from daemonkit.files import write_durable
+from mqttlink.backoff import Backoff
+
+log = logging.getLogger(__name__)
+IDENTITY_DIR = "identity"
+
+
+def identity_files(data_dir: Path) -> tuple[Path, Path, Path]:
+    """(certificate, key, CA) of a provisioned device."""
+    folder = data_dir / IDENTITY_DIR
+    return folder / "device.pem", folder / "device.key", folder / "ca.pem"
+
+
+def with_identity(settings: AgentSettings) -> AgentSettings:
+    """`settings` connecting with the device's certificate over mutual TLS."""
+    cert, key, ca = identity_files(settings.data_dir)
+    return settings.model_copy(
+        update={"mqtt_cert_file": cert, "mqtt_key_file": key, "mqtt_ca_file": ca, "mqtt_tls": True}
+    )
+
+
+def make_request(device_id: str) -> tuple[bytes, str]:
+    """(private key PEM, CSR PEM) for `device_id`: an EC P-256 key made here."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    csr = (
+        x509.CertificateSigningRequestBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, device_id)]))
+        .sign(key, hashes.SHA256())
+    )
+    key_pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    return key_pem, csr.public_bytes(serialization.Encoding.PEM).decode()
+
+
+def _has_identity(data_dir: Path) -> bool:
+    return all(p.exists() for p in identity_files(data_dir))
+
+
+def _keep(settings: AgentSettings, key_pem: bytes, answer: dict[str, Any]) -> None:
+    cert, key, ca = identity_files(settings.data_dir)
+    cert.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    write_durable(key, key_pem, mode=0o600)
+    write_durable(ca, str(answer["ca"]).encode())
+    if not settings.trust.exists():
+        write_durable(settings.trust, json.dumps(answer["trust"]).encode())
+    write_durable(cert, str(answer["certificate"]).encode())  # last: its presence says done
+
+
+async def ensure_identity(settings: AgentSettings, *, max_wait_s: float = 30.0) -> AgentSettings:
+    """The settings to run with: with the device's certificate once it has one, after
+    provisioning it now if a claim credential and a provisioning URL are given."""
+    if await asyncio.to_thread(_has_identity, settings.data_dir):
+        return with_identity(settings)
+    if settings.claim_file is None or settings.provision_url is None:
+        return settings
+    try:
+        claim = (await asyncio.to_thread(settings.claim_file.read_text)).strip()
+    except OSError as exc:
+        raise ConfigError(f"cannot read the claim credential: {exc}", field="claim_file") from exc
+    key_pem, csr = await asyncio.to_thread(make_request, settings.device_id)
+    url = settings.provision_url.rstrip("/") + "/v1/provision"
+    body = {"device_id": settings.device_id, "csr": csr}
+    headers = {"Authorization": f"Claim {claim}"}
+    backoff = Backoff(initial=0.2, cap=max_wait_s)
+    timeout = aiohttp.ClientTimeout(total=30)
+    async with aiohttp.ClientSession(timeout=timeout) as http:
+        while True:
+            try:
+                async with http.post(url, json=body, headers=headers) as resp:
+                    answer = await resp.json(content_type=None)
+                    if resp.status == 201:
+                        break
+                    detail = answer.get("detail", "") if isinstance(answer, dict) else ""
+                    if resp.status in (400, 401, 409):
+                        raise ProvisioningRefused(resp.status, str(detail))
+                    log.warning("provisioning at %s answered %d: %s", url, resp.status, detail)
+            except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+                log.warning("provisioning at %s failed: %s; retrying", url, exc)
+            await asyncio.sleep(backoff.next())
+    await asyncio.to_thread(_keep, settings, key_pem, answer)
+    log.info("device %s provisioned: its certificate is in %s", settings.device_id, IDENTITY_DIR)
+    return with_identity(settings)

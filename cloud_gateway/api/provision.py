@@ -1,0 +1,56 @@
+"""The provisioning route: a device with its factory claim credential gets its identity."""
+
+from __future__ import annotations
+
+from aiohttp import web
+from pydantic import ValidationError
+
+from cloud_gateway.api.context import ctx, json_response, read_json
+from cloud_gateway.api.errors import ApiProblem
+from cloud_gateway.api.routes import Route
+from cloud_gateway.errors import ClaimRefused
+from cloud_gateway.provisioning.service import ProvisionIn
+from protocol.codec import field_errors
+
+TAGS = ("provisioning",)
+
+
+async def provision(request: web.Request) -> web.Response:
+    """`Authorization: Claim <credential>` and `{"device_id", "csr"}` -> 201 the device's
+    certificate, the fleet CA, the trust file and the topic root; 401 an unknown or revoked
+    claim, 409 a device id provisioned before or a batch used up (both audited)."""
+    scheme, _, claim = request.headers.get("Authorization", "").partition(" ")
+    body = await read_json(request)
+    try:
+        spec = ProvisionIn.model_validate(body)
+    except ValidationError as exc:
+        raise ApiProblem(
+            400, "Bad Request", "the provisioning request is invalid", errors=field_errors(exc)
+        ) from exc
+    provisioner = ctx(request).provisioner
+    if scheme.lower() != "claim":
+        claim = ""  # refused as an unknown claim, and counted
+    try:
+        issued = await provisioner.provision(claim.strip(), spec.device_id, spec.csr)
+    except ClaimRefused as exc:
+        status, title = (409, "Conflict") if exc.known else (401, "Unauthorized")
+        raise ApiProblem(status, title, exc.reason) from exc
+    return json_response(issued.to_json(), status=201)
+
+
+ROUTES: tuple[Route, ...] = (
+    Route(
+        "post",
+        "/v1/provision",
+        provision,
+        "Provision a device: its claim credential and CSR for its X.509 client certificate",
+        body=ProvisionIn,
+        responses={
+            201: "OK",
+            401: "Unknown or revoked claim credential",
+            409: "The device id is provisioned already, or the batch is used up",
+        },
+        public=True,  # authenticated by the claim credential, not a bearer token
+        tags=TAGS,
+    ),
+)

@@ -1,0 +1,277 @@
+"""Provisioning with a real Mosquitto speaking mutual TLS: a fresh agent holding only its
+factory claim credential ends connected as itself, cannot publish on another device's
+topics, and once revoked is refused at its next connect (CRL); a claim used again for a
+device id or past its batch is refused and audited."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ssl
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import aiohttp
+import aiomqtt
+import pytest
+from pydantic import SecretStr
+
+from agent.config import load_settings
+from agent.provisioning.flow import identity_files, make_request
+from agent.runtime.agent import Agent
+from cloud_gateway.config import GatewaySettings
+from cloud_gateway.db.audit import audit_log
+from cloud_gateway.db.backend import Session
+from cloud_gateway.db.open import open_session
+from cloud_gateway.provisioning import ca as fleet_ca
+from cloud_gateway.provisioning.service import create_batch, revoke
+from cloud_gateway.runtime.gateway import Gateway
+from cloud_gateway.security.auth import create_token
+from protocol.ids import new_id
+from simulators.brokers import MosquittoProcess, free_port, mtls_config
+from tests.support.processes import spawn, stop, tail
+from tests.support.waiting import eventually
+
+pytestmark = pytest.mark.integration
+T = TypeVar("T")
+ROOT = "edgemart/v1"
+GW_PASSWORD = "gw-" + new_id()
+
+
+@dataclass
+class Fleet:
+    """The broker (devices on `url`, mutual TLS; the gateway on `gateway_url`) and the
+    gateway's data directory holding the fleet CA."""
+
+    broker: MosquittoProcess
+    gw_dir: Path
+    gateway_url: str
+
+    @property
+    def url(self) -> str:
+        return f"mqtts://127.0.0.1:{self.broker.port}"
+
+    def store(self, work: Callable[[Session], T]) -> T:
+        session = open_session(self.gw_dir, None)
+        try:
+            return work(session)
+        finally:
+            session.close()
+
+
+@pytest.fixture
+def fleet(tmp_path: Path) -> Iterator[Fleet]:
+    gw_dir = tmp_path / "gw"
+    ca = fleet_ca.load_or_create(gw_dir)
+    cert, key = ca.issue_server("127.0.0.1")
+    work = tmp_path / "mosquitto"
+    work.mkdir()
+    (work / "server.pem").write_bytes(cert)
+    (work / "server.key").write_bytes(key)
+    device_port, gateway_port = free_port(), free_port()
+    tls = {
+        "cafile": ca.folder / "ca.pem",
+        "certfile": work / "server.pem",
+        "keyfile": work / "server.key",
+        "crlfile": ca.crl_path,
+    }
+    config = mtls_config(
+        work,
+        device_port=device_port,
+        gateway_port=gateway_port,
+        tls=tls,
+        gateway_password=GW_PASSWORD,
+    )
+    broker = MosquittoProcess(str(work), port=device_port, config=config, tls=True)
+    broker.start()
+    try:
+        yield Fleet(broker, gw_dir, f"mqtt://127.0.0.1:{gateway_port}")
+    finally:
+        broker.stop()
+
+
+def _tls(data_dir: Path) -> aiomqtt.TLSParameters:
+    cert, key, ca = identity_files(data_dir)
+    return aiomqtt.TLSParameters(ca_certs=str(ca), certfile=str(cert), keyfile=str(key))
+
+
+async def _connects(fleet: Fleet, data_dir: Path, client_id: str) -> bool:
+    """Whether the broker takes a connection with this device's certificate."""
+    try:
+        async with aiomqtt.Client(
+            "127.0.0.1",
+            fleet.broker.port,
+            identifier=client_id,
+            tls_params=_tls(data_dir),
+            timeout=5,
+        ):
+            return True
+    except (aiomqtt.MqttError, ssl.SSLError, OSError):
+        return False
+
+
+async def _provision(base: str, claim: str, device_id: str) -> tuple[int, Any]:
+    _, csr = await asyncio.to_thread(make_request, device_id)
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(
+            f"{base}/v1/provision",
+            json={"device_id": device_id, "csr": csr},
+            headers={"Authorization": f"Claim {claim}"},
+        ) as resp,
+    ):
+        return resp.status, await resp.json(content_type=None)
+
+
+async def test_a_fresh_agent_with_only_its_claim_ends_connected_as_itself_until_revoked(
+    tmp_path: Path, fleet: Fleet
+) -> None:
+    claim = await asyncio.to_thread(
+        fleet.store, lambda s: create_batch(s, "b-2026-12", 3, "factory")
+    )
+    settings = GatewaySettings(
+        broker=fleet.gateway_url,
+        data_dir=fleet.gw_dir,
+        http_port=0,
+        ack_delay_ms=2,
+        mqtt_username="gateway",
+        mqtt_password=SecretStr(GW_PASSWORD),
+    )
+    async with Gateway(settings) as gw:
+        assert gw.link_connected
+        base = f"http://127.0.0.1:{gw.http_port}"
+        claim_file = tmp_path / "claim"
+        claim_file.write_text(claim + "\n")
+        dev_dir = tmp_path / "tv"
+        agent_settings = load_settings(
+            profile="tv",
+            device_id="tv-prov-0001",
+            broker=fleet.url,
+            data_dir=dev_dir,
+            trust=tmp_path / "tv-trust.json",  # not there yet: provisioning brings it
+            overrides={
+                "uplink": {"batch_max_age_s": 0.05, "mode": "raw"},
+                "claim_file": str(claim_file),
+                "provision_url": base,
+            },
+            environ={},
+        )
+        async with Agent(agent_settings) as agent:
+            assert await agent.wait_connected(20)
+            assert agent.settings.mqtt_cert_file is not None
+            await agent.set_consent(
+                {"analytics": True, "personalization": False, "marketing": False}
+            )
+            await agent.accept_signals([{"kind": "app_open", "attrs": {"app": "provisioned"}}])
+            assert await agent.drain(15)
+        assert gw.counters["signals_stored"] == 1
+        key = identity_files(dev_dir)[1]
+        assert key.stat().st_mode & 0o077 == 0  # the device's key: its own, private
+
+        # With its certificate it cannot speak for another device: the gateway never hears it.
+        heard: list[str] = []
+        async with aiomqtt.Client(
+            "127.0.0.1",
+            int(fleet.gateway_url.rsplit(":", 1)[1]),
+            username="gateway",
+            password=GW_PASSWORD,
+            identifier="spy",
+        ) as spy:
+            await spy.subscribe(f"{ROOT}/dev/+/up/#", qos=1)
+
+            async def listen() -> None:
+                async for message in spy.messages:
+                    heard.append(str(message.topic))
+
+            listener = asyncio.create_task(listen())
+            async with aiomqtt.Client(
+                "127.0.0.1",
+                fleet.broker.port,
+                identifier="tv-prov-0001-x",
+                tls_params=_tls(dev_dir),
+            ) as device:
+                await device.publish(f"{ROOT}/dev/tv-other-0002/up/batch", b"{}", qos=1)
+                await device.publish(f"{ROOT}/dev/tv-prov-0001/up/test", b"{}", qos=1)
+            await eventually(lambda: f"{ROOT}/dev/tv-prov-0001/up/test" in heard, 10)
+            listener.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await listener
+        assert f"{ROOT}/dev/tv-other-0002/up/batch" not in heard
+
+        # The claim again for the same device, or past the batch's size: refused, audited.
+        status, body = await _provision(base, claim, "tv-prov-0001")
+        assert status == 409 and "already provisioned" in body["detail"], body
+        assert (await _provision(base, claim, "tv-prov-0002"))[0] == 201
+        assert (await _provision(base, claim, "tv-prov-0003"))[0] == 201
+        status, body = await _provision(base, claim, "tv-prov-0004")
+        assert status == 409 and "used up" in body["detail"], body
+        assert (await _provision(base, "emc_forged", "tv-prov-0005"))[0] == 401
+        rows = await asyncio.to_thread(fleet.store, audit_log)
+        refused = [r for r in rows if r["action"] == "provision.refused"]
+        assert len(refused) == 2 and all(r["target"] == "batch:b-2026-12" for r in refused)
+        assert sum(r["action"] == "provision.issue" for r in rows) == 3
+
+        # Revoked: refused at its next connect (the broker re-reads the CRL on restart).
+        assert await _connects(fleet, dev_dir, "probe-1")
+        crl = await asyncio.to_thread(
+            fleet.store, lambda s: revoke(s, fleet.gw_dir, "tv-prov-0001", "ops")
+        )
+        assert crl == fleet.gw_dir / "fleet-ca" / "crl.pem"
+        await asyncio.to_thread(fleet.broker.stop)
+        await asyncio.to_thread(fleet.broker.start)
+        assert not await _connects(fleet, dev_dir, "probe-2")
+        async with Agent(agent_settings) as again:  # the device itself, from its data dir
+            await asyncio.sleep(2)
+            assert not again.link.connected.is_set()
+        rows = await asyncio.to_thread(fleet.store, audit_log)
+        assert any(r["action"] == "provision.revoke" and r["who"] == "ops" for r in rows)
+
+
+async def test_edgemart_agent_run_with_a_claim_provisions_itself_and_reports_over_mtls(
+    tmp_path: Path, fleet: Fleet
+) -> None:
+    """The same flow from the command line: `--claim FILE --provision-url URL` only."""
+    claim = await asyncio.to_thread(fleet.store, lambda s: create_batch(s, "b-cli", 1, "factory"))
+    claim_file = tmp_path / "claim"
+    claim_file.write_text(claim)
+    settings = GatewaySettings(
+        broker=fleet.gateway_url,
+        data_dir=fleet.gw_dir,
+        http_port=0,
+        mqtt_username="gateway",
+        mqtt_password=SecretStr(GW_PASSWORD),
+    )
+    async with Gateway(settings) as gw:
+        token = await asyncio.to_thread(create_token, fleet.gw_dir, scopes="read-only")
+        log = tmp_path / "agent.log"
+        agent = spawn(
+            [
+                *("agent", "run", "--profile", "tv", "--device-id", "tv-cli-0001"),
+                *("--broker", fleet.url, "--data-dir", str(tmp_path / "dev")),
+                *("--api-port", "none", "--trust", str(tmp_path / "trust.json")),
+                *(
+                    "--claim",
+                    str(claim_file),
+                    "--provision-url",
+                    f"http://127.0.0.1:{gw.http_port}",
+                ),
+                "-v",
+            ],
+            log,
+        )
+        try:
+            async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {token}"}) as http:
+
+                async def registered() -> bool:
+                    assert agent.poll() is None, tail(log)
+                    url = f"http://127.0.0.1:{gw.http_port}/v1/devices/tv-cli-0001"
+                    async with http.get(url) as resp:
+                        return resp.status == 200 and (await resp.json())["status"] == "online"
+
+                await eventually(registered, 30, "the provisioned agent's birth at the gateway")
+        finally:
+            assert stop(agent) == 0, tail(log)
+    assert (tmp_path / "trust.json").exists()
+    assert claim not in tail(log, 100_000)  # the claim credential is never logged
