@@ -81,6 +81,16 @@ class UplinkSettings(_Strict):
     batch_max_signals: Annotated[int, Field(ge=1, le=2000)] = 500
     batch_max_age_s: Annotated[float, Field(ge=0, le=3600)] = 2.0
     ack_timeout_s: Annotated[float, Field(gt=0, le=3600)] = 10.0
+    """The ack timeout until an ack was measured; then it follows the measured ack latency
+    (smoothed + 4 x variance, `agent.link.acktimer`) within [`ack_timeout_min_s`,
+    `ack_timeout_max_s`]."""
+    ack_timeout_min_s: Annotated[float, Field(gt=0, le=3600)] = 1.0
+    ack_timeout_max_s: Annotated[float, Field(gt=0, le=3600)] = 120.0
+    resend_max_s: Annotated[float, Field(gt=0, le=86400)] = 600.0
+    """The longest wait before a resend: each resend of a batch waits twice the last
+    (jittered), up to this."""
+    idle_wake_s: Annotated[float, Field(gt=0, le=86400)] = 600.0
+    """The longest the uplink sleeps with nothing due (a safety net: new rows wake it)."""
     max_in_flight: Annotated[int, Field(ge=1, le=64)] = 4
     compress: Literal["auto", "never", "always"] = "auto"
     mode: Literal["raw", "aggregate"] = "aggregate"  # privacy first: raw only where asked

@@ -30,6 +30,7 @@ def status_of(parts: Parts) -> dict[str, Any]:
             "outbox_rotations": store.drops.get("outbox_rotations", 0),
         },
         "in_flight": parts.uplink.in_flight,
+        "uplink": parts.uplink.acks.to_json(),
         "model_version": parts.slot.version,
         "offers": len(parts.offers),
         "consent": parts.consent.state.to_json(),

@@ -4,7 +4,8 @@ agent tests of the local API share (`tests/agent/conftest.py` makes fixtures of 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -61,9 +62,14 @@ class Device:
 
 @contextlib.asynccontextmanager
 async def running_device(
-    tmp_path: Path, *, profile: str = "tv", overrides: dict[str, Any] | None = None
+    tmp_path: Path,
+    *,
+    profile: str = "tv",
+    overrides: dict[str, Any] | None = None,
+    timer: Callable[[], float] = time.monotonic,
 ) -> AsyncIterator[Device]:
-    """A started agent of `profile` over a fake transport, its data in `tmp_path/data`."""
+    """A started agent of `profile` over a fake transport, its data in `tmp_path/data`;
+    `timer`: its monotonic clock of resends and pacing (a test's fake one)."""
     signer = Signer.generate("k1")
     trust = tmp_path / "trust.json"
     trust.write_bytes(codec.encode(TrustFile(keys=[signer.public], topic_root="tin/v1")))
@@ -79,5 +85,5 @@ async def running_device(
         environ={},
     )
     transports = FakeTransports()
-    async with Agent(settings, transport=transports) as agent:
+    async with Agent(settings, transport=transports, timer=timer) as agent:
         yield Device(agent, transports, signer)
