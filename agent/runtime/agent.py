@@ -313,7 +313,8 @@ class Agent:
             await self.api.start()
         await parts.memory_watch.page_out()  # what only start-up touched
         await parts.memory_watch.check()
-        parts.loops.start("memory", parts.memory_watch.run)
+        if not parts.memory.shared:
+            parts.loops.start("memory", parts.memory_watch.run)
         log.info(
             "agent %s up (profile %s, model v%s, outbox %d)",
             parts.settings.device_id,

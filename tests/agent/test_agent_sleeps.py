@@ -1,5 +1,5 @@
-"""The uplink sleeps until its work is due: an idle agent makes no store calls and does not
-wake (today it polled at 4 Hz with 4-5 COUNT/MIN queries each time, 85 % of an idle fleet's
+"""An agent sleeps until its work is due: an idle agent makes no store calls and arms no
+timer (the uplink polled at 4 Hz with 4-5 COUNT/MIN queries each time, 85 % of an idle fleet's
 CPU); a signal wakes it, a batch leaves when its age is due, and resends after an ack timeout
 back off (capped, exponential, jittered) while the timeout follows measured ack latency."""
 
@@ -11,6 +11,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from agent.runtime.loops import MEMORY_SAMPLE_FAR_S, MEMORY_SAMPLE_S, MemoryWatch
+from agent.runtime.memory import MB, MemoryBudget
 from agent.store.core import Store
 from protocol import codec
 from protocol.envelopes import Ack
@@ -57,6 +59,40 @@ async def test_an_idle_connected_agent_makes_no_store_calls_and_does_not_wake(
         assert calls == []  # 4 Hz x 4-5 queries before
         assert uplink.wakes == wakes
         assert uplink.next_wake() == agent.settings.profile.uplink.idle_wake_s
+
+
+async def test_an_idle_agent_sets_no_timer_at_all(tmp_path: Path) -> None:
+    """Every loop of an idle agent (uplink, claims, maintenance, memory, state) waits on an
+    event or a far deadline: in two seconds none arms a timer on the event loop (before:
+    the uplink's 4 Hz tick and the claims loop's 1 Hz look, ten or more)."""
+    async with running_device(tmp_path) as device:
+        agent = device.agent
+        await agent.set_consent(ALL)
+        device.transports.last.up()
+        await asyncio.sleep(1.2)  # the connect's own looks are over
+        loop = asyncio.get_running_loop()
+        armed: list[float] = []
+        call_at = loop.call_at
+
+        def counting(when: float, *args: Any, **kwargs: Any) -> asyncio.TimerHandle:
+            armed.append(when - loop.time())
+            return call_at(when, *args, **kwargs)
+
+        loop.call_at = counting  # type: ignore[method-assign,assignment]
+        try:
+            await asyncio.sleep(2.0)
+        finally:
+            del loop.call_at
+        assert [round(d, 2) for d in armed if d < 30] == [2.0]  # only this test's own sleep
+
+
+def test_the_memory_watch_samples_often_only_near_the_budget() -> None:
+    budget = MemoryBudget(100)
+    watch = MemoryWatch(settings=None, budget=budget, metrics=None, store=None, slot=None)  # type: ignore[arg-type]
+    budget.observe(30 * MB, 0.0)
+    assert watch.next_sample_s() == MEMORY_SAMPLE_FAR_S
+    budget.observe(80 * MB, 0.0)
+    assert watch.next_sample_s() == MEMORY_SAMPLE_S
 
 
 async def test_a_signal_wakes_the_uplink_and_its_batch_leaves_when_its_age_is_due(
