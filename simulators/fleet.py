@@ -18,6 +18,7 @@ from typing import Any
 import aiohttp
 import aiomqtt
 
+from agent.store.thread import StorePool
 from cloud_gateway.config import GatewaySettings
 from cloud_gateway.runtime.gateway import Gateway
 from cloud_gateway.security.auth import create_token
@@ -33,6 +34,9 @@ from simulators.retained import clear_retained
 from simulators.world import make_world
 
 log = logging.getLogger(__name__)
+
+STORE_THREADS = 4
+"""The store threads every simulated agent of the run shares (`agent.store.thread.StorePool`)."""
 
 
 @dataclass(slots=True)
@@ -200,6 +204,8 @@ async def _run_fleet(options: FleetOptions, topic_root: str) -> dict[str, Any]:
                 proxy = await devices.enter_async_context(PartitionProxy(target.port, target.host))
                 device_broker = f"mqtt://127.0.0.1:{proxy.port}"
             assert cloud.gateway is not None
+            pool = StorePool(STORE_THREADS)
+            devices.push_async_callback(asyncio.to_thread, pool.shutdown)  # after the agents
             households = [
                 await devices.enter_async_context(
                     Household(
@@ -209,6 +215,7 @@ async def _run_fleet(options: FleetOptions, topic_root: str) -> dict[str, Any]:
                         trust=cloud.gateway.trust_path,
                         data_dir=root / "devices",
                         seed=options.seed + index,
+                        store_pool=pool,
                     )
                 )
                 for index in range(options.households)
@@ -325,7 +332,9 @@ async def _report(
         covered[device] = coverage(export)
         drops[device] = Drops.from_status(status)
     loss = check(accepted, stored)
-    books = account(accepted, stored, drops, covered)
+    statuses = {device: status for device, _, status in seen}
+    held = {device: Drops.held(status) for device, status in statuses.items()}
+    books = account(accepted, stored, drops, covered, held)
 
     def total(counter: str) -> int:
         """Summed over devices; a process device counts since its last start."""
@@ -338,6 +347,12 @@ async def _report(
         "signals_in_aggregates": books.aggregated,
         "signals_dropped_on_purpose": books.evicted + books.expired + books.withdrawn,
         "signals_lost": books.lost,
+        "signals_undelivered": books.undelivered,
+        "undelivered_devices": [
+            {"device": device, "signals": n, "why": why_undelivered(statuses[device])}
+            for device, n in books.undelivered_by_device[:MAX_NAMED]
+        ],
+        "undelivered_device_count": len(books.undelivered_by_device),
         "signals_duplicated": loss.duplicated,
         "signals_unexpected": loss.unexpected,
         "lost_ids_sample": list(loss.lost_ids) if books.lost else [],
@@ -347,6 +362,30 @@ async def _report(
         "gateway_duplicates_ignored": (cloud.counters + gateway.counters)["batches_duplicate"],
         "accounting": books.line(),
     }
+
+
+MAX_NAMED = 50
+"""Undelivered devices named in the report (all are counted)."""
+
+
+def why_undelivered(status: dict[str, Any]) -> str:
+    """Why a device still holds signals at the end, from its status."""
+    acc = status.get("accounting") or {}
+    if status.get("link") != "connected":
+        return f"link {status.get('link')} ({status.get('broker')})"
+    if acc.get("holding"):
+        return f"uplink holding: {acc.get('uplink_bytes_today')} bytes sent today, over budget"
+    if not ((status.get("consent") or {}).get("purposes") or {}).get("analytics", True):
+        return "no analytics consent: nothing may leave"
+    if (status.get("disk") or {}).get("full"):
+        return "disk full: no new batch can be cut"
+    if status.get("in_flight"):
+        uplink = status.get("uplink") or {}
+        return (
+            f"{status['in_flight']} batches sent, not acked yet"
+            f" (ack timeout {uplink.get('ack_timeout_s')} s)"
+        )
+    return "waiting in the outbox to be cut into a batch"
 
 
 def succeeded(report: dict[str, Any]) -> bool:

@@ -104,5 +104,10 @@ broker a real gateway uses it reaches none of the real devices, and it clears th
 messages it left there when it ends.
 
 The verdict (`succeeded`): no accepted signal lost, none stored twice, nothing unexpected,
-every device drained.
+every device drained. A device that did not drain in time still holds what it did not send:
+that is reported as undelivered (which devices, how many signals, why: its link, its budget,
+its consent, a full disk, batches unacked), never as lost.
+
+Every simulated agent has its own SQLite file, outbox, keys and MQTT session; their stores
+share a pool of 4 threads (`agent.store.thread.StorePool`) instead of one thread each.
 """

@@ -38,6 +38,7 @@ from agent.runtime.parts import Parts
 from agent.runtime.status import accounting_of, status_of
 from agent.store.core import Store
 from agent.store.idempotency import Stored
+from agent.store.thread import StorePool
 from daemonkit.notify import Notifier, feed_watchdog
 
 log = logging.getLogger(__name__)
@@ -61,17 +62,21 @@ class Agent:
         timer: Callable[[], float] = time.monotonic,
         owns_process: bool = False,
         transport: TransportFactory = Link,
+        store_pool: StorePool | None = None,
     ) -> None:
         """`owns_process`: this agent is the process (`edgemart agent run`), so the profile's
         memory budget judges the process's resident set; in a simulator or a test runner,
         where one process holds many agents, the resident set is only reported.
         `clock` (wall) and `timer` (monotonic: resends, pacing): see `agent.runtime.build`.
-        `transport`: makes the broker link (`Link`; a test may pass one needing no broker)."""
+        `transport`: makes the broker link (`Link`; a test may pass one needing no broker).
+        `store_pool`: store threads shared with other agents of the process (the simulator's
+        thousands; None: a thread of its own)."""
         self._settings = settings
         self._clock = clock
         self._timer = timer
         self._owns_process = owns_process
         self._transport = transport
+        self._store_pool = store_pool
         self._parts: Parts | None = None
         """Made on entry, kept after exit (counters, status and the model stay readable)."""
         self._running = False
@@ -297,6 +302,7 @@ class Agent:
             timer=self._timer,
             transport=self._transport,
             owns_process=self._owns_process,
+            store_pool=self._store_pool,
         )
         self._running = True
         try:

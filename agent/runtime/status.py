@@ -55,6 +55,7 @@ def accounting_of(parts: Parts) -> dict[str, Any]:
         "quarantined": drops.get("quarantined", 0),
         "batches_refused": drops.get("batches_refused", 0),
         "aggregate_unacked": parts.store.counters.aggregate_unacked,
+        "signals_held": parts.store.counters.signal_rows,
         "mode": uplink.mode(),
         "uplink_bytes_today": uplink.used_today(),
         "holding": uplink.holding,
