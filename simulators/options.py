@@ -9,6 +9,8 @@ from pathlib import Path
 
 from protocol.ids import new_id
 
+DEVICES_PER_HOUSEHOLD = 4
+"""A hub, a TV and two phones (`simulators.household.default_devices`)."""
 FAULTS = ("gateway-restart", "broker-restart", "partition", "agent-kill")
 """In the order they begin."""
 
@@ -64,8 +66,19 @@ class FleetOptions:
     topic_root: str | None = None
     """None: a fresh root (`fresh_root`), cleared of its retained messages at the end (as is
     any root under `edgemart-qa/`; `sweepable`)."""
+    ramp: float | None = None
+    """Devices started (and stopped) per second, households concurrently; None: as fast as
+    `STARTING_AT_ONCE` households at a time allow."""
+
+    @property
+    def devices(self) -> int:
+        return self.households * DEVICES_PER_HOUSEHOLD
 
     def __post_init__(self) -> None:
+        if self.ramp is not None and not self.ramp > 0:
+            raise ValueError(
+                f"--ramp must be a positive number of devices per second, not {self.ramp}"
+            )
         unknown = set(self.faults) - set(FAULTS)
         if unknown:
             raise ValueError(f"unknown fault(s) {sorted(unknown)}; known: {', '.join(FAULTS)}")

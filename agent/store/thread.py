@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import sqlite3
+import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -70,6 +71,10 @@ class StoreThread:
         )
         self._turn = asyncio.Lock() if pool is not None else None
         """On a shared pool: one call of this store at a time, in the order they came."""
+        self._held = threading.Lock()
+        """On a shared pool, held while a call runs: a caller cancelled mid-call releases
+        `_turn` while its call still runs on a pool thread; the next call waits here rather
+        than use the connection from a second thread at once."""
         self._db: sqlite3.Connection | None = None
 
     async def call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
@@ -82,7 +87,11 @@ class StoreThread:
         if self._turn is None:
             return await loop.run_in_executor(self._executor, job)
         async with self._turn:
-            return await loop.run_in_executor(self._executor, job)
+            return await loop.run_in_executor(self._executor, self._alone, job)
+
+    def _alone(self, job: Callable[[], T]) -> T:
+        with self._held:
+            return job()
 
     def _run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """`fn` on the store thread; an SQLite error leaves the store as ours (the boundary):

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from pathlib import Path
 
 from agent.store.core import Store
@@ -50,4 +51,36 @@ async def test_many_stores_share_a_few_threads_and_keep_their_order(tmp_path: Pa
     finally:
         for store in stores:
             await store.close()
+        await asyncio.to_thread(pool.shutdown)
+
+
+async def test_a_cancelled_call_still_has_the_connection_to_itself_until_it_ends(
+    tmp_path: Path,
+) -> None:
+    """A caller cancelled mid-call (a request timed out, an agent stopping) leaves its call
+    running on a pool thread: the store's next call waits for it instead of using the same
+    SQLite connection from a second thread at once (which can crash the process)."""
+    pool = StorePool(threads=2)
+    store = Store(tmp_path / "agent.db", pool=pool)
+    await store.open()
+    running: list[str] = []
+    overlaps: list[str] = []
+
+    def slow() -> None:
+        running.append("slow")
+        time.sleep(0.3)
+        running.remove("slow")
+
+    def quick() -> None:
+        if running:
+            overlaps.append(f"quick ran beside {running}")
+
+    try:
+        task = asyncio.create_task(store.call(slow))
+        await asyncio.sleep(0.05)
+        task.cancel()
+        await store.call(quick)
+        assert overlaps == []
+    finally:
+        await store.close()
         await asyncio.to_thread(pool.shutdown)
