@@ -15,6 +15,7 @@ SUITES = [
     # later suites load onnxruntime, numpy and the rest into this process.
     "bench.rss_bench",
     "bench.idle_bench",
+    "bench.fleet_bench",
     "bench.protocol_bench",
     "bench.wire_bench",
     "bench.decision_bench",
