@@ -139,6 +139,7 @@ def cmd_fleet(args: argparse.Namespace) -> int:
             faults=faults,
             crash_devices=args.crash_devices,
             topic_root=args.topic_root,
+            drain_timeout=args.drain_timeout,
         )
     except ValueError as exc:
         sys.stderr.write(f"edgemart fleet: {exc}\n")
@@ -240,6 +241,13 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     run.add_argument(
         "--duration", type=float, default=12.0, help="seconds the rounds span (default: 12)"
+    )
+    run.add_argument(
+        "--drain-timeout",
+        type=float,
+        default=90.0,
+        help="seconds every device has to drain at the end; what it still holds then is"
+        " reported undelivered (default: 90)",
     )
     run.add_argument("--topic-root", default=None, help=TOPIC_ROOT_HELP)
     run.add_argument("-v", "--verbose", action="count", default=0)

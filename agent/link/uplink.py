@@ -77,6 +77,8 @@ class Flight:
     due: float | None = None
     sent: float | None = None
     sends: int = 0
+    backoff: int = 0
+    """Resends since the gateway last acked anything (the backoff's step)."""
 
 
 class Uplink:
@@ -358,8 +360,9 @@ class Uplink:
         if self._in_flight.get(seq) is not flight:  # acked while we waited for the PUBACK
             return
         flight.sent = self._timer()
-        flight.due = flight.sent + self.acks.resend_after(flight.sends)
+        flight.due = flight.sent + self.acks.resend_after(flight.backoff)
         flight.sends += 1
+        flight.backoff += 1
         try:
             await self._store.call(self._store.batches.mark_sent, seq, len(payload), self.today())
         except StoreError as exc:  # sent all the same; only the attempt count and budget wait
@@ -399,6 +402,12 @@ class Uplink:
             flight = self._in_flight.pop(seq, None)
             if flight is not None and flight.sends == 1 and flight.sent is not None:
                 self.acks.observe(now - flight.sent)  # sent once: the ack is this send's
+        if result.seqs:  # the gateway is back at work: the others' backoff starts again
+            fresh = now + self.acks.resend_after(0)  # (RFC 6298 5.3, restart on a new ack)
+            for flight in self._in_flight.values():
+                flight.backoff = 0
+                if flight.due is not None and flight.due > fresh:
+                    flight.due = fresh
         self._metrics.inc("batches_acked", len(result.seqs))
         self._metrics.inc("signals_acked", result.signals)
         self._metrics.inc("outcomes_acked", result.outcomes)

@@ -168,3 +168,35 @@ async def test_resends_back_off_and_the_ack_timeout_follows_ack_latency(tmp_path
         assert uplink.acks.srtt is not None and abs(uplink.acks.srtt - 0.2) < 0.01
         assert uplink.acks.timeout == 1.0  # smoothed + 4 x variance, at its floor
         assert agent.store.depth == 0
+
+
+async def test_an_ack_restarts_the_backoff_of_the_batches_still_in_flight(tmp_path: Path) -> None:
+    """The gateway is back at work (an ack came): a batch that backed off to minutes is
+    resent after one ack timeout again, not after its backed-off wait (RFC 6298, 5.3)."""
+    timer = FakeClock(1000.0)
+    overrides = {
+        "uplink": {
+            "batch_max_age_s": 0.0,
+            "batch_max_signals": 1,
+            "ack_timeout_s": 10.0,
+            "max_in_flight": 2,
+        }
+    }
+    async with running_device(tmp_path, overrides=overrides, timer=timer) as device:
+        agent, uplink, transport = device.agent, device.agent.uplink, device.transports.last
+        await agent.set_consent(ALL)
+        transport.up()
+        await agent.accept_signals([{"kind": "search"}, {"kind": "search"}])
+        await eventually(lambda: len({b["seq"] for b in batches(device)}) == 2, timeout=5)
+        for _ in range(20):  # no ack: both back off past a minute
+            timer.advance(uplink.next_wake() + 0.01)
+            await uplink.step()
+            if uplink.next_wake() > 60.0:
+                break
+        assert uplink.next_wake() > 60.0
+        first = min(b["seq"] for b in batches(device))
+        await transport.deliver(
+            "ack", codec.encode(Ack(acks=[first], outbox_id=agent.store.outbox_id))
+        )
+        assert uplink.in_flight == 1
+        assert uplink.next_wake() <= 15.0  # one (jittered) ack timeout, not minutes
