@@ -13,7 +13,8 @@ from simulators import fdlimit
 
 
 def test_the_soft_limit_is_raised_to_what_the_devices_need() -> None:
-    assert fdlimit.plan(1000, 5, soft=1024, hard=1_048_576) == (5256, None)
+    assert fdlimit.plan(1000, 5, soft=1024, hard=1_048_576) == (1_048_576, None)  # all it may
+    assert fdlimit.plan(1000, 5, soft=1024, hard=resource.RLIM_INFINITY) == (5256, None)
     assert fdlimit.plan(100, 5, soft=1024, hard=4096) == (None, None)  # enough already
 
 
@@ -34,7 +35,7 @@ def test_ensure_raises_this_process_soft_limit() -> None:
     resource.setrlimit(resource.RLIMIT_NOFILE, (512, hard))
     try:
         assert fdlimit.ensure(300, embedded_broker=True) is None
-        assert resource.getrlimit(resource.RLIMIT_NOFILE)[0] == need
+        assert resource.getrlimit(resource.RLIMIT_NOFILE)[0] == hard
     finally:
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
 
@@ -53,5 +54,5 @@ def test_the_cli_refuses_a_fleet_the_hard_limit_cannot_hold() -> None:
         check=False,
     )
     assert done.returncode == 2
-    assert "5,000 devices need about 30,256 open files" in done.stderr
-    assert "run at most 640 devices here" in done.stderr
+    assert "5,000 devices need about 45,256 open files (256 + 9 per device)" in done.stderr
+    assert "run at most 426 devices here" in done.stderr
