@@ -42,6 +42,8 @@ AGENT_KEYS = frozenset(
         "max_request_items",
         "seen_ids_max",
         "mqtt_keepalive_s",
+        "mqtt_reconnect_s",
+        "mqtt_reconnect_max_s",
         "mqtt_username",
         "mqtt_password_file",
         "mqtt_ca_file",
@@ -83,6 +85,16 @@ class UplinkSettings(_Strict):
     batch_max_signals: Annotated[int, Field(ge=1, le=2000)] = 500
     batch_max_age_s: Annotated[float, Field(ge=0, le=3600)] = 2.0
     ack_timeout_s: Annotated[float, Field(gt=0, le=3600)] = 10.0
+    """The ack timeout until an ack was measured; then it follows the measured ack latency
+    (smoothed + 4 x variance, `agent.link.acktimer`) within [`ack_timeout_min_s`,
+    `ack_timeout_max_s`]."""
+    ack_timeout_min_s: Annotated[float, Field(gt=0, le=3600)] = 1.0
+    ack_timeout_max_s: Annotated[float, Field(gt=0, le=3600)] = 120.0
+    resend_max_s: Annotated[float, Field(gt=0, le=86400)] = 600.0
+    """The longest wait before a resend: each resend of a batch waits twice the last
+    (jittered), up to this."""
+    idle_wake_s: Annotated[float, Field(gt=0, le=86400)] = 600.0
+    """The longest the uplink sleeps with nothing due (a safety net: new rows wake it)."""
     max_in_flight: Annotated[int, Field(ge=1, le=64)] = 4
     compress: Literal["auto", "never", "always"] = "auto"
     mode: Literal["raw", "aggregate"] = "aggregate"  # privacy first: raw only where asked
@@ -188,6 +200,11 @@ class AgentSettings(_Strict):
     max_request_items: Annotated[int, Field(ge=1, le=100_000)] = 1000
     seen_ids_max: Annotated[int, Field(ge=10, le=1_000_000)] = 10_000
     mqtt_keepalive_s: Annotated[int, Field(ge=5, le=3600)] = 30
+    mqtt_reconnect_s: Annotated[float, Field(gt=0, le=3600)] = 2.0
+    """A lost broker is tried again after a delay uniform in [0, this], doubled each failed
+    round up to `mqtt_reconnect_max_s` (full jitter): a fleet that lost its broker together
+    comes back spread over the first window, not in step."""
+    mqtt_reconnect_max_s: Annotated[float, Field(gt=0, le=86400)] = 60.0
     mqtt_username: Annotated[str, StringConstraints(min_length=1, max_length=256)] | None = None
     """The broker username; with a password and no username, the device id (the ACL's %u)."""
     mqtt_password: SecretStr | None = None

@@ -19,8 +19,9 @@ import time
 import urllib.request
 from pathlib import Path
 
+from bench.processes import broker_and_gateway
 from bench.record import Record
-from simulators.brokers import MosquittoProcess, free_port
+from simulators.brokers import free_port
 from simulators.faults import AgentProcess
 
 RATE = 100  # signals per second, in 10 requests of 10
@@ -77,71 +78,40 @@ def _run(
     seconds: float, tmp: Path, env: dict[str, str] | None = None
 ) -> tuple[float, float, float, int]:
     """(RSS at the end, RSS after the first tenth, max RSS, signals posted)."""
-    broker = MosquittoProcess(str(tmp / "mosquitto"))
-    broker.start()
-    gw_port = free_port()
-    gw_log = (tmp / "gateway.log").open("wb")
-    gateway = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "edgemart",
-            "gateway",
-            "run",
-            "--broker",
-            broker.url,
-            "--data-dir",
-            str(tmp / "gw"),
-            "--http-port",
-            str(gw_port),
-        ],
-        stdout=gw_log,
-        stderr=subprocess.STDOUT,
-    )
-    agent = None
-    try:
-        deadline = time.monotonic() + 60
-        while not (tmp / "gw" / "trust.json").exists():
-            if time.monotonic() > deadline:
-                raise RuntimeError("gateway did not start")
-            time.sleep(0.1)
+    with broker_and_gateway(tmp) as (broker, trust):
         agent = AgentProcess(
             profile="tv",
             device_id="tv-rss-0001",
-            broker=broker.url,
+            broker=broker,
             data_dir=tmp / "agent",
             api_port=free_port(),
-            trust=tmp / "gw" / "trust.json",
+            trust=trust,
             log=tmp / "agent.log",
             env={"EDGEMART_CONSENT__ANALYTICS": "true", **(env or {})},
         )
-        agent.start()
-        assert agent.proc is not None
-        pid = agent.proc.pid
-        url = f"{agent.api}/v1/signals"
-        token = agent.token()
-        start = time.monotonic()
-        posted = 0
-        early = peak = 0.0
-        tick = 10.0 / RATE
-        i = 0
-        while (now := time.monotonic()) - start < seconds:
-            _post(url, token, 10, i)
-            posted += 10
-            i += 1
-            rss = rss_mb(pid)
-            peak = max(peak, rss)
-            if not early and now - start >= seconds / 10:
-                early = rss
-            time.sleep(max(0.0, start + i * tick - time.monotonic()))
-        return rss_mb(pid), early or rss_mb(pid), peak, posted
-    finally:
-        if agent is not None:
+        try:
+            agent.start()
+            assert agent.proc is not None
+            pid = agent.proc.pid
+            url = f"{agent.api}/v1/signals"
+            token = agent.token()
+            start = time.monotonic()
+            posted = 0
+            early = peak = 0.0
+            tick = 10.0 / RATE
+            i = 0
+            while (now := time.monotonic()) - start < seconds:
+                _post(url, token, 10, i)
+                posted += 10
+                i += 1
+                rss = rss_mb(pid)
+                peak = max(peak, rss)
+                if not early and now - start >= seconds / 10:
+                    early = rss
+                time.sleep(max(0.0, start + i * tick - time.monotonic()))
+            return rss_mb(pid), early or rss_mb(pid), peak, posted
+        finally:
             agent.stop()
-        gateway.terminate()
-        gateway.wait(30)
-        gw_log.close()
-        broker.stop()
 
 
 def run() -> list[Record]:

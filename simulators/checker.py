@@ -58,6 +58,13 @@ class Drops:
     def total(self) -> int:
         return self.evicted + self.expired + self.withdrawn
 
+    @staticmethod
+    def held(status: Mapping[str, Any]) -> int:
+        """Signals the device still holds, not yet acked: rows in its outbox (waiting or in
+        a batch in flight) and those counted in aggregates the gateway has not confirmed."""
+        acc = status.get("accounting") or {}
+        return int(acc.get("signals_held", 0)) + int(acc.get("aggregate_unacked", 0))
+
     @classmethod
     def from_status(cls, status: Mapping[str, Any]) -> Drops:
         acc = status.get("accounting") or status.get("stats") or {}
@@ -69,8 +76,9 @@ class Drops:
 @dataclass(frozen=True, slots=True)
 class AccountReport:
     """Every accepted signal ends stored (raw, or covered by an aggregate), or counted as
-    evicted, expired or withdrawn. `lost` is what none of these explain; `overcounted` is
-    what they explain twice (a double count is a bug too)."""
+    evicted, expired or withdrawn, or is still held by its device (`undelivered`: a device
+    that did not drain in time still has it, and sends it when it can). `lost` is what none
+    of these explain; `overcounted` is what they explain twice (a double count is a bug too)."""
 
     accepted: int
     stored: int
@@ -82,6 +90,9 @@ class AccountReport:
     overcounted: int
     duplicated: int
     unexpected: int
+    undelivered: int = 0
+    undelivered_by_device: tuple[tuple[str, int], ...] = ()
+    """(device, signals it still holds) for every device that holds some, most first."""
 
     @property
     def ok(self) -> bool:
@@ -90,7 +101,9 @@ class AccountReport:
     def line(self) -> str:
         return (
             f"accepted {self.accepted}: stored {self.stored}, in aggregates {self.aggregated},"
-            f" evicted {self.evicted}, expired {self.expired}, withdrawn {self.withdrawn};"
+            f" evicted {self.evicted}, expired {self.expired}, withdrawn {self.withdrawn},"
+            f" undelivered {self.undelivered} (still on {len(self.undelivered_by_device)}"
+            " devices);"
             f" lost {self.lost}, overcounted {self.overcounted},"
             f" duplicated {self.duplicated}, unexpected {self.unexpected}"
         )
@@ -101,15 +114,20 @@ def account(
     stored: Mapping[str, Iterable[str]],
     drops: Mapping[str, Drops],
     aggregated: Mapping[str, int] | None = None,
+    held: Mapping[str, int] | None = None,
 ) -> AccountReport:
     """Loss accounting in raw and aggregate mode alike, device by device.
 
     `accepted`: ids the devices answered 202 for; `stored`: signal ids the gateway holds;
     `drops`: each device's persisted drop counters; `aggregated`: how many signals each
     device's latest aggregates at the gateway cover (`GET /v1/devices/{id}` ->
-    `aggregates_cover`, or the sum of `count` in its export).
+    `aggregates_cover`, or the sum of `count` in its export); `held`: how many signals each
+    device still holds unacked (`Drops.held` of its status): what is missing up to that
+    many is undelivered, not lost.
     """
     aggregated = aggregated or {}
+    held = held or {}
+    undelivered: dict[str, int] = {}
     ids = check(accepted, stored)
     totals = Counter[str]()
     lost = over = 0
@@ -119,6 +137,10 @@ def account(
         cover = int(aggregated.get(device, 0))
         d = drops.get(device, Drops())
         gap = len(acc) - len(got) - cover - d.total
+        waiting = min(max(gap, 0), int(held.get(device, 0)))
+        if waiting:
+            undelivered[device] = waiting
+            gap -= waiting
         lost += max(gap, 0)
         over += max(-gap, 0)
         totals.update(
@@ -142,6 +164,8 @@ def account(
         over,
         ids.duplicated,
         ids.unexpected,
+        sum(undelivered.values()),
+        tuple(sorted(undelivered.items(), key=lambda kv: (-kv[1], kv[0]))),
     )
 
 

@@ -11,7 +11,14 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from simulators.options import FAULTS, FLEET_GUIDE, DemoOptions, FleetOptions
+from simulators import fdlimit
+from simulators.options import (
+    DEVICES_PER_HOUSEHOLD,
+    FAULTS,
+    FLEET_GUIDE,
+    DemoOptions,
+    FleetOptions,
+)
 
 DEMO_TOTALS = (
     "signals_accepted",
@@ -115,9 +122,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def cmd_fleet(args: argparse.Namespace) -> int:
     faults = tuple(f for f in (args.faults or "").split(",") if f)
+    households = args.households
+    if args.devices is not None:
+        households = max(1, -(-args.devices // DEVICES_PER_HOUSEHOLD))  # rounded up
     try:
+        ramp = None if args.ramp is None else float(args.ramp.removesuffix("/s"))
         options = FleetOptions(
-            households=args.households,
+            households=households,
+            ramp=ramp,
             broker=args.broker,
             data_dir=Path(args.data_dir) if args.data_dir else None,
             seed=args.seed,
@@ -127,12 +139,17 @@ def cmd_fleet(args: argparse.Namespace) -> int:
             faults=faults,
             crash_devices=args.crash_devices,
             topic_root=args.topic_root,
+            drain_timeout=args.drain_timeout,
         )
     except ValueError as exc:
         sys.stderr.write(f"edgemart fleet: {exc}\n")
         return 2
     if args.broker not in (None, "mosquitto") and (why := broker_problem(args.broker)):
         sys.stderr.write(f"edgemart fleet: --broker {args.broker}: {why}\n")
+        return 2
+    devices = options.devices + (options.crash_devices if "agent-kill" in faults else 0)
+    if refusal := fdlimit.ensure(devices, embedded_broker=options.broker is None):
+        sys.stderr.write(f"edgemart fleet: {refusal}\n")
         return 2
     from rich.console import Console  # noqa: PLC0415
     from rich.table import Table  # noqa: PLC0415
@@ -187,6 +204,19 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     run.add_argument("--households", type=int, default=3, help="4 devices each (default: 3)")
     run.add_argument(
+        "--devices",
+        type=int,
+        default=None,
+        help="devices in all, instead of --households (rounded up to whole households of 4)",
+    )
+    run.add_argument(
+        "--ramp",
+        default=None,
+        metavar="N/s",
+        help="start (and stop) N devices a second, households concurrently (default: as fast"
+        " as 32 households starting at once allow)",
+    )
+    run.add_argument(
         "--faults",
         default="",
         help=f"comma-separated, injected in the middle third: {', '.join(FAULTS)}",
@@ -211,6 +241,13 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     run.add_argument(
         "--duration", type=float, default=12.0, help="seconds the rounds span (default: 12)"
+    )
+    run.add_argument(
+        "--drain-timeout",
+        type=float,
+        default=90.0,
+        help="seconds every device has to drain at the end; what it still holds then is"
+        " reported undelivered (default: 90)",
     )
     run.add_argument("--topic-root", default=None, help=TOPIC_ROOT_HELP)
     run.add_argument("-v", "--verbose", action="count", default=0)

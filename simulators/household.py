@@ -17,6 +17,7 @@ import numpy as np
 from agent.api.owners import admin_headers
 from agent.config import load_settings
 from agent.runtime.agent import Agent
+from agent.store.thread import StorePool
 from protocol.ids import format_time, utcnow
 from simulators.world import Persona, World, usage_signals
 
@@ -77,7 +78,9 @@ class Household:
         data_dir: Path,
         devices: Sequence[DeviceSpec] | None = None,
         seed: int = 0,
+        store_pool: StorePool | None = None,
     ) -> None:
+        """`store_pool`: store threads shared with the process's other agents (the fleet)."""
         self.world = world
         self.persona = world.persona(index)
         self.broker = broker
@@ -85,6 +88,7 @@ class Household:
         self.data_dir = data_dir
         self.specs = list(devices) if devices is not None else default_devices(self.persona)
         self.rng = np.random.default_rng(seed)
+        self._store_pool = store_pool
         self.runs: list[DeviceRun] = []
         self._stack = contextlib.AsyncExitStack()
         self._http: aiohttp.ClientSession | None = None
@@ -103,7 +107,9 @@ class Household:
                     api_port=0 if spec.via_http else None,
                     trust=self.trust,
                 )
-                agent = await self._stack.enter_async_context(Agent(settings))
+                agent = await self._stack.enter_async_context(
+                    Agent(settings, store_pool=self._store_pool)
+                )
                 await agent.set_consent(spec.consent)
                 self.runs.append(DeviceRun(spec, agent))
         except BaseException:

@@ -9,6 +9,8 @@ from pathlib import Path
 
 from protocol.ids import new_id
 
+DEVICES_PER_HOUSEHOLD = 4
+"""A hub, a TV and two phones (`simulators.household.default_devices`)."""
 FAULTS = ("gateway-restart", "broker-restart", "partition", "agent-kill")
 """In the order they begin."""
 
@@ -64,8 +66,19 @@ class FleetOptions:
     topic_root: str | None = None
     """None: a fresh root (`fresh_root`), cleared of its retained messages at the end (as is
     any root under `edgemart-qa/`; `sweepable`)."""
+    ramp: float | None = None
+    """Devices started (and stopped) per second, households concurrently; None: as fast as
+    `STARTING_AT_ONCE` households at a time allow."""
+
+    @property
+    def devices(self) -> int:
+        return self.households * DEVICES_PER_HOUSEHOLD
 
     def __post_init__(self) -> None:
+        if self.ramp is not None and not self.ramp > 0:
+            raise ValueError(
+                f"--ramp must be a positive number of devices per second, not {self.ramp}"
+            )
         unknown = set(self.faults) - set(FAULTS)
         if unknown:
             raise ValueError(f"unknown fault(s) {sorted(unknown)}; known: {', '.join(FAULTS)}")
@@ -104,5 +117,10 @@ broker a real gateway uses it reaches none of the real devices, and it clears th
 messages it left there when it ends.
 
 The verdict (`succeeded`): no accepted signal lost, none stored twice, nothing unexpected,
-every device drained.
+every device drained. A device that did not drain in time still holds what it did not send:
+that is reported as undelivered (which devices, how many signals, why: its link, its budget,
+its consent, a full disk, batches unacked), never as lost.
+
+Every simulated agent has its own SQLite file, outbox, keys and MQTT session; their stores
+share a pool of 4 threads (`agent.store.thread.StorePool`) instead of one thread each.
 """

@@ -88,7 +88,12 @@ class Link:
             self._connection,
             setup=self._setup,
             serve=self._serve,
-            backoff=backoff or Backoff(initial=0.5, cap=30.0),
+            backoff=backoff
+            or Backoff(
+                initial=settings.mqtt_reconnect_s,
+                cap=max(settings.mqtt_reconnect_max_s, settings.mqtt_reconnect_s),
+                full_jitter=True,
+            ),
             on_up=self._up,
             on_down=self._down,
             rotation=Rotation(len(settings.brokers)),

@@ -1,5 +1,10 @@
 """Uplink batches: cut by size and age, persisted seq, bounded in flight, resent until acked.
 
+It sleeps until its next due time (a batch's age, an ack timeout, a pacing token, the next
+day when held), never on a fixed tick: new rows, acks and a connect wake it (`poke`).
+Resends back off per batch and the ack timeout follows measured ack latency
+(`agent.link.acktimer`).
+
 Also the daily byte budget (raw degrades to aggregates, then the uplink holds until the
 next day) and the paced drain after an outage (a token bucket of batches per second; the
 store cuts high priority first, then oldest first).
@@ -9,8 +14,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
+import random
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -18,6 +26,7 @@ from agent import AGENT_VERSION
 from agent.config import AgentSettings
 from agent.errors import BatchTooLarge, DiskFull, LinkDown, StoreError
 from agent.intake.consent import ConsentState
+from agent.link.acktimer import AckTimer
 from agent.link.downlink import UnknownFields
 from agent.link.transport import Transport
 from agent.runtime.metrics import Metrics
@@ -56,6 +65,23 @@ def encode_bounded(
     return payload
 
 
+RETRY_S = 1.0
+"""After a store error or a publish refused while the link looked up: look again this soon."""
+DAY_S = 86_400.0
+
+
+@dataclass(slots=True)
+class Flight:
+    """A batch in flight: when it is due (`timer` time; None: now), when it was last
+    published, and how often since this run or connect (Karn's rule and the backoff)."""
+
+    due: float | None = None
+    sent: float | None = None
+    sends: int = 0
+    backoff: int = 0
+    """Resends since the gateway last acked anything (the backoff's step)."""
+
+
 class Uplink:
     """Moves the outbox to the gateway: a batch's rows leave the device only on its ack."""
 
@@ -70,9 +96,11 @@ class Uplink:
         model_version: Callable[[], int | None],
         verifier: Verifier,
         timer: Callable[[], float] = time.monotonic,
+        rng: random.Random | None = None,
     ) -> None:
-        """`timer`: the monotonic clock of ack timeouts, resends and drain pacing;
-        `verifier`: the cloud's keys, which sign the acks (issue 14)."""
+        """`timer`: the monotonic clock of ack timeouts, resends and drain pacing (a test's
+        fake one does not wake a sleeping uplink: `poke` after moving it); `rng`: the
+        resend jitter; `verifier`: the cloud's keys, which sign the acks (issue 14)."""
         self.settings = settings
         self._verifier = verifier
         self.cfg = settings.profile.uplink
@@ -83,13 +111,24 @@ class Uplink:
         self._model_version = model_version
         self._topic = settings.topics.batch(settings.device_id)
         self._timer = timer
-        self._in_flight: dict[int, float | None] = {}  # seq -> `timer` time sent (None: due)
+        self._in_flight: dict[int, Flight] = {}
         self._wake = asyncio.Event()
         self._stepping = asyncio.Lock()  # one step at a time: the loop's, a flush's, a test's
         self._flush = False
         self._faults = OnceLogger(log)
         self._unknown = UnknownFields(metrics)
-        self._tick = max(0.02, min(0.25, self.cfg.batch_max_age_s / 4 or 0.02))
+        self.acks = AckTimer(
+            initial=self.cfg.ack_timeout_s,
+            floor=min(self.cfg.ack_timeout_min_s, self.cfg.ack_timeout_s),
+            ceiling=max(self.cfg.ack_timeout_max_s, self.cfg.ack_timeout_s),
+            cap=max(self.cfg.resend_max_s, self.cfg.ack_timeout_s),
+            rng=rng or random.Random(),
+        )
+        self._data_due: float | None = None  # store-clock time the pending rows are due
+        self._paced = False  # rows due, but the drain's tokens ran out
+        self._retry_at: float | None = None  # `timer` time to look again after a fault
+        self.wakes = 0
+        """Times the loop woke (a test and the idle bench see how often it does)."""
         self._budget = settings.profile.budgets.uplink_bytes_per_day
         self._tokens = float(self.cfg.max_in_flight)
         self._refilled = timer()
@@ -139,7 +178,7 @@ class Uplink:
     async def start(self) -> None:
         """Batches stored by an earlier run are in flight again: resent on the next connect."""
         for batch in await self._store.call(self._store.batches.stored):
-            self._in_flight[batch.seq] = None
+            self._in_flight[batch.seq] = Flight()
 
     def poke(self, *, flush: bool = False) -> None:
         """New rows in the outbox (or a flush request): look at it now, not at the next tick."""
@@ -149,18 +188,43 @@ class Uplink:
 
     def on_connected(self) -> None:
         """A (re)connect: every unacked batch is due again."""
-        for seq in self._in_flight:
-            self._in_flight[seq] = None
+        for flight in self._in_flight.values():
+            flight.due = None
         self._wake.set()
+
+    def next_wake(self) -> float:
+        """Seconds until the uplink has something to do that nothing else will wake it for
+        (`idle_wake_s` at most): the first resend due, the pending rows' age, a pacing
+        token, the next day when held, a retry after a fault. Pure, no store query."""
+        if not self._link.connected.is_set():
+            return math.inf  # a connect wakes it (`on_connected`)
+        now = self._timer()
+        waits = [self.cfg.idle_wake_s]
+        if self._retry_at is not None:
+            waits.append(self._retry_at - now)
+        if self.holding:
+            day = self._store.clock()
+            waits.append(DAY_S - day % DAY_S + 1.0)
+            return max(0.0, min(waits))
+        waits += [0.0 if f.due is None else f.due - now for f in self._in_flight.values()]
+        room = len(self._in_flight) < self.cfg.max_in_flight
+        if room and self._paced:
+            waits.append((1.0 - self._tokens) / self.cfg.drain_batches_per_s)
+        elif room and self._data_due is not None:
+            waits.append(self._data_due - self._store.clock())
+        return max(0.0, min(waits))
 
     async def run(self) -> None:
         while True:
-            try:
-                async with asyncio.timeout(self._tick):
-                    await self._wake.wait()
-            except TimeoutError:
-                pass
+            delay = self.next_wake()
+            if delay > 0:
+                try:
+                    async with asyncio.timeout(None if math.isinf(delay) else delay):
+                        await self._wake.wait()
+                except TimeoutError:
+                    pass
             self._wake.clear()
+            self.wakes += 1
             await self.step()
 
     async def step(self) -> None:
@@ -171,6 +235,7 @@ class Uplink:
     async def _step(self) -> None:
         if not self._link.connected.is_set():
             return
+        self._retry_at = None
         analytics = self._consent().analytics
         held = self.over_budget()
         if held != self.holding:
@@ -191,9 +256,11 @@ class Uplink:
                 if folded:
                     self._metrics.inc("signals_folded", folded)
             await self._resend_due()
+            self._paced = False
             while len(self._in_flight) < self.cfg.max_in_flight:
                 if not self._take_token():
-                    break  # paced: the next tick looks again
+                    self._paced = True  # woken again when the next token is in
+                    break
                 batch = await self._maybe_cut(analytics)
                 if batch is None:
                     self._tokens += 1.0  # nothing cut: the token was not used
@@ -205,11 +272,14 @@ class Uplink:
                     self._flush = False
         except LinkDown as exc:
             log.debug("uplink paused: %s", exc)
+            self._retry_at = self._timer() + RETRY_S  # or sooner: a connect wakes it
         except DiskFull as exc:
             # What is stored is still resent (above); cutting new batches waits for room.
+            self._retry_at = self._timer() + RETRY_S
             self._metrics.inc("uplink_disk_full")
             self._faults.log("disk_full", "uplink cannot cut a batch: %s", exc)
-        except StoreError as exc:  # an I/O error: rolled back, the next tick tries again
+        except StoreError as exc:  # an I/O error: rolled back, the next step tries again
+            self._retry_at = self._timer() + RETRY_S
             self._metrics.inc("uplink_store_errors")
             self._faults.log("store_error", "uplink step failed, retrying: %s", exc)
 
@@ -217,8 +287,8 @@ class Uplink:
         now = self._timer()
         due = [
             seq
-            for seq, sent in sorted(self._in_flight.items())
-            if sent is None or now - sent >= self.cfg.ack_timeout_s
+            for seq, flight in sorted(self._in_flight.items())
+            if flight.due is None or now >= flight.due
         ]
         if not due:
             return
@@ -232,12 +302,15 @@ class Uplink:
 
     async def _maybe_cut(self, analytics: bool) -> StoredBatch | None:
         pending = await self._store.call(self._store.outbox.pending)
+        self._data_due = None
         data = pending.signals + pending.outcomes + pending.aggregates if analytics else 0
         if data == 0 and pending.receipts == 0:
             return None
         age = self._store.clock() - pending.oldest if pending.oldest is not None else 0.0
         full = pending.signals >= self.cfg.batch_max_signals
         data_due = data > 0 and (full or age >= self.cfg.batch_max_age_s or self._flush)
+        if data > 0 and not data_due and pending.oldest is not None:
+            self._data_due = pending.oldest + self.cfg.batch_max_age_s
         if not data_due and pending.receipts == 0:
             return None
         return await self._store.call(
@@ -284,11 +357,15 @@ class Uplink:
         return encode_bounded(batch, self.cfg.compress_flag)
 
     async def _send(self, seq: int, payload: bytes, *, resend: bool, attempts: int = 0) -> None:
-        self._in_flight[seq] = None
+        flight = self._in_flight.setdefault(seq, Flight())
+        flight.due = None
         await self._link.publish(self._topic, payload, qos=1)
-        if seq not in self._in_flight:  # acked while we waited for the PUBACK
+        if self._in_flight.get(seq) is not flight:  # acked while we waited for the PUBACK
             return
-        self._in_flight[seq] = self._timer()
+        flight.sent = self._timer()
+        flight.due = flight.sent + self.acks.resend_after(flight.backoff)
+        flight.sends += 1
+        flight.backoff += 1
         try:
             await self._store.call(self._store.batches.mark_sent, seq, len(payload), self.today())
         except StoreError as exc:  # sent all the same; only the attempt count and budget wait
@@ -334,8 +411,17 @@ class Uplink:
             # for another outbox: this device's wiped predecessor, or another copy of it
             self._metrics.inc("acks_other_outbox", len(ack.acks))
             return
+        now = self._timer()
         for seq in result.seqs:
-            self._in_flight.pop(seq, None)
+            flight = self._in_flight.pop(seq, None)
+            if flight is not None and flight.sends == 1 and flight.sent is not None:
+                self.acks.observe(now - flight.sent)  # sent once: the ack is this send's
+        if result.seqs:  # the gateway is back at work: the others' backoff starts again
+            fresh = now + self.acks.resend_after(0)  # (RFC 6298 5.3, restart on a new ack)
+            for flight in self._in_flight.values():
+                flight.backoff = 0
+                if flight.due is not None and flight.due > fresh:
+                    flight.due = fresh
         self._metrics.inc("batches_acked", len(result.seqs))
         self._metrics.inc("signals_acked", result.signals)
         self._metrics.inc("outcomes_acked", result.outcomes)

@@ -101,6 +101,7 @@ class Claims:
         self._timer = timer
         self._round_at = timer()
         self._round = asyncio.Lock()  # one resend round at a time (the loop's or a test's)
+        self._idle = False  # the last round found no pending claim and none was sent since
         self._faults = OnceLogger(log)
         self._unknown = UnknownFields(metrics)
         for name in COUNTERS:
@@ -155,7 +156,8 @@ class Claims:
         while True:
             remaining = interval - (self._timer() - self._round_at)
             try:
-                async with asyncio.timeout(max(0.0, min(remaining, MAX_TICK_S))):
+                wait = None if self._idle else max(0.0, min(remaining, MAX_TICK_S))
+                async with asyncio.timeout(wait):  # idle: a new claim or a connect wakes it
                     await self._wake.wait()
             except TimeoutError:
                 pass
@@ -172,7 +174,9 @@ class Claims:
                 return 0
             self._round_at = self._timer()
             resent = 0
-            for row in await self._store.call(self._store.claims.all, "pending"):
+            pending = await self._store.call(self._store.claims.all, "pending")
+            self._idle = not pending
+            for row in pending:
                 if self._store.clock() - float(row["updated"]) < interval / 2 and row["attempts"]:
                     continue  # just sent
                 if not await self._send(row):
@@ -196,6 +200,9 @@ class Claims:
             log.debug("claim %s waits for the link: %s", row["id"], exc)
             return False
         await self._store.call(self._store.claims.sent, row["id"])
+        if self._idle:  # the loop sleeps without a deadline: it has a claim to resend now
+            self._idle = False
+            self._wake.set()
         return True
 
     def _bad(self, reason: str, detail: str) -> None:

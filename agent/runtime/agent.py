@@ -40,6 +40,7 @@ from agent.runtime.parts import Parts
 from agent.runtime.status import accounting_of, status_of
 from agent.store.core import Store
 from agent.store.idempotency import Stored
+from agent.store.thread import StorePool
 from daemonkit.notify import Notifier, feed_watchdog
 
 log = logging.getLogger(__name__)
@@ -63,17 +64,21 @@ class Agent:
         timer: Callable[[], float] = time.monotonic,
         owns_process: bool = False,
         transport: TransportFactory = Link,
+        store_pool: StorePool | None = None,
     ) -> None:
         """`owns_process`: this agent is the process (`edgemart agent run`), so the profile's
         memory budget judges the process's resident set; in a simulator or a test runner,
         where one process holds many agents, the resident set is only reported.
         `clock` (wall) and `timer` (monotonic: resends, pacing): see `agent.runtime.build`.
-        `transport`: makes the broker link (`Link`; a test may pass one needing no broker)."""
+        `transport`: makes the broker link (`Link`; a test may pass one needing no broker).
+        `store_pool`: store threads shared with other agents of the process (the simulator's
+        thousands; None: a thread of its own)."""
         self._settings = settings
         self._clock = clock
         self._timer = timer
         self._owns_process = owns_process
         self._transport = transport
+        self._store_pool = store_pool
         self._parts: Parts | None = None
         """Made on entry, kept after exit (counters, status and the model stay readable)."""
         self._running = False
@@ -301,6 +306,7 @@ class Agent:
             timer=self._timer,
             transport=self._transport,
             owns_process=self._owns_process,
+            store_pool=self._store_pool,
         )
         self._running = True
         try:
@@ -319,7 +325,8 @@ class Agent:
             await self.api.start()
         await parts.memory_watch.page_out()  # what only start-up touched
         await parts.memory_watch.check()
-        parts.loops.start("memory", parts.memory_watch.run)
+        if not parts.memory.shared:
+            parts.loops.start("memory", parts.memory_watch.run)
         log.info(
             "agent %s up (profile %s, model v%s, outbox %d)",
             parts.settings.device_id,

@@ -37,6 +37,7 @@ from agent.runtime.router import Fanout, Router, downlink_routes
 from agent.runtime.service import AgentService
 from agent.runtime.status import gauges_of
 from agent.store.core import Store
+from agent.store.thread import StorePool
 from daemonkit.supervisor import Supervisor
 from protocol.envelopes import TrustFile
 from protocol.errors import ProtocolError
@@ -54,13 +55,15 @@ async def build(
     timer: Callable[[], float] = time.monotonic,
     transport: TransportFactory = Link,
     owns_process: bool = False,
+    store_pool: StorePool | None = None,
 ) -> Parts:
     """Make the agent's parts (the store opened, state loaded); nothing runs yet.
 
     `clock`: the wall clock of the store (TTLs, windows, budget days); tests travel.
     `timer`: the monotonic clock of resends and pacing (uplink ack timeouts and drain, claim
     resends); a test moves a `FakeClock` past a timeout instead of sleeping through it.
-    `owns_process`: the profile's memory budget judges the process's resident set."""
+    `owns_process`: the profile's memory budget judges the process's resident set.
+    `store_pool`: store threads shared with the process's other agents (the simulator)."""
     try:
         trust = await asyncio.to_thread(load_trust, settings.trust)
         verifier = Verifier.from_public_keys(trust.keys)
@@ -79,6 +82,7 @@ async def build(
         outbox_full=profile.budgets.outbox_full,
         seen_ids_max=settings.seen_ids_max,
         clock=clock,
+        pool=store_pool,
     )
     await store.open()
     if store.rotated:

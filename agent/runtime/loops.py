@@ -30,6 +30,11 @@ log = logging.getLogger(__name__)
 
 MAINTENANCE_S = 60.0
 MEMORY_SAMPLE_S = 10.0
+"""The memory watch's interval near (or over) the budget."""
+MEMORY_SAMPLE_FAR_S = 60.0
+"""Its interval while the resident set is under `NEAR_BUDGET` of the budget: growth from
+there to the budget takes minutes, not seconds (an idle agent wakes no more than it needs)."""
+NEAR_BUDGET = 0.75
 
 
 async def maintenance(
@@ -107,9 +112,17 @@ class MemoryWatch:
         if model is not None:  # the scoring pages, back before a decision waits on them
             await asyncio.to_thread(warm, model)
 
+    def next_sample_s(self) -> float:
+        """Every `MEMORY_SAMPLE_S` near the budget, every `MEMORY_SAMPLE_FAR_S` well under it."""
+        near = self._budget.rss >= NEAR_BUDGET * self._budget.budget_bytes
+        return MEMORY_SAMPLE_S if near else MEMORY_SAMPLE_FAR_S
+
     async def run(self) -> None:
+        """Sample the resident set (`Agent` starts this loop only when the agent is the
+        process: in a shared one the samples judge nothing and thousands of agents would
+        each read the same number)."""
         while True:
-            await asyncio.sleep(MEMORY_SAMPLE_S)
+            await asyncio.sleep(self.next_sample_s())
             await self.check()
 
 

@@ -34,7 +34,7 @@ from agent.store.quota import plan as quota_plan
 from agent.store.rows import Accepted, ConsentRow, Counters, NewOutcome, NewSignal, Pending
 from agent.store.schema import MIGRATIONS
 from agent.store.space import DiskSpace, reserve_for
-from agent.store.thread import StoreThread
+from agent.store.thread import StorePool, StoreThread
 
 __all__ = ["Accepted", "ConsentRow", "NewOutcome", "NewSignal", "Pending", "Store"]
 
@@ -59,7 +59,9 @@ class Store:
         disk_quota: int | None = None,
         cache_kib: int | None = None,
         connection: type[sqlite3.Connection] = sqlite3.Connection,
+        pool: StorePool | None = None,
     ) -> None:
+        """`pool`: store threads shared with other agents of the process (`StorePool`)."""
         self.path = path
         self.clock = clock
         self.disk_quota = disk_quota
@@ -67,7 +69,7 @@ class Store:
         `outbox_max_bytes` is what `agent.store.quota.plan` leaves of it."""
         self.cache_kib = cache_kib
         self.disk: DiskPlan | None = None
-        self.thread = StoreThread(path, durability=durability, factory=connection)
+        self.thread = StoreThread(path, durability=durability, factory=connection, pool=pool)
         self.space: DiskSpace = self.thread.space
         self.space.reserve = reserve_for(disk_quota if disk_quota is not None else outbox_max_bytes)
         self.quota_bytes = disk_quota if disk_quota is not None else outbox_max_bytes

@@ -1,4 +1,6 @@
 """The store thread: one dedicated thread owns the SQLite connection; `await call(fn, ...)`.
+Or, for many agents in one process (the simulator), a `StorePool` of a few threads shared by
+every store, each store's calls still one at a time and in order.
 
 Every table object (`agent.store.outbox.Outbox`, `agent.store.batches.Batches`, ...) is plain
 synchronous code over `conn()` and `tx()`; the event loop reaches it only through `call`, so it
@@ -10,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import sqlite3
+import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -23,8 +26,22 @@ from agent.store.space import DiskSpace, is_full
 T = TypeVar("T")
 
 
+class StorePool:
+    """A few threads shared by many stores instead of one thread per store: a process with
+    thousands of agents (`edgemart fleet`) runs 4 threads, not thousands (each a stack, a
+    kernel task, and a context switch per call; half of 400 agents' CPU was in the kernel)."""
+
+    def __init__(self, threads: int = 4) -> None:
+        self.executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="store-pool")
+
+    def shutdown(self) -> None:
+        """After every store using it closed."""
+        self.executor.shutdown(wait=True)
+
+
 class StoreThread:
-    """One SQLite file, one thread, one connection; transactions with `tx()`."""
+    """One SQLite file, one thread (or a turn on a shared pool's), one connection;
+    transactions with `tx()`."""
 
     def __init__(
         self,
@@ -32,8 +49,10 @@ class StoreThread:
         *,
         durability: str = "full",
         factory: type[sqlite3.Connection] = sqlite3.Connection,
+        pool: StorePool | None = None,
     ) -> None:
-        """`factory`: the connection class (a test passes one that injects faults)."""
+        """`factory`: the connection class (a test passes one that injects faults); `pool`:
+        threads shared with other stores (None: a thread of its own)."""
         self.path = path
         self.durability = durability
         self._factory = factory
@@ -44,7 +63,18 @@ class StoreThread:
         """Opened in exclusive locking mode (no room for `-shm` at start) until a restart."""
         self.space = DiskSpace(path.parent)
         """Free space, the reserve and the `full` state (`agent.store.core.Store` sizes it)."""
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="agent-store")
+        self._pool = pool
+        self._executor = (
+            pool.executor
+            if pool is not None
+            else ThreadPoolExecutor(max_workers=1, thread_name_prefix="agent-store")
+        )
+        self._turn = asyncio.Lock() if pool is not None else None
+        """On a shared pool: one call of this store at a time, in the order they came."""
+        self._held = threading.Lock()
+        """On a shared pool, held while a call runs: a caller cancelled mid-call releases
+        `_turn` while its call still runs on a pool thread; the next call waits here rather
+        than use the connection from a second thread at once."""
         self._db: sqlite3.Connection | None = None
 
     async def call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
@@ -53,9 +83,15 @@ class StoreThread:
         result or its exception."""
         loop = asyncio.get_running_loop()
         context = contextvars.copy_context()
-        return await loop.run_in_executor(
-            self._executor, partial(context.run, self._run, fn, *args, **kwargs)
-        )
+        job = partial(context.run, self._run, fn, *args, **kwargs)
+        if self._turn is None:
+            return await loop.run_in_executor(self._executor, job)
+        async with self._turn:
+            return await loop.run_in_executor(self._executor, self._alone, job)
+
+    def _alone(self, job: Callable[[], T]) -> T:
+        with self._held:
+            return job()
 
     def _run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """`fn` on the store thread; an SQLite error leaves the store as ours (the boundary):
@@ -86,7 +122,13 @@ class StoreThread:
         return db
 
     def _open(self, *, exclusive: bool) -> sqlite3.Connection:
-        db = sqlite3.connect(self.path, isolation_level=None, factory=self._factory)
+        db = sqlite3.connect(
+            self.path,
+            isolation_level=None,
+            factory=self._factory,
+            # on a pool the connection moves between threads, one call at a time (`_turn`)
+            check_same_thread=self._pool is None,
+        )
         try:
             if exclusive:  # before the first access: no -shm file is ever made
                 db.execute("PRAGMA locking_mode=EXCLUSIVE")
@@ -105,8 +147,10 @@ class StoreThread:
             self._db = None
 
     def shutdown(self) -> None:
-        """No more calls: the thread ends once the last one is done."""
-        self._executor.shutdown(wait=True)
+        """No more calls: the thread ends once the last one is done (a shared pool's
+        threads serve the other stores on)."""
+        if self._pool is None:
+            self._executor.shutdown(wait=True)
 
     def conn(self) -> sqlite3.Connection:
         if self._db is None:

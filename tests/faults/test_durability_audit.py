@@ -226,14 +226,15 @@ async def test_withdrawal_purges_batches_in_flight_and_accounting_closes_when_th
         assert len(await agent.store.call(agent.store.batches.stored)) == 4
         await agent.uplink.step()
         assert agent.counters["batches_resent"] == 0  # unacked, but not yet overdue
-        clock.advance(ACK_TIMEOUT_S + 1)
+        clock.advance(ACK_TIMEOUT_S * 1.5 + 1)  # past the timeout and its jitter
+        agent.uplink.poke()  # a moved fake timer wakes no sleeping uplink
         await eventually(lambda: agent.counters["batches_resent"] >= 4, what="overdue: resent")
         await agent.set_consent(NO_ANALYTICS)
         assert await agent.store.call(agent.store.batches.stored) == []  # never sent again
         assert agent.store.depth == 0
         assert agent.status()["accounting"]["withdrawn"] == 500
         resent = agent.counters["batches_resent"]
-        clock.advance(ACK_TIMEOUT_S + 1)  # past the ack timeout again: nothing is resent
+        clock.advance(ACK_TIMEOUT_S * 3 + 1)  # past the backed-off timeout: nothing is resent
         await agent.uplink.step()
         assert agent.counters["batches_resent"] == resent
         assert agent.uplink.in_flight == 0

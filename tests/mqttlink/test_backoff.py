@@ -61,3 +61,22 @@ def test_a_backoff_that_could_not_back_off_is_refused(
 ) -> None:
     with pytest.raises(ValueError, match="backoff"):
         Backoff(initial=initial, cap=cap, factor=factor)
+
+
+@given(initial=initials, cap=caps, seed=st.integers(), steps=st.integers(1, 100))
+def test_full_jitter_delays_are_within_zero_and_their_step(
+    initial: float, cap: float, seed: int, steps: int
+) -> None:
+    cap = max(cap, initial)
+    backoff = Backoff(initial=initial, cap=cap, rng=random.Random(seed), full_jitter=True)
+    for n in range(steps):
+        assert 0.0 <= backoff.next() <= min(cap, initial * 2.0**n)
+
+
+def test_full_jitter_spreads_a_fleet_over_the_whole_first_window() -> None:
+    firsts = [
+        Backoff(initial=2.0, rng=random.Random(i), full_jitter=True).next() for i in range(2000)
+    ]
+    below = sum(1 for d in firsts if d < 1.0) / len(firsts)
+    assert 0.4 < below < 0.6  # half of them in the lower half: none there with [b/2, b]
+    assert min(firsts) < 0.05

@@ -52,8 +52,11 @@ async def test_a_fleet_through_every_fault_on_a_private_mosquitto(tmp_path: Path
         ("gateway-restart", "ends"),
     ]
     # what devices sent while the gateway was down, the broker queued for it; whatever the
-    # kill cost of that came in only because devices send again until the gateway's ack
-    assert report["batches_resent"] > 0
+    # kill cost of that came in only because devices send again until the gateway's ack.
+    # Resends wait for the ack timeout (backed off, learnt from ack latency) or a reconnect:
+    # when the restarted broker kept the queue and the acks were waiting for the devices'
+    # sessions, none is needed (0 or 1 here), and never a storm.
+    assert report["batches_resent"] <= 5 * report["devices"]
 
 
 def test_fleet_options_refuse_what_cannot_be_run() -> None:

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Sequence
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -77,9 +78,11 @@ async def running_device(
     profile: str = "tv",
     overrides: dict[str, Any] | None = None,
     root: Signer | None = None,
+    timer: Callable[[], float] = time.monotonic,
 ) -> AsyncIterator[Device]:
     """A started agent of `profile` over a fake transport, its data in `tmp_path/data`; with
-    `root`, its trust file pins that offline root (issue 14)."""
+    `root`, its trust file pins that offline root (issue 14); `timer`: its monotonic clock
+    of resends and pacing (a test's fake one)."""
     signer = Signer.generate("k1")
     trust = tmp_path / "trust.json"
     pinned = TrustFile(keys=[signer.public], topic_root="tin/v1", root=root and root.public)
@@ -96,7 +99,7 @@ async def running_device(
         environ={},
     )
     transports = FakeTransports()
-    async with Agent(settings, transport=transports) as agent:
+    async with Agent(settings, transport=transports, timer=timer) as agent:
         yield Device(agent, transports, signer)
 
 
