@@ -15,7 +15,6 @@ from agent.runtime.loops import MEMORY_SAMPLE_FAR_S, MEMORY_SAMPLE_S, MemoryWatc
 from agent.runtime.memory import MB, MemoryBudget
 from agent.store.core import Store
 from protocol import codec
-from protocol.envelopes import Ack
 from tests.support.clock import FakeClock
 from tests.support.local_device import Device, running_device
 from tests.support.waiting import eventually
@@ -151,9 +150,7 @@ async def test_resends_back_off_and_the_ack_timeout_follows_ack_latency(tmp_path
         assert waits[-1] <= 100.1 and waits[-2] <= 100.1  # capped
         seq = batches(device)[-1]["seq"]
         assert {b["seq"] for b in batches(device)} == {seq}  # the same batch each time
-        await transport.deliver(
-            "ack", codec.encode(Ack(acks=[seq], outbox_id=agent.store.outbox_id))
-        )
+        await transport.deliver("ack", device.ack([seq]))
         assert uplink.acks.srtt is None  # the ack of a resent batch is not a sample (Karn)
 
         # fast acks: the timeout falls from the configured 10 s towards the measured latency
@@ -162,9 +159,7 @@ async def test_resends_back_off_and_the_ack_timeout_follows_ack_latency(tmp_path
             await uplink.step()
             batch = batches(device)[-1]
             timer.advance(0.2)
-            await transport.deliver(
-                "ack", codec.encode(Ack(acks=[batch["seq"]], outbox_id=agent.store.outbox_id))
-            )
+            await transport.deliver("ack", device.ack([batch["seq"]]))
         assert uplink.acks.srtt is not None and abs(uplink.acks.srtt - 0.2) < 0.01
         assert uplink.acks.timeout == 1.0  # smoothed + 4 x variance, at its floor
         assert agent.store.depth == 0
@@ -195,8 +190,6 @@ async def test_an_ack_restarts_the_backoff_of_the_batches_still_in_flight(tmp_pa
                 break
         assert uplink.next_wake() > 60.0
         first = min(b["seq"] for b in batches(device))
-        await transport.deliver(
-            "ack", codec.encode(Ack(acks=[first], outbox_id=agent.store.outbox_id))
-        )
+        await transport.deliver("ack", device.ack([first]))
         assert uplink.in_flight == 1
         assert uplink.next_wake() <= 15.0  # one (jittered) ack timeout, not minutes
