@@ -183,4 +183,10 @@ def make_client(options: ClientOptions) -> aiomqtt.Client:
         tls_params=creds.tls_params(),
     )
     client.pending_calls_threshold = options.pending_publish_warn
+    # aiomqtt drops a subscribe's future when its caller is cancelled (a shutdown mid-
+    # subscribe); a SUBACK arriving after that raises KeyError in aiomqtt's paho callback
+    # (`Client._on_subscribe`, aiomqtt/client.py), which paho re-raises into the event loop
+    # as an "Exception in callback" traceback. paho's `suppress_exceptions` logs such a
+    # callback error at ERROR instead (paho.mqtt.client.Client, "suppress_exceptions").
+    client._client.suppress_exceptions = True  # aiomqtt has no public setter for it
     return client

@@ -102,6 +102,7 @@ class Claims:
         self._round_at = timer()
         self._round = asyncio.Lock()  # one resend round at a time (the loop's or a test's)
         self._idle = False  # the last round found no pending claim and none was sent since
+        self._connected = False  # a connect since the last round: resend every pending claim
         self._faults = OnceLogger(log)
         self._unknown = UnknownFields(metrics)
         for name in COUNTERS:
@@ -148,6 +149,7 @@ class Claims:
         return await self._store.call(self._store.claims.get, claim_id)
 
     def on_connected(self) -> None:
+        self._connected = True
         self._wake.set()
 
     async def run(self) -> None:
@@ -168,7 +170,7 @@ class Claims:
         last round, resend every pending claim not just sent. The number resent."""
         interval = self.settings.profile.decisions.claim_resend_s
         async with self._round:
-            woken = self._wake.is_set()
+            woken, self._connected = self._connected, False
             self._wake.clear()
             if not woken and self._timer() - self._round_at < interval:
                 return 0
@@ -200,8 +202,8 @@ class Claims:
             log.debug("claim %s waits for the link: %s", row["id"], exc)
             return False
         await self._store.call(self._store.claims.sent, row["id"])
-        if self._idle:  # the loop sleeps without a deadline: it has a claim to resend now
-            self._idle = False
+        if self._idle:  # the loop sleeps without a deadline: wake it to arm its timer again
+            self._idle = False  # (only that: a round now would resend what was just sent)
             self._wake.set()
         return True
 
