@@ -9,10 +9,21 @@ import logging
 
 import aiomqtt
 
-from protocol.broker_url import parse_broker_url
+from protocol.broker_url import BrokerUrl, parse_broker_url
 from protocol.ids import new_id
 
 log = logging.getLogger(__name__)
+
+
+def _client(url: BrokerUrl, job: str) -> aiomqtt.Client:
+    """A short-lived client of the QA run's own, named for its job."""
+    return aiomqtt.Client(
+        url.host,
+        url.port,
+        identifier=f"edgemart-qa-{job}-{new_id()[-12:]}",
+        username=url.username,
+        password=url.password,
+    )
 
 
 async def retained_topics(broker: str, root: str, quiet_s: float = 0.5) -> list[str]:
@@ -20,13 +31,7 @@ async def retained_topics(broker: str, root: str, quiet_s: float = 0.5) -> list[
     `root/#` is handed, collected until nothing arrives for `quiet_s` (at most 10 s)."""
     url = parse_broker_url(broker)
     found: set[str] = set()
-    async with aiomqtt.Client(
-        url.host,
-        url.port,
-        identifier=f"edgemart-qa-sweep-{new_id()[-12:]}",
-        username=url.username,
-        password=url.password,
-    ) as client:
+    async with _client(url, "sweep") as client:
         await client.subscribe(f"{root}/#", qos=1)
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(10.0):
@@ -49,13 +54,7 @@ async def clear_retained(broker: str, root: str) -> list[str]:
     if not topics:
         return []
     url = parse_broker_url(broker)
-    async with aiomqtt.Client(
-        url.host,
-        url.port,
-        identifier=f"edgemart-qa-clear-{new_id()[-12:]}",
-        username=url.username,
-        password=url.password,
-    ) as client:
+    async with _client(url, "clear") as client:
         for topic in topics:
             await client.publish(topic, b"", qos=1, retain=True)
     log.info("cleared %d retained messages under %s", len(topics), root)
