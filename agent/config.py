@@ -168,6 +168,10 @@ class Profile(_Strict):
         list[Annotated[str, StringConstraints(pattern=COHORT_RE.pattern)]], Field(max_length=16)
     ] = Field(default_factory=list)
     model: Name = "default"
+    ranking: Literal["local", "thin"] = "local"
+    """`local`: rank with this device's ONNX model. `thin`: no model and no onnxruntime in the
+    process; ask the household's coordinator to rank (`agent.decide.remote`), by priority
+    when none answers (docs/models.md, "Thin devices")."""
     timezone: str = "UTC"
     budgets: Budgets = Field(default_factory=Budgets)
     uplink: UplinkSettings = Field(default_factory=UplinkSettings)

@@ -24,6 +24,7 @@ from pydantic import (
     Field,
     PlainSerializer,
     StringConstraints,
+    model_validator,
 )
 
 from protocol.ids import format_time
@@ -357,7 +358,9 @@ class FeatureSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    version: Literal[1] = 1
+    version: Literal[1, 2] = 1
+    """1: `protocol.vocabulary.FEATURE_NAMES` and the agent's own; 2: also the household's
+    (`HOUSEHOLD_FEATURE_NAMES`), which a version 1 spec may not name."""
     input_name: Annotated[str, StringConstraints(min_length=1, max_length=64)] = "features"
     output_name: Annotated[str, StringConstraints(min_length=1, max_length=64)] = "score"
     features: Annotated[list[FeatureDef], Field(min_length=1, max_length=512)]
@@ -365,6 +368,14 @@ class FeatureSpec(BaseModel):
     @property
     def names(self) -> list[str]:
         return [f.name for f in self.features]
+
+    @model_validator(mode="after")
+    def _household_needs_v2(self) -> FeatureSpec:
+        if self.version < 2:
+            for f in self.features:
+                if f.name.startswith("household."):
+                    raise ValueError(f"feature {f.name!r} needs feature spec version 2")
+        return self
 
 
 class ModelManifest(Signed):

@@ -1,5 +1,5 @@
 """The shared vocabulary of devices, models and campaigns: categories, offer types, profiles,
-and the v1 feature names a model's spec may ask for (docs/architecture.md)."""
+and the v1/v2 feature names a model's spec may ask for (docs/architecture.md)."""
 
 from __future__ import annotations
 
@@ -56,8 +56,25 @@ devices, day of week). A model's spec may name them after the v1 ones; they are 
 from `FEATURE_NAMES`, which is also the column list the synthetic world and the trainer
 produce, until those compute them too."""
 
-SERVABLE_FEATURE_NAMES: tuple[str, ...] = FEATURE_NAMES + AGENT_FEATURE_NAMES
+HOUSEHOLD_FEATURE_NAMES: tuple[str, ...] = (
+    "household.consumable_need",
+    "household.category_count_24h",
+    "household.active_devices",
+    "household.member_tier",
+)
+"""Feature spec v2's additions: the household's shared context as its coordinator serves it
+(the home's appliances' consumable levels, the consenting devices' category counts, the
+devices seen in the last hour, the member tier). Only a spec of version 2 may name them."""
+
+FEATURE_NAMES_V2: tuple[str, ...] = FEATURE_NAMES + HOUSEHOLD_FEATURE_NAMES
+"""Every v2 feature, in the fixed order of model inputs: v1, then the household's."""
+
+SERVABLE_FEATURE_NAMES: tuple[str, ...] = (
+    FEATURE_NAMES + AGENT_FEATURE_NAMES + HOUSEHOLD_FEATURE_NAMES
+)
 """Every feature name a model's spec may ask the agent for, v1 first."""
 
-PERSONAL_FEATURES: frozenset[str] = frozenset(n for n in FEATURE_NAMES if n.startswith("user."))
+PERSONAL_FEATURES: frozenset[str] = frozenset(
+    n for n in FEATURE_NAMES_V2 if n.startswith(("user.", "household."))
+)
 """Computed only with personalization consent; otherwise the spec's `default` is used."""

@@ -13,6 +13,7 @@ from agent.decide import attribution
 from agent.decide.catalog import Catalog
 from agent.decide.policy import CapCounts, CapLimits, QuietWindow, parse_hhmm
 from agent.decide.ranking import Consent, Decision, Situation, decide, decide_catalog
+from agent.decide.remote import RankResult
 from agent.errors import ScoringError
 from agent.features.context import UserContext
 from agent.model.scoring import Model
@@ -101,6 +102,7 @@ class Decisions:
         consent: Consent,
         refused: frozenset[str],
         explain: bool,
+        remote: RankResult | None = None,
     ) -> Decision:
         """One ranking (`agent.decide.ranking`), remembered. When the model fails at run time, with
         the last good model `on_model_failure` answers, else without a model (priority)."""
@@ -121,6 +123,7 @@ class Decisions:
                     consent=consent,
                     explain=explain,
                     situation=situation,
+                    remote=remote,
                 )
                 break
             except ScoringError as exc:
@@ -158,6 +161,7 @@ class Decisions:
         consent: Consent,
         explain: bool,
         situation: Situation,
+        remote: RankResult | None = None,
     ) -> Decision:
         if catalog is None:
             return decide(model, [], ctx, surface, limit, now, consent, explain)
@@ -172,6 +176,7 @@ class Decisions:
             explain,
             max_candidates=self._settings.profile.budgets.max_candidates,
             situation=situation,
+            remote=remote,
         )
 
     async def log_counterfactual(self, decision: Decision, surface: str, now: datetime) -> None:

@@ -30,6 +30,7 @@ from agent.decide.policy import (
     select,
     surface_capped,
 )
+from agent.decide.remote import RankResult
 from agent.features.context import UserContext
 from agent.model.inputs import prepare_inputs
 from agent.model.scoring import Model
@@ -179,6 +180,7 @@ def decide_catalog(  # noqa: PLR0917  # one flat hot path, on purpose
     max_candidates: int | None = None,
     situation: Situation | None = None,
     reasons_always: bool = False,
+    remote: RankResult | None = None,
 ) -> Decision:
     """Rank the catalog's offers eligible for `surface` at `now`; at most `limit` (1..50).
 
@@ -189,7 +191,10 @@ def decide_catalog(  # noqa: PLR0917  # one flat hot path, on purpose
     * Quiet hours (the profile's, device local time): nothing is shown, every candidate is
       filtered `quiet_hours` and `held_until` says when they may be shown again.
     * Eligibility and caps are vectorised masks (`agent.decide.policy`); all candidates are scored
-      in one `session.run`. `model=None` falls back to `priority / 100` (reason `no_model`).
+      in one `session.run`. `model=None` falls back to `priority / 100` (reason `no_model`),
+      unless `remote` carries the scores another device (the household's coordinator) gave
+      the candidates (reason `remote:v<version>`; an offer it did not score is filtered
+      `non_finite_score`).
     * At most one offer per campaign; a campaign holding this device out takes its slot
       without being shown (`counterfactual`), the next best fills it.
     * `max_candidates`: beyond it, the lowest-priority candidates are filtered `over_budget`.
@@ -198,6 +203,8 @@ def decide_catalog(  # noqa: PLR0917  # one flat hot path, on purpose
       `filtered` lists only what the walk met (or everything, with `reasons_always`).
     """
     version = model.version if model is not None else None
+    if model is None and remote is not None:
+        version = remote.model_version
     if not consent.marketing:
         return Decision([], [(o.id, "no_marketing_consent") for o in catalog.offers], version)
     limit = min(max(int(limit), 1), MAX_LIMIT)
@@ -244,6 +251,10 @@ def decide_catalog(  # noqa: PLR0917  # one flat hot path, on purpose
             matrix = prepare_inputs(model.spec, catalog).matrix(rows, ctx)
             scores = model.score(matrix)
             common: tuple[str, ...] = (f"model:v{model.version}",)
+        elif remote is not None:
+            got, offers = remote.scores, catalog.offers
+            scores = np.array([got.get(offers[r].id, math.nan) for r in rows.tolist()])
+            common = (f"remote:v{remote.model_version}",)
         else:
             scores = catalog.priority[rows] / 100.0
             common = ("no_model",)

@@ -16,6 +16,7 @@ from typing import Protocol
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from agent.errors import ConfigError
+from agent.features.household import HouseholdContext
 from protocol.vocabulary import SERVABLE_FEATURE_NAMES
 
 __all__ = [
@@ -42,8 +43,11 @@ RECENCY_CAP_H = float(WINDOW_7D)
 
 KNOWN_FEATURES: frozenset[str] = frozenset(SERVABLE_FEATURE_NAMES)
 """Every feature name this agent can compute (feature spec v1, docs/architecture.md)."""
-PERSONAL_FEATURES: frozenset[str] = frozenset(n for n in KNOWN_FEATURES if n.startswith("user."))
-"""Every `user.*` feature: computed only with personalization consent, else the spec default."""
+PERSONAL_FEATURES: frozenset[str] = frozenset(
+    n for n in KNOWN_FEATURES if n.startswith(("user.", "household."))
+)
+"""Every `user.*` and `household.*` feature: computed only with personalization consent, else
+the spec default."""
 
 _EMPTY_COUNTS: Mapping[str, int] = MappingProxyType({})
 _EMPTY_NEEDS: Mapping[str, float] = MappingProxyType({})
@@ -91,6 +95,9 @@ class UserContext:
     """Per-category 1 h / decayed / recency / duration figures (empty without consent)."""
     owned: frozenset[str] = _EMPTY_OWNED
     """Appliances the household owns (empty without consent)."""
+    household: HouseholdContext | None = None
+    """The household's shared context from its coordinator (None: no coordinator, no
+    household, or no personalization consent: `household.*` features take spec defaults)."""
 
     def depersonalized(self) -> UserContext:
         """The same context with every personal field at its empty/zero value."""
@@ -133,9 +140,15 @@ def local_time(now: datetime, tz: str) -> tuple[float, int]:
     return hour, local.weekday()
 
 
-def user_context(now: datetime, profile: str, tz: str, source: ContextSource | None) -> UserContext:
+def user_context(
+    now: datetime,
+    profile: str,
+    tz: str,
+    source: ContextSource | None,
+    household: HouseholdContext | None = None,
+) -> UserContext:
     """The decision context at `now`; without a `source` (no personalization consent) every
-    personal field stays empty."""
+    personal field stays empty, the `household` context included."""
     hour, weekday = local_time(now, tz)
     if source is None:
         return UserContext(
@@ -153,6 +166,7 @@ def user_context(now: datetime, profile: str, tz: str, source: ContextSource | N
         weekday,
         stats,
         source.owned(),
+        household,
     )
 
 

@@ -49,6 +49,7 @@ from agent.features.context import (
     key_stats,
     user_context,
 )
+from agent.features.household import HouseholdContext
 
 __all__ = ["FeatureWindows", "Row", "merge_rows", "prune_cutoff"]
 
@@ -382,6 +383,16 @@ class FeatureWindows:
         self._need_cache = (self._version, need)
         return need
 
-    def context(self, now: datetime, profile: str, tz: str, personalized: bool) -> UserContext:
-        """The decision context at `now`; personal fields stay empty when not `personalized`."""
-        return user_context(now, profile, tz, self if personalized else None)
+    def context(
+        self,
+        now: datetime,
+        profile: str,
+        tz: str,
+        personalized: bool,
+        household: HouseholdContext | None = None,
+    ) -> UserContext:
+        """The decision context at `now`; personal fields (the `household` context too) stay
+        empty when not `personalized`."""
+        if not personalized:
+            return user_context(now, profile, tz, None)
+        return user_context(now, profile, tz, self, household)

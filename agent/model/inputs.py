@@ -82,12 +82,22 @@ _CATEGORY_COLUMNS = (
     "user.category_recency_h",
     "user.category_seconds_24h",
     "user.category_seconds_7d",
+    "household.consumable_need",
+    "household.category_count_24h",
 )
+_HOUSEHOLD_PREFIX = "household."
 
 
 def _category_values(name: str, ctx: UserContext) -> tuple[Mapping[str, float], float]:
     """The per-category table behind a `user.category_*` feature and its value when absent."""
     stats = ctx.stats
+    if name.startswith(_HOUSEHOLD_PREFIX):
+        hh = ctx.household
+        if hh is None:  # the column takes its default (`PreparedInputs.matrix`)
+            return _NO_TABLE, 0.0
+        if name == "household.consumable_need":
+            return hh.consumable_need, 0.0
+        return hh.category_count_24h, 0.0
     tables: dict[str, tuple[Mapping[str, float], float]] = {
         "user.category_count_24h": (ctx.category_24h, 0.0),
         "user.category_count_7d": (ctx.category_7d, 0.0),
@@ -107,6 +117,12 @@ def _scalar_value(name: str, ctx: UserContext) -> float:
         return float(ctx.member_tier)
     if name == "user.owned_devices":
         return float(len(ctx.owned))
+    if name.startswith(_HOUSEHOLD_PREFIX):
+        hh = ctx.household
+        if name == "household.active_devices":
+            return float(hh.active_devices) if hh is not None else 0.0
+        if name == "household.member_tier":
+            return float(hh.member_tier) if hh is not None else 0.0
     if name == "ctx.hour_sin":
         return math.sin(2 * math.pi * ctx.local_hour / 24)
     if name == "ctx.hour_cos":
@@ -133,6 +149,8 @@ class PreparedInputs:
         "_cat_cache",
         "cat_cols",
         "catalog",
+        "house_cols",
+        "house_default",
         "plan",
         "scalar_cols",
         "scalar_names",
@@ -170,12 +188,18 @@ class PreparedInputs:
         self.cat_cols = np.array(cat_cols, dtype=np.intp)
         self.scalar_cols = np.array(scalar_cols, dtype=np.intp)
         self.scalar_names = tuple(plan.names[j] for j in scalar_cols)
+        house = [j for j, name in enumerate(plan.names) if name.startswith(_HOUSEHOLD_PREFIX)]
+        self.house_cols = np.array(house, dtype=np.intp)
+        self.house_default = (
+            (plan.default[self.house_cols] - plan.mean[self.house_cols])
+            / plan.scale[self.house_cols]
+        ).astype(np.float32)
         self._cat_cache: tuple[tuple[object, ...], np.ndarray] | None = None
 
     def _category_block(self, ctx: UserContext) -> np.ndarray:
         """`[n_categories, len(cat_cols)]` scaled values, cached while the context's tables are
         the same objects (the feature windows hand out the same ones for a minute)."""
-        key = (ctx.category_24h, ctx.category_7d, ctx.consumable_need, ctx.stats)
+        key = (ctx.category_24h, ctx.category_7d, ctx.consumable_need, ctx.stats, ctx.household)
         cached = self._cat_cache
         if cached is not None and all(a is b for a, b in zip(cached[0], key, strict=True)):
             return cached[1]
@@ -211,9 +235,12 @@ class PreparedInputs:
             ]
             cols = self.scalar_cols
             m[:, cols] = (np.array(values) - plan.mean[cols]) / plan.scale[cols]
+        if len(self.house_cols) and (not ctx.personalized or ctx.household is None):
+            m[:, self.house_cols] = self.house_default  # no household context: spec defaults
         return m
 
 
+_NO_TABLE: Mapping[str, float] = {}
 _PROBE = UserContext("hub", 0.0, {}, {}, {}, 0, False)
 _prepared: dict[tuple[int, int], PreparedInputs] = {}
 

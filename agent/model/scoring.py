@@ -13,11 +13,9 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from importlib.resources import files
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import onnxruntime as ort
-from onnxruntime.capi import onnxruntime_pybind11_state as ort_state
 
 from agent.errors import ModelRejected, ScoringError
 from agent.features.context import KNOWN_FEATURES
@@ -26,25 +24,41 @@ from protocol import codec
 from protocol.envelopes import FeatureSpec, ModelManifest
 from protocol.errors import ProtocolError
 
+if TYPE_CHECKING:
+    import onnxruntime as ort
+
 log = logging.getLogger(__name__)
 
 MAX_SESSIONS = 8
 """Sessions kept process-wide (by file sha256); a simulator's agents share them."""
 
-_ORT_ERRORS: tuple[type[BaseException], ...] = (
-    ort_state.Fail,
-    ort_state.InvalidArgument,
-    ort_state.InvalidGraph,
-    ort_state.InvalidProtobuf,
-    ort_state.NoSuchFile,
-    ort_state.NoModel,
-    ort_state.NotImplemented,
-    ort_state.RuntimeException,
-    ort_state.EPFail,
-    ort_state.EngineError,
-    RuntimeError,
-    ValueError,
-)
+_ort_errors: tuple[type[BaseException], ...] = ()
+
+
+def _runtime() -> tuple[Any, tuple[type[BaseException], ...]]:
+    """onnxruntime and the errors it raises, imported on the first model load: a thin device
+    (`ranking = "thin"`) never loads a model, so never maps onnxruntime's ~40 MB."""
+    global _ort_errors  # noqa: PLW0603 - filled once, on the first load
+    import onnxruntime  # noqa: PLC0415 - lazy on purpose (above)
+    from onnxruntime.capi import onnxruntime_pybind11_state as state  # noqa: PLC0415
+
+    if not _ort_errors:
+        _ort_errors = (
+            state.Fail,
+            state.InvalidArgument,
+            state.InvalidGraph,
+            state.InvalidProtobuf,
+            state.NoSuchFile,
+            state.NoModel,
+            state.NotImplemented,
+            state.RuntimeException,
+            state.EPFail,
+            state.EngineError,
+            RuntimeError,
+            ValueError,
+        )
+    return onnxruntime, _ort_errors
+
 
 _sessions: OrderedDict[str, ort.InferenceSession] = OrderedDict()
 _sessions_lock = threading.Lock()
@@ -66,7 +80,7 @@ class Model:
         """Scores of a float32 `[N, F]` matrix of scaled inputs, as a float64 `[N]` array."""
         try:
             out = self.session.run([self.spec.output_name], {self.spec.input_name: matrix})[0]
-        except _ORT_ERRORS as exc:
+        except _ort_errors as exc:
             raise ScoringError(f"model {self.name} v{self.version} failed to run: {exc}") from exc
         scores = np.asarray(out, dtype=np.float64).reshape(-1)
         if scores.shape[0] != matrix.shape[0]:
@@ -181,6 +195,7 @@ def _session(digest: str, data: bytes, version: int) -> ort.InferenceSession:
         if session is not None:
             _sessions.move_to_end(digest)
             return session
+        ort, errors = _runtime()
         options = ort.SessionOptions()
         options.intra_op_num_threads = 1
         options.inter_op_num_threads = 1
@@ -190,7 +205,7 @@ def _session(digest: str, data: bytes, version: int) -> ort.InferenceSession:
             session = ort.InferenceSession(
                 data, sess_options=options, providers=["CPUExecutionProvider"]
             )
-        except _ORT_ERRORS as exc:
+        except errors as exc:
             raise ModelRejected(f"corrupt model file: {exc}", version=version) from exc
         _sessions[digest] = session
         while len(_sessions) > MAX_SESSIONS:

@@ -77,6 +77,8 @@ class UpdateConfig:
     download_timeout_s: float = 60.0
     cohorts: tuple[str, ...] = ()
     """The device's cohorts (`profile:tv`, `region:cn-east`...), matched to a manifest's."""
+    serves_models: bool = True
+    """False on a thin device (`ranking = "thin"`): manifests are counted and ignored."""
 
 
 def rollout_key(manifest: ModelManifest) -> str:
@@ -228,6 +230,9 @@ class ModelUpdater:
 
     def submit(self, payload: bytes) -> None:
         """Queue a manifest (replacing any not yet started) and make sure a worker runs."""
+        if not self.config.serves_models:
+            self.metrics.inc("model_update_thin_ignored")
+            return
         self._pending = payload
         if self._worker is None or self._worker.done():
             self._worker = asyncio.create_task(

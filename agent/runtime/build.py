@@ -14,7 +14,9 @@ from functools import partial
 from agent.config import AgentSettings
 from agent.decide.decisions import Decisions
 from agent.decide.policy import CapCounts
+from agent.decide.remote import RemoteRanker
 from agent.errors import ConfigError, ModelRejected, ScoringError
+from agent.features.household import HouseholdSource
 from agent.features.windows import FeatureWindows
 from agent.intake.consent import ConsentBox, ConsentState
 from agent.intake.service import Intake
@@ -56,6 +58,8 @@ async def build(
     transport: TransportFactory = Link,
     owns_process: bool = False,
     store_pool: StorePool | None = None,
+    household: HouseholdSource | None = None,
+    remote: RemoteRanker | None = None,
 ) -> Parts:
     """Make the agent's parts (the store opened, state loaded); nothing runs yet.
 
@@ -63,7 +67,9 @@ async def build(
     `timer`: the monotonic clock of resends and pacing (uplink ack timeouts and drain, claim
     resends); a test moves a `FakeClock` past a timeout instead of sleeping through it.
     `owns_process`: the profile's memory budget judges the process's resident set.
-    `store_pool`: store threads shared with the process's other agents (the simulator)."""
+    `store_pool`: store threads shared with the process's other agents (the simulator).
+    `household`: the household's shared context (`agent.features.household`; None: alone).
+    `remote`: who ranks for a thin device (`ranking = "thin"`; None: priority ranking)."""
     try:
         trust = await asyncio.to_thread(load_trust, settings.trust)
         verifier = Verifier.from_public_keys(trust.keys)
@@ -91,7 +97,16 @@ async def build(
         metrics.inc("stores_replaced")  # this start replaced an unreadable store
     try:
         return await _build_on(
-            settings, store, trust, verifier, metrics, memory, clock, timer, transport
+            settings,
+            store,
+            trust,
+            verifier,
+            metrics,
+            memory,
+            clock,
+            timer,
+            transport,
+            (household, remote),
         )
     except BaseException:
         await store.close()
@@ -108,14 +123,19 @@ async def _build_on(  # noqa: PLR0917 - the order of the parts, in one place
     clock: Callable[[], float],
     timer: Callable[[], float],
     transport: TransportFactory,
+    lan: tuple[HouseholdSource | None, RemoteRanker | None],
 ) -> Parts:
     profile = settings.profile
+    thin = profile.ranking == "thin"
     slot = ModelSlot()
-    try:
-        slot.current = await asyncio.to_thread(load_default_model)
-        metrics.inc("models_loaded")  # every model loaded counts: default, kept, rollouts
-    except ModelRejected as exc:
-        log.error("no usable model, ranking by priority: %s", exc)  # noqa: TRY400
+    if thin:
+        log.info("thin device: ranked by the household's coordinator, else by priority")
+    else:
+        try:
+            slot.current = await asyncio.to_thread(load_default_model)
+            metrics.inc("models_loaded")  # every model loaded counts: default, kept, rollouts
+        except ModelRejected as exc:
+            log.error("no usable model, ranking by priority: %s", exc)  # noqa: TRY400
     models_dir = settings.data_dir / "models"
     state_changed = asyncio.Event()
     updates = ModelUpdater(
@@ -126,6 +146,7 @@ async def _build_on(  # noqa: PLR0917 - the order of the parts, in one place
             scoring_budget_ms=profile.budgets.scoring_cpu_ms,
             candidates=profile.budgets.max_candidates,
             cohorts=tuple(profile.cohorts),
+            serves_models=not thin,
         ),
         verifier,
         metrics,
@@ -135,10 +156,11 @@ async def _build_on(  # noqa: PLR0917 - the order of the parts, in one place
     )
     await updates.open()
     # the last good update, else the newest good one kept below it, else the default
-    current, previous = await asyncio.to_thread(load_kept, models_dir, updates.refused)
-    metrics.inc("models_loaded", sum(m is not None for m in (current, previous)))
-    if current is not None:
-        slot.restore(current, previous)
+    if not thin:
+        current, previous = await asyncio.to_thread(load_kept, models_dir, updates.refused)
+        metrics.inc("models_loaded", sum(m is not None for m in (current, previous)))
+        if current is not None:
+            slot.restore(current, previous)
     defaults = profile.consent
     consent = ConsentBox(
         ConsentState(defaults.analytics, defaults.personalization, defaults.marketing)
@@ -268,6 +290,8 @@ async def _build_on(  # noqa: PLR0917 - the order of the parts, in one place
             offers=offers,
             decisions=decisions,
             claims=claims,
+            household=lan[0],
+            remote=lan[1] if thin else None,
         ),
         report=report,
         memory_watch=MemoryWatch(settings, budget=memory, metrics=metrics, store=store, slot=slot),

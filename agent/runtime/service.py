@@ -10,8 +10,10 @@ from typing import Any
 
 from agent.config import AgentSettings
 from agent.decide.decisions import Decisions
-from agent.decide.ranking import Consent, Decision
+from agent.decide.ranking import Consent, Decision, eligibility
+from agent.decide.remote import RankRequest, RankResult, RemoteRanker
 from agent.errors import ModelRejected, UnknownOffer
+from agent.features.household import HouseholdSource
 from agent.features.windows import FeatureWindows
 from agent.intake.consent import ConsentBox
 from agent.intake.validate import parse_outcome
@@ -24,6 +26,9 @@ from protocol.ids import utcnow
 
 log = logging.getLogger(__name__)
 
+REMOTE_TIMEOUT_S = 0.5
+"""How long a thin device waits for the coordinator's scores before ranking by priority."""
+
 
 class AgentService:
     """What an app asks of the agent, each use case a few calls on the parts named here."""
@@ -32,8 +37,10 @@ class AgentService:
         "_claims",
         "_consent",
         "_decisions",
+        "_household",
         "_metrics",
         "_offers",
+        "_remote",
         "_settings",
         "_slot",
         "_windows",
@@ -50,6 +57,8 @@ class AgentService:
         offers: OfferBook,
         decisions: Decisions,
         claims: Claims,
+        household: HouseholdSource | None = None,
+        remote: RemoteRanker | None = None,
     ) -> None:
         self._settings = settings
         self._metrics = metrics
@@ -59,6 +68,8 @@ class AgentService:
         self._offers = offers
         self._decisions = decisions
         self._claims = claims
+        self._household = household
+        self._remote = remote
 
     async def decide(self, surface: str, limit: int = 3, *, explain: bool = False) -> Decision:
         """One local ranking decision for `surface` (see `agent.decide.ranking.decide`)."""
@@ -67,7 +78,15 @@ class AgentService:
         state = self._consent.state
         consent = Consent(state.analytics, state.personalization, state.marketing)
         profile = self._settings.profile
-        ctx = self._windows.context(now, profile.name, profile.timezone, consent.personalization)
+        household = None
+        if consent.personalization and self._household is not None:
+            household = self._household.household_context()
+        ctx = self._windows.context(
+            now, profile.name, profile.timezone, consent.personalization, household
+        )
+        remote = None
+        if self._remote is not None and consent.marketing:
+            remote = await self._ask_remote(surface, ctx.local_hour, ctx.local_weekday, consent)
         decision = self._decisions.rank(
             surface,
             limit,
@@ -78,12 +97,46 @@ class AgentService:
             consent=consent,
             refused=self._claims.refused,
             explain=explain,
+            remote=remote,
         )
         self._metrics.inc("decisions")
         self._metrics.observe_decision((time.perf_counter() - started) * 1000.0)
         if decision.counterfactual:
             await self._decisions.log_counterfactual(decision, surface, now)
         return decision
+
+    async def _ask_remote(
+        self, surface: str, hour: float, weekday: int, consent: Consent
+    ) -> RankResult | None:
+        """The coordinator's scores of the offers showable on `surface` now, or None (no
+        coordinator, no answer in time, a failure: counted; the decision ranks by priority)."""
+        assert self._remote is not None
+        now = utcnow()
+        catalog = self._offers.catalog()
+        offers = catalog.offers if catalog is not None else ()
+        candidates, _ = eligibility(offers, surface, now)
+        refused = self._claims.refused
+        candidates = [o for o in candidates if o.id not in refused]
+        if not candidates:
+            return None
+        cap = self._settings.profile.budgets.max_candidates
+        request = RankRequest(
+            device_id=self._settings.device_id,
+            profile=self._settings.profile.name,
+            surface=surface,
+            local_hour=hour,
+            local_weekday=weekday,
+            personalized=consent.personalization,
+            offers=tuple(candidates[:cap]),
+        )
+        try:
+            result = await asyncio.wait_for(self._remote.rank(request), REMOTE_TIMEOUT_S)
+        except (TimeoutError, OSError) as exc:
+            self._metrics.inc("remote_rank_failed")
+            log.debug("remote ranking failed, ranking by priority: %r", exc)
+            return None
+        self._metrics.inc("remote_ranked" if result is not None else "remote_rank_offline")
+        return result
 
     async def record_outcome(self, offer_id: str, kind: str, surface: str) -> dict[str, Any]:
         """Store an outcome of a held offer: `{"id", "attributed_to"?}` or `{"id": None,
