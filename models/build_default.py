@@ -18,6 +18,7 @@ from typing import Any
 
 from models.errors import ModelError
 from models.evaluate import evaluate_examples
+from models.features import FEATURE_SETS
 from models.gbdt import GbdtParams
 from models.layout import DEFAULT_DIR
 from models.logs import read_examples
@@ -28,6 +29,11 @@ HOLDOUT_LOGS = "holdout.jsonl"
 HOLDOUT_PER_HOUSEHOLD = 60
 """Impressions logged per held-out household (about 24 per device): each device's are the
 candidates the ranking metrics order."""
+
+
+SPEC_VERSION = 2
+"""The shipped default model's feature spec: v2, the household's features after v1's (an agent
+with no household serves them at their spec defaults)."""
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -85,11 +91,16 @@ def build_from_logs(
     *,
     seed: int = 7,
     family: str = "gbdt",
+    spec_version: int = SPEC_VERSION,
 ) -> BuildResult:
     """Logs -> `model.onnx`, `manifest.json`, `evaluation.json` in `out`."""
-    train_examples = read_examples(train_logs)
-    trained = write_model(train_examples, out, family=family, gbdt=GbdtParams(seed=seed))
-    evaluation = evaluate_examples(out, train_examples, read_examples(holdout_logs), seed=seed)
+    names = FEATURE_SETS[spec_version]
+    train_examples = read_examples(train_logs, names)
+    trained = write_model(
+        train_examples, out, family=family, gbdt=GbdtParams(seed=seed), names=names
+    )
+    holdout_examples = read_examples(holdout_logs, names)
+    evaluation = evaluate_examples(out, train_examples, holdout_examples, seed=seed)
     return BuildResult(trained=trained, evaluation=evaluation)
 
 
@@ -103,6 +114,7 @@ def build_default(
     holdout_per_household: int = HOLDOUT_PER_HOUSEHOLD,
     family: str = "gbdt",
     logs_dir: Path | None = None,
+    spec_version: int = SPEC_VERSION,
 ) -> BuildResult:
     """World logs -> `model.onnx`, `manifest.json`, `evaluation.json` in `out`.
 
@@ -120,4 +132,6 @@ def build_default(
             holdout=holdout,
             holdout_per_household=holdout_per_household,
         )
-        return build_from_logs(train_logs, holdout_logs, out, seed=seed, family=family)
+        return build_from_logs(
+            train_logs, holdout_logs, out, seed=seed, family=family, spec_version=spec_version
+        )

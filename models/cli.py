@@ -58,6 +58,9 @@ def _add_verbs(verbs: argparse._SubParsersAction[Any]) -> None:
     build.add_argument("--households", type=int, default=20_000, help="households in the world")
     build.add_argument("--out", type=Path, default=DEFAULT_DIR, help="output folder")
     build.add_argument("--logs", type=Path, default=None, help="keep the generated logs here")
+    build.add_argument(
+        "--spec-version", type=int, choices=(1, 2), default=2, help="feature spec (2: household)"
+    )
     build.set_defaults(func=_guard(_build_default))
 
     export = verbs.add_parser("export", help="export training logs from a gateway store")
@@ -71,6 +74,9 @@ def _add_verbs(verbs: argparse._SubParsersAction[Any]) -> None:
     train.add_argument("--out", type=Path, required=True, help="output folder")
     train.add_argument("--family", choices=FAMILIES, default="gbdt", help="model family")
     train.add_argument("--seed", type=int, default=7, help="training and evaluation seed")
+    train.add_argument(
+        "--spec-version", type=int, choices=(1, 2), default=1, help="feature spec (2: household)"
+    )
     train.set_defaults(func=_guard(_train))
 
     publish = verbs.add_parser("publish", help="upload a model to a gateway, optionally roll out")
@@ -146,15 +152,20 @@ def _export(args: argparse.Namespace) -> int:
 
 def _train(args: argparse.Namespace) -> int:
     from models.evaluate import evaluate_examples  # noqa: PLC0415 - the train extra
+    from models.features import FEATURE_SETS  # noqa: PLC0415
     from models.gbdt import GbdtParams  # noqa: PLC0415
     from models.logs import read_examples  # noqa: PLC0415
     from models.train import write_model  # noqa: PLC0415
 
-    examples = read_examples(args.logs)
-    result = write_model(examples, args.out, family=args.family, gbdt=GbdtParams(seed=args.seed))
+    names = FEATURE_SETS[args.spec_version]
+    examples = read_examples(args.logs, names)
+    result = write_model(
+        examples, args.out, family=args.family, gbdt=GbdtParams(seed=args.seed), names=names
+    )
     print(f"wrote {result.model_path} and {result.manifest_path}")
     if args.holdout is not None:
-        report = evaluate_examples(args.out, examples, read_examples(args.holdout), seed=args.seed)
+        holdout = read_examples(args.holdout, names)
+        report = evaluate_examples(args.out, examples, holdout, seed=args.seed)
         print((args.out / TABLE_FILE).read_text(encoding="utf-8"), end="")
         print(json.dumps(report["vs_popularity"]))
     return 0
@@ -197,7 +208,13 @@ def _rollout(args: argparse.Namespace) -> int:
 def _build_default(args: argparse.Namespace) -> int:
     from models.build_default import build_default  # noqa: PLC0415 - the train extra
 
-    result = build_default(args.out, seed=args.seed, households=args.households, logs_dir=args.logs)
+    result = build_default(
+        args.out,
+        seed=args.seed,
+        households=args.households,
+        logs_dir=args.logs,
+        spec_version=args.spec_version,
+    )
     metrics = result.evaluation["metrics"]
     print(f"wrote {result.trained.model_path} and {result.trained.manifest_path}")
     print(json.dumps({name: m["auc"] for name, m in metrics.items()}, indent=None))

@@ -65,11 +65,15 @@ def popularity_scores(train: Examples, offer_ids: tuple[str, ...]) -> FloatArray
     )
 
 
-def model_scores(model_dir: Path, examples: Examples) -> tuple[FloatArray, ModelManifest]:
-    """Scores of the shipped model (manifest scaling + ONNX through onnxruntime)."""
-    manifest = ModelManifest.model_validate(
+def _manifest(model_dir: Path) -> ModelManifest:
+    return ModelManifest.model_validate(
         json.loads((model_dir / MANIFEST_FILE).read_text(encoding="utf-8"))
     )
+
+
+def model_scores(model_dir: Path, examples: Examples) -> tuple[FloatArray, ModelManifest]:
+    """Scores of the shipped model (manifest scaling + ONNX through onnxruntime)."""
+    manifest = _manifest(model_dir)
     spec: FeatureSpec = manifest.feature_spec
     session = onnxruntime.InferenceSession(
         str(model_dir / MODEL_FILE), providers=["CPUExecutionProvider"]
@@ -93,8 +97,9 @@ def _metrics(keys: tuple[str, ...], clicked: FloatArray, scores: FloatArray) -> 
 
 def evaluate(model_dir: Path, train_logs: Path, holdout_logs: Path, *, seed: int) -> dict[str, Any]:
     """Compare the model in `model_dir` with the baselines on `holdout_logs`; write the report."""
+    names = tuple(_manifest(model_dir).feature_spec.names)
     return evaluate_examples(
-        model_dir, read_examples(train_logs), read_examples(holdout_logs), seed=seed
+        model_dir, read_examples(train_logs, names), read_examples(holdout_logs, names), seed=seed
     )
 
 

@@ -2,12 +2,14 @@
 
 One line per shown offer: `{"device_id", "profile", "offer_id", "campaign_id",
 "features": {name: value}, "kind": "click"|"impression", "at"}`. Features are read in
-`FEATURE_NAMES` order; extra names are ignored, a missing one is an error.
+order of the names asked for (`FEATURE_NAMES`, v1, unless told); extra names are ignored, a
+missing one is an error.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -39,8 +41,9 @@ class Examples:
         return len(self.offer_ids)
 
 
-def read_examples(path: Path) -> Examples:
-    """All logged examples in `path`; raises `LogFormatError` naming the first bad line."""
+def read_examples(path: Path, names: Sequence[str] = FEATURE_NAMES) -> Examples:
+    """All logged examples in `path`, features `names` in that order; raises `LogFormatError`
+    naming the first bad line."""
     rows: list[list[float]] = []
     labels: list[float] = []
     offers: list[str] = []
@@ -52,7 +55,7 @@ def read_examples(path: Path) -> Examples:
                 if not line.strip():
                     continue
                 try:
-                    row, label, offer, device, at = _parse(json.loads(line))
+                    row, label, offer, device, at = _parse(json.loads(line), names)
                 except (ValueError, KeyError, TypeError) as exc:
                     raise LogFormatError(_describe(exc), path=path, line=number) from exc
                 rows.append(row)
@@ -76,13 +79,13 @@ def read_examples(path: Path) -> Examples:
     )
 
 
-def _parse(obj: Any) -> tuple[list[float], float, str, str, datetime]:
+def _parse(obj: Any, names: Sequence[str]) -> tuple[list[float], float, str, str, datetime]:
     if not isinstance(obj, dict):
         raise TypeError("a line must be a JSON object")
     features = obj["features"]
     if not isinstance(features, dict):
         raise TypeError("features must be an object")
-    row = [_number(name, features[name]) for name in FEATURE_NAMES]
+    row = [_number(name, features[name]) for name in names]
     kind = obj["kind"]
     if kind not in LABELS:
         raise ValueError(f"kind must be click or impression, not {kind!r}")

@@ -23,7 +23,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from models.errors import ModelError
-from models.features import FEATURE_NAMES, PROFILES, build_spec
+from models.features import FEATURE_NAMES, FEATURE_SETS, PROFILES, build_spec
 from models.gbdt import GbdtModel, GbdtParams, fit_gbdt, gbdt_to_onnx
 from models.layout import FAMILIES, MANIFEST_FILE, MODEL_FILE
 from models.logs import Examples, FloatArray, read_examples
@@ -163,14 +163,16 @@ def train_examples(
     l2: float = 1.0,
     family: str = "logistic",
     gbdt: GbdtParams | None = None,
+    names: tuple[str, ...] = FEATURE_NAMES,
 ) -> tuple[LogisticModel | GbdtModel, FeatureSpec, int]:
-    """Fit scaling and the model (`family` in FAMILIES) on in-memory examples."""
+    """Fit scaling and the model (`family` in FAMILIES) on in-memory examples whose feature
+    columns are `names`."""
     if family not in FAMILIES:
         raise ModelError(f"unknown model family {family!r}; expected one of {FAMILIES}")
     if examples.clicked.min() == examples.clicked.max():
         raise ModelError("the logs need both clicks and impressions without one to train")
     mean, scale = fit_scaler(examples.features)
-    spec = build_spec(mean.tolist(), scale.tolist())
+    spec = build_spec(mean.tolist(), scale.tolist(), names)
     scaled = scale_features(examples.features, spec)
     if family == "gbdt":
         params = gbdt or GbdtParams()
@@ -179,9 +181,11 @@ def train_examples(
     return model, spec, iterations
 
 
-def train(logs: Path, out_dir: Path, **options: Any) -> TrainResult:
-    """Train on the logged examples in `logs` (options as for `write_model`)."""
-    return write_model(read_examples(logs), out_dir, **options)
+def train(logs: Path, out_dir: Path, *, spec_version: int = 1, **options: Any) -> TrainResult:
+    """Train on the logged examples in `logs` with feature spec `spec_version`'s features
+    (other options as for `write_model`)."""
+    names = FEATURE_SETS[spec_version]
+    return write_model(read_examples(logs, names), out_dir, names=names, **options)
 
 
 def write_model(
@@ -194,15 +198,16 @@ def write_model(
     family: str = "logistic",
     gbdt: GbdtParams | None = None,
     expires_at: datetime = DEFAULT_EXPIRES_AT,
+    names: tuple[str, ...] = FEATURE_NAMES,
 ) -> TrainResult:
     """Fit on `examples`; write `model.onnx` and `manifest.json` into `out_dir`.
 
     `created_at` is the time of the newest example, so the same logs give byte-identical
     files.
     """
-    model, spec, iterations = train_examples(examples, l2=l2, family=family, gbdt=gbdt)
+    model, spec, iterations = train_examples(examples, l2=l2, family=family, gbdt=gbdt, names=names)
     onnx_bytes = (
-        gbdt_to_onnx(model, FEATURE_NAMES) if isinstance(model, GbdtModel) else to_onnx(model)
+        gbdt_to_onnx(model, names) if isinstance(model, GbdtModel) else to_onnx(model, names)
     )
     manifest = make_manifest(
         onnx_bytes,

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from protocol.vocabulary import CATEGORIES, FEATURE_NAMES, OFFER_TYPES, PROFILES
+from protocol.vocabulary import CATEGORIES, FEATURE_NAMES_V2, OFFER_TYPES, PROFILES
 
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
@@ -452,7 +452,8 @@ def _signal(household: Persona, kind: str, c: int, rng: np.random.Generator) -> 
 
 @dataclass(frozen=True, slots=True, eq=False)
 class LoggedArrays:
-    """Logged impressions as aligned arrays; `features` columns follow `FEATURE_NAMES`."""
+    """Logged impressions as aligned arrays; `features` columns follow `FEATURE_NAMES_V2`
+    (v1's, then the household's as its coordinator would have served them)."""
 
     household: IntArray
     profile: IntArray
@@ -527,14 +528,54 @@ def logged_arrays(
     ).astype(np.float64)
     p = world.click_probability(household, offer, local_hour, profile)
     click = rng.random(n) < p
+    # Drawn after the labels: the v1 columns and labels stay what they were before v2.
+    features = np.column_stack(
+        [features, _household_columns(hh, rng, household, profile, category, count_24h)]
+    )
     return LoggedArrays(household, profile, offer, at, features, click)
+
+
+def _household_columns(  # noqa: PLR0917 - the aligned arrays `logged_arrays` already drew
+    hh: Households,
+    rng: np.random.Generator,
+    household: IntArray,
+    profile: IntArray,
+    category: IntArray,
+    count_24h: IntArray,
+) -> FloatArray:
+    """The `household.*` features of each impression, as the household's coordinator holds
+    them: the appliances post their consumable levels to it directly (whichever device shows
+    the offer), every device of the home adds its last 24 h of signals in the category, the
+    devices it saw, the member tier if any device's apps know it."""
+    n = household.shape[0]
+    rows = np.arange(n)
+    owned = hh.devices[household]  # [n, P]
+    others = np.zeros(n)
+    for q in range(len(PROFILES)):
+        other = owned[:, q] & (profile != q)
+        mix_q = _context_mix(hh.affinity[household], np.full(n, q))[rows, category]
+        others += np.where(other, hh.activity[household] * _DEVICE_SHARE[q] * mix_q, 0.0)
+    need = np.zeros(n)
+    for a, cat_index in enumerate(_APPLIANCE_CAT):
+        hit = (category == cat_index) & hh.owns[household, a]
+        need[hit] = 1.0 - np.round(hh.level[household[hit], a], 2)
+    count = count_24h + rng.poisson(others)
+    tier = np.where(hh.knows_tier[household].any(axis=1), hh.tier[household], 0)
+    return np.column_stack([need, count, owned.sum(axis=1), tier]).astype(np.float64)
 
 
 _INTEGER_FEATURES = frozenset(
     j
-    for j, name in enumerate(FEATURE_NAMES)
+    for j, name in enumerate(FEATURE_NAMES_V2)
     if name.startswith(("offer.type.", "ctx.profile.", "user.category_count"))
-    or name in ("offer.limited", "user.member_tier")
+    or name
+    in (
+        "offer.limited",
+        "user.member_tier",
+        "household.category_count_24h",
+        "household.active_devices",
+        "household.member_tier",
+    )
 )
 
 
@@ -548,7 +589,7 @@ def logged_examples(
         logs.features[:, j].astype(np.int64).tolist()
         if j in _INTEGER_FEATURES
         else np.round(logs.features[:, j], 6).tolist()
-        for j in range(len(FEATURE_NAMES))
+        for j in range(len(FEATURE_NAMES_V2))
     ]
     rows = list(zip(*columns, strict=True))
     at = np.datetime_as_string(logs.at, unit="ms").tolist()
@@ -569,7 +610,7 @@ def logged_examples(
                 "profile": PROFILES[p],
                 "offer_id": cat.ids[o],
                 "campaign_id": cat.campaign_ids[o],
-                "features": dict(zip(FEATURE_NAMES, rows[i], strict=True)),
+                "features": dict(zip(FEATURE_NAMES_V2, rows[i], strict=True)),
                 "kind": "click" if c else "impression",
                 "at": at[i] + "Z",
             }

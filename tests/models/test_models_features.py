@@ -1,4 +1,5 @@
-"""Feature spec v1: the names match docs/architecture.md, in order, and specs keep them so."""
+"""Feature specs v1 and v2: the names match docs/architecture.md, in order, and specs keep them
+so."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from models.features import FEATURE_NAMES, PERSONAL, build_spec
+from models.features import FEATURE_NAMES, FEATURE_NAMES_V2, PERSONAL, build_spec
 from protocol.codec import validate
 from protocol.envelopes import FeatureSpec
 
@@ -39,9 +40,26 @@ def _documented() -> tuple[list[str], set[str]]:
 
 def test_names_are_the_documented_table_in_order() -> None:
     names, personal = _documented()
-    assert tuple(names) == FEATURE_NAMES
+    assert tuple(names) == FEATURE_NAMES_V2
+    assert FEATURE_NAMES_V2[: len(FEATURE_NAMES)] == FEATURE_NAMES
     assert personal == PERSONAL
     assert len(FEATURE_NAMES) == 20
+
+
+def test_v2_spec_names_the_household_and_says_so() -> None:
+    width = len(FEATURE_NAMES_V2)
+    spec = build_spec([0.0] * width, [1.0] * width, FEATURE_NAMES_V2)
+    assert spec.version == 2
+    assert spec.names[-4:] == [
+        "household.consumable_need",
+        "household.category_count_24h",
+        "household.active_devices",
+        "household.member_tier",
+    ]
+    assert all(f.personal for f in spec.features[-4:])
+    assert build_spec([0.0] * F, [1.0] * F).version == 1
+    with pytest.raises(ValueError, match="needs feature spec version 2"):
+        FeatureSpec.model_validate({**spec.model_dump(mode="json"), "version": 1})
 
 
 finite = st.floats(min_value=-1e6, max_value=1e6, allow_nan=False)

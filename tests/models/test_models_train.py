@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from models.build_default import HOLDOUT_LOGS, TRAIN_LOGS, BuildResult, build_default
 from models.errors import LogFormatError
 from models.evaluate import auc
-from models.features import FEATURE_NAMES, PERSONAL
+from models.features import FEATURE_NAMES, FEATURE_NAMES_V2, PERSONAL
 from models.layout import DEFAULT_DIR, MANIFEST_FILE, MODEL_FILE
 from models.logs import read_examples
 from models.train import scale_features, train
@@ -111,9 +111,10 @@ def test_shipped_default_model_is_consistent() -> None:
     assert len(data) < 1_000_000
     manifest = validate(json.loads((DEFAULT_DIR / MANIFEST_FILE).read_text()), ModelManifest)
     assert (manifest.sha256, manifest.size) == (hashlib.sha256(data).hexdigest(), len(data))
-    assert manifest.feature_spec.names == list(FEATURE_NAMES)
+    assert manifest.feature_spec.names == list(FEATURE_NAMES_V2)  # v2: household features
+    assert manifest.feature_spec.version == 2
     scores = _session(DEFAULT_DIR / MODEL_FILE).run(
-        ["score"], {"features": np.zeros((3, len(FEATURE_NAMES)), dtype=np.float32)}
+        ["score"], {"features": np.zeros((3, len(FEATURE_NAMES_V2)), dtype=np.float32)}
     )[0]
     assert scores.shape == (3, 1)
     assert ((scores > 0) & (scores < 1)).all()

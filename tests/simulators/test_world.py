@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 import numpy as np
 import pytest
 
-from models.features import FEATURE_NAMES
+from models.features import FEATURE_NAMES_V2
 from protocol.envelopes import Offer, Signal
 from protocol.ids import new_id, parse_time
 from protocol.topics import DEVICE_ID_RE
@@ -67,7 +67,20 @@ def test_a_hundred_thousand_households_are_arrays_of_the_right_shape() -> None:
 
 def test_logged_feature_columns_are_the_models_spec() -> None:
     logs = w.logged_arrays(w.make_world(3, 50), range(50), 2, 0)
-    assert logs.features.shape == (100, len(FEATURE_NAMES))
+    assert logs.features.shape == (100, len(FEATURE_NAMES_V2))
+
+
+def test_household_columns_are_what_the_coordinator_would_hold() -> None:
+    world = w.make_world(3, 400)
+    logs = w.logged_arrays(world, range(400), 5, 0)
+    col = {name: logs.features[:, j] for j, name in enumerate(FEATURE_NAMES_V2)}
+    hh = world.households
+    # the home's 24 h count includes the showing device's own
+    assert (col["household.category_count_24h"] >= col["user.category_count_24h"]).all()
+    assert (col["household.active_devices"] == hh.devices[logs.household].sum(axis=1)).all()
+    # the appliance posts to the coordinator: the home knows a need the device may not see
+    assert (col["household.consumable_need"] >= col["user.consumable_need"] - 1e-9).all()
+    assert (col["household.consumable_need"] > col["user.consumable_need"]).any()
 
 
 def test_catalog_covers_every_type_and_category_and_forms_valid_offers() -> None:
@@ -133,7 +146,7 @@ def test_logged_examples_are_in_the_export_format_and_deterministic() -> None:
         assert set(example) == EXPORT_KEYS
         assert DEVICE_ID_RE.match(example["device_id"])
         assert example["device_id"].endswith("-" + example["profile"])
-        assert list(example["features"]) == list(FEATURE_NAMES)
+        assert list(example["features"]) == list(FEATURE_NAMES_V2)
         assert example["kind"] in {"click", "impression"}
         assert example["offer_id"] in world.catalog.ids
         at = parse_time(example["at"])

@@ -167,19 +167,21 @@ def spec_dict(
     scales: Sequence[float] | None = None,
     defaults: Sequence[float] | None = None,
 ) -> dict[str, Any]:
-    """A feature spec as JSON: one feature per name, `user.*` ones personal."""
+    """A feature spec as JSON: one feature per name, `user.*` and `household.*` ones personal
+    (version 2 when it names a household feature)."""
     n = len(names)
     return {
+        "version": 2 if any(name.startswith("household.") for name in names) else 1,
         "features": [
             {
                 "name": name,
                 "mean": (means or [0.0] * n)[i],
                 "scale": (scales or [1.0] * n)[i],
                 "default": (defaults or [0.0] * n)[i],
-                "personal": name.startswith("user."),
+                "personal": name.startswith(("user.", "household.")),
             }
             for i, name in enumerate(names)
-        ]
+        ],
     }
 
 
