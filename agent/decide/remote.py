@@ -22,6 +22,7 @@ __all__ = [
     "MAX_REMOTE_OFFERS",
     "RankRequest",
     "RankResult",
+    "RemoteRankError",
     "RemoteRanker",
     "parse_request",
     "parse_result",

@@ -21,7 +21,9 @@ from agent.config import AgentSettings
 from agent.decide.decisions import Decisions
 from agent.decide.policy import CapCounts, QuietWindow
 from agent.decide.ranking import Decision, RankedOffer
+from agent.decide.remote import RemoteRanker
 from agent.errors import AgentError, NotStarted, UnknownOffer
+from agent.features.household import HouseholdSource
 from agent.features.windows import FeatureWindows
 from agent.intake.consent import ConsentState
 from agent.intake.validate import SignalIn
@@ -65,6 +67,8 @@ class Agent:
         owns_process: bool = False,
         transport: TransportFactory = Link,
         store_pool: StorePool | None = None,
+        household: HouseholdSource | None = None,
+        remote: RemoteRanker | None = None,
     ) -> None:
         """`owns_process`: this agent is the process (`edgemart agent run`), so the profile's
         memory budget judges the process's resident set; in a simulator or a test runner,
@@ -72,13 +76,16 @@ class Agent:
         `clock` (wall) and `timer` (monotonic: resends, pacing): see `agent.runtime.build`.
         `transport`: makes the broker link (`Link`; a test may pass one needing no broker).
         `store_pool`: store threads shared with other agents of the process (the simulator's
-        thousands; None: a thread of its own)."""
+        thousands; None: a thread of its own).
+        `household`, `remote`: the household's context and, on a thin device, who ranks for it
+        (`agent.runtime.build`; the LAN side, `agent.household`, makes them)."""
         self._settings = settings
         self._clock = clock
         self._timer = timer
         self._owns_process = owns_process
         self._transport = transport
         self._store_pool = store_pool
+        self._lan = (household, remote)
         self._parts: Parts | None = None
         """Made on entry, kept after exit (counters, status and the model stay readable)."""
         self._running = False
@@ -307,6 +314,8 @@ class Agent:
             transport=self._transport,
             owns_process=self._owns_process,
             store_pool=self._store_pool,
+            household=self._lan[0],
+            remote=self._lan[1],
         )
         self._running = True
         try:
@@ -361,7 +370,11 @@ class Agent:
 
 
 async def run_agent(
-    settings: AgentSettings, on_ready: Callable[[Agent], None] | None = None
+    settings: AgentSettings,
+    on_ready: Callable[[Agent], None] | None = None,
+    *,
+    household: HouseholdSource | None = None,
+    remote: RemoteRanker | None = None,
 ) -> None:
     """Run one agent until SIGTERM/SIGINT (or cancellation), then shut down gracefully.
 
@@ -378,7 +391,7 @@ async def run_agent(
         except (NotImplementedError, RuntimeError):
             log.debug("cannot install a handler for %s", sig.name)
     try:
-        async with Agent(settings, owns_process=True) as agent:
+        async with Agent(settings, owns_process=True, household=household, remote=remote) as agent:
             if on_ready is not None:
                 on_ready(agent)
             notifier = Notifier.from_env()

@@ -16,6 +16,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from agent.api.local import LocalApi
 from agent.api.owners import admin_headers
 from agent.config import load_settings
+from agent.decide.remote import RemoteRanker
 from agent.runtime.agent import Agent
 from protocol import codec
 from protocol.envelopes import TrustFile
@@ -79,10 +80,11 @@ async def running_device(
     overrides: dict[str, Any] | None = None,
     root: Signer | None = None,
     timer: Callable[[], float] = time.monotonic,
+    remote: RemoteRanker | None = None,
 ) -> AsyncIterator[Device]:
     """A started agent of `profile` over a fake transport, its data in `tmp_path/data`; with
     `root`, its trust file pins that offline root (issue 14); `timer`: its monotonic clock
-    of resends and pacing (a test's fake one)."""
+    of resends and pacing (a test's fake one); `remote`: who ranks for a thin device."""
     signer = Signer.generate("k1")
     trust = tmp_path / "trust.json"
     pinned = TrustFile(keys=[signer.public], topic_root="tin/v1", root=root and root.public)
@@ -99,7 +101,7 @@ async def running_device(
         environ={},
     )
     transports = FakeTransports()
-    async with Agent(settings, transport=transports, timer=timer) as agent:
+    async with Agent(settings, transport=transports, timer=timer, remote=remote) as agent:
         yield Device(agent, transports, signer)
 
 

@@ -1,0 +1,127 @@
+"""A thin device (`ranking = "thin"`): ranked by the household's coordinator over HTTP (a real
+aiohttp rank server on loopback, the real scoring code), by priority when none answers, with
+no model and no onnxruntime in its process."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+import textwrap
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from aiohttp.test_utils import TestServer
+
+from agent.features.household import HouseholdContext
+from agent.model.scoring import load_default_model
+from simulators.brokers import free_port
+from simulators.rank_server import HttpRanker, rank_app
+from tests.support.local_device import SURFACE, Device, running_device
+
+EVERYTHING = {"analytics": True, "personalization": True, "marketing": True}
+OFFERS = [("low", 0.05, 10), ("high", 0.5, 90), ("deal", 0.6, 30)]
+
+
+@pytest.fixture
+async def coordinator() -> AsyncIterator[tuple[TestServer, int]]:
+    """A rank server scoring with the shipped model: (server, the model's version)."""
+    model = await asyncio.to_thread(load_default_model)
+    server = TestServer(rank_app(model, HouseholdContext(household_id="hh-1")))
+    await server.start_server()
+    yield server, model.version
+    await server.close()
+
+
+async def _thin(tmp_path: Path, ranker: HttpRanker | None) -> AsyncIterator[Device]:
+    async with running_device(tmp_path, overrides={"ranking": "thin"}, remote=ranker) as device:
+        await device.agent.set_consent(EVERYTHING)
+        await device.transports.last.deliver("offers", device.bundle(OFFERS))
+        yield device
+
+
+async def test_a_thin_device_is_ranked_by_the_coordinator(
+    tmp_path: Path, coordinator: tuple[TestServer, int]
+) -> None:
+    server, version = coordinator
+    ranker = HttpRanker(str(server.make_url("/")))
+    try:
+        async for device in _thin(tmp_path, ranker):
+            assert device.agent.model is None  # no model of its own
+            decision = await device.agent.decide(SURFACE, 3)
+            assert decision.model_version == version
+            assert {r.offer.id for r in decision.ranked} == {"low", "high", "deal"}
+            assert all(r.reasons[0] == f"remote:v{decision.model_version}" for r in decision.ranked)
+            scores = [r.score for r in decision.ranked]
+            assert scores == sorted(scores, reverse=True)
+            assert min(scores) > 0.0 and max(scores) < 1.0  # model scores, not priorities
+            assert device.agent.counters["remote_ranked"] == 1
+            # outcomes still go through its own outbox
+            await device.agent.record_outcome(decision.ranked[0].offer.id, "impression", SURFACE)
+            assert device.agent.store.counters.outcome_rows == 1
+    finally:
+        await ranker.close()
+
+
+async def test_offline_a_thin_device_ranks_by_priority(tmp_path: Path) -> None:
+    ranker = HttpRanker(f"http://127.0.0.1:{free_port()}")  # nothing listens there
+    try:
+        async for device in _thin(tmp_path, ranker):
+            decision = await device.agent.decide(SURFACE, 3)
+            assert [r.offer.id for r in decision.ranked] == ["high", "deal", "low"]
+            assert all(r.reasons[0] == "no_model" for r in decision.ranked)
+            assert [r.score for r in decision.ranked] == [0.9, 0.3, 0.1]
+            assert device.agent.counters["remote_rank_offline"] == 1
+            assert ranker.failures == 1
+    finally:
+        await ranker.close()
+
+
+async def test_without_a_coordinator_a_thin_device_ranks_by_priority(tmp_path: Path) -> None:
+    async for device in _thin(tmp_path, None):
+        decision = await device.agent.decide(SURFACE, 3)
+        assert [r.offer.id for r in decision.ranked] == ["high", "deal", "low"]
+        assert decision.model_version is None
+
+
+THIN_PROCESS = textwrap.dedent(
+    """
+    import asyncio, json, sys
+    from pathlib import Path
+    from tests.support.local_device import SURFACE, running_device
+
+    async def main():
+        async with running_device(Path(sys.argv[1]), profile="speaker") as device:
+            await device.agent.set_consent(
+                {"analytics": True, "personalization": True, "marketing": True}
+            )
+            decision = await device.agent.decide("speaker_voice", 3)
+            return {
+                "ranking": device.agent.settings.profile.ranking,
+                "model": device.agent.model is not None,
+                "decided": decision.model_version,
+                # (`onnx`, not onnxruntime, comes with the test's own builders)
+                "modules": sorted(m for m in sys.modules if m.startswith("onnxruntime")),
+            }
+
+    print(json.dumps(asyncio.run(main())))
+    """
+)
+
+
+@pytest.mark.integration
+def test_the_thin_speaker_never_imports_onnxruntime(tmp_path: Path) -> None:
+    root = Path(__file__).resolve().parents[2]
+    done = subprocess.run(
+        [sys.executable, "-c", THIN_PROCESS, str(tmp_path)],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    seen = json.loads(done.stdout.strip().splitlines()[-1])
+    assert seen == {"ranking": "thin", "model": False, "decided": None, "modules": []}
