@@ -14,6 +14,7 @@ SUITES = [
     # First: the agent's page-out cannot hand back a page another process maps, and the
     # later suites load onnxruntime, numpy and the rest into this process.
     "bench.rss_bench",
+    "bench.thin_bench",
     "bench.idle_bench",
     "bench.fleet_bench",
     "bench.protocol_bench",

@@ -75,13 +75,14 @@ def _post(url: str, token: str, n: int, i: int) -> None:
 
 
 def _run(
-    seconds: float, tmp: Path, env: dict[str, str] | None = None
+    seconds: float, tmp: Path, env: dict[str, str] | None = None, profile: str = "tv"
 ) -> tuple[float, float, float, int]:
-    """(RSS at the end, RSS after the first tenth, max RSS, signals posted)."""
+    """(RSS at the end, RSS after the first tenth, max RSS, signals posted) of an
+    `edgemart agent run --profile <profile>` process."""
     with broker_and_gateway(tmp) as (broker, trust):
         agent = AgentProcess(
-            profile="tv",
-            device_id="tv-rss-0001",
+            profile=profile,
+            device_id=f"{profile}-rss-0001",
             broker=broker,
             data_dir=tmp / "agent",
             api_port=free_port(),

@@ -10,8 +10,8 @@ from typing import Any
 
 from agent.config import AgentSettings
 from agent.decide.decisions import Decisions
-from agent.decide.ranking import Consent, Decision, eligibility
-from agent.decide.remote import RankRequest, RankResult, RemoteRanker
+from agent.decide.ranking import Consent, Decision
+from agent.decide.remote import RankResult, RemoteRanker, rank_request
 from agent.errors import ModelRejected, UnknownOffer
 from agent.features.household import HouseholdSource
 from agent.features.windows import FeatureWindows
@@ -111,24 +111,21 @@ class AgentService:
         """The coordinator's scores of the offers showable on `surface` now, or None (no
         coordinator, no answer in time, a failure: counted; the decision ranks by priority)."""
         assert self._remote is not None
-        now = utcnow()
         catalog = self._offers.catalog()
-        offers = catalog.offers if catalog is not None else ()
-        candidates, _ = eligibility(offers, surface, now)
-        refused = self._claims.refused
-        candidates = [o for o in candidates if o.id not in refused]
-        if not candidates:
-            return None
-        cap = self._settings.profile.budgets.max_candidates
-        request = RankRequest(
+        request = rank_request(
+            catalog.offers if catalog is not None else (),
             device_id=self._settings.device_id,
             profile=self._settings.profile.name,
             surface=surface,
+            now=utcnow(),
             local_hour=hour,
             local_weekday=weekday,
             personalized=consent.personalization,
-            offers=tuple(candidates[:cap]),
+            refused=self._claims.refused,
+            max_offers=self._settings.profile.budgets.max_candidates,
         )
+        if request is None:
+            return None
         try:
             result = await asyncio.wait_for(self._remote.rank(request), REMOTE_TIMEOUT_S)
         except (TimeoutError, OSError) as exc:
