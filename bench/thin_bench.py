@@ -26,7 +26,7 @@ from pathlib import Path
 
 from agent.decide.catalog import build_catalog
 from agent.decide.ranking import Consent, decide_catalog
-from agent.decide.remote import rank_request
+from agent.decide.thin import rank_request
 from agent.features.context import user_context
 from agent.model.scoring import load_default_model
 from bench.record import Record, percentiles

@@ -14,12 +14,9 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 from protocol.envelopes import Offer
-
-if TYPE_CHECKING:
-    from datetime import datetime
 
 __all__ = [
     "MAX_REMOTE_OFFERS",
@@ -29,7 +26,6 @@ __all__ = [
     "RemoteRanker",
     "parse_request",
     "parse_result",
-    "rank_request",
 ]
 
 MAX_REMOTE_OFFERS = 500
@@ -82,39 +78,6 @@ class RemoteRanker(Protocol):
     Returns None when it cannot rank now: the device then ranks by priority."""
 
     async def rank(self, request: RankRequest) -> RankResult | None: ...
-
-
-def rank_request(
-    offers: Sequence[Offer],
-    *,
-    device_id: str,
-    profile: str,
-    surface: str,
-    now: datetime,
-    local_hour: float,
-    local_weekday: int,
-    personalized: bool,
-    refused: frozenset[str] = frozenset(),
-    max_offers: int = MAX_REMOTE_OFFERS,
-) -> RankRequest | None:
-    """What a thin device asks: the `offers` showable on `surface` at `now` (not refused,
-    the highest priorities first up to `max_offers`); None when there is none."""
-    from agent.decide.ranking import eligibility  # noqa: PLC0415 - ranking imports this module
-
-    candidates, _ = eligibility(offers, surface, now)
-    kept = [o for o in candidates if o.id not in refused]
-    if not kept:
-        return None
-    kept.sort(key=lambda o: (-o.priority, o.id))
-    return RankRequest(
-        device_id=device_id,
-        profile=profile,
-        surface=surface,
-        local_hour=local_hour,
-        local_weekday=local_weekday,
-        personalized=personalized,
-        offers=tuple(kept[: min(max_offers, MAX_REMOTE_OFFERS)]),
-    )
 
 
 def parse_request(body: Any) -> RankRequest:

@@ -11,7 +11,8 @@ from typing import Any
 from agent.config import AgentSettings
 from agent.decide.decisions import Decisions
 from agent.decide.ranking import Consent, Decision
-from agent.decide.remote import RankResult, RemoteRanker, rank_request
+from agent.decide.remote import RankResult, RemoteRanker
+from agent.decide.thin import rank_request
 from agent.errors import ModelRejected, UnknownOffer
 from agent.features.household import HouseholdSource
 from agent.features.windows import FeatureWindows
