@@ -308,4 +308,7 @@ def _reasons(offer: Offer, ctx: UserContext) -> tuple[str, ...]:
         reasons += ("category_affinity",)
     if ctx.consumable_need.get(offer.category, 0.0) > CONSUMABLE_LOW:
         reasons += ("consumable_low",)
+    home = ctx.household
+    if home is not None and home.consumable_need.get(offer.category, 0.0) > CONSUMABLE_LOW:
+        reasons += ("household_consumable_low",)  # an appliance elsewhere in the home
     return reasons

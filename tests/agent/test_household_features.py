@@ -89,6 +89,11 @@ def test_the_shipped_v2_model_ranks_with_and_without_a_household() -> None:
     alone_by_id = {r.offer.id: r.score for r in alone.ranked}
     # the home's filter runs low: the household context raises the filter offer's score
     assert by_id["filter"] > alone_by_id["filter"]
+    reasons = {r.offer.id: r.reasons for r in home.ranked}
+    assert "household_consumable_low" not in reasons["filter"]  # 0.75 is not low enough
+    low = HouseholdContext("hh-1", consumable_need=MappingProxyType({"purifier_filter": 0.95}))
+    lower = decide(model, offers, context(household=low), "tv_home_banner", 2, NOW, EVERYTHING)
+    assert "household_consumable_low" in {r.offer.id: r.reasons for r in lower.ranked}["filter"]
 
 
 def test_a_v1_model_is_still_served(tmp_path: Path) -> None:
