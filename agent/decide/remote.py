@@ -13,13 +13,17 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from types import MappingProxyType
-from typing import Any, Protocol
+from typing import Annotated, Any, Protocol
 
-from protocol.envelopes import Offer
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from protocol.envelopes import Finite, Id, Name, Offer, OfferType
 
 __all__ = [
     "MAX_REMOTE_OFFERS",
+    "RankOffer",
     "RankRequest",
     "RankResult",
     "RemoteRankError",
@@ -30,6 +34,51 @@ __all__ = [
 
 MAX_REMOTE_OFFERS = 500
 """Offers one request may carry (the largest `max_candidates` of a shipped profile)."""
+
+
+class RankOffer(BaseModel):
+    """What the coordinator needs of one candidate to score it (the scoring fields of `Offer`;
+    surfaces, times, caps and claims stay with the thin device, which applies them)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    id: Id
+    campaign_id: Id
+    type: OfferType
+    category: Name
+    price: Annotated[Finite, Field(ge=0, le=1e9)] = 0.0
+    discount: Annotated[Finite, Field(ge=0, le=1)] = 0.0
+    priority: Annotated[int, Field(ge=0, le=100)] = 50
+    limited: bool = False
+
+
+_SCORED_FIELDS = tuple(RankOffer.model_fields)
+_EPOCH = datetime(2000, 1, 1, tzinfo=UTC)
+_FAR = datetime(2100, 1, 1, tzinfo=UTC)
+
+
+def _scored(offer: Offer) -> dict[str, Any]:
+    return {name: getattr(offer, name) for name in _SCORED_FIELDS}
+
+
+def _template(surface: str) -> Offer:
+    """A neutral offer for `surface` (always valid, no caps: the thin device applies its own)."""
+    return Offer(
+        id="x",
+        campaign_id="x",
+        type="coupon",
+        title="",
+        category="x",
+        surfaces=[surface],
+        starts_at=_EPOCH,
+        expires_at=_FAR,
+    )
+
+
+def _as_offer(item: RankOffer, template: Offer) -> Offer:
+    """An `Offer` for the coordinator's catalog: the checked scoring fields over `template`
+    (a shallow copy: ~50 times cheaper than validating or constructing a whole offer)."""
+    return template.model_copy(update=dict(item))
 
 
 class RemoteRankError(ValueError):
@@ -58,7 +107,7 @@ class RankRequest:
             "local_hour": self.local_hour,
             "local_weekday": self.local_weekday,
             "personalized": self.personalized,
-            "offers": [o.model_dump(mode="json") for o in self.offers],
+            "offers": [_scored(o) for o in self.offers],
         }
 
 
@@ -88,19 +137,21 @@ def parse_request(body: Any) -> RankRequest:
     if not isinstance(offers, list) or len(offers) > MAX_REMOTE_OFFERS:
         raise RemoteRankError(f"rank request: offers must be a list of <= {MAX_REMOTE_OFFERS}")
     try:
-        parsed = tuple(Offer.model_validate(o) for o in offers)
+        surface = str(body["surface"])[:64]
+        template = _template(surface)
+        parsed = tuple(_as_offer(RankOffer.model_validate(o), template) for o in offers)
         hour = float(body["local_hour"])
         weekday = int(body["local_weekday"])
         request = RankRequest(
             device_id=str(body["device_id"])[:128],
             profile=str(body["profile"])[:32],
-            surface=str(body["surface"])[:64],
+            surface=surface,
             local_hour=hour,
             local_weekday=weekday,
             personalized=body["personalized"] is True,
             offers=parsed,
         )
-    except (KeyError, TypeError, ValueError) as exc:
+    except (KeyError, TypeError, ValueError, ValidationError) as exc:
         raise RemoteRankError(f"rank request: {exc}") from exc
     if not (0.0 <= hour < 24.0 and 0 <= weekday <= 6):
         raise RemoteRankError("rank request: local_hour or local_weekday out of range")
