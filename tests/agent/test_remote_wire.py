@@ -78,6 +78,7 @@ def test_a_result_keeps_only_finite_scores_of_offers_asked_about() -> None:
     result = parse_result(body, OFFERS)
     assert dict(result.scores) == {"a": 0.4}
     assert result.model_version == 3
-    for bad in ([], {"scores": 1}, {"scores": {}, "model_version": True}):
+    bad_bodies: list[Any] = [[], {"scores": 1}, {"scores": {}, "model_version": True}]
+    for bad in bad_bodies:
         with pytest.raises(RemoteRankError):
             parse_result(bad, OFFERS)
