@@ -56,7 +56,7 @@ def test_same_seed_rebuilds_byte_identical_files(built: Built) -> None:
 
 @pytest.mark.slow  # trains and exports the model twice (~20 s): the slow tier
 def test_onnxruntime_scores_equal_the_training_time_predictions(built: Built) -> None:
-    holdout = read_examples(built.logs / HOLDOUT_LOGS)
+    holdout = read_examples(built.logs / HOLDOUT_LOGS, FEATURE_NAMES_V2)
     scaled = scale_features(holdout.features, built.result.trained.spec).astype(np.float32)
     (onnx_scores,) = _session(built.first / MODEL_FILE).run(["score"], {"features": scaled})
     assert onnx_scores.shape == (len(holdout), 1)
@@ -71,7 +71,7 @@ def test_graph_is_the_documented_contract(built: Built) -> None:
     assert [o.version for o in model.opset_import if o.domain in ("", "ai.onnx")] == [17]
     session = _session(built.first / MODEL_FILE)
     (inp,), (out,) = session.get_inputs(), session.get_outputs()
-    assert (inp.name, inp.type, inp.shape[1]) == ("features", "tensor(float)", len(FEATURE_NAMES))
+    assert (inp.name, inp.type, inp.shape[1]) == ("features", "tensor(float)", len(FEATURE_NAMES_V2))
     assert (out.name, out.type) == ("score", "tensor(float)")
 
 
@@ -88,7 +88,7 @@ def test_manifest_validates_and_describes_the_file(built: Built) -> None:
     assert manifest.expires_at.year == 2036
     assert manifest.created_at == read_examples(built.logs / TRAIN_LOGS).latest_at
     spec = manifest.feature_spec
-    assert spec.names == list(FEATURE_NAMES)
+    assert (spec.version, spec.names) == (2, list(FEATURE_NAMES_V2))
     assert {f.name for f in spec.features if f.personal} == PERSONAL
     assert all(f.default == f.mean for f in spec.features)
 
