@@ -71,7 +71,11 @@ def test_graph_is_the_documented_contract(built: Built) -> None:
     assert [o.version for o in model.opset_import if o.domain in ("", "ai.onnx")] == [17]
     session = _session(built.first / MODEL_FILE)
     (inp,), (out,) = session.get_inputs(), session.get_outputs()
-    assert (inp.name, inp.type, inp.shape[1]) == ("features", "tensor(float)", len(FEATURE_NAMES_V2))
+    assert (inp.name, inp.type, inp.shape[1]) == (
+        "features",
+        "tensor(float)",
+        len(FEATURE_NAMES_V2),
+    )
     assert (out.name, out.type) == ("score", "tensor(float)")
 
 
