@@ -155,6 +155,8 @@ class PolicySettings(_Strict):
     attribution_impression_days: Annotated[float, Field(ge=0, le=90)] = 1.0
     counterfactual_gap_s: Annotated[float, Field(ge=0, le=86_400)] = 3600.0
     claim_resend_s: Annotated[float, Field(gt=0, le=3600)] = 5.0
+    explain_report_s: Annotated[float, Field(gt=0, le=86_400)] = 900.0
+    """How often the per-campaign explanation counts go into the outbox (issue 18)."""
 
 
 class Profile(_Strict):

@@ -366,6 +366,32 @@ CREATE TABLE device_passwords (
 );
 """,
     ),
+    (
+        "pg_cloud_policy",
+        """
+CREATE TABLE policies (
+    scope text NOT NULL,
+    name text NOT NULL,
+    rules text NOT NULL,
+    updated_at text NOT NULL,
+    updated_by text NOT NULL,
+    PRIMARY KEY (scope, name)
+);
+CREATE TABLE policy_versions (
+    version bigint PRIMARY KEY,
+    published_at text NOT NULL,
+    cohorts text NOT NULL
+);
+ALTER TABLE devices ADD COLUMN policy_version bigint;
+CREATE TABLE campaign_explanations (
+    campaign_id text NOT NULL,
+    device_id text NOT NULL,
+    outcome text NOT NULL,
+    count bigint NOT NULL,
+    PRIMARY KEY (campaign_id, device_id, outcome)
+);
+""",
+    ),
 ]
 """(name, SQL or function) in order; a name, once applied, is never changed."""
 

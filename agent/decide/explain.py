@@ -1,0 +1,100 @@
+"""Why each campaign's offers were or were not shown, counted per campaign (issue 18). Pure.
+
+Every decision puts each campaign of the catalog under one outcome: `shown` when the decision
+returned one of its offers, else the furthest stage one of its offers reached (`STAGES`, the
+later the closer to being shown). The counts go up as a signal of kind `offer_explain`
+(`agent.intake.explanations`), one per campaign; the gateway counts each reached device once,
+under `shown` or the furthest stage it reported (`cloud_gateway/campaigns/explain.py`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from agent.decide.catalog import Catalog
+from agent.decide.ranking import Decision
+from protocol.vocabulary import EXPLAIN_OUTCOMES, EXPLAIN_STAGES
+
+STAGES = EXPLAIN_STAGES
+OUTCOMES = EXPLAIN_OUTCOMES
+STAGE_OF: dict[str, str] = {
+    "duplicate": "invalid",
+    "invalid": "invalid",
+    "unknown_category": "invalid",
+    "wrong_surface": "surface",
+    "not_started": "schedule",
+    "expired": "schedule",
+    "targeting": "targeting",
+    "targeting_needs_personalization": "consent",
+    "no_marketing_consent": "consent",
+    "sold_out": "stock",
+    "claim_refused": "stock",
+    "cap_offer_day": "cap",
+    "cap_campaign_day": "cap",
+    "cap_surface_day": "cap",
+    "cap_global_day": "cap",
+    "quiet_hours": "quiet_hours",
+    "over_budget": "rank",
+    "non_finite_score": "rank",
+    "campaign_diversity": "rank",
+    "below_limit": "rank",
+    "holdout": "holdout",
+}
+_RANK = {name: i for i, name in enumerate(STAGES)}
+MAX_CAMPAIGNS = 500
+"""Campaigns tallied at once (a catalog holds at most this many offers)."""
+
+
+def furthest(stages: set[str] | list[str]) -> str:
+    """The stage closest to being shown among `stages` (`rank` when none)."""
+    return max(stages, key=lambda s: _RANK.get(s, -1), default="rank")
+
+
+def classify(decision: Decision, catalog: Catalog) -> dict[str, str]:
+    """Campaign id -> `shown` or the furthest stage its offers reached in `decision` (every
+    campaign of the catalog; `rank` for one the ranking walk never reached)."""
+    reached: dict[str, set[str]] = {c: set() for c in catalog.campaigns}
+    index, offers = catalog.index, catalog.offers
+    for oid, reason in decision.filtered:
+        row = index.get(oid)
+        stage = STAGE_OF.get(reason)
+        if row is not None and stage is not None:
+            reached[offers[row].campaign_id].add(stage)
+    for held in decision.counterfactual:
+        reached.setdefault(held.offer.campaign_id, set()).add("holdout")
+    out = {cid: furthest(stages) for cid, stages in reached.items()}
+    for ranked in decision.ranked:
+        out[ranked.offer.campaign_id] = "shown"
+    return out
+
+
+@dataclass(slots=True)
+class ExplainTally:
+    """Per campaign, how many decisions ended in each outcome since the last report (bounded:
+    at most `MAX_CAMPAIGNS` campaigns; a decision past that for a new campaign is counted in
+    `overflow`)."""
+
+    counts: dict[str, dict[str, int]] = field(default_factory=dict)
+    overflow: int = 0
+
+    def add(self, outcomes: dict[str, str]) -> None:
+        for cid, outcome in outcomes.items():
+            row = self.counts.get(cid)
+            if row is None:
+                if len(self.counts) >= MAX_CAMPAIGNS:
+                    self.overflow += 1
+                    continue
+                row = self.counts[cid] = {}
+            row[outcome] = row.get(outcome, 0) + 1
+
+    def drain(self) -> dict[str, dict[str, int]]:
+        """The counts so far, and a fresh start."""
+        counts, self.counts = self.counts, {}
+        return counts
+
+    def restore(self, counts: dict[str, dict[str, int]]) -> None:
+        """Put drained counts back (they could not be stored): added to what came since."""
+        for cid, row in counts.items():
+            for outcome, n in row.items():
+                mine = self.counts.setdefault(cid, {})
+                mine[outcome] = mine.get(outcome, 0) + n
