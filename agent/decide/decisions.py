@@ -156,7 +156,7 @@ class Decisions:
                 log.error("model failed, ranking without it: %s", exc)  # noqa: TRY400
                 model = None
         if catalog is not None and len(catalog):
-            self.explanations.add(classify(decision, catalog))
+            self.explanations.add(catalog.campaigns, classify(decision, catalog))
         for ranked in decision.ranked:
             self._last[ranked.offer.id] = (ranked.score, decision.model_version)
             self._last.move_to_end(ranked.offer.id)

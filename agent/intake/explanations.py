@@ -67,7 +67,7 @@ class ExplainReporter:
 
     async def report(self) -> int:
         """Store the counts so far as signals; how many were stored."""
-        if not self._tally.counts:
+        if not self._tally:
             return 0
         if not self._consent.state.analytics:
             dropped = self._tally.drain()

@@ -11,14 +11,18 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import pytest
+
+from agent.config import load_settings
 from agent.decide.cloud_policy import merge
+from agent.decide.explain import ExplainTally
 from agent.decide.policy import CapLimits, QuietWindow
 from agent.runtime.agent import Agent
 from protocol import codec
 from protocol.envelopes import PolicyDocument, PolicyRules
 from protocol.ids import new_id, utcnow
 from protocol.signing import Signer
-from protocol.vocabulary import EXPLAIN_KIND
+from protocol.vocabulary import EXPLAIN_KIND, PROFILES
 from tests.support.local_device import SURFACE, running_device
 
 CONSENT = {"analytics": True, "personalization": False, "marketing": True}
@@ -161,3 +165,43 @@ async def test_without_analytics_consent_explanations_stay_on_the_device(tmp_pat
         assert await agent.parts.explanations.report() == 0
         assert agent.counters["explanations_withheld"] == 1
         assert await outbox_explanations(agent) == []
+
+
+@pytest.mark.parametrize("profile", PROFILES)
+def test_the_shipped_profiles_pace_by_default(profile: str, tmp_path: Path) -> None:
+    settings = load_settings(
+        profile=profile,
+        device_id=f"{profile}-0001",
+        broker="mqtt://127.0.0.1:9",
+        data_dir=tmp_path,
+        environ={},
+    )
+    paced = settings.profile.decisions
+    assert [(q.start, q.end) for q in paced.quiet_hours] == [("22:00", "08:00")]
+    assert paced.global_per_day is not None
+    assert 1 <= paced.global_per_day <= 6
+    assert paced.campaign_per_day is not None
+    assert paced.offer_per_day is not None
+    assert paced.offer_per_day <= paced.campaign_per_day <= paced.global_per_day
+
+
+def test_the_tally_works_out_rank_and_carries_what_could_not_be_stored() -> None:
+    tally = ExplainTally()
+    first, second = ("a", "b", "c"), ("a", "c")
+    tally.add(first, {"a": "shown", "b": "cap"})
+    tally.add(first, {"a": "shown"})
+    tally.add(second, {"c": "quiet_hours"})
+    counts = tally.drain()
+    assert counts == {
+        "a": {"shown": 2, "rank": 1},
+        "b": {"cap": 1, "rank": 1},
+        "c": {"rank": 2, "quiet_hours": 1},
+    }
+    assert not tally
+    tally.restore(counts)
+    tally.add(second, {"a": "shown"})
+    assert tally.drain() == {
+        "a": {"shown": 3, "rank": 1},
+        "b": {"cap": 1, "rank": 1},
+        "c": {"quiet_hours": 1, "rank": 3},
+    }
