@@ -8,7 +8,7 @@ from datetime import datetime
 from typing import Any
 
 from cloud_gateway.db.audit import insert_audit
-from cloud_gateway.db.backend import Session
+from cloud_gateway.db.backend import Error, Session
 from protocol.ids import format_time
 
 
@@ -48,17 +48,28 @@ def list_policies(store: Session) -> list[dict[str, Any]]:
     return [{**r, "rules": json.loads(r["rules"])} for r in rows]
 
 
+TAKE_VERSION_TRIES = 5
+
+
 def next_version(store: Session, cohorts: list[str], at: datetime) -> int:
     """Take the next document version (one counter for every cohort) and record which
-    cohorts it is published to; two workers cannot take the same (primary key)."""
-    with store.transaction():
-        row = store.one("SELECT max(version) AS v FROM policy_versions")
-        version = int(row["v"] or 0) + 1 if row else 1
-        store.conn.execute(
-            "INSERT INTO policy_versions (version, published_at, cohorts) VALUES (?, ?, ?)",
-            [version, format_time(at), json.dumps(sorted(cohorts))],
-        )
-    return version
+    cohorts it is published to. Two workers cannot take the same (primary key): the one
+    that loses the race takes the next."""
+    for attempt in range(TAKE_VERSION_TRIES):
+        try:
+            with store.transaction():
+                row = store.one("SELECT max(version) AS v FROM policy_versions")
+                version = int(row["v"] or 0) + 1 if row else 1
+                store.conn.execute(
+                    "INSERT INTO policy_versions (version, published_at, cohorts) VALUES (?, ?, ?)",
+                    [version, format_time(at), json.dumps(sorted(cohorts))],
+                )
+        except Error:
+            if attempt == TAKE_VERSION_TRIES - 1:
+                raise
+            continue
+        return version
+    raise AssertionError("unreachable")  # pragma: no cover - the loop returns or raises
 
 
 def last_publication(store: Session) -> dict[str, Any] | None:
