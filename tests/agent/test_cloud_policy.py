@@ -17,6 +17,7 @@ from agent.config import load_settings
 from agent.decide.cloud_policy import merge
 from agent.decide.explain import ExplainTally
 from agent.decide.policy import CapLimits, QuietWindow
+from agent.intake.explanations import ExplainReporter
 from agent.runtime.agent import Agent
 from protocol import codec
 from protocol.envelopes import PolicyDocument, PolicyRules
@@ -205,3 +206,26 @@ def test_the_tally_works_out_rank_and_carries_what_could_not_be_stored() -> None
         "b": {"cap": 1, "rank": 1},
         "c": {"quiet_hours": 1, "rank": 3},
     }
+
+
+async def test_past_the_byte_budget_explanations_wait_and_keep_counting(tmp_path: Path) -> None:
+    async with running_device(tmp_path) as device:
+        agent, link = device.agent, device.transports.last
+        await agent.set_consent(CONSENT)
+        await link.deliver("offers", device.bundle([("o1", 0.1, 50)]))
+        degraded = [True]
+        reporter = ExplainReporter(
+            agent.settings,
+            agent.parts.decisions.explanations,
+            store=agent.store,
+            consent=agent.parts.consent,
+            metrics=agent.parts.metrics,
+            held=lambda: degraded[0],
+            poke=lambda: None,
+        )
+        await agent.decide(SURFACE, 3)
+        assert await reporter.report() == 0  # held: nothing into the outbox
+        await agent.decide(SURFACE, 3)
+        degraded[0] = False
+        assert await reporter.report() == 1
+        assert await outbox_explanations(agent) == [{"campaign_id": "c-o1", "shown": 2}]
