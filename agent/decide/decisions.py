@@ -99,6 +99,7 @@ class Decisions:
         self._features.clear()
         self._counterfactual_at.clear()
         self.caps = CapCounts.load([], self.local_day(now))
+        self.explanations.drain()  # counts of the erased decisions are not reported
 
     def local_day(self, now: datetime) -> int:
         """The device-local day (proleptic ordinal) daily caps count in."""
