@@ -20,7 +20,7 @@ from agent.decide.policy import CapLimits, QuietWindow
 from agent.intake.explanations import ExplainReporter
 from agent.runtime.agent import Agent
 from protocol import codec
-from protocol.envelopes import PolicyDocument, PolicyRules
+from protocol.envelopes import KeyList, PolicyDocument, PolicyRules
 from protocol.ids import new_id, utcnow
 from protocol.signing import Signer
 from protocol.vocabulary import EXPLAIN_KIND, PROFILES
@@ -229,3 +229,25 @@ async def test_past_the_byte_budget_explanations_wait_and_keep_counting(tmp_path
         degraded[0] = False
         assert await reporter.report() == 1
         assert await outbox_explanations(agent) == [{"campaign_id": "c-o1", "shown": 2}]
+
+
+async def test_only_a_key_of_the_commands_role_signs_a_policy(tmp_path: Path) -> None:
+    root, offers_only = Signer.generate("root-1"), Signer.generate("k2")
+    async with running_device(tmp_path, root=root) as device:
+        agent, link = device.agent, device.transports.last
+        now = utcnow()
+        keys = KeyList(
+            version=1,
+            keys=[
+                device.signer.public.model_copy(update={"roles": ["commands", "offers"]}),
+                offers_only.public.model_copy(update={"roles": ["offers"]}),
+            ],
+            issued_at=now,
+            expires_at=now + timedelta(days=1),
+        )
+        await link.deliver("keys", codec.dumps(root.sign(keys.to_wire())))
+        assert agent.counters["keylists_accepted"] == 1
+        await link.deliver("cohort_policy", signed(offers_only, doc("all", 3)), "all")
+        assert agent.counters["policies_rejected"] == 1
+        await link.deliver("cohort_policy", signed(device.signer, doc("all", 3)), "all")
+        assert agent.status()["policy"]["version"] == 3
