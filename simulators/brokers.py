@@ -218,6 +218,8 @@ def mtls_config(
         f"user {getpass.getuser()}\n"
         "per_listener_settings true\n"
         f"persistence true\npersistence_location {workdir}/\nlog_dest none\n"
+        # where `edgemart gateway provision revoke --broker-pid-file` finds it (SIGHUP)
+        f"pid_file {workdir}/mosquitto.pid\n"
         f"listener {device_port} 127.0.0.1\n"
         "allow_anonymous false\n"
         f"{tls_lines}"

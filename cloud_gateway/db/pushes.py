@@ -95,6 +95,22 @@ def bundles_past_half_life(store: Session, now: datetime) -> dict[str, list[str]
     return due
 
 
+def signed_by(store: Session, kids: Iterable[str]) -> dict[str, list[str]]:
+    """Devices per live campaign whose current offers bundle was signed by one of `kids`."""
+    wanted = set(kids)
+    found: dict[str, list[str]] = {}
+    for r in store.conn.execute(
+        "SELECT p.campaign_id, p.device_id, p.payload FROM device_pushes p"
+        " JOIN campaigns c ON c.id = p.campaign_id WHERE c.state = 'live'"
+        " AND p.kind = 'offers' AND p.superseded = 0 AND p.quarantined IS NULL"
+        " ORDER BY p.campaign_id, p.device_id"
+    ):
+        payload = json_object(r["payload"])
+        if payload is not None and payload.get("kid") in wanted:
+            found.setdefault(r["campaign_id"], []).append(r["device_id"])
+    return found
+
+
 def outstanding(
     store: Session, now: datetime, device_id: str | None = None, sent_before: datetime | None = None
 ) -> list[tuple[str, str, dict[str, Any] | None]]:

@@ -37,8 +37,9 @@ from cloud_gateway.runtime.scheduler import run_catalog_refresh, run_scheduler
 from cloud_gateway.runtime.wiring import Wiring
 from cloud_gateway.security.auth import TokenVerifier
 from cloud_gateway.security.keys import KeyMaterial
+from cloud_gateway.security.live import LiveKeys
 from daemonkit.supervisor import LoopFactory, Supervisor
-from protocol.signing import Signer
+from protocol.signing import SigningKey
 
 LINK_LOOP = "gateway-mqtt"
 
@@ -64,7 +65,9 @@ class Parts:
     settings: GatewaySettings
     clock: Clock
     counters: Counter[str]
-    signer: Signer
+    signer: SigningKey
+    keys: LiveKeys
+    """The keys signed with now, switched when `DATA_DIR/keys/` changes (`gateway-keys`)."""
     trust_path: Path
     db: Backend[Session]
     outlet: Outlet
@@ -98,6 +101,12 @@ class Parts:
             ("gateway-lease", self.worker.lease.run),
             ("gateway-ingest-commit", self.ingestor.run),
             ("gateway-acks", self.acks.run),
+            (
+                "gateway-keys",
+                functools.partial(
+                    self.keys.watch, s.keys_watch_s, self.hooks.on_keys_changed, self.counters
+                ),
+            ),
             (LINK_LOOP, self.link.run),
             self.once(
                 "gateway-catalog-refresh",
@@ -133,7 +142,7 @@ def build(
     *,
     clock: Clock,
     backend: Backend[Session],
-    keys: KeyMaterial,
+    keys: LiveKeys | KeyMaterial,
     link: MakeLink = MqttLink,
     counters: Counter[str] | None = None,
 ) -> Parts:
@@ -141,11 +150,11 @@ def build(
     `counters` are the gateway's (a new set by default)."""
     s = settings
     counters = counters if counters is not None else Counter()
+    if isinstance(keys, KeyMaterial):
+        keys = LiveKeys(s.data_dir, s.topic_root, keys)
     outlet = Outlet()
-    acks = AckBatcher(
-        s.topics, outlet.send_nowait, counters, s.ack_delay_ms / 1000, signer=keys.signer
-    )
-    wiring = Wiring(backend, keys.signer, s.topics, outlet.publish, counters)
+    acks = AckBatcher(s.topics, outlet.send_nowait, counters, s.ack_delay_ms / 1000, signer=keys)
+    wiring = Wiring(backend, keys, s.topics, outlet.publish, counters)
     campaigns = CampaignService(wiring, bundle_ttl=timedelta(seconds=s.bundle_ttl_s))
     claims = ClaimDesk(wiring, batch_max=s.claim_batch_max, on_sold_out=campaigns.poke)
     erasure = DeviceErasure(wiring)
@@ -211,7 +220,8 @@ def build(
         settings=s,
         clock=clock,
         counters=counters,
-        signer=keys.signer,
+        signer=keys,
+        keys=keys,
         trust_path=keys.trust_path,
         db=backend,
         outlet=outlet,

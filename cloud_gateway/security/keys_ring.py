@@ -265,7 +265,8 @@ def add(data_dir: Path, root_path: Path, roles: list[str] | None = None) -> str:
 
 
 def activate(data_dir: Path, kid: str) -> None:
-    """The gateway signs with `kid` from its next start; the active one before is retiring.
+    """The gateway signs with `kid` (a running one within `keys_watch_s`); the active one
+    before is retiring.
     No new list (its members are unchanged), so no root needed."""
     ring = _ring(data_dir)
     if kid not in ring.keys:

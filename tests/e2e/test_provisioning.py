@@ -8,6 +8,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ssl
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +28,7 @@ from cloud_gateway.db.audit import audit_log
 from cloud_gateway.db.backend import Session
 from cloud_gateway.db.open import open_session
 from cloud_gateway.provisioning import ca as fleet_ca
-from cloud_gateway.provisioning.service import create_batch, revoke
+from cloud_gateway.provisioning.service import create_batch
 from cloud_gateway.runtime.gateway import Gateway
 from cloud_gateway.security.auth import create_token
 from protocol.ids import new_id
@@ -70,12 +72,13 @@ def fleet(tmp_path: Path) -> Iterator[Fleet]:
     work.mkdir()
     (work / "server.pem").write_bytes(cert)
     (work / "server.key").write_bytes(key)
+    (work / "crl.pem").write_bytes(ca.crl_path.read_bytes())  # the broker's copy
     device_port, gateway_port = free_port(), free_port()
     tls = {
         "cafile": ca.folder / "ca.pem",
         "certfile": work / "server.pem",
         "keyfile": work / "server.key",
-        "crlfile": ca.crl_path,
+        "crlfile": work / "crl.pem",
     }
     config = mtls_config(
         work,
@@ -110,6 +113,10 @@ async def _connects(fleet: Fleet, data_dir: Path, client_id: str) -> bool:
             return True
     except (aiomqtt.MqttError, ssl.SSLError, OSError):
         return False
+
+
+async def _refused(fleet: Fleet, data_dir: Path) -> bool:
+    return not await _connects(fleet, data_dir, f"probe-{new_id()[:8]}")
 
 
 async def _provision(base: str, claim: str, device_id: str) -> tuple[int, Any]:
@@ -213,20 +220,36 @@ async def test_a_fresh_agent_with_only_its_claim_ends_connected_as_itself_until_
         assert len(refused) == 2 and all(r["target"] == "batch:b-2026-12" for r in refused)
         assert sum(r["action"] == "provision.issue" for r in rows) == 3
 
-        # Revoked: refused at its next connect (the broker re-reads the CRL on restart).
+        # Revoked: refused at its next connect, by the same running broker: the command
+        # installs the new CRL where the broker reads it and makes it reload (SIGHUP).
         assert await _connects(fleet, dev_dir, "probe-1")
-        crl = await asyncio.to_thread(
-            fleet.store, lambda s: revoke(s, fleet.gw_dir, "tv-prov-0001", "ops")
+        work = fleet.broker.workdir
+        pid = int((work / "mosquitto.pid").read_text())
+        done = await asyncio.to_thread(
+            subprocess.run,
+            [
+                *(sys.executable, "-m", "edgemart", "gateway", "provision", "revoke"),
+                *("--data-dir", str(fleet.gw_dir), "--device", "tv-prov-0001"),
+                *("--crl-out", str(work / "crl.pem")),
+                *("--broker-pid-file", str(work / "mosquitto.pid")),
+            ],
+            capture_output=True,
+            text=True,
+            check=False,
         )
-        assert crl == fleet.gw_dir / "fleet-ca" / "crl.pem"
-        await asyncio.to_thread(fleet.broker.stop)
-        await asyncio.to_thread(fleet.broker.start)
-        assert not await _connects(fleet, dev_dir, "probe-2")
+        assert done.returncode == 0, done.stderr
+        assert f"broker {pid} reloaded" in done.stdout
+        assert (work / "crl.pem").read_bytes() == (
+            fleet.gw_dir / "fleet-ca" / "crl.pem"
+        ).read_bytes()
+        await eventually(lambda: _refused(fleet, dev_dir), 10, "the revoked device refused")
+        assert int((work / "mosquitto.pid").read_text()) == pid  # not restarted
+        assert gw.link_connected  # the gateway's own session lived through the reload
         async with Agent(agent_settings) as again:  # the device itself, from its data dir
             await asyncio.sleep(2)
             assert not again.link.connected.is_set()
         rows = await asyncio.to_thread(fleet.store, audit_log)
-        assert any(r["action"] == "provision.revoke" and r["who"] == "ops" for r in rows)
+        assert any(r["action"] == "provision.revoke" and r["who"].startswith("cli") for r in rows)
 
 
 async def test_edgemart_agent_run_with_a_claim_provisions_itself_and_reports_over_mtls(
