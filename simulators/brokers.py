@@ -170,6 +170,7 @@ topic write {root}/dev/+/down/#
 topic write {root}/cohort/#
 topic write {root}/models/#
 topic write {root}/keys
+topic write {root}/timestamp
 
 pattern write {root}/dev/%u/up/#
 pattern readwrite {root}/dev/%u/state
@@ -177,6 +178,7 @@ pattern read {root}/dev/%u/down/#
 pattern read {root}/cohort/#
 pattern read {root}/models/#
 pattern read {root}/keys
+pattern read {root}/timestamp
 """
 """`deploy/edgemart.acl` for a topic root: `%u` is the device id (its certificate's CN)."""
 

@@ -8,7 +8,9 @@ the link.
 
 from __future__ import annotations
 
+import asyncio
 import functools
+import logging
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -23,8 +25,10 @@ from cloud_gateway.api.context import ApiContext
 from cloud_gateway.campaigns.service import CampaignService
 from cloud_gateway.claims.desk import ClaimDesk
 from cloud_gateway.config import GatewaySettings
+from cloud_gateway.db.audit import import_audit
 from cloud_gateway.db.backend import Backend, Clock, Session
 from cloud_gateway.devices.erasure import DeviceErasure
+from cloud_gateway.errors import GatewayError
 from cloud_gateway.ingest.retention import RetentionPolicy, run_retention
 from cloud_gateway.ingest.service import AckBatcher, Ingestor
 from cloud_gateway.provisioning.service import Provisioner
@@ -35,13 +39,15 @@ from cloud_gateway.runtime.hooks import DeviceEvents, Outlet, SessionHooks
 from cloud_gateway.runtime.link import Hook, MqttLink, OnMessage
 from cloud_gateway.runtime.scheduler import run_catalog_refresh, run_scheduler
 from cloud_gateway.runtime.wiring import Wiring
+from cloud_gateway.security import keys_ring
 from cloud_gateway.security.auth import TokenVerifier
 from cloud_gateway.security.keys import KeyMaterial
-from cloud_gateway.security.live import LiveKeys
+from cloud_gateway.security.live import KeyChange, LiveKeys
 from daemonkit.supervisor import LoopFactory, Supervisor
 from protocol.signing import SigningKey
 
 LINK_LOOP = "gateway-mqtt"
+log = logging.getLogger(__name__)
 
 
 class MakeLink(Protocol):
@@ -86,6 +92,16 @@ class Parts:
     http: HttpServer
     """The API, not yet listening."""
 
+    async def keys_changed(self, change: KeyChange) -> None:
+        """`edgemart keys` changed the keys under the running gateway: its audit entries join
+        the log, and the new keys go out (`SessionHooks.on_keys_changed`)."""
+        entries = await asyncio.to_thread(keys_ring.audit_entries, self.settings.data_dir)
+        try:
+            await self.db.call(import_audit, entries)
+        except GatewayError as exc:
+            log.warning("key audit entries not imported yet (%s): at the next change", exc)
+        await self.hooks.on_keys_changed(change)
+
     def once(self, name: str, factory: LoopFactory) -> tuple[str, LoopFactory]:
         """A loop whose work must happen once in the fleet: run only while this worker holds
         the lease (`runtime/fleet.py`)."""
@@ -104,7 +120,7 @@ class Parts:
             (
                 "gateway-keys",
                 functools.partial(
-                    self.keys.watch, s.keys_watch_s, self.hooks.on_keys_changed, self.counters
+                    self.keys.watch, s.keys_watch_s, self.keys_changed, self.counters
                 ),
             ),
             (LINK_LOOP, self.link.run),

@@ -59,6 +59,12 @@ def revoked_of(material: KeyMaterial) -> frozenset[str]:
     return frozenset(k for k in listed or () if isinstance(k, str))
 
 
+def _consistent(data_dir: Path, material: KeyMaterial) -> bool:
+    """Whether the ring and the list were written by the same change (same version)."""
+    ring = keys_ring.read_ring(data_dir)
+    return ring is None or material.key_list is None or ring.version == material.keys_version
+
+
 class LiveKeys:
     """The key material the gateway signs with now, switched by `reload`."""
 
@@ -115,6 +121,8 @@ class LiveKeys:
         if seen == self._seen:
             return None
         material = load_or_create(self._data_dir, self._topic_root)
+        if fingerprint(self._data_dir) != seen or not _consistent(self._data_dir, material):
+            return None  # `edgemart keys` is writing them: the next interval reads them whole
         old = self._material
         self._material, self._seen = material, seen
         change = KeyChange(
