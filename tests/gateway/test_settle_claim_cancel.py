@@ -34,7 +34,9 @@ async def test_a_settle_cancelled_while_taking_its_claim_leaves_no_claim(
 ) -> None:
     settings = gateway_settings(tmp_path, mosquitto, db=postgres_url)
     async with Gateway(settings) as gw:
-        blocker = await asyncio.to_thread(psycopg.connect, postgres_url)
+        blocker: psycopg.Connection[tuple[object, ...]] = await asyncio.to_thread(
+            psycopg.Connection.connect, postgres_url
+        )
         try:
             await asyncio.to_thread(
                 blocker.execute,
