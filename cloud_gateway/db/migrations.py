@@ -468,3 +468,14 @@ def provisioning(db: Database) -> None:
         "CREATE TABLE device_passwords (device_id TEXT PRIMARY KEY, hash TEXT NOT NULL,"
         " created_at TEXT NOT NULL)"
     )
+
+
+@migration
+def key_state(db: Database) -> None:
+    """The key ring's shared record (issue 14): the ring and its signed list with the highest
+    serial any worker has seen, so every worker on the database switches keys with it."""
+    db.execute(
+        "CREATE TABLE key_state (name TEXT PRIMARY KEY, serial INTEGER NOT NULL,"
+        " ring TEXT NOT NULL, key_list TEXT NOT NULL, updated_at TEXT NOT NULL,"
+        " updated_by TEXT NOT NULL)"
+    )

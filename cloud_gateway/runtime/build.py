@@ -43,6 +43,7 @@ from cloud_gateway.security import keys_ring
 from cloud_gateway.security.auth import TokenVerifier
 from cloud_gateway.security.keys import KeyMaterial
 from cloud_gateway.security.live import KeyChange, LiveKeys
+from cloud_gateway.security.shared import SharedKeys
 from daemonkit.supervisor import LoopFactory, Supervisor
 from protocol.signing import SigningKey
 
@@ -74,6 +75,8 @@ class Parts:
     signer: SigningKey
     keys: LiveKeys
     """The keys signed with now, switched when `DATA_DIR/keys/` changes (`gateway-keys`)."""
+    shared_keys: SharedKeys
+    """The key ring shared with the other workers of the database."""
     trust_path: Path
     db: Backend[Session]
     outlet: Outlet
@@ -120,7 +123,11 @@ class Parts:
             (
                 "gateway-keys",
                 functools.partial(
-                    self.keys.watch, s.keys_watch_s, self.keys_changed, self.counters
+                    self.keys.watch,
+                    s.keys_watch_s,
+                    self.keys_changed,
+                    self.counters,
+                    self.shared_keys.sync,
                 ),
             ),
             (LINK_LOOP, self.link.run),
@@ -238,6 +245,7 @@ def build(
         counters=counters,
         signer=keys,
         keys=keys,
+        shared_keys=SharedKeys(backend, s.data_dir, worker.id, counters),
         trust_path=keys.trust_path,
         db=backend,
         outlet=outlet,

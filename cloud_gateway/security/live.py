@@ -141,11 +141,22 @@ class LiveKeys:
         interval_s: float,
         on_change: Callable[[KeyChange], Awaitable[None]],
         counters: Counter[str] | None = None,
+        before: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
-        """Every `interval_s`, reload and hand a change to `on_change` (a gateway loop)."""
+        """Every `interval_s`, run `before` (the shared ring's sync, `security/shared.py`),
+        reload and hand a change to `on_change` (a gateway loop)."""
         failed_at: str | None = None
+        synced = True
         while True:
             await asyncio.sleep(interval_s)
+            if before is not None:
+                try:
+                    await before()
+                    synced = True
+                except GatewayError as exc:  # the database: its next interval tries again
+                    if synced:
+                        log.warning("shared key ring not read: %s", exc)
+                    synced = False
             try:
                 change = await asyncio.to_thread(self.reload)
             except GatewayError as exc:
