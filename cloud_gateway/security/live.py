@@ -120,7 +120,7 @@ class LiveKeys:
         seen = fingerprint(self._data_dir)
         if seen == self._seen:
             return None
-        material = load_or_create(self._data_dir, self._topic_root)
+        material = load_or_create(self._data_dir, self._topic_root, write_trust=False)
         if fingerprint(self._data_dir) != seen or not _consistent(self._data_dir, material):
             return None  # `edgemart keys` is writing them: the next interval reads them whole
         old = self._material
