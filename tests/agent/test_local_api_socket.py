@@ -22,8 +22,13 @@ from agent.api.local import LocalApi
 from agent.api.owners import audit_log, create_token
 from agent.cli import main as agent_cli
 from agent.errors import ConfigError
+from protocol import codec
+from protocol.envelopes import TrustFile
+from protocol.signing import Signer
+from simulators.brokers import MosquittoProcess
 from tests.support.builders import ALL
 from tests.support.local_device import Device
+from tests.support.processes import spawn, stop, tail
 from tests.support.waiting import eventually
 
 NOBODY = 65534
@@ -144,3 +149,33 @@ async def test_another_user_acts_only_as_the_app_bound_to_its_uid(
         return await call(_as_nobody, served, "POST", "/v1/signals", signal) == 401
 
     await eventually(refused, 5, "the unbound uid refused")
+
+
+@pytest.mark.integration
+async def test_edgemart_agent_run_serves_its_api_on_the_socket_only(
+    tmp_path: Path, socket_dir: Path, mosquitto: MosquittoProcess
+) -> None:
+    """`--api-port none --api-socket PATH`: the daemon serves the socket and no TCP port."""
+    trust = tmp_path / "trust.json"
+    signer = Signer.generate("k1")
+    trust.write_bytes(codec.encode(TrustFile(keys=[signer.public], topic_root="sock/v1")))
+    path, log = socket_dir / "agent.sock", tmp_path / "agent.log"
+    agent = spawn(
+        [
+            *("agent", "run", "--profile", "tv", "--device-id", "tv-sock-0001"),
+            *("--broker", mosquitto.url, "--data-dir", str(tmp_path / "dev")),
+            *("--trust", str(trust), "--api-port", "none", "--api-socket", str(path)),
+        ],
+        log,
+    )
+    try:
+
+        async def ready() -> bool:
+            assert agent.poll() is None, tail(log)
+            return f"local API off and unix:{path}" in tail(log)
+
+        await eventually(ready, 30, "the agent's ready line")
+        assert await _call(path, "GET", "/v1/status") == 200
+    finally:
+        assert stop(agent) == 0, tail(log)
+    assert not path.exists()  # removed on a clean stop
