@@ -233,7 +233,17 @@ def _provision_password(args: argparse.Namespace) -> int:
     )
     if password is None:
         return 2
-    print(password)
+    print(password)  # alone on stdout: scripts take it with $(...)
+    if args.broker_pid_file is not None:
+        from cloud_gateway.errors import GatewayError  # noqa: PLC0415
+        from cloud_gateway.provisioning.broker import reload_broker  # noqa: PLC0415
+
+        try:
+            pid = reload_broker(args.broker_pid_file)
+        except GatewayError as exc:
+            print(f"edgemart gateway: password set, but {exc}", file=sys.stderr)
+            return 1
+        print(f"broker {pid} reloaded (SIGHUP)", file=sys.stderr)
     return 0
 
 
