@@ -50,6 +50,8 @@ AGENT_KEYS = frozenset(
         "mqtt_tls",
         "claim_file",
         "provision_url",
+        "api_socket",
+        "api_socket_group",
     }
 )
 
@@ -195,6 +197,11 @@ class AgentSettings(_Strict):
     in order after it; one session (client id, credentials) on all of them."""
     data_dir: Path
     api_port: Annotated[int, Field(ge=0, le=65535)] | None = None
+    api_socket: Path | None = None
+    """Also serve the local API on this Unix socket (mode 0660): callers without a token are
+    known by their user id (SO_PEERCRED, `edgemart agent token bind`)."""
+    api_socket_group: Annotated[str, StringConstraints(min_length=1, max_length=64)] | None = None
+    """The socket's group (name or gid): the apps' users in it may connect."""
     trust: Path
     profile: Profile
     topic_root: str = "edgemart/v1"

@@ -73,6 +73,11 @@ class CampaignService(Service):
         """The operators' caps, quiet hours and holdout (issue 18)."""
         self._holder = f"campaigns-{uuid.uuid4().hex[:12]}"
 
+    @property
+    def holder(self) -> str:
+        """Who this service's settle claims are held by (`db/leases.py`)."""
+        return self._holder
+
     async def create(self, spec: CampaignIn, who: str) -> Campaign:
         """Store a draft; 409 (Conflict) when an offer id is already another campaign's, 400
         (InvalidInput, listing the known values) when it names a surface, category or cohort
@@ -191,13 +196,17 @@ class CampaignService(Service):
         # a killed process left would only hold this one up.
         if self._db.dialect.name == "sqlite":
             return await self._settle_claimed()
-        if not await self._claim_settle():
-            asyncio.get_running_loop().call_later(SETTLE_RETRY_S, self._settle_wanted.set)
-            return 0
         try:
+            # The claim is taken inside the `try`: a settle cancelled (the gateway stopping)
+            # while its claim is being written still releases it. Taken outside, it stayed
+            # for `SETTLE_CLAIM_S` (120 s then) and the next gateway's first launch pushed
+            # nothing meanwhile (issue 14's "catalog not pushed after a restart").
+            if not await self._claim_settle():
+                asyncio.get_running_loop().call_later(SETTLE_RETRY_S, self._settle_wanted.set)
+                return 0
             return await self._settle_claimed()
         finally:
-            await self._db.call(leases.release, self._holder, [SETTLE_CLAIM])
+            await asyncio.shield(self._db.call(leases.release, self._holder, [SETTLE_CLAIM]))
 
     async def _claim_settle(self) -> bool:
         """Take, or renew, the settle claim for `SETTLE_CLAIM_S` from now."""

@@ -490,3 +490,14 @@ def cloud_policy(db: Database) -> None:
         " outcome TEXT NOT NULL, count INTEGER NOT NULL, PRIMARY KEY (campaign_id, device_id,"
         " outcome)) WITHOUT ROWID"
     )
+
+
+@migration
+def key_state(db: Database) -> None:
+    """The key ring's shared record (issue 14): the ring and its signed list with the highest
+    serial any worker has seen, so every worker on the database switches keys with it."""
+    db.execute(
+        "CREATE TABLE key_state (name TEXT PRIMARY KEY, serial INTEGER NOT NULL,"
+        " ring TEXT NOT NULL, key_list TEXT NOT NULL, updated_at TEXT NOT NULL,"
+        " updated_by TEXT NOT NULL)"
+    )

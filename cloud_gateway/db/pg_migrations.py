@@ -392,6 +392,20 @@ CREATE TABLE campaign_explanations (
 );
 """,
     ),
+    (
+        # As SQLite's `key_state`: the key ring every worker switches to (issue 14).
+        "pg009_key_state",
+        """
+CREATE TABLE key_state (
+    name text PRIMARY KEY,
+    serial bigint NOT NULL,
+    ring text NOT NULL,
+    key_list text NOT NULL,
+    updated_at text NOT NULL,
+    updated_by text NOT NULL
+);
+""",
+    ),
 ]
 """(name, SQL or function) in order; a name, once applied, is never changed."""
 
