@@ -329,8 +329,9 @@ class Agent:
         # the all-scopes token of DATA_DIR/tokens/admin.token, made on the first start
         await asyncio.to_thread(ensure_admin, parts.settings.data_dir)
         start_loops(parts)
-        if parts.settings.api_port is not None:
-            self.api = LocalApi(self, parts.settings.api_port)
+        s = parts.settings
+        if s.api_port is not None or s.api_socket is not None:
+            self.api = LocalApi(self, s.api_port, s.api_socket, s.api_socket_group)
             await self.api.start()
         await parts.memory_watch.page_out()  # what only start-up touched
         await parts.memory_watch.check()

@@ -8,7 +8,16 @@ from typing import Any
 
 from aiohttp import web
 
-from cloud_gateway.api import campaigns, dashboard, devices, gateways, models, ops, provision
+from cloud_gateway.api import (
+    campaigns,
+    dashboard,
+    devices,
+    gateways,
+    models,
+    ops,
+    policies,
+    provision,
+)
 from cloud_gateway.api.context import CTX, OPENAPI, TOKEN_ID, ApiContext
 from cloud_gateway.api.errors import Problem, problem_response, problems_middleware
 from cloud_gateway.api.openapi import document
@@ -19,6 +28,7 @@ TABLES: tuple[tuple[Route, ...], ...] = (
     ops.ROUTES,
     gateways.ROUTES,
     campaigns.ROUTES,
+    policies.ROUTES,
     devices.ROUTES,
     models.ROUTES,
     dashboard.ROUTES,
