@@ -24,6 +24,7 @@ from simulators.brokers import EmbeddedBroker, MosquittoProcess, free_port
 from simulators.checker import Drops, account, check, coverage, device_digest
 from simulators.demo import Operator
 from simulators.faults import AgentProcess
+from simulators.fleet_launch import latency, launch
 from simulators.fleet_procs import GatewayProcess, WorkerProcess
 from simulators.fleet_worker import WorkerPlan
 from simulators.household import CONSENT_ALL
@@ -228,6 +229,8 @@ async def _run_fleet(options: FleetOptions, topic_root: str) -> dict[str, Any]:
                 await crash.start()
                 await crash.consent()
             plan = _FaultPlan(options, cloud, proxy, crash, faults)
+            await asyncio.gather(*(w.call("watch") for w in workers))
+            launched = await launch(await _operator(cloud, http), options.seed)
             pause = options.duration_s / options.rounds
             for round_ in range(options.rounds):
                 await plan.at_round(round_)
@@ -250,6 +253,7 @@ async def _run_fleet(options: FleetOptions, topic_root: str) -> dict[str, Any]:
                 statuses = await crash.statuses()
                 seen += [(d, crash.accepted[d], statuses[d]) for d in crash.accepted]
             report = await _report(cloud, seen, drained, http)
+            report.update(latency(launched, {d: t for w in workers for d, t in w.offer_at.items()}))
     report["faults"] = faults.events
     report["households"] = len(options.shard_households())
     report["broker"] = "embedded amqtt" if options.broker is None else options.broker
@@ -351,6 +355,11 @@ class _FaultPlan:
         self._log.note(fault, "ends")
 
 
+async def _operator(cloud: _Cloud, http: aiohttp.ClientSession) -> Operator:
+    token = await asyncio.to_thread(create_token, cloud.gateway.data_dir)
+    return Operator(http, cloud.gateway.api, token)
+
+
 async def _report(
     cloud: _Cloud,
     seen: list[tuple[str, list[str], dict[str, Any]]],
@@ -359,8 +368,7 @@ async def _report(
 ) -> dict[str, Any]:
     """`seen`: each device's id, the ids it accepted, and its status (`GET /v1/status`)."""
     gateway = cloud.gateway
-    token = await asyncio.to_thread(create_token, gateway.data_dir)
-    operator = Operator(http, gateway.api, token)
+    operator = await _operator(cloud, http)
     now = await gateway.stats(http)
     accepted = {device: ids for device, ids, _ in seen}
     stored: dict[str, list[str]] = {}

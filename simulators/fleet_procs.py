@@ -114,6 +114,7 @@ class WorkerProcess:
         self.log = log
         self.proc: asyncio.subprocess.Process | None = None
         self.start_s = 0.0
+        self.offer_at: dict[str, float] = {}
 
     @property
     def devices(self) -> int:
@@ -158,9 +159,11 @@ class WorkerProcess:
         return await self._answer()
 
     async def collect(self, path: Path) -> list[tuple[str, list[str], dict[str, Any]]]:
+        """Each device's (id, accepted ids, status); when each had the offers: `offer_at`."""
         await self.call("collect", path=str(path))
-        seen = json.loads(await asyncio.to_thread(path.read_text, encoding="utf-8"))
-        return [(device, accepted, status) for device, accepted, status in seen]
+        collected = json.loads(await asyncio.to_thread(path.read_text, encoding="utf-8"))
+        self.offer_at = {d: float(at) for d, at in collected["offer_at"].items()}
+        return [(device, accepted, status) for device, accepted, status in collected["seen"]]
 
     async def stop(self) -> None:
         """Every household stopped, then the process gone (killed if it does not end)."""

@@ -8,8 +8,10 @@ and gets exactly one answer line on stdout:
 
 - `{"cmd": "use", "signals": N}`: every device sends N signals -> `{"ok": true}`;
 - `{"cmd": "drain", "timeout": S}` -> `{"drained": bool}`;
-- `{"cmd": "collect", "path": P}`: each device's id, accepted ids and status written to P as
-  JSON (tens of MB at 5,000 devices: a file, not the pipe) -> `{"devices": N}`;
+- `{"cmd": "watch"}`: note when each device first has verified offers -> `{"ok": true}`;
+- `{"cmd": "collect", "path": P}`: each device's id, accepted ids and status, and when it
+  had the offers, written to P as JSON (tens of MB at 5,000 devices: a file, not the pipe)
+  -> `{"devices": N}`;
 - `{"cmd": "stop"}`: every household stopped at the plan's pace -> `{"stopped": true}`.
 
 After the plan, the first answer is `{"ready": true, "start_s": S}` (every household up), or
@@ -39,6 +41,8 @@ log = logging.getLogger(__name__)
 
 STORE_THREADS = 4
 """The store threads every agent of one worker shares (`agent.store.thread.StorePool`)."""
+WATCH_S = 0.05
+"""How often a worker looks for devices that have received a launched campaign's offers."""
 STARTING_AT_ONCE = 16
 """Households one worker starts (or stops) at the same moment, whatever the ramp."""
 
@@ -83,6 +87,9 @@ class Worker:
             for index in plan.households
         ]
         self.up: list[Household] = []
+        self.offer_at: dict[str, float] = {}
+        """Device -> when (`time.time()`) it first counted a verified offer."""
+        self._watching: asyncio.Task[None] | None = None
 
     async def _paced(self, work: str) -> None:
         """Every household entered (`start`) or left (`stop`) concurrently, at most
@@ -123,12 +130,32 @@ class Worker:
     async def drain(self, timeout: float) -> bool:
         return all(await asyncio.gather(*(hh.drain(timeout) for hh in self.households)))
 
-    def collect(self) -> list[tuple[str, list[str], dict[str, Any]]]:
-        return [
+    def watch(self) -> None:
+        """Note when each device first has verified offers (after a campaign launch), one
+        sweep over this worker's agents every `WATCH_S` (one timer, not one per device)."""
+
+        async def sweep() -> None:
+            runs = [run for hh in self.households for run in hh.runs]
+            while len(self.offer_at) < len(runs):
+                now = time.time()
+                for run in runs:
+                    device = run.spec.device_id
+                    if device not in self.offer_at and run.agent.counters.get("offers_verified"):
+                        self.offer_at[device] = now
+                await asyncio.sleep(WATCH_S)
+
+        if self._watching is None:
+            self._watching = asyncio.create_task(sweep())
+
+    def collect(self) -> dict[str, Any]:
+        if self._watching is not None:
+            self._watching.cancel()
+        seen = [
             (run.spec.device_id, run.accepted, run.agent.status())
             for hh in self.households
             for run in hh.runs
         ]
+        return {"seen": seen, "offer_at": self.offer_at}
 
 
 async def serve(plan: WorkerPlan, answers: IO[str]) -> None:
@@ -157,12 +184,15 @@ async def serve(plan: WorkerPlan, answers: IO[str]) -> None:
             answer({"ok": True})
         elif cmd == "drain":
             answer({"drained": await worker.drain(float(command["timeout"]))})
+        elif cmd == "watch":
+            worker.watch()
+            answer({"ok": True})
         elif cmd == "collect":
-            seen = worker.collect()
+            collected = worker.collect()
             await asyncio.to_thread(
-                Path(command["path"]).write_text, json.dumps(seen), encoding="utf-8"
+                Path(command["path"]).write_text, json.dumps(collected), encoding="utf-8"
             )
-            answer({"devices": len(seen)})
+            answer({"devices": len(collected["seen"])})
         elif cmd == "stop":
             break
         else:
