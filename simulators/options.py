@@ -126,12 +126,14 @@ FLEET_GUIDE = """\
 A QA run of many simulated households against one gateway, with faults, ending in the loss
 accounting of every device.
 
-Every device is the real agent (in this process, on its own SQLite files), every signal goes
-through the broker to the gateway and is checked against its export. Faults begin in the
+Every device is the real agent (in one of --procs worker processes, on its own SQLite
+files), the gateway is the real `edgemart gateway run` process, every signal goes through the
+broker to the gateway and is checked against its export. Faults begin in the
 middle third of the run, one a round in this order, while the households keep using their
 devices, and all end with it:
 
-- `gateway-restart`: the gateway stops; the broker queues what devices send for its session;
+- `gateway-restart`: the gateway process is killed (SIGKILL) and started again on the same
+  data; the broker queues what devices send for its session meanwhile;
 - `broker-restart`: the broker this run started goes down and comes back on the same port:
   the embedded amqtt broker stops, losing what it held in memory (sessions, the queue kept
   for the stopped gateway); a private Mosquitto (`broker="mosquitto"`) is killed with
@@ -153,6 +155,9 @@ every device drained. A device that did not drain in time still holds what it di
 that is reported as undelivered (which devices, how many signals, why: its link, its budget,
 its consent, a full disk, batches unacked), never as lost.
 
-Every simulated agent has its own SQLite file, outbox, keys and MQTT session; their stores
-share a pool of 4 threads (`agent.store.thread.StorePool`) instead of one thread each.
+Every simulated agent has its own SQLite file, outbox, keys and MQTT session; the stores of
+one worker share a pool of 4 threads (`agent.store.thread.StorePool`). Each process raises
+its own open-files limit to what its share needs, or the run refuses up front with the
+arithmetic. `--shard K/N` runs one slice of the fleet; `edgemart fleet merge REPORT...`
+sums the slices' reports and loss accounting.
 """
