@@ -5,6 +5,7 @@ the agent workers (`simulators.fleet_worker`, one per core, spoken to over JSON 
 from __future__ import annotations
 
 import asyncio
+import atexit
 import json
 import os
 import re
@@ -46,6 +47,8 @@ class GatewayProcess:
     def start(self, timeout: float = 60.0) -> None:
         """Start and wait for its `gateway ready` line. Blocking."""
         offset = self.log.stat().st_size if self.log.exists() else 0
+        if self.proc is None:
+            atexit.register(self.reap)
         with self.log.open("ab") as handle:
             self.proc = subprocess.Popen(  # noqa: S603 - our own CLI, fixed arguments
                 self.args,
@@ -80,7 +83,7 @@ class GatewayProcess:
             ) as resp:
                 body: dict[str, Any] = await resp.json()
                 return body if resp.status == 200 else {}
-        except (aiohttp.ClientError, TimeoutError):
+        except (aiohttp.ClientError, TimeoutError, ValueError):
             return {}
 
     async def crash(self, http: aiohttp.ClientSession) -> None:
@@ -89,8 +92,18 @@ class GatewayProcess:
         await asyncio.to_thread(self._signal, signal.SIGKILL)
 
     async def stop(self, http: aiohttp.ClientSession) -> None:
-        self._keep(await self.stats(http))
-        await asyncio.to_thread(self._signal, signal.SIGTERM)
+        """SIGTERM (graceful), SIGKILL after 20 s; whatever happens on the way, it ends."""
+        try:
+            self._keep(await self.stats(http))
+            await asyncio.to_thread(self._signal, signal.SIGTERM)
+        finally:
+            self.reap()
+
+    def reap(self) -> None:
+        """SIGKILL if it still runs (also at the fleet process's exit: never an orphan)."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
 
     def _keep(self, stats: dict[str, Any]) -> None:
         self.counters.update({k: v for k, v in stats.items() if isinstance(v, int)})
