@@ -115,7 +115,7 @@ def run() -> list[Record]:
             "CPU ms per device-hour",
             f"the same at the first size tried ({sizes[0]} devices): flat when the ratio is ~1",
             first_cost,
-            f"{cpu:.0f} CPU s (fleet process with its gateway and agents, Mosquitto, crash TVs)"
+            f"{cpu:.0f} CPU s (fleet, gateway and agent worker processes, Mosquitto, crash TVs)"
             f" over {wall:.0f} s for {real} devices, stress pace (20 signals per device per"
             " round, 9 rounds in 12 s) and every fault",
         ),
