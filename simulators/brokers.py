@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import getpass
 import logging
+import resource
 import shutil
 import signal
 import socket
@@ -98,9 +99,13 @@ class MosquittoProcess:
         *,
         config: str | None = None,
         tls: bool = False,
+        max_files: int | None = None,
     ) -> None:
         """`config`: the whole configuration to run instead of the open test one; it must
-        listen on `port` (give one: `free_port()`). `tls`: that listener speaks TLS."""
+        listen on `port` (give one: `free_port()`). `tls`: that listener speaks TLS.
+        `max_files`: its soft limit on open files (a socket per client) raised to this in
+        the child before it runs (a fleet of thousands of devices); the open config also
+        sets `max_connections -1` (no cap) then."""
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.port = port or free_port()
@@ -118,20 +123,33 @@ class MosquittoProcess:
                 "autosave_interval 1\n"
                 "max_queued_messages 100000\n"
                 "max_inflight_messages 100\n"
+                f"{'max_connections -1' + chr(10) if max_files else ''}"
                 "log_dest none\n"
             )
         )
+        self.max_files = max_files
         self._proc: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
         return f"{'mqtts' if self.tls else 'mqtt'}://127.0.0.1:{self.port}"
 
+    def _raise_limit(self) -> None:
+        """In the child before exec: RLIMIT_NOFILE's soft limit up to `max_files` (capped
+        by the hard limit)."""
+        _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        want = self.max_files or hard
+        resource.setrlimit(
+            resource.RLIMIT_NOFILE,
+            (want if hard == resource.RLIM_INFINITY else min(want, hard), hard),
+        )
+
     def start(self, timeout: float = 10.0) -> None:
         self._proc = subprocess.Popen(  # noqa: S603 - fixed binary, our own config file
             [self.binary, "-c", str(self.conf)],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
+            preexec_fn=self._raise_limit if self.max_files else None,  # noqa: PLW1509
         )
         proc = self._proc
         deadline = time.monotonic() + timeout

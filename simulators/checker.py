@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -98,6 +99,23 @@ class AccountReport:
     def ok(self) -> bool:
         return self.lost == 0 and self.overcounted == 0 and self.duplicated == 0
 
+    def counts(self) -> dict[str, int]:
+        """The totals by name (what `simulators.fleet_merge` sums over shards)."""
+        return {
+            "accepted": self.accepted,
+            "stored": self.stored,
+            "aggregated": self.aggregated,
+            "evicted": self.evicted,
+            "expired": self.expired,
+            "withdrawn": self.withdrawn,
+            "lost": self.lost,
+            "overcounted": self.overcounted,
+            "duplicated": self.duplicated,
+            "unexpected": self.unexpected,
+            "undelivered": self.undelivered,
+            "undelivered_devices": len(self.undelivered_by_device),
+        }
+
     def line(self) -> str:
         return (
             f"accepted {self.accepted}: stored {self.stored}, in aggregates {self.aggregated},"
@@ -172,3 +190,16 @@ def account(
 def coverage(export: Mapping[str, Any]) -> int:
     """Signals covered by the aggregates of one device's gateway export."""
     return sum(int(a.get("count", 0)) for a in export.get("aggregates", ()))
+
+
+def device_digest(devices: Iterable[str]) -> str:
+    """An order-free fingerprint of a set of device ids: the XOR of their SHA-256s (hex), so
+    the digests of disjoint shards XOR to the digest of the whole fleet."""
+    return f"{digest_xor(hashlib.sha256(d.encode()).hexdigest() for d in set(devices)):064x}"
+
+
+def digest_xor(digests: Iterable[str]) -> int:
+    value = 0
+    for digest in digests:
+        value ^= int(digest, 16)
+    return value

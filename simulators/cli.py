@@ -120,7 +120,39 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _shard(text: str | None) -> tuple[int, int] | None:
+    if text is None:
+        return None
+    k, sep, n = text.partition("/")
+    if not sep or not k.isdigit() or not n.isdigit():
+        raise ValueError(f"--shard takes K/N (e.g. 1/2), not {text!r}")
+    return int(k), int(n)
+
+
+def cmd_fleet_merge(paths: list[str]) -> int:
+    """`edgemart fleet merge REPORT...`: the shards' reports summed into one, printed as
+    JSON; exit 1 when the merged run did not succeed."""
+    from simulators.fleet import succeeded  # noqa: PLC0415
+    from simulators.fleet_merge import load_reports, merge  # noqa: PLC0415
+
+    if not paths:
+        sys.stderr.write("edgemart fleet merge: give the shards' report files\n")
+        return 2
+    try:
+        merged = merge(load_reports([Path(p) for p in paths]))
+    except ValueError as exc:
+        sys.stderr.write(f"edgemart fleet merge: {exc}\n")
+        return 2
+    sys.stdout.write(json.dumps(merged, indent=2) + "\n")
+    return 0 if succeeded(merged) else 1
+
+
 def cmd_fleet(args: argparse.Namespace) -> int:
+    if args.verb:
+        if args.verb[0] != "merge":
+            sys.stderr.write(f"edgemart fleet: unknown verb {args.verb[0]!r} (known: merge)\n")
+            return 2
+        return cmd_fleet_merge(args.verb[1:])
     faults = tuple(f for f in (args.faults or "").split(",") if f)
     households = args.households
     if args.devices is not None:
@@ -140,6 +172,8 @@ def cmd_fleet(args: argparse.Namespace) -> int:
             crash_devices=args.crash_devices,
             topic_root=args.topic_root,
             drain_timeout=args.drain_timeout,
+            procs=args.procs,
+            shard=_shard(args.shard),
         )
     except ValueError as exc:
         sys.stderr.write(f"edgemart fleet: {exc}\n")
@@ -147,8 +181,8 @@ def cmd_fleet(args: argparse.Namespace) -> int:
     if args.broker not in (None, "mosquitto") and (why := broker_problem(args.broker)):
         sys.stderr.write(f"edgemart fleet: --broker {args.broker}: {why}\n")
         return 2
-    devices = options.devices + (options.crash_devices if "agent-kill" in faults else 0)
-    if refusal := fdlimit.ensure(devices, embedded_broker=options.broker is None):
+    crash = options.crash_devices if "agent-kill" in faults and options.runs_crash_devices else 0
+    if refusal := fdlimit.ensure_fleet(options, crash):
         sys.stderr.write(f"edgemart fleet: {refusal}\n")
         return 2
     from rich.console import Console  # noqa: PLC0415
@@ -166,7 +200,14 @@ def cmd_fleet(args: argparse.Namespace) -> int:
     )
     totals = Table(show_header=False, box=None)
     for key, value in report.items():
-        if key not in ("faults", "lost_ids_sample", "households", "broker", "duration_s"):
+        if key not in (
+            "faults",
+            "lost_ids_sample",
+            "households",
+            "broker",
+            "duration_s",
+            "accounting_counts",
+        ):
             totals.add_row(key, str(value))
     console.print(totals)
     for event in report["faults"]:
@@ -202,7 +243,27 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         description=FLEET_GUIDE,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    run.add_argument(
+        "verb",
+        nargs="*",
+        metavar="merge REPORT",
+        help="`edgemart fleet merge REPORT...`: sum the reports of --shard runs into one",
+    )
     run.add_argument("--households", type=int, default=3, help="4 devices each (default: 3)")
+    run.add_argument(
+        "--procs",
+        type=int,
+        default=None,
+        help="agent worker processes (default: one per core, more when one process's open"
+        " files limit cannot hold its share)",
+    )
+    run.add_argument(
+        "--shard",
+        default=None,
+        metavar="K/N",
+        help="run the K-th of N deterministic slices of the fleet (same --seed and --devices"
+        " on every shard); `edgemart fleet merge` combines their reports",
+    )
     run.add_argument(
         "--devices",
         type=int,

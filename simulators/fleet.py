@@ -9,8 +9,7 @@ import contextlib
 import logging
 import tempfile
 import time
-from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,33 +17,22 @@ from typing import Any
 import aiohttp
 import aiomqtt
 
-from agent.store.thread import StorePool
-from cloud_gateway.config import GatewaySettings
-from cloud_gateway.runtime.gateway import Gateway
 from cloud_gateway.security.auth import create_token
 from protocol.broker_url import parse_broker_url
+from simulators import fdlimit
 from simulators.brokers import EmbeddedBroker, MosquittoProcess, free_port
-from simulators.checker import Drops, account, check, coverage
+from simulators.checker import Drops, account, check, coverage, device_digest
 from simulators.demo import Operator
 from simulators.faults import AgentProcess
-from simulators.household import CONSENT_ALL, Household
+from simulators.fleet_launch import latency, launch
+from simulators.fleet_procs import GatewayProcess, WorkerProcess
+from simulators.fleet_worker import WorkerPlan
+from simulators.household import CONSENT_ALL
 from simulators.netfault import PartitionProxy
-from simulators.options import (
-    DEVICES_PER_HOUSEHOLD,
-    FAULTS,
-    FleetOptions,
-    fresh_root,
-    sweepable,
-)
+from simulators.options import FAULTS, FleetOptions, fresh_root, sweepable
 from simulators.retained import clear_retained
-from simulators.world import World, make_world
 
 log = logging.getLogger(__name__)
-
-STARTING_AT_ONCE = 32
-"""Households starting (or stopping) at the same moment, whatever the ramp."""
-STORE_THREADS = 4
-"""The store threads every simulated agent of the run shares (`agent.store.thread.StorePool`)."""
 
 
 @dataclass(slots=True)
@@ -61,21 +49,27 @@ class FaultLog:
 
 
 class _Cloud:
-    """The broker (when embedded) and the gateway, each able to go down and come back."""
+    """The broker (when embedded or private) and the gateway process, each able to go down
+    and come back."""
 
     def __init__(self, options: FleetOptions, root: Path, topic_root: str) -> None:
         self._embedded = EmbeddedBroker() if options.broker is None else None
         self._mosquitto = (
-            MosquittoProcess(str(root / "mosquitto")) if options.broker == "mosquitto" else None
+            MosquittoProcess(str(root / "mosquitto"), max_files=fdlimit.hard_limit())
+            if options.broker == "mosquitto"
+            else None
         )
         own = self._embedded or self._mosquitto
         self.broker_url = own.url if own is not None else str(options.broker)
-        self.settings = GatewaySettings(
-            broker=self.broker_url, data_dir=root / "gateway", http_port=0, topic_root=topic_root
+        (root / "gateway").mkdir(parents=True, exist_ok=True)
+        self.gateway = GatewayProcess(
+            broker=self.broker_url,
+            data_dir=root / "gateway",
+            http_port=free_port(),
+            topic_root=topic_root,
+            log=root / "gateway.log",
         )
-        self.gateway: Gateway | None = None
-        self.counters: Counter[str] = Counter()
-        """The counters of gateways that were stopped (each start counts from zero)."""
+        self.http: aiohttp.ClientSession | None = None
 
     async def start_broker(self) -> None:
         if self._embedded is not None:
@@ -92,23 +86,23 @@ class _Cloud:
             await asyncio.to_thread(self._mosquitto.kill)
 
     async def start_gateway(self) -> None:
-        self.gateway = await Gateway(self.settings).__aenter__()
+        await asyncio.to_thread(self.gateway.start)
 
-    async def stop_gateway(self) -> None:
-        if self.gateway is not None:
-            gateway, self.gateway = self.gateway, None
-            await gateway.__aexit__(None, None, None)
-            self.counters.update(gateway.counters)
+    async def crash_gateway(self) -> None:
+        """SIGKILL, as a gateway host dies (its counters read just before)."""
+        assert self.http is not None
+        await self.gateway.crash(self.http)
 
     @contextlib.asynccontextmanager
     async def running(self) -> AsyncIterator[_Cloud]:
         await self.start_broker()
         try:
-            await self.start_gateway()
-            try:
-                yield self
-            finally:
-                await self.stop_gateway()
+            async with aiohttp.ClientSession() as self.http:
+                await self.start_gateway()
+                try:
+                    yield self
+                finally:
+                    await self.gateway.stop(self.http)
         finally:
             await self.stop_broker()
 
@@ -204,34 +198,26 @@ async def run_fleet(options: FleetOptions) -> dict[str, Any]:
 
 async def _run_fleet(options: FleetOptions, topic_root: str) -> dict[str, Any]:
     started = time.monotonic()
-    world = make_world(options.seed, households=max(options.households + 1, 8))
     faults = FaultLog()
     with contextlib.ExitStack() as stack:
         root = options.data_dir or Path(stack.enter_context(tempfile.TemporaryDirectory()))
+        root.mkdir(parents=True, exist_ok=True)
         cloud = _Cloud(options, root, topic_root)
         async with cloud.running(), contextlib.AsyncExitStack() as devices:
+            assert cloud.http is not None
+            http = cloud.http
             device_broker = cloud.broker_url
             proxy: PartitionProxy | None = None
             if "partition" in options.faults:
                 target = parse_broker_url(cloud.broker_url)
                 proxy = await devices.enter_async_context(PartitionProxy(target.port, target.host))
                 device_broker = f"mqtt://127.0.0.1:{proxy.port}"
-            assert cloud.gateway is not None
-            pool = StorePool(STORE_THREADS)
-            devices.push_async_callback(asyncio.to_thread, pool.shutdown)  # after the agents
-            households = await _start_households(
-                devices,
-                options,
-                world=world,
-                broker=device_broker,
-                trust=cloud.gateway.trust_path,
-                root=root,
-                pool=pool,
-            )
+            workers = _workers(options, device_broker, cloud.gateway.trust_path, root)
+            devices.push_async_callback(_stop_workers, workers)
+            await _start_workers(workers)
             start_s = time.monotonic() - started
-            http = await devices.enter_async_context(aiohttp.ClientSession())
             crash: _CrashDevices | None = None
-            if "agent-kill" in options.faults:
+            if "agent-kill" in options.faults and options.runs_crash_devices:
                 crash = _CrashDevices(
                     options.crash_devices,
                     device_broker,
@@ -243,98 +229,82 @@ async def _run_fleet(options: FleetOptions, topic_root: str) -> dict[str, Any]:
                 await crash.start()
                 await crash.consent()
             plan = _FaultPlan(options, cloud, proxy, crash, faults)
+            await asyncio.gather(*(w.call("watch") for w in workers))
+            launched = await launch(await _operator(cloud, http), options.seed)
             pause = options.duration_s / options.rounds
             for round_ in range(options.rounds):
                 await plan.at_round(round_)
-                using = [hh.use(options.signals_per_round) for hh in households]
+                using: list[Coroutine[Any, Any, object]] = [
+                    w.call("use", signals=options.signals_per_round) for w in workers
+                ]
                 if crash is not None:
                     using.append(crash.use(options.signals_per_round))
                 await asyncio.gather(*using)
                 await asyncio.sleep(pause)
-            draining = [hh.drain(options.drain_timeout) for hh in households]
+            draining = [_drained(w, options.drain_timeout) for w in workers]
             if crash is not None:
                 draining.append(crash.drain(options.drain_timeout))
             drained = all(await asyncio.gather(*draining))
             await asyncio.sleep(0.2)  # the last acks' commits are visible to the export
-            seen = [
-                (run.spec.device_id, run.accepted, run.agent.status())
-                for hh in households
-                for run in hh.runs
-            ]
+            seen: list[tuple[str, list[str], dict[str, Any]]] = []
+            for worker in workers:
+                seen += await worker.collect(root / f"worker-{worker.index}.json")
             if crash is not None:
                 statuses = await crash.statuses()
                 seen += [(d, crash.accepted[d], statuses[d]) for d in crash.accepted]
             report = await _report(cloud, seen, drained, http)
+            report.update(latency(launched, {d: t for w in workers for d, t in w.offer_at.items()}))
     report["faults"] = faults.events
-    report["households"] = options.households
+    report["households"] = len(options.shard_households())
     report["broker"] = "embedded amqtt" if options.broker is None else options.broker
     report["duration_s"] = round(time.monotonic() - started, 2)
     report["start_s"] = round(start_s, 2)
     report["ramp_devices_per_s"] = options.ramp
+    report["procs"] = len(workers)
+    report["shard"] = options.shard_label
     return report
 
 
-async def _start_households(
-    stack: contextlib.AsyncExitStack,
-    options: FleetOptions,
-    *,
-    world: World,
-    broker: str,
-    trust: Path,
-    root: Path,
-    pool: StorePool,
-) -> list[Household]:
-    """Every household started concurrently, at most `STARTING_AT_ONCE` at a time and paced
-    at `options.ramp` devices a second; at the end of `stack` all are stopped concurrently
-    at the same pace (before: one after another, 90 s to stop 400 devices)."""
-    gate = asyncio.Semaphore(STARTING_AT_ONCE)
-    step = DEVICES_PER_HOUSEHOLD / options.ramp if options.ramp else 0.0
-    made = [
-        Household(
-            world,
-            index,
-            broker=broker,
-            trust=trust,
-            data_dir=root / "devices",
-            seed=options.seed + index,
-            store_pool=pool,
+def _workers(options: FleetOptions, broker: str, trust: Path, root: Path) -> list[WorkerProcess]:
+    """The shard's households dealt round-robin over the worker processes, each starting its
+    share of the ramp."""
+    households = options.shard_households()
+    procs = max(1, min(fdlimit.workers_needed(options), len(households)))
+    ramp = None if options.ramp is None else options.ramp / procs
+    world_households = max(options.households + 1, 8)  # the same world for every shard
+    (root / "workers").mkdir(parents=True, exist_ok=True)
+    return [
+        WorkerProcess(
+            k,
+            WorkerPlan(
+                households=households[k::procs],
+                seed=options.seed,
+                world_households=world_households,
+                broker=broker,
+                trust=str(trust),
+                root=str(root),
+                ramp=ramp,
+            ),
+            root / "workers" / f"worker-{k}.log",
         )
-        for index in range(options.households)
+        for k in range(procs)
     ]
-    up: list[Household] = []
 
-    async def paced(i: int, begun: float) -> None:
-        await asyncio.sleep(max(0.0, begun + i * step - time.monotonic()))
 
-    async def start(i: int, household: Household, begun: float) -> None:
-        await paced(i, begun)
-        async with gate:
-            await household.__aenter__()
-        up.append(household)
-
-    async def stop(i: int, household: Household, begun: float) -> None:
-        await paced(i, begun)
-        async with gate:
-            await household.__aexit__(None, None, None)
-
-    async def stop_all() -> None:
-        begun = time.monotonic()
-        results = await asyncio.gather(
-            *(stop(i, hh, begun) for i, hh in enumerate(list(up))), return_exceptions=True
-        )
-        for result in results:
-            if isinstance(result, Exception):
-                log.warning("fleet: a household did not stop cleanly: %s", result)
-
-    stack.push_async_callback(stop_all)
-    begun = time.monotonic()
-    results = await asyncio.gather(
-        *(start(i, hh, begun) for i, hh in enumerate(made)), return_exceptions=True
-    )
+async def _start_workers(workers: list[WorkerProcess]) -> None:
+    results = await asyncio.gather(*(w.start() for w in workers), return_exceptions=True)
     for result in results:
         if isinstance(result, BaseException):
             raise result
-    return made
+
+
+async def _stop_workers(workers: list[WorkerProcess]) -> None:
+    """Concurrently, each at its ramp (before: one device after another, 90 s for 400)."""
+    await asyncio.gather(*(w.stop() for w in workers))
+
+
+async def _drained(worker: WorkerProcess, timeout: float) -> bool:
+    return bool((await worker.call("drain", timeout=timeout))["drained"])
 
 
 class _FaultPlan:
@@ -364,7 +334,7 @@ class _FaultPlan:
 
     async def _down(self, fault: str) -> None:
         if fault == "gateway-restart":
-            await self._cloud.stop_gateway()
+            await self._cloud.crash_gateway()
         elif fault == "broker-restart":
             await self._cloud.stop_broker()
         elif fault == "agent-kill" and self._crash is not None:
@@ -385,6 +355,11 @@ class _FaultPlan:
         self._log.note(fault, "ends")
 
 
+async def _operator(cloud: _Cloud, http: aiohttp.ClientSession) -> Operator:
+    token = await asyncio.to_thread(create_token, cloud.gateway.data_dir)
+    return Operator(http, cloud.gateway.api, token)
+
+
 async def _report(
     cloud: _Cloud,
     seen: list[tuple[str, list[str], dict[str, Any]]],
@@ -393,18 +368,22 @@ async def _report(
 ) -> dict[str, Any]:
     """`seen`: each device's id, the ids it accepted, and its status (`GET /v1/status`)."""
     gateway = cloud.gateway
-    assert gateway is not None
-    token = await asyncio.to_thread(create_token, cloud.settings.data_dir)
-    operator = Operator(http, f"http://127.0.0.1:{gateway.http_port}", token)
+    operator = await _operator(cloud, http)
+    now = await gateway.stats(http)
     accepted = {device: ids for device, ids, _ in seen}
     stored: dict[str, list[str]] = {}
     covered: dict[str, int] = {}
     drops: dict[str, Drops] = {}
-    for device, _, status in seen:
-        export = await operator.call("GET", f"/v1/devices/{device}/export")
+    gate = asyncio.Semaphore(EXPORTS_AT_ONCE)
+
+    async def read(device: str, status: dict[str, Any]) -> None:
+        async with gate:
+            export = await operator.call("GET", f"/v1/devices/{device}/export")
         stored[device] = [s["id"] for s in export.get("signals", [])]
         covered[device] = coverage(export)
         drops[device] = Drops.from_status(status)
+
+    await asyncio.gather(*(read(device, status) for device, _, status in seen))
     loss = check(accepted, stored)
     statuses = {device: status for device, _, status in seen}
     held = {device: Drops.held(status) for device, status in statuses.items()}
@@ -433,11 +412,16 @@ async def _report(
         "drained": drained,
         "device_reconnects": total("link_connects") - len(seen),
         "batches_resent": total("batches_resent"),
-        "gateway_duplicates_ignored": (cloud.counters + gateway.counters)["batches_duplicate"],
+        "gateway_duplicates_ignored": gateway.counters["batches_duplicate"]
+        + int(now.get("batches_duplicate", 0)),
         "accounting": books.line(),
+        "accounting_counts": books.counts(),
+        "device_digest": device_digest(accepted),
     }
 
 
+EXPORTS_AT_ONCE = 8
+"""Device exports read from the gateway at the same time for the report."""
 MAX_NAMED = 50
 """Undelivered devices named in the report (all are counted)."""
 

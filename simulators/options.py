@@ -70,9 +70,33 @@ class FleetOptions:
     """Devices started (and stopped) per second, households concurrently; None: as fast as
     `STARTING_AT_ONCE` households at a time allow."""
 
+    procs: int | None = None
+    """Agent worker processes; None: one per core (`os.cpu_count()`), more when one
+    process's file-descriptor limit cannot hold its share (`simulators.fdlimit`)."""
+    shard: tuple[int, int] | None = None
+    """(K, N): run the K-th of N deterministic slices of the fleet (household i when
+    i % N == K - 1; the crash TVs in slice 1), so N runs of the same seed together are the
+    unsharded fleet; `edgemart fleet merge` sums their reports."""
+
     @property
     def devices(self) -> int:
-        return self.households * DEVICES_PER_HOUSEHOLD
+        """Devices of this run (its shard), crash TVs not counted."""
+        return len(self.shard_households()) * DEVICES_PER_HOUSEHOLD
+
+    def shard_households(self) -> list[int]:
+        if self.shard is None:
+            return list(range(self.households))
+        k, n = self.shard
+        return [i for i in range(self.households) if i % n == k - 1]
+
+    @property
+    def shard_label(self) -> str | None:
+        return None if self.shard is None else f"{self.shard[0]}/{self.shard[1]}"
+
+    @property
+    def runs_crash_devices(self) -> bool:
+        """The crash TVs run in the first slice only (their ids are not per shard)."""
+        return self.shard is None or self.shard[0] == 1
 
     def __post_init__(self) -> None:
         if self.ramp is not None and not self.ramp > 0:
@@ -86,6 +110,14 @@ class FleetOptions:
             raise ValueError("broker-restart needs a broker this run starts (embedded, mosquitto)")
         if "agent-kill" in self.faults and self.crash_devices < 1:
             raise ValueError("agent-kill needs at least one crash device")
+        if self.procs is not None and self.procs < 1:
+            raise ValueError(f"--procs must be at least 1, not {self.procs}")
+        if self.shard is not None:
+            k, n = self.shard
+            if not 1 <= k <= n:
+                raise ValueError(f"--shard K/N needs 1 <= K <= N, not {k}/{n}")
+            if not self.shard_households():
+                raise ValueError(f"shard {k}/{n} of {self.households} households is empty")
         if self.households < 1 or self.rounds < 3:
             raise ValueError("need at least 1 household and 3 rounds")
 
@@ -94,12 +126,14 @@ FLEET_GUIDE = """\
 A QA run of many simulated households against one gateway, with faults, ending in the loss
 accounting of every device.
 
-Every device is the real agent (in this process, on its own SQLite files), every signal goes
-through the broker to the gateway and is checked against its export. Faults begin in the
+Every device is the real agent (in one of --procs worker processes, on its own SQLite
+files), the gateway is the real `edgemart gateway run` process, every signal goes through the
+broker to the gateway and is checked against its export. Faults begin in the
 middle third of the run, one a round in this order, while the households keep using their
 devices, and all end with it:
 
-- `gateway-restart`: the gateway stops; the broker queues what devices send for its session;
+- `gateway-restart`: the gateway process is killed (SIGKILL) and started again on the same
+  data; the broker queues what devices send for its session meanwhile;
 - `broker-restart`: the broker this run started goes down and comes back on the same port:
   the embedded amqtt broker stops, losing what it held in memory (sessions, the queue kept
   for the stopped gateway); a private Mosquitto (`broker="mosquitto"`) is killed with
@@ -121,6 +155,9 @@ every device drained. A device that did not drain in time still holds what it di
 that is reported as undelivered (which devices, how many signals, why: its link, its budget,
 its consent, a full disk, batches unacked), never as lost.
 
-Every simulated agent has its own SQLite file, outbox, keys and MQTT session; their stores
-share a pool of 4 threads (`agent.store.thread.StorePool`) instead of one thread each.
+Every simulated agent has its own SQLite file, outbox, keys and MQTT session; the stores of
+one worker share a pool of 4 threads (`agent.store.thread.StorePool`). Each process raises
+its own open-files limit to what its share needs, or the run refuses up front with the
+arithmetic. `--shard K/N` runs one slice of the fleet; `edgemart fleet merge REPORT...`
+sums the slices' reports and loss accounting.
 """

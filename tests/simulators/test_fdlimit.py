@@ -45,14 +45,24 @@ def test_the_cli_refuses_a_fleet_the_hard_limit_cannot_hold() -> None:
     def low_limits() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (1024, 4096))
 
-    done = subprocess.run(
-        [sys.executable, "-m", "edgemart", "fleet", "--devices", "5000"],
-        capture_output=True,
-        text=True,
-        preexec_fn=low_limits,
-        timeout=60,
-        check=False,
-    )
+    def fleet(*extra: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "edgemart", "fleet", "--devices", "5000", *extra],
+            capture_output=True,
+            text=True,
+            preexec_fn=low_limits,
+            timeout=60,
+            check=False,
+        )
+
+    # the workers would fit (11 of them), but the embedded broker's ends do not
+    done = fleet()
     assert done.returncode == 2
-    assert "5,000 devices need about 45,256 open files (256 + 9 per device)" in done.stderr
-    assert "run at most 426 devices here" in done.stderr
+    assert "5,000 devices need about 5,256 open files (256 + 1 per device)" in done.stderr
+    assert "run at most 3,840 devices here" in done.stderr
+    # two workers of 2,500 devices each do not fit the hard limit either
+    done = fleet("--procs", "2", "--broker", "mosquitto")
+    assert done.returncode == 2
+    assert "one of 2 worker processes: 2,500 devices need about 20,256 open files" in done.stderr
+    assert "(256 + 8 per device)" in done.stderr
+    assert "run at most 480 devices here (or give --procs more)" in done.stderr
