@@ -1,0 +1,103 @@
+"""Where a process's memory goes: not a figure of `python -m bench`, a tool for reading one.
+
+* `python -m bench.rss_breakdown imports [MODULE ...]`: a fresh interpreter imports the modules
+  one after another (default: the thin agent's chain) and prints, per step, the growth of Rss,
+  Anonymous and file-backed pages (`/proc/self/smaps_rollup`) and the modules it added; then
+  which of `numpy`, `onnxruntime`, ... ended up in `sys.modules`.
+* `python -m bench.rss_breakdown pid PID`: a running process (an `edgemart agent run`): its
+  `smaps_rollup` (Rss, Pss, Anonymous) and its resident pages per mapped file, largest first.
+
+`python -X importtime` gives the import *time* of each module; this gives their *memory*.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from collections import Counter
+from pathlib import Path
+
+THIN_CHAIN = (
+    "asyncio",
+    "ssl",
+    "pydantic",
+    "protocol.envelopes",
+    "aiohttp",
+    "aiohttp.web",
+    "cryptography.hazmat.primitives.asymmetric.ed25519",
+    "aiomqtt",
+    "agent.config",
+    "agent.decide.ranking",
+    "agent.runtime.agent",
+    "agent.cli",
+)
+"""The imports of `edgemart agent run`, grouped: each step is charged what it adds."""
+WATCHED = ("numpy", "onnxruntime", "prometheus_client", "zeroconf", "asyncpg", "cloud_gateway")
+"""Modules a thin agent should not carry (the full agent's, the gateway's, rarely used)."""
+
+
+def rollup(pid: int | str = "self") -> dict[str, float]:
+    """`/proc/<pid>/smaps_rollup` in MB (Rss, Pss, Anonymous, ...)."""
+    out: dict[str, float] = {}
+    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+        parts = line.split()
+        if len(parts) >= 3 and parts[-1] == "kB":
+            out[parts[0].rstrip(":")] = int(parts[1]) / 1024.0
+    return out
+
+
+def by_file(pid: int | str = "self") -> Counter[str]:
+    """Resident MB per mapping name (a library's path, `[heap]`, or `anon`)."""
+    resident: Counter[str] = Counter()
+    name = "anon"
+    for line in Path(f"/proc/{pid}/smaps").read_text().splitlines():
+        first = line.split(maxsplit=5)
+        if first and "-" in first[0] and len(first) >= 5 and ":" in first[3]:
+            name = first[5].strip() if len(first) == 6 else "anon"
+        elif first and first[0] == "Rss:":
+            resident[name] += int(first[1]) / 1024.0
+    return resident
+
+
+def imports(modules: tuple[str, ...]) -> None:
+    prev = rollup()
+    print(f"{'interpreter':52s} rss {prev['Rss']:6.1f}  anon {prev['Anonymous']:5.1f}")
+    for name in modules:
+        before = len(sys.modules)
+        importlib.import_module(name)
+        now = rollup()
+        file_now = now["Rss"] - now["Anonymous"]
+        file_prev = prev["Rss"] - prev["Anonymous"]
+        print(
+            f"{name[:52]:52s} rss +{now['Rss'] - prev['Rss']:5.1f}"
+            f"  anon +{now['Anonymous'] - prev['Anonymous']:5.1f}"
+            f"  file +{file_now - file_prev:5.1f}  modules +{len(sys.modules) - before}"
+        )
+        prev = now
+    print(
+        f"{'total':52s} rss {prev['Rss']:6.1f}  anon {prev['Anonymous']:5.1f}"
+        f"  pss {prev['Pss']:5.1f}  modules {len(sys.modules)}"
+    )
+    print("loaded:", {m: m in sys.modules for m in WATCHED})
+
+
+def process(pid: int) -> None:
+    roll = rollup(pid)
+    print(" ".join(f"{k} {roll[k]:.1f}" for k in ("Rss", "Pss", "Anonymous", "Shared_Clean")))
+    for name, mb in by_file(pid).most_common(25):
+        print(f"{mb:7.2f} MB  {name}")
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) >= 2 and argv[0] == "pid":
+        process(int(argv[1]))
+        return 0
+    if argv and argv[0] == "imports":
+        imports(tuple(argv[1:]) or THIN_CHAIN)
+        return 0
+    print(__doc__)
+    return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))
