@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import importlib
 import sys
-from collections import Counter
 from pathlib import Path
 
 THIN_CHAIN = (
@@ -46,16 +45,16 @@ def rollup(pid: int | str = "self") -> dict[str, float]:
     return out
 
 
-def by_file(pid: int | str = "self") -> Counter[str]:
+def by_file(pid: int | str = "self") -> dict[str, float]:
     """Resident MB per mapping name (a library's path, `[heap]`, or `anon`)."""
-    resident: Counter[str] = Counter()
+    resident: dict[str, float] = {}
     name = "anon"
     for line in Path(f"/proc/{pid}/smaps").read_text().splitlines():
         first = line.split(maxsplit=5)
         if first and "-" in first[0] and len(first) >= 5 and ":" in first[3]:
             name = first[5].strip() if len(first) == 6 else "anon"
         elif first and first[0] == "Rss:":
-            resident[name] += int(first[1]) / 1024.0
+            resident[name] = resident.get(name, 0.0) + int(first[1]) / 1024.0
     return resident
 
 
@@ -84,7 +83,8 @@ def imports(modules: tuple[str, ...]) -> None:
 def process(pid: int) -> None:
     roll = rollup(pid)
     print(" ".join(f"{k} {roll[k]:.1f}" for k in ("Rss", "Pss", "Anonymous", "Shared_Clean")))
-    for name, mb in by_file(pid).most_common(25):
+    files = sorted(by_file(pid).items(), key=lambda item: -item[1])
+    for name, mb in files[:25]:
         print(f"{mb:7.2f} MB  {name}")
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any, Protocol
 
 from agent.config import AgentSettings
-from agent.decide.ranking import Decision
+from agent.decide.decision import Decision
 from agent.intake.consent import ConsentState
 from agent.intake.validate import SignalIn
 from agent.runtime.metrics import Metrics

@@ -8,51 +8,19 @@ stock, holdout share, caps, static validity) is a column here.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
 import numpy as np
 
+from agent.decide.rules import CAP_KEYS, CODE, NO_CAP, REASONS, TYPE_CODE, static_code
 from protocol.assign import in_holdout
 from protocol.envelopes import Offer
-from protocol.vocabulary import CATEGORIES, OFFER_TYPES
 
 __all__ = ["CAP_KEYS", "REASONS", "Catalog", "build_catalog"]
 
-REASONS: tuple[str, ...] = (
-    "",
-    "duplicate",
-    "wrong_surface",
-    "invalid",
-    "unknown_category",
-    "not_started",
-    "expired",
-    "targeting",
-    "targeting_needs_personalization",
-    "sold_out",
-    "claim_refused",
-    "cap_offer_day",
-    "cap_campaign_day",
-    "cap_surface_day",
-    "cap_global_day",
-    "quiet_hours",
-    "over_budget",
-    "non_finite_score",
-    "holdout",
-    "campaign_diversity",
-    "below_limit",
-)
-"""Why an offer was not shown; index 0 is "shown". A policy mask reports the first that applies."""
-CODE = {name: i for i, name in enumerate(REASONS)}
-
-CAP_KEYS = frozenset({"per_day", "campaign_per_day"})
-"""`Offer.caps` keys enforced: impressions of the offer / of its campaign per local day."""
-
-_KNOWN_CATEGORIES = frozenset(CATEGORIES)
-_TYPE_CODE = {t: i for i, t in enumerate(OFFER_TYPES)}
-_NO_CAP = np.iinfo(np.int64).max
+_NO_CAP = NO_CAP
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -117,21 +85,6 @@ class Catalog:
         return mask
 
 
-def _static_code(offer: Offer) -> int:
-    # pydantic checked these on the wire; this guards offers built without validation
-    if not (
-        offer.starts_at < offer.expires_at
-        and 0.0 <= offer.discount <= 1.0
-        and 0.0 <= offer.price < math.inf
-        and 0 <= offer.priority <= 100
-        and offer.type in _TYPE_CODE
-    ):
-        return CODE["invalid"]
-    if offer.category not in _KNOWN_CATEGORIES:
-        return CODE["unknown_category"]
-    return 0
-
-
 def _cap(caps: Mapping[str, int], key: str) -> int:
     value = caps.get(key)
     return _NO_CAP if value is None else int(value)
@@ -161,7 +114,7 @@ def build_catalog(offers: Sequence[Offer], version: int = 0) -> Catalog:
             static[row] = CODE["duplicate"]
         else:
             index[offer.id] = row
-            static[row] = _static_code(offer)
+            static[row] = static_code(offer)
         for surface in offer.surfaces:
             mask = surfaces.get(surface)
             if mask is None:
@@ -184,7 +137,7 @@ def build_catalog(offers: Sequence[Offer], version: int = 0) -> Catalog:
         cat_code=cat_code,
         campaigns=tuple(campaigns),
         camp_code=camp_code,
-        type_code=np.array([_TYPE_CODE.get(o.type, -1) for o in rows], dtype=np.intp),
+        type_code=np.array([TYPE_CODE.get(o.type, -1) for o in rows], dtype=np.intp),
         discount=np.array([o.discount for o in rows], dtype=np.float64),
         price=np.array([o.price for o in rows], dtype=np.float64),
         limited=np.array([o.limited for o in rows], dtype=bool),
@@ -196,6 +149,3 @@ def build_catalog(offers: Sequence[Offer], version: int = 0) -> Catalog:
         surfaces=MappingProxyType(surfaces),
         source=np.array(order, dtype=np.intp),
     )
-
-
-NO_CAP = _NO_CAP

@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TypeVar
 
-from agent.decide.policy import CapLimits, HoldoutRules, QuietWindow, parse_hhmm
+from agent.decide.rules import CapLimits, HoldoutRules, QuietWindow, parse_hhmm
 from protocol.envelopes import PolicyDocument, PolicyRules
 
 T = TypeVar("T")

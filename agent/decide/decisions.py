@@ -6,25 +6,28 @@ import logging
 from collections import OrderedDict
 from collections.abc import Callable
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from agent.config import AgentSettings
 from agent.decide import attribution
-from agent.decide.catalog import Catalog
 from agent.decide.cloud_policy import EffectivePolicy
+from agent.decide.decision import Consent, Decision, Situation
 from agent.decide.explain import ExplainTally, classify
-from agent.decide.policy import CapCounts, CapLimits, HoldoutRules, QuietWindow, parse_hhmm
-from agent.decide.ranking import Consent, Decision, Situation, decide, decide_catalog
 from agent.decide.remote import RankResult
+from agent.decide.rules import CapCounts, CapLimits, HoldoutRules, QuietWindow, parse_hhmm
+from agent.decide.thin import HeldOffers, decide_offers
 from agent.errors import ScoringError
 from agent.features.context import UserContext
-from agent.model.scoring import Model
 from agent.runtime.metrics import Metrics
 from agent.store import idempotency
 from agent.store.core import Store
 from agent.store.rows import NewOutcome
 from protocol.envelopes import Offer
 from protocol.ids import format_time, new_id
+
+if TYPE_CHECKING:
+    from agent.decide.catalog import Catalog
+    from agent.model.scoring import Model
 
 log = logging.getLogger(__name__)
 
@@ -113,7 +116,7 @@ class Decisions:
         now: datetime,
         *,
         model: Model | None,
-        catalog: Catalog | None,
+        catalog: Catalog | HeldOffers | None,
         ctx: UserContext,
         consent: Consent,
         refused: frozenset[str],
@@ -175,7 +178,7 @@ class Decisions:
     def _rank_with(
         self,
         model: Model | None,
-        catalog: Catalog | None,
+        catalog: Catalog | HeldOffers | None,
         ctx: UserContext,
         surface: str,
         *,
@@ -186,6 +189,23 @@ class Decisions:
         situation: Situation,
         remote: RankResult | None = None,
     ) -> Decision:
+        budget = self._settings.profile.budgets.max_candidates
+        if isinstance(catalog, HeldOffers):  # a thin device: no model, no numpy
+            return decide_offers(
+                catalog.offers,
+                ctx,
+                surface,
+                limit,
+                now,
+                consent,
+                explain,
+                max_candidates=budget,
+                situation=situation,
+                reasons_always=True,
+                remote=remote,
+            )
+        from agent.decide.ranking import decide, decide_catalog  # noqa: PLC0415 - numpy
+
         if catalog is None:
             return decide(model, [], ctx, surface, limit, now, consent, explain)
         return decide_catalog(
@@ -197,7 +217,7 @@ class Decisions:
             now,
             consent,
             explain,
-            max_candidates=self._settings.profile.budgets.max_candidates,
+            max_candidates=budget,
             situation=situation,
             reasons_always=True,  # every campaign's reason, for the explanations
             remote=remote,

@@ -9,10 +9,12 @@ under `shown` or the furthest stage it reported (`cloud_gateway/campaigns/explai
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
-from agent.decide.catalog import Catalog
-from agent.decide.ranking import Decision
+from agent.decide.decision import Decision
+from protocol.envelopes import Offer
 from protocol.vocabulary import EXPLAIN_OUTCOMES, EXPLAIN_STAGES
 
 STAGES = EXPLAIN_STAGES
@@ -50,7 +52,19 @@ def furthest(stages: set[str] | list[str]) -> str:
     return max(stages, key=lambda s: _RANK.get(s, -1), default="rank")
 
 
-def classify(decision: Decision, catalog: Catalog) -> dict[str, str]:
+class Catalogued(Protocol):
+    """What `classify` reads of the offers a decision was made over: a full agent's `Catalog`
+    or a thin device's `HeldOffers`."""
+
+    @property
+    def offers(self) -> Sequence[Offer]: ...
+    @property
+    def index(self) -> Mapping[str, int]: ...
+    @property
+    def campaigns(self) -> tuple[str, ...]: ...
+
+
+def classify(decision: Decision, catalog: Catalogued) -> dict[str, str]:
     """Campaign id -> `shown` or the furthest stage its offers reached in `decision`, for the
     campaigns the decision says something of; every other campaign of the catalog was not
     reached by the ranking walk: `rank` (left implicit, `ExplainTally.add`)."""

@@ -3,153 +3,57 @@ diversity. No I/O, no clock: callers pass the moment and the counts.
 
 Two forms of the same rules: `eligible_mask` (the hot path: a few vectorised numpy operations)
 and `filter_codes` (for `explain`: the first reason, per offer, that keeps it off the surface).
-Property tests hold them equal to each other and to a per-offer reference.
+Property tests hold them equal to each other and to the per-offer form a thin device uses
+(`agent.decide.rules.offer_code`). The rules that need no arrays live in `agent.decide.rules`
+and are re-exported here.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from dataclasses import dataclass
 
 import numpy as np
 
-from agent.decide.catalog import CODE, Catalog
+from agent.decide.catalog import Catalog
+from agent.decide.rules import (
+    CODE,
+    MINUTES_PER_DAY,
+    CapCounts,
+    CapLimits,
+    HoldoutRules,
+    Household,
+    QuietWindow,
+    Selection,
+    held_until,
+    parse_hhmm,
+    quiet_remaining,
+    select,
+    surface_capped,
+    targeting_code,
+)
 from protocol.assign import in_holdout
 
-MINUTES_PER_DAY = 24 * 60
-
-
-# ---------------------------------------------------------------------- quiet hours
-
-
-@dataclass(frozen=True, slots=True)
-class QuietWindow:
-    """A daily quiet period in local time, `[start, end)` in minutes after midnight.
-
-    `start > end` crosses midnight (22:00-07:00); `start == end` is empty.
-    """
-
-    start: int
-    end: int
-
-    def contains(self, minute: float) -> bool:
-        if self.start == self.end:
-            return False
-        if self.start < self.end:
-            return self.start <= minute < self.end
-        return minute >= self.start or minute < self.end
-
-    def remaining(self, minute: float) -> float:
-        """Minutes from `minute` (inside the window) to its end."""
-        return (self.end - minute) % MINUTES_PER_DAY
-
-
-def parse_hhmm(text: str) -> int:
-    """`"22:30"` -> 1350; ValueError unless HH:MM with 00 <= HH <= 24 and MM < 60."""
-    hours, sep, minutes = text.partition(":")
-    if not sep or not (hours.isdigit() and minutes.isdigit()) or len(minutes) != 2:
-        raise ValueError(f"{text!r} is not HH:MM")
-    value = int(hours) * 60 + int(minutes)
-    if int(minutes) >= 60 or value > MINUTES_PER_DAY:
-        raise ValueError(f"{text!r} is not a time of day")
-    return value % MINUTES_PER_DAY
-
-
-def quiet_remaining(local_minute: float, windows: Sequence[QuietWindow]) -> float | None:
-    """Minutes until the quiet period around `local_minute` ends (overlapping windows chained);
-    None when it is not quiet."""
-    minute = local_minute % MINUTES_PER_DAY
-    waited = 0.0
-    for _ in range(2 * len(windows) + 2):
-        inside = [w for w in windows if w.contains(minute)]
-        if not inside:
-            return waited if waited > 0 else None
-        step = max(w.remaining(minute) for w in inside)
-        waited += step
-        # whole minutes are where windows end: snap away float dust (129.99999999999997)
-        minute = round((minute + step) % MINUTES_PER_DAY, 6)
-        if waited >= MINUTES_PER_DAY:
-            return float(MINUTES_PER_DAY)  # always quiet: held for a day, then looked at again
-    return waited
-
-
-def held_until(now: datetime, local_hour: float, windows: Sequence[QuietWindow]) -> datetime | None:
-    """When the quiet period around `now` ends (UTC), or None when offers may be shown now."""
-    remaining = quiet_remaining(local_hour * 60.0, windows)
-    return None if remaining is None else now + timedelta(minutes=remaining)
-
-
-# ---------------------------------------------------------------------- frequency caps
-
-
-@dataclass(frozen=True, slots=True)
-class CapLimits:
-    """The profile's caps (None: no cap); an offer's own `caps` add to them."""
-
-    offer_per_day: int | None = None
-    campaign_per_day: int | None = None
-    surface_per_day: Mapping[str, int] = field(default_factory=dict)
-    global_per_day: int | None = None
-    by_campaign: Mapping[str, tuple[int | None, int | None]] = field(default_factory=dict)
-    """Campaign id -> (offer_per_day, campaign_per_day) replacing the two above for its offers
-    (a cloud policy's campaign rules, issue 18; None: the limit above)."""
-
-
-@dataclass(slots=True)
-class CapCounts:
-    """Impressions shown today (device-local day number `day`), by offer, campaign, surface."""
-
-    day: int = 0
-    offer: dict[str, int] = field(default_factory=dict)
-    campaign: dict[str, int] = field(default_factory=dict)
-    surface: dict[str, int] = field(default_factory=dict)
-    total: int = 0
-    version: int = 0
-
-    def roll(self, day: int) -> None:
-        """Start a new day: yesterday's impressions no longer count."""
-        if day != self.day:
-            self.day = day
-            self.offer.clear()
-            self.campaign.clear()
-            self.surface.clear()
-            self.total = 0
-            self.version += 1
-
-    def add(self, offer_id: str, campaign_id: str, surface: str, day: int, n: int = 1) -> None:
-        self.roll(day)
-        self.offer[offer_id] = self.offer.get(offer_id, 0) + n
-        self.campaign[campaign_id] = self.campaign.get(campaign_id, 0) + n
-        self.surface[surface] = self.surface.get(surface, 0) + n
-        self.total += n
-        self.version += 1
-
-    def rows(self, offer_id: str, campaign_id: str, surface: str) -> list[tuple[str, str, int]]:
-        """The persisted form of one impression: `(scope, key, day)` counters to bump."""
-        return [
-            ("offer", offer_id, self.day),
-            ("campaign", campaign_id, self.day),
-            ("surface", surface, self.day),
-            ("global", "", self.day),
-        ]
-
-    @classmethod
-    def load(cls, rows: Sequence[tuple[str, str, int, int]], day: int) -> CapCounts:
-        """Today's counters from persisted `(scope, key, day, count)` rows."""
-        counts = cls(day=day)
-        for scope, key, row_day, n in rows:
-            if row_day != day:
-                continue
-            if scope == "offer":
-                counts.offer[key] = counts.offer.get(key, 0) + n
-            elif scope == "campaign":
-                counts.campaign[key] = counts.campaign.get(key, 0) + n
-            elif scope == "surface":
-                counts.surface[key] = counts.surface.get(key, 0) + n
-            elif scope == "global":
-                counts.total += n
-        return counts
+__all__ = [
+    "MINUTES_PER_DAY",
+    "CapArrays",
+    "CapCounts",
+    "CapLimits",
+    "Gate",
+    "HoldoutRules",
+    "Household",
+    "QuietWindow",
+    "Selection",
+    "cap_arrays",
+    "eligible_mask",
+    "filter_codes",
+    "held_until",
+    "holdout_rows",
+    "parse_hhmm",
+    "quiet_remaining",
+    "select",
+    "surface_capped",
+    "targeting_codes",
+]
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -221,26 +125,7 @@ def _campaign_caps(
     return offer_cap, camp_cap
 
 
-def surface_capped(counts: CapCounts, limits: CapLimits, surface: str) -> str | None:
-    """`cap_surface_day` / `cap_global_day` when the whole surface is capped today, else None."""
-    limit = limits.surface_per_day.get(surface)
-    if limit is not None and counts.surface.get(surface, 0) >= limit:
-        return "cap_surface_day"
-    if limits.global_per_day is not None and counts.total >= limits.global_per_day:
-        return "cap_global_day"
-    return None
-
-
 # ---------------------------------------------------------------------- holdout
-
-
-@dataclass(frozen=True, slots=True, eq=False)
-class HoldoutRules:
-    """A cloud policy's holdout (issue 18): `floor`, the least share held out of every
-    campaign; `by_campaign`, a campaign's share replacing its offers' `holdout`."""
-
-    floor: float = 0.0
-    by_campaign: Mapping[str, float] = field(default_factory=dict)
 
 
 _holdout_cache: dict[tuple[int, str, int], tuple[object, object, np.ndarray]] = {}
@@ -277,34 +162,13 @@ def holdout_rows(catalog: Catalog, device_id: str, rules: HoldoutRules | None) -
 # ---------------------------------------------------------------------- eligibility
 
 
-@dataclass(frozen=True, slots=True)
-class Household:
-    """What targeting may look at: the profile always; the rest only with personalization."""
-
-    profile: str
-    personalized: bool
-    member_tier: int = 0
-    owned: frozenset[str] = frozenset()
-    seen: frozenset[str] = frozenset()
-
-
 def targeting_codes(catalog: Catalog, household: Household) -> dict[int, int]:
     """Rows held back by their targeting hints, with the reason code (a handful of rows)."""
     out: dict[int, int] = {}
     for row in catalog.targeted:
-        hint = catalog.offers[row].targeting
-        if hint is None:
-            continue
-        if hint.profiles and household.profile not in hint.profiles:
-            out[row] = CODE["targeting"]
-        elif hint.personal and not household.personalized:
-            out[row] = CODE["targeting_needs_personalization"]
-        elif (
-            household.member_tier < hint.min_tier
-            or (hint.owns_any and household.owned.isdisjoint(hint.owns_any))
-            or (hint.seen_any and household.seen.isdisjoint(hint.seen_any))
-        ):
-            out[row] = CODE["targeting"]
+        code = targeting_code(catalog.offers[row].targeting, household)
+        if code:
+            out[row] = code
     return out
 
 
@@ -358,56 +222,3 @@ def filter_codes(catalog: Catalog, gate: Gate) -> np.ndarray:
     codes[~catalog.surface_mask(gate.surface)] = CODE["wrong_surface"]
     codes[static == CODE["duplicate"]] = CODE["duplicate"]
     return codes
-
-
-# ---------------------------------------------------------------------- selection
-
-
-@dataclass(frozen=True, slots=True)
-class Selection:
-    """Rows to show (best first), rows a holdout keeps off (logged as counterfactual), and the
-    rows left out with a reason code (only those walked past; all of them when `explain`)."""
-
-    shown: list[int]
-    counterfactual: list[int]
-    dropped: list[tuple[int, int]]
-
-
-def select(
-    order: Sequence[int],
-    camp_code: Sequence[int] | np.ndarray,
-    held_out: np.ndarray | None,
-    limit: int,
-    *,
-    explain: bool = False,
-) -> Selection:
-    """Walk rows best first: at most one per campaign, at most `limit` shown.
-
-    A row of a campaign holding this device out takes its place in the walk (its campaign is
-    used up) but is not shown: it is returned in `counterfactual` when it would have been, and
-    the next best row fills the slot. Without `explain` the walk stops once `limit` is reached.
-    """
-    shown: list[int] = []
-    counterfactual: list[int] = []
-    dropped: list[tuple[int, int]] = []
-    campaigns: set[int] = set()
-    diversity = CODE["campaign_diversity"]
-    below = CODE["below_limit"]
-    holdout = CODE["holdout"]
-    for row in order:
-        campaign = int(camp_code[row])
-        if campaign in campaigns:
-            dropped.append((row, diversity))
-            continue
-        if len(shown) >= limit:
-            if not explain:
-                break
-            dropped.append((row, below))
-            continue
-        campaigns.add(campaign)
-        if held_out is not None and held_out[row]:
-            counterfactual.append(row)
-            dropped.append((row, holdout))
-        else:
-            shown.append(row)
-    return Selection(shown, counterfactual, dropped)

@@ -15,16 +15,14 @@ from importlib.resources import files
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
 from agent.errors import ModelRejected, ScoringError
 from agent.features.context import KNOWN_FEATURES
-from agent.model.inputs import spec_plan
 from protocol import codec
 from protocol.envelopes import FeatureSpec, ModelManifest
 from protocol.errors import ProtocolError
 
 if TYPE_CHECKING:
+    import numpy as np
     import onnxruntime as ort
 
 log = logging.getLogger(__name__)
@@ -78,6 +76,8 @@ class Model:
 
     def score(self, matrix: np.ndarray) -> np.ndarray:
         """Scores of a float32 `[N, F]` matrix of scaled inputs, as a float64 `[N]` array."""
+        import numpy as np  # noqa: PLC0415 - numpy comes with a model (a thin device has none)
+
         try:
             out = self.session.run([self.spec.output_name], {self.spec.input_name: matrix})[0]
         except _ort_errors as exc:
@@ -254,6 +254,10 @@ def warm(model: Model) -> None:
 
 
 def _smoke(model: Model) -> None:
+    import numpy as np  # noqa: PLC0415 - with the model (above)
+
+    from agent.model.inputs import spec_plan  # noqa: PLC0415 - numpy and the catalog columns
+
     plan = spec_plan(model.spec)
     row = (plan.default - plan.mean) / plan.scale
     matrix = np.ascontiguousarray(np.stack([row, row]), dtype=np.float32)

@@ -35,7 +35,6 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import numpy as np
 
 from agent.errors import ModelRejected
 from agent.link.downlink import UnknownFields
@@ -170,6 +169,8 @@ def health_check(path: Path, manifest: ModelManifest, config: UpdateConfig) -> M
         model = load_model(path, manifest)
     except ModelRejected as exc:
         raise UpdateRefused("health_failed", str(exc)) from exc
+    import numpy as np  # noqa: PLC0415 - numpy comes with a model (a thin device has none)
+
     spec = model.spec
     row = np.array([(f.default - f.mean) / f.scale for f in spec.features], dtype=np.float32)
     matrix = np.ascontiguousarray(np.tile(row, (max(config.candidates, 1), 1)))

@@ -10,9 +10,9 @@ import json
 import logging
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from agent.decide.catalog import Catalog, build_catalog
+from agent.decide.thin import HeldOffers
 from agent.link.downlink import UnknownFields
 from agent.runtime.metrics import Metrics
 from agent.store.core import Store
@@ -22,6 +22,9 @@ from protocol.envelopes import MAX_OFFERS_PER_BUNDLE, Offer, OfferBundle, TrustF
 from protocol.errors import InvalidMessage, ProtocolError
 from protocol.ids import format_time, parse_time, utcnow
 from protocol.signing import Verifier
+
+if TYPE_CHECKING:
+    from agent.decide.catalog import Catalog
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +84,7 @@ class OfferBook:
         self._unknown = UnknownFields(metrics)
         self._version = 0
         self._catalog: Catalog | None = None
+        self._held: HeldOffers | None = None
         self._issued: dict[str, datetime] = {}
         """The `issued_at` of the catalog each cohort source holds: never goes back."""
 
@@ -103,14 +107,28 @@ class OfferBook:
 
     def catalog(self) -> Catalog:
         """The held offers as columns (`agent.decide.catalog`), rebuilt when the book changes."""
+        from agent.decide.catalog import build_catalog  # noqa: PLC0415 - numpy: full agents only
+
         cached = self._catalog
         if cached is None or cached.version != self._version:
-            # expired offers stay in: a decision reports them `expired` instead of forgetting
-            merged: dict[str, Offer] = {}
-            for source in sorted(self._by_source, key=lambda s: s == DEVICE_SOURCE):
-                merged.update(self._by_source[source])
-            cached = self._catalog = build_catalog(list(merged.values()), self._version)
+            cached = self._catalog = build_catalog(self._merged(), self._version)
         return cached
+
+    def held(self) -> HeldOffers:
+        """The held offers as a thin device decides over them (`agent.decide.thin`): no
+        columns, no numpy; rebuilt when the book changes."""
+        cached = self._held
+        if cached is None or cached.version != self._version:
+            cached = self._held = HeldOffers.of(self._merged(), self._version)
+        return cached
+
+    def _merged(self) -> list[Offer]:
+        """Every held offer (expired ones too: a decision reports them `expired`); a
+        device-addressed offer wins over a cohort one."""
+        merged: dict[str, Offer] = {}
+        for source in sorted(self._by_source, key=lambda s: s == DEVICE_SOURCE):
+            merged.update(self._by_source[source])
+        return list(merged.values())
 
     def offers(self, now: datetime | None = None) -> list[Offer]:
         """Every held, unexpired offer; a device-addressed offer wins over a cohort one."""

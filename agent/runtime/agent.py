@@ -18,10 +18,10 @@ from typing import Any
 from agent.api.local import LocalApi
 from agent.api.owners import ensure_admin
 from agent.config import AgentSettings
+from agent.decide.decision import Decision, RankedOffer
 from agent.decide.decisions import Decisions
-from agent.decide.policy import CapCounts, QuietWindow
-from agent.decide.ranking import Decision, RankedOffer
 from agent.decide.remote import RemoteRanker
+from agent.decide.rules import CapCounts, QuietWindow
 from agent.errors import AgentError, NotStarted, UnknownOffer
 from agent.features.household import HouseholdSource
 from agent.features.windows import FeatureWindows

@@ -13,8 +13,8 @@ from functools import partial
 
 from agent.config import AgentSettings
 from agent.decide.decisions import Decisions
-from agent.decide.policy import CapCounts
 from agent.decide.remote import RemoteRanker
+from agent.decide.rules import CapCounts
 from agent.errors import ConfigError, ModelRejected, ScoringError
 from agent.features.household import HouseholdSource
 from agent.features.windows import FeatureWindows

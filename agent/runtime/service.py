@@ -6,13 +6,13 @@ import asyncio
 import logging
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from agent.config import AgentSettings
+from agent.decide.decision import Consent, Decision
 from agent.decide.decisions import Decisions
-from agent.decide.ranking import Consent, Decision
 from agent.decide.remote import RankResult, RemoteRanker
-from agent.decide.thin import rank_request
+from agent.decide.thin import HeldOffers, rank_request
 from agent.errors import ModelRejected, UnknownOffer
 from agent.features.household import HouseholdSource
 from agent.features.windows import FeatureWindows
@@ -24,6 +24,9 @@ from agent.offers.book import OfferBook
 from agent.offers.claims import Claims
 from agent.runtime.metrics import Metrics
 from protocol.ids import utcnow
+
+if TYPE_CHECKING:
+    from agent.decide.catalog import Catalog
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +96,7 @@ class AgentService:
             limit,
             now,
             model=self._slot.current,
-            catalog=self._offers.catalog(),
+            catalog=self._held(),
             ctx=ctx,
             consent=consent,
             refused=self._claims.refused,
@@ -106,15 +109,21 @@ class AgentService:
             await self._decisions.log_counterfactual(decision, surface, now)
         return decision
 
+    def _held(self) -> Catalog | HeldOffers:
+        """What a decision ranks over: the offer book's columns, or on a thin device (no model,
+        no numpy) its offers as they are (`agent.decide.thin`)."""
+        if self._settings.profile.ranking == "thin":
+            return self._offers.held()
+        return self._offers.catalog()
+
     async def _ask_remote(
         self, surface: str, hour: float, weekday: int, consent: Consent
     ) -> RankResult | None:
         """The coordinator's scores of the offers showable on `surface` now, or None (no
         coordinator, no answer in time, a failure: counted; the decision ranks by priority)."""
         assert self._remote is not None
-        catalog = self._offers.catalog()
         request = rank_request(
-            catalog.offers if catalog is not None else (),
+            self._offers.held().offers,
             device_id=self._settings.device_id,
             profile=self._settings.profile.name,
             surface=surface,
