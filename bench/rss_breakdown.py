@@ -4,6 +4,8 @@
   one after another (default: the thin agent's chain) and prints, per step, the growth of Rss,
   Anonymous and file-backed pages (`/proc/self/smaps_rollup`) and the modules it added; then
   which of `numpy`, `onnxruntime`, ... ended up in `sys.modules`.
+* `python -m bench.rss_breakdown traced [MODULE ...]`: the same imports under `tracemalloc`:
+  the Python heap they leave behind, per package (by the file that allocated it).
 * `python -m bench.rss_breakdown pid PID`: a running process (an `edgemart agent run`): its
   `smaps_rollup` (Rss, Pss, Anonymous) and its resident pages per mapped file, largest first.
 
@@ -26,7 +28,7 @@ THIN_CHAIN = (
     "cryptography.hazmat.primitives.asymmetric.ed25519",
     "aiomqtt",
     "agent.config",
-    "agent.decide.ranking",
+    "agent.decide.thin",
     "agent.runtime.agent",
     "agent.cli",
 )
@@ -80,6 +82,32 @@ def imports(modules: tuple[str, ...]) -> None:
     print("loaded:", {m: m in sys.modules for m in WATCHED})
 
 
+def traced(modules: tuple[str, ...]) -> None:
+    import tracemalloc  # noqa: PLC0415 - only this mode pays for it
+
+    tracemalloc.start()
+    for name in modules:
+        importlib.import_module(name)
+    snapshot = tracemalloc.take_snapshot()
+    tracemalloc.stop()
+    per: dict[str, float] = {}
+    for stat in snapshot.statistics("filename"):
+        path = stat.traceback[0].filename
+        if "site-packages/" in path:
+            key = path.split("site-packages/")[1].split("/")[0]
+        elif "/lib/python3" in path:
+            key = "stdlib:" + path.split("/lib/python3")[1].split("/")[1]
+        elif path.startswith("<"):
+            key = path  # <frozen importlib._bootstrap>: code objects of every module
+        else:
+            key = "repo:" + "/".join(Path(path).parts[-3:-1])
+        per[key] = per.get(key, 0.0) + stat.size / (1024.0 * 1024.0)
+    total = sum(per.values())
+    print(f"traced Python heap after the imports: {total:.1f} MB")
+    for key, mb in sorted(per.items(), key=lambda item: -item[1])[:25]:
+        print(f"{mb:7.2f} MB  {key}")
+
+
 def process(pid: int) -> None:
     roll = rollup(pid)
     print(" ".join(f"{k} {roll[k]:.1f}" for k in ("Rss", "Pss", "Anonymous", "Shared_Clean")))
@@ -91,6 +119,9 @@ def process(pid: int) -> None:
 def main(argv: list[str]) -> int:
     if len(argv) >= 2 and argv[0] == "pid":
         process(int(argv[1]))
+        return 0
+    if argv and argv[0] == "traced":
+        traced(tuple(argv[1:]) or THIN_CHAIN)
         return 0
     if argv and argv[0] == "imports":
         imports(tuple(argv[1:]) or THIN_CHAIN)

@@ -15,10 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from agent.config import AgentSettings
 from agent.errors import ConfigError, ProvisioningRefused
@@ -45,6 +41,12 @@ def with_identity(settings: AgentSettings) -> AgentSettings:
 
 def make_request(device_id: str) -> tuple[bytes, str]:
     """(private key PEM, CSR PEM) for `device_id`: an EC P-256 key made here."""
+    # imported here: x509 is ~2 MB of a process that needs it once, at its first start
+    from cryptography import x509  # noqa: PLC0415
+    from cryptography.hazmat.primitives import hashes, serialization  # noqa: PLC0415
+    from cryptography.hazmat.primitives.asymmetric import ec  # noqa: PLC0415
+    from cryptography.x509.oid import NameOID  # noqa: PLC0415
+
     key = ec.generate_private_key(ec.SECP256R1())
     csr = (
         x509.CertificateSigningRequestBuilder()
