@@ -6,8 +6,9 @@ the household's coordinator.
   acked by a gateway through Mosquitto, vs the full agent (`--profile tv`) run the same way in
   the same run, one after the other (`bench.rss_bench._run`). Goal: under 48 MB, ratio <= 0.45.
 * `household_decision_p99_us`: one thin decision (eligibility, the rank request over loopback
-  HTTP to a coordinator process, `decide_catalog` on its scores) vs the same decision made
-  locally with the model (baseline), interleaved in the same run. The coordinator here is
+  HTTP to a coordinator process, `agent.decide.thin.decide_offers` on its scores: the speaker's
+  own numpy-free path) vs the same decision made locally with the model (baseline),
+  interleaved in the same run. The coordinator here is
   `python -m simulators.rank_server`: a process of its own with the shipped model, scoring
   through the agent's real code (`agent.decide.remote_rank.rank_for`), standing in for the
   coordinator's endpoint of `agent.household` until that lands on this branch.
@@ -26,7 +27,7 @@ from pathlib import Path
 
 from agent.decide.catalog import build_catalog
 from agent.decide.ranking import Consent, decide_catalog
-from agent.decide.thin import rank_request
+from agent.decide.thin import decide_offers, rank_request
 from agent.features.context import user_context
 from agent.model.scoring import load_default_model
 from bench.record import Record, percentiles
@@ -97,7 +98,7 @@ async def _decisions(port: int) -> tuple[list[float], list[float], int]:
             )
             assert request is not None
             result = await ranker.rank(request)
-            remote = decide_catalog(None, catalog, ctx, SURFACE, 3, now, consent, remote=result)
+            remote = decide_offers(offers, ctx, SURFACE, 3, now, consent, remote=result)
             thin_us = (time.perf_counter() - started) * 1e6
             started = time.perf_counter()
             decide_catalog(model, catalog, ctx, SURFACE, 3, now, consent)
