@@ -6,12 +6,12 @@ import logging
 from collections import OrderedDict
 from collections.abc import Callable
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 
 from agent.config import AgentSettings
 from agent.decide import attribution
 from agent.decide.catalog import Catalog
-from agent.decide.policy import CapCounts, CapLimits, QuietWindow, parse_hhmm
+from agent.decide.policy import CapCounts, CapLimits, HouseholdHold, QuietWindow, parse_hhmm
 from agent.decide.ranking import Consent, Decision, Situation, decide, decide_catalog
 from agent.errors import ScoringError
 from agent.features.context import UserContext
@@ -33,6 +33,17 @@ DECISION_COUNTERS = (
     "models_loaded",
     "models_rejected",
 )
+
+
+class HouseholdCaps(Protocol):
+    """The household's caps as a device sees them (`agent.household.client.HouseholdClient`):
+    asked before a decision, told of each impression. `hold` answers None when the
+    coordinator is away: the device then keeps to its own caps only, and `exposed` keeps the
+    impression until the coordinator is back (idempotent by id)."""
+
+    async def hold(self) -> HouseholdHold | None: ...
+
+    def exposed(self, exposure_id: str, offer_id: str, campaign_id: str, at: float) -> None: ...
 
 
 class Decisions:
@@ -64,6 +75,8 @@ class Decisions:
         for name in DECISION_COUNTERS:
             metrics.counters.setdefault(name, 0)
         self.caps = CapCounts()
+        self.household: HouseholdCaps | None = None
+        """The household's caps when the device is in one (`attach_household`)."""
         self._last: OrderedDict[str, tuple[float, int | None]] = OrderedDict()
         self._features: OrderedDict[str, tuple[float, ...] | None] = OrderedDict()
         self._counterfactual_at: OrderedDict[tuple[str, str], float] = OrderedDict()
@@ -89,6 +102,10 @@ class Decisions:
         """The device-local day (proleptic ordinal) daily caps count in."""
         return now.astimezone(self._settings.tz).date().toordinal()
 
+    async def household_hold(self) -> HouseholdHold | None:
+        """What the household's caps hold back now (None: not in a household, or away)."""
+        return None if self.household is None else await self.household.hold()
+
     def rank(
         self,
         surface: str,
@@ -101,10 +118,18 @@ class Decisions:
         consent: Consent,
         refused: frozenset[str],
         explain: bool,
+        hold: HouseholdHold | None = None,
     ) -> Decision:
         """One ranking (`agent.decide.ranking`), remembered. When the model fails at run time, with
-        the last good model `on_model_failure` answers, else without a model (priority)."""
+        the last good model `on_model_failure` answers, else without a model (priority).
+        `hold`: what the household's caps keep off (`household_hold`), on top of this device's."""
         self.caps.roll(self.local_day(now))
+        if hold is not None:
+            if hold.reason is not None:
+                until = datetime.fromtimestamp(hold.until, now.tzinfo) if hold.until else None
+                version = model.version if model is not None else None
+                return Decision([], [("*", hold.reason)], version, held_until=until)
+            refused = refused | hold.offers
         situation = Situation(
             self._settings.device_id, self.caps, self.cap_limits, self.quiet, refused
         )
@@ -268,6 +293,8 @@ class Decisions:
         if kind == "impression":
             self.caps.add(offer.id, offer.campaign_id, surface, self.local_day(now))
             cap_rows = self.caps.rows(offer.id, offer.campaign_id, surface)
+            if self.household is not None and not counterfactual:
+                self.household.exposed(outcome.id, offer.id, offer.campaign_id, now.timestamp())
         await self._store.call(
             self._store.decisions.record_outcome,
             outcome,

@@ -18,7 +18,7 @@ from typing import Any
 from agent.api.local import LocalApi
 from agent.api.owners import ensure_admin
 from agent.config import AgentSettings
-from agent.decide.decisions import Decisions
+from agent.decide.decisions import Decisions, HouseholdCaps
 from agent.decide.policy import CapCounts, QuietWindow
 from agent.decide.ranking import Decision, RankedOffer
 from agent.errors import AgentError, NotStarted, UnknownOffer
@@ -195,6 +195,10 @@ class Agent:
     async def decide(self, surface: str, limit: int = 3, *, explain: bool = False) -> Decision:
         """One local ranking decision for `surface` (see `agent.decide.ranking.decide`)."""
         return await self.parts.service.decide(surface, limit, explain=explain)
+
+    def attach_household(self, caps: HouseholdCaps | None) -> None:
+        """Decide under the household's caps too (`agent.household.client`), or not (None)."""
+        self.parts.decisions.household = caps
 
     async def rank(self, surface: str, limit: int = 3) -> list[RankedOffer]:
         return (await self.decide(surface, limit)).ranked

@@ -68,6 +68,7 @@ class AgentService:
         consent = Consent(state.analytics, state.personalization, state.marketing)
         profile = self._settings.profile
         ctx = self._windows.context(now, profile.name, profile.timezone, consent.personalization)
+        hold = await self._decisions.household_hold()
         decision = self._decisions.rank(
             surface,
             limit,
@@ -78,6 +79,7 @@ class AgentService:
             consent=consent,
             refused=self._claims.refused,
             explain=explain,
+            hold=hold,
         )
         self._metrics.inc("decisions")
         self._metrics.observe_decision((time.perf_counter() - started) * 1000.0)

@@ -8,7 +8,16 @@ from typing import Any
 
 from aiohttp import web
 
-from cloud_gateway.api import campaigns, dashboard, devices, gateways, models, ops, provision
+from cloud_gateway.api import (
+    campaigns,
+    dashboard,
+    devices,
+    gateways,
+    households,
+    models,
+    ops,
+    provision,
+)
 from cloud_gateway.api.context import CTX, OPENAPI, TOKEN_ID, ApiContext
 from cloud_gateway.api.errors import Problem, problem_response, problems_middleware
 from cloud_gateway.api.openapi import document
@@ -20,6 +29,7 @@ TABLES: tuple[tuple[Route, ...], ...] = (
     gateways.ROUTES,
     campaigns.ROUTES,
     devices.ROUTES,
+    households.ROUTES,
     models.ROUTES,
     dashboard.ROUTES,
     provision.ROUTES,

@@ -25,6 +25,7 @@ from cloud_gateway.claims.desk import ClaimDesk
 from cloud_gateway.config import GatewaySettings
 from cloud_gateway.db.backend import Backend, Clock, Session
 from cloud_gateway.devices.erasure import DeviceErasure
+from cloud_gateway.households.service import HouseholdDesk
 from cloud_gateway.ingest.retention import RetentionPolicy, run_retention
 from cloud_gateway.ingest.service import AckBatcher, Ingestor
 from cloud_gateway.provisioning.service import Provisioner
@@ -206,6 +207,7 @@ def build(
         gauges=health.gauges,
         readiness=health.readiness,
         provisioner=Provisioner(backend, s.data_dir, keys.trust_path, s.topic_root, counters),
+        households=HouseholdDesk(backend, lambda: keys.signer, clock),
     )
     return Parts(
         settings=s,
