@@ -19,6 +19,7 @@ from typing import Any, NoReturn
 
 import aiohttp
 
+from agent.errors import AgentError
 from agent.features.household import HouseholdContext
 from agent.household import handshake
 from agent.household.coordinator import CoordinatorServer, Ranker
@@ -33,10 +34,19 @@ log = logging.getLogger(__name__)
 MAX_KEPT_EXPOSURES = 5000
 CONTEXT_STALE_S = 600.0
 HOLD_TIMEOUT_S = 0.5
+STRIKES = 3
+"""Failed calls in a row after which the coordinator is taken for gone (before its records'
+TTL runs out) and left out of the election until it advertises again."""
+SHUNNED_S = 300.0
+MAX_SHUNNED = 32
 
 
-class HouseholdError(Exception):
+class HouseholdError(AgentError):
     """A call to the coordinator failed (it is away, refused us, or answered nonsense)."""
+
+
+class NotCoordinator(HouseholdError):
+    """The elected device answers, but does not coordinate (yet): not a sign it is gone."""
 
 
 class HouseholdClient:
@@ -54,6 +64,7 @@ class HouseholdClient:
         ranker: Ranker | None = None,
         counters: Counter[str] | None = None,
         clock: Callable[[], float] = time.time,
+        ttl_s: int = 120,
     ) -> None:
         self.creds = creds
         self.verifier = verifier
@@ -86,6 +97,10 @@ class HouseholdClient:
         self.kept: OrderedDict[str, dict[str, Any]] = OrderedDict()
         self._replay_all = False
         self._levels: dict[str, float] | None = None
+        self.shunned: OrderedDict[str, float] = OrderedDict()
+        """Fingerprints left out of the election (refused, or gone silent) -> until when."""
+        self._strikes = 0
+        self._ttl_s = ttl_s
 
     # ------------------------------------------------------------ life
 
@@ -108,7 +123,9 @@ class HouseholdClient:
             interfaces=self._interfaces,
             host=self.host,
             on_change=self._wake.set,
+            on_seen=self._seen,
             counters=self.counters,
+            ttl_s=self._ttl_s,
         )
         await self.discovery.start()
         self._task = asyncio.get_running_loop().create_task(self._run(), name="household")
@@ -219,9 +236,29 @@ class HouseholdClient:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self.tick_s)
 
-    async def _round(self) -> None:
+    def _seen(self, fingerprint: str) -> None:
+        """A fresh advert from a device we had left out: it may be back (a restart)."""
+        if self.shunned.pop(fingerprint, None) is not None:
+            self._wake.set()
+
+    def _shun(self, fingerprint: str) -> None:
+        self.shunned[fingerprint] = time.monotonic() + SHUNNED_S
+        self.shunned.move_to_end(fingerprint)
+        while len(self.shunned) > MAX_SHUNNED:
+            self.shunned.popitem(last=False)
+        self._wake.set()
+
+    def candidates(self) -> list[Candidate]:
+        """Verified adverts of the household, minus the devices left out now."""
         assert self.discovery is not None
-        chosen = elect(self.discovery.candidates())
+        now = time.monotonic()
+        for fp, until in list(self.shunned.items()):
+            if until <= now:
+                del self.shunned[fp]
+        return [c for c in self.discovery.candidates() if c.fingerprint not in self.shunned]
+
+    async def _round(self) -> None:
+        chosen = elect(self.candidates())
         if chosen != self.coordinator:
             self.coordinator = chosen
             self._drop_session()
@@ -231,13 +268,23 @@ class HouseholdClient:
             self.server.serve(chosen is not None and chosen.fingerprint == self.creds.fingerprint)
         if chosen is None:
             return
-        if self._token is None:
-            await self._connect(chosen)
         try:
+            if self._token is None:
+                await self._connect(chosen)
             await self._push()
-        except HouseholdError:
+        except NotCoordinator:
             self._drop_session()
             raise
+        except HouseholdError:
+            self._drop_session()
+            self._strikes += 1
+            if self._strikes >= STRIKES and chosen.fingerprint != self.creds.fingerprint:
+                log.warning("household coordinator %s does not answer", chosen.fingerprint)
+                self.counters["household_coordinators_lost"] += 1
+                self._strikes = 0
+                self._shun(chosen.fingerprint)
+            raise
+        self._strikes = 0
 
     def _drop_session(self) -> None:
         if self._token is not None:
@@ -281,6 +328,7 @@ class HouseholdClient:
 
     def _spoofed(self, peer: Candidate, reason: str) -> NoReturn:
         self.counters["household_coordinators_refused"] += 1
+        self._shun(peer.fingerprint)
         log.warning(
             "refused coordinator %s at %s:%d: %s", peer.fingerprint, peer.host, peer.port, reason
         )
@@ -330,6 +378,8 @@ class HouseholdClient:
         try:
             async with self._http.post(url, json=body) as resp:
                 data = await resp.json(content_type=None)
+                if resp.status == 409:
+                    raise NotCoordinator(f"{path} -> 409")
                 if resp.status != 200 or not isinstance(data, dict):
                     raise HouseholdError(f"{path} -> {resp.status}")
                 return data
@@ -353,7 +403,8 @@ class HouseholdClient:
             ) as resp:
                 if resp.status in (401, 409):
                     self._drop_session()
-                    raise HouseholdError(f"{path} -> {resp.status}")
+                    kind = NotCoordinator if resp.status == 409 else HouseholdError
+                    raise kind(f"{path} -> {resp.status}")
                 if resp.status != 200:
                     raise HouseholdError(f"{path} -> {resp.status}: {(await resp.text())[:200]}")
                 data = await resp.json(content_type=None)

@@ -32,6 +32,9 @@ TXT_VERSION = "1"
 MAX_PEERS = 32
 MAX_RESOLVING = 8
 RESOLVE_TIMEOUT_MS = 3000
+ADVERT_TTL_S = 120
+"""Records' time to live: a device that vanished without a goodbye (killed, unplugged) is
+forgotten by its peers' caches after this long."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,16 +90,20 @@ class Discovery:
         interfaces: Sequence[str] = ("127.0.0.1",),
         host: str = "127.0.0.1",
         on_change: Callable[[], None] = lambda: None,
+        on_seen: Callable[[str], None] = lambda _fp: None,
         counters: Counter[str] | None = None,
         max_peers: int = MAX_PEERS,
+        ttl_s: int = ADVERT_TTL_S,
     ) -> None:
         self.creds = creds
         self.port = port
         self.host = host
         self.interfaces = list(interfaces)
         self.on_change = on_change
+        self.on_seen = on_seen
         self.counters = counters if counters is not None else Counter()
         self.max_peers = max_peers
+        self.ttl_s = ttl_s
         self.peers: dict[str, Candidate] = {}
         self._names: dict[str, str] = {}  # service name -> fingerprint
         self._resolving: set[asyncio.Task[None]] = set()
@@ -116,6 +123,8 @@ class Discovery:
             self.name,
             addresses=[socket.inet_aton(self.host)],
             port=self.port,
+            host_ttl=self.ttl_s,
+            other_ttl=self.ttl_s,
             properties={
                 "v": TXT_VERSION,
                 "role": self.creds.role,
@@ -199,4 +208,5 @@ class Discovery:
         self._names[advert.name] = advert.fingerprint
         if old != peer:
             self.on_change()
+        self.on_seen(advert.fingerprint)
         return True
