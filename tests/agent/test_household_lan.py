@@ -18,7 +18,7 @@ from agent.household import handshake
 from agent.household.client import HouseholdClient
 from agent.household.discovery import SERVICE_TYPE
 from agent.household.membership import Credentials
-from protocol.household import advert_proof, household_hint
+from protocol.household import MemberRole, advert_proof, household_hint
 from protocol.signing import Signer, Verifier
 from tests.support.household import clients, member
 from tests.support.waiting import eventually
@@ -27,12 +27,12 @@ HH = "hh-lan-1"
 
 
 def _household(
-    tmp_path: Path, gateway: Signer, household: str, roles: list[str], secret: bytes
+    tmp_path: Path, gateway: Signer, household: str, roles: list[MemberRole], secret: bytes
 ) -> list[Credentials]:
     return [
         member(
             gateway, household, f"{household}-d{i}", [role], tmp_path / household / str(i), secret
-        )  # type: ignore[list-item]
+        )
         for i, role in enumerate(roles)
     ]
 
@@ -189,22 +189,14 @@ async def test_two_households_on_one_segment_see_nothing_of_each_other(tmp_path:
             for c in side:
                 assert set(c.discovery.peers) <= fps  # type: ignore[union-attr]
                 assert c.counters["household_adverts_foreign"] >= 1
-        ctx_a = await eventually(
-            lambda: (
-                ca[1].household_context()
-                if ca[1].household_context() and ca[1].household_context().category_count_24h
-                else None
-            )
-        )  # type: ignore[union-attr]
-        ctx_b = await eventually(
-            lambda: (
-                cb[1].household_context()
-                if cb[1].household_context() and cb[1].household_context().category_count_24h
-                else None
-            )
-        )  # type: ignore[union-attr]
-        assert dict(ctx_a.category_count_24h) == {"groceries": 5}
-        assert dict(ctx_b.category_count_24h) == {"beauty": 7}
+
+        def counts(c: HouseholdClient) -> dict[str, int]:
+            ctx = c.household_context()
+            return dict(ctx.category_count_24h) if ctx is not None else {}
+
+        await eventually(lambda: counts(ca[1]) and counts(cb[1]), what="both contexts")
+        assert counts(ca[1]) == {"groceries": 5}
+        assert counts(cb[1]) == {"beauty": 7}
 
 
 async def test_consent_withdrawn_on_the_phone_removes_its_contribution(tmp_path: Path) -> None:

@@ -73,7 +73,7 @@ async def clients(
             verifier,
             tick_s=tick_s,
             ttl_s=ttl_s,
-            personalization=functools.partial(consent.get, c.membership.device_id, True),
+            personalization=functools.partial(_allowed, consent, c.membership.device_id),
         )
         for c in creds
     ]
@@ -90,3 +90,7 @@ async def clients(
         yield made
     finally:
         await asyncio.gather(*(c.close() for c in made), return_exceptions=True)
+
+
+def _allowed(consent: dict[str, bool], device_id: str) -> bool:
+    return consent.get(device_id, True)
