@@ -170,7 +170,13 @@ class HouseholdClient:
 
     def exposed(self, exposure_id: str, offer_id: str, campaign_id: str, at: float) -> None:
         """An impression shown here: recorded with the coordinator now or when it is back."""
-        item = {"id": exposure_id, "offer_id": offer_id, "campaign_id": campaign_id, "at": at}
+        item: dict[str, Any] = {
+            "id": exposure_id,
+            "offer_id": offer_id,
+            "campaign_id": campaign_id,
+            "at": at,
+            "device_id": self.creds.membership.device_id,
+        }
         self.pending[exposure_id] = item
         self.kept[exposure_id] = item
         while len(self.kept) > MAX_KEPT_EXPOSURES:
@@ -191,6 +197,7 @@ class HouseholdClient:
         except HouseholdError:
             self.counters["household_hold_fallbacks"] += 1
             return None
+        self._learn(body.get("log"))
         return _hold(body)
 
     async def rank_remote(
@@ -354,6 +361,7 @@ class HouseholdClient:
             await self._call("PUT", "/lan/v1/consumables", {"levels": self._levels})
         await self._flush_exposures()
         if self.creds.role != "appliance":
+            self._learn((await self._call("GET", "/lan/v1/hold")).get("log"))
             self._context = _context(await self._call("GET", "/lan/v1/context"))
 
     async def _flush_exposures(self) -> None:
@@ -363,12 +371,37 @@ class HouseholdClient:
         if not batch and not self._replay_all:
             return
         for start in range(0, max(len(batch), 1), 1000):
-            await self._call(
+            answer = await self._call(
                 "POST", "/lan/v1/exposures", {"exposures": batch[start : start + 1000]}
             )
+            self._learn(answer.get("log"))
         for e in batch:
             self.pending.pop(e["id"], None)
         self._replay_all = False
+
+    def _learn(self, log_: object) -> None:
+        """Keep a copy of the household's exposure log (bounded): replayed to the next
+        coordinator if this one dies with it."""
+        if not isinstance(log_, list):
+            return
+        for item in log_[:MAX_KEPT_EXPOSURES]:
+            if not isinstance(item, dict):
+                continue
+            eid, offer, at = item.get("id"), item.get("offer_id"), item.get("at")
+            if not isinstance(eid, str) or not isinstance(offer, str):
+                continue
+            if not isinstance(at, int | float) or eid in self.kept:
+                continue
+            device = item.get("device_id")
+            self.kept[eid] = {
+                "id": eid,
+                "offer_id": offer,
+                "campaign_id": str(item.get("campaign_id", ""))[:128],
+                "at": float(at),
+                "device_id": device if isinstance(device, str) else None,
+            }
+        while len(self.kept) > MAX_KEPT_EXPOSURES:
+            self.kept.popitem(last=False)
 
     # ------------------------------------------------------------ HTTP
 

@@ -62,6 +62,9 @@ class ExposureIn(_Body):
     offer_id: str = Field(min_length=1, max_length=128)
     campaign_id: str = Field(default="", max_length=128)
     at: float
+    device_id: str | None = Field(default=None, max_length=64)
+    """Whose it was, when a member replays the household's log to a new coordinator (absent:
+    the caller's own)."""
 
 
 class ExposuresIn(_Body):
@@ -242,7 +245,10 @@ class CoordinatorServer:
 
     async def _hold(self, request: web.Request) -> web.Response:
         session = self._session(request)
-        return web.json_response(self.state.hold(session.device_id, self.clock()).to_wire())
+        now = self.clock()
+        body = self.state.hold(session.device_id, now).to_wire()
+        body["log"] = [e.to_wire() for e in self.state.recent(now)]
+        return web.json_response(body)
 
     async def _exposures(self, request: web.Request) -> web.Response:
         session = self._session(request)
@@ -250,13 +256,14 @@ class CoordinatorServer:
         now = self.clock()
         added = self.state.record(
             (
-                Exposure(e.id, e.offer_id, e.campaign_id, session.device_id, e.at)
+                Exposure(e.id, e.offer_id, e.campaign_id, e.device_id or session.device_id, e.at)
                 for e in body.exposures
             ),
             now,
         )
         hold = self.state.hold(session.device_id, now)
-        return web.json_response({"added": added, "hold": hold.to_wire()})
+        log_ = [e.to_wire() for e in self.state.recent(now)]
+        return web.json_response({"added": added, "hold": hold.to_wire(), "log": log_})
 
     async def _rank(self, request: web.Request) -> web.Response:
         session = self._session(request)

@@ -46,6 +46,15 @@ class Exposure:
     device_id: str
     at: float
 
+    def to_wire(self) -> dict[str, object]:
+        return {
+            "id": self.id,
+            "offer_id": self.offer_id,
+            "campaign_id": self.campaign_id,
+            "device_id": self.device_id,
+            "at": self.at,
+        }
+
 
 Hold = HouseholdHold
 NO_HOLD = HouseholdHold()
@@ -135,6 +144,15 @@ class HouseholdState:
         while len(self.exposures) > MAX_EXPOSURES:
             self.exposures.popitem(last=False)
         return added
+
+    def recent(self, now: float) -> list[Exposure]:
+        """Exposures that still count (today, or within the offer window): the log every
+        member keeps a copy of, so that a coordinator's death loses none of it."""
+        today = self.day(now)
+        window = self.caps.offer_window_s
+        return [
+            e for e in self.exposures.values() if self.day(e.at) == today or now - e.at < window
+        ]
 
     def hold(self, device_id: str, now: float) -> Hold:
         """What `device_id` may not show now, by the household's caps."""
