@@ -102,6 +102,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         data_dir=Path(args.data_dir) if args.data_dir else None,
         seed=args.seed,
         topic_root=args.topic_root,
+        lan=args.lan,
     )
     try:
         report = asyncio.run(run_demo(options))
@@ -193,6 +194,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     demo.add_argument("--data-dir", help="keep state here instead of a temporary folder")
     demo.add_argument("--seed", type=int, default=7)
     demo.add_argument("--topic-root", default=None, help=TOPIC_ROOT_HELP)
+    demo.add_argument(
+        "--no-lan",
+        dest="lan",
+        action="store_false",
+        help="no household LAN (discovery, coordinator, household caps)",
+    )
     demo.add_argument("-v", "--verbose", action="count", default=0)
     demo.set_defaults(func=cmd_demo)
 
