@@ -14,6 +14,7 @@ from typing import Any
 
 from agent.household.client import HouseholdClient
 from agent.household.membership import credentials, load_key
+from agent.household.remote_rank import model_ranker
 from agent.offers.book import load_trust
 from protocol.ids import utcnow
 from protocol.signing import Signer, Verifier
@@ -112,6 +113,11 @@ class HouseholdLan:
             verifier,
             personalization=lambda: agent.consent.personalization,
             counters=agent.parts.metrics.counters,
+            ranker=model_ranker(
+                lambda: agent.parts.slot.current,
+                settings.profile.timezone,
+                settings.profile.budgets.max_candidates,
+            ),
         )
         await self._stack.enter_async_context(client)
         agent.attach_household(client)
