@@ -19,6 +19,7 @@ from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
+from zeroconf import Error as ZeroconfError
 from zeroconf import IPVersion, ServiceStateChange, Zeroconf
 from zeroconf.asyncio import AsyncServiceBrowser, AsyncServiceInfo, AsyncZeroconf
 
@@ -110,6 +111,8 @@ class Discovery:
         self._zc: AsyncZeroconf | None = None
         self._browser: AsyncServiceBrowser | None = None
         self._info: AsyncServiceInfo | None = None
+        self._registering: asyncio.Task[None] | None = None
+        self.advertised = False
         self.me = Candidate(creds.fingerprint, creds.role, host, port)
 
     @property
@@ -136,15 +139,32 @@ class Discovery:
         self._browser = AsyncServiceBrowser(
             self._zc.zeroconf, [SERVICE_TYPE], handlers=[self._on_state]
         )
-        await self._zc.async_register_service(self._info)
+        # probing our name takes about a second: browse (and join) meanwhile
+        self._registering = asyncio.get_running_loop().create_task(
+            self._register(self._zc, self._info), name="household-advertise"
+        )
+
+    async def _register(self, zc: AsyncZeroconf, info: AsyncServiceInfo) -> None:
+        announced = await zc.async_register_service(info)
+        await announced
+        self.advertised = True
 
     async def close(self) -> None:
         for task in list(self._resolving):
             task.cancel()
+        registering, self._registering = self._registering, None
+        if registering is not None:
+            registering.cancel()
+            try:
+                await registering
+            except asyncio.CancelledError:
+                pass
+            except ZeroconfError as exc:
+                log.warning("advertising %s failed: %s", self.name, exc)
         if self._browser is not None:
             await self._browser.async_cancel()
         if self._zc is not None:
-            if self._info is not None:
+            if self._info is not None and self.advertised:
                 await self._zc.async_unregister_service(self._info)  # the goodbye
             await self._zc.async_close()
         self._zc = self._browser = self._info = None

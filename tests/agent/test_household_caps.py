@@ -103,12 +103,10 @@ async def test_caps_hold_across_tv_and_phone_and_reconcile_after_an_outage(tmp_p
                 await tv.agent.record_outcome("big", "impression", TV_SURFACE)
                 # the phone asks before it shows: the TV showed "big", so the phone does not
                 assert await top(phone, PHONE_SURFACE) == ["small"]
-            # the coordinator is away: the phone falls back to its own caps ...
-            await eventually(lambda: phone_lan.connected_to is None, what="the phone notices")
-            assert await phone_lan.hold() is None
-            assert (await top(phone, PHONE_SURFACE))[0] == "big"
-            await phone.agent.record_outcome("big", "impression", PHONE_SURFACE)
-            assert len(phone_lan.pending) == 1  # ... and keeps the exposure for later
+            # the TV left: the phone takes over with the household's log it kept
+            await eventually(lambda: phone_lan.connected_to == phone_creds.fingerprint)
+            assert await top(phone, PHONE_SURFACE) == ["small"]  # the TV's exposure survived
+            await phone.agent.record_outcome("small", "impression", PHONE_SURFACE)
             # the TV is back (a new process, an empty state): every exposure reaches it, once
             async with joined(tv, tv_creds, gateway) as tv_lan:
                 await eventually(lambda: phone_lan.connected_to == tv_creds.fingerprint)
@@ -119,6 +117,41 @@ async def test_caps_hold_across_tv_and_phone_and_reconcile_after_an_outage(tmp_p
                 await tv_lan.sync()
                 assert len(server.state.exposures) == 2  # replays do not double count
                 assert not phone_lan.pending
+                # the TV may not show "small" (the phone did), the phone not "big" (the TV did)
+                assert "small" not in await top(tv, TV_SURFACE)
+                assert "big" not in await top(phone, PHONE_SURFACE)
+
+
+async def test_without_a_coordinator_a_device_keeps_its_own_caps_and_reconciles_later(
+    tmp_path: Path,
+) -> None:
+    gateway = Signer.generate("k1")
+    secret = secrets.token_bytes(32)
+    speaker_creds = await asyncio.to_thread(
+        member, gateway, "hh-away", "speaker-1", ["thin"], tmp_path / "lan-s", secret
+    )
+    hub_creds = await asyncio.to_thread(
+        member, gateway, "hh-away", "hub-1", ["hub"], tmp_path / "lan-h", secret
+    )
+    await asyncio.to_thread((tmp_path / "tv").mkdir)
+    async with running_device(tmp_path / "tv", profile="tv") as device:
+        await device.agent.set_consent(
+            {"analytics": True, "personalization": True, "marketing": True}
+        )
+        await device.transports.last.deliver("offers", bundle(device.signer, [("big", 90)]))
+        async with joined(device, speaker_creds, gateway) as lan:
+            assert await lan.hold() is None  # nobody to ask: its own caps only
+            assert await top(device, TV_SURFACE) == ["big"]
+            await device.agent.record_outcome("big", "impression", TV_SURFACE)
+            assert list(lan.pending) and lan.counters["household_sessions"] == 0
+            verifier = Verifier.from_public_keys([gateway.public])
+            async with HouseholdClient(hub_creds, verifier, tick_s=0.2) as hub:
+                await eventually(lambda: not lan.pending, what="the exposure reconciled")
+                assert hub.server is not None
+                [exposure] = hub.server.state.exposures.values()
+                assert (exposure.offer_id, exposure.device_id) == ("big", "speaker-1")
+                await lan.sync()
+                assert len(hub.server.state.exposures) == 1
 
 
 def test_household_caps_policy() -> None:
