@@ -89,6 +89,8 @@ class HouseholdClient:
         self._http: aiohttp.ClientSession | None = None
         self._task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
+        self.connected = asyncio.Event()
+        """Set while this device has a session with the household's coordinator."""
         self._context: HouseholdContext | None = None
         self._contribution: tuple[dict[str, int], int] | None = None
         self._contribution_sent = False
@@ -220,12 +222,11 @@ class HouseholdClient:
             return None
 
     async def wait_connected(self, timeout: float) -> bool:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self._token is not None:
-                return True
-            await asyncio.sleep(0.05)
-        return False
+        try:
+            await asyncio.wait_for(self.connected.wait(), timeout)
+        except TimeoutError:
+            return False
+        return True
 
     async def sync(self) -> None:
         """One round now (tests and the simulator: no waiting for the next tick)."""
@@ -298,6 +299,7 @@ class HouseholdClient:
             self._replay_all = True
         self._token = None
         self.connected_to = None
+        self.connected.clear()
 
     async def _connect(self, peer: Candidate) -> None:
         nonce_c = handshake.new_nonce()
@@ -327,6 +329,7 @@ class HouseholdClient:
             raise HouseholdError("the coordinator answered no token")
         self._token = token
         self.connected_to = peer.fingerprint
+        self.connected.set()
         if self.found_at is None:
             self.found_at = time.monotonic()
         self._contribution_sent = False
