@@ -49,13 +49,14 @@ def _creds(
         device_id=device_id,
         device_key=key.public.public_key,
         roles=[role],
-        household_secret=base64.b64encode(secret).decode(),
         issued_at=now,
         expires_at=now.replace(year=now.year + 1),
     )
-    return credentials(
-        gateway.sign(body.to_wire()), key, Verifier.from_public_keys([gateway.public])
-    )
+    grant = {
+        "membership": gateway.sign(body.to_wire()),
+        "household_secret": base64.b64encode(secret).decode(),
+    }
+    return credentials(grant, key, Verifier.from_public_keys([gateway.public]))
 
 
 async def _floor(name: str) -> float | None:

@@ -3,9 +3,10 @@ devices can recognise each other on the LAN. Pure: a model, the TXT hint and the
 fingerprint, no I/O.
 
 The gateway signs it with its `commands` key (`protocol.signing`); a device checks it with the
-keys it pinned at provisioning. It never crosses the LAN whole before its holder proved the
-peer's membership (`agent.household.handshake`), and its `household_secret` never leaves the
-device it was issued to: the LAN sees only keyed hashes of it.
+keys it pinned at provisioning. The gateway hands it out in a `grant` beside the household's
+secret (`{"membership": ..., "household_secret": ...}`): the membership is shown to
+authenticated peers in the LAN handshake (`agent.household.handshake`), the secret never
+leaves the device it was issued to (the LAN sees only keyed hashes of it).
 """
 
 from __future__ import annotations
@@ -43,8 +44,6 @@ class Membership(BaseModel):
     device_key: KeyB64
     """The device's raw Ed25519 public key, standard base64 (its LAN identity)."""
     roles: Annotated[list[MemberRole], Field(min_length=1, max_length=len(MEMBER_ROLES))]
-    household_secret: KeyB64
-    """32 random bytes, base64, the same for every member: keys the TXT hint and proof."""
     issued_at: AwareDatetime
     expires_at: AwareDatetime
     kid: str | None = None

@@ -200,7 +200,12 @@ class Discovery:
         if self._zc is None:
             return
         info = AsyncServiceInfo(SERVICE_TYPE, name)
-        if not await info.async_request(self._zc.zeroconf, RESOLVE_TIMEOUT_MS):
+        try:
+            found = await info.async_request(self._zc.zeroconf, RESOLVE_TIMEOUT_MS)
+        except ZeroconfError as exc:  # closing under it (NotRunningException)
+            log.debug("resolving %s: %r", name, exc)
+            return
+        if not found:
             self.counters["household_resolves_failed"] += 1
             return
         advert = parse_advert(name, info.properties, info.parsed_addresses(), info.port)

@@ -49,14 +49,12 @@ class Credentials:
     wire: dict[str, Any]
     """The credential as the gateway signed it (shown to an authenticated peer)."""
     key: Signer
+    secret: bytes
+    """The household's secret (from the grant): keys the TXT hint and proof; never sent."""
 
     @property
     def fingerprint(self) -> str:
         return key_fingerprint(self.membership.device_key)
-
-    @property
-    def secret(self) -> bytes:
-        return secret_bytes(self.membership.household_secret)
 
     @property
     def hint(self) -> str:
@@ -100,7 +98,6 @@ def check_membership(
         raise MembershipError(str(exc)) from exc
     try:
         membership = Membership.model_validate(obj)
-        secret_bytes(membership.household_secret)
         key_fingerprint(membership.device_key)
     except (ValidationError, ValueError) as exc:
         raise MembershipError(f"malformed: {exc}") from exc
@@ -109,16 +106,25 @@ def check_membership(
     return membership
 
 
-def credentials(wire: dict[str, Any], key: Signer, verifier: Verifier) -> Credentials:
-    """Own credentials: the membership must hold and name this device's key."""
+def credentials(grant: Any, key: Signer, verifier: Verifier) -> Credentials:
+    """Own credentials from the gateway's grant (`{"membership", "household_secret"}`): the
+    membership must hold and name this device's key."""
+    if not isinstance(grant, dict) or not isinstance(grant.get("membership"), dict):
+        raise MembershipError("the grant has no membership")
+    wire = grant["membership"]
     membership = check_membership(wire, verifier)
     if membership.device_key != key.public.public_key:
         raise MembershipError("the membership names another device key")
-    return Credentials(membership, wire, key)
+    try:
+        secret = secret_bytes(str(grant.get("household_secret", "")))
+    except ValueError as exc:
+        raise MembershipError(str(exc)) from exc
+    return Credentials(membership, wire, key, secret)
 
 
 def read_membership(data_dir: Path) -> dict[str, Any] | None:
-    """The stored membership (`DATA_DIR/household/membership.json`), or None."""
+    """The stored grant (`DATA_DIR/household/membership.json`: membership and the
+    household's secret, 0600), or None."""
     path = data_dir / MEMBERSHIP_FILE
     if not path.exists():
         return None

@@ -57,8 +57,8 @@ class HouseholdDesk:
             device_id=member.device_id,
             device_key=member.device_key,
             roles=list(member.roles),
-            household_secret=secret,
             issued_at=now,
             expires_at=expires,
         )
-        return self._signer().sign(membership.to_wire())
+        signed = self._signer().sign(membership.to_wire())
+        return {"membership": signed, "household_secret": secret}

@@ -45,7 +45,7 @@ async def test_members_get_credentials_their_peers_accept(
             MemberIn(device_id="tv-0", device_key=keys[0].public.public_key, roles=["hub"]),
             "token:ops",
         )
-        assert check_membership(renewed, verifier).roles == ["hub"]
+        assert check_membership(renewed["membership"], verifier).roles == ["hub"]
         rows = await backend.call(members, "hh-42")
         assert [r["device_id"] for r in rows] == ["tv-0", "tv-1"]
         entries = await backend.call(audit_log)
@@ -56,14 +56,16 @@ async def test_members_get_credentials_their_peers_accept(
             "token:ops",
         )
         assert other["household_secret"] != issued[0]["household_secret"]
+        assert "household_secret" not in issued[0]["membership"]  # what peers see has none
         with pytest.raises(MembershipError, match="another household"):
-            check_membership(other, verifier, household_id="hh-42")
+            check_membership(other["membership"], verifier, household_id="hh-42")
         with pytest.raises(MembershipError, match="another device key"):
             credentials(issued[0], keys[1], verifier)
-        tampered = {**issued[0], "roles": ["hub"]}
+        tampered = {**issued[0]["membership"], "roles": ["hub"]}
         with pytest.raises(MembershipError, match="does not verify"):
             check_membership(tampered, verifier)
-        forged = Signer.generate("k1").sign({k: v for k, v in issued[0].items() if k != "sig"})
+        body = {k: v for k, v in issued[0]["membership"].items() if k != "sig"}
+        forged = Signer.generate("k1").sign(body)
         with pytest.raises(MembershipError):
             check_membership(forged, verifier)
         assert len(base64.b64decode(issued[0]["household_secret"])) == 32

@@ -27,17 +27,20 @@ def membership(
     secret: bytes,
     ttl: timedelta = timedelta(days=1),
 ) -> dict[str, object]:
+    """A grant as the gateway's route answers it: the signed membership and the secret."""
     now = utcnow()
     body = Membership(
         household_id=household_id,
         device_id=device_id,
         device_key=key.public.public_key,
         roles=list(roles),
-        household_secret=base64.b64encode(secret).decode(),
         issued_at=now,
         expires_at=now + ttl,
     )
-    return gateway.sign(body.to_wire())
+    return {
+        "membership": gateway.sign(body.to_wire()),
+        "household_secret": base64.b64encode(secret).decode(),
+    }
 
 
 def member(
