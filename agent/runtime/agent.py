@@ -23,6 +23,8 @@ from agent.decide.policy import CapCounts, QuietWindow
 from agent.decide.ranking import Decision, RankedOffer
 from agent.errors import AgentError, NotStarted, UnknownOffer
 from agent.features.windows import FeatureWindows
+from agent.household import join as household_join
+from agent.household.client import HouseholdClient
 from agent.intake.consent import ConsentState
 from agent.intake.validate import SignalIn
 from agent.link.session import Link
@@ -83,6 +85,8 @@ class Agent:
         """Made on entry, kept after exit (counters, status and the model stay readable)."""
         self._running = False
         self.api: LocalApi | None = None
+        self.household: HouseholdClient | None = None
+        """The household on the LAN (`agent.household.join`), when it joined one."""
         """The local API, when the settings give it a port (`settings.api_port`)."""
 
     # ------------------------------------------------------------ the parts
@@ -327,6 +331,14 @@ class Agent:
         if parts.settings.api_port is not None:
             self.api = LocalApi(self, parts.settings.api_port)
             await self.api.start()
+        self.household = await household_join.join(
+            parts.settings,
+            personalization=lambda: parts.consent.state.personalization,
+            model=lambda: parts.slot.current,
+            counters=parts.metrics.counters,
+        )
+        if self.household is not None:
+            parts.decisions.household = self.household
         await parts.memory_watch.page_out()  # what only start-up touched
         await parts.memory_watch.check()
         if not parts.memory.shared:
@@ -348,6 +360,9 @@ class Agent:
         await self.close()
 
     async def close(self) -> None:
+        household, self.household = self.household, None
+        if household is not None:
+            await household.close()  # its goodbye on the LAN
         if self.api is not None:
             await self.api.stop()
             self.api = None
