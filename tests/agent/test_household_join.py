@@ -48,9 +48,8 @@ async def test_an_agent_with_a_grant_joins_and_coordinates(tmp_path: Path) -> No
                 continue
             lan = agent.household
             assert agent.decisions.household is lan
-            await eventually(
-                lambda: lan.connected_to == lan.creds.fingerprint, what="alone: it coordinates"
-            )
+            assert await lan.wait_connected(10.0)  # alone: it coordinates
+            assert lan.connected_to == lan.creds.fingerprint
             assert await agent.decisions.household_hold() is not None
             assert agent.counters["household_sessions"] >= 1
         assert agent.household is None  # closed with the agent (its goodbye sent)
