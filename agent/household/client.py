@@ -65,12 +65,16 @@ class HouseholdClient:
         counters: Counter[str] | None = None,
         clock: Callable[[], float] = time.time,
         ttl_s: int = 120,
+        contribution: Callable[[], tuple[Mapping[str, int], int]] | None = None,
     ) -> None:
         self.creds = creds
         self.verifier = verifier
         self.host = host
         self.tick_s = tick_s
         self.personalization = personalization
+        self.contribution = contribution
+        """This device's (category counts of 24 h, member tier), read each round while its
+        personalization consent allows; withdrawn from the coordinator as soon as it does not."""
         self.counters = counters if counters is not None else Counter()
         self.clock = clock
         self.eligible = creds.role in ELIGIBLE
@@ -333,6 +337,7 @@ class HouseholdClient:
         if self.found_at is None:
             self.found_at = time.monotonic()
         self._contribution_sent = False
+        self._withdraw_pending = not self.personalization()  # idempotent: nothing stale stays
         self._replay_all = True
         self.counters["household_sessions"] += 1
 
@@ -345,18 +350,21 @@ class HouseholdClient:
         raise HouseholdError(f"coordinator refused: {reason}")
 
     async def _push(self) -> None:
-        if self._withdraw_pending or (
-            self._contribution is not None and not self.personalization()
-        ):
+        allowed = self.personalization()
+        if self.contribution is not None and allowed:
+            fresh = self.contribution()
+            if fresh != self._contribution:
+                self._contribution = (dict(fresh[0]), fresh[1])
+                self._contribution_sent = False
+        if not allowed and (self._contribution_sent or self._contribution is not None):
+            self._withdraw_pending = True
+        if self._withdraw_pending:
             await self._call("DELETE", "/lan/v1/contribution")
             self._withdraw_pending = False
-            if not self.personalization():
-                self._contribution_sent = False
-        if (
-            self._contribution is not None
-            and self.personalization()
-            and not self._contribution_sent
-        ):
+            self._contribution_sent = False
+            if not allowed:
+                self._contribution = None
+        if self._contribution is not None and allowed and not self._contribution_sent:
             counts, tier = self._contribution
             await self._call("PUT", "/lan/v1/contribution", {"counts": counts, "tier": tier})
             self._contribution_sent = True

@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from agent.config import AgentSettings
 from agent.household.client import HouseholdClient
@@ -25,6 +25,7 @@ async def join(
     settings: AgentSettings,
     *,
     personalization: Callable[[], bool],
+    contribution: Callable[[], tuple[Mapping[str, int], int]],
     model: Callable[[], Model | None],
     counters: Counter[str],
 ) -> HouseholdClient | None:
@@ -52,6 +53,7 @@ async def join(
         host=host,
         interfaces=(host,),
         personalization=personalization,
+        contribution=contribution,
         ranker=model_ranker(model, profile.timezone, profile.budgets.max_candidates),
         counters=counters,
     )

@@ -9,7 +9,8 @@ import logging
 import signal
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
 from types import TracebackType
@@ -334,6 +335,7 @@ class Agent:
         self.household = await household_join.join(
             parts.settings,
             personalization=lambda: parts.consent.state.personalization,
+            contribution=partial(_contribution, parts),
             model=lambda: parts.slot.current,
             counters=parts.metrics.counters,
         )
@@ -414,3 +416,12 @@ async def run_agent(
     finally:
         for sig in installed:
             loop.remove_signal_handler(sig)
+
+
+def _contribution(parts: Parts) -> tuple[Mapping[str, int], int]:
+    """What this device shares with its household (under personalization consent only): its
+    category counts of the last 24 h and the member tier it knows."""
+    profile = parts.settings.profile
+    now = datetime.fromtimestamp(parts.clock(), UTC)
+    ctx = parts.windows.context(now, profile.name, profile.timezone, True)
+    return ctx.category_24h, ctx.member_tier

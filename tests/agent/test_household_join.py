@@ -52,4 +52,16 @@ async def test_an_agent_with_a_grant_joins_and_coordinates(tmp_path: Path) -> No
             assert lan.connected_to == lan.creds.fingerprint
             assert await agent.decisions.household_hold() is not None
             assert agent.counters["household_sessions"] >= 1
+            # its contribution follows its personalization consent
+            everything = {"analytics": True, "personalization": True, "marketing": True}
+            await agent.set_consent(everything)
+            signal = {"kind": "search", "attrs": {"category": "groceries", "query_len": 3}}
+            await agent.accept_signals([signal])
+            await lan.sync()
+            assert lan.server is not None
+            shared = lan.server.state.contributions["tv-join"]
+            assert shared.counts == {"groceries": 1}
+            await agent.set_consent({**everything, "personalization": False})
+            await lan.sync()
+            assert "tv-join" not in lan.server.state.contributions
         assert agent.household is None  # closed with the agent (its goodbye sent)
