@@ -89,6 +89,14 @@ def _print_report(report: dict[str, Any]) -> None:
             d["top_offer"] or "-",
         )
     console.print(devices)
+    lan = report.get("household_lan")
+    if lan:
+        needs = ", ".join(f"{k} {v:.2f}" for k, v in sorted(lan["tv_consumable_need"].items()))
+        console.print(
+            f"household LAN: coordinator {lan['coordinator']}, {lan['active_devices']} devices"
+            f" active, appliances {', '.join(lan['appliances']) or '-'};"
+            f" the TV sees consumable need: {needs or '-'}"
+        )
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
