@@ -19,7 +19,7 @@ from typing import Any
 from agent.api.local import LocalApi
 from agent.api.owners import ensure_admin
 from agent.config import AgentSettings
-from agent.decide.decisions import Decisions, HouseholdCaps
+from agent.decide.decisions import Decisions
 from agent.decide.policy import CapCounts, QuietWindow
 from agent.decide.ranking import Decision, RankedOffer
 from agent.errors import AgentError, NotStarted, UnknownOffer
@@ -87,6 +87,7 @@ class Agent:
         self._running = False
         self.api: LocalApi | None = None
         self.household: HouseholdClient | None = None
+        self._owns_household = False
         """The household on the LAN (`agent.household.join`), when it joined one."""
         """The local API, when the settings give it a port (`settings.api_port`)."""
 
@@ -201,9 +202,13 @@ class Agent:
         """One local ranking decision for `surface` (see `agent.decide.ranking.decide`)."""
         return await self.parts.service.decide(surface, limit, explain=explain)
 
-    def attach_household(self, caps: HouseholdCaps | None) -> None:
-        """Decide under the household's caps too (`agent.household.client`), or not (None)."""
-        self.parts.decisions.household = caps
+    def attach_household(self, client: HouseholdClient | None) -> None:
+        """Join a household through a client its caller owns (the simulators), or leave it
+        (None): decisions ask its caps, and `household` (the `HouseholdSource` the feature
+        side reads) is it."""
+        self.household = client
+        self._owns_household = False
+        self.parts.decisions.household = client
 
     async def rank(self, surface: str, limit: int = 3) -> list[RankedOffer]:
         return (await self.decide(surface, limit)).ranked
@@ -332,6 +337,7 @@ class Agent:
         if parts.settings.api_port is not None:
             self.api = LocalApi(self, parts.settings.api_port)
             await self.api.start()
+        self._owns_household = True
         self.household = await household_join.join(
             parts.settings,
             personalization=lambda: parts.consent.state.personalization,
@@ -363,7 +369,7 @@ class Agent:
 
     async def close(self) -> None:
         household, self.household = self.household, None
-        if household is not None:
+        if household is not None and self._owns_household:
             await household.close()  # its goodbye on the LAN
         if self.api is not None:
             await self.api.stop()
