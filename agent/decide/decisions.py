@@ -38,12 +38,14 @@ DECISION_COUNTERS = (
 class HouseholdCaps(Protocol):
     """The household's caps as a device sees them (`agent.household.client.HouseholdClient`):
     asked before a decision, told of each impression. `hold` answers None when the
-    coordinator is away: the device then keeps to its own caps only, and `exposed` keeps the
+    coordinator is away: the device then keeps to its own caps only, and `record_exposure` keeps the
     impression until the coordinator is back (idempotent by id)."""
 
     async def hold(self) -> HouseholdHold | None: ...
 
-    def exposed(self, exposure_id: str, offer_id: str, campaign_id: str, at: float) -> None: ...
+    async def record_exposure(
+        self, exposure_id: str, offer_id: str, campaign_id: str, at: float
+    ) -> None: ...
 
 
 class Decisions:
@@ -293,8 +295,6 @@ class Decisions:
         if kind == "impression":
             self.caps.add(offer.id, offer.campaign_id, surface, self.local_day(now))
             cap_rows = self.caps.rows(offer.id, offer.campaign_id, surface)
-            if self.household is not None and not counterfactual:
-                self.household.exposed(outcome.id, offer.id, offer.campaign_id, now.timestamp())
         await self._store.call(
             self._store.decisions.record_outcome,
             outcome,
@@ -305,4 +305,9 @@ class Decisions:
         )
         self._metrics.inc("outcomes_recorded")
         self._on_outcome()
+        if kind == "impression" and not counterfactual and self.household is not None:
+            # the household knows before the next device decides (or later, when it is back)
+            await self.household.record_exposure(
+                outcome.id, offer.id, offer.campaign_id, now.timestamp()
+            )
         return outcome.id

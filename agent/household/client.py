@@ -192,13 +192,26 @@ class HouseholdClient:
             self.counters["household_exposures_dropped"] += 1
         self._wake.set()
 
+    async def record_exposure(
+        self, exposure_id: str, offer_id: str, campaign_id: str, at: float
+    ) -> None:
+        """`exposed`, and told to the coordinator at once when there is one (a short wait:
+        the next device to decide must see it); kept for later when that fails."""
+        self.exposed(exposure_id, offer_id, campaign_id, at)
+        if self._token is None:
+            return
+        try:
+            await self._flush_exposures(timeout=HOLD_TIMEOUT_S)
+        except HouseholdError:
+            self.counters["household_exposures_deferred"] += 1
+
     async def hold(self) -> Hold | None:
         """What the household's caps hold back for this device now; None when away (the
         device then keeps to its own caps)."""
         if self._token is None:
             return None
         try:
-            await self._flush_exposures()
+            await self._flush_exposures(timeout=HOLD_TIMEOUT_S)
             body = await self._call("GET", "/lan/v1/hold", timeout=HOLD_TIMEOUT_S)
         except HouseholdError:
             self.counters["household_hold_fallbacks"] += 1
@@ -375,7 +388,7 @@ class HouseholdClient:
             self._learn((await self._call("GET", "/lan/v1/hold")).get("log"))
             self._context = _context(await self._call("GET", "/lan/v1/context"))
 
-    async def _flush_exposures(self) -> None:
+    async def _flush_exposures(self, timeout: float = 3.0) -> None:
         horizon = self.clock() - 2 * DAY_S
         source = self.kept if self._replay_all else self.pending
         batch = [e for e in source.values() if e["at"] > horizon]
@@ -383,7 +396,10 @@ class HouseholdClient:
             return
         for start in range(0, max(len(batch), 1), 1000):
             answer = await self._call(
-                "POST", "/lan/v1/exposures", {"exposures": batch[start : start + 1000]}
+                "POST",
+                "/lan/v1/exposures",
+                {"exposures": batch[start : start + 1000]},
+                timeout=timeout,
             )
             self._learn(answer.get("log"))
         for e in batch:

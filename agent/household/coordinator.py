@@ -227,7 +227,10 @@ class CoordinatorServer:
     async def _contribute(self, request: web.Request) -> web.Response:
         session = self._session(request)
         body = await _parse(request, ContributionIn, self.counters)
-        self.state.contribute(session.device_id, body.counts, body.tier, self.clock())
+        try:
+            self.state.contribute(session.device_id, body.counts, body.tier, self.clock())
+        except ValueError as exc:
+            raise web.HTTPTooManyRequests(text=str(exc)) from exc
         return web.json_response({"ok": True})
 
     async def _withdraw(self, request: web.Request) -> web.Response:

@@ -98,6 +98,8 @@ class HouseholdState:
 
     def contribute(self, device_id: str, counts: Mapping[str, int], tier: int, now: float) -> None:
         """A consenting device's category counts (24 h) and member tier (replaces its last)."""
+        if device_id not in self.contributions and len(self.contributions) >= MAX_DEVICES:
+            raise ValueError(f"more than {MAX_DEVICES} contributing devices")
         kept = {k: max(int(v), 0) for k, v in list(counts.items())[:MAX_CATEGORIES]}
         self.contributions[device_id] = Contribution(kept, max(int(tier), 0), now)
 
