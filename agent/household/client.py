@@ -19,6 +19,7 @@ from typing import Any, NoReturn
 
 import aiohttp
 
+from agent.decide.policy import HouseholdHold
 from agent.errors import AgentError
 from agent.features.household import HouseholdContext
 from agent.household import handshake
@@ -26,7 +27,7 @@ from agent.household.coordinator import CoordinatorServer, Ranker
 from agent.household.discovery import Discovery
 from agent.household.election import ELIGIBLE, Candidate, elect
 from agent.household.membership import Credentials, MembershipError, check_membership
-from agent.household.state import DAY_S, Hold
+from agent.household.state import DAY_S
 from protocol.household import key_fingerprint
 from protocol.signing import Verifier
 
@@ -205,7 +206,7 @@ class HouseholdClient:
         except HouseholdError:
             self.counters["household_exposures_deferred"] += 1
 
-    async def hold(self) -> Hold | None:
+    async def hold(self) -> HouseholdHold | None:
         """What the household's caps hold back for this device now; None when away (the
         device then keeps to its own caps)."""
         if self._token is None:
@@ -475,11 +476,11 @@ class HouseholdClient:
         return data
 
 
-def _hold(body: dict[str, Any]) -> Hold:
+def _hold(body: dict[str, Any]) -> HouseholdHold:
     offers = body.get("offers")
     reason = body.get("reason")
     until = body.get("until")
-    return Hold(
+    return HouseholdHold(
         frozenset(str(o) for o in offers[:5000]) if isinstance(offers, list) else frozenset(),
         reason if isinstance(reason, str) else None,
         float(until) if isinstance(until, int | float) else None,

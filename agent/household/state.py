@@ -56,10 +56,6 @@ class Exposure:
         }
 
 
-Hold = HouseholdHold
-NO_HOLD = HouseholdHold()
-
-
 @dataclass(slots=True)
 class Contribution:
     counts: dict[str, int]
@@ -156,16 +152,16 @@ class HouseholdState:
             e for e in self.exposures.values() if self.day(e.at) == today or now - e.at < window
         ]
 
-    def hold(self, device_id: str, now: float) -> Hold:
+    def hold(self, device_id: str, now: float) -> HouseholdHold:
         """What `device_id` may not show now, by the household's caps."""
         local_minute = ((now + self.caps.utc_offset_s) % DAY_S) / 60.0
         remaining = quiet_remaining(local_minute, self.caps.quiet)
         if remaining is not None:
-            return Hold(reason="household_quiet", until=now + remaining * 60.0)
+            return HouseholdHold(reason="household_quiet", until=now + remaining * 60.0)
         today = self.day(now)
         shown_today = sum(1 for e in self.exposures.values() if self.day(e.at) == today)
         if shown_today >= self.caps.per_day:
-            return Hold(
+            return HouseholdHold(
                 reason="household_day_cap", until=(today + 1) * DAY_S - self.caps.utc_offset_s
             )
         window = self.caps.offer_window_s
@@ -174,4 +170,4 @@ class HouseholdState:
             for e in self.exposures.values()
             if e.device_id != device_id and now - e.at < window
         )
-        return Hold(offers=offers)
+        return HouseholdHold(offers=offers)
