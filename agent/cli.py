@@ -52,6 +52,13 @@ def _add_verbs(parser: argparse.ArgumentParser) -> None:
         default=PROFILE_PORT,
         help="local API port on 127.0.0.1 (0: a free port, none: no API; default: the profile's)",
     )
+    run.add_argument(
+        "--api-socket",
+        type=Path,
+        default=None,
+        help="also serve the local API on this Unix socket (0660; callers known by their uid)",
+    )
+    run.add_argument("--api-socket-group", default=None, help="the socket's group (name or gid)")
     run.add_argument("--trust", required=True, type=Path, help="the pinned trust.json")
     run.add_argument("--config", type=Path, default=None, help="a TOML config file")
     run.add_argument(
@@ -88,6 +95,14 @@ def _add_verbs(parser: argparse.ArgumentParser) -> None:
     revoke.add_argument("--data-dir", required=True, type=Path)
     revoke.add_argument("--app", required=True)
     revoke.set_defaults(func=cmd_token_revoke)
+    bind = token_verbs.add_parser(
+        "bind", help="callers on the Unix socket running as UID act as APP (peer credentials)"
+    )
+    bind.add_argument("--data-dir", required=True, type=Path)
+    bind.add_argument("--app", default=None, help="the app (made with `token create`)")
+    bind.add_argument("--uid", required=True, type=int)
+    bind.add_argument("--remove", action="store_true", help="UID acts as no app any more")
+    bind.set_defaults(func=cmd_token_bind)
     listing = token_verbs.add_parser("list", help="the apps with a token and their scopes")
     listing.add_argument("--data-dir", required=True, type=Path)
     listing.set_defaults(func=cmd_token_list)
@@ -108,6 +123,8 @@ def _options(args: argparse.Namespace) -> dict[str, Any]:
         "topic_root": args.topic_root,
         "claim_file": args.claim,
         "provision_url": args.provision_url,
+        "api_socket": args.api_socket,
+        "api_socket_group": args.api_socket_group,
     }
     return {k: str(v) if isinstance(v, Path) else v for k, v in given.items() if v is not None}
 
@@ -169,6 +186,28 @@ def cmd_token_create(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_token_bind(args: argparse.Namespace) -> int:
+    """`token bind --app APP --uid UID` (or `--remove`): peer credentials on the socket."""
+    from agent.api.owners import bind_uid, unbind_uid  # noqa: PLC0415
+
+    try:
+        if args.remove:
+            if not unbind_uid(args.data_dir, args.uid):
+                print(
+                    f"edgemart agent token bind: uid {args.uid} is bound to no app", file=sys.stderr
+                )
+                return 1
+            return 0
+        if args.app is None:
+            print("edgemart agent token bind: --app is required (or --remove)", file=sys.stderr)
+            return 2
+        bind_uid(args.data_dir, args.app, args.uid)
+    except (AgentError, OSError) as exc:
+        print(f"edgemart agent token bind: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def cmd_token_revoke(args: argparse.Namespace) -> int:
     from agent.api.owners import revoke_token  # noqa: PLC0415
 
@@ -199,6 +238,8 @@ def cmd_token_list(args: argparse.Namespace) -> int:
 def _announce(agent: Agent) -> None:
     """One line on stdout once serving, so scripts using `--api-port 0` learn the port."""
     api = f"http://127.0.0.1:{agent.api_port}" if agent.api_port is not None else "off"
+    if agent.settings.api_socket is not None:
+        api += f" and unix:{agent.settings.api_socket}"
     link = "connected" if agent.link.connected.is_set() else "connecting"
     print(
         f"agent {agent.settings.device_id} ready: local API {api}, broker"

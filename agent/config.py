@@ -51,6 +51,8 @@ AGENT_KEYS = frozenset(
         "claim_file",
         "provision_url",
         "lan_host",
+        "api_socket",
+        "api_socket_group",
     }
 )
 
@@ -156,6 +158,8 @@ class PolicySettings(_Strict):
     attribution_impression_days: Annotated[float, Field(ge=0, le=90)] = 1.0
     counterfactual_gap_s: Annotated[float, Field(ge=0, le=86_400)] = 3600.0
     claim_resend_s: Annotated[float, Field(gt=0, le=3600)] = 5.0
+    explain_report_s: Annotated[float, Field(gt=0, le=86_400)] = 900.0
+    """How often the per-campaign explanation counts go into the outbox (issue 18)."""
 
 
 class Profile(_Strict):
@@ -197,6 +201,11 @@ class AgentSettings(_Strict):
     lan_host: Host | None = None
     """The LAN address the household API binds to and advertises (issue 17, docs/household.md);
     None: the agent joins no household, even with a membership grant in its data dir."""
+    api_socket: Path | None = None
+    """Also serve the local API on this Unix socket (mode 0660): callers without a token are
+    known by their user id (SO_PEERCRED, `edgemart agent token bind`)."""
+    api_socket_group: Annotated[str, StringConstraints(min_length=1, max_length=64)] | None = None
+    """The socket's group (name or gid): the apps' users in it may connect."""
     trust: Path
     profile: Profile
     topic_root: str = "edgemart/v1"

@@ -183,7 +183,25 @@ def _provision_revoke(args: argparse.Namespace) -> int:
     if crl is None:
         print(f"edgemart gateway: no live certificate for {args.device!r}", file=sys.stderr)
         return 1
-    print(f"revoked; reload the broker to read {crl}")
+    return _hand_to_broker(args, crl)
+
+
+def _hand_to_broker(args: argparse.Namespace, crl: Path | None) -> int:
+    """`--crl-out` and `--broker-pid-file`: the running broker takes the change now."""
+    from cloud_gateway.errors import GatewayError  # noqa: PLC0415
+    from cloud_gateway.provisioning.broker import install_crl, reload_broker  # noqa: PLC0415
+
+    try:
+        if crl is not None and args.crl_out is not None:
+            crl = install_crl(crl, args.crl_out)
+        if args.broker_pid_file is None:
+            print(f"revoked; reload the broker (SIGHUP) to read {crl or 'its password file'}")
+            return 0
+        pid = reload_broker(args.broker_pid_file)
+    except GatewayError as exc:
+        print(f"edgemart gateway: revoked, but {exc}", file=sys.stderr)
+        return 1
+    print(f"revoked; broker {pid} reloaded (SIGHUP): refused at its next connect")
     return 0
 
 
@@ -209,13 +227,23 @@ def _provision_password(args: argparse.Namespace) -> int:
         if not done:
             print(f"edgemart gateway: no broker password for {args.device!r}", file=sys.stderr)
             return 1
-        return 0
+        return _hand_to_broker(args, None)
     password = _in_store(
         args, lambda s: issue_password(s, args.device, args.password_file, operator())
     )
     if password is None:
         return 2
-    print(password)
+    print(password)  # alone on stdout: scripts take it with $(...)
+    if args.broker_pid_file is not None:
+        from cloud_gateway.errors import GatewayError  # noqa: PLC0415
+        from cloud_gateway.provisioning.broker import reload_broker  # noqa: PLC0415
+
+        try:
+            pid = reload_broker(args.broker_pid_file)
+        except GatewayError as exc:
+            print(f"edgemart gateway: password set, but {exc}", file=sys.stderr)
+            return 1
+        print(f"broker {pid} reloaded (SIGHUP)", file=sys.stderr)
     return 0
 
 
@@ -298,6 +326,7 @@ def _add_provision_verbs(verbs: Any) -> None:
     claim.set_defaults(func=_guard, verb=_provision_claim)
     revoke = pverbs.add_parser("revoke", help="revoke a device's certificate (rewrites the CRL)")
     revoke.add_argument("--device", required=True)
+    revoke.add_argument("--crl-out", type=Path, help="copy the CRL here (the broker's crlfile)")
     revoke.set_defaults(func=_guard, verb=_provision_revoke)
     unclaim = pverbs.add_parser("revoke-claim", help="revoke a batch's claim credential")
     unclaim.add_argument("--batch", required=True)
@@ -310,11 +339,18 @@ def _add_provision_verbs(verbs: Any) -> None:
         "--password-file", required=True, type=Path, help="the broker's password_file"
     )
     password.add_argument("--revoke", action="store_true", help="remove the device's password")
+    password.set_defaults(crl_out=None)
     password.set_defaults(func=_guard, verb=_provision_password)
     broker = pverbs.add_parser("broker-cert", help="a server certificate for the broker")
     broker.add_argument("--host", required=True, help="the name or IP devices dial")
     broker.add_argument("--out", required=True, type=Path)
     broker.set_defaults(func=_guard, verb=_provision_broker_cert)
+    for sub in (revoke, password):
+        sub.add_argument(
+            "--broker-pid-file",
+            type=Path,
+            help="SIGHUP this Mosquitto (its pid_file) so it reads the change now",
+        )
     for sub in (claim, revoke, unclaim, password, broker):
         sub.add_argument("--data-dir", required=True, type=Path)
         sub.add_argument("--db", default=None, help=DB_HELP)

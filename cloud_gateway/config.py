@@ -84,6 +84,9 @@ class GatewaySettings(BaseModel):
     bundle_ttl_s: Annotated[float, Field(gt=60, le=90 * 86400)] = 7 * 86400.0
     timestamp_interval_s: Annotated[float, Field(gt=0, le=86400)] = 300.0
     """How often the signed freshness timestamp is issued again (issue 14)."""
+    keys_watch_s: Annotated[float, Field(gt=0, le=3600)] = 2.0
+    """How often `DATA_DIR/keys/` is read again: a key activated, added or revoked there is
+    signed with and published within this long, with no restart (issue 14)."""
     timestamp_ttl_s: Annotated[float, Field(gt=0, le=7 * 86400)] = 3600.0
     """How long one stays valid: a device that holds none younger says `stale_trust`."""
     """A catalog bundle expires at most this long after it is issued."""

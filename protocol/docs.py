@@ -129,6 +129,7 @@ def render() -> str:
         (topics.claim_down(dev), "`ClaimResult` (signed)"),
         (topics.cmd(dev), "`Command` (signed)"),
         (topics.cohort_offers(cohort), "`OfferBundle` (signed, retained catalog)"),
+        (topics.cohort_policy(cohort), "`PolicyDocument` (signed, retained; issue 18)"),
         (topics.model_manifest(profile), "`ModelManifest` (signed, retained)"),
         (topics.keys(), "`KeyList` (signed by the offline root, retained)"),
         (topics.timestamp(), "`Timestamp` (signed, short-lived, retained)"),

@@ -210,6 +210,8 @@ class State(Message):
     model_version: Annotated[int, Field(ge=0)] | None = None
     cohorts: Annotated[list[Cohort], Field(max_length=16)] = Field(default_factory=list)
     model_update: ModelUpdateReport | None = None
+    policy_version: Annotated[int, Field(ge=0)] | None = None
+    """The version of the cloud policy the device runs (issue 18; 0: none, the profile's)."""
 
 
 # ---------------------------------------------------------------- downlink
@@ -384,6 +386,58 @@ class ModelManifest(Signed):
     cohorts (`region:cn-east`, `profile:tv`...); absent means every device of the profiles."""
 
 
+HHMM = Annotated[str, StringConstraints(pattern=r"^([01][0-9]|2[0-4]):[0-5][0-9]$")]
+
+
+class QuietPeriod(BaseModel):
+    """A daily quiet period in the device's local time (`22:00` to `08:00` crosses midnight)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    start: HHMM
+    end: HHMM
+
+
+class PolicyRules(BaseModel):
+    """Decision policy set by operators (issue 18). A field left out (None) is not set here:
+    the device keeps what a lower layer says (`docs/marketers.md`, precedence)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    offer_per_day: Annotated[int, Field(ge=0, le=10_000)] | None = None
+    campaign_per_day: Annotated[int, Field(ge=0, le=10_000)] | None = None
+    surface_per_day: (
+        Annotated[dict[Name, Annotated[int, Field(ge=0, le=10_000)]], Field(max_length=16)] | None
+    ) = None
+    global_per_day: Annotated[int, Field(ge=0, le=100_000)] | None = None
+    quiet_hours: Annotated[list[QuietPeriod], Field(max_length=8)] | None = None
+    """`[]` clears the quiet hours of lower layers; None keeps them."""
+    holdout: Annotated[Finite, Field(ge=0, le=1)] | None = None
+    """For a profile or cohort: the least share held out of every campaign; for a campaign:
+    its share, replacing the offers' `holdout`."""
+
+
+MAX_POLICY_CAMPAIGNS = 200
+
+
+class PolicyDocument(Signed):
+    """Signed, retained on `cohort/{cohort}/policy` (issue 18): the operators' caps, quiet hours
+    and holdout for the devices of `cohort` (`profile:<name>` for a profile), plus the
+    per-campaign rules of every campaign with one. `version` only increases (one counter across
+    cohorts: every document published together carries the same); a device takes a document
+    only at a higher version than the one it holds for that cohort. Signed by a key of the
+    `commands` role (a new role would make devices in the field refuse the key list)."""
+
+    id: Id
+    cohort: Cohort
+    version: Annotated[int, Field(ge=1)]
+    issued_at: UtcTime
+    rules: PolicyRules = Field(default_factory=PolicyRules)
+    campaigns: Annotated[dict[Id, PolicyRules], Field(max_length=MAX_POLICY_CAMPAIGNS)] = Field(
+        default_factory=dict
+    )
+
+
 Role = Literal["offers", "commands", "models", "claims", "acks", "timestamp"]
 """What an online key may sign (issue 14): offer bundles, commands, model manifests, claim
 results, acks, the freshness timestamp. Key lists are signed by the offline root only."""
@@ -465,6 +519,7 @@ DOWNLINK_MODELS: tuple[type[Message], ...] = (
     KeyList,
     Timestamp,
     TrustFile,
+    PolicyDocument,
 )
 """What devices read from the cloud (`TrustFile`: written by the gateway at provisioning);
 fields they do not know are ignored, so devices in the field survive an extended contract."""
@@ -492,4 +547,7 @@ ALL_MODELS: list[type[BaseModel]] = [
     Timestamp,
     PublicKey,
     TrustFile,
+    PolicyDocument,
+    PolicyRules,
+    QuietPeriod,
 ]

@@ -15,7 +15,7 @@ import json
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
@@ -55,6 +55,19 @@ def load_public_key(key: PublicKey) -> Ed25519PublicKey:
     if len(raw) != 32:
         raise SignatureError(f"key {key.kid!r} is {len(raw)} bytes, not 32", key.kid)
     return Ed25519PublicKey.from_public_bytes(raw)
+
+
+class SigningKey(Protocol):
+    """What signs cloud messages: a `Signer`, or a holder that switches its key while the
+    gateway runs (`cloud_gateway/security/live.LiveKeys`)."""
+
+    @property
+    def kid(self) -> str: ...
+
+    @property
+    def public(self) -> PublicKey: ...
+
+    def sign(self, obj: dict[str, Any]) -> dict[str, Any]: ...
 
 
 @dataclass(frozen=True, slots=True)

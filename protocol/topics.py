@@ -80,6 +80,10 @@ class Topics:
     def cohort_offers(self, cohort: str) -> str:
         return f"{self.root}/cohort/{check_cohort(cohort)}/offers"
 
+    def cohort_policy(self, cohort: str) -> str:
+        """Retained, signed `PolicyDocument` of a cohort (issue 18)."""
+        return f"{self.root}/cohort/{check_cohort(cohort)}/policy"
+
     def model_manifest(self, profile: str) -> str:
         return f"{self.root}/models/{check_profile(profile)}/manifest"
 
@@ -117,8 +121,8 @@ class Topics:
 
     def parse_downlink(self, topic: str) -> tuple[str, str] | None:
         """Parse a cloud-to-device topic into (kind, subject): kind is ack, offers, claim,
-        cmd (subject: device id), cohort_offers (subject: cohort), manifest (subject: profile)
-        keys or timestamp."""
+        cmd (subject: device id), cohort_offers or cohort_policy (subject: cohort), manifest
+        (subject: profile), keys or timestamp."""
         prefix = f"{self.root}/"
         if not topic.startswith(prefix):
             return None
@@ -129,6 +133,8 @@ class Topics:
             return None
         if len(parts) == 3 and parts[0] == "cohort" and parts[2] == "offers":
             return "cohort_offers", parts[1]
+        if len(parts) == 3 and parts[0] == "cohort" and parts[2] == "policy":
+            return "cohort_policy", parts[1]
         if len(parts) == 3 and parts[0] == "models" and parts[2] == "manifest":
             return "manifest", parts[1]
         if parts == ["keys"]:

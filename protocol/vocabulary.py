@@ -61,3 +61,21 @@ SERVABLE_FEATURE_NAMES: tuple[str, ...] = FEATURE_NAMES + AGENT_FEATURE_NAMES
 
 PERSONAL_FEATURES: frozenset[str] = frozenset(n for n in FEATURE_NAMES if n.startswith("user."))
 """Computed only with personalization consent; otherwise the spec's `default` is used."""
+
+EXPLAIN_KIND = "offer_explain"
+"""The signal a device reports why campaigns were or were not shown with (issue 18): attrs
+`campaign_id` and a count per outcome (`shown` or one of `EXPLAIN_STAGES`)."""
+EXPLAIN_STAGES: tuple[str, ...] = (
+    "invalid",
+    "surface",
+    "schedule",
+    "targeting",
+    "consent",
+    "stock",
+    "cap",
+    "quiet_hours",
+    "rank",
+    "holdout",
+)
+"""Why a campaign was not shown, from the earliest filter to the latest (closest to shown)."""
+EXPLAIN_OUTCOMES: tuple[str, ...] = ("shown", *EXPLAIN_STAGES)

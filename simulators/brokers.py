@@ -170,6 +170,7 @@ topic write {root}/dev/+/down/#
 topic write {root}/cohort/#
 topic write {root}/models/#
 topic write {root}/keys
+topic write {root}/timestamp
 
 pattern write {root}/dev/%u/up/#
 pattern readwrite {root}/dev/%u/state
@@ -177,6 +178,7 @@ pattern read {root}/dev/%u/down/#
 pattern read {root}/cohort/#
 pattern read {root}/models/#
 pattern read {root}/keys
+pattern read {root}/timestamp
 """
 """`deploy/edgemart.acl` for a topic root: `%u` is the device id (its certificate's CN)."""
 
@@ -218,6 +220,8 @@ def mtls_config(
         f"user {getpass.getuser()}\n"
         "per_listener_settings true\n"
         f"persistence true\npersistence_location {workdir}/\nlog_dest none\n"
+        # where `edgemart gateway provision revoke --broker-pid-file` finds it (SIGHUP)
+        f"pid_file {workdir}/mosquitto.pid\n"
         f"listener {device_port} 127.0.0.1\n"
         "allow_anonymous false\n"
         f"{tls_lines}"

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 import aiohttp
 import numpy as np
@@ -24,6 +25,16 @@ from simulators.world import Persona, World, usage_signals
 log = logging.getLogger(__name__)
 
 CONSENT_ALL = {"analytics": True, "personalization": True, "marketing": True}
+UNPACED: dict[str, Any] = {
+    "quiet_hours": [],
+    "offer_per_day": None,
+    "campaign_per_day": None,
+    "global_per_day": None,
+    "surface_per_day": {},
+}
+"""The `[decisions]` simulated households run with: without the shipped profiles' quiet hours
+and daily caps (issue 18). A run lives in minutes what devices live over days, so real pacing
+would make its figures depend on the hour it starts; the cloud policy still applies on top."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,6 +120,7 @@ class Household:
                     data_dir=self.data_dir / spec.device_id,
                     api_port=0 if spec.via_http else None,
                     trust=self.trust,
+                    overrides={"decisions": UNPACED},
                 )
                 agent = await self._stack.enter_async_context(
                     Agent(settings, store_pool=self._store_pool)

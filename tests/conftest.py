@@ -28,6 +28,18 @@ BROKER_FIXTURES = frozenset({"mosquitto", "own_mosquitto", "amqtt_broker", "post
 # A parametrised backend fixture whose PostgreSQL case starts the private server.
 SERVER_PARAMS = {"gateway_db": "postgresql"}
 TESTS = Path(__file__).parent
+UNPACED_ENV = {
+    "EDGEMART_DECISIONS__QUIET_HOURS": "[]",
+    "EDGEMART_DECISIONS__OFFER_PER_DAY": "10000",
+    "EDGEMART_DECISIONS__CAMPAIGN_PER_DAY": "10000",
+    "EDGEMART_DECISIONS__GLOBAL_PER_DAY": "100000",
+    "EDGEMART_DECISIONS__SURFACE_PER_DAY__PHONE_NOTIFICATION": "10000",
+}
+"""Agents this run starts in other processes (`edgemart agent run`) or from the environment run
+without the shipped profiles' quiet hours and daily caps (issue 18), so no test depends on the
+hour it runs; in-process agents get the same from `tests.support.builders.unpaced`."""
+for _name, _value in UNPACED_ENV.items():
+    os.environ.setdefault(_name, _value)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -7,9 +7,16 @@ in-process; domain errors become answers through `agent.api.errors`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
+import os
 import re
+import shutil
+import socket
+import stat
+import struct
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -18,7 +25,15 @@ from aiohttp import web
 from agent.api.errors import answer
 from agent.api.owners import Owner, Owners, TokenError
 from agent.api.port import AgentPort
-from agent.errors import AgentError, DiskFull, InvalidInput, KeyReused, StoreError, TooLarge
+from agent.errors import (
+    AgentError,
+    ConfigError,
+    DiskFull,
+    InvalidInput,
+    KeyReused,
+    StoreError,
+    TooLarge,
+)
 from agent.intake.consent import parse_purposes
 from agent.intake.service import signals_answer
 from agent.intake.validate import parse_outcome, parse_signals
@@ -67,12 +82,56 @@ def _hostname(value: str) -> str:
         return ""
 
 
-class LocalApi:
-    """Serves one agent on loopback; `port` is the bound port once started."""
+def peer_uid(request: web.Request) -> int | None:
+    """The user id of the process on the other end of a Unix-socket request (SO_PEERCRED,
+    from the kernel: not forgeable by the caller); None over TCP."""
+    transport = request.transport
+    sock = transport.get_extra_info("socket") if transport is not None else None
+    if sock is None or sock.family != socket.AF_UNIX:
+        return None
+    creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    _pid, uid, _gid = struct.unpack("3i", creds)
+    return int(uid)
 
-    def __init__(self, agent: AgentPort, port: int = 0) -> None:
+
+def clear_socket(path: Path) -> None:
+    """A socket file a killed agent left is removed; any other file there is an error."""
+    try:
+        mode = path.lstat().st_mode
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(mode):
+        raise ConfigError(f"{path} exists and is not a socket", field="api_socket")
+    path.unlink()
+
+
+def own_socket(path: Path, group: str | None) -> None:
+    """Mode 0660: the agent's user and group only (the group `group` when given)."""
+    if group is not None:
+        try:
+            shutil.chown(path, group=int(group) if group.isdigit() else group)
+        except (LookupError, OSError) as exc:
+            raise ConfigError(f"{path}: group {group!r}: {exc}", field="api_socket_group") from exc
+    os.chmod(path, 0o660)
+
+
+class LocalApi:
+    """Serves one agent on loopback (`port`, None: no TCP) and/or a Unix socket
+    (`socket_path`, mode 0660, group `socket_group`); `port` is the bound port once
+    started. Over the socket a caller without a token is known by its user id (peer
+    credentials): root and the agent's user are admin, others as the app bound to them."""
+
+    def __init__(
+        self,
+        agent: AgentPort,
+        port: int | None = 0,
+        socket_path: Path | None = None,
+        socket_group: str | None = None,
+    ) -> None:
         self._agent = agent
         self._requested_port = port
+        self._socket_path = socket_path
+        self._socket_group = socket_group
         self.port: int | None = None
         self._runner: web.AppRunner | None = None
         self._faults = OnceLogger(log)
@@ -98,12 +157,20 @@ class LocalApi:
             ]
         )
 
-    async def start(self) -> int:
+    async def start(self) -> int | None:
         runner = web.AppRunner(self.app, access_log=None, handle_signals=False)
         await runner.setup()
+        self._runner = runner
+        if self._socket_path is not None:
+            await asyncio.to_thread(clear_socket, self._socket_path)
+            unix = web.UnixSite(runner, str(self._socket_path))
+            await unix.start()
+            await asyncio.to_thread(own_socket, self._socket_path, self._socket_group)
+            log.info("local API on unix:%s", self._socket_path)
+        if self._requested_port is None:
+            return None
         site = web.TCPSite(runner, HOST, self._requested_port, reuse_address=True)
         await site.start()
-        self._runner = runner
         server = site._server  # aiohttp has no public accessor for the bound port of port 0
         sockets = getattr(server, "sockets", None) or []
         self.port = int(sockets[0].getsockname()[1]) if sockets else self._requested_port
@@ -114,6 +181,9 @@ class LocalApi:
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
+        if self._socket_path is not None:
+            with contextlib.suppress(OSError):
+                await asyncio.to_thread(self._socket_path.unlink)
 
     # ------------------------------------------------------------ helpers
 
@@ -157,11 +227,14 @@ class LocalApi:
         if request.path in PUBLIC:
             response: web.StreamResponse = await handler(request)
             return response
-        owner = await self._owner(headers.get("Authorization", ""))
+        authorization = headers.get("Authorization", "")
+        uid = None if authorization else peer_uid(request)
+        owner = await (self._owner(authorization) if uid is None else self._peer(uid))
         if owner is None:
-            refused = self._refuse(
-                "api_unauthorized", 401, "Authorization", "a valid bearer token is required"
-            )
+            msg = "a valid bearer token is required"
+            if uid is not None:
+                msg = f"uid {uid} is bound to no app (edgemart agent token bind), and no token"
+            refused = self._refuse("api_unauthorized", 401, "Authorization", msg)
             refused.headers["WWW-Authenticate"] = 'Bearer realm="edgemart-agent"'
             return refused
         resource = request.match_info.route.resource
@@ -200,6 +273,18 @@ class LocalApi:
         if found is None and not fresh:
             await self._refresh()  # a token made by `edgemart agent token create` just now
             found = owners.owner(token)
+        return found
+
+    async def _peer(self, uid: int) -> Owner | None:
+        """The app of a Unix-socket caller running as `uid` (the file read again on a miss:
+        a uid bound just now)."""
+        fresh = self._owners.due()
+        if fresh:
+            await self._refresh()
+        found = self._owners.peer(uid)
+        if found is None and not fresh:
+            await self._refresh()
+            found = self._owners.peer(uid)
         return found
 
     async def _refresh(self) -> None:

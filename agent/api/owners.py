@@ -214,8 +214,40 @@ def ensure_admin(data_dir: Path) -> Path:
     return path
 
 
+def bind_uid(data_dir: Path, app: str, uid: int) -> None:
+    """Callers on the local API's Unix socket running as `uid` act as `app`, with its scopes
+    (peer credentials, no token); the app must have a token entry (`create_token`)."""
+    if not 0 < uid < 2**32 - 1:
+        raise TokenError(f"uid {uid} is not a user id (root is admin already)")
+    with _locked(data_dir) as path:
+        apps = _load(path)
+        entry = apps.get(app)
+        if entry is None or app == ADMIN_APP:
+            raise TokenError(f"no app {app!r}: `edgemart agent token create --app {app}` first")
+        for other in apps.values():
+            if uid in other.get("uids", []):
+                other["uids"] = [u for u in other["uids"] if u != uid]
+        entry["uids"] = sorted({*entry.get("uids", []), uid})
+        _save(path, apps)
+        _audit(path.parent, "token.bind_uid", app, _who(), uid=uid)
+
+
+def unbind_uid(data_dir: Path, uid: int) -> bool:
+    """`uid` no longer acts as any app on the socket; False when it was bound to none."""
+    with _locked(data_dir) as path:
+        apps = _load(path)
+        for app, entry in apps.items():
+            if uid in entry.get("uids", []):
+                entry["uids"] = [u for u in entry["uids"] if u != uid]
+                _save(path, apps)
+                _audit(path.parent, "token.unbind_uid", app, _who(), uid=uid)
+                return True
+    return False
+
+
 class Owners:
-    """The tokens a running agent accepts: read from the apps file, again when it changed."""
+    """The tokens a running agent accepts: read from the apps file, again when it changed;
+    and the apps of the user ids bound to them (callers on the Unix socket)."""
 
     RECHECK_S = 1.0
     """How often a request looks whether the file changed (revocations apply within this)."""
@@ -226,6 +258,7 @@ class Owners:
         self._stamp: tuple[int, int] | None = None
         self._checked = float("-inf")
         self._by_hash: dict[str, Owner] = {}
+        self._by_uid: dict[int, Owner] = {}
 
     def due(self) -> bool:
         """True when the file should be looked at again before answering (blocking I/O due)."""
@@ -237,24 +270,36 @@ class Owners:
         try:
             st = self._path.stat()
         except FileNotFoundError:
-            self._stamp, self._by_hash = None, {}
+            self._stamp, self._by_hash, self._by_uid = None, {}, {}
             return
         stamp = (st.st_mtime_ns, st.st_size)
         if stamp == self._stamp:
             return
         apps = _load(self._path)
         by_hash: dict[str, Owner] = {}
+        by_uid: dict[int, Owner] = {}
         for app, entry in apps.items():
             if isinstance(entry, dict) and isinstance(entry.get("sha256"), str):
                 scopes = frozenset(s for s in entry.get("scopes", []) if s in SCOPES)
                 by_hash[entry["sha256"]] = Owner(str(app), scopes)
-        self._by_hash, self._stamp = by_hash, stamp
+                uids = entry.get("uids", [])
+                for uid in uids if isinstance(uids, list) else []:
+                    if isinstance(uid, int):
+                        by_uid[uid] = Owner(str(app), scopes)
+        self._by_hash, self._by_uid, self._stamp = by_hash, by_uid, stamp
 
     def owner(self, token: str) -> Owner | None:
         """The app of `token`, or None for an unknown one (no I/O)."""
         if not token or len(token) > MAX_TOKEN_LEN:
             return None
         return self._by_hash.get(token_hash(token))
+
+    def peer(self, uid: int) -> Owner | None:
+        """The app of a Unix-socket caller running as `uid` (no I/O): root and the agent's
+        own user are the admin (they can read `admin.token` anyway); others only if bound."""
+        if uid in {0, os.getuid()}:
+            return Owner(ADMIN_APP, frozenset(SCOPES))
+        return self._by_uid.get(uid)
 
 
 def admin_headers(data_dir: Path) -> dict[str, str]:

@@ -11,7 +11,16 @@ from typing import Any, Protocol
 from agent.config import AgentSettings
 from agent.decide import attribution
 from agent.decide.catalog import Catalog
-from agent.decide.policy import CapCounts, CapLimits, HouseholdHold, QuietWindow, parse_hhmm
+from agent.decide.cloud_policy import EffectivePolicy
+from agent.decide.explain import ExplainTally, classify
+from agent.decide.policy import (
+    CapCounts,
+    CapLimits,
+    HoldoutRules,
+    HouseholdHold,
+    QuietWindow,
+    parse_hhmm,
+)
 from agent.decide.ranking import Consent, Decision, Situation, decide, decide_catalog
 from agent.errors import ScoringError
 from agent.features.context import UserContext
@@ -92,6 +101,19 @@ class Decisions:
         self.quiet = tuple(
             QuietWindow(parse_hhmm(q.start), parse_hhmm(q.end)) for q in policy.quiet_hours
         )
+        self.base = EffectivePolicy(self.cap_limits, self.quiet)
+        """The profile's own settings, under any cloud policy (issue 18)."""
+        self.holdout: HoldoutRules | None = None
+        self.policy_version = 0
+        self.explanations = ExplainTally()
+        """Why each campaign was shown or not, per decision (`agent.decide.explain`)."""
+
+    def apply_policy(self, policy: EffectivePolicy) -> None:
+        """Enforce a cloud policy merged over the profile (`agent.decide.cloud_policy`)."""
+        self.cap_limits = policy.limits
+        self.quiet = policy.quiet
+        self.holdout = policy.holdout
+        self.policy_version = policy.version
 
     def forget(self, now: datetime) -> None:
         """After an erasure: no remembered decision, no impression counted today."""
@@ -99,6 +121,7 @@ class Decisions:
         self._features.clear()
         self._counterfactual_at.clear()
         self.caps = CapCounts.load([], self.local_day(now))
+        self.explanations.drain()  # counts of the erased decisions are not reported
 
     def local_day(self, now: datetime) -> int:
         """The device-local day (proleptic ordinal) daily caps count in."""
@@ -133,7 +156,12 @@ class Decisions:
                 return Decision([], [("*", hold.reason)], version, held_until=until)
             refused = refused | hold.offers
         situation = Situation(
-            self._settings.device_id, self.caps, self.cap_limits, self.quiet, refused
+            self._settings.device_id,
+            self.caps,
+            self.cap_limits,
+            self.quiet,
+            refused,
+            holdout=self.holdout,
         )
         tried: set[int] = set()
         while True:
@@ -162,6 +190,8 @@ class Decisions:
                     continue
                 log.error("model failed, ranking without it: %s", exc)  # noqa: TRY400
                 model = None
+        if catalog is not None and len(catalog):
+            self.explanations.add(catalog.campaigns, classify(decision, catalog))
         for ranked in decision.ranked:
             self._last[ranked.offer.id] = (ranked.score, decision.model_version)
             self._last.move_to_end(ranked.offer.id)
@@ -199,6 +229,7 @@ class Decisions:
             explain,
             max_candidates=self._settings.profile.budgets.max_candidates,
             situation=situation,
+            reasons_always=True,  # every campaign's reason, for the explanations
         )
 
     async def log_counterfactual(self, decision: Decision, surface: str, now: datetime) -> None:

@@ -15,6 +15,7 @@ from datetime import datetime, timedelta
 import numpy as np
 
 from agent.decide.catalog import CODE, Catalog
+from protocol.assign import in_holdout
 
 MINUTES_PER_DAY = 24 * 60
 
@@ -90,6 +91,9 @@ class CapLimits:
     campaign_per_day: int | None = None
     surface_per_day: Mapping[str, int] = field(default_factory=dict)
     global_per_day: int | None = None
+    by_campaign: Mapping[str, tuple[int | None, int | None]] = field(default_factory=dict)
+    """Campaign id -> (offer_per_day, campaign_per_day) replacing the two above for its offers
+    (a cloud policy's campaign rules, issue 18; None: the limit above)."""
 
 
 @dataclass(slots=True)
@@ -156,7 +160,7 @@ class CapArrays:
     campaign_left: np.ndarray  # bool: its campaign may still be shown today
 
 
-_cap_cache: dict[int, tuple[object, int, int, CapArrays]] = {}
+_cap_cache: dict[int, tuple[object, int, int, CapArrays, object]] = {}
 
 
 def cap_arrays(catalog: Catalog, counts: CapCounts, limits: CapLimits) -> CapArrays:
@@ -168,6 +172,7 @@ def cap_arrays(catalog: Catalog, counts: CapCounts, limits: CapLimits) -> CapArr
         and cached[0] is catalog
         and cached[1] == counts.version
         and cached[2] == id(counts)
+        and cached[4] is limits
     ):
         return cached[3]
     n = len(catalog)
@@ -188,11 +193,32 @@ def cap_arrays(catalog: Catalog, counts: CapCounts, limits: CapLimits) -> CapArr
     camp_cap = catalog.cap_campaign_day
     if limits.campaign_per_day is not None:
         camp_cap = np.minimum(camp_cap, limits.campaign_per_day)
+    if limits.by_campaign:
+        offer_cap, camp_cap = _campaign_caps(catalog, limits, offer_cap, camp_cap)
     arrays = CapArrays(offer_seen < offer_cap, camp_seen[catalog.camp_code] < camp_cap)
     if len(_cap_cache) > 64:
         _cap_cache.clear()
-    _cap_cache[key] = (catalog, counts.version, id(counts), arrays)
+    _cap_cache[key] = (catalog, counts.version, id(counts), arrays, limits)
     return arrays
+
+
+def _campaign_caps(
+    catalog: Catalog, limits: CapLimits, offer_cap: np.ndarray, camp_cap: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per-row offer and campaign caps with `limits.by_campaign` in place of the profile-wide
+    limits for the rows of those campaigns (the offers' own caps still apply)."""
+    offer_cap = offer_cap.copy()
+    camp_cap = camp_cap.copy()
+    for j, cid in enumerate(catalog.campaigns):
+        rule = limits.by_campaign.get(cid)
+        if rule is None:
+            continue
+        rows = catalog.camp_code == j
+        if rule[0] is not None:
+            offer_cap[rows] = np.minimum(catalog.cap_offer_day[rows], rule[0])
+        if rule[1] is not None:
+            camp_cap[rows] = np.minimum(catalog.cap_campaign_day[rows], rule[1])
+    return offer_cap, camp_cap
 
 
 def surface_capped(counts: CapCounts, limits: CapLimits, surface: str) -> str | None:
@@ -217,6 +243,49 @@ class HouseholdHold:
 
     def to_wire(self) -> dict[str, object]:
         return {"offers": sorted(self.offers), "reason": self.reason, "until": self.until}
+
+
+# ---------------------------------------------------------------------- holdout
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class HoldoutRules:
+    """A cloud policy's holdout (issue 18): `floor`, the least share held out of every
+    campaign; `by_campaign`, a campaign's share replacing its offers' `holdout`."""
+
+    floor: float = 0.0
+    by_campaign: Mapping[str, float] = field(default_factory=dict)
+
+
+_holdout_cache: dict[tuple[int, str, int], tuple[object, object, np.ndarray]] = {}
+
+
+def holdout_rows(catalog: Catalog, device_id: str, rules: HoldoutRules | None) -> np.ndarray:
+    """Rows whose campaign holds this device out, under `rules` (the offers' own shares when
+    None: `Catalog.holdout_mask`). Cached per catalog, device and rules."""
+    if rules is None or (rules.floor <= 0 and not rules.by_campaign):
+        return catalog.holdout_mask(device_id)
+    key = (id(catalog), device_id, id(rules))
+    cached = _holdout_cache.get(key)
+    if cached is not None and cached[0] is catalog and cached[1] is rules:
+        return cached[2]
+    shares = np.maximum(catalog.holdout_share, rules.floor)
+    for j, cid in enumerate(catalog.campaigns):
+        share = rules.by_campaign.get(cid)
+        if share is not None:
+            shares[catalog.camp_code == j] = share
+    mask = np.fromiter(
+        (
+            in_holdout(device_id, o.campaign_id, float(share))
+            for o, share in zip(catalog.offers, shares.tolist(), strict=True)
+        ),
+        dtype=bool,
+        count=len(catalog.offers),
+    )
+    if len(_holdout_cache) > 16:
+        _holdout_cache.clear()
+    _holdout_cache[key] = (catalog, rules, mask)
+    return mask
 
 
 # ---------------------------------------------------------------------- eligibility

@@ -21,12 +21,14 @@ from agent.decide.policy import (
     CapCounts,
     CapLimits,
     Gate,
+    HoldoutRules,
     Household,
     QuietWindow,
     cap_arrays,
     eligible_mask,
     filter_codes,
     held_until,
+    holdout_rows,
     select,
     surface_capped,
 )
@@ -133,6 +135,8 @@ class Situation:
     quiet: tuple[QuietWindow, ...] = ()
     refused: frozenset[str] = frozenset()
     """Offer ids whose claim the gateway refused (sold out): not offered again."""
+    holdout: HoldoutRules | None = None
+    """A cloud policy's holdout shares (issue 18); None: the offers' own."""
 
 
 def decide(  # noqa: PLR0917  # positional signature is the agent's published seam
@@ -258,7 +262,9 @@ def decide_catalog(  # noqa: PLR0917  # one flat hot path, on purpose
         # a stable sort keeps the catalog's (-priority, id) order among equal scores
         order = np.argsort(-scores, kind="stable")
         by_rank = rows[order]
-        held_out = catalog.holdout_mask(sit.device_id)[by_rank] if sit.device_id else None
+        held_out = (
+            holdout_rows(catalog, sit.device_id, sit.holdout)[by_rank] if sit.device_id else None
+        )
         picked = select(
             range(len(by_rank)), catalog.camp_code[by_rank], held_out, limit, explain=explain
         )

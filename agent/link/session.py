@@ -115,6 +115,7 @@ class Link:
             self.topics.timestamp(),
             self.topics.device_downlink(device),
             *(self.topics.cohort_offers(c) for c in profile.cohorts),
+            *(self.topics.cohort_policy(c) for c in profile.cohorts),
             self.topics.model_manifest(profile.name),
         ]
 

@@ -334,8 +334,9 @@ class Agent:
         # the all-scopes token of DATA_DIR/tokens/admin.token, made on the first start
         await asyncio.to_thread(ensure_admin, parts.settings.data_dir)
         start_loops(parts)
-        if parts.settings.api_port is not None:
-            self.api = LocalApi(self, parts.settings.api_port)
+        s = parts.settings
+        if s.api_port is not None or s.api_socket is not None:
+            self.api = LocalApi(self, s.api_port, s.api_socket, s.api_socket_group)
             await self.api.start()
         self._owns_household = True
         self.household = await household_join.join(

@@ -17,6 +17,7 @@ from agent.decide.policy import CapCounts
 from agent.errors import ConfigError, ModelRejected, ScoringError
 from agent.features.windows import FeatureWindows
 from agent.intake.consent import ConsentBox, ConsentState
+from agent.intake.explanations import ExplainReporter
 from agent.intake.service import Intake
 from agent.link.commands import Commands
 from agent.link.session import Link
@@ -28,6 +29,7 @@ from agent.model.slot import ModelSlot
 from agent.model.update import ModelUpdater, UpdateConfig
 from agent.offers.book import OfferBook, load_trust
 from agent.offers.claims import Claims
+from agent.offers.policies import PolicyKeeper
 from agent.offers.trust import TrustKeeper
 from agent.runtime.loops import MemoryWatch, StateReport, maintenance
 from agent.runtime.memory import MemoryBudget, sqlite_cache_kib
@@ -196,6 +198,11 @@ async def _build_on(  # noqa: PLR0917 - the order of the parts, in one place
 
     trust = TrustKeeper(pinned, verifier, store, metrics, offers, on_revoked=drop_revoked_model)
     await trust.load()  # the key list taken last run: before anything verifies
+    policies = PolicyKeeper(
+        settings, verifier, store, metrics, decisions, on_change=state_changed.set
+    )
+    await policies.load()  # the operators' caps hold from the first decision, offline too
+    report.policy_version = lambda: policies.version
     await offers.load()
     today = decisions.local_day(utcnow())
     decisions.caps = CapCounts.load(await store.call(store.decisions.cap_counts, today), today)
@@ -227,6 +234,7 @@ async def _build_on(  # noqa: PLR0917 - the order of the parts, in one place
             claims=claims,
             commands=commands,
             trust=trust,
+            policies=policies,
         )
     )
     on_connected.add(uplink.on_connected)
@@ -276,6 +284,16 @@ async def _build_on(  # noqa: PLR0917 - the order of the parts, in one place
             restart_on_return=True,
             on_restart=metrics.count_loop_restart,
         ),
+        policies=policies,
+        explanations=ExplainReporter(
+            settings,
+            decisions.explanations,
+            store=store,
+            consent=consent,
+            metrics=metrics,
+            held=uplink.degraded,
+            poke=uplink.poke,
+        ),
     )
     metrics.add_gauges(partial(gauges_of, parts))
     return parts
@@ -292,3 +310,4 @@ def start_loops(parts: Parts) -> None:
     )
     loops.start("claims", parts.claims.run)
     loops.start("state", partial(parts.report.republish, parts.link))
+    loops.start("explanations", parts.explanations.run)

@@ -142,6 +142,8 @@ class StateReport:
         self._slot = slot
         self._updates = updates
         self.changed = changed
+        self.policy_version: Callable[[], int] = lambda: 0
+        """The cloud policy version in force (set once the policy keeper exists, issue 18)."""
 
     def birth(self) -> State:
         profile = self._settings.profile
@@ -154,6 +156,7 @@ class StateReport:
             model_version=self._slot.version,
             cohorts=list(profile.cohorts),
             model_update=self._updates.report,
+            policy_version=self.policy_version(),
         )
 
     async def republish(self, link: Transport) -> None:

@@ -9,6 +9,7 @@ from agent.config import AgentSettings
 from agent.decide.decisions import Decisions
 from agent.features.windows import FeatureWindows
 from agent.intake.consent import ConsentBox
+from agent.intake.explanations import ExplainReporter
 from agent.intake.service import Intake
 from agent.link.commands import Commands
 from agent.link.transport import Transport
@@ -17,6 +18,7 @@ from agent.model.slot import ModelSlot
 from agent.model.update import ModelUpdater
 from agent.offers.book import OfferBook
 from agent.offers.claims import Claims
+from agent.offers.policies import PolicyKeeper
 from agent.offers.trust import TrustKeeper
 from agent.runtime.loops import MemoryWatch, StateReport
 from agent.runtime.memory import MemoryBudget
@@ -53,3 +55,7 @@ class Parts:
     report: StateReport
     memory_watch: MemoryWatch
     loops: Supervisor
+    policies: PolicyKeeper
+    """The operators' policy documents in force (issue 18)."""
+    explanations: ExplainReporter
+    """Why campaigns were or were not shown, into the outbox (issue 18)."""

@@ -11,6 +11,7 @@ from agent.link.uplink import Uplink
 from agent.model.update import ModelUpdater
 from agent.offers.book import OfferBook
 from agent.offers.claims import Claims
+from agent.offers.policies import PolicyKeeper
 from agent.offers.trust import TrustKeeper
 
 log = logging.getLogger(__name__)
@@ -54,6 +55,7 @@ def downlink_routes(
     claims: Claims,
     commands: Commands,
     trust: TrustKeeper,
+    policies: PolicyKeeper,
 ) -> dict[str, Handler]:
     """What the agent does with each kind the gateway sends; a receipt to send wakes the
     uplink (at once for a command: the gateway waits on its receipt)."""
@@ -83,12 +85,16 @@ def downlink_routes(
     async def timestamp(message: Incoming) -> None:
         await trust.handle_timestamp(message.payload)
 
+    async def policy(message: Incoming) -> None:
+        await policies.handle(message.subject, message.payload)
+
     return {
         "keys": key_list,
         "timestamp": timestamp,
         "ack": ack,
         "offers": offer_bundle,
         "cohort_offers": offer_bundle,
+        "cohort_policy": policy,
         "manifest": manifest,
         "claim": claim_result,
         "cmd": command,

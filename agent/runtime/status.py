@@ -32,6 +32,7 @@ def status_of(parts: Parts) -> dict[str, Any]:
         "in_flight": parts.uplink.in_flight,
         "uplink": parts.uplink.acks.to_json(),
         "model_version": parts.slot.version,
+        "policy": parts.policies.to_json(),
         "offers": len(parts.offers),
         "trust": parts.trust.to_json(),
         "consent": parts.consent.state.to_json(),

@@ -16,6 +16,7 @@ from cloud_gateway.api import (
     households,
     models,
     ops,
+    policies,
     provision,
 )
 from cloud_gateway.api.context import CTX, OPENAPI, TOKEN_ID, ApiContext
@@ -28,6 +29,7 @@ TABLES: tuple[tuple[Route, ...], ...] = (
     ops.ROUTES,
     gateways.ROUTES,
     campaigns.ROUTES,
+    policies.ROUTES,
     devices.ROUTES,
     households.ROUTES,
     models.ROUTES,

@@ -32,6 +32,8 @@ class DeviceOut(BaseModel):
     cohorts: list[str]
     stats: dict[str, Any]
     malformed: int
+    policy_version: int | None = None
+    """The cloud policy version the device reported running (issue 18)."""
     batches: int | None = None
     signals_stored: int | None = None
     outcomes_stored: int | None = None

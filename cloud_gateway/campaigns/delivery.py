@@ -34,6 +34,7 @@ from cloud_gateway.db.pushes import (
     outstanding,
     pushed_devices,
     quarantine_push,
+    signed_by,
 )
 from cloud_gateway.errors import GatewayError
 from cloud_gateway.runtime.wiring import Service, Wiring
@@ -179,6 +180,18 @@ class DeviceDelivery(Service):
             if campaign.ends_at is not None and campaign.ends_at <= now + self._ttl:
                 continue  # the bundle already lives until the campaign ends
             done += await self.refresh(campaign, devices)
+        return done
+
+    async def resign_revoked(self, kids: Iterable[str]) -> int:
+        """Fresh bundles, signed by the active key, for holders whose current bundle a
+        revoked key signed: devices dropped those offers when they took the list that
+        revokes it (issue 14)."""
+        done = 0
+        for campaign_id, devices in (await self._db.call(signed_by, set(kids))).items():
+            doc = await self._db.call(get_campaign, campaign_id)
+            if doc is not None:
+                done += await self.refresh(Campaign.model_validate(doc), devices)
+        self._counters["device_bundles_resigned"] += done
         return done
 
     def note_facts(self, device_id: str, _batch: object = None) -> None:

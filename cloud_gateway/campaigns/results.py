@@ -14,6 +14,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
+from cloud_gateway.campaigns.explain import Explanations
 from cloud_gateway.campaigns.model import Campaign, CampaignState
 from protocol.assign import in_holdout
 
@@ -126,6 +127,8 @@ class CampaignResults(BaseModel):
     conversion_rate: Rate
     uplift: Uplift | None
     variants: list[VariantResults]
+    explanations: Explanations | None = None
+    """Why devices were or were not shown the campaign (issue 18, `campaigns/explain.py`)."""
     idle_reason: str | None = None
     """Why a live campaign has delivered nothing yet (`campaigns.reach.idle_reason`); None
     once something was delivered, or when it is not live."""

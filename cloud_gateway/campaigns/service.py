@@ -9,6 +9,7 @@ from collections.abc import Iterable
 from datetime import timedelta
 
 from cloud_gateway.campaigns.delivery import DeviceDelivery
+from cloud_gateway.campaigns.explain import explain
 from cloud_gateway.campaigns.model import (
     Campaign,
     CampaignIn,
@@ -18,6 +19,7 @@ from cloud_gateway.campaigns.model import (
     transition,
 )
 from cloud_gateway.campaigns.pending import Owed
+from cloud_gateway.campaigns.policy import PolicyService
 from cloud_gateway.campaigns.reach import (
     Audience,
     audience,
@@ -40,6 +42,8 @@ from cloud_gateway.db.campaigns import (
 )
 from cloud_gateway.db.claims import stock_left
 from cloud_gateway.db.devices import device_facts
+from cloud_gateway.db.explain import explanation_counts
+from cloud_gateway.db.policies import last_publication
 from cloud_gateway.errors import GatewayError, InvalidInput, NotFound
 from cloud_gateway.runtime.wiring import Service, Wiring
 from protocol import codec
@@ -65,7 +69,14 @@ class CampaignService(Service):
         self._settle_wanted = asyncio.Event()
         self.dirty: set[str] = set()
         self.delivery = DeviceDelivery(wiring, bundle_ttl=bundle_ttl)
+        self.policies = PolicyService(wiring)
+        """The operators' caps, quiet hours and holdout (issue 18)."""
         self._holder = f"campaigns-{uuid.uuid4().hex[:12]}"
+
+    @property
+    def holder(self) -> str:
+        """Who this service's settle claims are held by (`db/leases.py`)."""
+        return self._holder
 
     async def create(self, spec: CampaignIn, who: str) -> Campaign:
         """Store a draft; 409 (Conflict) when an offer id is already another campaign's, 400
@@ -185,13 +196,17 @@ class CampaignService(Service):
         # a killed process left would only hold this one up.
         if self._db.dialect.name == "sqlite":
             return await self._settle_claimed()
-        if not await self._claim_settle():
-            asyncio.get_running_loop().call_later(SETTLE_RETRY_S, self._settle_wanted.set)
-            return 0
         try:
+            # The claim is taken inside the `try`: a settle cancelled (the gateway stopping)
+            # while its claim is being written still releases it. Taken outside, it stayed
+            # for `SETTLE_CLAIM_S` (120 s then) and the next gateway's first launch pushed
+            # nothing meanwhile (issue 14's "catalog not pushed after a restart").
+            if not await self._claim_settle():
+                asyncio.get_running_loop().call_later(SETTLE_RETRY_S, self._settle_wanted.set)
+                return 0
             return await self._settle_claimed()
         finally:
-            await self._db.call(leases.release, self._holder, [SETTLE_CLAIM])
+            await asyncio.shield(self._db.call(leases.release, self._holder, [SETTLE_CLAIM]))
 
     async def _claim_settle(self) -> bool:
         """Take, or renew, the settle claim for `SETTLE_CLAIM_S` from now."""
@@ -235,6 +250,8 @@ class CampaignService(Service):
         campaign = await self.get(campaign_id)
         rows = await self._db.call(campaign_rows, campaign_id)
         results = campaign_results(campaign, rows)
+        explained = explain(await self._db.call(explanation_counts, campaign_id))
+        results = results.model_copy(update={"explanations": explained})
         if campaign.state == "live" and results.delivered == 0:
             reason = idle_reason(campaign, await self.audience(campaign), results.delivered)
             results = results.model_copy(update={"idle_reason": reason})
@@ -302,12 +319,15 @@ class CampaignService(Service):
         cohorts = {row["cohort"] for row in await self._db.call(catalogs)}
         if cohorts:
             await self.rebuild(cohorts)
+        if await self._db.call(last_publication) is not None:
+            await self.policies.publish()
 
     async def refresh_due(self) -> None:
         """Act on stored push markers; republish dirty catalogs, and those past half their
         lifetime before devices drop them; refresh device bundles past half theirs."""
         await self.settle()
         await self.delivery.refresh_due()
+        await self.policies.refresh_due()
         now = utcnow()
         due = set(self.dirty)
         for row in await self._db.call(catalogs):

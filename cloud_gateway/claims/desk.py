@@ -23,7 +23,7 @@ from cloud_gateway.runtime.wiring import Service, Wiring
 from protocol import codec
 from protocol.envelopes import ClaimRequest, ClaimResult
 from protocol.ids import new_id, utcnow
-from protocol.signing import Signer
+from protocol.signing import SigningKey
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +39,7 @@ def signed_result(
     code: str | None,
     reason: str,
     *,
-    signer: Signer,
+    signer: SigningKey,
 ) -> dict[str, Any]:
     """The signed wire `ClaimResult` of one decision (`claim_batch`'s `make_result`)."""
     now = utcnow()

@@ -28,6 +28,7 @@ DATA_TABLES = (
     "batches",
     "claims",
     "model_health",
+    "campaign_explanations",
 )
 """Tables of what a device reported: emptied on erasure and again on its confirmation."""
 HANDLED_ELSEWHERE = (

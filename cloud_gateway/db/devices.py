@@ -47,6 +47,7 @@ def _device_view(row: dict[str, Any]) -> dict[str, Any]:
         "cohorts": json.loads(row["cohorts"]) if row["cohorts"] else [],
         "stats": from_text(row["stats"]) if row["stats"] else {},
         "malformed": row["malformed"],
+        "policy_version": row.get("policy_version"),
     }
 
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 
 from cloud_gateway.db.backend import Error, Session, SignalRow
+from cloud_gateway.db.explain import add_explanations, explanation_rows
 from cloud_gateway.db.rows import TimeFormatter, to_text
 from cloud_gateway.errors import StoreError
 from protocol.envelopes import Batch, State
@@ -205,6 +206,8 @@ def _insert_batch_parts(store: Session, device_id: str, batch: Batch, now: str) 
         aggregates = _store_aggregates(store, device_id, batch, now[:10])
     if batch.outcomes:
         outcomes = _store_outcomes(store, device_id, batch, TimeFormatter(), now[:10])
+    if batch.signals:
+        add_explanations(store, explanation_rows(device_id, batch.signals))
     return StoredBatch(True, 0, max(aggregates, 0), max(outcomes, 0))
 
 
@@ -268,8 +271,9 @@ STATE_UPSERT = (  # noqa: S608 - one fixed fragment, no input
     # The newest state wins: one reported (or, for a last will, received) earlier than the
     # one stored changes nothing but `last_seen`. `:at` orders them (see `state_order`).
     "INSERT INTO devices (device_id, status, first_seen, last_seen, malformed, profile,"
-    " agent_version, model_version, cohorts, state_at)"
-    " VALUES (:device, :status, :now, :now, 0, :profile, :agent, :model, :cohorts, :at)"
+    " agent_version, model_version, cohorts, state_at, policy_version)"
+    " VALUES (:device, :status, :now, :now, 0, :profile, :agent, :model, :cohorts, :at,"
+    " :policy)"
     " ON CONFLICT (device_id) DO UPDATE SET last_seen = :now,"
     " status = CASE WHEN {newer} THEN :status ELSE devices.status END,"
     " profile = CASE WHEN {newer} THEN coalesce(:profile, devices.profile)"
@@ -280,7 +284,9 @@ STATE_UPSERT = (  # noqa: S608 - one fixed fragment, no input
     " ELSE devices.model_version END,"
     " cohorts = CASE WHEN {newer} THEN coalesce(:cohorts, devices.cohorts)"
     " ELSE devices.cohorts END,"
-    " state_at = CASE WHEN {newer} THEN :at ELSE devices.state_at END"
+    " state_at = CASE WHEN {newer} THEN :at ELSE devices.state_at END,"
+    " policy_version = CASE WHEN {newer} THEN coalesce(:policy, devices.policy_version)"
+    " ELSE devices.policy_version END"
 ).format(newer="(devices.state_at IS NULL OR devices.state_at <= :at)")
 """A device's state (birth, last will) upserted: registered on first sight, updated unless a
 newer state is stored already."""
@@ -355,6 +361,7 @@ def _upsert_states(store: Session, items: Sequence[StateItem], now: str) -> int:
                 "model": state.model_version,
                 "cohorts": to_text(state.cohorts) if state.cohorts else None,
                 "at": order,
+                "policy": state.policy_version,
             }
             for device_id, (order, state) in sorted(newest.items())  # one lock order
         ],

@@ -471,10 +471,43 @@ def provisioning(db: Database) -> None:
 
 
 @migration
+def cloud_policy(db: Database) -> None:
+    """Issue 18: the operators' policies (caps, quiet hours, holdout) per profile, cohort or
+    campaign, the version counter of their signed documents, the policy version each device
+    runs, and the per-campaign explanations devices report (one row per device and outcome,
+    added to exactly once per stored batch)."""
+    db.execute(
+        "CREATE TABLE policies (scope TEXT NOT NULL, name TEXT NOT NULL, rules TEXT NOT NULL,"
+        " updated_at TEXT NOT NULL, updated_by TEXT NOT NULL, PRIMARY KEY (scope, name))"
+    )
+    db.execute(
+        "CREATE TABLE policy_versions (version INTEGER PRIMARY KEY, published_at TEXT NOT NULL,"
+        " cohorts TEXT NOT NULL)"
+    )
+    db.execute("ALTER TABLE devices ADD COLUMN policy_version INTEGER")
+    db.execute(
+        "CREATE TABLE campaign_explanations (campaign_id TEXT NOT NULL, device_id TEXT NOT NULL,"
+        " outcome TEXT NOT NULL, count INTEGER NOT NULL, PRIMARY KEY (campaign_id, device_id,"
+        " outcome)) WITHOUT ROWID"
+    )
+
+
+@migration
+def key_state(db: Database) -> None:
+    """The key ring's shared record (issue 14): the ring and its signed list with the highest
+    serial any worker has seen, so every worker on the database switches keys with it."""
+    db.execute(
+        "CREATE TABLE key_state (name TEXT PRIMARY KEY, serial INTEGER NOT NULL,"
+        " ring TEXT NOT NULL, key_list TEXT NOT NULL, updated_at TEXT NOT NULL,"
+        " updated_by TEXT NOT NULL)"
+    )
+
+
+@migration
 def households(db: Database) -> None:
     """Households on the LAN (issue 17): each household's secret (keys the devices' TXT hint
-    and proof; never sent anywhere but in a member's signed credential) and the memberships
-    the gateway signed (device key, roles, expiry)."""
+    and proof; handed to members beside their signed membership, never on the LAN) and the
+    memberships the gateway signed (device key, roles, expiry)."""
     db.execute(
         "CREATE TABLE households (id TEXT PRIMARY KEY, secret TEXT NOT NULL,"
         " created_at TEXT NOT NULL)"

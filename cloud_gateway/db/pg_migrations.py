@@ -367,8 +367,48 @@ CREATE TABLE device_passwords (
 """,
     ),
     (
+        "pg_cloud_policy",
+        """
+CREATE TABLE policies (
+    scope text NOT NULL,
+    name text NOT NULL,
+    rules text NOT NULL,
+    updated_at text NOT NULL,
+    updated_by text NOT NULL,
+    PRIMARY KEY (scope, name)
+);
+CREATE TABLE policy_versions (
+    version bigint PRIMARY KEY,
+    published_at text NOT NULL,
+    cohorts text NOT NULL
+);
+ALTER TABLE devices ADD COLUMN policy_version bigint;
+CREATE TABLE campaign_explanations (
+    campaign_id text NOT NULL,
+    device_id text NOT NULL,
+    outcome text NOT NULL,
+    count bigint NOT NULL,
+    PRIMARY KEY (campaign_id, device_id, outcome)
+);
+""",
+    ),
+    (
+        # As SQLite's `key_state`: the key ring every worker switches to (issue 14).
+        "pg009_key_state",
+        """
+CREATE TABLE key_state (
+    name text PRIMARY KEY,
+    serial bigint NOT NULL,
+    ring text NOT NULL,
+    key_list text NOT NULL,
+    updated_at text NOT NULL,
+    updated_by text NOT NULL
+);
+""",
+    ),
+    (
         # As SQLite's `households` (issue 17).
-        "pg009_households",
+        "pg010_households",
         """
 CREATE TABLE households (
     id text PRIMARY KEY,

@@ -95,6 +95,28 @@ def bundles_past_half_life(store: Session, now: datetime) -> dict[str, list[str]
     return due
 
 
+def signed_by(store: Session, kids: Iterable[str]) -> dict[str, list[str]]:
+    """Devices per live campaign whose current offers bundle was signed by one of `kids`."""
+    wanted = sorted(set(kids))
+    found: dict[str, list[str]] = {}
+    if not wanted:
+        return found
+    # the payload is compact JSON: the text filter keeps the rows read to those it names,
+    # then each is checked parsed
+    signed = " OR ".join(["p.payload LIKE ?"] * len(wanted))  # placeholders only
+    sql = (
+        "SELECT p.campaign_id, p.device_id, p.payload FROM device_pushes p"  # noqa: S608 - placeholders
+        " JOIN campaigns c ON c.id = p.campaign_id WHERE c.state = 'live'"
+        " AND p.kind = 'offers' AND p.superseded = 0 AND p.quarantined IS NULL"
+        " AND (" + signed + ") ORDER BY p.campaign_id, p.device_id"
+    )
+    for r in store.conn.execute(sql, [f'%"kid":"{kid}"%' for kid in wanted]):
+        payload = json_object(r["payload"])
+        if payload is not None and payload.get("kid") in wanted:
+            found.setdefault(r["campaign_id"], []).append(r["device_id"])
+    return found
+
+
 def outstanding(
     store: Session, now: datetime, device_id: str | None = None, sent_before: datetime | None = None
 ) -> list[tuple[str, str, dict[str, Any] | None]]:

@@ -5,17 +5,22 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import datetime, timedelta
-from typing import Annotated, Any
+from typing import Annotated, Any, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from cloud_gateway.db.backend import Backend, Session
 from cloud_gateway.db.households import record_member
 from protocol.household import HOUSEHOLD_ID_RE, MEMBER_ROLES, MemberRole, Membership
-from protocol.signing import Signer
 from protocol.topics import DEVICE_ID_RE
 
 HOUSEHOLD_PATTERN = HOUSEHOLD_ID_RE
+
+
+class SignsObjects(Protocol):
+    """The gateway's active key (`security.live.LiveKeys`, or a `protocol.signing.Signer`)."""
+
+    def sign(self, obj: dict[str, Any]) -> dict[str, Any]: ...
 
 
 class MemberIn(BaseModel):
@@ -34,7 +39,7 @@ class HouseholdDesk:
     """`await issue(...)` records a member and answers its signed credential."""
 
     def __init__(
-        self, db: Backend[Session], signer: Callable[[], Signer], clock: Callable[[], datetime]
+        self, db: Backend[Session], signer: SignsObjects, clock: Callable[[], datetime]
     ) -> None:
         self._db = db
         self._signer = signer
@@ -60,5 +65,5 @@ class HouseholdDesk:
             issued_at=now,
             expires_at=expires,
         )
-        signed = self._signer().sign(membership.to_wire())
+        signed = self._signer.sign(membership.to_wire())
         return {"membership": signed, "household_secret": secret}

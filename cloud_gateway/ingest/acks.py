@@ -15,7 +15,7 @@ from cloud_gateway.errors import GatewayError
 from protocol import codec
 from protocol.envelopes import Ack, Refusal
 from protocol.ids import utcnow
-from protocol.signing import Signer
+from protocol.signing import SigningKey
 from protocol.topics import Topics
 
 log = logging.getLogger(__name__)
@@ -45,7 +45,7 @@ class AckBatcher:
         counters: Counter[str],
         delay_s: float,
         *,
-        signer: Signer,
+        signer: SigningKey,
     ) -> None:
         self._topics = topics
         self._signer = signer

@@ -8,7 +8,9 @@ the link.
 
 from __future__ import annotations
 
+import asyncio
 import functools
+import logging
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -23,8 +25,10 @@ from cloud_gateway.api.context import ApiContext
 from cloud_gateway.campaigns.service import CampaignService
 from cloud_gateway.claims.desk import ClaimDesk
 from cloud_gateway.config import GatewaySettings
+from cloud_gateway.db.audit import import_audit
 from cloud_gateway.db.backend import Backend, Clock, Session
 from cloud_gateway.devices.erasure import DeviceErasure
+from cloud_gateway.errors import GatewayError
 from cloud_gateway.households.service import HouseholdDesk
 from cloud_gateway.ingest.retention import RetentionPolicy, run_retention
 from cloud_gateway.ingest.service import AckBatcher, Ingestor
@@ -36,12 +40,16 @@ from cloud_gateway.runtime.hooks import DeviceEvents, Outlet, SessionHooks
 from cloud_gateway.runtime.link import Hook, MqttLink, OnMessage
 from cloud_gateway.runtime.scheduler import run_catalog_refresh, run_scheduler
 from cloud_gateway.runtime.wiring import Wiring
+from cloud_gateway.security import keys_ring
 from cloud_gateway.security.auth import TokenVerifier
 from cloud_gateway.security.keys import KeyMaterial
+from cloud_gateway.security.live import KeyChange, LiveKeys
+from cloud_gateway.security.shared import SharedKeys
 from daemonkit.supervisor import LoopFactory, Supervisor
-from protocol.signing import Signer
+from protocol.signing import SigningKey
 
 LINK_LOOP = "gateway-mqtt"
+log = logging.getLogger(__name__)
 
 
 class MakeLink(Protocol):
@@ -65,7 +73,11 @@ class Parts:
     settings: GatewaySettings
     clock: Clock
     counters: Counter[str]
-    signer: Signer
+    signer: SigningKey
+    keys: LiveKeys
+    """The keys signed with now, switched when `DATA_DIR/keys/` changes (`gateway-keys`)."""
+    shared_keys: SharedKeys
+    """The key ring shared with the other workers of the database."""
     trust_path: Path
     db: Backend[Session]
     outlet: Outlet
@@ -84,6 +96,16 @@ class Parts:
     http: HttpServer
     """The API, not yet listening."""
 
+    async def keys_changed(self, change: KeyChange) -> None:
+        """`edgemart keys` changed the keys under the running gateway: its audit entries join
+        the log, and the new keys go out (`SessionHooks.on_keys_changed`)."""
+        entries = await asyncio.to_thread(keys_ring.audit_entries, self.settings.data_dir)
+        try:
+            await self.db.call(import_audit, entries)
+        except GatewayError as exc:
+            log.warning("key audit entries not imported yet (%s): at the next change", exc)
+        await self.hooks.on_keys_changed(change)
+
     def once(self, name: str, factory: LoopFactory) -> tuple[str, LoopFactory]:
         """A loop whose work must happen once in the fleet: run only while this worker holds
         the lease (`runtime/fleet.py`)."""
@@ -99,6 +121,16 @@ class Parts:
             ("gateway-lease", self.worker.lease.run),
             ("gateway-ingest-commit", self.ingestor.run),
             ("gateway-acks", self.acks.run),
+            (
+                "gateway-keys",
+                functools.partial(
+                    self.keys.watch,
+                    s.keys_watch_s,
+                    self.keys_changed,
+                    self.counters,
+                    self.shared_keys.sync,
+                ),
+            ),
             (LINK_LOOP, self.link.run),
             self.once(
                 "gateway-catalog-refresh",
@@ -134,7 +166,7 @@ def build(
     *,
     clock: Clock,
     backend: Backend[Session],
-    keys: KeyMaterial,
+    keys: LiveKeys | KeyMaterial,
     link: MakeLink = MqttLink,
     counters: Counter[str] | None = None,
 ) -> Parts:
@@ -142,11 +174,11 @@ def build(
     `counters` are the gateway's (a new set by default)."""
     s = settings
     counters = counters if counters is not None else Counter()
+    if isinstance(keys, KeyMaterial):
+        keys = LiveKeys(s.data_dir, s.topic_root, keys)
     outlet = Outlet()
-    acks = AckBatcher(
-        s.topics, outlet.send_nowait, counters, s.ack_delay_ms / 1000, signer=keys.signer
-    )
-    wiring = Wiring(backend, keys.signer, s.topics, outlet.publish, counters)
+    acks = AckBatcher(s.topics, outlet.send_nowait, counters, s.ack_delay_ms / 1000, signer=keys)
+    wiring = Wiring(backend, keys, s.topics, outlet.publish, counters)
     campaigns = CampaignService(wiring, bundle_ttl=timedelta(seconds=s.bundle_ttl_s))
     claims = ClaimDesk(wiring, batch_max=s.claim_batch_max, on_sold_out=campaigns.poke)
     erasure = DeviceErasure(wiring)
@@ -207,13 +239,15 @@ def build(
         gauges=health.gauges,
         readiness=health.readiness,
         provisioner=Provisioner(backend, s.data_dir, keys.trust_path, s.topic_root, counters),
-        households=HouseholdDesk(backend, lambda: keys.signer, clock),
+        households=HouseholdDesk(backend, keys, clock),
     )
     return Parts(
         settings=s,
         clock=clock,
         counters=counters,
-        signer=keys.signer,
+        signer=keys,
+        keys=keys,
+        shared_keys=SharedKeys(backend, s.data_dir, worker.id, counters),
         trust_path=keys.trust_path,
         db=backend,
         outlet=outlet,

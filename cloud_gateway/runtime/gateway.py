@@ -22,11 +22,11 @@ from cloud_gateway.errors import GatewayError
 from cloud_gateway.registry.service import ModelRegistry
 from cloud_gateway.runtime.build import LINK_LOOP, Parts, build
 from cloud_gateway.security import keys_ring
-from cloud_gateway.security.keys import load_or_create
+from cloud_gateway.security.live import LiveKeys
 from daemonkit.supervisor import Supervisor
 from mqttlink.errors import MqttLinkError
 from protocol.ids import utcnow
-from protocol.signing import Signer
+from protocol.signing import SigningKey
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +53,7 @@ class Gateway:
         return self._parts
 
     @property
-    def signer(self) -> Signer:
+    def signer(self) -> SigningKey:
         return self.parts.signer
 
     @property
@@ -101,7 +101,7 @@ class Gateway:
 
     async def _start(self) -> None:
         s = self.settings
-        keys = await asyncio.to_thread(load_or_create, s.data_dir, s.topic_root)
+        keys = await asyncio.to_thread(LiveKeys.load, s.data_dir, s.topic_root)
         self.trust_path = keys.trust_path
         backend = await open_backend(s, self.clock).open()
         try:

@@ -14,7 +14,7 @@ from cloud_gateway.errors import GatewayError, LinkDown
 from cloud_gateway.ingest.service import AckBatcher, Ingestor
 from cloud_gateway.registry.service import ModelRegistry
 from cloud_gateway.runtime.link import MqttLink
-from cloud_gateway.security.keys import KeyMaterial
+from cloud_gateway.security.live import KeyChange, LiveKeys
 from protocol import codec
 from protocol.envelopes import ModelUpdateReport, Timestamp
 from protocol.ids import utcnow
@@ -80,7 +80,7 @@ class SessionHooks:
         self,
         *,
         topics: Topics,
-        keys: KeyMaterial,
+        keys: LiveKeys,
         outlet: Outlet,
         campaigns: CampaignService,
         ingestor: Ingestor,
@@ -94,10 +94,12 @@ class SessionHooks:
         self._campaigns = campaigns
         self._ingestor = ingestor
         self._acks = acks
-        self._resigned = keys.key_list is None
+        self._resigned = keys.material.key_list is None
         """Whether the catalogs were signed again by this process's key (with a key ring)."""
         self._tasks: list[asyncio.Task[None]] = []
         """One-shot catalog retries (the loops are the supervisor's)."""
+        self._revoked_pending: set[str] = set()
+        """Kids revoked while running, whose device bundles are still to re-sign."""
 
     def timestamp(self) -> dict[str, Any]:
         """A signed `Timestamp`: short-lived, its version the clock in milliseconds."""
@@ -108,7 +110,7 @@ class SessionHooks:
             expires_at=now + self._timestamp_ttl,
             keys_version=self._keys.keys_version,
         )
-        return self._keys.signer.sign(stamp.to_wire())
+        return self._keys.sign(stamp.to_wire())
 
     async def publish_timestamp(self) -> None:
         await self._outlet.publish(self._topics.timestamp(), codec.dumps(self.timestamp()), True)
@@ -123,6 +125,7 @@ class SessionHooks:
                 log.debug("timestamp not published: %s", exc)
 
     async def on_connected(self) -> None:
+        self._tasks = [task for task in self._tasks if not task.done()]
         key_list = self._keys.published_key_list()
         await self._outlet.publish(self._topics.keys(), codec.encode_dict(key_list), True)
         await self.publish_timestamp()
@@ -133,9 +136,33 @@ class SessionHooks:
             self._resigned = True
             retry = self._campaigns.republish_all()
             self._tasks.append(asyncio.create_task(retry, name="gateway-catalog-resign"))
+            resend = self._resend_revoked()
+            self._tasks.append(asyncio.create_task(resend, name="gateway-device-resign"))
         elif self._campaigns.dirty:
             retry = self._campaigns.rebuild(set(self._campaigns.dirty))
             self._tasks.append(asyncio.create_task(retry, name="gateway-catalog-retry"))
+
+    async def on_keys_changed(self, change: KeyChange) -> None:
+        """The keys changed under the running gateway (`LiveKeys.watch`): the new list and a
+        timestamp go out, the catalogs are signed again with the key now active and, after a
+        revocation, the device bundles the revoked key signed are sent again, re-signed
+        (devices dropped them). Down link: the next connect does it (`on_connected`)."""
+        self._resigned = False
+        self._revoked_pending |= change.revoked
+        try:
+            await self.on_connected()
+        except GatewayError as exc:
+            log.info("new keys published at the next connect: %s", exc)
+
+    async def _resend_revoked(self) -> None:
+        """Device bundles signed by a revoked key, signed again and sent (once per start and
+        per revocation; the refreshed pushes are signed by the active key)."""
+        revoked = self._revoked_pending | self._keys.revoked
+        if revoked:
+            sent = await self._campaigns.delivery.resign_revoked(revoked)
+            if sent:
+                log.info("re-signed %d device bundles signed by revoked keys", sent)
+        self._revoked_pending = set()
 
     async def before_disconnect(self) -> None:
         await self._ingestor.commit_waiting()

@@ -8,7 +8,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from cloud_gateway.db.backend import Backend, Session
-from protocol.signing import Signer
+from protocol.signing import SigningKey
 from protocol.topics import Topics
 
 Publish = Callable[[str, bytes, bool], Awaitable[None]]
@@ -18,7 +18,7 @@ Publish = Callable[[str, bytes, bool], Awaitable[None]]
 @dataclass(frozen=True, slots=True)
 class Wiring:
     db: Backend[Session]
-    signer: Signer
+    signer: SigningKey
     topics: Topics
     publish: Publish
     counters: Counter[str]

@@ -49,8 +49,10 @@ class KeyMaterial:
 new_kid = keys_ring.new_kid
 
 
-def load_or_create(data_dir: Path, topic_root: str) -> KeyMaterial:
-    """Reload the newest key in `DATA_DIR/keys/`, or create one; (re)write `trust.json`.
+def load_or_create(data_dir: Path, topic_root: str, *, write_trust: bool = True) -> KeyMaterial:
+    """Reload the newest key in `DATA_DIR/keys/`, or create one; (re)write `trust.json`
+    (with a key ring and `write_trust=False`, leave it: `edgemart keys` wrote it with the ring,
+    and a running gateway reloading must not race it for the file).
 
     Blocking file I/O: call it from a thread, not the event loop.
     """
@@ -61,8 +63,10 @@ def load_or_create(data_dir: Path, topic_root: str) -> KeyMaterial:
         if kid is None:
             raise KeyStoreError(f"the key ring in {keys_dir} has no active key")
         signer = keys_ring.online_key(data_dir, kid)
+        trust_path = data_dir / TRUST_FILE
         try:
-            trust_path = keys_ring.write_trust(data_dir, ring, topic_root)
+            if write_trust:
+                trust_path = keys_ring.write_trust(data_dir, ring, topic_root)
         except (OSError, ValueError) as exc:
             raise KeyStoreError(f"cannot write the trust file in {data_dir}: {exc}") from exc
         log.info("signing with %s, key list version %d", kid, ring.version)

@@ -1,7 +1,7 @@
 """`edgemart keys <verb>`: the operator's key ring (issue 14), a few lines over `keys_ring`.
 
 Verbs that change the list take `--root FILE`, the offline root the operator keeps apart;
-the gateway reads the result from `DATA_DIR/keys/` on its next start."""
+running gateways read the result from `DATA_DIR/keys/` within `keys_watch_s` (2 s)."""
 
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     add = verb("add", "a new online key, announced in a new list (not used yet)")
     add.add_argument("--roles", default="", help="comma-separated (default: every role)")
     add.set_defaults(func=_add)
-    activate = verb("activate", "the gateway signs with KID from its next start", root=False)
+    activate = verb("activate", "running gateways sign with KID within seconds", root=False)
     activate.add_argument("kid")
     activate.set_defaults(func=_activate)
     retire = verb("retire", "KID leaves the list (what it signed stays valid until it expires)")
@@ -93,7 +93,7 @@ def _revoke(args: argparse.Namespace) -> int:
 
     def act() -> str:
         version = keys_ring.retire(args.data_dir, args.root, args.kid, revoke=True)
-        return f"version {version}: restart the gateway if {args.kid} was its active key"
+        return f"version {version}: running gateways switch within seconds"
 
     return _run(act)
 

@@ -52,6 +52,9 @@ class KeyRing:
     keys: dict[str, dict[str, Any]] = field(default_factory=dict)
     revoked: list[str] = field(default_factory=list)
     root_chain: list[dict[str, Any]] = field(default_factory=list)
+    serial: int = 0
+    """Every change to the ring counts one up (also `activate`, which signs no new list):
+    workers sharing a database take the ring with the highest serial (`security/shared.py`)."""
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -61,6 +64,7 @@ class KeyRing:
             "keys": self.keys,
             "revoked": self.revoked,
             "root_chain": self.root_chain,
+            "serial": self.serial,
         }
 
     @classmethod
@@ -72,6 +76,7 @@ class KeyRing:
             keys=dict(obj["keys"]),
             revoked=list(obj.get("revoked", [])),
             root_chain=list(obj.get("root_chain", [])),
+            serial=int(obj.get("serial", 0)),
         )
 
     def active(self) -> str | None:
@@ -185,6 +190,7 @@ def _write(data_dir: Path, ring: KeyRing, root: Signer, topic_root: str | None) 
         body["root_chain"] = ring.root_chain
     signed = root.sign(body)
     folder = keys_dir(data_dir)
+    ring.serial += 1
     write_durable(folder / KEYRING, json.dumps(ring.to_json(), indent=2).encode(), mode=0o600)
     write_durable(folder / KEYLIST, json.dumps(signed, indent=2).encode())
     write_trust(data_dir, ring, topic_root)
@@ -265,7 +271,8 @@ def add(data_dir: Path, root_path: Path, roles: list[str] | None = None) -> str:
 
 
 def activate(data_dir: Path, kid: str) -> None:
-    """The gateway signs with `kid` from its next start; the active one before is retiring.
+    """The gateway signs with `kid` (a running one within `keys_watch_s`); the active one
+    before is retiring.
     No new list (its members are unchanged), so no root needed."""
     ring = _ring(data_dir)
     if kid not in ring.keys:
@@ -274,6 +281,7 @@ def activate(data_dir: Path, kid: str) -> None:
         if meta.get("status") == ACTIVE:
             meta["status"] = RETIRING
     ring.keys[kid]["status"] = ACTIVE
+    ring.serial += 1
     write_durable(
         keys_dir(data_dir) / KEYRING, json.dumps(ring.to_json(), indent=2).encode(), mode=0o600
     )

@@ -5,6 +5,7 @@ view (old retained messages only) reported as stale trust."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from datetime import timedelta
@@ -28,7 +29,10 @@ from protocol.signing import Signer
 from simulators.brokers import MosquittoProcess
 from tests.support.builders import ALL, offer
 from tests.support.gateway_world import gateway_settings
+from tests.support.mtls import mtls_fleet
 from tests.support.waiting import eventually
+
+pytestmark = pytest.mark.integration
 
 OFFER = {
     "type": "replenishment",
@@ -79,9 +83,6 @@ async def launch(gw: Gateway, offer_id: str) -> None:
     spec = {"name": offer_id, "cohorts": ["profile:tv"], "offers": [{**OFFER, "id": offer_id}]}
     campaign = await gw.campaigns.create(CampaignIn.model_validate(spec), "test")
     await gw.campaigns.launch(campaign.id, "test")
-    # The launch's own push raced with the restarted gateway's settler in about one run of
-    # three here (no catalog pushed; gateway side, not issue 14's): republish to be sure.
-    await gw.campaigns.rebuild(["profile:tv"])
 
 
 def counted(agent: Agent, counter: str, at_least: int) -> bool:
@@ -92,61 +93,102 @@ def holds(agent: Agent, offer_id: str) -> bool:
     return agent.parts.offers.get(offer_id) is not None
 
 
-async def test_rotations_reach_online_agents_and_offline_ones_catch_up(
-    tmp_path: Path, mosquitto: MosquittoProcess
+def forge_bundle(signer: Signer, offer_id: str) -> bytes:
+    """A device bundle offering `offer_id`, signed by `signer` (a retired or leaked key)."""
+    now = utcnow()
+    bundle = {
+        "v": 1,
+        "id": new_id(),
+        "issued_at": format_time(now),
+        "expires_at": format_time(now + timedelta(hours=1)),
+        "offers": [offer(offer_id, surfaces=["tv_home_banner"])],
+    }
+    return codec.dumps(signer.sign(bundle))
+
+
+async def test_rotations_over_mutual_tls_reach_online_agents_and_offline_ones_catch_up(
+    tmp_path: Path,
 ) -> None:
-    settings = gateway_settings(tmp_path, mosquitto)
-    root = tmp_path / "operator" / "root.key"  # apart from the gateway's data dir
-    root.parent.mkdir()
-    keys_ring.init(settings.data_dir, root, settings.topic_root)
+    """Two rotations (announce, use, retire) and a root rotation while one gateway runs
+    throughout: it switches its key and publishes each list with no restart. 20 agents stay
+    online over mutual TLS; 5 are away through all of it and catch up on return."""
     online = [f"tv-on-{i:04d}" for i in range(20)]
     offline = [f"tv-off-{i:04d}" for i in range(5)]
-
-    async with (
-        Gateway(settings) as gw,
-        agents(settings, tmp_path, mosquitto, online + offline) as fleet,
-    ):
-        await eventually(lambda: all(keys_version(a) == 1 for a in fleet.values()))
-        await launch(gw, "before")
-        await eventually(lambda: all(holds(a, "before") for a in fleet.values()))
-    # the offline ones stay away from here on; the online ones live through every change
-    async with agents(settings, tmp_path, mosquitto, online) as fleet:
-        for step in range(2):  # two rotations: announce, use, retire
-            old = keys_ring.read_ring(settings.data_dir)
-            assert old is not None
-            announced, name = old.version + 1, f"rotated-{step}"
-            previous = old.active()
-            assert previous is not None
-            new = keys_ring.add(settings.data_dir, root)  # announced
-            async with Gateway(settings):
-                await eventually(
-                    lambda: all(keys_version(a) == announced for a in fleet.values())  # noqa: B023
-                )
-            keys_ring.activate(settings.data_dir, new)  # used
-            async with Gateway(settings) as gw:
-                await launch(gw, name)
-                await eventually(lambda: all(holds(a, name) for a in fleet.values()))  # noqa: B023
-            keys_ring.retire(settings.data_dir, root, previous)  # retired
-        new_root = tmp_path / "operator" / "root-2.key"
-        keys_ring.rotate_root(settings.data_dir, root, new_root)
+    with mtls_fleet(tmp_path) as tls:
+        settings = tls.gateway_settings(keys_watch_s=0.2)
+        root = tmp_path / "operator" / "root.key"  # apart from the gateway's data dir
+        root.parent.mkdir()
+        keys_ring.init(settings.data_dir, root, settings.topic_root)
+        for device in online + offline:
+            await asyncio.to_thread(tls.issue_identity, tmp_path / device, device)
+        broker = tls.broker
+        forged = dict.fromkeys(online, 0)  # bundles each online agent must refuse
         async with Gateway(settings) as gw:
-            ring = keys_ring.read_ring(settings.data_dir)
-            assert ring is not None
-            await eventually(lambda: all(keys_version(a) == ring.version for a in fleet.values()))
-            await launch(gw, "after")
-            await eventually(lambda: all(holds(a, "after") for a in fleet.values()))
-            for agent in fleet.values():
-                assert agent.counters["bundles_rejected"] == 0  # nothing refused that was good
-                assert agent.parts.trust.to_json()["root_generation"] == 2
+            async with agents(settings, tmp_path, broker, online + offline) as fleet:
+                assert all(a.settings.mqtt_cert_file is not None for a in fleet.values())
+                await eventually(lambda: all(keys_version(a) == 1 for a in fleet.values()))
+                await launch(gw, "before")
+                await eventually(lambda: all(holds(a, "before") for a in fleet.values()))
+            # the offline ones stay away from here on; the online ones live through it all
+            async with agents(settings, tmp_path, broker, online) as fleet:
+                for step in range(2):  # two rotations: announce, use, retire
+                    old = keys_ring.read_ring(settings.data_dir)
+                    assert old is not None
+                    previous = old.active()
+                    assert previous is not None
+                    new = await asyncio.to_thread(keys_ring.add, settings.data_dir, root)
+                    await eventually(
+                        lambda: all(keys_version(a) == old.version + 1 for a in fleet.values())  # noqa: B023
+                    )
+                    await asyncio.to_thread(keys_ring.activate, settings.data_dir, new)
+                    await eventually(lambda: gw.signer.kid == new, 10)  # noqa: B023
+                    name = f"rotated-{step}"
+                    await launch(gw, name)
+                    await eventually(lambda: all(holds(a, name) for a in fleet.values()))  # noqa: B023
+                    retired = await asyncio.to_thread(
+                        keys_ring.retire, settings.data_dir, root, previous
+                    )
+                    await eventually(
+                        lambda: all(keys_version(a) == retired for a in fleet.values())  # noqa: B023
+                    )
+                    # none accepted that should not: the retired key is no longer listed
+                    pem = settings.data_dir / "keys" / "retired" / f"{previous}.pem"
+                    gone = Signer.from_pem(previous, pem.read_bytes())
+                    for device, agent in fleet.items():
+                        topic = settings.topics.offers(device)
+                        await gw.parts.outlet.publish(topic, forge_bundle(gone, "stale"), False)
+                        forged[device] += 1
+                        await eventually(
+                            partial(counted, agent, "bundles_rejected", forged[device])
+                        )
+                        assert not holds(agent, "stale")
+                new_root = tmp_path / "operator" / "root-2.key"
+                await asyncio.to_thread(keys_ring.rotate_root, settings.data_dir, root, new_root)
+                ring = keys_ring.read_ring(settings.data_dir)
+                assert ring is not None
+                await eventually(
+                    lambda: all(keys_version(a) == ring.version for a in fleet.values())
+                )
+                await launch(gw, "after")
+                await eventually(lambda: all(holds(a, "after") for a in fleet.values()))
+                for device, agent in fleet.items():
+                    # nothing refused that was good: only the forged bundles were
+                    assert agent.counters["bundles_rejected"] == forged[device]
+                    assert agent.counters["keylists_rejected"] == 0
+                    assert agent.parts.trust.to_json()["root_generation"] == 2
             # the offline ones return: the retained list (root-signed, through the root change)
-            async with agents(settings, tmp_path, mosquitto, offline) as back:
+            async with agents(settings, tmp_path, broker, offline) as back:
                 await eventually(
                     lambda: all(keys_version(a) == ring.version for a in back.values())
                 )
-                await eventually(lambda: all(holds(a, "after") for a in back.values()))
+                every = ("before", "rotated-0", "rotated-1", "after")
+                await eventually(lambda: all(holds(a, o) for a in back.values() for o in every))
                 for agent in back.values():
                     assert agent.parts.trust.to_json()["root_generation"] == 2
                     assert agent.parts.trust.stale() is None
+                    assert agent.counters["bundles_rejected"] == 0
+            assert gw.counters["keys_reloaded"] >= 7  # 2 x (add, activate, retire), root
+            assert gw.counters["keys_reload_failed"] == 0
     assert not any(p.name.startswith("root") for p in settings.data_dir.rglob("*"))
 
 
@@ -187,10 +229,13 @@ def attack(signer: Signer, device: str) -> dict[str, dict[str, Any]]:
     }
 
 
-async def test_a_revoked_key_is_refused_everywhere_and_what_it_signed_is_dropped(
+async def test_a_revoked_key_is_refused_everywhere_and_what_it_signed_is_sent_again(
     tmp_path: Path, mosquitto: MosquittoProcess
 ) -> None:
-    settings = gateway_settings(tmp_path, mosquitto)
+    """An emergency revocation of the active key while the gateway runs: it switches to the
+    fresh key, devices drop what the leaked key signed (a cohort catalog and device-addressed
+    bundles) and get it back signed by the fresh key; the attacker's copies are refused."""
+    settings = gateway_settings(tmp_path, mosquitto, keys_watch_s=0.2)
     root = tmp_path / "operator" / "root.key"
     root.parent.mkdir()
     keys_ring.init(settings.data_dir, root, settings.topic_root)
@@ -201,42 +246,63 @@ async def test_a_revoked_key_is_refused_everywhere_and_what_it_signed_is_dropped
     leaked = keys_ring.online_key(settings.data_dir, leaked_kid)  # the attacker's copy
     devices = ["tv-rv-0001", "tv-rv-0002", "tv-rv-0003"]
     topics = settings.topics
-    async with agents(settings, tmp_path, mosquitto, devices) as fleet:
-        async with Gateway(settings) as gw:
-            await launch(gw, "signed-by-leaked")
-            await eventually(lambda: all(holds(a, "signed-by-leaked") for a in fleet.values()))
-        keys_ring.retire(settings.data_dir, root, leaked_kid, revoke=True)
-        async with Gateway(settings) as gw:
-            await eventually(lambda: all(keys_version(a) == 2 for a in fleet.values()))
-            # what the leaked key signed left every device; the gateway signed it again with
-            # the fresh key, and that is taken
-            for agent in fleet.values():
-                await eventually(partial(counted, agent, "offers_dropped_revoked", 1))
-            await eventually(lambda: all(holds(a, "signed-by-leaked") for a in fleet.values()))
-            for device, agent in fleet.items():
-                forged = attack(leaked, device)
-                rejected = agent.counters["bundles_rejected"]
-                await gw.parts.outlet.publish(
-                    topics.offers(device), codec.dumps(forged["bundle"]), False
-                )
-                await gw.parts.outlet.publish(
-                    topics.cmd(device), codec.dumps(forged["command"]), False
-                )
-                await gw.parts.outlet.publish(
-                    topics.model_manifest("tv"), codec.dumps(forged["manifest"]), False
-                )
-                await eventually(partial(counted, agent, "bundles_rejected", rejected + 1))
-                await eventually(partial(counted, agent, "commands_bad", 1))
-                await eventually(partial(counted, agent, "model_update_refused_bad_signature", 1))
-                assert not holds(agent, "evil")
-                assert agent.counters["signals_forgotten"] == 0
-            log = await gw.db.call(audit_log, 100)
-            revoked = [e for e in log if e["action"] == "keys.revoke"]
-            assert [e["target"] for e in revoked] == [leaked_kid]  # who and when, once
-            assert revoked[0]["who"]
-            assert {"keys.init", "keys.add"} <= {e["action"] for e in log}
-            await launch(gw, "after-revocation")  # signed by the fresh key: taken
-            await eventually(lambda: all(holds(a, "after-revocation") for a in fleet.values()))
+    async with (
+        agents(settings, tmp_path, mosquitto, devices) as fleet,
+        Gateway(settings) as gw,
+    ):
+        await launch(gw, "signed-by-leaked")
+        spec = {
+            "name": "for-two",
+            "cohorts": ["profile:tv"],
+            "targeting": {"devices": devices[:2]},
+            "offers": [{**OFFER, "id": "device-addressed"}],
+        }
+        campaign = await gw.campaigns.create(CampaignIn.model_validate(spec), "test")
+        await gw.campaigns.launch(campaign.id, "test")
+        both = ("signed-by-leaked", "device-addressed")
+        await eventually(lambda: all(holds(fleet[d], o) for d in devices[:2] for o in both))
+        await eventually(lambda: all(holds(a, "signed-by-leaked") for a in fleet.values()))
+        await asyncio.to_thread(keys_ring.retire, settings.data_dir, root, leaked_kid, revoke=True)
+        await eventually(lambda: all(keys_version(a) == 2 for a in fleet.values()))
+        assert gw.signer.kid != leaked_kid  # switched with no restart
+        # what the leaked key signed left every device; the gateway signed it again with
+        # the fresh key (the catalog, and the device bundles), and that is taken
+        for device, agent in fleet.items():
+            await eventually(partial(counted, agent, "offers_dropped_revoked", 1))
+            if device in devices[:2]:
+                assert agent.counters["offers_dropped_revoked"] >= 2  # both were dropped
+        await eventually(lambda: all(holds(fleet[d], o) for d in devices[:2] for o in both))
+        await eventually(lambda: all(holds(a, "signed-by-leaked") for a in fleet.values()))
+        assert gw.counters["device_bundles_resigned"] == 2
+        assert not holds(fleet[devices[2]], "device-addressed")
+        for device, agent in fleet.items():
+            forged = attack(leaked, device)
+            rejected = agent.counters["bundles_rejected"]
+            await gw.parts.outlet.publish(
+                topics.offers(device), codec.dumps(forged["bundle"]), False
+            )
+            await gw.parts.outlet.publish(topics.cmd(device), codec.dumps(forged["command"]), False)
+            await gw.parts.outlet.publish(
+                topics.model_manifest("tv"), codec.dumps(forged["manifest"]), False
+            )
+            await eventually(partial(counted, agent, "bundles_rejected", rejected + 1))
+            await eventually(partial(counted, agent, "commands_bad", 1))
+            await eventually(partial(counted, agent, "model_update_refused_bad_signature", 1))
+            assert not holds(agent, "evil")
+            assert agent.counters["signals_forgotten"] == 0
+        await launch(gw, "after-revocation")  # signed by the fresh key: taken
+        await eventually(lambda: all(holds(a, "after-revocation") for a in fleet.values()))
+        log = await gw.db.call(audit_log, 100)
+        revoked = [e for e in log if e["action"] == "keys.revoke"]
+        assert [e["target"] for e in revoked] == [leaked_kid]  # who and when, once
+        assert revoked[0]["who"]
+        assert {"keys.init", "keys.add"} <= {e["action"] for e in log}
+    async with Gateway(settings) as gw:  # a restart signs nothing again: all is fresh
+        await asyncio.sleep(1)
+        assert gw.counters["device_bundles_resigned"] == 0
+        assert (
+            len([e for e in await gw.db.call(audit_log, 100) if e["action"] == "keys.revoke"]) == 1
+        )
 
 
 async def test_a_frozen_view_is_reported_as_stale_trust_and_stops_claims(

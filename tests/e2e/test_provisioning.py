@@ -8,10 +8,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ssl
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+import subprocess
+import sys
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import aiohttp
 import aiomqtt
@@ -23,73 +24,21 @@ from agent.provisioning.flow import identity_files, make_request
 from agent.runtime.agent import Agent
 from cloud_gateway.config import GatewaySettings
 from cloud_gateway.db.audit import audit_log
-from cloud_gateway.db.backend import Session
-from cloud_gateway.db.open import open_session
-from cloud_gateway.provisioning import ca as fleet_ca
-from cloud_gateway.provisioning.service import create_batch, revoke
+from cloud_gateway.provisioning.service import create_batch
 from cloud_gateway.runtime.gateway import Gateway
 from cloud_gateway.security.auth import create_token
 from protocol.ids import new_id
-from simulators.brokers import MosquittoProcess, free_port, mtls_config
+from tests.support.mtls import ROOT, MtlsFleet, mtls_fleet
 from tests.support.processes import spawn, stop, tail
 from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.integration
-T = TypeVar("T")
-ROOT = "edgemart/v1"
-GW_PASSWORD = "gw-" + new_id()
-
-
-@dataclass
-class Fleet:
-    """The broker (devices on `url`, mutual TLS; the gateway on `gateway_url`) and the
-    gateway's data directory holding the fleet CA."""
-
-    broker: MosquittoProcess
-    gw_dir: Path
-    gateway_url: str
-
-    @property
-    def url(self) -> str:
-        return f"mqtts://127.0.0.1:{self.broker.port}"
-
-    def store(self, work: Callable[[Session], T]) -> T:
-        session = open_session(self.gw_dir, None)
-        try:
-            return work(session)
-        finally:
-            session.close()
 
 
 @pytest.fixture
-def fleet(tmp_path: Path) -> Iterator[Fleet]:
-    gw_dir = tmp_path / "gw"
-    ca = fleet_ca.load_or_create(gw_dir)
-    cert, key = ca.issue_server("127.0.0.1")
-    work = tmp_path / "mosquitto"
-    work.mkdir()
-    (work / "server.pem").write_bytes(cert)
-    (work / "server.key").write_bytes(key)
-    device_port, gateway_port = free_port(), free_port()
-    tls = {
-        "cafile": ca.folder / "ca.pem",
-        "certfile": work / "server.pem",
-        "keyfile": work / "server.key",
-        "crlfile": ca.crl_path,
-    }
-    config = mtls_config(
-        work,
-        device_port=device_port,
-        gateway_port=gateway_port,
-        tls=tls,
-        gateway_password=GW_PASSWORD,
-    )
-    broker = MosquittoProcess(str(work), port=device_port, config=config, tls=True)
-    broker.start()
-    try:
-        yield Fleet(broker, gw_dir, f"mqtt://127.0.0.1:{gateway_port}")
-    finally:
-        broker.stop()
+def fleet(tmp_path: Path) -> Iterator[MtlsFleet]:
+    with mtls_fleet(tmp_path) as started:
+        yield started
 
 
 def _tls(data_dir: Path) -> aiomqtt.TLSParameters:
@@ -97,7 +46,7 @@ def _tls(data_dir: Path) -> aiomqtt.TLSParameters:
     return aiomqtt.TLSParameters(ca_certs=str(ca), certfile=str(cert), keyfile=str(key))
 
 
-async def _connects(fleet: Fleet, data_dir: Path, client_id: str) -> bool:
+async def _connects(fleet: MtlsFleet, data_dir: Path, client_id: str) -> bool:
     """Whether the broker takes a connection with this device's certificate."""
     try:
         async with aiomqtt.Client(
@@ -110,6 +59,10 @@ async def _connects(fleet: Fleet, data_dir: Path, client_id: str) -> bool:
             return True
     except (aiomqtt.MqttError, ssl.SSLError, OSError):
         return False
+
+
+async def _refused(fleet: MtlsFleet, data_dir: Path) -> bool:
+    return not await _connects(fleet, data_dir, f"probe-{new_id()[:8]}")
 
 
 async def _provision(base: str, claim: str, device_id: str) -> tuple[int, Any]:
@@ -126,7 +79,7 @@ async def _provision(base: str, claim: str, device_id: str) -> tuple[int, Any]:
 
 
 async def test_a_fresh_agent_with_only_its_claim_ends_connected_as_itself_until_revoked(
-    tmp_path: Path, fleet: Fleet
+    tmp_path: Path, fleet: MtlsFleet
 ) -> None:
     claim = await asyncio.to_thread(
         fleet.store, lambda s: create_batch(s, "b-2026-12", 3, "factory")
@@ -137,7 +90,7 @@ async def test_a_fresh_agent_with_only_its_claim_ends_connected_as_itself_until_
         http_port=0,
         ack_delay_ms=2,
         mqtt_username="gateway",
-        mqtt_password=SecretStr(GW_PASSWORD),
+        mqtt_password=SecretStr(fleet.gateway_password),
     )
     async with Gateway(settings) as gw:
         assert gw.link_connected
@@ -176,7 +129,7 @@ async def test_a_fresh_agent_with_only_its_claim_ends_connected_as_itself_until_
             "127.0.0.1",
             int(fleet.gateway_url.rsplit(":", 1)[1]),
             username="gateway",
-            password=GW_PASSWORD,
+            password=fleet.gateway_password,
             identifier="spy",
         ) as spy:
             await spy.subscribe(f"{ROOT}/dev/+/up/#", qos=1)
@@ -213,24 +166,40 @@ async def test_a_fresh_agent_with_only_its_claim_ends_connected_as_itself_until_
         assert len(refused) == 2 and all(r["target"] == "batch:b-2026-12" for r in refused)
         assert sum(r["action"] == "provision.issue" for r in rows) == 3
 
-        # Revoked: refused at its next connect (the broker re-reads the CRL on restart).
+        # Revoked: refused at its next connect, by the same running broker: the command
+        # installs the new CRL where the broker reads it and makes it reload (SIGHUP).
         assert await _connects(fleet, dev_dir, "probe-1")
-        crl = await asyncio.to_thread(
-            fleet.store, lambda s: revoke(s, fleet.gw_dir, "tv-prov-0001", "ops")
+        work = fleet.broker.workdir
+        pid = int((work / "mosquitto.pid").read_text())
+        done = await asyncio.to_thread(
+            subprocess.run,
+            [
+                *(sys.executable, "-m", "edgemart", "gateway", "provision", "revoke"),
+                *("--data-dir", str(fleet.gw_dir), "--device", "tv-prov-0001"),
+                *("--crl-out", str(work / "crl.pem")),
+                *("--broker-pid-file", str(work / "mosquitto.pid")),
+            ],
+            capture_output=True,
+            text=True,
+            check=False,
         )
-        assert crl == fleet.gw_dir / "fleet-ca" / "crl.pem"
-        await asyncio.to_thread(fleet.broker.stop)
-        await asyncio.to_thread(fleet.broker.start)
-        assert not await _connects(fleet, dev_dir, "probe-2")
+        assert done.returncode == 0, done.stderr
+        assert f"broker {pid} reloaded" in done.stdout
+        assert (work / "crl.pem").read_bytes() == (
+            fleet.gw_dir / "fleet-ca" / "crl.pem"
+        ).read_bytes()
+        await eventually(lambda: _refused(fleet, dev_dir), 10, "the revoked device refused")
+        assert int((work / "mosquitto.pid").read_text()) == pid  # not restarted
+        assert gw.link_connected  # the gateway's own session lived through the reload
         async with Agent(agent_settings) as again:  # the device itself, from its data dir
             await asyncio.sleep(2)
             assert not again.link.connected.is_set()
         rows = await asyncio.to_thread(fleet.store, audit_log)
-        assert any(r["action"] == "provision.revoke" and r["who"] == "ops" for r in rows)
+        assert any(r["action"] == "provision.revoke" and r["who"].startswith("cli") for r in rows)
 
 
 async def test_edgemart_agent_run_with_a_claim_provisions_itself_and_reports_over_mtls(
-    tmp_path: Path, fleet: Fleet
+    tmp_path: Path, fleet: MtlsFleet
 ) -> None:
     """The same flow from the command line: `--claim FILE --provision-url URL` only."""
     claim = await asyncio.to_thread(fleet.store, lambda s: create_batch(s, "b-cli", 1, "factory"))
@@ -241,7 +210,7 @@ async def test_edgemart_agent_run_with_a_claim_provisions_itself_and_reports_ove
         data_dir=fleet.gw_dir,
         http_port=0,
         mqtt_username="gateway",
-        mqtt_password=SecretStr(GW_PASSWORD),
+        mqtt_password=SecretStr(fleet.gateway_password),
     )
     async with Gateway(settings) as gw:
         token = await asyncio.to_thread(create_token, fleet.gw_dir, scopes="read-only")

@@ -26,7 +26,7 @@ async def test_members_get_credentials_their_peers_accept(
     signer = Signer.generate("k1")
     backend = await make_backend().open()
     try:
-        desk = HouseholdDesk(backend, lambda: signer, utcnow)
+        desk = HouseholdDesk(backend, signer, utcnow)
         keys = [await asyncio.to_thread(load_key, tmp_path / f"d{i}") for i in range(2)]
         issued = [
             await desk.issue(

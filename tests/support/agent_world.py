@@ -22,7 +22,7 @@ from protocol.ids import format_time, new_id, utcnow
 from protocol.signing import Signer
 from simulators.brokers import MosquittoProcess
 from tests.support import waiting
-from tests.support.builders import SURFACE, offer, signed_ack
+from tests.support.builders import SURFACE, offer, signed_ack, unpaced
 
 # in-process state (counters, status, a fake gateway's lists): a short deadline, quick polls
 eventually = partial(waiting.eventually, timeout=5.0, step=0.02)
@@ -55,6 +55,7 @@ class World:
                 "uplink": {"batch_max_age_s": 0.05, "ack_timeout_s": 5.0, **uplink},
                 "topic_root": self.root,
                 **(agent or {}),
+                "decisions": unpaced((agent or {}).get("decisions")),
             },
             environ={},
         )

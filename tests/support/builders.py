@@ -21,9 +21,18 @@ from protocol import codec
 from protocol.envelopes import Ack, Batch, Offer, Outcome, OutcomeKind, Signal
 from protocol.ids import format_time, new_id, utcnow
 from protocol.signing import Signer
+from simulators.household import UNPACED
 
 # every consent granted, as the agent's API and `Agent.set_consent` take it
 ALL = {"analytics": True, "personalization": True, "marketing": True}
+
+
+def unpaced(decisions: dict[str, Any] | None = None) -> dict[str, Any]:
+    """`UNPACED` (no quiet hours or daily caps of the shipped profiles, so no test depends on
+    the hour it runs) with `decisions` over it: a test of pacing sets its own."""
+    return {**UNPACED, **(decisions or {})}
+
+
 SURFACE = "tv_home_banner"
 # a fixed moment for pure tests of offers and contexts
 NOW = datetime(2026, 3, 2, 12, 0, tzinfo=UTC)

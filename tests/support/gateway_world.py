@@ -14,6 +14,7 @@ from cloud_gateway.config import GatewaySettings
 from cloud_gateway.db.devices import export_device, get_device
 from cloud_gateway.runtime.gateway import Gateway
 from simulators.brokers import MosquittoProcess
+from tests.support.builders import unpaced
 
 
 def gateway_settings(tmp_path: Path, broker: MosquittoProcess, **overrides: Any) -> GatewaySettings:
@@ -56,7 +57,11 @@ def agent_settings(
         data_dir=tmp_path / device,
         api_port=0,
         trust=gw.trust_path,
-        overrides={"uplink": uplink, **overrides},
+        overrides={
+            "uplink": uplink,
+            **overrides,
+            "decisions": unpaced(overrides.get("decisions")),
+        },
         environ={},
     )
 

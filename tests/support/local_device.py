@@ -21,7 +21,7 @@ from protocol import codec
 from protocol.envelopes import TrustFile
 from protocol.ids import format_time, new_id, utcnow
 from protocol.signing import Signer
-from tests.support.builders import signed_ack
+from tests.support.builders import signed_ack, unpaced
 from tests.support.fake_transport import FakeTransports
 
 SURFACE = "tv_home_banner"
@@ -95,7 +95,11 @@ async def running_device(
         data_dir=tmp_path / "data",
         api_port=None,
         trust=trust,
-        overrides={**base, **(overrides or {})},
+        overrides={
+            **base,
+            **(overrides or {}),
+            "decisions": unpaced((overrides or {}).get("decisions")),
+        },
         environ={},
     )
     transports = FakeTransports()

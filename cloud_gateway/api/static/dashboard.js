@@ -96,6 +96,10 @@ function campaignCard(c, s) {
     if (s.idle_reason) {
       card.append(el("div", { class: "note warn", "data-metric": "idle" }, "Delivered nothing yet: " + s.idle_reason));
     }
+    if (s.explanations && s.explanations.reached > 0) {
+      // why devices were or were not shown it (issue 18): each reached device counted once
+      card.append(el("div", { class: "note", "data-metric": "explanations" }, s.explanations.summary));
+    }
     const held = s.holdout_share > 0 ? `${s.holdout_devices} device(s) held out` : "no holdout";
     card.append(el("div", { class: "numbers" },
       metric("devices reached", s.devices_pushed || s.delivered, "reached"),
