@@ -50,6 +50,7 @@ AGENT_KEYS = frozenset(
         "mqtt_tls",
         "claim_file",
         "provision_url",
+        "lan_host",
         "api_socket",
         "api_socket_group",
     }
@@ -201,6 +202,9 @@ class AgentSettings(_Strict):
     in order after it; one session (client id, credentials) on all of them."""
     data_dir: Path
     api_port: Annotated[int, Field(ge=0, le=65535)] | None = None
+    lan_host: Host | None = None
+    """The LAN address the household API binds to and advertises (issue 17, docs/household.md);
+    None: the agent joins no household, even with a membership grant in its data dir."""
     api_socket: Path | None = None
     """Also serve the local API on this Unix socket (mode 0660): callers without a token are
     known by their user id (SO_PEERCRED, `edgemart agent token bind`)."""

@@ -31,6 +31,7 @@ SUITES = [
     "bench.workers_bench",
     "bench.capacity_bench",
     "bench.provision_bench",
+    "bench.lan_bench",
 ]
 
 

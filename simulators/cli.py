@@ -89,6 +89,14 @@ def _print_report(report: dict[str, Any]) -> None:
             d["top_offer"] or "-",
         )
     console.print(devices)
+    lan = report.get("household_lan")
+    if lan:
+        needs = ", ".join(f"{k} {v:.2f}" for k, v in sorted(lan["tv_consumable_need"].items()))
+        console.print(
+            f"household LAN: coordinator {lan['coordinator']}, {lan['active_devices']} devices"
+            f" active, appliances {', '.join(lan['appliances']) or '-'};"
+            f" the TV sees consumable need: {needs or '-'}"
+        )
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -102,6 +110,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         data_dir=Path(args.data_dir) if args.data_dir else None,
         seed=args.seed,
         topic_root=args.topic_root,
+        lan=args.lan,
     )
     try:
         report = asyncio.run(run_demo(options))
@@ -234,6 +243,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     demo.add_argument("--data-dir", help="keep state here instead of a temporary folder")
     demo.add_argument("--seed", type=int, default=7)
     demo.add_argument("--topic-root", default=None, help=TOPIC_ROOT_HELP)
+    demo.add_argument(
+        "--no-lan",
+        dest="lan",
+        action="store_false",
+        help="no household LAN (discovery, coordinator, household caps)",
+    )
     demo.add_argument("-v", "--verbose", action="count", default=0)
     demo.set_defaults(func=cmd_demo)
 

@@ -33,6 +33,7 @@ from protocol.signing import Signer
 from protocol.topics import Topics
 from simulators.checker import Drops, account, check, coverage
 from simulators.household import Household
+from simulators.household_lan import HouseholdLan
 from simulators.options import DemoOptions, fresh_root, sweepable
 from simulators.retained import clear_retained
 from simulators.world import World, make_world
@@ -189,22 +190,31 @@ async def _run_demo(options: DemoOptions, root: str) -> dict[str, Any]:
             async with Gateway(settings) as gateway, aiohttp.ClientSession() as http:
                 token = await asyncio.to_thread(create_token, settings.data_dir)
                 operator = Operator(http, f"http://127.0.0.1:{gateway.http_port}", token)
-                async with Household(
-                    world,
-                    options.household,
-                    broker=broker_url,
-                    trust=gateway.trust_path,
-                    data_dir=data / "devices",
-                    seed=options.seed,
-                ) as household:
+                async with (
+                    Household(
+                        world,
+                        options.household,
+                        broker=broker_url,
+                        trust=gateway.trust_path,
+                        data_dir=data / "devices",
+                        seed=options.seed,
+                    ) as household,
+                    contextlib.AsyncExitStack() as lan_stack,
+                ):
                     surfaces = sorted(
                         {s for run in household.runs for s in run.agent.settings.profile.surfaces}
                     )
                     for campaign in sample_campaigns(world, surfaces):
                         created = await operator.call("POST", "/v1/campaigns", campaign)
                         await operator.call("POST", f"/v1/campaigns/{created['id']}/launch")
+                    lan = await lan_stack.enter_async_context(
+                        _lan(household, operator, gateway.trust_path, options.lan)
+                    )
                     per_device = options.signals_per_device or household.weekly_signals()
                     await household.use(per_device, history=options.history)
+                    if lan is not None:
+                        await lan.share()
+                        await lan.settle(timeout=15.0)
                     await _wait_for_offers(household, timeout=15.0)
                     tv = next(r for r in household.runs if r.spec.profile == "tv")
                     attack = await _attack(broker_url, Topics(root), tv.spec.device_id)
@@ -216,9 +226,30 @@ async def _run_demo(options: DemoOptions, root: str) -> dict[str, Any]:
                     drained = await household.drain(options.drain_timeout)
                     await asyncio.sleep(0.2)
                     report = await _report(household, operator, attack, drained)
+                    if lan is not None:
+                        report["household_lan"] = lan.report()
     report["duration_s"] = round(time.monotonic() - started, 2)
     report["broker"] = "embedded amqtt" if options.broker is None else options.broker
     return report
+
+
+@contextlib.asynccontextmanager
+async def _lan(
+    household: Household, operator: Operator, trust: Path, on: bool
+) -> AsyncIterator[HouseholdLan | None]:
+    """The household on the LAN, its memberships issued by the gateway's API (or nothing)."""
+    if not on:
+        yield None
+        return
+
+    async def issue(household_id: str, body: dict[str, Any]) -> dict[str, Any]:
+        signed: dict[str, Any] = await operator.call(
+            "POST", f"/v1/households/{household_id}/members", body
+        )
+        return signed
+
+    async with HouseholdLan(household, issue, trust) as lan:
+        yield lan
 
 
 async def _wait_for_offers(household: Household, timeout: float) -> None:

@@ -104,6 +104,9 @@ class Household:
         self._stack = contextlib.AsyncExitStack()
         self._http: aiohttp.ClientSession | None = None
         self._auth: dict[str, dict[str, str]] = {}
+        self.appliances_on_lan = False
+        """Set by `simulators.household_lan`: the appliances report their consumable levels to
+        the household's coordinator, so no device is scripted to report them itself."""
 
     async def __aenter__(self) -> Household:
         await self._stack.__aenter__()
@@ -153,6 +156,8 @@ class Household:
 
         async def one(run: DeviceRun) -> None:
             script = _usage(self.persona, run.spec.profile, self.rng, signals_per_device)
+            if self.appliances_on_lan:
+                script = [s for s in script if s["kind"] != "consumable_level"]
             if history:
                 step = history / max(len(script), 1)
                 profile = run.agent.settings.profile

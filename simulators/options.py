@@ -35,7 +35,8 @@ class DemoOptions:
     broker: str | None = None
     data_dir: Path | None = None
     seed: int = 7
-    household: int = 3
+    household: int = 5
+    """The persona: 5 owns a purifier whose filter runs low and a TV (the purifier→TV story)."""
     signals_per_device: int | None = None  # None: a week at the persona's own rate
     live_signals_per_device: int = 150
     history: timedelta = timedelta(days=7) - timedelta(minutes=5)
@@ -44,6 +45,10 @@ class DemoOptions:
     topic_root: str | None = None
     """None: a fresh root (`fresh_root`), cleared of its retained messages at the end (as is
     any root under `edgemart-qa/`; `sweepable`)."""
+    lan: bool = True
+    """The household's devices and appliances on the loopback LAN (issue 17): memberships
+    from the gateway, real mDNS, the purifier's filter level reaching the TV through the
+    coordinator, household caps."""
 
 
 @dataclass(frozen=True, slots=True)

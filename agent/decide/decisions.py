@@ -6,7 +6,7 @@ import logging
 from collections import OrderedDict
 from collections.abc import Callable
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from agent.config import AgentSettings
 from agent.decide import attribution
@@ -14,7 +14,14 @@ from agent.decide.cloud_policy import EffectivePolicy
 from agent.decide.decision import Consent, Decision, Situation
 from agent.decide.explain import ExplainTally, classify
 from agent.decide.remote import RankResult
-from agent.decide.rules import CapCounts, CapLimits, HoldoutRules, QuietWindow, parse_hhmm
+from agent.decide.rules import (
+    CapCounts,
+    CapLimits,
+    HoldoutRules,
+    HouseholdHold,
+    QuietWindow,
+    parse_hhmm,
+)
 from agent.decide.thin import HeldOffers, decide_offers
 from agent.errors import ScoringError
 from agent.features.context import UserContext
@@ -39,6 +46,19 @@ DECISION_COUNTERS = (
     "models_loaded",
     "models_rejected",
 )
+
+
+class HouseholdCaps(Protocol):
+    """The household's caps as a device sees them (`agent.household.client.HouseholdClient`):
+    asked before a decision, told of each impression. `hold` answers None when the
+    coordinator is away: the device then keeps to its own caps only, and `record_exposure` keeps the
+    impression until the coordinator is back (idempotent by id)."""
+
+    async def hold(self) -> HouseholdHold | None: ...
+
+    async def record_exposure(
+        self, exposure_id: str, offer_id: str, campaign_id: str, at: float
+    ) -> None: ...
 
 
 class Decisions:
@@ -70,6 +90,8 @@ class Decisions:
         for name in DECISION_COUNTERS:
             metrics.counters.setdefault(name, 0)
         self.caps = CapCounts()
+        self.household: HouseholdCaps | None = None
+        """The household's caps when the device is in one (`attach_household`)."""
         self._last: OrderedDict[str, tuple[float, int | None]] = OrderedDict()
         self._features: OrderedDict[str, tuple[float, ...] | None] = OrderedDict()
         self._counterfactual_at: OrderedDict[tuple[str, str], float] = OrderedDict()
@@ -109,6 +131,10 @@ class Decisions:
         """The device-local day (proleptic ordinal) daily caps count in."""
         return now.astimezone(self._settings.tz).date().toordinal()
 
+    async def household_hold(self) -> HouseholdHold | None:
+        """What the household's caps hold back now (None: not in a household, or away)."""
+        return None if self.household is None else await self.household.hold()
+
     def rank(
         self,
         surface: str,
@@ -122,10 +148,18 @@ class Decisions:
         refused: frozenset[str],
         explain: bool,
         remote: RankResult | None = None,
+        hold: HouseholdHold | None = None,
     ) -> Decision:
         """One ranking (`agent.decide.ranking`), remembered. When the model fails at run time, with
-        the last good model `on_model_failure` answers, else without a model (priority)."""
+        the last good model `on_model_failure` answers, else without a model (priority).
+        `hold`: what the household's caps keep off (`household_hold`), on top of this device's."""
         self.caps.roll(self.local_day(now))
+        if hold is not None:
+            if hold.reason is not None:
+                until = datetime.fromtimestamp(hold.until, now.tzinfo) if hold.until else None
+                version = model.version if model is not None else None
+                return Decision([], [("*", hold.reason)], version, held_until=until)
+            refused = refused | hold.offers
         situation = Situation(
             self._settings.device_id,
             self.caps,
@@ -327,4 +361,9 @@ class Decisions:
         )
         self._metrics.inc("outcomes_recorded")
         self._on_outcome()
+        if kind == "impression" and not counterfactual and self.household is not None:
+            # the household knows before the next device decides (or later, when it is back)
+            await self.household.record_exposure(
+                outcome.id, offer.id, offer.campaign_id, now.timestamp()
+            )
         return outcome.id

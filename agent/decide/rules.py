@@ -222,6 +222,20 @@ def surface_capped(counts: CapCounts, limits: CapLimits, surface: str) -> str | 
     return None
 
 
+@dataclass(frozen=True, slots=True)
+class HouseholdHold:
+    """What the household's caps (issue 17) hold back on this device now: offers by id
+    (shown on another device of the home within the window), or everything (`reason`:
+    `household_quiet`, `household_day_cap`; `until` in epoch seconds)."""
+
+    offers: frozenset[str] = frozenset()
+    reason: str | None = None
+    until: float | None = None
+
+    def to_wire(self) -> dict[str, object]:
+        return {"offers": sorted(self.offers), "reason": self.reason, "until": self.until}
+
+
 # ---------------------------------------------------------------------- holdout
 
 

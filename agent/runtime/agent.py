@@ -9,11 +9,12 @@ import logging
 import signal
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from agent.api.local import LocalApi
 from agent.api.owners import ensure_admin
@@ -44,6 +45,9 @@ from agent.store.core import Store
 from agent.store.idempotency import Stored
 from agent.store.thread import StorePool
 from daemonkit.notify import Notifier, feed_watchdog
+
+if TYPE_CHECKING:
+    from agent.household.client import HouseholdClient
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +94,9 @@ class Agent:
         """Made on entry, kept after exit (counters, status and the model stay readable)."""
         self._running = False
         self.api: LocalApi | None = None
+        self.household: HouseholdClient | None = None
+        self._owns_household = False
+        """The household on the LAN (`agent.household.join`), when it joined one."""
         """The local API, when the settings give it a port (`settings.api_port`)."""
 
     # ------------------------------------------------------------ the parts
@@ -202,6 +209,15 @@ class Agent:
     async def decide(self, surface: str, limit: int = 3, *, explain: bool = False) -> Decision:
         """One local ranking decision for `surface` (see `agent.decide.ranking.decide`)."""
         return await self.parts.service.decide(surface, limit, explain=explain)
+
+    def attach_household(self, client: HouseholdClient | None) -> None:
+        """Join a household through a client its caller owns (the simulators), or leave it
+        (None): decisions ask its caps, and `household` (the `HouseholdSource` the feature
+        side reads) is it."""
+        self.household = client
+        self._owns_household = False
+        self.parts.decisions.household = client
+        self.parts.service.use_household(client)
 
     async def rank(self, surface: str, limit: int = 3) -> list[RankedOffer]:
         return (await self.decide(surface, limit)).ranked
@@ -333,6 +349,20 @@ class Agent:
         if s.api_port is not None or s.api_socket is not None:
             self.api = LocalApi(self, s.api_port, s.api_socket, s.api_socket_group)
             await self.api.start()
+        self._owns_household = True
+        if s.lan_host is not None:  # else no household: its code (zeroconf, numpy) stays out
+            from agent.household import join as household_join  # noqa: PLC0415
+
+            self.household = await household_join.join(
+                parts.settings,
+                personalization=lambda: parts.consent.state.personalization,
+                contribution=partial(_contribution, parts),
+                model=lambda: parts.slot.current,
+                counters=parts.metrics.counters,
+            )
+        if self.household is not None:
+            parts.decisions.household = self.household
+            parts.service.use_household(self.household)
         await parts.memory_watch.page_out()  # what only start-up touched
         await parts.memory_watch.check()
         if not parts.memory.shared:
@@ -354,6 +384,9 @@ class Agent:
         await self.close()
 
     async def close(self) -> None:
+        household, self.household = self.household, None
+        if household is not None and self._owns_household:
+            await household.close()  # its goodbye on the LAN
         if self.api is not None:
             await self.api.stop()
             self.api = None
@@ -409,3 +442,12 @@ async def run_agent(
     finally:
         for sig in installed:
             loop.remove_signal_handler(sig)
+
+
+def _contribution(parts: Parts) -> tuple[Mapping[str, int], int]:
+    """What this device shares with its household (under personalization consent only): its
+    category counts of the last 24 h and the member tier it knows."""
+    profile = parts.settings.profile
+    now = datetime.fromtimestamp(parts.clock(), UTC)
+    ctx = parts.windows.context(now, profile.name, profile.timezone, True)
+    return ctx.category_24h, ctx.member_tier

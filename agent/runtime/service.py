@@ -75,6 +75,11 @@ class AgentService:
         self._household = household
         self._remote = remote
 
+    def use_household(self, source: HouseholdSource | None) -> None:
+        """The household context decisions read from now on (the agent joined or left a
+        household on the LAN, `agent.household`); None: none."""
+        self._household = source
+
     async def decide(self, surface: str, limit: int = 3, *, explain: bool = False) -> Decision:
         """One local ranking decision for `surface` (see `agent.decide.ranking.decide`)."""
         started = time.perf_counter()
@@ -91,6 +96,7 @@ class AgentService:
         remote = None
         if self._remote is not None and consent.marketing:
             remote = await self._ask_remote(surface, ctx.local_hour, ctx.local_weekday, consent)
+        hold = await self._decisions.household_hold()
         decision = self._decisions.rank(
             surface,
             limit,
@@ -102,6 +108,7 @@ class AgentService:
             refused=self._claims.refused,
             explain=explain,
             remote=remote,
+            hold=hold,
         )
         self._metrics.inc("decisions")
         self._metrics.observe_decision((time.perf_counter() - started) * 1000.0)

@@ -16,6 +16,7 @@ from cloud_gateway.api.errors import ApiProblem
 from cloud_gateway.campaigns.service import CampaignService
 from cloud_gateway.db.backend import Backend, Session
 from cloud_gateway.devices.erasure import DeviceErasure
+from cloud_gateway.households.service import HouseholdDesk
 from cloud_gateway.ingest.parse import unstorable_value
 from cloud_gateway.provisioning.service import Provisioner
 from cloud_gateway.registry.service import ModelRegistry
@@ -42,6 +43,8 @@ class ApiContext:
     """`/readyz`'s checks (broker link, database writable, loops running)."""
     provisioner: Provisioner
     """Redeems claim credentials (`POST /v1/provision`)."""
+    households: HouseholdDesk
+    """Signs household memberships (`POST /v1/households/{id}/members`)."""
 
 
 CTX = web.AppKey("ctx", ApiContext)

@@ -38,11 +38,13 @@ HANDLED_ELSEWHERE = (
     "device_commands",
     "device_certs",
     "device_passwords",
+    "household_members",
 )
 """Device-keyed tables `erase_device` treats apart: the registry row and pushes are deleted,
 grants anonymised (stock stays right), the forget command itself kept until confirmed, the
-device's certificate and broker password kept (erasure is of data, not of the device's
-identity: revoke that with `edgemart gateway provision revoke` / `password --revoke`)."""
+device's certificate, broker password and household membership kept (erasure is of data, not
+of the device's identity: revoke that with `edgemart gateway provision revoke` / `password
+--revoke`; a membership lapses at its expiry)."""
 
 
 def _delete_data(store: Session, device_id: str) -> dict[str, int]:

@@ -501,3 +501,19 @@ def key_state(db: Database) -> None:
         " ring TEXT NOT NULL, key_list TEXT NOT NULL, updated_at TEXT NOT NULL,"
         " updated_by TEXT NOT NULL)"
     )
+
+
+@migration
+def households(db: Database) -> None:
+    """Households on the LAN (issue 17): each household's secret (keys the devices' TXT hint
+    and proof; handed to members beside their signed membership, never on the LAN) and the
+    memberships the gateway signed (device key, roles, expiry)."""
+    db.execute(
+        "CREATE TABLE households (id TEXT PRIMARY KEY, secret TEXT NOT NULL,"
+        " created_at TEXT NOT NULL)"
+    )
+    db.execute(
+        "CREATE TABLE household_members (household_id TEXT NOT NULL, device_id TEXT NOT NULL,"
+        " device_key TEXT NOT NULL, roles TEXT NOT NULL, issued_at TEXT NOT NULL,"
+        " expires_at TEXT NOT NULL, PRIMARY KEY (household_id, device_id))"
+    )

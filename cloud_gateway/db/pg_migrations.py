@@ -406,6 +406,26 @@ CREATE TABLE key_state (
 );
 """,
     ),
+    (
+        # As SQLite's `households` (issue 17).
+        "pg010_households",
+        """
+CREATE TABLE households (
+    id text PRIMARY KEY,
+    secret text NOT NULL,
+    created_at text NOT NULL
+);
+CREATE TABLE household_members (
+    household_id text NOT NULL,
+    device_id text NOT NULL,
+    device_key text NOT NULL,
+    roles text NOT NULL,
+    issued_at text NOT NULL,
+    expires_at text NOT NULL,
+    PRIMARY KEY (household_id, device_id)
+);
+""",
+    ),
 ]
 """(name, SQL or function) in order; a name, once applied, is never changed."""
 

@@ -29,6 +29,7 @@ from cloud_gateway.db.audit import import_audit
 from cloud_gateway.db.backend import Backend, Clock, Session
 from cloud_gateway.devices.erasure import DeviceErasure
 from cloud_gateway.errors import GatewayError
+from cloud_gateway.households.service import HouseholdDesk
 from cloud_gateway.ingest.retention import RetentionPolicy, run_retention
 from cloud_gateway.ingest.service import AckBatcher, Ingestor
 from cloud_gateway.provisioning.service import Provisioner
@@ -238,6 +239,7 @@ def build(
         gauges=health.gauges,
         readiness=health.readiness,
         provisioner=Provisioner(backend, s.data_dir, keys.trust_path, s.topic_root, counters),
+        households=HouseholdDesk(backend, keys, clock),
     )
     return Parts(
         settings=s,

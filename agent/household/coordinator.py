@@ -1,0 +1,294 @@
+"""The coordinator's LAN API (aiohttp): the handshake, then household context, contributions,
+appliance levels, household caps and ranking for thin devices. Every eligible device runs it
+from the start (its port is in its advert) and answers household calls only while it is the
+elected coordinator (409 otherwise). Bound to the LAN interface (loopback in tests)."""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import time
+from collections import Counter, OrderedDict
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from aiohttp import web
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from agent.household import handshake
+from agent.household.membership import Credentials, MembershipError, check_membership
+from agent.household.state import Exposure, HouseholdState
+from protocol.household import Membership, key_fingerprint
+from protocol.signing import Verifier
+
+log = logging.getLogger(__name__)
+MAX_BODY = 256 * 1024
+MAX_SESSIONS = 64
+MAX_HELLOS = 128
+HELLO_TTL_S = 30.0
+SESSION_TTL_S = 3600.0
+
+M = TypeVar("M", bound=BaseModel)
+Ranker = Callable[[str, dict[str, Any]], Awaitable[dict[str, Any]]]
+"""(device id, rank request) -> rank answer: what `/lan/v1/rank` runs (the owner's model)."""
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class HelloIn(_Body):
+    nonce: str = Field(min_length=handshake.NONCE_LEN, max_length=handshake.NONCE_LEN)
+
+
+class AuthIn(_Body):
+    membership: dict[str, Any]
+    nonce: str = Field(min_length=handshake.NONCE_LEN, max_length=handshake.NONCE_LEN)
+    proof: str = Field(max_length=200)
+
+
+class ContributionIn(_Body):
+    counts: dict[str, int] = Field(max_length=64)
+    tier: int = Field(default=0, ge=0, le=10)
+
+
+class LevelsIn(_Body):
+    levels: dict[str, float] = Field(max_length=16)
+
+
+class ExposureIn(_Body):
+    id: str = Field(min_length=1, max_length=64)
+    offer_id: str = Field(min_length=1, max_length=128)
+    campaign_id: str = Field(default="", max_length=128)
+    at: float
+    device_id: str | None = Field(default=None, max_length=64)
+    """Whose it was, when a member replays the household's log to a new coordinator (absent:
+    the caller's own)."""
+
+
+class ExposuresIn(_Body):
+    exposures: list[ExposureIn] = Field(max_length=2000)
+
+
+class RankIn(_Body):
+    surface: str = Field(min_length=1, max_length=64)
+    limit: int = Field(default=3, ge=1, le=20)
+    offers: list[dict[str, Any]] = Field(max_length=500)
+    profile: str = Field(default="speaker", max_length=32)
+
+
+@dataclass(frozen=True, slots=True)
+class Session:
+    device_id: str
+    roles: frozenset[str]
+    fingerprint: str
+    expires: float
+
+
+class CoordinatorServer:
+    """`await start(host, port)`; `serving` says whether it answers household calls now."""
+
+    def __init__(
+        self,
+        creds: Credentials,
+        verifier: Verifier,
+        *,
+        counters: Counter[str] | None = None,
+        ranker: Ranker | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.creds = creds
+        self.verifier = verifier
+        self.counters = counters if counters is not None else Counter()
+        self.ranker = ranker
+        self.clock = clock
+        self.serving = False
+        self.state = HouseholdState(creds.membership.household_id)
+        self._hellos: OrderedDict[str, tuple[str, float]] = OrderedDict()  # nonce_s -> nonce_c
+        self._sessions: OrderedDict[str, Session] = OrderedDict()
+        self._runner: web.AppRunner | None = None
+        self.port = 0
+
+    def serve(self, on: bool) -> None:
+        """Become (or stop being) the coordinator; a new term starts from an empty state that
+        members rebuild."""
+        if on and not self.serving:
+            self.state = HouseholdState(self.creds.membership.household_id, self.state.caps)
+            self._sessions.clear()
+            log.info("coordinating household (fingerprint %s)", self.creds.fingerprint)
+        self.serving = on
+
+    def app(self) -> web.Application:
+        app = web.Application(client_max_size=MAX_BODY)
+        app.router.add_post("/lan/v1/hello", self._hello)
+        app.router.add_post("/lan/v1/auth", self._auth)
+        app.router.add_get("/lan/v1/context", self._context)
+        app.router.add_put("/lan/v1/contribution", self._contribute)
+        app.router.add_delete("/lan/v1/contribution", self._withdraw)
+        app.router.add_put("/lan/v1/consumables", self._levels)
+        app.router.add_get("/lan/v1/hold", self._hold)
+        app.router.add_post("/lan/v1/exposures", self._exposures)
+        app.router.add_post("/lan/v1/rank", self._rank)
+        return app
+
+    async def start(self, host: str, port: int = 0) -> int:
+        runner = web.AppRunner(self.app(), access_log=None)
+        await runner.setup()
+        await web.TCPSite(runner, host, port).start()
+        self._runner = runner
+        self.port = int(runner.addresses[0][1])
+        return self.port
+
+    async def stop(self) -> None:
+        runner, self._runner = self._runner, None
+        if runner is not None:
+            await runner.cleanup()
+
+    # ------------------------------------------------------------ handshake
+
+    async def _hello(self, request: web.Request) -> web.Response:
+        if not self.serving:
+            return _not_coordinator()
+        body = await _parse(request, HelloIn, self.counters)
+        now = self.clock()
+        nonce_s = handshake.new_nonce()
+        self._hellos[nonce_s] = (body.nonce, now)
+        while len(self._hellos) > MAX_HELLOS:
+            self._hellos.popitem(last=False)
+        proof = handshake.prove(self.creds.key, "server", body.nonce, nonce_s)
+        return web.json_response({"membership": self.creds.wire, "nonce": nonce_s, "proof": proof})
+
+    async def _auth(self, request: web.Request) -> web.Response:
+        if not self.serving:
+            return _not_coordinator()
+        body = await _parse(request, AuthIn, self.counters)
+        pending = self._hellos.pop(body.nonce, None)
+        now = self.clock()
+        if pending is None or now - pending[1] > HELLO_TTL_S:
+            return self._refuse("no such hello (expired or replayed)")
+        try:
+            member = check_membership(
+                body.membership, self.verifier, household_id=self.state.household_id
+            )
+        except MembershipError as exc:
+            return self._refuse(exc.reason)
+        if not handshake.check(
+            member.device_key, body.proof, "client", body.nonce, pending[0], self.creds.fingerprint
+        ):
+            return self._refuse("the proof does not verify under the membership's key")
+        token = secrets.token_urlsafe(24)
+        self._sessions[token] = Session(
+            member.device_id,
+            frozenset(member.roles),
+            key_fingerprint(member.device_key),
+            now + SESSION_TTL_S,
+        )
+        while len(self._sessions) > MAX_SESSIONS:
+            self._sessions.popitem(last=False)
+        self.state.touch(member.device_id, now)
+        self.counters["household_peers_authenticated"] += 1
+        return web.json_response({"token": token, "expires_in": SESSION_TTL_S})
+
+    def _refuse(self, reason: str) -> web.Response:
+        self.counters["household_auth_refused"] += 1
+        log.warning("household handshake refused: %s", reason)
+        return web.json_response({"error": "unauthorized", "detail": reason}, status=401)
+
+    def _session(self, request: web.Request) -> Session:
+        if not self.serving:
+            raise web.HTTPConflict(text="not the coordinator")
+        scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+        session = self._sessions.get(token.strip()) if scheme.lower() == "bearer" else None
+        if session is None or session.expires < self.clock():
+            self.counters["household_auth_refused"] += 1
+            raise web.HTTPUnauthorized(text="no household session")
+        self.state.touch(session.device_id, self.clock())
+        return session
+
+    # ------------------------------------------------------------ household calls
+
+    async def _context(self, request: web.Request) -> web.Response:
+        session = self._session(request)
+        if "appliance" in session.roles and len(session.roles) == 1:
+            raise web.HTTPForbidden(text="appliances report, they do not read")
+        snap = self.state.snapshot(self.clock())
+        return web.json_response(
+            {
+                "household_id": snap.household_id,
+                "consumable_need": dict(snap.consumable_need),
+                "category_count_24h": dict(snap.category_count_24h),
+                "member_tier": snap.member_tier,
+                "active_devices": snap.active_devices,
+                "as_of": snap.as_of,
+            }
+        )
+
+    async def _contribute(self, request: web.Request) -> web.Response:
+        session = self._session(request)
+        body = await _parse(request, ContributionIn, self.counters)
+        try:
+            self.state.contribute(session.device_id, body.counts, body.tier, self.clock())
+        except ValueError as exc:
+            raise web.HTTPTooManyRequests(text=str(exc)) from exc
+        return web.json_response({"ok": True})
+
+    async def _withdraw(self, request: web.Request) -> web.Response:
+        session = self._session(request)
+        return web.json_response({"removed": self.state.withdraw(session.device_id)})
+
+    async def _levels(self, request: web.Request) -> web.Response:
+        session = self._session(request)
+        body = await _parse(request, LevelsIn, self.counters)
+        try:
+            self.state.set_levels(session.device_id, body.levels)
+        except ValueError as exc:
+            raise web.HTTPTooManyRequests(text=str(exc)) from exc
+        return web.json_response({"ok": True})
+
+    async def _hold(self, request: web.Request) -> web.Response:
+        session = self._session(request)
+        now = self.clock()
+        body = self.state.hold(session.device_id, now).to_wire()
+        body["log"] = [e.to_wire() for e in self.state.recent(now)]
+        return web.json_response(body)
+
+    async def _exposures(self, request: web.Request) -> web.Response:
+        session = self._session(request)
+        body = await _parse(request, ExposuresIn, self.counters)
+        now = self.clock()
+        added = self.state.record(
+            (
+                Exposure(e.id, e.offer_id, e.campaign_id, e.device_id or session.device_id, e.at)
+                for e in body.exposures
+            ),
+            now,
+        )
+        hold = self.state.hold(session.device_id, now)
+        log_ = [e.to_wire() for e in self.state.recent(now)]
+        return web.json_response({"added": added, "hold": hold.to_wire(), "log": log_})
+
+    async def _rank(self, request: web.Request) -> web.Response:
+        session = self._session(request)
+        body = await _parse(request, RankIn, self.counters)
+        if self.ranker is None:
+            raise web.HTTPNotImplemented(text="this coordinator has no model")
+        answer = await self.ranker(session.device_id, body.model_dump())
+        return web.json_response(answer)
+
+
+def _not_coordinator() -> web.Response:
+    return web.json_response({"error": "not_coordinator"}, status=409)
+
+
+async def _parse(request: web.Request, model: type[M], counters: Counter[str]) -> M:
+    try:
+        return model.model_validate_json(await request.read())
+    except ValidationError as exc:
+        counters["household_bad_requests"] += 1
+        raise web.HTTPBadRequest(text=f"{request.path}: {exc.errors()[:3]}") from exc
+
+
+def peer_membership(obj: Any, verifier: Verifier, household_id: str) -> Membership:
+    """A coordinator's membership as its hello showed it (raises MembershipError)."""
+    return check_membership(obj, verifier, household_id=household_id)
