@@ -1,6 +1,6 @@
 """A thin device (`ranking = "thin"`): ranked by the household's coordinator over HTTP (a real
 aiohttp rank server on loopback, the real scoring code), by priority when none answers, with
-no model and no onnxruntime in its process."""
+no model, no numpy and no onnxruntime in its process."""
 
 from __future__ import annotations
 
