@@ -11,7 +11,7 @@ from typing import Any
 from agent.config import AgentSettings
 from agent.decide.decisions import Decisions
 from agent.decide.ranking import Consent, Decision
-from agent.decide.remote import RankResult, RemoteRanker
+from agent.decide.remote import REMOTE_TIMEOUT_S, RankResult, RemoteRanker
 from agent.decide.thin import rank_request
 from agent.errors import ModelRejected, UnknownOffer
 from agent.features.household import HouseholdSource
@@ -26,9 +26,6 @@ from agent.runtime.metrics import Metrics
 from protocol.ids import utcnow
 
 log = logging.getLogger(__name__)
-
-REMOTE_TIMEOUT_S = 0.5
-"""How long a thin device waits for the coordinator's scores before ranking by priority."""
 
 
 class AgentService:
@@ -77,6 +74,13 @@ class AgentService:
         household on the LAN, `agent.household`); None: none."""
         self._household = source
 
+    def use_remote(self, remote: RemoteRanker | None) -> None:
+        """Who ranks for this thin device from now on (its household's coordinator, through
+        `agent.household.client.HouseholdClient`); None: priority ranking. Only a thin profile
+        asks: a full device keeps its own model."""
+        if self._settings.profile.ranking == "thin":
+            self._remote = remote
+
     async def decide(self, surface: str, limit: int = 3, *, explain: bool = False) -> Decision:
         """One local ranking decision for `surface` (see `agent.decide.ranking.decide`)."""
         started = time.perf_counter()
@@ -90,10 +94,13 @@ class AgentService:
         ctx = self._windows.context(
             now, profile.name, profile.timezone, consent.personalization, household
         )
-        remote = None
-        if self._remote is not None and consent.marketing:
-            remote = await self._ask_remote(surface, ctx.local_hour, ctx.local_weekday, consent)
         hold = await self._decisions.household_hold()
+        remote = None
+        if self._remote is not None and consent.marketing and (hold is None or not hold.reason):
+            held = hold.offers if hold is not None else frozenset()
+            remote = await self._ask_remote(
+                surface, ctx.local_hour, ctx.local_weekday, consent, held
+            )
         decision = self._decisions.rank(
             surface,
             limit,
@@ -114,10 +121,11 @@ class AgentService:
         return decision
 
     async def _ask_remote(
-        self, surface: str, hour: float, weekday: int, consent: Consent
+        self, surface: str, hour: float, weekday: int, consent: Consent, held: frozenset[str]
     ) -> RankResult | None:
-        """The coordinator's scores of the offers showable on `surface` now, or None (no
-        coordinator, no answer in time, a failure: counted; the decision ranks by priority)."""
+        """The coordinator's scores of the offers showable on `surface` now (not refused, not
+        `held` by the household's caps), or None (no coordinator, no answer in time, a failure:
+        counted; the decision ranks by priority)."""
         assert self._remote is not None
         catalog = self._offers.catalog()
         request = rank_request(
@@ -129,7 +137,7 @@ class AgentService:
             local_hour=hour,
             local_weekday=weekday,
             personalized=consent.personalization,
-            refused=self._claims.refused,
+            refused=self._claims.refused | held,
             max_offers=self._settings.profile.budgets.max_candidates,
         )
         if request is None:
