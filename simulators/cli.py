@@ -97,6 +97,17 @@ def _print_report(report: dict[str, Any]) -> None:
             f" active, appliances {', '.join(lan['appliances']) or '-'};"
             f" the TV sees consumable need: {needs or '-'}"
         )
+        story = lan.get("purifier_to_tv")
+        if story:
+            console.print(f"purifier -> TV: {story['line']}")
+        thin = [d for d in report["devices"] if d.get("ranking") == "thin"]
+        for d in thin:
+            by_priority = d.get("remote_rank_offline", 0) + d.get("remote_rank_failed", 0)
+            console.print(
+                f"thin {d['device_id']}: of {d['decisions']} decisions,"
+                f" {d.get('remote_ranked', 0)} ranked by the coordinator, {by_priority} by"
+                " priority (coordinator away), the rest held by the household's caps"
+            )
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

@@ -33,6 +33,7 @@ REASONS: tuple[str, ...] = (
     "targeting_needs_personalization",
     "sold_out",
     "claim_refused",
+    "household_cap",
     "cap_offer_day",
     "cap_campaign_day",
     "cap_surface_day",

@@ -136,6 +136,9 @@ class Situation:
     quiet: tuple[QuietWindow, ...] = ()
     refused: frozenset[str] = frozenset()
     """Offer ids whose claim the gateway refused (sold out): not offered again."""
+    household_held: frozenset[str] = frozenset()
+    """Offer ids the household's caps keep off this device now (`HouseholdHold.offers`: shown
+    on another device of the home within the window), filtered as `household_cap`."""
     holdout: HoldoutRules | None = None
     """A cloud policy's holdout shares (issue 18); None: the offers' own."""
 
@@ -224,7 +227,8 @@ def decide_catalog(  # noqa: PLR0917  # one flat hot path, on purpose
     )
     caps = cap_arrays(catalog, sit.caps, sit.limits) if sit.caps is not None else None
     refused = catalog.rows(sit.refused) if sit.refused else None
-    gate = Gate(surface, now.timestamp(), household, caps, refused)
+    held_rows = catalog.rows(sit.household_held) if sit.household_held else None
+    gate = Gate(surface, now.timestamp(), household, caps, refused, held_rows)
     mask = eligible_mask(catalog, gate)
     want_reasons = explain or reasons_always
     codes = filter_codes(catalog, gate) if want_reasons else None
