@@ -64,7 +64,7 @@ async def _broker(url: str | None) -> AsyncIterator[str]:
         yield broker.url
 
 
-def _campaigns(world: World, surfaces: list[str]) -> list[dict[str, Any]]:
+def sample_campaigns(world: World, surfaces: list[str]) -> list[dict[str, Any]]:
     """The sample campaigns an operator would launch: the world's catalog, grouped."""
     now = utcnow()
     by_campaign: dict[str, list[dict[str, Any]]] = {}
@@ -200,7 +200,7 @@ async def _run_demo(options: DemoOptions, root: str) -> dict[str, Any]:
                     surfaces = sorted(
                         {s for run in household.runs for s in run.agent.settings.profile.surfaces}
                     )
-                    for campaign in _campaigns(world, surfaces):
+                    for campaign in sample_campaigns(world, surfaces):
                         created = await operator.call("POST", "/v1/campaigns", campaign)
                         await operator.call("POST", f"/v1/campaigns/{created['id']}/launch")
                     per_device = options.signals_per_device or household.weekly_signals()

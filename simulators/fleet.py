@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
+import os
 import tempfile
 import time
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,15 +29,16 @@ from simulators.brokers import EmbeddedBroker, MosquittoProcess, free_port
 from simulators.checker import Drops, account, check, coverage
 from simulators.demo import Operator
 from simulators.faults import AgentProcess
+from simulators.fleet_observe import Observation
 from simulators.household import CONSENT_ALL, Household
 from simulators.netfault import PartitionProxy
 from simulators.options import (
-    DEVICES_PER_HOUSEHOLD,
     FAULTS,
     FleetOptions,
     fresh_root,
     sweepable,
 )
+from simulators.pace import household_devices
 from simulators.retained import clear_retained
 from simulators.world import World, make_world
 
@@ -244,17 +247,34 @@ async def _run_fleet(options: FleetOptions, topic_root: str) -> dict[str, Any]:
                 await crash.consent()
             plan = _FaultPlan(options, cloud, proxy, crash, faults)
             pause = options.duration_s / options.rounds
-            for round_ in range(options.rounds):
-                await plan.at_round(round_)
-                using = [hh.use(options.signals_per_round) for hh in households]
+            observe = Observation(options, world)
+            token = await asyncio.to_thread(create_token, cloud.settings.data_dir)
+            async with observe.running(
+                started=started,
+                households=households,
+                gateway=lambda: (
+                    None
+                    if cloud.gateway is None
+                    else (f"http://127.0.0.1:{cloud.gateway.http_port}", token)
+                ),
+                gateway_pid=os.getpid(),  # the gateway runs in this process
+                gateway_db=None if cloud.settings.db_url else cloud.settings.db_path,
+                faults=lambda: faults.events,
+                fault_actions=plan.timed(options.fault_times),
+                broker=cloud.broker_url,
+            ):
+                for round_ in range(options.rounds):
+                    await plan.at_round(round_)
+                    using = [hh.use(observe.counts(round_, hh)) for hh in households]
+                    if crash is not None:
+                        using.append(crash.use(observe.crash_count(round_)))
+                    await asyncio.gather(*using)
+                    await asyncio.sleep(pause)
+                await observe.settle()
+                draining = [hh.drain(options.drain_timeout) for hh in households]
                 if crash is not None:
-                    using.append(crash.use(options.signals_per_round))
-                await asyncio.gather(*using)
-                await asyncio.sleep(pause)
-            draining = [hh.drain(options.drain_timeout) for hh in households]
-            if crash is not None:
-                draining.append(crash.drain(options.drain_timeout))
-            drained = all(await asyncio.gather(*draining))
+                    draining.append(crash.drain(options.drain_timeout))
+                drained = all(await asyncio.gather(*draining))
             await asyncio.sleep(0.2)  # the last acks' commits are visible to the export
             seen = [
                 (run.spec.device_id, run.accepted, run.agent.status())
@@ -265,6 +285,8 @@ async def _run_fleet(options: FleetOptions, topic_root: str) -> dict[str, Any]:
                 statuses = await crash.statuses()
                 seen += [(d, crash.accepted[d], statuses[d]) for d in crash.accepted]
             report = await _report(cloud, seen, drained, http)
+    acks = [s["uplink"]["ack_latency_s"] for _, _, s in seen if s["uplink"].get("ack_latency_s")]
+    report.update(observe.report(devices=len(seen), acks=acks))
     report["faults"] = faults.events
     report["households"] = options.households
     report["broker"] = "embedded amqtt" if options.broker is None else options.broker
@@ -288,7 +310,7 @@ async def _start_households(
     at `options.ramp` devices a second; at the end of `stack` all are stopped concurrently
     at the same pace (before: one after another, 90 s to stop 400 devices)."""
     gate = asyncio.Semaphore(STARTING_AT_ONCE)
-    step = DEVICES_PER_HOUSEHOLD / options.ramp if options.ramp else 0.0
+    step = len(options.profiles) / options.ramp if options.ramp else 0.0
     made = [
         Household(
             world,
@@ -296,6 +318,7 @@ async def _start_households(
             broker=broker,
             trust=trust,
             data_dir=root / "devices",
+            devices=household_devices(options, world.persona(index)),
             seed=options.seed + index,
             store_pool=pool,
         )
@@ -350,7 +373,7 @@ class _FaultPlan:
         log: FaultLog,
     ) -> None:
         first, self.end = options.rounds // 3, 2 * options.rounds // 3
-        chosen = [f for f in FAULTS if f in options.faults]
+        chosen = [f for f in FAULTS if f in options.faults and not options.fault_times]
         self.begin = {fault: min(first + i, self.end - 1) for i, fault in enumerate(chosen)}
         self._cloud, self._proxy, self._crash, self._log = cloud, proxy, crash, log
 
@@ -361,6 +384,20 @@ class _FaultPlan:
         if round_ == self.end:
             for fault in reversed(self.begin):
                 await self._up(fault)
+
+    def timed(
+        self, times: tuple[tuple[str, float, float], ...]
+    ) -> list[tuple[float, Callable[[], Awaitable[None]]]]:
+        """The scenario's fault times instead of the round plan: (at s, action) for each
+        fault's beginning and end, in seconds from the first usage round."""
+        return [
+            action
+            for fault, at_s, for_s in times
+            for action in (
+                (at_s, functools.partial(self._down, fault)),
+                (at_s + for_s, functools.partial(self._up, fault)),
+            )
+        ]
 
     async def _down(self, fault: str) -> None:
         if fault == "gateway-restart":

@@ -8,11 +8,17 @@ from datetime import timedelta
 from pathlib import Path
 
 from protocol.ids import new_id
+from protocol.vocabulary import PROFILES
 
 DEVICES_PER_HOUSEHOLD = 4
 """A hub, a TV and two phones (`simulators.household.default_devices`)."""
 FAULTS = ("gateway-restart", "broker-restart", "partition", "agent-kill")
 """In the order they begin."""
+HOUSEHOLD_PROFILES = ("hub", "tv", "phone", "phone")
+"""Today's household (`simulators.household.default_devices`)."""
+PACES = ("stress", "world")
+"""`stress`: `signals_per_round` per device and round; `world`: the synthetic world's own
+daily rate per device (`simulators.pace`), `compress` times faster than real time."""
 
 QA_ROOT_PREFIX = "edgemart-qa"
 
@@ -69,10 +75,26 @@ class FleetOptions:
     ramp: float | None = None
     """Devices started (and stopped) per second, households concurrently; None: as fast as
     `STARTING_AT_ONCE` households at a time allow."""
+    pace: str = "stress"
+    """One of `PACES`."""
+    compress: float = 1440.0
+    """With `pace="world"`: simulated seconds per real second (1440: a day a minute)."""
+    profiles: tuple[str, ...] = HOUSEHOLD_PROFILES
+    """The devices of every household, by firmware profile."""
+    consent_shares: tuple[tuple[str, float], ...] = ()
+    """(purpose, share of devices granting it), drawn per device from the seed; empty:
+    today's household (everything granted, the second phone without personalization)."""
+    fault_times: tuple[tuple[str, float, float], ...] = ()
+    """(fault, begins at s, lasts s), in seconds from the first usage round; empty: the
+    round plan (`faults` in the middle third). When given, it names the faults."""
+    campaigns: tuple[tuple[float, int], ...] = ()
+    """(at s from the first usage round, how many of the world's sample campaigns)."""
+    progress: bool = False
+    """A live progress display (rich) on stdout."""
 
     @property
     def devices(self) -> int:
-        return self.households * DEVICES_PER_HOUSEHOLD
+        return self.households * len(self.profiles)
 
     def __post_init__(self) -> None:
         if self.ramp is not None and not self.ramp > 0:
@@ -88,6 +110,16 @@ class FleetOptions:
             raise ValueError("agent-kill needs at least one crash device")
         if self.households < 1 or self.rounds < 3:
             raise ValueError("need at least 1 household and 3 rounds")
+        if self.pace not in PACES:
+            raise ValueError(f"--pace must be one of {', '.join(PACES)}, not {self.pace!r}")
+        if not self.compress > 0:
+            raise ValueError(f"--compress must be positive, not {self.compress}")
+        if not self.profiles:
+            raise ValueError("a household needs at least one device profile")
+        if unknown_profiles := sorted(set(self.profiles) - set(PROFILES)):
+            raise ValueError(f"unknown profile(s) {unknown_profiles}; known: {', '.join(PROFILES)}")
+        if self.fault_times and {f for f, _, _ in self.fault_times} != set(self.faults):
+            raise ValueError("fault_times must name exactly the faults of the run")
 
 
 FLEET_GUIDE = """\

@@ -1,0 +1,137 @@
+"""Campaigns a fleet run launches at the scenario's times, over the gateway's HTTP API as an
+operator would, and what followed: how long each device took to hold the new offers
+(launch → offer, ms) and how long its first decision with them took (decision, ms).
+
+The devices are watched through probes the runner gives (`OffersProbe`, `Decide`), so the
+same plan serves agents in the fleet's process or in their own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+import aiohttp
+
+from simulators.demo import Operator, sample_campaigns
+from simulators.timeline import GatewayEndpoint
+from simulators.world import World
+
+log = logging.getLogger(__name__)
+
+OffersProbe = Callable[[], Awaitable[dict[str, int]]]
+"""Offers each device holds now, by device id."""
+Decide = Callable[[str], Awaitable[float]]
+"""One ranking decision on a device; its latency in ms."""
+WATCH_S = 60.0
+"""How long a launch is followed; devices without the offers then are counted pending."""
+POLL_S = 0.05
+MAX_SAMPLES = 20_000
+"""Latencies kept per kind (a fleet of 5,000 launching 4 times: all of them)."""
+
+
+class Launches:
+    def __init__(
+        self,
+        plan: Sequence[tuple[float, int]],
+        world: World,
+        surfaces: list[str],
+        *,
+        gateway: GatewayEndpoint,
+        offers: OffersProbe,
+        decide: Decide | None = None,
+        watch_s: float = WATCH_S,
+    ) -> None:
+        self.plan = sorted(plan)
+        self._catalog = sample_campaigns(world, surfaces)
+        self._gateway, self._offers, self._decide = gateway, offers, decide
+        self._watch_s = watch_s
+        self._next = 0
+        self.events: list[dict[str, Any]] = []
+        self.launch_to_offer_ms: list[float] = []
+        self.decision_ms: list[float] = []
+        self.pending = 0
+
+    async def run(self, started: float) -> None:
+        """Launch each campaign at its time (seconds after `started`) and follow it."""
+        watches: list[asyncio.Task[None]] = []
+        async with aiohttp.ClientSession() as http:
+            for at_s, count in self.plan:
+                await asyncio.sleep(max(0.0, started + at_s - time.monotonic()))
+                before = await self._offers()
+                launched = await self._launch(http, count, started)
+                if launched is not None:
+                    watches.append(asyncio.create_task(self._follow(before, launched)))
+            await asyncio.gather(*watches)
+
+    async def _launch(
+        self, http: aiohttp.ClientSession, count: int, started: float
+    ) -> float | None:
+        for _ in range(int(self._watch_s / 0.5)):  # the gateway may be restarting
+            endpoint = self._gateway()
+            if endpoint is not None:
+                break
+            await asyncio.sleep(0.5)
+        else:
+            self.events.append({"event": "launch failed: the gateway stayed down", "count": count})
+            return None
+        operator = Operator(http, *endpoint)
+        names, ids = [], []
+        for _ in range(count):
+            campaign = self._catalog[self._next % len(self._catalog)]
+            self._next += 1
+            created = await operator.call("POST", "/v1/campaigns", campaign)
+            ids.append(created["id"])
+            names.append(campaign["name"])
+        at = time.monotonic()  # launch -> offer counts from the first launch request
+        for campaign_id in ids:
+            await operator.call("POST", f"/v1/campaigns/{campaign_id}/launch")
+        self.events.append({"at_s": round(at - started, 2), "event": "launched", "names": names})
+        log.info("fleet: launched %s at %.1fs", names, at - started)
+        return at
+
+    async def _follow(self, before: dict[str, int], launched: float) -> None:
+        waiting = dict(before)
+        deadline = launched + self._watch_s
+        while waiting and time.monotonic() < deadline:
+            now = await self._offers()
+            got = [d for d, n in waiting.items() if now.get(d, 0) > n]
+            at = time.monotonic()
+            for device in got:
+                del waiting[device]
+                if len(self.launch_to_offer_ms) < MAX_SAMPLES:
+                    self.launch_to_offer_ms.append(round((at - launched) * 1000, 1))
+                if self._decide is not None and len(self.decision_ms) < MAX_SAMPLES:
+                    self.decision_ms.append(round(await self._decide(device), 2))
+            await asyncio.sleep(POLL_S)
+        self.pending += len(waiting)
+
+    def report(self) -> dict[str, Any]:
+        return {
+            "campaigns": self.events,
+            "launch_to_offer_ms": summary(self.launch_to_offer_ms),
+            "launch_to_offer_pending": self.pending,
+            "decision_ms": summary(self.decision_ms),
+        }
+
+
+def summary(values: Sequence[float]) -> dict[str, Any]:
+    """Count, p50, p90, p99, max, and the values themselves (bounded by their producer)."""
+    if not values:
+        return {"n": 0, "values": []}
+    ordered = sorted(values)
+
+    def q(p: float) -> float:
+        return ordered[min(len(ordered) - 1, int(p * len(ordered)))]
+
+    return {
+        "n": len(ordered),
+        "p50": q(0.5),
+        "p90": q(0.9),
+        "p99": q(0.99),
+        "max": ordered[-1],
+        "values": list(values),
+    }
