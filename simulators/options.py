@@ -8,7 +8,6 @@ from datetime import timedelta
 from pathlib import Path
 
 from protocol.ids import new_id
-from protocol.vocabulary import PROFILES
 
 DEVICES_PER_HOUSEHOLD = 4
 """A hub, a TV and two phones (`simulators.household.default_devices`)."""
@@ -116,6 +115,8 @@ class FleetOptions:
             raise ValueError(f"--compress must be positive, not {self.compress}")
         if not self.profiles:
             raise ValueError("a household needs at least one device profile")
+        from protocol.vocabulary import PROFILES  # noqa: PLC0415 - `--help` stays light
+
         if unknown_profiles := sorted(set(self.profiles) - set(PROFILES)):
             raise ValueError(f"unknown profile(s) {unknown_profiles}; known: {', '.join(PROFILES)}")
         if self.fault_times and {f for f, _, _ in self.fault_times} != set(self.faults):

@@ -3,6 +3,8 @@ the fleet does, and the report carries the timeline, latencies and cost."""
 
 from __future__ import annotations
 
+import json
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -12,6 +14,7 @@ from simulators.fleet import run_fleet, succeeded
 from simulators.pace import Pace, household_devices
 from simulators.report_html import render
 from simulators.world import make_world
+from tests.support.processes import EDGEMART
 
 pytestmark = pytest.mark.integration
 
@@ -78,3 +81,34 @@ async def test_a_scenario_run_honours_its_mix_pace_fault_and_campaign(tmp_path: 
     assert report["cost"]["gateway_in_process"] is True
     assert report["cost"]["gateway_db_bytes"] > 0
     assert "<svg" in render(report)
+
+
+def test_the_cli_runs_a_scenario_with_a_flag_over_it_and_writes_the_html(tmp_path: Path) -> None:
+    path = tmp_path / "small.toml"
+    path.write_text(SCENARIO, encoding="utf-8")
+    report_path, page = tmp_path / "fleet.json", tmp_path / "fleet.html"
+    args = [
+        *EDGEMART,
+        *("fleet", "--scenario", str(path), "--households", "1", "--compress", "20000"),
+        *("--report", str(report_path), "--html", str(page)),
+        *("--data-dir", str(tmp_path / "data")),
+    ]
+    done = subprocess.run(args, capture_output=True, text=True, timeout=180, check=False)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    report = json.loads(report_path.read_text())
+    assert report["devices"] == 2  # --households 1 over the file's 2, the file's mix of 2
+    assert report["compress"] == 20000
+    assert report["faults"][0]["fault"] == "gateway-restart"  # the file's, at its time
+    assert "<svg" in page.read_text()
+    assert "live" not in done.stderr.lower()  # stdout is not a terminal: no live display
+
+    path.write_text(SCENARIO.replace("count = 1", "count = 1\nwhen = 3"), encoding="utf-8")
+    bad = subprocess.run(
+        [*EDGEMART, "fleet", "--scenario", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert bad.returncode == 2
+    assert f"{path}: campaigns.0.when: Extra inputs are not permitted" in bad.stderr
