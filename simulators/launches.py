@@ -33,6 +33,10 @@ MAX_SAMPLES = 20_000
 """Latencies kept per kind (a fleet of 5,000 launching 4 times: all of them)."""
 
 
+class GatewayDown(Exception):
+    """The gateway did not answer within the watch."""
+
+
 class Launches:
     def __init__(
         self,
@@ -64,6 +68,22 @@ class Launches:
                 await self._launch(http, count, started, watches)
             await asyncio.gather(*watches)
 
+    async def _call(self, http: aiohttp.ClientSession, path: str, body: object = None) -> Any:
+        """POST as an operator would, again while the gateway is down or restarting (a new
+        gateway may listen on another port); `GatewayDown` when it stays down."""
+        deadline = time.monotonic() + self._watch_s
+        while True:
+            endpoint = self._gateway()
+            if endpoint is not None:
+                try:
+                    return await Operator(http, *endpoint).call("POST", path, body)
+                except (aiohttp.ClientError, OSError) as exc:
+                    if time.monotonic() > deadline:
+                        raise GatewayDown(f"POST {path}: {exc}") from exc
+            elif time.monotonic() > deadline:
+                raise GatewayDown(f"POST {path}: the gateway stayed down")
+            await asyncio.sleep(0.5)
+
     async def _launch(
         self,
         http: aiohttp.ClientSession,
@@ -71,28 +91,25 @@ class Launches:
         started: float,
         watches: list[asyncio.Task[None]],
     ) -> None:
-        """Create `count` campaigns, then launch them while a watch follows the devices."""
-        for _ in range(int(self._watch_s / 0.5)):  # the gateway may be restarting
-            endpoint = self._gateway()
-            if endpoint is not None:
-                break
-            await asyncio.sleep(0.5)
-        else:
-            self.events.append({"event": "launch failed: the gateway stayed down", "count": count})
-            return
-        operator = Operator(http, *endpoint)
+        """Create `count` campaigns, then launch them while a watch follows the devices.
+        A campaign created twice (its answer lost in a gateway restart) is launched once."""
         names, ids = [], []
-        for _ in range(count):
-            campaign = self._catalog[self._next % len(self._catalog)]
-            self._next += 1
-            created = await operator.call("POST", "/v1/campaigns", campaign)
-            ids.append(created["id"])
-            names.append(campaign["name"])
-        before = await self._offers()
-        at = time.monotonic()  # launch -> offer counts from the first launch request
-        watches.append(asyncio.create_task(self._follow(before, at)))
-        for campaign_id in ids:
-            await operator.call("POST", f"/v1/campaigns/{campaign_id}/launch")
+        try:
+            for _ in range(count):
+                campaign = self._catalog[self._next % len(self._catalog)]
+                self._next += 1
+                created = await self._call(http, "/v1/campaigns", campaign)
+                ids.append(created["id"])
+                names.append(campaign["name"])
+            before = await self._offers()
+            at = time.monotonic()  # launch -> offer counts from the first launch request
+            watches.append(asyncio.create_task(self._follow(before, at)))
+            for campaign_id in ids:
+                await self._call(http, f"/v1/campaigns/{campaign_id}/launch")
+        except (GatewayDown, RuntimeError) as exc:  # RuntimeError: the gateway said no
+            self.events.append({"event": f"launch failed: {exc}", "names": names})
+            log.warning("fleet: launch of %s failed: %s", names, exc)
+            return
         self.events.append({"at_s": round(at - started, 2), "event": "launched", "names": names})
         log.info("fleet: launched %s at %.1fs", names, at - started)
 
