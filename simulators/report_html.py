@@ -87,7 +87,7 @@ def _timeline_charts(report: dict[str, Any]) -> str:
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(9, 6), sharex=True)
     for key, label in (
         ("signals_accepted", "accepted (devices)"),
-        ("signals_stored", "stored (gateway)"),
+        ("signals_stored", "stored raw (gateway; phones and speakers send aggregates)"),
     ):
         t, v = _series(samples, key)
         top.plot(t, v, label=label, drawstyle="steps-post")
