@@ -229,7 +229,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "--devices",
         type=int,
         default=None,
-        help="devices in all, instead of --households (rounded up to whole households of 4)",
+        help="devices in all, instead of --households (rounded up to whole households of the"
+        " mix: 4 unless a scenario says else)",
     )
     run.add_argument(
         "--ramp",

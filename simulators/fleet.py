@@ -38,7 +38,7 @@ from simulators.options import (
     fresh_root,
     sweepable,
 )
-from simulators.pace import household_devices
+from simulators.pace import household_devices, personas, world_size
 from simulators.retained import clear_retained
 from simulators.world import World, make_world
 
@@ -207,7 +207,7 @@ async def run_fleet(options: FleetOptions) -> dict[str, Any]:
 
 async def _run_fleet(options: FleetOptions, topic_root: str) -> dict[str, Any]:
     started = time.monotonic()
-    world = make_world(options.seed, households=max(options.households + 1, 8))
+    world = make_world(options.seed, households=world_size(options))
     faults = FaultLog()
     with contextlib.ExitStack() as stack:
         root = options.data_dir or Path(stack.enter_context(tempfile.TemporaryDirectory()))
@@ -261,7 +261,7 @@ async def _run_fleet(options: FleetOptions, topic_root: str) -> dict[str, Any]:
                 gateway_db=None if cloud.settings.db_url else cloud.settings.db_path,
                 faults=lambda: faults.events,
                 fault_actions=plan.timed(options.fault_times),
-                broker=cloud.broker_url,
+                broker=None if options.broker is None else cloud.broker_url,  # amqtt: no $SYS
             ):
                 for round_ in range(options.rounds):
                     await plan.at_round(round_)
@@ -314,15 +314,15 @@ async def _start_households(
     made = [
         Household(
             world,
-            index,
+            persona,
             broker=broker,
             trust=trust,
             data_dir=root / "devices",
-            devices=household_devices(options, world.persona(index)),
+            devices=household_devices(options, world.persona(persona)),
             seed=options.seed + index,
             store_pool=pool,
         )
-        for index in range(options.households)
+        for index, persona in enumerate(personas(options)[:-1])
     ]
     up: list[Household] = []
 

@@ -21,7 +21,7 @@ from simulators.cost import CostMeter, process_cpu_s
 from simulators.household import Household
 from simulators.launches import Decide, Launches, OffersProbe, summary
 from simulators.options import FleetOptions
-from simulators.pace import Pace
+from simulators.pace import Pace, personas
 from simulators.timeline import DeviceProbe, GatewayEndpoint, Sampler
 from simulators.world import World
 
@@ -91,7 +91,7 @@ class Observation:
     def crash_count(self, round_: int) -> int:
         """Signals each process TV (`agent-kill`) sends in `round_`: at the world pace, a TV
         of the world's next household after the fleet's."""
-        persona = self.world.persona(self.options.households)
+        persona = self.world.persona(personas(self.options)[-1])
         return self.pace.counts(round_, {"crash-tv": (persona, "tv")})["crash-tv"]
 
     @contextlib.asynccontextmanager

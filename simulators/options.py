@@ -86,6 +86,9 @@ class FleetOptions:
     fault_times: tuple[tuple[str, float, float], ...] = ()
     """(fault, begins at s, lasts s), in seconds from the first usage round; empty: the
     round plan (`faults` in the middle third). When given, it names the faults."""
+    world_households: int | None = None
+    """The households are drawn at random (from the seed, none twice) from a synthetic world
+    of this many personas; None: the world's first households, in order."""
     campaigns: tuple[tuple[float, int], ...] = ()
     """(at s from the first usage round, how many of the world's sample campaigns)."""
     progress: bool = False
@@ -119,6 +122,11 @@ class FleetOptions:
 
         if unknown_profiles := sorted(set(self.profiles) - set(PROFILES)):
             raise ValueError(f"unknown profile(s) {unknown_profiles}; known: {', '.join(PROFILES)}")
+        if self.world_households is not None and self.world_households <= self.households:
+            raise ValueError(
+                f"world_households ({self.world_households}) must exceed households"
+                f" ({self.households}): one persona is kept for the crash devices"
+            )
         if self.fault_times and {f for f, _, _ in self.fault_times} != set(self.faults):
             raise ValueError("fault_times must name exactly the faults of the run")
 

@@ -20,6 +20,21 @@ DAY_S = 86_400.0
 PURPOSES = tuple(CONSENT_ALL)
 
 
+def world_size(options: FleetOptions) -> int:
+    """Personas in the run's synthetic world."""
+    return max(options.households + 1, 8, options.world_households or 0)
+
+
+def personas(options: FleetOptions) -> list[int]:
+    """The persona of each household (`world_households`: drawn from the seed, none twice),
+    then one more, the crash devices' (the process TVs of `agent-kill`)."""
+    n = options.households + 1
+    if options.world_households is None:
+        return list(range(n))
+    rng = np.random.default_rng([options.seed, 4])
+    return [int(i) for i in rng.choice(options.world_households, size=n, replace=False)]
+
+
 def household_devices(options: FleetOptions, persona: Persona) -> list[DeviceSpec]:
     """The devices of `persona`'s household: today's household unless the mix says else.
     The TV (the first one) is used over its local HTTP API, as an app would."""

@@ -52,6 +52,9 @@ class Usage(_Strict):
 
 
 class Mix(_Strict):
+    world_households: int | None = Field(None, ge=2)
+    """Draw the households' personas at random (from the seed) from a world of this many;
+    absent: the world's first households."""
     profiles: list[Profile] = Field(default_factory=lambda: list(DEFAULT_MIX), min_length=1)
     """The devices of every household."""
     consent: dict[Literal["analytics", "personalization", "marketing"], float] | None = None
@@ -118,6 +121,7 @@ class Scenario(_Strict):
             "duration_s": self.usage.duration_s,
             "profiles": tuple(self.mix.profiles),
             "consent_shares": tuple(sorted((self.mix.consent or {}).items())),
+            "world_households": self.mix.world_households,
             "faults": tuple(f.fault for f in self.faults),
             "fault_times": tuple((f.fault, f.at_s, f.for_s) for f in self.faults),
             "campaigns": tuple((c.at_s, c.count) for c in self.campaigns),
@@ -166,4 +170,9 @@ def options(path: Path | None, **overrides: Any) -> FleetOptions:
         )
         if {t[0] for t in fields["fault_times"]} != set(overrides["faults"]):
             fields["fault_times"] = ()  # the flag's faults on the round plan
-    return FleetOptions(**fields)
+    try:
+        return FleetOptions(**fields)
+    except ValueError as exc:  # a combination of the file's fields and the flags
+        if path is None:
+            raise
+        raise ScenarioError(f"{path} (with the flags given): {exc}") from None

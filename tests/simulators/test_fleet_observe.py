@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from simulators.options import FleetOptions
-from simulators.pace import Pace, household_devices
+from simulators.pace import Pace, household_devices, personas, world_size
 from simulators.report_html import render
 from simulators.timeline import Sampler, Timeline, _Cumulative
 from simulators.world import daily_signal_rate, make_world
@@ -132,3 +132,13 @@ def test_the_html_report_says_what_it_lacks() -> None:
     assert "Edgemart fleet: FAILED" in page
     assert "No timeline was recorded." in page
     assert "No latencies were measured" in page
+
+
+def test_personas_are_the_worlds_first_or_drawn_from_a_larger_world() -> None:
+    assert personas(FleetOptions(households=3)) == [0, 1, 2, 3]
+    options = FleetOptions(households=3, world_households=1000, seed=8)
+    drawn = personas(options)
+    assert len(set(drawn)) == 4
+    assert all(0 <= i < 1000 for i in drawn)
+    assert drawn == personas(options)  # from the seed
+    assert world_size(options) == 1000

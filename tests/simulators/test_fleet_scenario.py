@@ -11,7 +11,7 @@ import pytest
 
 from simulators import scenario
 from simulators.fleet import run_fleet, succeeded
-from simulators.pace import Pace, household_devices
+from simulators.pace import Pace, household_devices, personas, world_size
 from simulators.report_html import render
 from simulators.world import make_world
 from tests.support.processes import EDGEMART
@@ -29,6 +29,7 @@ rounds = 4
 duration_s = 4
 [mix]
 profiles = ["tv", "speaker"]
+world_households = 50
 [mix.consent]
 marketing = 0.5
 [[campaigns]]
@@ -51,10 +52,12 @@ async def test_a_scenario_run_honours_its_mix_pace_fault_and_campaign(tmp_path: 
     report = await run_fleet(options)
     assert succeeded(report), report
 
-    world = make_world(options.seed, households=8)
-    specs = [household_devices(options, world.persona(i)) for i in range(2)]
+    world = make_world(options.seed, households=world_size(options))
+    chosen = personas(options)[:2]  # two of the world's 50, from the seed
+    specs = [household_devices(options, world.persona(i)) for i in chosen]
     ids = sorted(s.device_id for hh in specs for s in hh)
-    assert ids == ["hh000000-speaker", "hh000000-tv", "hh000001-speaker", "hh000001-tv"]
+    assert ids == sorted(f"hh{i:06d}-{p}" for i in chosen for p in ("tv", "speaker"))
+    assert chosen != [0, 1]
     assert sorted(p.name for p in (tmp_path / "run" / "devices").iterdir()) == ids
     assert report["devices"] == 4
 
@@ -62,7 +65,7 @@ async def test_a_scenario_run_honours_its_mix_pace_fault_and_campaign(tmp_path: 
     expected = sum(
         sum(pace.counts(r, {s.device_id: (world.persona(i), s.profile) for s in hh}).values())
         for r in range(options.rounds)
-        for i, hh in enumerate(specs)
+        for i, hh in zip(chosen, specs, strict=True)
     )
     assert expected > 0
     assert report["signals_accepted"] == expected

@@ -47,6 +47,7 @@ def test_the_world_pace_example_maps_onto_the_options() -> None:
         ("[[faults]]\nfault = 'partition'\nat_s = 1\n", "faults.0.for_s", "Field required"),
         ("[[campaigns]]\nat_s = -1\n", "campaigns.0.at_s", "greater than or equal"),
         ("households = 2\ndevices = 8\n", "(top level)", "not both"),
+        ("[mix]\nworld_households = 1\n", "mix.world_households", "greater than or equal"),
     ],
 )
 def test_a_bad_field_is_refused_naming_the_file_and_the_field(
@@ -82,3 +83,11 @@ def test_flags_win_over_the_file(tmp_path: Path) -> None:
     moved = scenario.options(path, faults=("gateway-restart",))
     assert moved.faults == ("gateway-restart",)
     assert moved.fault_times == ()
+
+
+def test_a_combination_the_run_cannot_take_names_the_file(tmp_path: Path) -> None:
+    path = write(tmp_path, "households = 4\n[mix]\nworld_households = 4\n")
+    with pytest.raises(
+        ScenarioError, match=r"run\.toml \(with the flags given\): world_households"
+    ):
+        scenario.options(path)
