@@ -162,6 +162,12 @@ every device drained. A device that did not drain in time still holds what it di
 that is reported as undelivered (which devices, how many signals, why: its link, its budget,
 its consent, a full disk, batches unacked), never as lost.
 
+A scenario file (`--scenario FILE`, TOML; `simulators/scenarios/`) sets the size, the mix
+of profiles, personas and consent, the ramp, the pace (`stress`, or `world`: each device's
+own daily rate in the synthetic world, `--compress` times faster), campaigns to launch and
+faults with their times, and the seed; flags win over it. A live progress table shows on a
+terminal (or with `--progress`); `--html FILE` writes the report with its charts.
+
 Every simulated agent has its own SQLite file, outbox, keys and MQTT session; their stores
 share a pool of 4 threads (`agent.store.thread.StorePool`) instead of one thread each.
 """

@@ -104,6 +104,10 @@ def _timeline_charts(report: dict[str, Any]) -> str:
     up_ax = bottom.twinx()
     t, v = _series(samples, "devices_up")
     up_ax.plot(t, v, color="grey", linestyle=":", label="devices up")
+    t, v = _series(samples, "broker_clients")
+    if t:  # the broker's $SYS count (Mosquitto: every 10 s), the gateway's link included
+        up_ax.plot(t, v, color="black", linestyle="-.", linewidth=0.8, label="broker clients")
+    up_ax.legend(loc="lower right", fontsize=8)
     up_ax.set_ylabel("devices up", color="grey")
     bottom.set_ylabel("count (cumulative)")
     bottom.set_xlabel("seconds since the run began (red: faults; green dashes: launches)")
