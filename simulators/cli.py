@@ -299,7 +299,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         default=None,
         metavar="N/s",
         help="start (and stop) N devices a second, households concurrently (default: as fast"
-        " as 32 households starting at once allow)",
+        " as 16 households a worker process starting at once allow)",
     )
     run.add_argument(
         "--faults",
