@@ -10,6 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
+from simulators.fleet_observe import Observation
+from simulators.launches import Launches, surfaces
 from simulators.options import FleetOptions
 from simulators.pace import Pace, household_devices, personas, world_size
 from simulators.report_html import render
@@ -142,3 +144,65 @@ def test_personas_are_the_worlds_first_or_drawn_from_a_larger_world() -> None:
     assert all(0 <= i < 1000 for i in drawn)
     assert drawn == personas(options)  # from the seed
     assert world_size(options) == 1000
+
+
+def test_every_shard_draws_the_whole_fleets_counts() -> None:
+    """At the world pace each shard draws for the whole fleet (then the crash TVs), so its
+    devices' counts are the unsharded run's, whatever the shard."""
+    def options(shard: tuple[int, int] | None) -> FleetOptions:
+        return FleetOptions(
+            households=5,
+            pace="world",
+            compress=20000.0,
+            profiles=("tv", "speaker"),
+            world_households=40,
+            faults=("agent-kill",),
+            shard=shard,
+        )
+
+    world = make_world(11, households=world_size(options(None)))
+    runs = [Observation(options(shard), world) for shard in (None, (1, 2), (2, 2))]
+    for round_ in range(4):
+        drawn = [run.counts(round_) for run in runs]
+        assert drawn[0] == drawn[1] == drawn[2]
+        counts, _crash = drawn[0]
+        assert counts is not None
+        assert len(counts) == 10
+    stress = Observation(FleetOptions(signals_per_round=7), world)
+    assert stress.counts(0) == (None, 7)
+
+
+def test_launch_latencies_come_from_what_the_workers_watches_saw() -> None:
+    world = make_world(1, households=8)
+    launches = Launches(
+        [(0.0, 1), (5.0, 1)],
+        world,
+        surfaces(["tv"]),
+        gateway=lambda: None,
+        watch=_NoWatch(),
+    )
+    launches.launched = {0: 100.0, 1: 200.0}
+    report = launches.report(
+        {
+            0: [
+                {"offer_at": {"a": 100.5, "b": 101.0}, "pending": 0, "decision_ms": [1.0, 2.0]},
+                {"offer_at": {"c": 102.0}, "pending": 1, "decision_ms": [3.0]},
+            ],
+            1: [{"offer_at": {"a": 200.25}, "pending": 0, "decision_ms": [4.0]}],
+        }
+    )
+    assert report["launch_to_offer_ms"]["n"] == 4
+    assert sorted(report["launch_to_offer_ms"]["values"]) == [250.0, 500.0, 1000.0, 2000.0]
+    assert report["launch_to_offer_pending"] == 1
+    assert report["decision_ms"]["n"] == 4
+    assert report["offers_delivered_devices"] == 3
+    assert report["launch_to_device_p99_ms"] == report["launch_to_offer_ms"]["p99"] == 2000.0
+    assert report["launch_to_device_max_ms"] == 2000.0
+
+
+class _NoWatch:
+    async def begin(self, launch: int) -> None:
+        raise AssertionError("no launch in this test")
+
+    async def followed(self, launch: int) -> bool:
+        raise AssertionError("no launch in this test")
