@@ -149,6 +149,7 @@ def test_personas_are_the_worlds_first_or_drawn_from_a_larger_world() -> None:
 def test_every_shard_draws_the_whole_fleets_counts() -> None:
     """At the world pace each shard draws for the whole fleet (then the crash TVs), so its
     devices' counts are the unsharded run's, whatever the shard."""
+
     def options(shard: tuple[int, int] | None) -> FleetOptions:
         return FleetOptions(
             households=5,
