@@ -55,6 +55,7 @@ from protocol.ids import format_time, new_id
 from protocol.topics import Topics
 from protocol.vocabulary import PROFILES
 from simulators.brokers import MosquittoProcess, free_port
+from simulators.cost import process_cpu_s
 from simulators.postgres import PostgresProcess
 from simulators.world import daily_signal_rate, hourly_load, make_world, usage_signals
 
@@ -242,11 +243,6 @@ def publish_acked(port: int, days: DeviceDays) -> int:
     return resends
 
 
-def _cpu_s(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICK_S  # utime, stime
-
-
 def _postmaster(pg: PostgresProcess) -> int:
     """The postmaster's pid (under root the server runs as another user, below `runuser`)."""
     return int((pg.data / "postmaster.pid").read_text().split()[0])
@@ -323,11 +319,11 @@ def _measure(days: DeviceDays, broker: MosquittoProcess, pg: PostgresProcess, tm
         _wait_ready(port)
         token = create_token(data, db=url)
         time.sleep(IDLE_AFTER_S)  # start-up settles: the lease taken, retention's first run
-        idle_start, idle_cpu = time.monotonic(), _cpu_s(proc.pid)
+        idle_start, idle_cpu = time.monotonic(), process_cpu_s(proc.pid)
         time.sleep(IDLE_S)
-        idle_rate = (_cpu_s(proc.pid) - idle_cpu) / (time.monotonic() - idle_start)
+        idle_rate = (process_cpu_s(proc.pid) - idle_cpu) / (time.monotonic() - idle_start)
         bytes_before = _db_bytes(url)
-        cpu_before, db_cpu_before = _cpu_s(proc.pid), _children_cpu_s(_postmaster(pg))
+        cpu_before, db_cpu_before = process_cpu_s(proc.pid), _children_cpu_s(_postmaster(pg))
         start = time.monotonic()
         resends = publish_acked(broker.port, days)
         while True:
@@ -339,7 +335,7 @@ def _measure(days: DeviceDays, broker: MosquittoProcess, pg: PostgresProcess, tm
             time.sleep(0.2)
         time.sleep(1.0)  # acks and birth follow-ups of the last group
         elapsed = time.monotonic() - start
-        cpu = _cpu_s(proc.pid) - cpu_before - idle_rate * elapsed
+        cpu = process_cpu_s(proc.pid) - cpu_before - idle_rate * elapsed
         db_cpu = _children_cpu_s(_postmaster(pg)) - db_cpu_before
         after = _db_bytes(url)
         grown = {t: after[t] - bytes_before.get(t, 0) for t in after}

@@ -5,19 +5,23 @@ the household's coordinator.
   onnxruntime) after `BENCH_THIN_SECONDS` (default 120) at 100 signals/s over its local API,
   acked by a gateway through Mosquitto, vs the full agent (`--profile tv`) run the same way in
   the same run, one after the other (`bench.rss_bench._run`). Goal: under 48 MB, ratio <= 0.45.
-* `household_decision_p99_us`: one thin decision (eligibility, the rank request over loopback
-  HTTP to a coordinator process, `agent.decide.thin.decide_offers` on its scores: the speaker's
-  own numpy-free path) vs the same decision made locally with the model (baseline),
-  interleaved in the same run. The coordinator here is
-  `python -m simulators.rank_server`: a process of its own with the shipped model, scoring
-  through the agent's real code (`agent.decide.remote_rank.rank_for`), standing in for the
-  coordinator's endpoint of `agent.household` until that lands on this branch.
+* `household_decision_p99_us`: one thin decision (eligibility, the rank request through the
+  thin device's `HouseholdClient` over its authenticated LAN session to the household's
+  coordinator, the speaker's own numpy-free `decide_offers` on its scores) vs the same
+  decision made locally with the model (baseline), interleaved in the same run. The
+  coordinator is a real full agent
+  process (`edgemart agent run --profile hub`, a membership grant in its data dir,
+  `EDGEMART_AGENT__LAN_HOST=127.0.0.1`) that the thin client finds by mDNS on loopback and
+  pairs with (the signed two-way handshake); it scores with the shipped model and its
+  household context.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import os
+import secrets
 import subprocess
 import sys
 import tempfile
@@ -29,13 +33,16 @@ from agent.decide.catalog import build_catalog
 from agent.decide.ranking import Consent, decide_catalog
 from agent.decide.thin import decide_offers, rank_request
 from agent.features.context import user_context
+from agent.household.client import HouseholdClient
+from agent.household.membership import credentials, load_key, write_membership
 from agent.model.scoring import load_default_model
 from bench.record import Record, percentiles
 from bench.rss_bench import _run as run_agent_under_load
-from protocol.envelopes import Offer
+from protocol import codec
+from protocol.envelopes import Offer, TrustFile
+from protocol.household import MemberRole, Membership
 from protocol.ids import utcnow
-from simulators.brokers import free_port
-from simulators.rank_server import HttpRanker
+from protocol.signing import Signer, Verifier
 from simulators.world import make_world
 
 SURFACE = "speaker_voice"
@@ -43,6 +50,7 @@ TZ = "Asia/Shanghai"
 ROUNDS = 600
 CANDIDATES = 64
 """The synthetic world's catalog: every offer showable on the speaker."""
+HH = "hh-thin-bench"
 
 
 def _rss() -> tuple[float, float, float, float]:
@@ -71,70 +79,112 @@ def _offers() -> list[Offer]:
     ]
 
 
-async def _decisions(port: int) -> tuple[list[float], list[float], int]:
+def _grant(
+    gateway: Signer, device_id: str, role: MemberRole, folder: Path, secret: bytes
+) -> dict[str, object]:
+    """A membership grant as `POST /v1/households/{id}/members` answers it."""
+    key = load_key(folder)
+    now = utcnow()
+    body = Membership(
+        household_id=HH,
+        device_id=device_id,
+        device_key=key.public.public_key,
+        roles=[role],
+        issued_at=now,
+        expires_at=now + timedelta(days=1),
+    )
+    return {
+        "membership": gateway.sign(body.to_wire()),
+        "household_secret": base64.b64encode(secret).decode(),
+    }
+
+
+async def _decisions(thin: HouseholdClient) -> tuple[list[float], list[float], int]:
     """Interleaved (thin, local) decision times in µs, and the thin decisions that got scores."""
     model = await asyncio.to_thread(load_default_model)
     offers = _offers()
     catalog = build_catalog(offers, 1)
     consent = Consent(analytics=True, personalization=True, marketing=True)
-    ranker = HttpRanker(f"http://127.0.0.1:{port}", timeout_s=5.0)
-    thin: list[float] = []
     local: list[float] = []
+    remote_us: list[float] = []
     scored = 0
+    for i in range(ROUNDS + 20):
+        now = utcnow()
+        ctx = user_context(now, "speaker", TZ, None)
+        started = time.perf_counter()
+        request = rank_request(
+            catalog.offers,
+            device_id="speaker-0001",
+            profile="speaker",
+            surface=SURFACE,
+            now=now,
+            local_hour=ctx.local_hour,
+            local_weekday=ctx.local_weekday,
+            personalized=True,
+        )
+        assert request is not None
+        result = await thin.rank(request)
+        remote = decide_offers(offers, ctx, SURFACE, 3, now, consent, remote=result)
+        thin_us = (time.perf_counter() - started) * 1e6
+        started = time.perf_counter()
+        decide_catalog(model, catalog, ctx, SURFACE, 3, now, consent)
+        local_us = (time.perf_counter() - started) * 1e6
+        if i >= 20:  # warm-up: the connection, the session's first runs
+            remote_us.append(thin_us)
+            local.append(local_us)
+            scored += result is not None and bool(remote.ranked)
+    return remote_us, local, scored
+
+
+async def _through_hub(tmp: Path) -> tuple[list[float], list[float], int]:
+    """A hub agent process coordinating the household, a thin client paired with it."""
+    gateway = Signer.generate("bench")
+    secret = secrets.token_bytes(32)
+    hub_dir = tmp / "hub"
+    await asyncio.to_thread(
+        write_membership, hub_dir, _grant(gateway, "hub-bench", "hub", hub_dir, secret)
+    )
+    trust = tmp / "trust.json"
+    trust.write_bytes(codec.encode(TrustFile(keys=[gateway.public], topic_root="tin/v1")))
+    grant = await asyncio.to_thread(_grant, gateway, "speaker-bench", "thin", tmp / "spk", secret)
+    verifier = Verifier.from_public_keys([gateway.public])
+    creds = credentials(grant, load_key(tmp / "spk"), verifier)
+    hub = _hub(hub_dir, trust)
     try:
-        for i in range(ROUNDS + 20):
-            now = utcnow()
-            ctx = user_context(now, "speaker", TZ, None)
-            started = time.perf_counter()
-            request = rank_request(
-                catalog.offers,
-                device_id="speaker-0001",
-                profile="speaker",
-                surface=SURFACE,
-                now=now,
-                local_hour=ctx.local_hour,
-                local_weekday=ctx.local_weekday,
-                personalized=True,
-            )
-            assert request is not None
-            result = await ranker.rank(request)
-            remote = decide_offers(offers, ctx, SURFACE, 3, now, consent, remote=result)
-            thin_us = (time.perf_counter() - started) * 1e6
-            started = time.perf_counter()
-            decide_catalog(model, catalog, ctx, SURFACE, 3, now, consent)
-            local_us = (time.perf_counter() - started) * 1e6
-            if i >= 20:  # warm-up: the connection, the session's first runs
-                thin.append(thin_us)
-                local.append(local_us)
-                scored += result is not None and bool(remote.ranked)
+        async with HouseholdClient(creds, verifier, tick_s=1.0) as thin:
+            if not await thin.wait_connected(30.0):
+                raise RuntimeError("the thin device found no coordinator")
+            return await _decisions(thin)
     finally:
-        await ranker.close()
-    return thin, local, scored
+        hub.terminate()
+        hub.wait(timeout=20)
 
 
-def _coordinator(port: int) -> subprocess.Popen[str]:
+def _hub(data_dir: Path, trust: Path) -> subprocess.Popen[str]:
+    """`edgemart agent run --profile hub` on the loopback LAN (no broker: it never connects)."""
     proc = subprocess.Popen(
-        [sys.executable, "-m", "simulators.rank_server", "--port", str(port)],
+        [
+            *(sys.executable, "-m", "edgemart", "agent", "run", "--profile", "hub"),
+            *("--device-id", "hub-bench"),
+            *("--broker", "mqtt://127.0.0.1:9", "--data-dir", str(data_dir)),
+            *("--trust", str(trust), "--api-port", "none"),
+        ],
         stdout=subprocess.PIPE,
         text=True,
+        env={**os.environ, "EDGEMART_AGENT__LAN_HOST": "127.0.0.1"},
     )
     assert proc.stdout is not None
     line = proc.stdout.readline()
-    if not line.startswith("ready"):
+    if "ready" not in line:
         proc.kill()
-        raise RuntimeError(f"rank server did not start: {line!r}")
+        raise RuntimeError(f"the hub agent did not start: {line!r}")
     return proc
 
 
 def run() -> list[Record]:
     thin_end, thin_peak, full_end, full_peak = _rss()
-    port = free_port()
-    proc = _coordinator(port)
-    try:
-        thin, local, scored = asyncio.run(_decisions(port))
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
+    with tempfile.TemporaryDirectory() as tmp:
+        thin, local, scored = asyncio.run(_through_hub(Path(tmp)))
     thin_p50, thin_p99 = percentiles(thin, 0.5, 0.99)
     local_p50, local_p99 = percentiles(local, 0.5, 0.99)
     seconds = os.environ.get("BENCH_THIN_SECONDS", "120")
@@ -155,9 +205,9 @@ def run() -> list[Record]:
             "µs",
             "the same decision made locally with the model (p99), same run",
             local_p99,
-            f"{len(thin)} thin decisions of {CANDIDATES} candidates through a coordinator"
-            f" process over loopback HTTP (simulators.rank_server: the agent's real scoring"
-            f" code, standing in for agent.household's endpoint), {scored} scored by it;"
-            f" p50 {thin_p50:.0f} vs {local_p50:.0f} µs",
+            f"{len(thin)} thin decisions of {CANDIDATES} candidates through the household's"
+            f" coordinator (a hub agent process, found by mDNS, paired, POST /lan/v1/rank over"
+            f" the LAN session on loopback), {scored} scored by it; p50 {thin_p50:.0f} vs"
+            f" {local_p50:.0f} µs; ratio p99 {thin_p99 / max(local_p99, 1e-9):.2f}",
         ),
     ]

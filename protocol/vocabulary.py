@@ -89,6 +89,7 @@ EXPLAIN_STAGES: tuple[str, ...] = (
     "targeting",
     "consent",
     "stock",
+    "household_cap",
     "cap",
     "quiet_hours",
     "rank",

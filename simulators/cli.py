@@ -13,11 +13,10 @@ from typing import Any
 
 from simulators import fdlimit
 from simulators.options import (
-    DEVICES_PER_HOUSEHOLD,
     FAULTS,
     FLEET_GUIDE,
+    PACES,
     DemoOptions,
-    FleetOptions,
 )
 
 DEMO_TOTALS = (
@@ -97,6 +96,17 @@ def _print_report(report: dict[str, Any]) -> None:
             f" active, appliances {', '.join(lan['appliances']) or '-'};"
             f" the TV sees consumable need: {needs or '-'}"
         )
+        story = lan.get("purifier_to_tv")
+        if story:
+            console.print(f"purifier -> TV: {story['line']}")
+        thin = [d for d in report["devices"] if d.get("ranking") == "thin"]
+        for d in thin:
+            by_priority = d.get("remote_rank_offline", 0) + d.get("remote_rank_failed", 0)
+            console.print(
+                f"thin {d['device_id']}: of {d['decisions']} decisions,"
+                f" {d.get('remote_ranked', 0)} ranked by the coordinator, {by_priority} by"
+                " priority (coordinator away), the rest held by the household's caps"
+            )
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -162,14 +172,15 @@ def cmd_fleet(args: argparse.Namespace) -> int:
             sys.stderr.write(f"edgemart fleet: unknown verb {args.verb[0]!r} (known: merge)\n")
             return 2
         return cmd_fleet_merge(args.verb[1:])
-    faults = tuple(f for f in (args.faults or "").split(",") if f)
-    households = args.households
-    if args.devices is not None:
-        households = max(1, -(-args.devices // DEVICES_PER_HOUSEHOLD))  # rounded up
+    from simulators import scenario  # noqa: PLC0415 - pydantic, only for this verb
+
+    faults = None if args.faults is None else tuple(f for f in args.faults.split(",") if f)
     try:
         ramp = None if args.ramp is None else float(args.ramp.removesuffix("/s"))
-        options = FleetOptions(
-            households=households,
+        options = scenario.options(
+            Path(args.scenario) if args.scenario else None,
+            households=args.households,
+            devices=args.devices,
             ramp=ramp,
             broker=args.broker,
             data_dir=Path(args.data_dir) if args.data_dir else None,
@@ -183,15 +194,18 @@ def cmd_fleet(args: argparse.Namespace) -> int:
             drain_timeout=args.drain_timeout,
             procs=args.procs,
             shard=_shard(args.shard),
+            pace=args.pace,
+            compress=args.compress,
+            progress=args.progress or sys.stdout.isatty() or None,
         )
-    except ValueError as exc:
+    except ValueError as exc:  # scenario.ScenarioError names the file and the field
         sys.stderr.write(f"edgemart fleet: {exc}\n")
         return 2
     if args.broker not in (None, "mosquitto") and (why := broker_problem(args.broker)):
         sys.stderr.write(f"edgemart fleet: --broker {args.broker}: {why}\n")
         return 2
-    crash = options.crash_devices if "agent-kill" in faults and options.runs_crash_devices else 0
-    if refusal := fdlimit.ensure_fleet(options, crash):
+    crash = options.crash_devices if "agent-kill" in options.faults else 0
+    if refusal := fdlimit.ensure_fleet(options, crash if options.runs_crash_devices else 0):
         sys.stderr.write(f"edgemart fleet: {refusal}\n")
         return 2
     from rich.console import Console  # noqa: PLC0415
@@ -209,24 +223,39 @@ def cmd_fleet(args: argparse.Namespace) -> int:
     )
     totals = Table(show_header=False, box=None)
     for key, value in report.items():
-        if key not in (
-            "faults",
-            "lost_ids_sample",
-            "households",
-            "broker",
-            "duration_s",
-            "accounting_counts",
-        ):
-            totals.add_row(key, str(value))
+        if key not in SHOWN_APART:
+            totals.add_row(key, _brief(value))
     console.print(totals)
     for event in report["faults"]:
         console.print(f"  {event['at_s']:7.2f} s  {event['fault']}: {event['event']}")
     if args.report:
         Path(args.report).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    if args.html:
+        from simulators.report_html import write_html  # noqa: PLC0415 - matplotlib
+
+        write_html(report, Path(args.html))
     if not ok:
         sys.stderr.write("fleet: signals were lost or duplicated, or a device did not drain\n")
         return 1
     return 0
+
+
+SHOWN_APART = (
+    "faults",
+    "lost_ids_sample",
+    "households",
+    "broker",
+    "duration_s",
+    "timeline",
+    "accounting_counts",
+)
+
+
+def _brief(value: Any) -> str:
+    """A report value in one line: a latency summary without its values."""
+    if isinstance(value, dict) and "values" in value:
+        value = {k: v for k, v in value.items() if k != "values"}
+    return str(value)
 
 
 TOPIC_ROOT_HELP = (
@@ -264,7 +293,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         metavar="merge REPORT",
         help="`edgemart fleet merge REPORT...`: sum the reports of --shard runs into one",
     )
-    run.add_argument("--households", type=int, default=3, help="4 devices each (default: 3)")
+    run.add_argument(
+        "--scenario",
+        help="a scenario file (TOML; simulators/scenarios/): size, mix, pace, campaigns, timed"
+        " faults, seed; the flags below win over it",
+    )
+    run.add_argument("--households", type=int, default=None, help="4 devices each (default: 3)")
     run.add_argument(
         "--procs",
         type=int,
@@ -283,24 +317,25 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "--devices",
         type=int,
         default=None,
-        help="devices in all, instead of --households (rounded up to whole households of 4)",
+        help="devices in all, instead of --households (rounded up to whole households of the"
+        " mix: 4 unless a scenario says else)",
     )
     run.add_argument(
         "--ramp",
         default=None,
         metavar="N/s",
         help="start (and stop) N devices a second, households concurrently (default: as fast"
-        " as 32 households starting at once allow)",
+        " as 16 households a worker process starting at once allow)",
     )
     run.add_argument(
         "--faults",
-        default="",
+        default=None,
         help=f"comma-separated, injected in the middle third: {', '.join(FAULTS)}",
     )
     run.add_argument(
         "--crash-devices",
         type=int,
-        default=2,
+        default=None,
         help="with agent-kill: TVs run as their own processes, to be killed (default: 2)",
     )
     run.add_argument(
@@ -310,21 +345,44 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     run.add_argument("--report", help="also write the report as JSON to this file")
     run.add_argument("--data-dir", help="keep state here instead of a temporary folder")
-    run.add_argument("--seed", type=int, default=11)
-    run.add_argument("--rounds", type=int, default=9, help="usage rounds (default: 9)")
+    run.add_argument("--seed", type=int, default=None, help="default: 11")
+    run.add_argument("--rounds", type=int, default=None, help="usage rounds (default: 9)")
     run.add_argument(
-        "--signals-per-round", type=int, default=20, help="per device and round (default: 20)"
+        "--signals-per-round",
+        type=int,
+        default=None,
+        help="per device and round, at the stress pace (default: 20)",
     )
     run.add_argument(
-        "--duration", type=float, default=12.0, help="seconds the rounds span (default: 12)"
+        "--duration", type=float, default=None, help="seconds the rounds span (default: 12)"
     )
     run.add_argument(
         "--drain-timeout",
         type=float,
-        default=90.0,
+        default=None,
         help="seconds every device has to drain at the end; what it still holds then is"
         " reported undelivered (default: 90)",
     )
+    run.add_argument(
+        "--pace",
+        choices=PACES,
+        default=None,
+        help="stress: --signals-per-round per device and round (default); world: each"
+        " device's own daily rate in the synthetic world (~9 a day on a TV), --compress x"
+        " faster than real time",
+    )
+    run.add_argument(
+        "--compress",
+        type=float,
+        default=None,
+        help="with --pace world: simulated seconds per real second (default: 1440, a day a minute)",
+    )
+    run.add_argument(
+        "--progress",
+        action="store_true",
+        help="live progress display (default: when stdout is a terminal)",
+    )
+    run.add_argument("--html", help="also write an HTML report with charts to this file")
     run.add_argument("--topic-root", default=None, help=TOPIC_ROOT_HELP)
     run.add_argument("-v", "--verbose", action="count", default=0)
     run.set_defaults(func=cmd_fleet)

@@ -32,7 +32,7 @@ from protocol.ids import format_time, new_id, utcnow
 from protocol.signing import Signer
 from protocol.topics import Topics
 from simulators.checker import Drops, account, check, coverage
-from simulators.household import Household
+from simulators.household import DeviceRun, DeviceSpec, Household, default_devices
 from simulators.household_lan import HouseholdLan
 from simulators.options import DemoOptions, fresh_root, sweepable
 from simulators.retained import clear_retained
@@ -181,6 +181,10 @@ async def _run_demo(options: DemoOptions, root: str) -> dict[str, Any]:
 
     started = time.monotonic()
     world = make_world(options.seed, households=max(options.household + 1, 8))
+    devices = default_devices(world.persona(options.household))
+    if options.lan:  # the speaker (thin: no model) ranks through the household's coordinator
+        hh = world.persona(options.household).household_id
+        devices.append(DeviceSpec(f"{hh}-speaker", "speaker"))
     with contextlib.ExitStack() as stack:
         data = options.data_dir or Path(stack.enter_context(tempfile.TemporaryDirectory()))
         async with _broker(options.broker) as broker_url:
@@ -198,6 +202,7 @@ async def _run_demo(options: DemoOptions, root: str) -> dict[str, Any]:
                         trust=gateway.trust_path,
                         data_dir=data / "devices",
                         seed=options.seed,
+                        devices=devices,
                     ) as household,
                     contextlib.AsyncExitStack() as lan_stack,
                 ):
@@ -217,6 +222,8 @@ async def _run_demo(options: DemoOptions, root: str) -> dict[str, Any]:
                         await lan.settle(timeout=15.0)
                     await _wait_for_offers(household, timeout=15.0)
                     tv = next(r for r in household.runs if r.spec.profile == "tv")
+                    # before the evening's impressions (the household's caps then hold it)
+                    story = await purifier_to_tv(tv) if lan is not None else None
                     attack = await _attack(broker_url, Topics(root), tv.spec.device_id)
                     # the evening: people browse while the devices keep reporting live usage
                     await asyncio.gather(
@@ -227,7 +234,7 @@ async def _run_demo(options: DemoOptions, root: str) -> dict[str, Any]:
                     await asyncio.sleep(0.2)
                     report = await _report(household, operator, attack, drained)
                     if lan is not None:
-                        report["household_lan"] = lan.report()
+                        report["household_lan"] = {**lan.report(), "purifier_to_tv": story}
     report["duration_s"] = round(time.monotonic() - started, 2)
     report["broker"] = "embedded amqtt" if options.broker is None else options.broker
     return report
@@ -250,6 +257,43 @@ async def _lan(
 
     async with HouseholdLan(household, issue, trust) as lan:
         yield lan
+
+
+async def purifier_to_tv(tv: DeviceRun) -> dict[str, Any]:
+    """The purifier→TV story as the TV's ranking tells it: its model's feature spec uses
+    `household.consumable_need`, and the purifier filter offer ranks on the TV with the reason
+    `household_consumable_low` (the purifier's level reached the TV through the coordinator)."""
+    model = tv.agent.parts.slot.current
+    names = model.spec.names if model is not None else []
+    shown: dict[str, Any] | None = None
+    for surface in tv.agent.settings.profile.surfaces:
+        decision = await tv.agent.decide(surface, 3)
+        for rank, r in enumerate(decision.ranked, 1):
+            if r.offer.category == "purifier_filter" and "household_consumable_low" in r.reasons:
+                shown = {"offer_id": r.offer.id, "surface": surface, "rank": rank}
+                shown |= {"score": round(r.score, 3), "reasons": list(r.reasons)}
+                break
+        if shown is not None:
+            break
+    uses = "household.consumable_need" in names
+    return {
+        "model_version": model.version if model is not None else None,
+        "feature_spec_version": model.spec.version if model is not None else None,
+        "uses_household_consumable_need": uses,
+        "filter_offer_on_tv": shown,
+        "ok": uses and shown is not None,
+        "line": (
+            f"TV ranks with model v{model.version if model else '-'} (feature spec"
+            f" v{model.spec.version if model else '-'}, household.consumable_need"
+            f" {'used' if uses else 'NOT used'}): the purifier filter offer"
+            + (
+                f" {shown['offer_id']} is #{shown['rank']} on {shown['surface']}"
+                " (household_consumable_low)"
+                if shown
+                else " is NOT shown with household_consumable_low"
+            )
+        ),
+    }
 
 
 async def _wait_for_offers(household: Household, timeout: float) -> None:
@@ -292,6 +336,10 @@ async def _report(
                 "shown": run.shown,
                 "clicks": run.clicks,
                 "personalized": run.spec.consent.get("personalization", False),
+                "ranking": run.agent.settings.profile.ranking,
+                "remote_ranked": counters.get("remote_ranked", 0),
+                "remote_rank_offline": counters.get("remote_rank_offline", 0),
+                "remote_rank_failed": counters.get("remote_rank_failed", 0),
                 "top_offer": run.top,
             }
         )

@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
+import functools
 import logging
 import tempfile
 import time
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,6 +19,7 @@ from typing import Any
 import aiohttp
 import aiomqtt
 
+from cloud_gateway.config import GatewaySettings
 from cloud_gateway.security.auth import create_token
 from protocol.broker_url import parse_broker_url
 from simulators import fdlimit
@@ -24,13 +27,15 @@ from simulators.brokers import EmbeddedBroker, MosquittoProcess, free_port
 from simulators.checker import Drops, account, check, coverage, device_digest
 from simulators.demo import Operator
 from simulators.faults import AgentProcess
-from simulators.fleet_launch import latency, launch
+from simulators.fleet_observe import Observation
 from simulators.fleet_procs import GatewayProcess, WorkerProcess
 from simulators.fleet_worker import WorkerPlan
 from simulators.household import CONSENT_ALL
 from simulators.netfault import PartitionProxy
 from simulators.options import FAULTS, FleetOptions, fresh_root, sweepable
+from simulators.pace import personas, world_size
 from simulators.retained import clear_retained
+from simulators.world import make_world
 
 log = logging.getLogger(__name__)
 
@@ -198,6 +203,7 @@ async def run_fleet(options: FleetOptions) -> dict[str, Any]:
 
 async def _run_fleet(options: FleetOptions, topic_root: str) -> dict[str, Any]:
     started = time.monotonic()
+    observe = Observation(options, make_world(options.seed, households=world_size(options)))
     faults = FaultLog()
     with contextlib.ExitStack() as stack:
         root = options.data_dir or Path(stack.enter_context(tempfile.TemporaryDirectory()))
@@ -206,13 +212,14 @@ async def _run_fleet(options: FleetOptions, topic_root: str) -> dict[str, Any]:
         async with cloud.running(), contextlib.AsyncExitStack() as devices:
             assert cloud.http is not None
             http = cloud.http
+            gateway = cloud.gateway
             device_broker = cloud.broker_url
             proxy: PartitionProxy | None = None
             if "partition" in options.faults:
                 target = parse_broker_url(cloud.broker_url)
                 proxy = await devices.enter_async_context(PartitionProxy(target.port, target.host))
                 device_broker = f"mqtt://127.0.0.1:{proxy.port}"
-            workers = _workers(options, device_broker, cloud.gateway.trust_path, root)
+            workers = _workers(options, observe, device_broker, gateway.trust_path, root)
             devices.push_async_callback(_stop_workers, workers)
             await _start_workers(workers)
             start_s = time.monotonic() - started
@@ -221,7 +228,7 @@ async def _run_fleet(options: FleetOptions, topic_root: str) -> dict[str, Any]:
                 crash = _CrashDevices(
                     options.crash_devices,
                     device_broker,
-                    cloud.gateway.trust_path,
+                    gateway.trust_path,
                     root / "processes",
                     http,
                 )
@@ -229,31 +236,52 @@ async def _run_fleet(options: FleetOptions, topic_root: str) -> dict[str, Any]:
                 await crash.start()
                 await crash.consent()
             plan = _FaultPlan(options, cloud, proxy, crash, faults)
-            await asyncio.gather(*(w.call("watch") for w in workers))
-            launched = await launch(await _operator(cloud, http), options.seed)
             pause = options.duration_s / options.rounds
-            for round_ in range(options.rounds):
-                await plan.at_round(round_)
-                using: list[Coroutine[Any, Any, object]] = [
-                    w.call("use", signals=options.signals_per_round) for w in workers
-                ]
+            token = await asyncio.to_thread(create_token, gateway.data_dir)
+            settings = GatewaySettings(broker=cloud.broker_url, data_dir=gateway.data_dir)
+            async with observe.running(
+                started=started,
+                gateway=lambda: None if gateway.pid is None else (gateway.api, token),
+                gateway_pid=lambda: gateway.pid,
+                gateway_cpu=gateway.cpu_s,
+                agents_cpu=lambda: sum(w.read_cpu() for w in workers),
+                gateway_db=settings.db_path,
+                devices=functools.partial(_probe, workers),
+                watch=_Watch(workers),
+                faults=lambda: faults.events,
+                fault_actions=plan.timed(options.fault_times),
+                broker=None if options.broker is None else cloud.broker_url,  # amqtt: no $SYS
+            ):
+                for round_ in range(options.rounds):
+                    await plan.at_round(round_)
+                    counts, crash_count = observe.counts(round_)
+                    using: list[Coroutine[Any, Any, object]] = [
+                        _use(w, counts, options.signals_per_round) for w in workers
+                    ]
+                    if crash is not None:
+                        using.append(crash.use(crash_count))
+                    await asyncio.gather(*using)
+                    await asyncio.sleep(pause)
+                await observe.settle()
+                draining = [_drained(w, options.drain_timeout) for w in workers]
                 if crash is not None:
-                    using.append(crash.use(options.signals_per_round))
-                await asyncio.gather(*using)
-                await asyncio.sleep(pause)
-            draining = [_drained(w, options.drain_timeout) for w in workers]
-            if crash is not None:
-                draining.append(crash.drain(options.drain_timeout))
-            drained = all(await asyncio.gather(*draining))
+                    draining.append(crash.drain(options.drain_timeout))
+                drained = all(await asyncio.gather(*draining))
             await asyncio.sleep(0.2)  # the last acks' commits are visible to the export
             seen: list[tuple[str, list[str], dict[str, Any]]] = []
+            watched: dict[int, list[dict[str, Any]]] = {}
             for worker in workers:
-                seen += await worker.collect(root / f"worker-{worker.index}.json")
+                found, saw = await worker.collect(root / f"worker-{worker.index}.json")
+                seen += found
+                for launch, what in saw.items():
+                    watched.setdefault(launch, []).append(what)
             if crash is not None:
                 statuses = await crash.statuses()
                 seen += [(d, crash.accepted[d], statuses[d]) for d in crash.accepted]
             report = await _report(cloud, seen, drained, http)
-            report.update(latency(launched, {d: t for w in workers for d, t in w.offer_at.items()}))
+    acks = [s["uplink"]["ack_latency_s"] for _, _, s in seen if s["uplink"].get("ack_latency_s")]
+    agents = sum(w.devices for w in workers)
+    report.update(observe.report(devices=len(seen), agents=agents, acks=acks, watched=watched))
     report["faults"] = faults.events
     report["households"] = len(options.shard_households())
     report["broker"] = "embedded amqtt" if options.broker is None else options.broker
@@ -265,21 +293,25 @@ async def _run_fleet(options: FleetOptions, topic_root: str) -> dict[str, Any]:
     return report
 
 
-def _workers(options: FleetOptions, broker: str, trust: Path, root: Path) -> list[WorkerProcess]:
-    """The shard's households dealt round-robin over the worker processes, each starting its
-    share of the ramp."""
+def _workers(
+    options: FleetOptions, observe: Observation, broker: str, trust: Path, root: Path
+) -> list[WorkerProcess]:
+    """The shard's households dealt round-robin over the worker processes, each with its
+    personas and devices (the mix, drawn for the whole fleet) and its share of the ramp."""
     households = options.shard_households()
+    chosen = personas(options)
     procs = max(1, min(fdlimit.workers_needed(options), len(households)))
     ramp = None if options.ramp is None else options.ramp / procs
-    world_households = max(options.households + 1, 8)  # the same world for every shard
     (root / "workers").mkdir(parents=True, exist_ok=True)
     return [
         WorkerProcess(
             k,
             WorkerPlan(
-                households=households[k::procs],
+                households=mine,
+                personas=[chosen[i] for i in mine],
+                devices=[[dataclasses.asdict(d) for d in observe.fleet[i]] for i in mine],
                 seed=options.seed,
-                world_households=world_households,
+                world_households=world_size(options),  # the same world for every shard
                 broker=broker,
                 trust=str(trust),
                 root=str(root),
@@ -288,6 +320,7 @@ def _workers(options: FleetOptions, broker: str, trust: Path, root: Path) -> lis
             root / "workers" / f"worker-{k}.log",
         )
         for k in range(procs)
+        if (mine := households[k::procs])
     ]
 
 
@@ -303,8 +336,41 @@ async def _stop_workers(workers: list[WorkerProcess]) -> None:
     await asyncio.gather(*(w.stop() for w in workers))
 
 
+async def _use(worker: WorkerProcess, counts: dict[str, int] | None, signals: int) -> None:
+    """A round on `worker`'s devices: `signals` each, or each its own count (world pace)."""
+    if counts is None:
+        await worker.call("use", signals=signals)
+        return
+    ids = [spec["device_id"] for specs in worker.plan.devices for spec in specs]
+    await worker.call("use", counts={d: counts.get(d, 0) for d in ids})
+
+
 async def _drained(worker: WorkerProcess, timeout: float) -> bool:
     return bool((await worker.call("drain", timeout=timeout))["drained"])
+
+
+async def _probe(workers: list[WorkerProcess]) -> dict[str, int]:
+    """The timeline's device sums (`simulators.timeline.DeviceProbe`) over the workers: each
+    sums its own devices (at most once a second)."""
+    sums: dict[str, int] = {}
+    for part in await asyncio.gather(*(w.call("probe") for w in workers)):
+        for key, value in part.items():
+            sums[key] = sums.get(key, 0) + int(value)
+    return sums
+
+
+class _Watch:
+    """A launch followed on every worker's devices (`simulators.launches.LaunchWatch`)."""
+
+    def __init__(self, workers: list[WorkerProcess]) -> None:
+        self._workers = workers
+
+    async def begin(self, launch: int) -> None:
+        await asyncio.gather(*(w.call("watch", launch=launch) for w in self._workers))
+
+    async def followed(self, launch: int) -> bool:
+        answers = await asyncio.gather(*(w.call("followed", launch=launch) for w in self._workers))
+        return all(a["done"] for a in answers)
 
 
 class _FaultPlan:
@@ -320,7 +386,7 @@ class _FaultPlan:
         log: FaultLog,
     ) -> None:
         first, self.end = options.rounds // 3, 2 * options.rounds // 3
-        chosen = [f for f in FAULTS if f in options.faults]
+        chosen = [f for f in FAULTS if f in options.faults and not options.fault_times]
         self.begin = {fault: min(first + i, self.end - 1) for i, fault in enumerate(chosen)}
         self._cloud, self._proxy, self._crash, self._log = cloud, proxy, crash, log
 
@@ -331,6 +397,20 @@ class _FaultPlan:
         if round_ == self.end:
             for fault in reversed(self.begin):
                 await self._up(fault)
+
+    def timed(
+        self, times: tuple[tuple[str, float, float], ...]
+    ) -> list[tuple[float, Callable[[], Awaitable[None]]]]:
+        """The scenario's fault times instead of the round plan: (at s, action) for each
+        fault's beginning and end, in seconds from the first usage round."""
+        return [
+            action
+            for fault, at_s, for_s in times
+            for action in (
+                (at_s, functools.partial(self._down, fault)),
+                (at_s + for_s, functools.partial(self._up, fault)),
+            )
+        ]
 
     async def _down(self, fault: str) -> None:
         if fault == "gateway-restart":

@@ -91,6 +91,7 @@ def merge(reports: list[dict[str, Any]]) -> dict[str, Any]:
             "accounting_counts": counts,
             "device_digest": f"{digest_xor(r['device_digest'] for r in reports):064x}",
             "faults": {r["shard"]: r.get("faults", []) for r in reports},
+            "cost": {r["shard"]: r["cost"] for r in reports if "cost" in r},  # each its own
             "broker": sorted({str(r.get("broker")) for r in reports}),
             "duration_s": max(float(r.get("duration_s", 0)) for r in reports),
             "start_s": max(float(r.get("start_s", 0)) for r in reports),

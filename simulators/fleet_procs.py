@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import contextlib
 import json
 import os
 import re
@@ -19,6 +20,7 @@ from typing import Any
 
 import aiohttp
 
+from simulators.cost import process_cpu_s
 from simulators.faults import EDGEMART
 from simulators.fleet_worker import WorkerPlan
 
@@ -43,6 +45,26 @@ class GatewayProcess:
         self.proc: subprocess.Popen[bytes] | None = None
         self.counters: Counter[str] = Counter()
         """`GET /v1/stats` of the gateways that were stopped, read just before."""
+        self.cpu_gone_s = 0.0
+        """CPU seconds of the gateway processes that were killed, read just before."""
+
+    @property
+    def pid(self) -> int | None:
+        """The running gateway's process id (a new one after a restart), None while down."""
+        return self.proc.pid if self.proc is not None and self.proc.poll() is None else None
+
+    def cpu_s(self) -> float:
+        """CPU seconds of every gateway process of the run so far (killed ones included)."""
+        pid = self.pid
+        if pid is None:
+            return self.cpu_gone_s
+        try:
+            return self.cpu_gone_s + process_cpu_s(pid)
+        except OSError:  # it just ended
+            return self.cpu_gone_s
+
+    def _note_cpu(self) -> None:
+        self.cpu_gone_s = self.cpu_s()
 
     def start(self, timeout: float = 60.0) -> None:
         """Start and wait for its `gateway ready` line. Blocking."""
@@ -89,12 +111,14 @@ class GatewayProcess:
     async def crash(self, http: aiohttp.ClientSession) -> None:
         """SIGKILL (its counters read first: they die with it)."""
         self._keep(await self.stats(http))
+        self._note_cpu()
         await asyncio.to_thread(self._signal, signal.SIGKILL)
 
     async def stop(self, http: aiohttp.ClientSession) -> None:
         """SIGTERM (graceful), SIGKILL after 20 s; whatever happens on the way, it ends."""
         try:
             self._keep(await self.stats(http))
+            self._note_cpu()
             await asyncio.to_thread(self._signal, signal.SIGTERM)
         finally:
             self.reap()
@@ -119,7 +143,8 @@ class GatewayProcess:
 
 
 class WorkerProcess:
-    """One `simulators.fleet_worker` child and its command pipe."""
+    """One `simulators.fleet_worker` child and its command pipe: calls may overlap (a
+    probe while a round runs), each answer is matched to its call by id."""
 
     def __init__(self, index: int, plan: WorkerPlan, log: Path) -> None:
         self.index = index
@@ -127,11 +152,22 @@ class WorkerProcess:
         self.log = log
         self.proc: asyncio.subprocess.Process | None = None
         self.start_s = 0.0
-        self.offer_at: dict[str, float] = {}
+        self.cpu_s = 0.0
+        """Its CPU seconds at the last `read_cpu` (kept when it has ended)."""
+        self._calls = 0
+        self._waiting: dict[int, asyncio.Future[dict[str, Any]]] = {}
+        self._reader: asyncio.Task[None] | None = None
 
     @property
     def devices(self) -> int:
-        return len(self.plan.households) * 4
+        return self.plan.device_count
+
+    def read_cpu(self) -> float:
+        """Its CPU seconds so far (/proc), or the last reading once it has ended."""
+        if self.proc is not None and self.proc.returncode is None:
+            with contextlib.suppress(OSError):  # it just ended
+                self.cpu_s = process_cpu_s(self.proc.pid)
+        return self.cpu_s
 
     async def start(self) -> None:
         with self.log.open("ab") as handle:
@@ -143,10 +179,12 @@ class WorkerProcess:
                 stdout=asyncio.subprocess.PIPE,
                 stderr=handle,
                 env=dict(os.environ, PYTHONUNBUFFERED="1"),
+                limit=2**24,
             )
         await self._send(self.plan.to_json())
-        ready = await self._answer()
+        ready = self._checked(await self._line())
         self.start_s = float(ready["start_s"])
+        self._reader = asyncio.create_task(self._read(), name=f"fleet-worker-{self.index}")
 
     async def _send(self, line: str) -> None:
         assert self.proc is not None
@@ -154,7 +192,7 @@ class WorkerProcess:
         self.proc.stdin.write(line.encode() + b"\n")
         await self.proc.stdin.drain()
 
-    async def _answer(self) -> dict[str, Any]:
+    async def _line(self) -> dict[str, Any]:
         assert self.proc is not None
         assert self.proc.stdout is not None
         line = await self.proc.stdout.readline()
@@ -163,25 +201,52 @@ class WorkerProcess:
             tail = self.log.read_text(errors="replace")[-3000:]
             raise RuntimeError(f"fleet worker {self.index} exited with {code}:\n{tail}")
         body: dict[str, Any] = json.loads(line)
+        return body
+
+    def _checked(self, body: dict[str, Any]) -> dict[str, Any]:
         if "error" in body:
             raise RuntimeError(f"fleet worker {self.index}: {body['error']}")
         return body
 
-    async def call(self, cmd: str, **args: Any) -> dict[str, Any]:
-        await self._send(json.dumps({"cmd": cmd, **args}))
-        return await self._answer()
+    async def _read(self) -> None:
+        """Each answer to the call waiting for its id; when the worker ends, every waiting
+        call fails with its exit code and log tail."""
+        try:
+            while True:
+                body = await self._line()
+                key = body.pop("id", None)
+                waiting = self._waiting.pop(key if isinstance(key, int) else -1, None)
+                if waiting is not None and not waiting.done():
+                    waiting.set_result(body)
+        except (RuntimeError, ValueError, OSError) as exc:
+            for waiting in self._waiting.values():
+                if not waiting.done():
+                    waiting.set_exception(RuntimeError(str(exc)))
+            self._waiting.clear()
 
-    async def collect(self, path: Path) -> list[tuple[str, list[str], dict[str, Any]]]:
-        """Each device's (id, accepted ids, status); when each had the offers: `offer_at`."""
+    async def call(self, cmd: str, **args: Any) -> dict[str, Any]:
+        if self._reader is None or self._reader.done():
+            raise RuntimeError(f"fleet worker {self.index} is not running")
+        self._calls += 1
+        answer = asyncio.get_running_loop().create_future()
+        self._waiting[self._calls] = answer
+        await self._send(json.dumps({"cmd": cmd, "id": self._calls, **args}))
+        return self._checked(await answer)
+
+    async def collect(
+        self, path: Path
+    ) -> tuple[list[tuple[str, list[str], dict[str, Any]]], dict[int, dict[str, Any]]]:
+        """Each device's (id, accepted ids, status), and what each launch watch saw."""
         await self.call("collect", path=str(path))
         collected = json.loads(await asyncio.to_thread(path.read_text, encoding="utf-8"))
-        self.offer_at = {d: float(at) for d, at in collected["offer_at"].items()}
-        return [(device, accepted, status) for device, accepted, status in collected["seen"]]
+        seen = [(device, accepted, status) for device, accepted, status in collected["seen"]]
+        return seen, {int(k): w for k, w in collected["launches"].items()}
 
     async def stop(self) -> None:
         """Every household stopped, then the process gone (killed if it does not end)."""
         if self.proc is None or self.proc.returncode is not None:
             return
+        self.read_cpu()
         try:
             await asyncio.wait_for(self.call("stop"), 300)
             await asyncio.wait_for(self.proc.wait(), 30)
@@ -189,3 +254,6 @@ class WorkerProcess:
             if self.proc.returncode is None:
                 self.proc.kill()
                 await self.proc.wait()
+        finally:
+            if self._reader is not None:
+                self._reader.cancel()

@@ -1,22 +1,30 @@
-"""One worker process of `edgemart fleet`: many households of real agents (hub, TV, two
-phones each) in one event loop, their stores on one shared `StorePool`, driven by the fleet
-process over JSON lines (`python -m simulators.fleet_worker`, spawned by
+"""One worker process of `edgemart fleet`: many households of real agents (the scenario's mix
+of profiles and consent) in one event loop, their stores on one shared `StorePool`, driven by
+the fleet process over JSON lines (`python -m simulators.fleet_worker`, spawned by
 `simulators.fleet_procs.WorkerProcess`).
 
-The first line on stdin is the worker's plan (`WorkerPlan`); each further line is a command
-and gets exactly one answer line on stdout:
+The first line on stdin is the worker's plan (`WorkerPlan`). Each further line is a command
+with an `id`, and gets exactly one answer line carrying the same `id`; commands run
+concurrently (a `probe` is answered while a `use` runs):
 
-- `{"cmd": "use", "signals": N}`: every device sends N signals -> `{"ok": true}`;
+- `{"cmd": "use", "signals": N}`: every device sends N signals; `{"cmd": "use", "counts":
+  {device: N}}`: each device its own count (the world pace) -> `{"ok": true}`;
 - `{"cmd": "drain", "timeout": S}` -> `{"drained": bool}`;
-- `{"cmd": "watch"}`: note when each device first has verified offers -> `{"ok": true}`;
-- `{"cmd": "collect", "path": P}`: each device's id, accepted ids and status, and when it
-  had the offers, written to P as JSON (tens of MB at 5,000 devices: a file, not the pipe)
-  -> `{"devices": N}`;
+- `{"cmd": "probe"}`: sums over this worker's devices (devices up, signals accepted, resends,
+  reconnects, offers held), computed at most once a second -> those sums;
+- `{"cmd": "watch", "launch": K}`: before campaign launch K, note each device's offers, then
+  when each first holds more (a sweep, one timer for all) and, after the watch, how long
+  one decision with them takes -> `{"ok": true}`;
+- `{"cmd": "followed", "launch": K}` -> `{"done": bool, "waiting": N}`;
+- `{"cmd": "collect", "path": P}`: each device's id, accepted ids and status, and what the
+  launch watches saw, written to P as JSON (tens of MB at 5,000 devices: a file, not the
+  pipe) -> `{"devices": N}`;
 - `{"cmd": "stop"}`: every household stopped at the plan's pace -> `{"stopped": true}`.
 
 After the plan, the first answer is `{"ready": true, "start_s": S}` (every household up), or
-`{"error": "..."}` (the file-descriptor refusal, a household that did not start). The agents'
-logs go to stderr, never onto the answer stream."""
+`{"error": "..."}` (the file-descriptor refusal, a household that did not start). A command
+that fails answers `{"id": ..., "error": "..."}`. The agents' logs go to stderr, never onto
+the answer stream."""
 
 from __future__ import annotations
 
@@ -27,32 +35,42 @@ import logging
 import os
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
 from agent.store.thread import StorePool
 from simulators import fdlimit
-from simulators.household import Household
-from simulators.options import DEVICES_PER_HOUSEHOLD
+from simulators.household import DeviceRun, DeviceSpec, Household
 from simulators.world import make_world
 
 log = logging.getLogger(__name__)
 
 STORE_THREADS = 4
 """The store threads every agent of one worker shares (`agent.store.thread.StorePool`)."""
-WATCH_S = 0.05
-"""How often a worker looks for devices that have received a launched campaign's offers."""
 STARTING_AT_ONCE = 16
 """Households one worker starts (or stops) at the same moment, whatever the ramp."""
+PROBE_S = 1.0
+"""A probe computed at most this often (a timeline samples once a second)."""
+WATCH_S = 60.0
+"""How long a launch is watched; devices without the offers then are counted pending."""
+SWEEP_S = 0.05
+SWEEP_S_PER_DEVICE = 5e-5
+"""Many devices are swept less often (1,250 devices: every 0.06 s)."""
+MAX_DECISIONS = 5_000
+"""Decisions timed per launch and worker."""
 
 
 @dataclass(frozen=True, slots=True)
 class WorkerPlan:
-    """What one worker runs: its households (indices into the world of `world_households`
-    made from `seed`, so every worker and shard sees the same world) and where."""
+    """What one worker runs: its households (their ordinals in the fleet, their personas in
+    the world of `world_households` made from `seed`, and their devices: the mix, drawn by
+    the fleet process), so every worker and shard sees the same world, and where."""
 
     households: list[int]
+    personas: list[int]
+    devices: list[list[dict[str, Any]]]
+    """Each household's `DeviceSpec`s, as dicts."""
     seed: int
     world_households: int
     broker: str
@@ -61,12 +79,34 @@ class WorkerPlan:
     ramp: float | None
     """Devices this worker starts (and stops) per second; None: as fast as it can."""
 
+    @property
+    def device_count(self) -> int:
+        return sum(len(specs) for specs in self.devices)
+
     def to_json(self) -> str:
         return json.dumps(asdict(self))
 
     @classmethod
     def from_json(cls, line: str) -> WorkerPlan:
         return cls(**json.loads(line))
+
+
+@dataclass(slots=True)
+class _Watch:
+    """One launch followed on this worker's devices."""
+
+    before: dict[str, int]
+    offer_at: dict[str, float] = field(default_factory=dict)
+    """Device -> when (`time.time()`, shared by the machine's processes) it held more offers."""
+    decision_ms: list[float] = field(default_factory=list)
+    done: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "offer_at": self.offer_at,
+            "pending": len(self.before) - len(self.offer_at),
+            "decision_ms": self.decision_ms,
+        }
 
 
 class Worker:
@@ -77,25 +117,33 @@ class Worker:
         self.households = [
             Household(
                 world,
-                index,
+                persona,
                 broker=plan.broker,
                 trust=Path(plan.trust),
                 data_dir=Path(plan.root) / "devices",
-                seed=plan.seed + index,
+                devices=[DeviceSpec(**spec) for spec in specs],
+                seed=plan.seed + ordinal,
                 store_pool=self.pool,
             )
-            for index in plan.households
+            for ordinal, persona, specs in zip(
+                plan.households, plan.personas, plan.devices, strict=True
+            )
         ]
         self.up: list[Household] = []
-        self.offer_at: dict[str, float] = {}
-        """Device -> when (`time.time()`) it first counted a verified offer."""
-        self._watching: asyncio.Task[None] | None = None
+        self.watches: dict[int, _Watch] = {}
+        self._tasks: list[asyncio.Task[None]] = []
+        self._probed: tuple[float, dict[str, int]] = (0.0, {})
+
+    @property
+    def runs(self) -> list[DeviceRun]:
+        return [run for hh in self.households for run in hh.runs]
 
     async def _paced(self, work: str) -> None:
         """Every household entered (`start`) or left (`stop`) concurrently, at most
         `STARTING_AT_ONCE` at a time, paced at the plan's ramp."""
         gate = asyncio.Semaphore(STARTING_AT_ONCE)
-        step = DEVICES_PER_HOUSEHOLD / self.plan.ramp if self.plan.ramp else 0.0
+        per = self.plan.device_count / max(1, len(self.households))
+        step = per / self.plan.ramp if self.plan.ramp else 0.0
         begun = time.monotonic()
 
         async def one(i: int, household: Household) -> None:
@@ -121,49 +169,110 @@ class Worker:
         await self._paced("start")
 
     async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
         await self._paced("stop")
         await asyncio.to_thread(self.pool.shutdown)
 
-    async def use(self, signals: int) -> None:
+    async def use(self, signals: int | dict[str, int]) -> None:
         await asyncio.gather(*(hh.use(signals) for hh in self.households))
 
     async def drain(self, timeout: float) -> bool:
         return all(await asyncio.gather(*(hh.drain(timeout) for hh in self.households)))
 
-    def watch(self) -> None:
-        """Note when each device first has verified offers (after a campaign launch), one
-        sweep over this worker's agents every `WATCH_S` (one timer, not one per device)."""
+    def probe(self) -> dict[str, int]:
+        """Sums over this worker's devices (`simulators.timeline.DeviceProbe`'s keys), at
+        most once every `PROBE_S`: one pass over in-memory state, no per-device list."""
+        at, last = self._probed
+        if last and time.monotonic() - at < PROBE_S:
+            return last
+        up = accepted = resent = connects = offers = 0
+        runs = self.runs
+        for run in runs:
+            agent = run.agent
+            up += agent.parts.link.connected.is_set()
+            accepted += len(run.accepted)
+            counters = agent.parts.metrics.counters
+            resent += counters.get("batches_resent", 0)
+            connects += counters.get("link_connects", 0)
+            offers += len(agent.offers)
+        sums = {
+            "devices_up": up,
+            "signals_accepted": accepted,
+            "batches_resent": resent,
+            "reconnects": max(0, connects - len(runs)),
+            "offers_held": offers,
+        }
+        self._probed = (time.monotonic(), sums)
+        return sums
+
+    def watch(self, launch: int) -> None:
+        """Follow launch `launch`: the offers each device holds now, then when it holds
+        more, one sweep over this worker's agents at a time (one timer, not one per device)."""
+        runs = {run.spec.device_id: run for run in self.runs}
+        watch = _Watch({device: len(run.agent.offers) for device, run in runs.items()})
+        self.watches[launch] = watch
 
         async def sweep() -> None:
-            runs = [run for hh in self.households for run in hh.runs]
-            while len(self.offer_at) < len(runs):
+            deadline = time.monotonic() + WATCH_S
+            pause = max(SWEEP_S, len(runs) * SWEEP_S_PER_DEVICE)
+            waiting = dict(watch.before)
+            while waiting and time.monotonic() < deadline:
                 now = time.time()
-                for run in runs:
-                    device = run.spec.device_id
-                    if device not in self.offer_at and run.agent.counters.get("offers_verified"):
-                        self.offer_at[device] = now
-                await asyncio.sleep(WATCH_S)
+                got = [d for d, n in waiting.items() if len(runs[d].agent.offers) > n]
+                for device in got:
+                    del waiting[device]
+                    watch.offer_at[device] = now
+                await asyncio.sleep(pause)
+            for device in list(watch.offer_at)[:MAX_DECISIONS]:  # after the sweep: no skew
+                agent = runs[device].agent
+                began = time.perf_counter()
+                await agent.rank(surface=agent.settings.profile.surfaces[0], limit=3)
+                watch.decision_ms.append(round((time.perf_counter() - began) * 1000, 2))
+            watch.done = True
 
-        if self._watching is None:
-            self._watching = asyncio.create_task(sweep())
+        self._tasks.append(asyncio.create_task(sweep()))
+
+    def followed(self, launch: int) -> dict[str, Any]:
+        watch = self.watches[launch]
+        return {"done": watch.done, "waiting": len(watch.before) - len(watch.offer_at)}
 
     def collect(self) -> dict[str, Any]:
-        if self._watching is not None:
-            self._watching.cancel()
-        seen = [
-            (run.spec.device_id, run.accepted, run.agent.status())
-            for hh in self.households
-            for run in hh.runs
-        ]
-        return {"seen": seen, "offer_at": self.offer_at}
+        seen = [(run.spec.device_id, run.accepted, run.agent.status()) for run in self.runs]
+        return {"seen": seen, "launches": {k: w.to_json() for k, w in self.watches.items()}}
+
+
+async def _handle(worker: Worker, command: dict[str, Any]) -> dict[str, Any]:
+    cmd = command["cmd"]
+    if cmd == "use":
+        signals = command.get("counts")
+        await worker.use(int(command["signals"]) if signals is None else signals)
+        return {"ok": True}
+    if cmd == "drain":
+        return {"drained": await worker.drain(float(command["timeout"]))}
+    if cmd == "probe":
+        return worker.probe()
+    if cmd == "watch":
+        worker.watch(int(command["launch"]))
+        return {"ok": True}
+    if cmd == "followed":
+        return worker.followed(int(command["launch"]))
+    if cmd == "collect":
+        collected = worker.collect()
+        await asyncio.to_thread(
+            Path(command["path"]).write_text, json.dumps(collected), encoding="utf-8"
+        )
+        return {"devices": len(collected["seen"])}
+    return {"error": f"unknown command {cmd!r}"}
 
 
 async def serve(plan: WorkerPlan, answers: IO[str]) -> None:
     def answer(body: dict[str, Any]) -> None:
-        answers.write(json.dumps(body) + "\n")
+        answers.write(json.dumps(body) + "\n")  # one write, no await: lines never interleave
         answers.flush()
 
-    devices = len(plan.households) * DEVICES_PER_HOUSEHOLD
+    devices = plan.device_count
     if refusal := fdlimit.ensure(devices, embedded_broker=False):
         answer({"error": f"worker of {devices} devices: {refusal}"})
         return
@@ -176,29 +285,28 @@ async def serve(plan: WorkerPlan, answers: IO[str]) -> None:
         await worker.stop()
         return
     answer({"ready": True, "start_s": round(time.monotonic() - started, 2)})
+    running: set[asyncio.Task[None]] = set()
+
+    async def one(command: dict[str, Any]) -> None:
+        try:
+            body = await _handle(worker, command)
+        except Exception as exc:  # the fleet process reports it
+            log.exception("fleet worker: %s failed", command.get("cmd"))
+            body = {"error": f"{command.get('cmd')}: {exc!r}"}
+        answer({**body, "id": command.get("id")})
+
+    stop_id = None
     while line := await asyncio.to_thread(sys.stdin.readline):
         command = json.loads(line)
-        cmd = command["cmd"]
-        if cmd == "use":
-            await worker.use(int(command["signals"]))
-            answer({"ok": True})
-        elif cmd == "drain":
-            answer({"drained": await worker.drain(float(command["timeout"]))})
-        elif cmd == "watch":
-            worker.watch()
-            answer({"ok": True})
-        elif cmd == "collect":
-            collected = worker.collect()
-            await asyncio.to_thread(
-                Path(command["path"]).write_text, json.dumps(collected), encoding="utf-8"
-            )
-            answer({"devices": len(collected["seen"])})
-        elif cmd == "stop":
+        if command["cmd"] == "stop":
+            stop_id = command.get("id")
             break
-        else:
-            answer({"error": f"unknown command {cmd!r}"})
+        task = asyncio.create_task(one(command))
+        running.add(task)
+        task.add_done_callback(running.discard)
+    await asyncio.gather(*running, return_exceptions=True)
     await worker.stop()
-    answer({"stopped": True})
+    answer({"stopped": True, "id": stop_id})
 
 
 def main() -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -146,16 +146,27 @@ class Household:
         return max(30, round(self.persona.activity * 7))
 
     async def use(
-        self, signals_per_device: int, per_request: int = 25, history: timedelta = timedelta(0)
+        self,
+        signals_per_device: int | Mapping[str, int],
+        per_request: int = 25,
+        history: timedelta = timedelta(0),
     ) -> None:
-        """Scripted usage: every device sends its share of signals, in small requests.
+        """Scripted usage: every device sends its share of signals (the same count, or each
+        device's by its id), in small requests.
 
         With `history`, the signals are dated evenly over that much of the past (a week of
         use replayed in seconds), so feature windows see a plausible week, not one burst."""
         now = utcnow()
 
         async def one(run: DeviceRun) -> None:
-            script = _usage(self.persona, run.spec.profile, self.rng, signals_per_device)
+            n = (
+                signals_per_device
+                if isinstance(signals_per_device, int)
+                else signals_per_device.get(run.spec.device_id, 0)
+            )
+            if n <= 0:
+                return
+            script = _usage(self.persona, run.spec.profile, self.rng, n)
             if self.appliances_on_lan:
                 script = [s for s in script if s["kind"] != "consumable_level"]
             if history:

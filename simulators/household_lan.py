@@ -13,8 +13,8 @@ from types import TracebackType
 from typing import Any
 
 from agent.household.client import HouseholdClient
+from agent.household.join import model_ranker
 from agent.household.membership import credentials, load_key
-from agent.household.remote_rank import model_ranker
 from agent.offers.book import load_trust
 from protocol.ids import utcnow
 from protocol.signing import Signer, Verifier
@@ -113,11 +113,9 @@ class HouseholdLan:
             verifier,
             personalization=lambda: agent.consent.personalization,
             counters=agent.parts.metrics.counters,
-            ranker=model_ranker(
-                lambda: agent.parts.slot.current,
-                settings.profile.timezone,
-                settings.profile.budgets.max_candidates,
-            ),
+            ranker=None
+            if settings.profile.ranking == "thin"
+            else model_ranker(lambda: agent.parts.slot.current),
         )
         await self._stack.enter_async_context(client)
         agent.attach_household(client)

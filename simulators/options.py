@@ -9,10 +9,13 @@ from pathlib import Path
 
 from protocol.ids import new_id
 
-DEVICES_PER_HOUSEHOLD = 4
-"""A hub, a TV and two phones (`simulators.household.default_devices`)."""
 FAULTS = ("gateway-restart", "broker-restart", "partition", "agent-kill")
 """In the order they begin."""
+HOUSEHOLD_PROFILES = ("hub", "tv", "phone", "phone")
+"""Today's household (`simulators.household.default_devices`)."""
+PACES = ("stress", "world")
+"""`stress`: `signals_per_round` per device and round; `world`: the synthetic world's own
+daily rate per device (`simulators.pace`), `compress` times faster than real time."""
 
 QA_ROOT_PREFIX = "edgemart-qa"
 
@@ -74,6 +77,25 @@ class FleetOptions:
     ramp: float | None = None
     """Devices started (and stopped) per second, households concurrently; None: as fast as
     `STARTING_AT_ONCE` households at a time allow."""
+    pace: str = "stress"
+    """One of `PACES`."""
+    compress: float = 1440.0
+    """With `pace="world"`: simulated seconds per real second (1440: a day a minute)."""
+    profiles: tuple[str, ...] = HOUSEHOLD_PROFILES
+    """The devices of every household, by firmware profile."""
+    consent_shares: tuple[tuple[str, float], ...] = ()
+    """(purpose, share of devices granting it), drawn per device from the seed; empty:
+    today's household (everything granted, the second phone without personalization)."""
+    fault_times: tuple[tuple[str, float, float], ...] = ()
+    """(fault, begins at s, lasts s), in seconds from the first usage round; empty: the
+    round plan (`faults` in the middle third). When given, it names the faults."""
+    world_households: int | None = None
+    """The households are drawn at random (from the seed, none twice) from a synthetic world
+    of this many personas; None: the world's first households, in order."""
+    campaigns: tuple[tuple[float, int], ...] = ()
+    """(at s from the first usage round, how many of the world's sample campaigns)."""
+    progress: bool = False
+    """A live progress display (rich) on stdout."""
 
     procs: int | None = None
     """Agent worker processes; None: one per core (`os.cpu_count()`), more when one
@@ -86,7 +108,7 @@ class FleetOptions:
     @property
     def devices(self) -> int:
         """Devices of this run (its shard), crash TVs not counted."""
-        return len(self.shard_households()) * DEVICES_PER_HOUSEHOLD
+        return len(self.shard_households()) * len(self.profiles)
 
     def shard_households(self) -> list[int]:
         if self.shard is None:
@@ -125,6 +147,23 @@ class FleetOptions:
                 raise ValueError(f"shard {k}/{n} of {self.households} households is empty")
         if self.households < 1 or self.rounds < 3:
             raise ValueError("need at least 1 household and 3 rounds")
+        if self.pace not in PACES:
+            raise ValueError(f"--pace must be one of {', '.join(PACES)}, not {self.pace!r}")
+        if not self.compress > 0:
+            raise ValueError(f"--compress must be positive, not {self.compress}")
+        if not self.profiles:
+            raise ValueError("a household needs at least one device profile")
+        from protocol.vocabulary import PROFILES  # noqa: PLC0415 - `--help` stays light
+
+        if unknown_profiles := sorted(set(self.profiles) - set(PROFILES)):
+            raise ValueError(f"unknown profile(s) {unknown_profiles}; known: {', '.join(PROFILES)}")
+        if self.world_households is not None and self.world_households <= self.households:
+            raise ValueError(
+                f"world_households ({self.world_households}) must exceed households"
+                f" ({self.households}): one persona is kept for the crash devices"
+            )
+        if self.fault_times and {f for f, _, _ in self.fault_times} != set(self.faults):
+            raise ValueError("fault_times must name exactly the faults of the run")
 
 
 FLEET_GUIDE = """\
@@ -160,9 +199,17 @@ every device drained. A device that did not drain in time still holds what it di
 that is reported as undelivered (which devices, how many signals, why: its link, its budget,
 its consent, a full disk, batches unacked), never as lost.
 
-Every simulated agent has its own SQLite file, outbox, keys and MQTT session; the stores of
-one worker share a pool of 4 threads (`agent.store.thread.StorePool`). Each process raises
-its own open-files limit to what its share needs, or the run refuses up front with the
-arithmetic. `--shard K/N` runs one slice of the fleet; `edgemart fleet merge REPORT...`
-sums the slices' reports and loss accounting.
+A scenario file (`--scenario FILE`, TOML; `simulators/scenarios/`) sets the size, the mix
+of profiles, personas and consent, the ramp, the pace (`stress`, or `world`: each device's
+own daily rate in the synthetic world, `--compress` times faster), campaigns to launch and
+faults with their times, and the seed; flags win over it. A live progress table shows on a
+terminal (or with `--progress`); `--html FILE` writes the report with its charts.
+
+Every simulated agent has its own SQLite file, outbox, keys and MQTT session; the agents run
+in worker processes (`--procs`, default one per core), the stores of one worker sharing a
+pool of 4 threads (`agent.store.thread.StorePool`), and the gateway runs as its own process
+(`edgemart gateway run`; `gateway-restart` kills it with SIGKILL). Each process raises its
+own open-files limit to what its share needs, or the run refuses up front with the
+arithmetic. `--shard K/N` runs one slice of the fleet (also of a scenario: the same seeded
+draws); `edgemart fleet merge REPORT...` sums the slices' reports and loss accounting.
 """

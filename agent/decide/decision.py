@@ -113,6 +113,9 @@ class Situation:
     quiet: tuple[QuietWindow, ...] = ()
     refused: frozenset[str] = frozenset()
     """Offer ids whose claim the gateway refused (sold out): not offered again."""
+    household_held: frozenset[str] = frozenset()
+    """Offer ids the household's caps keep off this device now (`HouseholdHold.offers`: shown
+    on another device of the home within the window), filtered as `household_cap`."""
     holdout: HoldoutRules | None = None
     """A cloud policy's holdout shares (issue 18); None: the offers' own."""
 

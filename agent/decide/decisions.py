@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections import OrderedDict
 from collections.abc import Callable
@@ -154,20 +155,20 @@ class Decisions:
         the last good model `on_model_failure` answers, else without a model (priority).
         `hold`: what the household's caps keep off (`household_hold`), on top of this device's."""
         self.caps.roll(self.local_day(now))
-        if hold is not None:
-            if hold.reason is not None:
-                until = datetime.fromtimestamp(hold.until, now.tzinfo) if hold.until else None
-                version = model.version if model is not None else None
-                return Decision([], [("*", hold.reason)], version, held_until=until)
-            refused = refused | hold.offers
         situation = Situation(
             self._settings.device_id,
             self.caps,
             self.cap_limits,
             self.quiet,
             refused,
+            household_held=hold.offers if hold is not None else frozenset(),
             holdout=self.holdout,
         )
+        if hold is not None and hold.reason is not None:
+            self._explain_household_hold(catalog, ctx, surface, limit, now, consent, situation)
+            until = datetime.fromtimestamp(hold.until, now.tzinfo) if hold.until else None
+            version = model.version if model is not None else None
+            return Decision([], [("*", hold.reason)], version, held_until=until)
         tried: set[int] = set()
         while True:
             try:
@@ -208,6 +209,37 @@ class Decisions:
         while len(self._features) > LAST_DECISIONS:
             self._features.popitem(last=False)
         return decision
+
+    def _explain_household_hold(  # noqa: PLR0917
+        self,
+        catalog: Catalog | HeldOffers | None,
+        ctx: UserContext,
+        surface: str,
+        limit: int,
+        now: datetime,
+        consent: Consent,
+        situation: Situation,
+    ) -> None:
+        """The household's quiet hours or day cap hold every offer back: the campaigns whose
+        offers could have been shown are counted as `household_cap` (the others by what
+        filtered them first), so the marketer sees the household's caps (issue 18)."""
+        if catalog is None or not len(catalog):
+            return
+        everything = dataclasses.replace(
+            situation, household_held=frozenset(o.id for o in catalog.offers)
+        )
+        probe = self._rank_with(
+            None,
+            catalog,
+            ctx,
+            surface,
+            limit=limit,
+            now=now,
+            consent=consent,
+            explain=False,
+            situation=everything,
+        )
+        self.explanations.add(catalog.campaigns, classify(probe, catalog))
 
     def _rank_with(
         self,

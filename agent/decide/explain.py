@@ -31,6 +31,7 @@ STAGE_OF: dict[str, str] = {
     "no_marketing_consent": "consent",
     "sold_out": "stock",
     "claim_refused": "stock",
+    "household_cap": "household_cap",
     "cap_offer_day": "cap",
     "cap_campaign_day": "cap",
     "cap_surface_day": "cap",

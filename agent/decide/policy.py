@@ -183,6 +183,7 @@ class Gate:
     household: Household
     caps: CapArrays | None = None
     refused: np.ndarray | None = None  # rows whose claim was refused (sold out at the gateway)
+    household_held: np.ndarray | None = None  # rows the household's caps keep off (issue 17)
 
 
 def eligible_mask(catalog: Catalog, gate: Gate) -> np.ndarray:
@@ -194,6 +195,8 @@ def eligible_mask(catalog: Catalog, gate: Gate) -> np.ndarray:
     mask &= ~catalog.sold_out
     if gate.refused is not None:
         mask &= ~gate.refused
+    if gate.household_held is not None:
+        mask &= ~gate.household_held
     if gate.caps is not None:
         mask &= gate.caps.offer_left
         mask &= gate.caps.campaign_left
@@ -210,6 +213,8 @@ def filter_codes(catalog: Catalog, gate: Gate) -> np.ndarray:
     if gate.caps is not None:
         codes[~gate.caps.campaign_left] = CODE["cap_campaign_day"]
         codes[~gate.caps.offer_left] = CODE["cap_offer_day"]
+    if gate.household_held is not None:
+        codes[gate.household_held] = CODE["household_cap"]
     if gate.refused is not None:
         codes[gate.refused] = CODE["claim_refused"]
     codes[catalog.sold_out] = CODE["sold_out"]

@@ -137,7 +137,8 @@ def decide_catalog(  # noqa: PLR0917  # one flat hot path, on purpose
     )
     caps = cap_arrays(catalog, sit.caps, sit.limits) if sit.caps is not None else None
     refused = catalog.rows(sit.refused) if sit.refused else None
-    gate = Gate(surface, now.timestamp(), household, caps, refused)
+    held_rows = catalog.rows(sit.household_held) if sit.household_held else None
+    gate = Gate(surface, now.timestamp(), household, caps, refused, held_rows)
     mask = eligible_mask(catalog, gate)
     want_reasons = explain or reasons_always
     codes = filter_codes(catalog, gate) if want_reasons else None

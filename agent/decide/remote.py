@@ -23,6 +23,7 @@ from protocol.envelopes import Finite, Id, Name, Offer, OfferType
 
 __all__ = [
     "MAX_REMOTE_OFFERS",
+    "REMOTE_TIMEOUT_S",
     "RankOffer",
     "RankRequest",
     "RankResult",
@@ -34,6 +35,8 @@ __all__ = [
 
 MAX_REMOTE_OFFERS = 500
 """Offers one request may carry (the largest `max_candidates` of a shipped profile)."""
+REMOTE_TIMEOUT_S = 0.5
+"""How long a thin device waits for the coordinator's scores before ranking by priority."""
 
 
 class RankOffer(BaseModel):

@@ -31,6 +31,7 @@ REASONS: tuple[str, ...] = (
     "targeting_needs_personalization",
     "sold_out",
     "claim_refused",
+    "household_cap",
     "cap_offer_day",
     "cap_campaign_day",
     "cap_surface_day",
@@ -313,6 +314,7 @@ def offer_code(  # noqa: PLR0917  # one rule per line, in REASONS order
     counts: CapCounts | None,
     limits: CapLimits,
     refused: frozenset[str],
+    household_held: frozenset[str] = frozenset(),
 ) -> int:
     """The first reason code (`REASONS` order) that keeps `offer` off `surface` at `now`, 0 if
     none; duplicates are the caller's (`agent.decide.thin`). The per-offer form of
@@ -333,6 +335,8 @@ def offer_code(  # noqa: PLR0917  # one rule per line, in REASONS order
         return CODE["sold_out"]
     if offer.id in refused:
         return CODE["claim_refused"]
+    if offer.id in household_held:
+        return CODE["household_cap"]
     if counts is not None:
         offer_cap, camp_cap = offer_caps(offer, limits)
         if counts.offer.get(offer.id, 0) >= offer_cap:

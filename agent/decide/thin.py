@@ -137,7 +137,9 @@ def decide_offers(  # noqa: PLR0917  # one flat path, as decide_catalog
     codes = [
         duplicate
         if first[o.id] != i
-        else offer_code(o, surface, now, household, sit.caps, sit.limits, sit.refused)
+        else offer_code(
+            o, surface, now, household, sit.caps, sit.limits, sit.refused, sit.household_held
+        )
         for i, o in zip(order, rows, strict=True)
     ]
     want_reasons = explain or reasons_always

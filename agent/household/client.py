@@ -1,7 +1,7 @@
 """What every device of a household runs on the LAN: discovery, the election, the coordinator
 server when elected, and a session with the coordinator through which it keeps the latest
 household context (`HouseholdSource`), posts its contribution under consent, asks and records
-household caps, and (thin devices) ranks remotely.
+household caps, and (thin devices) ranks remotely: it is the thin device's `RemoteRanker`.
 
 Safe when the coordinator is away: `hold` answers None (the device keeps to its own caps),
 exposures wait in `pending` and are replayed, with every exposure of the last two days, to
@@ -20,6 +20,13 @@ from typing import Any, NoReturn
 import aiohttp
 
 from agent.decide.policy import HouseholdHold
+from agent.decide.remote import (
+    REMOTE_TIMEOUT_S,
+    RankRequest,
+    RankResult,
+    RemoteRankError,
+    parse_result,
+)
 from agent.errors import AgentError
 from agent.features.household import HouseholdContext
 from agent.household import handshake
@@ -35,6 +42,9 @@ log = logging.getLogger(__name__)
 MAX_KEPT_EXPOSURES = 5000
 CONTEXT_STALE_S = 600.0
 HOLD_TIMEOUT_S = 0.5
+RANK_TIMEOUT_S = 0.9 * REMOTE_TIMEOUT_S
+"""Within the wait the service gives a thin device's ranking: the client gives up (and counts
+it) first."""
 STRIKES = 3
 """Failed calls in a row after which the coordinator is taken for gone (before its records'
 TTL runs out) and left out of the election until it advertises again."""
@@ -220,22 +230,20 @@ class HouseholdClient:
         self._learn(body.get("log"))
         return _hold(body)
 
-    async def rank_remote(
-        self,
-        surface: str,
-        offers: list[dict[str, Any]],
-        *,
-        limit: int = 3,
-        profile: str = "speaker",
-    ) -> dict[str, Any] | None:
-        """Rank `offers` (wire form) with the coordinator's model: `{"ranked": [{"offer_id",
-        "score"}], "model_version"}`, or None when there is no coordinator to ask."""
+    async def rank(self, request: RankRequest) -> RankResult | None:
+        """`RemoteRanker`: the coordinator's scores of a thin device's candidates over this
+        device's authenticated session, or None (no coordinator, no answer within
+        `RANK_TIMEOUT_S`, refused, or an answer that does not parse: counted; the device
+        then ranks by priority)."""
         if self._token is None:
             return None
-        body = {"surface": surface, "limit": limit, "offers": offers, "profile": profile}
         try:
-            return await self._call("POST", "/lan/v1/rank", body)
-        except HouseholdError:
+            body = await self._call(
+                "POST", "/lan/v1/rank", request.to_wire(), timeout=RANK_TIMEOUT_S
+            )
+            return parse_result(body, request.offers)
+        except (HouseholdError, RemoteRankError) as exc:
+            log.debug("household ranking: %s", exc)
             self.counters["household_rank_fallbacks"] += 1
             return None
 

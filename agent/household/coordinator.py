@@ -1,10 +1,14 @@
 """The coordinator's LAN API (aiohttp): the handshake, then household context, contributions,
-appliance levels, household caps and ranking for thin devices. Every eligible device runs it
-from the start (its port is in its advert) and answers household calls only while it is the
-elected coordinator (409 otherwise). Bound to the LAN interface (loopback in tests)."""
+appliance levels, household caps and ranking for thin devices (`POST /lan/v1/rank`: the
+wire of `agent.decide.remote`, scored by the coordinator's `Ranker` with the household's
+context). Every eligible device runs it from the start (its port is in its advert) and
+answers household calls only while it is the elected coordinator (409 otherwise). Bound to
+the LAN interface (loopback in tests)."""
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import logging
 import secrets
 import time
@@ -16,6 +20,9 @@ from typing import Any, TypeVar
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from agent.decide.remote import RankRequest, RankResult, RemoteRankError, parse_request
+from agent.errors import ScoringError
+from agent.features.household import HouseholdContext
 from agent.household import handshake
 from agent.household.membership import Credentials, MembershipError, check_membership
 from agent.household.state import Exposure, HouseholdState
@@ -30,8 +37,10 @@ HELLO_TTL_S = 30.0
 SESSION_TTL_S = 3600.0
 
 M = TypeVar("M", bound=BaseModel)
-Ranker = Callable[[str, dict[str, Any]], Awaitable[dict[str, Any]]]
-"""(device id, rank request) -> rank answer: what `/lan/v1/rank` runs (the owner's model)."""
+Ranker = Callable[[RankRequest, HouseholdContext], Awaitable[RankResult]]
+"""(a thin device's request, the household's context now) -> its scores: what `/lan/v1/rank`
+runs with the coordinator's model (`agent.household.join.model_ranker`); raises `ScoringError`
+when the model fails."""
 
 
 class _Body(BaseModel):
@@ -69,13 +78,6 @@ class ExposureIn(_Body):
 
 class ExposuresIn(_Body):
     exposures: list[ExposureIn] = Field(max_length=2000)
-
-
-class RankIn(_Body):
-    surface: str = Field(min_length=1, max_length=64)
-    limit: int = Field(default=3, ge=1, le=20)
-    offers: list[dict[str, Any]] = Field(max_length=500)
-    profile: str = Field(default="speaker", max_length=32)
 
 
 @dataclass(frozen=True, slots=True)
@@ -269,12 +271,28 @@ class CoordinatorServer:
         return web.json_response({"added": added, "hold": hold.to_wire(), "log": log_})
 
     async def _rank(self, request: web.Request) -> web.Response:
+        """A thin device's candidates (`agent.decide.remote.RankRequest`, its wire) scored with
+        this device's model and the household's context (used only when the request says the
+        thin device may be personalized: `rank_for`)."""
         session = self._session(request)
-        body = await _parse(request, RankIn, self.counters)
+        if "appliance" in session.roles and len(session.roles) == 1:
+            raise web.HTTPForbidden(text="appliances report, they do not rank")
         if self.ranker is None:
             raise web.HTTPNotImplemented(text="this coordinator has no model")
-        answer = await self.ranker(session.device_id, body.model_dump())
-        return web.json_response(answer)
+        try:
+            asked = parse_request(json.loads(await request.read()))
+        except (ValueError, RemoteRankError) as exc:
+            self.counters["household_bad_requests"] += 1
+            raise web.HTTPBadRequest(text=f"{request.path}: {exc}"[:500]) from exc
+        asked = dataclasses.replace(asked, device_id=session.device_id)  # who it is, not says
+        try:
+            result = await self.ranker(asked, self.state.snapshot(self.clock()))
+        except ScoringError as exc:
+            self.counters["household_rank_failed"] += 1
+            log.warning("ranking for %s failed: %s", session.device_id, exc)
+            raise web.HTTPServiceUnavailable(text="the model failed") from exc
+        self.counters["household_ranked"] += 1
+        return web.json_response(result.to_wire())
 
 
 def _not_coordinator() -> web.Response:

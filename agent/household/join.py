@@ -1,7 +1,7 @@
 """An agent joins its household on start: when its settings name a LAN address (`lan_host`)
 and its data dir holds a grant (`DATA_DIR/household/membership.json`), it advertises, elects,
 coordinates or follows (`HouseholdClient`), ranks for thin devices with its model, and its
-decisions ask the household's caps."""
+decisions ask the household's caps; a thin device ranks through it (`AgentService.use_remote`)."""
 
 from __future__ import annotations
 
@@ -11,9 +11,11 @@ from collections import Counter
 from collections.abc import Callable, Mapping
 
 from agent.config import AgentSettings
+from agent.decide.remote import RankRequest, RankResult
+from agent.features.household import HouseholdContext
 from agent.household.client import HouseholdClient
+from agent.household.coordinator import Ranker
 from agent.household.membership import MembershipError, credentials, load_key, read_membership
-from agent.household.remote_rank import model_ranker
 from agent.model.scoring import Model
 from agent.offers.book import load_trust
 from protocol.signing import Verifier
@@ -46,7 +48,6 @@ async def join(
         counters["household_membership_refused"] += 1
         log.warning("not joining the household: %s", exc)
         return None
-    profile = settings.profile
     client = HouseholdClient(
         creds,
         verifier,
@@ -54,8 +55,21 @@ async def join(
         interfaces=(host,),
         personalization=personalization,
         contribution=contribution,
-        ranker=model_ranker(model, profile.timezone, profile.budgets.max_candidates),
+        ranker=model_ranker(model) if settings.profile.ranking != "thin" else None,
         counters=counters,
     )
     await client.start()
     return client
+
+
+def model_ranker(model: Callable[[], Model | None]) -> Ranker:
+    """The coordinator's `Ranker` over this device's current model (`model()`: its slot's;
+    None scores by priority): `agent.decide.remote_rank.rank_for`, imported on first use so
+    that a thin device's process never loads the scoring side."""
+
+    async def rank(request: RankRequest, household: HouseholdContext) -> RankResult:
+        from agent.decide.remote_rank import rank_for  # noqa: PLC0415 - the model side only
+
+        return rank_for(model(), request, household)
+
+    return rank

@@ -218,6 +218,7 @@ class Agent:
         self._owns_household = False
         self.parts.decisions.household = client
         self.parts.service.use_household(client)
+        self.parts.service.use_remote(client)  # a thin device ranks through it
 
     async def rank(self, surface: str, limit: int = 3) -> list[RankedOffer]:
         return (await self.decide(surface, limit)).ranked
@@ -363,6 +364,7 @@ class Agent:
         if self.household is not None:
             parts.decisions.household = self.household
             parts.service.use_household(self.household)
+            parts.service.use_remote(self.household)  # a thin device ranks through it
         await parts.memory_watch.page_out()  # what only start-up touched
         await parts.memory_watch.check()
         if not parts.memory.shared:

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 from agent.config import AgentSettings
 from agent.decide.decision import Consent, Decision
 from agent.decide.decisions import Decisions
-from agent.decide.remote import RankResult, RemoteRanker
+from agent.decide.remote import REMOTE_TIMEOUT_S, RankResult, RemoteRanker
 from agent.decide.thin import HeldOffers, rank_request
 from agent.errors import ModelRejected, UnknownOffer
 from agent.features.household import HouseholdSource
@@ -29,9 +29,6 @@ if TYPE_CHECKING:
     from agent.decide.catalog import Catalog
 
 log = logging.getLogger(__name__)
-
-REMOTE_TIMEOUT_S = 0.5
-"""How long a thin device waits for the coordinator's scores before ranking by priority."""
 
 
 class AgentService:
@@ -80,6 +77,13 @@ class AgentService:
         household on the LAN, `agent.household`); None: none."""
         self._household = source
 
+    def use_remote(self, remote: RemoteRanker | None) -> None:
+        """Who ranks for this thin device from now on (its household's coordinator, through
+        `agent.household.client.HouseholdClient`); None: priority ranking. Only a thin profile
+        asks: a full device keeps its own model."""
+        if self._settings.profile.ranking == "thin":
+            self._remote = remote
+
     async def decide(self, surface: str, limit: int = 3, *, explain: bool = False) -> Decision:
         """One local ranking decision for `surface` (see `agent.decide.ranking.decide`)."""
         started = time.perf_counter()
@@ -93,10 +97,13 @@ class AgentService:
         ctx = self._windows.context(
             now, profile.name, profile.timezone, consent.personalization, household
         )
-        remote = None
-        if self._remote is not None and consent.marketing:
-            remote = await self._ask_remote(surface, ctx.local_hour, ctx.local_weekday, consent)
         hold = await self._decisions.household_hold()
+        remote = None
+        if self._remote is not None and consent.marketing and (hold is None or not hold.reason):
+            held = hold.offers if hold is not None else frozenset()
+            remote = await self._ask_remote(
+                surface, ctx.local_hour, ctx.local_weekday, consent, held
+            )
         decision = self._decisions.rank(
             surface,
             limit,
@@ -124,10 +131,11 @@ class AgentService:
         return self._offers.catalog()
 
     async def _ask_remote(
-        self, surface: str, hour: float, weekday: int, consent: Consent
+        self, surface: str, hour: float, weekday: int, consent: Consent, held: frozenset[str]
     ) -> RankResult | None:
-        """The coordinator's scores of the offers showable on `surface` now, or None (no
-        coordinator, no answer in time, a failure: counted; the decision ranks by priority)."""
+        """The coordinator's scores of the offers showable on `surface` now (not refused, not
+        `held` by the household's caps), or None (no coordinator, no answer in time, a failure:
+        counted; the decision ranks by priority)."""
         assert self._remote is not None
         request = rank_request(
             self._offers.held().offers,
@@ -138,7 +146,7 @@ class AgentService:
             local_hour=hour,
             local_weekday=weekday,
             personalized=consent.personalization,
-            refused=self._claims.refused,
+            refused=self._claims.refused | held,
             max_offers=self._settings.profile.budgets.max_candidates,
         )
         if request is None:

@@ -21,6 +21,7 @@ _RANK = {name: i for i, name in enumerate(EXPLAIN_STAGES)}
 WORDS = {
     "quiet_hours": "held by quiet hours",
     "cap": "capped",
+    "household_cap": "held by household caps",
     "holdout": "held out",
     "consent": "without consent",
     "stock": "out of stock",

@@ -103,6 +103,12 @@ async def test_caps_hold_across_tv_and_phone_and_reconcile_after_an_outage(tmp_p
                 await tv.agent.record_outcome("big", "impression", TV_SURFACE)
                 # the phone asks before it shows: the TV showed "big", so the phone does not
                 assert await top(phone, PHONE_SURFACE) == ["small"]
+                # ... and says why, to the marketer too (issue 18): the household's caps
+                tally = phone.agent.parts.decisions.explanations
+                decision = await phone.agent.decide(PHONE_SURFACE, 3, explain=True)
+                assert ("big", "household_cap") in decision.filtered
+                assert tally.counts["c-big"]["household_cap"] == 2
+                assert "stock" not in tally.counts["c-big"]
             # the TV left: the phone takes over with the household's log it kept
             await eventually(lambda: phone_lan.connected_to == phone_creds.fingerprint)
             assert await top(phone, PHONE_SURFACE) == ["small"]  # the TV's exposure survived
@@ -120,6 +126,14 @@ async def test_caps_hold_across_tv_and_phone_and_reconcile_after_an_outage(tmp_p
                 # the TV may not show "small" (the phone did), the phone not "big" (the TV did)
                 assert "small" not in await top(tv, TV_SURFACE)
                 assert "big" not in await top(phone, PHONE_SURFACE)
+                # the household's day cap is reached: nothing shows, and every campaign the
+                # phone could have shown is counted as held by the household's caps
+                server.state.caps = HouseholdCaps(per_day=2)
+                held_before = tally.counts["c-small"].get("household_cap", 0)
+                decision = await phone.agent.decide(PHONE_SURFACE, 3)
+                assert decision.ranked == []
+                assert decision.filtered == [("*", "household_day_cap")]
+                assert tally.counts["c-small"]["household_cap"] == held_before + 1
 
 
 async def test_without_a_coordinator_a_device_keeps_its_own_caps_and_reconciles_later(

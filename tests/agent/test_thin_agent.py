@@ -1,86 +1,89 @@
-"""A thin device (`ranking = "thin"`): ranked by the household's coordinator over HTTP (a real
-aiohttp rank server on loopback, the real scoring code), by priority when none answers, with
-no model, no numpy and no onnxruntime in its process."""
+"""A thin device (`ranking = "thin"`): ranked by its household's coordinator over the LAN (a
+real full agent as hub, real mDNS on loopback, the authenticated session of
+`agent.household`), by priority when the coordinator is away, with no model, no numpy and no
+onnxruntime in its process."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import secrets
 import subprocess
 import sys
 import textwrap
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from aiohttp.test_utils import TestServer
 
-from agent.features.household import HouseholdContext
-from agent.model.scoring import load_default_model
-from simulators.brokers import free_port
-from simulators.rank_server import HttpRanker, rank_app
-from tests.support.local_device import SURFACE, Device, running_device
+from agent.household.client import HouseholdClient
+from agent.household.join import model_ranker
+from protocol.signing import Signer, Verifier
+from tests.support.household import member
+from tests.support.local_device import SURFACE, running_device
+from tests.support.waiting import eventually
 
 EVERYTHING = {"analytics": True, "personalization": True, "marketing": True}
 OFFERS = [("low", 0.05, 10), ("high", 0.5, 90), ("deal", 0.6, 30)]
 
 
-@pytest.fixture
-async def coordinator() -> AsyncIterator[tuple[TestServer, int]]:
-    """A rank server scoring with the shipped model: (server, the model's version)."""
-    model = await asyncio.to_thread(load_default_model)
-    server = TestServer(rank_app(model, HouseholdContext(household_id="hh-1")))
-    await server.start_server()
-    yield server, model.version
-    await server.close()
-
-
-async def _thin(tmp_path: Path, ranker: HttpRanker | None) -> AsyncIterator[Device]:
-    async with running_device(tmp_path, overrides={"ranking": "thin"}, remote=ranker) as device:
-        await device.agent.set_consent(EVERYTHING)
-        await device.transports.last.deliver("offers", device.bundle(OFFERS))
-        yield device
-
-
-async def test_a_thin_device_is_ranked_by_the_coordinator(
-    tmp_path: Path, coordinator: tuple[TestServer, int]
+async def test_a_thin_speaker_gets_ranked_offers_through_the_coordinator_and_priority_without(
+    tmp_path: Path,
 ) -> None:
-    server, version = coordinator
-    ranker = HttpRanker(str(server.make_url("/")))
-    try:
-        async for device in _thin(tmp_path, ranker):
-            assert device.agent.model is None  # no model of its own
-            decision = await device.agent.decide(SURFACE, 3)
-            assert decision.model_version == version
-            assert {r.offer.id for r in decision.ranked} == {"low", "high", "deal"}
-            assert all(r.reasons[0] == f"remote:v{decision.model_version}" for r in decision.ranked)
-            scores = [r.score for r in decision.ranked]
-            assert scores == sorted(scores, reverse=True)
-            assert min(scores) > 0.0 and max(scores) < 1.0  # model scores, not priorities
-            assert device.agent.counters["remote_ranked"] == 1
-            # outcomes still go through its own outbox
-            await device.agent.record_outcome(decision.ranked[0].offer.id, "impression", SURFACE)
-            assert device.agent.store.counters.outcome_rows == 1
-    finally:
-        await ranker.close()
-
-
-async def test_offline_a_thin_device_ranks_by_priority(tmp_path: Path) -> None:
-    ranker = HttpRanker(f"http://127.0.0.1:{free_port()}")  # nothing listens there
-    try:
-        async for device in _thin(tmp_path, ranker):
-            decision = await device.agent.decide(SURFACE, 3)
+    gateway = Signer.generate("gw")
+    secret = secrets.token_bytes(32)
+    verifier = Verifier.from_public_keys([gateway.public])
+    for folder in ("hub", "speaker"):
+        await asyncio.to_thread((tmp_path / folder).mkdir)
+    hub_creds = await asyncio.to_thread(
+        member, gateway, "hh-thin", "hub-1", ["hub"], tmp_path / "hub-lan", secret
+    )
+    thin_creds = await asyncio.to_thread(
+        member, gateway, "hh-thin", "speaker-1", ["thin"], tmp_path / "speaker-lan", secret
+    )
+    async with (
+        running_device(tmp_path / "hub", profile="hub") as hub,
+        running_device(tmp_path / "speaker", overrides={"ranking": "thin"}) as speaker,
+    ):
+        thin = speaker.agent
+        assert thin.model is None  # no model of its own
+        await thin.set_consent(EVERYTHING)
+        await speaker.transports.last.deliver("offers", speaker.bundle(OFFERS))
+        ranker = model_ranker(lambda: hub.agent.parts.slot.current)
+        async with HouseholdClient(thin_creds, verifier, tick_s=0.2) as thin_lan:
+            thin.attach_household(thin_lan)
+            async with HouseholdClient(hub_creds, verifier, tick_s=0.2, ranker=ranker) as lan:
+                hub.agent.attach_household(lan)
+                await eventually(lambda: thin_lan.connected_to == hub_creds.fingerprint)
+                decision = await thin.decide(SURFACE, 3)
+                assert decision.model_version == hub.agent.model_version is not None
+                assert {r.offer.id for r in decision.ranked} == {"low", "high", "deal"}
+                assert all(
+                    r.reasons[0] == f"remote:v{decision.model_version}" for r in decision.ranked
+                )
+                scores = [r.score for r in decision.ranked]
+                assert scores == sorted(scores, reverse=True)
+                assert min(scores) > 0.0 and max(scores) < 1.0  # model scores, not priorities
+                assert thin.counters["remote_ranked"] == 1
+                assert lan.counters["household_ranked"] == 1
+                # outcomes still go through its own outbox
+                await thin.record_outcome(decision.ranked[0].offer.id, "impression", SURFACE)
+                assert thin.store.counters.outcome_rows == 1
+                hub.agent.attach_household(None)
+            # the coordinator left the LAN: priority, from the thin device alone
+            await eventually(lambda: thin_lan.coordinator is None)
+            decision = await thin.decide(SURFACE, 3)
             assert [r.offer.id for r in decision.ranked] == ["high", "deal", "low"]
             assert all(r.reasons[0] == "no_model" for r in decision.ranked)
             assert [r.score for r in decision.ranked] == [0.9, 0.3, 0.1]
-            assert device.agent.counters["remote_rank_offline"] == 1
-            assert ranker.failures == 1
-    finally:
-        await ranker.close()
+            assert decision.model_version is None
+            assert thin.counters["remote_rank_offline"] == 1
+            thin.attach_household(None)
 
 
-async def test_without_a_coordinator_a_thin_device_ranks_by_priority(tmp_path: Path) -> None:
-    async for device in _thin(tmp_path, None):
+async def test_without_a_household_a_thin_device_ranks_by_priority(tmp_path: Path) -> None:
+    async with running_device(tmp_path, overrides={"ranking": "thin"}) as device:
+        await device.agent.set_consent(EVERYTHING)
+        await device.transports.last.deliver("offers", device.bundle(OFFERS))
         decision = await device.agent.decide(SURFACE, 3)
         assert [r.offer.id for r in decision.ranked] == ["high", "deal", "low"]
         assert decision.model_version is None

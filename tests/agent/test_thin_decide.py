@@ -47,6 +47,7 @@ def _same(thin: Decision, full: Decision) -> None:
     ),
     st.sampled_from([None, HoldoutRules(0.5), HoldoutRules(0.0, {"c3": 1.0})]),
     st.frozensets(st.sampled_from(["o0", "o1", "o2"])),
+    st.frozensets(st.sampled_from(["o1", "o3"])),
     st.sampled_from([(), (QuietWindow(5 * 60, 7 * 60),)]),
     st.sampled_from([None, "scores", "some"]),
     st.booleans(),
@@ -62,6 +63,7 @@ def test_the_thin_decision_equals_the_columnar_one_without_a_model(
     limits: CapLimits,
     holdout: HoldoutRules | None,
     refused: frozenset[str],
+    held: frozenset[str],
     quiet: tuple[QuietWindow, ...],
     scored: str | None,
     marketing: bool,
@@ -75,7 +77,9 @@ def test_the_thin_decision_equals_the_columnar_one_without_a_model(
     consent = Consent(analytics=True, personalization=personalized, marketing=marketing)
     counts = CapCounts(day=1, offer=dict(offer_counts), campaign=dict(campaign_counts))
     counts.surface[SURFACE] = sum(offer_counts.values())
-    situation = Situation("device-1", counts, limits, quiet, refused, holdout)
+    situation = Situation(
+        "device-1", counts, limits, quiet, refused, household_held=held, holdout=holdout
+    )
     remote = None
     if scored is not None:
         every = scored == "scores"

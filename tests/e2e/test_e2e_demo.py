@@ -32,11 +32,31 @@ def _assert_whole_loop(report: dict[str, Any]) -> None:
     )
     assert report["outcomes_stored"] == report["outcomes_recorded"]
     devices = report["devices"]
-    assert isinstance(devices, list) and len(devices) == 4
+    assert isinstance(devices, list) and len(devices) == 5  # hub, TV, 2 phones, thin speaker
     for device in devices:
         assert device["offers_verified"] > 0, device
         assert device["decisions"] > 0, device
     assert succeeded(report)
+    [speaker] = [d for d in devices if d["profile"] == "speaker"]
+    assert speaker["ranking"] == "thin"
+    assert speaker["remote_ranked"] > 0  # ranked by the hub, over the LAN
+    assert report["household_lan"]["purifier_to_tv"]["uses_household_consumable_need"] is True
+
+
+def _assert_the_household_story(report: dict[str, Any]) -> None:
+    """The purifier -> TV story of the default demo household (persona 5, whose purifier filter
+    runs low) runs through the coordinator and the TV's model: the retrained default model
+    (feature spec v2) reads `household.consumable_need`, and the purifier filter offer ranks on
+    the TV with the reason `household_consumable_low`."""
+    lan = report["household_lan"]
+    assert lan["tv_consumable_need"]["purifier_filter"] > 0.8
+    story = lan["purifier_to_tv"]
+    assert story["feature_spec_version"] == 2
+    assert story["uses_household_consumable_need"] is True
+    shown = story["filter_offer_on_tv"]
+    assert shown is not None, story["line"]
+    assert "household_consumable_low" in shown["reasons"]
+    assert story["ok"] is True
 
 
 def test_demo_command_on_the_embedded_broker(tmp_path: Path) -> None:
@@ -51,6 +71,7 @@ def test_demo_command_on_the_embedded_broker(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     report = json.loads(out.read_text())
     _assert_whole_loop(report)
+    _assert_the_household_story(report)
     assert report["duration_s"] < 60
     for key in (
         "signals_accepted",
@@ -66,6 +87,7 @@ def test_demo_command_on_the_embedded_broker(tmp_path: Path) -> None:
     ):
         assert key in report
     assert "signals_lost" in proc.stdout
+    assert "purifier -> TV:" in proc.stdout and "household_consumable_low" in proc.stdout
 
 
 async def test_demo_on_mosquitto(tmp_path: Path, mosquitto: MosquittoProcess) -> None:
