@@ -195,7 +195,8 @@ def run() -> list[Record]:
             "MB",
             "full agent RSS (edgemart agent run --profile tv), same run",
             full_end,
-            f"`edgemart agent run --profile speaker` (ranking = thin, no onnxruntime) after"
+            f"`edgemart agent run --profile speaker` (ranking = thin, no numpy, no onnxruntime)"
+            " after"
             f" {seconds} s at 100 signals/s via Mosquitto + gateway; peaks {thin_peak:.1f} vs"
             f" {full_peak:.1f} MB; goals: under 48 MB, ratio <= 0.45",
         ),
