@@ -9,16 +9,14 @@ import asyncio
 import contextlib
 import secrets
 from collections.abc import AsyncIterator
-from datetime import timedelta
 from pathlib import Path
 
 from agent.decide.policy import QuietWindow
 from agent.household.client import HouseholdClient
 from agent.household.membership import Credentials
 from agent.household.state import Exposure, HouseholdCaps, HouseholdState
-from protocol import codec
-from protocol.ids import format_time, new_id, utcnow
 from protocol.signing import Signer, Verifier
+from tests.support.builders import offer, signed_bundle
 from tests.support.household import member
 from tests.support.local_device import Device, running_device
 from tests.support.waiting import eventually
@@ -28,30 +26,9 @@ PHONE_SURFACE = "phone_app_banner"
 
 
 def bundle(signer: Signer, offers: list[tuple[str, int]]) -> bytes:
-    now = utcnow()
-    body = {
-        "v": 1,
-        "id": new_id(),
-        "issued_at": format_time(now),
-        "expires_at": format_time(now + timedelta(hours=1)),
-        "offers": [
-            {
-                "id": oid,
-                "campaign_id": f"c-{oid}",
-                "type": "coupon",
-                "title": f"Offer {oid}",
-                "category": "groceries",
-                "price": 20.0,
-                "discount": 0.2,
-                "priority": priority,
-                "surfaces": [TV_SURFACE, PHONE_SURFACE],
-                "starts_at": format_time(now - timedelta(minutes=5)),
-                "expires_at": format_time(now + timedelta(days=1)),
-            }
-            for oid, priority in offers
-        ],
-    }
-    return codec.dumps(signer.sign(body))
+    surfaces = [TV_SURFACE, PHONE_SURFACE]
+    made = [offer(oid, discount=0.2, priority=p, surfaces=surfaces) for oid, p in offers]
+    return signed_bundle(signer, made)
 
 
 @contextlib.asynccontextmanager

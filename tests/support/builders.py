@@ -69,6 +69,19 @@ def offer(oid: str, **kw: Any) -> dict[str, Any]:
     return body
 
 
+def signed_bundle(signer: Signer, offers: Sequence[dict[str, Any]]) -> bytes:
+    """A device bundle of `offers` (`offer(...)` dicts), live for an hour, signed by `signer`."""
+    now = utcnow()
+    body = {
+        "v": 1,
+        "id": new_id(),
+        "issued_at": format_time(now),
+        "expires_at": format_time(now + timedelta(hours=1)),
+        "offers": list(offers),
+    }
+    return codec.dumps(signer.sign(body))
+
+
 def make_offer(oid: str, **kw: Any) -> Offer:
     """A validated `Offer`, live for a day either side of `NOW`; `kw` override."""
     fields: dict[str, Any] = {

@@ -7,7 +7,6 @@ import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -20,9 +19,8 @@ from agent.decide.remote import RemoteRanker
 from agent.runtime.agent import Agent
 from protocol import codec
 from protocol.envelopes import TrustFile
-from protocol.ids import format_time, new_id, utcnow
 from protocol.signing import Signer
-from tests.support.builders import signed_ack, unpaced
+from tests.support.builders import offer, signed_ack, signed_bundle, unpaced
 from tests.support.fake_transport import FakeTransports
 
 SURFACE = "tv_home_banner"
@@ -46,30 +44,9 @@ class Device:
 
     def bundle(self, offers: list[tuple[str, float, int]]) -> bytes:
         """A signed bundle of `(id, discount, priority)` offers for this device."""
-        now = utcnow()
-        body = {
-            "v": 1,
-            "id": new_id(),
-            "issued_at": format_time(now),
-            "expires_at": format_time(now + timedelta(hours=1)),
-            "offers": [
-                {
-                    "id": oid,
-                    "campaign_id": f"c-{oid}",
-                    "type": "coupon",
-                    "title": f"Offer {oid}",
-                    "category": "groceries",
-                    "price": 20.0,
-                    "discount": discount,
-                    "priority": priority,
-                    "surfaces": [SURFACE],
-                    "starts_at": format_time(now - timedelta(minutes=5)),
-                    "expires_at": format_time(now + timedelta(days=1)),
-                }
-                for oid, discount, priority in offers
-            ],
-        }
-        return codec.dumps(self.signer.sign(body))
+        return signed_bundle(
+            self.signer, [offer(oid, discount=d, priority=p) for oid, d, p in offers]
+        )
 
 
 @contextlib.asynccontextmanager
