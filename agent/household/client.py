@@ -19,7 +19,7 @@ from typing import Any, NoReturn
 
 import aiohttp
 
-from agent.decide.policy import HouseholdHold
+from agent.decide.rules import HouseholdHold
 from agent.decide.remote import (
     REMOTE_TIMEOUT_S,
     RankRequest,

@@ -13,7 +13,7 @@ from collections import OrderedDict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-from agent.decide.policy import HouseholdHold, QuietWindow, quiet_remaining
+from agent.decide.rules import HouseholdHold, QuietWindow, quiet_remaining
 from agent.features.household import HouseholdContext
 
 MAX_DEVICES = 32

@@ -91,7 +91,7 @@ async def test_without_a_household_a_thin_device_ranks_by_priority(tmp_path: Pat
 
 THIN_PROCESS = textwrap.dedent(
     """
-    import asyncio, json, sys
+    import asyncio, importlib, json, sys
     from datetime import timedelta
     from pathlib import Path
 
@@ -153,6 +153,14 @@ THIN_PROCESS = textwrap.dedent(
                 "ranked": [(r.offer.id, r.reasons[0]) for r in decision.ranked],
                 "after_start": started,
                 "after_decision": heavy(),
+                # what a speaker in a household adds (agent.household, imported on a device
+                # with a LAN address): the client, the join and the coordinator's side
+                "after_household": (
+                    importlib.import_module("agent.household.join"),
+                    importlib.import_module("agent.household.client"),
+                    importlib.import_module("agent.household.coordinator"),
+                    heavy(),
+                )[-1],
             }
 
     print(json.dumps(asyncio.run(main(Path(sys.argv[1])))))
@@ -180,4 +188,5 @@ def test_the_thin_speaker_never_imports_numpy_or_onnxruntime(tmp_path: Path) -> 
         "ranked": [["a", "no_model"], ["b", "no_model"]],
         "after_start": [],
         "after_decision": [],
+        "after_household": [],
     }
