@@ -19,7 +19,6 @@ from typing import Any, NoReturn
 
 import aiohttp
 
-from agent.decide.rules import HouseholdHold
 from agent.decide.remote import (
     REMOTE_TIMEOUT_S,
     RankRequest,
@@ -27,6 +26,7 @@ from agent.decide.remote import (
     RemoteRankError,
     parse_result,
 )
+from agent.decide.rules import HouseholdHold
 from agent.errors import AgentError
 from agent.features.household import HouseholdContext
 from agent.household import handshake
