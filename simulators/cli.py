@@ -55,6 +55,26 @@ def broker_problem(url: str) -> str | None:
     return unreachable(parsed.host, parsed.port)
 
 
+def shared_gateway_problem(options: Any) -> str | None:
+    """Why `--gateway` (with its token and trust files) cannot be used, or None."""
+    from urllib.parse import urlsplit  # noqa: PLC0415
+
+    from daemonkit.ports import unreachable  # noqa: PLC0415
+
+    url = urlsplit(str(options.gateway))
+    if url.scheme not in ("http", "https") or not url.hostname or url.port is None:
+        return f"--gateway {options.gateway}: give it as http://HOST:PORT"
+    for flag, path in (
+        ("--gateway-token-file", options.gateway_token_file),
+        ("--trust", options.trust),
+    ):
+        if not Path(path).is_file():
+            return f"{flag} {path}: no such file"
+    if why := unreachable(url.hostname, url.port):
+        return f"--gateway {options.gateway}: {why}"
+    return None
+
+
 def _print_report(report: dict[str, Any]) -> None:
     from rich.console import Console  # noqa: PLC0415
     from rich.table import Table  # noqa: PLC0415
@@ -194,12 +214,18 @@ def cmd_fleet(args: argparse.Namespace) -> int:
             drain_timeout=args.drain_timeout,
             procs=args.procs,
             shard=_shard(args.shard),
+            gateway=args.gateway,
+            gateway_token_file=Path(args.gateway_token_file) if args.gateway_token_file else None,
+            trust=Path(args.trust) if args.trust else None,
             pace=args.pace,
             compress=args.compress,
             progress=args.progress or sys.stdout.isatty() or None,
         )
     except ValueError as exc:  # scenario.ScenarioError names the file and the field
         sys.stderr.write(f"edgemart fleet: {exc}\n")
+        return 2
+    if options.gateway is not None and (why := shared_gateway_problem(options)):
+        sys.stderr.write(f"edgemart fleet: {why}\n")
         return 2
     if args.broker not in (None, "mosquitto") and (why := broker_problem(args.broker)):
         sys.stderr.write(f"edgemart fleet: --broker {args.broker}: {why}\n")
@@ -342,6 +368,27 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "--broker",
         help="mqtt://HOST:PORT, or 'mosquitto' for a private Mosquitto this run starts"
         " (default: an embedded amqtt broker)",
+    )
+    run.add_argument(
+        "--gateway",
+        default=None,
+        metavar="http://HOST:PORT",
+        help="use this running gateway (shared by the --shard runs of many machines) instead"
+        " of starting one; needs --gateway-token-file, --trust, --broker and --topic-root (the"
+        " gateway's); shard 1 launches the campaigns; gateway-restart and broker-restart are"
+        " refused",
+    )
+    run.add_argument(
+        "--gateway-token-file",
+        default=None,
+        metavar="FILE",
+        help="with --gateway: a file holding an operator token (`edgemart gateway token create`)",
+    )
+    run.add_argument(
+        "--trust",
+        default=None,
+        metavar="FILE",
+        help="with --gateway: the gateway's trust file (trust.json in its data folder)",
     )
     run.add_argument("--report", help="also write the report as JSON to this file")
     run.add_argument("--data-dir", help="keep state here instead of a temporary folder")

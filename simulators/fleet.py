@@ -20,7 +20,6 @@ import aiohttp
 import aiomqtt
 
 from cloud_gateway.config import GatewaySettings
-from cloud_gateway.security.auth import create_token
 from protocol.broker_url import parse_broker_url
 from simulators import fdlimit
 from simulators.brokers import EmbeddedBroker, MosquittoProcess, free_port
@@ -28,7 +27,7 @@ from simulators.checker import Drops, account, check, coverage, device_digest
 from simulators.demo import Operator
 from simulators.faults import AgentProcess
 from simulators.fleet_observe import Observation
-from simulators.fleet_procs import GatewayProcess, WorkerProcess
+from simulators.fleet_procs import GatewayProcess, SharedGateway, WorkerProcess
 from simulators.fleet_worker import WorkerPlan
 from simulators.household import CONSENT_ALL
 from simulators.netfault import PartitionProxy
@@ -55,7 +54,7 @@ class FaultLog:
 
 class _Cloud:
     """The broker (when embedded or private) and the gateway process, each able to go down
-    and come back."""
+    and come back; or a shared gateway and broker that already run (`--gateway`)."""
 
     def __init__(self, options: FleetOptions, root: Path, topic_root: str) -> None:
         self._embedded = EmbeddedBroker() if options.broker is None else None
@@ -66,6 +65,14 @@ class _Cloud:
         )
         own = self._embedded or self._mosquitto
         self.broker_url = own.url if own is not None else str(options.broker)
+        self.gateway: GatewayProcess | SharedGateway
+        self.http: aiohttp.ClientSession | None = None
+        if options.gateway is not None:
+            assert options.gateway_token_file is not None
+            assert options.trust is not None
+            token = options.gateway_token_file.read_text(encoding="utf-8").strip()
+            self.gateway = SharedGateway(options.gateway, token, options.trust)
+            return
         (root / "gateway").mkdir(parents=True, exist_ok=True)
         self.gateway = GatewayProcess(
             broker=self.broker_url,
@@ -74,7 +81,6 @@ class _Cloud:
             topic_root=topic_root,
             log=root / "gateway.log",
         )
-        self.http: aiohttp.ClientSession | None = None
 
     async def start_broker(self) -> None:
         if self._embedded is not None:
@@ -186,9 +192,11 @@ class _CrashDevices:
 
 async def run_fleet(options: FleetOptions) -> dict[str, Any]:
     """The run under its own topic root; on a broker it does not own, what it left retained
-    there is cleared at the end, also when it fails or is cancelled."""
+    there is cleared at the end, also when it fails or is cancelled (not under a shared
+    gateway's root: that is the gateway's and the other shards')."""
     topic_root = options.topic_root or fresh_root("fleet")
     outside = options.broker not in (None, "mosquitto") and sweepable(topic_root)
+    outside = outside and options.gateway is None
     try:
         report = await _run_fleet(options, topic_root)
     finally:
@@ -237,15 +245,19 @@ async def _run_fleet(options: FleetOptions, topic_root: str) -> dict[str, Any]:
                 await crash.consent()
             plan = _FaultPlan(options, cloud, proxy, crash, faults)
             pause = options.duration_s / options.rounds
-            token = await asyncio.to_thread(create_token, gateway.data_dir)
-            settings = GatewaySettings(broker=cloud.broker_url, data_dir=gateway.data_dir)
+            token = await asyncio.to_thread(gateway.token)
+            gateway_db = (
+                GatewaySettings(broker=cloud.broker_url, data_dir=gateway.data_dir).db_path
+                if isinstance(gateway, GatewayProcess)
+                else None  # a shared gateway's database is not this run's cost
+            )
             async with observe.running(
                 started=started,
                 gateway=lambda: None if gateway.pid is None else (gateway.api, token),
                 gateway_pid=lambda: gateway.pid,
                 gateway_cpu=gateway.cpu_s,
                 agents_cpu=lambda: sum(w.read_cpu() for w in workers),
-                gateway_db=settings.db_path,
+                gateway_db=gateway_db,
                 devices=functools.partial(_probe, workers),
                 watch=_Watch(workers),
                 faults=lambda: faults.events,
@@ -290,6 +302,7 @@ async def _run_fleet(options: FleetOptions, topic_root: str) -> dict[str, Any]:
     report["ramp_devices_per_s"] = options.ramp
     report["procs"] = len(workers)
     report["shard"] = options.shard_label
+    report["gateway"] = options.gateway or "own process"
     return report
 
 
@@ -436,7 +449,7 @@ class _FaultPlan:
 
 
 async def _operator(cloud: _Cloud, http: aiohttp.ClientSession) -> Operator:
-    token = await asyncio.to_thread(create_token, cloud.gateway.data_dir)
+    token = await asyncio.to_thread(cloud.gateway.token)
     return Operator(http, cloud.gateway.api, token)
 
 
@@ -473,7 +486,7 @@ async def _report(
         """Summed over devices; a process device counts since its last start."""
         return sum(int(status["counters"].get(counter, 0)) for _, _, status in seen)
 
-    return {
+    books_of_run = {
         "devices": len(seen),
         "signals_accepted": books.accepted,
         "signals_stored": books.stored,
@@ -498,6 +511,9 @@ async def _report(
         "accounting_counts": books.counts(),
         "device_digest": device_digest(accepted),
     }
+    if isinstance(gateway, SharedGateway):  # its counters are the whole fleet's, not the run's
+        del books_of_run["gateway_duplicates_ignored"]
+    return books_of_run
 
 
 EXPORTS_AT_ONCE = 8

@@ -98,6 +98,7 @@ def merge(reports: list[dict[str, Any]]) -> dict[str, Any]:
             "shard": None,
             "shards": n,
             "topic_root": sorted({str(r.get("topic_root")) for r in reports}),
+            "gateway": sorted({str(r.get("gateway", "own process")) for r in reports}),
         }
     )
     return merged

@@ -104,7 +104,7 @@ class Observation:
             progress=self.options.progress,
         )
         self.launches = Launches(
-            self.options.campaigns or DEFAULT_PLAN,
+            (self.options.campaigns or DEFAULT_PLAN) if self.options.launches_campaigns else (),
             self.world,
             surfaces(self.options.profiles),
             gateway=gateway,

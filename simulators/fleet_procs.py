@@ -92,21 +92,15 @@ class GatewayProcess:
             time.sleep(0.05)
         raise RuntimeError(f"gateway did not say ready within {timeout} s (log: {self.log})")
 
-    async def stats(self, http: aiohttp.ClientSession) -> dict[str, Any]:
-        """`GET /v1/stats` (public counters), or {} when it does not answer."""
+    def token(self) -> str:
+        """A new operator token, made in its data folder. Blocking."""
         from cloud_gateway.security.auth import create_token  # noqa: PLC0415
 
-        token = await asyncio.to_thread(create_token, self.data_dir)
-        try:
-            async with http.get(
-                f"{self.api}/v1/stats",
-                headers={"Authorization": f"Bearer {token}"},
-                timeout=aiohttp.ClientTimeout(total=10),
-            ) as resp:
-                body: dict[str, Any] = await resp.json()
-                return body if resp.status == 200 else {}
-        except (aiohttp.ClientError, TimeoutError, ValueError):
-            return {}
+        return create_token(self.data_dir)
+
+    async def stats(self, http: aiohttp.ClientSession) -> dict[str, Any]:
+        """`GET /v1/stats` (public counters), or {} when it does not answer."""
+        return await read_stats(http, self.api, await asyncio.to_thread(self.token))
 
     async def crash(self, http: aiohttp.ClientSession) -> None:
         """SIGKILL (its counters read first: they die with it)."""
@@ -140,6 +134,56 @@ class GatewayProcess:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+
+
+async def read_stats(http: aiohttp.ClientSession, api: str, token: str) -> dict[str, Any]:
+    """`GET /v1/stats` of the gateway at `api`, or {} when it does not answer."""
+    try:
+        async with http.get(
+            f"{api}/v1/stats",
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=aiohttp.ClientTimeout(total=10),
+        ) as resp:
+            body: dict[str, Any] = await resp.json()
+            return body if resp.status == 200 else {}
+    except (aiohttp.ClientError, TimeoutError, ValueError):
+        return {}
+
+
+class SharedGateway:
+    """A gateway this run did not start (`edgemart fleet --gateway URL`, shared by the shards
+    of a fleet on several machines): used over its API with the operator token it was given,
+    its devices trusting the `--trust` file. It is not this run's to restart (the faults that
+    would need that are refused up front) and its process is not measured (no pid, no CPU)."""
+
+    def __init__(self, api: str, token: str, trust: Path) -> None:
+        self.api = api.rstrip("/")
+        self.trust_path = trust
+        self._token = token
+        self.counters: Counter[str] = Counter()
+        """Always empty: its counters are the whole fleet's, not this run's."""
+
+    @property
+    def pid(self) -> int | None:
+        return None
+
+    def cpu_s(self) -> float:
+        return 0.0
+
+    def token(self) -> str:
+        return self._token
+
+    def start(self) -> None:
+        """Nothing to start: it runs already."""
+
+    async def stop(self, http: aiohttp.ClientSession) -> None:
+        """Nothing to stop: other runs use it."""
+
+    async def crash(self, http: aiohttp.ClientSession) -> None:
+        raise RuntimeError("a shared gateway (--gateway) is not this run's to restart")
+
+    async def stats(self, http: aiohttp.ClientSession) -> dict[str, Any]:
+        return await read_stats(http, self.api, self._token)
 
 
 class WorkerProcess:

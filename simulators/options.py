@@ -104,6 +104,17 @@ class FleetOptions:
     """(K, N): run the K-th of N deterministic slices of the fleet (household i when
     i % N == K - 1; the crash TVs in slice 1), so N runs of the same seed together are the
     unsharded fleet; `edgemart fleet merge` sums their reports."""
+    gateway: str | None = None
+    """http://HOST:PORT of a running `edgemart gateway run` this run uses instead of starting
+    its own (`--gateway`: the shards of a fleet on several machines against one gateway); it
+    needs `gateway_token_file`, `trust`, `broker` (the gateway's broker URL) and `topic_root`
+    (the gateway's root)."""
+    gateway_token_file: Path | None = None
+    """With `gateway`: a file holding an operator token of it (`edgemart gateway token
+    create`): campaigns are launched and the devices' exports read with it."""
+    trust: Path | None = None
+    """With `gateway`: its trust file (`trust.json` in its data folder), given to every
+    device."""
 
     @property
     def devices(self) -> int:
@@ -121,6 +132,13 @@ class FleetOptions:
         return None if self.shard is None else f"{self.shard[0]}/{self.shard[1]}"
 
     @property
+    def launches_campaigns(self) -> bool:
+        """A shared gateway's campaigns are launched once for the fleet, by shard 1 (whose
+        devices' launch-to-offer latencies the report then gives); a gateway of the run's own
+        gets its shard's launches."""
+        return self.gateway is None or self.runs_crash_devices
+
+    @property
     def runs_crash_devices(self) -> bool:
         """The crash TVs run in the first slice only (their ids are not per shard)."""
         return self.shard is None or self.shard[0] == 1
@@ -133,6 +151,8 @@ class FleetOptions:
         unknown = set(self.faults) - set(FAULTS)
         if unknown:
             raise ValueError(f"unknown fault(s) {sorted(unknown)}; known: {', '.join(FAULTS)}")
+        if self.gateway is not None:
+            self._check_shared_gateway()
         if "broker-restart" in self.faults and self.broker not in (None, "mosquitto"):
             raise ValueError("broker-restart needs a broker this run starts (embedded, mosquitto)")
         if "agent-kill" in self.faults and self.crash_devices < 1:
@@ -164,6 +184,28 @@ class FleetOptions:
             )
         if self.fault_times and {f for f, _, _ in self.fault_times} != set(self.faults):
             raise ValueError("fault_times must name exactly the faults of the run")
+
+    def _check_shared_gateway(self) -> None:
+        owned = [f for f in ("gateway-restart", "broker-restart") if f in self.faults]
+        if owned:
+            raise ValueError(
+                f"{', '.join(owned)} cannot be injected with --gateway {self.gateway}: a shared"
+                " gateway and its broker are not this run's to restart (partition and"
+                " agent-kill touch only this run's devices and can be)"
+            )
+        missing = [
+            flag
+            for flag, value in (
+                ("--gateway-token-file", self.gateway_token_file),
+                ("--trust", self.trust),
+                ("--topic-root (the gateway's)", self.topic_root),
+            )
+            if value is None
+        ]
+        if self.broker in (None, "mosquitto"):
+            missing.append("--broker mqtt://HOST:PORT (the gateway's broker)")
+        if missing:
+            raise ValueError(f"--gateway {self.gateway} also needs {', '.join(missing)}")
 
 
 FLEET_GUIDE = """\
@@ -212,4 +254,12 @@ pool of 4 threads (`agent.store.thread.StorePool`), and the gateway runs as its 
 own open-files limit to what its share needs, or the run refuses up front with the
 arithmetic. `--shard K/N` runs one slice of the fleet (also of a scenario: the same seeded
 draws); `edgemart fleet merge REPORT...` sums the slices' reports and loss accounting.
+
+Many machines, one gateway: `--gateway http://HOST:PORT --gateway-token-file FILE --trust
+FILE --broker mqtt://HOST:PORT --topic-root ROOT` uses a gateway that already runs (with
+that broker and root) instead of starting one, so the `--shard K/N` runs of N machines all
+talk to it. Shard 1 launches the campaigns, once for the fleet; each shard checks the exports
+of its own devices only (their ids come from the seed and the shard) and leaves the retained
+messages alone. `gateway-restart` and `broker-restart` are refused (not this run's to
+restart); `partition` and `agent-kill` touch only the run's own devices.
 """

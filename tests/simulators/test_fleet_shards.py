@@ -4,6 +4,7 @@ descriptors (no process started)."""
 from __future__ import annotations
 
 import resource
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -97,3 +98,39 @@ def test_workers_are_added_until_each_one_fits_the_hard_limit() -> None:
     assert refusal is not None
     assert "one of 1 worker processes" in refusal
     assert "give --procs more" in refusal
+
+
+def test_a_shared_gateway_refuses_the_faults_that_would_restart_it(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from edgemart.cli import main  # noqa: PLC0415
+
+    shared = [
+        *("fleet", "--gateway", "http://127.0.0.1:9", "--gateway-token-file", "token"),
+        *("--trust", "trust.json", "--broker", "mqtt://127.0.0.1:9", "--topic-root", "r/v1"),
+    ]
+    assert main([*shared, "--faults", "gateway-restart,partition"]) == 2
+    said = capsys.readouterr().err
+    assert "gateway-restart cannot be injected with --gateway http://127.0.0.1:9" in said
+    with pytest.raises(ValueError, match="broker-restart cannot be injected with --gateway"):
+        FleetOptions(gateway="http://h:1", broker="mqtt://h:2", faults=("broker-restart",))
+    with pytest.raises(ValueError, match=r"also needs --gateway-token-file, --trust, --topic-root"):
+        FleetOptions(gateway="http://h:1", broker="mqtt://h:2")
+    assert main([*shared, "--faults", "partition,agent-kill"]) == 2  # allowed, but no file
+    assert "--gateway-token-file token: no such file" in capsys.readouterr().err
+    assert [FleetOptions(households=2, shard=(k, 2)).launches_campaigns for k in (1, 2)] == [
+        True,
+        True,  # each shard's own gateway gets its launches
+    ]
+    assert [
+        FleetOptions(
+            households=2,
+            shard=(k, 2),
+            gateway="http://h:1",
+            gateway_token_file=Path("t"),
+            trust=Path("t"),
+            broker="mqtt://h:2",
+            topic_root="r/v1",
+        ).launches_campaigns
+        for k in (1, 2)
+    ] == [True, False]  # a shared gateway's: once, by shard 1
