@@ -253,7 +253,7 @@ async def _run_fleet(options: FleetOptions, topic_root: str) -> dict[str, Any]:
             )
             async with observe.running(
                 started=started,
-                gateway=lambda: None if gateway.pid is None else (gateway.api, token),
+                gateway=lambda: (gateway.api, token) if gateway.up else None,
                 gateway_pid=lambda: gateway.pid,
                 gateway_cpu=gateway.cpu_s,
                 agents_cpu=lambda: sum(w.read_cpu() for w in workers),

@@ -53,6 +53,11 @@ class GatewayProcess:
         """The running gateway's process id (a new one after a restart), None while down."""
         return self.proc.pid if self.proc is not None and self.proc.poll() is None else None
 
+    @property
+    def up(self) -> bool:
+        """Running (not between a kill and its restart)."""
+        return self.pid is not None
+
     def cpu_s(self) -> float:
         """CPU seconds of every gateway process of the run so far (killed ones included)."""
         pid = self.pid
@@ -166,6 +171,11 @@ class SharedGateway:
     @property
     def pid(self) -> int | None:
         return None
+
+    @property
+    def up(self) -> bool:
+        """Taken to run: whether it answers shows in each call."""
+        return True
 
     def cpu_s(self) -> float:
         return 0.0
