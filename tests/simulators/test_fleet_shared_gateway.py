@@ -1,10 +1,12 @@
 """Many machines, one gateway: `edgemart fleet --shard K/N --gateway URL` runs against a
 gateway and broker that already run, and the merged report of the shards equals the
-unsharded run's (that one with a gateway of its own)."""
+unsharded run's (that one with a gateway of its own). Shard 2 runs as the
+command line of docs/fleet.md, shard 1 in the test process, at the same time."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +18,7 @@ from simulators.fleet import run_fleet, succeeded
 from simulators.fleet_merge import merge
 from simulators.fleet_procs import GatewayProcess
 from simulators.options import FleetOptions, fresh_root
+from tests.support.processes import EDGEMART
 
 pytestmark = pytest.mark.integration
 
@@ -45,20 +48,30 @@ async def test_two_shards_against_one_gateway_merge_to_the_unsharded_run(
     try:
         token_file = tmp_path / "token"
         token_file.write_text(await asyncio.to_thread(gateway.token) + "\n")
-        shards = [
-            FleetOptions(
-                **SAME,
-                shard=(k, 2),
-                broker=mosquitto.url,
-                gateway=gateway.api,
-                gateway_token_file=token_file,
-                trust=gateway.trust_path,
-                topic_root=root,
-                data_dir=tmp_path / f"shard-{k}",
-            )
-            for k in (1, 2)
+        one = FleetOptions(
+            **SAME,
+            shard=(1, 2),
+            broker=mosquitto.url,
+            gateway=gateway.api,
+            gateway_token_file=token_file,
+            trust=gateway.trust_path,
+            topic_root=root,
+            data_dir=tmp_path / "shard-1",
+        )
+        two = tmp_path / "shard-2.json"
+        cli = [  # shard 2 as another machine runs it: the command of docs/fleet.md
+            *("fleet", "--shard", "2/2", "--households", "3", "--rounds", "3"),
+            *("--signals-per-round", "10", "--duration", "2", "--seed", "5", "--procs", "1"),
+            *("--gateway", gateway.api, "--gateway-token-file", str(token_file)),
+            *("--trust", str(gateway.trust_path), "--broker", mosquitto.url),
+            *("--topic-root", root, "--report", str(two), "--data-dir", str(tmp_path / "s2")),
         ]
-        parts = await asyncio.gather(*(run_fleet(o) for o in shards))
+        proc = await asyncio.create_subprocess_exec(
+            *EDGEMART, *cli, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
+        )
+        first, (said, _) = await asyncio.gather(run_fleet(one), proc.communicate())
+        assert proc.returncode == 0, said.decode()[-3000:]
+        parts = [first, json.loads(two.read_text())]
         async with aiohttp.ClientSession() as http:
             stats = await gateway.stats(http)
     finally:
