@@ -43,7 +43,8 @@ def load_reports(paths: list[Path]) -> list[dict[str, Any]]:
 
 def merge(reports: list[dict[str, Any]]) -> dict[str, Any]:
     """One report for the shards' union; ValueError when they are not the shards of one
-    fleet (a shard twice or missing, different N, a report without its accounting)."""
+    fleet (a shard twice or missing, different N, a report without its accounting, some
+    against a shared gateway and others not, or against different ones)."""
     if not reports:
         raise ValueError("no reports to merge")
     labels = [r.get("shard") for r in reports]
@@ -53,6 +54,9 @@ def merge(reports: list[dict[str, Any]]) -> dict[str, Any]:
     n = parts[0][1]
     if parts != [(k, n) for k in range(1, n + 1)]:
         raise ValueError(f"not every shard of {n} exactly once: {', '.join(map(str, labels))}")
+    gateways = sorted({str(r.get("gateway", "own process")) for r in reports})
+    if len(gateways) > 1:
+        raise ValueError(f"the shards ran against different gateways: {', '.join(gateways)}")
     merged: dict[str, Any] = {key: sum(int(r.get(key, 0)) for r in reports) for key in SUMMED}
     counts: dict[str, int] = {}
     for report in reports:
@@ -98,7 +102,7 @@ def merge(reports: list[dict[str, Any]]) -> dict[str, Any]:
             "shard": None,
             "shards": n,
             "topic_root": sorted({str(r.get("topic_root")) for r in reports}),
-            "gateway": sorted({str(r.get("gateway", "own process")) for r in reports}),
+            "gateway": gateways,
         }
     )
     return merged

@@ -83,6 +83,12 @@ def test_merge_refuses_what_is_not_every_shard_once() -> None:
         merge([one, one])
     with pytest.raises(ValueError, match="--shard K/N run"):
         merge([{**one, "shard": None}])
+    two = _report("2/2", ["b"], {})
+    with pytest.raises(ValueError, match="different gateways: http://g:1, own process"):
+        merge([{**one, "gateway": "http://g:1"}, two])
+    assert merge([{**one, "gateway": "http://g:1"}, {**two, "gateway": "http://g:1"}])[
+        "gateway"
+    ] == ["http://g:1"]
 
 
 def test_workers_are_added_until_each_one_fits_the_hard_limit() -> None:
