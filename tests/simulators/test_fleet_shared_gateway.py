@@ -57,6 +57,7 @@ async def test_two_shards_against_one_gateway_merge_to_the_unsharded_run(
             trust=gateway.trust_path,
             topic_root=root,
             data_dir=tmp_path / "shard-1",
+            faults=("partition",),  # its own devices' link to the shared broker goes dark
         )
         two = tmp_path / "shard-2.json"
         cli = [  # shard 2 as another machine runs it: the command of docs/fleet.md
@@ -85,6 +86,10 @@ async def test_two_shards_against_one_gateway_merge_to_the_unsharded_run(
     # the campaigns were launched once for the fleet, by shard 1
     assert [e["event"] for e in parts[0]["campaigns"]] == ["launched"]
     assert parts[1]["campaigns"] == []
+    assert [(f["fault"], f["event"]) for f in parts[0]["faults"]] == [
+        ("partition", "begins"),
+        ("partition", "ends"),
+    ]
     merged = merge(list(parts))
     assert succeeded(merged), merged
     assert merged["gateway"] == [gateway.api]
