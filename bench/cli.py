@@ -16,6 +16,7 @@ SUITES = [
     "bench.rss_bench",
     "bench.thin_bench",
     "bench.idle_bench",
+    "bench.sim_idle_bench",
     "bench.fleet_bench",
     "bench.protocol_bench",
     "bench.wire_bench",
