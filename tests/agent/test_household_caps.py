@@ -11,6 +11,8 @@ import secrets
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import pytest
+
 from agent.decide.policy import QuietWindow
 from agent.household.client import HouseholdClient
 from agent.household.membership import Credentials
@@ -20,6 +22,10 @@ from tests.support.builders import offer, signed_bundle
 from tests.support.household import member
 from tests.support.local_device import Device, running_device
 from tests.support.waiting import eventually
+
+# real mDNS packets and LAN sessions between several agents on loopback: the integration tier
+pytestmark = pytest.mark.integration
+
 
 TV_SURFACE = "tv_home_banner"
 PHONE_SURFACE = "phone_app_banner"

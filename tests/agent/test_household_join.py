@@ -8,6 +8,8 @@ import asyncio
 import secrets
 from pathlib import Path
 
+import pytest
+
 from agent.config import load_settings
 from agent.household.membership import load_key, write_membership
 from agent.runtime.agent import Agent
@@ -18,6 +20,10 @@ from protocol.signing import Signer
 from tests.support.fake_transport import FakeTransports
 from tests.support.household import membership
 from tests.support.local_device import SURFACE, Device
+
+# real mDNS packets and LAN sessions between several agents on loopback: the integration tier
+pytestmark = pytest.mark.integration
+
 
 OFFERS = [("low", 0.05, 10), ("high", 0.5, 90), ("deal", 0.6, 30)]
 

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import aiohttp
+import pytest
 from zeroconf import IPVersion
 from zeroconf.asyncio import AsyncServiceInfo, AsyncZeroconf
 
@@ -22,6 +23,10 @@ from protocol.household import MemberRole, advert_proof, household_hint
 from protocol.signing import Signer, Verifier
 from tests.support.household import clients, member
 from tests.support.waiting import eventually
+
+# real mDNS packets and LAN sessions between several agents on loopback: the integration tier
+pytestmark = pytest.mark.integration
+
 
 HH = "hh-lan-1"
 

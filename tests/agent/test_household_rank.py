@@ -19,6 +19,10 @@ from tests.support.household import member
 from tests.support.local_device import running_device
 from tests.support.waiting import eventually
 
+# real mDNS packets and LAN sessions between several agents on loopback: the integration tier
+pytestmark = pytest.mark.integration
+
+
 SURFACE = "speaker_voice"
 
 

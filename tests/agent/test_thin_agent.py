@@ -26,6 +26,7 @@ EVERYTHING = {"analytics": True, "personalization": True, "marketing": True}
 OFFERS = [("low", 0.05, 10), ("high", 0.5, 90), ("deal", 0.6, 30)]
 
 
+@pytest.mark.integration  # real mDNS and a LAN session with the hub
 async def test_a_thin_speaker_gets_ranked_offers_through_the_coordinator_and_priority_without(
     tmp_path: Path,
 ) -> None:

@@ -28,7 +28,7 @@ def _same(thin: Decision, full: Decision) -> None:
     assert (thin.model_version, thin.held_until) == (full.model_version, full.held_until)
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(
     offers(),
     st.booleans(),
