@@ -9,7 +9,6 @@ known service name (the mDNS floor).
 from __future__ import annotations
 
 import asyncio
-import base64
 import secrets
 import statistics
 import sys
@@ -24,9 +23,9 @@ from agent.household.client import HouseholdClient
 from agent.household.discovery import SERVICE_TYPE
 from agent.household.membership import Credentials, credentials, load_key
 from bench.record import Record
-from protocol.household import MemberRole, Membership
-from protocol.ids import utcnow
+from protocol.household import MemberRole
 from protocol.signing import Signer, Verifier
+from simulators.household_lan import membership
 
 JOINS = 20
 PAUSE_S = 1.1
@@ -47,19 +46,7 @@ def _creds(
     gateway: Signer, device_id: str, role: MemberRole, folder: Path, secret: bytes
 ) -> Credentials:
     key = load_key(folder)
-    now = utcnow()
-    body = Membership(
-        household_id=HH,
-        device_id=device_id,
-        device_key=key.public.public_key,
-        roles=[role],
-        issued_at=now,
-        expires_at=now.replace(year=now.year + 1),
-    )
-    grant = {
-        "membership": gateway.sign(body.to_wire()),
-        "household_secret": base64.b64encode(secret).decode(),
-    }
+    grant = membership(gateway, HH, device_id, key, [role], secret)
     return credentials(grant, key, Verifier.from_public_keys([gateway.public]))
 
 

@@ -19,7 +19,6 @@ the household's coordinator.
 from __future__ import annotations
 
 import asyncio
-import base64
 import os
 import secrets
 import subprocess
@@ -40,9 +39,9 @@ from bench.record import Record, percentiles
 from bench.rss_bench import _run as run_agent_under_load
 from protocol import codec
 from protocol.envelopes import Offer, TrustFile
-from protocol.household import MemberRole, Membership
 from protocol.ids import utcnow
 from protocol.signing import Signer, Verifier
+from simulators.household_lan import membership
 from simulators.world import make_world
 
 SURFACE = "speaker_voice"
@@ -77,26 +76,6 @@ def _offers() -> list[Offer]:
         )
         for r in world.catalog.records()
     ]
-
-
-def _grant(
-    gateway: Signer, device_id: str, role: MemberRole, folder: Path, secret: bytes
-) -> dict[str, object]:
-    """A membership grant as `POST /v1/households/{id}/members` answers it."""
-    key = load_key(folder)
-    now = utcnow()
-    body = Membership(
-        household_id=HH,
-        device_id=device_id,
-        device_key=key.public.public_key,
-        roles=[role],
-        issued_at=now,
-        expires_at=now + timedelta(days=1),
-    )
-    return {
-        "membership": gateway.sign(body.to_wire()),
-        "household_secret": base64.b64encode(secret).decode(),
-    }
 
 
 async def _decisions(thin: HouseholdClient) -> tuple[list[float], list[float], int]:
@@ -141,12 +120,14 @@ async def _through_hub(tmp: Path) -> tuple[list[float], list[float], int]:
     gateway = Signer.generate("bench")
     secret = secrets.token_bytes(32)
     hub_dir = tmp / "hub"
-    await asyncio.to_thread(
-        write_membership, hub_dir, _grant(gateway, "hub-bench", "hub", hub_dir, secret)
-    )
+    hub_key = await asyncio.to_thread(load_key, hub_dir)
+    hub_grant = membership(gateway, HH, "hub-bench", hub_key, ["hub"], secret)
+    await asyncio.to_thread(write_membership, hub_dir, hub_grant)
     trust = tmp / "trust.json"
     trust.write_bytes(codec.encode(TrustFile(keys=[gateway.public], topic_root="tin/v1")))
-    grant = await asyncio.to_thread(_grant, gateway, "speaker-bench", "thin", tmp / "spk", secret)
+    grant = await asyncio.to_thread(
+        lambda: membership(gateway, HH, "speaker-bench", load_key(tmp / "spk"), ["thin"], secret)
+    )
     verifier = Verifier.from_public_keys([gateway.public])
     creds = credentials(grant, load_key(tmp / "spk"), verifier)
     hub = _hub(hub_dir, trust)

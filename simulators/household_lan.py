@@ -6,8 +6,10 @@ coordinator with their own credentials, which is how the TV learns the filter ru
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import timedelta
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -16,6 +18,7 @@ from agent.household.client import HouseholdClient
 from agent.household.join import model_ranker
 from agent.household.membership import credentials, load_key
 from agent.offers.book import load_trust
+from protocol.household import MemberRole, Membership
 from protocol.ids import utcnow
 from protocol.signing import Signer, Verifier
 from simulators.household import DeviceRun, Household
@@ -23,6 +26,32 @@ from simulators.household import DeviceRun, Household
 Issue = Callable[[str, dict[str, Any]], Awaitable[dict[str, Any]]]
 """(household id, member body) -> the signed membership (the gateway's API in the demo)."""
 ROLE_OF_PROFILE = {"hub": "hub", "tv": "member", "phone": "member", "speaker": "thin"}
+
+
+def membership(  # noqa: PLR0917  # the fields of a membership, in the wire's order
+    gateway: Signer,
+    household_id: str,
+    device_id: str,
+    key: Signer,
+    roles: Sequence[MemberRole],
+    secret: bytes,
+    ttl: timedelta = timedelta(days=1),
+) -> dict[str, object]:
+    """A grant as the gateway's `POST /v1/households/{id}/members` answers it (the signed
+    membership and the household secret), made without a gateway: tests and benches."""
+    now = utcnow()
+    body = Membership(
+        household_id=household_id,
+        device_id=device_id,
+        device_key=key.public.public_key,
+        roles=list(roles),
+        issued_at=now,
+        expires_at=now + ttl,
+    )
+    return {
+        "membership": gateway.sign(body.to_wire()),
+        "household_secret": base64.b64encode(secret).decode(),
+    }
 
 
 def appliance_id(household_id: str, category: str) -> str:

@@ -17,8 +17,8 @@ from protocol import codec
 from protocol.envelopes import TrustFile
 from protocol.household import MemberRole
 from protocol.signing import Signer
+from simulators.household_lan import membership
 from tests.support.fake_transport import FakeTransports
-from tests.support.household import membership
 from tests.support.local_device import SURFACE, Device
 
 # real mDNS packets and LAN sessions between several agents on loopback: the integration tier

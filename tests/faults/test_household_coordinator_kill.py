@@ -18,7 +18,8 @@ from protocol import codec
 from protocol.envelopes import TrustFile
 from protocol.household import key_fingerprint
 from protocol.signing import Signer
-from tests.support.household import clients, member, membership
+from simulators.household_lan import membership
+from tests.support.household import clients, member
 from tests.support.processes import spawn, tail
 from tests.support.waiting import eventually
 

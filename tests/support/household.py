@@ -4,43 +4,16 @@
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import functools
 from collections.abc import AsyncIterator, Sequence
-from datetime import timedelta
 from pathlib import Path
 
 from agent.household.client import HouseholdClient
 from agent.household.membership import Credentials, credentials, load_key
-from protocol.household import MemberRole, Membership
-from protocol.ids import utcnow
+from protocol.household import MemberRole
 from protocol.signing import Signer, Verifier
-
-
-def membership(
-    gateway: Signer,
-    household_id: str,
-    device_id: str,
-    key: Signer,
-    roles: Sequence[MemberRole],
-    secret: bytes,
-    ttl: timedelta = timedelta(days=1),
-) -> dict[str, object]:
-    """A grant as the gateway's route answers it: the signed membership and the secret."""
-    now = utcnow()
-    body = Membership(
-        household_id=household_id,
-        device_id=device_id,
-        device_key=key.public.public_key,
-        roles=list(roles),
-        issued_at=now,
-        expires_at=now + ttl,
-    )
-    return {
-        "membership": gateway.sign(body.to_wire()),
-        "household_secret": base64.b64encode(secret).decode(),
-    }
+from simulators.household_lan import membership
 
 
 def member(
