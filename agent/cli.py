@@ -78,6 +78,12 @@ def _add_verbs(parser: argparse.ArgumentParser) -> None:
     run.add_argument(
         "--provision-url", default=None, help="the gateway's URL that provisions devices"
     )
+    run.add_argument(
+        "--household-invite",
+        type=Path,
+        default=None,
+        help="a one-time household invite: redeemed at provisioning for a membership",
+    )
     run.add_argument("-v", "--verbose", action="count", default=0)
     run.set_defaults(func=cmd_run)
     token = verbs.add_parser("token", help="the local API's app tokens")
@@ -123,6 +129,7 @@ def _options(args: argparse.Namespace) -> dict[str, Any]:
         "topic_root": args.topic_root,
         "claim_file": args.claim,
         "provision_url": args.provision_url,
+        "household_invite_file": args.household_invite,
         "api_socket": args.api_socket,
         "api_socket_group": args.api_socket_group,
     }

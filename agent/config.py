@@ -50,6 +50,7 @@ AGENT_KEYS = frozenset(
         "mqtt_tls",
         "claim_file",
         "provision_url",
+        "household_invite_file",
         "lan_host",
         "api_socket",
         "api_socket_group",
@@ -240,6 +241,10 @@ class AgentSettings(_Strict):
     identity (`agent.provisioning`)."""
     provision_url: Annotated[str, StringConstraints(pattern=r"^https?://\S+$")] | None = None
     """The gateway's HTTP(S) base URL that provisions devices (`POST /v1/provision`)."""
+    household_invite_file: Path | None = None
+    """A one-time household invite (`POST /v1/households/{id}/invites`, handed over by the
+    owner's app): redeemed at provisioning for this device's signed membership, kept in
+    `DATA_DIR/household/membership.json` (issue 17, docs/household.md)."""
 
     @property
     def brokers(self) -> tuple[tuple[str, int], ...]:

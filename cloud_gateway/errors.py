@@ -99,3 +99,11 @@ class ClaimRefused(GatewayError):
         super().__init__(reason)
         self.reason = reason
         self.known = known
+
+
+class InviteRefused(GatewayError):
+    """A household invite that cannot be spent: unknown, used by another device, or expired."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason

@@ -3,7 +3,9 @@ send a CSR with the factory claim credential to the gateway, keep the certificat
 
 Files under `DATA_DIR/identity/`: `device.key` (0600, never leaves the device),
 `device.pem` (its client certificate), `ca.pem` (the fleet CA: verifies the broker). The
-trust file from the gateway is written to `--trust` when that file does not exist yet.
+trust file from the gateway is written to `--trust` when that file does not exist yet. With a
+household invite (`--household-invite`), the request carries it and the device's LAN key, and
+the signed membership that comes back is kept in `DATA_DIR/household/membership.json`.
 """
 
 from __future__ import annotations
@@ -63,6 +65,26 @@ def _has_identity(data_dir: Path) -> bool:
     return all(p.exists() for p in identity_files(data_dir))
 
 
+def _household_request(settings: AgentSettings) -> dict[str, str] | None:
+    """The `household` of the provisioning request: the invite and this device's LAN key
+    (made now, kept in its data dir), or None (no invite given, or a membership held)."""
+    if settings.household_invite_file is None:
+        return None
+    # imported here: only a device joining a household at its first start needs them
+    from agent.household.membership import load_key, read_membership  # noqa: PLC0415
+
+    if read_membership(settings.data_dir) is not None:
+        return None
+    try:
+        invite = settings.household_invite_file.read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot read the household invite: {exc}", field="household_invite_file"
+        ) from exc
+    key = load_key(settings.data_dir)
+    return {"invite": invite, "device_key": key.public.public_key}
+
+
 def _keep(settings: AgentSettings, key_pem: bytes, answer: dict[str, Any]) -> None:
     cert, key, ca = identity_files(settings.data_dir)
     cert.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -70,6 +92,17 @@ def _keep(settings: AgentSettings, key_pem: bytes, answer: dict[str, Any]) -> No
     write_durable(ca, str(answer["ca"]).encode())
     if not settings.trust.exists():
         write_durable(settings.trust, json.dumps(answer["trust"]).encode())
+    grant = answer.get("household")
+    if isinstance(grant, dict):
+        from agent.household.membership import write_membership  # noqa: PLC0415
+
+        write_membership(settings.data_dir, grant)
+    elif "household_refused" in answer:
+        log.warning(
+            "device %s is provisioned but did not join a household: %s",
+            settings.device_id,
+            answer["household_refused"],
+        )
     write_durable(cert, str(answer["certificate"]).encode())  # last: its presence says done
 
 
@@ -86,7 +119,10 @@ async def ensure_identity(settings: AgentSettings, *, max_wait_s: float = 30.0) 
         raise ConfigError(f"cannot read the claim credential: {exc}", field="claim_file") from exc
     key_pem, csr = await asyncio.to_thread(make_request, settings.device_id)
     url = settings.provision_url.rstrip("/") + "/v1/provision"
-    body = {"device_id": settings.device_id, "csr": csr}
+    body: dict[str, Any] = {"device_id": settings.device_id, "csr": csr}
+    household = await asyncio.to_thread(_household_request, settings)
+    if household is not None:
+        body["household"] = household
     headers = {"Authorization": f"Claim {claim}"}
     backoff = Backoff(initial=0.2, cap=max_wait_s)
     timeout = aiohttp.ClientTimeout(total=30)

@@ -1,9 +1,7 @@
-"""The household routes: issue a device's signed membership of a household (issue 17)."""
+"""The household routes: issue a device's signed membership of a household, or a one-time
+invite a new device redeems at provisioning (issue 17)."""
 
 from __future__ import annotations
-
-import base64
-import binascii
 
 from aiohttp import web
 from pydantic import ValidationError
@@ -11,7 +9,7 @@ from pydantic import ValidationError
 from cloud_gateway.api.context import ctx, json_response, read_json, who
 from cloud_gateway.api.errors import ApiProblem
 from cloud_gateway.api.routes import Route
-from cloud_gateway.households.service import HOUSEHOLD_PATTERN, MemberIn
+from cloud_gateway.households.service import HOUSEHOLD_PATTERN, InviteIn, MemberIn
 from protocol.codec import field_errors
 
 TAGS = ("households",)
@@ -23,17 +21,27 @@ async def add_member(request: web.Request) -> web.Response:
     household_id = request.match_info["id"]
     try:
         spec = MemberIn.model_validate(await read_json(request))
-        raw = base64.b64decode(spec.device_key, validate=True)
     except ValidationError as exc:
         raise ApiProblem(
             400, "Bad Request", "the member is invalid", errors=field_errors(exc)
         ) from exc
-    except (binascii.Error, ValueError) as exc:
-        raise ApiProblem(400, "Bad Request", f"device_key is not base64: {exc}") from exc
-    if len(raw) != 32:
-        raise ApiProblem(400, "Bad Request", f"device_key is {len(raw)} bytes, not 32")
     credential = await ctx(request).households.issue(household_id, spec, who(request))
     return json_response(credential, status=201)
+
+
+async def add_invite(request: web.Request) -> web.Response:
+    """201 a one-time invite to the household (audited): its code, shown only now, the roles
+    the device will hold and its expiry. The owner's app hands the code to the new device,
+    which redeems it at provisioning (`household` of `POST /v1/provision`)."""
+    household_id = request.match_info["id"]
+    try:
+        spec = InviteIn.model_validate(await read_json(request))
+    except ValidationError as exc:
+        raise ApiProblem(
+            400, "Bad Request", "the invite is invalid", errors=field_errors(exc)
+        ) from exc
+    invite = await ctx(request).households.invite(household_id, spec, who(request))
+    return json_response(invite, status=201)
 
 
 ROUTES: tuple[Route, ...] = (
@@ -43,6 +51,17 @@ ROUTES: tuple[Route, ...] = (
         add_member,
         "Add a device to a household: its membership credential, signed by the gateway",
         body=MemberIn,
+        responses={201: "OK"},
+        tags=TAGS,
+        patterns={"id": HOUSEHOLD_PATTERN},
+        scope="devices",
+    ),
+    Route(
+        "post",
+        "/v1/households/{id}/invites",
+        add_invite,
+        "Invite a new device to a household: a one-time code it redeems at provisioning",
+        body=InviteIn,
         responses={201: "OK"},
         tags=TAGS,
         patterns={"id": HOUSEHOLD_PATTERN},

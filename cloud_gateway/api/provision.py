@@ -8,7 +8,7 @@ from pydantic import ValidationError
 from cloud_gateway.api.context import ctx, json_response, read_json
 from cloud_gateway.api.errors import ApiProblem
 from cloud_gateway.api.routes import Route
-from cloud_gateway.errors import ClaimRefused
+from cloud_gateway.errors import ClaimRefused, GatewayError, InviteRefused
 from cloud_gateway.provisioning.service import ProvisionIn
 from protocol.codec import field_errors
 
@@ -16,8 +16,9 @@ TAGS = ("provisioning",)
 
 
 async def provision(request: web.Request) -> web.Response:
-    """`Authorization: Claim <credential>` and `{"device_id", "csr"}` -> 201 the device's
-    certificate, the fleet CA, the trust file and the topic root; 401 an unknown or revoked
+    """`Authorization: Claim <credential>` and `{"device_id", "csr", "household"?}` -> 201 the
+    device's certificate, the fleet CA, the trust file, the topic root and, with a household
+    invite, its signed membership or why the invite was refused; 401 an unknown or revoked
     claim, 409 a device id provisioned before or a batch used up (both audited)."""
     scheme, _, claim = request.headers.get("Authorization", "").partition(" ")
     body = await read_json(request)
@@ -35,7 +36,17 @@ async def provision(request: web.Request) -> web.Response:
     except ClaimRefused as exc:
         status, title = (409, "Conflict") if exc.known else (401, "Unauthorized")
         raise ApiProblem(status, title, exc.reason) from exc
-    return json_response(issued.to_json(), status=201)
+    answer = issued.to_json()
+    if spec.household is not None:
+        # the certificate is issued and its claim spent: a refused invite must not cost the
+        # device its identity, so the answer says why and the device joins later
+        try:
+            answer["household"] = await ctx(request).households.join(spec.device_id, spec.household)
+        except InviteRefused as exc:
+            answer["household_refused"] = exc.reason
+        except GatewayError as exc:
+            answer["household_refused"] = f"the invite could not be redeemed now: {exc}"
+    return json_response(answer, status=201)
 
 
 ROUTES: tuple[Route, ...] = (

@@ -517,3 +517,15 @@ def households(db: Database) -> None:
         " device_key TEXT NOT NULL, roles TEXT NOT NULL, issued_at TEXT NOT NULL,"
         " expires_at TEXT NOT NULL, PRIMARY KEY (household_id, device_id))"
     )
+
+
+@migration
+def household_invites(db: Database) -> None:
+    """Household invites (issue 17): a one-time code the household's owner hands a new device
+    (its companion app writes it beside the claim credential), redeemed at provisioning for a
+    signed membership. Only the code's hash is kept; `used_by` marks it spent."""
+    db.execute(
+        "CREATE TABLE household_invites (code_hash TEXT PRIMARY KEY, household_id TEXT NOT NULL,"
+        " roles TEXT NOT NULL, created_at TEXT NOT NULL, expires_at TEXT NOT NULL,"
+        " used_by TEXT, used_at TEXT)"
+    )

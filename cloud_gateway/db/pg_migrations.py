@@ -426,6 +426,21 @@ CREATE TABLE household_members (
 );
 """,
     ),
+    (
+        # As SQLite's `household_invites` (issue 17).
+        "pg015_household_invites",
+        """
+CREATE TABLE household_invites (
+    code_hash text PRIMARY KEY,
+    household_id text NOT NULL,
+    roles text NOT NULL,
+    created_at text NOT NULL,
+    expires_at text NOT NULL,
+    used_by text,
+    used_at text
+);
+""",
+    ),
 ]
 """(name, SQL or function) in order; a name, once applied, is never changed."""
 

@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from cloud_gateway.db import provisioning as rows
 from cloud_gateway.db.backend import Backend, Session
 from cloud_gateway.errors import ClaimRefused, InvalidInput
+from cloud_gateway.households.service import JoinIn
 from cloud_gateway.provisioning.ca import FleetCa, load_or_create, parse_csr
 from cloud_gateway.provisioning.passwords import mosquitto_hash, new_password, write_password_file
 from protocol.topics import DEVICE_ID_RE
@@ -163,6 +164,9 @@ class ProvisionIn(BaseModel):
     device_id: Annotated[str, Field(max_length=64)]
     csr: Annotated[str, Field(max_length=8192)]
     """The device's PEM certificate request (CN = the device id, its own EC P-256 key)."""
+    household: JoinIn | None = None
+    """A household invite to redeem now (issue 17): the answer then carries the device's
+    signed membership (`household`), or why the invite was refused (`household_refused`)."""
 
 
 def issue_password(store: Session, device_id: str, password_file: Path, who: str) -> str:

@@ -239,7 +239,7 @@ def build(
         gauges=health.gauges,
         readiness=health.readiness,
         provisioner=Provisioner(backend, s.data_dir, keys.trust_path, s.topic_root, counters),
-        households=HouseholdDesk(backend, keys, clock),
+        households=HouseholdDesk(backend, keys, clock, counters),
     )
     return Parts(
         settings=s,

@@ -20,6 +20,8 @@ import pytest
 from pydantic import SecretStr
 
 from agent.config import load_settings
+from agent.household.membership import credentials, load_key, read_membership
+from agent.offers.book import load_trust
 from agent.provisioning.flow import identity_files, make_request
 from agent.runtime.agent import Agent
 from cloud_gateway.config import GatewaySettings
@@ -28,6 +30,7 @@ from cloud_gateway.provisioning.service import create_batch
 from cloud_gateway.runtime.gateway import Gateway
 from cloud_gateway.security.auth import create_token
 from protocol.ids import new_id
+from protocol.signing import Verifier
 from tests.support.mtls import ROOT, MtlsFleet, mtls_fleet
 from tests.support.processes import spawn, stop, tail
 from tests.support.waiting import eventually
@@ -65,13 +68,18 @@ async def _refused(fleet: MtlsFleet, data_dir: Path) -> bool:
     return not await _connects(fleet, data_dir, f"probe-{new_id()[:8]}")
 
 
-async def _provision(base: str, claim: str, device_id: str) -> tuple[int, Any]:
+async def _provision(
+    base: str, claim: str, device_id: str, household: dict[str, str] | None = None
+) -> tuple[int, Any]:
     _, csr = await asyncio.to_thread(make_request, device_id)
+    body: dict[str, Any] = {"device_id": device_id, "csr": csr}
+    if household is not None:
+        body["household"] = household
     async with (
         aiohttp.ClientSession() as http,
         http.post(
             f"{base}/v1/provision",
-            json={"device_id": device_id, "csr": csr},
+            json=body,
             headers={"Authorization": f"Claim {claim}"},
         ) as resp,
     ):
@@ -97,6 +105,17 @@ async def test_a_fresh_agent_with_only_its_claim_ends_connected_as_itself_until_
         base = f"http://127.0.0.1:{gw.http_port}"
         claim_file = tmp_path / "claim"
         claim_file.write_text(claim + "\n")
+        # The owner's app invites the new TV into its household; the TV redeems it as it
+        # provisions itself (issue 17).
+        owner = await asyncio.to_thread(create_token, fleet.gw_dir, scopes="devices")
+        async with (
+            aiohttp.ClientSession(headers={"Authorization": f"Bearer {owner}"}) as http,
+            http.post(f"{base}/v1/households/hh-prov/invites", json={"roles": ["member"]}) as r,
+        ):
+            assert r.status == 201, await r.text()
+            invite = (await r.json())["invite"]
+        invite_file = tmp_path / "invite"
+        invite_file.write_text(invite + "\n")
         dev_dir = tmp_path / "tv"
         agent_settings = load_settings(
             profile="tv",
@@ -108,6 +127,7 @@ async def test_a_fresh_agent_with_only_its_claim_ends_connected_as_itself_until_
                 "uplink": {"batch_max_age_s": 0.05, "mode": "raw"},
                 "claim_file": str(claim_file),
                 "provision_url": base,
+                "household_invite_file": str(invite_file),
             },
             environ={},
         )
@@ -122,6 +142,12 @@ async def test_a_fresh_agent_with_only_its_claim_ends_connected_as_itself_until_
         assert gw.counters["signals_stored"] == 1
         key = identity_files(dev_dir)[1]
         assert key.stat().st_mode & 0o077 == 0  # the device's key: its own, private
+        grant = read_membership(dev_dir)
+        assert grant is not None
+        trust = load_trust(agent_settings.trust)
+        creds = credentials(grant, load_key(dev_dir), Verifier.from_public_keys(trust.keys))
+        assert creds.membership.household_id == "hh-prov"
+        assert creds.membership.device_id == "tv-prov-0001"
 
         # With its certificate it cannot speak for another device: the gateway never hears it.
         heard: list[str] = []
@@ -156,7 +182,18 @@ async def test_a_fresh_agent_with_only_its_claim_ends_connected_as_itself_until_
         # The claim again for the same device, or past the batch's size: refused, audited.
         status, body = await _provision(base, claim, "tv-prov-0001")
         assert status == 409 and "already provisioned" in body["detail"], body
-        assert (await _provision(base, claim, "tv-prov-0002"))[0] == 201
+        # The invite is spent: another device provisioned with it gets its identity, not
+        # the household.
+        other_key = await asyncio.to_thread(load_key, tmp_path / "other")
+        status, body = await _provision(
+            base,
+            claim,
+            "tv-prov-0002",
+            {"invite": invite, "device_key": other_key.public.public_key},
+        )
+        assert status == 201 and body["household_refused"] == "household invite already used"
+        assert "household" not in body
+        assert gw.counters["household_invites_refused"] == 1
         assert (await _provision(base, claim, "tv-prov-0003"))[0] == 201
         status, body = await _provision(base, claim, "tv-prov-0004")
         assert status == 409 and "used up" in body["detail"], body
