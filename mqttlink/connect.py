@@ -18,8 +18,10 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from mqttlink.errors import CredentialError
+from mqttlink.logs import quiet_late_acks
 
 log = logging.getLogger(__name__)
+quiet_late_acks(aiomqtt.client.MQTT_LOGGER)
 
 MAX_SECRET_BYTES = 4096
 CREDENTIAL_ENV = {

@@ -100,3 +100,27 @@ class OutageLog:
         down_s = self._clock() - self._since
         self._since = None
         self._logger.warning("link back to %s%s after %.0f s down", broker, extra, down_s)
+
+
+class LateAckFilter(logging.Filter):
+    """Drops aiomqtt's ERROR with a traceback for a SUBACK or UNSUBACK that arrives after its
+    caller stopped waiting (the task cancelled at shutdown): aiomqtt forgets the pending
+    request on cancel, then logs the broker's late answer as "Unexpected message ID" with
+    `logger.exception` (aiomqtt/client.py `_on_subscribe`, v2.x). Nothing is lost: the
+    caller went away. It is told once at DEBUG here instead."""
+
+    PREFIX = "Unexpected message ID"
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.msg, str) and record.msg.startswith(self.PREFIX):
+            logging.getLogger(__name__).debug(
+                "a late answer to a request nobody waits for: %s", record.getMessage()
+            )
+            return False
+        return True
+
+
+def quiet_late_acks(logger: logging.Logger) -> None:
+    """Install `LateAckFilter` on aiomqtt's logger (once)."""
+    if not any(isinstance(f, LateAckFilter) for f in logger.filters):
+        logger.addFilter(LateAckFilter())

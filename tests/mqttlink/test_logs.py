@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import logging
 
+import aiomqtt.client
 import pytest
 
+import mqttlink.connect  # noqa: F401 - installs the late-answer filter on aiomqtt's logger
 from mqttlink.logs import OnceLogger, OutageLog
 from tests.support.clock import FakeClock
 
@@ -72,3 +74,21 @@ def test_an_outage_is_warned_while_it_lasts_and_its_end_is_told(
     ]
     assert (logging.INFO, "link up to mqtt://b:1883") in levels(caplog)
     assert outage.down_since is None
+
+
+def test_a_late_suback_is_not_logged_as_an_error_with_a_traceback(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """aiomqtt logs the SUBACK of a subscribe cancelled at shutdown with `logger.exception`;
+    on its logger (installed by `mqttlink.connect`) that becomes one DEBUG line, and every
+    other record still passes."""
+    logger = aiomqtt.client.MQTT_LOGGER
+    with caplog.at_level(logging.DEBUG):
+        try:
+            {}.pop(3)
+        except KeyError:
+            logger.exception('Unexpected message ID "%d" in on_subscribe callback', 3)
+        logger.error("a real failure")
+    assert [r.levelno for r in caplog.records if r.name == "mqtt"] == [logging.ERROR]
+    assert "a real failure" in caplog.text and "Traceback" not in caplog.text
+    assert "a late answer" in caplog.text
