@@ -61,4 +61,7 @@ echo "== mypy"
 echo "== protocol reference"
 .venv/bin/python -m protocol.docs --check
 echo "== pytest"
-.venv/bin/python -m pytest -q -p no:cacheprovider "$@"
+# Two workers (pytest-xdist): most integration tests wait on brokers, databases and
+# processes, so two share the 2 cores well; the files that put mDNS packets on the LAN run on
+# one worker, one after another (`xdist_group`, tests/conftest.py). TEST_WORKERS=0: one process.
+.venv/bin/python -m pytest -q -p no:cacheprovider -n "${TEST_WORKERS:-2}" --dist loadgroup "$@"
