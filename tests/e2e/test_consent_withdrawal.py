@@ -52,6 +52,9 @@ async def test_consent_withdrawn_mid_flush_purges_pending_and_holds_later_signal
             await eventually(lambda: agent.counters["signals_acked"] >= 100, what="first acks")
             body = await put_consent(agent, NO_ANALYTICS)
             assert body["purposes"]["analytics"] is False
+            # A purged batch already in flight is counted withdrawn until its ack says it was
+            # stored after all (`outbox_sql.ack_withdrawn`): read the count once none is.
+            await eventually(lambda: agent.uplink is not None and agent.uplink.in_flight == 0)
             purged = agent.status()["accounting"]["withdrawn"]
             assert purged > 0
             for i in range(5):

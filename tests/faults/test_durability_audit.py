@@ -394,17 +394,14 @@ async def test_a_fresh_agent_process_is_under_its_profiles_memory_budget(
             assert agent.stop() == 0
         memory = status["memory"]
         assert 50 < memory["rss_mb"] < memory["budget_mb"], memory
-        # Start-up's library pages were handed back. The kernel keeps a page another process
-        # maps too: once this test runner has run a model itself (onnxruntime, numpy), the
-        # agent's start-up pages are mostly shared with it and little comes back (measured
-        # 20-280 KB), while a runner that has not gives back megabytes (a device alone gives
-        # back ~30 MB: test_page_out_hands_clean_file_pages_back_and_keeps_written_ones checks
-        # the mechanism on a file of its own).
+        # Start-up's library pages were offered back. The kernel keeps a page another process
+        # maps too: once this test runner (or another test worker beside it) has loaded the
+        # same libraries, the agent's start-up pages are shared with it and little or nothing
+        # comes back (measured 0-280 KB), while a device alone gives back ~30 MB:
+        # test_page_out_hands_clean_file_pages_back_and_keeps_written_ones checks the
+        # mechanism on a file of its own.
         counters = status["counters"]
         assert counters["memory_page_outs"] >= 1, counters
-        assert counters["memory_paged_out_bytes"] > 0, counters
-        if "onnxruntime" not in sys.modules:
-            assert counters["memory_paged_out_bytes"] > MB, counters
 
 
 def test_page_out_hands_clean_file_pages_back_and_keeps_written_ones(tmp_path: Path) -> None:
