@@ -34,7 +34,7 @@ from agent.household.coordinator import CoordinatorServer, Ranker
 from agent.household.discovery import Discovery
 from agent.household.election import ELIGIBLE, Candidate, elect
 from agent.household.membership import Credentials, MembershipError, check_membership
-from agent.household.state import DAY_S
+from agent.household.state import DAY_S, HouseholdCaps
 from protocol.household import key_fingerprint
 from protocol.signing import Verifier
 
@@ -77,6 +77,7 @@ class HouseholdClient:
         clock: Callable[[], float] = time.time,
         ttl_s: int = 120,
         contribution: Callable[[], tuple[Mapping[str, int], int]] | None = None,
+        caps: Callable[[], HouseholdCaps] | None = None,
     ) -> None:
         self.creds = creds
         self.verifier = verifier
@@ -90,7 +91,9 @@ class HouseholdClient:
         self.clock = clock
         self.eligible = creds.role in ELIGIBLE
         self.server = (
-            CoordinatorServer(creds, verifier, counters=self.counters, ranker=ranker, clock=clock)
+            CoordinatorServer(
+                creds, verifier, counters=self.counters, ranker=ranker, clock=clock, caps=caps
+            )
             if self.eligible
             else None
         )
