@@ -227,7 +227,10 @@ async def _run_fleet(options: FleetOptions, topic_root: str) -> dict[str, Any]:
                 target = parse_broker_url(cloud.broker_url)
                 proxy = await devices.enter_async_context(PartitionProxy(target.port, target.host))
                 device_broker = f"mqtt://127.0.0.1:{proxy.port}"
-            workers = _workers(options, observe, device_broker, gateway.trust_path, root)
+            lan = None
+            if options.lan:
+                lan = {"api": gateway.api, "token": await asyncio.to_thread(gateway.token)}
+            workers = _workers(options, observe, device_broker, gateway.trust_path, root, lan)
             devices.push_async_callback(_stop_workers, workers)
             await _start_workers(workers)
             start_s = time.monotonic() - started
@@ -303,11 +306,18 @@ async def _run_fleet(options: FleetOptions, topic_root: str) -> dict[str, Any]:
     report["procs"] = len(workers)
     report["shard"] = options.shard_label
     report["gateway"] = options.gateway or "own process"
+    if options.lan:
+        report["lan"] = lan_summary([h for w in workers for h in w.lan])
     return report
 
 
-def _workers(
-    options: FleetOptions, observe: Observation, broker: str, trust: Path, root: Path
+def _workers(  # noqa: PLR0917 - the parts of a plan, by name
+    options: FleetOptions,
+    observe: Observation,
+    broker: str,
+    trust: Path,
+    root: Path,
+    lan: dict[str, str] | None = None,
 ) -> list[WorkerProcess]:
     """The shard's households dealt round-robin over the worker processes, each with its
     personas and devices (the mix, drawn for the whole fleet) and its share of the ramp."""
@@ -329,6 +339,7 @@ def _workers(
                 trust=str(trust),
                 root=str(root),
                 ramp=ramp,
+                lan=lan,
             ),
             root / "workers" / f"worker-{k}.log",
         )
@@ -540,6 +551,22 @@ def why_undelivered(status: dict[str, Any]) -> str:
             f" (ack timeout {uplink.get('ack_timeout_s')} s)"
         )
     return "waiting in the outbox to be cut into a batch"
+
+
+def lan_summary(households: list[dict[str, Any]]) -> dict[str, Any]:
+    """With `--lan`: how many households agreed on one coordinator, and the household
+    counters summed over every household (sessions, refusals, hold fallbacks, ...)."""
+    counters: dict[str, int] = {}
+    for h in households:
+        for name, value in h.get("counters", {}).items():
+            counters[name] = counters.get(name, 0) + int(value)
+    return {
+        "households": len(households),
+        "settled": sum(1 for h in households if h.get("settled")),
+        "coordinated": sum(1 for h in households if h.get("coordinator")),
+        "counters": dict(sorted(counters.items())),
+        "per_household": households,
+    }
 
 
 def succeeded(report: dict[str, Any]) -> bool:

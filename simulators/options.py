@@ -115,6 +115,10 @@ class FleetOptions:
     trust: Path | None = None
     """With `gateway`: its trust file (`trust.json` in its data folder), given to every
     device."""
+    lan: bool = False
+    """Each household's devices on the loopback LAN as in the demo
+    (`simulators.household_lan.HouseholdLan`): memberships issued by the gateway's API, real
+    mDNS discovery and election, appliances reporting to the coordinator (issue 17)."""
 
     @property
     def devices(self) -> int:

@@ -59,6 +59,33 @@ async def test_a_fleet_through_every_fault_on_a_private_mosquitto(tmp_path: Path
     assert report["batches_resent"] <= 5 * report["devices"]
 
 
+async def test_a_fleet_on_the_lan_runs_two_homes_on_one_segment_apart(tmp_path: Path) -> None:
+    """`--lan`: each household's devices find each other by real mDNS on loopback, with
+    memberships the gateway issued; two homes on one segment each elect their own hub, see
+    the other's adverts only as foreign (counted) and share nothing with it."""
+    options = FleetOptions(
+        households=2,
+        broker="mosquitto",
+        rounds=3,
+        signals_per_round=5,
+        duration_s=3.0,
+        data_dir=tmp_path,
+        lan=True,
+    )
+    report = await run_fleet(options)
+    assert succeeded(report), report
+    lan = report["lan"]
+    assert lan["households"] == lan["settled"] == lan["coordinated"] == 2
+    homes = {h["household_id"]: h for h in lan["per_household"]}
+    assert len(homes) == 2
+    for household_id, home in homes.items():
+        assert home["coordinator"] == f"{household_id}-hub"  # the hub, elected in its own home
+        assert home["active_devices"] == 4  # its own four devices, none of the other home
+        assert home["counters"]["household_peers_authenticated"] >= 3
+        assert home["counters"]["household_adverts_foreign"] > 0  # it saw the other home
+    assert report["signals_lost"] == report["signals_duplicated"] == 0
+
+
 def test_fleet_options_refuse_what_cannot_be_run() -> None:
     with pytest.raises(ValueError, match="unknown fault"):
         FleetOptions(faults=("flood",))
