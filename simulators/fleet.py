@@ -246,7 +246,7 @@ async def _run_fleet(options: FleetOptions, topic_root: str) -> dict[str, Any]:
                 devices.callback(crash.stop)
                 await crash.start()
                 await crash.consent()
-            plan = _FaultPlan(options, cloud, proxy, crash, faults)
+            plan = _FaultPlan(options, cloud, proxy, crash, faults, workers=workers)
             pause = options.duration_s / options.rounds
             token = await asyncio.to_thread(gateway.token)
             gateway_db = (
@@ -308,6 +308,8 @@ async def _run_fleet(options: FleetOptions, topic_root: str) -> dict[str, Any]:
     report["gateway"] = options.gateway or "own process"
     if options.lan:
         report["lan"] = lan_summary([h for w in workers for h in w.lan])
+        report["lan"]["coordinators_killed"] = plan.lan_killed
+        report["lan"]["coordinators_interim"] = plan.lan_interim
     return report
 
 
@@ -408,11 +410,18 @@ class _FaultPlan:
         proxy: PartitionProxy | None,
         crash: _CrashDevices | None,
         log: FaultLog,
+        *,
+        workers: list[WorkerProcess],
     ) -> None:
         first, self.end = options.rounds // 3, 2 * options.rounds // 3
         chosen = [f for f in FAULTS if f in options.faults and not options.fault_times]
         self.begin = {fault: min(first + i, self.end - 1) for i, fault in enumerate(chosen)}
         self._cloud, self._proxy, self._crash, self._log = cloud, proxy, crash, log
+        self._workers = workers
+        self.lan_killed: list[str] = []
+        """With `coordinator-kill`: the coordinators stopped (each household's, per worker)."""
+        self.lan_interim: list[str] = []
+        """... and who coordinated their households when they came back (the takeovers)."""
 
     async def at_round(self, round_: int) -> None:
         for fault, begins in self.begin.items():
@@ -443,6 +452,8 @@ class _FaultPlan:
             await self._cloud.stop_broker()
         elif fault == "agent-kill" and self._crash is not None:
             self._crash.kill()
+        elif fault == "coordinator-kill":
+            await self._lan("kill")
         elif self._proxy is not None:
             self._proxy.partition()
         self._log.note(fault, "begins")
@@ -454,9 +465,20 @@ class _FaultPlan:
             await self._cloud.start_broker()
         elif fault == "agent-kill" and self._crash is not None:
             await self._crash.start()
+        elif fault == "coordinator-kill":
+            await self._lan("restore")
         elif self._proxy is not None:
             self._proxy.heal()
         self._log.note(fault, "ends")
+
+    async def _lan(self, action: str) -> None:
+        """`coordinator-kill`: each worker's households lose (`kill`) or get back (`restore`)
+        their coordinator; the others re-elect meanwhile."""
+        answers = await asyncio.gather(*(w.call("lan", action=action) for w in self._workers))
+        if action == "kill":
+            self.lan_killed += [d for a in answers for d in a["devices"]]
+        else:
+            self.lan_interim += [d for a in answers for d in a["interim"]]
 
 
 async def _operator(cloud: _Cloud, http: aiohttp.ClientSession) -> Operator:

@@ -19,6 +19,9 @@ concurrently (a `probe` is answered while a `use` runs):
 - `{"cmd": "collect", "path": P}`: each device's id, accepted ids and status, what the
   launch watches saw and (with `lan`) each household's LAN report, written to P as JSON
   (tens of MB at 5,000 devices: a file, not the pipe) -> `{"devices": N}`;
+- `{"cmd": "lan", "action": "kill" | "restore"}` (with `lan`): each household's coordinator
+  stopped as a killed process would, or the stopped ones back -> `{"devices": [ids]}` (and
+  with `restore`, `"interim"`: who coordinated meanwhile);
 - `{"cmd": "stop"}`: every household stopped at the plan's pace -> `{"stopped": true}`.
 
 After the plan, the first answer is `{"ready": true, "start_s": S}` (every household up), or
@@ -205,6 +208,20 @@ class Worker:
         self.lans[household.persona.household_id] = lan
         await lan.share()
 
+    async def lan_fault(self, action: str) -> dict[str, list[str]]:
+        """`kill`: every household's coordinator crashed (`HouseholdLan.crash_coordinator`)
+        -> their ids; `restore`: who coordinates meanwhile (the takeover), then the crashed
+        ones back -> both lists of ids."""
+        lans = list(self.lans.values())
+        if action == "kill":
+            killed = await asyncio.gather(*(lan.crash_coordinator() for lan in lans))
+            return {"devices": [d for d in killed if d is not None]}
+        if action == "restore":
+            interim = [c for lan in lans if (c := lan.coordinator()) is not None]
+            back = await asyncio.gather(*(lan.restart() for lan in lans))
+            return {"devices": [d for ds in back for d in ds], "interim": interim}
+        raise ValueError(f"unknown lan action {action!r} (kill, restore)")
+
     async def lan_reports(self) -> list[dict[str, Any]]:
         """Each household's LAN: its coordinator, whether everyone agrees on it (given
         `LAN_SETTLE_S`), its appliances and the household counters (`HouseholdLan.report`)."""
@@ -309,6 +326,8 @@ async def _handle(worker: Worker, command: dict[str, Any]) -> dict[str, Any]:
         return {"ok": True}
     if cmd == "followed":
         return worker.followed(int(command["launch"]))
+    if cmd == "lan":
+        return await worker.lan_fault(str(command["action"]))
     if cmd == "collect":
         collected = await worker.collect()
         await asyncio.to_thread(

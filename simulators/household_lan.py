@@ -79,6 +79,9 @@ class HouseholdLan:
         self.host = host
         self.clients: dict[str, HouseholdClient] = {}
         self.appliances: dict[str, HouseholdClient] = {}
+        self.crashed: dict[str, DeviceRun] = {}
+        """Devices whose household client `crash` stopped, until `restart`."""
+        self._verifier: Verifier | None = None
         self._stack = contextlib.AsyncExitStack()
 
     @property
@@ -90,6 +93,7 @@ class HouseholdLan:
         try:
             pinned = await asyncio.to_thread(load_trust, self.trust)
             verifier = Verifier.from_public_keys(pinned.keys)
+            self._verifier = verifier
             joins = [self._join(run, verifier) for run in self.household.runs]
             levels = self.household.persona.consumables
             joins += [self._appliance(c, 1.0 - level, verifier) for c, level in levels.items()]
@@ -157,6 +161,29 @@ class HouseholdLan:
         await self._stack.enter_async_context(client)
         client.report_levels({category: round(need, 3)})
         self.appliances[device_id] = client
+
+    async def crash_coordinator(self) -> str | None:
+        """The coordinator's household client stopped as a killed process would
+        (`HouseholdClient.crash`); its agent runs on alone. Its device id, or None when no
+        device coordinates now."""
+        device_id = self.coordinator()
+        if device_id is None:
+            return None
+        run = next(r for r in self.household.runs if r.spec.device_id == device_id)
+        client = self.clients.pop(device_id)
+        run.agent.attach_household(None)
+        await client.crash()
+        self.crashed[device_id] = run
+        return device_id
+
+    async def restart(self) -> list[str]:
+        """Every crashed device back on the LAN with a new client (a new process: empty
+        state, a new membership from the gateway); their ids."""
+        assert self._verifier is not None, "not entered"
+        back = list(self.crashed)
+        for device_id in back:
+            await self._join(self.crashed.pop(device_id), self._verifier)
+        return back
 
     async def share(self) -> None:
         """Each device's category counts of the last 24 h, sent only where its

@@ -150,6 +150,16 @@ class HouseholdClient:
         await self.discovery.start()
         self._task = asyncio.get_running_loop().create_task(self._run(), name="household")
 
+    async def crash(self) -> None:
+        """Stop as a SIGKILLed device would (the fleet's `coordinator-kill`): no mDNS goodbye
+        (its advert stays in the others' caches until they find it dead), its LAN server gone
+        mid-term, what it held in memory lost with it."""
+        if self.discovery is not None:
+            self.discovery.advertised = False  # a killed process says no goodbye
+        self._token = None
+        self.connected.clear()
+        await self.close()
+
     async def close(self) -> None:
         if self._task is not None:
             self._task.cancel()

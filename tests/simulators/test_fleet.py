@@ -59,18 +59,23 @@ async def test_a_fleet_through_every_fault_on_a_private_mosquitto(tmp_path: Path
     assert report["batches_resent"] <= 5 * report["devices"]
 
 
-async def test_a_fleet_on_the_lan_runs_two_homes_on_one_segment_apart(tmp_path: Path) -> None:
+async def test_a_fleet_on_the_lan_two_homes_apart_and_their_coordinators_killed(
+    tmp_path: Path,
+) -> None:
     """`--lan`: each household's devices find each other by real mDNS on loopback, with
     memberships the gateway issued; two homes on one segment each elect their own hub, see
-    the other's adverts only as foreign (counted) and share nothing with it."""
+    the other's adverts only as foreign (counted) and share nothing with it. With
+    `coordinator-kill` both hubs stop as killed processes would (no goodbye): another device of
+    each home takes over, and the hubs come back as coordinators; no signal lost."""
     options = FleetOptions(
         households=2,
         broker="mosquitto",
-        rounds=3,
+        rounds=6,
         signals_per_round=5,
-        duration_s=3.0,
+        duration_s=6.0,
         data_dir=tmp_path,
         lan=True,
+        faults=("coordinator-kill",),
     )
     report = await run_fleet(options)
     assert succeeded(report), report
@@ -78,17 +83,25 @@ async def test_a_fleet_on_the_lan_runs_two_homes_on_one_segment_apart(tmp_path: 
     assert lan["households"] == lan["settled"] == lan["coordinated"] == 2
     homes = {h["household_id"]: h for h in lan["per_household"]}
     assert len(homes) == 2
+    assert sorted(lan["coordinators_killed"]) == sorted(f"{h}-hub" for h in homes)
+    # while its hub was down, a device of the same home coordinated it
+    interim = lan["coordinators_interim"]
+    assert len(interim) == 2 and not any(d.endswith("-hub") for d in interim)
+    assert {h for h in homes for d in interim if d.startswith(f"{h}-")} == set(homes)
     for household_id, home in homes.items():
-        assert home["coordinator"] == f"{household_id}-hub"  # the hub, elected in its own home
+        assert home["coordinator"] == f"{household_id}-hub"  # back, and elected again
         assert home["active_devices"] == 4  # its own four devices, none of the other home
-        assert home["counters"]["household_peers_authenticated"] >= 3
         assert home["counters"]["household_adverts_foreign"] > 0  # it saw the other home
+    events = [(e["fault"], e["event"]) for e in report["faults"]]
+    assert events == [("coordinator-kill", "begins"), ("coordinator-kill", "ends")]
     assert report["signals_lost"] == report["signals_duplicated"] == 0
 
 
 def test_fleet_options_refuse_what_cannot_be_run() -> None:
     with pytest.raises(ValueError, match="unknown fault"):
         FleetOptions(faults=("flood",))
+    with pytest.raises(ValueError, match="coordinator-kill needs --lan"):
+        FleetOptions(faults=("coordinator-kill",))
     with pytest.raises(ValueError, match="crash device"):
         FleetOptions(faults=("agent-kill",), crash_devices=0)
     with pytest.raises(ValueError, match="a broker this run starts"):
