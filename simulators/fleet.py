@@ -310,6 +310,8 @@ async def _run_fleet(options: FleetOptions, topic_root: str) -> dict[str, Any]:
         report["lan"] = lan_summary([h for w in workers for h in w.lan])
         report["lan"]["coordinators_killed"] = plan.lan_killed
         report["lan"]["coordinators_interim"] = plan.lan_interim
+        report["lan"]["rogues"] = plan.lan_rogues
+        report["lan"]["rogues_got"] = plan.lan_rogues_got
     return report
 
 
@@ -422,6 +424,9 @@ class _FaultPlan:
         """With `coordinator-kill`: the coordinators stopped (each household's, per worker)."""
         self.lan_interim: list[str] = []
         """... and who coordinated their households when they came back (the takeovers)."""
+        self.lan_rogues: list[str] = []
+        """With `coordinator-spoof`: the rogue hubs, and what they got (0s are right)."""
+        self.lan_rogues_got: dict[str, int] = {}
 
     async def at_round(self, round_: int) -> None:
         for fault, begins in self.begin.items():
@@ -454,6 +459,8 @@ class _FaultPlan:
             self._crash.kill()
         elif fault == "coordinator-kill":
             await self._lan("kill")
+        elif fault == "coordinator-spoof":
+            await self._lan("spoof")
         elif self._proxy is not None:
             self._proxy.partition()
         self._log.note(fault, "begins")
@@ -467,18 +474,27 @@ class _FaultPlan:
             await self._crash.start()
         elif fault == "coordinator-kill":
             await self._lan("restore")
+        elif fault == "coordinator-spoof":
+            await self._lan("unspoof")
         elif self._proxy is not None:
             self._proxy.heal()
         self._log.note(fault, "ends")
 
     async def _lan(self, action: str) -> None:
         """`coordinator-kill`: each worker's households lose (`kill`) or get back (`restore`)
-        their coordinator; the others re-elect meanwhile."""
+        their coordinator; the others re-elect meanwhile. `coordinator-spoof`: a rogue hub
+        joins each household's segment (`spoof`) and leaves (`unspoof`)."""
         answers = await asyncio.gather(*(w.call("lan", action=action) for w in self._workers))
         if action == "kill":
             self.lan_killed += [d for a in answers for d in a["devices"]]
-        else:
+        elif action == "restore":
             self.lan_interim += [d for a in answers for d in a["interim"]]
+        elif action == "spoof":
+            self.lan_rogues += [d for a in answers for d in a["devices"]]
+        else:
+            for a in answers:
+                for name, value in a["rogues_got"].items():
+                    self.lan_rogues_got[name] = self.lan_rogues_got.get(name, 0) + value
 
 
 async def _operator(cloud: _Cloud, http: aiohttp.ClientSession) -> Operator:

@@ -21,7 +21,9 @@ concurrently (a `probe` is answered while a `use` runs):
   (tens of MB at 5,000 devices: a file, not the pipe) -> `{"devices": N}`;
 - `{"cmd": "lan", "action": "kill" | "restore"}` (with `lan`): each household's coordinator
   stopped as a killed process would, or the stopped ones back -> `{"devices": [ids]}` (and
-  with `restore`, `"interim"`: who coordinated meanwhile);
+  with `restore`, `"interim"`: who coordinated meanwhile); `"spoof" | "unspoof"`: a rogue
+  hub in each household, or gone -> `{"devices": [ids]}` (and with `unspoof`, what the rogues
+  got, summed);
 - `{"cmd": "stop"}`: every household stopped at the plan's pace -> `{"stopped": true}`.
 
 After the plan, the first answer is `{"ready": true, "start_s": S}` (every household up), or
@@ -208,19 +210,29 @@ class Worker:
         self.lans[household.persona.household_id] = lan
         await lan.share()
 
-    async def lan_fault(self, action: str) -> dict[str, list[str]]:
+    async def lan_fault(self, action: str) -> dict[str, Any]:
         """`kill`: every household's coordinator crashed (`HouseholdLan.crash_coordinator`)
-        -> their ids; `restore`: who coordinates meanwhile (the takeover), then the crashed
-        ones back -> both lists of ids."""
+        -> their ids; `restore`: who coordinates meanwhile (the takeover: each household
+        given `LAN_SETTLE_S` to agree on one), then the crashed ones back -> both lists."""
         lans = list(self.lans.values())
         if action == "kill":
             killed = await asyncio.gather(*(lan.crash_coordinator() for lan in lans))
             return {"devices": [d for d in killed if d is not None]}
         if action == "restore":
+            await asyncio.gather(*(lan.settle(LAN_SETTLE_S) for lan in lans))
             interim = [c for lan in lans if (c := lan.coordinator()) is not None]
             back = await asyncio.gather(*(lan.restart() for lan in lans))
             return {"devices": [d for ds in back for d in ds], "interim": interim}
-        raise ValueError(f"unknown lan action {action!r} (kill, restore)")
+        if action == "spoof":
+            rogues = await asyncio.gather(*(lan.spoof() for lan in lans))
+            return {"devices": [d for d in rogues if d is not None]}
+        if action == "unspoof":
+            got: dict[str, int] = {}
+            for one in await asyncio.gather(*(lan.unspoof() for lan in lans)):
+                for name, value in one.items():
+                    got[name] = got.get(name, 0) + value
+            return {"devices": [], "rogues_got": got}
+        raise ValueError(f"unknown lan action {action!r} (kill, restore, spoof, unspoof)")
 
     async def lan_reports(self) -> list[dict[str, Any]]:
         """Each household's LAN: its coordinator, whether everyone agrees on it (given

@@ -81,6 +81,8 @@ class HouseholdLan:
         self.appliances: dict[str, HouseholdClient] = {}
         self.crashed: dict[str, DeviceRun] = {}
         """Devices whose household client `crash` stopped, until `restart`."""
+        self.rogue: HouseholdClient | None = None
+        """The spoofed coordinator of `spoof`, until `unspoof`."""
         self._verifier: Verifier | None = None
         self._stack = contextlib.AsyncExitStack()
 
@@ -184,6 +186,47 @@ class HouseholdLan:
         for device_id in back:
             await self._join(self.crashed.pop(device_id), self._verifier)
         return back
+
+    async def spoof(self) -> str | None:
+        """A rogue hub on the segment (the fleet's `coordinator-spoof`): it holds the
+        household's secret (leaked: its adverts carry the right hint and proof) but a
+        membership another key signed; the members' handshake must refuse it before
+        anything but a nonce is sent (`household_coordinators_refused`). Its device id."""
+        some = next(iter(self.clients.values()), None)
+        if some is None or self.rogue is not None:
+            return None
+        forger = Signer.generate("forger")
+        device_id = f"{self.household_id}-rogue"[:64]
+        folder = self.household.data_dir / "rogue" / device_id
+        key: Signer = await asyncio.to_thread(load_key, folder)
+        secret = some.creds.secret
+        wire = membership(forger, self.household_id, device_id, key, ["hub"], secret)
+        verifier = Verifier.from_public_keys([forger.public])
+        rogue = HouseholdClient(
+            credentials(wire, key, verifier),
+            verifier,
+            host=self.host,
+            interfaces=(self.host,),
+            tick_s=self.tick_s,
+        )
+        await rogue.start()
+        self.rogue = rogue
+        return device_id
+
+    async def unspoof(self) -> dict[str, int]:
+        """The rogue gone; what it got: the members that reached its LAN API beyond the
+        handshake, the contributions and exposures they gave it (0s are right)."""
+        rogue, self.rogue = self.rogue, None
+        if rogue is None:
+            return {}
+        got = {"rogue_members_seen": 0, "rogue_contributions": 0, "rogue_exposures": 0}
+        if rogue.server is not None:
+            state, own = rogue.server.state, rogue.creds.membership.device_id
+            got["rogue_members_seen"] = len(set(state.seen) - {own})
+            got["rogue_contributions"] = len(set(state.contributions) - {own})
+            got["rogue_exposures"] = len(state.exposures)
+        await rogue.close()
+        return got
 
     async def share(self) -> None:
         """Each device's category counts of the last 24 h, sent only where its

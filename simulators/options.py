@@ -9,7 +9,14 @@ from pathlib import Path
 
 from protocol.ids import new_id
 
-FAULTS = ("gateway-restart", "broker-restart", "partition", "agent-kill", "coordinator-kill")
+FAULTS = (
+    "gateway-restart",
+    "broker-restart",
+    "partition",
+    "agent-kill",
+    "coordinator-kill",
+    "coordinator-spoof",
+)
 """In the order they begin."""
 HOUSEHOLD_PROFILES = ("hub", "tv", "phone", "phone")
 """Today's household (`simulators.household.default_devices`)."""
@@ -159,8 +166,9 @@ class FleetOptions:
             self._check_shared_gateway()
         if "broker-restart" in self.faults and self.broker not in (None, "mosquitto"):
             raise ValueError("broker-restart needs a broker this run starts (embedded, mosquitto)")
-        if "coordinator-kill" in self.faults and not self.lan:
-            raise ValueError("coordinator-kill needs --lan (households on the LAN)")
+        for fault in ("coordinator-kill", "coordinator-spoof"):
+            if fault in self.faults and not self.lan:
+                raise ValueError(f"{fault} needs --lan (households on the LAN)")
         if "agent-kill" in self.faults and self.crash_devices < 1:
             raise ValueError("agent-kill needs at least one crash device")
         if self.procs is not None and self.procs < 1:
