@@ -15,7 +15,7 @@ from types import TracebackType
 from typing import Any
 
 from agent.household.client import HouseholdClient
-from agent.household.join import model_ranker
+from agent.household.join import model_ranker, policy_caps
 from agent.household.membership import credentials, load_key
 from agent.offers.book import load_trust
 from protocol.household import MemberRole, Membership
@@ -151,6 +151,7 @@ class HouseholdLan:
             ranker=None
             if settings.profile.ranking == "thin"
             else model_ranker(lambda: agent.parts.slot.current),
+            caps=policy_caps(settings, lambda: agent.parts.decisions.household_policy),
         )
         await self._stack.enter_async_context(client)
         agent.attach_household(client)
@@ -265,7 +266,8 @@ class HouseholdLan:
         return None
 
     def report(self) -> dict[str, Any]:
-        """What the demo shows of the household on the LAN."""
+        """What the demo shows of the household on the LAN; `caps`: the household caps its
+        coordinator enforces (the cloud's household section over the defaults)."""
         tv = next((c for d, c in self.clients.items() if "-tv" in d), None)
         ctx = tv.household_context() if tv is not None else None
         counters: dict[str, int] = {}
@@ -273,8 +275,19 @@ class HouseholdLan:
             for name, value in c.counters.items():
                 if name.startswith("household_"):
                     counters[name] = counters.get(name, 0) + value
+        coordinator = self.coordinator()
+        server = self.clients[coordinator].server if coordinator is not None else None
+        caps = server.state.caps if server is not None else None
         return {
-            "coordinator": self.coordinator(),
+            "coordinator": coordinator,
+            "caps": None
+            if caps is None
+            else {
+                "offer_window_s": caps.offer_window_s,
+                "per_day": caps.per_day,
+                "quiet": [[q.start, q.end] for q in caps.quiet],
+                "utc_offset_s": caps.utc_offset_s,
+            },
             "appliances": sorted(self.appliances),
             "tv_consumable_need": dict(ctx.consumable_need) if ctx else {},
             "active_devices": ctx.active_devices if ctx else 0,

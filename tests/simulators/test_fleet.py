@@ -93,6 +93,14 @@ async def test_a_fleet_on_the_lan_two_homes_apart_coordinators_killed_and_spoofe
     assert {h for h in homes for d in interim if d.startswith(f"{h}-")} == set(homes)
     for household_id, home in homes.items():
         assert home["coordinator"] == f"{household_id}-hub"  # back, and elected again
+        # the caps it enforces: no cloud household section in this run, the defaults, in the
+        # hub's local time (Asia/Shanghai): its agent's policy, read by its coordinator
+        assert home["caps"] == {
+            "offer_window_s": 4 * 3600.0,
+            "per_day": 24,
+            "quiet": [],
+            "utc_offset_s": 8 * 3600.0,
+        }
         assert home["active_devices"] == 4  # its own four devices, none of the other home
         assert home["counters"]["household_adverts_foreign"] > 0  # it saw the other home
     assert sorted(lan["rogues"]) == sorted(f"{h}-rogue" for h in homes)
