@@ -6,6 +6,11 @@
   which of `numpy`, `onnxruntime`, ... ended up in `sys.modules`.
 * `python -m bench.rss_breakdown traced [MODULE ...]`: the same imports under `tracemalloc`:
   the Python heap they leave behind, per package (by the file that allocated it).
+* `python -m bench.rss_breakdown without PKG[,PKG...] [MODULE ...]`: what a cut would save
+  before making it: a fresh interpreter imports every module the chain loads except those of
+  the blocked top-level packages (an import that needs one fails and is skipped, so the
+  modules that depend on a blocked package go too) and prints its Rss beside the full
+  chain's. An estimate: a real cut also keeps whatever replaces the blocked package.
 * `python -m bench.rss_breakdown pid PID`: a running process (an `edgemart agent run`): its
   `smaps_rollup` (Rss, Pss, Anonymous) and its resident pages per mapped file, largest first.
 
@@ -15,6 +20,8 @@
 from __future__ import annotations
 
 import importlib
+import importlib.abc
+import subprocess
 import sys
 from pathlib import Path
 
@@ -108,6 +115,60 @@ def traced(modules: tuple[str, ...]) -> None:
         print(f"{mb:7.2f} MB  {key}")
 
 
+class _Block(importlib.abc.MetaPathFinder):
+    """Refuses the imports of some top-level packages (the `without` mode)."""
+
+    def __init__(self, blocked: frozenset[str]) -> None:
+        self.blocked = blocked
+
+    def find_spec(self, name: str, path: object = None, target: object = None) -> None:
+        if name.partition(".")[0] in self.blocked:
+            raise ImportError(f"blocked by rss_breakdown: {name}", name=name)
+
+
+def _chain_modules(modules: tuple[str, ...]) -> list[str]:
+    """Every module a fresh interpreter holds after importing `modules`, in load order."""
+    code = f"import importlib, sys\nfor m in {list(modules)!r}: importlib.import_module(m)\n"
+    code += "print('\\n'.join(sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)
+    return out.stdout.split()
+
+
+def _blocked_rss(blocked: list[str], modules: list[str]) -> str:
+    """A child interpreter imports `modules` refusing `blocked`; its summary line."""
+    code = f"from bench.rss_breakdown import _imports_blocked; _imports_blocked({blocked!r})"
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        check=True,
+        input="\n".join(modules),
+        capture_output=True,
+        text=True,
+    )
+    return out.stdout.strip()
+
+
+def without(blocked: frozenset[str], modules: tuple[str, ...]) -> None:
+    full = _chain_modules(modules)
+    print(f"the chain ({len(full)} modules):  {_blocked_rss([], full)}")
+    print(f"without {','.join(sorted(blocked))}:  {_blocked_rss(sorted(blocked), full)}")
+
+
+def _imports_blocked(blocked: list[str]) -> None:
+    """In the child of `without`: import the module names on stdin, refusing `blocked`."""
+    sys.meta_path.insert(0, _Block(frozenset(blocked)))
+    skipped = 0
+    for name in sys.stdin.read().split():
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            skipped += 1
+    roll = rollup()
+    print(
+        f"rss {roll['Rss']:5.1f}  anon {roll['Anonymous']:5.1f}  modules {len(sys.modules)}"
+        f" (skipped {skipped})"
+    )
+
+
 def process(pid: int) -> None:
     roll = rollup(pid)
     print(" ".join(f"{k} {roll[k]:.1f}" for k in ("Rss", "Pss", "Anonymous", "Shared_Clean")))
@@ -119,6 +180,9 @@ def process(pid: int) -> None:
 def main(argv: list[str]) -> int:
     if len(argv) >= 2 and argv[0] == "pid":
         process(int(argv[1]))
+        return 0
+    if len(argv) >= 2 and argv[0] == "without":
+        without(frozenset(argv[1].split(",")), tuple(argv[2:]) or THIN_CHAIN)
         return 0
     if argv and argv[0] == "traced":
         traced(tuple(argv[1:]) or THIN_CHAIN)

@@ -409,6 +409,21 @@ class QuietPeriod(BaseModel):
     end: HHMM
 
 
+class HouseholdRules(BaseModel):
+    """The household's caps (issue 17), enforced by each household's coordinator over every
+    device of the home: the same offer not on two devices within `offer_window_s`, at most
+    `per_day` impressions in the home per local day, nothing in `quiet_hours` (the
+    coordinator's local time). A field left out keeps the layer below, then the coordinator's
+    defaults (`docs/household.md`)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    offer_window_s: Annotated[int, Field(ge=0, le=7 * 86_400)] | None = None
+    per_day: Annotated[int, Field(ge=0, le=10_000)] | None = None
+    quiet_hours: Annotated[list[QuietPeriod], Field(max_length=8)] | None = None
+    """`[]` clears the household quiet hours of lower layers; None keeps them."""
+
+
 class PolicyRules(BaseModel):
     """Decision policy set by operators (issue 18). A field left out (None) is not set here:
     the device keeps what a lower layer says (`docs/marketers.md`, precedence)."""
@@ -426,6 +441,8 @@ class PolicyRules(BaseModel):
     holdout: Annotated[Finite, Field(ge=0, le=1)] | None = None
     """For a profile or cohort: the least share held out of every campaign; for a campaign:
     its share, replacing the offers' `holdout`."""
+    household: HouseholdRules | None = None
+    """For a profile or cohort: the household caps its coordinators apply (issue 17)."""
 
 
 MAX_POLICY_CAMPAIGNS = 200
@@ -561,4 +578,5 @@ ALL_MODELS: list[type[BaseModel]] = [
     PolicyDocument,
     PolicyRules,
     QuietPeriod,
+    HouseholdRules,
 ]

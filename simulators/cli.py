@@ -220,6 +220,7 @@ def cmd_fleet(args: argparse.Namespace) -> int:
             pace=args.pace,
             compress=args.compress,
             progress=args.progress or sys.stdout.isatty() or None,
+            lan=args.lan or None,
         )
     except ValueError as exc:  # scenario.ScenarioError names the file and the field
         sys.stderr.write(f"edgemart fleet: {exc}\n")
@@ -428,6 +429,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "--progress",
         action="store_true",
         help="live progress display (default: when stdout is a terminal)",
+    )
+    run.add_argument(
+        "--lan",
+        action="store_true",
+        help="each household's devices on the loopback LAN, as the demo: real mDNS discovery,"
+        " memberships from the gateway, a coordinator per household (docs/household.md)",
     )
     run.add_argument("--html", help="also write an HTML report with charts to this file")
     run.add_argument("--topic-root", default=None, help=TOPIC_ROOT_HELP)

@@ -227,7 +227,10 @@ async def _run_fleet(options: FleetOptions, topic_root: str) -> dict[str, Any]:
                 target = parse_broker_url(cloud.broker_url)
                 proxy = await devices.enter_async_context(PartitionProxy(target.port, target.host))
                 device_broker = f"mqtt://127.0.0.1:{proxy.port}"
-            workers = _workers(options, observe, device_broker, gateway.trust_path, root)
+            lan = None
+            if options.lan:
+                lan = {"api": gateway.api, "token": await asyncio.to_thread(gateway.token)}
+            workers = _workers(options, observe, device_broker, gateway.trust_path, root, lan)
             devices.push_async_callback(_stop_workers, workers)
             await _start_workers(workers)
             start_s = time.monotonic() - started
@@ -243,7 +246,7 @@ async def _run_fleet(options: FleetOptions, topic_root: str) -> dict[str, Any]:
                 devices.callback(crash.stop)
                 await crash.start()
                 await crash.consent()
-            plan = _FaultPlan(options, cloud, proxy, crash, faults)
+            plan = _FaultPlan(options, cloud, proxy, crash, faults, workers=workers)
             pause = options.duration_s / options.rounds
             token = await asyncio.to_thread(gateway.token)
             gateway_db = (
@@ -303,11 +306,22 @@ async def _run_fleet(options: FleetOptions, topic_root: str) -> dict[str, Any]:
     report["procs"] = len(workers)
     report["shard"] = options.shard_label
     report["gateway"] = options.gateway or "own process"
+    if options.lan:
+        report["lan"] = lan_summary([h for w in workers for h in w.lan])
+        report["lan"]["coordinators_killed"] = plan.lan_killed
+        report["lan"]["coordinators_interim"] = plan.lan_interim
+        report["lan"]["rogues"] = plan.lan_rogues
+        report["lan"]["rogues_got"] = plan.lan_rogues_got
     return report
 
 
-def _workers(
-    options: FleetOptions, observe: Observation, broker: str, trust: Path, root: Path
+def _workers(  # noqa: PLR0917 - the parts of a plan, by name
+    options: FleetOptions,
+    observe: Observation,
+    broker: str,
+    trust: Path,
+    root: Path,
+    lan: dict[str, str] | None = None,
 ) -> list[WorkerProcess]:
     """The shard's households dealt round-robin over the worker processes, each with its
     personas and devices (the mix, drawn for the whole fleet) and its share of the ramp."""
@@ -329,6 +343,7 @@ def _workers(
                 trust=str(trust),
                 root=str(root),
                 ramp=ramp,
+                lan=lan,
             ),
             root / "workers" / f"worker-{k}.log",
         )
@@ -397,11 +412,21 @@ class _FaultPlan:
         proxy: PartitionProxy | None,
         crash: _CrashDevices | None,
         log: FaultLog,
+        *,
+        workers: list[WorkerProcess],
     ) -> None:
         first, self.end = options.rounds // 3, 2 * options.rounds // 3
         chosen = [f for f in FAULTS if f in options.faults and not options.fault_times]
         self.begin = {fault: min(first + i, self.end - 1) for i, fault in enumerate(chosen)}
         self._cloud, self._proxy, self._crash, self._log = cloud, proxy, crash, log
+        self._workers = workers
+        self.lan_killed: list[str] = []
+        """With `coordinator-kill`: the coordinators stopped (each household's, per worker)."""
+        self.lan_interim: list[str] = []
+        """... and who coordinated their households when they came back (the takeovers)."""
+        self.lan_rogues: list[str] = []
+        """With `coordinator-spoof`: the rogue hubs, and what they got (0s are right)."""
+        self.lan_rogues_got: dict[str, int] = {}
 
     async def at_round(self, round_: int) -> None:
         for fault, begins in self.begin.items():
@@ -432,6 +457,10 @@ class _FaultPlan:
             await self._cloud.stop_broker()
         elif fault == "agent-kill" and self._crash is not None:
             self._crash.kill()
+        elif fault == "coordinator-kill":
+            await self._lan("kill")
+        elif fault == "coordinator-spoof":
+            await self._lan("spoof")
         elif self._proxy is not None:
             self._proxy.partition()
         self._log.note(fault, "begins")
@@ -443,9 +472,29 @@ class _FaultPlan:
             await self._cloud.start_broker()
         elif fault == "agent-kill" and self._crash is not None:
             await self._crash.start()
+        elif fault == "coordinator-kill":
+            await self._lan("restore")
+        elif fault == "coordinator-spoof":
+            await self._lan("unspoof")
         elif self._proxy is not None:
             self._proxy.heal()
         self._log.note(fault, "ends")
+
+    async def _lan(self, action: str) -> None:
+        """`coordinator-kill`: each worker's households lose (`kill`) or get back (`restore`)
+        their coordinator; the others re-elect meanwhile. `coordinator-spoof`: a rogue hub
+        joins each household's segment (`spoof`) and leaves (`unspoof`)."""
+        answers = await asyncio.gather(*(w.call("lan", action=action) for w in self._workers))
+        if action == "kill":
+            self.lan_killed += [d for a in answers for d in a["devices"]]
+        elif action == "restore":
+            self.lan_interim += [d for a in answers for d in a["interim"]]
+        elif action == "spoof":
+            self.lan_rogues += [d for a in answers for d in a["devices"]]
+        else:
+            for a in answers:
+                for name, value in a["rogues_got"].items():
+                    self.lan_rogues_got[name] = self.lan_rogues_got.get(name, 0) + value
 
 
 async def _operator(cloud: _Cloud, http: aiohttp.ClientSession) -> Operator:
@@ -540,6 +589,22 @@ def why_undelivered(status: dict[str, Any]) -> str:
             f" (ack timeout {uplink.get('ack_timeout_s')} s)"
         )
     return "waiting in the outbox to be cut into a batch"
+
+
+def lan_summary(households: list[dict[str, Any]]) -> dict[str, Any]:
+    """With `--lan`: how many households agreed on one coordinator, and the household
+    counters summed over every household (sessions, refusals, hold fallbacks, ...)."""
+    counters: dict[str, int] = {}
+    for h in households:
+        for name, value in h.get("counters", {}).items():
+            counters[name] = counters.get(name, 0) + int(value)
+    return {
+        "households": len(households),
+        "settled": sum(1 for h in households if h.get("settled")),
+        "coordinated": sum(1 for h in households if h.get("coordinator")),
+        "counters": dict(sorted(counters.items())),
+        "per_household": households,
+    }
 
 
 def succeeded(report: dict[str, Any]) -> bool:

@@ -207,6 +207,8 @@ class WorkerProcess:
         self.proc: asyncio.subprocess.Process | None = None
         self.start_s = 0.0
         self.cpu_s = 0.0
+        self.lan: list[dict[str, Any]] = []
+        """With `--lan`: each of its households' LAN report (`Worker.lan_reports`), at collect."""
         """Its CPU seconds at the last `read_cpu` (kept when it has ended)."""
         self._calls = 0
         self._waiting: dict[int, asyncio.Future[dict[str, Any]]] = {}
@@ -293,6 +295,7 @@ class WorkerProcess:
         """Each device's (id, accepted ids, status), and what each launch watch saw."""
         await self.call("collect", path=str(path))
         collected = json.loads(await asyncio.to_thread(path.read_text, encoding="utf-8"))
+        self.lan = list(collected.get("lan", []))
         seen = [(device, accepted, status) for device, accepted, status in collected["seen"]]
         return seen, {int(k): w for k, w in collected["launches"].items()}
 

@@ -16,9 +16,14 @@ concurrently (a `probe` is answered while a `use` runs):
   when each first holds more (a sweep, one timer for all) and, after the watch, how long
   one decision with them takes -> `{"ok": true}`;
 - `{"cmd": "followed", "launch": K}` -> `{"done": bool, "waiting": N}`;
-- `{"cmd": "collect", "path": P}`: each device's id, accepted ids and status, and what the
-  launch watches saw, written to P as JSON (tens of MB at 5,000 devices: a file, not the
-  pipe) -> `{"devices": N}`;
+- `{"cmd": "collect", "path": P}`: each device's id, accepted ids and status, what the
+  launch watches saw and (with `lan`) each household's LAN report, written to P as JSON
+  (tens of MB at 5,000 devices: a file, not the pipe) -> `{"devices": N}`;
+- `{"cmd": "lan", "action": "kill" | "restore"}` (with `lan`): each household's coordinator
+  stopped as a killed process would, or the stopped ones back -> `{"devices": [ids]}` (and
+  with `restore`, `"interim"`: who coordinated meanwhile); `"spoof" | "unspoof"`: a rogue
+  hub in each household, or gone -> `{"devices": [ids]}` (and with `unspoof`, what the rogues
+  got, summed);
 - `{"cmd": "stop"}`: every household stopped at the plan's pace -> `{"stopped": true}`.
 
 After the plan, the first answer is `{"ready": true, "start_s": S}` (every household up), or
@@ -39,9 +44,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+import aiohttp
+
 from agent.store.thread import StorePool
 from simulators import fdlimit
 from simulators.household import DeviceRun, DeviceSpec, Household
+from simulators.household_lan import HouseholdLan
 from simulators.world import make_world
 
 log = logging.getLogger(__name__)
@@ -59,6 +67,8 @@ SWEEP_S_PER_DEVICE = 5e-5
 """Many devices are swept less often (1,250 devices: every 0.06 s)."""
 MAX_DECISIONS = 5_000
 """Decisions timed per launch and worker."""
+LAN_SETTLE_S = 10.0
+"""With `lan`: how long a household's devices get to agree on one coordinator at collect."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,6 +88,9 @@ class WorkerPlan:
     root: str
     ramp: float | None
     """Devices this worker starts (and stops) per second; None: as fast as it can."""
+    lan: dict[str, str] | None = None
+    """`{"api": URL, "token": T}`: each household on the loopback LAN (`HouseholdLan`), its
+    memberships issued by that gateway's `POST /v1/households/{id}/members`; None: no LAN."""
 
     @property
     def device_count(self) -> int:
@@ -130,6 +143,9 @@ class Worker:
             )
         ]
         self.up: list[Household] = []
+        self.lans: dict[str, HouseholdLan] = {}
+        """With `plan.lan`: each household's LAN, by household id."""
+        self._http: aiohttp.ClientSession | None = None
         self.watches: dict[int, _Watch] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._probed: tuple[float, dict[str, int]] = (0.0, {})
@@ -152,7 +168,12 @@ class Worker:
                 if work == "start":
                     await household.__aenter__()
                     self.up.append(household)
+                    if self.plan.lan is not None:
+                        await self._join_lan(household)
                 else:
+                    lan = self.lans.pop(household.persona.household_id, None)
+                    if lan is not None:
+                        await lan.__aexit__(None, None, None)
                     await household.__aexit__(None, None, None)
 
         targets = self.households if work == "start" else list(self.up)
@@ -168,11 +189,68 @@ class Worker:
     async def start(self) -> None:
         await self._paced("start")
 
+    async def _join_lan(self, household: Household) -> None:
+        """`household` on the loopback LAN, as the demo runs it (`simulators.demo._lan`)."""
+        assert self.plan.lan is not None
+        if self._http is None:
+            self._http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30))
+        http, api = self._http, self.plan.lan["api"]
+        headers = {"Authorization": f"Bearer {self.plan.lan['token']}"}
+
+        async def issue(household_id: str, body: dict[str, Any]) -> dict[str, Any]:
+            path = f"/v1/households/{household_id}/members"
+            async with http.post(api + path, json=body, headers=headers) as resp:
+                answer: dict[str, Any] = await resp.json(content_type=None)
+                if resp.status >= 400:
+                    raise RuntimeError(f"POST {path} -> {resp.status}: {answer}")
+                return answer
+
+        lan = HouseholdLan(household, issue, Path(self.plan.trust))
+        await lan.__aenter__()
+        self.lans[household.persona.household_id] = lan
+        await lan.share()
+
+    async def lan_fault(self, action: str) -> dict[str, Any]:
+        """`kill`: every household's coordinator crashed (`HouseholdLan.crash_coordinator`)
+        -> their ids; `restore`: who coordinates meanwhile (the takeover: each household
+        given `LAN_SETTLE_S` to agree on one), then the crashed ones back -> both lists."""
+        lans = list(self.lans.values())
+        if action == "kill":
+            killed = await asyncio.gather(*(lan.crash_coordinator() for lan in lans))
+            return {"devices": [d for d in killed if d is not None]}
+        if action == "restore":
+            await asyncio.gather(*(lan.settle(LAN_SETTLE_S) for lan in lans))
+            interim = [c for lan in lans if (c := lan.coordinator()) is not None]
+            back = await asyncio.gather(*(lan.restart() for lan in lans))
+            return {"devices": [d for ds in back for d in ds], "interim": interim}
+        if action == "spoof":
+            rogues = await asyncio.gather(*(lan.spoof() for lan in lans))
+            return {"devices": [d for d in rogues if d is not None]}
+        if action == "unspoof":
+            got: dict[str, int] = {}
+            for one in await asyncio.gather(*(lan.unspoof() for lan in lans)):
+                for name, value in one.items():
+                    got[name] = got.get(name, 0) + value
+            return {"devices": [], "rogues_got": got}
+        raise ValueError(f"unknown lan action {action!r} (kill, restore, spoof, unspoof)")
+
+    async def lan_reports(self) -> list[dict[str, Any]]:
+        """Each household's LAN: its coordinator, whether everyone agrees on it (given
+        `LAN_SETTLE_S`), its appliances and the household counters (`HouseholdLan.report`)."""
+
+        async def one(household_id: str, lan: HouseholdLan) -> dict[str, Any]:
+            settled = await lan.settle(LAN_SETTLE_S)
+            return {"household_id": household_id, "settled": settled, **lan.report()}
+
+        return list(await asyncio.gather(*(one(h, lan) for h, lan in self.lans.items())))
+
     async def stop(self) -> None:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self._paced("stop")
+        if self._http is not None:
+            await self._http.close()
         await asyncio.to_thread(self.pool.shutdown)
 
     async def use(self, signals: int | dict[str, int]) -> None:
@@ -238,9 +316,11 @@ class Worker:
         watch = self.watches[launch]
         return {"done": watch.done, "waiting": len(watch.before) - len(watch.offer_at)}
 
-    def collect(self) -> dict[str, Any]:
+    async def collect(self) -> dict[str, Any]:
+        lan = await self.lan_reports()
         seen = [(run.spec.device_id, run.accepted, run.agent.status()) for run in self.runs]
-        return {"seen": seen, "launches": {k: w.to_json() for k, w in self.watches.items()}}
+        launches = {k: w.to_json() for k, w in self.watches.items()}
+        return {"seen": seen, "launches": launches, "lan": lan}
 
 
 async def _handle(worker: Worker, command: dict[str, Any]) -> dict[str, Any]:
@@ -258,8 +338,10 @@ async def _handle(worker: Worker, command: dict[str, Any]) -> dict[str, Any]:
         return {"ok": True}
     if cmd == "followed":
         return worker.followed(int(command["launch"]))
+    if cmd == "lan":
+        return await worker.lan_fault(str(command["action"]))
     if cmd == "collect":
-        collected = worker.collect()
+        collected = await worker.collect()
         await asyncio.to_thread(
             Path(command["path"]).write_text, json.dumps(collected), encoding="utf-8"
         )

@@ -15,7 +15,7 @@ from types import TracebackType
 from typing import Any
 
 from agent.household.client import HouseholdClient
-from agent.household.join import model_ranker
+from agent.household.join import model_ranker, policy_caps
 from agent.household.membership import credentials, load_key
 from agent.offers.book import load_trust
 from protocol.household import MemberRole, Membership
@@ -79,6 +79,11 @@ class HouseholdLan:
         self.host = host
         self.clients: dict[str, HouseholdClient] = {}
         self.appliances: dict[str, HouseholdClient] = {}
+        self.crashed: dict[str, DeviceRun] = {}
+        """Devices whose household client `crash` stopped, until `restart`."""
+        self.rogue: HouseholdClient | None = None
+        """The spoofed coordinator of `spoof`, until `unspoof`."""
+        self._verifier: Verifier | None = None
         self._stack = contextlib.AsyncExitStack()
 
     @property
@@ -90,6 +95,7 @@ class HouseholdLan:
         try:
             pinned = await asyncio.to_thread(load_trust, self.trust)
             verifier = Verifier.from_public_keys(pinned.keys)
+            self._verifier = verifier
             joins = [self._join(run, verifier) for run in self.household.runs]
             levels = self.household.persona.consumables
             joins += [self._appliance(c, 1.0 - level, verifier) for c, level in levels.items()]
@@ -145,6 +151,7 @@ class HouseholdLan:
             ranker=None
             if settings.profile.ranking == "thin"
             else model_ranker(lambda: agent.parts.slot.current),
+            caps=policy_caps(settings, lambda: agent.parts.decisions.household_policy),
         )
         await self._stack.enter_async_context(client)
         agent.attach_household(client)
@@ -157,6 +164,70 @@ class HouseholdLan:
         await self._stack.enter_async_context(client)
         client.report_levels({category: round(need, 3)})
         self.appliances[device_id] = client
+
+    async def crash_coordinator(self) -> str | None:
+        """The coordinator's household client stopped as a killed process would
+        (`HouseholdClient.crash`); its agent runs on alone. Its device id, or None when no
+        device coordinates now."""
+        device_id = self.coordinator()
+        if device_id is None:
+            return None
+        run = next(r for r in self.household.runs if r.spec.device_id == device_id)
+        client = self.clients.pop(device_id)
+        run.agent.attach_household(None)
+        await client.crash()
+        self.crashed[device_id] = run
+        return device_id
+
+    async def restart(self) -> list[str]:
+        """Every crashed device back on the LAN with a new client (a new process: empty
+        state, a new membership from the gateway); their ids."""
+        assert self._verifier is not None, "not entered"
+        back = list(self.crashed)
+        for device_id in back:
+            await self._join(self.crashed.pop(device_id), self._verifier)
+        return back
+
+    async def spoof(self) -> str | None:
+        """A rogue hub on the segment (the fleet's `coordinator-spoof`): it holds the
+        household's secret (leaked: its adverts carry the right hint and proof) but a
+        membership another key signed; the members' handshake must refuse it before
+        anything but a nonce is sent (`household_coordinators_refused`). Its device id."""
+        some = next(iter(self.clients.values()), None)
+        if some is None or self.rogue is not None:
+            return None
+        forger = Signer.generate("forger")
+        device_id = f"{self.household_id}-rogue"[:64]
+        folder = self.household.data_dir / "rogue" / device_id
+        key: Signer = await asyncio.to_thread(load_key, folder)
+        secret = some.creds.secret
+        wire = membership(forger, self.household_id, device_id, key, ["hub"], secret)
+        verifier = Verifier.from_public_keys([forger.public])
+        rogue = HouseholdClient(
+            credentials(wire, key, verifier),
+            verifier,
+            host=self.host,
+            interfaces=(self.host,),
+            tick_s=self.tick_s,
+        )
+        await rogue.start()
+        self.rogue = rogue
+        return device_id
+
+    async def unspoof(self) -> dict[str, int]:
+        """The rogue gone; what it got: the members that reached its LAN API beyond the
+        handshake, the contributions and exposures they gave it (0s are right)."""
+        rogue, self.rogue = self.rogue, None
+        if rogue is None:
+            return {}
+        got = {"rogue_members_seen": 0, "rogue_contributions": 0, "rogue_exposures": 0}
+        if rogue.server is not None:
+            state, own = rogue.server.state, rogue.creds.membership.device_id
+            got["rogue_members_seen"] = len(set(state.seen) - {own})
+            got["rogue_contributions"] = len(set(state.contributions) - {own})
+            got["rogue_exposures"] = len(state.exposures)
+        await rogue.close()
+        return got
 
     async def share(self) -> None:
         """Each device's category counts of the last 24 h, sent only where its
@@ -195,7 +266,8 @@ class HouseholdLan:
         return None
 
     def report(self) -> dict[str, Any]:
-        """What the demo shows of the household on the LAN."""
+        """What the demo shows of the household on the LAN; `caps`: the household caps its
+        coordinator enforces (the cloud's household section over the defaults)."""
         tv = next((c for d, c in self.clients.items() if "-tv" in d), None)
         ctx = tv.household_context() if tv is not None else None
         counters: dict[str, int] = {}
@@ -203,8 +275,19 @@ class HouseholdLan:
             for name, value in c.counters.items():
                 if name.startswith("household_"):
                     counters[name] = counters.get(name, 0) + value
+        coordinator = self.coordinator()
+        server = self.clients[coordinator].server if coordinator is not None else None
+        caps = server.state.caps if server is not None else None
         return {
-            "coordinator": self.coordinator(),
+            "coordinator": coordinator,
+            "caps": None
+            if caps is None
+            else {
+                "offer_window_s": caps.offer_window_s,
+                "per_day": caps.per_day,
+                "quiet": [[q.start, q.end] for q in caps.quiet],
+                "utc_offset_s": caps.utc_offset_s,
+            },
             "appliances": sorted(self.appliances),
             "tv_consumable_need": dict(ctx.consumable_need) if ctx else {},
             "active_devices": ctx.active_devices if ctx else 0,

@@ -9,7 +9,14 @@ from pathlib import Path
 
 from protocol.ids import new_id
 
-FAULTS = ("gateway-restart", "broker-restart", "partition", "agent-kill")
+FAULTS = (
+    "gateway-restart",
+    "broker-restart",
+    "partition",
+    "agent-kill",
+    "coordinator-kill",
+    "coordinator-spoof",
+)
 """In the order they begin."""
 HOUSEHOLD_PROFILES = ("hub", "tv", "phone", "phone")
 """Today's household (`simulators.household.default_devices`)."""
@@ -115,6 +122,10 @@ class FleetOptions:
     trust: Path | None = None
     """With `gateway`: its trust file (`trust.json` in its data folder), given to every
     device."""
+    lan: bool = False
+    """Each household's devices on the loopback LAN as in the demo
+    (`simulators.household_lan.HouseholdLan`): memberships issued by the gateway's API, real
+    mDNS discovery and election, appliances reporting to the coordinator (issue 17)."""
 
     @property
     def devices(self) -> int:
@@ -155,6 +166,9 @@ class FleetOptions:
             self._check_shared_gateway()
         if "broker-restart" in self.faults and self.broker not in (None, "mosquitto"):
             raise ValueError("broker-restart needs a broker this run starts (embedded, mosquitto)")
+        for fault in ("coordinator-kill", "coordinator-spoof"):
+            if fault in self.faults and not self.lan:
+                raise ValueError(f"{fault} needs --lan (households on the LAN)")
         if "agent-kill" in self.faults and self.crash_devices < 1:
             raise ValueError("agent-kill needs at least one crash device")
         if self.procs is not None and self.procs < 1:

@@ -18,7 +18,14 @@ from simulators.options import FAULTS, HOUSEHOLD_PROFILES, FleetOptions
 
 SCENARIOS = Path(__file__).parent / "scenarios"
 
-Fault = Literal["gateway-restart", "broker-restart", "partition", "agent-kill"]
+Fault = Literal[
+    "gateway-restart",
+    "broker-restart",
+    "partition",
+    "agent-kill",
+    "coordinator-kill",
+    "coordinator-spoof",
+]
 assert set(Fault.__args__) == set(FAULTS)  # type: ignore[attr-defined]
 
 

@@ -6,6 +6,8 @@ document leaves unset (None) keeps the layer below; `quiet_hours = []` clears it
 come from the newest document held (the gateway publishes every document of one change with the
 same version, each carrying every campaign rule); they replace the offer and campaign caps and
 the holdout share of that campaign's offers. A cohort's `holdout` is a floor for every campaign.
+The household section (issue 17) is layered the same way, field by field; a household's
+coordinator enforces it over the home's devices (`agent.household.state.caps_from`).
 """
 
 from __future__ import annotations
@@ -15,9 +17,22 @@ from dataclasses import dataclass, field, replace
 from typing import TypeVar
 
 from agent.decide.rules import CapLimits, HoldoutRules, QuietWindow, parse_hhmm
-from protocol.envelopes import PolicyDocument, PolicyRules
+from protocol.envelopes import HouseholdRules, PolicyDocument, PolicyRules
 
 T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class HouseholdPolicy:
+    """The household caps the cloud set (None: not set by any layer; the coordinator's
+    defaults apply)."""
+
+    offer_window_s: float | None = None
+    per_day: int | None = None
+    quiet: tuple[QuietWindow, ...] | None = None
+
+
+NO_HOUSEHOLD_POLICY = HouseholdPolicy()
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,6 +45,7 @@ class EffectivePolicy:
     holdout: HoldoutRules | None = None
     version: int = 0
     cohorts: tuple[str, ...] = field(default_factory=tuple)
+    household: HouseholdPolicy = NO_HOUSEHOLD_POLICY
 
 
 def layer_order(profile: str, cohorts: Sequence[str]) -> list[str]:
@@ -39,7 +55,7 @@ def layer_order(profile: str, cohorts: Sequence[str]) -> list[str]:
     return first + [c for c in cohorts if c not in first]
 
 
-def _quiet(rules: PolicyRules) -> tuple[QuietWindow, ...] | None:
+def _quiet(rules: PolicyRules | HouseholdRules) -> tuple[QuietWindow, ...] | None:
     if rules.quiet_hours is None:
         return None
     return tuple(QuietWindow(parse_hhmm(q.start), parse_hhmm(q.end)) for q in rules.quiet_hours)
@@ -54,6 +70,7 @@ def merge(
 ) -> EffectivePolicy:
     """The policy in force with `docs` (by cohort) held over the profile's `base` settings."""
     limits, quiet, floor = base, base_quiet, 0.0
+    household = NO_HOUSEHOLD_POLICY
     applied: list[str] = []
     for cohort in layer_order(profile, cohorts):
         doc = docs.get(cohort)
@@ -70,6 +87,8 @@ def merge(
         )
         quiet = _pick(_quiet(rules), quiet)
         floor = _pick(rules.holdout, floor)
+        if rules.household is not None:
+            household = _household(rules.household, household)
     if not applied:
         return EffectivePolicy(base, base_quiet)
     newest = max((docs[c] for c in applied), key=lambda d: d.version)
@@ -81,7 +100,18 @@ def merge(
     shares = {cid: r.holdout for cid, r in newest.campaigns.items() if r.holdout is not None}
     limits = replace(limits, by_campaign=by_campaign)
     holdout = HoldoutRules(floor, shares) if floor > 0 or shares else None
-    return EffectivePolicy(limits, quiet, holdout, newest.version, tuple(applied))
+    return EffectivePolicy(limits, quiet, holdout, newest.version, tuple(applied), household)
+
+
+def _household(rules: HouseholdRules, below: HouseholdPolicy) -> HouseholdPolicy:
+    return HouseholdPolicy(
+        offer_window_s=_pick(
+            None if rules.offer_window_s is None else float(rules.offer_window_s),
+            below.offer_window_s,
+        ),
+        per_day=_pick(rules.per_day, below.per_day),
+        quiet=_pick(_quiet(rules), below.quiet),
+    )
 
 
 def _pick(value: T | None, below: T) -> T:

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from agent.config import AgentSettings
 from agent.decide import attribution
-from agent.decide.cloud_policy import EffectivePolicy
+from agent.decide.cloud_policy import NO_HOUSEHOLD_POLICY, EffectivePolicy, HouseholdPolicy
 from agent.decide.decision import Consent, Decision, Situation
 from agent.decide.explain import ExplainTally, classify
 from agent.decide.remote import RankResult
@@ -110,6 +110,8 @@ class Decisions:
         """The profile's own settings, under any cloud policy (issue 18)."""
         self.holdout: HoldoutRules | None = None
         self.policy_version = 0
+        self.household_policy: HouseholdPolicy = NO_HOUSEHOLD_POLICY
+        """The cloud's household caps: what this device applies while it coordinates."""
         self.explanations = ExplainTally()
         """Why each campaign was shown or not, per decision (`agent.decide.explain`)."""
 
@@ -119,6 +121,7 @@ class Decisions:
         self.quiet = policy.quiet
         self.holdout = policy.holdout
         self.policy_version = policy.version
+        self.household_policy = policy.household
 
     def forget(self, now: datetime) -> None:
         """After an erasure: no remembered decision, no impression counted today."""

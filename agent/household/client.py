@@ -34,7 +34,7 @@ from agent.household.coordinator import CoordinatorServer, Ranker
 from agent.household.discovery import Discovery
 from agent.household.election import ELIGIBLE, Candidate, elect
 from agent.household.membership import Credentials, MembershipError, check_membership
-from agent.household.state import DAY_S
+from agent.household.state import DAY_S, HouseholdCaps
 from protocol.household import key_fingerprint
 from protocol.signing import Verifier
 
@@ -77,6 +77,7 @@ class HouseholdClient:
         clock: Callable[[], float] = time.time,
         ttl_s: int = 120,
         contribution: Callable[[], tuple[Mapping[str, int], int]] | None = None,
+        caps: Callable[[], HouseholdCaps] | None = None,
     ) -> None:
         self.creds = creds
         self.verifier = verifier
@@ -90,7 +91,9 @@ class HouseholdClient:
         self.clock = clock
         self.eligible = creds.role in ELIGIBLE
         self.server = (
-            CoordinatorServer(creds, verifier, counters=self.counters, ranker=ranker, clock=clock)
+            CoordinatorServer(
+                creds, verifier, counters=self.counters, ranker=ranker, clock=clock, caps=caps
+            )
             if self.eligible
             else None
         )
@@ -146,6 +149,16 @@ class HouseholdClient:
         )
         await self.discovery.start()
         self._task = asyncio.get_running_loop().create_task(self._run(), name="household")
+
+    async def crash(self) -> None:
+        """Stop as a SIGKILLed device would (the fleet's `coordinator-kill`): no mDNS goodbye
+        (its advert stays in the others' caches until they find it dead), its LAN server gone
+        mid-term, what it held in memory lost with it."""
+        if self.discovery is not None:
+            self.discovery.advertised = False  # a killed process says no goodbye
+        self._token = None
+        self.connected.clear()
+        await self.close()
 
     async def close(self) -> None:
         if self._task is not None:

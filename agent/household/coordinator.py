@@ -25,7 +25,7 @@ from agent.errors import ScoringError
 from agent.features.household import HouseholdContext
 from agent.household import handshake
 from agent.household.membership import Credentials, MembershipError, check_membership
-from agent.household.state import Exposure, HouseholdState
+from agent.household.state import Exposure, HouseholdCaps, HouseholdState
 from protocol.household import Membership, key_fingerprint
 from protocol.signing import Verifier
 
@@ -99,12 +99,16 @@ class CoordinatorServer:
         counters: Counter[str] | None = None,
         ranker: Ranker | None = None,
         clock: Callable[[], float] = time.time,
+        caps: Callable[[], HouseholdCaps] | None = None,
     ) -> None:
+        """`caps`: the household caps in force now (the cloud's policy on this device,
+        `agent.household.join`), read at each household call; None: the state's own."""
         self.creds = creds
         self.verifier = verifier
         self.counters = counters if counters is not None else Counter()
         self.ranker = ranker
         self.clock = clock
+        self.caps = caps
         self.serving = False
         self.state = HouseholdState(creds.membership.household_id)
         self._hellos: OrderedDict[str, tuple[str, float]] = OrderedDict()  # nonce_s -> nonce_c
@@ -206,6 +210,8 @@ class CoordinatorServer:
             self.counters["household_auth_refused"] += 1
             raise web.HTTPUnauthorized(text="no household session")
         self.state.touch(session.device_id, self.clock())
+        if self.caps is not None:
+            self.state.caps = self.caps()
         return session
 
     # ------------------------------------------------------------ household calls

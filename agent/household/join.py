@@ -9,13 +9,16 @@ import asyncio
 import logging
 from collections import Counter
 from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
 
 from agent.config import AgentSettings
+from agent.decide.cloud_policy import NO_HOUSEHOLD_POLICY, HouseholdPolicy
 from agent.decide.remote import RankRequest, RankResult
 from agent.features.household import HouseholdContext
 from agent.household.client import HouseholdClient
 from agent.household.coordinator import Ranker
 from agent.household.membership import MembershipError, credentials, load_key, read_membership
+from agent.household.state import HouseholdCaps, caps_from
 from agent.model.scoring import Model
 from agent.offers.book import load_trust
 from protocol.signing import Verifier
@@ -30,9 +33,11 @@ async def join(
     contribution: Callable[[], tuple[Mapping[str, int], int]],
     model: Callable[[], Model | None],
     counters: Counter[str],
+    policy: Callable[[], HouseholdPolicy] = lambda: NO_HOUSEHOLD_POLICY,
 ) -> HouseholdClient | None:
     """The started household client, or None (no LAN address, no grant, or a grant that does
-    not hold: logged and counted, the agent runs alone)."""
+    not hold: logged and counted, the agent runs alone). `policy`: the cloud's household caps
+    in force on this device, which it enforces while it coordinates."""
     host = settings.lan_host
     if host is None:
         return None
@@ -57,9 +62,26 @@ async def join(
         contribution=contribution,
         ranker=model_ranker(model) if settings.profile.ranking != "thin" else None,
         counters=counters,
+        caps=policy_caps(settings, policy),
     )
     await client.start()
     return client
+
+
+def policy_caps(
+    settings: AgentSettings,
+    policy: Callable[[], HouseholdPolicy],
+    clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+) -> Callable[[], HouseholdCaps]:
+    """The coordinator's caps now: `policy()` (the cloud's household section) over the
+    defaults, in this device's local time (its profile's timezone, offset taken at each call:
+    a DST change moves the household's quiet hours with it)."""
+
+    def caps() -> HouseholdCaps:
+        offset = clock().astimezone(settings.tz).utcoffset()
+        return caps_from(policy(), offset.total_seconds() if offset is not None else 0.0)
+
+    return caps
 
 
 def model_ranker(model: Callable[[], Model | None]) -> Ranker:

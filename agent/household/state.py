@@ -13,6 +13,7 @@ from collections import OrderedDict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
+from agent.decide.cloud_policy import HouseholdPolicy
 from agent.decide.rules import HouseholdHold, QuietWindow, quiet_remaining
 from agent.features.household import HouseholdContext
 
@@ -34,6 +35,25 @@ class HouseholdCaps:
     quiet: tuple[QuietWindow, ...] = ()
     utc_offset_s: float = 0.0
     """Local time of the household (quiet hours and the day)."""
+
+
+DEFAULT_CAPS = HouseholdCaps()
+
+
+def caps_from(policy: HouseholdPolicy, utc_offset_s: float) -> HouseholdCaps:
+    """The caps a coordinator enforces: the cloud's household section (`PolicyRules.household`,
+    merged over the cohorts' layers) where it sets a rule, the defaults elsewhere; quiet hours
+    and the day in the coordinator's local time (`utc_offset_s`)."""
+    return HouseholdCaps(
+        offer_window_s=(
+            DEFAULT_CAPS.offer_window_s
+            if policy.offer_window_s is None
+            else float(policy.offer_window_s)
+        ),
+        per_day=DEFAULT_CAPS.per_day if policy.per_day is None else policy.per_day,
+        quiet=DEFAULT_CAPS.quiet if policy.quiet is None else policy.quiet,
+        utc_offset_s=float(utc_offset_s),
+    )
 
 
 @dataclass(frozen=True, slots=True)

@@ -360,6 +360,7 @@ class Agent:
                 contribution=partial(_contribution, parts),
                 model=lambda: parts.slot.current,
                 counters=parts.metrics.counters,
+                policy=lambda: parts.decisions.household_policy,
             )
         if self.household is not None:
             parts.decisions.household = self.household

@@ -14,9 +14,10 @@ from typing import Any
 import pytest
 
 from agent.config import load_settings
-from agent.decide.cloud_policy import merge
+from agent.decide.cloud_policy import HouseholdPolicy, merge
 from agent.decide.explain import ExplainTally
 from agent.decide.policy import CapLimits, QuietWindow
+from agent.household.state import HouseholdCaps, caps_from
 from agent.intake.explanations import ExplainReporter
 from agent.runtime.agent import Agent
 from protocol import codec
@@ -67,6 +68,33 @@ def test_the_most_specific_layer_wins_and_unset_rules_keep_the_layer_below() -> 
     # a document of a cohort the device is not in does not apply
     assert merge(base, quiet, "tv", ["all"], {"region:x": docs["region:x"]}).version == 0
     assert merge(base, quiet, "tv", ["all"], {}).limits is base
+
+
+def test_the_household_section_layers_field_by_field_over_the_coordinators_defaults() -> None:
+    base = CapLimits()
+    docs = {
+        "all": doc("all", 4, household={"per_day": 6, "quiet_hours": ALWAYS_QUIET}),
+        "profile:hub": doc("profile:hub", 5, household={"offer_window_s": 600}),
+        "region:x": doc("region:x", 3, household={"quiet_hours": []}),
+    }
+    policy = merge(base, (), "hub", ["all", "profile:hub", "region:x"], docs)
+    assert policy.household == HouseholdPolicy(offer_window_s=600.0, per_day=6, quiet=())
+    assert policy.limits == base  # the household section leaves the device's own caps alone
+    caps = caps_from(policy.household, 8 * 3600.0)
+    assert caps == HouseholdCaps(offer_window_s=600.0, per_day=6, quiet=(), utc_offset_s=28800.0)
+    # without `region:x`, the quiet hours of `all` hold; unset rules keep the defaults
+    alone = merge(base, (), "hub", ["all"], docs).household
+    assert alone.quiet == (QuietWindow(0, 12 * 60), QuietWindow(12 * 60, 0))
+    assert caps_from(alone, 0.0).offer_window_s == HouseholdCaps().offer_window_s
+    assert caps_from(merge(base, (), "hub", ["all"], {}).household, 0.0) == HouseholdCaps()
+    # bounded on the wire, and a document carrying it verifies and round-trips
+    with pytest.raises(ValueError, match="per_day"):
+        PolicyRules.model_validate({"household": {"per_day": -1}})
+    with pytest.raises(ValueError, match="extra"):
+        PolicyRules.model_validate({"household": {"per_week": 3}})
+    wire = docs["all"].to_wire()
+    assert PolicyDocument.model_validate(wire).rules == docs["all"].rules
+    assert "household" not in doc("all", 1).to_wire()["rules"]  # older agents see nothing new
 
 
 async def test_a_signed_policy_is_enforced_offline_kept_and_reported(tmp_path: Path) -> None:

@@ -30,17 +30,28 @@ def test_a_campaign_policy_sets_only_campaign_rules_and_names_the_field() -> Non
     assert (caught.value.errors or [])[0]["loc"] == "name"
     with pytest.raises(InvalidInput):
         check_scope("household", "x", PolicyRules())
+    # household caps are set per profile or cohort (a home's coordinator applies its own)
+    household = PolicyRules.model_validate({"household": {"per_day": 3}})
+    check_scope("profile", "hub", household)
+    with pytest.raises(InvalidInput) as caught:
+        check_scope("campaign", "c1", household)
+    assert [e["loc"] for e in caught.value.errors or []] == ["household"]
 
 
 def test_every_cohort_gets_its_rules_and_every_campaign_rule() -> None:
     policies = [
         {"scope": "profile", "name": "tv", "rules": {"global_per_day": 5}},
+        {"scope": "profile", "name": "hub", "rules": {"household": {"offer_window_s": 60}}},
         {"scope": "cohort", "name": "region:x", "rules": {"quiet_hours": []}},
         {"scope": "campaign", "name": "c1", "rules": {"holdout": 0.2}},
     ]
     now = utcnow()
-    docs = {d.cohort: d for d in documents(policies, {"all", "profile:tv", "region:x"}, 7, now)}
-    assert set(docs) == {"all", "profile:tv", "region:x"}
+    cohorts = {"all", "profile:tv", "profile:hub", "region:x"}
+    docs = {d.cohort: d for d in documents(policies, cohorts, 7, now)}
+    assert set(docs) == cohorts
+    household = docs["profile:hub"].rules.household
+    assert household is not None and household.offer_window_s == 60
+    assert docs["profile:tv"].rules.household is None
     assert docs["profile:tv"].rules.global_per_day == 5
     assert docs["region:x"].rules.quiet_hours == []
     assert docs["all"].rules == PolicyRules()  # `all` carries only the campaign rules

@@ -59,9 +59,69 @@ async def test_a_fleet_through_every_fault_on_a_private_mosquitto(tmp_path: Path
     assert report["batches_resent"] <= 5 * report["devices"]
 
 
+async def test_a_fleet_on_the_lan_two_homes_apart_coordinators_killed_and_spoofed(
+    tmp_path: Path,
+) -> None:
+    """`--lan`: each household's devices find each other by real mDNS on loopback, with
+    memberships the gateway issued; two homes on one segment each elect their own hub, see
+    the other's adverts only as foreign (counted) and share nothing with it. With
+    `coordinator-kill` both hubs stop as killed processes would (no goodbye): another device of
+    each home takes over, and the hubs come back as coordinators. With `coordinator-spoof`
+    (while the hubs are down: the rogue hubs would win the election) a rogue hub with the
+    leaked household secret but a forged membership joins each home: refused by the
+    handshake, it gets nobody. No signal lost."""
+    options = FleetOptions(
+        households=2,
+        broker="mosquitto",
+        rounds=9,
+        signals_per_round=5,
+        duration_s=9.0,
+        data_dir=tmp_path,
+        lan=True,
+        faults=("coordinator-kill", "coordinator-spoof"),
+    )
+    report = await run_fleet(options)
+    assert succeeded(report), report
+    lan = report["lan"]
+    assert lan["households"] == lan["settled"] == lan["coordinated"] == 2
+    homes = {h["household_id"]: h for h in lan["per_household"]}
+    assert len(homes) == 2
+    assert sorted(lan["coordinators_killed"]) == sorted(f"{h}-hub" for h in homes)
+    # while its hub was down, a device of the same home coordinated it
+    interim = lan["coordinators_interim"]
+    assert len(interim) == 2 and not any(d.endswith("-hub") for d in interim)
+    assert {h for h in homes for d in interim if d.startswith(f"{h}-")} == set(homes)
+    for household_id, home in homes.items():
+        assert home["coordinator"] == f"{household_id}-hub"  # back, and elected again
+        # the caps it enforces: no cloud household section in this run, the defaults, in the
+        # hub's local time (Asia/Shanghai): its agent's policy, read by its coordinator
+        assert home["caps"] == {
+            "offer_window_s": 4 * 3600.0,
+            "per_day": 24,
+            "quiet": [],
+            "utc_offset_s": 8 * 3600.0,
+        }
+        assert home["active_devices"] == 4  # its own four devices, none of the other home
+        assert home["counters"]["household_adverts_foreign"] > 0  # it saw the other home
+    assert sorted(lan["rogues"]) == sorted(f"{h}-rogue" for h in homes)
+    got = {"rogue_members_seen": 0, "rogue_contributions": 0, "rogue_exposures": 0}
+    assert lan["rogues_got"] == got  # zero connections beyond the handshake, zero data
+    assert lan["counters"]["household_coordinators_refused"] >= 2  # each home refused its rogue
+    events = [(e["fault"], e["event"]) for e in report["faults"]]
+    assert events == [
+        ("coordinator-kill", "begins"),
+        ("coordinator-spoof", "begins"),
+        ("coordinator-spoof", "ends"),
+        ("coordinator-kill", "ends"),
+    ]
+    assert report["signals_lost"] == report["signals_duplicated"] == 0
+
+
 def test_fleet_options_refuse_what_cannot_be_run() -> None:
     with pytest.raises(ValueError, match="unknown fault"):
         FleetOptions(faults=("flood",))
+    with pytest.raises(ValueError, match="coordinator-kill needs --lan"):
+        FleetOptions(faults=("coordinator-kill",))
     with pytest.raises(ValueError, match="crash device"):
         FleetOptions(faults=("agent-kill",), crash_devices=0)
     with pytest.raises(ValueError, match="a broker this run starts"):
