@@ -107,6 +107,7 @@ class Decisions:
             QuietWindow(parse_hhmm(q.start), parse_hhmm(q.end)) for q in policy.quiet_hours
         )
         self.base = EffectivePolicy(self.cap_limits, self.quiet)
+        self.min_score = policy.min_score
         """The profile's own settings, under any cloud policy (issue 18)."""
         self.holdout: HoldoutRules | None = None
         self.policy_version = 0
@@ -163,6 +164,7 @@ class Decisions:
             refused,
             household_held=hold.offers if hold is not None else frozenset(),
             holdout=self.holdout,
+            min_score=self.min_score,
         )
         if hold is not None and hold.reason is not None:
             self._explain_household_hold(catalog, ctx, surface, limit, now, consent, situation)
