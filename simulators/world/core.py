@@ -23,7 +23,7 @@ from simulators.world.people import (
     Persona,
     _make_households,
 )
-from simulators.world.truth import _click_probability
+from simulators.world.truth import _click_probability, _conversion_probabilities
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -59,6 +59,15 @@ class World:
     ) -> FloatArray:
         """The hidden ground truth, vectorised over aligned index arrays."""
         return _click_probability(
+            self.households, self.catalog, household, offer, hour=hour, profile=profile
+        )
+
+    def outcome_probabilities(
+        self, household: IntArray, offer: IntArray, hour: npt.NDArray[Any], profile: IntArray
+    ) -> tuple[FloatArray, FloatArray, FloatArray]:
+        """The hidden truth of what follows a decision, per aligned row: P(click | shown),
+        P(conversion | click), and P(conversion | not shown) (the household buys anyway)."""
+        return _conversion_probabilities(
             self.households, self.catalog, household, offer, hour=hour, profile=profile
         )
 

@@ -84,3 +84,44 @@ def _click_probability(
         + _T_PROFILE_TYPE[profile, kind]
     )
     return np.asarray(1.0 / (1.0 + np.exp(-logit)), dtype=np.float64)
+
+
+# ------------------------------------------------------------------ after the click
+_B_BASE = -1.2  # P(buy | click) at no need, mean price sensitivity, the mean price
+_B_NEED = 1.5  # times 1 - level, for an offer of the household's consumable's category
+_B_DISCOUNT = 2.0  # times price sensitivity
+_B_PRICE = 0.6  # times price sensitivity, on centred log price
+_ORGANIC = 0.2
+"""Share of the conversions a shown offer brings that would have happened without it (the
+household buys the item anyway): what a holdout measures the uplift against."""
+
+
+def _buy_probability(
+    hh: Households, cat: Catalog, household: IntArray, offer: IntArray
+) -> FloatArray:
+    """P(conversion | click): a clicked offer is bought more often when the household needs
+    it, and by the price sensitive when it is cheap or discounted."""
+    category = cat.category_idx[offer]
+    ps = hh.price_sensitivity[household]
+    logit = (
+        _B_BASE
+        + _B_NEED * _need(hh, household, category)
+        + _B_DISCOUNT * ps * cat.discount[offer]
+        - _B_PRICE * ps * (np.log1p(cat.price[offer]) - 4.5)
+    )
+    return np.asarray(1.0 / (1.0 + np.exp(-logit)), dtype=np.float64)
+
+
+def _conversion_probabilities(
+    hh: Households,
+    cat: Catalog,
+    household: IntArray,
+    offer: IntArray,
+    *,
+    hour: npt.NDArray[Any],
+    profile: IntArray,
+) -> tuple[FloatArray, FloatArray, FloatArray]:
+    """(P(click | shown), P(buy | click), P(conversion | not shown)) per aligned row."""
+    click = _click_probability(hh, cat, household, offer, hour=hour, profile=profile)
+    buy = _buy_probability(hh, cat, household, offer)
+    return click, buy, _ORGANIC * click * buy
