@@ -198,7 +198,7 @@ def cmd_fleet_lift(args: argparse.Namespace) -> int:
             households=300 if args.households is None else args.households,
             days=args.days,
             sessions_per_day=args.sessions_per_day,
-            min_score=args.min_score,
+            min_score=0.3 if args.min_score is None else args.min_score,
             holdout=args.holdout_share,
             work_dir=Path(args.data_dir) if args.data_dir else None,
         )
@@ -370,8 +370,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     run.add_argument(
         "--min-score",
         type=float,
-        default=0.25,
-        help="with lift: the model arms' decisions.min_score (default: 0.25)",
+        default=None,
+        help="with lift: the model arms' decisions.min_score (default: 0.3)",
     )
     run.add_argument(
         "--holdout-share",

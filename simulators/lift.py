@@ -8,6 +8,8 @@ agent's real decision path runs: `agent.decide.ranking.decide_catalog` (a thin s
 caps, the campaign holdout) and the onnxruntime model of `agent.model.scoring`. The arms:
 
 * `broadcast`: no model, every eligible offer shown in priority order as the caps allow;
+* `ranked`: the shipped default model without a minimum score (the same slots as broadcast,
+  filled by score: what the ranking alone brings);
 * `shipped`: the shipped default model, with the `decisions.min_score` rule;
 * `retrained`: boosted trees trained by `models.train` on the impressions the `shipped` arm
   logged (features as the agent logged them, clicks as the world drew them), same rule.
@@ -54,7 +56,7 @@ from simulators.world import LOG_START, UTC_OFFSET_HOURS, World, make_world, usa
 from simulators.world.people import _NEAR_PEAK_SHARE
 from simulators.world.usage import daily_signal_rate
 
-ARMS = ("broadcast", "shipped", "retrained")
+ARMS = ("broadcast", "ranked", "shipped", "retrained")
 WARMUP_DAYS = 7
 """Days of signals before the first session: the feature windows' full week."""
 _ALL = Consent(analytics=True, personalization=True, marketing=True)
@@ -117,7 +119,11 @@ def run_lift(options: LiftOptions) -> LiftReport:
         offers,
         catalog,
         policies,
-        [_Arm("broadcast", None, None), _Arm("shipped", shipped, options.min_score)],
+        [
+            _Arm("broadcast", None, None),
+            _Arm("ranked", shipped, None),
+            _Arm("shipped", shipped, options.min_score),
+        ],
         start,
         options,
     )

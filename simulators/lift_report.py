@@ -23,6 +23,7 @@ GOAL_RATE_RATIO = 2.0
 GOAL_SHOWN_RATIO = 0.5
 _LABELS = {
     "broadcast": "(a) popularity broadcast: every eligible offer, by priority",
+    "ranked": "(b0) shipped default model, no min_score",
     "shipped": "(b) shipped default model, min_score",
     "retrained": "(c) retrained on (b)'s logs, min_score",
 }

@@ -274,7 +274,7 @@ class LiftOptions:
     days: int = 7
     sessions_per_day: float = 6.0
     """Moments a day each device could show an offer (drawn around the household's hours)."""
-    min_score: float = 0.1
+    min_score: float = 0.3
     """`decisions.min_score` of the model arms (a click probability)."""
     holdout: float = 0.1
     """Every campaign's holdout share: what the uplift is measured against."""
