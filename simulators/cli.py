@@ -186,11 +186,22 @@ def cmd_fleet_merge(paths: list[str]) -> int:
     return 0 if succeeded(merged) else 1
 
 
+def _no_train_extra(exc: ModuleNotFoundError) -> int:
+    from models.cli import missing_train_extra  # noqa: PLC0415
+
+    sys.stderr.write(f"edgemart fleet lift: {missing_train_extra(exc)}\n")
+    return 1
+
+
 def cmd_fleet_lift(args: argparse.Namespace) -> int:
     """`edgemart fleet lift`: the three rankings on one seeded world (`simulators.lift`), the
     result table printed as Markdown (and JSON with --report)."""
-    from simulators.lift import LiftError, run_lift  # noqa: PLC0415 - numpy, onnxruntime
     from simulators.options import LiftOptions  # noqa: PLC0415
+
+    try:
+        from simulators.lift import LiftError, run_lift  # noqa: PLC0415 - numpy, onnxruntime
+    except ModuleNotFoundError as exc:  # the retrained arm trains with the `train` extra
+        return _no_train_extra(exc)
 
     try:
         options = LiftOptions(
@@ -203,6 +214,8 @@ def cmd_fleet_lift(args: argparse.Namespace) -> int:
             work_dir=Path(args.data_dir) if args.data_dir else None,
         )
         result = run_lift(options)
+    except ModuleNotFoundError as exc:
+        return _no_train_extra(exc)
     except (ValueError, LiftError, OSError) as exc:
         sys.stderr.write(f"edgemart fleet lift: {exc}\n")
         return 2
@@ -221,7 +234,10 @@ def cmd_fleet_lift(args: argparse.Namespace) -> int:
 
 def cmd_fleet(args: argparse.Namespace) -> int:
     if args.verb:
-        if args.verb[0] == "lift" and len(args.verb) == 1:
+        if args.verb[0] == "lift":
+            if len(args.verb) > 1:
+                sys.stderr.write(f"edgemart fleet lift: takes options only, not {args.verb[1:]}\n")
+                return 2
             return cmd_fleet_lift(args)
         if args.verb[0] != "merge":
             sys.stderr.write(

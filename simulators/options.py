@@ -285,8 +285,9 @@ class LiftOptions:
     """Where the retrained model and its logs go (None: a temporary folder)."""
 
     def __post_init__(self) -> None:
-        if self.households < 1 or self.days < 1 or self.offers < 1 or self.slots < 1:
-            raise ValueError("households, days, offers and slots must each be at least 1")
+        for name in ("households", "days", "offers", "slots"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, not {getattr(self, name)}")
         if not 0.0 <= self.min_score <= 1.0:
             raise ValueError(f"min_score must be in [0, 1], not {self.min_score}")
         if not 0.0 <= self.holdout < 1.0:
