@@ -42,6 +42,7 @@ from agent.decide.ranking import decide_catalog
 from agent.decide.remote_rank import rank_for
 from agent.decide.rules import CapCounts, CapLimits, QuietWindow, parse_hhmm
 from agent.decide.thin import decide_offers, rank_request
+from agent.features.context import UserContext
 from agent.features.household import HouseholdContext
 from agent.features.windows import FeatureWindows
 from agent.model.scoring import Model, load_default_model, load_model
@@ -53,8 +54,7 @@ from protocol.vocabulary import PROFILES
 from simulators.lift_report import ArmTally, LiftReport, outcomes, report
 from simulators.options import LiftOptions
 from simulators.world import LOG_START, UTC_OFFSET_HOURS, World, make_world, usage_signals
-from simulators.world.people import _NEAR_PEAK_SHARE
-from simulators.world.usage import daily_signal_rate
+from simulators.world.usage import daily_signal_rate, local_minutes
 
 ARMS = ("broadcast", "ranked", "shipped", "retrained")
 WARMUP_DAYS = 7
@@ -220,13 +220,15 @@ def _household(  # noqa: PLR0917 - one household's run, all of it
     for d, profile in enumerate(persona.devices):
         rate = daily_signal_rate(persona, profile)
         n = int(rng.poisson(rate * (WARMUP_DAYS + options.days)))
-        at = _minutes(rng, persona.peak_hour, persona.hour_spread, n, -WARMUP_DAYS, options.days)
+        at = local_minutes(
+            rng, persona.peak_hour, persona.hour_spread, n, -WARMUP_DAYS, options.days
+        )
         for t, signal in zip(at.tolist(), usage_signals(persona, profile, rng, n), strict=True):
             events.append((t, d, 0, signal))
         k = int(rng.poisson(options.sessions_per_day * options.days))
         surfaces = policies[profile].profile.surfaces
         picks = rng.integers(0, len(surfaces), k).tolist()
-        at = _minutes(rng, persona.peak_hour, persona.hour_spread, k, 0, options.days)
+        at = local_minutes(rng, persona.peak_hour, persona.hour_spread, k, 0, options.days)
         for s, (t, pick) in enumerate(zip(sorted(at.tolist()), picks, strict=True)):
             events.append((t, d, 1, (s, surfaces[pick])))
     events.sort(key=lambda e: (e[0], e[1], e[2]))
@@ -285,7 +287,7 @@ def _decide(  # noqa: PLR0917 - one decision with everything it reads
     policy: _Policy,
     offers: Sequence[Offer],
     catalog: Catalog,
-    ctx: Any,
+    ctx: UserContext,
     surface: str,
     now: datetime,
     sit: Situation,
@@ -311,17 +313,6 @@ def _decide(  # noqa: PLR0917 - one decision with everything it reads
             offers, ctx, surface, options.slots, now, _ALL, situation=sit, remote=remote
         )
     return decide_catalog(arm.model, catalog, ctx, surface, options.slots, now, _ALL, situation=sit)
-
-
-def _minutes(  # noqa: PLR0917
-    rng: np.random.Generator, peak: float, spread: float, n: int, first_day: int, days: int
-) -> np.ndarray:
-    """`n` local times (minutes from the run's start) over `[first_day, first_day + days)`:
-    near the household's peak hour, else anywhere in the day (the world's hour model)."""
-    day = rng.integers(first_day, first_day + days, n)
-    near = rng.normal(peak, spread, n)
-    hour = np.where(rng.random(n) < _NEAR_PEAK_SHARE, np.mod(near, 24.0), rng.uniform(0, 24, n))
-    return np.asarray(day * 1440.0 + hour * 60.0, dtype=np.float64)
 
 
 def _rows(

@@ -97,3 +97,15 @@ def _signal(household: Persona, kind: str, c: int, rng: np.random.Generator) -> 
     else:  # consumable_level
         attrs = {"category": category, "level": round(household.consumables[category], 2)}
     return {"kind": kind, "attrs": attrs}
+
+
+def local_minutes(  # noqa: PLR0917
+    rng: np.random.Generator, peak: float, spread: float, n: int, first_day: int, days: int
+) -> np.ndarray:
+    """`n` local times, in minutes from a day's start, over days `[first_day, first_day +
+    days)`: near the household's `peak` hour (spread `spread`), else anywhere in the day (the
+    hour model of `logged_arrays` and `hourly_load`): when a household's devices are used."""
+    day = rng.integers(first_day, first_day + days, n)
+    near = rng.normal(peak, spread, n)
+    hour = np.where(rng.random(n) < _NEAR_PEAK_SHARE, np.mod(near, 24.0), rng.uniform(0, 24, n))
+    return np.asarray(day * 1440.0 + hour * 60.0, dtype=np.float64)
