@@ -37,10 +37,11 @@ import numpy as np
 import firmware_profiles
 from agent.config import Profile
 from agent.decide.catalog import Catalog, build_catalog
+from agent.decide.cloud_policy import profile_policy
 from agent.decide.decision import Consent, Decision, Situation
 from agent.decide.ranking import decide_catalog
 from agent.decide.remote_rank import rank_for
-from agent.decide.rules import CapCounts, CapLimits, QuietWindow, parse_hhmm
+from agent.decide.rules import CapCounts, CapLimits, QuietWindow
 from agent.decide.thin import decide_offers, rank_request
 from agent.features.context import UserContext
 from agent.features.household import HouseholdContext
@@ -79,12 +80,8 @@ class _Policy:
     def of(cls, name: str) -> _Policy:
         with firmware_profiles.profile_path(name).open("rb") as handle:
             profile = Profile.model_validate(tomllib.load(handle))
-        d = profile.decisions
-        limits = CapLimits(
-            d.offer_per_day, d.campaign_per_day, dict(d.surface_per_day), d.global_per_day
-        )
-        quiet = tuple(QuietWindow(parse_hhmm(q.start), parse_hhmm(q.end)) for q in d.quiet_hours)
-        return cls(profile, limits, quiet)
+        base = profile_policy(profile.decisions)
+        return cls(profile, base.limits, base.quiet)
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,7 +104,7 @@ class _Log:
 
 
 def run_lift(options: LiftOptions) -> LiftReport:
-    """The three arms on one world; the retrained model is written under `work_dir`."""
+    """The four arms (`ARMS`) on one world; the retrained model is written under `work_dir`."""
     world = make_world(options.seed, options.households, options.offers)
     start = _utc(LOG_START) + timedelta(days=WARMUP_DAYS)
     offers = _offers(world, start, options)
