@@ -231,6 +231,7 @@ def _household(  # noqa: PLR0917 - one household's run, all of it
     events.sort(key=lambda e: (e[0], e[1], e[2]))
     windows = [FeatureWindows() for _ in persona.devices]
     caps = {(arm.name, d): CapCounts() for arm in arms for d in range(len(persona.devices))}
+    logged_at: dict[tuple[str, int, str, str], float] = {}  # the agent's counterfactual gap
     need = {c: 1.0 - round(level, 2) for c, level in persona.consumables.items()}
     tier = persona.tier if persona.knows_tier else 0
     base_ordinal = start.astimezone(ZoneInfo(policies[PROFILES[0]].profile.timezone))
@@ -269,11 +270,19 @@ def _household(  # noqa: PLR0917 - one household's run, all of it
             log = logs[arm.name]
             log.decisions += 1
             p = _PROFILE_INDEX[profile]
-            for group, tally in ((decision.ranked, log.shown), (decision.counterfactual, log.held)):
-                for ranked in group:
-                    o = ranked.offer
-                    counter.add(o.id, o.campaign_id, surface, day)  # held out counts too
-                    tally.add(key, world.catalog.index(o.id), ctx.local_hour, p)
+            for ranked in decision.ranked:
+                o = ranked.offer
+                counter.add(o.id, o.campaign_id, surface, day)
+                log.shown.add(key, world.catalog.index(o.id), ctx.local_hour, p)
+            gap = policy.profile.decisions.counterfactual_gap_s
+            for ranked in decision.counterfactual:  # as `Decisions.log_counterfactual` logs them
+                o = ranked.offer
+                last = logged_at.get((arm.name, d, o.id, surface))
+                if last is not None and now.timestamp() - last < gap:
+                    continue
+                logged_at[(arm.name, d, o.id, surface)] = now.timestamp()
+                counter.add(o.id, o.campaign_id, surface, day)  # counts toward caps too
+                log.held.add(key, world.catalog.index(o.id), ctx.local_hour, p)
             if arm.name == "shipped" and arm.model is not None:
                 device_id = persona.device_id(profile)
                 log.training.extend(_rows(arm.model, decision, device_id, profile, now))
