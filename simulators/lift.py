@@ -234,8 +234,8 @@ def _household(  # noqa: PLR0917 - one household's run, all of it
     logged_at: dict[tuple[str, int, str, str], float] = {}  # the agent's counterfactual gap
     need = {c: 1.0 - round(level, 2) for c, level in persona.consumables.items()}
     tier = persona.tier if persona.knows_tier else 0
-    base_ordinal = start.astimezone(ZoneInfo(policies[PROFILES[0]].profile.timezone))
-    base_day = base_ordinal.date().toordinal()
+    local_start = start.astimezone(ZoneInfo(policies[PROFILES[0]].profile.timezone))
+    base_day = local_start.date().toordinal()
     for t, d, what, payload in events:
         now = start + timedelta(minutes=t)
         if what == 0:
