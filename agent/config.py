@@ -161,6 +161,11 @@ class PolicySettings(_Strict):
     claim_resend_s: Annotated[float, Field(gt=0, le=3600)] = 5.0
     explain_report_s: Annotated[float, Field(gt=0, le=86_400)] = 900.0
     """How often the per-campaign explanation counts go into the outbox (issue 18)."""
+    min_score: Annotated[float, Field(ge=0, le=1)] | None = None
+    """The least model score (a click probability) an offer needs to be shown; below it the
+    offer is filtered `below_min_score` and the slot stays empty. None (the shipped profiles):
+    every eligible offer may be shown up to the limit. Not applied to the priority fallback of
+    a device without a model (docs/decisions.md, "Minimum score")."""
 
 
 class Profile(_Strict):

@@ -186,10 +186,63 @@ def cmd_fleet_merge(paths: list[str]) -> int:
     return 0 if succeeded(merged) else 1
 
 
+def _no_train_extra(exc: ModuleNotFoundError) -> int:
+    from models.cli import missing_train_extra  # noqa: PLC0415
+
+    sys.stderr.write(f"edgemart fleet lift: {missing_train_extra(exc)}\n")
+    return 1
+
+
+def cmd_fleet_lift(args: argparse.Namespace) -> int:
+    """`edgemart fleet lift`: the three rankings on one seeded world (`simulators.lift`), the
+    result table printed as Markdown (and JSON with --report)."""
+    from simulators.options import LiftOptions  # noqa: PLC0415
+
+    try:
+        from simulators.lift import LiftError, run_lift  # noqa: PLC0415 - numpy, onnxruntime
+    except ModuleNotFoundError as exc:  # the retrained arm trains with the `train` extra
+        return _no_train_extra(exc)
+
+    try:
+        options = LiftOptions(
+            seed=7 if args.seed is None else args.seed,
+            households=300 if args.households is None else args.households,
+            days=args.days,
+            sessions_per_day=args.sessions_per_day,
+            min_score=0.3 if args.min_score is None else args.min_score,
+            holdout=args.holdout_share,
+            work_dir=Path(args.data_dir) if args.data_dir else None,
+        )
+        result = run_lift(options)
+    except ModuleNotFoundError as exc:
+        return _no_train_extra(exc)
+    except (ValueError, LiftError, OSError) as exc:
+        sys.stderr.write(f"edgemart fleet lift: {exc}\n")
+        return 2
+    body = result.to_json()
+    if args.report:
+        Path(args.report).write_text(json.dumps(body, indent=2) + "\n", encoding="utf-8")
+    rate, shown = body["rate_ratio"], body["shown_ratio"]
+    verdict = "met" if body["goal_met"] else "NOT met"
+    sys.stdout.write(
+        result.markdown()
+        + f"\nbest model arm: {body['best']}: {rate:.2f}x the conversions per 1,000 impressions"
+        f" of broadcast, {shown:.2f} of its offers shown; goal (>= 2x, <= 0.5) {verdict}\n"
+    )
+    return 0
+
+
 def cmd_fleet(args: argparse.Namespace) -> int:
     if args.verb:
+        if args.verb[0] == "lift":
+            if len(args.verb) > 1:
+                sys.stderr.write(f"edgemart fleet lift: takes options only, not {args.verb[1:]}\n")
+                return 2
+            return cmd_fleet_lift(args)
         if args.verb[0] != "merge":
-            sys.stderr.write(f"edgemart fleet: unknown verb {args.verb[0]!r} (known: merge)\n")
+            sys.stderr.write(
+                f"edgemart fleet: unknown verb {args.verb[0]!r} (known: merge, lift)\n"
+            )
             return 2
         return cmd_fleet_merge(args.verb[1:])
     from simulators import scenario  # noqa: PLC0415 - pydantic, only for this verb
@@ -317,8 +370,31 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     run.add_argument(
         "verb",
         nargs="*",
-        metavar="merge REPORT",
-        help="`edgemart fleet merge REPORT...`: sum the reports of --shard runs into one",
+        metavar="merge REPORT | lift",
+        help="`edgemart fleet merge REPORT...`: sum the reports of --shard runs into one;"
+        " `edgemart fleet lift`: conversions per 1,000 impressions and offers shown of"
+        " popularity broadcast, the shipped model and a model retrained on the fleet's logs,"
+        " in one seeded world (--households, default 300; --seed, default 7; --days;"
+        " --min-score; --holdout-share; --report; --data-dir keeps the retrained model)",
+    )
+    run.add_argument("--days", type=int, default=7, help="with lift: simulated days (default: 7)")
+    run.add_argument(
+        "--sessions-per-day",
+        type=float,
+        default=6.0,
+        help="with lift: moments a day each device could show an offer (default: 6)",
+    )
+    run.add_argument(
+        "--min-score",
+        type=float,
+        default=None,
+        help="with lift: the model arms' decisions.min_score (default: 0.3)",
+    )
+    run.add_argument(
+        "--holdout-share",
+        type=float,
+        default=0.1,
+        help="with lift: every campaign's holdout share (default: 0.1)",
     )
     run.add_argument(
         "--scenario",

@@ -277,3 +277,34 @@ of its own devices only (their ids come from the seed and the shard) and leaves 
 messages alone. `gateway-restart` and `broker-restart` are refused (not this run's to
 restart); `partition` and `agent-kill` touch only the run's own devices.
 """
+
+
+@dataclass(frozen=True, slots=True)
+class LiftOptions:
+    """One lift run: the world, how long, how often devices are looked at, the rule."""
+
+    seed: int = 7
+    households: int = 300
+    days: int = 7
+    sessions_per_day: float = 6.0
+    """Moments a day each device could show an offer (drawn around the household's hours)."""
+    min_score: float = 0.3
+    """`decisions.min_score` of the model arms (a click probability)."""
+    holdout: float = 0.1
+    """Every campaign's holdout share: what the uplift is measured against."""
+    offers: int = 64
+    slots: int = 1
+    """Offers one session shows at most (the decision's `limit`)."""
+    work_dir: Path | None = None
+    """Where the retrained model and its logs go (None: a temporary folder)."""
+
+    def __post_init__(self) -> None:
+        for name in ("households", "days", "offers", "slots"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, not {getattr(self, name)}")
+        if not 0.0 <= self.min_score <= 1.0:
+            raise ValueError(f"min_score must be in [0, 1], not {self.min_score}")
+        if not 0.0 <= self.holdout < 1.0:
+            raise ValueError(f"holdout must be in [0, 1), not {self.holdout}")
+        if not 0.0 < self.sessions_per_day <= 200.0:
+            raise ValueError(f"sessions_per_day must be in (0, 200], not {self.sessions_per_day}")

@@ -14,10 +14,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from agent.decide.rules import CapLimits, HoldoutRules, QuietWindow, parse_hhmm
 from protocol.envelopes import HouseholdRules, PolicyDocument, PolicyRules
+
+if TYPE_CHECKING:
+    from agent.config import PolicySettings
 
 T = TypeVar("T")
 
@@ -46,6 +49,18 @@ class EffectivePolicy:
     version: int = 0
     cohorts: tuple[str, ...] = field(default_factory=tuple)
     household: HouseholdPolicy = NO_HOUSEHOLD_POLICY
+
+
+def profile_policy(settings: PolicySettings) -> EffectivePolicy:
+    """A firmware profile's own `[decisions]` caps and quiet hours (policy version 0)."""
+    limits = CapLimits(
+        settings.offer_per_day,
+        settings.campaign_per_day,
+        dict(settings.surface_per_day),
+        settings.global_per_day,
+    )
+    quiet = tuple(QuietWindow(parse_hhmm(q.start), parse_hhmm(q.end)) for q in settings.quiet_hours)
+    return EffectivePolicy(limits, quiet)
 
 
 def layer_order(profile: str, cohorts: Sequence[str]) -> list[str]:

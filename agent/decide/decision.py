@@ -118,6 +118,9 @@ class Situation:
     on another device of the home within the window), filtered as `household_cap`."""
     holdout: HoldoutRules | None = None
     """A cloud policy's holdout shares (issue 18); None: the offers' own."""
+    min_score: float | None = None
+    """The profile's `decisions.min_score`: a model-scored offer below it is not shown
+    (`below_min_score`); None: every eligible offer up to the limit (`rules.min_score_rule`)."""
 
 
 def reasons_for(offer: Offer, ctx: UserContext) -> tuple[str, ...]:

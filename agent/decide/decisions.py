@@ -11,17 +11,19 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from agent.config import AgentSettings
 from agent.decide import attribution
-from agent.decide.cloud_policy import NO_HOUSEHOLD_POLICY, EffectivePolicy, HouseholdPolicy
+from agent.decide.cloud_policy import (
+    NO_HOUSEHOLD_POLICY,
+    EffectivePolicy,
+    HouseholdPolicy,
+    profile_policy,
+)
 from agent.decide.decision import Consent, Decision, Situation
 from agent.decide.explain import ExplainTally, classify
 from agent.decide.remote import RankResult
 from agent.decide.rules import (
     CapCounts,
-    CapLimits,
     HoldoutRules,
     HouseholdHold,
-    QuietWindow,
-    parse_hhmm,
 )
 from agent.decide.thin import HeldOffers, decide_offers
 from agent.errors import ScoringError
@@ -97,16 +99,10 @@ class Decisions:
         self._features: OrderedDict[str, tuple[float, ...] | None] = OrderedDict()
         self._counterfactual_at: OrderedDict[tuple[str, str], float] = OrderedDict()
         policy = settings.profile.decisions
-        self.cap_limits = CapLimits(
-            policy.offer_per_day,
-            policy.campaign_per_day,
-            dict(policy.surface_per_day),
-            policy.global_per_day,
-        )
-        self.quiet = tuple(
-            QuietWindow(parse_hhmm(q.start), parse_hhmm(q.end)) for q in policy.quiet_hours
-        )
-        self.base = EffectivePolicy(self.cap_limits, self.quiet)
+        self.base = profile_policy(policy)
+        self.cap_limits = self.base.limits
+        self.quiet = self.base.quiet
+        self.min_score = policy.min_score
         """The profile's own settings, under any cloud policy (issue 18)."""
         self.holdout: HoldoutRules | None = None
         self.policy_version = 0
@@ -166,6 +162,7 @@ class Decisions:
             refused,
             household_held=hold.offers if hold is not None else frozenset(),
             holdout=self.holdout,
+            min_score=self.min_score,
         )
         if hold is not None and hold.reason is not None:
             self._explain_household_hold(catalog, ctx, surface, limit, now, consent, situation)

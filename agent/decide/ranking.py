@@ -35,7 +35,7 @@ from agent.decide.policy import (
     surface_capped,
 )
 from agent.decide.remote import RankResult
-from agent.decide.rules import CODE, REASONS
+from agent.decide.rules import CODE, REASONS, min_score_rule
 from agent.features.context import UserContext
 from agent.model.inputs import prepare_inputs
 from agent.model.scoring import Model
@@ -184,6 +184,15 @@ def decide_catalog(  # noqa: PLR0917  # one flat hot path, on purpose
             rows, scores = rows[finite], scores[finite]
             if matrix is not None:
                 matrix = matrix[finite]
+        floor = min_score_rule(sit.min_score, model is not None or remote is not None)
+        if floor is not None and len(rows):
+            high = scores >= floor
+            if not high.all():
+                low = CODE["below_min_score"]
+                filtered_rows.extend((int(r), low) for r in rows[~high].tolist())
+                rows, scores = rows[high], scores[high]
+                if matrix is not None:
+                    matrix = matrix[high]
         # a stable sort keeps the catalog's (-priority, id) order among equal scores
         order = np.argsort(-scores, kind="stable")
         by_rank = rows[order]

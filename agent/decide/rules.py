@@ -42,9 +42,18 @@ REASONS: tuple[str, ...] = (
     "holdout",
     "campaign_diversity",
     "below_limit",
+    "below_min_score",
 )
 """Why an offer was not shown; index 0 is "shown". A policy mask reports the first that applies."""
 CODE = {name: i for i, name in enumerate(REASONS)}
+
+
+def min_score_rule(min_score: float | None, scored_by_model: bool) -> float | None:
+    """The least score an offer needs to be shown, or None when the rule does not apply: it
+    applies to model scores (this device's or the household coordinator's), never to the
+    `priority / 100` fallback of a device without a model (another scale altogether)."""
+    return min_score if scored_by_model else None
+
 
 CAP_KEYS = frozenset({"per_day", "campaign_per_day"})
 """`Offer.caps` keys enforced: impressions of the offer / of its campaign per local day."""

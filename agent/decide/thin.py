@@ -32,6 +32,7 @@ from agent.decide.rules import (
     Household,
     held_until,
     in_holdout_of,
+    min_score_rule,
     offer_code,
     select,
     surface_capped,
@@ -171,8 +172,11 @@ def decide_offers(  # noqa: PLR0917  # one flat path, as decide_catalog
             common = ("no_model",)
         common += ("personalized",) if ctx.personalized else ("non_personalized",)
         scored: list[tuple[int, float]] = []
+        floor = min_score_rule(sit.min_score, remote is not None)
         for r, score in zip(candidates, scores, strict=True):
-            if math.isfinite(score):
+            if math.isfinite(score) and floor is not None and score < floor:
+                filtered_rows.append((r, CODE["below_min_score"]))
+            elif math.isfinite(score):
                 scored.append((r, score))
             else:
                 filtered_rows.append((r, CODE["non_finite_score"]))

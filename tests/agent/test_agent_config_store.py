@@ -76,6 +76,9 @@ def test_config_errors_name_the_field_and_the_file(tmp_path: Path) -> None:
         _settings(tmp_path, broker="http://example")
     with pytest.raises(ConfigError, match="device_id"):
         _settings(tmp_path, device_id="Bad/Id")
+    with pytest.raises(ConfigError, match=r"decisions\.min_score"):
+        _settings(tmp_path, overrides={"decisions": {"min_score": 1.5}})
+    assert _settings(tmp_path).profile.decisions.min_score is None  # shipped: no minimum
 
 
 def test_a_value_from_a_flag_is_reported_as_the_flags(tmp_path: Path) -> None:

@@ -326,3 +326,29 @@ async def test_an_outcome_recorded_after_analytics_withdrawal_never_leaves(
     sent = [o.id for b in gateway.batches for o in b.outcomes]
     assert before["id"] in sent and after["id"] in sent
     assert not set(hidden) & set(sent), "an outcome recorded after the withdrawal left"
+
+
+async def test_a_profiles_minimum_score_keeps_low_scored_offers_off_the_surface(
+    world: World, gateway: FakeGateway, tmp_path: Path
+) -> None:
+    """`decisions.min_score` from the settings reaches the running agent's decisions: an offer
+    its model scores below it is filtered `below_min_score`; one above is shown."""
+    async with Agent(world.settings({"decisions": {"min_score": 0.5}})) as agent:
+        assert await agent.wait_connected()
+        await agent.set_consent(ALL)
+        path, manifest = write_model(tmp_path, ["offer.discount"], [8.0], bias=-4.0, version=5)
+        assert await agent.replace_model(path, manifest)
+        await push(
+            world,
+            gateway,
+            agent,
+            [
+                offer("hi", campaign_id="c-hi", discount=0.9),
+                offer("lo", campaign_id="c-lo", discount=0.1),
+            ],
+        )
+        body = await offers_json(agent)
+        assert [o["id"] for o in body["offers"]] == ["hi"]
+        assert body["offers"][0]["score"] >= 0.5
+        assert reasons(body)["lo"] == "below_min_score"
+        assert await agent.drain(timeout=10)

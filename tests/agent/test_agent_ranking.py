@@ -13,7 +13,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agent.decide.ranking import Consent, Decision, decide, eligibility
+from agent.decide.catalog import build_catalog
+from agent.decide.ranking import Consent, Decision, Situation, decide, decide_catalog, eligibility
+from agent.decide.remote import RankResult
+from agent.decide.thin import decide_offers
 from agent.features.windows import FeatureWindows
 from agent.model.scoring import Model, default_model_paths, load_default_model, load_model
 from protocol.envelopes import Offer
@@ -238,3 +241,34 @@ def test_windows_to_decision_end_to_end_uses_the_real_default_model() -> None:
     assert len(decision.ranked) == 3
     assert decision.model_version == model.version
     assert all(0.0 <= r.score <= 1.0 for r in decision.ranked)
+
+
+def test_a_minimum_score_leaves_low_scored_offers_unshown_on_both_ranking_paths(
+    model: Model,
+) -> None:
+    """`decisions.min_score`: model scores below it are filtered `below_min_score` (a slot may
+    stay empty); the priority fallback of a device without a model ignores it."""
+    offers = [
+        make_offer("low", campaign_id="c1", discount=0.05),
+        make_offer("high", campaign_id="c2", discount=0.95),
+    ]
+    catalog = build_catalog(offers)
+    scores = {
+        r.offer.id: r.score for r in decide(model, offers, context(), SURFACE, 2, NOW, ALL).ranked
+    }
+    floor = (scores["low"] + scores["high"]) / 2
+    sit = Situation(min_score=floor)
+    kept = decide_catalog(model, catalog, context(), SURFACE, 2, NOW, ALL, True, situation=sit)
+    assert ids(kept) == ["high"]
+    assert ("low", "below_min_score") in kept.filtered
+    above_all = Situation(min_score=min(1.0, scores["high"] + 1e-6))
+    empty = decide_catalog(model, catalog, context(), SURFACE, 2, NOW, ALL, situation=above_all)
+    assert empty.ranked == []
+    # no model: priority order, the floor (a probability) does not apply
+    plain = decide_catalog(None, catalog, context(), SURFACE, 2, NOW, ALL, situation=above_all)
+    assert len(plain.ranked) == 2
+    # a thin device ranking with its coordinator's scores applies it the same way
+    remote = RankResult(scores, 1)
+    thin = decide_offers(offers, context(), SURFACE, 2, NOW, ALL, situation=sit, remote=remote)
+    assert ids(thin) == ["high"]
+    assert ("low", "below_min_score") in thin.filtered

@@ -14,6 +14,7 @@ from protocol.ids import new_id, parse_time
 from protocol.topics import DEVICE_ID_RE
 from protocol.vocabulary import CATEGORIES, OFFER_TYPES, PROFILES
 from simulators import world as w
+from simulators.world import people
 
 # docs/architecture.md, "Signals the household sends".
 DOCUMENTED_ATTRS = {
@@ -130,7 +131,7 @@ def test_usage_signals_follow_the_households_affinity() -> None:
     for s in signals:
         if s["kind"] in w.CATEGORIZED_KINDS:
             counts[s["attrs"]["category"]] += 1
-    weighted = np.asarray(persona.affinity) * w._CATEGORY_WEIGHT[PROFILES.index("phone")]
+    weighted = np.asarray(persona.affinity) * people._CATEGORY_WEIGHT[PROFILES.index("phone")]
     assert max(counts, key=lambda c: counts[c]) == CATEGORIES[int(np.argmax(weighted))]
 
 
