@@ -517,3 +517,17 @@ def households(db: Database) -> None:
         " device_key TEXT NOT NULL, roles TEXT NOT NULL, issued_at TEXT NOT NULL,"
         " expires_at TEXT NOT NULL, PRIMARY KEY (household_id, device_id))"
     )
+
+
+@migration
+def model_experiments(db: Database) -> None:
+    """Model experiments (issue 18): a candidate model against the control on a stable share
+    of a cohort, what the operator stated up front (metric, alpha, minimum impressions, hours)
+    and the decision (state, verdict, the arms' figures when it was taken)."""
+    db.execute(
+        "CREATE TABLE model_experiments (id TEXT PRIMARY KEY, control INTEGER NOT NULL,"
+        " candidate INTEGER NOT NULL UNIQUE, cohort TEXT NOT NULL, share REAL NOT NULL,"
+        " metric TEXT NOT NULL, min_impressions INTEGER NOT NULL, alpha REAL NOT NULL,"
+        " max_hours REAL NOT NULL, mde REAL NOT NULL, state TEXT NOT NULL, verdict TEXT,"
+        " started_at TEXT NOT NULL, started_by TEXT NOT NULL, decided_at TEXT, arms TEXT)"
+    )

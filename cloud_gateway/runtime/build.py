@@ -152,6 +152,7 @@ class Parts:
                 "gateway-erasure",
                 functools.partial(self.erasure.run, s.scheduler_tick_s, s.resend_after_s),
             ),
+            self.once("gateway-experiments", self.models.experiments.run),
             self.once(
                 "gateway-retention",
                 functools.partial(
