@@ -54,7 +54,8 @@ def wilson(successes: int, trials: int, z: float = Z95) -> Interval:
     z2 = z * z
     centre = (p + z2 / (2 * trials)) / (1 + z2 / trials)
     half = z * math.sqrt(p * (1 - p) / trials + z2 / (4 * trials * trials)) / (1 + z2 / trials)
-    return Interval(p, max(0.0, centre - half), min(1.0, centre + half))
+    # clamped: at p = 0 or 1 rounding could put the bound a hair inside the rate
+    return Interval(p, max(0.0, min(p, centre - half)), min(1.0, max(p, centre + half)))
 
 
 @dataclass(frozen=True, slots=True)
