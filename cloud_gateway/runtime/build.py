@@ -152,7 +152,10 @@ class Parts:
                 "gateway-erasure",
                 functools.partial(self.erasure.run, s.scheduler_tick_s, s.resend_after_s),
             ),
-            self.once("gateway-experiments", self.models.experiments.run),
+            self.once(
+                "gateway-experiments",
+                functools.partial(self.models.experiments.run, s.experiment_tick_s),
+            ),
             self.once(
                 "gateway-retention",
                 functools.partial(

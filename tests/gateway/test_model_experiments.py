@@ -13,7 +13,9 @@ from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import aiohttp
 import pytest
 
 from cloud_gateway.db.audit import audit_log
@@ -26,15 +28,20 @@ from cloud_gateway.ingest.service import AckBatcher, Ingestor
 from cloud_gateway.registry.bodies import ExperimentIn, RolloutIn
 from cloud_gateway.registry.experiments import experiment_id, in_candidate
 from cloud_gateway.registry.service import ModelRegistry
+from cloud_gateway.runtime.gateway import Gateway
 from cloud_gateway.runtime.wiring import Wiring
+from cloud_gateway.security.auth import create_token
 from models.layout import DEFAULT_DIR
-from models.publish import prepare_manifest
+from models.publish import prepare_manifest, rollout, upload
 from protocol import codec
 from protocol.envelopes import Batch, Outcome
 from protocol.ids import format_time, new_id, utcnow
 from protocol.signing import Signer
 from protocol.topics import Topics
+from simulators.brokers import MosquittoProcess
 from tests.support.builders import SURFACE
+from tests.support.gateway_world import gateway_settings
+from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.integration  # ~1.5 s: 80 batches ingested, 3 models checked
 
@@ -92,7 +99,8 @@ async def register(rig: Rig, version: int) -> None:
 
 
 async def send_outcomes(
-    rig: Rig,
+    ingestor: Ingestor,
+    topics: Topics,
     devices: list[str],
     exp: str,
     versions: tuple[int, int],
@@ -134,7 +142,7 @@ async def send_outcomes(
             model_version=version,
             outcomes=outcomes,
         )
-        await rig.ingestor.handle(TOPICS.batch(device), codec.encode(batch))
+        await ingestor.handle(topics.batch(device), codec.encode(batch))
         shown[version] += impressions
     return shown
 
@@ -161,10 +169,12 @@ async def test_a_worse_candidate_is_rolled_back_on_conversion_and_a_better_one_p
 
     devices = [f"tv-exp-{i:03d}" for i in range(40)]
     # a few devices: below the minimum impressions, no verdict however wide the gap
-    await send_outcomes(rig, devices[:4], exp, (2, 3), (0.12, 0.02), seq=1, impressions=30, seed=1)
+    await send_outcomes(
+        rig.ingestor, TOPICS, devices[:4], exp, (2, 3), (0.12, 0.02), seq=1, impressions=30, seed=1
+    )
     assert await rig.models.experiments.decide_due() == []
     shown = await send_outcomes(
-        rig, devices, exp, (2, 3), (0.12, 0.02), seq=2, impressions=60, seed=2
+        rig.ingestor, TOPICS, devices, exp, (2, 3), (0.12, 0.02), seq=2, impressions=60, seed=2
     )
     assert await rig.models.experiments.decide_due() == [exp]
     assert await rig.models.experiments.decide_due() == []  # once
@@ -203,7 +213,9 @@ async def test_a_worse_candidate_is_rolled_back_on_conversion_and_a_better_one_p
         await rig.models.experiments.start(5, ExperimentIn(control=5), "http://gw", "token:ops")
     await rig.models.experiments.start(5, body, "http://gw", "token:ops")
     exp5 = experiment_id(rig.name, 5)
-    await send_outcomes(rig, devices, exp5, (4, 5), (0.03, 0.12), seq=3, impressions=60, seed=3)
+    await send_outcomes(
+        rig.ingestor, TOPICS, devices, exp5, (4, 5), (0.03, 0.12), seq=3, impressions=60, seed=3
+    )
     assert await rig.models.experiments.decide_due() == [exp5]
     doc5 = (await rig.models.get(5))["experiment"]
     assert (doc5["state"], doc5["control"]) == ("promoted", 4)
@@ -227,3 +239,89 @@ async def test_a_worse_candidate_is_rolled_back_on_conversion_and_a_better_one_p
     ]
     assert sorted(decided) == [("3", "rolled_back"), ("5", "promoted")]
     assert any(r["action"] == "model.experiment.start" and r["who"] == "token:ops" for r in rows)
+
+
+EXPERIMENT_KEYS = {
+    "id",
+    "control",
+    "candidate",
+    "share",
+    "state",
+    "verdict",
+    "decided_at",
+    "started_at",
+    "arms",
+}
+ARM_KEYS = {
+    "model_version",
+    "devices",
+    "impressions",
+    "clicks",
+    "conversions",
+    "revenue_per_1000",
+    "ctr",
+    "conversion",
+}
+
+
+async def test_the_api_starts_an_experiment_and_the_gateways_loop_rolls_it_back(
+    own_mosquitto: MosquittoProcess, tmp_path: Path
+) -> None:
+    settings = gateway_settings(tmp_path, own_mosquitto, experiment_tick_s=0.2)
+    async with asyncio.timeout(120), Gateway(settings) as gw:
+        token = await asyncio.to_thread(create_token, settings.data_dir, db=settings.db)
+        base = f"http://127.0.0.1:{gw.http_port}"
+        for version in (2, 3):
+            manifest, data = await asyncio.to_thread(prepare_manifest, DEFAULT_DIR, version=version)
+            await upload(base, token, manifest, data)
+        await rollout(base, token, 2, percent=100)
+        async with aiohttp.ClientSession(base) as anon:
+            resp = await anon.post("/v1/models/3/experiment", json={"share": 0.5})
+            assert resp.status == 401
+        auth = {"Authorization": f"Bearer {token}"}
+        async with aiohttp.ClientSession(base, headers=auth) as http:
+            for bad, field in (
+                ({"share": 1.5}, "share"),
+                ({"alpha": 0}, "alpha"),
+                ({"metric": "clicks"}, "metric"),
+                ({"bogus": 1}, "bogus"),
+            ):
+                resp = await http.post("/v1/models/3/experiment", json=bad)
+                assert resp.status == 400, await resp.text()
+                assert field in json.dumps(await resp.json())
+            assert (await http.post("/v1/models/9/experiment", json={})).status == 404
+            resp = await http.post(
+                "/v1/models/3/experiment", json={"share": 0.5, "min_impressions": 300}
+            )
+            assert resp.status == 201, await resp.text()
+            started = await resp.json()
+            assert set(started) == EXPERIMENT_KEYS
+            async with http.get("/v1/models/3") as resp:
+                doc = (await resp.json())["experiment"]
+            assert set(doc) == EXPERIMENT_KEYS and doc["state"] == "running"
+            assert [set(arm) for arm in doc["arms"]] == [ARM_KEYS, ARM_KEYS]
+            assert set(doc["arms"][0]["ctr"]) == {"value", "low", "high"}
+
+            devices = [f"tv-api-{i:03d}" for i in range(40)]
+            await send_outcomes(
+                gw.parts.ingestor,
+                settings.topics,
+                devices,
+                doc["id"],
+                (2, 3),
+                (0.12, 0.02),
+                seq=1,
+                impressions=60,
+                seed=4,
+            )
+
+            async def decided() -> dict[str, Any] | None:
+                async with http.get("/v1/experiments") as resp:
+                    (exp,) = (await resp.json())["experiments"]
+                return exp if exp["state"] != "running" else None
+
+            exp = await eventually(decided, timeout=30, what="the loop decides")
+            assert exp["state"] == "rolled_back"
+            assert "hurts conversion" in exp["verdict"]
+            async with http.get("/v1/models/3") as resp:
+                assert (await resp.json())["halt"]["replacement"] == 4
