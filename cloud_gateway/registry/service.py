@@ -50,6 +50,9 @@ from protocol.envelopes import ModelManifest, ModelUpdateReport
 from protocol.errors import ProtocolError
 from protocol.ids import format_time, utcnow
 
+__all__ = ["MAX_MANIFEST_BYTES", "MAX_MODEL_BYTES", "ModelRegistry", "RolloutIn"]
+"""`RolloutIn` lives in `registry.bodies`; callers keep importing it from here too."""
+
 log = logging.getLogger(__name__)
 
 MAX_MODEL_BYTES = 16 * 1024 * 1024

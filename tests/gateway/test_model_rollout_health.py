@@ -24,9 +24,8 @@ from cloud_gateway.db.audit import audit_log
 from cloud_gateway.db.backend import Session
 from cloud_gateway.db.store import Database
 from cloud_gateway.errors import Conflict
-from cloud_gateway.registry.bodies import RolloutIn
 from cloud_gateway.registry.checks import Health
-from cloud_gateway.registry.service import ModelRegistry
+from cloud_gateway.registry.service import ModelRegistry, RolloutIn
 from cloud_gateway.runtime.gateway import Gateway
 from cloud_gateway.runtime.wiring import Wiring
 from cloud_gateway.security.auth import create_token
