@@ -12,6 +12,7 @@ import random
 from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -58,14 +59,21 @@ class Rig:
     published: list[tuple[str, dict[str, object]]]
     db: Backend[Session]
     name: str
+    hours: list[float]
+    """The store clock runs this many hours ahead of the wall clock."""
 
 
 @pytest.fixture
 async def rig(tmp_path: Path, gateway_db: str | None) -> AsyncIterator[Rig]:
+    hours = [0.0]
+
+    def clock() -> datetime:
+        return utcnow() + timedelta(hours=hours[0])
+
     backend: Backend[Session] = (
-        PostgresDatabase(gateway_db)
+        PostgresDatabase(gateway_db, clock=clock)
         if gateway_db is not None
-        else Database(tmp_path / "gateway.db")
+        else Database(tmp_path / "gateway.db", clock=clock)
     )
     db = await backend.open()
     published: list[tuple[str, dict[str, object]]] = []
@@ -88,7 +96,7 @@ async def rig(tmp_path: Path, gateway_db: str | None) -> AsyncIterator[Rig]:
     await db.call(insert_campaign, {**doc, "created_at": now, "updated_at": now})
     manifest, _ = await asyncio.to_thread(prepare_manifest, DEFAULT_DIR, version=1)
     try:
-        yield Rig(models, ingestor, published, db, str(manifest["name"]))
+        yield Rig(models, ingestor, published, db, str(manifest["name"]), hours)
     finally:
         await db.close()
 
@@ -247,6 +255,39 @@ async def test_a_worse_candidate_is_rolled_back_on_conversion_and_a_better_one_p
     ]
     assert sorted(decided) == [("3", "rolled_back"), ("5", "promoted")]
     assert any(r["action"] == "model.experiment.start" and r["who"] == "token:ops" for r in rows)
+
+
+async def test_no_verdict_by_max_hours_stops_the_experiment_and_withdraws_the_candidate(
+    rig: Rig,
+) -> None:
+    for version in (2, 3):
+        await register(rig, version)
+    await rig.models.rollout(2, RolloutIn(cohort="profile:tv", percent=100), "http://gw")
+    body = ExperimentIn(cohort="profile:tv", share=0.2, max_hours=24, min_impressions=100)
+    started = await rig.models.experiments.start(3, body, "http://gw", "token:ops")
+    assert (started["share"], latest_manifest(rig)["rollout"]) == (0.2, 20)
+    devices = [f"tv-stop-{i:03d}" for i in range(20)]
+    await send_outcomes(
+        rig.ingestor,
+        TOPICS,
+        devices,
+        started["id"],
+        (2, 3),
+        (0.05, 0.05),
+        seq=1,
+        impressions=20,
+        seed=5,
+    )
+    rig.hours[0] = 23.9
+    assert await rig.models.experiments.decide_due() == []
+    rig.hours[0] = 24.1
+    assert await rig.models.experiments.decide_due() == [started["id"]]
+    doc = (await rig.models.get(3))["experiment"]
+    assert doc["state"] == "stopped"
+    assert doc["verdict"].startswith("no verdict after 24 h")
+    # withdrawn: the control republished as v4 to the tv cohort, as a halt does
+    assert (latest_manifest(rig)["version"], latest_manifest(rig)["rollout"]) == (4, 100)
+    assert rig.published[-1][0] == "t/v1/models/tv/manifest"
 
 
 EXPERIMENT_KEYS = {
