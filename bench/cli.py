@@ -34,6 +34,7 @@ SUITES = [
     "bench.provision_bench",
     "bench.lan_bench",
     "bench.lift_bench",
+    "bench.experiment_bench",
 ]
 
 

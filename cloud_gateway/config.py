@@ -113,6 +113,8 @@ class GatewaySettings(BaseModel):
     (health check refused it or it was rolled back at run time) ..."""
     model_halt_min_devices: Annotated[int, Field(ge=1, le=1_000_000)] = 5
     """... and at least this many devices failed."""
+    experiment_tick_s: Annotated[float, Field(gt=0, le=3600)] = 60.0
+    """How often running model experiments are looked at (each look counts their outcomes)."""
 
     retention_signals_days: Annotated[int, Field(ge=1, le=3650)] = 30
     """Raw signals are kept this many days after the day they were received (issue 12)."""

@@ -13,8 +13,13 @@ child process; `models` never imports `simulators`). Then:
     edgemart model train logs.jsonl --holdout holdout.jsonl --out DIR
     edgemart model publish --gateway URL --dir DIR --version 2 [--rollout 10 --cohort all]
     edgemart model rollout --gateway URL --version 2 --percent 50 [--cohort profile:tv]
+    edgemart model retrain --gateway URL --data-dir GW_DIR [--work DIR] [--version 3]
 
-`publish` and `rollout` read the operator token from `--token-file` or `EDGEMART_TOKEN`.
+`retrain` chains export -> train -> evaluate against the current model on the same held-out
+devices -> publish as a candidate (not rolled out: start an experiment with
+`POST /v1/models/{version}/experiment`); a candidate worse offline is refused (exit 1).
+
+`publish`, `rollout` and `retrain` read the operator token from `--token-file` or `EDGEMART_TOKEN`.
 """
 
 from __future__ import annotations
@@ -95,6 +100,23 @@ def _add_verbs(verbs: argparse._SubParsersAction[Any]) -> None:
     roll.add_argument("--percent", type=int, required=True, help="0..100")
     roll.add_argument("--cohort", default="all", help="'all' or 'profile:<name>'")
     roll.set_defaults(func=_guard(_rollout))
+
+    retrain = verbs.add_parser(
+        "retrain",
+        help="export, train, evaluate against the current model, publish as a candidate",
+        description="Refuses (exit 1) a candidate whose held-out AUC is below the current's.",
+    )
+    _gateway_args(retrain)
+    retrain.add_argument("--data-dir", type=Path, required=True, help="the gateway's DATA_DIR")
+    retrain.add_argument("--work", type=Path, default=Path("retrain"), help="working folder")
+    retrain.add_argument("--version", type=int, default=None, help="default: latest + 1")
+    retrain.add_argument("--family", choices=FAMILIES, default="gbdt", help="model family")
+    retrain.add_argument("--seed", type=int, default=7, help="training seed")
+    retrain.add_argument("--holdout-share", type=float, default=0.2, help="devices held out")
+    retrain.add_argument(
+        "--tolerance", type=float, default=0.0, help="AUC the candidate may lose, 0 by default"
+    )
+    retrain.set_defaults(func=_guard(_retrain))
 
 
 def _guard(verb: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
@@ -202,6 +224,30 @@ def _rollout(args: argparse.Namespace) -> int:
         rollout(args.gateway, _token(args), args.version, percent=args.percent, cohort=args.cohort)
     )
     print(f"v{args.version} at {args.percent}% on {', '.join(result['profiles'])}")
+    return 0
+
+
+def _retrain(args: argparse.Namespace) -> int:
+    from models.retrain import retrain  # noqa: PLC0415 - aiohttp and the train extra
+
+    result, registered = asyncio.run(
+        retrain(
+            args.gateway,
+            _token(args),
+            args.data_dir,
+            args.work,
+            version=args.version,
+            family=args.family,
+            seed=args.seed,
+            holdout_share=args.holdout_share,
+            tolerance=args.tolerance,
+        )
+    )
+    print(
+        f"registered candidate v{registered['version']} (not rolled out): held-out AUC "
+        f"{result.candidate_auc:.4f} vs the current v{result.current_version}'s "
+        f"{result.current_auc:.4f} on {result.holdout} impressions"
+    )
     return 0
 
 

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from models.errors import ModelError
-from models.features import FEATURE_NAMES
+from models.features import FEATURE_NAMES, FEATURE_NAMES_V2
 from protocol.envelopes import FeatureSpec, ModelManifest
 
 DB_FILE = "gateway.db"
@@ -70,7 +70,10 @@ def unscale(values: list[float], spec: FeatureSpec) -> dict[str, float] | None:
     raw = {f.name: v * f.scale + f.mean for f, v in zip(spec.features, values, strict=True)}
     if any(name not in raw for name in FEATURE_NAMES):
         return None
-    return {name: round(raw[name], 6) for name in FEATURE_NAMES}
+    # the household features too when the device's model had them (spec v2): a model of
+    # that spec can then be trained and evaluated on the export
+    names = FEATURE_NAMES_V2 if all(name in raw for name in FEATURE_NAMES_V2) else FEATURE_NAMES
+    return {name: round(raw[name], 6) for name in names}
 
 
 def iter_examples(

@@ -1,6 +1,7 @@
 """The model registry's HTTP routes on the operators' API (`cloud_gateway.registry.service`
 does the work): `POST /v1/models` (multipart, bounded parts), `GET /v1/models`,
-`GET /v1/models/{version}`, `POST /v1/models/{version}/rollout` and the public
+`GET /v1/models/{version}`, `POST /v1/models/{version}/rollout`, the experiments
+(`POST /v1/models/{version}/experiment`, `GET /v1/experiments`) and the public
 `GET /v1/models/{version}/model.onnx`.
 """
 
@@ -15,7 +16,8 @@ from cloud_gateway.api.context import ctx, json_response, parse_json, read_json,
 from cloud_gateway.api.errors import ApiProblem
 from cloud_gateway.api.routes import Answer, Route
 from cloud_gateway.errors import NotFound
-from cloud_gateway.registry.service import MAX_MANIFEST_BYTES, MAX_MODEL_BYTES, RolloutIn
+from cloud_gateway.registry.bodies import ExperimentIn, RolloutIn
+from cloud_gateway.registry.service import MAX_MANIFEST_BYTES, MAX_MODEL_BYTES
 from protocol import codec
 from protocol.envelopes import ModelManifest
 
@@ -73,6 +75,23 @@ async def rollout_model(request: web.Request) -> web.Response:
         ) from exc
     base = f"{request.scheme}://{request.host}"
     return json_response(await ctx(request).models.rollout(version, body, base, who(request)))
+
+
+async def start_experiment(request: web.Request) -> web.Response:
+    version = _version(request)
+    try:
+        body = ExperimentIn.model_validate(await read_json(request))
+    except ValidationError as exc:
+        raise ApiProblem(
+            400, "Bad Request", "the experiment is invalid", errors=codec.field_errors(exc)
+        ) from exc
+    base = f"{request.scheme}://{request.host}"
+    experiments = ctx(request).models.experiments
+    return json_response(await experiments.start(version, body, base, who(request)), status=201)
+
+
+async def list_experiments(request: web.Request) -> web.Response:
+    return json_response({"experiments": await ctx(request).models.experiments.list()})
 
 
 async def get_model(request: web.Request) -> web.Response:
@@ -139,6 +158,26 @@ ROUTES: tuple[Route, ...] = (
         tags=TAGS,
         patterns=VERSION,
         scope="models",
+    ),
+    Route(
+        "post",
+        "/v1/models/{version}/experiment",
+        start_experiment,
+        "Roll a candidate model out as an experiment against the control (a sequential test"
+        " promotes it or rolls it back)",
+        body=ExperimentIn,
+        responses={201: "OK"},
+        tags=TAGS,
+        patterns=VERSION,
+        scope="models",
+    ),
+    Route(
+        "get",
+        "/v1/experiments",
+        list_experiments,
+        "Model experiments: their arms, state and verdict",
+        responses={200: "OK"},
+        tags=TAGS,
     ),
     Route(
         "get",

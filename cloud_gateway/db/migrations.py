@@ -529,3 +529,17 @@ def household_invites(db: Database) -> None:
         " roles TEXT NOT NULL, created_at TEXT NOT NULL, expires_at TEXT NOT NULL,"
         " used_by TEXT, used_at TEXT)"
     )
+
+
+@migration
+def model_experiments(db: Database) -> None:
+    """Model experiments (issue 18): a candidate model against the control on a stable share
+    of a cohort, what the operator stated up front (metric, alpha, minimum impressions, hours)
+    and the decision (state, verdict, the arms' figures when it was taken)."""
+    db.execute(
+        "CREATE TABLE model_experiments (id TEXT PRIMARY KEY, control INTEGER NOT NULL,"
+        " candidate INTEGER NOT NULL UNIQUE, cohort TEXT NOT NULL, share REAL NOT NULL,"
+        " metric TEXT NOT NULL, min_impressions INTEGER NOT NULL, alpha REAL NOT NULL,"
+        " max_hours REAL NOT NULL, mde REAL NOT NULL, state TEXT NOT NULL, verdict TEXT,"
+        " started_at TEXT NOT NULL, started_by TEXT NOT NULL, decided_at TEXT, arms TEXT)"
+    )

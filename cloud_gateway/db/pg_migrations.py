@@ -441,6 +441,30 @@ CREATE TABLE household_invites (
 );
 """,
     ),
+    (
+        # As SQLite's `model_experiments` (issue 18).
+        "pg011_model_experiments",
+        """
+CREATE TABLE model_experiments (
+    id text PRIMARY KEY,
+    control bigint NOT NULL,
+    candidate bigint NOT NULL UNIQUE,
+    cohort text NOT NULL,
+    share double precision NOT NULL,
+    metric text NOT NULL,
+    min_impressions bigint NOT NULL,
+    alpha double precision NOT NULL,
+    max_hours double precision NOT NULL,
+    mde double precision NOT NULL,
+    state text NOT NULL,
+    verdict text,
+    started_at text NOT NULL,
+    started_by text NOT NULL,
+    decided_at text,
+    arms text
+);
+""",
+    ),
 ]
 """(name, SQL or function) in order; a name, once applied, is never changed."""
 

@@ -18,7 +18,8 @@ Rollout health: devices report in their retained state what became of the model 
 newest earlier good model of each affected profile is republished as a NEW higher version
 (devices refuse older versions), or, with none, the manifest is re-signed at 0 % so no further
 device fetches it. `GET /v1/models/{version}` shows rollouts, health and any halt; register,
-rollout and halt are audited.
+rollout and halt are audited. A rollout can be an experiment (`registry.experiments`): the
+model's document then carries its `experiment`.
 """
 
 from __future__ import annotations
@@ -28,20 +29,20 @@ import json
 import logging
 import uuid
 from pathlib import Path
-from typing import Annotated, Any
-
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from typing import Any
 
 from cloud_gateway.db import leases
 from cloud_gateway.db import registry as registry_sql
 from cloud_gateway.db.audit import audit
 from cloud_gateway.errors import Conflict, InvalidInput, NotFound
+from cloud_gateway.registry.bodies import RolloutIn
 from cloud_gateway.registry.checks import (
     Health,
     check_model_bytes,
     cohort_profiles,
     manifest_cohorts,
 )
+from cloud_gateway.registry.experiments import Experiments
 from cloud_gateway.runtime.wiring import Service, Wiring
 from daemonkit.files import write_durable
 from protocol import codec
@@ -49,22 +50,13 @@ from protocol.envelopes import ModelManifest, ModelUpdateReport
 from protocol.errors import ProtocolError
 from protocol.ids import format_time, utcnow
 
+__all__ = ["MAX_MANIFEST_BYTES", "MAX_MODEL_BYTES", "ModelRegistry", "RolloutIn"]
+"""`RolloutIn` lives in `registry.bodies`; callers keep importing it from here too."""
+
 log = logging.getLogger(__name__)
 
 MAX_MODEL_BYTES = 16 * 1024 * 1024
 MAX_MANIFEST_BYTES = 256 * 1024
-
-Cohort = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9:_-]{0,63}$")]
-
-
-class RolloutIn(BaseModel):
-    """Body of `POST /v1/models/{version}/rollout`."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    cohort: Cohort = "all"
-    percent: Annotated[int, Field(ge=0, le=100)]
-
 
 # ------------------------------------------------------------------ the service
 
@@ -89,6 +81,8 @@ class ModelRegistry(Service):
         self.models_dir = models_dir
         self._lock = asyncio.Lock()
         self._holder = f"registry-{uuid.uuid4().hex[:12]}"
+        self.experiments = Experiments(self)
+        """Model experiments: a candidate against the control, decided by a sequential test."""
 
     def file_path(self, version: int) -> Path:
         return self.models_dir / f"v{version}.onnx"
@@ -203,7 +197,14 @@ class ModelRegistry(Service):
         found = await self._db.call(registry_sql.list_models, version)
         if not found:
             raise NotFound("model", str(version))
-        return found[0]
+        return await self._with_experiment(found[0])
+
+    async def _with_experiment(self, model: dict[str, Any]) -> dict[str, Any]:
+        """`model` with its experiment (as the candidate), when it had one."""
+        experiment = await self.experiments.of_model(int(model["version"]))
+        if experiment is not None:
+            model["experiment"] = experiment
+        return model
 
     async def record_health(self, device_id: str, report: ModelUpdateReport) -> None:
         """A device's report on a model it tried; halts the rollout past the thresholds."""
@@ -217,9 +218,12 @@ class ModelRegistry(Service):
         if health.should_halt(self.halt_fraction, self.halt_min_devices):
             await self.halt(report.version, health)
 
-    async def halt(self, version: int, health: Health) -> dict[str, Any] | None:
+    async def halt(
+        self, version: int, health: Health, reason: str | None = None
+    ) -> dict[str, Any] | None:
         """Stop offering `version`: republish each affected profile's newest earlier good
-        model as a new version, or re-sign `version` at 0 %; recorded and audited."""
+        model as a new version, or re-sign `version` at 0 %; recorded and audited. `reason`:
+        why, when not the devices' failures (an experiment's verdict)."""
         async with self._lock:
             if await self._db.call(registry_sql.halt_of, version) is not None:
                 return None
@@ -252,7 +256,8 @@ class ModelRegistry(Service):
                 )
             doc = {
                 "halted_at": format_time(utcnow()),
-                "reason": (
+                "reason": reason
+                or (
                     f"{health.failures} of {health.reporting} reporting devices failed "
                     f"(thresholds: {self.halt_min_devices} devices, "
                     f"{self.halt_fraction:.0%})"
@@ -291,7 +296,8 @@ class ModelRegistry(Service):
         return version
 
     async def list(self) -> list[dict[str, Any]]:
-        return await self._db.call(registry_sql.list_models)
+        models = await self._db.call(registry_sql.list_models)
+        return [await self._with_experiment(model) for model in models]
 
 
 def _base_url(rollouts: list[dict[str, Any]]) -> str | None:

@@ -153,6 +153,10 @@ class Parts:
                 functools.partial(self.erasure.run, s.scheduler_tick_s, s.resend_after_s),
             ),
             self.once(
+                "gateway-experiments",
+                functools.partial(self.models.experiments.run, s.experiment_tick_s),
+            ),
+            self.once(
                 "gateway-retention",
                 functools.partial(
                     run_retention, self.db, RetentionPolicy.of(s), s.retention_interval_s
