@@ -14,6 +14,7 @@ from cloud_gateway.api import (
     devices,
     gateways,
     households,
+    members,
     models,
     ops,
     policies,
@@ -35,6 +36,7 @@ TABLES: tuple[tuple[Route, ...], ...] = (
     models.ROUTES,
     dashboard.ROUTES,
     provision.ROUTES,
+    members.ROUTES,
 )
 """Every route of the API, one table per route module."""
 PUBLIC = PublicPaths.of(TABLES)

@@ -32,6 +32,7 @@ from cloud_gateway.errors import GatewayError
 from cloud_gateway.households.service import HouseholdDesk
 from cloud_gateway.ingest.retention import RetentionPolicy, run_retention
 from cloud_gateway.ingest.service import AckBatcher, Ingestor
+from cloud_gateway.members.service import MemberDesk
 from cloud_gateway.provisioning.service import Provisioner
 from cloud_gateway.registry.service import ModelRegistry
 from cloud_gateway.runtime.fleet import Lease, Worker, new_worker_id, while_holding
@@ -84,6 +85,7 @@ class Parts:
     acks: AckBatcher
     campaigns: CampaignService
     claims: ClaimDesk
+    members: MemberDesk
     erasure: DeviceErasure
     models: ModelRegistry
     ingestor: Ingestor
@@ -139,6 +141,7 @@ class Parts:
                 ),
             ),
             ("gateway-claims", self.claims.run),
+            ("gateway-members", self.members.run),
             self.once(
                 "gateway-timestamp",
                 functools.partial(self.hooks.run_timestamps, s.timestamp_interval_s),
@@ -182,13 +185,14 @@ def build(
     campaigns = CampaignService(wiring, bundle_ttl=timedelta(seconds=s.bundle_ttl_s))
     claims = ClaimDesk(wiring, batch_max=s.claim_batch_max, on_sold_out=campaigns.poke)
     erasure = DeviceErasure(wiring)
+    members = MemberDesk(wiring)
     models = ModelRegistry(
         wiring,
         models_dir=s.data_dir / "models",
         halt_fraction=s.model_halt_fraction,
         halt_min_devices=s.model_halt_min_devices,
     )
-    events = DeviceEvents(campaigns, erasure, models)
+    events = DeviceEvents(campaigns, erasure, models, members)
     ingestor = Ingestor(
         s.topics,
         backend,
@@ -201,6 +205,7 @@ def build(
         on_birth=events.on_birth,
         on_model_report=events.on_model_report,
         on_facts=campaigns.delivery.note_facts,
+        on_members=members.owe,
     )
     hooks = SessionHooks(
         topics=s.topics,
@@ -240,6 +245,7 @@ def build(
         readiness=health.readiness,
         provisioner=Provisioner(backend, s.data_dir, keys.trust_path, s.topic_root, counters),
         households=HouseholdDesk(backend, keys, clock),
+        members=members,
     )
     return Parts(
         settings=s,
@@ -254,6 +260,7 @@ def build(
         acks=acks,
         campaigns=campaigns,
         claims=claims,
+        members=members,
         erasure=erasure,
         models=models,
         ingestor=ingestor,
