@@ -86,7 +86,7 @@ class Claims:
         offer: Callable[[str], Offer | None],
         stale_trust: Callable[[], str | None] = lambda: None,
         timer: Callable[[], float] = time.monotonic,
-        held_back: Callable[[Offer, datetime], str | None] | None = None,
+        held_back: Callable[[Offer], str | None] | None = None,
     ) -> None:
         """`timer`: the monotonic clock the resend interval runs on; `stale_trust`: why the
         device's view of the cloud is stale (`agent.offers.trust`), None when fresh."""
@@ -131,7 +131,7 @@ class Claims:
             self._metrics.inc("claims_refused_stale")
             raise NotClaimable(offer_id, f"trust is stale ({stale}): no claims until it is fresh")
         if self._held_back is not None:
-            why = self._held_back(offer, now)
+            why = self._held_back(offer)
             if why is not None:
                 raise NotClaimable(offer_id, why)
         claim_id = new_id()

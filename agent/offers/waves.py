@@ -22,6 +22,7 @@ from agent.runtime.metrics import Metrics
 from mqttlink.logs import OnceLogger
 from protocol.envelopes import Offer, Timestamp
 from protocol.errors import ProtocolError
+from protocol.ids import utcnow
 from protocol.signing import Verifier, decode_signed
 from protocol.waves import SIGNING_ROLE, GatewayClock, SoldOut, revealed
 
@@ -46,8 +47,11 @@ class LiveSale:
         verifier: Verifier,
         metrics: Metrics,
         *,
+        local: Callable[[], datetime] = utcnow,
         on_change: Callable[[], None] = lambda: None,
     ) -> None:
+        """`local`: this device's wall clock (the agent's; a test's skewed one)."""
+        self._local = local
         self._cohorts = frozenset(cohorts)
         self._verifier = verifier
         self._metrics = metrics
@@ -59,15 +63,16 @@ class LiveSale:
         for name in COUNTERS:
             metrics.counters.setdefault(name, 0)
 
-    def now(self, local: datetime) -> datetime:
-        """The gateway's time at this device's `local` time (`local` until a sample came)."""
-        return self.clock.now(local)
+    def now(self) -> datetime:
+        """The gateway's time now, as this device estimates it (its own clock until a
+        sample came)."""
+        return self.clock.now(self._local())
 
     def _refuse(self, reason: str, detail: str) -> None:
         self._metrics.inc("soldout_rejected")
         self._faults.log(reason, "refused sold-out notice: %s", detail)
 
-    def handle_timestamp(self, payload: bytes, retained: bool, local: datetime) -> bool:
+    def handle_timestamp(self, payload: bytes, retained: bool) -> bool:
         """A signed `Timestamp` received live is a clock sample; True when taken as one.
         (Trust freshness is `agent.offers.trust`'s; this only reads the time.)"""
         if retained or not payload:
@@ -82,11 +87,11 @@ class LiveSale:
             )
         except ProtocolError:
             return False  # counted by the trust keeper, which reads the same message
-        self.clock.observe(stamp.issued_at, local)
+        self.clock.observe(stamp.issued_at, self._local())
         self._metrics.inc("clock_samples")
         return True
 
-    def handle_soldout(self, cohort: str, payload: bytes, retained: bool, local: datetime) -> bool:
+    def handle_soldout(self, cohort: str, payload: bytes, retained: bool) -> bool:
         """Verify and take one notice from `cohort/{cohort}/soldout`; True when taken."""
         if not payload:
             return False  # a cleared retained message
@@ -108,7 +113,7 @@ class LiveSale:
             self._refuse("wrong_cohort", f"notice of {notice.cohort!r} on {cohort!r}")
             return False
         if not retained:
-            self.clock.observe(notice.at, local)
+            self.clock.observe(notice.at, self._local())
             self._metrics.inc("clock_samples")
         held = self._notices.get(cohort)
         if held is not None and notice.version <= held.version:
@@ -119,18 +124,18 @@ class LiveSale:
         self._on_change()
         return True
 
-    def withheld(self, offers: Iterable[Offer], local: datetime) -> frozenset[str]:
-        """Offers not to show now: sold out, or sealed until a later `not_before`."""
-        now = self.now(local)
+    def withheld(self, offers: Iterable[Offer], now: datetime) -> frozenset[str]:
+        """Offers not to show at `now` (the gateway's time, `now()`): sold out, or sealed
+        until a later `not_before`."""
         sealed = {o.id for o in offers if not revealed(o.not_before, now)}
         return self.sold_out | sealed if sealed else self.sold_out
 
-    def refusal(self, offer: Offer, local: datetime) -> str | None:
+    def refusal(self, offer: Offer) -> str | None:
         """Why a claim of `offer` is not sent now (counted), or None."""
         if offer.id in self.sold_out:
             self._metrics.inc("claims_held_sold_out")
             return "sold out (the gateway's notice): no claim sent"
-        if not revealed(offer.not_before, self.now(local)):
+        if not revealed(offer.not_before, self.now()):
             self._metrics.inc("claims_held_sealed")
             return f"sealed until {offer.not_before} (the gateway's clock)"
         return None

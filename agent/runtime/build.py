@@ -9,6 +9,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 from functools import partial
 
 from agent.config import AgentSettings
@@ -231,7 +232,12 @@ async def _build_on(  # noqa: PLR0917 - the order of the parts, in one place
     members = MemberKeeper(settings.device_id, verifier, store, metrics)
     await members.load()  # the signed tier ranks from the first decision, offline too
     decisions.member = members
-    live = LiveSale(profile.cohorts, verifier, metrics)
+    live = LiveSale(
+        profile.cohorts,
+        verifier,
+        metrics,
+        local=lambda: datetime.fromtimestamp(clock(), UTC),  # the agent's wall clock
+    )
     today = decisions.local_day(utcnow())
     decisions.caps = CapCounts.load(await store.call(store.decisions.cap_counts, today), today)
     claims = Claims(

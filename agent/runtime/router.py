@@ -89,7 +89,7 @@ def downlink_routes(
 
     async def timestamp(message: Incoming) -> None:
         if live is not None:  # a live one is a sample of the gateway's clock (issue 19)
-            live.handle_timestamp(message.payload, message.retained, utcnow())
+            live.handle_timestamp(message.payload, message.retained)
         await trust.handle_timestamp(message.payload)
 
     async def member(message: Incoming) -> None:
@@ -98,7 +98,7 @@ def downlink_routes(
 
     async def soldout(message: Incoming) -> None:
         if live is not None:
-            live.handle_soldout(message.subject, message.payload, message.retained, utcnow())
+            live.handle_soldout(message.subject, message.payload, message.retained)
 
     async def policy(message: Incoming) -> None:
         await policies.handle(message.subject, message.payload)

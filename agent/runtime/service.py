@@ -96,9 +96,8 @@ class AgentService:
         if self._live is not None:
             # offers' windows are judged on the gateway's clock; sealed and sold-out offers
             # of live sales stay off (issue 19)
-            held_offers = self._held().offers
-            refused = refused | self._live.withheld(held_offers, now)
-            now = self._live.now(now)
+            now = self._live.now()
+            refused = refused | self._live.withheld(self._held().offers, now)
         state = self._consent.state
         consent = Consent(state.analytics, state.personalization, state.marketing)
         profile = self._settings.profile

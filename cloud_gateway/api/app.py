@@ -19,6 +19,7 @@ from cloud_gateway.api import (
     ops,
     policies,
     provision,
+    waves,
 )
 from cloud_gateway.api.context import CTX, OPENAPI, TOKEN_ID, ApiContext
 from cloud_gateway.api.errors import Problem, problem_response, problems_middleware
@@ -37,6 +38,7 @@ TABLES: tuple[tuple[Route, ...], ...] = (
     dashboard.ROUTES,
     provision.ROUTES,
     members.ROUTES,
+    waves.ROUTES,
 )
 """Every route of the API, one table per route module."""
 PUBLIC = PublicPaths.of(TABLES)

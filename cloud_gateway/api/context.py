@@ -14,6 +14,7 @@ from pydantic import BaseModel
 
 from cloud_gateway.api.errors import ApiProblem
 from cloud_gateway.campaigns.service import CampaignService
+from cloud_gateway.campaigns.waves import WaveDesk
 from cloud_gateway.db.backend import Backend, Session
 from cloud_gateway.devices.erasure import DeviceErasure
 from cloud_gateway.households.service import HouseholdDesk
@@ -48,6 +49,8 @@ class ApiContext:
     """Signs household memberships (`POST /v1/households/{id}/members`)."""
     members: MemberDesk
     """Members, tiers and points (issue 19)."""
+    waves: WaveDesk
+    """Live-sale waves (issue 19)."""
 
 
 CTX = web.AppKey("ctx", ApiContext)

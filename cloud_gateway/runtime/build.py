@@ -23,6 +23,7 @@ from prometheus_client import CollectorRegistry
 from cloud_gateway.api.app import HttpServer, build_app
 from cloud_gateway.api.context import ApiContext
 from cloud_gateway.campaigns.service import CampaignService
+from cloud_gateway.campaigns.waves import WaveDesk
 from cloud_gateway.claims.desk import ClaimDesk
 from cloud_gateway.config import GatewaySettings
 from cloud_gateway.db.audit import import_audit
@@ -86,6 +87,7 @@ class Parts:
     campaigns: CampaignService
     claims: ClaimDesk
     members: MemberDesk
+    waves: WaveDesk
     erasure: DeviceErasure
     models: ModelRegistry
     ingestor: Ingestor
@@ -142,6 +144,7 @@ class Parts:
             ),
             ("gateway-claims", self.claims.run),
             ("gateway-members", self.members.run),
+            ("gateway-waves", self.waves.run),
             self.once(
                 "gateway-timestamp",
                 functools.partial(self.hooks.run_timestamps, s.timestamp_interval_s),
@@ -183,7 +186,13 @@ def build(
     acks = AckBatcher(s.topics, outlet.send_nowait, counters, s.ack_delay_ms / 1000, signer=keys)
     wiring = Wiring(backend, keys, s.topics, outlet.publish, counters)
     campaigns = CampaignService(wiring, bundle_ttl=timedelta(seconds=s.bundle_ttl_s))
-    claims = ClaimDesk(wiring, batch_max=s.claim_batch_max, on_sold_out=campaigns.poke)
+    waves = WaveDesk(wiring, campaigns, stamp=lambda: hooks.publish_timestamp())  # noqa: PLW0108 - `hooks` is made below: bound late
+
+    def sold_out() -> None:
+        campaigns.poke()  # catalogs and bundles carry stock 0
+        waves.poke()  # a wave's offer: the cohort's signed notice within the second
+
+    claims = ClaimDesk(wiring, batch_max=s.claim_batch_max, on_sold_out=sold_out)
     erasure = DeviceErasure(wiring)
     members = MemberDesk(wiring)
     models = ModelRegistry(
@@ -246,6 +255,7 @@ def build(
         provisioner=Provisioner(backend, s.data_dir, keys.trust_path, s.topic_root, counters),
         households=HouseholdDesk(backend, keys, clock),
         members=members,
+        waves=waves,
     )
     return Parts(
         settings=s,
@@ -261,6 +271,7 @@ def build(
         campaigns=campaigns,
         claims=claims,
         members=members,
+        waves=waves,
         erasure=erasure,
         models=models,
         ingestor=ingestor,
