@@ -44,8 +44,9 @@ MAX_WAVES = 24
 NOTICE_TTL = timedelta(days=2)
 STAMP_BEFORE = timedelta(seconds=5)
 """A fresh signed timestamp goes out this long before each wave (devices' clock samples)."""
-MAX_SLEEP_S = 60.0
-"""`run` looks at the schedule again at least this often (a sale launched meanwhile)."""
+MAX_SLEEP_S = 2.0
+"""`run` looks at the schedule again at least this often (a sale launched meanwhile): one
+indexed query, so a wave launched less than `STAMP_BEFORE` ahead still gets its sample."""
 
 
 class WaveIn(BaseModel):
@@ -192,7 +193,7 @@ class WaveDesk(Service):
         while True:
             wait = await self._until_next_stamp() if self._stamp is not None else None
             try:
-                async with asyncio.timeout(None if wait is None else min(wait, MAX_SLEEP_S)):
+                async with asyncio.timeout(MAX_SLEEP_S if wait is None else min(wait, MAX_SLEEP_S)):
                     await self._wake.wait()
             except TimeoutError:
                 if wait is not None and wait <= MAX_SLEEP_S and self._stamp is not None:
