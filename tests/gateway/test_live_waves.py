@@ -64,9 +64,7 @@ async def test_a_wave_reveals_at_the_second_and_sold_out_stops_claims(
         agents: list[Agent] = []
         for i, skew in enumerate(SKEWS):
             s = agent_settings(gw, tmp_path, mosquitto, device=f"tv-wave-{i:04d}")
-            agent = await stack.enter_async_context(
-                Agent(s, clock=lambda skew=skew: time.time() + skew)
-            )
+            agent = await stack.enter_async_context(Agent(s, clock=partial(_skewed, skew)))
             await agent.set_consent(ALL)
             agents.append(agent)
         for agent in agents:
@@ -87,7 +85,7 @@ async def test_a_wave_reveals_at_the_second_and_sold_out_stops_claims(
         cid = (await resp.json())["campaign"]["id"]
         assert (await http.post(f"/v1/campaigns/{cid}/launch")).status == 200
         for agent in agents:  # every wave arrives ahead, sealed
-            await eventually(lambda a=agent: a.parts.offers.get("w1") and a.parts.offers.get("w2"))
+            await eventually(partial(_holds, agent, ("w1", "w2")))
         with pytest.raises(NotClaimable, match="sealed"):
             await agents[1].claim("w1")
         pushes_before = gw.counters["bundles_pushed"]
@@ -113,7 +111,7 @@ async def test_a_wave_reveals_at_the_second_and_sold_out_stops_claims(
         # two coupons: the first two devices take them; the last grant sells out
         claims = [(await agent.claim("w1"))[0]["id"] for agent in agents[:2]]
         for agent, claim_id in zip(agents[:2], claims, strict=True):
-            await eventually(lambda a=agent, c=claim_id: _state(a, c, "granted"), what="granted")
+            await eventually(partial(_state, agent, claim_id, "granted"), what="granted")
         granted_at = time.monotonic()
         third = agents[2]
         await eventually(lambda: "w1" in third.parts.live.sold_out, timeout=2.0)
@@ -139,6 +137,14 @@ async def test_a_wave_reveals_at_the_second_and_sold_out_stops_claims(
         assert figures["waves"][1]["offers"][0]["left"] == 5
         bad = await http.post(f"/v1/live-sales/{cid}/stock", json={"offer_id": "w1", "delta": 1.5})
         assert bad.status == 400
+
+
+def _skewed(skew: float) -> float:
+    return time.time() + skew
+
+
+def _holds(agent: Agent, ids: tuple[str, ...]) -> bool:
+    return all(agent.parts.offers.get(i) is not None for i in ids)
 
 
 async def _state(agent: Agent, claim_id: str, state: str) -> bool:
