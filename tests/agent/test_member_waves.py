@@ -80,6 +80,12 @@ async def test_the_signed_tier_ranks_perks_and_a_forged_one_is_refused(tmp_path:
         assert not await shown()
         await link.deliver("member", status(device.signer, me, 2, 15), me)
         assert await shown()  # gold (2) signed: the perk's min_tier 2 is met
+        assert agent.status()["member"] == {
+            "tier": 2,
+            "tier_name": "gold",
+            "balance": 200,
+            "version": 15,
+        }
         await link.deliver("member", b"", me)  # unlinked or erased at the gateway
         assert agent.parts.members.status is None
 

@@ -2,7 +2,9 @@
 -2 s, 0 and +2 s off hold the sealed wave from the launch and reveal it at the second on the
 gateway's clock; the claim that takes the last coupon makes the gateway broadcast the cohort's
 signed sold-out notice, and the third device stops claiming within a second (no claim
-reaches the gateway); stock added during the sale reopens it."""
+reaches the gateway); stock added during the sale reopens it. On the same setup, members:
+a conversion credits its member once, the device ranks with the signed tier it receives, a
+member's erasure drops it and keeps the ledger's totals."""
 
 from __future__ import annotations
 
@@ -137,6 +139,46 @@ async def test_a_wave_reveals_at_the_second_and_sold_out_stops_claims(
         assert figures["waves"][1]["offers"][0]["left"] == 5
         bad = await http.post(f"/v1/live-sales/{cid}/stock", json={"offer_id": "w1", "delta": 1.5})
         assert bad.status == 400
+
+        # members on the same fleet: a member owns the first device, its conversion of the
+        # wave's coupon credits the campaign's points once, and the device ranks with the
+        # signed tier the gateway sends it
+        first_agent = agents[0]
+        me = first_agent.settings.device_id
+        assert (await http.post("/v1/members", json={"id": "m-1"})).status == 201
+        resp = await http.post("/v1/members/m-1/devices", json={"device_id": me})
+        assert resp.status == 200, await resp.text()
+        resp = await http.put(f"/v1/campaigns/{cid}/points", json={"per_conversion": 400})
+        assert resp.status == 200, await resp.text()
+        await first_agent.record_outcome("w1", "impression", SURFACE)
+        await first_agent.record_outcome("w1", "conversion", SURFACE)
+        assert await first_agent.drain(timeout=20.0)
+
+        async def balance() -> int:
+            member = await (await http.get("/v1/members/m-1")).json()
+            return int(member["balance"])
+
+        await eventually(lambda: _equals(balance(), 400), what="the conversion credited")
+        grant = {"kind": "grant", "points": 1700, "source": "welcome"}
+        assert (await http.post("/v1/members/m-1/points", json=grant)).status == 201
+        assert (await http.post("/v1/members/m-1/points", json=grant)).status == 200  # once
+        await eventually(
+            lambda: first_agent.parts.members.tier_at(utcnow()) == 2, what="gold, signed"
+        )
+        assert first_agent.parts.members.status is not None
+        assert first_agent.parts.members.status.balance == 2100
+        figures = await (await http.get("/v1/members/tiers")).json()
+        assert figures["totals"]["issued"] == 2100
+        spend = {"kind": "spend", "points": 5000, "source": "too-much"}
+        assert (await http.post("/v1/members/m-1/points", json=spend)).status == 409
+        assert (await http.delete("/v1/members/m-1")).status == 200
+        await eventually(lambda: first_agent.parts.members.status is None, what="dropped")
+        figures = await (await http.get("/v1/members/tiers")).json()
+        assert figures["totals"]["issued"] == 2100 and figures["totals"]["held"] == 0
+
+
+async def _equals(got: Any, want: object) -> bool:
+    return bool(await got == want)
 
 
 def _skewed(skew: float) -> float:
