@@ -183,13 +183,19 @@ class WaveDesk(Service):
     async def _until_next_stamp(self) -> float | None:
         """Seconds until `STAMP_BEFORE` the next wave (None: no wave ahead)."""
         now = utcnow()
-        ahead = await self._db.call(sql.next_wave, format_time(now + STAMP_BEFORE))
+        try:
+            ahead = await self._db.call(sql.next_wave, format_time(now + STAMP_BEFORE))
+        except GatewayError as exc:  # the store is away: look again after `MAX_SLEEP_S`
+            log.debug("wave schedule not read: %s", exc)
+            return None
         if ahead is None:
             return None
         return max((parse_time(ahead) - STAMP_BEFORE - now).total_seconds(), 0.0)
 
     async def run(self) -> None:
-        """Announce what is sold out at each poke; a fresh clock sample before each wave."""
+        """Announce what is sold out at each poke (again every `MAX_SLEEP_S` after a failed
+        attempt: the link or the store was away); a fresh clock sample before each wave."""
+        failed = False
         while True:
             wait = await self._until_next_stamp() if self._stamp is not None else None
             try:
@@ -197,16 +203,23 @@ class WaveDesk(Service):
                     await self._wake.wait()
             except TimeoutError:
                 if wait is not None and wait <= MAX_SLEEP_S and self._stamp is not None:
-                    try:
-                        await self._stamp()
-                        self._counters["wave_clock_stamps"] += 1
-                    except GatewayError as exc:
-                        log.info("wave clock sample not sent: %s", exc)
-                    await asyncio.sleep(0.01)  # past the wave's stamp time
-                continue
+                    await self._send_stamp()
+                if not failed:
+                    continue
             self._wake.clear()
             try:
                 await self.broadcast()
-            except GatewayError as exc:  # the link or the store is away: try at the next poke
-                log.info("sold-out notices not sent: %s", exc)
+                failed = False
+            except GatewayError as exc:
+                log.info("sold-out notices not sent yet: %s", exc)
                 self._sent.clear()
+                failed = True
+
+    async def _send_stamp(self) -> None:
+        assert self._stamp is not None
+        try:
+            await self._stamp()
+            self._counters["wave_clock_stamps"] += 1
+        except GatewayError as exc:
+            log.info("wave clock sample not sent: %s", exc)
+        await asyncio.sleep(0.01)  # past the wave's stamp time
