@@ -73,7 +73,8 @@ know depends on the direction:
 
 ## Signing
 Signed messages (`OfferBundle`, `ClaimResult`, `Command`, `ModelManifest`, `KeyList`, `Ack`,
-`Timestamp`, `RootChange`) carry `kid` and `sig`: base64 Ed25519 over
+`Timestamp`, `RootChange`, and since issue 19 `MemberStatus` (role `commands`) and `SoldOut`
+(role `offers`)) carry `kid` and `sig`: base64 Ed25519 over
 `json.dumps(obj_without_sig, sort_keys=True, separators=(",", ":"), ensure_ascii=False)`
 in UTF-8, and an `expires_at`; receivers verify the object as received (every field, known
 or not), and only then read it. Each online key may be limited to roles (`PublicKey.roles`:
