@@ -171,11 +171,13 @@ def post_entry(store: Session, member_id: str, entry: Entry, who: str, at: datet
                     )
                 signed = Entry(entry.kind, -entry.points, entry.source, entry.campaign_id)
             else:
-                store.conn.execute(
+                moved = store.conn.execute(
                     "UPDATE members SET balance = balance + ?, earned = earned + ?,"
                     " version = version + 1 WHERE id = ?",
                     [entry.points, entry.points, member_id],
-                )
+                ).rowcount
+                if moved != 1:  # erased meanwhile (another worker): nothing is posted
+                    raise NotFound("member", member_id)
                 signed = entry
             entry_id = _insert_entry(store, member_id, signed, source, now)
             insert_audit(
@@ -240,11 +242,13 @@ def credit_conversions(store: Session, items: Sequence[tuple[str, Outcome]], now
         source = source_hash(entry.source)
         if not _take_source(store, source, now):
             continue
-        store.conn.execute(
+        moved = store.conn.execute(
             "UPDATE members SET balance = balance + ?, earned = earned + ?,"
             " version = version + 1 WHERE id = ?",
             [points, points, member_id],
-        )
+        ).rowcount
+        if moved != 1:  # the member was erased meanwhile: no entry without its balance
+            continue
         _insert_entry(store, member_id, entry, source, now)
         credited.append(member_id)
     return sorted(set(credited))
