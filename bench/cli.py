@@ -35,6 +35,7 @@ SUITES = [
     "bench.lan_bench",
     "bench.lift_bench",
     "bench.experiment_bench",
+    "bench.waves_bench",
 ]
 
 

@@ -12,9 +12,21 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from protocol import codec
-from protocol.envelopes import ALL_MODELS, DOWNLINK_MODELS, UPLINK_MODELS
+from pydantic import BaseModel
+
+from protocol import codec, members, waves
+from protocol.envelopes import ALL_MODELS as ENVELOPES
+from protocol.envelopes import DOWNLINK_MODELS as DOWNLINK_ENVELOPES
+from protocol.envelopes import UPLINK_MODELS
 from protocol.topics import Topics
+
+DOWNLINK_MODELS: tuple[type[BaseModel], ...] = (
+    *DOWNLINK_ENVELOPES,
+    *members.MODELS,
+    *waves.MODELS,
+)
+"""The downlink envelopes and the messages issue 19 added in their own modules."""
+ALL_MODELS: list[type[BaseModel]] = [*ENVELOPES, *members.MODELS, *waves.MODELS]
 
 HEADER = """# Edgemart protocol reference (generated)
 
@@ -61,7 +73,8 @@ know depends on the direction:
 
 ## Signing
 Signed messages (`OfferBundle`, `ClaimResult`, `Command`, `ModelManifest`, `KeyList`, `Ack`,
-`Timestamp`, `RootChange`) carry `kid` and `sig`: base64 Ed25519 over
+`Timestamp`, `RootChange`, and since issue 19 `MemberStatus` (role `commands`) and `SoldOut`
+(role `offers`)) carry `kid` and `sig`: base64 Ed25519 over
 `json.dumps(obj_without_sig, sort_keys=True, separators=(",", ":"), ensure_ascii=False)`
 in UTF-8, and an `expires_at`; receivers verify the object as received (every field, known
 or not), and only then read it. Each online key may be limited to roles (`PublicKey.roles`:
@@ -78,6 +91,7 @@ def _placeholders(topic: str) -> str:
     return (
         topic.replace("dev-id", "{device_id}")
         .replace("/cohort/offers", "/{cohort}/offers")
+        .replace("/cohort/soldout", "/{cohort}/soldout")
         .replace("/profile/", "/{profile}/")
     )
 
@@ -133,6 +147,8 @@ def render() -> str:
         (topics.model_manifest(profile), "`ModelManifest` (signed, retained)"),
         (topics.keys(), "`KeyList` (signed by the offline root, retained)"),
         (topics.timestamp(), "`Timestamp` (signed, short-lived, retained)"),
+        (topics.member(dev), "`MemberStatus` (signed, retained; issue 19)"),
+        (topics.cohort_soldout(cohort), "`SoldOut` (signed, retained; issue 19)"),
     ]
     travels = directions()
     refused = {m.__name__ for m in UPLINK_MODELS.values()}

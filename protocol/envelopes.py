@@ -304,6 +304,11 @@ class Offer(BaseModel):
     """For limited offers: the stock left when the bundle was signed (0: sold out)."""
     targeting: Targeting | None = None
     """Targeting hints the device checks (profiles, member tier, owned appliances, interests)."""
+    not_before: UtcTime | None = None
+    """A live-sale wave's sealed offer (issue 19): sent ahead, neither shown nor claimed
+    before this time on the gateway's clock (`protocol.waves.GatewayClock`). Added field: a
+    device that does not know it shows the offer from `starts_at`, so a wave's `starts_at`
+    is set to the same time."""
 
 
 class OfferBundle(Signed):

@@ -84,6 +84,14 @@ class Topics:
         """Retained, signed `PolicyDocument` of a cohort (issue 18)."""
         return f"{self.root}/cohort/{check_cohort(cohort)}/policy"
 
+    def member(self, device_id: str) -> str:
+        """Retained, signed `MemberStatus` of the device's member (issue 19)."""
+        return f"{self.root}/dev/{check_device_id(device_id)}/down/member"
+
+    def cohort_soldout(self, cohort: str) -> str:
+        """Retained, signed `SoldOut` of a cohort's live-sale offers (issue 19)."""
+        return f"{self.root}/cohort/{check_cohort(cohort)}/soldout"
+
     def model_manifest(self, profile: str) -> str:
         return f"{self.root}/models/{check_profile(profile)}/manifest"
 
@@ -121,20 +129,23 @@ class Topics:
 
     def parse_downlink(self, topic: str) -> tuple[str, str] | None:
         """Parse a cloud-to-device topic into (kind, subject): kind is ack, offers, claim,
-        cmd (subject: device id), cohort_offers or cohort_policy (subject: cohort), manifest
+        cmd, member (subject: device id), cohort_offers, cohort_policy or cohort_soldout
+        (subject: cohort), manifest
         (subject: profile), keys or timestamp."""
         prefix = f"{self.root}/"
         if not topic.startswith(prefix):
             return None
         parts = topic[len(prefix) :].split("/")
         if len(parts) == 4 and parts[0] == "dev" and parts[2] == "down":
-            if parts[3] in ("ack", "offers", "claim", "cmd"):
+            if parts[3] in ("ack", "offers", "claim", "cmd", "member"):
                 return parts[3], parts[1]
             return None
         if len(parts) == 3 and parts[0] == "cohort" and parts[2] == "offers":
             return "cohort_offers", parts[1]
         if len(parts) == 3 and parts[0] == "cohort" and parts[2] == "policy":
             return "cohort_policy", parts[1]
+        if len(parts) == 3 and parts[0] == "cohort" and parts[2] == "soldout":
+            return "cohort_soldout", parts[1]
         if len(parts) == 3 and parts[0] == "models" and parts[2] == "manifest":
             return "manifest", parts[1]
         if parts == ["keys"]:

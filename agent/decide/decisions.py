@@ -64,6 +64,12 @@ class HouseholdCaps(Protocol):
     ) -> None: ...
 
 
+class SignedTier(Protocol):
+    """The member's tier as the gateway signed it (`agent.offers.members.MemberKeeper`)."""
+
+    def tier_at(self, now: datetime) -> int | None: ...
+
+
 class Decisions:
     """Daily caps, quiet hours and the memory of recent decisions behind `Agent.decide` and
     `Agent.record_outcome_detail`.
@@ -110,6 +116,9 @@ class Decisions:
         """The cloud's household caps: what this device applies while it coordinates."""
         self.explanations = ExplainTally()
         """Why each campaign was shown or not, per decision (`agent.decide.explain`)."""
+        self.member: SignedTier | None = None
+        """The member's signed tier (issue 19, `agent.offers.members`): when it holds one,
+        ranking uses it instead of the `member_tier` the device observed about itself."""
 
     def apply_policy(self, policy: EffectivePolicy) -> None:
         """Enforce a cloud policy merged over the profile (`agent.decide.cloud_policy`)."""
@@ -154,6 +163,10 @@ class Decisions:
         the last good model `on_model_failure` answers, else without a model (priority).
         `hold`: what the household's caps keep off (`household_hold`), on top of this device's."""
         self.caps.roll(self.local_day(now))
+        if self.member is not None and ctx.personalized:
+            signed = self.member.tier_at(now)
+            if signed is not None and signed != ctx.member_tier:
+                ctx = dataclasses.replace(ctx, member_tier=signed)
         situation = Situation(
             self._settings.device_id,
             self.caps,

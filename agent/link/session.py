@@ -116,6 +116,7 @@ class Link:
             self.topics.device_downlink(device),
             *(self.topics.cohort_offers(c) for c in profile.cohorts),
             *(self.topics.cohort_policy(c) for c in profile.cohorts),
+            *(self.topics.cohort_soldout(c) for c in profile.cohorts),
             self.topics.model_manifest(profile.name),
         ]
 

@@ -86,10 +86,13 @@ class Claims:
         offer: Callable[[str], Offer | None],
         stale_trust: Callable[[], str | None] = lambda: None,
         timer: Callable[[], float] = time.monotonic,
+        held_back: Callable[[Offer], str | None] | None = None,
     ) -> None:
         """`timer`: the monotonic clock the resend interval runs on; `stale_trust`: why the
         device's view of the cloud is stale (`agent.offers.trust`), None when fresh."""
         self._stale_trust = stale_trust
+        self._held_back = held_back
+        """Why a live sale holds a claim back (sold out, sealed: `agent.offers.waves`)."""
         self.settings = settings
         self._store = store
         self._verifier = verifier
@@ -127,6 +130,10 @@ class Claims:
             # a frozen view may hold a revoked key's offer or stock long gone (issue 14)
             self._metrics.inc("claims_refused_stale")
             raise NotClaimable(offer_id, f"trust is stale ({stale}): no claims until it is fresh")
+        if self._held_back is not None:
+            why = self._held_back(offer)
+            if why is not None:
+                raise NotClaimable(offer_id, why)
         claim_id = new_id()
         # keyed: the key is committed with a new claim; a replay shows the claim as it is now
         idempotency.answer_with(202, {"claim_id": claim_id})

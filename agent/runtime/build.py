@@ -9,6 +9,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 from functools import partial
 
 from agent.config import AgentSettings
@@ -31,8 +32,10 @@ from agent.model.slot import ModelSlot
 from agent.model.update import ModelUpdater, UpdateConfig
 from agent.offers.book import OfferBook, load_trust
 from agent.offers.claims import Claims
+from agent.offers.members import MemberKeeper
 from agent.offers.policies import PolicyKeeper
 from agent.offers.trust import TrustKeeper
+from agent.offers.waves import LiveSale
 from agent.runtime.loops import MemoryWatch, StateReport, maintenance
 from agent.runtime.memory import MemoryBudget, sqlite_cache_kib
 from agent.runtime.metrics import Metrics
@@ -226,6 +229,15 @@ async def _build_on(  # noqa: PLR0917 - the order of the parts, in one place
     await policies.load()  # the operators' caps hold from the first decision, offline too
     report.policy_version = lambda: policies.version
     await offers.load()
+    members = MemberKeeper(settings.device_id, verifier, store, metrics)
+    await members.load()  # the signed tier ranks from the first decision, offline too
+    decisions.member = members
+    live = LiveSale(
+        profile.cohorts,
+        verifier,
+        metrics,
+        local=lambda: datetime.fromtimestamp(clock(), UTC),  # the agent's wall clock
+    )
     today = decisions.local_day(utcnow())
     decisions.caps = CapCounts.load(await store.call(store.decisions.cap_counts, today), today)
     claims = Claims(
@@ -237,6 +249,7 @@ async def _build_on(  # noqa: PLR0917 - the order of the parts, in one place
         offer=offers.get,
         stale_trust=trust.stale,
         timer=timer,
+        held_back=live.refusal,
     )
     await claims.start()
 
@@ -257,6 +270,8 @@ async def _build_on(  # noqa: PLR0917 - the order of the parts, in one place
             commands=commands,
             trust=trust,
             policies=policies,
+            members=members,
+            live=live,
         )
     )
     on_connected.add(uplink.on_connected)
@@ -300,6 +315,7 @@ async def _build_on(  # noqa: PLR0917 - the order of the parts, in one place
             claims=claims,
             household=lan[0],
             remote=lan[1] if thin else None,
+            live=live,
         ),
         report=report,
         memory_watch=MemoryWatch(settings, budget=memory, metrics=metrics, store=store, slot=slot),
@@ -309,6 +325,8 @@ async def _build_on(  # noqa: PLR0917 - the order of the parts, in one place
             on_restart=metrics.count_loop_restart,
         ),
         policies=policies,
+        members=members,
+        live=live,
         explanations=ExplainReporter(
             settings,
             decisions.explanations,

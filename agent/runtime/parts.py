@@ -18,8 +18,10 @@ from agent.model.slot import ModelSlot
 from agent.model.update import ModelUpdater
 from agent.offers.book import OfferBook
 from agent.offers.claims import Claims
+from agent.offers.members import MemberKeeper
 from agent.offers.policies import PolicyKeeper
 from agent.offers.trust import TrustKeeper
+from agent.offers.waves import LiveSale
 from agent.runtime.loops import MemoryWatch, StateReport
 from agent.runtime.memory import MemoryBudget
 from agent.runtime.metrics import Metrics
@@ -59,3 +61,7 @@ class Parts:
     """The operators' policy documents in force (issue 18)."""
     explanations: ExplainReporter
     """Why campaigns were or were not shown, into the outbox (issue 18)."""
+    members: MemberKeeper
+    """The member's signed tier and balance (issue 19)."""
+    live: LiveSale
+    """Live sales: the gateway's clock, sealed and sold-out offers (issue 19)."""

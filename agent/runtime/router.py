@@ -11,8 +11,11 @@ from agent.link.uplink import Uplink
 from agent.model.update import ModelUpdater
 from agent.offers.book import OfferBook
 from agent.offers.claims import Claims
+from agent.offers.members import MemberKeeper
 from agent.offers.policies import PolicyKeeper
 from agent.offers.trust import TrustKeeper
+from agent.offers.waves import LiveSale
+from protocol.ids import utcnow
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +59,8 @@ def downlink_routes(
     commands: Commands,
     trust: TrustKeeper,
     policies: PolicyKeeper,
+    members: MemberKeeper | None = None,
+    live: LiveSale | None = None,
 ) -> dict[str, Handler]:
     """What the agent does with each kind the gateway sends; a receipt to send wakes the
     uplink (at once for a command: the gateway waits on its receipt)."""
@@ -83,7 +88,17 @@ def downlink_routes(
         await trust.handle_keys(message.payload)
 
     async def timestamp(message: Incoming) -> None:
+        if live is not None:  # a live one is a sample of the gateway's clock (issue 19)
+            live.handle_timestamp(message.payload, message.retained)
         await trust.handle_timestamp(message.payload)
+
+    async def member(message: Incoming) -> None:
+        if members is not None:
+            await members.handle(message.subject, message.payload, utcnow())
+
+    async def soldout(message: Incoming) -> None:
+        if live is not None:
+            live.handle_soldout(message.subject, message.payload, message.retained)
 
     async def policy(message: Incoming) -> None:
         await policies.handle(message.subject, message.payload)
@@ -98,4 +113,6 @@ def downlink_routes(
         "manifest": manifest,
         "claim": claim_result,
         "cmd": command,
+        "member": member,
+        "cohort_soldout": soldout,
     }

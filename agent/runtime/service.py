@@ -22,6 +22,7 @@ from agent.model.scoring import load_model
 from agent.model.slot import ModelSlot
 from agent.offers.book import OfferBook
 from agent.offers.claims import Claims
+from agent.offers.waves import LiveSale
 from agent.runtime.metrics import Metrics
 from protocol.ids import utcnow
 
@@ -39,6 +40,7 @@ class AgentService:
         "_consent",
         "_decisions",
         "_household",
+        "_live",
         "_metrics",
         "_offers",
         "_remote",
@@ -60,8 +62,10 @@ class AgentService:
         claims: Claims,
         household: HouseholdSource | None = None,
         remote: RemoteRanker | None = None,
+        live: LiveSale | None = None,
     ) -> None:
         self._settings = settings
+        self._live = live
         self._metrics = metrics
         self._consent = consent
         self._windows = windows
@@ -88,6 +92,12 @@ class AgentService:
         """One local ranking decision for `surface` (see `agent.decide.ranking.decide`)."""
         started = time.perf_counter()
         now = utcnow()
+        refused = self._claims.refused
+        if self._live is not None:
+            # offers' windows are judged on the gateway's clock; sealed and sold-out offers
+            # of live sales stay off (issue 19)
+            now = self._live.now()
+            refused = refused | self._live.withheld(self._held().offers, now)
         state = self._consent.state
         consent = Consent(state.analytics, state.personalization, state.marketing)
         profile = self._settings.profile
@@ -102,7 +112,7 @@ class AgentService:
         if self._remote is not None and consent.marketing and (hold is None or not hold.reason):
             held = hold.offers if hold is not None else frozenset()
             remote = await self._ask_remote(
-                surface, ctx.local_hour, ctx.local_weekday, consent, held
+                surface, ctx.local_hour, ctx.local_weekday, consent, held | refused
             )
         decision = self._decisions.rank(
             surface,
@@ -112,7 +122,7 @@ class AgentService:
             catalog=self._held(),
             ctx=ctx,
             consent=consent,
-            refused=self._claims.refused,
+            refused=refused,
             explain=explain,
             remote=remote,
             hold=hold,

@@ -33,6 +33,11 @@ def status_of(parts: Parts) -> dict[str, Any]:
         "uplink": parts.uplink.acks.to_json(),
         "model_version": parts.slot.version,
         "policy": parts.policies.to_json(),
+        "member": parts.members.to_json(),
+        "live_sale": {
+            "clock_offset_ms": round(parts.live.clock.offset_s * 1000, 1),
+            "sold_out": sorted(parts.live.sold_out),
+        },
         "offers": len(parts.offers),
         "trust": parts.trust.to_json(),
         "consent": parts.consent.state.to_json(),

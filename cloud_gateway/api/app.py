@@ -14,10 +14,12 @@ from cloud_gateway.api import (
     devices,
     gateways,
     households,
+    members,
     models,
     ops,
     policies,
     provision,
+    waves,
 )
 from cloud_gateway.api.context import CTX, OPENAPI, TOKEN_ID, ApiContext
 from cloud_gateway.api.errors import Problem, problem_response, problems_middleware
@@ -35,6 +37,8 @@ TABLES: tuple[tuple[Route, ...], ...] = (
     models.ROUTES,
     dashboard.ROUTES,
     provision.ROUTES,
+    members.ROUTES,
+    waves.ROUTES,
 )
 """Every route of the API, one table per route module."""
 PUBLIC = PublicPaths.of(TABLES)

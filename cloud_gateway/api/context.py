@@ -14,10 +14,12 @@ from pydantic import BaseModel
 
 from cloud_gateway.api.errors import ApiProblem
 from cloud_gateway.campaigns.service import CampaignService
+from cloud_gateway.campaigns.waves import WaveDesk
 from cloud_gateway.db.backend import Backend, Session
 from cloud_gateway.devices.erasure import DeviceErasure
 from cloud_gateway.households.service import HouseholdDesk
 from cloud_gateway.ingest.parse import unstorable_value
+from cloud_gateway.members.service import MemberDesk
 from cloud_gateway.provisioning.service import Provisioner
 from cloud_gateway.registry.service import ModelRegistry
 from cloud_gateway.security.auth import TokenVerifier
@@ -45,6 +47,10 @@ class ApiContext:
     """Redeems claim credentials (`POST /v1/provision`)."""
     households: HouseholdDesk
     """Signs household memberships (`POST /v1/households/{id}/members`)."""
+    members: MemberDesk
+    """Members, tiers and points (issue 19)."""
+    waves: WaveDesk
+    """Live-sale waves (issue 19)."""
 
 
 CTX = web.AppKey("ctx", ApiContext)

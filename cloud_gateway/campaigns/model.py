@@ -288,6 +288,9 @@ def build_offers(
             fields["holdout"] = campaign.holdout
         if tpl.limited and tpl.stock is not None:
             fields["stock"] = (stock or {}).get(tpl.id, tpl.stock)
+        if tpl.limited and starts > now:
+            # sent ahead of its window (a live-sale wave): sealed until then (issue 19)
+            fields["not_before"] = starts
         offers.append(Offer.model_validate(fields))
     return offers
 

@@ -91,12 +91,14 @@ class ClaimDesk(Service):
                 self._counters["store_errors"] += 1
                 log.error("could not decide %d claims: %s", len(batch), exc)  # noqa: TRY400
                 continue
+            if self._on_sold_out is not None and any(a.sold_out for a in answers):
+                # committed: the devices are told before the batch's answers go out (a live
+                # sale's crowd stops claiming sooner, issue 19; a marker is stored)
+                self._counters["offers_sold_out"] += 1
+                self._on_sold_out()
             for start in range(0, len(answers), PUBLISH_CONCURRENCY):  # QoS 1: overlap PUBACKs
                 chunk = answers[start : start + PUBLISH_CONCURRENCY]
                 await asyncio.gather(*(self._answer(a) for a in chunk))
-            if self._on_sold_out is not None and any(a.sold_out for a in answers):
-                self._counters["offers_sold_out"] += 1
-                self._on_sold_out()  # devices are told to hide it (a marker is stored)
 
     async def _answer(self, answer: ClaimAnswer) -> None:
         if answer.new:

@@ -13,6 +13,7 @@ from typing import Any
 
 from cloud_gateway.db.audit import insert_audit
 from cloud_gateway.db.backend import Error, Session
+from cloud_gateway.db.members import unlink_erased_device
 from cloud_gateway.errors import StoreError
 from protocol.ids import format_time
 
@@ -39,12 +40,14 @@ HANDLED_ELSEWHERE = (
     "device_certs",
     "device_passwords",
     "household_members",
+    "member_devices",
 )
 """Device-keyed tables `erase_device` treats apart: the registry row and pushes are deleted,
 grants anonymised (stock stays right), the forget command itself kept until confirmed, the
 device's certificate, broker password and household membership kept (erasure is of data, not
 of the device's identity: revoke that with `edgemart gateway provision revoke` / `password
---revoke`; a membership lapses at its expiry)."""
+--revoke`; a membership lapses at its expiry), the device's link to its member deleted (the
+member and its ledger stay: `DELETE /v1/members/{id}` erases the person, issue 19)."""
 
 
 def _delete_data(store: Session, device_id: str) -> dict[str, int]:
@@ -80,6 +83,7 @@ def erase_device(
                 ).rowcount,
                 0,
             )
+            removed["member_link"] = unlink_erased_device(store, device_id)
             removed["registry"] = max(
                 conn.execute("DELETE FROM devices WHERE device_id = ?", [device_id]).rowcount, 0
             )

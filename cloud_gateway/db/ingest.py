@@ -13,6 +13,7 @@ from datetime import datetime
 
 from cloud_gateway.db.backend import Error, Session, SignalRow
 from cloud_gateway.db.explain import add_explanations, explanation_rows
+from cloud_gateway.db.members import credit_conversions
 from cloud_gateway.db.rows import TimeFormatter, to_text
 from cloud_gateway.errors import StoreError
 from protocol.envelopes import Batch, State
@@ -33,6 +34,8 @@ class StoredBatch:
     signals: int = 0
     aggregates: int = 0
     outcomes: int = 0
+    members: tuple[str, ...] = ()
+    """Members whose points its conversions credited (issue 19): their statuses are owed."""
 
 
 def store_batch(store: Session, device_id: str, batch: Batch, received_at: datetime) -> bool:
@@ -208,7 +211,8 @@ def _insert_batch_parts(store: Session, device_id: str, batch: Batch, now: str) 
         outcomes = _store_outcomes(store, device_id, batch, TimeFormatter(), now[:10])
     if batch.signals:
         add_explanations(store, explanation_rows(device_id, batch.signals))
-    return StoredBatch(True, 0, max(aggregates, 0), max(outcomes, 0))
+    credited = credit_conversions(store, [(device_id, o) for o in batch.outcomes], now)
+    return StoredBatch(True, 0, max(aggregates, 0), max(outcomes, 0), tuple(credited))
 
 
 def _store_outcomes(

@@ -532,6 +532,41 @@ def household_invites(db: Database) -> None:
 
 
 @migration
+def members_ledger(db: Database) -> None:
+    """Issue 19: members (their balance, points earned and spent), the devices each owns,
+    the append-only points ledger (one entry per source key, stored hashed), the source keys
+    ever used (kept after an erasure, so a redelivered outcome never credits twice), the
+    totals of erased members' entries (anonymous, per kind) and the points rule of each
+    campaign."""
+    db.execute(
+        "CREATE TABLE members (id TEXT PRIMARY KEY, household_id TEXT,"
+        " balance INTEGER NOT NULL DEFAULT 0, earned INTEGER NOT NULL DEFAULT 0,"
+        " spent INTEGER NOT NULL DEFAULT 0, version INTEGER NOT NULL DEFAULT 1,"
+        " created_at TEXT NOT NULL)"
+    )
+    db.execute(
+        "CREATE TABLE member_devices (device_id TEXT PRIMARY KEY, member_id TEXT NOT NULL,"
+        " linked_at TEXT NOT NULL)"
+    )
+    db.execute("CREATE INDEX member_devices_member ON member_devices (member_id)")
+    db.execute("CREATE TABLE member_sources (source TEXT PRIMARY KEY, at TEXT NOT NULL)")
+    db.execute(
+        "CREATE TABLE member_ledger (id TEXT PRIMARY KEY, member_id TEXT NOT NULL,"
+        " source TEXT NOT NULL UNIQUE, kind TEXT NOT NULL, points INTEGER NOT NULL,"
+        " campaign_id TEXT, at TEXT NOT NULL)"
+    )
+    db.execute("CREATE INDEX member_ledger_member ON member_ledger (member_id)")
+    db.execute(
+        "CREATE TABLE member_ledger_erased (kind TEXT PRIMARY KEY, entries INTEGER NOT NULL,"
+        " points INTEGER NOT NULL)"
+    )
+    db.execute(
+        "CREATE TABLE member_rules (campaign_id TEXT PRIMARY KEY,"
+        " per_conversion INTEGER NOT NULL, updated_at TEXT NOT NULL)"
+    )
+
+
+@migration
 def model_experiments(db: Database) -> None:
     """Model experiments (issue 18): a candidate model against the control on a stable share
     of a cohort, what the operator stated up front (metric, alpha, minimum impressions, hours)
@@ -542,4 +577,14 @@ def model_experiments(db: Database) -> None:
         " metric TEXT NOT NULL, min_impressions INTEGER NOT NULL, alpha REAL NOT NULL,"
         " max_hours REAL NOT NULL, mde REAL NOT NULL, state TEXT NOT NULL, verdict TEXT,"
         " started_at TEXT NOT NULL, started_by TEXT NOT NULL, decided_at TEXT, arms TEXT)"
+    )
+
+
+@migration
+def live_waves(db: Database) -> None:
+    """Issue 19: the waves of live-sale campaigns (each wave's time and its offers; their
+    stock is in `offer_stock`) and the version of each cohort's sold-out notice."""
+    db.execute(
+        "CREATE TABLE live_waves (campaign_id TEXT NOT NULL, wave INTEGER NOT NULL,"
+        " at TEXT NOT NULL, offers TEXT NOT NULL, PRIMARY KEY (campaign_id, wave))"
     )

@@ -465,6 +465,61 @@ CREATE TABLE model_experiments (
 );
 """,
     ),
+    (
+        # As SQLite's `members_ledger` (issue 19).
+        "pg013_members_ledger",
+        """
+CREATE TABLE members (
+    id text PRIMARY KEY,
+    household_id text,
+    balance bigint NOT NULL DEFAULT 0,
+    earned bigint NOT NULL DEFAULT 0,
+    spent bigint NOT NULL DEFAULT 0,
+    version bigint NOT NULL DEFAULT 1,
+    created_at text NOT NULL
+);
+CREATE TABLE member_devices (
+    device_id text PRIMARY KEY,
+    member_id text NOT NULL,
+    linked_at text NOT NULL
+);
+CREATE INDEX member_devices_member ON member_devices (member_id);
+CREATE TABLE member_sources (source text PRIMARY KEY, at text NOT NULL);
+CREATE TABLE member_ledger (
+    id text PRIMARY KEY,
+    member_id text NOT NULL,
+    source text NOT NULL UNIQUE,
+    kind text NOT NULL,
+    points bigint NOT NULL,
+    campaign_id text,
+    at text NOT NULL
+);
+CREATE INDEX member_ledger_member ON member_ledger (member_id);
+CREATE TABLE member_ledger_erased (
+    kind text PRIMARY KEY,
+    entries bigint NOT NULL,
+    points bigint NOT NULL
+);
+CREATE TABLE member_rules (
+    campaign_id text PRIMARY KEY,
+    per_conversion bigint NOT NULL,
+    updated_at text NOT NULL
+);
+""",
+    ),
+    (
+        # As SQLite's `live_waves` (issue 19).
+        "pg013b_live_waves",
+        """
+CREATE TABLE live_waves (
+    campaign_id text NOT NULL,
+    wave bigint NOT NULL,
+    at text NOT NULL,
+    offers text NOT NULL,
+    PRIMARY KEY (campaign_id, wave)
+);
+""",
+    ),
 ]
 """(name, SQL or function) in order; a name, once applied, is never changed."""
 

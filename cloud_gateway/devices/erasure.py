@@ -67,6 +67,8 @@ class DeviceErasure(Service):
             return None
         self._counters["devices_erased"] += 1
         log.info("device %s erased by %s: %s", device_id, who, removed)
+        if removed.get("member_link"):
+            await self._clear_member_status(device_id)
         sent = await self._send([(command["id"], device_id, command)])
         return {
             "device_id": device_id,
@@ -74,6 +76,13 @@ class DeviceErasure(Service):
             "command_id": command["id"],
             "command": "sent" if sent else "queued",
         }
+
+    async def _clear_member_status(self, device_id: str) -> None:
+        """The device's retained member status goes with its member link (issue 19)."""
+        try:
+            await self._publish(self._topics.member(device_id), b"", True)
+        except GatewayError as exc:
+            log.info("member status of erased %s not cleared yet: %s", device_id, exc)
 
     async def on_receipts(self, device_id: str, ids: list[str]) -> None:
         done = await self._db.call(confirm_commands, device_id, ids, utcnow())

@@ -122,6 +122,7 @@ class Ingestor:
         on_birth: OnBirth | None = None,
         on_model_report: OnModelReport | None = None,
         on_facts: OnFacts | None = None,
+        on_members: Callable[[tuple[str, ...]], None] | None = None,
         group_max: int = GROUP_MAX,
         queue_max: int = QUEUE_MAX,
     ) -> None:
@@ -130,6 +131,7 @@ class Ingestor:
         self._on_birth = on_birth
         self._on_model_report = on_model_report
         self._on_facts = on_facts
+        self._on_members = on_members
         self._topics = topics
         self._db = db
         self._acks = acks
@@ -359,6 +361,8 @@ class Ingestor:
             self.counters["outcomes_stored"] += stored.outcomes
             if self._on_facts is not None and (batch.signals or batch.aggregates):
                 self._on_facts(device_id, batch)
+            if stored.members and self._on_members is not None:
+                self._on_members(stored.members)  # their points changed: statuses owed
         else:
             self.counters["batches_duplicate"] += 1
         self._acks.add(device_id, batch.seq, batch.outbox_id)

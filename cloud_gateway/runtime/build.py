@@ -23,6 +23,7 @@ from prometheus_client import CollectorRegistry
 from cloud_gateway.api.app import HttpServer, build_app
 from cloud_gateway.api.context import ApiContext
 from cloud_gateway.campaigns.service import CampaignService
+from cloud_gateway.campaigns.waves import WaveDesk
 from cloud_gateway.claims.desk import ClaimDesk
 from cloud_gateway.config import GatewaySettings
 from cloud_gateway.db.audit import import_audit
@@ -32,6 +33,7 @@ from cloud_gateway.errors import GatewayError
 from cloud_gateway.households.service import HouseholdDesk
 from cloud_gateway.ingest.retention import RetentionPolicy, run_retention
 from cloud_gateway.ingest.service import AckBatcher, Ingestor
+from cloud_gateway.members.service import MemberDesk
 from cloud_gateway.provisioning.service import Provisioner
 from cloud_gateway.registry.service import ModelRegistry
 from cloud_gateway.runtime.fleet import Lease, Worker, new_worker_id, while_holding
@@ -84,6 +86,8 @@ class Parts:
     acks: AckBatcher
     campaigns: CampaignService
     claims: ClaimDesk
+    members: MemberDesk
+    waves: WaveDesk
     erasure: DeviceErasure
     models: ModelRegistry
     ingestor: Ingestor
@@ -139,6 +143,8 @@ class Parts:
                 ),
             ),
             ("gateway-claims", self.claims.run),
+            ("gateway-members", self.members.run),
+            ("gateway-waves", self.waves.run),
             self.once(
                 "gateway-timestamp",
                 functools.partial(self.hooks.run_timestamps, s.timestamp_interval_s),
@@ -184,15 +190,22 @@ def build(
     acks = AckBatcher(s.topics, outlet.send_nowait, counters, s.ack_delay_ms / 1000, signer=keys)
     wiring = Wiring(backend, keys, s.topics, outlet.publish, counters)
     campaigns = CampaignService(wiring, bundle_ttl=timedelta(seconds=s.bundle_ttl_s))
-    claims = ClaimDesk(wiring, batch_max=s.claim_batch_max, on_sold_out=campaigns.poke)
+    waves = WaveDesk(wiring, campaigns, stamp=lambda: hooks.publish_timestamp())  # noqa: PLW0108 - `hooks` is made below: bound late
+
+    def sold_out() -> None:
+        campaigns.poke()  # catalogs and bundles carry stock 0
+        waves.poke()  # a wave's offer: the cohort's signed notice within the second
+
+    claims = ClaimDesk(wiring, batch_max=s.claim_batch_max, on_sold_out=sold_out)
     erasure = DeviceErasure(wiring)
+    members = MemberDesk(wiring)
     models = ModelRegistry(
         wiring,
         models_dir=s.data_dir / "models",
         halt_fraction=s.model_halt_fraction,
         halt_min_devices=s.model_halt_min_devices,
     )
-    events = DeviceEvents(campaigns, erasure, models)
+    events = DeviceEvents(campaigns, erasure, models, members)
     ingestor = Ingestor(
         s.topics,
         backend,
@@ -205,6 +218,7 @@ def build(
         on_birth=events.on_birth,
         on_model_report=events.on_model_report,
         on_facts=campaigns.delivery.note_facts,
+        on_members=members.owe,
     )
     hooks = SessionHooks(
         topics=s.topics,
@@ -244,6 +258,8 @@ def build(
         readiness=health.readiness,
         provisioner=Provisioner(backend, s.data_dir, keys.trust_path, s.topic_root, counters),
         households=HouseholdDesk(backend, keys, clock, counters),
+        members=members,
+        waves=waves,
     )
     return Parts(
         settings=s,
@@ -258,6 +274,8 @@ def build(
         acks=acks,
         campaigns=campaigns,
         claims=claims,
+        members=members,
+        waves=waves,
         erasure=erasure,
         models=models,
         ingestor=ingestor,

@@ -12,6 +12,7 @@ from cloud_gateway.campaigns.service import CampaignService
 from cloud_gateway.devices.erasure import DeviceErasure
 from cloud_gateway.errors import GatewayError, LinkDown
 from cloud_gateway.ingest.service import AckBatcher, Ingestor
+from cloud_gateway.members.service import MemberDesk
 from cloud_gateway.registry.service import ModelRegistry
 from cloud_gateway.runtime.link import MqttLink
 from cloud_gateway.security.live import KeyChange, LiveKeys
@@ -53,11 +54,16 @@ class DeviceEvents:
     campaign delivery and erasure, model health reports to the registry."""
 
     def __init__(
-        self, campaigns: CampaignService, erasure: DeviceErasure, models: ModelRegistry
+        self,
+        campaigns: CampaignService,
+        erasure: DeviceErasure,
+        models: ModelRegistry,
+        members: MemberDesk | None = None,
     ) -> None:
         self._campaigns = campaigns
         self._erasure = erasure
         self._models = models
+        self._members = members
 
     async def on_receipts(self, device_id: str, ids: list[str]) -> None:
         await self._campaigns.delivery.on_receipts(device_id, ids)
@@ -66,6 +72,8 @@ class DeviceEvents:
     async def on_birth(self, device_id: str) -> None:
         await self._campaigns.delivery.on_birth(device_id)
         await self._erasure.on_birth(device_id)
+        if self._members is not None:
+            await self._members.on_birth(device_id)
 
     async def on_model_report(self, device_id: str, report: ModelUpdateReport) -> None:
         await self._models.record_health(device_id, report)

@@ -1,0 +1,73 @@
+"""The live-sale routes (issue 19): create a campaign of waves, its figures per wave, and
+stock added or pulled during the sale."""
+
+from __future__ import annotations
+
+from aiohttp import web
+from pydantic import ValidationError
+
+from cloud_gateway.api.context import ctx, json_response, read_json, who
+from cloud_gateway.api.errors import ApiProblem
+from cloud_gateway.api.routes import Route
+from cloud_gateway.campaigns.waves import LiveSaleIn, StockIn
+from protocol.codec import field_errors
+
+TAGS = ("live-sales",)
+
+
+async def create_sale(request: web.Request) -> web.Response:
+    try:
+        spec = LiveSaleIn.model_validate(await read_json(request))
+    except ValidationError as exc:
+        errors = field_errors(exc)
+        raise ApiProblem(400, "Bad Request", "the live sale is invalid", errors=errors) from exc
+    return json_response(await ctx(request).waves.create(spec, who(request)), status=201)
+
+
+async def get_sale(request: web.Request) -> web.Response:
+    campaign_id = request.match_info["id"]
+    return json_response(
+        {"campaign_id": campaign_id, "waves": await ctx(request).waves.waves(campaign_id)}
+    )
+
+
+async def change_stock(request: web.Request) -> web.Response:
+    try:
+        spec = StockIn.model_validate(await read_json(request))
+    except ValidationError as exc:
+        errors = field_errors(exc)
+        raise ApiProblem(400, "Bad Request", "the stock change is invalid", errors=errors) from exc
+    answer = await ctx(request).waves.change_stock(request.match_info["id"], spec, who(request))
+    return json_response(answer)
+
+
+ROUTES: tuple[Route, ...] = (
+    Route(
+        "post",
+        "/v1/live-sales",
+        create_sale,
+        "Create a live sale: a draft campaign whose offers open in waves, each with its stock",
+        body=LiveSaleIn,
+        responses={201: "OK"},
+        tags=TAGS,
+        scope="campaigns",
+    ),
+    Route(
+        "get",
+        "/v1/live-sales/{id}",
+        get_sale,
+        "A live sale's waves: each offer's stock, taken and left, sold out or not",
+        responses={200: "OK"},
+        tags=TAGS,
+    ),
+    Route(
+        "post",
+        "/v1/live-sales/{id}/stock",
+        change_stock,
+        "Add (delta > 0) or pull (delta < 0) coupons of a wave's offer during the sale",
+        body=StockIn,
+        responses={200: "OK"},
+        tags=TAGS,
+        scope="campaigns",
+    ),
+)
