@@ -26,7 +26,15 @@ from models.layout import DEFAULT_DIR
 from models.publish import publish
 from protocol import codec
 from protocol.assign import in_holdout
-from protocol.envelopes import Batch, BatchStats, Outcome, OutcomeKind, Signal, State
+from protocol.envelopes import (
+    Batch,
+    BatchStats,
+    ModelUpdateReport,
+    Outcome,
+    OutcomeKind,
+    Signal,
+    State,
+)
 from protocol.ids import new_id, utcnow
 from protocol.vocabulary import EXPLAIN_KIND
 from simulators.brokers import MosquittoProcess
@@ -124,6 +132,11 @@ async def test_a_campaign_is_made_from_the_form_and_every_page_shows_real_data(
         token = await asyncio.to_thread(create_token, settings.data_dir)
         base = f"http://127.0.0.1:{gw.http_port}"
         await publish(base, token, DEFAULT_DIR, version=2, profiles=["tv"], percent=10)
+        # v3 on the hubs fails its health check on five of them: the registry halts it
+        await publish(base, token, DEFAULT_DIR, version=3, profiles=["hub"], percent=50)
+        failed = ModelUpdateReport(version=3, status="failed", reason="health_check")
+        for i in range(5):
+            await gw.models.record_health(f"hub-{i:04d}", failed)
         auth = {"Authorization": f"Bearer {token}"}
         async with (
             aiohttp.ClientSession(base, headers=auth) as http,
@@ -251,6 +264,10 @@ async def test_a_campaign_is_made_from_the_form_and_every_page_shows_real_data(
                     await expect(held.locator("td").nth(1)).to_have_text("1")
                     await expect(held.locator("td").nth(2)).to_have_text("3")  # decisions
                     await _shot(page, "campaign")
+                    await page.set_viewport_size({"width": 420, "height": 900})
+                    width = await page.evaluate("document.documentElement.scrollWidth")
+                    assert width <= 420  # the charts and tables fit a narrow screen
+                    await page.set_viewport_size({"width": 1100, "height": 900})
 
                     # -- models: the rollout, its health, and an experiment when present
                     async def with_experiment(route: Route) -> None:
@@ -280,6 +297,15 @@ async def test_a_campaign_is_made_from_the_form_and_every_page_shows_real_data(
                     arm = experiment.locator('[data-arm="2"] td')
                     await expect(arm.nth(0)).to_have_text("v2 (candidate)")
                     await expect(arm.nth(5)).to_have_text("5.4% (4.3%–6.5%)")
+                    halted = page.locator('[data-model="3"]')
+                    await expect(halted.locator('[data-field="health-state"]')).to_have_text(
+                        "halted"
+                    )
+                    await expect(halted.locator('[data-field="failed"]')).to_have_text("5")
+                    await expect(halted.locator('[data-field="halt"]')).to_contain_text(
+                        "5 of 5 reporting devices failed"
+                    )
+                    await expect(halted.locator("[data-experiment]")).to_have_count(0)
                     await _shot(page, "models")
 
                     # -- devices, and one device's page
