@@ -212,14 +212,28 @@ async def test_a_campaign_is_made_from_the_form_and_every_page_shows_real_data(
                     card = page.locator(f'[data-campaign="{cid}"]')
                     await expect(card.locator("[data-state]")).to_have_text("draft")
 
-                    # -- edit the draft: its offer id stays, the name changes
+                    # -- edit the draft: its offer id stays, the name changes, and what the
+                    # form does not show (set through the API meanwhile) is kept
+                    first = listed[0]["offers"][0]
+                    extra = {"body": "Genuine filter", "currency": "EUR", "priority": 80}
+                    spec = {
+                        "name": "Filter week",
+                        "cohorts": ["profile:tv"],
+                        "holdout": 0.1,
+                        "offers": [{**first, **extra, "caps": {}}],
+                    }
+                    resp = await http.put(f"/v1/campaigns/{cid}", json=spec)
+                    assert resp.status == 200, await resp.text()
+                    await page.evaluate("refresh()")
                     await card.locator('[data-action="edit"]').click()
                     await expect(form.locator('[data-loc="name"]')).to_have_value("Filter week")
                     await form.locator('[data-loc="name"]').fill("Filter fortnight")
                     await form.locator('[data-action="save"]').click()
                     await expect(card.locator("h3 a")).to_have_text("Filter fortnight")
                     got = await (await http.get(f"/v1/campaigns/{cid}")).json()
-                    assert got["offers"][0]["id"] == listed[0]["offers"][0]["id"]
+                    assert got["offers"][0]["id"] == first["id"]
+                    assert {k: got["offers"][0][k] for k in extra} == extra
+                    assert (got["holdout"], got["offers"][0]["stock"]) == (0.1, 40)
 
                     # -- launch from the list
                     await card.locator('[data-action="launch"]').click()

@@ -3,6 +3,8 @@
 "use strict";
 
 const OFFER_TYPES = ["coupon", "bundle", "replenishment", "membership_perk", "group_buy", "content"];
+// Offer fields the form shows; an edited offer keeps the others as they were.
+const SHOWN = ["type", "title", "category", "surfaces", "variant", "price", "discount", "limited", "stock"];
 const list = (text) => text.split(",").map((s) => s.trim()).filter(Boolean);
 // A number when the text is one, else the text itself: the API says what is wrong with it.
 const num = (text) => (text.trim() !== "" && Number.isFinite(Number(text)) ? Number(text) : text.trim());
@@ -37,6 +39,7 @@ function offerBox(form, i, o = {}) {
   const box = el("fieldset", { class: "offer", "data-loc": `offers.${i}`, "data-offer": i });
   box.append(el("legend", {}, `Offer ${i + 1}`));
   if (o.id) box.dataset.offerId = o.id;
+  box.original = o;  // fields the form does not show (body, currency, priority, window) are kept
   const p = `offers.${i}`;
   const limited = el("input", { type: "checkbox" });
   limited.checked = !!o.limited;
@@ -94,6 +97,7 @@ function audienceBody(form) {
     rule[kind === "no_purchase" ? "days" : "level"] = num(amount);
     targeting.rules = [rule];
   }
+  if (form.extraRules && form.extraRules.length) targeting.rules = [...(targeting.rules || []), ...form.extraRules];
   const body = { cohorts: list(value(form, "cohorts")) };
   if (Object.keys(targeting).length) body.targeting = targeting;
   const holdout = value(form, "holdout");
@@ -114,9 +118,11 @@ function campaignBody(form) {
   if (variants.length) body.variants = Object.fromEntries(variants.map((pair) => { const [k, w = ""] = pair.split("="); return [k.trim(), num(w)]; }));
   body.offers = [...form.querySelectorAll("fieldset.offer")].map((box) => {
     const p = box.dataset.loc;
-    const o = { type: value(box, `${p}.type`), title: value(box, `${p}.title`), category: value(box, `${p}.category`),
-      surfaces: list(value(box, `${p}.surfaces`)), variant: value(box, `${p}.variant`) || "a" };
-    if (box.dataset.offerId) o.id = box.dataset.offerId;
+    const o = { ...(box.original || {}) };
+    for (const key of [...SHOWN, "caps"]) delete o[key];  // the form's own, and the caps row above
+    Object.assign(o, { type: value(box, `${p}.type`), title: value(box, `${p}.title`), category: value(box, `${p}.category`),
+      surfaces: list(value(box, `${p}.surfaces`)), variant: value(box, `${p}.variant`) || "a" });
+    for (const key of Object.keys(o)) if (o[key] === null) delete o[key];
     for (const key of ["price", "discount", "stock"]) { const v = value(box, `${p}.${key}`); if (v) o[key] = num(v); }
     if (box.querySelector(`[data-loc="${p}.limited"]`).checked) o.limited = true;
     return o;
@@ -186,6 +192,7 @@ async function showForm(id) {
   const rule = (t.rules || [])[0] || {};
   const caps = (c && c.offers[0] && c.offers[0].caps) || {};
   const form = el("form", { id: "campaign-form", novalidate: "" });
+  form.extraRules = (t.rules || []).slice(1);  // kept on save; the form edits the first
   const kind = select([["", "(none)"], ["no_purchase", "no purchase in N days"], ["consumable_below", "consumable below a level"]], rule.kind || "");
   form.append(
     el("p", { class: "error top", "data-error-for": "(root)", role: "alert" }),
@@ -205,7 +212,7 @@ async function showForm(id) {
     el("fieldset", {}, el("legend", {}, "Schedule and caps"),
       field("Starts", "starts_at", input(localTime(c && c.starts_at), { type: "datetime-local" }), "empty: at launch"),
       field("Ends", "ends_at", input(localTime(c && c.ends_at), { type: "datetime-local" }), "empty: open end"),
-      field("Per offer per day", "caps.per_day", input(caps.per_day ?? "", { inputmode: "numeric" }), "impressions per device"),
+      field("Per offer per day", "caps.per_day", input(caps.per_day ?? "", { inputmode: "numeric" }), "impressions per device, every offer"),
       field("Per campaign per day", "caps.campaign_per_day", input(caps.campaign_per_day ?? "", { inputmode: "numeric" }), "impressions per device"),
       field("Variant weights", "variants", input(Object.entries((c && c.variants) || {}).map(([k, w]) => `${k}=${w}`).join(", ")), "a=1, b=1 (empty: equal)")),
   );
