@@ -19,7 +19,6 @@ TREND_ROWS = (
 
 def trend_rows(store: Session, campaign_id: str, since: str) -> list[tuple[str, str, str, int]]:
     """`(hour, device_id, kind, n)` of the campaign's outcomes at or after `since` (RFC 3339)."""
-    return [
-        (r["hour"], r["device_id"], r["kind"], int(r["n"]))
-        for r in store.rows(TREND_ROWS, [campaign_id, since])
-    ]
+    rows = store.conn.execute(TREND_ROWS, [campaign_id, since]).fetchall()
+    # by position: a row per device and hour, so no dict per row (`Session.rows`)
+    return [(str(r[0]), str(r[1]), str(r[2]), int(r[3])) for r in rows]

@@ -231,6 +231,6 @@ $("#login").addEventListener("submit", (e) => {
   refresh();
 });
 $("#logout").addEventListener("click", () => { sessionStorage.removeItem(KEY); location.reload(); });
-window.addEventListener("hashchange", () => { shownHash = null; refresh(); });
+window.addEventListener("hashchange", () => { shownHash = null; trendCache.key = null; refresh(); });
 refresh();
 setInterval(() => refresh(false), 5000);

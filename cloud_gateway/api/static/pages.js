@@ -91,10 +91,21 @@ function explanationsBox(x) {
 }
 
 let trendHours = 24;
+// Trends are read once a minute (a row per device and hour: the costlier query), the card
+// every 5 s with the other pages.
+const TREND_TTL_MS = 60000;
+let trendCache = { key: null, at: 0, body: null };
+
+async function trendsOf(id) {
+  const key = `${id}/${trendHours}`;
+  if (trendCache.key !== key || Date.now() - trendCache.at > TREND_TTL_MS) {
+    trendCache = { key, at: Date.now(), body: await api(`/v1/campaigns/${id}/trends?hours=${trendHours}`) };
+  }
+  return trendCache.body;
+}
 
 async function showCampaign(id) {
-  const [c, s, t] = await Promise.all([
-    api(`/v1/campaigns/${id}`), api(`/v1/campaigns/${id}/stats`), api(`/v1/campaigns/${id}/trends?hours=${trendHours}`)]);
+  const [c, s, t] = await Promise.all([api(`/v1/campaigns/${id}`), api(`/v1/campaigns/${id}/stats`), trendsOf(id)]);
   const hours = el("select", { id: "trend-hours", onchange: (e) => { trendHours = Number(e.target.value); refresh(); } },
     ...[24, 72, 168].map((h) => el("option", { value: h }, `last ${h} hours`)));
   hours.value = String(trendHours);
