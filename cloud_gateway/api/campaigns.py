@@ -111,6 +111,8 @@ ROUTES: tuple[Route, ...] = (
             ("PauseCampaign", "post_v1_campaigns_id_pause"),
             ("EndCampaign", "post_v1_campaigns_id_end"),
             ("CampaignStats", "get_v1_campaigns_id_stats"),
+            ("EditCampaign", "put_v1_campaigns_id"),
+            ("CampaignTrends", "get_v1_campaigns_id_trends"),
         ),
         scope="campaigns",
     ),
@@ -181,6 +183,10 @@ ROUTES: tuple[Route, ...] = (
         body=CampaignIn,
         responses={200: CampaignReach, 409: "Not a draft any more, or an offer id is taken"},
         tags=TAGS,
+        links=(
+            ("LaunchCampaign", "post_v1_campaigns_id_launch"),
+            ("CampaignStats", "get_v1_campaigns_id_stats"),
+        ),
         scope="campaigns",
     ),
     Route(

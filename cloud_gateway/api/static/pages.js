@@ -189,7 +189,7 @@ async function showDevices() {
       el("td", {}, el("a", { href: "#/device/" + encodeURIComponent(d.device_id) }, d.device_id)),
       el("td", {}, d.status), el("td", {}, d.profile ?? NONE), el("td", {}, d.model_version ?? NONE),
       el("td", {}, d.policy_version ?? NONE), el("td", {}, d.last_seen ?? NONE))));
-  page.replaceChildren(el("h2", {}, `Devices (${devices.length})`), find, table);
+  page.replaceChildren(el("h2", {}, `Devices (${devices.length})`), find, el("div", { class: "card" }, table));
 }
 
 async function showDevice(id) {
