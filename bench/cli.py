@@ -36,6 +36,7 @@ SUITES = [
     "bench.lift_bench",
     "bench.experiment_bench",
     "bench.waves_bench",
+    "bench.trends_bench",
 ]
 
 

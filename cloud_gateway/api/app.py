@@ -19,6 +19,7 @@ from cloud_gateway.api import (
     ops,
     policies,
     provision,
+    trends,
     waves,
 )
 from cloud_gateway.api.context import CTX, OPENAPI, TOKEN_ID, ApiContext
@@ -39,6 +40,7 @@ TABLES: tuple[tuple[Route, ...], ...] = (
     provision.ROUTES,
     members.ROUTES,
     waves.ROUTES,
+    trends.ROUTES,
 )
 """Every route of the API, one table per route module."""
 PUBLIC = PublicPaths.of(TABLES)

@@ -10,7 +10,7 @@ from cloud_gateway.api.errors import ApiProblem
 from cloud_gateway.api.routes import Route
 from cloud_gateway.api.schemas import CampaignList
 from cloud_gateway.campaigns.model import Campaign, CampaignIn
-from cloud_gateway.campaigns.reach import CampaignReach
+from cloud_gateway.campaigns.reach import Audience, AudienceIn, CampaignReach
 from cloud_gateway.campaigns.results import CampaignResults
 from protocol.codec import field_errors
 
@@ -39,6 +39,31 @@ async def _with_audience(
     that a campaign reaches no one."""
     reach = await ctx(request).campaigns.audience(campaign)
     return json_response({**campaign.doc(), "audience": reach.model_dump()}, status=status)
+
+
+async def edit_campaign(request: web.Request) -> web.Response:
+    body = await read_json(request)
+    try:
+        spec = CampaignIn.model_validate(body)
+    except ValidationError as exc:
+        raise ApiProblem(
+            400, "Bad Request", "the campaign is invalid", errors=field_errors(exc)
+        ) from exc
+    check_storable(spec, "the campaign")
+    campaign = await ctx(request).campaigns.edit(request.match_info["id"], spec, who(request))
+    return await _with_audience(request, campaign)
+
+
+async def preview_audience(request: web.Request) -> web.Response:
+    body = await read_json(request)
+    try:
+        spec = AudienceIn.model_validate(body)
+    except ValidationError as exc:
+        raise ApiProblem(
+            400, "Bad Request", "the audience is invalid", errors=field_errors(exc)
+        ) from exc
+    reach = await ctx(request).campaigns.preview(spec)
+    return json_response(reach.model_dump())
 
 
 async def list_campaigns(request: web.Request) -> web.Response:
@@ -86,6 +111,8 @@ ROUTES: tuple[Route, ...] = (
             ("PauseCampaign", "post_v1_campaigns_id_pause"),
             ("EndCampaign", "post_v1_campaigns_id_end"),
             ("CampaignStats", "get_v1_campaigns_id_stats"),
+            ("EditCampaign", "put_v1_campaigns_id"),
+            ("CampaignTrends", "get_v1_campaigns_id_trends"),
         ),
         scope="campaigns",
     ),
@@ -147,5 +174,30 @@ ROUTES: tuple[Route, ...] = (
         "Live results per campaign and variant, with confidence intervals and uplift",
         responses={200: CampaignResults},
         tags=TAGS,
+    ),
+    Route(
+        "put",
+        "/v1/campaigns/{id}",
+        edit_campaign,
+        "Edit a draft campaign: replace its content (its id stays)",
+        body=CampaignIn,
+        responses={200: CampaignReach, 409: "Not a draft any more, or an offer id is taken"},
+        tags=TAGS,
+        links=(
+            ("LaunchCampaign", "post_v1_campaigns_id_launch"),
+            ("CampaignStats", "get_v1_campaigns_id_stats"),
+        ),
+        scope="campaigns",
+    ),
+    Route(
+        "post",
+        "/v1/campaigns/audience",
+        preview_audience,
+        "Size an audience before creating the campaign: devices its cohorts and targeting"
+        " select now, and those its holdout keeps out",
+        body=AudienceIn,
+        responses={200: Audience},
+        tags=TAGS,
+        scope="campaigns",
     ),
 )

@@ -1,4 +1,4 @@
-"""The dashboard: its page at `/` and its two static files, served without a token."""
+"""The dashboard: its page at `/` and its static files, served without a token."""
 
 from __future__ import annotations
 
@@ -11,6 +11,11 @@ from cloud_gateway.api.routes import Answer, Handler, Route
 STATIC = Path(__file__).resolve().parent / "static"
 TAGS = ("dashboard",)
 NO_STORE = {"Cache-Control": "no-store"}
+SCRIPTS = (
+    ("dashboard.js", "The dashboard's core: token, API calls, pages, the campaign list"),
+    ("form.js", "The dashboard's campaign form: create and edit, live audience, inline errors"),
+    ("pages.js", "The dashboard's pages: a campaign's trends, models, devices"),
+)
 
 
 def _file(name: str) -> Handler:
@@ -32,14 +37,17 @@ ROUTES: tuple[Route, ...] = (
         public=True,
         tags=TAGS,
     ),
-    Route(
-        "get",
-        "/static/dashboard.js",
-        _file("dashboard.js"),
-        "The dashboard's script",
-        responses={200: Answer("OK", media="text/javascript")},
-        public=True,
-        tags=TAGS,
+    *(
+        Route(
+            "get",
+            f"/static/{name}",
+            _file(name),
+            summary,
+            responses={200: Answer("OK", media="text/javascript")},
+            public=True,
+            tags=TAGS,
+        )
+        for name, summary in SCRIPTS
     ),
     Route(
         "get",

@@ -9,13 +9,15 @@ import tomllib
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 import firmware_profiles
-from cloud_gateway.campaigns.model import Campaign, CampaignIn
-from cloud_gateway.campaigns.targeting import DeviceFacts, selects
+from cloud_gateway.campaigns.model import MAX_COHORTS_PER_CAMPAIGN, Campaign, CampaignIn
+from cloud_gateway.campaigns.targeting import DeviceFacts, Targeting, selects
 from protocol.assign import in_holdout
+from protocol.envelopes import Cohort, Finite, Id
 from protocol.vocabulary import CATEGORIES
 
 
@@ -49,14 +51,28 @@ def _unknown(loc: str, what: str, value: str, known: frozenset[str]) -> dict[str
     return {"loc": loc, "msg": f"unknown {what} {value!r}; known: {', '.join(sorted(known))}"}
 
 
+def unknown_audience_values(
+    cohorts: Iterable[str], targeting: Targeting | None, vocab: Vocabulary
+) -> list[dict[str, str]]:
+    """Field errors for the cohorts and targeting-rule categories no device knows."""
+    errors = [
+        _unknown(f"cohorts.{i}", "cohort", c, vocab.cohorts)
+        for i, c in enumerate(cohorts)
+        if c not in vocab.cohorts
+    ]
+    if targeting is not None:
+        errors += [
+            _unknown(f"targeting.rules.{i}.category", "category", r.category, vocab.categories)
+            for i, r in enumerate(targeting.rules)
+            if r.category not in vocab.categories
+        ]
+    return errors
+
+
 def unreachable_values(spec: CampaignIn, vocab: Vocabulary) -> list[dict[str, str]]:
     """Field errors (`loc`, `msg` listing the known values) for every surface, category and
     cohort no device knows; [] when the campaign names only known ones."""
-    errors = [
-        _unknown(f"cohorts.{i}", "cohort", c, vocab.cohorts)
-        for i, c in enumerate(spec.cohorts)
-        if c not in vocab.cohorts
-    ]
+    errors: list[dict[str, str]] = []
     for i, offer in enumerate(spec.offers):
         errors += [
             _unknown(f"offers.{i}.surfaces.{j}", "surface", s, vocab.surfaces)
@@ -67,13 +83,7 @@ def unreachable_values(spec: CampaignIn, vocab: Vocabulary) -> list[dict[str, st
             errors.append(
                 _unknown(f"offers.{i}.category", "category", offer.category, vocab.categories)
             )
-    if spec.targeting is not None:
-        errors += [
-            _unknown(f"targeting.rules.{i}.category", "category", r.category, vocab.categories)
-            for i, r in enumerate(spec.targeting.rules)
-            if r.category not in vocab.categories
-        ]
-    return errors[:20]
+    return (unknown_audience_values(spec.cohorts, spec.targeting, vocab) + errors)[:20]
 
 
 class Audience(BaseModel):
@@ -92,13 +102,45 @@ class Audience(BaseModel):
 
 
 def audience(campaign: Campaign, facts: Iterable[DeviceFacts], now: datetime) -> Audience:
+    return count_audience(
+        campaign.targeting, campaign.cohorts, campaign.id, campaign.holdout, facts, now
+    )
+
+
+def count_audience(  # noqa: PLR0917 - the parts of an audience, by position
+    targeting: Targeting | None,
+    cohorts: list[str],
+    key: str,
+    holdout: float,
+    facts: Iterable[DeviceFacts],
+    now: datetime,
+) -> Audience:
+    """Registered devices `targeting` and `cohorts` select now, and of them those the holdout
+    keyed by `key` (a campaign id) keeps out."""
     devices = held = registered = 0
     for f in facts:
         registered += 1
-        if selects(campaign.targeting, campaign.cohorts, f, now):
+        if selects(targeting, cohorts, f, now):
             devices += 1
-            held += in_holdout(f.device_id, campaign.id, campaign.holdout)
+            held += in_holdout(f.device_id, key, holdout)
     return Audience(devices=devices, held_out=held, registered=registered)
+
+
+class AudienceIn(BaseModel):
+    """`POST /v1/campaigns/audience` body: a campaign's audience part, to size it before
+    creating it (the dashboard asks as the operator types)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    cohorts: Annotated[list[Cohort], Field(min_length=1, max_length=MAX_COHORTS_PER_CAMPAIGN)]
+    targeting: Targeting | None = None
+    holdout: Annotated[Finite, Field(ge=0, le=0.5)] = 0.0
+    campaign_id: Id | None = None
+    """The campaign being edited: its holdout is counted exactly (it is keyed by the
+    campaign's id); without it the holdout count is an estimate for a new campaign."""
+
+
+PREVIEW_KEY = "audience-preview"
 
 
 def idle_reason(campaign: Campaign, reach: Audience, delivered: int) -> str | None:

@@ -21,13 +21,19 @@ from cloud_gateway.campaigns.model import (
 from cloud_gateway.campaigns.pending import Owed
 from cloud_gateway.campaigns.policy import PolicyService
 from cloud_gateway.campaigns.reach import (
+    PREVIEW_KEY,
     Audience,
+    AudienceIn,
+    Vocabulary,
     audience,
+    count_audience,
     idle_reason,
     shipped_vocabulary,
+    unknown_audience_values,
     unreachable_values,
 )
 from cloud_gateway.campaigns.results import CampaignResults, campaign_results
+from cloud_gateway.campaigns.trends import CampaignTrends, campaign_trends, window_start
 from cloud_gateway.db import leases
 from cloud_gateway.db.campaigns import (
     campaign_rows,
@@ -39,15 +45,17 @@ from cloud_gateway.db.campaigns import (
     list_campaigns,
     pending,
     record_catalog,
+    replace_draft,
 )
 from cloud_gateway.db.claims import stock_left
 from cloud_gateway.db.devices import device_facts
 from cloud_gateway.db.explain import explanation_counts
 from cloud_gateway.db.policies import last_publication
-from cloud_gateway.errors import GatewayError, InvalidInput, NotFound
+from cloud_gateway.db.trends import trend_rows
+from cloud_gateway.errors import Conflict, GatewayError, InvalidInput, NotFound
 from cloud_gateway.runtime.wiring import Service, Wiring
 from protocol import codec
-from protocol.ids import parse_time, utcnow
+from protocol.ids import format_time, parse_time, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -82,13 +90,7 @@ class CampaignService(Service):
         """Store a draft; 409 (Conflict) when an offer id is already another campaign's, 400
         (InvalidInput, listing the known values) when it names a surface, category or cohort
         no device knows: such a campaign could reach no one."""
-        vocab = await asyncio.to_thread(shipped_vocabulary)
-        if any(c not in vocab.cohorts for c in spec.cohorts):
-            facts = await self._db.call(device_facts)
-            vocab = vocab.with_cohorts(c for f in facts for c in f.cohorts)
-        errors = unreachable_values(spec, vocab)
-        if errors:
-            raise InvalidInput("the campaign names values no device knows", errors=errors)
+        await self._check_reachable(spec)
         now = utcnow()
         campaign = new_campaign(spec, now)
         limited = [(o.id, o.stock) for o in campaign.offers if o.limited and o.stock is not None]
@@ -102,6 +104,62 @@ class CampaignService(Service):
         )
         log.info("campaign %s (%s) created by %s", campaign.id, campaign.name, who)
         return campaign
+
+    async def _vocabulary(self, cohorts: Iterable[str]) -> Vocabulary:
+        """What devices know, with the cohorts registered devices reported when `cohorts`
+        names one the shipped profiles do not."""
+        vocab = await asyncio.to_thread(shipped_vocabulary)
+        if any(c not in vocab.cohorts for c in cohorts):
+            facts = await self._db.call(device_facts)
+            vocab = vocab.with_cohorts(c for f in facts for c in f.cohorts)
+        return vocab
+
+    async def _check_reachable(self, spec: CampaignIn) -> None:
+        errors = unreachable_values(spec, await self._vocabulary(spec.cohorts))
+        if errors:
+            raise InvalidInput("the campaign names values no device knows", errors=errors)
+
+    async def edit(self, campaign_id: str, spec: CampaignIn, who: str) -> Campaign:
+        """Replace a draft's content (its id and creation time stay); 409 (Conflict) once it
+        was launched, or when an offer id is another campaign's; 400 as `create`."""
+        before = await self.get(campaign_id)
+        if before.state != "draft":
+            raise Conflict(
+                f"campaign {campaign_id} is {before.state}: only a draft can be edited",
+                field="state",
+            )
+        await self._check_reachable(spec)
+        now = utcnow()
+        fresh = new_campaign(spec, now)
+        after = fresh.model_copy(update={"id": before.id, "created_at": before.created_at})
+        limited = [(o.id, o.stock) for o in after.offers if o.limited and o.stock is not None]
+        detail = {"name": after.name, "offers": len(after.offers), "push": self._mode(after)}
+        await self._db.call(
+            replace_draft, after.doc(), stock=limited, who=who, at=now, detail=detail
+        )
+        log.info("campaign %s (%s) edited by %s", after.id, after.name, who)
+        return after
+
+    async def preview(self, spec: AudienceIn) -> Audience:
+        """Whom a campaign with this audience part would reach now (400 naming unknown
+        cohorts and categories, as `create` would)."""
+        vocab = await self._vocabulary(spec.cohorts)
+        errors = unknown_audience_values(spec.cohorts, spec.targeting, vocab)
+        if errors:
+            raise InvalidInput("the audience names values no device knows", errors=errors)
+        facts = await self._db.call(device_facts)
+        key = spec.campaign_id or PREVIEW_KEY
+        return count_audience(
+            spec.targeting, list(spec.cohorts), key, spec.holdout, facts, utcnow()
+        )
+
+    async def trends(self, campaign_id: str, hours: int) -> CampaignTrends:
+        """Impressions, clicks and conversions per hour over the last `hours` hours."""
+        campaign = await self.get(campaign_id)
+        now = utcnow()
+        since = format_time(window_start(now, hours))
+        rows = await self._db.call(trend_rows, campaign_id, since)
+        return campaign_trends(campaign, rows, now, hours)
 
     async def audience(self, campaign: Campaign) -> Audience:
         """Whom `campaign` would reach now among the registered devices."""

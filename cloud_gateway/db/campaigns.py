@@ -117,6 +117,53 @@ def create_campaign(
         insert_audit(store, who, "campaign.create", doc["id"], at, detail=detail)
 
 
+def replace_draft(
+    store: Session,
+    doc: dict[str, Any],
+    *,
+    stock: Sequence[tuple[str, int]],
+    who: str,
+    at: datetime,
+    detail: dict[str, Any],
+) -> None:
+    """A draft's new document, offer ids and stock, and its audit row, in one transaction.
+    Raises Conflict when it is no longer a draft or an offer id is another campaign's."""
+    conn = store.conn
+    cid, ids = doc["id"], [o["id"] for o in doc["offers"]]
+    with store.transaction():
+        cur = conn.execute(
+            "UPDATE campaigns SET name = ?, doc = ?, updated_at = ?"
+            " WHERE id = ? AND state = 'draft'",
+            [doc["name"], to_text(doc), doc["updated_at"], cid],
+        )
+        if cur.rowcount == 0:
+            raise Conflict(
+                f"campaign {cid} is no longer a draft (changed meanwhile)", field="state"
+            )
+        marks = ",".join("?" * len(ids))
+        taken = conn.execute(
+            f"SELECT offer_id, campaign_id FROM offer_ids WHERE offer_id IN ({marks})"  # noqa: S608 - placeholders only
+            " AND campaign_id != ?",
+            [*ids, cid],
+        ).fetchall()
+        if taken:
+            raise Conflict(
+                "offer ids are already used by other campaigns: "
+                + ", ".join(f"{r['offer_id']} ({r['campaign_id']})" for r in taken),
+                field="offers",
+            )
+        conn.execute("DELETE FROM offer_ids WHERE campaign_id = ?", [cid])
+        conn.executemany(
+            "INSERT INTO offer_ids (offer_id, campaign_id) VALUES (?, ?)", [(i, cid) for i in ids]
+        )
+        conn.execute("DELETE FROM offer_stock WHERE campaign_id = ?", [cid])
+        conn.executemany(
+            "INSERT INTO offer_stock (campaign_id, offer_id, initial, stock) VALUES (?, ?, ?, ?)",
+            [(cid, oid, n, n) for oid, n in stock],
+        )
+        insert_audit(store, who, "campaign.edit", cid, at, detail=detail)
+
+
 def add_owed(store: Session, owed: Iterable[Owed], at: datetime) -> None:
     """Insert markers inside the caller's transaction."""
     store.conn.executemany(

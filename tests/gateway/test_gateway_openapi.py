@@ -23,6 +23,8 @@ PUBLIC_PATHS = {
     "/openapi.json",
     "/",
     "/static/dashboard.js",
+    "/static/form.js",
+    "/static/pages.js",
     "/static/dashboard.css",
     "/v1/provision",  # a device with its claim credential, not an operator's token
 }

@@ -110,8 +110,10 @@ async def test_the_dashboard_works_with_a_read_only_token(parts: Parts, client: 
     assert created.status == 201, await created.text()
     cid = (await created.json())["id"]
     assert (await client.get("/")).status == 200
-    # what dashboard.js reads: the fleet, the campaigns, each campaign's stats
-    for path in ("/v1/fleet", "/v1/campaigns", f"/v1/campaigns/{cid}/stats"):
+    # what the dashboard's pages read: the fleet, the campaigns, each campaign's stats and
+    # trends, the models, the devices
+    reads = ("/v1/fleet", "/v1/campaigns", f"/v1/campaigns/{cid}/stats")
+    for path in (*reads, f"/v1/campaigns/{cid}/trends", "/v1/models", "/v1/devices"):
         resp = await client.get(path, headers=_auth(token))
         assert resp.status == 200, (path, await resp.text())
     # its launch button is refused, and says why

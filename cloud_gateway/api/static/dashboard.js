@@ -7,14 +7,17 @@ const $ = (sel) => document.querySelector(sel);
 function token() { return sessionStorage.getItem(KEY) || ""; }
 
 async function api(path, options = {}) {
-  const resp = await fetch(path, {
-    ...options,
-    headers: { "Authorization": "Bearer " + token(), ...(options.headers || {}) },
-  });
+  const headers = { "Authorization": "Bearer " + token(), ...(options.headers || {}) };
+  if (options.json !== undefined) {
+    options = { ...options, body: JSON.stringify(options.json) };
+    headers["Content-Type"] = "application/json";
+  }
+  const resp = await fetch(path, { ...options, headers });
   const body = await resp.json().catch(() => ({}));
   if (!resp.ok) {
     const err = new Error(body.detail || body.title || resp.statusText);
     err.status = resp.status;
+    err.errors = body.errors || [];  // field-level: [{loc: "offers.0.title", msg}]
     throw err;
   }
   return body;
@@ -85,7 +88,8 @@ function rateChart(title, rows) {
 
 function campaignCard(c, s) {
   const card = el("div", { class: "card", "data-campaign": c.id });
-  card.append(el("h3", {}, c.name, el("span", { class: "state " + c.state, "data-state": c.state }, c.state)));
+  card.append(el("h3", {}, el("a", { href: `#/campaign/${c.id}`, "data-link": "details" }, c.name),
+    el("span", { class: "state " + c.state, "data-state": c.state }, c.state)));
   const when = [c.starts_at && "from " + c.starts_at, c.ends_at && "until " + c.ends_at].filter(Boolean).join(" ");
   const push = s ? (s.push === "device" ? "sent to each selected device" : "sent to cohorts " + c.cohorts.join(", ")) : "";
   card.append(el("div", { class: "note" }, `${c.offers.length} offer(s) · ${push} ${when}`));
@@ -139,6 +143,7 @@ function campaignCard(c, s) {
     catch (err) { notify(`${c.name}: ${label} failed: ${err.message}`, true); }
     refresh();
   } }, label);
+  if (c.state === "draft") actions.append(el("a", { href: `#/edit/${c.id}`, class: "button", "data-action": "edit" }, "Edit"));
   if (c.state === "live" || c.state === "scheduled") actions.append(act("pause", "Pause"));
   if (c.state === "draft" || c.state === "paused") actions.append(act("launch", "Launch"));
   if (c.state !== "ended") {
@@ -160,22 +165,59 @@ function notify(text, error = false) {
 
 function setStatus(text) { $("#status").textContent = text; }
 
-async function refresh() {
+async function showCampaigns() {
+  const [fleet, list] = await Promise.all([api("/v1/fleet"), api("/v1/campaigns")]);
+  const body = $("#fleet-body");
+  body.replaceChildren(el("div", { class: "numbers" },
+    metric("devices", fleet.devices, "devices"),
+    metric("online now", fleet.online, "online"),
+    metric("bundles awaiting receipt", fleet.bundles_awaiting_receipt, "awaiting")));
+  const rows = Object.entries(fleet.by_profile).map(([p, v]) =>
+    el("tr", {}, el("td", {}, p), el("td", {}, v.online || 0), el("td", {}, v.offline || 0)));
+  if (rows.length) body.append(el("table", {}, el("tr", {}, el("th", {}, "profile"), el("th", {}, "online"), el("th", {}, "offline")), ...rows));
+  const stats = await Promise.all(list.campaigns.map((c) => api(`/v1/campaigns/${c.id}/stats`).catch(() => null)));
+  const box = $("#campaigns");
+  box.replaceChildren(...list.campaigns.slice().reverse().map((c, i) => campaignCard(c, stats[list.campaigns.length - 1 - i])));
+  if (!list.campaigns.length) box.append(el("p", {}, "No campaigns yet."));
+}
+
+// The pages, by the location's hash: `#/`, `#/new`, `#/edit/ID`, `#/campaign/ID`,
+// `#/models`, `#/devices`, `#/device/ID`. `live` pages are refreshed every 5 s; a form is
+// not (it would lose what the operator is typing).
+const PAGES = [
+  { re: /^#?\/?$/, page: "campaigns", nav: "campaigns", live: true, show: () => showCampaigns() },
+  { re: /^#\/new$/, page: "form", nav: "new", live: false, show: () => showForm(null) },
+  { re: /^#\/edit\/([^/]+)$/, page: "form", nav: "campaigns", live: false, show: (id) => showForm(id) },
+  { re: /^#\/campaign\/([^/]+)$/, page: "campaign", nav: "campaigns", live: true, show: (id) => showCampaign(id) },
+  { re: /^#\/models$/, page: "models", nav: "models", live: true, show: () => showModels() },
+  { re: /^#\/devices$/, page: "devices", nav: "devices", live: true, show: () => showDevices() },
+  { re: /^#\/device\/([^/]+)$/, page: "device", nav: "devices", live: true, show: (id) => showDevice(id) },
+];
+
+function currentPage() {
+  const hash = location.hash || "#/";
+  for (const p of PAGES) {
+    const m = hash.match(p.re);
+    if (m) return { ...p, arg: m[1] ? decodeURIComponent(m[1]) : undefined };
+  }
+  return PAGES[0];
+}
+
+let shownHash = null;
+
+// Show the page the hash names (`force`: also a page that is not refreshed on a timer).
+async function refresh(force = true) {
+  const p = currentPage();
+  const hash = location.hash || "#/";
+  if (!force && !p.live && shownHash === hash) return;
+  for (const node of document.querySelectorAll("[data-page]")) node.hidden = node.dataset.page !== p.page;
+  for (const a of document.querySelectorAll("[data-nav]")) {
+    if (a.dataset.nav === p.nav) a.setAttribute("aria-current", "page"); else a.removeAttribute("aria-current");
+  }
   if (!token()) { setStatus("Paste an operator token to see campaigns."); return; }
   try {
-    const [fleet, list] = await Promise.all([api("/v1/fleet"), api("/v1/campaigns")]);
-    const body = $("#fleet-body");
-    body.replaceChildren(el("div", { class: "numbers" },
-      metric("devices", fleet.devices, "devices"),
-      metric("online now", fleet.online, "online"),
-      metric("bundles awaiting receipt", fleet.bundles_awaiting_receipt, "awaiting")));
-    const rows = Object.entries(fleet.by_profile).map(([p, v]) =>
-      el("tr", {}, el("td", {}, p), el("td", {}, v.online || 0), el("td", {}, v.offline || 0)));
-    if (rows.length) body.append(el("table", {}, el("tr", {}, el("th", {}, "profile"), el("th", {}, "online"), el("th", {}, "offline")), ...rows));
-    const stats = await Promise.all(list.campaigns.map((c) => api(`/v1/campaigns/${c.id}/stats`).catch(() => null)));
-    const box = $("#campaigns");
-    box.replaceChildren(...list.campaigns.slice().reverse().map((c, i) => campaignCard(c, stats[list.campaigns.length - 1 - i])));
-    if (!list.campaigns.length) box.append(el("p", {}, "No campaigns yet."));
+    await p.show(p.arg);
+    shownHash = hash;
     setStatus("Updated " + new Date().toLocaleTimeString());
   } catch (err) {
     setStatus(err.status === 401 ? "That token was not accepted." : "Could not load: " + err.message);
@@ -189,5 +231,6 @@ $("#login").addEventListener("submit", (e) => {
   refresh();
 });
 $("#logout").addEventListener("click", () => { sessionStorage.removeItem(KEY); location.reload(); });
+window.addEventListener("hashchange", () => { shownHash = null; trendCache.key = null; refresh(); });
 refresh();
-setInterval(refresh, 5000);
+setInterval(() => refresh(false), 5000);
