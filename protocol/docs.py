@@ -12,9 +12,16 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from protocol import codec
-from protocol.envelopes import ALL_MODELS, DOWNLINK_MODELS, UPLINK_MODELS
+from protocol import codec, social
+from protocol.envelopes import ALL_MODELS as ENVELOPE_MODELS
+from protocol.envelopes import DOWNLINK_MODELS as ENVELOPE_DOWNLINK
+from protocol.envelopes import UPLINK_MODELS as ENVELOPE_UPLINK
 from protocol.topics import Topics
+
+UPLINK_MODELS = {**ENVELOPE_UPLINK, **social.UPLINK}
+DOWNLINK_MODELS = (*ENVELOPE_DOWNLINK, *social.DOWNLINK)
+ALL_MODELS = [*ENVELOPE_MODELS, *social.MODELS]
+"""The contract: `protocol.envelopes` and the social messages (`protocol.social`, issue 19)."""
 
 HEADER = """# Edgemart protocol reference (generated)
 
@@ -133,6 +140,8 @@ def render() -> str:
         (topics.model_manifest(profile), "`ModelManifest` (signed, retained)"),
         (topics.keys(), "`KeyList` (signed by the offline root, retained)"),
         (topics.timestamp(), "`Timestamp` (signed, short-lived, retained)"),
+        (topics.social_up(dev), "`SocialRequest` (issue 19)"),
+        (topics.social_down(dev), "`SocialState` (signed; issue 19)"),
     ]
     travels = directions()
     refused = {m.__name__ for m in UPLINK_MODELS.values()}

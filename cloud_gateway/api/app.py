@@ -18,6 +18,7 @@ from cloud_gateway.api import (
     ops,
     policies,
     provision,
+    social,
 )
 from cloud_gateway.api.context import CTX, OPENAPI, TOKEN_ID, ApiContext
 from cloud_gateway.api.errors import Problem, problem_response, problems_middleware
@@ -35,6 +36,7 @@ TABLES: tuple[tuple[Route, ...], ...] = (
     models.ROUTES,
     dashboard.ROUTES,
     provision.ROUTES,
+    social.ROUTES,
 )
 """Every route of the API, one table per route module."""
 PUBLIC = PublicPaths.of(TABLES)

@@ -45,6 +45,7 @@ from cloud_gateway.security.auth import TokenVerifier
 from cloud_gateway.security.keys import KeyMaterial
 from cloud_gateway.security.live import KeyChange, LiveKeys
 from cloud_gateway.security.shared import SharedKeys
+from cloud_gateway.social.desk import SocialDesk
 from daemonkit.supervisor import LoopFactory, Supervisor
 from protocol.signing import SigningKey
 
@@ -95,6 +96,8 @@ class Parts:
     health: Health
     http: HttpServer
     """The API, not yet listening."""
+    social: SocialDesk
+    """Group buys and price cuts (issue 19)."""
 
     async def keys_changed(self, change: KeyChange) -> None:
         """`edgemart keys` changed the keys under the running gateway: its audit entries join
@@ -158,6 +161,11 @@ class Parts:
                     run_retention, self.db, RetentionPolicy.of(s), s.retention_interval_s
                 ),
             ),
+            ("gateway-social", self.social.run),
+            self.once(
+                "gateway-social-closer",
+                functools.partial(self.social.run_closer, min(s.scheduler_tick_s, 1.0)),
+            ),
         )
 
 
@@ -202,6 +210,13 @@ def build(
         on_model_report=events.on_model_report,
         on_facts=campaigns.delivery.note_facts,
     )
+    social = SocialDesk(wiring, batch_max=s.claim_batch_max)
+
+    async def on_message(topic: str, payload: bytes) -> None:
+        # `up/social` goes to the social desk; everything else to the ingestor
+        if not await social.handle(topic, payload):
+            await ingestor.feed(topic, payload)
+
     hooks = SessionHooks(
         topics=s.topics,
         keys=keys,
@@ -213,7 +228,7 @@ def build(
     )
     mqtt = link(
         s,
-        ingestor.feed,  # batches are queued; `ingestor.run` commits them in groups
+        on_message,  # batches are queued; `ingestor.run` commits them in groups
         on_connected=hooks.on_connected,
         before_disconnect=hooks.before_disconnect,
         counters=counters,
@@ -263,4 +278,5 @@ def build(
         worker=worker,
         health=health,
         http=HttpServer(build_app(api, s.max_http_body_bytes)),
+        social=social,
     )

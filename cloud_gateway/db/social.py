@@ -1,0 +1,662 @@
+"""SQL of group buys and price cuts (issue 19): requests decided once each with their signed
+answer, groups formed under their row lock, helps counted once per household, both backends.
+
+Plain functions over a session, run on the store thread: `await db.call(social_batch, ...)`.
+
+What keeps it exact across gateway workers and a SIGKILL:
+- a request is stored once under its key (device, request id) with its signed answer, in the
+  transaction that decided it: a resend (or a copy another worker got) reads that answer;
+- a join locks its group's row (PostgreSQL `FOR UPDATE`; SQLite holds the database's write
+  lock) and reads the seats under it: never past `size`; the partial unique index on open
+  seats (campaign, offer, household) is the one-seat-per-household rule, even for two devices
+  of one household joining two groups at once;
+- a help inserts its (cut, household) row: the primary key is the one-help rule; every
+  attempt, taken or not, is written to `social_help_log` (the audit, and the rate limits);
+- what members are told (a group formed or expired, a cut's new price) is written to
+  `social_pushes` in the same transaction, deleted once sent: a crash re-sends it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import secrets
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from cloud_gateway.campaigns.model import Campaign, OfferOut, claim_refusal, needs_facts
+from cloud_gateway.db.backend import Error, Session
+from cloud_gateway.db.devices import device_facts
+from cloud_gateway.db.rows import to_text
+from cloud_gateway.errors import StoreError
+from cloud_gateway.social import rules
+from protocol.ids import format_time, new_id, parse_time
+from protocol.social import SocialRequest
+
+log = logging.getLogger(__name__)
+
+RETRIES = 3
+TRANSIENT = frozenset({"40001", "40P01"})
+"""SQLSTATEs worth retrying: serialization_failure, deadlock_detected (PostgreSQL)."""
+CODE_ATTEMPTS = 8
+HOUR = timedelta(hours=1)
+KIND_OF = {"group_start": "group", "group_join": "group", "cut_start": "cut", "cut_help": "cut"}
+
+MakeState = Callable[[str, "str | None", dict[str, Any]], dict[str, Any]]
+"""make(device_id, request_id, fields) -> the signed wire `SocialState`."""
+
+
+@dataclass(frozen=True, slots=True)
+class Push:
+    """A signed state owed to a member (`social_pushes`); deleted once sent."""
+
+    id: str
+    device_id: str
+    payload: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class SocialAnswer:
+    """The stored, signed answer to one request; `new` is False for a repeated key."""
+
+    device_id: str
+    request_id: str
+    result: dict[str, Any]
+    new: bool
+    outcome: str
+    """What happened, for the counters: started, joined, formed, helped, refused, ..."""
+
+
+@dataclass(slots=True)
+class _Ctx:
+    store: Session
+    make: MakeState
+    now: datetime
+    pushes: list[Push]
+    campaigns: dict[str, Campaign | None]
+
+    @property
+    def when(self) -> str:
+        return format_time(self.now)
+
+    def lock(self) -> str:
+        return " FOR UPDATE" if self.store.dialect.name == "postgresql" else ""
+
+    def push(self, device_id: str, fields: dict[str, Any]) -> None:
+        push = Push(new_id(), device_id, self.make(device_id, None, fields))
+        self.store.conn.execute(
+            "INSERT INTO social_pushes (id, device_id, payload, at) VALUES (?, ?, ?, ?)",
+            [push.id, device_id, to_text(push.payload), self.when],
+        )
+        self.pushes.append(push)
+
+
+def household_of(store: Session, device_id: str) -> str:
+    """The household a device belongs to (its latest membership), or the device alone."""
+    row = store.one(
+        "SELECT household_id FROM household_members WHERE device_id = ?"
+        " ORDER BY issued_at DESC LIMIT 1",
+        [device_id],
+    )
+    return str(row["household_id"]) if row is not None else f"device:{device_id}"
+
+
+def _campaign(ctx: _Ctx, campaign_id: str) -> Campaign | None:
+    if campaign_id not in ctx.campaigns:
+        row = ctx.store.one("SELECT doc FROM campaigns WHERE id = ?", [campaign_id])
+        ctx.campaigns[campaign_id] = (
+            Campaign.model_validate_json(row["doc"]) if row is not None else None
+        )
+    return ctx.campaigns[campaign_id]
+
+
+def _offer(
+    ctx: _Ctx, device_id: str, campaign_id: str, offer_id: str, kind: str, *, audience: bool
+) -> tuple[Campaign, OfferOut] | str:
+    """The live campaign and its offer of type `kind`, or why not."""
+    campaign = _campaign(ctx, campaign_id)
+    if campaign is None:
+        return "unknown campaign"
+    if campaign.state != "live":
+        return f"campaign is {campaign.state}"
+    offer = next((o for o in campaign.offers if o.id == offer_id), None)
+    if offer is None or offer.type != kind:
+        return f"no {kind} offer {offer_id!r} in this campaign"
+    if kind == "group_buy" and offer.group is None:
+        return "this group_buy offer has no group terms"
+    if audience:
+        facts = None
+        if needs_facts(campaign):
+            found = device_facts(ctx.store, device_id)
+            facts = found[0] if found else None
+        refusal = claim_refusal(campaign, offer_id, device_id, facts, ctx.now)
+        if refusal is not None:
+            return refusal
+    return campaign, offer
+
+
+def _offer_end(campaign: Campaign, offer: OfferOut) -> datetime | None:
+    return offer.expires_at or campaign.ends_at
+
+
+def group_fields(row: dict[str, Any], coupon: str | None = None) -> dict[str, Any]:
+    """A group's row as `SocialState` fields."""
+    return {
+        "kind": "group",
+        "ref": row["id"],
+        "campaign_id": row["campaign_id"],
+        "offer_id": row["offer_id"],
+        "status": row["state"],
+        "code": row["code"],
+        "size": int(row["size"]),
+        "seats": int(row["seats"]),
+        "ends_at": parse_time(row["ends_at"]),
+        "price": float(row["price"]),
+        "coupon": coupon,
+    }
+
+
+def cut_fields(row: dict[str, Any], *, owner: bool) -> dict[str, Any]:
+    """A cut's row as `SocialState` fields (the coupon only for its owner)."""
+    return {
+        "kind": "cut",
+        "ref": row["id"],
+        "campaign_id": row["campaign_id"],
+        "offer_id": row["offer_id"],
+        "status": row["state"],
+        "code": row["code"],
+        "helps": int(row["helps"]),
+        "size": int(row["helps_needed"]),
+        "ends_at": parse_time(row["ends_at"]),
+        "price": float(row["reached"]),
+        "coupon": row["coupon"] if owner else None,
+    }
+
+
+def _refused(kind: str, reason: str, **extra: Any) -> tuple[dict[str, Any], str]:
+    return {"kind": kind, "status": "refused", "reason": reason, **extra}, "refused"
+
+
+def _code_tries(ctx: _Ctx, device_id: str) -> int:
+    since = format_time(ctx.now - HOUR)
+    row = ctx.store.one(
+        "SELECT count(*) AS n FROM social_requests WHERE device_id = ? AND at > ?"
+        " AND action IN ('group_join', 'cut_help')",
+        [device_id, since],
+    )
+    return int(row["n"]) if row is not None else 0
+
+
+# ---------------------------------------------------------------- groups
+
+
+def _start_group(ctx: _Ctx, device_id: str, req: SocialRequest) -> tuple[dict[str, Any], str]:
+    if req.campaign_id is None or req.offer_id is None:  # the model requires both
+        return _refused(KIND_OF[req.action], "campaign_id and offer_id are required")
+    found = _offer(ctx, device_id, req.campaign_id, req.offer_id, "group_buy", audience=True)
+    if isinstance(found, str):
+        return _refused("group", found, campaign_id=req.campaign_id, offer_id=req.offer_id)
+    campaign, offer = found
+    terms = offer.group
+    assert terms is not None
+    household = household_of(ctx.store, device_id)
+    conn = ctx.store.conn
+    group_id = new_id()
+    seat = conn.execute(
+        "INSERT INTO social_seats (group_id, household_id, device_id, campaign_id, offer_id,"
+        " request_id, at) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING"
+        " RETURNING group_id",
+        [group_id, household, device_id, campaign.id, offer.id, req.id, ctx.when],
+    ).fetchone()
+    if seat is None:
+        return _refused(
+            "group",
+            "this household already has a seat in a group of this offer",
+            campaign_id=campaign.id,
+            offer_id=offer.id,
+        )
+    ends = rules.window_end(ctx.now, terms.window_s, _offer_end(campaign, offer))
+    for _ in range(CODE_ATTEMPTS):
+        made = conn.execute(
+            "INSERT INTO social_groups (id, campaign_id, offer_id, code, size, seats, price,"
+            " state, started_by, created_at, ends_at) VALUES (?, ?, ?, ?, ?, 1, ?, 'open',"
+            " ?, ?, ?) ON CONFLICT DO NOTHING RETURNING *",
+            [
+                group_id,
+                campaign.id,
+                offer.id,
+                rules.new_code(),
+                terms.size,
+                terms.price,
+                household,
+                ctx.when,
+                format_time(ends),
+            ],
+        ).fetchone()
+        if made is not None:
+            return group_fields(dict(made)), "started"
+    raise StoreError("no free group code after several attempts")
+
+
+def _join_group(ctx: _Ctx, device_id: str, req: SocialRequest) -> tuple[dict[str, Any], str]:
+    if _code_tries(ctx, device_id) > rules.CODE_TRIES_PER_DEVICE_HOUR:
+        return _refused("group", "rate limit: too many codes tried in the last hour")
+    conn = ctx.store.conn
+    row = conn.execute(
+        f"SELECT * FROM social_groups WHERE code = ?{ctx.lock()}",  # noqa: S608
+        [req.code],
+    ).fetchone()
+    if row is None:
+        return _refused("group", "no group with this code")
+    group = dict(row)
+    found = _offer(
+        ctx, device_id, group["campaign_id"], group["offer_id"], "group_buy", audience=False
+    )
+    if isinstance(found, str):
+        return _refused("group", found, ref=group["id"])
+    household = household_of(ctx.store, device_id)
+    held = ctx.store.one(
+        "SELECT group_id FROM social_seats WHERE campaign_id = ? AND offer_id = ?"
+        " AND household_id = ? AND released_at IS NULL",
+        [group["campaign_id"], group["offer_id"], household],
+    )
+    seat = rules.seat_for(
+        state=group["state"],
+        size=int(group["size"]),
+        seats=int(group["seats"]),
+        ends_at=parse_time(group["ends_at"]),
+        now=ctx.now,
+        household_has_seat=held is not None,
+    )
+    if not seat.ok:
+        fields = group_fields(group)
+        return {**fields, "status": "refused", "reason": seat.reason, "coupon": None}, "refused"
+    taken = conn.execute(
+        "INSERT INTO social_seats (group_id, household_id, device_id, campaign_id, offer_id,"
+        " request_id, at) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING"
+        " RETURNING group_id",
+        [
+            group["id"],
+            household,
+            device_id,
+            group["campaign_id"],
+            group["offer_id"],
+            req.id,
+            ctx.when,
+        ],
+    ).fetchone()
+    if taken is None:  # another device of the household took a seat meanwhile
+        fields = group_fields(group)
+        reason = "this household already has a seat in a group of this offer"
+        return {**fields, "status": "refused", "reason": reason}, "refused"
+    group["seats"] = int(group["seats"]) + 1
+    if group["seats"] < int(group["size"]):
+        conn.execute(
+            "UPDATE social_groups SET seats = ? WHERE id = ?", [group["seats"], group["id"]]
+        )
+        return group_fields(group), "joined"
+    # The last seat: the group forms, every member gets its coupon.
+    group["state"] = "formed"
+    conn.execute(
+        "UPDATE social_groups SET seats = ?, state = 'formed', closed_at = ? WHERE id = ?",
+        [group["seats"], ctx.when, group["id"]],
+    )
+    members = conn.execute(
+        "SELECT household_id, device_id FROM social_seats WHERE group_id = ?"
+        " AND released_at IS NULL ORDER BY household_id",
+        [group["id"]],
+    ).fetchall()
+    mine = ""
+    for member in members:
+        coupon = secrets.token_hex(6).upper()
+        conn.execute(
+            "UPDATE social_seats SET coupon = ? WHERE group_id = ? AND household_id = ?",
+            [coupon, group["id"], member[0]],
+        )
+        if member[1] == device_id and member[0] == household:
+            mine = coupon
+        else:
+            ctx.push(str(member[1]), group_fields(group, coupon))
+    return group_fields(group, mine), "formed"
+
+
+# ---------------------------------------------------------------- cuts
+
+
+def _start_cut(ctx: _Ctx, device_id: str, req: SocialRequest) -> tuple[dict[str, Any], str]:
+    if req.campaign_id is None or req.offer_id is None:  # the model requires both
+        return _refused(KIND_OF[req.action], "campaign_id and offer_id are required")
+    found = _offer(ctx, device_id, req.campaign_id, req.offer_id, "price_cut", audience=True)
+    if isinstance(found, str):
+        return _refused("cut", found, campaign_id=req.campaign_id, offer_id=req.offer_id)
+    campaign, offer = found
+    terms = offer.cut
+    assert terms is not None
+    household = household_of(ctx.store, device_id)
+    key = [campaign.id, offer.id, household]
+    conn = ctx.store.conn
+    ends = rules.window_end(ctx.now, terms.window_s, _offer_end(campaign, offer))
+    for _ in range(CODE_ATTEMPTS):
+        mine = ctx.store.one(
+            "SELECT * FROM social_cuts WHERE campaign_id = ? AND offer_id = ? AND household_id = ?",
+            key,
+        )
+        if mine is not None:
+            fields = cut_fields(mine, owner=True)
+            return {**fields, "reason": "this household's cut of this offer"}, "existing"
+        made = conn.execute(
+            "INSERT INTO social_cuts (id, campaign_id, offer_id, code, household_id, device_id,"
+            " price, floor, helps_needed, helps, reached, state, created_at, ends_at)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 0, ?, 'open', ?, ?) ON CONFLICT DO NOTHING"
+            " RETURNING *",
+            [
+                new_id(),
+                campaign.id,
+                offer.id,
+                rules.new_code(),
+                household,
+                device_id,
+                offer.price,
+                terms.floor,
+                terms.helps,
+                offer.price,
+                ctx.when,
+                format_time(ends),
+            ],
+        ).fetchone()
+        if made is not None:
+            return cut_fields(dict(made), owner=True), "started"
+    raise StoreError("no free cut code after several attempts")
+
+
+def _audit_help(
+    ctx: _Ctx, *, cut_id: str | None, household: str, device_id: str, req_id: str, outcome: str
+) -> None:
+    ctx.store.conn.execute(
+        "INSERT INTO social_help_log (cut_id, household_id, device_id, request_id, at, outcome)"
+        " VALUES (?, ?, ?, ?, ?, ?)",
+        [cut_id, household, device_id, req_id, ctx.when, outcome],
+    )
+
+
+def _help_cut(ctx: _Ctx, device_id: str, req: SocialRequest) -> tuple[dict[str, Any], str]:
+    household = household_of(ctx.store, device_id)
+    since = format_time(ctx.now - HOUR)
+    counts = ctx.store.one(
+        "SELECT (SELECT count(*) FROM social_help_log WHERE device_id = ? AND at > ?) AS d,"
+        " (SELECT count(*) FROM social_help_log WHERE household_id = ? AND at > ?) AS h",
+        [device_id, since, household, since],
+    )
+    limit = rules.over_limit(int(counts["d"]), int(counts["h"])) if counts else None
+    if limit is not None or _code_tries(ctx, device_id) > rules.CODE_TRIES_PER_DEVICE_HOUR:
+        _audit_help(
+            ctx,
+            cut_id=None,
+            household=household,
+            device_id=device_id,
+            req_id=req.id,
+            outcome="rate_limited",
+        )
+        return _refused("cut", limit or "rate limit: too many codes tried in the last hour")[
+            0
+        ], "rate_limited"
+    conn = ctx.store.conn
+    row = conn.execute(
+        f"SELECT * FROM social_cuts WHERE code = ?{ctx.lock()}",  # noqa: S608
+        [req.code],
+    ).fetchone()
+    if row is None:
+        _audit_help(
+            ctx,
+            cut_id=None,
+            household=household,
+            device_id=device_id,
+            req_id=req.id,
+            outcome="unknown_code",
+        )
+        return _refused("cut", "no cut with this code")
+    cut = dict(row)
+
+    def refuse(outcome: str, reason: str) -> tuple[dict[str, Any], str]:
+        _audit_help(
+            ctx,
+            cut_id=cut["id"],
+            household=household,
+            device_id=device_id,
+            req_id=req.id,
+            outcome=outcome,
+        )
+        return {**cut_fields(cut, owner=False), "status": "refused", "reason": reason}, outcome
+
+    if cut["household_id"] == household:
+        return refuse("own_cut", "a household cannot help its own cut")
+    if cut["state"] != "open" or ctx.now >= parse_time(cut["ends_at"]):
+        return refuse("closed", f"the cut is {cut['state'] if cut['state'] != 'open' else 'over'}")
+    found = _offer(ctx, device_id, cut["campaign_id"], cut["offer_id"], "price_cut", audience=False)
+    if isinstance(found, str):
+        return refuse("closed", found)
+    helps = int(cut["helps"]) + 1
+    needed = int(cut["helps_needed"])
+    reached = rules.price_after(float(cut["price"]), float(cut["floor"]), needed, helps)
+    inserted = conn.execute(
+        "INSERT INTO social_helps (cut_id, household_id, device_id, request_id, at, price_after)"
+        " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING RETURNING cut_id",
+        [cut["id"], household, device_id, req.id, ctx.when, reached],
+    ).fetchone()
+    if inserted is None:
+        return refuse("duplicate", "this household already helped this cut")
+    cut.update(helps=helps, reached=reached)
+    if helps >= needed:
+        cut.update(state="done", coupon=secrets.token_hex(6).upper(), closed_at=ctx.when)
+    conn.execute(
+        "UPDATE social_cuts SET helps = ?, reached = ?, state = ?, coupon = ?, closed_at = ?"
+        " WHERE id = ?",
+        [helps, reached, cut["state"], cut.get("coupon"), cut.get("closed_at"), cut["id"]],
+    )
+    _audit_help(
+        ctx,
+        cut_id=cut["id"],
+        household=household,
+        device_id=device_id,
+        req_id=req.id,
+        outcome="accepted",
+    )
+    ctx.push(str(cut["device_id"]), cut_fields(cut, owner=True))
+    return cut_fields(cut, owner=False), "helped"
+
+
+_DECIDE = {
+    "group_start": _start_group,
+    "group_join": _join_group,
+    "cut_start": _start_cut,
+    "cut_help": _help_cut,
+}
+
+
+# ---------------------------------------------------------------- batches
+
+
+def _decide_batch(
+    store: Session,
+    requests: Sequence[tuple[str, SocialRequest]],
+    make: MakeState,
+    now: datetime,
+) -> tuple[list[SocialAnswer], list[Push]]:
+    """Locks in one global order, so two workers' batches never deadlock: first every
+    request row (by key), then the groups and cuts (by code), starts last."""
+    ctx = _Ctx(store, make, now, [], {})
+    conn = store.conn
+    done: dict[tuple[str, str], SocialAnswer] = {}
+    fresh: list[tuple[str, SocialRequest]] = []
+    unique = {(d, r.id): (d, r) for d, r in requests}
+    for key in sorted(unique):
+        device_id, req = unique[key]
+        inserted = conn.execute(
+            "INSERT INTO social_requests (device_id, id, action, at) VALUES (?, ?, ?, ?)"
+            " ON CONFLICT DO NOTHING RETURNING id",
+            [device_id, req.id, req.action, ctx.when],
+        ).fetchone()
+        if inserted is None:
+            row = store.one(
+                "SELECT result FROM social_requests WHERE device_id = ? AND id = ?", [*key]
+            )
+            if row is not None and row["result"]:
+                stored = json.loads(row["result"])
+                done[key] = SocialAnswer(device_id, req.id, stored, False, "duplicate")
+                continue
+        fresh.append((device_id, req))
+    fresh.sort(key=lambda r: (r[1].code is None, r[1].code or "", r[0], r[1].id))
+    for device_id, req in fresh:
+        fields, outcome = _DECIDE[req.action](ctx, device_id, req)
+        result = make(device_id, req.id, fields)
+        conn.execute(
+            "UPDATE social_requests SET result = ? WHERE device_id = ? AND id = ?",
+            [to_text(result), device_id, req.id],
+        )
+        done[device_id, req.id] = SocialAnswer(device_id, req.id, result, True, outcome)
+    answers: list[SocialAnswer] = []
+    given: set[tuple[str, str]] = set()
+    for device_id, req in requests:  # in the order given; a copy in the batch is a duplicate
+        answer = done[device_id, req.id]
+        if (device_id, req.id) in given:
+            answer = SocialAnswer(device_id, req.id, answer.result, False, "duplicate")
+        given.add((device_id, req.id))
+        answers.append(answer)
+    return answers, ctx.pushes
+
+
+def social_batch(
+    store: Session,
+    requests: Sequence[tuple[str, SocialRequest]],
+    make: MakeState,
+    now: datetime,
+) -> tuple[list[SocialAnswer], list[Push]]:
+    """Decide requests in one transaction: each stored once with its signed answer, and the
+    pushes owed to other members. A transient conflict decides the batch again."""
+    attempt = 0
+    while True:
+        attempt += 1
+        try:
+            with store.transaction():
+                return _decide_batch(store, requests, make, now)
+        except Error as exc:
+            if attempt < RETRIES and getattr(exc, "sqlstate", None) in TRANSIENT:
+                log.info("social batch met a transient conflict (%s); deciding it again", exc)
+                continue
+            raise StoreError(f"cannot decide {len(requests)} social requests: {exc}") from exc
+
+
+def close_due(store: Session, make: MakeState, now: datetime, limit: int = 200) -> list[Push]:
+    """Close what is due, in one transaction: open groups past their window expire (their
+    seats released, every member told); open cuts past theirs end, with a coupon at the price
+    reached when anyone helped. Several workers may run it: rows are locked, others skipped."""
+    try:
+        with store.transaction():
+            ctx = _Ctx(store, make, now, [], {})
+            skip = " FOR UPDATE SKIP LOCKED" if store.dialect.name == "postgresql" else ""
+            conn = store.conn
+            groups = conn.execute(
+                "SELECT * FROM social_groups WHERE state = 'open' AND ends_at <= ?"  # noqa: S608
+                f" ORDER BY ends_at LIMIT ?{skip}",
+                [ctx.when, limit],
+            ).fetchall()
+            for row in groups:
+                group = {**dict(row), "state": "expired"}
+                members = conn.execute(
+                    "SELECT device_id FROM social_seats WHERE group_id = ?"
+                    " AND released_at IS NULL ORDER BY household_id",
+                    [group["id"]],
+                ).fetchall()
+                conn.execute(
+                    "UPDATE social_groups SET state = 'expired', closed_at = ? WHERE id = ?",
+                    [ctx.when, group["id"]],
+                )
+                conn.execute(
+                    "UPDATE social_seats SET released_at = ? WHERE group_id = ?"
+                    " AND released_at IS NULL",
+                    [ctx.when, group["id"]],
+                )
+                for member in members:
+                    fields = group_fields(group)
+                    ctx.push(str(member[0]), {**fields, "reason": "the group did not fill in time"})
+            cuts = conn.execute(
+                "SELECT * FROM social_cuts WHERE state = 'open' AND ends_at <= ?"  # noqa: S608
+                f" ORDER BY ends_at LIMIT ?{skip}",
+                [ctx.when, limit],
+            ).fetchall()
+            for row in cuts:
+                cut = dict(row)
+                if int(cut["helps"]) > 0:
+                    cut.update(state="done", coupon=secrets.token_hex(6).upper())
+                else:
+                    cut.update(state="expired")
+                conn.execute(
+                    "UPDATE social_cuts SET state = ?, coupon = ?, closed_at = ? WHERE id = ?",
+                    [cut["state"], cut.get("coupon"), ctx.when, cut["id"]],
+                )
+                ctx.push(str(cut["device_id"]), cut_fields(cut, owner=True))
+            return ctx.pushes
+    except Error as exc:
+        raise StoreError(f"cannot close due groups and cuts: {exc}") from exc
+
+
+def pushes_owed(store: Session, before: datetime, limit: int = 500) -> list[Push]:
+    """Pushes stored before `before` and not yet sent (their sender crashed, or is slow)."""
+    rows = store.rows(
+        "SELECT id, device_id, payload FROM social_pushes WHERE at < ? ORDER BY at LIMIT ?",
+        [format_time(before), limit],
+    )
+    return [Push(r["id"], r["device_id"], json.loads(r["payload"])) for r in rows]
+
+
+def pushes_sent(store: Session, ids: Sequence[str]) -> None:
+    with store.transaction():
+        store.conn.executemany("DELETE FROM social_pushes WHERE id = ?", [(i,) for i in ids])
+
+
+def group_by_id(store: Session, group_id: str) -> dict[str, Any] | None:
+    return store.one("SELECT * FROM social_groups WHERE id = ?", [group_id])
+
+
+def group_figures(store: Session, campaign_id: str) -> list[dict[str, Any]]:
+    """Per offer: groups open, formed and expired; seats held, granted and released."""
+    return store.rows(
+        "SELECT g.offer_id,"
+        " count(*) AS groups,"
+        " sum(CASE WHEN g.state = 'open' THEN 1 ELSE 0 END) AS open,"
+        " sum(CASE WHEN g.state = 'formed' THEN 1 ELSE 0 END) AS formed,"
+        " sum(CASE WHEN g.state = 'expired' THEN 1 ELSE 0 END) AS expired,"
+        " sum(CASE WHEN g.state = 'open' THEN g.seats ELSE 0 END) AS seats_open,"
+        " sum(CASE WHEN g.state = 'formed' THEN g.seats ELSE 0 END) AS seats_granted,"
+        " sum(CASE WHEN g.state = 'expired' THEN g.seats ELSE 0 END) AS seats_released"
+        " FROM social_groups g WHERE g.campaign_id = ? GROUP BY g.offer_id ORDER BY g.offer_id",
+        [campaign_id],
+    )
+
+
+def cut_figures(store: Session, campaign_id: str) -> list[dict[str, Any]]:
+    """Per offer: cuts open, done and expired; helps taken and refused; prices reached."""
+    rows = store.rows(
+        "SELECT c.offer_id,"
+        " count(*) AS cuts,"
+        " sum(CASE WHEN c.state = 'open' THEN 1 ELSE 0 END) AS open,"
+        " sum(CASE WHEN c.state = 'done' THEN 1 ELSE 0 END) AS done,"
+        " sum(CASE WHEN c.state = 'expired' THEN 1 ELSE 0 END) AS expired,"
+        " sum(c.helps) AS helps,"
+        " min(c.reached) AS lowest_price, avg(c.reached) AS mean_price"
+        " FROM social_cuts c WHERE c.campaign_id = ? GROUP BY c.offer_id ORDER BY c.offer_id",
+        [campaign_id],
+    )
+    refused = store.rows(
+        "SELECT c.offer_id, l.outcome, count(*) AS n FROM social_help_log l"
+        " JOIN social_cuts c ON c.id = l.cut_id WHERE c.campaign_id = ?"
+        " AND l.outcome <> 'accepted' GROUP BY c.offer_id, l.outcome",
+        [campaign_id],
+    )
+    for row in rows:
+        row["helps_refused"] = {
+            r["outcome"]: int(r["n"]) for r in refused if r["offer_id"] == row["offer_id"]
+        }
+    return rows
