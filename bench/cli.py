@@ -33,6 +33,7 @@ SUITES = [
     "bench.capacity_bench",
     "bench.provision_bench",
     "bench.lan_bench",
+    "bench.social_bench",
 ]
 
 

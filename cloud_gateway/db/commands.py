@@ -13,6 +13,7 @@ from typing import Any
 
 from cloud_gateway.db.audit import insert_audit
 from cloud_gateway.db.backend import Error, Session
+from cloud_gateway.db.social import SOCIAL_KEPT, anonymise_social
 from cloud_gateway.errors import StoreError
 from protocol.ids import format_time
 
@@ -29,6 +30,8 @@ DATA_TABLES = (
     "claims",
     "model_health",
     "campaign_explanations",
+    "social_requests",
+    "social_pushes",
 )
 """Tables of what a device reported: emptied on erasure and again on its confirmation."""
 HANDLED_ELSEWHERE = (
@@ -39,6 +42,7 @@ HANDLED_ELSEWHERE = (
     "device_certs",
     "device_passwords",
     "household_members",
+    *SOCIAL_KEPT,
 )
 """Device-keyed tables `erase_device` treats apart: the registry row and pushes are deleted,
 grants anonymised (stock stays right), the forget command itself kept until confirmed, the
@@ -80,6 +84,7 @@ def erase_device(
                 ).rowcount,
                 0,
             )
+            removed["social_anonymized"] = anonymise_social(store, device_id)
             removed["registry"] = max(
                 conn.execute("DELETE FROM devices WHERE device_id = ?", [device_id]).rowcount, 0
             )

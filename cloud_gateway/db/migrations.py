@@ -575,3 +575,5 @@ def social_commerce(db: Database) -> None:
         "CREATE TABLE social_pushes (id TEXT PRIMARY KEY, device_id TEXT NOT NULL,"
         " payload TEXT NOT NULL, at TEXT NOT NULL)"
     )
+    # a device's household, looked up for every request (`db.social.household_of`)
+    db.execute("CREATE INDEX household_members_device ON household_members (device_id)")

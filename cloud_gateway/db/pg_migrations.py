@@ -515,6 +515,7 @@ CREATE TABLE social_pushes (
     payload text NOT NULL,
     at text NOT NULL
 );
+CREATE INDEX household_members_device ON household_members (device_id);
 """,
     ),
 ]

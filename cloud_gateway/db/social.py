@@ -660,3 +660,28 @@ def cut_figures(store: Session, campaign_id: str) -> list[dict[str, Any]]:
             r["outcome"]: int(r["n"]) for r in refused if r["offer_id"] == row["offer_id"]
         }
     return rows
+
+
+SOCIAL_KEPT = ("social_seats", "social_cuts", "social_helps", "social_help_log")
+"""Device-keyed social tables erasure anonymises (the ledger's seats, cuts and helps stay
+counted); `social_requests` and `social_pushes` are deleted with the device's data."""
+
+
+def anonymise_social(store: Session, device_id: str) -> int:
+    """Inside the caller's erasure transaction: the device's seats, cuts and helps keep
+    counting, under one random name instead of the device's id (and of its household's,
+    when the household was the device alone). Rows changed."""
+    anon = f"erased-{secrets.token_hex(8)}"
+    alone = f"device:{device_id}"
+    changed = 0
+    for table in SOCIAL_KEPT:
+        changed += max(
+            store.conn.execute(
+                f"UPDATE {table} SET device_id = ?,"  # noqa: S608 - fixed table names
+                " household_id = CASE WHEN household_id = ? THEN ? ELSE household_id END"
+                " WHERE device_id = ?",
+                [anon, alone, anon, device_id],
+            ).rowcount,
+            0,
+        )
+    return changed
