@@ -27,8 +27,21 @@ CODE_ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 CODE_LENGTH = 8
 """40 bits: guessing one open code among thousands takes billions of tries (rate-limited)."""
 
+_CONFUSABLE = str.maketrans({"O": "0", "I": "1", "L": "1"})
+"""What a person types for a Crockford digit: O for 0, I or L for 1."""
+
+
+def normalise_code(text: str) -> str | None:
+    """A typed code in its canonical form (upper case, no spaces or dashes, confusable
+    letters mapped), or None when it cannot be one."""
+    code = "".join(c for c in text.upper() if c not in " -").translate(_CONFUSABLE)
+    if len(code) != CODE_LENGTH or any(c not in CODE_ALPHABET for c in code):
+        return None
+    return code
+
+
 ShareCode = Annotated[str, StringConstraints(pattern=r"^[0-9A-HJKMNP-TV-Z]{8}$")]
-"""A join or share code, normalised (`cloud_gateway.social.rules.normalise_code`)."""
+"""A join or share code, normalised (`normalise_code`)."""
 
 SocialAction = Literal["group_start", "group_join", "cut_start", "cut_help"]
 SocialKind = Literal["group", "cut"]

@@ -19,6 +19,7 @@ from agent.model.update import ModelUpdater
 from agent.offers.book import OfferBook
 from agent.offers.claims import Claims
 from agent.offers.policies import PolicyKeeper
+from agent.offers.social import Social
 from agent.offers.trust import TrustKeeper
 from agent.runtime.loops import MemoryWatch, StateReport
 from agent.runtime.memory import MemoryBudget
@@ -59,3 +60,5 @@ class Parts:
     """The operators' policy documents in force (issue 18)."""
     explanations: ExplainReporter
     """Why campaigns were or were not shown, into the outbox (issue 18)."""
+    social: Social
+    """Group buys and price cuts (issue 19)."""

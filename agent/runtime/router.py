@@ -12,6 +12,7 @@ from agent.model.update import ModelUpdater
 from agent.offers.book import OfferBook
 from agent.offers.claims import Claims
 from agent.offers.policies import PolicyKeeper
+from agent.offers.social import Social
 from agent.offers.trust import TrustKeeper
 
 log = logging.getLogger(__name__)
@@ -56,6 +57,7 @@ def downlink_routes(
     commands: Commands,
     trust: TrustKeeper,
     policies: PolicyKeeper,
+    social: Social | None = None,
 ) -> dict[str, Handler]:
     """What the agent does with each kind the gateway sends; a receipt to send wakes the
     uplink (at once for a command: the gateway waits on its receipt)."""
@@ -88,7 +90,12 @@ def downlink_routes(
     async def policy(message: Incoming) -> None:
         await policies.handle(message.subject, message.payload)
 
+    async def social_state(message: Incoming) -> None:
+        if social is not None:
+            await social.handle_state(message.payload)
+
     return {
+        "social": social_state,
         "keys": key_list,
         "timestamp": timestamp,
         "ack": ack,

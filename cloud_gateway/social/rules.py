@@ -10,10 +10,9 @@ import secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from protocol.social import CODE_ALPHABET, CODE_LENGTH
+from protocol.social import CODE_ALPHABET, CODE_LENGTH, normalise_code
 
-_CONFUSABLE = str.maketrans({"O": "0", "I": "1", "L": "1", "U": "V"})
-"""What a person types for a Crockford digit (O for 0, I or L for 1; U is not used)."""
+__all__ = ["normalise_code"]  # the one copy lives in protocol.social (devices use it too)
 
 HELPS_PER_DEVICE_HOUR = 5
 """Helps one device may give (accepted or not) in an hour: more is a help farm."""
@@ -27,15 +26,6 @@ codes takes 2**40 / 30 hours per device."""
 def new_code() -> str:
     """A fresh join or share code: `CODE_LENGTH` Crockford digits from the OS's CSPRNG."""
     return "".join(secrets.choice(CODE_ALPHABET) for _ in range(CODE_LENGTH))
-
-
-def normalise_code(text: str) -> str | None:
-    """A typed code in its canonical form (upper case, no spaces or dashes, confusable
-    letters mapped), or None when it cannot be one."""
-    code = "".join(c for c in text.upper() if c not in " -").translate(_CONFUSABLE)
-    if len(code) != CODE_LENGTH or any(c not in CODE_ALPHABET for c in code):
-        return None
-    return code
 
 
 def cut_schedule(price: float, floor: float, helps: int) -> tuple[float, ...]:
