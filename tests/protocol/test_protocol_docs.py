@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from protocol.docs import directions, render
-from protocol.envelopes import ALL_MODELS
+from protocol.docs import ALL_MODELS, directions, render
 
 ROOT = Path(__file__).resolve().parents[2]
 
