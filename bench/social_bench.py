@@ -4,7 +4,7 @@ Each round makes a fresh gateway database (SQLite, the default backend, WAL and 
 gateway runs it) with a live campaign holding a group-buy offer (groups of 3) and a limited
 coupon. GROUPS households start a group each (not timed), then 3 * GROUPS other households
 join the codes, three per group for two seats left, in batches of BATCH the way the desk
-takes them (`db.social.social_batch` with `social.desk.signed_state`: one transaction a
+takes them (`social.decide.social_batch` with `social.desk.signed_state`: one transaction a
 batch, the group row read and updated, the seat inserted under the one-seat-per-household
 index, the signed answer stored, the formed state pushed to every member). The baseline, in
 the same run and alternated with it: as many claims of the limited coupon (stock for two in
@@ -27,8 +27,8 @@ from cloud_gateway.campaigns.model import CampaignIn, new_campaign, transition
 from cloud_gateway.claims.desk import signed_result
 from cloud_gateway.db.campaigns import insert_campaign
 from cloud_gateway.db.claims import claim_batch, init_stock
-from cloud_gateway.db.social import social_batch
 from cloud_gateway.db.store import Store
+from cloud_gateway.social.decide import social_batch
 from cloud_gateway.social.desk import signed_state
 from protocol.envelopes import ClaimRequest
 from protocol.ids import new_id, utcnow

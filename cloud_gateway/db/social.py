@@ -1,7 +1,9 @@
 """SQL of group buys and price cuts (issue 19): requests decided once each with their signed
 answer, groups formed under their row lock, helps counted once per household, both backends.
 
-Plain functions over a session, run on the store thread: `await db.call(social_batch, ...)`.
+Plain functions over a session, run on the store thread; each action's decision is in
+`cloud_gateway.social.groups` and `.cuts`, handed to `social_batch` by
+`cloud_gateway.social.decide`.
 
 What keeps it exact across gateway workers and a SIGKILL:
 - a request is stored once under its key (device, request id) with its signed answer, in the
@@ -21,7 +23,7 @@ from __future__ import annotations
 import json
 import logging
 import secrets
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -31,7 +33,6 @@ from cloud_gateway.db.backend import Error, Session
 from cloud_gateway.db.devices import device_facts
 from cloud_gateway.db.rows import to_text
 from cloud_gateway.errors import StoreError
-from cloud_gateway.social import rules
 from protocol.ids import format_time, new_id, parse_time
 from protocol.social import SocialRequest
 
@@ -42,8 +43,10 @@ TRANSIENT = frozenset({"40001", "40P01"})
 """SQLSTATEs worth retrying: serialization_failure, deadlock_detected (PostgreSQL)."""
 CODE_ATTEMPTS = 8
 HOUR = timedelta(hours=1)
-KIND_OF = {"group_start": "group", "group_join": "group", "cut_start": "cut", "cut_help": "cut"}
 
+Decide = Callable[["Txn", str, SocialRequest], tuple[dict[str, Any], str]]
+"""decide(txn, device_id, request) -> (the answer's `SocialState` fields, outcome): one
+action's decision inside the batch's transaction (`cloud_gateway.social.groups`, `.cuts`)."""
 MakeState = Callable[[str, "str | None", dict[str, Any]], dict[str, Any]]
 """make(device_id, request_id, fields) -> the signed wire `SocialState`."""
 
@@ -70,7 +73,9 @@ class SocialAnswer:
 
 
 @dataclass(slots=True)
-class _Ctx:
+class Txn:
+    """One batch's transaction: its session, signer, time, pushes owed, campaigns read."""
+
     store: Session
     make: MakeState
     now: datetime
@@ -103,7 +108,7 @@ def household_of(store: Session, device_id: str) -> str:
     return str(row["household_id"]) if row is not None else f"device:{device_id}"
 
 
-def _campaign(ctx: _Ctx, campaign_id: str) -> Campaign | None:
+def _campaign(ctx: Txn, campaign_id: str) -> Campaign | None:
     if campaign_id not in ctx.campaigns:
         row = ctx.store.one("SELECT doc FROM campaigns WHERE id = ?", [campaign_id])
         ctx.campaigns[campaign_id] = (
@@ -112,8 +117,8 @@ def _campaign(ctx: _Ctx, campaign_id: str) -> Campaign | None:
     return ctx.campaigns[campaign_id]
 
 
-def _offer(
-    ctx: _Ctx, device_id: str, campaign_id: str, offer_id: str, kind: str, *, audience: bool
+def live_offer(
+    ctx: Txn, device_id: str, campaign_id: str, offer_id: str, kind: str, *, audience: bool
 ) -> tuple[Campaign, OfferOut] | str:
     """The live campaign and its offer of type `kind`, or why not."""
     campaign = _campaign(ctx, campaign_id)
@@ -137,7 +142,7 @@ def _offer(
     return campaign, offer
 
 
-def _offer_end(campaign: Campaign, offer: OfferOut) -> datetime | None:
+def offer_end(campaign: Campaign, offer: OfferOut) -> datetime | None:
     return offer.expires_at or campaign.ends_at
 
 
@@ -175,11 +180,11 @@ def cut_fields(row: dict[str, Any], *, owner: bool) -> dict[str, Any]:
     }
 
 
-def _refused(kind: str, reason: str, **extra: Any) -> tuple[dict[str, Any], str]:
+def refused(kind: str, reason: str, **extra: Any) -> tuple[dict[str, Any], str]:
     return {"kind": kind, "status": "refused", "reason": reason, **extra}, "refused"
 
 
-def _code_tries(ctx: _Ctx, device_id: str) -> int:
+def code_tries(ctx: Txn, device_id: str) -> int:
     since = format_time(ctx.now - HOUR)
     row = ctx.store.one(
         "SELECT count(*) AS n FROM social_requests WHERE device_id = ? AND at > ?"
@@ -187,292 +192,6 @@ def _code_tries(ctx: _Ctx, device_id: str) -> int:
         [device_id, since],
     )
     return int(row["n"]) if row is not None else 0
-
-
-# ---------------------------------------------------------------- groups
-
-
-def _start_group(ctx: _Ctx, device_id: str, req: SocialRequest) -> tuple[dict[str, Any], str]:
-    if req.campaign_id is None or req.offer_id is None:  # the model requires both
-        return _refused(KIND_OF[req.action], "campaign_id and offer_id are required")
-    found = _offer(ctx, device_id, req.campaign_id, req.offer_id, "group_buy", audience=True)
-    if isinstance(found, str):
-        return _refused("group", found, campaign_id=req.campaign_id, offer_id=req.offer_id)
-    campaign, offer = found
-    terms = offer.group
-    assert terms is not None
-    household = household_of(ctx.store, device_id)
-    conn = ctx.store.conn
-    group_id = new_id()
-    seat = conn.execute(
-        "INSERT INTO social_seats (group_id, household_id, device_id, campaign_id, offer_id,"
-        " request_id, at) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING"
-        " RETURNING group_id",
-        [group_id, household, device_id, campaign.id, offer.id, req.id, ctx.when],
-    ).fetchone()
-    if seat is None:
-        return _refused(
-            "group",
-            "this household already has a seat in a group of this offer",
-            campaign_id=campaign.id,
-            offer_id=offer.id,
-        )
-    ends = rules.window_end(ctx.now, terms.window_s, _offer_end(campaign, offer))
-    for _ in range(CODE_ATTEMPTS):
-        made = conn.execute(
-            "INSERT INTO social_groups (id, campaign_id, offer_id, code, size, seats, price,"
-            " state, started_by, created_at, ends_at) VALUES (?, ?, ?, ?, ?, 1, ?, 'open',"
-            " ?, ?, ?) ON CONFLICT DO NOTHING RETURNING *",
-            [
-                group_id,
-                campaign.id,
-                offer.id,
-                rules.new_code(),
-                terms.size,
-                terms.price,
-                household,
-                ctx.when,
-                format_time(ends),
-            ],
-        ).fetchone()
-        if made is not None:
-            return group_fields(dict(made)), "started"
-    raise StoreError("no free group code after several attempts")
-
-
-def _join_group(ctx: _Ctx, device_id: str, req: SocialRequest) -> tuple[dict[str, Any], str]:
-    if _code_tries(ctx, device_id) > rules.CODE_TRIES_PER_DEVICE_HOUR:
-        return _refused("group", "rate limit: too many codes tried in the last hour")
-    conn = ctx.store.conn
-    row = conn.execute(
-        f"SELECT * FROM social_groups WHERE code = ?{ctx.lock()}",  # noqa: S608
-        [req.code],
-    ).fetchone()
-    if row is None:
-        return _refused("group", "no group with this code")
-    group = dict(row)
-    found = _offer(
-        ctx, device_id, group["campaign_id"], group["offer_id"], "group_buy", audience=False
-    )
-    if isinstance(found, str):
-        return _refused("group", found, ref=group["id"])
-    household = household_of(ctx.store, device_id)
-    held = ctx.store.one(
-        "SELECT group_id FROM social_seats WHERE campaign_id = ? AND offer_id = ?"
-        " AND household_id = ? AND released_at IS NULL",
-        [group["campaign_id"], group["offer_id"], household],
-    )
-    seat = rules.seat_for(
-        state=group["state"],
-        size=int(group["size"]),
-        seats=int(group["seats"]),
-        ends_at=parse_time(group["ends_at"]),
-        now=ctx.now,
-        household_has_seat=held is not None,
-    )
-    if not seat.ok:
-        fields = group_fields(group)
-        return {**fields, "status": "refused", "reason": seat.reason, "coupon": None}, "refused"
-    taken = conn.execute(
-        "INSERT INTO social_seats (group_id, household_id, device_id, campaign_id, offer_id,"
-        " request_id, at) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING"
-        " RETURNING group_id",
-        [
-            group["id"],
-            household,
-            device_id,
-            group["campaign_id"],
-            group["offer_id"],
-            req.id,
-            ctx.when,
-        ],
-    ).fetchone()
-    if taken is None:  # another device of the household took a seat meanwhile
-        fields = group_fields(group)
-        reason = "this household already has a seat in a group of this offer"
-        return {**fields, "status": "refused", "reason": reason}, "refused"
-    group["seats"] = int(group["seats"]) + 1
-    if group["seats"] < int(group["size"]):
-        conn.execute(
-            "UPDATE social_groups SET seats = ? WHERE id = ?", [group["seats"], group["id"]]
-        )
-        return group_fields(group), "joined"
-    # The last seat: the group forms, every member gets its coupon.
-    group["state"] = "formed"
-    conn.execute(
-        "UPDATE social_groups SET seats = ?, state = 'formed', closed_at = ? WHERE id = ?",
-        [group["seats"], ctx.when, group["id"]],
-    )
-    members = conn.execute(
-        "SELECT household_id, device_id FROM social_seats WHERE group_id = ?"
-        " AND released_at IS NULL ORDER BY household_id",
-        [group["id"]],
-    ).fetchall()
-    mine = ""
-    for member in members:
-        coupon = secrets.token_hex(6).upper()
-        conn.execute(
-            "UPDATE social_seats SET coupon = ? WHERE group_id = ? AND household_id = ?",
-            [coupon, group["id"], member[0]],
-        )
-        if member[1] == device_id and member[0] == household:
-            mine = coupon
-        else:
-            ctx.push(str(member[1]), group_fields(group, coupon))
-    return group_fields(group, mine), "formed"
-
-
-# ---------------------------------------------------------------- cuts
-
-
-def _start_cut(ctx: _Ctx, device_id: str, req: SocialRequest) -> tuple[dict[str, Any], str]:
-    if req.campaign_id is None or req.offer_id is None:  # the model requires both
-        return _refused(KIND_OF[req.action], "campaign_id and offer_id are required")
-    found = _offer(ctx, device_id, req.campaign_id, req.offer_id, "price_cut", audience=True)
-    if isinstance(found, str):
-        return _refused("cut", found, campaign_id=req.campaign_id, offer_id=req.offer_id)
-    campaign, offer = found
-    terms = offer.cut
-    assert terms is not None
-    household = household_of(ctx.store, device_id)
-    key = [campaign.id, offer.id, household]
-    conn = ctx.store.conn
-    ends = rules.window_end(ctx.now, terms.window_s, _offer_end(campaign, offer))
-    for _ in range(CODE_ATTEMPTS):
-        mine = ctx.store.one(
-            "SELECT * FROM social_cuts WHERE campaign_id = ? AND offer_id = ? AND household_id = ?",
-            key,
-        )
-        if mine is not None:
-            fields = cut_fields(mine, owner=True)
-            return {**fields, "reason": "this household's cut of this offer"}, "existing"
-        made = conn.execute(
-            "INSERT INTO social_cuts (id, campaign_id, offer_id, code, household_id, device_id,"
-            " price, floor, helps_needed, helps, reached, state, created_at, ends_at)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 0, ?, 'open', ?, ?) ON CONFLICT DO NOTHING"
-            " RETURNING *",
-            [
-                new_id(),
-                campaign.id,
-                offer.id,
-                rules.new_code(),
-                household,
-                device_id,
-                offer.price,
-                terms.floor,
-                terms.helps,
-                offer.price,
-                ctx.when,
-                format_time(ends),
-            ],
-        ).fetchone()
-        if made is not None:
-            return cut_fields(dict(made), owner=True), "started"
-    raise StoreError("no free cut code after several attempts")
-
-
-def _audit_help(
-    ctx: _Ctx, *, cut_id: str | None, household: str, device_id: str, req_id: str, outcome: str
-) -> None:
-    ctx.store.conn.execute(
-        "INSERT INTO social_help_log (cut_id, household_id, device_id, request_id, at, outcome)"
-        " VALUES (?, ?, ?, ?, ?, ?)",
-        [cut_id, household, device_id, req_id, ctx.when, outcome],
-    )
-
-
-def _help_cut(ctx: _Ctx, device_id: str, req: SocialRequest) -> tuple[dict[str, Any], str]:
-    household = household_of(ctx.store, device_id)
-    since = format_time(ctx.now - HOUR)
-    counts = ctx.store.one(
-        "SELECT (SELECT count(*) FROM social_help_log WHERE device_id = ? AND at > ?) AS d,"
-        " (SELECT count(*) FROM social_help_log WHERE household_id = ? AND at > ?) AS h",
-        [device_id, since, household, since],
-    )
-    limit = rules.over_limit(int(counts["d"]), int(counts["h"])) if counts else None
-    if limit is not None or _code_tries(ctx, device_id) > rules.CODE_TRIES_PER_DEVICE_HOUR:
-        _audit_help(
-            ctx,
-            cut_id=None,
-            household=household,
-            device_id=device_id,
-            req_id=req.id,
-            outcome="rate_limited",
-        )
-        return _refused("cut", limit or "rate limit: too many codes tried in the last hour")[
-            0
-        ], "rate_limited"
-    conn = ctx.store.conn
-    row = conn.execute(
-        f"SELECT * FROM social_cuts WHERE code = ?{ctx.lock()}",  # noqa: S608
-        [req.code],
-    ).fetchone()
-    if row is None:
-        _audit_help(
-            ctx,
-            cut_id=None,
-            household=household,
-            device_id=device_id,
-            req_id=req.id,
-            outcome="unknown_code",
-        )
-        return _refused("cut", "no cut with this code")
-    cut = dict(row)
-
-    def refuse(outcome: str, reason: str) -> tuple[dict[str, Any], str]:
-        _audit_help(
-            ctx,
-            cut_id=cut["id"],
-            household=household,
-            device_id=device_id,
-            req_id=req.id,
-            outcome=outcome,
-        )
-        return {**cut_fields(cut, owner=False), "status": "refused", "reason": reason}, outcome
-
-    if cut["household_id"] == household:
-        return refuse("own_cut", "a household cannot help its own cut")
-    if cut["state"] != "open" or ctx.now >= parse_time(cut["ends_at"]):
-        return refuse("closed", f"the cut is {cut['state'] if cut['state'] != 'open' else 'over'}")
-    found = _offer(ctx, device_id, cut["campaign_id"], cut["offer_id"], "price_cut", audience=False)
-    if isinstance(found, str):
-        return refuse("closed", found)
-    helps = int(cut["helps"]) + 1
-    needed = int(cut["helps_needed"])
-    reached = rules.price_after(float(cut["price"]), float(cut["floor"]), needed, helps)
-    inserted = conn.execute(
-        "INSERT INTO social_helps (cut_id, household_id, device_id, request_id, at, price_after)"
-        " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING RETURNING cut_id",
-        [cut["id"], household, device_id, req.id, ctx.when, reached],
-    ).fetchone()
-    if inserted is None:
-        return refuse("duplicate", "this household already helped this cut")
-    cut.update(helps=helps, reached=reached)
-    if helps >= needed:
-        cut.update(state="done", coupon=secrets.token_hex(6).upper(), closed_at=ctx.when)
-    conn.execute(
-        "UPDATE social_cuts SET helps = ?, reached = ?, state = ?, coupon = ?, closed_at = ?"
-        " WHERE id = ?",
-        [helps, reached, cut["state"], cut.get("coupon"), cut.get("closed_at"), cut["id"]],
-    )
-    _audit_help(
-        ctx,
-        cut_id=cut["id"],
-        household=household,
-        device_id=device_id,
-        req_id=req.id,
-        outcome="accepted",
-    )
-    ctx.push(str(cut["device_id"]), cut_fields(cut, owner=True))
-    return cut_fields(cut, owner=False), "helped"
-
-
-_DECIDE = {
-    "group_start": _start_group,
-    "group_join": _join_group,
-    "cut_start": _start_cut,
-    "cut_help": _help_cut,
-}
 
 
 # ---------------------------------------------------------------- batches
@@ -483,10 +202,11 @@ def _decide_batch(
     requests: Sequence[tuple[str, SocialRequest]],
     make: MakeState,
     now: datetime,
+    deciders: Mapping[str, Decide],
 ) -> tuple[list[SocialAnswer], list[Push]]:
     """Locks in one global order, so two workers' batches never deadlock: first every
     request row (by key), then the groups and cuts (by code), starts last."""
-    ctx = _Ctx(store, make, now, [], {})
+    ctx = Txn(store, make, now, [], {})
     conn = store.conn
     done: dict[tuple[str, str], SocialAnswer] = {}
     fresh: list[tuple[str, SocialRequest]] = []
@@ -509,7 +229,7 @@ def _decide_batch(
         fresh.append((device_id, req))
     fresh.sort(key=lambda r: (r[1].code is None, r[1].code or "", r[0], r[1].id))
     for device_id, req in fresh:
-        fields, outcome = _DECIDE[req.action](ctx, device_id, req)
+        fields, outcome = deciders[req.action](ctx, device_id, req)
         result = make(device_id, req.id, fields)
         conn.execute(
             "UPDATE social_requests SET result = ? WHERE device_id = ? AND id = ?",
@@ -532,6 +252,7 @@ def social_batch(
     requests: Sequence[tuple[str, SocialRequest]],
     make: MakeState,
     now: datetime,
+    deciders: Mapping[str, Decide],
 ) -> tuple[list[SocialAnswer], list[Push]]:
     """Decide requests in one transaction: each stored once with its signed answer, and the
     pushes owed to other members. A transient conflict decides the batch again."""
@@ -540,7 +261,7 @@ def social_batch(
         attempt += 1
         try:
             with store.transaction():
-                return _decide_batch(store, requests, make, now)
+                return _decide_batch(store, requests, make, now, deciders)
         except Error as exc:
             if attempt < RETRIES and getattr(exc, "sqlstate", None) in TRANSIENT:
                 log.info("social batch met a transient conflict (%s); deciding it again", exc)
@@ -554,7 +275,7 @@ def close_due(store: Session, make: MakeState, now: datetime, limit: int = 200) 
     reached when anyone helped. Several workers may run it: rows are locked, others skipped."""
     try:
         with store.transaction():
-            ctx = _Ctx(store, make, now, [], {})
+            ctx = Txn(store, make, now, [], {})
             skip = " FOR UPDATE SKIP LOCKED" if store.dialect.name == "postgresql" else ""
             conn = store.conn
             groups = conn.execute(

@@ -1,7 +1,7 @@
 """The social desk: decide group and cut requests in batches, sign, answer, push, close due.
 
 A request on `up/social` is queued (bounded), then a worker decides what is waiting in one
-transaction (`db.social.social_batch`) and publishes each signed `SocialState` on
+transaction (`social.decide.social_batch`) and publishes each signed `SocialState` on
 `down/social`, then the pushes owed to other members, deleting each once sent. Nothing is
 answered before it is committed; a request lost to a crash is sent again by the device (its
 outbox resends until answered) and a repeated key gets the stored answer. `run_closer` closes
@@ -21,10 +21,10 @@ from cloud_gateway.db.social import (
     close_due,
     pushes_owed,
     pushes_sent,
-    social_batch,
 )
 from cloud_gateway.errors import GatewayError
 from cloud_gateway.runtime.wiring import Service, Wiring
+from cloud_gateway.social.decide import social_batch
 from protocol import codec
 from protocol.errors import ProtocolError
 from protocol.ids import new_id, utcnow

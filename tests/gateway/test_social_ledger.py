@@ -23,9 +23,9 @@ from cloud_gateway.db.social import (
     cut_figures,
     group_figures,
     pushes_owed,
-    social_batch,
 )
 from cloud_gateway.social import rules
+from cloud_gateway.social.decide import social_batch
 from protocol.ids import new_id, utcnow
 from protocol.social import SocialRequest
 
