@@ -2,7 +2,7 @@
 answer, groups formed under their row lock, helps counted once per household, both backends.
 
 Plain functions over a session, run on the store thread; each action's decision is in
-`cloud_gateway.social.groups` and `.cuts`, handed to `social_batch` by
+`db.social_groups` and `db.social_cuts`, handed to `social_batch` by
 `cloud_gateway.social.decide`.
 
 What keeps it exact across gateway workers and a SIGKILL:
@@ -46,7 +46,7 @@ HOUR = timedelta(hours=1)
 
 Decide = Callable[["Txn", str, SocialRequest], tuple[dict[str, Any], str]]
 """decide(txn, device_id, request) -> (the answer's `SocialState` fields, outcome): one
-action's decision inside the batch's transaction (`cloud_gateway.social.groups`, `.cuts`)."""
+action's decision inside the batch's transaction (`db.social_groups`, `db.social_cuts`)."""
 MakeState = Callable[[str, "str | None", dict[str, Any]], dict[str, Any]]
 """make(device_id, request_id, fields) -> the signed wire `SocialState`."""
 

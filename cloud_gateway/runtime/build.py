@@ -210,7 +210,7 @@ def build(
         on_model_report=events.on_model_report,
         on_facts=campaigns.delivery.note_facts,
     )
-    social = SocialDesk(wiring, batch_max=s.claim_batch_max)
+    social = SocialDesk(wiring, batch_max=s.claim_batch_max, clock=clock)
 
     async def on_message(topic: str, payload: bytes) -> None:
         # `up/social` goes to the social desk; everything else to the ingestor

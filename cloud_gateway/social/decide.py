@@ -6,9 +6,10 @@ from collections.abc import Sequence
 from datetime import datetime
 
 from cloud_gateway.db import social as sql
+from cloud_gateway.db import social_cuts as cuts
+from cloud_gateway.db import social_groups as groups
 from cloud_gateway.db.backend import Session
 from cloud_gateway.db.social import Decide, MakeState, Push, SocialAnswer
-from cloud_gateway.social import cuts, groups
 from protocol.social import SocialRequest
 
 DECIDERS: dict[str, Decide] = {

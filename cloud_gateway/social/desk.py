@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from datetime import timedelta
+from collections.abc import Callable
+from datetime import datetime, timedelta
 from typing import Any
 
 from cloud_gateway.db.social import (
@@ -58,8 +59,12 @@ def signed_state(
 class SocialDesk(Service):
     """Owns the social queue and its worker (`run`) and the closer (`run_closer`)."""
 
-    def __init__(self, wiring: Wiring, *, batch_max: int = 256) -> None:
+    def __init__(
+        self, wiring: Wiring, *, batch_max: int = 256, clock: Callable[[], datetime] = utcnow
+    ) -> None:
+        """`clock`: the time windows are decided on (tests move it past a group's window)."""
         super().__init__(wiring)
+        self._clock = clock
         self._batch_max = max(1, batch_max)
         self._queue: asyncio.Queue[tuple[str, SocialRequest]] = asyncio.Queue(QUEUE_MAX)
 
@@ -90,7 +95,7 @@ class SocialDesk(Service):
 
     async def decide(self, batch: list[tuple[str, SocialRequest]]) -> list[SocialAnswer]:
         """Decide a batch now (the worker's step; tests and benches call it directly)."""
-        answers, pushes = await self._db.call(social_batch, batch, self._make, utcnow())
+        answers, pushes = await self._db.call(social_batch, batch, self._make, self._clock())
         for answer in answers:
             self._counters[f"social_{answer.outcome}"] += 1
         for start in range(0, len(answers), PUBLISH_CONCURRENCY):  # QoS 1: overlap PUBACKs
@@ -124,7 +129,7 @@ class SocialDesk(Service):
 
     async def close_once(self) -> int:
         """Close what is due and re-send pushes left behind; how many pushes were owed."""
-        now = utcnow()
+        now = self._clock()
         due = await self._db.call(close_due, self._make, now)
         left = await self._db.call(pushes_owed, now - RESEND_AFTER)
         seen = {p.id for p in due}
