@@ -185,10 +185,12 @@ def refused(kind: str, reason: str, **extra: Any) -> tuple[dict[str, Any], str]:
 
 
 def code_tries(ctx: Txn, device_id: str) -> int:
+    """Requests naming a code (join, help) this device had decided in the last hour: those
+    of earlier batches and those before it in this one (each is answered in turn)."""
     since = format_time(ctx.now - HOUR)
     row = ctx.store.one(
         "SELECT count(*) AS n FROM social_requests WHERE device_id = ? AND at > ?"
-        " AND action IN ('group_join', 'cut_help')",
+        " AND action IN ('group_join', 'cut_help') AND result IS NOT NULL",
         [device_id, since],
     )
     return int(row["n"]) if row is not None else 0

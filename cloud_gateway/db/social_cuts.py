@@ -93,7 +93,7 @@ def help_cut(ctx: Txn, device_id: str, req: SocialRequest) -> tuple[dict[str, An
         [device_id, since, household, since],
     )
     limit = rules.over_limit(int(counts["d"]), int(counts["h"])) if counts else None
-    if limit is not None or code_tries(ctx, device_id) > rules.CODE_TRIES_PER_DEVICE_HOUR:
+    if limit is not None or code_tries(ctx, device_id) >= rules.CODE_TRIES_PER_DEVICE_HOUR:
         _audit_help(
             ctx,
             cut_id=None,

@@ -75,7 +75,7 @@ def start_group(ctx: Txn, device_id: str, req: SocialRequest) -> tuple[dict[str,
 
 
 def join_group(ctx: Txn, device_id: str, req: SocialRequest) -> tuple[dict[str, Any], str]:
-    if code_tries(ctx, device_id) > rules.CODE_TRIES_PER_DEVICE_HOUR:
+    if code_tries(ctx, device_id) >= rules.CODE_TRIES_PER_DEVICE_HOUR:
         return refused("group", "rate limit: too many codes tried in the last hour")
     conn = ctx.store.conn
     row = conn.execute(

@@ -104,8 +104,8 @@ def test_concurrent_joins_fill_groups_exactly(
     def work(part: list[tuple[str, SocialRequest]]) -> None:
         session = open_session(tmp_path / "gw", gateway_db)  # a worker of its own
         try:
-            for start in range(0, len(part), 16):
-                got, _ = social_batch(session, part[start : start + 16], make, utcnow())
+            for start in range(0, len(part), 32):
+                got, _ = social_batch(session, part[start : start + 32], make, utcnow())
                 with lock:
                     answers.extend(got)
         finally:
@@ -228,3 +228,31 @@ def test_price_cut_one_help_per_household_rate_limits_and_audit(
     assert figures["helps"] == 4 + rules.HELPS_PER_DEVICE_HOUR
     assert figures["lowest_price"] == 40
     assert figures["helps_refused"] == {"own_cut": 1, "duplicate": 1, "closed": 1}
+
+
+def test_household_help_limit_and_code_guessing_limit(open_store: Callable[[], Session]) -> None:
+    """Three devices of one household share its hourly help budget; a device guessing codes
+    is stopped after `CODE_TRIES_PER_DEVICE_HOUR` tries, found or not."""
+    store = open_store()
+    campaign = live(store)
+    devices = ["dev-f1", "dev-f2", "dev-f3"]
+    store.conn.execute(
+        "INSERT INTO household_members (household_id, device_id, device_key, roles, issued_at,"
+        " expires_at) VALUES " + ", ".join(["('farm', ?, 'k', '[]', 'x', 'y')"] * 3),
+        devices,
+    )
+    starts = [
+        req(f"dev-o{i}", "cut_start", campaign_id=campaign.id, offer_id="cut-4")
+        for i in range(rules.HELPS_PER_HOUSEHOLD_HOUR + 2)
+    ]
+    cuts, _ = social_batch(store, starts, make, utcnow())
+    helps = [req(devices[i % 3], "cut_help", code=c.result["code"]) for i, c in enumerate(cuts)]
+    answers, _ = social_batch(store, helps, make, utcnow())
+    outcomes = Counter(a.outcome for a in answers)
+    assert outcomes == {"helped": rules.HELPS_PER_HOUSEHOLD_HOUR, "rate_limited": 2}
+    guesses = [req("dev-guess", "group_join", code=f"ZZZZZ{i:03d}") for i in range(32)]
+    answers, _ = social_batch(store, guesses, make, utcnow())
+    reasons = [a.result["reason"] for a in answers]
+    tries = rules.CODE_TRIES_PER_DEVICE_HOUR
+    assert reasons[:tries] == ["no group with this code"] * tries
+    assert all("rate limit" in r for r in reasons[tries:])
