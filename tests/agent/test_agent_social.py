@@ -12,7 +12,7 @@ from protocol import codec
 from protocol.ids import format_time, new_id, utcnow
 from protocol.signing import Signer
 from protocol.social import SocialRequest
-from tests.support.builders import offer, signed_bundle
+from tests.support.builders import SURFACE, offer, signed_bundle
 from tests.support.local_device import Client, Device
 from tests.support.waiting import eventually
 
@@ -60,9 +60,14 @@ async def test_a_group_is_started_shown_and_forged_states_are_refused(
     device.transports.last.up()
     bundle = [offer("grp", type="group_buy", campaign_id="c-grp", price=20.0, group=GROUP)]
     bundle.append(offer("plain"))
+    cut = {"floor": 5.0, "helps": 3, "window_s": 3600}
+    bundle.append(offer("cut", type="price_cut", campaign_id="c-cut", price=20.0, cut=cut))
     await device.transports.last.deliver("offers", signed_bundle(signer, bundle), me)
     await eventually(lambda: agent.parts.offers.get("grp") is not None)
 
+    await agent.set_consent({"analytics": True, "personalization": True, "marketing": True})
+    ranked = await (await client.get("/v1/offers", params={"surface": SURFACE, "limit": 5})).json()
+    assert {"grp", "cut"} <= {o["id"] for o in ranked["offers"]}  # shown, to be started
     refused = await client.post("/v1/groups", json={"offer_id": "plain"})
     assert refused.status == 409
     assert (await client.post("/v1/groups", json={"code": "bad"})).status == 400
