@@ -220,5 +220,8 @@ async def test_groups_form_exactly_across_a_gateway_sigkill(
             assert figures["seats_open"] == 0
             bad = await http.get("/v1/social/groups", params={"campaign": "no such/id"})
             assert bad.status == 400
+            stats = await (await http.get("/v1/stats")).json()  # the restarted process's
+            assert stats["social_received"] > 0
+            assert stats["social_formed"] + stats["social_joined"] + stats["social_refused"] > 0
     finally:
         stop(proc)
