@@ -213,7 +213,8 @@ class Social:
         applied = await self._store.call(
             self._store.social.apply,
             request_id=state.request_id,
-            ref=state.ref,
+            # a refusal answers its request; it is no state of a group this device is in
+            ref=state.ref if state.status != "refused" else None,
             kind=state.kind,
             issued_at=format_time(state.issued_at),
             doc=json.dumps(doc, separators=(",", ":")),

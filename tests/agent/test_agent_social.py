@@ -134,3 +134,12 @@ async def test_a_code_is_normalised_and_pending_requests_are_resent(
         device.agent.settings.device_id,
     )
     assert await device.agent.parts.social.resend() == 0
+    # a refused join (the group was full) answers the request, and is no group of this device
+    late = await client.post("/v1/groups", json={"code": "7K3M9QPX"})
+    late_id = (await late.json())["request_id"]
+    full = state(device.signer, device.agent.settings.device_id, late_id, ref="g-full",
+                 status="refused", reason="the group is full")  # fmt: skip
+    await device.transports.last.deliver("social", full, device.agent.settings.device_id)
+    shown = await (await client.get(f"/v1/groups/{late_id}")).json()
+    assert shown["answer"] == {"status": "refused", "reason": "the group is full"}
+    assert (await client.get("/v1/groups/g-full")).status == 404
