@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import random
+import shutil
 import signal
 import sqlite3
 import uuid
@@ -17,6 +18,7 @@ from typing import Any
 
 import aiohttp
 import aiomqtt
+import psycopg
 import pytest
 
 from cloud_gateway.security.auth import create_token
@@ -38,10 +40,14 @@ KILL_AFTER = 40  # answers to joins seen before the SIGKILL
 FIRST_WAVE = 70  # joins sent before it; the rest come to the restarted gateway
 
 
-def seats_in(data: Path) -> list[tuple[str, int, int, str]]:
+def seats_in(data: Path, url: str | None) -> list[tuple[str, int, int, str]]:
+    sql = "SELECT id, seats, size, state FROM social_groups"
+    if url is not None:
+        with psycopg.connect(url, autocommit=True) as conn:
+            return [tuple(r) for r in conn.execute(sql).fetchall()]
     db = sqlite3.connect(f"file:{data / 'gateway.db'}?mode=ro", uri=True, timeout=2)
     try:
-        return db.execute("SELECT id, seats, size, state FROM social_groups").fetchall()
+        return db.execute(sql).fetchall()
     finally:
         db.close()
 
@@ -72,15 +78,28 @@ async def create_group_campaign(http: aiohttp.ClientSession) -> str:
 
 
 async def test_groups_form_exactly_across_a_gateway_sigkill(
-    mosquitto: MosquittoProcess, tmp_path: Path
+    mosquitto: MosquittoProcess, gateway_db: str | None, tmp_path: Path
 ) -> None:
+    """SQLite: one gateway, killed and restarted. PostgreSQL: two workers sharing the uplink
+    (`$share/...`), one killed and restarted while the other goes on deciding."""
     root = f"sg{uuid.uuid4().hex[:8]}/v1"
     topics = Topics(root)
-    data, log, port = tmp_path / "gw", tmp_path / "gateway.log", free_port()
-    args = ("--topic-root", root)
-    proc = await start_gateway(mosquitto.url, data, port, log, *args, timeout=30)
+    workers = 1 if gateway_db is None else 2
+    dirs = [tmp_path / f"gw{i}" for i in range(workers)]
+    logs = [tmp_path / f"gateway{i}.log" for i in range(workers)]
+    ports = [free_port() for _ in range(workers)]
+    args: tuple[str, ...] = ("--topic-root", root)
+    if gateway_db is not None:
+        args += ("--db", gateway_db, "--shared-group", "social")
+    data, port = dirs[0], ports[-1]  # the HTTP API of the worker never killed
+    procs = [await start_gateway(mosquitto.url, dirs[0], ports[0], logs[0], *args, timeout=30)]
     try:
-        token = await asyncio.to_thread(create_token, data)
+        for i in range(1, workers):  # one signing key for the fleet of workers
+            shutil.copytree(dirs[0] / "keys", dirs[i] / "keys")
+            procs.append(
+                await start_gateway(mosquitto.url, dirs[i], ports[i], logs[i], *args, timeout=30)
+            )
+        token = await asyncio.to_thread(create_token, data, db=gateway_db)
         trust = TrustFile.model_validate_json((data / "trust.json").read_text())
         verifier = Verifier.from_public_keys(trust.keys)
         auth = {"Authorization": f"Bearer {token}"}
@@ -166,9 +185,11 @@ async def test_groups_form_exactly_across_a_gateway_sigkill(
             while sum(answer(d, r) is not None for d, r in joiners.items()) < KILL_AFTER:
                 got.clear()
                 await asyncio.wait_for(got.wait(), 20)
-            proc.send_signal(signal.SIGKILL)
-            proc.wait(10)
-            proc = await start_gateway(mosquitto.url, data, port, log, *args, timeout=30)
+            procs[0].send_signal(signal.SIGKILL)
+            procs[0].wait(10)
+            procs[0] = await start_gateway(
+                mosquitto.url, dirs[0], ports[0], logs[0], *args, timeout=30
+            )
             assert sum(answer(d, r) is not None for d, r in joiners.items()) < JOINERS
             await until_answered(joiners, 40)
             await send({d: joiners[d] for d in order[:30]})  # resends of answered keys
@@ -208,7 +229,7 @@ async def test_groups_form_exactly_across_a_gateway_sigkill(
         forged = {**(formed(next(iter(members))) or {}), "seats": 2}
         with pytest.raises(SignatureError):
             verifier.verify(forged, role="claims")
-        groups = seats_in(data)
+        groups = await asyncio.to_thread(seats_in, data, gateway_db)
         assert len(groups) == STARTERS
         assert all(seats == size == 3 and state == "formed" for _i, seats, size, state in groups)
         async with aiohttp.ClientSession(f"http://127.0.0.1:{port}", headers=auth) as http:
@@ -220,8 +241,9 @@ async def test_groups_form_exactly_across_a_gateway_sigkill(
             assert figures["seats_open"] == 0
             bad = await http.get("/v1/social/groups", params={"campaign": "no such/id"})
             assert bad.status == 400
-            stats = await (await http.get("/v1/stats")).json()  # the restarted process's
+            stats = await (await http.get("/v1/stats")).json()  # this worker's counters
             assert stats["social_received"] > 0
             assert stats["social_formed"] + stats["social_joined"] + stats["social_refused"] > 0
     finally:
-        stop(proc)
+        for proc in procs:
+            stop(proc)
