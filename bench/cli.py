@@ -37,6 +37,7 @@ SUITES = [
     "bench.experiment_bench",
     "bench.waves_bench",
     "bench.trends_bench",
+    "bench.social_bench",
 ]
 
 

@@ -14,19 +14,27 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from protocol import codec, members, waves
-from protocol.envelopes import ALL_MODELS as ENVELOPES
-from protocol.envelopes import DOWNLINK_MODELS as DOWNLINK_ENVELOPES
-from protocol.envelopes import UPLINK_MODELS
+from protocol import codec, members, social, waves
+from protocol.envelopes import ALL_MODELS as ENVELOPE_MODELS
+from protocol.envelopes import DOWNLINK_MODELS as ENVELOPE_DOWNLINK
+from protocol.envelopes import UPLINK_MODELS as ENVELOPE_UPLINK
 from protocol.topics import Topics
 
+UPLINK_MODELS = {**ENVELOPE_UPLINK, **social.UPLINK}
 DOWNLINK_MODELS: tuple[type[BaseModel], ...] = (
-    *DOWNLINK_ENVELOPES,
+    *ENVELOPE_DOWNLINK,
+    *social.DOWNLINK,
     *members.MODELS,
     *waves.MODELS,
 )
-"""The downlink envelopes and the messages issue 19 added in their own modules."""
-ALL_MODELS: list[type[BaseModel]] = [*ENVELOPES, *members.MODELS, *waves.MODELS]
+ALL_MODELS: list[type[BaseModel]] = [
+    *ENVELOPE_MODELS,
+    *social.MODELS,
+    *members.MODELS,
+    *waves.MODELS,
+]
+"""The contract: `protocol.envelopes` and the messages issue 19 added in their own modules
+(`protocol.social`, `protocol.members`, `protocol.waves`)."""
 
 HEADER = """# Edgemart protocol reference (generated)
 
@@ -149,6 +157,8 @@ def render() -> str:
         (topics.timestamp(), "`Timestamp` (signed, short-lived, retained)"),
         (topics.member(dev), "`MemberStatus` (signed, retained; issue 19)"),
         (topics.cohort_soldout(cohort), "`SoldOut` (signed, retained; issue 19)"),
+        (topics.social_up(dev), "`SocialRequest` (issue 19)"),
+        (topics.social_down(dev), "`SocialState` (signed; issue 19)"),
     ]
     travels = directions()
     refused = {m.__name__ for m in UPLINK_MODELS.values()}

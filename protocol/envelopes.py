@@ -253,7 +253,49 @@ class Ack(Message):
     of the `acks` role, or for another device (counted in `acks_forged`)."""
 
 
-OfferType = Literal["coupon", "bundle", "replenishment", "membership_perk", "group_buy", "content"]
+OfferType = Literal[
+    "coupon", "bundle", "replenishment", "membership_perk", "group_buy", "content", "price_cut"
+]
+
+
+class GroupTerms(BaseModel):
+    """A group buy's terms (issue 19): `size` households fill a group within `window_s` of its
+    start, each then gets a coupon at `price`."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    size: Annotated[int, Field(ge=2, le=50)]
+    window_s: Annotated[int, Field(ge=60, le=7 * 86_400)]
+    price: Annotated[Finite, Field(ge=0, le=1e9)]
+
+
+class CutTerms(BaseModel):
+    """A price cut's terms (issue 19): `helps` helps from other households bring the offer's
+    price down to `floor` along the published schedule (`cloud_gateway.social.rules`), within
+    `window_s` of the cut's start."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    floor: Annotated[Finite, Field(ge=0, le=1e9)]
+    helps: Annotated[int, Field(ge=1, le=100)]
+    window_s: Annotated[int, Field(ge=60, le=7 * 86_400)]
+
+
+def check_social_terms(
+    kind: str, price: float, group: GroupTerms | None, cut: CutTerms | None
+) -> None:
+    """Raise ValueError unless the social terms fit the offer's type and price."""
+    if group is not None and kind != "group_buy":
+        raise ValueError("group terms are only for group_buy offers")
+    if cut is not None and kind != "price_cut":
+        raise ValueError("cut terms are only for price_cut offers")
+    if kind == "price_cut":
+        if cut is None:
+            raise ValueError("a price_cut offer needs cut terms (floor, helps, window_s)")
+        if cut.floor >= price:
+            raise ValueError(f"cut.floor {cut.floor} must be below the offer's price {price}")
+    if group is not None and price and group.price > price:
+        raise ValueError(f"group.price {group.price} must not exceed the offer's price {price}")
 
 
 class Targeting(BaseModel):
@@ -309,6 +351,15 @@ class Offer(BaseModel):
     before this time on the gateway's clock (`protocol.waves.GatewayClock`). Added field: a
     device that does not know it shows the offer from `starts_at`, so a wave's `starts_at`
     is set to the same time."""
+    group: GroupTerms | None = None
+    """Group buy terms (`group_buy` offers a device can start or join a group of)."""
+    cut: CutTerms | None = None
+    """Price cut terms (`price_cut` offers)."""
+
+    @model_validator(mode="after")
+    def _social(self) -> Offer:
+        check_social_terms(self.type, self.price, self.group, self.cut)
+        return self
 
 
 class OfferBundle(Signed):
@@ -584,4 +635,6 @@ ALL_MODELS: list[type[BaseModel]] = [
     PolicyRules,
     QuietPeriod,
     HouseholdRules,
+    GroupTerms,
+    CutTerms,
 ]

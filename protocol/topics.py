@@ -60,6 +60,10 @@ class Topics:
     def state(self, device_id: str) -> str:
         return f"{self.root}/dev/{check_device_id(device_id)}/state"
 
+    def social_up(self, device_id: str) -> str:
+        """`SocialRequest` (issue 19): start or join a group, start or help a cut."""
+        return f"{self.root}/dev/{check_device_id(device_id)}/up/social"
+
     # cloud -> device
     def ack(self, device_id: str) -> str:
         return f"{self.root}/dev/{check_device_id(device_id)}/down/ack"
@@ -69,6 +73,10 @@ class Topics:
 
     def claim_down(self, device_id: str) -> str:
         return f"{self.root}/dev/{check_device_id(device_id)}/down/claim"
+
+    def social_down(self, device_id: str) -> str:
+        """Signed `SocialState` (issue 19) for one member of a group or a cut."""
+        return f"{self.root}/dev/{check_device_id(device_id)}/down/social"
 
     def cmd(self, device_id: str) -> str:
         return f"{self.root}/dev/{check_device_id(device_id)}/down/cmd"
@@ -127,9 +135,17 @@ class Topics:
             return UplinkTopic(parts[0], "state")
         return None
 
+    def parse_social(self, topic: str) -> str | None:
+        """The device id of an `up/social` topic, or None for any other topic."""
+        prefix = f"{self.root}/dev/"
+        if not topic.startswith(prefix) or not topic.endswith("/up/social"):
+            return None
+        device_id = topic[len(prefix) : -len("/up/social")]
+        return device_id if DEVICE_ID_RE.fullmatch(device_id) else None
+
     def parse_downlink(self, topic: str) -> tuple[str, str] | None:
         """Parse a cloud-to-device topic into (kind, subject): kind is ack, offers, claim,
-        cmd, member (subject: device id), cohort_offers, cohort_policy or cohort_soldout
+        cmd, member, social (subject: device id), cohort_offers, cohort_policy or cohort_soldout
         (subject: cohort), manifest
         (subject: profile), keys or timestamp."""
         prefix = f"{self.root}/"
@@ -137,7 +153,7 @@ class Topics:
             return None
         parts = topic[len(prefix) :].split("/")
         if len(parts) == 4 and parts[0] == "dev" and parts[2] == "down":
-            if parts[3] in ("ack", "offers", "claim", "cmd", "member"):
+            if parts[3] in ("ack", "offers", "claim", "cmd", "member", "social"):
                 return parts[3], parts[1]
             return None
         if len(parts) == 3 and parts[0] == "cohort" and parts[2] == "offers":

@@ -13,12 +13,14 @@ from agent.errors import (
     UnknownOffer,
 )
 from agent.offers.claims import NotClaimable
+from agent.offers.social import NotSocial
 
 STATUS: tuple[tuple[type[AgentError], int, str], ...] = (
     (TooLarge, 413, "(body)"),
     (InvalidInput, 400, ""),
     (UnknownOffer, 404, "offer_id"),
     (NotClaimable, 409, "offer_id"),
+    (NotSocial, 409, "offer_id"),
     (KeyReused, 409, "Idempotency-Key"),
     (QuotaExceeded, 503, "(outbox)"),
     (DiskFull, 507, "(disk)"),

@@ -16,6 +16,7 @@ import shutil
 import socket
 import stat
 import struct
+from functools import partial
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -44,6 +45,7 @@ from mqttlink.logs import OnceLogger
 from protocol.codec import loads_finite
 from protocol.errors import NonFiniteNumber
 from protocol.ids import format_time
+from protocol.social import normalise_code
 
 log = logging.getLogger(__name__)
 HOST = "127.0.0.1"
@@ -62,6 +64,10 @@ SCOPE_OF: dict[tuple[str, str], str | None] = {
     ("POST", "/v1/outcomes"): "outcomes",
     ("POST", "/v1/claims"): "claims",
     ("GET", "/v1/claims/{claim_id}"): "claims",
+    ("POST", "/v1/groups"): "claims",
+    ("GET", "/v1/groups/{ref}"): "claims",
+    ("POST", "/v1/cuts"): "claims",
+    ("GET", "/v1/cuts/{ref}"): "claims",
     ("GET", "/v1/consent"): None,
     ("PUT", "/v1/consent"): "consent",
     ("GET", "/v1/status"): "status",
@@ -154,6 +160,10 @@ class LocalApi:
                 web.get("/metrics", self.metrics),
                 web.post("/v1/claims", self.post_claim),
                 web.get("/v1/claims/{claim_id}", self.get_claim),
+                web.post("/v1/groups", partial(self.post_social, "group")),
+                web.get("/v1/groups/{ref}", partial(self.get_social, "group")),
+                web.post("/v1/cuts", partial(self.post_social, "cut")),
+                web.get("/v1/cuts/{ref}", partial(self.get_social, "cut")),
             ]
         )
 
@@ -488,6 +498,53 @@ class LocalApi:
             return claim_json(row) if row is not None else stored
 
         return await self._keyed(request, "claims", handle, replay)
+
+    async def post_social(self, kind: str, request: web.Request) -> web.Response:
+        """`{"offer_id": ...}` starts a group (a cut); `{"code": ...}` joins the group (helps
+        the cut) another household shared. 202 with the request and, once answered, the
+        group's or cut's state."""
+        verb_of_code = "join" if kind == "group" else "help"
+
+        async def handle(req: web.Request) -> web.Response:
+            body = await self._body(req)
+            if not isinstance(body, dict) or len(body) != 1 or not {"offer_id", "code"} & set(body):
+                raise InvalidInput(
+                    [
+                        {
+                            "loc": "(body)",
+                            "msg": 'body must be {"offer_id": "..."} or {"code": "..."}',
+                        }
+                    ]
+                )
+            if "offer_id" in body:
+                offer_id = body["offer_id"]
+                if not isinstance(offer_id, str) or not _ID_RE.fullmatch(offer_id):
+                    raise InvalidInput([{"loc": "offer_id", "msg": "must be an offer id"}])
+                shown = await self._agent.social_request(kind, "start", offer_id=offer_id)
+            else:
+                code = normalise_code(body["code"]) if isinstance(body["code"], str) else None
+                if code is None:
+                    raise InvalidInput(
+                        [{"loc": "code", "msg": "must be an 8-character share code"}]
+                    )
+                shown = await self._agent.social_request(kind, verb_of_code, code=code)
+            return web.json_response(shown, status=202)
+
+        async def replay(stored: dict[str, Any]) -> dict[str, Any]:
+            shown = await self._agent.social_show(str(stored.get("request_id")))
+            return shown if shown is not None else stored
+
+        return await self._keyed(request, "social", handle, replay)
+
+    async def get_social(self, kind: str, request: web.Request) -> web.Response:
+        async def handle(req: web.Request) -> web.Response:
+            ref = req.match_info["ref"]
+            shown = await self._agent.social_show(ref) if _ID_RE.fullmatch(ref) else None
+            if shown is None or shown.get("kind", kind) != kind:
+                return self._reject(404, [{"loc": "ref", "msg": f"no {kind} {ref[:64]!r}"}])
+            return web.json_response(shown)
+
+        return await self._guard(request, handle)
 
     async def get_claim(self, request: web.Request) -> web.Response:
         async def handle(req: web.Request) -> web.Response:

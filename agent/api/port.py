@@ -44,6 +44,16 @@ class AgentPort(Protocol):
 
     async def get_claim(self, claim_id: str) -> dict[str, Any] | None: ...
 
+    async def social_request(
+        self, kind: str, verb: str, *, offer_id: str | None = None, code: str | None = None
+    ) -> dict[str, Any]:
+        """Start or join a group, start or help a cut: the request as `social_show` shows it."""
+        ...
+
+    async def social_show(self, ident: str) -> dict[str, Any] | None:
+        """A group's or cut's latest verified state (by request id or by its own id)."""
+        ...
+
     async def quarantined(self, limit: int = 100) -> list[dict[str, Any]]:
         """Outbox rows that could not be sent, newest first (`agent.store.quarantine`)."""
         ...

@@ -17,7 +17,7 @@ from typing import Any, Protocol
 
 from protocol.assign import in_holdout
 from protocol.envelopes import Offer, Targeting
-from protocol.vocabulary import CATEGORIES, OFFER_TYPES
+from protocol.vocabulary import CATEGORIES, LATER_OFFER_TYPES, OFFER_TYPES
 
 REASONS: tuple[str, ...] = (
     "",
@@ -63,7 +63,9 @@ MINUTES_PER_DAY = 24 * 60
 
 
 KNOWN_CATEGORIES = frozenset(CATEGORIES)
-TYPE_CODE = {t: i for i, t in enumerate(OFFER_TYPES)}
+TYPE_CODE = {t: i for i, t in enumerate((*OFFER_TYPES, *LATER_OFFER_TYPES))}
+"""Every offer type a device shows; the later ones (`price_cut`) set none of the model's
+type inputs (those follow `OFFER_TYPES`)."""
 NO_CAP = 2**63 - 1
 """No cap (the largest int64: the catalog's columns hold it too)."""
 

@@ -19,13 +19,14 @@ from mqttlink.logs import OnceLogger
 from protocol.envelopes import ClaimResult, Command
 from protocol.errors import ProtocolError
 from protocol.signing import Verifier, decode_signed
+from protocol.social import SocialState
 
 log = logging.getLogger(__name__)
 
 COUNTER = "downlink_unknown_fields"
 SHOWN = 5
 
-Addressed = TypeVar("Addressed", ClaimResult, Command)
+Addressed = TypeVar("Addressed", ClaimResult, Command, SocialState)
 """The signed messages the cloud addresses to one device (`device_id` in the payload)."""
 
 
@@ -67,7 +68,8 @@ def read_addressed(
     """Verify the signature, validate tolerantly, note unknown fields, check the addressee;
     None (after `refuse(reason, detail)`) for anything forged, malformed or someone else's."""
     try:
-        role = "claims" if model is ClaimResult else "commands"
+        # answers to a device's own requests (claims, group buys, price cuts): `claims` role
+        role = "claims" if model in (ClaimResult, SocialState) else "commands"
         message, paths = decode_signed(
             payload, model, verifier, max_compressed=max_bytes, role=role
         )

@@ -247,6 +247,18 @@ class Agent:
     async def get_claim(self, claim_id: str) -> dict[str, Any] | None:
         return await self.parts.claims.get(claim_id)
 
+    async def social_request(
+        self, kind: str, verb: str, *, offer_id: str | None = None, code: str | None = None
+    ) -> dict[str, Any]:
+        """Start or join a group, start or help a cut (`agent.offers.social`)."""
+        if self._parts is None:
+            raise UnknownOffer(offer_id or "")
+        row = await self._parts.social.request(kind, verb, offer_id=offer_id, code=code)
+        return await self.social_show(row["id"]) or {"request_id": row["id"]}
+
+    async def social_show(self, ident: str) -> dict[str, Any] | None:
+        return await self.parts.social.show(ident)
+
     async def quarantined(self, limit: int = 100) -> list[dict[str, Any]]:
         """Outbox rows that could not be sent, newest first (`agent.store.quarantine`)."""
         store = self.parts.store

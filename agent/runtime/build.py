@@ -34,6 +34,7 @@ from agent.offers.book import OfferBook, load_trust
 from agent.offers.claims import Claims
 from agent.offers.members import MemberKeeper
 from agent.offers.policies import PolicyKeeper
+from agent.offers.social import Social
 from agent.offers.trust import TrustKeeper
 from agent.offers.waves import LiveSale
 from agent.runtime.loops import MemoryWatch, StateReport, maintenance
@@ -253,6 +254,14 @@ async def _build_on(  # noqa: PLR0917 - the order of the parts, in one place
     )
     await claims.start()
 
+    def offer_type(offer_id: str) -> tuple[str, str] | None:
+        held = offers.get(offer_id)
+        return None if held is None else (held.type, held.campaign_id)
+
+    social = Social(
+        settings, store, verifier, metrics, link=link, offer_type=offer_type, timer=timer
+    )
+
     async def forgotten(removed: dict[str, int]) -> None:
         """A `forget` was committed: drop what memory still holds of the erased data."""
         windows.reset()
@@ -272,10 +281,12 @@ async def _build_on(  # noqa: PLR0917 - the order of the parts, in one place
             policies=policies,
             members=members,
             live=live,
+            social=social,
         )
     )
     on_connected.add(uplink.on_connected)
     on_connected.add(claims.on_connected)
+    on_connected.add(social.on_connected)
     intake = Intake(
         settings,
         store=store,
@@ -336,6 +347,7 @@ async def _build_on(  # noqa: PLR0917 - the order of the parts, in one place
             held=uplink.degraded,
             poke=uplink.poke,
         ),
+        social=social,
     )
     metrics.add_gauges(partial(gauges_of, parts))
     return parts
@@ -351,5 +363,6 @@ def start_loops(parts: Parts) -> None:
         partial(maintenance, parts.store, parts.metrics, parts.settings, parts.decisions.local_day),
     )
     loops.start("claims", parts.claims.run)
+    loops.start("social", parts.social.run)
     loops.start("state", partial(parts.report.republish, parts.link))
     loops.start("explanations", parts.explanations.run)

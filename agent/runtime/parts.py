@@ -20,6 +20,7 @@ from agent.offers.book import OfferBook
 from agent.offers.claims import Claims
 from agent.offers.members import MemberKeeper
 from agent.offers.policies import PolicyKeeper
+from agent.offers.social import Social
 from agent.offers.trust import TrustKeeper
 from agent.offers.waves import LiveSale
 from agent.runtime.loops import MemoryWatch, StateReport
@@ -65,3 +66,5 @@ class Parts:
     """The member's signed tier and balance (issue 19)."""
     live: LiveSale
     """Live sales: the gateway's clock, sealed and sold-out offers (issue 19)."""
+    social: Social
+    """Group buys and price cuts (issue 19)."""

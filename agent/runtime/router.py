@@ -13,6 +13,7 @@ from agent.offers.book import OfferBook
 from agent.offers.claims import Claims
 from agent.offers.members import MemberKeeper
 from agent.offers.policies import PolicyKeeper
+from agent.offers.social import Social
 from agent.offers.trust import TrustKeeper
 from agent.offers.waves import LiveSale
 from protocol.ids import utcnow
@@ -61,6 +62,7 @@ def downlink_routes(
     policies: PolicyKeeper,
     members: MemberKeeper | None = None,
     live: LiveSale | None = None,
+    social: Social | None = None,
 ) -> dict[str, Handler]:
     """What the agent does with each kind the gateway sends; a receipt to send wakes the
     uplink (at once for a command: the gateway waits on its receipt)."""
@@ -103,7 +105,12 @@ def downlink_routes(
     async def policy(message: Incoming) -> None:
         await policies.handle(message.subject, message.payload)
 
+    async def social_state(message: Incoming) -> None:
+        if social is not None:
+            await social.handle_state(message.payload)
+
     return {
+        "social": social_state,
         "keys": key_list,
         "timestamp": timestamp,
         "ack": ack,

@@ -33,6 +33,7 @@ from agent.store.quota import DiskPlan
 from agent.store.quota import plan as quota_plan
 from agent.store.rows import Accepted, ConsentRow, Counters, NewOutcome, NewSignal, Pending
 from agent.store.schema import MIGRATIONS
+from agent.store.social import SocialRows
 from agent.store.space import DiskSpace, reserve_for
 from agent.store.thread import StorePool, StoreThread
 
@@ -95,6 +96,7 @@ class Store:
         self.erasure = Erasure(self.thread, self.counters, clock)
         self.idempotency = IdempotencyKeys(self.thread, clock)
         self.quarantine = Quarantine(self.thread)
+        self.social = SocialRows(self.thread, clock)
 
     async def call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Run a table method (or any `fn`) on the store thread."""

@@ -17,9 +17,12 @@ FORGOTTEN_TABLES = (
     "exposures",
     "cap_counts",
     "claims",
+    "social_requests",
+    "social_states",
 )
 """Usage data and what was derived from it: outbox, batches in flight, aggregates, feature
-windows, decisions and outcomes (exposures for attribution, daily cap counts), claims."""
+windows, decisions and outcomes (exposures for attribution, daily cap counts), claims, group
+buys and price cuts."""
 # Kept: keys and trust, consent, received offers, replay ids, receipts, seq and drop counters.
 
 

@@ -186,3 +186,20 @@ def m011_offer_kid(db: sqlite3.Connection) -> None:
     """Each held offer remembers the key that signed its bundle: a key revoked by a later key
     list takes what it signed off the device (issue 14). Rows of before: unknown (NULL)."""
     db.execute("ALTER TABLE offers ADD COLUMN kid TEXT")
+
+
+@migration
+def m012_social(db: sqlite3.Connection) -> None:
+    """Group buys and price cuts (issue 19): requests stored before they are sent and resent
+    until answered (`social_requests`), and the latest signed state of each group or cut this
+    device is part of (`social_states`, the verified document as received)."""
+    db.execute(
+        "CREATE TABLE social_requests (id TEXT PRIMARY KEY, action TEXT NOT NULL,"
+        " campaign_id TEXT, offer_id TEXT, code TEXT, created REAL NOT NULL,"
+        " updated REAL NOT NULL, attempts INTEGER NOT NULL DEFAULT 0,"
+        " state TEXT NOT NULL DEFAULT 'pending', ref TEXT, answer TEXT)"
+    )
+    db.execute(
+        "CREATE TABLE social_states (ref TEXT PRIMARY KEY, kind TEXT NOT NULL,"
+        " issued_at TEXT NOT NULL, doc TEXT NOT NULL)"
+    )

@@ -19,6 +19,7 @@ from cloud_gateway.api import (
     ops,
     policies,
     provision,
+    social,
     trends,
     waves,
 )
@@ -41,6 +42,7 @@ TABLES: tuple[tuple[Route, ...], ...] = (
     members.ROUTES,
     waves.ROUTES,
     trends.ROUTES,
+    social.ROUTES,
 )
 """Every route of the API, one table per route module."""
 PUBLIC = PublicPaths.of(TABLES)

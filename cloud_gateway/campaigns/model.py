@@ -14,7 +14,9 @@ from protocol.assign import in_holdout, pick_variant
 from protocol.envelopes import (
     MAX_OFFERS_PER_BUNDLE,
     Cohort,
+    CutTerms,
     Finite,
+    GroupTerms,
     Id,
     LongText,
     Name,
@@ -23,6 +25,7 @@ from protocol.envelopes import (
     OfferType,
     ShortText,
     UtcTime,
+    check_social_terms,
 )
 from protocol.ids import new_id
 
@@ -59,6 +62,10 @@ class OfferTemplate(BaseModel):
     priority: Annotated[int, Field(ge=0, le=100)] = 50
     stock: Annotated[int, Field(ge=0, le=10_000_000)] | None = None
     """Coupons of a limited offer (claimed on `up/claim`); without it, claims are refused."""
+    group: GroupTerms | None = None
+    """Group buy terms (issue 19): a `group_buy` offer with them can be started and joined."""
+    cut: CutTerms | None = None
+    """Price cut terms (issue 19): required for a `price_cut` offer."""
 
     @model_validator(mode="after")
     def _window(self) -> OfferTemplate:
@@ -66,6 +73,7 @@ class OfferTemplate(BaseModel):
             raise ValueError("expires_at must be after starts_at")
         if self.stock is not None and not self.limited:
             raise ValueError("stock is only for limited offers (set limited: true)")
+        check_social_terms(self.type, self.price, self.group, self.cut)
         return self
 
 

@@ -14,6 +14,7 @@ from typing import Any
 from cloud_gateway.db.audit import insert_audit
 from cloud_gateway.db.backend import Error, Session
 from cloud_gateway.db.members import unlink_erased_device
+from cloud_gateway.db.social import SOCIAL_KEPT, anonymise_social
 from cloud_gateway.errors import StoreError
 from protocol.ids import format_time
 
@@ -30,6 +31,8 @@ DATA_TABLES = (
     "claims",
     "model_health",
     "campaign_explanations",
+    "social_requests",
+    "social_pushes",
 )
 """Tables of what a device reported: emptied on erasure and again on its confirmation."""
 HANDLED_ELSEWHERE = (
@@ -41,6 +44,7 @@ HANDLED_ELSEWHERE = (
     "device_passwords",
     "household_members",
     "member_devices",
+    *SOCIAL_KEPT,
 )
 """Device-keyed tables `erase_device` treats apart: the registry row and pushes are deleted,
 grants anonymised (stock stays right), the forget command itself kept until confirmed, the
@@ -84,6 +88,7 @@ def erase_device(
                 0,
             )
             removed["member_link"] = unlink_erased_device(store, device_id)
+            removed["social_anonymized"] = anonymise_social(store, device_id)
             removed["registry"] = max(
                 conn.execute("DELETE FROM devices WHERE device_id = ?", [device_id]).rowcount, 0
             )

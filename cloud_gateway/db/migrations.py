@@ -588,3 +588,63 @@ def live_waves(db: Database) -> None:
         "CREATE TABLE live_waves (campaign_id TEXT NOT NULL, wave INTEGER NOT NULL,"
         " at TEXT NOT NULL, offers TEXT NOT NULL, PRIMARY KEY (campaign_id, wave))"
     )
+
+
+@migration
+def social_commerce(db: Database) -> None:
+    """Group buys and price cuts (issue 19): groups and their seats (one open seat per
+    household and offer, a partial unique index), cuts and their helps (one per household
+    and cut), every help attempt audited, requests stored once with their signed answer,
+    and the signed pushes owed to members (sent, then deleted; re-sent after a crash)."""
+    db.execute(
+        "CREATE TABLE social_groups (id TEXT PRIMARY KEY, campaign_id TEXT NOT NULL,"
+        " offer_id TEXT NOT NULL, code TEXT NOT NULL UNIQUE, size INTEGER NOT NULL,"
+        " seats INTEGER NOT NULL, price REAL NOT NULL, state TEXT NOT NULL,"
+        " started_by TEXT NOT NULL, created_at TEXT NOT NULL, ends_at TEXT NOT NULL,"
+        " closed_at TEXT)"
+    )
+    db.execute("CREATE INDEX social_groups_open ON social_groups (state, ends_at)")
+    db.execute("CREATE INDEX social_groups_campaign ON social_groups (campaign_id, offer_id)")
+    db.execute(
+        "CREATE TABLE social_seats (group_id TEXT NOT NULL, household_id TEXT NOT NULL,"
+        " device_id TEXT NOT NULL, campaign_id TEXT NOT NULL, offer_id TEXT NOT NULL,"
+        " request_id TEXT NOT NULL, coupon TEXT, at TEXT NOT NULL, released_at TEXT,"
+        " PRIMARY KEY (group_id, household_id))"
+    )
+    db.execute(
+        "CREATE UNIQUE INDEX social_seats_household ON social_seats"
+        " (campaign_id, offer_id, household_id) WHERE released_at IS NULL"
+    )
+    db.execute(
+        "CREATE TABLE social_cuts (id TEXT PRIMARY KEY, campaign_id TEXT NOT NULL,"
+        " offer_id TEXT NOT NULL, code TEXT NOT NULL UNIQUE, household_id TEXT NOT NULL,"
+        " device_id TEXT NOT NULL, price REAL NOT NULL, floor REAL NOT NULL,"
+        " helps_needed INTEGER NOT NULL, helps INTEGER NOT NULL, reached REAL NOT NULL,"
+        " state TEXT NOT NULL, coupon TEXT, created_at TEXT NOT NULL, ends_at TEXT NOT NULL,"
+        " closed_at TEXT, UNIQUE (campaign_id, offer_id, household_id))"
+    )
+    db.execute("CREATE INDEX social_cuts_open ON social_cuts (state, ends_at)")
+    db.execute(
+        "CREATE TABLE social_helps (cut_id TEXT NOT NULL, household_id TEXT NOT NULL,"
+        " device_id TEXT NOT NULL, request_id TEXT NOT NULL, at TEXT NOT NULL,"
+        " price_after REAL NOT NULL, PRIMARY KEY (cut_id, household_id))"
+    )
+    db.execute(
+        "CREATE TABLE social_help_log (id INTEGER PRIMARY KEY, cut_id TEXT,"
+        " household_id TEXT NOT NULL, device_id TEXT NOT NULL, request_id TEXT NOT NULL,"
+        " at TEXT NOT NULL, outcome TEXT NOT NULL)"
+    )
+    db.execute("CREATE INDEX social_help_log_device ON social_help_log (device_id, at)")
+    db.execute("CREATE INDEX social_help_log_household ON social_help_log (household_id, at)")
+    db.execute(
+        "CREATE TABLE social_requests (device_id TEXT NOT NULL, id TEXT NOT NULL,"
+        " action TEXT NOT NULL, at TEXT NOT NULL, result TEXT,"
+        " PRIMARY KEY (device_id, id))"
+    )
+    db.execute("CREATE INDEX social_requests_at ON social_requests (device_id, at)")
+    db.execute(
+        "CREATE TABLE social_pushes (id TEXT PRIMARY KEY, device_id TEXT NOT NULL,"
+        " payload TEXT NOT NULL, at TEXT NOT NULL)"
+    )
+    # a device's household, looked up for every request (`db.social.household_of`)
+    db.execute("CREATE INDEX household_members_device ON household_members (device_id)")

@@ -435,6 +435,16 @@ def public_counters(counters: Counter[str]) -> dict[str, Any]:
         "devices_erased",
         "device_commands_sent",
         "device_commands_confirmed",
+        "social_received",
+        "social_rejected",
+        "social_started",
+        "social_joined",
+        "social_formed",
+        "social_helped",
+        "social_refused",
+        "social_rate_limited",
+        "social_duplicate",
+        "social_pushes_sent",
     )
     out: dict[str, Any] = {name: counters[name] for name in names}
     out["rejected"] = rejected_by_reason(counters)

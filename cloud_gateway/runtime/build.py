@@ -47,6 +47,7 @@ from cloud_gateway.security.auth import TokenVerifier
 from cloud_gateway.security.keys import KeyMaterial
 from cloud_gateway.security.live import KeyChange, LiveKeys
 from cloud_gateway.security.shared import SharedKeys
+from cloud_gateway.social.desk import SocialDesk
 from daemonkit.supervisor import LoopFactory, Supervisor
 from protocol.signing import SigningKey
 
@@ -99,6 +100,8 @@ class Parts:
     health: Health
     http: HttpServer
     """The API, not yet listening."""
+    social: SocialDesk
+    """Group buys and price cuts (issue 19)."""
 
     async def keys_changed(self, change: KeyChange) -> None:
         """`edgemart keys` changed the keys under the running gateway: its audit entries join
@@ -168,6 +171,11 @@ class Parts:
                     run_retention, self.db, RetentionPolicy.of(s), s.retention_interval_s
                 ),
             ),
+            ("gateway-social", self.social.run),
+            self.once(
+                "gateway-social-closer",
+                functools.partial(self.social.run_closer, min(s.scheduler_tick_s, 1.0)),
+            ),
         )
 
 
@@ -220,6 +228,13 @@ def build(
         on_facts=campaigns.delivery.note_facts,
         on_members=members.owe,
     )
+    social = SocialDesk(wiring, batch_max=s.claim_batch_max, clock=clock)
+
+    async def on_message(topic: str, payload: bytes) -> None:
+        # `up/social` goes to the social desk; everything else to the ingestor
+        if not await social.handle(topic, payload):
+            await ingestor.feed(topic, payload)
+
     hooks = SessionHooks(
         topics=s.topics,
         keys=keys,
@@ -231,7 +246,7 @@ def build(
     )
     mqtt = link(
         s,
-        ingestor.feed,  # batches are queued; `ingestor.run` commits them in groups
+        on_message,  # batches are queued; `ingestor.run` commits them in groups
         on_connected=hooks.on_connected,
         before_disconnect=hooks.before_disconnect,
         counters=counters,
@@ -285,4 +300,5 @@ def build(
         worker=worker,
         health=health,
         http=HttpServer(build_app(api, s.max_http_body_bytes)),
+        social=social,
     )

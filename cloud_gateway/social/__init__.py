@@ -1,0 +1,1 @@
+"""Social commerce (issue 19): group buys and price-cut help, formed exactly at the gateway."""
