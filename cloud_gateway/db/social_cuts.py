@@ -86,6 +86,13 @@ def _audit_help(
 
 def help_cut(ctx: Txn, device_id: str, req: SocialRequest) -> tuple[dict[str, Any], str]:
     household = household_of(ctx.store, device_id)
+    if ctx.store.dialect.name == "postgresql":
+        # The hourly budgets are counted and spent under one lock per household (held to the
+        # end of the transaction), so workers deciding its helps at once cannot both pass
+        # the last one; SQLite's one writer serializes them already.
+        ctx.store.conn.execute(
+            "SELECT pg_advisory_xact_lock(hashtextextended(?, 19))", [f"help:{household}"]
+        )
     since = format_time(ctx.now - HOUR)
     counts = ctx.store.one(
         "SELECT (SELECT count(*) FROM social_help_log WHERE device_id = ? AND at > ?) AS d,"

@@ -256,3 +256,47 @@ def test_household_help_limit_and_code_guessing_limit(open_store: Callable[[], S
     tries = rules.CODE_TRIES_PER_DEVICE_HOUR
     assert reasons[:tries] == ["no group with this code"] * tries
     assert all("rate limit" in r for r in reasons[tries:])
+
+
+def test_a_households_help_budget_is_exact_across_workers(
+    open_store: Callable[[], Session], gateway_db: str | None, tmp_path: Path
+) -> None:
+    """Four workers deciding one household's helps of different cuts at once: exactly its
+    hourly budget passes (a lock per household, not only per cut)."""
+    store = open_store()
+    campaign = live(store)
+    devices = [f"dev-w{i}" for i in range(4)]
+    store.conn.execute(
+        "INSERT INTO household_members (household_id, device_id, device_key, roles, issued_at,"
+        " expires_at) VALUES " + ", ".join(["('busy', ?, 'k', '[]', 'x', 'y')"] * 4),
+        devices,
+    )
+    budget = rules.HELPS_PER_HOUSEHOLD_HOUR
+    starts = [
+        req(f"dev-s{i:02d}", "cut_start", campaign_id=campaign.id, offer_id="cut-4")
+        for i in range(budget * 2)
+    ]
+    cuts, _ = social_batch(store, starts, make, utcnow())
+    answers: list[SocialAnswer] = []
+    lock = threading.Lock()
+    gate = threading.Barrier(4)
+
+    def work(n: int) -> None:
+        session = open_session(tmp_path / "gw", gateway_db)  # a worker of its own
+        try:
+            mine = [req(devices[n], "cut_help", code=c.result["code"]) for c in cuts[n::4]]
+            gate.wait()
+            for item in mine:
+                got, _ = social_batch(session, [item], make, utcnow())
+                with lock:
+                    answers.extend(got)
+        finally:
+            session.close()
+
+    threads = [threading.Thread(target=work, args=(n,)) for n in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    outcomes = Counter(a.outcome for a in answers)
+    assert outcomes == {"helped": budget, "rate_limited": budget}, outcomes
