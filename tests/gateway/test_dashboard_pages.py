@@ -22,6 +22,7 @@ import pytest
 from cloud_gateway.db.ingest import store_batch
 from cloud_gateway.runtime.gateway import Gateway
 from cloud_gateway.security.auth import create_token
+from cloud_gateway.social.rules import price_after
 from models.layout import DEFAULT_DIR
 from models.publish import publish
 from protocol import codec
@@ -404,7 +405,7 @@ async def test_a_live_sale_and_a_group_buy_are_made_from_the_pages_and_show_live
                 await form.locator('[data-loc="waves.1.offers.0.stock"]').fill("5")
                 await form.locator('[data-action="save"]').click()
                 # the first wave's offer has no stock: the API's error in that wave's box
-                await expect(form.locator('[data-error-for="waves.0"]')).to_contain_text(
+                await expect(form.locator('[data-error-for="waves.0.offers.0"]')).to_have_text(
                     "a wave's offer is limited, with its stock"
                 )
                 await expect(form.locator('[data-error-for="waves.1"]')).to_have_text("")
@@ -445,8 +446,8 @@ async def test_a_live_sale_and_a_group_buy_are_made_from_the_pages_and_show_live
                 )
                 await later.locator('[data-loc="delta"]').fill("3")
                 await later.locator('[data-action="pull-stock"]').click()
-                await expect(page.locator("#notice")).to_contain_text(
-                    f"Stock of {second} is now 2 (of 2)"
+                await expect(page.locator("#notice")).to_have_text(
+                    "Toaster -40%: 2 coupon(s) left of 2."
                 )
                 await expect(
                     waves.locator(f'[data-offer="{second}"] [data-field="left"]')
@@ -469,6 +470,17 @@ async def test_a_live_sale_and_a_group_buy_are_made_from_the_pages_and_show_live
                 await cform.locator('[data-loc="offers.0.group.size"]').fill("3")
                 await cform.locator('[data-loc="offers.0.group.window_s"]').fill("30")
                 await cform.locator('[data-loc="offers.0.group.price"]').fill("70")
+                # and a price cut beside it: 100 down to 60 in 2 helps
+                await cform.locator('[data-action="add-offer"]').click()
+                cut = {"title": "Mixer, cut it", "type": "price_cut", "category": "purifier_filter",
+                       "surfaces": "tv_home_banner", "price": "100", "cut.floor": "60",
+                       "cut.helps": "2", "cut.window_s": "600"}  # fmt: skip
+                for key, text in cut.items():
+                    where = cform.locator(f'[data-loc="offers.1.{key}"]')
+                    if key == "type":
+                        await where.select_option(text)
+                    else:
+                        await where.fill(text)
                 await cform.locator('[data-action="save"]').click()
                 await expect(
                     cform.locator('[data-error-for="offers.0.group.window_s"]')
@@ -482,7 +494,8 @@ async def test_a_live_sale_and_a_group_buy_are_made_from_the_pages_and_show_live
                 listed = (await (await http.get("/v1/campaigns")).json())["campaigns"]
                 group = next(c for c in listed if c["name"] == "Kitchen together")
                 assert group["offers"][0]["group"] == {"size": 3, "window_s": 600, "price": 70}
-                gid, offer = group["id"], group["offers"][0]["id"]
+                assert group["offers"][1]["cut"] == {"floor": 60, "helps": 2, "window_s": 600}
+                gid, offer, cut_offer = group["id"], *(o["id"] for o in group["offers"])
                 card = page.locator(f'#page-campaigns [data-campaign="{gid}"]')
                 await card.locator('[data-action="launch"]').click()
                 await expect(card.locator("[data-state]")).to_have_text("live")
@@ -506,11 +519,30 @@ async def test_a_live_sale_and_a_group_buy_are_made_from_the_pages_and_show_live
                     join = SocialRequest(id=new_id(), device_id=d, action="group_join",
                                          code=joined, at=utcnow())  # fmt: skip
                     await dev.publish(settings.topics.social_up(d), codec.encode(join), qos=1)
+                # the first household starts a cut, the second helps it once
+                start = SocialRequest(id=new_id(), device_id=devices[0], action="cut_start",
+                                      campaign_id=gid, offer_id=cut_offer, at=utcnow())  # fmt: skip
+                await dev.publish(settings.topics.social_up(devices[0]), codec.encode(start), qos=1)
+
+                async def share() -> str | None:
+                    row = await gw.db.call(
+                        lambda s: s.one("SELECT code FROM social_cuts WHERE campaign_id = ?", [gid])
+                    )
+                    return None if row is None else str(row["code"])
+
+                await eventually(share, what="the cut started")
+                help_ = SocialRequest(id=new_id(), device_id=devices[1], action="cut_help",
+                                      code=await share(), at=utcnow())  # fmt: skip
+                await dev.publish(settings.topics.social_up(devices[1]), codec.encode(help_), qos=1)
                 await card.locator('[data-link="details"]').click()
                 groups = page.locator(f'[data-metric="groups"] [data-offer="{offer}"]')
                 await expect(groups.locator('[data-field="formed"]')).to_have_text("1")
                 await expect(groups.locator('[data-field="seats_granted"]')).to_have_text("3")
                 await expect(groups.locator('[data-field="conversion"]')).to_have_text("100.0%")
+                cuts = page.locator(f'[data-metric="cuts"] [data-offer="{cut_offer}"]')
+                await expect(cuts.locator('[data-field="helps"]')).to_have_text("1")
+                reached = f"{price_after(100, 60, 2, 1):.2f}"  # the published schedule
+                await expect(cuts.locator('[data-field="lowest_price"]')).to_have_text(reached)
                 await _shot(page, "group-buy")
 
                 # -- members: points issued and spent per tier

@@ -23,6 +23,13 @@ function waveBox(form, w) {
   return box;
 }
 
+// A wave's check names its offer in the message (`offers.0: ...` at `waves.1`): shown in
+// that offer's box.
+const inOffer = (errors) => errors.map((e) => {
+  const m = /^waves\.\d+$/.test(e.loc) && e.msg.match(/(?:Value error, )?(offers\.\d+): (.*)$/);
+  return m ? { loc: `${e.loc}.${m[1]}`, msg: m[2] } : e;
+});
+
 function saleBody(form) {
   const body = { name: value(form, "name"), cohorts: list(value(form, "cohorts")) };
   const ends = value(form, "ends_at");
@@ -57,7 +64,7 @@ async function showSaleForm() {
       notify(`${saved.campaign.name}: live sale created with ${saved.waves.length} wave(s); launch it from its page.`);
       location.hash = "#/campaign/" + saved.campaign.id;
     } catch (err) {
-      showErrors(form, err.errors && err.errors.length ? err.errors : [{ loc: "(root)", msg: err.message }]);
+      showErrors(form, err.errors && err.errors.length ? inOffer(err.errors) : [{ loc: "(root)", msg: err.message }]);
       notify(`Not saved: ${err.message}`, true);
     }
   });
@@ -65,7 +72,7 @@ async function showSaleForm() {
 }
 
 // Add or pull coupons of one wave offer; the API's errors go next to the amount.
-function stockForm(campaignId, offerId) {
+function stockForm(campaignId, offerId, title) {
   const form = el("form", { class: "stock", "data-stock-for": offerId, novalidate: "" });
   const send = (sign) => async () => {
     const v = num(value(form, "delta"));
@@ -73,7 +80,7 @@ function stockForm(campaignId, offerId) {
     try {
       const got = await api(`/v1/live-sales/${campaignId}/stock`, { method: "POST", json: { offer_id: offerId, delta } });
       showErrors(form, []);
-      notify(`Stock of ${offerId} is now ${got.stock} (of ${got.initial}).`);
+      notify(`${title}: ${got.stock} coupon(s) left of ${got.initial}.`);
       refresh();
     } catch (err) {
       showErrors(form, err.errors && err.errors.length ? err.errors : [{ loc: "(root)", msg: err.message }]);
@@ -103,7 +110,7 @@ function wavesBox(c, sale) {
         el("td", { "data-field": "initial" }, o.initial), el("td", { "data-field": "granted" }, o.taken),
         el("td", { "data-field": "left" }, o.left),
         el("td", { "data-field": "sold_out_at" }, o.sold_out ? when(o.sold_out_at) : "not sold out"),
-        el("td", {}, open ? stockForm(c.id, o.offer_id) : ""))))));
+        el("td", {}, open ? stockForm(c.id, o.offer_id, title[o.offer_id] || o.offer_id) : ""))))));
 }
 
 function groupsBox(c, report) {
