@@ -22,7 +22,7 @@ import pytest
 from cloud_gateway.db.ingest import store_batch
 from cloud_gateway.runtime.gateway import Gateway
 from cloud_gateway.security.auth import create_token
-from cloud_gateway.social.rules import price_after
+from cloud_gateway.social.rules import cut_schedule, price_after
 from models.layout import DEFAULT_DIR
 from models.publish import publish
 from protocol import codec
@@ -481,6 +481,10 @@ async def test_a_live_sale_and_a_group_buy_are_made_from_the_pages_and_show_live
                         await where.select_option(text)
                     else:
                         await where.fill(text)
+                # its published schedule, from the gateway, as it is typed
+                schedule = cform.locator('[data-offer="1"] [data-metric="schedule"]')
+                steps = " → ".join(f"{x:.2f}" for x in cut_schedule(100, 60, 2))
+                await expect(schedule).to_have_text(f"Price after each help: {steps}")
                 await cform.locator('[data-action="save"]').click()
                 await expect(
                     cform.locator('[data-error-for="offers.0.group.window_s"]')

@@ -71,6 +71,12 @@ function offerBox(form, i, o = {}, base = "offers") {
     terms.hidden = (o.type || "coupon") !== type;
     box.append(terms);
   }
+  const cut = box.querySelector('[data-terms="cut"]');
+  cut.insertBefore(el("p", { class: "audience", "data-metric": "schedule", "aria-live": "polite" }, "Price after each help: " + NONE), cut.lastChild);
+  box.addEventListener("input", (e) => {
+    if (e.target.closest('[data-terms="cut"]') || e.target.dataset.loc === `${box.dataset.loc}.price`) scheduleSoon(box);
+  });
+  if (o.cut) scheduleSoon(box);
   box.querySelector(`[data-loc="${p}.type"]`).addEventListener("change", (e) => {
     for (const [type, [key]] of Object.entries(TERMS)) box.querySelector(`[data-terms="${key}"]`).hidden = e.target.value !== type;
   });
@@ -80,6 +86,28 @@ function offerBox(form, i, o = {}, base = "offers") {
   } }, "Remove offer");
   box.append(remove);
   return box;
+}
+
+// The published price-cut schedule for the terms typed, from the gateway (debounced): the
+// price after each help, or the API's errors next to the fields they name.
+function scheduleSoon(box) {
+  clearTimeout(box.scheduleTimer);
+  box.scheduleTimer = setTimeout(async () => {
+    const p = box.dataset.loc;
+    const out = box.querySelector("[data-metric=schedule]");
+    const q = { price: value(box, `${p}.price`), floor: value(box, `${p}.cut.floor`), helps: value(box, `${p}.cut.helps`) };
+    const scope = [`${p}.price`, `${p}.cut.floor`, `${p}.cut.helps`];
+    if (Object.values(q).some((v) => v === "")) { out.textContent = "Price after each help: " + NONE; return; }
+    try {
+      const s = await api("/v1/social/cut-schedule?" + new URLSearchParams(q));
+      showErrors(box, [], scope);
+      out.textContent = "Price after each help: " + s.prices.map((x) => x.toFixed(2)).join(" → ");
+    } catch (err) {
+      const where = { price: `${p}.price`, floor: `${p}.cut.floor`, helps: `${p}.cut.helps` };
+      showErrors(box, (err.errors || []).map((e) => ({ loc: where[e.loc] || `${p}.cut`, msg: e.msg })), scope);
+      out.textContent = "Price after each help: " + NONE;
+    }
+  }, 250);
 }
 
 // Offers keep their API names (`offers.0.title`...) in order after one is removed.
