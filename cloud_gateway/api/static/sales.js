@@ -155,7 +155,9 @@ async function socialBoxes(c) {
   const q = encodeURIComponent(c.id);
   const has = (type) => c.offers.some((o) => o.type === type);
   const [sale, groups, cuts] = await Promise.all([
-    api(`/v1/live-sales/${q}`).catch((err) => { if (err.status === 404) return null; throw err; }),
+    // a wave's offers are limited and open at its time: only then can it be a live sale
+    c.offers.some((o) => o.limited && o.starts_at)
+      ? api(`/v1/live-sales/${q}`).catch((err) => { if (err.status === 404) return null; throw err; }) : null,
     has("group_buy") ? api(`/v1/social/groups?campaign=${q}`) : null,
     has("price_cut") ? api(`/v1/social/cuts?campaign=${q}`) : null,
   ]);
