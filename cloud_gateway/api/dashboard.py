@@ -15,6 +15,7 @@ SCRIPTS = (
     ("dashboard.js", "The dashboard's core: token, API calls, pages, the campaign list"),
     ("form.js", "The dashboard's campaign form: create and edit, live audience, inline errors"),
     ("pages.js", "The dashboard's pages: a campaign's trends, models, devices"),
+    ("sales.js", "The dashboard's social commerce: live sales, stock, group, cut and tier figures"),
 )
 
 

@@ -1,4 +1,5 @@
-"""The social routes (issue 19): operators' figures of group buys and price cuts per offer."""
+"""The social routes (issue 19): operators' figures of group buys and price cuts per offer,
+and a price cut's published schedule for given terms (the dashboard's form shows it)."""
 
 from __future__ import annotations
 
@@ -6,12 +7,15 @@ import re
 from typing import Annotated
 
 from aiohttp import web
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from cloud_gateway.api.context import ctx, json_response
 from cloud_gateway.api.errors import ApiProblem
 from cloud_gateway.api.routes import Route
 from cloud_gateway.db.social import cut_figures, group_figures
+from cloud_gateway.social.rules import cut_schedule
+from protocol.codec import field_errors
+from protocol.envelopes import CutTerms, Finite
 
 TAGS = ("social",)
 ID_PATTERN = r"^[A-Za-z0-9_.:-]{1,64}$"
@@ -68,6 +72,42 @@ class CutReport(BaseModel):
     offers: Annotated[list[CutFigures], Field(max_length=1000)]
 
 
+class ScheduleQuery(BaseModel):
+    """`GET /v1/social/cut-schedule`: an offer's price and its cut's floor and helps, checked
+    as the campaign's offer checks them (`CutTerms`, floor below the price)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    price: Annotated[Finite, Field(ge=0, le=1e9)]
+    floor: Annotated[Finite, Field(ge=0, le=1e9)]
+    helps: Annotated[int, Field(ge=1, le=100)]
+
+
+class CutSchedule(BaseModel):
+    """The price after each help: `prices[k]` after k helps, `prices[0]` the offer's price,
+    the last the floor."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    prices: Annotated[list[float], Field(max_length=101)]
+
+
+async def schedule(request: web.Request) -> web.Response:
+    try:
+        q = ScheduleQuery.model_validate(dict(request.query))
+        terms = CutTerms(floor=q.floor, helps=q.helps, window_s=60)
+        if terms.floor >= q.price:
+            errors = [{"loc": "floor", "msg": f"must be below the offer's price {q.price}"}]
+            raise ApiProblem(
+                400, "Bad Request", "the cut's floor is not below its price", errors=errors
+            )
+    except ValidationError as exc:
+        errors = field_errors(exc)
+        raise ApiProblem(400, "Bad Request", "the cut's terms are invalid", errors=errors) from exc
+    prices = cut_schedule(q.price, terms.floor, terms.helps)
+    return json_response(CutSchedule(prices=list(prices)).model_dump())
+
+
 def _campaign(request: web.Request) -> str:
     campaign = request.query.get("campaign", "")
     if not re.fullmatch(ID_PATTERN, campaign):
@@ -117,5 +157,18 @@ ROUTES: tuple[Route, ...] = (
         responses={200: CutReport, 404: "No such campaign"},
         tags=TAGS,
         query=(CAMPAIGN,),
+    ),
+    Route(
+        "get",
+        "/v1/social/cut-schedule",
+        schedule,
+        "A price cut's published schedule: the price after each help, for given terms",
+        responses={200: CutSchedule},
+        tags=TAGS,
+        query=(
+            ("price", "the offer's price", {"type": "number", "minimum": 0}),
+            ("floor", "the cut's floor, below the price", {"type": "number", "minimum": 0}),
+            ("helps", "helps to reach the floor", {"type": "integer", "minimum": 1}),
+        ),
     ),
 )

@@ -10,6 +10,7 @@ from cloud_gateway.api.context import ctx, json_response, read_json, who
 from cloud_gateway.api.errors import ApiProblem
 from cloud_gateway.api.routes import Route
 from cloud_gateway.campaigns.waves import LiveSaleIn, StockIn
+from cloud_gateway.db.sale_figures import sold_out_at
 from protocol.codec import field_errors
 
 TAGS = ("live-sales",)
@@ -26,9 +27,13 @@ async def create_sale(request: web.Request) -> web.Response:
 
 async def get_sale(request: web.Request) -> web.Response:
     campaign_id = request.match_info["id"]
-    return json_response(
-        {"campaign_id": campaign_id, "waves": await ctx(request).waves.waves(campaign_id)}
-    )
+    waves = await ctx(request).waves.waves(campaign_id)
+    gone = [o["offer_id"] for w in waves for o in w["offers"] if o.get("sold_out")]
+    when = await ctx(request).db.call(sold_out_at, campaign_id, gone)
+    for wave in waves:  # each offer: when it sold out (None while it has stock)
+        for offer in wave["offers"]:
+            offer["sold_out_at"] = when.get(offer["offer_id"])
+    return json_response({"campaign_id": campaign_id, "waves": waves})
 
 
 async def change_stock(request: web.Request) -> web.Response:
@@ -56,7 +61,7 @@ ROUTES: tuple[Route, ...] = (
         "get",
         "/v1/live-sales/{id}",
         get_sale,
-        "A live sale's waves: each offer's stock, taken and left, sold out or not",
+        "A live sale's waves: each offer's stock, taken and left, sold out or not, and when",
         responses={200: "OK"},
         tags=TAGS,
     ),

@@ -19,6 +19,7 @@ from cloud_gateway.db.open import open_backend
 from cloud_gateway.runtime.build import Parts, build
 from cloud_gateway.security.auth import create_token
 from cloud_gateway.security.keys import load_or_create
+from cloud_gateway.social.rules import cut_schedule
 from protocol.ids import utcnow
 
 CAMPAIGN: dict[str, Any] = {
@@ -115,3 +116,23 @@ async def test_trends_preview_and_edit_answer_with_field_errors(
     late = await http.put(f"/v1/campaigns/{cid}", json=CAMPAIGN)
     assert late.status == 409
     assert "only a draft can be edited" in (await late.json())["detail"]
+
+
+async def test_the_cut_schedule_the_form_shows_is_the_published_one_or_field_errors(
+    served: tuple[TestClient[Any, Any], Parts],
+) -> None:
+    client, _ = served
+    resp = await client.get("/v1/social/cut-schedule", params={"price": "100", "floor": "60",
+                                                              "helps": "2"})  # fmt: skip
+    assert resp.status == 200, await resp.text()
+    assert (await resp.json())["prices"] == list(cut_schedule(100, 60, 2)) == [100, 73.34, 60]
+    for query, loc in (
+        ({"price": "100", "floor": "100", "helps": "2"}, "floor"),  # not below the price
+        ({"price": "100", "floor": "60", "helps": "0"}, "helps"),
+        ({"price": "NaN", "floor": "60", "helps": "2"}, "price"),
+        ({"price": "100", "floor": "60"}, "helps"),
+        ({"price": "100", "floor": "60", "helps": "2", "extra": "1"}, "extra"),
+    ):
+        bad = await client.get("/v1/social/cut-schedule", params=query)
+        assert bad.status == 400, query
+        assert [e["loc"] for e in (await bad.json())["errors"]] == [loc], query

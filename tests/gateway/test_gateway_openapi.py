@@ -25,6 +25,7 @@ PUBLIC_PATHS = {
     "/static/dashboard.js",
     "/static/form.js",
     "/static/pages.js",
+    "/static/sales.js",
     "/static/dashboard.css",
     "/v1/provision",  # a device with its claim credential, not an operator's token
 }

@@ -111,9 +111,15 @@ async def test_the_dashboard_works_with_a_read_only_token(parts: Parts, client: 
     cid = (await created.json())["id"]
     assert (await client.get("/")).status == 200
     # what the dashboard's pages read: the fleet, the campaigns, each campaign's stats and
-    # trends, the models, the devices
+    # trends, the models, the devices, the members
     reads = ("/v1/fleet", "/v1/campaigns", f"/v1/campaigns/{cid}/stats")
-    for path in (*reads, f"/v1/campaigns/{cid}/trends", "/v1/models", "/v1/devices"):
+    social = (  # and the social commerce boxes (issue 19): groups, cuts, a cut's schedule, tiers
+        f"/v1/social/groups?campaign={cid}",
+        f"/v1/social/cuts?campaign={cid}",
+        "/v1/social/cut-schedule?price=10&floor=5&helps=2",
+        "/v1/members/tiers",
+    )
+    for path in (*reads, f"/v1/campaigns/{cid}/trends", "/v1/models", "/v1/devices", *social):
         resp = await client.get(path, headers=_auth(token))
         assert resp.status == 200, (path, await resp.text())
     # its launch button is refused, and says why

@@ -182,7 +182,7 @@ async function showCampaigns() {
 }
 
 // The pages, by the location's hash: `#/`, `#/new`, `#/edit/ID`, `#/campaign/ID`,
-// `#/models`, `#/devices`, `#/device/ID`. `live` pages are refreshed every 5 s; a form is
+// `#/models`, `#/devices`, `#/device/ID`, `#/new-sale`, `#/members`. `live` pages are refreshed every 5 s; a form is
 // not (it would lose what the operator is typing).
 const PAGES = [
   { re: /^#?\/?$/, page: "campaigns", nav: "campaigns", live: true, show: () => showCampaigns() },
@@ -192,6 +192,8 @@ const PAGES = [
   { re: /^#\/models$/, page: "models", nav: "models", live: true, show: () => showModels() },
   { re: /^#\/devices$/, page: "devices", nav: "devices", live: true, show: () => showDevices() },
   { re: /^#\/device\/([^/]+)$/, page: "device", nav: "devices", live: true, show: (id) => showDevice(id) },
+  { re: /^#\/new-sale$/, page: "sale", nav: "new-sale", live: false, show: () => showSaleForm() },
+  { re: /^#\/members$/, page: "members", nav: "members", live: true, show: () => showMembers() },
 ];
 
 function currentPage() {
@@ -210,6 +212,8 @@ async function refresh(force = true) {
   const p = currentPage();
   const hash = location.hash || "#/";
   if (!force && !p.live && shownHash === hash) return;
+  // not while the operator types into a live page's field (a stock change): it would be lost
+  if (!force && shownHash === hash && document.activeElement && document.activeElement.matches("main input")) return;
   for (const node of document.querySelectorAll("[data-page]")) node.hidden = node.dataset.page !== p.page;
   for (const a of document.querySelectorAll("[data-nav]")) {
     if (a.dataset.nav === p.nav) a.setAttribute("aria-current", "page"); else a.removeAttribute("aria-current");

@@ -2,9 +2,16 @@
 // own: the API's field errors (`errors: [{loc, msg}]`) are shown next to the field they name.
 "use strict";
 
-const OFFER_TYPES = ["coupon", "bundle", "replenishment", "membership_perk", "group_buy", "content"];
+const OFFER_TYPES = ["coupon", "bundle", "replenishment", "membership_perk", "group_buy", "content", "price_cut"];
 // Offer fields the form shows; an edited offer keeps the others as they were.
-const SHOWN = ["type", "title", "category", "surfaces", "variant", "price", "discount", "limited", "stock"];
+const SHOWN = ["type", "title", "category", "surfaces", "variant", "price", "discount", "limited", "stock", "group", "cut"];
+// The social terms an offer of that type shows (issue 19): [key, label, hint].
+const TERMS = {
+  group_buy: ["group", [["size", "Group size", "households that fill a group"], ["window_s", "Group window (s)", "seconds to fill it from its start"],
+    ["price", "Group price", "each member's coupon price"]]],
+  price_cut: ["cut", [["floor", "Cut floor", "the lowest price helps reach"], ["helps", "Helps to the floor", "the schedule: the price falls in this many steps"],
+    ["window_s", "Cut window (s)", "seconds to collect helps from its start"]]],
+};
 const list = (text) => text.split(",").map((s) => s.trim()).filter(Boolean);
 // A number when the text is one, else the text itself: the API says what is wrong with it.
 const num = (text) => (text.trim() !== "" && Number.isFinite(Number(text)) ? Number(text) : text.trim());
@@ -35,12 +42,14 @@ function select(options, value) {
   return node;
 }
 
-function offerBox(form, i, o = {}) {
-  const box = el("fieldset", { class: "offer", "data-loc": `offers.${i}`, "data-offer": i });
+// `base`: the API's name of the list the offer is in (`offers`, or a wave's `waves.0.offers`).
+function offerBox(form, i, o = {}, base = "offers") {
+  const box = el("fieldset", { class: "offer", "data-loc": `${base}.${i}`, "data-offer": i });
+  box.base = base;
   box.append(el("legend", {}, `Offer ${i + 1}`));
   if (o.id) box.dataset.offerId = o.id;
   box.original = o;  // fields the form does not show (body, currency, priority, window) are kept
-  const p = `offers.${i}`;
+  const p = `${base}.${i}`;
   const limited = el("input", { type: "checkbox" });
   limited.checked = !!o.limited;
   box.append(
@@ -53,27 +62,66 @@ function offerBox(form, i, o = {}) {
     field("Discount (0–1)", `${p}.discount`, input(o.discount ?? "", { inputmode: "decimal" })),
     field("Limited stock", `${p}.limited`, limited),
     field("Coupons in stock", `${p}.stock`, input(o.stock ?? "", { inputmode: "numeric" }), "limited offers only"),
-    el("p", { class: "error", "data-error-for": p }),
   );
+  // group and cut terms: shown for their offer type (the API says what is missing or wrong)
+  for (const [type, [key, rows]] of Object.entries(TERMS)) {
+    const terms = el("div", { class: "terms", "data-terms": key },
+      ...rows.map(([name, label, hint]) => field(label, `${p}.${key}.${name}`, input((o[key] || {})[name] ?? "", { inputmode: "decimal" }), hint)),
+      el("p", { class: "error", "data-error-for": `${p}.${key}` }));
+    terms.hidden = (o.type || "coupon") !== type;
+    box.append(terms);
+  }
+  const cut = box.querySelector('[data-terms="cut"]');
+  cut.insertBefore(el("p", { class: "audience", "data-metric": "schedule", "aria-live": "polite" }, "Price after each help: " + NONE), cut.lastChild);
+  box.addEventListener("input", (e) => {
+    if (e.target.closest('[data-terms="cut"]') || e.target.dataset.loc === `${box.dataset.loc}.price`) scheduleSoon(box);
+  });
+  if (o.cut) scheduleSoon(box);
+  box.querySelector(`[data-loc="${p}.type"]`).addEventListener("change", (e) => {
+    for (const [type, [key]] of Object.entries(TERMS)) box.querySelector(`[data-terms="${key}"]`).hidden = e.target.value !== type;
+  });
+  box.append(el("p", { class: "error", "data-error-for": p }));
   const remove = el("button", { type: "button", "data-action": "remove-offer", onclick: () => {
-    box.remove(); renumber(form);
+    const parent = box.parentElement; box.remove(); renumber(parent, base);
   } }, "Remove offer");
   box.append(remove);
   return box;
 }
 
+// The published price-cut schedule for the terms typed, from the gateway (debounced): the
+// price after each help, or the API's errors next to the fields they name.
+function scheduleSoon(box) {
+  clearTimeout(box.scheduleTimer);
+  box.scheduleTimer = setTimeout(async () => {
+    const p = box.dataset.loc;
+    const out = box.querySelector("[data-metric=schedule]");
+    const q = { price: value(box, `${p}.price`), floor: value(box, `${p}.cut.floor`), helps: value(box, `${p}.cut.helps`) };
+    const scope = [`${p}.price`, `${p}.cut.floor`, `${p}.cut.helps`];
+    if (Object.values(q).some((v) => v === "")) { out.textContent = "Price after each help: " + NONE; return; }
+    try {
+      const s = await api("/v1/social/cut-schedule?" + new URLSearchParams(q));
+      showErrors(box, [], scope);
+      out.textContent = "Price after each help: " + s.prices.map((x) => x.toFixed(2)).join(" → ");
+    } catch (err) {
+      const where = { price: `${p}.price`, floor: `${p}.cut.floor`, helps: `${p}.cut.helps` };
+      showErrors(box, (err.errors || []).map((e) => ({ loc: where[e.loc] || `${p}.cut`, msg: e.msg })), scope);
+      out.textContent = "Price after each help: " + NONE;
+    }
+  }, 250);
+}
+
 // Offers keep their API names (`offers.0.title`...) in order after one is removed.
-function renumber(form) {
-  const boxes = [...form.querySelectorAll("fieldset.offer")];
+function renumber(parent, base = "offers") {
+  const boxes = [...parent.querySelectorAll("fieldset.offer")].filter((b) => b.base === base);
   boxes.forEach((box, i) => {
     const old = box.dataset.loc;
-    box.dataset.loc = `offers.${i}`;
+    box.dataset.loc = `${base}.${i}`;
     box.dataset.offer = i;
     box.querySelector("legend").textContent = `Offer ${i + 1}`;
     for (const node of box.querySelectorAll("[data-loc],[data-error-for]")) {
       for (const key of ["loc", "errorFor"]) {
-        if (node.dataset[key] && node.dataset[key].startsWith(old + ".")) node.dataset[key] = `offers.${i}` + node.dataset[key].slice(old.length);
-        else if (node.dataset[key] === old) node.dataset[key] = `offers.${i}`;
+        if (node.dataset[key] && node.dataset[key].startsWith(old + ".")) node.dataset[key] = `${base}.${i}` + node.dataset[key].slice(old.length);
+        else if (node.dataset[key] === old) node.dataset[key] = `${base}.${i}`;
       }
     }
   });
@@ -116,18 +164,28 @@ function campaignBody(form) {
   if (Object.keys(caps).length) body.caps = caps;
   const variants = list(value(form, "variants"));
   if (variants.length) body.variants = Object.fromEntries(variants.map((pair) => { const [k, w = ""] = pair.split("="); return [k.trim(), num(w)]; }));
-  body.offers = [...form.querySelectorAll("fieldset.offer")].map((box) => {
-    const p = box.dataset.loc;
-    const o = { ...(box.original || {}) };
-    for (const key of [...SHOWN, "caps"]) delete o[key];  // the form's own, and the caps row above
-    Object.assign(o, { type: value(box, `${p}.type`), title: value(box, `${p}.title`), category: value(box, `${p}.category`),
-      surfaces: list(value(box, `${p}.surfaces`)), variant: value(box, `${p}.variant`) || "a" });
-    for (const key of Object.keys(o)) if (o[key] === null) delete o[key];
-    for (const key of ["price", "discount", "stock"]) { const v = value(box, `${p}.${key}`); if (v) o[key] = num(v); }
-    if (box.querySelector(`[data-loc="${p}.limited"]`).checked) o.limited = true;
-    return o;
-  });
+  body.offers = [...form.querySelectorAll("fieldset.offer")].map(offerBody);
   return body;
+}
+
+// One offer box as the API reads it; its group or cut terms when its type has them.
+function offerBody(box) {
+  const p = box.dataset.loc;
+  const o = { ...(box.original || {}) };
+  for (const key of [...SHOWN, "caps"]) delete o[key];  // the form's own, and the caps row above
+  Object.assign(o, { type: value(box, `${p}.type`), title: value(box, `${p}.title`), category: value(box, `${p}.category`),
+    surfaces: list(value(box, `${p}.surfaces`)), variant: value(box, `${p}.variant`) || "a" });
+  for (const key of Object.keys(o)) if (o[key] === null) delete o[key];
+  for (const key of ["price", "discount", "stock"]) { const v = value(box, `${p}.${key}`); if (v) o[key] = num(v); }
+  if (box.querySelector(`[data-loc="${p}.limited"]`).checked) o.limited = true;
+  const terms = TERMS[o.type];
+  if (terms) {
+    const [key, rows] = terms;
+    const t = {};
+    for (const [name] of rows) { const v = value(box, `${p}.${key}.${name}`); if (v) t[name] = num(v); }
+    if (Object.keys(t).length) o[key] = t;
+  }
+  return o;
 }
 
 // Put each API error next to the field it names (or the nearest enclosing one: `cohorts.0`

@@ -106,6 +106,7 @@ async function trendsOf(id) {
 
 async function showCampaign(id) {
   const [c, s, t] = await Promise.all([api(`/v1/campaigns/${id}`), api(`/v1/campaigns/${id}/stats`), trendsOf(id)]);
+  const social = await socialBoxes(c);
   const hours = el("select", { id: "trend-hours", onchange: (e) => { trendHours = Number(e.target.value); refresh(); } },
     ...[24, 72, 168].map((h) => el("option", { value: h }, `last ${h} hours`)));
   hours.value = String(trendHours);
@@ -113,6 +114,7 @@ async function showCampaign(id) {
   $("#page-campaign").replaceChildren(
     el("p", {}, el("a", { href: "#/" }, "← all campaigns")),
     campaignCard(c, s),
+    ...social,
     explanationsBox(s.explanations),
     el("div", { class: "card", "data-metric": "trends" },
       el("h3", {}, "Trends"), el("label", { for: "trend-hours" }, "Show "), hours,
