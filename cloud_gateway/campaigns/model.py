@@ -59,6 +59,9 @@ class OfferTemplate(BaseModel):
     priority: Annotated[int, Field(ge=0, le=100)] = 50
     stock: Annotated[int, Field(ge=0, le=10_000_000)] | None = None
     """Coupons of a limited offer (claimed on `up/claim`); without it, claims are refused."""
+    admit: Annotated[Finite, Field(gt=0, le=1)] | None = None
+    """A live-sale wave's admission share at its reveal (issue 19; set by `POST
+    /v1/live-sales` from the crowd it expects: `campaigns.admission`). None: everyone."""
 
     @model_validator(mode="after")
     def _window(self) -> OfferTemplate:
@@ -66,6 +69,8 @@ class OfferTemplate(BaseModel):
             raise ValueError("expires_at must be after starts_at")
         if self.stock is not None and not self.limited:
             raise ValueError("stock is only for limited offers (set limited: true)")
+        if self.admit is not None and self.stock is None:
+            raise ValueError("admit is only for limited offers with stock")
         return self
 
 
