@@ -1,6 +1,7 @@
 """Live-sale waves on the device (issue 19): the signed `SoldOut` notice broadcast on
-`cohort/{c}/soldout` so devices stop claiming a wave's offers, and the clock offset a
-device keeps against the gateway's signed time to reveal sealed offers at the second.
+`cohort/{c}/soldout` so devices stop claiming a wave's offers (and, with its `admit`, let
+more of the crowd in), the clock offset a device keeps against the gateway's signed time to
+reveal sealed offers at the second, and each device's lottery `ticket` for an offer.
 
 Pure: a model and arithmetic, no I/O. A wave's offers reach devices ahead of time in the
 ordinary signed bundles with `not_before` (`protocol.envelopes.Offer`): a device neither
