@@ -1,7 +1,8 @@
 """One process of `waves_bench`'s light devices: `python -m bench.wave_devices PORT ROOT
 FIRST COUNT` connects COUNT devices (`tv-FIRST`...), one aiomqtt connection each, registers
-them (a retained birth), says `ready`, reads the sale's waves as one JSON line on stdin, runs
-each wave's crowd, and on `stop` prints what its devices received as one JSON line.
+them (a retained birth), says `ready`, reads the sale's waves as one JSON line on stdin,
+runs each wave's crowd (a share `want` of its devices, drawn at random), and on `stop`
+prints what its devices received as one JSON line.
 
 A device's handler only notes an arrival and keeps the bytes; every kept message is verified
 after the run, timed, and that time added to its arrival (a real device verifies on its own
@@ -62,6 +63,7 @@ class Worker:
         self.sent: dict[str, int] = {}
         self.held: dict[str, int] = {}
         self.queued: dict[str, int] = {}
+        self.wanting: dict[str, int] = {}
 
     def take(self, dev: Device, message: aiomqtt.Message) -> list[str]:
         """Note an arrival; the offers this device may claim now (a notice admitted it)."""
@@ -150,6 +152,7 @@ class Worker:
             "sent": self.sent,
             "held": self.held,
             "queued": self.queued,
+            "wanting": self.wanting,
         }
 
 
@@ -183,10 +186,12 @@ async def main(port: int, root: str, first: int, count: int) -> None:
         for wave in sale["waves"]:
             worker.modes[wave["offer"]] = wave["mode"]
             rng = random.Random(f"{wave['offer']}/{first}")
-            presses += [
-                worker.press(dev, wave["offer"], wave["at"] + rng.uniform(0, sale["crowd_s"]))
-                for dev in worker.devices.values()
-            ]
+            for dev in worker.devices.values():
+                at = wave["at"] + rng.uniform(0, sale["crowd_s"])
+                if rng.random() >= wave["want"]:
+                    continue  # this device does not want this wave's offer
+                worker.wanting[wave["offer"]] = worker.wanting.get(wave["offer"], 0) + 1
+                presses.append(worker.press(dev, wave["offer"], at))
         crowd = asyncio.gather(*presses)
         await _line()  # stop
         await crowd
