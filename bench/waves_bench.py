@@ -203,7 +203,11 @@ async def _measure(broker: MosquittoProcess, tmp: Path) -> dict[str, Any]:
             await proc.wait()
         gateway.terminate()
         await asyncio.to_thread(gateway.wait, 30)
-    return _collect(results, answers, len(times))
+    got = _collect(results, answers, len(times))
+    got["sold_after_s"] = {
+        oid: answers.last_grant.get(oid, float("nan")) - at for oid, at in times.items()
+    }
+    return got
 
 
 def _collect(results: list[dict[str, Any]], answers: Answers, waves: int) -> dict[str, Any]:
@@ -277,6 +281,7 @@ def run() -> list[Record]:
         f" {STOCK} coupons a wave"
     )
     g, s, h, q, w = (got[k] for k in ("granted", "sent", "held", "queued", "wanting"))
+    after_s = got["sold_after_s"]
     return [
         Record(
             "sold_out_to_devices_p99_ms",
@@ -311,6 +316,7 @@ def run() -> list[Record]:
             f" {g['wave-c']}, sent {s.get('wave-c', 0)}. Admitted in rounds, {w['wave-d']}"
             f" wanting of the {DEVICES:,} reached (D): {share['wave-d']:.1f} %, granted"
             f" {g['wave-d']}, sent {s.get('wave-d', 0)}, waited {q.get('wave-d', 0)}, told"
-            f" sold out at the edge {h.get('wave-d', 0)}",
+            f" sold out at the edge {h.get('wave-d', 0)}. The last coupon went (s after the"
+            f" wave): {', '.join(f'{k[-1].upper()} {v:.1f}' for k, v in after_s.items())}",
         ),
     ]
