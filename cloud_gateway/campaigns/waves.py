@@ -175,8 +175,8 @@ class WaveDesk(Service):
     async def create(self, spec: LiveSaleIn, who: str) -> dict[str, Any]:
         spec = spec.with_ids()
         reached = await self._reached(spec.cohorts)
-        shares = {
-            o.id: first_share(o.stock or 0, tickets_of(reached, o.id))
+        shares = {  # hashing every reached device: off the event loop
+            o.id: first_share(o.stock or 0, await asyncio.to_thread(tickets_of, reached, o.id))
             for w in spec.waves
             for o in w.offers
             if o.id is not None
@@ -251,7 +251,7 @@ class WaveDesk(Service):
                 key = tuple(r["cohorts"])
                 if key not in reached:
                     reached[key] = await self._reached(r["cohorts"])
-                tickets = tickets_of(reached[key], oid)
+                tickets = await asyncio.to_thread(tickets_of, reached[key], oid)
                 share = self._admission.start(
                     oid, tickets, r["admit"], taken=taken, left=left, now=tick
                 )
