@@ -143,6 +143,11 @@ class Admission:
         held.observe(taken, left, now)
         return held.share
 
+    def share(self, offer_id: str) -> float | None:
+        """The offer's share now, or None when its rounds have not opened here."""
+        held = self._rounds.get(offer_id)
+        return None if held is None else held.share
+
     @property
     def open(self) -> bool:
         """Whether a round may still grow (the desk then looks often)."""

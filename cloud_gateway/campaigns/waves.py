@@ -187,9 +187,8 @@ class WaveDesk(Service):
         for wave in spec.waves:
             per_wave.append((wave.at, [next(ids) for _ in wave.offers]))
         await self._db.call(sql.record_waves, campaign.id, per_wave)
-        if len(self._reveals) < MAX_WAVES:
-            self._reveals.update(w.at for w in spec.waves)
-        self._wake.set()  # `run` sleeps again with these reveals in view
+        if len(self._reveals) < MAX_WAVES:  # `run` sees them within `MAX_SLEEP_S`; no wake:
+            self._reveals.update(w.at for w in spec.waves)  # a draft has no clock stamp due
         return {"campaign": campaign.doc(), "waves": await self.waves(campaign.id)}
 
     async def _reached(self, cohorts: list[str]) -> list[str]:
@@ -199,7 +198,13 @@ class WaveDesk(Service):
         return [f.device_id for f in facts if selects(None, cohorts, f, now)]
 
     async def waves(self, campaign_id: str) -> list[dict[str, Any]]:
-        return await self._db.call(sql.waves_of, campaign_id)
+        """Each wave's offers with their stock and `admitted`: the share of the crowd its
+        rounds admit now (None: not opened by this gateway, or no admission)."""
+        waves = await self._db.call(sql.waves_of, campaign_id)
+        for wave in waves:
+            for offer in wave["offers"]:
+                offer["admitted"] = self._admission.share(offer["offer_id"])
+        return waves
 
     async def change_stock(self, campaign_id: str, spec: StockIn, who: str) -> dict[str, Any]:
         await self.waves(campaign_id)  # a 404 unless it is a live sale

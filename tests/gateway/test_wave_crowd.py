@@ -160,6 +160,7 @@ async def test_a_wave_admits_its_crowd_in_rounds_and_sells_exactly_its_stock(
         assert notices >= 1  # sold out was broadcast
         stock = (await (await http.get(f"/v1/live-sales/{cid}")).json())["waves"][0]["offers"]
         assert stock[0]["taken"] == STOCK and stock[0]["left"] == 0
+        assert stock[0]["admitted"] == pytest.approx(max(shares))  # the operator sees it too
 
 
 def _offer(oid: str) -> dict[str, object]:
