@@ -44,20 +44,25 @@ import aiomqtt
 
 from bench.record import Record, percentiles
 from cloud_gateway.security.auth import create_token
-from protocol import codec
-from protocol.envelopes import ClaimRequest, TrustFile
-from protocol.ids import format_time, new_id, parse_time, utcnow
-from protocol.signing import Verifier
+from protocol.ids import format_time, parse_time, utcnow
 from protocol.topics import Topics
 from simulators.brokers import MosquittoProcess, free_port
 
 DEVICES = int(os.environ.get("BENCH_WAVES_DEVICES", "1000"))
+PROCESSES = int(os.environ.get("BENCH_WAVES_PROCESSES", "4"))
 STOCK = max(1, DEVICES // 10)
 CROWD_S = 2.0
 FIRST_WAVE_S = 14.0
 """Wave A opens this long after the sale is made (devices connect first; the gateway's
 time sample goes out 5 s before each wave)."""
-BETWEEN_S = 10.0
+BETWEEN_S = 12.0
+MODES = {"wave-a": "admit", "wave-b": "notice", "wave-c": "none", "wave-d": "admit"}
+"""How each wave's crowd behaves (`bench.wave_devices`): admitted in rounds and heeding the
+notice (the design), heeding only the notice (before admission), neither; and the design
+again with a third of the devices wanting (the reach overstates the crowd threefold, so
+later rounds must let more in)."""
+WANT = {"wave-d": 1 / 3}
+"""The share of devices wanting a wave's offer (1 unless named)."""
 SKEW_S = 2.0
 OFFER = {
     "type": "coupon",
@@ -70,97 +75,6 @@ OFFER = {
 }
 
 
-class Fleet:
-    """What the devices received, by device: clock samples, notices, catalogs.
-
-    A device's handler only notes the arrival and keeps the bytes; each kept message is
-    verified after the run, timed, and that time added to its arrival. 1,000 real devices
-    verify in parallel, each on its own CPU; verifying here, in the one loop all devices
-    share, would queue every device behind the others' signatures."""
-
-    def __init__(self, devices: list[str], topics: Any) -> None:
-        rng = random.Random(19)
-        self.devices = devices
-        self.skew = {d: rng.uniform(-SKEW_S, SKEW_S) for d in devices}
-        self.topics = topics
-        self.kept: list[tuple[str, str, float, bytes, bool]] = []
-        """(device, kind, arrival, payload, retained) of every message."""
-        self.notice_seen: set[tuple[str, str]] = set()
-        """(device, offer) of the notices that arrived (what a device heeds)."""
-
-    def take(self, device: str, message: aiomqtt.Message) -> None:
-        now = time.time()
-        payload = message.payload
-        assert isinstance(payload, bytes)
-        if not payload:
-            return
-        topic = message.topic.value
-        kind = topic.rsplit("/", 1)[-1]
-        self.kept.append((device, kind, now, payload, bool(message.retain)))
-        if kind == "soldout":
-            for oid in json.loads(payload)["offers"]:
-                self.notice_seen.add((device, oid))
-
-    def settle(self, verifier: Verifier, watch: set[str]) -> dict[str, Any]:
-        """Verify what was kept: (device, offer) -> when its verified notice / catalog with
-        stock 0 was held; device -> the transits of its live clock samples."""
-        notice: dict[tuple[str, str], float] = {}
-        catalog: dict[tuple[str, str], float] = {}
-        transit: dict[str, list[float]] = {d: [] for d in self.devices}
-        for device, kind, arrived, payload, retained in self.kept:
-            began = time.perf_counter()
-            obj = json.loads(payload)
-            verifier.verify(obj)
-            held = arrived + (time.perf_counter() - began)
-            if kind == "timestamp":
-                if not retained:  # a live sample: its transit is this device's offset error
-                    transit[device].append(held - parse_time(obj["issued_at"]).timestamp())
-            elif kind == "soldout":
-                for oid in obj["offers"]:
-                    notice.setdefault((device, oid), held)
-            else:
-                for o in obj["offers"]:
-                    if o["id"] in watch and o.get("stock") == 0:
-                        catalog.setdefault((device, o["id"]), held)
-        return {"notice": notice, "catalog": catalog, "transit": transit}
-
-
-async def _wait(check: Any, timeout: float) -> None:
-    async with asyncio.timeout(timeout):
-        while not check():  # noqa: ASYNC110 - polls what other tasks record
-            await asyncio.sleep(0.02)
-
-
-async def _crowd(
-    fleet: Fleet,
-    clients: dict[str, aiomqtt.Client],
-    offer_id: str,
-    cid: str,
-    wave: float,
-    *,
-    heed: bool,
-) -> tuple[int, int]:
-    """Each device claims `offer_id` at wave + U(0, CROWD_S), unless (`heed`) it holds the
-    notice listing it by then. (claims sent, claims held back)."""
-    rng = random.Random(offer_id)
-    sent = held = 0
-
-    async def one(d: str, at: float) -> None:
-        nonlocal sent, held
-        await asyncio.sleep(max(0.0, at - time.time()))
-        if heed and (d, offer_id) in fleet.notice_seen:
-            held += 1
-            return
-        claim = ClaimRequest(
-            id=new_id(), device_id=d, offer_id=offer_id, campaign_id=cid, at=utcnow()
-        )
-        await clients[d].publish(fleet.topics.claim_up(d), codec.encode(claim), qos=1)
-        sent += 1
-
-    await asyncio.gather(*(one(d, wave + rng.uniform(0, CROWD_S)) for d in fleet.devices))
-    return sent, held
-
-
 class Answers:
     """The gateway's claim answers, seen on the broker: grants and sold-out refusals per
     offer, and when (the gateway's signed decision time) each offer's last coupon went."""
@@ -169,10 +83,12 @@ class Answers:
         self.granted: dict[str, int] = {}
         self.sold_out: dict[str, int] = {}
         self.last_grant: dict[str, float] = {}
+        self.last_seen = time.time()
 
     def take(self, payload: bytes) -> None:
         obj = json.loads(payload)
         oid = obj["offer_id"]
+        self.last_seen = time.time()
         if obj["granted"]:
             self.granted[oid] = self.granted.get(oid, 0) + 1
             # when the gateway decided it (signed in the answer, before its commit): the
@@ -182,8 +98,35 @@ class Answers:
         elif obj.get("reason") == "sold out":
             self.sold_out[oid] = self.sold_out.get(oid, 0) + 1
 
-    def answered(self, oid: str) -> int:
-        return self.granted.get(oid, 0) + self.sold_out.get(oid, 0)
+
+async def _workers(port: int, root: str) -> list[asyncio.subprocess.Process]:
+    """`PROCESSES` processes of light devices (`bench.wave_devices`), each ready."""
+    per = -(-DEVICES // PROCESSES)
+    procs = []
+    for first in range(0, DEVICES, per):
+        procs.append(
+            await asyncio.create_subprocess_exec(
+                *(sys.executable, "-m", "bench.wave_devices", str(port), root),
+                *(str(first), str(min(per, DEVICES - first))),
+                stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE,
+                limit=1 << 26,
+            )
+        )
+    for proc in procs:
+        assert proc.stdout is not None
+        async with asyncio.timeout(120):
+            line = await proc.stdout.readline()
+        if line.strip() != b"ready":
+            raise RuntimeError(f"a device process did not start: {line!r}")
+    return procs
+
+
+async def _say(procs: list[asyncio.subprocess.Process], line: str) -> None:
+    for proc in procs:
+        assert proc.stdin is not None
+        proc.stdin.write(line.encode() + b"\n")
+        await proc.stdin.drain()
 
 
 async def _measure(broker: MosquittoProcess, tmp: Path) -> dict[str, Any]:
@@ -192,37 +135,19 @@ async def _measure(broker: MosquittoProcess, tmp: Path) -> dict[str, Any]:
     topics = Topics(root)
     data = tmp / "gw"
     port = free_port()
-    devices = [f"tv-{i:04d}" for i in range(DEVICES)]
     gateway = _gateway(broker.url, data, port, root, tmp / "gateway.log")
+    procs: list[asyncio.subprocess.Process] = []
     try:
         await _healthy(f"http://127.0.0.1:{port}/healthz", gateway)
-        verifier = Verifier.from_public_keys(
-            TrustFile.model_validate_json((data / "trust.json").read_text()).keys
-        )
-        fleet = Fleet(devices, topics)
+        trust = (data / "trust.json").read_text()
         answers = Answers()
-        async with contextlib.AsyncExitStack() as stack:
-            clients: dict[str, aiomqtt.Client] = {}
-            tasks: list[asyncio.Task[None]] = []
-            for d in devices:
-                client = aiomqtt.Client("127.0.0.1", broker.port, identifier=f"{d}-{tag}")
-                await stack.enter_async_context(client)
-                for topic in (
-                    topics.timestamp(),
-                    topics.cohort_soldout("all"),
-                    topics.cohort_offers("all"),
-                ):
-                    await client.subscribe(topic, qos=1)
-                clients[d] = client
-
-                async def consume(c: aiomqtt.Client = client, dev: str = d) -> None:
-                    async for message in c.messages:
-                        fleet.take(dev, message)
-
-                tasks.append(asyncio.create_task(consume(), name="bench-device"))
-            watcher = await stack.enter_async_context(
-                aiomqtt.Client("127.0.0.1", broker.port, identifier=f"watch-{tag}")
-            )
+        token = await asyncio.to_thread(create_token, data)
+        async with (
+            aiomqtt.Client("127.0.0.1", broker.port, identifier=f"watch-{tag}") as watcher,
+            aiohttp.ClientSession(
+                f"http://127.0.0.1:{port}", headers={"Authorization": f"Bearer {token}"}
+            ) as http,
+        ):
             await watcher.subscribe(f"{topics.root}/dev/+/down/claim", qos=1)
 
             async def watch() -> None:
@@ -230,59 +155,86 @@ async def _measure(broker: MosquittoProcess, tmp: Path) -> dict[str, Any]:
                     assert isinstance(message.payload, bytes)
                     answers.take(message.payload)
 
-            tasks.append(asyncio.create_task(watch(), name="bench-watch"))
-            try:
-                token = await asyncio.to_thread(create_token, data)
-                wave_a = utcnow() + timedelta(seconds=FIRST_WAVE_S)
-                wave_b = wave_a + timedelta(seconds=BETWEEN_S)
-                spec = {
-                    "name": "bench live sale",
-                    "cohorts": ["all"],
-                    "waves": [
-                        {"at": format_time(wave_a), "offers": [{**OFFER, "id": "wave-a"}]},
-                        {"at": format_time(wave_b), "offers": [{**OFFER, "id": "wave-b"}]},
-                    ],
-                }
-                async with aiohttp.ClientSession(
-                    f"http://127.0.0.1:{port}", headers={"Authorization": f"Bearer {token}"}
-                ) as http:
-                    resp = await http.post("/v1/live-sales", json=spec)
-                    assert resp.status == 201, await resp.text()
-                    cid = (await resp.json())["campaign"]["id"]
-                    assert (await http.post(f"/v1/campaigns/{cid}/launch")).status == 200
-                at_a, at_b = wave_a.timestamp(), wave_b.timestamp()
-                sent_a, held_a = await _crowd(fleet, clients, "wave-a", cid, at_a, heed=True)
-                await _wait(lambda: answers.answered("wave-a") >= sent_a, 60)
-                sent_b, held_b = await _crowd(fleet, clients, "wave-b", cid, at_b, heed=False)
-                await _wait(lambda: answers.answered("wave-b") >= sent_b, 60)
-                await asyncio.sleep(2.0)  # the last catalogs and notices
-            finally:
-                for t in tasks:
-                    t.cancel()
-                await asyncio.gather(*tasks, return_exceptions=True)
+            watching = asyncio.create_task(watch(), name="bench-watch")
+            procs = await _workers(broker.port, root)
+            async with asyncio.timeout(60):  # every birth stored: the sale's reach is known
+                while True:
+                    got = await (await http.get("/v1/devices")).json()
+                    if len(got["devices"]) >= DEVICES:
+                        break
+                    await asyncio.sleep(0.2)
+            wave_a = utcnow() + timedelta(seconds=FIRST_WAVE_S)
+            ats = {oid: wave_a + timedelta(seconds=BETWEEN_S * i) for i, oid in enumerate(MODES)}
+            spec = {
+                "name": "bench live sale",
+                "cohorts": ["all"],
+                "waves": [
+                    {"at": format_time(at), "offers": [{**OFFER, "id": oid}]}
+                    for oid, at in ats.items()
+                ],
+            }
+            resp = await http.post("/v1/live-sales", json=spec)
+            assert resp.status == 201, await resp.text()
+            cid = (await resp.json())["campaign"]["id"]
+            assert (await http.post(f"/v1/campaigns/{cid}/launch")).status == 200
+            times = {oid: parse_time(format_time(at)).timestamp() for oid, at in ats.items()}
+            waves: list[dict[str, Any]] = [
+                {"offer": oid, "mode": MODES[oid], "at": t, "want": WANT.get(oid, 1.0)}
+                for oid, t in times.items()
+            ]
+            sale = {"campaign": cid, "trust": trust, "crowd_s": CROWD_S, "waves": waves}
+            await _say(procs, json.dumps(sale))
+            last = max(times.values()) + CROWD_S
+            while time.time() < last or time.time() - answers.last_seen < 3.0:  # noqa: ASYNC110 - polls the watcher's clock
+                await asyncio.sleep(0.2)
+            await asyncio.sleep(1.0)  # the last notices and catalogs
+            await _say(procs, "stop")
+            results = []
+            for proc in procs:
+                assert proc.stdout is not None
+                async with asyncio.timeout(300):
+                    results.append(json.loads(await proc.stdout.readline()))
+            watching.cancel()
+            await asyncio.gather(watching, return_exceptions=True)
     finally:
+        for proc in procs:
+            if proc.returncode is None:
+                proc.kill()
+            await proc.wait()
         gateway.terminate()
         await asyncio.to_thread(gateway.wait, 30)
-    seen = fleet.settle(verifier, {"wave-a", "wave-b"})
+    got = _collect(results, answers, len(times))
+    got["sold_after_s"] = {
+        oid: answers.last_grant.get(oid, float("nan")) - at for oid, at in times.items()
+    }
+    return got
+
+
+def _collect(results: list[dict[str, Any]], answers: Answers, waves: int) -> dict[str, Any]:
+    devices = {d: v for r in results for d, v in r["devices"].items()}
+    count: dict[str, dict[str, int]] = {"sent": {}, "held": {}, "queued": {}, "wanting": {}}
+    for r in results:
+        for key, per in count.items():
+            for oid, n in r[key].items():
+                per[oid] = per.get(oid, 0) + n
+    rng = random.Random(19)
+    skew = [abs(rng.uniform(-SKEW_S, SKEW_S)) * 1000 for _ in devices]
     sold = answers.last_grant["wave-a"]
-    transit = seen["transit"]
     return {
-        "notice_ms": [(seen["notice"][(d, "wave-a")] - sold) * 1000 for d in devices],
-        "catalog_ms": [(seen["catalog"][(d, "wave-a")] - sold) * 1000 for d in devices],
+        "notice_ms": [(v["notice"]["wave-a"] - sold) * 1000 for v in devices.values()],
+        "catalog_ms": [(v["catalog"]["wave-a"] - sold) * 1000 for v in devices.values()],
         # a device's offset is its best sample so far (`GatewayClock`): its reveal error at
         # each wave is the least transit of the samples it had by then
         "reveal_ms": [
-            abs(min(transit[d][: n + 1])) * 1000
-            for d in devices
-            for n in range(min(2, len(transit[d])))
+            abs(min(v["transit"][: n + 1])) * 1000
+            for v in devices.values()
+            for n in range(min(waves, len(v["transit"])))
         ],
-        "own_clock_ms": [abs(fleet.skew[d]) * 1000 for d in devices],
-        "samples": sum(len(v) for v in transit.values()),
-        "after_a": answers.sold_out.get("wave-a", 0),
-        "after_b": answers.sold_out.get("wave-b", 0),
-        "granted": (answers.granted.get("wave-a", 0), answers.granted.get("wave-b", 0)),
-        "sent": (sent_a, sent_b),
-        "held": (held_a, held_b),
+        "own_clock_ms": skew,
+        "samples": sum(len(v["transit"]) for v in devices.values()),
+        "after": {oid: answers.sold_out.get(oid, 0) for oid in MODES},
+        "granted": {oid: answers.granted.get(oid, 0) for oid in MODES},
+        **count,
     }
 
 
@@ -323,9 +275,13 @@ def run() -> list[Record]:
         raise RuntimeError("no device took a live sample of the gateway's clock")
     notice, catalog = (percentiles(got[k], 0.99)[0] for k in ("notice_ms", "catalog_ms"))
     reveal, own = (percentiles(got[k], 0.99)[0] for k in ("reveal_ms", "own_clock_ms"))
-    share_a = 100 * got["after_a"] / DEVICES
-    share_b = 100 * got["after_b"] / DEVICES
-    setup = f"{DEVICES:,} devices (one aiomqtt connection each), {STOCK} coupons a wave"
+    share = {oid: 100 * n / got["wanting"][oid] for oid, n in got["after"].items()}
+    setup = (
+        f"{DEVICES:,} devices (one aiomqtt connection each) in {PROCESSES} processes,"
+        f" {STOCK} coupons a wave"
+    )
+    g, s, h, q, w = (got[k] for k in ("granted", "sent", "held", "queued", "wanting"))
+    after_s = got["sold_after_s"]
     return [
         Record(
             "sold_out_to_devices_p99_ms",
@@ -333,8 +289,8 @@ def run() -> list[Record]:
             "ms",
             "the re-published cohort catalog with stock 0, same sell-out, same devices",
             catalog,
-            f"{setup}; from the decision granting the last coupon (its answer's signed"
-            " issued_at) to the verified notice held on each device",
+            f"{setup}; wave A (admitted in rounds); from the decision granting the last coupon"
+            " (its answer's signed issued_at) to the verified notice held on each device",
         ),
         Record(
             "wave_reveal_skew_ms",
@@ -347,12 +303,20 @@ def run() -> list[Record]:
         ),
         Record(
             "flash_crowd_claims_after_sold_out_pct",
-            share_a,
+            share["wave-a"],
             "%",
-            "the same crowd ignoring the sold-out notice",
-            share_b,
-            f"{setup}; each device claims once at U(0, {CROWD_S:g} s) after the wave; claims"
-            f" answered sold out / devices wanting (granted {got['granted'][0]}, sent"
-            f" {got['sent'][0]}, held back {got['held'][0]} at the edge)",
+            "the same crowd heeding only the sold-out notice (no admission)",
+            share["wave-b"],
+            f"{setup}; every device wants each wave and presses once at U(0, {CROWD_S:g} s)"
+            " after it; claims answered sold out / devices wanting. Admitted in rounds (A):"
+            f" granted {g['wave-a']}, sent {s.get('wave-a', 0)}, waited for a turn"
+            f" {q.get('wave-a', 0)}, told sold out at the edge {h.get('wave-a', 0)}. Notice"
+            f" only (B): granted {g['wave-b']}, sent {s.get('wave-b', 0)}, held"
+            f" {h.get('wave-b', 0)}. Neither (C): {share['wave-c']:.1f} %, granted"
+            f" {g['wave-c']}, sent {s.get('wave-c', 0)}. Admitted in rounds, {w['wave-d']}"
+            f" wanting of the {DEVICES:,} reached (D): {share['wave-d']:.1f} %, granted"
+            f" {g['wave-d']}, sent {s.get('wave-d', 0)}, waited {q.get('wave-d', 0)}, told"
+            f" sold out at the edge {h.get('wave-d', 0)}. The last coupon went (s after the"
+            f" wave): {', '.join(f'{k[-1].upper()} {v:.1f}' for k, v in after_s.items())}",
         ),
     ]

@@ -351,6 +351,10 @@ class Offer(BaseModel):
     before this time on the gateway's clock (`protocol.waves.GatewayClock`). Added field: a
     device that does not know it shows the offer from `starts_at`, so a wave's `starts_at`
     is set to the same time."""
+    admit: Annotated[Finite, Field(gt=0, le=1)] | None = None
+    """A live-sale wave's admission share at its reveal (issue 19): only devices whose stable
+    lottery ticket (`protocol.waves.ticket`) is below it claim then; later shares come on
+    the cohort's `SoldOut` notice. None: every device may claim. Added field."""
     group: GroupTerms | None = None
     """Group buy terms (`group_buy` offers a device can start or join a group of)."""
     cut: CutTerms | None = None

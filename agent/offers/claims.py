@@ -44,6 +44,8 @@ COUNTERS = (
     "claim_results_bad",
     "claim_results_duplicate",
     "claims_refused_stale",
+    "claims_queued",
+    "claims_closed_sold_out",
 )
 
 
@@ -87,12 +89,16 @@ class Claims:
         stale_trust: Callable[[], str | None] = lambda: None,
         timer: Callable[[], float] = time.monotonic,
         held_back: Callable[[Offer], str | None] | None = None,
+        turn: Callable[[Offer], str] = lambda _offer: "go",
     ) -> None:
         """`timer`: the monotonic clock the resend interval runs on; `stale_trust`: why the
         device's view of the cloud is stale (`agent.offers.trust`), None when fresh."""
         self._stale_trust = stale_trust
         self._held_back = held_back
         """Why a live sale holds a claim back (sold out, sealed: `agent.offers.waves`)."""
+        self._turn = turn
+        """A wave's admission (`LiveSale.turn`): "go", "wait" (stored, sent once admitted)
+        or "closed" (sold out: a claim never sent is closed here)."""
         self.settings = settings
         self._store = store
         self._verifier = verifier
@@ -149,6 +155,9 @@ class Claims:
                 "claim %s for %s sent although it looks sold out or expired", row["id"], offer_id
             )
         self._metrics.inc("claims_started")
+        if self._turn(offer) == "wait":
+            self._metrics.inc("claims_queued")  # sent once a notice admits this device
+            return row, True
         await self._send(row)
         return row, True
 
@@ -186,6 +195,8 @@ class Claims:
             pending = await self._store.call(self._store.claims.all, "pending")
             self._idle = not pending
             for row in pending:
+                if not await self._admitted(row):
+                    continue
                 if self._store.clock() - float(row["updated"]) < interval / 2 and row["attempts"]:
                     continue  # just sent
                 if not await self._send(row):
@@ -193,6 +204,27 @@ class Claims:
                 self._metrics.inc("claims_resent")
                 resent += 1
         return resent
+
+    def wake(self) -> None:
+        """A wave's admission or sold-out changed: look at every pending claim now."""
+        self._connected = True
+        self._wake.set()
+
+    async def _admitted(self, row: dict[str, Any]) -> bool:
+        """Whether a pending claim may be sent now; one never sent of an offer sold out
+        meanwhile is closed here, refused with the notice's reason."""
+        offer = self._offer(row["offer_id"])
+        turn = "go" if offer is None else self._turn(offer)
+        if turn == "go" or (turn == "closed" and row["attempts"]):
+            return True  # sent once: the gateway answers it (granted or sold out)
+        if turn == "closed":
+            closed = await self._store.call(
+                self._store.claims.close, row["id"], "sold out (the gateway's notice)"
+            )
+            if closed:
+                self._metrics.inc("claims_closed_sold_out")
+                self.refused = self.refused | {row["offer_id"]}
+        return False
 
     async def _send(self, row: dict[str, Any]) -> bool:
         link = self._link

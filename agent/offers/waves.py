@@ -10,6 +10,10 @@
 * **Sold out.** The newest signed `SoldOut` of each of this device's cohorts lists the offers
   whose stock is gone: they are not shown, and a claim of one is not sent (the flash crowd
   stops at the edge); counted as `claims_held_sold_out`.
+* **Admission.** A wave offer with an admission share (`Offer.admit`, grown by the notices'
+  `admit`) is claimed by this device only once its stable ticket (`protocol.waves.ticket`)
+  is below the share: before that a claim is stored and waits (`turn` says "wait"); a notice
+  that admits it sends it; one that lists the offer sold out closes it unsent.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterable
 from datetime import datetime
+from typing import Literal
 
 from agent.runtime.metrics import Metrics
 from mqttlink.logs import OnceLogger
@@ -24,7 +29,7 @@ from protocol.envelopes import Offer, Timestamp
 from protocol.errors import ProtocolError
 from protocol.ids import utcnow
 from protocol.signing import Verifier, decode_signed
-from protocol.waves import SIGNING_ROLE, GatewayClock, SoldOut, revealed
+from protocol.waves import SIGNING_ROLE, GatewayClock, SoldOut, admitted, revealed
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +40,9 @@ COUNTERS = (
     "clock_samples",
     "claims_held_sold_out",
     "claims_held_sealed",
+    "claims_waiting_admission",
 )
+Turn = Literal["go", "wait", "closed"]
 
 
 class LiveSale:
@@ -49,8 +56,13 @@ class LiveSale:
         *,
         local: Callable[[], datetime] = utcnow,
         on_change: Callable[[], None] = lambda: None,
+        device_id: str = "",
     ) -> None:
-        """`local`: this device's wall clock (the agent's; a test's skewed one)."""
+        """`local`: this device's wall clock (the agent's; a test's skewed one);
+        `device_id`: whose lottery tickets admit it to waves (`turn`)."""
+        self._device_id = device_id
+        self.admit: dict[str, float] = {}
+        """Admission shares grown by the notices, by offer (the largest of any cohort's)."""
         self._local = local
         self._cohorts = frozenset(cohorts)
         self._verifier = verifier
@@ -120,6 +132,11 @@ class LiveSale:
             return False
         self._notices[cohort] = notice
         self.sold_out = frozenset(o for n in self._notices.values() for o in n.offers)
+        admit: dict[str, float] = {}
+        for n in self._notices.values():
+            for oid, share in n.admit.items():
+                admit[oid] = max(share, admit.get(oid, 0.0))
+        self.admit = admit
         self._metrics.inc("soldout_accepted")
         self._on_change()
         return True
@@ -140,6 +157,17 @@ class LiveSale:
             return f"sealed until {offer.not_before} (the gateway's clock)"
         return None
 
+    def turn(self, offer: Offer) -> Turn:
+        """Whether this device may send its claim of `offer` now ("go"), must wait for a
+        larger admission share ("wait"), or never will (sold out: "closed")."""
+        if offer.id in self.sold_out:
+            return "closed"
+        if offer.admit is None:
+            return "go"
+        share = max(offer.admit, self.admit.get(offer.id, 0.0))
+        return "go" if admitted(self._device_id, offer.id, share) else "wait"
+
     def forget(self) -> None:
         self._notices.clear()
         self.sold_out = frozenset()
+        self.admit = {}

@@ -238,6 +238,8 @@ async def _build_on(  # noqa: PLR0917 - the order of the parts, in one place
         verifier,
         metrics,
         local=lambda: datetime.fromtimestamp(clock(), UTC),  # the agent's wall clock
+        on_change=lambda: claims.wake(),  # noqa: PLW0108 - claims is made below
+        device_id=settings.device_id,
     )
     today = decisions.local_day(utcnow())
     decisions.caps = CapCounts.load(await store.call(store.decisions.cap_counts, today), today)
@@ -251,6 +253,7 @@ async def _build_on(  # noqa: PLR0917 - the order of the parts, in one place
         stale_trust=trust.stale,
         timer=timer,
         held_back=live.refusal,
+        turn=live.turn,
     )
     await claims.start()
 

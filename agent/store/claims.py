@@ -61,6 +61,17 @@ class ClaimRows:
                 (self._clock(), claim_id),
             )
 
+    def close(self, claim_id: str, reason: str) -> bool:
+        """Refuse a pending claim that was never sent (its offer sold out meanwhile, by the
+        gateway's signed notice); False when it was sent or answered meanwhile."""
+        with self._thread.tx() as tx:
+            cur = tx.execute(
+                "UPDATE claims SET state = 'refused', code = 'sold_out', reason = ?,"
+                " updated = ? WHERE id = ? AND state = 'pending' AND attempts = 0",
+                (reason, self._clock(), claim_id),
+            )
+        return cur.rowcount == 1
+
     def answer(
         self, claim_id: str, *, granted: bool, code: str | None, reason: str, result_id: str
     ) -> bool:

@@ -66,6 +66,9 @@ class OfferTemplate(BaseModel):
     """Group buy terms (issue 19): a `group_buy` offer with them can be started and joined."""
     cut: CutTerms | None = None
     """Price cut terms (issue 19): required for a `price_cut` offer."""
+    admit: Annotated[Finite, Field(gt=0, le=1)] | None = None
+    """A live-sale wave's admission share at its reveal (issue 19; set by `POST
+    /v1/live-sales` from the crowd it expects: `campaigns.admission`). None: everyone."""
 
     @model_validator(mode="after")
     def _window(self) -> OfferTemplate:
@@ -74,6 +77,8 @@ class OfferTemplate(BaseModel):
         if self.stock is not None and not self.limited:
             raise ValueError("stock is only for limited offers (set limited: true)")
         check_social_terms(self.type, self.price, self.group, self.cut)
+        if self.admit is not None and self.stock is None:
+            raise ValueError("admit is only for limited offers with stock")
         return self
 
 

@@ -7,6 +7,12 @@ opened with `not_before` (`campaigns.model.build_offers`), so devices hold every
 launch and reveal each at its second on the gateway's clock: no push at the wave. The gateway
 refuses a claim before its wave (`claim_refusal`: the offer's window).
 
+The crowd is absorbed at the edge (`campaigns.admission`): each wave offer carries the share
+of devices admitted at its reveal (`admit`, stock / the crowd expected: `crowd` or the
+registered devices the sale reaches); only devices whose stable ticket is below it claim.
+While stock remains, `run` grows the share round by round and announces it on the cohort's
+notice (`SoldOut.admit`), so every device that wants the offer gets its turn.
+
 Sold out: when a claim batch takes a wave offer's last coupon, or stock is pulled, `poke`
 wakes `run`, which publishes each cohort's signed `SoldOut` (retained on
 `cohort/{c}/soldout`): the offers of live wave campaigns with no stock left. Devices then
@@ -18,19 +24,23 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+import time
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import datetime, timedelta
 from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from cloud_gateway.campaigns.admission import Admission, first_share, tickets_of
 from cloud_gateway.campaigns.model import (
     MAX_OFFERS_PER_CAMPAIGN,
     CampaignIn,
     OfferTemplate,
 )
 from cloud_gateway.campaigns.service import CampaignService
+from cloud_gateway.campaigns.targeting import selects
 from cloud_gateway.db import waves as sql
+from cloud_gateway.db.devices import device_facts
 from cloud_gateway.errors import GatewayError
 from cloud_gateway.runtime.wiring import Service, Wiring
 from protocol import codec
@@ -47,6 +57,8 @@ STAMP_BEFORE = timedelta(seconds=5)
 MAX_SLEEP_S = 2.0
 """`run` looks at the schedule again at least this often (a sale launched meanwhile): one
 indexed query, so a wave launched less than `STAMP_BEFORE` ahead still gets its sample."""
+ROUND_TICK_S = 0.2
+"""How often `run` looks at the admission rounds while a share may still grow."""
 
 
 class WaveIn(BaseModel):
@@ -88,9 +100,27 @@ class LiveSaleIn(BaseModel):
             raise ValueError("ends_at must be after the last wave")
         return self
 
-    def campaign(self) -> CampaignIn:
+    def with_ids(self) -> LiveSaleIn:
+        """The same sale with an id on every offer (the tickets are per offer id)."""
+        waves = [
+            w.model_copy(
+                update={"offers": [o.model_copy(update={"id": o.id or new_id()}) for o in w.offers]}
+            )
+            for w in self.waves
+        ]
+        return self.model_copy(update={"waves": waves})
+
+    def campaign(self, shares: Mapping[str, float | None] | None = None) -> CampaignIn:
+        """The campaign of these waves (`with_ids` first); `shares`: each offer's admission
+        share at its reveal, unless the offer gives its own `admit`."""
         offers = [
-            o.model_copy(update={"starts_at": w.at, "id": o.id or new_id()})
+            o.model_copy(
+                update={
+                    "starts_at": w.at,
+                    "id": o.id or new_id(),
+                    "admit": o.admit or (shares or {}).get(o.id or ""),
+                }
+            )
             for w in self.waves
             for o in w.offers
         ]
@@ -135,20 +165,46 @@ class WaveDesk(Service):
         self._campaigns = campaigns
         self._stamp = stamp
         self._wake = asyncio.Event()
-        self._sent: dict[str, list[str]] = {}
-        """The offers last announced per cohort: a notice goes out only on a change."""
+        self._sent: dict[str, tuple[list[str], dict[str, float]]] = {}
+        """What was last announced per cohort (sold out, shares): a notice goes out only on
+        a change."""
+        self._admission = Admission()
+        self._reveals: set[datetime] = set()
+        """Waves ahead seen by `run`: each is looked at once revealed (its first round)."""
 
     async def create(self, spec: LiveSaleIn, who: str) -> dict[str, Any]:
-        campaign = await self._campaigns.create(spec.campaign(), who)
+        spec = spec.with_ids()
+        reached = await self._reached(spec.cohorts)
+        shares = {  # hashing every reached device: off the event loop
+            o.id: first_share(o.stock or 0, await asyncio.to_thread(tickets_of, reached, o.id))
+            for w in spec.waves
+            for o in w.offers
+            if o.id is not None
+        }
+        campaign = await self._campaigns.create(spec.campaign(shares), who)
         per_wave: list[tuple[datetime, list[str]]] = []
         ids = iter(o.id for o in campaign.offers)
         for wave in spec.waves:
             per_wave.append((wave.at, [next(ids) for _ in wave.offers]))
         await self._db.call(sql.record_waves, campaign.id, per_wave)
+        if len(self._reveals) < MAX_WAVES:  # `run` sees them within `MAX_SLEEP_S`; no wake:
+            self._reveals.update(w.at for w in spec.waves)  # a draft has no clock stamp due
         return {"campaign": campaign.doc(), "waves": await self.waves(campaign.id)}
 
+    async def _reached(self, cohorts: list[str]) -> list[str]:
+        """The registered devices a sale in `cohorts` reaches (their tickets set shares)."""
+        now = utcnow()
+        facts = await self._db.call(device_facts)
+        return [f.device_id for f in facts if selects(None, cohorts, f, now)]
+
     async def waves(self, campaign_id: str) -> list[dict[str, Any]]:
-        return await self._db.call(sql.waves_of, campaign_id)
+        """Each wave's offers with their stock and `admitted`: the share of the crowd its
+        rounds admit now (None: not opened by this gateway, or no admission)."""
+        waves = await self._db.call(sql.waves_of, campaign_id)
+        for wave in waves:
+            for offer in wave["offers"]:
+                offer["admitted"] = self._admission.share(offer["offer_id"])
+        return waves
 
     async def change_stock(self, campaign_id: str, spec: StockIn, who: str) -> dict[str, Any]:
         await self.waves(campaign_id)  # a 404 unless it is a live sale
@@ -164,21 +220,51 @@ class WaveDesk(Service):
         self._wake.set()
 
     async def broadcast(self) -> int:
-        """Publish each cohort's notice whose list changed; the number published."""
+        """Publish each cohort's notice whose list or admission shares changed; the number
+        published."""
         now = utcnow()
         current = await self._db.call(sql.sold_out_by_cohort)
+        shares = await self._shares(now)
         sent = 0
-        for cohort, offers in sorted(current.items()):
-            if self._sent.get(cohort) == offers:
+        for cohort in sorted(current.keys() | shares.keys()):
+            offers, admit = current.get(cohort, []), shares.get(cohort, {})
+            if self._sent.get(cohort) == (offers, admit):
                 continue
-            notice = self._signer.sign(sold_out_notice(cohort, offers, now).to_wire())
+            notice = sold_out_notice(cohort, offers, now)
+            if admit:
+                notice = notice.model_copy(update={"admit": admit})
+            signed = self._signer.sign(notice.to_wire())
             await self._publish(
-                self._topics.cohort_soldout(cohort), codec.encode_dict(notice), True
+                self._topics.cohort_soldout(cohort), codec.encode_dict(signed), True
             )
-            self._sent[cohort] = offers
+            self._sent[cohort] = (offers, admit)
             self._counters["soldout_notices"] += 1
             sent += 1
         return sent
+
+    async def _shares(self, now: datetime) -> dict[str, dict[str, float]]:
+        """Each cohort's revealed wave offers in stock whose share grew past the reveal's."""
+        rows = await self._db.call(sql.admission_offers, format_time(now))
+        tick = time.monotonic()
+        out: dict[str, dict[str, float]] = {}
+        reached: dict[tuple[str, ...], list[str]] = {}
+        for r in rows:
+            oid, taken, left = r["offer_id"], r["taken"], r["left"]
+            if self._admission.knows(oid):
+                share = self._admission.observe(oid, taken, left, tick)
+            else:  # revealed now (or this gateway restarted): its first round opens
+                key = tuple(r["cohorts"])
+                if key not in reached:
+                    reached[key] = await self._reached(r["cohorts"])
+                tickets = await asyncio.to_thread(tickets_of, reached[key], oid)
+                share = self._admission.start(
+                    oid, tickets, r["admit"], taken=taken, left=left, now=tick
+                )
+            if share > r["admit"] and left > 0:
+                for cohort in r["cohorts"]:
+                    out.setdefault(cohort, {})[oid] = round(share, 12)
+        self._admission.retain({r["offer_id"] for r in rows})
+        return out
 
     async def _until_next_stamp(self) -> float | None:
         """Seconds until `STAMP_BEFORE` the next wave (None: no wave ahead)."""
@@ -190,21 +276,34 @@ class WaveDesk(Service):
             return None
         if ahead is None:
             return None
-        return max((parse_time(ahead) - STAMP_BEFORE - now).total_seconds(), 0.0)
+        at = parse_time(ahead)
+        if len(self._reveals) < MAX_WAVES:
+            self._reveals.add(at)  # looked at once it is revealed (its admission opens)
+        return max((at - STAMP_BEFORE - now).total_seconds(), 0.0)
 
     async def run(self) -> None:
         """Announce what is sold out at each poke (again every `MAX_SLEEP_S` after a failed
-        attempt: the link or the store was away); a fresh clock sample before each wave."""
-        failed = False
+        attempt: the link or the store was away); a fresh clock sample before each wave; a
+        look at each wave's reveal and every `ROUND_TICK_S` while an admission may grow."""
+        failed = True  # a first look at once: a restarted gateway resumes open admissions
         while True:
             wait = await self._until_next_stamp() if self._stamp is not None else None
+            sleep = MAX_SLEEP_S if wait is None else min(wait, MAX_SLEEP_S)
+            if self._reveals:
+                reveal = (min(self._reveals) - utcnow()).total_seconds()
+                sleep = max(0.0, min(sleep, reveal))
+            if self._admission.open:
+                sleep = min(sleep, ROUND_TICK_S)
             try:
-                async with asyncio.timeout(MAX_SLEEP_S if wait is None else min(wait, MAX_SLEEP_S)):
+                async with asyncio.timeout(sleep):
                     await self._wake.wait()
             except TimeoutError:
-                if wait is not None and wait <= MAX_SLEEP_S and self._stamp is not None:
+                if wait is not None and wait <= sleep and self._stamp is not None:
                     await self._send_stamp()
-                if not failed:
+                now = utcnow()
+                revealed = {t for t in self._reveals if t <= now}
+                self._reveals -= revealed
+                if not (failed or revealed or self._admission.open):
                     continue
             self._wake.clear()
             try:

@@ -132,3 +132,37 @@ def next_wave(store: Session, after: str) -> str | None:
         [after],
     )
     return None if row is None or row["at"] is None else str(row["at"])
+
+
+def admission_offers(store: Session, revealed_by: str) -> list[dict[str, Any]]:
+    """The offers with an admission share of live wave campaigns revealed by `revealed_by`
+    (RFC 3339): offer_id, cohorts, admit (the share at the reveal), taken, left."""
+    rows = store.rows(
+        "SELECT c.doc, w.offers FROM live_waves w JOIN campaigns c ON c.id = w.campaign_id"
+        " WHERE c.state = 'live' AND w.at <= ?",
+        [revealed_by],
+    )
+    if not rows:
+        return []
+    stock = {
+        (r["campaign_id"], r["offer_id"]): (int(r["initial"]), int(r["stock"]))
+        for r in store.rows("SELECT campaign_id, offer_id, initial, stock FROM offer_stock")
+    }
+    out = []
+    for r in rows:
+        campaign = Campaign.model_validate_json(r["doc"])
+        wave = set(json.loads(r["offers"]))
+        for tpl in campaign.offers:
+            if tpl.id not in wave or tpl.admit is None:
+                continue
+            initial, left = stock.get((campaign.id, tpl.id), (0, 0))
+            out.append(
+                {
+                    "offer_id": tpl.id,
+                    "cohorts": list(campaign.cohorts),
+                    "admit": tpl.admit,
+                    "taken": initial - left,
+                    "left": left,
+                }
+            )
+    return out

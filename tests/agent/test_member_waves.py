@@ -5,6 +5,7 @@ claimed before its time on the gateway's clock, and a sold-out notice stops clai
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -16,7 +17,7 @@ from protocol.envelopes import Timestamp
 from protocol.ids import format_time, new_id, utcnow
 from protocol.members import MemberStatus, tier_name
 from protocol.signing import Signer
-from protocol.waves import GatewayClock, SoldOut, revealed
+from protocol.waves import GatewayClock, SoldOut, revealed, ticket
 from tests.support.builders import offer, signed_bundle
 from tests.support.local_device import SURFACE, running_device
 
@@ -150,3 +151,62 @@ def test_devices_whose_clocks_differ_by_two_seconds_reveal_within_the_transit() 
         reveals.append((local - timedelta(seconds=skew) - wave).total_seconds())
     assert all(0 <= r <= 0.040 for r in reveals), reveals
     assert max(reveals) - min(reveals) < 0.001  # the same best sample on every device
+
+
+def _notice(signer: Signer, version: int, offers: list[str], admit: dict[str, float]) -> bytes:
+    now = utcnow()
+    body = SoldOut(
+        id=new_id(),
+        cohort="all",
+        version=version,
+        at=now,
+        offers=offers,
+        admit=admit,
+        expires_at=now + timedelta(hours=1),
+    )
+    return codec.dumps(signer.sign(body.to_wire()))
+
+
+async def test_a_claim_waits_for_its_admission_and_closes_unsent_when_sold_out(
+    tmp_path: Path,
+) -> None:
+    """Wave offers admitting a share below this device's ticket: its claims are stored and
+    wait (nothing sent); a signed notice growing one share sends that claim; a notice listing
+    the other sold out closes it unsent, refused as sold out."""
+    async with running_device(tmp_path) as device:
+        agent, link = device.agent, device.transports.last
+        await agent.set_consent(ALL)
+        link.up()
+        me = agent.settings.device_id
+        below = {oid: ticket(me, oid) / 2 for oid in ("w1", "w2")}
+        assert all(share > 0 for share in below.values())  # (ticket 0 is one in 2**64)
+        await link.deliver(
+            "offers",
+            signed_bundle(
+                device.signer,
+                [offer(oid, limited=True, stock=5, admit=share) for oid, share in below.items()],
+            ),
+        )
+        first, _ = await agent.claim("w1")
+        second, _ = await agent.claim("w2")
+        assert agent.counters["claims_queued"] == 2
+        claim_topic = agent.settings.topics.claim_up(me)
+        await agent.claims.tick()
+        assert not [p for p in link.published if p[0] == claim_topic]  # none sent yet
+
+        await link.deliver("cohort_soldout", _notice(device.signer, 5, [], {"w1": 1.0}), "all")
+        await agent.claims.tick()
+        sent = [json.loads(p[1])["offer_id"] for p in link.published if p[0] == claim_topic]
+        assert sent == ["w1"]  # admitted: sent; w2 still waits
+
+        await link.deliver("cohort_soldout", _notice(device.signer, 6, ["w2"], {}), "all")
+        await agent.claims.tick()
+        closed = await agent.claims.get(second["id"])
+        assert closed is not None and closed["state"] == "refused"
+        assert "sold out" in closed["reason"]
+        assert agent.counters["claims_closed_sold_out"] == 1
+        sent = [json.loads(p[1])["offer_id"] for p in link.published if p[0] == claim_topic]
+        assert sent == ["w1"]  # the closed claim never left the device
+        still = await agent.claims.get(first["id"])
+        assert still is not None and still["state"] == "pending"  # the gateway answers it
+        link.down()  # offline: the shutdown does not wait for the uplink to drain

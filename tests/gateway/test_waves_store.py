@@ -117,6 +117,7 @@ async def test_waves_sell_out_restock_and_refuse_early_claims(
             "left": 0,
             "taken": 2,
             "sold_out": True,
+            "admitted": None,  # no device registered: no admission
         }
         with pytest.raises(InvalidInput):
             await desk.change_stock(cid, StockIn(offer_id="zz", delta=1), "token:ops")
