@@ -168,7 +168,16 @@ class SocialStory:
         self, starter: LocalApp, joiners: Sequence[LocalApp], timeout: float = 15.0
     ) -> None:
         """The starter's device starts a group and shows its code; each friend's device joins
-        with the code; every member's device shows the group formed and its own coupon."""
+        with the code; every member's device shows the group formed and its own coupon. What
+        went wrong (a code never shown, a refused call) is the report's `group.error`."""
+        try:
+            await self._form_group(starter, joiners, timeout)
+        except SocialError as exc:
+            self.group = {"formed": False, "coupons": 0, "seats": 0, "error": str(exc)}
+
+    async def _form_group(
+        self, starter: LocalApp, joiners: Sequence[LocalApp], timeout: float
+    ) -> None:
         deadline = time.monotonic() + timeout
         while starter.run.agent.parts.offers.get(self.group_offer) is None:
             if time.monotonic() > deadline:
