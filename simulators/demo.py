@@ -253,6 +253,9 @@ async def _run_demo(options: DemoOptions, root: str) -> dict[str, Any]:
                     await social.form_group(
                         LocalApp(http, tv), [LocalApp(http, run) for run in buddies]
                     )
+                    await social.cut_price(
+                        LocalApp(http, tv), [LocalApp(http, run) for run in buddies]
+                    )
                     crowd = [r for r in household.runs if r.spec.profile in CLAIMERS]
                     await social.sell_out(crowd + buddies)
                     drained = await household.drain(options.drain_timeout)

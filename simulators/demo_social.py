@@ -1,11 +1,13 @@
-"""The demo's social commerce: a group buy formed by three friends' households, a wave sold out.
+"""The demo's social commerce: three friends' households form a group buy and cut a price,
+and a live-sale wave sells out.
 
 Two friends of the demo household (the world's friendships: the two likeliest to join its
 group) run one phone each, a cheap "device-only" household. Through the gateway's HTTP API the
 operator launches a group-buy campaign (groups of 3) and a live sale whose one wave opens
 `WAVE_IN_S` after its launch with `WAVE_STOCK` coupons. The household's TV starts a group
 through its local API and shows the code; each friend's phone joins with it through its own
-local API; every member's device then shows the group formed with its coupon. At the wave,
+local API; every member's device then shows the group formed with its coupon. The TV starts
+a price cut the same way and both friends help it down to its floor. At the wave,
 every phone, TV and hub of the three households claims the drop, a fraction of a second
 apart (the flash crowd): the stock is granted, the rest refused or held at the edge, and every
 device ends up holding the gateway's signed sold-out notice.
@@ -39,6 +41,8 @@ WAVE_STOCK = 2
 CLAIM_GAP_S = 0.35
 """The flash crowd: each claimer taps this long after the previous one."""
 CLAIMERS = ("hub", "tv", "phone")
+CUT_PRICE = 129.0
+CUT_FLOOR = 59.0
 
 
 class Caller(Protocol):
@@ -106,6 +110,8 @@ class SocialStory:
         self.friends = list(friends)
         self.group_campaign = ""
         self.group_offer = ""
+        self.cut_offer = ""
+        self.cut: dict[str, Any] = {}
         self.sale = ""
         self.wave_offer = ""
         self.wave_at: datetime | None = None
@@ -129,12 +135,24 @@ class SocialStory:
                     "starts_at": format_time(now - timedelta(minutes=1)),
                     "expires_at": format_time(now + timedelta(days=1)),
                     "group": {"size": GROUP_SIZE, "window_s": 600, "price": 59.0},
-                }
+                },
+                {
+                    "type": "price_cut",
+                    "title": "Water filter: friends cut the price to 59",
+                    "category": "water_filter",
+                    "price": CUT_PRICE,
+                    "priority": 20,
+                    "surfaces": surfaces,
+                    "starts_at": format_time(now - timedelta(minutes=1)),
+                    "expires_at": format_time(now + timedelta(days=1)),
+                    "cut": {"floor": CUT_FLOOR, "helps": GROUP_SIZE - 1, "window_s": 600},
+                },
             ],
         }
         created = await self.operator.call("POST", "/v1/campaigns", group)
         self.group_campaign = created["id"]
         self.group_offer = created["offers"][0]["id"]
+        self.cut_offer = created["offers"][1]["id"]
         await self.operator.call("POST", f"/v1/campaigns/{self.group_campaign}/launch")
         self.wave_at = now + timedelta(seconds=WAVE_IN_S)
         sale = {
@@ -233,6 +251,48 @@ class SocialStory:
             "gateway": figures["offers"],
         }
 
+    async def cut_price(
+        self, starter: LocalApp, helpers: Sequence[LocalApp], timeout: float = 15.0
+    ) -> None:
+        """The starter's device starts a price cut and shows its code; each friend's device
+        helps once with it; the price falls along the published schedule to the floor."""
+        try:
+            code, answers = await self._cut_price(starter, helpers, timeout)
+        except SocialError as exc:
+            self.cut = {"helps": 0, "error": str(exc)}
+            return
+        got = await self.operator.call("GET", f"/v1/social/cuts?campaign={self.group_campaign}")
+        (figures,) = got["offers"]
+        self.cut = {
+            "offer_id": self.cut_offer,
+            "code": code,
+            "price": CUT_PRICE,
+            "floor": CUT_FLOOR,
+            "helps": int(figures["helps"]),
+            "help_answers": [a["answer"]["status"] for a in answers],
+            "prices_seen": [a.get("price") for a in answers],
+            "price_reached": figures["lowest_price"],
+            "gateway": figures,
+        }
+
+    async def _cut_price(
+        self, starter: LocalApp, helpers: Sequence[LocalApp], timeout: float
+    ) -> tuple[str, list[dict[str, Any]]]:
+        deadline = time.monotonic() + timeout
+        while starter.run.agent.parts.offers.get(self.cut_offer) is None:
+            if time.monotonic() > deadline:
+                raise SocialError(f"{starter.run.spec.device_id} never held {self.cut_offer}")
+            await asyncio.sleep(0.05)
+        started = await starter.call("POST", "/v1/cuts", {"offer_id": self.cut_offer})
+        path = f"/v1/cuts/{started['request_id']}"
+        shown = await _until(starter, path, lambda s: bool(s.get("code")), deadline)
+        answers = []
+        for app in helpers:
+            helped = await app.call("POST", "/v1/cuts", {"code": shown["code"]})
+            path = f"/v1/cuts/{helped['request_id']}"
+            answers.append(await _until(app, path, lambda s: "answer" in s, deadline))
+        return str(shown["code"]), answers
+
     async def sell_out(self, claimers: Sequence[DeviceRun], timeout: float = 20.0) -> None:
         """At the wave, every claimer claims the drop `CLAIM_GAP_S` after the previous one;
         then wait until every device holds the signed sold-out notice."""
@@ -289,7 +349,7 @@ class SocialStory:
         }
 
     def report(self) -> dict[str, Any]:
-        return {"friends": self.friends, "group": self.group, "wave": self.wave}
+        return {"friends": self.friends, "group": self.group, "cut": self.cut, "wave": self.wave}
 
 
 def social_ok(report: dict[str, Any]) -> bool:
@@ -309,7 +369,7 @@ def social_lines(report: dict[str, Any]) -> list[str]:
     social = report.get("social")
     if not social:
         return []
-    g, w = social["group"], social["wave"]
+    g, c, w = social["group"], social.get("cut") or {}, social["wave"]
     friends = ", ".join(
         f"hh{f['household']:06d} (tie {f['tie']:.2f}, p_join {f['p_join']:.2f})"
         for f in social["friends"]
@@ -318,6 +378,8 @@ def social_lines(report: dict[str, Any]) -> list[str]:
         f"group buy: code {g.get('code', '-')} shared with {friends}; seats"
         f" {g.get('seats', 0)}/{g.get('size', GROUP_SIZE)},"
         f" {'formed' if g.get('formed') else 'NOT formed'}, coupons {g.get('coupons', 0)}",
+        f"price cut: {c.get('helps', 0)} friends helped, {CUT_PRICE:g} -> "
+        f"{c.get('price_reached', '-')} (floor {CUT_FLOOR:g})",
         f"live wave: stock {w.get('stock', '-')}, {w.get('wanted', 0)} devices claimed,"
         f" granted {w.get('granted', 0)}, refused by the gateway {w.get('refused_at_gateway', 0)},"
         f" held at the edge {w.get('held_at_edge', 0)}; sold-out seen by"

@@ -47,7 +47,8 @@ def _assert_whole_loop(report: dict[str, Any]) -> None:
 def _assert_the_social_evening(report: dict[str, Any]) -> None:
     """Three households of friends form a group of 3 (each member's device shows it formed
     with its own coupon, the gateway counts it), and the wave's 2 coupons sell out to the
-    flash crowd of six devices, every one of which holds the signed sold-out notice."""
+    flash crowd of six devices, every one of which holds the signed sold-out notice; between
+    them, both friends help the TV's price cut down to its floor."""
     social = report["social"]
     assert len(social["friends"]) == 2 and all(f["tie"] > 0 for f in social["friends"])
     group = social["group"]
@@ -57,6 +58,10 @@ def _assert_the_social_evening(report: dict[str, Any]) -> None:
     assert len({m["device_id"].split("-")[0] for m in group["members"]}) == 3  # 3 households
     [figures] = group["gateway"]
     assert (figures["formed"], figures["seats_granted"], figures["expired"]) == (1, 3, 0)
+    cut = social["cut"]  # two helps: the published schedule's last lands on the floor
+    assert cut["help_answers"] == ["open", "done"] and cut["helps"] == 2
+    assert cut["price"] > cut["prices_seen"][0] > cut["price_reached"] == cut["floor"]
+    assert cut["gateway"]["helps_refused"] == {}
     wave = social["wave"]
     assert wave["stock"] == wave["granted"] == 2
     assert wave["wanted"] == wave["devices"] == 6
@@ -113,6 +118,7 @@ def test_demo_command_on_the_embedded_broker(tmp_path: Path) -> None:
     assert "purifier -> TV:" in proc.stdout and "household_consumable_low" in proc.stdout
     assert "group buy:" in proc.stdout and "seats 3/3, formed, coupons 3" in proc.stdout
     assert "live wave: stock 2" in proc.stdout and "sold out" in proc.stdout
+    assert "price cut: 2 friends helped, 129 -> 59" in proc.stdout
 
 
 async def test_demo_on_mosquitto(tmp_path: Path, mosquitto: MosquittoProcess) -> None:

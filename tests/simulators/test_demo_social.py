@@ -33,13 +33,14 @@ def test_the_verdict_needs_the_group_formed_and_the_wave_sold_out() -> None:
     lines = social_lines(_report(GROUP, WAVE))
     assert "hh000003 (tie 0.65, p_join 0.81)" in lines[0]
     assert "seats 3/3, formed, coupons 3" in lines[0]
-    assert "granted 2, refused by the gateway 1, held at the edge 3" in lines[1]
-    assert lines[1].endswith("6/6 devices: sold out")
+    assert lines[1] == "price cut: 0 friends helped, 129 -> - (floor 59)"  # none in the report
+    assert "granted 2, refused by the gateway 1, held at the edge 3" in lines[2]
+    assert lines[2].endswith("6/6 devices: sold out")
     failed = {"formed": False, "coupons": 0, "seats": 0, "error": "never got there"}
     assert not social_ok(_report(failed, WAVE))
     assert "seats 0/3, NOT formed" in social_lines(_report(failed, WAVE))[0]
     assert not social_ok(_report({**GROUP, "coupons": 2}, WAVE))  # a member without its coupon
     unsold = {**WAVE, "sold_out_seen": 5, "sold_out": False}
     assert not social_ok(_report(GROUP, unsold))
-    assert social_lines(_report(GROUP, unsold))[1].endswith("5/6 devices: NOT sold out")
+    assert social_lines(_report(GROUP, unsold))[2].endswith("5/6 devices: NOT sold out")
     assert not social_ok({}) and social_lines({}) == []
