@@ -322,7 +322,10 @@ def cmd_fleet(args: argparse.Namespace) -> int:
 
         write_html(report, Path(args.html))
     if not ok:
-        sys.stderr.write("fleet: signals were lost or duplicated, or a device did not drain\n")
+        sys.stderr.write(
+            "fleet: signals were lost or duplicated, a device did not drain, or the group"
+            " buys formed were not the plan's\n"
+        )
         return 1
     return 0
 
