@@ -1,4 +1,7 @@
-"""The demo: embedded broker, gateway, a simulated household, a campaign, and a loss report.
+"""The demo: embedded broker, gateway, a simulated household, campaigns, and a loss report.
+
+Two friends' households join the household's group buy and help its price cut, and a
+live-sale wave sells out to the three households' devices (`simulators.demo_social`).
 
 Everything runs in one process and one event loop, over real sockets: MQTT through the
 broker (embedded amqtt unless `--broker` names another), the operator's calls over HTTP.
