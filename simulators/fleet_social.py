@@ -22,7 +22,6 @@ from typing import Any, Protocol
 import numpy as np
 
 from protocol.ids import format_time, utcnow
-from simulators.fleet_procs import WorkerProcess
 from simulators.household import DeviceRun
 from simulators.launches import surfaces
 from simulators.options import FleetOptions
@@ -39,6 +38,19 @@ class Commander(Protocol):
     """A fleet worker process: `call(cmd, **args)` runs a command on its households."""
 
     async def call(self, cmd: str, **args: Any) -> dict[str, Any]: ...
+
+
+class _Plan(Protocol):
+    @property
+    def households(self) -> list[int]: ...
+
+
+class FleetWorker(Commander, Protocol):
+    """`simulators.fleet_procs.WorkerProcess`, as seen here (no import: the worker imports
+    this module)."""
+
+    @property
+    def plan(self) -> _Plan: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -201,7 +213,7 @@ async def device_social(
 
 
 async def fleet_groups(
-    options: FleetOptions, world: World, workers: Sequence[WorkerProcess], operator: Caller
+    options: FleetOptions, world: World, workers: Sequence[FleetWorker], operator: Caller
 ) -> dict[str, Any]:
     """The fleet's group buys (`options.group_buys`), planned and run; the report's `social`."""
     assert options.group_buys is not None
