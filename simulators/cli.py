@@ -108,6 +108,10 @@ def _print_report(report: dict[str, Any]) -> None:
             d["top_offer"] or "-",
         )
     console.print(devices)
+    from simulators.demo_social import social_lines  # noqa: PLC0415
+
+    for line in social_lines(report):
+        console.print(line, soft_wrap=True, highlight=False)
     lan = report.get("household_lan")
     if lan:
         needs = ", ".join(f"{k} {v:.2f}" for k, v in sorted(lan["tv_consumable_need"].items()))
@@ -134,6 +138,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         sys.stderr.write(f"edgemart demo: --broker {args.broker}: {why}\n")
         return 2
     from simulators.demo import refusals_match, run_demo, succeeded  # noqa: PLC0415
+    from simulators.demo_social import social_ok  # noqa: PLC0415
 
     options = DemoOptions(
         broker=args.broker,
@@ -154,6 +159,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
         why = "something was lost or refused wrongly"
         if not refusals_match(report):
             why = "the refusals are not exactly the forged and tampered bundles sent"
+        elif not social_ok(report):
+            why = "the group did not form or the wave did not sell out"
         sys.stderr.write(f"demo: {why}; see the report\n")
         return 1
     return 0
@@ -315,7 +322,10 @@ def cmd_fleet(args: argparse.Namespace) -> int:
 
         write_html(report, Path(args.html))
     if not ok:
-        sys.stderr.write("fleet: signals were lost or duplicated, or a device did not drain\n")
+        sys.stderr.write(
+            "fleet: signals were lost or duplicated, a device did not drain, or the group"
+            " buys formed were not the plan's\n"
+        )
         return 1
     return 0
 

@@ -1,4 +1,7 @@
-"""The demo: embedded broker, gateway, a simulated household, a campaign, and a loss report.
+"""The demo: embedded broker, gateway, a simulated household, campaigns, and a loss report.
+
+Two friends' households join the household's group buy and help its price cut, and a
+live-sale wave sells out to the three households' devices (`simulators.demo_social`).
 
 Everything runs in one process and one event loop, over real sockets: MQTT through the
 broker (embedded amqtt unless `--broker` names another), the operator's calls over HTTP.
@@ -32,6 +35,14 @@ from protocol.ids import format_time, new_id, utcnow
 from protocol.signing import Signer
 from protocol.topics import Topics
 from simulators.checker import Drops, account, check, coverage
+from simulators.demo_social import (
+    CLAIMERS,
+    LocalApp,
+    SocialStory,
+    friend_households,
+    friends_of,
+    social_ok,
+)
 from simulators.household import DeviceRun, DeviceSpec, Household, default_devices
 from simulators.household_lan import HouseholdLan
 from simulators.options import DemoOptions, fresh_root, sweepable
@@ -194,6 +205,7 @@ async def _run_demo(options: DemoOptions, root: str) -> dict[str, Any]:
             async with Gateway(settings) as gateway, aiohttp.ClientSession() as http:
                 token = await asyncio.to_thread(create_token, settings.data_dir)
                 operator = Operator(http, f"http://127.0.0.1:{gateway.http_port}", token)
+                friends = friends_of(world, options.household)
                 async with (
                     Household(
                         world,
@@ -204,6 +216,13 @@ async def _run_demo(options: DemoOptions, root: str) -> dict[str, Any]:
                         seed=options.seed,
                         devices=devices,
                     ) as household,
+                    friend_households(
+                        world,
+                        friends,
+                        broker=broker_url,
+                        trust=gateway.trust_path,
+                        data_dir=data / "friends",
+                    ) as friend_homes,
                     contextlib.AsyncExitStack() as lan_stack,
                 ):
                     surfaces = sorted(
@@ -212,6 +231,8 @@ async def _run_demo(options: DemoOptions, root: str) -> dict[str, Any]:
                     for campaign in sample_campaigns(world, surfaces):
                         created = await operator.call("POST", "/v1/campaigns", campaign)
                         await operator.call("POST", f"/v1/campaigns/{created['id']}/launch")
+                    social = SocialStory(operator, friends)
+                    await social.launch(surfaces)
                     lan = await lan_stack.enter_async_context(
                         _lan(household, operator, gateway.trust_path, options.lan)
                     )
@@ -230,9 +251,20 @@ async def _run_demo(options: DemoOptions, root: str) -> dict[str, Any]:
                         household.browse(options.browse_rounds),
                         household.use(options.live_signals_per_device),
                     )
+                    # the social evening: a group of three households, then the wave's drop
+                    buddies = [home.runs[0] for home in friend_homes]
+                    await social.form_group(
+                        LocalApp(http, tv), [LocalApp(http, run) for run in buddies]
+                    )
+                    await social.cut_price(
+                        LocalApp(http, tv), [LocalApp(http, run) for run in buddies]
+                    )
+                    crowd = [r for r in household.runs if r.spec.profile in CLAIMERS]
+                    await social.sell_out(crowd + buddies)
                     drained = await household.drain(options.drain_timeout)
                     await asyncio.sleep(0.2)
                     report = await _report(household, operator, attack, drained)
+                    report["social"] = social.report()
                     if lan is not None:
                         report["household_lan"] = {**lan.report(), "purifier_to_tv": story}
     report["duration_s"] = round(time.monotonic() - started, 2)
@@ -398,12 +430,13 @@ def refusals_match(report: dict[str, Any]) -> bool:
 
 
 def succeeded(report: dict[str, Any]) -> bool:
-    """The demo's verdict: nothing lost, the refusals exactly the attacks, and every device
-    verified offers and decided."""
+    """The demo's verdict: nothing lost, the refusals exactly the attacks, every device
+    verified offers and decided, the group formed and the wave sold out."""
     return (
         report["signals_lost"] == 0
         and report["signals_duplicated"] == 0
         and refusals_match(report)
         and all(d["offers_verified"] > 0 and d["decisions"] > 0 for d in report["devices"])
         and report["outcomes_stored"] == report["outcomes_recorded"]
+        and social_ok(report)
     )

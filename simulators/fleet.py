@@ -28,6 +28,7 @@ from simulators.demo import Operator
 from simulators.faults import AgentProcess
 from simulators.fleet_observe import Observation
 from simulators.fleet_procs import GatewayProcess, SharedGateway, WorkerProcess
+from simulators.fleet_social import fleet_groups, groups_ok
 from simulators.fleet_worker import WorkerPlan
 from simulators.household import CONSENT_ALL
 from simulators.netfault import PartitionProxy
@@ -277,6 +278,10 @@ async def _run_fleet(options: FleetOptions, topic_root: str) -> dict[str, Any]:
                         using.append(crash.use(crash_count))
                     await asyncio.gather(*using)
                     await asyncio.sleep(pause)
+                social = None
+                if options.group_buys is not None:
+                    op = await _operator(cloud, http)
+                    social = await fleet_groups(options, observe.world, workers, op)
                 await observe.settle()
                 draining = [_drained(w, options.drain_timeout) for w in workers]
                 if crash is not None:
@@ -298,6 +303,8 @@ async def _run_fleet(options: FleetOptions, topic_root: str) -> dict[str, Any]:
     agents = sum(w.devices for w in workers)
     report.update(observe.report(devices=len(seen), agents=agents, acks=acks, watched=watched))
     report["faults"] = faults.events
+    if social is not None:
+        report["social"] = social
     report["households"] = len(options.shard_households())
     report["broker"] = "embedded amqtt" if options.broker is None else options.broker
     report["duration_s"] = round(time.monotonic() - started, 2)
@@ -613,4 +620,5 @@ def succeeded(report: dict[str, Any]) -> bool:
         and report["signals_duplicated"] == 0
         and report["signals_unexpected"] == 0
         and bool(report["drained"])
+        and groups_ok(report.get("social"))
     )

@@ -340,6 +340,11 @@ async def _handle(worker: Worker, command: dict[str, Any]) -> dict[str, Any]:
         return worker.followed(int(command["launch"]))
     if cmd == "lan":
         return await worker.lan_fault(str(command["action"]))
+    if cmd in ("group_start", "group_join"):
+        from simulators.fleet_social import device_social  # noqa: PLC0415
+
+        household = worker.households[worker.plan.households.index(int(command["household"]))]
+        return await device_social(household.runs, cmd, command)
     if cmd == "collect":
         collected = await worker.collect()
         await asyncio.to_thread(

@@ -103,6 +103,10 @@ class FleetOptions:
     """(at s from the first usage round, how many of the world's sample campaigns)."""
     progress: bool = False
     """A live progress display (rich) on stdout."""
+    group_buys: tuple[int, float, bool] | None = None
+    """(group size, window s, wait for the window to close): after the usage rounds,
+    households start group buys and their friends in the fleet join with the shared code
+    (`simulators.fleet_social`); None: none."""
 
     procs: int | None = None
     """Agent worker processes; None: one per core (`os.cpu_count()`), more when one
@@ -196,6 +200,14 @@ class FleetOptions:
                 f"world_households ({self.world_households}) must exceed households"
                 f" ({self.households}): one persona is kept for the crash devices"
             )
+        if self.group_buys is not None:
+            size, window, _ = self.group_buys
+            if not 2 <= size <= 10 or not 60 <= window <= 86400:
+                raise ValueError(
+                    f"group_buys: size 2..10 and a window 60..86400 s, not {size}, {window}"
+                )
+            if self.shard is not None or self.gateway is not None:
+                raise ValueError("group_buys needs an unsharded fleet with its own gateway")
         if self.fault_times and {f for f, _, _ in self.fault_times} != set(self.faults):
             raise ValueError("fault_times must name exactly the faults of the run")
 

@@ -90,6 +90,15 @@ class Campaign(_Strict):
     """How many of the world's sample campaigns (its catalog, grouped) to create and launch."""
 
 
+class Social(_Strict):
+    group_size: int = Field(3, ge=2, le=10)
+    window_s: float = Field(60.0, ge=60, le=86400)
+    """Households start group buys after the usage rounds; friends join within this window
+    (the gateway's shortest is 60 s)."""
+    wait_for_expiry: bool = False
+    """Wait the window out, so the groups that did not fill are counted expired (else open)."""
+
+
 class Scenario(_Strict):
     seed: int = 11
     households: int | None = Field(None, ge=1)
@@ -103,6 +112,8 @@ class Scenario(_Strict):
     mix: Mix = Field(default_factory=Mix)
     faults: list[TimedFault] = Field(default_factory=list)
     campaigns: list[Campaign] = Field(default_factory=list)
+    social: Social | None = None
+    """Group buys shared between friends (`[social]`); absent: none."""
 
     @model_validator(mode="after")
     def _whole(self) -> Scenario:
@@ -133,6 +144,9 @@ class Scenario(_Strict):
             "fault_times": tuple((f.fault, f.at_s, f.for_s) for f in self.faults),
             "campaigns": tuple((c.at_s, c.count) for c in self.campaigns),
         }
+        if self.social is not None:
+            social = self.social
+            out["group_buys"] = (social.group_size, social.window_s, social.wait_for_expiry)
         if self.usage.signals_per_round is not None:
             out["signals_per_round"] = self.usage.signals_per_round
         if self.usage.compress is not None:

@@ -9,9 +9,10 @@
 #
 # Rooms: `people` (households and their devices), `offers` (the catalog), `truth` (the hidden
 # click and conversion model), `core` (`World`, `make_world`: one seed, one draw order),
-# `usage` (what devices send), `logs` (the exploration logs). Categories, offer types, profiles
-# and feature names come from `protocol.vocabulary`, the one list devices, models and this
-# world share.
+# `usage` (what devices send), `logs` (the exploration logs), `social` (friendships between
+# households and their responses to group-buy, price-cut and member-perk offers). Categories,
+# offer types, profiles and feature names come from `protocol.vocabulary`, the one list
+# devices, models and this world share.
 
 from simulators.world.core import World, make_world
 from simulators.world.logs import LoggedArrays, logged_arrays, logged_examples, to_jsonl
@@ -26,6 +27,7 @@ from simulators.world.people import (
     Households,
     Persona,
 )
+from simulators.world.social import Friendships, make_friendships
 from simulators.world.usage import daily_signal_rate, hourly_load, usage_signals
 
 __all__ = [
@@ -36,6 +38,7 @@ __all__ = [
     "UTC_OFFSET_HOURS",
     "WINDOW_DAYS",
     "Catalog",
+    "Friendships",
     "Households",
     "LoggedArrays",
     "Persona",
@@ -44,6 +47,7 @@ __all__ = [
     "hourly_load",
     "logged_arrays",
     "logged_examples",
+    "make_friendships",
     "make_world",
     "to_jsonl",
     "usage_signals",

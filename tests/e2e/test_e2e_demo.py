@@ -41,6 +41,34 @@ def _assert_whole_loop(report: dict[str, Any]) -> None:
     assert speaker["ranking"] == "thin"
     assert speaker["remote_ranked"] > 0  # ranked by the hub, over the LAN
     assert report["household_lan"]["purifier_to_tv"]["uses_household_consumable_need"] is True
+    _assert_the_social_evening(report)
+
+
+def _assert_the_social_evening(report: dict[str, Any]) -> None:
+    """Three households of friends form a group of 3 (each member's device shows it formed
+    with its own coupon, the gateway counts it), and the wave's 2 coupons sell out to the
+    flash crowd of six devices, every one of which holds the signed sold-out notice; between
+    them, both friends help the TV's price cut down to its floor."""
+    social = report["social"]
+    assert len(social["friends"]) == 2 and all(f["tie"] > 0 for f in social["friends"])
+    group = social["group"]
+    assert group["formed"] is True and group["seats"] == group["size"] == 3
+    assert group["coupons"] == 3
+    assert len({m["coupon"] for m in group["members"]}) == 3  # one coupon each
+    assert len({m["device_id"].split("-")[0] for m in group["members"]}) == 3  # 3 households
+    [figures] = group["gateway"]
+    assert (figures["formed"], figures["seats_granted"], figures["expired"]) == (1, 3, 0)
+    cut = social["cut"]  # two helps: the published schedule's last lands on the floor
+    assert cut["help_answers"] == ["open", "done"] and cut["helps"] == 2
+    assert cut["price"] > cut["prices_seen"][0] > cut["price_reached"] == cut["floor"]
+    assert cut["gateway"]["helps_refused"] == {}
+    wave = social["wave"]
+    assert wave["stock"] == wave["granted"] == 2
+    assert wave["wanted"] == wave["devices"] == 6
+    assert wave["granted"] + wave["refused_at_gateway"] + wave["held_at_edge"] == 6
+    assert wave["sold_out_seen"] == 6
+    assert (wave["gateway"]["taken"], wave["gateway"]["left"]) == (2, 0)
+    assert wave["sold_out"] is True
 
 
 def _assert_the_household_story(report: dict[str, Any]) -> None:
@@ -88,6 +116,9 @@ def test_demo_command_on_the_embedded_broker(tmp_path: Path) -> None:
         assert key in report
     assert "signals_lost" in proc.stdout
     assert "purifier -> TV:" in proc.stdout and "household_consumable_low" in proc.stdout
+    assert "group buy:" in proc.stdout and "seats 3/3, formed, coupons 3" in proc.stdout
+    assert "live wave: stock 2" in proc.stdout and "sold out" in proc.stdout
+    assert "price cut: 2 friends helped, 129 -> 59" in proc.stdout
 
 
 async def test_demo_on_mosquitto(tmp_path: Path, mosquitto: MosquittoProcess) -> None:
