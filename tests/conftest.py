@@ -28,16 +28,17 @@ BROKER_FIXTURES = frozenset({"mosquitto", "own_mosquitto", "amqtt_broker", "post
 # A parametrised backend fixture whose PostgreSQL case starts the private server.
 SERVER_PARAMS = {"gateway_db": "postgresql"}
 TESTS = Path(__file__).parent
-# Files whose tests put real mDNS packets on the loopback LAN: run on one xdist worker, one
-# after another (`--dist loadgroup`), so no test's discovery sees another test's household.
-LAN_FILES = frozenset(
-    {
-        "agent/test_household_join.py",
-        "agent/test_household_lan.py",
-        "faults/test_household_coordinator_kill.py",
-        "e2e/test_e2e_demo.py",
-    }
-)
+# Files that run on one xdist worker, one after another (`--dist loadgroup`): those that put
+# real mDNS packets on the loopback LAN, so no test's discovery sees another test's household;
+# those of one NATS cluster (module-scoped: one cluster, not one per worker, on 2 cores).
+XDIST_GROUPS = {
+    "agent/test_household_join.py": "lan",
+    "agent/test_household_lan.py": "lan",
+    "faults/test_household_coordinator_kill.py": "lan",
+    "e2e/test_e2e_demo.py": "lan",
+    "faults/test_nats_cluster.py": "nats",
+    "faults/test_agent_failover.py": "nats",
+}
 UNPACED_ENV = {
     "EDGEMART_DECISIONS__QUIET_HOURS": "[]",
     "EDGEMART_DECISIONS__OFFER_PER_DAY": "10000",
@@ -64,8 +65,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         on_server = any(params.get(name) == value for name, value in SERVER_PARAMS.items())
         if folder in INTEGRATION_FOLDERS or fixtures & BROKER_FIXTURES or on_server:
             item.add_marker(pytest.mark.integration)
-        if Path(str(item.fspath)).relative_to(TESTS).as_posix() in LAN_FILES:
-            item.add_marker(pytest.mark.xdist_group("lan"))
+        group = XDIST_GROUPS.get(Path(str(item.fspath)).relative_to(TESTS).as_posix())
+        if group is not None:
+            item.add_marker(pytest.mark.xdist_group(group))
 
 
 class FastTierViolation(AssertionError):

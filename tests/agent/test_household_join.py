@@ -22,6 +22,7 @@ from protocol.household import MemberRole
 from protocol.ids import new_id, utcnow
 from protocol.signing import Signer
 from simulators.household_lan import membership
+from tests.support.builders import unpaced
 from tests.support.fake_transport import FakeTransports
 from tests.support.local_device import SURFACE, Device
 from tests.support.waiting import eventually
@@ -61,7 +62,7 @@ async def test_an_agent_with_a_grant_joins_and_coordinates(tmp_path: Path) -> No
             broker="mqtt://127.0.0.1:9",
             data_dir=tmp_path / "data",
             trust=trust,
-            overrides={"topic_root": "tin/v1", "lan_host": lan_host},
+            overrides={"topic_root": "tin/v1", "lan_host": lan_host, "decisions": unpaced()},
             environ={},
         )
         async with Agent(settings, transport=FakeTransports()) as agent:
@@ -112,6 +113,7 @@ async def test_a_thin_agent_that_joins_ranks_through_the_coordinator(tmp_path: P
                     "topic_root": "tin/v1",
                     "lan_host": "127.0.0.1",
                     "ranking": "thin" if role == "thin" else "local",
+                    "decisions": unpaced(),  # not the shipped quiet hours: any hour of the day
                 },
                 environ={},
             )
@@ -161,7 +163,11 @@ async def test_the_clouds_household_caps_rule_the_home_through_its_coordinator(
                 broker="mqtt://127.0.0.1:9",
                 data_dir=folder / "data",
                 trust=trust,
-                overrides={"topic_root": "tin/v1", "lan_host": "127.0.0.1"},
+                overrides={
+                    "topic_root": "tin/v1",
+                    "lan_host": "127.0.0.1",
+                    "decisions": unpaced(),
+                },
                 environ={},
             )
             transports = FakeTransports()
