@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import getpass
 import logging
+import random
 import resource
 import shutil
 import signal
@@ -24,11 +25,28 @@ from amqtt.broker import Broker
 log = logging.getLogger(__name__)
 
 
+LISTEN_PORTS = range(20000, 32768)
+"""Where `free_port` looks: below Linux's ephemeral range (32768-60999 by default), so a port
+handed out here and released again (a broker killed, then restarted on it) is not taken in
+between by another process's `bind(0)` or outgoing connection."""
+
+
 def free_port(host: str = "127.0.0.1") -> int:
+    """A port free now on `host`, drawn at random from `LISTEN_PORTS` (the kernel's own choice
+    when none of a few draws is free)."""
+    rng = random.SystemRandom()
+    for _ in range(50):
+        port = rng.choice(LISTEN_PORTS)
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind((host, port))
+            except OSError:
+                continue
+            return port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))
-        port: int = sock.getsockname()[1]
-        return port
+        chosen: int = sock.getsockname()[1]
+        return chosen
 
 
 SHUTDOWN_TIMEOUT_S = 15.0
