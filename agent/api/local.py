@@ -1,4 +1,4 @@
-"""The device-local HTTP API (aiohttp, loopback only): signals, offers, outcomes, consent.
+"""The device-local HTTP API (`agent.http`, loopback only): signals, offers, outcomes, consent.
 
 Built over an `agent.api.port.AgentPort` (what it needs of the agent), so it is testable
 in-process; domain errors become answers through `agent.api.errors`.
@@ -21,8 +21,6 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from aiohttp import web
-
 from agent.api.errors import answer
 from agent.api.owners import Owner, Owners, TokenError
 from agent.api.port import AgentPort
@@ -34,6 +32,17 @@ from agent.errors import (
     KeyReused,
     StoreError,
     TooLarge,
+)
+from agent.http.server import (
+    Handler,
+    HTTPError,
+    HttpServer,
+    Request,
+    Response,
+    get,
+    json_response,
+    post,
+    put,
 )
 from agent.intake.consent import parse_purposes
 from agent.intake.service import signals_answer
@@ -50,7 +59,7 @@ from protocol.social import normalise_code
 log = logging.getLogger(__name__)
 HOST = "127.0.0.1"
 MAX_LIMIT = 50
-BODY: web.RequestKey[Any] = web.RequestKey("edgemart_body", object)
+BODY = "edgemart_body"
 """The parsed JSON body, read once per request (the idempotency check and the route)."""
 DISK_FULL_RETRY_S = 60
 """`Retry-After` of a 507: the maintenance loop looks at the disk every minute."""
@@ -76,7 +85,7 @@ SCOPE_OF: dict[tuple[str, str], str | None] = {
 }
 """(method, route) -> the scope its token needs (None: any valid token)."""
 LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})
-OWNER: web.RequestKey[Owner] = web.RequestKey("edgemart_owner", Owner)
+OWNER = "edgemart_owner"
 """The app whose token the request carries."""
 
 
@@ -88,7 +97,7 @@ def _hostname(value: str) -> str:
         return ""
 
 
-def peer_uid(request: web.Request) -> int | None:
+def peer_uid(request: Request) -> int | None:
     """The user id of the process on the other end of a Unix-socket request (SO_PEERCRED,
     from the kernel: not forgeable by the caller); None over TCP."""
     transport = request.transport
@@ -139,87 +148,69 @@ class LocalApi:
         self._socket_path = socket_path
         self._socket_group = socket_group
         self.port: int | None = None
-        self._runner: web.AppRunner | None = None
         self._faults = OnceLogger(log)
         self._owners = Owners(agent.settings.data_dir)
         max_bytes = agent.settings.max_request_bytes
-        self.app = web.Application(
-            client_max_size=max_bytes, middlewares=[self._http_errors, self._owned]
-        )
-        self.app.add_routes(
+        self.server = HttpServer(
             [
-                web.post("/v1/signals", self.post_signals),
-                web.get("/v1/offers", self.get_offers),
-                web.post("/v1/outcomes", self.post_outcome),
-                web.get("/v1/consent", self.get_consent),
-                web.put("/v1/consent", self.put_consent),
-                web.get("/v1/status", self.get_status),
-                web.get("/v1/quarantine", self.get_quarantine),
-                web.get("/healthz", self.healthz),
-                web.get("/readyz", self.readyz),
-                web.get("/metrics", self.metrics),
-                web.post("/v1/claims", self.post_claim),
-                web.get("/v1/claims/{claim_id}", self.get_claim),
-                web.post("/v1/groups", partial(self.post_social, "group")),
-                web.get("/v1/groups/{ref}", partial(self.get_social, "group")),
-                web.post("/v1/cuts", partial(self.post_social, "cut")),
-                web.get("/v1/cuts/{ref}", partial(self.get_social, "cut")),
-            ]
+                post("/v1/signals", self.post_signals),
+                get("/v1/offers", self.get_offers),
+                post("/v1/outcomes", self.post_outcome),
+                get("/v1/consent", self.get_consent),
+                put("/v1/consent", self.put_consent),
+                get("/v1/status", self.get_status),
+                get("/v1/quarantine", self.get_quarantine),
+                get("/healthz", self.healthz),
+                get("/readyz", self.readyz),
+                get("/metrics", self.metrics),
+                post("/v1/claims", self.post_claim),
+                get("/v1/claims/{claim_id}", self.get_claim),
+                post("/v1/groups", partial(self.post_social, "group")),
+                get("/v1/groups/{ref}", partial(self.get_social, "group")),
+                post("/v1/cuts", partial(self.post_social, "cut")),
+                get("/v1/cuts/{ref}", partial(self.get_social, "cut")),
+            ],
+            [self._http_errors, self._owned],
+            max_body=max_bytes,
+            name="local API",
         )
 
     async def start(self) -> int | None:
-        runner = web.AppRunner(self.app, access_log=None, handle_signals=False)
-        await runner.setup()
-        self._runner = runner
         if self._socket_path is not None:
             await asyncio.to_thread(clear_socket, self._socket_path)
-            unix = web.UnixSite(runner, str(self._socket_path))
-            await unix.start()
+            await self.server.listen_unix(self._socket_path)
             await asyncio.to_thread(own_socket, self._socket_path, self._socket_group)
             log.info("local API on unix:%s", self._socket_path)
         if self._requested_port is None:
             return None
-        site = web.TCPSite(runner, HOST, self._requested_port, reuse_address=True)
-        await site.start()
-        server = site._server  # aiohttp has no public accessor for the bound port of port 0
-        sockets = getattr(server, "sockets", None) or []
-        self.port = int(sockets[0].getsockname()[1]) if sockets else self._requested_port
+        self.port = await self.server.listen_tcp(HOST, self._requested_port)
         log.info("local API on http://%s:%d", HOST, self.port)
         return self.port
 
     async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
+        await self.server.close()
         if self._socket_path is not None:
             with contextlib.suppress(OSError):
                 await asyncio.to_thread(self._socket_path.unlink)
 
     # ------------------------------------------------------------ helpers
 
-    def _reject(self, status: int, errors: list[dict[str, str]]) -> web.Response:
+    def _reject(self, status: int, errors: list[dict[str, str]]) -> Response:
         self._agent.metrics.inc("api_rejected")
         self._faults.log(str(status), "local API refused a request (%d): %s", status, errors[:1])
-        return web.json_response({"errors": errors}, status=status)
+        return json_response({"errors": errors}, status=status)
 
-    @web.middleware
-    async def _http_errors(self, request: web.Request, handler: Any) -> web.StreamResponse:
-        """aiohttp's own refusals (no such route, wrong method, a body over `client_max_size`)
-        in the same error body as ours, and counted like them."""
+    async def _http_errors(self, request: Request, handler: Handler) -> Response:
+        """The server's own refusals (no such route, wrong method) in the same error body as
+        ours, and counted like them."""
         try:
-            response: web.StreamResponse = await handler(request)
-            return response
-        except web.HTTPException as exc:
+            return await handler(request)
+        except HTTPError as exc:
             if not 400 <= exc.status < 500:
                 raise
-            msg = exc.reason
-            if exc.status == 413:  # aiohttp's own refusal says no limit
-                limit = self._agent.settings.max_request_bytes
-                msg = f"body over the limit of {limit} bytes"
-            return self._reject(exc.status, [{"loc": "(request)", "msg": msg}])
+            return self._reject(exc.status, [{"loc": "(request)", "msg": exc.text}])
 
-    @web.middleware
-    async def _owned(self, request: web.Request, handler: Any) -> web.StreamResponse:
+    async def _owned(self, request: Request, handler: Handler) -> Response:
         """Only local callers with a token whose scopes cover the route; JSON bodies only.
 
         A browser page can reach loopback: a foreign `Host` (DNS rebinding) or `Origin`
@@ -235,8 +226,7 @@ class LocalApi:
         if headers.get("Sec-Fetch-Site", "").lower() == "cross-site":
             return self._refuse("api_foreign_origin", 403, "Origin", "cross-site request")
         if request.path in PUBLIC:
-            response: web.StreamResponse = await handler(request)
-            return response
+            return await handler(request)
         authorization = headers.get("Authorization", "")
         uid = None if authorization else peer_uid(request)
         owner = await (self._owner(authorization) if uid is None else self._peer(uid))
@@ -247,9 +237,8 @@ class LocalApi:
             refused = self._refuse("api_unauthorized", 401, "Authorization", msg)
             refused.headers["WWW-Authenticate"] = 'Bearer realm="edgemart-agent"'
             return refused
-        resource = request.match_info.route.resource
         method = "GET" if request.method == "HEAD" else request.method
-        route = (method, resource.canonical if resource is not None else request.path)
+        route = (method, request.route or request.path)
         if route in SCOPE_OF:
             scope = SCOPE_OF[route]
             if scope is not None and scope not in owner.scopes:
@@ -261,11 +250,10 @@ class LocalApi:
         ):
             msg = f"the body must be application/json, not {request.content_type}"
             return self._refuse("api_unsupported_media", 415, "Content-Type", msg)
-        request[OWNER] = owner
-        answered: web.StreamResponse = await handler(request)
-        return answered
+        request.state[OWNER] = owner
+        return await handler(request)
 
-    def _refuse(self, counter: str, status: int, loc: str, msg: str) -> web.Response:
+    def _refuse(self, counter: str, status: int, loc: str, msg: str) -> Response:
         self._agent.metrics.inc(counter)
         return self._reject(status, [{"loc": loc, "msg": msg}])
 
@@ -303,13 +291,13 @@ class LocalApi:
         except (OSError, TokenError) as exc:  # the tokens already read stay valid
             self._faults.log("tokens", "local API cannot read its app tokens: %s", exc)
 
-    async def _body(self, request: web.Request) -> Any:
+    async def _body(self, request: Request) -> Any:
         """The request's JSON body (read and checked once per request)."""
-        if BODY not in request:
-            request[BODY] = await self._read_body(request)
-        return request[BODY]
+        if BODY not in request.state:
+            request.state[BODY] = await self._read_body(request)
+        return request.state[BODY]
 
-    async def _read_body(self, request: web.Request) -> Any:
+    async def _read_body(self, request: Request) -> Any:
         limit = self._agent.settings.max_request_bytes
         if request.content_length is not None and request.content_length > limit:
             raise TooLarge(
@@ -318,7 +306,7 @@ class LocalApi:
             )
         try:
             raw = await request.read()
-        except web.HTTPRequestEntityTooLarge as exc:
+        except HTTPError as exc:  # a body sent chunked, over the server's limit
             raise TooLarge(f"body over the limit of {limit} bytes", limit=limit) from exc
         try:
             return loads_finite(raw)
@@ -331,8 +319,8 @@ class LocalApi:
             raise InvalidInput([{"loc": "(body)", "msg": f"not JSON: {exc}"}]) from exc
 
     async def _keyed(
-        self, request: web.Request, route: str, handler: Any, replay: Any = None
-    ) -> web.Response:
+        self, request: Request, route: str, handler: Any, replay: Any = None
+    ) -> Response:
         """`handler` under the request's `Idempotency-Key`, if it has one: a key committed
         within 24 h with the same body answers its original answer (`replay(body)` renders
         it, default as stored) and stores nothing; with another body, 409."""
@@ -340,7 +328,7 @@ class LocalApi:
         if key is None:
             return await self._guard(request, handler)
 
-        async def keyed(req: web.Request) -> web.Response:
+        async def keyed(req: Request) -> Response:
             problem = idempotency.key_problem(key)
             if problem is not None:
                 raise InvalidInput([{"loc": KEY_HEADER, "msg": problem}])
@@ -351,7 +339,7 @@ class LocalApi:
                     return await self._replay(route, key, known, digest, replay)
                 with idempotency.intent(route, key, digest):
                     try:
-                        response: web.Response = await handler(req)
+                        response: Response = await handler(req)
                     except DuplicateRequest:
                         continue
                     return response
@@ -361,16 +349,16 @@ class LocalApi:
 
     async def _replay(
         self, route: str, key: str, known: idempotency.Stored, digest: str, replay: Any
-    ) -> web.Response:
+    ) -> Response:
         if known.fingerprint != digest:
             raise KeyReused(key)
         self._agent.metrics.inc("api_replayed")
         body = await replay(known.body) if replay is not None else known.body
-        return web.json_response(body, status=known.status, headers={REPLAYED_HEADER: "true"})
+        return json_response(body, status=known.status, headers={REPLAYED_HEADER: "true"})
 
-    async def _guard(self, request: web.Request, handler: Any) -> web.Response:
+    async def _guard(self, request: Request, handler: Any) -> Response:
         try:
-            response: web.Response = await handler(request)
+            response: Response = await handler(request)
             return response
         except AgentError as exc:
             known = answer(exc)
@@ -381,7 +369,7 @@ class LocalApi:
                 # a state, not a crash: the app keeps its data and retries later
                 self._agent.metrics.inc("api_disk_full")
                 self._faults.log("507", "local API: %s", exc)
-                return web.json_response(
+                return json_response(
                     {"errors": errors, "free_bytes": exc.free_bytes},
                     status=status,
                     headers={"Retry-After": str(DISK_FULL_RETRY_S)},
@@ -389,24 +377,24 @@ class LocalApi:
             if isinstance(exc, StoreError):
                 # nothing of the request was stored (its transaction rolled back): retry
                 log.error("store failure serving %s: %s", request.path, exc)  # noqa: TRY400
-                return web.json_response(
+                return json_response(
                     {"errors": errors}, status=status, headers={"Retry-After": "5"}
                 )
             return self._reject(status, errors)
 
     # ------------------------------------------------------------ routes
 
-    async def post_signals(self, request: web.Request) -> web.Response:
-        async def handle(req: web.Request) -> web.Response:
+    async def post_signals(self, request: Request) -> Response:
+        async def handle(req: Request) -> Response:
             body = await self._body(req)
             parsed = parse_signals(body, max_items=self._agent.settings.max_request_items)
             ids = await self._agent.accept_parsed(parsed)
-            return web.json_response(signals_answer(ids), status=202)
+            return json_response(signals_answer(ids), status=202)
 
         return await self._keyed(request, "signals", handle)
 
-    async def get_offers(self, request: web.Request) -> web.Response:
-        async def handle(req: web.Request) -> web.Response:
+    async def get_offers(self, request: Request) -> Response:
+        async def handle(req: Request) -> Response:
             surface = req.query.get("surface", "")
             errors: list[dict[str, str]] = []
             if surface not in self._agent.settings.profile.surfaces:
@@ -433,57 +421,57 @@ class LocalApi:
                 body["filtered"] = [
                     {"offer_id": oid, "reason": reason} for oid, reason in decision.filtered
                 ]
-            return web.json_response(body)
+            return json_response(body)
 
         return await self._guard(request, handle)
 
-    async def post_outcome(self, request: web.Request) -> web.Response:
-        async def handle(req: web.Request) -> web.Response:
+    async def post_outcome(self, request: Request) -> Response:
+        async def handle(req: Request) -> Response:
             outcome = parse_outcome(await self._body(req))
             result = await self._agent.record_outcome_detail(
                 outcome.offer_id, outcome.kind, outcome.surface
             )
             # an unattributed conversion is answered, not stored: 200 with the reason
-            return web.json_response(result, status=202 if result.get("id") else 200)
+            return json_response(result, status=202 if result.get("id") else 200)
 
         return await self._keyed(request, "outcomes", handle)
 
-    async def get_consent(self, request: web.Request) -> web.Response:
-        return web.json_response(self._agent.consent.to_json())
+    async def get_consent(self, request: Request) -> Response:
+        return json_response(self._agent.consent.to_json())
 
-    async def put_consent(self, request: web.Request) -> web.Response:
-        async def handle(req: web.Request) -> web.Response:
+    async def put_consent(self, request: Request) -> Response:
+        async def handle(req: Request) -> Response:
             body = await self._body(req)
             if not isinstance(body, dict) or set(body) != {"purposes"}:
                 raise InvalidInput([{"loc": "purposes", "msg": 'body must be {"purposes": {...}}'}])
             purposes = parse_purposes(body["purposes"], loc_prefix="purposes")
             state = await self._agent.set_consent(purposes)
-            return web.json_response(state.to_json())
+            return json_response(state.to_json())
 
         return await self._guard(request, handle)
 
-    async def get_status(self, request: web.Request) -> web.Response:
-        return web.json_response(self._agent.status())
+    async def get_status(self, request: Request) -> Response:
+        return json_response(self._agent.status())
 
-    async def get_quarantine(self, request: web.Request) -> web.Response:
+    async def get_quarantine(self, request: Request) -> Response:
         """Outbox rows that could not be sent, kept for export (newest 1000 at most)."""
         rows = await self._agent.quarantined(1000)
-        return web.json_response({"count": len(rows), "rows": rows})
+        return json_response({"count": len(rows), "rows": rows})
 
-    async def healthz(self, request: web.Request) -> web.Response:
-        return web.json_response({"ok": True, "link": self._agent.status()["link"]})
+    async def healthz(self, request: Request) -> Response:
+        return json_response({"ok": True, "link": self._agent.status()["link"]})
 
-    async def readyz(self, request: web.Request) -> web.Response:
+    async def readyz(self, request: Request) -> Response:
         """Ready: the broker link is up, the store answers, every owned loop runs (503 if not)."""
         ready = await self._agent.readiness()
-        return web.json_response(ready, status=200 if ready["ready"] else 503)
+        return json_response(ready, status=200 if ready["ready"] else 503)
 
-    async def metrics(self, request: web.Request) -> web.Response:
+    async def metrics(self, request: Request) -> Response:
         body = self._agent.metrics.render()
-        return web.Response(body=body, headers={"Content-Type": "text/plain; version=0.0.4"})
+        return Response(200, body, content_type="text/plain; version=0.0.4")
 
-    async def post_claim(self, request: web.Request) -> web.Response:
-        async def handle(req: web.Request) -> web.Response:
+    async def post_claim(self, request: Request) -> Response:
+        async def handle(req: Request) -> Response:
             body = await self._body(req)
             offer_id = body.get("offer_id") if isinstance(body, dict) else None
             if not isinstance(body, dict) or set(body) != {"offer_id"}:
@@ -491,7 +479,7 @@ class LocalApi:
             if not isinstance(offer_id, str) or not _ID_RE.fullmatch(offer_id):
                 raise InvalidInput([{"loc": "offer_id", "msg": "must be an offer id"}])
             row, created = await self._agent.claim(offer_id)
-            return web.json_response(claim_json(row), status=202 if created else 200)
+            return json_response(claim_json(row), status=202 if created else 200)
 
         async def replay(stored: dict[str, Any]) -> dict[str, Any]:
             row = await self._agent.get_claim(str(stored.get("claim_id")))
@@ -499,13 +487,13 @@ class LocalApi:
 
         return await self._keyed(request, "claims", handle, replay)
 
-    async def post_social(self, kind: str, request: web.Request) -> web.Response:
+    async def post_social(self, kind: str, request: Request) -> Response:
         """`{"offer_id": ...}` starts a group (a cut); `{"code": ...}` joins the group (helps
         the cut) another household shared. 202 with the request and, once answered, the
         group's or cut's state."""
         verb_of_code = "join" if kind == "group" else "help"
 
-        async def handle(req: web.Request) -> web.Response:
+        async def handle(req: Request) -> Response:
             body = await self._body(req)
             if not isinstance(body, dict) or len(body) != 1 or not {"offer_id", "code"} & set(body):
                 raise InvalidInput(
@@ -528,7 +516,7 @@ class LocalApi:
                         [{"loc": "code", "msg": "must be an 8-character share code"}]
                     )
                 shown = await self._agent.social_request(kind, verb_of_code, code=code)
-            return web.json_response(shown, status=202)
+            return json_response(shown, status=202)
 
         async def replay(stored: dict[str, Any]) -> dict[str, Any]:
             shown = await self._agent.social_show(str(stored.get("request_id")))
@@ -536,23 +524,23 @@ class LocalApi:
 
         return await self._keyed(request, "social", handle, replay)
 
-    async def get_social(self, kind: str, request: web.Request) -> web.Response:
-        async def handle(req: web.Request) -> web.Response:
+    async def get_social(self, kind: str, request: Request) -> Response:
+        async def handle(req: Request) -> Response:
             ref = req.match_info["ref"]
             shown = await self._agent.social_show(ref) if _ID_RE.fullmatch(ref) else None
             if shown is None or shown.get("kind", kind) != kind:
                 return self._reject(404, [{"loc": "ref", "msg": f"no {kind} {ref[:64]!r}"}])
-            return web.json_response(shown)
+            return json_response(shown)
 
         return await self._guard(request, handle)
 
-    async def get_claim(self, request: web.Request) -> web.Response:
-        async def handle(req: web.Request) -> web.Response:
+    async def get_claim(self, request: Request) -> Response:
+        async def handle(req: Request) -> Response:
             claim_id = req.match_info["claim_id"]
             row = await self._agent.get_claim(claim_id) if len(claim_id) <= 64 else None
             if row is None:
                 return self._reject(404, [{"loc": "claim_id", "msg": f"no claim {claim_id!r}"}])
-            return web.json_response(claim_json(row))
+            return json_response(claim_json(row))
 
         return await self._guard(request, handle)
 

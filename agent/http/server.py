@@ -103,6 +103,10 @@ class Request:
     match_info: dict[str, str] = field(default_factory=dict)
     state: dict[str, Any] = field(default_factory=dict)
     """What middlewares hand to handlers (the parsed body, the caller)."""
+    declared_length: int | None = None
+    """`Content-Length` as the client sent it (None: none, or chunked)."""
+    body_error: HTTPError | None = None
+    """Why the body was not read (413): raised by `read()`."""
 
     @property
     def content_type(self) -> str:
@@ -110,10 +114,13 @@ class Request:
         return self.headers.get("content-type", "").split(";", 1)[0].strip().lower()
 
     @property
-    def content_length(self) -> int:
-        return len(self.body)
+    def content_length(self) -> int | None:
+        """The declared `Content-Length` (None when the client sent none)."""
+        return self.declared_length
 
     async def read(self) -> bytes:
+        if self.body_error is not None:
+            raise self.body_error
         return self.body
 
     async def json(self) -> Any:
@@ -305,7 +312,11 @@ class _Connection:
                 await self._refuse(exc.status, exc.text)
                 return
             response = await self._answer(request)
+            if request.body_error is not None:
+                response.headers["Connection"] = "close"  # the rest of its body is unread
             await self._send(response, head_only=request.method == "HEAD")
+            if request.body_error is not None:
+                return
             if self._conn.our_state is h11.MUST_CLOSE or self._conn.their_state is h11.MUST_CLOSE:
                 return
             try:
@@ -324,18 +335,22 @@ class _Connection:
             self._conn.receive_data(data)
 
     async def _request(self, head: h11.Request) -> Request:
+        """The request with its body; a body over the limit is not read further and the
+        request carries a 413 that its `read()` raises (after the middlewares have looked
+        at it, as aiohttp does), and the connection closes after the answer."""
         limit = self._server.max_body
         length = _content_length(head.headers)
-        if length is not None and length > limit:
-            raise HTTPError(413, f"body of {length} bytes is over the limit of {limit} bytes")
         chunks: list[bytes] = []
+        refused: HTTPError | None = None
+        if length is not None and length > limit:
+            refused = HTTPError(413, f"body of {length} bytes is over the limit of {limit} bytes")
         size = 0
-        while True:
+        while refused is None:
             event = await self._next()
             if isinstance(event, h11.Data):
                 size += len(event.data)
                 if size > limit:
-                    raise HTTPError(413, f"body is over the limit of {limit} bytes")
+                    refused = HTTPError(413, f"body is over the limit of {limit} bytes")
                 chunks.append(bytes(event.data))
             elif isinstance(event, h11.EndOfMessage):
                 break
@@ -348,8 +363,10 @@ class _Connection:
             path=parts.path or "/",
             query=dict(parse_qsl(parts.query, keep_blank_values=True)),
             headers=Headers(head.headers),
-            body=b"".join(chunks),
+            body=b"" if refused else b"".join(chunks),
             transport=self._writer.transport,
+            declared_length=length,
+            body_error=refused,
         )
 
     async def _answer(self, request: Request) -> Response:

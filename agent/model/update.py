@@ -34,8 +34,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import aiohttp
-
 from agent.errors import ModelRejected
 from agent.link.downlink import UnknownFields
 from agent.model.files import Refusals, install, load_status, point_to, revert, save_status
@@ -124,6 +122,8 @@ def check_manifest(
 
 async def download(manifest: ModelManifest, timeout_s: float) -> bytes:
     """The file at `manifest.url`, at most `manifest.size` bytes, matching its sha256."""
+    import aiohttp  # noqa: PLC0415 - lazy: 13 MB a thin device (no model) never needs
+
     where = f"model v{manifest.version} from {manifest.url}"
     digest = hashlib.sha256()
     chunks: list[bytes] = []

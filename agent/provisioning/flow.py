@@ -16,8 +16,6 @@ import logging
 from pathlib import Path
 from typing import Any
 
-import aiohttp
-
 from agent.config import AgentSettings
 from agent.errors import ConfigError, ProvisioningRefused
 from daemonkit.files import write_durable
@@ -124,6 +122,8 @@ async def ensure_identity(settings: AgentSettings, *, max_wait_s: float = 30.0) 
     if household is not None:
         body["household"] = household
     headers = {"Authorization": f"Claim {claim}"}
+    import aiohttp  # noqa: PLC0415 - lazy: once in a device's life, 13 MB of imports
+
     backoff = Backoff(initial=0.2, cap=max_wait_s)
     timeout = aiohttp.ClientTimeout(total=30)
     async with aiohttp.ClientSession(timeout=timeout) as http:

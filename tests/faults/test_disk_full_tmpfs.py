@@ -20,10 +20,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from aiohttp.test_utils import TestClient
 
 from protocol import codec
-from tests.support.local_device import Device, api_client, running_device
+from tests.support.local_device import Client, Device, api_client, running_device
 from tests.support.waiting import eventually
 
 DISK_BYTES = 8 * 1024 * 1024
@@ -66,7 +65,7 @@ def fill(path: Path) -> int:
         os.close(fd)
 
 
-async def post(client: TestClient[Any, Any], n: int = 20) -> tuple[int, Any, Any]:
+async def post(client: Client, n: int = 20) -> tuple[int, Any, Any]:
     response = await client.post("/v1/signals", json={"signals": [SIGNAL] * n})
     return response.status, await response.json(), response.headers
 
@@ -121,7 +120,7 @@ async def test_a_full_tmpfs_is_a_state_and_the_agent_restarts_on_it(
             await client.close()
 
 
-async def _client(device: Device) -> TestClient[Any, Any]:
+async def _client(device: Device) -> Client:
     client = await api_client(device)
     await client.start_server()
     return client

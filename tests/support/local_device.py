@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from aiohttp.test_utils import TestClient, TestServer
+import aiohttp
 
 from agent.api.local import LocalApi
 from agent.api.owners import admin_headers
@@ -24,7 +24,6 @@ from tests.support.builders import offer, signed_ack, signed_bundle, unpaced
 from tests.support.fake_transport import FakeTransports
 
 SURFACE = "tv_home_banner"
-Client = TestClient[Any, Any]
 
 
 class Device:
@@ -86,9 +85,60 @@ async def running_device(
         yield Device(agent, transports, signer)
 
 
+class Client:
+    """The device's local API served in-process on a free loopback port, and an HTTP client
+    of it that takes paths (`await client.get("/v1/status")`), as aiohttp's test client."""
+
+    def __init__(self, api: LocalApi, headers: dict[str, str]) -> None:
+        self.api = api
+        self._headers = headers
+        self._session: aiohttp.ClientSession | None = None
+
+    async def start_server(self) -> None:
+        port = await self.api.start()
+        self._session = aiohttp.ClientSession(
+            base_url=f"http://127.0.0.1:{port}", headers=self._headers
+        )
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+        await self.api.stop()
+
+    async def __aenter__(self) -> Client:
+        await self.start_server()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        assert self._session is not None, "start_server() first"
+        return self._session
+
+    def request(self, method: str, path: str, **kwargs: Any) -> Any:
+        return self.session.request(method, path, **kwargs)
+
+    def get(self, path: str, **kwargs: Any) -> Any:
+        return self.session.get(path, **kwargs)
+
+    def head(self, path: str, **kwargs: Any) -> Any:
+        return self.session.head(path, **kwargs)
+
+    def post(self, path: str, **kwargs: Any) -> Any:
+        return self.session.post(path, **kwargs)
+
+    def put(self, path: str, **kwargs: Any) -> Any:
+        return self.session.put(path, **kwargs)
+
+    def delete(self, path: str, **kwargs: Any) -> Any:
+        return self.session.delete(path, **kwargs)
+
+
 async def api_client(device: Device, headers: dict[str, str] | None = None) -> Client:
     """A client (not started) of the device's local API in-process, sending `headers`; by
     default the admin app's (the all-scopes token the agent wrote on its first start)."""
     if headers is None:
         headers = await asyncio.to_thread(admin_headers, device.agent.settings.data_dir)
-    return TestClient(TestServer(LocalApi(device.agent).app), headers=headers)
+    return Client(LocalApi(device.agent, port=0), headers)
