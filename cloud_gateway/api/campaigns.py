@@ -3,29 +3,20 @@
 from __future__ import annotations
 
 from aiohttp import web
-from pydantic import ValidationError
 
-from cloud_gateway.api.context import check_storable, ctx, json_response, read_json, who
-from cloud_gateway.api.errors import ApiProblem
+from cloud_gateway.api.context import check_storable, ctx, json_response, read_body, who
 from cloud_gateway.api.routes import Route
 from cloud_gateway.api.schemas import CampaignList
 from cloud_gateway.campaigns.model import Campaign, CampaignIn
 from cloud_gateway.campaigns.reach import Audience, AudienceIn, CampaignReach
 from cloud_gateway.campaigns.results import CampaignResults
-from protocol.codec import field_errors
 
 TAGS = ("campaigns",)
 STATE_CONFLICT = "Not allowed in this state"
 
 
 async def create_campaign(request: web.Request) -> web.Response:
-    body = await read_json(request)
-    try:
-        spec = CampaignIn.model_validate(body)
-    except ValidationError as exc:
-        raise ApiProblem(
-            400, "Bad Request", "the campaign is invalid", errors=field_errors(exc)
-        ) from exc
+    spec = await read_body(request, CampaignIn, "the campaign is invalid")
     check_storable(spec, "the campaign")
     campaigns = ctx(request).campaigns
     campaign = await campaigns.create(spec, who(request))
@@ -42,26 +33,14 @@ async def _with_audience(
 
 
 async def edit_campaign(request: web.Request) -> web.Response:
-    body = await read_json(request)
-    try:
-        spec = CampaignIn.model_validate(body)
-    except ValidationError as exc:
-        raise ApiProblem(
-            400, "Bad Request", "the campaign is invalid", errors=field_errors(exc)
-        ) from exc
+    spec = await read_body(request, CampaignIn, "the campaign is invalid")
     check_storable(spec, "the campaign")
     campaign = await ctx(request).campaigns.edit(request.match_info["id"], spec, who(request))
     return await _with_audience(request, campaign)
 
 
 async def preview_audience(request: web.Request) -> web.Response:
-    body = await read_json(request)
-    try:
-        spec = AudienceIn.model_validate(body)
-    except ValidationError as exc:
-        raise ApiProblem(
-            400, "Bad Request", "the audience is invalid", errors=field_errors(exc)
-        ) from exc
+    spec = await read_body(request, AudienceIn, "the audience is invalid")
     reach = await ctx(request).campaigns.preview(spec)
     return json_response(reach.model_dump())
 

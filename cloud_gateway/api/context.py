@@ -6,11 +6,11 @@ import json
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
 from cloud_gateway.api.errors import ApiProblem
 from cloud_gateway.campaigns.service import CampaignService
@@ -57,6 +57,7 @@ CTX = web.AppKey("ctx", ApiContext)
 OPENAPI = web.AppKey("openapi", dict[str, Any])
 """The served `/openapi.json`, generated from the route tables when the app is built."""
 TOKEN_ID = web.RequestKey("token_id", str)
+Body = TypeVar("Body", bound=BaseModel)
 
 
 def ctx(request: web.Request) -> ApiContext:
@@ -77,6 +78,21 @@ async def read_json(request: web.Request) -> Any:
     naming the field otherwise."""
     raw = await request.read()  # aiohttp enforces client_max_size: 413 past it
     return parse_json(raw)
+
+
+async def read_body(request: web.Request, model: type[Body], invalid: str) -> Body:
+    """The request's JSON body validated as `model`; a 400 with the detail `invalid` (say "the
+    campaign is invalid") naming each bad field otherwise."""
+    return validated(model, await read_json(request), invalid)
+
+
+def validated(model: type[Body], data: Any, invalid: str) -> Body:
+    """`data` from a caller (a parsed body, a query) as `model`: every route answers a
+    `ValidationError` alike, a 400 with the detail `invalid` and the bad fields (at most 20)."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise ApiProblem(400, "Bad Request", invalid, errors=codec.field_errors(exc)) from exc
 
 
 def parse_json(raw: bytes, what: str = "the body") -> Any:

@@ -4,13 +4,10 @@ invite a new device redeems at provisioning (issue 17)."""
 from __future__ import annotations
 
 from aiohttp import web
-from pydantic import ValidationError
 
-from cloud_gateway.api.context import ctx, json_response, read_json, who
-from cloud_gateway.api.errors import ApiProblem
+from cloud_gateway.api.context import ctx, json_response, read_body, who
 from cloud_gateway.api.routes import Route
 from cloud_gateway.households.service import HOUSEHOLD_PATTERN, InviteIn, MemberIn
-from protocol.codec import field_errors
 
 TAGS = ("households",)
 
@@ -19,12 +16,7 @@ async def add_member(request: web.Request) -> web.Response:
     """201 the membership credential the gateway signed (audited): household id, device id,
     device key, roles, the household's secret, expiry."""
     household_id = request.match_info["id"]
-    try:
-        spec = MemberIn.model_validate(await read_json(request))
-    except ValidationError as exc:
-        raise ApiProblem(
-            400, "Bad Request", "the member is invalid", errors=field_errors(exc)
-        ) from exc
+    spec = await read_body(request, MemberIn, "the member is invalid")
     credential = await ctx(request).households.issue(household_id, spec, who(request))
     return json_response(credential, status=201)
 
@@ -34,12 +26,7 @@ async def add_invite(request: web.Request) -> web.Response:
     the device will hold and its expiry. The owner's app hands the code to the new device,
     which redeems it at provisioning (`household` of `POST /v1/provision`)."""
     household_id = request.match_info["id"]
-    try:
-        spec = InviteIn.model_validate(await read_json(request))
-    except ValidationError as exc:
-        raise ApiProblem(
-            400, "Bad Request", "the invite is invalid", errors=field_errors(exc)
-        ) from exc
+    spec = await read_body(request, InviteIn, "the invite is invalid")
     invite = await ctx(request).households.invite(household_id, spec, who(request))
     return json_response(invite, status=201)
 

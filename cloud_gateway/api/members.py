@@ -3,13 +3,11 @@ per-tier figures, member erasure, and each campaign's points rule."""
 
 from __future__ import annotations
 
-from typing import Any, TypeVar
+from typing import Any
 
 from aiohttp import web
-from pydantic import BaseModel, ValidationError
 
-from cloud_gateway.api.context import ctx, json_response, read_json, who
-from cloud_gateway.api.errors import ApiProblem
+from cloud_gateway.api.context import ctx, json_response, read_body, who
 from cloud_gateway.api.routes import Route
 from cloud_gateway.members.service import (
     MEMBER_PATTERN,
@@ -18,19 +16,8 @@ from cloud_gateway.members.service import (
     MemberIn,
     RuleIn,
 )
-from protocol.codec import field_errors
 
 TAGS = ("members",)
-Body = TypeVar("Body", bound=BaseModel)
-
-
-async def _body(request: web.Request, model: type[Body], what: str) -> Body:
-    try:
-        return model.model_validate(await read_json(request))
-    except ValidationError as exc:
-        raise ApiProblem(
-            400, "Bad Request", f"{what} is invalid", errors=field_errors(exc)
-        ) from exc
 
 
 def _id(request: web.Request) -> str:
@@ -38,7 +25,7 @@ def _id(request: web.Request) -> str:
 
 
 async def create_member(request: web.Request) -> web.Response:
-    spec = await _body(request, MemberIn, "the member")
+    spec = await read_body(request, MemberIn, "the member is invalid")
     return json_response(await ctx(request).members.create(spec, who(request)), status=201)
 
 
@@ -54,12 +41,12 @@ async def get_member(request: web.Request) -> web.Response:
 
 
 async def link_device(request: web.Request) -> web.Response:
-    spec = await _body(request, LinkIn, "the device")
+    spec = await read_body(request, LinkIn, "the device is invalid")
     return json_response(await ctx(request).members.link(_id(request), spec, who(request)))
 
 
 async def post_points(request: web.Request) -> web.Response:
-    spec = await _body(request, EntryIn, "the entry")
+    spec = await read_body(request, EntryIn, "the entry is invalid")
     answer = await ctx(request).members.post(_id(request), spec, who(request))
     return json_response(answer, status=201 if answer["new"] else 200)
 
@@ -73,7 +60,7 @@ async def tiers(request: web.Request) -> web.Response:
 
 
 async def set_rule(request: web.Request) -> web.Response:
-    spec = await _body(request, RuleIn, "the points rule")
+    spec = await read_body(request, RuleIn, "the points rule is invalid")
     return json_response(await ctx(request).members.set_rule(_id(request), spec, who(request)))
 
 

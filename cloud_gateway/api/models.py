@@ -10,15 +10,13 @@ from __future__ import annotations
 import asyncio
 
 from aiohttp import BodyPartReader, web
-from pydantic import ValidationError
 
-from cloud_gateway.api.context import ctx, json_response, parse_json, read_json, who
+from cloud_gateway.api.context import ctx, json_response, parse_json, read_body, who
 from cloud_gateway.api.errors import ApiProblem
 from cloud_gateway.api.routes import Answer, Route
 from cloud_gateway.errors import NotFound
 from cloud_gateway.registry.bodies import ExperimentIn, RolloutIn
 from cloud_gateway.registry.service import MAX_MANIFEST_BYTES, MAX_MODEL_BYTES
-from protocol import codec
 from protocol.envelopes import ModelManifest
 
 TAGS = ("models",)
@@ -67,24 +65,14 @@ async def register_model(request: web.Request) -> web.Response:
 
 async def rollout_model(request: web.Request) -> web.Response:
     version = _version(request)
-    try:
-        body = RolloutIn.model_validate(await read_json(request))
-    except ValidationError as exc:
-        raise ApiProblem(
-            400, "Bad Request", "the rollout is invalid", errors=codec.field_errors(exc)
-        ) from exc
+    body = await read_body(request, RolloutIn, "the rollout is invalid")
     base = f"{request.scheme}://{request.host}"
     return json_response(await ctx(request).models.rollout(version, body, base, who(request)))
 
 
 async def start_experiment(request: web.Request) -> web.Response:
     version = _version(request)
-    try:
-        body = ExperimentIn.model_validate(await read_json(request))
-    except ValidationError as exc:
-        raise ApiProblem(
-            400, "Bad Request", "the experiment is invalid", errors=codec.field_errors(exc)
-        ) from exc
+    body = await read_body(request, ExperimentIn, "the experiment is invalid")
     base = f"{request.scheme}://{request.host}"
     experiments = ctx(request).models.experiments
     return json_response(await experiments.start(version, body, base, who(request)), status=201)

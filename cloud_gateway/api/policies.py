@@ -4,13 +4,10 @@ cohort or campaign; each change is audited, signed and published to devices."""
 from __future__ import annotations
 
 from aiohttp import web
-from pydantic import ValidationError
 
-from cloud_gateway.api.context import ctx, json_response, read_json, who
-from cloud_gateway.api.errors import ApiProblem
+from cloud_gateway.api.context import ctx, json_response, read_body, who
 from cloud_gateway.api.routes import Route
 from cloud_gateway.campaigns.policy import SCOPES, PolicyList
-from protocol.codec import field_errors
 from protocol.envelopes import PolicyRules
 
 TAGS = ("policies",)
@@ -18,13 +15,7 @@ PATTERNS = {"scope": "^(" + "|".join(SCOPES) + ")$", "name": r"^[A-Za-z0-9_.:-]{
 
 
 async def put_policy(request: web.Request) -> web.Response:
-    body = await read_json(request)
-    try:
-        rules = PolicyRules.model_validate(body)
-    except ValidationError as exc:
-        raise ApiProblem(
-            400, "Bad Request", "the policy is invalid", errors=field_errors(exc)
-        ) from exc
+    rules = await read_body(request, PolicyRules, "the policy is invalid")
     scope, name = request.match_info["scope"], request.match_info["name"]
     listing = await ctx(request).campaigns.policies.put(scope, name, rules, who(request))
     return json_response(listing.model_dump(mode="json"))

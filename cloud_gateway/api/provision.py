@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 from aiohttp import web
-from pydantic import ValidationError
 
-from cloud_gateway.api.context import ctx, json_response, read_json
+from cloud_gateway.api.context import ctx, json_response, read_body
 from cloud_gateway.api.errors import ApiProblem
 from cloud_gateway.api.routes import Route
 from cloud_gateway.errors import ClaimRefused, GatewayError, InviteRefused
 from cloud_gateway.provisioning.service import ProvisionIn
-from protocol.codec import field_errors
 
 TAGS = ("provisioning",)
 
@@ -21,13 +19,7 @@ async def provision(request: web.Request) -> web.Response:
     invite, its signed membership or why the invite was refused; 401 an unknown or revoked
     claim, 409 a device id provisioned before or a batch used up (both audited)."""
     scheme, _, claim = request.headers.get("Authorization", "").partition(" ")
-    body = await read_json(request)
-    try:
-        spec = ProvisionIn.model_validate(body)
-    except ValidationError as exc:
-        raise ApiProblem(
-            400, "Bad Request", "the provisioning request is invalid", errors=field_errors(exc)
-        ) from exc
+    spec = await read_body(request, ProvisionIn, "the provisioning request is invalid")
     provisioner = ctx(request).provisioner
     if scheme.lower() != "claim":
         claim = ""  # refused as an unknown claim, and counted

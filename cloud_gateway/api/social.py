@@ -7,14 +7,13 @@ import re
 from typing import Annotated
 
 from aiohttp import web
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
-from cloud_gateway.api.context import ctx, json_response
+from cloud_gateway.api.context import ctx, json_response, validated
 from cloud_gateway.api.errors import ApiProblem
 from cloud_gateway.api.routes import Route
 from cloud_gateway.db.social import cut_figures, group_figures
 from cloud_gateway.social.rules import cut_schedule
-from protocol.codec import field_errors
 from protocol.envelopes import CutTerms, Finite
 
 TAGS = ("social",)
@@ -93,17 +92,13 @@ class CutSchedule(BaseModel):
 
 
 async def schedule(request: web.Request) -> web.Response:
-    try:
-        q = ScheduleQuery.model_validate(dict(request.query))
-        terms = CutTerms(floor=q.floor, helps=q.helps, window_s=60)
-        if terms.floor >= q.price:
-            errors = [{"loc": "floor", "msg": f"must be below the offer's price {q.price}"}]
-            raise ApiProblem(
-                400, "Bad Request", "the cut's floor is not below its price", errors=errors
-            )
-    except ValidationError as exc:
-        errors = field_errors(exc)
-        raise ApiProblem(400, "Bad Request", "the cut's terms are invalid", errors=errors) from exc
+    q = validated(ScheduleQuery, dict(request.query), "the cut's terms are invalid")
+    terms = CutTerms(floor=q.floor, helps=q.helps, window_s=60)  # ScheduleQuery's bounds hold
+    if terms.floor >= q.price:
+        errors = [{"loc": "floor", "msg": f"must be below the offer's price {q.price}"}]
+        raise ApiProblem(
+            400, "Bad Request", "the cut's floor is not below its price", errors=errors
+        )
     prices = cut_schedule(q.price, terms.floor, terms.helps)
     return json_response(CutSchedule(prices=list(prices)).model_dump())
 

@@ -4,24 +4,17 @@ stock added or pulled during the sale."""
 from __future__ import annotations
 
 from aiohttp import web
-from pydantic import ValidationError
 
-from cloud_gateway.api.context import ctx, json_response, read_json, who
-from cloud_gateway.api.errors import ApiProblem
+from cloud_gateway.api.context import ctx, json_response, read_body, who
 from cloud_gateway.api.routes import Route
 from cloud_gateway.campaigns.waves import LiveSaleIn, StockIn
 from cloud_gateway.db.sale_figures import sold_out_at
-from protocol.codec import field_errors
 
 TAGS = ("live-sales",)
 
 
 async def create_sale(request: web.Request) -> web.Response:
-    try:
-        spec = LiveSaleIn.model_validate(await read_json(request))
-    except ValidationError as exc:
-        errors = field_errors(exc)
-        raise ApiProblem(400, "Bad Request", "the live sale is invalid", errors=errors) from exc
+    spec = await read_body(request, LiveSaleIn, "the live sale is invalid")
     return json_response(await ctx(request).waves.create(spec, who(request)), status=201)
 
 
@@ -37,11 +30,7 @@ async def get_sale(request: web.Request) -> web.Response:
 
 
 async def change_stock(request: web.Request) -> web.Response:
-    try:
-        spec = StockIn.model_validate(await read_json(request))
-    except ValidationError as exc:
-        errors = field_errors(exc)
-        raise ApiProblem(400, "Bad Request", "the stock change is invalid", errors=errors) from exc
+    spec = await read_body(request, StockIn, "the stock change is invalid")
     answer = await ctx(request).waves.change_stock(request.match_info["id"], spec, who(request))
     return json_response(answer)
 
