@@ -85,29 +85,31 @@ def _redeem(store: Session, digest: str, device_id: str, serial: int, who: str) 
 
 def revoke_device(store: Session, device_id: str, who: str) -> bool:
     """Revoke the device's certificate (audited); False when it has none live."""
-    now = store.clock()
-    with store.transaction():
-        done = store.conn.execute(
-            "UPDATE device_certs SET revoked_at = ? WHERE device_id = ? AND revoked_at IS NULL",
-            [format_time(now), device_id],
-        )
-        if done.rowcount != 1:
-            return False
-        insert_audit(store, who, "provision.revoke", f"device:{device_id}", now)
-    return True
+    sql = "UPDATE device_certs SET revoked_at = ? WHERE device_id = ? AND revoked_at IS NULL"
+    return _revoke(store, sql, device_id, audit=(who, "provision.revoke", f"device:{device_id}"))
 
 
 def revoke_batch(store: Session, batch_id: str, who: str) -> bool:
     """Revoke a claim credential (a leaked one): no device is provisioned with it any more."""
+    sql = "UPDATE claim_batches SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL"
+    return _revoke(store, sql, batch_id, audit=(who, "claim.revoke", f"batch:{batch_id}"))
+
+
+def _revoke(store: Session, sql: str, key: str, *, audit: tuple[str, str, str]) -> bool:
+    """`sql` sets `revoked_at` (its first parameter: now) on the live row of `key`."""
     now = store.clock()
+    return _change_one(store, now, sql, [format_time(now), key], audit=audit)
+
+
+def _change_one(
+    store: Session, now: datetime, sql: str, args: list[Any], *, audit: tuple[str, str, str]
+) -> bool:
+    """Run `sql` and record `audit` (who, action, target) at `now`, in one transaction; False,
+    and nothing audited, when it changed no row (revoked or removed before)."""
     with store.transaction():
-        done = store.conn.execute(
-            "UPDATE claim_batches SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL",
-            [format_time(now), batch_id],
-        )
-        if done.rowcount != 1:
+        if store.conn.execute(sql, args).rowcount != 1:
             return False
-        insert_audit(store, who, "claim.revoke", f"batch:{batch_id}", now)
+        insert_audit(store, *audit, now)
     return True
 
 
@@ -133,13 +135,13 @@ def set_password(store: Session, device_id: str, digest: str, who: str) -> None:
 
 def drop_password(store: Session, device_id: str, who: str) -> bool:
     """Remove the device's broker password (audited); False when it had none."""
-    now = store.clock()
-    with store.transaction():
-        done = store.conn.execute("DELETE FROM device_passwords WHERE device_id = ?", [device_id])
-        if done.rowcount != 1:
-            return False
-        insert_audit(store, who, "password.revoke", f"device:{device_id}", now)
-    return True
+    return _change_one(
+        store,
+        store.clock(),
+        "DELETE FROM device_passwords WHERE device_id = ?",
+        [device_id],
+        audit=(who, "password.revoke", f"device:{device_id}"),
+    )
 
 
 def password_hashes(store: Session) -> list[tuple[str, str]]:
