@@ -148,35 +148,33 @@ def offer_end(campaign: Campaign, offer: OfferOut) -> datetime | None:
 
 def group_fields(row: dict[str, Any], coupon: str | None = None) -> dict[str, Any]:
     """A group's row as `SocialState` fields."""
-    return {
-        "kind": "group",
-        "ref": row["id"],
-        "campaign_id": row["campaign_id"],
-        "offer_id": row["offer_id"],
-        "status": row["state"],
-        "code": row["code"],
-        "size": int(row["size"]),
-        "seats": int(row["seats"]),
-        "ends_at": parse_time(row["ends_at"]),
-        "price": float(row["price"]),
-        "coupon": coupon,
-    }
+    fields = _state_fields("group", row, size=row["size"], price=row["price"], coupon=coupon)
+    return {**fields, "seats": int(row["seats"])}
 
 
 def cut_fields(row: dict[str, Any], *, owner: bool) -> dict[str, Any]:
     """A cut's row as `SocialState` fields (the coupon only for its owner)."""
+    size, coupon = row["helps_needed"], row["coupon"] if owner else None
+    fields = _state_fields("cut", row, size=size, price=row["reached"], coupon=coupon)
+    return {**fields, "helps": int(row["helps"])}
+
+
+def _state_fields(
+    kind: str, row: dict[str, Any], *, size: Any, price: Any, coupon: str | None
+) -> dict[str, Any]:
+    """What a group's and a cut's state say alike: which one, its offer, status, share code,
+    size, window and price (a group's or a cut's own column each)."""
     return {
-        "kind": "cut",
+        "kind": kind,
         "ref": row["id"],
         "campaign_id": row["campaign_id"],
         "offer_id": row["offer_id"],
         "status": row["state"],
         "code": row["code"],
-        "helps": int(row["helps"]),
-        "size": int(row["helps_needed"]),
+        "size": int(size),
         "ends_at": parse_time(row["ends_at"]),
-        "price": float(row["reached"]),
-        "coupon": row["coupon"] if owner else None,
+        "price": float(price),
+        "coupon": coupon,
     }
 
 
