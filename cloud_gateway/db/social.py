@@ -43,6 +43,8 @@ TRANSIENT = frozenset({"40001", "40P01"})
 """SQLSTATEs worth retrying: serialization_failure, deadlock_detected (PostgreSQL)."""
 CODE_ATTEMPTS = 8
 HOUR = timedelta(hours=1)
+OFFER_TYPES = {"group": "group_buy", "cut": "price_cut"}
+"""The offer type each kind of social request starts on."""
 
 Decide = Callable[["Txn", str, SocialRequest], tuple[dict[str, Any], str]]
 """decide(txn, device_id, request) -> (the answer's `SocialState` fields, outcome): one
@@ -140,6 +142,31 @@ def live_offer(
         if refusal is not None:
             return refusal
     return campaign, offer
+
+
+@dataclass(frozen=True, slots=True)
+class Start:
+    """What a start request starts on: a live offer open to the device, and its household."""
+
+    campaign: Campaign
+    offer: OfferOut
+    household: str
+
+
+def start_of(
+    ctx: Txn, device_id: str, req: SocialRequest, kind: str
+) -> Start | tuple[dict[str, Any], str]:
+    """The campaign and offer a `group_start` or `cut_start` names, live, of the kind's offer
+    type and in the campaign's audience for this device; otherwise the refusal to answer."""
+    if req.campaign_id is None or req.offer_id is None:  # the model requires both
+        return refused(kind, "campaign_id and offer_id are required")
+    found = live_offer(
+        ctx, device_id, req.campaign_id, req.offer_id, OFFER_TYPES[kind], audience=True
+    )
+    if isinstance(found, str):
+        return refused(kind, found, campaign_id=req.campaign_id, offer_id=req.offer_id)
+    campaign, offer = found
+    return Start(campaign, offer, household_of(ctx.store, device_id))
 
 
 def offer_end(campaign: Campaign, offer: OfferOut) -> datetime | None:

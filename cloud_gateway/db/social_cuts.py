@@ -14,6 +14,7 @@ from typing import Any
 from cloud_gateway.db.social import (
     CODE_ATTEMPTS,
     HOUR,
+    Start,
     Txn,
     code_tries,
     cut_fields,
@@ -21,6 +22,7 @@ from cloud_gateway.db.social import (
     live_offer,
     offer_end,
     refused,
+    start_of,
 )
 from cloud_gateway.errors import StoreError
 from cloud_gateway.social import rules
@@ -29,15 +31,12 @@ from protocol.social import SocialRequest
 
 
 def start_cut(ctx: Txn, device_id: str, req: SocialRequest) -> tuple[dict[str, Any], str]:
-    if req.campaign_id is None or req.offer_id is None:  # the model requires both
-        return refused("cut", "campaign_id and offer_id are required")
-    found = live_offer(ctx, device_id, req.campaign_id, req.offer_id, "price_cut", audience=True)
-    if isinstance(found, str):
-        return refused("cut", found, campaign_id=req.campaign_id, offer_id=req.offer_id)
-    campaign, offer = found
+    start = start_of(ctx, device_id, req, "cut")
+    if not isinstance(start, Start):
+        return start  # refused
+    campaign, offer, household = start.campaign, start.offer, start.household
     terms = offer.cut
     assert terms is not None
-    household = household_of(ctx.store, device_id)
     key = [campaign.id, offer.id, household]
     conn = ctx.store.conn
     ends = rules.window_end(ctx.now, terms.window_s, offer_end(campaign, offer))

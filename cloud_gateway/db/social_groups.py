@@ -12,6 +12,7 @@ from typing import Any
 
 from cloud_gateway.db.social import (
     CODE_ATTEMPTS,
+    Start,
     Txn,
     code_tries,
     group_fields,
@@ -19,6 +20,7 @@ from cloud_gateway.db.social import (
     live_offer,
     offer_end,
     refused,
+    start_of,
 )
 from cloud_gateway.errors import StoreError
 from cloud_gateway.social import rules
@@ -27,15 +29,12 @@ from protocol.social import SocialRequest
 
 
 def start_group(ctx: Txn, device_id: str, req: SocialRequest) -> tuple[dict[str, Any], str]:
-    if req.campaign_id is None or req.offer_id is None:  # the model requires both
-        return refused("group", "campaign_id and offer_id are required")
-    found = live_offer(ctx, device_id, req.campaign_id, req.offer_id, "group_buy", audience=True)
-    if isinstance(found, str):
-        return refused("group", found, campaign_id=req.campaign_id, offer_id=req.offer_id)
-    campaign, offer = found
+    start = start_of(ctx, device_id, req, "group")
+    if not isinstance(start, Start):
+        return start  # refused
+    campaign, offer, household = start.campaign, start.offer, start.household
     terms = offer.group
     assert terms is not None
-    household = household_of(ctx.store, device_id)
     conn = ctx.store.conn
     group_id = new_id()
     seat = conn.execute(
