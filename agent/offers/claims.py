@@ -17,21 +17,23 @@ from datetime import UTC, datetime
 from typing import Any
 
 from agent.config import AgentSettings
-from agent.errors import AgentError, LinkDown, UnknownOffer
-from agent.link.downlink import UnknownFields, read_addressed
+from agent.errors import AgentError, UnknownOffer
 from agent.link.transport import Transport
+from agent.offers.requests import Kind, Requests
 from agent.runtime.metrics import Metrics
 from agent.store import idempotency
 from agent.store.core import Store
-from mqttlink.logs import OnceLogger
-from protocol import codec
 from protocol.envelopes import ClaimRequest, ClaimResult, Offer
 from protocol.ids import format_time, new_id
 from protocol.signing import Verifier
+from protocol.topics import Topics
 
 log = logging.getLogger(__name__)
 
 MAX_RESULT_BYTES = 16 * 1024
+REQUESTS = Kind(
+    Topics.claim_up, "claim", "claim result", bad="claim_results_bad", max_bytes=MAX_RESULT_BYTES
+)
 MAX_TICK_S = 1.0
 """The longest the resend loop sleeps before looking at its timer again (a test's fake timer
 is moved, not waited for)."""
@@ -101,19 +103,17 @@ class Claims:
         or "closed" (sold out: a claim never sent is closed here)."""
         self.settings = settings
         self._store = store
-        self._verifier = verifier
         self._metrics = metrics
-        self._link = link
         self._offer = offer
-        self._topic = settings.topics.claim_up(settings.device_id)
+        self._requests = Requests(
+            REQUESTS, settings, link, store, verifier, metrics=metrics, sent=store.claims.sent
+        )
         self._wake = asyncio.Event()
         self._timer = timer
         self._round_at = timer()
         self._round = asyncio.Lock()  # one resend round at a time (the loop's or a test's)
         self._idle = False  # the last round found no pending claim and none was sent since
         self._connected = False  # a connect since the last round: resend every pending claim
-        self._faults = OnceLogger(log)
-        self._unknown = UnknownFields(metrics)
         for name in COUNTERS:
             metrics.counters.setdefault(name, 0)
         self.refused: frozenset[str] = frozenset()
@@ -227,7 +227,6 @@ class Claims:
         return False
 
     async def _send(self, row: dict[str, Any]) -> bool:
-        link = self._link
         request = ClaimRequest(
             id=row["id"],
             device_id=self.settings.device_id,
@@ -235,37 +234,22 @@ class Claims:
             campaign_id=row["campaign_id"],
             at=datetime.fromtimestamp(float(row["created"]), UTC),
         )
-        try:
-            await link.publish(self._topic, codec.encode(request), qos=1)
-        except LinkDown as exc:
-            log.debug("claim %s waits for the link: %s", row["id"], exc)
+        if not await self._requests.send(row["id"], request):
             return False
-        await self._store.call(self._store.claims.sent, row["id"])
         if self._idle:  # the loop sleeps without a deadline: wake it to arm its timer again
             self._idle = False  # (only that: a round now would resend what was just sent)
             self._wake.set()
         return True
 
-    def _bad(self, reason: str, detail: str) -> None:
-        self._metrics.inc("claim_results_bad")
-        self._faults.log(reason, "refused claim result: %s", detail)
-
     async def handle_result(self, payload: bytes) -> bool:
         """A message on `down/claim`: verified, validated, applied once; True when applied."""
-        result = read_addressed(
-            payload,
-            ClaimResult,
-            self._verifier,
-            max_bytes=MAX_RESULT_BYTES,
-            device_id=self.settings.device_id,
-            unknown=self._unknown,
-            refuse=self._bad,
-        )
+        result = self._requests.read(payload, ClaimResult)
         if result is None:
             return False
         stored = await self._store.call(self._store.claims.get, result.claim_id)
         if stored is None or stored["offer_id"] != result.offer_id:
-            self._bad("unknown_claim", f"no claim {result.claim_id!r} for {result.offer_id!r}")
+            unknown = f"no claim {result.claim_id!r} for {result.offer_id!r}"
+            self._requests.refuse("unknown_claim", unknown)
             return False
         applied = await self._store.call(
             self._store.claims.answer,

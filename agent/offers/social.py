@@ -21,21 +21,28 @@ from datetime import UTC, datetime
 from typing import Any
 
 from agent.config import AgentSettings
-from agent.errors import AgentError, LinkDown
-from agent.link.downlink import UnknownFields, read_addressed
+from agent.errors import AgentError
 from agent.link.transport import Transport
+from agent.offers.requests import Kind, Requests
 from agent.runtime.metrics import Metrics
 from agent.store import idempotency
 from agent.store.core import Store
-from mqttlink.logs import OnceLogger
 from protocol import codec
 from protocol.ids import format_time, new_id, parse_time, utcnow
 from protocol.signing import Verifier
 from protocol.social import SocialRequest, SocialState
+from protocol.topics import Topics
 
 log = logging.getLogger(__name__)
 
 MAX_STATE_BYTES = 16 * 1024
+REQUESTS = Kind(
+    Topics.social_up,
+    "social request",
+    "social state",
+    bad="social_states_bad",
+    max_bytes=MAX_STATE_BYTES,
+)
 COUNTERS = (
     "social_started",
     "social_resent",
@@ -100,15 +107,13 @@ class Social:
         """`offer_type(offer_id)`: the held offer's (type, campaign id), or None."""
         self.settings = settings
         self._store = store
-        self._verifier = verifier
         self._metrics = metrics
-        self._link = link
         self._offer_type = offer_type
         self._timer = timer
-        self._topic = settings.topics.social_up(settings.device_id)
+        self._requests = Requests(
+            REQUESTS, settings, link, store, verifier, metrics=metrics, sent=store.social.sent
+        )
         self._wake = asyncio.Event()
-        self._faults = OnceLogger(log)
-        self._unknown = UnknownFields(metrics)
         for name in COUNTERS:
             metrics.counters.setdefault(name, 0)
 
@@ -184,29 +189,11 @@ class Social:
             code=row["code"],
             at=datetime.fromtimestamp(float(row["created"]), UTC),
         )
-        try:
-            await self._link.publish(self._topic, codec.encode(request), qos=1)
-        except LinkDown as exc:
-            log.debug("social request %s waits for the link: %s", row["id"], exc)
-            return False
-        await self._store.call(self._store.social.sent, row["id"])
-        return True
-
-    def _bad(self, reason: str, detail: str) -> None:
-        self._metrics.inc("social_states_bad")
-        self._faults.log(reason, "refused social state: %s", detail)
+        return await self._requests.send(row["id"], request)
 
     async def handle_state(self, payload: bytes) -> bool:
         """A message on `down/social`: verified, validated, kept if newer; True when kept."""
-        state = read_addressed(
-            payload,
-            SocialState,
-            self._verifier,
-            max_bytes=MAX_STATE_BYTES,
-            device_id=self.settings.device_id,
-            unknown=self._unknown,
-            refuse=self._bad,
-        )
+        state = self._requests.read(payload, SocialState)
         if state is None:
             return False
         doc = codec.decode_object(payload, max_compressed=MAX_STATE_BYTES)
