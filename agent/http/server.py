@@ -163,6 +163,10 @@ def put(pattern: str, handler: Handler) -> Route:
     return Route("PUT", pattern, handler)
 
 
+def delete(pattern: str, handler: Handler) -> Route:
+    return Route("DELETE", pattern, handler)
+
+
 class Router:
     """Routes by path, then method: no path is 404, a path without the method 405 (with
     `Allow`); HEAD is served by the GET route, without the body."""

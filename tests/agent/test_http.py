@@ -15,6 +15,7 @@ from agent.http.server import (
     HttpServer,
     Request,
     Response,
+    delete,
     get,
     json_response,
     post,
@@ -60,6 +61,7 @@ async def served() -> AsyncIterator[tuple[HttpServer, str]]:
     server = HttpServer(
         [
             get("/v1/items/{item_id}", _echo),
+            delete("/v1/items/{item_id}", _echo),
             post("/v1/items", _echo),
             get("/boom", _boom),
             get("/conflict", _teapot),
@@ -99,6 +101,11 @@ async def test_routes_match_paths_methods_and_pass_through_middlewares(
         wrong = await client.request("DELETE", f"{base}/v1/items")
         assert wrong.status == 405
         assert wrong.headers["allow"] == "POST"
+        deleted = await client.request("DELETE", f"{base}/v1/items/a7")
+        assert deleted.json()["method"] == "DELETE"
+        assert deleted.json()["match"] == {"item_id": "a7"}
+        put_on_item = await client.request("PUT", f"{base}/v1/items/a7", json={})
+        assert put_on_item.headers["allow"] == "DELETE, GET"
         assert (await client.request("GET", f"{base}/conflict")).status == 409
         head = await client.request("HEAD", f"{base}/v1/items/a7")
         assert head.status == 200
