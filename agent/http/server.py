@@ -218,6 +218,7 @@ class HttpServer:
         self.name = name
         self._servers: list[asyncio.Server] = []
         self._connections: set[asyncio.Task[None]] = set()
+        self._closing = False
         self.refused_connections = 0
         """Connections closed at once because `max_connections` were open."""
         self.bad_requests = 0
@@ -234,6 +235,7 @@ class HttpServer:
 
     async def close(self) -> None:
         """Stops listening, then ends the open connections."""
+        self._closing = True
         for server in self._servers:
             server.close()
         for task in list(self._connections):
@@ -268,6 +270,13 @@ class HttpServer:
                 await _Connection(self, reader, writer).serve()
             except (ConnectionError, asyncio.IncompleteReadError, TimeoutError):
                 pass
+            except asyncio.CancelledError:
+                # `close` cancelled it: the connection's task ends normally, for Python 3.11's
+                # streams read a cancelled task's `exception()` in a done callback, which
+                # raises and is logged as "Exception in callback" (python/cpython#113538, fixed
+                # in 3.12). Any other cancellation goes on up.
+                if not self._closing:
+                    raise
             finally:
                 if task is not None:
                     self._connections.discard(task)

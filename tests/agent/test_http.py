@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import socket
 from collections.abc import AsyncIterator
 
@@ -224,3 +225,24 @@ async def test_a_kept_alive_connection_the_server_closed_is_replaced_once() -> N
             await second.close()
     finally:
         await client.close()
+
+
+async def test_closing_with_requests_in_flight_logs_no_error(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    server = HttpServer([get("/slow", _slow)])
+    port = await server.listen_tcp("127.0.0.1", 0)
+    client = HttpClient()
+    slow = asyncio.create_task(client.request("GET", f"http://127.0.0.1:{port}/slow"))
+    idle = socket.create_connection(("127.0.0.1", port))  # a kept-alive peer between requests
+    try:
+        await asyncio.sleep(0.2)
+        await server.close()
+        with pytest.raises(ClientError):
+            await slow
+        for _ in range(3):
+            await asyncio.sleep(0)  # the streams' done callbacks run
+    finally:
+        idle.close()
+        await client.close()
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text
