@@ -17,8 +17,6 @@ from collections import Counter, OrderedDict
 from collections.abc import Callable, Mapping
 from typing import Any, NoReturn
 
-import aiohttp
-
 from agent.decide.remote import (
     REMOTE_TIMEOUT_S,
     RankRequest,
@@ -35,6 +33,7 @@ from agent.household.discovery import Discovery
 from agent.household.election import ELIGIBLE, Candidate, elect
 from agent.household.membership import Credentials, MembershipError, check_membership
 from agent.household.state import DAY_S, HouseholdCaps
+from agent.http.client import Answer, ClientError, HttpClient
 from protocol.household import key_fingerprint
 from protocol.signing import Verifier
 
@@ -104,7 +103,7 @@ class HouseholdClient:
         self.joined_at = 0.0
         self.found_at: float | None = None
         self._token: str | None = None
-        self._http: aiohttp.ClientSession | None = None
+        self._http: HttpClient | None = None
         self._task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
         self.connected = asyncio.Event()
@@ -133,7 +132,7 @@ class HouseholdClient:
 
     async def start(self) -> None:
         self.joined_at = time.monotonic()
-        self._http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=3.0))
+        self._http = HttpClient(timeout=3.0)
         port = 9  # thin devices and appliances serve nothing: their advert's port is a placeholder
         if self.server is not None:
             port = await self.server.start(self.host, 0)
@@ -458,15 +457,15 @@ class HouseholdClient:
         assert self._http is not None
         url = f"http://{peer.host}:{peer.port}{path}"
         try:
-            async with self._http.post(url, json=body) as resp:
-                data = await resp.json(content_type=None)
-                if resp.status == 409:
-                    raise NotCoordinator(f"{path} -> 409")
-                if resp.status != 200 or not isinstance(data, dict):
-                    raise HouseholdError(f"{path} -> {resp.status}")
-                return data
-        except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+            answer = await self._http.request("POST", url, json=body)
+            data = _json(answer)
+        except (ClientError, TimeoutError, ValueError) as exc:
             raise HouseholdError(f"{path}: {exc}") from exc
+        if answer.status == 409:
+            raise NotCoordinator(f"{path} -> 409")
+        if answer.status != 200 or not isinstance(data, dict):
+            raise HouseholdError(f"{path} -> {answer.status}")
+        return data
 
     async def _call(
         self, method: str, path: str, body: dict[str, Any] | None = None, *, timeout: float = 3.0
@@ -476,25 +475,37 @@ class HouseholdClient:
             raise HouseholdError("no coordinator")
         url = f"http://{peer.host}:{peer.port}{path}"
         try:
-            async with self._http.request(
+            answer = await self._http.request(
                 method,
                 url,
                 json=body,
                 headers={"Authorization": f"Bearer {token}"},
-                timeout=aiohttp.ClientTimeout(total=timeout),
-            ) as resp:
-                if resp.status in (401, 409):
-                    self._drop_session()
-                    kind = NotCoordinator if resp.status == 409 else HouseholdError
-                    raise kind(f"{path} -> {resp.status}")
-                if resp.status != 200:
-                    raise HouseholdError(f"{path} -> {resp.status}: {(await resp.text())[:200]}")
-                data = await resp.json(content_type=None)
-        except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+                timeout=timeout,
+            )
+        except (ClientError, TimeoutError) as exc:
+            raise HouseholdError(f"{path}: {exc}") from exc
+        if answer.status in (401, 409):
+            self._drop_session()
+            kind = NotCoordinator if answer.status == 409 else HouseholdError
+            raise kind(f"{path} -> {answer.status}")
+        if answer.status != 200:
+            raise HouseholdError(f"{path} -> {answer.status}: {answer.text()[:200]}")
+        try:
+            data = _json(answer)
+        except ValueError as exc:
             raise HouseholdError(f"{path}: {exc}") from exc
         if not isinstance(data, dict):
             raise HouseholdError(f"{path}: not an object")
         return data
+
+
+def _json(answer: Answer) -> Any:
+    """The answer's JSON whatever its content type; None for an empty body (as aiohttp's
+    `json(content_type=None)` did: a peer's empty answer is "not an object", not an error of
+    the parser). Raises ValueError on anything else that is not JSON."""
+    if not answer.body.strip():
+        return None
+    return answer.json()
 
 
 def _hold(body: dict[str, Any]) -> HouseholdHold:

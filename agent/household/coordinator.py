@@ -1,9 +1,9 @@
-"""The coordinator's LAN API (aiohttp): the handshake, then household context, contributions,
-appliance levels, household caps and ranking for thin devices (`POST /lan/v1/rank`: the
-wire of `agent.decide.remote`, scored by the coordinator's `Ranker` with the household's
-context). Every eligible device runs it from the start (its port is in its advert) and
-answers household calls only while it is the elected coordinator (409 otherwise). Bound to
-the LAN interface (loopback in tests)."""
+"""The coordinator's LAN API: the handshake, then household context, contributions, appliance
+levels, household caps and ranking for thin devices (`POST /lan/v1/rank`: the wire of
+`agent.decide.remote`, scored by the coordinator's `Ranker` with the household's context). Every
+eligible device runs it from the start (its port is in its advert) and answers household calls
+only while it is the elected coordinator (409 otherwise). Bound to the LAN interface (loopback in
+tests). Served by `agent.http.server`, not aiohttp: a thin device must stay small."""
 
 from __future__ import annotations
 
@@ -17,7 +17,6 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from agent.decide.remote import RankRequest, RankResult, RemoteRankError, parse_request
@@ -26,12 +25,25 @@ from agent.features.household import HouseholdContext
 from agent.household import handshake
 from agent.household.membership import Credentials, MembershipError, check_membership
 from agent.household.state import Exposure, HouseholdCaps, HouseholdState
+from agent.http.server import (
+    HTTPError,
+    HttpServer,
+    Request,
+    Response,
+    delete,
+    get,
+    json_response,
+    post,
+    put,
+)
 from protocol.household import Membership, key_fingerprint
 from protocol.signing import Verifier
 
 log = logging.getLogger(__name__)
 MAX_BODY = 256 * 1024
 MAX_SESSIONS = 64
+MAX_CONNECTIONS = 64
+"""Open LAN connections at once (a household has a few devices, each with a kept-alive one)."""
 MAX_HELLOS = 128
 HELLO_TTL_S = 30.0
 SESSION_TTL_S = 3600.0
@@ -113,7 +125,7 @@ class CoordinatorServer:
         self.state = HouseholdState(creds.membership.household_id)
         self._hellos: OrderedDict[str, tuple[str, float]] = OrderedDict()  # nonce_s -> nonce_c
         self._sessions: OrderedDict[str, Session] = OrderedDict()
-        self._runner: web.AppRunner | None = None
+        self._http: HttpServer | None = None
         self.port = 0
 
     def serve(self, on: bool) -> None:
@@ -125,35 +137,35 @@ class CoordinatorServer:
             log.info("coordinating household (fingerprint %s)", self.creds.fingerprint)
         self.serving = on
 
-    def app(self) -> web.Application:
-        app = web.Application(client_max_size=MAX_BODY)
-        app.router.add_post("/lan/v1/hello", self._hello)
-        app.router.add_post("/lan/v1/auth", self._auth)
-        app.router.add_get("/lan/v1/context", self._context)
-        app.router.add_put("/lan/v1/contribution", self._contribute)
-        app.router.add_delete("/lan/v1/contribution", self._withdraw)
-        app.router.add_put("/lan/v1/consumables", self._levels)
-        app.router.add_get("/lan/v1/hold", self._hold)
-        app.router.add_post("/lan/v1/exposures", self._exposures)
-        app.router.add_post("/lan/v1/rank", self._rank)
-        return app
+    def app(self) -> HttpServer:
+        """The LAN API, not listening yet (`start` listens; tests may call `handle`)."""
+        routes = [
+            post("/lan/v1/hello", self._hello),
+            post("/lan/v1/auth", self._auth),
+            get("/lan/v1/context", self._context),
+            put("/lan/v1/contribution", self._contribute),
+            delete("/lan/v1/contribution", self._withdraw),
+            put("/lan/v1/consumables", self._levels),
+            get("/lan/v1/hold", self._hold),
+            post("/lan/v1/exposures", self._exposures),
+            post("/lan/v1/rank", self._rank),
+        ]
+        return HttpServer(routes, max_body=MAX_BODY, max_connections=MAX_CONNECTIONS, name="lan")
 
     async def start(self, host: str, port: int = 0) -> int:
-        runner = web.AppRunner(self.app(), access_log=None)
-        await runner.setup()
-        await web.TCPSite(runner, host, port).start()
-        self._runner = runner
-        self.port = int(runner.addresses[0][1])
+        server = self.app()
+        self.port = await server.listen_tcp(host, port)
+        self._http = server
         return self.port
 
     async def stop(self) -> None:
-        runner, self._runner = self._runner, None
-        if runner is not None:
-            await runner.cleanup()
+        server, self._http = self._http, None
+        if server is not None:
+            await server.close()
 
     # ------------------------------------------------------------ handshake
 
-    async def _hello(self, request: web.Request) -> web.Response:
+    async def _hello(self, request: Request) -> Response:
         if not self.serving:
             return _not_coordinator()
         body = await _parse(request, HelloIn, self.counters)
@@ -163,9 +175,9 @@ class CoordinatorServer:
         while len(self._hellos) > MAX_HELLOS:
             self._hellos.popitem(last=False)
         proof = handshake.prove(self.creds.key, "server", body.nonce, nonce_s)
-        return web.json_response({"membership": self.creds.wire, "nonce": nonce_s, "proof": proof})
+        return json_response({"membership": self.creds.wire, "nonce": nonce_s, "proof": proof})
 
-    async def _auth(self, request: web.Request) -> web.Response:
+    async def _auth(self, request: Request) -> Response:
         if not self.serving:
             return _not_coordinator()
         body = await _parse(request, AuthIn, self.counters)
@@ -194,21 +206,21 @@ class CoordinatorServer:
             self._sessions.popitem(last=False)
         self.state.touch(member.device_id, now)
         self.counters["household_peers_authenticated"] += 1
-        return web.json_response({"token": token, "expires_in": SESSION_TTL_S})
+        return json_response({"token": token, "expires_in": SESSION_TTL_S})
 
-    def _refuse(self, reason: str) -> web.Response:
+    def _refuse(self, reason: str) -> Response:
         self.counters["household_auth_refused"] += 1
         log.warning("household handshake refused: %s", reason)
-        return web.json_response({"error": "unauthorized", "detail": reason}, status=401)
+        return json_response({"error": "unauthorized", "detail": reason}, status=401)
 
-    def _session(self, request: web.Request) -> Session:
+    def _session(self, request: Request) -> Session:
         if not self.serving:
-            raise web.HTTPConflict(text="not the coordinator")
+            raise HTTPError(409, "not the coordinator")
         scheme, _, token = request.headers.get("Authorization", "").partition(" ")
         session = self._sessions.get(token.strip()) if scheme.lower() == "bearer" else None
         if session is None or session.expires < self.clock():
             self.counters["household_auth_refused"] += 1
-            raise web.HTTPUnauthorized(text="no household session")
+            raise HTTPError(401, "no household session")
         self.state.touch(session.device_id, self.clock())
         if self.caps is not None:
             self.state.caps = self.caps()
@@ -216,12 +228,12 @@ class CoordinatorServer:
 
     # ------------------------------------------------------------ household calls
 
-    async def _context(self, request: web.Request) -> web.Response:
+    async def _context(self, request: Request) -> Response:
         session = self._session(request)
         if "appliance" in session.roles and len(session.roles) == 1:
-            raise web.HTTPForbidden(text="appliances report, they do not read")
+            raise HTTPError(403, "appliances report, they do not read")
         snap = self.state.snapshot(self.clock())
-        return web.json_response(
+        return json_response(
             {
                 "household_id": snap.household_id,
                 "consumable_need": dict(snap.consumable_need),
@@ -232,36 +244,36 @@ class CoordinatorServer:
             }
         )
 
-    async def _contribute(self, request: web.Request) -> web.Response:
+    async def _contribute(self, request: Request) -> Response:
         session = self._session(request)
         body = await _parse(request, ContributionIn, self.counters)
         try:
             self.state.contribute(session.device_id, body.counts, body.tier, self.clock())
         except ValueError as exc:
-            raise web.HTTPTooManyRequests(text=str(exc)) from exc
-        return web.json_response({"ok": True})
+            raise HTTPError(429, str(exc)) from exc
+        return json_response({"ok": True})
 
-    async def _withdraw(self, request: web.Request) -> web.Response:
+    async def _withdraw(self, request: Request) -> Response:
         session = self._session(request)
-        return web.json_response({"removed": self.state.withdraw(session.device_id)})
+        return json_response({"removed": self.state.withdraw(session.device_id)})
 
-    async def _levels(self, request: web.Request) -> web.Response:
+    async def _levels(self, request: Request) -> Response:
         session = self._session(request)
         body = await _parse(request, LevelsIn, self.counters)
         try:
             self.state.set_levels(session.device_id, body.levels)
         except ValueError as exc:
-            raise web.HTTPTooManyRequests(text=str(exc)) from exc
-        return web.json_response({"ok": True})
+            raise HTTPError(429, str(exc)) from exc
+        return json_response({"ok": True})
 
-    async def _hold(self, request: web.Request) -> web.Response:
+    async def _hold(self, request: Request) -> Response:
         session = self._session(request)
         now = self.clock()
         body = self.state.hold(session.device_id, now).to_wire()
         body["log"] = [e.to_wire() for e in self.state.recent(now)]
-        return web.json_response(body)
+        return json_response(body)
 
-    async def _exposures(self, request: web.Request) -> web.Response:
+    async def _exposures(self, request: Request) -> Response:
         session = self._session(request)
         body = await _parse(request, ExposuresIn, self.counters)
         now = self.clock()
@@ -274,43 +286,43 @@ class CoordinatorServer:
         )
         hold = self.state.hold(session.device_id, now)
         log_ = [e.to_wire() for e in self.state.recent(now)]
-        return web.json_response({"added": added, "hold": hold.to_wire(), "log": log_})
+        return json_response({"added": added, "hold": hold.to_wire(), "log": log_})
 
-    async def _rank(self, request: web.Request) -> web.Response:
+    async def _rank(self, request: Request) -> Response:
         """A thin device's candidates (`agent.decide.remote.RankRequest`, its wire) scored with
         this device's model and the household's context (used only when the request says the
         thin device may be personalized: `rank_for`)."""
         session = self._session(request)
         if "appliance" in session.roles and len(session.roles) == 1:
-            raise web.HTTPForbidden(text="appliances report, they do not rank")
+            raise HTTPError(403, "appliances report, they do not rank")
         if self.ranker is None:
-            raise web.HTTPNotImplemented(text="this coordinator has no model")
+            raise HTTPError(501, "this coordinator has no model")
         try:
-            asked = parse_request(json.loads(await request.read()))
+            asked = parse_request(json.loads(request.body))
         except (ValueError, RemoteRankError) as exc:
             self.counters["household_bad_requests"] += 1
-            raise web.HTTPBadRequest(text=f"{request.path}: {exc}"[:500]) from exc
+            raise HTTPError(400, f"{request.path}: {exc}"[:500]) from exc
         asked = dataclasses.replace(asked, device_id=session.device_id)  # who it is, not says
         try:
             result = await self.ranker(asked, self.state.snapshot(self.clock()))
         except ScoringError as exc:
             self.counters["household_rank_failed"] += 1
             log.warning("ranking for %s failed: %s", session.device_id, exc)
-            raise web.HTTPServiceUnavailable(text="the model failed") from exc
+            raise HTTPError(503, "the model failed") from exc
         self.counters["household_ranked"] += 1
-        return web.json_response(result.to_wire())
+        return json_response(result.to_wire())
 
 
-def _not_coordinator() -> web.Response:
-    return web.json_response({"error": "not_coordinator"}, status=409)
+def _not_coordinator() -> Response:
+    return json_response({"error": "not_coordinator"}, status=409)
 
 
-async def _parse(request: web.Request, model: type[M], counters: Counter[str]) -> M:
+async def _parse(request: Request, model: type[M], counters: Counter[str]) -> M:
     try:
-        return model.model_validate_json(await request.read())
+        return model.model_validate_json(request.body)
     except ValidationError as exc:
         counters["household_bad_requests"] += 1
-        raise web.HTTPBadRequest(text=f"{request.path}: {exc.errors()[:3]}") from exc
+        raise HTTPError(400, f"{request.path}: {exc.errors()[:3]}") from exc
 
 
 def peer_membership(obj: Any, verifier: Verifier, household_id: str) -> Membership:

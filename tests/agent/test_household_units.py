@@ -9,14 +9,15 @@ import secrets
 from pathlib import Path
 from typing import Any
 
-from aiohttp.test_utils import TestClient, TestServer
 from hypothesis import given
 from hypothesis import strategies as st
 
 from agent.household import handshake
-from agent.household.coordinator import CoordinatorServer
+from agent.household.coordinator import MAX_BODY, CoordinatorServer
 from agent.household.discovery import parse_advert
 from agent.household.election import Candidate, elect
+from agent.household.membership import Credentials
+from agent.http.client import Answer, HttpClient
 from protocol.signing import Signer, Verifier
 from tests.support.household import member
 
@@ -68,37 +69,67 @@ async def test_the_lan_api_refuses_strangers_bad_bodies_and_reading_appliances(
         member, gateway, "hh-u", "fridge-1", ["appliance"], tmp_path / "f", secret
     )
     server = CoordinatorServer(hub, Verifier.from_public_keys([gateway.public]))
-    async with TestClient(TestServer(server.app())) as client:
-        assert (await client.post("/lan/v1/hello", json={"nonce": "x" * 32})).status == 409
-        server.serve(True)
-        assert (await client.get("/lan/v1/context")).status == 401
-        bad = await client.post("/lan/v1/hello", json={"nonce": "short"})
-        assert bad.status == 400 and "nonce" in await bad.text()
-        assert server.counters["household_bad_requests"] == 1
+    port = await server.start("127.0.0.1", 0)
+    http = HttpClient()
+    try:
+        await _refusals(server, _Peer(http, f"http://127.0.0.1:{port}"), hub, fridge)
+    finally:
+        await http.close()
+        await server.stop()
 
-        async def session(creds: Any) -> str:
-            nonce_c = handshake.new_nonce()
-            hello = await (await client.post("/lan/v1/hello", json={"nonce": nonce_c})).json()
-            assert "household_secret" not in hello["membership"]
-            proof = handshake.prove(creds.key, "client", hello["nonce"], nonce_c, hub.fingerprint)
-            body = {"membership": creds.wire, "nonce": hello["nonce"], "proof": proof}
-            answer = await client.post("/lan/v1/auth", json=body)
-            assert answer.status == 200
-            replay = await client.post("/lan/v1/auth", json=body)
-            assert replay.status == 401  # a hello is good once
-            token: str = (await answer.json())["token"]
-            return token
 
-        token = await session(fridge)
-        headers = {"Authorization": f"Bearer {token}"}
-        levels = await client.put(
-            "/lan/v1/consumables", json={"levels": {"fridge_filter": 0.7}}, headers=headers
-        )
-        assert levels.status == 200
-        assert (await client.get("/lan/v1/context", headers=headers)).status == 403
-        assert server.state.snapshot(0.0).consumable_need == {"fridge_filter": 0.7}
-        huge = {"levels": {f"c{i}": 0.5 for i in range(17)}}
-        assert (await client.put("/lan/v1/consumables", json=huge, headers=headers)).status == 400
-        stolen = {"membership": fridge.wire, "nonce": "y" * 32, "proof": "AAAA"}
-        assert (await client.post("/lan/v1/auth", json=stolen)).status == 401
-        assert server.counters["household_auth_refused"] >= 3
+class _Peer:
+    """A device on the LAN, as the coordinator sees it: requests over a real socket."""
+
+    def __init__(self, http: HttpClient, base: str) -> None:
+        self.http = http
+        self.base = base
+
+    async def post(self, path: str, **kw: Any) -> Answer:
+        return await self.http.request("POST", self.base + path, **kw)
+
+    async def put(self, path: str, **kw: Any) -> Answer:
+        return await self.http.request("PUT", self.base + path, **kw)
+
+    async def get(self, path: str, **kw: Any) -> Answer:
+        return await self.http.request("GET", self.base + path, **kw)
+
+
+async def _refusals(
+    server: CoordinatorServer, client: _Peer, hub: Credentials, fridge: Credentials
+) -> None:
+    assert (await client.post("/lan/v1/hello", json={"nonce": "x" * 32})).status == 409
+    server.serve(True)
+    assert (await client.get("/lan/v1/context")).status == 401
+    bad = await client.post("/lan/v1/hello", json={"nonce": "short"})
+    assert bad.status == 400 and "nonce" in bad.text()
+    assert server.counters["household_bad_requests"] == 1
+    over = {"nonce": "x" * (MAX_BODY + 1)}
+    assert (await client.post("/lan/v1/hello", json=over)).status == 413
+
+    async def session(creds: Credentials) -> str:
+        nonce_c = handshake.new_nonce()
+        hello = (await client.post("/lan/v1/hello", json={"nonce": nonce_c})).json()
+        assert "household_secret" not in hello["membership"]
+        proof = handshake.prove(creds.key, "client", hello["nonce"], nonce_c, hub.fingerprint)
+        body = {"membership": creds.wire, "nonce": hello["nonce"], "proof": proof}
+        answer = await client.post("/lan/v1/auth", json=body)
+        assert answer.status == 200
+        replay = await client.post("/lan/v1/auth", json=body)
+        assert replay.status == 401  # a hello is good once
+        token: str = answer.json()["token"]
+        return token
+
+    token = await session(fridge)
+    headers = {"Authorization": f"Bearer {token}"}
+    levels = await client.put(
+        "/lan/v1/consumables", json={"levels": {"fridge_filter": 0.7}}, headers=headers
+    )
+    assert levels.status == 200
+    assert (await client.get("/lan/v1/context", headers=headers)).status == 403
+    assert server.state.snapshot(0.0).consumable_need == {"fridge_filter": 0.7}
+    huge = {"levels": {f"c{i}": 0.5 for i in range(17)}}
+    assert (await client.put("/lan/v1/consumables", json=huge, headers=headers)).status == 400
+    stolen = {"membership": fridge.wire, "nonce": "y" * 32, "proof": "AAAA"}
+    assert (await client.post("/lan/v1/auth", json=stolen)).status == 401
+    assert server.counters["household_auth_refused"] >= 3

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import socket
 from collections.abc import AsyncIterator
 
@@ -15,6 +16,7 @@ from agent.http.server import (
     HttpServer,
     Request,
     Response,
+    delete,
     get,
     json_response,
     post,
@@ -60,6 +62,7 @@ async def served() -> AsyncIterator[tuple[HttpServer, str]]:
     server = HttpServer(
         [
             get("/v1/items/{item_id}", _echo),
+            delete("/v1/items/{item_id}", _echo),
             post("/v1/items", _echo),
             get("/boom", _boom),
             get("/conflict", _teapot),
@@ -99,6 +102,11 @@ async def test_routes_match_paths_methods_and_pass_through_middlewares(
         wrong = await client.request("DELETE", f"{base}/v1/items")
         assert wrong.status == 405
         assert wrong.headers["allow"] == "POST"
+        deleted = await client.request("DELETE", f"{base}/v1/items/a7")
+        assert deleted.json()["method"] == "DELETE"
+        assert deleted.json()["match"] == {"item_id": "a7"}
+        put_on_item = await client.request("PUT", f"{base}/v1/items/a7", json={})
+        assert put_on_item.headers["allow"] == "DELETE, GET"
         assert (await client.request("GET", f"{base}/conflict")).status == 409
         head = await client.request("HEAD", f"{base}/v1/items/a7")
         assert head.status == 200
@@ -217,3 +225,24 @@ async def test_a_kept_alive_connection_the_server_closed_is_replaced_once() -> N
             await second.close()
     finally:
         await client.close()
+
+
+async def test_closing_with_requests_in_flight_logs_no_error(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    server = HttpServer([get("/slow", _slow)])
+    port = await server.listen_tcp("127.0.0.1", 0)
+    client = HttpClient()
+    slow = asyncio.create_task(client.request("GET", f"http://127.0.0.1:{port}/slow"))
+    idle = socket.create_connection(("127.0.0.1", port))  # a kept-alive peer between requests
+    try:
+        await asyncio.sleep(0.2)
+        await server.close()
+        with pytest.raises(ClientError):
+            await slow
+        for _ in range(3):
+            await asyncio.sleep(0)  # the streams' done callbacks run
+    finally:
+        idle.close()
+        await client.close()
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text
