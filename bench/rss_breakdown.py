@@ -30,17 +30,27 @@ THIN_CHAIN = (
     "ssl",
     "pydantic",
     "protocol.envelopes",
-    "aiohttp",
-    "aiohttp.web",
+    "h11",
     "cryptography.hazmat.primitives.asymmetric.ed25519",
     "aiomqtt",
     "agent.config",
     "agent.decide.thin",
     "agent.runtime.agent",
+    "agent.api.local",
     "agent.cli",
+    "zeroconf",
+    "agent.household.client",
 )
 """The imports of `edgemart agent run`, grouped: each step is charged what it adds."""
-WATCHED = ("numpy", "onnxruntime", "prometheus_client", "zeroconf", "asyncpg", "cloud_gateway")
+WATCHED = (
+    "numpy",
+    "onnxruntime",
+    "aiohttp",
+    "prometheus_client",
+    "zeroconf",
+    "asyncpg",
+    "cloud_gateway",
+)
 """Modules a thin agent should not carry (the full agent's, the gateway's, rarely used)."""
 
 
