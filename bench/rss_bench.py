@@ -3,6 +3,12 @@ local API (acked by a gateway process through Mosquitto) vs the import floor: py
 the agent's imports and one model session. Also the growth over the run, and what handing
 clean library pages back after start (`budgets.reclaim_clean_pages`) saves: a second agent
 with it off, run for the first tenth of the time, against the first agent at that point.
+These agents run from the venv: the gateway and this process map the same libraries, so
+pages a device would hand back stay resident (see `agent_rss_page_out_mb`).
+
+`_run(image=True)` starts the agent from a device image of its own instead
+(`bench.device_image`: private copies of libpython and the extension modules it maps), the
+RSS a device would see; `bench.thin_bench` measures both ways.
 
 The duration is `BENCH_RSS_SECONDS` (default 600, the issue's ten minutes; not an `EDGEMART_*`
 variable: the agent would read that as configuration).
