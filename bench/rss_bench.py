@@ -3,6 +3,12 @@ local API (acked by a gateway process through Mosquitto) vs the import floor: py
 the agent's imports and one model session. Also the growth over the run, and what handing
 clean library pages back after start (`budgets.reclaim_clean_pages`) saves: a second agent
 with it off, run for the first tenth of the time, against the first agent at that point.
+These agents run from the venv: the gateway and this process map the same libraries, so
+pages a device would hand back stay resident (see `agent_rss_page_out_mb`).
+
+`_run(image=True)` starts the agent from a device image of its own instead
+(`bench.device_image`: private copies of libpython and the extension modules it maps), the
+RSS a device would see; `bench.thin_bench` measures both ways.
 
 The duration is `BENCH_RSS_SECONDS` (default 600, the issue's ten minutes; not an `EDGEMART_*`
 variable: the agent would read that as configuration).
@@ -10,6 +16,7 @@ variable: the agent would read that as configuration).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -19,6 +26,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+from bench.device_image import DeviceImage, device_image, probe_modules
 from bench.processes import broker_and_gateway
 from bench.record import Record
 from simulators.brokers import free_port
@@ -75,11 +83,27 @@ def _post(url: str, token: str, n: int, i: int) -> None:
 
 
 def _run(
-    seconds: float, tmp: Path, env: dict[str, str] | None = None, profile: str = "tv"
+    seconds: float,
+    tmp: Path,
+    env: dict[str, str] | None = None,
+    profile: str = "tv",
+    *,
+    image: bool = False,
 ) -> tuple[float, float, float, int]:
     """(RSS at the end, RSS after the first tenth, max RSS, signals posted) of an
-    `edgemart agent run --profile <profile>` process."""
-    with broker_and_gateway(tmp) as (broker, trust):
+    `edgemart agent run --profile <profile>` process.
+
+    `image`: the agent runs from a device image of its own (`bench.device_image`): private
+    copies of libpython and the extension modules it maps, so no other process on this host
+    shares their pages and its start-up page-out hands them back as on a device. Checked
+    after start and at the end: an agent that maps a host copy fails the run."""
+    with contextlib.ExitStack() as stack:
+        device = stack.enter_context(device_image(probe_modules(profile))) if image else None
+        broker, trust = stack.enter_context(broker_and_gateway(tmp))
+        agent_env = {"EDGEMART_CONSENT__ANALYTICS": "true", **(env or {})}
+        if device is not None:
+            # AgentProcess lays env over os.environ: PYTHONPATH and LD_LIBRARY_PATH replaced
+            agent_env = {**agent_env, **_image_paths(device)}
         agent = AgentProcess(
             profile=profile,
             device_id=f"{profile}-rss-0001",
@@ -88,31 +112,48 @@ def _run(
             api_port=free_port(),
             trust=trust,
             log=tmp / "agent.log",
-            env={"EDGEMART_CONSENT__ANALYTICS": "true", **(env or {})},
+            env=agent_env,
         )
         try:
             agent.start()
             assert agent.proc is not None
             pid = agent.proc.pid
-            url = f"{agent.api}/v1/signals"
-            token = agent.token()
-            start = time.monotonic()
-            posted = 0
-            early = peak = 0.0
-            tick = 10.0 / RATE
-            i = 0
-            while (now := time.monotonic()) - start < seconds:
-                _post(url, token, 10, i)
-                posted += 10
-                i += 1
-                rss = rss_mb(pid)
-                peak = max(peak, rss)
-                if not early and now - start >= seconds / 10:
-                    early = rss
-                time.sleep(max(0.0, start + i * tick - time.monotonic()))
-            return rss_mb(pid), early or rss_mb(pid), peak, posted
+            if device is not None:
+                device.check(pid)
+            end, early, peak, posted = _load(agent, pid, seconds)
+            if device is not None:
+                device.check(pid)
+            return end, early, peak, posted
         finally:
             agent.stop()
+
+
+def _image_paths(device: DeviceImage) -> dict[str, str]:
+    """The two variables of `device.env()` (ahead of this process's own values)."""
+    full = device.env()
+    return {key: full[key] for key in ("PYTHONPATH", "LD_LIBRARY_PATH")}
+
+
+def _load(agent: AgentProcess, pid: int, seconds: float) -> tuple[float, float, float, int]:
+    """`RATE` signals/s to the agent's API for `seconds`: (RSS at the end, after the first
+    tenth, max, signals posted)."""
+    url = f"{agent.api}/v1/signals"
+    token = agent.token()
+    start = time.monotonic()
+    posted = 0
+    early = peak = 0.0
+    tick = 10.0 / RATE
+    i = 0
+    while (now := time.monotonic()) - start < seconds:
+        _post(url, token, 10, i)
+        posted += 10
+        i += 1
+        rss = rss_mb(pid)
+        peak = max(peak, rss)
+        if not early and now - start >= seconds / 10:
+            early = rss
+        time.sleep(max(0.0, start + i * tick - time.monotonic()))
+    return rss_mb(pid), early or rss_mb(pid), peak, posted
 
 
 def run() -> list[Record]:

@@ -1,10 +1,19 @@
 """The thin device (`ranking = "thin"`, the speaker): its process's RSS, and its decision through
 the household's coordinator.
 
-* `thin_agent_rss_mb`: a real `edgemart agent run --profile speaker` (thin: no model, no
-  onnxruntime) after `BENCH_THIN_SECONDS` (default 120) at 100 signals/s over its local API,
-  acked by a gateway through Mosquitto, vs the full agent (`--profile tv`) run the same way in
-  the same run, one after the other (`bench.rss_bench._run`). Goal: under 48 MB, ratio <= 0.45.
+* `thin_agent_rss_mb`: the RSS of a real `edgemart agent run --profile speaker` (thin: no
+  model, no numpy, no onnxruntime) after `BENCH_THIN_SECONDS` (default 120) at 100 signals/s
+  over its local API, acked by a gateway through Mosquitto, started from a device image of its
+  own (`bench.device_image`: private copies of libpython, lib-dynload and the extension modules
+  it maps), vs the full agent (`--profile tv`) run the same way from its own image in the same
+  run, one after the other (`bench.rss_bench._run(image=True)`). Why an image: the agent hands
+  its clean library pages back after start (`MADV_PAGEOUT`), and the kernel keeps a page another
+  process maps; on this host the gateway and the bench process map the same files, on a device
+  nothing else does. The system libraries (libc, libcrypto, libssl, libsqlite3, libstdc++) stay
+  shared, as on a device. Goal: under 48 MB, ratio <= 0.45.
+* `thin_agent_rss_shared_host_mb`: the same two agents started from the venv, the library files
+  shared with this host's other processes (what `thin_agent_rss_mb` measured before the image):
+  the gap to `thin_agent_rss_mb` is the host's sharing, not the agent's.
 * `household_decision_p99_us`: one thin decision (eligibility, the rank request through the
   thin device's `HouseholdClient` over its authenticated LAN session to the household's
   coordinator, the speaker's own numpy-free `decide_offers` on its scores) vs the same
@@ -25,6 +34,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 
@@ -52,14 +62,29 @@ CANDIDATES = 64
 HH = "hh-thin-bench"
 
 
-def _rss() -> tuple[float, float, float, float]:
-    """(thin RSS at the end, its peak, full RSS at the end, its peak), MB."""
+@dataclass(frozen=True, slots=True)
+class AgentRss:
+    """One agent's RSS over a run, MB."""
+
+    end: float
+    peak: float
+
+
+def _agent_rss(profile: str, *, image: bool) -> AgentRss:
     seconds = float(os.environ.get("BENCH_THIN_SECONDS", "120"))
     with tempfile.TemporaryDirectory() as tmp:
-        thin_end, _, thin_peak, _ = run_agent_under_load(seconds, Path(tmp), profile="speaker")
-    with tempfile.TemporaryDirectory() as tmp:
-        full_end, _, full_peak, _ = run_agent_under_load(seconds, Path(tmp), profile="tv")
-    return thin_end, thin_peak, full_end, full_peak
+        end, _, peak, _ = run_agent_under_load(seconds, Path(tmp), profile=profile, image=image)
+    return AgentRss(end, peak)
+
+
+def _rss() -> dict[tuple[str, bool], AgentRss]:
+    """(profile, from an image) -> RSS, for the thin speaker and the full tv agent, from their
+    own device images and from the venv; one at a time, so no two agents share pages."""
+    return {
+        (profile, image): _agent_rss(profile, image=image)
+        for image in (True, False)
+        for profile in ("speaker", "tv")
+    }
 
 
 def _offers() -> list[Offer]:
@@ -162,24 +187,42 @@ def _hub(data_dir: Path, trust: Path) -> subprocess.Popen[str]:
     return proc
 
 
+def _rss_record(name: str, thin: AgentRss, full: AgentRss, how: str, why: str) -> Record:
+    seconds = os.environ.get("BENCH_THIN_SECONDS", "120")
+    return Record(
+        name,
+        thin.end,
+        "MB",
+        f"full agent RSS (edgemart agent run --profile tv), {how}, same run",
+        full.end,
+        f"`edgemart agent run --profile speaker` (ranking = thin, no numpy, no onnxruntime),"
+        f" {how}{why}, after {seconds} s at 100 signals/s via Mosquitto + gateway; peaks"
+        f" {thin.peak:.1f} vs {full.peak:.1f} MB; goals: under 48 MB, ratio <= 0.45",
+    )
+
+
 def run() -> list[Record]:
-    thin_end, thin_peak, full_end, full_peak = _rss()
+    rss = _rss()
     with tempfile.TemporaryDirectory() as tmp:
         thin, local, scored = asyncio.run(_through_hub(Path(tmp)))
     thin_p50, thin_p99 = percentiles(thin, 0.5, 0.99)
     local_p50, local_p99 = percentiles(local, 0.5, 0.99)
-    seconds = os.environ.get("BENCH_THIN_SECONDS", "120")
     return [
-        Record(
+        _rss_record(
             "thin_agent_rss_mb",
-            thin_end,
-            "MB",
-            "full agent RSS (edgemart agent run --profile tv), same run",
-            full_end,
-            f"`edgemart agent run --profile speaker` (ranking = thin, no numpy, no onnxruntime)"
-            " after"
-            f" {seconds} s at 100 signals/s via Mosquitto + gateway; peaks {thin_peak:.1f} vs"
-            f" {full_peak:.1f} MB; goals: under 48 MB, ratio <= 0.45",
+            rss["speaker", True],
+            rss["tv", True],
+            "each from its own device image",
+            " (private copies of libpython, lib-dynload and the extension modules it maps: no"
+            " other process maps them, as on a device; system libraries stay shared)",
+        ),
+        _rss_record(
+            "thin_agent_rss_shared_host_mb",
+            rss["speaker", False],
+            rss["tv", False],
+            "each from the venv",
+            " (the gateway and the bench process map the same libraries, so their pages are not"
+            " handed back: the gap to thin_agent_rss_mb is this host's sharing)",
         ),
         Record(
             "household_decision_p99_us",
