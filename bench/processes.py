@@ -14,8 +14,11 @@ from simulators.brokers import MosquittoProcess, free_port
 
 
 @contextlib.contextmanager
-def broker_and_gateway(tmp: Path, timeout: float = 60.0) -> Iterator[tuple[str, Path]]:
-    """(broker URL, the gateway's trust file) while both run; their files under `tmp`."""
+def broker_and_gateway(
+    tmp: Path, timeout: float = 60.0, http_port: int | None = None
+) -> Iterator[tuple[str, Path]]:
+    """(broker URL, the gateway's trust file) while both run; their files under `tmp`, its
+    data dir `tmp/gw`, its HTTP API on `http_port` (default: a free port)."""
     broker = MosquittoProcess(str(tmp / "mosquitto"))
     broker.start()
     gw_log = (tmp / "gateway.log").open("wb")
@@ -31,7 +34,7 @@ def broker_and_gateway(tmp: Path, timeout: float = 60.0) -> Iterator[tuple[str, 
             "--data-dir",
             str(tmp / "gw"),
             "--http-port",
-            str(free_port()),
+            str(http_port or free_port()),
         ],
         stdout=gw_log,
         stderr=subprocess.STDOUT,

@@ -26,6 +26,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+from bench import household_setup
 from bench.device_image import DeviceImage, device_image, probe_modules
 from bench.processes import broker_and_gateway
 from bench.record import Record
@@ -33,6 +34,10 @@ from simulators.brokers import free_port
 from simulators.faults import AgentProcess
 
 RATE = 100  # signals per second, in 10 requests of 10
+DECIDE_EVERY_S = 1.0
+"""With `household`: a decision (`GET /v1/offers`) this often, besides the signals."""
+SURFACE_OF = {"speaker": "speaker_voice", "tv": "tv_home_banner", "phone": "phone_app_banner"}
+"""The surface a `household` run decides on, per profile (its firmware profile's first)."""
 FLOOR = (
     "import agent.runtime.agent, agent.api.local, agent.link.uplink, agent.link.session\n"
     "import agent.store.core\n"
@@ -63,6 +68,15 @@ def _floor() -> tuple[float, float]:
     return floor, paged
 
 
+def _decide(api: str, token: str, surface: str) -> None:
+    request = urllib.request.Request(
+        f"{api}/v1/offers?surface={surface}&limit=3",
+        headers={"Authorization": f"Bearer {token}"},
+    )
+    with urllib.request.urlopen(request, timeout=10) as resp:
+        resp.read()
+
+
 def _post(url: str, token: str, n: int, i: int) -> None:
     body = json.dumps(
         {
@@ -89,6 +103,7 @@ def _run(
     profile: str = "tv",
     *,
     image: bool = False,
+    household: bool = False,
 ) -> tuple[float, float, float, int]:
     """(RSS at the end, RSS after the first tenth, max RSS, signals posted) of an
     `edgemart agent run --profile <profile>` process.
@@ -96,11 +111,36 @@ def _run(
     `image`: the agent runs from a device image of its own (`bench.device_image`): private
     copies of libpython and the extension modules it maps, so no other process on this host
     shares their pages and its start-up page-out hands them back as on a device. Checked
-    after start and at the end: an agent that maps a host copy fails the run."""
+    after start and at the end: an agent that maps a host copy fails the run.
+
+    `household`: the agent runs as in a home (`bench.household_setup`): a member of a
+    household coordinated by a hub agent process on the loopback LAN, with the sample
+    campaigns on its surfaces, and asked for offers once a second (`DECIDE_EVERY_S`) besides
+    the signals: a thin speaker's decisions go through the hub."""
     with contextlib.ExitStack() as stack:
         device = stack.enter_context(device_image(probe_modules(profile))) if image else None
-        broker, trust = stack.enter_context(broker_and_gateway(tmp))
+        gateway_port = free_port()
+        broker, trust = stack.enter_context(broker_and_gateway(tmp, http_port=gateway_port))
         agent_env = {"EDGEMART_CONSENT__ANALYTICS": "true", **(env or {})}
+        surface = None
+        if household:
+            surface = SURFACE_OF[profile]
+            lan = household_setup.household(
+                tmp,
+                gateway_port=gateway_port,
+                broker=broker,
+                trust=trust,
+                agent_dir=tmp / "agent",
+                device_id=f"{profile}-rss-0001",
+                profile=profile,
+                surfaces=[surface],
+            )
+            agent_env = {
+                **agent_env,
+                **stack.enter_context(lan),
+                "EDGEMART_CONSENT__PERSONALIZATION": "true",
+                "EDGEMART_CONSENT__MARKETING": "true",
+            }
         if device is not None:
             # AgentProcess lays env over os.environ: PYTHONPATH and LD_LIBRARY_PATH replaced
             agent_env = {**agent_env, **_image_paths(device)}
@@ -120,7 +160,7 @@ def _run(
             pid = agent.proc.pid
             if device is not None:
                 device.check(pid)
-            end, early, peak, posted = _load(agent, pid, seconds)
+            end, early, peak, posted = _load(agent, pid, seconds, surface)
             if device is not None:
                 device.check(pid)
             return end, early, peak, posted
@@ -134,11 +174,14 @@ def _image_paths(device: DeviceImage) -> dict[str, str]:
     return {key: full[key] for key in ("PYTHONPATH", "LD_LIBRARY_PATH")}
 
 
-def _load(agent: AgentProcess, pid: int, seconds: float) -> tuple[float, float, float, int]:
-    """`RATE` signals/s to the agent's API for `seconds`: (RSS at the end, after the first
-    tenth, max, signals posted)."""
+def _load(
+    agent: AgentProcess, pid: int, seconds: float, surface: str | None = None
+) -> tuple[float, float, float, int]:
+    """`RATE` signals/s to the agent's API for `seconds`, and with `surface` a decision on it
+    every `DECIDE_EVERY_S`: (RSS at the end, after the first tenth, max, signals posted)."""
     url = f"{agent.api}/v1/signals"
     token = agent.token()
+    decided_at = 0.0
     start = time.monotonic()
     posted = 0
     early = peak = 0.0
@@ -148,6 +191,9 @@ def _load(agent: AgentProcess, pid: int, seconds: float) -> tuple[float, float, 
         _post(url, token, 10, i)
         posted += 10
         i += 1
+        if surface is not None and now - decided_at >= DECIDE_EVERY_S:
+            decided_at = now
+            _decide(agent.api, token, surface)
         rss = rss_mb(pid)
         peak = max(peak, rss)
         if not early and now - start >= seconds / 10:

@@ -3,7 +3,10 @@ the household's coordinator.
 
 * `thin_agent_rss_mb`: the RSS of a real `edgemart agent run --profile speaker` (thin: no
   model, no numpy, no onnxruntime) after `BENCH_THIN_SECONDS` (default 120) at 100 signals/s
-  over its local API, acked by a gateway through Mosquitto, started from a device image of its
+  and one decision a second over its local API, acked by a gateway through Mosquitto, as a
+  member of a household (`bench.household_setup`: its membership issued by the gateway's API,
+  the sample campaigns on its surface, a hub agent process coordinating the home on the
+  loopback LAN, through which the speaker ranks), started from a device image of its
   own (`bench.device_image`: private copies of libpython, lib-dynload and the extension modules
   it maps), vs the full agent (`--profile tv`) run the same way from its own image in the same
   run, one after the other (`bench.rss_bench._run(image=True)`). Why an image: the agent hands
@@ -73,7 +76,9 @@ class AgentRss:
 def _agent_rss(profile: str, *, image: bool) -> AgentRss:
     seconds = float(os.environ.get("BENCH_THIN_SECONDS", "120"))
     with tempfile.TemporaryDirectory() as tmp:
-        end, _, peak, _ = run_agent_under_load(seconds, Path(tmp), profile=profile, image=image)
+        end, _, peak, _ = run_agent_under_load(
+            seconds, Path(tmp), profile=profile, image=image, household=True
+        )
     return AgentRss(end, peak)
 
 
@@ -196,7 +201,9 @@ def _rss_record(name: str, thin: AgentRss, full: AgentRss, how: str, why: str) -
         f"full agent RSS (edgemart agent run --profile tv), {how}, same run",
         full.end,
         f"`edgemart agent run --profile speaker` (ranking = thin, no numpy, no onnxruntime),"
-        f" {how}{why}, after {seconds} s at 100 signals/s via Mosquitto + gateway; peaks"
+        f" {how}{why}, each a member of a household coordinated by a hub agent process on"
+        f" the loopback LAN (the speaker ranks through it), after {seconds} s at 100 signals/s"
+        f" and a decision a second, via Mosquitto + gateway; peaks"
         f" {thin.peak:.1f} vs {full.peak:.1f} MB; goals: under 48 MB, ratio <= 0.45",
     )
 

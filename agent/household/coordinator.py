@@ -298,7 +298,7 @@ class CoordinatorServer:
         if self.ranker is None:
             raise HTTPError(501, "this coordinator has no model")
         try:
-            asked = parse_request(json.loads(request.body))
+            asked = parse_request(json.loads(await request.read()))
         except (ValueError, RemoteRankError) as exc:
             self.counters["household_bad_requests"] += 1
             raise HTTPError(400, f"{request.path}: {exc}"[:500]) from exc
@@ -319,7 +319,7 @@ def _not_coordinator() -> Response:
 
 async def _parse(request: Request, model: type[M], counters: Counter[str]) -> M:
     try:
-        return model.model_validate_json(request.body)
+        return model.model_validate_json(await request.read())
     except ValidationError as exc:
         counters["household_bad_requests"] += 1
         raise HTTPError(400, f"{request.path}: {exc.errors()[:3]}") from exc

@@ -19,7 +19,14 @@ from agent.link.transport import Transport
 from agent.model.scoring import warm
 from agent.model.slot import ModelSlot
 from agent.model.update import ModelUpdater
-from agent.runtime.memory import MB, MemoryBudget, page_out_clean_file_pages, rss_bytes, trim_heap
+from agent.runtime.memory import (
+    MB,
+    SETTLE_S,
+    MemoryBudget,
+    page_out_clean_file_pages,
+    rss_bytes,
+    trim_heap,
+)
 from agent.runtime.metrics import Metrics
 from agent.store.core import Store
 from protocol import codec
@@ -94,13 +101,16 @@ class MemoryWatch:
         await self.page_out()
         return True
 
-    async def page_out(self) -> None:
+    async def page_out(self, *, settled: bool = False) -> None:
         """Hand clean library pages back to the kernel (`budgets.reclaim_clean_pages`), when
         this agent is the process (in a shared one the pages are its neighbours' too), at
-        most every `PAGE_OUT_EVERY_S`."""
+        most every `PAGE_OUT_EVERY_S`; `settled`: the one page-out once start-up has
+        settled (`memory.SETTLE_S`), whatever the last one's age."""
         if not self._settings.profile.budgets.reclaim_clean_pages:
             return
-        if not self._budget.page_out_due(time.monotonic()):
+        now = time.monotonic()
+        due = self._budget.settle_due(now) if settled else self._budget.page_out_due(now)
+        if not due:
             return
         freed = await asyncio.to_thread(page_out_clean_file_pages)
         if freed is None:
@@ -120,7 +130,10 @@ class MemoryWatch:
     async def run(self) -> None:
         """Sample the resident set (`Agent` starts this loop only when the agent is the
         process: in a shared one the samples judge nothing and thousands of agents would
-        each read the same number)."""
+        each read the same number). First, once start-up has settled, what only it touched
+        is handed back (`memory.SETTLE_S`)."""
+        await asyncio.sleep(SETTLE_S)
+        await self.page_out(settled=True)
         while True:
             await asyncio.sleep(self.next_sample_s())
             await self.check()

@@ -26,6 +26,12 @@ MAPS = Path("/proc/self/maps")
 MADV_PAGEOUT = 21
 """madvise(2): reclaim the range now (Linux 5.4+). Clean file pages are dropped, to be read
 again from the file when next touched."""
+SETTLE_S = 30.0
+"""Start-up does not end when the agent's start returns: the broker session, the household's
+discovery and pairing, the first signed catalog verified happen in the seconds after it and
+touch library pages the steady state does not (a thin speaker in a household: 6 MB, most of
+it cryptography's and pydantic-core's code; `bench.thin_bench`). One more page-out this long
+after start hands those back, whatever the last one's age."""
 WARN_EVERY_S = 600.0
 """Over budget is logged at WARNING at most once per this many seconds (flash is finite)."""
 PAGE_OUT_EVERY_S = 600.0
@@ -64,6 +70,8 @@ class MemoryBudget:
     """Samples that found the agent over its budget."""
     paged_out_at: float | None = None
     """When clean pages were last handed back (monotonic seconds)."""
+    settled: bool = False
+    """The page-out after start-up settled (`SETTLE_S`) is done."""
     _last_warned: float | None = field(default=None, repr=False)
 
     @property
@@ -97,6 +105,15 @@ class MemoryBudget:
             return False
         if self.paged_out_at is not None and now - self.paged_out_at < PAGE_OUT_EVERY_S:
             return False
+        self.paged_out_at = now
+        return True
+
+    def settle_due(self, now: float) -> bool:
+        """True once (and `now` recorded): the page-out when start-up has settled, whatever
+        the last one's age; always False in a shared process."""
+        if self.shared or self.settled:
+            return False
+        self.settled = True
         self.paged_out_at = now
         return True
 

@@ -23,6 +23,7 @@ import pytest
 
 from agent.api.owners import admin_headers
 from agent.intake.validate import MAX_ATTRS_BYTES
+from agent.runtime import loops
 from agent.runtime.agent import Agent
 from agent.runtime.memory import MB, PAGE_OUT_EVERY_S, MemoryBudget, rss_bytes, sqlite_cache_kib
 from cloud_gateway.config import GatewaySettings
@@ -318,6 +319,11 @@ def test_memory_budget_counts_samples_over_it_and_warns_at_most_every_ten_minute
     assert budget.page_out_due(1000.0) and not budget.page_out_due(1000.0 + 599.0)
     assert budget.page_out_due(1000.0 + PAGE_OUT_EVERY_S)
     assert not shared.page_out_due(0.0)
+    # Once start-up has settled: one more, whatever the last one's age; then the rate again.
+    assert budget.settle_due(1000.0 + PAGE_OUT_EVERY_S + 1.0)
+    assert not budget.settle_due(1000.0 + PAGE_OUT_EVERY_S + 2.0)
+    assert not budget.page_out_due(1000.0 + PAGE_OUT_EVERY_S + 3.0)
+    assert not shared.settle_due(0.0)
     assert sqlite_cache_kib(8) == 256 and sqlite_cache_kib(144) == 2048
     assert (
         abs(
@@ -359,6 +365,22 @@ async def test_an_agent_over_its_memory_budget_reports_it_and_sheds_caches(
             assert "edgemart_agent_memory_budget_bytes 1.6777216e+07" in metrics
             assert "edgemart_agent_rss_bytes " in metrics
             assert "edgemart_agent_memory_over_budget_total" in metrics
+
+
+async def test_once_start_up_has_settled_the_agent_pages_out_once_more(
+    tmp_path: Path, mosquitto: MosquittoProcess, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Pairing, the broker session and the first catalog come after start: one more page-out
+    hands back what only they touched (`memory.SETTLE_S`, shortened here), then the rate."""
+    monkeypatch.setattr(loops, "SETTLE_S", 0.2)
+    async with gateway(tmp_path, mosquitto) as gw:
+        settings = agent_settings(gw, tmp_path, mosquitto, device="tv-settle-001")
+        async with Agent(settings, owns_process=True) as agent:
+            assert agent.metrics.counters["memory_page_outs"] == 1  # at start
+            await eventually(lambda: agent.metrics.counters["memory_page_outs"] == 2, 10.0)
+            assert agent.memory.settled
+            await agent.check_memory()  # over its budget or not: not again within the rate
+            assert agent.metrics.counters["memory_page_outs"] == 2
 
 
 @pytest.mark.parametrize("profile", ["tv", "phone"])
