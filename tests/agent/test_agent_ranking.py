@@ -272,3 +272,10 @@ def test_a_minimum_score_leaves_low_scored_offers_unshown_on_both_ranking_paths(
     thin = decide_offers(offers, context(), SURFACE, 2, NOW, ALL, situation=sit, remote=remote)
     assert ids(thin) == ["high"]
     assert ("low", "below_min_score") in thin.filtered
+    # a cloud policy's campaign floor replaces the device's for that campaign's offers only
+    mixed = Situation(min_score=floor, campaign_min_score={"c1": 0.0, "c2": 1.0})
+    full = decide_catalog(model, catalog, context(), SURFACE, 2, NOW, ALL, situation=mixed)
+    thin = decide_offers(offers, context(), SURFACE, 2, NOW, ALL, situation=mixed, remote=remote)
+    for decision in (full, thin):
+        assert ids(decision) == ["low"]
+        assert ("high", "below_min_score") in decision.filtered
