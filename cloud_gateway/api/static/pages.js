@@ -165,6 +165,7 @@ function stopForm(x) {
     } catch (err) {
       showErrors(form, err.errors && err.errors.length ? err.errors : [{ loc: "(root)", msg: err.message }]);
       notify(`Experiment not stopped: ${err.message}`, true);
+      form.querySelector("input").focus();  // the live refresh leaves a focused form alone
     }
   };
   form.addEventListener("submit", (e) => e.preventDefault());
