@@ -14,6 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from agent.decide.catalog import build_catalog
+from agent.decide.explain import classify
 from agent.decide.ranking import Consent, Decision, Situation, decide, decide_catalog, eligibility
 from agent.decide.remote import RankResult
 from agent.decide.thin import decide_offers
@@ -261,6 +262,7 @@ def test_a_minimum_score_leaves_low_scored_offers_unshown_on_both_ranking_paths(
     kept = decide_catalog(model, catalog, context(), SURFACE, 2, NOW, ALL, True, situation=sit)
     assert ids(kept) == ["high"]
     assert ("low", "below_min_score") in kept.filtered
+    assert classify(kept, catalog)["c1"] == "min_score"  # what the marketer is told
     above_all = Situation(min_score=min(1.0, scores["high"] + 1e-6))
     empty = decide_catalog(model, catalog, context(), SURFACE, 2, NOW, ALL, situation=above_all)
     assert empty.ranked == []
