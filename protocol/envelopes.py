@@ -503,6 +503,10 @@ class PolicyRules(BaseModel):
     its share, replacing the offers' `holdout`."""
     household: HouseholdRules | None = None
     """For a profile or cohort: the household caps its coordinators apply (issue 17)."""
+    min_score: Annotated[Finite, Field(ge=0, le=1)] | None = None
+    """The least model score (a click probability) an offer needs to be shown, replacing the
+    firmware profile's `decisions.min_score`; for a campaign: the floor of that campaign's
+    offers, replacing the device's. Not applied to a device without a model (priorities)."""
 
 
 MAX_POLICY_CAMPAIGNS = 200

@@ -96,6 +96,7 @@ EXPLAIN_STAGES: tuple[str, ...] = (
     "household_cap",
     "cap",
     "quiet_hours",
+    "min_score",
     "rank",
     "holdout",
 )

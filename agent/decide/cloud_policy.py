@@ -5,7 +5,9 @@ Pure. Precedence, lowest first: the firmware profile's `[decisions]`; the docume
 document leaves unset (None) keeps the layer below; `quiet_hours = []` clears it. Campaign rules
 come from the newest document held (the gateway publishes every document of one change with the
 same version, each carrying every campaign rule); they replace the offer and campaign caps and
-the holdout share of that campaign's offers. A cohort's `holdout` is a floor for every campaign.
+the holdout share of that campaign's offers, and a campaign's `min_score` replaces the device's
+for its offers. A cohort's `holdout` is a floor for every campaign; a cohort's `min_score`
+replaces the profile's `decisions.min_score` like any other rule.
 The household section (issue 17) is layered the same way, field by field; a household's
 coordinator enforces it over the home's devices (`agent.household.state.caps_from`).
 """
@@ -16,7 +18,14 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, TypeVar
 
-from agent.decide.rules import CapLimits, HoldoutRules, QuietWindow, parse_hhmm
+from agent.decide.rules import (
+    NO_FLOOR,
+    CapLimits,
+    HoldoutRules,
+    QuietWindow,
+    ScoreFloor,
+    parse_hhmm,
+)
 from protocol.envelopes import HouseholdRules, PolicyDocument, PolicyRules
 
 if TYPE_CHECKING:
@@ -49,6 +58,8 @@ class EffectivePolicy:
     version: int = 0
     cohorts: tuple[str, ...] = field(default_factory=tuple)
     household: HouseholdPolicy = NO_HOUSEHOLD_POLICY
+    floor: ScoreFloor = NO_FLOOR
+    """The least model score an offer needs (the profile's `min_score` under the cloud's)."""
 
 
 def profile_policy(settings: PolicySettings) -> EffectivePolicy:
@@ -60,7 +71,7 @@ def profile_policy(settings: PolicySettings) -> EffectivePolicy:
         settings.global_per_day,
     )
     quiet = tuple(QuietWindow(parse_hhmm(q.start), parse_hhmm(q.end)) for q in settings.quiet_hours)
-    return EffectivePolicy(limits, quiet)
+    return EffectivePolicy(limits, quiet, floor=ScoreFloor(settings.min_score))
 
 
 def layer_order(profile: str, cohorts: Sequence[str]) -> list[str]:
@@ -82,9 +93,13 @@ def merge(
     profile: str,
     cohorts: Sequence[str],
     docs: Mapping[str, PolicyDocument],
+    *,
+    base_min_score: float | None = None,
 ) -> EffectivePolicy:
-    """The policy in force with `docs` (by cohort) held over the profile's `base` settings."""
+    """The policy in force with `docs` (by cohort) held over the profile's `base` settings
+    (`base_min_score`: the profile's `decisions.min_score`)."""
     limits, quiet, floor = base, base_quiet, 0.0
+    min_score = base_min_score
     household = NO_HOUSEHOLD_POLICY
     applied: list[str] = []
     for cohort in layer_order(profile, cohorts):
@@ -102,10 +117,11 @@ def merge(
         )
         quiet = _pick(_quiet(rules), quiet)
         floor = _pick(rules.holdout, floor)
+        min_score = _pick(rules.min_score, min_score)
         if rules.household is not None:
             household = _household(rules.household, household)
     if not applied:
-        return EffectivePolicy(base, base_quiet)
+        return EffectivePolicy(base, base_quiet, floor=ScoreFloor(base_min_score))
     newest = max((docs[c] for c in applied), key=lambda d: d.version)
     by_campaign = {
         cid: (r.offer_per_day, r.campaign_per_day)
@@ -113,9 +129,18 @@ def merge(
         if r.offer_per_day is not None or r.campaign_per_day is not None
     }
     shares = {cid: r.holdout for cid, r in newest.campaigns.items() if r.holdout is not None}
+    floors = {cid: r.min_score for cid, r in newest.campaigns.items() if r.min_score is not None}
     limits = replace(limits, by_campaign=by_campaign)
     holdout = HoldoutRules(floor, shares) if floor > 0 or shares else None
-    return EffectivePolicy(limits, quiet, holdout, newest.version, tuple(applied), household)
+    return EffectivePolicy(
+        limits,
+        quiet,
+        holdout,
+        newest.version,
+        tuple(applied),
+        household,
+        ScoreFloor(min_score, floors),
+    )
 
 
 def _household(rules: HouseholdRules, below: HouseholdPolicy) -> HouseholdPolicy:

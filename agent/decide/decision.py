@@ -7,12 +7,12 @@ surface and validity rules) and the reasons a ranked offer carries. No numpy: a 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from agent.decide.rules import CapCounts, CapLimits, HoldoutRules, QuietWindow
+from agent.decide.rules import CapCounts, CapLimits, HoldoutRules, QuietWindow, ScoreFloor
 from agent.features.context import UserContext
 from protocol.envelopes import Offer
 
@@ -119,8 +119,16 @@ class Situation:
     holdout: HoldoutRules | None = None
     """A cloud policy's holdout shares (issue 18); None: the offers' own."""
     min_score: float | None = None
-    """The profile's `decisions.min_score`: a model-scored offer below it is not shown
-    (`below_min_score`); None: every eligible offer up to the limit (`rules.min_score_rule`)."""
+    """The device's least model score (the profile's `decisions.min_score`, or a cloud
+    policy's): a model-scored offer below it is not shown (`below_min_score`); None: every
+    eligible offer up to the limit (`rules.min_score_rule`)."""
+    campaign_min_score: Mapping[str, float] = field(default_factory=dict)
+    """Campaigns' own least scores from a cloud policy, replacing `min_score` for their offers."""
+
+    @property
+    def floor(self) -> ScoreFloor:
+        """`min_score` and `campaign_min_score` as the rule reads them."""
+        return ScoreFloor(self.min_score, self.campaign_min_score)
 
 
 def reasons_for(offer: Offer, ctx: UserContext) -> tuple[str, ...]:

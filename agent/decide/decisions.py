@@ -108,8 +108,9 @@ class Decisions:
         self.base = profile_policy(policy)
         self.cap_limits = self.base.limits
         self.quiet = self.base.quiet
-        self.min_score = policy.min_score
         """The profile's own settings, under any cloud policy (issue 18)."""
+        self.floor = self.base.floor
+        """The least model scores (`decisions.min_score`, under a cloud policy's)."""
         self.holdout: HoldoutRules | None = None
         self.policy_version = 0
         self.household_policy: HouseholdPolicy = NO_HOUSEHOLD_POLICY
@@ -127,6 +128,7 @@ class Decisions:
         self.holdout = policy.holdout
         self.policy_version = policy.version
         self.household_policy = policy.household
+        self.floor = policy.floor
 
     def forget(self, now: datetime) -> None:
         """After an erasure: no remembered decision, no impression counted today."""
@@ -175,7 +177,8 @@ class Decisions:
             refused,
             household_held=hold.offers if hold is not None else frozenset(),
             holdout=self.holdout,
-            min_score=self.min_score,
+            min_score=self.floor.default,
+            campaign_min_score=self.floor.by_campaign,
         )
         if hold is not None and hold.reason is not None:
             self._explain_household_hold(catalog, ctx, surface, limit, now, consent, situation)

@@ -41,7 +41,7 @@ STAGE_OF: dict[str, str] = {
     "non_finite_score": "rank",
     "campaign_diversity": "rank",
     "below_limit": "rank",
-    "below_min_score": "rank",
+    "below_min_score": "min_score",
     "holdout": "holdout",
 }
 _RANK = {name: i for i, name in enumerate(STAGES)}

@@ -184,9 +184,13 @@ def decide_catalog(  # noqa: PLR0917  # one flat hot path, on purpose
             rows, scores = rows[finite], scores[finite]
             if matrix is not None:
                 matrix = matrix[finite]
-        floor = min_score_rule(sit.min_score, model is not None or remote is not None)
-        if floor is not None and len(rows):
-            high = scores >= floor
+        floors = min_score_rule(
+            sit.floor,
+            (catalog.offers[r].campaign_id for r in rows.tolist()),
+            model is not None or remote is not None,
+        )
+        if floors is not None and len(rows):
+            high = scores >= np.array(floors, dtype=scores.dtype)
             if not high.all():
                 low = CODE["below_min_score"]
                 filtered_rows.extend((int(r), low) for r in rows[~high].tolist())

@@ -10,7 +10,7 @@ tests hold the two forms equal (tests/agent/test_agent_policy.py).
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Protocol
@@ -48,11 +48,37 @@ REASONS: tuple[str, ...] = (
 CODE = {name: i for i, name in enumerate(REASONS)}
 
 
-def min_score_rule(min_score: float | None, scored_by_model: bool) -> float | None:
-    """The least score an offer needs to be shown, or None when the rule does not apply: it
-    applies to model scores (this device's or the household coordinator's), never to the
-    `priority / 100` fallback of a device without a model (another scale altogether)."""
-    return min_score if scored_by_model else None
+@dataclass(frozen=True, slots=True)
+class ScoreFloor:
+    """The least model score an offer needs: the device's (the profile's `decisions.min_score`,
+    or a cloud policy's over it) and campaigns' own, replacing it for their offers (issue 18)."""
+
+    default: float | None = None
+    by_campaign: Mapping[str, float] = field(default_factory=dict)
+
+    def of(self, campaign_id: str) -> float | None:
+        """The floor of one campaign's offers (None: no floor)."""
+        return self.by_campaign.get(campaign_id, self.default)
+
+    @property
+    def unset(self) -> bool:
+        """Whether no offer has a floor (the rule need not look at campaigns)."""
+        return self.default is None and not self.by_campaign
+
+
+NO_FLOOR = ScoreFloor()
+
+
+def min_score_rule(
+    floor: ScoreFloor, campaigns: Iterable[str], scored_by_model: bool
+) -> list[float] | None:
+    """The least score each offer (by its campaign id) needs to be shown, -inf where none, or
+    None when the rule applies to no offer: it applies to model scores (this device's or the
+    household coordinator's), never to the `priority / 100` fallback of a device without a
+    model (another scale altogether)."""
+    if not scored_by_model or floor.unset:
+        return None
+    return [-math.inf if (least := floor.of(c)) is None else least for c in campaigns]
 
 
 CAP_KEYS = frozenset({"per_day", "campaign_per_day"})

@@ -172,9 +172,11 @@ def decide_offers(  # noqa: PLR0917  # one flat path, as decide_catalog
             common = ("no_model",)
         common += ("personalized",) if ctx.personalized else ("non_personalized",)
         scored: list[tuple[int, float]] = []
-        floor = min_score_rule(sit.min_score, remote is not None)
-        for r, score in zip(candidates, scores, strict=True):
-            if math.isfinite(score) and floor is not None and score < floor:
+        floors = min_score_rule(
+            sit.floor, (rows[r].campaign_id for r in candidates), remote is not None
+        )
+        for i, (r, score) in enumerate(zip(candidates, scores, strict=True)):
+            if math.isfinite(score) and floors is not None and score < floors[i]:
                 filtered_rows.append((r, CODE["below_min_score"]))
             elif math.isfinite(score):
                 scored.append((r, score))

@@ -91,7 +91,14 @@ class PolicyKeeper:
     def _apply(self) -> None:
         profile = self._settings.profile
         base = self._decisions.base
-        policy = merge(base.limits, base.quiet, profile.name, profile.cohorts, self.docs)
+        policy = merge(
+            base.limits,
+            base.quiet,
+            profile.name,
+            profile.cohorts,
+            self.docs,
+            base_min_score=base.floor.default,
+        )
         changed = policy.version != self._decisions.policy_version
         self._decisions.apply_policy(policy)
         if changed:

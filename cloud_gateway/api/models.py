@@ -1,7 +1,8 @@
 """The model registry's HTTP routes on the operators' API (`cloud_gateway.registry.service`
 does the work): `POST /v1/models` (multipart, bounded parts), `GET /v1/models`,
 `GET /v1/models/{version}`, `POST /v1/models/{version}/rollout`, the experiments
-(`POST /v1/models/{version}/experiment`, `GET /v1/experiments`) and the public
+(`POST /v1/models/{version}/experiment`, `GET /v1/experiments`,
+`POST /v1/experiments/{id}/stop`) and the public
 `GET /v1/models/{version}/model.onnx`.
 """
 
@@ -14,14 +15,18 @@ from aiohttp import BodyPartReader, web
 from cloud_gateway.api.context import ctx, json_response, parse_json, read_body, who
 from cloud_gateway.api.errors import ApiProblem
 from cloud_gateway.api.routes import Answer, Route
+from cloud_gateway.api.schemas import ExperimentList, ExperimentOut
 from cloud_gateway.errors import NotFound
-from cloud_gateway.registry.bodies import ExperimentIn, RolloutIn
+from cloud_gateway.registry.bodies import ExperimentIn, RolloutIn, StopIn
 from cloud_gateway.registry.service import MAX_MANIFEST_BYTES, MAX_MODEL_BYTES
 from protocol.envelopes import ModelManifest
 
 TAGS = ("models",)
 VERSION = {"version": "[0-9]{1,9}"}
 """A model version in a path: a positive integer of at most 9 digits (else 400)."""
+EXPERIMENT = {"id": "model:[a-z0-9_.:-]{1,64}:[0-9]{1,9}"}
+"""An experiment id in a path: `model:<name>:<version>` (`registry.experiments.experiment_id`;
+a manifest's name is a `protocol.envelopes.Name`), else 400."""
 
 
 async def _read_part(part: BodyPartReader, limit: int) -> bytes:
@@ -76,6 +81,12 @@ async def start_experiment(request: web.Request) -> web.Response:
     base = f"{request.scheme}://{request.host}"
     experiments = ctx(request).models.experiments
     return json_response(await experiments.start(version, body, base, who(request)), status=201)
+
+
+async def stop_experiment(request: web.Request) -> web.Response:
+    body = await read_body(request, StopIn, "the stop is invalid")
+    experiments = ctx(request).models.experiments
+    return json_response(await experiments.stop(request.match_info["id"], body, who(request)))
 
 
 async def list_experiments(request: web.Request) -> web.Response:
@@ -154,9 +165,21 @@ ROUTES: tuple[Route, ...] = (
         "Roll a candidate model out as an experiment against the control (a sequential test"
         " promotes it or rolls it back)",
         body=ExperimentIn,
-        responses={201: "OK"},
+        responses={201: ExperimentOut},
         tags=TAGS,
         patterns=VERSION,
+        scope="models",
+    ),
+    Route(
+        "post",
+        "/v1/experiments/{id}/stop",
+        stop_experiment,
+        "Stop a running experiment by hand: roll the candidate back or promote it now (409 when"
+        " the experiment already ended)",
+        body=StopIn,
+        responses={200: ExperimentOut, 409: "The experiment already ended (its state named)"},
+        tags=TAGS,
+        patterns=EXPERIMENT,
         scope="models",
     ),
     Route(
@@ -164,7 +187,7 @@ ROUTES: tuple[Route, ...] = (
         "/v1/experiments",
         list_experiments,
         "Model experiments: their arms, state and verdict",
-        responses={200: "OK"},
+        responses={200: ExperimentList},
         tags=TAGS,
     ),
     Route(

@@ -3,7 +3,7 @@ validated by the domain's own models: `CampaignIn`, `RolloutIn`, `ModelManifest`
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
 
@@ -148,3 +148,62 @@ class Readiness(BaseModel):
 
     ready: bool
     checks: dict[str, dict[str, Any]]
+
+
+class RateOut(BaseModel):
+    """A rate with its Wilson 95 % interval."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    value: float
+    low: float
+    high: float
+
+
+class ArmOut(BaseModel):
+    """One arm of a model experiment: a model version's figures since the start."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model_version: int
+    devices: int
+    impressions: int
+    clicks: int
+    conversions: int
+    revenue_per_1000: float
+    ctr: RateOut
+    conversion: RateOut
+
+
+class ExperimentStopOut(BaseModel):
+    """An operator's stop (`POST /v1/experiments/{id}/stop`): who, the outcome asked, why."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    by: str
+    outcome: Literal["rollback", "promote"]
+    reason: str
+
+
+class ExperimentOut(BaseModel):
+    """A model experiment: arms live while running, as they were when it ended after."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str
+    control: int
+    candidate: int
+    share: float
+    state: Literal["running", "promoted", "rolled_back", "stopped"]
+    verdict: str | None
+    decided_at: str | None
+    started_at: str
+    arms: list[ArmOut]
+    stop: ExperimentStopOut | None
+    """Set when an operator stopped it by hand (state `stopped`)."""
+
+
+class ExperimentList(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    experiments: list[ExperimentOut]

@@ -26,6 +26,7 @@ WORDS = {
     "consent": "without consent",
     "stock": "out of stock",
     "surface": "on another surface",
+    "min_score": "scored below the minimum",
     "rank": "outranked",
     "targeting": "not targeted",
     "schedule": "out of schedule",

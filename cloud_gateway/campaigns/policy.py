@@ -48,7 +48,7 @@ SCOPES: tuple[Scope, ...] = ("profile", "cohort", "campaign")
 EVERYONE = "all"
 """The cohort every shipped profile is in: its document always goes out."""
 DOCUMENT_TTL = timedelta(days=30)
-CAMPAIGN_ONLY = ("offer_per_day", "campaign_per_day", "holdout")
+CAMPAIGN_ONLY = ("offer_per_day", "campaign_per_day", "holdout", "min_score")
 """What a campaign's policy may set (surface, global caps and quiet hours are per device)."""
 
 
@@ -98,7 +98,7 @@ def check_scope(scope: str, name: str, rules: PolicyRules) -> None:
         ]
         if wrong:
             raise InvalidInput(
-                "a campaign's policy sets only per-offer and per-campaign caps and holdout",
+                "a campaign's policy sets only per-offer and per-campaign caps, holdout, min_score",
                 errors=[
                     {"loc": f, "msg": "set per profile or cohort, not per campaign"} for f in wrong
                 ],

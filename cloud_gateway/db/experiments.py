@@ -76,17 +76,26 @@ def of_candidate(store: Session, version: int) -> dict[str, Any] | None:
     return store.one("SELECT * FROM model_experiments WHERE candidate = ?", [version])
 
 
+def get_experiment(store: Session, experiment_id: str) -> dict[str, Any] | None:
+    return store.one("SELECT * FROM model_experiments WHERE id = ?", [experiment_id])
+
+
 def record_decision(store: Session, experiment_id: str, decision: dict[str, Any]) -> bool:
-    """Close a running experiment; False when it was no longer running (decided elsewhere)."""
+    """Close a running experiment; False when it was no longer running (decided elsewhere).
+    An operator's stop also keeps `stopped_by`, `stop_outcome` and `stop_reason`."""
     with store.transaction():
         cur = store.conn.execute(
-            "UPDATE model_experiments SET state = ?, verdict = ?, decided_at = ?, arms = ?"
+            "UPDATE model_experiments SET state = ?, verdict = ?, decided_at = ?, arms = ?,"
+            " stopped_by = ?, stop_outcome = ?, stop_reason = ?"
             " WHERE id = ? AND state = 'running'",
             [
                 decision["state"],
                 decision["verdict"],
                 decision["decided_at"],
                 json.dumps(decision["arms"], separators=(",", ":")),
+                decision.get("stopped_by"),
+                decision.get("stop_outcome"),
+                decision.get("stop_reason"),
                 experiment_id,
             ],
         )

@@ -648,3 +648,11 @@ def social_commerce(db: Database) -> None:
     )
     # a device's household, looked up for every request (`db.social.household_of`)
     db.execute("CREATE INDEX household_members_device ON household_members (device_id)")
+
+
+@migration
+def experiment_stops(db: Database) -> None:
+    """An operator's stop of a model experiment (`POST /v1/experiments/{id}/stop`): who, the
+    outcome asked (`rollback` or `promote`) and why, kept beside the decision's arms."""
+    for column in ("stopped_by", "stop_outcome", "stop_reason"):
+        db.execute(f"ALTER TABLE model_experiments ADD COLUMN {column} TEXT")

@@ -612,6 +612,15 @@ CREATE TABLE social_pushes (
 CREATE INDEX household_members_device ON household_members (device_id);
 """,
     ),
+    (
+        # As SQLite's `experiment_stops`.
+        "pg016_experiment_stops",
+        """
+ALTER TABLE model_experiments ADD COLUMN stopped_by text;
+ALTER TABLE model_experiments ADD COLUMN stop_outcome text;
+ALTER TABLE model_experiments ADD COLUMN stop_reason text;
+""",
+    ),
 ]
 """(name, SQL or function) in order; a name, once applied, is never changed."""
 

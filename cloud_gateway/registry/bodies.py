@@ -36,3 +36,14 @@ class ExperimentIn(BaseModel):
     """The relative effect the test is tuned to (the mixture's scale)."""
     control: Annotated[int, Field(ge=1)] | None = None
     """Default: the version the cohort's profiles run now."""
+
+
+class StopIn(BaseModel):
+    """Body of `POST /v1/experiments/{id}/stop`: an operator ends an experiment by hand."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    outcome: Literal["rollback", "promote"]
+    """`rollback`: the path a losing verdict takes (the halt); `promote`: a winning one's."""
+    reason: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=500)]
+    """Why, kept with the experiment and in the audit log."""

@@ -14,7 +14,8 @@ is promoted (the candidate re-signed at 100 % of the cohort); a candidate that h
 conversion, or one with no verdict past `max_hours`, is rolled back through the registry's
 halt path (the control republished as a new version); a candidate halted for crashing ends
 its experiment too. Each decision is taken once (a lease per experiment, then a conditional
-update) and audited.
+update) and audited. `Experiments.stop` (`POST /v1/experiments/{id}/stop`) is an operator's
+decision taken the same way: a rollback or a promotion now, the experiment `stopped`.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import asyncio
 import json
 import logging
 import uuid
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
 
@@ -31,9 +33,9 @@ from cloud_gateway.db import leases
 from cloud_gateway.db import registry as registry_sql
 from cloud_gateway.db.audit import audit
 from cloud_gateway.errors import Conflict, GatewayError, InvalidInput, NotFound
-from cloud_gateway.registry.bodies import ExperimentIn, RolloutIn
+from cloud_gateway.registry.bodies import ExperimentIn, RolloutIn, StopIn
 from cloud_gateway.registry.checks import Health, cohort_profiles
-from cloud_gateway.registry.experiment_stats import ArmCounts, Plan, Verdict, decide
+from cloud_gateway.registry.experiment_stats import ArmCounts, Decision, Plan, Verdict, decide
 from cloud_gateway.runtime.wiring import Wiring
 from protocol.assign import in_rollout
 from protocol.ids import format_time, parse_time
@@ -71,6 +73,32 @@ def experiment_id(name: str, version: int) -> str:
 def in_candidate(device_id: str, experiment: str, share: float) -> bool:
     """Whether a device runs the candidate (else the control): what the device computes."""
     return in_rollout(device_id, experiment, round(share * 100))
+
+
+@dataclass(frozen=True, slots=True)
+class Stop:
+    """An operator's stop (`POST /v1/experiments/{id}/stop`): who, the outcome, why."""
+
+    who: str
+    outcome: str
+    reason: str
+
+    def fields(self) -> dict[str, str]:
+        """The columns and audit fields it is kept in."""
+        return {"stopped_by": self.who, "stop_outcome": self.outcome, "stop_reason": self.reason}
+
+
+def _check_running(row: dict[str, Any]) -> None:
+    """Conflict naming the state unless the experiment is still running."""
+    if row["state"] != "running":
+        raise Conflict(f"experiment {row['id']} already ended ({row['state']})")
+
+
+def _stop_doc(row: dict[str, Any]) -> dict[str, Any] | None:
+    """An operator's stop as the API shows it (None: not stopped by hand)."""
+    if row.get("stopped_by") is None:
+        return None
+    return {"by": row["stopped_by"], "outcome": row["stop_outcome"], "reason": row["stop_reason"]}
 
 
 def _plan(row: dict[str, Any]) -> Plan:
@@ -182,11 +210,48 @@ class Experiments:
                 decided.append(str(row["id"]))
         return decided
 
-    async def _act(self, row: dict[str, Any], verdict: Verdict, withdraw: bool) -> bool:
-        """Promote or roll back once across workers: the claim, then the conditional update."""
+    async def stop(self, experiment_id: str, body: StopIn, who: str) -> dict[str, Any]:
+        """An operator ends a running experiment now: `rollback` takes the path a losing
+        verdict takes (the halt), `promote` a winning one's; state `stopped` either way, with
+        who, the outcome, the reason and the arms' figures at that moment. Once across
+        workers, as verdicts are (the same claim and conditional update)."""
+        row = await self._db.call(sql.get_experiment, experiment_id)
+        if row is None:
+            raise NotFound("experiment", experiment_id)
+        _check_running(row)
+        halt = await self._db.call(registry_sql.halt_of, int(row["candidate"]))
+        if halt is not None and body.outcome == "promote":
+            raise Conflict(f"experiment {experiment_id}: its candidate was halted, not promoted")
+        looked = await self.look(row)
+        decision: Decision = "promote" if body.outcome == "promote" else "roll_back"
+        reason = f"stopped by {who} ({body.outcome}): {body.reason}"
+        verdict = Verdict(decision, reason, looked.lift, looked.p_value)
+        if not await self._act(row, verdict, halt is None, Stop(who, body.outcome, body.reason)):
+            now = await self._db.call(sql.get_experiment, experiment_id)
+            assert now is not None  # experiments are never deleted once started
+            _check_running(now)
+            raise Conflict(f"experiment {experiment_id} is being decided now: try again")
+        stopped = await self.doc(await self._db.call(sql.get_experiment, experiment_id))
+        assert stopped is not None
+        return stopped
+
+    async def _act(
+        self, row: dict[str, Any], verdict: Verdict, withdraw: bool, stop: Stop | None = None
+    ) -> bool:
+        """Promote or roll back once across workers: the claim, then the conditional update.
+        `stop`: an operator's, recorded as such (state `stopped`, audited by them)."""
         claim = f"model-experiment:{row['id']}"
         if not await self._db.call(leases.acquire, claim, self._holder, DECIDE_CLAIM_S):
             return False
+        try:
+            return await self._act_claimed(row, verdict, withdraw, stop)
+        finally:
+            # a failed rollout must not keep an operator's stop out for the claim's lifetime
+            await self._db.call(leases.release, self._holder, [claim])
+
+    async def _act_claimed(
+        self, row: dict[str, Any], verdict: Verdict, withdraw: bool, stop: Stop | None
+    ) -> bool:
         current = await self._db.call(sql.of_candidate, int(row["candidate"]))
         if current is None or current["state"] != "running":
             return False
@@ -205,19 +270,22 @@ class Experiments:
                 await self._registry.halt(
                     candidate, health, reason=f"experiment {row['id']}: {verdict.reason}"
                 )
+        if stop is not None:
+            state = "stopped"
         decision = {
             "state": state,
             "verdict": verdict.reason,
             "decided_at": format_time(self._now()),
             "arms": [control_arm.doc(), candidate_arm.doc()],
+            **(stop.fields() if stop is not None else {}),
         }
         if not await self._db.call(sql.record_decision, row["id"], decision):
             return False
         self._counters[f"model_experiments_{state}"] += 1
         await self._db.call(
             audit,
-            "gateway",
-            "model.experiment.decide",
+            "gateway" if stop is None else stop.who,
+            "model.experiment.decide" if stop is None else "model.experiment.stop",
             str(candidate),
             {
                 "id": row["id"],
@@ -225,6 +293,7 @@ class Experiments:
                 "verdict": verdict.reason,
                 "lift": verdict.lift,
                 "p_value": verdict.p_value,
+                **(stop.fields() if stop is not None else {}),
             },
         )
         log.warning("experiment %s %s: %s", row["id"], state, verdict.reason)
@@ -265,6 +334,7 @@ class Experiments:
             "decided_at": row["decided_at"],
             "started_at": row["started_at"],
             "arms": arms,
+            "stop": _stop_doc(row),
         }
 
     async def of_model(self, version: int) -> dict[str, Any] | None:

@@ -14,6 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from agent.decide.catalog import build_catalog
+from agent.decide.explain import classify
 from agent.decide.ranking import Consent, Decision, Situation, decide, decide_catalog, eligibility
 from agent.decide.remote import RankResult
 from agent.decide.thin import decide_offers
@@ -261,6 +262,7 @@ def test_a_minimum_score_leaves_low_scored_offers_unshown_on_both_ranking_paths(
     kept = decide_catalog(model, catalog, context(), SURFACE, 2, NOW, ALL, True, situation=sit)
     assert ids(kept) == ["high"]
     assert ("low", "below_min_score") in kept.filtered
+    assert classify(kept, catalog)["c1"] == "min_score"  # what the marketer is told
     above_all = Situation(min_score=min(1.0, scores["high"] + 1e-6))
     empty = decide_catalog(model, catalog, context(), SURFACE, 2, NOW, ALL, situation=above_all)
     assert empty.ranked == []
@@ -272,3 +274,10 @@ def test_a_minimum_score_leaves_low_scored_offers_unshown_on_both_ranking_paths(
     thin = decide_offers(offers, context(), SURFACE, 2, NOW, ALL, situation=sit, remote=remote)
     assert ids(thin) == ["high"]
     assert ("low", "below_min_score") in thin.filtered
+    # a cloud policy's campaign floor replaces the device's for that campaign's offers only
+    mixed = Situation(min_score=floor, campaign_min_score={"c1": 0.0, "c2": 1.0})
+    full = decide_catalog(model, catalog, context(), SURFACE, 2, NOW, ALL, situation=mixed)
+    thin = decide_offers(offers, context(), SURFACE, 2, NOW, ALL, situation=mixed, remote=remote)
+    for decision in (full, thin):
+        assert ids(decision) == ["low"]
+        assert ("high", "below_min_score") in decision.filtered

@@ -70,6 +70,28 @@ def test_the_most_specific_layer_wins_and_unset_rules_keep_the_layer_below() -> 
     assert merge(base, quiet, "tv", ["all"], {}).limits is base
 
 
+def test_min_score_layers_over_the_profiles_and_campaigns_replace_it_for_their_offers() -> None:
+    """`min_score` (issue 18 follow-up): the most specific layer that sets it wins over the
+    profile's `decisions.min_score`; a campaign's replaces it for that campaign's offers."""
+    base = CapLimits()
+    docs = {
+        "all": doc("all", 4, min_score=0.2, campaigns={"c-a": {"min_score": 0.0}}),
+        "profile:tv": doc("profile:tv", 4, offer_per_day=2),
+        "region:x": doc("region:x", 4, min_score=0.6),
+    }
+    policy = merge(base, (), "tv", ["all", "profile:tv"], docs, base_min_score=0.1)
+    assert policy.floor.default == 0.2  # `all` over the profile; profile:tv leaves it unset
+    assert policy.floor.of("c-a") == 0.0
+    assert policy.floor.of("c-b") == 0.2
+    assert merge(base, (), "tv", ["all", "region:x"], docs).floor.default == 0.6
+    # no document: the profile's own; none anywhere: no floor
+    assert merge(base, (), "tv", ["all"], {}, base_min_score=0.1).floor.default == 0.1
+    assert merge(base, (), "tv", ["all"], {}).floor.unset
+    for bad in (1.5, -0.1, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="min_score"):
+            PolicyRules.model_validate({"min_score": bad})
+
+
 def test_the_household_section_layers_field_by_field_over_the_coordinators_defaults() -> None:
     base = CapLimits()
     docs = {

@@ -323,7 +323,37 @@ async def test_a_campaign_is_made_from_the_form_and_every_page_shows_real_data(
                         "5 of 5 reporting devices failed"
                     )
                     await expect(halted.locator("[data-experiment]")).to_have_count(0)
+                    await expect(experiment.locator("[data-stop-for]")).to_have_count(0)
                     await _shot(page, "models")
+
+                    # -- a running experiment: its Stop form sends to the real API and shows
+                    # the field error next to the reason, the 404 (no such experiment) on top
+                    running = {**_experiment(), "id": "model:default:9", "state": "running"}
+
+                    async def with_running(route: Route) -> None:
+                        resp = await route.fetch()
+                        body = await resp.json()
+                        for model in body["models"]:
+                            if model["version"] == 2:
+                                model["experiment"] = running
+                        await route.fulfill(response=resp, json=body)
+
+                    await page.unroute("**/v1/models")
+                    await page.route("**/v1/models", with_running)
+                    await page.evaluate("refresh()")
+                    stop = page.locator('[data-stop-for="model:default:9"]')
+                    await stop.locator('[data-action="stop-rollback"]').click()
+                    await expect(stop.locator('[data-error-for="reason"]')).to_contain_text(
+                        "at least 1 character"
+                    )
+                    await stop.locator('[data-loc="reason"]').fill("checkout errors")
+                    await stop.locator('[data-action="stop-promote"]').click()
+                    await expect(stop.locator('[data-error-for="(root)"]')).to_contain_text(
+                        "not found"
+                    )
+                    await expect(stop.locator('[data-error-for="reason"]')).to_have_text("")
+                    await expect(page.locator("#notice")).to_contain_text("not stopped")
+                    await page.unroute("**/v1/models")
 
                     # -- devices, and one device's page
                     await page.click('nav [data-nav="devices"]')

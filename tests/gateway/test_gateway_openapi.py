@@ -61,6 +61,15 @@ def test_the_document_describes_exactly_the_served_routes(parts: Parts) -> None:
         "$ref": "#/components/schemas/RolloutIn"
     }
     assert "ModelManifest" in doc["components"]["schemas"]
+    stop = doc["paths"]["/v1/experiments/{id}/stop"]["post"]
+    assert stop["requestBody"]["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/StopIn"
+    }
+    assert stop["responses"]["200"]["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/ExperimentOut"
+    }
+    assert {"400", "404", "409"} <= set(stop["responses"])
+    assert set(doc["components"]["schemas"]["StopIn"]["required"]) == {"outcome", "reason"}
     assert doc["paths"]["/v1/models/{version}/model.onnx"]["get"]["security"] == []
     assert "409" in doc["paths"]["/v1/campaigns"]["post"]["responses"]
     assert "503" in doc["paths"]["/readyz"]["get"]["responses"]

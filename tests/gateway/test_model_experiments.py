@@ -19,14 +19,15 @@ from typing import Any
 import aiohttp
 import pytest
 
+from cloud_gateway.api.schemas import ExperimentList, ExperimentOut
 from cloud_gateway.db.audit import audit_log
 from cloud_gateway.db.backend import Backend, Session
 from cloud_gateway.db.campaigns import insert_campaign
 from cloud_gateway.db.postgres import PostgresDatabase
 from cloud_gateway.db.store import Database
-from cloud_gateway.errors import Conflict, InvalidInput
+from cloud_gateway.errors import Conflict, InvalidInput, NotFound
 from cloud_gateway.ingest.service import AckBatcher, Ingestor
-from cloud_gateway.registry.bodies import ExperimentIn, RolloutIn
+from cloud_gateway.registry.bodies import ExperimentIn, RolloutIn, StopIn
 from cloud_gateway.registry.experiments import experiment_id, in_candidate
 from cloud_gateway.registry.service import ModelRegistry
 from cloud_gateway.runtime.gateway import Gateway
@@ -300,6 +301,7 @@ EXPERIMENT_KEYS = {
     "decided_at",
     "started_at",
     "arms",
+    "stop",
 }
 ARM_KEYS = {
     "model_version",
@@ -372,5 +374,122 @@ async def test_the_api_starts_an_experiment_and_the_gateways_loop_rolls_it_back(
             exp = await eventually(decided, timeout=30, what="the loop decides")
             assert exp["state"] == "rolled_back"
             assert "hurts conversion" in exp["verdict"]
+            async with http.get("/v1/models/3") as resp:
+                assert (await resp.json())["halt"]["replacement"] == 4
+
+
+async def test_an_operator_stops_experiments_by_hand_once_across_workers(rig: Rig) -> None:
+    """`stop`: a rollback takes the halt path a losing verdict takes, a promotion the rollout a
+    winning one takes; either ends `stopped` with who, why and the arms at that moment; two
+    workers stopping at once act once; an ended or unknown experiment is refused."""
+    for version in (2, 3):
+        await register(rig, version)
+    await rig.models.rollout(2, RolloutIn(percent=100), "http://gw")
+    body = ExperimentIn(share=0.5, min_impressions=10_000)
+    started = await rig.models.experiments.start(3, body, "http://gw", "token:ops")
+    exp = started["id"]
+    devices = [f"tv-halt-{i:03d}" for i in range(20)]
+    shown = await send_outcomes(
+        rig.ingestor, TOPICS, devices, exp, (2, 3), (0.05, 0.05), seq=1, impressions=20, seed=6
+    )
+    other = ModelRegistry(rig.models.wiring, models_dir=rig.models.models_dir)
+    stop = StopIn(outcome="rollback", reason="crash reports from the field")
+    results = await asyncio.gather(
+        rig.models.experiments.stop(exp, stop, "token:alice"),
+        other.experiments.stop(exp, stop, "token:bob"),
+        return_exceptions=True,
+    )
+    (doc,) = [r for r in results if isinstance(r, dict)]
+    (refused,) = [r for r in results if isinstance(r, Conflict)]
+    assert "already ended (stopped)" in str(refused) or "being decided" in str(refused)
+    assert doc["state"] == "stopped"
+    assert doc["stop"]["outcome"] == "rollback"
+    assert doc["stop"]["reason"] == "crash reports from the field"
+    assert doc["stop"]["by"] in ("token:alice", "token:bob")
+    assert [arm["impressions"] for arm in doc["arms"]] == [shown[2], shown[3]]
+    # the halt path, once: the control republished as v4, each profile once
+    republished = [topic for topic, m in rig.published if m["version"] == 4]
+    assert len(republished) == len(set(republished)) > 0
+    halt = (await rig.models.get(3))["halt"]
+    assert (halt["replacement"], "crash reports" in halt["reason"]) == (4, True)
+    # ended: a second stop is a conflict naming the state; the loop leaves it alone
+    with pytest.raises(Conflict, match=r"already ended \(stopped\)"):
+        await rig.models.experiments.stop(exp, stop, "token:alice")
+    assert await rig.models.experiments.decide_due() == []
+    with pytest.raises(NotFound):
+        await rig.models.experiments.stop("model:nope:9", stop, "token:alice")
+    # promote by hand: the candidate re-signed at 100 % of the cohort
+    await register(rig, 5)
+    exp5 = (await rig.models.experiments.start(5, body, "http://gw", "token:ops"))["id"]
+    promote = StopIn(outcome="promote", reason="  good enough  ")
+    doc5 = await rig.models.experiments.stop(exp5, promote, "token:alice")
+    assert (doc5["state"], doc5["stop"]) == (
+        "stopped",
+        {"by": "token:alice", "outcome": "promote", "reason": "good enough"},
+    )
+    assert (latest_manifest(rig)["version"], latest_manifest(rig)["rollout"]) == (5, 100)
+    assert (await rig.models.get(5))["halt"] is None
+    listed = {e["id"]: e for e in await rig.models.experiments.list()}
+    assert listed[exp5]["stop"]["outcome"] == "promote"
+    assert listed[exp]["stop"]["outcome"] == "rollback"
+    rows = await rig.db.call(audit_log, 50)
+    stops = [
+        (r["who"], json.loads(r["detail"])) for r in rows if r["action"] == "model.experiment.stop"
+    ]
+    assert sorted((who, d["stop_outcome"]) for who, d in stops) == sorted(
+        [(doc["stop"]["by"], "rollback"), ("token:alice", "promote")]
+    )
+    assert not any(r["action"] == "model.experiment.decide" for r in rows)
+
+
+async def test_the_api_stops_an_experiment_and_refuses_bad_bodies_unknown_and_ended_ones(
+    own_mosquitto: MosquittoProcess, tmp_path: Path
+) -> None:
+    settings = gateway_settings(tmp_path, own_mosquitto)
+    async with asyncio.timeout(120), Gateway(settings) as gw:
+        token = await asyncio.to_thread(create_token, settings.data_dir, db=settings.db)
+        base = f"http://127.0.0.1:{gw.http_port}"
+        for version in (2, 3):
+            manifest, data = await asyncio.to_thread(prepare_manifest, DEFAULT_DIR, version=version)
+            await upload(base, token, manifest, data)
+        await rollout(base, token, 2, percent=100)
+        auth = {"Authorization": f"Bearer {token}"}
+        async with aiohttp.ClientSession(base, headers=auth) as http:
+            resp = await http.post("/v1/models/3/experiment", json={"share": 0.5})
+            assert resp.status == 201, await resp.text()
+            exp = (await resp.json())["id"]
+            path = f"/v1/experiments/{exp}/stop"
+            async with aiohttp.ClientSession(base) as anon:
+                resp = await anon.post(path, json={"outcome": "rollback", "reason": "x"})
+                assert resp.status == 401
+            for bad, field in (
+                ({"outcome": "rollback"}, "reason"),
+                ({"outcome": "rollback", "reason": "  "}, "reason"),
+                ({"outcome": "rollback", "reason": "x" * 501}, "reason"),
+                ({"outcome": "pause", "reason": "x"}, "outcome"),
+                ({"outcome": "promote", "reason": "x", "bogus": 1}, "bogus"),
+            ):
+                resp = await http.post(path, json=bad)
+                assert resp.status == 400, await resp.text()
+                assert field in json.dumps((await resp.json())["errors"])
+            body = {"outcome": "rollback", "reason": "hurts the checkout flow"}
+            assert (await http.post("/v1/experiments/model:nope:9/stop", json=body)).status == 404
+            resp = await http.post(path, json=body)
+            assert resp.status == 200, await resp.text()
+            stopped = await resp.json()
+            assert set(stopped) == EXPERIMENT_KEYS
+            ExperimentOut.model_validate(stopped)  # what /openapi.json promises
+            assert stopped["state"] == "stopped"
+            assert stopped["stop"] == {
+                "by": stopped["stop"]["by"],
+                "outcome": "rollback",
+                "reason": "hurts the checkout flow",
+            }
+            resp = await http.post(path, json={**body, "outcome": "promote"})
+            assert resp.status == 409
+            assert "already ended (stopped)" in (await resp.json())["detail"]
+            async with http.get("/v1/experiments") as resp:
+                (listed,) = ExperimentList.model_validate(await resp.json()).experiments
+            assert (listed.state, listed.stop) == ("stopped", ExperimentOut(**stopped).stop)
             async with http.get("/v1/models/3") as resp:
                 assert (await resp.json())["halt"]["replacement"] == 4

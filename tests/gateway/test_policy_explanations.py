@@ -25,6 +25,7 @@ from protocol.ids import new_id, utcnow
 from protocol.vocabulary import EXPLAIN_KIND
 from simulators.brokers import MosquittoProcess
 from tests.support import waiting
+from tests.support.agent_world import http as agent_http
 from tests.support.builders import CAMPAIGN_OFFER
 from tests.support.gateway_world import agent_settings, device_view, gateway_settings
 
@@ -181,3 +182,42 @@ async def test_policies_are_enforced_and_explanations_add_up_to_the_audience(
         await eventually(uncapped)
         decision = await agents[0].decide(SURFACES["tv"], 3)
         assert {r.offer.campaign_id for r in decision.ranked} == {shown, capped}
+
+        # min_score from the cloud: a profile's floor above any model score empties what
+        # GET /v1/offers shows; a campaign's floor under it lets that campaign's offers back
+        tv = agents[0]
+
+        async def offers_now() -> dict[str, Any]:
+            path = f"/v1/offers?surface={SURFACES['tv']}&limit=3&explain=1"
+            status, body = await agent_http(tv, "GET", path)
+            assert status == 200, body
+            assert isinstance(body, dict)
+            return body
+
+        before = await offers_now()
+        assert {o["campaign_id"] for o in before["offers"]} == {shown, capped}
+        assert before["model_version"] is not None  # model scores: the rule applies
+
+        async def put(path: str, rules: dict[str, Any]) -> int:
+            resp = await http.put(path, json=rules)
+            assert resp.status == 200, await resp.text()
+            listing = await resp.json()
+            (policy,) = [p for p in listing["policies"] if path.endswith(f"/{p['name']}")]
+            assert policy["rules"]["min_score"] == rules["min_score"]  # shown as set
+            in_force: int = listing["version"]
+            await eventually(lambda: tv.status()["policy"]["version"] == in_force)
+            return in_force
+
+        resp = await http.put("/v1/policies/profile/tv", json={"min_score": 1.5})
+        assert (await resp.json())["errors"][0]["loc"] == "min_score"
+        await put("/v1/policies/profile/tv", {"min_score": 1.0})
+        floored = await offers_now()
+        assert floored["offers"] == []
+        low = {f["offer_id"] for f in floored["filtered"] if f["reason"] == "below_min_score"}
+        assert {f"o-{n}" for n in ("shown", "capped")} <= low
+        await put(f"/v1/policies/campaign/{capped}", {"min_score": 0.0})
+        body = await offers_now()
+        assert [o["campaign_id"] for o in body["offers"]] == [capped]
+        assert ("o-shown", "below_min_score") in {
+            (f["offer_id"], f["reason"]) for f in body["filtered"]
+        }

@@ -144,7 +144,39 @@ function experimentBox(x) {
       el("td", {}, a.impressions ? `${pct(a.ctr.value)} (${pct(a.ctr.low)}–${pct(a.ctr.high)})` : NONE),
       el("td", {}, a.impressions ? `${pct(a.conversion.value)} (${pct(a.conversion.low)}–${pct(a.conversion.high)})` : NONE),
       el("td", {}, Number(a.revenue_per_1000).toFixed(2))))));
+  if (x.stop) {
+    box.append(el("p", { class: "note", "data-field": "stop" },
+      `Stopped by ${x.stop.by} (${x.stop.outcome === "promote" ? "promoted" : "rolled back"}): ${x.stop.reason}`));
+  }
+  if (x.state === "running") box.append(stopForm(x));
   return box;
+}
+
+// Stop a running experiment by hand: roll the candidate back or promote it now, with a
+// reason; the API's errors go next to the reason (or on top), as the other forms show them.
+function stopForm(x) {
+  const form = el("form", { class: "stock", "data-stop-for": x.id, novalidate: "" });
+  const send = (outcome) => async () => {
+    try {
+      await api(`/v1/experiments/${encodeURIComponent(x.id)}/stop`, { method: "POST", json: { outcome, reason: value(form, "reason") } });
+      showErrors(form, []);
+      notify(`Experiment ${x.id} stopped: ${outcome === "promote" ? "candidate promoted" : "candidate rolled back"}.`);
+      refresh();
+    } catch (err) {
+      showErrors(form, err.errors && err.errors.length ? err.errors : [{ loc: "(root)", msg: err.message }]);
+      notify(`Experiment not stopped: ${err.message}`, true);
+      form.querySelector("input").focus();  // the live refresh leaves a focused form alone
+    }
+  };
+  form.addEventListener("submit", (e) => e.preventDefault());
+  const reason = field("Reason", "reason", input("", { size: 30, maxlength: 500 }));
+  for (const node of reason.querySelectorAll("[id]")) node.id += "-" + x.candidate;  // one per experiment
+  reason.querySelector("label").htmlFor = reason.querySelector("input").id;
+  reason.querySelector("input").setAttribute("aria-describedby", reason.querySelector(".error").id);
+  form.append(el("p", { class: "error top", "data-error-for": "(root)", role: "alert" }), reason,
+    el("button", { type: "button", "data-action": "stop-rollback", onclick: send("rollback") }, "Stop: roll back"),
+    el("button", { type: "button", "data-action": "stop-promote", onclick: send("promote") }, "Stop: promote"));
+  return form;
 }
 
 function modelCard(m) {
