@@ -31,6 +31,8 @@ from simulators.world import make_world
 HOUSEHOLD = "hh-bench-rss"
 HUB = "hub-bench-rss"
 READY_S = 60.0
+NO_BROKER = "mqtt://127.0.0.1:9"
+"""A hub that only coordinates the LAN: it never reaches a broker (the discard port)."""
 LAN_ENV = {"EDGEMART_AGENT__LAN_HOST": "127.0.0.1"}
 """What puts an agent process on the loopback LAN (with a membership in its data dir)."""
 
@@ -76,18 +78,27 @@ def _member(gateway: _Gateway, data_dir: Path, device_id: str, role: str) -> Non
     write_membership(data_dir, wire)
 
 
-def _hub(data_dir: Path, trust: Path, broker: str, log: Path) -> subprocess.Popen[str]:
-    """`edgemart agent run --profile hub` on the loopback LAN, connected to the run's broker."""
+def start_hub(
+    data_dir: Path,
+    trust: Path,
+    *,
+    device_id: str = HUB,
+    broker: str = NO_BROKER,
+    log: Path | None = None,
+    env: dict[str, str] | None = None,
+) -> subprocess.Popen[str]:
+    """`edgemart agent run --profile hub` on the loopback LAN (a membership grant in
+    `data_dir`), connected to `broker` (default: none it could reach); returns once it is up."""
     proc = subprocess.Popen(
         [
             *(sys.executable, "-m", "edgemart", "agent", "run", "--profile", "hub"),
-            *("--device-id", HUB, "--broker", broker, "--data-dir", str(data_dir)),
+            *("--device-id", device_id, "--broker", broker, "--data-dir", str(data_dir)),
             *("--trust", str(trust), "--api-port", "none"),
         ],
         stdout=subprocess.PIPE,
-        stderr=log.open("wb"),
+        stderr=log.open("wb") if log is not None else None,
         text=True,
-        env={**os.environ, **LAN_ENV, "EDGEMART_CONSENT__PERSONALIZATION": "true"},
+        env={**os.environ, **LAN_ENV, **(env or {})},
     )
     assert proc.stdout is not None
     line = proc.stdout.readline()
@@ -117,7 +128,13 @@ def household(
     for campaign in sample_campaigns(make_world(5, households=2, offers=24), surfaces):
         created = gateway.call("POST", "/v1/campaigns", campaign)
         gateway.call("POST", f"/v1/campaigns/{created['id']}/launch")
-    hub = _hub(tmp / "hub", trust, broker, tmp / "hub.log")
+    hub = start_hub(
+        tmp / "hub",
+        trust,
+        broker=broker,
+        log=tmp / "hub.log",
+        env={"EDGEMART_CONSENT__PERSONALIZATION": "true"},
+    )
     try:
         yield dict(LAN_ENV)
     finally:

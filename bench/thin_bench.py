@@ -33,8 +33,6 @@ from __future__ import annotations
 import asyncio
 import os
 import secrets
-import subprocess
-import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -48,6 +46,7 @@ from agent.features.context import user_context
 from agent.household.client import HouseholdClient
 from agent.household.membership import credentials, load_key, write_membership
 from agent.model.scoring import load_default_model
+from bench.household_setup import start_hub
 from bench.record import Record, percentiles
 from bench.rss_bench import _run as run_agent_under_load
 from protocol import codec
@@ -160,7 +159,7 @@ async def _through_hub(tmp: Path) -> tuple[list[float], list[float], int]:
     )
     verifier = Verifier.from_public_keys([gateway.public])
     creds = credentials(grant, load_key(tmp / "spk"), verifier)
-    hub = _hub(hub_dir, trust)
+    hub = start_hub(hub_dir, trust, device_id="hub-bench")
     try:
         async with HouseholdClient(creds, verifier, tick_s=1.0) as thin:
             if not await thin.wait_connected(30.0):
@@ -169,27 +168,6 @@ async def _through_hub(tmp: Path) -> tuple[list[float], list[float], int]:
     finally:
         hub.terminate()
         hub.wait(timeout=20)
-
-
-def _hub(data_dir: Path, trust: Path) -> subprocess.Popen[str]:
-    """`edgemart agent run --profile hub` on the loopback LAN (no broker: it never connects)."""
-    proc = subprocess.Popen(
-        [
-            *(sys.executable, "-m", "edgemart", "agent", "run", "--profile", "hub"),
-            *("--device-id", "hub-bench"),
-            *("--broker", "mqtt://127.0.0.1:9", "--data-dir", str(data_dir)),
-            *("--trust", str(trust), "--api-port", "none"),
-        ],
-        stdout=subprocess.PIPE,
-        text=True,
-        env={**os.environ, "EDGEMART_AGENT__LAN_HOST": "127.0.0.1"},
-    )
-    assert proc.stdout is not None
-    line = proc.stdout.readline()
-    if "ready" not in line:
-        proc.kill()
-        raise RuntimeError(f"the hub agent did not start: {line!r}")
-    return proc
 
 
 def _rss_record(name: str, thin: AgentRss, full: AgentRss, how: str, why: str) -> Record:
