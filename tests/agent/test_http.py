@@ -8,6 +8,8 @@ import socket
 from collections.abc import AsyncIterator
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from agent.http.client import ClientError, HttpClient
 from agent.http.server import (
@@ -246,3 +248,65 @@ async def test_closing_with_requests_in_flight_logs_no_error(
         idle.close()
         await client.close()
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text
+
+
+_METHODS = st.sampled_from([b"GET", b"POST", b"PUT", b"DELETE", b"HEAD", b"G\x00T", b""])
+_TARGETS = st.sampled_from([b"/v1/items/1", b"/v1/items", b"/", b"*", b"/%zz", b"/v1/items/\xff"])
+_HEADER = st.tuples(
+    st.sampled_from([b"Host", b"Content-Length", b"Transfer-Encoding", b"Expect", b"X\x7f", b""]),
+    st.binary(max_size=40),
+)
+_HOSTILE = st.one_of(
+    st.binary(max_size=300),
+    st.builds(
+        lambda m, t, v, hs, body: (
+            m
+            + b" "
+            + t
+            + b" "
+            + v
+            + b"\r\n"
+            + b"".join(k + b": " + val + b"\r\n" for k, val in hs)
+            + b"\r\n"
+            + body
+        ),
+        _METHODS,
+        _TARGETS,
+        st.sampled_from([b"HTTP/1.1", b"HTTP/1.0", b"HTTP/9.9", b""]),
+        st.lists(_HEADER, max_size=5),
+        st.binary(max_size=200),
+    ),
+)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(_HOSTILE)
+def test_whatever_a_peer_sends_the_server_answers_or_closes_and_serves_the_next(
+    wire: bytes,
+) -> None:
+    """Hostile bytes on the socket never take the server down: it answers (a 4xx or 501 for
+    what h11 refuses, never a 500) or closes, and the next well-formed request is served."""
+
+    async def scenario() -> None:
+        server = HttpServer([get("/v1/items/{item_id}", _echo), post("/v1/items", _echo)])
+        port = await server.listen_tcp("127.0.0.1", 0)
+        try:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(wire)
+            writer.write_eof()
+            answer = await asyncio.wait_for(reader.read(), 15)
+            writer.close()
+            assert answer == b"" or answer.startswith((b"HTTP/1.1 ", b"HTTP/1.0 "))
+            # h11's refusals are 4xx, or 501 for a transfer coding it does not speak (RFC 9112
+            # 6.1); a 500 would be the server failing, not refusing
+            assert not answer.startswith(b"HTTP/1.1 500"), answer[:300]
+            client = HttpClient()
+            try:
+                again = await client.request("GET", f"http://127.0.0.1:{port}/v1/items/ok")
+                assert again.status == 200
+            finally:
+                await client.close()
+        finally:
+            await server.close()
+
+    asyncio.run(scenario())
