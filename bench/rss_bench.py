@@ -26,7 +26,6 @@ import time
 import urllib.request
 from pathlib import Path
 
-from bench import household_setup
 from bench.device_image import DeviceImage, device_image, probe_modules
 from bench.processes import broker_and_gateway
 from bench.record import Record
@@ -124,6 +123,10 @@ def _run(
         agent_env = {"EDGEMART_CONSENT__ANALYTICS": "true", **(env or {})}
         surface = None
         if household:
+            # here, not at the top: the household brings the simulators (numpy), and this
+            # bench process must not map what the floor's and the agents' page-outs measure
+            from bench import household_setup  # noqa: PLC0415
+
             surface = SURFACE_OF[profile]
             lan = household_setup.household(
                 tmp,
