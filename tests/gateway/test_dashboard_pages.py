@@ -229,6 +229,8 @@ async def test_a_campaign_is_made_from_the_form_and_every_page_shows_real_data(
                     assert resp.status == 200, await resp.text()
                     await page.evaluate("refresh()")
                     await card.locator('[data-action="edit"]').click()
+                    # the form of this draft, not the one it replaces (loaded meanwhile)
+                    await expect(form).to_have_attribute("data-campaign", cid)
                     await expect(form.locator('[data-loc="name"]')).to_have_value("Filter week")
                     await form.locator('[data-loc="name"]').fill("Filter fortnight")
                     await form.locator('[data-action="save"]').click()

@@ -240,8 +240,10 @@ function previewSoon(form, campaignId) {
 }
 
 async function showForm(id) {
-  const c = id ? await api(`/v1/campaigns/${id}`) : null;
   const page = $("#page-form");
+  // the last form goes at once: typing into it while the campaign loads would be lost
+  page.replaceChildren(el("p", { class: "loading" }, "Loading…"));
+  const c = id ? await api(`/v1/campaigns/${id}`) : null;
   if (c && c.state !== "draft") {
     page.replaceChildren(el("h2", { id: "form-title" }, c.name), el("p", {}, `This campaign is ${c.state}: only a draft can be edited.`));
     return;
@@ -249,7 +251,7 @@ async function showForm(id) {
   const t = (c && c.targeting) || {};
   const rule = (t.rules || [])[0] || {};
   const caps = (c && c.offers[0] && c.offers[0].caps) || {};
-  const form = el("form", { id: "campaign-form", novalidate: "" });
+  const form = el("form", { id: "campaign-form", novalidate: "", "data-campaign": c ? c.id : "" });
   form.extraRules = (t.rules || []).slice(1);  // kept on save; the form edits the first
   const kind = select([["", "(none)"], ["no_purchase", "no purchase in N days"], ["consumable_below", "consumable below a level"]], rule.kind || "");
   form.append(
