@@ -96,7 +96,8 @@ class Request:
     path: str
     query: dict[str, str]
     headers: Headers
-    body: bytes
+    raw: bytes
+    """The body as read (empty when it was refused: read it through `body` or `read()`)."""
     transport: asyncio.BaseTransport | None = None
     route: str | None = None
     """The matched route's pattern (`/v1/claims/{claim_id}`); None when none matched."""
@@ -106,7 +107,14 @@ class Request:
     declared_length: int | None = None
     """`Content-Length` as the client sent it (None: none, or chunked)."""
     body_error: HTTPError | None = None
-    """Why the body was not read (413): raised by `read()`."""
+    """Why the body was not read (413): raised by `body`, `read()` and `json()`."""
+
+    @property
+    def body(self) -> bytes:
+        """The body; a refused one raises its `HTTPError` (413), wherever a handler reads it."""
+        if self.body_error is not None:
+            raise self.body_error
+        return self.raw
 
     @property
     def content_type(self) -> str:
@@ -119,8 +127,6 @@ class Request:
         return self.declared_length
 
     async def read(self) -> bytes:
-        if self.body_error is not None:
-            raise self.body_error
         return self.body
 
     async def json(self) -> Any:
@@ -380,7 +386,7 @@ class _Connection:
             path=parts.path or "/",
             query=dict(parse_qsl(parts.query, keep_blank_values=True)),
             headers=Headers(head.headers),
-            body=b"" if refused else b"".join(chunks),
+            raw=b"" if refused else b"".join(chunks),
             transport=self._writer.transport,
             declared_length=length,
             body_error=refused,

@@ -39,6 +39,11 @@ async def _echo(request: Request) -> Response:
     )
 
 
+async def _parsed(request: Request) -> Response:
+    """A handler that reads the body as an attribute and as JSON, not through `read()`."""
+    return json_response({"size": len(request.body), "json": await request.json()})
+
+
 async def _boom(request: Request) -> Response:
     raise RuntimeError("a bug in a handler")
 
@@ -66,6 +71,7 @@ async def served() -> AsyncIterator[tuple[HttpServer, str]]:
             get("/v1/items/{item_id}", _echo),
             delete("/v1/items/{item_id}", _echo),
             post("/v1/items", _echo),
+            post("/v1/parsed", _parsed),
             get("/boom", _boom),
             get("/conflict", _teapot),
             get("/slow", _slow),
@@ -140,6 +146,11 @@ async def test_bodies_over_the_limit_are_413_whether_declared_or_chunked(
         big = await client.request("POST", f"{base}/v1/items", json="x" * 2000)
         assert big.status == 413
         assert b"over the limit of 1000 bytes" in big.body
+        # however a handler reads the refused body, it meets the 413, not an empty body
+        parsed = await client.request("POST", f"{base}/v1/parsed", json="x" * 2000)
+        assert parsed.status == 413
+        small = await client.request("POST", f"{base}/v1/parsed", json=[1])
+        assert small.json() == {"size": 3, "json": [1]}
     finally:
         await client.close()
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
