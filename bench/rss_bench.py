@@ -23,20 +23,21 @@ import subprocess
 import sys
 import tempfile
 import time
+import tomllib
 import urllib.request
 from pathlib import Path
 
 from bench.device_image import DeviceImage, device_image, probe_modules
 from bench.processes import broker_and_gateway
 from bench.record import Record
+from firmware_profiles import profile_path
 from simulators.brokers import free_port
 from simulators.faults import AgentProcess
 
 RATE = 100  # signals per second, in 10 requests of 10
 DECIDE_EVERY_S = 1.0
 """With `household`: a decision (`GET /v1/offers`) this often, besides the signals."""
-SURFACE_OF = {"speaker": "speaker_voice", "tv": "tv_home_banner", "phone": "phone_app_banner"}
-"""The surface a `household` run decides on, per profile (its firmware profile's first)."""
+
 FLOOR = (
     "import agent.runtime.agent, agent.api.local, agent.link.uplink, agent.link.session\n"
     "import agent.store.core\n"
@@ -65,6 +66,12 @@ def _floor() -> tuple[float, float]:
     ).stdout
     floor, paged = (int(v) / (1024.0 * 1024.0) for v in out.split())
     return floor, paged
+
+
+def first_surface(profile: str) -> str:
+    """The surface a `household` run decides on: the shipped profile's first."""
+    doc = tomllib.loads(profile_path(profile).read_text())
+    return str(doc["surfaces"][0])
 
 
 def _decide(api: str, token: str, surface: str) -> None:
@@ -127,7 +134,7 @@ def _run(
             # bench process must not map what the floor's and the agents' page-outs measure
             from bench import household_setup  # noqa: PLC0415
 
-            surface = SURFACE_OF[profile]
+            surface = first_surface(profile)
             lan = household_setup.household(
                 tmp,
                 gateway_port=gateway_port,
