@@ -4,4 +4,4 @@
 set -eu
 cd "$(dirname "$0")/.."
 EDGEMART_DASHBOARD_SHOTS="$PWD/docs/dashboard" exec .venv/bin/python -m pytest -q \
-  tests/gateway/test_dashboard_pages.py "$@"
+  tests/gateway/test_dashboard_pages.py tests/gateway/test_dashboard_sale_pages.py "$@"
